@@ -1,0 +1,58 @@
+"""The ``mmr`` command line. Each command group lives in its own module and registers its subparsers here.
+
+Results go to stdout (TSV, or JSON lines with ``--json``); progress, logs and errors go to stderr.
+Library errors (:class:`~mmretrieval.errors.MMRError`) become a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from ..errors import MMRError
+from . import collection_cmds, model_cmds, serve_cmd
+
+_COMMAND_MODULES = (model_cmds, collection_cmds, serve_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmr",
+        description="Multimodal image-text retrieval: index image collections, search them with text or "
+        "images, and label them zero-shot with CLIP/SigLIP models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:  # open_clip logs "initialized randomly" etc. at WARNING on the root logger
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        return int(args.handler(args) or 0)
+    except MMRError as exc:
+        print(f"mmr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mmr search ... | head` closed the pipe: not an error
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

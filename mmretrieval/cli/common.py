@@ -1,0 +1,67 @@
+"""Options and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
+    """``--model`` and ``--device``, the same everywhere."""
+    parser.add_argument(
+        "--model", default=default,
+        help="model spec: ARCH:PRETRAINED (open_clip registry), hf-hub:ORG/REPO, a local model directory, "
+        f"or builtin:shapes (default: {default or 'the collection’s model'})",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def add_collection_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--collection DIR``, defaulting to ``$MMR_COLLECTION``."""
+    default = os.environ.get("MMR_COLLECTION")
+    parser.add_argument(
+        "--collection", default=default, required=required and default is None, metavar="DIR",
+        help="collection directory (default: $MMR_COLLECTION)",
+    )
+
+
+def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> int:
+    """Print rows as JSON lines or TSV (``columns`` in order, no header); returns how many were printed."""
+    count = 0
+    for row in rows:
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print("\t".join(_cell(row.get(column)) for column in columns))
+        count += 1
+    sys.stdout.flush()
+    return count
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value).replace("\t", " ").replace("\n", " ")
+
+
+class TqdmProgress:
+    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; use as a context manager."""
+
+    def __init__(self, description: str, unit: str = "img"):
+        self._bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> "TqdmProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()

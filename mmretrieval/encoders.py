@@ -1,0 +1,216 @@
+"""The dual encoder: open_clip image and text towers behind one small API that returns unit vectors.
+
+Images are prepared in two steps so that the CPU part can run in worker processes:
+:class:`ImagePreparer` (picklable; resize and crop to uint8 exactly as open_clip's preprocessing does)
+and :meth:`DualEncoder.encode_prepared` (normalise on the device and run the tower).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+
+from .errors import ModelSpecError
+from .images import decode_image
+from .models import LoadedModel, ModelIdentity, ModelSpec, load_model
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` is checked against the devices present."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelSpecError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelSpecError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelSpecError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return resolved
+
+
+def _precision_for(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "pure_bf16" if torch.cuda.is_bf16_supported() else "pure_fp16"
+    return "fp32"
+
+
+@dataclass(frozen=True)
+class ImagePreparer:
+    """Resize and crop a decoded image to the model's input, as uint8 CHW. Small and picklable for workers."""
+
+    preprocess: str  # the identity's preprocess JSON
+    _steps: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        size = json.loads(self.preprocess)["size"]
+        return max(size) if isinstance(size, (list, tuple)) else int(size)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        steps = self._steps
+        if steps is None:
+            steps = _pil_steps(json.loads(self.preprocess))
+            object.__setattr__(self, "_steps", steps)
+        prepared = steps(image)
+        return torch.from_numpy(np.asarray(prepared.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __getstate__(self) -> dict:
+        return {"preprocess": self.preprocess}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "preprocess", state["preprocess"])
+        object.__setattr__(self, "_steps", None)
+
+
+def _pil_steps(cfg: dict) -> Callable[[Image.Image], Image.Image]:
+    # open_clip's own eval transform, minus the ToTensor/Normalize tail that runs on the device instead.
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from torchvision.transforms import Compose, Normalize
+
+    keys = PreprocessCfg.__dataclass_fields__
+    transform = image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in keys}), is_train=False)
+    pil_only = [t for t in transform.transforms if not isinstance(t, Normalize) and "ToTensor" not in type(t).__name__]
+    return Compose(pil_only)
+
+
+class DualEncoder:
+    """Image and text towers of one open_clip model, returning float32 L2-normalised numpy vectors.
+
+    Build one with :func:`load_encoder`.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, dim: int | None = None):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = device
+        self.dtype = next(self.model.parameters()).dtype
+        full_dim = loaded.identity.embed_dim
+        if dim is not None:
+            if not 0 < dim <= full_dim:
+                raise ModelSpecError(f"--dim {dim} is out of range: the model's vectors have {full_dim} dimensions")
+            if dim < full_dim and dim not in loaded.matryoshka_dims:
+                warnings.warn(
+                    f"truncating {full_dim}-d vectors to {dim}: this model was not trained for truncation "
+                    "(Matryoshka), so retrieval quality may drop", stacklevel=2)
+        self.dim = dim or full_dim
+        self.identity = ModelIdentity(**{**loaded.identity.__dict__, "embed_dim": self.dim})
+        self.preparer = ImagePreparer(self.identity.preprocess)
+        cfg = json.loads(self.identity.preprocess)
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(cfg["mean"], device=device, dtype=torch.float32).view(shape) * 255
+        self._std = torch.tensor(cfg["std"], device=device, dtype=torch.float32).view(shape) * 255
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -- scores -----------------------------------------------------------------------------------------------
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature, already exponentiated (about 100 for CLIP)."""
+        return float(self.model.logit_scale.detach().float().exp().clamp(max=100).item())
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP-style models' learned bias; None for CLIP-style (softmax) models."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach().float().item())
+
+    @property
+    def is_sigmoid(self) -> bool:
+        """True for SigLIP-style models, whose label probabilities are independent sigmoids."""
+        return self.logit_bias is not None
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+    def _finish(self, features: torch.Tensor) -> npt.NDArray[np.float32]:
+        features = features.float()[:, : self.dim]
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def encode_prepared(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Encode a uint8 batch ``(N, 3, H, W)`` from :attr:`preparer`."""
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pixels = batch.to(self.device, non_blocking=True).float()
+        pixels = ((pixels - self._mean) / self._std).to(self.dtype)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return self._finish(self.model.encode_image(pixels))
+
+    def encode_images(
+        self,
+        images: Sequence[Image.Image | str | os.PathLike],
+        batch_size: int = 64,
+        progress: Progress | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Encode images (PIL images, or paths decoded safely) to ``(N, dim)`` unit vectors.
+
+        Raises:
+            ImageDecodeError: a path that is not a decodable image.
+        """
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = [self._as_image(item) for item in images[start:start + batch_size]]
+            chunks.append(self.encode_prepared(torch.stack([self.preparer(im) for im in batch])))
+            if progress:
+                progress(min(start + batch_size, len(images)), len(images))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _as_image(self, item: Image.Image | str | os.PathLike) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return item if item.mode == "RGB" else item.convert("RGB")
+        return decode_image(Path(item), draft_size=self.preparer.size).image
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
+        """Encode texts to ``(N, dim)`` unit vectors."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            chunks.append(self._finish(self.model.encode_text(tokens)))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def load_encoder(
+    spec: str | ModelSpec = "builtin:shapes",
+    *,
+    device: str = "auto",
+    dim: int | None = None,
+    cache_dir: str | None = None,
+) -> DualEncoder:
+    """Load the dual encoder a model spec names (see :mod:`mmretrieval.models`).
+
+    Args:
+        spec: ``ARCH:TAG``, ``hf-hub:ORG/REPO``, a local model directory, or ``builtin:shapes``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. CUDA runs in bf16 (fp16 where bf16 is
+            unsupported) with channels_last; CPU in fp32.
+        dim: truncate vectors to this many dimensions (renormalised); warns unless the model was trained for it.
+        cache_dir: Hugging Face cache directory (default: the standard one).
+
+    Raises:
+        ModelSpecError, ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.load_model`.
+    """
+    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    torch_device = resolve_device(device)
+    loaded = load_model(parsed, device=torch_device, precision=_precision_for(torch_device), cache_dir=cache_dir)
+    logger.info("loaded %s on %s (%d-d)", parsed, torch_device, loaded.identity.embed_dim)
+    return DualEncoder(loaded, torch_device, dim=dim)

@@ -1,0 +1,36 @@
+"""The exceptions mmretrieval raises. Each message names the bad value and, where there is one, the fix.
+
+Only the CLI and the UI turn these into exit codes or on-screen messages.
+"""
+
+
+class MMRError(Exception):
+    """Base class: anything the user can act on."""
+
+
+class ModelSpecError(MMRError):
+    """A model spec that names no loadable model (unknown architecture, missing directory, bad syntax)."""
+
+
+class ModelNotCachedError(MMRError):
+    """The model's weights are not on this machine and cannot be downloaded (offline, or no network)."""
+
+
+class CheckpointError(MMRError):
+    """A checkpoint file that is corrupt, truncated, the wrong shape, or carries code we refuse to run."""
+
+
+class ImageDecodeError(MMRError):
+    """An image that could not be decoded safely. ``reason`` is a short stable code for catalogs and summaries."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class CollectionError(MMRError):
+    """A collection that cannot be opened or written as asked (model mismatch, missing, corrupt beyond repair)."""
+
+
+class QueryError(MMRError):
+    """A query that cannot be run: empty, malformed weights, unreadable query image."""

@@ -1,0 +1,153 @@
+"""Safe image decoding: every untrusted image goes through :func:`decode_image`.
+
+Pillow's decompression-bomb limit stays on (and is enforced before any pixel is decoded), truncated files
+are errors rather than half-grey images, and whatever the file's mode (CMYK, 16-bit, palette, alpha,
+animation) the result is a plain 8-bit RGB image the right way up.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError
+
+# Formats we let Pillow sniff for; anything else is "not an image" even if Pillow has a plugin for it.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+# Pillow's own default (about 89.5 megapixels): large enough for any camera, small enough to stop bombs.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+MAX_FILE_BYTES = 256 * 1024 * 1024
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image plus what the catalog records about the original file."""
+
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied, possibly reduced by JPEG draft mode
+    width: int  # the original's width in pixels, after orientation
+    height: int  # the original's height in pixels, after orientation
+    format: str  # Pillow's format name, e.g. "JPEG"
+
+
+def decode_image(
+    source: str | os.PathLike | bytes | BinaryIO,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode one image defensively.
+
+    Args:
+        source: a path, the file's bytes, or a binary file object.
+        draft_size: for JPEGs, let the decoder shrink by a power of two while both sides stay at least
+            this large (much faster for big photos when the model wants 224 pixels).
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+
+    Returns:
+        The decoded image.
+
+    Raises:
+        ImageDecodeError: with ``reason`` one of ``not_regular_file``, ``empty_file``, ``too_large``,
+            ``not_an_image``, ``decompression_bomb``, ``truncated``, ``corrupt``.
+    """
+    fp = _open_source(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(fp, formats=ALLOWED_FORMATS)
+            except UnidentifiedImageError as exc:
+                raise ImageDecodeError("not_an_image", "not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageDecodeError("decompression_bomb", f"refused: {exc}") from exc
+            return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
+    finally:
+        fp.close()
+
+
+def load_image(source: str | os.PathLike | bytes | BinaryIO, **kwargs) -> Image.Image:
+    """Just the RGB image of :func:`decode_image`."""
+    return decode_image(source, **kwargs).image
+
+
+def _open_source(source: str | os.PathLike | bytes | BinaryIO) -> BinaryIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty_file", "the file is empty")
+        return io.BytesIO(bytes(source))
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
+    # FIFOs, devices and sockets can block forever or never end: never read them.
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
+    if info.st_size == 0:
+        raise ImageDecodeError("empty_file", f"{path} is empty")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: int) -> DecodedImage:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "decompression_bomb", f"{width}x{height} is {width * height} pixels, over the {max_pixels} limit"
+        )
+    file_format = image.format or "unknown"
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if draft_size and file_format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    try:
+        image.seek(0)  # first frame of animations
+        image.load()
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(reason, f"cannot decode: {exc}") from exc
+    except (SyntaxError, ValueError, EOFError) as exc:  # Pillow's plugins raise these for malformed data
+        raise ImageDecodeError("corrupt", f"cannot decode: {exc}") from exc
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block must not lose an otherwise good image
+        pass
+    return DecodedImage(image=to_rgb(image), width=width, height=height, format=file_format)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: 16-bit scaled down, transparency composited on white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,187 @@
+"""Zero-shot classification: labels plus prompt templates become a linear classifier over image vectors.
+
+Per label, the template embeddings are normalised, averaged (the prompt ensemble of the CLIP paper) and
+renormalised. Scores follow the model's training objective:
+
+- CLIP-style models (softmax loss): ``softmax(logit_scale * cosine)`` over the labels. With
+  ``multi_label=True`` each label is instead scored on its own against a neutral prompt ("something"),
+  ``sigmoid(logit_scale * (cos_label - cos_null))``, so independent thresholds make sense.
+- SigLIP-style models (sigmoid loss, with a ``logit_bias``): ``sigmoid(logit_scale * cosine + logit_bias)``
+  per label, always independent: these are the probabilities the model was trained to give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import QueryError
+
+if TYPE_CHECKING:
+    from .encoders import DualEncoder
+
+# The 80 prompts of the CLIP paper's ImageNet ensemble (openai/CLIP, notebooks/Prompt_Engineering_for_ImageNet).
+IMAGENET_TEMPLATES = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
+    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
+    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
+    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
+    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
+    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
+    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
+    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
+    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.",
+)
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "default": ("a photo of a {}.",),
+    "imagenet": IMAGENET_TEMPLATES,
+    "none": ("{}",),
+}
+NULL_LABEL = "something"  # the neutral class CLIP-style multi-label scores each label against
+
+
+def load_templates(name_or_path: str) -> tuple[str, ...]:
+    """A built-in template set (``default``, ``imagenet``, ``none``) or a file with one ``{}`` template per line.
+
+    Raises:
+        QueryError: unknown name, unreadable file, or a template without ``{}``.
+    """
+    if name_or_path in TEMPLATE_SETS:
+        return TEMPLATE_SETS[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)} or a file path")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QueryError(f"cannot read templates from {path}: {exc}") from exc
+    templates = tuple(line for line in lines if line and not line.startswith("#"))
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise QueryError(f"{path}: every template needs exactly one '{{}}' (bad: {bad[:3] or 'file is empty'})")
+    return templates
+
+
+def parse_labels(values: str | Sequence[str]) -> list[str]:
+    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line. Order kept, duplicates dropped.
+
+    Raises:
+        QueryError: no labels, or an unreadable ``@FILE``.
+    """
+    if isinstance(values, str):
+        values = [values]
+    labels: list[str] = []
+    for value in values:
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise QueryError(f"cannot read labels from {value[1:]}: {exc}") from exc
+        for part in value.replace("\n", ",").split(","):
+            label = part.strip()
+            if label and label not in labels:
+                labels.append(label)
+    if not labels:
+        raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
+    return labels
+
+
+def ensemble_embeddings(encoder: "DualEncoder", labels: Sequence[str], templates: Sequence[str]) -> npt.NDArray[np.float32]:
+    """Per label, the renormalised mean of its normalised template embeddings: ``(len(labels), dim)``."""
+    prompts = [template.format(label) for label in labels for template in templates]
+    vectors = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ZeroShotClassifier:
+    """Label vectors plus the model's calibration; :meth:`probabilities` scores image vectors."""
+
+    labels: tuple[str, ...]
+    embeddings: npt.NDArray[np.float32]  # (labels, dim), unit rows
+    logit_scale: float  # exp of the model's learned temperature
+    logit_bias: float | None  # SigLIP bias; None for CLIP-style models
+    null_embedding: npt.NDArray[np.float32] | None = None  # CLIP-style multi-label reference, (dim,)
+
+    @classmethod
+    def build(cls, encoder: "DualEncoder", labels: Sequence[str], templates: Sequence[str] = TEMPLATE_SETS["default"]) -> "ZeroShotClassifier":
+        """Embed ``labels`` with ``templates`` using ``encoder``'s text tower."""
+        if not labels:
+            raise QueryError("no labels to classify with")
+        null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
+        return cls(
+            labels=tuple(labels),
+            embeddings=ensemble_embeddings(encoder, labels, templates),
+            logit_scale=encoder.logit_scale,
+            logit_bias=encoder.logit_bias,
+            null_embedding=null,
+        )
+
+    @property
+    def is_sigmoid(self) -> bool:
+        return self.logit_bias is not None
+
+    def probabilities(self, image_embeddings: npt.NDArray[np.float32], multi_label: bool = False) -> npt.NDArray[np.float32]:
+        """``(N, labels)`` probabilities for unit image vectors; rows sum to 1 only for single-label CLIP scoring."""
+        cosines = np.asarray(image_embeddings, dtype=np.float64) @ self.embeddings.T.astype(np.float64)
+        if self.is_sigmoid:
+            return _sigmoid(self.logit_scale * cosines + self.logit_bias).astype(np.float32)
+        if multi_label:
+            null_cosines = np.asarray(image_embeddings, dtype=np.float64) @ self.null_embedding.astype(np.float64)
+            return _sigmoid(self.logit_scale * (cosines - null_cosines[:, None])).astype(np.float32)
+        logits = self.logit_scale * cosines
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One label assigned to one image."""
+
+    label: str
+    probability: float
+
+
+def predict(
+    probabilities: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    *,
+    multi_label: bool = False,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+) -> list[list[Prediction]]:
+    """Turn a ``(N, labels)`` probability matrix into ranked predictions per image.
+
+    Single-label keeps the ``top_k`` best (default 1); multi-label keeps every label at or above
+    ``threshold`` (at most ``top_k``), best first.
+    """
+    results = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")
+        if multi_label:
+            order = [i for i in order if row[i] >= threshold]
+            order = order[:top_k] if top_k else order
+        else:
+            order = order[: top_k or 1]
+        results.append([Prediction(labels[i], float(row[i])) for i in order])
+    return results
+
+
+def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return 1.0 / (1.0 + np.exp(-x))

@@ -1,0 +1,307 @@
+"""Model specs and model identity: which open_clip model a string names, and how to load it offline-safely.
+
+One spec string is accepted everywhere (CLI ``--model``, config, API):
+
+- ``ARCH:PRETRAINED`` or ``ARCH`` (random weights): open_clip's registry, e.g. ``ViT-B-32:laion2b_s34b_b79k``;
+- ``hf-hub:ORG/REPO``: an open_clip repository on the Hugging Face hub;
+- a local directory (or ``local-dir:DIR``) holding ``open_clip_config.json`` and the weights;
+- ``builtin:shapes``: the demo model bundled in ``assets/``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, ModelNotCachedError, ModelSpecError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("shapes",)
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def assets_dir() -> Path:
+    """Where bundled models live: ``$MMR_ASSETS`` or the repository's ``assets/``."""
+    return Path(os.environ.get("MMR_ASSETS") or Path(__file__).resolve().parent.parent / "assets")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec. ``kind`` is ``registry``, ``hf-hub``, ``local`` or ``builtin``."""
+
+    kind: str
+    name: str  # architecture, hub repo id, directory path, or builtin name
+    pretrained: str | None = None  # registry tag (or checkpoint file) for ``registry`` specs
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """Parse a spec string; raises :class:`ModelSpecError` for malformed ones."""
+        text = text.strip()
+        if not text:
+            raise ModelSpecError("empty model spec; try builtin:shapes or ViT-B-32:laion2b_s34b_b79k")
+        if text.startswith("builtin:"):
+            name = text.removeprefix("builtin:")
+            if name not in BUILTIN_MODELS:
+                raise ModelSpecError(f"unknown builtin model {name!r}; available: " +
+                                     ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+            return cls("builtin", name)
+        if text.startswith("hf-hub:"):
+            repo = text.removeprefix("hf-hub:")
+            if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+                raise ModelSpecError(f"bad hub id {repo!r} in {text!r}; expected hf-hub:ORG/REPO")
+            return cls("hf-hub", repo)
+        if text.startswith("local-dir:"):
+            return cls("local", text.removeprefix("local-dir:"))
+        if os.sep in text or text.startswith(".") or Path(text).is_dir():
+            return cls("local", text)
+        arch, _, tag = text.partition(":")
+        return cls("registry", arch, tag or None)
+
+    def __str__(self) -> str:
+        if self.kind == "builtin":
+            return f"builtin:{self.name}"
+        if self.kind == "hf-hub":
+            return f"hf-hub:{self.name}"
+        if self.kind == "local":
+            return self.name
+        return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What made a set of vectors. Two encoders with equal :meth:`key` give interchangeable vectors."""
+
+    spec: str  # the spec it was loaded from (informative: a moved directory keeps its key)
+    architecture: str  # open_clip architecture name, or ``cfg-<hash>`` of a custom config
+    embed_dim: int  # dimension of the vectors it returns (after any truncation)
+    weights: str  # sha256 of the checkpoint, ``ARCH:TAG`` for registry weights, ``random-<hash>`` otherwise
+    preprocess: str  # JSON of open_clip's preprocess config: size, mean/std, interpolation, resize mode
+
+    def key(self) -> str:
+        """A short fingerprint of everything that changes the vectors."""
+        text = "|".join((self.architecture, str(self.embed_dim), self.weights, self.preprocess))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelIdentity":
+        return cls(**json.loads(text))
+
+
+def _offline_help(spec: ModelSpec) -> str:
+    return (
+        f"model {spec} is not in the Hugging Face cache and cannot be downloaded here"
+        f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}. "
+        "Run once with internet to cache it, use the bundled demo model with --model builtin:shapes, "
+        "or pass a local directory that holds open_clip_config.json and the weights."
+    )
+
+
+def find_checkpoint(directory: Path) -> Path:
+    """The weights file in an open_clip model directory, safetensors first."""
+    candidates = sorted(p for p in directory.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file())
+    if not candidates:
+        raise ModelSpecError(f"no weights in {directory}: expected {WEIGHTS_NAME} (or a .bin/.pth checkpoint)")
+    candidates.sort(key=lambda p: (p.suffix != ".safetensors", p.name != WEIGHTS_NAME))
+    return candidates[0]
+
+
+def _read_local_config(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise ModelSpecError(f"model directory {directory} does not exist")
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelSpecError(f"{directory} is not an open_clip model directory: {CONFIG_NAME} is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelSpecError(f"cannot read {config_path}: {exc}") from exc
+    if not isinstance(config, dict) or "model_cfg" not in config:
+        raise ModelSpecError(f"{config_path} has no 'model_cfg' section")
+    return config
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file; hub cache blobs are already named by it, so those are free."""
+    blob = Path(os.path.realpath(path)).name
+    if re.fullmatch(r"[0-9a-f]{64}", blob):
+        return blob
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _state_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _config_hash(model_cfg: dict[str, Any]) -> str:
+    return "cfg-" + hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An open_clip model with its tokenizer and identity, ready for :class:`~mmretrieval.encoders.DualEncoder`."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    identity: ModelIdentity
+    matryoshka_dims: tuple[int, ...]  # dims the model was trained to be truncated to, if any
+
+
+def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_dir: str | None = None) -> LoadedModel:
+    """Create the open_clip model a spec names, on ``device`` in ``precision`` (``fp32``, ``pure_bf16``…).
+
+    Raises:
+        ModelSpecError: unknown architecture or tag, missing directory or config.
+        ModelNotCachedError: weights need a download that cannot happen.
+        CheckpointError: corrupt, mismatched, or code-carrying checkpoint.
+    """
+    import open_clip  # heavy: imported on first load, not at package import
+
+    config: dict[str, Any] = {}
+    checkpoint: Path | None = None
+    if spec.kind in ("local", "builtin"):
+        directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
+        config = _read_local_config(directory)
+        checkpoint = find_checkpoint(directory)
+        open_clip_name, pretrained = f"local-dir:{directory}", None
+        architecture = config.get("architecture") or _config_hash(config["model_cfg"])
+    elif spec.kind == "hf-hub":
+        open_clip_name, pretrained, architecture = f"hf-hub:{spec.name}", None, ""
+    else:
+        _check_registry(open_clip, spec)
+        open_clip_name, pretrained, architecture = spec.name, spec.pretrained, spec.name
+
+    try:
+        model = open_clip.create_model(
+            open_clip_name, pretrained=pretrained, precision=precision, device=device,
+            cache_dir=cache_dir, weights_only=True,
+        )
+        tokenizer = open_clip.get_tokenizer(open_clip_name, cache_dir=cache_dir)
+    except Exception as exc:  # open_clip and its backends raise many types; translate the ones we know
+        raise _translate_load_error(exc, spec, checkpoint) from exc
+    model.eval()
+
+    if spec.kind == "hf-hub":
+        hub_config = open_clip.get_model_config(open_clip_name) or {}
+        architecture = _config_hash(hub_config)
+        weights = "hf-hub:" + spec.name
+        try:
+            weights = sha256_file(Path(open_clip.pretrained.download_pretrained_from_hf(spec.name, cache_dir=cache_dir)))
+        except Exception:  # already loaded, so the file is cached; if the lookup fails, keep the repo id
+            pass
+    elif checkpoint is not None:
+        weights = sha256_file(checkpoint)
+    elif spec.pretrained:
+        weights = f"{spec.name}:{spec.pretrained}"
+    else:
+        weights = "random-" + _state_hash(model)
+
+    embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
+        else int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    identity = ModelIdentity(
+        spec=str(spec),
+        architecture=architecture,
+        embed_dim=embed_dim,
+        weights=weights,
+        preprocess=json.dumps(preprocess, sort_keys=True, default=list),
+    )
+    dims = tuple(config.get("matryoshka_dims", ()))
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, matryoshka_dims=dims)
+
+
+def _check_registry(open_clip: Any, spec: ModelSpec) -> None:
+    known = open_clip.list_models()
+    if spec.name not in known:
+        close = difflib.get_close_matches(spec.name, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " `mmr models` lists them."
+        raise ModelSpecError(f"unknown open_clip architecture {spec.name!r}.{hint}")
+    tag = spec.pretrained
+    if tag and not open_clip.pretrained.is_pretrained_cfg(spec.name, tag) and not os.path.isfile(tag):
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        raise ModelSpecError(
+            f"{spec.name} has no pretrained weights tagged {tag!r}; known tags: {', '.join(tags) or 'none'}"
+        )
+
+
+def _translate_load_error(exc: Exception, spec: ModelSpec, checkpoint: Path | None) -> Exception:
+    chain, seen = [], exc
+    while seen is not None:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    where = checkpoint or spec
+    if any(isinstance(e, pickle.UnpicklingError) for e in chain) or "Weights only load failed" in text:
+        return CheckpointError(
+            f"refused to load {where}: it is a pickle that would run code when loaded. Only safetensors or "
+            "plain weights-only torch checkpoints are accepted; convert it with safetensors.torch.save_file."
+        )
+    if "SafetensorError" in text or "HeaderTooLarge" in text or "PytorchStreamReader" in text \
+            or "invalid load key" in text or "EOF" in text:
+        return CheckpointError(f"checkpoint {where} is corrupt or truncated ({chain[-1]})")
+    if "Error(s) in loading state_dict" in text or "size mismatch" in text:
+        return CheckpointError(f"checkpoint {where} does not fit the model's configuration: {chain[0]}")
+    if spec.kind in ("hf-hub", "registry") and (
+        os.environ.get("HF_HUB_OFFLINE") or re.search(r"offline|LocalEntryNotFound|connect|resolve|Failed to download",
+                                                      text, re.IGNORECASE)
+    ):
+        return ModelNotCachedError(_offline_help(spec))
+    return ModelSpecError(f"cannot load model {spec}: {chain[0]}")
+
+
+def save_model_dir(
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    directory: str | os.PathLike,
+    *,
+    preprocess_cfg: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Save ``model`` in the open_clip hub layout (``open_clip_config.json`` + safetensors), atomically.
+
+    Args:
+        model: the open_clip model.
+        model_cfg: the architecture config it was built from.
+        directory: where to write; created if missing.
+        preprocess_cfg: overrides of open_clip's preprocess defaults (size is taken from the model).
+        extra: more top-level keys for the config (``architecture``, ``matryoshka_dims``, training notes).
+        half: store weights as float16 (half the size; loaded back as float32 on CPU).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}, **(extra or {})}
+    tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp_weights))
+    os.replace(tmp_weights, directory / WEIGHTS_NAME)
+    tmp_config = directory / (CONFIG_NAME + ".tmp")
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_config, directory / CONFIG_NAME)
+    return directory

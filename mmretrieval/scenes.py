@@ -1,0 +1,296 @@
+"""Synthetic captioned scenes: the data the bundled ``builtin:shapes`` model is trained and judged on.
+
+A scene is one to three copies of one shape in one colour and size, on a patterned background.
+Everything is drawn from ``random.Random(f"{seed}:{index}")``, so scene ``i`` of seed ``s`` is the same
+image and the same captions on every machine, whatever batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+from PIL import Image, ImageDraw, ImageFilter
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "yellow": (245, 225, 30),
+    "orange": (250, 135, 20),
+    "purple": (135, 45, 190),
+    "pink": (250, 120, 190),
+    "cyan": (30, 210, 220),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+BACKGROUNDS = ("plain", "stripes", "dots", "gradient", "noise")
+SIZES = ("small", "large")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
+COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+
+# Colour and shape pairs that never appear in training scenes: the model must compose them zero-shot.
+HELD_OUT_PAIRS = frozenset({("yellow", "star"), ("purple", "triangle"), ("green", "diamond"), ("pink", "square")})
+
+_BACKGROUND_PHRASES = {
+    "plain": "a plain background",
+    "stripes": "a striped background",
+    "dots": "a dotted background",
+    "gradient": "a gradient background",
+    "noise": "a noisy background",
+}
+_POSITION_CENTERS = {
+    "top left": (0.25, 0.25),
+    "top right": (0.75, 0.25),
+    "bottom left": (0.25, 0.75),
+    "bottom right": (0.75, 0.75),
+    "center": (0.5, 0.5),
+}
+_PREFIXES = ("", "", "", "a photo of ", "an image of ", "a picture of ")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The attributes of one generated scene; ``position`` is set only for single objects."""
+
+    color: str
+    shape: str
+    count: int
+    size: str
+    background: str
+    position: str | None
+
+
+@dataclass(frozen=True)
+class CaptionFacts:
+    """Which attributes a caption names (None where it is silent), to judge retrieval by."""
+
+    color: str | None
+    shape: str | None
+    count: int | None
+    size: str | None
+    background: str | None
+    position: str | None
+
+    def matches(self, scene: Scene) -> bool:
+        """True when every attribute the caption names agrees with ``scene``."""
+        return all(
+            named is None or named == getattr(scene, field)
+            for field, named in vars(self).items()
+        )
+
+
+def plural(shape: str, count: int) -> str:
+    """``circle`` → ``circles``; ``cross`` → ``crosses``."""
+    if count == 1:
+        return shape
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def sample_scene(rng: random.Random, held_out: str = "exclude") -> Scene:
+    """Draw scene attributes.
+
+    Args:
+        rng: the random source.
+        held_out: ``"exclude"`` never draws a held-out colour/shape pair, ``"only"`` draws only those,
+            ``"include"`` draws any pair.
+    """
+    while True:
+        color = rng.choice(list(COLORS))
+        shape = rng.choice(SHAPES)
+        if held_out == "only":
+            color, shape = rng.choice(sorted(HELD_OUT_PAIRS))
+        is_held_out = (color, shape) in HELD_OUT_PAIRS
+        if held_out == "exclude" and is_held_out:
+            continue
+        count = rng.randint(1, 3)
+        return Scene(
+            color=color,
+            shape=shape,
+            count=count,
+            size=rng.choice(SIZES),
+            background=rng.choice(BACKGROUNDS),
+            position=rng.choice(POSITIONS) if count == 1 else None,
+        )
+
+
+def caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
+    """A natural caption naming a random subset of the scene's attributes, and which ones it names."""
+    say_color = rng.random() < 0.8
+    say_shape = rng.random() < 0.8
+    say_size = rng.random() < 0.45
+    say_background = rng.random() < 0.4
+    say_position = scene.position is not None and rng.random() < 0.5
+    # A single object is always "a"/"one": the caption then names its count.
+    say_count = scene.count == 1 or rng.random() < 0.8
+
+    noun = plural(scene.shape if say_shape else rng.choice(("shape", "object")), scene.count)
+    words = [w for w in (scene.size if say_size else "", scene.color if say_color else "", noun) if w]
+    if scene.count == 1:
+        count_word = rng.choice(("a", "a", "one"))
+        if count_word == "a":
+            count_word = _article(words[0])
+    else:
+        count_word = COUNT_WORDS[scene.count] if say_count else "some"
+        say_count = say_count and count_word != "some"
+    text = f"{count_word} {' '.join(words)}"
+    if say_position:
+        text += f" in the {scene.position}"
+    if say_background:
+        text += f" on {_BACKGROUND_PHRASES[scene.background]}"
+    text = rng.choice(_PREFIXES) + text
+    facts = CaptionFacts(
+        color=scene.color if say_color else None,
+        shape=scene.shape if say_shape else None,
+        count=scene.count if say_count else None,
+        size=scene.size if say_size else None,
+        background=scene.background if say_background else None,
+        position=scene.position if say_position else None,
+    )
+    return text, facts
+
+
+def full_caption(scene: Scene) -> str:
+    """The caption that names everything, e.g. ``two small red triangles on a striped background``."""
+    noun = plural(scene.shape, scene.count)
+    lead = _article(scene.size) if scene.count == 1 else COUNT_WORDS[scene.count]
+    text = f"{lead} {scene.size} {scene.color} {noun}"
+    if scene.position:
+        text += f" in the {scene.position}"
+    return f"{text} on {_BACKGROUND_PHRASES[scene.background]}"
+
+
+def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple[int, int, int]:
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+
+
+def _draw_background(kind: str, size: int, rng: random.Random) -> Image.Image:
+    # Backgrounds are grey-ish so that an object's colour is never also the background's.
+    base = rng.randint(0, 255)
+    tint = _jitter((base, base, base), rng, 12)
+    image = Image.new("RGB", (size, size), tint)
+    draw = ImageDraw.Draw(image)
+    other_level = (base + rng.randint(50, 110)) % 256
+    other = _jitter((other_level, other_level, other_level), rng, 12)
+    if kind == "stripes":
+        period = rng.randint(size // 16, size // 6)
+        vertical = rng.random() < 0.5
+        for start in range(0, size, 2 * period):
+            box = (start, 0, start + period - 1, size) if vertical else (0, start, size, start + period - 1)
+            draw.rectangle(box, fill=other)
+    elif kind == "dots":
+        step = rng.randint(size // 12, size // 6)
+        radius = max(1, step // 5)
+        for y in range(step // 2, size, step):
+            for x in range(step // 2, size, step):
+                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=other)
+    elif kind == "gradient":
+        horizontal = rng.random() < 0.5
+        for i in range(size):
+            t = i / (size - 1)
+            level = tuple(round(a + (b - a) * t) for a, b in zip(tint, other))
+            box = (i, 0, i, size) if horizontal else (0, i, size, i)
+            draw.rectangle(box, fill=level)
+    elif kind == "noise":
+        noise = Image.effect_noise((size, size), rng.uniform(25, 60)).convert("RGB")
+        image = Image.blend(image, noise, rng.uniform(0.35, 0.6))
+    return image
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    def ring(n: int, radius_at, offset: float) -> list[tuple[float, float]]:
+        return [
+            (cx + radius_at(i) * math.cos(offset + 2 * math.pi * i / n),
+             cy + radius_at(i) * math.sin(offset + 2 * math.pi * i / n))
+            for i in range(n)
+        ]
+
+    if shape == "square":
+        return ring(4, lambda i: r * 1.2, math.pi / 4 + angle)
+    if shape == "diamond":
+        return ring(4, lambda i: r * (1.25 if i % 2 == 0 else 0.8), angle * 0.3)
+    if shape == "triangle":
+        return ring(3, lambda i: r * 1.25, -math.pi / 2 + angle)
+    if shape == "star":
+        return ring(10, lambda i: r * (1.3 if i % 2 == 0 else 0.55), -math.pi / 2 + angle)
+    if shape == "cross":
+        arm, half = r * 1.2, r * 0.4
+        points = [(-half, -arm), (half, -arm), (half, -half), (arm, -half), (arm, half), (half, half),
+                  (half, arm), (-half, arm), (-half, half), (-arm, half), (-arm, -half), (-half, -half)]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _centres(scene: Scene, size: int, radius: float, rng: random.Random) -> list[tuple[float, float]]:
+    margin = radius * 1.35
+    if scene.position is not None:
+        fx, fy = _POSITION_CENTERS[scene.position]
+        wobble = size * 0.06
+        return [(
+            min(max(fx * size + rng.uniform(-wobble, wobble), margin), size - margin),
+            min(max(fy * size + rng.uniform(-wobble, wobble), margin), size - margin),
+        )]
+    centres: list[tuple[float, float]] = []
+    for _ in range(400):
+        if len(centres) == scene.count:
+            break
+        candidate = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
+        if all(math.dist(candidate, c) > 2.7 * radius for c in centres):
+            centres.append(candidate)
+    if len(centres) < scene.count:  # too crowded to scatter: fall back to a diagonal
+        centres = [(size * (i + 1) / (scene.count + 1),) * 2 for i in range(scene.count)]
+    return centres
+
+
+def render(scene: Scene, rng: random.Random, size: int = 128) -> Image.Image:
+    """Draw ``scene`` as an RGB image ``size`` pixels square."""
+    image = _draw_background(scene.background, size, rng)
+    draw = ImageDraw.Draw(image)
+    if scene.size == "large":
+        radius = size * rng.uniform(0.14, 0.19) * (0.8 if scene.count == 3 else 1.0)
+    else:
+        radius = size * rng.uniform(0.06, 0.085)
+    fill = _jitter(COLORS[scene.color], rng, 18)
+    angle = rng.uniform(-0.3, 0.3)
+    for cx, cy in _centres(scene, size, radius, rng):
+        if scene.shape == "circle":
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+        else:
+            draw.polygon(_shape_polygon(scene.shape, cx, cy, radius, angle), fill=fill)
+    if rng.random() < 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    return image
+
+
+@dataclass(frozen=True)
+class Example:
+    """One generated scene with its image and one caption."""
+
+    index: int
+    scene: Scene
+    image: Image.Image
+    caption: str
+    facts: CaptionFacts
+
+
+def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128) -> Example:
+    """Scene ``index`` of the stream for ``seed``: the same on every call and machine."""
+    rng = random.Random(f"{seed}:{index}")
+    scene = sample_scene(rng, held_out=held_out)
+    image = render(scene, rng, size=size)
+    text, facts = caption(scene, rng)
+    return Example(index=index, scene=scene, image=image, caption=text, facts=facts)
+
+
+def stream(seed: int, start: int = 0, stop: int | None = None, **kwargs) -> Iterator[Example]:
+    """Scenes ``start, start + 1, …`` of ``seed``'s stream (endless when ``stop`` is None)."""
+    index = start
+    while stop is None or index < stop:
+        yield generate(seed, index, **kwargs)
+        index += 1

@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests never touch the network and keep every cache and home directory in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_SANDBOX = tempfile.mkdtemp(prefix="mmr-tests-")
+for _var in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME", "GRADIO_TEMP_DIR", "MPLCONFIGDIR"):
+    os.environ[_var] = os.path.join(_SANDBOX, _var.lower())
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.pop("MMR_COLLECTION", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# A registered-config-sized CLIP small enough that a test builds and runs it in well under a second.
+TINY_MODEL_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A local open_clip model directory with random (seeded) tiny weights."""
+    import open_clip
+
+    from mmretrieval.models import save_model_dir
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_MODEL_CFG)
+    return save_model_dir(model, TINY_MODEL_CFG, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    from mmretrieval.encoders import load_encoder
+
+    return load_encoder(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shapes_encoder():
+    """The bundled demo model (assets/shapes), for tests that assert real retrieval quality."""
+    from mmretrieval.encoders import load_encoder
+
+    return load_encoder("builtin:shapes", device="cpu")
