@@ -100,7 +100,7 @@ class DualEncoder:
     Build one with :func:`load_encoder`.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, dim: int | None = None):
+    def __init__(self, loaded: LoadedModel, device: torch.device, dim: int | None = None, channels_last: bool = True):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = device
@@ -120,7 +120,8 @@ class DualEncoder:
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(cfg["mean"], device=device, dtype=torch.float32).view(shape) * 255
         self._std = torch.tensor(cfg["std"], device=device, dtype=torch.float32).view(shape) * 255
-        if device.type == "cuda":
+        self.channels_last = channels_last and device.type == "cuda"
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     # -- scores -----------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ class DualEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         pixels = batch.to(self.device, non_blocking=True).float()
         pixels = ((pixels - self._mean) / self._std).to(self.dtype)
-        if self.device.type == "cuda":
+        if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self._finish(self.model.encode_image(pixels))
 

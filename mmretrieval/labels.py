@@ -101,11 +101,18 @@ def parse_labels(values: str | Sequence[str]) -> list[str]:
     return labels
 
 
+def ensemble_prompt_embeddings(encoder: "DualEncoder", prompts: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:
+    """Per class, the renormalised mean of its prompts' unit embeddings: ``(len(prompts), dim)``."""
+    flat = [text for group in prompts for text in group]
+    vectors = encoder.encode_texts(flat)
+    bounds = np.cumsum([0] + [len(group) for group in prompts])
+    means = np.stack([vectors[start:stop].mean(axis=0) for start, stop in zip(bounds[:-1], bounds[1:])])
+    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+
 def ensemble_embeddings(encoder: "DualEncoder", labels: Sequence[str], templates: Sequence[str]) -> npt.NDArray[np.float32]:
     """Per label, the renormalised mean of its normalised template embeddings: ``(len(labels), dim)``."""
-    prompts = [template.format(label) for label in labels for template in templates]
-    vectors = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    return ensemble_prompt_embeddings(encoder, [[t.format(label) for t in templates] for label in labels])
 
 
 @dataclass(frozen=True)

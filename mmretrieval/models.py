@@ -136,6 +136,19 @@ def _read_local_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def model_config_of(spec: ModelSpec) -> dict[str, Any]:
+    """The open_clip architecture config (``model_cfg``) a spec names, e.g. to save a fine-tuned copy."""
+    import open_clip
+
+    if spec.kind in ("local", "builtin"):
+        directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
+        return _read_local_config(directory)["model_cfg"]
+    config = open_clip.get_model_config(f"hf-hub:{spec.name}" if spec.kind == "hf-hub" else spec.name)
+    if config is None:
+        raise ModelSpecError(f"no architecture config found for {spec}")
+    return config
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file; hub cache blobs are already named by it, so those are free."""
     blob = Path(os.path.realpath(path)).name

@@ -14,16 +14,18 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw, ImageFilter
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 70, 230),
-    "yellow": (245, 225, 30),
-    "orange": (250, 135, 20),
-    "purple": (135, 45, 190),
-    "pink": (250, 120, 190),
-    "cyan": (30, 210, 220),
+# Several anchors per colour name (then jittered), so that "green" means both (0, 200, 0) and a duller green.
+COLOR_VARIANTS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "red": ((220, 30, 30), (255, 0, 0), (200, 20, 45)),
+    "green": ((30, 170, 50), (0, 200, 0), (20, 140, 20), (80, 215, 80)),
+    "blue": ((30, 70, 230), (0, 0, 255), (40, 40, 200), (20, 110, 240)),
+    "yellow": ((245, 225, 30), (255, 255, 0), (240, 205, 0)),
+    "orange": ((250, 135, 20), (255, 165, 0), (240, 115, 0)),
+    "purple": ((135, 45, 190), (128, 0, 128), (150, 60, 225)),
+    "pink": ((250, 120, 190), (255, 105, 180), (255, 160, 205)),
+    "cyan": ((30, 210, 220), (0, 255, 255), (0, 185, 205)),
 }
+COLORS: dict[str, tuple[int, int, int]] = {name: variants[0] for name, variants in COLOR_VARIANTS.items()}
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 BACKGROUNDS = ("plain", "stripes", "dots", "gradient", "noise")
 SIZES = ("small", "large")
@@ -253,10 +255,11 @@ def render(scene: Scene, rng: random.Random, size: int = 128) -> Image.Image:
     image = _draw_background(scene.background, size, rng)
     draw = ImageDraw.Draw(image)
     if scene.size == "large":
-        radius = size * rng.uniform(0.14, 0.19) * (0.8 if scene.count == 3 else 1.0)
+        top = 0.27 if scene.count == 1 else 0.19
+        radius = size * rng.uniform(0.14, top) * (0.8 if scene.count == 3 else 1.0)
     else:
         radius = size * rng.uniform(0.06, 0.085)
-    fill = _jitter(COLORS[scene.color], rng, 18)
+    fill = _jitter(rng.choice(COLOR_VARIANTS[scene.color]), rng, 15)
     angle = rng.uniform(-0.3, 0.3)
     for cx, cy in _centres(scene, size, radius, rng):
         if scene.shape == "circle":

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# How the bundled demo model (assets/shapes) was trained, on one lent GPU, and the GPU encoder throughput.
+# Weights come back split in 12 MB parts (the device tool returns files of at most 16 MiB).
+#   OUT=out DEVICE=cuda bash bench/gpu_demo_model.sh
+set -u
+OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-6000}; BATCH=${BATCH:-512}; WORKERS=${WORKERS:-14}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
+timeout "${TRAIN_TIMEOUT:-300}" python3 -m mmretrieval.cli train --out "$OUT/shapes" --steps "$STEPS" \
+    --batch-size "$BATCH" --workers "$WORKERS" --eval-every 1000 --warmup-steps 300 --device "$DEVICE" 2>&1 | tee "$OUT/train.log"
+python3 -m mmretrieval.cli eval --model "$OUT/shapes" --device "$DEVICE" --json | tee "$OUT/eval.json"
+timeout "${BENCH_TIMEOUT:-60}" python3 bench/encode.py --device "$DEVICE" --models ViT-B-32 ViT-B-16 "$OUT/shapes" \
+    --batch-sizes ${BENCH_BATCHES:-256 1024} --seconds 2 | tee "$OUT/encode.tsv"
+(cd "$OUT/shapes" && split -b 12M open_clip_model.safetensors open_clip_model.safetensors.part- && rm open_clip_model.safetensors)
+ls -la "$OUT" "$OUT/shapes"

@@ -1,0 +1,151 @@
+"""Model commands: ``classify`` (zero-shot), ``train``, ``eval`` and ``models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .common import add_model_options, emit
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_classify(subparsers)
+    _register_train(subparsers)
+    _register_eval(subparsers)
+    models = subparsers.add_parser("models", help="list open_clip architectures and pretrained tags")
+    models.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
+    models.set_defaults(handler=_models)
+
+
+def _register_classify(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify", help="zero-shot classify images against labels",
+        description="Score images against labels with prompt-ensemble text vectors. CLIP-style models give a "
+        "softmax over labels (or, with --multi-label, each label against a neutral prompt); SigLIP-style "
+        "models give independent sigmoid probabilities. Prints image, label, probability per line.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--labels", action="append", required=True,
+                        help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
+    parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
+    parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
+    parser.add_argument("--threshold", type=float, default=0.5, help="with --multi-label: keep labels at or above this")
+    parser.add_argument("--top-k", type=int, default=None, help="labels per image (default 1; all above threshold with --multi-label)")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
+    add_model_options(parser)
+    parser.set_defaults(handler=_classify)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from ..encoders import load_encoder
+    from ..errors import ImageDecodeError
+    from ..labels import ZeroShotClassifier, load_templates, parse_labels, predict
+
+    labels = parse_labels(args.labels)
+    templates = load_templates(args.templates)
+    encoder = load_encoder(args.model, device=args.device)
+    classifier = ZeroShotClassifier.build(encoder, labels, templates)
+    failed = 0
+    for path in args.images:
+        try:
+            vectors = encoder.encode_images([path])
+        except ImageDecodeError as exc:
+            print(f"mmr classify: {path}: skipped: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        probabilities = classifier.probabilities(vectors, multi_label=args.multi_label)
+        [ranked] = predict(probabilities, labels, multi_label=args.multi_label, threshold=args.threshold, top_k=args.top_k)
+        rows = [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in ranked]
+        emit(rows, args.json, ["image", "label", "probability"])
+    return 2 if failed == len(args.images) else 0
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from ..train import SHAPES_ARCH, TrainConfig
+
+    parser = subparsers.add_parser(
+        "train", help="contrastive training: the demo model, or fine-tuning on your captioned images",
+        description="Train an open_clip dual encoder with CLIP's softmax loss (SigLIP's sigmoid loss for models "
+        "with a logit_bias) on generated scenes or on a captioned set (folder with sidecar .txt captions, or a "
+        "CSV with path,caption). Logs loss and a held-out score to stderr and OUT/train_log.jsonl; saves OUT "
+        "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads.",
+    )
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--data", default="scenes", help="'scenes' (generated) or a captioned folder/CSV")
+    parser.add_argument("--arch", default=SHAPES_ARCH, help=f"fresh architecture: {SHAPES_ARCH} or an open_clip name")
+    parser.add_argument("--init", default=None, metavar="SPEC", help="fine-tune this model spec instead")
+    for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
+    for name in ("lr", "weight_decay"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
+    parser.add_argument("--full-precision", action="store_true", help="store float32 weights (default float16)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train import StepLog, TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
+    config = TrainConfig(**{name: getattr(args, name) for name in names}, half=not args.full_precision)
+
+    def log(entry: StepLog) -> None:
+        scores = " ".join(f"{k}={v:.3f}" for k, v in entry.held_out.items())
+        print(f"step {entry.step:>6}  loss {entry.loss:.4f}  lr {entry.lr:.2e}  {entry.seconds:7.1f}s  {scores}",
+              file=sys.stderr, flush=True)
+
+    out = train(config, on_log=log)
+    print(out)
+    return 0
+
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="zero-shot accuracy and text-to-image recall@k",
+        description="Metrics as defined by CLIP_benchmark. --folder: zero-shot classification of an "
+        "ImageFolder-layout directory (one subfolder per class, class name = folder name): top-1 accuracy and "
+        "mean per-class recall. --captions: text-to-image retrieval on a captioned set (sidecar .txt files or a "
+        "CSV with path,caption): recall@k = share of captions whose own image is in the top k. --shapes "
+        "(default when neither is given): the demo model's held-out report on generated scenes: colour, shape "
+        "and count accuracy, held-out colour/shape pairs, plain renderings, recall@k and attribute-match@5.",
+    )
+    parser.add_argument("--folder", help="labelled folder (ImageFolder layout)")
+    parser.add_argument("--captions", help="captioned set: folder with sidecar .txt files, or a CSV")
+    parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
+    parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none or a file")
+    parser.add_argument("--scenes", type=int, default=1000, help="for --shapes: held-out scenes to search over")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of TSV lines")
+    add_model_options(parser)
+    parser.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..encoders import load_encoder
+    from ..evaluate import captions_report, folder_report, shapes_report
+    from ..labels import load_templates
+
+    templates = load_templates(args.templates)
+    encoder = load_encoder(args.model, device=args.device)
+    report: dict[str, object] = {"model": str(encoder.identity.spec)}
+    if args.folder:
+        report.update({f"zeroshot_{k}": v for k, v in folder_report(encoder, args.folder, templates).items()})
+    if args.captions:
+        report.update({f"retrieval_{k}": v for k, v in captions_report(encoder, args.captions).items()})
+    if args.shapes or not (args.folder or args.captions):
+        report.update({f"shapes_{k}": v for k, v in shapes_report(encoder, n_scenes=args.scenes).items()})
+    if args.json:
+        print(json.dumps(report))
+    else:
+        emit(({"metric": k, "value": v} for k, v in report.items()), False, ["metric", "value"])
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import open_clip
+
+    rows = ({"architecture": arch, "pretrained": tag} for arch, tag in open_clip.list_pretrained())
+    emit(rows, args.json, ["architecture", "pretrained"])
+    return 0

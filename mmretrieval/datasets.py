@@ -1,0 +1,99 @@
+"""User data sets for training and evaluation: labelled folders and captioned image sets.
+
+- Labelled folder (ImageFolder layout): ``ROOT/<class name>/<image>``.
+- Captioned set: a folder of images with sidecar captions (``cat.jpg`` + ``cat.txt``, one caption per
+  line), or a CSV with ``path`` (or ``image``/``filepath``) and ``caption`` (or ``text``/``title``) columns;
+  relative paths in a CSV are relative to the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MMRError
+from .images import IMAGE_EXTENSIONS
+
+_PATH_COLUMNS = ("path", "image", "filepath", "file", "filename")
+_CAPTION_COLUMNS = ("caption", "text", "title")
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """An image file and its captions (at least one)."""
+
+    path: Path
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """An image file and the index of its class."""
+
+    path: Path
+    label: int
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImage]]:
+    """Class names (sorted subfolder names) and every image under them.
+
+    Raises:
+        MMRError: the folder is missing or has no class subfolders with images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MMRError(f"labelled folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in _image_files(root / name)]
+    if not items:
+        raise MMRError(f"{root} has no images in class subfolders (expected ROOT/<class>/<image>)")
+    return classes, items
+
+
+def read_captioned(source: str | Path) -> list[CaptionedImage]:
+    """Images with captions from a folder with sidecar ``.txt`` files or from a CSV.
+
+    Raises:
+        MMRError: missing source, unknown CSV columns, or no captioned images.
+    """
+    source = Path(source)
+    if source.is_dir():
+        items = []
+        for path in _image_files(source):
+            sidecar = path.with_suffix(".txt")
+            if sidecar.is_file():
+                lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8", errors="replace").splitlines()]
+                captions = tuple(ln for ln in lines if ln)
+                if captions:
+                    items.append(CaptionedImage(path, captions))
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        items = _read_caption_csv(source)
+    else:
+        raise MMRError(f"captioned set {source} is neither a folder nor a .csv file")
+    if not items:
+        raise MMRError(f"{source} holds no captioned images (sidecar .txt files or a CSV with path,caption)")
+    return items
+
+
+def _read_caption_csv(path: Path) -> list[CaptionedImage]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = {name.lower(): name for name in reader.fieldnames or []}
+        path_col = next((fields[c] for c in _PATH_COLUMNS if c in fields), None)
+        caption_col = next((fields[c] for c in _CAPTION_COLUMNS if c in fields), None)
+        if path_col is None or caption_col is None:
+            raise MMRError(f"{path}: need a path column ({'/'.join(_PATH_COLUMNS)}) and a caption column "
+                           f"({'/'.join(_CAPTION_COLUMNS)}); found {', '.join(fields) or 'none'}")
+        grouped: dict[Path, list[str]] = {}
+        for row in reader:
+            image = Path(row[path_col])
+            image = image if image.is_absolute() else path.parent / image
+            text = (row[caption_col] or "").strip()
+            if text:
+                grouped.setdefault(image, []).append(text)
+    return [CaptionedImage(p, tuple(c)) for p, c in grouped.items()]

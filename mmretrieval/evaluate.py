@@ -1,0 +1,168 @@
+"""Evaluation with CLIP_benchmark's metric definitions, on user data and on held-out generated scenes.
+
+- Zero-shot classification: top-1 accuracy (share of images whose highest-scoring class is right) and
+  mean per-class recall (balanced accuracy), with prompt-ensemble class vectors.
+- Text-to-image retrieval: recall@k = share of captions whose own image is among the k images most
+  similar to the caption (CLIP_benchmark's ``text_retrieval_recall@k``... for the text→image direction).
+- On generated scenes, also attribute-match@5: among the 5 scenes retrieved for a caption, the share
+  that match every attribute the caption names (many scenes share a caption, so recall@k undersells).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from . import scenes
+from .datasets import read_captioned, read_labelled_folder
+from .labels import TEMPLATE_SETS, ensemble_prompt_embeddings
+
+if TYPE_CHECKING:
+    from .encoders import DualEncoder
+
+EVAL_SEED = 1_000_003  # held-out scenes: a stream the training seed never reaches
+PLAIN_SHAPES = ("circle", "square", "triangle", "star")
+PLAIN_COLORS = {"red": (255, 0, 0), "green": (0, 190, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+
+
+def classification_scores(
+    image_vectors: npt.NDArray[np.float32], class_vectors: npt.NDArray[np.float32], targets: Sequence[int]
+) -> dict[str, float]:
+    """Top-1 accuracy and mean per-class recall of nearest-class-vector predictions."""
+    predicted = np.argmax(image_vectors @ class_vectors.T, axis=1)
+    targets = np.asarray(targets)
+    recalls = [float(np.mean(predicted[targets == c] == c)) for c in np.unique(targets)]
+    return {"top1": float(np.mean(predicted == targets)), "mean_per_class_recall": float(np.mean(recalls))}
+
+
+def text_to_image_recall(
+    image_vectors: npt.NDArray[np.float32],
+    text_vectors: npt.NDArray[np.float32],
+    text_to_image: Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """recall@k for each k: the share of texts whose own image ranks in the top k."""
+    similarities = text_vectors @ image_vectors.T
+    own = similarities[np.arange(len(text_to_image)), np.asarray(text_to_image)]
+    # rank = how many images score strictly higher than the caption's own image
+    ranks = (similarities > own[:, None]).sum(axis=1)
+    return {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = TEMPLATE_SETS["default"]) -> dict[str, float]:
+    """Zero-shot accuracy on an ImageFolder-layout directory (class names are the folder names)."""
+    classes, items = read_labelled_folder(root)
+    prompts = [[t.format(name.replace("_", " ")) for t in templates] for name in classes]
+    image_vectors = encoder.encode_images([item.path for item in items])
+    scores = classification_scores(image_vectors, ensemble_prompt_embeddings(encoder, prompts), [i.label for i in items])
+    return {"images": len(items), "classes": len(classes), **scores}
+
+
+def captions_report(encoder: "DualEncoder", source: str) -> dict[str, float]:
+    """Text-to-image recall@1/5/10 on a captioned set (sidecar .txt files or a CSV)."""
+    items = read_captioned(source)
+    texts, owners = [], []
+    for index, item in enumerate(items):
+        texts.extend(item.captions)
+        owners.extend([index] * len(item.captions))
+    image_vectors = encoder.encode_images([item.path for item in items])
+    return {"images": len(items), "captions": len(texts),
+            **text_to_image_recall(image_vectors, encoder.encode_texts(texts), owners)}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def shape_attribute_prompts() -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per attribute, class names and their prompt lists (each ensembled over the counts 1 to 3)."""
+    colors = list(scenes.COLORS)
+    return {
+        "color": (colors, [[f"a photo of {_article(c)} {c} shape", f"a photo of two {c} shapes",
+                            f"a photo of three {c} shapes"] for c in colors]),
+        "shape": (list(scenes.SHAPES), [[f"a photo of {_article(s)} {s}", f"a photo of two {scenes.plural(s, 2)}",
+                                         f"a photo of three {scenes.plural(s, 3)}"] for s in scenes.SHAPES]),
+        "count": (["1", "2", "3"], [["a photo of one shape"], ["a photo of two shapes"], ["a photo of three shapes"]]),
+    }
+
+
+def _attribute_accuracy(encoder: "DualEncoder", vectors: npt.NDArray[np.float32], truth: list[scenes.Scene],
+                        attributes: Sequence[str]) -> dict[str, float]:
+    results = {}
+    for attribute, (names, prompts) in shape_attribute_prompts().items():
+        if attribute in attributes:
+            targets = [names.index(str(getattr(scene, attribute))) for scene in truth]
+            results[attribute] = classification_scores(vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+    return results
+
+
+def plain_renderings(seed: int = 7, per_pair: int = 3, size: int = 112) -> list[tuple[Image.Image, str, str]]:
+    """Single filled shapes in basic colours on plain or noisy backgrounds, drawn with numpy masks
+    (not the generator's Pillow code), as ``(image, color, shape)``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    out = []
+    for shape in PLAIN_SHAPES:
+        for color, rgb in PLAIN_COLORS.items():
+            for variant in range(per_pair):
+                radius = size * rng.uniform(0.2, 0.32)
+                cx, cy = size / 2 + rng.uniform(-0.1, 0.1, size=2) * size
+                mask = _mask(shape, xx - cx, yy - cy, radius)
+                if variant % 2:
+                    background = rng.normal(rng.uniform(60, 200), 25, size=(size, size, 3))
+                else:
+                    background = np.full((size, size, 3), rng.choice([0, 128, 255]), dtype=np.float64)
+                pixels = np.where(mask[..., None], np.array(rgb, dtype=np.float64), background)
+                out.append((Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), color, shape))
+    return out
+
+
+def _mask(shape: str, dx: npt.NDArray, dy: npt.NDArray, r: float) -> npt.NDArray[np.bool_]:
+    if shape == "circle":
+        return dx ** 2 + dy ** 2 <= r ** 2
+    if shape == "square":
+        return (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+    if shape == "triangle":  # apex up: inside three half-planes
+        return (dy <= r * 0.6) & (dy >= -r + 1.7 * np.abs(dx))
+    angle = np.arctan2(dy, dx) + np.pi / 2  # five-pointed star: radius alternates with the angle
+    spikes = np.abs(((angle / (2 * np.pi / 5)) % 1.0) - 0.5) * 2
+    return np.hypot(dx, dy) <= r * (0.4 + 0.75 * spikes ** 2)
+
+
+def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int = 200, seed: int = EVAL_SEED) -> dict[str, float]:
+    """The demo model's quality on scenes it never saw (see the module docstring for the metrics)."""
+    examples = [scenes.generate(seed, i, held_out="include") for i in range(n_scenes)]
+    vectors = encoder.encode_images([e.image for e in examples])
+    report = _attribute_accuracy(encoder, vectors, [e.scene for e in examples], ("color", "shape", "count"))
+
+    held_out = [scenes.generate(seed + 1, i, held_out="only") for i in range(max(40, n_scenes // 5))]
+    held_vectors = encoder.encode_images([e.image for e in held_out])
+    for attribute, value in _attribute_accuracy(encoder, held_vectors, [e.scene for e in held_out], ("color", "shape")).items():
+        report[f"held_out_pairs_{attribute}"] = value
+
+    queries = examples[:n_captions]
+    text_vectors = encoder.encode_texts([q.caption for q in queries])
+    report.update(text_to_image_recall(vectors, text_vectors, [q.index for q in queries]))
+    top5 = np.argsort(-(text_vectors @ vectors.T), axis=1)[:, :5]
+    matches = [[queries[q].facts.matches(examples[i].scene) for i in row] for q, row in enumerate(top5)]
+    report["attribute_match@5"] = float(np.mean(matches))
+
+    plain = plain_renderings()
+    plain_vectors = encoder.encode_images([p[0] for p in plain])
+    names = shape_attribute_prompts()
+    for attribute, column in (("color", 1), ("shape", 2)):
+        classes, prompts = names[attribute]
+        targets = [classes.index(p[column]) for p in plain]
+        report[f"plain_{attribute}"] = classification_scores(
+            plain_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+    return report
+
+
+def random_caption_sample(seed: int, n: int) -> list[str]:
+    """A few held-out captions, e.g. for example queries in docs and the UI."""
+    rng = random.Random(seed)
+    return [scenes.full_caption(scenes.sample_scene(rng)) for _ in range(n)]

@@ -1,0 +1,247 @@
+"""Contrastive training of open_clip dual encoders: the bundled demo model, and fine-tuning on user data.
+
+The loss follows the model: SigLIP's sigmoid loss for models with a ``logit_bias``, CLIP's softmax loss
+otherwise (both from ``open_clip.loss``). Data comes from the synthetic scene generator (each step draws
+fresh scenes ``step * batch + j``, so a run is a pure function of its seed and step count) or from a
+captioned image set. The result is saved in the open_clip local-directory layout that ``--model DIR`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import scenes
+from .datasets import CaptionedImage, read_captioned
+from .encoders import DualEncoder, ImagePreparer, resolve_device
+from .errors import ImageDecodeError, MMRError
+from .images import decode_image
+from .models import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
+
+logger = logging.getLogger(__name__)
+
+# The bundled demo model: a small ViT and text transformer with the CLIP tokenizer (fast on a CPU).
+SHAPES_ARCH = "shapes-vit-tiny"
+SHAPES_MODEL_CFG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 96, "layers": 6, "width": 192, "patch_size": 8, "head_width": 64},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+SHAPES_PREPROCESS: dict[str, Any] = {
+    "size": [96, 96], "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest",
+    "fill_color": 0,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved next to the weights."""
+
+    out: str  # output model directory
+    data: str = "scenes"  # "scenes" (synthetic) or a captioned set: folder with sidecar .txt files, or a CSV
+    arch: str = SHAPES_ARCH  # a fresh architecture: shapes-vit-tiny or an open_clip registry name
+    init: str | None = None  # fine-tune this model spec instead of a fresh architecture
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 256  # pairs per step (also the number of in-batch negatives)
+    lr: float = 1e-3  # peak learning rate, after linear warm-up, then cosine decay to zero
+    warmup_steps: int = 200  # linear warm-up length
+    weight_decay: float = 0.1  # AdamW decay on weight matrices (not gains, biases or the temperature)
+    seed: int = 0  # seeds the weights, the scene stream and the data order
+    workers: int = 2  # data-loading processes
+    device: str = "auto"  # auto, cpu, cuda[:N], mps
+    eval_every: int = 500  # steps between held-out scores (0: only at the end)
+    half: bool = True  # store weights as float16 (half the size on disk)
+    scene_size: int = 128  # pixels of generated scenes before the model's own resize
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """One line of the training log, handed to the progress callback and written to ``train_log.jsonl``."""
+
+    step: int
+    loss: float
+    lr: float
+    seconds: float
+    held_out: dict[str, float] = field(default_factory=dict)
+
+
+class SceneDataset(Dataset):
+    """Scene ``start + i`` of the seed's stream, prepared for the model and tokenised."""
+
+    def __init__(self, seed: int, length: int, preparer: ImagePreparer, tokenizer: Any, scene_size: int):
+        self.seed, self.length, self.preparer, self.tokenizer = seed, length, preparer, tokenizer
+        self.scene_size = scene_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        example = scenes.generate(self.seed, index, size=self.scene_size)
+        return self.preparer(example.image), self.tokenizer([example.caption])[0]
+
+
+class PairDataset(Dataset):
+    """A captioned image set, cycled in a seeded order; undecodable images yield None (dropped by collate)."""
+
+    def __init__(self, items: list[CaptionedImage], length: int, seed: int, preparer: ImagePreparer, tokenizer: Any):
+        self.items, self.length, self.preparer, self.tokenizer = items, length, preparer, tokenizer
+        self.order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        item = self.items[self.order[index % len(self.items)]]
+        text = item.captions[(index // len(self.items)) % len(item.captions)]
+        try:
+            image = decode_image(item.path, draft_size=self.preparer.size).image
+        except ImageDecodeError as exc:
+            logger.warning("skipping %s: %s", item.path, exc)
+            return None
+        return self.preparer(image), self.tokenizer([text])[0]
+
+
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [pair for pair in batch if pair is not None]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _build(config: TrainConfig, device: torch.device) -> tuple[LoadedModel, dict[str, Any]]:
+    import open_clip
+
+    torch.manual_seed(config.seed)
+    if config.init:
+        spec = ModelSpec.parse(config.init)
+        return load_model(spec, device=device, precision="fp32"), model_config_of(spec)
+    if config.arch == SHAPES_ARCH:
+        model_cfg, preprocess = SHAPES_MODEL_CFG, SHAPES_PREPROCESS
+        model = open_clip.CLIP(**model_cfg)
+        open_clip.model.set_model_preprocess_cfg(model, preprocess)
+    else:
+        model_cfg = open_clip.get_model_config(config.arch)
+        if model_cfg is None:
+            raise MMRError(f"unknown architecture {config.arch!r}: use {SHAPES_ARCH} or an open_clip registry name")
+        model = open_clip.create_model(config.arch, pretrained=None)
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+    tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
+    identity = ModelIdentity(spec=config.out, architecture=config.arch, embed_dim=model_cfg["embed_dim"],
+                             weights="training", preprocess=json.dumps(preprocess, sort_keys=True))
+    return LoadedModel(model.to(device), tokenizer, identity, ()), model_cfg
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # As open_clip's training: no weight decay on gains, biases, embeddings' scalars or the temperature.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        flat = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if flat else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device) -> DataLoader:
+    preparer = ImagePreparer(loaded.identity.preprocess)
+    length = config.steps * config.batch_size
+    if config.data == "scenes":
+        dataset: Dataset = SceneDataset(config.seed, length, preparer, loaded.tokenizer, config.scene_size)
+    else:
+        dataset = PairDataset(read_captioned(config.data), length, config.seed, preparer, loaded.tokenizer)
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+        prefetch_factor=8 if config.workers > 0 else None, drop_last=True,
+    )
+
+
+def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) -> Path:
+    """Train, scoring on held-out data every ``eval_every`` steps, and save the model directory.
+
+    Returns:
+        The output directory (loadable with ``load_encoder(str(path))``).
+
+    Raises:
+        MMRError: bad data source, unknown architecture, or an unloadable ``init`` model.
+    """
+    import open_clip
+
+    device = resolve_device(config.device)
+    loaded, model_cfg = _build(config, device)
+    model = loaded.model.float().train()
+    sigmoid = getattr(model, "logit_bias", None) is not None
+    loss_fn = open_clip.loss.SigLipLoss() if sigmoid else open_clip.loss.ClipLoss()
+    optimizer = _optimizer(model, config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "train_log.jsonl", "w", encoding="utf-8")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    started = time.perf_counter()
+    for step, (images, tokens) in enumerate(_loader(config, loaded, device)):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        with autocast:
+            image_features = model.encode_image(_normalise(images.to(device, non_blocking=True), loaded), normalize=True)
+            text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
+            extra = (model.logit_bias,) if sigmoid else ()
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        last = step == config.steps - 1
+        checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
+        if step % 50 == 0 or checkpoint:
+            held_out = _held_out_score(loaded, device, config) if checkpoint else {}
+            entry = StepLog(step, float(loss.item()), _lr_at(step, config), time.perf_counter() - started, held_out)
+            log_file.write(json.dumps(asdict(entry)) + "\n")
+            log_file.flush()
+            if on_log:
+                on_log(entry)
+        if checkpoint:  # an interrupted run still leaves its latest held-out-scored weights
+            _save(model, model_cfg, loaded, config, step)
+    log_file.close()
+    return out
+
+
+def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int) -> Path:
+    extra = {"architecture": config.arch if not config.init else f"finetuned:{config.init}",
+             "training": {**{k: v for k, v in asdict(config).items() if k not in ("out", "device", "workers")},
+                          "saved_at_step": step}}
+    preprocess = json.loads(loaded.identity.preprocess)
+    return save_model_dir(model, model_cfg, config.out, preprocess_cfg=preprocess, extra=extra, half=config.half)
+
+
+def _normalise(batch: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
+    cfg = json.loads(loaded.identity.preprocess)
+    mean = torch.tensor(cfg["mean"], device=batch.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(cfg["std"], device=batch.device).view(1, 3, 1, 1) * 255
+    return (batch.float() - mean) / std
+
+
+def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig) -> dict[str, float]:
+    from .evaluate import shapes_report
+
+    if config.data != "scenes":
+        return {}
+    loaded.model.eval()
+    try:
+        encoder = DualEncoder(LoadedModel(loaded.model, loaded.tokenizer, loaded.identity, ()), device, channels_last=False)
+        return shapes_report(encoder, n_scenes=400, n_captions=100)
+    finally:
+        loaded.model.train()
