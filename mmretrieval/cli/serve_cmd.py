@@ -1,5 +1,56 @@
-"""`mmr serve`: the Gradio UI."""
+"""``mmr serve`` (and ``python app.py``): the Gradio web UI over one collection, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from ..errors import MMRError
+
+logger = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
-    """Placeholder until the UI lands."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``mmr serve``."""
+    from ..ui.server import add_serve_arguments
+
+    parser = subparsers.add_parser(
+        "serve", help="serve the web UI (search, zero-shot, labelling, map)",
+        description="Serve the web UI over a collection. Without --collection, builds (once, cached) and "
+        "serves a demo collection of generated scenes, so it works offline on a fresh machine.",
+    )
+    add_serve_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the collection, build the UI and serve until interrupted."""
+    from ..ui.layout import build_app
+    from ..ui.server import config_from_args, launch, open_context
+
+    config = config_from_args(args)
+    context = open_context(config)
+    print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
+    launch(build_app(context), config, block=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python app.py``: the same options as ``mmr serve``; errors as one readable line, exit status 2."""
+    from ..ui.server import add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="app.py", description=__doc__)
+    add_serve_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except MMRError as exc:
+        print(f"app.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

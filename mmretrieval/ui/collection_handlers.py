@@ -1,0 +1,160 @@
+"""Handlers of the Label, Collection and Map tabs: the actions that read or change the whole collection."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ..labels import parse_labels
+from . import projection
+from .context import AppContext, user_errors
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_PER_LABEL = 4  # sample images shown for each label after labelling
+
+
+class CollectionHandlers:
+    """Info, ingest, label and map over one :class:`AppContext`."""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self._export_dir = Path(tempfile.mkdtemp(prefix="mmr-ui-export-"))
+        self._map: pd.DataFrame | None = None
+
+    # -- info ------------------------------------------------------------------------------------------------
+    @user_errors
+    def collection_info(self) -> tuple[str, pd.DataFrame]:
+        """The collection's model, counts and index, as Markdown, and its failed files with reasons."""
+        with self.ctx.lock:
+            info = self.ctx.collection.info()
+            failures = self.ctx.collection.failures()
+        table = pd.DataFrame(
+            [(f.path, f.reason, f.message) for f in failures], columns=["path", "reason", "message"])
+        return _markdown_of(info, "Collection"), table
+
+    # -- ingest ----------------------------------------------------------------------------------------------
+    @user_errors
+    def ingest(self, folder: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, pd.DataFrame]:
+        """Ingest a folder on the server into the collection, with a live progress bar.
+
+        Returns the ingest summary, then the refreshed info and failures (as :meth:`collection_info`).
+        """
+        if not self.ctx.allow_ingest:
+            raise gr.Error("Ingesting from the browser is off because this app is reachable from other "
+                           "machines; run `mmr ingest` on the server instead.", print_exception=False)
+        source = Path((folder or "").strip()).expanduser()
+        if not str(folder or "").strip():
+            raise gr.Error("Type the path of a folder on this machine to ingest.", print_exception=False)
+        if not source.is_dir():
+            raise gr.Error(f"{source} is not a folder on this machine.", print_exception=False)
+        progress(0, desc="Looking for images…")
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="Embedding images", unit="images")
+
+        with self.ctx.lock:
+            summary = self.ctx.collection.ingest([source], progress=report)
+        self.ctx.thumbnails.clear()
+        self._map = None
+        info, failures = self.collection_info()
+        return _markdown_of(summary, f"Ingested {source}"), info, failures
+
+    # -- label -----------------------------------------------------------------------------------------------
+    @user_errors
+    def label_collection(
+        self, labels: str, templates: str = "default", multi_label: bool = False, threshold: float = 0.5,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[pd.DataFrame, list[tuple[Any, str]], str | None, str]:
+        """Label every image zero-shot; returns counts per label, sample images, the CSV file and a summary."""
+        names = parse_labels(labels or "")
+        progress(0, desc="Embedding the labels…")
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="Labelling", unit="images")
+
+        with self.ctx.lock:
+            summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
+                                                threshold=float(threshold), progress=report)
+            csv_path = self._export_dir / "labels.csv"
+            self.ctx.collection.export_labels(csv_path)
+            samples = self._samples(names)
+        self._map = None
+        counts = pd.DataFrame({"label": list(samples), "count": [len(ids) for ids, _ in samples.values()]})
+        gallery = [(self.ctx.thumbnails.get(self.ctx, image_id), f"{label} ({total})")
+                   for label, (ids, total) in samples.items() for image_id in ids]
+        return counts, gallery, str(csv_path), _markdown_of(summary, "Labelled the collection")
+
+    def _samples(self, names: list[str]) -> dict[str, tuple[list[int], int]]:
+        """Per label: a few of its most typical images (its own text as the query) and how many it has."""
+        counts = _label_counts(self.ctx.collection)
+        samples = {}
+        for name in names:
+            hits = self.ctx.collection.search(name, k=SAMPLES_PER_LABEL, label=name) if counts.get(name) else []
+            samples[name] = ([hit.id for hit in hits], counts.get(name, 0))
+        return samples
+
+    # -- map -------------------------------------------------------------------------------------------------
+    @user_errors
+    def collection_map(self, labels: str = "", templates: str = "default") -> tuple[pd.DataFrame, str]:
+        """The 2-D map's points, coloured by the most probable of ``labels`` (none: one colour)."""
+        with self.ctx.lock:
+            ids, embeddings = self.ctx.collection.vectors()
+        if len(ids) == 0:
+            raise gr.Error("The collection has no embedded images yet; ingest a folder first.", print_exception=False)
+        points = projection.pca_2d(ids, embeddings)
+        order = {int(image_id): row for row, image_id in enumerate(ids)}
+        rows = [order[int(image_id)] for image_id in points.ids]
+        names = self._names(points.ids)
+        classifier = None
+        if (labels or "").strip():
+            classifier = self.ctx.classifiers.get(self.ctx.encoder, tuple(parse_labels(labels)), templates)
+        self._map = projection.map_table(points, embeddings[rows], classifier, names)
+        shown = f"{len(points.ids)} of {len(ids)}" if len(points.ids) < len(ids) else f"all {len(ids)}"
+        note = (f"PCA of {shown} images; the axes explain {points.explained[0]:.0%} and {points.explained[1]:.0%} "
+                "of the variance. Hover a point for its file; drag across the plot to see those images.")
+        return self._map, note
+
+    @user_errors
+    def map_select(self, event: gr.SelectData) -> list[tuple[Any, str]]:
+        """The images under a brushed x-range of the map, nearest its centre first."""
+        if self._map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
+            return []
+        chosen = projection.ids_in_range(self._map, (float(event.index[0]), float(event.index[1])))
+        by_id = self._map.set_index("id")
+        return [(self.ctx.thumbnails.get(self.ctx, image_id), f"{by_id.at[image_id, 'label']} · {by_id.at[image_id, 'name']}")
+                for image_id in chosen]
+
+    def _names(self, ids: Any) -> list[str]:
+        with self.ctx.lock:
+            return [Path(str(self.ctx.collection.image_path(int(image_id)))).name for image_id in ids]
+
+
+def _label_counts(collection: Any) -> dict[str, int]:
+    info = collection.info()
+    counts = getattr(info, "label_counts", None)
+    return dict(counts) if counts else {}
+
+
+def _markdown_of(value: Any, heading: str) -> str:
+    """A summary dataclass (IngestSummary, LabelSummary, CollectionInfo) as a Markdown list."""
+    if dataclasses.is_dataclass(value):
+        items = dataclasses.asdict(value)
+    elif isinstance(value, dict):
+        items = value
+    else:
+        return f"**{heading}**: {value}"
+    lines = [f"**{heading}**"]
+    for key, item in items.items():
+        if isinstance(item, dict):
+            item = ", ".join(f"{k}: {v}" for k, v in item.items()) or "none"
+        elif isinstance(item, float):
+            item = f"{item:.3g}"
+        lines.append(f"- {key.replace('_', ' ')}: {item}")
+    return "\n".join(lines)

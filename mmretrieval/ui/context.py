@@ -1,0 +1,90 @@
+"""What every handler shares: the open collection, its encoder, and how errors become on-screen messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import gradio as gr
+
+from ..errors import MMRError
+from ..labels import TEMPLATE_SETS, ZeroShotClassifier
+from .media import ThumbnailCache
+
+if TYPE_CHECKING:
+    from ..collection import Collection
+    from ..encoders import DualEncoder
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ClassifierCache:
+    """Zero-shot classifiers by (labels, template set): typing the same labels again costs nothing."""
+
+    def __init__(self, capacity: int = 32):
+        self._items: dict[tuple[tuple[str, ...], str], ZeroShotClassifier] = {}
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, encoder: "DualEncoder", labels: tuple[str, ...], templates: str) -> ZeroShotClassifier:
+        """The classifier for ``labels`` with the built-in template set ``templates``.
+
+        Raises:
+            gr.Error: an unknown template set.
+        """
+        if templates not in TEMPLATE_SETS:
+            raise gr.Error(f"Unknown template set {templates!r}; pick one of {', '.join(TEMPLATE_SETS)}.",
+                           print_exception=False)
+        key = (labels, templates)
+        with self._lock:
+            if key not in self._items:
+                if len(self._items) >= self._capacity:
+                    self._items.clear()
+                self._items[key] = ZeroShotClassifier.build(encoder, labels, TEMPLATE_SETS[templates])
+            return self._items[key]
+
+
+@dataclass
+class AppContext:
+    """The state one running app serves from. Built once by :func:`mmretrieval.ui.server.open_context`."""
+
+    collection: "Collection"  # the open collection; every image shown comes from its catalog
+    encoder: "DualEncoder"  # the collection's model, for zero-shot and query encoding
+    title: str = "mmretrieval"  # page title and heading
+    example_queries: tuple[str, ...] = ()  # one-click queries on the first screen
+    map_labels: tuple[str, ...] = ()  # labels the map is coloured by until the user types others
+    allow_ingest: bool = True  # whether the UI may ingest a server folder typed by the user
+    thumbnails: ThumbnailCache = field(default_factory=ThumbnailCache)  # renders of catalog images, by id
+    classifiers: ClassifierCache = field(default_factory=ClassifierCache)  # zero-shot label vectors
+    # Serialises access to the collection: ingest and label write while searches read, from Gradio's threads.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def user_errors(fn: F) -> F:
+    """Turn library errors into a readable ``gr.Error`` and anything unexpected into a short message.
+
+    The full traceback goes to the server log, never to the browser; the server keeps serving.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except MMRError as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+        except Exception as exc:  # the UI must survive any request
+            logger.exception("%s failed", fn.__name__)
+            raise gr.Error(
+                f"Something went wrong in {fn.__name__.replace('_', ' ')} ({type(exc).__name__}). "
+                "The server log has the details.",
+                print_exception=False,
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,156 @@
+"""The Blocks layout: five tabs, and which handler each event calls.
+
+Every action has a named endpoint (``api_name``), so ``gradio_client.Client(url).predict(..., api_name="/search")``
+does from a script what the button does in the browser. Purely cosmetic events are kept out of the API.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from ..labels import TEMPLATE_SETS
+from .collection_handlers import CollectionHandlers
+from .context import AppContext
+from .media import guard_upload
+from .search_handlers import MAX_K, SearchHandlers
+
+logger = logging.getLogger(__name__)
+
+INTRO = """Search the images of this collection by describing them, by example image, or both.
+Scores are cosine similarities between the query and each image (higher is closer)."""
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """The whole UI over ``ctx``; nothing runs until the app is launched."""
+    search = SearchHandlers(ctx)
+    collection = CollectionHandlers(ctx)
+    with gr.Blocks(title=ctx.title, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"# {ctx.title}\n{INTRO}")
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                _search_tab(ctx, search)
+            with gr.Tab("Zero-shot", id="zero-shot"):
+                _zero_shot_tab(search)
+            with gr.Tab("Label collection", id="label"):
+                _label_tab(ctx, collection)
+            with gr.Tab("Collection", id="collection"):
+                _collection_tab(ctx, collection, app)
+            with gr.Tab("Map", id="map"):
+                _map_tab(ctx, collection)
+    return app
+
+
+def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
+    example_buttons = []
+    if ctx.example_queries:
+        gr.Markdown("**Try one** (click to search):")
+        with gr.Row():
+            example_buttons = [gr.Button(text, size="sm", elem_classes=["example-query"]) for text in ctx.example_queries]
+    with gr.Row(equal_height=True):
+        query = gr.Textbox(label="Describe the images you want", placeholder="e.g. a red circle",
+                           elem_id="query", scale=5, autofocus=True)
+        search_button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1)
+    with gr.Accordion("Query image, negatives, k and threshold", open=False):
+        with gr.Row():
+            query_image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
+                                                image_mode=None, sources=["upload", "clipboard"], height=180))
+            with gr.Column():
+                negative = gr.Textbox(label="Not like (negative text, comma-separated)", placeholder="e.g. striped")
+                k = gr.Slider(1, MAX_K, value=24, step=1, label="Number of results (k)")
+                threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
+    status = gr.Markdown(elem_id="search-status")
+    with gr.Row():
+        gallery = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, object_fit="contain",
+                             interactive=False, elem_id="results", scale=3)
+        with gr.Column(scale=1, min_width=260):
+            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview")
+            details = gr.Markdown("Click a result to see it here.", elem_id="details")
+            with gr.Row(equal_height=True):
+                selected = gr.Number(value=None, label="Image id", precision=0, minimum=0, elem_id="selected-id")
+                show_button = gr.Button("Show", size="sm")
+            more_button = gr.Button("More like this", elem_id="more-like-this")
+    with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
+        hits_json = gr.JSON(label="Hits")
+    hit_ids = gr.State([])
+
+    results = [gallery, hits_json, hit_ids, status]
+    search_inputs = [query, query_image, negative, k, threshold]
+    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search")
+    more_button.click(handlers.similar, [selected, k, threshold], results, api_name="similar")
+    gallery.select(handlers.select_result, [hit_ids], [preview, details, selected], api_visibility="private")
+    show_button.click(handlers.image_info, [selected], [preview, details, selected], api_name="image_info")
+    for button in example_buttons:
+        button.click(lambda text=button.value: text, None, query, api_visibility="private", queue=False).then(
+            handlers.search, search_inputs, results, api_visibility="private")
+
+
+def _zero_shot_tab(handlers: SearchHandlers) -> None:
+    gr.Markdown("Upload any image and type candidate labels: the model scores each label against the image, "
+                "with no training.")
+    with gr.Row():
+        with gr.Column():
+            image = guard_upload(gr.Image(label="Image", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], height=260))
+            labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
+                                value="circle, square, triangle, star, diamond, cross")
+            with gr.Row():
+                templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
+                multi_label = gr.Checkbox(label="Multi-label (independent probabilities)", value=False)
+            classify = gr.Button("Classify", variant="primary")
+        with gr.Column():
+            chart = gr.BarPlot(x="label", y="probability", sort="-y", y_lim=[0, 1], label="Probabilities",
+                               height=320)
+            summary = gr.Markdown()
+    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, summary], api_name="zero_shot")
+
+
+def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
+    gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding); "
+                "labels are saved in the catalog, where search can filter on them.")
+    with gr.Row():
+        with gr.Column():
+            labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
+                                value=", ".join(ctx.map_labels))
+            with gr.Row():
+                templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
+                multi_label = gr.Checkbox(label="Multi-label", value=False)
+                threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
+            run = gr.Button("Label the collection", variant="primary")
+            summary = gr.Markdown()
+            csv_file = gr.File(label="Labels as CSV", interactive=False)
+        with gr.Column():
+            counts = gr.BarPlot(x="label", y="count", sort="-y", label="Images per label", height=280)
+            samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
+                                 interactive=False)
+    run.click(handlers.label_collection, [labels, templates, multi_label, threshold],
+              [counts, samples, csv_file, summary], api_name="label_collection")
+
+
+def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
+    info = gr.Markdown(elem_id="collection-info")
+    with gr.Row(equal_height=True):
+        folder = gr.Textbox(label="Ingest another folder (a path on the server)", scale=4,
+                            interactive=ctx.allow_ingest,
+                            placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
+        ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
+    ingest_summary = gr.Markdown()
+    failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
+    refresh = gr.Button("Refresh", size="sm")
+    ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest")
+    refresh.click(handlers.collection_info, None, [info, failures], api_name="collection_info")
+    app.load(handlers.collection_info, None, [info, failures], api_visibility="private")
+
+
+def _map_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
+    with gr.Row(equal_height=True):
+        labels = gr.Textbox(label="Colour by labels (comma-separated; empty: one colour)", scale=4,
+                            value=", ".join(ctx.map_labels))
+        draw = gr.Button("Draw the map", variant="primary", scale=1)
+    note = gr.Markdown()
+    plot = gr.ScatterPlot(x="x", y="y", color="label", tooltip=["name", "label", "confidence", "id"],
+                          label="Embeddings, first two principal components", height=480)
+    picked = gr.Gallery(label="Images in the selected range", columns=8, height="auto", interactive=False)
+    draw.click(handlers.collection_map, [labels], [plot, note], api_name="map")
+    plot.select(handlers.map_select, None, [picked], api_visibility="private")

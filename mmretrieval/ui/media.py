@@ -1,0 +1,135 @@
+"""The only ways images cross the browser boundary.
+
+Outgoing: the browser gets images of the open collection by catalog id, as small server-side renders
+(Gradio writes them into its own cache dir and serves them from there). No handler ever turns a
+client-given string into a path to read, and ``launch`` gets no ``allowed_paths``, so Gradio's file
+routes serve nothing but its upload and cache dirs.
+
+Incoming: uploads are decoded with :func:`mmretrieval.images.decode_image` (bomb limit on, truncated and
+corrupt files refused), and Gradio's own pre-decoding of an upload is guarded so a bad file becomes a
+readable message rather than a generic error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from threading import Lock
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from PIL import Image
+
+from ..errors import ImageDecodeError, MMRError
+from ..images import decode_image
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_PX = 192  # longest side of gallery thumbnails
+PREVIEW_PX = 640  # longest side of the large view of one result
+MAX_UPLOAD_PIXELS = 50_000_000  # uploads above this are refused before decoding (bombs)
+_CACHE_SIZE = 2048  # thumbnails kept in memory
+_PLACEHOLDER_GREY = (200, 200, 200)
+
+
+class ThumbnailCache:
+    """Small renders of collection images, by catalog id, with a bounded LRU memory cache."""
+
+    def __init__(self, capacity: int = _CACHE_SIZE):
+        self._items: OrderedDict[tuple[int, int], Image.Image] = OrderedDict()
+        self._capacity = capacity
+        self._lock = Lock()
+
+    def get(self, ctx: "AppContext", image_id: int, max_side: int = THUMBNAIL_PX) -> Image.Image:
+        """The image ``image_id`` of the collection, shrunk to ``max_side``; a grey tile if it cannot be read."""
+        key = (int(image_id), max_side)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        image = render_collection_image(ctx, int(image_id), max_side)
+        with self._lock:
+            self._items[key] = image
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return image
+
+    def clear(self) -> None:
+        """Forget every render (after an ingest, paths may point at new content)."""
+        with self._lock:
+            self._items.clear()
+
+
+def render_collection_image(ctx: "AppContext", image_id: int, max_side: int) -> Image.Image:
+    """Decode catalog image ``image_id`` (the path comes from the catalog only) and shrink it."""
+    with ctx.lock:
+        path = ctx.collection.image_path(image_id)
+    try:
+        image = decode_image(path, draft_size=max_side).image.copy()
+    except MMRError as exc:  # moved or deleted since ingestion: show a tile, not an error
+        logger.warning("cannot render image %d (%s): %s", image_id, path, exc)
+        return Image.new("RGB", (max_side, max_side), _PLACEHOLDER_GREY)
+    image.thumbnail((max_side, max_side))
+    return image
+
+
+def load_upload(path: str | None, what: str = "query image") -> Image.Image | None:
+    """Decode an uploaded file (a path Gradio put in its upload dir) safely; None when nothing was uploaded.
+
+    Raises:
+        gr.Error: the upload is not a usable image (corrupt, truncated, a decompression bomb...).
+    """
+    if not path:
+        return None
+    try:
+        return decode_image(path, max_pixels=MAX_UPLOAD_PIXELS).image
+    except ImageDecodeError as exc:
+        raise gr.Error(f"The {what} cannot be used: {_reason_text(exc)}", print_exception=False) from exc
+
+
+def guard_upload(component: Any, what: str = "uploaded image") -> Any:
+    """Make Gradio's own pre-decoding of an upload fail with a readable message.
+
+    ``gr.Image`` opens every upload with Pillow before our handler sees it; a corrupt file or a bomb
+    raises there, which Gradio would show as a bare "Error". Wrapping the instance's ``preprocess``
+    (not subclassing: a component subclass makes Gradio write stub files next to this module) keeps
+    the message readable.
+    """
+    original = component.preprocess
+
+    @functools.wraps(original)
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # Pillow raises many types for bad files
+            logger.info("rejected upload: %s", exc)
+            raise gr.Error(f"The {what} is not a usable image: {_short(exc)}", print_exception=False) from exc
+
+    component.preprocess = preprocess
+    return component
+
+
+def _reason_text(exc: ImageDecodeError) -> str:
+    readable = {
+        "decompression_bomb": "it has too many pixels (possible decompression bomb)",
+        "not_an_image": "it is not a JPEG, PNG, GIF, WebP, BMP or TIFF image",
+        "truncated": "the file is truncated",
+        "corrupt": "the file is corrupt",
+        "empty_file": "the file is empty",
+        "too_large": "the file is too large",
+    }
+    return readable.get(exc.reason, str(exc))
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return "it has too many pixels (possible decompression bomb)"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "the file is not an image format we can read"
+    return type(exc).__name__

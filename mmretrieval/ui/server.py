@@ -1,0 +1,141 @@
+"""Serving the UI: options shared by ``app.py`` and ``mmr serve``, opening the collection, a safe launch.
+
+Safe by default: binds 127.0.0.1, no share link unless ``--share``, no ``allowed_paths`` (Gradio's file
+routes then serve only its own upload and cache dirs), an upload size limit, and folder ingestion from
+the browser only while the app is reachable from this machine alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from .context import AppContext
+
+logger = logging.getLogger(__name__)
+
+DEMO_QUERIES = (
+    "a red circle",
+    "three blue squares",
+    "a yellow star on a striped background",
+    "two small green triangles",
+    "a large purple cross",
+)
+DEMO_MAP_LABELS = ("circle", "square", "triangle", "star", "diamond", "cross")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How to serve; resolved once from the command line (and ``$MMR_COLLECTION``)."""
+
+    collection: Path | None = None  # collection directory; None builds and serves the demo collection
+    model: str | None = None  # model spec; None uses the collection's own (builtin:shapes for the demo)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    host: str = "127.0.0.1"  # interface to bind; loopback unless asked
+    port: int = 7860  # TCP port
+    share: bool = False  # ask Gradio for a public share link
+    max_file_size: str = "20mb"  # largest upload Gradio accepts
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``app.py`` and ``mmr serve``."""
+    parser.add_argument("--collection", type=Path, default=os.environ.get("MMR_COLLECTION") or None,
+                        metavar="DIR", help="collection to serve (default: $MMR_COLLECTION, else the demo collection, "
+                        "built once and cached)")
+    parser.add_argument("--model", default=None, help="model spec (default: the collection's own; builtin:shapes "
+                        "for the demo)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
+    parser.add_argument("--max-file-size", default="20mb", help="largest accepted upload (default: 20mb)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` that parsed arguments describe."""
+    return ServeConfig(
+        collection=Path(args.collection).expanduser() if args.collection else None,
+        model=args.model, device=args.device, host=args.host, port=args.port,
+        share=args.share, max_file_size=args.max_file_size,
+    )
+
+
+def is_local_only(config: ServeConfig) -> bool:
+    """True when only this machine can reach the app (loopback bind, no share link)."""
+    if config.share:
+        return False
+    if config.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_context(config: ServeConfig) -> "AppContext":
+    """Open (or, for the demo, build then open) the collection the config names, with its encoder.
+
+    Raises:
+        MMRError: the collection or the model cannot be opened.
+    """
+    from ..collection import Collection
+    from ..encoders import load_encoder
+    from .context import AppContext
+
+    is_demo = config.collection is None
+    directory = config.collection
+    if is_demo:
+        from ..demo import DemoConfig, ensure_demo_collection
+
+        demo = DemoConfig(model=config.model or DemoConfig.model)
+        directory = ensure_demo_collection(config=demo, device=config.device, progress=_print_demo_progress)
+    encoder = load_encoder(config.model, device=config.device) if config.model else None
+    collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
+    encoder = encoder or collection.encoder
+    return AppContext(
+        collection=collection,
+        encoder=encoder,
+        title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {directory}",
+        example_queries=DEMO_QUERIES if is_demo else (),
+        map_labels=DEMO_MAP_LABELS if is_demo else (),
+        allow_ingest=is_local_only(config),
+    )
+
+
+def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tuple[str, int]:
+    """Start the server with the safe settings; returns ``(host, port)`` actually bound.
+
+    ``block=False`` returns once the server is up (tests, embedding).
+    """
+    if not is_local_only(config):
+        logger.warning("serving on %s%s: anyone who can reach it can search this collection",
+                       config.host, " with a public share link" if config.share else "")
+    app.queue(default_concurrency_limit=2, max_size=64)
+    app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        allowed_paths=[],  # serve no folder: images go out as server-side renders in Gradio's cache
+        max_file_size=config.max_file_size,
+        show_error=False,  # only our own readable gr.Error messages reach the browser
+        prevent_thread_lock=not block,
+        inbrowser=False,
+        quiet=not block,
+        footer_links=["api"],
+    )
+    return config.host, app.server_port
+
+
+def _print_demo_progress(stage: str, done: int, total: int) -> None:
+    what = "writing demo scenes" if stage == "scenes" else "ingesting demo scenes"
+    end = "\n" if done >= total else ""
+    print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
