@@ -37,7 +37,7 @@ class CollectionHandlers:
             failures = self.ctx.collection.failures()
         table = pd.DataFrame(
             [(f.path, f.reason, f.message) for f in failures], columns=["path", "reason", "message"])
-        return _markdown_of(info, "Collection"), table
+        return describe_collection(info), table
 
     # -- ingest ----------------------------------------------------------------------------------------------
     @user_errors
@@ -84,21 +84,16 @@ class CollectionHandlers:
                                                 threshold=float(threshold), progress=report)
             csv_path = self._export_dir / "labels.csv"
             self.ctx.collection.export_labels(csv_path)
-            samples = self._samples(names)
+            samples = {name: self._samples(name) if summary.counts.get(name) else [] for name in names}
         self._map = None
-        counts = pd.DataFrame({"label": list(samples), "count": [len(ids) for ids, _ in samples.values()]})
-        gallery = [(self.ctx.thumbnails.get(self.ctx, image_id), f"{label} ({total})")
-                   for label, (ids, total) in samples.items() for image_id in ids]
+        counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
+        gallery = [(self.ctx.thumbnails.get(self.ctx, image_id), f"{name} ({summary.counts.get(name, 0)})")
+                   for name in names for image_id in samples[name]]
         return counts, gallery, str(csv_path), _markdown_of(summary, "Labelled the collection")
 
-    def _samples(self, names: list[str]) -> dict[str, tuple[list[int], int]]:
-        """Per label: a few of its most typical images (its own text as the query) and how many it has."""
-        counts = _label_counts(self.ctx.collection)
-        samples = {}
-        for name in names:
-            hits = self.ctx.collection.search(name, k=SAMPLES_PER_LABEL, label=name) if counts.get(name) else []
-            samples[name] = ([hit.id for hit in hits], counts.get(name, 0))
-        return samples
+    def _samples(self, name: str) -> list[int]:
+        """A few of the most typical images of label ``name``: its own text as the query, filtered to it."""
+        return [hit.id for hit in self.ctx.collection.search(name, k=SAMPLES_PER_LABEL, label=name)]
 
     # -- map -------------------------------------------------------------------------------------------------
     @user_errors
@@ -136,10 +131,20 @@ class CollectionHandlers:
             return [Path(str(self.ctx.collection.image_path(int(image_id)))).name for image_id in ids]
 
 
-def _label_counts(collection: Any) -> dict[str, int]:
-    info = collection.info()
-    counts = getattr(info, "label_counts", None)
-    return dict(counts) if counts else {}
+def describe_collection(info: Any) -> str:
+    """A CollectionInfo as a short Markdown summary."""
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(info.counts.items())) or "empty"
+    params = ", ".join(f"{key}={value}" for key, value in info.index_params.items())
+    labels = ", ".join(f"{name} ({count})" for name, count in info.labels.items()) or "none yet"
+    megabytes = sum(info.bytes_on_disk.values()) / 1e6
+    return "\n".join([
+        f"**Collection** `{info.directory}`",
+        f"- model: `{info.model_spec}` (key {info.model_key}, {info.dim}-d vectors)",
+        f"- images: {statuses}; {info.vectors} vectors",
+        f"- index: {info.index_type}{f' ({params})' if params else ''}, {info.index_vectors} vectors",
+        f"- labels: {labels}",
+        f"- on disk: {megabytes:.1f} MB",
+    ])
 
 
 def _markdown_of(value: Any, heading: str) -> str:

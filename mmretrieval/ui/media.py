@@ -89,6 +89,8 @@ def load_upload(path: str | None, what: str = "query image") -> Image.Image | No
         return decode_image(path, max_pixels=MAX_UPLOAD_PIXELS).image
     except ImageDecodeError as exc:
         raise gr.Error(f"The {what} cannot be used: {_reason_text(exc)}", print_exception=False) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow errors decode_image lets through
+        raise gr.Error(f"The {what} cannot be used: the file is corrupt ({exc})", print_exception=False) from exc
 
 
 def guard_upload(component: Any, what: str = "uploaded image") -> Any:

@@ -134,32 +134,27 @@ class SearchHandlers:
 
 
 def _catalog_row(ctx: AppContext, image_id: int) -> Any:
-    rows = ctx.collection.rows([image_id]) if hasattr(ctx.collection, "rows") else {}
-    if image_id not in rows:
-        ctx.collection.image_path(image_id)  # raises the collection's own "no such image" error
-    return rows.get(image_id)
+    """The catalog's row for ``image_id`` (path, size, caption) plus its labels; raises for unknown ids."""
+    path = ctx.collection.image_path(image_id)  # the collection's own readable "no such image" error
+    row = ctx.collection.catalog.rows([image_id]).get(image_id)
+    labels = ctx.collection.label_of([image_id]).get(image_id, ())
+    return {"path": str(path), "width": getattr(row, "width", None), "height": getattr(row, "height", None),
+            "caption": getattr(row, "caption", None), "labels": labels}
 
 
-def _describe(image_id: int, row: Any) -> str:
-    if row is None:
-        return f"**Image {image_id}**"
-    size = f"{row.width} × {row.height} px" if row.width else "size unknown"
-    lines = [f"**{Path(row.path).name}** (id {image_id})", f"- path: `{row.path}`", f"- size: {size}"]
+def _describe(image_id: int, row: dict[str, Any]) -> str:
+    path = Path(row["path"])
+    size = f"{row['width']} × {row['height']} px" if row["width"] else "size unknown"
+    lines = [f"**{path.name}** (id {image_id})", f"- path: `{path}`", f"- size: {size}"]
     try:
-        lines.append(f"- file: {Path(row.path).stat().st_size / 1024:.1f} KiB")
+        lines.append(f"- file: {path.stat().st_size / 1024:.1f} KiB")
     except OSError:
         lines.append("- file: missing on disk")
-    if getattr(row, "caption", None):
-        lines.append(f"- caption: {row.caption}")
-    labels = getattr(row, "labels", ()) or ()
-    lines.append(f"- labels: {', '.join(_label_text(label) for label in labels) if labels else 'none yet'}")
+    if row["caption"]:
+        lines.append(f"- caption: {row['caption']}")
+    labels = ", ".join(f"{name} ({probability:.2f})" for name, probability in row["labels"])
+    lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
     return "\n".join(lines)
-
-
-def _label_text(label: Any) -> str:
-    if isinstance(label, (tuple, list)) and len(label) == 2:
-        return f"{label[0]} ({float(label[1]):.2f})"
-    return str(label)
 
 
 def _clamp_k(k: float | None) -> int:

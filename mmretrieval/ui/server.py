@@ -100,7 +100,7 @@ def open_context(config: ServeConfig) -> "AppContext":
         directory = ensure_demo_collection(config=demo, device=config.device, progress=_print_demo_progress)
     encoder = load_encoder(config.model, device=config.device) if config.model else None
     collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
-    encoder = encoder or collection.encoder
+    encoder = encoder or collection.encoder  # loads the model the collection was built with
     return AppContext(
         collection=collection,
         encoder=encoder,

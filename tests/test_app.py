@@ -1,0 +1,296 @@
+"""The web UI through its Python handlers and its HTTP API, against a small collection built here.
+
+Handlers are called directly where that is enough; the file-route probes and the API go through a
+real server on a free local port (gradio_client and raw HTTP), as a script or an attacker would.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ui_support import SCENE_COUNT, free_port, running_app, write_scene_folder
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory, tiny_model_dir):
+    """A collection of generated scenes (plus one broken file) ingested with the tiny model."""
+    from mmretrieval.collection import Collection
+
+    root = tmp_path_factory.mktemp("ui-collection")
+    write_scene_folder(root / "images")
+    with Collection.open(root / "collection", model=str(tiny_model_dir), create=True, device="cpu") as collection:
+        collection.ingest([root / "images"], workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def context(collection_dir, tiny_encoder):
+    from mmretrieval.collection import Collection
+    from mmretrieval.ui.context import AppContext
+    from mmretrieval.ui.server import DEMO_QUERIES
+
+    collection = Collection.open(collection_dir / "collection", model=tiny_encoder, device="cpu")
+    yield AppContext(collection=collection, encoder=tiny_encoder, title="test collection",
+                     example_queries=DEMO_QUERIES[:2], map_labels=("circle", "square"))
+    collection.close()
+
+
+@pytest.fixture(scope="module")
+def search(context):
+    from mmretrieval.ui.search_handlers import SearchHandlers
+
+    return SearchHandlers(context)
+
+
+@pytest.fixture(scope="module")
+def manage(context):
+    from mmretrieval.ui.collection_handlers import CollectionHandlers
+
+    return CollectionHandlers(context)
+
+
+@pytest.fixture(scope="module")
+def server(context):
+    with running_app(context) as url:
+        yield url
+
+
+class _Select:
+    """Stands in for gr.SelectData: the gallery index the user clicked."""
+
+    def __init__(self, index):
+        self.index = index
+
+
+def test_text_search_returns_scored_thumbnails_sorted_best_first(search, collection_dir):
+    gallery, hits, ids, status = search.search("a red circle", None, "", 5, -1)
+    assert len(gallery) == len(hits) == len(ids) == 5
+    scores = [hit["score"] for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    image, caption = gallery[0]
+    assert isinstance(image, Image.Image) and max(image.size) <= 192
+    assert caption == f"{hits[0]['score']:.3f} · {Path(hits[0]['file']).name}"
+    assert all(Path(hit["file"]).parent == collection_dir / "images" for hit in hits)
+    assert "5 results" in status
+
+
+def test_search_k_larger_than_collection_returns_only_real_images(search):
+    _, hits, ids, _ = search.search("a shape", None, "", 200, -1)
+    assert len(ids) == len(set(ids)) == SCENE_COUNT  # the broken file is not an image result
+
+
+def test_threshold_and_negative_text(search):
+    _, all_hits, _, _ = search.search("a blue square", None, "", 24, -1)
+    cutoff = all_hits[5]["score"]
+    _, kept, _, _ = search.search("a blue square", None, "", 24, cutoff)
+    assert kept and all(hit["score"] >= cutoff for hit in kept) and len(kept) < len(all_hits)
+    _, negated, _, _ = search.search("a blue square", None, "striped", 24, -1)
+    assert [h["score"] for h in negated] != [h["score"] for h in all_hits]
+
+
+def test_image_query_upload_finds_that_image_first(search, collection_dir, tmp_path):
+    source = collection_dir / "images" / "scene-007.png"
+    upload = tmp_path / "upload.png"
+    shutil.copy(source, upload)
+    _, hits, _, status = search.search("", str(upload), "", 3, -1)
+    assert hits[0]["file"] == str(source) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert "image" in status
+
+
+def test_similar_and_result_details(search, collection_dir):
+    _, hits, ids, _ = search.search("a green triangle", None, "", 4, -1)
+    preview, details, selected = search.select_result(ids, _Select(1))
+    assert selected == ids[1]
+    assert isinstance(preview, Image.Image)
+    assert Path(hits[1]["file"]).name in details and "64 × 64 px" in details
+    _, similar_hits, similar_ids, status = search.similar(selected, 5, -1)
+    assert len(similar_ids) == 5 and selected not in similar_ids
+    assert "more like image" in status
+
+
+def test_empty_query_bad_id_and_bad_upload_are_readable_errors(search, tmp_path):
+    with pytest.raises(gr.Error, match="Type a query"):
+        search.search("   ", None, "", 5, -1)
+    with pytest.raises(gr.Error, match="Pick a result"):
+        search.similar(None, 5, -1)
+    with pytest.raises(gr.Error, match="no image with id 999999"):
+        search.image_info(999999)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(gr.Error, match="query image cannot be used"):
+        search.search("", str(corrupt), "", 5, -1)
+
+
+def test_decompression_bomb_upload_is_refused_before_decoding(search, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb)  # 144 megapixels, a few kB on disk
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(gr.Error, match="too many pixels"):
+        search.zero_shot(str(bomb), "circle, square", "default", False)
+
+
+def test_zero_shot_probabilities_for_the_bar_chart(search, collection_dir):
+    image = str(collection_dir / "images" / "scene-000.png")
+    table, summary = search.zero_shot(image, "circle\nsquare, star", "default", False)
+    assert list(table.columns) == ["label", "probability"]
+    assert sorted(table["label"]) == ["circle", "square", "star"]
+    assert table["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+    assert table["probability"].is_monotonic_decreasing
+    multi, multi_summary = search.zero_shot(image, "circle, square", "imagenet", True)
+    assert ((multi["probability"] > 0) & (multi["probability"] < 1)).all()
+    assert "multi-label" in multi_summary
+    with pytest.raises(gr.Error, match="no labels"):
+        search.zero_shot(image, " , ", "default", False)
+
+
+def test_label_collection_counts_samples_and_csv(manage, search):
+    counts, samples, csv_path, summary = manage.label_collection("circle, square, star", "default", False, 0.5,
+                                                                 progress=lambda *a, **k: None)
+    assert counts["count"].sum() == SCENE_COUNT
+    assert set(counts["label"]) == {"circle", "square", "star"}
+    assert samples and all(caption.split(" (")[0] in {"circle", "square", "star"} for _, caption in samples)
+    exported = pd.read_csv(csv_path)
+    assert len(exported) == SCENE_COUNT
+    _, hits, _, _ = search.search("a shape", None, "", 3, -1)
+    assert all(len(hit["labels"]) == 1 for hit in hits)
+
+
+def test_collection_info_lists_the_failed_file(manage):
+    info, failures = manage.collection_info()
+    assert "tiny" in info or "model" in info
+    assert f"{SCENE_COUNT} ok" in info
+    assert list(failures["path"].map(lambda p: Path(p).name)) == ["broken.png"]
+    assert failures["reason"].iloc[0]
+
+
+def test_ingest_another_folder_with_progress(manage, search, tmp_path):
+    from ui_support import write_scene_folder as write
+
+    extra = tmp_path / "extra"
+    write(extra, count=3)
+    calls = []
+    summary, info, failures = manage.ingest(str(extra), progress=lambda *a, **k: calls.append(a))
+    assert calls, "ingest must report progress"
+    assert "Ingested" in summary
+    _, hits, _, _ = search.search("a shape", None, "", 200, -1)
+    assert sum(Path(hit["file"]).parent == extra for hit in hits) == 3
+    with pytest.raises(gr.Error, match="not a folder"):
+        manage.ingest(str(tmp_path / "missing"), progress=lambda *a, **k: None)
+
+
+def test_ingest_is_refused_when_reachable_from_other_machines(context, tmp_path):
+    from dataclasses import replace
+
+    from mmretrieval.ui.collection_handlers import CollectionHandlers
+    from mmretrieval.ui.server import ServeConfig, is_local_only
+
+    assert is_local_only(ServeConfig()) and not is_local_only(ServeConfig(host="0.0.0.0"))
+    assert not is_local_only(ServeConfig(share=True))
+    handlers = CollectionHandlers(replace(context, allow_ingest=False))
+    with pytest.raises(gr.Error, match="reachable from other machines"):
+        handlers.ingest(str(tmp_path), progress=lambda *a, **k: None)
+
+
+def test_map_projects_every_image_and_colours_by_label(manage):
+    table, note = manage.collection_map("circle, square")
+    assert len(table) >= SCENE_COUNT
+    assert set(table["label"]) <= {"circle", "square"}
+    assert np.isfinite(table[["x", "y"]].to_numpy()).all()
+    picked = manage.map_select(_Select([float(table["x"].min()), float(table["x"].max())]))
+    assert 0 < len(picked) <= 24
+    plain, _ = manage.collection_map("")
+    assert set(plain["label"]) == {"(no labels)"}
+
+
+def test_http_api_named_endpoints(server):
+    from gradio_client import Client
+
+    client = Client(server + "/", verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/search", "/similar", "/image_info", "/zero_shot", "/label_collection", "/ingest",
+                 "/collection_info", "/map"):
+        assert name in endpoints
+    gallery, hits, status = client.predict("a red circle", None, "", 3, -1, api_name="/search")
+    assert len(gallery) == 3 and all(item["caption"].split(" · ")[0].replace(".", "").isdigit() for item in gallery)
+    similar_gallery, similar_hits, _ = client.predict(hits[0]["id"], 2, -1, api_name="/similar")
+    assert len(similar_hits) == 2 and hits[0]["id"] not in [hit["id"] for hit in similar_hits]
+
+
+def test_server_keeps_serving_after_bad_requests(server):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(server + "/", verbose=False)
+    with pytest.raises(AppError, match="Type a query"):
+        client.predict("", None, "", 3, -1, api_name="/search")
+    with pytest.raises(AppError, match="no image with id"):
+        client.predict(123456, api_name="/image_info")
+    assert httpx.post(f"{server}/gradio_api/call/search", content=b"{not json").status_code >= 400
+    _, hits, _ = client.predict("a blue star", None, "", 2, -1, api_name="/search")
+    assert len(hits) == 2
+
+
+@pytest.mark.parametrize("route", ["/gradio_api/file=", "/file=", "/gradio_api/file/", "/gradio_api/file=../../.."])
+def test_file_routes_refuse_files_outside_the_collection(server, route, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve me")
+    for target in ("/etc/passwd", str(secret)):
+        response = httpx.get(f"{server}{route}{target}")
+        assert response.status_code in (400, 403, 404), (route, target, response.status_code)
+        assert b"root:" not in response.content and b"do not serve me" not in response.content
+
+
+def test_file_routes_refuse_even_collection_originals(server, collection_dir):
+    # Images go out only as server-side renders in Gradio's cache; the originals are never a file route.
+    original = collection_dir / "images" / "scene-000.png"
+    assert httpx.get(f"{server}/gradio_api/file={original}").status_code in (403, 404)
+
+
+def test_upload_size_limit(server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + os.urandom(21 * 1024 * 1024))
+    with open(big, "rb") as handle:
+        response = httpx.post(f"{server}/gradio_api/upload", files={"files": ("big.png", handle, "image/png")},
+                              timeout=60)
+    assert response.status_code == 413
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, format="PNG")
+    ok = httpx.post(f"{server}/gradio_api/upload", files={"files": ("ok.png", small.getvalue(), "image/png")})
+    assert ok.status_code == 200
+
+
+def test_app_and_ui_import_without_loading_anything():
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util; import mmretrieval.ui.layout, mmretrieval.cli.serve_cmd; "
+            "spec = importlib.util.spec_from_file_location('app', 'app.py'); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "print('faiss' in sys.modules, 'mmretrieval.collection' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_serve_options_parse_with_safe_defaults():
+    import argparse
+
+    from mmretrieval.cli import build_parser
+    from mmretrieval.ui.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args([]))
+    assert (config.host, config.port, config.share, config.collection) == ("127.0.0.1", 7860, False, None)
+    args = build_parser().parse_args(["serve", "--collection", "/tmp/c", "--port", str(free_port()), "--share"])
+    assert config_from_args(args).share and config_from_args(args).collection == Path("/tmp/c")

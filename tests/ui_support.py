@@ -1,0 +1,46 @@
+"""Helpers for the UI tests: a small real collection of generated scenes, and a launched app on a free port."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mmretrieval import scenes
+
+SCENE_COUNT = 24  # images in the test collection
+SCENE_SEED = 11
+
+
+def write_scene_folder(folder: Path, count: int = SCENE_COUNT) -> list[Path]:
+    """``count`` generated scenes as PNGs, plus one corrupt file that ingestion must record as failed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"scene-{index:03d}.png"
+        scenes.generate(SCENE_SEED, index, held_out="include", size=64).image.save(path)
+        paths.append(path)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    return paths
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_app(context) -> Iterator[str]:
+    """Launch the UI over ``context`` on a free loopback port; yields its base URL and closes it after."""
+    from mmretrieval.ui.layout import build_app
+    from mmretrieval.ui.server import ServeConfig, launch
+
+    app = build_app(context)
+    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port()), block=False)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        app.close()
