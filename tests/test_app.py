@@ -18,18 +18,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ui_support import SCENE_COUNT, free_port, running_app, write_scene_folder
+from ui_support import SCENE_COUNT, build_test_collection, free_port, running_app
 
 
 @pytest.fixture(scope="module")
 def collection_dir(tmp_path_factory, tiny_model_dir):
     """A collection of generated scenes (plus one broken file) ingested with the tiny model."""
-    from mmretrieval.collection import Collection
-
     root = tmp_path_factory.mktemp("ui-collection")
-    write_scene_folder(root / "images")
-    with Collection.open(root / "collection", model=str(tiny_model_dir), create=True, device="cpu") as collection:
-        collection.ingest([root / "images"], workers=1)
+    build_test_collection(root, str(tiny_model_dir))
     return root
 
 

@@ -25,6 +25,16 @@ def write_scene_folder(folder: Path, count: int = SCENE_COUNT) -> list[Path]:
     return paths
 
 
+def build_test_collection(root: Path, model: str) -> Path:
+    """Scenes in ``root/images`` ingested into ``root/collection`` with ``model``; returns the collection dir."""
+    from mmretrieval.collection import Collection
+
+    write_scene_folder(root / "images")
+    with Collection.open(root / "collection", model=model, create=True, device="cpu") as collection:
+        collection.ingest([root / "images"], workers=1)
+    return root / "collection"
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as probe:

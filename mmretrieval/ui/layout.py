@@ -62,7 +62,7 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
     status = gr.Markdown(elem_id="search-status")
     with gr.Row():
-        gallery = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, object_fit="contain",
+        gallery = gr.Gallery(label="Results", columns=5, height="auto", allow_preview=False, object_fit="contain",
                              interactive=False, elem_id="results", scale=3)
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_K = 200  # most results one search returns
+MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
 
 
@@ -103,6 +104,9 @@ class SearchHandlers:
         with self.ctx.lock:
             row = _catalog_row(self.ctx, image_id)
         preview = self.ctx.thumbnails.get(self.ctx, image_id, max_side=PREVIEW_PX)
+        if max(preview.size) < MIN_PREVIEW_PX:  # small images (icons, the demo's scenes): enlarge, pixels kept sharp
+            scale = MIN_PREVIEW_PX // max(preview.size) + 1
+            preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
         return preview, _describe(image_id, row), image_id
 
     @user_errors

@@ -44,6 +44,7 @@ class ServeConfig:
     port: int = 7860  # TCP port
     share: bool = False  # ask Gradio for a public share link
     max_file_size: str = "20mb"  # largest upload Gradio accepts
+    examples: tuple[str, ...] = ()  # one-click example queries (the demo has its own; else the labels, if any)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", default="20mb", help="largest accepted upload (default: 20mb)")
+    parser.add_argument("--example", action="append", default=[], metavar="QUERY", dest="examples",
+                        help="an example query for the first screen (repeatable; default: the demo's examples, "
+                        "or the collection's labels)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -65,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         collection=Path(args.collection).expanduser() if args.collection else None,
         model=args.model, device=args.device, host=args.host, port=args.port,
-        share=args.share, max_file_size=args.max_file_size,
+        share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
     )
 
 
@@ -101,12 +105,13 @@ def open_context(config: ServeConfig) -> "AppContext":
     encoder = load_encoder(config.model, device=config.device) if config.model else None
     collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
     encoder = encoder or collection.encoder  # loads the model the collection was built with
+    labels = tuple(collection.info().labels)
     return AppContext(
         collection=collection,
         encoder=encoder,
         title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {directory}",
-        example_queries=DEMO_QUERIES if is_demo else (),
-        map_labels=DEMO_MAP_LABELS if is_demo else (),
+        example_queries=config.examples or (DEMO_QUERIES if is_demo else labels[:5]),
+        map_labels=DEMO_MAP_LABELS if is_demo else labels[:12],
         allow_ingest=is_local_only(config),
     )
 

@@ -1,0 +1,130 @@
+"""One real browser: ``python app.py`` in a subprocess, driven by headless Chromium through Playwright.
+
+Uses the system's ``/usr/bin/chromium`` (``.ci/run`` installs it); Playwright's own browser download is
+not needed. This test must run in CI, so a missing browser is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ui_support import build_test_collection, free_port
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("MMR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"  # git-ignored; CI can keep the screenshots
+START_TIMEOUT_S = 180
+CAPTION = re.compile(r"^-?\d\.\d{3} · scene-\d{3}\.png$")
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app.py exited with status {process.returncode}:\n{process.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"app.py did not answer on {url} within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_model_dir):
+    """``python app.py --collection DIR --model TINY --port P`` running; yields its URL."""
+    collection = build_test_collection(tmp_path_factory.mktemp("browser-collection"), str(tiny_model_dir))
+    port = free_port()
+    command = [sys.executable, str(REPO / "app.py"), "--collection", str(collection), "--model", str(tiny_model_dir),
+               "--device", "cpu", "--port", str(port), "--example", "a red circle",
+               "--example", "a yellow star on a striped background"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, process, START_TIMEOUT_S)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    (tmp_path / name).write_bytes(path.read_bytes())
+    return path
+
+
+def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="a red circle").is_visible()  # the first screen's examples
+
+    box = page.locator("#query textarea, #query input").first
+    box.fill("three blue squares")
+    box.press("Enter")
+    captions = page.locator("#results .caption-label")
+    captions.first.wait_for(timeout=60_000)
+    texts = captions.all_inner_texts()
+    assert len(texts) == 24, texts
+    assert all(CAPTION.match(text) for text in texts), texts
+    scores = [float(text.split(" · ")[0]) for text in texts]
+    assert scores == sorted(scores, reverse=True)
+    images = page.locator("#results img")
+    images.first.wait_for()
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert "results for 'three blue squares'" in page.locator("#search-status").inner_text()
+
+    page.locator("#results .thumbnail-item").nth(2).click()
+    page.locator("#details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
+    details = page.locator("#details").inner_text()
+    assert "64 × 64 px" in details and texts[2].split(" · ")[1] in details
+    _screenshot(page, tmp_path, "search.png")
+
+    page.get_by_role("button", name="More like this").click()
+    page.locator("#search-status").get_by_text("more like image").wait_for(timeout=30_000)
+    assert errors == [], errors
+    page.close()
+
+
+def test_example_button_runs_its_query(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_role("button", name="a yellow star on a striped background").click()
+    page.locator("#search-status").get_by_text("a yellow star on a striped background").wait_for(timeout=60_000)
+    assert page.locator("#results .caption-label").count() == 24
+    assert page.locator("#query textarea, #query input").first.input_value() == "a yellow star on a striped background"
+    page.close()
