@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageDecodeError
 
 # Formats we let Pillow sniff for; anything else is "not an image" even if Pillow has a plugin for it.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # MPO files open as JPEG
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 # Pillow's own default (about 89.5 megapixels): large enough for any camera, small enough to stop bombs.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485

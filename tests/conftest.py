@@ -48,3 +48,23 @@ def shapes_encoder():
     from mmretrieval.encoders import load_encoder
 
     return load_encoder("builtin:shapes", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory):
+    """Like ``tiny_model_dir`` but SigLIP-style: the model has a learned ``logit_bias``."""
+    import open_clip
+
+    from mmretrieval.models import save_model_dir
+
+    torch.manual_seed(1)
+    cfg = {**TINY_MODEL_CFG, "init_logit_bias": -10.0}
+    model = open_clip.CLIP(**cfg)
+    return save_model_dir(model, cfg, tmp_path_factory.mktemp("tiny-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_encoder(tiny_siglip_dir):
+    from mmretrieval.encoders import load_encoder
+
+    return load_encoder(str(tiny_siglip_dir), device="cpu")

@@ -1,0 +1,221 @@
+"""The dual encoder over open_clip: every kind of model spec, offline, and the checkpoint defences."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_MODEL_CFG
+from mmretrieval import scenes
+from mmretrieval.encoders import load_encoder, resolve_device
+from mmretrieval.errors import CheckpointError, ImageDecodeError, ModelNotCachedError, ModelSpecError
+from mmretrieval.models import ModelSpec, ModelIdentity
+
+
+def _unit_rows(vectors: np.ndarray) -> bool:
+    return vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "name", "pretrained"),
+    [
+        ("ViT-B-32:laion2b_s34b_b79k", "registry", "ViT-B-32", "laion2b_s34b_b79k"),
+        ("ViT-B-16-SigLIP", "registry", "ViT-B-16-SigLIP", None),
+        ("hf-hub:timm/ViT-B-16-SigLIP2", "hf-hub", "timm/ViT-B-16-SigLIP2", None),
+        ("builtin:shapes", "builtin", "shapes", None),
+        ("local-dir:/models/mine", "local", "/models/mine", None),
+        ("./models/mine", "local", "./models/mine", None),
+    ],
+)
+def test_spec_parsing(text, kind, name, pretrained):
+    spec = ModelSpec.parse(text)
+    assert (spec.kind, spec.name, spec.pretrained) == (kind, name, pretrained)
+
+
+@pytest.mark.parametrize("text", ["", "builtin:nope", "hf-hub:no-slash", "hf-hub:a/b/c"])
+def test_bad_spec_syntax(text):
+    with pytest.raises(ModelSpecError):
+        ModelSpec.parse(text)
+
+
+def test_random_vit_b32_loads_offline_with_512d_unit_vectors():
+    encoder = load_encoder("ViT-B-32", device="cpu")
+    images = [scenes.generate(0, i).image for i in range(3)]
+    image_vectors = encoder.encode_images(images)
+    text_vectors = encoder.encode_texts(["a red circle", "two dogs"])
+    assert image_vectors.shape == (3, 512) and text_vectors.shape == (2, 512)
+    assert _unit_rows(image_vectors) and _unit_rows(text_vectors)
+    assert encoder.identity.weights.startswith("random-")
+    assert encoder.identity.architecture == "ViT-B-32"
+    assert not encoder.is_sigmoid
+
+
+def test_registered_tiny_architecture(tmp_path):
+    config_file = tmp_path / "mmr-tiny-test.json"
+    config_file.write_text(json.dumps(TINY_MODEL_CFG))
+    open_clip.add_model_config(config_file)
+    encoder = load_encoder("mmr-tiny-test", device="cpu")
+    vectors = encoder.encode_texts(["x", "y", "z"])
+    assert vectors.shape == (3, 32) and _unit_rows(vectors)
+    assert json.loads(encoder.identity.preprocess)["size"] in (32, [32, 32])
+
+
+def test_local_directory_matches_open_clips_own_pipeline(tiny_model_dir):
+    encoder = load_encoder(str(tiny_model_dir), device="cpu")
+    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_model_dir}")
+    reference.eval()
+    images = [scenes.generate(3, i, size=100).image for i in range(4)]
+    with torch.no_grad():
+        expected = reference.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True).numpy()
+    np.testing.assert_allclose(encoder.encode_images(images, batch_size=3), expected, atol=1e-5)
+
+
+def test_identity_is_stable_and_weight_sensitive(tiny_model_dir, tiny_siglip_dir, tmp_path):
+    first = load_encoder(str(tiny_model_dir), device="cpu").identity
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "moved")
+    moved = load_encoder(str(copy), device="cpu").identity
+    other = load_encoder(str(tiny_siglip_dir), device="cpu").identity
+    assert first.key() == moved.key()  # the same weights in another place are the same model
+    assert first.key() != other.key()
+    assert ModelIdentity.from_json(first.to_json()) == first
+
+
+def test_matryoshka_truncation_warns_and_renormalises(tiny_model_dir):
+    with pytest.warns(UserWarning, match="not trained for truncation"):
+        encoder = load_encoder(str(tiny_model_dir), device="cpu", dim=16)
+    full = load_encoder(str(tiny_model_dir), device="cpu")
+    vectors = encoder.encode_texts(["a", "b"])
+    assert vectors.shape == (2, 16) and _unit_rows(vectors)
+    expected = full.model.encode_text(full.tokenizer(["a", "b"]))[:, :16].detach().numpy()
+    np.testing.assert_allclose(vectors, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    assert encoder.identity.key() != full.identity.key()
+    with pytest.raises(ModelSpecError, match="out of range"):
+        load_encoder(str(tiny_model_dir), device="cpu", dim=64)
+
+
+def test_trained_matryoshka_dims_do_not_warn(tiny_model_dir, tmp_path):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    (directory / "open_clip_config.json").write_text(json.dumps({**config, "matryoshka_dims": [16]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_encoder(str(directory), device="cpu", dim=16).dim == 16
+
+
+def test_encode_images_accepts_paths_and_rejects_non_images(tiny_encoder, tmp_path):
+    good = tmp_path / "good.png"
+    scenes.generate(0, 0).image.save(good)
+    assert tiny_encoder.encode_images([good]).shape == (1, 32)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(ImageDecodeError) as caught:
+        tiny_encoder.encode_images([bad])
+    assert caught.value.reason == "not_an_image"
+
+
+def test_empty_inputs_give_empty_arrays(tiny_encoder):
+    assert tiny_encoder.encode_images([]).shape == (0, 32)
+    assert tiny_encoder.encode_texts([]).shape == (0, 32)
+
+
+def test_weights_only_pickle_checkpoint_loads(tiny_model_dir, tmp_path):
+    directory = tmp_path / "pickled"
+    directory.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
+    reference = load_encoder(str(tiny_model_dir), device="cpu")
+    torch.save(reference.model.state_dict(), directory / "open_clip_pytorch_model.bin")
+    loaded = load_encoder(str(directory), device="cpu")
+    np.testing.assert_allclose(loaded.encode_texts(["x"]), reference.encode_texts(["x"]), atol=1e-6)
+
+
+class _Payload:
+    """Pickles to a call of os.system: loading it without weights_only would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_carrying_code_is_refused(tiny_model_dir, tmp_path):
+    directory = tmp_path / "evil"
+    directory.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": _Payload(marker)}, directory / "open_clip_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_encoder(str(directory), device="cpu")
+    assert not marker.exists()
+
+
+def test_corrupt_safetensors_is_a_checkpoint_error(tiny_model_dir, tmp_path):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+    weights = directory / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_encoder(str(directory), device="cpu")
+
+
+def test_mismatched_checkpoint_is_a_checkpoint_error(tiny_model_dir, tiny_siglip_dir, tmp_path):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "mismatch")
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    config["model_cfg"]["embed_dim"] = 48
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_encoder(str(directory), device="cpu")
+
+
+def test_missing_directory_config_and_weights(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        load_encoder(str(tmp_path / "nowhere"), device="cpu")
+    with pytest.raises(ModelSpecError, match="open_clip_config.json is missing"):
+        load_encoder(str(tmp_path), device="cpu")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", no_weights)
+    with pytest.raises(ModelSpecError, match="no weights"):
+        load_encoder(str(no_weights), device="cpu")
+
+
+def test_unknown_architecture_suggests_close_names():
+    with pytest.raises(ModelSpecError, match="Did you mean ViT-B-32"):
+        load_encoder("ViT-B-33", device="cpu")
+
+
+def test_unknown_pretrained_tag_lists_known_ones():
+    with pytest.raises(ModelSpecError, match="laion2b_s34b_b79k"):
+        load_encoder("ViT-B-32:no-such-tag", device="cpu")
+
+
+@pytest.mark.parametrize("spec", ["ViT-B-32:laion2b_s34b_b79k", "hf-hub:timm/ViT-B-16-SigLIP2"])
+def test_uncached_download_offline_gives_a_clear_error(spec):
+    with pytest.raises(ModelNotCachedError) as caught:
+        load_encoder(spec, device="cpu")
+    message = str(caught.value)
+    assert spec in message and "not in the Hugging Face cache" in message
+    assert "builtin:shapes" in message and "local directory" in message
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelSpecError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+    with pytest.raises(ModelSpecError, match="unknown device"):
+        resolve_device("tpu-ish")
+
+
+def test_non_rgb_pil_images_are_converted(tiny_encoder):
+    grey = Image.new("L", (40, 40), 128)
+    rgb = Image.new("RGB", (40, 40), (128, 128, 128))
+    np.testing.assert_allclose(tiny_encoder.encode_images([grey]), tiny_encoder.encode_images([rgb]), atol=1e-6)
