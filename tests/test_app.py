@@ -204,8 +204,9 @@ def test_map_projects_every_image_and_colours_by_label(manage):
     assert np.isfinite(table[["x", "y"]].to_numpy()).all()
     picked = manage.map_select(_Select([float(table["x"].min()), float(table["x"].max())]))
     assert 0 < len(picked) <= 24
-    plain, _ = manage.collection_map("")
-    assert set(plain["label"]) == {"(no labels)"}
+    manage.label_collection("star, cross", "default", False, 0.5, progress=lambda *a, **k: None)
+    stored, note = manage.collection_map("")  # no labels typed: coloured by the ones the collection stores
+    assert set(stored["label"]) <= {"star", "cross"} and "collection's labels" in note
 
 
 def test_http_api_named_endpoints(server):
@@ -290,3 +291,31 @@ def test_serve_options_parse_with_safe_defaults():
     assert (config.host, config.port, config.share, config.collection) == ("127.0.0.1", 7860, False, None)
     args = build_parser().parse_args(["serve", "--collection", "/tmp/c", "--port", str(free_port()), "--share"])
     assert config_from_args(args).share and config_from_args(args).collection == Path("/tmp/c")
+
+
+def test_demo_collection_is_built_once_and_finishes_after_a_crash(tmp_path, tiny_model_dir):
+    from mmretrieval import demo
+    from mmretrieval.collection import Collection
+
+    config = demo.DemoConfig(count=12, model=str(tiny_model_dir), image_size=48)
+    root = tmp_path / "demo"
+    root.mkdir()
+    demo.write_scenes(root, config)  # a build that died after writing the scenes, before ingesting
+    (root / "images" / "scene-00003.png").unlink()  # ... and before one scene was written
+    assert not demo.is_ready(root, config)
+
+    stages: list[tuple[str, int, int]] = []
+    directory = demo.ensure_demo_collection(root, config, device="cpu", progress=lambda *call: stages.append(call))
+    assert demo.is_ready(root, config)
+    assert ("scenes", 12, 12) in stages and stages[-1][0] == "ingest" and stages[-1][1] == stages[-1][2]
+    captions = (root / "images" / "scene-00003.txt").read_text()
+    with Collection.open(directory, device="cpu") as collection:
+        assert collection.info().counts.get("ok") == 12
+        hit = collection.search("a shape", k=12)[0]
+        assert hit.caption and hit.caption == Path(hit.path).with_suffix(".txt").read_text()
+    assert captions and not list(root.glob("**/.*.tmp-*"))
+
+    stages.clear()
+    assert demo.ensure_demo_collection(root, config, device="cpu", progress=lambda *call: stages.append(call)) == directory
+    assert stages == []  # cached: nothing redone
+    assert not demo.is_ready(root, demo.DemoConfig(count=13, model=str(tiny_model_dir), image_size=48))

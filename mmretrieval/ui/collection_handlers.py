@@ -98,23 +98,34 @@ class CollectionHandlers:
     # -- map -------------------------------------------------------------------------------------------------
     @user_errors
     def collection_map(self, labels: str = "", templates: str = "default") -> tuple[pd.DataFrame, str]:
-        """The 2-D map's points, coloured by the most probable of ``labels`` (none: one colour)."""
+        """The 2-D map's points, coloured by the most probable of ``labels``, else by the stored labels."""
         with self.ctx.lock:
             ids, embeddings = self.ctx.collection.vectors()
         if len(ids) == 0:
             raise gr.Error("The collection has no embedded images yet; ingest a folder first.", print_exception=False)
         points = projection.pca_2d(ids, embeddings)
-        order = {int(image_id): row for row, image_id in enumerate(ids)}
-        rows = [order[int(image_id)] for image_id in points.ids]
-        names = self._names(points.ids)
-        classifier = None
+        row_of = {int(image_id): row for row, image_id in enumerate(ids)}
+        shown_embeddings = embeddings[[row_of[int(image_id)] for image_id in points.ids]]
+        point_labels, confidence = self._point_labels(labels, templates, points.ids, shown_embeddings)
+        self._map = projection.map_table(points, point_labels, confidence, self._names(points.ids))
+        shown = f"{len(points.ids)} of {len(ids)}" if len(points.ids) < len(ids) else f"all {len(ids)}"
+        colour = ("the typed labels" if (labels or "").strip() else
+                  "the collection's labels" if point_labels else "nothing (type labels, or label the collection)")
+        note = (f"PCA of {shown} images, coloured by {colour}; the axes explain {points.explained[0]:.0%} and "
+                f"{points.explained[1]:.0%} of the variance. Hover a point for its file; drag across the plot to "
+                "see those images.")
+        return self._map, note
+
+    def _point_labels(self, labels: str, templates: str, ids: Any, embeddings: Any) -> tuple[list[str] | None, Any]:
         if (labels or "").strip():
             classifier = self.ctx.classifiers.get(self.ctx.encoder, tuple(parse_labels(labels)), templates)
-        self._map = projection.map_table(points, embeddings[rows], classifier, names)
-        shown = f"{len(points.ids)} of {len(ids)}" if len(points.ids) < len(ids) else f"all {len(ids)}"
-        note = (f"PCA of {shown} images; the axes explain {points.explained[0]:.0%} and {points.explained[1]:.0%} "
-                "of the variance. Hover a point for its file; drag across the plot to see those images.")
-        return self._map, note
+            return projection.classify_points(classifier, embeddings)
+        with self.ctx.lock:
+            stored = self.ctx.collection.label_of([int(i) for i in ids])
+        if not stored:
+            return None, None
+        best = [stored.get(int(i), ((projection.UNLABELLED, float("nan")),))[0] for i in ids]
+        return [name for name, _ in best], [probability for _, probability in best]
 
     @user_errors
     def map_select(self, event: gr.SelectData) -> list[tuple[Any, str]]:

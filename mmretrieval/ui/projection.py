@@ -58,30 +58,30 @@ def pca_2d(ids: npt.NDArray[np.int64], embeddings: npt.NDArray[np.float32], max_
     return Projection(np.asarray(ids, np.int64), coordinates.astype(np.float32), (float(share[0]), float(share[1])))
 
 
-def map_table(projection: Projection, embeddings_by_row: npt.NDArray[np.float32] | None,
-              classifier: ZeroShotClassifier | None, names: list[str]) -> pd.DataFrame:
+def classify_points(classifier: ZeroShotClassifier, embeddings: npt.NDArray[np.float32]) -> tuple[list[str], npt.NDArray[np.float32]]:
+    """Each point's most probable label and that probability."""
+    probabilities = classifier.probabilities(embeddings)
+    best = probabilities.argmax(axis=1)
+    return [classifier.labels[i] for i in best], probabilities[np.arange(len(best)), best]
+
+
+def map_table(projection: Projection, labels: list[str] | None, confidence: npt.NDArray[np.float32] | None,
+              names: list[str]) -> pd.DataFrame:
     """The scatter plot's data: one row per point with id, x, y, label, confidence and file name.
 
     Args:
         projection: the points.
-        embeddings_by_row: the points' embeddings in the same order (for labelling), or None.
-        classifier: colours points by their most probable label; None leaves them unlabelled.
+        labels: each point's label, in the projection's order; None leaves every point unlabelled.
+        confidence: each label's probability (None: not known).
         names: file names in the same order, for tooltips.
     """
     count = len(projection.ids)
-    labels = [UNLABELLED] * count
-    confidence = np.ones(count, dtype=np.float32)
-    if classifier is not None and embeddings_by_row is not None and count:
-        probabilities = classifier.probabilities(embeddings_by_row)
-        best = probabilities.argmax(axis=1)
-        labels = [classifier.labels[i] for i in best]
-        confidence = probabilities[np.arange(count), best]
     return pd.DataFrame({
         "id": projection.ids.astype(int),
         "x": projection.coordinates[:, 0].astype(float),
         "y": projection.coordinates[:, 1].astype(float),
-        "label": labels,
-        "confidence": np.round(confidence.astype(float), 3),
+        "label": labels if labels is not None else [UNLABELLED] * count,
+        "confidence": np.round(np.asarray(confidence if confidence is not None else np.full(count, np.nan), float), 3),
         "name": names,
     })
 

@@ -111,7 +111,7 @@ def open_context(config: ServeConfig) -> "AppContext":
         encoder=encoder,
         title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {directory}",
         example_queries=config.examples or (DEMO_QUERIES if is_demo else labels[:5]),
-        map_labels=DEMO_MAP_LABELS if is_demo else labels[:12],
+        map_labels=DEMO_MAP_LABELS if is_demo else (),  # others: the map shows the stored labels
         allow_ingest=is_local_only(config),
     )
 
