@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # Several anchors per colour name (then jittered), so that "green" means both (0, 200, 0) and a duller green.
@@ -199,8 +200,11 @@ def _draw_background(kind: str, size: int, rng: random.Random) -> Image.Image:
             box = (i, 0, i, size) if horizontal else (0, i, size, i)
             draw.rectangle(box, fill=level)
     elif kind == "noise":
-        noise = Image.effect_noise((size, size), rng.uniform(25, 60)).convert("RGB")
-        image = Image.blend(image, noise, rng.uniform(0.35, 0.6))
+        # numpy seeded from rng, not Image.effect_noise: that one draws from C's unseeded rand().
+        sigma, level = rng.uniform(25, 60), rng.randint(60, 200)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(level, sigma, (size, size))
+        noise_image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        image = Image.blend(image, noise_image, rng.uniform(0.35, 0.6))
     return image
 
 

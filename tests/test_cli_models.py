@@ -1,0 +1,115 @@
+"""The model commands of ``mmr``, run in-process: output formats, exit codes, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from mmretrieval import scenes
+from mmretrieval.cli import main
+
+
+@pytest.fixture
+def red_circle(tmp_path):
+    path = tmp_path / "red circle.png"
+    scenes.render(scenes.Scene("red", "circle", 1, "large", "plain", "center"), random.Random(1)).save(path)
+    return path
+
+
+def _run(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def test_classify_prints_tsv_best_label_first(capsys, red_circle):
+    status, out, _ = _run(capsys, "classify", red_circle, "--labels", "red circle,blue square", "--labels",
+                          "yellow star", "--top-k", "3", "--device", "cpu")
+    assert status == 0
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [r[1] for r in rows][0] == "red circle" and len(rows) == 3
+    assert rows[0][0] == str(red_circle)
+    assert sum(float(r[2]) for r in rows) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_classify_json_multi_label(capsys, red_circle, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red shape\ncircle\nblue square\n")
+    status, out, _ = _run(capsys, "classify", red_circle, "--labels", f"@{labels}", "--multi-label",
+                          "--threshold", "0.5", "--json", "--templates", "none", "--device", "cpu")
+    assert status == 0
+    found = {json.loads(line)["label"] for line in out.splitlines()}
+    assert {"red shape", "circle"} <= found and "blue square" not in found
+
+
+def test_classify_skips_bad_images_and_fails_only_if_all_fail(capsys, red_circle, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    status, out, err = _run(capsys, "classify", bad, red_circle, "--labels", "a,b", "--device", "cpu")
+    assert status == 0 and str(bad) in err and str(red_circle) in out
+    status, out, err = _run(capsys, "classify", bad, "--labels", "a,b", "--device", "cpu")
+    assert status == 2 and out == ""
+
+
+def _evil_dir(tmp_path, tiny_model_dir):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    directory = tmp_path / "evil"
+    directory.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
+    torch.save({"x": Payload()}, directory / "open_clip_pytorch_model.bin")
+    return directory
+
+
+def _corrupt_dir(tmp_path, tiny_model_dir):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+    (directory / "open_clip_model.safetensors").write_bytes(b"\x00" * 64)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("make_spec", "message"),
+    [
+        (lambda tmp, tiny: "ViT-Q-99", "unknown open_clip architecture"),
+        (lambda tmp, tiny: tmp / "missing-model", "does not exist"),
+        (_corrupt_dir, "corrupt"),
+        (_evil_dir, "pickle that would run code"),
+        (lambda tmp, tiny: "ViT-B-32:openai", "not in the Hugging Face cache"),
+    ],
+)
+def test_bad_model_specs_exit_2_with_a_clear_message(capsys, red_circle, tmp_path, tiny_model_dir, make_spec, message):
+    spec = make_spec(tmp_path, tiny_model_dir)
+    status, out, err = _run(capsys, "classify", red_circle, "--labels", "a,b", "--model", spec, "--device", "cpu")
+    assert status == 2 and out == ""
+    assert err.startswith("mmr classify: error:") and message in err
+    assert "pwned" not in out + err
+
+
+def test_eval_folder_and_shapes_json(capsys, tmp_path, red_circle):
+    for colour in ("red", "blue"):
+        folder = tmp_path / "set" / colour
+        folder.mkdir(parents=True)
+        for i in range(3):
+            scenes.render(scenes.Scene(colour, "square", 1, "large", "plain", "center"), random.Random(i)).save(folder / f"{i}.png")
+    status, out, _ = _run(capsys, "eval", "--folder", tmp_path / "set", "--templates", "default", "--json", "--device", "cpu")
+    report = json.loads(out)
+    assert status == 0 and report["zeroshot_images"] == 6 and report["zeroshot_top1"] == 1.0
+    assert "shapes_color" not in report
+
+
+def test_models_lists_registry_architectures(capsys):
+    status, out, _ = _run(capsys, "models")
+    assert status == 0 and "ViT-B-32\tlaion2b_s34b_b79k" in out.splitlines()
+
+
+def test_missing_labels_is_a_usage_error(capsys, red_circle):
+    with pytest.raises(SystemExit) as caught:
+        main(["classify", str(red_circle)])
+    assert caught.value.code == 2

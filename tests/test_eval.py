@@ -1,0 +1,99 @@
+"""Evaluation metrics against brute-force references, and the reports on user-style data sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmretrieval import scenes
+from mmretrieval.errors import MMRError
+from mmretrieval.evaluate import (
+    attribute_match_at_5,
+    captions_report,
+    classification_scores,
+    folder_report,
+    text_to_image_recall,
+)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_recall_at_k_matches_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    images, texts = _unit(rng.normal(size=(50, 8))), _unit(rng.normal(size=(80, 8)))
+    owners = rng.integers(0, 50, size=80)
+    result = text_to_image_recall(images, texts, owners, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        expected = np.mean([owners[t] in np.argsort(-(images @ texts[t]))[:k] for t in range(80)])
+        assert result[f"recall@{k}"] == pytest.approx(expected)
+
+
+def test_classification_scores_match_a_reference():
+    rng = np.random.default_rng(1)
+    classes, images = _unit(rng.normal(size=(4, 6))), _unit(rng.normal(size=(60, 6)))
+    targets = rng.integers(0, 4, size=60)
+    predicted = np.argmax(images @ classes.T, axis=1)
+    result = classification_scores(images, classes, targets)
+    assert result["top1"] == pytest.approx(np.mean(predicted == targets))
+    per_class = [np.mean(predicted[targets == c] == c) for c in range(4)]
+    assert result["mean_per_class_recall"] == pytest.approx(np.mean(per_class))
+
+
+def test_attribute_match_counts_against_each_captions_ceiling():
+    truth = [scenes.Scene("red", "circle", 1, "small", "plain", "center")] * 2 + \
+            [scenes.Scene("blue", "star", 2, "large", "dots", None)] * 6
+    facts = [scenes.CaptionFacts("red", "circle", 1, None, None, None), scenes.CaptionFacts("blue", None, None, None, None, None)]
+    similarities = np.array([np.linspace(1, 0, 8), np.linspace(0, 1, 8)])  # perfect rankings for both
+    result = attribute_match_at_5(similarities, facts, truth)
+    assert result["attribute_match@5"] == 1.0
+    assert result["attribute_match@5_raw"] == pytest.approx((2 / 5 + 1) / 2)
+    assert result["attribute_match@5_ceiling"] == pytest.approx((2 / 5 + 1) / 2)
+    worst = attribute_match_at_5(-similarities, facts, truth)
+    assert worst["attribute_match@5"] == pytest.approx((0 + 3 / 5) / 2)
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    wanted = {"red": 6, "blue": 6, "yellow": 6}
+    index = 0
+    while any(wanted.values()):
+        example = scenes.generate(77, index)
+        index += 1
+        if wanted.get(example.scene.color, 0):
+            wanted[example.scene.color] -= 1
+            folder = root / example.scene.color
+            folder.mkdir(exist_ok=True)
+            example.image.save(folder / f"{index}.png")
+            example.image.save(root / f"{index}.png")
+            (root / f"{index}.txt").write_text(example.caption + "\n")
+    return root
+
+
+def test_folder_report_on_an_image_folder(shapes_encoder, colour_folder):
+    report = folder_report(shapes_encoder, str(colour_folder), templates=("a photo of a {} shape.",))
+    assert report["images"] == 18 and report["classes"] == 3
+    assert report["top1"] >= 0.9 and report["mean_per_class_recall"] >= 0.9
+
+
+def test_captions_report_from_sidecars_and_csv(shapes_encoder, colour_folder, tmp_path):
+    sidecars = captions_report(shapes_encoder, str(colour_folder))
+    assert sidecars["images"] == sidecars["captions"] == 18
+    assert 0 <= sidecars["recall@1"] <= sidecars["recall@5"] <= sidecars["recall@10"] <= 1
+    csv_file = tmp_path / "set.csv"
+    rows = [f"{p},{p.with_suffix('.txt').read_text().strip()}" for p in sorted(colour_folder.glob("*.png"))]
+    csv_file.write_text("image,text\n" + "\n".join(rows) + "\n")
+    assert captions_report(shapes_encoder, str(csv_file)) == sidecars
+
+
+def test_bad_evaluation_sets(shapes_encoder, tmp_path):
+    with pytest.raises(MMRError, match="does not exist"):
+        folder_report(shapes_encoder, str(tmp_path / "missing"))
+    with pytest.raises(MMRError, match="no images in class subfolders"):
+        folder_report(shapes_encoder, str(tmp_path))
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("file_name,label\nx.png,cat\n")
+    with pytest.raises(MMRError, match="need a path column"):
+        captions_report(shapes_encoder, str(bad_csv))

@@ -1,0 +1,101 @@
+"""Zero-shot classification: prompt ensembles and both scoring rules, checked against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmretrieval import scenes
+from mmretrieval.errors import QueryError
+from mmretrieval.labels import (
+    IMAGENET_TEMPLATES,
+    NULL_LABEL,
+    ZeroShotClassifier,
+    load_templates,
+    parse_labels,
+    predict,
+)
+
+LABELS = ["red circle", "blue square", "green triangle"]
+TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "{}")
+
+
+def _images(encoder, n=5):
+    return encoder.encode_images([scenes.generate(11, i).image for i in range(n)])
+
+
+def test_prompt_ensemble_is_the_renormalised_mean_of_template_embeddings(tiny_encoder):
+    classifier = ZeroShotClassifier.build(tiny_encoder, LABELS, TEMPLATES)
+    for row, label in zip(classifier.embeddings, LABELS):
+        per_template = tiny_encoder.encode_texts([t.format(label) for t in TEMPLATES])
+        mean = per_template.mean(axis=0)
+        np.testing.assert_allclose(row, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_clip_style_scores_are_a_softmax_over_scaled_cosines(tiny_encoder):
+    classifier = ZeroShotClassifier.build(tiny_encoder, LABELS, TEMPLATES)
+    images = _images(tiny_encoder)
+    logits = tiny_encoder.logit_scale * (images.astype(np.float64) @ classifier.embeddings.T)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probabilities = classifier.probabilities(images)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert not classifier.is_sigmoid
+
+
+def test_clip_style_multi_label_scores_each_label_against_a_neutral_prompt(tiny_encoder):
+    classifier = ZeroShotClassifier.build(tiny_encoder, LABELS, TEMPLATES)
+    images = _images(tiny_encoder)
+    null = tiny_encoder.encode_texts([t.format(NULL_LABEL) for t in TEMPLATES]).mean(axis=0)
+    null /= np.linalg.norm(null)
+    difference = images @ classifier.embeddings.T - (images @ null)[:, None]
+    expected = 1 / (1 + np.exp(-tiny_encoder.logit_scale * difference))
+    np.testing.assert_allclose(classifier.probabilities(images, multi_label=True), expected, rtol=1e-4)
+
+
+def test_siglip_style_scores_are_independent_sigmoids_with_the_bias(tiny_siglip_encoder):
+    assert tiny_siglip_encoder.is_sigmoid and tiny_siglip_encoder.logit_bias == pytest.approx(-10.0)
+    classifier = ZeroShotClassifier.build(tiny_siglip_encoder, LABELS, TEMPLATES)
+    images = _images(tiny_siglip_encoder)
+    logits = tiny_siglip_encoder.logit_scale * (images @ classifier.embeddings.T) + tiny_siglip_encoder.logit_bias
+    expected = 1 / (1 + np.exp(-logits))
+    for multi_label in (False, True):  # SigLIP's probabilities are independent either way
+        np.testing.assert_allclose(classifier.probabilities(images, multi_label=multi_label), expected, rtol=1e-4)
+    # Unlike a softmax, the rows need not sum to one: with a -10 bias they sum to far less.
+    assert np.all(classifier.probabilities(images).sum(axis=1) < 0.5)
+
+
+def test_predict_single_and_multi_label():
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.6, 0.55, 0.9]], dtype=np.float32)
+    single = predict(probabilities, LABELS)
+    assert [[p.label for p in row] for row in single] == [["blue square"], ["green triangle"]]
+    top2 = predict(probabilities, LABELS, top_k=2)
+    assert [p.label for p in top2[1]] == ["green triangle", "red circle"]
+    multi = predict(probabilities, LABELS, multi_label=True, threshold=0.58)
+    assert [[p.label for p in row] for row in multi] == [["blue square"], ["green triangle", "red circle"]]
+    assert predict(probabilities, LABELS, multi_label=True, threshold=0.95) == [[], []]
+
+
+def test_parse_labels_from_text_and_files(tmp_path):
+    assert parse_labels("cat, dog,,car") == ["cat", "dog", "car"]
+    assert parse_labels(["cat\ndog", "dog,bird"]) == ["cat", "dog", "bird"]
+    label_file = tmp_path / "labels.txt"
+    label_file.write_text("golden retriever\npoodle\n\n")
+    assert parse_labels(["@" + str(label_file), "cat"]) == ["golden retriever", "poodle", "cat"]
+    with pytest.raises(QueryError, match="no labels"):
+        parse_labels(" , ")
+    with pytest.raises(QueryError, match="cannot read"):
+        parse_labels("@" + str(tmp_path / "missing.txt"))
+
+
+def test_templates_builtin_and_from_file(tmp_path):
+    assert load_templates("default") == ("a photo of a {}.",)
+    assert len(load_templates("imagenet")) == 80 == len(set(IMAGENET_TEMPLATES))
+    template_file = tmp_path / "t.txt"
+    template_file.write_text("# mine\na sketch of {}\nan icon of a {}\n")
+    assert load_templates(str(template_file)) == ("a sketch of {}", "an icon of a {}")
+    template_file.write_text("no placeholder here\n")
+    with pytest.raises(QueryError, match="exactly one"):
+        load_templates(str(template_file))
+    with pytest.raises(QueryError, match="unknown template set"):
+        load_templates("nonexistent-set")

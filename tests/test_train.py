@@ -1,0 +1,90 @@
+"""Contrastive training: fresh architectures on generated scenes, fine-tuning on user pairs, both losses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmretrieval import scenes
+from mmretrieval.encoders import load_encoder
+from mmretrieval.errors import MMRError
+from mmretrieval.train import TrainConfig, train
+
+
+def _weights(directory) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "open_clip_model.safetensors"))
+
+
+def _captioned_folder(root, n=8):
+    root.mkdir()
+    for i in range(n):
+        example = scenes.generate(5, i)
+        example.image.save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(example.caption + "\n" + scenes.full_caption(example.scene) + "\n")
+    (root / "broken.png").write_text("not an image")
+    (root / "broken.txt").write_text("a caption for a broken file")
+    return root
+
+
+def test_fresh_demo_architecture_trains_logs_and_reloads(tmp_path):
+    logs = []
+    config = TrainConfig(out=str(tmp_path / "m"), steps=3, batch_size=6, workers=0, device="cpu",
+                         warmup_steps=1, eval_every=2, half=True)
+    out = train(config, on_log=logs.append)
+    assert [entry.step for entry in logs] == [0, 2]
+    assert all(np.isfinite(entry.loss) for entry in logs)
+    assert {"color", "shape", "count", "attribute_match@5"} <= set(logs[-1].held_out)
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[-1])["step"] == 2
+    config_json = json.loads((out / "open_clip_config.json").read_text())
+    assert config_json["architecture"] == "shapes-vit-tiny"
+    assert config_json["training"]["steps"] == 3 and config_json["training"]["saved_at_step"] == 2
+    assert all(t.dtype == torch.float16 for t in _weights(out).values() if t.is_floating_point())
+    encoder = load_encoder(str(out), device="cpu")
+    assert encoder.encode_texts(["a red circle"]).shape == (1, 128)
+
+
+def test_training_is_a_pure_function_of_the_seed(tmp_path):
+    def run(name, seed):
+        config = TrainConfig(out=str(tmp_path / name), steps=2, batch_size=4, workers=0, device="cpu",
+                             warmup_steps=1, eval_every=0, seed=seed, half=False)
+        return _weights(train(config))
+
+    first, again, other = run("a", 0), run("b", 0), run("c", 1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir"])
+def test_fine_tuning_on_captioned_folder_changes_the_weights(fixture, request, tmp_path):
+    base = request.getfixturevalue(fixture)
+    data = _captioned_folder(tmp_path / "pairs")
+    config = TrainConfig(out=str(tmp_path / "tuned"), data=str(data), init=str(base), steps=2, batch_size=4,
+                         workers=0, device="cpu", warmup_steps=1, eval_every=0, lr=1e-2, half=False)
+    out = train(config)
+    before, after = _weights(base), _weights(out)
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    tuned = load_encoder(str(out), device="cpu")
+    assert tuned.is_sigmoid == (fixture == "tiny_siglip_dir")  # SigLIP models keep their bias (and sigmoid loss)
+    assert json.loads((out / "open_clip_config.json").read_text())["architecture"] == f"finetuned:{base}"
+
+
+def test_training_on_a_csv(tmp_path, tiny_model_dir):
+    data = _captioned_folder(tmp_path / "pairs", n=4)
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("path,caption\n" + "".join(f"pairs/{i}.png,{scenes.generate(5, i).caption}\n" for i in range(4)))
+    out = train(TrainConfig(out=str(tmp_path / "o"), data=str(csv_file), init=str(tiny_model_dir), steps=1,
+                            batch_size=4, workers=0, device="cpu", warmup_steps=1, eval_every=0))
+    assert (out / "open_clip_model.safetensors").is_file() and data.is_dir()
+
+
+def test_bad_training_inputs(tmp_path):
+    with pytest.raises(MMRError, match="neither a folder nor a .csv"):
+        train(TrainConfig(out=str(tmp_path / "o"), data=str(tmp_path / "missing"), steps=1, workers=0, device="cpu"))
+    with pytest.raises(MMRError, match="unknown architecture"):
+        train(TrainConfig(out=str(tmp_path / "o"), arch="NoSuchNet", steps=1, workers=0, device="cpu"))
