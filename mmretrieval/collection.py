@@ -1,0 +1,404 @@
+"""A collection: one directory holding an image collection's catalog, vectors and FAISS index.
+
+This is the API the CLI and the UI share::
+
+    with Collection.open("photos.mmr", model="builtin:shapes", create=True) as col:
+        col.ingest(["~/Pictures"])
+        for hit in col.search("2:a red circle", k=5):
+            print(hit.score, hit.path)
+
+Layout: ``catalog.sqlite`` (the truth: rows, vectors, labels, model identity), ``index-<gen>.faiss`` and
+``index.json`` (derived). On open the index is checked against the catalog (model, dimension, checksum,
+generation); a corrupt or foreign index is rebuilt from the stored vectors and a stale one catches up,
+so a search never sees an index that disagrees with the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from .encoders import DualEncoder, load_encoder
+from .errors import CollectionError, QueryError
+from .index import VectorIndex, choose_config, read_manifest, Manifest
+from .ingest import IngestConfig, IngestSummary, run_ingest
+from .models import ModelIdentity
+from .search import ImageRef, Query, query_vector
+from .store import Catalog
+
+logger = logging.getLogger(__name__)
+
+CATALOG_NAME = "catalog.sqlite"
+DEFAULT_MODEL = "builtin:shapes"
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: int  # catalog id (stable for the life of the file in the collection)
+    path: str  # absolute path of the image file
+    score: float  # cosine similarity to the query, in [-1, 1]
+    labels: tuple[str, ...] = ()  # zero-shot labels assigned by `label`, best first
+    caption: str | None = None  # caption from a CSV list file, if any
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that did not embed."""
+
+    path: str
+    reason: str  # short stable code, e.g. truncated, not_an_image, not_regular_file
+    message: str
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """The outcome of labelling a collection."""
+
+    images: int  # images scored
+    counts: dict[str, int]  # label -> images assigned it
+    multi_label: bool
+    threshold: float | None  # multi-label threshold; None for single-label
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What ``mmr info`` shows."""
+
+    directory: str
+    model_spec: str  # the spec the collection was built with
+    model_key: str  # fingerprint of the model identity
+    dim: int
+    counts: dict[str, int]  # status -> rows (ok, failed, skipped, pending)
+    vectors: int
+    index_type: str
+    index_params: dict[str, int]
+    index_vectors: int
+    generation: int  # catalog generation the index reflects
+    bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    labels: dict[str, int] = field(default_factory=dict)  # label -> images
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Collection:
+    """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
+
+    def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity,
+                 encoder: DualEncoder | None, device: str):
+        self.directory = directory
+        self.catalog = catalog
+        self.identity = identity
+        self.device = device
+        self._encoder = encoder
+        self._lock = threading.RLock()
+        self._index: VectorIndex | None = None
+        self._manifest: Manifest | None = None
+
+    # -- opening ----------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
+             create: bool = False, device: str = "auto") -> "Collection":
+        """Open (or with ``create=True`` make) the collection in ``directory``.
+
+        Args:
+            directory: the collection directory.
+            model: a model spec or a loaded encoder. None uses the model the collection was built with
+                (or :data:`DEFAULT_MODEL` for a new one).
+            create: make the directory and catalog if missing.
+            device: where to run the model when it gets loaded.
+
+        Raises:
+            CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
+                that built it.
+            ModelSpecError, ModelNotCachedError: the model cannot be loaded.
+        """
+        directory = Path(directory).expanduser().absolute()
+        catalog_path = directory / CATALOG_NAME
+        if not catalog_path.is_file():
+            if not create:
+                raise CollectionError(f"no collection at {directory}; create one with "
+                                      f"`mmr ingest SOURCE --collection {directory}`")
+            directory.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(catalog_path)
+        try:
+            encoder, identity = _resolve_model(catalog, model, create, device, directory)
+            collection = cls(directory, catalog, identity, encoder, device)
+            collection._load_index()
+        except BaseException:
+            catalog.close()
+            raise
+        return collection
+
+    @property
+    def encoder(self) -> DualEncoder:
+        """The collection's model, loaded on first use from the stored spec."""
+        with self._lock:
+            if self._encoder is None:
+                encoder = load_encoder(self.identity.spec, device=self.device, dim=self.identity.embed_dim)
+                _check_same_model(self.identity, encoder.identity, self.directory)
+                self._encoder = encoder
+            return self._encoder
+
+    def close(self) -> None:
+        """Release the catalog connection."""
+        self.catalog.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- ingestion --------------------------------------------------------------------------------------------
+    def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
+               workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
+               progress: Progress | None = None) -> IngestSummary:
+        """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
+
+        Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
+
+        Args:
+            sources: what to ingest.
+            batch_size: images per model call (default 256 on CUDA, 32 on CPU).
+            workers: decoding processes (default: cores - 1 on CPU).
+            prune: remove rows of files that no longer exist.
+            timeout_s: a single file taking longer than this to decode is failed.
+            progress: ``(done, total)`` callback after each batch.
+
+        Returns:
+            Counts: embedded, unchanged, duplicates, failed by reason, pruned.
+
+        Raises:
+            CollectionError: a source does not exist, or an unreadable list file.
+        """
+        encoder = self.encoder
+        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
+        summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+        with self._lock:
+            self._sync_index()
+        return summary
+
+    # -- index ------------------------------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim)
+        if loaded is None or loaded[1].generation > self.catalog.generation:
+            self.rebuild_index(self.catalog.get_meta("index_type") or "auto")
+        else:
+            self._index, self._manifest = loaded
+            self._sync_index()
+
+    def rebuild_index(self, index_type: str = "auto", **params: int) -> Manifest:
+        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size.
+
+        Raises:
+            CollectionError: an unknown index type or parameter.
+        """
+        with self._lock:
+            ids, vectors = self.catalog.vectors()
+            config = choose_config(len(ids), index_type, **params)
+            index = VectorIndex.build(config, ids, vectors, self.identity.embed_dim)
+            with self.catalog.transaction():
+                self.catalog.set_meta("index_type", index_type)
+            self._index = index
+            return self._save_index(self.catalog.generation)
+
+    def _save_index(self, generation: int) -> Manifest:
+        manifest = Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type="",
+                            params={}, count=0, generation=generation, model=asdict(self.identity))
+        self._manifest = self._index.save(self.directory, manifest)
+        return self._manifest
+
+    def _sync_index(self) -> None:
+        """Bring the index up to the catalog's generation: remove deleted ids, (re)add newer vectors."""
+        generation = self.catalog.generation
+        if self._manifest.generation == generation:
+            return
+        stored_ids = self.catalog.vector_ids()
+        index_ids = self._index.ids()
+        new_ids, new_vectors = self.catalog.vectors(since_generation=self._manifest.generation)
+        to_remove = np.union1d(np.setdiff1d(index_ids, stored_ids), np.intersect1d(index_ids, new_ids))
+        missing = np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids))
+        wanted = choose_config(len(stored_ids), self.catalog.get_meta("index_type") or "auto").type
+        if missing.size or wanted != self._index.config.type or (to_remove.size and not self._index.supports_remove):
+            logger.info("rebuilding the index (%d vectors missing, type %s)", missing.size, wanted)
+            self.rebuild_index(self.catalog.get_meta("index_type") or "auto")
+            return
+        self._index.remove(to_remove)
+        self._index.add(new_ids, new_vectors)
+        self._save_index(generation)
+
+    # -- search -----------------------------------------------------------------------------------------------
+    def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
+               path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+        """The ``k`` best images for a query (text, or a :class:`~mmretrieval.search.Query`).
+
+        Scores are exact cosines against the stored vectors (the index only proposes candidates).
+
+        Args:
+            query: a string (``"2:golden retriever"`` allowed) or a Query mixing texts and images.
+            k: at most this many hits; fewer when the collection (or filter) is smaller.
+            threshold: drop hits scoring below this.
+            path_prefix: only images whose absolute path starts with this (a folder, say).
+            label: only images that `label` assigned this label.
+
+        Raises:
+            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1.
+        """
+        vector = query_vector(Query.of(query), self.encoder.encode_texts, self._embed_image)
+        return self._nearest(vector, k, threshold, path_prefix, label)
+
+    def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
+                path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+        """Images most like ``image`` (a catalog id, a path, or a PIL image); the image itself is left out.
+
+        Raises:
+            QueryError: an unknown id, or an image that cannot be decoded.
+        """
+        exclude = image if isinstance(image, int) else None
+        if isinstance(image, (str, os.PathLike)):
+            exclude = self.catalog.id_of_path(image)
+        hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, path_prefix, label)
+        return [hit for hit in hits if hit.id != exclude][:k]
+
+    def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
+        image_id = image if isinstance(image, (int, np.integer)) else None
+        if isinstance(image, (str, os.PathLike)):
+            image_id = self.catalog.id_of_path(image)
+        if image_id is not None:
+            ids, vectors = self.catalog.vectors([int(image_id)])
+            if len(ids):
+                return vectors[0]
+            if isinstance(image, (int, np.integer)):
+                raise QueryError(f"no embedded image with id {image} in this collection")
+        if not isinstance(image, Image.Image) and not Path(image).is_file():
+            raise QueryError(f"query image {image} does not exist")
+        try:
+            return self.encoder.encode_images([image])[0]
+        except Exception as exc:  # ImageDecodeError and friends: the user's file, not our bug
+            raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
+
+    def _nearest(self, vector: npt.NDArray[np.float32], k: int, threshold: float | None,
+                 path_prefix: str | None, label: str | None) -> list[Hit]:
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        allowed = self._allowed_ids(path_prefix, label)
+        with self._lock:
+            self._sync_index()
+            _, ids = self._index.search(vector[None, :], k, allowed)
+        ids = ids[0]
+        rows = self.catalog.rows(ids.tolist())
+        stored_ids, stored = self.catalog.vectors(ids.tolist())
+        scores = stored @ vector if len(stored_ids) else np.zeros(0, np.float32)
+        labels = self.catalog.labels_of(stored_ids.tolist())
+        hits = [Hit(int(i), rows[i].path, float(s), tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
+                for i, s in zip(stored_ids.tolist(), scores.tolist()) if i in rows]
+        hits.sort(key=lambda hit: -hit.score)
+        return [hit for hit in hits if threshold is None or hit.score >= threshold][:k]
+
+    def _allowed_ids(self, path_prefix: str | None, label: str | None) -> npt.NDArray[np.int64] | None:
+        allowed = None
+        if path_prefix:
+            allowed = self.catalog.ids_with_prefix(path_prefix)
+        if label:
+            with_label = self.catalog.ids_with_label(label)
+            if not with_label.size and label not in self.catalog.label_counts():
+                known = ", ".join(self.catalog.label_counts()) or "none yet; run mmr label"
+                raise QueryError(f"no image has label {label!r}; labels: {known}")
+            allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
+        return allowed
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def image_path(self, image_id: int) -> Path:
+        """The file of catalog id ``image_id`` (for serving images by id, never by a client-given path).
+
+        Raises:
+            CollectionError: an unknown id.
+        """
+        row = self.catalog.rows([int(image_id)]).get(int(image_id))
+        if row is None:
+            raise CollectionError(f"no image with id {image_id} in {self.directory}")
+        return Path(row.path)
+
+    def vectors(self, ids: Sequence[int] | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(ids, (n, dim) float32)`` stored vectors, all or for ``ids`` (unknown ids are left out)."""
+        return self.catalog.vectors(None if ids is None else list(ids))
+
+    def label_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
+        """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""
+        return self.catalog.labels_of(list(ids))
+
+    def failures(self) -> list[Failure]:
+        """Files that failed or were skipped, with their reasons."""
+        return [Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures()]
+
+    def info(self) -> CollectionInfo:
+        """Model, dimension, counts by status, index type and parameters, bytes on disk."""
+        with self._lock:
+            self._sync_index()
+            manifest = self._manifest
+        sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
+        return CollectionInfo(
+            directory=str(self.directory), model_spec=self.identity.spec, model_key=self.identity.key(),
+            dim=self.identity.embed_dim, counts=self.catalog.counts_by_status(),
+            vectors=len(self.catalog.vector_ids()), index_type=manifest.index_type, index_params=manifest.params,
+            index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
+            labels=self.catalog.label_counts())
+
+    # -- labels -----------------------------------------------------------------------------------------------
+    def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
+              multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None) -> LabelSummary:
+        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection_labels`."""
+        from .collection_labels import label_collection
+
+        return label_collection(self, labels, templates, multi_label=multi_label, threshold=threshold,
+                                progress=progress)
+
+    def export_labels(self, path: str | os.PathLike) -> int:
+        """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""
+        from .collection_labels import export_labels
+
+        return export_labels(self, Path(path))
+
+    def organize(self, out_dir: str | os.PathLike, copy: bool = False) -> int:
+        """Link (or copy) images into ``out_dir/<label>/``; returns files placed."""
+        from .collection_labels import organize
+
+        return organize(self, Path(out_dir), copy=copy)
+
+
+def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str,
+                   directory: Path) -> tuple[DualEncoder | None, ModelIdentity]:
+    stored_json = catalog.get_meta("model_identity")
+    stored = ModelIdentity.from_json(stored_json) if stored_json else None
+    if stored is None and model is None:
+        if not create:
+            raise CollectionError(f"{directory} has no model recorded; run mmr ingest with --model SPEC")
+        model = DEFAULT_MODEL
+    encoder = load_encoder(model, device=device) if isinstance(model, str) else model
+    if stored is None:
+        with catalog.transaction():
+            catalog.set_meta("model_identity", encoder.identity.to_json())
+        return encoder, encoder.identity
+    if encoder is not None:
+        _check_same_model(stored, encoder.identity, directory)
+    return encoder, stored
+
+
+def _check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
+    if stored.key() != asked.key():
+        raise CollectionError(
+            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
+            f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
+            "collection's own model, or ingest into a new --collection directory")

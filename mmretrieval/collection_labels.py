@@ -1,0 +1,123 @@
+"""Labelling a whole collection zero-shot, from its stored vectors (no image is decoded again).
+
+Labels and their probabilities go into the catalog, where search filters on them; they can be exported
+as CSV or JSON lines, and the images linked (or copied) into one folder per label.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .atomic import atomic_write_text
+from .errors import CollectionError
+from .labels import ZeroShotClassifier, load_templates, parse_labels, predict
+
+if TYPE_CHECKING:
+    from .collection import Collection, LabelSummary
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 4096  # vectors scored at a time, so a million-image collection never needs all of them in memory
+
+
+def label_collection(collection: "Collection", labels: Sequence[str] | str, templates: str | Sequence[str],
+                     *, multi_label: bool, threshold: float,
+                     progress: Callable[[int, int], None] | None = None) -> "LabelSummary":
+    """Score every embedded image against ``labels`` and store the assigned ones (replacing earlier labels).
+
+    Raises:
+        QueryError: no labels, unknown templates.
+    """
+    from .collection import LabelSummary
+
+    names = parse_labels(labels)
+    prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
+    classifier = ZeroShotClassifier.build(collection.encoder, names, prompts)
+    all_ids = sorted(collection.catalog.vector_ids().tolist())
+    assignments: list[tuple[int, str, float]] = []
+    for start in range(0, len(all_ids), _CHUNK):
+        ids, vectors = collection.catalog.vectors(all_ids[start:start + _CHUNK])
+        probabilities = classifier.probabilities(vectors, multi_label=multi_label)
+        for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
+                                                                threshold=threshold)):
+            assignments += [(image_id, p.label, p.probability) for p in predictions]
+        if progress:
+            progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
+    collection.catalog.replace_labels(assignments)
+    counts = {name: 0 for name in names}
+    for _, name, _ in assignments:
+        counts[name] += 1
+    logger.info("labelled %d images", len(all_ids))
+    return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label,
+                        threshold=threshold if multi_label else None)
+
+
+def _labelled_rows(collection: "Collection") -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
+    ids = sorted(collection.catalog.vector_ids().tolist())
+    rows = collection.catalog.rows(ids)
+    labels = collection.catalog.labels_of(ids)
+    return [(i, rows[i].path, labels.get(i, ())) for i in ids if i in rows]
+
+
+def export_labels(collection: "Collection", path: Path) -> int:
+    """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image).
+
+    Raises:
+        CollectionError: another suffix.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise CollectionError(f"cannot export labels to {path}: use a .csv or .jsonl file name")
+    buffer = io.StringIO()
+    count = 0
+    if suffix == ".csv":
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "path", "label", "probability"])
+        for image_id, image_path, pairs in _labelled_rows(collection):
+            for label, probability in pairs:
+                writer.writerow([image_id, _printable(image_path), label, f"{probability:.6f}"])
+                count += 1
+    else:
+        for image_id, image_path, pairs in _labelled_rows(collection):
+            record = {"id": image_id, "path": _printable(image_path),
+                      "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    atomic_write_text(path, buffer.getvalue())
+    return count
+
+
+def organize(collection: "Collection", out_dir: Path, copy: bool = False) -> int:
+    """Place each labelled image in ``out_dir/<label>/<id>-<name>`` as a symlink (or a copy)."""
+    placed = 0
+    for image_id, image_path, pairs in _labelled_rows(collection):
+        for label, _ in pairs:
+            folder = out_dir / _folder_name(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{image_id}-{os.path.basename(image_path)}"
+            if os.path.lexists(target):
+                target.unlink()
+            if copy:
+                shutil.copy2(image_path, target)
+            else:
+                target.symlink_to(os.path.abspath(image_path))
+            placed += 1
+    return placed
+
+
+def _folder_name(label: str) -> str:
+    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", label).strip(" .")
+    return name or "_"
+
+
+def _printable(path: str) -> str:
+    # Non-UTF-8 names are kept as their surrogate escapes in memory; files written for people get U+FFFD.
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

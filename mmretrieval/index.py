@@ -1,0 +1,303 @@
+"""The FAISS index of a collection, and the manifest that says what it holds.
+
+The index is derived data: the catalog's vectors are the truth, and this module never decides on its own
+whether an index is current. It builds, searches, adds to, removes from, saves and loads an index keyed by
+catalog ids (``IndexIDMap2``; never positions), and reports a saved index as unusable when its file or
+manifest disagree with what the caller expects, so the caller rebuilds it.
+
+Index types (all inner product over unit vectors, i.e. cosine):
+
+- ``flat``: exact (``IndexFlatIP``); chosen automatically below :data:`AUTO_ANN_THRESHOLD` vectors.
+- ``ivf``: ``IVF{nlist},SQfp16`` with ``nprobe`` probes: approximate, half the memory of raw float32 vectors,
+  supports adds and removals. The automatic choice above the threshold.
+- ``hnsw``: ``HNSW{m},Flat`` with ``efSearch``: approximate, no training; removals force a rebuild.
+
+Files: ``index-<generation>.faiss`` plus ``index.json`` (the manifest) naming it and carrying its sha256.
+The index file is written under a temporary name and renamed before the manifest is, so a crash at any
+point leaves either the old pair or the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from .atomic import atomic_path, atomic_write_text, fsync_dir
+from .errors import CollectionError
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enough (~10 ms on 2 cores)
+MANIFEST_NAME = "index.json"
+METRIC = "inner_product"
+_HNSW_OVERFETCH = 20  # HNSW cannot filter inside the search: fetch this many times k, then filter
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index to build and how to search it."""
+
+    type: str = "flat"  # flat | ivf | hnsw
+    nlist: int = 0  # ivf: number of inverted lists (clusters)
+    nprobe: int = 0  # ivf: lists visited per query (recall vs speed)
+    hnsw_m: int = 32  # hnsw: graph degree
+    ef_search: int = 128  # hnsw: candidate list size per query
+
+    def params(self) -> dict[str, int]:
+        """The parameters that matter for this type, for the manifest and ``mmr info``."""
+        if self.type == "ivf":
+            return {"nlist": self.nlist, "nprobe": self.nprobe}
+        if self.type == "hnsw":
+            return {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
+        return {}
+
+
+def choose_config(count: int, index_type: str | None = None, **overrides: int) -> IndexConfig:
+    """The index for ``count`` vectors: ``flat`` below the threshold, ``ivf`` above, unless ``index_type`` says.
+
+    Raises:
+        CollectionError: an unknown type or parameter.
+    """
+    if index_type is None or index_type == "auto":
+        index_type = "flat" if count < AUTO_ANN_THRESHOLD else "ivf"
+    if index_type not in INDEX_TYPES:
+        raise CollectionError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(IndexConfig)}
+    if unknown:
+        raise CollectionError(f"unknown index parameter(s) {sorted(unknown)}")
+    config = IndexConfig(type=index_type)
+    if index_type == "ivf":
+        # ~4 sqrt(n) lists of at least 39 training points each (FAISS's minimum), and 1/128 of them probed.
+        nlist = int(min(max(4 * math.sqrt(max(count, 1)), 1), max(count // 39, 1), 65536))
+        nlist = 2 ** max(int(round(math.log2(nlist))), 0)
+        config = IndexConfig(type="ivf", nlist=nlist, nprobe=min(nlist, max(16, nlist // 128)))
+    given = {key: value for key, value in overrides.items() if value}
+    return dataclasses.replace(config, **given)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index file holds; written next to it as ``index.json``."""
+
+    model_key: str  # ModelIdentity.key() of the encoder that made the vectors
+    dim: int  # vector dimension
+    index_type: str  # flat | ivf | hnsw
+    params: dict[str, int]  # IndexConfig.params()
+    count: int  # vectors in the index
+    generation: int  # catalog generation the index reflects
+    file: str = ""  # the index file's name in the collection directory
+    sha256: str = ""  # of the index file
+    metric: str = METRIC
+    model: dict[str, Any] = field(default_factory=dict)  # the full model identity, for people reading the file
+
+    def config(self) -> IndexConfig:
+        return IndexConfig(type=self.index_type, **self.params)
+
+
+class VectorIndex:
+    """A FAISS index keyed by catalog ids. Not thread-safe for writes; searches may run concurrently."""
+
+    def __init__(self, index: faiss.Index, config: IndexConfig, dim: int, use_gpu: bool = False):
+        self.faiss_index = index
+        self.config = config
+        self.dim = dim
+        self._use_gpu = use_gpu and gpu_available()
+        self._gpu_index = None
+
+    @classmethod
+    def build(cls, config: IndexConfig, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32],
+              dim: int, use_gpu: bool = False) -> "VectorIndex":
+        """A new index over ``vectors`` (unit rows) with ``ids``; IVF is trained on them first."""
+        vectors = _as_matrix(vectors, dim)
+        config = _fit_to_data(config, len(vectors))
+        base = _new_base(config, dim)
+        if not base.is_trained:
+            training = vectors[np.random.default_rng(0).permutation(len(vectors))[: config.nlist * 256]]
+            base.train(training)
+        index = VectorIndex(faiss.IndexIDMap2(base), config, dim, use_gpu)
+        index.add(ids, vectors)
+        return index
+
+    @property
+    def count(self) -> int:
+        return int(self.faiss_index.ntotal)
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        """The catalog ids the index holds."""
+        return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+
+    def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
+        """Add vectors under ``ids`` (which must not be in the index already: :meth:`remove` them first)."""
+        if len(ids):
+            self.faiss_index.add_with_ids(_as_matrix(vectors, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
+            self._gpu_index = None
+
+    @property
+    def supports_remove(self) -> bool:
+        return self.config.type != "hnsw"
+
+    def remove(self, ids: npt.NDArray[np.int64]) -> int:
+        """Remove ``ids``; returns how many were there. Raises CollectionError for HNSW (rebuild instead)."""
+        if not len(ids):
+            return 0
+        if not self.supports_remove:
+            raise CollectionError("an HNSW index cannot remove vectors; rebuild it")
+        self._gpu_index = None
+        return int(self.faiss_index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def search(self, queries: npt.NDArray[np.float32], k: int,
+               allowed_ids: npt.NDArray[np.int64] | None = None) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Top-``k`` per query as ``(scores, ids)`` lists per row, without FAISS's ``-1`` padding.
+
+        Args:
+            queries: ``(q, dim)`` unit vectors.
+            k: hits wanted per query; fewer come back when the index (or the allowed set) is smaller.
+            allowed_ids: only these ids may be returned.
+
+        Returns:
+            ``(scores, ids)`` of shape ``(q, k')``, k' <= k; rows are padded only if some queries found fewer,
+            with score ``-inf`` and id ``-1``. Callers with one query get no padding at all.
+        """
+        queries = _as_matrix(queries, self.dim)
+        limit = self.count if allowed_ids is None else min(self.count, len(allowed_ids))
+        k = min(k, limit)
+        if k <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        fetch, params = self._search_params(k, allowed_ids)
+        scores, ids = self._searchable().search(queries, fetch, params=params)
+        if allowed_ids is not None and self.config.type == "hnsw":
+            ids = np.where(np.isin(ids, allowed_ids), ids, -1)
+        return _drop_padding(scores, ids, k)
+
+    def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None) -> tuple[int, Any]:
+        selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
+        if self.config.type == "ivf":
+            return k, faiss.SearchParametersIVF(sel=selector, nprobe=self.config.nprobe)
+        if self.config.type == "hnsw":
+            fetch = k if selector is None else min(self.count, k * _HNSW_OVERFETCH)
+            return fetch, faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, fetch))
+        return k, None if selector is None else faiss.SearchParameters(sel=selector)
+
+    def _searchable(self) -> faiss.Index:
+        if not self._use_gpu or self.config.type != "flat":
+            return self.faiss_index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.faiss_index)
+        return self._gpu_index
+
+    def resident_bytes(self) -> int:
+        """Approximately the memory the index occupies (its serialized size)."""
+        return int(faiss.serialize_index(self.faiss_index).nbytes)
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: Path, manifest: Manifest) -> Manifest:
+        """Write ``index-<generation>.faiss`` then ``index.json`` atomically; remove older index files."""
+        name = f"index-{manifest.generation}.faiss"
+        with atomic_path(directory / name) as tmp:
+            faiss.write_index(self.faiss_index, str(tmp))
+        saved = dataclasses.replace(manifest, file=name, sha256=_sha256(directory / name), count=self.count,
+                                    dim=self.dim, index_type=self.config.type, params=self.config.params())
+        atomic_write_text(directory / MANIFEST_NAME, json.dumps(dataclasses.asdict(saved), indent=1, sort_keys=True))
+        for old in directory.glob("index-*.faiss"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        fsync_dir(directory)
+        return saved
+
+    @classmethod
+    def load(cls, directory: Path, model_key: str, dim: int, use_gpu: bool = False
+             ) -> tuple["VectorIndex", Manifest] | None:
+        """The saved index, or None (with the reason logged) when it is missing, corrupt or for another model."""
+        manifest = read_manifest(directory)
+        if manifest is None:
+            return None
+        path = directory / manifest.file
+        problem = _manifest_problem(manifest, model_key, dim)
+        if problem is None and (not manifest.file or not path.is_file()):
+            problem = f"index file {manifest.file!r} is missing"
+        if problem is None and _sha256(path) != manifest.sha256:
+            problem = f"{path.name} does not match its checksum (corrupt or truncated)"
+        if problem is None:
+            try:
+                faiss_index = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                problem = f"{path.name} is unreadable: {exc}"
+        if problem is None and (faiss_index.ntotal != manifest.count or faiss_index.d != dim):
+            problem = f"{path.name} holds {faiss_index.ntotal} x {faiss_index.d}, manifest says {manifest.count} x {dim}"
+        if problem is not None:
+            logger.warning("ignoring the saved index: %s; it will be rebuilt from the stored vectors", problem)
+            return None
+        return cls(faiss_index, manifest.config(), dim, use_gpu), manifest
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    """The manifest in ``directory``, or None if it is missing or unreadable."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("unreadable index manifest %s: %s", path, exc)
+        return None
+
+
+def gpu_available() -> bool:
+    """True when FAISS was built with GPU support (the ``gpu`` extra) and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | None:
+    if manifest.model_key != model_key:
+        return f"it was built from another model's vectors ({manifest.model_key}, expected {model_key})"
+    if manifest.dim != dim or manifest.metric != METRIC or manifest.index_type not in INDEX_TYPES:
+        return f"it is {manifest.dim}-d {manifest.index_type}/{manifest.metric}, expected {dim}-d {METRIC}"
+    return None
+
+
+def _fit_to_data(config: IndexConfig, count: int) -> IndexConfig:
+    # IVF needs at least one training point per list; a small collection asked to be IVF gets fewer lists.
+    if config.type == "ivf":
+        nlist = max(1, min(config.nlist or 1, count))
+        return dataclasses.replace(config, nlist=nlist, nprobe=max(1, min(config.nprobe or 1, nlist)))
+    return config
+
+
+def _new_base(config: IndexConfig, dim: int) -> faiss.Index:
+    factory = {"ivf": f"IVF{config.nlist},SQfp16", "hnsw": f"HNSW{config.hnsw_m},Flat"}.get(config.type, "Flat")
+    base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if config.type == "hnsw":
+        base.hnsw.efConstruction = 80
+    return base
+
+
+def _as_matrix(vectors: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.float32]:
+    return np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, dim))
+
+
+def _drop_padding(scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
+                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")  # filtering HNSW results leaves holes mid-row
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    width = min(k, int((ids >= 0).sum(axis=1).max())) if len(ids) else 0
+    return scores[:, :width], ids[:, :width]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

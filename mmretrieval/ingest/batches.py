@@ -1,0 +1,102 @@
+"""The records that flow between ingestion stages. Every one carries the catalog id it belongs to, so a
+failure anywhere can never attach a vector to the wrong file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How to run one ingestion."""
+
+    batch_size: int = 32  # images per model call (and per catalog transaction)
+    workers: int = 1  # decoding processes; 0 decodes in the calling process
+    timeout_s: float = 60.0  # a file whose decode takes longer is failed and its worker restarted
+    prune: bool = False  # delete rows of files that no longer exist
+
+    @classmethod
+    def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,
+                   **kwargs) -> "IngestConfig":
+        """Defaults for a device: big batches on GPU; on CPU, one core left for the model."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        default_workers = max(1, cores - 1) if device_type == "cpu" else max(1, cores)
+        return cls(batch_size=batch_size or (256 if device_type == "cuda" else 32),
+                   workers=default_workers if workers is None else workers, **kwargs)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file the reader found (not yet opened)."""
+
+    path: str  # absolute
+    size: int  # bytes
+    mtime_ns: int
+    caption: str | None = None  # from a CSV list file
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something the reader will not open: a FIFO, a device, a link loop, a link leaving the folder."""
+
+    path: str
+    reason: str  # short stable code
+    message: str
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """One catalog row to decode."""
+
+    image_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image, resized and cropped for the model."""
+
+    image_id: int
+    content_hash: str  # blake2b of the file's bytes
+    width: int  # original size in pixels, after EXIF orientation
+    height: int
+    format: str
+    pixels: npt.NDArray[np.uint8] = field(repr=False)  # (3, H, W), the model's input size
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A row that could not be decoded, and why."""
+
+    image_id: int
+    reason: str  # ImageDecodeError.reason, or decode_timeout / decoder_crashed
+    message: str
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """What the writer commits in one transaction."""
+
+    decoded: tuple[Decoded, ...]  # same order as rows of ``embeddings``
+    embeddings: npt.NDArray[np.float32] = field(repr=False)  # (len(decoded), dim) unit vectors
+    failed: tuple[Failed, ...] = ()
+    duplicates: int = 0  # how many of ``decoded`` reused an existing vector instead of running the model
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """The outcome of one ingestion."""
+
+    embedded: int = 0  # files the model embedded
+    unchanged: int = 0  # files skipped because path, size and mtime were unchanged
+    duplicates: int = 0  # files whose bytes were already embedded elsewhere (vector reused)
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count, failures and skips of this run
+    pruned: int = 0  # rows removed because their file disappeared
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())

@@ -1,0 +1,173 @@
+"""Decoding worker processes that contain crashes and hangs.
+
+Each worker gets its own pipe and at most :data:`_DEPTH` tasks at a time, processed in order, so the task a
+worker was busy with is always known: if the worker dies (a segfault in a decoder), or takes longer than
+``timeout_s`` on one file, that file is failed with ``decoder_crashed`` or ``decode_timeout``, the worker is
+killed and replaced, and its other tasks go back to the queue. A feeder thread keeps draining the pipes
+while the caller runs the model, so decoding overlaps with embedding.
+
+Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process that holds
+a model, threads or a database connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Iterator, Sequence
+
+from ..encoders import ImagePreparer
+from ..errors import CollectionError
+from .batches import Decoded, DecodeTask, Failed
+from .reader import decode_file
+
+logger = logging.getLogger(__name__)
+
+_DEPTH = 2  # tasks queued per worker: one decoding, one ready to start
+_DONE = object()
+_MAX_STARTUP_CRASHES = 3  # workers dying before any result: a start-up problem, not a bad file
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mmretrieval.ingest.reader"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _worker_main(conn: Connection, preparer: ImagePreparer) -> None:
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        conn.send(decode_file(task, preparer))
+
+
+class _Worker:
+    def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, preparer), daemon=True)
+        self.process.start()
+        child.close()
+        self.tasks: collections.deque[DecodeTask] = collections.deque()
+        self.head_started = time.monotonic()
+
+    def send(self, task: DecodeTask) -> None:
+        if not self.tasks:
+            self.head_started = time.monotonic()
+        self.tasks.append(task)
+        self.conn.send(task)
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+class DecodePool:
+    """Decode tasks in ``workers`` processes; iterate :meth:`run` for results in completion order."""
+
+    def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256):
+        self.preparer = preparer
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self._results: queue.Queue = queue.Queue(maxsize=buffer)
+
+    def run(self, tasks: Sequence[DecodeTask]) -> Iterator[Decoded | Failed]:
+        """Yield one result per task. With ``workers == 0`` decodes inline (no isolation)."""
+        if self.workers <= 0:
+            for task in tasks:
+                yield decode_file(task, self.preparer)
+            return
+        stop = threading.Event()
+        feeder = threading.Thread(target=self._feed, args=(list(tasks), stop), daemon=True, name="decode-feeder")
+        feeder.start()
+        try:
+            while (item := self._results.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while feeder.is_alive():  # unblock a feeder waiting to put, then let it stop its workers
+                try:
+                    self._results.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+
+    def _feed(self, tasks: list[DecodeTask], stop: threading.Event) -> None:
+        pending = collections.deque(tasks)
+        self._decoded_any, self._crashes = False, 0
+        context = _context()
+        workers = [_Worker(context, self.preparer) for _ in range(min(self.workers, max(len(tasks), 1)))]
+        try:
+            while (pending or any(w.tasks for w in workers)) and not stop.is_set():
+                for worker in workers:
+                    while pending and len(worker.tasks) < _DEPTH:
+                        worker.send(pending.popleft())
+                self._collect(workers, pending, context)
+            self._results.put(_DONE)
+        except BaseException as exc:  # surface pool bugs in the consumer instead of hanging it
+            self._results.put(exc)
+        finally:
+            for worker in workers:
+                worker.stop(kill=bool(worker.tasks))
+
+    def _collect(self, workers: list[_Worker], pending: collections.deque,
+                 context: multiprocessing.context.BaseContext) -> None:
+        busy = {w.conn: w for w in workers if w.tasks}
+        for conn in wait(list(busy), timeout=0.5):
+            worker = busy[conn]
+            try:
+                result = conn.recv()
+            except (EOFError, OSError):
+                self._replace(workers, worker, pending, context, "decoder_crashed",
+                              f"the decoder process died (exit code {worker.process.exitcode})")
+                continue
+            worker.tasks.popleft()
+            worker.head_started = time.monotonic()
+            self._decoded_any = True
+            self._results.put(result)
+        now = time.monotonic()
+        for worker in list(workers):
+            if not worker.tasks or worker.conn.poll():
+                continue
+            if not worker.process.is_alive():
+                self._replace(workers, worker, pending, context, "decoder_crashed",
+                              f"the decoder process died (exit code {worker.process.exitcode})")
+            elif now - worker.head_started > self.timeout_s:
+                self._replace(workers, worker, pending, context, "decode_timeout",
+                              f"decoding took longer than {self.timeout_s:g} s")
+
+    def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
+                 context: multiprocessing.context.BaseContext, reason: str, message: str) -> None:
+        if not self._decoded_any and self._crashes >= _MAX_STARTUP_CRASHES:
+            raise CollectionError(
+                "decoding processes keep dying before decoding anything; when ingesting from a script, guard it "
+                "with `if __name__ == '__main__':`, or pass workers=0")
+        self._crashes += 1
+        culprit = worker.tasks.popleft()
+        logger.warning("%s: %s", culprit.path, message)
+        pending.extendleft(reversed(worker.tasks))
+        worker.tasks.clear()
+        worker.stop(kill=True)
+        workers[workers.index(worker)] = _Worker(context, self.preparer)
+        self._results.put(Failed(culprit.image_id, reason, message))

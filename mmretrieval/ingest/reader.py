@@ -1,0 +1,160 @@
+"""Reading stage: find the files a set of sources names, and decode one file safely.
+
+Sources are folders (walked recursively, following links only while they stay inside the folder and never
+around a loop), single files, and list files (``.txt``: one path per line; ``.csv``: a ``path`` column and
+an optional ``caption`` column). Nothing is opened while walking; :func:`decode_file` opens a file without
+blocking and refuses anything that is not a regular file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..encoders import ImagePreparer
+from ..errors import CollectionError, ImageDecodeError
+from ..images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, decode_image
+from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
+
+logger = logging.getLogger(__name__)
+
+LIST_SUFFIXES = (".txt", ".csv")
+_PATH_COLUMNS = ("path", "filepath", "file", "image", "filename")
+_CAPTION_COLUMNS = ("caption", "text", "title")
+
+
+def discover(sources: Sequence[str | os.PathLike]) -> Iterator[SourceFile | Skipped]:
+    """Every candidate file under ``sources``, in a stable order.
+
+    Raises:
+        CollectionError: a source that does not exist, or a CSV list without a path column.
+    """
+    for source in sources:
+        path = Path(os.path.abspath(source))
+        if path.is_dir():
+            yield from _walk(path)
+        elif not os.path.lexists(path):
+            raise CollectionError(f"source {source} does not exist; pass folders, image files or .txt/.csv lists")
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            yield from _read_list(path)
+        else:
+            yield _single(path)
+
+
+def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        reason = "symlink_loop" if exc.errno == 40 else "missing"
+        return Skipped(str(path), reason, f"cannot stat {path}: {exc.strerror}")
+    if not stat.S_ISREG(info.st_mode):
+        return Skipped(str(path), "not_regular_file", f"{path} is not a regular file (FIFO, device or socket)")
+    return SourceFile(str(path), info.st_size, info.st_mtime_ns, caption)
+
+
+def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
+    real_root = os.path.realpath(root)
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        directory = stack.pop()
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            yield Skipped(directory, "symlink_loop", f"{directory} leads back to a folder already walked")
+            continue
+        seen_dirs.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(directory, "unreadable", f"cannot list {directory}: {exc.strerror}")
+            continue
+        subdirs = []
+        for entry in entries:
+            found = _classify(entry, real_root)
+            if found == "dir":
+                subdirs.append(entry.path)
+            elif found is not None:
+                yield found
+        stack.extend(reversed(subdirs))
+
+
+def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str | None:
+    is_image_name = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        if os.path.commonpath([target, real_root]) != real_root:
+            return Skipped(entry.path, "link_outside_root", f"{entry.path} links outside the folder, to {target}")
+    try:
+        is_dir = entry.is_dir()
+    except OSError:
+        is_dir = False
+    if is_dir:
+        return "dir"
+    if not is_image_name:
+        return None  # folders hold other files too; only image names are candidates
+    return _single(Path(entry.path))
+
+
+def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
+    base = path.parent
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectionError(f"cannot read list file {path}: {exc}") from exc
+    if path.suffix.lower() == ".txt":
+        rows = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        rows = _csv_rows(path, text)
+    for name, caption in rows:
+        yield _single(Path(os.path.abspath(base / name)), caption or None)
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, str | None]]:
+    reader = csv.DictReader(text.splitlines())
+    columns = {name.strip().lower(): name for name in reader.fieldnames or ()}
+    path_column = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
+    if path_column is None:
+        raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(_PATH_COLUMNS[:2])}")
+    caption_column = next((columns[c] for c in _CAPTION_COLUMNS if c in columns), None)
+    return [(row[path_column].strip(), row.get(caption_column) if caption_column else None)
+            for row in reader if (row.get(path_column) or "").strip()]
+
+
+def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
+    """Read, hash, decode and prepare one file; every problem becomes a :class:`Failed` with a reason."""
+    try:
+        data = _read_regular_file(task.path)
+        decoded = decode_image(data, draft_size=preparer.size)
+        pixels = preparer(decoded.image).numpy()
+    except ImageDecodeError as exc:
+        return Failed(task.image_id, exc.reason, str(exc))
+    except Exception as exc:  # a Pillow or transform bug on one file must not stop the run
+        logger.debug("unexpected decode failure for %s", task.path, exc_info=True)
+        return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
+    return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
+                   decoded.height, decoded.format, np.ascontiguousarray(pixels))
+
+
+def _read_regular_file(path: str) -> bytes:
+    # O_NONBLOCK: opening a FIFO that appeared since the walk must not wait for a writer.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if not data:
+        raise ImageDecodeError("empty_file", f"{path} is empty")
+    return data

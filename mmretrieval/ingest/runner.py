@@ -1,0 +1,126 @@
+"""The ingestion driver: plan, then decode -> embed -> write, one batch at a time.
+
+Planning compares what the reader finds with the catalog by (path, size, mtime): unchanged files are skipped,
+new and changed ones are marked ``pending`` (which also assigns their ids, before any decoding), and a
+re-run after a crash simply finds the ``pending`` rows the crash left.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..encoders import DualEncoder
+from ..store import Catalog, encode_path
+from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped
+from .pool import DecodePool
+from .reader import discover
+from .writer import CatalogWriter
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], config: IngestConfig,
+               progress: Progress | None = None) -> IngestSummary:
+    """Bring the catalog up to date with ``sources``.
+
+    Args:
+        catalog: the collection's catalog (its model identity already checked against ``encoder``).
+        encoder: the model that embeds new images.
+        sources: folders, image files, and ``.txt``/``.csv`` list files.
+        config: batch size, workers, per-file timeout, prune.
+        progress: called with ``(done, total)`` after each committed batch.
+
+    Returns:
+        Counts of embedded, unchanged, duplicate, failed (by reason) and pruned files.
+
+    Raises:
+        CollectionError: a source that does not exist or an unreadable list file.
+    """
+    unchanged, skipped = plan(catalog, discover(sources))
+    pruned = catalog.prune_missing() if config.prune else 0
+    tasks = [DecodeTask(image_id, path) for image_id, path in catalog.pending()]
+    writer = CatalogWriter(catalog)
+    counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
+    done = 0
+    if progress:
+        progress(0, len(tasks))
+    pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
+    for decoded, failed in _batches(pool.run(tasks), config.batch_size):
+        batch = embed_batch(encoder, catalog, decoded, failed)
+        writer.write(batch)
+        counts.update(f"failed:{item.reason}" for item in batch.failed)
+        counts["embedded"] += len(batch.decoded) - batch.duplicates
+        counts["duplicates"] += batch.duplicates
+        done += len(decoded) + len(failed)
+        if progress:
+            progress(done, len(tasks))
+    failed_by_reason: dict[str, int] = {}
+    for key, count in sorted(counts.items()):
+        if ":" in key:
+            reason = key.split(":", 1)[1]
+            failed_by_reason[reason] = failed_by_reason.get(reason, 0) + count
+    return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
+                         failed=failed_by_reason, pruned=pruned)
+
+
+def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, list[Skipped]]:
+    """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips)."""
+    known = catalog.file_states()
+    unchanged = 0
+    to_mark: dict[bytes, tuple[bytes, int, int, str | None]] = {}
+    skipped: dict[bytes, Skipped] = {}
+    for item in found:
+        key = encode_path(item.path)
+        if isinstance(item, Skipped):
+            skipped[key] = item
+            continue
+        state = known.get(key)
+        if state and state.status in ("ok", "failed") and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+            unchanged += 1
+            if item.caption is not None:
+                catalog.set_caption(key, item.caption)
+            continue
+        to_mark[key] = (key, item.size, item.mtime_ns, item.caption)
+    if to_mark:
+        catalog.mark_pending(list(to_mark.values()))
+    if skipped:
+        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()])
+    logger.info("planned: %d to embed, %d unchanged, %d skipped", len(to_mark), unchanged, len(skipped))
+    return unchanged, list(skipped.values())
+
+
+def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded],
+                failed: Sequence[Failed]) -> EmbeddedBatch:
+    """Embed decoded images, running the model once per distinct content not already in the catalog."""
+    hashes = [item.content_hash for item in decoded]
+    known = catalog.vectors_by_hash(hashes)
+    new_hashes = list(dict.fromkeys(h for h in hashes if h not in known))
+    first_of = {item.content_hash: item for item in reversed(decoded)}
+    if new_hashes:
+        pixels = torch.from_numpy(np.stack([first_of[h].pixels for h in new_hashes]))
+        if encoder.device.type == "cuda":
+            pixels = pixels.pin_memory()  # lets the host-to-device copy run asynchronously
+        known.update(zip(new_hashes, encoder.encode_prepared(pixels)))
+    dim = encoder.dim
+    embeddings = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, dim), np.float32)
+    return EmbeddedBatch(tuple(decoded), embeddings.astype(np.float32), tuple(failed),
+                         duplicates=len(hashes) - len(new_hashes))
+
+
+def _batches(results: Iterator[Decoded | Failed], size: int) -> Iterator[tuple[list[Decoded], list[Failed]]]:
+    decoded: list[Decoded] = []
+    failed: list[Failed] = []
+    for result in results:
+        (decoded if isinstance(result, Decoded) else failed).append(result)
+        if len(decoded) + len(failed) >= size:
+            yield decoded, failed
+            decoded, failed = [], []
+    if decoded or failed:
+        yield decoded, failed
