@@ -112,7 +112,10 @@ def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: in
             "decompression_bomb", f"{width}x{height} is {width * height} pixels, over the {max_pixels} limit"
         )
     file_format = image.format or "unknown"
-    orientation = image.getexif().get(0x0112, 1)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):  # PNG EXIF is read from the chunks: a truncated file fails here
+        orientation = 1  # and load() below reports it as truncated
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     if draft_size and file_format == "JPEG":

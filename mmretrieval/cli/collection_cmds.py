@@ -1,5 +1,179 @@
-"""Collection commands: ingest, search, similar, index, label, info."""
+"""Collection commands: ingest, search, similar, index, label, info.
+
+Results go to stdout (``score<TAB>path`` lines, or JSON lines with ``--json``); the progress bar and the
+ingest summary go to stderr. File names that are not valid UTF-8 are written back as their original bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..collection import Collection, Hit
+from ..index import INDEX_TYPES
+from ..search import parse_query
+from .common import TqdmProgress, add_collection_option, add_model_options, emit
+
+_HIT_COLUMNS = ["score", "path"]
 
 
 def register(subparsers) -> None:
-    """Placeholder until the collection commands land."""
+    """Add the collection subcommands to the ``mmr`` parser."""
+    _register_ingest(subparsers)
+    _register_search(subparsers)
+    _register_similar(subparsers)
+    _register_index(subparsers)
+    _register_label(subparsers)
+    _register_info(subparsers)
+
+
+def _register_ingest(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ingest", help="add images to a collection (incremental, resumable)",
+        description="Embed images from folders, files and .txt/.csv lists into a collection. Unchanged files are "
+        "skipped; an interrupted run resumes where it stopped.")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, image file, or .txt/.csv list of paths")
+    add_collection_option(parser)
+    add_model_options(parser, default=None)
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: 256 on CUDA, 32 on CPU)")
+    parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one file may take to decode (default 60)")
+    parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.set_defaults(handler=_ingest)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    with Collection.open(args.collection, model=args.model, create=True, device=args.device) as collection:
+        with TqdmProgress("ingest") as progress:
+            summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
+                                        prune=args.prune, timeout_s=args.timeout, progress=progress)
+    failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
+    print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
+          f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
+    return 0
+
+
+def _add_result_options(parser: argparse.ArgumentParser) -> None:
+    add_collection_option(parser)
+    parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
+    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--threshold", type=float, help="drop results scoring below this cosine")
+    parser.add_argument("--prefix", help="only images whose path starts with this (e.g. a folder)")
+    parser.add_argument("--label", help="only images labelled this by `mmr label`")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path")
+
+
+def _register_search(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search", help="find images by text and/or example images",
+        description="Score = cosine with the normalised weighted sum of the positive terms minus the negative ones. "
+        "Weights are written W:term, e.g. '2:golden retriever'.")
+    parser.add_argument("text", nargs="?", help="what to look for (optionally weighted: '2:golden retriever')")
+    parser.add_argument("--image", action="append", default=[], metavar="IMG", help="an example image (repeatable)")
+    parser.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT_OR_IMG",
+                        help="text or image to move away from (repeatable)")
+    _add_result_options(parser)
+    parser.set_defaults(handler=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    query = parse_query(args.text, args.image, args.negatives)
+    with Collection.open(args.collection, device=args.device) as collection:
+        hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
+    return _print_hits(hits, args.json)
+
+
+def _register_similar(subparsers) -> None:
+    parser = subparsers.add_parser("similar", help="find images like an image (a path, or a catalog id with --id)")
+    parser.add_argument("image", metavar="IMAGE", help="image file, or catalog id with --id")
+    parser.add_argument("--id", action="store_true", help="IMAGE is a catalog id")
+    _add_result_options(parser)
+    parser.set_defaults(handler=_similar)
+
+
+def _similar(args: argparse.Namespace) -> int:
+    image = int(args.image) if args.id else args.image
+    with Collection.open(args.collection, device=args.device) as collection:
+        hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
+    return _print_hits(hits, args.json)
+
+
+def _print_hits(hits: list[Hit], as_json: bool) -> int:
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
+    rows = [{"score": round(hit.score, 6), "path": hit.path, "id": hit.id, "labels": list(hit.labels),
+             "caption": hit.caption} for hit in hits]
+    emit(rows, as_json, _HIT_COLUMNS)
+    return 0 if hits else 1
+
+
+def _register_index(subparsers) -> None:
+    parser = subparsers.add_parser("index", help="rebuild the collection's FAISS index (another type or parameters)")
+    add_collection_option(parser)
+    parser.add_argument("--type", default="auto", choices=("auto",) + INDEX_TYPES,
+                        help="flat (exact), ivf or hnsw (approximate); auto picks by size (default)")
+    parser.add_argument("--nlist", type=int, default=0, help="ivf: inverted lists")
+    parser.add_argument("--nprobe", type=int, default=0, help="ivf: lists probed per query")
+    parser.add_argument("--hnsw-m", type=int, default=0, help="hnsw: graph degree")
+    parser.add_argument("--ef-search", type=int, default=0, help="hnsw: search breadth")
+    parser.set_defaults(handler=_index)
+
+
+def _index(args: argparse.Namespace) -> int:
+    with Collection.open(args.collection) as collection:
+        manifest = collection.rebuild_index(args.type, nlist=args.nlist, nprobe=args.nprobe,
+                                            hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+    params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
+    print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip(), file=sys.stderr)
+    return 0
+
+
+def _register_label(subparsers) -> None:
+    parser = subparsers.add_parser("label", help="label every image zero-shot; search can then filter by label")
+    add_collection_option(parser)
+    parser.add_argument("--labels", action="append", required=True,
+                        help="comma-separated labels, or @FILE with one per line (repeatable)")
+    parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
+    parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
+    parser.add_argument("--threshold", type=float, default=0.5, help="multi-label probability cutoff (default 0.5)")
+    parser.add_argument("--out", help="export the labels to a .csv or .jsonl file")
+    parser.add_argument("--organize", metavar="OUTDIR", help="link images into OUTDIR/<label>/")
+    parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
+    parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
+    parser.set_defaults(handler=_label)
+
+
+def _label(args: argparse.Namespace) -> int:
+    with Collection.open(args.collection, device=args.device) as collection:
+        with TqdmProgress("label") as progress:
+            summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
+                                       threshold=args.threshold, progress=progress)
+        if args.out:
+            collection.export_labels(args.out)
+        if args.organize:
+            placed = collection.organize(args.organize, copy=args.copy)
+            print(f"placed {placed} files under {args.organize}", file=sys.stderr)
+    emit(({"label": label, "count": count} for label, count in summary.counts.items()), False, ["label", "count"])
+    return 0
+
+
+def _register_info(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="model, counts by status, index and sizes of a collection")
+    add_collection_option(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    with Collection.open(args.collection) as collection:
+        info = collection.info().to_dict()
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        print(f"{key}\t{value}")
+    return 0

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..encoders import ImagePreparer
 from ..errors import CollectionError
@@ -41,7 +41,10 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _worker_main(conn: Connection, preparer: ImagePreparer) -> None:
+DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
+
+
+def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn) -> None:
     while True:
         try:
             task = conn.recv()
@@ -49,13 +52,13 @@ def _worker_main(conn: Connection, preparer: ImagePreparer) -> None:
             return
         if task is None:
             return
-        conn.send(decode_file(task, preparer))
+        conn.send(decode(task, preparer))
 
 
 class _Worker:
-    def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer):
+    def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer, decode: DecodeFn):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, preparer), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, preparer, decode), daemon=True)
         self.process.start()
         child.close()
         self.tasks: collections.deque[DecodeTask] = collections.deque()
@@ -85,7 +88,17 @@ class _Worker:
 class DecodePool:
     """Decode tasks in ``workers`` processes; iterate :meth:`run` for results in completion order."""
 
-    def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256):
+    def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256,
+                 decode: DecodeFn = decode_file):
+        """
+        Args:
+            preparer: resizes decoded images for the model (sent once to each worker).
+            workers: processes; 0 decodes inline in the caller (no crash or hang isolation).
+            timeout_s: seconds one file may take before its worker is killed and the file failed.
+            buffer: results held ready for the consumer (back-pressure beyond that).
+            decode: the per-file function, a module-level callable (it is pickled by name for the workers).
+        """
+        self.decode = decode
         self.preparer = preparer
         self.workers = workers
         self.timeout_s = timeout_s
@@ -95,7 +108,7 @@ class DecodePool:
         """Yield one result per task. With ``workers == 0`` decodes inline (no isolation)."""
         if self.workers <= 0:
             for task in tasks:
-                yield decode_file(task, self.preparer)
+                yield self.decode(task, self.preparer)
             return
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(list(tasks), stop), daemon=True, name="decode-feeder")
@@ -117,7 +130,7 @@ class DecodePool:
         pending = collections.deque(tasks)
         self._decoded_any, self._crashes = False, 0
         context = _context()
-        workers = [_Worker(context, self.preparer) for _ in range(min(self.workers, max(len(tasks), 1)))]
+        workers = [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, max(len(tasks), 1)))]
         try:
             while (pending or any(w.tasks for w in workers)) and not stop.is_set():
                 for worker in workers:
@@ -169,5 +182,5 @@ class DecodePool:
         pending.extendleft(reversed(worker.tasks))
         worker.tasks.clear()
         worker.stop(kill=True)
-        workers[workers.index(worker)] = _Worker(context, self.preparer)
+        workers[workers.index(worker)] = _Worker(context, self.preparer, self.decode)
         self._results.put(Failed(culprit.image_id, reason, message))
