@@ -233,7 +233,31 @@ def test_server_keeps_serving_after_bad_requests(server):
     with pytest.raises(AppError, match="no image with id"):
         client.predict(123456, api_name="/image_info")
     assert httpx.post(f"{server}/gradio_api/call/search", content=b"{not json").status_code >= 400
+    assert httpx.get(f"{server}/gradio_api/info").status_code == 200
     _, hits, _ = client.predict("a blue star", None, "", 2, -1, api_name="/search")
+    assert len(hits) == 2
+
+
+@pytest.mark.parametrize("side_px, message", [
+    (12_000, "too many pixels"),  # 144 Mpx: past our limit, under Pillow's hard one (decode_image refuses)
+    (14_000, "decompression bomb"),  # 196 Mpx: Pillow refuses already while Gradio opens the upload
+    (None, "not an image format"),  # not an image at all
+])
+def test_bad_uploads_get_a_readable_error_and_the_server_stays_up(server, tmp_path, side_px, message):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    upload = tmp_path / "upload.png"
+    if side_px:
+        Image.new("1", (side_px, side_px)).save(upload)
+    else:
+        upload.write_bytes(b"GIF89a but then garbage" * 10)
+    client = Client(server + "/", verbose=False)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(upload)), "circle, square", "default", False, api_name="/zero_shot")
+    with pytest.raises(AppError, match=message):
+        client.predict("", handle_file(str(upload)), "", 3, -1, api_name="/search")
+    _, hits, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
     assert len(hits) == 2
 
 
@@ -319,3 +343,27 @@ def test_demo_collection_is_built_once_and_finishes_after_a_crash(tmp_path, tiny
     assert demo.ensure_demo_collection(root, config, device="cpu", progress=lambda *call: stages.append(call)) == directory
     assert stages == []  # cached: nothing redone
     assert not demo.is_ready(root, demo.DemoConfig(count=13, model=str(tiny_model_dir), image_size=48))
+
+
+@pytest.mark.slow
+def test_demo_example_queries_find_what_they_say(tmp_path, shapes_encoder):
+    """The first screen's examples, through the UI's search, with the bundled model on a small demo build."""
+    from mmretrieval import demo
+    from mmretrieval.collection import Collection
+    from mmretrieval.ui.context import AppContext
+    from mmretrieval.ui.search_handlers import SearchHandlers
+    from mmretrieval.ui.server import DEMO_QUERIES
+
+    directory = demo.ensure_demo_collection(tmp_path / "demo", demo.DemoConfig(count=400), device="cpu")
+    captions = pd.read_csv(tmp_path / "demo" / "captions.csv")["caption"]
+    with Collection.open(directory, model=shapes_encoder, device="cpu") as collection:
+        handlers = SearchHandlers(AppContext(collection=collection, encoder=shapes_encoder))
+        # (query, words a matching caption has, how many of the top 5 must match); yellow stars are a colour and
+        # shape pair the model never saw together in training, so it composes them zero-shot: a lower bar.
+        expectations = [(DEMO_QUERIES[0], ("red", "circle"), 4), (DEMO_QUERIES[1], ("three", "blue", "squares"), 4),
+                        (DEMO_QUERIES[2], ("yellow", "star"), 2)]
+        for query, words, wanted in expectations:
+            _, hits, _, _ = handlers.search(query, None, "", 5, -1)
+            matching = [hit["caption"] for hit in hits if all(word in hit["caption"] for word in words)]
+            available = sum(all(word in caption for word in words) for caption in captions)
+            assert len(matching) >= min(wanted, available), (query, available, [hit["caption"] for hit in hits])

@@ -62,7 +62,7 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
     status = gr.Markdown(elem_id="search-status")
     with gr.Row():
-        gallery = gr.Gallery(label="Results", columns=5, height="auto", allow_preview=False, object_fit="contain",
+        gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
                              interactive=False, elem_id="results", scale=3)
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview")
@@ -150,7 +150,7 @@ def _map_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
         draw = gr.Button("Draw the map", variant="primary", scale=1)
     note = gr.Markdown()
     plot = gr.ScatterPlot(x="x", y="y", color="label", tooltip=["name", "label", "confidence", "id"],
-                          label="Embeddings, first two principal components", height=480)
+                          label="Embeddings, first two principal components", height=560)
     picked = gr.Gallery(label="Images in the selected range", columns=8, height="auto", interactive=False)
     draw.click(handlers.collection_map, [labels], [plot, note], api_name="map")
     plot.select(handlers.map_select, None, [picked], api_visibility="private")
