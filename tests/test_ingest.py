@@ -1,0 +1,186 @@
+"""Ingestion: the nasty-files folder, ids that never shift, incremental re-runs, duplicates, and a decoder
+crash or hang contained in its worker."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmretrieval.collection import Collection
+from mmretrieval.ingest.batches import Decoded, DecodeTask, Failed
+from mmretrieval.ingest.pool import DecodePool
+from mmretrieval.ingest.reader import decode_file
+from mmretrieval.scenes import generate
+
+
+def scene_jpeg(index: int, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    generate(seed, index).image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_good_images(folder, count: int, seed: int = 0) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"good{i:02d}.jpg"
+        path.write_bytes(scene_jpeg(i, seed))
+        paths.append(path)
+    return paths
+
+
+def make_nasty_folder(folder) -> dict[str, str]:
+    """Good images plus every hard case; returns name -> expected final status (or failure reason)."""
+    expected = {p.name: "ok" for p in write_good_images(folder, 6)}
+    good = scene_jpeg(99)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    png = io.BytesIO()
+    generate(0, 98).image.save(png, "PNG")
+    (folder / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    Image.new("1", (12_000, 8_000)).save(folder / "bomb.png")
+    Image.new("CMYK", (50, 40), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.linspace(0, 65535, 40 * 50, dtype=np.uint16).reshape(40, 50)).save(folder / "deep16.png")
+    Image.new("RGBA", (50, 40), (0, 0, 255, 128)).save(folder / "rgba.png")
+    Image.new("P", (50, 40), 1).save(folder / "palette.png", transparency=0)
+    frames = [Image.new("RGB", (50, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    generate(0, 97).image.resize((80, 40)).save(folder / "rotated.jpg", exif=exif.tobytes())
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9-latin1.jpg"), "wb") as handle:
+        handle.write(scene_jpeg(96))
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "loop").symlink_to(folder)
+    (folder / "selfloop.jpg").symlink_to(folder / "selfloop.jpg")
+    expected.update({
+        "empty.jpg": "empty_file", "text.jpg": "not_an_image", "truncated.jpg": "truncated",
+        "truncated.png": "truncated", "bomb.png": "decompression_bomb", "cmyk.jpg": "ok", "deep16.png": "ok",
+        "rgba.png": "ok", "palette.png": "ok", "anim.gif": "ok", "rotated.jpg": "ok",
+        os.fsdecode(b"caf\xe9-latin1.jpg"): "ok", "fifo.jpg": "not_regular_file", "loop": "symlink_loop",
+        "selfloop.jpg": "symlink_loop",
+    })
+    return expected
+
+
+def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    expected = make_nasty_folder(folder)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest([folder], batch_size=4, workers=1)
+        counts = col.catalog.counts_by_status()
+        assert "pending" not in counts
+        outcome = {os.path.basename(f.path): f.reason for f in col.failures()}
+        ok_ids = col.catalog.vector_ids().tolist()
+        ok_names = {os.path.basename(row.path) for row in col.catalog.rows(ok_ids).values()}
+        outcome.update({name: "ok" for name in ok_names})
+        assert outcome == expected
+        assert summary.embedded == sum(v == "ok" for v in expected.values())
+        assert sum(summary.failed.values()) == sum(v != "ok" for v in expected.values())
+        rotated = col.catalog.rows([col.catalog.id_of_path(folder / "rotated.jpg")]).popitem()[1]
+        assert (rotated.width, rotated.height) == (40, 80)
+        hits = col.search("a shape", k=100)
+        assert {os.path.basename(h.path) for h in hits} == ok_names  # every good file is searchable
+        latin1 = os.path.join(folder, os.fsdecode(b"caf\xe9-latin1.jpg"))
+        assert col.similar(latin1, k=1)[0].id != col.catalog.id_of_path(latin1)
+
+
+def test_failures_in_a_batch_never_shift_vectors(tmp_path, tiny_encoder):
+    folder = tmp_path / "mixed"
+    good = write_good_images(folder, 7)
+    for i in range(0, 7, 2):  # interleave failures so every batch holds some
+        (folder / f"good{i:02d}b.jpg").write_text("broken")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([folder], batch_size=3, workers=1)
+        ids, vectors = col.vectors()
+        rows = col.catalog.rows(ids.tolist())
+        assert sorted(rows[i].path for i in ids.tolist()) == sorted(str(p) for p in good)
+        reference = tiny_encoder.encode_images([rows[i].path for i in ids.tolist()])
+        np.testing.assert_allclose(vectors, reference, atol=1e-5)
+
+
+def test_reingest_skips_unchanged_reembeds_modified_and_prunes(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 6)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        first = col.ingest([folder], workers=0)
+        assert (first.embedded, first.unchanged) == (6, 0)
+        again = col.ingest([folder], workers=0)
+        assert (again.embedded, again.unchanged, again.duplicates) == (0, 6, 0)
+
+        modified_id = col.catalog.id_of_path(paths[0])
+        paths[0].write_bytes(scene_jpeg(50))
+        os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+        changed = col.ingest([folder], workers=0)
+        assert (changed.embedded, changed.unchanged) == (1, 5)
+        assert col.catalog.id_of_path(paths[0]) == modified_id  # same file, same id
+        np.testing.assert_allclose(col.vectors([modified_id])[1][0],
+                                   tiny_encoder.encode_images([paths[0]])[0], atol=1e-5)
+
+        paths[1].unlink()
+        kept = col.ingest([folder], workers=0)
+        assert kept.pruned == 0 and str(paths[1]) in {h.path for h in col.search("x", k=50)}
+        pruned = col.ingest([folder], workers=0, prune=True)
+        assert pruned.pruned == 1
+        hits = col.search("x", k=50)
+        assert str(paths[1]) not in {h.path for h in hits} and len(hits) == 5
+        assert sorted(col._index.ids().tolist()) == sorted(col.catalog.vector_ids().tolist())
+
+
+def test_identical_bytes_are_embedded_once(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 3)
+    shutil.copy(paths[0], folder / "copy-in-batch.jpg")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest([folder], workers=0)
+        assert (summary.embedded, summary.duplicates) == (3, 1)
+        shutil.copy(paths[1], folder / "copy-later.jpg")
+        later = col.ingest([folder], workers=0)
+        assert (later.embedded, later.duplicates, later.unchanged) == (0, 1, 4)
+        ids = [col.catalog.id_of_path(p) for p in (paths[1], folder / "copy-later.jpg")]
+        vectors = col.vectors(ids)[1]
+        np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+def decode_or_misbehave(task: DecodeTask, preparer) -> Decoded | Failed:
+    """Runs in the worker: crash or hang on chosen files, decode the rest normally."""
+    name = os.path.basename(task.path)
+    if name == "crash.jpg":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name == "hang.jpg":
+        time.sleep(600)
+    return decode_file(task, preparer)
+
+
+def test_decoder_crash_and_hang_are_contained(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    good = write_good_images(folder, 5)
+    tasks = [DecodeTask(i + 1, str(p)) for i, p in enumerate(good)]
+    tasks.insert(1, DecodeTask(100, str(folder / "crash.jpg")))
+    tasks.insert(4, DecodeTask(101, str(folder / "hang.jpg")))
+    pool = DecodePool(tiny_encoder.preparer, workers=2, timeout_s=3.0, decode=decode_or_misbehave)
+    results = {r.image_id: r for r in pool.run(tasks)}
+    assert sorted(results) == sorted(t.image_id for t in tasks)
+    assert results[100].reason == "decoder_crashed"
+    assert results[101].reason == "decode_timeout"
+    assert all(isinstance(results[i + 1], Decoded) for i in range(5))
+
+
+def test_csv_list_with_captions(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,caption\nphotos/good00.jpg,first one\nphotos/good01.jpg,second\n")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([listing], workers=0)
+        captions = {os.path.basename(h.path): h.caption for h in col.search("x", k=5)}
+        assert captions == {"good00.jpg": "first one", "good01.jpg": "second"}
