@@ -125,7 +125,9 @@ class VectorIndex:
         if not base.is_trained:
             training = vectors[np.random.default_rng(0).permutation(len(vectors))[: config.nlist * 256]]
             base.train(training)
-        index = VectorIndex(faiss.IndexIDMap2(base), config, dim, use_gpu)
+        # IVF stores ids itself; flat and HNSW store positions and need the id map. (IndexIDMap2 over IVF is
+        # wrong after remove_ids: it compacts its map but IVF does not renumber.)
+        index = VectorIndex(base if config.type == "ivf" else faiss.IndexIDMap2(base), config, dim, use_gpu)
         index.add(ids, vectors)
         return index
 
@@ -135,7 +137,12 @@ class VectorIndex:
 
     def ids(self) -> npt.NDArray[np.int64]:
         """The catalog ids the index holds."""
-        return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+        if self.config.type != "ivf":
+            return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
+        lists = self.faiss_index.invlists
+        chunks = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                  for i in range(lists.nlist) if lists.list_size(i)]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         """Add vectors under ``ids`` (which must not be in the index already: :meth:`remove` them first)."""

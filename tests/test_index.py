@@ -1,0 +1,120 @@
+"""The FAISS layer against a brute-force numpy reference: exact and approximate types, incremental adds and
+removals, no -1 padding whatever k, filtered search, and manifest/checksum checks on load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmretrieval.errors import CollectionError
+from mmretrieval.index import Manifest, VectorIndex, choose_config
+
+DIM = 16
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, DIM))
+    vectors = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    scores = vectors @ query
+    return ids[np.argsort(-scores, kind="stable")[:k]].tolist()
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+def test_search_matches_brute_force_and_never_pads(index_type):
+    vectors = clustered(400)
+    ids = np.arange(400, dtype=np.int64) * 7 + 3  # ids are catalog ids, not positions
+    config = choose_config(400, index_type, nprobe=64, ef_search=256)
+    index = VectorIndex.build(config, ids, vectors, DIM)
+    queries = clustered(5, seed=1)
+    for query in queries:
+        _, found = index.search(query[None], 10)
+        overlap = len(set(found[0].tolist()) & set(brute_force(vectors, ids, query, 10)))
+        assert overlap >= (10 if index_type == "flat" else 9)
+    scores, found = index.search(queries[:1], 1000)
+    assert found.shape == (1, 400) and (found >= 0).all() and len(set(found[0].tolist())) == 400
+    assert np.all(np.diff(scores[0]) <= 1e-6)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+def test_allowed_ids_filter_and_small_k(index_type):
+    vectors = clustered(300)
+    ids = np.arange(300, dtype=np.int64) + 1
+    index = VectorIndex.build(choose_config(300, index_type, nprobe=64), ids, vectors, DIM)
+    allowed = np.array([5, 17, 250], dtype=np.int64)
+    _, found = index.search(vectors[:1], 10, allowed)
+    assert set(found[0].tolist()) <= set(allowed.tolist()) and (found >= 0).all()
+    if index_type != "hnsw":  # HNSW over-fetches and may miss far-away allowed ids
+        assert sorted(found[0].tolist()) == [5, 17, 250]
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_incremental_add_and_remove_equal_a_rebuild(index_type):
+    vectors = clustered(300)
+    ids = np.arange(300, dtype=np.int64) + 1
+    config = choose_config(300, index_type, nprobe=64)
+    index = VectorIndex.build(config, ids[:200], vectors[:200], DIM)
+    index.add(ids[200:], vectors[200:])
+    removed = ids[::3]
+    assert index.remove(removed) == len(removed)
+    keep = ~np.isin(ids, removed)
+    assert sorted(index.ids().tolist()) == ids[keep].tolist()
+    for query in clustered(5, seed=2):
+        scores, found = index.search(query[None], 20)
+        assert not set(found[0].tolist()) & set(removed.tolist())
+        assert set(found[0].tolist()) == set(brute_force(vectors[keep], ids[keep], query, 20))
+        np.testing.assert_allclose(scores[0], vectors[np.searchsorted(ids, found[0])] @ query, atol=2e-3)
+
+
+def test_hnsw_refuses_removal():
+    index = VectorIndex.build(choose_config(50, "hnsw"), np.arange(50), clustered(50), DIM)
+    with pytest.raises(CollectionError):
+        index.remove(np.array([1]))
+
+
+def test_empty_index_returns_nothing():
+    index = VectorIndex.build(choose_config(0), np.zeros(0, np.int64), np.zeros((0, DIM), np.float32), DIM)
+    scores, found = index.search(clustered(1), 10)
+    assert found.shape == (1, 0)
+
+
+def test_auto_choice_and_unknown_type():
+    assert choose_config(1000).type == "flat"
+    big = choose_config(1_000_000)
+    assert big.type == "ivf" and big.nlist == 4096 and big.nprobe == 32
+    with pytest.raises(CollectionError):
+        choose_config(10, "lsh")
+
+
+def _manifest(generation: int = 1) -> Manifest:
+    return Manifest(model_key="abc", dim=DIM, index_type="", params={}, count=0, generation=generation)
+
+
+def test_save_load_and_detect_corruption(tmp_path):
+    vectors = clustered(100)
+    index = VectorIndex.build(choose_config(100), np.arange(100), vectors, DIM)
+    saved = index.save(tmp_path, _manifest(3))
+    assert saved.file == "index-3.faiss" and saved.count == 100
+    loaded, manifest = VectorIndex.load(tmp_path, "abc", DIM)
+    assert manifest == saved and loaded.count == 100
+    assert VectorIndex.load(tmp_path, "another-model", DIM) is None
+    path = tmp_path / saved.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: FAISS would load this silently
+    path.write_bytes(bytes(data))
+    assert VectorIndex.load(tmp_path, "abc", DIM) is None
+    path.write_bytes(bytes(data[:100]))
+    assert VectorIndex.load(tmp_path, "abc", DIM) is None
+
+
+def test_save_replaces_the_previous_generation(tmp_path):
+    index = VectorIndex.build(choose_config(10), np.arange(10), clustered(10), DIM)
+    index.save(tmp_path, _manifest(1))
+    index.add(np.array([99]), clustered(1, seed=3))
+    index.save(tmp_path, _manifest(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-2.faiss", "index.json"]
+    assert VectorIndex.load(tmp_path, "abc", DIM)[0].count == 11
