@@ -1,0 +1,176 @@
+"""Collections end to end: SIGKILL mid-ingest then resume equals a clean run; model mismatch refused;
+k larger than the collection; corrupt and stale indexes rebuilt or caught up, never served; labelling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from conftest import TINY_MODEL_CFG
+from mmretrieval.collection import Collection
+from mmretrieval.errors import CollectionError, QueryError
+from mmretrieval.models import save_model_dir
+from test_ingest import write_good_images
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from mmretrieval.collection import Collection
+
+    def main():
+        collection_dir, model_dir, folder = sys.argv[1:4]
+        with Collection.open(collection_dir, model=model_dir, create=True, device="cpu") as col:
+            col.ingest([folder], batch_size=4, workers=1,
+                       progress=lambda done, total: print(done, total, flush=True))
+        print("finished", flush=True)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def _ingest_in_child(script, collection_dir, model_dir, folder, kill_after_lines: int | None) -> bool:
+    """Run an ingestion in a subprocess; SIGKILL it once it has printed that many progress lines."""
+    child = subprocess.Popen([sys.executable, str(script), str(collection_dir), str(model_dir), str(folder)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    lines = 0
+    for line in child.stdout:
+        lines += 1
+        if kill_after_lines is not None and lines >= kill_after_lines:
+            child.send_signal(signal.SIGKILL)
+            break
+    child.stdout.close()
+    child.wait(timeout=60)
+    return child.returncode == 0
+
+
+def _snapshot(directory) -> dict[str, tuple]:
+    with Collection.open(directory) as col:
+        ids, vectors = col.vectors()
+        rows = col.catalog.rows(ids.tolist())
+        index_ids = sorted(col._index.ids().tolist())
+        assert index_ids == sorted(ids.tolist())  # catalog and index agree
+        assert col.info().index_vectors == len(ids)
+        paths = [rows[i].path for i in ids.tolist()]
+        assert len(paths) == len(set(paths))
+        counts = col.catalog.counts_by_status()
+        return {"counts": counts, **{path: tuple(np.round(v, 4)) for path, v in zip(paths, vectors)}}
+
+
+def test_sigkill_at_several_points_then_resume_equals_clean_run(tmp_path, tiny_model_dir):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 22)
+    (folder / "broken.jpg").write_text("nope")
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    killed = tmp_path / "killed"
+    # progress lines: 1 = planned (nothing embedded), 2 = first batch committed, ...
+    for kill_after in (1, 2, 4):
+        assert not _ingest_in_child(script, killed, tiny_model_dir, folder, kill_after)
+    with Collection.open(killed) as col:
+        assert 0 < col.catalog.counts_by_status().get("ok", 0) < 22  # the kills really interrupted work
+    assert _ingest_in_child(script, killed, tiny_model_dir, folder, None)
+    clean = tmp_path / "clean"
+    with Collection.open(clean, model=str(tiny_model_dir), create=True, device="cpu") as col:
+        col.ingest([folder], batch_size=4, workers=0)
+    assert _snapshot(killed) == _snapshot(clean)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory, tiny_encoder):
+    root = tmp_path_factory.mktemp("col")
+    write_good_images(root / "photos" / "a", 4)
+    write_good_images(root / "photos" / "b", 3, seed=1)
+    with Collection.open(root / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([root / "photos"], workers=0)
+        yield col
+
+
+def test_model_mismatch_is_refused(tmp_path, collection):
+    torch.manual_seed(1)
+    other = save_model_dir(open_clip.CLIP(**TINY_MODEL_CFG), TINY_MODEL_CFG, tmp_path / "other-model")
+    with pytest.raises(CollectionError) as caught:
+        Collection.open(collection.directory, model=str(other))
+    message = str(caught.value)
+    assert collection.identity.spec in message and str(other) in message and "--model" in message
+
+
+def test_missing_collection_names_the_fix(tmp_path):
+    with pytest.raises(CollectionError, match="mmr ingest"):
+        Collection.open(tmp_path / "nothing-here")
+
+
+def test_k_larger_than_collection_returns_only_real_hits(collection):
+    hits = collection.search("anything", k=1000)
+    assert len(hits) == 7 and len({h.id for h in hits}) == 7
+    assert all(collection.image_path(h.id) == type(collection.image_path(h.id))(h.path) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(collection.search("anything", k=1000, path_prefix=str(collection.directory.parent / "photos" / "b"))) == 3
+    assert collection.search("anything", k=5, threshold=2.0) == []
+    with pytest.raises(CollectionError):
+        collection.image_path(10_000)
+
+
+def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
+    write_good_images(tmp_path / "photos", 5)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        expected = [h.id for h in col.search("x", k=5)]
+        index_file = tmp_path / "col" / col._manifest.file
+    data = bytearray(index_file.read_bytes())
+    data[-20:] = b"\x00" * 20
+    index_file.write_bytes(bytes(data))
+    with Collection.open(tmp_path / "col", model=tiny_encoder) as col:
+        assert "checksum" in caplog.text
+        assert [h.id for h in col.search("x", k=5)] == expected
+    manifest = json.loads((tmp_path / "col" / "index.json").read_text())
+    assert manifest["count"] == 5 and manifest["model_key"] == tiny_encoder.identity.key()
+
+
+def test_stale_index_catches_up_on_open(tmp_path, tiny_encoder):
+    write_good_images(tmp_path / "photos", 5)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        stale_manifest = (tmp_path / "col" / "index.json").read_text()
+        stale_file = col._manifest.file
+        stale_bytes = (tmp_path / "col" / stale_file).read_bytes()
+        write_good_images(tmp_path / "photos" / "more", 2, seed=3)
+        col.ingest([tmp_path / "photos"], workers=0)
+    # a crash after the catalog commit but before the index was saved leaves the old index pair behind
+    (tmp_path / "col" / stale_file).write_bytes(stale_bytes)
+    (tmp_path / "col" / "index.json").write_text(stale_manifest)
+    with Collection.open(tmp_path / "col", model=tiny_encoder) as col:
+        assert len(col.search("x", k=100)) == 7
+        assert col.info().generation == col.catalog.generation
+
+
+def test_label_store_filter_and_export(tmp_path, collection):
+    summary = collection.label("red,blue,green", multi_label=False)
+    assert summary.images == 7 and sum(summary.counts.values()) == 7
+    label, count = max(summary.counts.items(), key=lambda item: item[1])
+    hits = collection.search("x", k=100, label=label)
+    assert len(hits) == count and all(h.labels[0] == label for h in hits)
+    with pytest.raises(QueryError, match="labels"):
+        collection.search("x", label="purple")
+    assert collection.export_labels(tmp_path / "labels.csv") == 7
+    assert collection.export_labels(tmp_path / "labels.jsonl") == 7
+    records = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert {r["labels"][0]["label"] for r in records} <= {"red", "blue", "green"}
+    placed = collection.organize(tmp_path / "sorted")
+    assert placed == 7 and len(list((tmp_path / "sorted" / label).iterdir())) == count
+    multi = collection.label(["red", "blue"], multi_label=True, threshold=0.0)
+    assert multi.counts == {"red": 7, "blue": 7}
+
+
+def test_info_reports_counts_index_and_sizes(collection):
+    info = collection.info()
+    assert info.counts == {"ok": 7} and info.vectors == 7 and info.index_type == "flat"
+    assert info.dim == 32 and info.bytes_on_disk["catalog.sqlite"] > 0
