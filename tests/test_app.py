@@ -290,17 +290,20 @@ def test_upload_size_limit(server, tmp_path):
     assert ok.status_code == 200
 
 
-def test_app_and_ui_import_without_loading_anything():
+def test_app_and_ui_import_without_loading_anything(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, importlib.util; import mmretrieval.ui.layout, mmretrieval.cli.serve_cmd; "
+    code = ("import sys, importlib.util; import mmretrieval.ui.layout; "
+            "print('mmretrieval.collection' in sys.modules, 'faiss' in sys.modules); "
             "spec = importlib.util.spec_from_file_location('app', 'app.py'); "
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
-            "print('faiss' in sys.modules, 'mmretrieval.collection' in sys.modules)")
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert result.stdout.split() == ["False", "False"], result.stderr
+                            cwd=Path(__file__).resolve().parent.parent,
+                            env={**os.environ, "MMR_DEMO_DIR": str(tmp_path / "demo")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"], result.stderr  # the UI alone pulls in no collection/FAISS
+    assert not (tmp_path / "demo").exists()  # importing app.py builds nothing
 
 
 def test_serve_options_parse_with_safe_defaults():

@@ -97,8 +97,10 @@ class CollectionHandlers:
 
     # -- map -------------------------------------------------------------------------------------------------
     @user_errors
-    def collection_map(self, labels: str = "", templates: str = "default") -> tuple[pd.DataFrame, str]:
+    def collection_map(self, labels: str = "", templates: str = "default",
+                       progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, str]:
         """The 2-D map's points, coloured by the most probable of ``labels``, else by the stored labels."""
+        progress(0, desc="Projecting the embeddings…")
         with self.ctx.lock:
             ids, embeddings = self.ctx.collection.vectors()
         if len(ids) == 0:
@@ -138,8 +140,10 @@ class CollectionHandlers:
                 for image_id in chosen]
 
     def _names(self, ids: Any) -> list[str]:
+        wanted = [int(image_id) for image_id in ids]
         with self.ctx.lock:
-            return [Path(str(self.ctx.collection.image_path(int(image_id)))).name for image_id in ids]
+            rows = self.ctx.collection.catalog.rows(wanted)  # one query, not one per point
+        return [Path(rows[image_id].path).name if image_id in rows else "?" for image_id in wanted]
 
 
 def describe_collection(info: Any) -> str:
