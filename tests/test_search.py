@@ -1,0 +1,67 @@
+"""Query algebra: parsing weights and negatives, and the combined vector against a numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmretrieval.collection import Collection
+from mmretrieval.errors import QueryError
+from mmretrieval.search import Query, Term, parse_query, query_vector, split_weight
+from test_ingest import write_good_images
+
+
+def test_split_weight():
+    assert split_weight("2:golden retriever") == (2.0, "golden retriever")
+    assert split_weight("0.5: cat") == (0.5, "cat")
+    assert split_weight("dog: a good boy") == (1.0, "dog: a good boy")
+    assert split_weight("12:30 at the station") == (12.0, "30 at the station")  # documented: W: always parses
+
+
+def test_parse_query_mixes_texts_images_and_negatives(tmp_path):
+    image = tmp_path / "pool.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    query = parse_query("2:golden retriever", images=[str(image)], negatives=["fruit", f"0.5:{image}"])
+    assert query.positives == (Term(text="golden retriever", weight=2.0), Term(image=str(image)))
+    assert query.negatives[0] == Term(text="fruit") and query.negatives[1].weight == 0.5
+    assert query.negatives[1].image == str(image)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: parse_query(""), lambda: parse_query("0:cat"), lambda: Term(text="x", image="y.jpg"),
+    lambda: Term(text="   "),
+])
+def test_bad_queries_raise_query_error(bad):
+    with pytest.raises(QueryError):
+        bad()
+
+
+def test_query_vector_is_normalised_weighted_difference():
+    rng = np.random.default_rng(0)
+    table = {w: v / np.linalg.norm(v) for w, v in zip("abcd", rng.normal(size=(4, 8)))}
+    query = Query(positives=(Term(text="a", weight=2.0), Term(image="b")), negatives=(Term(text="c", weight=0.5),))
+    vector = query_vector(query, lambda texts: np.stack([table[t] for t in texts]), lambda ref: table[ref])
+    expected = 2 * table["a"] + table["b"] - 0.5 * table["c"]
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+    with pytest.raises(QueryError, match="cancel"):
+        query_vector(Query((Term(text="a"),), (Term(text="a"),)), lambda t: np.stack([table[x] for x in t]),
+                     lambda ref: table[ref])
+
+
+def test_collection_search_scores_are_exact_cosines(tmp_path, tiny_encoder):
+    paths = write_good_images(tmp_path / "photos", 6)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        query = parse_query("1:a red square", images=[str(paths[2])], negatives=["blue"])
+        hits = col.search(query, k=6)
+        texts = tiny_encoder.encode_texts(["a red square", "blue"])
+        combined = texts[0] + col.vectors([col.catalog.id_of_path(paths[2])])[1][0] - texts[1]
+        combined /= np.linalg.norm(combined)
+        ids, vectors = col.vectors()
+        expected = sorted(zip((vectors @ combined).tolist(), ids.tolist()), reverse=True)
+        assert [h.id for h in hits] == [i for _, i in expected]
+        np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], atol=1e-5)
+        assert col.similar(str(paths[0]), k=10)[0].path != str(paths[0])  # the image itself is left out
+        with pytest.raises(QueryError):
+            col.similar(tmp_path / "missing.jpg")
