@@ -70,6 +70,9 @@ def decode_image(
                 raise ImageDecodeError("not_an_image", "not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageDecodeError("decompression_bomb", f"refused: {exc}") from exc
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
+                reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+                raise ImageDecodeError(reason, f"cannot read the image header: {exc}") from exc
             return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
     finally:
         fp.close()
