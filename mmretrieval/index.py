@@ -41,6 +41,7 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enough (~10 ms on 2 cores)
 MANIFEST_NAME = "index.json"
 METRIC = "inner_product"
+_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; more costs build time, not recall
 _HNSW_OVERFETCH = 20  # HNSW cannot filter inside the search: fetch this many times k, then filter
 
 
@@ -123,7 +124,7 @@ class VectorIndex:
         config = _fit_to_data(config, len(vectors))
         base = _new_base(config, dim)
         if not base.is_trained:
-            training = vectors[np.random.default_rng(0).permutation(len(vectors))[: config.nlist * 256]]
+            training = vectors[np.random.default_rng(0).permutation(len(vectors))[: config.nlist * _TRAIN_PER_LIST]]
             base.train(training)
         # IVF stores ids itself; flat and HNSW store positions and need the id map. (IndexIDMap2 over IVF is
         # wrong after remove_ids: it compacts its map but IVF does not renumber.)
