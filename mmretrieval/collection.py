@@ -28,7 +28,7 @@ from PIL import Image
 
 from .encoders import DualEncoder, load_encoder
 from .errors import CollectionError, QueryError
-from .index import VectorIndex, choose_config, read_manifest, Manifest
+from .index import Manifest, VectorIndex, choose_config
 from .ingest import IngestConfig, IngestSummary, run_ingest
 from .models import ModelIdentity
 from .search import ImageRef, Query, query_vector
@@ -192,7 +192,7 @@ class Collection:
 
     # -- index ------------------------------------------------------------------------------------------------
     def _load_index(self) -> None:
-        loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim)
+        loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
         if loaded is None or loaded[1].generation > self.catalog.generation:
             self.rebuild_index(self.catalog.get_meta("index_type") or "auto")
         else:
@@ -208,7 +208,7 @@ class Collection:
         with self._lock:
             ids, vectors = self.catalog.vectors()
             config = choose_config(len(ids), index_type, **params)
-            index = VectorIndex.build(config, ids, vectors, self.identity.embed_dim)
+            index = VectorIndex.build(config, ids, vectors, self.identity.embed_dim, use_gpu=True)
             with self.catalog.transaction():
                 self.catalog.set_meta("index_type", index_type)
             self._index = index

@@ -110,6 +110,7 @@ class VectorIndex:
     """A FAISS index keyed by catalog ids. Not thread-safe for writes; searches may run concurrently."""
 
     def __init__(self, index: faiss.Index, config: IndexConfig, dim: int, use_gpu: bool = False):
+        """Wrap ``index``; with ``use_gpu`` (and FAISS GPU present) exact searches run on GPU 0."""
         self.faiss_index = index
         self.config = config
         self.dim = dim

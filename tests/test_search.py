@@ -65,3 +65,32 @@ def test_collection_search_scores_are_exact_cosines(tmp_path, tiny_encoder):
         assert col.similar(str(paths[0]), k=10)[0].path != str(paths[0])  # the image itself is left out
         with pytest.raises(QueryError):
             col.similar(tmp_path / "missing.jpg")
+
+
+def test_demo_model_finds_and_labels_colours(tmp_path, shapes_encoder):
+    """Real retrieval quality with the bundled model: text search and collection labels agree with the scenes."""
+    from mmretrieval.scenes import COLORS, generate
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    scenes = {}
+    for index in range(48):
+        example = generate(11, index)
+        example.image.save(folder / f"scene{index:02d}.png")
+        scenes[str(folder / f"scene{index:02d}.png")] = example.scene
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        for colour in ("red", "blue"):
+            hits = col.search(f"{colour} shapes", k=3)
+            assert sum(scenes[h.path].color == colour for h in hits) >= 2, (colour, hits)
+        col.label(list(COLORS), templates="none")
+        assigned = {row[1]: row[2][0][0] for row in _labels_by_path(col)}
+        accuracy = np.mean([assigned[path] == scene.color for path, scene in scenes.items()])
+        assert accuracy >= 0.85, accuracy
+
+
+def _labels_by_path(col):
+    ids = col.catalog.vector_ids().tolist()
+    rows = col.catalog.rows(ids)
+    labels = col.label_of(ids)
+    return [(i, rows[i].path, labels[i]) for i in ids]
