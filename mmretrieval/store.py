@@ -287,8 +287,11 @@ class Catalog:
         return rows[0][0] if rows else None
 
     def ids_with_prefix(self, prefix: str | os.PathLike) -> npt.NDArray[np.int64]:
-        """Ids of embedded rows whose absolute path starts with ``prefix`` (bytewise)."""
-        raw = encode_path(prefix) if os.path.isabs(prefix) or os.path.exists(prefix) else os.fsencode(prefix)
+        """Ids of embedded rows whose absolute path starts with ``prefix`` (bytewise; relative to the cwd).
+
+        A trailing separator is kept, so ``photos/`` matches ``photos/a.jpg`` but not ``photos2/a.jpg``.
+        """
+        raw = encode_path(prefix) + (os.sep.encode() if str(prefix).endswith(os.sep) else b"")
         rows = self._query(
             "SELECT i.id FROM images i JOIN vectors v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
             (len(raw), raw))
