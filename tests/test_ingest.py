@@ -10,7 +10,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mmretrieval.collection import Collection
