@@ -84,14 +84,24 @@ class ImagePreparer:
 
 
 def _pil_steps(cfg: dict) -> Callable[[Image.Image], Image.Image]:
-    # open_clip's own eval transform, minus the ToTensor/Normalize tail that runs on the device instead.
+    """open_clip's eval transform (``image_transform_v2``) minus the ToTensor/Normalize tail, which runs on
+    the device instead. The common square 'shortest'/'squash' modes are built from torchvision alone, so
+    decoding workers need not import open_clip (seconds per process where transformers is installed)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
+
+    size = cfg.get("size", 224)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    interpolation = InterpolationMode.BILINEAR if cfg.get("interpolation") == "bilinear" else InterpolationMode.BICUBIC
+    mode = cfg.get("resize_mode", "shortest")
+    if mode == "squash":
+        return Compose([Resize((height, width), interpolation=interpolation)])
+    if mode == "shortest" and height == width:
+        return Compose([Resize(height, interpolation=interpolation), CenterCrop(height)])
     from open_clip.transform import PreprocessCfg, image_transform_v2
-    from torchvision.transforms import Compose, Normalize
 
     keys = PreprocessCfg.__dataclass_fields__
     transform = image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in keys}), is_train=False)
-    pil_only = [t for t in transform.transforms if not isinstance(t, Normalize) and "ToTensor" not in type(t).__name__]
-    return Compose(pil_only)
+    return Compose([t for t in transform.transforms if not isinstance(t, Normalize) and "ToTensor" not in type(t).__name__])
 
 
 class DualEncoder:

@@ -219,3 +219,20 @@ def test_non_rgb_pil_images_are_converted(tiny_encoder):
     grey = Image.new("L", (40, 40), 128)
     rgb = Image.new("RGB", (40, 40), (128, 128, 128))
     np.testing.assert_allclose(tiny_encoder.encode_images([grey]), tiny_encoder.encode_images([rgb]), atol=1e-6)
+
+
+@pytest.mark.parametrize("preprocess", [
+    {"resize_mode": "squash"},
+    {"resize_mode": "longest", "fill_color": 0},
+    {"resize_mode": "shortest", "interpolation": "bilinear"},
+])
+def test_every_resize_mode_matches_open_clip(tiny_model_dir, tmp_path, preprocess):
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    (directory / "open_clip_config.json").write_text(json.dumps({**config, "preprocess_cfg": preprocess}))
+    encoder = load_encoder(str(directory), device="cpu")
+    _, _, reference = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    image = scenes.generate(4, 0, size=90).image.resize((90, 60))  # not square, so the modes differ
+    # Undo open_clip's Normalize to get back the uint8 pixels it resized and cropped.
+    expected = (reference(image) * encoder._std.view(3, 1, 1) + encoder._mean.view(3, 1, 1)).round()
+    np.testing.assert_allclose(encoder.preparer(image).float().numpy(), expected.numpy(), atol=1.0)
