@@ -21,12 +21,14 @@ import io
 import json
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from . import scenes
+from .models import ModelSpec, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def ensure_demo_collection(
     with _build_lock(root):
         if is_ready(root, config):  # another process finished it while we waited
             return collection_dir(root)
+        _forget_other_models(root, config)
         (root / MARKER_NAME).unlink(missing_ok=True)
         list_file = write_scenes(root, config, progress=progress)
         _ingest(root, list_file, config, device=device, progress=progress)
@@ -149,7 +152,26 @@ def _ingest(root: Path, list_file: Path, config: DemoConfig, *, device: str, pro
 
 
 def _marker_payload(config: DemoConfig) -> dict:
-    return {"version": _BUILD_VERSION, **asdict(config)}
+    return {"version": _BUILD_VERSION, **asdict(config), "weights": _weights_fingerprint(config.model)}
+
+
+def _weights_fingerprint(spec: str) -> str:
+    # A retrained bundled model must not meet vectors of the old one: the collection would refuse to open.
+    parsed = ModelSpec.parse(spec)
+    if parsed.kind not in ("builtin", "local"):
+        return spec
+    directory = assets_dir() / parsed.name if parsed.kind == "builtin" else Path(parsed.name)
+    return sha256_file(find_checkpoint(directory))
+
+
+def _forget_other_models(root: Path, config: DemoConfig) -> None:
+    try:
+        recorded = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if recorded.get("weights") != _weights_fingerprint(config.model):
+        logger.info("the demo model changed since the last build: re-embedding the demo collection")
+        shutil.rmtree(collection_dir(root), ignore_errors=True)
 
 
 def _write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:

@@ -1,0 +1,30 @@
+"""The cached demo collection follows the bundled model: new weights mean re-embedded vectors, not a refusal."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from mmretrieval import demo
+from mmretrieval.collection import Collection
+from mmretrieval.models import WEIGHTS_NAME
+
+
+def test_a_changed_model_re_embeds_the_cached_demo(tmp_path, tiny_model_dir):
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = demo.DemoConfig(count=6, model=str(model_dir), image_size=48)
+    root = tmp_path / "demo"
+    first = demo.ensure_demo_collection(root, config, device="cpu")
+    with Collection.open(first) as collection:
+        old_vectors = collection.vectors()[1]
+
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(model_dir / WEIGHTS_NAME))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(model_dir / WEIGHTS_NAME))
+    assert not demo.is_ready(root, config)
+
+    again = demo.ensure_demo_collection(root, config, device="cpu")
+    with Collection.open(again, model=str(model_dir), device="cpu") as collection:
+        ids, new_vectors = collection.vectors()
+        assert len(ids) == 6 and not torch.allclose(torch.from_numpy(old_vectors), torch.from_numpy(new_vectors))
