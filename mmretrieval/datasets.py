@@ -11,12 +11,21 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .errors import MMRError
 from .images import IMAGE_EXTENSIONS
 
-_PATH_COLUMNS = ("path", "image", "filepath", "file", "filename")
-_CAPTION_COLUMNS = ("caption", "text", "title")
+PATH_COLUMNS = ("path", "filepath", "file", "image", "filename")  # accepted names, first match wins
+CAPTION_COLUMNS = ("caption", "text", "title")
+
+
+def csv_columns(fieldnames: Sequence[str] | None) -> tuple[str | None, str | None]:
+    """The (path, caption) column names of a CSV header, matched case-insensitively; None where absent."""
+    columns = {name.strip().lower(): name for name in fieldnames or ()}
+    path_column = next((columns[c] for c in PATH_COLUMNS if c in columns), None)
+    caption_column = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
+    return path_column, caption_column
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,10 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
 def _read_caption_csv(path: Path) -> list[CaptionedImage]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        fields = {name.lower(): name for name in reader.fieldnames or []}
-        path_col = next((fields[c] for c in _PATH_COLUMNS if c in fields), None)
-        caption_col = next((fields[c] for c in _CAPTION_COLUMNS if c in fields), None)
+        path_col, caption_col = csv_columns(reader.fieldnames)
         if path_col is None or caption_col is None:
-            raise MMRError(f"{path}: need a path column ({'/'.join(_PATH_COLUMNS)}) and a caption column "
-                           f"({'/'.join(_CAPTION_COLUMNS)}); found {', '.join(fields) or 'none'}")
+            raise MMRError(f"{path}: need a path column ({'/'.join(PATH_COLUMNS)}) and a caption column "
+                           f"({'/'.join(CAPTION_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}")
         grouped: dict[Path, list[str]] = {}
         for row in reader:
             image = Path(row[path_col])

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..datasets import PATH_COLUMNS, csv_columns
 from ..encoders import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
 from ..images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, decode_image
@@ -26,8 +27,6 @@ from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
 logger = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".csv")
-_PATH_COLUMNS = ("path", "filepath", "file", "image", "filename")
-_CAPTION_COLUMNS = ("caption", "text", "title")
 
 
 def discover(sources: Sequence[str | os.PathLike]) -> Iterator[SourceFile | Skipped]:
@@ -118,11 +117,9 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, str | None]]:
     reader = csv.DictReader(text.splitlines())
-    columns = {name.strip().lower(): name for name in reader.fieldnames or ()}
-    path_column = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
+    path_column, caption_column = csv_columns(reader.fieldnames)
     if path_column is None:
-        raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(_PATH_COLUMNS[:2])}")
-    caption_column = next((columns[c] for c in _CAPTION_COLUMNS if c in columns), None)
+        raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(PATH_COLUMNS[:2])}")
     return [(row[path_column].strip(), row.get(caption_column) if caption_column else None)
             for row in reader if (row.get(path_column) or "").strip()]
 
