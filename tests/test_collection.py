@@ -4,6 +4,7 @@ k larger than the collection; corrupt and stale indexes rebuilt or caught up, ne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -120,6 +121,7 @@ def test_k_larger_than_collection_returns_only_real_hits(collection):
 
 
 def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
+    caplog.set_level(logging.WARNING)
     write_good_images(tmp_path / "photos", 5)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)

@@ -30,17 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietThirdParty(logging.Filter):
+    """Our own warnings always; other libraries' logs (open_clip's "initialized randomly", its download
+    errors that our own error message already explains) only with -v."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "mmretrieval" or record.name.startswith("mmretrieval.")
+        return ours or self.verbose or record.levelno >= logging.CRITICAL
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    # One handler on the root logger, replaced on each call (tests run main() many times in one process);
+    # logger levels are left alone except with -v, so callers' own logging setup keeps working.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_mmr_cli", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.addFilter(_QuietThirdParty(verbose))
+    handler._mmr_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if verbose:
+        root.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:  # open_clip logs "initialized randomly" etc. at WARNING on the root logger
-        logging.getLogger().setLevel(logging.ERROR)
+    _log_to_stderr(verbose=args.verbose)
     try:
         return int(args.handler(args) or 0)
     except MMRError as exc:
