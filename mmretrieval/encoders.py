@@ -1,8 +1,8 @@
 """The dual encoder: open_clip image and text towers behind one small API that returns unit vectors.
 
 Images are prepared in two steps so that the CPU part can run in worker processes:
-:class:`ImagePreparer` (picklable; resize and crop to uint8 exactly as open_clip's preprocessing does)
-and :meth:`DualEncoder.encode_prepared` (normalise on the device and run the tower).
+:class:`~mmretrieval.preprocess.ImagePreparer` (picklable, torch-free; resize and crop to uint8 exactly as
+open_clip's preprocessing does) and :meth:`DualEncoder.encode_prepared` (normalise on the device, run the tower).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +22,7 @@ from PIL import Image
 from .errors import ModelSpecError
 from .images import decode_image
 from .models import LoadedModel, ModelIdentity, ModelSpec, load_model
+from .preprocess import ImagePreparer
 
 logger = logging.getLogger(__name__)
 
@@ -53,55 +53,6 @@ def _precision_for(device: torch.device) -> str:
     if device.type == "cuda":
         return "pure_bf16" if torch.cuda.is_bf16_supported() else "pure_fp16"
     return "fp32"
-
-
-@dataclass(frozen=True)
-class ImagePreparer:
-    """Resize and crop a decoded image to the model's input, as uint8 CHW. Small and picklable for workers."""
-
-    preprocess: str  # the identity's preprocess JSON
-    _steps: object = field(default=None, compare=False, repr=False)
-
-    @property
-    def size(self) -> int:
-        size = json.loads(self.preprocess)["size"]
-        return max(size) if isinstance(size, (list, tuple)) else int(size)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        steps = self._steps
-        if steps is None:
-            steps = _pil_steps(json.loads(self.preprocess))
-            object.__setattr__(self, "_steps", steps)
-        prepared = steps(image)
-        return torch.from_numpy(np.asarray(prepared.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-
-    def __getstate__(self) -> dict:
-        return {"preprocess": self.preprocess}
-
-    def __setstate__(self, state: dict) -> None:
-        object.__setattr__(self, "preprocess", state["preprocess"])
-        object.__setattr__(self, "_steps", None)
-
-
-def _pil_steps(cfg: dict) -> Callable[[Image.Image], Image.Image]:
-    """open_clip's eval transform (``image_transform_v2``) minus the ToTensor/Normalize tail, which runs on
-    the device instead. The common square 'shortest'/'squash' modes are built from torchvision alone, so
-    decoding workers need not import open_clip (seconds per process where transformers is installed)."""
-    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize
-
-    size = cfg.get("size", 224)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    interpolation = InterpolationMode.BILINEAR if cfg.get("interpolation") == "bilinear" else InterpolationMode.BICUBIC
-    mode = cfg.get("resize_mode", "shortest")
-    if mode == "squash":
-        return Compose([Resize((height, width), interpolation=interpolation)])
-    if mode == "shortest" and height == width:
-        return Compose([Resize(height, interpolation=interpolation), CenterCrop(height)])
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    keys = PreprocessCfg.__dataclass_fields__
-    transform = image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in keys}), is_train=False)
-    return Compose([t for t in transform.transforms if not isinstance(t, Normalize) and "ToTensor" not in type(t).__name__])
 
 
 class DualEncoder:
@@ -181,7 +132,7 @@ class DualEncoder:
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = [self._as_image(item) for item in images[start:start + batch_size]]
-            chunks.append(self.encode_prepared(torch.stack([self.preparer(im) for im in batch])))
+            chunks.append(self.encode_prepared(torch.from_numpy(np.stack([self.preparer(im) for im in batch]))))
             if progress:
                 progress(min(start + batch_size, len(images)), len(images))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import scenes
 from .datasets import CaptionedImage, read_captioned
-from .encoders import DualEncoder, ImagePreparer, resolve_device
+from .encoders import DualEncoder, resolve_device
 from .errors import ImageDecodeError, MMRError
 from .images import decode_image
 from .models import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
+from .preprocess import ImagePreparer
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class SceneDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         example = scenes.generate(self.seed, index, size=self.scene_size)
-        return self.preparer(example.image), self.tokenizer([example.caption])[0]
+        return torch.from_numpy(self.preparer(example.image)), self.tokenizer([example.caption])[0]
 
 
 class PairDataset(Dataset):
@@ -107,7 +108,7 @@ class PairDataset(Dataset):
         except ImageDecodeError as exc:
             logger.warning("skipping %s: %s", item.path, exc)
             return None
-        return self.preparer(image), self.tokenizer([text])[0]
+        return torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0]
 
 
 def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,13 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
-from ..collection import Collection, Hit
 from ..index import INDEX_TYPES
-from ..search import parse_query
 from .common import TqdmProgress, add_collection_option, add_model_options, emit
 
+if TYPE_CHECKING:
+    from ..collection import Collection, Hit
+
 _HIT_COLUMNS = ["score", "path"]
+
+
+def _open(directory: str, **options: Any) -> "Collection":
+    # Imported here, not at module level: `mmr --help` and the decoding workers (which import the
+    # running script) should not pay for torch.
+    from ..collection import Collection
+
+    return Collection.open(directory, **options)
 
 
 def register(subparsers) -> None:
@@ -44,7 +54,7 @@ def _register_ingest(subparsers) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    with Collection.open(args.collection, model=args.model, create=True, device=args.device) as collection:
+    with _open(args.collection, model=args.model, create=True, device=args.device) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress)
@@ -78,8 +88,10 @@ def _register_search(subparsers) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from ..search import parse_query
+
     query = parse_query(args.text, args.image, args.negatives)
-    with Collection.open(args.collection, device=args.device) as collection:
+    with _open(args.collection, device=args.device) as collection:
         hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
     return _print_hits(hits, args.json)
 
@@ -94,12 +106,12 @@ def _register_similar(subparsers) -> None:
 
 def _similar(args: argparse.Namespace) -> int:
     image = int(args.image) if args.id else args.image
-    with Collection.open(args.collection, device=args.device) as collection:
+    with _open(args.collection, device=args.device) as collection:
         hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
     return _print_hits(hits, args.json)
 
 
-def _print_hits(hits: list[Hit], as_json: bool) -> int:
+def _print_hits(hits: "list[Hit]", as_json: bool) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
@@ -122,7 +134,7 @@ def _register_index(subparsers) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    with Collection.open(args.collection) as collection:
+    with _open(args.collection) as collection:
         manifest = collection.rebuild_index(args.type, nlist=args.nlist, nprobe=args.nprobe,
                                             hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
@@ -146,7 +158,7 @@ def _register_label(subparsers) -> None:
 
 
 def _label(args: argparse.Namespace) -> int:
-    with Collection.open(args.collection, device=args.device) as collection:
+    with _open(args.collection, device=args.device) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
                                        threshold=args.threshold, progress=progress)
@@ -167,7 +179,7 @@ def _register_info(subparsers) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    with Collection.open(args.collection) as collection:
+    with _open(args.collection) as collection:
         info = collection.info().to_dict()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))

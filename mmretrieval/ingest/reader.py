@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..datasets import PATH_COLUMNS, csv_columns
-from ..encoders import ImagePreparer
+from ..preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
 from ..images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, decode_image
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
@@ -129,7 +129,7 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
     try:
         data = _read_regular_file(task.path)
         decoded = decode_image(data, draft_size=preparer.size)
-        pixels = preparer(decoded.image).numpy()
+        pixels = preparer(decoded.image)
     except ImageDecodeError as exc:
         return Failed(task.image_id, exc.reason, str(exc))
     except Exception as exc:  # a Pillow or transform bug on one file must not stop the run
