@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEMO_QUERIES = (
     "a red circle",
     "three blue squares",
-    "a yellow star on a striped background",
+    "an orange star on a striped background",
     "two small green triangles",
     "a large purple cross",
 )
