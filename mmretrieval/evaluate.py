@@ -19,7 +19,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from . import scenes
-from .datasets import read_captioned, read_labelled_folder
+from .datasets import CaptionedImage, read_captioned, read_labelled_folder
+from .errors import ImageDecodeError, MMRError
+from .images import decode_image
 from .labels import TEMPLATE_SETS, ensemble_prompt_embeddings
 
 if TYPE_CHECKING:
@@ -65,13 +67,23 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
 
 def captions_report(encoder: "DualEncoder", source: str) -> dict[str, float]:
     """Text-to-image recall@1/5/10 on a captioned set (sidecar .txt files or a CSV)."""
-    items = read_captioned(source)
-    texts, owners = [], []
-    for index, item in enumerate(items):
+    return captioned_recall(encoder, read_captioned(source))
+
+
+def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage]) -> dict[str, float]:
+    """Text-to-image recall@1/5/10 over every caption of ``items``; undecodable images are left out and counted."""
+    images, texts, owners = [], [], []
+    for item in items:
+        try:
+            images.append(decode_image(item.path, draft_size=encoder.preparer.size).image)
+        except ImageDecodeError:
+            continue
         texts.extend(item.captions)
-        owners.extend([index] * len(item.captions))
-    image_vectors = encoder.encode_images([item.path for item in items])
-    return {"images": len(items), "captions": len(texts),
+        owners.extend([len(images) - 1] * len(item.captions))
+    if not images:
+        raise MMRError("none of the captioned images could be decoded")
+    image_vectors = encoder.encode_images(images)
+    return {"images": len(images), "captions": len(texts), "undecodable": len(items) - len(images),
             **text_to_image_recall(image_vectors, encoder.encode_texts(texts), owners)}
 
 

@@ -156,13 +156,22 @@ def _lr_at(step: int, config: TrainConfig) -> float:
     return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device) -> DataLoader:
+def split_held_out(items: list[CaptionedImage], seed: int) -> tuple[list[CaptionedImage], list[CaptionedImage]]:
+    """A seeded split of user pairs into (training, held-out): 5% held out, at most 200, none below 20 pairs."""
+    count = min(200, len(items) // 20) if len(items) >= 20 else 0
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    held = set(order[:count])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
+            pairs: list[CaptionedImage]) -> DataLoader:
     preparer = ImagePreparer(loaded.identity.preprocess)
     length = config.steps * config.batch_size
     if config.data == "scenes":
         dataset: Dataset = SceneDataset(config.seed, length, preparer, loaded.tokenizer, config.scene_size)
     else:
-        dataset = PairDataset(read_captioned(config.data), length, config.seed, preparer, loaded.tokenizer)
+        dataset = PairDataset(pairs, length, config.seed, preparer, loaded.tokenizer)
     return DataLoader(
         dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
@@ -192,7 +201,8 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
     log_file = open(out / "train_log.jsonl", "w", encoding="utf-8")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     started = time.perf_counter()
-    for step, (images, tokens) in enumerate(_loader(config, loaded, device)):
+    pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
+    for step, (images, tokens) in enumerate(_loader(config, loaded, device, pairs)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
         with autocast:
@@ -208,7 +218,7 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
         last = step == config.steps - 1
         checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
         if step % 50 == 0 or checkpoint:
-            held_out = _held_out_score(loaded, device, config) if checkpoint else {}
+            held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
             entry = StepLog(step, float(loss.item()), _lr_at(step, config), time.perf_counter() - started, held_out)
             log_file.write(json.dumps(asdict(entry)) + "\n")
             log_file.flush()
@@ -235,14 +245,18 @@ def _normalise(batch: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
     return (batch.float() - mean) / std
 
 
-def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig) -> dict[str, float]:
-    from .evaluate import shapes_report
+def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig,
+                    held_pairs: list[CaptionedImage]) -> dict[str, float]:
+    """The scene report on generated data; text-to-image recall@k on the held-out user pairs otherwise."""
+    from .evaluate import captioned_recall, shapes_report
 
-    if config.data != "scenes":
+    if config.data != "scenes" and not held_pairs:
         return {}
     loaded.model.eval()
     try:
         encoder = DualEncoder(LoadedModel(loaded.model, loaded.tokenizer, loaded.identity, ()), device, channels_last=False)
+        if held_pairs:
+            return captioned_recall(encoder, held_pairs)
         return shapes_report(encoder, n_scenes=400, n_captions=100)
     finally:
         loaded.model.train()

@@ -88,3 +88,25 @@ def test_bad_training_inputs(tmp_path):
         train(TrainConfig(out=str(tmp_path / "o"), data=str(tmp_path / "missing"), steps=1, workers=0, device="cpu"))
     with pytest.raises(MMRError, match="unknown architecture"):
         train(TrainConfig(out=str(tmp_path / "o"), arch="NoSuchNet", steps=1, workers=0, device="cpu"))
+
+
+def test_user_pairs_hold_out_a_seeded_split_and_score_it(tmp_path, tiny_model_dir):
+    data = _captioned_folder(tmp_path / "pairs", n=44)
+    logs = []
+    train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2, batch_size=4,
+                      workers=0, device="cpu", warmup_steps=1, eval_every=1), on_log=logs.append)
+    scored = [entry.held_out for entry in logs if entry.held_out]
+    assert scored and {"recall@1", "recall@5", "recall@10"} <= set(scored[-1])
+    assert scored[-1]["images"] == 2  # 45 pairs (one broken): 5% held out
+
+
+def test_held_out_split_is_disjoint_seeded_and_small():
+    from mmretrieval.datasets import CaptionedImage
+    from mmretrieval.train import split_held_out
+
+    items = [CaptionedImage(path=__import__("pathlib").Path(f"{i}.png"), captions=(str(i),)) for i in range(100)]
+    train_items, held = split_held_out(items, seed=0)
+    assert len(held) == 5 and len(train_items) == 95 and not set(held) & set(train_items)
+    assert split_held_out(items, seed=0) == (train_items, held)
+    assert split_held_out(items, seed=1)[1] != held
+    assert split_held_out(items[:19], seed=0)[1] == []
