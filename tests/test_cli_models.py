@@ -113,3 +113,16 @@ def test_missing_labels_is_a_usage_error(capsys, red_circle):
     with pytest.raises(SystemExit) as caught:
         main(["classify", str(red_circle)])
     assert caught.value.code == 2
+
+
+def test_dim_truncates_a_new_collection_and_warns_once(capsys, tmp_path, tiny_model_dir, red_circle):
+    collection = tmp_path / "col"
+    status, _, err = _run(capsys, "ingest", red_circle.parent, "--collection", collection, "--model", tiny_model_dir,
+                          "--dim", "16", "--device", "cpu", "--workers", "0")
+    assert status == 0 and "mmr: warning: truncating 32-d vectors to 16" in err
+    status, out, _ = _run(capsys, "info", "--collection", collection, "--json")
+    assert json.loads(out)["dim"] == 16
+    status, out, _ = _run(capsys, "search", "a red circle", "--collection", collection, "--device", "cpu")
+    assert status == 0 and out.split("\t")[1].strip() == str(red_circle)
+    status, _, err = _run(capsys, "ingest", red_circle.parent, "--collection", collection, "--dim", "16")
+    assert status == 2 and "--dim needs --model" in err

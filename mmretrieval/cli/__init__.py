@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 from ..errors import MMRError
@@ -59,11 +60,17 @@ def _log_to_stderr(verbose: bool) -> None:
         root.setLevel(logging.INFO)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    # Warnings are for the user here (e.g. an untrained --dim): one line, no source location.
+    print(f"mmr: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr(verbose=args.verbose)
+    warnings.showwarning = _show_warning
     try:
         return int(args.handler(args) or 0)
     except MMRError as exc:

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CollectionError
 from ..index import INDEX_TYPES
 from .common import TqdmProgress, add_collection_option, add_model_options, emit
 
@@ -54,7 +55,14 @@ def _register_ingest(subparsers) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    with _open(args.collection, model=args.model, create=True, device=args.device) as collection:
+    model = args.model
+    if args.dim is not None:
+        from ..encoders import load_encoder
+
+        if model is None:
+            raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
+        model = load_encoder(model, device=args.device, dim=args.dim)
+    with _open(args.collection, model=model, create=True, device=args.device) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress)

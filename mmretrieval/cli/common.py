@@ -19,6 +19,9 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = "bu
         f"or builtin:shapes (default: {default or 'the collection’s model'})",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--dim", type=int, default=None,
+                        help="truncate vectors to this many dimensions and renormalise (Matryoshka-style; "
+                        "warns unless the model was trained for it)")
 
 
 def add_collection_option(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -45,7 +45,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
-    encoder = load_encoder(args.model, device=args.device)
+    encoder = load_encoder(args.model, device=args.device, dim=args.dim)
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
     failed = 0
     for path in args.images:
@@ -128,7 +128,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..labels import load_templates
 
     templates = load_templates(args.templates)
-    encoder = load_encoder(args.model, device=args.device)
+    encoder = load_encoder(args.model, device=args.device, dim=args.dim)
     report: dict[str, object] = {"model": str(encoder.identity.spec)}
     if args.folder:
         report.update({f"zeroshot_{k}": v for k, v in folder_report(encoder, args.folder, templates).items()})
