@@ -11,10 +11,11 @@ import argparse
 import ipaddress
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..cli.common import TqdmProgress
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -101,7 +102,7 @@ def open_context(config: ServeConfig) -> "AppContext":
         from ..demo import DemoConfig, ensure_demo_collection
 
         demo = DemoConfig(model=config.model or DemoConfig.model)
-        directory = ensure_demo_collection(config=demo, device=config.device, progress=_print_demo_progress)
+        directory = ensure_demo_collection(config=demo, device=config.device, progress=_DemoProgressBars())
     encoder = load_encoder(config.model, device=config.device) if config.model else None
     collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
     encoder = encoder or collection.encoder  # loads the model the collection was built with
@@ -140,7 +141,16 @@ def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tupl
     return config.host, app.server_port
 
 
-def _print_demo_progress(stage: str, done: int, total: int) -> None:
-    what = "writing demo scenes" if stage == "scenes" else "ingesting demo scenes"
-    end = "\n" if done >= total else ""
-    print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+class _DemoProgressBars:
+    """tqdm bars on stderr for the demo build, one per stage (writing scenes, ingesting them)."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, TqdmProgress] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._bars:
+            what = "writing demo scenes" if stage == "scenes" else "embedding demo scenes"
+            self._bars[stage] = TqdmProgress(what)
+        self._bars[stage](done, total)
+        if done >= total:
+            self._bars[stage].__exit__(None, None, None)
