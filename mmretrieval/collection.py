@@ -28,7 +28,7 @@ from PIL import Image
 
 from .encoders import DualEncoder, load_encoder
 from .errors import CollectionError, QueryError
-from .index import Manifest, VectorIndex, choose_config
+from .index import Manifest, VectorIndex, choose_config, exact_search
 from .ingest import IngestConfig, IngestSummary, run_ingest
 from .models import ModelIdentity
 from .search import ImageRef, Query, query_vector
@@ -294,9 +294,12 @@ class Collection:
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         allowed = self._allowed_ids(path_prefix, label)
-        with self._lock:
-            self._sync_index()
-            _, ids = self._index.search(vector[None, :], k, allowed)
+        if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
+            _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
+        else:
+            with self._lock:
+                self._sync_index()
+                _, ids = self._index.search(vector[None, :], k)
         ids = ids[0]
         rows = self.catalog.rows(ids.tolist())
         stored_ids, stored = self.catalog.vectors(ids.tolist())

@@ -176,3 +176,31 @@ def test_info_reports_counts_index_and_sizes(collection):
     info = collection.info()
     assert info.counts == {"ok": 7} and info.vectors == 7 and info.index_type == "flat"
     assert info.dim == 32 and info.bytes_on_disk["catalog.sqlite"] > 0
+
+
+def _fill_catalog(col: Collection, vectors: np.ndarray, folder_of) -> np.ndarray:
+    """Store ``vectors`` as if ingested (no decoding), file i under ``folder_of(i)``; returns their ids."""
+    from mmretrieval.store import VectorWrite, encode_path
+
+    paths = [os.path.join(str(col.directory.parent), folder_of(i), f"{i:05d}.png") for i in range(len(vectors))]
+    col.catalog.mark_pending([(encode_path(p), 1, 1, None) for p in paths])
+    ids = np.array([image_id for image_id, _ in col.catalog.pending()], dtype=np.int64)
+    col.catalog.write_results([VectorWrite(int(i), f"h{i}", 1, 1, "PNG", v) for i, v in zip(ids, vectors)], [])
+    return ids
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_filtered_search_on_approximate_index_equals_brute_force(tmp_path, tiny_encoder, index_type):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    vectors = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    query = vectors[0]
+    far = set(np.argsort(vectors @ query)[:50].tolist())  # the 50 least like the query: one folder
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        ids = _fill_catalog(col, vectors, lambda i: "far" if i in far else "near")
+        col.rebuild_index(index_type, nlist=64, nprobe=1, ef_search=16)
+        hits = col.similar(int(ids[0]), k=10, path_prefix=str(tmp_path / "far") + os.sep)
+    allowed = np.array(sorted(far))
+    expected = ids[allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:10]]].tolist()
+    assert [h.id for h in hits] == expected

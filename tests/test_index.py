@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.errors import CollectionError
-from mmretrieval.index import Manifest, VectorIndex, choose_config
+from mmretrieval.index import Manifest, VectorIndex, choose_config, exact_search
 
 DIM = 16
 
@@ -48,8 +48,7 @@ def test_allowed_ids_filter_and_small_k(index_type):
     allowed = np.array([5, 17, 250], dtype=np.int64)
     _, found = index.search(vectors[:1], 10, allowed)
     assert set(found[0].tolist()) <= set(allowed.tolist()) and (found >= 0).all()
-    if index_type != "hnsw":  # HNSW over-fetches and may miss far-away allowed ids
-        assert sorted(found[0].tolist()) == [5, 17, 250]
+    assert sorted(found[0].tolist()) == [5, 17, 250]
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf"])
@@ -118,3 +117,35 @@ def test_save_replaces_the_previous_generation(tmp_path):
     index.save(tmp_path, _manifest(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index-2.faiss", "index.json"]
     assert VectorIndex.load(tmp_path, "abc", DIM)[0].count == 11
+
+
+def _far_allowed(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, count: int = 50) -> np.ndarray:
+    """``count`` ids among the vectors least like ``query``: outside every list or graph region it visits."""
+    return np.sort(ids[np.argsort(vectors @ query)[:count]])
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_filtered_search_of_far_ids_returns_k_exact_hits(index_type):
+    vectors = clustered(4000)
+    ids = np.arange(4000, dtype=np.int64) + 1
+    config = choose_config(4000, index_type, nlist=64, nprobe=1, ef_search=16)
+    index = VectorIndex.build(config, ids, vectors, DIM)
+    for query in clustered(3, seed=5):
+        allowed = _far_allowed(vectors, ids, query)
+        scores, found = index.search(query[None], 10, allowed)
+        in_allowed = np.isin(ids, allowed)
+        expected = brute_force(vectors[in_allowed], ids[in_allowed], query, 10)
+        assert found.shape == (1, 10) and set(found[0].tolist()) == set(expected)
+        assert np.all(np.diff(scores[0]) <= 1e-6)
+
+
+def test_exact_search_in_small_chunks_equals_one_pass():
+    vectors = clustered(500)
+    ids = np.arange(500, dtype=np.int64) * 3 + 1
+    allowed = ids[::4]
+    load = lambda wanted: (wanted, vectors[np.searchsorted(ids, wanted)])  # noqa: E731
+    query = clustered(1, seed=9)
+    one_pass = exact_search(query, 10, allowed, load)
+    chunked = exact_search(query, 10, allowed, load, chunk=7)
+    np.testing.assert_array_equal(one_pass[1], chunked[1])
+    assert chunked[1][0].tolist() == brute_force(vectors[::4], allowed, query[0], 10)
