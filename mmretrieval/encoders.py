@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .errors import ModelSpecError
-from .images import decode_image
+from .images import decode_image, to_rgb
 from .models import LoadedModel, ModelIdentity, ModelSpec, load_model
 from .preprocess import ImagePreparer
 
@@ -89,7 +89,8 @@ class DualEncoder:
     @property
     def logit_scale(self) -> float:
         """The learned temperature, already exponentiated (about 100 for CLIP)."""
-        return float(self.model.logit_scale.detach().float().exp().clamp(max=100).item())
+        # Not clamped: SigLIP checkpoints learn scales above 100 (about 112-117), and their bias is fit to them.
+        return float(self.model.logit_scale.detach().float().exp().item())
 
     @property
     def logit_bias(self) -> float | None:
@@ -139,7 +140,7 @@ class DualEncoder:
 
     def _as_image(self, item: Image.Image | str | os.PathLike) -> Image.Image:
         if isinstance(item, Image.Image):
-            return item if item.mode == "RGB" else item.convert("RGB")
+            return to_rgb(item)  # the same conversion as for files: alpha on white, 16-bit scaled
         return decode_image(Path(item), draft_size=self.preparer.size).image
 
     @torch.inference_mode()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import CheckpointError, ModelNotCachedError, ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,20 @@ class ModelSpec:
                 raise ModelSpecError(f"bad hub id {repo!r} in {text!r}; expected hf-hub:ORG/REPO")
             return cls("hf-hub", repo)
         if text.startswith("local-dir:"):
-            return cls("local", text.removeprefix("local-dir:"))
-        if os.sep in text or text.startswith(".") or Path(text).is_dir():
-            return cls("local", text)
-        arch, _, tag = text.partition(":")
-        return cls("registry", arch, tag or None)
+            return cls.local(text.removeprefix("local-dir:"))
+        arch, colon, tag = text.partition(":")
+        if Path(text).expanduser().is_dir() or (not colon and (os.sep in text or text.startswith((".", "~")))):
+            return cls.local(text)
+        if not re.fullmatch(r"[\w.+-]+", arch):
+            raise ModelSpecError(f"cannot read model spec {text!r}: use ARCH[:PRETRAINED], hf-hub:ORG/REPO, "
+                                 "a model directory, or builtin:shapes")
+        # ARCH:TAG, or ARCH:/path/to/checkpoint.pt (a local file of that architecture's weights)
+        return cls("registry", arch, (os.path.abspath(os.path.expanduser(tag)) if os.sep in tag else tag) or None)
+
+    @classmethod
+    def local(cls, path: str) -> "ModelSpec":
+        """A model directory, made absolute: a collection records it and may be opened from anywhere."""
+        return cls("local", os.path.abspath(os.path.expanduser(path)))
 
     def __str__(self) -> str:
         if self.kind == "builtin":
@@ -183,6 +193,16 @@ class LoadedModel:
     matryoshka_dims: tuple[int, ...]  # dims the model was trained to be truncated to, if any
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where open_clip is to load a spec from."""
+
+    open_clip_name: str  # what open_clip.create_model takes (``local-dir:…``, ``hf-hub:…`` or a registry name)
+    pretrained: str | None  # registry tag or checkpoint file
+    checkpoint: Path | None  # the weights file of a model directory
+    config: dict[str, Any]  # a model directory's open_clip_config.json
+
+
 def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_dir: str | None = None) -> LoadedModel:
     """Create the open_clip model a spec names, on ``device`` in ``precision`` (``fp32``, ``pure_bf16``…).
 
@@ -193,57 +213,62 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     """
     import open_clip  # heavy: imported on first load, not at package import
 
-    config: dict[str, Any] = {}
-    checkpoint: Path | None = None
-    if spec.kind in ("local", "builtin"):
-        directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
-        config = _read_local_config(directory)
-        checkpoint = find_checkpoint(directory)
-        open_clip_name, pretrained = f"local-dir:{directory}", None
-        architecture = config.get("architecture") or _config_hash(config["model_cfg"])
-    elif spec.kind == "hf-hub":
-        open_clip_name, pretrained, architecture = f"hf-hub:{spec.name}", None, ""
-    else:
-        _check_registry(open_clip, spec)
-        open_clip_name, pretrained, architecture = spec.name, spec.pretrained, spec.name
-
+    source = _resolve(open_clip, spec)
     try:
         model = open_clip.create_model(
-            open_clip_name, pretrained=pretrained, precision=precision, device=device,
+            source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
             cache_dir=cache_dir, weights_only=True,
         )
-        tokenizer = open_clip.get_tokenizer(open_clip_name, cache_dir=cache_dir)
+        tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
     except Exception as exc:  # open_clip and its backends raise many types; translate the ones we know
-        raise _translate_load_error(exc, spec, checkpoint) from exc
+        raise _translate_load_error(exc, spec, source.checkpoint) from exc
     model.eval()
 
-    if spec.kind == "hf-hub":
-        hub_config = open_clip.get_model_config(open_clip_name) or {}
-        architecture = _config_hash(hub_config)
-        weights = "hf-hub:" + spec.name
-        try:
-            weights = sha256_file(Path(open_clip.pretrained.download_pretrained_from_hf(spec.name, cache_dir=cache_dir)))
-        except Exception:  # already loaded, so the file is cached; if the lookup fails, keep the repo id
-            pass
-    elif checkpoint is not None:
-        weights = sha256_file(checkpoint)
-    elif spec.pretrained:
-        weights = f"{spec.name}:{spec.pretrained}"
+    if spec.kind in ("local", "builtin"):
+        architecture = source.config.get("architecture") or _config_hash(source.config["model_cfg"])
+    elif spec.kind == "hf-hub":
+        architecture = _config_hash(open_clip.get_model_config(source.open_clip_name) or {})
     else:
-        weights = "random-" + _state_hash(model)
-
+        architecture = spec.name
     embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
         else int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
-    preprocess = open_clip.get_model_preprocess_cfg(model)
     identity = ModelIdentity(
         spec=str(spec),
         architecture=architecture,
         embed_dim=embed_dim,
-        weights=weights,
-        preprocess=json.dumps(preprocess, sort_keys=True, default=list),
+        weights=_weights_id(open_clip, spec, source, model, cache_dir),
+        preprocess=json.dumps(open_clip.get_model_preprocess_cfg(model), sort_keys=True, default=list),
     )
-    dims = tuple(config.get("matryoshka_dims", ()))
+    dims = tuple(source.config.get("matryoshka_dims", ()))
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, matryoshka_dims=dims)
+
+
+def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
+    if spec.kind in ("local", "builtin"):
+        directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
+        config = _read_local_config(directory)
+        return _Source(f"local-dir:{directory}", None, find_checkpoint(directory), config)
+    if spec.kind == "hf-hub":
+        return _Source(f"hf-hub:{spec.name}", None, None, {})
+    _check_registry(open_clip, spec)
+    return _Source(spec.name, spec.pretrained, None, {})
+
+
+def _weights_id(open_clip: Any, spec: ModelSpec, source: _Source, model: torch.nn.Module,
+                cache_dir: str | None) -> str:
+    """sha256 of the weights file where there is one; the registry tag; or a hash of random weights."""
+    if source.checkpoint is not None:
+        return sha256_file(source.checkpoint)
+    if spec.kind == "hf-hub":
+        try:
+            return sha256_file(Path(open_clip.pretrained.download_pretrained_from_hf(spec.name, cache_dir=cache_dir)))
+        except Exception:  # already loaded, so the file is cached; if the lookup fails, keep the repo id
+            return "hf-hub:" + spec.name
+    if spec.pretrained and os.path.isfile(spec.pretrained):
+        return sha256_file(Path(spec.pretrained))
+    if spec.pretrained:
+        return f"{spec.name}:{spec.pretrained}"
+    return "random-" + _state_hash(model)
 
 
 def _check_registry(open_clip: Any, spec: ModelSpec) -> None:
@@ -311,10 +336,9 @@ def save_model_dir(
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}, **(extra or {})}
-    tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp_weights))
-    os.replace(tmp_weights, directory / WEIGHTS_NAME)
-    tmp_config = directory / (CONFIG_NAME + ".tmp")
-    tmp_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_config, directory / CONFIG_NAME)
+    # Each file is fsynced and renamed into place; a crash between the two leaves new weights beside the
+    # previous config of the same run, which differs only in its training notes.
+    with atomic_path(directory / WEIGHTS_NAME) as tmp_weights:
+        save_file(state, str(tmp_weights))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory

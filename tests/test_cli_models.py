@@ -126,3 +126,16 @@ def test_dim_truncates_a_new_collection_and_warns_once(capsys, tmp_path, tiny_mo
     assert status == 0 and out.split("\t")[1].strip() == str(red_circle)
     status, _, err = _run(capsys, "ingest", red_circle.parent, "--collection", collection, "--dim", "16")
     assert status == 2 and "--dim needs --model" in err
+
+
+def test_an_unexpected_exception_is_one_line_and_verbose_shows_it(capsys, monkeypatch):
+    import mmretrieval.cli.model_cmds as model_cmds
+
+    def broken(args):
+        raise ValueError("something nobody foresaw")
+
+    monkeypatch.setattr(model_cmds, "_models", broken)
+    status, out, err = _run(capsys, "models")
+    assert status == 2 and err.strip() == "mmr models: error: ValueError: something nobody foresaw (run with -v for details)"
+    with pytest.raises(ValueError):
+        main(["-v", "models"])

@@ -32,7 +32,8 @@ def _unit_rows(vectors: np.ndarray) -> bool:
         ("hf-hub:timm/ViT-B-16-SigLIP2", "hf-hub", "timm/ViT-B-16-SigLIP2", None),
         ("builtin:shapes", "builtin", "shapes", None),
         ("local-dir:/models/mine", "local", "/models/mine", None),
-        ("./models/mine", "local", "./models/mine", None),
+        ("./models/mine", "local", os.path.abspath("models/mine"), None),
+        ("ViT-B-32:/ckpt/weights.pt", "registry", "ViT-B-32", "/ckpt/weights.pt"),
     ],
 )
 def test_spec_parsing(text, kind, name, pretrained):
@@ -40,7 +41,7 @@ def test_spec_parsing(text, kind, name, pretrained):
     assert (spec.kind, spec.name, spec.pretrained) == (kind, name, pretrained)
 
 
-@pytest.mark.parametrize("text", ["", "builtin:nope", "hf-hub:no-slash", "hf-hub:a/b/c"])
+@pytest.mark.parametrize("text", ["", "builtin:nope", "hf-hub:no-slash", "hf-hub:a/b/c", "not a/name:tag"])
 def test_bad_spec_syntax(text):
     with pytest.raises(ModelSpecError):
         ModelSpec.parse(text)
@@ -236,3 +237,31 @@ def test_every_resize_mode_matches_open_clip(tiny_model_dir, tmp_path, preproces
     # Undo open_clip's Normalize to get back the uint8 pixels it resized and cropped.
     expected = (reference(image) * encoder._std.view(3, 1, 1) + encoder._mean.view(3, 1, 1)).round()
     np.testing.assert_array_equal(encoder.preparer(image), expected.numpy())
+
+
+def test_a_relative_model_directory_is_recorded_absolute(tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tiny_model_dir.parent)
+    encoder = load_encoder(tiny_model_dir.name, device="cpu")
+    assert encoder.identity.spec == str(tiny_model_dir)  # a collection can reload it from any directory
+
+
+def test_registry_architecture_with_a_checkpoint_file(tiny_model_dir, tmp_path):
+    config_file = tmp_path / "mmr-tiny-ckpt.json"
+    config_file.write_text(json.dumps(TINY_MODEL_CFG))
+    open_clip.add_model_config(config_file)
+    reference = load_encoder(str(tiny_model_dir), device="cpu")
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(reference.model.state_dict(), checkpoint)
+    encoder = load_encoder(f"mmr-tiny-ckpt:{checkpoint}", device="cpu")
+    np.testing.assert_allclose(encoder.encode_texts(["x"]), reference.encode_texts(["x"]), atol=1e-6)
+    assert len(encoder.identity.weights) == 64  # the file's sha256, not the path
+
+
+def test_pil_images_and_files_are_converted_alike(tiny_encoder, tmp_path):
+    rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 0))  # fully transparent red: white once composited
+    rgba.save(tmp_path / "clear.png")
+    grey16 = Image.fromarray(np.full((40, 40), 30000, dtype=np.uint16))
+    grey16.save(tmp_path / "grey16.png")
+    for image, path in ((rgba, "clear.png"), (grey16, "grey16.png")):
+        np.testing.assert_allclose(tiny_encoder.encode_images([image]),
+                                   tiny_encoder.encode_images([tmp_path / path]), atol=1e-6)

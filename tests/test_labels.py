@@ -53,6 +53,26 @@ def test_clip_style_multi_label_scores_each_label_against_a_neutral_prompt(tiny_
     np.testing.assert_allclose(classifier.probabilities(images, multi_label=True), expected, rtol=1e-4)
 
 
+def test_siglip_scale_above_100_is_not_clamped(tiny_siglip_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmretrieval.encoders import load_encoder
+
+    directory = shutil.copytree(tiny_siglip_dir, tmp_path / "siglip")
+    weights = load_file(str(directory / "open_clip_model.safetensors"))
+    weights["logit_scale"] = torch.tensor(float(np.log(117.33))).reshape(weights["logit_scale"].shape)
+    save_file(weights, str(directory / "open_clip_model.safetensors"))
+    encoder = load_encoder(str(directory), device="cpu")
+    assert encoder.logit_scale == pytest.approx(117.33, rel=1e-4)  # as SigLIP checkpoints learn it
+    classifier = ZeroShotClassifier.build(encoder, LABELS, TEMPLATES)
+    images = _images(encoder)
+    expected = 1 / (1 + np.exp(-(117.33 * (images @ classifier.embeddings.T) + encoder.logit_bias)))
+    np.testing.assert_allclose(classifier.probabilities(images), expected, rtol=1e-3)
+
+
 def test_siglip_style_scores_are_independent_sigmoids_with_the_bias(tiny_siglip_encoder):
     assert tiny_siglip_encoder.is_sigmoid and tiny_siglip_encoder.logit_bias == pytest.approx(-10.0)
     classifier = ZeroShotClassifier.build(tiny_siglip_encoder, LABELS, TEMPLATES)

@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `mmr search ... | head` closed the pipe: not an error
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a bug or an input we did not foresee: still one line, the details on request
+        if args.verbose:
+            raise
+        print(f"mmr {args.command}: error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
