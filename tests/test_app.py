@@ -163,7 +163,7 @@ def test_label_collection_counts_samples_and_csv(manage, search):
 
 def test_collection_info_lists_the_failed_file(manage):
     info, failures = manage.collection_info()
-    assert "tiny" in info or "model" in info
+    assert f"model: `{manage.ctx.collection.info().model_spec}`" in info
     assert f"{SCENE_COUNT} ok" in info
     assert list(failures["path"].map(lambda p: Path(p).name)) == ["broken.png"]
     assert failures["reason"].iloc[0]
@@ -269,6 +269,18 @@ def test_file_routes_refuse_files_outside_the_collection(server, route, tmp_path
         response = httpx.get(f"{server}{route}{target}")
         assert response.status_code in (400, 403, 404), (route, target, response.status_code)
         assert b"root:" not in response.content and b"do not serve me" not in response.content
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "192.168.1.20", "127.0.0.1.evil.example"])
+def test_requests_addressed_to_another_host_name_are_refused(server, host):
+    # A DNS-rebinding page reaches 127.0.0.1 under its own name: it must get nothing, API calls included.
+    port = server.rsplit(":", 1)[1]
+    headers = {"Host": f"{host}:{port}"}
+    assert httpx.get(f"{server}/", headers=headers).status_code == 401
+    call = httpx.post(f"{server}/gradio_api/call/search", json={"data": ["a", None, "", 3, -1]}, headers=headers)
+    assert call.status_code == 401
+    for name in ("127.0.0.1", "localhost"):
+        assert httpx.get(f"{server}/", headers={"Host": f"{name}:{port}"}).status_code == 200
 
 
 def test_file_routes_refuse_even_collection_originals(server, collection_dir):

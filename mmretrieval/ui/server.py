@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ..cli.common import TqdmProgress
 
 if TYPE_CHECKING:
+    from fastapi import Request
     import gradio as gr
 
     from .context import AppContext
@@ -137,8 +139,20 @@ def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tupl
         inbrowser=False,
         quiet=not block,
         footer_links=["api"],
+        # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
+        # a loopback-only app answers only requests addressed to a loopback name.
+        auth_dependency=_loopback_host_only if is_local_only(config) else None,
     )
     return config.host, app.server_port
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _loopback_host_only(request: "Request") -> str | None:
+    """Gradio's auth hook: a user id for requests whose Host is a loopback name, None (401) otherwise."""
+    hostname = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    return "local" if hostname in _LOOPBACK_NAMES else None
 
 
 class _DemoProgressBars:
