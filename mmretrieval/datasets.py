@@ -90,6 +90,13 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
 
 
 def _read_caption_csv(path: Path) -> list[CaptionedImage]:
+    try:
+        return _parse_caption_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MMRError(f"cannot read {path} as a UTF-8 CSV: {exc}") from exc
+
+
+def _parse_caption_csv(path: Path) -> list[CaptionedImage]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         path_col, caption_col = csv_columns(reader.fieldnames)

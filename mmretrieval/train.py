@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,54 +26,9 @@ from .errors import ImageDecodeError, MMRError
 from .images import decode_image
 from .models import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
 from .preprocess import ImagePreparer
+from .train_config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-# The bundled demo model: a small ViT and text transformer with the CLIP tokenizer (fast on a CPU).
-SHAPES_ARCH = "shapes-vit-tiny"
-SHAPES_MODEL_CFG: dict[str, Any] = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 96, "layers": 6, "width": 192, "patch_size": 8, "head_width": 64},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-}
-SHAPES_PREPROCESS: dict[str, Any] = {
-    "size": [96, 96], "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
-    "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest",
-    "fill_color": 0,
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; saved next to the weights."""
-
-    out: str  # output model directory
-    data: str = "scenes"  # "scenes" (synthetic) or a captioned set: folder with sidecar .txt files, or a CSV
-    arch: str = SHAPES_ARCH  # a fresh architecture: shapes-vit-tiny or an open_clip registry name
-    init: str | None = None  # fine-tune this model spec instead of a fresh architecture
-    steps: int = 3000  # optimiser steps
-    batch_size: int = 256  # pairs per step (also the number of in-batch negatives)
-    lr: float = 1e-3  # peak learning rate, after linear warm-up, then cosine decay to zero
-    warmup_steps: int = 200  # linear warm-up length
-    weight_decay: float = 0.1  # AdamW decay on weight matrices (not gains, biases or the temperature)
-    seed: int = 0  # seeds the weights, the scene stream and the data order
-    workers: int = 2  # data-loading processes
-    device: str = "auto"  # auto, cpu, cuda[:N], mps
-    eval_every: int = 500  # steps between held-out scores (0: only at the end)
-    half: bool = True  # store weights as float16 (half the size on disk)
-    scene_size: int = 128  # pixels of generated scenes before the model's own resize
-
-
-@dataclass(frozen=True)
-class StepLog:
-    """One line of the training log, handed to the progress callback and written to ``train_log.jsonl``."""
-
-    step: int
-    loss: float
-    lr: float
-    seconds: float
-    held_out: dict[str, float] = field(default_factory=dict)
-
 
 class SceneDataset(Dataset):
     """Scene ``start + i`` of the seed's stream, prepared for the model and tokenised."""

@@ -97,3 +97,10 @@ def test_bad_evaluation_sets(shapes_encoder, tmp_path):
     bad_csv.write_text("file_name,label\nx.png,cat\n")
     with pytest.raises(MMRError, match="need a path column"):
         captions_report(shapes_encoder, str(bad_csv))
+
+
+def test_a_csv_that_is_not_utf8_is_a_clear_error(shapes_encoder, tmp_path):
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("path,caption\nx.png,un caf\xe9 rouge\n".encode("latin-1"))
+    with pytest.raises(MMRError, match="UTF-8"):
+        captions_report(shapes_encoder, str(latin1))

@@ -63,7 +63,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from ..train import SHAPES_ARCH, TrainConfig
+    from ..train_config import SHAPES_ARCH, TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="contrastive training: the demo model, or fine-tuning on your captioned images",
@@ -87,7 +87,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train import StepLog, TrainConfig, train
+    from ..train import train
+    from ..train_config import StepLog, TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
     config = TrainConfig(**{name: getattr(args, name) for name in names}, half=not args.full_precision)
