@@ -184,6 +184,33 @@ def test_ingest_another_folder_with_progress(manage, search, tmp_path):
         manage.ingest(str(tmp_path / "missing"), progress=lambda *a, **k: None)
 
 
+def test_search_answers_while_an_ingest_runs_and_a_second_ingest_is_refused(manage, search, tmp_path):
+    import threading
+
+    from ui_support import write_scene_folder as write
+
+    write(tmp_path / "slow", count=3)
+    started, release = threading.Event(), threading.Event()
+
+    def held_progress(*args, **kwargs):  # the ingest stops at its first batch report until released
+        if isinstance(args[0], tuple):
+            started.set()
+            release.wait(timeout=30)
+
+    ingest = threading.Thread(target=manage.ingest, args=(str(tmp_path / "slow"),), kwargs={"progress": held_progress})
+    ingest.start()
+    try:
+        assert started.wait(timeout=30)
+        _, hits, _, _ = search.search("a shape", None, "", 3, -1)  # would wait for the ingest under one lock
+        assert len(hits) == 3 and ingest.is_alive()
+        with pytest.raises(gr.Error, match="Another ingest is running"):
+            manage.ingest(str(tmp_path / "slow"), progress=lambda *a, **k: None)
+    finally:
+        release.set()
+        ingest.join(timeout=60)
+    assert not ingest.is_alive()
+
+
 def test_ingest_is_refused_when_reachable_from_other_machines(context, tmp_path):
     from dataclasses import replace
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class CollectionHandlers:
         self.ctx = ctx
         self._export_dir = Path(tempfile.mkdtemp(prefix="mmr-ui-export-"))
         self._map: pd.DataFrame | None = None
+        self._ingest_lock = threading.Lock()
 
     # -- info ------------------------------------------------------------------------------------------------
     @user_errors
@@ -59,8 +61,14 @@ class CollectionHandlers:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Embedding images", unit="images")
 
-        with self.ctx.lock:
+        # Not under ctx.lock: the collection serialises its own catalog writes, and searches must go on
+        # while a long ingest runs. A second ingest at the same time would only duplicate work: refuse it.
+        if not self._ingest_lock.acquire(blocking=False):
+            raise gr.Error("Another ingest is running; try again when it has finished.", print_exception=False)
+        try:
             summary = self.ctx.collection.ingest([source], progress=report)
+        finally:
+            self._ingest_lock.release()
         self.ctx.thumbnails.clear()
         self._map = None
         info, failures = self.collection_info()
