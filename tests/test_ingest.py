@@ -7,6 +7,8 @@ import io
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -155,7 +157,7 @@ def decode_or_misbehave(task: DecodeTask, preparer) -> Decoded | Failed:
     name = os.path.basename(task.path)
     if name == "crash.jpg":
         os.kill(os.getpid(), signal.SIGSEGV)
-    if name == "hang.jpg":
+    if name.startswith("hang"):
         time.sleep(600)
     return decode_file(task, preparer)
 
@@ -172,6 +174,39 @@ def test_decoder_crash_and_hang_are_contained(tmp_path, tiny_encoder):
     assert results[100].reason == "decoder_crashed"
     assert results[101].reason == "decode_timeout"
     assert all(isinstance(results[i + 1], Decoded) for i in range(5))
+
+
+def test_timeouts_at_the_start_of_a_run_fail_only_those_files(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    good = write_good_images(folder, 3)
+    hangs = [DecodeTask(100 + i, str(folder / f"hang{i}.jpg")) for i in range(4)]
+    tasks = hangs + [DecodeTask(i + 1, str(p)) for i, p in enumerate(good)]
+    pool = DecodePool(tiny_encoder.preparer, workers=1, timeout_s=0.5, decode=decode_or_misbehave)
+    results = {r.image_id: r for r in pool.run(tasks)}
+    assert sorted(results) == sorted(t.image_id for t in tasks)
+    assert all(results[t.image_id].reason == "decode_timeout" for t in hangs)
+    assert all(isinstance(results[i + 1], Decoded) for i in range(3))
+
+
+_UNGUARDED = """
+import sys
+from mmretrieval.ingest.batches import DecodeTask
+from mmretrieval.ingest.pool import DecodePool
+from mmretrieval.errors import CollectionError
+try:
+    list(DecodePool(None, workers=1).run([DecodeTask(1, sys.argv[1])]))
+except CollectionError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_unguarded_script_is_refused_with_the_fix(tmp_path):
+    write_good_images(tmp_path, 1)
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "good00.jpg")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert "refused:" in done.stdout and "__main__" in done.stdout
 
 
 def test_csv_list_with_captions(tmp_path, tiny_encoder):

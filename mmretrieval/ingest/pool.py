@@ -7,7 +7,9 @@ killed and replaced, and its other tasks go back to the queue. A feeder thread k
 while the caller runs the model, so decoding overlaps with embedding.
 
 Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process that holds
-a model, threads or a database connection.
+a model, threads or a database connection. Each worker says it is ready before it takes a task; one that
+dies before that is a start-up failure (typically a script without an ``if __name__ == '__main__':`` guard,
+which the worker re-runs on import), not a bad file, and no file is failed for it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 _DEPTH = 2  # tasks queued per worker: one decoding, one ready to start
 _DONE = object()
-_MAX_STARTUP_CRASHES = 3  # workers dying before any result: a start-up problem, not a bad file
+_MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
+_STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
+_READY = "decoder-ready"  # a worker's first message, sent once it is up and before it takes a task
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -45,6 +49,7 @@ DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
 def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn) -> None:
+    conn.send(_READY)
     while True:
         try:
             task = conn.recv()
@@ -62,10 +67,11 @@ class _Worker:
         self.process.start()
         child.close()
         self.tasks: collections.deque[DecodeTask] = collections.deque()
-        self.head_started = time.monotonic()
+        self.ready = False  # set by its first message; until then its tasks are waiting, not decoding
+        self.started = self.head_started = time.monotonic()
 
     def send(self, task: DecodeTask) -> None:
-        if not self.tasks:
+        if not self.tasks and self.ready:
             self.head_started = time.monotonic()
         self.tasks.append(task)
         self.conn.send(task)
@@ -105,7 +111,11 @@ class DecodePool:
         self._results: queue.Queue = queue.Queue(maxsize=buffer)
 
     def run(self, tasks: Sequence[DecodeTask]) -> Iterator[Decoded | Failed]:
-        """Yield one result per task. With ``workers == 0`` decodes inline (no isolation)."""
+        """Yield one result per task. With ``workers == 0`` decodes inline (no isolation).
+
+        Raises:
+            CollectionError: worker processes keep dying before they are ready (an unguarded script).
+        """
         if self.workers <= 0:
             for task in tasks:
                 yield self.decode(task, self.preparer)
@@ -128,10 +138,11 @@ class DecodePool:
 
     def _feed(self, tasks: list[DecodeTask], stop: threading.Event) -> None:
         pending = collections.deque(tasks)
-        self._decoded_any, self._crashes = False, 0
-        context = _context()
-        workers = [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, max(len(tasks), 1)))]
-        try:
+        self._startup_crashes = 0
+        workers: list[_Worker] = []
+        try:  # starting workers can fail too (in a worker re-running an unguarded script): surface that as well
+            context = _context()
+            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, max(len(tasks), 1)))]
             while (pending or any(w.tasks for w in workers)) and not stop.is_set():
                 for worker in workers:
                     while pending and len(worker.tasks) < _DEPTH:
@@ -155,9 +166,11 @@ class DecodePool:
                 self._replace(workers, worker, pending, context, "decoder_crashed",
                               f"the decoder process died (exit code {worker.process.exitcode})")
                 continue
-            worker.tasks.popleft()
             worker.head_started = time.monotonic()
-            self._decoded_any = True
+            if result == _READY:
+                worker.ready = True
+                continue
+            worker.tasks.popleft()
             self._results.put(result)
         now = time.monotonic()
         for worker in list(workers):
@@ -166,21 +179,27 @@ class DecodePool:
             if not worker.process.is_alive():
                 self._replace(workers, worker, pending, context, "decoder_crashed",
                               f"the decoder process died (exit code {worker.process.exitcode})")
-            elif now - worker.head_started > self.timeout_s:
+            elif worker.ready and now - worker.head_started > self.timeout_s:
                 self._replace(workers, worker, pending, context, "decode_timeout",
                               f"decoding took longer than {self.timeout_s:g} s")
+            elif not worker.ready and now - worker.started > _STARTUP_LIMIT_S:
+                self._replace(workers, worker, pending, context, "decoder_crashed", "the decoder never started")
 
     def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
                  context: multiprocessing.context.BaseContext, reason: str, message: str) -> None:
-        if not self._decoded_any and self._crashes >= _MAX_STARTUP_CRASHES:
-            raise CollectionError(
-                "decoding processes keep dying before decoding anything; when ingesting from a script, guard it "
-                "with `if __name__ == '__main__':`, or pass workers=0")
-        self._crashes += 1
-        culprit = worker.tasks.popleft()
-        logger.warning("%s: %s", culprit.path, message)
-        pending.extendleft(reversed(worker.tasks))
+        """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
+        if not worker.ready:
+            self._startup_crashes += 1
+            if self._startup_crashes >= _MAX_STARTUP_CRASHES:
+                raise CollectionError(
+                    f"{self._startup_crashes} decoding processes died while starting ({message}); when ingesting "
+                    "from a script, guard it with `if __name__ == '__main__':`, or pass workers=0")
+            pending.extendleft(reversed(worker.tasks))  # not the files' fault: they go back to the queue
+        else:
+            culprit = worker.tasks.popleft()
+            logger.warning("%s: %s", culprit.path, message)
+            pending.extendleft(reversed(worker.tasks))
+            self._results.put(Failed(culprit.image_id, reason, message))
         worker.tasks.clear()
         worker.stop(kill=True)
         workers[workers.index(worker)] = _Worker(context, self.preparer, self.decode)
-        self._results.put(Failed(culprit.image_id, reason, message))
