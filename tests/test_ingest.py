@@ -188,6 +188,15 @@ def test_timeouts_at_the_start_of_a_run_fail_only_those_files(tmp_path, tiny_enc
     assert all(isinstance(results[i + 1], Decoded) for i in range(3))
 
 
+def test_no_tasks_starts_no_worker(tiny_encoder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decoder process was started for nothing")
+
+    monkeypatch.setattr("mmretrieval.ingest.pool._Worker", refuse)
+    monkeypatch.setattr("mmretrieval.ingest.pool._context", refuse)
+    assert list(DecodePool(tiny_encoder.preparer, workers=2).run([])) == []
+
+
 _UNGUARDED = """
 import sys
 from mmretrieval.ingest.batches import DecodeTask

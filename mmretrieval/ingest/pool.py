@@ -116,6 +116,8 @@ class DecodePool:
         Raises:
             CollectionError: worker processes keep dying before they are ready (an unguarded script).
         """
+        if not tasks:
+            return
         if self.workers <= 0:
             for task in tasks:
                 yield self.decode(task, self.preparer)
@@ -142,7 +144,7 @@ class DecodePool:
         workers: list[_Worker] = []
         try:  # starting workers can fail too (in a worker re-running an unguarded script): surface that as well
             context = _context()
-            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, max(len(tasks), 1)))]
+            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, len(tasks)))]
             while (pending or any(w.tasks for w in workers)) and not stop.is_set():
                 for worker in workers:
                     while pending and len(worker.tasks) < _DEPTH:
