@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,11 +28,14 @@ from PIL import Image
 
 from .encoders import DualEncoder, load_encoder
 from .errors import CollectionError, QueryError
-from .index import Manifest, VectorIndex, choose_config, exact_search
+from .index import MIN_IVF_VECTORS, Manifest, VectorIndex, choose_config, exact_search
 from .ingest import IngestConfig, IngestSummary, run_ingest
 from .models import ModelIdentity
 from .search import ImageRef, Query, query_vector
 from .store import Catalog
+
+if TYPE_CHECKING:
+    from .collection_labels import Organized
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +129,17 @@ class Collection:
         """
         directory = Path(directory).expanduser().absolute()
         catalog_path = directory / CATALOG_NAME
+        if directory.exists() and not directory.is_dir():
+            raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
+                                  "pass a new or existing collection folder as --collection")
         if not catalog_path.is_file():
             if not create:
                 raise CollectionError(f"no collection at {directory}; create one with "
                                       f"`mmr ingest SOURCE --collection {directory}`")
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
         catalog = Catalog(catalog_path)
         try:
             encoder, identity = _resolve_model(catalog, model, create, device, directory)
@@ -212,11 +221,15 @@ class Collection:
             with self.catalog.transaction():
                 self.catalog.set_meta("index_type", index_type)
             self._index = index
-            return self._save_index(self.catalog.generation)
+            note = ""
+            if index_type not in ("auto", config.type):
+                note = (f"{index_type} asked for, {config.type} built: {len(ids)} vectors are too few to train it "
+                        f"(needs {MIN_IVF_VECTORS}); it is built once the collection is that large")
+            return self._save_index(self.catalog.generation, note)
 
-    def _save_index(self, generation: int) -> Manifest:
+    def _save_index(self, generation: int, note: str = "") -> Manifest:
         manifest = Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type="",
-                            params={}, count=0, generation=generation, model=asdict(self.identity))
+                            params={}, count=0, generation=generation, model=asdict(self.identity), note=note)
         self._manifest = self._index.save(self.directory, manifest)
         return self._manifest
 
@@ -374,8 +387,8 @@ class Collection:
 
         return export_labels(self, Path(path))
 
-    def organize(self, out_dir: str | os.PathLike, copy: bool = False) -> int:
-        """Link (or copy) images into ``out_dir/<label>/``; returns files placed."""
+    def organize(self, out_dir: str | os.PathLike, copy: bool = False) -> "Organized":
+        """Link (or copy) images into ``out_dir/<label>/``; returns files placed and sources missing."""
         from .collection_labels import organize
 
         return organize(self, Path(out_dir), copy=copy)

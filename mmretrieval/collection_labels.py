@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -91,26 +92,53 @@ def export_labels(collection: "Collection", path: Path) -> int:
                       "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
             buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
-    atomic_write_text(path, buffer.getvalue())
+    try:
+        atomic_write_text(path, buffer.getvalue())
+    except OSError as exc:
+        raise CollectionError(f"cannot write labels to {path}: {exc.strerror or exc}; "
+                              "check that its folder exists and is writable") from exc
     return count
 
 
-def organize(collection: "Collection", out_dir: Path, copy: bool = False) -> int:
-    """Place each labelled image in ``out_dir/<label>/<id>-<name>`` as a symlink (or a copy)."""
-    placed = 0
-    for image_id, image_path, pairs in _labelled_rows(collection):
-        for label, _ in pairs:
-            folder = out_dir / _folder_name(label)
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{image_id}-{os.path.basename(image_path)}"
-            if os.path.lexists(target):
-                target.unlink()
-            if copy:
-                shutil.copy2(image_path, target)
-            else:
-                target.symlink_to(os.path.abspath(image_path))
-            placed += 1
-    return placed
+@dataclass(frozen=True)
+class Organized:
+    """The outcome of :func:`organize`."""
+
+    placed: int  # links or copies made
+    missing: tuple[str, ...] = ()  # labelled images whose file no longer exists (skipped)
+
+
+def organize(collection: "Collection", out_dir: Path, copy: bool = False) -> Organized:
+    """Place each labelled image in ``out_dir/<label>/<id>-<name>`` as a symlink (or a copy).
+
+    Images whose file has gone since ingestion are skipped and listed in the result.
+
+    Raises:
+        CollectionError: ``out_dir`` or a file in it cannot be written.
+    """
+    placed, missing = 0, []
+    try:
+        for image_id, image_path, pairs in _labelled_rows(collection):
+            if not os.path.exists(image_path):
+                missing.append(image_path)
+                continue
+            for label, _ in pairs:
+                _place(out_dir / _folder_name(label), image_id, image_path, copy)
+                placed += 1
+    except OSError as exc:
+        raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
+    return Organized(placed, tuple(missing))
+
+
+def _place(folder: Path, image_id: int, image_path: str, copy: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{image_id}-{os.path.basename(image_path)}"
+    if os.path.lexists(target):
+        target.unlink()
+    if copy:
+        shutil.copy2(image_path, target)
+    else:
+        target.symlink_to(os.path.abspath(image_path))
 
 
 def _folder_name(label: str) -> str:

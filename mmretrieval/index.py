@@ -41,6 +41,7 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enough (~10 ms on 2 cores)
 MANIFEST_NAME = "index.json"
 METRIC = "inner_product"
+MIN_IVF_VECTORS = 256  # fewer than this: IVF is not worth training (and cannot be over 0 vectors); flat instead
 _TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; more costs build time, not recall
 _EXACT_CHUNK = 65_536  # allowed vectors scored per matmul in a filtered search: bounds memory, not results
 
@@ -64,26 +65,41 @@ class IndexConfig:
         return {}
 
 
-def choose_config(count: int, index_type: str | None = None, **overrides: int) -> IndexConfig:
+def choose_config(count: int, index_type: str | None = None, **overrides: int | None) -> IndexConfig:
     """The index for ``count`` vectors: ``flat`` below the threshold, ``ivf`` above, unless ``index_type`` says.
 
+    IVF over fewer than :data:`MIN_IVF_VECTORS` vectors cannot be trained usefully, so ``flat`` (exact, and
+    fast at that size) is chosen instead; ``rebuild_index`` records that in the manifest's note.
+
+    Args:
+        count: vectors the index will hold.
+        index_type: ``auto``, or one of :data:`INDEX_TYPES`.
+        overrides: :class:`IndexConfig` fields; None means "the automatic choice".
+
     Raises:
-        CollectionError: an unknown type or parameter.
+        CollectionError: an unknown type or parameter, or a parameter below 1.
     """
     if index_type is None or index_type == "auto":
         index_type = "flat" if count < AUTO_ANN_THRESHOLD else "ivf"
     if index_type not in INDEX_TYPES:
         raise CollectionError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(IndexConfig)}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(IndexConfig)} - {"type"}
     if unknown:
         raise CollectionError(f"unknown index parameter(s) {sorted(unknown)}")
+    for key, value in given.items():
+        if not isinstance(value, int) or value < 1:
+            flag = "--" + key.replace("_", "-")
+            raise CollectionError(f"index parameter {flag} must be a whole number >= 1, got {value}; "
+                                  "leave it out for the automatic choice")
+    if index_type == "ivf" and count < MIN_IVF_VECTORS:
+        return IndexConfig(type="flat")
     config = IndexConfig(type=index_type)
     if index_type == "ivf":
         # ~4 sqrt(n) lists of at least 39 training points each (FAISS's minimum), and 1/128 of them probed.
         nlist = int(min(max(4 * math.sqrt(max(count, 1)), 1), max(count // 39, 1), 65536))
         nlist = 2 ** max(int(round(math.log2(nlist))), 0)
         config = IndexConfig(type="ivf", nlist=nlist, nprobe=min(nlist, max(16, nlist // 128)))
-    given = {key: value for key, value in overrides.items() if value}
     return dataclasses.replace(config, **given)
 
 
@@ -101,6 +117,7 @@ class Manifest:
     sha256: str = ""  # of the index file
     metric: str = METRIC
     model: dict[str, Any] = field(default_factory=dict)  # the full model identity, for people reading the file
+    note: str = ""  # why the index is not the type asked for (e.g. too few vectors for IVF), for people
 
     def config(self) -> IndexConfig:
         return IndexConfig(type=self.index_type, **self.params)

@@ -88,3 +88,73 @@ def test_label_exports_and_organizes(built, capsys):
     assert main(["search", "x", "--collection", collection, "--label", rows[0]["label"], "--json"]) == 0
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert hits and all(h["labels"][0] == rows[0]["label"] for h in hits)
+
+
+def _fails_in_one_line(capsys, argv: list[str], *needles: str) -> str:
+    """Run ``mmr argv``: exit 2 with one specific ``error:`` line naming ``needles``, never a traceback."""
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and "error:" in err and "Traceback" not in err and "-v for details" not in err, err
+    assert all(needle in err for needle in needles), err
+    return err
+
+
+def test_similar_with_a_non_numeric_id(built, capsys):
+    _, collection = built
+    _fails_in_one_line(capsys, ["similar", "abc", "--id", "--collection", collection], "'abc'", "--id")
+
+
+def test_label_export_into_a_missing_folder(built, capsys):
+    tmp_path, collection = built
+    out = tmp_path / "no-such-dir" / "x.csv"
+    _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--out", str(out)],
+                       str(out))
+
+
+def test_organize_skips_and_reports_deleted_sources(built, capsys):
+    tmp_path, collection = built
+    (tmp_path / "photos" / "good00.jpg").unlink()
+    assert main(["label", "--collection", collection, "--labels", "circle,square",
+                 "--organize", str(tmp_path / "sorted"), "--copy"]) == 0
+    err = capsys.readouterr().err
+    assert "placed 4 files" in err and "1 source file" in err and "missing" in err
+    assert len(list((tmp_path / "sorted").rglob("*.jpg"))) == 4
+
+
+def test_collection_path_that_is_a_file(tmp_path, capsys):
+    write_good_images(tmp_path / "photos", 1)
+    (tmp_path / "afile").write_text("x")
+    _fails_in_one_line(capsys, ["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "afile")],
+                       str(tmp_path / "afile"), "not a directory")
+
+
+def test_ivf_on_a_tiny_or_empty_collection_builds_flat(built, tmp_path, capsys):
+    _, collection = built
+    assert main(["index", "--collection", collection, "--type", "ivf"]) == 0
+    assert "built flat index over 5 vectors" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "col" / "index.json").read_text())
+    assert manifest["index_type"] == "flat" and "ivf" in manifest["note"] and "too few" in manifest["note"]
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest", str(tmp_path / "empty"), "--collection", str(tmp_path / "ecol"),
+                 "--model", "builtin:shapes"]) == 0
+    assert main(["index", "--collection", str(tmp_path / "ecol"), "--type", "ivf"]) == 0
+    assert "built flat index over 0 vectors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--hnsw-m", "-5"), ("--nlist", "0"), ("--nprobe", "-1"),
+                                         ("--ef-search", "0")])
+def test_invalid_index_parameters(built, capsys, flag, value):
+    _, collection = built
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "hnsw", flag, value], flag, value)
+
+
+def test_ivf_collection_pruned_to_empty_without_manifest_still_opens(built, capsys):
+    tmp_path, collection = built
+    assert main(["index", "--collection", collection, "--type", "ivf"]) == 0
+    for path in (tmp_path / "photos").iterdir():
+        path.unlink()
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
+    (tmp_path / "col" / "index.json").unlink()
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vectors"] == 0

@@ -166,8 +166,8 @@ def test_label_store_filter_and_export(tmp_path, collection):
     assert collection.export_labels(tmp_path / "labels.jsonl") == 7
     records = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert {r["labels"][0]["label"] for r in records} <= {"red", "blue", "green"}
-    placed = collection.organize(tmp_path / "sorted")
-    assert placed == 7 and len(list((tmp_path / "sorted" / label).iterdir())) == count
+    organized = collection.organize(tmp_path / "sorted")
+    assert organized.placed == 7 and organized.missing == () and len(list((tmp_path / "sorted" / label).iterdir())) == count
     multi = collection.label(["red", "blue"], multi_label=True, threshold=0.0)
     assert multi.counts == {"red": 7, "blue": 7}
 

@@ -113,7 +113,13 @@ def _register_similar(subparsers) -> None:
 
 
 def _similar(args: argparse.Namespace) -> int:
-    image = int(args.image) if args.id else args.image
+    image = args.image
+    if args.id:
+        try:
+            image = int(args.image)
+        except ValueError:
+            raise CollectionError(f"with --id, IMAGE is a catalog id (a whole number), not {args.image!r}; "
+                                  "leave out --id to search by an image file") from None
     with _open(args.collection, device=args.device) as collection:
         hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
     return _print_hits(hits, args.json)
@@ -134,10 +140,10 @@ def _register_index(subparsers) -> None:
     add_collection_option(parser)
     parser.add_argument("--type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help="flat (exact), ivf or hnsw (approximate); auto picks by size (default)")
-    parser.add_argument("--nlist", type=int, default=0, help="ivf: inverted lists")
-    parser.add_argument("--nprobe", type=int, default=0, help="ivf: lists probed per query")
-    parser.add_argument("--hnsw-m", type=int, default=0, help="hnsw: graph degree")
-    parser.add_argument("--ef-search", type=int, default=0, help="hnsw: search breadth")
+    parser.add_argument("--nlist", type=int, help="ivf: inverted lists")
+    parser.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
+    parser.add_argument("--hnsw-m", type=int, help="hnsw: graph degree")
+    parser.add_argument("--ef-search", type=int, help="hnsw: search breadth")
     parser.set_defaults(handler=_index)
 
 
@@ -147,6 +153,8 @@ def _index(args: argparse.Namespace) -> int:
                                             hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
     print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip(), file=sys.stderr)
+    if manifest.note:
+        print(f"note: {manifest.note}", file=sys.stderr)
     return 0
 
 
@@ -173,8 +181,11 @@ def _label(args: argparse.Namespace) -> int:
         if args.out:
             collection.export_labels(args.out)
         if args.organize:
-            placed = collection.organize(args.organize, copy=args.copy)
-            print(f"placed {placed} files under {args.organize}", file=sys.stderr)
+            organized = collection.organize(args.organize, copy=args.copy)
+            print(f"placed {organized.placed} files under {args.organize}", file=sys.stderr)
+            if organized.missing:
+                print(f"skipped {len(organized.missing)} source file(s) that are missing since ingestion "
+                      f"(e.g. {organized.missing[0]}); `mmr ingest --prune` forgets them", file=sys.stderr)
     emit(({"label": label, "count": count} for label, count in summary.counts.items()), False, ["label", "count"])
     return 0
 
