@@ -28,7 +28,8 @@ from PIL import Image
 
 from .encoders import DualEncoder, load_encoder
 from .errors import CollectionError, QueryError
-from .index import MIN_IVF_VECTORS, Manifest, VectorIndex, choose_config, exact_search
+from .collection_index import IndexKeeper
+from .index import Manifest, exact_search
 from .ingest import IngestConfig, IngestSummary, run_ingest
 from .models import ModelIdentity
 from .search import ImageRef, Query, query_vector
@@ -106,8 +107,7 @@ class Collection:
         self.device = device
         self._encoder = encoder
         self._lock = threading.RLock()
-        self._index: VectorIndex | None = None
-        self._manifest: Manifest | None = None
+        self._indexes = IndexKeeper(directory, catalog, identity)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -144,7 +144,7 @@ class Collection:
         try:
             encoder, identity = _resolve_model(catalog, model, create, device, directory)
             collection = cls(directory, catalog, identity, encoder, device)
-            collection._load_index()
+            collection._indexes.load()
         except BaseException:
             catalog.close()
             raise
@@ -196,61 +196,21 @@ class Collection:
         config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
         with self._lock:
-            self._sync_index()
+            self._indexes.sync()
         return summary
 
     # -- index ------------------------------------------------------------------------------------------------
-    def _load_index(self) -> None:
-        loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
-        if loaded is None or loaded[1].generation > self.catalog.generation:
-            self.rebuild_index(self.catalog.get_meta("index_type") or "auto")
-        else:
-            self._index, self._manifest = loaded
-            self._sync_index()
-
-    def rebuild_index(self, index_type: str = "auto", **params: int) -> Manifest:
+    def rebuild_index(self, index_type: str = "auto", **params: int | None) -> Manifest:
         """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size.
 
+        The type and parameters are remembered: automatic rebuilds (after removals from HNSW, a lost or
+        corrupt index file) use them too.
+
         Raises:
-            CollectionError: an unknown index type or parameter.
+            CollectionError: an unknown index type, or a parameter below 1.
         """
         with self._lock:
-            ids, vectors = self.catalog.vectors()
-            config = choose_config(len(ids), index_type, **params)
-            index = VectorIndex.build(config, ids, vectors, self.identity.embed_dim, use_gpu=True)
-            with self.catalog.transaction():
-                self.catalog.set_meta("index_type", index_type)
-            self._index = index
-            note = ""
-            if index_type not in ("auto", config.type):
-                note = (f"{index_type} asked for, {config.type} built: {len(ids)} vectors are too few to train it "
-                        f"(needs {MIN_IVF_VECTORS}); it is built once the collection is that large")
-            return self._save_index(self.catalog.generation, note)
-
-    def _save_index(self, generation: int, note: str = "") -> Manifest:
-        manifest = Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type="",
-                            params={}, count=0, generation=generation, model=asdict(self.identity), note=note)
-        self._manifest = self._index.save(self.directory, manifest)
-        return self._manifest
-
-    def _sync_index(self) -> None:
-        """Bring the index up to the catalog's generation: remove deleted ids, (re)add newer vectors."""
-        generation = self.catalog.generation
-        if self._manifest.generation == generation:
-            return
-        stored_ids = self.catalog.vector_ids()
-        index_ids = self._index.ids()
-        new_ids, new_vectors = self.catalog.vectors(since_generation=self._manifest.generation)
-        to_remove = np.union1d(np.setdiff1d(index_ids, stored_ids), np.intersect1d(index_ids, new_ids))
-        missing = np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids))
-        wanted = choose_config(len(stored_ids), self.catalog.get_meta("index_type") or "auto").type
-        if missing.size or wanted != self._index.config.type or (to_remove.size and not self._index.supports_remove):
-            logger.info("rebuilding the index (%d vectors missing, type %s)", missing.size, wanted)
-            self.rebuild_index(self.catalog.get_meta("index_type") or "auto")
-            return
-        self._index.remove(to_remove)
-        self._index.add(new_ids, new_vectors)
-        self._save_index(generation)
+            return self._indexes.rebuild(index_type, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
@@ -311,8 +271,8 @@ class Collection:
             _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
         else:
             with self._lock:
-                self._sync_index()
-                _, ids = self._index.search(vector[None, :], k)
+                self._indexes.sync()
+                _, ids = self._indexes.index.search(vector[None, :], k)
         ids = ids[0]
         rows = self.catalog.rows(ids.tolist())
         stored_ids, stored = self.catalog.vectors(ids.tolist())
@@ -362,8 +322,8 @@ class Collection:
     def info(self) -> CollectionInfo:
         """Model, dimension, counts by status, index type and parameters, bytes on disk."""
         with self._lock:
-            self._sync_index()
-            manifest = self._manifest
+            self._indexes.sync()
+            manifest = self._indexes.manifest
         sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
         return CollectionInfo(
             directory=str(self.directory), model_spec=self.identity.spec, model_key=self.identity.key(),

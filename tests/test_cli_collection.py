@@ -158,3 +158,16 @@ def test_ivf_collection_pruned_to_empty_without_manifest_still_opens(built, caps
     capsys.readouterr()
     assert main(["info", "--collection", collection, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vectors"] == 0
+
+
+def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
+    tmp_path, collection = built
+    assert main(["index", "--collection", collection, "--type", "hnsw", "--ef-search", "300", "--hnsw-m", "16"]) == 0
+    (tmp_path / "photos" / "good00.jpg").unlink()  # an HNSW index cannot remove: the prune rebuilds it
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
+    (tmp_path / "col" / "index.json").unlink()  # and so does a lost manifest, on open
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["index_vectors"] == 4 and info["index_type"] == "hnsw"
+    assert info["index_params"] == {"hnsw_m": 16, "ef_search": 300}

@@ -57,7 +57,7 @@ def _snapshot(directory) -> dict[str, tuple]:
     with Collection.open(directory) as col:
         ids, vectors = col.vectors()
         rows = col.catalog.rows(ids.tolist())
-        index_ids = sorted(col._index.ids().tolist())
+        index_ids = sorted(col._indexes.index.ids().tolist())
         assert index_ids == sorted(ids.tolist())  # catalog and index agree
         assert col.info().index_vectors == len(ids)
         paths = [rows[i].path for i in ids.tolist()]
@@ -126,7 +126,7 @@ def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         expected = [h.id for h in col.search("x", k=5)]
-        index_file = tmp_path / "col" / col._manifest.file
+        index_file = tmp_path / "col" / col._indexes.manifest.file
     data = bytearray(index_file.read_bytes())
     data[-20:] = b"\x00" * 20
     index_file.write_bytes(bytes(data))
@@ -142,7 +142,7 @@ def test_stale_index_catches_up_on_open(tmp_path, tiny_encoder):
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         stale_manifest = (tmp_path / "col" / "index.json").read_text()
-        stale_file = col._manifest.file
+        stale_file = col._indexes.manifest.file
         stale_bytes = (tmp_path / "col" / stale_file).read_bytes()
         write_good_images(tmp_path / "photos" / "more", 2, seed=3)
         col.ingest([tmp_path / "photos"], workers=0)
