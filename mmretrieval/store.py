@@ -183,6 +183,8 @@ class Catalog:
                 "caption = COALESCE(excluded.caption, images.caption)",
                 entries,
             )
+            # a changed file's labels described its old pixels; they come back with the next `mmr label`
+            db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops)."""
@@ -195,6 +197,7 @@ class Catalog:
             )
             dropped = db.execute(
                 "DELETE FROM vectors WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
+            db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
             if dropped:
                 self._bump_generation()
 
@@ -226,6 +229,7 @@ class Catalog:
                 [(f.reason, f.message, f.image_id) for f in failures],
             )
             db.executemany("DELETE FROM vectors WHERE image_id = ?", [(f.image_id,) for f in failures])
+            db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
         return generation
 
     def prune_missing(self) -> int:

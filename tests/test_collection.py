@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import open_clip
@@ -204,3 +205,22 @@ def test_filtered_search_on_approximate_index_equals_brute_force(tmp_path, tiny_
     allowed = np.array(sorted(far))
     expected = ids[allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:10]]].tolist()
     assert [h.id for h in hits] == expected
+
+
+def test_labels_go_when_a_file_changes_fails_or_is_skipped(tmp_path, tiny_encoder):
+    paths = write_good_images(tmp_path / "photos", 4)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        col.label("red,blue", multi_label=True, threshold=0.0)
+        ids = [col.catalog.id_of_path(p) for p in paths]
+        assert set(col.label_of(ids)) == set(ids)
+        paths[0].write_bytes(paths[3].read_bytes() + b"\0")  # changed: re-embedded, the old labels are stale
+        paths[1].write_text("no longer an image")  # failed
+        paths[2].unlink()
+        os.mkfifo(paths[2])  # skipped
+        later = time.time_ns() + 10**9
+        for path in paths[:2]:
+            os.utime(path, ns=(later, later))
+        col.ingest([tmp_path / "photos"], workers=0)
+        assert set(col.label_of(ids)) == {ids[3]}
+        assert col.catalog.label_counts() == {"red": 1, "blue": 1}
