@@ -67,6 +67,7 @@ class FileState:
     size: int
     mtime_ns: int
     status: str
+    reason: str | None = None  # why it failed or was skipped
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,9 @@ class Catalog:
 
     # -- planning ---------------------------------------------------------------------------------------------
     def file_states(self) -> dict[bytes, FileState]:
-        """Every known path and its (id, size, mtime, status)."""
-        rows = self._query("SELECT path, id, size, mtime_ns, status FROM images")
-        return {path: FileState(id_, size, mtime, status) for path, id_, size, mtime, status in rows}
+        """Every known path and its (id, size, mtime, status, reason)."""
+        rows = self._query("SELECT path, id, size, mtime_ns, status, reason FROM images")
+        return {row[0]: FileState(*row[1:]) for row in rows}
 
     def mark_pending(self, entries: Iterable[tuple[bytes, int, int, str | None]]) -> None:
         """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction."""

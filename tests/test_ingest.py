@@ -227,3 +227,20 @@ def test_csv_list_with_captions(tmp_path, tiny_encoder):
         col.ingest([listing], workers=0)
         captions = {os.path.basename(h.path): h.caption for h in col.search("x", k=5)}
         assert captions == {"good00.jpg": "first one", "good01.jpg": "second"}
+
+
+def test_transient_failures_are_retried_on_the_next_run(tmp_path, tiny_encoder):
+    from mmretrieval.store import FailureWrite
+
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 3)
+    (folder / "text.jpg").write_text("not an image")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        ids = [col.catalog.id_of_path(p) for p in paths]
+        col.catalog.write_results([], [FailureWrite(ids[0], "decode_timeout", "took too long"),
+                                       FailureWrite(ids[1], "decoder_crashed", "died")])
+        again = col.ingest([folder], workers=0)
+        assert (again.embedded, again.unchanged, again.failed) == (2, 2, {})  # text.jpg is not retried
+        assert col.catalog.counts_by_status() == {"ok": 3, "failed": 1}
+        assert sorted(col.vectors()[0].tolist()) == sorted(ids)

@@ -1,8 +1,9 @@
 """The ingestion driver: plan, then decode -> embed -> write, one batch at a time.
 
-Planning compares what the reader finds with the catalog by (path, size, mtime): unchanged files are skipped,
-new and changed ones are marked ``pending`` (which also assigns their ids, before any decoding), and a
-re-run after a crash simply finds the ``pending`` rows the crash left.
+Planning compares what the reader finds with the catalog by (path, size, mtime): unchanged files are skipped
+(except those that failed for a transient reason, such as a timeout), new and changed ones are marked
+``pending`` (which also assigns their ids, before any decoding), and a re-run after a crash simply finds the
+``pending`` rows the crash left.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..encoders import DualEncoder
-from ..store import Catalog, encode_path
+from ..store import Catalog, FileState, encode_path
 from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped
 from .pool import DecodePool
 from .reader import discover
@@ -24,6 +25,8 @@ from .writer import CatalogWriter
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
+# Failures that say more about the moment than the file (a busy machine, a flaky disk): retried every run.
+TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable"})
 
 
 def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], config: IngestConfig,
@@ -82,7 +85,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
             skipped[key] = item
             continue
         state = known.get(key)
-        if state and state.status in ("ok", "failed") and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+        if state and _settled(state) and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
             unchanged += 1
             if item.caption is not None:
                 catalog.set_caption(key, item.caption)
@@ -94,6 +97,11 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
         catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()])
     logger.info("planned: %d to embed, %d unchanged, %d skipped", len(to_mark), unchanged, len(skipped))
     return unchanged, list(skipped.values())
+
+
+def _settled(state: FileState) -> bool:
+    """Embedded, or failed for a reason that the same bytes would fail for again."""
+    return state.status == "ok" or (state.status == "failed" and state.reason not in TRANSIENT_REASONS)
 
 
 def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded],
