@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+_STARTED = time.time()  # no temporary this process makes is older than this
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -57,3 +60,24 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically and durably."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> list[Path]:
+    """Delete temporaries that :func:`atomic_path` left for targets matching ``name_glob`` in ``directory``.
+
+    A process killed mid-write (SIGKILL, power cut) leaves its ``.<name>.<random>.tmp`` behind. Only files of
+    that pattern last modified before this process started are removed, so a write in progress elsewhere
+    (which keeps touching its file) is left alone.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for path in Path(directory).glob(f".{name_glob}.*.tmp"):
+        try:
+            if path.is_file() and path.stat().st_mtime < _STARTED:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone already, or not ours to remove: it only costs disk space
+    return removed

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
+from .atomic import remove_stale_temporaries
+from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
 from .models import ModelIdentity
 from .store import Catalog
 
@@ -35,7 +36,13 @@ class IndexKeeper:
         self.manifest: Manifest | None = None
 
     def load(self) -> None:
-        """Load the saved index and catch it up, or rebuild it when it cannot be used."""
+        """Load the saved index and catch it up, or rebuild it when it cannot be used.
+
+        Index temporaries left by a process killed mid-save are removed first (loading may save an index).
+        """
+        for pattern in ("index-*.faiss", MANIFEST_NAME):
+            for path in remove_stale_temporaries(self.directory, pattern):
+                logger.info("removed %s, left by an interrupted index save", path.name)
         loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
         if loaded is None or loaded[1].generation > self.catalog.generation:
             self.rebuild()

@@ -224,3 +224,19 @@ def test_labels_go_when_a_file_changes_fails_or_is_skipped(tmp_path, tiny_encode
         col.ingest([tmp_path / "photos"], workers=0)
         assert set(col.label_of(ids)) == {ids[3]}
         assert col.catalog.label_counts() == {"red": 1, "blue": 1}
+
+
+def test_stale_index_temporaries_are_removed_on_open(tmp_path, tiny_encoder):
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True):
+        pass
+    col_dir = tmp_path / "col"
+    stale = [col_dir / ".index-3.faiss.k2j4h5g6.tmp", col_dir / ".index.json.a1b2c3d4.tmp"]
+    kept = [col_dir / ".index-4.faiss.fresh000.tmp", col_dir / ".notes.txt.a1b2c3d4.tmp", col_dir / "index-x.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    for path in stale + kept[1:]:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))  # left by a process killed an hour ago
+    os.utime(kept[0], (time.time() + 60, time.time() + 60))  # being written right now by another process
+    with Collection.open(col_dir, model=tiny_encoder):
+        pass
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
