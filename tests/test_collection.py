@@ -86,6 +86,33 @@ def test_sigkill_at_several_points_then_resume_equals_clean_run(tmp_path, tiny_m
     assert _snapshot(killed) == _snapshot(clean)
 
 
+def test_sigkill_at_arbitrary_moments_then_resume_equals_clean_run(tmp_path, tiny_model_dir):
+    # Kills at wall-clock delays after a batch, not at progress lines: they land inside decoding, embedding,
+    # catalog transactions and index saves as they come. Whatever they hit, a final run must leave exactly
+    # what a clean run leaves.
+    folder = tmp_path / "photos"
+    write_good_images(folder, 40)
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    killed = tmp_path / "killed"
+    for delay_s in (0.0005, 0.002, 0.005, 0.01, 0.03):
+        child = subprocess.Popen([sys.executable, str(script), str(killed), str(tiny_model_dir), str(folder)],
+                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        for _ in range(2):  # planning committed, then the first batch: from here on batches follow quickly
+            child.stdout.readline()
+        try:
+            child.wait(timeout=delay_s)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+        child.stdout.close()
+        child.wait(timeout=60)
+    assert _ingest_in_child(script, killed, tiny_model_dir, folder, None)
+    clean = tmp_path / "clean"
+    with Collection.open(clean, model=str(tiny_model_dir), create=True, device="cpu") as col:
+        col.ingest([folder], batch_size=4, workers=0)
+    assert _snapshot(killed) == _snapshot(clean)
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("col")

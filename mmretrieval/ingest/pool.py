@@ -49,15 +49,12 @@ DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
 def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn) -> None:
-    conn.send(_READY)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        conn.send(decode(task, preparer))
+    try:
+        conn.send(_READY)
+        while (task := conn.recv()) is not None:
+            conn.send(decode(task, preparer))
+    except (EOFError, OSError):  # the parent is gone (killed, say): leave quietly, nobody is listening
+        return
 
 
 class _Worker:
