@@ -6,6 +6,7 @@ Each public method is also a named HTTP endpoint (see :mod:`.layout`), so script
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,26 +138,36 @@ class SearchHandlers:
         return table, f"Prediction: {chosen}. Scores are {mode}."
 
 
-def _catalog_row(ctx: AppContext, image_id: int) -> Any:
+@dataclass(frozen=True)
+class ImageDetails:
+    """What the details panel shows about one catalog image."""
+
+    path: Path
+    width: int | None  # pixels, as recorded at ingest
+    height: int | None
+    caption: str | None
+    labels: tuple[tuple[str, float], ...]  # (label, probability), best first
+
+
+def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
     """The catalog's row for ``image_id`` (path, size, caption) plus its labels; raises for unknown ids."""
     path = ctx.collection.image_path(image_id)  # the collection's own readable "no such image" error
     row = ctx.collection.catalog.rows([image_id]).get(image_id)
     labels = ctx.collection.label_of([image_id]).get(image_id, ())
-    return {"path": str(path), "width": getattr(row, "width", None), "height": getattr(row, "height", None),
-            "caption": getattr(row, "caption", None), "labels": labels}
+    return ImageDetails(Path(path), getattr(row, "width", None), getattr(row, "height", None),
+                        getattr(row, "caption", None), tuple(labels))
 
 
-def _describe(image_id: int, row: dict[str, Any]) -> str:
-    path = Path(row["path"])
-    size = f"{row['width']} × {row['height']} px" if row["width"] else "size unknown"
-    lines = [f"**{path.name}** (id {image_id})", f"- path: `{path}`", f"- size: {size}"]
+def _describe(image_id: int, row: ImageDetails) -> str:
+    size = f"{row.width} × {row.height} px" if row.width else "size unknown"
+    lines = [f"**{row.path.name}** (id {image_id})", f"- path: `{row.path}`", f"- size: {size}"]
     try:
-        lines.append(f"- file: {path.stat().st_size / 1024:.1f} KiB")
+        lines.append(f"- file: {row.path.stat().st_size / 1024:.1f} KiB")
     except OSError:
         lines.append("- file: missing on disk")
-    if row["caption"]:
-        lines.append(f"- caption: {row['caption']}")
-    labels = ", ".join(f"{name} ({probability:.2f})" for name, probability in row["labels"])
+    if row.caption:
+        lines.append(f"- caption: {row.caption}")
+    labels = ", ".join(f"{name} ({probability:.2f})" for name, probability in row.labels)
     lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
     return "\n".join(lines)
 
