@@ -23,18 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from mmretrieval.collection import Collection
-from mmretrieval.encoders import DualEncoder, load_encoder
-from mmretrieval.ingest.batches import Decoded, DecodeTask, IngestConfig
-from mmretrieval.ingest.pool import DecodePool
-from mmretrieval.scenes import generate
+import numpy as np
+
+if TYPE_CHECKING:
+    from mmretrieval.encoders import DualEncoder
+
+# torch and the collection are imported inside the functions: the decoding workers import this script
+# (as multiprocessing does with a main module) and should start as light as under `mmr ingest`.
 
 
 def make_jpegs(folder: Path, count: int, width: int, height: int) -> list[Path]:
     """``count`` distinct photo-sized JPEGs (scenes of shapes, resized), so no two files share bytes."""
+    from mmretrieval.scenes import generate
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
@@ -44,7 +47,10 @@ def make_jpegs(folder: Path, count: int, width: int, height: int) -> list[Path]:
     return paths
 
 
-def decode_only(encoder: DualEncoder, paths: list[Path], workers: int) -> tuple[float, list[np.ndarray]]:
+def decode_only(encoder: "DualEncoder", paths: list[Path], workers: int) -> tuple[float, list[np.ndarray]]:
+    from mmretrieval.ingest.batches import Decoded, DecodeTask
+    from mmretrieval.ingest.pool import DecodePool
+
     tasks = [DecodeTask(i, str(p)) for i, p in enumerate(paths)]
     started = time.perf_counter()
     results = list(DecodePool(encoder.preparer, workers).run(tasks))
@@ -55,7 +61,9 @@ def decode_only(encoder: DualEncoder, paths: list[Path], workers: int) -> tuple[
     return len(paths) / seconds, pixels
 
 
-def model_only(encoder: DualEncoder, pixels: list[np.ndarray], batch_size: int) -> float:
+def model_only(encoder: "DualEncoder", pixels: list[np.ndarray], batch_size: int) -> float:
+    import torch
+
     batches = [torch.from_numpy(np.stack(pixels[s:s + batch_size])) for s in range(0, len(pixels), batch_size)]
     encoder.encode_prepared(batches[0])  # warm-up: kernels, allocator
     pin = encoder.device.type == "cuda"
@@ -68,7 +76,9 @@ def model_only(encoder: DualEncoder, pixels: list[np.ndarray], batch_size: int) 
     return sum(len(b) for b in batches[1:]) / seconds
 
 
-def end_to_end(encoder: DualEncoder, folder: Path, collection_dir: Path, batch_size: int, workers: int) -> float:
+def end_to_end(encoder: "DualEncoder", folder: Path, collection_dir: Path, batch_size: int, workers: int) -> float:
+    from mmretrieval.collection import Collection
+
     started = time.perf_counter()
     with Collection.open(collection_dir, model=encoder, create=True) as collection:
         summary = collection.ingest([folder], batch_size=batch_size, workers=workers)
@@ -79,6 +89,11 @@ def end_to_end(encoder: DualEncoder, folder: Path, collection_dir: Path, batch_s
 
 
 def main() -> None:
+    import torch
+
+    from mmretrieval.encoders import load_encoder
+    from mmretrieval.ingest.batches import IngestConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="model spec (an architecture alone = random weights)")
     parser.add_argument("--device", default="auto")
