@@ -81,3 +81,28 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
         except OSError:
             continue  # gone already, or not ours to remove: it only costs disk space
     return removed
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, busy_message: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+
+    The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
+    collection locked.
+
+    Raises:
+        CollectionError: another process holds the lock (``busy_message`` says what to do).
+    """
+    import fcntl
+
+    from .errors import CollectionError
+
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CollectionError(busy_message) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from .atomic import exclusive_lock
 from .encoders import DualEncoder, load_encoder
 from .errors import CollectionError, QueryError
 from .collection_index import IndexKeeper
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite"
+INGEST_LOCK_NAME = "ingest.lock"  # held (flock) while an ingest runs; the OS releases it if the process dies
 DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -194,9 +196,12 @@ class Collection:
         """
         encoder = self.encoder
         config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
-        summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
-        with self._lock:
-            self._indexes.sync()
+        busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
+                "it (a re-run resumes its work)")
+        with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
+            summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+            with self._lock:
+                self._indexes.sync()
         return summary
 
     # -- index ------------------------------------------------------------------------------------------------

@@ -267,3 +267,19 @@ def test_stale_index_temporaries_are_removed_on_open(tmp_path, tiny_encoder):
     with Collection.open(col_dir, model=tiny_encoder):
         pass
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(tmp_path, tiny_encoder):
+    import fcntl
+
+    from mmretrieval.collection import INGEST_LOCK_NAME
+    from mmretrieval.errors import CollectionError
+
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another ingest holds the lock
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+            with pytest.raises(CollectionError, match="already ingesting"):
+                col.ingest([tmp_path / "photos"], workers=0)
+        # the holder went away (closing its file is what the OS does when a process dies): ingest proceeds
+        assert col.ingest([tmp_path / "photos"], workers=0).embedded == 3
