@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ class CollectionHandlers:
         self.ctx = ctx
         self._export_dir = Path(tempfile.mkdtemp(prefix="mmr-ui-export-"))
         self._map: pd.DataFrame | None = None
-        self._ingest_lock = threading.Lock()
 
     # -- info ------------------------------------------------------------------------------------------------
     @user_errors
@@ -62,13 +60,8 @@ class CollectionHandlers:
             progress((done, total), desc="Embedding images", unit="images")
 
         # Not under ctx.lock: the collection serialises its own catalog writes, and searches must go on
-        # while a long ingest runs. A second ingest at the same time would only duplicate work: refuse it.
-        if not self._ingest_lock.acquire(blocking=False):
-            raise gr.Error("Another ingest is running; try again when it has finished.", print_exception=False)
-        try:
-            summary = self.ctx.collection.ingest([source], progress=report)
-        finally:
-            self._ingest_lock.release()
+        # while a long ingest runs. The collection itself refuses a second concurrent ingest.
+        summary = self.ctx.collection.ingest([source], progress=report)
         self.ctx.thumbnails.clear()
         self._map = None
         info, failures = self.collection_info()
