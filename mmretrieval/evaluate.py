@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -87,17 +86,13 @@ def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage]) ->
             **text_to_image_recall(image_vectors, encoder.encode_texts(texts), owners)}
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def shape_attribute_prompts() -> dict[str, tuple[list[str], list[list[str]]]]:
     """Per attribute, class names and their prompt lists (each ensembled over the counts 1 to 3)."""
     colors = list(scenes.COLORS)
     return {
-        "color": (colors, [[f"a photo of {_article(c)} {c} shape", f"a photo of two {c} shapes",
+        "color": (colors, [[f"a photo of {scenes.article(c)} {c} shape", f"a photo of two {c} shapes",
                             f"a photo of three {c} shapes"] for c in colors]),
-        "shape": (list(scenes.SHAPES), [[f"a photo of {_article(s)} {s}", f"a photo of two {scenes.plural(s, 2)}",
+        "shape": (list(scenes.SHAPES), [[f"a photo of {scenes.article(s)} {s}", f"a photo of two {scenes.plural(s, 2)}",
                                          f"a photo of three {scenes.plural(s, 3)}"] for s in scenes.SHAPES]),
         "count": (["1", "2", "3"], [["a photo of one shape"], ["a photo of two shapes"], ["a photo of three shapes"]]),
     }
@@ -193,8 +188,3 @@ def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int 
             plain_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
     return report
 
-
-def random_caption_sample(seed: int, n: int) -> list[str]:
-    """A few held-out captions, e.g. for example queries in docs and the UI."""
-    rng = random.Random(seed)
-    return [scenes.full_caption(scenes.sample_scene(rng)) for _ in range(n)]

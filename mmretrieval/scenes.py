@@ -91,7 +91,8 @@ def plural(shape: str, count: int) -> str:
     return shape + ("es" if shape.endswith("s") else "s")
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article for ``word``: "an orange", "a red"."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -137,7 +138,7 @@ def caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
     if scene.count == 1:
         count_word = rng.choice(("a", "a", "one"))
         if count_word == "a":
-            count_word = _article(words[0])
+            count_word = article(words[0])
     else:
         count_word = COUNT_WORDS[scene.count] if say_count else "some"
         say_count = say_count and count_word != "some"
@@ -161,7 +162,7 @@ def caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
 def full_caption(scene: Scene) -> str:
     """The caption that names everything, e.g. ``two small red triangles on a striped background``."""
     noun = plural(scene.shape, scene.count)
-    lead = _article(scene.size) if scene.count == 1 else COUNT_WORDS[scene.count]
+    lead = article(scene.size) if scene.count == 1 else COUNT_WORDS[scene.count]
     text = f"{lead} {scene.size} {scene.color} {noun}"
     if scene.position:
         text += f" in the {scene.position}"
