@@ -12,7 +12,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -90,22 +89,33 @@ def _open_source(source: str | os.PathLike | bytes | BinaryIO) -> BinaryIO:
         return io.BytesIO(bytes(source))
     if not isinstance(source, (str, os.PathLike)):
         return source
-    path = Path(source)
+    return io.BytesIO(read_image_file(source))
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file, refusing anything that could block or never end.
+
+    Opened with O_NONBLOCK (a FIFO that appeared since a directory walk must not wait for a writer) and
+    checked with fstat on the open descriptor, so the file cannot be swapped between check and read.
+
+    Raises:
+        ImageDecodeError: ``unreadable``, ``not_regular_file``, ``too_large`` or ``empty_file``.
+    """
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
-    # FIFOs, devices and sockets can block forever or never end: never read them.
-    if not stat.S_ISREG(info.st_mode):
-        raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
-    if info.st_size == 0:
+        raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        # FIFOs, devices and sockets can block forever or never end: never read them.
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if not data:
         raise ImageDecodeError("empty_file", f"{path} is empty")
-    if info.st_size > MAX_FILE_BYTES:
-        raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
+    return data
 
 
 def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: int) -> DecodedImage:

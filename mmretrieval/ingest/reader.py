@@ -21,7 +21,7 @@ import numpy as np
 from ..datasets import PATH_COLUMNS, csv_columns
 from ..preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
-from ..images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, decode_image
+from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, str | None]]:
 def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
     """Read, hash, decode and prepare one file; every problem becomes a :class:`Failed` with a reason."""
     try:
-        data = _read_regular_file(task.path)
+        data = read_image_file(task.path)
         decoded = decode_image(data, draft_size=preparer.size)
         pixels = preparer(decoded.image)
     except ImageDecodeError as exc:
@@ -137,21 +137,3 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
         return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
     return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
                    decoded.height, decoded.format, np.ascontiguousarray(pixels))
-
-
-def _read_regular_file(path: str) -> bytes:
-    # O_NONBLOCK: opening a FIFO that appeared since the walk must not wait for a writer.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
-        data = handle.read(MAX_FILE_BYTES + 1)
-    if not data:
-        raise ImageDecodeError("empty_file", f"{path} is empty")
-    return data
