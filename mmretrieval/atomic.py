@@ -31,10 +31,12 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it is fsynced and renamed over ``target``.
 
-    On an exception the temporary file is removed and ``target`` is left as it was.
+    On an exception the temporary file is removed and ``target`` is left as it was. ``durable=False`` skips
+    the fsyncs: still never a half-written ``target``, but a power cut may lose the file (for bulk files
+    that are cheap to make again).
     """
     target = Path(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -42,18 +44,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically and durably."""
-    with atomic_path(target) as tmp:
+def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``target`` atomically (and durably, unless ``durable=False``)."""
+    with atomic_path(target, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
@@ -84,11 +88,11 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, busy_message: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
 
     The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
-    collection locked.
+    collection locked. With no ``busy_message`` it waits for another holder instead of failing.
 
     Raises:
         CollectionError: another process holds the lock (``busy_message`` says what to do).
@@ -99,7 +103,7 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str) -> Iterator[None]
 
     with open(path, "a+b") as handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy_message else 0))
         except BlockingIOError as exc:
             raise CollectionError(busy_message) from exc
         try:

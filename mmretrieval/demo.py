@@ -16,18 +16,17 @@ A file lock keeps two processes (two app launches, say) from building the same d
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import logging
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from . import scenes
+from .atomic import atomic_write_bytes, exclusive_lock
 from .models import ModelSpec, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -92,14 +91,14 @@ def ensure_demo_collection(
     root.mkdir(parents=True, exist_ok=True)
     if is_ready(root, config):
         return collection_dir(root)
-    with _build_lock(root):
+    with exclusive_lock(root / ".build.lock"):  # a second app launch waits for the first's build
         if is_ready(root, config):  # another process finished it while we waited
             return collection_dir(root)
         _forget_other_models(root, config)
         (root / MARKER_NAME).unlink(missing_ok=True)
         list_file = write_scenes(root, config, progress=progress)
         _ingest(root, list_file, config, device=device, progress=progress)
-        _write_atomically(root / MARKER_NAME, json.dumps(_marker_payload(config), indent=2).encode())
+        atomic_write_bytes(root / MARKER_NAME, json.dumps(_marker_payload(config), indent=2).encode())
     logger.info("demo collection ready in %s", root)
     return collection_dir(root)
 
@@ -120,8 +119,8 @@ def write_scenes(root: Path, config: DemoConfig, *, progress: DemoProgress | Non
             buffer = io.BytesIO()
             example.image.save(buffer, format="PNG")
             # No fsync per scene: a lost scene after a power cut is simply redrawn (READY.json is synced last).
-            _write_atomically(path, buffer.getvalue(), sync=False)
-            _write_atomically(sidecar, scenes.full_caption(example.scene).encode("utf-8"), sync=False)
+            atomic_write_bytes(path, buffer.getvalue(), durable=False)
+            atomic_write_bytes(sidecar, scenes.full_caption(example.scene).encode("utf-8"), durable=False)
         rows.append((str(path), sidecar.read_text(encoding="utf-8")))
         if progress and (index % 100 == 99 or index + 1 == config.count):
             progress("scenes", index + 1, config.count)
@@ -130,7 +129,7 @@ def write_scenes(root: Path, config: DemoConfig, *, progress: DemoProgress | Non
     writer.writerow(("path", "caption"))
     writer.writerows(rows)
     list_file = root / "captions.csv"
-    _write_atomically(list_file, text.getvalue().encode("utf-8"))
+    atomic_write_bytes(list_file, text.getvalue().encode("utf-8"))
     return list_file
 
 
@@ -172,23 +171,3 @@ def _forget_other_models(root: Path, config: DemoConfig) -> None:
     if recorded.get("weights") != _weights_fingerprint(config.model):
         logger.info("the demo model changed since the last build: re-embedding the demo collection")
         shutil.rmtree(collection_dir(root), ignore_errors=True)
-
-
-def _write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-@contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    with open(root / ".build.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
