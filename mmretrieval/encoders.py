@@ -55,6 +55,20 @@ def _precision_for(device: torch.device) -> str:
     return "fp32"
 
 
+class PixelNormaliser:
+    """The device half of preprocessing: uint8 ``(N, 3, H, W)`` from :class:`ImagePreparer` to the model's
+    normalised float input, with the mean and std of the preprocess config (kept on the device)."""
+
+    def __init__(self, preprocess: str, device: torch.device):
+        cfg = json.loads(preprocess)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(cfg["mean"], device=device, dtype=torch.float32).view(shape) * 255
+        self.std = torch.tensor(cfg["std"], device=device, dtype=torch.float32).view(shape) * 255
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() - self.mean) / self.std
+
+
 class DualEncoder:
     """Image and text towers of one open_clip model, returning float32 L2-normalised numpy vectors.
 
@@ -77,10 +91,7 @@ class DualEncoder:
         self.dim = dim or full_dim
         self.identity = ModelIdentity(**{**loaded.identity.__dict__, "embed_dim": self.dim})
         self.preparer = ImagePreparer(self.identity.preprocess)
-        cfg = json.loads(self.identity.preprocess)
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor(cfg["mean"], device=device, dtype=torch.float32).view(shape) * 255
-        self._std = torch.tensor(cfg["std"], device=device, dtype=torch.float32).view(shape) * 255
+        self.normalise = PixelNormaliser(self.identity.preprocess, device)
         self.channels_last = channels_last and device.type == "cuda"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -113,8 +124,7 @@ class DualEncoder:
         """Encode a uint8 batch ``(N, 3, H, W)`` from :attr:`preparer`."""
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        pixels = batch.to(self.device, non_blocking=True).float()
-        pixels = ((pixels - self._mean) / self._std).to(self.dtype)
+        pixels = self.normalise(batch.to(self.device, non_blocking=True)).to(self.dtype)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self._finish(self.model.encode_image(pixels))

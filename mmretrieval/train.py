@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import scenes
 from .datasets import CaptionedImage, read_captioned
-from .encoders import DualEncoder, resolve_device
+from .encoders import DualEncoder, PixelNormaliser, resolve_device
 from .errors import ImageDecodeError, MMRError
 from .images import decode_image
 from .models import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
@@ -154,6 +154,7 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "train_log.jsonl", "w", encoding="utf-8")
+    normalise = PixelNormaliser(loaded.identity.preprocess, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     started = time.perf_counter()
     pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
@@ -161,7 +162,7 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
         with autocast:
-            image_features = model.encode_image(_normalise(images.to(device, non_blocking=True), loaded), normalize=True)
+            image_features = model.encode_image(normalise(images.to(device, non_blocking=True)), normalize=True)
             text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
             extra = (model.logit_bias,) if sigmoid else ()
             loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
@@ -191,13 +192,6 @@ def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel
                           "saved_at_step": step}}
     preprocess = json.loads(loaded.identity.preprocess)
     return save_model_dir(model, model_cfg, config.out, preprocess_cfg=preprocess, extra=extra, half=config.half)
-
-
-def _normalise(batch: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
-    cfg = json.loads(loaded.identity.preprocess)
-    mean = torch.tensor(cfg["mean"], device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(cfg["std"], device=batch.device).view(1, 3, 1, 1) * 255
-    return (batch.float() - mean) / std
 
 
 def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig,

@@ -235,7 +235,7 @@ def test_every_resize_mode_matches_open_clip(tiny_model_dir, tmp_path, preproces
     _, _, reference = open_clip.create_model_and_transforms(f"local-dir:{directory}")
     image = scenes.generate(4, 0, size=90).image.resize((90, 60))  # not square, so the modes differ
     # Undo open_clip's Normalize to get back the uint8 pixels it resized and cropped.
-    expected = (reference(image) * encoder._std.view(3, 1, 1) + encoder._mean.view(3, 1, 1)).round()
+    expected = (reference(image) * encoder.normalise.std.view(3, 1, 1) + encoder.normalise.mean.view(3, 1, 1)).round()
     np.testing.assert_array_equal(encoder.preparer(image), expected.numpy())
 
 
