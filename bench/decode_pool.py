@@ -16,7 +16,7 @@ import numpy as np
 
 from mmretrieval.ingest.batches import Decoded, DecodeTask
 from mmretrieval.ingest.pool import DecodePool
-from mmretrieval.preprocess import ImagePreparer
+from mmretrieval.images.preprocess import ImagePreparer
 
 _PIXELS = np.zeros((3, 224, 224), dtype=np.uint8)
 

@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmretrieval import scenes  # noqa: E402
-from mmretrieval.encoders import load_encoder  # noqa: E402
+from mmretrieval.training import scenes  # noqa: E402
+from mmretrieval.models.encoder import load_encoder  # noqa: E402
 
 
 def _rate(fn, images: int, seconds: float) -> float:

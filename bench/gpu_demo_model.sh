@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the bundled demo model (assets/shapes) was trained, on one lent GPU, and the GPU encoder throughput.
+# How the bundled demo model (mmretrieval/assets/shapes) was trained, on one lent GPU, and the GPU encoder throughput.
 # Weights come back split in 12 MB parts (the device tool returns files of at most 16 MiB).
 #   OUT=out DEVICE=cuda bash bench/gpu_demo_model.sh
 set -u

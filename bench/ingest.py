@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from mmretrieval.encoders import DualEncoder
+    from mmretrieval.models.encoder import DualEncoder
 
 # torch and the collection are imported inside the functions: the decoding workers import this script
 # (as multiprocessing does with a main module) and should start as light as under `mmr ingest`.
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 def make_jpegs(folder: Path, count: int, width: int, height: int) -> list[Path]:
     """``count`` distinct photo-sized JPEGs (scenes of shapes, resized), so no two files share bytes."""
-    from mmretrieval.scenes import generate
+    from mmretrieval.training.scenes import generate
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -77,7 +77,7 @@ def model_only(encoder: "DualEncoder", pixels: list[np.ndarray], batch_size: int
 
 
 def end_to_end(encoder: "DualEncoder", folder: Path, collection_dir: Path, batch_size: int, workers: int) -> float:
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
 
     started = time.perf_counter()
     with Collection.open(collection_dir, model=encoder, create=True) as collection:
@@ -91,7 +91,7 @@ def end_to_end(encoder: "DualEncoder", folder: Path, collection_dir: Path, batch
 def main() -> None:
     import torch
 
-    from mmretrieval.encoders import load_encoder
+    from mmretrieval.models.encoder import load_encoder
     from mmretrieval.ingest.batches import IngestConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

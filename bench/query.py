@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmretrieval.index import VectorIndex, choose_config
+from mmretrieval.collection.index import VectorIndex, choose_config
 
 
 def synthetic(count: int, dim: int, seed: int, centres: int = 2000, spread: float = 1.0) -> np.ndarray:

@@ -13,13 +13,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load_encoder": "mmretrieval.encoders",
-    "DualEncoder": "mmretrieval.encoders",
-    "ModelSpec": "mmretrieval.models",
-    "ModelIdentity": "mmretrieval.models",
-    "ZeroShotClassifier": "mmretrieval.labels",
-    "decode_image": "mmretrieval.images",
-    "Collection": "mmretrieval.collection",
+    "load_encoder": "mmretrieval.models.encoder",
+    "DualEncoder": "mmretrieval.models.encoder",
+    "ModelSpec": "mmretrieval.models.specs",
+    "ModelIdentity": "mmretrieval.models.specs",
+    "ZeroShotClassifier": "mmretrieval.models.zeroshot",
+    "decode_image": "mmretrieval.images.decode",
+    "Collection": "mmretrieval.collection.collection",
 }
 __all__ = sorted(_PUBLIC)
 

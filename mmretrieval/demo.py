@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import scenes
+from .training import scenes
 from .atomic import atomic_write_bytes, exclusive_lock
-from .models import ModelSpec, assets_dir, find_checkpoint, sha256_file
+from .models.specs import ModelSpec, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def write_scenes(root: Path, config: DemoConfig, *, progress: DemoProgress | Non
 
 
 def _ingest(root: Path, list_file: Path, config: DemoConfig, *, device: str, progress: DemoProgress | None) -> None:
-    from .collection import Collection  # heavy (torch, faiss): only when a build is needed
+    from .collection.collection import Collection  # heavy (torch, faiss): only when a build is needed
 
     def report(done: int, total: int) -> None:
         if progress:

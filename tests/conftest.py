@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory):
     """A local open_clip model directory with random (seeded) tiny weights."""
     import open_clip
 
-    from mmretrieval.models import save_model_dir
+    from mmretrieval.models.specs import save_model_dir
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_MODEL_CFG)
@@ -37,15 +37,15 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
-    from mmretrieval.encoders import load_encoder
+    from mmretrieval.models.encoder import load_encoder
 
     return load_encoder(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def shapes_encoder():
-    """The bundled demo model (assets/shapes), for tests that assert real retrieval quality."""
-    from mmretrieval.encoders import load_encoder
+    """The bundled demo model (mmretrieval/assets/shapes), for tests that assert real retrieval quality."""
+    from mmretrieval.models.encoder import load_encoder
 
     return load_encoder("builtin:shapes", device="cpu")
 
@@ -55,7 +55,7 @@ def tiny_siglip_dir(tmp_path_factory):
     """Like ``tiny_model_dir`` but SigLIP-style: the model has a learned ``logit_bias``."""
     import open_clip
 
-    from mmretrieval.models import save_model_dir
+    from mmretrieval.models.specs import save_model_dir
 
     torch.manual_seed(1)
     cfg = {**TINY_MODEL_CFG, "init_logit_bias": -10.0}
@@ -65,6 +65,6 @@ def tiny_siglip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_siglip_encoder(tiny_siglip_dir):
-    from mmretrieval.encoders import load_encoder
+    from mmretrieval.models.encoder import load_encoder
 
     return load_encoder(str(tiny_siglip_dir), device="cpu")

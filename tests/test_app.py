@@ -31,7 +31,7 @@ def collection_dir(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def context(collection_dir, tiny_encoder):
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
     from mmretrieval.ui.context import AppContext
     from mmretrieval.ui.server import DEMO_QUERIES
 
@@ -334,7 +334,7 @@ def test_app_and_ui_import_without_loading_anything(tmp_path):
     import sys
 
     code = ("import sys, importlib.util; import mmretrieval.ui.layout; "
-            "print('mmretrieval.collection' in sys.modules, 'faiss' in sys.modules); "
+            "print('mmretrieval.collection.collection' in sys.modules, 'faiss' in sys.modules); "
             "spec = importlib.util.spec_from_file_location('app', 'app.py'); "
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -361,7 +361,7 @@ def test_serve_options_parse_with_safe_defaults():
 
 def test_demo_collection_is_built_once_and_finishes_after_a_crash(tmp_path, tiny_model_dir):
     from mmretrieval import demo
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
 
     config = demo.DemoConfig(count=12, model=str(tiny_model_dir), image_size=48)
     root = tmp_path / "demo"
@@ -391,7 +391,7 @@ def test_demo_collection_is_built_once_and_finishes_after_a_crash(tmp_path, tiny
 def test_demo_example_queries_find_what_they_say(tmp_path, shapes_encoder):
     """The first screen's examples, through the UI's search, with the bundled model on a small demo build."""
     from mmretrieval import demo
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
     from mmretrieval.ui.context import AppContext
     from mmretrieval.ui.search_handlers import SearchHandlers
     from mmretrieval.ui.server import DEMO_QUERIES

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from mmretrieval import scenes
+from mmretrieval.training import scenes
 from mmretrieval.cli import main
 
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL_CFG
-from mmretrieval.collection import Collection
+from mmretrieval.collection.collection import Collection
 from mmretrieval.errors import CollectionError, QueryError
-from mmretrieval.models import save_model_dir
+from mmretrieval.models.specs import save_model_dir
 from test_ingest import write_good_images
 
 _CHILD = textwrap.dedent("""
     import sys
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
 
     def main():
         collection_dir, model_dir, folder = sys.argv[1:4]
@@ -208,7 +208,7 @@ def test_info_reports_counts_index_and_sizes(collection):
 
 def _fill_catalog(col: Collection, vectors: np.ndarray, folder_of) -> np.ndarray:
     """Store ``vectors`` as if ingested (no decoding), file i under ``folder_of(i)``; returns their ids."""
-    from mmretrieval.store import VectorWrite, encode_path
+    from mmretrieval.collection.catalog import VectorWrite, encode_path
 
     paths = [os.path.join(str(col.directory.parent), folder_of(i), f"{i:05d}.png") for i in range(len(vectors))]
     col.catalog.mark_pending([(encode_path(p), 1, 1, None) for p in paths])
@@ -272,7 +272,7 @@ def test_stale_index_temporaries_are_removed_on_open(tmp_path, tiny_encoder):
 def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(tmp_path, tiny_encoder):
     import fcntl
 
-    from mmretrieval.collection import INGEST_LOCK_NAME
+    from mmretrieval.collection.collection import INGEST_LOCK_NAME
     from mmretrieval.errors import CollectionError
 
     write_good_images(tmp_path / "photos", 3)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmretrieval.errors import ImageDecodeError
-from mmretrieval.images import decode_image
+from mmretrieval.images.decode import decode_image
 
 
 def _encoded(fmt: str, **options) -> bytes:

@@ -7,8 +7,8 @@ import shutil
 import torch
 
 from mmretrieval import demo
-from mmretrieval.collection import Collection
-from mmretrieval.models import WEIGHTS_NAME
+from mmretrieval.collection.collection import Collection
+from mmretrieval.models.specs import WEIGHTS_NAME
 
 
 def test_a_changed_model_re_embeds_the_cached_demo(tmp_path, tiny_model_dir):

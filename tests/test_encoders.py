@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from conftest import TINY_MODEL_CFG
-from mmretrieval import scenes
-from mmretrieval.encoders import load_encoder, resolve_device
+from mmretrieval.training import scenes
+from mmretrieval.models.encoder import load_encoder, resolve_device
 from mmretrieval.errors import CheckpointError, ImageDecodeError, ModelNotCachedError, ModelSpecError
-from mmretrieval.models import ModelSpec, ModelIdentity
+from mmretrieval.models.specs import ModelSpec, ModelIdentity
 
 
 def _unit_rows(vectors: np.ndarray) -> bool:

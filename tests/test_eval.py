@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval import scenes
+from mmretrieval.training import scenes
 from mmretrieval.errors import MMRError
-from mmretrieval.evaluate import (
+from mmretrieval.training.evaluate import (
     attribute_match_at_5,
     captions_report,
     classification_scores,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmretrieval.errors import ImageDecodeError
-from mmretrieval.images import decode_image
+from mmretrieval.images.decode import decode_image
 from mmretrieval.ingest.batches import DecodeTask, Decoded, Failed
 from mmretrieval.ingest.reader import decode_file, discover
 

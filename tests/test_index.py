@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.errors import CollectionError
-from mmretrieval.index import Manifest, VectorIndex, choose_config, exact_search
+from mmretrieval.collection.index import Manifest, VectorIndex, choose_config, exact_search
 
 DIM = 16
 

@@ -14,11 +14,11 @@ import time
 import numpy as np
 from PIL import Image
 
-from mmretrieval.collection import Collection
+from mmretrieval.collection.collection import Collection
 from mmretrieval.ingest.batches import Decoded, DecodeTask, Failed
 from mmretrieval.ingest.pool import DecodePool
 from mmretrieval.ingest.reader import decode_file
-from mmretrieval.scenes import generate
+from mmretrieval.training.scenes import generate
 
 
 def scene_jpeg(index: int, seed: int = 0) -> bytes:
@@ -230,7 +230,7 @@ def test_csv_list_with_captions(tmp_path, tiny_encoder):
 
 
 def test_transient_failures_are_retried_on_the_next_run(tmp_path, tiny_encoder):
-    from mmretrieval.store import FailureWrite
+    from mmretrieval.collection.catalog import FailureWrite
 
     folder = tmp_path / "photos"
     paths = write_good_images(folder, 3)

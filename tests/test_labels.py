@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval import scenes
+from mmretrieval.training import scenes
 from mmretrieval.errors import QueryError
-from mmretrieval.labels import (
+from mmretrieval.models.zeroshot import (
     IMAGENET_TEMPLATES,
     NULL_LABEL,
     ZeroShotClassifier,
@@ -59,7 +59,7 @@ def test_siglip_scale_above_100_is_not_clamped(tiny_siglip_dir, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mmretrieval.encoders import load_encoder
+    from mmretrieval.models.encoder import load_encoder
 
     directory = shutil.copytree(tiny_siglip_dir, tmp_path / "siglip")
     weights = load_file(str(directory / "open_clip_model.safetensors"))

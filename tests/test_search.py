@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmretrieval.collection import Collection
+from mmretrieval.collection.collection import Collection
 from mmretrieval.errors import QueryError
-from mmretrieval.search import Query, Term, parse_query, query_vector, split_weight
+from mmretrieval.collection.query import Query, Term, parse_query, query_vector, split_weight
 from test_ingest import write_good_images
 
 
@@ -69,7 +69,7 @@ def test_collection_search_scores_are_exact_cosines(tmp_path, tiny_encoder):
 
 def test_demo_model_finds_and_labels_colours(tmp_path, shapes_encoder):
     """Real retrieval quality with the bundled model: text search and collection labels agree with the scenes."""
-    from mmretrieval.scenes import COLORS, generate
+    from mmretrieval.training.scenes import COLORS, generate
 
     folder = tmp_path / "scenes"
     folder.mkdir()

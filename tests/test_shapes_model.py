@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval import scenes
-from mmretrieval.evaluate import EVAL_SEED, plain_renderings, shape_attribute_prompts
-from mmretrieval.labels import ZeroShotClassifier, ensemble_prompt_embeddings, predict
+from mmretrieval.training import scenes
+from mmretrieval.training.evaluate import EVAL_SEED, plain_renderings, shape_attribute_prompts
+from mmretrieval.models.zeroshot import ZeroShotClassifier, ensemble_prompt_embeddings, predict
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmretrieval import scenes
-from mmretrieval.encoders import load_encoder
+from mmretrieval.training import scenes
+from mmretrieval.models.encoder import load_encoder
 from mmretrieval.errors import MMRError
-from mmretrieval.train import TrainConfig, train
+from mmretrieval.training.train import TrainConfig, train
 
 
 def _weights(directory) -> dict[str, torch.Tensor]:
@@ -101,8 +101,8 @@ def test_user_pairs_hold_out_a_seeded_split_and_score_it(tmp_path, tiny_model_di
 
 
 def test_held_out_split_is_disjoint_seeded_and_small():
-    from mmretrieval.datasets import CaptionedImage
-    from mmretrieval.train import split_held_out
+    from mmretrieval.training.datasets import CaptionedImage
+    from mmretrieval.training.train import split_held_out
 
     items = [CaptionedImage(path=__import__("pathlib").Path(f"{i}.png"), captions=(str(i),)) for i in range(100)]
     train_items, held = split_held_out(items, seed=0)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mmretrieval import scenes
+from mmretrieval.training import scenes
 
 SCENE_COUNT = 24  # images in the test collection
 SCENE_SEED = 11
@@ -27,7 +27,7 @@ def write_scene_folder(folder: Path, count: int = SCENE_COUNT) -> list[Path]:
 
 def build_test_collection(root: Path, model: str) -> Path:
     """Scenes in ``root/images`` ingested into ``root/collection`` with ``model``; returns the collection dir."""
-    from mmretrieval.collection import Collection
+    from mmretrieval.collection.collection import Collection
 
     write_scene_folder(root / "images")
     with Collection.open(root / "collection", model=model, create=True, device="cpu") as collection:

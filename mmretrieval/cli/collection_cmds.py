@@ -12,11 +12,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError
-from ..index import INDEX_TYPES
-from .common import TqdmProgress, add_collection_option, add_model_options, emit
+from ..collection.index import INDEX_TYPES
+from ..progress import TqdmProgress
+from .common import add_collection_option, add_model_options, emit
 
 if TYPE_CHECKING:
-    from ..collection import Collection, Hit
+    from ..collection.collection import Collection, Hit
 
 _HIT_COLUMNS = ["score", "path"]
 
@@ -24,7 +25,7 @@ _HIT_COLUMNS = ["score", "path"]
 def _open(directory: str, **options: Any) -> "Collection":
     # Imported here, not at module level: `mmr --help` and the decoding workers (which import the
     # running script) should not pay for torch.
-    from ..collection import Collection
+    from ..collection.collection import Collection
 
     return Collection.open(directory, **options)
 
@@ -57,7 +58,7 @@ def _register_ingest(subparsers) -> None:
 def _ingest(args: argparse.Namespace) -> int:
     model = args.model
     if args.dim is not None:
-        from ..encoders import load_encoder
+        from ..models.encoder import load_encoder
 
         if model is None:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
@@ -96,7 +97,7 @@ def _register_search(subparsers) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..search import parse_query
+    from ..collection.query import parse_query
 
     query = parse_query(args.text, args.image, args.negatives)
     with _open(args.collection, device=args.device) as collection:

@@ -8,8 +8,6 @@ import os
 import sys
 from typing import Any, Iterable
 
-from tqdm import tqdm
-
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
     """``--model`` and ``--device``, the same everywhere."""
@@ -50,21 +48,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value).replace("\t", " ").replace("\n", " ")
-
-
-class TqdmProgress:
-    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; use as a context manager."""
-
-    def __init__(self, description: str, unit: str = "img"):
-        self._bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.update(done - self._bar.n)
-
-    def __enter__(self) -> "TqdmProgress":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._bar.close()

@@ -39,9 +39,9 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from ..encoders import load_encoder
+    from ..models.encoder import load_encoder
     from ..errors import ImageDecodeError
-    from ..labels import ZeroShotClassifier, load_templates, parse_labels, predict
+    from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
@@ -63,7 +63,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from ..train_config import SHAPES_ARCH, TrainConfig
+    from ..training.config import SHAPES_ARCH, TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="contrastive training: the demo model, or fine-tuning on your captioned images",
@@ -87,8 +87,8 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train import train
-    from ..train_config import StepLog, TrainConfig
+    from ..training.train import train
+    from ..training.config import StepLog, TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
     config = TrainConfig(**{name: getattr(args, name) for name in names}, half=not args.full_precision)
@@ -124,9 +124,9 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..encoders import load_encoder
-    from ..evaluate import captions_report, folder_report, shapes_report
-    from ..labels import load_templates
+    from ..models.encoder import load_encoder
+    from ..training.evaluate import captions_report, folder_report, shapes_report
+    from ..models.zeroshot import load_templates
 
     templates = load_templates(args.templates)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim)

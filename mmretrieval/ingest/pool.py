@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterator, Sequence
 
-from ..preprocess import ImagePreparer
+from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
 from .batches import Decoded, DecodeTask, Failed
 from .reader import decode_file

@@ -18,11 +18,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..datasets import PATH_COLUMNS, csv_columns
-from ..preprocess import ImagePreparer
+from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
-from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file
+from ..images.decode import IMAGE_EXTENSIONS, decode_image, read_image_file
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
+from .lists import PATH_COLUMNS, csv_columns
 
 logger = logging.getLogger(__name__)
 

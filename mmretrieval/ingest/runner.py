@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..encoders import DualEncoder
-from ..store import Catalog, FileState, encode_path
+from ..models.encoder import DualEncoder
+from ..collection.catalog import Catalog, FileState, encode_path
 from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped
 from .pool import DecodePool
 from .reader import discover

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from ..store import Catalog, FailureWrite, VectorWrite
+from ..collection.catalog import Catalog, FailureWrite, VectorWrite
 from .batches import EmbeddedBatch
 
 logger = logging.getLogger(__name__)
 
 
 class CatalogWriter:
-    """Writes :class:`EmbeddedBatch` records into a :class:`~mmretrieval.store.Catalog`."""
+    """Writes :class:`EmbeddedBatch` records into a :class:`~mmretrieval.collection.catalog.Catalog`."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog

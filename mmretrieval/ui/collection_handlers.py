@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..labels import parse_labels
+from ..models.zeroshot import parse_labels
 from . import projection
 from .context import AppContext, user_errors
 
@@ -88,7 +88,7 @@ class CollectionHandlers:
             samples = {name: self._samples(name) if summary.counts.get(name) else [] for name in names}
         self._map = None
         counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
-        gallery = [(self.ctx.thumbnails.get(self.ctx, image_id), f"{name} ({summary.counts.get(name, 0)})")
+        gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{name} ({summary.counts.get(name, 0)})")
                    for name in names for image_id in samples[name]]
         return counts, gallery, str(csv_path), _markdown_of(summary, "Labelled the collection")
 
@@ -137,7 +137,7 @@ class CollectionHandlers:
             return []
         chosen = projection.ids_in_range(self._map, (float(event.index[0]), float(event.index[1])))
         by_id = self._map.set_index("id")
-        return [(self.ctx.thumbnails.get(self.ctx, image_id), f"{by_id.at[image_id, 'label']} · {by_id.at[image_id, 'name']}")
+        return [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{by_id.at[image_id, 'label']} · {by_id.at[image_id, 'name']}")
                 for image_id in chosen]
 
     def _names(self, ids: Any) -> list[str]:

@@ -6,17 +6,18 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gradio as gr
 
 from ..errors import MMRError
-from ..labels import TEMPLATE_SETS, ZeroShotClassifier
+from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
 from .media import ThumbnailCache
 
 if TYPE_CHECKING:
-    from ..collection import Collection
-    from ..encoders import DualEncoder
+    from ..collection.collection import Collection
+    from ..models.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class AppContext:
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)  # zero-shot label vectors
     # Serialises access to the collection: ingest and label write while searches read, from Gradio's threads.
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def image_path(self, image_id: int) -> Path:
+        """The file behind catalog id ``image_id`` (the only way the UI finds an image to read)."""
+        with self.lock:
+            return self.collection.image_path(image_id)
 
 
 def user_errors(fn: F) -> F:

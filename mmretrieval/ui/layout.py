@@ -10,7 +10,7 @@ import logging
 
 import gradio as gr
 
-from ..labels import TEMPLATE_SETS
+from ..models.zeroshot import TEMPLATE_SETS
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
 from .media import guard_upload

@@ -5,7 +5,7 @@ Outgoing: the browser gets images of the open collection by catalog id, as small
 client-given string into a path to read, and ``launch`` gets no ``allowed_paths``, so Gradio's file
 routes serve nothing but its upload and cache dirs.
 
-Incoming: uploads are decoded with :func:`mmretrieval.images.decode_image` (bomb limit on, truncated and
+Incoming: uploads are decoded with :func:`mmretrieval.images.decode.decode_image` (bomb limit on, truncated and
 corrupt files refused), and Gradio's own pre-decoding of an upload is guarded so a bad file becomes a
 readable message rather than a generic error.
 """
@@ -16,16 +16,14 @@ import functools
 import logging
 from collections import OrderedDict
 from threading import Lock
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
-from ..images import decode_image
-
-if TYPE_CHECKING:
-    from .context import AppContext
+from ..images.decode import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +42,14 @@ class ThumbnailCache:
         self._capacity = capacity
         self._lock = Lock()
 
-    def get(self, ctx: "AppContext", image_id: int, max_side: int = THUMBNAIL_PX) -> Image.Image:
-        """The image ``image_id`` of the collection, shrunk to ``max_side``; a grey tile if it cannot be read."""
+    def get(self, path_of: Callable[[int], Path], image_id: int, max_side: int = THUMBNAIL_PX) -> Image.Image:
+        """The image ``image_id`` (its file found by ``path_of``), shrunk to ``max_side``; a grey tile if unreadable."""
         key = (int(image_id), max_side)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        image = render_collection_image(ctx, int(image_id), max_side)
+        image = render_collection_image(path_of, int(image_id), max_side)
         with self._lock:
             self._items[key] = image
             while len(self._items) > self._capacity:
@@ -64,10 +62,9 @@ class ThumbnailCache:
             self._items.clear()
 
 
-def render_collection_image(ctx: "AppContext", image_id: int, max_side: int) -> Image.Image:
-    """Decode catalog image ``image_id`` (the path comes from the catalog only) and shrink it."""
-    with ctx.lock:
-        path = ctx.collection.image_path(image_id)
+def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_side: int) -> Image.Image:
+    """Decode catalog image ``image_id`` (``path_of`` asks the catalog: never a client-named path) and shrink it."""
+    path = path_of(image_id)
     try:
         image = decode_image(path, draft_size=max_side).image.copy()
     except MMRError as exc:  # moved or deleted since ingestion: show a tile, not an error

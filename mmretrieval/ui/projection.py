@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from ..labels import ZeroShotClassifier
+from ..models.zeroshot import ZeroShotClassifier
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..labels import parse_labels, predict
+from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, user_errors
 from .media import PREVIEW_PX, load_upload
 
 if TYPE_CHECKING:
-    from ..collection import Hit
+    from ..collection.collection import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SearchHandlers:
     def _build_query(self, text: str, image: Image.Image | None, negative: str) -> Any:
         # Terms are built here rather than with search.parse_query, which treats a string naming an existing
         # file as an image to read: in the browser every string stays text, never a server path.
-        from ..search import Query, Term, split_weight
+        from ..collection.query import Query, Term, split_weight
 
         positives = [Term(text=words, weight=weight) for weight, words in [split_weight(text)] if text]
         if image is not None:
@@ -87,7 +87,7 @@ class SearchHandlers:
         return Query(tuple(positives), tuple(negatives))
 
     def _results(self, hits: "list[Hit]", description: str) -> tuple[list[GalleryItem], list[dict[str, Any]], list[int], str]:
-        gallery = [(self.ctx.thumbnails.get(self.ctx, hit.id), hit_caption(hit)) for hit in hits]
+        gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
         if not hits:
             status = f"No results for {description}. Lower the score threshold or try other words."
         else:
@@ -104,7 +104,7 @@ class SearchHandlers:
         image_id = int(image_id)
         with self.ctx.lock:
             row = _catalog_row(self.ctx, image_id)
-        preview = self.ctx.thumbnails.get(self.ctx, image_id, max_side=PREVIEW_PX)
+        preview = self.ctx.thumbnails.get(self.ctx.image_path, image_id, max_side=PREVIEW_PX)
         if max(preview.size) < MIN_PREVIEW_PX:  # small images (icons, the demo's scenes): enlarge, pixels kept sharp
             scale = MIN_PREVIEW_PX // max(preview.size) + 1
             preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..cli.common import TqdmProgress
+from ..progress import TqdmProgress
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -94,8 +94,8 @@ def open_context(config: ServeConfig) -> "AppContext":
     Raises:
         MMRError: the collection or the model cannot be opened.
     """
-    from ..collection import Collection
-    from ..encoders import load_encoder
+    from ..collection.collection import Collection
+    from ..models.encoder import load_encoder
     from .context import AppContext
 
     is_demo = config.collection is None

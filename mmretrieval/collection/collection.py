@@ -26,18 +26,18 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from .atomic import exclusive_lock
-from .encoders import DualEncoder, load_encoder
-from .errors import CollectionError, QueryError
-from .collection_index import IndexKeeper
+from ..atomic import exclusive_lock
+from ..models.encoder import DualEncoder, load_encoder
+from ..errors import CollectionError, QueryError
+from .upkeep import IndexKeeper
 from .index import Manifest, exact_search
-from .ingest import IngestConfig, IngestSummary, run_ingest
-from .models import ModelIdentity
-from .search import ImageRef, Query, query_vector
-from .store import Catalog
+from ..ingest import IngestConfig, IngestSummary, run_ingest
+from ..models.specs import ModelIdentity
+from .query import ImageRef, Query, query_vector
+from .catalog import Catalog
 
 if TYPE_CHECKING:
-    from .collection_labels import Organized
+    from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ class Failure:
     path: str
     reason: str  # short stable code, e.g. truncated, not_an_image, not_regular_file
     message: str
-
-
-@dataclass(frozen=True)
-class LabelSummary:
-    """The outcome of labelling a collection."""
-
-    images: int  # images scored
-    counts: dict[str, int]  # label -> images assigned it
-    multi_label: bool
-    threshold: float | None  # multi-label threshold; None for single-label
 
 
 @dataclass(frozen=True)
@@ -220,7 +210,7 @@ class Collection:
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
                path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
-        """The ``k`` best images for a query (text, or a :class:`~mmretrieval.search.Query`).
+        """The ``k`` best images for a query (text, or a :class:`~mmretrieval.collection.query.Query`).
 
         Scores are exact cosines against the stored vectors (the index only proposes candidates).
 
@@ -340,23 +330,23 @@ class Collection:
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
               multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None) -> LabelSummary:
-        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection_labels`."""
-        from .collection_labels import label_collection
+        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection.labelling`."""
+        from .labelling import label_collection
 
-        return label_collection(self, labels, templates, multi_label=multi_label, threshold=threshold,
+        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
                                 progress=progress)
 
     def export_labels(self, path: str | os.PathLike) -> int:
         """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""
-        from .collection_labels import export_labels
+        from .labelling import export_labels
 
-        return export_labels(self, Path(path))
+        return export_labels(self.catalog, Path(path))
 
     def organize(self, out_dir: str | os.PathLike, copy: bool = False) -> "Organized":
         """Link (or copy) images into ``out_dir/<label>/``; returns files placed and sources missing."""
-        from .collection_labels import organize
+        from .labelling import organize
 
-        return organize(self, Path(out_dir), copy=copy)
+        return organize(self.catalog, Path(out_dir), copy=copy)
 
 
 def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str,

@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import scenes
 from .datasets import CaptionedImage, read_captioned
-from .encoders import DualEncoder, PixelNormaliser, resolve_device
-from .errors import ImageDecodeError, MMRError
-from .images import decode_image
-from .models import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
-from .preprocess import ImagePreparer
-from .train_config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
+from ..models.encoder import DualEncoder, PixelNormaliser, resolve_device
+from ..errors import ImageDecodeError, MMRError
+from ..images.decode import decode_image
+from ..models.specs import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
+from ..images.preprocess import ImagePreparer
+from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 
 logger = logging.getLogger(__name__)
 

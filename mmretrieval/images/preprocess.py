@@ -1,7 +1,7 @@
 """The CPU half of a model's image preprocessing: resize and crop to uint8 pixels, with Pillow and numpy only.
 
 This is open_clip's eval transform (``image_transform_v2``) up to, not including, ToTensor and Normalize;
-normalising runs on the device in :meth:`mmretrieval.encoders.DualEncoder.encode_prepared`. The common
+normalising runs on the device in :meth:`mmretrieval.models.encoder.DualEncoder.encode_prepared`. The common
 square 'shortest' and 'squash' modes are reproduced here pixel for pixel (torchvision's size and crop
 arithmetic, Pillow's resampling, as torchvision itself uses for PIL images), so decoding workers import
 neither torch nor open_clip: a worker starts in a fraction of a second. Other modes fall back to open_clip.

@@ -5,7 +5,7 @@ One spec string is accepted everywhere (CLI ``--model``, config, API):
 - ``ARCH:PRETRAINED`` or ``ARCH`` (random weights): open_clip's registry, e.g. ``ViT-B-32:laion2b_s34b_b79k``;
 - ``hf-hub:ORG/REPO``: an open_clip repository on the Hugging Face hub;
 - a local directory (or ``local-dir:DIR``) holding ``open_clip_config.json`` and the weights;
-- ``builtin:shapes``: the demo model bundled in ``assets/``.
+- ``builtin:shapes``: the demo model bundled in ``mmretrieval/assets/``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import CheckpointError, ModelNotCachedError, ModelSpecError
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
 def assets_dir() -> Path:
-    """Where bundled models live: ``$MMR_ASSETS`` or the repository's ``assets/``."""
+    """Where bundled models live: ``$MMR_ASSETS`` or the package data in ``mmretrieval/assets/``."""
     return Path(os.environ.get("MMR_ASSETS") or Path(__file__).resolve().parent.parent / "assets")
 
 
@@ -185,7 +185,7 @@ def _config_hash(model_cfg: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """An open_clip model with its tokenizer and identity, ready for :class:`~mmretrieval.encoders.DualEncoder`."""
+    """An open_clip model with its tokenizer and identity, ready for :class:`~mmretrieval.models.encoder.DualEncoder`."""
 
     model: torch.nn.Module
     tokenizer: Any

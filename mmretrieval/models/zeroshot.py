@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .errors import QueryError
+from ..errors import QueryError
 
 if TYPE_CHECKING:
-    from .encoders import DualEncoder
+    from .encoder import DualEncoder
 
 # The 80 prompts of the CLIP paper's ImageNet ensemble (openai/CLIP, notebooks/Prompt_Engineering_for_ImageNet).
 IMAGENET_TEMPLATES = (

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from .errors import QueryError
-from .images import IMAGE_EXTENSIONS
+from ..errors import QueryError
+from ..images.decode import IMAGE_EXTENSIONS
 
 ImageRef = Union[str, os.PathLike, Image.Image, int]  # a path, a decoded image, or a catalog id
 _WEIGHTED = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:(.+)$", re.DOTALL)

@@ -13,20 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import MMRError
-from .images import IMAGE_EXTENSIONS
-
-PATH_COLUMNS = ("path", "filepath", "file", "image", "filename")  # accepted names, first match wins
-CAPTION_COLUMNS = ("caption", "text", "title")
-
-
-def csv_columns(fieldnames: Sequence[str] | None) -> tuple[str | None, str | None]:
-    """The (path, caption) column names of a CSV header, matched case-insensitively; None where absent."""
-    columns = {name.strip().lower(): name for name in fieldnames or ()}
-    path_column = next((columns[c] for c in PATH_COLUMNS if c in columns), None)
-    caption_column = next((columns[c] for c in CAPTION_COLUMNS if c in columns), None)
-    return path_column, caption_column
-
+from ..errors import MMRError
+from ..images.decode import IMAGE_EXTENSIONS
+from ..ingest.lists import CAPTION_COLUMNS, PATH_COLUMNS, csv_columns
 
 @dataclass(frozen=True)
 class CaptionedImage:

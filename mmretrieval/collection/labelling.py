@@ -17,42 +17,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .atomic import atomic_write_text
-from .errors import CollectionError
-from .labels import ZeroShotClassifier, load_templates, parse_labels, predict
+from ..atomic import atomic_write_text
+from ..errors import CollectionError
+from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
 
 if TYPE_CHECKING:
-    from .collection import Collection, LabelSummary
+    from ..models.encoder import DualEncoder
+    from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 4096  # vectors scored at a time, so a million-image collection never needs all of them in memory
 
 
-def label_collection(collection: "Collection", labels: Sequence[str] | str, templates: str | Sequence[str],
+@dataclass(frozen=True)
+class LabelSummary:
+    """The outcome of labelling a collection."""
+
+    images: int  # images scored
+    counts: dict[str, int]  # label -> images assigned it
+    multi_label: bool
+    threshold: float | None  # multi-label threshold; None for single-label
+
+
+def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequence[str] | str, templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float,
-                     progress: Callable[[int, int], None] | None = None) -> "LabelSummary":
+                     progress: Callable[[int, int], None] | None = None) -> LabelSummary:
     """Score every embedded image against ``labels`` and store the assigned ones (replacing earlier labels).
 
     Raises:
         QueryError: no labels, unknown templates.
     """
-    from .collection import LabelSummary
-
     names = parse_labels(labels)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
-    classifier = ZeroShotClassifier.build(collection.encoder, names, prompts)
-    all_ids = sorted(collection.catalog.vector_ids().tolist())
+    classifier = ZeroShotClassifier.build(encoder, names, prompts)
+    all_ids = sorted(catalog.vector_ids().tolist())
     assignments: list[tuple[int, str, float]] = []
     for start in range(0, len(all_ids), _CHUNK):
-        ids, vectors = collection.catalog.vectors(all_ids[start:start + _CHUNK])
+        ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK])
         probabilities = classifier.probabilities(vectors, multi_label=multi_label)
         for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
                                                                 threshold=threshold)):
             assignments += [(image_id, p.label, p.probability) for p in predictions]
         if progress:
             progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
-    collection.catalog.replace_labels(assignments)
+    catalog.replace_labels(assignments)
     counts = {name: 0 for name in names}
     for _, name, _ in assignments:
         counts[name] += 1
@@ -61,14 +70,14 @@ def label_collection(collection: "Collection", labels: Sequence[str] | str, temp
                         threshold=threshold if multi_label else None)
 
 
-def _labelled_rows(collection: "Collection") -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
-    ids = sorted(collection.catalog.vector_ids().tolist())
-    rows = collection.catalog.rows(ids)
-    labels = collection.catalog.labels_of(ids)
+def _labelled_rows(catalog: "Catalog") -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
+    ids = sorted(catalog.vector_ids().tolist())
+    rows = catalog.rows(ids)
+    labels = catalog.labels_of(ids)
     return [(i, rows[i].path, labels.get(i, ())) for i in ids if i in rows]
 
 
-def export_labels(collection: "Collection", path: Path) -> int:
+def export_labels(catalog: "Catalog", path: Path) -> int:
     """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image).
 
     Raises:
@@ -82,12 +91,12 @@ def export_labels(collection: "Collection", path: Path) -> int:
     if suffix == ".csv":
         writer = csv.writer(buffer)
         writer.writerow(["id", "path", "label", "probability"])
-        for image_id, image_path, pairs in _labelled_rows(collection):
+        for image_id, image_path, pairs in _labelled_rows(catalog):
             for label, probability in pairs:
                 writer.writerow([image_id, _printable(image_path), label, f"{probability:.6f}"])
                 count += 1
     else:
-        for image_id, image_path, pairs in _labelled_rows(collection):
+        for image_id, image_path, pairs in _labelled_rows(catalog):
             record = {"id": image_id, "path": _printable(image_path),
                       "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
             buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -108,7 +117,7 @@ class Organized:
     missing: tuple[str, ...] = ()  # labelled images whose file no longer exists (skipped)
 
 
-def organize(collection: "Collection", out_dir: Path, copy: bool = False) -> Organized:
+def organize(catalog: "Catalog", out_dir: Path, copy: bool = False) -> Organized:
     """Place each labelled image in ``out_dir/<label>/<id>-<name>`` as a symlink (or a copy).
 
     Images whose file has gone since ingestion are skipped and listed in the result.
@@ -118,7 +127,7 @@ def organize(collection: "Collection", out_dir: Path, copy: bool = False) -> Org
     """
     placed, missing = 0, []
     try:
-        for image_id, image_path, pairs in _labelled_rows(collection):
+        for image_id, image_path, pairs in _labelled_rows(catalog):
             if not os.path.exists(image_path):
                 missing.append(image_path)
                 continue

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .errors import CollectionError
+from ..errors import CollectionError
 
 logger = logging.getLogger(__name__)
 

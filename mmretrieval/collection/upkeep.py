@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import remove_stale_temporaries
+from ..atomic import remove_stale_temporaries
 from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
-from .models import ModelIdentity
-from .store import Catalog
+from ..models.specs import ModelIdentity
+from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 

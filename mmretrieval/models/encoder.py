@@ -1,7 +1,7 @@
 """The dual encoder: open_clip image and text towers behind one small API that returns unit vectors.
 
 Images are prepared in two steps so that the CPU part can run in worker processes:
-:class:`~mmretrieval.preprocess.ImagePreparer` (picklable, torch-free; resize and crop to uint8 exactly as
+:class:`~mmretrieval.images.preprocess.ImagePreparer` (picklable, torch-free; resize and crop to uint8 exactly as
 open_clip's preprocessing does) and :meth:`DualEncoder.encode_prepared` (normalise on the device, run the tower).
 """
 
@@ -19,10 +19,10 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from .errors import ModelSpecError
-from .images import decode_image, to_rgb
-from .models import LoadedModel, ModelIdentity, ModelSpec, load_model
-from .preprocess import ImagePreparer
+from ..errors import ModelSpecError
+from ..images.decode import decode_image, to_rgb
+from .specs import LoadedModel, ModelIdentity, ModelSpec, load_model
+from ..images.preprocess import ImagePreparer
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def load_encoder(
     dim: int | None = None,
     cache_dir: str | None = None,
 ) -> DualEncoder:
-    """Load the dual encoder a model spec names (see :mod:`mmretrieval.models`).
+    """Load the dual encoder a model spec names (see :mod:`mmretrieval.models.specs`).
 
     Args:
         spec: ``ARCH:TAG``, ``hf-hub:ORG/REPO``, a local model directory, or ``builtin:shapes``.
@@ -180,7 +180,7 @@ def load_encoder(
         cache_dir: Hugging Face cache directory (default: the standard one).
 
     Raises:
-        ModelSpecError, ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.load_model`.
+        ModelSpecError, ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.specs.load_model`.
     """
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     torch_device = resolve_device(device)

@@ -19,12 +19,12 @@ from PIL import Image
 
 from . import scenes
 from .datasets import CaptionedImage, read_captioned, read_labelled_folder
-from .errors import ImageDecodeError, MMRError
-from .images import decode_image
-from .labels import TEMPLATE_SETS, ensemble_prompt_embeddings
+from ..errors import ImageDecodeError, MMRError
+from ..images.decode import decode_image
+from ..models.zeroshot import TEMPLATE_SETS, ensemble_prompt_embeddings
 
 if TYPE_CHECKING:
-    from .encoders import DualEncoder
+    from ..models.encoder import DualEncoder
 
 EVAL_SEED = 1_000_003  # held-out scenes: a stream the training seed never reaches
 PLAIN_SHAPES = ("circle", "square", "triangle", "star")

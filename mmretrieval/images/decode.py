@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 
 # Formats we let Pillow sniff for; anything else is "not an image" even if Pillow has a plugin for it.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # MPO files open as JPEG

@@ -32,8 +32,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from .atomic import atomic_path, atomic_write_text, fsync_dir
-from .errors import CollectionError
+from ..atomic import atomic_path, atomic_write_text, fsync_dir
+from ..errors import CollectionError
 
 logger = logging.getLogger(__name__)
 

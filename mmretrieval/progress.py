@@ -1,0 +1,25 @@
+"""The progress bar that the command line and the server console draw: a ``(done, total)`` callback."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class TqdmProgress:
+    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; use as a context manager."""
+
+    def __init__(self, description: str, unit: str = "img"):
+        self._bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> "TqdmProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
