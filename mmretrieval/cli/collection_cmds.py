@@ -199,8 +199,11 @@ def _register_info(subparsers) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..collection.import_writer import provenance
+
     with _open(args.collection) as collection:
         info = collection.info().to_dict()
+        info["imported"] = {source.source: source.rows for source in provenance(collection.catalog)}
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0

@@ -1,0 +1,135 @@
+"""Landing checked import shards in a collection: one catalog transaction per shard, with its provenance.
+
+:mod:`.imports` reads and checks shards; this module writes them. A shard's rows, their vectors, the shard record
+and the per-row provenance commit together or not at all, so a process killed at any moment leaves each shard
+whole or absent, and a re-run (which skips recorded shards and known paths) neither loses nor duplicates rows.
+Writers hold the collection's ingest lock, so an import and an ingest never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from ..atomic import exclusive_lock
+from .catalog import Catalog
+
+if TYPE_CHECKING:
+    from .collection import Collection
+    from .imports import CheckedShard
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS import_shards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,               -- absolute path of the imported folder
+    shard TEXT NOT NULL,                -- e.g. img_emb_3
+    fingerprint TEXT NOT NULL,          -- sizes and mtimes of the shard's two files
+    rows_added INTEGER NOT NULL,        -- rows this shard added
+    rows_known INTEGER NOT NULL,        -- rows skipped because the collection already had the path
+    renormalised INTEGER NOT NULL,      -- vectors that were not unit length
+    UNIQUE (source, shard, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS imported_rows (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    shard_id INTEGER NOT NULL REFERENCES import_shards(id)
+)
+"""
+_BATCH_TABLE = "CREATE TEMP TABLE IF NOT EXISTS import_batch (pos INTEGER PRIMARY KEY, path BLOB NOT NULL, caption TEXT)"
+
+
+@dataclass(frozen=True)
+class ImportSource:
+    """Provenance of imported rows, per source folder, for ``mmr info``."""
+
+    source: str  # the imported folder
+    shards: int  # shards imported from it
+    rows: int  # rows imported from it that are still in the collection
+    renormalised: int = 0  # of those imported, vectors that were not unit length
+    shard_names: tuple[str, ...] = field(default=(), repr=False)
+
+
+@contextmanager
+def writer_lock(collection: "Collection") -> Iterator[None]:
+    """The collection's writer lock (the one ``ingest`` holds): one writer at a time."""
+    from .collection import INGEST_LOCK_NAME
+
+    busy = (f"another process is writing to {collection.directory} (an ingest or import); wait for it to "
+            "finish, or stop it (a re-run resumes its work)")
+    with exclusive_lock(collection.directory / INGEST_LOCK_NAME, busy):
+        yield
+
+
+def ensure_schema(catalog: Catalog) -> None:
+    """Create the provenance tables if this catalog has none yet (idempotent)."""
+    with catalog.transaction() as db:
+        for statement in _SCHEMA.split(";"):
+            db.execute(statement)
+
+
+def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> bool:
+    """Whether this exact shard (same files, same sizes and mtimes) was imported before."""
+    return bool(catalog._query("SELECT 1 FROM import_shards WHERE source = ? AND shard = ? AND fingerprint = ?",
+                               (source, shard, fingerprint)))
+
+
+def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fingerprint: str) -> tuple[int, int]:
+    """Add a checked shard's new rows, vectors and provenance in one transaction; returns (added, known)."""
+    from .imports import unit_blocks
+
+    catalog = collection.catalog
+    with catalog.transaction() as db:
+        db.execute(_BATCH_TABLE)
+        db.execute("DELETE FROM import_batch")
+        db.executemany("INSERT INTO import_batch(pos, path, caption) VALUES (?, ?, ?)",
+                       zip(range(len(shard.keys)), shard.keys, shard.captions))
+        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
+        # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
+        db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) "
+                   "SELECT path, 0, 0, 'ok', caption FROM import_batch ORDER BY pos")
+        pairs = np.array(db.execute(
+            "SELECT b.pos, i.id FROM import_batch b JOIN images i ON i.path = b.path WHERE i.id > ? ORDER BY b.pos",
+            (before,)).fetchall(), dtype=np.int64).reshape(-1, 2)
+        _, first = np.unique(pairs[:, 1], return_index=True)  # a path twice in the shard: its first row
+        pairs = pairs[np.sort(first)]
+        positions, ids = pairs[:, 0], pairs[:, 1]
+        generation = int(catalog.get_meta("generation") or 0) + 1
+        catalog.set_meta("generation", str(generation))
+        for rows, block in unit_blocks(shard.vectors, positions):
+            db.executemany("INSERT INTO vectors(image_id, generation, embedding) VALUES (?, ?, ?)",
+                           zip(ids[rows].tolist(), [generation] * len(block), (row.tobytes() for row in block)))
+        known = len(shard.keys) - len(ids)
+        shard_id = db.execute(
+            "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (source, shard.files.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
+        db.executemany("INSERT INTO imported_rows(image_id, shard_id) VALUES (?, ?)",
+                       ((image_id, shard_id) for image_id in ids.tolist()))
+        db.execute("DELETE FROM import_batch")
+    logger.info("imported %s: %d rows added, %d already known", shard.files.embeddings, len(ids), known)
+    return len(ids), known
+
+
+def sync_index(collection: "Collection") -> None:
+    """Bring the collection's index up to the catalog after an import (the writer's job, under its lock)."""
+    with collection._lock:
+        collection._indexes.sync()
+
+
+def provenance(catalog: Catalog) -> list[ImportSource]:
+    """Imported rows still in the collection, per source folder (empty if nothing was ever imported)."""
+    # reads only (catalog._query): `mmr info` on a read-only collection must not need a write transaction
+    if not catalog._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'import_shards'"):
+        return []
+    rows = catalog._query(
+        "SELECT s.source, COUNT(*), SUM(s.renormalised), GROUP_CONCAT(s.shard), "
+        "(SELECT COUNT(*) FROM imported_rows r JOIN import_shards t ON t.id = r.shard_id "
+        " WHERE t.source = s.source) "
+        "FROM import_shards s GROUP BY s.source ORDER BY s.source")
+    return [ImportSource(source, shards, kept, renormalised or 0, tuple(sorted((names or "").split(","))))
+            for source, shards, renormalised, names, kept in rows]

@@ -1,0 +1,287 @@
+"""Importing precomputed embeddings into a collection, without re-embedding anything.
+
+Layout read: clip-retrieval's output folder, ``img_emb/img_emb_N.npy`` (``(rows, dim)`` float16/32/64) next to
+``metadata/metadata_N.parquet`` (an ``image_path`` column and an optional ``caption`` column), shard ``N``
+matched by number.
+
+Each shard is checked whole before any of it lands: the embedding file opens (a truncated ``.npy`` does not),
+its dimension is the collection model's, the parquet has as many rows as the ``.npy``, every value is finite,
+no vector is zero and no path is empty. Vectors that are not unit length are renormalised (and counted).
+A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file and the fault; shards before it
+stay committed. Each shard lands in one catalog transaction, together with a record of the shard (source folder,
+shard name, file sizes and mtimes) and the per-row provenance, so a run killed at any moment (SIGKILL included)
+leaves each shard either fully in or not in at all, and a re-run skips recorded shards outright and any path the
+collection already knows.
+
+Paths: absolute paths are kept; relative ones are resolved against ``root`` (default: the import folder);
+URIs (``scheme://...``) are kept verbatim. Imported rows have status ``ok`` and no file stats (size and mtime
+0): the files may not exist on this machine, and ``mmr similar PATH`` works from the stored vector.
+
+Memory: one shard's paths and captions (Python objects) plus one block of :data:`BLOCK_ROWS` vectors; the
+``.npy`` is memory-mapped and read twice (check, then land; the second read comes from the page cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+from .catalog import encode_path
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (rows done, rows total)
+BLOCK_ROWS = 65_536  # vectors checked or landed per step: bounds memory, not results
+UNIT_TOLERANCE = 2e-3  # |norm - 1| above this counts as "not unit" (float16 input carries ~1e-3 of rounding)
+PATH_COLUMN = "image_path"
+CAPTION_COLUMN = "caption"
+_SHARD_NAME = re.compile(r"img_emb_(\d+)\.npy$")
+@dataclass(frozen=True)
+class ShardFiles:
+    """The two files of one clip-retrieval shard."""
+
+    name: str  # img_emb_N
+    embeddings: Path  # img_emb/img_emb_N.npy
+    metadata: Path  # metadata/metadata_N.parquet
+
+    def fingerprint(self) -> str:
+        """Sizes and mtimes of both files: a rewritten shard is a new shard."""
+        parts = []
+        for path in (self.embeddings, self.metadata):
+            info = path.stat()
+            parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+        return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class CheckedShard:
+    """A shard that passed every check: its rows' catalog keys and captions, and the mapped vectors."""
+
+    files: ShardFiles
+    keys: list[bytes]  # catalog path keys, in row order
+    captions: list[str | None]
+    vectors: np.ndarray  # (rows, dim) memory map, any float dtype
+    renormalised: int  # rows whose norm was off by more than UNIT_TOLERANCE
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What one import did."""
+
+    source: str  # the imported folder
+    rows_added: int = 0
+    rows_known: int = 0  # rows skipped: the collection already had their path
+    shards_added: int = 0
+    shards_skipped: int = 0  # imported by an earlier run (same files)
+    renormalised: int = 0
+
+
+def find_shards(directory: str | os.PathLike) -> list[ShardFiles]:
+    """The shards of a clip-retrieval output folder, by shard number.
+
+    Raises:
+        CollectionError: no ``img_emb`` folder or no shards in it, or a shard without its metadata file.
+    """
+    root = Path(directory)
+    emb_dir = root / "img_emb"
+    if not emb_dir.is_dir():
+        raise CollectionError(f"{root} has no img_emb/ folder; mmr import reads clip-retrieval's output layout "
+                              "(img_emb/img_emb_N.npy and metadata/metadata_N.parquet)")
+    shards = []
+    for path in emb_dir.iterdir():
+        match = _SHARD_NAME.match(path.name)
+        if match is None:
+            continue
+        metadata = root / "metadata" / f"metadata_{match.group(1)}.parquet"
+        if not metadata.is_file():
+            raise CollectionError(f"shard {path} has no metadata file {metadata}; clip-retrieval writes "
+                                  "both, copy the metadata folder too")
+        shards.append((int(match.group(1)), ShardFiles(path.stem, path, metadata)))
+    if not shards:
+        raise CollectionError(f"no img_emb_N.npy files in {emb_dir}")
+    return [files for _, files in sorted(shards, key=lambda pair: pair[0])]
+
+
+def open_embeddings(path: Path, dim: int) -> np.ndarray:
+    """Memory-map a shard's ``.npy`` and check its shape and type.
+
+    Raises:
+        CollectionError: unreadable or truncated file, not 2-D, not floating point, or the wrong dimension.
+    """
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CollectionError(f"{path} is not a readable .npy file (truncated or corrupt: {exc}); "
+                              "re-copy it or remove this shard") from exc
+    if vectors.ndim != 2:
+        raise CollectionError(f"{path} holds a {vectors.ndim}-D array of shape {vectors.shape}; "
+                              "expected (rows, dim) embeddings")
+    if vectors.dtype.kind != "f":
+        raise CollectionError(f"{path} holds {vectors.dtype} values; expected float16, float32 or float64")
+    if vectors.shape[1] != dim:
+        raise CollectionError(f"{path} has {vectors.shape[1]}-d vectors but the collection's model makes {dim}-d "
+                              "ones; import into a collection of the model that made them (--model)")
+    return vectors
+
+
+def read_metadata(path: Path, rows: int, root: Path) -> tuple[list[bytes], list[str | None]]:
+    """The catalog keys and captions of a shard's parquet file.
+
+    Raises:
+        CollectionError: unreadable file, no ``image_path`` column, a row count other than ``rows``, or an
+            empty path.
+    """
+    pq = _pyarrow_parquet()
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if PATH_COLUMN not in names:
+            raise CollectionError(f"{path} has no {PATH_COLUMN!r} column (columns: {', '.join(names)})")
+        if parquet.metadata.num_rows != rows:
+            raise CollectionError(f"{path} has {parquet.metadata.num_rows} rows but its embeddings file has "
+                                  f"{rows}; the shard is incomplete, re-copy both files")
+        columns = [PATH_COLUMN] + ([CAPTION_COLUMN] if CAPTION_COLUMN in names else [])
+        table = parquet.read(columns=columns)
+    except CollectionError:
+        raise
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family for corrupt files
+        raise CollectionError(f"{path} is not a readable parquet file: {exc}") from exc
+    paths = table.column(PATH_COLUMN).to_pylist()
+    captions = table.column(CAPTION_COLUMN).to_pylist() if CAPTION_COLUMN in names else [None] * rows
+    keys = []
+    for row, raw in enumerate(paths):
+        if raw is None or not str(raw).strip():
+            raise CollectionError(f"{path} row {row} has an empty {PATH_COLUMN}; every row must name its image")
+        keys.append(catalog_key(str(raw), root))
+    return keys, [None if c is None else str(c) for c in captions]
+
+
+def catalog_key(path: str, root: Path) -> bytes:
+    """The catalog key of an imported path: URIs verbatim, relative paths resolved against ``root``."""
+    if "://" in path:
+        return os.fsencode(path)
+    return encode_path(os.path.join(root, os.path.expanduser(path)))
+
+
+def check_vectors(path: Path, vectors: np.ndarray) -> int:
+    """Check every block of ``vectors``; returns how many rows are not unit length (they get renormalised).
+
+    Raises:
+        CollectionError: a NaN or infinite value, or a zero vector (no direction to normalise to).
+    """
+    off_unit = 0
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        block = np.asarray(vectors[start:start + BLOCK_ROWS], dtype=np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise CollectionError(f"{path} row {start + int(np.argmin(finite))} has a NaN or infinite value; "
+                                  "nothing of this shard was imported")
+        norms = np.linalg.norm(block, axis=1)
+        if (norms == 0).any():
+            raise CollectionError(f"{path} row {start + int(np.argmin(norms))} is a zero vector")
+        off_unit += int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
+    return off_unit
+
+
+def check_shard(files: ShardFiles, dim: int, root: Path) -> CheckedShard:
+    """Every check on one shard, before any of it lands.
+
+    Raises:
+        CollectionError: naming the bad file and what is wrong with it.
+    """
+    vectors = open_embeddings(files.embeddings, dim)
+    keys, captions = read_metadata(files.metadata, len(vectors), root)
+    off_unit = check_vectors(files.embeddings, vectors)
+    if off_unit:
+        logger.warning("%s: %d of %d vectors were not unit length; renormalised", files.embeddings, off_unit,
+                       len(vectors))
+    return CheckedShard(files, keys, captions, vectors, off_unit)
+
+
+def unit_blocks(vectors: np.ndarray, positions: npt.NDArray[np.int64]
+                ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
+    """``(slice of positions, unit float32 rows)`` for the given row positions, a block at a time."""
+    for start in range(0, len(positions), BLOCK_ROWS):
+        chunk = positions[start:start + BLOCK_ROWS]
+        if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
+            block = np.array(vectors[chunk[0]:chunk[-1] + 1], dtype=np.float32)  # a copy: the map is read-only
+        else:
+            block = np.array(vectors[chunk], dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        yield slice(start, start + len(chunk)), block
+
+
+def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                      progress: Progress | None = None) -> ImportSummary:
+    """Import a clip-retrieval output folder into ``collection`` shard by shard, then update its index.
+
+    Args:
+        collection: an open collection; its model's dimension is the one every shard must have.
+        directory: the folder holding ``img_emb/`` and ``metadata/``.
+        root: where relative ``image_path`` values are resolved (default: ``directory``).
+        progress: ``(rows done, rows total)`` after each shard.
+
+    Returns:
+        Rows added, rows skipped as already known, shards added and skipped, vectors renormalised.
+
+    Raises:
+        CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
+            process writing to the collection.
+    """
+    from .import_writer import ensure_schema, land_shard, shard_seen, sync_index, writer_lock
+
+    source = Path(os.path.abspath(directory))
+    if not source.is_dir():
+        raise CollectionError(f"{directory} is not a folder; pass the clip-retrieval output folder to import")
+    base = Path(os.path.abspath(root)) if root is not None else source
+    shards = find_shards(source)
+    dim = collection.identity.embed_dim
+    total = sum(_rows_of(files.embeddings) for files in shards)
+    done = 0
+    counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
+    with writer_lock(collection):
+        ensure_schema(collection.catalog)
+        for files in shards:
+            fingerprint = files.fingerprint()
+            if shard_seen(collection.catalog, str(source), files.name, fingerprint):
+                counts["shards_skipped"] += 1
+            else:
+                checked = check_shard(files, dim, base)
+                added, known = land_shard(collection, checked, str(source), fingerprint)
+                counts["rows_added"] += added
+                counts["rows_known"] += known
+                counts["shards_added"] += 1
+                counts["renormalised"] += checked.renormalised
+            done += _rows_of(files.embeddings)
+            if progress is not None:
+                progress(done, total)
+        if counts["rows_added"]:
+            sync_index(collection)
+    return ImportSummary(source=str(source), **counts)
+
+
+def _rows_of(path: Path) -> int:
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except Exception:  # a broken file is reported properly by check_shard, in shard order
+        return 0
+
+
+def _pyarrow_parquet():  # noqa: ANN202 (a module)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise CollectionError("reading clip-retrieval metadata needs pyarrow: pip install 'mmretrieval[import]'"
+                              ) from exc
+    return pq
