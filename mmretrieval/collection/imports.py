@@ -223,13 +223,15 @@ def unit_blocks(vectors: np.ndarray, positions: npt.NDArray[np.int64]
 
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                      progress: Progress | None = None) -> ImportSummary:
+                      update_index: bool = True, progress: Progress | None = None) -> ImportSummary:
     """Import a clip-retrieval output folder into ``collection`` shard by shard, then update its index.
 
     Args:
         collection: an open collection; its model's dimension is the one every shard must have.
         directory: the folder holding ``img_emb/`` and ``metadata/``.
         root: where relative ``image_path`` values are resolved (default: ``directory``).
+        update_index: bring the index up to date at the end; False leaves that to the next writer or
+            ``mmr index`` (bulk loads of several folders build the index once).
         progress: ``(rows done, rows total)`` after each shard.
 
     Returns:
@@ -266,7 +268,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
             done += _rows_of(files.embeddings)
             if progress is not None:
                 progress(done, total)
-        if counts["rows_added"]:
+        if counts["rows_added"] and update_index:
             sync_index(collection)
     return ImportSummary(source=str(source), **counts)
 

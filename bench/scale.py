@@ -1,0 +1,204 @@
+"""Scale benchmark: synthetic collections of 1 M and 10 M vectors built through ``mmr import``.
+
+For each size: write clustered unit vectors as clip-retrieval shards (float16 ``img_emb_N.npy`` + parquet
+``image_path``), a shard at a time and never all in RAM, computing the exact top-10 of held-out queries
+blockwise on the way (the ground truth, over the float16-rounded vectors the collection will hold); then
+``mmr import --no-index`` (timed: vectors/s, less the start-up a re-run that skips every shard takes), delete the input shards, ``mmr index`` (timed), and finally a fresh
+serving process that opens the collection and runs the queries one at a time, reporting p50/p95 latency,
+recall@10 and its anonymous resident memory (RssAnon from /proc/self/status: page cache of memory-mapped files
+is not counted). ``mmr duplicates`` is timed too when the command exists.
+
+    nice -n 10 python bench/scale.py --sizes 1000000                        # ~minutes on 2 cores
+    nice -n 10 python bench/scale.py --sizes 10000000 --work /work/scale   # ~an hour; needs ~22 GB of disk
+    python bench/scale.py --sizes 20000 --queries 100                       # a quick check
+
+Data: ``--centres`` random unit directions; each vector is a centre plus Gaussian noise whose norm is
+``--noise`` times the centre's (1.0: as much noise as signal, a hard case where clusters overlap), normalised.
+Prints one block per size and appends it as a JSON line to ``WORK/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "ViT-B-32"  # random weights: only the identity (512-d) matters, no vector is computed by the model
+K = 10
+_CHUNK = 50_000  # vectors generated and scored per step
+
+
+def generate(folder: Path, count: int, dim: int, queries: int, centres: int, noise: float, shard_rows: int,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``count`` vectors as clip-retrieval shards; returns (queries, exact top-K row numbers per query)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from numpy.lib.format import open_memmap
+
+    rng = np.random.default_rng(seed)
+    anchors = _unit(rng.standard_normal((centres, dim), dtype=np.float32))
+    held_out = _draw(rng, anchors, queries, noise)
+    best_scores = np.full((queries, K), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((queries, K), dtype=np.int64)
+    (folder / "img_emb").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    for shard, shard_start in enumerate(range(0, count, shard_rows)):
+        rows = min(shard_rows, count - shard_start)
+        out = open_memmap(folder / "img_emb" / f"img_emb_{shard}.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
+        for start in range(0, rows, _CHUNK):
+            block = _draw(rng, anchors, min(_CHUNK, rows - start), noise).astype(np.float16)
+            out[start:start + len(block)] = block
+            stored = _unit(block.astype(np.float32))  # what the collection will hold after renormalising
+            best_scores, best_rows = _merge_top(best_scores, best_rows, held_out @ stored.T, shard_start + start)
+        out.flush()
+        del out
+        paths = pa.array([f"/synthetic/{row:09d}.jpg" for row in range(shard_start, shard_start + rows)])
+        pq.write_table(pa.table({"image_path": paths}), folder / "metadata" / f"metadata_{shard}.parquet")
+        print(f"  wrote shard {shard} ({shard_start + rows:,} / {count:,})", file=sys.stderr, flush=True)
+    return held_out, best_rows
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _draw(rng: np.random.Generator, anchors: np.ndarray, count: int, noise: float) -> np.ndarray:
+    dim = anchors.shape[1]
+    spread = rng.standard_normal((count, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
+    return _unit(anchors[rng.integers(0, len(anchors), count)] + spread)
+
+
+def _merge_top(best_scores: np.ndarray, best_rows: np.ndarray, scores: np.ndarray, offset: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    top = np.argpartition(-scores, K, axis=1)[:, :K] if scores.shape[1] > K else np.argsort(-scores, axis=1)
+    scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], 1)
+    rows = np.concatenate([best_rows, top + offset], 1)
+    order = np.argsort(-scores, axis=1)[:, :K]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def _mmr(*args: str) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "mmretrieval.cli", *args], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"mmr {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return elapsed, result
+
+
+_SERVE = r"""
+import json, sys, time
+import numpy as np
+started = time.perf_counter()
+from mmretrieval.collection.collection import Collection
+
+def rss_anon_mib():
+    for line in open('/proc/self/status'):
+        if line.startswith('RssAnon'):
+            return int(line.split()[1]) / 1024
+
+collection = Collection.open(sys.argv[1])
+opened_s = time.perf_counter() - started
+queries = np.load(sys.argv[2])
+truth = np.load(sys.argv[3])
+search = getattr(collection, 'search_vector', None) or (lambda v, k: collection._nearest(v, k, None, None, None))
+for query in queries[:20]:  # warm-up: first touches of the maps and the index
+    search(query, 10)
+latencies, hits = [], 0
+for query, expected in zip(queries, truth):
+    t = time.perf_counter()
+    found = search(query, 10)
+    latencies.append((time.perf_counter() - t) * 1000)
+    rows = {int(hit.path.rsplit('/', 1)[1][:9]) for hit in found}
+    hits += len(rows & set(expected.tolist()))
+print(json.dumps({"open_s": opened_s, "p50_ms": float(np.percentile(latencies, 50)),
+                  "p95_ms": float(np.percentile(latencies, 95)), "recall_at_10": hits / (10 * len(queries)),
+                  "rss_anon_mib": rss_anon_mib(), "info": collection.info().to_dict()}, default=str))
+"""
+
+
+def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
+    """Generate, import, index, serve one size; returns the figures."""
+    base = work / f"n{count}"
+    if base.exists():
+        shutil.rmtree(base)
+    emb, col = base / "emb", base / "col"
+    started = time.perf_counter()
+    queries, truth = generate(emb, count, args.dim, args.queries, args.centres, args.noise, args.shard_rows)
+    generate_s = time.perf_counter() - started
+    np.save(base / "queries.npy", queries)
+    np.save(base / "truth.npy", truth)
+    _create_collection(col)
+    import_s, result = _mmr("import", str(emb), "--collection", str(col), "--no-index", "--json")
+    summary = json.loads(result.stdout)
+    startup_s, _ = _mmr("import", str(emb), "--collection", str(col), "--no-index")  # skips every shard: start-up
+    if not args.keep_inputs:
+        shutil.rmtree(emb)
+    index_s, result = _mmr("index", "--collection", str(col))
+    figures = {"vectors": count, "dim": args.dim, "generate_s": round(generate_s, 1),
+               "import_s": round(import_s, 1), "startup_s": round(startup_s, 1),
+               "import_vectors_per_s": round(summary["rows_added"] / max(import_s - startup_s, 1e-3)),
+               "index_build_s": round(index_s, 1), "index_note": result.stderr.strip()[-300:]}
+    serve = subprocess.run([sys.executable, "-c", _SERVE, str(col), str(base / "queries.npy"),
+                            str(base / "truth.npy")], capture_output=True, text=True)
+    if serve.returncode != 0:
+        raise SystemExit(f"serving probe failed: {serve.stderr[-2000:]}")
+    figures.update(json.loads(serve.stdout.strip().splitlines()[-1]))
+    figures["duplicates_s"] = _time_duplicates(col)
+    figures["disk_bytes"] = sum(p.stat().st_size for p in col.rglob("*") if p.is_file())
+    return figures
+
+
+def _create_collection(col: Path) -> None:
+    """An empty collection of the benchmark's model (not timed: loading the model is not the import's work)."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.models.encoder import load_encoder
+
+    Collection.open(col, model=load_encoder(MODEL, device="cpu"), create=True).close()
+
+
+def _time_duplicates(col: Path) -> float | None:
+    from mmretrieval.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
+    if "duplicates" not in commands:
+        return None
+    elapsed, _ = _mmr("duplicates", "--collection", str(col))
+    return round(elapsed, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000", help="comma-separated collection sizes")
+    parser.add_argument("--dim", type=int, default=512, help="vector dimension (ViT-B-32 makes 512)")
+    parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    parser.add_argument("--centres", type=int, default=4000, help="cluster centres")
+    parser.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the centre's (1 = hard)")
+    parser.add_argument("--shard-rows", type=int, default=500_000, help="rows per clip-retrieval shard")
+    parser.add_argument("--work", default="/tmp/mmr-scale", help="working folder (inputs, collections, results)")
+    parser.add_argument("--keep-inputs", action="store_true", help="keep the input shards after importing")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for count in (int(size) for size in args.sizes.split(",")):
+        figures = run_size(work, count, args)
+        info = figures.pop("info", {})
+        figures["index"] = {key: info.get(key) for key in ("index_type", "index_params", "index_vectors")}
+        with open(work / "results.jsonl", "a") as results:
+            results.write(json.dumps(figures) + "\n")
+        print(f"== {count:,} x {args.dim}")
+        for key, value in figures.items():
+            print(f"  {key:22s} {value}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
