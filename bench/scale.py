@@ -37,51 +37,52 @@ _CHUNK = 50_000  # vectors generated and scored per step
 
 def generate(folder: Path, count: int, dim: int, queries: int, centres: int, noise: float, shard_rows: int,
              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``count`` vectors as clip-retrieval shards; returns (queries, exact top-K row numbers per query)."""
+    """Write ``count`` vectors as clip-retrieval shards; returns (queries, exact top-K row numbers per query).
+
+    torch, not numpy, draws and scores the vectors: its randn, matmul and topk are 3-5x faster on this machine.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
     from numpy.lib.format import open_memmap
 
-    rng = np.random.default_rng(seed)
-    anchors = _unit(rng.standard_normal((centres, dim), dtype=np.float32))
-    held_out = _draw(rng, anchors, queries, noise)
-    best_scores = np.full((queries, K), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((queries, K), dtype=np.int64)
+    generator = torch.Generator().manual_seed(seed)
+    anchors = _unit(torch.randn(centres, dim, generator=generator))
+    held_out = _draw(generator, anchors, queries, noise)
+    best_scores = torch.full((queries, K), -float("inf"))
+    best_rows = torch.zeros((queries, K), dtype=torch.int64)
     (folder / "img_emb").mkdir(parents=True, exist_ok=True)
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
     for shard, shard_start in enumerate(range(0, count, shard_rows)):
         rows = min(shard_rows, count - shard_start)
         out = open_memmap(folder / "img_emb" / f"img_emb_{shard}.npy", mode="w+", dtype=np.float16, shape=(rows, dim))
         for start in range(0, rows, _CHUNK):
-            block = _draw(rng, anchors, min(_CHUNK, rows - start), noise).astype(np.float16)
-            out[start:start + len(block)] = block
-            stored = _unit(block.astype(np.float32))  # what the collection will hold after renormalising
-            best_scores, best_rows = _merge_top(best_scores, best_rows, held_out @ stored.T, shard_start + start)
+            block = _draw(generator, anchors, min(_CHUNK, rows - start), noise).half()
+            out[start:start + len(block)] = block.numpy()
+            stored = _unit(block.float())  # what the collection will hold after renormalising
+            scores, top = torch.topk(held_out @ stored.T, min(K, len(stored)), dim=1)
+            merged_scores = torch.cat([best_scores, scores], 1)
+            merged_rows = torch.cat([best_rows, top + shard_start + start], 1)
+            best_scores, order = torch.topk(merged_scores, K, dim=1)
+            best_rows = torch.gather(merged_rows, 1, order)
         out.flush()
         del out
         paths = pa.array([f"/synthetic/{row:09d}.jpg" for row in range(shard_start, shard_start + rows)])
         pq.write_table(pa.table({"image_path": paths}), folder / "metadata" / f"metadata_{shard}.parquet")
         print(f"  wrote shard {shard} ({shard_start + rows:,} / {count:,})", file=sys.stderr, flush=True)
-    return held_out, best_rows
+    return held_out.numpy(), best_rows.numpy()
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def _unit(vectors):  # noqa: ANN001, ANN202 (torch tensors; torch is imported lazily)
+    return vectors / vectors.norm(dim=1, keepdim=True)
 
 
-def _draw(rng: np.random.Generator, anchors: np.ndarray, count: int, noise: float) -> np.ndarray:
+def _draw(generator, anchors, count: int, noise: float):  # noqa: ANN001, ANN202
+    import torch
+
     dim = anchors.shape[1]
-    spread = rng.standard_normal((count, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
-    return _unit(anchors[rng.integers(0, len(anchors), count)] + spread)
-
-
-def _merge_top(best_scores: np.ndarray, best_rows: np.ndarray, scores: np.ndarray, offset: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    top = np.argpartition(-scores, K, axis=1)[:, :K] if scores.shape[1] > K else np.argsort(-scores, axis=1)
-    scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], 1)
-    rows = np.concatenate([best_rows, top + offset], 1)
-    order = np.argsort(-scores, axis=1)[:, :K]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    picked = anchors[torch.randint(0, len(anchors), (count,), generator=generator)]
+    return _unit(picked + torch.randn(count, dim, generator=generator) * (noise / dim ** 0.5))
 
 
 def _mmr(*args: str) -> tuple[float, subprocess.CompletedProcess]:
