@@ -73,7 +73,7 @@ def test_import_lands_every_row_with_captions_and_unit_vectors(tmp_path, collect
     by_path = stored(collection)
     assert len(by_path) == 150
     np.testing.assert_allclose(by_path["/gone/photos/s1_7.jpg"], vectors[57], atol=2e-3)
-    np.testing.assert_allclose(np.linalg.norm(np.stack(list(by_path.values())), axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.stack(list(by_path.values())), axis=1), 1, atol=1e-3)  # stored as float16
     assert collection.catalog.counts_by_status() == {"ok": 150}
     hit = collection.similar("/gone/photos/s2_0.jpg", k=1)[0]
     assert hit.caption is not None and hit.caption.startswith("caption ")
@@ -113,7 +113,7 @@ def test_non_unit_vectors_are_renormalised_and_counted(tmp_path, collection):
     write_shard(tmp_path / "emb", 0, [f"/x/{i}.jpg" for i in range(20)], vectors)
     summary = import_embeddings(collection, tmp_path / "emb")
     assert summary.renormalised == 7
-    np.testing.assert_allclose(np.linalg.norm(collection.vectors()[1], axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(collection.vectors()[1], axis=1), 1, atol=1e-3)  # stored as float16
 
 
 def _corrupt(kind: str, folder: Path, rng: np.random.Generator) -> Path:

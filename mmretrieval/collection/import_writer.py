@@ -1,7 +1,9 @@
 """Landing checked import shards in a collection: one catalog transaction per shard, with its provenance.
 
-:mod:`.imports` reads and checks shards; this module writes them. A shard's rows, their vectors, the shard record
-and the per-row provenance commit together or not at all, so a process killed at any moment leaves each shard
+:mod:`.imports` reads and checks shards; this module writes them. A shard's vectors are appended (and fsynced) to
+the collection's active segment first; its rows, their places in the segments, the shard record and the per-row
+provenance then commit in one transaction, together or not at all (appended bytes of a shard that never
+committed are unreferenced waste, which compaction reclaims), so a process killed at any moment leaves each shard
 whole or absent, and a re-run (which skips recorded shards and known paths) neither loses nor duplicates rows.
 Writers hold the collection's ingest lock, so an import and an ingest never interleave.
 """
@@ -83,6 +85,7 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
     from .imports import unit_blocks
 
     catalog = collection.catalog
+    catalog._ensure_store(collection.identity.embed_dim)  # the first vectors of a new collection make its store
     with catalog.transaction() as db:
         db.execute(_BATCH_TABLE)
         db.execute("DELETE FROM import_batch")
@@ -98,11 +101,16 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
         _, first = np.unique(pairs[:, 1], return_index=True)  # a path twice in the shard: its first row
         pairs = pairs[np.sort(first)]
         positions, ids = pairs[:, 0], pairs[:, 1]
-        generation = int(catalog.get_meta("generation") or 0) + 1
-        catalog.set_meta("generation", str(generation))
+        generation = catalog._bump_generation()
+        places = []
         for rows, block in unit_blocks(shard.vectors, positions):
-            db.executemany("INSERT INTO vectors(image_id, generation, embedding) VALUES (?, ?, ?)",
-                           zip(ids[rows].tolist(), [generation] * len(block), (row.tobytes() for row in block)))
+            # bytes first (fsynced), places in this same transaction: a kill before COMMIT leaves only waste
+            number, first = catalog.segments.append(ids[rows], block)
+            places.append((ids[rows], number, first))
+        for block_ids, number, first in places:
+            db.executemany("INSERT INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
+                           ((image_id, generation, number, first + row)
+                            for row, image_id in enumerate(block_ids.tolist())))
         known = len(shard.keys) - len(ids)
         shard_id = db.execute(
             "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
