@@ -126,22 +126,30 @@ print(json.dumps({"open_s": opened_s, "p50_ms": float(np.percentile(latencies, 5
 
 
 def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
-    """Generate, import, index, serve one size; returns the figures."""
+    """Generate (unless a complete earlier generation is there), import, index, serve one size."""
     base = work / f"n{count}"
-    if base.exists():
-        shutil.rmtree(base)
     emb, col = base / "emb", base / "col"
-    started = time.perf_counter()
-    queries, truth = generate(emb, count, args.dim, args.queries, args.centres, args.noise, args.shard_rows)
-    generate_s = time.perf_counter() - started
-    np.save(base / "queries.npy", queries)
-    np.save(base / "truth.npy", truth)
+    done_marker = base / "generated.json"
+    if not done_marker.is_file():
+        if base.exists():
+            shutil.rmtree(base)
+        started = time.perf_counter()
+        queries, truth = generate(emb, count, args.dim, args.queries, args.centres, args.noise, args.shard_rows)
+        np.save(base / "queries.npy", queries)
+        np.save(base / "truth.npy", truth)
+        done_marker.write_text(json.dumps({"generate_s": round(time.perf_counter() - started, 1)}))
+    if args.generate_only:
+        return json.loads(done_marker.read_text())
+    generate_s = json.loads(done_marker.read_text())["generate_s"]
+    if col.exists():
+        shutil.rmtree(col)
     _create_collection(col)
     import_s, result = _mmr("import", str(emb), "--collection", str(col), "--no-index", "--json")
     summary = json.loads(result.stdout)
     startup_s, _ = _mmr("import", str(emb), "--collection", str(col), "--no-index")  # skips every shard: start-up
     if not args.keep_inputs:
         shutil.rmtree(emb)
+        done_marker.unlink()
     index_s, result = _mmr("index", "--collection", str(col))
     figures = {"vectors": count, "dim": args.dim, "generate_s": round(generate_s, 1),
                "import_s": round(import_s, 1), "startup_s": round(startup_s, 1),
@@ -185,11 +193,16 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=500_000, help="rows per clip-retrieval shard")
     parser.add_argument("--work", default="/tmp/mmr-scale", help="working folder (inputs, collections, results)")
     parser.add_argument("--keep-inputs", action="store_true", help="keep the input shards after importing")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only write the inputs and ground truth (a later run without it reuses them)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     for count in (int(size) for size in args.sizes.split(",")):
         figures = run_size(work, count, args)
+        if args.generate_only:
+            print(f"== {count:,} x {args.dim} generated: {figures}")
+            continue
         info = figures.pop("info", {})
         figures["index"] = {key: info.get(key) for key in ("index_type", "index_params", "index_vectors")}
         with open(work / "results.jsonl", "a") as results:
