@@ -233,3 +233,23 @@ def test_sigkill_during_import_then_rerun_loses_and_duplicates_nothing(tmp_path,
         np.testing.assert_allclose(by_path["/gone/photos/s11_2999.jpg"], vectors[-1], atol=2e-3)
         assert collection.catalog.counts_by_status() == {"ok": 36000}
         assert sum(source.rows for source in provenance(collection.catalog)) == 36000
+
+
+def test_import_another_collections_segments_live_rows_only(tmp_path, collection, tiny_encoder, shapes_encoder):
+    vectors = make_folder(tmp_path / "emb", shards=2, rows=30)
+    with Collection.open(tmp_path / "other", model=tiny_encoder, create=True) as other:
+        import_embeddings(other, tmp_path / "emb")
+        with other.catalog.transaction() as db:  # a deleted row leaves a tombstone in its segment
+            db.execute("DELETE FROM images WHERE path = ?", (b"/gone/photos/s0_4.jpg",))
+    summary = import_embeddings(collection, tmp_path / "other")
+    assert (summary.rows_added, summary.rows_known) == (59, 0)
+    by_path = stored(collection)
+    assert "/gone/photos/s0_4.jpg" not in by_path and len(by_path) == 59
+    np.testing.assert_allclose(by_path["/gone/photos/s1_29.jpg"], vectors[59], atol=2e-3)
+    assert collection.similar("/gone/photos/s1_2.jpg", k=1)[0].caption.startswith("caption 1 ")
+    assert import_embeddings(collection, tmp_path / "other").shards_skipped >= 1
+    with Collection.open(tmp_path / "shapes", model=shapes_encoder, create=True) as foreign:
+        with pytest.raises(CollectionError, match="same model"):
+            import_embeddings(foreign, tmp_path / "other")
+        with pytest.raises(CollectionError, match="the collection itself"):
+            import_embeddings(foreign, tmp_path / "shapes")

@@ -115,11 +115,11 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
         shard_id = db.execute(
             "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (source, shard.files.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
+            (source, shard.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
         db.executemany("INSERT INTO imported_rows(image_id, shard_id) VALUES (?, ?)",
                        ((image_id, shard_id) for image_id in ids.tolist()))
         db.execute("DELETE FROM import_batch")
-    logger.info("imported %s: %d rows added, %d already known", shard.files.embeddings, len(ids), known)
+    logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
     return len(ids), known
 
 

@@ -1,8 +1,13 @@
 """Importing precomputed embeddings into a collection, without re-embedding anything.
 
-Layout read: clip-retrieval's output folder, ``img_emb/img_emb_N.npy`` (``(rows, dim)`` float16/32/64) next to
-``metadata/metadata_N.parquet`` (an ``image_path`` column and an optional ``caption`` column), shard ``N``
-matched by number.
+Layouts read:
+
+- clip-retrieval's output folder, ``img_emb/img_emb_N.npy`` (``(rows, dim)`` float16/32/64) next to
+  ``metadata/metadata_N.parquet`` (an ``image_path`` column and an optional ``caption`` column), shard ``N``
+  matched by number;
+- this project's own layout: another collection's folder (``catalog.sqlite`` + ``segments/``), one shard per
+  segment, its live rows only (:mod:`.import_segments`). Its model must be this collection's model (same key),
+  which is a stronger check than the dimension.
 
 Each shard is checked whole before any of it lands: the embedding file opens (a truncated ``.npy`` does not),
 its dimension is the collection model's, the parquet has as many rows as the ``.npy``, every value is finite,
@@ -28,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +52,21 @@ UNIT_TOLERANCE = 2e-3  # |norm - 1| above this counts as "not unit" (float16 inp
 PATH_COLUMN = "image_path"
 CAPTION_COLUMN = "caption"
 _SHARD_NAME = re.compile(r"img_emb_(\d+)\.npy$")
+class Shard(Protocol):
+    """One unit of an import: checked whole, landed in one transaction, recorded by name and fingerprint."""
+
+    name: str  # unique within its source, e.g. img_emb_3 or segment-000002
+
+    def fingerprint(self) -> str:
+        """Changes when the shard's content does (a rewritten shard is a new shard)."""
+
+    def rows(self) -> int:
+        """Rows it holds (0 when that cannot be known before checking it)."""
+
+    def check(self, dim: int, root: Path) -> "CheckedShard":
+        """Read and check it all. Raises CollectionError naming the bad file and the fault."""
+
+
 @dataclass(frozen=True)
 class ShardFiles:
     """The two files of one clip-retrieval shard."""
@@ -56,22 +76,32 @@ class ShardFiles:
     metadata: Path  # metadata/metadata_N.parquet
 
     def fingerprint(self) -> str:
-        """Sizes and mtimes of both files: a rewritten shard is a new shard."""
+        """Sizes and mtimes of both files."""
         parts = []
         for path in (self.embeddings, self.metadata):
             info = path.stat()
             parts.append(f"{info.st_size}:{info.st_mtime_ns}")
         return "/".join(parts)
 
+    def rows(self) -> int:
+        try:
+            return int(np.load(self.embeddings, mmap_mode="r", allow_pickle=False).shape[0])
+        except Exception:  # a broken file is reported properly by check(), in shard order
+            return 0
+
+    def check(self, dim: int, root: Path) -> "CheckedShard":
+        return check_shard(self, dim, root)
+
 
 @dataclass(frozen=True)
 class CheckedShard:
     """A shard that passed every check: its rows' catalog keys and captions, and the mapped vectors."""
 
-    files: ShardFiles
+    name: str
+    file: Path  # the vectors' file, for log lines
     keys: list[bytes]  # catalog path keys, in row order
     captions: list[str | None]
-    vectors: np.ndarray  # (rows, dim) memory map, any float dtype
+    vectors: Any  # (rows, dim), any float dtype, sliceable and indexable by a position array (a memory map)
     renormalised: int  # rows whose norm was off by more than UNIT_TOLERANCE
 
 
@@ -174,7 +204,7 @@ def catalog_key(path: str, root: Path) -> bytes:
     return encode_path(os.path.join(root, os.path.expanduser(path)))
 
 
-def check_vectors(path: Path, vectors: np.ndarray) -> int:
+def check_vectors(path: Path, vectors: Any) -> int:
     """Check every block of ``vectors``; returns how many rows are not unit length (they get renormalised).
 
     Raises:
@@ -206,10 +236,10 @@ def check_shard(files: ShardFiles, dim: int, root: Path) -> CheckedShard:
     if off_unit:
         logger.warning("%s: %d of %d vectors were not unit length; renormalised", files.embeddings, off_unit,
                        len(vectors))
-    return CheckedShard(files, keys, captions, vectors, off_unit)
+    return CheckedShard(files.name, files.embeddings, keys, captions, vectors, off_unit)
 
 
-def unit_blocks(vectors: np.ndarray, positions: npt.NDArray[np.int64]
+def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]
                 ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
     """``(slice of positions, unit float32 rows)`` for the given row positions, a block at a time."""
     for start in range(0, len(positions), BLOCK_ROWS):
@@ -245,27 +275,26 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
 
     source = Path(os.path.abspath(directory))
     if not source.is_dir():
-        raise CollectionError(f"{directory} is not a folder; pass the clip-retrieval output folder to import")
+        raise CollectionError(f"{directory} is not a folder; pass a clip-retrieval output folder or a collection")
     base = Path(os.path.abspath(root)) if root is not None else source
-    shards = find_shards(source)
-    dim = collection.identity.embed_dim
-    total = sum(_rows_of(files.embeddings) for files in shards)
+    shards = _find_any(source, collection)
+    total = sum(shard.rows() for shard in shards)
     done = 0
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
     with writer_lock(collection):
         ensure_schema(collection.catalog)
-        for files in shards:
-            fingerprint = files.fingerprint()
-            if shard_seen(collection.catalog, str(source), files.name, fingerprint):
+        for shard in shards:
+            fingerprint = shard.fingerprint()
+            if shard_seen(collection.catalog, str(source), shard.name, fingerprint):
                 counts["shards_skipped"] += 1
             else:
-                checked = check_shard(files, dim, base)
+                checked = shard.check(collection.identity.embed_dim, base)
                 added, known = land_shard(collection, checked, str(source), fingerprint)
                 counts["rows_added"] += added
                 counts["rows_known"] += known
                 counts["shards_added"] += 1
                 counts["renormalised"] += checked.renormalised
-            done += _rows_of(files.embeddings)
+            done += shard.rows()
             if progress is not None:
                 progress(done, total)
         if counts["rows_added"] and update_index:
@@ -273,11 +302,17 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     return ImportSummary(source=str(source), **counts)
 
 
-def _rows_of(path: Path) -> int:
-    try:
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-    except Exception:  # a broken file is reported properly by check_shard, in shard order
-        return 0
+def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
+    from .collection import CATALOG_NAME
+
+    if (source / CATALOG_NAME).is_file():
+        from .import_segments import find_segment_shards
+
+        if source == collection.directory:
+            raise CollectionError(f"{source} is the collection itself; import from another collection's folder")
+
+        return find_segment_shards(source, collection.identity)
+    return find_shards(source)
 
 
 def _pyarrow_parquet():  # noqa: ANN202 (a module)
