@@ -173,7 +173,7 @@ def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, c
                  "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows_added"] == 40
-    assert "imported 40 vectors from 2 shard(s)" in captured.err
+    assert "imported 40 vectors from 2 shard(s) in " in captured.err
     assert main(["info", "--collection", collection, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["imported"] == {str(tmp_path / "emb"): 40} and info["vectors"] == 40

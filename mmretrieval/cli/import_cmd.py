@@ -45,7 +45,9 @@ def _import(args: argparse.Namespace) -> int:
                                         update_index=not args.no_index, progress=progress)
     if args.json:
         print(json.dumps(asdict(summary)))
-    print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s), skipped "
+    rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
+          f"({rate:,.0f}/s), skipped "
           f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
           f"renormalised {summary.renormalised}", file=sys.stderr)
     return 0

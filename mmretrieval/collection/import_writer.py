@@ -11,6 +11,7 @@ Writers hold the collection's ingest lock, so an import and an ingest never inte
 from __future__ import annotations
 
 import logging
+from itertools import repeat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
@@ -42,7 +43,6 @@ CREATE TABLE IF NOT EXISTS imported_rows (
     shard_id INTEGER NOT NULL REFERENCES import_shards(id)
 )
 """
-_BATCH_TABLE = "CREATE TEMP TABLE IF NOT EXISTS import_batch (pos INTEGER PRIMARY KEY, path BLOB NOT NULL, caption TEXT)"
 
 
 @dataclass(frozen=True)
@@ -81,46 +81,45 @@ def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> b
 
 
 def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fingerprint: str) -> tuple[int, int]:
-    """Add a checked shard's new rows, vectors and provenance in one transaction; returns (added, known)."""
-    from .imports import unit_blocks
+    """Add a checked shard's new rows, vectors and provenance in one transaction; returns (added, known).
 
+    New rows are those with ids above the ``AUTOINCREMENT`` sequence as it was when the transaction began (ids
+    are never reused; an ignored insert may use one up, so they need not be consecutive).
+    """
     catalog = collection.catalog
     catalog._ensure_store(collection.identity.embed_dim)  # the first vectors of a new collection make its store
     with catalog.transaction() as db:
-        db.execute(_BATCH_TABLE)
-        db.execute("DELETE FROM import_batch")
-        db.executemany("INSERT INTO import_batch(pos, path, caption) VALUES (?, ?, ?)",
-                       zip(range(len(shard.keys)), shard.keys, shard.captions))
-        before = db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
+        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+        base = int(last[0]) if last else 0
         # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
-        db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) "
-                   "SELECT path, 0, 0, 'ok', caption FROM import_batch ORDER BY pos")
-        pairs = np.array(db.execute(
-            "SELECT b.pos, i.id FROM import_batch b JOIN images i ON i.path = b.path WHERE i.id > ? ORDER BY b.pos",
-            (before,)).fetchall(), dtype=np.int64).reshape(-1, 2)
-        _, first = np.unique(pairs[:, 1], return_index=True)  # a path twice in the shard: its first row
-        pairs = pairs[np.sort(first)]
-        positions, ids = pairs[:, 0], pairs[:, 1]
+        db.executemany("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) VALUES (?, 0, 0, 'ok', ?)",
+                       zip(shard.keys, shard.captions))
+        added = db.execute("SELECT id, path FROM images WHERE id > ? ORDER BY id", (base,)).fetchall()
+        first_of = {key: pos for pos, key in reversed(list(enumerate(shard.keys)))}
+        ids = np.fromiter((row[0] for row in added), dtype=np.int64, count=len(added))
+        positions = np.fromiter((first_of[row[1]] for row in added), dtype=np.int64, count=len(added))
         generation = catalog._bump_generation()
-        places = []
-        for rows, block in unit_blocks(shard.vectors, positions):
+        for rows, block in _unit_blocks(shard.vectors, positions, shard.renormalised > 0):
             # bytes first (fsynced), places in this same transaction: a kill before COMMIT leaves only waste
             number, first = catalog.segments.append(ids[rows], block)
-            places.append((ids[rows], number, first))
-        for block_ids, number, first in places:
             db.executemany("INSERT INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
-                           ((image_id, generation, number, first + row)
-                            for row, image_id in enumerate(block_ids.tolist())))
-        known = len(shard.keys) - len(ids)
+                           zip(ids[rows].tolist(), repeat(generation), repeat(number),
+                               range(first, first + len(block))))
+        known = len(shard.keys) - len(added)
         shard_id = db.execute(
             "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (source, shard.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
-        db.executemany("INSERT INTO imported_rows(image_id, shard_id) VALUES (?, ?)",
-                       ((image_id, shard_id) for image_id in ids.tolist()))
-        db.execute("DELETE FROM import_batch")
-    logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
-    return len(ids), known
+            (source, shard.name, fingerprint, len(added), known, shard.renormalised)).lastrowid
+        db.execute("INSERT INTO imported_rows(image_id, shard_id) SELECT id, ? FROM images WHERE id > ?",
+                   (shard_id, base))
+    logger.info("imported %s: %d rows added, %d already known", shard.file, len(added), known)
+    return len(added), known
+
+
+def _unit_blocks(vectors, positions, renormalise):  # noqa: ANN001, ANN202
+    from .imports import unit_blocks
+
+    return unit_blocks(vectors, positions, renormalise)
 
 
 def sync_index(collection: "Collection") -> None:

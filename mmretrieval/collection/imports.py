@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
@@ -115,6 +116,7 @@ class ImportSummary:
     shards_added: int = 0
     shards_skipped: int = 0  # imported by an earlier run (same files)
     renormalised: int = 0
+    elapsed_s: float = 0.0  # wall time of the import itself (opening the collection not included)
 
 
 def find_shards(directory: str | os.PathLike) -> list[ShardFiles]:
@@ -187,14 +189,27 @@ def read_metadata(path: Path, rows: int, root: Path) -> tuple[list[bytes], list[
         raise
     except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family for corrupt files
         raise CollectionError(f"{path} is not a readable parquet file: {exc}") from exc
-    paths = table.column(PATH_COLUMN).to_pylist()
     captions = table.column(CAPTION_COLUMN).to_pylist() if CAPTION_COLUMN in names else [None] * rows
-    keys = []
-    for row, raw in enumerate(paths):
-        if raw is None or not str(raw).strip():
-            raise CollectionError(f"{path} row {row} has an empty {PATH_COLUMN}; every row must name its image")
-        keys.append(catalog_key(str(raw), root))
-    return keys, [None if c is None else str(c) for c in captions]
+    return _keys_of(path, table.column(PATH_COLUMN), root), captions
+
+
+def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
+    """Catalog keys of a parquet path column: the common case (absolute, normal) in pyarrow, the rest one by one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    strings = column.cast(pa.string())
+    empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0), True)
+    if pc.any(empty).as_py():
+        row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+        raise CollectionError(f"{path} row {row} has an empty {PATH_COLUMN}; every row must name its image")
+    # already what encode_path would make: absolute, no ".", "..", "//" or trailing "/" to normalise away
+    plain = pc.and_(pc.starts_with(strings, "/"),
+                    pc.invert(pc.match_substring_regex(strings, r"(^|/)\.\.?(/|$)|//|/$")))
+    keys = strings.cast(pa.binary()).to_pylist()  # UTF-8 bytes, which is what os.fsencode makes of them
+    for row in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)).tolist():
+        keys[row] = catalog_key(keys[row].decode("utf-8"), root)
+    return keys
 
 
 def catalog_key(path: str, root: Path) -> bytes:
@@ -213,14 +228,14 @@ def check_vectors(path: Path, vectors: Any) -> int:
     off_unit = 0
     for start in range(0, len(vectors), BLOCK_ROWS):
         block = np.asarray(vectors[start:start + BLOCK_ROWS], dtype=np.float32)
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            raise CollectionError(f"{path} row {start + int(np.argmin(finite))} has a NaN or infinite value; "
-                                  "nothing of this shard was imported")
-        norms = np.linalg.norm(block, axis=1)
-        if (norms == 0).any():
-            raise CollectionError(f"{path} row {start + int(np.argmin(norms))} is a zero vector")
-        off_unit += int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
+        squares = np.einsum("ij,ij->i", block, block)  # NaN or inf anywhere in a row makes its sum so
+        if not np.isfinite(squares).all():
+            row = int(np.argmin(np.isfinite(block).all(axis=1)))
+            raise CollectionError(f"{path} row {start + row} has a NaN or infinite value (or one too large to "
+                                  "square); nothing of this shard was imported")
+        if (squares == 0).any():
+            raise CollectionError(f"{path} row {start + int(np.argmin(squares))} is a zero vector")
+        off_unit += int((np.abs(np.sqrt(squares) - 1) > UNIT_TOLERANCE).sum())
     return off_unit
 
 
@@ -239,16 +254,23 @@ def check_shard(files: ShardFiles, dim: int, root: Path) -> CheckedShard:
     return CheckedShard(files.name, files.embeddings, keys, captions, vectors, off_unit)
 
 
-def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]
-                ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
-    """``(slice of positions, unit float32 rows)`` for the given row positions, a block at a time."""
+def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: bool = True
+                ) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(slice of positions, rows)`` for the given row positions, a block at a time.
+
+    With ``renormalise`` the rows are float32 and unit length; without it (every row was unit within
+    :data:`UNIT_TOLERANCE`) they come in the input's own dtype, which saves a conversion when it is the
+    collection's (float16 into float16).
+    """
     for start in range(0, len(positions), BLOCK_ROWS):
         chunk = positions[start:start + BLOCK_ROWS]
         if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
-            block = np.array(vectors[chunk[0]:chunk[-1] + 1], dtype=np.float32)  # a copy: the map is read-only
+            block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
         else:
-            block = np.array(vectors[chunk], dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
+            block = np.asarray(vectors[chunk])
+        if renormalise:
+            block = block.astype(np.float32)  # a copy: the map is read-only
+            block /= np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
         yield slice(start, start + len(chunk)), block
 
 
@@ -273,6 +295,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     """
     from .import_writer import ensure_schema, land_shard, shard_seen, sync_index, writer_lock
 
+    started = time.perf_counter()
     source = Path(os.path.abspath(directory))
     if not source.is_dir():
         raise CollectionError(f"{directory} is not a folder; pass a clip-retrieval output folder or a collection")
@@ -299,7 +322,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                 progress(done, total)
         if counts["rows_added"] and update_index:
             sync_index(collection)
-    return ImportSummary(source=str(source), **counts)
+    return ImportSummary(source=str(source), elapsed_s=round(time.perf_counter() - started, 3), **counts)
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
