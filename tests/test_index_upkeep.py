@@ -187,3 +187,37 @@ def test_prune_touches_only_the_sources_given_and_refuses_a_missing_root(tmp_pat
             col.ingest([tmp_path / "B"], workers=0, prune=True)
         assert col.catalog.counts_by_status() == {"ok": 6} and col.catalog.generation == generation
     assert main(["ingest", str(tmp_path / "B"), "--collection", str(tmp_path / "col"), "--prune"]) == 2
+
+
+def test_cli_compact_auto_compaction_and_index_options(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from test_ingest import scene_jpeg
+
+    paths = write_good_images(tmp_path / "photos", 6)
+    collection = str(tmp_path / "col")
+    base = ["--collection", collection, "--workers", "0"]
+    assert main(["ingest", str(tmp_path / "photos"), *base, "--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    for path in paths[:3]:
+        path.unlink()
+    assert main(["ingest", str(tmp_path / "photos"), *base, "--prune"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vectors"] == 3 and info["waste_ratio"] == 0.0  # 50% dead: the writer compacted on its way out
+    paths[3].write_bytes(scene_jpeg(40))
+    os.utime(paths[3], ns=(10**18, 10**18))
+    assert main(["ingest", str(tmp_path / "photos"), *base]) == 0  # one re-embedded: 25% dead, left for later
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["waste_ratio"] == 0.25
+    assert main(["compact", "--collection", collection]) == 0
+    assert "2 vectors kept, 1 dead rows reclaimed" in capsys.readouterr().err  # only the segment with waste
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["waste_ratio"] == 0.0 and info["stored_rows"] == 3 and info["vector_dtype"] == "float16"
+    assert main(["index", "--collection", collection, "--type", "ivfpq", "--memory-budget", "1M"]) == 0
+    assert "built flat index over 3 vectors" in capsys.readouterr().err  # too few to train: noted, flat
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error
+        main(["index", "--collection", collection, "--memory-budget", "lots"])
+    assert exited.value.code == 2 and "not a size" in capsys.readouterr().err

@@ -259,18 +259,23 @@ class Collection:
             return compact(self.catalog, min_waste_ratio, progress)
 
     # -- index ------------------------------------------------------------------------------------------------
-    def rebuild_index(self, index_type: str = "auto", **params: int | None) -> Manifest:
-        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size.
+    def rebuild_index(self, index_type: str = "auto", *, memory_budget_bytes: int | None = None,
+                      recall_target: float | None = None, **params: int | None) -> Manifest:
+        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size and memory.
 
-        The type and parameters are remembered: automatic rebuilds (after removals from HNSW, a lost or
-        corrupt index file) use them too.
+        The type, parameters, memory budget and recall target are remembered: automatic rebuilds (after
+        removals from HNSW, a lost or corrupt index file) use them too.
 
         Raises:
-            CollectionError: an unknown index type, or a parameter below 1.
+            CollectionError: an unknown index type, a parameter below 1, a read-only collection, or another
+                writer at work.
         """
+        if recall_target is not None and not 0 < recall_target <= 1:
+            raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
+        policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(f"another process is writing {self.directory}; run mmr index when it is done"):
             with self._lock:
-                return self._indexes.rebuild(index_type, **params)
+                return self._indexes.rebuild(index_type, policy, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
