@@ -29,8 +29,6 @@ def register(subparsers) -> None:
                         "collection must have been built with the same model)")
     parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR)")
     parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used; default cpu)")
-    parser.add_argument("--no-index", action="store_true",
-                        help="leave the index out of date (build it once with `mmr index` after several imports)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     parser.set_defaults(handler=_import)
 
@@ -41,13 +39,12 @@ def _import(args: argparse.Namespace) -> int:
 
     with Collection.open(args.collection, model=args.model, create=True, device=args.device) as collection:
         with TqdmProgress("import", unit="vec") as progress:
-            summary = import_embeddings(collection, args.directory, root=args.root,
-                                        update_index=not args.no_index, progress=progress)
+            summary = import_embeddings(collection, args.directory, root=args.root, progress=progress)
     if args.json:
         print(json.dumps(asdict(summary)))
     rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
           f"({rate:,.0f}/s), skipped "
           f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
-          f"renormalised {summary.renormalised}", file=sys.stderr)
+          f"renormalised {summary.renormalised}; index updated in {summary.index_s:.1f} s", file=sys.stderr)
     return 0

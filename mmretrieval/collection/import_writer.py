@@ -5,20 +5,19 @@ the collection's active segment first; its rows, their places in the segments, t
 provenance then commit in one transaction, together or not at all (appended bytes of a shard that never
 committed are unreferenced waste, which compaction reclaims), so a process killed at any moment leaves each shard
 whole or absent, and a re-run (which skips recorded shards and known paths) neither loses nor duplicates rows.
-Writers hold the collection's ingest lock, so an import and an ingest never interleave.
+The caller holds the collection's writer lock (``Collection.writing``), so an import and an ingest never
+interleave.
 """
 
 from __future__ import annotations
 
 import logging
 from itertools import repeat
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import exclusive_lock
 from .catalog import Catalog
 
 if TYPE_CHECKING:
@@ -54,17 +53,6 @@ class ImportSource:
     rows: int  # rows imported from it that are still in the collection
     renormalised: int = 0  # of those imported, vectors that were not unit length
     shard_names: tuple[str, ...] = field(default=(), repr=False)
-
-
-@contextmanager
-def writer_lock(collection: "Collection") -> Iterator[None]:
-    """The collection's writer lock (the one ``ingest`` holds): one writer at a time."""
-    from .collection import INGEST_LOCK_NAME
-
-    busy = (f"another process is writing to {collection.directory} (an ingest or import); wait for it to "
-            "finish, or stop it (a re-run resumes its work)")
-    with exclusive_lock(collection.directory / INGEST_LOCK_NAME, busy):
-        yield
 
 
 def ensure_schema(catalog: Catalog) -> None:
@@ -120,12 +108,6 @@ def _unit_blocks(vectors, positions, renormalise):  # noqa: ANN001, ANN202
     from .imports import unit_blocks
 
     return unit_blocks(vectors, positions, renormalise)
-
-
-def sync_index(collection: "Collection") -> None:
-    """Bring the collection's index up to the catalog after an import (the writer's job, under its lock)."""
-    with collection._lock:
-        collection._indexes.sync()
 
 
 def provenance(catalog: Catalog) -> list[ImportSource]:

@@ -116,7 +116,8 @@ class ImportSummary:
     shards_added: int = 0
     shards_skipped: int = 0  # imported by an earlier run (same files)
     renormalised: int = 0
-    elapsed_s: float = 0.0  # wall time of the import itself (opening the collection not included)
+    elapsed_s: float = 0.0  # wall time of checking and landing the shards (opening the collection not included)
+    index_s: float = 0.0  # wall time of bringing the index up to date afterwards
 
 
 def find_shards(directory: str | os.PathLike) -> list[ShardFiles]:
@@ -275,15 +276,13 @@ def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: boo
 
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                      update_index: bool = True, progress: Progress | None = None) -> ImportSummary:
+                      progress: Progress | None = None) -> ImportSummary:
     """Import a clip-retrieval output folder into ``collection`` shard by shard, then update its index.
 
     Args:
         collection: an open collection; its model's dimension is the one every shard must have.
         directory: the folder holding ``img_emb/`` and ``metadata/``.
         root: where relative ``image_path`` values are resolved (default: ``directory``).
-        update_index: bring the index up to date at the end; False leaves that to the next writer or
-            ``mmr index`` (bulk loads of several folders build the index once).
         progress: ``(rows done, rows total)`` after each shard.
 
     Returns:
@@ -293,7 +292,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
             process writing to the collection.
     """
-    from .import_writer import ensure_schema, land_shard, shard_seen, sync_index, writer_lock
+    from .import_writer import ensure_schema, land_shard, shard_seen
 
     started = time.perf_counter()
     source = Path(os.path.abspath(directory))
@@ -304,7 +303,9 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     total = sum(shard.rows() for shard in shards)
     done = 0
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
-    with writer_lock(collection):
+    busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
+            "to finish, or stop it (a re-run resumes its work)")
+    with collection.writing(busy):  # cleans what a killed writer left; catches the index up on the way out
         ensure_schema(collection.catalog)
         for shard in shards:
             fingerprint = shard.fingerprint()
@@ -320,9 +321,9 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
             done += shard.rows()
             if progress is not None:
                 progress(done, total)
-        if counts["rows_added"] and update_index:
-            sync_index(collection)
-    return ImportSummary(source=str(source), elapsed_s=round(time.perf_counter() - started, 3), **counts)
+        landed_s = time.perf_counter() - started
+    return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
+                         index_s=round(time.perf_counter() - started - landed_s, 3), **counts)
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
