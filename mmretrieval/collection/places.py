@@ -222,6 +222,15 @@ class VectorPlaces:
                                (since_generation,))
         return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
 
+    def removed_since(self, generation: int) -> npt.NDArray[np.int64] | None:
+        """Ids whose vector was removed after ``generation`` (maybe a few more), or None when the removal log
+        does not reach back that far (the caller then compares every id)."""
+        logged_from = self.get_meta("removals_logged_from")
+        if logged_from is None or generation < int(logged_from):
+            return None
+        rows = self._query("SELECT DISTINCT image_id FROM removed_vectors WHERE generation > ?", (generation,))
+        return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
+
     def vector_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM vector_rows")[0][0])
 

@@ -137,23 +137,37 @@ class IndexKeeper:
         return index.with_config(tuned.config)
 
     def sync(self) -> None:
-        """Bring the in-memory index up to the catalog's generation (never writes a file)."""
+        """Bring the in-memory index up to the catalog's generation (never writes a file).
+
+        Reads only what changed since the index's generation (the catalog logs removals), so a search during
+        a long ingest costs a few small queries, not a pass over every id.
+        """
         generation = self.catalog.generation
         if self.generation == generation:
             return
-        stored_ids = self.catalog.vector_ids()
-        index_ids = self.index.ids()
         new_ids = self.catalog.vector_ids(since_generation=self.generation)
-        to_remove = np.union1d(np.setdiff1d(index_ids, stored_ids), np.intersect1d(index_ids, new_ids))
-        missing = np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids))
-        wanted = self._wanted(len(stored_ids))
-        if missing.size or wanted.type != self.index.config.type or (to_remove.size and not self.index.supports_remove):
-            logger.info("rebuilding the index in memory (%d vectors missing, type %s)", missing.size, wanted.type)
+        removed = self.catalog.removed_since(self.generation)
+        if removed is None:  # the log does not reach back that far: compare every id
+            stored_ids, index_ids = self.catalog.vector_ids(), self.index.ids()
+            removed = np.setdiff1d(index_ids, stored_ids)
+            if np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids)).size:
+                logger.info("rebuilding the index in memory: it lacks vectors the catalog has")
+                self._build()
+                return
+        to_remove = np.union1d(removed, new_ids)  # replaced vectors go out before their new ones come in
+        count = self.catalog.vector_count()
+        if not self.index.supports_remove:
+            to_remove = np.intersect1d(to_remove, self.index.ids())
+        if self._wanted(count).type != self.index.config.type or (to_remove.size and not self.index.supports_remove):
             self._build()
             return
         self.index.remove(to_remove)
         for block_ids, vectors in self.catalog.iter_vectors(since_generation=self.generation):
             self.index.add(block_ids, vectors)
+        if self.index.count != count:
+            logger.warning("the index holds %d vectors, the catalog %d; rebuilding it in memory", self.index.count, count)
+            self._build()
+            return
         self.generation = generation
 
     def persist(self, force: bool = False) -> Manifest:
