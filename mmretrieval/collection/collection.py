@@ -17,8 +17,10 @@ holding ``ingest.lock``; a search never does, so a read-only collection can be s
 Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget):
 ``search``/``similar``/``info``: the index (~0.8 GB) + the model + the pages of re-ranked vectors (page cache);
 ``ingest``: the same plus decode buffers, and once per run an index catch-up or, when the index type changes,
-a build (see :mod:`.upkeep`: ~1.5 GB peak); ``index``: a build; ``compact``: one 128 MiB block (see
-:mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is 80 MB in each.
+a build (see :mod:`.upkeep`: ~1.5 GB peak); planning still holds every known path of the collection and every
+pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index``: a build; ``compact``: one
+128 MiB block (see :mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is
+80 MB in each.
 """
 
 from __future__ import annotations

@@ -136,8 +136,8 @@ class VectorPlaces:
             generation = self._bump_generation()
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, n, row) for i, n, row in rows])
-            db.executemany("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE id = ?",
-                           [(i,) for i in known])
+            db.execute("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE status != 'ok' AND id IN "
+                       "(SELECT image_id FROM vector_rows WHERE segment = ?)", (number,))
             db.executemany(
                 "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",

@@ -153,10 +153,10 @@ class SegmentStore:
         return sum(self.rows_in(s.number) for s in self.segments())
 
     # -- reading ----------------------------------------------------------------------------------------------
-    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """float32 vectors at places ``(numbers[i], rows[i])``, in that order."""
+    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike, stored_dtype: bool = False) -> npt.NDArray:
+        """Vectors at places ``(numbers[i], rows[i])``, in that order: float32, or as stored (for copying)."""
         numbers, rows = np.asarray(numbers, np.int64), np.asarray(rows, np.int64)
-        out = np.empty((len(rows), self.dim), np.float32)
+        out = np.empty((len(rows), self.dim), self.dtype if stored_dtype else np.float32)
         for number in np.unique(numbers):
             where = np.flatnonzero(numbers == number)
             out[where] = self._map(int(number), int(rows[where].max()) + 1)[rows[where]]
