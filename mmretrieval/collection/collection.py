@@ -15,6 +15,7 @@ so a search never sees an index that disagrees with the catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from .query import ImageRef, Query, query_vector
 from .catalog import Catalog
 
 if TYPE_CHECKING:
+    from ..ingest.ray_runner import RayIngestConfig
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -165,7 +167,7 @@ class Collection:
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None) -> IngestSummary:
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -177,6 +179,8 @@ class Collection:
             prune: remove rows of files that no longer exist.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
+            ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
+                ``workers`` and ``timeout_s`` are then Ray's business, and the model loads only in Ray's actors.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -184,10 +188,20 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        encoder = self.encoder
-        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
+        if ray is not None:
+            from ..ingest.ray_runner import SEGMENTS_DIR, run_ray_ingest
+
+            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size)
+            with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
+                summary = run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
+                                         str(self.directory / SEGMENTS_DIR), progress)
+                with self._lock:
+                    self._indexes.sync()
+            return summary
+        encoder = self.encoder
+        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
             summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
             with self._lock:

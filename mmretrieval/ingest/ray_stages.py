@@ -1,0 +1,108 @@
+"""The functions Ray runs on its workers: decode (CPU tasks), embed (actors that load the model once), write.
+
+Batches are dicts of numpy columns (Ray Data's ``numpy`` batch format). Every row carries its catalog id and
+planned path, size and mtime from the first stage to the segment file, because Ray does not keep rows in
+order and may run a block twice.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from ..errors import CollectionError
+from ..images.preprocess import ImagePreparer
+from ..models.specs import ModelIdentity
+from .batches import Decoded, DecodeTask
+from .ray_segments import SegmentStore, table_of
+from .reader import decode_file
+
+Batch = dict[str, npt.NDArray[Any]]
+
+
+@lru_cache(maxsize=8)
+def _pixel_shape(preparer: ImagePreparer) -> tuple[int, ...]:
+    """The ``(3, H, W)`` the preparer makes, for the placeholder pixels of failed rows."""
+    return preparer(Image.new("RGB", (8, 8))).shape
+
+
+def decode_rows(batch: Batch, preparer: ImagePreparer) -> Batch:
+    """Read, hash, decode and prepare each file of ``batch`` with the single-machine decoder.
+
+    A file that fails becomes a row with ``status`` ``failed`` and its reason, never an exception: an
+    exception here would fail (or, with ``max_errored_blocks``, drop) the whole block.
+    """
+    results = [decode_file(DecodeTask(int(image_id), os.fsdecode(bytes(path))), preparer)
+               for image_id, path in zip(batch["image_id"], batch["path"])]
+    pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
+    columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
+                                                      "reason", "message")}
+    for row, result in enumerate(results):
+        ok = isinstance(result, Decoded)
+        if ok:
+            pixels[row] = result.pixels
+        columns["status"].append("ok" if ok else "failed")
+        columns["content_hash"].append(result.content_hash if ok else "")
+        columns["width"].append(result.width if ok else 0)
+        columns["height"].append(result.height if ok else 0)
+        columns["format"].append(result.format if ok else "")
+        columns["reason"].append("" if ok else result.reason)
+        columns["message"].append("" if ok else result.message)
+    out: Batch = {name: batch[name] for name in ("image_id", "path", "size", "mtime_ns")}
+    for name, values in columns.items():
+        out[name] = np.array(values, dtype=np.int64 if name in ("width", "height") else object)
+    out["pixels"] = pixels
+    return out
+
+
+class _NothingKnown:
+    """The catalog as an embed actor sees it: it has none (duplicates of stored content are found at commit)."""
+
+    def vectors_by_hash(self, hashes: object) -> dict[str, npt.NDArray[np.float32]]:
+        return {}
+
+
+class Embedder:
+    """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
+
+    def __init__(self, identity_json: str, device: str):
+        """
+        Args:
+            identity_json: the collection's :class:`ModelIdentity`; the loaded model must match its key.
+            device: ``cuda`` in actors given a GPU, ``cpu`` otherwise.
+
+        Raises:
+            CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
+        """
+        from ..models.encoder import load_encoder  # torch: only in the actors
+
+        identity = ModelIdentity.from_json(identity_json)
+        self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
+        if self.encoder.identity.key() != identity.key():
+            raise CollectionError(
+                f"on this Ray node {identity.spec} loads as model key {self.encoder.identity.key()}, but the "
+                f"collection was built with key {identity.key()}; install the same weights on every node")
+
+    def __call__(self, batch: Batch) -> Batch:
+        from .runner import embed_batch
+
+        ok_rows = np.flatnonzero(batch["status"] == "ok")
+        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "",
+                           batch["pixels"][row]) for row in ok_rows]
+        embedded = embed_batch(self.encoder, _NothingKnown(), decoded, ())  # runs the model once per content
+        embeddings = np.zeros((len(batch["image_id"]), self.encoder.dim), dtype=np.float32)
+        embeddings[ok_rows] = embedded.embeddings
+        out = {name: column for name, column in batch.items() if name != "pixels"}
+        out["embedding"] = embeddings
+        return out
+
+
+def write_rows(batch: Batch, store: SegmentStore) -> Batch:
+    """Write the embedded (and failed) rows of ``batch`` as one segment; returns ``segment`` and ``rows``."""
+    path = store.write(table_of(batch))
+    return {"segment": np.array([path], dtype=object), "rows": np.array([len(batch["image_id"])], dtype=np.int64)}
