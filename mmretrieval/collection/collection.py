@@ -34,8 +34,9 @@ from .upkeep import IndexKeeper
 from .index import Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..models.specs import ModelIdentity
+from .segments import check_dtype as _check_dtype
 from .query import ImageRef, Query, query_vector
-from .catalog import Catalog
+from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 
 if TYPE_CHECKING:
     from ..ingest.ray_runner import RayIngestConfig
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite"
-INGEST_LOCK_NAME = "ingest.lock"  # held (flock) while an ingest runs; the OS releases it if the process dies
+INGEST_LOCK_NAME = LOCK_NAME  # held (flock) by the writer (ingest, index, import, compact); dies with it
 DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -106,7 +107,8 @@ class Collection:
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
-             create: bool = False, device: str = "auto") -> "Collection":
+             create: bool = False, device: str = "auto", read_only: bool = False,
+             vector_dtype: str = "float16") -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -115,6 +117,9 @@ class Collection:
                 (or :data:`DEFAULT_MODEL` for a new one).
             create: make the directory and catalog if missing.
             device: where to run the model when it gets loaded.
+            read_only: never change anything in ``directory`` (also chosen when the folder is not writable):
+                searches work, writer commands are refused.
+            vector_dtype: ``float16`` (half the disk) or ``float32``, for a collection created now.
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
@@ -134,7 +139,12 @@ class Collection:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
-        catalog = Catalog(catalog_path)
+        writable = not read_only and os.access(directory, os.W_OK)
+        catalog = Catalog(catalog_path, writable=writable)
+        if writable and catalog.get_meta(DTYPE_KEY) is None:
+            _check_dtype(vector_dtype)
+            with catalog.transaction():
+                catalog.set_meta(DTYPE_KEY, vector_dtype)
         try:
             encoder, identity = _resolve_model(catalog, model, create, device, directory)
             collection = cls(directory, catalog, identity, encoder, device)
