@@ -83,7 +83,7 @@ def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_enc
         for path, vector in ours.items():
             np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
         assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
-        assert not os.listdir(tmp_path / "col" / "ray-segments")  # every segment committed and removed
+        assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
         assert len(col.search("a red circle", k=100)) == len(ours)  # the index caught up
 
         again = col.ingest([folder], ray=small_config())

@@ -201,12 +201,12 @@ class Collection:
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
         if ray is not None:
-            from ..ingest.ray_runner import SEGMENTS_DIR, run_ray_ingest
+            from ..ingest.ray_runner import run_ray_ingest
 
             config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size)
             with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
                 summary = run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
-                                         str(self.directory / SEGMENTS_DIR), progress)
+                                         str(self.directory), progress)
                 with self._lock:
                     self._indexes.sync()
             return summary

@@ -7,10 +7,11 @@ and its streaming executor applies backpressure between them::
     pending rows (id, path, size, mtime)      driver, a few blocks of files each
       -> decode_rows   CPU tasks               our torch-free decoder; a bad file is a row with its reason
       -> Embedder      actor pool              the model loaded once per actor; one GPU each, or CPU actors
-      -> write_rows    I/O tasks               one segment file per batch, at a location every node reaches
-    driver: commit each finished segment into the catalog (idempotent), delete it, report progress
+      -> write_rows    I/O tasks               one result per batch: a sealed vector segment in the collection's
+                                              format plus its rows, at a location every node reaches
+    driver: commit each finished result into the catalog (idempotent), delete it, report progress
 
-A segment already written when a driver died is committed by the next run before anything is decoded,
+A result already written when a driver died is committed by the next run before anything is decoded,
 so a re-run resumes from the work that finished; rows still ``pending`` are simply decoded again.
 Ray retries tasks on dead workers and restarts dead actors (execution is at least once); the commit
 (:mod:`.ray_commit`) makes that harmless. Only this module and the CLI's ``--ray`` import Ray.
@@ -25,20 +26,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from ..collection.catalog import Catalog
+from ..collection.catalog import DTYPE_KEY, Catalog
+from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
 from .batches import IngestSummary
-from .ray_commit import CommitCounts, PlannedRow, SegmentCommitter, Tally, pending_rows
-from .ray_segments import SegmentStore
+from .ray_commit import CommitCounts, PlannedRow, ResultCommitter, Tally, pending_rows
+from .ray_segments import ResultDrop
 from .reader import discover
 from .runner import plan
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
-SEGMENTS_DIR = "ray-segments"  # default output location, inside the collection directory
+RESULTS_DIR = "ray-results"  # default output location, inside the collection directory
+STAGING_DIR = "ray-staging"  # results downloaded from a remote output location, inside the collection directory
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,14 @@ class RayIngestConfig:
     """How to run one ingestion on Ray."""
 
     address: str | None = None  # cluster to join (host:port, ray://host:10001, auto); None: $RAY_ADDRESS or local
-    output: str | None = None  # where workers write segments: a folder all nodes reach, or s3://…; None: in the collection
+    output: str | None = None  # where workers write results: a folder all nodes reach, or s3://…; None: in the collection
     batch_size: int | None = None  # images per model call; None: 256 with GPUs, 32 on CPU actors
     embed_actors: int | None = None  # model actors; None: one per GPU in the cluster, else 1
     embed_cpus: float = 1.0  # CPUs each CPU-only model actor reserves (its torch threads)
     decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
     decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
     files_per_task: int = 64  # files per decode task (one Ray block)
-    segment_rows: int = 1024  # rows per segment file (and per catalog commit)
+    segment_rows: int = 4096  # rows per result segment (and per catalog commit)
     prune: bool = False  # delete rows of files that no longer exist
 
     def __post_init__(self) -> None:
@@ -67,7 +70,7 @@ class RayIngestConfig:
 
 
 def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[str], config: RayIngestConfig,
-                   default_output: str, progress: Progress | None = None) -> IngestSummary:
+                   collection_dir: str, progress: Progress | None = None) -> IngestSummary:
     """Bring the catalog up to date with ``sources``, decoding and embedding on Ray.
 
     Args:
@@ -75,8 +78,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         identity: the collection's model; every embed actor loads it and checks its key.
         sources: folders, image files, and ``.txt``/``.csv`` list files (paths as every node sees them).
         config: cluster address, output location, batch and actor sizes, prune.
-        default_output: the output location when ``config.output`` is None.
-        progress: called with ``(done, total)`` after each committed segment.
+        collection_dir: the collection's folder (default output location, staging of downloaded results).
+        progress: called with ``(done, total)`` after each committed result.
 
     Returns:
         The same counts the single-machine runner returns for the same files.
@@ -85,25 +88,27 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
             the output location cannot be used.
     """
-    store = SegmentStore(_absolute(config.output or default_output))
-    store.prepare()
+    drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RESULTS_DIR)),
+                      os.path.join(collection_dir, STAGING_DIR))
+    drop.prepare()
     unchanged, skipped = plan(catalog, discover(sources))
     pruned = catalog.prune_missing() if config.prune else 0
-    committer = SegmentCommitter(catalog, pending_rows(catalog))
+    committer = ResultCommitter(catalog, pending_rows(catalog))
     tally = Tally(skipped)
     total = len(committer.pending)
     report = _reporter(tally, total, progress)
     report(CommitCounts())
-    if store.remove_partials():
-        logger.info("removed half-written segments left by an interrupted run")
-    _commit_all(store, committer, report)  # a killed run's finished work, before anything is decoded again
+    if drop.remove_unsealed():
+        logger.info("removed half-written results left by an interrupted run")
+    _commit_all(drop, committer, report)  # a killed run's finished work, before anything is decoded again
     if committer.pending:
+        dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
         with ray_connection(config.address) as gpus:
-            dataset = build_dataset(committer.pending, identity, store, config, gpus)
+            dataset = build_dataset(committer.pending, identity, drop, dtype, config, gpus)
             for record in dataset.iter_rows():
-                report(_commit_one(store, committer, record["segment"]))
+                report(_commit_one(drop, committer, record["result"]))
             logger.info("Ray execution statistics:\n%s", dataset.stats())
-        _commit_all(store, committer, report)  # copies written by retried tasks: committed already, removed
+        _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
     if committer.pending:
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them",
                        len(committer.pending))
@@ -119,17 +124,17 @@ def _reporter(tally: Tally, total: int, progress: Progress | None) -> Callable[[
     return report
 
 
-def _commit_one(store: SegmentStore, committer: SegmentCommitter, segment: str) -> CommitCounts:
-    counts = committer.commit(store.read(segment))
-    store.remove(segment)  # only after the commit: a driver killed in between commits it again, as a no-op
+def _commit_one(drop: ResultDrop, committer: ResultCommitter, name: str) -> CommitCounts:
+    counts = committer.commit(drop.read(name))
+    drop.remove(name)  # only after the commit: a driver killed in between commits it again, as a no-op
     if counts.stale:
-        logger.debug("%s: %d rows already committed or planned again since", segment, counts.stale)
+        logger.debug("result %s: %d rows already committed or planned again since", name, counts.stale)
     return counts
 
 
-def _commit_all(store: SegmentStore, committer: SegmentCommitter, report: Callable[[CommitCounts], None]) -> None:
-    for segment in store.finished():
-        report(_commit_one(store, committer, segment))
+def _commit_all(drop: ResultDrop, committer: ResultCommitter, report: Callable[[CommitCounts], None]) -> None:
+    for name in drop.finished():
+        report(_commit_one(drop, committer, name))
 
 
 def _absolute(location: str) -> str:
@@ -165,9 +170,9 @@ def ray_connection(address: str | None) -> Iterator[float]:
             ray.shutdown()
 
 
-def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, store: SegmentStore,
+def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, drop: ResultDrop, dtype: str,
                   config: RayIngestConfig, gpus: float) -> Any:
-    """The Ray Data pipeline over ``pending`` rows; iterating it yields one ``{segment, rows}`` per segment."""
+    """The Ray Data pipeline over ``pending`` rows; iterating it yields one ``{result, rows}`` per result."""
     import pyarrow as pa
     import ray.data
 
@@ -195,5 +200,5 @@ def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, store
         Embedder, fn_constructor_kwargs={"identity_json": identity.to_json(), "device": "cuda" if use_gpus else "cpu"},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=config.batch_size or (256 if use_gpus else 32),
         batch_format="numpy", num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else config.embed_cpus)
-    return dataset.map_batches(write_rows, fn_kwargs={"store": store}, batch_size=config.segment_rows,
+    return dataset.map_batches(write_rows, fn_kwargs={"drop": drop, "dtype": dtype}, batch_size=config.segment_rows,
                                batch_format="numpy", num_cpus=0)

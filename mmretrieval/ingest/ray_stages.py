@@ -19,7 +19,7 @@ from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
 from .batches import Decoded, DecodeTask
-from .ray_segments import SegmentStore, table_of
+from .ray_segments import ResultDrop
 from .reader import decode_file
 
 Batch = dict[str, npt.NDArray[Any]]
@@ -102,7 +102,8 @@ class Embedder:
         return out
 
 
-def write_rows(batch: Batch, store: SegmentStore) -> Batch:
-    """Write the embedded (and failed) rows of ``batch`` as one segment; returns ``segment`` and ``rows``."""
-    path = store.write(table_of(batch))
-    return {"segment": np.array([path], dtype=object), "rows": np.array([len(batch["image_id"])], dtype=np.int64)}
+def write_rows(batch: Batch, drop: ResultDrop, dtype: str) -> Batch:
+    """Write the rows of ``batch`` as one result (a sealed segment of the embedded ones); returns its name."""
+    columns = {name: column for name, column in batch.items() if name != "embedding"}
+    name = drop.write(columns, np.asarray(batch["embedding"], dtype=np.float32), dtype)
+    return {"result": np.array([name], dtype=object), "rows": np.array([len(batch["image_id"])], dtype=np.int64)}
