@@ -1,0 +1,131 @@
+"""The Ray ingestion's stages and commit without a Ray cluster: they are plain functions and classes, so the
+at-least-once cases (a result committed twice, a result for a file that changed since) are tested directly."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mmretrieval.collection.collection import Collection
+from mmretrieval.ingest.ray_commit import ResultCommitter, pending_rows
+from mmretrieval.ingest.ray_runner import RayIngestConfig
+from mmretrieval.ingest.ray_segments import ResultDrop
+from mmretrieval.ingest.ray_stages import Embedder, decode_rows
+from mmretrieval.ingest.reader import discover
+from mmretrieval.ingest.runner import plan
+from mmretrieval.errors import CollectionError
+
+from test_ingest import scene_jpeg, write_good_images
+
+
+def planned_collection(tmp_path, encoder, folder):
+    col = Collection.open(tmp_path / "col", model=encoder, create=True)
+    plan(col.catalog, discover([folder]))
+    return col
+
+
+def result_for(col, drop, ids=None) -> str:
+    """Run decode and embed in this process over pending rows (all, or ``ids``) and write one result."""
+    pending = pending_rows(col.catalog)
+    chosen = sorted(pending) if ids is None else ids
+    batch = {"image_id": np.array(chosen, np.int64), "path": np.array([pending[i].path for i in chosen], object),
+             "size": np.array([pending[i].size for i in chosen], np.int64),
+             "mtime_ns": np.array([pending[i].mtime_ns for i in chosen], np.int64)}
+    decoded = decode_rows(batch, col.encoder.preparer)
+    embedded = Embedder(col.identity.to_json(), "cpu")(decoded)
+    columns = {name: column for name, column in embedded.items() if name != "embedding"}
+    return drop.write(columns, embedded["embedding"], "float16")
+
+
+def test_a_result_commits_once_however_often_it_arrives(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 4)
+    (folder / "broken.jpg").write_text("not an image")
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    name = result_for(col, drop)
+    assert drop.finished() == [name]
+    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    first = committer.commit(drop.read(name))
+    assert (first.rows, first.embedded, first.failed, first.stale) == (5, 4, {"not_an_image": 1}, 0)
+    generation = col.catalog.generation
+    again = ResultCommitter(col.catalog, pending_rows(col.catalog)).commit(drop.read(name))  # as a re-run would
+    assert (again.rows, again.stale) == (0, 5) and col.catalog.generation == generation
+    assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
+    ids, vectors = col.vectors()
+    rows = col.catalog.rows(ids.tolist())
+    reference = tiny_encoder.encode_images([rows[i].path for i in ids.tolist()])
+    np.testing.assert_allclose(vectors, reference, atol=2e-3)  # float16 storage
+    col.close()
+
+
+def test_a_result_for_a_file_changed_since_is_not_attached_to_it(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 3)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    old = result_for(col, drop)  # a straggler computed from the old bytes
+    paths[0].write_bytes(scene_jpeg(40))
+    os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    plan(col.catalog, discover([folder]))  # planned again with the new size and mtime
+    changed_id = col.catalog.id_of_path(paths[0])
+    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    counts = committer.commit(drop.read(old))
+    assert (counts.rows, counts.stale) == (2, 1)
+    assert list(committer.pending) == [changed_id]
+    fresh = committer.commit(drop.read(result_for(col, drop, [changed_id])))
+    assert (fresh.rows, fresh.embedded) == (1, 1)
+    stored = col.vectors([changed_id])[1][0]
+    np.testing.assert_allclose(stored, tiny_encoder.encode_images([paths[0]])[0], atol=2e-3)
+    col.close()
+
+
+def test_a_damaged_result_is_refused_and_left_in_place(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    name = result_for(col, drop)
+    vec = tmp_path / "drop" / f"{name}.vec"
+    vec.write_bytes(vec.read_bytes()[:-2])
+    with pytest.raises(CollectionError, match="damaged"):
+        drop.read(name)
+    assert drop.finished() == [name]
+    col.close()
+
+
+def test_unsealed_leftovers_are_removed(tmp_path):
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    (tmp_path / "drop" / "abc.vec").write_bytes(b"x")
+    (tmp_path / "drop" / "abc.rows.parquet").write_bytes(b"x")
+    assert drop.remove_unsealed() == 2 and not os.listdir(tmp_path / "drop")
+
+
+def test_bad_ray_options_are_refused():
+    with pytest.raises(CollectionError, match="segment_rows"):
+        RayIngestConfig(segment_rows=0)
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from mmretrieval.ingest import ray_runner
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(CollectionError, match=r"pip install 'mmretrieval\[ray\]'"):
+        with ray_runner.ray_connection(None):
+            pass
