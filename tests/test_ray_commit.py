@@ -20,6 +20,8 @@ from mmretrieval.errors import CollectionError
 
 from test_ingest import scene_jpeg, write_good_images
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def planned_collection(tmp_path, encoder, folder):
     col = Collection.open(tmp_path / "col", model=encoder, create=True)
@@ -129,3 +131,20 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     with pytest.raises(CollectionError, match=r"pip install 'mmretrieval\[ray\]'"):
         with ray_runner.ray_connection(None):
             pass
+
+
+def test_search_never_imports_ray(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    with Collection.open(tmp_path / "col", model=str(tiny_model_dir), create=True) as col:
+        col.ingest([folder], workers=0)
+    script = ("import sys; from mmretrieval.cli import main; "
+              f"code = main(['search', 'a shape', '--collection', {str(tmp_path / 'col')!r}]); "
+              "assert 'ray' not in sys.modules and 'ray.data' not in sys.modules, 'ray was imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": _REPO})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("\t") == 2

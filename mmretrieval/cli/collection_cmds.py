@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from .common import add_collection_option, add_model_options, emit
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection, Hit
+    from ..ingest.ray_runner import RayIngestConfig
 
 _HIT_COLUMNS = ["score", "path"]
 
@@ -52,7 +54,25 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
+                        "machine's cores and GPUs, or the cluster at ADDRESS (or $RAY_ADDRESS); --workers then "
+                        "caps decode tasks at once")
+    parser.add_argument("--ray-output", metavar="DIR_OR_URI",
+                        help="with --ray: where workers leave results, a folder every node reaches or a URI such as "
+                        "s3://bucket/run (default: inside the collection, fine on one machine)")
     parser.set_defaults(handler=_ingest)
+
+
+def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
+    if args.ray is None:
+        if args.ray_output:
+            raise CollectionError("--ray-output needs --ray")
+        return None
+    from ..ingest.ray_runner import RayIngestConfig
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's plan and progress lines; our bar reports
+    return RayIngestConfig(address=args.ray or None, output=args.ray_output, decode_tasks=args.workers)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -66,7 +86,8 @@ def _ingest(args: argparse.Namespace) -> int:
     with _open(args.collection, model=model, create=True, device=args.device) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
-                                        prune=args.prune, timeout_s=args.timeout, progress=progress)
+                                        prune=args.prune, timeout_s=args.timeout, progress=progress,
+                                        ray=_ray_config(args))
     failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
