@@ -18,7 +18,7 @@ import os
 import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -173,13 +173,23 @@ class VectorPlaces:
             found = np.concatenate([b[0] for b in blocks])
             order = np.argsort(found, kind="stable")
             return found[order], np.concatenate([b[1] for b in blocks])[order]
-        places: list[tuple] = []
-        for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            places += self._query(f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({_marks(chunk)})",
-                                  chunk)
-        places.sort()
-        return self._gather(places)
+        def places() -> list[tuple]:
+            found: list[tuple] = []
+            for start in range(0, len(ids), _CHUNK):
+                chunk = [int(i) for i in ids[start:start + _CHUNK]]
+                found += self._query(
+                    f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({_marks(chunk)})", chunk)
+            return sorted(found)
+
+        return self._gather_fresh(places)
+
+    def _gather_fresh(self, places: Callable[[], list[tuple]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Gather the places ``places()`` returns; once more if a compaction deleted a segment in between."""
+        try:
+            return self._gather(places())
+        except FileNotFoundError:
+            self.segments.forget_maps()
+            return self._gather(places())
 
     def iter_vectors(self, block_rows: int = _BLOCK, since_generation: int | None = None
                      ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
@@ -191,7 +201,7 @@ class VectorPlaces:
                                  f"{condition} ORDER BY segment, row LIMIT ?", (*after, block_rows))
             if not places:
                 return
-            yield self._gather(places)
+            yield self._gather(places)  # writers stream under the lock, so no compaction runs meanwhile
             after = (places[-1][1], places[-1][2])
 
     def _gather(self, places: list[tuple]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -203,9 +213,14 @@ class VectorPlaces:
     def _dim_or_zero(self) -> int:
         return self.segments.dim if self.segments.exists else 0
 
-    def vector_ids(self) -> npt.NDArray[np.int64]:
-        """Every id that has a vector (8 bytes each)."""
-        return np.array([r[0] for r in self._query("SELECT image_id FROM vector_rows")], dtype=np.int64)
+    def vector_ids(self, since_generation: int | None = None) -> npt.NDArray[np.int64]:
+        """Sorted ids that have a vector (8 bytes each), or only those written after a generation."""
+        if since_generation is None:
+            rows = self._query("SELECT image_id FROM vector_rows ORDER BY image_id")
+        else:
+            rows = self._query("SELECT image_id FROM vector_rows WHERE generation > ? ORDER BY image_id",
+                               (since_generation,))
+        return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
 
     def vector_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM vector_rows")[0][0])
@@ -227,14 +242,21 @@ class VectorPlaces:
         """Live (referenced) rows per segment number."""
         return dict(self._query("SELECT segment, COUNT(*) FROM vector_rows GROUP BY segment"))
 
+    def places_in_segment(self, number: int, after_row: int, limit: int) -> list[tuple[int, int]]:
+        """``(image_id, row)`` of live rows of one segment after ``after_row``, in row order, at most ``limit``."""
+        return self._query("SELECT image_id, row FROM vector_rows WHERE segment = ? AND row > ? ORDER BY row LIMIT ?",
+                           (number, after_row, limit))
+
     def segment_sources(self) -> list[tuple[str, int, int]]:
         """``(source, segment, rows)`` of every committed segment (imports, distributed ingests)."""
         return self._query("SELECT source, segment, rows FROM segment_commits ORDER BY segment")
 
     # -- pruning ----------------------------------------------------------------------------------------------
-    def prune_missing(self, folders: Sequence[bytes] = (), paths: Sequence[bytes] = ()) -> int:
+    def prune_missing(self, folders: Sequence[bytes] = (), paths: Sequence[bytes] = (),
+                      keep_under: Sequence[bytes] = ()) -> int:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
-        as bytes) or among ``paths``; returns how many went. The caller has checked the folders are there."""
+        as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
+        many went. The caller has checked that the folders are there: nothing else is pruned."""
         candidates: set[bytes] = set()
         for folder in folders:
             candidates.update(r[0] for r in self._query("SELECT path FROM images WHERE substr(path, 1, ?) = ?",
@@ -242,7 +264,8 @@ class VectorPlaces:
         for start in range(0, len(paths), _CHUNK):
             chunk = list(paths[start:start + _CHUNK])
             candidates.update(r[0] for r in self._query(f"SELECT path FROM images WHERE path IN ({_marks(chunk)})", chunk))
-        gone = [(path,) for path in sorted(candidates) if not os.path.lexists(path)]
+        gone = [(path,) for path in sorted(candidates)
+                if not any(path.startswith(folder) for folder in keep_under) and not os.path.lexists(path)]
         if gone:
             with self.transaction() as db:
                 db.executemany("DELETE FROM images WHERE path = ?", gone)

@@ -184,7 +184,7 @@ class SegmentStore:
         self.writable = writable
         self._maps: dict[int, np.memmap] = {}
         self._manifest: dict | None = None
-        self._manifest_mtime: int | None = None
+        self._manifest_mtime: tuple[int, int, int] | None = None
 
     # -- manifest ---------------------------------------------------------------------------------------------
     @property
@@ -199,7 +199,8 @@ class SegmentStore:
         """
         path = self.directory / MANIFEST_NAME
         try:
-            mtime = path.stat().st_mtime_ns
+            info = path.stat()
+            mtime = (info.st_ino, info.st_mtime_ns, info.st_size)  # atomic replaces change the inode
         except FileNotFoundError:
             raise CollectionError(f"{self.directory} has no segment manifest; the collection has no vectors yet")
         if refresh or self._manifest is None or mtime != self._manifest_mtime:

@@ -1,8 +1,8 @@
 """Ingestion on a Ray cluster (``mmr ingest --ray``): the same plan and the same answers as :mod:`.runner`.
 
-Planning stays on the driver and is the single-machine planner's (:func:`.runner.plan`): only new, changed
-and transiently failed files are ``pending``. Then Ray Data runs four operators with their own resources,
-and its streaming executor applies backpressure between them::
+Planning stays on the driver and is the single-machine runner's (:func:`.runner.plan_sources`): only new,
+changed and transiently failed files are ``pending``. Then Ray Data runs four operators with their own
+resources, and its streaming executor applies backpressure between them::
 
     pending rows (id, path, size, mtime)      driver, a few blocks of files each
       -> decode_rows   CPU tasks               our torch-free decoder; a bad file is a row with its reason
@@ -34,8 +34,7 @@ from ..models.specs import ModelIdentity
 from .batches import IngestSummary
 from .ray_commit import CommitCounts, PlannedRow, ResultCommitter, Tally, pending_rows
 from .ray_segments import ResultDrop
-from .reader import discover
-from .runner import plan
+from .runner import plan_sources
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +90,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
-    unchanged, skipped = plan(catalog, discover(sources))
-    pruned = catalog.prune_missing() if config.prune else 0
+    unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
     committer = ResultCommitter(catalog, pending_rows(catalog))
     tally = Tally(skipped)
     total = len(committer.pending)
