@@ -174,3 +174,46 @@ def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, 
         assert outcome(col) == outcome(reference)
     assert main(["ingest", str(folder), "--collection", str(tmp_path / "col"), "--ray-output", "x"]) == 2
     assert "--ray-output needs --ray" in capsys.readouterr().err
+
+
+def clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, count)] + 0.5 * rng.standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [dict(type="ivf", nlist=32, nprobe=6),
+                                    dict(type="ivfpq", nlist=32, nprobe=6, pq_m=8, pq_bits=4, opq=1)])
+def test_parallel_index_build_answers_as_a_one_process_build(tmp_path, config):
+    import faiss
+
+    from mmretrieval.collection.index import IndexConfig, VectorIndex
+    from mmretrieval.ingest.ray_index import ShardPlan, add_on_ray
+
+    dim, count = 32, 12_000
+    vectors = clustered(count, dim)
+    ids = np.arange(count, dtype=np.int64) * 3 + 7  # global catalog ids, not positions
+    trained = VectorIndex.trained(IndexConfig(**config), dim, vectors[::4]).faiss_index
+    reference = faiss.deserialize_index(faiss.serialize_index(trained))
+    reference.add_with_ids(vectors, ids)
+    blocks = [(ids[s:s + 2500], vectors[s:s + 2500]) for s in range(0, count, 2500)]
+    seen = []
+    merged = add_on_ray(trained, blocks, count, tmp_path / "work", tmp_path / "index.ivfdata",
+                        ShardPlan(in_flight=2), progress=lambda done, total: seen.append(done))
+    assert merged.ntotal == count and seen[-1] == count and len(seen) == len(blocks)
+    assert not list((tmp_path / "work").iterdir())  # shards removed after the merge
+    queries = clustered(20, dim, seed=1)
+    for index in (merged, reference):
+        faiss.extract_index_ivf(index).nprobe = 6
+    scores, found = merged.search(queries, 10)
+    expected_scores, expected = reference.search(queries, 10)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.98  # ties may swap places
+    assert set(found.ravel().tolist()) <= set(ids.tolist())
+
+    faiss.write_index(merged, str(tmp_path / "index.faiss"))  # refers to index.ivfdata, mapped on read
+    reread = faiss.read_index(str(tmp_path / "index.faiss"))
+    faiss.extract_index_ivf(reread).nprobe = 6
+    assert np.array_equal(reread.search(queries, 10)[1], found)
