@@ -148,3 +148,18 @@ def test_search_never_imports_ray(tmp_path, tiny_model_dir):
                           env={**os.environ, "PYTHONPATH": _REPO})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("\t") == 2
+
+
+def test_a_hanging_or_crashing_decoder_fails_its_file_not_the_task(tmp_path, tiny_encoder):
+    from test_ingest import decode_or_misbehave
+
+    folder = tmp_path / "photos"
+    good = write_good_images(folder, 3)
+    names = [str(good[0]), str(folder / "crash.jpg"), str(good[1]), str(folder / "hang.jpg"), str(good[2])]
+    batch = {"image_id": np.arange(1, 6, dtype=np.int64), "path": np.array([os.fsencode(n) for n in names], object),
+             "size": np.zeros(5, np.int64), "mtime_ns": np.zeros(5, np.int64)}
+    out = decode_rows(batch, tiny_encoder.preparer, timeout_s=3.0, decode=decode_or_misbehave)
+    assert out["image_id"].tolist() == [1, 2, 3, 4, 5]  # same rows, same order
+    assert out["status"].tolist() == ["ok", "failed", "ok", "failed", "ok"]
+    assert out["reason"].tolist() == ["", "decoder_crashed", "", "decode_timeout", ""]
+    assert out["pixels"][0].any() and not out["pixels"][1].any()

@@ -209,7 +209,7 @@ class Collection:
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
             ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
-                ``workers`` and ``timeout_s`` are then Ray's business, and the model loads only in Ray's actors.
+                ``workers`` is then Ray's business, and the model loads only in Ray's actors.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -222,7 +222,8 @@ class Collection:
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
-            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size)
+            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
+                                         timeout_s=timeout_s)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
                                       str(self.directory), progress)

@@ -48,12 +48,13 @@ class RayIngestConfig:
     """How to run one ingestion on Ray."""
 
     address: str | None = None  # cluster to join (host:port, ray://host:10001, auto); None: $RAY_ADDRESS or local
-    output: str | None = None  # where workers write results: a folder all nodes reach, or s3://…; None: in the collection
+    output: str | None = None  # where workers write results: a folder all nodes reach, or s3://…; None: collection
     batch_size: int | None = None  # images per model call; None: 256 with GPUs, 32 on CPU actors
     embed_actors: int | None = None  # model actors; None: one per GPU in the cluster, else 1
     embed_cpus: float = 1.0  # CPUs each CPU-only model actor reserves (its torch threads)
     decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
     decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
+    timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
     files_per_task: int = 64  # files per decode task (one Ray block)
     segment_rows: int = 4096  # rows per result segment (and per catalog commit)
     prune: bool = False  # delete rows of files that no longer exist
@@ -189,7 +190,8 @@ def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, drop:
     # Its own operator (a memory reservation the embed actors lack keeps Ray from fusing the two, which would
     # decode inside the model actors and leave a GPU idle while they do).
     decode_pool = ray.data.TaskPoolStrategy(size=config.decode_tasks) if config.decode_tasks else None
-    dataset = dataset.map_batches(decode_rows, fn_kwargs={"preparer": ImagePreparer(identity.preprocess)},
+    dataset = dataset.map_batches(decode_rows, fn_kwargs={"preparer": ImagePreparer(identity.preprocess),
+                                                          "timeout_s": config.timeout_s},
                                   batch_size=None, batch_format="numpy", compute=decode_pool, num_cpus=1,
                                   memory=config.decode_memory_mb * 1024**2)
     use_gpus = gpus >= 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +18,12 @@ from PIL import Image
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
-from .batches import Decoded, DecodeTask
+from .batches import Decoded, DecodeTask, Failed
 from .ray_segments import ResultDrop
 from .reader import decode_file
 
 Batch = dict[str, npt.NDArray[Any]]
+DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
 @lru_cache(maxsize=8)
@@ -31,14 +32,31 @@ def _pixel_shape(preparer: ImagePreparer) -> tuple[int, ...]:
     return preparer(Image.new("RGB", (8, 8))).shape
 
 
-def decode_rows(batch: Batch, preparer: ImagePreparer) -> Batch:
+def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None = None,
+                decode: "DecodeFn" = decode_file) -> Batch:
     """Read, hash, decode and prepare each file of ``batch`` with the single-machine decoder.
 
     A file that fails becomes a row with ``status`` ``failed`` and its reason, never an exception: an
     exception here would fail (or, with ``max_errored_blocks``, drop) the whole block.
+
+    Args:
+        batch: ``image_id`` and ``path`` (catalog keys) columns, plus columns passed through.
+        preparer: the model's resize and crop.
+        timeout_s: decode in one child process, as the single-machine pool does, so a file that hangs is
+            failed with ``decode_timeout`` after this long and one that crashes the decoder with
+            ``decoder_crashed``, instead of hanging the task or crashing it over and over through Ray's
+            retries; None decodes in the task's own process (no isolation, a little faster).
+        decode: the per-file function (tests pass one that misbehaves).
     """
-    results = [decode_file(DecodeTask(int(image_id), os.fsdecode(bytes(path))), preparer)
-               for image_id, path in zip(batch["image_id"], batch["path"])]
+    tasks = [DecodeTask(int(image_id), os.fsdecode(bytes(path))) for image_id, path in zip(batch["image_id"],
+                                                                                           batch["path"])]
+    if timeout_s is None:
+        results = [decode(task, preparer) for task in tasks]
+    else:
+        from .pool import DecodePool
+
+        by_id = {result.image_id: result for result in DecodePool(preparer, 1, timeout_s, decode=decode).run(tasks)}
+        results = [by_id[task.image_id] for task in tasks]
     pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
     columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
                                                       "reason", "message")}
