@@ -7,7 +7,8 @@
 Prints images/s of ``Collection.ingest`` (single machine, default workers) and of ``Collection.ingest(ray=…)``
 with 1 and 2 decode workers (``--workers`` to choose others) on a local Ray with all this machine's cores
 (and GPUs, which Ray finds itself: one model actor per GPU), and each Ray rate as a ratio of the
-single-machine rate. Each run ingests into a fresh collection; the Ray timings include starting the model
+single-machine rate (the mean of one run before and one after the Ray runs, since a shared machine's load
+drifts). Each run ingests into a fresh collection; the Ray timings include starting the model
 actors (the model loads once per actor) but not starting Ray itself, which is printed apart.
 
 It also prints the per-image costs that size a cluster: CPU milliseconds to read, decode and prepare one
@@ -116,12 +117,16 @@ def main() -> None:
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
               flush=True)
         try:
-            for workers in args.workers:
-                rate = through_ray(args.model, folder, Path(tmp) / f"ray{workers}", args.batch_size, workers)
-                print(f"Ray, {workers} decode worker{'s' if workers > 1 else ' '}  {rate:8.1f} images/s   "
-                      f"ratio to single machine {rate / baseline:.2f}", flush=True)
+            rates = {workers: through_ray(args.model, folder, Path(tmp) / f"ray{workers}", args.batch_size, workers)
+                     for workers in args.workers}
         finally:
             ray.shutdown()
+        again = single_machine(encoder, folder, Path(tmp) / "single-again", args.batch_size)
+        print(f"single machine again  {again:8.1f} images/s (after the Ray runs; the ratios use the mean)", flush=True)
+        baseline = (baseline + again) / 2
+        for workers, rate in rates.items():
+            print(f"Ray, {workers} decode worker{'s' if workers > 1 else ' '}  {rate:8.1f} images/s   "
+                  f"ratio to single machine {rate / baseline:.2f}", flush=True)
 
 
 if __name__ == "__main__":

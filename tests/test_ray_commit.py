@@ -163,3 +163,20 @@ def test_a_hanging_or_crashing_decoder_fails_its_file_not_the_task(tmp_path, tin
     assert out["status"].tolist() == ["ok", "failed", "ok", "failed", "ok"]
     assert out["reason"].tolist() == ["", "decoder_crashed", "", "decode_timeout", ""]
     assert out["pixels"][0].any() and not out["pixels"][1].any()
+
+
+def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 4)
+    (folder / "broken.jpg").write_text("not an image")
+    col = planned_collection(tmp_path, tiny_encoder, folder)  # as the killed run planned it
+    drop = ResultDrop(str(tmp_path / "col" / "ray-results"), str(tmp_path / "col" / "ray-staging"))
+    drop.prepare()
+    result_for(col, drop)  # finished by its workers, never committed
+    (tmp_path / "col" / "ray-results" / "deadbeef.vec").write_bytes(b"half")  # a writer killed before sealing
+    # An unreachable cluster: the re-run must not need Ray, everything pending is in the left-over result.
+    summary = col.ingest([folder], ray=RayIngestConfig(address="127.0.0.1:1"))
+    assert (summary.embedded, summary.failed) == (4, {"not_an_image": 1})
+    assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
+    assert not os.listdir(tmp_path / "col" / "ray-results")
+    col.close()

@@ -57,7 +57,7 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
                         "machine's cores and GPUs, or the cluster at ADDRESS (or $RAY_ADDRESS); --workers then "
-                        "caps decode tasks at once")
+                        "caps decode tasks at once. Give it after the sources, or as --ray=ADDRESS")
     parser.add_argument("--ray-output", metavar="DIR_OR_URI",
                         help="with --ray: where workers leave results, a folder every node reaches or a URI such as "
                         "s3://bucket/run (default: inside the collection, fine on one machine)")
