@@ -58,8 +58,10 @@ def _rate(summary, folder: Path, seconds: float) -> float:
     return expected / seconds
 
 
-def per_image_costs(encoder, folder: Path, batch_size: int) -> tuple[float, float]:
-    """(decode CPU ms per image, model ms per image), measured in this process on this folder."""
+def per_image_costs(encoder, folder: Path, batch_size: int) -> tuple[float, float, float]:
+    """(decode CPU ms, model CPU ms (all threads), model wall ms) per image, measured in this process.
+
+    CPU time, unlike wall time, barely moves when other processes share the machine."""
     import numpy as np
 
     from mmretrieval.ingest.ray_stages import Embedder, decode_rows
@@ -73,14 +75,28 @@ def per_image_costs(encoder, folder: Path, batch_size: int) -> tuple[float, floa
     decode_ms = 1000 * (time.process_time() - started) / len(paths)
     embedder = Embedder(encoder.identity.to_json(), encoder.device.type)
     embedder({name: column[:2] for name, column in decoded.items()})  # warm-up
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     embedder(decoded)
     if encoder.device.type == "cuda":
         import torch
 
         torch.cuda.synchronize()
     model_ms = 1000 * (time.perf_counter() - started) / len(paths)
-    return decode_ms, model_ms
+    return decode_ms, 1000 * (time.process_time() - started_cpu) / len(paths), model_ms
+
+
+def fixed_weights(spec: str, directory: Path) -> str:
+    """``spec``, or for an architecture alone (random weights) a saved copy of one draw of them: every Ray
+    actor must load the same weights."""
+    import open_clip
+
+    from mmretrieval.models.specs import save_model_dir
+
+    config = open_clip.get_model_config(spec) if ":" not in spec and "/" not in spec else None
+    if config is None:
+        return spec
+    model = open_clip.create_model(spec, pretrained=None)
+    return str(save_model_dir(model, config, directory))
 
 
 def main() -> None:
@@ -95,20 +111,24 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray decode workers to try")
     parser.add_argument("--batch-size", type=int, help="default: each path's default for the device")
+    parser.add_argument("--costs-only", action="store_true", help="print the per-image costs and stop")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args()
 
-    encoder = load_encoder(args.model, device=args.device)
     with tempfile.TemporaryDirectory(prefix="mmr-bench-ray-") as tmp:
+        spec = fixed_weights(args.model, Path(tmp) / "model")
+        encoder = load_encoder(spec, device=args.device)
         folder = Path(tmp) / "images"
         make_jpegs(folder, args.images, args.width, args.height)
         cores = len(os.sched_getaffinity(0))
         print(f"{args.model} on {encoder.device}, {args.images} JPEGs {args.width}x{args.height}, {cores} cores, "
               f"torch threads {torch.get_num_threads()}", flush=True)
-        decode_ms, model_ms = per_image_costs(encoder, folder, args.batch_size or 32)
-        print(f"per image: decode {decode_ms:.2f} CPU ms (read, hash, decode, resize), model {model_ms:.2f} ms "
-              f"on {encoder.device}", flush=True)
+        decode_ms, model_cpu_ms, model_ms = per_image_costs(encoder, folder, args.batch_size or 32)
+        print(f"per image: decode {decode_ms:.2f} CPU ms (read, hash, decode, resize); model {model_cpu_ms:.2f} "
+              f"CPU ms, {model_ms:.2f} ms wall on {encoder.device}", flush=True)
+        if args.costs_only:
+            return
         baseline = single_machine(encoder, folder, Path(tmp) / "single", args.batch_size)
         print(f"single machine        {baseline:8.1f} images/s", flush=True)
         started = time.perf_counter()
@@ -117,7 +137,7 @@ def main() -> None:
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
               flush=True)
         try:
-            rates = {workers: through_ray(args.model, folder, Path(tmp) / f"ray{workers}", args.batch_size, workers)
+            rates = {workers: through_ray(spec, folder, Path(tmp) / f"ray{workers}", args.batch_size, workers)
                      for workers in args.workers}
         finally:
             ray.shutdown()

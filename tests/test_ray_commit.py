@@ -180,3 +180,17 @@ def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(t
     assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
     assert not os.listdir(tmp_path / "col" / "ray-results")
     col.close()
+
+
+def test_a_random_weight_model_is_refused_before_anything_starts(tmp_path, tiny_encoder):
+    import dataclasses
+
+    from mmretrieval.ingest.ray_runner import run_ray_ingest
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 1)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        random_model = dataclasses.replace(col.identity, spec="ViT-B-32", weights="random-0123")
+        with pytest.raises(CollectionError, match="random weights"):
+            run_ray_ingest(col.catalog, random_model, [str(folder)], RayIngestConfig(), str(tmp_path / "col"))
+        assert col.catalog.counts_by_status() == {}  # nothing planned

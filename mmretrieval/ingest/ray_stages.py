@@ -85,6 +85,18 @@ class _NothingKnown:
         return {}
 
 
+def check_reproducible(identity: ModelIdentity) -> None:
+    """Refuse a model that another process cannot load identically (random weights are drawn anew by each).
+
+    Raises:
+        CollectionError: the collection's model has random weights.
+    """
+    if identity.weights.startswith("random-"):
+        raise CollectionError(
+            f"{identity.spec} has random weights, which every Ray actor would draw anew (other vectors); save the "
+            "model as a directory (mmretrieval.models.specs.save_model_dir) and use that, or ingest without --ray")
+
+
 class Embedder:
     """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
 
@@ -101,6 +113,7 @@ class Embedder:
 
         identity = ModelIdentity.from_json(identity_json)
         self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
+        check_reproducible(identity)
         if self.encoder.identity.key() != identity.key():
             raise CollectionError(
                 f"on this Ray node {identity.spec} loads as model key {self.encoder.identity.key()}, but the "
