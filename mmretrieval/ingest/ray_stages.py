@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -17,10 +17,12 @@ from PIL import Image
 
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
-from ..models.specs import ModelIdentity
 from .batches import Decoded, DecodeTask, Failed
 from .ray_segments import ResultDrop
 from .reader import decode_file
+
+if TYPE_CHECKING:  # models.specs imports torch, which decode tasks must not pay for
+    from ..models.specs import ModelIdentity
 
 Batch = dict[str, npt.NDArray[Any]]
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
@@ -85,7 +87,7 @@ class _NothingKnown:
         return {}
 
 
-def check_reproducible(identity: ModelIdentity) -> None:
+def check_reproducible(identity: "ModelIdentity") -> None:
     """Refuse a model that another process cannot load identically (random weights are drawn anew by each).
 
     Raises:
@@ -110,6 +112,7 @@ class Embedder:
             CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
         """
         from ..models.encoder import load_encoder  # torch: only in the actors
+        from ..models.specs import ModelIdentity
 
         identity = ModelIdentity.from_json(identity_json)
         self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
