@@ -8,8 +8,9 @@ Prints images/s of ``Collection.ingest`` (single machine, default workers) and o
 with 1 and 2 decode workers (``--workers`` to choose others) on a local Ray with all this machine's cores
 (and GPUs, which Ray finds itself: one model actor per GPU), and each Ray rate as a ratio of the
 single-machine rate (the mean of one run before and one after the Ray runs, since a shared machine's load
-drifts). Each run ingests into a fresh collection; the Ray timings include starting the model
-actors (the model loads once per actor) but not starting Ray itself, which is printed apart.
+drifts). Each run ingests into a fresh collection; the wall rate of a Ray run includes starting its model
+actors (the model loads once per actor) but not starting Ray itself, which is printed apart. The steady rate
+counts from the first commit to the last: the pipeline's throughput once it runs, without fixed start-up costs.
 
 It also prints the per-image costs that size a cluster: CPU milliseconds to read, decode and prepare one
 image (``decode_rows`` in this process), and milliseconds of the model per image (``Embedder`` in this
@@ -30,32 +31,46 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ingest import make_jpegs  # noqa: E402  (the same photo-like JPEGs as bench/ingest.py)
 
 
-def single_machine(model, folder: Path, target: Path, batch_size: int | None) -> float:
+class Clock:
+    """A progress callback that notes when each commit landed: wall rate, and the steady rate after the first."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.commits: list[tuple[float, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        if done:
+            self.commits.append((time.perf_counter(), done))
+
+    def rates(self, summary, folder: Path) -> tuple[float, float]:
+        """(images/s over the whole call, images/s from the first commit to the last)."""
+        expected = len(list(folder.iterdir()))
+        if summary.embedded != expected:
+            raise SystemExit(f"embedded {summary.embedded} of {expected} images: {summary}")
+        (first, first_done), (last, last_done) = self.commits[0], self.commits[-1]
+        steady = (last_done - first_done) / (last - first) if last > first else float("nan")
+        return expected / (time.perf_counter() - self.started), steady
+
+
+def single_machine(model, folder: Path, target: Path, batch_size: int | None) -> tuple[float, float]:
     from mmretrieval.collection.collection import Collection
 
     with Collection.open(target, model=model, create=True) as collection:
-        started = time.perf_counter()
-        summary = collection.ingest([folder], batch_size=batch_size)
-        seconds = time.perf_counter() - started
-    return _rate(summary, folder, seconds)
+        clock = Clock()
+        summary = collection.ingest([folder], batch_size=batch_size, progress=clock)
+        return clock.rates(summary, folder)
 
 
-def through_ray(model, folder: Path, target: Path, batch_size: int | None, workers: int) -> float:
+def through_ray(model, folder: Path, target: Path, batch_size: int | None, workers: int) -> tuple[float, float]:
     from mmretrieval.collection.collection import Collection
     from mmretrieval.ingest.ray_runner import RayIngestConfig
 
     with Collection.open(target, model=model, create=True) as collection:
-        started = time.perf_counter()
-        summary = collection.ingest([folder], batch_size=batch_size, ray=RayIngestConfig(decode_tasks=workers))
-        seconds = time.perf_counter() - started
-    return _rate(summary, folder, seconds)
-
-
-def _rate(summary, folder: Path, seconds: float) -> float:
-    expected = len(list(folder.iterdir()))
-    if summary.embedded != expected:
-        raise SystemExit(f"embedded {summary.embedded} of {expected} images: {summary}")
-    return expected / seconds
+        clock = Clock()
+        # Results of 64 rows, so that commits are frequent enough to time the steady state on a few hundred images.
+        summary = collection.ingest([folder], batch_size=batch_size, progress=clock,
+                                    ray=RayIngestConfig(decode_tasks=workers, segment_rows=64))
+        return clock.rates(summary, folder)
 
 
 def per_image_costs(encoder, folder: Path, batch_size: int) -> tuple[float, float, float]:
@@ -130,7 +145,7 @@ def main() -> None:
         if args.costs_only:
             return
         baseline = single_machine(encoder, folder, Path(tmp) / "single", args.batch_size)
-        print(f"single machine        {baseline:8.1f} images/s", flush=True)
+        print(f"single machine        {baseline[0]:8.1f} images/s, steady {baseline[1]:8.1f}", flush=True)
         started = time.perf_counter()
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         print(f"(local Ray started in {time.perf_counter() - started:.1f} s: "
@@ -142,11 +157,13 @@ def main() -> None:
         finally:
             ray.shutdown()
         again = single_machine(encoder, folder, Path(tmp) / "single-again", args.batch_size)
-        print(f"single machine again  {again:8.1f} images/s (after the Ray runs; the ratios use the mean)", flush=True)
-        baseline = (baseline + again) / 2
-        for workers, rate in rates.items():
-            print(f"Ray, {workers} decode worker{'s' if workers > 1 else ' '}  {rate:8.1f} images/s   "
-                  f"ratio to single machine {rate / baseline:.2f}", flush=True)
+        print(f"single machine again  {again[0]:8.1f} images/s, steady {again[1]:8.1f} (after the Ray runs; the "
+              "ratios use the mean of both)", flush=True)
+        wall, steady = (baseline[0] + again[0]) / 2, (baseline[1] + again[1]) / 2
+        for workers, (rate, steady_rate) in rates.items():
+            print(f"Ray, {workers} decode worker{'s' if workers > 1 else ' '}  {rate:8.1f} images/s, steady "
+                  f"{steady_rate:8.1f}   ratio to single machine {rate / wall:.2f}, steady {steady_rate / steady:.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
