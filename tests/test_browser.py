@@ -128,3 +128,48 @@ def test_example_button_runs_its_query(app_url, browser, tmp_path):
     assert page.locator("#results .caption-label").count() == 24
     assert page.locator("#query textarea, #query input").first.input_value() == "a yellow star on a striped background"
     page.close()
+
+
+def test_more_like_this_with_nothing_selected_says_so(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_role("button", name="More like this").click()
+    page.get_by_text("No image is selected: click a search result").first.wait_for(timeout=30_000)
+    assert page.get_by_text("no embedded image with id").count() == 0
+    _screenshot(page, tmp_path, "more-like-this-nothing-selected.png")
+    page.close()
+
+
+def test_a_query_submitted_while_another_runs_is_not_dropped(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    box = page.locator("#query textarea, #query input").first
+    for query in ("a red circle", "two small green triangles", "a large purple cross"):  # faster than a search
+        box.fill(query)
+        box.press("Enter")
+    status = page.locator("#search-status")
+    status.get_by_text("results for 'a large purple cross'").wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # nothing older may land after it
+    assert "results for 'a large purple cross'" in status.inner_text()
+    assert box.input_value() == "a large purple cross"
+    page.close()
+
+
+def test_example_button_clears_a_hidden_query_image(app_url, browser, tmp_path):
+    from PIL import Image
+
+    upload = tmp_path / "query.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(upload)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()
+    page.locator("#query-image input[type=file]").set_input_files(str(upload))
+    page.locator("#query-image img").first.wait_for(timeout=30_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()  # hidden again, still holding the image
+    page.get_by_role("button", name="a red circle").click()
+    page.locator("#search-status").get_by_text("results for 'a red circle'").wait_for(timeout=60_000)
+    assert "image" not in page.locator("#search-status").inner_text().split(";")[0]
+    page.close()

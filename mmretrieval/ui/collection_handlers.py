@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..models.zeroshot import parse_labels
 from . import projection
+from .charts import bar_chart
 from .context import AppContext, user_errors
 
 logger = logging.getLogger(__name__)
@@ -64,17 +65,21 @@ class CollectionHandlers:
         summary = self.ctx.collection.ingest([source], progress=report)
         self.ctx.thumbnails.clear()
         self._map = None
+        with self.ctx.lock:
+            failed_here = [f for f in self.ctx.collection.failures() if _is_under(f.path, source)]
         info, failures = self.collection_info()
-        return _markdown_of(summary, f"Ingested {source}"), info, failures
+        return describe_ingest(summary, source, failed_here), info, failures
 
     # -- label -----------------------------------------------------------------------------------------------
     @user_errors
     def label_collection(
         self, labels: str, templates: str = "default", multi_label: bool = False, threshold: float = 0.5,
-        progress: gr.Progress = gr.Progress(),
-    ) -> tuple[pd.DataFrame, list[tuple[Any, str]], str | None, str]:
-        """Label every image zero-shot; returns counts per label, sample images, the CSV file and a summary."""
-        names = parse_labels(labels or "")
+        label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
+    ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
+        """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
+        names = parse_labels(labels) if (labels or "").replace(",", "").strip() else []
+        if not names:
+            raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
         progress(0, desc="Embedding the labels…")
 
         def report(done: int, total: int) -> None:
@@ -82,19 +87,24 @@ class CollectionHandlers:
 
         with self.ctx.lock:
             summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
-                                                threshold=float(threshold), progress=report)
+                                                threshold=float(threshold), label_set=(label_set or "").strip()
+                                                or "default", replace=bool(replace), progress=report)
             csv_path = self._export_dir / "labels.csv"
             self.ctx.collection.export_labels(csv_path)
-            samples = {name: self._samples(name) if summary.counts.get(name) else [] for name in names}
+            samples = {name: self._samples(f"{summary.label_set}:{name}") if summary.counts.get(name) else []
+                       for name in names}
         self._map = None
         counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{name} ({summary.counts.get(name, 0)})")
                    for name in names for image_id in samples[name]]
-        return counts, gallery, str(csv_path), _markdown_of(summary, "Labelled the collection")
+        chart = bar_chart(names, counts["count"].tolist(), title="Images per label", value_format="{:.0f}",
+                          elem_id="label-count-bars")
+        return chart, counts, gallery, str(csv_path), describe_labelling(summary)
 
-    def _samples(self, name: str) -> list[int]:
-        """A few of the most typical images of label ``name``: its own text as the query, filtered to it."""
-        return [hit.id for hit in self.ctx.collection.search(name, k=SAMPLES_PER_LABEL, label=name)]
+    def _samples(self, qualified: str) -> list[int]:
+        """A few of the most typical images of label ``SET:LABEL``: the label's text as the query, filtered to it."""
+        text = qualified.split(":", 1)[1]
+        return [hit.id for hit in self.ctx.collection.search(text, k=SAMPLES_PER_LABEL, label=qualified)]
 
     # -- map -------------------------------------------------------------------------------------------------
     @user_errors
@@ -161,6 +171,42 @@ def describe_collection(info: Any) -> str:
         f"- labels: {labels}",
         f"- on disk: {megabytes:.1f} MB",
     ])
+
+
+def describe_ingest(summary: Any, source: Path, failed_here: list[Any]) -> str:
+    """An IngestSummary in words, honest about files under ``source`` that failed in earlier ingests."""
+    failed_now = ", ".join(f"{count} {reason}" for reason, count in summary.failed.items())
+    earlier = len(failed_here) - summary.failed_total
+    lines = [f"**Ingested** `{source}`",
+             f"- embedded: {summary.embedded} new or changed files",
+             f"- unchanged since the last ingest: {summary.unchanged}",
+             f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
+             f"- failed in this run: {summary.failed_total}{f' ({failed_now})' if failed_now else ''}"]
+    if earlier > 0:
+        lines.append(f"- still failed from earlier ingests (unchanged, so not retried): {earlier}; "
+                     "the table below lists every failed file with its reason")
+    if summary.pruned:
+        lines.append(f"- removed from the catalog because their file is gone: {summary.pruned}")
+    return "\n".join(lines)
+
+
+def describe_labelling(summary: Any) -> str:
+    """A LabelSummary in words."""
+    mode = (f"multi-label: every label whose probability is at least {summary.threshold:.2f}" if summary.multi_label
+            else "single-label: each image gets its most probable label")
+    unassigned = " Images with no label above the threshold have none." if summary.multi_label else ""
+    name = "" if summary.label_set == "default" else f" (search filters name them {summary.label_set}:LABEL)"
+    return "\n".join([f"**Labelled** {summary.images} images into label set **{summary.label_set}**{name} "
+                      f"({mode}).{unassigned}",
+                      "Other label sets are kept. Search can now filter on these labels; the CSV below lists every "
+                      "assignment of every set."])
+
+
+def _is_under(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _markdown_of(value: Any, heading: str) -> str:

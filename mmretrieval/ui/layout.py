@@ -11,6 +11,7 @@ import logging
 import gradio as gr
 
 from ..models.zeroshot import TEMPLATE_SETS
+from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
 from .media import guard_upload
@@ -30,16 +31,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"# {ctx.title}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
-                _search_tab(ctx, search)
+                search_label = _search_tab(ctx, search)
             with gr.Tab("Zero-shot", id="zero-shot"):
                 _zero_shot_tab(search)
             with gr.Tab("Label collection", id="label"):
-                _label_tab(ctx, collection)
+                _label_tab(ctx, collection, [search_label])
             with gr.Tab("Collection", id="collection"):
                 _collection_tab(ctx, collection, app)
             with gr.Tab("Map", id="map"):
                 _map_tab(ctx, collection)
-    return app
+    return install_checks(app)
 
 
 def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
@@ -55,35 +56,86 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
     with gr.Accordion("Query image, negatives, k and threshold", open=False):
         with gr.Row():
             query_image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
-                                                image_mode=None, sources=["upload", "clipboard"], height=180))
+                                                image_mode=None, sources=["upload", "clipboard"], height=180,
+                                                elem_id="query-image"))
             with gr.Column():
-                negative = gr.Textbox(label="Not like (negative text, comma-separated)", placeholder="e.g. striped")
+                negative = gr.Textbox("", label="Not like (negative text, comma-separated)", placeholder="e.g. striped",
+                                      elem_id="negative")
                 k = gr.Slider(1, MAX_K, value=24, step=1, label="Number of results (k)")
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
-    status = gr.Markdown(elem_id="search-status")
+        with gr.Row():
+            label = gr.Dropdown(label_choices(ctx), value="", label="Only images with label (SET:LABEL or LABEL)",
+                                allow_custom_value=True, elem_id="label-filter")
+            folder = gr.Textbox("", label="Only images under folder (absolute path on the server)",
+                                placeholder="e.g. /home/me/photos/2023", elem_id="folder-filter")
+    status = gr.Markdown(elem_id="search-status", label="Status")
     with gr.Row():
-        gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
-                             interactive=False, elem_id="results", scale=3)
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
+                                 interactive=False, elem_id="results", buttons=["fullscreen"])
+            with gr.Accordion("Download the original files of these results", open=False):
+                with gr.Row(equal_height=True):
+                    zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
+                    zip_note = gr.Markdown(label="Download")
+                zip_file = gr.File(label="Originals (zip)", interactive=False, height=60)
         with gr.Column(scale=1, min_width=260):
-            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview")
-            details = gr.Markdown("Click a result to see it here.", elem_id="details")
+            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
+                               buttons=["fullscreen"])
+            details = gr.Markdown("Click a result to see it here.", elem_id="details", label="Details")
+            original = gr.File(label="Original file", interactive=False, elem_id="original", height=60)
             with gr.Row(equal_height=True):
-                selected = gr.Number(value=None, label="Image id", precision=0, minimum=0, elem_id="selected-id")
+                selected = gr.Number(value=None, label="Image id", precision=0, elem_id="selected-id")
                 show_button = gr.Button("Show", size="sm")
             more_button = gr.Button("More like this", elem_id="more-like-this")
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
         hits_json = gr.JSON(label="Hits")
+        confidence = gr.JSON(label="Confidence")
     hit_ids = gr.State([])
+    # The image whose details are shown; None until one is. (An empty gr.Number sends 0, not None.)
+    shown_id = gr.State(None)
 
-    results = [gallery, hits_json, hit_ids, status]
-    search_inputs = [query, query_image, negative, k, threshold]
-    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search")
-    more_button.click(handlers.similar, [selected, k, threshold], results, api_name="similar")
-    gallery.select(handlers.select_result, [hit_ids], [preview, details, selected], api_visibility="private")
-    show_button.click(handlers.image_info, [selected], [preview, details, selected], api_name="image_info")
+    results = [gallery, hits_json, confidence, hit_ids, status]
+    search_inputs = [query, query_image, negative, k, threshold, label, folder]
+    # "always_last": a query submitted while another runs is run after it (never dropped), so the results
+    # always end up matching what the box says.
+    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search",
+          trigger_mode="always_last")
+    more_button.click(handlers.similar, [shown_id, k, threshold, label, folder], results, api_name="similar_selected",
+                      api_visibility="private", trigger_mode="always_last")
+    one_image = [preview, details, selected, original]
+    gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
+        _same, selected, shown_id, api_visibility="private", queue=False)
+    show_button.click(handlers.image_info, [selected], one_image, api_name="image_info").success(
+        _same, selected, shown_id, api_visibility="private", queue=False)
+    zip_button.click(handlers.originals_zip, [hit_ids], [zip_file, zip_note], api_visibility="private")
+    _script_endpoints(handlers, [k, threshold, label, folder], results)
     for button in example_buttons:
-        button.click(lambda text=button.value: text, None, query, api_visibility="private", queue=False).then(
-            handlers.search, search_inputs, results, api_visibility="private")
+        # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
+        button.click(lambda text=button.value: (text, None, ""), None, [query, query_image, negative],
+                     api_visibility="private", queue=False).then(
+            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last")
+    return label
+
+
+def _same(value: object) -> object:
+    return value
+
+
+def label_choices(ctx: AppContext) -> list[str]:
+    """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
+    with ctx.lock:
+        return [""] + list(ctx.collection.info().labels)
+
+
+def _script_endpoints(handlers: SearchHandlers, options: list, results: list) -> None:
+    """Endpoints for scripts that take a catalog id: ``/similar`` and ``/original`` (the browser uses the selection)."""
+    with gr.Row(visible=False):
+        image_id = gr.Number(value=None, label="Image id", precision=0)
+        original = gr.File(label="Original file")
+        similar = gr.Button("Similar")
+        fetch = gr.Button("Original")
+    similar.click(handlers.similar, [image_id, *options], results, api_name="similar")
+    fetch.click(handlers.original, [image_id], [original], api_name="original")
 
 
 def _zero_shot_tab(handlers: SearchHandlers) -> None:
@@ -100,42 +152,51 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
                 multi_label = gr.Checkbox(label="Multi-label (independent probabilities)", value=False)
             classify = gr.Button("Classify", variant="primary")
         with gr.Column():
-            chart = gr.BarPlot(x="label", y="probability", sort="-y", y_lim=[0, 1], label="Probabilities",
-                               height=320)
-            summary = gr.Markdown()
-    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, summary], api_name="zero_shot")
+            chart = gr.HTML(label="Probabilities", elem_id="zero-shot-chart")
+            summary = gr.Markdown(label="Summary")
+            with gr.Accordion("Every label's probability", open=False):
+                table = gr.Dataframe(label="Probabilities", interactive=False)
+    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
+                   api_name="zero_shot")
 
 
-def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
-    gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding); "
-                "labels are saved in the catalog, where search can filter on them.")
+def _label_tab(ctx: AppContext, handlers: CollectionHandlers, label_filters: list[gr.Dropdown]) -> None:
+    gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding). Each run "
+                "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
         with gr.Column():
             labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
                                 value=", ".join(ctx.map_labels))
             with gr.Row():
+                label_set = gr.Textbox("default", label="Label set name", elem_id="label-set")
+                replace = gr.Checkbox(label="Replace the set if it exists", value=False, elem_id="replace-set")
+            with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
             run = gr.Button("Label the collection", variant="primary")
-            summary = gr.Markdown()
+            summary = gr.Markdown(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
-            counts = gr.BarPlot(x="label", y="count", sort="-y", label="Images per label", height=280)
+            chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
+            with gr.Accordion("Counts as a table", open=False):
+                counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
                                  interactive=False)
-    run.click(handlers.label_collection, [labels, templates, multi_label, threshold],
-              [counts, samples, csv_file, summary], api_name="label_collection")
+    run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
+              [chart, counts, samples, csv_file, summary], api_name="label_collection").success(
+        lambda: [gr.update(choices=label_choices(ctx))] * len(label_filters), None, label_filters,
+        api_visibility="private")
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
-    info = gr.Markdown(elem_id="collection-info")
+    info = gr.Markdown(elem_id="collection-info", label="Collection")
     with gr.Row(equal_height=True):
         folder = gr.Textbox(label="Ingest another folder (a path on the server)", scale=4,
                             interactive=ctx.allow_ingest,
                             placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
         ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
-    ingest_summary = gr.Markdown()
+    ingest_summary = gr.Markdown(label="Ingest summary")
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
     ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest")
@@ -148,7 +209,7 @@ def _map_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
         labels = gr.Textbox(label="Colour by labels (comma-separated; empty: one colour)", scale=4,
                             value=", ".join(ctx.map_labels))
         draw = gr.Button("Draw the map", variant="primary", scale=1)
-    note = gr.Markdown()
+    note = gr.Markdown(label="About this map")
     plot = gr.ScatterPlot(x="x", y="y", color="label", tooltip=["name", "label", "confidence", "id"],
                           label="Embeddings, first two principal components", height=560)
     picked = gr.Gallery(label="Images in the selected range", columns=8, height="auto", interactive=False)
