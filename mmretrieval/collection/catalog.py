@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import label_sets
 from ..errors import CollectionError
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            label_sets.migrate(self._db)
         except sqlite3.DatabaseError as exc:
             raise CollectionError(f"{self.path} is not a readable catalog ({exc}); move it away and re-ingest") from exc
         self._lock = threading.RLock()
@@ -311,30 +313,18 @@ class Catalog:
                            "WHERE status IN ('failed', 'skipped') ORDER BY path")
         return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
 
-    # -- labels -----------------------------------------------------------------------------------------------
-    def replace_labels(self, assignments: Iterable[tuple[int, str, float]]) -> None:
-        """Replace every stored label with ``(image_id, label, probability)`` rows, in one transaction."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM labels")
-            db.executemany("INSERT INTO labels(image_id, label, probability) VALUES (?, ?, ?)", assignments)
-
+    # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
     def labels_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
-        """Assigned ``(label, probability)`` pairs per id, best first."""
-        found: dict[int, list[tuple[str, float]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
-            for id_, label, probability in self._query(
-                "SELECT image_id, label, probability FROM labels "
-                f"WHERE image_id IN ({','.join('?' * len(chunk))}) ORDER BY probability DESC", chunk):
-                found.setdefault(id_, []).append((label, probability))
-        return {id_: tuple(pairs) for id_, pairs in found.items()}
+        """Assigned ``(label, probability)`` pairs per id, best first (``SET:LABEL`` outside the default set)."""
+        return label_sets.labels_of(self, ids)
 
     def ids_with_label(self, label: str) -> npt.NDArray[np.int64]:
-        rows = self._query("SELECT image_id FROM labels WHERE label = ?", (label,))
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        """Ids assigned ``label``: ``SET:LABEL``, or ``LABEL`` in any set."""
+        return label_sets.ids_with_label(self, label)
 
     def label_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label"))
+        """Images per label, over every label set."""
+        return label_sets.counts(self)
 
 
 def _to_blob(vector: npt.NDArray[np.float32]) -> bytes:
