@@ -90,29 +90,30 @@ def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_i
     assert sum(summary.counts.values()) == 9 and sum(collection.info().labels.values()) == 9
 
 
-def test_labels_of_an_older_catalog_become_the_default_set(tmp_path):
+def test_labels_of_a_version_2_catalog_become_the_default_set(tmp_path):
     from mmretrieval.collection.catalog import Catalog
+    from mmretrieval.collection.label_sets import sets
+    from mmretrieval.collection.migrations import SCHEMA_VERSION
 
     path = tmp_path / "catalog.sqlite"
-    db = sqlite3.connect(path)
+    Catalog(path).close()
+    db = sqlite3.connect(path)  # turn it into what version 2 wrote: labels without sets
     db.executescript("""
-        CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB NOT NULL UNIQUE, size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, content_hash TEXT, width INTEGER, height INTEGER,
-            format TEXT, reason TEXT, message TEXT, caption TEXT);
+        DROP TABLE labels; DROP TABLE label_sets; DROP TABLE labels_staging;
         CREATE TABLE labels (image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE, label TEXT NOT NULL,
             probability REAL NOT NULL, PRIMARY KEY (image_id, label));
         INSERT INTO images(path, size, mtime_ns, status) VALUES (x'2f61', 1, 1, 'ok'), (x'2f62', 1, 1, 'ok');
         INSERT INTO labels VALUES (1, 'cat', 0.9), (2, 'dog', 0.8);
+        UPDATE meta SET value = '2' WHERE key = 'schema';
     """)
     db.commit()
     db.close()
     catalog = Catalog(path)
     try:
+        assert catalog.get_meta("schema") == str(SCHEMA_VERSION) == "3"
         assert catalog.label_counts() == {"cat": 1, "dog": 1}
         assert catalog.labels_of([1, 2]) == {1: (("cat", 0.9),), 2: (("dog", 0.8),)}
-        from mmretrieval.collection.label_sets import sets
-
         assert [(s.name, s.labels) for s in sets(catalog)] == [("default", ("cat", "dog"))]
     finally:
         catalog.close()
-    Catalog(path).close()  # opening again is a no-op
+    Catalog(path).close()  # opening again changes nothing

@@ -1,6 +1,6 @@
 """Label sets: each labelling run writes a named set, kept apart from the others and replaced only on request.
 
-Storage (in the catalog): ``labels`` rows carry their ``label_set``; ``label_sets`` describes each run
+Storage (in the catalog; schema in :mod:`.migrations`, version 3): ``labels`` rows carry their ``label_set``; ``label_sets`` describes each run
 (its labels, mode, threshold, when). A run streams its assignments, chunk by chunk, into
 ``labels_staging`` and moves them into ``labels`` in one transaction at the end, so memory stays bounded
 by one chunk and a run that dies half-way leaves the set as it was.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -28,47 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SET = "default"
 _NAME = re.compile(r"^[^:\s.][^:]{0,63}$")
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Give the ``labels`` table a ``label_set`` column (earlier labels become set ``default``); idempotent.
-
-    TODO(merge): becomes one entry of ``collection/migrations.py`` once that lands in main.
-    """
-    columns = [row[1] for row in db.execute("PRAGMA table_info(labels)")]
-    script = """
-    CREATE TABLE IF NOT EXISTS labels_staging (
-        label_set TEXT NOT NULL, image_id INTEGER NOT NULL, label TEXT NOT NULL, probability REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS label_sets (
-        name TEXT PRIMARY KEY,
-        labels TEXT NOT NULL,          -- JSON list of the run's labels, in the order given
-        multi_label INTEGER NOT NULL,
-        threshold REAL,                -- multi-label cutoff; NULL for single-label
-        created_s REAL NOT NULL        -- Unix time of the run
-    );
-    """
-    if "label_set" not in columns:
-        script += """
-        CREATE TABLE labels_v2 (
-            label_set TEXT NOT NULL DEFAULT 'default',
-            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-            label TEXT NOT NULL,
-            probability REAL NOT NULL,
-            PRIMARY KEY (label_set, image_id, label)
-        );
-        INSERT INTO labels_v2(label_set, image_id, label, probability)
-            SELECT 'default', image_id, label, probability FROM labels;
-        DROP TABLE labels;
-        ALTER TABLE labels_v2 RENAME TO labels;
-        CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
-        INSERT OR IGNORE INTO label_sets(name, labels, multi_label, threshold, created_s)
-            SELECT 'default', (SELECT json_group_array(label) FROM (SELECT DISTINCT label FROM labels ORDER BY label)),
-                   0, NULL, CAST(strftime('%s', 'now') AS REAL)
-            WHERE EXISTS (SELECT 1 FROM labels);
-        """
-    script += "CREATE INDEX IF NOT EXISTS labels_image ON labels(image_id);"
-    db.executescript(f"BEGIN IMMEDIATE;{script}COMMIT;")
 
 
 @dataclass(frozen=True)
