@@ -234,20 +234,6 @@ def test_ingest_is_refused_when_reachable_from_other_machines(context, tmp_path)
         handlers.ingest(str(tmp_path), progress=lambda *a, **k: None)
 
 
-def test_map_projects_every_image_and_colours_by_label(manage):
-    table, note = manage.collection_map("circle, square")
-    assert len(table) >= SCENE_COUNT
-    assert set(table["label"]) <= {"circle", "square"}
-    assert np.isfinite(table[["x", "y"]].to_numpy()).all()
-    picked = manage.map_select(_Select([float(table["x"].min()), float(table["x"].max())]))
-    assert 0 < len(picked) <= 24
-    with pytest.raises(gr.Error, match="label set 'default' exists already"):
-        manage.label_collection("star, cross", "default", False, 0.5, progress=lambda *a, **k: None)
-    manage.label_collection("star, cross", "default", False, 0.5, "default", True, progress=lambda *a, **k: None)
-    stored, note = manage.collection_map("")  # no labels typed: coloured by the ones the collection stores
-    assert set(stored["label"]) <= {"star", "cross"} and "collection's labels" in note
-
-
 def test_http_api_named_endpoints(server):
     from gradio_client import Client
 
@@ -540,3 +526,109 @@ def test_search_filters_by_label_set_and_folder(manage, search, collection_dir):
         search.search("a shape", None, "", 5, -1, "nope", "")
     _, similar_hits, _, _, _ = search.similar(in_folder[0]["id"], 5, -1, "colours:blue", folder)
     assert similar_hits and all("colours:blue" in hit["labels"] for hit in similar_hits)
+
+
+@pytest.fixture(scope="module")
+def maps(context):
+    from mmretrieval.ui.map_handlers import MapHandlers
+
+    return MapHandlers(context)
+
+
+def test_map_lays_out_every_image_once_per_generation_and_colours_by_label(maps, context):
+    import json
+
+    value, note = maps.collection_map("circle, square", "pca")
+    data = json.loads(value)
+    total = context.collection.info().vectors
+    assert len(data["points"]["ids"]) == len(data["points"]["x"]) == total
+    assert {entry["label"] for entry in data["legend"]} <= {"circle", "square"}
+    assert sum(entry["count"] for entry in data["legend"]) == total
+    assert np.isfinite(data["points"]["x"]).all() and "PCA map of" in note and "computed now and cached" in note
+    cached = list((context.collection.directory / "map-cache").glob("pca-g*.npz"))
+    assert len(cached) == 1
+    again, again_note = maps.collection_map("red, blue", "pca")
+    assert "from the cache" in again_note and json.loads(again)["points"]["x"] == data["points"]["x"]
+    assert json.loads(again)["version"] > data["version"]  # a new value, so the page redraws
+
+
+def test_map_colours_colour_words_as_themselves():
+    from mmretrieval.ui.map_view import COLOUR_WORDS, colours_for
+
+    colours = colours_for(["red", "colours:blue", "light green", "cat", "dog", "(no labels)"], "(no labels)")
+    assert colours["red"] == COLOUR_WORDS["red"] and colours["colours:blue"] == COLOUR_WORDS["blue"]
+    assert colours["light green"] == COLOUR_WORDS["green"]
+    assert colours["cat"] != colours["dog"] and colours["cat"] not in COLOUR_WORDS.values()
+
+
+def test_map_click_lasso_and_hover_take_only_ids_on_the_map(maps, context):
+    import json
+
+    data = json.loads(maps.collection_map("", "pca")[0])
+    ids = data["points"]["ids"]
+    clicked, gallery, note = maps.map_select(_Select(ids[0]))
+    assert clicked == ids[0] and "details" in note
+    _, gallery, note = maps.map_select(_Select(ids[:5] + [999_999]))  # an id not on the map is ignored
+    assert len(gallery) == 5 and note.startswith("5 images selected")
+    _, gallery, note = maps.map_select(_Select([999_999]))
+    assert gallery == [] and "No point" in note
+    for bad in ("../../etc/passwd", ["/etc/passwd"], 999_999):
+        with pytest.raises(gr.Error):
+            maps.map_select(_Select(bad))
+    card = maps.map_thumbnail(ids[0])
+    assert card["src"].startswith("data:image/webp;base64,") and card["name"].endswith(".png")
+    assert maps.map_thumbnail("/etc/passwd") == {"name": "", "src": ""} == maps.map_thumbnail(999_999)
+
+
+def test_map_filters_and_stored_labels(maps, manage, context, collection_dir):
+    import json
+
+    manage.label_collection("star, cross", "default", False, 0.5, "default", True, progress=lambda *a, **k: None)
+    value, note = maps.collection_map("", "pca")
+    legend = {entry["label"] for entry in json.loads(value)["legend"]}
+    assert legend <= set(context.collection.info().labels) | {"(no labels)"} and "stored labels" in note
+    assert legend - {"(no labels)"}
+    folder = str(collection_dir / "images")
+    only = json.loads(maps.collection_map("", "pca", "", folder)[0])
+    assert len(only["points"]["ids"]) == SCENE_COUNT
+    with pytest.raises(gr.Error, match="not an absolute path"):
+        maps.collection_map("", "pca", "", "images")
+    with pytest.raises(gr.Error, match="unknown map method"):
+        maps.collection_map("", "spiral")
+
+
+@pytest.mark.slow
+def test_umap_map_is_cached_and_reused(tmp_path, tiny_model_dir):
+    import json
+
+    from ui_support import write_scene_folder
+
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.ui.context import AppContext
+    from mmretrieval.ui.map_handlers import MapHandlers
+
+    write_scene_folder(tmp_path / "images", count=40)
+    with Collection.open(tmp_path / "c", model=str(tiny_model_dir), create=True, device="cpu") as collection:
+        collection.ingest([tmp_path / "images"], workers=0)
+        maps = MapHandlers(AppContext(collection=collection, encoder=collection.encoder))
+        value, note = maps.collection_map("", "umap")
+        assert "UMAP map of 40 images" in note and "computed now" in note
+        assert len(json.loads(value)["points"]["ids"]) == 40
+        assert "from the cache" in maps.collection_map("", "umap")[1]
+
+
+def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(context, tmp_path):
+    from mmretrieval.ui.duplicate_handlers import DuplicateHandlers
+
+    if not hasattr(context.collection, "duplicates"):
+        pytest.skip("this build has no Collection.duplicates (mmr duplicates) yet")
+    handlers = DuplicateHandlers(context)
+    review, summary, files = handlers.duplicates(0.0001)  # every image alike: one big group
+    assert "keep (suggested)" in review and "groups of near-duplicates" in summary
+    listed = Path(files[0]).read_text().splitlines()
+    table = pd.read_csv(files[1])
+    assert set(listed) == set(table.loc[table["role"] == "copy", "path"])
+    assert (table["role"] == "keep").sum() == table["group"].nunique()
+    assert all(Path(path).exists() for path in listed)  # exported, never deleted
+    with pytest.raises(gr.Error, match="between 0 and 1"):
+        handlers.duplicates(1.5)

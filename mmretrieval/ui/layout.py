@@ -1,4 +1,4 @@
-"""The Blocks layout: five tabs, and which handler each event calls.
+"""The Blocks layout: six tabs, and which handler each event calls.
 
 Every action has a named endpoint (``api_name``), so ``gradio_client.Client(url).predict(..., api_name="/search")``
 does from a script what the button does in the browser. Purely cosmetic events are kept out of the API.
@@ -7,6 +7,7 @@ does from a script what the button does in the browser. Purely cosmetic events a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gradio as gr
 
@@ -14,7 +15,11 @@ from ..models.zeroshot import TEMPLATE_SETS
 from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
+from .duplicate_handlers import DuplicateHandlers
+from .map_handlers import SELECTION_SHOWN, MapHandlers
+from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
+from .projection import METHODS
 from .search_handlers import MAX_K, SearchHandlers
 
 logger = logging.getLogger(__name__)
@@ -35,11 +40,16 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Zero-shot", id="zero-shot"):
                 _zero_shot_tab(search)
             with gr.Tab("Label collection", id="label"):
-                _label_tab(ctx, collection, [search_label])
+                labelled = _label_tab(ctx, collection)
             with gr.Tab("Collection", id="collection"):
                 _collection_tab(ctx, collection, app)
             with gr.Tab("Map", id="map"):
-                _map_tab(ctx, collection)
+                map_label = _map_tab(ctx, MapHandlers(ctx), search)
+            with gr.Tab("Duplicates", id="duplicates"):
+                _duplicates_tab(DuplicateHandlers(ctx))
+        # A labelling run adds labels (and sets) that the Search and Map filters offer at once.
+        labelled.success(lambda: [gr.update(choices=label_choices(ctx))] * 2, None, [search_label, map_label],
+                         api_visibility="private")
     return install_checks(app)
 
 
@@ -160,7 +170,8 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
                    api_name="zero_shot")
 
 
-def _label_tab(ctx: AppContext, handlers: CollectionHandlers, label_filters: list[gr.Dropdown]) -> None:
+def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
+    """The Label tab; returns the labelling event, for others to follow."""
     gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding). Each run "
                 "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
@@ -183,10 +194,8 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers, label_filters: lis
                 counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
                                  interactive=False)
-    run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
-              [chart, counts, samples, csv_file, summary], api_name="label_collection").success(
-        lambda: [gr.update(choices=label_choices(ctx))] * len(label_filters), None, label_filters,
-        api_visibility="private")
+    return run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
+                     [chart, counts, samples, csv_file, summary], api_name="label_collection")
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
@@ -204,14 +213,57 @@ def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Block
     app.load(handlers.collection_info, None, [info, failures], api_visibility="private")
 
 
-def _map_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
+def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> gr.Dropdown:
+    def map_thumbnail(image_id: object) -> dict[str, str]:  # a plain function: Gradio marks it as a server function
+        return handlers.map_thumbnail(image_id)
+
     with gr.Row(equal_height=True):
-        labels = gr.Textbox(label="Colour by labels (comma-separated; empty: one colour)", scale=4,
-                            value=", ".join(ctx.map_labels))
-        draw = gr.Button("Draw the map", variant="primary", scale=1)
-    note = gr.Markdown(label="About this map")
-    plot = gr.ScatterPlot(x="x", y="y", color="label", tooltip=["name", "label", "confidence", "id"],
-                          label="Embeddings, first two principal components", height=560)
-    picked = gr.Gallery(label="Images in the selected range", columns=8, height="auto", interactive=False)
-    draw.click(handlers.collection_map, [labels], [plot, note], api_name="map")
-    plot.select(handlers.map_select, None, [picked], api_visibility="private")
+        labels = gr.Textbox(label="Colour by labels (comma-separated; empty: the stored labels)", scale=3,
+                            value=", ".join(ctx.map_labels), elem_id="map-labels")
+        method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
+                             scale=1)
+        label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True, scale=1)
+        folder = gr.Textbox("", label="Only folder (absolute path)", scale=1)
+        draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
+    note = gr.Markdown(label="About this map", elem_id="map-note")
+    with gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
+                           server_functions=[map_thumbnail], elem_id="map")
+        with gr.Column(scale=1, min_width=260):
+            preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
+            details = gr.Markdown("Click a point for its details.", label="Details", elem_id="map-details")
+            original = gr.File(label="Original file", interactive=False, height=60)
+            more = gr.Button("More like this", elem_id="map-more-like-this")
+    picked_note = gr.Markdown(label="Selection", elem_id="map-selection-note")
+    picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
+                        elem_id="map-selection", buttons=["fullscreen"])
+    shown_id, picked_ids = gr.State(None), gr.State([])
+    draw.click(handlers.collection_map, [labels, method, label, folder], [plot, note],
+               api_name="map", trigger_mode="always_last")
+    plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private").success(
+        search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private")
+    more.click(lambda image_id: _similar_on_map(search, image_id), [shown_id], [picked, picked_ids, picked_note],
+               api_visibility="private")
+    picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
+                  api_visibility="private")
+    return label
+
+
+def _duplicates_tab(handlers: DuplicateHandlers) -> None:
+    gr.Markdown("Near-duplicate groups (resized, recompressed, slightly cropped or converted copies), each beside "
+                "its suggested keeper. Export the other copies as a list to review; nothing is deleted here.")
+    with gr.Row(equal_height=True):
+        threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
+                              scale=3)
+        find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
+    summary = gr.Markdown(label="Summary", elem_id="duplicates-summary")
+    export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
+                     file_count="multiple", height=90)
+    review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
+    find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates")
+
+
+def _similar_on_map(search: SearchHandlers, image_id: int | None) -> tuple[list, list[int], str]:
+    gallery, _, _, ids, status = search.similar(image_id, SELECTION_SHOWN)
+    return gallery, ids, status
