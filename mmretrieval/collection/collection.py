@@ -52,6 +52,7 @@ from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 
 if TYPE_CHECKING:
     from ..ingest.ray_runner import RayIngestConfig
+    from .label_sets import LabelSet
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -385,12 +386,22 @@ class Collection:
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
-              multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None) -> LabelSummary:
-        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection.labelling`."""
+              multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
+              progress: Progress | None = None) -> LabelSummary:
+        """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
+
+        A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        """
         from .labelling import label_collection
 
-        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
-                                progress=progress)
+        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress)
+
+    def label_sets(self) -> list["LabelSet"]:
+        """The stored label sets (one per labelling run that named it), oldest first."""
+        from .label_sets import sets
+
+        return sets(self.catalog)
 
     def export_labels(self, path: str | os.PathLike) -> int:
         """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""
