@@ -234,7 +234,7 @@ class Collection:
         Raises:
             QueryError: an unknown id, or an image that cannot be decoded.
         """
-        exclude = image if isinstance(image, int) else None
+        exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
             exclude = self.catalog.id_of_path(image)
         hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, path_prefix, label)

@@ -122,12 +122,27 @@ def _offline_help(spec: ModelSpec) -> str:
     )
 
 
+# The names open_clip's own directory loader prefers, best first; ours is the same order so that a directory
+# means the same weights to us and to anyone loading it with open_clip directly.
+_PREFERRED_CHECKPOINTS = (
+    WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+
+
 def find_checkpoint(directory: Path) -> Path:
-    """The weights file in an open_clip model directory, safetensors first."""
+    """The weights file of an open_clip model directory: a preferred name first, then safetensors, then by name.
+
+    This one choice is both hashed into the model identity and loaded (open_clip is handed this file), so
+    a directory holding two checkpoints can never be described by one and run with the other.
+    """
     candidates = sorted(p for p in directory.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file())
     if not candidates:
         raise ModelSpecError(f"no weights in {directory}: expected {WEIGHTS_NAME} (or a .bin/.pth checkpoint)")
-    candidates.sort(key=lambda p: (p.suffix != ".safetensors", p.name != WEIGHTS_NAME))
+    rank = {name: i for i, name in enumerate(_PREFERRED_CHECKPOINTS)}
+    candidates.sort(key=lambda p: (rank.get(p.name, len(rank)), p.suffix != ".safetensors", p.name))
+    if len(candidates) > 1:
+        logger.info("%s holds %d checkpoints; using %s", directory, len(candidates), candidates[0].name)
     return candidates[0]
 
 
@@ -215,10 +230,13 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
 
     source = _resolve(open_clip, spec)
     try:
+        # A model directory's weights are loaded from the file we chose (and hash), not one open_clip picks.
         model = open_clip.create_model(
             source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
-            cache_dir=cache_dir, weights_only=True,
+            cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
         )
+        if source.checkpoint is not None:
+            open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
         tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
     except Exception as exc:  # open_clip and its backends raise many types; translate the ones we know
         raise _translate_load_error(exc, spec, source.checkpoint) from exc
