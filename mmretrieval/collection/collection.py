@@ -27,7 +27,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..atomic import exclusive_lock
-from ..models.encoder import DualEncoder, load_encoder
+from ..models.encoder import DualEncoder, load_encoder, resolve_device
 from ..errors import CollectionError, QueryError
 from .upkeep import IndexKeeper
 from .index import Manifest, exact_search
@@ -184,12 +184,13 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        encoder = self.encoder
-        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
+        # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
+        device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
+        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
         with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
-            summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+            summary = run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
             with self._lock:
                 self._indexes.sync()
         return summary
