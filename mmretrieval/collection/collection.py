@@ -37,6 +37,7 @@ from .query import ImageRef, Query, query_vector
 from .catalog import Catalog
 
 if TYPE_CHECKING:
+    from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,27 @@ class Collection:
                 raise QueryError(f"no image has label {label!r}; labels: {known}")
             allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
         return allowed
+
+    def duplicates(self, threshold: float | None = None, k: int = 10,
+                   progress: Progress | None = None) -> "list[DuplicateGroup]":
+        """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
+
+        Args:
+            threshold: cosine at or above which two images are copies; None uses the model family's default.
+            k: neighbours searched per image.
+            progress: ``(done, total)`` while searching.
+
+        See :mod:`mmretrieval.collection.duplicates`.
+        """
+        from .duplicates import default_threshold, find_duplicates
+
+        def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+            with self._lock:  # one block at a time: an ingest in another thread may add between blocks
+                self._indexes.sync()
+                return self._indexes.index.search(queries, k)
+
+        chosen = default_threshold(self.identity) if threshold is None else threshold
+        return find_duplicates(self.catalog, search, chosen, k, progress)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def image_path(self, image_id: int) -> Path:

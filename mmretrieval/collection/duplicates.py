@@ -1,0 +1,220 @@
+"""Near-duplicate images: resized, recompressed, slightly cropped or format-converted copies of one picture.
+
+From the collection's stored vectors, never by re-reading images:
+
+1. a k-NN graph: every stored vector is searched against the collection's index, ``block`` vectors at a
+   time (so memory holds one block of queries, never all vectors), keeping neighbours scoring at least the
+   threshold (cosine);
+2. connected components of those pairs (union-find): copies of copies end up in one group;
+3. per group, the copy to keep (highest resolution, then largest file, then oldest modification time) and
+   each copy's exact cosine to it.
+
+Nothing is deleted here; :func:`organize_duplicates` only links the copies into a review folder.
+The default threshold depends on the model family (see :data:`DEFAULT_THRESHOLDS`): cosines between
+copies of one image are not on the same scale for every model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+from ..models.specs import ModelIdentity
+from .catalog import Catalog
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+# queries (n, dim) and k -> (scores, ids), both (n, <=k), best first, no -1 padding
+KnnSearch = Callable[[npt.NDArray[np.float32], int], "tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]"]
+
+# Cosine at or above which two images count as copies, by model family. "shapes" (builtin:shapes) is
+# measured by bench/duplicates.py (precision and recall >= 0.95 on its generated set); the CLIP and SigLIP
+# values are not measured here (no pretrained weights offline): re-run bench/duplicates.py --model SPEC.
+DEFAULT_THRESHOLDS = {"shapes": 0.95, "clip": 0.95, "siglip": 0.95}
+DEFAULT_K = 10  # neighbours searched per image: a group larger than k+1 still joins up through chains
+_BLOCK = 4096  # query vectors per index search
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One image of a duplicate group."""
+
+    id: int  # catalog id
+    path: str
+    score: float  # cosine to the kept copy (1.0 for the kept copy itself)
+    width: int  # pixels, as decoded at ingestion (0 when unknown)
+    height: int
+    bytes: int  # file size now (-1 when the file is gone)
+    mtime_ns: int  # modification time now (0 when the file is gone)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Copies of one picture; the kept copy first, the others by decreasing score."""
+
+    copies: tuple[Copy, ...]
+
+    @property
+    def keep(self) -> Copy:
+        """The copy to keep: highest resolution, then largest file, then oldest."""
+        return self.copies[0]
+
+    @property
+    def score(self) -> float:
+        """The lowest cosine of a copy to the kept one: how alike the group's least similar member is."""
+        return min(copy.score for copy in self.copies[1:])
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(copy.path for copy in self.copies)
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        return tuple(copy.score for copy in self.copies)
+
+
+def default_threshold(identity: ModelIdentity) -> float:
+    """The measured (or documented) default threshold for the family of the model that made the vectors."""
+    text = f"{identity.spec} {identity.architecture}".lower()
+    if identity.spec == "builtin:shapes" or "shapes" in identity.architecture:
+        return DEFAULT_THRESHOLDS["shapes"]
+    return DEFAULT_THRESHOLDS["siglip" if "siglip" in text else "clip"]
+
+
+def similar_pairs(ids: npt.NDArray[np.int64], load: Callable[[Sequence[int]], tuple[npt.NDArray[np.int64],
+                  npt.NDArray[np.float32]]], search: KnnSearch, threshold: float, k: int = DEFAULT_K,
+                  block: int = _BLOCK, progress: Progress | None = None
+                  ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Pairs of ids whose cosine is at least ``threshold``, among each image's ``k`` nearest neighbours.
+
+    Yields one ``(a, b)`` pair of id arrays per block of queries (a pair may come once from each side).
+
+    Args:
+        ids: the stored ids to use as queries.
+        load: ids -> ``(ids found, (n, dim) vectors)``.
+        search: the collection's k-NN search (see :data:`KnnSearch`).
+        threshold: cosine cut-off.
+        k: neighbours per image (the image itself is one of the ``k + 1`` searched).
+        block: queries per search call, which bounds memory.
+        progress: ``(done, total)`` after each block.
+    """
+    if k < 1 or block < 1:
+        raise CollectionError(f"k ({k}) and block ({block}) must be at least 1")
+    total = len(ids)
+    for start in range(0, total, block):
+        found, vectors = load(ids[start:start + block].tolist())
+        if len(found):
+            scores, neighbours = search(vectors, k + 1)
+            keep = (neighbours >= 0) & (neighbours != found[:, None]) & (scores >= threshold)
+            rows, cols = np.nonzero(keep)
+            yield found[rows], neighbours[rows, cols]
+        if progress:
+            progress(min(start + block, total), total)
+
+
+def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]) -> list[list[int]]:
+    """Connected components (of two or more ids) of the pairs' graph, by union-find; each sorted, by first id."""
+    parent: dict[int, int] = {}
+
+    def root(node: int) -> int:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving keeps the trees flat
+            node = parent[node]
+        return node
+
+    for left, right in pairs:
+        for a, b in zip(left.tolist(), right.tolist()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for node in parent:
+        members.setdefault(root(node), []).append(node)
+    return sorted((sorted(group) for group in members.values() if len(group) > 1), key=lambda group: group[0])
+
+
+def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[DuplicateGroup]:
+    """Paths, sizes, the kept copy and each copy's exact cosine to it, from the catalog and the files."""
+    described = []
+    for group in groups:
+        rows = catalog.rows(list(group))
+        found, vectors = catalog.vectors(list(group))
+        by_id = dict(zip(found.tolist(), vectors))
+        candidates = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
+                      if i in rows and i in by_id]
+        if len(candidates) < 2:
+            continue  # a row removed since the search
+        kept = max(candidates, key=lambda c: (c.width * c.height, c.bytes, -c.mtime_ns, -c.id))
+        copies = [Copy(c.id, c.path, float(by_id[c.id] @ by_id[kept.id]), c.width, c.height, c.bytes, c.mtime_ns)
+                  for c in candidates]
+        copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
+        described.append(DuplicateGroup(tuple(copies)))
+    return described
+
+
+def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:
+    try:
+        stat = os.stat(path)
+        size, mtime_ns = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime_ns = -1, 0
+    return Copy(image_id, path, 1.0, width or 0, height or 0, size, mtime_ns)
+
+
+def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: int = DEFAULT_K,
+                    progress: Progress | None = None) -> list[DuplicateGroup]:
+    """Groups of near-duplicate images among the catalog's stored vectors, largest score first.
+
+    Args:
+        catalog: where the vectors, paths and sizes are.
+        search: k-NN over the collection's index.
+        threshold: cosine at or above which two images are copies (``default_threshold`` gives the family's).
+        k: neighbours searched per image.
+        progress: ``(done, total)`` while searching.
+
+    Raises:
+        CollectionError: a threshold outside (0, 1], or k < 1.
+    """
+    if not 0 < threshold <= 1:
+        raise CollectionError(f"duplicate threshold {threshold} must be a cosine in (0, 1]; e.g. 0.95")
+    ids = np.sort(catalog.vector_ids())
+    groups = connected_groups(similar_pairs(ids, catalog.vectors, search, threshold, k, progress=progress))
+    logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), len(ids), threshold)
+    described = describe_groups(groups, catalog)
+    described.sort(key=lambda group: (-group.score, group.keep.id))
+    return described
+
+
+def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.PathLike) -> int:
+    """Link each group into ``out_dir/NNNNN/``: ``keep-<id>-<name>`` and ``<id>-<name>`` for the other copies.
+
+    Symlinks only: no image is moved, copied or deleted. Returns the number of links made.
+
+    Raises:
+        CollectionError: ``out_dir`` cannot be written.
+    """
+    out = Path(out_dir)
+    made = 0
+    try:
+        for number, group in enumerate(groups, start=1):
+            folder = out / f"{number:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for copy in group.copies:
+                prefix = "keep-" if copy.id == group.keep.id else ""
+                target = folder / f"{prefix}{copy.id}-{os.path.basename(copy.path)}"
+                if os.path.lexists(target):
+                    target.unlink()
+                target.symlink_to(os.path.abspath(copy.path))
+                made += 1
+    except OSError as exc:
+        raise CollectionError(f"cannot write the review folder {out}: {exc}") from exc
+    return made
