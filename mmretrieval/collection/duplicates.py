@@ -34,13 +34,15 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
 # queries (n, dim) and k -> (scores, ids), both (n, <=k), best first, no -1 padding
 KnnSearch = Callable[[npt.NDArray[np.float32], int], "tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]"]
+# ids -> (sorted ids found, their vectors); unknown ids are left out
+VectorLoader = Callable[[Sequence[int]], "tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]"]
 
 # Cosine at or above which two images count as copies, by model family. "shapes" (builtin:shapes) is
 # measured by bench/duplicates.py (precision and recall >= 0.95 on its generated set); the CLIP and SigLIP
 # values are not measured here (no pretrained weights offline): re-run bench/duplicates.py --model SPEC.
 DEFAULT_THRESHOLDS = {"shapes": 0.95, "clip": 0.95, "siglip": 0.95}
 DEFAULT_K = 10  # neighbours searched per image: a group larger than k+1 still joins up through chains
-_BLOCK = 4096  # query vectors per index search
+_BLOCK = 2048  # query vectors per index search (their neighbours' vectors are gathered too)
 
 
 @dataclass(frozen=True)
@@ -89,35 +91,46 @@ def default_threshold(identity: ModelIdentity) -> float:
     return DEFAULT_THRESHOLDS["siglip" if "siglip" in text else "clip"]
 
 
-def similar_pairs(ids: npt.NDArray[np.int64], load: Callable[[Sequence[int]], tuple[npt.NDArray[np.int64],
-                  npt.NDArray[np.float32]]], search: KnnSearch, threshold: float, k: int = DEFAULT_K,
-                  block: int = _BLOCK, progress: Progress | None = None
-                  ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
-    """Pairs of ids whose cosine is at least ``threshold``, among each image's ``k`` nearest neighbours.
+def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]], total: int,
+                  search: KnnSearch, load: VectorLoader, threshold: float, k: int = DEFAULT_K,
+                  progress: Progress | None = None) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Pairs of ids whose exact cosine is at least ``threshold``, among each image's ``k`` nearest neighbours.
 
-    Yields one ``(a, b)`` pair of id arrays per block of queries (a pair may come once from each side).
+    The index only proposes neighbours; their scores are recomputed from the stored vectors, so a compressed
+    (PQ) index decides nothing by its approximate scores. Yields one ``(a, b)`` pair of id arrays per block
+    (a pair may come once from each side).
 
     Args:
-        ids: the stored ids to use as queries.
-        load: ids -> ``(ids found, (n, dim) vectors)``.
+        blocks: ``(ids, (n, dim) vectors)`` blocks covering the collection (bounded memory).
+        total: how many vectors the blocks hold, for progress.
         search: the collection's k-NN search (see :data:`KnnSearch`).
+        load: ids -> ``(ids found, vectors)``, for the neighbours' exact scores.
         threshold: cosine cut-off.
         k: neighbours per image (the image itself is one of the ``k + 1`` searched).
-        block: queries per search call, which bounds memory.
         progress: ``(done, total)`` after each block.
+
+    Raises:
+        CollectionError: k < 1.
     """
-    if k < 1 or block < 1:
-        raise CollectionError(f"k ({k}) and block ({block}) must be at least 1")
-    total = len(ids)
-    for start in range(0, total, block):
-        found, vectors = load(ids[start:start + block].tolist())
-        if len(found):
-            scores, neighbours = search(vectors, k + 1)
-            keep = (neighbours >= 0) & (neighbours != found[:, None]) & (scores >= threshold)
-            rows, cols = np.nonzero(keep)
-            yield found[rows], neighbours[rows, cols]
+    if k < 1:
+        raise CollectionError(f"k ({k}) must be at least 1: it is how many neighbours each image is compared with")
+    done = 0
+    for ids, vectors in blocks:
+        if len(ids):
+            _, neighbours = search(vectors, k + 1)
+            rows, cols = np.nonzero((neighbours >= 0) & (neighbours != ids[:, None]))
+            candidates = neighbours[rows, cols]
+            found, found_vectors = load(np.unique(candidates).tolist())
+            position = np.searchsorted(found, candidates)
+            present = (position < len(found)) & (found[np.minimum(position, len(found) - 1)] == candidates) \
+                if len(found) else np.zeros(len(candidates), bool)
+            rows, candidates, position = rows[present], candidates[present], position[present]
+            scores = np.einsum("ij,ij->i", vectors[rows], found_vectors[position]) if len(rows) else np.zeros(0)
+            close = scores >= threshold
+            yield ids[rows[close]], candidates[close]
+        done += len(ids)
         if progress:
-            progress(min(start + block, total), total)
+            progress(done, total)
 
 
 def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]) -> list[list[int]]:
@@ -186,9 +199,10 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     """
     if not 0 < threshold <= 1:
         raise CollectionError(f"duplicate threshold {threshold} must be a cosine in (0, 1]; e.g. 0.95")
-    ids = np.sort(catalog.vector_ids())
-    groups = connected_groups(similar_pairs(ids, catalog.vectors, search, threshold, k, progress=progress))
-    logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), len(ids), threshold)
+    total = catalog.vector_count()
+    pairs = similar_pairs(catalog.iter_vectors(_BLOCK), total, search, catalog.vectors, threshold, k, progress)
+    groups = connected_groups(pairs)
+    logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), total, threshold)
     described = describe_groups(groups, catalog)
     described.sort(key=lambda group: (-group.score, group.keep.id))
     return described
