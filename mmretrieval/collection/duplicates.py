@@ -167,8 +167,9 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
         if len(candidates) < 2:
             continue  # a row removed since the search
         kept = max(candidates, key=lambda c: (c.width * c.height, c.bytes, -c.mtime_ns, -c.id))
-        copies = [Copy(c.id, c.path, float(by_id[c.id] @ by_id[kept.id]), c.width, c.height, c.bytes, c.mtime_ns)
-                  for c in candidates]
+        # float16 storage makes a vector's cosine with itself 0.9999..., so the kept copy gets 1.0 by definition
+        copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else min(1.0, float(by_id[c.id] @ by_id[kept.id])),
+                       c.width, c.height, c.bytes, c.mtime_ns) for c in candidates]
         copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
         described.append(DuplicateGroup(tuple(copies)))
     return described

@@ -17,9 +17,10 @@ import logging
 import os
 import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -231,10 +232,11 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     source = _resolve(open_clip, spec)
     try:
         # A model directory's weights are loaded from the file we chose (and hash), not one open_clip picks.
-        model = open_clip.create_model(
-            source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
-            cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
-        )
+        with _without_random_init_warning(source.checkpoint is not None):
+            model = open_clip.create_model(
+                source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
+                cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
+            )
         if source.checkpoint is not None:
             open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
         tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
@@ -259,6 +261,25 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     )
     dims = tuple(source.config.get("matryoshka_dims", ()))
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, matryoshka_dims=dims)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _without_random_init_warning(active: bool) -> Iterator[None]:
+    """open_clip warns that a model it built without weights is random; we load them right after."""
+    if not active:
+        yield
+        return
+    root, dropper = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(dropper)
+    try:
+        yield
+    finally:
+        root.removeFilter(dropper)
 
 
 def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
