@@ -151,3 +151,13 @@ def test_a_batch_where_every_image_fails_is_skipped_not_a_crash(tmp_path, tiny_m
                             workers=0, device="cpu", warmup_steps=1, eval_every=0), on_log=logs.append)
     assert logs == []  # no step had a loss to log
     assert (out / "open_clip_model.safetensors").is_file()  # the last step still saves
+
+
+def test_cli_train_takes_trainconfig_defaults_for_options_left_out(tmp_path):
+    from mmretrieval.cli import main
+
+    out = tmp_path / "cli-model"
+    assert main(["train", "--out", str(out), "--steps", "1", "--batch-size", "2", "--workers", "0",
+                 "--device", "cpu", "--eval-every", "0", "--warmup-steps", "1"]) == 0
+    saved = json.loads((out / "open_clip_config.json").read_text())["training"]
+    assert saved["steps"] == 1 and saved["arch"] == "shapes-vit-tiny" and saved["lr"] == TrainConfig(out="x").lr

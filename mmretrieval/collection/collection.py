@@ -48,6 +48,7 @@ from .query import ImageRef, Query, query_vector
 from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 
 if TYPE_CHECKING:
+    from ..models.text_tower import TextEncoder
     from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
 
@@ -118,6 +119,7 @@ class Collection:
         self.identity = identity
         self.device = device
         self._encoder = encoder
+        self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy)
 
@@ -291,8 +293,18 @@ class Collection:
         Raises:
             QueryError: an empty or self-cancelling query, an unreadable query image, k < 1.
         """
-        vector = query_vector(Query.of(query), self.encoder.encode_texts, self._embed_image)
+        vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
         return self._nearest(vector, k, threshold, path_prefix, label)
+
+    def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
+        with self._lock:
+            if self._encoder is None and self._text_encoder is None:
+                from ..models.text_tower import load_text_encoder
+
+                self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False
+            encoder = self._encoder or self._text_encoder or self.encoder
+        return encoder.encode_texts(texts)
 
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
                 path_prefix: str | None = None, label: str | None = None) -> list[Hit]:

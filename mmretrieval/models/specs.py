@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -176,15 +176,45 @@ def model_config_of(spec: ModelSpec) -> dict[str, Any]:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file; hub cache blobs are already named by it, so those are free."""
-    blob = Path(os.path.realpath(path)).name
-    if re.fullmatch(r"[0-9a-f]{64}", blob):
-        return blob
+    """Hex sha256 of a file; hub cache blobs are already named by it, and other files are hashed once.
+
+    A computed hash is remembered in the user cache, keyed by the file's real path and stamped with its
+    size, mtime, ctime and inode (the same trust as ingestion's unchanged-file check, plus ctime, which no
+    tool resets), so a 600 MB checkpoint is not re-read by every command that checks a model's identity.
+    """
+    real = Path(os.path.realpath(path))
+    if re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    stamp, memo = _file_stamp(real), _hash_memo_path(real)
+    try:
+        remembered = json.loads(memo.read_text(encoding="utf-8"))
+        if remembered.get("stamp") == stamp and re.fullmatch(r"[0-9a-f]{64}", remembered.get("sha256", "")):
+            return remembered["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(real, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        record = {"path": str(real), "stamp": stamp, "sha256": digest.hexdigest()}
+        atomic_write_bytes(memo, json.dumps(record).encode(), durable=False)
+    except OSError as exc:  # a read-only home: correct, just slower next time
+        logger.debug("cannot remember the hash of %s: %s", real, exc)
     return digest.hexdigest()
+
+
+def _file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def _hash_memo_path(real: Path) -> Path:
+    from ..cache import user_cache_dir
+
+    name = hashlib.sha256(os.fsencode(real)).hexdigest()[:32]
+    return user_cache_dir() / "sha256" / f"{name}.json"
 
 
 def _state_hash(model: torch.nn.Module) -> str:
@@ -250,8 +280,13 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
         architecture = _config_hash(open_clip.get_model_config(source.open_clip_name) or {})
     else:
         architecture = spec.name
-    embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
-        else int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):  # proj_bias configs
+        embed_dim = int(projection.out_features)
+    elif projection is not None:
+        embed_dim = int(projection.shape[-1])
+    else:
+        embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     identity = ModelIdentity(
         spec=str(spec),
         architecture=architecture,
