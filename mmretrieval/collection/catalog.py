@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError
+from ..images.metadata import PhotoMetadata
+from .photo_table import read_photos, setup_photo_table, write_photos
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class VectorWrite:
     height: int
     format: str
     embedding: npt.NDArray[np.float32]
+    metadata: PhotoMetadata | None = None  # capture time, camera, GPS (None: not extracted, dated by mtime)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            setup_photo_table(self._db)
         except sqlite3.DatabaseError as exc:
             raise CollectionError(f"{self.path} is not a readable catalog ({exc}); move it away and re-ingest") from exc
         self._lock = threading.RLock()
@@ -225,12 +229,16 @@ class Catalog:
                 "INSERT OR REPLACE INTO vectors(image_id, generation, embedding) VALUES (?, ?, ?)",
                 [(v.image_id, generation, _to_blob(v.embedding)) for v in vectors],
             )
+            write_photos(db, [(v.image_id, v.metadata) for v in vectors if v.metadata is not None])
+            db.executemany("DELETE FROM photos WHERE image_id = ?",  # the file changed: its old metadata is stale
+                           [(v.image_id,) for v in vectors if v.metadata is None])
             db.executemany(
                 "UPDATE images SET status = 'failed', reason = ?, message = ?, content_hash = NULL WHERE id = ?",
                 [(f.reason, f.message, f.image_id) for f in failures],
             )
             db.executemany("DELETE FROM vectors WHERE image_id = ?", [(f.image_id,) for f in failures])
             db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
+            db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
         return generation
 
     def prune_missing(self) -> int:
@@ -301,6 +309,14 @@ class Catalog:
             "SELECT i.id FROM images i JOIN vectors v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
             (len(raw), raw))
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def photos(self, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
+        """Capture time, camera and GPS of rows by id (see :mod:`~mmretrieval.collection.photo_table`)."""
+        return read_photos(self._query, ids)
+
+    def select(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run a read-only query (for the modules that own their own tables, such as the photo filters)."""
+        return self._query(sql, params)
 
     def counts_by_status(self) -> dict[str, int]:
         return dict(self._query("SELECT status, COUNT(*) FROM images GROUP BY status"))

@@ -42,8 +42,10 @@ class LabelSummary:
 
 def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequence[str] | str, templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float,
-                     progress: Callable[[int, int], None] | None = None) -> LabelSummary:
-    """Score every embedded image against ``labels`` and store the assigned ones (replacing earlier labels).
+                     progress: Callable[[int, int], None] | None = None,
+                     ids: Sequence[int] | None = None) -> LabelSummary:
+    """Score every embedded image (or those in ``ids``, a filter's) against ``labels`` and store the assigned
+    ones, replacing every earlier label: stored labels always describe the last run.
 
     Raises:
         QueryError: no labels, unknown templates.
@@ -51,7 +53,7 @@ def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequenc
     names = parse_labels(labels)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
-    all_ids = sorted(catalog.vector_ids().tolist())
+    all_ids = sorted(catalog.vector_ids().tolist() if ids is None else (int(i) for i in ids))
     assignments: list[tuple[int, str, float]] = []
     for start in range(0, len(all_ids), _CHUNK):
         ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK])
