@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
-from .formats import IMAGE_EXTENSIONS, decodable_formats
+from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, sniff
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "decode_image", "load_image",
            "read_image_file", "to_rgb"]
@@ -67,6 +67,10 @@ def decode_image(
             try:
                 image = Image.open(fp, formats=decodable_formats())
             except UnidentifiedImageError as exc:
+                kind = _sniff_start(fp)
+                if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
+                    raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
+                                           "(damaged or cut short)") from exc
                 raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageDecodeError("decompression_bomb", f"refused: {exc}") from exc
@@ -76,6 +80,14 @@ def decode_image(
             return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
     finally:
         fp.close()
+
+
+def _sniff_start(fp: BinaryIO) -> str | None:
+    try:
+        fp.seek(0)
+        return sniff(fp.read(SNIFF_BYTES))
+    except (OSError, ValueError):  # an unseekable stream: say nothing more than "not an image"
+        return None
 
 
 def load_image(source: str | os.PathLike | bytes | BinaryIO, **kwargs) -> Image.Image:

@@ -61,9 +61,10 @@ class PhotoMetadata:
 
     @property
     def camera(self) -> str | None:
-        """Make and model as one name, without the make twice ("Canon Canon EOS R5" -> "Canon EOS R5")."""
+        """Make and model as one name, without the make twice ("NIKON CORPORATION" + "NIKON Z 6" -> "NIKON Z 6")."""
         make, model = (self.make or "").strip(), (self.model or "").strip()
-        if model.lower().startswith(make.lower()):
+        brand = make.split(" ")[0].casefold()
+        if model.casefold().startswith(brand):
             return model or None
         return f"{make} {model}".strip() or None
 
