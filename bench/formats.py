@@ -69,6 +69,9 @@ def main() -> None:
     started = time.perf_counter()
     reference = run_pool(everything, pillow_reference, args.workers, args.timeout)
     loadable = {p: r.format for p, r in reference.items() if isinstance(r, Decoded)}
+    # files plain Pillow itself gave up on by timeout: neither loadable nor misses, but worth knowing about
+    timeouts = sorted(os.path.relpath(p, args.folder) for p, r in reference.items()
+                      if isinstance(r, Failed) and r.reason in ("decode_timeout", "decoder_crashed"))
     found = {item.path for item in discover([os.path.abspath(args.folder)]) if isinstance(item, SourceFile)}
     found = {os.path.relpath(p, os.path.abspath(args.folder)) for p in found}
     ours = run_pool(sorted(loadable), decode_file, args.workers, args.timeout)
@@ -93,6 +96,7 @@ def main() -> None:
     all_embedded, all_total = share(list(by_format))
     report = {
         "files": len(everything), "pillow_loadable": len(loadable), "seconds": round(elapsed, 1),
+        "pillow_timeouts_or_crashes": timeouts,
         "common": {"embedded": common_embedded, "loadable": common_total,
                    "percent": round(100 * common_embedded / max(common_total, 1), 2)},
         "all": {"embedded": all_embedded, "loadable": all_total,
@@ -104,6 +108,8 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         return
     print(f"{len(everything)} files, {len(loadable)} loadable by Pillow (+pillow-heif), {elapsed:.1f} s")
+    if timeouts:
+        print(f"plain Pillow timed out or crashed on {len(timeouts)}: {', '.join(timeouts)}")
     print(f"{'format':10} {'embedded':>9} {'loadable':>9} {'%':>7}")
     for fmt, counts in sorted(by_format.items()):
         mark = "*" if fmt in COMMON else " "

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from mmretrieval.errors import ImageDecodeError
 from mmretrieval.images.decode import decode_image
@@ -76,6 +76,8 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_each_format_decodes_to_its_first_frame(tmp_path, name):
     make, fmt = CASES[name]
+    if fmt == "AVIF" and not features.check("avif"):
+        pytest.skip("this Pillow build has no AVIF codec (Pillow 11.3+ wheels have one)")
     path = tmp_path / name
     path.write_bytes(make())
     result = decode_file(DecodeTask(7, str(path)), PREPARER)

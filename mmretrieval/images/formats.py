@@ -82,11 +82,13 @@ def ensure_openers() -> None:
         _registered = True
 
 
+@functools.cache
 def decodable_formats() -> tuple[str, ...]:
-    """Pillow format names that :func:`~mmretrieval.images.decode.decode_image` lets Pillow open."""
+    """Pillow format names that :func:`~mmretrieval.images.decode.decode_image` lets Pillow open, in Pillow's
+    own order of trying them (the common formats first, so a loose content check elsewhere never wins)."""
     ensure_openers()
     Image.init()
-    return tuple(sorted(name for name in Image.OPEN if name not in EXCLUDED_FORMATS))
+    return tuple(name for name in Image.ID if name in Image.OPEN and name not in EXCLUDED_FORMATS)
 
 
 @functools.cache
