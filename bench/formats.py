@@ -39,6 +39,7 @@ def pillow_reference(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Fai
     from PIL import Image
 
     pillow_heif.register_heif_opener()
+    Image.init()  # every plugin loaded up front: the same identification order whichever file a worker starts with
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -56,6 +57,61 @@ def run_pool(paths: list[str], decode, workers: int, timeout_s: float) -> dict[s
     return {paths[result.image_id]: result for result in pool.run(tasks)}
 
 
+def measure(folder: str, workers: int, timeout_s: float) -> dict:
+    """Load every file with plain Pillow, then find and decode the loadable ones our way; the report dict."""
+    everything = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
+    started = time.perf_counter()
+    reference = run_pool(everything, pillow_reference, workers, timeout_s)
+    loadable = {p: r.format for p, r in reference.items() if isinstance(r, Decoded)}
+    # files plain Pillow itself gave up on by timeout: neither loadable nor misses, but worth knowing about
+    timeouts = sorted(os.path.relpath(p, folder) for p, r in reference.items()
+                      if isinstance(r, Failed) and r.reason in ("decode_timeout", "decoder_crashed"))
+    found = {os.path.relpath(item.path, os.path.abspath(folder)) for item in discover([os.path.abspath(folder)])
+             if isinstance(item, SourceFile)}
+    ours = run_pool(sorted(loadable), decode_file, workers, timeout_s)
+    by_format: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    misses = []
+    for path, fmt in loadable.items():
+        relative, result = os.path.relpath(path, folder), ours[path]
+        embedded = relative in found and isinstance(result, Decoded)
+        by_format[fmt]["loadable"] += 1
+        by_format[fmt]["embedded"] += embedded
+        if not embedded:
+            why = "not found by the reader" if relative not in found else f"{result.reason}: {result.message}"
+            misses.append({"path": relative, "format": fmt, "why": why[:160]})
+    return {
+        "files": len(everything), "pillow_loadable": len(loadable),
+        "seconds": round(time.perf_counter() - started, 1), "pillow_timeouts_or_crashes": timeouts,
+        "common": _share(by_format, [f for f in by_format if f in COMMON]), "all": _share(by_format, list(by_format)),
+        "by_format": {f: dict(c) for f, c in sorted(by_format.items())},
+        "misses": sorted(misses, key=lambda m: (m["format"], m["path"])),
+    }
+
+
+def _share(by_format: dict[str, collections.Counter], formats: list[str]) -> dict:
+    embedded = sum(by_format[f]["embedded"] for f in formats)
+    loadable = sum(by_format[f]["loadable"] for f in formats)
+    return {"embedded": embedded, "loadable": loadable, "percent": round(100 * embedded / max(loadable, 1), 2)}
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['files']} files, {report['pillow_loadable']} loadable by Pillow (+pillow-heif), "
+          f"{report['seconds']} s")
+    if report["pillow_timeouts_or_crashes"]:
+        print(f"plain Pillow timed out or crashed on: {', '.join(report['pillow_timeouts_or_crashes'])}")
+    print(f"{'format':10} {'embedded':>9} {'loadable':>9} {'%':>7}")
+    for fmt, counts in report["by_format"].items():
+        mark = "*" if fmt in COMMON else " "
+        print(f"{fmt:9}{mark} {counts['embedded']:9d} {counts['loadable']:9d} "
+              f"{100 * counts['embedded'] / counts['loadable']:7.1f}")
+    for name, label in (("common", "common formats (*)"), ("all", "all formats")):
+        share = report[name]
+        print(f"{label + ':':20} {share['embedded']}/{share['loadable']} = {share['percent']}%")
+    for miss in report["misses"]:
+        print(f"miss\t{miss['format']}\t{miss['path']}\t{miss['why']}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
@@ -63,62 +119,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per file (default 20)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args()
-
-    everything = sorted(os.path.join(d, f) for d, _, files in os.walk(args.folder) for f in files
-                        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
-    started = time.perf_counter()
-    reference = run_pool(everything, pillow_reference, args.workers, args.timeout)
-    loadable = {p: r.format for p, r in reference.items() if isinstance(r, Decoded)}
-    # files plain Pillow itself gave up on by timeout: neither loadable nor misses, but worth knowing about
-    timeouts = sorted(os.path.relpath(p, args.folder) for p, r in reference.items()
-                      if isinstance(r, Failed) and r.reason in ("decode_timeout", "decoder_crashed"))
-    found = {item.path for item in discover([os.path.abspath(args.folder)]) if isinstance(item, SourceFile)}
-    found = {os.path.relpath(p, os.path.abspath(args.folder)) for p in found}
-    ours = run_pool(sorted(loadable), decode_file, args.workers, args.timeout)
-    elapsed = time.perf_counter() - started
-
-    by_format: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    misses = []
-    for path, fmt in loadable.items():
-        relative = os.path.relpath(path, args.folder)
-        result = ours[path]
-        embedded = relative in found and isinstance(result, Decoded)
-        by_format[fmt]["loadable"] += 1
-        by_format[fmt]["embedded"] += embedded
-        if not embedded:
-            why = "not found by the reader" if relative not in found else f"{result.reason}: {result.message}"
-            misses.append({"path": relative, "format": fmt, "why": why[:160]})
-
-    def share(formats) -> tuple[int, int]:
-        return (sum(by_format[f]["embedded"] for f in formats), sum(by_format[f]["loadable"] for f in formats))
-
-    common_embedded, common_total = share([f for f in by_format if f in COMMON])
-    all_embedded, all_total = share(list(by_format))
-    report = {
-        "files": len(everything), "pillow_loadable": len(loadable), "seconds": round(elapsed, 1),
-        "pillow_timeouts_or_crashes": timeouts,
-        "common": {"embedded": common_embedded, "loadable": common_total,
-                   "percent": round(100 * common_embedded / max(common_total, 1), 2)},
-        "all": {"embedded": all_embedded, "loadable": all_total,
-                "percent": round(100 * all_embedded / max(all_total, 1), 2)},
-        "by_format": {f: dict(c) for f, c in sorted(by_format.items())},
-        "misses": sorted(misses, key=lambda m: (m["format"], m["path"])),
-    }
+    report = measure(args.folder, args.workers, args.timeout)
     if args.json:
         print(json.dumps(report, indent=1))
-        return
-    print(f"{len(everything)} files, {len(loadable)} loadable by Pillow (+pillow-heif), {elapsed:.1f} s")
-    if timeouts:
-        print(f"plain Pillow timed out or crashed on {len(timeouts)}: {', '.join(timeouts)}")
-    print(f"{'format':10} {'embedded':>9} {'loadable':>9} {'%':>7}")
-    for fmt, counts in sorted(by_format.items()):
-        mark = "*" if fmt in COMMON else " "
-        print(f"{fmt:9}{mark} {counts['embedded']:9d} {counts['loadable']:9d} "
-              f"{100 * counts['embedded'] / counts['loadable']:7.1f}")
-    print(f"common formats (*): {common_embedded}/{common_total} = {report['common']['percent']}%")
-    print(f"all formats:        {all_embedded}/{all_total} = {report['all']['percent']}%")
-    for miss in report["misses"]:
-        print(f"miss\t{miss['format']}\t{miss['path']}\t{miss['why']}", file=sys.stderr)
+    else:
+        print_table(report)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def test_files_are_found_by_content_and_lists_are_never_sniffed(tmp_path, monkey
     (root / "list.csv").write_text("path\nIMG_0001\n")
     (root / "notes.txt").write_text("\x89PNG\r\n\x1a\n but a text file")  # an image header, in a list name
     (root / "shot.tga").write_bytes(CASES["shot.tga"][0]())  # TGA has no magic number: found by its name
+    (root / "._shot.tga").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")  # macOS litter
     sniffed = []
     real_sniff_file = reader.sniff_file
     monkeypatch.setattr(reader, "sniff_file", lambda path: sniffed.append(os.path.basename(path)) or real_sniff_file(path))

@@ -269,6 +269,9 @@ def test_label_with_a_filter_labels_only_the_matching_photos(photo_collection):
     assert summary.images == len(expected)
     labelled = col.label_of(col.catalog.vector_ids().tolist())
     assert {col.catalog.rows([i])[i].path for i in labelled} == expected
+    with pytest.raises(QueryError, match="labels are kept"):
+        col.label(["red", "blue"], camera="no such camera")
+    assert col.label_of(col.catalog.vector_ids().tolist()) == labelled
 
 
 def test_cli_filters_and_json_fields(photo_collection, capsys):

@@ -342,11 +342,17 @@ class Collection:
 
         With filters (as for :meth:`search`) only the matching images are labelled; labels stored by an
         earlier run are replaced either way.
+
+        Raises:
+            QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
         """
         from .labelling import label_collection
 
         filters = Filters.of(path_prefix=path_prefix, after=after, before=before, camera=camera, near=near)
         ids = allowed_ids(self.catalog, filters)
+        if ids is not None and not len(ids):
+            raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
+                             "are kept (widen --after/--before/--camera/--near/--prefix)")
         return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
                                 progress=progress, ids=None if ids is None else ids.tolist())
 

@@ -105,6 +105,8 @@ def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str 
         is_dir = False
     if is_dir:
         return "dir"
+    if entry.name.startswith("._"):
+        return None  # macOS AppleDouble resource forks ("._IMG_0001.jpg") on shared drives: never images
     suffix = os.path.splitext(entry.name)[1].lower()
     if suffix in image_extensions() or suffix in RAW_EXTENSIONS:
         return _single(Path(entry.path))
