@@ -1,19 +1,17 @@
 """Crash-safe file writes: write under a temporary name, fsync, rename over the target, fsync the directory.
 
 A reader (or a process restarted after SIGKILL or a power cut) sees either the old file or the new one,
-never a truncated mix. FAISS's own ``write_index`` is not atomic, so the index goes through here too.
+never a truncated mix. New files get the mode the process umask allows (``0666 & ~umask``), as ``open``
+would give them: the temporary is created with mode 0666 and the kernel applies the umask. FAISS's own ``write_index`` is not atomic, so the index goes through here too.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import time
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
-_STARTED = time.time()  # no temporary this process makes is older than this
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -39,9 +37,7 @@ def atomic_path(target: str | os.PathLike, *, durable: bool = True) -> Iterator[
     that are cheap to make again).
     """
     target = Path(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(target)
     try:
         yield tmp
         if durable:
@@ -53,6 +49,19 @@ def atomic_path(target: str | os.PathLike, *, durable: bool = True) -> Iterator[
         raise
     if durable:
         fsync_dir(target.parent)
+
+
+def _create_temporary(target: Path) -> Path:
+    # Not tempfile.mkstemp: it forces mode 0600 whatever the umask, so shared collections became private.
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {target}")
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
@@ -69,9 +78,10 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> list[Path]:
     """Delete temporaries that :func:`atomic_path` left for targets matching ``name_glob`` in ``directory``.
 
-    A process killed mid-write (SIGKILL, power cut) leaves its ``.<name>.<random>.tmp`` behind. Only files of
-    that pattern last modified before this process started are removed, so a write in progress elsewhere
-    (which keeps touching its file) is left alone.
+    A process killed mid-write (SIGKILL, power cut) leaves its ``.<name>.<random>.tmp`` behind. Call this only
+    while holding the lock every writer of those targets holds (a collection's :func:`exclusive_lock`): then
+    no write is in progress and every such temporary is stale. (Judging by age instead let two processes
+    unlink each other's files.)
 
     Returns:
         The paths removed.
@@ -79,7 +89,7 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
     removed = []
     for path in Path(directory).glob(f".{name_glob}.*.tmp"):
         try:
-            if path.is_file() and path.stat().st_mtime < _STARTED:
+            if path.is_file():
                 path.unlink()
                 removed.append(path)
         except OSError:

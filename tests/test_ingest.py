@@ -106,7 +106,7 @@ def test_failures_in_a_batch_never_shift_vectors(tmp_path, tiny_encoder):
         rows = col.catalog.rows(ids.tolist())
         assert sorted(rows[i].path for i in ids.tolist()) == sorted(str(p) for p in good)
         reference = tiny_encoder.encode_images([rows[i].path for i in ids.tolist()])
-        np.testing.assert_allclose(vectors, reference, atol=1e-5)
+        np.testing.assert_allclose(vectors, reference, atol=5e-4)  # stored as float16
 
 
 def test_reingest_skips_unchanged_reembeds_modified_and_prunes(tmp_path, tiny_encoder):
@@ -125,7 +125,7 @@ def test_reingest_skips_unchanged_reembeds_modified_and_prunes(tmp_path, tiny_en
         assert (changed.embedded, changed.unchanged) == (1, 5)
         assert col.catalog.id_of_path(paths[0]) == modified_id  # same file, same id
         np.testing.assert_allclose(col.vectors([modified_id])[1][0],
-                                   tiny_encoder.encode_images([paths[0]])[0], atol=1e-5)
+                                   tiny_encoder.encode_images([paths[0]])[0], atol=5e-4)
 
         paths[1].unlink()
         kept = col.ingest([folder], workers=0)

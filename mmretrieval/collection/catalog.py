@@ -1,7 +1,8 @@
 """The SQLite catalog: the source of truth of a collection.
 
 One row per file (path, size, mtime, content hash, size in pixels, status, failure reason, caption), the
-vector of every image that embedded, zero-shot labels, and the identity of the model that made the vectors.
+place (segment, row) of every image's vector in the collection's segment files (:mod:`.segments`), zero-shot
+labels, and the identity of the model that made the vectors. The schema is versioned (:mod:`.migrations`).
 Paths are stored as the file system's bytes (``os.fsencode``) so that non-UTF-8 names round-trip exactly.
 
 Ids are ``AUTOINCREMENT``: a pruned row's id is never reused, so an id always means one file. Every write is
@@ -23,43 +24,21 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
-from .photo_table import read_photos, setup_photo_table, write_photos
+from .photo_table import read_photos, register_sql_functions
+from .migrations import SCHEMA, SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate
+from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
+from .segments import SEGMENTS_DIRNAME, SegmentStore
+
+__all__ = ["Catalog", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "SegmentCommit", "VectorWrite",
+           "encode_path", "LOCK_NAME", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path BLOB NOT NULL UNIQUE,          -- os.fsencode(absolute path)
-    size INTEGER NOT NULL,              -- bytes, as stat() saw it when planned
-    mtime_ns INTEGER NOT NULL,
-    status TEXT NOT NULL,               -- pending | ok | failed | skipped
-    content_hash TEXT,                  -- blake2b of the bytes, for ok rows
-    width INTEGER, height INTEGER, format TEXT,
-    reason TEXT, message TEXT,          -- why a row failed or was skipped
-    caption TEXT
-);
-CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
-CREATE INDEX IF NOT EXISTS images_status ON images(status);
-CREATE TABLE IF NOT EXISTS vectors (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
-    generation INTEGER NOT NULL,        -- catalog generation that wrote it
-    embedding BLOB NOT NULL             -- float32 little-endian, unit length
-);
-CREATE INDEX IF NOT EXISTS vectors_generation ON vectors(generation);
-CREATE TABLE IF NOT EXISTS labels (
-    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-    label TEXT NOT NULL,
-    probability REAL NOT NULL,
-    PRIMARY KEY (image_id, label)
-);
-CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
-"""
-
+LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS releases it if the process dies
+DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 
 @dataclass(frozen=True)
 class FileState:
@@ -86,52 +65,59 @@ class ImageRow:
     message: str | None
 
 
-@dataclass(frozen=True)
-class VectorWrite:
-    """A vector to store for one row (``embedding`` may be shared by several rows with the same bytes)."""
-
-    image_id: int
-    content_hash: str
-    width: int
-    height: int
-    format: str
-    embedding: npt.NDArray[np.float32]
-    metadata: PhotoMetadata | None = None  # capture time, camera, GPS (None: not extracted, dated by mtime)
-
-
-@dataclass(frozen=True)
-class FailureWrite:
-    """A row that did not embed, and why."""
-
-    image_id: int
-    reason: str
-    message: str
-
-
 def encode_path(path: str | os.PathLike) -> bytes:
     """The catalog key of a path: its absolute form as file-system bytes."""
     return os.fsencode(os.path.abspath(path))
 
 
-class Catalog:
-    """A connection to one collection's SQLite catalog. Thread-safe (one lock around the connection)."""
+class Catalog(VectorPlaces):
+    """A connection to one collection's SQLite catalog. Thread-safe (one lock around the connection).
 
-    def __init__(self, path: str | os.PathLike):
+    Vector reads and writes (:meth:`write_results`, :meth:`commit_segment`, :meth:`vectors`,
+    :meth:`iter_vectors`, :meth:`prune_missing`) come from :class:`~.places.VectorPlaces`.
+    """
+
+    def __init__(self, path: str | os.PathLike, writable: bool = True):
+        """Open (creating or migrating as needed) the catalog at ``path``.
+
+        Args:
+            path: the ``catalog.sqlite`` file; its folder holds the segments and the writer lock.
+            writable: False opens it read-only: nothing in the folder is created or changed (a catalog that
+                needs a migration is then refused).
+
+        Raises:
+            CollectionError: not a catalog, made by newer code, or read-only and in need of a migration.
+        """
         self.path = Path(path)
+        self.writable = writable
+        self._lock = threading.RLock()
+        self.segments = SegmentStore(self.path.parent / SEGMENTS_DIRNAME, writable=writable)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            setup_photo_table(self._db)
+            self._db = _connect(self.path, writable)
+            register_sql_functions(self._db)
+            self._prepare_schema()
         except sqlite3.DatabaseError as exc:
             raise CollectionError(f"{self.path} is not a readable catalog ({exc}); move it away and re-ingest") from exc
-        self._lock = threading.RLock()
-        if self.get_meta("schema") is None:
-            with self.transaction():
-                self.set_meta("schema", SCHEMA_VERSION)
-                self.set_meta("generation", "0")
+
+    def _prepare_schema(self) -> None:
+        version = catalog_version(self._db)
+        if version is not None:
+            check_version(version, self.path)
+        if version is None or version < SCHEMA_VERSION or _missing_tables(self._db):
+            if not self.writable:
+                raise CollectionError(f"{self.path} needs its schema created or migrated to version "
+                                      f"{SCHEMA_VERSION} and is opened read-only; open it once where it is "
+                                      "writable (any mmr command does it)")
+            with exclusive_lock(self.path.parent / LOCK_NAME):  # migrations write segments: a writer's job
+                version = catalog_version(self._db)
+                if version is None:
+                    with self.transaction() as db:
+                        create_tables(db)
+                        self.set_meta("schema", str(SCHEMA_VERSION))
+                        self.set_meta("generation", "0")
+                else:
+                    migrate(self._db, self.path.parent, version)
+                    create_tables(self._db)  # tables added to SCHEMA without a migration of their own
 
     def close(self) -> None:
         with self._lock:
@@ -201,7 +187,7 @@ class Catalog:
                 entries,
             )
             dropped = db.execute(
-                "DELETE FROM vectors WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
+                "DELETE FROM vector_rows WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
             if dropped:
                 self._bump_generation()
@@ -214,74 +200,6 @@ class Catalog:
     def set_caption(self, path: bytes, caption: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE images SET caption = ? WHERE path = ?", (caption, path))
-
-    # -- writing results --------------------------------------------------------------------------------------
-    def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
-        """Store one batch of results in one transaction; returns the new generation."""
-        with self.transaction() as db:
-            generation = self._bump_generation()
-            db.executemany(
-                "UPDATE images SET status = 'ok', content_hash = ?, width = ?, height = ?, format = ?, "
-                "reason = NULL, message = NULL WHERE id = ?",
-                [(v.content_hash, v.width, v.height, v.format, v.image_id) for v in vectors],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO vectors(image_id, generation, embedding) VALUES (?, ?, ?)",
-                [(v.image_id, generation, _to_blob(v.embedding)) for v in vectors],
-            )
-            write_photos(db, [(v.image_id, v.metadata) for v in vectors if v.metadata is not None])
-            db.executemany("DELETE FROM photos WHERE image_id = ?",  # the file changed: its old metadata is stale
-                           [(v.image_id,) for v in vectors if v.metadata is None])
-            db.executemany(
-                "UPDATE images SET status = 'failed', reason = ?, message = ?, content_hash = NULL WHERE id = ?",
-                [(f.reason, f.message, f.image_id) for f in failures],
-            )
-            db.executemany("DELETE FROM vectors WHERE image_id = ?", [(f.image_id,) for f in failures])
-            db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
-            db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
-        return generation
-
-    def prune_missing(self) -> int:
-        """Delete rows whose file no longer exists; returns how many went."""
-        gone = [(path,) for path, in self._query("SELECT path FROM images") if not os.path.lexists(path)]
-        if gone:
-            with self.transaction() as db:
-                db.executemany("DELETE FROM images WHERE path = ?", gone)
-                self._bump_generation()
-        return len(gone)
-
-    # -- vectors ----------------------------------------------------------------------------------------------
-    def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
-        """Stored vectors of already-embedded content, for reuse when the same bytes turn up at another path."""
-        wanted = list(set(hashes))
-        found: dict[str, npt.NDArray[np.float32]] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self._query(
-                "SELECT i.content_hash, v.embedding FROM images i JOIN vectors v ON v.image_id = i.id "
-                f"WHERE i.content_hash IN ({','.join('?' * len(chunk))})", chunk)
-            found.update((digest, _from_blob(blob)) for digest, blob in rows)
-        return found
-
-    def vectors(self, ids: Sequence[int] | None = None, since_generation: int | None = None
-                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(ids, (n, dim) float32)`` of stored vectors: all, the given ids, or those written after a generation."""
-        if ids is not None:
-            rows = []
-            for start in range(0, len(ids), 500):
-                chunk = [int(i) for i in ids[start:start + 500]]
-                rows += self._query(
-                    f"SELECT image_id, embedding FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))})", chunk)
-            rows.sort()
-        elif since_generation is not None:
-            rows = self._query("SELECT image_id, embedding FROM vectors WHERE generation > ? ORDER BY image_id",
-                               (since_generation,))
-        else:
-            rows = self._query("SELECT image_id, embedding FROM vectors ORDER BY image_id")
-        return _stack(rows)
-
-    def vector_ids(self) -> npt.NDArray[np.int64]:
-        return np.array([r[0] for r in self._query("SELECT image_id FROM vectors")], dtype=np.int64)
 
     # -- reading rows -----------------------------------------------------------------------------------------
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
@@ -306,7 +224,7 @@ class Catalog:
         """
         raw = encode_path(prefix) + (os.sep.encode() if str(prefix).endswith(os.sep) else b"")
         rows = self._query(
-            "SELECT i.id FROM images i JOIN vectors v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
+            "SELECT i.id FROM images i JOIN vector_rows v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
             (len(raw), raw))
         return np.array([r[0] for r in rows], dtype=np.int64)
 
@@ -353,18 +271,26 @@ class Catalog:
         return dict(self._query("SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label"))
 
 
-def _to_blob(vector: npt.NDArray[np.float32]) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+def _connect(path: Path, writable: bool) -> sqlite3.Connection:
+    if writable:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+    if not path.is_file():
+        raise CollectionError(f"no catalog at {path}")
+    uri = path.absolute().as_uri()
+    try:  # read-only, still seeing a writer's commits (needs the WAL's shared-memory file)
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:  # a read-only folder without that file: nobody can be writing it
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
 
 
-def _from_blob(blob: bytes) -> npt.NDArray[np.float32]:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-def _stack(rows: list[tuple[int, bytes]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    if not rows:
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    dim = len(rows[0][1]) // 4
-    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-    return ids, vectors.astype(np.float32)
+def _missing_tables(db: sqlite3.Connection) -> bool:
+    wanted = {word.split("(")[0] for word in SCHEMA.split("CREATE TABLE IF NOT EXISTS ")[1:]}
+    wanted = {name.strip().split()[0] for name in wanted}
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return bool(wanted - have)

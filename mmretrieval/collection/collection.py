@@ -7,10 +7,18 @@ This is the API the CLI and the UI share::
         for hit in col.search("2:a red circle", k=5):
             print(hit.score, hit.path)
 
-Layout: ``catalog.sqlite`` (the truth: rows, vectors, labels, model identity), ``index-<gen>.faiss`` and
-``index.json`` (derived). On open the index is checked against the catalog (model, dimension, checksum,
-generation); a corrupt or foreign index is rebuilt from the stored vectors and a stale one catches up,
-so a search never sees an index that disagrees with the catalog.
+Layout: ``catalog.sqlite`` (the truth: rows, places of vectors, labels, model identity), ``segments/`` (the
+vectors, :mod:`.segments`), ``index-<gen>.faiss`` and ``index.json`` (derived). On open the index is checked
+against the catalog (model, dimension, checksum, generation); a corrupt or foreign index is rebuilt in memory
+from the stored vectors and a stale one catches up in memory, so a search never sees an index that disagrees
+with the catalog. Only writers (:meth:`Collection.writing`: ingest, index, import, compact) write files,
+holding ``ingest.lock``; a search never does, so a read-only collection can be searched.
+
+Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget):
+``search``/``similar``/``info``: the index (~0.8 GB) + the model + the pages of re-ranked vectors (page cache);
+``ingest``: the same plus decode buffers, and once per run an index catch-up or, when the index type changes,
+a build (see :mod:`.upkeep`: ~1.5 GB peak); ``index``: a build; ``compact``: one 128 MiB block (see
+:mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is 80 MB in each.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -29,12 +38,14 @@ from PIL import Image
 from ..atomic import exclusive_lock
 from ..models.encoder import DualEncoder, load_encoder
 from ..errors import CollectionError, QueryError
+from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
-from .index import Manifest, exact_search
+from .index import IndexPolicy, Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..models.specs import ModelIdentity
+from .segments import check_dtype as _check_dtype
 from .query import ImageRef, Query, query_vector
-from .catalog import Catalog
+from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 from .filters import DateLike, Filters, NearLike, allowed_ids
 
 if TYPE_CHECKING:
@@ -44,7 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite"
-INGEST_LOCK_NAME = "ingest.lock"  # held (flock) while an ingest runs; the OS releases it if the process dies
+INGEST_LOCK_NAME = LOCK_NAME  # held (flock) by the writer (ingest, index, import, compact); dies with it
 DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -83,6 +94,14 @@ class CollectionInfo:
     index_params: dict[str, int]
     index_vectors: int
     generation: int  # catalog generation the index reflects
+    index_recall: float = -1.0  # recall@10 measured on held-out queries when tuned (-1: not measured)
+    index_memory: int = 0  # estimated resident bytes of the index
+    index_saved: bool = True  # False: the saved index is older; the next writer command saves it
+    vector_dtype: str = ""  # float16 | float32 (segments)
+    segments: int = 0  # segment files
+    stored_rows: int = 0  # rows in segment files, live or dead
+    waste_ratio: float = 0.0  # dead share of stored rows; `mmr compact` reclaims it
+    imported: dict[str, int] = field(default_factory=dict)  # source of committed segments -> rows
     bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     labels: dict[str, int] = field(default_factory=dict)  # label -> images
 
@@ -94,19 +113,20 @@ class Collection:
     """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity,
-                 encoder: DualEncoder | None, device: str):
+                 encoder: DualEncoder | None, device: str, index_policy: IndexPolicy | None = None):
         self.directory = directory
         self.catalog = catalog
         self.identity = identity
         self.device = device
         self._encoder = encoder
         self._lock = threading.RLock()
-        self._indexes = IndexKeeper(directory, catalog, identity)
+        self._indexes = IndexKeeper(directory, catalog, identity, index_policy)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
-             create: bool = False, device: str = "auto") -> "Collection":
+             create: bool = False, device: str = "auto", read_only: bool = False,
+             vector_dtype: str = "float16", index_policy: IndexPolicy | None = None) -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -115,6 +135,10 @@ class Collection:
                 (or :data:`DEFAULT_MODEL` for a new one).
             create: make the directory and catalog if missing.
             device: where to run the model when it gets loaded.
+            read_only: never change anything in ``directory`` (also chosen when the folder is not writable):
+                searches work, writer commands are refused.
+            vector_dtype: ``float16`` (half the disk) or ``float32``, for a collection created now.
+            index_policy: size bands, memory budget and recall target of automatic index choices.
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
@@ -134,10 +158,15 @@ class Collection:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
-        catalog = Catalog(catalog_path)
+        writable = not read_only and os.access(directory, os.W_OK)
+        catalog = Catalog(catalog_path, writable=writable)
+        if writable and catalog.get_meta(DTYPE_KEY) is None:
+            _check_dtype(vector_dtype)
+            with catalog.transaction():
+                catalog.set_meta(DTYPE_KEY, vector_dtype)
         try:
             encoder, identity = _resolve_model(catalog, model, create, device, directory)
-            collection = cls(directory, catalog, identity, encoder, device)
+            collection = cls(directory, catalog, identity, encoder, device, index_policy)
             collection._indexes.load()
         except BaseException:
             catalog.close()
@@ -190,11 +219,46 @@ class Collection:
         config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
-        with exclusive_lock(self.directory / INGEST_LOCK_NAME, busy):
-            summary = run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+        with self.writing(busy):
+            return run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+
+    @contextmanager
+    def writing(self, busy_message: str | None = None) -> Iterator[Catalog]:
+        """Hold the collection's writer lock for a block that writes the catalog (ingest, import, commits).
+
+        On entry, what an interrupted writer left is cleaned up (unreferenced segments, torn appends, index
+        temporaries); on a clean exit, segments wasting more than :data:`AUTO_WASTE_RATIO` are compacted and
+        the index is caught up and saved. Another helper's code commits segments like this::
+
+            with collection.writing() as catalog:
+                catalog.commit_segment(read_sealed(path), metadata=...)
+
+        Args:
+            busy_message: fail with this when another writer holds the lock; None waits for it.
+
+        Raises:
+            CollectionError: the collection was opened read-only, or another writer holds the lock.
+        """
+        if not self.catalog.writable:
+            raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
+                                  "but ingest, import, index and compact need a writable collection folder")
+        with exclusive_lock(self.directory / LOCK_NAME, busy_message):
+            collect_garbage(self.catalog)
+            yield self.catalog
+            if waste(self.catalog).ratio > AUTO_WASTE_RATIO:
+                compact(self.catalog, min_waste_ratio=AUTO_WASTE_RATIO / 2)
             with self._lock:
                 self._indexes.sync()
-        return summary
+                self._indexes.persist()
+
+    def compact(self, min_waste_ratio: float = 0.0,
+                progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
+        """Rewrite segments that waste more than ``min_waste_ratio`` of their rows (``mmr compact``).
+
+        Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
+        """
+        with self.writing(f"another process is writing {self.directory}; run mmr compact when it is done"):
+            return compact(self.catalog, min_waste_ratio, progress)
 
     # -- index ------------------------------------------------------------------------------------------------
     def rebuild_index(self, index_type: str = "auto", **params: int | None) -> Manifest:
@@ -206,8 +270,9 @@ class Collection:
         Raises:
             CollectionError: an unknown index type, or a parameter below 1.
         """
-        with self._lock:
-            return self._indexes.rebuild(index_type, **params)
+        with self.writing(f"another process is writing {self.directory}; run mmr index when it is done"):
+            with self._lock:
+                return self._indexes.rebuild(index_type, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
@@ -279,9 +344,10 @@ class Collection:
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
             _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
         else:
-            with self._lock:
-                self._indexes.sync()
-                _, ids = self._indexes.index.search(vector[None, :], k)
+            with self._lock:  # FAISS is not safe for an add (catch-up) during a search
+                self._indexes.sync()  # in memory only: a search never writes
+                index = self._indexes.index
+                _, ids = index.search(vector[None, :], index.candidates(k))
         ids = ids[0]
         rows = self.catalog.rows(ids.tolist())
         stored_ids, stored = self.catalog.vectors(ids.tolist())
@@ -324,14 +390,26 @@ class Collection:
         """Model, dimension, counts by status, index type and parameters, bytes on disk."""
         with self._lock:
             self._indexes.sync()
-            manifest = self._indexes.manifest
+            manifest = self._indexes.current()
+            saved = self._indexes.manifest
         sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
+        store = self.catalog.segments
+        if store.exists:
+            sizes["segments"] = sum(p.stat().st_size for p in store.directory.iterdir() if p.is_file())
+        stored = waste(self.catalog)
+        imported: dict[str, int] = {}
+        for source, _, rows in self.catalog.segment_sources():
+            imported[source] = imported.get(source, 0) + rows
         return CollectionInfo(
             directory=str(self.directory), model_spec=self.identity.spec, model_key=self.identity.key(),
             dim=self.identity.embed_dim, counts=self.catalog.counts_by_status(),
-            vectors=len(self.catalog.vector_ids()), index_type=manifest.index_type, index_params=manifest.params,
+            vectors=self.catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
             index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
-            labels=self.catalog.label_counts())
+            labels=self.catalog.label_counts(), index_recall=round(manifest.recall, 4),
+            index_memory=manifest.memory_bytes, index_saved=saved is not None and saved.generation == manifest.generation,
+            vector_dtype=store.dtype if store.exists else (self.catalog.get_meta(DTYPE_KEY) or ""),
+            segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
+            waste_ratio=round(stored.ratio, 4), imported=imported)
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,73 +33,20 @@ import numpy.typing as npt
 
 from ..atomic import atomic_path, atomic_write_text, fsync_dir
 from ..errors import CollectionError
+from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MIN_IVF_VECTORS, IndexConfig, IndexPolicy, choose_config,
+                     estimate_bytes)
+
+__all__ = ["AUTO_ANN_THRESHOLD", "INDEX_TYPES", "MANIFEST_NAME", "MIN_IVF_VECTORS", "IndexConfig", "IndexPolicy",
+           "Manifest", "VectorIndex", "choose_config", "exact_search", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
-AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enough (~10 ms on 2 cores)
 MANIFEST_NAME = "index.json"
 METRIC = "inner_product"
-MIN_IVF_VECTORS = 256  # fewer than this: IVF is not worth training (and cannot be over 0 vectors); flat instead
 _TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; more costs build time, not recall
+_MAX_TRAIN = 300_000  # training sample cap: k-means and OPQ cost grows with it, recall barely does past this
 _EXACT_CHUNK = 65_536  # allowed vectors scored per matmul in a filtered search: bounds memory, not results
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """Which FAISS index to build and how to search it."""
-
-    type: str = "flat"  # flat | ivf | hnsw
-    nlist: int = 0  # ivf: number of inverted lists (clusters)
-    nprobe: int = 0  # ivf: lists visited per query (recall vs speed)
-    hnsw_m: int = 32  # hnsw: graph degree
-    ef_search: int = 128  # hnsw: candidate list size per query
-
-    def params(self) -> dict[str, int]:
-        """The parameters that matter for this type, for the manifest and ``mmr info``."""
-        if self.type == "ivf":
-            return {"nlist": self.nlist, "nprobe": self.nprobe}
-        if self.type == "hnsw":
-            return {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
-        return {}
-
-
-def choose_config(count: int, index_type: str | None = None, **overrides: int | None) -> IndexConfig:
-    """The index for ``count`` vectors: ``flat`` below the threshold, ``ivf`` above, unless ``index_type`` says.
-
-    IVF over fewer than :data:`MIN_IVF_VECTORS` vectors cannot be trained usefully, so ``flat`` (exact, and
-    fast at that size) is chosen instead; ``rebuild_index`` records that in the manifest's note.
-
-    Args:
-        count: vectors the index will hold.
-        index_type: ``auto``, or one of :data:`INDEX_TYPES`.
-        overrides: :class:`IndexConfig` fields; None means "the automatic choice".
-
-    Raises:
-        CollectionError: an unknown type or parameter, or a parameter below 1.
-    """
-    if index_type is None or index_type == "auto":
-        index_type = "flat" if count < AUTO_ANN_THRESHOLD else "ivf"
-    if index_type not in INDEX_TYPES:
-        raise CollectionError(f"unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
-    given = {key: value for key, value in overrides.items() if value is not None}
-    unknown = set(given) - {f.name for f in dataclasses.fields(IndexConfig)} - {"type"}
-    if unknown:
-        raise CollectionError(f"unknown index parameter(s) {sorted(unknown)}")
-    for key, value in given.items():
-        if not isinstance(value, int) or value < 1:
-            flag = "--" + key.replace("_", "-")
-            raise CollectionError(f"index parameter {flag} must be a whole number >= 1, got {value}; "
-                                  "leave it out for the automatic choice")
-    if index_type == "ivf" and count < MIN_IVF_VECTORS:
-        return IndexConfig(type="flat")
-    config = IndexConfig(type=index_type)
-    if index_type == "ivf":
-        # ~4 sqrt(n) lists of at least 39 training points each (FAISS's minimum), and 1/128 of them probed.
-        nlist = int(min(max(4 * math.sqrt(max(count, 1)), 1), max(count // 39, 1), 65536))
-        nlist = 2 ** max(int(round(math.log2(nlist))), 0)
-        config = IndexConfig(type="ivf", nlist=nlist, nprobe=min(nlist, max(16, nlist // 128)))
-    return dataclasses.replace(config, **given)
+_IVF_TYPES = ("ivf", "ivfpq")
 
 
 @dataclass(frozen=True)
@@ -118,6 +64,8 @@ class Manifest:
     metric: str = METRIC
     model: dict[str, Any] = field(default_factory=dict)  # the full model identity, for people reading the file
     note: str = ""  # why the index is not the type asked for (e.g. too few vectors for IVF), for people
+    recall: float = -1.0  # recall@10 measured on held-out queries when it was tuned (-1: not measured)
+    memory_bytes: int = 0  # estimated resident memory of the index
 
     def config(self) -> IndexConfig:
         return IndexConfig(type=self.index_type, **self.params)
@@ -137,18 +85,39 @@ class VectorIndex:
     @classmethod
     def build(cls, config: IndexConfig, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32],
               dim: int, use_gpu: bool = False) -> "VectorIndex":
-        """A new index over ``vectors`` (unit rows) with ``ids``; IVF is trained on them first."""
+        """A new index over ``vectors`` (unit rows, all in RAM: small collections and tests) with ``ids``."""
         vectors = _as_matrix(vectors, dim)
-        config = _fit_to_data(config, len(vectors))
-        base = _new_base(config, dim)
-        if not base.is_trained:
-            training = vectors[np.random.default_rng(0).permutation(len(vectors))[: config.nlist * _TRAIN_PER_LIST]]
-            base.train(training)
-        # IVF stores ids itself; flat and HNSW store positions and need the id map. (IndexIDMap2 over IVF is
-        # wrong after remove_ids: it compacts its map but IVF does not renumber.)
-        index = VectorIndex(base if config.type == "ivf" else faiss.IndexIDMap2(base), config, dim, use_gpu)
+        config = fit_to_data(config, len(vectors))
+        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:training_size(config, len(vectors))]]
+        index = cls.trained(config, dim, sample, use_gpu)
         index.add(ids, vectors)
         return index
+
+    @classmethod
+    def trained(cls, config: IndexConfig, dim: int, sample: npt.NDArray[np.float32],
+                use_gpu: bool = False) -> "VectorIndex":
+        """An empty index of ``config`` trained on ``sample`` (see :func:`training_size`); fill it with :meth:`add`.
+
+        This is how large collections are built: train on a sample, then add block by block from the segments.
+        """
+        base = _new_base(config, dim)
+        if not base.is_trained:
+            base.train(_as_matrix(sample, dim))
+        # IVF stores ids itself; flat and HNSW store positions and need the id map. (IndexIDMap2 over IVF is
+        # wrong after remove_ids: it compacts its map but IVF does not renumber.)
+        return VectorIndex(base if config.type in _IVF_TYPES else faiss.IndexIDMap2(base), config, dim, use_gpu)
+
+    def with_config(self, config: IndexConfig) -> "VectorIndex":
+        """The same FAISS index searched with other parameters (nprobe, efSearch, rerank)."""
+        return VectorIndex(self.faiss_index, config, self.dim, self._use_gpu)
+
+    def candidates(self, k: int) -> int:
+        """How many hits to ask for so that exact re-ranking of them yields a good top ``k``."""
+        return max(k, self.config.rerank)
+
+    def memory_bytes(self) -> int:
+        """Estimated resident memory (codes, ids, quantizers)."""
+        return estimate_bytes(self.config, self.count, self.dim)
 
     @property
     def count(self) -> int:
@@ -156,9 +125,9 @@ class VectorIndex:
 
     def ids(self) -> npt.NDArray[np.int64]:
         """The catalog ids the index holds."""
-        if self.config.type != "ivf":
+        if self.config.type not in _IVF_TYPES:
             return faiss.vector_to_array(self.faiss_index.id_map).astype(np.int64)
-        lists = self.faiss_index.invlists
+        lists = faiss.extract_index_ivf(self.faiss_index).invlists
         chunks = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
                   for i in range(lists.nlist) if lists.list_size(i)]
         return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
@@ -208,10 +177,13 @@ class VectorIndex:
 
     def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None) -> Any:
         selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
-        if self.config.type == "ivf":
+        if self.config.type in _IVF_TYPES:
             # Filtered, every list is visited: the allowed ids may all sit in lists the query would not probe.
-            nprobe = self.config.nprobe if selector is None else self.faiss_index.nlist
-            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            nprobe = self.config.nprobe if selector is None else faiss.extract_index_ivf(self.faiss_index).nlist
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            if self.config.type == "ivfpq":  # the HNSW coarse quantizer must return nprobe lists
+                params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
+            return params
         if self.config.type == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
         return None if selector is None else faiss.SearchParameters(sel=selector)
@@ -336,19 +308,31 @@ def _manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | Non
     return None
 
 
-def _fit_to_data(config: IndexConfig, count: int) -> IndexConfig:
-    # IVF needs at least one training point per list; a small collection asked to be IVF gets fewer lists.
-    if config.type == "ivf":
+def fit_to_data(config: IndexConfig, count: int) -> IndexConfig:
+    """``config`` shrunk to what ``count`` vectors can train: IVF needs a training point per list at least."""
+    if config.type in _IVF_TYPES:
         nlist = max(1, min(config.nlist or 1, count))
         return dataclasses.replace(config, nlist=nlist, nprobe=max(1, min(config.nprobe or 1, nlist)))
     return config
 
 
+def training_size(config: IndexConfig, count: int) -> int:
+    """Vectors to sample for training ``config`` over ``count`` (0 for types that need no training)."""
+    if config.type not in _IVF_TYPES:
+        return 0
+    wanted = config.nlist * _TRAIN_PER_LIST
+    if config.type == "ivfpq":
+        wanted = max(wanted, (1 << config.pq_bits) * 64)  # each PQ sub-quantizer is a k-means of its own
+    return min(count, wanted, _MAX_TRAIN)
+
+
 def _new_base(config: IndexConfig, dim: int) -> faiss.Index:
-    factory = {"ivf": f"IVF{config.nlist},SQfp16", "hnsw": f"HNSW{config.hnsw_m},Flat"}.get(config.type, "Flat")
-    base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    base = faiss.index_factory(dim, config.factory(dim), faiss.METRIC_INNER_PRODUCT)
     if config.type == "hnsw":
         base.hnsw.efConstruction = 80
+    if config.type == "ivfpq" and config.opq:
+        rotation = faiss.downcast_VectorTransform(base.chain.at(0))
+        rotation.niter = 20  # FAISS's 50 costs minutes on a few cores for little recall after exact re-ranking
     return base
 
 

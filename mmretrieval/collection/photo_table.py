@@ -1,8 +1,11 @@
 """The catalog's ``photos`` table: capture time, camera, GPS position and orientation per embedded file.
 
-Rows are written with the vectors, in the same transaction (:meth:`Catalog.write_results`), and leave with
-their image (``ON DELETE CASCADE``). Collections made before this table existed get it, empty, when opened;
-their images fall back to the file's modification time (``images.mtime_ns``) for date filters and output.
+Rows are written with the vectors, in the same transaction (``write_results`` and ``commit_segment`` of
+:class:`~mmretrieval.collection.places.VectorPlaces`), and leave with their image (``ON DELETE CASCADE``). The
+table is part of the catalog's schema (:data:`~mmretrieval.collection.migrations.SCHEMA`); it needs no data
+moved, so collections made before it existed get it, empty, when first opened (as the migrations module
+provides for new tables), and their images fall back to the file's modification time (``images.mtime_ns``)
+for date filters and output until they are re-ingested.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ TAKEN_LOCAL_SQL = ("COALESCE(p.taken_local, strftime('%Y-%m-%dT%H:%M:%S', i.mtim
                    "'unixepoch', 'localtime'))")
 TAKEN_UTC_SQL = "COALESCE(p.taken_utc_s, i.mtime_ns / 1e9)"
 CAMERA_SQL = "casefold(COALESCE(p.make, '') || ' ' || COALESCE(p.model, ''))"
-FROM_EMBEDDED_SQL = ("FROM vectors v JOIN images i ON i.id = v.image_id "
+FROM_EMBEDDED_SQL = ("FROM vector_rows v JOIN images i ON i.id = v.image_id "
                      "LEFT JOIN photos p ON p.image_id = v.image_id")
 _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "make", "model", "latitude",
             "longitude", "orientation")
@@ -38,12 +41,8 @@ _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "mak
 Query = Callable[[str, Sequence], list[tuple]]
 
 
-def setup_photo_table(db: sqlite3.Connection) -> None:
-    """Create the table if missing and register ``casefold()`` (SQLite's ``lower()`` folds ASCII only).
-
-    Kept apart from the catalog's own schema so that it can become one step of the catalog's migrations.
-    """
-    db.executescript(PHOTO_SCHEMA)
+def register_sql_functions(db: sqlite3.Connection) -> None:
+    """Register ``casefold()`` on a connection: SQLite's ``lower()`` folds ASCII only."""
     db.create_function("casefold", 1, lambda text: text.casefold() if isinstance(text, str) else text,
                        deterministic=True)
 

@@ -1,9 +1,19 @@
-"""Keeping a collection's FAISS index in step with its catalog.
+"""Keeping a collection's FAISS index in step with its catalog, without readers ever writing it.
 
-The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index (or rebuilds it
-when it is missing, corrupt or from the future), brings it up to the catalog's generation with incremental
-adds and removals, and rebuilds it when that is not possible. The index type and parameters the user chose
-with ``mmr index`` are stored in the catalog and reused by every rebuild, automatic ones included.
+The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index and brings its
+in-memory copy up to the catalog's generation (incremental adds and removals, or an in-memory rebuild when
+that is not possible). Only :meth:`IndexKeeper.persist` writes files, and only writers call it, holding the
+collection's lock (ingest, index, import, compact): a search process never writes, a read-only collection
+can be searched, and two processes never unlink each other's files.
+
+Builds stream: the index is trained on a random sample of stored vectors, then filled block by block from
+the segments; nprobe / efSearch are then tuned to the policy's recall target on held-out queries
+(:mod:`.tuning`). The index type and parameters chosen with ``mmr index`` are stored in the catalog and
+reused by every rebuild, automatic ones included.
+
+Memory (10 M x 512): a build holds the index being built (ivfpq: ~0.8 GB), the training sample (at most
+300,000 x 512 float32 = 600 MB), one block of vectors (128 MiB) and the id list (80 MB). A reader holds the
+loaded index plus the vectors added since it was saved.
 """
 
 from __future__ import annotations
@@ -16,62 +26,57 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import remove_stale_temporaries
-from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
+from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
+from .index import fit_to_data, training_size
+from .sizing import IndexPolicy
+from .tuning import exact_top_k, tune
 
 logger = logging.getLogger(__name__)
 
-_CONFIG_KEY = "index_config"  # catalog meta: {"type": "auto" | flat | ivf | hnsw, "params": {name: value}}
+_CONFIG_KEY = "index_config"  # catalog meta: {"type": "auto" | flat | ivf | hnsw | ivfpq, "params": {...}}
 
 
 class IndexKeeper:
     """The index of one collection and the manifest it was saved with. Callers hold the collection's lock."""
 
-    def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity):
+    def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity, policy: IndexPolicy | None = None):
         self.directory = directory
         self.catalog = catalog
         self.identity = identity
+        self.policy = policy or IndexPolicy()
         self.index: VectorIndex | None = None
-        self.manifest: Manifest | None = None
+        self.manifest: Manifest | None = None  # what is saved on disk (None: nothing usable)
+        self.generation = -1  # the catalog generation the in-memory index reflects
+        self.recall = -1.0  # measured when it was last tuned
+        self.note = ""
 
     def load(self) -> None:
-        """Load the saved index and catch it up, or rebuild it when it cannot be used.
-
-        Index temporaries left by a process killed mid-save are removed first (loading may save an index).
-        """
-        for pattern in ("index-*.faiss", MANIFEST_NAME):
-            for path in remove_stale_temporaries(self.directory, pattern):
-                logger.info("removed %s, left by an interrupted index save", path.name)
+        """Load the saved index and catch it up in memory, or build one in memory when it cannot be used."""
         loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
         if loaded is None or loaded[1].generation > self.catalog.generation:
-            self.rebuild()
+            self.manifest = None
+            self._build()
         else:
             self.index, self.manifest = loaded
+            self.generation, self.recall, self.note = self.manifest.generation, self.manifest.recall, self.manifest.note
             self.sync()
 
     def rebuild(self, index_type: str | None = None, **params: int | None) -> Manifest:
-        """Build afresh from the stored vectors; with ``index_type`` given, it (and ``params``) become the choice.
-
-        Without ``index_type`` the stored choice is used (``auto`` for a collection that never made one).
+        """Build afresh and save (writers only); with ``index_type`` given, it (and ``params``) become the choice.
 
         Raises:
             CollectionError: an unknown index type, or a parameter below 1.
         """
-        ids, vectors = self.catalog.vectors()
-        if index_type is None:
-            index_type, params = self.chosen()
-        config = choose_config(len(ids), index_type, **params)
-        self.index = VectorIndex.build(config, ids, vectors, self.identity.embed_dim, use_gpu=True)
-        given = {key: value for key, value in params.items() if value is not None}
-        if (index_type, given) != self.chosen():
-            with self.catalog.transaction():
-                self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given}))
-        note = ""
-        if index_type not in ("auto", config.type):
-            note = (f"{index_type} asked for, {config.type} built: {len(ids)} vectors are too few to train it "
-                    f"(needs {MIN_IVF_VECTORS}); it is built once the collection is that large")
-        return self.save(self.catalog.generation, note)
+        if index_type is not None:
+            choose_config(0, index_type, dim=self.identity.embed_dim, **params)  # validate before storing
+            given = {key: value for key, value in params.items() if value is not None}
+            if (index_type, given) != self.chosen():
+                with self.catalog.transaction():
+                    self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given}))
+        self._build()
+        return self.persist(force=True)
 
     def chosen(self) -> tuple[str, dict[str, int]]:
         """The index type and parameters last chosen with ``mmr index`` (``("auto", {})`` if never)."""
@@ -81,28 +86,84 @@ class IndexKeeper:
             return choice["type"], dict(choice["params"])
         return self.catalog.get_meta("index_type") or "auto", {}  # collections from before params were kept
 
-    def save(self, generation: int, note: str = "") -> Manifest:
-        manifest = Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type="",
-                            params={}, count=0, generation=generation, model=asdict(self.identity), note=note)
-        self.manifest = self.index.save(self.directory, manifest)
-        return self.manifest
+    def _wanted(self, count: int) -> IndexConfig:
+        index_type, params = self.chosen()
+        return choose_config(count, index_type, dim=self.identity.embed_dim, policy=self.policy, **params)
+
+    def _build(self) -> None:
+        """Build in memory from the stored vectors: train on a sample, add block by block, tune."""
+        generation = self.catalog.generation
+        ids = self.catalog.vector_ids()
+        config = fit_to_data(self._wanted(len(ids)), len(ids))
+        rng = np.random.default_rng(0)
+        sample_ids = np.sort(rng.choice(ids, training_size(config, len(ids)), replace=False))
+        _, sample = self.catalog.vectors(sample_ids)
+        index = VectorIndex.trained(config, self.identity.embed_dim, sample, use_gpu=True)
+        del sample
+        for block_ids, vectors in self.catalog.iter_vectors():
+            index.add(block_ids, vectors)
+        self.index, self.generation = self._tuned(index, ids, rng), generation
+        index_type, _ = self.chosen()
+        self.note = ""
+        if index_type not in ("auto", config.type):
+            self.note = (f"{index_type} asked for, {config.type} built: {len(ids)} vectors are too few to train "
+                         f"it (needs {MIN_IVF_VECTORS}); it is built once the collection is that large")
+
+    def _tuned(self, index: VectorIndex, ids: np.ndarray, rng: np.random.Generator) -> VectorIndex:
+        _, given = self.chosen()
+        if index.config.type == "flat" or self.policy.tuning_queries <= 0 or "nprobe" in given or "ef_search" in given:
+            self.recall = 1.0 if index.config.type == "flat" else -1.0
+            return index
+        query_ids = np.sort(rng.choice(ids, min(len(ids), self.policy.tuning_queries), replace=False))
+        query_ids, queries = self.catalog.vectors(query_ids)
+        truth = exact_top_k(query_ids, queries, self.catalog.iter_vectors())
+        tuned = tune(index, query_ids, queries, truth, self.catalog.vectors, self.policy.recall_target)
+        self.recall = tuned.recall
+        logger.info("tuned %s to %s: recall@10 %.3f on %d held-out queries", index.config.type,
+                    tuned.config.params(), tuned.recall, tuned.queries)
+        return index.with_config(tuned.config)
 
     def sync(self) -> None:
-        """Bring the index up to the catalog's generation: remove deleted ids, (re)add newer vectors."""
+        """Bring the in-memory index up to the catalog's generation (never writes a file)."""
         generation = self.catalog.generation
-        if self.manifest.generation == generation:
+        if self.generation == generation:
             return
         stored_ids = self.catalog.vector_ids()
         index_ids = self.index.ids()
-        new_ids, new_vectors = self.catalog.vectors(since_generation=self.manifest.generation)
+        new_ids = self.catalog.vector_ids(since_generation=self.generation)
         to_remove = np.union1d(np.setdiff1d(index_ids, stored_ids), np.intersect1d(index_ids, new_ids))
         missing = np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids))
-        index_type, params = self.chosen()
-        wanted: IndexConfig = choose_config(len(stored_ids), index_type, **params)
+        wanted = self._wanted(len(stored_ids))
         if missing.size or wanted.type != self.index.config.type or (to_remove.size and not self.index.supports_remove):
-            logger.info("rebuilding the index (%d vectors missing, type %s)", missing.size, wanted.type)
-            self.rebuild()
+            logger.info("rebuilding the index in memory (%d vectors missing, type %s)", missing.size, wanted.type)
+            self._build()
             return
         self.index.remove(to_remove)
-        self.index.add(new_ids, new_vectors)
-        self.save(generation, self.manifest.note)
+        for block_ids, vectors in self.catalog.iter_vectors(since_generation=self.generation):
+            self.index.add(block_ids, vectors)
+        self.generation = generation
+
+    def persist(self, force: bool = False) -> Manifest:
+        """Save the in-memory index if the saved one is older (writers only, holding the collection's lock).
+
+        Temporaries a killed writer left are removed first: under the lock, no other write is in progress.
+        """
+        for pattern in ("index-*.faiss", MANIFEST_NAME):
+            for path in remove_stale_temporaries(self.directory, pattern):
+                logger.info("removed %s, left by an interrupted index save", path.name)
+        self.sync()
+        if not force and self.manifest is not None and self.manifest.generation == self.generation \
+                and self.manifest.params == self.index.config.params():
+            return self.manifest
+        manifest = Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type="",
+                            params={}, count=0, generation=self.generation, model=asdict(self.identity),
+                            note=self.note, recall=self.recall, memory_bytes=self.index.memory_bytes())
+        self.manifest = self.index.save(self.directory, manifest)
+        return self.manifest
+
+    def current(self) -> Manifest:
+        """What the in-memory index is (for ``mmr info``), whether or not it has been saved."""
+        return Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type=self.index.config.type,
+                        params=self.index.config.params(), count=self.index.count, generation=self.generation,
+                        file=self.manifest.file if self.manifest else "", note=self.note, recall=self.recall,
+                        memory_bytes=self.index.memory_bytes())

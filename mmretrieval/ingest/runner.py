@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -17,9 +19,10 @@ import torch
 
 from ..models.encoder import DualEncoder
 from ..collection.catalog import Catalog, FileState, encode_path
+from ..errors import CollectionError
 from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped
 from .pool import DecodePool
-from .reader import discover
+from .reader import LIST_SUFFIXES, discover
 from .writer import CatalogWriter
 
 logger = logging.getLogger(__name__)
@@ -44,10 +47,15 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], c
         Counts of embedded, unchanged, duplicate, failed (by reason) and pruned files.
 
     Raises:
-        CollectionError: a source that does not exist or an unreadable list file.
+        CollectionError: a source that does not exist or an unreadable list file; with ``config.prune``, a
+            source folder that is missing or unreadable (nothing is deleted then).
     """
+    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
     unchanged, skipped = plan(catalog, discover(sources))
-    pruned = catalog.prune_missing() if config.prune else 0
+    pruned = 0
+    if scope is not None:
+        unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
+        pruned = catalog.prune_missing(scope.folders, scope.paths, keep_under=unreadable)
     tasks = [DecodeTask(image_id, path) for image_id, path in catalog.pending()]
     writer = CatalogWriter(catalog)
     counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
@@ -71,6 +79,43 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], c
             failed_by_reason[reason] = failed_by_reason.get(reason, 0) + count
     return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
                          failed=failed_by_reason, pruned=pruned)
+
+
+@dataclass(frozen=True)
+class PruneScope:
+    """What a ``--prune`` may delete: rows under these folders, or with these exact paths (catalog keys)."""
+
+    folders: tuple[bytes, ...]  # absolute folder paths ending in a separator
+    paths: tuple[bytes, ...]  # single files given, and the entries of list files
+
+
+def prune_scope(sources: Sequence[str]) -> PruneScope:
+    """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection.
+
+    Raises:
+        CollectionError: a source that is missing or unreadable: its files may only be on a drive that is not
+            mounted, so nothing is pruned (the message names it).
+    """
+    folders: list[bytes] = []
+    paths: list[bytes] = []
+    for source in sources:
+        path = os.path.abspath(source)
+        if not os.path.lexists(path):
+            raise CollectionError(f"--prune refused: source {source} is missing (an unmounted drive?); nothing was "
+                                  "deleted. Reconnect it, or leave out --prune")
+        if os.path.isdir(path):
+            try:
+                with os.scandir(path) as entries:
+                    next(entries, None)
+            except OSError as exc:
+                raise CollectionError(f"--prune refused: source folder {source} is unreadable ({exc.strerror}); "
+                                      "nothing was deleted. Fix its permissions, or leave out --prune") from exc
+            folders.append(encode_path(path).rstrip(os.sep.encode()) + os.sep.encode())
+        elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
+            paths.extend(encode_path(item.path) for item in discover([path]))
+        else:
+            paths.append(encode_path(path))
+    return PruneScope(tuple(folders), tuple(paths))
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, list[Skipped]]:

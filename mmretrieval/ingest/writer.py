@@ -24,7 +24,7 @@ class CatalogWriter:
         """Commit ``batch``; returns the catalog generation it created."""
         vectors = [
             VectorWrite(item.image_id, item.content_hash, item.width, item.height, item.format, embedding,
-                        item.metadata)
+                        photo=item.metadata)
             for item, embedding in zip(batch.decoded, batch.embeddings, strict=True)
         ]
         failures = [FailureWrite(item.image_id, item.reason, item.message) for item in batch.failed]

@@ -1,0 +1,151 @@
+"""Catalog schema versions and the ordered migrations between them.
+
+The catalog records its schema version in ``meta.schema``. Opening a catalog applies every migration from
+its version to :data:`SCHEMA_VERSION`, each in its own transaction (so a crash leaves the catalog at the
+last version that fully committed), and refuses a catalog newer than this code.
+
+Adding a migration is one line: append a function ``(db, directory) -> None`` to :data:`MIGRATIONS`; it runs
+inside ``BEGIN IMMEDIATE`` and moves the catalog from version ``i + 1`` to ``i + 2`` (its position ``i``).
+Tables that need no data moved can simply be added to :data:`SCHEMA` with ``CREATE ... IF NOT EXISTS``.
+
+Memory: migration 1 -> 2 streams the BLOB vectors in chunks of :data:`_CHUNK` rows (~20 MB at 512-d), so a
+10 M-image v1 catalog migrates in bounded RAM; it needs the segment files' size in free disk (10 GB at
+float16) until SQLite's freed pages are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import CollectionError
+from .photo_table import PHOTO_SCHEMA
+from .segments import DEFAULT_DTYPE, SEGMENTS_DIRNAME, SegmentStore
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path BLOB NOT NULL UNIQUE,          -- os.fsencode(absolute path)
+    size INTEGER NOT NULL,              -- bytes, as stat() saw it when planned
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,               -- pending | ok | failed | skipped
+    content_hash TEXT,                  -- blake2b of the bytes, for ok rows
+    width INTEGER, height INTEGER, format TEXT,
+    reason TEXT, message TEXT,          -- why a row failed or was skipped
+    caption TEXT
+);
+CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+CREATE INDEX IF NOT EXISTS images_status ON images(status);
+CREATE TABLE IF NOT EXISTS vector_rows (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    generation INTEGER NOT NULL,        -- catalog generation that wrote it
+    segment INTEGER NOT NULL,           -- segments/<segment>.vec
+    row INTEGER NOT NULL                -- row in that segment
+);
+CREATE INDEX IF NOT EXISTS vector_rows_generation ON vector_rows(generation);
+CREATE INDEX IF NOT EXISTS vector_rows_place ON vector_rows(segment, row);
+CREATE TABLE IF NOT EXISTS segment_commits (
+    sha256 TEXT PRIMARY KEY,            -- of the committed segment's .vec file
+    source TEXT NOT NULL,               -- where it was committed from
+    segment INTEGER NOT NULL,           -- the number it got in this collection
+    rows INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    probability REAL NOT NULL,
+    PRIMARY KEY (image_id, label)
+);
+CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
+""" + PHOTO_SCHEMA  # capture time, camera, GPS per image: no data to move, so no migration step of its own
+
+_CHUNK = 10_000  # v1 BLOB rows moved per step
+
+
+def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
+    """Move float32 BLOB vectors into segments (float16), record each row's place, drop the BLOB table."""
+    segments_dir = directory / SEGMENTS_DIRNAME
+    if segments_dir.exists():  # left by a migration killed before its commit: nothing points into it
+        shutil.rmtree(segments_dir)
+    create_tables(db)
+    first = db.execute("SELECT embedding FROM vectors LIMIT 1").fetchone()
+    if first is not None:
+        store = SegmentStore(segments_dir)
+        store.create(len(first[0]) // 4, DEFAULT_DTYPE)
+        last = -1
+        while True:
+            rows = db.execute("SELECT image_id, generation, embedding FROM vectors WHERE image_id > ? "
+                              "ORDER BY image_id LIMIT ?", (last, _CHUNK)).fetchall()
+            if not rows:
+                break
+            ids = np.array([r[0] for r in rows], np.int64)
+            vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), -1)
+            number, start = store.append(ids, vectors)
+            db.executemany("INSERT INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
+                           [(r[0], r[1], number, start + i) for i, r in enumerate(rows)])
+            last = rows[-1][0]
+    db.execute("DROP TABLE vectors")
+
+
+# Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2]
+SCHEMA_VERSION = len(MIGRATIONS) + 1
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """Create the current schema's missing tables and indexes (inside the caller's transaction, if any).
+
+    Statement by statement: ``executescript`` would commit the caller's transaction first.
+    """
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def catalog_version(db: sqlite3.Connection) -> int | None:
+    """The stored schema version, or None for an empty (new) database."""
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if not has_meta:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    return int(row[0]) if row else None
+
+
+def check_version(version: int, path: Path) -> None:
+    """Refuse a catalog made by newer code.
+
+    Raises:
+        CollectionError: naming both versions.
+    """
+    if version > SCHEMA_VERSION:
+        raise CollectionError(f"{path} has catalog schema version {version}, this mmretrieval reads up to "
+                              f"version {SCHEMA_VERSION}; upgrade mmretrieval to open it")
+
+
+def migrate(db: sqlite3.Connection, directory: Path, version: int) -> int:
+    """Apply every migration after ``version``, one transaction each; returns the final version.
+
+    The caller holds the collection's writer lock (migrations write segment files).
+    """
+    check_version(version, directory)
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS[version - 1]
+        logger.info("migrating %s from catalog schema %d to %d", directory, version, version + 1)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db, directory)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(version + 1),))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        version += 1
+    return version

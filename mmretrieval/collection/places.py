@@ -1,0 +1,293 @@
+"""The catalog's half of vector storage: each row's place in the segments, and the writes that move them.
+
+:class:`VectorPlaces` is mixed into :class:`~mmretrieval.collection.catalog.Catalog`: the SQL that records,
+looks up and streams places (``vector_rows``: image id -> generation, segment, row) lives here; the bytes live
+in :class:`~mmretrieval.collection.segments.SegmentStore`. Writers append the bytes (fsynced) first and then
+commit the places in one transaction, so a committed place always points at complete bytes and a crash
+in between only leaves unreferenced rows (waste, reclaimed by compaction).
+
+Memory: reading ``n`` vectors by id costs ``n x dim`` float32; :meth:`VectorPlaces.iter_vectors` holds one
+block (default 65,536 rows: 128 MiB at 512-d) whatever the collection's size; :meth:`vector_ids` holds 8 bytes
+per vector (80 MB at 10 M).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+from ..images.metadata import PhotoMetadata
+from .photo_table import write_photos
+from .segments import SealedSegment, SegmentStore
+
+logger = logging.getLogger(__name__)
+
+_BLOCK = 65_536  # rows per streamed block
+_CHUNK = 500  # ids per IN (...) query
+
+
+@dataclass(frozen=True)
+class VectorWrite:
+    """A vector to store for one row (``embedding`` may be shared by several rows with the same bytes)."""
+
+    image_id: int
+    content_hash: str
+    width: int
+    height: int
+    format: str
+    embedding: npt.NDArray[np.float32]
+    photo: PhotoMetadata | None = None  # capture time, camera, GPS (None: not extracted; dated by mtime)
+
+
+@dataclass(frozen=True)
+class RowMetadata:
+    """What a committed segment's row says about its file (all optional but the id)."""
+
+    image_id: int
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    photo: PhotoMetadata | None = None  # capture time, camera, GPS (None: keep what is stored)
+
+
+@dataclass(frozen=True)
+class FailureWrite:
+    """A row that did not embed, and why."""
+
+    image_id: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SegmentCommit:
+    """What :meth:`VectorPlaces.commit_segment` did."""
+
+    segment: int  # the number the segment has in the collection
+    placed: int  # rows whose place now points into it (0 when already committed)
+    unknown_ids: int  # rows whose id is not in the catalog (left as waste)
+    already_committed: bool  # the same content was committed before: nothing changed
+
+
+class VectorPlaces:
+    """Vector reads and writes of a catalog (needs ``segments``, ``transaction``, ``_query``, ``_bump_generation``)."""
+
+    segments: SegmentStore
+    _db: sqlite3.Connection
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...  # provided by Catalog
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]: ...
+    def _bump_generation(self) -> int: ...
+    def get_meta(self, key: str) -> str | None: ...
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
+        """Store one batch: append its vectors to the active segment, then commit places and statuses in one
+        transaction; returns the new generation."""
+        places: list[tuple[int, int, int]] = []
+        if vectors:
+            ids = np.array([v.image_id for v in vectors], np.int64)
+            self._ensure_store(len(vectors[0].embedding))
+            number, first = self.segments.append(ids, np.stack([v.embedding for v in vectors]))
+            places = [(int(i), number, first + row) for row, i in enumerate(ids)]
+        with self.transaction() as db:
+            generation = self._bump_generation()
+            db.executemany(
+                "UPDATE images SET status = 'ok', content_hash = ?, width = ?, height = ?, format = ?, "
+                "reason = NULL, message = NULL WHERE id = ?",
+                [(v.content_hash, v.width, v.height, v.format, v.image_id) for v in vectors])
+            db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
+                           [(i, generation, number, row) for i, number, row in places])
+            write_photos(db, [(v.image_id, v.photo) for v in vectors if v.photo is not None])
+            db.executemany("DELETE FROM photos WHERE image_id = ?",  # the file changed: its old metadata is stale
+                           [(v.image_id,) for v in vectors if v.photo is None])
+            _write_failures(db, failures)
+        return generation
+
+    def commit_segment(self, sealed: SealedSegment, metadata: Sequence[RowMetadata] = (),
+                       failures: Sequence[FailureWrite] = (), source: str | None = None) -> SegmentCommit:
+        """Make a sealed segment (written by :class:`~.segments.SegmentWriter`, maybe elsewhere) part of the
+        collection: its rows become the vectors of the ids it holds, and those rows turn ``ok``.
+
+        Idempotent: a segment whose content (sha256) was committed before changes nothing. Call it from the
+        collection's writer, holding its lock. Ids missing from the catalog are ignored (and counted); an id
+        written twice keeps its last row.
+
+        Args:
+            sealed: from :meth:`SegmentWriter.seal` or :func:`~.segments.read_sealed` (files already verified).
+            metadata: per-row hash, size and format to record (rows not named keep theirs).
+            failures: rows of the same batch that did not embed, committed in the same transaction.
+            source: where it came from, for ``mmr info``; default the segment's path.
+
+        Raises:
+            CollectionError: the segment's dimension or dtype differs from the collection's.
+        """
+        done = self._query("SELECT segment FROM segment_commits WHERE sha256 = ?", (sealed.sha256,))
+        if done:
+            return SegmentCommit(int(done[0][0]), 0, 0, True)
+        self._ensure_store(sealed.dim, sealed.dtype)
+        number = self.segments.add_sealed(sealed)
+        ids = sealed.ids()
+        known = set(self._existing_ids(np.unique(ids)))
+        rows = [(int(i), number, row) for row, i in enumerate(ids.tolist()) if i in known]
+        with self.transaction() as db:
+            generation = self._bump_generation()
+            db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
+                           [(i, generation, n, row) for i, n, row in rows])
+            db.executemany("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE id = ?",
+                           [(i,) for i in known])
+            db.executemany(
+                "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
+                "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",
+                [(m.content_hash, m.width, m.height, m.format, m.image_id) for m in metadata])
+            write_photos(db, [(m.image_id, m.photo) for m in metadata if m.photo is not None and m.image_id in known])
+            _write_failures(db, failures)
+            db.execute("INSERT INTO segment_commits(sha256, source, segment, rows) VALUES (?, ?, ?, ?)",
+                       (sealed.sha256, source or str(sealed.vec_path), number, len(rows)))
+        return SegmentCommit(number, len(rows), len(ids) - len(rows), False)
+
+    def _ensure_store(self, dim: int, dtype: str | None = None) -> None:
+        if not self.segments.exists:
+            self.segments.create(dim, dtype or self.get_meta("vector_dtype") or "float16")
+        elif self.segments.dim != dim:
+            raise CollectionError(f"cannot store {dim}-d vectors in a collection of {self.segments.dim}-d vectors; "
+                                  "use the collection's own model, or a new --collection")
+
+    def _existing_ids(self, ids: npt.NDArray[np.int64]) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start:start + _CHUNK]]
+            found += [r[0] for r in self._query(f"SELECT id FROM images WHERE id IN ({_marks(chunk)})", chunk)]
+        return found
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def vectors(self, ids: Sequence[int] | None = None, since_generation: int | None = None
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(ids, (n, dim) float32)`` of stored vectors, by id: the given ids (unknown ones left out), those
+        written after a generation, or (for small collections only: it materialises them) all."""
+        if ids is None:
+            blocks = list(self.iter_vectors(since_generation=since_generation))
+            if not blocks:
+                return np.zeros(0, np.int64), np.zeros((0, self._dim_or_zero()), np.float32)
+            found = np.concatenate([b[0] for b in blocks])
+            order = np.argsort(found, kind="stable")
+            return found[order], np.concatenate([b[1] for b in blocks])[order]
+        def places() -> list[tuple]:
+            found: list[tuple] = []
+            for start in range(0, len(ids), _CHUNK):
+                chunk = [int(i) for i in ids[start:start + _CHUNK]]
+                found += self._query(
+                    f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({_marks(chunk)})", chunk)
+            return sorted(found)
+
+        return self._gather_fresh(places)
+
+    def _gather_fresh(self, places: Callable[[], list[tuple]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Gather the places ``places()`` returns; once more if a compaction deleted a segment in between."""
+        try:
+            return self._gather(places())
+        except FileNotFoundError:
+            self.segments.forget_maps()
+            return self._gather(places())
+
+    def iter_vectors(self, block_rows: int = _BLOCK, since_generation: int | None = None
+                     ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Blocks of ``(ids, float32 vectors)`` in storage order, never more than ``block_rows`` at once."""
+        after = (-1, -1)
+        condition = "" if since_generation is None else f"AND generation > {int(since_generation)}"
+        while True:
+            places = self._query(f"SELECT image_id, segment, row FROM vector_rows WHERE (segment, row) > (?, ?) "
+                                 f"{condition} ORDER BY segment, row LIMIT ?", (*after, block_rows))
+            if not places:
+                return
+            yield self._gather(places)  # writers stream under the lock, so no compaction runs meanwhile
+            after = (places[-1][1], places[-1][2])
+
+    def _gather(self, places: list[tuple]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        if not places:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim_or_zero()), np.float32)
+        table = np.array(places, dtype=np.int64)
+        return table[:, 0].copy(), self.segments.gather(table[:, 1], table[:, 2])
+
+    def _dim_or_zero(self) -> int:
+        return self.segments.dim if self.segments.exists else 0
+
+    def vector_ids(self, since_generation: int | None = None) -> npt.NDArray[np.int64]:
+        """Sorted ids that have a vector (8 bytes each), or only those written after a generation."""
+        if since_generation is None:
+            rows = self._query("SELECT image_id FROM vector_rows ORDER BY image_id")
+        else:
+            rows = self._query("SELECT image_id FROM vector_rows WHERE generation > ? ORDER BY image_id",
+                               (since_generation,))
+        return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
+
+    def vector_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM vector_rows")[0][0])
+
+    def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """Stored vectors of already-embedded content, for reuse when the same bytes turn up at another path."""
+        wanted = list(set(hashes))
+        places: dict[str, tuple] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            for digest, *place in self._query(
+                    "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
+                    f"ON v.image_id = i.id WHERE i.content_hash IN ({_marks(chunk)})", chunk):
+                places[digest] = tuple(place)
+        _, vectors = self._gather(list(places.values()))
+        return dict(zip(places, vectors))
+
+    def rows_per_segment(self) -> dict[int, int]:
+        """Live (referenced) rows per segment number."""
+        return dict(self._query("SELECT segment, COUNT(*) FROM vector_rows GROUP BY segment"))
+
+    def places_in_segment(self, number: int, after_row: int, limit: int) -> list[tuple[int, int]]:
+        """``(image_id, row)`` of live rows of one segment after ``after_row``, in row order, at most ``limit``."""
+        return self._query("SELECT image_id, row FROM vector_rows WHERE segment = ? AND row > ? ORDER BY row LIMIT ?",
+                           (number, after_row, limit))
+
+    def segment_sources(self) -> list[tuple[str, int, int]]:
+        """``(source, segment, rows)`` of every committed segment (imports, distributed ingests)."""
+        return self._query("SELECT source, segment, rows FROM segment_commits ORDER BY segment")
+
+    # -- pruning ----------------------------------------------------------------------------------------------
+    def prune_missing(self, folders: Sequence[bytes] = (), paths: Sequence[bytes] = (),
+                      keep_under: Sequence[bytes] = ()) -> int:
+        """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
+        as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
+        many went. The caller has checked that the folders are there: nothing else is pruned."""
+        candidates: set[bytes] = set()
+        for folder in folders:
+            candidates.update(r[0] for r in self._query("SELECT path FROM images WHERE substr(path, 1, ?) = ?",
+                                                        (len(folder), folder)))
+        for start in range(0, len(paths), _CHUNK):
+            chunk = list(paths[start:start + _CHUNK])
+            candidates.update(r[0] for r in self._query(f"SELECT path FROM images WHERE path IN ({_marks(chunk)})", chunk))
+        gone = [(path,) for path in sorted(candidates)
+                if not any(path.startswith(folder) for folder in keep_under) and not os.path.lexists(path)]
+        if gone:
+            with self.transaction() as db:
+                db.executemany("DELETE FROM images WHERE path = ?", gone)
+                self._bump_generation()
+        return len(gone)
+
+
+def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:
+    db.executemany("UPDATE images SET status = 'failed', reason = ?, message = ?, content_hash = NULL WHERE id = ?",
+                   [(f.reason, f.message, f.image_id) for f in failures])
+    db.executemany("DELETE FROM vector_rows WHERE image_id = ?", [(f.image_id,) for f in failures])
+    db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
+    db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
+
+
+def _marks(values: Sequence) -> str:
+    return ",".join("?" * len(values))

@@ -1,0 +1,447 @@
+"""Vector segments: append-only, memory-mapped files of embeddings, listed in a checksummed manifest.
+
+A collection keeps its vectors here, not in SQLite. The catalog keeps each row's *place* (segment number,
+row); a deleted or replaced vector is a tombstone (no catalog row points at its place any more) until
+compaction (:mod:`.compaction`) rewrites the live rows into new segments.
+
+On disk, in ``<collection>/segments/``::
+
+    manifest.json        {"format", "dim", "dtype", "next_number", "segments": [...], "checksum"} (atomic writes)
+    000001.vec           count x dim little-endian float16 (default) or float32, row-major, no header
+    000001.ids           count little-endian int64: the catalog id each row was written for
+
+Every segment listed in the manifest is *sealed* (its count, size and sha256 are in the manifest) except at
+most one *active* segment that the collection's writer appends to; its row count is its file size divided
+by the row size. Appends are fsynced before the catalog commits a place in them, so a committed place always
+points at complete bytes; a torn tail left by a killed writer is cut off when the next writer opens the store.
+
+Public API (what ingest, ``mmr import`` and the Ray runner use)::
+
+    # anywhere (another process, another node): write and seal a segment of your own
+    writer = SegmentWriter(out_dir, dim=512, dtype="float16", name="part-00007")
+    writer.append(ids, vectors)          # ids: catalog ids (int64), vectors: (n, dim) unit rows
+    sealed = writer.seal()               # fsync + sha256; writes part-00007.json next to the data
+    # later, in the collection's writer (under its lock): idempotent by path + content hash
+    catalog.commit_segment(read_sealed(out_dir / "part-00007.json"), metadata=..., failures=...)
+
+:func:`read_sealed` verifies the files against their descriptor. Committing the same sealed segment twice
+does nothing the second time (the catalog remembers each committed segment's sha256 and source path).
+
+Memory: the store maps files (page cache, not anonymous memory). Gathering ``n`` vectors costs ``n x dim``
+float32 of RAM; streaming (:meth:`SegmentStore.read_rows` over blocks) costs one block. For a 10 M x 512
+collection the segment files take 10 GB (float16) or 20 GB (float32) on disk; a search needs only the
+pages of the vectors it re-ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..atomic import atomic_write_text, fsync_dir
+from ..errors import CollectionError
+
+logger = logging.getLogger(__name__)
+
+SEGMENTS_DIRNAME = "segments"
+MANIFEST_NAME = "manifest.json"
+DTYPES = ("float16", "float32")
+DEFAULT_DTYPE = "float16"  # half the disk and page cache of float32; cosine error ~1e-3, below ranking noise
+SEGMENT_ROWS = 1 << 20  # an active segment is sealed past this many rows (1 GiB at 512-d float16)
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One manifest entry."""
+
+    number: int  # file stem, zero-padded to 6 digits
+    sealed: bool  # False only for the active segment, which the writer appends to
+    count: int = 0  # rows (sealed segments only)
+    size: int = 0  # bytes of the .vec file (sealed only)
+    sha256: str = ""  # of the .vec file (sealed only)
+    ids_sha256: str = ""  # of the .ids file (sealed only)
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    """A finished segment written by :class:`SegmentWriter`, described by ``<name>.json`` beside its files."""
+
+    directory: Path  # where ``<name>.vec`` / ``<name>.ids`` / ``<name>.json`` are
+    name: str
+    dim: int
+    dtype: str  # float16 | float32
+    count: int
+    size: int  # bytes of the .vec file
+    sha256: str  # of the .vec file: the segment's identity for idempotent commits
+    ids_sha256: str
+
+    @property
+    def vec_path(self) -> Path:
+        return self.directory / f"{self.name}.vec"
+
+    @property
+    def ids_path(self) -> Path:
+        return self.directory / f"{self.name}.ids"
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        """The catalog ids of the rows, in row order."""
+        return np.fromfile(self.ids_path, dtype="<i8").astype(np.int64)
+
+
+class SegmentWriter:
+    """Writes one segment: ``append`` blocks of ``(ids, vectors)``, then ``seal``.
+
+    Args:
+        directory: where to write (created if missing).
+        dim: vector dimension.
+        dtype: ``float16`` or ``float32`` (must match the collection it will be committed to).
+        name: file stem; must be new in ``directory``.
+
+    Raises:
+        CollectionError: an unknown dtype, a name already used, or an append of the wrong shape.
+    """
+
+    def __init__(self, directory: str | os.PathLike, dim: int, dtype: str = DEFAULT_DTYPE, name: str = "segment"):
+        self.directory = Path(directory)
+        self.dim = int(dim)
+        self.dtype = check_dtype(dtype)
+        self.name = name
+        self.count = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        vec, ids = self.directory / f"{name}.vec", self.directory / f"{name}.ids"
+        if vec.exists() or ids.exists():
+            raise CollectionError(f"segment {name!r} already exists in {self.directory}; choose another name")
+        self._vec = open(vec, "xb")
+        self._ids = open(ids, "xb")
+
+    def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
+        """Append rows; returns the row number of the first one."""
+        first = self.count
+        self.count += _write_rows(self._vec, self._ids, ids, vectors, self.dim, self.dtype)
+        return first
+
+    def seal(self) -> SealedSegment:
+        """Flush, fsync and checksum the files; write ``<name>.json`` atomically and return its contents."""
+        for handle in (self._vec, self._ids):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        vec, ids = self.directory / f"{self.name}.vec", self.directory / f"{self.name}.ids"
+        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, vec.stat().st_size,
+                               file_sha256(vec), file_sha256(ids))
+        described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
+        atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
+        return sealed
+
+
+def read_sealed(descriptor: str | os.PathLike, verify: bool = True) -> SealedSegment:
+    """The sealed segment described by ``<name>.json``, its files checked against sizes (and checksums).
+
+    Raises:
+        CollectionError: the descriptor is unreadable, or a file is missing, truncated or altered.
+    """
+    descriptor = Path(descriptor)
+    try:
+        fields = json.loads(descriptor.read_text(encoding="utf-8"))
+        sealed = SealedSegment(directory=descriptor.parent, **fields)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CollectionError(f"{descriptor} is not a segment descriptor ({exc}); re-write that segment") from exc
+    check_dtype(sealed.dtype)
+    row_bytes = sealed.dim * np.dtype(sealed.dtype).itemsize
+    problem = None
+    if not sealed.vec_path.is_file() or not sealed.ids_path.is_file():
+        problem = "its .vec or .ids file is missing"
+    elif sealed.vec_path.stat().st_size != sealed.size or sealed.size != sealed.count * row_bytes:
+        problem = f"{sealed.vec_path.name} is {sealed.vec_path.stat().st_size} bytes, expected {sealed.size}"
+    elif sealed.ids_path.stat().st_size != 8 * sealed.count:
+        problem = f"{sealed.ids_path.name} holds {sealed.ids_path.stat().st_size // 8} ids, expected {sealed.count}"
+    elif verify and (file_sha256(sealed.vec_path) != sealed.sha256 or file_sha256(sealed.ids_path) != sealed.ids_sha256):
+        problem = "its files do not match their sha256 (corrupt or modified)"
+    if problem:
+        raise CollectionError(f"segment {descriptor} is damaged: {problem}; re-write it, nothing of it was used")
+    return sealed
+
+
+class SegmentStore:
+    """The segments of one collection: manifest, memory maps, the active segment's appends.
+
+    Readers use :meth:`gather` / :meth:`read_rows`; every method that changes a file is for the collection's
+    writer, which holds the collection lock. A read-only store (``writable=False``) never touches the disk.
+    """
+
+    def __init__(self, directory: str | os.PathLike, writable: bool = True):
+        self.directory = Path(directory)
+        self.writable = writable
+        self._maps: dict[int, np.memmap] = {}
+        self._manifest: dict | None = None
+        self._manifest_mtime: tuple[int, int, int] | None = None
+
+    # -- manifest ---------------------------------------------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return (self.directory / MANIFEST_NAME).is_file()
+
+    def manifest(self, refresh: bool = False) -> dict:
+        """The manifest (re-read when the file changed, or with ``refresh``).
+
+        Raises:
+            CollectionError: the manifest is corrupt (its checksum does not match).
+        """
+        path = self.directory / MANIFEST_NAME
+        try:
+            info = path.stat()
+            mtime = (info.st_ino, info.st_mtime_ns, info.st_size)  # atomic replaces change the inode
+        except FileNotFoundError:
+            raise CollectionError(f"{self.directory} has no segment manifest; the collection has no vectors yet")
+        if refresh or self._manifest is None or mtime != self._manifest_mtime:
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise CollectionError(f"{path} is unreadable ({exc}); restore it from a backup") from exc
+            if manifest.pop("checksum", None) != _checksum(manifest):
+                raise CollectionError(f"{path} does not match its checksum (corrupt); restore it from a backup")
+            self._manifest, self._manifest_mtime = manifest, mtime
+        return self._manifest
+
+    def create(self, dim: int, dtype: str = DEFAULT_DTYPE) -> None:
+        """Write an empty manifest for ``dim``-d vectors of ``dtype`` (no-op if one exists)."""
+        if self.exists:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.write_manifest({"format": _FORMAT, "dim": int(dim), "dtype": check_dtype(dtype), "next_number": 1,
+                             "segments": []})
+
+    def write_manifest(self, manifest: dict) -> None:
+        body = {key: value for key, value in manifest.items() if key != "checksum"}
+        atomic_write_text(self.directory / MANIFEST_NAME, json.dumps({**body, "checksum": _checksum(body)}, indent=1))
+        self._manifest, self._manifest_mtime = None, None
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest()["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.manifest()["dtype"])
+
+    def segments(self) -> list[SegmentInfo]:
+        return [SegmentInfo(**entry) for entry in self.manifest()["segments"]]
+
+    def rows_in(self, number: int) -> int:
+        """Rows in segment ``number`` (for the active one: complete rows on disk now)."""
+        entry = next((s for s in self.segments() if s.number == number), None)
+        if entry is None:
+            return 0
+        if entry.sealed:
+            return entry.count
+        return _path(self.directory, number, "vec").stat().st_size // self._row_bytes()
+
+    def total_rows(self) -> int:
+        return sum(self.rows_in(s.number) for s in self.segments())
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """float32 vectors at places ``(numbers[i], rows[i])``, in that order."""
+        numbers, rows = np.asarray(numbers, np.int64), np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.dim), np.float32)
+        for number in np.unique(numbers):
+            where = np.flatnonzero(numbers == number)
+            out[where] = self._map(int(number), int(rows[where].max()) + 1)[rows[where]]
+        return out
+
+    def read_rows(self, number: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(ids, float32 vectors)`` of rows ``start:stop`` of one segment (a block of a stream)."""
+        vectors = np.asarray(self._map(number, stop)[start:stop], dtype=np.float32)
+        ids = np.fromfile(_path(self.directory, number, "ids"), dtype="<i8", count=stop - start, offset=8 * start)
+        return ids.astype(np.int64), vectors
+
+    def _map(self, number: int, needed_rows: int) -> np.memmap:
+        mapped = self._maps.get(number)
+        if mapped is None or len(mapped) < needed_rows:
+            path = _path(self.directory, number, "vec")
+            rows = path.stat().st_size // self._row_bytes()
+            if rows < needed_rows:
+                raise CollectionError(f"{path} holds {rows} rows, the catalog points at row {needed_rows - 1}; "
+                                      "the collection's segments are damaged, restore them from a backup")
+            mapped = np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r", shape=(rows, self.dim))
+            self._maps[number] = mapped
+        return mapped
+
+    def forget_maps(self) -> None:
+        """Drop the memory maps (after compaction deleted files; a reader re-maps what it needs)."""
+        self._maps.clear()
+
+    def _row_bytes(self) -> int:
+        return self.dim * np.dtype(self.dtype).itemsize
+
+    # -- writing (the collection's writer only) ---------------------------------------------------------------
+    def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> tuple[int, int]:
+        """Append to the active segment (made or rotated as needed) and fsync; returns ``(number, first row)``."""
+        self._require_writable()
+        active = self._active(len(np.asarray(ids)))
+        vec_path, ids_path = _path(self.directory, active, "vec"), _path(self.directory, active, "ids")
+        first = vec_path.stat().st_size // self._row_bytes()
+        with open(vec_path, "ab") as vec, open(ids_path, "ab") as id_file:
+            _write_rows(vec, id_file, ids, vectors, self.dim, self.dtype)
+            for handle in (vec, id_file):
+                handle.flush()
+                os.fsync(handle.fileno())
+        return active, first
+
+    def _active(self, incoming: int) -> int:
+        manifest = self.manifest()
+        active = next((s for s in self.segments() if not s.sealed), None)
+        if active is not None and self.rows_in(active.number) + incoming <= SEGMENT_ROWS:
+            return active.number
+        if active is not None:
+            self.seal_active()
+            manifest = self.manifest()
+        number = self.new_number()
+        for suffix in ("vec", "ids"):
+            _path(self.directory, number, suffix).touch()
+        fsync_dir(self.directory)
+        manifest = self.manifest()
+        self.write_manifest({**manifest, "segments": manifest["segments"] + [asdict(SegmentInfo(number, False))]})
+        return number
+
+    def new_number(self) -> int:
+        """Reserve a segment number (recorded in the manifest, so it is never reused)."""
+        self._require_writable()
+        manifest = self.manifest()
+        number = int(manifest["next_number"])
+        self.write_manifest({**manifest, "next_number": number + 1})
+        return number
+
+    def seal_active(self) -> None:
+        """Seal the active segment (if any): it stops growing and gets its checksums."""
+        manifest = self.manifest()
+        entries = [SegmentInfo(**entry) for entry in manifest["segments"]]
+        for i, entry in enumerate(entries):
+            if not entry.sealed:
+                rows = self.rows_in(entry.number)
+                entries[i] = self._sealed_info(entry.number, rows)
+        self.write_manifest({**manifest, "segments": [asdict(e) for e in entries]})
+
+    def _sealed_info(self, number: int, rows: int) -> SegmentInfo:
+        vec, ids = _path(self.directory, number, "vec"), _path(self.directory, number, "ids")
+        for path, size in ((vec, rows * self._row_bytes()), (ids, 8 * rows)):
+            if path.stat().st_size != size:
+                with open(path, "rb+") as handle:
+                    handle.truncate(size)
+                    os.fsync(handle.fileno())
+        return SegmentInfo(number, True, rows, vec.stat().st_size, file_sha256(vec), file_sha256(ids))
+
+    def add_sealed(self, sealed: SealedSegment) -> int:
+        """Copy (or hard-link) a sealed segment's files in under a new number and list it; returns the number.
+
+        Nothing points at it until the caller's catalog transaction does; if that never happens, the next
+        :meth:`collect_garbage` removes it.
+        """
+        self._require_writable()
+        if sealed.dim != self.dim or sealed.dtype != self.dtype:
+            raise CollectionError(f"segment {sealed.name} is {sealed.dim}-d {sealed.dtype}, the collection stores "
+                                  f"{self.dim}-d {self.dtype}; write it with SegmentWriter(dim={self.dim}, "
+                                  f"dtype={self.dtype!r})")
+        number = self.new_number()
+        for source, suffix in ((sealed.vec_path, "vec"), (sealed.ids_path, "ids")):
+            _link_or_copy(source, _path(self.directory, number, suffix))
+        fsync_dir(self.directory)
+        manifest = self.manifest()
+        info = SegmentInfo(number, True, sealed.count, sealed.size, sealed.sha256, sealed.ids_sha256)
+        self.write_manifest({**manifest, "segments": manifest["segments"] + [asdict(info)]})
+        return number
+
+    def drop(self, numbers: Sequence[int]) -> None:
+        """Unlist segments, then delete their files (the manifest first, so a crash leaves only orphan files)."""
+        self._require_writable()
+        gone = set(int(n) for n in numbers)
+        if not gone:
+            return
+        manifest = self.manifest()
+        self.write_manifest({**manifest, "segments": [s for s in manifest["segments"] if s["number"] not in gone]})
+        for number in gone:
+            self._maps.pop(number, None)
+            for suffix in ("vec", "ids"):
+                _path(self.directory, number, suffix).unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    def collect_garbage(self, referenced: set[int]) -> list[int]:
+        """Cut torn tails, drop listed segments nothing references, delete unlisted files; returns numbers dropped.
+
+        Args:
+            referenced: segment numbers the catalog points into (the caller reads them under the lock).
+        """
+        self._require_writable()
+        listed = self.segments()
+        unused = [s.number for s in listed if s.number not in referenced]
+        self.drop(unused)
+        known = {s.number for s in listed} - set(unused)
+        for path in self.directory.glob("*.*"):
+            stem, _, suffix = path.name.partition(".")
+            if suffix in ("vec", "ids") and stem.isdigit() and int(stem) not in known:
+                logger.info("removing %s, left by an interrupted compaction or commit", path.name)
+                path.unlink(missing_ok=True)
+        for entry in self.segments():
+            if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
+                rows = min(self.rows_in(entry.number), _path(self.directory, entry.number, "ids").stat().st_size // 8)
+                self._sealed_info(entry.number, rows)  # truncates; the checksums it computes are not kept
+        return unused
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise CollectionError(f"{self.directory} was opened read-only; vectors can only be written by a "
+                                  "writer command (ingest, import, compact) on a writable collection")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_rows(vec, id_file, ids: npt.ArrayLike, vectors: npt.ArrayLike, dim: int, dtype: str) -> int:
+    ids = np.ascontiguousarray(ids, dtype="<i8").reshape(-1)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape != (len(ids), dim):
+        raise CollectionError(f"cannot append vectors of shape {vectors.shape} with {len(ids)} ids to a "
+                              f"{dim}-d segment; pass (n, {dim}) vectors and n ids")
+    vec.write(np.ascontiguousarray(vectors, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+    id_file.write(ids.tobytes())
+    return len(ids)
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one of :data:`DTYPES`; raises CollectionError naming it otherwise."""
+    if dtype not in DTYPES:
+        raise CollectionError(f"unknown vector dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def _checksum(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _path(directory: Path, number: int, suffix: str) -> Path:
+    return directory / f"{number:06d}.{suffix}"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: copy (and fsync) instead
+        shutil.copyfile(source, target)
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
