@@ -308,11 +308,46 @@ def test_collections_made_before_the_photos_table_still_open_and_filter_by_mtime
         os.utime(path, (stamp, stamp))
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([folder], workers=0)
-    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:  # as a collection from before the change
+    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:  # as a schema-2 catalog, before the change
         db.execute("DROP TABLE photos")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     with Collection.open(tmp_path / "col") as col:
         hits = col.search("x", k=10, after="2020", before="2022-12")
         assert [os.path.basename(hit.path) for hit in hits] == ["2021.jpg"]
         photo = col.photos([hits[0].id])[hits[0].id]
         assert photo.taken_source == "mtime" and photo.taken_local.startswith("2021-07-01")
         assert col.search("x", k=10, camera="canon") == []
+        assert col.catalog.get_meta("schema") == "3"
+        assert len(col.catalog.select("SELECT image_id FROM photos", ())) == 3  # every embedded row dated
+
+
+def test_a_changed_file_is_dated_and_described_afresh(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    path = folder / "a.jpg"
+    path.write_bytes(jpeg_with(make_exif(taken="2020:02:02 02:02:02", make="Canon", model="Canon EOS R5")))
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        assert [os.path.basename(h.path) for h in col.search("x", camera="eos")] == ["a.jpg"]
+        path.write_bytes(jpeg_with(Image.Exif(), colour=(1, 2, 3)))  # re-saved without EXIF
+        stamp = dt.datetime(2022, 3, 4, 5, 6, 7).timestamp()
+        os.utime(path, (stamp, stamp))
+        assert col.ingest([folder], workers=0).embedded == 1
+        assert col.search("x", camera="eos") == []
+        photo = col.photos([col.catalog.id_of_path(path)])[col.catalog.id_of_path(path)]
+        assert (photo.taken_source, photo.taken_local, photo.camera) == ("mtime", "2022-03-04T05:06:07", None)
+
+
+def test_rows_written_without_metadata_are_dated_by_mtime(tmp_path):
+    from mmretrieval.collection.catalog import Catalog, VectorWrite
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    stamp_ns = int(dt.datetime(2021, 8, 9, 10, 11, 12).timestamp() * 1e9)
+    catalog.mark_pending([(b"/x/a.jpg", 10, stamp_ns, None)])
+    image_id = catalog.pending()[0][0]
+    catalog.write_results([VectorWrite(image_id, "h", 4, 3, "JPEG", np.ones(8, np.float32) / math.sqrt(8))], [])
+    photo = catalog.photos([image_id])[image_id]
+    assert (photo.taken_source, photo.taken_local) == ("mtime", "2021-08-09T10:11:12")
+    assert photo.utc_offset_min == photo_metadata(None, mtime_ns=stamp_ns).utc_offset_min
+    assert len(catalog.select("SELECT image_id FROM photos WHERE taken_source = 'mtime'", ())) == 1
+    catalog.close()

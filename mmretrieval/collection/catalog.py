@@ -27,7 +27,7 @@ import numpy.typing as npt
 from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
-from .photo_table import read_photos, register_sql_functions
+from .photo_table import read_photos
 from .migrations import SCHEMA, SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .segments import SEGMENTS_DIRNAME, SegmentStore
@@ -94,7 +94,6 @@ class Catalog(VectorPlaces):
         self.segments = SegmentStore(self.path.parent / SEGMENTS_DIRNAME, writable=writable)
         try:
             self._db = _connect(self.path, writable)
-            register_sql_functions(self._db)
             self._prepare_schema()
         except sqlite3.DatabaseError as exc:
             raise CollectionError(f"{self.path} is not a readable catalog ({exc}); move it away and re-ingest") from exc
@@ -176,6 +175,8 @@ class Catalog(VectorPlaces):
             )
             # a changed file's labels described its old pixels; they come back with the next `mmr label`
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
+            # and its capture time and camera come back when it is decoded again
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops)."""

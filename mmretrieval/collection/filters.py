@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
-from .photo_table import CAMERA_SQL, FROM_EMBEDDED_SQL, TAKEN_LOCAL_SQL, TAKEN_UTC_SQL
+from .photo_table import FROM_EMBEDDED_SQL, camera_pairs
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -186,22 +186,23 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
 def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
     where, params = [], []
     for bound, operator in ((filters.after, ">="), (filters.before, "<")):
-        if bound is not None and bound.local is not None:
-            where.append(f"{TAKEN_LOCAL_SQL} {operator} ?")
-            params.append(bound.local)
-        elif bound is not None:
-            where.append(f"{TAKEN_UTC_SQL} {operator} ?")
-            params.append(bound.utc_s)
+        if bound is not None:  # wall clock or absolute time: either way one indexed column
+            column, value = ("p.taken_local", bound.local) if bound.local is not None else ("p.taken_utc_s", bound.utc_s)
+            where.append(f"{column} {operator} ?")
+            params.append(value)
     if filters.camera:
-        where.append(f"instr({CAMERA_SQL}, ?) > 0")
-        params.append(filters.camera.casefold())
+        pairs = camera_pairs(catalog.select, filters.camera)
+        if not pairs:
+            return np.zeros(0, np.int64)
+        where.append("(" + " OR ".join(["(p.make IS ? AND p.model IS ?)"] * len(pairs)) + ")")
+        params += [part for pair in pairs for part in pair]
     near = filters.near
-    if near is not None:  # a latitude band in SQL (an index-free prefilter), the exact circle below
+    if near is not None:  # a latitude band in SQL (indexed), the exact circle below
         band = near.km / (math.pi * EARTH_RADIUS_KM / 180)
         where.append("p.latitude BETWEEN ? AND ? AND p.longitude IS NOT NULL")
         params += [near.latitude - band, near.latitude + band]
-    sql = f"SELECT v.image_id, p.latitude, p.longitude {FROM_EMBEDDED_SQL} WHERE {' AND '.join(where)}"
-    rows = catalog.select(sql, params)
+    rows = catalog.select(f"SELECT p.image_id, p.latitude, p.longitude {FROM_EMBEDDED_SQL} WHERE {' AND '.join(where)}",
+                          params)
     ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     if near is not None and len(rows):
         latitudes = np.array([row[1] for row in rows], dtype=np.float64)

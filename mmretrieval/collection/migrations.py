@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CollectionError
-from .photo_table import PHOTO_SCHEMA
+from .photo_table import PHOTO_SCHEMA, backfill_from_mtime
 from .segments import DEFAULT_DTYPE, SEGMENTS_DIRNAME, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS labels (
     PRIMARY KEY (image_id, label)
 );
 CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
-""" + PHOTO_SCHEMA  # capture time, camera, GPS per image: no data to move, so no migration step of its own
+""" + PHOTO_SCHEMA  # capture time, camera, GPS per embedded image (migration 2 -> 3 adds it to older catalogs)
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step
 
@@ -95,8 +95,15 @@ def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
     db.execute("DROP TABLE vectors")
 
 
+def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
+    """Add the photos table; every embedded image gets a row dated by its file's mtime (EXIF comes with a
+    re-ingest of the file). One INSERT ... SELECT: no Python-side memory, about a second per million rows."""
+    added = backfill_from_mtime(db)
+    logger.info("dated %d images of %s by their files' modification times", added, directory)
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

@@ -1,17 +1,18 @@
 """The catalog's ``photos`` table: capture time, camera, GPS position and orientation per embedded file.
 
-Rows are written with the vectors, in the same transaction (``write_results`` and ``commit_segment`` of
-:class:`~mmretrieval.collection.places.VectorPlaces`), and leave with their image (``ON DELETE CASCADE``). The
-table is part of the catalog's schema (:data:`~mmretrieval.collection.migrations.SCHEMA`); it needs no data
-moved, so collections made before it existed get it, empty, when first opened (as the migrations module
-provides for new tables), and their images fall back to the file's modification time (``images.mtime_ns``)
-for date filters and output until they are re-ingested.
+Every embedded row has a ``photos`` row, so the filters are plain indexed column comparisons:
+
+* written with the vectors, in the same transaction (``write_results`` and ``commit_segment`` of
+  :class:`~mmretrieval.collection.places.VectorPlaces`); a file decoded without metadata (or committed from
+  elsewhere without it) gets a row dated by its modification time, as the decoder would have dated it;
+* dropped when the file changes (``mark_pending``) and with the image (``ON DELETE CASCADE``);
+* catalogs made before the table existed get it from migration 2 -> 3 (:func:`backfill_from_mtime`).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..images.metadata import PhotoMetadata, photo_metadata
 
@@ -27,24 +28,41 @@ CREATE TABLE IF NOT EXISTS photos (
     orientation INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS photos_taken_local ON photos(taken_local);
+CREATE INDEX IF NOT EXISTS photos_taken_utc ON photos(taken_utc_s);
+CREATE INDEX IF NOT EXISTS photos_camera ON photos(make, model);
+CREATE INDEX IF NOT EXISTS photos_latitude ON photos(latitude);
 """
-# A row without a ``photos`` row (an older collection) is dated by its file's modification time, as at ingest.
-TAKEN_LOCAL_SQL = ("COALESCE(p.taken_local, strftime('%Y-%m-%dT%H:%M:%S', i.mtime_ns / 1000000000, "
-                   "'unixepoch', 'localtime'))")
-TAKEN_UTC_SQL = "COALESCE(p.taken_utc_s, i.mtime_ns / 1e9)"
-CAMERA_SQL = "casefold(COALESCE(p.make, '') || ' ' || COALESCE(p.model, ''))"
-FROM_EMBEDDED_SQL = ("FROM vector_rows v JOIN images i ON i.id = v.image_id "
-                     "LEFT JOIN photos p ON p.image_id = v.image_id")
+# Embedded rows and their photo metadata: what the filters select from.
+FROM_EMBEDDED_SQL = "FROM photos p JOIN vector_rows v ON v.image_id = p.image_id"
 _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "make", "model", "latitude",
             "longitude", "orientation")
+# A row dated by its file's mtime, as photo_metadata() dates it: this machine's wall clock and UTC offset.
+_SECONDS = "(i.mtime_ns / 1000000000)"
+_FROM_MTIME_SQL = (
+    "INSERT OR {conflict} INTO photos(image_id, taken_local, taken_utc_s, utc_offset_min, taken_source) "
+    f"SELECT i.id, strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
+    f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) * 1440) "
+    "AS INTEGER), 'mtime' FROM images i")
 
 Query = Callable[[str, Sequence], list[tuple]]
 
 
-def register_sql_functions(db: sqlite3.Connection) -> None:
-    """Register ``casefold()`` on a connection: SQLite's ``lower()`` folds ASCII only."""
-    db.create_function("casefold", 1, lambda text: text.casefold() if isinstance(text, str) else text,
-                       deterministic=True)
+def create_photo_table(db: sqlite3.Connection) -> None:
+    """Create the table and its indexes if missing (statement by statement: inside the caller's transaction)."""
+    for statement in PHOTO_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def backfill_from_mtime(db: sqlite3.Connection) -> int:
+    """Give every embedded row without a ``photos`` row one dated by its file's mtime; returns how many.
+
+    Migration 2 -> 3: older catalogs never read EXIF; their photos are dated as the decoder dates a photo
+    without EXIF until they are re-ingested.
+    """
+    create_photo_table(db)
+    return db.execute(_FROM_MTIME_SQL.format(conflict="IGNORE")
+                      + " WHERE i.id IN (SELECT image_id FROM vector_rows)").rowcount
 
 
 def write_photos(db: sqlite3.Connection, rows: Sequence[tuple[int, PhotoMetadata]]) -> None:
@@ -54,8 +72,22 @@ def write_photos(db: sqlite3.Connection, rows: Sequence[tuple[int, PhotoMetadata
         [(image_id, *(getattr(meta, column) for column in _COLUMNS)) for image_id, meta in rows])
 
 
+def write_mtime_photos(db: sqlite3.Connection, ids: Iterable[int], replace: bool = True) -> None:
+    """Rows dated by mtime for ids decoded without metadata (``replace=False`` keeps an existing row)."""
+    sql = _FROM_MTIME_SQL.format(conflict="REPLACE" if replace else "IGNORE") + " WHERE i.id = ?"
+    db.executemany(sql, [(int(i),) for i in ids])
+
+
+def camera_pairs(query: Query, text: str) -> list[tuple[str | None, str | None]]:
+    """The distinct (make, model) pairs whose "make model" contains ``text``, ignoring case (full Unicode
+    case folding, which SQLite's own ``lower()`` lacks). A library holds a few dozen cameras at most."""
+    wanted = text.casefold()
+    pairs = query("SELECT DISTINCT make, model FROM photos", ())
+    return [(make, model) for make, model in pairs if wanted in f"{make or ''} {model or ''}".casefold()]
+
+
 def read_photos(query: Query, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
-    """Metadata of rows by id (unknown ids absent); rows ingested before the table existed get their mtime."""
+    """Metadata of rows by id (unknown ids absent); a row without a ``photos`` row is dated by its mtime."""
     found: dict[int, PhotoMetadata] = {}
     for start in range(0, len(ids), 500):
         chunk = [int(i) for i in ids[start:start + 500]]
@@ -68,4 +100,3 @@ def read_photos(query: Query, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
             else:
                 found[image_id] = PhotoMetadata(**dict(zip(_COLUMNS, values)), width=width, height=height)
     return found
-
