@@ -190,6 +190,7 @@ class Catalog(VectorPlaces):
             dropped = db.execute(
                 "DELETE FROM vector_rows WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
             if dropped:
                 self._bump_generation()
 

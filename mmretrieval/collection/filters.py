@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
-from .photo_table import FROM_EMBEDDED_SQL, camera_pairs
+from .photo_table import camera_pairs
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -194,15 +194,19 @@ def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
         pairs = camera_pairs(catalog.select, filters.camera)
         if not pairs:
             return np.zeros(0, np.int64)
-        where.append("(" + " OR ".join(["(p.make IS ? AND p.model IS ?)"] * len(pairs)) + ")")
+        # With a date range, let its index lead (a library has few cameras, each a large share of it): the
+        # unary + keeps SQLite from choosing the camera index instead.
+        plus = "+" if filters.after is not None or filters.before is not None else ""
+        where.append("(" + " OR ".join([f"({plus}p.make IS ? AND {plus}p.model IS ?)"] * len(pairs)) + ")")
         params += [part for pair in pairs for part in pair]
     near = filters.near
     if near is not None:  # a latitude band in SQL (indexed), the exact circle below
         band = near.km / (math.pi * EARTH_RADIUS_KM / 180)
         where.append("p.latitude BETWEEN ? AND ? AND p.longitude IS NOT NULL")
         params += [near.latitude - band, near.latitude + band]
-    rows = catalog.select(f"SELECT p.image_id, p.latitude, p.longitude {FROM_EMBEDDED_SQL} WHERE {' AND '.join(where)}",
-                          params)
+    # Without --near only the id is read: the date or camera index alone answers (a covering index scan)
+    columns = "p.image_id, p.latitude, p.longitude" if near is not None else "p.image_id"
+    rows = catalog.select(f"SELECT {columns} FROM photos p WHERE {' AND '.join(where)}", params)
     ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     if near is not None and len(rows):
         latitudes = np.array([row[1] for row in rows], dtype=np.float64)

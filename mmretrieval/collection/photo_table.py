@@ -1,11 +1,14 @@
 """The catalog's ``photos`` table: capture time, camera, GPS position and orientation per embedded file.
 
-Every embedded row has a ``photos`` row, so the filters are plain indexed column comparisons:
+Every embedded row has a ``photos`` row and every ``photos`` row is an embedded one, so the filters are
+indexed column comparisons on this table alone (no join; a stray id would only be skipped by the vector
+lookup that follows):
 
 * written with the vectors, in the same transaction (``write_results`` and ``commit_segment`` of
   :class:`~mmretrieval.collection.places.VectorPlaces`); a file decoded without metadata (or committed from
   elsewhere without it) gets a row dated by its modification time, as the decoder would have dated it;
-* dropped when the file changes (``mark_pending``) and with the image (``ON DELETE CASCADE``);
+* dropped with the vector: when the file changes (``mark_pending``), fails, is skipped, or goes
+  (``ON DELETE CASCADE``);
 * catalogs made before the table existed get it from migration 2 -> 3 (:func:`backfill_from_mtime`).
 """
 
@@ -32,8 +35,6 @@ CREATE INDEX IF NOT EXISTS photos_taken_utc ON photos(taken_utc_s);
 CREATE INDEX IF NOT EXISTS photos_camera ON photos(make, model);
 CREATE INDEX IF NOT EXISTS photos_latitude ON photos(latitude);
 """
-# Embedded rows and their photo metadata: what the filters select from.
-FROM_EMBEDDED_SQL = "FROM photos p JOIN vector_rows v ON v.image_id = p.image_id"
 _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "make", "model", "latitude",
             "longitude", "orientation")
 # A row dated by its file's mtime, as photo_metadata() dates it: this machine's wall clock and UTC offset.
