@@ -277,3 +277,17 @@ def test_an_unlistable_folder_and_a_link_loop_become_skips(tmp_path, monkeypatch
     monkeypatch.setattr(reader.os, "scandir", scandir)
     found = {os.path.relpath(item.path, root): getattr(item, "reason", "file") for item in discover([root])}
     assert found == {"locked": "unreadable", "loop.jpg": "symlink_loop", "ok.png": "file"}
+
+
+def test_query_images_take_the_same_route_as_ingestion(tmp_path, monkeypatch, tiny_encoder):
+    preview = _encode("JPEG", Image.new("RGB", (60, 40), RED))
+    monkeypatch.setitem(sys.modules, "rawpy", _fake_rawpy(preview, flip=0))
+    raw = tmp_path / "DSC_0002.ARW"
+    raw.write_bytes(_tiff_raw_with_exif())
+    heic = tmp_path / "IMG_0003.heic"
+    heic.write_bytes(CASES["photo.heic"][0]())
+    same_red = tmp_path / "red.png"
+    Image.new("RGB", (60, 40), RED).save(same_red)
+    vectors = tiny_encoder.encode_images([raw, heic, same_red])
+    assert vectors.shape == (3, tiny_encoder.dim)
+    assert float(vectors[0] @ vectors[2]) > 0.99  # the RAW file embedded as its (red) preview

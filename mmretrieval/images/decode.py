@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
-from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, sniff
+from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "decode_image", "load_image",
-           "read_image_file", "to_rgb"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "decode_file_bytes",
+           "decode_image", "decode_path", "load_image", "read_image_file", "to_rgb"]
 # Pillow's own default (about 89.5 megapixels): large enough for any camera, small enough to stop bombs.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -80,6 +80,27 @@ def decode_image(
             return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
     finally:
         fp.close()
+
+
+def decode_file_bytes(data: bytes, name: str | os.PathLike, *, draft_size: int | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file's bytes: camera RAW (known by ``name`` or by content) from its embedded preview, anything
+    else with :func:`decode_image`.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`, or ``raw_unsupported`` for a RAW file without rawpy.
+    """
+    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]):
+        from .raw import decode_raw  # rawpy is optional: imported only for RAW files
+
+        return decode_raw(data, draft_size=draft_size, max_pixels=max_pixels)
+    return decode_image(data, draft_size=draft_size, max_pixels=max_pixels)
+
+
+def decode_path(path: str | os.PathLike, *, draft_size: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """:func:`decode_file_bytes` of a file, read safely (:func:`read_image_file`)."""
+    return decode_file_bytes(read_image_file(path), path, draft_size=draft_size, max_pixels=max_pixels)
 
 
 def _sniff_start(fp: BinaryIO) -> str | None:

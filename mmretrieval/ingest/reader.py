@@ -21,8 +21,8 @@ import numpy as np
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
-from ..images.decode import DecodedImage, decode_image, read_image_file
-from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, SNIFF_BYTES, image_extensions, is_raw_header, is_raw_name, sniff_file
+from ..images.decode import decode_file_bytes, read_image_file
+from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, image_extensions, sniff_file
 from ..images.metadata import photo_metadata
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
 from .lists import PATH_COLUMNS, csv_columns
@@ -152,7 +152,7 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
     """Read, hash, decode and prepare one file; every problem becomes a :class:`Failed` with a reason."""
     try:
         data = read_image_file(task.path)
-        decoded = decode_bytes(data, task.path, draft_size=preparer.size)
+        decoded = decode_file_bytes(data, task.path, draft_size=preparer.size)
         pixels = preparer(decoded.image)
         metadata = photo_metadata(decoded.exif, mtime_ns=_mtime_ns(task.path), width=decoded.width,
                                   height=decoded.height)
@@ -163,20 +163,6 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
         return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
     return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
                    decoded.height, decoded.format, np.ascontiguousarray(pixels), metadata)
-
-
-def decode_bytes(data: bytes, path: str, *, draft_size: int | None = None) -> DecodedImage:
-    """Decode a file's bytes: camera RAW (by name or by content) from its preview, anything else with Pillow.
-
-    Raises:
-        ImageDecodeError: see :func:`~mmretrieval.images.decode.decode_image` and
-            :func:`~mmretrieval.images.raw.decode_raw`.
-    """
-    if is_raw_name(path) or is_raw_header(data[:SNIFF_BYTES]):
-        from ..images.raw import decode_raw  # rawpy is optional: imported only for RAW files
-
-        return decode_raw(data, draft_size=draft_size)
-    return decode_image(data, draft_size=draft_size)
 
 
 def _mtime_ns(path: str) -> int | None:
