@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
-from mmretrieval.collection.filters import Filters, great_circle_km, parse_date, parse_near
+from mmretrieval.collection.filters import Filters, allowed_ids, great_circle_km, parse_date, parse_near
 from mmretrieval.errors import QueryError
 from mmretrieval.images.decode import decode_image
 from mmretrieval.images.metadata import photo_metadata
@@ -350,4 +350,19 @@ def test_rows_written_without_metadata_are_dated_by_mtime(tmp_path):
     assert (photo.taken_source, photo.taken_local) == ("mtime", "2021-08-09T10:11:12")
     assert photo.utc_offset_min == photo_metadata(None, mtime_ns=stamp_ns).utc_offset_min
     assert len(catalog.select("SELECT image_id FROM photos WHERE taken_source = 'mtime'", ())) == 1
+    with catalog.transaction() as db:  # whatever removes a vector (compaction, a future path) drops its photo row
+        db.execute("DELETE FROM vector_rows WHERE image_id = ?", (image_id,))
+    assert catalog.select("SELECT image_id FROM photos", ()) == []
+    catalog.close()
+
+
+def test_rows_without_a_file_time_have_no_date_and_match_no_photo_filter(tmp_path):
+    from mmretrieval.collection.catalog import Catalog, VectorWrite
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog.mark_pending([(b"/elsewhere/imported.jpg", 0, 0, None)])  # as `mmr import` records rows: mtime 0
+    image_id = catalog.pending()[0][0]
+    catalog.write_results([VectorWrite(image_id, "h", 4, 3, "JPEG", np.ones(8, np.float32) / math.sqrt(8))], [])
+    assert catalog.photos([image_id])[image_id].taken_at is None
+    assert allowed_ids(catalog, Filters.of(before="2100")).tolist() == []
     catalog.close()

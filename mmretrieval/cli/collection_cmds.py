@@ -1,4 +1,4 @@
-"""Collection commands: ingest, search, similar, index, label, info.
+"""Collection commands: ingest, search, similar, index, compact, label, info.
 
 Results go to stdout (``score<TAB>path`` lines, or JSON lines with ``--json``); the progress bar and the
 ingest summary go to stderr. File names that are not valid UTF-8 are written back as their original bytes.
@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError
-from ..collection.index import INDEX_TYPES
+from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import add_collection_option, add_model_options, emit
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     _register_search(subparsers)
     _register_similar(subparsers)
     _register_index(subparsers)
+    _register_compact(subparsers)
     _register_label(subparsers)
     _register_info(subparsers)
 
@@ -146,22 +147,66 @@ def _register_index(subparsers) -> None:
     parser = subparsers.add_parser("index", help="rebuild the collection's FAISS index (another type or parameters)")
     add_collection_option(parser)
     parser.add_argument("--type", default="auto", choices=("auto",) + INDEX_TYPES,
-                        help="flat (exact), ivf or hnsw (approximate); auto picks by size (default)")
-    parser.add_argument("--nlist", type=int, help="ivf: inverted lists")
-    parser.add_argument("--nprobe", type=int, help="ivf: lists probed per query")
+                        help="flat (exact), ivf, hnsw or ivfpq (OPQ + IVF-PQ, compressed, re-ranked exactly); "
+                        "auto picks by size and --memory-budget (default)")
+    parser.add_argument("--nlist", type=int, help="ivf, ivfpq: inverted lists")
+    parser.add_argument("--nprobe", type=int, help="ivf, ivfpq: lists probed per query (default: tuned)")
     parser.add_argument("--hnsw-m", type=int, help="hnsw: graph degree")
-    parser.add_argument("--ef-search", type=int, help="hnsw: search breadth")
+    parser.add_argument("--ef-search", type=int, help="hnsw: search breadth (default: tuned)")
+    parser.add_argument("--pq-m", type=int, help="ivfpq: bytes per vector code")
+    parser.add_argument("--rerank", type=int, help="candidates re-scored exactly per query")
+    parser.add_argument("--memory-budget", type=_size, metavar="SIZE",
+                        help="most memory the index may take, e.g. 2G or 500M (default: a quarter of RAM)")
+    parser.add_argument("--recall-target", type=float,
+                        help="recall@10 that nprobe / efSearch are tuned to reach (default 0.95)")
     parser.set_defaults(handler=_index)
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 2G, 500M or 800000000") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a memory budget must be positive, got {text!r}")
+    return value
 
 
 def _index(args: argparse.Namespace) -> int:
     with _open(args.collection) as collection:
         manifest = collection.rebuild_index(args.type, nlist=args.nlist, nprobe=args.nprobe,
-                                            hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+                                            hnsw_m=args.hnsw_m, ef_search=args.ef_search, pq_m=args.pq_m,
+                                            rerank=args.rerank, memory_budget_bytes=args.memory_budget,
+                                            recall_target=args.recall_target)
     params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
-    print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip(), file=sys.stderr)
+    recall = f", recall@10 {manifest.recall:.3f}" if manifest.recall >= 0 else ""
+    print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip()
+          + f" ({manifest.memory_bytes / 2**20:.1f} MiB{recall})", file=sys.stderr)
     if manifest.note:
         print(f"note: {manifest.note}", file=sys.stderr)
+    return 0
+
+
+def _register_compact(subparsers) -> None:
+    parser = subparsers.add_parser("compact", help="reclaim the space of deleted and replaced vectors",
+                                   description="Rewrite vector segments that hold dead rows (pruned or re-embedded "
+                                   "files). Safe to interrupt; writers also do it on their own past 30%% waste.")
+    add_collection_option(parser)
+    parser.add_argument("--min-waste", type=float, default=0.0,
+                        help="only segments with more than this share of dead rows (default 0: any)")
+    parser.set_defaults(handler=_compact)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    with _open(args.collection) as collection, TqdmProgress("compacting", unit="vectors") as progress:
+        summary = collection.compact(args.min_waste, progress=progress)
+    print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
+          f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
+          f"{summary.bytes_freed / 2**20:.1f} MiB freed", file=sys.stderr)
     return 0
 
 
@@ -208,8 +253,11 @@ def _register_info(subparsers) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..collection.import_writer import provenance
+
     with _open(args.collection) as collection:
         info = collection.info().to_dict()
+        info["imported"] = {source.source: source.rows for source in provenance(collection.catalog)}
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0

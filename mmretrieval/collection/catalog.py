@@ -28,7 +28,7 @@ from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
 from .photo_table import read_photos
-from .migrations import SCHEMA, SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate
+from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
@@ -38,6 +38,7 @@ __all__ = ["Catalog", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "S
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS releases it if the process dies
+REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 
 @dataclass(frozen=True)
@@ -102,7 +103,10 @@ class Catalog(VectorPlaces):
         version = catalog_version(self._db)
         if version is not None:
             check_version(version, self.path)
-        if version is None or version < SCHEMA_VERSION or _missing_tables(self._db):
+        behind = version is None or version < SCHEMA_VERSION
+        if behind or _missing_tables(self._db):
+            if not self.writable and not behind:
+                return  # only tables newer code adds are missing: readable as it is
             if not self.writable:
                 raise CollectionError(f"{self.path} needs its schema created or migrated to version "
                                       f"{SCHEMA_VERSION} and is opened read-only; open it once where it is "
@@ -117,6 +121,9 @@ class Catalog(VectorPlaces):
                 else:
                     migrate(self._db, self.path.parent, version)
                     create_tables(self._db)  # tables added to SCHEMA without a migration of their own
+                if self.get_meta(REMOVALS_KEY) is None:  # removals are logged from now on
+                    with self.transaction():
+                        self.set_meta(REMOVALS_KEY, str(self.generation))
 
     def close(self) -> None:
         with self._lock:
@@ -292,7 +299,5 @@ def _connect(path: Path, writable: bool) -> sqlite3.Connection:
 
 
 def _missing_tables(db: sqlite3.Connection) -> bool:
-    wanted = {word.split("(")[0] for word in SCHEMA.split("CREATE TABLE IF NOT EXISTS ")[1:]}
-    wanted = {name.strip().split()[0] for name in wanted}
-    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    return bool(wanted - have)
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    return bool(schema_objects() - have)

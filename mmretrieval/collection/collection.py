@@ -17,8 +17,10 @@ holding ``ingest.lock``; a search never does, so a read-only collection can be s
 Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget):
 ``search``/``similar``/``info``: the index (~0.8 GB) + the model + the pages of re-ranked vectors (page cache);
 ``ingest``: the same plus decode buffers, and once per run an index catch-up or, when the index type changes,
-a build (see :mod:`.upkeep`: ~1.5 GB peak); ``index``: a build; ``compact``: one 128 MiB block (see
-:mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is 80 MB in each.
+a build (see :mod:`.upkeep`: ~1.5 GB peak); planning still holds every known path of the collection and every
+pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index``: a build; ``compact``: one
+128 MiB block (see :mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is
+80 MB in each.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -44,6 +45,7 @@ from .index import IndexPolicy, Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..models.specs import ModelIdentity
 from .segments import check_dtype as _check_dtype
+from .records import CollectionInfo, Failure, Hit
 from .query import ImageRef, Query, query_vector
 from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 from .filters import DateLike, Filters, NearLike, allowed_ids
@@ -58,55 +60,6 @@ CATALOG_NAME = "catalog.sqlite"
 INGEST_LOCK_NAME = LOCK_NAME  # held (flock) by the writer (ingest, index, import, compact); dies with it
 DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    id: int  # catalog id (stable for the life of the file in the collection)
-    path: str  # absolute path of the image file
-    score: float  # cosine similarity to the query, in [-1, 1]
-    labels: tuple[str, ...] = ()  # zero-shot labels assigned by `label`, best first
-    caption: str | None = None  # caption from a CSV list file, if any
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A file that did not embed."""
-
-    path: str
-    reason: str  # short stable code, e.g. truncated, not_an_image, not_regular_file
-    message: str
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    """What ``mmr info`` shows."""
-
-    directory: str
-    model_spec: str  # the spec the collection was built with
-    model_key: str  # fingerprint of the model identity
-    dim: int
-    counts: dict[str, int]  # status -> rows (ok, failed, skipped, pending)
-    vectors: int
-    index_type: str
-    index_params: dict[str, int]
-    index_vectors: int
-    generation: int  # catalog generation the index reflects
-    index_recall: float = -1.0  # recall@10 measured on held-out queries when tuned (-1: not measured)
-    index_memory: int = 0  # estimated resident bytes of the index
-    index_saved: bool = True  # False: the saved index is older; the next writer command saves it
-    vector_dtype: str = ""  # float16 | float32 (segments)
-    segments: int = 0  # segment files
-    stored_rows: int = 0  # rows in segment files, live or dead
-    waste_ratio: float = 0.0  # dead share of stored rows; `mmr compact` reclaims it
-    imported: dict[str, int] = field(default_factory=dict)  # source of committed segments -> rows
-    bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
-    labels: dict[str, int] = field(default_factory=dict)  # label -> images
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Collection:
@@ -261,18 +214,23 @@ class Collection:
             return compact(self.catalog, min_waste_ratio, progress)
 
     # -- index ------------------------------------------------------------------------------------------------
-    def rebuild_index(self, index_type: str = "auto", **params: int | None) -> Manifest:
-        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size.
+    def rebuild_index(self, index_type: str = "auto", *, memory_budget_bytes: int | None = None,
+                      recall_target: float | None = None, **params: int | None) -> Manifest:
+        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size and memory.
 
-        The type and parameters are remembered: automatic rebuilds (after removals from HNSW, a lost or
-        corrupt index file) use them too.
+        The type, parameters, memory budget and recall target are remembered: automatic rebuilds (after
+        removals from HNSW, a lost or corrupt index file) use them too.
 
         Raises:
-            CollectionError: an unknown index type, or a parameter below 1.
+            CollectionError: an unknown index type, a parameter below 1, a read-only collection, or another
+                writer at work.
         """
+        if recall_target is not None and not 0 < recall_target <= 1:
+            raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
+        policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(f"another process is writing {self.directory}; run mmr index when it is done"):
             with self._lock:
-                return self._indexes.rebuild(index_type, **params)
+                return self._indexes.rebuild(index_type, policy, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
@@ -371,8 +329,16 @@ class Collection:
         return Path(row.path)
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(ids, (n, dim) float32)`` stored vectors, all or for ``ids`` (unknown ids are left out)."""
+        """``(ids, (n, dim) float32)`` stored vectors for ``ids`` (unknown ids are left out).
+
+        With no ids it returns every vector at once: fine for small collections (the UI's map), 2 KB a vector
+        at 512-d otherwise; large callers stream with :meth:`iter_vectors`.
+        """
         return self.catalog.vectors(None if ids is None else list(ids))
+
+    def iter_vectors(self, block_rows: int = 65_536) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Every stored vector as blocks of ``(ids, float32 vectors)``, never more than ``block_rows`` at once."""
+        return self.catalog.iter_vectors(block_rows)
 
     def label_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
         """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""

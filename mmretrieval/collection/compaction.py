@@ -135,7 +135,7 @@ def _write_live_rows(catalog: Catalog, victims: list[int], staging: Path, to_cop
             if not places:
                 break
             table = np.array(places, dtype=np.int64)
-            vectors = store.gather(np.full(len(table), number), table[:, 1])
+            vectors = store.gather(np.full(len(table), number), table[:, 1], stored_dtype=True)  # bytes as they are
             position = 0
             while position < len(table):
                 if writer is None or writer.count >= SEGMENT_ROWS:

@@ -5,12 +5,24 @@ whether an index is current. It builds, searches, adds to, removes from, saves a
 catalog ids (``IndexIDMap2``; never positions), and reports a saved index as unusable when its file or
 manifest disagree with what the caller expects, so the caller rebuilds it.
 
-Index types (all inner product over unit vectors, i.e. cosine):
+Index types (all inner product over unit vectors, i.e. cosine; the size bands and the memory each needs are
+in :mod:`.sizing`):
 
 - ``flat``: exact (``IndexFlatIP``); chosen automatically below :data:`AUTO_ANN_THRESHOLD` vectors.
 - ``ivf``: ``IVF{nlist},SQfp16`` with ``nprobe`` probes: approximate, half the memory of raw float32 vectors,
   supports adds and removals. The automatic choice above the threshold.
+- ``ivfpq``: ``[OPQ{m}_{4m},]IVF{nlist}_HNSW32,PQ{m}``: compressed codes (m + 8 bytes a vector), the large
+  collections' choice; supports adds and removals.
 - ``hnsw``: ``HNSW{m},Flat`` with ``efSearch``: approximate, no training; removals force a rebuild.
+
+Every approximate type proposes :meth:`VectorIndex.candidates` hits (``rerank``) that the caller re-scores
+exactly from the stored vectors (:meth:`Collection.search <mmretrieval.collection.collection.Collection.search>`
+does), so PQ's coarse scores only decide who gets re-scored. Builds for large collections train on a sample
+(:meth:`VectorIndex.trained`, :func:`training_size`) and add block by block (:mod:`.upkeep`).
+
+Memory: a loaded index is read whole into RAM (``faiss.read_index``); at 10 M x 512 that is ~0.8 GB for
+ivfpq. Past RAM, FAISS's ``faiss.contrib.ondisk.merge_ondisk`` (inverted lists memory-mapped from disk) is
+the route: not wired in yet.
 
 Files: ``index-<generation>.faiss`` plus ``index.json`` (the manifest) naming it and carrying its sha256.
 The index file is written under a temporary name and renamed before the manifest is, so a crash at any

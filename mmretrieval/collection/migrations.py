@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS vector_rows (
 );
 CREATE INDEX IF NOT EXISTS vector_rows_generation ON vector_rows(generation);
 CREATE INDEX IF NOT EXISTS vector_rows_place ON vector_rows(segment, row);
+CREATE TABLE IF NOT EXISTS removed_vectors (  -- lets a reader's index catch up without diffing every id
+    image_id INTEGER NOT NULL,
+    generation INTEGER NOT NULL         -- a generation after the one it was removed in
+);
+CREATE INDEX IF NOT EXISTS removed_vectors_generation ON removed_vectors(generation);
+CREATE TRIGGER IF NOT EXISTS vector_rows_removed AFTER DELETE ON vector_rows BEGIN INSERT INTO removed_vectors(image_id, generation) SELECT old.image_id, CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'generation'; END;
 CREATE TABLE IF NOT EXISTS segment_commits (
     sha256 TEXT PRIMARY KEY,            -- of the committed segment's .vec file
     source TEXT NOT NULL,               -- where it was committed from
@@ -97,7 +103,7 @@ def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
 
 def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
     """Add the photos table; every embedded image gets a row dated by its file's mtime (EXIF comes with a
-    re-ingest of the file). One INSERT ... SELECT: no Python-side memory, about a second per million rows."""
+    re-ingest of the file). One INSERT ... SELECT: nothing held in Python memory."""
     added = backfill_from_mtime(db)
     logger.info("dated %d images of %s by their files' modification times", added, directory)
 
@@ -110,11 +116,21 @@ SCHEMA_VERSION = len(MIGRATIONS) + 1
 def create_tables(db: sqlite3.Connection) -> None:
     """Create the current schema's missing tables and indexes (inside the caller's transaction, if any).
 
-    Statement by statement: ``executescript`` would commit the caller's transaction first.
+    Statement by statement: ``executescript`` would commit the caller's transaction first. (Statements end
+    with ``;`` and a newline; a trigger keeps its body on one line.)
     """
-    for statement in SCHEMA.split(";"):
+    for statement in SCHEMA.split(";\n"):
         if statement.strip():
             db.execute(statement)
+
+
+def schema_objects() -> set[str]:
+    """Names of the tables and triggers :data:`SCHEMA` creates."""
+    names = set()
+    for kind in ("TABLE", "TRIGGER"):
+        for rest in SCHEMA.split(f"CREATE {kind} IF NOT EXISTS ")[1:]:
+            names.add(rest.split()[0].split("(")[0])
+    return names
 
 
 def catalog_version(db: sqlite3.Connection) -> int | None:

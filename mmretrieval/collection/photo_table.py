@@ -1,14 +1,15 @@
 """The catalog's ``photos`` table: capture time, camera, GPS position and orientation per embedded file.
 
-Every embedded row has a ``photos`` row and every ``photos`` row is an embedded one, so the filters are
-indexed column comparisons on this table alone (no join; a stray id would only be skipped by the vector
-lookup that follows):
+Every ingested row has a ``photos`` row and every ``photos`` row is an embedded one, so the filters are
+indexed column comparisons on this table alone (no join):
 
 * written with the vectors, in the same transaction (``write_results`` and ``commit_segment`` of
   :class:`~mmretrieval.collection.places.VectorPlaces`); a file decoded without metadata (or committed from
   elsewhere without it) gets a row dated by its modification time, as the decoder would have dated it;
-* dropped with the vector: when the file changes (``mark_pending``), fails, is skipped, or goes
-  (``ON DELETE CASCADE``);
+* dropped with the vector, whatever removes it (a trigger on ``vector_rows``), when the file changes
+  (``mark_pending``), and with the image (``ON DELETE CASCADE``);
+* rows landed by ``mmr import`` (vectors made elsewhere, no file times) have none: their capture time is
+  unknown, so date, camera and place filters leave them out;
 * catalogs made before the table existed get it from migration 2 -> 3 (:func:`backfill_from_mtime`).
 """
 
@@ -34,6 +35,7 @@ CREATE INDEX IF NOT EXISTS photos_taken_local ON photos(taken_local);
 CREATE INDEX IF NOT EXISTS photos_taken_utc ON photos(taken_utc_s);
 CREATE INDEX IF NOT EXISTS photos_camera ON photos(make, model);
 CREATE INDEX IF NOT EXISTS photos_latitude ON photos(latitude);
+CREATE TRIGGER IF NOT EXISTS vector_rows_removed_photo AFTER DELETE ON vector_rows BEGIN DELETE FROM photos WHERE image_id = old.image_id; END;
 """
 _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "make", "model", "latitude",
             "longitude", "orientation")
@@ -43,14 +45,14 @@ _FROM_MTIME_SQL = (
     "INSERT OR {conflict} INTO photos(image_id, taken_local, taken_utc_s, utc_offset_min, taken_source) "
     f"SELECT i.id, strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
     f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) * 1440) "
-    "AS INTEGER), 'mtime' FROM images i")
+    "AS INTEGER), 'mtime' FROM images i WHERE i.mtime_ns > 0")  # 0: imported, no file time known
 
 Query = Callable[[str, Sequence], list[tuple]]
 
 
 def create_photo_table(db: sqlite3.Connection) -> None:
     """Create the table and its indexes if missing (statement by statement: inside the caller's transaction)."""
-    for statement in PHOTO_SCHEMA.split(";"):
+    for statement in PHOTO_SCHEMA.split(";\n"):  # as migrations.create_tables: a trigger's body is one line
         if statement.strip():
             db.execute(statement)
 
@@ -63,7 +65,7 @@ def backfill_from_mtime(db: sqlite3.Connection) -> int:
     """
     create_photo_table(db)
     return db.execute(_FROM_MTIME_SQL.format(conflict="IGNORE")
-                      + " WHERE i.id IN (SELECT image_id FROM vector_rows)").rowcount
+                      + " AND i.id IN (SELECT image_id FROM vector_rows)").rowcount
 
 
 def write_photos(db: sqlite3.Connection, rows: Sequence[tuple[int, PhotoMetadata]]) -> None:
@@ -75,7 +77,7 @@ def write_photos(db: sqlite3.Connection, rows: Sequence[tuple[int, PhotoMetadata
 
 def write_mtime_photos(db: sqlite3.Connection, ids: Iterable[int], replace: bool = True) -> None:
     """Rows dated by mtime for ids decoded without metadata (``replace=False`` keeps an existing row)."""
-    sql = _FROM_MTIME_SQL.format(conflict="REPLACE" if replace else "IGNORE") + " WHERE i.id = ?"
+    sql = _FROM_MTIME_SQL.format(conflict="REPLACE" if replace else "IGNORE") + " AND i.id = ?"
     db.executemany(sql, [(int(i),) for i in ids])
 
 
@@ -96,8 +98,8 @@ def read_photos(query: Query, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
                      f"FROM images i LEFT JOIN photos p ON p.image_id = i.id "
                      f"WHERE i.id IN ({','.join('?' * len(chunk))})", chunk)
         for image_id, mtime_ns, width, height, has_row, *values in rows:
-            if has_row is None:
-                found[image_id] = photo_metadata(None, mtime_ns=mtime_ns, width=width, height=height)
+            if has_row is None:  # imported rows record mtime 0: no time at all rather than 1970
+                found[image_id] = photo_metadata(None, mtime_ns=mtime_ns or None, width=width, height=height)
             else:
                 found[image_id] = PhotoMetadata(**dict(zip(_COLUMNS, values)), width=width, height=height)
     return found

@@ -142,8 +142,8 @@ class VectorPlaces:
             generation = self._bump_generation()
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, n, row) for i, n, row in rows])
-            db.executemany("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE id = ?",
-                           [(i,) for i in known])
+            db.execute("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE status != 'ok' AND id IN "
+                       "(SELECT image_id FROM vector_rows WHERE segment = ?)", (number,))
             db.executemany(
                 "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",
@@ -228,6 +228,15 @@ class VectorPlaces:
         else:
             rows = self._query("SELECT image_id FROM vector_rows WHERE generation > ? ORDER BY image_id",
                                (since_generation,))
+        return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
+
+    def removed_since(self, generation: int) -> npt.NDArray[np.int64] | None:
+        """Ids whose vector was removed after ``generation`` (maybe a few more), or None when the removal log
+        does not reach back that far (the caller then compares every id)."""
+        logged_from = self.get_meta("removals_logged_from")
+        if logged_from is None or generation < int(logged_from):
+            return None
+        rows = self._query("SELECT DISTINCT image_id FROM removed_vectors WHERE generation > ?", (generation,))
         return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
 
     def vector_count(self) -> int:

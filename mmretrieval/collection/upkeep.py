@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,10 @@ class IndexKeeper:
             self.generation, self.recall, self.note = self.manifest.generation, self.manifest.recall, self.manifest.note
             self.sync()
 
-    def rebuild(self, index_type: str | None = None, **params: int | None) -> Manifest:
-        """Build afresh and save (writers only); with ``index_type`` given, it (and ``params``) become the choice.
+    def rebuild(self, index_type: str | None = None, policy: dict[str, float] | None = None,
+                **params: int | None) -> Manifest:
+        """Build afresh and save (writers only); with ``index_type`` given, it, ``params`` and the ``policy``
+        overrides (``memory_budget_bytes``, ``recall_target``) become the choice every later rebuild uses.
 
         Raises:
             CollectionError: an unknown index type, or a parameter below 1.
@@ -72,9 +74,11 @@ class IndexKeeper:
         if index_type is not None:
             choose_config(0, index_type, dim=self.identity.embed_dim, **params)  # validate before storing
             given = {key: value for key, value in params.items() if value is not None}
-            if (index_type, given) != self.chosen():
+            overrides = {key: value for key, value in (policy or {}).items() if value is not None}
+            if (index_type, given, overrides) != (*self.chosen(), self._stored_policy()):
                 with self.catalog.transaction():
-                    self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given}))
+                    self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given,
+                                                                   "policy": overrides}))
         self._build()
         return self.persist(force=True)
 
@@ -86,9 +90,17 @@ class IndexKeeper:
             return choice["type"], dict(choice["params"])
         return self.catalog.get_meta("index_type") or "auto", {}  # collections from before params were kept
 
+    def _stored_policy(self) -> dict[str, float]:
+        stored = self.catalog.get_meta(_CONFIG_KEY)
+        return dict(json.loads(stored).get("policy", {})) if stored else {}
+
+    def effective_policy(self) -> IndexPolicy:
+        """The policy given at open, with what ``mmr index`` stored (memory budget, recall target) on top."""
+        return replace(self.policy, **self._stored_policy())
+
     def _wanted(self, count: int) -> IndexConfig:
         index_type, params = self.chosen()
-        return choose_config(count, index_type, dim=self.identity.embed_dim, policy=self.policy, **params)
+        return choose_config(count, index_type, dim=self.identity.embed_dim, policy=self.effective_policy(), **params)
 
     def _build(self) -> None:
         """Build in memory from the stored vectors: train on a sample, add block by block, tune."""
@@ -98,8 +110,10 @@ class IndexKeeper:
         rng = np.random.default_rng(0)
         sample_ids = np.sort(rng.choice(ids, training_size(config, len(ids)), replace=False))
         _, sample = self.catalog.vectors(sample_ids)
+        logger.info("training %s on %d sampled vectors", config.factory(self.identity.embed_dim), len(sample))
         index = VectorIndex.trained(config, self.identity.embed_dim, sample, use_gpu=True)
         del sample
+        logger.info("adding %d vectors block by block", len(ids))
         for block_ids, vectors in self.catalog.iter_vectors():
             index.add(block_ids, vectors)
         self.index, self.generation = self._tuned(index, ids, rng), generation
@@ -111,36 +125,51 @@ class IndexKeeper:
 
     def _tuned(self, index: VectorIndex, ids: np.ndarray, rng: np.random.Generator) -> VectorIndex:
         _, given = self.chosen()
-        if index.config.type == "flat" or self.policy.tuning_queries <= 0 or "nprobe" in given or "ef_search" in given:
+        policy = self.effective_policy()
+        if index.config.type == "flat" or policy.tuning_queries <= 0 or "nprobe" in given or "ef_search" in given:
             self.recall = 1.0 if index.config.type == "flat" else -1.0
             return index
-        query_ids = np.sort(rng.choice(ids, min(len(ids), self.policy.tuning_queries), replace=False))
+        query_ids = np.sort(rng.choice(ids, min(len(ids), policy.tuning_queries), replace=False))
         query_ids, queries = self.catalog.vectors(query_ids)
         truth = exact_top_k(query_ids, queries, self.catalog.iter_vectors())
-        tuned = tune(index, query_ids, queries, truth, self.catalog.vectors, self.policy.recall_target)
+        tuned = tune(index, query_ids, queries, truth, self.catalog.vectors, policy.recall_target)
         self.recall = tuned.recall
         logger.info("tuned %s to %s: recall@10 %.3f on %d held-out queries", index.config.type,
                     tuned.config.params(), tuned.recall, tuned.queries)
         return index.with_config(tuned.config)
 
     def sync(self) -> None:
-        """Bring the in-memory index up to the catalog's generation (never writes a file)."""
+        """Bring the in-memory index up to the catalog's generation (never writes a file).
+
+        Reads only what changed since the index's generation (the catalog logs removals), so a search during
+        a long ingest costs a few small queries, not a pass over every id.
+        """
         generation = self.catalog.generation
         if self.generation == generation:
             return
-        stored_ids = self.catalog.vector_ids()
-        index_ids = self.index.ids()
         new_ids = self.catalog.vector_ids(since_generation=self.generation)
-        to_remove = np.union1d(np.setdiff1d(index_ids, stored_ids), np.intersect1d(index_ids, new_ids))
-        missing = np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids))
-        wanted = self._wanted(len(stored_ids))
-        if missing.size or wanted.type != self.index.config.type or (to_remove.size and not self.index.supports_remove):
-            logger.info("rebuilding the index in memory (%d vectors missing, type %s)", missing.size, wanted.type)
+        removed = self.catalog.removed_since(self.generation)
+        if removed is None:  # the log does not reach back that far: compare every id
+            stored_ids, index_ids = self.catalog.vector_ids(), self.index.ids()
+            removed = np.setdiff1d(index_ids, stored_ids)
+            if np.setdiff1d(stored_ids, np.union1d(index_ids, new_ids)).size:
+                logger.info("rebuilding the index in memory: it lacks vectors the catalog has")
+                self._build()
+                return
+        to_remove = np.union1d(removed, new_ids)  # replaced vectors go out before their new ones come in
+        count = self.catalog.vector_count()
+        if not self.index.supports_remove:
+            to_remove = np.intersect1d(to_remove, self.index.ids())
+        if self._wanted(count).type != self.index.config.type or (to_remove.size and not self.index.supports_remove):
             self._build()
             return
         self.index.remove(to_remove)
         for block_ids, vectors in self.catalog.iter_vectors(since_generation=self.generation):
             self.index.add(block_ids, vectors)
+        if self.index.count != count:
+            logger.warning("the index holds %d vectors, the catalog %d; rebuilding it in memory", self.index.count, count)
+            self._build()
+            return
         self.generation = generation
 
     def persist(self, force: bool = False) -> Manifest:

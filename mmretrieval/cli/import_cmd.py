@@ -1,0 +1,50 @@
+"""``mmr import``: add precomputed embeddings (clip-retrieval's output layout) to a collection.
+
+The summary goes to stderr as one line (or to stdout as one JSON object with ``--json``); the progress bar
+counts vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from ..progress import TqdmProgress
+from .common import add_collection_option
+
+
+def register(subparsers) -> None:
+    """Add ``import`` to the ``mmr`` parser."""
+    parser = subparsers.add_parser(
+        "import", help="add precomputed embeddings (clip-retrieval output) without re-embedding",
+        description="Import img_emb/img_emb_N.npy + metadata/metadata_N.parquet shards (clip-retrieval's output "
+        "layout). Each shard is checked whole (dimension, row counts, finite unit vectors, paths) before any of "
+        "it lands; a re-run skips imported shards and known paths. Needs pyarrow (pip install 'mmretrieval[import]').")
+    parser.add_argument("directory", metavar="DIR", help="folder holding img_emb/ and metadata/")
+    add_collection_option(parser)
+    parser.add_argument("--model", default=None,
+                        help="the model that made the embeddings (needed to create a collection; an existing "
+                        "collection must have been built with the same model)")
+    parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR)")
+    parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used; default cpu)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    parser.set_defaults(handler=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ..collection.collection import Collection
+    from ..collection.imports import import_embeddings
+
+    with Collection.open(args.collection, model=args.model, create=True, device=args.device) as collection:
+        with TqdmProgress("import", unit="vec") as progress:
+            summary = import_embeddings(collection, args.directory, root=args.root, progress=progress)
+    if args.json:
+        print(json.dumps(asdict(summary)))
+    rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
+          f"({rate:,.0f}/s), skipped "
+          f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
+          f"renormalised {summary.renormalised}; index updated in {summary.index_s:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,351 @@
+"""Importing precomputed embeddings into a collection, without re-embedding anything.
+
+Layouts read:
+
+- clip-retrieval's output folder, ``img_emb/img_emb_N.npy`` (``(rows, dim)`` float16/32/64) next to
+  ``metadata/metadata_N.parquet`` (an ``image_path`` column and an optional ``caption`` column), shard ``N``
+  matched by number;
+- this project's own layout: another collection's folder (``catalog.sqlite`` + ``segments/``), one shard per
+  segment, its live rows only (:mod:`.import_segments`). Its model must be this collection's model (same key),
+  which is a stronger check than the dimension.
+
+Each shard is checked whole before any of it lands: the embedding file opens (a truncated ``.npy`` does not),
+its dimension is the collection model's, the parquet has as many rows as the ``.npy``, every value is finite,
+no vector is zero and no path is empty. Vectors that are not unit length are renormalised (and counted).
+A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file and the fault; shards before it
+stay committed. Each shard lands in one catalog transaction, together with a record of the shard (source folder,
+shard name, file sizes and mtimes) and the per-row provenance, so a run killed at any moment (SIGKILL included)
+leaves each shard either fully in or not in at all, and a re-run skips recorded shards outright and any path the
+collection already knows.
+
+Paths: absolute paths are kept; relative ones are resolved against ``root`` (default: the import folder);
+URIs (``scheme://...``) are kept verbatim. Imported rows have status ``ok`` and no file stats (size and mtime
+0): the files may not exist on this machine, and ``mmr similar PATH`` works from the stored vector.
+
+Memory: one shard's paths and captions (Python objects) plus one block of :data:`BLOCK_ROWS` vectors; the
+``.npy`` is memory-mapped and read twice (check, then land; the second read comes from the page cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+from .catalog import encode_path
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (rows done, rows total)
+BLOCK_ROWS = 65_536  # vectors checked or landed per step: bounds memory, not results
+UNIT_TOLERANCE = 2e-3  # |norm - 1| above this counts as "not unit" (float16 input carries ~1e-3 of rounding)
+PATH_COLUMN = "image_path"
+CAPTION_COLUMN = "caption"
+_SHARD_NAME = re.compile(r"img_emb_(\d+)\.npy$")
+class Shard(Protocol):
+    """One unit of an import: checked whole, landed in one transaction, recorded by name and fingerprint."""
+
+    name: str  # unique within its source, e.g. img_emb_3 or segment-000002
+
+    def fingerprint(self) -> str:
+        """Changes when the shard's content does (a rewritten shard is a new shard)."""
+
+    def rows(self) -> int:
+        """Rows it holds (0 when that cannot be known before checking it)."""
+
+    def check(self, dim: int, root: Path) -> "CheckedShard":
+        """Read and check it all. Raises CollectionError naming the bad file and the fault."""
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """The two files of one clip-retrieval shard."""
+
+    name: str  # img_emb_N
+    embeddings: Path  # img_emb/img_emb_N.npy
+    metadata: Path  # metadata/metadata_N.parquet
+
+    def fingerprint(self) -> str:
+        """Sizes and mtimes of both files."""
+        parts = []
+        for path in (self.embeddings, self.metadata):
+            info = path.stat()
+            parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+        return "/".join(parts)
+
+    def rows(self) -> int:
+        try:
+            return int(np.load(self.embeddings, mmap_mode="r", allow_pickle=False).shape[0])
+        except Exception:  # a broken file is reported properly by check(), in shard order
+            return 0
+
+    def check(self, dim: int, root: Path) -> "CheckedShard":
+        return check_shard(self, dim, root)
+
+
+@dataclass(frozen=True)
+class CheckedShard:
+    """A shard that passed every check: its rows' catalog keys and captions, and the mapped vectors."""
+
+    name: str
+    file: Path  # the vectors' file, for log lines
+    keys: list[bytes]  # catalog path keys, in row order
+    captions: list[str | None]
+    vectors: Any  # (rows, dim), any float dtype, sliceable and indexable by a position array (a memory map)
+    renormalised: int  # rows whose norm was off by more than UNIT_TOLERANCE
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What one import did."""
+
+    source: str  # the imported folder
+    rows_added: int = 0
+    rows_known: int = 0  # rows skipped: the collection already had their path
+    shards_added: int = 0
+    shards_skipped: int = 0  # imported by an earlier run (same files)
+    renormalised: int = 0
+    elapsed_s: float = 0.0  # wall time of checking and landing the shards (opening the collection not included)
+    index_s: float = 0.0  # wall time of bringing the index up to date afterwards
+    cpu_s: float = 0.0  # CPU time (all threads) of checking and landing: core-seconds, whatever else ran
+    index_cpu_s: float = 0.0  # CPU time of the index update
+
+
+def find_shards(directory: str | os.PathLike) -> list[ShardFiles]:
+    """The shards of a clip-retrieval output folder, by shard number.
+
+    Raises:
+        CollectionError: no ``img_emb`` folder or no shards in it, or a shard without its metadata file.
+    """
+    root = Path(directory)
+    emb_dir = root / "img_emb"
+    if not emb_dir.is_dir():
+        raise CollectionError(f"{root} has no img_emb/ folder; mmr import reads clip-retrieval's output layout "
+                              "(img_emb/img_emb_N.npy and metadata/metadata_N.parquet)")
+    shards = []
+    for path in emb_dir.iterdir():
+        match = _SHARD_NAME.match(path.name)
+        if match is None:
+            continue
+        metadata = root / "metadata" / f"metadata_{match.group(1)}.parquet"
+        if not metadata.is_file():
+            raise CollectionError(f"shard {path} has no metadata file {metadata}; clip-retrieval writes "
+                                  "both, copy the metadata folder too")
+        shards.append((int(match.group(1)), ShardFiles(path.stem, path, metadata)))
+    if not shards:
+        raise CollectionError(f"no img_emb_N.npy files in {emb_dir}")
+    return [files for _, files in sorted(shards, key=lambda pair: pair[0])]
+
+
+def open_embeddings(path: Path, dim: int) -> np.ndarray:
+    """Memory-map a shard's ``.npy`` and check its shape and type.
+
+    Raises:
+        CollectionError: unreadable or truncated file, not 2-D, not floating point, or the wrong dimension.
+    """
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CollectionError(f"{path} is not a readable .npy file (truncated or corrupt: {exc}); "
+                              "re-copy it or remove this shard") from exc
+    if vectors.ndim != 2:
+        raise CollectionError(f"{path} holds a {vectors.ndim}-D array of shape {vectors.shape}; "
+                              "expected (rows, dim) embeddings")
+    if vectors.dtype.kind != "f":
+        raise CollectionError(f"{path} holds {vectors.dtype} values; expected float16, float32 or float64")
+    if vectors.shape[1] != dim:
+        raise CollectionError(f"{path} has {vectors.shape[1]}-d vectors but the collection's model makes {dim}-d "
+                              "ones; import into a collection of the model that made them (--model)")
+    return vectors
+
+
+def read_metadata(path: Path, rows: int, root: Path) -> tuple[list[bytes], list[str | None]]:
+    """The catalog keys and captions of a shard's parquet file.
+
+    Raises:
+        CollectionError: unreadable file, no ``image_path`` column, a row count other than ``rows``, or an
+            empty path.
+    """
+    pq = _pyarrow_parquet()
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if PATH_COLUMN not in names:
+            raise CollectionError(f"{path} has no {PATH_COLUMN!r} column (columns: {', '.join(names)})")
+        if parquet.metadata.num_rows != rows:
+            raise CollectionError(f"{path} has {parquet.metadata.num_rows} rows but its embeddings file has "
+                                  f"{rows}; the shard is incomplete, re-copy both files")
+        columns = [PATH_COLUMN] + ([CAPTION_COLUMN] if CAPTION_COLUMN in names else [])
+        table = parquet.read(columns=columns)
+    except CollectionError:
+        raise
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family for corrupt files
+        raise CollectionError(f"{path} is not a readable parquet file: {exc}") from exc
+    captions = table.column(CAPTION_COLUMN).to_pylist() if CAPTION_COLUMN in names else [None] * rows
+    return _keys_of(path, table.column(PATH_COLUMN), root), captions
+
+
+def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
+    """Catalog keys of a parquet path column: the common case (absolute, normal) in pyarrow, the rest one by one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    strings = column.cast(pa.string())
+    empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0), True)
+    if pc.any(empty).as_py():
+        row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+        raise CollectionError(f"{path} row {row} has an empty {PATH_COLUMN}; every row must name its image")
+    # already what encode_path would make: absolute, no ".", "..", "//" or trailing "/" to normalise away
+    plain = pc.and_(pc.starts_with(strings, "/"),
+                    pc.invert(pc.match_substring_regex(strings, r"(^|/)\.\.?(/|$)|//|/$")))
+    keys = strings.cast(pa.binary()).to_pylist()  # UTF-8 bytes, which is what os.fsencode makes of them
+    for row in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)).tolist():
+        keys[row] = catalog_key(keys[row].decode("utf-8"), root)
+    return keys
+
+
+def catalog_key(path: str, root: Path) -> bytes:
+    """The catalog key of an imported path: URIs verbatim, relative paths resolved against ``root``."""
+    if "://" in path:
+        return os.fsencode(path)
+    return encode_path(os.path.join(root, os.path.expanduser(path)))
+
+
+def check_vectors(path: Path, vectors: Any) -> int:
+    """Check every block of ``vectors``; returns how many rows are not unit length (they get renormalised).
+
+    Raises:
+        CollectionError: a NaN or infinite value, or a zero vector (no direction to normalise to).
+    """
+    off_unit = 0
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        block = np.asarray(vectors[start:start + BLOCK_ROWS], dtype=np.float32)
+        squares = np.einsum("ij,ij->i", block, block)  # NaN or inf anywhere in a row makes its sum so
+        if not np.isfinite(squares).all():
+            row = int(np.argmin(np.isfinite(block).all(axis=1)))
+            raise CollectionError(f"{path} row {start + row} has a NaN or infinite value (or one too large to "
+                                  "square); nothing of this shard was imported")
+        if (squares == 0).any():
+            raise CollectionError(f"{path} row {start + int(np.argmin(squares))} is a zero vector")
+        off_unit += int((np.abs(np.sqrt(squares) - 1) > UNIT_TOLERANCE).sum())
+    return off_unit
+
+
+def check_shard(files: ShardFiles, dim: int, root: Path) -> CheckedShard:
+    """Every check on one shard, before any of it lands.
+
+    Raises:
+        CollectionError: naming the bad file and what is wrong with it.
+    """
+    vectors = open_embeddings(files.embeddings, dim)
+    keys, captions = read_metadata(files.metadata, len(vectors), root)
+    off_unit = check_vectors(files.embeddings, vectors)
+    if off_unit:
+        logger.warning("%s: %d of %d vectors were not unit length; renormalised", files.embeddings, off_unit,
+                       len(vectors))
+    return CheckedShard(files.name, files.embeddings, keys, captions, vectors, off_unit)
+
+
+def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: bool = True
+                ) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(slice of positions, rows)`` for the given row positions, a block at a time.
+
+    With ``renormalise`` the rows are float32 and unit length; without it (every row was unit within
+    :data:`UNIT_TOLERANCE`) they come in the input's own dtype, which saves a conversion when it is the
+    collection's (float16 into float16).
+    """
+    for start in range(0, len(positions), BLOCK_ROWS):
+        chunk = positions[start:start + BLOCK_ROWS]
+        if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
+            block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
+        else:
+            block = np.asarray(vectors[chunk])
+        if renormalise:
+            block = block.astype(np.float32)  # a copy: the map is read-only
+            block /= np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        yield slice(start, start + len(chunk)), block
+
+
+def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                      progress: Progress | None = None) -> ImportSummary:
+    """Import a clip-retrieval output folder into ``collection`` shard by shard, then update its index.
+
+    Args:
+        collection: an open collection; its model's dimension is the one every shard must have.
+        directory: the folder holding ``img_emb/`` and ``metadata/``.
+        root: where relative ``image_path`` values are resolved (default: ``directory``).
+        progress: ``(rows done, rows total)`` after each shard.
+
+    Returns:
+        Rows added, rows skipped as already known, shards added and skipped, vectors renormalised.
+
+    Raises:
+        CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
+            process writing to the collection.
+    """
+    from .import_writer import ensure_schema, land_shard, shard_seen
+
+    started, started_cpu = time.perf_counter(), time.process_time()
+    source = Path(os.path.abspath(directory))
+    if not source.is_dir():
+        raise CollectionError(f"{directory} is not a folder; pass a clip-retrieval output folder or a collection")
+    base = Path(os.path.abspath(root)) if root is not None else source
+    shards = _find_any(source, collection)
+    total = sum(shard.rows() for shard in shards)
+    done = 0
+    counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
+    busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
+            "to finish, or stop it (a re-run resumes its work)")
+    with collection.writing(busy):  # cleans what a killed writer left; catches the index up on the way out
+        ensure_schema(collection.catalog)
+        for shard in shards:
+            fingerprint = shard.fingerprint()
+            if shard_seen(collection.catalog, str(source), shard.name, fingerprint):
+                counts["shards_skipped"] += 1
+            else:
+                checked = shard.check(collection.identity.embed_dim, base)
+                added, known = land_shard(collection, checked, str(source), fingerprint)
+                counts["rows_added"] += added
+                counts["rows_known"] += known
+                counts["shards_added"] += 1
+                counts["renormalised"] += checked.renormalised
+            done += shard.rows()
+            if progress is not None:
+                progress(done, total)
+        landed_s, landed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
+                         index_s=round(time.perf_counter() - started - landed_s, 3), cpu_s=round(landed_cpu, 3),
+                         index_cpu_s=round(time.process_time() - started_cpu - landed_cpu, 3), **counts)
+
+
+def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
+    from .collection import CATALOG_NAME
+
+    if (source / CATALOG_NAME).is_file():
+        from .import_segments import find_segment_shards
+
+        if source == collection.directory:
+            raise CollectionError(f"{source} is the collection itself; import from another collection's folder")
+
+        return find_segment_shards(source, collection.identity)
+    return find_shards(source)
+
+
+def _pyarrow_parquet():  # noqa: ANN202 (a module)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise CollectionError("reading clip-retrieval metadata needs pyarrow: pip install 'mmretrieval[import]'"
+                              ) from exc
+    return pq

@@ -1,0 +1,154 @@
+"""Sealed segments written outside the collection: :class:`SegmentWriter`, :class:`SealedSegment`, :func:`read_sealed`.
+
+A process (an import, a Ray worker on another node) writes ``<name>.vec`` (rows of ``dim`` little-endian
+float16 or float32), ``<name>.ids`` (little-endian int64 catalog ids, one per row) and, on :meth:`SegmentWriter.seal`,
+``<name>.json`` describing them (dim, dtype, count, size, sha256 of both files). The collection's writer then
+commits it with :meth:`Catalog.commit_segment <mmretrieval.collection.places.VectorPlaces.commit_segment>`;
+see :mod:`.segments` for the whole picture.
+
+Memory: appends stream to the files; :func:`read_sealed` checksums in 1 MiB reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from ..atomic import atomic_write_text
+from ..errors import CollectionError
+
+DTYPES = ("float16", "float32")
+DEFAULT_DTYPE = "float16"  # half the disk and page cache of float32; cosine error ~1e-3, below ranking noise
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    """A finished segment written by :class:`SegmentWriter`, described by ``<name>.json`` beside its files."""
+
+    directory: Path  # where ``<name>.vec`` / ``<name>.ids`` / ``<name>.json`` are
+    name: str
+    dim: int
+    dtype: str  # float16 | float32
+    count: int
+    size: int  # bytes of the .vec file
+    sha256: str  # of the .vec file: the segment's identity for idempotent commits
+    ids_sha256: str
+
+    @property
+    def vec_path(self) -> Path:
+        return self.directory / f"{self.name}.vec"
+
+    @property
+    def ids_path(self) -> Path:
+        return self.directory / f"{self.name}.ids"
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        """The catalog ids of the rows, in row order."""
+        return np.fromfile(self.ids_path, dtype="<i8").astype(np.int64)
+
+
+class SegmentWriter:
+    """Writes one segment: ``append`` blocks of ``(ids, vectors)``, then ``seal``.
+
+    Args:
+        directory: where to write (created if missing).
+        dim: vector dimension.
+        dtype: ``float16`` or ``float32`` (must match the collection it will be committed to).
+        name: file stem; must be new in ``directory``.
+
+    Raises:
+        CollectionError: an unknown dtype, a name already used, or an append of the wrong shape.
+    """
+
+    def __init__(self, directory: str | os.PathLike, dim: int, dtype: str = DEFAULT_DTYPE, name: str = "segment"):
+        self.directory = Path(directory)
+        self.dim = int(dim)
+        self.dtype = check_dtype(dtype)
+        self.name = name
+        self.count = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        vec, ids = self.directory / f"{name}.vec", self.directory / f"{name}.ids"
+        if vec.exists() or ids.exists():
+            raise CollectionError(f"segment {name!r} already exists in {self.directory}; choose another name")
+        self._vec = open(vec, "xb")
+        self._ids = open(ids, "xb")
+
+    def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
+        """Append rows; returns the row number of the first one."""
+        first = self.count
+        self.count += write_rows(self._vec, self._ids, ids, vectors, self.dim, self.dtype)
+        return first
+
+    def seal(self) -> SealedSegment:
+        """Flush, fsync and checksum the files; write ``<name>.json`` atomically and return its contents."""
+        for handle in (self._vec, self._ids):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        vec, ids = self.directory / f"{self.name}.vec", self.directory / f"{self.name}.ids"
+        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, vec.stat().st_size,
+                               file_sha256(vec), file_sha256(ids))
+        described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
+        atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
+        return sealed
+
+
+def read_sealed(descriptor: str | os.PathLike, verify: bool = True) -> SealedSegment:
+    """The sealed segment described by ``<name>.json``, its files checked against sizes (and checksums).
+
+    Raises:
+        CollectionError: the descriptor is unreadable, or a file is missing, truncated or altered.
+    """
+    descriptor = Path(descriptor)
+    try:
+        fields = json.loads(descriptor.read_text(encoding="utf-8"))
+        sealed = SealedSegment(directory=descriptor.parent, **fields)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CollectionError(f"{descriptor} is not a segment descriptor ({exc}); re-write that segment") from exc
+    check_dtype(sealed.dtype)
+    row_bytes = sealed.dim * np.dtype(sealed.dtype).itemsize
+    problem = None
+    if not sealed.vec_path.is_file() or not sealed.ids_path.is_file():
+        problem = "its .vec or .ids file is missing"
+    elif sealed.vec_path.stat().st_size != sealed.size or sealed.size != sealed.count * row_bytes:
+        problem = f"{sealed.vec_path.name} is {sealed.vec_path.stat().st_size} bytes, expected {sealed.size}"
+    elif sealed.ids_path.stat().st_size != 8 * sealed.count:
+        problem = f"{sealed.ids_path.name} holds {sealed.ids_path.stat().st_size // 8} ids, expected {sealed.count}"
+    elif verify and (file_sha256(sealed.vec_path) != sealed.sha256 or file_sha256(sealed.ids_path) != sealed.ids_sha256):
+        problem = "its files do not match their sha256 (corrupt or modified)"
+    if problem:
+        raise CollectionError(f"segment {descriptor} is damaged: {problem}; re-write it, nothing of it was used")
+    return sealed
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_rows(vec: BinaryIO, id_file: BinaryIO, ids: npt.ArrayLike, vectors: npt.ArrayLike, dim: int, dtype: str) -> int:
+    ids = np.ascontiguousarray(ids, dtype="<i8").reshape(-1)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape != (len(ids), dim):
+        raise CollectionError(f"cannot append vectors of shape {vectors.shape} with {len(ids)} ids to a "
+                              f"{dim}-d segment; pass (n, {dim}) vectors and n ids")
+    vec.write(np.ascontiguousarray(vectors, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+    id_file.write(ids.tobytes())
+    return len(ids)
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one of :data:`DTYPES`; raises CollectionError naming it otherwise."""
+    if dtype not in DTYPES:
+        raise CollectionError(f"unknown vector dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return dtype

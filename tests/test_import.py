@@ -1,0 +1,257 @@
+"""``mmr import``: clip-retrieval output folders made here, good and corrupt shards, re-runs, SIGKILL, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+from mmretrieval.cli import main  # noqa: E402
+from mmretrieval.collection.collection import Collection  # noqa: E402
+from mmretrieval.collection.import_writer import provenance  # noqa: E402
+from mmretrieval.collection.imports import import_embeddings  # noqa: E402
+from mmretrieval.errors import CollectionError  # noqa: E402
+
+DIM = 32  # tests/conftest.py's tiny model
+
+
+def unit_rows(rng: np.random.Generator, rows: int, dim: int = DIM) -> np.ndarray:
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def write_shard(folder: Path, number: int, paths: list, vectors: np.ndarray, captions: list | None = None) -> None:
+    """One clip-retrieval shard: img_emb/img_emb_N.npy and metadata/metadata_N.parquet."""
+    (folder / "img_emb").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    np.save(folder / "img_emb" / f"img_emb_{number}.npy", vectors)
+    columns = {"image_path": pa.array(paths, pa.string())}
+    if captions is not None:
+        columns["caption"] = pa.array(captions, pa.string())
+    pq.write_table(pa.table(columns), folder / "metadata" / f"metadata_{number}.parquet")
+
+
+def make_folder(folder: Path, shards: int, rows: int, seed: int = 0, prefix: str = "/gone/photos") -> np.ndarray:
+    """``shards`` shards of ``rows`` rows with paths ``prefix/s{shard}_{row}.jpg``; returns all vectors."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_rows(rng, shards * rows)
+    for shard in range(shards):
+        paths = [f"{prefix}/s{shard}_{row}.jpg" for row in range(rows)]
+        write_shard(folder, shard, paths, vectors[shard * rows:(shard + 1) * rows].astype(np.float16),
+                    [f"caption {shard} {row}" for row in range(rows)])
+    return vectors
+
+
+@pytest.fixture()
+def collection(tmp_path, tiny_encoder):
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as opened:
+        yield opened
+
+
+def stored(collection: Collection) -> dict[str, np.ndarray]:
+    ids, vectors = collection.vectors()
+    rows = collection.catalog.rows(ids.tolist())
+    return {rows[i].path: vector for i, vector in zip(ids.tolist(), vectors)}
+
+
+def test_import_lands_every_row_with_captions_and_unit_vectors(tmp_path, collection):
+    vectors = make_folder(tmp_path / "emb", shards=3, rows=50)
+    summary = import_embeddings(collection, tmp_path / "emb")
+    assert (summary.rows_added, summary.shards_added, summary.rows_known) == (150, 3, 0)
+    assert summary.renormalised == 0  # float16 rounding of unit vectors is within tolerance
+    by_path = stored(collection)
+    assert len(by_path) == 150
+    np.testing.assert_allclose(by_path["/gone/photos/s1_7.jpg"], vectors[57], atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(np.stack(list(by_path.values())), axis=1), 1, atol=1e-3)  # stored as float16
+    assert collection.catalog.counts_by_status() == {"ok": 150}
+    hit = collection.similar("/gone/photos/s2_0.jpg", k=1)[0]
+    assert hit.caption is not None and hit.caption.startswith("caption ")
+
+
+def test_similar_for_a_gone_file_uses_its_stored_vector(tmp_path, collection):
+    vectors = make_folder(tmp_path / "emb", shards=1, rows=40)
+    import_embeddings(collection, tmp_path / "emb")
+    assert not os.path.exists("/gone/photos/s0_3.jpg")
+    hits = collection.similar("/gone/photos/s0_3.jpg", k=5)
+    expected = np.argsort(-(vectors @ vectors[3]))[1:6]  # brute force, the file itself left out
+    assert [hit.path for hit in hits] == [f"/gone/photos/s0_{i}.jpg" for i in expected]
+    assert hits[0].score == pytest.approx(float(vectors[expected[0]] @ vectors[3]), abs=5e-3)
+
+
+def test_reimport_skips_imported_shards_and_known_paths(tmp_path, collection):
+    make_folder(tmp_path / "emb", shards=2, rows=30)
+    import_embeddings(collection, tmp_path / "emb")
+    again = import_embeddings(collection, tmp_path / "emb")
+    assert (again.rows_added, again.shards_skipped, again.shards_added) == (0, 2, 0)
+    # another export overlapping the first: its known paths are skipped, only new ones land
+    rng = np.random.default_rng(5)
+    paths = [f"/gone/photos/s0_{row}.jpg" for row in range(10)] + [f"/new/{row}.jpg" for row in range(5)]
+    write_shard(tmp_path / "emb2", 0, paths + ["/new/0.jpg"], unit_rows(rng, 16))  # and a path twice
+    other = import_embeddings(collection, tmp_path / "emb2")
+    assert (other.rows_added, other.rows_known) == (5, 11)
+    assert len(collection.vectors()[0]) == 65
+    sources = {s.source: s for s in provenance(collection.catalog)}
+    assert sources[str(tmp_path / "emb")].rows == 60 and sources[str(tmp_path / "emb")].shards == 2
+    assert sources[str(tmp_path / "emb2")].rows == 5
+
+
+def test_non_unit_vectors_are_renormalised_and_counted(tmp_path, collection):
+    rng = np.random.default_rng(1)
+    vectors = unit_rows(rng, 20)
+    vectors[:7] *= 3.0
+    write_shard(tmp_path / "emb", 0, [f"/x/{i}.jpg" for i in range(20)], vectors)
+    summary = import_embeddings(collection, tmp_path / "emb")
+    assert summary.renormalised == 7
+    np.testing.assert_allclose(np.linalg.norm(collection.vectors()[1], axis=1), 1, atol=1e-3)  # stored as float16
+
+
+def _corrupt(kind: str, folder: Path, rng: np.random.Generator) -> Path:
+    """Shard 1 of ``folder`` made bad in one way; returns the file the error must name."""
+    paths = [f"/bad/{i}.jpg" for i in range(20)]
+    npy = folder / "img_emb" / "img_emb_1.npy"
+    if kind == "wrong_dim":
+        write_shard(folder, 1, paths, unit_rows(rng, 20, DIM * 2))
+    elif kind == "row_mismatch":
+        write_shard(folder, 1, paths[:19], unit_rows(rng, 20))
+        return folder / "metadata" / "metadata_1.parquet"
+    elif kind == "truncated":
+        write_shard(folder, 1, paths, unit_rows(rng, 20))
+        npy.write_bytes(npy.read_bytes()[:-100])
+    elif kind == "nan":
+        vectors = unit_rows(rng, 20)
+        vectors[13, 4] = np.nan
+        write_shard(folder, 1, paths, vectors)
+    elif kind == "empty_path":
+        write_shard(folder, 1, paths[:5] + [""] + paths[6:], unit_rows(rng, 20))
+        return folder / "metadata" / "metadata_1.parquet"
+    elif kind == "no_metadata":
+        write_shard(folder, 1, paths, unit_rows(rng, 20))
+        (folder / "metadata" / "metadata_1.parquet").unlink()
+    return npy
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("wrong_dim", "64-d vectors"), ("row_mismatch", "19 rows"), ("truncated", "truncated"),
+    ("nan", "row 13"), ("empty_path", "row 5"), ("no_metadata", "no metadata"),
+])
+def test_a_bad_shard_is_named_and_nothing_of_it_lands(tmp_path, collection, kind, words):
+    folder = tmp_path / "emb"
+    make_folder(folder, shards=1, rows=25)
+    write_shard(folder, 2, [f"/late/{i}.jpg" for i in range(5)], unit_rows(np.random.default_rng(2), 5))
+    named = _corrupt(kind, folder, np.random.default_rng(3))
+    with pytest.raises(CollectionError) as error:
+        import_embeddings(collection, folder)
+    assert str(named) in str(error.value) and words in str(error.value)
+    paths = set(stored(collection))
+    if kind != "no_metadata":  # found while listing the shards, before any shard lands
+        assert len(paths) == 25 and all(p.startswith("/gone/") for p in paths)  # shard 0 in, 1 and 2 not
+    assert not any(p.startswith(("/bad/", "/late/")) for p in paths)
+
+
+def test_relative_paths_resolve_against_root_and_uris_are_kept(tmp_path, collection):
+    rng = np.random.default_rng(4)
+    paths = ["a/b.jpg", "https://example.org/c.jpg", "/x/./y/../z.jpg", "/x//w.jpg", "/x/.hidden.jpg"]
+    write_shard(tmp_path / "emb", 0, paths, unit_rows(rng, len(paths)))
+    import_embeddings(collection, tmp_path / "emb", root=tmp_path / "pics")
+    assert set(stored(collection)) == {str(tmp_path / "pics" / "a" / "b.jpg"), "https://example.org/c.jpg",
+                                       "/x/z.jpg", "/x/w.jpg", "/x/.hidden.jpg"}
+
+
+def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):
+    make_folder(tmp_path / "emb", shards=2, rows=20)
+    collection = str(tmp_path / "col")
+    assert main(["import", str(tmp_path / "emb"), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows_added"] == 40
+    assert "imported 40 vectors from 2 shard(s) in " in captured.err
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["imported"] == {str(tmp_path / "emb"): 40} and info["vectors"] == 40
+    assert main(["similar", "/gone/photos/s1_3.jpg", "--collection", collection, "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "/gone/photos/s1_3.jpg" not in [line.split("\t")[1] for line in lines]
+    assert main(["import", str(tmp_path / "nope"), "--collection", collection]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.collection.imports import import_embeddings
+
+    with Collection.open(sys.argv[1]) as collection:
+        import_embeddings(collection, sys.argv[2], progress=lambda done, total: print(done, flush=True))
+    print("finished", flush=True)
+""")
+
+
+def _import_in_child(collection_dir: Path, folder: Path, kill_after_lines: int | None, kill_delay_s: float) -> bool:
+    """Import in a subprocess; SIGKILL it ``kill_delay_s`` after its ``kill_after_lines``-th progress line."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(collection_dir), str(folder)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    lines = 0
+    for line in child.stdout:
+        if line.strip() == "finished":
+            break
+        lines += 1
+        if kill_after_lines is not None and lines >= kill_after_lines:
+            time.sleep(kill_delay_s)
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=120)
+    child.stdout.close()
+    return child.returncode == 0
+
+
+@pytest.mark.slow
+def test_sigkill_during_import_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_encoder):
+    folder = tmp_path / "emb"
+    vectors = make_folder(folder, shards=12, rows=3000)
+    collection_dir = tmp_path / "col"
+    Collection.open(collection_dir, model=tiny_encoder, create=True).close()
+    interrupted = [not _import_in_child(collection_dir, folder, after, delay)
+                   for after, delay in ((1, 0.0), (3, 0.05), (6, 0.02))]
+    assert any(interrupted)
+    with Collection.open(collection_dir) as collection:
+        partial = len(collection.vectors()[0])
+        assert partial % 3000 == 0 and partial < 36000  # whole shards only, and the kills did interrupt
+        summary = import_embeddings(collection, folder)
+        assert summary.rows_added == 36000 - partial and summary.rows_known == 0
+        ids, _ = collection.vectors()
+        by_path = stored(collection)
+        assert len(ids) == len(set(ids.tolist())) == len(by_path) == 36000
+        np.testing.assert_allclose(by_path["/gone/photos/s11_2999.jpg"], vectors[-1], atol=2e-3)
+        assert collection.catalog.counts_by_status() == {"ok": 36000}
+        assert sum(source.rows for source in provenance(collection.catalog)) == 36000
+
+
+def test_import_another_collections_segments_live_rows_only(tmp_path, collection, tiny_encoder, shapes_encoder):
+    vectors = make_folder(tmp_path / "emb", shards=2, rows=30)
+    with Collection.open(tmp_path / "other", model=tiny_encoder, create=True) as other:
+        import_embeddings(other, tmp_path / "emb")
+        with other.catalog.transaction() as db:  # a deleted row leaves a tombstone in its segment
+            db.execute("DELETE FROM images WHERE path = ?", (b"/gone/photos/s0_4.jpg",))
+    summary = import_embeddings(collection, tmp_path / "other")
+    assert (summary.rows_added, summary.rows_known) == (59, 0)
+    by_path = stored(collection)
+    assert "/gone/photos/s0_4.jpg" not in by_path and len(by_path) == 59
+    np.testing.assert_allclose(by_path["/gone/photos/s1_29.jpg"], vectors[59], atol=2e-3)
+    assert collection.similar("/gone/photos/s1_2.jpg", k=1)[0].caption.startswith("caption 1 ")
+    assert import_embeddings(collection, tmp_path / "other").shards_skipped >= 1
+    with Collection.open(tmp_path / "shapes", model=shapes_encoder, create=True) as foreign:
+        with pytest.raises(CollectionError, match="same model"):
+            import_embeddings(foreign, tmp_path / "other")
+        with pytest.raises(CollectionError, match="the collection itself"):
+            import_embeddings(foreign, tmp_path / "shapes")

@@ -1,0 +1,300 @@
+"""Vector segments, compaction (SIGKILL at every step loses and duplicates nothing), schema migration of a
+collection in the v1 layout, and file modes under the umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mmretrieval.collection.catalog import Catalog, VectorWrite, encode_path
+from mmretrieval.collection.collection import Collection
+from mmretrieval.collection.compaction import collect_garbage, compact, waste
+from mmretrieval.collection.migrations import SCHEMA_VERSION
+from mmretrieval.collection.segments import SegmentStore, SegmentWriter, read_sealed
+from mmretrieval.errors import CollectionError
+
+DIM = 32
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(catalog: Catalog, folder, vectors: np.ndarray, batch: int = 7) -> np.ndarray:
+    """Rows for ``folder/i.png`` with ``vectors`` written in batches (several appends); returns their ids."""
+    paths = [os.path.join(str(folder), f"{i:05d}.png") for i in range(len(vectors))]
+    catalog.mark_pending([(encode_path(p), 1, 1, None) for p in paths])
+    ids = np.array([image_id for image_id, _ in catalog.pending()], dtype=np.int64)
+    for start in range(0, len(ids), batch):
+        catalog.write_results([VectorWrite(int(i), f"h{i}", 1, 1, "PNG", v)
+                               for i, v in zip(ids[start:start + batch], vectors[start:start + batch])], [])
+    return ids
+
+
+def test_segment_writer_round_trip_and_damage_detected(tmp_path):
+    vectors = unit_vectors(10)
+    writer = SegmentWriter(tmp_path, DIM, "float32", name="part")
+    writer.append(np.arange(4), vectors[:4])
+    writer.append(np.arange(4, 10), vectors[4:])
+    sealed = writer.seal()
+    again = read_sealed(tmp_path / "part.json")
+    assert again == sealed and again.count == 10 and again.ids().tolist() == list(range(10))
+    with pytest.raises(CollectionError, match="shape"):
+        SegmentWriter(tmp_path, DIM, name="other").append(np.arange(3), vectors[:2])
+    data = bytearray((tmp_path / "part.vec").read_bytes())
+    data[5] ^= 0xFF
+    (tmp_path / "part.vec").write_bytes(bytes(data))
+    with pytest.raises(CollectionError, match="sha256"):
+        read_sealed(tmp_path / "part.json")
+    (tmp_path / "part.vec").write_bytes(bytes(data[:-4]))
+    with pytest.raises(CollectionError, match="bytes"):
+        read_sealed(tmp_path / "part.json")
+
+
+def test_commit_segment_is_idempotent_and_ignores_unknown_ids(tmp_path):
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    vectors = unit_vectors(12)
+    ids = fill(catalog, tmp_path / "a", vectors[:6])
+    catalog.mark_pending([(encode_path(tmp_path / "b" / f"{i}.png"), 1, 1, None) for i in range(6)])
+    pending = [image_id for image_id, _ in catalog.pending()]
+    writer = SegmentWriter(tmp_path / "elsewhere", DIM, name="part-0")  # as another process or node would
+    writer.append(np.array(pending + [999_999]), np.concatenate([vectors[6:], vectors[:1]]))
+    sealed = writer.seal()
+    generation = catalog.generation
+    result = catalog.commit_segment(read_sealed(tmp_path / "elsewhere" / "part-0.json"))
+    assert (result.placed, result.unknown_ids, result.already_committed) == (6, 1, False)
+    assert catalog.counts_by_status() == {"ok": 12} and catalog.generation == generation + 1
+    again = catalog.commit_segment(sealed, source="somewhere else")
+    assert again.already_committed and catalog.generation == generation + 1 and catalog.vector_count() == 12
+    found_ids, found = catalog.vectors(list(ids) + pending)
+    np.testing.assert_allclose(found, vectors, atol=1e-3)
+    assert catalog.segment_sources()[0][2] == 6
+    with pytest.raises(CollectionError, match="64-d"):
+        wrong = SegmentWriter(tmp_path / "elsewhere", 64, name="wrong")
+        wrong.append(np.array(pending[:1]), np.zeros((1, 64), np.float32))
+        catalog.commit_segment(wrong.seal())
+
+
+def test_streaming_gathering_and_float32_storage(tmp_path):
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    with catalog.transaction():
+        catalog.set_meta("vector_dtype", "float32")
+    vectors = unit_vectors(50)
+    ids = fill(catalog, tmp_path / "a", vectors)
+    blocks = list(catalog.iter_vectors(block_rows=8))
+    assert max(len(b[0]) for b in blocks) == 8 and sum(len(b[0]) for b in blocks) == 50
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), vectors)  # float32: exact
+    picked = ids[[40, 3, 17]]
+    found_ids, found = catalog.vectors(picked.tolist())
+    assert found_ids.tolist() == sorted(picked.tolist())
+    np.testing.assert_array_equal(found, vectors[np.searchsorted(ids, found_ids)])
+    assert catalog.segments.dtype == "float32"
+
+
+def test_compaction_reclaims_dead_rows_and_keeps_every_vector(tmp_path):
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    vectors = unit_vectors(60)
+    ids = fill(catalog, tmp_path / "a", vectors)
+    # re-embedding 20 files leaves 20 dead rows; pruning 10 more leaves 10
+    fill(catalog, tmp_path / "a", vectors[:20][::-1].copy())
+    with catalog.transaction() as db:
+        db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids[50:]])
+    before = dict(zip(*catalog.vectors(ids[:50].tolist())))
+    assert waste(catalog).stored == 80 and waste(catalog).live == 50
+    summary = compact(catalog)
+    assert summary.rows_copied == 50 and summary.rows_reclaimed == 30
+    assert waste(catalog).ratio == 0.0 and waste(catalog).stored == 50
+    after_ids, after = catalog.vectors(ids[:50].tolist())
+    for image_id, vector in zip(after_ids.tolist(), after):
+        np.testing.assert_array_equal(vector, before[image_id])
+    assert len(list((tmp_path / "col" / "segments").glob("*.vec"))) == len(catalog.segments.segments())
+
+
+_COMPACT_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from mmretrieval.collection import compaction, segments
+    from mmretrieval.collection.catalog import Catalog
+
+    point = sys.argv[2]
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after(owner, name, when):
+        original = getattr(owner, name)
+        def wrapped(*args, **kwargs):
+            if when == "before":
+                die()
+            result = original(*args, **kwargs)
+            die()
+        setattr(owner, name, wrapped)
+
+    if point == "staged":
+        after(compaction, "_write_live_rows", "after")
+    elif point == "listed":
+        after(segments.SegmentStore, "add_sealed", "after")
+    elif point == "switched":
+        after(segments.SegmentStore, "drop", "before")
+    elif point == "unlisted":  # the old segments are off the manifest, their files not yet deleted
+        original_write = segments.SegmentStore.write_manifest
+        def write_then_die(self, manifest):
+            original_write(self, manifest)
+            if sys._getframe(1).f_code.co_name == "drop":
+                die()
+        segments.SegmentStore.write_manifest = write_then_die
+    catalog = Catalog(sys.argv[1])
+    if point == "mid-switch":  # inside the switch transaction, some rows moved, not committed
+        updates = []
+        def trace(statement):
+            if statement.startswith("UPDATE vector_rows"):
+                updates.append(statement)
+                if len(updates) == 3:
+                    die()
+        catalog._db.set_trace_callback(trace)
+    compaction.compact(catalog)
+    print("finished")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["staged", "listed", "mid-switch", "switched", "unlisted"])
+def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path, point):
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    vectors = unit_vectors(40)
+    ids = fill(catalog, tmp_path / "a", vectors)
+    fill(catalog, tmp_path / "a", vectors[:15].copy())  # 15 dead rows
+    expected = dict(zip(*catalog.vectors(ids.tolist())))
+    catalog.close()
+    script = tmp_path / "child.py"
+    script.write_text(_COMPACT_CHILD)
+    child = subprocess.run([sys.executable, str(script), str(tmp_path / "col" / "catalog.sqlite"), point],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert child.returncode == -9, child.stderr  # SIGKILLed where asked
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    collect_garbage(catalog)  # what the next writer does first
+    found_ids, found = catalog.vectors(ids.tolist())
+    assert sorted(found_ids.tolist()) == sorted(ids.tolist())  # nothing lost
+    for image_id, vector in zip(found_ids.tolist(), found):
+        np.testing.assert_array_equal(vector, expected[image_id])
+    assert catalog.vector_count() == len(ids)  # nothing duplicated
+    segment_dir = tmp_path / "col" / "segments"
+    listed = {s.number for s in catalog.segments.segments()}
+    assert {int(p.stem) for p in segment_dir.glob("*.vec")} == listed  # no orphan files, none missing
+    assert set(catalog.rows_per_segment()) <= listed and not (segment_dir / "staging").exists()
+    compact(catalog)  # and it finishes the job
+    assert waste(catalog).stored == len(ids) and catalog.vector_count() == len(ids)
+
+
+def _write_v1_collection(directory, vectors: np.ndarray, identity_json: str) -> list[int]:
+    """A collection exactly as the v1 code left it: float32 BLOB vectors inside catalog.sqlite."""
+    directory.mkdir(parents=True)
+    db = sqlite3.connect(directory / "catalog.sqlite")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB NOT NULL UNIQUE, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, content_hash TEXT, width INTEGER, height INTEGER,
+            format TEXT, reason TEXT, message TEXT, caption TEXT);
+        CREATE TABLE vectors (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            generation INTEGER NOT NULL, embedding BLOB NOT NULL);
+        CREATE TABLE labels (image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE, label TEXT NOT NULL,
+            probability REAL NOT NULL, PRIMARY KEY (image_id, label));
+    """)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1"), ("generation", str(len(vectors))),
+                                                       ("model_identity", identity_json)])
+    ids = []
+    for i, vector in enumerate(vectors):
+        cursor = db.execute("INSERT INTO images(path, size, mtime_ns, status, content_hash) VALUES (?, 1, 1, 'ok', ?)",
+                            (os.fsencode(str(directory.parent / f"photo{i}.jpg")), f"h{i}"))
+        ids.append(cursor.lastrowid)
+        db.execute("INSERT INTO vectors VALUES (?, ?, ?)", (cursor.lastrowid, i + 1, vector.astype("<f4").tobytes()))
+    db.execute("INSERT INTO images(path, size, mtime_ns, status, reason) VALUES (?, 1, 1, 'failed', 'truncated')",
+               (b"/nowhere/bad.jpg",))
+    db.commit()
+    db.close()
+    return ids
+
+
+def test_v1_collection_is_migrated_on_open(tmp_path, tiny_encoder, monkeypatch):
+    from mmretrieval.collection import migrations
+
+    monkeypatch.setattr(migrations, "_CHUNK", 7)  # several chunks: the move streams
+    vectors = unit_vectors(30)
+    ids = _write_v1_collection(tmp_path / "old", vectors, tiny_encoder.identity.to_json())
+    with Collection.open(tmp_path / "old") as col:
+        found_ids, found = col.vectors()
+        assert found_ids.tolist() == ids
+        np.testing.assert_allclose(found, vectors, atol=1e-3)
+        assert col.catalog.get_meta("schema") == str(SCHEMA_VERSION) == "2"
+        assert col.catalog.counts_by_status() == {"ok": 30, "failed": 1}
+        hits = col.similar(ids[4], k=3)
+        assert len(hits) == 3 and ids[4] not in [h.id for h in hits]
+        assert col.info().vectors == 30 and col.info().vector_dtype == "float16"
+    db = sqlite3.connect(tmp_path / "old" / "catalog.sqlite")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "vectors" not in tables and "vector_rows" in tables
+
+
+def test_catalog_from_newer_code_is_refused_naming_both_versions(tmp_path, tiny_encoder):
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with col.catalog.transaction():
+            col.catalog.set_meta("schema", "99")
+    with pytest.raises(CollectionError, match=rf"version 99.*up to version {SCHEMA_VERSION}"):
+        Collection.open(tmp_path / "col")
+
+
+def test_a_migration_killed_midway_leaves_v1_and_reruns(tmp_path, tiny_encoder, monkeypatch):
+    from mmretrieval.collection import migrations
+
+    vectors = unit_vectors(12)
+    ids = _write_v1_collection(tmp_path / "old", vectors, tiny_encoder.identity.to_json())
+    monkeypatch.setattr(migrations, "_CHUNK", 5)
+    calls = []
+    original = SegmentStore.append
+
+    def append_then_fail(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands in for a crash: the transaction never commits
+        return original(self, *args)
+
+    monkeypatch.setattr(SegmentStore, "append", append_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        Collection.open(tmp_path / "old")
+    db = sqlite3.connect(tmp_path / "old" / "catalog.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "1"
+    assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 12
+    db.close()
+    monkeypatch.setattr(SegmentStore, "append", original)
+    with Collection.open(tmp_path / "old") as col:
+        found_ids, found = col.vectors()
+        assert found_ids.tolist() == ids and col.catalog.segments.total_rows() == 12  # no rows from the first try
+        np.testing.assert_allclose(found, vectors, atol=1e-3)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_umask_mode(tmp_path, umask):
+    from mmretrieval.atomic import atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "file.bin", b"x")
+        atomic_write_bytes(tmp_path / "file.bin", b"y")  # replacing keeps the rule
+        store = SegmentStore(tmp_path / "segments")
+        store.create(DIM)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "segments" / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads((tmp_path / "segments" / "manifest.json").read_text())["dim"] == DIM
