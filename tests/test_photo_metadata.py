@@ -308,16 +308,16 @@ def test_collections_made_before_the_photos_table_still_open_and_filter_by_mtime
         os.utime(path, (stamp, stamp))
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([folder], workers=0)
-    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:  # as a schema-2 catalog, before the change
+    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:  # as a schema-3 catalog, before the change
         db.execute("DROP TABLE photos")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     with Collection.open(tmp_path / "col") as col:
         hits = col.search("x", k=10, after="2020", before="2022-12")
         assert [os.path.basename(hit.path) for hit in hits] == ["2021.jpg"]
         photo = col.photos([hits[0].id])[hits[0].id]
         assert photo.taken_source == "mtime" and photo.taken_local.startswith("2021-07-01")
         assert col.search("x", k=10, camera="canon") == []
-        assert col.catalog.get_meta("schema") == "3"
+        assert col.catalog.get_meta("schema") == "4"
         assert len(col.catalog.select("SELECT image_id FROM photos", ())) == 3  # every embedded row dated
 
 

@@ -25,6 +25,7 @@ pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -52,6 +53,8 @@ from .filters import DateLike, Filters, NearLike, allowed_ids
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
+    from ..ingest.ray_runner import RayIngestConfig
+    from .label_sets import LabelSet
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -149,7 +152,7 @@ class Collection:
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None) -> IngestSummary:
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -161,6 +164,8 @@ class Collection:
             prune: remove rows of files that no longer exist.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
+            ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
+                ``workers`` is then Ray's business, and the model loads only in Ray's actors.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -168,10 +173,18 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        encoder = self.encoder
-        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
+        if ray is not None:
+            from ..ingest.ray_runner import run_ray_ingest
+
+            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
+                                         timeout_s=timeout_s)
+            with self.writing(busy):
+                return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
+                                      str(self.directory), progress)
+        encoder = self.encoder
+        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         with self.writing(busy):
             return run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
 
@@ -379,13 +392,13 @@ class Collection:
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
-              multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None,
-              path_prefix: str | None = None, after: DateLike | None = None, before: DateLike | None = None,
-              camera: str | None = None, near: NearLike | None = None) -> LabelSummary:
-        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection.labelling`.
+              multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
+              progress: Progress | None = None, path_prefix: str | None = None, after: DateLike | None = None,
+              before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> LabelSummary:
+        """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
 
-        With filters (as for :meth:`search`) only the matching images are labelled; labels stored by an
-        earlier run are replaced either way.
+        A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        With filters (as for :meth:`search`) only the matching images are labelled.
 
         Raises:
             QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
@@ -397,8 +410,15 @@ class Collection:
         if ids is not None and not len(ids):
             raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
                              "are kept (widen --after/--before/--camera/--near/--prefix)")
-        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
-                                progress=progress, ids=None if ids is None else ids.tolist())
+        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress,
+                                ids=None if ids is None else ids.tolist())
+
+    def label_sets(self) -> list["LabelSet"]:
+        """The stored label sets (one per labelling run that named it), oldest first."""
+        from .label_sets import sets
+
+        return sets(self.catalog)
 
     def export_labels(self, path: str | os.PathLike) -> int:
         """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""
