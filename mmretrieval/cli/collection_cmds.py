@@ -16,9 +16,10 @@ from ..errors import CollectionError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import add_collection_option, add_model_options, emit
+from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
-    from ..collection.collection import Collection, Hit
+    from ..collection.collection import Collection
     from ..ingest.ray_runner import RayIngestConfig
 
 _HIT_COLUMNS = ["score", "path"]
@@ -102,7 +103,10 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="drop results scoring below this cosine")
     parser.add_argument("--prefix", help="only images whose path starts with this (e.g. a folder)")
     parser.add_argument("--label", help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
-    parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
+                        "time and camera)")
+    parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")
+    add_photo_filter_options(parser)
 
 
 def _register_search(subparsers) -> None:
@@ -123,8 +127,10 @@ def _search(args: argparse.Namespace) -> int:
 
     query = parse_query(args.text, args.image, args.negatives)
     with _open(args.collection, device=args.device) as collection:
-        hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
-    return _print_hits(hits, args.json)
+        hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
+                                 **photo_filters(args))
+        rows = hit_rows(collection, hits, args.gps)
+    return _print_hits(rows, args.json)
 
 
 def _register_similar(subparsers) -> None:
@@ -144,18 +150,18 @@ def _similar(args: argparse.Namespace) -> int:
             raise CollectionError(f"with --id, IMAGE is a catalog id (a whole number), not {args.image!r}; "
                                   "leave out --id to search by an image file") from None
     with _open(args.collection, device=args.device) as collection:
-        hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label)
-    return _print_hits(hits, args.json)
+        hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
+                                  **photo_filters(args))
+        rows = hit_rows(collection, hits, args.gps)
+    return _print_hits(rows, args.json)
 
 
-def _print_hits(hits: "list[Hit]", as_json: bool) -> int:
+def _print_hits(rows: list[dict[str, Any]], as_json: bool) -> int:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
-    rows = [{"score": round(hit.score, 6), "path": hit.path, "id": hit.id, "labels": list(hit.labels),
-             "caption": hit.caption} for hit in hits]
     emit(rows, as_json, _HIT_COLUMNS)
-    return 0 if hits else 1
+    return 0 if rows else 1
 
 
 def _register_index(subparsers) -> None:
@@ -241,6 +247,8 @@ def _register_label(subparsers) -> None:
     parser.add_argument("--organize", metavar="OUTDIR", help="link images into OUTDIR/<label>/")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
+    parser.add_argument("--prefix", help="only label images whose path starts with this (e.g. a folder)")
+    add_photo_filter_options(parser)
     parser.set_defaults(handler=_label)
 
 
@@ -249,7 +257,7 @@ def _label(args: argparse.Namespace) -> int:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
                                        threshold=args.threshold, label_set=args.label_set, replace=args.replace,
-                                       progress=progress)
+                                       progress=progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:
             collection.export_labels(args.out)
         if args.organize:

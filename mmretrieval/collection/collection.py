@@ -49,8 +49,10 @@ from .segments import check_dtype as _check_dtype
 from .records import CollectionInfo, Failure, Hit
 from .query import ImageRef, Query, query_vector
 from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
+from .filters import DateLike, Filters, NearLike, allowed_ids
 
 if TYPE_CHECKING:
+    from ..images.metadata import PhotoMetadata
     from ..ingest.ray_runner import RayIngestConfig
     from .label_sets import LabelSet
     from ..models.text_tower import TextEncoder
@@ -249,7 +251,8 @@ class Collection:
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
-               path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+               path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+               before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
         """The ``k`` best images for a query (text, or a :class:`~mmretrieval.collection.query.Query`).
 
         Scores are exact cosines against the stored vectors (the index only proposes candidates).
@@ -260,12 +263,18 @@ class Collection:
             threshold: drop hits scoring below this.
             path_prefix: only images whose absolute path starts with this (a folder, say).
             label: only images that `label` assigned this label.
+            after, before: only photos taken in ``[after, before)``: ``"2024"``, ``"2024-06"``,
+                ``"2024-06-01"``, an ISO datetime, or a date (see :mod:`~mmretrieval.collection.filters`).
+            camera: only photos whose camera make and model contain this (case-insensitive).
+            near: only photos taken within a circle: ``"LAT,LON,KM"`` or ``(lat, lon, km)``.
 
         Raises:
-            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1.
+            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1, a bad filter.
         """
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
         vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
-        return self._nearest(vector, k, threshold, path_prefix, label)
+        return self._nearest(vector, k, threshold, filters)
 
     def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
@@ -278,16 +287,21 @@ class Collection:
         return encoder.encode_texts(texts)
 
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
-                path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+                path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+                before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
         """Images most like ``image`` (a catalog id, a path, or a PIL image); the image itself is left out.
 
+        Filters as for :meth:`search`.
+
         Raises:
-            QueryError: an unknown id, or an image that cannot be decoded.
+            QueryError: an unknown id, an image that cannot be decoded, a bad filter.
         """
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
         exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
             exclude = self.catalog.id_of_path(image)
-        hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, path_prefix, label)
+        hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
         return [hit for hit in hits if hit.id != exclude][:k]
 
     def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
@@ -308,10 +322,10 @@ class Collection:
             raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
 
     def _nearest(self, vector: npt.NDArray[np.float32], k: int, threshold: float | None,
-                 path_prefix: str | None, label: str | None) -> list[Hit]:
+                 filters: Filters) -> list[Hit]:
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        allowed = self._allowed_ids(path_prefix, label)
+        allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
             _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
         else:
@@ -328,18 +342,6 @@ class Collection:
                 for i, s in zip(stored_ids.tolist(), scores.tolist()) if i in rows]
         hits.sort(key=lambda hit: -hit.score)
         return [hit for hit in hits if threshold is None or hit.score >= threshold][:k]
-
-    def _allowed_ids(self, path_prefix: str | None, label: str | None) -> npt.NDArray[np.int64] | None:
-        allowed = None
-        if path_prefix:
-            allowed = self.catalog.ids_with_prefix(path_prefix)
-        if label:
-            with_label = self.catalog.ids_with_label(label)
-            if not with_label.size and label not in self.catalog.label_counts():
-                known = ", ".join(self.catalog.label_counts()) or "none yet; run mmr label"
-                raise QueryError(f"no image has label {label!r}; labels: {known}")
-            allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
-        return allowed
 
     def duplicates(self, threshold: float | None = None, k: int = 10,
                    progress: Progress | None = None) -> "list[DuplicateGroup]":
@@ -390,6 +392,10 @@ class Collection:
         """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""
         return self.catalog.labels_of(list(ids))
 
+    def photos(self, ids: Sequence[int]) -> "dict[int, PhotoMetadata]":
+        """Capture time, camera, GPS position and orientation per id (unknown ids are left out)."""
+        return self.catalog.photos(list(ids))
+
     def failures(self) -> list[Failure]:
         """Files that failed or were skipped, with their reasons."""
         return [Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures()]
@@ -422,15 +428,26 @@ class Collection:
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
               multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
-              progress: Progress | None = None) -> LabelSummary:
+              progress: Progress | None = None, path_prefix: str | None = None, after: DateLike | None = None,
+              before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> LabelSummary:
         """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
 
         A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        With filters (as for :meth:`search`) only the matching images are labelled.
+
+        Raises:
+            QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
         """
         from .labelling import label_collection
 
+        filters = Filters.of(path_prefix=path_prefix, after=after, before=before, camera=camera, near=near)
+        ids = allowed_ids(self.catalog, filters)
+        if ids is not None and not len(ids):
+            raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
+                             "are kept (widen --after/--before/--camera/--near/--prefix)")
         return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
-                                threshold=threshold, label_set=label_set, replace=replace, progress=progress)
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress,
+                                ids=None if ids is None else ids.tolist())
 
     def label_sets(self) -> list["LabelSet"]:
         """The stored label sets (one per labelling run that named it), oldest first."""
