@@ -274,7 +274,7 @@ class Collection:
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
         vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
-        return self._nearest(vector, k, threshold, filters)
+        return self.nearest(vector, k, threshold, filters)
 
     def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
@@ -301,7 +301,7 @@ class Collection:
         exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
             exclude = self.catalog.id_of_path(image)
-        hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
+        hits = self.nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
         return [hit for hit in hits if hit.id != exclude][:k]
 
     def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
@@ -321,8 +321,14 @@ class Collection:
         except Exception as exc:  # ImageDecodeError and friends: the user's file, not our bug
             raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
 
-    def _nearest(self, vector: npt.NDArray[np.float32], k: int, threshold: float | None,
-                 filters: Filters) -> list[Hit]:
+    def nearest(self, vector: npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
+                filters: Filters | None = None) -> list[Hit]:
+        """The ``k`` images whose stored vectors are closest to ``vector`` (a unit query vector), best first.
+
+        Raises:
+            QueryError: k < 1, or a filter naming an unknown label.
+        """
+        filters = filters or Filters()
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         allowed = allowed_ids(self.catalog, filters)
