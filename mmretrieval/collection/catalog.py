@@ -24,8 +24,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import label_sets
 from ..atomic import exclusive_lock
 from ..errors import CollectionError
+from ..images.metadata import PhotoMetadata
+from .photo_table import read_photos
 from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .segments import SEGMENTS_DIRNAME, SegmentStore
@@ -180,6 +183,8 @@ class Catalog(VectorPlaces):
             )
             # a changed file's labels described its old pixels; they come back with the next `mmr label`
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
+            # and its capture time and camera come back when it is decoded again
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops)."""
@@ -193,6 +198,7 @@ class Catalog(VectorPlaces):
             dropped = db.execute(
                 "DELETE FROM vector_rows WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
             if dropped:
                 self._bump_generation()
 
@@ -232,6 +238,14 @@ class Catalog(VectorPlaces):
             (len(raw), raw))
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def photos(self, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
+        """Capture time, camera and GPS of rows by id (see :mod:`~mmretrieval.collection.photo_table`)."""
+        return read_photos(self._query, ids)
+
+    def select(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run a read-only query (for the modules that own their own tables, such as the photo filters)."""
+        return self._query(sql, params)
+
     def counts_by_status(self) -> dict[str, int]:
         return dict(self._query("SELECT status, COUNT(*) FROM images GROUP BY status"))
 
@@ -241,30 +255,18 @@ class Catalog(VectorPlaces):
                            "WHERE status IN ('failed', 'skipped') ORDER BY path")
         return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
 
-    # -- labels -----------------------------------------------------------------------------------------------
-    def replace_labels(self, assignments: Iterable[tuple[int, str, float]]) -> None:
-        """Replace every stored label with ``(image_id, label, probability)`` rows, in one transaction."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM labels")
-            db.executemany("INSERT INTO labels(image_id, label, probability) VALUES (?, ?, ?)", assignments)
-
+    # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
     def labels_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
-        """Assigned ``(label, probability)`` pairs per id, best first."""
-        found: dict[int, list[tuple[str, float]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
-            for id_, label, probability in self._query(
-                "SELECT image_id, label, probability FROM labels "
-                f"WHERE image_id IN ({','.join('?' * len(chunk))}) ORDER BY probability DESC", chunk):
-                found.setdefault(id_, []).append((label, probability))
-        return {id_: tuple(pairs) for id_, pairs in found.items()}
+        """Assigned ``(label, probability)`` pairs per id, best first (``SET:LABEL`` outside the default set)."""
+        return label_sets.labels_of(self, ids)
 
     def ids_with_label(self, label: str) -> npt.NDArray[np.int64]:
-        rows = self._query("SELECT image_id FROM labels WHERE label = ?", (label,))
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        """Ids assigned ``label``: ``SET:LABEL``, or ``LABEL`` in any set."""
+        return label_sets.ids_with_label(self, label)
 
     def label_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label"))
+        """Images per label, over every label set."""
+        return label_sets.counts(self)
 
 
 def _connect(path: Path, writable: bool) -> sqlite3.Connection:

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CollectionError
+from .photo_table import PHOTO_SCHEMA, backfill_from_mtime
 from .segments import DEFAULT_DTYPE, SEGMENTS_DIRNAME, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,25 @@ CREATE TABLE IF NOT EXISTS segment_commits (
     rows INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS labels (
+    label_set TEXT NOT NULL DEFAULT 'default',  -- the labelling run's set (see label_sets.py)
     image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
     label TEXT NOT NULL,
     probability REAL NOT NULL,
-    PRIMARY KEY (image_id, label)
+    PRIMARY KEY (label_set, image_id, label)
 );
 CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
-"""
+CREATE INDEX IF NOT EXISTS labels_image ON labels(image_id);
+CREATE TABLE IF NOT EXISTS labels_staging (     -- a labelling run's chunks until it commits
+    label_set TEXT NOT NULL, image_id INTEGER NOT NULL, label TEXT NOT NULL, probability REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_sets (
+    name TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,               -- JSON list of the run's labels, in the order given
+    multi_label INTEGER NOT NULL,
+    threshold REAL,                     -- multi-label cutoff, NULL for single-label
+    created_s REAL NOT NULL             -- Unix time of the run
+);
+""" + PHOTO_SCHEMA  # capture time, camera, GPS per embedded image (migration 3 -> 4 adds it to older catalogs)
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step
 
@@ -100,8 +113,37 @@ def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
     db.execute("DROP TABLE vectors")
 
 
+def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
+    """Label sets: ``labels`` gains ``label_set`` (earlier labels become set ``default``, described in ``label_sets``)."""
+    for statement in (
+        """CREATE TABLE labels_v3 (
+            label_set TEXT NOT NULL DEFAULT 'default',
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            probability REAL NOT NULL,
+            PRIMARY KEY (label_set, image_id, label))""",
+        """INSERT INTO labels_v3(label_set, image_id, label, probability)
+            SELECT 'default', image_id, label, probability FROM labels""",
+        "DROP TABLE labels",
+        "ALTER TABLE labels_v3 RENAME TO labels",
+    ):
+        db.execute(statement)
+    create_tables(db)
+    db.execute("""INSERT OR IGNORE INTO label_sets(name, labels, multi_label, threshold, created_s)
+        SELECT 'default', (SELECT json_group_array(label) FROM (SELECT DISTINCT label FROM labels ORDER BY label)),
+               0, NULL, CAST(strftime('%s', 'now') AS REAL)
+        WHERE EXISTS (SELECT 1 FROM labels)""")
+
+
+def _v3_to_v4(db: sqlite3.Connection, directory: Path) -> None:
+    """Add the photos table; every embedded image gets a row dated by its file's mtime (EXIF comes with a
+    re-ingest of the file). One INSERT ... SELECT: nothing held in Python memory."""
+    added = backfill_from_mtime(db)
+    logger.info("dated %d images of %s by their files' modification times", added, directory)
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 
