@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from .filters import Filters
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -136,7 +137,7 @@ class NoiseCalibration:
         vectors = self._collection.encoder.encode_texts(list(self._prompts))
         scores = []
         for vector in vectors:
-            hits = self._collection._nearest(vector, 1, None, None, None)  # noqa: SLF001 (same package)
+            hits = self._collection._nearest(vector, 1, None, Filters())  # noqa: SLF001 (same package)
             if hits:
                 scores.append(round(float(hits[0].score), 6))
         logger.info("noise band of %s: %d prompts, best scores %.3f to %.3f", self._collection.directory,
