@@ -148,6 +148,14 @@ def test_k_larger_than_collection_returns_only_real_hits(collection):
         collection.image_path(10_000)
 
 
+@pytest.mark.parametrize("as_type", [int, np.int64, np.int32])
+def test_similar_leaves_out_the_query_image_whatever_the_id_type(collection, as_type):
+    ids, _ = collection.vectors()
+    query_id = ids[0]  # a numpy integer, as FAISS and catalog results give them
+    hits = collection.similar(as_type(query_id), k=3)
+    assert len(hits) == 3 and int(query_id) not in {hit.id for hit in hits}
+
+
 def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     caplog.set_level(logging.WARNING)
     write_good_images(tmp_path / "photos", 5)

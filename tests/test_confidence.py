@@ -33,9 +33,9 @@ class _Counting:
     def __getattr__(self, name):
         return getattr(self._collection, name)
 
-    def _nearest(self, *args):
+    def nearest(self, *args, **kwargs):
         self.lookups += 1
-        return self._collection._nearest(*args)
+        return self._collection.nearest(*args, **kwargs)
 
 
 def test_band_is_measured_once_cached_on_disk_and_measured_again_after_an_ingest(tmp_path, tiny_model_dir):

@@ -27,6 +27,8 @@ import numpy.typing as npt
 from . import label_sets
 from ..atomic import exclusive_lock
 from ..errors import CollectionError
+from ..images.metadata import PhotoMetadata
+from .photo_table import read_photos
 from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .segments import SEGMENTS_DIRNAME, SegmentStore
@@ -181,6 +183,8 @@ class Catalog(VectorPlaces):
             )
             # a changed file's labels described its old pixels; they come back with the next `mmr label`
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
+            # and its capture time and camera come back when it is decoded again
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'pending')")
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops)."""
@@ -194,6 +198,7 @@ class Catalog(VectorPlaces):
             dropped = db.execute(
                 "DELETE FROM vector_rows WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
             db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
+            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
             if dropped:
                 self._bump_generation()
 
@@ -232,6 +237,14 @@ class Catalog(VectorPlaces):
             "SELECT i.id FROM images i JOIN vector_rows v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
             (len(raw), raw))
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def photos(self, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
+        """Capture time, camera and GPS of rows by id (see :mod:`~mmretrieval.collection.photo_table`)."""
+        return read_photos(self._query, ids)
+
+    def select(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run a read-only query (for the modules that own their own tables, such as the photo filters)."""
+        return self._query(sql, params)
 
     def counts_by_status(self) -> dict[str, int]:
         return dict(self._query("SELECT status, COUNT(*) FROM images GROUP BY status"))

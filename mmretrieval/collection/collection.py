@@ -25,6 +25,7 @@ pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -37,7 +38,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..atomic import exclusive_lock
-from ..models.encoder import DualEncoder, load_encoder
+from ..models.encoder import DualEncoder, load_encoder, resolve_device
 from ..errors import CollectionError, QueryError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
@@ -48,9 +49,14 @@ from .segments import check_dtype as _check_dtype
 from .records import CollectionInfo, Failure, Hit
 from .query import ImageRef, Query, query_vector
 from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
+from .filters import DateLike, Filters, NearLike, allowed_ids
 
 if TYPE_CHECKING:
+    from ..images.metadata import PhotoMetadata
+    from ..ingest.ray_runner import RayIngestConfig
     from .label_sets import LabelSet
+    from ..models.text_tower import TextEncoder
+    from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ class Collection:
         self.identity = identity
         self.device = device
         self._encoder = encoder
+        self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy)
 
@@ -148,7 +155,7 @@ class Collection:
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None) -> IngestSummary:
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -160,6 +167,8 @@ class Collection:
             prune: remove rows of files that no longer exist.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
+            ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
+                ``workers`` is then Ray's business, and the model loads only in Ray's actors.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -167,12 +176,21 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        encoder = self.encoder
-        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
                 "it (a re-run resumes its work)")
+        if ray is not None:
+            from ..ingest.ray_runner import run_ray_ingest
+
+            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
+                                         timeout_s=timeout_s)
+            with self.writing(busy):
+                return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
+                                      str(self.directory), progress)
+        # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
+        device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
+        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         with self.writing(busy):
-            return run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+            return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 
     @contextmanager
     def writing(self, busy_message: str | None = None) -> Iterator[Catalog]:
@@ -233,7 +251,8 @@ class Collection:
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
-               path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+               path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+               before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
         """The ``k`` best images for a query (text, or a :class:`~mmretrieval.collection.query.Query`).
 
         Scores are exact cosines against the stored vectors (the index only proposes candidates).
@@ -244,24 +263,45 @@ class Collection:
             threshold: drop hits scoring below this.
             path_prefix: only images whose absolute path starts with this (a folder, say).
             label: only images that `label` assigned this label.
+            after, before: only photos taken in ``[after, before)``: ``"2024"``, ``"2024-06"``,
+                ``"2024-06-01"``, an ISO datetime, or a date (see :mod:`~mmretrieval.collection.filters`).
+            camera: only photos whose camera make and model contain this (case-insensitive).
+            near: only photos taken within a circle: ``"LAT,LON,KM"`` or ``(lat, lon, km)``.
 
         Raises:
-            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1.
+            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1, a bad filter.
         """
-        vector = query_vector(Query.of(query), self.encoder.encode_texts, self._embed_image)
-        return self._nearest(vector, k, threshold, path_prefix, label)
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
+        vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
+        return self.nearest(vector, k, threshold, filters)
+
+    def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
+        with self._lock:
+            if self._encoder is None and self._text_encoder is None:
+                from ..models.text_tower import load_text_encoder
+
+                self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False
+            encoder = self._encoder or self._text_encoder or self.encoder
+        return encoder.encode_texts(texts)
 
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
-                path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
+                path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+                before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
         """Images most like ``image`` (a catalog id, a path, or a PIL image); the image itself is left out.
 
+        Filters as for :meth:`search`.
+
         Raises:
-            QueryError: an unknown id, or an image that cannot be decoded.
+            QueryError: an unknown id, an image that cannot be decoded, a bad filter.
         """
-        exclude = image if isinstance(image, int) else None
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
+        exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
             exclude = self.catalog.id_of_path(image)
-        hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, path_prefix, label)
+        hits = self.nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
         return [hit for hit in hits if hit.id != exclude][:k]
 
     def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
@@ -281,11 +321,17 @@ class Collection:
         except Exception as exc:  # ImageDecodeError and friends: the user's file, not our bug
             raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
 
-    def _nearest(self, vector: npt.NDArray[np.float32], k: int, threshold: float | None,
-                 path_prefix: str | None, label: str | None) -> list[Hit]:
+    def nearest(self, vector: npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
+                filters: Filters | None = None) -> list[Hit]:
+        """The ``k`` images whose stored vectors are closest to ``vector`` (a unit query vector), best first.
+
+        Raises:
+            QueryError: k < 1, or a filter naming an unknown label.
+        """
+        filters = filters or Filters()
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        allowed = self._allowed_ids(path_prefix, label)
+        allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
             _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
         else:
@@ -303,17 +349,26 @@ class Collection:
         hits.sort(key=lambda hit: -hit.score)
         return [hit for hit in hits if threshold is None or hit.score >= threshold][:k]
 
-    def _allowed_ids(self, path_prefix: str | None, label: str | None) -> npt.NDArray[np.int64] | None:
-        allowed = None
-        if path_prefix:
-            allowed = self.catalog.ids_with_prefix(path_prefix)
-        if label:
-            with_label = self.catalog.ids_with_label(label)
-            if not with_label.size and label not in self.catalog.label_counts():
-                known = ", ".join(self.catalog.label_counts()) or "none yet; run mmr label"
-                raise QueryError(f"no image has label {label!r}; labels: {known}")
-            allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
-        return allowed
+    def duplicates(self, threshold: float | None = None, k: int = 10,
+                   progress: Progress | None = None) -> "list[DuplicateGroup]":
+        """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
+
+        Args:
+            threshold: cosine at or above which two images are copies; None uses the model family's default.
+            k: neighbours searched per image.
+            progress: ``(done, total)`` while searching.
+
+        See :mod:`mmretrieval.collection.duplicates`.
+        """
+        from .duplicates import default_threshold, find_duplicates
+
+        def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+            with self._lock:  # one block at a time: an ingest in another thread may add between blocks
+                self._indexes.sync()
+                return self._indexes.index.search(queries, k)
+
+        chosen = default_threshold(self.identity) if threshold is None else threshold
+        return find_duplicates(self.catalog, search, chosen, k, progress)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def image_path(self, image_id: int) -> Path:
@@ -342,6 +397,10 @@ class Collection:
     def label_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
         """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""
         return self.catalog.labels_of(list(ids))
+
+    def photos(self, ids: Sequence[int]) -> "dict[int, PhotoMetadata]":
+        """Capture time, camera, GPS position and orientation per id (unknown ids are left out)."""
+        return self.catalog.photos(list(ids))
 
     def failures(self) -> list[Failure]:
         """Files that failed or were skipped, with their reasons."""
@@ -375,15 +434,26 @@ class Collection:
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
               multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
-              progress: Progress | None = None) -> LabelSummary:
+              progress: Progress | None = None, path_prefix: str | None = None, after: DateLike | None = None,
+              before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> LabelSummary:
         """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
 
         A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        With filters (as for :meth:`search`) only the matching images are labelled.
+
+        Raises:
+            QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
         """
         from .labelling import label_collection
 
+        filters = Filters.of(path_prefix=path_prefix, after=after, before=before, camera=camera, near=near)
+        ids = allowed_ids(self.catalog, filters)
+        if ids is not None and not len(ids):
+            raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
+                             "are kept (widen --after/--before/--camera/--near/--prefix)")
         return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
-                                threshold=threshold, label_set=label_set, replace=replace, progress=progress)
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress,
+                                ids=None if ids is None else ids.tolist())
 
     def label_sets(self) -> list["LabelSet"]:
         """The stored label sets (one per labelling run that named it), oldest first."""

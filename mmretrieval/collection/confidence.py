@@ -136,7 +136,7 @@ class NoiseCalibration:
         vectors = self._collection.encoder.encode_texts(list(self._prompts))
         scores = []
         for vector in vectors:
-            hits = self._collection._nearest(vector, 1, None, None, None)  # noqa: SLF001 (same package)
+            hits = self._collection.nearest(vector, 1)
             if hits:
                 scores.append(round(float(hits[0].score), 6))
         logger.info("noise band of %s: %d prompts, best scores %.3f to %.3f", self._collection.directory,

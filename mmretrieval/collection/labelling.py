@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import numpy as np
+
 from ..atomic import atomic_write_text
 from ..errors import CollectionError
 from .label_sets import DEFAULT_SET, LabelSetWriter
@@ -44,8 +46,10 @@ class LabelSummary:
 
 def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequence[str] | str, templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> LabelSummary:
-    """Score every embedded image against ``labels`` and store the assigned ones as label set ``label_set``.
+                     progress: Callable[[int, int], None] | None = None,
+                     ids: Sequence[int] | None = None) -> LabelSummary:
+    """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` and store the
+    assigned ones as label set ``label_set``.
 
     Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set
     replaces a stored set of the same name only when ``replace`` is true, and other sets are never touched.
@@ -59,7 +63,7 @@ def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequenc
     writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label,
                             threshold=threshold if multi_label else None, replace=replace)
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
-    all_ids = catalog.vector_ids()
+    all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)
     all_ids.sort()
     counts = {name: 0 for name in names}
     for start in range(0, len(all_ids), _CHUNK):

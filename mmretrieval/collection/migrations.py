@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CollectionError
+from .photo_table import PHOTO_SCHEMA, backfill_from_mtime
 from .segments import DEFAULT_DTYPE, SEGMENTS_DIRNAME, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS label_sets (
     threshold REAL,                     -- multi-label cutoff, NULL for single-label
     created_s REAL NOT NULL             -- Unix time of the run
 );
-"""
+""" + PHOTO_SCHEMA  # capture time, camera, GPS per embedded image (migration 3 -> 4 adds it to older catalogs)
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step
 
@@ -134,8 +135,15 @@ def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
         WHERE EXISTS (SELECT 1 FROM labels)""")
 
 
+def _v3_to_v4(db: sqlite3.Connection, directory: Path) -> None:
+    """Add the photos table; every embedded image gets a row dated by its file's mtime (EXIF comes with a
+    re-ingest of the file). One INSERT ... SELECT: nothing held in Python memory."""
+    added = backfill_from_mtime(db)
+    logger.info("dated %d images of %s by their files' modification times", added, directory)
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

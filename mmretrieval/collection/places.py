@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError
+from ..images.metadata import PhotoMetadata
+from .photo_table import write_mtime_photos, write_photos
 from .segments import SealedSegment, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class VectorWrite:
     height: int
     format: str
     embedding: npt.NDArray[np.float32]
+    photo: PhotoMetadata | None = None  # capture time, camera, GPS (None: not extracted; dated by its mtime)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class RowMetadata:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    photo: PhotoMetadata | None = None  # capture time, camera, GPS (None: keep what is stored, else mtime)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class VectorPlaces:
                 [(v.content_hash, v.width, v.height, v.format, v.image_id) for v in vectors])
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, number, row) for i, number, row in places])
+            write_photos(db, [(v.image_id, v.photo) for v in vectors if v.photo is not None])
+            write_mtime_photos(db, [v.image_id for v in vectors if v.photo is None])
             _write_failures(db, failures)
         return generation
 
@@ -142,6 +148,8 @@ class VectorPlaces:
                 "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",
                 [(m.content_hash, m.width, m.height, m.format, m.image_id) for m in metadata])
+            write_photos(db, [(m.image_id, m.photo) for m in metadata if m.photo is not None and m.image_id in known])
+            write_mtime_photos(db, known, replace=False)  # rows committed without metadata: dated by mtime
             _write_failures(db, failures)
             db.execute("INSERT INTO segment_commits(sha256, source, segment, rows) VALUES (?, ?, ?, ?)",
                        (sealed.sha256, source or str(sealed.vec_path), number, len(rows)))
@@ -287,6 +295,7 @@ def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) ->
                    [(f.reason, f.message, f.image_id) for f in failures])
     db.executemany("DELETE FROM vector_rows WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
+    db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
 
 
 def _marks(values: Sequence) -> str:

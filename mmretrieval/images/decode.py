@@ -11,17 +11,17 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
+from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
 
-# Formats we let Pillow sniff for; anything else is "not an image" even if Pillow has a plugin for it.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # MPO files open as JPEG
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "decode_file_bytes",
+           "decode_image", "decode_path", "load_image", "read_image_file", "to_rgb"]
 # Pillow's own default (about 89.5 megapixels): large enough for any camera, small enough to stop bombs.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -36,6 +36,7 @@ class DecodedImage:
     width: int  # the original's width in pixels, after orientation
     height: int  # the original's height in pixels, after orientation
     format: str  # Pillow's format name, e.g. "JPEG"
+    exif: Image.Exif | None = field(default=None, repr=False, compare=False)  # as in the file, orientation included
 
 
 def decode_image(
@@ -64,9 +65,13 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(fp, formats=ALLOWED_FORMATS)
+                image = Image.open(fp, formats=decodable_formats())
             except UnidentifiedImageError as exc:
-                raise ImageDecodeError("not_an_image", "not a supported image (JPEG, PNG, GIF, WebP, BMP, TIFF)") from exc
+                kind = _sniff_start(fp)
+                if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
+                    raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
+                                           "(damaged or cut short)") from exc
+                raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageDecodeError("decompression_bomb", f"refused: {exc}") from exc
             except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
@@ -75,6 +80,35 @@ def decode_image(
             return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
     finally:
         fp.close()
+
+
+def decode_file_bytes(data: bytes, name: str | os.PathLike, *, draft_size: int | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file's bytes: camera RAW (known by ``name`` or by content) from its embedded preview, anything
+    else with :func:`decode_image`.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`, or ``raw_unsupported`` for a RAW file without rawpy.
+    """
+    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]):
+        from .raw import decode_raw  # rawpy is optional: imported only for RAW files
+
+        return decode_raw(data, draft_size=draft_size, max_pixels=max_pixels)
+    return decode_image(data, draft_size=draft_size, max_pixels=max_pixels)
+
+
+def decode_path(path: str | os.PathLike, *, draft_size: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """:func:`decode_file_bytes` of a file, read safely (:func:`read_image_file`)."""
+    return decode_file_bytes(read_image_file(path), path, draft_size=draft_size, max_pixels=max_pixels)
+
+
+def _sniff_start(fp: BinaryIO) -> str | None:
+    try:
+        fp.seek(0)
+        return sniff(fp.read(SNIFF_BYTES))
+    except (OSError, ValueError):  # an unseekable stream: say nothing more than "not an image"
+        return None
 
 
 def load_image(source: str | os.PathLike | bytes | BinaryIO, **kwargs) -> Image.Image:
@@ -125,17 +159,14 @@ def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: in
             "decompression_bomb", f"{width}x{height} is {width * height} pixels, over the {max_pixels} limit"
         )
     file_format = image.format or "unknown"
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError):  # PNG EXIF is read from the chunks: a truncated file fails here
-        orientation = 1  # and load() below reports it as truncated
+    exif = _read_exif(image)
+    orientation = exif.get(0x0112, 1) if exif is not None else 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    if draft_size and file_format == "JPEG":
+    if draft_size and file_format in ("JPEG", "MPO"):
         image.draft("RGB", (draft_size, draft_size))
     try:
-        image.seek(0)  # first frame of animations
-        image.load()
+        image.load()  # animations open on their first frame (no seek: a PSD's "frames" are layers from 1)
     except OSError as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageDecodeError(reason, f"cannot decode: {exc}") from exc
@@ -145,7 +176,14 @@ def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: in
         image = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
         pass
-    return DecodedImage(image=to_rgb(image), width=width, height=height, format=file_format)
+    return DecodedImage(image=to_rgb(image), width=width, height=height, format=file_format, exif=exif)
+
+
+def _read_exif(image: Image.Image) -> Image.Exif | None:
+    try:
+        return image.getexif()
+    except Exception:  # PNG EXIF is read from the chunks: a truncated file fails here and load() says why;
+        return None  # other formats' malformed EXIF blocks must not lose an otherwise good image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ..images.metadata import PhotoMetadata
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -66,6 +68,7 @@ class Decoded:
     height: int
     format: str
     pixels: npt.NDArray[np.uint8] = field(repr=False)  # (3, H, W), the model's input size
+    metadata: PhotoMetadata | None = None  # capture time, camera, GPS, orientation (None: not extracted)
 
 
 @dataclass(frozen=True)

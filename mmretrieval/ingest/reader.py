@@ -9,6 +9,7 @@ blocking and refuses anything that is not a regular file.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import logging
 import os
@@ -20,7 +21,9 @@ import numpy as np
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
-from ..images.decode import IMAGE_EXTENSIONS, decode_image, read_image_file
+from ..images.decode import decode_file_bytes, read_image_file
+from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, image_extensions, sniff_file
+from ..images.metadata import photo_metadata
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
 from .lists import PATH_COLUMNS, csv_columns
 
@@ -51,7 +54,7 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
     try:
         info = path.stat()
     except OSError as exc:
-        reason = "symlink_loop" if exc.errno == 40 else "missing"
+        reason = "symlink_loop" if exc.errno == errno.ELOOP else "missing"
         return Skipped(str(path), reason, f"cannot stat {path}: {exc.strerror}")
     if not stat.S_ISREG(info.st_mode):
         return Skipped(str(path), "not_regular_file", f"{path} is not a regular file (FIFO, device or socket)")
@@ -64,7 +67,14 @@ def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
     stack = [str(root)]
     while stack:
         directory = stack.pop()
-        info = os.stat(directory)
+        try:
+            info = os.stat(directory)
+        except OSError as exc:  # removed (or made unreadable) since its parent was listed
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                logger.info("folder %s disappeared during the walk", directory)
+            else:
+                yield Skipped(directory, "unreadable", f"cannot open folder {directory}: {exc.strerror}")
+            continue
         if (info.st_dev, info.st_ino) in seen_dirs:
             yield Skipped(directory, "symlink_loop", f"{directory} leads back to a folder already walked")
             continue
@@ -85,20 +95,34 @@ def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
 
 
 def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str | None:
-    is_image_name = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-    if entry.is_symlink():
-        target = os.path.realpath(entry.path)
-        if os.path.commonpath([target, real_root]) != real_root:
-            return Skipped(entry.path, "link_outside_root", f"{entry.path} links outside the folder, to {target}")
     try:
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if os.path.commonpath([target, real_root]) != real_root:
+                return Skipped(entry.path, "link_outside_root", f"{entry.path} links outside the folder, to {target}")
         is_dir = entry.is_dir()
-    except OSError:
+    except OSError:  # gone since the folder was listed; _single below says so
         is_dir = False
     if is_dir:
         return "dir"
-    if not is_image_name:
-        return None  # folders hold other files too; only image names are candidates
-    return _single(Path(entry.path))
+    if entry.name.startswith("._"):
+        return None  # macOS AppleDouble resource forks ("._IMG_0001.jpg") on shared drives: never images
+    suffix = os.path.splitext(entry.name)[1].lower()
+    if suffix in image_extensions() or suffix in RAW_EXTENSIONS:
+        return _single(Path(entry.path))
+    if suffix in NOT_IMAGE_EXTENSIONS or entry.name.startswith("."):
+        return None  # lists, sidecars, documents, hidden files: never opened
+    return _sniffed(entry)
+
+
+def _sniffed(entry: os.DirEntry) -> SourceFile | Skipped | None:
+    """A file with an unfamiliar or no extension is a candidate when its first bytes announce an image."""
+    try:
+        if not entry.is_file():  # FIFOs, devices and sockets are never opened, not even to sniff
+            return None
+    except OSError:
+        return None
+    return _single(Path(entry.path)) if sniff_file(entry.path) else None
 
 
 def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
@@ -128,12 +152,21 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
     """Read, hash, decode and prepare one file; every problem becomes a :class:`Failed` with a reason."""
     try:
         data = read_image_file(task.path)
-        decoded = decode_image(data, draft_size=preparer.size)
+        decoded = decode_file_bytes(data, task.path, draft_size=preparer.size)
         pixels = preparer(decoded.image)
+        metadata = photo_metadata(decoded.exif, mtime_ns=_mtime_ns(task.path), width=decoded.width,
+                                  height=decoded.height)
     except ImageDecodeError as exc:
         return Failed(task.image_id, exc.reason, str(exc))
     except Exception as exc:  # a Pillow or transform bug on one file must not stop the run
         logger.debug("unexpected decode failure for %s", task.path, exc_info=True)
         return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
     return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
-                   decoded.height, decoded.format, np.ascontiguousarray(pixels))
+                   decoded.height, decoded.format, np.ascontiguousarray(pixels), metadata)
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -23,7 +23,8 @@ class CatalogWriter:
     def write(self, batch: EmbeddedBatch) -> int:
         """Commit ``batch``; returns the catalog generation it created."""
         vectors = [
-            VectorWrite(item.image_id, item.content_hash, item.width, item.height, item.format, embedding)
+            VectorWrite(item.image_id, item.content_hash, item.width, item.height, item.format, embedding,
+                        photo=item.metadata)
             for item, embedding in zip(batch.decoded, batch.embeddings, strict=True)
         ]
         failures = [FailureWrite(item.image_id, item.reason, item.message) for item in batch.failed]

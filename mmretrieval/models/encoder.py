@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import ModelSpecError
-from ..images.decode import decode_image, to_rgb
+from ..images.decode import decode_path, to_rgb
 from .specs import LoadedModel, ModelIdentity, ModelSpec, load_model
 from ..images.preprocess import ImagePreparer
 
@@ -151,7 +151,7 @@ class DualEncoder:
     def _as_image(self, item: Image.Image | str | os.PathLike) -> Image.Image:
         if isinstance(item, Image.Image):
             return to_rgb(item)  # the same conversion as for files: alpha on white, 16-bit scaled
-        return decode_image(Path(item), draft_size=self.preparer.size).image
+        return decode_path(Path(item), draft_size=self.preparer.size).image  # RAW files by their preview too
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:

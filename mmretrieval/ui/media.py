@@ -184,7 +184,7 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
 def _reason_text(exc: ImageDecodeError) -> str:
     readable = {
         "decompression_bomb": "it has too many pixels (possible decompression bomb)",
-        "not_an_image": "it is not a JPEG, PNG, GIF, WebP, BMP or TIFF image",
+        "not_an_image": "it is not an image format this app reads (JPEG, PNG, HEIC, AVIF, WebP, GIF, TIFF, ...)",
         "truncated": "the file is truncated",
         "corrupt": "the file is corrupt",
         "empty_file": "the file is empty",

@@ -1,0 +1,215 @@
+"""Which images a search, a similarity query or a labelling run may return: folder, label, date, camera, place.
+
+All filters resolve to a set of allowed catalog ids by SQL (GPS distance is finished in numpy), and the caller
+then scores exactly over that set, as for ``--prefix`` and ``--label``.
+
+Dates (``after``/``before``) accept ``2024``, ``2024-06``, ``2024-06-01`` and ISO datetimes
+(``2024-06-01T14:30``, ``2024-06-01T14:30:00+02:00``). Each names the instant its period starts, and the range
+is half-open: ``after`` keeps photos taken at or after it, ``before`` those taken strictly before it, so June
+2024 is ``after="2024-06", before="2024-07"``. A date without an offset is compared with the photo's own wall
+clock (a photo taken at 23:00 in Tokyo on June 1 is a June 1 photo wherever you search from); one with an
+offset (or ``Z``) with the absolute capture time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import QueryError
+from .photo_table import camera_pairs
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
+_PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2}))?(?:-(\d{1,2}))?$")
+_DATE_HELP = "use YYYY, YYYY-MM, YYYY-MM-DD or an ISO datetime such as 2024-06-01T14:30 or 2024-06-01T14:30+02:00"
+
+
+@dataclass(frozen=True)
+class DateBound:
+    """One end of a date range: a wall-clock time, or an absolute instant when the text had an offset."""
+
+    text: str  # as the user wrote it, for messages
+    local: str | None = None  # "YYYY-MM-DDTHH:MM:SS", compared with the photo's local capture time
+    utc_s: float | None = None  # POSIX seconds, compared with the photo's absolute capture time
+
+
+@dataclass(frozen=True)
+class Near:
+    """A circle on the globe: photos whose GPS position lies within ``km`` of (latitude, longitude)."""
+
+    latitude: float  # decimal degrees, north positive
+    longitude: float  # decimal degrees, east positive
+    km: float  # radius in kilometres (great-circle distance)
+
+
+DateLike = Union[str, dt.date, dt.datetime, DateBound]
+NearLike = Union[str, tuple[float, float, float], Near]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Every filter a query can carry; all None means the whole collection."""
+
+    path_prefix: str | None = None  # absolute path starts with this (a folder)
+    label: str | None = None  # assigned this label by `mmr label`
+    after: DateBound | None = None  # taken at or after
+    before: DateBound | None = None  # taken strictly before
+    camera: str | None = None  # case-insensitive substring of "make model"
+    near: Near | None = None  # GPS position within a circle
+
+    @classmethod
+    def of(cls, *, path_prefix: str | None = None, label: str | None = None, after: DateLike | None = None,
+           before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> "Filters":
+        """Filters from user-facing values (strings as the CLI takes them, dates, a (lat, lon, km) tuple).
+
+        Raises:
+            QueryError: a date, coordinate or radius that does not parse or is out of range, or an empty range.
+        """
+        filters = cls(path_prefix=path_prefix or None, label=label or None,
+                      after=None if after is None else parse_date(after, "after"),
+                      before=None if before is None else parse_date(before, "before"),
+                      camera=(camera or "").strip() or None, near=None if near is None else parse_near(near))
+        filters._check_range()
+        return filters
+
+    @property
+    def photo_filters(self) -> bool:
+        """Whether a date, camera or place filter is set (they need the photos table)."""
+        return any(value is not None for value in (self.after, self.before, self.camera, self.near))
+
+    def _check_range(self) -> None:
+        after, before = self.after, self.before
+        if after is None or before is None:
+            return
+        empty = ((after.local is not None and before.local is not None and after.local >= before.local)
+                 or (after.utc_s is not None and before.utc_s is not None and after.utc_s >= before.utc_s))
+        if empty:
+            raise QueryError(f"after {after.text!r} is not earlier than before {before.text!r}: no photo can match; "
+                             "the range is half-open, so June 2024 is after 2024-06, before 2024-07")
+
+
+def parse_date(value: DateLike, name: str = "date") -> DateBound:
+    """A date bound from ``2024``, ``2024-06``, ``2024-06-01``, an ISO datetime, or a date/datetime object.
+
+    Raises:
+        QueryError: text that is none of these, naming ``name`` and the accepted forms.
+    """
+    if isinstance(value, DateBound):
+        return value
+    if isinstance(value, dt.datetime):
+        return _bound(str(value), value)
+    if isinstance(value, dt.date):
+        return _bound(str(value), dt.datetime(value.year, value.month, value.day))
+    text = str(value).strip()
+    period = _PERIOD.match(text)
+    try:
+        if period:
+            year, month, day = (int(part) if part else 1 for part in period.groups())
+            moment = dt.datetime(year, month, day)
+        else:
+            moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{name} {text!r} is not a date; {_DATE_HELP}") from None
+    return _bound(text, moment)
+
+
+def _bound(text: str, moment: dt.datetime) -> DateBound:
+    if moment.tzinfo is not None:
+        return DateBound(text, utc_s=moment.timestamp())
+    return DateBound(text, local=moment.replace(microsecond=0).isoformat(timespec="seconds"))
+
+
+def parse_near(value: NearLike) -> Near:
+    """A circle from ``"LAT,LON,KM"`` (or a ``(lat, lon, km)`` tuple).
+
+    Raises:
+        QueryError: not three numbers, a latitude outside [-90, 90], a longitude outside [-180, 180], or a
+            radius that is not positive.
+    """
+    if isinstance(value, Near):
+        parts: tuple = (value.latitude, value.longitude, value.km)
+    elif isinstance(value, str):
+        parts = tuple(part.strip() for part in value.split(","))
+    else:
+        parts = tuple(value)
+    try:
+        latitude, longitude, km = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise QueryError(f"near {value!r} is not LAT,LON,KM (three numbers, e.g. 48.8584,2.2945,5)") from None
+    if not (math.isfinite(latitude) and -90 <= latitude <= 90):
+        raise QueryError(f"near: latitude {latitude} is outside -90..90; give LAT,LON,KM in decimal degrees")
+    if not (math.isfinite(longitude) and -180 <= longitude <= 180):
+        raise QueryError(f"near: longitude {longitude} is outside -180..180; give LAT,LON,KM in decimal degrees")
+    if not (math.isfinite(km) and km > 0):
+        raise QueryError(f"near: radius {km} km must be a positive number of kilometres")
+    return Near(latitude, longitude, km)
+
+
+def great_circle_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: float, lon2: float) -> npt.NDArray[np.float64]:
+    """Haversine distance in kilometres between points and one point, all in decimal degrees."""
+    phi1, phi2 = np.radians(lat1), math.radians(lat2)
+    dphi, dlam = phi2 - phi1, np.radians(np.subtract(lon2, lon1))
+    h = np.sin(dphi / 2) ** 2 + np.cos(phi1) * math.cos(phi2) * np.sin(dlam / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] | None:
+    """Sorted ids of embedded images that pass every filter, or None when no filter is set.
+
+    Raises:
+        QueryError: a label no image has.
+    """
+    allowed = None
+    if filters.path_prefix:
+        allowed = catalog.ids_with_prefix(filters.path_prefix)
+    if filters.label:
+        with_label = catalog.ids_with_label(filters.label)
+        if not with_label.size and filters.label not in catalog.label_counts():
+            known = ", ".join(catalog.label_counts()) or "none yet; run mmr label"
+            raise QueryError(f"no image has label {filters.label!r}; labels: {known}")
+        allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
+    if filters.photo_filters:
+        matching = _photo_ids(catalog, filters)
+        allowed = matching if allowed is None else np.intersect1d(allowed, matching)
+    return None if allowed is None else np.unique(allowed)
+
+
+def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
+    where, params = [], []
+    for bound, operator in ((filters.after, ">="), (filters.before, "<")):
+        if bound is not None:  # wall clock or absolute time: either way one indexed column
+            column, value = ("p.taken_local", bound.local) if bound.local is not None else ("p.taken_utc_s", bound.utc_s)
+            where.append(f"{column} {operator} ?")
+            params.append(value)
+    if filters.camera:
+        pairs = camera_pairs(catalog.select, filters.camera)
+        if not pairs:
+            return np.zeros(0, np.int64)
+        # With a date range, let its index lead (a library has few cameras, each a large share of it): the
+        # unary + keeps SQLite from choosing the camera index instead.
+        plus = "+" if filters.after is not None or filters.before is not None else ""
+        where.append("(" + " OR ".join([f"({plus}p.make IS ? AND {plus}p.model IS ?)"] * len(pairs)) + ")")
+        params += [part for pair in pairs for part in pair]
+    near = filters.near
+    if near is not None:  # a latitude band in SQL (indexed), the exact circle below
+        band = near.km / (math.pi * EARTH_RADIUS_KM / 180)
+        where.append("p.latitude BETWEEN ? AND ? AND p.longitude IS NOT NULL")
+        params += [near.latitude - band, near.latitude + band]
+    # Without --near only the id is read: the date or camera index alone answers (a covering index scan)
+    columns = "p.image_id, p.latitude, p.longitude" if near is not None else "p.image_id"
+    rows = catalog.select(f"SELECT {columns} FROM photos p WHERE {' AND '.join(where)}", params)
+    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    if near is not None and len(rows):
+        latitudes = np.array([row[1] for row in rows], dtype=np.float64)
+        longitudes = np.array([row[2] for row in rows], dtype=np.float64)
+        ids = ids[great_circle_km(latitudes, longitudes, near.latitude, near.longitude) <= near.km]
+    return np.sort(ids)
