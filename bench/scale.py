@@ -155,7 +155,8 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     figures = {"vectors": count, "dim": args.dim, "generate_s": round(generate_s, 1),
                "import_wall_s": round(import_s, 1), "import_s": summary["elapsed_s"],
                "import_vectors_per_s": round(summary["rows_added"] / max(summary["elapsed_s"], 1e-3)),
-               "index_build_s": summary["index_s"]}
+               "import_cpu_s": summary["cpu_s"], "index_build_s": summary["index_s"],
+               "index_build_cpu_s": summary["index_cpu_s"]}
     serve = subprocess.run([sys.executable, "-c", _SERVE, str(col), str(base / "queries.npy"),
                             str(base / "truth.npy")], capture_output=True, text=True)
     if serve.returncode != 0:

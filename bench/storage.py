@@ -14,7 +14,9 @@ rows die.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -104,4 +106,5 @@ def _peak_rss_mib() -> float:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     main()

@@ -161,9 +161,11 @@ def test_a_bad_shard_is_named_and_nothing_of_it_lands(tmp_path, collection, kind
 
 def test_relative_paths_resolve_against_root_and_uris_are_kept(tmp_path, collection):
     rng = np.random.default_rng(4)
-    write_shard(tmp_path / "emb", 0, ["a/b.jpg", "https://example.org/c.jpg"], unit_rows(rng, 2))
+    paths = ["a/b.jpg", "https://example.org/c.jpg", "/x/./y/../z.jpg", "/x//w.jpg", "/x/.hidden.jpg"]
+    write_shard(tmp_path / "emb", 0, paths, unit_rows(rng, len(paths)))
     import_embeddings(collection, tmp_path / "emb", root=tmp_path / "pics")
-    assert set(stored(collection)) == {str(tmp_path / "pics" / "a" / "b.jpg"), "https://example.org/c.jpg"}
+    assert set(stored(collection)) == {str(tmp_path / "pics" / "a" / "b.jpg"), "https://example.org/c.jpg",
+                                       "/x/z.jpg", "/x/w.jpg", "/x/.hidden.jpg"}
 
 
 def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):

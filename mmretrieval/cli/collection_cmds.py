@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from .common import add_collection_option, add_model_options, emit
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection, Hit
+    from ..ingest.ray_runner import RayIngestConfig
 
 _HIT_COLUMNS = ["score", "path"]
 
@@ -53,7 +55,25 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
+                        "machine's cores and GPUs, or the cluster at ADDRESS (or $RAY_ADDRESS); --workers then "
+                        "caps decode tasks at once. Give it after the sources, or as --ray=ADDRESS")
+    parser.add_argument("--ray-output", metavar="DIR_OR_URI",
+                        help="with --ray: where workers leave results, a folder every node reaches or a URI such as "
+                        "s3://bucket/run (default: inside the collection, fine on one machine)")
     parser.set_defaults(handler=_ingest)
+
+
+def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
+    if args.ray is None:
+        if args.ray_output:
+            raise CollectionError("--ray-output needs --ray")
+        return None
+    from ..ingest.ray_runner import RayIngestConfig
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's plan and progress lines; our bar reports
+    return RayIngestConfig(address=args.ray or None, output=args.ray_output, decode_tasks=args.workers)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -67,7 +87,8 @@ def _ingest(args: argparse.Namespace) -> int:
     with _open(args.collection, model=model, create=True, device=args.device) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
-                                        prune=args.prune, timeout_s=args.timeout, progress=progress)
+                                        prune=args.prune, timeout_s=args.timeout, progress=progress,
+                                        ray=_ray_config(args))
     failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
@@ -80,7 +101,7 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--threshold", type=float, help="drop results scoring below this cosine")
     parser.add_argument("--prefix", help="only images whose path starts with this (e.g. a folder)")
-    parser.add_argument("--label", help="only images labelled this by `mmr label`")
+    parser.add_argument("--label", help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path")
 
 
@@ -212,6 +233,10 @@ def _register_label(subparsers) -> None:
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label probability cutoff (default 0.5)")
+    parser.add_argument("--set", dest="label_set", default="default", metavar="NAME",
+                        help="label set to write (default: 'default'); other sets are kept, and search --label "
+                        "takes SET:LABEL or LABEL")
+    parser.add_argument("--replace", action="store_true", help="replace the set if it exists (else: refused)")
     parser.add_argument("--out", help="export the labels to a .csv or .jsonl file")
     parser.add_argument("--organize", metavar="OUTDIR", help="link images into OUTDIR/<label>/")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
@@ -223,7 +248,8 @@ def _label(args: argparse.Namespace) -> int:
     with _open(args.collection, device=args.device) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
-                                       threshold=args.threshold, progress=progress)
+                                       threshold=args.threshold, label_set=args.label_set, replace=args.replace,
+                                       progress=progress)
         if args.out:
             collection.export_labels(args.out)
         if args.organize:

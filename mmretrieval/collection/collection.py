@@ -25,6 +25,7 @@ pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -50,6 +51,8 @@ from .query import ImageRef, Query, query_vector
 from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 
 if TYPE_CHECKING:
+    from ..ingest.ray_runner import RayIngestConfig
+    from .label_sets import LabelSet
     from ..models.text_tower import TextEncoder
     from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
@@ -150,7 +153,7 @@ class Collection:
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None) -> IngestSummary:
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -162,6 +165,8 @@ class Collection:
             prune: remove rows of files that no longer exist.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
+            ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
+                ``workers`` is then Ray's business, and the model loads only in Ray's actors.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -169,11 +174,19 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
+        busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
+                "it (a re-run resumes its work)")
+        if ray is not None:
+            from ..ingest.ray_runner import run_ray_ingest
+
+            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
+                                         timeout_s=timeout_s)
+            with self.writing(busy):
+                return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
+                                      str(self.directory), progress)
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune)
-        busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
-                "it (a re-run resumes its work)")
         with self.writing(busy):
             return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 
@@ -408,12 +421,22 @@ class Collection:
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
-              multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None) -> LabelSummary:
-        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection.labelling`."""
+              multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
+              progress: Progress | None = None) -> LabelSummary:
+        """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
+
+        A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        """
         from .labelling import label_collection
 
-        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
-                                progress=progress)
+        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress)
+
+    def label_sets(self) -> list["LabelSet"]:
+        """The stored label sets (one per labelling run that named it), oldest first."""
+        from .label_sets import sets
+
+        return sets(self.catalog)
 
     def export_labels(self, path: str | os.PathLike) -> int:
         """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""

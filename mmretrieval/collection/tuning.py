@@ -7,8 +7,8 @@ index proposes are re-ranked exactly from the stored vectors, as :meth:`Collecti
 recall measured is the recall users get.
 
 The search breadth (``nprobe`` for IVF types, ``efSearch`` for HNSW) grows in powers of two until the
-target is met; for ``ivfpq`` the re-ranked candidate count doubles as well (PQ codes lose the order inside
-a cluster, which only re-ranking more candidates restores).
+target is met or recall stops growing; for ``ivfpq`` the re-ranked candidate count then doubles (PQ codes
+lose the order inside a cluster, which only re-ranking more candidates restores).
 
 Memory: the queries (200 x dim), their running top-k, and one block of stored vectors (128 MiB at 512-d).
 Time: one pass over the stored vectors (matrix products, ~200 x n x dim flops) plus a few hundred searches
@@ -77,34 +77,38 @@ def recall_at_k(index: VectorIndex, query_ids: npt.NDArray[np.int64], queries: n
 
 def tune(index: VectorIndex, query_ids: npt.NDArray[np.int64], queries: npt.NDArray[np.float32],
          truth: npt.NDArray[np.int64], load: Loader, target: float) -> Tuned:
-    """The cheapest search breadth (and re-rank depth) reaching ``target`` recall@10, or the best tried."""
+    """The cheapest search breadth (and re-rank depth) reaching ``target`` recall@10, or the best tried.
+
+    Breadths are tried in doubling steps per re-rank depth; a depth whose recall stops improving (less than
+    0.002 per doubling) is left for the next, deeper one.
+    """
     if index.config.type == "flat" or not len(queries):
         return Tuned(index.config, 1.0 if index.config.type == "flat" else -1.0, len(queries))
     best: Tuned | None = None
-    for config in _settings(index):
-        recall = recall_at_k(index.with_config(config), query_ids, queries, truth, load)
-        logger.debug("tuning %s: recall@10 %.3f", config.params(), recall)
-        if best is None or recall > best.recall + 1e-9:
-            best = Tuned(config, recall, len(queries))
-        if recall >= target:
-            return Tuned(config, recall, len(queries))
+    for settings in _settings(index):
+        previous = -1.0
+        for config in settings:
+            recall = recall_at_k(index.with_config(config), query_ids, queries, truth, load)
+            logger.debug("tuning %s: recall@10 %.3f", config.params(), recall)
+            if best is None or recall > best.recall + 1e-9:
+                best = Tuned(config, recall, len(queries))
+            if recall >= target:
+                return Tuned(config, recall, len(queries))
+            if recall < previous + 0.002:
+                break
+            previous = recall
     logger.warning("recall@10 %.3f is below the target %.2f at the widest search tried (%s)",
                    best.recall, target, best.config.params())
     return best
 
 
-def _settings(index: VectorIndex) -> Iterable[IndexConfig]:
+def _settings(index: VectorIndex) -> Iterable[list[IndexConfig]]:
+    """Lists of configurations of growing breadth, one list per re-rank depth."""
     config = index.config
     if config.type == "hnsw":
-        for ef in (16, 32, 64, 128, 256, 512, 1024):
-            yield dataclasses.replace(config, ef_search=ef)
+        yield [dataclasses.replace(config, ef_search=ef) for ef in (16, 32, 64, 128, 256, 512, 1024)]
         return
-    nlist = config.nlist
     reranks = [config.rerank] if config.type == "ivf" else [config.rerank, 2 * config.rerank, 4 * config.rerank]
+    probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p < config.nlist] + [min(config.nlist, 1024)]
     for rerank in reranks:
-        nprobe = 1
-        while True:
-            yield dataclasses.replace(config, nprobe=min(nprobe, nlist), rerank=rerank)
-            if nprobe >= nlist or nprobe >= 1024:
-                break
-            nprobe *= 2
+        yield [dataclasses.replace(config, nprobe=nprobe, rerank=rerank) for nprobe in probes]

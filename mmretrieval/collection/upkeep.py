@@ -110,8 +110,10 @@ class IndexKeeper:
         rng = np.random.default_rng(0)
         sample_ids = np.sort(rng.choice(ids, training_size(config, len(ids)), replace=False))
         _, sample = self.catalog.vectors(sample_ids)
+        logger.info("training %s on %d sampled vectors", config.factory(self.identity.embed_dim), len(sample))
         index = VectorIndex.trained(config, self.identity.embed_dim, sample, use_gpu=True)
         del sample
+        logger.info("adding %d vectors block by block", len(ids))
         for block_ids, vectors in self.catalog.iter_vectors():
             index.add(block_ids, vectors)
         self.index, self.generation = self._tuned(index, ids, rng), generation

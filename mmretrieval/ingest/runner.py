@@ -51,12 +51,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         CollectionError: a source that does not exist or an unreadable list file; with ``config.prune``, a
             source folder that is missing or unreadable (nothing is deleted then).
     """
-    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    unchanged, skipped = plan(catalog, discover(sources))
-    pruned = 0
-    if scope is not None:
-        unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
-        pruned = catalog.prune_missing(scope.folders, scope.paths, keep_under=unreadable)
+    unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
     tasks = [DecodeTask(image_id, path) for image_id, path in catalog.pending()]
     counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
     if progress:
@@ -90,6 +85,24 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: list[DecodeTask]
         if progress:
             progress(done, len(tasks))
     return counts
+
+
+def plan_sources(catalog: Catalog, sources: Sequence[str], prune: bool) -> tuple[int, list[Skipped], int]:
+    """Plan ``sources`` (see :func:`plan`) and, with ``prune``, delete rows of vanished files under them.
+
+    The planning half of every runner (this one and :mod:`.ray_runner`). Returns (unchanged, skips, pruned).
+
+    Raises:
+        CollectionError: a source that does not exist or an unreadable list file; with ``prune``, a source
+            folder that is missing or unreadable (nothing is deleted then).
+    """
+    scope = prune_scope(sources) if prune else None  # refuses before anything changes
+    unchanged, skipped = plan(catalog, discover(sources))
+    pruned = 0
+    if scope is not None:
+        unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
+        pruned = catalog.prune_missing(scope.folders, scope.paths, keep_under=unreadable)
+    return unchanged, skipped, pruned
 
 
 @dataclass(frozen=True)

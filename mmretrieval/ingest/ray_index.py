@@ -1,0 +1,140 @@
+"""Building a large IVF index in parallel on Ray: train once, add shards in parallel, merge on disk.
+
+The FAISS recipe for indexes past one machine's patience (its ``demos/demo_ondisk_ivf.py``, and how
+clip-retrieval's LAION indexes were built)::
+
+    driver   train an empty index on a sample (the collection's own choice of type and parameters)
+    tasks    each adds one block of (global id, vector) to a copy of the trained index, writes it as a shard
+    driver   faiss.contrib.ondisk.merge_ondisk: the shards' inverted lists -> one .ivfdata file
+
+The merged index keeps its inverted lists in the ``.ivfdata`` file (memory-mapped by FAISS: page cache, not
+anonymous memory) and only the coarse quantizer and list offsets in RAM. Ids are catalog ids throughout,
+so the result answers exactly as an index filled in one process from the same trained copy.
+
+Blocks are streamed from the catalog's segments (live rows only) and shipped through Ray's object store,
+at most ``in_flight`` at a time, so the driver never holds more than that many blocks. Shards are written to
+``work_dir``, which must be a folder every node reaches (on one machine, any folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (vectors added, total)
+Blocks = Iterable["tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]"]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How to cut the add phase into Ray tasks."""
+
+    in_flight: int = 4  # blocks shipped and being added at once (bounds driver and object-store memory)
+    cpus_per_task: float = 1.0  # FAISS threads each add task may use (it is told so)
+
+
+def _add_shard(trained: npt.NDArray[np.uint8], ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32],
+               work_dir: str, threads: int) -> str:
+    """A Ray task: add one block to a copy of the trained index and write it as a shard; returns its path."""
+    faiss.omp_set_num_threads(max(1, threads))
+    index = faiss.deserialize_index(trained)
+    faiss.extract_index_ivf(index).make_direct_map(False)
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    path = os.path.join(work_dir, f"shard-{uuid.uuid4().hex}.faiss")
+    faiss.write_index(index, path + ".partial")
+    os.replace(path + ".partial", path)  # a retried task leaves at most an unused .partial, never half a shard
+    return path
+
+
+def add_on_ray(trained_index: faiss.Index, blocks: Blocks, total: int, work_dir: str | os.PathLike,
+               ivfdata_path: str | os.PathLike, plan: ShardPlan = ShardPlan(),
+               progress: Progress | None = None) -> faiss.Index:
+    """Fill ``trained_index`` (an empty, trained IVF index) with ``blocks`` of (ids, vectors), in parallel.
+
+    Args:
+        trained_index: from :meth:`~mmretrieval.collection.index.VectorIndex.trained` (IVF types only).
+        blocks: (catalog ids, unit vectors) blocks, e.g. ``catalog.iter_vectors()``.
+        total: how many vectors ``blocks`` yields (for progress).
+        work_dir: where shards are written; a folder all Ray nodes reach. Shards are deleted after the merge.
+        ivfdata_path: the merged inverted lists' file (beside the index file that will refer to it).
+        plan: blocks in flight and CPUs per task.
+        progress: ``(added, total)`` after each shard.
+
+    Returns:
+        ``trained_index`` itself, now holding every vector, its inverted lists on disk in ``ivfdata_path``.
+
+    Raises:
+        CollectionError: the index is not an empty trained IVF index, or Ray is missing.
+    """
+    from faiss.contrib.ondisk import merge_ondisk
+
+    from .ray_runner import ray_connection
+
+    _check_mergeable(trained_index)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    shards: list[str] = []
+    try:
+        with ray_connection(None) as _:
+            shards = _add_all(trained_index, blocks, total, str(work), plan, progress)
+        merge_ondisk(trained_index, shards, str(ivfdata_path))
+    finally:
+        for path in shards:
+            Path(path).unlink(missing_ok=True)
+        for partial in work.glob("shard-*.partial"):
+            partial.unlink(missing_ok=True)
+    if trained_index.ntotal != total:
+        raise CollectionError(f"the merged index holds {trained_index.ntotal} vectors, expected {total}; the "
+                              "catalog changed during the build, run the build again")
+    return trained_index
+
+
+def _add_all(trained_index: faiss.Index, blocks: Blocks, total: int, work_dir: str, plan: ShardPlan,
+             progress: Progress | None) -> list[str]:
+    import ray
+
+    trained = ray.put(faiss.serialize_index(trained_index))
+    add = ray.remote(num_cpus=plan.cpus_per_task, max_retries=3)(_add_shard)
+    threads = max(1, int(plan.cpus_per_task))
+    waiting: dict[Any, int] = {}
+    shards: list[str] = []
+    added = 0
+
+    def collect(until: int) -> None:
+        nonlocal added
+        while len(waiting) > until:
+            ready, _ = ray.wait(list(waiting), num_returns=1)
+            shards.append(ray.get(ready[0]))
+            added += waiting.pop(ready[0])
+            if progress:
+                progress(added, total)
+
+    for ids, vectors in blocks:
+        if len(ids):
+            waiting[add.remote(trained, ray.put(ids), ray.put(vectors), work_dir, threads)] = len(ids)
+            collect(plan.in_flight - 1)
+    collect(0)
+    return shards
+
+
+def _check_mergeable(index: faiss.Index) -> None:
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError as exc:
+        raise CollectionError("a parallel build needs an IVF index (ivf or ivfpq), not flat or HNSW; build those "
+                              "with `mmr index` in one process") from exc
+    if not index.is_trained or index.ntotal or ivf.ntotal:
+        raise CollectionError("a parallel build starts from an empty, trained index; train one first "
+                              "(VectorIndex.trained)")

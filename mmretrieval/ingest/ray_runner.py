@@ -1,0 +1,206 @@
+"""Ingestion on a Ray cluster (``mmr ingest --ray``): the same plan and the same answers as :mod:`.runner`.
+
+Planning stays on the driver and is the single-machine runner's (:func:`.runner.plan_sources`): only new,
+changed and transiently failed files are ``pending``. Then Ray Data runs four operators with their own
+resources, and its streaming executor applies backpressure between them::
+
+    pending rows (id, path, size, mtime)      driver, a few blocks of files each
+      -> decode_rows   CPU tasks               our torch-free decoder; a bad file is a row with its reason
+      -> Embedder      actor pool              the model loaded once per actor; one GPU each, or CPU actors
+      -> write_rows    I/O tasks               one result per batch: a sealed vector segment in the collection's
+                                              format plus its rows, at a location every node reaches
+    driver: commit each finished result into the catalog (idempotent), delete it, report progress
+
+A result already written when a driver died is committed by the next run before anything is decoded,
+so a re-run resumes from the work that finished; rows still ``pending`` are simply decoded again.
+Ray retries tasks on dead workers and restarts dead actors (execution is at least once); the commit
+(:mod:`.ray_commit`) makes that harmless. Only this module and the CLI's ``--ray`` import Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from ..collection.catalog import DTYPE_KEY, Catalog
+from ..collection.segments import DEFAULT_DTYPE
+from ..errors import CollectionError
+from ..images.preprocess import ImagePreparer
+from ..models.specs import ModelIdentity
+from .batches import IngestSummary
+from .ray_commit import CommitCounts, PlannedRow, ResultCommitter, Tally, pending_rows
+from .ray_segments import ResultDrop
+from .ray_stages import check_reproducible
+from .runner import plan_sources
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+RESULTS_DIR = "ray-results"  # default output location, inside the collection directory
+STAGING_DIR = "ray-staging"  # results downloaded from a remote output location, inside the collection directory
+
+
+@dataclass(frozen=True)
+class RayIngestConfig:
+    """How to run one ingestion on Ray."""
+
+    address: str | None = None  # cluster to join (host:port, ray://host:10001, auto); None: $RAY_ADDRESS or local
+    output: str | None = None  # where workers write results: a folder all nodes reach, or s3://…; None: collection
+    batch_size: int | None = None  # images per model call; None: 256 with GPUs, 32 on CPU actors
+    embed_actors: int | None = None  # model actors; None: one per GPU in the cluster, else 1
+    embed_cpus: float = 1.0  # CPUs each CPU-only model actor reserves (its torch threads)
+    decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
+    decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
+    timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
+    files_per_task: int = 64  # files per decode task (one Ray block)
+    segment_rows: int = 4096  # rows per result segment (and per catalog commit)
+    prune: bool = False  # delete rows of files that no longer exist
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "embed_actors", "decode_tasks", "decode_memory_mb", "files_per_task",
+                     "segment_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CollectionError(f"Ray ingest option {name} must be at least 1, got {value}")
+        if self.embed_cpus <= 0:
+            raise CollectionError(f"Ray ingest option embed_cpus must be above 0, got {self.embed_cpus}")
+
+
+def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[str], config: RayIngestConfig,
+                   collection_dir: str, progress: Progress | None = None) -> IngestSummary:
+    """Bring the catalog up to date with ``sources``, decoding and embedding on Ray.
+
+    Args:
+        catalog: the collection's catalog; the caller holds the collection's ingest lock.
+        identity: the collection's model; every embed actor loads it and checks its key.
+        sources: folders, image files, and ``.txt``/``.csv`` list files (paths as every node sees them).
+        config: cluster address, output location, batch and actor sizes, prune.
+        collection_dir: the collection's folder (default output location, staging of downloaded results).
+        progress: called with ``(done, total)`` after each committed result.
+
+    Returns:
+        The same counts the single-machine runner returns for the same files.
+
+    Raises:
+        CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
+            the output location cannot be used.
+    """
+    check_reproducible(identity)  # before anything is planned or started
+    drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RESULTS_DIR)),
+                      os.path.join(collection_dir, STAGING_DIR))
+    drop.prepare()
+    unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
+    committer = ResultCommitter(catalog, pending_rows(catalog))
+    tally = Tally(skipped)
+    total = len(committer.pending)
+    report = _reporter(tally, total, progress)
+    report(CommitCounts())
+    if drop.remove_unsealed():
+        logger.info("removed half-written results left by an interrupted run")
+    _commit_all(drop, committer, report)  # a killed run's finished work, before anything is decoded again
+    if committer.pending:
+        dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
+        with ray_connection(config.address) as gpus:
+            dataset = build_dataset(committer.pending, identity, drop, dtype, config, gpus)
+            for record in dataset.iter_rows():
+                report(_commit_one(drop, committer, record["result"]))
+            logger.info("Ray execution statistics:\n%s", dataset.stats())
+        _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
+    if committer.pending:
+        logger.warning("%d files got no result from Ray; they stay pending and the next run retries them",
+                       len(committer.pending))
+    return tally.summary(unchanged, pruned)
+
+
+def _reporter(tally: Tally, total: int, progress: Progress | None) -> Callable[[CommitCounts], None]:
+    def report(counts: CommitCounts) -> None:
+        tally.add(counts)
+        if progress:
+            progress(tally.rows, total)
+
+    return report
+
+
+def _commit_one(drop: ResultDrop, committer: ResultCommitter, name: str) -> CommitCounts:
+    counts = committer.commit(drop.read(name))
+    drop.remove(name)  # only after the commit: a driver killed in between commits it again, as a no-op
+    if counts.stale:
+        logger.debug("result %s: %d rows already committed or planned again since", name, counts.stale)
+    return counts
+
+
+def _commit_all(drop: ResultDrop, committer: ResultCommitter, report: Callable[[CommitCounts], None]) -> None:
+    for name in drop.finished():
+        report(_commit_one(drop, committer, name))
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(os.path.expanduser(location))
+
+
+@contextmanager
+def ray_connection(address: str | None) -> Iterator[float]:
+    """Connect to Ray (or use the connection this process already has); yields the cluster's GPU count.
+
+    Without an address and without ``RAY_ADDRESS`` a local Ray with this machine's cores and GPUs is started,
+    and stopped again on exit.
+
+    Raises:
+        CollectionError: Ray is not installed, or the cluster at ``address`` cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise CollectionError("--ray needs Ray Data: pip install 'mmretrieval[ray]' (ray[data]>=2.50)") from exc
+    started = not ray.is_initialized()
+    if started:
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        try:
+            ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise CollectionError(f"cannot connect to the Ray cluster at {target}: {exc}; start one with "
+                                  "`ray start --head`, or leave out the address for a local Ray") from exc
+    try:
+        yield float(ray.cluster_resources().get("GPU", 0))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, drop: ResultDrop, dtype: str,
+                  config: RayIngestConfig, gpus: float) -> Any:
+    """The Ray Data pipeline over ``pending`` rows; iterating it yields one ``{result, rows}`` per result."""
+    import pyarrow as pa
+    import ray.data
+
+    from .ray_stages import Embedder, decode_rows, write_rows
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the caller's progress callback reports committed rows instead
+    ids = sorted(pending)
+    rows = pa.table({"image_id": pa.array(ids, pa.int64()),
+                     "path": pa.array([pending[i].path for i in ids], pa.binary()),
+                     "size": pa.array([pending[i].size for i in ids], pa.int64()),
+                     "mtime_ns": pa.array([pending[i].mtime_ns for i in ids], pa.int64())})
+    blocks = math.ceil(len(ids) / config.files_per_task)
+    dataset = ray.data.from_arrow([rows.slice(b * config.files_per_task, config.files_per_task)
+                                   for b in range(blocks)])
+    # Its own operator (a memory reservation the embed actors lack keeps Ray from fusing the two, which would
+    # decode inside the model actors and leave a GPU idle while they do).
+    decode_pool = ray.data.TaskPoolStrategy(size=config.decode_tasks) if config.decode_tasks else None
+    dataset = dataset.map_batches(decode_rows, fn_kwargs={"preparer": ImagePreparer(identity.preprocess),
+                                                          "timeout_s": config.timeout_s},
+                                  batch_size=None, batch_format="numpy", compute=decode_pool, num_cpus=1,
+                                  memory=config.decode_memory_mb * 1024**2)
+    use_gpus = gpus >= 1
+    actors = config.embed_actors or (int(gpus) if use_gpus else 1)
+    dataset = dataset.map_batches(
+        Embedder, fn_constructor_kwargs={"identity_json": identity.to_json(), "device": "cuda" if use_gpus else "cpu"},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=config.batch_size or (256 if use_gpus else 32),
+        batch_format="numpy", num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else config.embed_cpus)
+    return dataset.map_batches(write_rows, fn_kwargs={"drop": drop, "dtype": dtype}, batch_size=config.segment_rows,
+                               batch_format="numpy", num_cpus=0)

@@ -1,0 +1,143 @@
+"""The functions Ray runs on its workers: decode (CPU tasks), embed (actors that load the model once), write.
+
+Batches are dicts of numpy columns (Ray Data's ``numpy`` batch format). Every row carries its catalog id and
+planned path, size and mtime from the first stage to the segment file, because Ray does not keep rows in
+order and may run a block twice.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from ..errors import CollectionError
+from ..images.preprocess import ImagePreparer
+from .batches import Decoded, DecodeTask, Failed
+from .ray_segments import ResultDrop
+from .reader import decode_file
+
+if TYPE_CHECKING:  # models.specs imports torch, which decode tasks must not pay for
+    from ..models.specs import ModelIdentity
+
+Batch = dict[str, npt.NDArray[Any]]
+DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
+
+
+@lru_cache(maxsize=8)
+def _pixel_shape(preparer: ImagePreparer) -> tuple[int, ...]:
+    """The ``(3, H, W)`` the preparer makes, for the placeholder pixels of failed rows."""
+    return preparer(Image.new("RGB", (8, 8))).shape
+
+
+def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None = None,
+                decode: "DecodeFn" = decode_file) -> Batch:
+    """Read, hash, decode and prepare each file of ``batch`` with the single-machine decoder.
+
+    A file that fails becomes a row with ``status`` ``failed`` and its reason, never an exception: an
+    exception here would fail (or, with ``max_errored_blocks``, drop) the whole block.
+
+    Args:
+        batch: ``image_id`` and ``path`` (catalog keys) columns, plus columns passed through.
+        preparer: the model's resize and crop.
+        timeout_s: decode in one child process, as the single-machine pool does, so a file that hangs is
+            failed with ``decode_timeout`` after this long and one that crashes the decoder with
+            ``decoder_crashed``, instead of hanging the task or crashing it over and over through Ray's
+            retries; None decodes in the task's own process (no isolation, a little faster).
+        decode: the per-file function (tests pass one that misbehaves).
+    """
+    tasks = [DecodeTask(int(image_id), os.fsdecode(bytes(path))) for image_id, path in zip(batch["image_id"],
+                                                                                           batch["path"])]
+    if timeout_s is None:
+        results = [decode(task, preparer) for task in tasks]
+    else:
+        from .pool import DecodePool
+
+        by_id = {result.image_id: result for result in DecodePool(preparer, 1, timeout_s, decode=decode).run(tasks)}
+        results = [by_id[task.image_id] for task in tasks]
+    pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
+    columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
+                                                      "reason", "message")}
+    for row, result in enumerate(results):
+        ok = isinstance(result, Decoded)
+        if ok:
+            pixels[row] = result.pixels
+        columns["status"].append("ok" if ok else "failed")
+        columns["content_hash"].append(result.content_hash if ok else "")
+        columns["width"].append(result.width if ok else 0)
+        columns["height"].append(result.height if ok else 0)
+        columns["format"].append(result.format if ok else "")
+        columns["reason"].append("" if ok else result.reason)
+        columns["message"].append("" if ok else result.message)
+    out: Batch = {name: batch[name] for name in ("image_id", "path", "size", "mtime_ns")}
+    for name, values in columns.items():
+        out[name] = np.array(values, dtype=np.int64 if name in ("width", "height") else object)
+    out["pixels"] = pixels
+    return out
+
+
+class _NothingKnown:
+    """The catalog as an embed actor sees it: it has none (duplicates of stored content are found at commit)."""
+
+    def vectors_by_hash(self, hashes: object) -> dict[str, npt.NDArray[np.float32]]:
+        return {}
+
+
+def check_reproducible(identity: "ModelIdentity") -> None:
+    """Refuse a model that another process cannot load identically (random weights are drawn anew by each).
+
+    Raises:
+        CollectionError: the collection's model has random weights.
+    """
+    if identity.weights.startswith("random-"):
+        raise CollectionError(
+            f"{identity.spec} has random weights, which every Ray actor would draw anew (other vectors); save the "
+            "model as a directory (mmretrieval.models.specs.save_model_dir) and use that, or ingest without --ray")
+
+
+class Embedder:
+    """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
+
+    def __init__(self, identity_json: str, device: str):
+        """
+        Args:
+            identity_json: the collection's :class:`ModelIdentity`; the loaded model must match its key.
+            device: ``cuda`` in actors given a GPU, ``cpu`` otherwise.
+
+        Raises:
+            CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
+        """
+        from ..models.encoder import load_encoder  # torch: only in the actors
+        from ..models.specs import ModelIdentity
+
+        identity = ModelIdentity.from_json(identity_json)
+        self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
+        check_reproducible(identity)
+        if self.encoder.identity.key() != identity.key():
+            raise CollectionError(
+                f"on this Ray node {identity.spec} loads as model key {self.encoder.identity.key()}, but the "
+                f"collection was built with key {identity.key()}; install the same weights on every node")
+
+    def __call__(self, batch: Batch) -> Batch:
+        from .runner import embed_batch
+
+        ok_rows = np.flatnonzero(batch["status"] == "ok")
+        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "",
+                           batch["pixels"][row]) for row in ok_rows]
+        embedded = embed_batch(self.encoder, _NothingKnown(), decoded, ())  # runs the model once per content
+        embeddings = np.zeros((len(batch["image_id"]), self.encoder.dim), dtype=np.float32)
+        embeddings[ok_rows] = embedded.embeddings
+        out = {name: column for name, column in batch.items() if name != "pixels"}
+        out["embedding"] = embeddings
+        return out
+
+
+def write_rows(batch: Batch, drop: ResultDrop, dtype: str) -> Batch:
+    """Write the rows of ``batch`` as one result (a sealed segment of the embedded ones); returns its name."""
+    columns = {name: column for name, column in batch.items() if name != "embedding"}
+    name = drop.write(columns, np.asarray(batch["embedding"], dtype=np.float32), dtype)
+    return {"result": np.array([name], dtype=object), "rows": np.array([len(batch["image_id"])], dtype=np.int64)}

@@ -1,0 +1,196 @@
+"""The Ray ingestion's stages and commit without a Ray cluster: they are plain functions and classes, so the
+at-least-once cases (a result committed twice, a result for a file that changed since) are tested directly."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mmretrieval.collection.collection import Collection
+from mmretrieval.ingest.ray_commit import ResultCommitter, pending_rows
+from mmretrieval.ingest.ray_runner import RayIngestConfig
+from mmretrieval.ingest.ray_segments import ResultDrop
+from mmretrieval.ingest.ray_stages import Embedder, decode_rows
+from mmretrieval.ingest.reader import discover
+from mmretrieval.ingest.runner import plan
+from mmretrieval.errors import CollectionError
+
+from test_ingest import scene_jpeg, write_good_images
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def planned_collection(tmp_path, encoder, folder):
+    col = Collection.open(tmp_path / "col", model=encoder, create=True)
+    plan(col.catalog, discover([folder]))
+    return col
+
+
+def result_for(col, drop, ids=None) -> str:
+    """Run decode and embed in this process over pending rows (all, or ``ids``) and write one result."""
+    pending = pending_rows(col.catalog)
+    chosen = sorted(pending) if ids is None else ids
+    batch = {"image_id": np.array(chosen, np.int64), "path": np.array([pending[i].path for i in chosen], object),
+             "size": np.array([pending[i].size for i in chosen], np.int64),
+             "mtime_ns": np.array([pending[i].mtime_ns for i in chosen], np.int64)}
+    decoded = decode_rows(batch, col.encoder.preparer)
+    embedded = Embedder(col.identity.to_json(), "cpu")(decoded)
+    columns = {name: column for name, column in embedded.items() if name != "embedding"}
+    return drop.write(columns, embedded["embedding"], "float16")
+
+
+def test_a_result_commits_once_however_often_it_arrives(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 4)
+    (folder / "broken.jpg").write_text("not an image")
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    name = result_for(col, drop)
+    assert drop.finished() == [name]
+    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    first = committer.commit(drop.read(name))
+    assert (first.rows, first.embedded, first.failed, first.stale) == (5, 4, {"not_an_image": 1}, 0)
+    generation = col.catalog.generation
+    again = ResultCommitter(col.catalog, pending_rows(col.catalog)).commit(drop.read(name))  # as a re-run would
+    assert (again.rows, again.stale) == (0, 5) and col.catalog.generation == generation
+    assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
+    ids, vectors = col.vectors()
+    rows = col.catalog.rows(ids.tolist())
+    reference = tiny_encoder.encode_images([rows[i].path for i in ids.tolist()])
+    np.testing.assert_allclose(vectors, reference, atol=2e-3)  # float16 storage
+    col.close()
+
+
+def test_a_result_for_a_file_changed_since_is_not_attached_to_it(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 3)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    old = result_for(col, drop)  # a straggler computed from the old bytes
+    paths[0].write_bytes(scene_jpeg(40))
+    os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    plan(col.catalog, discover([folder]))  # planned again with the new size and mtime
+    changed_id = col.catalog.id_of_path(paths[0])
+    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    counts = committer.commit(drop.read(old))
+    assert (counts.rows, counts.stale) == (2, 1)
+    assert list(committer.pending) == [changed_id]
+    fresh = committer.commit(drop.read(result_for(col, drop, [changed_id])))
+    assert (fresh.rows, fresh.embedded) == (1, 1)
+    stored = col.vectors([changed_id])[1][0]
+    np.testing.assert_allclose(stored, tiny_encoder.encode_images([paths[0]])[0], atol=2e-3)
+    col.close()
+
+
+def test_a_damaged_result_is_refused_and_left_in_place(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    name = result_for(col, drop)
+    vec = tmp_path / "drop" / f"{name}.vec"
+    vec.write_bytes(vec.read_bytes()[:-2])
+    with pytest.raises(CollectionError, match="damaged"):
+        drop.read(name)
+    assert drop.finished() == [name]
+    col.close()
+
+
+def test_unsealed_leftovers_are_removed(tmp_path):
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    (tmp_path / "drop" / "abc.vec").write_bytes(b"x")
+    (tmp_path / "drop" / "abc.rows.parquet").write_bytes(b"x")
+    assert drop.remove_unsealed() == 2 and not os.listdir(tmp_path / "drop")
+
+
+def test_bad_ray_options_are_refused():
+    with pytest.raises(CollectionError, match="segment_rows"):
+        RayIngestConfig(segment_rows=0)
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from mmretrieval.ingest import ray_runner
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(CollectionError, match=r"pip install 'mmretrieval\[ray\]'"):
+        with ray_runner.ray_connection(None):
+            pass
+
+
+def test_search_never_imports_ray(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    with Collection.open(tmp_path / "col", model=str(tiny_model_dir), create=True) as col:
+        col.ingest([folder], workers=0)
+    script = ("import sys; from mmretrieval.cli import main; "
+              f"code = main(['search', 'a shape', '--collection', {str(tmp_path / 'col')!r}]); "
+              "assert 'ray' not in sys.modules and 'ray.data' not in sys.modules, 'ray was imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": _REPO})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("\t") == 2
+
+
+def test_a_hanging_or_crashing_decoder_fails_its_file_not_the_task(tmp_path, tiny_encoder):
+    from test_ingest import decode_or_misbehave
+
+    folder = tmp_path / "photos"
+    good = write_good_images(folder, 3)
+    names = [str(good[0]), str(folder / "crash.jpg"), str(good[1]), str(folder / "hang.jpg"), str(good[2])]
+    batch = {"image_id": np.arange(1, 6, dtype=np.int64), "path": np.array([os.fsencode(n) for n in names], object),
+             "size": np.zeros(5, np.int64), "mtime_ns": np.zeros(5, np.int64)}
+    out = decode_rows(batch, tiny_encoder.preparer, timeout_s=3.0, decode=decode_or_misbehave)
+    assert out["image_id"].tolist() == [1, 2, 3, 4, 5]  # same rows, same order
+    assert out["status"].tolist() == ["ok", "failed", "ok", "failed", "ok"]
+    assert out["reason"].tolist() == ["", "decoder_crashed", "", "decode_timeout", ""]
+    assert out["pixels"][0].any() and not out["pixels"][1].any()
+
+
+def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 4)
+    (folder / "broken.jpg").write_text("not an image")
+    col = planned_collection(tmp_path, tiny_encoder, folder)  # as the killed run planned it
+    drop = ResultDrop(str(tmp_path / "col" / "ray-results"), str(tmp_path / "col" / "ray-staging"))
+    drop.prepare()
+    result_for(col, drop)  # finished by its workers, never committed
+    (tmp_path / "col" / "ray-results" / "deadbeef.vec").write_bytes(b"half")  # a writer killed before sealing
+    # An unreachable cluster: the re-run must not need Ray, everything pending is in the left-over result.
+    summary = col.ingest([folder], ray=RayIngestConfig(address="127.0.0.1:1"))
+    assert (summary.embedded, summary.failed) == (4, {"not_an_image": 1})
+    assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
+    assert not os.listdir(tmp_path / "col" / "ray-results")
+    col.close()
+
+
+def test_a_random_weight_model_is_refused_before_anything_starts(tmp_path, tiny_encoder):
+    import dataclasses
+
+    from mmretrieval.ingest.ray_runner import run_ray_ingest
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 1)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        random_model = dataclasses.replace(col.identity, spec="ViT-B-32", weights="random-0123")
+        with pytest.raises(CollectionError, match="random weights"):
+            run_ray_ingest(col.catalog, random_model, [str(folder)], RayIngestConfig(), str(tmp_path / "col"))
+        assert col.catalog.counts_by_status() == {}  # nothing planned

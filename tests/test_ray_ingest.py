@@ -1,0 +1,219 @@
+"""Ingestion on Ray (``--ray``): the same answers as the single-machine path, and nothing lost or duplicated
+when an actor dies or the driver stops mid-run. One local Ray per module (starting one costs seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from mmretrieval.collection.collection import Collection
+from mmretrieval.ingest.ray_runner import RayIngestConfig
+
+from test_ingest import make_nasty_folder, write_good_images
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two dozen good scenes, one copy of a scene, and every hard case of the single-machine tests."""
+    folder = tmp_path_factory.mktemp("ray") / "photos"
+    folder.mkdir()
+    expected = make_nasty_folder(folder)
+    for path in write_good_images(folder / "more", 18, seed=5):
+        expected[f"more/{path.name}"] = "ok"
+    shutil.copy(folder / "good01.jpg", folder / "more" / "copy.jpg")
+    expected["more/copy.jpg"] = "ok"
+    return folder, expected
+
+
+def outcome(col: Collection) -> dict[bytes, str]:
+    """Path -> status for ok rows, reason otherwise."""
+    result = {os.fsencode(f.path): f.reason for f in col.failures()}
+    ok_ids = col.catalog.vector_ids().tolist()
+    result.update({os.fsencode(row.path): "ok" for row in col.catalog.rows(ok_ids).values()})
+    return result
+
+
+def vectors_by_path(col: Collection) -> dict[bytes, np.ndarray]:
+    ids, vectors = col.vectors()
+    rows = col.catalog.rows(ids.tolist())
+    return {os.fsencode(rows[i].path): v for i, v in zip(ids.tolist(), vectors)}
+
+
+def small_config(**overrides) -> RayIngestConfig:
+    # small blocks and segments, so a few dozen files make several tasks, batches and commits
+    return RayIngestConfig(**{"files_per_task": 6, "segment_rows": 5, "batch_size": 4, **overrides})
+
+
+@pytest.fixture(scope="module")
+def single_machine(photos, shapes_encoder, tmp_path_factory):
+    folder, _ = photos
+    col = Collection.open(tmp_path_factory.mktemp("single") / "col", model=shapes_encoder, create=True)
+    summary = col.ingest([folder], workers=1, batch_size=8)
+    yield col, summary
+    col.close()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_encoder, tmp_path):
+    folder, expected = photos
+    reference, reference_summary = single_machine
+    seen = []
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        summary = col.ingest([folder], ray=small_config(), progress=lambda done, total: seen.append((done, total)))
+        assert summary == reference_summary
+        assert summary.embedded == sum(v == "ok" for v in expected.values()) - 1 and summary.duplicates == 1
+        assert "pending" not in col.catalog.counts_by_status()
+        assert outcome(col) == outcome(reference)
+        assert {os.path.relpath(os.fsdecode(p), folder): s for p, s in outcome(col).items()} == expected
+        ours, theirs = vectors_by_path(col), vectors_by_path(reference)
+        assert ours.keys() == theirs.keys()
+        for path, vector in ours.items():
+            np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
+        assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
+        assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
+        assert len(col.search("a red circle", k=100)) == len(ours)  # the index caught up
+
+        again = col.ingest([folder], ray=small_config())
+        settled = sum(n for status, n in reference.catalog.counts_by_status().items() if status != "skipped")
+        assert (again.embedded, again.duplicates, again.unchanged) == (0, 0, settled)
+
+
+def _embed_actor_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    command = handle.read()
+            except OSError:
+                continue
+            if b"Embedder" in command and b"ray::" in command:
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.slow
+def test_killing_the_embed_actor_mid_run_loses_and_duplicates_nothing(photos, single_machine, shapes_encoder,
+                                                                      tmp_path):
+    folder, _ = photos
+    reference, reference_summary = single_machine
+    killed = []
+
+    def kill_once(done: int, total: int) -> None:
+        if done and not killed:
+            pids = _embed_actor_pids()
+            assert pids, "no embed actor process found to kill"
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        summary = col.ingest([folder], ray=small_config(segment_rows=2, batch_size=2), progress=kill_once)
+        assert killed
+        assert summary == reference_summary
+        assert "pending" not in col.catalog.counts_by_status()
+        assert outcome(col) == outcome(reference)
+        ids = col.catalog.vector_ids()
+        assert len(ids) == len(set(ids.tolist())) == reference_summary.embedded + reference_summary.duplicates
+        ours, theirs = vectors_by_path(col), vectors_by_path(reference)
+        for path, vector in ours.items():
+            np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
+
+
+class DriverStopped(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_stopped_driver_resumes_from_finished_work(photos, single_machine, shapes_encoder, tmp_path):
+    folder, _ = photos
+    reference, reference_summary = single_machine
+
+    def stop_after_first_commit(done: int, total: int) -> None:
+        if done:
+            raise DriverStopped
+
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        with pytest.raises(DriverStopped):
+            col.ingest([folder], ray=small_config(), progress=stop_after_first_commit)
+        first = col.catalog.counts_by_status()
+        assert first.get("pending", 0) > 0 and first.get("ok", 0) > 0
+        resumed = col.ingest([folder], ray=small_config())
+        assert "pending" not in col.catalog.counts_by_status()
+        assert outcome(col) == outcome(reference)
+        ok_total = reference_summary.embedded + reference_summary.duplicates
+        assert resumed.embedded + resumed.duplicates == ok_total - first["ok"]  # committed work is not redone
+        ids = col.catalog.vector_ids()
+        assert len(ids) == len(set(ids.tolist())) == ok_total
+
+
+@pytest.mark.slow
+def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, capsys):
+    from mmretrieval.cli import main
+
+    folder, _ = photos
+    reference, reference_summary = single_machine
+    assert main(["ingest", str(folder), "--collection", str(tmp_path / "col"), "--model", "builtin:shapes",
+                 "--ray", "--batch-size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert f"embedded {reference_summary.embedded}, unchanged 0, duplicates 1" in err
+    with Collection.open(tmp_path / "col") as col:
+        assert outcome(col) == outcome(reference)
+    assert main(["ingest", str(folder), "--collection", str(tmp_path / "col"), "--ray-output", "x"]) == 2
+    assert "--ray-output needs --ray" in capsys.readouterr().err
+
+
+def clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, count)] + 0.5 * rng.standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [dict(type="ivf", nlist=32, nprobe=6),
+                                    dict(type="ivfpq", nlist=32, nprobe=6, pq_m=8, pq_bits=4, opq=1)])
+def test_parallel_index_build_answers_as_a_one_process_build(tmp_path, config):
+    import faiss
+
+    from mmretrieval.collection.index import IndexConfig, VectorIndex
+    from mmretrieval.ingest.ray_index import ShardPlan, add_on_ray
+
+    dim, count = 32, 12_000
+    vectors = clustered(count, dim)
+    ids = np.arange(count, dtype=np.int64) * 3 + 7  # global catalog ids, not positions
+    trained = VectorIndex.trained(IndexConfig(**config), dim, vectors[::4]).faiss_index
+    reference = faiss.deserialize_index(faiss.serialize_index(trained))
+    reference.add_with_ids(vectors, ids)
+    blocks = [(ids[s:s + 2500], vectors[s:s + 2500]) for s in range(0, count, 2500)]
+    seen = []
+    merged = add_on_ray(trained, blocks, count, tmp_path / "work", tmp_path / "index.ivfdata",
+                        ShardPlan(in_flight=2), progress=lambda done, total: seen.append(done))
+    assert merged.ntotal == count and seen[-1] == count and len(seen) == len(blocks)
+    assert not list((tmp_path / "work").iterdir())  # shards removed after the merge
+    queries = clustered(20, dim, seed=1)
+    for index in (merged, reference):
+        faiss.extract_index_ivf(index).nprobe = 6
+    scores, found = merged.search(queries, 10)
+    expected_scores, expected = reference.search(queries, 10)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.98  # ties may swap places
+    assert set(found.ravel().tolist()) <= set(ids.tolist())
+
+    faiss.write_index(merged, str(tmp_path / "index.faiss"))  # refers to index.ivfdata, mapped on read
+    reread = faiss.read_index(str(tmp_path / "index.faiss"))
+    faiss.extract_index_ivf(reread).nprobe = 6
+    assert np.array_equal(reread.search(queries, 10)[1], found)
