@@ -26,4 +26,4 @@ bench: venv
 	$(PY) bench/query.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-data
+	rm -rf $(VENV) .pytest_cache demo-data build *.egg-info   # the demo cache itself is in ~/.cache/mmretrieval/demo

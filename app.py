@@ -1,7 +1,7 @@
 """Serve the mmretrieval web UI: ``python app.py [--collection DIR] [--model SPEC] [--host 127.0.0.1] [--port 7860]``.
 
 With no ``--collection`` (and no ``$MMR_COLLECTION``) it builds the demo collection once (a few thousand
-generated scenes, embedded with the bundled ``builtin:shapes`` model), caches it in ``demo-data/``, and
+generated scenes, embedded with the bundled ``builtin:shapes`` model), caches it in the user cache directory (``~/.cache/mmretrieval/demo``; ``--data-dir`` or ``$MMR_DEMO_DIR`` to choose), and
 serves that: no model or data download needed. Same as ``mmr serve``.
 """
 

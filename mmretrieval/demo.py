@@ -27,6 +27,7 @@ from typing import Callable
 
 from .training import scenes
 from .atomic import atomic_write_bytes, exclusive_lock
+from .cache import user_cache_dir
 from .models.specs import ModelSpec, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,15 @@ class DemoConfig:
 
 
 def default_demo_dir() -> Path:
-    """``$MMR_DEMO_DIR``, else ``demo-data/`` at the repository root (git-ignored)."""
+    """``$MMR_DEMO_DIR``, else ``demo/`` in the user's cache directory (see :mod:`mmretrieval.cache`).
+
+    Never next to the package: an installed package lives in site-packages, which may be read-only and is
+    shared by every user.
+    """
     configured = os.environ.get("MMR_DEMO_DIR")
     if configured:
         return Path(configured).expanduser()
-    return Path(__file__).resolve().parent.parent / "demo-data"
+    return user_cache_dir() / "demo"
 
 
 def collection_dir(root: Path) -> Path:

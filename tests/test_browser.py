@@ -128,3 +128,100 @@ def test_example_button_runs_its_query(app_url, browser, tmp_path):
     assert page.locator("#results .caption-label").count() == 24
     assert page.locator("#query textarea, #query input").first.input_value() == "a yellow star on a striped background"
     page.close()
+
+
+def test_more_like_this_with_nothing_selected_says_so(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_role("button", name="More like this").click()
+    page.get_by_text("No image is selected: click a search result").first.wait_for(timeout=30_000)
+    assert page.get_by_text("no embedded image with id").count() == 0
+    _screenshot(page, tmp_path, "more-like-this-nothing-selected.png")
+    page.close()
+
+
+def test_a_query_submitted_while_another_runs_is_not_dropped(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    box = page.locator("#query textarea, #query input").first
+    for query in ("a red circle", "two small green triangles", "a large purple cross"):  # faster than a search
+        box.fill(query)
+        box.press("Enter")
+    status = page.locator("#search-status")
+    status.get_by_text("results for 'a large purple cross'").wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # nothing older may land after it
+    assert "results for 'a large purple cross'" in status.inner_text()
+    assert box.input_value() == "a large purple cross"
+    page.close()
+
+
+def test_example_button_clears_a_hidden_query_image(app_url, browser, tmp_path):
+    from PIL import Image
+
+    upload = tmp_path / "query.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(upload)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()
+    page.locator("#query-image input[type=file]").set_input_files(str(upload))
+    page.locator("#query-image img").first.wait_for(timeout=30_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()  # hidden again, still holding the image
+    page.get_by_role("button", name="a red circle").click()
+    page.locator("#search-status").get_by_text("results for 'a red circle'").wait_for(timeout=60_000)
+    assert "image" not in page.locator("#search-status").inner_text().split(";")[0]
+    page.close()
+
+
+def _draw_map(page, labels: str) -> None:
+    box = page.locator("#map-labels textarea, #map-labels input").first
+    box.fill(labels)
+    before = page.locator("#map .mmr-map").get_attribute("data-version") or ""
+    page.locator("#draw-map").click()
+    page.wait_for_function(
+        "(before) => { const m = document.querySelector('#map .mmr-map'); "
+        "return m && m.dataset.version && m.dataset.version !== before && Number(m.dataset.points) > 0; }",
+        arg=before, timeout=120_000)
+
+
+def test_map_redraws_with_new_labels_and_answers_clicks_and_lassos(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Map").click()
+    _draw_map(page, "red, blue")
+    keys = [text.split(" (")[0] for text in page.locator("#map .mmr-key").all_inner_texts()]
+    assert keys and set(keys) <= {"red", "blue"}, keys  # the tiny random model may put every image in one
+    first = page.evaluate("() => getComputedStyle(document.querySelector('#map .mmr-key i')).backgroundColor")
+    assert first == {"red": "rgb(214, 39, 40)", "blue": "rgb(31, 95, 214)"}[keys[0]]  # colour words in their colour
+    painted = "() => { const c = document.querySelector('#map canvas'); const d = c.getContext('2d')" \
+              ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) " \
+              "if (d[i] > 0) n++; return n; }"
+    assert page.evaluate(painted) > 100
+
+    _draw_map(page, "star, cross")  # a redraw without reloading the page
+    keys = [text.split(" (")[0] for text in page.locator("#map .mmr-key").all_inner_texts()]
+    assert keys and set(keys) <= {"star", "cross"}, keys
+    assert page.evaluate(painted) > 100
+    _screenshot(page, tmp_path, "map.png")
+
+    canvas = page.locator("#map canvas")
+    x, y = (float(v) for v in page.locator("#map .mmr-map").get_attribute("data-first").split(","))
+    canvas.click(position={"x": x, "y": y})
+    page.locator("#map-details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
+
+    bounds = canvas.bounding_box()
+    page.mouse.move(bounds["x"] + 2, bounds["y"] + 2)
+    page.mouse.down()
+    for fraction in (0.3, 0.6, 0.99):
+        page.mouse.move(bounds["x"] + bounds["width"] * fraction, bounds["y"] + bounds["height"] * fraction, steps=3)
+    page.mouse.move(bounds["x"] + 2, bounds["y"] + bounds["height"] - 2, steps=3)
+    page.mouse.up()
+    page.locator("#map-selection-note").get_by_text("images selected").wait_for(timeout=30_000)
+    assert page.locator("#map-selection .thumbnail-item").count() > 0
+    assert errors == [], errors
+    page.close()

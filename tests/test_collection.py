@@ -148,6 +148,14 @@ def test_k_larger_than_collection_returns_only_real_hits(collection):
         collection.image_path(10_000)
 
 
+@pytest.mark.parametrize("as_type", [int, np.int64, np.int32])
+def test_similar_leaves_out_the_query_image_whatever_the_id_type(collection, as_type):
+    ids, _ = collection.vectors()
+    query_id = ids[0]  # a numpy integer, as FAISS and catalog results give them
+    hits = collection.similar(as_type(query_id), k=3)
+    assert len(hits) == 3 and int(query_id) not in {hit.id for hit in hits}
+
+
 def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     caplog.set_level(logging.WARNING)
     write_good_images(tmp_path / "photos", 5)
@@ -196,7 +204,7 @@ def test_label_store_filter_and_export(tmp_path, collection):
     assert {r["labels"][0]["label"] for r in records} <= {"red", "blue", "green"}
     organized = collection.organize(tmp_path / "sorted")
     assert organized.placed == 7 and organized.missing == () and len(list((tmp_path / "sorted" / label).iterdir())) == count
-    multi = collection.label(["red", "blue"], multi_label=True, threshold=0.0)
+    multi = collection.label(["red", "blue"], multi_label=True, threshold=0.0, label_set="multi")
     assert multi.counts == {"red": 7, "blue": 7}
 
 

@@ -175,6 +175,33 @@ def test_mismatched_checkpoint_is_a_checkpoint_error(tiny_model_dir, tiny_siglip
         load_encoder(str(directory), device="cpu")
 
 
+@pytest.mark.parametrize("other_name", ["a.safetensors", "model.safetensors", "a.bin"])
+def test_two_weight_files_identity_names_the_file_that_is_loaded(tiny_model_dir, tiny_siglip_dir, tmp_path,
+                                                                  other_name):
+    """With two checkpoints in a directory, the identity hash and the loaded weights come from one file."""
+    from mmretrieval.models.specs import sha256_file
+
+    directory = tmp_path / "two"
+    shutil.copytree(tiny_model_dir, directory)
+    weights = directory / "open_clip_model.safetensors"
+    other = tiny_siglip_dir / "open_clip_model.safetensors"  # same shapes apart from logit_bias
+    if other_name.endswith(".bin"):
+        from safetensors.torch import load_file
+
+        state = {k: v for k, v in load_file(str(other)).items() if k != "logit_bias"}
+        torch.save(state, directory / other_name)
+    else:
+        shutil.copy(other, directory / other_name)
+    weights.rename(directory / "open_clip_pytorch_model.safetensors")  # a name open_clip prefers to other_name
+    encoder = load_encoder(str(directory), device="cpu")
+    from safetensors.torch import load_file
+
+    loaded_file = directory / "open_clip_pytorch_model.safetensors"
+    expected = load_file(str(loaded_file))["token_embedding.weight"]
+    assert torch.equal(encoder.model.token_embedding.weight.detach().cpu(), expected.float())
+    assert encoder.identity.weights == sha256_file(loaded_file)
+
+
 def test_missing_directory_config_and_weights(tmp_path, tiny_model_dir):
     with pytest.raises(ModelSpecError, match="does not exist"):
         load_encoder(str(tmp_path / "nowhere"), device="cpu")

@@ -110,3 +110,54 @@ def test_held_out_split_is_disjoint_seeded_and_small():
     assert split_held_out(items, seed=0) == (train_items, held)
     assert split_held_out(items, seed=1)[1] != held
     assert split_held_out(items[:19], seed=0)[1] == []
+
+
+def _open_fds_to(path) -> list[str]:
+    import os
+
+    fd_dir = "/proc/self/fd"
+    targets = []
+    for fd in os.listdir(fd_dir):
+        try:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:
+            continue
+    return [t for t in targets if t == str(path)]
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_failed_run_closes_its_log(tmp_path, monkeypatch):
+    import mmretrieval.training.train as train_module
+
+    def broken_scoring(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train_module, "_held_out_score", broken_scoring)
+    config = TrainConfig(out=str(tmp_path / "m"), steps=1, batch_size=2, workers=0, device="cpu", eval_every=0)
+    with pytest.raises(RuntimeError, match="boom") as excinfo:
+        train(config)
+    assert excinfo.traceback  # the traceback (and its frames) are still alive here
+    assert _open_fds_to((tmp_path / "m" / "train_log.jsonl").resolve()) == []
+
+
+def test_a_batch_where_every_image_fails_is_skipped_not_a_crash(tmp_path, tiny_model_dir):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for i in range(4):
+        (data / f"{i}.png").write_bytes(b"not a png at all")
+        (data / f"{i}.txt").write_text(f"caption {i}")
+    logs = []
+    out = train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2, batch_size=4,
+                            workers=0, device="cpu", warmup_steps=1, eval_every=0), on_log=logs.append)
+    assert logs == []  # no step had a loss to log
+    assert (out / "open_clip_model.safetensors").is_file()  # the last step still saves
+
+
+def test_cli_train_takes_trainconfig_defaults_for_options_left_out(tmp_path):
+    from mmretrieval.cli import main
+
+    out = tmp_path / "cli-model"
+    assert main(["train", "--out", str(out), "--steps", "1", "--batch-size", "2", "--workers", "0",
+                 "--device", "cpu", "--eval-every", "0", "--warmup-steps", "1"]) == 0
+    saved = json.loads((out / "open_clip_config.json").read_text())["training"]
+    assert saved["steps"] == 1 and saved["arch"] == "shapes-vit-tiny" and saved["lr"] == TrainConfig(out="x").lr

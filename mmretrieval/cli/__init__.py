@@ -13,9 +13,9 @@ import warnings
 from typing import Sequence
 
 from ..errors import MMRError
-from . import collection_cmds, import_cmd, model_cmds, serve_cmd
+from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
 
-_COMMAND_MODULES = (model_cmds, collection_cmds, import_cmd, serve_cmd)
+_COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

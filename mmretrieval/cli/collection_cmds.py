@@ -101,7 +101,7 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--threshold", type=float, help="drop results scoring below this cosine")
     parser.add_argument("--prefix", help="only images whose path starts with this (e.g. a folder)")
-    parser.add_argument("--label", help="only images labelled this by `mmr label`")
+    parser.add_argument("--label", help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path")
 
 
@@ -233,6 +233,10 @@ def _register_label(subparsers) -> None:
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label probability cutoff (default 0.5)")
+    parser.add_argument("--set", dest="label_set", default="default", metavar="NAME",
+                        help="label set to write (default: 'default'); other sets are kept, and search --label "
+                        "takes SET:LABEL or LABEL")
+    parser.add_argument("--replace", action="store_true", help="replace the set if it exists (else: refused)")
     parser.add_argument("--out", help="export the labels to a .csv or .jsonl file")
     parser.add_argument("--organize", metavar="OUTDIR", help="link images into OUTDIR/<label>/")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
@@ -244,7 +248,8 @@ def _label(args: argparse.Namespace) -> int:
     with _open(args.collection, device=args.device) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
-                                       threshold=args.threshold, progress=progress)
+                                       threshold=args.threshold, label_set=args.label_set, replace=args.replace,
+                                       progress=progress)
         if args.out:
             collection.export_labels(args.out)
         if args.organize:

@@ -63,25 +63,27 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from ..training.config import SHAPES_ARCH, TrainConfig
-
+    # Defaults live in TrainConfig; options left out are absent from args (SUPPRESS), so registering this
+    # parser imports nothing from training/ (every `mmr` command builds all parsers, `mmr search` included).
     parser = subparsers.add_parser(
         "train", help="contrastive training: the demo model, or fine-tuning on your captioned images",
         description="Train an open_clip dual encoder with CLIP's softmax loss (SigLIP's sigmoid loss for models "
         "with a logit_bias) on generated scenes or on a captioned set (folder with sidecar .txt captions, or a "
         "CSV with path,caption). Logs loss and a held-out score to stderr and OUT/train_log.jsonl; saves OUT "
-        "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads.",
+        "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads. "
+        "Options left out take TrainConfig's defaults (mmretrieval/training/config.py).",
+        argument_default=argparse.SUPPRESS,
     )
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
     parser.add_argument("--out", required=True, help="output model directory")
-    parser.add_argument("--data", default="scenes", help="'scenes' (generated) or a captioned folder/CSV")
-    parser.add_argument("--arch", default=SHAPES_ARCH, help=f"fresh architecture: {SHAPES_ARCH} or an open_clip name")
-    parser.add_argument("--init", default=None, metavar="SPEC", help="fine-tune this model spec instead")
+    parser.add_argument("--data", help="'scenes' (generated, the default) or a captioned folder/CSV")
+    parser.add_argument("--arch", help="fresh architecture: shapes-vit-tiny (the default) or an open_clip name")
+    parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead")
     for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     for name in ("lr", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
-    parser.add_argument("--full-precision", action="store_true", help="store float32 weights (default float16)")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float)
+    parser.add_argument("--full-precision", action="store_true", default=False,
+                        help="store float32 weights (default float16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.set_defaults(handler=_train)
 
@@ -91,7 +93,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..training.config import StepLog, TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
-    config = TrainConfig(**{name: getattr(args, name) for name in names}, half=not args.full_precision)
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    config = TrainConfig(**given, half=not args.full_precision)
 
     def log(entry: StepLog) -> None:
         scores = " ".join(f"{k}={v:.3f}" for k, v in entry.held_out.items())

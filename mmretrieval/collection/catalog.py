@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import label_sets
 from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
@@ -241,30 +242,18 @@ class Catalog(VectorPlaces):
                            "WHERE status IN ('failed', 'skipped') ORDER BY path")
         return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
 
-    # -- labels -----------------------------------------------------------------------------------------------
-    def replace_labels(self, assignments: Iterable[tuple[int, str, float]]) -> None:
-        """Replace every stored label with ``(image_id, label, probability)`` rows, in one transaction."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM labels")
-            db.executemany("INSERT INTO labels(image_id, label, probability) VALUES (?, ?, ?)", assignments)
-
+    # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
     def labels_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
-        """Assigned ``(label, probability)`` pairs per id, best first."""
-        found: dict[int, list[tuple[str, float]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
-            for id_, label, probability in self._query(
-                "SELECT image_id, label, probability FROM labels "
-                f"WHERE image_id IN ({','.join('?' * len(chunk))}) ORDER BY probability DESC", chunk):
-                found.setdefault(id_, []).append((label, probability))
-        return {id_: tuple(pairs) for id_, pairs in found.items()}
+        """Assigned ``(label, probability)`` pairs per id, best first (``SET:LABEL`` outside the default set)."""
+        return label_sets.labels_of(self, ids)
 
     def ids_with_label(self, label: str) -> npt.NDArray[np.int64]:
-        rows = self._query("SELECT image_id FROM labels WHERE label = ?", (label,))
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        """Ids assigned ``label``: ``SET:LABEL``, or ``LABEL`` in any set."""
+        return label_sets.ids_with_label(self, label)
 
     def label_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT label, COUNT(*) FROM labels GROUP BY label ORDER BY label"))
+        """Images per label, over every label set."""
+        return label_sets.counts(self)
 
 
 def _connect(path: Path, writable: bool) -> sqlite3.Connection:

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..atomic import exclusive_lock
-from ..models.encoder import DualEncoder, load_encoder
+from ..models.encoder import DualEncoder, load_encoder, resolve_device
 from ..errors import CollectionError, QueryError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
@@ -52,6 +52,9 @@ from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
 
 if TYPE_CHECKING:
     from ..ingest.ray_runner import RayIngestConfig
+    from .label_sets import LabelSet
+    from ..models.text_tower import TextEncoder
+    from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class Collection:
         self.identity = identity
         self.device = device
         self._encoder = encoder
+        self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy)
 
@@ -180,10 +184,11 @@ class Collection:
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
                                       str(self.directory), progress)
-        encoder = self.encoder
-        config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s, prune=prune)
+        # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
+        device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
+        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune)
         with self.writing(busy):
-            return run_ingest(self.catalog, encoder, [str(s) for s in sources], config, progress)
+            return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 
     @contextmanager
     def writing(self, busy_message: str | None = None) -> Iterator[Catalog]:
@@ -259,8 +264,18 @@ class Collection:
         Raises:
             QueryError: an empty or self-cancelling query, an unreadable query image, k < 1.
         """
-        vector = query_vector(Query.of(query), self.encoder.encode_texts, self._embed_image)
+        vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
         return self._nearest(vector, k, threshold, path_prefix, label)
+
+    def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
+        with self._lock:
+            if self._encoder is None and self._text_encoder is None:
+                from ..models.text_tower import load_text_encoder
+
+                self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False
+            encoder = self._encoder or self._text_encoder or self.encoder
+        return encoder.encode_texts(texts)
 
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
                 path_prefix: str | None = None, label: str | None = None) -> list[Hit]:
@@ -269,7 +284,7 @@ class Collection:
         Raises:
             QueryError: an unknown id, or an image that cannot be decoded.
         """
-        exclude = image if isinstance(image, int) else None
+        exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
             exclude = self.catalog.id_of_path(image)
         hits = self._nearest(self._embed_image(image), k + (exclude is not None), threshold, path_prefix, label)
@@ -325,6 +340,27 @@ class Collection:
                 raise QueryError(f"no image has label {label!r}; labels: {known}")
             allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
         return allowed
+
+    def duplicates(self, threshold: float | None = None, k: int = 10,
+                   progress: Progress | None = None) -> "list[DuplicateGroup]":
+        """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
+
+        Args:
+            threshold: cosine at or above which two images are copies; None uses the model family's default.
+            k: neighbours searched per image.
+            progress: ``(done, total)`` while searching.
+
+        See :mod:`mmretrieval.collection.duplicates`.
+        """
+        from .duplicates import default_threshold, find_duplicates
+
+        def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+            with self._lock:  # one block at a time: an ingest in another thread may add between blocks
+                self._indexes.sync()
+                return self._indexes.index.search(queries, k)
+
+        chosen = default_threshold(self.identity) if threshold is None else threshold
+        return find_duplicates(self.catalog, search, chosen, k, progress)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def image_path(self, image_id: int) -> Path:
@@ -385,12 +421,22 @@ class Collection:
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
-              multi_label: bool = False, threshold: float = 0.5, progress: Progress | None = None) -> LabelSummary:
-        """Label every embedded image zero-shot from its stored vector; see :mod:`mmretrieval.collection.labelling`."""
+              multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
+              progress: Progress | None = None) -> LabelSummary:
+        """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
+
+        A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
+        """
         from .labelling import label_collection
 
-        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label, threshold=threshold,
-                                progress=progress)
+        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+                                threshold=threshold, label_set=label_set, replace=replace, progress=progress)
+
+    def label_sets(self) -> list["LabelSet"]:
+        """The stored label sets (one per labelling run that named it), oldest first."""
+        from .label_sets import sets
+
+        return sets(self.catalog)
 
     def export_labels(self, path: str | os.PathLike) -> int:
         """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..atomic import atomic_write_text
 from ..errors import CollectionError
+from .label_sets import DEFAULT_SET, LabelSetWriter
 from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
 
 if TYPE_CHECKING:
@@ -38,36 +39,45 @@ class LabelSummary:
     counts: dict[str, int]  # label -> images assigned it
     multi_label: bool
     threshold: float | None  # multi-label threshold; None for single-label
+    label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
 
 
 def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequence[str] | str, templates: str | Sequence[str],
-                     *, multi_label: bool, threshold: float,
+                     *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> LabelSummary:
-    """Score every embedded image against ``labels`` and store the assigned ones (replacing earlier labels).
+    """Score every embedded image against ``labels`` and store the assigned ones as label set ``label_set``.
+
+    Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set
+    replaces a stored set of the same name only when ``replace`` is true, and other sets are never touched.
 
     Raises:
         QueryError: no labels, unknown templates.
+        CollectionError: a bad set name, or the set exists and ``replace`` is false.
     """
     names = parse_labels(labels)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
+    writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label,
+                            threshold=threshold if multi_label else None, replace=replace)
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
-    all_ids = sorted(catalog.vector_ids().tolist())
-    assignments: list[tuple[int, str, float]] = []
+    all_ids = catalog.vector_ids()
+    all_ids.sort()
+    counts = {name: 0 for name in names}
     for start in range(0, len(all_ids), _CHUNK):
-        ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK])
+        ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK].tolist())
         probabilities = classifier.probabilities(vectors, multi_label=multi_label)
-        for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
-                                                                threshold=threshold)):
-            assignments += [(image_id, p.label, p.probability) for p in predictions]
+        chunk = [(image_id, p.label, p.probability)
+                 for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
+                                                                        threshold=threshold))
+                 for p in predictions]
+        writer.add(chunk)
+        for _, name, _ in chunk:
+            counts[name] += 1
         if progress:
             progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
-    catalog.replace_labels(assignments)
-    counts = {name: 0 for name in names}
-    for _, name, _ in assignments:
-        counts[name] += 1
-    logger.info("labelled %d images", len(all_ids))
+    writer.commit()
+    logger.info("labelled %d images into label set %r", len(all_ids), writer.name)
     return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label,
-                        threshold=threshold if multi_label else None)
+                        threshold=threshold if multi_label else None, label_set=writer.name)
 
 
 def _labelled_rows(catalog: "Catalog") -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:

@@ -64,12 +64,24 @@ CREATE TABLE IF NOT EXISTS segment_commits (
     rows INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS labels (
+    label_set TEXT NOT NULL DEFAULT 'default',  -- the labelling run's set (see label_sets.py)
     image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
     label TEXT NOT NULL,
     probability REAL NOT NULL,
-    PRIMARY KEY (image_id, label)
+    PRIMARY KEY (label_set, image_id, label)
 );
 CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
+CREATE INDEX IF NOT EXISTS labels_image ON labels(image_id);
+CREATE TABLE IF NOT EXISTS labels_staging (     -- a labelling run's chunks until it commits
+    label_set TEXT NOT NULL, image_id INTEGER NOT NULL, label TEXT NOT NULL, probability REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_sets (
+    name TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,               -- JSON list of the run's labels, in the order given
+    multi_label INTEGER NOT NULL,
+    threshold REAL,                     -- multi-label cutoff, NULL for single-label
+    created_s REAL NOT NULL             -- Unix time of the run
+);
 """
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step
@@ -100,8 +112,30 @@ def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
     db.execute("DROP TABLE vectors")
 
 
+def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
+    """Label sets: ``labels`` gains ``label_set`` (earlier labels become set ``default``, described in ``label_sets``)."""
+    for statement in (
+        """CREATE TABLE labels_v3 (
+            label_set TEXT NOT NULL DEFAULT 'default',
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            probability REAL NOT NULL,
+            PRIMARY KEY (label_set, image_id, label))""",
+        """INSERT INTO labels_v3(label_set, image_id, label, probability)
+            SELECT 'default', image_id, label, probability FROM labels""",
+        "DROP TABLE labels",
+        "ALTER TABLE labels_v3 RENAME TO labels",
+    ):
+        db.execute(statement)
+    create_tables(db)
+    db.execute("""INSERT OR IGNORE INTO label_sets(name, labels, multi_label, threshold, created_s)
+        SELECT 'default', (SELECT json_group_array(label) FROM (SELECT DISTINCT label FROM labels ORDER BY label)),
+               0, NULL, CAST(strftime('%s', 'now') AS REAL)
+        WHERE EXISTS (SELECT 1 FROM labels)""")
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

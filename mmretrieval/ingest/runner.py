@@ -32,13 +32,14 @@ Progress = Callable[[int, int], None]  # (done, total)
 TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable"})
 
 
-def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], config: IngestConfig,
-               progress: Progress | None = None) -> IngestSummary:
+def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder], sources: Sequence[str],
+               config: IngestConfig, progress: Progress | None = None) -> IngestSummary:
     """Bring the catalog up to date with ``sources``.
 
     Args:
         catalog: the collection's catalog (its model identity already checked against ``encoder``).
-        encoder: the model that embeds new images.
+        encoder: the model that embeds new images, or a callable that loads it: called only when something
+            needs embedding, so a run over unchanged files never loads a model.
         sources: folders, image files, and ``.txt``/``.csv`` list files.
         config: batch size, workers, per-file timeout, prune.
         progress: called with ``(done, total)`` after each committed batch.
@@ -52,11 +53,27 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], c
     """
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
     tasks = [DecodeTask(image_id, path) for image_id, path in catalog.pending()]
-    writer = CatalogWriter(catalog)
     counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
-    done = 0
     if progress:
         progress(0, len(tasks))
+    if tasks:
+        counts.update(_embed_tasks(catalog, encoder if isinstance(encoder, DualEncoder) else encoder(), tasks,
+                                   config, progress))
+    failed_by_reason: dict[str, int] = {}
+    for key, count in sorted(counts.items()):
+        if ":" in key:
+            reason = key.split(":", 1)[1]
+            failed_by_reason[reason] = failed_by_reason.get(reason, 0) + count
+    return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
+                         failed=failed_by_reason, pruned=pruned)
+
+
+def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: list[DecodeTask], config: IngestConfig,
+                 progress: Progress | None) -> collections.Counter[str]:
+    """Decode, embed and commit ``tasks`` batch by batch; returns counts (embedded, duplicates, failed:REASON)."""
+    writer = CatalogWriter(catalog)
+    counts: collections.Counter[str] = collections.Counter()
+    done = 0
     pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
     for decoded, failed in _batches(pool.run(tasks), config.batch_size):
         batch = embed_batch(encoder, catalog, decoded, failed)
@@ -67,13 +84,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder, sources: Sequence[str], c
         done += len(decoded) + len(failed)
         if progress:
             progress(done, len(tasks))
-    failed_by_reason: dict[str, int] = {}
-    for key, count in sorted(counts.items()):
-        if ":" in key:
-            reason = key.split(":", 1)[1]
-            failed_by_reason[reason] = failed_by_reason.get(reason, 0) + count
-    return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
-                         failed=failed_by_reason, pruned=pruned)
+    return counts
 
 
 def plan_sources(catalog: Catalog, sources: Sequence[str], prune: bool) -> tuple[int, list[Skipped], int]:

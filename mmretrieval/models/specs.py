@@ -17,13 +17,14 @@ import logging
 import os
 import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -122,12 +123,27 @@ def _offline_help(spec: ModelSpec) -> str:
     )
 
 
+# The names open_clip's own directory loader prefers, best first; ours is the same order so that a directory
+# means the same weights to us and to anyone loading it with open_clip directly.
+_PREFERRED_CHECKPOINTS = (
+    WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+
+
 def find_checkpoint(directory: Path) -> Path:
-    """The weights file in an open_clip model directory, safetensors first."""
+    """The weights file of an open_clip model directory: a preferred name first, then safetensors, then by name.
+
+    This one choice is both hashed into the model identity and loaded (open_clip is handed this file), so
+    a directory holding two checkpoints can never be described by one and run with the other.
+    """
     candidates = sorted(p for p in directory.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file())
     if not candidates:
         raise ModelSpecError(f"no weights in {directory}: expected {WEIGHTS_NAME} (or a .bin/.pth checkpoint)")
-    candidates.sort(key=lambda p: (p.suffix != ".safetensors", p.name != WEIGHTS_NAME))
+    rank = {name: i for i, name in enumerate(_PREFERRED_CHECKPOINTS)}
+    candidates.sort(key=lambda p: (rank.get(p.name, len(rank)), p.suffix != ".safetensors", p.name))
+    if len(candidates) > 1:
+        logger.info("%s holds %d checkpoints; using %s", directory, len(candidates), candidates[0].name)
     return candidates[0]
 
 
@@ -160,15 +176,45 @@ def model_config_of(spec: ModelSpec) -> dict[str, Any]:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file; hub cache blobs are already named by it, so those are free."""
-    blob = Path(os.path.realpath(path)).name
-    if re.fullmatch(r"[0-9a-f]{64}", blob):
-        return blob
+    """Hex sha256 of a file; hub cache blobs are already named by it, and other files are hashed once.
+
+    A computed hash is remembered in the user cache, keyed by the file's real path and stamped with its
+    size, mtime, ctime and inode (the same trust as ingestion's unchanged-file check, plus ctime, which no
+    tool resets), so a 600 MB checkpoint is not re-read by every command that checks a model's identity.
+    """
+    real = Path(os.path.realpath(path))
+    if re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    stamp, memo = _file_stamp(real), _hash_memo_path(real)
+    try:
+        remembered = json.loads(memo.read_text(encoding="utf-8"))
+        if remembered.get("stamp") == stamp and re.fullmatch(r"[0-9a-f]{64}", remembered.get("sha256", "")):
+            return remembered["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(real, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        record = {"path": str(real), "stamp": stamp, "sha256": digest.hexdigest()}
+        atomic_write_bytes(memo, json.dumps(record).encode(), durable=False)
+    except OSError as exc:  # a read-only home: correct, just slower next time
+        logger.debug("cannot remember the hash of %s: %s", real, exc)
     return digest.hexdigest()
+
+
+def _file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def _hash_memo_path(real: Path) -> Path:
+    from ..cache import user_cache_dir
+
+    name = hashlib.sha256(os.fsencode(real)).hexdigest()[:32]
+    return user_cache_dir() / "sha256" / f"{name}.json"
 
 
 def _state_hash(model: torch.nn.Module) -> str:
@@ -215,10 +261,14 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
 
     source = _resolve(open_clip, spec)
     try:
-        model = open_clip.create_model(
-            source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
-            cache_dir=cache_dir, weights_only=True,
-        )
+        # A model directory's weights are loaded from the file we chose (and hash), not one open_clip picks.
+        with _without_random_init_warning(source.checkpoint is not None):
+            model = open_clip.create_model(
+                source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
+                cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
+            )
+        if source.checkpoint is not None:
+            open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
         tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
     except Exception as exc:  # open_clip and its backends raise many types; translate the ones we know
         raise _translate_load_error(exc, spec, source.checkpoint) from exc
@@ -230,8 +280,13 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
         architecture = _config_hash(open_clip.get_model_config(source.open_clip_name) or {})
     else:
         architecture = spec.name
-    embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
-        else int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):  # proj_bias configs
+        embed_dim = int(projection.out_features)
+    elif projection is not None:
+        embed_dim = int(projection.shape[-1])
+    else:
+        embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     identity = ModelIdentity(
         spec=str(spec),
         architecture=architecture,
@@ -241,6 +296,25 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     )
     dims = tuple(source.config.get("matryoshka_dims", ()))
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, matryoshka_dims=dims)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _without_random_init_warning(active: bool) -> Iterator[None]:
+    """open_clip warns that a model it built without weights is random; we load them right after."""
+    if not active:
+        yield
+        return
+    root, dropper = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(dropper)
+    try:
+        yield
+    finally:
+        root.removeFilter(dropper)
 
 
 def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:

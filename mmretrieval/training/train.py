@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -66,8 +66,11 @@ class PairDataset(Dataset):
         return torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0]
 
 
-def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Stack the pairs that decoded; None when none did (the training loop skips that step)."""
     pairs = [pair for pair in batch if pair is not None]
+    if not pairs:
+        return None
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
@@ -148,42 +151,66 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
     device = resolve_device(config.device)
     loaded, model_cfg = _build(config, device)
     model = loaded.model.float().train()
-    sigmoid = getattr(model, "logit_bias", None) is not None
-    loss_fn = open_clip.loss.SigLipLoss() if sigmoid else open_clip.loss.ClipLoss()
+    loss_fn = open_clip.loss.SigLipLoss() if getattr(model, "logit_bias", None) is not None else open_clip.loss.ClipLoss()
     optimizer = _optimizer(model, config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "train_log.jsonl", "w", encoding="utf-8")
-    normalise = PixelNormaliser(loaded.identity.preprocess, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    started = time.perf_counter()
     pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
-    for step, (images, tokens) in enumerate(_loader(config, loaded, device, pairs)):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
-        with autocast:
-            image_features = model.encode_image(normalise(images.to(device, non_blocking=True)), normalize=True)
-            text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
-            extra = (model.logit_bias,) if sigmoid else ()
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        last = step == config.steps - 1
-        checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
-        if step % 50 == 0 or checkpoint:
-            held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
-            entry = StepLog(step, float(loss.item()), _lr_at(step, config), time.perf_counter() - started, held_out)
+    with open(out / "train_log.jsonl", "w", encoding="utf-8") as log_file:
+        for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn):
             log_file.write(json.dumps(asdict(entry)) + "\n")
             log_file.flush()
             if on_log:
                 on_log(entry)
+    return out
+
+
+def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], device: torch.device,
+           pairs: list[CaptionedImage], held_pairs: list[CaptionedImage], optimizer: torch.optim.Optimizer,
+           loss_fn: Callable[..., torch.Tensor]) -> Iterator[StepLog]:
+    """Run the training steps, saving at checkpoints; yields the entries for the log.
+
+    A batch in which no image decoded is skipped (the step still counts, so a run stays a pure function of
+    its seed and step count, and the last step still saves).
+    """
+    model = loaded.model
+    sigmoid = getattr(model, "logit_bias", None) is not None
+    normalise = PixelNormaliser(loaded.identity.preprocess, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    started = time.perf_counter()
+    for step, batch in enumerate(_loader(config, loaded, device, pairs)):
+        loss = None
+        if batch is None:
+            logger.warning("step %d: no image of the batch decoded; skipping the step", step)
+        else:
+            loss = _step(model, normalise, autocast, optimizer, loss_fn, sigmoid, batch, _lr_at(step, config), device)
+        last = step == config.steps - 1
+        checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
+        if loss is not None and (step % 50 == 0 or checkpoint):
+            held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
+            yield StepLog(step, loss, _lr_at(step, config), time.perf_counter() - started, held_out)
         if checkpoint:  # an interrupted run still leaves its latest held-out-scored weights
             _save(model, model_cfg, loaded, config, step)
-    log_file.close()
-    return out
+
+
+def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, optimizer: torch.optim.Optimizer,
+          loss_fn: Callable[..., torch.Tensor], sigmoid: bool, batch: tuple[torch.Tensor, torch.Tensor], lr: float,
+          device: torch.device) -> float:
+    """One optimiser step on ``batch``; returns the loss."""
+    images, tokens = batch
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        image_features = model.encode_image(normalise(images.to(device, non_blocking=True)), normalize=True)
+        text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
+        extra = (model.logit_bias,) if sigmoid else ()
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return float(loss.item())
 
 
 def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int) -> Path:

@@ -1,4 +1,4 @@
-"""Handlers of the Label, Collection and Map tabs: the actions that read or change the whole collection."""
+"""Handlers of the Label and Collection tabs: the actions that read or change the whole collection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from ..models.zeroshot import parse_labels
-from . import projection
+from .charts import bar_chart
 from .context import AppContext, user_errors
 
 logger = logging.getLogger(__name__)
@@ -21,12 +21,11 @@ SAMPLES_PER_LABEL = 4  # sample images shown for each label after labelling
 
 
 class CollectionHandlers:
-    """Info, ingest, label and map over one :class:`AppContext`."""
+    """Info, ingest and label over one :class:`AppContext`."""
 
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
         self._export_dir = Path(tempfile.mkdtemp(prefix="mmr-ui-export-"))
-        self._map: pd.DataFrame | None = None
 
     # -- info ------------------------------------------------------------------------------------------------
     @user_errors
@@ -63,18 +62,21 @@ class CollectionHandlers:
         # while a long ingest runs. The collection itself refuses a second concurrent ingest.
         summary = self.ctx.collection.ingest([source], progress=report)
         self.ctx.thumbnails.clear()
-        self._map = None
+        with self.ctx.lock:
+            failed_here = [f for f in self.ctx.collection.failures() if _is_under(f.path, source)]
         info, failures = self.collection_info()
-        return _markdown_of(summary, f"Ingested {source}"), info, failures
+        return describe_ingest(summary, source, failed_here), info, failures
 
     # -- label -----------------------------------------------------------------------------------------------
     @user_errors
     def label_collection(
         self, labels: str, templates: str = "default", multi_label: bool = False, threshold: float = 0.5,
-        progress: gr.Progress = gr.Progress(),
-    ) -> tuple[pd.DataFrame, list[tuple[Any, str]], str | None, str]:
-        """Label every image zero-shot; returns counts per label, sample images, the CSV file and a summary."""
-        names = parse_labels(labels or "")
+        label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
+    ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
+        """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
+        names = parse_labels(labels) if (labels or "").replace(",", "").strip() else []
+        if not names:
+            raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
         progress(0, desc="Embedding the labels…")
 
         def report(done: int, total: int) -> None:
@@ -82,70 +84,23 @@ class CollectionHandlers:
 
         with self.ctx.lock:
             summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
-                                                threshold=float(threshold), progress=report)
+                                                threshold=float(threshold), label_set=(label_set or "").strip()
+                                                or "default", replace=bool(replace), progress=report)
             csv_path = self._export_dir / "labels.csv"
             self.ctx.collection.export_labels(csv_path)
-            samples = {name: self._samples(name) if summary.counts.get(name) else [] for name in names}
-        self._map = None
+            samples = {name: self._samples(f"{summary.label_set}:{name}") if summary.counts.get(name) else []
+                       for name in names}
         counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{name} ({summary.counts.get(name, 0)})")
                    for name in names for image_id in samples[name]]
-        return counts, gallery, str(csv_path), _markdown_of(summary, "Labelled the collection")
+        chart = bar_chart(names, counts["count"].tolist(), title="Images per label", value_format="{:.0f}",
+                          elem_id="label-count-bars")
+        return chart, counts, gallery, str(csv_path), describe_labelling(summary)
 
-    def _samples(self, name: str) -> list[int]:
-        """A few of the most typical images of label ``name``: its own text as the query, filtered to it."""
-        return [hit.id for hit in self.ctx.collection.search(name, k=SAMPLES_PER_LABEL, label=name)]
-
-    # -- map -------------------------------------------------------------------------------------------------
-    @user_errors
-    def collection_map(self, labels: str = "", templates: str = "default",
-                       progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, str]:
-        """The 2-D map's points, coloured by the most probable of ``labels``, else by the stored labels."""
-        progress(0, desc="Projecting the embeddings…")
-        with self.ctx.lock:
-            ids, embeddings = self.ctx.collection.vectors()
-        if len(ids) == 0:
-            raise gr.Error("The collection has no embedded images yet; ingest a folder first.", print_exception=False)
-        points = projection.pca_2d(ids, embeddings)
-        row_of = {int(image_id): row for row, image_id in enumerate(ids)}
-        shown_embeddings = embeddings[[row_of[int(image_id)] for image_id in points.ids]]
-        point_labels, confidence = self._point_labels(labels, templates, points.ids, shown_embeddings)
-        self._map = projection.map_table(points, point_labels, confidence, self._names(points.ids))
-        shown = f"{len(points.ids)} of {len(ids)}" if len(points.ids) < len(ids) else f"all {len(ids)}"
-        colour = ("the typed labels" if (labels or "").strip() else
-                  "the collection's labels" if point_labels else "nothing (type labels, or label the collection)")
-        note = (f"PCA of {shown} images, coloured by {colour}; the axes explain {points.explained[0]:.0%} and "
-                f"{points.explained[1]:.0%} of the variance. Hover a point for its file; drag across the plot to "
-                "see those images.")
-        return self._map, note
-
-    def _point_labels(self, labels: str, templates: str, ids: Any, embeddings: Any) -> tuple[list[str] | None, Any]:
-        if (labels or "").strip():
-            classifier = self.ctx.classifiers.get(self.ctx.encoder, tuple(parse_labels(labels)), templates)
-            return projection.classify_points(classifier, embeddings)
-        with self.ctx.lock:
-            stored = self.ctx.collection.label_of([int(i) for i in ids])
-        if not stored:
-            return None, None
-        best = [stored.get(int(i), ((projection.UNLABELLED, float("nan")),))[0] for i in ids]
-        return [name for name, _ in best], [probability for _, probability in best]
-
-    @user_errors
-    def map_select(self, event: gr.SelectData) -> list[tuple[Any, str]]:
-        """The images under a brushed x-range of the map, nearest its centre first."""
-        if self._map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
-            return []
-        chosen = projection.ids_in_range(self._map, (float(event.index[0]), float(event.index[1])))
-        by_id = self._map.set_index("id")
-        return [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{by_id.at[image_id, 'label']} · {by_id.at[image_id, 'name']}")
-                for image_id in chosen]
-
-    def _names(self, ids: Any) -> list[str]:
-        wanted = [int(image_id) for image_id in ids]
-        with self.ctx.lock:
-            rows = self.ctx.collection.catalog.rows(wanted)  # one query, not one per point
-        return [Path(rows[image_id].path).name if image_id in rows else "?" for image_id in wanted]
-
+    def _samples(self, qualified: str) -> list[int]:
+        """A few of the most typical images of label ``SET:LABEL``: the label's text as the query, filtered to it."""
+        text = qualified.split(":", 1)[1]
+        return [hit.id for hit in self.ctx.collection.search(text, k=SAMPLES_PER_LABEL, label=qualified)]
 
 def describe_collection(info: Any) -> str:
     """A CollectionInfo as a short Markdown summary."""
@@ -161,6 +116,42 @@ def describe_collection(info: Any) -> str:
         f"- labels: {labels}",
         f"- on disk: {megabytes:.1f} MB",
     ])
+
+
+def describe_ingest(summary: Any, source: Path, failed_here: list[Any]) -> str:
+    """An IngestSummary in words, honest about files under ``source`` that failed in earlier ingests."""
+    failed_now = ", ".join(f"{count} {reason}" for reason, count in summary.failed.items())
+    earlier = len(failed_here) - summary.failed_total
+    lines = [f"**Ingested** `{source}`",
+             f"- embedded: {summary.embedded} new or changed files",
+             f"- unchanged since the last ingest: {summary.unchanged}",
+             f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
+             f"- failed in this run: {summary.failed_total}{f' ({failed_now})' if failed_now else ''}"]
+    if earlier > 0:
+        lines.append(f"- still failed from earlier ingests (unchanged, so not retried): {earlier}; "
+                     "the table below lists every failed file with its reason")
+    if summary.pruned:
+        lines.append(f"- removed from the catalog because their file is gone: {summary.pruned}")
+    return "\n".join(lines)
+
+
+def describe_labelling(summary: Any) -> str:
+    """A LabelSummary in words."""
+    mode = (f"multi-label: every label whose probability is at least {summary.threshold:.2f}" if summary.multi_label
+            else "single-label: each image gets its most probable label")
+    unassigned = " Images with no label above the threshold have none." if summary.multi_label else ""
+    name = "" if summary.label_set == "default" else f" (search filters name them {summary.label_set}:LABEL)"
+    return "\n".join([f"**Labelled** {summary.images} images into label set **{summary.label_set}**{name} "
+                      f"({mode}).{unassigned}",
+                      "Other label sets are kept. Search can now filter on these labels; the CSV below lists every "
+                      "assignment of every set."])
+
+
+def _is_under(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _markdown_of(value: Any, heading: str) -> str:

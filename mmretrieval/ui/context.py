@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +63,21 @@ class AppContext:
     allow_ingest: bool = True  # whether the UI may ingest a server folder typed by the user
     thumbnails: ThumbnailCache = field(default_factory=ThumbnailCache)  # renders of catalog images, by id
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)  # zero-shot label vectors
+    # Where originals and exports are placed for Gradio to serve (by catalog id only); old ones are pruned.
+    export_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mmr-ui-export-")))
     # Serialises access to the collection: ingest and label write while searches read, from Gradio's threads.
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    _noise: Any = field(default=None, repr=False)  # the collection's NoiseCalibration, made on first use
+
+    def noise_calibration(self) -> Any:
+        """What unrelated text scores in this collection (for the weak-match hint); measured once, then cached."""
+        with self.lock:
+            if self._noise is None:
+                from ..collection.confidence import NoiseCalibration
+
+                self._noise = NoiseCalibration(self.collection)
+            return self._noise
 
     def image_path(self, image_id: int) -> Path:
         """The file behind catalog id ``image_id`` (the only way the UI finds an image to read)."""

@@ -1,4 +1,4 @@
-"""The Blocks layout: five tabs, and which handler each event calls.
+"""The Blocks layout: six tabs, and which handler each event calls.
 
 Every action has a named endpoint (``api_name``), so ``gradio_client.Client(url).predict(..., api_name="/search")``
 does from a script what the button does in the browser. Purely cosmetic events are kept out of the API.
@@ -7,13 +7,19 @@ does from a script what the button does in the browser. Purely cosmetic events a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gradio as gr
 
 from ..models.zeroshot import TEMPLATE_SETS
+from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
+from .duplicate_handlers import DuplicateHandlers
+from .map_handlers import SELECTION_SHOWN, MapHandlers
+from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
+from .projection import METHODS
 from .search_handlers import MAX_K, SearchHandlers
 
 logger = logging.getLogger(__name__)
@@ -30,16 +36,21 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"# {ctx.title}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
-                _search_tab(ctx, search)
+                search_label = _search_tab(ctx, search)
             with gr.Tab("Zero-shot", id="zero-shot"):
                 _zero_shot_tab(search)
             with gr.Tab("Label collection", id="label"):
-                _label_tab(ctx, collection)
+                labelled = _label_tab(ctx, collection)
             with gr.Tab("Collection", id="collection"):
                 _collection_tab(ctx, collection, app)
             with gr.Tab("Map", id="map"):
-                _map_tab(ctx, collection)
-    return app
+                map_label = _map_tab(ctx, MapHandlers(ctx), search)
+            with gr.Tab("Duplicates", id="duplicates"):
+                _duplicates_tab(DuplicateHandlers(ctx))
+        # A labelling run adds labels (and sets) that the Search and Map filters offer at once.
+        labelled.success(lambda: [gr.update(choices=label_choices(ctx))] * 2, None, [search_label, map_label],
+                         api_visibility="private")
+    return install_checks(app)
 
 
 def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
@@ -55,35 +66,86 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
     with gr.Accordion("Query image, negatives, k and threshold", open=False):
         with gr.Row():
             query_image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
-                                                image_mode=None, sources=["upload", "clipboard"], height=180))
+                                                image_mode=None, sources=["upload", "clipboard"], height=180,
+                                                elem_id="query-image"))
             with gr.Column():
-                negative = gr.Textbox(label="Not like (negative text, comma-separated)", placeholder="e.g. striped")
+                negative = gr.Textbox("", label="Not like (negative text, comma-separated)", placeholder="e.g. striped",
+                                      elem_id="negative")
                 k = gr.Slider(1, MAX_K, value=24, step=1, label="Number of results (k)")
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
-    status = gr.Markdown(elem_id="search-status")
+        with gr.Row():
+            label = gr.Dropdown(label_choices(ctx), value="", label="Only images with label (SET:LABEL or LABEL)",
+                                allow_custom_value=True, elem_id="label-filter")
+            folder = gr.Textbox("", label="Only images under folder (absolute path on the server)",
+                                placeholder="e.g. /home/me/photos/2023", elem_id="folder-filter")
+    status = gr.Markdown(elem_id="search-status", label="Status")
     with gr.Row():
-        gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
-                             interactive=False, elem_id="results", scale=3)
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
+                                 interactive=False, elem_id="results", buttons=["fullscreen"])
+            with gr.Accordion("Download the original files of these results", open=False):
+                with gr.Row(equal_height=True):
+                    zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
+                    zip_note = gr.Markdown(label="Download")
+                zip_file = gr.File(label="Originals (zip)", interactive=False, height=60)
         with gr.Column(scale=1, min_width=260):
-            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview")
-            details = gr.Markdown("Click a result to see it here.", elem_id="details")
+            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
+                               buttons=["fullscreen"])
+            details = gr.Markdown("Click a result to see it here.", elem_id="details", label="Details")
+            original = gr.File(label="Original file", interactive=False, elem_id="original", height=60)
             with gr.Row(equal_height=True):
-                selected = gr.Number(value=None, label="Image id", precision=0, minimum=0, elem_id="selected-id")
+                selected = gr.Number(value=None, label="Image id", precision=0, elem_id="selected-id")
                 show_button = gr.Button("Show", size="sm")
             more_button = gr.Button("More like this", elem_id="more-like-this")
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
         hits_json = gr.JSON(label="Hits")
+        confidence = gr.JSON(label="Confidence")
     hit_ids = gr.State([])
+    # The image whose details are shown; None until one is. (An empty gr.Number sends 0, not None.)
+    shown_id = gr.State(None)
 
-    results = [gallery, hits_json, hit_ids, status]
-    search_inputs = [query, query_image, negative, k, threshold]
-    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search")
-    more_button.click(handlers.similar, [selected, k, threshold], results, api_name="similar")
-    gallery.select(handlers.select_result, [hit_ids], [preview, details, selected], api_visibility="private")
-    show_button.click(handlers.image_info, [selected], [preview, details, selected], api_name="image_info")
+    results = [gallery, hits_json, confidence, hit_ids, status]
+    search_inputs = [query, query_image, negative, k, threshold, label, folder]
+    # "always_last": a query submitted while another runs is run after it (never dropped), so the results
+    # always end up matching what the box says.
+    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search",
+          trigger_mode="always_last")
+    more_button.click(handlers.similar, [shown_id, k, threshold, label, folder], results, api_name="similar_selected",
+                      api_visibility="private", trigger_mode="always_last")
+    one_image = [preview, details, selected, original]
+    gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
+        _same, selected, shown_id, api_visibility="private", queue=False)
+    show_button.click(handlers.image_info, [selected], one_image, api_name="image_info").success(
+        _same, selected, shown_id, api_visibility="private", queue=False)
+    zip_button.click(handlers.originals_zip, [hit_ids], [zip_file, zip_note], api_visibility="private")
+    _script_endpoints(handlers, [k, threshold, label, folder], results)
     for button in example_buttons:
-        button.click(lambda text=button.value: text, None, query, api_visibility="private", queue=False).then(
-            handlers.search, search_inputs, results, api_visibility="private")
+        # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
+        button.click(lambda text=button.value: (text, None, ""), None, [query, query_image, negative],
+                     api_visibility="private", queue=False).then(
+            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last")
+    return label
+
+
+def _same(value: object) -> object:
+    return value
+
+
+def label_choices(ctx: AppContext) -> list[str]:
+    """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
+    with ctx.lock:
+        return [""] + list(ctx.collection.info().labels)
+
+
+def _script_endpoints(handlers: SearchHandlers, options: list, results: list) -> None:
+    """Endpoints for scripts that take a catalog id: ``/similar`` and ``/original`` (the browser uses the selection)."""
+    with gr.Row(visible=False):
+        image_id = gr.Number(value=None, label="Image id", precision=0)
+        original = gr.File(label="Original file")
+        similar = gr.Button("Similar")
+        fetch = gr.Button("Original")
+    similar.click(handlers.similar, [image_id, *options], results, api_name="similar")
+    fetch.click(handlers.original, [image_id], [original], api_name="original")
 
 
 def _zero_shot_tab(handlers: SearchHandlers) -> None:
@@ -100,42 +162,50 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
                 multi_label = gr.Checkbox(label="Multi-label (independent probabilities)", value=False)
             classify = gr.Button("Classify", variant="primary")
         with gr.Column():
-            chart = gr.BarPlot(x="label", y="probability", sort="-y", y_lim=[0, 1], label="Probabilities",
-                               height=320)
-            summary = gr.Markdown()
-    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, summary], api_name="zero_shot")
+            chart = gr.HTML(label="Probabilities", elem_id="zero-shot-chart")
+            summary = gr.Markdown(label="Summary")
+            with gr.Accordion("Every label's probability", open=False):
+                table = gr.Dataframe(label="Probabilities", interactive=False)
+    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
+                   api_name="zero_shot")
 
 
-def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
-    gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding); "
-                "labels are saved in the catalog, where search can filter on them.")
+def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
+    """The Label tab; returns the labelling event, for others to follow."""
+    gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding). Each run "
+                "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
         with gr.Column():
             labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
                                 value=", ".join(ctx.map_labels))
             with gr.Row():
+                label_set = gr.Textbox("default", label="Label set name", elem_id="label-set")
+                replace = gr.Checkbox(label="Replace the set if it exists", value=False, elem_id="replace-set")
+            with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
             run = gr.Button("Label the collection", variant="primary")
-            summary = gr.Markdown()
+            summary = gr.Markdown(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
-            counts = gr.BarPlot(x="label", y="count", sort="-y", label="Images per label", height=280)
+            chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
+            with gr.Accordion("Counts as a table", open=False):
+                counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
                                  interactive=False)
-    run.click(handlers.label_collection, [labels, templates, multi_label, threshold],
-              [counts, samples, csv_file, summary], api_name="label_collection")
+    return run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
+                     [chart, counts, samples, csv_file, summary], api_name="label_collection")
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
-    info = gr.Markdown(elem_id="collection-info")
+    info = gr.Markdown(elem_id="collection-info", label="Collection")
     with gr.Row(equal_height=True):
         folder = gr.Textbox(label="Ingest another folder (a path on the server)", scale=4,
                             interactive=ctx.allow_ingest,
                             placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
         ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
-    ingest_summary = gr.Markdown()
+    ingest_summary = gr.Markdown(label="Ingest summary")
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
     ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest")
@@ -143,14 +213,57 @@ def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Block
     app.load(handlers.collection_info, None, [info, failures], api_visibility="private")
 
 
-def _map_tab(ctx: AppContext, handlers: CollectionHandlers) -> None:
+def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> gr.Dropdown:
+    def map_thumbnail(image_id: object) -> dict[str, str]:  # a plain function: Gradio marks it as a server function
+        return handlers.map_thumbnail(image_id)
+
     with gr.Row(equal_height=True):
-        labels = gr.Textbox(label="Colour by labels (comma-separated; empty: one colour)", scale=4,
-                            value=", ".join(ctx.map_labels))
-        draw = gr.Button("Draw the map", variant="primary", scale=1)
-    note = gr.Markdown()
-    plot = gr.ScatterPlot(x="x", y="y", color="label", tooltip=["name", "label", "confidence", "id"],
-                          label="Embeddings, first two principal components", height=560)
-    picked = gr.Gallery(label="Images in the selected range", columns=8, height="auto", interactive=False)
-    draw.click(handlers.collection_map, [labels], [plot, note], api_name="map")
-    plot.select(handlers.map_select, None, [picked], api_visibility="private")
+        labels = gr.Textbox(label="Colour by labels (comma-separated; empty: the stored labels)", scale=3,
+                            value=", ".join(ctx.map_labels), elem_id="map-labels")
+        method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
+                             scale=1)
+        label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True, scale=1)
+        folder = gr.Textbox("", label="Only folder (absolute path)", scale=1)
+        draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
+    note = gr.Markdown(label="About this map", elem_id="map-note")
+    with gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
+                           server_functions=[map_thumbnail], elem_id="map")
+        with gr.Column(scale=1, min_width=260):
+            preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
+            details = gr.Markdown("Click a point for its details.", label="Details", elem_id="map-details")
+            original = gr.File(label="Original file", interactive=False, height=60)
+            more = gr.Button("More like this", elem_id="map-more-like-this")
+    picked_note = gr.Markdown(label="Selection", elem_id="map-selection-note")
+    picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
+                        elem_id="map-selection", buttons=["fullscreen"])
+    shown_id, picked_ids = gr.State(None), gr.State([])
+    draw.click(handlers.collection_map, [labels, method, label, folder], [plot, note],
+               api_name="map", trigger_mode="always_last")
+    plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private").success(
+        search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private")
+    more.click(lambda image_id: _similar_on_map(search, image_id), [shown_id], [picked, picked_ids, picked_note],
+               api_visibility="private")
+    picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
+                  api_visibility="private")
+    return label
+
+
+def _duplicates_tab(handlers: DuplicateHandlers) -> None:
+    gr.Markdown("Near-duplicate groups (resized, recompressed, slightly cropped or converted copies), each beside "
+                "its suggested keeper. Export the other copies as a list to review; nothing is deleted here.")
+    with gr.Row(equal_height=True):
+        threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
+                              scale=3)
+        find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
+    summary = gr.Markdown(label="Summary", elem_id="duplicates-summary")
+    export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
+                     file_count="multiple", height=90)
+    review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
+    find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates")
+
+
+def _similar_on_map(search: SearchHandlers, image_id: int | None) -> tuple[list, list[int], str]:
+    gallery, _, _, ids, status = search.similar(image_id, SELECTION_SHOWN)
+    return gallery, ids, status

@@ -5,6 +5,10 @@ Outgoing: the browser gets images of the open collection by catalog id, as small
 client-given string into a path to read, and ``launch`` gets no ``allowed_paths``, so Gradio's file
 routes serve nothing but its upload and cache dirs.
 
+Originals go out the same way: :func:`export_original` and :func:`zip_originals` take catalog ids,
+ask the catalog for the file, and place a link (or copy) under its own name in a folder of ours, which
+Gradio then serves from its cache. A client never names a path.
+
 Incoming: uploads are decoded with :func:`mmretrieval.images.decode.decode_image` (bomb limit on, truncated and
 corrupt files refused), and Gradio's own pre-decoding of an upload is guarded so a bad file becomes a
 readable message rather than a generic error.
@@ -14,6 +18,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
+import time
+import uuid
+import zipfile
 from collections import OrderedDict
 from threading import Lock
 from pathlib import Path
@@ -30,6 +39,7 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_PX = 192  # longest side of gallery thumbnails
 PREVIEW_PX = 640  # longest side of the large view of one result
 MAX_UPLOAD_PIXELS = 50_000_000  # uploads above this are refused before decoding (bombs)
+EXPORT_MAX_AGE_S = 3600  # originals and zips placed for download are removed after this
 _CACHE_SIZE = 2048  # thumbnails kept in memory
 _PLACEHOLDER_GREY = (200, 200, 200)
 
@@ -72,6 +82,63 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
         return Image.new("RGB", (max_side, max_side), _PLACEHOLDER_GREY)
     image.thumbnail((max_side, max_side))
     return image
+
+
+def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path) -> Path:
+    """The original file of catalog image ``image_id``, placed under its own name in a fresh folder in ``out_dir``.
+
+    A hard link where the file system allows (no copy of a large photo), else a copy.
+
+    Raises:
+        MMRError: no such image (from ``path_of``), or its file is gone or unreadable.
+    """
+    source = path_of(int(image_id))
+    prune_exports(out_dir)
+    target_dir = out_dir / f"{int(image_id)}-{uuid.uuid4().hex[:8]}"
+    target_dir.mkdir(parents=True)
+    target = target_dir / source.name
+    try:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    except OSError as exc:
+        raise MMRError(f"the original of image {image_id} ({source}) cannot be read: {exc.strerror or exc}; "
+                       "it may have moved since it was ingested") from exc
+    return target
+
+
+def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir: Path) -> tuple[Path, list[int]]:
+    """A zip of the originals of ``image_ids`` under their own names (numbered when two share a name).
+
+    Returns the zip and the ids whose file could not be read (left out).
+    """
+    prune_exports(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"originals-{uuid.uuid4().hex[:8]}.zip"
+    missing, used = [], set()
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:  # photos are compressed already
+        for image_id in image_ids:
+            source = path_of(int(image_id))
+            name = source.name if source.name not in used else f"{int(image_id)}-{source.name}"
+            try:
+                archive.write(source, arcname=name)
+            except OSError:
+                missing.append(int(image_id))
+                continue
+            used.add(name)
+    return target, missing
+
+
+def prune_exports(out_dir: Path, max_age_s: float = EXPORT_MAX_AGE_S) -> None:
+    """Remove exports older than ``max_age_s`` (Gradio has copied them into its own cache by then)."""
+    cutoff = time.time() - max_age_s
+    for entry in out_dir.glob("*") if out_dir.is_dir() else ():
+        try:
+            if entry.lstat().st_mtime < cutoff:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError as exc:  # another request pruned it first, or it is in use: try again next time
+            logger.debug("cannot prune %s: %s", entry, exc)
 
 
 def load_upload(path: str | None, what: str = "query image") -> Image.Image | None:

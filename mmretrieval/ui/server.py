@@ -48,6 +48,7 @@ class ServeConfig:
     share: bool = False  # ask Gradio for a public share link
     max_file_size: str = "20mb"  # largest upload Gradio accepts
     examples: tuple[str, ...] = ()  # one-click example queries (the demo has its own; else the labels, if any)
+    data_dir: Path | None = None  # where the demo collection is cached; None: $MMR_DEMO_DIR or the user cache
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +63,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", default="20mb", help="largest accepted upload (default: 20mb)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="where to build and cache the demo collection (default: $MMR_DEMO_DIR, else the user "
+                        "cache directory, e.g. ~/.cache/mmretrieval/demo)")
     parser.add_argument("--example", action="append", default=[], metavar="QUERY", dest="examples",
                         help="an example query for the first screen (repeatable; default: the demo's examples, "
                         "or the collection's labels)")
@@ -73,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         collection=Path(args.collection).expanduser() if args.collection else None,
         model=args.model, device=args.device, host=args.host, port=args.port,
         share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
+        data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
     )
 
 
@@ -104,7 +109,7 @@ def open_context(config: ServeConfig) -> "AppContext":
         from ..demo import DemoConfig, ensure_demo_collection
 
         demo = DemoConfig(model=config.model or DemoConfig.model)
-        directory = ensure_demo_collection(config=demo, device=config.device, progress=_DemoProgressBars())
+        directory = ensure_demo_collection(config.data_dir, demo, device=config.device, progress=_DemoProgressBars())
     encoder = load_encoder(config.model, device=config.device) if config.model else None
     collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
     encoder = encoder or collection.encoder  # loads the model the collection was built with

@@ -1,0 +1,157 @@
+"""Label sets: each labelling run writes a named set, kept apart from the others and replaced only on request.
+
+Storage (in the catalog; schema in :mod:`.migrations`, version 3): ``labels`` rows carry their ``label_set``; ``label_sets`` describes each run
+(its labels, mode, threshold, when). A run streams its assignments, chunk by chunk, into
+``labels_staging`` and moves them into ``labels`` in one transaction at the end, so memory stays bounded
+by one chunk and a run that dies half-way leaves the set as it was.
+
+Names: labels of the set called ``default`` read as plain ``LABEL``; labels of any other set read as
+``SET:LABEL``. A filter may name ``SET:LABEL`` or just ``LABEL`` (that label in any set).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import CollectionError
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+DEFAULT_SET = "default"
+_NAME = re.compile(r"^[^:\s.][^:]{0,63}$")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """One labelling run as stored."""
+
+    name: str  # the set's name ("default" unless the run named one)
+    labels: tuple[str, ...]  # the labels the run scored, in the order given
+    multi_label: bool
+    threshold: float | None  # multi-label cutoff; None for single-label
+    created_s: float  # Unix time of the run
+    counts: dict[str, int]  # label -> images assigned it
+
+
+def qualified(label_set: str, label: str) -> str:
+    """How a label of ``label_set`` reads in results and filters."""
+    return label if label_set == DEFAULT_SET else f"{label_set}:{label}"
+
+
+def check_name(name: str) -> str:
+    """``name`` stripped, if it can name a label set.
+
+    Raises:
+        CollectionError: empty, too long, has a colon, or starts with a dot or a space.
+    """
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise CollectionError(f"{name!r} cannot name a label set: use 1 to 64 characters, no ':', not starting "
+                              "with '.'; e.g. 'animals'")
+    return name
+
+
+def sets(catalog: "Catalog") -> list[LabelSet]:
+    """Every stored label set, oldest first."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, label, count in catalog._query(
+            "SELECT label_set, label, COUNT(*) FROM labels GROUP BY label_set, label"):
+        counts.setdefault(name, {})[label] = count
+    found = []
+    for name, labels, multi, threshold, created in catalog._query(
+            "SELECT name, labels, multi_label, threshold, created_s FROM label_sets ORDER BY created_s, name"):
+        ordered = tuple(json.loads(labels))
+        found.append(LabelSet(name, ordered, bool(multi), threshold, created,
+                              {label: counts.get(name, {}).get(label, 0) for label in ordered}))
+    return found
+
+
+def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
+    """``(set, label)`` that a filter ``ref`` names: ``SET:LABEL`` for a stored set, else ``LABEL`` in any set."""
+    head, sep, tail = ref.partition(":")
+    if sep and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (head,)):
+        return head, tail
+    return None, ref
+
+
+def ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
+    """Ids assigned label ``ref`` (``SET:LABEL`` or ``LABEL`` in any set)."""
+    label_set, label = resolve(catalog, ref)
+    if label_set is None:
+        rows = catalog._query("SELECT DISTINCT image_id FROM labels WHERE label = ? ORDER BY image_id", (label,))
+    else:
+        rows = catalog._query("SELECT image_id FROM labels WHERE label_set = ? AND label = ? ORDER BY image_id",
+                              (label_set, label))
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def counts(catalog: "Catalog") -> dict[str, int]:
+    """Images per qualified label, over every set."""
+    rows = catalog._query("SELECT label_set, label, COUNT(*) FROM labels GROUP BY label_set, label")
+    return dict(sorted((qualified(name, label), count) for name, label, count in rows))
+
+
+def labels_of(catalog: "Catalog", ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
+    """Assigned ``(qualified label, probability)`` pairs per id, best first."""
+    found: dict[int, list[tuple[str, float]]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = [int(i) for i in ids[start:start + 500]]
+        for image_id, name, label, probability in catalog._query(
+                "SELECT image_id, label_set, label, probability FROM labels "
+                f"WHERE image_id IN ({','.join('?' * len(chunk))}) ORDER BY probability DESC", chunk):
+            found.setdefault(image_id, []).append((qualified(name, label), probability))
+    return {image_id: tuple(pairs) for image_id, pairs in found.items()}
+
+
+class LabelSetWriter:
+    """Streams one run's assignments into the catalog; :meth:`commit` makes them the set, atomically."""
+
+    def __init__(self, catalog: "Catalog", name: str, labels: Sequence[str], *, multi_label: bool,
+                 threshold: float | None, replace: bool):
+        """Start writing set ``name``.
+
+        Raises:
+            CollectionError: a bad name, or a set of that name exists and ``replace`` is False.
+        """
+        self._catalog, self.name = catalog, check_name(name)
+        self._labels, self._multi_label, self._threshold = tuple(labels), multi_label, threshold
+        if not replace and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (self.name,)):
+            raise CollectionError(f"label set {self.name!r} exists already; replace it on purpose (--replace, or "
+                                  "tick “replace” in the UI) or name a new set (--set NAME)")
+        with catalog.transaction() as db:  # what a run that died half-way left behind
+            db.execute("DELETE FROM labels_staging WHERE label_set = ?", (self.name,))
+
+    def add(self, assignments: Iterable[tuple[int, str, float]]) -> None:
+        """Stage one chunk of ``(image_id, label, probability)`` rows."""
+        with self._catalog.transaction() as db:
+            db.executemany("INSERT INTO labels_staging(label_set, image_id, label, probability) VALUES (?, ?, ?, ?)",
+                           ((self.name, int(i), label, float(p)) for i, label, p in assignments))
+
+    def commit(self) -> None:
+        """Replace the set's stored labels with the staged ones, in one transaction."""
+        with self._catalog.transaction() as db:
+            db.execute("DELETE FROM labels WHERE label_set = ?", (self.name,))
+            # Only images still in the catalog: a file pruned during the run must not come back as a label.
+            db.execute("INSERT OR REPLACE INTO labels(label_set, image_id, label, probability) "
+                       "SELECT s.label_set, s.image_id, s.label, s.probability FROM labels_staging s "
+                       "JOIN images i ON i.id = s.image_id WHERE s.label_set = ?", (self.name,))
+            db.execute("DELETE FROM labels_staging WHERE label_set = ?", (self.name,))
+            db.execute("INSERT OR REPLACE INTO label_sets(name, labels, multi_label, threshold, created_s) "
+                       "VALUES (?, ?, ?, ?, ?)", (self.name, json.dumps(list(self._labels)), int(self._multi_label),
+                                                  self._threshold, time.time()))
+
+
+def delete(catalog: "Catalog", name: str) -> int:
+    """Remove label set ``name``; returns the assignments removed (0 for an unknown set)."""
+    with catalog.transaction() as db:
+        removed = db.execute("DELETE FROM labels WHERE label_set = ?", (name,)).rowcount
+        db.execute("DELETE FROM label_sets WHERE name = ?", (name,))
+    return removed

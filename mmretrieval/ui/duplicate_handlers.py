@@ -1,0 +1,109 @@
+"""Handlers of the Duplicates tab: review ``mmr duplicates`` groups beside the suggested keeper; export, never delete.
+
+The groups come from ``Collection.duplicates`` (near-duplicates from the index's k-NN graph). The page
+shows each group side by side, the kept copy first; the export lists every other copy (one path per
+line, and a CSV with group, role, score and size), for the user to review and delete elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .context import AppContext, user_errors
+from .media import prune_exports
+
+logger = logging.getLogger(__name__)
+
+GROUPS_SHOWN = 40  # groups drawn on the page; the export has all of them
+REVIEW_PX = 160  # thumbnails in the review
+
+
+class DuplicateHandlers:
+    """Find near-duplicate groups and export the copies that are not the suggested keeper."""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    @user_errors
+    def duplicates(self, threshold: float | None = None,
+                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str]]:
+        """Groups side by side (HTML), a summary, and the export: the other copies' paths (.txt) and every group (.csv).
+
+        ``threshold`` is a cosine in (0, 1]; 0 or None uses the model family's default.
+        """
+        finder = getattr(self.ctx.collection, "duplicates", None)
+        if finder is None:
+            raise gr.Error("This version of mmretrieval has no duplicate finder (mmr duplicates).",
+                           print_exception=False)
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise gr.Error(f"The threshold {threshold} must be a cosine between 0 and 1 (0: the model's default).",
+                           print_exception=False)
+        progress(0, desc="Searching every image's neighbours…")
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="Comparing images", unit="images")
+
+        with self.ctx.lock:
+            groups = finder(threshold=threshold or None, progress=report)
+        if not groups:
+            return ("<p>No near-duplicates at this threshold.</p>",
+                    "No near-duplicate groups found; lower the threshold to find looser copies.", [])
+        others = sum(len(group.copies) - 1 for group in groups)
+        export = self._export(groups)
+        shown = f"the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else "all"
+        summary = (f"{len(groups)} groups of near-duplicates; {others} copies besides the suggested keepers "
+                   f"(highest resolution, then largest file, then oldest). Showing {shown}. The export lists the "
+                   "other copies for you to review: nothing is deleted from here.")
+        return self._review_html(groups[:GROUPS_SHOWN]), summary, [str(path) for path in export]
+
+    def _review_html(self, groups: list[Any]) -> str:
+        rows = []
+        for number, group in enumerate(groups, 1):
+            cells = [self._cell(copy, keeper=index == 0) for index, copy in enumerate(group.copies)]
+            rows.append(f'<div class="mmr-dup-group"><div class="mmr-dup-title">Group {number} · lowest similarity '
+                        f'{group.score:.3f}</div><div class="mmr-dup-row">{"".join(cells)}</div></div>')
+        style = ("<style>.mmr-dup-row{display:flex;gap:10px;overflow-x:auto;padding:4px 0 10px}"
+                 ".mmr-dup-cell{flex:0 0 auto;width:170px;font-size:12px;border:2px solid transparent;border-radius:6px;"
+                 "padding:3px}.mmr-dup-cell.keep{border-color:#2ca02c}.mmr-dup-cell img{max-width:160px;"
+                 "max-height:160px;display:block}.mmr-dup-title{font-weight:600;margin-top:8px}"
+                 ".mmr-dup-role{font-weight:600}</style>")
+        return style + "".join(rows)
+
+    def _cell(self, copy: Any, keeper: bool) -> str:
+        image = self.ctx.thumbnails.get(self.ctx.image_path, copy.id, max_side=REVIEW_PX)
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="WEBP", quality=80)
+        source = "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        size = f"{copy.width} × {copy.height} px" if copy.width else "size unknown"
+        on_disk = f"{copy.bytes / 1024:.0f} KiB" if copy.bytes >= 0 else "file missing"
+        role = "keep (suggested)" if keeper else f"copy · similarity {copy.score:.3f}"
+        return (f'<div class="mmr-dup-cell{" keep" if keeper else ""}"><img src="{source}" alt="">'
+                f'<div class="mmr-dup-role">{html.escape(role)}</div><div>{html.escape(Path(copy.path).name)}</div>'
+                f'<div>{size}, {on_disk}</div><div>id {copy.id}</div></div>')
+
+    def _export(self, groups: list[Any]) -> tuple[Path, Path]:
+        """A folder of ours with ``copies-to-review.txt`` (other copies' paths) and ``duplicates.csv`` (all)."""
+        prune_exports(self.ctx.export_dir)
+        folder = self.ctx.export_dir / f"duplicates-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["group", "role", "id", "path", "similarity_to_keeper", "width", "height", "bytes"])
+        for number, group in enumerate(groups, 1):
+            for index, copy in enumerate(group.copies):
+                writer.writerow([number, "keep" if index == 0 else "copy", copy.id, copy.path, f"{copy.score:.6f}",
+                                 copy.width, copy.height, copy.bytes])
+        (folder / "duplicates.csv").write_text(table.getvalue(), encoding="utf-8", errors="surrogateescape")
+        others = "".join(f"{copy.path}\n" for group in groups for copy in group.copies[1:])
+        target = folder / "copies-to-review.txt"
+        target.write_text(others, encoding="utf-8", errors="surrogateescape")
+        return target, folder / "duplicates.csv"

@@ -1,0 +1,194 @@
+"""The map as the browser draws it: a canvas scatter plot inside a ``gr.HTML``, with its legend and gestures.
+
+The component's value is JSON (points, colours, legend), so ``/map`` gives scripts the same data. The
+script (``MAP_JS``) redraws whenever the value changes (no page reload), shows a thumbnail on hover
+(fetched by catalog id through a server function), sends ``select`` with one id on a click and with the
+ids inside a lasso (drag around points; a drag is also a box). Ids go to the server, never paths.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+# CSS colours for labels that are colour words, so "red" is drawn red.
+COLOUR_WORDS = {
+    "red": "#d62728", "orange": "#ff7f0e", "yellow": "#e6c800", "green": "#2ca02c", "blue": "#1f5fd6",
+    "purple": "#8c3fbf", "violet": "#8f5bd6", "pink": "#f06bb4", "magenta": "#d62ad6", "cyan": "#17becf",
+    "teal": "#138a8a", "brown": "#8c564b", "black": "#111111", "white": "#f4f4f4", "grey": "#8a8a8a",
+    "gray": "#8a8a8a", "gold": "#d4a017", "silver": "#b8b8b8", "beige": "#d9c8a0", "navy": "#1b2a6b",
+    "maroon": "#7a1f1f", "olive": "#7f7f1f", "lime": "#8fd400", "turquoise": "#30d5c8",
+}
+# Distinct colours for other labels, skipping the hues a colour word would use first.
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#e15759",
+           "#3b3b98", "#a0cbe8", "#ffbe7d", "#8cd17d", "#b6992d", "#499894", "#86bcb6", "#d37295", "#fabfd2",
+           "#79706e", "#d4a6c8")
+UNLABELLED_COLOUR = "#b0b0b0"
+
+
+def colour_of(label: str) -> str | None:
+    """The CSS colour a label names (``red``, ``SET:red``, ``light blue`` → blue), or None."""
+    words = label.rsplit(":", 1)[-1].strip().lower().split()
+    return COLOUR_WORDS.get(words[-1]) if words else None
+
+
+def colours_for(labels: Sequence[str], unlabelled: str) -> dict[str, str]:
+    """A colour per distinct label: its own colour for colour words, else the next palette colour."""
+    colours, next_colour = {}, 0
+    for label in labels:
+        if label in colours:
+            continue
+        named = colour_of(label)
+        if label == unlabelled:
+            colours[label] = UNLABELLED_COLOUR
+        elif named:
+            colours[label] = named
+        else:
+            colours[label] = PALETTE[next_colour % len(PALETTE)]
+            next_colour += 1
+    return colours
+
+
+def map_value(ids: npt.NDArray[np.int64], coordinates: npt.NDArray[np.float32], labels: Sequence[str],
+              unlabelled: str, version: int, note: str = "") -> str:
+    """The component value: points (ids, x, y, label index), the legend (largest first) and its colours."""
+    counts = Counter(labels)
+    order = sorted(counts, key=lambda label: (label == unlabelled, -counts[label], label))
+    colours = colours_for(order, unlabelled)
+    index = {label: i for i, label in enumerate(order)}
+    return json.dumps({
+        "version": version,
+        "note": note,
+        "legend": [{"label": label, "colour": colours[label], "count": counts[label]} for label in order],
+        "points": {"ids": [int(i) for i in ids], "x": np.round(coordinates[:, 0].astype(float), 4).tolist(),
+                   "y": np.round(coordinates[:, 1].astype(float), 4).tolist(),
+                   "c": [index[label] for label in labels]},
+    }, separators=(",", ":"))
+
+
+MAP_HTML = """<div class="mmr-map" data-points="0" data-version="">
+<canvas class="mmr-canvas" width="900" height="560"></canvas>
+<div class="mmr-tip" hidden></div>
+<div class="mmr-legend"></div>
+<div class="mmr-help">Hover a point for its image; click it for details and “more like this”; drag around points
+(lasso, or a box) to see them below.</div>
+</div>"""
+
+MAP_CSS = """
+.mmr-map { position: relative; width: 100%; }
+.mmr-canvas { width: 100%; height: 560px; border: 1px solid var(--border-color-primary, #ddd); border-radius: 6px;
+  cursor: crosshair; background: var(--background-fill-primary, #fff); }
+.mmr-tip { position: absolute; pointer-events: none; background: var(--background-fill-primary, #fff);
+  border: 1px solid #999; border-radius: 4px; padding: 4px; font-size: 12px; max-width: 200px; z-index: 10; }
+.mmr-tip img { display: block; max-width: 128px; max-height: 128px; image-rendering: pixelated; }
+.mmr-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; margin-top: 6px; font-size: 13px; }
+.mmr-key { display: inline-flex; align-items: center; gap: 5px; white-space: nowrap; }
+.mmr-key i { display: inline-block; width: 12px; height: 12px; border-radius: 50%; border: 1px solid #555; }
+.mmr-help { font-size: 12px; opacity: .7; margin-top: 4px; }
+"""
+
+MAP_JS = r"""
+const S = { thumbs: {}, hoverId: null };
+const esc = t => String(t).replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
+function parsed() { try { return JSON.parse(props.value || '{}'); } catch (e) { return {}; } }
+function parts() {
+  const root = element.querySelector('.mmr-map');
+  return root && { root, canvas: root.querySelector('canvas'), tip: root.querySelector('.mmr-tip'),
+                   legend: root.querySelector('.mmr-legend') };
+}
+function geometry(p, canvas, pts) {
+  const w = canvas.clientWidth || 900, h = canvas.clientHeight || 560, pad = 14;
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (let i = 0; i < pts.ids.length; i++) {
+    x0 = Math.min(x0, pts.x[i]); x1 = Math.max(x1, pts.x[i]); y0 = Math.min(y0, pts.y[i]); y1 = Math.max(y1, pts.y[i]);
+  }
+  const sx = (w - 2 * pad) / ((x1 - x0) || 1), sy = (h - 2 * pad) / ((y1 - y0) || 1);
+  const X = new Float32Array(pts.ids.length), Y = new Float32Array(pts.ids.length);
+  for (let i = 0; i < pts.ids.length; i++) { X[i] = pad + (pts.x[i] - x0) * sx; Y[i] = h - pad - (pts.y[i] - y0) * sy; }
+  return { w, h, X, Y };
+}
+function draw(path) {
+  const p = parts(); if (!p || !S.data) return;
+  const { canvas } = p, pts = S.data.points, g = S.geo, dpr = window.devicePixelRatio || 1;
+  canvas.width = g.w * dpr; canvas.height = g.h * dpr;
+  const ctx = canvas.getContext('2d'); ctx.setTransform(dpr, 0, 0, dpr, 0, 0); ctx.clearRect(0, 0, g.w, g.h);
+  const r = pts.ids.length > 5000 ? 2 : 3.5;
+  for (let i = 0; i < pts.ids.length; i++) {
+    ctx.beginPath(); ctx.arc(g.X[i], g.Y[i], r, 0, 2 * Math.PI);
+    ctx.fillStyle = S.data.legend[pts.c[i]].colour; ctx.fill();
+    if (r > 2) { ctx.lineWidth = 0.6; ctx.strokeStyle = 'rgba(0,0,0,.45)'; ctx.stroke(); }
+  }
+  if (path && path.length > 1) {
+    ctx.beginPath(); ctx.moveTo(path[0][0], path[0][1]);
+    for (const [x, y] of path.slice(1)) ctx.lineTo(x, y);
+    ctx.closePath(); ctx.fillStyle = 'rgba(30,100,220,.12)'; ctx.fill();
+    ctx.setLineDash([4, 3]); ctx.strokeStyle = '#1f5fd6'; ctx.stroke(); ctx.setLineDash([]);
+  }
+}
+function render() {
+  const p = parts(); if (!p) return;
+  S.data = parsed(); const pts = (S.data.points = S.data.points || { ids: [], x: [], y: [], c: [] });
+  S.data.legend = S.data.legend || [];
+  p.root.dataset.points = String(pts.ids.length); p.root.dataset.version = String(S.data.version || '');
+  p.legend.innerHTML = S.data.legend.map(l =>
+    `<span class="mmr-key"><i style="background:${esc(l.colour)}"></i>${esc(l.label)} (${l.count})</span>`).join('');
+  S.geo = geometry(p, p.canvas, pts); draw(null); bind(p);
+  // Where the first point is drawn, for tests and for people inspecting the page.
+  p.root.dataset.first = pts.ids.length ? `${S.geo.X[0].toFixed(1)},${S.geo.Y[0].toFixed(1)}` : '';
+}
+function nearest(x, y) {
+  const g = S.geo, ids = S.data.points.ids; let best = -1, bestD = 64;
+  for (let i = 0; i < ids.length; i++) { const d = (g.X[i] - x) ** 2 + (g.Y[i] - y) ** 2; if (d < bestD) { bestD = d; best = i; } }
+  return best;
+}
+function inside(path, x, y) {
+  let hit = false;
+  for (let i = 0, j = path.length - 1; i < path.length; j = i++) {
+    const [xi, yi] = path[i], [xj, yj] = path[j];
+    if ((yi > y) !== (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi) hit = !hit;
+  }
+  return hit;
+}
+function showTip(p, i, x, y) {
+  const id = S.data.points.ids[i], label = S.data.legend[S.data.points.c[i]].label;
+  p.tip.hidden = false; p.tip.style.left = (x + 14) + 'px'; p.tip.style.top = (y + 14) + 'px';
+  const fill = t => { if (S.hoverId === id) p.tip.innerHTML = (t && t.src ? `<img src="${t.src}">` : '') +
+      `<div>${esc(t && t.name ? t.name : 'id ' + id)}</div><div>${esc(label)}</div>`; };
+  S.hoverId = id;
+  if (S.thumbs[id]) return fill(S.thumbs[id]);
+  fill(null);
+  if (typeof server !== 'undefined' && server.map_thumbnail) {
+    server.map_thumbnail(id).then(t => { S.thumbs[id] = t; fill(t); }).catch(() => {});
+  }
+}
+function bind(p) {
+  const c = p.canvas; if (c.dataset.bound) return; c.dataset.bound = '1';
+  let path = null;
+  const at = e => { const b = c.getBoundingClientRect(); return [e.clientX - b.left, e.clientY - b.top]; };
+  c.addEventListener('mousedown', e => { path = [at(e)]; });
+  c.addEventListener('mousemove', e => {
+    const [x, y] = at(e);
+    if (path) { path.push([x, y]); draw(path); p.tip.hidden = true; return; }
+    const i = nearest(x, y);
+    if (i < 0) { p.tip.hidden = true; S.hoverId = null; } else showTip(p, i, x, y);
+  });
+  c.addEventListener('mouseleave', () => { p.tip.hidden = true; S.hoverId = null; });
+  window.addEventListener('mouseup', e => {
+    if (!path) return; const drawn = path; path = null; draw(null);
+    const [x0, y0] = drawn[0], [x1, y1] = at(e);
+    const moved = drawn.reduce((m, [x, y]) => Math.max(m, Math.abs(x - x0) + Math.abs(y - y0)), 0);
+    if (moved < 6) { const i = nearest(x1, y1); if (i >= 0) trigger('select', { index: S.data.points.ids[i], value: 'point' }); return; }
+    const box = drawn.length < 4 ? [[x0, y0], [x1, y0], [x1, y1], [x0, y1]] : drawn;
+    const ids = []; const g = S.geo;
+    for (let i = 0; i < S.data.points.ids.length; i++) if (inside(box, g.X[i], g.Y[i])) ids.push(S.data.points.ids[i]);
+    trigger('select', { index: ids, value: 'lasso' });
+  });
+  window.addEventListener('resize', () => { S.geo = geometry(p, c, S.data.points); draw(null); });
+}
+watch('value', render);
+render();
+"""

@@ -1,0 +1,90 @@
+"""Near-duplicates: a generated set of originals and edited copies is grouped with precision and recall
+>= 0.95 at the default threshold; the graph, the components and the kept copy against brute force; the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mmretrieval.cli import main
+from mmretrieval.collection.collection import Collection
+from mmretrieval.collection.duplicates import DEFAULT_THRESHOLDS, connected_groups, similar_pairs
+from mmretrieval.errors import CollectionError
+from mmretrieval.training.copies import pair_scores, write_near_duplicate_set
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory, shapes_encoder):
+    root = tmp_path_factory.mktemp("dups")
+    truth = write_near_duplicate_set(root / "images", originals=24, size=160)
+    with Collection.open(root / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([root / "images"], workers=1)
+    return root, truth
+
+
+@pytest.mark.slow
+def test_default_threshold_finds_edited_copies_with_high_precision_and_recall(copies):
+    root, truth = copies
+    with Collection.open(root / "col") as col:
+        groups = col.duplicates()
+    precision, recall = pair_scores([g.paths for g in groups], truth)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    for group in groups:
+        assert group.scores[0] == pytest.approx(1.0, abs=1e-5)
+        assert all(s >= group.score for s in group.scores)
+        # the kept copy has the most pixels of its group
+        assert group.keep.width * group.keep.height == max(c.width * c.height for c in group.copies)
+
+
+def test_cli_tsv_json_and_organize(copies, tmp_path, capsys):
+    root, truth = copies
+    assert main(["duplicates", "--collection", str(root / "col"), "--threshold",
+                 str(DEFAULT_THRESHOLDS["shapes"])]) == 0
+    tsv = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert tsv and all(len(fields) >= 3 and 0 < float(fields[0]) <= 1.0001 for fields in tsv)
+    assert main(["duplicates", "--collection", str(root / "col"), "--json", "--organize", str(tmp_path / "review")]) == 0
+    groups = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g["paths"] for g in groups] == [fields[1:] for fields in tsv]
+    assert all(g["keep"] == g["paths"][0] and len(g["scores"]) == len(g["paths"]) for g in groups)
+    folders = sorted((tmp_path / "review").iterdir())
+    assert len(folders) == len(groups)
+    links = list(folders[0].iterdir())
+    assert all(link.is_symlink() for link in links) and len(links) == len(groups[0]["paths"])
+    assert sum(link.name.startswith("keep-") for link in links) == 1
+    assert all(os.path.exists(p) for p in truth)  # nothing deleted
+    assert main(["duplicates", "--collection", str(root / "col"), "--threshold", "1.5"]) == 2
+
+
+def test_graph_and_components_match_brute_force():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 16))
+    vectors = np.concatenate([centres, centres[:10] + rng.normal(scale=0.05, size=(10, 16))])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(100, 140, dtype=np.int64)
+
+    def load(wanted):
+        positions = np.searchsorted(ids, wanted)
+        return ids[positions], vectors[positions]
+
+    def search(queries, k):  # approximate scores (as PQ gives them): only the neighbours are trusted
+        scores = queries @ vectors.T + rng.normal(scale=0.1, size=(len(queries), len(vectors)))
+        order = np.argsort(-scores, axis=1)[:, :k]
+        return np.take_along_axis(scores, order, 1), ids[order]
+
+    threshold = 0.9
+    blocks = ((ids[i:i + 7], vectors[i:i + 7]) for i in range(0, 40, 7))
+    groups = connected_groups(similar_pairs(blocks, 40, search, load, threshold, k=3))
+    sims = vectors @ vectors.T
+    expected_pairs = {(int(ids[i]), int(ids[j])) for i in range(40) for j in range(i + 1, 40) if sims[i, j] >= threshold}
+    assert {(g[0], g[1]) for g in groups if len(g) == 2} == expected_pairs  # well separated: pairs only
+    assert all(len(g) == 2 for g in groups) and len(groups) == 10
+
+
+def test_chains_join_and_bad_arguments_are_refused():
+    pairs = [(np.array([1, 5]), np.array([2, 6])), (np.array([2]), np.array([3])), (np.array([9]), np.array([9]))]
+    assert connected_groups(pairs) == [[1, 2, 3], [5, 6]]
+    with pytest.raises(CollectionError):
+        list(similar_pairs([], 0, lambda q, k: (q, q), lambda ids: (ids, ids), 0.9, k=0))

@@ -1,0 +1,119 @@
+"""Label sets: separate runs kept apart, replaced only on request, streamed to the catalog chunk by chunk."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mmretrieval.errors import CollectionError
+
+
+@pytest.fixture()
+def collection(tmp_path, tiny_encoder):
+    from ui_support import write_scene_folder
+
+    from mmretrieval.collection.collection import Collection
+
+    write_scene_folder(tmp_path / "images", count=9)
+    with Collection.open(tmp_path / "c", model=tiny_encoder, create=True, device="cpu") as opened:
+        opened.ingest([tmp_path / "images"], workers=0)
+        yield opened
+
+
+def test_runs_into_named_sets_are_kept_apart_and_replaced_only_on_request(collection):
+    first = collection.label("circle, square", label_set="default")
+    second = collection.label("red, blue", multi_label=True, threshold=0.0, label_set="colours")
+    assert first.label_set == "default" and second.label_set == "colours"
+    counts = collection.info().labels
+    assert sum(counts.get(name, 0) for name in ("circle", "square")) == 9  # the first run is still there
+    assert counts["colours:red"] == counts["colours:blue"] == 9
+    assert [(s.name, s.labels, s.multi_label) for s in collection.label_sets()] == [
+        ("default", ("circle", "square"), False), ("colours", ("red", "blue"), True)]
+
+    with pytest.raises(CollectionError, match="label set 'colours' exists already; replace it on purpose"):
+        collection.label("green", label_set="colours")
+    assert collection.info().labels["colours:red"] == 9  # a refused run changes nothing
+    collection.label("green", label_set="colours", replace=True)
+    assert {name for name in collection.info().labels if name.startswith("colours:")} == {"colours:green"}
+
+    some_id = int(collection.catalog.vector_ids()[0])
+    names = [name for name, _ in collection.label_of([some_id])[some_id]]
+    assert "colours:green" in names and any(name in ("circle", "square") for name in names)
+
+
+def test_search_filters_by_set_and_label_or_by_label_in_any_set(collection):
+    collection.label("circle, square", label_set="a")
+    collection.label("circle, square", label_set="b", multi_label=True, threshold=0.0)
+    in_b = collection.search("x", k=50, label="b:circle")
+    assert len(in_b) == 9  # multi-label at threshold 0: every image
+    counts_a = {s.name: s for s in collection.label_sets()}["a"].counts
+    assert sum(counts_a.values()) == 9
+    label, count = max(counts_a.items(), key=lambda item: item[1])
+    in_a = collection.search("x", k=50, label=f"a:{label}")
+    assert len(in_a) == count and all(f"a:{label}" in hit.labels for hit in in_a)
+    assert len(collection.search("x", k=50, label=label)) == 9  # LABEL alone: that label in any set
+    with pytest.raises(Exception, match="no image has label 'c:circle'"):
+        collection.search("x", label="c:circle")
+
+
+def test_bad_set_names_are_refused(collection):
+    for name in ("", "a:b", ".hidden", "x" * 65):
+        with pytest.raises(CollectionError, match="cannot name a label set"):
+            collection.label("circle", label_set=name)
+
+
+def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_it_was(collection, monkeypatch):
+    from mmretrieval.collection import label_sets, labelling
+
+    collection.label("circle, square", label_set="shapes")
+    before = collection.info().labels
+    monkeypatch.setattr(labelling, "_CHUNK", 4)
+    staged_sizes = []
+    real_add = label_sets.LabelSetWriter.add
+
+    def add(self, assignments):
+        assignments = list(assignments)
+        staged_sizes.append(len(assignments))
+        if len(staged_sizes) == 2:
+            raise RuntimeError("killed half-way")
+        real_add(self, assignments)
+
+    monkeypatch.setattr(label_sets.LabelSetWriter, "add", add)
+    with pytest.raises(RuntimeError):
+        collection.label("star, cross", label_set="shapes", replace=True)
+    assert staged_sizes == [4, 4]  # one chunk of vectors at a time went to the catalog
+    assert collection.info().labels == before  # the stored set is unchanged
+
+    monkeypatch.setattr(label_sets.LabelSetWriter, "add", real_add)
+    summary = collection.label("star, cross", label_set="shapes", replace=True)  # the leftovers are cleared first
+    assert sum(summary.counts.values()) == 9 and sum(collection.info().labels.values()) == 9
+
+
+def test_labels_of_a_version_2_catalog_become_the_default_set(tmp_path):
+    from mmretrieval.collection.catalog import Catalog
+    from mmretrieval.collection.label_sets import sets
+    from mmretrieval.collection.migrations import SCHEMA_VERSION
+
+    path = tmp_path / "catalog.sqlite"
+    Catalog(path).close()
+    db = sqlite3.connect(path)  # turn it into what version 2 wrote: labels without sets
+    db.executescript("""
+        DROP TABLE labels; DROP TABLE label_sets; DROP TABLE labels_staging;
+        CREATE TABLE labels (image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE, label TEXT NOT NULL,
+            probability REAL NOT NULL, PRIMARY KEY (image_id, label));
+        INSERT INTO images(path, size, mtime_ns, status) VALUES (x'2f61', 1, 1, 'ok'), (x'2f62', 1, 1, 'ok');
+        INSERT INTO labels VALUES (1, 'cat', 0.9), (2, 'dog', 0.8);
+        UPDATE meta SET value = '2' WHERE key = 'schema';
+    """)
+    db.commit()
+    db.close()
+    catalog = Catalog(path)
+    try:
+        assert catalog.get_meta("schema") == str(SCHEMA_VERSION) == "3"
+        assert catalog.label_counts() == {"cat": 1, "dog": 1}
+        assert catalog.labels_of([1, 2]) == {1: (("cat", 0.9),), 2: (("dog", 0.8),)}
+        assert [(s.name, s.labels) for s in sets(catalog)] == [("default", ("cat", "dog"))]
+    finally:
+        catalog.close()
+    Catalog(path).close()  # opening again changes nothing
