@@ -632,3 +632,59 @@ def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(cont
     assert all(Path(path).exists() for path in listed)  # exported, never deleted
     with pytest.raises(gr.Error, match="between 0 and 1"):
         handlers.duplicates(1.5)
+
+
+def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
+    """The tab's review and export over groups shaped as collection/duplicates.py makes them (keeper first)."""
+    from dataclasses import dataclass, replace
+
+    from mmretrieval.ui.duplicate_handlers import DuplicateHandlers
+
+    @dataclass(frozen=True)
+    class Copy:
+        id: int
+        path: str
+        score: float
+        width: int
+        height: int
+        bytes: int
+        mtime_ns: int
+
+    @dataclass(frozen=True)
+    class Group:
+        copies: tuple
+
+        @property
+        def score(self):
+            return min(copy.score for copy in self.copies[1:])
+
+    _, hits, _, _, _ = search.search("a shape", None, "", 6, -1)
+    copies = [Copy(hit["id"], hit["file"], 1.0 if i % 3 == 0 else 0.97, 64, 64, Path(hit["file"]).stat().st_size, 0)
+              for i, hit in enumerate(hits)]
+    groups = [Group(tuple(copies[:3])), Group(tuple(copies[3:]))]
+
+    class WithDuplicates:
+        def __init__(self, collection):
+            self._collection = collection
+            self.asked = None
+
+        def __getattr__(self, name):
+            return getattr(self._collection, name)
+
+        def duplicates(self, threshold=None, progress=None):
+            self.asked = threshold
+            return groups
+
+    stand_in = WithDuplicates(context.collection)
+    handlers = DuplicateHandlers(replace(context, collection=stand_in))
+    review, summary, files = handlers.duplicates(0)
+    assert stand_in.asked is None  # 0 asks for the model's default threshold
+    assert review.count("keep (suggested)") == 2 and review.count("copy · similarity 0.970") == 4
+    assert summary.startswith("2 groups of near-duplicates; 4 copies besides the suggested keepers")
+    listed = Path(files[0]).read_text().splitlines()
+    assert listed == [copy.path for copy in copies[1:3] + copies[4:]]  # the keepers are not in the list
+    table = pd.read_csv(files[1])
+    assert list(table["role"]) == ["keep", "copy", "copy"] * 2 and list(table["id"]) == [c.id for c in copies]
+    assert all(Path(copy.path).exists() for copy in copies)  # nothing deleted
+    handlers.duplicates(0.9)
+    assert stand_in.asked == 0.9

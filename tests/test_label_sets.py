@@ -117,3 +117,27 @@ def test_labels_of_a_version_2_catalog_become_the_default_set(tmp_path):
     finally:
         catalog.close()
     Catalog(path).close()  # opening again changes nothing
+
+
+def test_cli_label_set_and_replace_and_search_by_set(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from ui_support import write_scene_folder
+
+    from mmretrieval.cli import main
+
+    write_scene_folder(tmp_path / "images", count=6)
+    collection = str(tmp_path / "c")
+    assert main(["ingest", str(tmp_path / "images"), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    assert main(["label", "--collection", collection, "--labels", "red,blue", "--multi-label", "--threshold", "0",
+                 "--set", "colours"]) == 0
+    capsys.readouterr()
+    assert main(["label", "--collection", collection, "--labels", "green", "--set", "colours"]) == 2
+    assert "label set 'colours' exists already" in capsys.readouterr().err
+    assert main(["search", "x", "--collection", collection, "--label", "colours:red", "--json", "-k", "20"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 6 and all("colours:red" in hit["labels"] for hit in hits)
+    assert main(["label", "--collection", collection, "--labels", "green", "--set", "colours", "--replace"]) == 0
+    capsys.readouterr()
+    assert main(["search", "x", "--collection", collection, "--label", "red", "--json"]) == 2  # gone with its set

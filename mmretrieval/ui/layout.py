@@ -7,6 +7,7 @@ does from a script what the button does in the browser. Purely cosmetic events a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -53,21 +54,55 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return install_checks(app)
 
 
-def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
-    example_buttons = []
+@dataclass(frozen=True)
+class _QueryPanel:
+    """The Search tab's inputs."""
+
+    query: gr.Textbox
+    button: gr.Button
+    image: gr.Image
+    negative: gr.Textbox
+    k: gr.Slider
+    threshold: gr.Slider
+    label: gr.Dropdown
+    folder: gr.Textbox
+    examples: tuple[gr.Button, ...]
+
+
+@dataclass(frozen=True)
+class _ResultPanel:
+    """The Search tab's outputs: gallery, downloads, the selected image's details, JSON for scripts."""
+
+    status: gr.Markdown
+    gallery: gr.Gallery
+    zip_button: gr.Button
+    zip_note: gr.Markdown
+    zip_file: gr.File
+    preview: gr.Image
+    details: gr.Markdown
+    original: gr.File
+    selected: gr.Number
+    show_button: gr.Button
+    more_button: gr.Button
+    hits_json: gr.JSON
+    confidence: gr.JSON
+
+
+def _query_panel(ctx: AppContext) -> _QueryPanel:
+    examples: tuple[gr.Button, ...] = ()
     if ctx.example_queries:
         gr.Markdown("**Try one** (click to search):")
         with gr.Row():
-            example_buttons = [gr.Button(text, size="sm", elem_classes=["example-query"]) for text in ctx.example_queries]
+            examples = tuple(gr.Button(text, size="sm", elem_classes=["example-query"]) for text in ctx.example_queries)
     with gr.Row(equal_height=True):
         query = gr.Textbox(label="Describe the images you want", placeholder="e.g. a red circle",
                            elem_id="query", scale=5, autofocus=True)
-        search_button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1)
+        button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1)
     with gr.Accordion("Query image, negatives, k and threshold", open=False):
         with gr.Row():
-            query_image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
-                                                image_mode=None, sources=["upload", "clipboard"], height=180,
-                                                elem_id="query-image"))
+            image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
+                                          image_mode=None, sources=["upload", "clipboard"], height=180,
+                                          elem_id="query-image"))
             with gr.Column():
                 negative = gr.Textbox("", label="Not like (negative text, comma-separated)", placeholder="e.g. striped",
                                       elem_id="negative")
@@ -78,6 +113,10 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
                                 allow_custom_value=True, elem_id="label-filter")
             folder = gr.Textbox("", label="Only images under folder (absolute path on the server)",
                                 placeholder="e.g. /home/me/photos/2023", elem_id="folder-filter")
+    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, examples)
+
+
+def _result_panel() -> _ResultPanel:
     status = gr.Markdown(elem_id="search-status", label="Status")
     with gr.Row():
         with gr.Column(scale=3):
@@ -100,31 +139,37 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> None:
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
         hits_json = gr.JSON(label="Hits")
         confidence = gr.JSON(label="Confidence")
+    return _ResultPanel(status, gallery, zip_button, zip_note, zip_file, preview, details, original, selected,
+                        show_button, more_button, hits_json, confidence)
+
+
+def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
+    """The Search tab; returns its label filter (refreshed after labelling)."""
+    q, r = _query_panel(ctx), _result_panel()
     hit_ids = gr.State([])
     # The image whose details are shown; None until one is. (An empty gr.Number sends 0, not None.)
     shown_id = gr.State(None)
-
-    results = [gallery, hits_json, confidence, hit_ids, status]
-    search_inputs = [query, query_image, negative, k, threshold, label, folder]
+    results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
+    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, q.label, q.folder]
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
-    gr.on([search_button.click, query.submit], handlers.search, search_inputs, results, api_name="search",
+    gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
           trigger_mode="always_last")
-    more_button.click(handlers.similar, [shown_id, k, threshold, label, folder], results, api_name="similar_selected",
-                      api_visibility="private", trigger_mode="always_last")
-    one_image = [preview, details, selected, original]
-    gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
-        _same, selected, shown_id, api_visibility="private", queue=False)
-    show_button.click(handlers.image_info, [selected], one_image, api_name="image_info").success(
-        _same, selected, shown_id, api_visibility="private", queue=False)
-    zip_button.click(handlers.originals_zip, [hit_ids], [zip_file, zip_note], api_visibility="private")
-    _script_endpoints(handlers, [k, threshold, label, folder], results)
-    for button in example_buttons:
+    r.more_button.click(handlers.similar, [shown_id, q.k, q.threshold, q.label, q.folder], results,
+                        api_name="similar_selected", api_visibility="private", trigger_mode="always_last")
+    one_image = [r.preview, r.details, r.selected, r.original]
+    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
+        _same, r.selected, shown_id, api_visibility="private", queue=False)
+    r.show_button.click(handlers.image_info, [r.selected], one_image, api_name="image_info").success(
+        _same, r.selected, shown_id, api_visibility="private", queue=False)
+    r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private")
+    _script_endpoints(handlers, [q.k, q.threshold, q.label, q.folder], results)
+    for button in q.examples:
         # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
-        button.click(lambda text=button.value: (text, None, ""), None, [query, query_image, negative],
+        button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
                      api_visibility="private", queue=False).then(
             handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last")
-    return label
+    return q.label
 
 
 def _same(value: object) -> object:
@@ -259,7 +304,7 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
     summary = gr.Markdown(label="Summary", elem_id="duplicates-summary")
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
-                     file_count="multiple", height=90)
+                     file_count="multiple", height=140)
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
     find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates")
 
