@@ -9,6 +9,7 @@ import signal
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmretrieval.collection.collection import Collection
 from mmretrieval.ingest.ray_runner import RayIngestConfig
@@ -35,6 +36,11 @@ def photos(tmp_path_factory):
         expected[f"more/{path.name}"] = "ok"
     shutil.copy(folder / "good01.jpg", folder / "more" / "copy.jpg")
     expected["more/copy.jpg"] = "ok"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"  # Make, Model
+    exif.get_ifd(0x8769)[0x9003] = "2023:07:14 18:05:09"  # DateTimeOriginal
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(folder / "more" / "dated.jpg", exif=exif)
+    expected["more/dated.jpg"] = "ok"
     return folder, expected
 
 
@@ -50,6 +56,12 @@ def vectors_by_path(col: Collection) -> dict[bytes, np.ndarray]:
     ids, vectors = col.vectors()
     rows = col.catalog.rows(ids.tolist())
     return {os.fsencode(rows[i].path): v for i, v in zip(ids.tolist(), vectors)}
+
+
+def photos_by_path(col: Collection) -> dict[bytes, object]:
+    ids = col.catalog.vector_ids().tolist()
+    rows, photos = col.catalog.rows(ids), col.catalog.photos(ids)
+    return {os.fsencode(rows[i].path): photos.get(i) for i in ids}
 
 
 def small_config(**overrides) -> RayIngestConfig:
@@ -82,6 +94,10 @@ def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_enc
         assert ours.keys() == theirs.keys()
         for path, vector in ours.items():
             np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
+        assert photos_by_path(col) == photos_by_path(reference)  # capture times and cameras cross Ray too
+        dated = photos_by_path(col)[os.fsencode(str(folder / "more" / "dated.jpg"))]
+        assert (dated.taken_local, dated.taken_source, dated.camera) == ("2023-07-14T18:05:09", "exif_original",
+                                                                         "Canon EOS R5")
         assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
         assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
         assert len(col.search("a red circle", k=100)) == len(ours)  # the index caught up
@@ -131,6 +147,10 @@ def test_killing_the_embed_actor_mid_run_loses_and_duplicates_nothing(photos, si
         ours, theirs = vectors_by_path(col), vectors_by_path(reference)
         for path, vector in ours.items():
             np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
+        assert photos_by_path(col) == photos_by_path(reference)  # capture times and cameras cross Ray too
+        dated = photos_by_path(col)[os.fsencode(str(folder / "more" / "dated.jpg"))]
+        assert (dated.taken_local, dated.taken_source, dated.camera) == ("2023-07-14T18:05:09", "exif_original",
+                                                                         "Canon EOS R5")
 
 
 class DriverStopped(Exception):

@@ -12,7 +12,9 @@ IFD0 ``DateTime``, each with its own offset tag), falling back to the file's mod
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import logging
 import math
 import re
@@ -58,6 +60,15 @@ class PhotoMetadata:
         sign = "+" if self.utc_offset_min >= 0 else "-"
         hours, minutes = divmod(abs(self.utc_offset_min), 60)
         return f"{self.taken_local}{sign}{hours:02d}:{minutes:02d}"
+
+    def to_json(self) -> str:
+        """One line of JSON (for records that cross process or machine boundaries, e.g. Ray results)."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PhotoMetadata | None":
+        """The metadata :meth:`to_json` wrote; None for an empty string (nothing was extracted)."""
+        return cls(**json.loads(text)) if text else None
 
     @property
     def camera(self) -> str | None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..collection.catalog import Catalog
 from ..collection.places import FailureWrite, RowMetadata, VectorWrite
+from ..images.metadata import PhotoMetadata
 from .batches import IngestSummary, Skipped
 from .ray_segments import Result
 
@@ -75,7 +76,8 @@ class ResultCommitter:
         new_hashes = list(dict.fromkeys(h for h in hashes if h not in known))
         if len(take) == len(rows) and ok:
             metadata = [RowMetadata(int(rows.image_ids[row]), rows.content_hashes[row], int(rows.widths[row]),
-                                    int(rows.heights[row]), rows.formats[row]) for row in ok]
+                                    int(rows.heights[row]), rows.formats[row], PhotoMetadata.from_json(rows.photos[row]))
+                        for row in ok]
             done = self.catalog.commit_segment(result.segment, metadata, failures, source=f"ray:{result.name}")
             whole = not done.already_committed  # the same bytes committed before (a file touched, not changed)
         else:
@@ -84,7 +86,8 @@ class ResultCommitter:
             vectors = _vectors_of(result, ok)
             self.catalog.write_results([VectorWrite(int(rows.image_ids[row]), rows.content_hashes[row],
                                                     int(rows.widths[row]), int(rows.heights[row]), rows.formats[row],
-                                                    vectors[row]) for row in ok], failures)
+                                                    vectors[row], PhotoMetadata.from_json(rows.photos[row]))
+                                        for row in ok], failures)
         for row in take:
             del self.pending[int(rows.image_ids[row])]
         return CommitCounts(rows=len(take), embedded=len(new_hashes), duplicates=len(ok) - len(new_hashes),

@@ -40,7 +40,7 @@ SEAL_SUFFIX = ".json"
 ROWS_SUFFIX = ".rows.parquet"
 _FILE_SUFFIXES = (ROWS_SUFFIX, ".vec", ".ids", SEAL_SUFFIX)  # upload order: the seal last
 _ROW_COLUMNS = ("image_id", "path", "size", "mtime_ns", "status", "content_hash", "width", "height", "format",
-                "reason", "message")
+                "reason", "message", "photo")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ResultRows:
     formats: tuple[str, ...]
     reasons: tuple[str, ...]
     messages: tuple[str, ...]
+    photos: tuple[str, ...]  # PhotoMetadata.to_json(), or "" where nothing was extracted
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -210,4 +211,5 @@ def _rows_of(table: pa.Table) -> ResultRows:
 
     return ResultRows(ints("image_id"), texts("path"), ints("size"), ints("mtime_ns"),
                       np.array([s == "ok" for s in texts("status")], dtype=bool), texts("content_hash"),
-                      ints("width"), ints("height"), texts("format"), texts("reason"), texts("message"))
+                      ints("width"), ints("height"), texts("format"), texts("reason"), texts("message"),
+                      texts("photo"))

@@ -61,7 +61,7 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
         results = [by_id[task.image_id] for task in tasks]
     pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
     columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
-                                                      "reason", "message")}
+                                                      "reason", "message", "photo")}
     for row, result in enumerate(results):
         ok = isinstance(result, Decoded)
         if ok:
@@ -73,6 +73,7 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
         columns["format"].append(result.format if ok else "")
         columns["reason"].append("" if ok else result.reason)
         columns["message"].append("" if ok else result.message)
+        columns["photo"].append(result.metadata.to_json() if ok and result.metadata else "")
     out: Batch = {name: batch[name] for name in ("image_id", "path", "size", "mtime_ns")}
     for name, values in columns.items():
         out[name] = np.array(values, dtype=np.int64 if name in ("width", "height") else object)
