@@ -700,3 +700,13 @@ def test_search_filters_by_date_and_camera(search):
     assert by_camera == []  # generated PNGs have no camera
     with pytest.raises(gr.Error, match="after"):
         search.search("a shape", None, "", 5, -1, "", "", "not a date", "", "")
+
+
+def test_map_filters_by_date_and_camera(maps, context):
+    import json
+
+    everything = json.loads(maps.collection_map("", "pca")[0])["points"]["ids"]
+    recent = json.loads(maps.collection_map("", "pca", "", "", "2000", "", "")[0])["points"]["ids"]
+    assert recent == everything  # scenes are dated by their files' mtime (now)
+    with pytest.raises(gr.Error, match="No image on the map matches"):
+        maps.collection_map("", "pca", "", "", "", "", "Canon")

@@ -276,9 +276,14 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                             value=", ".join(ctx.map_labels), elem_id="map-labels")
         method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
                              scale=1)
-        label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True, scale=1)
-        folder = gr.Textbox("", label="Only folder (absolute path)", scale=1)
         draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
+    with gr.Accordion("Filters: label, folder, date taken, camera", open=False):
+        with gr.Row():
+            label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True)
+            folder = gr.Textbox("", label="Only folder (absolute path)")
+            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
+            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
+            camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
     note = gr.Markdown(label="About this map", elem_id="map-note")
     with gr.Row():
         with gr.Column(scale=3):
@@ -293,7 +298,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
-    draw.click(handlers.collection_map, [labels, method, label, folder], [plot, note],
+    draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera], [plot, note],
                api_name="map", trigger_mode="always_last")
     plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private").success(
         search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private")
