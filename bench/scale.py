@@ -112,7 +112,7 @@ collection = Collection.open(sys.argv[1])
 opened_s = time.perf_counter() - started
 queries = np.load(sys.argv[2])
 truth = np.load(sys.argv[3])
-search = getattr(collection, 'search_vector', None) or (lambda v, k: collection._nearest(v, k, None, None, None))
+search = collection.nearest  # the query path of search/similar, from a vector
 for query in queries[:20]:  # warm-up: first touches of the maps and the index
     search(query, 10)
 latencies, hits = [], 0

@@ -70,7 +70,7 @@ def test_graph_and_components_match_brute_force():
         return ids[positions], vectors[positions]
 
     def search(queries, k):  # approximate scores (as PQ gives them): only the neighbours are trusted
-        scores = queries @ vectors.T + rng.normal(scale=0.1, size=(len(queries), len(vectors)))
+        scores = queries @ vectors.T + rng.uniform(-0.08, 0.08, size=(len(queries), len(vectors)))
         order = np.argsort(-scores, axis=1)[:, :k]
         return np.take_along_axis(scores, order, 1), ids[order]
 

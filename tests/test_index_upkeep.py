@@ -161,7 +161,7 @@ def test_search_in_a_folder_without_write_permission(tmp_path, tiny_model_dir):
         script = tmp_path / "reader.py"
         script.write_text(_READER)
         child = subprocess.run([sys.executable, str(script), str(base / "col"), str(tiny_model_dir)],
-                               capture_output=True, text=True, timeout=120,
+                               capture_output=True, text=True, timeout=600,
                                env={**os.environ, "PYTHONPATH": os.getcwd()})
         assert child.returncode == 0, child.stderr
         assert child.stdout.split() == ["3", "False"]

@@ -110,7 +110,7 @@ def test_labels_of_a_version_2_catalog_become_the_default_set(tmp_path):
     db.close()
     catalog = Catalog(path)
     try:
-        assert catalog.get_meta("schema") == str(SCHEMA_VERSION) and SCHEMA_VERSION >= 3
+        assert catalog.get_meta("schema") == str(SCHEMA_VERSION) and SCHEMA_VERSION >= 3  # 3 -> 4 added photos
         assert catalog.label_counts() == {"cat": 1, "dog": 1}
         assert catalog.labels_of([1, 2]) == {1: (("cat", 0.9),), 2: (("dog", 0.8),)}
         assert [(s.name, s.labels) for s in sets(catalog)] == [("default", ("cat", "dog"))]

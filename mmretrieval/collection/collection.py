@@ -339,15 +339,17 @@ class Collection:
                 self._indexes.sync()  # in memory only: a search never writes
                 index = self._indexes.index
                 _, ids = index.search(vector[None, :], index.candidates(k))
-        ids = ids[0]
-        rows = self.catalog.rows(ids.tolist())
-        stored_ids, stored = self.catalog.vectors(ids.tolist())
+        # Exact re-ranking of the candidates from the stored vectors; rows and labels only for the k kept.
+        stored_ids, stored = self.catalog.vectors(ids[0].tolist())
         scores = stored @ vector if len(stored_ids) else np.zeros(0, np.float32)
-        labels = self.catalog.labels_of(stored_ids.tolist())
-        hits = [Hit(int(i), rows[i].path, float(s), tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
-                for i, s in zip(stored_ids.tolist(), scores.tolist()) if i in rows]
-        hits.sort(key=lambda hit: -hit.score)
-        return [hit for hit in hits if threshold is None or hit.score >= threshold][:k]
+        order = np.argsort(-scores, kind="stable")
+        if threshold is not None:
+            order = order[scores[order] >= threshold]
+        best = [(int(stored_ids[j]), float(scores[j])) for j in order[:k]]
+        rows = self.catalog.rows([i for i, _ in best])
+        labels = self.catalog.labels_of([i for i, _ in best])
+        return [Hit(i, rows[i].path, s, tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
+                for i, s in best if i in rows]
 
     def duplicates(self, threshold: float | None = None, k: int = 10,
                    progress: Progress | None = None) -> "list[DuplicateGroup]":

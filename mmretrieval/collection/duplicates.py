@@ -42,6 +42,7 @@ VectorLoader = Callable[[Sequence[int]], "tuple[npt.NDArray[np.int64], npt.NDArr
 # values are not measured here (no pretrained weights offline): re-run bench/duplicates.py --model SPEC.
 DEFAULT_THRESHOLDS = {"shapes": 0.95, "clip": 0.95, "siglip": 0.95}
 DEFAULT_K = 10  # neighbours searched per image: a group larger than k+1 still joins up through chains
+_RESCORE_MARGIN = 0.1  # neighbours this far below the threshold by the index's (possibly PQ) score are dropped
 _BLOCK = 2048  # query vectors per index search (their neighbours' vectors are gathered too)
 
 
@@ -96,8 +97,9 @@ def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.f
                   progress: Progress | None = None) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
     """Pairs of ids whose exact cosine is at least ``threshold``, among each image's ``k`` nearest neighbours.
 
-    The index only proposes neighbours; their scores are recomputed from the stored vectors, so a compressed
-    (PQ) index decides nothing by its approximate scores. Yields one ``(a, b)`` pair of id arrays per block
+    The index only proposes neighbours; those within :data:`_RESCORE_MARGIN` of the threshold by its score are
+    rescored exactly from the stored vectors, so a compressed (PQ) index's approximate scores decide nothing
+    near the threshold. Yields one ``(a, b)`` pair of id arrays per block
     (a pair may come once from each side).
 
     Args:
@@ -117,8 +119,9 @@ def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.f
     done = 0
     for ids, vectors in blocks:
         if len(ids):
-            _, neighbours = search(vectors, k + 1)
-            rows, cols = np.nonzero((neighbours >= 0) & (neighbours != ids[:, None]))
+            approximate, neighbours = search(vectors, k + 1)
+            near = approximate >= threshold - _RESCORE_MARGIN  # only these can be copies: fetch and rescore them
+            rows, cols = np.nonzero((neighbours >= 0) & (neighbours != ids[:, None]) & near)
             candidates = neighbours[rows, cols]
             found, found_vectors = load(np.unique(candidates).tolist())
             position = np.searchsorted(found, candidates)

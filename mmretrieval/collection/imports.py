@@ -279,11 +279,11 @@ def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: boo
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
                       progress: Progress | None = None) -> ImportSummary:
-    """Import a clip-retrieval output folder into ``collection`` shard by shard, then update its index.
+    """Import a clip-retrieval output folder (or another collection's folder) shard by shard, then update the index.
 
     Args:
-        collection: an open collection; its model's dimension is the one every shard must have.
-        directory: the folder holding ``img_emb/`` and ``metadata/``.
+        collection: an open, writable collection; its model's dimension is the one every shard must have.
+        directory: the folder holding ``img_emb/`` and ``metadata/``, or another collection of the same model.
         root: where relative ``image_path`` values are resolved (default: ``directory``).
         progress: ``(rows done, rows total)`` after each shard.
 
@@ -337,7 +337,6 @@ def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
 
         if source == collection.directory:
             raise CollectionError(f"{source} is the collection itself; import from another collection's folder")
-
         return find_segment_shards(source, collection.identity)
     return find_shards(source)
 
