@@ -434,7 +434,8 @@ def test_http_api_names_every_argument_and_output_and_makes_optional_ones_option
         assert not [r["label"] for r in endpoint["returns"] if r["label"].startswith("value_")], name
         assert not [p["label"] for p in endpoint["parameters"] if p["label"].startswith("parameter_")], name
     search_parameters = {p["parameter_name"]: p["parameter_has_default"] for p in endpoints["/search"]["parameters"]}
-    assert list(search_parameters) == ["text", "image", "negative", "k", "threshold", "label", "folder"]
+    assert list(search_parameters) == ["text", "image", "negative", "k", "threshold", "label", "folder", "after",
+                                      "before", "camera"]
     assert [name for name in list(search_parameters)[1:] if not search_parameters[name]] == []
     _, hits, confidence, status = client.predict("a red circle", api_name="/search")  # optional arguments left out
     assert confidence["level"] in ("weak", "fair", "clear")
@@ -688,3 +689,24 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert all(Path(copy.path).exists() for copy in copies)  # nothing deleted
     handlers.duplicates(0.9)
     assert stand_in.asked == 0.9
+
+
+def test_search_filters_by_date_and_camera(search):
+    _, recent, _, _, status = search.search("a shape", None, "", 200, -1, "", "", "2000", "", "")
+    assert recent and "taken from '2000'" in status  # scenes without EXIF are dated by their file's mtime
+    _, old, _, _, _ = search.search("a shape", None, "", 200, -1, "", "", "", "2000", "")
+    assert old == []
+    _, by_camera, _, _, _ = search.search("a shape", None, "", 200, -1, "", "", "", "", "Canon")
+    assert by_camera == []  # generated PNGs have no camera
+    with pytest.raises(gr.Error, match="after"):
+        search.search("a shape", None, "", 5, -1, "", "", "not a date", "", "")
+
+
+def test_map_filters_by_date_and_camera(maps, context):
+    import json
+
+    everything = json.loads(maps.collection_map("", "pca")[0])["points"]["ids"]
+    recent = json.loads(maps.collection_map("", "pca", "", "", "2000", "", "")[0])["points"]["ids"]
+    assert recent == everything  # scenes are dated by their files' mtime (now)
+    with pytest.raises(gr.Error, match="No image on the map matches"):
+        maps.collection_map("", "pca", "", "", "", "", "Canon")

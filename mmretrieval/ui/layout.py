@@ -66,6 +66,9 @@ class _QueryPanel:
     threshold: gr.Slider
     label: gr.Dropdown
     folder: gr.Textbox
+    after: gr.Textbox
+    before: gr.Textbox
+    camera: gr.Textbox
     examples: tuple[gr.Button, ...]
 
 
@@ -113,7 +116,12 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
                                 allow_custom_value=True, elem_id="label-filter")
             folder = gr.Textbox("", label="Only images under folder (absolute path on the server)",
                                 placeholder="e.g. /home/me/photos/2023", elem_id="folder-filter")
-    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, examples)
+        with gr.Row():
+            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024 or 2024-06-01", elem_id="after")
+            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025", elem_id="before")
+            camera = gr.Textbox("", label="Camera (make or model contains)", placeholder="e.g. iPhone",
+                                elem_id="camera")
+    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, examples)
 
 
 def _result_panel() -> _ResultPanel:
@@ -150,12 +158,13 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     # The image whose details are shown; None until one is. (An empty gr.Number sends 0, not None.)
     shown_id = gr.State(None)
     results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
-    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, q.label, q.folder]
+    filters = [q.label, q.folder, q.after, q.before, q.camera]
+    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters]
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
     gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
           trigger_mode="always_last")
-    r.more_button.click(handlers.similar, [shown_id, q.k, q.threshold, q.label, q.folder], results,
+    r.more_button.click(handlers.similar, [shown_id, q.k, q.threshold, *filters], results,
                         api_name="similar_selected", api_visibility="private", trigger_mode="always_last")
     one_image = [r.preview, r.details, r.selected, r.original]
     r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
@@ -163,7 +172,7 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     r.show_button.click(handlers.image_info, [r.selected], one_image, api_name="image_info").success(
         _same, r.selected, shown_id, api_visibility="private", queue=False)
     r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private")
-    _script_endpoints(handlers, [q.k, q.threshold, q.label, q.folder], results)
+    _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
     for button in q.examples:
         # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
         button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
@@ -267,9 +276,14 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                             value=", ".join(ctx.map_labels), elem_id="map-labels")
         method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
                              scale=1)
-        label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True, scale=1)
-        folder = gr.Textbox("", label="Only folder (absolute path)", scale=1)
         draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
+    with gr.Accordion("Filters: label, folder, date taken, camera", open=False):
+        with gr.Row():
+            label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True)
+            folder = gr.Textbox("", label="Only folder (absolute path)")
+            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
+            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
+            camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
     note = gr.Markdown(label="About this map", elem_id="map-note")
     with gr.Row():
         with gr.Column(scale=3):
@@ -284,7 +298,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
-    draw.click(handlers.collection_map, [labels, method, label, folder], [plot, note],
+    draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera], [plot, note],
                api_name="map", trigger_mode="always_last")
     plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private").success(
         search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private")

@@ -48,7 +48,8 @@ class MapHandlers:
 
     @user_errors
     def collection_map(self, labels: str = "", method: str = "auto", label: str | None = None,
-                       folder: str | None = None, templates: str = "default",
+                       folder: str | None = None, after: str | None = None, before: str | None = None,
+                       camera: str | None = None, templates: str = "default",
                        progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
         """The map (points, colours, legend as JSON) coloured by ``labels`` or else the stored labels, and a note.
 
@@ -65,7 +66,7 @@ class MapHandlers:
             layout, cached = projection.cached_layout(collection.directory, generation, all_ids, self._vectors, method)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from exc
-        keep = self._filter(layout.ids, label, folder)
+        keep = self._filter(layout.ids, label, folder, after, before, camera)
         ids, coordinates = layout.ids[keep], layout.coordinates[keep]
         if len(ids) == 0:
             raise gr.Error("No image on the map matches the label and folder filters.", print_exception=False)
@@ -83,20 +84,20 @@ class MapHandlers:
         order = np.argsort(found, kind="stable")
         return vectors[order][np.searchsorted(found[order], ids)]
 
-    def _filter(self, ids: npt.NDArray[np.int64], label: str | None, folder: str | None) -> npt.NDArray[np.bool_]:
-        keep = np.ones(len(ids), bool)
+    def _filter(self, ids: npt.NDArray[np.int64], label: str | None, folder: str | None, after: str | None,
+                before: str | None, camera: str | None) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` pass the filters (the collection's own: label, folder, date taken, camera)."""
+        from ..collection.filters import Filters, allowed_ids
+
+        prefix = (folder or "").strip()
+        if prefix and not os.path.isabs(prefix):
+            raise gr.Error(f"The folder filter {prefix!r} is not an absolute path.", print_exception=False)
+        filters = Filters.of(path_prefix=prefix.rstrip(os.sep) + os.sep if prefix else None,
+                             label=(label or "").strip() or None, after=(after or "").strip() or None,
+                             before=(before or "").strip() or None, camera=camera)
         with self.ctx.lock:
-            if (label or "").strip():
-                allowed = self.ctx.collection.catalog.ids_with_label(label.strip())
-                if not allowed.size and label.strip() not in self.ctx.collection.catalog.label_counts():
-                    raise gr.Error(f"No image has label {label.strip()!r}.", print_exception=False)
-                keep &= np.isin(ids, allowed)
-            if (folder or "").strip():
-                if not os.path.isabs(folder.strip()):
-                    raise gr.Error(f"The folder filter {folder.strip()!r} is not an absolute path.",
-                                   print_exception=False)
-                keep &= np.isin(ids, self.ctx.collection.catalog.ids_with_prefix(folder.strip().rstrip(os.sep) + os.sep))
-        return keep
+            allowed = allowed_ids(self.ctx.collection.catalog, filters)
+        return np.ones(len(ids), bool) if allowed is None else np.isin(ids, allowed)
 
     def _point_labels(self, labels: str, templates: str, ids: npt.NDArray[np.int64]) -> tuple[list[str], str]:
         if (labels or "").replace(",", "").strip():

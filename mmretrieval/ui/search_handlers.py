@@ -56,6 +56,7 @@ class SearchHandlers:
     def search(
         self, text: str, image: str | None = None, negative: str | None = None, k: float = 24,
         threshold: float | None = None, label: str | None = None, folder: str | None = None,
+        after: str | None = None, before: str | None = None, camera: str | None = None,
     ) -> SearchResults:
         """Text and/or image query, minus negative text, optionally only among images with ``label`` or under ``folder``.
 
@@ -67,7 +68,7 @@ class SearchHandlers:
         if not text and query_image is None:
             raise gr.Error("Type a query, or add a query image, then search.", print_exception=False)
         query = self._build_query(text, query_image, negative)
-        filters, among = _filters(label, folder)
+        filters, among = _filters(label, folder, after, before, camera)
         with self.ctx.lock:
             hits = self.ctx.collection.search(query, k=_clamp_k(k), threshold=_threshold(threshold), **filters)
         what = " + ".join(part for part in (repr(text) if text else "", "image" if query_image else "") if part)
@@ -79,7 +80,7 @@ class SearchHandlers:
     @user_errors
     def similar(
         self, image_id: float | None, k: float = 24, threshold: float | None = None, label: str | None = None,
-        folder: str | None = None,
+        folder: str | None = None, after: str | None = None, before: str | None = None, camera: str | None = None,
     ) -> SearchResults:
         """Images most like collection image ``image_id`` (a catalog id, as search results carry), with the filters."""
         if image_id is None:
@@ -88,7 +89,7 @@ class SearchHandlers:
         if image_id != int(image_id) or image_id < 1:
             raise gr.Error(f"{image_id} is not an image id: ids are whole numbers from 1, as search results "
                            "and the details panel show them.", print_exception=False)
-        filters, among = _filters(label, folder)
+        filters, among = _filters(label, folder, after, before, camera)
         with self.ctx.lock:
             hits = self.ctx.collection.similar(int(image_id), k=_clamp_k(k), threshold=_threshold(threshold),
                                                **filters)
@@ -236,8 +237,11 @@ def _describe(image_id: int, row: ImageDetails) -> str:
     return "\n".join(lines)
 
 
-def _filters(label: str | None, folder: str | None) -> tuple[dict[str, str], str]:
-    """Search keyword arguments for the label and folder filters, and words for the status line.
+def _filters(label: str | None, folder: str | None, after: str | None = None, before: str | None = None,
+             camera: str | None = None) -> tuple[dict[str, str], str]:
+    """Search keyword arguments for the label, folder, date and camera filters, and words for the status line.
+
+    Dates are checked by the collection (``2024``, ``2024-06``, ``2024-06-01`` or an ISO datetime).
 
     Raises:
         gr.Error: a folder that is not an absolute path.
@@ -253,6 +257,11 @@ def _filters(label: str | None, folder: str | None) -> tuple[dict[str, str], str
                            "panel shows paths, e.g. /home/me/photos.", print_exception=False)
         filters["path_prefix"] = prefix.rstrip(os.sep) + os.sep
         words.append(f"under {prefix}")
+    for key, value, word in (("after", after, "taken from"), ("before", before, "taken before"),
+                             ("camera", camera, "from a camera matching")):
+        if (value or "").strip():
+            filters[key] = value.strip()
+            words.append(f"{word} {value.strip()!r}")
     return filters, (" among images " + " and ".join(words)) if words else ""
 
 
