@@ -7,6 +7,7 @@ would give them: the temporary is created with mode 0666 and the kernel applies 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
@@ -120,3 +121,12 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None) -> 
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read a megabyte at a time (for checksummed manifests and model identities)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,7 +32,6 @@ point leaves either the old pair or the new one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import atomic_path, atomic_write_text, fsync_dir
+from ..atomic import atomic_path, atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
 from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MIN_IVF_VECTORS, IndexConfig, IndexPolicy, choose_config,
                      estimate_bytes)
@@ -223,7 +222,7 @@ class VectorIndex:
         name = f"index-{manifest.generation}.faiss"
         with atomic_path(directory / name) as tmp:
             faiss.write_index(self.faiss_index, str(tmp))
-        saved = dataclasses.replace(manifest, file=name, sha256=_sha256(directory / name), count=self.count,
+        saved = dataclasses.replace(manifest, file=name, sha256=file_sha256(directory / name), count=self.count,
                                     dim=self.dim, index_type=self.config.type, params=self.config.params())
         atomic_write_text(directory / MANIFEST_NAME, json.dumps(dataclasses.asdict(saved), indent=1, sort_keys=True))
         for old in directory.glob("index-*.faiss"):
@@ -243,7 +242,7 @@ class VectorIndex:
         problem = _manifest_problem(manifest, model_key, dim)
         if problem is None and (not manifest.file or not path.is_file()):
             problem = f"index file {manifest.file!r} is missing"
-        if problem is None and _sha256(path) != manifest.sha256:
+        if problem is None and file_sha256(path) != manifest.sha256:
             problem = f"{path.name} does not match its checksum (corrupt or truncated)"
         if problem is None:
             try:
@@ -360,10 +359,3 @@ def _drop_padding(scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k
     width = min(k, int((ids >= 0).sum(axis=1).max())) if len(ids) else 0
     return scores[:, :width], ids[:, :width]
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

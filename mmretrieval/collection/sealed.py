@@ -11,7 +11,6 @@ Memory: appends stream to the files; :func:`read_sealed` checksums in 1 MiB read
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, file_sha256
 from ..errors import CollectionError
 
 DTYPES = ("float16", "float32")
@@ -126,14 +125,6 @@ def read_sealed(descriptor: str | os.PathLike, verify: bool = True) -> SealedSeg
     if problem:
         raise CollectionError(f"segment {descriptor} is damaged: {problem}; re-write it, nothing of it was used")
     return sealed
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_rows(vec: BinaryIO, id_file: BinaryIO, ids: npt.ArrayLike, vectors: npt.ArrayLike, dim: int, dtype: str) -> int:

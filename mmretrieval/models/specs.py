@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
 
 logger = logging.getLogger(__name__)
@@ -192,17 +192,14 @@ def sha256_file(path: Path) -> str:
             return remembered["sha256"]
     except (OSError, ValueError, AttributeError):
         pass
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = file_sha256(real)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        record = {"path": str(real), "stamp": stamp, "sha256": digest.hexdigest()}
+        record = {"path": str(real), "stamp": stamp, "sha256": digest}
         atomic_write_bytes(memo, json.dumps(record).encode(), durable=False)
     except OSError as exc:  # a read-only home: correct, just slower next time
         logger.debug("cannot remember the hash of %s: %s", real, exc)
-    return digest.hexdigest()
+    return digest
 
 
 def _file_stamp(path: Path) -> list[int]:
