@@ -64,6 +64,18 @@ def photos_by_path(col: Collection) -> dict[bytes, object]:
     return {os.fsencode(rows[i].path): photos.get(i) for i in ids}
 
 
+def assert_same_vectors_and_photos(col: Collection, reference: Collection, folder) -> None:
+    """Vectors equal within float tolerance, and capture times and cameras crossed Ray as they were read."""
+    ours, theirs = vectors_by_path(col), vectors_by_path(reference)
+    assert ours.keys() == theirs.keys()
+    for path, vector in ours.items():
+        np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
+    assert photos_by_path(col) == photos_by_path(reference)
+    dated = photos_by_path(col)[os.fsencode(str(folder / "more" / "dated.jpg"))]
+    assert (dated.taken_local, dated.taken_source, dated.camera) == ("2023-07-14T18:05:09", "exif_original",
+                                                                     "Canon EOS R5")
+
+
 def small_config(**overrides) -> RayIngestConfig:
     # small blocks and segments, so a few dozen files make several tasks, batches and commits
     return RayIngestConfig(**{"files_per_task": 6, "segment_rows": 5, "batch_size": 4, **overrides})
@@ -90,17 +102,10 @@ def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_enc
         assert "pending" not in col.catalog.counts_by_status()
         assert outcome(col) == outcome(reference)
         assert {os.path.relpath(os.fsdecode(p), folder): s for p, s in outcome(col).items()} == expected
-        ours, theirs = vectors_by_path(col), vectors_by_path(reference)
-        assert ours.keys() == theirs.keys()
-        for path, vector in ours.items():
-            np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
-        assert photos_by_path(col) == photos_by_path(reference)  # capture times and cameras cross Ray too
-        dated = photos_by_path(col)[os.fsencode(str(folder / "more" / "dated.jpg"))]
-        assert (dated.taken_local, dated.taken_source, dated.camera) == ("2023-07-14T18:05:09", "exif_original",
-                                                                         "Canon EOS R5")
+        assert_same_vectors_and_photos(col, reference, folder)
         assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
         assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
-        assert len(col.search("a red circle", k=100)) == len(ours)  # the index caught up
+        assert len(col.search("a red circle", k=100)) == len(col.catalog.vector_ids())  # the index caught up
 
         again = col.ingest([folder], ray=small_config())
         settled = sum(n for status, n in reference.catalog.counts_by_status().items() if status != "skipped")
@@ -144,13 +149,7 @@ def test_killing_the_embed_actor_mid_run_loses_and_duplicates_nothing(photos, si
         assert outcome(col) == outcome(reference)
         ids = col.catalog.vector_ids()
         assert len(ids) == len(set(ids.tolist())) == reference_summary.embedded + reference_summary.duplicates
-        ours, theirs = vectors_by_path(col), vectors_by_path(reference)
-        for path, vector in ours.items():
-            np.testing.assert_allclose(vector, theirs[path], atol=1e-5)
-        assert photos_by_path(col) == photos_by_path(reference)  # capture times and cameras cross Ray too
-        dated = photos_by_path(col)[os.fsencode(str(folder / "more" / "dated.jpg"))]
-        assert (dated.taken_local, dated.taken_source, dated.camera) == ("2023-07-14T18:05:09", "exif_original",
-                                                                         "Canon EOS R5")
+        assert_same_vectors_and_photos(col, reference, folder)
 
 
 class DriverStopped(Exception):

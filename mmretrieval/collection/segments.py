@@ -47,9 +47,9 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import atomic_write_text, fsync_dir
+from ..atomic import atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
-from .sealed import (DEFAULT_DTYPE, DTYPES, SealedSegment, SegmentWriter, check_dtype, file_sha256, read_sealed,
+from .sealed import (DEFAULT_DTYPE, DTYPES, SealedSegment, SegmentWriter, check_dtype, read_sealed,
                      write_rows)
 
 __all__ = ["DEFAULT_DTYPE", "DTYPES", "MANIFEST_NAME", "SEGMENTS_DIRNAME", "SEGMENT_ROWS", "SealedSegment",
