@@ -15,13 +15,14 @@ which the worker re-runs on import), not a bad file, and no file is failed for i
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import multiprocessing
 import queue
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
@@ -107,20 +108,26 @@ class DecodePool:
         self.timeout_s = timeout_s
         self._results: queue.Queue = queue.Queue(maxsize=buffer)
 
-    def run(self, tasks: Sequence[DecodeTask]) -> Iterator[Decoded | Failed]:
+    def run(self, tasks: Iterable[DecodeTask]) -> Iterator[Decoded | Failed]:
         """Yield one result per task. With ``workers == 0`` decodes inline (no isolation).
+
+        ``tasks`` is consumed as the workers need them (a generator over a catalog's pending rows works: it is
+        read on the pool's feeder thread), so the pool never holds more than its queues.
 
         Raises:
             CollectionError: worker processes keep dying before they are ready (an unguarded script).
         """
-        if not tasks:
+        tasks = iter(tasks)
+        first = next(tasks, None)
+        if first is None:
             return
+        tasks = itertools.chain([first], tasks)
         if self.workers <= 0:
             for task in tasks:
                 yield self.decode(task, self.preparer)
             return
         stop = threading.Event()
-        feeder = threading.Thread(target=self._feed, args=(list(tasks), stop), daemon=True, name="decode-feeder")
+        feeder = threading.Thread(target=self._feed, args=(tasks, stop), daemon=True, name="decode-feeder")
         feeder.start()
         try:
             while (item := self._results.get()) is not _DONE:
@@ -135,16 +142,17 @@ class DecodePool:
                 except queue.Empty:
                     pass
 
-    def _feed(self, tasks: list[DecodeTask], stop: threading.Event) -> None:
-        pending = collections.deque(tasks)
+    def _feed(self, tasks: Iterator[DecodeTask], stop: threading.Event) -> None:
+        # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
+        pending = collections.deque(itertools.islice(tasks, self.workers * _DEPTH))
         self._startup_crashes = 0
         workers: list[_Worker] = []
         try:  # starting workers can fail too (in a worker re-running an unguarded script): surface that as well
             context = _context()
-            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, len(tasks)))]
+            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, len(pending)))]
             while (pending or any(w.tasks for w in workers)) and not stop.is_set():
                 for worker in workers:
-                    while pending and len(worker.tasks) < _DEPTH:
+                    while len(worker.tasks) < _DEPTH and (pending or _take(tasks, pending)):
                         worker.send(pending.popleft())
                 self._collect(workers, pending, context)
             self._results.put(_DONE)
@@ -202,3 +210,12 @@ class DecodePool:
         worker.tasks.clear()
         worker.stop(kill=True)
         workers[workers.index(worker)] = _Worker(context, self.preparer, self.decode)
+
+
+def _take(tasks: Iterator[DecodeTask], pending: collections.deque) -> bool:
+    """Move the next task of ``tasks`` to ``pending``; False when there are no more."""
+    task = next(tasks, None)
+    if task is None:
+        return False
+    pending.append(task)
+    return True

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
 # Failures that say more about the moment than the file (a busy machine, a flaky disk): retried every run.
 TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable"})
+PLAN_CHUNK = 10_000  # files looked up and marked pending per catalog transaction
 
 
 def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder], sources: Sequence[str],
@@ -52,13 +53,14 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
             source folder that is missing or unreadable (nothing is deleted then).
     """
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
-    tasks = [DecodeTask(image_id, path) for image_id, path in catalog.pending()]
+    total = catalog.pending_count()
     counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
     if progress:
-        progress(0, len(tasks))
-    if tasks:
+        progress(0, total)
+    if total:
+        tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
         counts.update(_embed_tasks(catalog, encoder if isinstance(encoder, DualEncoder) else encoder(), tasks,
-                                   config, progress))
+                                   total, config, progress))
     failed_by_reason: dict[str, int] = {}
     for key, count in sorted(counts.items()):
         if ":" in key:
@@ -68,8 +70,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
                          failed=failed_by_reason, pruned=pruned)
 
 
-def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: list[DecodeTask], config: IngestConfig,
-                 progress: Progress | None) -> collections.Counter[str]:
+def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeTask], total: int,
+                 config: IngestConfig, progress: Progress | None) -> collections.Counter[str]:
     """Decode, embed and commit ``tasks`` batch by batch; returns counts (embedded, duplicates, failed:REASON)."""
     writer = CatalogWriter(catalog)
     counts: collections.Counter[str] = collections.Counter()
@@ -83,7 +85,7 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: list[DecodeTask]
         counts["duplicates"] += batch.duplicates
         done += len(decoded) + len(failed)
         if progress:
-            progress(done, len(tasks))
+            progress(done, total)
     return counts
 
 
@@ -143,29 +145,50 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, list[Skipped]]:
-    """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips)."""
-    known = catalog.file_states()
-    unchanged = 0
-    to_mark: dict[bytes, tuple[bytes, int, int, str | None]] = {}
+    """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
+
+    Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
+    so planning 10 M files holds one chunk, not every path. A run killed mid-plan leaves some rows ``pending``,
+    which the next run embeds like any other.
+    """
+    unchanged = marked = 0
     skipped: dict[bytes, Skipped] = {}
-    for item in found:
-        key = encode_path(item.path)
-        if isinstance(item, Skipped):
-            skipped[key] = item
-            continue
-        state = known.get(key)
-        if state and _settled(state) and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
-            unchanged += 1
-            if item.caption is not None:
-                catalog.set_caption(key, item.caption)
-            continue
-        to_mark[key] = (key, item.size, item.mtime_ns, item.caption)
-    if to_mark:
-        catalog.mark_pending(list(to_mark.values()))
+    for chunk in _chunks(found, PLAN_CHUNK):
+        files: dict[bytes, SourceFile] = {}
+        for item in chunk:
+            key = encode_path(item.path)
+            if isinstance(item, Skipped):
+                skipped[key] = item
+            else:
+                files[key] = item  # a path listed twice keeps its last entry
+        known = catalog.file_states_of(list(files))
+        to_mark = []
+        for key, item in files.items():
+            state = known.get(key)
+            if state and _settled(state) and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+                unchanged += 1
+                if item.caption is not None:
+                    catalog.set_caption(key, item.caption)
+            else:
+                to_mark.append((key, item.size, item.mtime_ns, item.caption))
+        if to_mark:
+            catalog.mark_pending(to_mark)
+            marked += len(to_mark)
     if skipped:
         catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()])
-    logger.info("planned: %d to embed, %d unchanged, %d skipped", len(to_mark), unchanged, len(skipped))
+    logger.info("planned: %d to embed, %d unchanged, %d skipped", marked, unchanged, len(skipped))
     return unchanged, list(skipped.values())
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _settled(state: FileState) -> bool:
