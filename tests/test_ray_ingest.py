@@ -241,6 +241,7 @@ def test_parallel_index_build_answers_as_a_one_process_build(tmp_path, config):
     assert set(found.ravel().tolist()) <= set(ids.tolist())
 
     faiss.write_index(merged, str(tmp_path / "index.faiss"))  # refers to index.ivfdata, mapped on read
-    reread = faiss.read_index(str(tmp_path / "index.faiss"))
+    reread = faiss.read_index(str(tmp_path / "index.faiss"), faiss.IO_FLAG_READ_ONLY)  # never written in place
     faiss.extract_index_ivf(reread).nprobe = 6
     assert np.array_equal(reread.search(queries, 10)[1], found)
+    assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(reread).invlists).read_only
