@@ -106,6 +106,42 @@ def test_reimport_skips_imported_shards_and_known_paths(tmp_path, collection):
     assert sources[str(tmp_path / "emb2")].rows == 5
 
 
+def test_new_rows_among_known_ones_get_their_own_vectors(tmp_path, collection):
+    """Known paths interleaved with new ones (and a repeat): each new path lands with the vector of its row."""
+    make_folder(tmp_path / "emb", shards=1, rows=20)
+    import_embeddings(collection, tmp_path / "emb")
+    rng = np.random.default_rng(9)
+    paths = ["/gone/photos/s0_3.jpg", "/new/a.jpg", "/gone/photos/s0_4.jpg", "/new/b.jpg", "/new/a.jpg", "/new/c.jpg"]
+    vectors = unit_rows(rng, len(paths))
+    write_shard(tmp_path / "emb2", 0, paths, vectors, ["known", "a", "known", "b", "a again", "c"])
+    summary = import_embeddings(collection, tmp_path / "emb2")
+    assert (summary.rows_added, summary.rows_known) == (3, 3)
+    by_path = stored(collection)
+    for path, row in (("/new/a.jpg", 1), ("/new/b.jpg", 3), ("/new/c.jpg", 5)):
+        np.testing.assert_allclose(by_path[path], vectors[row], atol=2e-3)
+    assert collection.similar("/new/b.jpg", k=1)  # a landed row is searchable
+    captions = {row.path: row.caption for row in collection.catalog.rows(collection.vectors()[0].tolist()).values()}
+    assert (captions["/new/a.jpg"], captions["/new/c.jpg"]) == ("a", "c")
+
+
+def test_a_path_that_is_not_utf8_lands_too(tmp_path, collection):
+    """Keys JSON cannot carry (another collection's raw path bytes) take the row-by-row route, same result."""
+    from mmretrieval.collection.import_writer import ensure_schema, land_shard
+    from mmretrieval.collection.imports import CheckedShard
+
+    vectors = unit_rows(np.random.default_rng(2), 3)
+    keys = [b"/photos/caf\xe9.jpg", b"/photos/plain.jpg", b"/photos/\xff\xfe.png"]
+    shard = CheckedShard("segment-000001", tmp_path / "x.vec", keys, [None, "plain", None], vectors, 0)
+    with collection.writing("busy"):
+        ensure_schema(collection.catalog)
+        assert land_shard(collection, shard, str(tmp_path), "fp") == (3, 0)
+    ids, stored_vectors = collection.vectors()
+    rows = collection.catalog.rows(ids.tolist())
+    by_key = {os.fsencode(rows[i].path): vector for i, vector in zip(ids.tolist(), stored_vectors)}
+    assert set(by_key) == set(keys)
+    np.testing.assert_allclose(by_key[b"/photos/\xff\xfe.png"], vectors[2], atol=2e-3)
+
+
 def test_non_unit_vectors_are_renormalised_and_counted(tmp_path, collection):
     rng = np.random.default_rng(1)
     vectors = unit_rows(rng, 20)

@@ -16,7 +16,7 @@ import pytest
 
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
-from mmretrieval.collection.index import IndexPolicy, choose_config
+from mmretrieval.collection.index import IndexPolicy, VectorIndex, choose_config
 from mmretrieval.errors import CollectionError
 from test_collection import _fill_catalog
 from test_ingest import write_good_images
@@ -44,6 +44,15 @@ def test_size_bands_and_memory_budget():
     assert choose_config(1_000_000).type == "ivf"  # defaults unchanged below a few million
 
 
+def test_only_approximate_codes_are_re_ranked():
+    float16, float32 = "float16", "float32"
+    sample = clustered(5000)
+    exact = {kind: VectorIndex.trained(choose_config(5000, kind, dim=32, policy=POLICY), 32, sample).scores_exact
+             for kind in ("flat", "ivf", "hnsw", "ivfpq")}
+    assert [exact[kind](float16) for kind in ("flat", "ivf", "hnsw", "ivfpq")] == [True, True, True, False]
+    assert not exact["ivf"](float32)  # fp16 codes are not a float32 store's values
+
+
 @pytest.mark.parametrize("count, expected", [(200, "flat"), (800, "ivf"), (2000, "ivfpq")])
 def test_each_band_is_built_tuned_and_reported(tmp_path, tiny_encoder, count, expected):
     vectors = clustered(count)
@@ -65,6 +74,11 @@ def test_each_band_is_built_tuned_and_reported(tmp_path, tiny_encoder, count, ex
             truth = set(ids[np.argsort(-scores)[:10]].tolist())
             found += len(truth & {h.id for h in hits})
             assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            by_id = dict(zip(ids.tolist(), stored))
+            # every type's scores are exact cosines with the stored vectors: straight from ivf's fp16 codes
+            # and flat's copies, re-ranked from the segments for ivfpq's approximate codes
+            np.testing.assert_allclose([h.score for h in hits], [by_id[h.id] @ stored[query_row] for h in hits],
+                                       atol=1e-5)
         assert found / (10 * len(range(0, count, count // 20))) >= 0.85
     assert main(["info", "--collection", str(tmp_path / "col"), "--json"]) == 0
 

@@ -333,19 +333,23 @@ class Collection:
             raise QueryError(f"k must be at least 1, got {k}")
         allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
-            _, ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
+            found_scores, found_ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
+            exact = True
         else:
             with self._lock:  # FAISS is not safe for an add (catch-up) during a search
                 self._indexes.sync()  # in memory only: a search never writes
                 index = self._indexes.index
-                _, ids = index.search(vector[None, :], index.candidates(k))
-        # Exact re-ranking of the candidates from the stored vectors; rows and labels only for the k kept.
-        stored_ids, stored = self.catalog.vectors(ids[0].tolist())
-        scores = stored @ vector if len(stored_ids) else np.zeros(0, np.float32)
+                exact = index.scores_exact(self.catalog.segments.dtype if self.catalog.segments.exists else "")
+                found_scores, found_ids = index.search(vector[None, :], k if exact else index.candidates(k))
+        if exact:
+            ids, scores = found_ids[0], found_scores[0]
+        else:  # approximate codes: re-rank the candidates exactly from the stored vectors
+            ids, stored = self.catalog.vectors(found_ids[0].tolist())
+            scores = stored @ vector if len(ids) else np.zeros(0, np.float32)
         order = np.argsort(-scores, kind="stable")
         if threshold is not None:
             order = order[scores[order] >= threshold]
-        best = [(int(stored_ids[j]), float(scores[j])) for j in order[:k]]
+        best = [(int(ids[j]), float(scores[j])) for j in order[:k]]  # rows and labels only for the k kept
         rows = self.catalog.rows([i for i, _ in best])
         labels = self.catalog.labels_of([i for i, _ in best])
         return [Hit(i, rows[i].path, s, tuple(p[0] for p in labels.get(i, ())), rows[i].caption)

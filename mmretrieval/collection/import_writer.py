@@ -11,12 +11,14 @@ interleave.
 
 from __future__ import annotations
 
+import json
 import logging
-from itertools import repeat
+import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .catalog import Catalog
 
@@ -72,7 +74,9 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
     """Add a checked shard's new rows, vectors and provenance in one transaction; returns (added, known).
 
     New rows are those with ids above the ``AUTOINCREMENT`` sequence as it was when the transaction began (ids
-    are never reused; an ignored insert may use one up, so they need not be consecutive).
+    are never reused; an ignored insert may use one up, so they need not be consecutive). Rows go in as one
+    JSON parameter that SQLite unpacks itself (``json_each``): binding a shard row by row from Python costs
+    three times as much as SQLite's own work of inserting them.
     """
     catalog = collection.catalog
     catalog._ensure_store(collection.identity.embed_dim)  # the first vectors of a new collection make its store
@@ -80,28 +84,72 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
         last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
         base = int(last[0]) if last else 0
         # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
-        db.executemany("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) VALUES (?, 0, 0, 'ok', ?)",
-                       zip(shard.keys, shard.captions))
-        added = db.execute("SELECT id, path FROM images WHERE id > ? ORDER BY id", (base,)).fetchall()
-        first_of = {key: pos for pos, key in reversed(list(enumerate(shard.keys)))}
-        ids = np.fromiter((row[0] for row in added), dtype=np.int64, count=len(added))
-        positions = np.fromiter((first_of[row[1]] for row in added), dtype=np.int64, count=len(added))
+        _insert_rows(db, shard.keys, shard.captions)
+        ids = _new_ids(db, base)
+        positions = _positions_of_new(db, shard.keys, base, len(ids))
         generation = catalog._bump_generation()
         for rows, block in _unit_blocks(shard.vectors, positions, shard.renormalised > 0):
             # bytes first (fsynced), places in this same transaction: a kill before COMMIT leaves only waste
             number, first = catalog.segments.append(ids[rows], block)
-            db.executemany("INSERT INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
-                           zip(ids[rows].tolist(), repeat(generation), repeat(number),
-                               range(first, first + len(block))))
-        known = len(shard.keys) - len(added)
+            _insert_places(db, ids[rows], generation, number, first)
+        known = len(shard.keys) - len(ids)
         shard_id = db.execute(
             "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (source, shard.name, fingerprint, len(added), known, shard.renormalised)).lastrowid
+            (source, shard.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
         db.execute("INSERT INTO imported_rows(image_id, shard_id) SELECT id, ? FROM images WHERE id > ?",
                    (shard_id, base))
-    logger.info("imported %s: %d rows added, %d already known", shard.file, len(added), known)
-    return len(added), known
+    logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
+    return len(ids), known
+
+
+def _insert_rows(db: sqlite3.Connection, keys: Sequence[bytes], captions: Sequence[str | None]) -> None:
+    """``INSERT OR IGNORE`` the rows in key order: as one JSON array when every key is UTF-8 (as good as
+    always), else one by one (JSON cannot carry other bytes)."""
+    try:
+        texts = [key.decode("utf-8") for key in keys]
+    except UnicodeDecodeError:
+        db.executemany("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) VALUES (?, 0, 0, 'ok', ?)",
+                       zip(keys, captions))
+        return
+    if not any(caption is not None for caption in captions):
+        db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status) "
+                   "SELECT CAST(value AS BLOB), 0, 0, 'ok' FROM json_each(?) ORDER BY key", (json.dumps(texts),))
+        return
+    db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) "
+               "SELECT CAST(json_extract(value, '$[0]') AS BLOB), 0, 0, 'ok', json_extract(value, '$[1]') "
+               "FROM json_each(?) ORDER BY key", (json.dumps(list(zip(texts, captions))),))
+
+
+def _new_ids(db: sqlite3.Connection, base: int) -> npt.NDArray[np.int64]:
+    """Ids above ``base``, in order: counted, not fetched, when they are consecutive (as good as always)."""
+    count, last = db.execute("SELECT COUNT(*), MAX(id) FROM images WHERE id > ?", (base,)).fetchone()
+    if count and last - base == count:
+        return np.arange(base + 1, last + 1, dtype=np.int64)
+    rows = db.execute("SELECT id FROM images WHERE id > ? ORDER BY id", (base,)).fetchall()
+    return np.array(rows, dtype=np.int64).reshape(-1)
+
+
+def _insert_places(db: sqlite3.Connection, ids: npt.NDArray[np.int64], generation: int, segment: int,
+                   first: int) -> None:
+    """Record that ``ids`` are rows ``first, first + 1, ...`` of ``segment``: by id range when the ids are
+    consecutive (no parameter per row at all), else as one JSON array."""
+    if len(ids) and ids[-1] - ids[0] + 1 == len(ids):
+        db.execute("INSERT INTO vector_rows(image_id, generation, segment, row) "
+                   "SELECT id, ?, ?, ? + id - ? FROM images WHERE id BETWEEN ? AND ? ORDER BY id",
+                   (generation, segment, first, int(ids[0]), int(ids[0]), int(ids[-1])))
+        return
+    db.execute("INSERT INTO vector_rows(image_id, generation, segment, row) SELECT value, ?, ?, ? + key "
+               "FROM json_each(?)", (generation, segment, first, json.dumps(ids.tolist())))
+
+
+def _positions_of_new(db: sqlite3.Connection, keys: Sequence[bytes], base: int, added: int) -> npt.NDArray[np.int64]:
+    """Shard positions of the rows just added, in id order (ids follow insertion order, which is key order)."""
+    if added == len(keys):  # nothing was known: every row is new (the common case, and the fast one)
+        return np.arange(added, dtype=np.int64)
+    first_of = {key: pos for pos, key in reversed(list(enumerate(keys)))}
+    rows = db.execute("SELECT path FROM images WHERE id > ? ORDER BY id", (base,))
+    return np.fromiter((first_of[path] for path, in rows), dtype=np.int64, count=added)
 
 
 def _unit_blocks(vectors, positions, renormalise):  # noqa: ANN001, ANN202

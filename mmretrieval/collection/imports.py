@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
@@ -307,14 +308,19 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
     busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
             "to finish, or stop it (a re-run resumes its work)")
-    with collection.writing(busy):  # cleans what a killed writer left; catches the index up on the way out
+    with collection.writing(busy), ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker:
+        # (the writer lock cleans what a killed writer left, and catches the index up on the way out)
         ensure_schema(collection.catalog)
-        for shard in shards:
-            fingerprint = shard.fingerprint()
-            if shard_seen(collection.catalog, str(source), shard.name, fingerprint):
+        fingerprints = [shard.fingerprint() for shard in shards]
+        new = [not shard_seen(collection.catalog, str(source), shard.name, fingerprint)
+               for shard, fingerprint in zip(shards, fingerprints)]
+        checks = _checked_ahead(checker, [shard for shard, fresh in zip(shards, new) if fresh],
+                                collection.identity.embed_dim, base)
+        for shard, fingerprint, fresh in zip(shards, fingerprints, new):
+            if not fresh:
                 counts["shards_skipped"] += 1
             else:
-                checked = shard.check(collection.identity.embed_dim, base)
+                checked = next(checks)  # a bad shard raises here, after the shards before it have landed
                 added, known = land_shard(collection, checked, str(source), fingerprint)
                 counts["rows_added"] += added
                 counts["rows_known"] += known
@@ -327,6 +333,20 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
                          index_s=round(time.perf_counter() - started - landed_s, 3), cpu_s=round(landed_cpu, 3),
                          index_cpu_s=round(time.process_time() - started_cpu - landed_cpu, 3), **counts)
+
+
+def _checked_ahead(checker: ThreadPoolExecutor, shards: Sequence[Shard], dim: int, root: Path
+                   ) -> Iterator[CheckedShard]:
+    """The shards checked in order, each next one checked on ``checker`` while the caller lands this one.
+
+    Checking (numpy, pyarrow) and landing (one large SQLite statement at a time) both release the GIL, so on two
+    cores they overlap; at most two checked shards are held at once.
+    """
+    ahead: Future[CheckedShard] | None = None
+    for position, shard in enumerate(shards):
+        current = ahead if ahead is not None else checker.submit(shard.check, dim, root)
+        ahead = checker.submit(shards[position + 1].check, dim, root) if position + 1 < len(shards) else None
+        yield current.result()
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:

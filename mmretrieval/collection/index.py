@@ -126,6 +126,17 @@ class VectorIndex:
         """How many hits to ask for so that exact re-ranking of them yields a good top ``k``."""
         return max(k, self.config.rerank)
 
+    def scores_exact(self, stored_dtype: str) -> bool:
+        """Whether this index scores a vector exactly as its stored copy (``stored_dtype``) would: then its
+        scores and order are final and re-ranking from the segments would change nothing.
+
+        Flat and HNSW keep float32 copies; IVF's ``SQfp16`` codes (of the vectors, not of residuals) are the
+        float16 values a float16 store holds.
+        """
+        if self.config.type == "ivf":  # indexes saved before codes were of the vectors themselves are residual
+            return stored_dtype == "float16" and not faiss.extract_index_ivf(self.faiss_index).by_residual
+        return self.config.type in ("flat", "hnsw")
+
     def memory_bytes(self) -> int:
         """Estimated resident memory (codes, ids, quantizers)."""
         return estimate_bytes(self.config, self.count, self.dim)
@@ -341,6 +352,10 @@ def _new_base(config: IndexConfig, dim: int) -> faiss.Index:
     base = faiss.index_factory(dim, config.factory(dim), faiss.METRIC_INNER_PRODUCT)
     if config.type == "hnsw":
         base.hnsw.efConstruction = 80
+    if config.type == "ivf":
+        # codes of the vector itself, not of its residual: then they are exactly a float16 store's values
+        # and search scores need no re-ranking (see VectorIndex.scores_exact)
+        faiss.extract_index_ivf(base).by_residual = False
     if config.type == "ivfpq" and config.opq:
         rotation = faiss.downcast_VectorTransform(base.chain.at(0))
         rotation.niter = 20  # FAISS's 50 costs minutes on a few cores for little recall after exact re-ranking
@@ -353,6 +368,8 @@ def _as_matrix(vectors: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.flo
 
 def _drop_padding(scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    if ids.size and ids.min() >= 0:  # nothing missing: FAISS's rows are already best first
+        return scores, ids
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     order = np.argsort(-scores, axis=1, kind="stable")  # filtering HNSW results leaves holes mid-row
     scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)

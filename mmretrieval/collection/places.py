@@ -86,6 +86,7 @@ class VectorPlaces:
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...  # provided by Catalog
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]: ...
+    _lock: AbstractContextManager
     def _bump_generation(self) -> int: ...
     def get_meta(self, key: str) -> str | None: ...
 
@@ -224,11 +225,11 @@ class VectorPlaces:
     def vector_ids(self, since_generation: int | None = None) -> npt.NDArray[np.int64]:
         """Sorted ids that have a vector (8 bytes each), or only those written after a generation."""
         if since_generation is None:
-            rows = self._query("SELECT image_id FROM vector_rows ORDER BY image_id")
+            sql, params = "SELECT image_id FROM vector_rows ORDER BY image_id", ()
         else:
-            rows = self._query("SELECT image_id FROM vector_rows WHERE generation > ? ORDER BY image_id",
-                               (since_generation,))
-        return np.array([r[0] for r in rows], dtype=np.int64).reshape(-1)
+            sql, params = "SELECT image_id FROM vector_rows WHERE generation > ? ORDER BY image_id", (since_generation,)
+        with self._lock:  # streamed into the array: a list of 10 M row tuples would cost ~1 GB on the way
+            return np.fromiter((row[0] for row in self._db.execute(sql, params)), dtype=np.int64)
 
     def removed_since(self, generation: int) -> npt.NDArray[np.int64] | None:
         """Ids whose vector was removed after ``generation`` (maybe a few more), or None when the removal log
