@@ -3,7 +3,9 @@ when an actor dies or the driver stops mid-run. One local Ray per module (starti
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
 
@@ -91,10 +93,11 @@ def single_machine(photos, shapes_encoder, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_encoder, tmp_path):
+def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_encoder, tmp_path, caplog):
     folder, expected = photos
     reference, reference_summary = single_machine
     seen = []
+    caplog.set_level(logging.INFO, logger="mmretrieval.ingest.ray_runner")
     with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
         summary = col.ingest([folder], ray=small_config(), progress=lambda done, total: seen.append((done, total)))
         assert summary == reference_summary
@@ -106,6 +109,11 @@ def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_enc
         assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
         assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
         assert len(col.search("a red circle", k=100)) == len(col.catalog.vector_ids())  # the index caught up
+        stats = [r.getMessage() for r in caplog.records if "Ray execution statistics" in r.getMessage()]
+        # decode and embed ran as operators of their own (fused, ds.stats() names them "A->B"), so Ray's
+        # backpressure sits between CPU decode tasks and the model actors
+        assert re.findall(r"^Operator \d+ (\S+):", stats[0], re.M) == [
+            "FromArrow", "MapBatches(decode_rows)", "MapBatches(Embedder)", "MapBatches(write_rows)"]
 
         again = col.ingest([folder], ray=small_config())
         settled = sum(n for status, n in reference.catalog.counts_by_status().items() if status != "skipped")
@@ -233,6 +241,7 @@ def test_parallel_index_build_answers_as_a_one_process_build(tmp_path, config):
     assert set(found.ravel().tolist()) <= set(ids.tolist())
 
     faiss.write_index(merged, str(tmp_path / "index.faiss"))  # refers to index.ivfdata, mapped on read
-    reread = faiss.read_index(str(tmp_path / "index.faiss"))
+    reread = faiss.read_index(str(tmp_path / "index.faiss"), faiss.IO_FLAG_READ_ONLY)  # never written in place
     faiss.extract_index_ivf(reread).nprobe = 6
     assert np.array_equal(reread.search(queries, 10)[1], found)
+    assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(reread).invlists).read_only

@@ -11,6 +11,16 @@ The merged index keeps its inverted lists in the ``.ivfdata`` file (memory-mappe
 anonymous memory) and only the coarse quantizer and list offsets in RAM. Ids are catalog ids throughout,
 so the result answers exactly as an index filled in one process from the same trained copy.
 
+A merged index must not be changed afterwards. Read back with a plain ``faiss.read_index``, its inverted
+lists are writable views of the ``.ivfdata`` file: ``add_with_ids`` or ``remove_ids`` then rewrite that file
+in place, and every saved index file that refers to it no longer matches it (tried with FAISS 1.15.1:
+after adding 10 vectors to a loaded 5,000-vector merged index and removing 5 ids (it reported 3 removed),
+another process reading the saved pair found 5,000 entries but 4,873 distinct ids, ids never removed among
+the missing). Read it with ``faiss.IO_FLAG_READ_ONLY`` (an add then aborts the process inside FAISS rather than
+corrupting anything) and keep later additions elsewhere, or copy the lists into memory before changing
+them. Wiring merged indexes into :mod:`mmretrieval.collection.upkeep` (whose readers catch a loaded index up
+with adds and removals) needs one of those first; until then ``mmr index`` builds in one process.
+
 Blocks are streamed from the catalog's segments (live rows only) and shipped through Ray's object store,
 at most ``in_flight`` at a time, so the driver never holds more than that many blocks. Shards are written to
 ``work_dir``, which must be a folder every node reaches (on one machine, any folder).
