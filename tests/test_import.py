@@ -202,6 +202,8 @@ def test_relative_paths_resolve_against_root_and_uris_are_kept(tmp_path, collect
     import_embeddings(collection, tmp_path / "emb", root=tmp_path / "pics")
     assert set(stored(collection)) == {str(tmp_path / "pics" / "a" / "b.jpg"), "https://example.org/c.jpg",
                                        "/x/z.jpg", "/x/w.jpg", "/x/.hidden.jpg"}
+    by_uri = collection.similar("https://example.org/c.jpg", k=10)  # from its stored vector, found by its URI
+    assert len(by_uri) == 4 and "https://example.org/c.jpg" not in {hit.path for hit in by_uri}
 
 
 def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS rel
 REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 _IN_CHUNK = 500  # values per IN (...) list
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
 
 @dataclass(frozen=True)
 class FileState:
@@ -69,7 +71,10 @@ class ImageRow:
 
 
 def encode_path(path: str | os.PathLike) -> bytes:
-    """The catalog key of a path: its absolute form as file-system bytes."""
+    """The catalog key of a path: its absolute form as file-system bytes; a URI (``s3://b/x.jpg``, as imported
+    from clip-retrieval output) as it is."""
+    if isinstance(path, str) and _URI.match(path):
+        return os.fsencode(path)
     return os.fsencode(os.path.abspath(path))
 
 

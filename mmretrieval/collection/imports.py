@@ -218,8 +218,9 @@ def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
 
 def catalog_key(path: str, root: Path) -> bytes:
     """The catalog key of an imported path: URIs verbatim, relative paths resolved against ``root``."""
-    if "://" in path:
-        return os.fsencode(path)
+    key = encode_path(path)
+    if key == os.fsencode(path):  # a URI, or already absolute and normal
+        return key
     return encode_path(os.path.join(root, os.path.expanduser(path)))
 
 
