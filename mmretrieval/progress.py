@@ -11,9 +11,12 @@ class TqdmProgress:
     """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; use as a context manager."""
 
     def __init__(self, description: str, unit: str = "img"):
-        self._bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+        self._description, self._unit = description, unit
+        self._bar: tqdm | None = None  # drawn at the first report: work that never starts draws nothing
 
     def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = tqdm(desc=self._description, unit=self._unit, file=sys.stderr, dynamic_ncols=True, leave=True)
         if self._bar.total != total:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
@@ -22,4 +25,5 @@ class TqdmProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()

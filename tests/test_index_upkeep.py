@@ -83,6 +83,16 @@ def test_each_band_is_built_tuned_and_reported(tmp_path, tiny_encoder, count, ex
     assert main(["info", "--collection", str(tmp_path / "col"), "--json"]) == 0
 
 
+def test_an_index_build_reports_its_progress(tmp_path, tiny_encoder):
+    reports = []
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True, index_policy=POLICY,
+                         index_progress=lambda done, total: reports.append((done, total))) as col:
+        _fill_catalog(col, clustered(900), lambda i: "photos")
+        col.rebuild_index()
+    assert reports and reports[-1] == (900, 900)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+
 def test_info_shows_index_recall_and_memory(tmp_path, tiny_encoder, capsys):
     import json
 

@@ -85,7 +85,8 @@ def _ingest(args: argparse.Namespace) -> int:
         if model is None:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
         model = load_encoder(model, device=args.device, dim=args.dim)
-    with _open(args.collection, model=model, create=True, device=args.device) as collection:
+    with TqdmProgress("index", unit="vec") as index_bar, \
+            _open(args.collection, model=model, create=True, device=args.device, index_progress=index_bar) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,

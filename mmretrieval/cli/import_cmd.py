@@ -37,7 +37,8 @@ def _import(args: argparse.Namespace) -> int:
     from ..collection.collection import Collection
     from ..collection.imports import import_embeddings
 
-    with Collection.open(args.collection, model=args.model, create=True, device=args.device) as collection:
+    with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
+            args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar) as collection:
         with TqdmProgress("import", unit="vec") as progress:
             summary = import_embeddings(collection, args.directory, root=args.root, progress=progress)
     if args.json:

@@ -71,7 +71,8 @@ class Collection:
     """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity,
-                 encoder: DualEncoder | None, device: str, index_policy: IndexPolicy | None = None):
+                 encoder: DualEncoder | None, device: str, index_policy: IndexPolicy | None = None,
+                 index_progress: Progress | None = None):
         self.directory = directory
         self.catalog = catalog
         self.identity = identity
@@ -79,13 +80,14 @@ class Collection:
         self._encoder = encoder
         self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
-        self._indexes = IndexKeeper(directory, catalog, identity, index_policy)
+        self._indexes = IndexKeeper(directory, catalog, identity, index_policy, progress=index_progress)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
              create: bool = False, device: str = "auto", read_only: bool = False,
-             vector_dtype: str = "float16", index_policy: IndexPolicy | None = None) -> "Collection":
+             vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
+             index_progress: Progress | None = None) -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -98,6 +100,7 @@ class Collection:
                 searches work, writer commands are refused.
             vector_dtype: ``float16`` (half the disk) or ``float32``, for a collection created now.
             index_policy: size bands, memory budget and recall target of automatic index choices.
+            index_progress: ``(vectors added, total)`` while an index is built (at open, or by a writer).
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
@@ -125,7 +128,7 @@ class Collection:
                 catalog.set_meta(DTYPE_KEY, vector_dtype)
         try:
             encoder, identity = _resolve_model(catalog, model, create, device, directory)
-            collection = cls(directory, catalog, identity, encoder, device, index_policy)
+            collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress)
             collection._indexes.load()
         except BaseException:
             catalog.close()

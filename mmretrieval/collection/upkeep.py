@@ -22,6 +22,7 @@ import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -41,8 +42,10 @@ _CONFIG_KEY = "index_config"  # catalog meta: {"type": "auto" | flat | ivf | hns
 class IndexKeeper:
     """The index of one collection and the manifest it was saved with. Callers hold the collection's lock."""
 
-    def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity, policy: IndexPolicy | None = None):
+    def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity, policy: IndexPolicy | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         self.directory = directory
+        self.progress = progress  # (vectors added, total) while a build fills the index
         self.catalog = catalog
         self.identity = identity
         self.policy = policy or IndexPolicy()
@@ -114,8 +117,12 @@ class IndexKeeper:
         index = VectorIndex.trained(config, self.identity.embed_dim, sample, use_gpu=True)
         del sample
         logger.info("adding %d vectors block by block", len(ids))
+        added = 0
         for block_ids, vectors in self.catalog.iter_vectors():
             index.add(block_ids, vectors)
+            added += len(block_ids)
+            if self.progress is not None:
+                self.progress(added, len(ids))
         self.index, self.generation = self._tuned(index, ids, rng), generation
         index_type, _ = self.chosen()
         self.note = ""
