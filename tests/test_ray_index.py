@@ -119,20 +119,21 @@ def test_a_collection_index_built_on_ray_is_the_local_build(tmp_path, tiny_encod
 
 
 @pytest.mark.slow
-def test_mmr_index_ray_from_the_command_line(tmp_path, tiny_encoder, capsys):
+def test_mmr_index_ray_from_the_command_line(tmp_path, tiny_encoder, capfd):
     collection = str(tmp_path / "col")
     with Collection.open(collection, model=tiny_encoder, create=True) as col:
         _fill_catalog(col, clustered(3000), lambda i: "photos")
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["index", "--collection", collection, "--ray"]) == 0  # 3,000 vectors: auto is flat
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "built flat index over 3000 vectors" in err and "built in this process, without Ray" in err
     assert main(["index", "--collection", collection, "--type", "ivf", "--nlist", "32", "--ray"]) == 0
-    err = capsys.readouterr().err
+    out, err = capfd.readouterr()
     assert "built ivf index over 3000 vectors nlist=32" in err and "without Ray" not in err
+    assert out == ""  # FAISS's own merge messages too stay off stdout
     assert main(["info", "--collection", collection, "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = json.loads(capfd.readouterr().out)
     assert (info["index_type"], info["index_vectors"], info["index_saved"]) == ("ivf", 3000, True)
     assert info["index_params"]["nlist"] == 32 and info["index_recall"] >= 0.9
     assert main(["index", "--collection", collection, "--ray-work", str(tmp_path / "w")]) == 2
-    assert "--ray-work needs --ray" in capsys.readouterr().err
+    assert "--ray-work needs --ray" in capfd.readouterr().err

@@ -33,10 +33,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -112,7 +114,8 @@ def add_on_ray(trained_index: faiss.Index, blocks: Blocks, total: int, work_dir:
     try:
         with ray_connection(address) as _:
             shards = _add_all(trained_index, blocks, total, str(work), plan, progress)
-        merge_ondisk(trained_index, shards, str(ivfdata_path))
+        with _c_stdout_to_stderr():  # FAISS prints "resizing <file> to <n> bytes" on stdout, where results go
+            merge_ondisk(trained_index, shards, str(ivfdata_path))
     finally:
         for path in shards:
             Path(path).unlink(missing_ok=True)
@@ -151,6 +154,18 @@ def _add_all(trained_index: faiss.Index, blocks: Blocks, total: int, work_dir: s
             collect(plan.in_flight - 1)
     collect(0)
     return shards
+
+
+@contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _check_mergeable(index: faiss.Index) -> None:
