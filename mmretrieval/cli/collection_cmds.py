@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError
@@ -20,6 +22,7 @@ from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
+    from ..ingest.ray_index import RayIndexFill
     from ..ingest.ray_runner import RayIngestConfig
 
 _HIT_COLUMNS = ["score", "path"]
@@ -181,6 +184,12 @@ def _register_index(subparsers) -> None:
                         help="most memory the index may take, e.g. 2G or 500M (default: a quarter of RAM)")
     parser.add_argument("--recall-target", type=float,
                         help="recall@10 that nprobe / efSearch are tuned to reach (default 0.95)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="ivf, ivfpq: add the vectors in parallel Ray tasks (a local Ray with this machine's "
+                        "cores, or the cluster at ADDRESS or $RAY_ADDRESS); flat and hnsw are built here anyway")
+    parser.add_argument("--ray-work", metavar="DIR",
+                        help="with --ray: a folder every node reaches, for the shards while they are merged "
+                        "(default: inside the collection, fine on one machine)")
     parser.set_defaults(handler=_index)
 
 
@@ -199,11 +208,21 @@ def _size(text: str) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    with _open(args.collection) as collection:
+    if args.ray is None and args.ray_work:
+        raise CollectionError("--ray-work needs --ray")
+    with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
+            _open(args.collection, index_progress=index_bar) as collection:
+        ray_fill = None
+        if args.ray is not None:  # who adds the vectors to the trained index changes, nothing else
+            ray_fill = _ray_fill(args, str(collection.directory),
+                                 stack.enter_context(TqdmProgress("adding on Ray", unit="vec")))
         manifest = collection.rebuild_index(args.type, nlist=args.nlist, nprobe=args.nprobe,
                                             hnsw_m=args.hnsw_m, ef_search=args.ef_search, pq_m=args.pq_m,
                                             rerank=args.rerank, memory_budget_bytes=args.memory_budget,
-                                            recall_target=args.recall_target)
+                                            recall_target=args.recall_target, fill=ray_fill)
+    if ray_fill and manifest.index_type not in ("ivf", "ivfpq"):
+        print(f"note: a {manifest.index_type} index has no inverted lists to add in parallel; built in this "
+              "process, without Ray", file=sys.stderr)
     params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
     recall = f", recall@10 {manifest.recall:.3f}" if manifest.recall >= 0 else ""
     print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip()
@@ -211,6 +230,14 @@ def _index(args: argparse.Namespace) -> int:
     if manifest.note:
         print(f"note: {manifest.note}", file=sys.stderr)
     return 0
+
+
+def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgress) -> "RayIndexFill":
+    from ..ingest.ray_index import RayIndexFill
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    work_dir = args.ray_work or os.path.join(collection_dir, "ray-index")
+    return RayIndexFill(work_dir, address=args.ray or None, progress=progress, clean_stale=args.ray_work is None)
 
 
 def _register_compact(subparsers) -> None:

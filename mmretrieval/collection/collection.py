@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ..models.text_tower import TextEncoder
     from .duplicates import DuplicateGroup
     from .labelling import LabelSummary, Organized
+    from .upkeep import IndexFiller
 
 logger = logging.getLogger(__name__)
 
@@ -235,11 +236,13 @@ class Collection:
 
     # -- index ------------------------------------------------------------------------------------------------
     def rebuild_index(self, index_type: str = "auto", *, memory_budget_bytes: int | None = None,
-                      recall_target: float | None = None, **params: int | None) -> Manifest:
+                      recall_target: float | None = None, fill: "IndexFiller | None" = None,
+                      **params: int | None) -> Manifest:
         """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size and memory.
 
         The type, parameters, memory budget and recall target are remembered: automatic rebuilds (after
-        removals from HNSW, a lost or corrupt index file) use them too.
+        removals from HNSW, a lost or corrupt index file) use them too. ``fill`` adds the vectors to the trained
+        index (default: here; :class:`~mmretrieval.ingest.ray_index.RayIndexFill` adds them on Ray).
 
         Raises:
             CollectionError: an unknown index type, a parameter below 1, a read-only collection, or another
@@ -250,7 +253,7 @@ class Collection:
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(f"another process is writing {self.directory}; run mmr index when it is done"):
             with self._lock:
-                return self._indexes.rebuild(index_type, policy, **params)
+                return self._indexes.rebuild(index_type, policy, fill, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str, k: int = 10, threshold: float | None = None,

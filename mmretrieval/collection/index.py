@@ -15,14 +15,16 @@ in :mod:`.sizing`):
   collections' choice; supports adds and removals.
 - ``hnsw``: ``HNSW{m},Flat`` with ``efSearch``: approximate, no training; removals force a rebuild.
 
-Every approximate type proposes :meth:`VectorIndex.candidates` hits (``rerank``) that the caller re-scores
-exactly from the stored vectors (:meth:`Collection.search <mmretrieval.collection.collection.Collection.search>`
-does), so PQ's coarse scores only decide who gets re-scored. Builds for large collections train on a sample
+An index whose scores are not exact for the stored vectors (:meth:`VectorIndex.scores_exact`: ivfpq's PQ
+codes) proposes :meth:`VectorIndex.candidates` hits (``rerank``) that the caller re-scores exactly from the
+stored vectors (:meth:`Collection.nearest <mmretrieval.collection.collection.Collection.nearest>` does), so
+PQ's coarse scores only decide who gets re-scored. Builds for large collections train on a sample
 (:meth:`VectorIndex.trained`, :func:`training_size`) and add block by block (:mod:`.upkeep`).
 
 Memory: a loaded index is read whole into RAM (``faiss.read_index``); at 10 M x 512 that is ~0.8 GB for
-ivfpq. Past RAM, FAISS's ``faiss.contrib.ondisk.merge_ondisk`` (inverted lists memory-mapped from disk) is
-the route: not wired in yet.
+ivfpq. ``mmr index --ray`` adds in parallel Ray tasks and joins the shards with FAISS's
+``faiss.contrib.ondisk.merge_ondisk`` (:mod:`mmretrieval.ingest.ray_index`), then copies the lists into memory;
+serving from memory-mapped lists (past RAM) is not wired in.
 
 Files: ``index-<generation>.faiss`` plus ``index.json`` (the manifest) naming it and carrying its sha256.
 The index file is written under a temporary name and renamed before the manifest is, so a crash at any

@@ -22,9 +22,10 @@ import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from ..atomic import remove_stale_temporaries
 from ..models.specs import ModelIdentity
@@ -35,6 +36,11 @@ from .sizing import IndexPolicy
 from .tuning import exact_top_k, tune
 
 logger = logging.getLogger(__name__)
+
+Blocks = Iterable["tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]"]
+# Fills a trained, empty index with (ids, vectors) blocks (count given) and returns it filled; the default adds
+# them here block by block, :mod:`mmretrieval.ingest.ray_index` adds them in parallel Ray tasks.
+IndexFiller = Callable[[VectorIndex, Blocks, int], VectorIndex]
 
 _CONFIG_KEY = "index_config"  # catalog meta: {"type": "auto" | flat | ivf | hnsw | ivfpq, "params": {...}}
 
@@ -67,9 +73,11 @@ class IndexKeeper:
             self.sync()
 
     def rebuild(self, index_type: str | None = None, policy: dict[str, float] | None = None,
-                **params: int | None) -> Manifest:
+                fill: IndexFiller | None = None, **params: int | None) -> Manifest:
         """Build afresh and save (writers only); with ``index_type`` given, it, ``params`` and the ``policy``
         overrides (``memory_budget_bytes``, ``recall_target``) become the choice every later rebuild uses.
+        ``fill`` adds the vectors to the trained index (default: here, block by block); the choice of type,
+        training, tuning and the saved file are the same whoever fills it.
 
         Raises:
             CollectionError: an unknown index type, or a parameter below 1.
@@ -82,7 +90,7 @@ class IndexKeeper:
                 with self.catalog.transaction():
                     self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given,
                                                                    "policy": overrides}))
-        self._build()
+        self._build(fill)
         return self.persist(force=True)
 
     def chosen(self) -> tuple[str, dict[str, int]]:
@@ -105,8 +113,8 @@ class IndexKeeper:
         index_type, params = self.chosen()
         return choose_config(count, index_type, dim=self.identity.embed_dim, policy=self.effective_policy(), **params)
 
-    def _build(self) -> None:
-        """Build in memory from the stored vectors: train on a sample, add block by block, tune."""
+    def _build(self, fill: IndexFiller | None = None) -> None:
+        """Build in memory from the stored vectors: train on a sample, add block by block (or ``fill``), tune."""
         generation = self.catalog.generation
         ids = self.catalog.vector_ids()
         config = fit_to_data(self._wanted(len(ids)), len(ids))
@@ -116,13 +124,16 @@ class IndexKeeper:
         logger.info("training %s on %d sampled vectors", config.factory(self.identity.embed_dim), len(sample))
         index = VectorIndex.trained(config, self.identity.embed_dim, sample, use_gpu=True)
         del sample
-        logger.info("adding %d vectors block by block", len(ids))
-        added = 0
-        for block_ids, vectors in self.catalog.iter_vectors():
-            index.add(block_ids, vectors)
-            added += len(block_ids)
-            if self.progress is not None:
-                self.progress(added, len(ids))
+        if fill is None:
+            logger.info("adding %d vectors block by block", len(ids))
+            added = 0
+            for block_ids, vectors in self.catalog.iter_vectors():
+                index.add(block_ids, vectors)
+                added += len(block_ids)
+                if self.progress is not None:
+                    self.progress(added, len(ids))
+        else:
+            index = fill(index, self.catalog.iter_vectors(), len(ids))
         self.index, self.generation = self._tuned(index, ids, rng), generation
         index_type, _ = self.chosen()
         self.note = ""
