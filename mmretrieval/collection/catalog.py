@@ -228,12 +228,16 @@ class Catalog(VectorPlaces):
         """``(id, path)`` of every row still to embed, oldest first (including rows a killed run left)."""
         return list(self.iter_pending())
 
-    def iter_pending(self, page: int = 10_000) -> Iterator[tuple[int, str]]:
+    def iter_pending(self) -> Iterator[tuple[int, str]]:
         """:meth:`pending` a page at a time (the ingest's feed: never every path in memory)."""
+        return ((id_, os.fsdecode(path)) for id_, path, _, _ in self.pending_files())
+
+    def pending_files(self) -> Iterator[tuple[int, bytes, int, int]]:
+        """``(id, path key, size, mtime_ns)`` of the rows still to embed, a page at a time."""
         after = -1
-        while rows := self._query("SELECT id, path FROM images WHERE status = 'pending' AND id > ? ORDER BY id "
-                                  "LIMIT ?", (after, page)):
-            yield from ((id_, os.fsdecode(path)) for id_, path in rows)
+        while rows := self._query("SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' AND id > ? "
+                                  "ORDER BY id LIMIT 10000", (after,)):
+            yield from rows
             after = rows[-1][0]
 
     def pending_count(self) -> int:
