@@ -194,3 +194,17 @@ def test_a_random_weight_model_is_refused_before_anything_starts(tmp_path, tiny_
         with pytest.raises(CollectionError, match="random weights"):
             run_ray_ingest(col.catalog, random_model, [str(folder)], RayIngestConfig(), str(tmp_path / "col"))
         assert col.catalog.counts_by_status() == {}  # nothing planned
+
+
+def test_a_cpu_model_actor_uses_the_threads_it_is_given_or_every_core(tiny_encoder):
+    """Ray starts actors with one torch thread per reserved CPU; the model actor takes the node's cores instead."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        Embedder(tiny_encoder.identity.to_json(), "cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        Embedder(tiny_encoder.identity.to_json(), "cpu")
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)

@@ -56,7 +56,7 @@ class RayIngestConfig:
     decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
     decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
     timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
-    files_per_task: int = 64  # files per decode task (one Ray block)
+    files_per_task: int = 256  # files per decode task (one Ray block; each task starts a decoder process, ~1 s)
     segment_rows: int = 4096  # rows per result segment (and per catalog commit)
     prune: bool = False  # delete rows of files that no longer exist
 

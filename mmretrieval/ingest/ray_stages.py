@@ -103,11 +103,13 @@ def check_reproducible(identity: "ModelIdentity") -> None:
 class Embedder:
     """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
 
-    def __init__(self, identity_json: str, device: str):
+    def __init__(self, identity_json: str, device: str, threads: int | None = None):
         """
         Args:
             identity_json: the collection's :class:`ModelIdentity`; the loaded model must match its key.
             device: ``cuda`` in actors given a GPU, ``cpu`` otherwise.
+            threads: torch threads on ``cpu``; None: every core of this node, as the single-machine path's
+                model has them (Ray's default, one thread per CPU the actor reserved, halves it on 2 cores).
 
         Raises:
             CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
@@ -116,6 +118,10 @@ class Embedder:
         from ..models.specs import ModelIdentity
 
         identity = ModelIdentity.from_json(identity_json)
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(threads or os.cpu_count() or 1)
         self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
         check_reproducible(identity)
         if self.encoder.identity.key() != identity.key():
