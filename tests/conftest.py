@@ -68,3 +68,12 @@ def tiny_siglip_encoder(tiny_siglip_dir):
     from mmretrieval.models.encoder import load_encoder
 
     return load_encoder(str(tiny_siglip_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 2 CPUs for one test module (starting one costs seconds, so modules share it)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -20,12 +20,7 @@ from test_index_upkeep import POLICY, clustered
 
 ray = pytest.importorskip("ray")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray per module (tests/conftest.py)
 
 
 @pytest.mark.slow
