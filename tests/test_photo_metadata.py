@@ -30,21 +30,12 @@ def make_exif(*, taken: str | None = None, offset: str | None = None, make: str 
               digitized: str | None = None, ifd0_time: str | None = None) -> Image.Exif:
     """A real EXIF block with PIL's IFDs: dates with offsets, GPS as degree/minute/second rationals."""
     exif = Image.Exif()
-    if make:
-        exif[0x010F] = make
-    if model:
-        exif[0x0110] = model
-    if orientation:
-        exif[0x0112] = orientation
-    if ifd0_time:
-        exif[0x0132] = ifd0_time
     sub = exif.get_ifd(EXIF_IFD)
-    if taken:
-        sub[0x9003] = taken
-    if offset:
-        sub[0x9011] = offset
-    if digitized:
-        sub[0x9004] = digitized
+    for ifd, tag, value in ((exif, 0x010F, make), (exif, 0x0110, model), (exif, 0x0112, orientation),
+                            (exif, 0x0132, ifd0_time), (sub, 0x9003, taken), (sub, 0x9011, offset),
+                            (sub, 0x9004, digitized)):
+        if value:
+            ifd[tag] = value
     if gps:
         gps_ifd = exif.get_ifd(GPS_IFD)
         for (ref_tag, value_tag), value, refs in (((1, 2), gps[0], "NS"), ((3, 4), gps[1], "EW")):

@@ -173,12 +173,6 @@ class Catalog(VectorPlaces):
         return generation
 
     # -- planning ---------------------------------------------------------------------------------------------
-    def file_states(self) -> dict[bytes, FileState]:
-        """Every known path and its (id, size, mtime, status, reason): ~250 bytes a row, 2.5 GB at 10 M; planning
-        uses :meth:`file_states_of` a chunk of paths at a time instead."""
-        rows = self._query("SELECT path, id, size, mtime_ns, status, reason FROM images")
-        return {row[0]: FileState(*row[1:]) for row in rows}
-
     def file_states_of(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
         """The known ones among ``paths`` and their (id, size, mtime, status, reason)."""
         found: dict[bytes, FileState] = {}
