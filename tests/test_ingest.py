@@ -188,6 +188,38 @@ def test_timeouts_at_the_start_of_a_run_fail_only_those_files(tmp_path, tiny_enc
     assert all(isinstance(results[i + 1], Decoded) for i in range(3))
 
 
+def decoder_pid(task: DecodeTask, preparer) -> Failed:
+    """Runs in the worker: says which process decoded the task, or crashes on ``crash.jpg``."""
+    if os.path.basename(task.path) == "crash.jpg":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return Failed(task.image_id, "pid", str(os.getpid()))
+
+
+def test_kept_workers_serve_the_next_run_and_a_dead_one_is_replaced(tiny_encoder):
+    pool = DecodePool(tiny_encoder.preparer, workers=1, timeout_s=30, decode=decoder_pid, keep_workers=True)
+    try:
+        first = {r.message for r in pool.run([DecodeTask(1, "a.jpg"), DecodeTask(2, "b.jpg")])}
+        second = {r.message for r in pool.run([DecodeTask(3, "c.jpg")])}
+        assert len(first) == 1 and second == first  # the same process: no start-up cost for the second run
+        os.kill(int(first.pop()), signal.SIGKILL)  # dies while idle, between runs
+        time.sleep(0.2)
+        results = list(pool.run([DecodeTask(4, "d.jpg")]))
+        assert [r.reason for r in results] == ["pid"] and results[0].message not in second
+        crashed = {r.image_id: r for r in pool.run([DecodeTask(5, "crash.jpg"), DecodeTask(6, "e.jpg")])}
+        assert crashed[5].reason == "decoder_crashed" and crashed[6].reason == "pid"
+        assert crashed[6].message != results[0].message  # the crashed worker is not kept
+    finally:
+        pool.close()
+    assert not pool._kept
+
+
+def test_workers_are_not_kept_by_default(tiny_encoder):
+    pool = DecodePool(tiny_encoder.preparer, workers=1, timeout_s=30, decode=decoder_pid)
+    first = [r.message for r in pool.run([DecodeTask(1, "a.jpg")])]
+    second = [r.message for r in pool.run([DecodeTask(2, "b.jpg")])]
+    assert first != second
+
+
 def test_no_tasks_starts_no_worker(tiny_encoder, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a decoder process was started for nothing")

@@ -93,7 +93,7 @@ class DecodePool:
     """Decode tasks in ``workers`` processes; iterate :meth:`run` for results in completion order."""
 
     def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256,
-                 decode: DecodeFn = decode_file):
+                 decode: DecodeFn = decode_file, keep_workers: bool = False):
         """
         Args:
             preparer: resizes decoded images for the model (sent once to each worker).
@@ -101,12 +101,23 @@ class DecodePool:
             timeout_s: seconds one file may take before its worker is killed and the file failed.
             buffer: results held ready for the consumer (back-pressure beyond that).
             decode: the per-file function, a module-level callable (it is pickled by name for the workers).
+            keep_workers: keep the worker processes that end a :meth:`run` healthy for the next one (a Ray
+                decode task's process runs many small batches; starting a decoder costs ~1 s); :meth:`close`
+                stops them, and they leave by themselves when this process exits.
         """
         self.decode = decode
         self.preparer = preparer
         self.workers = workers
         self.timeout_s = timeout_s
+        self.keep_workers = keep_workers
+        self._kept: list[_Worker] = []  # idle, ready workers from the last run (keep_workers only)
         self._results: queue.Queue = queue.Queue(maxsize=buffer)
+
+    def close(self) -> None:
+        """Stop the workers kept from earlier runs."""
+        kept, self._kept = self._kept, []
+        for worker in kept:
+            worker.stop()
 
     def run(self, tasks: Iterable[DecodeTask]) -> Iterator[Decoded | Failed]:
         """Yield one result per task. With ``workers == 0`` decodes inline (no isolation).
@@ -146,10 +157,15 @@ class DecodePool:
         # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
         pending = collections.deque(itertools.islice(tasks, self.workers * _DEPTH))
         self._startup_crashes = 0
-        workers: list[_Worker] = []
+        workers, self._kept = self._kept, []
+        for worker in [w for w in workers if not w.process.is_alive()]:  # died while idle: replaced below
+            worker.stop()
+            workers.remove(worker)
+        failed = False
         try:  # starting workers can fail too (in a worker re-running an unguarded script): surface that as well
             context = _context()
-            workers += [_Worker(context, self.preparer, self.decode) for _ in range(min(self.workers, len(pending)))]
+            workers += [_Worker(context, self.preparer, self.decode)
+                        for _ in range(min(self.workers, len(pending)) - len(workers))]
             while (pending or any(w.tasks for w in workers)) and not stop.is_set():
                 for worker in workers:
                     while len(worker.tasks) < _DEPTH and (pending or _take(tasks, pending)):
@@ -157,10 +173,14 @@ class DecodePool:
                 self._collect(workers, pending, context)
             self._results.put(_DONE)
         except BaseException as exc:  # surface pool bugs in the consumer instead of hanging it
+            failed = True
             self._results.put(exc)
         finally:
             for worker in workers:
-                worker.stop(kill=bool(worker.tasks))
+                if self.keep_workers and not failed and worker.ready and not worker.tasks:
+                    self._kept.append(worker)
+                else:
+                    worker.stop(kill=bool(worker.tasks))
 
     def _collect(self, workers: list[_Worker], pending: collections.deque,
                  context: multiprocessing.context.BaseContext) -> None:

@@ -23,6 +23,7 @@ from .reader import decode_file
 
 if TYPE_CHECKING:  # models.specs imports torch, which decode tasks must not pay for
     from ..models.specs import ModelIdentity
+    from .pool import DecodePool
 
 Batch = dict[str, npt.NDArray[Any]]
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
@@ -55,9 +56,7 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
     if timeout_s is None:
         results = [decode(task, preparer) for task in tasks]
     else:
-        from .pool import DecodePool
-
-        by_id = {result.image_id: result for result in DecodePool(preparer, 1, timeout_s, decode=decode).run(tasks)}
+        by_id = {result.image_id: result for result in _decoder(preparer, timeout_s, decode).run(tasks)}
         results = [by_id[task.image_id] for task in tasks]
     pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
     columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
@@ -79,6 +78,25 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
         out[name] = np.array(values, dtype=np.int64 if name in ("width", "height") else object)
     out["pixels"] = pixels
     return out
+
+
+_decoders: dict[tuple, "DecodePool"] = {}  # this Ray worker process's decoder, kept from task to task
+
+
+def _decoder(preparer: ImagePreparer, timeout_s: float, decode: "DecodeFn") -> "DecodePool":
+    """One decoding child process for this Ray worker, started by its first decode task and reused by the next.
+
+    Ray runs many tasks in one worker process; starting a decoder per task cost ~1 s of each 256-file task.
+    """
+    from .pool import DecodePool
+
+    key = (preparer, timeout_s, decode)
+    if key not in _decoders:
+        for stale in _decoders.values():
+            stale.close()
+        _decoders.clear()
+        _decoders[key] = DecodePool(preparer, 1, timeout_s, decode=decode, keep_workers=True)
+    return _decoders[key]
 
 
 class _NothingKnown:
