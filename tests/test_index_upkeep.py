@@ -16,7 +16,8 @@ import pytest
 
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
-from mmretrieval.collection.index import IndexPolicy, VectorIndex, choose_config
+from mmretrieval.collection.index import IndexPolicy, VectorIndex, choose_config, training_size
+from mmretrieval.collection.sizing import TRAIN_PER_LIST
 from mmretrieval.errors import CollectionError
 from test_collection import _fill_catalog
 from test_ingest import write_good_images
@@ -37,8 +38,11 @@ def test_size_bands_and_memory_budget():
     pq = choose_config(1500, policy=POLICY, dim=32)
     assert pq.type == "ivfpq" and pq.factory(32).startswith("IVF") and "_HNSW32,PQ" in pq.factory(32)
     big = choose_config(10_000_000, policy=IndexPolicy(memory_budget_bytes=6 << 30), dim=512)
-    assert big.type == "ivfpq" and big.pq_m == 64 and big.opq == 1
-    assert big.factory(512) == f"OPQ64_256,IVF{big.nlist}_HNSW32,PQ64x8"
+    assert big.type == "ivfpq" and big.pq_m == 128 and big.opq == 1  # 4 dimensions a sub-quantizer: the most
+    assert big.factory(512) == f"OPQ128_512,IVF{big.nlist}_HNSW32,PQ128x8"
+    assert choose_config(100_000_000, policy=IndexPolicy(memory_budget_bytes=6 << 30), dim=512).pq_m == 32
+    # no more lists than the capped training sample gives TRAIN_PER_LIST points each
+    assert training_size(big, 10_000_000) >= TRAIN_PER_LIST * big.nlist and big.nlist == 4096
     tight = IndexPolicy(flat_below=300, pq_from=10**9, memory_budget_bytes=50_000)
     assert choose_config(1000, policy=tight, dim=32).type == "ivfpq"  # IVF would not fit: compressed codes
     assert choose_config(1_000_000).type == "ivf"  # defaults unchanged below a few million

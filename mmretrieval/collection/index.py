@@ -46,8 +46,8 @@ import numpy.typing as npt
 
 from ..atomic import atomic_path, atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
-from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MIN_IVF_VECTORS, IndexConfig, IndexPolicy, choose_config,
-                     estimate_bytes)
+from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MAX_TRAIN, MIN_IVF_VECTORS, TRAIN_PER_LIST, IndexConfig,
+                     IndexPolicy, choose_config, estimate_bytes)
 
 __all__ = ["AUTO_ANN_THRESHOLD", "INDEX_TYPES", "MANIFEST_NAME", "MIN_IVF_VECTORS", "IndexConfig", "IndexPolicy",
            "Manifest", "VectorIndex", "choose_config", "exact_search", "read_manifest"]
@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "index.json"
 METRIC = "inner_product"
-_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; more costs build time, not recall
-_MAX_TRAIN = 300_000  # training sample cap: k-means and OPQ cost grows with it, recall barely does past this
 _EXACT_CHUNK = 65_536  # allowed vectors scored per matmul in a filtered search: bounds memory, not results
 _IVF_TYPES = ("ivf", "ivfpq")
 
@@ -344,10 +342,10 @@ def training_size(config: IndexConfig, count: int) -> int:
     """Vectors to sample for training ``config`` over ``count`` (0 for types that need no training)."""
     if config.type not in _IVF_TYPES:
         return 0
-    wanted = config.nlist * _TRAIN_PER_LIST
+    wanted = config.nlist * TRAIN_PER_LIST
     if config.type == "ivfpq":
         wanted = max(wanted, (1 << config.pq_bits) * 64)  # each PQ sub-quantizer is a k-means of its own
-    return min(count, wanted, _MAX_TRAIN)
+    return min(count, wanted, MAX_TRAIN)
 
 
 def _new_base(config: IndexConfig, dim: int) -> faiss.Index:

@@ -6,13 +6,14 @@ Size bands (thresholds are :class:`IndexPolicy` fields, so tests can lower them)
 - below ``flat_below`` (50,000): ``flat``, exact (``IndexFlatIP``), 4·d bytes a vector;
 - up to ``pq_from`` (2 M): ``ivf``, ``IVF{nlist},SQfp16``, 2·d + 8 bytes a vector, as long as that fits the
   memory budget;
-- above, or whenever IVF would not fit: ``ivfpq``, ``OPQ{m}_{4m},IVF{nlist}_HNSW32,PQ{m}``: m + 8 bytes a
-  vector (72 at m = 64), its top candidates re-ranked exactly from the memory-mapped segments;
+- above, or whenever IVF would not fit: ``ivfpq``, ``OPQ{m}_{min(4m, d)},IVF{nlist}_HNSW32,PQ{m}``: m + 8 bytes
+  a vector (136 at m = 128, the most: d / 4), its top candidates re-ranked exactly from the memory-mapped
+  segments;
 - ``hnsw`` (``HNSW{m},Flat``) only on request.
 
 Memory at 10 M x 512 (estimates from :func:`estimate_bytes`, what ``mmr info`` reports as ``index_memory``):
-flat 20.5 GB, ivf 10.3 GB, ivfpq (m=64) 0.75 GB + coarse quantizer 0.05 GB: with the default budget (a
-quarter of RAM, 6 GB on a 24 GB machine) 10 M vectors get ``ivfpq``.
+flat 20.5 GB, ivf 10.3 GB, ivfpq (m=128) 1.36 GB + coarse quantizer and rotation 0.01 GB: with the default
+budget (a quarter of RAM, 6 GB on a 24 GB machine) 10 M vectors get ``ivfpq`` with m = 128; 100 M get m = 32.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enou
 PQ_THRESHOLD = 2_000_000  # from this many vectors compressed codes (ivfpq) are the automatic choice
 MIN_IVF_VECTORS = 256  # fewer than this: IVF is not worth training (and cannot be over 0 vectors); flat instead
 OPQ_MIN_VECTORS = 20_000  # OPQ rotation needs a large sample to pay off (and to train in reasonable time)
+TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; more costs build time, not recall
+MAX_TRAIN = 300_000  # training sample cap: k-means and OPQ cost grows with it, recall barely does past this
 _HNSW_COARSE_M = 32  # graph degree of the ivfpq coarse quantizer
 
 
@@ -131,9 +134,13 @@ def choose_config(count: int, index_type: str | None = None, *, dim: int = 512, 
         return IndexConfig(type="flat")
     config = IndexConfig(type=index_type)
     if index_type in ("ivf", "ivfpq"):
-        # ~4 sqrt(n) lists of at least 39 training points each (FAISS's minimum), and 1/128 of them probed.
+        # ~4 sqrt(n) lists of at least 39 training points each (FAISS's minimum), and 1/128 of them probed;
+        # no more lists than the capped training sample fills with TRAIN_PER_LIST points each: at 10 M, 16,384
+        # lists trained on 18 points each made codes of residuals so coarse that recall@10 stalled at 0.86.
         nlist = int(min(max(4 * math.sqrt(max(count, 1)), 1), max(count // 39, 1), 65536))
         nlist = 2 ** max(int(round(math.log2(nlist))), 0)
+        while nlist > max(MAX_TRAIN // TRAIN_PER_LIST, 1):
+            nlist //= 2
         config = dataclasses.replace(config, nlist=nlist, nprobe=min(nlist, max(16, nlist // 128)),
                                      rerank=40 if index_type == "ivf" else 200)
     if index_type == "ivfpq":
@@ -152,9 +159,14 @@ def _auto_type(count: int, dim: int, policy: IndexPolicy) -> str:
 
 
 def _pq_m(count: int, dim: int, budget: int, nlist: int) -> int:
-    """The largest code (bytes a vector) that fits ``budget``: at most dim / 8 and 64, at least 4."""
-    for m in (64, 48, 32, 24, 16, 8, 4):
-        if m <= max(dim // 8, 4) and dim % m == 0 or m == 4:
+    """The largest code (bytes a vector) that fits ``budget``: at most dim / 4 and 128, at least 4.
+
+    Four dimensions a sub-quantizer rank candidates well enough that a few hundred re-ranked reach recall@10
+    0.95; at eight (m = 64 at 512-d) the same recall needed 800 and twice the query time (1 M clustered
+    vectors, ``docs/scaling.md``).
+    """
+    for m in (128, 96, 64, 48, 32, 24, 16, 8, 4):
+        if m <= max(dim // 4, 4) and dim % m == 0 or m == 4:
             config = IndexConfig(type="ivfpq", nlist=nlist, pq_m=m, opq=1)
             if estimate_bytes(config, count, dim) <= budget or m == 4:
                 return m
