@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.collection.collection import Collection
-from mmretrieval.ingest.ray_commit import ResultCommitter, pending_rows
+from mmretrieval.ingest.ray_commit import ResultCommitter
 from mmretrieval.ingest.ray_runner import RayIngestConfig
 from mmretrieval.ingest.ray_segments import ResultDrop
 from mmretrieval.ingest.ray_stages import Embedder, decode_rows
@@ -31,11 +31,11 @@ def planned_collection(tmp_path, encoder, folder):
 
 def result_for(col, drop, ids=None) -> str:
     """Run decode and embed in this process over pending rows (all, or ``ids``) and write one result."""
-    pending = pending_rows(col.catalog)
+    pending = {image_id: (path, size, mtime_ns) for image_id, path, size, mtime_ns in col.catalog.pending_files()}
     chosen = sorted(pending) if ids is None else ids
-    batch = {"image_id": np.array(chosen, np.int64), "path": np.array([pending[i].path for i in chosen], object),
-             "size": np.array([pending[i].size for i in chosen], np.int64),
-             "mtime_ns": np.array([pending[i].mtime_ns for i in chosen], np.int64)}
+    batch = {"image_id": np.array(chosen, np.int64), "path": np.array([pending[i][0] for i in chosen], object),
+             "size": np.array([pending[i][1] for i in chosen], np.int64),
+             "mtime_ns": np.array([pending[i][2] for i in chosen], np.int64)}
     decoded = decode_rows(batch, col.encoder.preparer)
     embedded = Embedder(col.identity.to_json(), "cpu")(decoded)
     columns = {name: column for name, column in embedded.items() if name != "embedding"}
@@ -51,11 +51,11 @@ def test_a_result_commits_once_however_often_it_arrives(tmp_path, tiny_encoder):
     drop.prepare()
     name = result_for(col, drop)
     assert drop.finished() == [name]
-    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    committer = ResultCommitter(col.catalog)
     first = committer.commit(drop.read(name))
     assert (first.rows, first.embedded, first.failed, first.stale) == (5, 4, {"not_an_image": 1}, 0)
     generation = col.catalog.generation
-    again = ResultCommitter(col.catalog, pending_rows(col.catalog)).commit(drop.read(name))  # as a re-run would
+    again = ResultCommitter(col.catalog).commit(drop.read(name))  # as a re-run would
     assert (again.rows, again.stale) == (0, 5) and col.catalog.generation == generation
     assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
     ids, vectors = col.vectors()
@@ -76,10 +76,10 @@ def test_a_result_for_a_file_changed_since_is_not_attached_to_it(tmp_path, tiny_
     os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))
     plan(col.catalog, discover([folder]))  # planned again with the new size and mtime
     changed_id = col.catalog.id_of_path(paths[0])
-    committer = ResultCommitter(col.catalog, pending_rows(col.catalog))
+    committer = ResultCommitter(col.catalog)
     counts = committer.commit(drop.read(old))
     assert (counts.rows, counts.stale) == (2, 1)
-    assert list(committer.pending) == [changed_id]
+    assert [image_id for image_id, *_ in col.catalog.pending_files()] == [changed_id]
     fresh = committer.commit(drop.read(result_for(col, drop, [changed_id])))
     assert (fresh.rows, fresh.embedded) == (1, 1)
     stored = col.vectors([changed_id])[1][0]

@@ -234,6 +234,17 @@ class Catalog(VectorPlaces):
             yield from rows
             after = rows[-1][0]
 
+    def pending_among(self, ids: Sequence[int]) -> dict[int, tuple[bytes, int, int]]:
+        """``id -> (path key, size, mtime_ns)`` of those of ``ids`` that are still pending."""
+        found: dict[int, tuple[bytes, int, int]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start:start + 500]]
+            for image_id, path, size, mtime_ns in self._query(
+                    "SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' "
+                    f"AND id IN ({','.join('?' * len(chunk))})", chunk):
+                found[image_id] = (path, size, mtime_ns)
+        return found
+
     def pending_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM images WHERE status = 'pending'")[0][0])
 

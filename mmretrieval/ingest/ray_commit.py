@@ -51,18 +51,11 @@ class CommitCounts:
     stale: int = 0  # rows dropped: already committed, or planned again since
 
 
-def pending_rows(catalog: Catalog) -> dict[int, PlannedRow]:
-    """Every ``pending`` row of the catalog, by id (the driver's to-do list: ~200 bytes a file, so a first
-    ingest of 10 M files holds ~2 GB here; re-runs hold only what changed)."""
-    return {image_id: PlannedRow(path, size, mtime_ns) for image_id, path, size, mtime_ns in catalog.pending_files()}
-
-
 class ResultCommitter:
-    """Commits results into one catalog; tracks which planned rows are still waiting for one."""
+    """Commits results into one catalog, each row only while its catalog row is pending as planned."""
 
-    def __init__(self, catalog: Catalog, pending: dict[int, PlannedRow]):
+    def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        self.pending = dict(pending)
 
     def commit(self, result: Result) -> CommitCounts:
         """Commit the rows of ``result`` that still belong to a pending row (one transaction)."""
@@ -88,8 +81,6 @@ class ResultCommitter:
                                                     int(rows.widths[row]), int(rows.heights[row]), rows.formats[row],
                                                     vectors[row], PhotoMetadata.from_json(rows.photos[row]))
                                         for row in ok], failures)
-        for row in take:
-            del self.pending[int(rows.image_ids[row])]
         return CommitCounts(rows=len(take), embedded=len(new_hashes), duplicates=len(ok) - len(new_hashes),
                             failed=dict(collections.Counter(f.reason for f in failures)),
                             stale=len(rows) - len(take))
@@ -97,10 +88,11 @@ class ResultCommitter:
     def _belonging(self, result: Result) -> list[int]:
         """Rows of ``result`` whose catalog row is pending as planned (the first copy of an id wins)."""
         rows = result.rows
+        pending = self.catalog.pending_among(rows.image_ids.tolist())  # a query per result: no to-do list in RAM
         take: dict[int, int] = {}
         for row, image_id in enumerate(rows.image_ids.tolist()):
-            planned = self.pending.get(image_id)
-            if planned is not None and image_id not in take and planned == PlannedRow(
+            planned = pending.get(image_id)
+            if planned is not None and image_id not in take and PlannedRow(*planned) == PlannedRow(
                     rows.paths[row], int(rows.sizes[row]), int(rows.mtimes_ns[row])):
                 take[image_id] = row
         return sorted(take.values())

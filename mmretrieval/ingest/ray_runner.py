@@ -19,12 +19,12 @@ Ray retries tasks on dead workers and restarts dead actors (execution is at leas
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..collection.catalog import DTYPE_KEY, Catalog
 from ..collection.segments import DEFAULT_DTYPE
@@ -32,7 +32,7 @@ from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
 from .batches import IngestSummary
-from .ray_commit import CommitCounts, PlannedRow, ResultCommitter, Tally, pending_rows
+from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop
 from .ray_stages import check_reproducible
 from .runner import plan_sources
@@ -56,7 +56,7 @@ class RayIngestConfig:
     decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
     decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
     timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
-    files_per_task: int = 256  # files per decode task (one Ray block; each task starts a decoder process, ~1 s)
+    files_per_task: int = 256  # files per decode task (one Ray block)
     segment_rows: int = 4096  # rows per result segment (and per catalog commit)
     prune: bool = False  # delete rows of files that no longer exist
 
@@ -94,25 +94,24 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
-    committer = ResultCommitter(catalog, pending_rows(catalog))
+    committer = ResultCommitter(catalog)
     tally = Tally(skipped)
-    total = len(committer.pending)
+    total = catalog.pending_count()
     report = _reporter(tally, total, progress)
     report(CommitCounts())
     if drop.remove_unsealed():
         logger.info("removed half-written results left by an interrupted run")
     _commit_all(drop, committer, report)  # a killed run's finished work, before anything is decoded again
-    if committer.pending:
+    if catalog.pending_count():
         dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
         with ray_connection(config.address) as gpus:
-            dataset = build_dataset(committer.pending, identity, drop, dtype, config, gpus)
+            dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)
             for record in dataset.iter_rows():
                 report(_commit_one(drop, committer, record["result"]))
             logger.info("Ray execution statistics:\n%s", dataset.stats())
         _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
-    if committer.pending:
-        logger.warning("%d files got no result from Ray; they stay pending and the next run retries them",
-                       len(committer.pending))
+    if left := catalog.pending_count():
+        logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
     return tally.summary(unchanged, pruned)
 
 
@@ -171,24 +170,29 @@ def ray_connection(address: str | None) -> Iterator[float]:
             ray.shutdown()
 
 
-def build_dataset(pending: dict[int, PlannedRow], identity: ModelIdentity, drop: ResultDrop, dtype: str,
-                  config: RayIngestConfig, gpus: float) -> Any:
-    """The Ray Data pipeline over ``pending`` rows; iterating it yields one ``{result, rows}`` per result."""
+def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: ModelIdentity, drop: ResultDrop,
+                  dtype: str, config: RayIngestConfig, gpus: float) -> Any:
+    """The Ray Data pipeline over ``pending`` ``(id, path key, size, mtime_ns)`` rows (a stream, read once);
+    iterating it yields one ``{result, rows}`` per result.
+
+    Each block of ``files_per_task`` rows goes to Ray's object store as it is read (~90 bytes a file, spilled
+    to disk when the store fills), so the driver never holds the to-do list: 10 M files are ~0.9 GB there.
+    """
     import pyarrow as pa
+    import ray
     import ray.data
 
     from .ray_stages import Embedder, decode_rows, write_rows
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller's progress callback reports committed rows instead
-    ids = sorted(pending)
-    rows = pa.table({"image_id": pa.array(ids, pa.int64()),
-                     "path": pa.array([pending[i].path for i in ids], pa.binary()),
-                     "size": pa.array([pending[i].size for i in ids], pa.int64()),
-                     "mtime_ns": pa.array([pending[i].mtime_ns for i in ids], pa.int64())})
-    blocks = math.ceil(len(ids) / config.files_per_task)
-    dataset = ray.data.from_arrow([rows.slice(b * config.files_per_task, config.files_per_task)
-                                   for b in range(blocks)])
+    pending = iter(pending)
+    blocks = []
+    while chunk := list(itertools.islice(pending, config.files_per_task)):
+        ids, paths, sizes, mtimes = zip(*chunk)
+        blocks.append(ray.put(pa.table({"image_id": pa.array(ids, pa.int64()), "path": pa.array(paths, pa.binary()),
+                                        "size": pa.array(sizes, pa.int64()), "mtime_ns": pa.array(mtimes, pa.int64())})))
+    dataset = ray.data.from_arrow_refs(blocks)
     # Its own operator (a memory reservation the embed actors lack keeps Ray from fusing the two, which would
     # decode inside the model actors and leave a GPU idle while they do).
     decode_pool = ray.data.TaskPoolStrategy(size=config.decode_tasks) if config.decode_tasks else None
