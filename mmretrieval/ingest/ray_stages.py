@@ -48,7 +48,8 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
         timeout_s: decode in one child process, as the single-machine pool does, so a file that hangs is
             failed with ``decode_timeout`` after this long and one that crashes the decoder with
             ``decoder_crashed``, instead of hanging the task or crashing it over and over through Ray's
-            retries; None decodes in the task's own process (no isolation, a little faster).
+            retries; the child is kept for the next task this Ray worker runs. None decodes in the task's own
+            process (no isolation).
         decode: the per-file function (tests pass one that misbehaves).
     """
     tasks = [DecodeTask(int(image_id), os.fsdecode(bytes(path))) for image_id, path in zip(batch["image_id"],
