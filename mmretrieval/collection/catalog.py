@@ -31,7 +31,7 @@ from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
 from .photo_table import read_photos
 from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
-from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
+from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
 __all__ = ["Catalog", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "SegmentCommit", "VectorWrite",
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS releases it if the process dies
 REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
-_IN_CHUNK = 500  # values per IN (...) list
 _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
 
@@ -176,10 +175,9 @@ class Catalog(VectorPlaces):
     def file_states_of(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
         """The known ones among ``paths`` and their (id, size, mtime, status, reason)."""
         found: dict[bytes, FileState] = {}
-        for start in range(0, len(paths), _IN_CHUNK):
-            chunk = list(paths[start:start + _IN_CHUNK])
-            for row in self._query("SELECT path, id, size, mtime_ns, status, reason FROM images "
-                                   f"WHERE path IN ({','.join('?' * len(chunk))})", chunk):
+        for chunk, marks in in_lists(paths):
+            for row in self._query(f"SELECT path, id, size, mtime_ns, status, reason FROM images WHERE path IN ({marks})",
+                                   chunk):
                 found[row[0]] = FileState(*row[1:])
         return found
 
@@ -187,11 +185,10 @@ class Catalog(VectorPlaces):
         """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction."""
         entries = list(entries)
         with self.transaction() as db:
-            for start in range(0, len(entries), _IN_CHUNK):
-                # a changed file's labels described its old pixels (they come back with the next `mmr label`),
-                # and its capture time and camera come back when it is decoded again
-                paths = [entry[0] for entry in entries[start:start + _IN_CHUNK]]
-                changed = f"SELECT id FROM images WHERE path IN ({','.join('?' * len(paths))})"
+            # a changed file's labels described its old pixels (they come back with the next `mmr label`), and its
+            # capture time and camera come back when it is decoded again
+            for paths, marks in in_lists([entry[0] for entry in entries]):
+                changed = f"SELECT id FROM images WHERE path IN ({marks})"
                 db.execute(f"DELETE FROM labels WHERE image_id IN ({changed})", paths)
                 db.execute(f"DELETE FROM photos WHERE image_id IN ({changed})", paths)
             db.executemany(
@@ -237,11 +234,9 @@ class Catalog(VectorPlaces):
     def pending_among(self, ids: Sequence[int]) -> dict[int, tuple[bytes, int, int]]:
         """``id -> (path key, size, mtime_ns)`` of those of ``ids`` that are still pending."""
         found: dict[int, tuple[bytes, int, int]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
+        for chunk, marks in in_lists(ids):
             for image_id, path, size, mtime_ns in self._query(
-                    "SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' "
-                    f"AND id IN ({','.join('?' * len(chunk))})", chunk):
+                    f"SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' AND id IN ({marks})", chunk):
                 found[image_id] = (path, size, mtime_ns)
         return found
 
@@ -256,11 +251,10 @@ class Catalog(VectorPlaces):
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
         """Rows by id; unknown ids are simply absent."""
         found: dict[int, ImageRow] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
+        for chunk, marks in in_lists(ids):
             for row in self._query(
-                "SELECT id, path, status, width, height, caption, reason, message FROM images "
-                f"WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    f"SELECT id, path, status, width, height, caption, reason, message FROM images WHERE id IN ({marks})",
+                    chunk):
                 found[row[0]] = ImageRow(row[0], os.fsdecode(row[1]), *row[2:])
         return found
 

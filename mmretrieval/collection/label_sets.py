@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError
+from .places import in_lists
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -102,11 +103,10 @@ def counts(catalog: "Catalog") -> dict[str, int]:
 def labels_of(catalog: "Catalog", ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
     """Assigned ``(qualified label, probability)`` pairs per id, best first."""
     found: dict[int, list[tuple[str, float]]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = [int(i) for i in ids[start:start + 500]]
+    for chunk, marks in in_lists(ids):
         for image_id, name, label, probability in catalog._query(
                 "SELECT image_id, label_set, label, probability FROM labels "
-                f"WHERE image_id IN ({','.join('?' * len(chunk))}) ORDER BY probability DESC", chunk):
+                f"WHERE image_id IN ({marks}) ORDER BY probability DESC", chunk):
             found.setdefault(image_id, []).append((qualified(name, label), probability))
     return {image_id: tuple(pairs) for image_id, pairs in found.items()}
 

@@ -165,9 +165,8 @@ class VectorPlaces:
 
     def _existing_ids(self, ids: npt.NDArray[np.int64]) -> list[int]:
         found: list[int] = []
-        for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            found += [r[0] for r in self._query(f"SELECT id FROM images WHERE id IN ({_marks(chunk)})", chunk)]
+        for chunk, marks in in_lists(ids):
+            found += [r[0] for r in self._query(f"SELECT id FROM images WHERE id IN ({marks})", chunk)]
         return found
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -184,10 +183,8 @@ class VectorPlaces:
             return found[order], np.concatenate([b[1] for b in blocks])[order]
         def places() -> list[tuple]:
             found: list[tuple] = []
-            for start in range(0, len(ids), _CHUNK):
-                chunk = [int(i) for i in ids[start:start + _CHUNK]]
-                found += self._query(
-                    f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({_marks(chunk)})", chunk)
+            for chunk, marks in in_lists(ids):
+                found += self._query(f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({marks})", chunk)
             return sorted(found)
 
         return self._gather_fresh(places)
@@ -247,11 +244,10 @@ class VectorPlaces:
         """Stored vectors of already-embedded content, for reuse when the same bytes turn up at another path."""
         wanted = list(set(hashes))
         places: dict[str, tuple] = {}
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start:start + _CHUNK]
+        for chunk, marks in in_lists(wanted):
             for digest, *place in self._query(
                     "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
-                    f"ON v.image_id = i.id WHERE i.content_hash IN ({_marks(chunk)})", chunk):
+                    f"ON v.image_id = i.id WHERE i.content_hash IN ({marks})", chunk):
                 places[digest] = tuple(place)
         _, vectors = self._gather(list(places.values()))
         return dict(zip(places, vectors))
@@ -279,9 +275,8 @@ class VectorPlaces:
         for folder in folders:
             candidates.update(r[0] for r in self._query("SELECT path FROM images WHERE substr(path, 1, ?) = ?",
                                                         (len(folder), folder)))
-        for start in range(0, len(paths), _CHUNK):
-            chunk = list(paths[start:start + _CHUNK])
-            candidates.update(r[0] for r in self._query(f"SELECT path FROM images WHERE path IN ({_marks(chunk)})", chunk))
+        for chunk, marks in in_lists(paths):
+            candidates.update(r[0] for r in self._query(f"SELECT path FROM images WHERE path IN ({marks})", chunk))
         gone = [(path,) for path in sorted(candidates)
                 if not any(path.startswith(folder) for folder in keep_under) and not os.path.lexists(path)]
         if gone:
@@ -299,5 +294,9 @@ def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) ->
     db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
 
 
-def _marks(values: Sequence) -> str:
-    return ",".join("?" * len(values))
+def in_lists(values: Sequence) -> Iterator[tuple[list, str]]:
+    """``values`` as ``(chunk, "?,?,...")`` pairs of at most :data:`_CHUNK`, for ``IN (...)`` queries (SQLite caps a
+    statement's parameters); numpy integers become Python ints, which sqlite3 can bind."""
+    for start in range(0, len(values), _CHUNK):
+        chunk = [value.item() if isinstance(value, np.generic) else value for value in values[start:start + _CHUNK]]
+        yield chunk, ",".join("?" * len(chunk))

@@ -19,7 +19,6 @@ Ray retries tasks on dead workers and restarts dead actors (execution is at leas
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from .batches import IngestSummary
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop
 from .ray_stages import check_reproducible
-from .runner import plan_sources
+from .runner import chunked, plan_sources
 
 logger = logging.getLogger(__name__)
 
@@ -186,9 +185,8 @@ def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: Mode
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller's progress callback reports committed rows instead
-    pending = iter(pending)
     blocks = []
-    while chunk := list(itertools.islice(pending, config.files_per_task)):
+    for chunk in chunked(pending, config.files_per_task):
         ids, paths, sizes, mtimes = zip(*chunk)
         blocks.append(ray.put(pa.table({"image_id": pa.array(ids, pa.int64()), "path": pa.array(paths, pa.binary()),
                                         "size": pa.array(sizes, pa.int64()), "mtime_ns": pa.array(mtimes, pa.int64())})))

@@ -153,7 +153,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
     """
     unchanged = marked = 0
     skipped: dict[bytes, Skipped] = {}
-    for chunk in _chunks(found, PLAN_CHUNK):
+    for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
         for item in chunk:
             key = encode_path(item.path)
@@ -180,7 +180,8 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
     return unchanged, list(skipped.values())
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter), read as they are needed."""
     batch: list = []
     for item in items:
         batch.append(item)
