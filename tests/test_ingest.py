@@ -188,6 +188,43 @@ def test_timeouts_at_the_start_of_a_run_fail_only_those_files(tmp_path, tiny_enc
     assert all(isinstance(results[i + 1], Decoded) for i in range(3))
 
 
+def _rows_by_id(batches) -> dict[int, np.ndarray | str]:
+    """image id -> its pixel row (copied: a batch's chunks are reused after the next one), or failure reason."""
+    out: dict[int, np.ndarray | str] = {}
+    for batch in batches:
+        out.update({item.image_id: row.copy() for item, row in zip(batch.decoded, batch.pixels, strict=True)})
+        out.update({item.image_id: item.reason for item in batch.failed})
+    return out
+
+
+def test_batches_keep_each_image_on_its_own_row_through_failures_and_crashes(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    good = write_good_images(folder, 40)
+    (folder / "text.jpg").write_text("not an image")
+    tasks = [DecodeTask(i + 1, str(p)) for i, p in enumerate(good)]
+    for index, name in ((3, "text.jpg"), (9, "crash.jpg"), (20, "hang.jpg"), (31, "text.jpg")):
+        tasks.insert(index, DecodeTask(100 + index, str(folder / name)))
+    inline = {t.image_id: decode_file(t, tiny_encoder.preparer) for t in tasks if "good" in t.path}
+    before = set(os.listdir("/dev/shm"))
+    pool = DecodePool(tiny_encoder.preparer, workers=2, timeout_s=3.0, decode=decode_or_misbehave)
+    batches = pool.batches(tasks, batch_size=7)
+    results = _rows_by_id(batches)
+    assert sorted(results) == sorted(t.image_id for t in tasks)  # each task once: none lost, none twice
+    assert [results[100 + i] for i in (3, 9, 20, 31)] == ["not_an_image", "decoder_crashed", "decode_timeout",
+                                                          "not_an_image"]
+    for image_id, expected in inline.items():
+        np.testing.assert_array_equal(results[image_id], expected.pixels)
+    assert set(os.listdir("/dev/shm")) <= before  # every chunk and header unlinked
+
+
+def test_run_copies_pixels_out_of_shared_memory(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    tasks = [DecodeTask(i, str(p)) for i, p in enumerate(write_good_images(folder, 40))]
+    pooled = {r.image_id: r.pixels for r in DecodePool(tiny_encoder.preparer, workers=2).run(tasks)}
+    for task in tasks:  # held after the run, past many reuses of every chunk: still each file's own pixels
+        np.testing.assert_array_equal(pooled[task.image_id], decode_file(task, tiny_encoder.preparer).pixels)
+
+
 def decoder_pid(task: DecodeTask, preparer) -> Failed:
     """Runs in the worker: says which process decoded the task, or crashes on ``crash.jpg``."""
     if os.path.basename(task.path) == "crash.jpg":

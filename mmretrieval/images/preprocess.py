@@ -33,6 +33,11 @@ class ImagePreparer:
         size = json.loads(self.preprocess)["size"]
         return max(size) if isinstance(size, (list, tuple)) else int(size)
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """The ``(3, H, W)`` of every prepared image (it depends on the config only, not on the image)."""
+        return self(Image.new("RGB", (8, 8))).shape
+
     def __call__(self, image: Image.Image) -> npt.NDArray[np.uint8]:
         steps = self._steps
         if steps is None:

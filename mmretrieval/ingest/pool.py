@@ -1,10 +1,20 @@
-"""Decoding worker processes that contain crashes and hangs.
+"""Decoding worker processes that contain crashes and hangs, and hand pixels over through shared memory.
 
-Each worker gets its own pipe and at most :data:`_DEPTH` tasks at a time, processed in order, so the task a
-worker was busy with is always known: if the worker dies (a segfault in a decoder), or takes longer than
-``timeout_s`` on one file, that file is failed with ``decoder_crashed`` or ``decode_timeout``, the worker is
-killed and replaced, and its other tasks go back to the queue. A feeder thread keeps draining the pipes
-while the caller runs the model, so decoding overlaps with embedding.
+Tasks go to each worker in groups of up to :data:`_GROUP`, at most :data:`_DEPTH` groups at a time, and are
+decoded in order. Before it starts a task a worker writes the task's number and the time into a small shared
+header, so the task a worker is busy with is always known: if the worker dies (a segfault in a decoder), or
+takes longer than ``timeout_s`` on one file, that file is failed with ``decoder_crashed`` or
+``decode_timeout``, the worker is killed and replaced, and its other tasks go back to the queue (those it had
+finished but not yet sent are decoded again). A feeder thread keeps the workers busy while the caller runs the
+model, so decoding overlaps with embedding.
+
+Pixels never travel through the pipes. Each group goes out with a *chunk*: a block of shared memory with one
+row per task of the group. The worker writes each decoded image's model-sized pixels into the next free row
+(failures take none, so the rows are the group's decoded images in order) and sends back only the small
+records. :meth:`DecodePool.batches` hands the chunks to the consumer as they are, so no byte of pixels is
+copied between the decoder and the model's input; :meth:`DecodePool.run` copies each image out and frees the
+chunk at once. One message per file with a pickled 3x224x224 array capped the pool at ~3,000 results/s on
+2 cores (``bench/decode_pool.py``).
 
 Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process that holds
 a model, threads or a database connection. Each worker says it is ready before it takes a task; one that
@@ -15,14 +25,20 @@ which the worker re-runs on import), not a bad file, and no file is failed for i
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
+import math
 import multiprocessing
 import queue
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Iterable, Iterator, Sequence
+from multiprocessing.shared_memory import SharedMemory
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import numpy.typing as npt
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
@@ -31,11 +47,18 @@ from .reader import decode_file
 
 logger = logging.getLogger(__name__)
 
-_DEPTH = 2  # tasks queued per worker: one decoding, one ready to start
+_GROUP = 16  # most tasks sent to a worker in one message (one chunk), and so most results in one message back
+_DEPTH = 2  # groups a worker holds: the one it decodes and the next, queued in its pipe
 _DONE = object()
 _MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
 _STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
 _READY = "decoder-ready"  # a worker's first message, sent once it is up and before it takes a task
+_IDLE_S = 0.005  # the feeder's pause when no worker has anything in flight
+_ATTACHED = 256  # chunks a worker keeps mapped (a pool cycles through far fewer)
+# The shared header, float64s: the number of the task being decoded, when it started (time.monotonic, one
+# clock for every process on the machine), and the number of the last task finished. Numbers start at 0.
+_STARTED, _STARTED_AT, _FINISHED = 0, 1, 2
+_EMPTY = np.zeros((0,), dtype=np.uint8)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -49,32 +72,173 @@ def _context() -> multiprocessing.context.BaseContext:
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
-def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn) -> None:
+@dataclasses.dataclass(frozen=True)
+class DecodedBatch:
+    """Results of :meth:`DecodePool.batches`. The pixels of ``decoded`` are the rows of ``chunks`` taken in
+    order (the records' own ``pixels`` fields are empty)."""
+
+    decoded: tuple[Decoded, ...]
+    failed: tuple[Failed, ...]
+    chunks: tuple[npt.NDArray[np.uint8], ...] = dataclasses.field(repr=False)  # (rows, 3, H, W) each
+
+    @property
+    def pixels(self) -> npt.NDArray[np.uint8]:
+        """All pixels as one ``(len(decoded), 3, H, W)`` array (a copy unless there is a single chunk)."""
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        if not self.chunks:
+            return np.zeros((0,), dtype=np.uint8)
+        return np.concatenate(self.chunks)
+
+
+class _Chunk:
+    """Shared memory for the pixels of one group: ``rows`` images of ``shape``."""
+
+    def __init__(self, rows: int, shape: tuple[int, ...]):
+        self.memory = SharedMemory(create=True, size=max(1, rows * math.prod(shape)))
+        self.rows = np.ndarray((rows, *shape), dtype=np.uint8, buffer=self.memory.buf)
+
+    @property
+    def name(self) -> str:
+        return self.memory.name
+
+    def close(self) -> None:
+        self.rows = None  # the view must go before the mapping can close
+        try:
+            self.memory.close()
+        except BufferError:  # a consumer kept a batch past its lifetime: the mapping goes when its views do
+            _orphans.append(self.memory)  # (and SharedMemory.__del__ would complain about them meanwhile)
+        self.memory.unlink()
+
+
+_orphans: list[SharedMemory] = []
+
+
+class _Chunks:
+    """The pool's chunks: made as needed up to ``limit``, given back by whoever holds them (thread-safe)."""
+
+    def __init__(self, shape: tuple[int, ...], limit: int, rows: int):
+        self.shape = shape
+        self.limit = limit
+        self.rows = rows
+        self.free: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
+        self.made: list[_Chunk] = []
+
+    def take(self) -> _Chunk | None:
+        """A free chunk, or None when ``limit`` are all in use (the caller waits for one to come back)."""
+        try:
+            return self.free.get_nowait()
+        except queue.Empty:
+            if len(self.made) >= self.limit:
+                return None
+            self.made.append(_Chunk(self.rows, self.shape))
+            return self.made[-1]
+
+    def give_back(self, chunk: _Chunk) -> None:
+        self.free.put(chunk)
+
+    def close(self) -> None:
+        for chunk in self.made:
+            chunk.close()
+        self.made.clear()
+
+
+def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, header_name: str) -> None:
+    header_memory = SharedMemory(header_name)  # the parent's resource tracker knows it: one owner, one unlink
+    header = np.ndarray((3,), dtype=np.float64, buffer=header_memory.buf)
+    attached: dict[str, tuple[SharedMemory, tuple[int, ...]]] = {}
     try:
         conn.send(_READY)
-        while (task := conn.recv()) is not None:
-            conn.send(decode(task, preparer))
+        while (message := conn.recv()) is not None:
+            chunk_name, shape, group = message
+            rows = _attach(attached, chunk_name, shape, len(group)) if chunk_name else None
+            results: list[Decoded | Failed] = []
+            row = 0
+            for number, task in group:
+                header[_STARTED_AT] = time.monotonic()
+                header[_STARTED] = number
+                result = decode(task, preparer)
+                if rows is not None and isinstance(result, Decoded):
+                    if result.pixels.shape != shape:  # a preparer bug: fail the file, keep rows and records in step
+                        result = Failed(task.image_id, "corrupt", f"prepared pixels have shape {result.pixels.shape}, "
+                                        f"expected {shape}")
+                    else:
+                        rows[row] = result.pixels
+                        row += 1
+                        object.__setattr__(result, "pixels", _EMPTY)  # our own fresh record: pixels are in the row
+                results.append(result)
+                header[_FINISHED] = number
+            rows = None
+            conn.send(results)
     except (EOFError, OSError):  # the parent is gone (killed, say): leave quietly, nobody is listening
         return
+
+
+def _attach(attached: dict, name: str, shape: tuple[int, ...], rows: int) -> npt.NDArray[np.uint8]:
+    if name not in attached:
+        if len(attached) >= _ATTACHED:
+            oldest = next(iter(attached))
+            attached.pop(oldest)[0].close()
+        attached[name] = (SharedMemory(name), shape)
+    return np.ndarray((rows, *shape), dtype=np.uint8, buffer=attached[name][0].buf)
+
+
+@dataclasses.dataclass
+class _Sent:
+    """A group a worker holds: its tasks (numbered) and the chunk its pixels go to."""
+
+    tasks: list[tuple[int, DecodeTask]]
+    chunk: _Chunk | None
 
 
 class _Worker:
     def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer, decode: DecodeFn):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, preparer, decode), daemon=True)
+        self.header_memory = SharedMemory(create=True, size=64)
+        self.header = np.ndarray((3,), dtype=np.float64, buffer=self.header_memory.buf)
+        self.header[:] = -1
+        self.process = context.Process(target=_worker_main, daemon=True,
+                                       args=(child, preparer, decode, self.header_memory.name))
         self.process.start()
         child.close()
-        self.tasks: collections.deque[DecodeTask] = collections.deque()
+        self.groups: collections.deque[_Sent] = collections.deque()  # sent and not answered, in order
+        self.numbered = 0  # tasks numbered so far
         self.ready = False  # set by its first message; until then its tasks are waiting, not decoding
-        self.started = self.head_started = time.monotonic()
+        self.started = time.monotonic()
 
-    def send(self, task: DecodeTask) -> None:
-        if not self.tasks and self.ready:
-            self.head_started = time.monotonic()
-        self.tasks.append(task)
-        self.conn.send(task)
+    @property
+    def tasks(self) -> list[DecodeTask]:
+        """Tasks sent and not answered, in order."""
+        return [task for sent in self.groups for _, task in sent.tasks]
 
-    def stop(self, kill: bool = False) -> None:
+    def send(self, tasks: list[DecodeTask], chunk: _Chunk | None, shape: tuple[int, ...]) -> None:
+        group = [(self.numbered + i, task) for i, task in enumerate(tasks)]
+        self.numbered += len(group)
+        self.groups.append(_Sent(group, chunk))
+        self.conn.send((chunk.name if chunk else None, shape, group))
+
+    def receive(self) -> tuple[list[Decoded | Failed], _Chunk | None] | str:
+        """The next message: ``_READY``, or a group's results in task order and the chunk holding the pixels
+        of its decoded ones (rows in order)."""
+        message = self.conn.recv()
+        if message == _READY:
+            return message
+        sent = self.groups.popleft()
+        return message, sent.chunk
+
+    def busy_since(self) -> float | None:
+        """When the worker started the task it is decoding now (``time.monotonic``); None between tasks."""
+        started, started_at, finished = self.header
+        return float(started_at) if started > finished else None
+
+    def culprit(self) -> DecodeTask:
+        """The task the worker was decoding, by its header; the oldest unanswered one if it was between tasks."""
+        started = int(self.header[_STARTED]) if self.header[_STARTED] > self.header[_FINISHED] else None
+        numbered = [item for sent in self.groups for item in sent.tasks]
+        return next((task for number, task in numbered if number == started), numbered[0][1])
+
+    def stop(self, kill: bool = False) -> list[_Chunk]:
+        """Stop the process; returns the chunks of the groups it still held (free again: nobody writes them)."""
         if kill:
             self.process.kill()
         else:
@@ -87,10 +251,69 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+        if self.header_memory is not None:
+            self.header = None
+            self.header_memory.close()
+            self.header_memory.unlink()
+            self.header_memory = None
+        chunks = [sent.chunk for sent in self.groups if sent.chunk is not None]
+        self.groups.clear()
+        return chunks
+
+
+class _Each:
+    """Hands results on one by one, each with its own copy of its pixels; chunks go back at once."""
+
+    def __init__(self, chunks: _Chunks):
+        self.chunks = chunks
+
+    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list[list[Decoded | Failed]]:
+        if chunk is None:
+            return [results]
+        rows = iter(chunk.rows)
+        out = [dataclasses.replace(r, pixels=next(rows).copy()) if isinstance(r, Decoded) else r for r in results]
+        self.chunks.give_back(chunk)
+        return [out]
+
+    def finish(self) -> list:
+        return []
+
+
+class _Batcher:
+    """Packs groups of results (each at most ``size``) into batches of at most ``size``, whole groups each."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.decoded: list[Decoded] = []
+        self.failed: list[Failed] = []
+        self.chunks: list[_Chunk] = []
+        self.views: list[npt.NDArray[np.uint8]] = []
+
+    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list[tuple[DecodedBatch, list]]:
+        full = self.finish() if len(self.decoded) + len(self.failed) + len(results) > self.size else []
+        decoded = [r for r in results if isinstance(r, Decoded)]
+        self.decoded += decoded
+        self.failed += [r for r in results if not isinstance(r, Decoded)]
+        if chunk is not None:
+            self.chunks.append(chunk)
+            if decoded:
+                self.views.append(chunk.rows[:len(decoded)])
+        elif decoded:  # pixels came in the records (no known shape)
+            self.views.append(np.stack([r.pixels for r in decoded]))
+        return full + (self.finish() if len(self.decoded) + len(self.failed) >= self.size else [])
+
+    def finish(self) -> list[tuple[DecodedBatch, list]]:
+        """The batch being filled (and the chunks it holds), if it holds anything."""
+        if not self.decoded and not self.failed:
+            return []
+        batch = DecodedBatch(tuple(self.decoded), tuple(self.failed), tuple(self.views))
+        out = [(batch, self.chunks)]
+        self.decoded, self.failed, self.chunks, self.views = [], [], [], []
+        return out
 
 
 class DecodePool:
-    """Decode tasks in ``workers`` processes; iterate :meth:`run` for results in completion order."""
+    """Decode tasks in ``workers`` processes; iterate :meth:`run` or :meth:`batches` for the results."""
 
     def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256,
                  decode: DecodeFn = decode_file, keep_workers: bool = False):
@@ -101,17 +324,17 @@ class DecodePool:
             timeout_s: seconds one file may take before its worker is killed and the file failed.
             buffer: results held ready for the consumer (back-pressure beyond that).
             decode: the per-file function, a module-level callable (it is pickled by name for the workers).
-            keep_workers: keep the worker processes that end a :meth:`run` healthy for the next one (a Ray
-                decode task's process runs many small batches; starting a decoder costs ~1 s); :meth:`close`
-                stops them, and they leave by themselves when this process exits.
+            keep_workers: keep the worker processes that end a run healthy for the next one (a Ray decode
+                task's process runs many small batches; starting a decoder costs ~1 s); :meth:`close` stops
+                them, and they leave by themselves when this process exits.
         """
         self.decode = decode
         self.preparer = preparer
         self.workers = workers
         self.timeout_s = timeout_s
+        self.buffer = buffer
         self.keep_workers = keep_workers
         self._kept: list[_Worker] = []  # idle, ready workers from the last run (keep_workers only)
-        self._results: queue.Queue = queue.Queue(maxsize=buffer)
 
     def close(self) -> None:
         """Stop the workers kept from earlier runs."""
@@ -119,29 +342,76 @@ class DecodePool:
         for worker in kept:
             worker.stop()
 
-    def run(self, tasks: Iterable[DecodeTask]) -> Iterator[Decoded | Failed]:
-        """Yield one result per task. With ``workers == 0`` decodes inline (no isolation).
+    def run(self, tasks: Iterable[DecodeTask | None]) -> Iterator[Decoded | Failed]:
+        """Yield one result per task, in completion order. With ``workers == 0`` decodes inline (no isolation).
 
         ``tasks`` is consumed as the workers need them (a generator over a catalog's pending rows works: it is
-        read on the pool's feeder thread), so the pool never holds more than its queues.
+        read on the pool's feeder thread), so the pool never holds more than its queues. It may yield None for
+        "no task ready yet" (a queue that another stage fills): the pool carries on and asks again.
 
         Raises:
             CollectionError: worker processes keep dying before they are ready (an unguarded script).
         """
-        tasks = iter(tasks)
-        first = next(tasks, None)
-        if first is None:
-            return
-        tasks = itertools.chain([first], tasks)
         if self.workers <= 0:
             for task in tasks:
-                yield self.decode(task, self.preparer)
+                if task is not None:
+                    yield self.decode(task, self.preparer)
             return
+        for results in self._threaded(tasks, _Each, 2 * _DEPTH * self.workers, _GROUP):
+            yield from results
+
+    def batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
+        """Results in batches of at most ``batch_size`` (of exactly that many while tasks keep coming and
+        ``batch_size`` is a multiple of 16 or under it), pixels not copied.
+
+        A batch's ``chunks`` are the shared memory the workers decoded into. They stay valid until the
+        consumer asks for the batch after this one, when they go back to the workers.
+
+        Raises:
+            CollectionError: as :meth:`run`.
+        """
+        if self.workers <= 0:
+            yield from self._inline_batches(tasks, batch_size)
+            return
+        # the batch the consumer holds, those queued for it, the one filling, and the workers' groups in flight
+        group = min(_GROUP, batch_size)
+        groups_per_batch = -(-batch_size // group)
+        limit = groups_per_batch * (2 + self._queue_size()) + _DEPTH * self.workers
+        held: list[_Chunk] = []
+        for batch, chunks, pool_chunks in self._threaded(tasks, lambda c: _BatchSink(c, batch_size), limit, group):
+            for chunk in held:
+                pool_chunks.give_back(chunk)
+            held = chunks
+            yield batch
+
+    def _queue_size(self) -> int:
+        return max(1, self.buffer // _GROUP)
+
+    def _inline_batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
+        batcher = _Batcher(batch_size)
+        for task in filter(None, tasks):
+            for batch, _ in batcher.emit([self.decode(task, self.preparer)], None):
+                yield batch
+        for batch, _ in batcher.finish():
+            yield batch
+
+    def _threaded(self, tasks: Iterable[DecodeTask | None], make_sink: Callable[[_Chunks], "_Each | _BatchSink"],
+                  chunk_limit: int, group: int) -> Iterator:
+        """What the sink makes of the workers' results, in completion order; decoding runs on a feeder thread.
+
+        Args:
+            chunk_limit: chunks that may exist at once (back-pressure from a consumer holding on to them).
+            group: most tasks per message to a worker, and rows per chunk.
+        """
+        chunks = _Chunks(_pixel_shape(self.preparer), chunk_limit, group)
+        sink = make_sink(chunks)
+        results: queue.Queue = queue.Queue(maxsize=self._queue_size())
         stop = threading.Event()
-        feeder = threading.Thread(target=self._feed, args=(tasks, stop), daemon=True, name="decode-feeder")
+        feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,
+                                  name="decode-feeder")
         feeder.start()
         try:
-            while (item := self._results.get()) is not _DONE:
+            while (item := results.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -149,93 +419,140 @@ class DecodePool:
             stop.set()
             while feeder.is_alive():  # unblock a feeder waiting to put, then let it stop its workers
                 try:
-                    self._results.get(timeout=0.1)
+                    results.get(timeout=0.1)
                 except queue.Empty:
                     pass
+            chunks.close()  # the workers are stopped: nobody writes them any more
 
-    def _feed(self, tasks: Iterator[DecodeTask], stop: threading.Event) -> None:
+    def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "_Each | _BatchSink",
+              chunks: _Chunks, results: queue.Queue) -> None:
         # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
-        pending = collections.deque(itertools.islice(tasks, self.workers * _DEPTH))
+        pending: collections.deque[DecodeTask] = collections.deque()
         self._startup_crashes = 0
         workers, self._kept = self._kept, []
         for worker in [w for w in workers if not w.process.is_alive()]:  # died while idle: replaced below
             worker.stop()
             workers.remove(worker)
-        failed = False
+        failed = exhausted = False
         try:  # starting workers can fail too (in a worker re-running an unguarded script): surface that as well
-            context = _context()
-            workers += [_Worker(context, self.preparer, self.decode)
-                        for _ in range(min(self.workers, len(pending)) - len(workers))]
-            while (pending or any(w.tasks for w in workers)) and not stop.is_set():
-                for worker in workers:
-                    while len(worker.tasks) < _DEPTH and (pending or _take(tasks, pending)):
-                        worker.send(pending.popleft())
-                self._collect(workers, pending, context)
-            self._results.put(_DONE)
+            while (pending or not exhausted or any(w.groups for w in workers)) and not stop.is_set():
+                exhausted = exhausted or _fill(tasks, pending, self.workers * _DEPTH * chunks.rows)
+                if pending and len(workers) < self.workers:  # no task, no worker: they start as work comes
+                    workers += [_Worker(_context(), self.preparer, self.decode)
+                                for _ in range(min(self.workers - len(workers), len(pending)))]
+                self._dispatch(workers, pending, sink, chunks, results)
+                if any(w.groups for w in workers):
+                    self._collect(workers, pending, sink, chunks, results)
+                else:  # waiting for the caller's next task, or for the consumer to give chunks back
+                    stop.wait(_IDLE_S)
+            for item in sink.finish():
+                results.put(item)
+            results.put(_DONE)
         except BaseException as exc:  # surface pool bugs in the consumer instead of hanging it
             failed = True
-            self._results.put(exc)
+            results.put(exc)
         finally:
             for worker in workers:
-                if self.keep_workers and not failed and worker.ready and not worker.tasks:
+                if self.keep_workers and not failed and worker.ready and not worker.groups:
                     self._kept.append(worker)
                 else:
-                    worker.stop(kill=bool(worker.tasks))
+                    worker.stop(kill=bool(worker.groups))
 
-    def _collect(self, workers: list[_Worker], pending: collections.deque,
-                 context: multiprocessing.context.BaseContext) -> None:
-        busy = {w.conn: w for w in workers if w.tasks}
+    @staticmethod
+    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "_Each | _BatchSink", chunks: _Chunks,
+                  results: queue.Queue) -> None:
+        """Send each worker with room a group of pending tasks, each group with a free chunk."""
+        for worker in workers:
+            # share out what is there: a short run must not sit in one worker's queue
+            size = min(chunks.rows, -(-len(pending) // len(workers)))
+            if size <= 0 or len(worker.groups) >= _DEPTH:
+                continue
+            chunk = chunks.take() if chunks.shape else None
+            if chunk is None and chunks.shape:
+                if not any(w.groups for w in workers):  # the consumer holds every chunk: hand it the batch
+                    for item in sink.finish():  # being filled, so that it gives back the one before
+                        results.put(item)
+                return
+            worker.send([pending.popleft() for _ in range(size)], chunk, chunks.shape)
+
+    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "_Each | _BatchSink",
+                 chunks: _Chunks, results: queue.Queue) -> None:
+        busy = {w.conn: w for w in workers if w.groups}
+        replace = lambda worker, reason, message: self._replace(  # noqa: E731
+            workers, worker, pending, sink, chunks, results, reason, message)
         for conn in wait(list(busy), timeout=0.5):
             worker = busy[conn]
             try:
-                result = conn.recv()
+                message = worker.receive()
             except (EOFError, OSError):
-                self._replace(workers, worker, pending, context, "decoder_crashed",
-                              f"the decoder process died (exit code {worker.process.exitcode})")
+                replace(worker, "decoder_crashed", f"the decoder process died (exit code {worker.process.exitcode})")
                 continue
-            worker.head_started = time.monotonic()
-            if result == _READY:
+            if message == _READY:
                 worker.ready = True
                 continue
-            worker.tasks.popleft()
-            self._results.put(result)
+            for item in sink.emit(*message):
+                results.put(item)
         now = time.monotonic()
         for worker in list(workers):
-            if not worker.tasks or worker.conn.poll():
+            if not worker.groups or worker.conn.poll():
                 continue
+            since = worker.busy_since()
             if not worker.process.is_alive():
-                self._replace(workers, worker, pending, context, "decoder_crashed",
-                              f"the decoder process died (exit code {worker.process.exitcode})")
-            elif worker.ready and now - worker.head_started > self.timeout_s:
-                self._replace(workers, worker, pending, context, "decode_timeout",
-                              f"decoding took longer than {self.timeout_s:g} s")
+                replace(worker, "decoder_crashed", f"the decoder process died (exit code {worker.process.exitcode})")
+            elif worker.ready and since is not None and now - since > self.timeout_s:
+                replace(worker, "decode_timeout", f"decoding took longer than {self.timeout_s:g} s")
             elif not worker.ready and now - worker.started > _STARTUP_LIMIT_S:
-                self._replace(workers, worker, pending, context, "decoder_crashed", "the decoder never started")
+                replace(worker, "decoder_crashed", "the decoder never started")
 
     def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
-                 context: multiprocessing.context.BaseContext, reason: str, message: str) -> None:
+                 sink: "_Each | _BatchSink", chunks: _Chunks, results: queue.Queue, reason: str, message: str) -> None:
         """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
+        held = worker.tasks
         if not worker.ready:
             self._startup_crashes += 1
             if self._startup_crashes >= _MAX_STARTUP_CRASHES:
                 raise CollectionError(
                     f"{self._startup_crashes} decoding processes died while starting ({message}); when ingesting "
                     "from a script, guard it with `if __name__ == '__main__':`, or pass workers=0")
-            pending.extendleft(reversed(worker.tasks))  # not the files' fault: they go back to the queue
         else:
-            culprit = worker.tasks.popleft()
+            culprit = worker.culprit()
             logger.warning("%s: %s", culprit.path, message)
-            pending.extendleft(reversed(worker.tasks))
-            self._results.put(Failed(culprit.image_id, reason, message))
-        worker.tasks.clear()
-        worker.stop(kill=True)
-        workers[workers.index(worker)] = _Worker(context, self.preparer, self.decode)
+            held.remove(culprit)
+            for item in sink.emit([Failed(culprit.image_id, reason, message)], None):
+                results.put(item)
+        pending.extendleft(reversed(held))  # not these files' fault: they go back to the queue
+        for chunk in worker.stop(kill=True):
+            chunks.give_back(chunk)
+        workers[workers.index(worker)] = _Worker(_context(), self.preparer, self.decode)
 
 
-def _take(tasks: Iterator[DecodeTask], pending: collections.deque) -> bool:
-    """Move the next task of ``tasks`` to ``pending``; False when there are no more."""
-    task = next(tasks, None)
-    if task is None:
-        return False
-    pending.append(task)
-    return True
+class _BatchSink:
+    """:class:`_Batcher` for the feeder: batches go out with the chunks they hold and the pool's chunk set."""
+
+    def __init__(self, chunks: _Chunks, size: int):
+        self.pool_chunks = chunks
+        self.batcher = _Batcher(size)
+
+    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list:
+        return [(batch, held, self.pool_chunks) for batch, held in self.batcher.emit(results, chunk)]
+
+    def finish(self) -> list:
+        return [(batch, held, self.pool_chunks) for batch, held in self.batcher.finish()]
+
+
+def _pixel_shape(preparer: ImagePreparer | None) -> tuple[int, ...]:
+    """The ``(3, H, W)`` of every prepared image; () without a preparer (pixels then travel in the records)."""
+    return preparer.output_shape if preparer is not None else ()
+
+
+def _fill(tasks: Iterator[DecodeTask | None], pending: collections.deque, size: int) -> bool:
+    """Take tasks from ``tasks`` into ``pending`` until it holds ``size``, or ``tasks`` yields None (nothing ready
+    yet: ask again later). Returns True once ``tasks`` is exhausted."""
+    while len(pending) < size:
+        task = next(tasks, _DONE)
+        if task is _DONE:
+            return True
+        if task is None:
+            return False
+        pending.append(task)
+    return False

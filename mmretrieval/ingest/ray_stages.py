@@ -8,12 +8,10 @@ order and may run a block twice.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
@@ -27,12 +25,6 @@ if TYPE_CHECKING:  # models.specs imports torch, which decode tasks must not pay
 
 Batch = dict[str, npt.NDArray[Any]]
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
-
-
-@lru_cache(maxsize=8)
-def _pixel_shape(preparer: ImagePreparer) -> tuple[int, ...]:
-    """The ``(3, H, W)`` the preparer makes, for the placeholder pixels of failed rows."""
-    return preparer(Image.new("RGB", (8, 8))).shape
 
 
 def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None = None,
@@ -59,7 +51,7 @@ def decode_rows(batch: Batch, preparer: ImagePreparer, timeout_s: float | None =
     else:
         by_id = {result.image_id: result for result in _decoder(preparer, timeout_s, decode).run(tasks)}
         results = [by_id[task.image_id] for task in tasks]
-    pixels = np.zeros((len(results), *_pixel_shape(preparer)), dtype=np.uint8)
+    pixels = np.zeros((len(results), *preparer.output_shape), dtype=np.uint8)
     columns: dict[str, list] = {name: [] for name in ("status", "content_hash", "width", "height", "format",
                                                       "reason", "message", "photo")}
     for row, result in enumerate(results):
@@ -98,6 +90,9 @@ def _decoder(preparer: ImagePreparer, timeout_s: float, decode: "DecodeFn") -> "
         _decoders.clear()
         _decoders[key] = DecodePool(preparer, 1, timeout_s, decode=decode, keep_workers=True)
     return _decoders[key]
+
+
+_NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # a record's pixels, when they travel as rows of a batch array
 
 
 class _NothingKnown:
@@ -152,9 +147,10 @@ class Embedder:
         from .runner import embed_batch
 
         ok_rows = np.flatnonzero(batch["status"] == "ok")
-        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "",
-                           batch["pixels"][row]) for row in ok_rows]
-        embedded = embed_batch(self.encoder, _NothingKnown(), decoded, ())  # runs the model once per content
+        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "", _NO_PIXELS)
+                   for row in ok_rows]
+        # runs the model once per content
+        embedded = embed_batch(self.encoder, _NothingKnown(), decoded, [batch["pixels"][ok_rows]], ())
         embeddings = np.zeros((len(batch["image_id"]), self.encoder.dim), dtype=np.float32)
         embeddings[ok_rows] = embedded.embeddings
         out = {name: column for name, column in batch.items() if name != "pixels"}

@@ -154,7 +154,7 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
         data = read_image_file(task.path)
         decoded = decode_file_bytes(data, task.path, draft_size=preparer.size)
         pixels = preparer(decoded.image)
-        metadata = photo_metadata(decoded.exif, mtime_ns=_mtime_ns(task.path), width=decoded.width,
+        metadata = photo_metadata(decoded.exif, mtime_ns=file_mtime_ns(task.path), width=decoded.width,
                                   height=decoded.height)
     except ImageDecodeError as exc:
         return Failed(task.image_id, exc.reason, str(exc))
@@ -165,7 +165,8 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
                    decoded.height, decoded.format, np.ascontiguousarray(pixels), metadata)
 
 
-def _mtime_ns(path: str) -> int | None:
+def file_mtime_ns(path: str) -> int | None:
+    """The file's modification time in ns, None if it is gone."""
     try:
         return os.stat(path).st_mtime_ns
     except OSError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..models.encoder import DualEncoder
@@ -77,13 +78,13 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
     counts: collections.Counter[str] = collections.Counter()
     done = 0
     pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
-    for decoded, failed in _batches(pool.run(tasks), config.batch_size):
-        batch = embed_batch(encoder, catalog, decoded, failed)
+    for decoded in pool.batches(tasks, config.batch_size):
+        batch = embed_batch(encoder, catalog, decoded.decoded, decoded.chunks, decoded.failed)
         writer.write(batch)
         counts.update(f"failed:{item.reason}" for item in batch.failed)
         counts["embedded"] += len(batch.decoded) - batch.duplicates
         counts["duplicates"] += batch.duplicates
-        done += len(decoded) + len(failed)
+        done += len(batch.decoded) + len(batch.failed)
         if progress:
             progress(done, total)
     return counts
@@ -198,30 +199,38 @@ def _settled(state: FileState) -> bool:
 
 
 def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded],
-                failed: Sequence[Failed]) -> EmbeddedBatch:
-    """Embed decoded images, running the model once per distinct content not already in the catalog."""
+                pixels: Sequence[npt.NDArray[np.uint8]], failed: Sequence[Failed]) -> EmbeddedBatch:
+    """Embed decoded images, running the model once per distinct content not already in the catalog.
+
+    Args:
+        decoded: the images, in the order of the rows of ``pixels``.
+        pixels: their prepared pixels, as arrays whose rows taken in order match ``decoded`` (the decoding
+            pool's chunks, used as they are).
+        failed: passed through to the writer.
+    """
     hashes = [item.content_hash for item in decoded]
     known = catalog.vectors_by_hash(hashes)
-    new_hashes = list(dict.fromkeys(h for h in hashes if h not in known))
-    first_of = {item.content_hash: item for item in reversed(decoded)}
-    if new_hashes:
-        pixels = torch.from_numpy(np.stack([first_of[h].pixels for h in new_hashes]))
-        if encoder.device.type == "cuda":
-            pixels = pixels.pin_memory()  # lets the host-to-device copy run asynchronously
-        known.update(zip(new_hashes, encoder.encode_prepared(pixels)))
+    first_row: dict[str, int] = {}
+    for row, content_hash in enumerate(hashes):
+        if content_hash not in known:
+            first_row.setdefault(content_hash, row)
+    if first_row:
+        rows = list(first_row.values())
+        known.update(zip(first_row, encoder.encode_prepared(_model_input(pixels, rows, len(hashes), encoder.device))))
     dim = encoder.dim
     embeddings = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, dim), np.float32)
     return EmbeddedBatch(tuple(decoded), embeddings.astype(np.float32), tuple(failed),
-                         duplicates=len(hashes) - len(new_hashes))
+                         duplicates=len(hashes) - len(first_row))
 
 
-def _batches(results: Iterator[Decoded | Failed], size: int) -> Iterator[tuple[list[Decoded], list[Failed]]]:
-    decoded: list[Decoded] = []
-    failed: list[Failed] = []
-    for result in results:
-        (decoded if isinstance(result, Decoded) else failed).append(result)
-        if len(decoded) + len(failed) >= size:
-            yield decoded, failed
-            decoded, failed = [], []
-    if decoded or failed:
-        yield decoded, failed
+def _model_input(pixels: Sequence[npt.NDArray[np.uint8]], rows: list[int], count: int,
+                 device: torch.device) -> torch.Tensor:
+    """The chosen ``rows`` of the chunks in ``pixels`` as one uint8 tensor, on ``device`` when that saves a copy.
+
+    When every row is wanted (no duplicate in the batch), chunks go to a GPU one by one and are joined there,
+    so the host never copies them; on the CPU they are joined once.
+    """
+    if len(rows) == count and device.type == "cuda":
+        return torch.cat([torch.from_numpy(chunk).to(device, non_blocking=True) for chunk in pixels])
+    joined = pixels[0] if len(pixels) == 1 else np.concatenate(pixels)
+    return torch.from_numpy(joined if len(rows) == count else joined[rows])
