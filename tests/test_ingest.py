@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmretrieval.collection.collection import Collection
@@ -72,12 +73,13 @@ def make_nasty_folder(folder) -> dict[str, str]:
     return expected
 
 
-def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder):
+@pytest.mark.parametrize("device_decode", [False, True], ids=["cpu-pool", "device-route-on-cpu"])
+def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder, device_decode):
     folder = tmp_path / "photos"
     folder.mkdir()
     expected = make_nasty_folder(folder)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
-        summary = col.ingest([folder], batch_size=4, workers=1)
+        summary = col.ingest([folder], batch_size=4, workers=1, device_decode=device_decode)
         counts = col.catalog.counts_by_status()
         assert "pending" not in counts
         outcome = {os.path.basename(f.path): f.reason for f in col.failures()}
@@ -93,6 +95,25 @@ def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder):
         assert {os.path.basename(h.path) for h in hits} == ok_names  # every good file is searchable
         latin1 = os.path.join(folder, os.fsdecode(b"caf\xe9-latin1.jpg"))
         assert col.similar(latin1, k=1)[0].id != col.catalog.id_of_path(latin1)
+
+
+def test_device_route_stores_what_the_cpu_path_stores(tmp_path, shapes_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_nasty_folder(folder)
+    stored = {}
+    for device_decode in (False, True):
+        with Collection.open(tmp_path / f"col-{device_decode}", model=shapes_encoder, create=True) as col:
+            col.ingest([folder], batch_size=5, workers=1, device_decode=device_decode)
+            ids, vectors = col.vectors()
+            rows = col.catalog.rows(ids.tolist())
+            stored[device_decode] = {rows[i].path: (rows[i].width, rows[i].height, vector)
+                                     for i, vector in zip(ids.tolist(), vectors)}
+    assert stored[True].keys() == stored[False].keys()
+    for path, (*facts, vector) in stored[True].items():
+        *cpu_facts, cpu_vector = stored[False][path]
+        assert facts == cpu_facts
+        assert float(vector @ cpu_vector) >= 0.98, path
 
 
 def test_failures_in_a_batch_never_shift_vectors(tmp_path, tiny_encoder):

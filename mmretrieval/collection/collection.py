@@ -159,7 +159,8 @@ class Collection:
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None, ray: "RayIngestConfig | None" = None) -> IngestSummary:
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
+               device_decode: bool | None = None) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -173,6 +174,8 @@ class Collection:
             progress: ``(done, total)`` callback after each batch.
             ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
                 ``workers`` is then Ray's business, and the model loads only in Ray's actors.
+            device_decode: decode JPEGs on the model's device (:mod:`mmretrieval.ingest.device_decode`), the
+                other files in the CPU pool at the same time; None: when the model runs on a CUDA GPU.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -192,7 +195,8 @@ class Collection:
                                       str(self.directory), progress)
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
-        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune)
+        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
+                                         device_decode=device_decode)
         with self.writing(busy):
             return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 

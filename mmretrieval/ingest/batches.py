@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,8 @@ class IngestConfig:
     workers: int = 1  # decoding processes; 0 decodes in the calling process
     timeout_s: float = 60.0  # a file whose decode takes longer is failed and its worker restarted
     prune: bool = False  # delete rows of files that no longer exist
+    device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
+    read_threads: int = 8  # with device decoding: threads reading, hashing and probing files
 
     @classmethod
     def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,
@@ -103,3 +106,15 @@ class IngestSummary:
     @property
     def failed_total(self) -> int:
         return sum(self.failed.values())
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter), read as they are needed."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -357,7 +357,8 @@ class DecodePool:
                 if task is not None:
                     yield self.decode(task, self.preparer)
             return
-        for results in self._threaded(tasks, _Each, 2 * _DEPTH * self.workers, _GROUP):
+        chunks = _Chunks(_pixel_shape(self.preparer), 2 * _DEPTH * self.workers, _GROUP)
+        for results in self._threaded(tasks, _Each(chunks), chunks):
             yield from results
 
     def batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
@@ -377,11 +378,12 @@ class DecodePool:
         group = min(_GROUP, batch_size)
         groups_per_batch = -(-batch_size // group)
         limit = groups_per_batch * (2 + self._queue_size()) + _DEPTH * self.workers
+        chunks = _Chunks(_pixel_shape(self.preparer), limit, group)
         held: list[_Chunk] = []
-        for batch, chunks, pool_chunks in self._threaded(tasks, lambda c: _BatchSink(c, batch_size), limit, group):
+        for batch, batch_chunks in self._threaded(tasks, _Batcher(batch_size), chunks):
             for chunk in held:
-                pool_chunks.give_back(chunk)
-            held = chunks
+                chunks.give_back(chunk)
+            held = batch_chunks
             yield batch
 
     def _queue_size(self) -> int:
@@ -395,16 +397,12 @@ class DecodePool:
         for batch, _ in batcher.finish():
             yield batch
 
-    def _threaded(self, tasks: Iterable[DecodeTask | None], make_sink: Callable[[_Chunks], "_Each | _BatchSink"],
-                  chunk_limit: int, group: int) -> Iterator:
-        """What the sink makes of the workers' results, in completion order; decoding runs on a feeder thread.
+    def _threaded(self, tasks: Iterable[DecodeTask | None], sink: "_Each | _Batcher", chunks: _Chunks) -> Iterator:
+        """What ``sink`` makes of the workers' results, in completion order; decoding runs on a feeder thread.
 
-        Args:
-            chunk_limit: chunks that may exist at once (back-pressure from a consumer holding on to them).
-            group: most tasks per message to a worker, and rows per chunk.
+        ``chunks`` sets the group size (its rows) and how many chunks may exist at once (back-pressure from a
+        consumer holding on to them); they are closed when the run ends.
         """
-        chunks = _Chunks(_pixel_shape(self.preparer), chunk_limit, group)
-        sink = make_sink(chunks)
         results: queue.Queue = queue.Queue(maxsize=self._queue_size())
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,
@@ -424,7 +422,7 @@ class DecodePool:
                     pass
             chunks.close()  # the workers are stopped: nobody writes them any more
 
-    def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "_Each | _BatchSink",
+    def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "_Each | _Batcher",
               chunks: _Chunks, results: queue.Queue) -> None:
         # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
         pending: collections.deque[DecodeTask] = collections.deque()
@@ -459,7 +457,7 @@ class DecodePool:
                     worker.stop(kill=bool(worker.groups))
 
     @staticmethod
-    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "_Each | _BatchSink", chunks: _Chunks,
+    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "_Each | _Batcher", chunks: _Chunks,
                   results: queue.Queue) -> None:
         """Send each worker with room a group of pending tasks, each group with a free chunk."""
         for worker in workers:
@@ -475,7 +473,7 @@ class DecodePool:
                 return
             worker.send([pending.popleft() for _ in range(size)], chunk, chunks.shape)
 
-    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "_Each | _BatchSink",
+    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "_Each | _Batcher",
                  chunks: _Chunks, results: queue.Queue) -> None:
         busy = {w.conn: w for w in workers if w.groups}
         replace = lambda worker, reason, message: self._replace(  # noqa: E731
@@ -505,7 +503,7 @@ class DecodePool:
                 replace(worker, "decoder_crashed", "the decoder never started")
 
     def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
-                 sink: "_Each | _BatchSink", chunks: _Chunks, results: queue.Queue, reason: str, message: str) -> None:
+                 sink: "_Each | _Batcher", chunks: _Chunks, results: queue.Queue, reason: str, message: str) -> None:
         """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
         held = worker.tasks
         if not worker.ready:
@@ -524,20 +522,6 @@ class DecodePool:
         for chunk in worker.stop(kill=True):
             chunks.give_back(chunk)
         workers[workers.index(worker)] = _Worker(_context(), self.preparer, self.decode)
-
-
-class _BatchSink:
-    """:class:`_Batcher` for the feeder: batches go out with the chunks they hold and the pool's chunk set."""
-
-    def __init__(self, chunks: _Chunks, size: int):
-        self.pool_chunks = chunks
-        self.batcher = _Batcher(size)
-
-    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list:
-        return [(batch, held, self.pool_chunks) for batch, held in self.batcher.emit(results, chunk)]
-
-    def finish(self) -> list:
-        return [(batch, held, self.pool_chunks) for batch, held in self.batcher.finish()]
 
 
 def _pixel_shape(preparer: ImagePreparer | None) -> tuple[int, ...]:

@@ -30,11 +30,11 @@ from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
-from .batches import IngestSummary
+from .batches import IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop
 from .ray_stages import check_reproducible
-from .runner import chunked, plan_sources
+from .runner import plan_sources
 
 logger = logging.getLogger(__name__)
 

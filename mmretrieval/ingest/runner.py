@@ -12,19 +12,22 @@ import collections
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from ..models.encoder import DualEncoder
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
-from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped
+from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
+                      chunked)
 from .pool import DecodePool
 from .reader import LIST_SUFFIXES, discover
 from .writer import CatalogWriter
+
+if TYPE_CHECKING:
+    from .routing import Pixels
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +80,8 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
     writer = CatalogWriter(catalog)
     counts: collections.Counter[str] = collections.Counter()
     done = 0
-    pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
-    for decoded in pool.batches(tasks, config.batch_size):
-        batch = embed_batch(encoder, catalog, decoded.decoded, decoded.chunks, decoded.failed)
+    for decoded, pixels, failed in _decoded_batches(encoder, tasks, config):
+        batch = embed_batch(encoder, catalog, decoded, pixels, failed)
         writer.write(batch)
         counts.update(f"failed:{item.reason}" for item in batch.failed)
         counts["embedded"] += len(batch.decoded) - batch.duplicates
@@ -88,6 +90,33 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
         if progress:
             progress(done, total)
     return counts
+
+
+def _decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
+                     config: IngestConfig) -> Iterator[tuple[Sequence[Decoded], Pixels, Sequence[Failed]]]:
+    """(records, their pixels, failures) per batch: from the CPU pool, or split between it and the device."""
+    pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
+    if not _decode_on_device(encoder, config):
+        for batch in pool.batches(tasks, config.batch_size):
+            yield batch.decoded, batch.chunks, batch.failed
+        return
+    from .device_decode import DeviceJpegDecoder
+    from .routing import split_batches
+
+    decoder = DeviceJpegDecoder(encoder.preparer.preprocess, encoder.device)
+    yield from split_batches(tasks, decoder, pool, config.batch_size, config.read_threads)
+
+
+def _decode_on_device(encoder: DualEncoder, config: IngestConfig) -> bool:
+    from .device_decode import DeviceJpegDecoder
+
+    supported = DeviceJpegDecoder.supports(encoder.preparer.preprocess)
+    if config.device_decode is None:
+        return encoder.device.type == "cuda" and supported
+    if config.device_decode and not supported:
+        logger.warning("JPEGs are decoded on the CPU: the device decoder does not reproduce this model's "
+                       "preprocessing (%s)", encoder.preparer.preprocess)
+    return config.device_decode and supported
 
 
 def plan_sources(catalog: Catalog, sources: Sequence[str], prune: bool) -> tuple[int, list[Skipped], int]:
@@ -181,31 +210,19 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
     return unchanged, list(skipped.values())
 
 
-def chunked(items: Iterable, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size`` (the last one shorter), read as they are needed."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _settled(state: FileState) -> bool:
     """Embedded, or failed for a reason that the same bytes would fail for again."""
     return state.status == "ok" or (state.status == "failed" and state.reason not in TRANSIENT_REASONS)
 
 
-def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded],
-                pixels: Sequence[npt.NDArray[np.uint8]], failed: Sequence[Failed]) -> EmbeddedBatch:
+def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded], pixels: Pixels,
+                failed: Sequence[Failed]) -> EmbeddedBatch:
     """Embed decoded images, running the model once per distinct content not already in the catalog.
 
     Args:
         decoded: the images, in the order of the rows of ``pixels``.
-        pixels: their prepared pixels, as arrays whose rows taken in order match ``decoded`` (the decoding
-            pool's chunks, used as they are).
+        pixels: their prepared uint8 pixels: arrays whose rows taken in order match ``decoded`` (the decoding
+            pool's chunks, used as they are), or one tensor (from the device decoder, already on the device).
         failed: passed through to the writer.
     """
     hashes = [item.content_hash for item in decoded]
@@ -223,13 +240,14 @@ def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decode
                          duplicates=len(hashes) - len(first_row))
 
 
-def _model_input(pixels: Sequence[npt.NDArray[np.uint8]], rows: list[int], count: int,
-                 device: torch.device) -> torch.Tensor:
+def _model_input(pixels: Pixels, rows: list[int], count: int, device: torch.device) -> torch.Tensor:
     """The chosen ``rows`` of the chunks in ``pixels`` as one uint8 tensor, on ``device`` when that saves a copy.
 
     When every row is wanted (no duplicate in the batch), chunks go to a GPU one by one and are joined there,
     so the host never copies them; on the CPU they are joined once.
     """
+    if isinstance(pixels, torch.Tensor):
+        return pixels if len(rows) == count else pixels[rows]
     if len(rows) == count and device.type == "cuda":
         return torch.cat([torch.from_numpy(chunk).to(device, non_blocking=True) for chunk in pixels])
     joined = pixels[0] if len(pixels) == 1 else np.concatenate(pixels)
