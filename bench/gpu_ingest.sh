@@ -11,7 +11,7 @@ set -u
 OUT=${OUT:-out}; WORKERS=${WORKERS:-15}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD/.crkit
+export PYTHONPATH=${PYTHONPATH:-$PWD}  # bench/ingest.py puts .crkit first for clip-retrieval alone
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 python3 -c "import torch, torchvision, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__)"
 step() {  # name timeout_s args...

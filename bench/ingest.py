@@ -3,7 +3,7 @@ folder, in one run; optionally clip-retrieval's `clip inference` on the same fol
 
     python bench/ingest.py --model ViT-B-32 --device cpu --images 400                  # CPU here (random weights)
     python bench/ingest.py --model ViT-B-32 --device cuda --images 20000 --set mixed   # on a GPU machine
-    PYTHONPATH=.crkit:$PYTHONPATH python bench/ingest.py ... --compare-clip-retrieval  # kit: crkit.sh
+    python bench/ingest.py ... --compare-clip-retrieval     # needs .crkit/ (../shared/device/crkit.sh)
 
 - image sets: ``uniform`` (every JPEG --width x --height), ``mixed`` (0.2-1 megapixel, aspect ratios from 3:4
   to 16:9, one in eight turned by an EXIF orientation, one in ten greyscale), ``camera`` (12 megapixels,
@@ -24,17 +24,16 @@ On CPU both stages compete for the same cores, so the script also prints the sha
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from mmretrieval.models.encoder import DualEncoder
@@ -152,20 +151,22 @@ def end_to_end(encoder: "DualEncoder", folder: Path, collection_dir: Path, batch
 
 def clip_retrieval(encoder: "DualEncoder", arch: str, folder: Path, tmp: Path, batch_size: int,
                    workers: int) -> dict:
-    """clip-retrieval's `clip inference` on ``folder`` with the same weights (as ../shared/device/cr_run.py)."""
+    """clip-retrieval's `clip inference` on ``folder`` with the same weights, in a process whose PYTHONPATH puts
+    its kit (.crkit, with the open_clip it was made for) first."""
     import torch
-    from clip_retrieval.clip_inference.main import main as clip_inference
 
     checkpoint = tmp / "weights.pt"
     torch.save({name: value.float() for name, value in encoder.model.state_dict().items()}, checkpoint)
-    out = tmp / "cr-out"
-    started = time.perf_counter()
-    clip_inference(input_dataset=str(folder), output_folder=str(out), input_format="files", enable_text=False,
-                   enable_metadata=False, clip_model=f"open_clip:{arch}/{checkpoint}", batch_size=batch_size,
-                   num_prepro_workers=workers, use_jit=False, enable_wandb=False, write_batch_size=10**9)
-    wall = time.perf_counter() - started
-    images = sum(np.load(f).shape[0] for f in glob.glob(str(out / "img_emb" / "*.npy")))
-    return {"images": images, "wall_s": round(wall, 2), "images_per_s": round(images / wall, 1)}
+    kit = Path(__file__).resolve().parent.parent / ".crkit"
+    if not kit.is_dir():
+        raise SystemExit(f"--compare-clip-retrieval needs clip-retrieval's kit in {kit}: bash ../shared/device/crkit.sh")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(kit), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("clip_retrieval_run.py")), str(folder), arch,
+                           str(checkpoint), str(batch_size), str(workers)], env=env, capture_output=True, text=True)
+    start = done.stdout.rfind('{"tool"')  # its progress line has no newline before the figures
+    if done.returncode or start < 0:
+        raise SystemExit(f"clip-retrieval failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout[start:].splitlines()[0])
 
 
 def main() -> None:
@@ -186,7 +187,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640, help="--set uniform")
     parser.add_argument("--height", type=int, default=480, help="--set uniform")
     parser.add_argument("--compare-clip-retrieval", action="store_true",
-                        help="also run clip-retrieval's `clip inference` (its kit on PYTHONPATH: crkit.sh)")
+                        help="also run clip-retrieval's `clip inference` on the same folder (kit: crkit.sh)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 

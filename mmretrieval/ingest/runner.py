@@ -9,8 +9,11 @@ Planning compares what the reader finds with the catalog by (path, size, mtime):
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
@@ -76,20 +79,71 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
 
 def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeTask], total: int,
                  config: IngestConfig, progress: Progress | None) -> collections.Counter[str]:
-    """Decode, embed and commit ``tasks`` batch by batch; returns counts (embedded, duplicates, failed:REASON)."""
-    writer = CatalogWriter(catalog)
+    """Decode, embed and commit ``tasks`` batch by batch; returns counts (embedded, duplicates, failed:REASON).
+
+    Commits run on a writer thread, so the model embeds the next batch while SQLite commits the last one (a
+    file whose bytes match one in the batch still being committed is embedded again: the same vector).
+    """
     counts: collections.Counter[str] = collections.Counter()
-    done = 0
-    for decoded, pixels, failed in _decoded_batches(encoder, tasks, config):
-        batch = embed_batch(encoder, catalog, decoded, pixels, failed)
-        writer.write(batch)
-        counts.update(f"failed:{item.reason}" for item in batch.failed)
-        counts["embedded"] += len(batch.decoded) - batch.duplicates
-        counts["duplicates"] += batch.duplicates
-        done += len(batch.decoded) + len(batch.failed)
-        if progress:
-            progress(done, total)
+    writer = _WriterThread(CatalogWriter(catalog), total, progress)
+    try:
+        for decoded, pixels, failed in _decoded_batches(encoder, tasks, config):
+            batch = embed_batch(encoder, catalog, decoded, pixels, failed)
+            writer.submit(batch)
+            counts.update(f"failed:{item.reason}" for item in batch.failed)
+            counts["embedded"] += len(batch.decoded) - batch.duplicates
+            counts["duplicates"] += batch.duplicates
+    except BaseException:
+        writer.close()  # what was embedded is committed; the first error is the one to report
+        raise
+    writer.close()
+    writer.check()
     return counts
+
+
+class _WriterThread:
+    """Commits :class:`EmbeddedBatch` records in order on its own thread, at most ``depth`` waiting.
+
+    ``progress`` is called on that thread after each commit, in the caller's context (Gradio's progress bar
+    reads the event it belongs to from context variables).
+    """
+
+    def __init__(self, writer: CatalogWriter, total: int, progress: Progress | None, depth: int = 2):
+        self.writer = writer
+        self.total = total
+        self.progress = progress
+        self.committed = 0  # files whose results are committed
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[EmbeddedBatch | None] = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True,
+                                       name="mmr-writer")
+        self.thread.start()
+
+    def submit(self, batch: EmbeddedBatch) -> None:
+        self.check()
+        self.queue.put(batch)
+
+    def close(self) -> None:
+        """Commit what was submitted and stop the thread."""
+        self.queue.put(None)
+        self.thread.join()
+
+    def check(self) -> None:
+        """Raise the error a commit ran into, if one did."""
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking batches, so that the caller never blocks, but write no more
+            try:
+                self.writer.write(batch)
+                self.committed += len(batch.decoded) + len(batch.failed)
+                if self.progress:
+                    self.progress(self.committed, self.total)
+            except BaseException as exc:  # reported to the caller by check()
+                self.error = exc
 
 
 def _decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
