@@ -116,6 +116,30 @@ def test_device_route_stores_what_the_cpu_path_stores(tmp_path, shapes_encoder):
         assert float(vector @ cpu_vector) >= 0.98, path
 
 
+def test_a_failed_commit_stops_the_ingest_and_keeps_what_was_committed(tmp_path, tiny_encoder, monkeypatch):
+    from mmretrieval.ingest.writer import CatalogWriter
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 12)
+    real_write, calls = CatalogWriter.write, []
+
+    def write_then_fail(self, batch):
+        calls.append(len(batch.decoded))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(self, batch)
+
+    monkeypatch.setattr(CatalogWriter, "write", write_then_fail)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with pytest.raises(OSError, match="No space left"):
+            col.ingest([folder], batch_size=4, workers=0)
+        assert len(calls) == 2  # nothing written after the failure
+        assert col.catalog.counts_by_status() == {"ok": 4, "pending": 8}
+        monkeypatch.setattr(CatalogWriter, "write", real_write)
+        again = col.ingest([folder], batch_size=4, workers=0)
+        assert (again.embedded, again.unchanged) == (8, 4)
+
+
 def test_failures_in_a_batch_never_shift_vectors(tmp_path, tiny_encoder):
     folder = tmp_path / "mixed"
     good = write_good_images(folder, 7)
