@@ -104,3 +104,21 @@ def test_a_csv_that_is_not_utf8_is_a_clear_error(shapes_encoder, tmp_path):
     latin1.write_bytes("path,caption\nx.png,un caf\xe9 rouge\n".encode("latin-1"))
     with pytest.raises(MMRError, match="UTF-8"):
         captions_report(shapes_encoder, str(latin1))
+
+
+def test_drawn_apart_covers_every_shape_and_colour_in_that_colour():
+    from mmretrieval.training.evaluate import APART_COLORS, drawn_apart
+
+    items = drawn_apart(per_pair=1, size=64)
+    assert {(color, shape) for _, color, shape in items} == {(c, s) for c in APART_COLORS for s in scenes.SHAPES}
+    for image, color, shape in items:  # the shape's inside is its colour, exactly (edges are blended)
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        inside = np.abs(pixels - APART_COLORS[color]).max(axis=1) <= 1
+        assert inside.mean() >= 0.03, (color, shape)
+
+
+def test_position_match_beats_chance_with_the_demo_model(shapes_encoder):
+    from mmretrieval.training.evaluate import position_match_at_5
+
+    score = position_match_at_5(shapes_encoder, seed=5, n_scenes=150, n_queries=60)
+    assert 0.3 < score <= 1.0  # five positions: 0.2 by chance

@@ -6,7 +6,10 @@
   similar to the caption (CLIP_benchmark's ``image_retrieval_recall@k``).
 - On generated scenes, also attribute-match@5: among the top scenes retrieved for a caption, the share
   that match every attribute the caption names (many scenes share a caption, so recall@k undersells it);
-  see :func:`attribute_match_at_5` for how captions with fewer than 5 matching scenes count.
+  see :func:`attribute_match_at_5` for how captions with fewer than 5 matching scenes count; and
+  position-match@5 (:func:`position_match_at_5`).
+- Shapes drawn apart from the generator: :func:`plain_renderings` (upright, basic colours) and
+  :func:`drawn_apart` (any rotation, anti-aliased, plain/noisy/two-tone backgrounds, every shape and colour).
 """
 
 from __future__ import annotations
@@ -162,6 +165,87 @@ def _mask(shape: str, dx: npt.NDArray, dy: npt.NDArray, r: float) -> npt.NDArray
     return np.hypot(dx, dy) <= r * (0.4 + 0.75 * spikes ** 2)
 
 
+# The second drawing routine's colours: its own anchors, not the generator's palette.
+APART_COLORS = {"red": (230, 20, 20), "green": (20, 180, 40), "blue": (20, 60, 230), "yellow": (250, 220, 0),
+                "orange": (255, 140, 0), "purple": (128, 0, 160), "pink": (255, 110, 180), "cyan": (0, 210, 220)}
+_SUPERSAMPLE = 4
+
+
+def drawn_apart(seed: int = 11, per_pair: int = 2, size: int = 112) -> list[tuple[Image.Image, str, str]]:
+    """Single shapes drawn by a routine that shares no code with the generator, as ``(image, color, shape)``:
+    every shape of :data:`scenes.SHAPES` in every colour, at any rotation, anti-aliased (coverage from 4x4
+    supersampled masks), on plain, noisy or two-tone backgrounds.
+
+    What a rotated square is: a square at any angle is a square (stood on a corner at 45 degrees); a diamond is
+    a rhombus whose diagonals differ (0.6 : 1), at any angle.
+    """
+    rng = np.random.default_rng(seed)
+    fine = size * _SUPERSAMPLE
+    yy, xx = (np.mgrid[0:fine, 0:fine].astype(np.float64) + 0.5) / _SUPERSAMPLE
+    out = []
+    for shape in scenes.SHAPES:
+        for color, rgb in APART_COLORS.items():
+            for _ in range(per_pair):
+                radius = size * rng.uniform(0.22, 0.34)
+                cx, cy = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
+                theta = rng.uniform(0, 2 * np.pi)
+                dx, dy = xx - cx, yy - cy
+                rx, ry = dx * np.cos(theta) + dy * np.sin(theta), -dx * np.sin(theta) + dy * np.cos(theta)
+                coverage = _apart_mask(shape, rx, ry, radius).reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE)
+                alpha = coverage.mean(axis=(1, 3))[..., None]
+                background = _apart_background(rng, size)
+                pixels = alpha * np.array(rgb, dtype=np.float64) + (1 - alpha) * background
+                out.append((Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), color, shape))
+    return out
+
+
+def _apart_background(rng: np.random.Generator, size: int) -> npt.NDArray[np.float64]:
+    kind = rng.integers(3)
+    if kind == 0:  # plain grey
+        return np.full((size, size, 3), rng.uniform(0, 255))
+    if kind == 1:  # noise around a grey
+        return np.clip(rng.normal(rng.uniform(50, 200), 30, size=(size, size, 3)), 0, 255)
+    yy, xx = np.mgrid[0:size, 0:size]  # two tones split by a random line
+    angle = rng.uniform(0, np.pi)
+    side = (xx - size / 2) * np.cos(angle) + (yy - size / 2) * np.sin(angle) > rng.uniform(-0.3, 0.3) * size
+    first, second = rng.uniform(0, 255), rng.uniform(0, 255)
+    return np.repeat(np.where(side, first, second)[..., None], 3, axis=2)
+
+
+def _apart_mask(shape: str, x: npt.NDArray, y: npt.NDArray, r: float) -> npt.NDArray[np.bool_]:
+    """``shape`` of size ``r`` in coordinates already rotated about its centre."""
+    if shape == "circle":
+        return x ** 2 + y ** 2 <= r ** 2
+    if shape == "square":
+        return (np.abs(x) <= r * 0.8) & (np.abs(y) <= r * 0.8)
+    if shape == "diamond":
+        return np.abs(x) / (r * 0.6) + np.abs(y) / r <= 1
+    if shape == "cross":
+        return ((np.abs(x) <= r * 0.3) & (np.abs(y) <= r)) | ((np.abs(y) <= r * 0.3) & (np.abs(x) <= r))
+    if shape == "triangle":  # equilateral, circumradius r: inside three half-planes
+        return (y <= r / 2) & (np.sqrt(3) * x - y <= r) & (-np.sqrt(3) * x - y <= r)
+    if shape == "star":  # five points: the radius swings with the angle
+        spikes = np.abs(((np.arctan2(y, x) / (2 * np.pi / 5)) % 1.0) - 0.5) * 2
+        return np.hypot(x, y) <= r * (0.4 + 0.7 * spikes ** 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def position_match_at_5(encoder: "DualEncoder", seed: int, n_scenes: int = 500,
+                        n_queries: int = 200) -> float:
+    """Among the top 5 single-object scenes for "a {color} {shape} in the {position}", the share placed there.
+
+    Scenes and queries are single objects (the only ones with a position); a query is built from a scene, so
+    every query has matching scenes.
+    """
+    singles = [e for e in scenes.stream(seed, stop=4 * n_scenes, held_out="include") if e.scene.count == 1]
+    singles = singles[:n_scenes]
+    vectors = encoder.encode_images([e.image for e in singles])
+    queries = [e.scene for e in singles[:n_queries]]
+    texts = [f"{scenes.article(q.color)} {q.color} {q.shape} in the {q.position}" for q in queries]
+    top = np.argsort(-(encoder.encode_texts(texts) @ vectors.T), axis=1)[:, :5]
+    return float(np.mean([[singles[i].scene.position == q.position for i in row] for row, q in zip(top, queries)]))
+
+
 def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int = 200, seed: int = EVAL_SEED) -> dict[str, float]:
     """The demo model's quality on scenes it never saw (see the module docstring for the metrics)."""
     examples = [scenes.generate(seed, i, held_out="include") for i in range(n_scenes)]
@@ -186,5 +270,14 @@ def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int 
         targets = [classes.index(p[column]) for p in plain]
         report[f"plain_{attribute}"] = classification_scores(
             plain_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+
+    apart = drawn_apart()
+    apart_vectors = encoder.encode_images([a[0] for a in apart])
+    for attribute, column in (("color", 1), ("shape", 2)):
+        classes, prompts = names[attribute]
+        targets = [classes.index(a[column]) for a in apart]
+        report[f"drawn_apart_{attribute}"] = classification_scores(
+            apart_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+    report["position_match@5"] = position_match_at_5(encoder, seed + 2, n_scenes=max(100, n_scenes // 2))
     return report
 
