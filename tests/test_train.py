@@ -161,3 +161,72 @@ def test_cli_train_takes_trainconfig_defaults_for_options_left_out(tmp_path):
                  "--device", "cpu", "--eval-every", "0", "--warmup-steps", "1"]) == 0
     saved = json.loads((out / "open_clip_config.json").read_text())["training"]
     assert saved["steps"] == 1 and saved["arch"] == "shapes-vit-tiny" and saved["lr"] == TrainConfig(out="x").lr
+
+
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(rows, dim=-1)
+
+
+def test_multi_positive_losses_are_open_clips_with_one_positive_each():
+    import open_clip
+
+    from mmretrieval.training.losses import multi_positive_clip_loss, multi_positive_siglip_loss
+
+    generator = torch.Generator().manual_seed(0)
+    images, texts = _unit(torch.randn(8, 16, generator=generator)), _unit(torch.randn(8, 16, generator=generator))
+    scale, bias, eye = torch.tensor(10.0), torch.tensor(-3.0), torch.eye(8, dtype=torch.bool)
+    assert multi_positive_clip_loss(images, texts, scale, eye).item() == pytest.approx(
+        open_clip.loss.ClipLoss()(images, texts, scale).item(), rel=1e-5)
+    assert multi_positive_siglip_loss(images, texts, scale, bias, eye).item() == pytest.approx(
+        open_clip.loss.SigLipLoss()(images, texts, scale, bias).item(), rel=1e-5)
+
+
+def test_an_image_that_fits_another_caption_is_not_pushed_away_from_it():
+    from mmretrieval.training.losses import multi_positive_clip_loss
+
+    images = _unit(torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0]]))  # image 1 looks like image 0
+    texts = _unit(torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0]]).clone()).requires_grad_()
+    positives = torch.eye(3, dtype=torch.bool)
+    positives[0, 1] = True  # caption 0 ("a red circle") also describes image 1
+    one_right = multi_positive_clip_loss(images, texts, torch.tensor(20.0), torch.eye(3, dtype=torch.bool))
+    both_right = multi_positive_clip_loss(images, texts, torch.tensor(20.0), positives)
+    assert both_right.item() < one_right.item()
+
+
+def test_caption_matches_agrees_with_caption_facts():
+    examples = [scenes.generate(1, i, varied=True) for i in range(120)]
+    matches = scenes.caption_matches(np.array([e.facts.codes() for e in examples]),
+                                     np.array([scenes.attribute_codes(e.scene) for e in examples]))
+    expected = np.array([[e.facts.matches(f.scene) for f in examples] for e in examples])
+    np.testing.assert_array_equal(matches, expected)
+    assert matches.diagonal().all() and 0 < matches.mean() < 0.5
+
+
+class _AlwaysFlip:
+    def random(self) -> float:
+        return 0.0
+
+    def uniform(self, low: float, high: float) -> float:
+        return 1.0
+
+
+def test_flips_move_the_scenes_position_with_the_image():
+    from PIL import Image
+
+    from mmretrieval.training.train import _augment
+
+    example = next(e for e in scenes.stream(2, varied=True)
+                   if e.scene.position == "top left" and e.facts.position is None)
+    image, scene = _augment(example, _AlwaysFlip())
+    assert scene.position == "bottom right"  # flipped left-right, then top-bottom
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(example.image.transpose(Image.Transpose.ROTATE_180)))
+    named = next(e for e in scenes.stream(2, varied=True) if e.facts.position is not None)
+    image, scene = _augment(named, _AlwaysFlip())  # its caption names the position: never flipped
+    assert scene == named.scene and np.array_equal(np.asarray(image), np.asarray(named.image))
+
+
+def test_varied_scenes_are_reproducible_and_only_they_have_textures():
+    first, again = scenes.generate(9, 4, varied=True), scenes.generate(9, 4, varied=True)
+    assert first.caption == again.caption and np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert "texture" in {scenes.generate(9, i, varied=True).scene.background for i in range(60)}
+    assert "texture" not in {scenes.generate(9, i).scene.background for i in range(60)}

@@ -3,6 +3,13 @@
 A scene is one to three copies of one shape in one colour and size, on a patterned background.
 Everything is drawn from ``random.Random(f"{seed}:{index}")``, so scene ``i`` of seed ``s`` is the same
 image and the same captions on every machine, whatever batch it is drawn in.
+
+Two renderings: the classic one (shapes nearly upright, hard edges: what the bundled model was first trained
+on, and what the tests' fixtures draw), and ``varied=True`` for training a model that knows shapes rather than
+its generator: every shape at any rotation, anti-aliased (coverage from a 4x mask), photo-like textures among
+the backgrounds, sometimes grey scribbles beside the shapes (never a named shape or colour, so captions stay
+true), blur and JPEG artefacts. A square at any angle is a square (at 45 degrees it stands on a corner); a
+diamond is a rhombus whose diagonals differ (1.25 : 0.8), at any angle.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import math
 import random
 from dataclasses import dataclass
 from typing import Iterator
+
+import io
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -28,7 +37,8 @@ COLOR_VARIANTS: dict[str, tuple[tuple[int, int, int], ...]] = {
 }
 COLORS: dict[str, tuple[int, int, int]] = {name: variants[0] for name, variants in COLOR_VARIANTS.items()}
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
-BACKGROUNDS = ("plain", "stripes", "dots", "gradient", "noise")
+BACKGROUNDS = ("plain", "stripes", "dots", "gradient", "noise", "texture")  # texture: varied rendering only
+CLASSIC_BACKGROUNDS = BACKGROUNDS[:5]
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
@@ -42,7 +52,9 @@ _BACKGROUND_PHRASES = {
     "dots": "a dotted background",
     "gradient": "a gradient background",
     "noise": "a noisy background",
+    "texture": "a textured background",
 }
+_AA = 4  # varied rendering: shapes are drawn on a mask this many times larger, then averaged down
 _POSITION_CENTERS = {
     "top left": (0.25, 0.25),
     "top right": (0.75, 0.25),
@@ -83,6 +95,24 @@ class CaptionFacts:
             for field, named in vars(self).items()
         )
 
+    def codes(self) -> tuple[int, ...]:
+        """The named attributes as :func:`attribute_codes`, -1 where the caption is silent."""
+        return attribute_codes(self)
+
+
+def attribute_codes(item: "Scene | CaptionFacts") -> tuple[int, ...]:
+    """Colour, shape, count, size, background and position as small integers (-1: none or not named), so that
+    which captions match which scenes of a batch is one array comparison."""
+    vocabularies = (tuple(COLORS), SHAPES, (1, 2, 3), SIZES, BACKGROUNDS, POSITIONS)
+    fields = ("color", "shape", "count", "size", "background", "position")
+    return tuple(-1 if getattr(item, f) is None else vocab.index(getattr(item, f)) for f, vocab in zip(fields, vocabularies))
+
+
+def caption_matches(caption_codes: np.ndarray, scene_codes: np.ndarray) -> np.ndarray:
+    """``(captions, scenes)`` booleans: caption i names nothing that scene j contradicts."""
+    captions, scenes_ = caption_codes[:, None, :], scene_codes[None, :, :]
+    return np.all((captions == -1) | (captions == scenes_), axis=-1)
+
 
 def plural(shape: str, count: int) -> str:
     """``circle`` → ``circles``; ``cross`` → ``crosses``."""
@@ -96,13 +126,14 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def sample_scene(rng: random.Random, held_out: str = "exclude") -> Scene:
+def sample_scene(rng: random.Random, held_out: str = "exclude", varied: bool = False) -> Scene:
     """Draw scene attributes.
 
     Args:
         rng: the random source.
         held_out: ``"exclude"`` never draws a held-out colour/shape pair, ``"only"`` draws only those,
             ``"include"`` draws any pair.
+        varied: draw from every background, textures included (the varied rendering).
     """
     while True:
         color = rng.choice(list(COLORS))
@@ -118,7 +149,7 @@ def sample_scene(rng: random.Random, held_out: str = "exclude") -> Scene:
             shape=shape,
             count=count,
             size=rng.choice(SIZES),
-            background=rng.choice(BACKGROUNDS),
+            background=rng.choice(BACKGROUNDS if varied else CLASSIC_BACKGROUNDS),
             position=rng.choice(POSITIONS) if count == 1 else None,
         )
 
@@ -200,6 +231,15 @@ def _draw_background(kind: str, size: int, rng: random.Random) -> Image.Image:
             level = tuple(round(a + (b - a) * t) for a, b in zip(tint, other))
             box = (i, 0, i, size) if horizontal else (0, i, size, i)
             draw.rectangle(box, fill=level)
+    elif kind == "texture":  # photo-like: smooth noise at several scales, barely tinted
+        field = np.zeros((size, size))
+        noise = np.random.default_rng(rng.getrandbits(32))
+        for cells in (4, 8, 16, 32):
+            coarse = Image.fromarray((noise.random((cells, cells)) * 255).astype(np.uint8), mode="L")
+            field += np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64) * 8 / cells
+        field = (field - field.min()) / max(1e-6, np.ptp(field))
+        low, high = np.array(tint, np.float64), np.array(_jitter(other, rng, 20), np.float64)
+        image = Image.fromarray((low + field[..., None] * (high - low)).clip(0, 255).astype(np.uint8))
     elif kind == "noise":
         # numpy seeded from rng, not Image.effect_noise: that one draws from C's unseeded rand().
         sigma, level = rng.uniform(25, 60), rng.randint(60, 200)
@@ -219,8 +259,8 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
 
     if shape == "square":
         return ring(4, lambda i: r * 1.2, math.pi / 4 + angle)
-    if shape == "diamond":
-        return ring(4, lambda i: r * (1.25 if i % 2 == 0 else 0.8), angle * 0.3)
+    if shape == "diamond":  # the classic rendering keeps diamonds upright: it passes angle * 0.3
+        return ring(4, lambda i: r * (1.25 if i % 2 == 0 else 0.8), angle)
     if shape == "triangle":
         return ring(3, lambda i: r * 1.25, -math.pi / 2 + angle)
     if shape == "star":
@@ -255,25 +295,56 @@ def _centres(scene: Scene, size: int, radius: float, rng: random.Random) -> list
     return centres
 
 
-def render(scene: Scene, rng: random.Random, size: int = 128) -> Image.Image:
-    """Draw ``scene`` as an RGB image ``size`` pixels square."""
+def render(scene: Scene, rng: random.Random, size: int = 128, varied: bool = False) -> Image.Image:
+    """Draw ``scene`` as an RGB image ``size`` pixels square (``varied``: see the module docstring)."""
     image = _draw_background(scene.background, size, rng)
-    draw = ImageDraw.Draw(image)
     if scene.size == "large":
         top = 0.27 if scene.count == 1 else 0.19
         radius = size * rng.uniform(0.14, top) * (0.8 if scene.count == 3 else 1.0)
     else:
         radius = size * rng.uniform(0.06, 0.085)
     fill = _jitter(rng.choice(COLOR_VARIANTS[scene.color]), rng, 15)
-    angle = rng.uniform(-0.3, 0.3)
+    if not varied:
+        draw = ImageDraw.Draw(image)
+        angle = rng.uniform(-0.3, 0.3)
+        for cx, cy in _centres(scene, size, radius, rng):
+            if scene.shape == "circle":
+                draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+            else:
+                shape_angle = angle * 0.3 if scene.shape == "diamond" else angle
+                draw.polygon(_shape_polygon(scene.shape, cx, cy, radius, shape_angle), fill=fill)
+        if rng.random() < 0.2:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+        return image
+    if rng.random() < 0.3:
+        _scribble(image, rng)
+    mask = Image.new("L", (size * _AA, size * _AA), 0)
+    draw = ImageDraw.Draw(mask)
     for cx, cy in _centres(scene, size, radius, rng):
+        angle = rng.uniform(0, 2 * math.pi)
         if scene.shape == "circle":
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+            draw.ellipse(tuple(v * _AA for v in (cx - radius, cy - radius, cx + radius, cy + radius)), fill=255)
         else:
-            draw.polygon(_shape_polygon(scene.shape, cx, cy, radius, angle), fill=fill)
-    if rng.random() < 0.2:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+            draw.polygon([(x * _AA, y * _AA) for x, y in _shape_polygon(scene.shape, cx, cy, radius, angle)],
+                         fill=255)
+    image = Image.composite(Image.new("RGB", image.size, fill), image, mask.resize(image.size, Image.Resampling.BOX))
+    if rng.random() < 0.25:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.3:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=rng.randint(25, 85))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return image
+
+
+def _scribble(image: Image.Image, rng: random.Random) -> None:
+    """A few grey strokes: clutter that is neither a named shape nor a named colour."""
+    draw = ImageDraw.Draw(image)
+    size = image.width
+    for _ in range(rng.randint(1, 3)):
+        level = rng.choice((rng.randint(0, 60), rng.randint(190, 255)))
+        points = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(rng.randint(2, 4))]
+        draw.line(points, fill=(level, level, level), width=max(1, size // rng.randint(40, 90)))
 
 
 @dataclass(frozen=True)
@@ -287,11 +358,12 @@ class Example:
     facts: CaptionFacts
 
 
-def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128) -> Example:
-    """Scene ``index`` of the stream for ``seed``: the same on every call and machine."""
+def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128, varied: bool = False) -> Example:
+    """Scene ``index`` of the stream for ``seed``: the same on every call and machine (``varied``: the
+    varied rendering, see the module docstring)."""
     rng = random.Random(f"{seed}:{index}")
-    scene = sample_scene(rng, held_out=held_out)
-    image = render(scene, rng, size=size)
+    scene = sample_scene(rng, held_out=held_out, varied=varied)
+    image = render(scene, rng, size=size, varied=varied)
     text, facts = caption(scene, rng)
     return Example(index=index, scene=scene, image=image, caption=text, facts=facts)
 

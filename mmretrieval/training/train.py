@@ -8,15 +8,18 @@ captioned image set. The result is saved in the open_clip local-directory layout
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 
 from . import scenes
@@ -27,11 +30,18 @@ from ..images.decode import decode_image
 from ..models.specs import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
+from .losses import multi_positive_clip_loss, multi_positive_siglip_loss
 
 logger = logging.getLogger(__name__)
 
+
 class SceneDataset(Dataset):
-    """Scene ``start + i`` of the seed's stream, prepared for the model and tokenised."""
+    """Scene ``i`` of the seed's stream (the varied rendering), augmented, prepared for the model and
+    tokenised, with its caption's and its scene's attribute codes (which captions of a batch fit which scenes).
+
+    Augmentation keeps every caption true: flips only when the caption names no position (and the scene's
+    position code follows the flip, for the other captions of the batch), brightness and contrast within 10%.
+    """
 
     def __init__(self, seed: int, length: int, preparer: ImagePreparer, tokenizer: Any, scene_size: int):
         self.seed, self.length, self.preparer, self.tokenizer = seed, length, preparer, tokenizer
@@ -40,9 +50,30 @@ class SceneDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        example = scenes.generate(self.seed, index, size=self.scene_size)
-        return torch.from_numpy(self.preparer(example.image)), self.tokenizer([example.caption])[0]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        example = scenes.generate(self.seed, index, size=self.scene_size, varied=True)
+        image, scene = _augment(example, random.Random(f"{self.seed}:{index}:augment"))
+        return (torch.from_numpy(self.preparer(image)), self.tokenizer([example.caption])[0],
+                torch.tensor(example.facts.codes()), torch.tensor(scenes.attribute_codes(scene)))
+
+
+_FLIPPED = {"horizontal": {"top left": "top right", "top right": "top left", "bottom left": "bottom right",
+                           "bottom right": "bottom left"},
+            "vertical": {"top left": "bottom left", "bottom left": "top left", "top right": "bottom right",
+                         "bottom right": "top right"}}
+
+
+def _augment(example: scenes.Example, rng: random.Random) -> tuple[Image.Image, scenes.Scene]:
+    image, scene = example.image, example.scene
+    if example.facts.position is None:
+        for direction, transpose in (("horizontal", Image.Transpose.FLIP_LEFT_RIGHT),
+                                     ("vertical", Image.Transpose.FLIP_TOP_BOTTOM)):
+            if rng.random() < 0.5:
+                image = image.transpose(transpose)
+                if scene.position is not None:
+                    scene = dataclasses.replace(scene, position=_FLIPPED[direction].get(scene.position, scene.position))
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.9, 1.1))
+    return ImageEnhance.Contrast(image).enhance(rng.uniform(0.9, 1.1)), scene
 
 
 class PairDataset(Dataset):
@@ -66,12 +97,13 @@ class PairDataset(Dataset):
         return torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0]
 
 
-def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Stack the pairs that decoded; None when none did (the training loop skips that step)."""
+def _collate(batch: list) -> tuple[torch.Tensor, ...] | None:
+    """Stack the pairs that decoded (with their attribute codes, for scenes); None when none did (the training
+    loop skips that step)."""
     pairs = [pair for pair in batch if pair is not None]
     if not pairs:
         return None
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return tuple(torch.stack([p[k] for p in pairs]) for k in range(len(pairs[0])))
 
 
 def _build(config: TrainConfig, device: torch.device) -> tuple[LoadedModel, dict[str, Any]]:
@@ -194,17 +226,26 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
 
 
 def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, optimizer: torch.optim.Optimizer,
-          loss_fn: Callable[..., torch.Tensor], sigmoid: bool, batch: tuple[torch.Tensor, torch.Tensor], lr: float,
+          loss_fn: Callable[..., torch.Tensor], sigmoid: bool, batch: tuple[torch.Tensor, ...], lr: float,
           device: torch.device) -> float:
-    """One optimiser step on ``batch``; returns the loss."""
-    images, tokens = batch
+    """One optimiser step on ``batch``; returns the loss.
+
+    A batch of scenes carries attribute codes: its loss counts every caption that fits an image as right
+    (:mod:`.losses`), not only the image's own caption.
+    """
+    images, tokens = batch[:2]
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
         image_features = model.encode_image(normalise(images.to(device, non_blocking=True)), normalize=True)
         text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
         extra = (model.logit_bias,) if sigmoid else ()
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
+        if len(batch) == 4:
+            positives = torch.from_numpy(scenes.caption_matches(batch[2].numpy(), batch[3].numpy())).to(device)
+            loss = (multi_positive_siglip_loss if sigmoid else multi_positive_clip_loss)(
+                image_features, text_features, model.logit_scale.exp(), *extra, positives)
+        else:
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
