@@ -104,6 +104,27 @@ def test_eval_folder_and_shapes_json(capsys, tmp_path, red_circle):
     assert "shapes_color" not in report
 
 
+def test_eval_shapes_reports_the_issues_measurements_on_both_renderings(capsys, monkeypatch):
+    import mmretrieval.training.evaluate as evaluate
+
+    seen = []
+    real = evaluate.shapes_report
+
+    def spy(encoder, n_scenes, varied=True, **kwargs):
+        seen.append(varied)
+        return real(encoder, n_scenes=n_scenes, n_captions=20, varied=varied, **kwargs)
+
+    monkeypatch.setattr(evaluate, "shapes_report", spy)
+    for extra in ((), ("--classic",)):
+        status, out, _ = _run(capsys, "eval", "--shapes", "--scenes", "60", "--json", "--device", "cpu", *extra)
+        report = json.loads(out)
+        assert status == 0 and report["model"] == "builtin:shapes"
+        for key in ("shapes_shape", "shapes_held_out_pairs_shape", "shapes_drawn_apart_shape",
+                    "shapes_position_match@5", "shapes_attribute_match@5"):
+            assert 0.0 <= report[key] <= 1.0, key
+    assert seen == [True, False]
+
+
 def test_models_lists_registry_architectures(capsys):
     status, out, _ = _run(capsys, "models")
     assert status == 0 and "ViT-B-32\tlaion2b_s34b_b79k" in out.splitlines()

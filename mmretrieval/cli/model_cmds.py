@@ -113,14 +113,17 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
         "ImageFolder-layout directory (one subfolder per class, class name = folder name): top-1 accuracy and "
         "mean per-class recall. --captions: text-to-image retrieval on a captioned set (sidecar .txt files or a "
         "CSV with path,caption): recall@k = share of captions whose own image is in the top k. --shapes "
-        "(default when neither is given): the demo model's held-out report on generated scenes: colour, shape "
-        "and count accuracy, held-out colour/shape pairs, plain renderings, recall@k and attribute-match@5.",
+        "(default when neither is given): the demo model's held-out report on generated scenes (the varied "
+        "rendering it is trained on): colour, shape and count accuracy, held-out colour/shape pairs, shapes drawn "
+        "apart from the generator, recall@k, attribute-match@5 and position-match@5.",
     )
     parser.add_argument("--folder", help="labelled folder (ImageFolder layout)")
     parser.add_argument("--captions", help="captioned set: folder with sidecar .txt files, or a CSV")
     parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
     parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none or a file")
     parser.add_argument("--scenes", type=int, default=1000, help="for --shapes: held-out scenes to search over")
+    parser.add_argument("--classic", action="store_true",
+                        help="for --shapes: the classic rendering (nearly upright shapes, hard edges)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of TSV lines")
     add_model_options(parser)
     parser.set_defaults(handler=_eval)
@@ -139,7 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.captions:
         report.update({f"retrieval_{k}": v for k, v in captions_report(encoder, args.captions).items()})
     if args.shapes or not (args.folder or args.captions):
-        report.update({f"shapes_{k}": v for k, v in shapes_report(encoder, n_scenes=args.scenes).items()})
+        report.update({f"shapes_{k}": v for k, v in shapes_report(encoder, n_scenes=args.scenes,
+                                                                  varied=not args.classic).items()})
     if args.json:
         print(json.dumps(report))
     else:
