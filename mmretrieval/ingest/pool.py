@@ -8,12 +8,12 @@ takes longer than ``timeout_s`` on one file, that file is failed with ``decoder_
 finished but not yet sent are decoded again). A feeder thread keeps the workers busy while the caller runs the
 model, so decoding overlaps with embedding.
 
-Pixels never travel through the pipes. Each group goes out with a *chunk*: a block of shared memory with one
-row per task of the group. The worker writes each decoded image's model-sized pixels into the next free row
-(failures take none, so the rows are the group's decoded images in order) and sends back only the small
-records. :meth:`DecodePool.batches` hands the chunks to the consumer as they are, so no byte of pixels is
-copied between the decoder and the model's input; :meth:`DecodePool.run` copies each image out and frees the
-chunk at once. One message per file with a pickled 3x224x224 array capped the pool at ~3,000 results/s on
+Pixels never travel through the pipes. Each group goes out with a *chunk* (:mod:`.chunks`): a block of shared
+memory with one row per task of the group. The worker writes each decoded image's model-sized pixels into the
+next free row (failures take none, so the rows are the group's decoded images in order) and sends back only the
+small records. :meth:`DecodePool.batches` hands the consumer the chunks as they are (the runner copies them
+straight to a GPU, or joins them once for a CPU model); :meth:`DecodePool.run` copies each image out and frees
+the chunk at once. One message per file with a pickled 3x224x224 array capped the pool at ~3,000 results/s on
 2 cores (``bench/decode_pool.py``).
 
 Workers start from a ``forkserver`` (``spawn`` where there is none), never by forking a process that holds
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import logging
-import math
 import multiprocessing
 import queue
 import threading
@@ -43,6 +41,7 @@ import numpy.typing as npt
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
 from .batches import Decoded, DecodeTask, Failed
+from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult
 from .reader import decode_file
 
 logger = logging.getLogger(__name__)
@@ -70,77 +69,6 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodedBatch:
-    """Results of :meth:`DecodePool.batches`. The pixels of ``decoded`` are the rows of ``chunks`` taken in
-    order (the records' own ``pixels`` fields are empty)."""
-
-    decoded: tuple[Decoded, ...]
-    failed: tuple[Failed, ...]
-    chunks: tuple[npt.NDArray[np.uint8], ...] = dataclasses.field(repr=False)  # (rows, 3, H, W) each
-
-    @property
-    def pixels(self) -> npt.NDArray[np.uint8]:
-        """All pixels as one ``(len(decoded), 3, H, W)`` array (a copy unless there is a single chunk)."""
-        if len(self.chunks) == 1:
-            return self.chunks[0]
-        if not self.chunks:
-            return np.zeros((0,), dtype=np.uint8)
-        return np.concatenate(self.chunks)
-
-
-class _Chunk:
-    """Shared memory for the pixels of one group: ``rows`` images of ``shape``."""
-
-    def __init__(self, rows: int, shape: tuple[int, ...]):
-        self.memory = SharedMemory(create=True, size=max(1, rows * math.prod(shape)))
-        self.rows = np.ndarray((rows, *shape), dtype=np.uint8, buffer=self.memory.buf)
-
-    @property
-    def name(self) -> str:
-        return self.memory.name
-
-    def close(self) -> None:
-        self.rows = None  # the view must go before the mapping can close
-        try:
-            self.memory.close()
-        except BufferError:  # a consumer kept a batch past its lifetime: the mapping goes when its views do
-            _orphans.append(self.memory)  # (and SharedMemory.__del__ would complain about them meanwhile)
-        self.memory.unlink()
-
-
-_orphans: list[SharedMemory] = []
-
-
-class _Chunks:
-    """The pool's chunks: made as needed up to ``limit``, given back by whoever holds them (thread-safe)."""
-
-    def __init__(self, shape: tuple[int, ...], limit: int, rows: int):
-        self.shape = shape
-        self.limit = limit
-        self.rows = rows
-        self.free: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
-        self.made: list[_Chunk] = []
-
-    def take(self) -> _Chunk | None:
-        """A free chunk, or None when ``limit`` are all in use (the caller waits for one to come back)."""
-        try:
-            return self.free.get_nowait()
-        except queue.Empty:
-            if len(self.made) >= self.limit:
-                return None
-            self.made.append(_Chunk(self.rows, self.shape))
-            return self.made[-1]
-
-    def give_back(self, chunk: _Chunk) -> None:
-        self.free.put(chunk)
-
-    def close(self) -> None:
-        for chunk in self.made:
-            chunk.close()
-        self.made.clear()
 
 
 def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, header_name: str) -> None:
@@ -188,7 +116,7 @@ class _Sent:
     """A group a worker holds: its tasks (numbered) and the chunk its pixels go to."""
 
     tasks: list[tuple[int, DecodeTask]]
-    chunk: _Chunk | None
+    chunk: Chunk | None
 
 
 class _Worker:
@@ -211,13 +139,13 @@ class _Worker:
         """Tasks sent and not answered, in order."""
         return [task for sent in self.groups for _, task in sent.tasks]
 
-    def send(self, tasks: list[DecodeTask], chunk: _Chunk | None, shape: tuple[int, ...]) -> None:
+    def send(self, tasks: list[DecodeTask], chunk: Chunk | None, shape: tuple[int, ...]) -> None:
         group = [(self.numbered + i, task) for i, task in enumerate(tasks)]
         self.numbered += len(group)
         self.groups.append(_Sent(group, chunk))
         self.conn.send((chunk.name if chunk else None, shape, group))
 
-    def receive(self) -> tuple[list[Decoded | Failed], _Chunk | None] | str:
+    def receive(self) -> tuple[list[Decoded | Failed], Chunk | None] | str:
         """The next message: ``_READY``, or a group's results in task order and the chunk holding the pixels
         of its decoded ones (rows in order)."""
         message = self.conn.recv()
@@ -237,7 +165,7 @@ class _Worker:
         numbered = [item for sent in self.groups for item in sent.tasks]
         return next((task for number, task in numbered if number == started), numbered[0][1])
 
-    def stop(self, kill: bool = False) -> list[_Chunk]:
+    def stop(self, kill: bool = False) -> list[Chunk]:
         """Stop the process; returns the chunks of the groups it still held (free again: nobody writes them)."""
         if kill:
             self.process.kill()
@@ -259,57 +187,6 @@ class _Worker:
         chunks = [sent.chunk for sent in self.groups if sent.chunk is not None]
         self.groups.clear()
         return chunks
-
-
-class _Each:
-    """Hands results on one by one, each with its own copy of its pixels; chunks go back at once."""
-
-    def __init__(self, chunks: _Chunks):
-        self.chunks = chunks
-
-    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list[list[Decoded | Failed]]:
-        if chunk is None:
-            return [results]
-        rows = iter(chunk.rows)
-        out = [dataclasses.replace(r, pixels=next(rows).copy()) if isinstance(r, Decoded) else r for r in results]
-        self.chunks.give_back(chunk)
-        return [out]
-
-    def finish(self) -> list:
-        return []
-
-
-class _Batcher:
-    """Packs groups of results (each at most ``size``) into batches of at most ``size``, whole groups each."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.decoded: list[Decoded] = []
-        self.failed: list[Failed] = []
-        self.chunks: list[_Chunk] = []
-        self.views: list[npt.NDArray[np.uint8]] = []
-
-    def emit(self, results: list[Decoded | Failed], chunk: _Chunk | None) -> list[tuple[DecodedBatch, list]]:
-        full = self.finish() if len(self.decoded) + len(self.failed) + len(results) > self.size else []
-        decoded = [r for r in results if isinstance(r, Decoded)]
-        self.decoded += decoded
-        self.failed += [r for r in results if not isinstance(r, Decoded)]
-        if chunk is not None:
-            self.chunks.append(chunk)
-            if decoded:
-                self.views.append(chunk.rows[:len(decoded)])
-        elif decoded:  # pixels came in the records (no known shape)
-            self.views.append(np.stack([r.pixels for r in decoded]))
-        return full + (self.finish() if len(self.decoded) + len(self.failed) >= self.size else [])
-
-    def finish(self) -> list[tuple[DecodedBatch, list]]:
-        """The batch being filled (and the chunks it holds), if it holds anything."""
-        if not self.decoded and not self.failed:
-            return []
-        batch = DecodedBatch(tuple(self.decoded), tuple(self.failed), tuple(self.views))
-        out = [(batch, self.chunks)]
-        self.decoded, self.failed, self.chunks, self.views = [], [], [], []
-        return out
 
 
 class DecodePool:
@@ -357,8 +234,8 @@ class DecodePool:
                 if task is not None:
                     yield self.decode(task, self.preparer)
             return
-        chunks = _Chunks(_pixel_shape(self.preparer), 2 * _DEPTH * self.workers, _GROUP)
-        for results in self._threaded(tasks, _Each(chunks), chunks):
+        chunks = Chunks(_pixel_shape(self.preparer), 2 * _DEPTH * self.workers, _GROUP)
+        for results in self._threaded(tasks, EachResult(chunks), chunks):
             yield from results
 
     def batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
@@ -378,9 +255,9 @@ class DecodePool:
         group = min(_GROUP, batch_size)
         groups_per_batch = -(-batch_size // group)
         limit = groups_per_batch * (2 + self._queue_size()) + _DEPTH * self.workers
-        chunks = _Chunks(_pixel_shape(self.preparer), limit, group)
-        held: list[_Chunk] = []
-        for batch, batch_chunks in self._threaded(tasks, _Batcher(batch_size), chunks):
+        chunks = Chunks(_pixel_shape(self.preparer), limit, group)
+        held: list[Chunk] = []
+        for batch, batch_chunks in self._threaded(tasks, Batcher(batch_size), chunks):
             for chunk in held:
                 chunks.give_back(chunk)
             held = batch_chunks
@@ -390,14 +267,14 @@ class DecodePool:
         return max(1, self.buffer // _GROUP)
 
     def _inline_batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
-        batcher = _Batcher(batch_size)
+        batcher = Batcher(batch_size)
         for task in filter(None, tasks):
             for batch, _ in batcher.emit([self.decode(task, self.preparer)], None):
                 yield batch
         for batch, _ in batcher.finish():
             yield batch
 
-    def _threaded(self, tasks: Iterable[DecodeTask | None], sink: "_Each | _Batcher", chunks: _Chunks) -> Iterator:
+    def _threaded(self, tasks: Iterable[DecodeTask | None], sink: "EachResult | Batcher", chunks: Chunks) -> Iterator:
         """What ``sink`` makes of the workers' results, in completion order; decoding runs on a feeder thread.
 
         ``chunks`` sets the group size (its rows) and how many chunks may exist at once (back-pressure from a
@@ -422,8 +299,8 @@ class DecodePool:
                     pass
             chunks.close()  # the workers are stopped: nobody writes them any more
 
-    def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "_Each | _Batcher",
-              chunks: _Chunks, results: queue.Queue) -> None:
+    def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "EachResult | Batcher",
+              chunks: Chunks, results: queue.Queue) -> None:
         # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
         pending: collections.deque[DecodeTask] = collections.deque()
         self._startup_crashes = 0
@@ -457,7 +334,7 @@ class DecodePool:
                     worker.stop(kill=bool(worker.groups))
 
     @staticmethod
-    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "_Each | _Batcher", chunks: _Chunks,
+    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "EachResult | Batcher", chunks: Chunks,
                   results: queue.Queue) -> None:
         """Send each worker with room a group of pending tasks, each group with a free chunk."""
         for worker in workers:
@@ -473,8 +350,8 @@ class DecodePool:
                 return
             worker.send([pending.popleft() for _ in range(size)], chunk, chunks.shape)
 
-    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "_Each | _Batcher",
-                 chunks: _Chunks, results: queue.Queue) -> None:
+    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "EachResult | Batcher",
+                 chunks: Chunks, results: queue.Queue) -> None:
         busy = {w.conn: w for w in workers if w.groups}
         replace = lambda worker, reason, message: self._replace(  # noqa: E731
             workers, worker, pending, sink, chunks, results, reason, message)
@@ -503,7 +380,7 @@ class DecodePool:
                 replace(worker, "decoder_crashed", "the decoder never started")
 
     def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
-                 sink: "_Each | _Batcher", chunks: _Chunks, results: queue.Queue, reason: str, message: str) -> None:
+                 sink: "EachResult | Batcher", chunks: Chunks, results: queue.Queue, reason: str, message: str) -> None:
         """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
         held = worker.tasks
         if not worker.ready:
