@@ -206,8 +206,8 @@ def main() -> None:
         folder = Path(tmp) / "images"
         started = time.perf_counter()
         paths = make_jpegs(folder, args.images, args.image_set, args.width, args.height)
-        megapixels = sum(_jpeg_size(args.image_set, i, args.width, args.height)[0][0]
-                         * _jpeg_size(args.image_set, i, args.width, args.height)[0][1] for i in range(len(paths)))
+        sizes = [_jpeg_size(args.image_set, i, args.width, args.height)[0] for i in range(len(paths))]
+        megapixels = sum(width * height for width, height in sizes)
         print(json.dumps(figures), flush=True)
         print(f"{len(paths)} JPEGs, mean {megapixels / len(paths) / 1e6:.2f} MP, "
               f"{sum(p.stat().st_size for p in paths) / len(paths) / 1e3:.0f} kB, made in "

@@ -54,31 +54,47 @@ class ImagePreparer:
         object.__setattr__(self, "_steps", None)
 
 
+def square_mode(cfg: dict) -> str | None:
+    """``"squash"`` or ``"shortest"`` when a preprocess config makes square inputs in a way reproduced here (and
+    by the device decoder); None for the rest, which fall back to open_clip's transforms."""
+    size = cfg.get("size", 224)
+    mode = cfg.get("resize_mode", "shortest")
+    square = isinstance(size, int) or len(set(size)) == 1
+    return mode if mode == "squash" or (mode == "shortest" and square) else None
+
+
+def shortest_side_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``side``, as torchvision computes it for an int size:
+    the long side is truncated, not rounded."""
+    if width <= height:
+        return side, int(side * height / width)
+    return int(side * width / height), side
+
+
+def center_crop_origin(width: int, height: int, side: int) -> tuple[int, int]:
+    """(left, top) of the centred ``side`` square, as torchvision's CenterCrop places it."""
+    return int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
+
+
 def _resize_steps(cfg: dict) -> Callable[[Image.Image], Image.Image]:
     size = cfg.get("size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     resample = _RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
-    mode = cfg.get("resize_mode", "shortest")
+    mode = square_mode(cfg)
     if mode == "squash":
         return lambda image: image.resize((width, height), resample) if image.size != (width, height) else image
-    if mode == "shortest" and height == width:
+    if mode == "shortest":
         return lambda image: _center_crop(_resize_shortest(image, height, resample), height)
     return _open_clip_steps(cfg)
 
 
 def _resize_shortest(image: Image.Image, side: int, resample: Image.Resampling) -> Image.Image:
-    # torchvision's _compute_resized_output_size for an int size: the long side is truncated, not rounded.
-    width, height = image.size
-    if width <= height:
-        new_size = (side, int(side * height / width))
-    else:
-        new_size = (int(side * width / height), side)
+    new_size = shortest_side_size(*image.size, side)
     return image if new_size == image.size else image.resize(new_size, resample)
 
 
 def _center_crop(image: Image.Image, side: int) -> Image.Image:
-    width, height = image.size  # at least ``side`` both ways after _resize_shortest
-    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    left, top = center_crop_origin(*image.size, side)  # at least ``side`` both ways after _resize_shortest
     return image.crop((left, top, left + side, top + side))
 
 

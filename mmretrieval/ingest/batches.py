@@ -13,6 +13,9 @@ import numpy.typing as npt
 from ..images.metadata import PhotoMetadata
 
 
+NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # a record's pixels, when they travel as a row of a batch or chunk
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """How to run one ingestion."""

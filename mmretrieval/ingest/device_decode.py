@@ -27,19 +27,18 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import ImageDecodeError
 from ..images.decode import DEFAULT_MAX_PIXELS, read_image_file
 from ..images.metadata import PhotoMetadata, photo_metadata
-from .batches import Decoded, DecodeTask
+from ..images.preprocess import center_crop_origin, shortest_side_size, square_mode
+from .batches import NO_PIXELS, Decoded, DecodeTask
 from .reader import file_mtime_ns
 
 logger = logging.getLogger(__name__)
 
-_NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # the records' pixels are the rows of the batch tensor
 _ORIENTATION = 0x0112
 
 
@@ -93,22 +92,20 @@ class DeviceJpegDecoder:
         Raises:
             ValueError: a preprocessing this decoder does not reproduce (see :meth:`supports`).
         """
-        if not self.supports(preprocess):
-            raise ValueError(f"device decoding does not reproduce this preprocessing: {preprocess}")
         cfg = json.loads(preprocess)
+        mode = square_mode(cfg)
+        if mode is None:
+            raise ValueError(f"device decoding does not reproduce this preprocessing: {preprocess}")
         size = cfg.get("size", 224)
         self.side = size if isinstance(size, int) else int(size[0])
-        self.squash = cfg.get("resize_mode", "shortest") == "squash"
+        self.squash = mode == "squash"
         self.mode = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         self.device = device
 
     @staticmethod
     def supports(preprocess: str) -> bool:
         """Square inputs made by 'shortest' (resize and centre crop) or 'squash', as most CLIP/SigLIP models."""
-        cfg = json.loads(preprocess)
-        size = cfg.get("size", 224)
-        square = isinstance(size, int) or len(set(size)) == 1
-        return square and cfg.get("resize_mode", "shortest") in ("shortest", "squash")
+        return square_mode(json.loads(preprocess)) is not None
 
     def decode(self, items: list[Probed]) -> tuple[list[Decoded], torch.Tensor | None, list[DecodeTask]]:
         """Decode ``items`` together.
@@ -136,24 +133,19 @@ class DeviceJpegDecoder:
                 continue
             pixels.append(self._prepare(_orient(image, item.orientation)))
             decoded.append(Decoded(item.task.image_id, item.content_hash, item.width, item.height, "JPEG",
-                                   _NO_PIXELS, item.metadata))
+                                   NO_PIXELS, item.metadata))
         return decoded, (torch.stack(pixels) if pixels else None), for_cpu
 
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (3, side, side) uint8, as ImagePreparer does with Pillow."""
         _, height, width = image.shape
         side = self.side
-        if self.squash:
-            size = (side, side)
-        elif width <= height:  # torchvision's arithmetic: the long side is truncated, not rounded
-            size = (int(side * height / width), side)
-        else:
-            size = (side, int(side * width / height))
-        if size != (height, width):
-            resized = torch.nn.functional.interpolate(image[None].float(), size=size, mode=self.mode,
-                                                      antialias=True, align_corners=False)[0]
+        new_width, new_height = (side, side) if self.squash else shortest_side_size(width, height, side)
+        if (new_width, new_height) != (width, height):
+            resized = torch.nn.functional.interpolate(image[None].float(), size=(new_height, new_width),
+                                                      mode=self.mode, antialias=True, align_corners=False)[0]
             image = resized.round_().clamp_(0, 255).to(torch.uint8)
-        top, left = int(round((size[0] - side) / 2.0)), int(round((size[1] - side) / 2.0))
+        left, top = center_crop_origin(new_width, new_height, side)
         return image[:, top:top + side, left:left + side]
 
 

@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
-from .batches import Decoded, DecodeTask, Failed
+from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
 from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult
 from .reader import decode_file
 
@@ -57,7 +57,6 @@ _ATTACHED = 256  # chunks a worker keeps mapped (a pool cycles through far fewer
 # The shared header, float64s: the number of the task being decoded, when it started (time.monotonic, one
 # clock for every process on the machine), and the number of the last task finished. Numbers start at 0.
 _STARTED, _STARTED_AT, _FINISHED = 0, 1, 2
-_EMPTY = np.zeros((0,), dtype=np.uint8)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -93,7 +92,7 @@ def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, he
                     else:
                         rows[row] = result.pixels
                         row += 1
-                        object.__setattr__(result, "pixels", _EMPTY)  # our own fresh record: pixels are in the row
+                        object.__setattr__(result, "pixels", NO_PIXELS)  # our own fresh record: pixels are in the row
                 results.append(result)
                 header[_FINISHED] = number
             rows = None

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
-from .batches import Decoded, DecodeTask, Failed
+from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
 from .ray_segments import ResultDrop
 from .reader import decode_file
 
@@ -92,9 +92,6 @@ def _decoder(preparer: ImagePreparer, timeout_s: float, decode: "DecodeFn") -> "
     return _decoders[key]
 
 
-_NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # a record's pixels, when they travel as rows of a batch array
-
-
 class _NothingKnown:
     """The catalog as an embed actor sees it: it has none (duplicates of stored content are found at commit)."""
 
@@ -147,7 +144,7 @@ class Embedder:
         from .runner import embed_batch
 
         ok_rows = np.flatnonzero(batch["status"] == "ok")
-        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "", _NO_PIXELS)
+        decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "", NO_PIXELS)
                    for row in ok_rows]
         # runs the model once per content
         embedded = embed_batch(self.encoder, _NothingKnown(), decoded, [batch["pixels"][ok_rows]], ())
