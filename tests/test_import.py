@@ -124,6 +124,55 @@ def test_new_rows_among_known_ones_get_their_own_vectors(tmp_path, collection):
     assert (captions["/new/a.jpg"], captions["/new/c.jpg"]) == ("a", "c")
 
 
+def test_a_known_path_inside_a_new_looking_shard_is_skipped_and_the_rest_land_right(tmp_path, collection):
+    """First and last paths new, so the vectors are appended under guessed ids while the rows go in; a known path
+    and a repeat in between prove the guess wrong: that block is left as waste, the new rows get their own."""
+    make_folder(tmp_path / "emb", shards=1, rows=20)
+    import_embeddings(collection, tmp_path / "emb")
+    rows_before = collection.catalog.segments.total_rows()
+    rng = np.random.default_rng(11)
+    paths = ["/new/first.jpg", "/gone/photos/s0_3.jpg", "/new/a.jpg", "/new/a.jpg", "/new/last.jpg"]
+    vectors = unit_rows(rng, len(paths))
+    write_shard(tmp_path / "emb2", 0, paths, vectors)
+    summary = import_embeddings(collection, tmp_path / "emb2")
+    assert (summary.rows_added, summary.rows_known) == (3, 2)
+    by_path = stored(collection)
+    assert len(by_path) == 23
+    for path, row in (("/new/first.jpg", 0), ("/new/a.jpg", 2), ("/new/last.jpg", 4)):
+        np.testing.assert_allclose(by_path[path], vectors[row], atol=2e-3)
+    assert collection.catalog.segments.total_rows() == rows_before + 5 + 3  # the guessed block, then the new rows
+    assert {s.source: s.rows for s in provenance(collection.catalog)}[str(tmp_path / "emb2")] == 3
+
+
+def test_a_v4_catalog_with_imported_rows_migrates_to_id_ranges(tmp_path, tiny_encoder):
+    """Schema 4 kept a provenance row per imported image and indexed every content hash (NULL ones too)."""
+    import sqlite3
+
+    make_folder(tmp_path / "emb", shards=2, rows=10)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        import_embeddings(col, tmp_path / "emb")
+        with col.catalog.transaction() as db:
+            db.execute("DELETE FROM images WHERE path = ?", (b"/gone/photos/s1_9.jpg",))
+    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:  # back to what schema 4 wrote
+        db.execute("CREATE TABLE imported_rows (image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE "
+                   "CASCADE, shard_id INTEGER NOT NULL REFERENCES import_shards(id))")
+        db.execute("INSERT INTO imported_rows SELECT i.id, s.id FROM images i JOIN import_shards s "
+                   "ON i.id BETWEEN s.first_id AND s.last_id")
+        db.execute("ALTER TABLE import_shards DROP COLUMN first_id")
+        db.execute("ALTER TABLE import_shards DROP COLUMN last_id")
+        db.execute("DROP INDEX images_hash")
+        db.execute("CREATE INDEX images_hash ON images(content_hash)")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    with Collection.open(tmp_path / "col") as col:
+        assert col.catalog.get_meta("schema") == "5"
+        assert [(s.source, s.shards, s.rows) for s in provenance(col.catalog)] == [(str(tmp_path / "emb"), 2, 19)]
+        index_sql, = col.catalog.select("SELECT sql FROM sqlite_master WHERE name = 'images_hash'", ())[0]
+        assert "WHERE content_hash IS NOT NULL" in index_sql
+        assert not col.catalog.select("SELECT 1 FROM sqlite_master WHERE name = 'imported_rows'", ())
+        more = import_embeddings(col, tmp_path / "emb")  # the shards are still known as imported
+        assert (more.shards_skipped, more.rows_added) == (2, 0)
+
+
 def test_a_path_that_is_not_utf8_lands_too(tmp_path, collection):
     """Keys JSON cannot carry (another collection's raw path bytes) take the row-by-row route, same result."""
     from mmretrieval.collection.import_writer import ensure_schema, land_shard
@@ -131,10 +180,10 @@ def test_a_path_that_is_not_utf8_lands_too(tmp_path, collection):
 
     vectors = unit_rows(np.random.default_rng(2), 3)
     keys = [b"/photos/caf\xe9.jpg", b"/photos/plain.jpg", b"/photos/\xff\xfe.png"]
-    shard = CheckedShard("segment-000001", tmp_path / "x.vec", keys, [None, "plain", None], vectors, 0)
+    shard = CheckedShard("segment-000001", tmp_path / "x.vec", keys, [None, "plain", None], vectors)
     with collection.writing("busy"):
         ensure_schema(collection.catalog)
-        assert land_shard(collection, shard, str(tmp_path), "fp") == (3, 0)
+        assert land_shard(collection, shard, str(tmp_path), "fp") == (3, 0, 0)
     ids, stored_vectors = collection.vectors()
     rows = collection.catalog.rows(ids.tolist())
     by_key = {os.fsencode(rows[i].path): vector for i, vector in zip(ids.tolist(), stored_vectors)}

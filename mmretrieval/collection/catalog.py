@@ -148,6 +148,19 @@ class Catalog(VectorPlaces):
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def bulk_transaction(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`transaction` without foreign-key checks, for inserts whose references hold by construction
+        (rows that point at rows inserted just before, in the same transaction): checking a million of them
+        costs as much as inserting them. The checks are back on when it ends, whatever happens."""
+        with self._lock:
+            self._db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction, so set before BEGIN
+            try:
+                with self.transaction() as db:
+                    yield db
+            finally:
+                self._db.execute("PRAGMA foreign_keys=ON")
+
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
-from .imports import CheckedShard, check_vectors
+from .imports import CheckedShard
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SegmentShard:
         return self.live_rows
 
     def check(self, dim: int, root: Path) -> CheckedShard:
-        """Paths, captions and vectors of the segment's live rows, every vector checked."""
+        """Paths, captions and vectors of the segment's live rows (the vectors are checked as they land)."""
         if self.catalog.segments.dim != dim:
             raise CollectionError(f"{self.catalog.segments.directory} holds {self.catalog.segments.dim}-d vectors, "
                                   f"this collection's model makes {dim}-d ones")
@@ -66,9 +66,8 @@ class SegmentShard:
         rows = np.array([place[0] for place in places], dtype=np.int64)
         vectors = _SegmentRows(self.catalog, self.number, rows)
         label = self.catalog.segments.directory / f"{self.number:06d}.vec"
-        renormalised = check_vectors(label, vectors)
-        return CheckedShard(self.name, label, [bytes(place[1]) for place in places],
-                            [place[2] for place in places], vectors, renormalised)
+        return CheckedShard(self.name, label, [bytes(place[1]) for place in places], [place[2] for place in places],
+                            vectors)
 
 
 def find_segment_shards(source: Path, identity: ModelIdentity) -> list[SegmentShard]:

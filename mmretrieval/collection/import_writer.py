@@ -1,10 +1,11 @@
 """Landing checked import shards in a collection: one catalog transaction per shard, with its provenance.
 
 :mod:`.imports` reads and checks shards; this module writes them. A shard's vectors are appended (and fsynced) to
-the collection's active segment first; its rows, their places in the segments, the shard record and the per-row
-provenance then commit in one transaction, together or not at all (appended bytes of a shard that never
-committed are unreferenced waste, which compaction reclaims), so a process killed at any moment leaves each shard
-whole or absent, and a re-run (which skips recorded shards and known paths) neither loses nor duplicates rows.
+the collection's active segment before its transaction commits; its rows, their places in the segments and the
+shard record (with the range of ids it added: the provenance) commit in that one transaction, together or not at
+all (appended bytes of a shard that never committed are unreferenced waste, which compaction reclaims), so a
+process killed at any moment leaves each shard whole or absent, and a re-run (which skips recorded shards and
+known paths) neither loses nor duplicates rows.
 The caller holds the collection's writer lock (``Collection.writing``), so an import and an ingest never
 interleave.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +29,7 @@ from .catalog import Catalog
 if TYPE_CHECKING:
     from .collection import Collection
     from .imports import CheckedShard
+    from .segments import SegmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +42,9 @@ CREATE TABLE IF NOT EXISTS import_shards (
     rows_added INTEGER NOT NULL,        -- rows this shard added
     rows_known INTEGER NOT NULL,        -- rows skipped because the collection already had the path
     renormalised INTEGER NOT NULL,      -- vectors that were not unit length
+    first_id INTEGER,                   -- the rows it added are the images with ids first_id..last_id
+    last_id INTEGER,                    -- (one transaction inserted them all), NULL when it added none
     UNIQUE (source, shard, fingerprint)
-);
-CREATE TABLE IF NOT EXISTS imported_rows (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
-    shard_id INTEGER NOT NULL REFERENCES import_shards(id)
 )
 """
 
@@ -70,37 +73,151 @@ def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> b
                                (source, shard, fingerprint)))
 
 
-def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fingerprint: str) -> tuple[int, int]:
-    """Add a checked shard's new rows, vectors and provenance in one transaction; returns (added, known).
+def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fingerprint: str
+               ) -> tuple[int, int, int]:
+    """Add a shard's new rows, vectors and provenance in one transaction; returns (added, known, renormalised).
 
-    New rows are those with ids above the ``AUTOINCREMENT`` sequence as it was when the transaction began (ids
-    are never reused; an ignored insert may use one up, so they need not be consecutive). Rows go in as one
-    JSON parameter that SQLite unpacks itself (``json_each``): binding a shard row by row from Python costs
-    three times as much as SQLite's own work of inserting them.
+    Three threads share the work. This one inserts the rows: as one JSON parameter that SQLite unpacks itself
+    (``json_each``; binding a shard row by row from Python costs three times as much as SQLite's own work of
+    inserting them), without foreign-key checks (every place points at a row inserted just before it), then
+    each written block's places. One checks the vectors block by block (:func:`~.imports.checked_blocks`),
+    and one appends them (fsynced once, before the commit) under the ids the rows will get if every path is
+    new: ids follow the ``AUTOINCREMENT`` sequence, and are never reused. A bad vector raises, and the
+    transaction rolls back. If some path turns out to be known (or repeated in
+    the shard), the appended block is left as waste (compaction reclaims it) and the new rows' vectors are
+    appended again under their real ids; a shard whose first or last path the collection already has (a
+    re-import) skips the guess and only checks on the other thread.
+
+    Raises:
+        CollectionError: a NaN, infinite or zero vector (nothing of the shard lands).
     """
     catalog = collection.catalog
     catalog._ensure_store(collection.identity.embed_dim)  # the first vectors of a new collection make its store
-    with catalog.transaction() as db:
+    with catalog.bulk_transaction() as db, ThreadPoolExecutor(1, thread_name_prefix="mmr-import-append") as appender:
         last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
         base = int(last[0]) if last else 0
+        guessed = np.arange(base + 1, base + 1 + len(shard.keys), dtype=np.int64)
+        written: queue.SimpleQueue[tuple[slice, int, int] | None] = queue.SimpleQueue()
+        checking = appender.submit(_check_and_append, catalog.segments, shard,
+                                   None if _any_known(db, shard.keys) else guessed, written.put)
         # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
         _insert_rows(db, shard.keys, shard.captions)
         ids = _new_ids(db, base)
-        positions = _positions_of_new(db, shard.keys, base, len(ids))
         generation = catalog._bump_generation()
-        for rows, block in _unit_blocks(shard.vectors, positions, shard.renormalised > 0):
-            # bytes first (fsynced), places in this same transaction: a kill before COMMIT leaves only waste
-            number, first = catalog.segments.append(ids[rows], block)
-            _insert_places(db, ids[rows], generation, number, first)
+        guessed_right = np.array_equal(ids, guessed)
+        while (place := written.get()) is not None:  # places of written blocks, while later blocks are written
+            if guessed_right:
+                _insert_places(db, ids[place[0]], generation, place[1], place[2])
+        appended, renormalised = checking.result()  # every vector checked and fsynced (or the error raised)
+        if not appended or not guessed_right:
+            positions = _positions_of_new(db, shard.keys, base, len(ids))
+            for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions):
+                _insert_places(db, ids[rows], generation, number, first)
         known = len(shard.keys) - len(ids)
-        shard_id = db.execute(
-            "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (source, shard.name, fingerprint, len(ids), known, shard.renormalised)).lastrowid
-        db.execute("INSERT INTO imported_rows(image_id, shard_id) SELECT id, ? FROM images WHERE id > ?",
-                   (shard_id, base))
+        db.execute(
+            "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, first_id, "
+            "last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (source, shard.name, fingerprint, len(ids), known, renormalised,
+             int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
+    if renormalised:
+        logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
+                       len(shard.keys))
     logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
-    return len(ids), known
+    return len(ids), known, renormalised
+
+
+def _any_known(db: sqlite3.Connection, keys: Sequence[bytes]) -> bool:
+    """Whether the collection has the shard's first or last path (two lookups; catches re-imports)."""
+    ends = list({keys[0], keys[-1]}) if keys else []
+    return bool(ends) and db.execute(f"SELECT 1 FROM images WHERE path IN ({', '.join('?' * len(ends))}) LIMIT 1",
+                                     ends).fetchone() is not None
+
+
+def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.NDArray[np.int64] | None,
+                      written: Callable[[tuple[slice, int, int] | None], None]) -> tuple[bool, int]:
+    """Check every vector of ``shard`` (on a thread of its own, a few blocks ahead) and, given ``ids``, append
+    them, fsynced once at the end; returns whether they were appended and how many were renormalised.
+
+    Each block's ``(rows, segment, first row)`` goes to ``written`` once it is written, then ``None`` at the
+    end, whatever happens (so the caller can record places while later blocks are written).
+    """
+    from .imports import checked_blocks
+
+    renormalised = 0
+
+    def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
+        nonlocal renormalised
+        for rows, block, off_unit in checked_blocks(shard.file, shard.vectors):
+            renormalised += off_unit
+            if ids is not None:
+                rows_of.append(rows)
+                yield ids[rows], block
+
+    rows_of: list[slice] = []  # filled by blocks() before it yields each block, so always ahead of the writes
+    in_order = iter(rows_of)
+    try:
+        segments.append_blocks(_ahead(blocks()), lambda number, first: written((next(in_order), number, first)))
+    finally:
+        written(None)
+    return ids is not None, renormalised
+
+
+def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, produced on a thread of their own up to ``depth`` ahead of the consumer (numpy and file
+    writes release the GIL, so checking and writing overlap); the producer's exception is raised here, and a
+    consumer that stops early stops the producer."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: Any, error: BaseException | None = None) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(end)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(end, exc)
+
+    producer = threading.Thread(target=produce, name="mmr-import-check-vectors", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, positions: npt.NDArray[np.int64]
+            ) -> list[tuple[slice, int, int]]:
+    """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time; returns each block's
+    ``(slice of ids, segment, first row)``. Bytes first: a kill before the catalog commits leaves only waste."""
+    from .imports import unit_blocks
+
+    rows_of: list[slice] = []
+
+    def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
+        for rows, block in unit_blocks(vectors, positions):
+            rows_of.append(rows)
+            yield ids[rows], block
+
+    places = segments.append_blocks(blocks())
+    return [(rows, number, first) for rows, (number, first) in zip(rows_of, places)]
 
 
 def _insert_rows(db: sqlite3.Connection, keys: Sequence[bytes], captions: Sequence[str | None]) -> None:
@@ -152,12 +269,6 @@ def _positions_of_new(db: sqlite3.Connection, keys: Sequence[bytes], base: int, 
     return np.fromiter((first_of[path] for path, in rows), dtype=np.int64, count=added)
 
 
-def _unit_blocks(vectors, positions, renormalise):  # noqa: ANN001, ANN202
-    from .imports import unit_blocks
-
-    return unit_blocks(vectors, positions, renormalise)
-
-
 def provenance(catalog: Catalog) -> list[ImportSource]:
     """Imported rows still in the collection, per source folder (empty if nothing was ever imported)."""
     # reads only (catalog._query): `mmr info` on a read-only collection must not need a write transaction
@@ -165,8 +276,7 @@ def provenance(catalog: Catalog) -> list[ImportSource]:
         return []
     rows = catalog._query(
         "SELECT s.source, COUNT(*), SUM(s.renormalised), GROUP_CONCAT(s.shard), "
-        "(SELECT COUNT(*) FROM imported_rows r JOIN import_shards t ON t.id = r.shard_id "
-        " WHERE t.source = s.source) "
+        "SUM((SELECT COUNT(*) FROM images WHERE id BETWEEN s.first_id AND s.last_id)) "
         "FROM import_shards s GROUP BY s.source ORDER BY s.source")
     return [ImportSource(source, shards, kept, renormalised or 0, tuple(sorted((names or "").split(","))))
             for source, shards, renormalised, names, kept in rows]

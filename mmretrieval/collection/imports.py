@@ -9,11 +9,13 @@ Layouts read:
   segment, its live rows only (:mod:`.import_segments`). Its model must be this collection's model (same key),
   which is a stronger check than the dimension.
 
-Each shard is checked whole before any of it lands: the embedding file opens (a truncated ``.npy`` does not),
-its dimension is the collection model's, the parquet has as many rows as the ``.npy``, every value is finite,
-no vector is zero and no path is empty. Vectors that are not unit length are renormalised (and counted).
-A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file and the fault; shards before it
-stay committed. Each shard lands in one catalog transaction, together with a record of the shard (source folder,
+Nothing of a shard lands unless all of it passes: the embedding file opens (a truncated ``.npy`` does not),
+its dimension is the collection model's, the parquet has as many rows as the ``.npy`` and no path is empty
+(checked before the shard's transaction begins), and every value is finite and no vector is zero (checked
+block by block as the vectors are appended, while SQLite inserts the rows: one pass over the vectors, and the
+two halves of the work on two cores; a bad block rolls the transaction back). Vectors that are not unit length
+are renormalised (and counted). A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file
+and the fault; shards before it stay committed. Each shard lands in one catalog transaction, together with a record of the shard (source folder,
 shard name, file sizes and mtimes) and the per-row provenance, so a run killed at any moment (SIGKILL included)
 leaves each shard either fully in or not in at all, and a re-run skips recorded shards outright and any path the
 collection already knows.
@@ -22,8 +24,9 @@ Paths: absolute paths are kept; relative ones are resolved against ``root`` (def
 URIs (``scheme://...``) are kept verbatim. Imported rows have status ``ok`` and no file stats (size and mtime
 0): the files may not exist on this machine, and ``mmr similar PATH`` works from the stored vector.
 
-Memory: one shard's paths and captions (Python objects) plus one block of :data:`BLOCK_ROWS` vectors; the
-``.npy`` is memory-mapped and read twice (check, then land; the second read comes from the page cache).
+Memory: two shards' paths and captions (Python objects: the one landing and the next, read ahead) plus one
+block of :data:`BLOCK_ROWS` vectors; the ``.npy`` is memory-mapped and read once (twice for a shard with paths the
+collection already has).
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class Shard(Protocol):
         """Rows it holds (0 when that cannot be known before checking it)."""
 
     def check(self, dim: int, root: Path) -> "CheckedShard":
-        """Read and check it all. Raises CollectionError naming the bad file and the fault."""
+        """Read and check its paths and captions and open its vectors (checked as they land, by
+        :func:`checked_blocks`). Raises CollectionError naming the bad file and the fault."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,13 @@ class ShardFiles:
 
 @dataclass(frozen=True)
 class CheckedShard:
-    """A shard that passed every check: its rows' catalog keys and captions, and the mapped vectors."""
+    """A shard whose paths passed their checks: its rows' catalog keys and captions, and the mapped vectors."""
 
     name: str
-    file: Path  # the vectors' file, for log lines
+    file: Path  # the vectors' file, named in errors and log lines
     keys: list[bytes]  # catalog path keys, in row order
     captions: list[str | None]
     vectors: Any  # (rows, dim), any float dtype, sliceable and indexable by a position array (a memory map)
-    renormalised: int  # rows whose norm was off by more than UNIT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -224,59 +227,64 @@ def catalog_key(path: str, root: Path) -> bytes:
     return encode_path(os.path.join(root, os.path.expanduser(path)))
 
 
-def check_vectors(path: Path, vectors: Any) -> int:
-    """Check every block of ``vectors``; returns how many rows are not unit length (they get renormalised).
-
-    Raises:
-        CollectionError: a NaN or infinite value, or a zero vector (no direction to normalise to).
-    """
-    off_unit = 0
-    for start in range(0, len(vectors), BLOCK_ROWS):
-        block = np.asarray(vectors[start:start + BLOCK_ROWS], dtype=np.float32)
-        squares = np.einsum("ij,ij->i", block, block)  # NaN or inf anywhere in a row makes its sum so
-        if not np.isfinite(squares).all():
-            row = int(np.argmin(np.isfinite(block).all(axis=1)))
-            raise CollectionError(f"{path} row {start + row} has a NaN or infinite value (or one too large to "
-                                  "square); nothing of this shard was imported")
-        if (squares == 0).any():
-            raise CollectionError(f"{path} row {start + int(np.argmin(squares))} is a zero vector")
-        off_unit += int((np.abs(np.sqrt(squares) - 1) > UNIT_TOLERANCE).sum())
-    return off_unit
-
-
 def check_shard(files: ShardFiles, dim: int, root: Path) -> CheckedShard:
-    """Every check on one shard, before any of it lands.
+    """The checks on one shard that come before its transaction: its files, shape and paths.
 
     Raises:
         CollectionError: naming the bad file and what is wrong with it.
     """
     vectors = open_embeddings(files.embeddings, dim)
     keys, captions = read_metadata(files.metadata, len(vectors), root)
-    off_unit = check_vectors(files.embeddings, vectors)
-    if off_unit:
-        logger.warning("%s: %d of %d vectors were not unit length; renormalised", files.embeddings, off_unit,
-                       len(vectors))
-    return CheckedShard(files.name, files.embeddings, keys, captions, vectors, off_unit)
+    return CheckedShard(files.name, files.embeddings, keys, captions, vectors)
 
 
-def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: bool = True
-                ) -> Iterator[tuple[slice, np.ndarray]]:
-    """``(slice of positions, rows)`` for the given row positions, a block at a time.
+def checked_blocks(path: Path, vectors: Any) -> Iterator[tuple[slice, np.ndarray, int]]:
+    """``(rows, vectors ready to store, how many were renormalised)`` for all of ``vectors``, a block at a time.
 
-    With ``renormalise`` the rows are float32 and unit length; without it (every row was unit within
-    :data:`UNIT_TOLERANCE`) they come in the input's own dtype, which saves a conversion when it is the
-    collection's (float16 into float16).
+    A block whose rows are all unit length (within :data:`UNIT_TOLERANCE`) comes in the input's own dtype,
+    which saves a conversion when it is the collection's (float16 into float16); any other block comes as
+    float32, every row of it renormalised.
+
+    Raises:
+        CollectionError: a NaN or infinite value, or a zero vector (no direction to normalise to), naming
+            ``path`` and the row.
     """
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        rows = slice(start, min(start + BLOCK_ROWS, len(vectors)))
+        block = np.asarray(vectors[rows])
+        as32 = block.astype(np.float32)
+        squares = np.einsum("ij,ij->i", as32, as32)  # NaN or inf anywhere in a row makes its sum so
+        if not np.isfinite(squares).all():
+            row = int(np.argmin(np.isfinite(as32).all(axis=1)))
+            raise CollectionError(f"{path} row {start + row} has a NaN or infinite value (or one too large to "
+                                  "square); nothing of this shard was imported")
+        if (squares == 0).any():
+            raise CollectionError(f"{path} row {start + int(np.argmin(squares))} is a zero vector; nothing of this "
+                                  "shard was imported")
+        norms = np.sqrt(squares)
+        off_unit = int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
+        if off_unit:
+            as32 /= norms[:, None]
+            yield rows, as32, off_unit
+        else:
+            yield rows, block, 0
+
+
+def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(slice of positions, unit rows)`` for the given row positions of vectors that passed
+    :func:`checked_blocks`, a block at a time, as that function stores them."""
     for start in range(0, len(positions), BLOCK_ROWS):
         chunk = positions[start:start + BLOCK_ROWS]
         if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
             block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
         else:
             block = np.asarray(vectors[chunk])
-        if renormalise:
-            block = block.astype(np.float32)  # a copy: the map is read-only
-            block /= np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
-        yield slice(start, start + len(chunk)), block
+        as32 = block.astype(np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", as32, as32))
+        if (np.abs(norms - 1) > UNIT_TOLERANCE).any():
+            yield slice(start, start + len(chunk)), as32 / norms[:, None]
+        else:
+            yield slice(start, start + len(chunk)), block
 
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
@@ -321,12 +329,12 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
             if not fresh:
                 counts["shards_skipped"] += 1
             else:
-                checked = next(checks)  # a bad shard raises here, after the shards before it have landed
-                added, known = land_shard(collection, checked, str(source), fingerprint)
+                checked = next(checks)  # a bad shard raises here or in land_shard, after the shards before it landed
+                added, known, renormalised = land_shard(collection, checked, str(source), fingerprint)
                 counts["rows_added"] += added
                 counts["rows_known"] += known
                 counts["shards_added"] += 1
-                counts["renormalised"] += checked.renormalised
+                counts["renormalised"] += renormalised
             done += shard.rows()
             if progress is not None:
                 progress(done, total)
@@ -340,8 +348,8 @@ def _checked_ahead(checker: ThreadPoolExecutor, shards: Sequence[Shard], dim: in
                    ) -> Iterator[CheckedShard]:
     """The shards checked in order, each next one checked on ``checker`` while the caller lands this one.
 
-    Checking (numpy, pyarrow) and landing (one large SQLite statement at a time) both release the GIL, so on two
-    cores they overlap; at most two checked shards are held at once.
+    Reading the next shard's paths (pyarrow) overlaps landing this one; at most two shards' paths are held at
+    once.
     """
     ahead: Future[CheckedShard] | None = None
     for position, shard in enumerate(shards):

@@ -37,12 +37,12 @@ CREATE TABLE IF NOT EXISTS images (
     size INTEGER NOT NULL,              -- bytes, as stat() saw it when planned
     mtime_ns INTEGER NOT NULL,
     status TEXT NOT NULL,               -- pending | ok | failed | skipped
-    content_hash TEXT,                  -- blake2b of the bytes, for ok rows
+    content_hash TEXT,                  -- blake2b of the bytes, for embedded files (NULL for imported rows)
     width INTEGER, height INTEGER, format TEXT,
     reason TEXT, message TEXT,          -- why a row failed or was skipped
     caption TEXT
 );
-CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash) WHERE content_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS images_status ON images(status);
 CREATE TABLE IF NOT EXISTS vector_rows (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
@@ -142,8 +142,23 @@ def _v3_to_v4(db: sqlite3.Connection, directory: Path) -> None:
     logger.info("dated %d images of %s by their files' modification times", added, directory)
 
 
+def _v4_to_v5(db: sqlite3.Connection, directory: Path) -> None:
+    """Cheaper bulk imports: ``images_hash`` indexes only rows that have a hash (imported rows have none), and
+    imported rows are recorded as one id range per shard instead of a row each (``imported_rows`` dropped)."""
+    db.execute("DROP INDEX IF EXISTS images_hash")
+    create_tables(db)
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'imported_rows'").fetchone():
+        # a shard's rows were inserted in one transaction, so every id between its lowest and highest is its own
+        db.execute("ALTER TABLE import_shards ADD COLUMN first_id INTEGER")
+        db.execute("ALTER TABLE import_shards ADD COLUMN last_id INTEGER")
+        db.execute("UPDATE import_shards SET "
+                   "first_id = (SELECT MIN(image_id) FROM imported_rows WHERE shard_id = import_shards.id), "
+                   "last_id = (SELECT MAX(image_id) FROM imported_rows WHERE shard_id = import_shards.id)")
+        db.execute("DROP TABLE imported_rows")
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

@@ -42,7 +42,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -190,16 +190,41 @@ class SegmentStore:
     # -- writing (the collection's writer only) ---------------------------------------------------------------
     def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> tuple[int, int]:
         """Append to the active segment (made or rotated as needed) and fsync; returns ``(number, first row)``."""
+        return self.append_blocks([(ids, vectors)])[0]
+
+    def append_blocks(self, blocks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]],
+                      written: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
+        """:meth:`append` for each ``(ids, vectors)`` block, fsynced once at the end (and before a segment is
+        sealed) rather than once a block, so the disk writes back while the caller makes the next block.
+
+        Returns each block's ``(number, first row)``, also passed to ``written`` as soon as the block is written
+        (not yet durable: a catalog may record the place then, but must not commit it before this returns).
+        Blocks written before an error are unreferenced waste."""
         self._require_writable()
-        active = self._active(len(np.asarray(ids)))
-        vec_path, ids_path = _path(self.directory, active, "vec"), _path(self.directory, active, "ids")
-        first = vec_path.stat().st_size // self._row_bytes()
-        with open(vec_path, "ab") as vec, open(ids_path, "ab") as id_file:
-            write_rows(vec, id_file, ids, vectors, self.dim, self.dtype)
-            for handle in (vec, id_file):
-                handle.flush()
-                os.fsync(handle.fileno())
-        return active, first
+        placed: list[tuple[int, int]] = []
+        open_files: list[BinaryIO] = []
+        number = None
+        try:
+            for ids, vectors in blocks:
+                count = len(np.asarray(ids))
+                if number is not None and self.rows_in(number) + count > SEGMENT_ROWS:
+                    _sync_and_close(open_files)  # durable before _active seals it
+                    number = None
+                active = self._active(count)
+                if active != number:
+                    _sync_and_close(open_files)
+                    number = active
+                    open_files = [open(_path(self.directory, number, suffix), "ab") for suffix in ("vec", "ids")]
+                first = open_files[0].tell() // self._row_bytes()
+                write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
+                for handle in open_files:
+                    handle.flush()  # to the OS, so rows_in (file size) counts it
+                placed.append((number, first))
+                if written is not None:
+                    written(number, first)
+        finally:
+            _sync_and_close(open_files)
+        return placed
 
     def _active(self, incoming: int) -> int:
         manifest = self.manifest()
@@ -308,6 +333,15 @@ class SegmentStore:
 
 def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _sync_and_close(files: list[BinaryIO]) -> None:
+    """fsync and close ``files`` (emptied: a second call does nothing)."""
+    while files:
+        handle = files.pop(0)
+        with handle:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _path(directory: Path, number: int, suffix: str) -> Path:
