@@ -14,6 +14,7 @@ is not counted). ``mmr duplicates`` is timed too when the command exists.
     nice -n 10 python bench/scale.py --sizes 10000000 --work /work/scale --no-duplicates  # ~an hour, ~22 GB
     python bench/scale.py --sizes 20000 --queries 100                       # a quick check
     python bench/scale.py --sizes 10000000 --work /work/scale --serve-only --passes 2  # after mmr index
+    python bench/scale.py --sizes 10000000 --import-only       # import vectors/s alone (mmr import --no-index)
 
 Data: ``--centres`` random unit directions; each vector is a centre plus Gaussian noise whose norm is
 ``--noise`` times the centre's (1.0: as much noise as signal, a hard case where clusters overlap), normalised.
@@ -155,7 +156,8 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     if col.exists():
         shutil.rmtree(col)
     _create_collection(col)
-    import_s, result = _mmr("import", str(emb), "--collection", str(col), "--json")
+    import_s, result = _mmr("import", str(emb), "--collection", str(col), "--json",
+                            *(["--no-index"] if args.import_only else []))
     summary = json.loads(result.stdout)
     if not args.keep_inputs:
         shutil.rmtree(emb)
@@ -165,6 +167,8 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
                "import_vectors_per_s": round(summary["rows_added"] / max(summary["elapsed_s"], 1e-3)),
                "import_cpu_s": summary["cpu_s"], "index_build_s": summary["index_s"],
                "index_build_cpu_s": summary["index_cpu_s"]}
+    if args.import_only:
+        return figures
     figures.update(serve(base, args.passes))
     figures["duplicates_s"] = None if args.no_duplicates else _time_duplicates(col)
     figures["disk_bytes"] = sum(p.stat().st_size for p in col.rglob("*") if p.is_file())
@@ -214,6 +218,8 @@ def main() -> None:
                         help="only run the serving probe on the collection an earlier run built (after mmr index)")
     parser.add_argument("--passes", type=int, default=1,
                         help="times the queries are run; passes after the first report p50/p95_passN (cached pages)")
+    parser.add_argument("--import-only", action="store_true",
+                        help="import with --no-index and stop there: the import figures without the index build")
     parser.add_argument("--generate-only", action="store_true",
                         help="only write the inputs and ground truth (a later run without it reuses them)")
     args = parser.parse_args()

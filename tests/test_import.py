@@ -273,6 +273,21 @@ def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, c
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_cli_import_no_index_leaves_the_index_to_mmr_index(tmp_path, tiny_model_dir, capsys):
+    make_folder(tmp_path / "emb", shards=1, rows=20)
+    collection = str(tmp_path / "col")
+    assert main(["import", str(tmp_path / "emb"), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--no-index"]) == 0
+    assert "index left for `mmr index`" in capsys.readouterr().err
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vectors"] == 20 and info["index_saved"] is False  # a reader caught up in memory, wrote nothing
+    assert main(["index", "--collection", collection]) == 0
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index_saved"] is True
+
+
 _CHILD = textwrap.dedent("""
     import sys
     from mmretrieval.collection.collection import Collection

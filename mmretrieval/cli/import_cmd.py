@@ -20,8 +20,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "import", help="add precomputed embeddings (clip-retrieval output) without re-embedding",
         description="Import img_emb/img_emb_N.npy + metadata/metadata_N.parquet shards (clip-retrieval's output "
-        "layout). Each shard is checked whole (dimension, row counts, finite unit vectors, paths) before any of "
-        "it lands; a re-run skips imported shards and known paths. Needs pyarrow (pip install 'mmretrieval[import]').")
+        "layout). Nothing of a shard lands unless all of it passes the checks (dimension, row counts, finite "
+        "non-zero vectors, paths); a re-run skips imported shards and known paths. Needs pyarrow (pip install 'mmretrieval[import]').")
     parser.add_argument("directory", metavar="DIR", help="folder holding img_emb/ and metadata/")
     add_collection_option(parser)
     parser.add_argument("--model", default=None,
@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                         "collection must have been built with the same model)")
     parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR)")
     parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used; default cpu)")
+    parser.add_argument("--no-index", dest="update_index", action="store_false",
+                        help="leave the index for a later `mmr index` (importing several folders in a row: build it "
+                        "once, at the end); until then every search catches up in memory, slowly")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     parser.set_defaults(handler=_import)
 
@@ -40,12 +43,14 @@ def _import(args: argparse.Namespace) -> int:
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
             args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar) as collection:
         with TqdmProgress("import", unit="vec") as progress:
-            summary = import_embeddings(collection, args.directory, root=args.root, progress=progress)
+            summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
+                                        update_index=args.update_index)
     if args.json:
         print(json.dumps(asdict(summary)))
     rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    index = f"index updated in {summary.index_s:.1f} s" if args.update_index else "index left for `mmr index`"
     print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
           f"({rate:,.0f}/s), skipped "
           f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
-          f"renormalised {summary.renormalised}; index updated in {summary.index_s:.1f} s", file=sys.stderr)
+          f"renormalised {summary.renormalised}; {index}", file=sys.stderr)
     return 0

@@ -201,7 +201,7 @@ class Collection:
             return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 
     @contextmanager
-    def writing(self, busy_message: str | None = None) -> Iterator[Catalog]:
+    def writing(self, busy_message: str | None = None, update_index: bool = True) -> Iterator[Catalog]:
         """Hold the collection's writer lock for a block that writes the catalog (ingest, import, commits).
 
         On entry, what an interrupted writer left is cleaned up (unreferenced segments, torn appends, index
@@ -213,6 +213,8 @@ class Collection:
 
         Args:
             busy_message: fail with this when another writer holds the lock; None waits for it.
+            update_index: False leaves the index behind the catalog, for a later :meth:`rebuild_index` or writer
+                (several imports in a row build it once); until then each reader catches up in memory.
 
         Raises:
             CollectionError: the collection was opened read-only, or another writer holds the lock.
@@ -225,6 +227,8 @@ class Collection:
             yield self.catalog
             if waste(self.catalog).ratio > AUTO_WASTE_RATIO:
                 compact(self.catalog, min_waste_ratio=AUTO_WASTE_RATIO / 2)
+            if not update_index:
+                return
             with self._lock:
                 self._indexes.sync()
                 self._indexes.persist()

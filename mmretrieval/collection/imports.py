@@ -288,7 +288,7 @@ def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]) -> Iterator[tupl
 
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                      progress: Progress | None = None) -> ImportSummary:
+                      progress: Progress | None = None, update_index: bool = True) -> ImportSummary:
     """Import a clip-retrieval output folder (or another collection's folder) shard by shard, then update the index.
 
     Args:
@@ -296,6 +296,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         directory: the folder holding ``img_emb/`` and ``metadata/``, or another collection of the same model.
         root: where relative ``image_path`` values are resolved (default: ``directory``).
         progress: ``(rows done, rows total)`` after each shard.
+        update_index: False leaves the index for a later ``mmr index`` (several imports in a row: build once).
 
     Returns:
         Rows added, rows skipped as already known, shards added and skipped, vectors renormalised.
@@ -317,7 +318,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
     busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
             "to finish, or stop it (a re-run resumes its work)")
-    with collection.writing(busy), ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker:
+    with collection.writing(busy, update_index), ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker:
         # (the writer lock cleans what a killed writer left, and catches the index up on the way out)
         ensure_schema(collection.catalog)
         fingerprints = [shard.fingerprint() for shard in shards]
