@@ -31,6 +31,7 @@ collection already has).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (rows done, rows total)
 BLOCK_ROWS = 65_536  # vectors checked or landed per step: bounds memory, not results
+_SQUARE_ROWS = 512  # rows squared per step by table lookup: the lookup's indices stay in cache
 UNIT_TOLERANCE = 2e-3  # |norm - 1| above this counts as "not unit" (float16 input carries ~1e-3 of rounding)
 PATH_COLUMN = "image_path"
 CAPTION_COLUMN = "caption"
@@ -252,10 +254,9 @@ def checked_blocks(path: Path, vectors: Any) -> Iterator[tuple[slice, np.ndarray
     for start in range(0, len(vectors), BLOCK_ROWS):
         rows = slice(start, min(start + BLOCK_ROWS, len(vectors)))
         block = np.asarray(vectors[rows])
-        as32 = block.astype(np.float32)
-        squares = np.einsum("ij,ij->i", as32, as32)  # NaN or inf anywhere in a row makes its sum so
+        squares = squared_norms(block)  # NaN or inf anywhere in a row makes its sum so
         if not np.isfinite(squares).all():
-            row = int(np.argmin(np.isfinite(as32).all(axis=1)))
+            row = int(np.argmin(np.isfinite(squares)))
             raise CollectionError(f"{path} row {start + row} has a NaN or infinite value (or one too large to "
                                   "square); nothing of this shard was imported")
         if (squares == 0).any():
@@ -264,10 +265,35 @@ def checked_blocks(path: Path, vectors: Any) -> Iterator[tuple[slice, np.ndarray
         norms = np.sqrt(squares)
         off_unit = int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
         if off_unit:
-            as32 /= norms[:, None]
-            yield rows, as32, off_unit
+            yield rows, block.astype(np.float32) / norms[:, None], off_unit
         else:
             yield rows, block, 0
+
+
+def squared_norms(block: np.ndarray) -> npt.NDArray[np.float32]:
+    """Each row's sum of squares, in float32.
+
+    float16 (clip-retrieval's default) goes through a table of the square of every float16 value, indexed by
+    the raw bits, a few hundred rows at a time so the work stays in cache: twice as fast on this project's
+    2-core machine as converting the block to float32 first, which numpy does one value at a time.
+    """
+    if block.dtype != np.dtype("=f2"):
+        as32 = np.asarray(block, np.float32)
+        return np.einsum("ij,ij->i", as32, as32)
+    table = _half_squares()
+    bits = block.view(np.uint16)
+    out = np.empty(len(block), np.float32)
+    for start in range(0, len(block), _SQUARE_ROWS):
+        np.take(table, bits[start:start + _SQUARE_ROWS]).sum(axis=1, out=out[start:start + _SQUARE_ROWS])
+    return out
+
+
+@functools.cache
+def _half_squares() -> npt.NDArray[np.float32]:
+    """The float32 square of each of the 65,536 float16 bit patterns (256 KiB; NaN and inf stay so)."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return values * values
 
 
 def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]) -> Iterator[tuple[slice, np.ndarray]]:
@@ -279,10 +305,9 @@ def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]) -> Iterator[tupl
             block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
         else:
             block = np.asarray(vectors[chunk])
-        as32 = block.astype(np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", as32, as32))
+        norms = np.sqrt(squared_norms(block))
         if (np.abs(norms - 1) > UNIT_TOLERANCE).any():
-            yield slice(start, start + len(chunk)), as32 / norms[:, None]
+            yield slice(start, start + len(chunk)), block.astype(np.float32) / norms[:, None]
         else:
             yield slice(start, start + len(chunk)), block
 

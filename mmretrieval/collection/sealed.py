@@ -133,8 +133,8 @@ def write_rows(vec: BinaryIO, id_file: BinaryIO, ids: npt.ArrayLike, vectors: np
     if vectors.ndim != 2 or vectors.shape != (len(ids), dim):
         raise CollectionError(f"cannot append vectors of shape {vectors.shape} with {len(ids)} ids to a "
                               f"{dim}-d segment; pass (n, {dim}) vectors and n ids")
-    vec.write(np.ascontiguousarray(vectors, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
-    id_file.write(ids.tobytes())
+    vec.write(np.ascontiguousarray(vectors, dtype=np.dtype(dtype).newbyteorder("<")).data)  # buffers, not copies
+    id_file.write(ids.data)
     return len(ids)
 
 

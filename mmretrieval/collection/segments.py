@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Sequence
@@ -194,8 +195,9 @@ class SegmentStore:
 
     def append_blocks(self, blocks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]],
                       written: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
-        """:meth:`append` for each ``(ids, vectors)`` block, fsynced once at the end (and before a segment is
-        sealed) rather than once a block, so the disk writes back while the caller makes the next block.
+        """:meth:`append` for each ``(ids, vectors)`` block, made durable once at the end (and before a segment
+        is sealed) rather than once a block: a thread of its own keeps the disk writing back (``fdatasync``)
+        while the caller makes the next block, so little is left for the final fsync.
 
         Returns each block's ``(number, first row)``, also passed to ``written`` as soon as the block is written
         (not yet durable: a catalog may record the place then, but must not commit it before this returns).
@@ -204,14 +206,17 @@ class SegmentStore:
         placed: list[tuple[int, int]] = []
         open_files: list[BinaryIO] = []
         number = None
+        flusher = _BackgroundFlush()
         try:
             for ids, vectors in blocks:
                 count = len(np.asarray(ids))
                 if number is not None and self.rows_in(number) + count > SEGMENT_ROWS:
+                    flusher.settle()
                     _sync_and_close(open_files)  # durable before _active seals it
                     number = None
                 active = self._active(count)
                 if active != number:
+                    flusher.settle()
                     _sync_and_close(open_files)
                     number = active
                     open_files = [open(_path(self.directory, number, suffix), "ab") for suffix in ("vec", "ids")]
@@ -219,11 +224,15 @@ class SegmentStore:
                 write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
                 for handle in open_files:
                     handle.flush()  # to the OS, so rows_in (file size) counts it
+                flusher.nudge(open_files[0])
                 placed.append((number, first))
                 if written is not None:
                     written(number, first)
         finally:
-            _sync_and_close(open_files)
+            try:
+                flusher.close()
+            finally:
+                _sync_and_close(open_files)
         return placed
 
     def _active(self, incoming: int) -> int:
@@ -333,6 +342,34 @@ class SegmentStore:
 
 def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class _BackgroundFlush:
+    """``fdatasync`` a file being appended to on a thread of its own, one call at a time, while the writer goes on:
+    Linux starts writing dirty pages back only past a threshold (gigabytes) or at an fsync, so without this the
+    final fsync of a large append would wait for all of it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmr-segment-flush")
+        self._pending: Future[None] | None = None
+
+    def nudge(self, handle: BinaryIO) -> None:
+        """Start a flush of ``handle`` unless one is still running (errors surface at the next settle)."""
+        if self._pending is None or self._pending.done():
+            self.settle()
+            self._pending = self._pool.submit(os.fdatasync, handle.fileno())
+
+    def settle(self) -> None:
+        """Wait for the running flush (before its file is closed); raises its OSError."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.settle()
+        finally:
+            self._pool.shutdown()
 
 
 def _sync_and_close(files: list[BinaryIO]) -> None:
