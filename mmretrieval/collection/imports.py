@@ -12,21 +12,21 @@ Layouts read:
 Nothing of a shard lands unless all of it passes: the embedding file opens (a truncated ``.npy`` does not),
 its dimension is the collection model's, the parquet has as many rows as the ``.npy`` and no path is empty
 (checked before the shard's transaction begins), and every value is finite and no vector is zero (checked
-block by block as the vectors are appended, while SQLite inserts the rows: one pass over the vectors, and the
-two halves of the work on two cores; a bad block rolls the transaction back). Vectors that are not unit length
-are renormalised (and counted). A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file
-and the fault; shards before it stay committed. Each shard lands in one catalog transaction, together with a record of the shard (source folder,
-shard name, file sizes and mtimes) and the per-row provenance, so a run killed at any moment (SIGKILL included)
-leaves each shard either fully in or not in at all, and a re-run skips recorded shards outright and any path the
-collection already knows.
+block by block while SQLite inserts the rows and another thread writes the checked blocks: one pass over the
+vectors; a bad block rolls the transaction back). Vectors that are not unit length are renormalised (and
+counted). A bad shard raises :class:`~mmretrieval.errors.CollectionError` naming the file and the fault;
+shards before it stay committed. Each shard lands in one catalog transaction, together with a record of the
+shard (source folder, shard name, file sizes and mtimes, the range of ids it added), so a run killed at any
+moment (SIGKILL included) leaves each shard either fully in or not in at all, and a re-run skips recorded
+shards outright and any path the collection already knows.
 
 Paths: absolute paths are kept; relative ones are resolved against ``root`` (default: the import folder);
 URIs (``scheme://...``) are kept verbatim. Imported rows have status ``ok`` and no file stats (size and mtime
 0): the files may not exist on this machine, and ``mmr similar PATH`` works from the stored vector.
 
-Memory: two shards' paths and captions (Python objects: the one landing and the next, read ahead) plus one
-block of :data:`BLOCK_ROWS` vectors; the ``.npy`` is memory-mapped and read once (twice for a shard with paths the
-collection already has).
+Memory: two shards' paths and captions (Python objects: the one landing and the next, read ahead) plus up to
+four blocks of :data:`BLOCK_ROWS` vectors in flight between the threads; the ``.npy`` is memory-mapped and read
+once (twice for a shard with paths the collection already has).
 """
 
 from __future__ import annotations

@@ -224,7 +224,8 @@ class SegmentStore:
                 write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
                 for handle in open_files:
                     handle.flush()  # to the OS, so rows_in (file size) counts it
-                flusher.nudge(open_files[0])
+                if placed:  # from the second block on (a one-block append starts no thread)
+                    flusher.nudge(open_files[0])
                 placed.append((number, first))
                 if written is not None:
                     written(number, first)
