@@ -259,6 +259,56 @@ def test_a_bad_shard_is_named_and_nothing_of_it_lands(tmp_path, collection, kind
     assert not any(p.startswith(("/bad/", "/late/")) for p in paths)
 
 
+def test_a_bad_vector_blocks_into_a_shard_rolls_back_what_was_written_before_it(tmp_path, collection, monkeypatch):
+    """Blocks before the bad one were checked, written and given places inside the shard's transaction: the
+    rollback must take all of them back, and a corrected shard must then land whole."""
+    import mmretrieval.collection.imports as imports_module
+
+    monkeypatch.setattr(imports_module, "BLOCK_ROWS", 8)
+    vectors = unit_rows(np.random.default_rng(12), 40)
+    paths = [f"/blocks/{row}.jpg" for row in range(40)]
+    bad = vectors.copy()
+    bad[29, 5] = np.nan  # block 3 of 5
+    write_shard(tmp_path / "emb", 0, paths, bad)
+    with pytest.raises(CollectionError, match="row 29"):
+        import_embeddings(collection, tmp_path / "emb")
+    assert collection.catalog.vector_count() == 0 and stored(collection) == {}
+    assert provenance(collection.catalog) == []
+    write_shard(tmp_path / "emb", 0, paths, vectors)  # fixed: a new fingerprint
+    assert import_embeddings(collection, tmp_path / "emb").rows_added == 40
+    by_path = stored(collection)
+    assert len(by_path) == 40
+    for row in (0, 17, 29, 39):
+        np.testing.assert_allclose(by_path[f"/blocks/{row}.jpg"], vectors[row], atol=2e-3)
+
+
+def test_read_ahead_stops_its_producer_when_the_consumer_stops_and_passes_errors_on():
+    from mmretrieval.collection.import_writer import _ahead
+
+    produced = []
+
+    def endless():
+        row = 0
+        while True:
+            produced.append(row)
+            yield row
+            row += 1
+
+    ahead = _ahead(endless(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()  # joins the producer: it must notice, not wait on a full queue forever
+    made = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == made <= 3 + 2 + 1
+
+    def failing():
+        yield 1
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        list(_ahead(failing()))
+
+
 def test_relative_paths_resolve_against_root_and_uris_are_kept(tmp_path, collection):
     rng = np.random.default_rng(4)
     paths = ["a/b.jpg", "https://example.org/c.jpg", "/x/./y/../z.jpg", "/x//w.jpg", "/x/.hidden.jpg"]
