@@ -111,7 +111,7 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
         appended, renormalised = checking.result()  # every vector checked and fsynced (or the error raised)
         if not appended or not guessed_right:
             positions = _positions_of_new(db, shard.keys, base, len(ids))
-            for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions):
+            for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
                 _insert_places(db, ids[rows], generation, number, first)
         known = len(shard.keys) - len(ids)
         db.execute(
@@ -203,8 +203,8 @@ def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         producer.join()
 
 
-def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, positions: npt.NDArray[np.int64]
-            ) -> list[tuple[slice, int, int]]:
+def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, positions: npt.NDArray[np.int64],
+            renormalise: bool) -> list[tuple[slice, int, int]]:
     """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time; returns each block's
     ``(slice of ids, segment, first row)``. Bytes first: a kill before the catalog commits leaves only waste."""
     from .imports import unit_blocks
@@ -212,7 +212,7 @@ def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, 
     rows_of: list[slice] = []
 
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
-        for rows, block in unit_blocks(vectors, positions):
+        for rows, block in unit_blocks(vectors, positions, renormalise):
             rows_of.append(rows)
             yield ids[rows], block
 

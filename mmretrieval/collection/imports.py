@@ -262,12 +262,15 @@ def checked_blocks(path: Path, vectors: Any) -> Iterator[tuple[slice, np.ndarray
         if (squares == 0).any():
             raise CollectionError(f"{path} row {start + int(np.argmin(squares))} is a zero vector; nothing of this "
                                   "shard was imported")
-        norms = np.sqrt(squares)
-        off_unit = int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
-        if off_unit:
-            yield rows, block.astype(np.float32) / norms[:, None], off_unit
-        else:
-            yield rows, block, 0
+        yield (rows, *_to_unit(block, squares))
+
+
+def _to_unit(block: np.ndarray, squares: npt.NDArray[np.float32]) -> tuple[np.ndarray, int]:
+    """``block`` as it is when every row is unit length within :data:`UNIT_TOLERANCE`, else float32 with every
+    row renormalised; and how many rows were off."""
+    norms = np.sqrt(squares)
+    off_unit = int((np.abs(norms - 1) > UNIT_TOLERANCE).sum())
+    return (block.astype(np.float32) / norms[:, None], off_unit) if off_unit else (block, 0)
 
 
 def squared_norms(block: np.ndarray) -> npt.NDArray[np.float32]:
@@ -296,20 +299,20 @@ def _half_squares() -> npt.NDArray[np.float32]:
         return values * values
 
 
-def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64]) -> Iterator[tuple[slice, np.ndarray]]:
+def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: bool
+                ) -> Iterator[tuple[slice, np.ndarray]]:
     """``(slice of positions, unit rows)`` for the given row positions of vectors that passed
-    :func:`checked_blocks`, a block at a time, as that function stores them."""
+    :func:`checked_blocks`, a block at a time, as that function stores them; without ``renormalise`` (the
+    check found every row unit length) no norm is computed again."""
     for start in range(0, len(positions), BLOCK_ROWS):
         chunk = positions[start:start + BLOCK_ROWS]
         if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
             block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
         else:
             block = np.asarray(vectors[chunk])
-        norms = np.sqrt(squared_norms(block))
-        if (np.abs(norms - 1) > UNIT_TOLERANCE).any():
-            yield slice(start, start + len(chunk)), block.astype(np.float32) / norms[:, None]
-        else:
-            yield slice(start, start + len(chunk)), block
+        if renormalise:
+            block, _ = _to_unit(block, squared_norms(block))
+        yield slice(start, start + len(chunk)), block
 
 
 def import_embeddings(collection: "Collection", directory: str | os.PathLike, *, root: str | os.PathLike | None = None,

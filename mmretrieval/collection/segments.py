@@ -204,21 +204,17 @@ class SegmentStore:
         Blocks written before an error are unreferenced waste."""
         self._require_writable()
         placed: list[tuple[int, int]] = []
-        open_files: list[BinaryIO] = []
-        number = None
+        open_files: list[BinaryIO] = []  # the active segment's .vec and .ids while they are open
+        number = 0
         flusher = _BackgroundFlush()
         try:
             for ids, vectors in blocks:
                 count = len(np.asarray(ids))
-                if number is not None and self.rows_in(number) + count > SEGMENT_ROWS:
+                if open_files and self.rows_in(number) + count > SEGMENT_ROWS:
                     flusher.settle()
-                    _sync_and_close(open_files)  # durable before _active seals it
-                    number = None
-                active = self._active(count)
-                if active != number:
-                    flusher.settle()
-                    _sync_and_close(open_files)
-                    number = active
+                    _sync_and_close(open_files)  # durable before _active seals it and starts the next
+                number = self._active(count)
+                if not open_files:
                     open_files = [open(_path(self.directory, number, suffix), "ab") for suffix in ("vec", "ids")]
                 first = open_files[0].tell() // self._row_bytes()
                 write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
