@@ -201,19 +201,19 @@ def test_non_unit_vectors_are_renormalised_and_counted(tmp_path, collection):
     np.testing.assert_allclose(np.linalg.norm(collection.vectors()[1], axis=1), 1, atol=1e-3)  # stored as float16
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.dtype(">f2")])
-def test_squared_norms_match_float64_and_keep_nan_and_inf(dtype):
-    from mmretrieval.collection.imports import squared_norms
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.dtype(">f2"), np.float64])
+def test_row_norms_match_float64_and_keep_nan_and_inf(dtype):
+    from mmretrieval.collection.imports import row_norms
 
     rng = np.random.default_rng(6)
     scales = np.tile([0.01, 1.0, 200.0], 500)[:, None]  # tiny, unit-ish and large rows (200^2 * 24 > f16 max)
-    block = (rng.standard_normal((1500, 24)) * scales).astype(dtype)
+    block = (rng.standard_normal((1500, 24)) * scales).astype(dtype)  # 1500 rows: several torch calls
     block[7, 3], block[9, 0] = np.nan, np.inf
-    expected = (block.astype(np.float64) ** 2).sum(axis=1)
-    got = squared_norms(block)
+    expected = np.sqrt((block.astype(np.float64) ** 2).sum(axis=1))
+    got = row_norms(block)
     finite = np.isfinite(expected)
     np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5)
-    assert np.isnan(got[7]) and np.isinf(got[9]) and finite.sum() == 1498
+    assert got.dtype == np.float32 and np.isnan(got[7]) and np.isinf(got[9]) and finite.sum() == 1498
 
 
 def _corrupt(kind: str, folder: Path, rng: np.random.Generator) -> Path:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import CollectionError
 from .catalog import Catalog
 
 if TYPE_CHECKING:
@@ -101,8 +102,11 @@ def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fin
         checking = appender.submit(_check_and_append, catalog.segments, shard,
                                    None if _any_known(db, shard.keys) else guessed, written.put)
         # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
-        _insert_rows(db, shard.keys, shard.captions)
+        _insert_rows(db, shard)
         ids = _new_ids(db, base)
+        if 0 < len(ids) == len(shard.keys) and not _in_shard_order(db, shard.keys, ids):
+            raise CollectionError(f"{shard.file}: SQLite inserted its rows out of order; nothing of this shard "
+                                  "was imported (please report this, with your SQLite version)")
         generation = catalog._bump_generation()
         guessed_right = np.array_equal(ids, guessed)
         while (place := written.get()) is not None:  # places of written blocks, while later blocks are written
@@ -220,22 +224,28 @@ def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, 
     return [(rows, number, first) for rows, (number, first) in zip(rows_of, places)]
 
 
-def _insert_rows(db: sqlite3.Connection, keys: Sequence[bytes], captions: Sequence[str | None]) -> None:
-    """``INSERT OR IGNORE`` the rows in key order: as one JSON array when every key is UTF-8 (as good as
-    always), else one by one (JSON cannot carry other bytes)."""
-    try:
-        texts = [key.decode("utf-8") for key in keys]
-    except UnicodeDecodeError:
+def _insert_rows(db: sqlite3.Connection, shard: "CheckedShard") -> None:
+    """``INSERT OR IGNORE`` the rows in key order: from the shard's JSON array (json_each walks it in order:
+    an ``ORDER BY key`` would sort half a million rows for nothing), else one by one (a key that is not UTF-8)."""
+    if shard.rows_json is None:
         db.executemany("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) VALUES (?, 0, 0, 'ok', ?)",
-                       zip(keys, captions))
-        return
-    if not any(caption is not None for caption in captions):
+                       zip(shard.keys, shard.captions))
+    elif not any(caption is not None for caption in shard.captions):
         db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status) "
-                   "SELECT CAST(value AS BLOB), 0, 0, 'ok' FROM json_each(?) ORDER BY key", (json.dumps(texts),))
-        return
-    db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) "
-               "SELECT CAST(json_extract(value, '$[0]') AS BLOB), 0, 0, 'ok', json_extract(value, '$[1]') "
-               "FROM json_each(?) ORDER BY key", (json.dumps(list(zip(texts, captions))),))
+                   "SELECT CAST(value AS BLOB), 0, 0, 'ok' FROM json_each(?)", (shard.rows_json,))
+    else:
+        db.execute("INSERT OR IGNORE INTO images(path, size, mtime_ns, status, caption) "
+                   "SELECT CAST(json_extract(value, '$[0]') AS BLOB), 0, 0, 'ok', json_extract(value, '$[1]') "
+                   "FROM json_each(?)", (shard.rows_json,))
+
+
+def _in_shard_order(db: sqlite3.Connection, keys: Sequence[bytes], ids: npt.NDArray[np.int64]) -> bool:
+    """Whether ``ids`` (one per key) went to the keys in order: checked at the first, middle and last row, since
+    the vectors are appended under ids guessed from that order."""
+    picks = sorted({0, len(ids) // 2, len(ids) - 1})
+    found = dict(db.execute(f"SELECT id, path FROM images WHERE id IN ({', '.join('?' * len(picks))})",
+                            [int(ids[pick]) for pick in picks]))
+    return all(found.get(int(ids[pick])) == keys[pick] for pick in picks)
 
 
 def _new_ids(db: sqlite3.Connection, base: int) -> npt.NDArray[np.int64]:
