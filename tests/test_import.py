@@ -422,3 +422,26 @@ def test_import_another_collections_segments_live_rows_only(tmp_path, collection
             import_embeddings(foreign, tmp_path / "other")
         with pytest.raises(CollectionError, match="the collection itself"):
             import_embeddings(foreign, tmp_path / "shapes")
+
+
+def test_checkpoints_aside_copy_the_wal_on_their_own_connection_and_restore_sqlites(tmp_path):
+    """While an import lands shards, SQLite's own checkpoints are off on the writer's connection and each
+    shard's WAL frames are copied by a checkpoint started beside it; afterwards SQLite's own are back."""
+    import sqlite3
+
+    from mmretrieval.collection.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    with catalog.checkpoints_aside() as checkpoint:
+        assert catalog._query("PRAGMA wal_autocheckpoint") == [(0,)]
+        with catalog.transaction() as db:
+            db.executemany("INSERT INTO images(path, size, mtime_ns, status) VALUES (?, 0, 0, 'ok')",
+                           [(f"/x/{i:06d}.jpg".encode(),) for i in range(20_000)])
+        unchecked = os.path.getsize(tmp_path / "catalog.sqlite")  # the rows are in the WAL only
+        checkpoint()
+    assert catalog._query("PRAGMA wal_autocheckpoint") == [(1000,)]
+    assert os.path.getsize(tmp_path / "catalog.sqlite") > unchecked + 20_000 * 10  # copied into the database
+    other = sqlite3.connect(tmp_path / "catalog.sqlite")
+    busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and copied == frames  # nothing left to copy
+    assert other.execute("SELECT COUNT(*) FROM images").fetchone() == (20_000,)

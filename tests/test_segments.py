@@ -322,3 +322,34 @@ def test_append_blocks_rotates_segments_and_each_block_reads_back_where_it_was_p
     assert len(sealed) == 2
     for info in sealed:
         assert info.count == 8 and info.sha256 == file_sha256(tmp_path / "segments" / f"{info.number:06d}.vec")
+    for info in sealed:
+        assert info.ids_sha256 == file_sha256(tmp_path / "segments" / f"{info.number:06d}.ids")
+
+
+def test_sealed_checksums_are_the_files_whoever_appended_and_after_a_torn_tail_is_cut(tmp_path, monkeypatch):
+    """A store follows the checksums of a segment it began (across calls) and reads them back from disk for one
+    that another store (process) began; a torn tail cut in between changes neither answer."""
+    import mmretrieval.collection.segments as segments_module
+    from mmretrieval.atomic import file_sha256
+
+    monkeypatch.setattr(segments_module, "SEGMENT_ROWS", 10)
+    folder = tmp_path / "segments"
+    vectors = unit_vectors(30)
+    first = SegmentStore(folder)
+    first.create(DIM, "float16")
+    first.append(np.arange(0, 3), vectors[0:3])  # segment 1, begun by `first`
+    second = SegmentStore(folder)
+    second.append(np.arange(3, 6), vectors[3:6])  # continued by another store: not followed
+    second.append(np.arange(6, 12), vectors[6:12])  # 12 > 10: seals 1, begins 2 (followed from its first byte)
+    second.append(np.arange(12, 15), vectors[12:15])
+    with open(folder / "000002.vec", "ab") as torn:
+        torn.write(b"\x01" * 5)  # a killed writer's partial row
+    assert second.collect_garbage({1, 2}) == []
+    second.append(np.arange(15, 16), vectors[15:16])  # 10 rows in segment 2 now
+    second.append(np.arange(16, 19), vectors[16:19])  # 13 > 10: seals 2
+    sealed = {info.number: info for info in second.segments() if info.sealed}
+    assert sorted(sealed) == [1, 2] and [sealed[1].count, sealed[2].count] == [6, 10]
+    for number, info in sealed.items():
+        assert info.sha256 == file_sha256(folder / f"{number:06d}.vec")
+        assert info.ids_sha256 == file_sha256(folder / f"{number:06d}.ids")
+        assert info.size == os.path.getsize(folder / f"{number:06d}.vec")

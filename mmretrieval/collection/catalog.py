@@ -20,7 +20,8 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS rel
 REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
+_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
 
 @dataclass(frozen=True)
@@ -160,6 +162,31 @@ class Catalog(VectorPlaces):
                     yield db
             finally:
                 self._db.execute("PRAGMA foreign_keys=ON")
+
+    @contextmanager
+    def checkpoints_aside(self) -> Iterator[Callable[[], None]]:
+        """For a run of large transactions (an import's shards): SQLite's own checkpoint, which copies the WAL
+        into the database and fsyncs it at the end of the commit that grew the WAL past 1,000 pages, is off on
+        this connection; the function yielded starts one on a thread and connection of its own instead (unless
+        one is still running), so the copy overlaps the next transaction rather than lengthening this one's
+        commit. When it ends, the running checkpoint is waited for and SQLite's own are back on."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mmr-catalog-checkpoint")
+        running: list[Future[None]] = []
+
+        def checkpoint() -> None:
+            if not running or running[-1].done():
+                running[:] = [pool.submit(_checkpoint, self.path)]
+
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            yield checkpoint
+        finally:
+            try:
+                pool.shutdown()  # waits for the running one
+                for done in running:
+                    done.result()
+            finally:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
@@ -333,6 +360,15 @@ def _connect(path: Path, writable: bool) -> sqlite3.Connection:
         return _mapped(db)
     except sqlite3.OperationalError:  # a read-only folder without that file: nobody can be writing it
         return _mapped(sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False))
+
+
+def _checkpoint(path: Path) -> None:
+    """Copy what the WAL holds into the database, not waiting for readers or the writer (``PASSIVE``)."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        db.close()
 
 
 def _mapped(db: sqlite3.Connection) -> sqlite3.Connection:

@@ -363,7 +363,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
     busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
             "to finish, or stop it (a re-run resumes its work)")
-    with collection.writing(busy, update_index), ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker:
+    with (collection.writing(busy, update_index), collection.catalog.checkpoints_aside() as checkpoints,
+          ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker):
         # (the writer lock cleans what a killed writer left, and catches the index up on the way out)
         ensure_schema(collection.catalog)
         fingerprints = [shard.fingerprint() for shard in shards]
@@ -381,6 +382,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                 counts["rows_known"] += known
                 counts["shards_added"] += 1
                 counts["renormalised"] += renormalised
+                checkpoints()
             done += shard.rows()
             if progress is not None:
                 progress(done, total)

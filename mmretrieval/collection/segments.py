@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from ..atomic import atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
-from .sealed import (DEFAULT_DTYPE, DTYPES, SealedSegment, SegmentWriter, check_dtype, read_sealed,
+from .sealed import (DEFAULT_DTYPE, DTYPES, RunningDigest, SealedSegment, SegmentWriter, check_dtype, read_sealed,
                      write_rows)
 
 __all__ = ["DEFAULT_DTYPE", "DTYPES", "MANIFEST_NAME", "SEGMENTS_DIRNAME", "SEGMENT_ROWS", "SealedSegment",
@@ -89,6 +89,8 @@ class SegmentStore:
         self._maps: dict[int, np.memmap] = {}
         self._manifest: dict | None = None
         self._manifest_mtime: tuple[int, int, int] | None = None
+        # the active segment's checksums, kept up with this store's appends when it made the segment itself
+        self._digest: tuple[int, RunningDigest] | None = None
 
     # -- manifest ---------------------------------------------------------------------------------------------
     @property
@@ -216,8 +218,10 @@ class SegmentStore:
                 number = self._active(count)
                 if not open_files:
                     open_files = [open(_path(self.directory, number, suffix), "ab") for suffix in ("vec", "ids")]
-                first = open_files[0].tell() // self._row_bytes()
-                write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
+                offset = open_files[0].tell()
+                written_rows = write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
+                self._follow(number, offset, written_rows)
+                first = offset // self._row_bytes()
                 for handle in open_files:
                     handle.flush()  # to the OS, so rows_in (file size) counts it
                 if placed:  # from the second block on (a one-block append starts no thread)
@@ -231,6 +235,30 @@ class SegmentStore:
             finally:
                 _sync_and_close(open_files)
         return placed
+
+    def _follow(self, number: int, offset: int, written: tuple[np.ndarray, np.ndarray]) -> None:
+        """Hash an append to segment ``number`` at byte ``offset`` along with the ones before it, if this store
+        has followed the segment from its first byte (else its checksums are read back from disk when sealed)."""
+        if self._digest is not None and self._digest[0] == number and self._digest[1].vec_bytes == offset:
+            self._digest[1].feed(*written)
+            return
+        if self._digest is not None:
+            self._digest[1].abandon()
+            self._digest = None
+        if offset == 0:
+            digest = RunningDigest()
+            digest.feed(*written)
+            self._digest = (number, digest)
+
+    def _checksums(self, number: int, vec: Path, ids: Path) -> tuple[str, str]:
+        """sha256 of a segment's two files: as followed while appending when that covers them, else read back."""
+        followed, self._digest = self._digest, None
+        if followed is not None and followed[0] == number and (followed[1].vec_bytes, followed[1].ids_bytes) == (
+                vec.stat().st_size, ids.stat().st_size):
+            return followed[1].hexdigests()
+        if followed is not None:
+            followed[1].abandon()
+        return file_sha256(vec), file_sha256(ids)
 
     def _active(self, incoming: int) -> int:
         manifest = self.manifest()
@@ -267,13 +295,18 @@ class SegmentStore:
         self.write_manifest({**manifest, "segments": [asdict(e) for e in entries]})
 
     def _sealed_info(self, number: int, rows: int) -> SegmentInfo:
+        vec, ids = self._cut_to(number, rows)
+        return SegmentInfo(number, True, rows, vec.stat().st_size, *self._checksums(number, vec, ids))
+
+    def _cut_to(self, number: int, rows: int) -> tuple[Path, Path]:
+        """Cut a segment's files to ``rows`` whole rows (a killed writer's torn tail); returns their paths."""
         vec, ids = _path(self.directory, number, "vec"), _path(self.directory, number, "ids")
         for path, size in ((vec, rows * self._row_bytes()), (ids, 8 * rows)):
             if path.stat().st_size != size:
                 with open(path, "rb+") as handle:
                     handle.truncate(size)
                     os.fsync(handle.fileno())
-        return SegmentInfo(number, True, rows, vec.stat().st_size, file_sha256(vec), file_sha256(ids))
+        return vec, ids
 
     def add_sealed(self, sealed: SealedSegment) -> int:
         """Copy (or hard-link) a sealed segment's files in under a new number and list it; returns the number.
@@ -328,7 +361,7 @@ class SegmentStore:
         for entry in self.segments():
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
                 rows = min(self.rows_in(entry.number), _path(self.directory, entry.number, "ids").stat().st_size // 8)
-                self._sealed_info(entry.number, rows)  # truncates; the checksums it computes are not kept
+                self._cut_to(entry.number, rows)
         return unused
 
     def _require_writable(self) -> None:
