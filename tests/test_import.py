@@ -145,7 +145,8 @@ def test_a_known_path_inside_a_new_looking_shard_is_skipped_and_the_rest_land_ri
 
 
 def test_a_v4_catalog_with_imported_rows_migrates_to_id_ranges(tmp_path, tiny_encoder):
-    """Schema 4 kept a provenance row per imported image and indexed every content hash (NULL ones too)."""
+    """Schema 4 kept a provenance row per imported image and indexed every content hash (NULL ones too) and
+    every status ('ok' too)."""
     import sqlite3
 
     make_folder(tmp_path / "emb", shards=2, rows=10)
@@ -162,9 +163,14 @@ def test_a_v4_catalog_with_imported_rows_migrates_to_id_ranges(tmp_path, tiny_en
         db.execute("ALTER TABLE import_shards DROP COLUMN last_id")
         db.execute("DROP INDEX images_hash")
         db.execute("CREATE INDEX images_hash ON images(content_hash)")
+        db.execute("DROP INDEX images_status")
+        db.execute("CREATE INDEX images_status ON images(status)")
         db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     with Collection.open(tmp_path / "col") as col:
-        assert col.catalog.get_meta("schema") == "5"
+        assert col.catalog.get_meta("schema") == "6"
+        status_sql, = col.catalog.select("SELECT sql FROM sqlite_master WHERE name = 'images_status'", ())[0]
+        assert "WHERE status != 'ok'" in status_sql
+        assert col.catalog.counts_by_status() == {"ok": 19}
         assert [(s.source, s.shards, s.rows) for s in provenance(col.catalog)] == [(str(tmp_path / "emb"), 2, 19)]
         index_sql, = col.catalog.select("SELECT sql FROM sqlite_master WHERE name = 'images_hash'", ())[0]
         assert "WHERE content_hash IS NOT NULL" in index_sql
@@ -175,15 +181,15 @@ def test_a_v4_catalog_with_imported_rows_migrates_to_id_ranges(tmp_path, tiny_en
 
 def test_a_path_that_is_not_utf8_lands_too(tmp_path, collection):
     """Keys JSON cannot carry (another collection's raw path bytes) take the row-by-row route, same result."""
-    from mmretrieval.collection.import_writer import ensure_schema, land_shard
+    from mmretrieval.collection.import_writer import ShardLanding, ensure_schema
     from mmretrieval.collection.imports import CheckedShard
 
     vectors = unit_rows(np.random.default_rng(2), 3)
     keys = [b"/photos/caf\xe9.jpg", b"/photos/plain.jpg", b"/photos/\xff\xfe.png"]
     shard = CheckedShard("segment-000001", tmp_path / "x.vec", keys, [None, "plain", None], vectors)
-    with collection.writing("busy"):
+    with collection.writing("busy"), ShardLanding(collection) as landing:
         ensure_schema(collection.catalog)
-        assert land_shard(collection, shard, str(tmp_path), "fp") == (3, 0, 0)
+        assert landing.land(shard, str(tmp_path), "fp") == (3, 0, 0)
     ids, stored_vectors = collection.vectors()
     rows = collection.catalog.rows(ids.tolist())
     by_key = {os.fsencode(rows[i].path): vector for i, vector in zip(ids.tolist(), stored_vectors)}
@@ -280,6 +286,54 @@ def test_a_bad_vector_blocks_into_a_shard_rolls_back_what_was_written_before_it(
     assert len(by_path) == 40
     for row in (0, 17, 29, 39):
         np.testing.assert_allclose(by_path[f"/blocks/{row}.jpg"], vectors[row], atol=2e-3)
+
+
+def test_the_next_shards_vectors_start_while_one_commits_and_stop_when_it_fails(tmp_path, collection, monkeypatch):
+    """Each shard's vectors are queued while the shard before it commits (when its check is ready), under the
+    ids its rows then get; when a shard fails, the one queued behind it stops, neither lands, and a re-run
+    with the shard fixed lands them all with the right vectors."""
+    import mmretrieval.collection.imports as imports_module
+    from mmretrieval.collection.import_writer import ShardLanding
+
+    monkeypatch.setattr(imports_module, "BLOCK_ROWS", 8)
+    queued_during = []  # (shard queued, shard being landed) pairs, None when queued by its own land()
+    landing_now: list = [None]
+    original_land, original_queue = ShardLanding.land, ShardLanding._queue
+
+    def land(self, shard, *args, **kwargs):
+        landing_now[0] = shard.name
+        return original_land(self, shard, *args, **kwargs)
+
+    def queue(self, shard, base, any_known):
+        queued_during.append((shard.name, None if landing_now[0] == shard.name else landing_now[0]))
+        return original_queue(self, shard, base, any_known)
+
+    monkeypatch.setattr(ShardLanding, "land", land)
+    monkeypatch.setattr(ShardLanding, "_queue", queue)
+    monkeypatch.setattr(imports_module._CheckedAhead, "ready", lambda self: self._ahead.result()
+                        if self._ahead is not None and self._ahead.exception() is None else None)  # wait for it
+    rng = np.random.default_rng(13)
+    vectors = unit_rows(rng, 120)
+    paths = [f"/queued/{row}.jpg" for row in range(120)]
+    bad = vectors.copy()
+    bad[40 + 29, 3] = np.inf  # shard 1, block 3 of 5
+    for shard in range(3):
+        write_shard(tmp_path / "emb", shard, paths[shard * 40:(shard + 1) * 40], bad[shard * 40:(shard + 1) * 40])
+    with pytest.raises(CollectionError, match="img_emb_1.npy row 29"):
+        import_embeddings(collection, tmp_path / "emb")
+    assert queued_during == [("img_emb_0", None), ("img_emb_1", "img_emb_0"), ("img_emb_2", "img_emb_1")]
+    assert sorted(stored(collection)) == sorted(paths[:40])  # shard 0 only: shard 2, queued, did not land
+    assert [s.shard_names for s in provenance(collection.catalog)] == [("img_emb_0",)]
+
+    write_shard(tmp_path / "emb", 1, paths[40:80], vectors[40:80])  # fixed: a new fingerprint
+    queued_during.clear()
+    summary = import_embeddings(collection, tmp_path / "emb")
+    assert (summary.shards_skipped, summary.rows_added) == (1, 80)
+    assert queued_during == [("img_emb_1", None), ("img_emb_2", "img_emb_1")]
+    by_path = stored(collection)
+    assert len(by_path) == 120
+    for row in range(120):
+        np.testing.assert_allclose(by_path[paths[row]], vectors[row], atol=2e-3)
 
 
 def test_read_ahead_stops_its_producer_when_the_consumer_stops_and_passes_errors_on():

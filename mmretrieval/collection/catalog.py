@@ -31,7 +31,8 @@ from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
 from .photo_table import read_photos
-from .migrations import SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate, schema_objects
+from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate,
+                         schema_objects)
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
@@ -45,6 +46,9 @@ REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is comple
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+# new catalogs' page size: a quarter of the B-tree pages to split and write per inserted row of SQLite's
+# default 4 KiB; a 10 M import ran at 191,762 vectors/s instead of 175,803
+_PAGE_BYTES = 16_384
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
 
 @dataclass(frozen=True)
@@ -248,10 +252,10 @@ class Catalog(VectorPlaces):
                 "message = excluded.message, content_hash = NULL",
                 entries,
             )
-            dropped = db.execute(
-                "DELETE FROM vector_rows WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')").rowcount
-            db.execute("DELETE FROM labels WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
-            db.execute("DELETE FROM photos WHERE image_id IN (SELECT id FROM images WHERE status = 'skipped')")
+            skipped = f"SELECT id FROM images WHERE {NOT_OK} AND status = 'skipped'"
+            dropped = db.execute(f"DELETE FROM vector_rows WHERE image_id IN ({skipped})").rowcount
+            db.execute(f"DELETE FROM labels WHERE image_id IN ({skipped})")
+            db.execute(f"DELETE FROM photos WHERE image_id IN ({skipped})")
             if dropped:
                 self._bump_generation()
 
@@ -266,8 +270,8 @@ class Catalog(VectorPlaces):
     def pending_files(self) -> Iterator[tuple[int, bytes, int, int]]:
         """``(id, path key, size, mtime_ns)`` of the rows still to embed, a page at a time."""
         after = -1
-        while rows := self._query("SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' AND id > ? "
-                                  "ORDER BY id LIMIT 10000", (after,)):
+        while rows := self._query(f"SELECT id, path, size, mtime_ns FROM images WHERE {NOT_OK} AND status = 'pending' "
+                                  "AND id > ? ORDER BY id LIMIT 10000", (after,)):
             yield from rows
             after = rows[-1][0]
 
@@ -281,7 +285,7 @@ class Catalog(VectorPlaces):
         return found
 
     def pending_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM images WHERE status = 'pending'")[0][0])
+        return int(self._query(f"SELECT COUNT(*) FROM images WHERE {NOT_OK} AND status = 'pending'")[0][0])
 
     def set_caption(self, path: bytes, caption: str) -> None:
         with self.transaction() as db:
@@ -322,12 +326,14 @@ class Catalog(VectorPlaces):
         return self._query(sql, params)
 
     def counts_by_status(self) -> dict[str, int]:
-        return dict(self._query("SELECT status, COUNT(*) FROM images GROUP BY status"))
+        others = dict(self._query(f"SELECT status, COUNT(*) FROM images WHERE {NOT_OK} GROUP BY status"))
+        ok = int(self._query("SELECT COUNT(*) FROM images")[0][0]) - sum(others.values())
+        return {"ok": ok, **others} if ok else others
 
     def failures(self) -> list[ImageRow]:
         """Rows that failed or were skipped, by path."""
         rows = self._query("SELECT id, path, status, width, height, caption, reason, message FROM images "
-                           "WHERE status IN ('failed', 'skipped') ORDER BY path")
+                           f"WHERE {NOT_OK} AND status IN ('failed', 'skipped') ORDER BY path")
         return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
 
     # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
@@ -346,7 +352,10 @@ class Catalog(VectorPlaces):
 
 def _connect(path: Path, writable: bool) -> sqlite3.Connection:
     if writable:
+        new = not path.exists()
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        if new:  # (a page size is fixed once a database is in WAL mode)
+            db.execute(f"PRAGMA page_size={_PAGE_BYTES}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")

@@ -17,7 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -74,60 +74,111 @@ def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> b
                                (source, shard, fingerprint)))
 
 
-def land_shard(collection: "Collection", shard: "CheckedShard", source: str, fingerprint: str
-               ) -> tuple[int, int, int]:
-    """Add a shard's new rows, vectors and provenance in one transaction; returns (added, known, renormalised).
+class ShardLanding:
+    """Lands checked shards one after another: each shard's new rows, vectors and provenance in one transaction.
 
-    Three threads share the work. This one inserts the rows: as one JSON parameter that SQLite unpacks itself
-    (``json_each``; binding a shard row by row from Python costs three times as much as SQLite's own work of
-    inserting them), without foreign-key checks (every place points at a row inserted just before it), then
-    each written block's places. One checks the vectors block by block (:func:`~.imports.checked_blocks`),
+    Three threads share a shard's work. The caller's inserts the rows: as one JSON parameter that SQLite unpacks
+    itself (``json_each``; binding a shard row by row from Python costs three times as much as SQLite's own
+    work of inserting them), without foreign-key checks (every place points at a row inserted just before it),
+    then each written block's places. One checks the vectors block by block (:func:`~.imports.checked_blocks`),
     and one appends them (fsynced once, before the commit) under the ids the rows will get if every path is
     new: ids follow the ``AUTOINCREMENT`` sequence, and are never reused. A bad vector raises, and the
-    transaction rolls back. If some path turns out to be known (or repeated in
-    the shard), the appended block is left as waste (compaction reclaims it) and the new rows' vectors are
-    appended again under their real ids; a shard whose first or last path the collection already has (a
-    re-import) skips the guess and only checks on the other thread.
+    transaction rolls back. If some path turns out to be known (or repeated in the shard), the appended blocks
+    are left as waste (compaction reclaims them) and the new rows' vectors are appended again under their real
+    ids; a shard whose first or last path the collection already has (a re-import) skips the guess and only
+    checks on the other thread.
 
-    Raises:
-        CollectionError: a NaN, infinite or zero vector (nothing of the shard lands).
+    The vector work does not wait between shards: once a shard's rows are in (so the ids the next one's rows
+    will get are known) and its guess proved right, the next shard's vectors are queued on the append thread,
+    behind this shard's, while this one records its last places and commits. If this shard then fails, the
+    next one's appends stop and are waste, as after a crash.
+
+    Use it as a context manager (the threads stop when it ends); the caller holds the collection's writer lock.
     """
-    catalog = collection.catalog
-    catalog._ensure_store(collection.identity.embed_dim)  # the first vectors of a new collection make its store
-    with catalog.bulk_transaction() as db, ThreadPoolExecutor(1, thread_name_prefix="mmr-import-append") as appender:
-        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
-        base = int(last[0]) if last else 0
-        guessed = np.arange(base + 1, base + 1 + len(shard.keys), dtype=np.int64)
+
+    def __init__(self, collection: "Collection"):
+        self._catalog = collection.catalog
+        self._catalog._ensure_store(collection.identity.embed_dim)  # a new collection's first vectors make its store
+        self._appender = ThreadPoolExecutor(1, thread_name_prefix="mmr-import-append")
+        self._queued: _VectorWork | None = None  # the next shard's, queued while the one before it commits
+
+    def __enter__(self) -> "ShardLanding":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._queued is not None:  # the shard before it failed: stop its appends (they are waste)
+            self._queued.stop.set()
+        self._appender.shutdown()
+
+    def land(self, shard: "CheckedShard", source: str, fingerprint: str,
+             upcoming: Callable[[], "CheckedShard | None"] = lambda: None) -> tuple[int, int, int]:
+        """Land ``shard``; returns (added, known, renormalised). ``upcoming`` gives the shard that will be landed
+        next, if it is ready (None otherwise), so that its vectors can start while this one commits.
+
+        Raises:
+            CollectionError: a NaN, infinite or zero vector (nothing of the shard lands).
+        """
+        catalog = self._catalog
+        with catalog.bulk_transaction() as db:
+            last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+            base = int(last[0]) if last else 0
+            work, self._queued = self._queued, None
+            if work is None or work.shard is not shard or work.base != base:
+                if work is not None:
+                    work.stop.set()
+                work = self._queue(shard, base, _any_known(db, shard.keys))
+            # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
+            _insert_rows(db, shard)
+            ids = _new_ids(db, base)
+            if 0 < len(ids) == len(shard.keys) and not _in_shard_order(db, shard.keys, ids):
+                raise CollectionError(f"{shard.file}: SQLite inserted its rows out of order; nothing of this shard "
+                                      "was imported (please report this, with your SQLite version)")
+            generation = catalog._bump_generation()
+            guessed_right = work.ids is not None and np.array_equal(ids, work.ids)
+            following = upcoming() if guessed_right else None
+            if following is not None:
+                next_base = int(ids[-1]) if len(ids) else base
+                self._queued = self._queue(following, next_base, _any_known(db, following.keys))
+            while (place := work.written.get()) is not None:  # places of written blocks, while later ones are written
+                if guessed_right:
+                    _insert_places(db, ids[place[0]], generation, place[1], place[2])
+            appended, renormalised = work.done.result()  # every vector checked and fsynced (or the error raised)
+            if not appended or not guessed_right:  # nothing was queued behind it: this thread may append
+                positions = _positions_of_new(db, shard.keys, base, len(ids))
+                for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
+                    _insert_places(db, ids[rows], generation, number, first)
+            known = len(shard.keys) - len(ids)
+            db.execute(
+                "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, "
+                "first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (source, shard.name, fingerprint, len(ids), known, renormalised,
+                 int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
+        if renormalised:
+            logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
+                           len(shard.keys))
+        logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
+        return len(ids), known, renormalised
+
+    def _queue(self, shard: "CheckedShard", base: int, any_known: bool) -> "_VectorWork":
+        """Queue the check of ``shard``'s vectors and, unless a path is known, their append under the ids after
+        ``base``."""
+        guessed = None if any_known else np.arange(base + 1, base + 1 + len(shard.keys), dtype=np.int64)
         written: queue.SimpleQueue[tuple[slice, int, int] | None] = queue.SimpleQueue()
-        checking = appender.submit(_check_and_append, catalog.segments, shard,
-                                   None if _any_known(db, shard.keys) else guessed, written.put)
-        # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
-        _insert_rows(db, shard)
-        ids = _new_ids(db, base)
-        if 0 < len(ids) == len(shard.keys) and not _in_shard_order(db, shard.keys, ids):
-            raise CollectionError(f"{shard.file}: SQLite inserted its rows out of order; nothing of this shard "
-                                  "was imported (please report this, with your SQLite version)")
-        generation = catalog._bump_generation()
-        guessed_right = np.array_equal(ids, guessed)
-        while (place := written.get()) is not None:  # places of written blocks, while later blocks are written
-            if guessed_right:
-                _insert_places(db, ids[place[0]], generation, place[1], place[2])
-        appended, renormalised = checking.result()  # every vector checked and fsynced (or the error raised)
-        if not appended or not guessed_right:
-            positions = _positions_of_new(db, shard.keys, base, len(ids))
-            for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
-                _insert_places(db, ids[rows], generation, number, first)
-        known = len(shard.keys) - len(ids)
-        db.execute(
-            "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, first_id, "
-            "last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (source, shard.name, fingerprint, len(ids), known, renormalised,
-             int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
-    if renormalised:
-        logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
-                       len(shard.keys))
-    logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
-    return len(ids), known, renormalised
+        stop = threading.Event()
+        done = self._appender.submit(_check_and_append, self._catalog.segments, shard, guessed, written.put, stop)
+        return _VectorWork(shard, base, guessed, written, stop, done)
+
+
+@dataclass(frozen=True)
+class _VectorWork:
+    """One shard's vectors on the append thread: checked, and appended under ``ids`` unless that is None."""
+
+    shard: "CheckedShard"
+    base: int  # the ids were guessed as base + 1, base + 2, ...
+    ids: npt.NDArray[np.int64] | None
+    written: "queue.SimpleQueue[tuple[slice, int, int] | None]"  # each written block's place, then None
+    stop: threading.Event  # set: stop appending (the shard will not land)
+    done: "Future[tuple[bool, int]]"  # (appended, renormalised)
 
 
 def _any_known(db: sqlite3.Connection, keys: Sequence[bytes]) -> bool:
@@ -138,12 +189,14 @@ def _any_known(db: sqlite3.Connection, keys: Sequence[bytes]) -> bool:
 
 
 def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.NDArray[np.int64] | None,
-                      written: Callable[[tuple[slice, int, int] | None], None]) -> tuple[bool, int]:
+                      written: Callable[[tuple[slice, int, int] | None], None], stop: threading.Event
+                      ) -> tuple[bool, int]:
     """Check every vector of ``shard`` (on a thread of its own, a few blocks ahead) and, given ``ids``, append
     them, fsynced once at the end; returns whether they were appended and how many were renormalised.
 
     Each block's ``(rows, segment, first row)`` goes to ``written`` once it is written, then ``None`` at the
-    end, whatever happens (so the caller can record places while later blocks are written).
+    end, whatever happens (so the caller can record places while later blocks are written). Once ``stop`` is
+    set, no further block is checked or written.
     """
     from .imports import checked_blocks
 
@@ -152,6 +205,8 @@ def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
         nonlocal renormalised
         for rows, block, off_unit in checked_blocks(shard.file, shard.vectors):
+            if stop.is_set():
+                raise CollectionError(f"{shard.file}: stopped, the shard before it did not land")
             renormalised += off_unit
             if ids is not None:
                 rows_of.append(rows)
