@@ -478,24 +478,41 @@ def test_import_another_collections_segments_live_rows_only(tmp_path, collection
             import_embeddings(foreign, tmp_path / "shapes")
 
 
-def test_checkpoints_aside_copy_the_wal_on_their_own_connection_and_restore_sqlites(tmp_path):
-    """While an import lands shards, SQLite's own checkpoints are off on the writer's connection and each
-    shard's WAL frames are copied by a checkpoint started beside it; afterwards SQLite's own are back."""
+def test_checkpoints_aside_copy_the_wal_beside_and_at_the_end_then_sqlites_are_back(tmp_path):
+    """While an import lands shards, SQLite's own checkpoints are off on the writer's connection; the
+    checkpoint started beside copies the WAL into the database, a last one runs at the end, and SQLite's own
+    are back on."""
     import sqlite3
 
     from mmretrieval.collection.catalog import Catalog
 
-    catalog = Catalog(tmp_path / "catalog.sqlite")
+    path = tmp_path / "catalog.sqlite"
+
+    def rows_in_database_file() -> int:  # immutable: the WAL is not read
+        try:
+            with sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True) as main_file:
+                return main_file.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        except sqlite3.DatabaseError:  # caught mid-copy
+            return -1
+
+    def insert(db, count, start=0):
+        db.executemany("INSERT INTO images(path, size, mtime_ns, status) VALUES (?, 0, 0, 'ok')",
+                       [(f"/x/{i:06d}.jpg".encode(),) for i in range(start, start + count)])
+
+    catalog = Catalog(path)
+    catalog._query("PRAGMA wal_checkpoint(TRUNCATE)")  # the empty tables into the database file
     with catalog.checkpoints_aside() as checkpoint:
         assert catalog._query("PRAGMA wal_autocheckpoint") == [(0,)]
         with catalog.transaction() as db:
-            db.executemany("INSERT INTO images(path, size, mtime_ns, status) VALUES (?, 0, 0, 'ok')",
-                           [(f"/x/{i:06d}.jpg".encode(),) for i in range(20_000)])
-        unchecked = os.path.getsize(tmp_path / "catalog.sqlite")  # the rows are in the WAL only
+            insert(db, 20_000)
+        assert rows_in_database_file() == 0  # committed to the WAL only
         checkpoint()
+        deadline = time.monotonic() + 30
+        while rows_in_database_file() != 20_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rows_in_database_file() == 20_000  # copied beside, before the block ended
+        with catalog.transaction() as db:
+            insert(db, 5, start=20_000)
+        assert rows_in_database_file() == 20_000
+    assert rows_in_database_file() == 20_005  # the last checkpoint
     assert catalog._query("PRAGMA wal_autocheckpoint") == [(1000,)]
-    assert os.path.getsize(tmp_path / "catalog.sqlite") > unchecked + 20_000 * 10  # copied into the database
-    other = sqlite3.connect(tmp_path / "catalog.sqlite")
-    busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    assert busy == 0 and copied == frames  # nothing left to copy
-    assert other.execute("SELECT COUNT(*) FROM images").fetchone() == (20_000,)

@@ -366,7 +366,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
             "to finish, or stop it (a re-run resumes its work)")
     with (collection.writing(busy, update_index), _no_cycle_collection(),
-          collection.catalog.checkpoints_aside() as checkpoints,
+          collection.catalog.checkpoints_aside() as checkpoint,
           ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker,
           ShardLanding(collection) as landing):
         # (the writer lock cleans what a killed writer left, and catches the index up on the way out)
@@ -386,7 +386,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                 counts["rows_known"] += known
                 counts["shards_added"] += 1
                 counts["renormalised"] += renormalised
-                checkpoints()
+                checkpoint()
             done += shard.rows()
             if progress is not None:
                 progress(done, total)
