@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,14 +90,31 @@ def _draw(generator, anchors, count: int, noise: float):  # noqa: ANN001, ANN202
     return _unit(picked + torch.randn(count, dim, generator=generator) * (noise / dim ** 0.5))
 
 
-def _mmr(*args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, subprocess.CompletedProcess]:
+def _mmr(*args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, subprocess.CompletedProcess, float]:
+    """Run ``mmr ARGS``; returns its wall time, its result and the peak of its RssAnon (MiB, sampled every 0.1 s:
+    anonymous memory only, not the page cache of the files it maps)."""
     started = time.perf_counter()
     # stderr (the progress bar, with its rate) goes straight to ours, so a long run can be followed in its log
-    result = subprocess.run([sys.executable, "-m", "mmretrieval.cli", *args], stdout=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - started
+    peak_kib = 0
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen([sys.executable, "-m", "mmretrieval.cli", *args], stdout=out, text=True)
+        while process.poll() is None:
+            peak_kib = max(peak_kib, _rss_anon_kib(process.pid))
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        out.seek(0)
+        result = subprocess.CompletedProcess(process.args, process.returncode, out.read())
     if result.returncode not in ok:
         raise SystemExit(f"mmr {' '.join(args)} failed ({result.returncode}); its error is above")
-    return elapsed, result
+    return elapsed, result, round(peak_kib / 1024)
+
+
+def _rss_anon_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("RssAnon")), 0)
+    except OSError:  # it has just exited
+        return 0
 
 
 _SERVE = r"""
@@ -156,8 +174,8 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     if col.exists():
         shutil.rmtree(col)
     _create_collection(col)
-    import_s, result = _mmr("import", str(emb), "--collection", str(col), "--json",
-                            *(["--no-index"] if args.import_only else []))
+    import_s, result, import_rss_mib = _mmr("import", str(emb), "--collection", str(col), "--json",
+                                            *(["--no-index"] if args.import_only else []))
     summary = json.loads(result.stdout)
     if not args.keep_inputs:
         shutil.rmtree(emb)
@@ -165,7 +183,8 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     figures = {"vectors": count, "dim": args.dim, "generate_s": round(generate_s, 1),
                "import_wall_s": round(import_s, 1), "import_s": summary["elapsed_s"],
                "import_vectors_per_s": round(summary["rows_added"] / max(summary["elapsed_s"], 1e-3)),
-               "import_cpu_s": summary["cpu_s"], "index_build_s": summary["index_s"],
+               "import_cpu_s": summary["cpu_s"], "import_peak_rss_anon_mib": import_rss_mib,
+               "index_build_s": summary["index_s"],
                "index_build_cpu_s": summary["index_cpu_s"]}
     if args.import_only:
         return figures
@@ -198,7 +217,7 @@ def _time_duplicates(col: Path) -> float | None:
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
     if "duplicates" not in commands:
         return None
-    elapsed, _ = _mmr("duplicates", "--collection", str(col), ok=(0, 1))  # 1: no groups (random vectors have none)
+    elapsed, _, _ = _mmr("duplicates", "--collection", str(col), ok=(0, 1))  # 1: no groups (random vectors have none)
     return round(elapsed, 1)
 
 

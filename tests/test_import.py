@@ -209,7 +209,7 @@ def test_non_unit_vectors_are_renormalised_and_counted(tmp_path, collection):
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.dtype(">f2"), np.float64])
 def test_row_norms_match_float64_and_keep_nan_and_inf(dtype):
-    from mmretrieval.collection.imports import row_norms
+    from mmretrieval.collection.import_vectors import row_norms
 
     rng = np.random.default_rng(6)
     scales = np.tile([0.01, 1.0, 200.0], 500)[:, None]  # tiny, unit-ish and large rows (200^2 * 24 > f16 max)
@@ -268,9 +268,9 @@ def test_a_bad_shard_is_named_and_nothing_of_it_lands(tmp_path, collection, kind
 def test_a_bad_vector_blocks_into_a_shard_rolls_back_what_was_written_before_it(tmp_path, collection, monkeypatch):
     """Blocks before the bad one were checked, written and given places inside the shard's transaction: the
     rollback must take all of them back, and a corrected shard must then land whole."""
-    import mmretrieval.collection.imports as imports_module
+    import mmretrieval.collection.import_vectors as import_vectors
 
-    monkeypatch.setattr(imports_module, "BLOCK_ROWS", 8)
+    monkeypatch.setattr(import_vectors, "BLOCK_ROWS", 8)
     vectors = unit_rows(np.random.default_rng(12), 40)
     paths = [f"/blocks/{row}.jpg" for row in range(40)]
     bad = vectors.copy()
@@ -292,10 +292,11 @@ def test_the_next_shards_vectors_start_while_one_commits_and_stop_when_it_fails(
     """Each shard's vectors are queued while the shard before it commits (when its check is ready), under the
     ids its rows then get; when a shard fails, the one queued behind it stops, neither lands, and a re-run
     with the shard fixed lands them all with the right vectors."""
+    import mmretrieval.collection.import_vectors as import_vectors
     import mmretrieval.collection.imports as imports_module
     from mmretrieval.collection.import_writer import ShardLanding
 
-    monkeypatch.setattr(imports_module, "BLOCK_ROWS", 8)
+    monkeypatch.setattr(import_vectors, "BLOCK_ROWS", 8)
     queued_during = []  # (shard queued, shard being landed) pairs, None when queued by its own land()
     landing_now: list = [None]
     original_land, original_queue = ShardLanding.land, ShardLanding._queue

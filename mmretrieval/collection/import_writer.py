@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from .catalog import Catalog
+from .import_vectors import checked_blocks, unit_blocks
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -80,7 +81,7 @@ class ShardLanding:
     Three threads share a shard's work. The caller's inserts the rows: as one JSON parameter that SQLite unpacks
     itself (``json_each``; binding a shard row by row from Python costs three times as much as SQLite's own
     work of inserting them), without foreign-key checks (every place points at a row inserted just before it),
-    then each written block's places. One checks the vectors block by block (:func:`~.imports.checked_blocks`),
+    then each written block's places. One checks the vectors block by block (:func:`~.import_vectors.checked_blocks`),
     and one appends them (fsynced once, before the commit) under the ids the rows will get if every path is
     new: ids follow the ``AUTOINCREMENT`` sequence, and are never reused. A bad vector raises, and the
     transaction rolls back. If some path turns out to be known (or repeated in the shard), the appended blocks
@@ -198,8 +199,6 @@ def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.
     end, whatever happens (so the caller can record places while later blocks are written). Once ``stop`` is
     set, no further block is checked or written.
     """
-    from .imports import checked_blocks
-
     renormalised = 0
 
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
@@ -266,8 +265,6 @@ def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, 
             renormalise: bool) -> list[tuple[slice, int, int]]:
     """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time; returns each block's
     ``(slice of ids, segment, first row)``. Bytes first: a kill before the catalog commits leaves only waste."""
-    from .imports import unit_blocks
-
     rows_of: list[slice] = []
 
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:

@@ -98,8 +98,8 @@ class SegmentWriter:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
-        vec, ids = self.directory / f"{self.name}.vec", self.directory / f"{self.name}.ids"
-        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, vec.stat().st_size,
+        size = (self.directory / f"{self.name}.vec").stat().st_size
+        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, size,
                                *self._digest.hexdigests())
         described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
         atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
