@@ -517,3 +517,61 @@ def test_checkpoints_aside_copy_the_wal_beside_and_at_the_end_then_sqlites_are_b
         assert rows_in_database_file() == 20_000
     assert rows_in_database_file() == 20_005  # the last checkpoint
     assert catalog._query("PRAGMA wal_autocheckpoint") == [(1000,)]
+
+
+def test_a_checkpoint_error_does_not_hide_the_imports_own_and_is_raised_after_a_clean_run(tmp_path, monkeypatch):
+    import sqlite3
+
+    import mmretrieval.collection.catalog as catalog_module
+    from mmretrieval.collection.catalog import Catalog
+
+    def broken(path):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(catalog_module, "_checkpoint", broken)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog._query("PRAGMA wal_autocheckpoint=500")
+    with pytest.raises(CollectionError, match="bad shard"):
+        with catalog.checkpoints_aside() as checkpoint:
+            checkpoint()
+            raise CollectionError("bad shard")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        with catalog.checkpoints_aside():
+            pass
+    assert catalog._query("PRAGMA wal_autocheckpoint") == [(500,)]  # as it was before, both times
+
+
+def test_a_shard_that_fails_before_its_vectors_are_written_stops_them(tmp_path, collection, monkeypatch):
+    """An error on the SQL side of a shard (here its row insert) stops its own vector work within a few blocks
+    instead of leaving it to check and write the whole shard as waste."""
+    import sqlite3
+
+    import mmretrieval.collection.import_vectors as import_vectors
+    import mmretrieval.collection.import_writer as import_writer
+    from mmretrieval.collection.import_writer import ShardLanding, ensure_schema
+    from mmretrieval.collection.imports import CheckedShard
+
+    monkeypatch.setattr(import_vectors, "BLOCK_ROWS", 8)
+    original_blocks = import_writer.checked_blocks
+
+    def slow_blocks(path, vectors):  # a block every 20 ms: 50 blocks would take a second
+        for item in original_blocks(path, vectors):
+            time.sleep(0.02)
+            yield item
+
+    def failing_insert(db, shard):
+        time.sleep(0.1)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(import_writer, "checked_blocks", slow_blocks)
+    monkeypatch.setattr(import_writer, "_insert_rows", failing_insert)
+    vectors = unit_rows(np.random.default_rng(14), 400)
+    shard = CheckedShard("img_emb_0", tmp_path / "x.npy", [f"/s/{i}.jpg".encode() for i in range(400)],
+                         [None] * 400, vectors)
+    with collection.writing("busy"):
+        ensure_schema(collection.catalog)
+        with pytest.raises(sqlite3.OperationalError, match="full"), ShardLanding(collection) as landing:
+            landing.land(shard, str(tmp_path), "fp")
+        written = collection.catalog.segments.total_rows()
+    assert 0 < written < 200  # stopped after a handful of the 50 blocks; nothing of it is referenced
+    assert collection.catalog.vector_count() == 0

@@ -353,3 +353,46 @@ def test_sealed_checksums_are_the_files_whoever_appended_and_after_a_torn_tail_i
         assert info.sha256 == file_sha256(folder / f"{number:06d}.vec")
         assert info.ids_sha256 == file_sha256(folder / f"{number:06d}.ids")
         assert info.size == os.path.getsize(folder / f"{number:06d}.vec")
+
+
+def test_checksums_hold_when_the_caller_refills_one_buffer_between_appends(tmp_path, monkeypatch):
+    """Appends are hashed on a thread: a writer that reuses its batch array must still get the files' sha256."""
+    import mmretrieval.collection.segments as segments_module
+    from mmretrieval.atomic import file_sha256
+
+    import time
+
+    from mmretrieval.collection.sealed import RunningDigest
+
+    monkeypatch.setattr(segments_module, "SEGMENT_ROWS", 10)
+    hash_now = RunningDigest._update
+    monkeypatch.setattr(RunningDigest, "_update", lambda self, *arrays: (time.sleep(0.05), hash_now(self, *arrays)))
+    vectors = unit_vectors(24)
+    buffer, ids = np.empty((4, DIM), np.float16), np.empty(4, np.int64)  # written as they are: no copy made
+    writer = SegmentWriter(tmp_path / "out", DIM, "float16", name="part")
+    store = SegmentStore(tmp_path / "segments")
+    store.create(DIM, "float16")
+    for start in range(0, 24, 4):
+        buffer[:], ids[:] = vectors[start:start + 4], np.arange(start, start + 4)
+        writer.append(ids, buffer)
+        store.append(ids, buffer)
+    read_sealed(writer.seal().directory / "part.json")  # verifies both files against their sha256
+    sealed = [info for info in store.segments() if info.sealed]
+    assert len(sealed) == 2
+    for info in sealed:
+        assert info.sha256 == file_sha256(tmp_path / "segments" / f"{info.number:06d}.vec")
+        assert info.ids_sha256 == file_sha256(tmp_path / "segments" / f"{info.number:06d}.ids")
+
+
+def test_counts_by_status_inside_and_outside_a_transaction(tmp_path):
+    """'ok' is counted as all rows less the others (the status index holds only rows that are not 'ok')."""
+    from mmretrieval.collection.places import FailureWrite
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    ids = fill(catalog, tmp_path, unit_vectors(5))
+    catalog.mark_pending([(encode_path(str(tmp_path / f"new{i}.png")), 1, 1, None) for i in range(3)])
+    catalog.write_results([], [FailureWrite(int(ids[0]), "decode", "truncated")])
+    expected = {"ok": 4, "failed": 1, "pending": 3}
+    assert catalog.counts_by_status() == expected
+    with catalog.transaction():
+        assert catalog.counts_by_status() == expected

@@ -45,7 +45,6 @@ LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS rel
 REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
 _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
-_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 # new catalogs' page size: a quarter of the B-tree pages to split and write per inserted row of SQLite's
 # default 4 KiB; a 10 M import ran at 191,762 vectors/s instead of 175,803
 _PAGE_BYTES = 16_384
@@ -173,26 +172,30 @@ class Catalog(VectorPlaces):
         into the database and fsyncs it at the end of the commit that grew the WAL past 1,000 pages, is off on
         this connection; the function yielded starts one on a thread and connection of its own instead (unless
         one is still running), so the copy overlaps the next transaction rather than lengthening this one's
-        commit (0.5 s of a 500,000-row shard's at 10 M, 0.2 s after). When it ends, a last one copies what
-        was committed since, and SQLite's own are back on."""
+        commit (0.5 s of a 500,000-row shard's at 10 M, 0.2 s after). When the block ends, a last one copies
+        what was committed since (``PASSIVE``: frames a reader's older snapshot still needs stay in the WAL
+        until a later checkpoint), and SQLite's own are back on.
+
+        Raises:
+            sqlite3.Error: a checkpoint failed (only when the block itself did not raise: its error comes first).
+        """
         pool = ThreadPoolExecutor(1, thread_name_prefix="mmr-catalog-checkpoint")
-        running: list[Future[None]] = []
+        started: list[Future[None]] = []
 
         def checkpoint() -> None:
-            if not running or running[-1].done():
-                running[:] = [pool.submit(_checkpoint, self.path)]
+            if not started or started[-1].done():
+                started.append(pool.submit(_checkpoint, self.path))
 
+        previous = int(self._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield checkpoint
+            started.append(pool.submit(_checkpoint, self.path))  # after every commit
         finally:
-            try:
-                running.append(pool.submit(_checkpoint, self.path))  # after every commit
-                pool.shutdown()  # waits for both
-                for done in running:
-                    done.result()
-            finally:
-                self._db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+            pool.shutdown()  # waits for the running one
+            self._db.execute(f"PRAGMA wal_autocheckpoint={previous}")
+        for done in started:
+            done.result()
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
@@ -328,8 +331,16 @@ class Catalog(VectorPlaces):
         return self._query(sql, params)
 
     def counts_by_status(self) -> dict[str, int]:
-        others = dict(self._query(f"SELECT status, COUNT(*) FROM images WHERE {NOT_OK} GROUP BY status"))
-        ok = int(self._query("SELECT COUNT(*) FROM images")[0][0]) - sum(others.values())
+        with self._lock:  # both counts from one snapshot, whatever a writer commits in between
+            begun = not self._db.in_transaction
+            if begun:
+                self._db.execute("BEGIN")
+            try:
+                others = dict(self._db.execute(f"SELECT status, COUNT(*) FROM images WHERE {NOT_OK} GROUP BY status"))
+                ok = int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]) - sum(others.values())
+            finally:
+                if begun:
+                    self._db.execute("COMMIT")
         return {"ok": ok, **others} if ok else others
 
     def failures(self) -> list[ImageRow]:

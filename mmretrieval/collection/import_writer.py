@@ -101,14 +101,16 @@ class ShardLanding:
         self._catalog = collection.catalog
         self._catalog._ensure_store(collection.identity.embed_dim)  # a new collection's first vectors make its store
         self._appender = ThreadPoolExecutor(1, thread_name_prefix="mmr-import-append")
+        self._current: _VectorWork | None = None  # the landing shard's
         self._queued: _VectorWork | None = None  # the next shard's, queued while the one before it commits
 
     def __enter__(self) -> "ShardLanding":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._queued is not None:  # the shard before it failed: stop its appends (they are waste)
-            self._queued.stop.set()
+        for work in (self._current, self._queued):  # set only when a land() failed: what they write is waste
+            if work is not None:
+                work.stop.set()
         self._appender.shutdown()
 
     def land(self, shard: "CheckedShard", source: str, fingerprint: str,
@@ -128,6 +130,7 @@ class ShardLanding:
                 if work is not None:
                     work.stop.set()
                 work = self._queue(shard, base, _any_known(db, shard.keys))
+            self._current = work
             # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
             _insert_rows(db, shard)
             ids = _new_ids(db, base)
@@ -154,6 +157,7 @@ class ShardLanding:
                 "first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (source, shard.name, fingerprint, len(ids), known, renormalised,
                  int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
+        self._current = None
         if renormalised:
             logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
                            len(shard.keys))
@@ -197,7 +201,7 @@ def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.
 
     Each block's ``(rows, segment, first row)`` goes to ``written`` once it is written, then ``None`` at the
     end, whatever happens (so the caller can record places while later blocks are written). Once ``stop`` is
-    set, no further block is checked or written.
+    set, it stops within a few blocks (those already checked ahead are still written: waste).
     """
     renormalised = 0
 
@@ -213,9 +217,11 @@ def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.
 
     rows_of: list[slice] = []  # filled by blocks() before it yields each block, so always ahead of the writes
     in_order = iter(rows_of)
+    checked = _ahead(blocks())
     try:
-        segments.append_blocks(_ahead(blocks()), lambda number, first: written((next(in_order), number, first)))
+        segments.append_blocks(checked, lambda number, first: written((next(in_order), number, first)))
     finally:
+        checked.close()  # stops the checking thread now, even if append_blocks failed midway
         written(None)
     return ids is not None, renormalised
 

@@ -168,7 +168,7 @@ def _v4_to_v5(db: sqlite3.Connection, directory: Path) -> None:
 def _v5_to_v6(db: sqlite3.Connection, directory: Path) -> None:
     """Cheaper bulk imports: ``images_status`` indexes only rows that are not ``ok`` (:data:`NOT_OK`)."""
     db.execute("DROP INDEX IF EXISTS images_status")
-    create_tables(db)
+    db.execute(f"CREATE INDEX images_status ON images(status) WHERE {NOT_OK}")
 
 
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.

@@ -89,6 +89,7 @@ class SegmentWriter:
         first = self.count
         written = write_rows(self._vec, self._ids, ids, vectors, self.dim, self.dtype)
         self._digest.feed(*written)
+        self._digest.wait()  # the caller may refill its arrays once this returns
         self.count += len(written[1])
         return first
 
@@ -98,9 +99,12 @@ class SegmentWriter:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
-        size = (self.directory / f"{self.name}.vec").stat().st_size
-        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, size,
-                               *self._digest.hexdigests())
+        vec, ids = self.directory / f"{self.name}.vec", self.directory / f"{self.name}.ids"
+        size = vec.stat().st_size
+        checksums = self._digest.hexdigests()
+        if (self._digest.vec_bytes, self._digest.ids_bytes) != (size, ids.stat().st_size):  # an append failed midway
+            checksums = file_sha256(vec), file_sha256(ids)
+        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, size, *checksums)
         described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
         atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
         return sealed
@@ -172,11 +176,15 @@ class RunningDigest:
         self._vec.update(vectors.data)
         self._ids.update(ids.data)
 
+    def wait(self) -> None:
+        """Return once everything fed is hashed (the arrays fed may then change)."""
+        while self._pending:
+            self._pending.popleft().result()
+
     def hexdigests(self) -> tuple[str, str]:
         """``(sha256 of .vec, sha256 of .ids)`` of everything fed; the digest takes no more bytes after this."""
         try:
-            while self._pending:
-                self._pending.popleft().result()
+            self.wait()
         finally:
             self._pool.shutdown()
         return self._vec.hexdigest(), self._ids.hexdigest()

@@ -203,7 +203,8 @@ class SegmentStore:
 
         Returns each block's ``(number, first row)``, also passed to ``written`` as soon as the block is written
         (not yet durable: a catalog may record the place then, but must not commit it before this returns).
-        Blocks written before an error are unreferenced waste."""
+        Blocks written before an error are unreferenced waste. A block's arrays must not change until this
+        returns: the segment's checksum is computed from them on a thread, up to two blocks behind the writes."""
         self._require_writable()
         placed: list[tuple[int, int]] = []
         open_files: list[BinaryIO] = []  # the active segment's .vec and .ids while they are open
@@ -234,6 +235,8 @@ class SegmentStore:
                 flusher.close()
             finally:
                 _sync_and_close(open_files)
+        if self._digest is not None:
+            self._digest[1].wait()  # the caller may change the arrays once this returns
         return placed
 
     def _follow(self, number: int, offset: int, written: tuple[np.ndarray, np.ndarray]) -> None:
