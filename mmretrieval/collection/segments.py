@@ -193,7 +193,10 @@ class SegmentStore:
     # -- writing (the collection's writer only) ---------------------------------------------------------------
     def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> tuple[int, int]:
         """Append to the active segment (made or rotated as needed) and fsync; returns ``(number, first row)``."""
-        return self.append_blocks([(ids, vectors)])[0]
+        placed = self.append_blocks([(ids, vectors)])[0]
+        if self._digest is not None:
+            self._digest[1].wait()  # hashed: the caller may refill its arrays
+        return placed
 
     def append_blocks(self, blocks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]],
                       written: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
@@ -203,8 +206,10 @@ class SegmentStore:
 
         Returns each block's ``(number, first row)``, also passed to ``written`` as soon as the block is written
         (not yet durable: a catalog may record the place then, but must not commit it before this returns).
-        Blocks written before an error are unreferenced waste. A block's arrays must not change until this
-        returns: the segment's checksum is computed from them on a thread, up to two blocks behind the writes."""
+        Blocks written before an error are unreferenced waste. A block's arrays must not change afterwards
+        (pass copies, or memory maps of files nobody rewrites): the segment's checksum is computed from them on
+        a thread, up to two blocks behind the writes, and waiting for it at the end of every call cost an import
+        ~10% of its speed (185,432-189,226/s against 205,360/s at 10 M). :meth:`append` does wait."""
         self._require_writable()
         placed: list[tuple[int, int]] = []
         open_files: list[BinaryIO] = []  # the active segment's .vec and .ids while they are open
@@ -235,8 +240,6 @@ class SegmentStore:
                 flusher.close()
             finally:
                 _sync_and_close(open_files)
-        if self._digest is not None:
-            self._digest[1].wait()  # the caller may change the arrays once this returns
         return placed
 
     def _follow(self, number: int, offset: int, written: tuple[np.ndarray, np.ndarray]) -> None:
