@@ -63,7 +63,7 @@ def row_norms(block: np.ndarray) -> npt.NDArray[np.float32]:
     64 k x 512 float16 block on this project's 2-core machine, where numpy (which converts one value at a time)
     takes 120 ms and a lookup table of float16 squares 60-75 ms. Each call gets fewer values than torch's
     grain size, so it runs on the calling thread: split over torch's OpenMP threads, whose spinning takes the
-    core SQLite inserts on, a 10 M import ran at 126,000 vectors/s on 118 CPU-s instead of 152,000 on 85.
+    core SQLite inserts on, a 10 M import ran at 125,946 vectors/s on 118 CPU-s instead of 147,469 on 89.
     """
     import torch
 

@@ -125,12 +125,7 @@ class ShardLanding:
         with catalog.bulk_transaction() as db:
             last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
             base = int(last[0]) if last else 0
-            work, self._queued = self._queued, None
-            if work is None or work.shard is not shard or work.base != base:
-                if work is not None:
-                    work.stop.set()
-                work = self._queue(shard, base, _any_known(db, shard.keys))
-            self._current = work
+            work = self._current = self._work_for(db, shard, base)
             # OR IGNORE: a path the collection knows (or a repeat inside the shard) keeps its first row
             _insert_rows(db, shard)
             ids = _new_ids(db, base)
@@ -152,17 +147,23 @@ class ShardLanding:
                 for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
                     _insert_places(db, ids[rows], generation, number, first)
             known = len(shard.keys) - len(ids)
-            db.execute(
-                "INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, "
-                "first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, shard.name, fingerprint, len(ids), known, renormalised,
-                 int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
+            _record_shard(db, source, shard.name, fingerprint, ids, known, renormalised)
         self._current = None
         if renormalised:
             logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
                            len(shard.keys))
         logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
         return len(ids), known, renormalised
+
+    def _work_for(self, db: sqlite3.Connection, shard: "CheckedShard", base: int) -> "_VectorWork":
+        """The vector work queued for ``shard`` while the shard before it committed, if it was queued under
+        the right ids; else (the first shard, or one whose check was not ready) queued now."""
+        work, self._queued = self._queued, None
+        if work is not None and work.shard is shard and work.base == base:
+            return work
+        if work is not None:
+            work.stop.set()
+        return self._queue(shard, base, _any_known(db, shard.keys))
 
     def _queue(self, shard: "CheckedShard", base: int, any_known: bool) -> "_VectorWork":
         """Queue the check of ``shard``'s vectors and, unless a path is known, their append under the ids after
@@ -184,6 +185,15 @@ class _VectorWork:
     written: "queue.SimpleQueue[tuple[slice, int, int] | None]"  # each written block's place, then None
     stop: threading.Event  # set: stop appending (the shard will not land)
     done: "Future[tuple[bool, int]]"  # (appended, renormalised)
+
+
+def _record_shard(db: sqlite3.Connection, source: str, name: str, fingerprint: str, ids: npt.NDArray[np.int64],
+                  known: int, renormalised: int) -> None:
+    """The shard's provenance: what it added (the ids, one range: one transaction inserted them) and skipped."""
+    db.execute("INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, "
+               "first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (source, name, fingerprint, len(ids), known, renormalised,
+                int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
 
 
 def _any_known(db: sqlite3.Connection, keys: Sequence[bytes]) -> bool:
@@ -209,7 +219,7 @@ def _check_and_append(segments: "SegmentStore", shard: "CheckedShard", ids: npt.
         nonlocal renormalised
         for rows, block, off_unit in checked_blocks(shard.file, shard.vectors):
             if stop.is_set():
-                raise CollectionError(f"{shard.file}: stopped, the shard before it did not land")
+                raise CollectionError(f"{shard.file}: stopped, as its shard will not land")
             renormalised += off_unit
             if ids is not None:
                 rows_of.append(rows)

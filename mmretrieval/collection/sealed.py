@@ -100,11 +100,8 @@ class SegmentWriter:
             os.fsync(handle.fileno())
             handle.close()
         vec, ids = self.directory / f"{self.name}.vec", self.directory / f"{self.name}.ids"
-        size = vec.stat().st_size
-        checksums = self._digest.hexdigests()
-        if (self._digest.vec_bytes, self._digest.ids_bytes) != (size, ids.stat().st_size):  # an append failed midway
-            checksums = file_sha256(vec), file_sha256(ids)
-        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, size, *checksums)
+        sealed = SealedSegment(self.directory, self.name, self.dim, self.dtype, self.count, vec.stat().st_size,
+                               *checksums(vec, ids, self._digest))
         described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
         atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
         return sealed
@@ -193,6 +190,16 @@ class RunningDigest:
         """Stop hashing (the file was appended to behind its back, or is gone)."""
         self._pending.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def checksums(vec: Path, ids: Path, followed: RunningDigest | None) -> tuple[str, str]:
+    """``(sha256 of vec, sha256 of ids)``: from the digest that followed the appends when it was fed exactly the
+    files' bytes, else read back from the files (an append failed midway, or someone else began them)."""
+    if followed is not None and (followed.vec_bytes, followed.ids_bytes) == (vec.stat().st_size, ids.stat().st_size):
+        return followed.hexdigests()
+    if followed is not None:
+        followed.abandon()
+    return file_sha256(vec), file_sha256(ids)
 
 
 def check_dtype(dtype: str) -> str:

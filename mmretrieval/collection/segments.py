@@ -50,8 +50,8 @@ import numpy.typing as npt
 
 from ..atomic import atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
-from .sealed import (DEFAULT_DTYPE, DTYPES, RunningDigest, SealedSegment, SegmentWriter, check_dtype, read_sealed,
-                     write_rows)
+from .sealed import (DEFAULT_DTYPE, DTYPES, RunningDigest, SealedSegment, SegmentWriter, check_dtype, checksums,
+                     read_sealed, write_rows)
 
 __all__ = ["DEFAULT_DTYPE", "DTYPES", "MANIFEST_NAME", "SEGMENTS_DIRNAME", "SEGMENT_ROWS", "SealedSegment",
            "SegmentInfo", "SegmentStore", "SegmentWriter", "check_dtype", "file_sha256", "read_sealed"]
@@ -256,16 +256,6 @@ class SegmentStore:
             digest.feed(*written)
             self._digest = (number, digest)
 
-    def _checksums(self, number: int, vec: Path, ids: Path) -> tuple[str, str]:
-        """sha256 of a segment's two files: as followed while appending when that covers them, else read back."""
-        followed, self._digest = self._digest, None
-        if followed is not None and followed[0] == number and (followed[1].vec_bytes, followed[1].ids_bytes) == (
-                vec.stat().st_size, ids.stat().st_size):
-            return followed[1].hexdigests()
-        if followed is not None:
-            followed[1].abandon()
-        return file_sha256(vec), file_sha256(ids)
-
     def _active(self, incoming: int) -> int:
         manifest = self.manifest()
         active = next((s for s in self.segments() if not s.sealed), None)
@@ -302,7 +292,12 @@ class SegmentStore:
 
     def _sealed_info(self, number: int, rows: int) -> SegmentInfo:
         vec, ids = self._cut_to(number, rows)
-        return SegmentInfo(number, True, rows, vec.stat().st_size, *self._checksums(number, vec, ids))
+        followed, self._digest = self._digest, None
+        if followed is not None and followed[0] != number:  # another segment's: of no use here
+            followed[1].abandon()
+            followed = None
+        return SegmentInfo(number, True, rows, vec.stat().st_size,
+                           *checksums(vec, ids, followed[1] if followed is not None else None))
 
     def _cut_to(self, number: int, rows: int) -> tuple[Path, Path]:
         """Cut a segment's files to ``rows`` whole rows (a killed writer's torn tail); returns their paths."""
