@@ -15,6 +15,8 @@ folder, in one run; optionally clip-retrieval's `clip inference` on the same fol
 - model-only: the image tower on uint8 batches of the model's input size (host-to-device copy included,
   first batch excluded as warm-up).
 - end-to-end: ``Collection.ingest`` into a fresh collection (plan, decode, embed, commit, index save).
+  When it decodes on the device, also ``end_to_end_unshared``: the same with the CPU pool decoding only what
+  the device cannot (``share_jpegs=False``), to see what sharing the JPEGs with the CPU pool is worth here.
 
 The ratio end-to-end / min(decode, model) says how well the pipeline overlaps its stages (1.0 is perfect).
 On CPU both stages compete for the same cores, so the script also prints the shared-core ceiling
@@ -98,7 +100,7 @@ def decode_only_device(encoder: "DualEncoder", paths: list[Path], batch_size: in
     import torch
     from concurrent.futures import ThreadPoolExecutor
 
-    from mmretrieval.ingest.batches import DecodeTask, chunked
+    from mmretrieval.ingest.batches import DecodeTask
     from mmretrieval.ingest.device_decode import DeviceJpegDecoder, Probed
     from mmretrieval.ingest.routing import probed_groups
 
@@ -137,12 +139,13 @@ def model_only(encoder: "DualEncoder", batch_size: int, images: int) -> float:
 
 
 def end_to_end(encoder: "DualEncoder", folder: Path, collection_dir: Path, batch_size: int, workers: int,
-               device_decode: bool | None) -> float:
+               device_decode: bool | None, share_jpegs: bool = True) -> float:
     from mmretrieval.collection.collection import Collection
 
     started = time.perf_counter()
     with Collection.open(collection_dir, model=encoder, create=True) as collection:
-        summary = collection.ingest([folder], batch_size=batch_size, workers=workers, device_decode=device_decode)
+        summary = collection.ingest([folder], batch_size=batch_size, workers=workers, device_decode=device_decode,
+                                    share_jpegs=share_jpegs)
     seconds = time.perf_counter() - started
     if summary.embedded != len(list(folder.iterdir())):
         raise SystemExit(f"end-to-end embedded {summary.embedded} images; expected all: {summary}")
@@ -227,6 +230,9 @@ def main() -> None:
         model_rate = record("model_only", model_only(encoder, config.batch_size, min(args.images, 20_000)))
         e2e_rate = record("end_to_end", end_to_end(encoder, folder, Path(tmp) / "collection", config.batch_size,
                                                    config.workers, device_decode))
+        if on_device:  # the same, the CPU pool decoding only what the device cannot (routing.share_jpegs off)
+            record("end_to_end_unshared", end_to_end(encoder, folder, Path(tmp) / "unshared", config.batch_size,
+                                                     config.workers, device_decode, share_jpegs=False))
         figures["ratio_to_min_decode_model"] = round(e2e_rate / min(decode_rate, model_rate), 3)
         print(f"end-to-end / min(decode, model) = {figures['ratio_to_min_decode_model']:.2f}")
         if encoder.device.type == "cpu":

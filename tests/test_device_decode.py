@@ -4,6 +4,7 @@ CPU path's embeddings."""
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from mmretrieval.images.preprocess import ImagePreparer
 from mmretrieval.ingest.device_decode import DeviceJpegDecoder, Probed, _orient, probe
+from mmretrieval.ingest.pool import DecodePool
 from mmretrieval.ingest.reader import decode_file
+from mmretrieval.ingest.routing import largest_to_cpu, split_batches
 from mmretrieval.training.scenes import generate
 
 CPU = torch.device("cpu")
@@ -112,3 +115,51 @@ def test_device_path_embeddings_agree_with_the_cpu_path(tmp_path, shapes_encoder
     device_vectors = shapes_encoder.encode_prepared(device_pixels)
     cosines = (cpu_vectors * device_vectors).sum(axis=1)
     assert np.median(cosines) >= 0.995 and cosines.min() >= 0.98, np.round(np.sort(cosines), 4)
+
+
+def test_largest_jpegs_go_to_the_cpu_when_it_has_room(tmp_path):
+    sizes = [(64, 64), (300, 200), (96, 96), (640, 480), (120, 80)]
+    probed = [probe(_write(tmp_path, f"s{i}.jpg", _jpeg(_asymmetric(w, h)))) for i, (w, h) in enumerate(sizes)]
+    device, cpu = largest_to_cpu(probed, 2)
+    assert [p.width for p in cpu] == [300, 640] and [p.width for p in device] == [64, 96, 120]  # order kept
+    assert largest_to_cpu(probed, 0) == (probed, []) and largest_to_cpu(probed, 9) == ([], probed)
+
+
+@pytest.mark.parametrize("share_jpegs", [True, False], ids=["shared", "device-only"])
+def test_cpu_and_device_share_the_jpegs_and_each_file_keeps_its_pixels(tmp_path, share_jpegs):
+    preparer = ImagePreparer('{"size": 48}')
+    tasks = [_write(tmp_path, f"j{i:03d}.jpg", _jpeg(generate(5, i, size=64 + i % 7 * 16).image)) for i in range(160)]
+    png = io.BytesIO()
+    generate(5, 999).image.save(png, "PNG")
+    tasks.append(_write(tmp_path, "other.png", png.getvalue()))
+    pool = DecodePool(preparer, 1)
+
+    def worker_up_after_two_groups():  # so that the CPU side's share does not hang on its start-up time
+        for index, task in enumerate(tasks):
+            deadline = time.monotonic() + 60
+            while index == 48 and share_jpegs and not pool.ready_workers and time.monotonic() < deadline:
+                time.sleep(0.01)
+            yield task
+
+    batches = list(split_batches(worker_up_after_two_groups(), DeviceJpegDecoder(preparer.preprocess, CPU), pool,
+                                 batch_size=16, read_threads=2, share_jpegs=share_jpegs))
+    on_cpu, on_device, rows = set(), set(), {}
+    for decoded, pixels, failed in batches:
+        assert not failed
+        side = on_device if isinstance(pixels, torch.Tensor) else on_cpu
+        block = pixels.numpy() if isinstance(pixels, torch.Tensor) else (pixels[0] if decoded else pixels)
+        for record, row in zip(decoded, block, strict=True):
+            side.add(record.image_id)
+            rows[record.image_id] = row
+    assert on_cpu.isdisjoint(on_device) and on_cpu | on_device == {t.image_id for t in tasks}  # each file once
+    assert tasks[-1].image_id in on_cpu  # the PNG: only the CPU decodes it
+    jpegs_on_cpu = on_cpu - {tasks[-1].image_id}
+    if share_jpegs:  # one JPEG starts the worker; once up, it takes what it has room for, the largest first
+        assert len(jpegs_on_cpu) > 1 and len(on_device) > 0
+        side = {t.image_id: Image.open(t.path).width for t in tasks[:-1]}
+        assert np.mean([side[i] for i in jpegs_on_cpu]) > np.mean([side[i] for i in on_device])
+    else:
+        assert not jpegs_on_cpu
+    for task in tasks:  # each file's own pixels, whichever side decoded it
+        expected = decode_file(task, preparer).pixels.astype(int)
+        assert np.abs(rows[task.image_id].astype(int) - expected).mean() < 6.0, task.path

@@ -73,13 +73,14 @@ def make_nasty_folder(folder) -> dict[str, str]:
     return expected
 
 
-@pytest.mark.parametrize("device_decode", [False, True], ids=["cpu-pool", "device-route-on-cpu"])
-def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder, device_decode):
+@pytest.mark.parametrize("device_decode, share_jpegs", [(False, True), (True, False), (True, True)],
+                         ids=["cpu-pool", "device-route-on-cpu", "device-route-shared"])
+def test_nasty_folder_every_file_gets_a_final_status(tmp_path, tiny_encoder, device_decode, share_jpegs):
     folder = tmp_path / "photos"
     folder.mkdir()
     expected = make_nasty_folder(folder)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
-        summary = col.ingest([folder], batch_size=4, workers=1, device_decode=device_decode)
+        summary = col.ingest([folder], batch_size=4, workers=1, device_decode=device_decode, share_jpegs=share_jpegs)
         counts = col.catalog.counts_by_status()
         assert "pending" not in counts
         outcome = {os.path.basename(f.path): f.reason for f in col.failures()}
@@ -104,7 +105,8 @@ def test_device_route_stores_what_the_cpu_path_stores(tmp_path, shapes_encoder):
     stored = {}
     for device_decode in (False, True):
         with Collection.open(tmp_path / f"col-{device_decode}", model=shapes_encoder, create=True) as col:
-            col.ingest([folder], batch_size=5, workers=1, device_decode=device_decode)
+            # every JPEG the device can take decodes there, none shared with the CPU pool
+            col.ingest([folder], batch_size=5, workers=1, device_decode=device_decode, share_jpegs=False)
             ids, vectors = col.vectors()
             rows = col.catalog.rows(ids.tolist())
             stored[device_decode] = {rows[i].path: (rows[i].width, rows[i].height, vector)

@@ -160,7 +160,7 @@ class Collection:
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
-               device_decode: bool | None = None) -> IngestSummary:
+               device_decode: bool | None = None, share_jpegs: bool = True) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -176,6 +176,8 @@ class Collection:
                 ``workers`` is then Ray's business, and the model loads only in Ray's actors.
             device_decode: decode JPEGs on the model's device (:mod:`mmretrieval.ingest.device_decode`), the
                 other files in the CPU pool at the same time; None: when the model runs on a CUDA GPU.
+            share_jpegs: with device decoding, the CPU pool also takes JPEGs (the largest first) while its
+                workers have room (:mod:`mmretrieval.ingest.routing`).
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -196,7 +198,7 @@ class Collection:
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
-                                         device_decode=device_decode)
+                                         device_decode=device_decode, share_jpegs=share_jpegs)
         with self.writing(busy):
             return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
 

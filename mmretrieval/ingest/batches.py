@@ -26,6 +26,7 @@ class IngestConfig:
     prune: bool = False  # delete rows of files that no longer exist
     device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
     read_threads: int = 8  # with device decoding: threads reading, hashing and probing files
+    share_jpegs: bool = True  # with device decoding: the CPU pool also takes JPEGs while its workers have room
 
     @classmethod
     def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,

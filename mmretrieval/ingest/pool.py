@@ -191,6 +191,8 @@ class _Worker:
 class DecodePool:
     """Decode tasks in ``workers`` processes; iterate :meth:`run` or :meth:`batches` for the results."""
 
+    tasks_per_busy_worker = _DEPTH * _GROUP  # the group a worker decodes and the next, queued in its pipe
+
     def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256,
                  decode: DecodeFn = decode_file, keep_workers: bool = False):
         """
@@ -211,6 +213,9 @@ class DecodePool:
         self.buffer = buffer
         self.keep_workers = keep_workers
         self._kept: list[_Worker] = []  # idle, ready workers from the last run (keep_workers only)
+        # Gauges for a caller sharing work with this pool (the device route), written by the feeder thread only:
+        self.ready_workers = 0  # workers up and taking tasks, in the current run
+        self.results_made = 0  # results (decoded or failed) the workers have sent back, over all runs
 
     def close(self) -> None:
         """Stop the workers kept from earlier runs."""
@@ -319,6 +324,7 @@ class DecodePool:
                     self._collect(workers, pending, sink, chunks, results)
                 else:  # waiting for the caller's next task, or for the consumer to give chunks back
                     stop.wait(_IDLE_S)
+                self.ready_workers = sum(w.ready for w in workers)
             for item in sink.finish():
                 results.put(item)
             results.put(_DONE)
@@ -364,6 +370,7 @@ class DecodePool:
             if message == _READY:
                 worker.ready = True
                 continue
+            self.results_made += len(message[0])
             for item in sink.emit(*message):
                 results.put(item)
         now = time.monotonic()

@@ -5,6 +5,11 @@ the disk, the hashing and the JPEG headers overlap with decoding; what the devic
 that the CPU pool, on its own thread, works through meanwhile. Each batch that comes out carries its records
 and pixels together (a device tensor, or one array from the CPU side), so a file that fails anywhere never
 moves another file's pixels.
+
+The two decoders share the JPEGs too (``share_jpegs``): before each group goes to the device, the CPU side
+takes as many of its JPEGs as its workers have room for, the largest first (Pillow's draft mode decodes a big
+JPEG at 1/2-1/8 scale, while nvJPEG decodes every pixel). So the split follows the rates the two sides reach
+on this machine, measured by how fast the CPU side empties, rather than a fixed share.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ _CPU_READY = 4  # CPU-side batches waiting for the model before the CPU pool is 
 
 
 def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool: DecodePool, batch_size: int,
-                  read_threads: int) -> Iterator[SplitBatch]:
+                  read_threads: int, share_jpegs: bool = True) -> Iterator[SplitBatch]:
     """Decode ``tasks``: JPEGs on the device in batches of up to ``batch_size``, the rest in ``pool``.
 
     Args:
@@ -42,6 +47,7 @@ def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool:
         pool: the CPU pool, for what the device cannot decode (and the reasons of files nobody can).
         batch_size: files per device batch, and most results per CPU batch.
         read_threads: threads reading, hashing and probing files.
+        share_jpegs: the CPU pool also takes JPEGs while its workers have room (see the module docstring).
 
     Yields:
         (records, their pixels, failures) per batch, device and CPU batches interleaved as they are ready.
@@ -51,7 +57,11 @@ def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool:
         with ThreadPoolExecutor(read_threads, thread_name_prefix="mmr-read") as readers:
             for probed in probed_groups(readers, tasks, batch_size):
                 cpu.submit(item for item in probed if not isinstance(item, Probed))
-                decoded, pixels, for_cpu = decoder.decode([item for item in probed if isinstance(item, Probed)])
+                jpegs = [item for item in probed if isinstance(item, Probed)]
+                if share_jpegs:
+                    jpegs, taken = largest_to_cpu(jpegs, cpu.room())
+                    cpu.submit(item.task for item in taken)
+                decoded, pixels, for_cpu = decoder.decode(jpegs)
                 cpu.submit(for_cpu)
                 if decoded:
                     yield decoded, pixels, ()
@@ -73,6 +83,16 @@ def probed_groups(readers: ThreadPoolExecutor, tasks: Iterable[DecodeTask],
         yield [future.result() for future in window.popleft()]
 
 
+def largest_to_cpu(jpegs: list[Probed], room: int) -> tuple[list[Probed], list[Probed]]:
+    """Split ``jpegs`` into (for the device, for the CPU): the CPU gets the ``room`` largest, by pixels."""
+    if room <= 0 or not jpegs:
+        return jpegs, []
+    by_size = sorted(range(len(jpegs)), key=lambda i: jpegs[i].width * jpegs[i].height, reverse=True)
+    to_cpu = set(by_size[:room])
+    return ([item for i, item in enumerate(jpegs) if i not in to_cpu],
+            [item for i, item in enumerate(jpegs) if i in to_cpu])
+
+
 class _CpuSide:
     """The CPU pool on its own thread, fed from a queue; its batches come back with their pixels copied out."""
 
@@ -80,12 +100,26 @@ class _CpuSide:
         self.todo: queue.SimpleQueue = queue.SimpleQueue()
         self.done: queue.Queue = queue.Queue(maxsize=_CPU_READY)
         self.stopping = threading.Event()
+        self.pool = pool
+        self.submitted = 0  # tasks handed to the CPU side
+        self.made_before = pool.results_made  # the pool's count of results before this run
         self.thread = threading.Thread(target=self._run, args=(pool, batch_size), daemon=True, name="mmr-cpu-decode")
         self.thread.start()
 
     def submit(self, tasks: Iterable[DecodeTask]) -> None:
         for task in tasks:
             self.todo.put(task)
+            self.submitted += 1
+
+    def room(self) -> int:
+        """How many more tasks the CPU side can take now without any of them waiting for a worker: enough to
+        keep each ready worker busy (the group it decodes and the next). Before any worker is up, one task, so
+        that an all-JPEG folder starts the pool too; none when the pool decodes inline, on this very thread."""
+        if self.pool.workers <= 0:
+            return 0
+        outstanding = self.submitted - (self.pool.results_made - self.made_before)
+        ready = self.pool.ready_workers
+        return (ready * self.pool.tasks_per_busy_worker if ready else 1) - outstanding
 
     def ready(self) -> Iterator[SplitBatch]:
         """The batches the CPU side has finished so far (does not wait)."""

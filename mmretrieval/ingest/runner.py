@@ -158,7 +158,7 @@ def _decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
     from .routing import split_batches
 
     decoder = DeviceJpegDecoder(encoder.preparer.preprocess, encoder.device)
-    yield from split_batches(tasks, decoder, pool, config.batch_size, config.read_threads)
+    yield from split_batches(tasks, decoder, pool, config.batch_size, config.read_threads, config.share_jpegs)
 
 
 def _decode_on_device(encoder: DualEncoder, config: IngestConfig) -> bool:

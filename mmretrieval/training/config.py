@@ -38,6 +38,8 @@ class TrainConfig:
     eval_every: int = 500  # steps between held-out scores (0: only at the end)
     half: bool = True  # store weights as float16 (half the size on disk)
     scene_size: int = 128  # pixels of generated scenes before the model's own resize
+    classic_share: float = 0.0  # share of scenes drawn with the classic rendering (rehearsal when fine-tuning)
+    position_rate: float = 0.5  # chance that a single object's caption names its position
 
 
 @dataclass(frozen=True)

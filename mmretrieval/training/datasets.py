@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import MMRError
 from ..images.decode import IMAGE_EXTENSIONS

@@ -154,13 +154,14 @@ def sample_scene(rng: random.Random, held_out: str = "exclude", varied: bool = F
         )
 
 
-def caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
-    """A natural caption naming a random subset of the scene's attributes, and which ones it names."""
+def caption(scene: Scene, rng: random.Random, position_rate: float = 0.5) -> tuple[str, CaptionFacts]:
+    """A natural caption naming a random subset of the scene's attributes, and which ones it names
+    (a single object's position with chance ``position_rate``)."""
     say_color = rng.random() < 0.8
     say_shape = rng.random() < 0.8
     say_size = rng.random() < 0.45
     say_background = rng.random() < 0.4
-    say_position = scene.position is not None and rng.random() < 0.5
+    say_position = scene.position is not None and rng.random() < position_rate
     # A single object is always "a"/"one": the caption then names its count.
     say_count = scene.count == 1 or rng.random() < 0.8
 
@@ -358,13 +359,14 @@ class Example:
     facts: CaptionFacts
 
 
-def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128, varied: bool = False) -> Example:
+def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128, varied: bool = False,
+             position_rate: float = 0.5) -> Example:
     """Scene ``index`` of the stream for ``seed``: the same on every call and machine (``varied``: the
-    varied rendering, see the module docstring)."""
+    varied rendering, see the module docstring; ``position_rate``: see :func:`caption`)."""
     rng = random.Random(f"{seed}:{index}")
     scene = sample_scene(rng, held_out=held_out, varied=varied)
     image = render(scene, rng, size=size, varied=varied)
-    text, facts = caption(scene, rng)
+    text, facts = caption(scene, rng, position_rate)
     return Example(index=index, scene=scene, image=image, caption=text, facts=facts)
 
 

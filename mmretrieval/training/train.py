@@ -36,22 +36,29 @@ logger = logging.getLogger(__name__)
 
 
 class SceneDataset(Dataset):
-    """Scene ``i`` of the seed's stream (the varied rendering), augmented, prepared for the model and
-    tokenised, with its caption's and its scene's attribute codes (which captions of a batch fit which scenes).
+    """Scene ``i`` of the seed's stream, augmented, prepared for the model and tokenised, with its caption's
+    and its scene's attribute codes (which captions of a batch fit which scenes).
+
+    Scenes are drawn with the varied rendering, but for a ``classic_share`` of them (chosen per index, so
+    a run stays a pure function of its seed): rehearsal of the classic scenes when fine-tuning a model first
+    trained on them. ``position_rate`` is the chance that a single object's caption names its position.
 
     Augmentation keeps every caption true: flips only when the caption names no position (and the scene's
     position code follows the flip, for the other captions of the batch), brightness and contrast within 10%.
     """
 
-    def __init__(self, seed: int, length: int, preparer: ImagePreparer, tokenizer: Any, scene_size: int):
+    def __init__(self, seed: int, length: int, preparer: ImagePreparer, tokenizer: Any, config: TrainConfig):
         self.seed, self.length, self.preparer, self.tokenizer = seed, length, preparer, tokenizer
-        self.scene_size = scene_size
+        self.scene_size, self.classic_share = config.scene_size, config.classic_share
+        self.position_rate = config.position_rate
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        example = scenes.generate(self.seed, index, size=self.scene_size, varied=True)
+        varied = random.Random(f"{self.seed}:{index}:rendering").random() >= self.classic_share
+        example = scenes.generate(self.seed, index, size=self.scene_size, varied=varied,
+                                  position_rate=self.position_rate)
         image, scene = _augment(example, random.Random(f"{self.seed}:{index}:augment"))
         return (torch.from_numpy(self.preparer(image)), self.tokenizer([example.caption])[0],
                 torch.tensor(example.facts.codes()), torch.tensor(scenes.attribute_codes(scene)))
@@ -159,7 +166,7 @@ def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
     preparer = ImagePreparer(loaded.identity.preprocess)
     length = config.steps * config.batch_size
     if config.data == "scenes":
-        dataset: Dataset = SceneDataset(config.seed, length, preparer, loaded.tokenizer, config.scene_size)
+        dataset: Dataset = SceneDataset(config.seed, length, preparer, loaded.tokenizer, config)
     else:
         dataset = PairDataset(pairs, length, config.seed, preparer, loaded.tokenizer)
     return DataLoader(
