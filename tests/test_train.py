@@ -230,3 +230,27 @@ def test_varied_scenes_are_reproducible_and_only_they_have_textures():
     assert first.caption == again.caption and np.array_equal(np.asarray(first.image), np.asarray(again.image))
     assert "texture" in {scenes.generate(9, i, varied=True).scene.background for i in range(60)}
     assert "texture" not in {scenes.generate(9, i).scene.background for i in range(60)}
+
+
+def test_scene_dataset_rehearses_classic_scenes_and_names_positions_at_the_asked_rate():
+    from mmretrieval.images.preprocess import ImagePreparer
+    from mmretrieval.training.config import SHAPES_PREPROCESS
+    from mmretrieval.training.train import SceneDataset
+
+    preparer = ImagePreparer(json.dumps(SHAPES_PREPROCESS))
+
+    def dataset(**config) -> SceneDataset:
+        return SceneDataset(3, 400, preparer, lambda texts: torch.zeros(len(texts), 4, dtype=torch.long),
+                            TrainConfig(out="x", **config))
+
+    def textures_and_named_positions(data: SceneDataset) -> tuple[int, float]:
+        codes = [data[i] for i in range(240)]
+        textures = sum(int(scene[4]) == scenes.BACKGROUNDS.index("texture") for *_, scene in codes)
+        singles = [caption for *_, caption, scene in codes if scene[5] >= 0]
+        return textures, np.mean([int(caption[5]) >= 0 for caption in singles])
+
+    varied, rate = textures_and_named_positions(dataset())
+    assert varied > 20 and 0.3 < rate < 0.7  # the defaults: varied scenes (a sixth textured), half the positions named
+    assert textures_and_named_positions(dataset(classic_share=1.0))[0] == 0  # textures are varied scenes only
+    assert 0 < textures_and_named_positions(dataset(classic_share=0.5))[0] < 0.8 * varied
+    assert textures_and_named_positions(dataset(position_rate=1.0))[1] == 1.0
