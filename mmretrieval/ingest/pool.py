@@ -215,7 +215,7 @@ class DecodePool:
         self._kept: list[_Worker] = []  # idle, ready workers from the last run (keep_workers only)
         # Gauges for a caller sharing work with this pool (the device route), written by the feeder thread only:
         self.ready_workers = 0  # workers up and taking tasks, in the current run
-        self.results_made = 0  # results (decoded or failed) the workers have sent back, over all runs
+        self.results_made = 0  # results (decoded or failed, timeouts included) made by workers, over all runs
 
     def close(self) -> None:
         """Stop the workers kept from earlier runs."""
@@ -399,6 +399,7 @@ class DecodePool:
             culprit = worker.culprit()
             logger.warning("%s: %s", culprit.path, message)
             held.remove(culprit)
+            self.results_made += 1
             for item in sink.emit([Failed(culprit.image_id, reason, message)], None):
                 results.put(item)
         pending.extendleft(reversed(held))  # not these files' fault: they go back to the queue
