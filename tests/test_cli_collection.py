@@ -171,3 +171,13 @@ def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["index_vectors"] == 4 and info["index_type"] == "hnsw"
     assert info["index_params"] == {"hnsw_m": 16, "ef_search": 300}
+
+
+@pytest.mark.parametrize("share", ["on", "off"])
+def test_ingest_decoding_on_the_device_with_or_without_shared_jpegs(tmp_path, tiny_model_dir, capsys, share):
+    write_good_images(tmp_path / "photos", 6)
+    (tmp_path / "photos" / "bad.jpg").write_text("not an image")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "col"), "--model",
+                 str(tiny_model_dir), "--device", "cpu", "--workers", "1", "--batch-size", "2",
+                 "--device-decode", "on", "--share-jpegs", share]) == 0
+    assert "embedded 6, unchanged 0, duplicates 0, pruned 0, failed 1 (not_an_image 1)" in capsys.readouterr().err

@@ -62,6 +62,9 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
                         help="decode JPEGs on the model's device, other files on the CPU at the same time (auto: on "
                         "with a CUDA GPU)")
+    parser.add_argument("--share-jpegs", choices=("on", "off"), default="on",
+                        help="with device decoding, the CPU workers also decode the largest JPEGs while they have "
+                        "room (default on)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
                         "machine's cores and GPUs, or the cluster at ADDRESS (or $RAY_ADDRESS); --workers then "
@@ -97,7 +100,8 @@ def _ingest(args: argparse.Namespace) -> int:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
                                         ray=_ray_config(args),
-                                        device_decode={"auto": None, "on": True, "off": False}[args.device_decode])
+                                        device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
+                                        share_jpegs=args.share_jpegs == "on")
     failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
