@@ -9,7 +9,9 @@ moves another file's pixels.
 The two decoders share the JPEGs too (``share_jpegs``): before each group goes to the device, the CPU side
 takes as many of its JPEGs as its workers have room for, the largest first (Pillow's draft mode decodes a big
 JPEG at 1/2-1/8 scale, while nvJPEG decodes every pixel). So the split follows the rates the two sides reach
-on this machine, measured by how fast the CPU side empties, rather than a fixed share.
+on this machine, measured by how fast the CPU side empties, rather than a fixed share. Room counts only workers
+that are up: an idle pool gets one JPEG, to start a worker, so a run shorter than the workers' start-up (~0.5 s)
+does not end waiting for them.
 """
 
 from __future__ import annotations
