@@ -254,3 +254,28 @@ def test_scene_dataset_rehearses_classic_scenes_and_names_positions_at_the_asked
     assert textures_and_named_positions(dataset(classic_share=1.0))[0] == 0  # textures are varied scenes only
     assert 0 < textures_and_named_positions(dataset(classic_share=0.5))[0] < 0.8 * varied
     assert textures_and_named_positions(dataset(position_rate=1.0))[1] == 1.0
+
+
+def test_blend_is_the_weighted_mean_of_a_fine_tune_and_its_start(tmp_path, tiny_model_dir, tiny_siglip_dir):
+    from mmretrieval.cli import main
+
+    start = _weights(tiny_model_dir)
+    trained = train(TrainConfig(out=str(tmp_path / "ft"), init=str(tiny_model_dir), steps=2, batch_size=4,
+                                workers=0, device="cpu", eval_every=0, warmup_steps=1, half=False))
+    assert main(["blend", str(trained), str(tiny_model_dir), "--keep-init", "0.25", "--out", str(tmp_path / "b"),
+                 "--full-precision"]) == 0
+    blended, tuned = _weights(tmp_path / "b"), _weights(trained)
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)
+    for name, tensor in blended.items():
+        torch.testing.assert_close(tensor, 0.75 * tuned[name] + 0.25 * start[name])
+    notes = json.loads((tmp_path / "b" / "open_clip_config.json").read_text())
+    assert notes["blend"]["keep_init"] == 0.25 and notes["training"]["init"] == str(tiny_model_dir)
+    assert load_encoder(str(tmp_path / "b"), device="cpu").encode_texts(["a red circle"]).shape[0] == 1
+
+    from mmretrieval.training.blend import blend_models
+
+    with pytest.raises(MMRError, match="different architectures"):  # a SigLIP model has a logit_bias besides
+        blend_models(str(trained), str(tiny_siglip_dir), 0.5, tmp_path / "never")
+    with pytest.raises(MMRError, match="between 0 and 1"):
+        blend_models(str(trained), str(tiny_model_dir), 1.5, tmp_path / "never")
+    assert not (tmp_path / "never").exists()

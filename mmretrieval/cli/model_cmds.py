@@ -13,6 +13,7 @@ from .common import add_model_options, emit
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_classify(subparsers)
     _register_train(subparsers)
+    _register_blend(subparsers)
     _register_eval(subparsers)
     models = subparsers.add_parser("models", help="list open_clip architectures and pretrained tags")
     models.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
@@ -103,6 +104,27 @@ def _train(args: argparse.Namespace) -> int:
 
     out = train(config, on_log=log)
     print(out)
+    return 0
+
+
+def _register_blend(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "blend", help="blend a fine-tuned model with the model it started from (WiSE-FT)",
+        description="Save (1 - KEEP) * TRAINED + KEEP * INIT, weight by weight, as a model directory: a fine-tune "
+        "keeps most of what its starting model knew and most of what it gained (Wortsman et al., 2022).",
+    )
+    parser.add_argument("trained", help="the fine-tuned model (a directory mmr train wrote)")
+    parser.add_argument("init", help="the model it was fine-tuned from (e.g. builtin:shapes)")
+    parser.add_argument("--keep-init", type=float, required=True, metavar="KEEP", help="the init's share, 0 to 1")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--full-precision", action="store_true", help="store float32 weights (default float16)")
+    parser.set_defaults(handler=_blend)
+
+
+def _blend(args: argparse.Namespace) -> int:
+    from ..training.blend import blend_models
+
+    print(blend_models(args.trained, args.init, args.keep_init, args.out, half=not args.full_precision))
     return 0
 
 

@@ -162,13 +162,24 @@ def _read_local_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
+    """The whole ``open_clip_config.json`` of a model directory or builtin model (``model_cfg``,
+    ``preprocess_cfg`` and notes such as ``training``).
+
+    Raises:
+        ModelSpecError: ``spec`` is not a directory or builtin model, or its config is missing or unreadable.
+    """
+    if spec.kind not in ("local", "builtin"):
+        raise ModelSpecError(f"{spec} is not a model directory")
+    return _read_local_config(assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser())
+
+
 def model_config_of(spec: ModelSpec) -> dict[str, Any]:
     """The open_clip architecture config (``model_cfg``) a spec names, e.g. to save a fine-tuned copy."""
     import open_clip
 
     if spec.kind in ("local", "builtin"):
-        directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
-        return _read_local_config(directory)["model_cfg"]
+        return model_dir_config(spec)["model_cfg"]
     config = open_clip.get_model_config(f"hf-hub:{spec.name}" if spec.kind == "hf-hub" else spec.name)
     if config is None:
         raise ModelSpecError(f"no architecture config found for {spec}")

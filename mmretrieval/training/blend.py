@@ -1,0 +1,57 @@
+"""Weight-space blending of a fine-tuned model with the model it started from (WiSE-FT, Wortsman et al. 2022).
+
+Fine-tuning on a narrower distribution gains there and loses some of what the starting model knew; averaging
+the two sets of weights keeps most of both, for no extra training. The bundled demo model is such a blend:
+a CPU fine-tune on varied scenes, blended back with the weights first trained on classic scenes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import MMRError
+from ..models.specs import ModelSpec, load_model, model_config_of, model_dir_config, save_model_dir
+
+
+def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True) -> Path:
+    """Save ``(1 - keep_init) * trained + keep_init * init`` as a model directory that ``--model OUT`` loads.
+
+    Args:
+        trained: the fine-tuned model's spec (a directory ``mmr train`` wrote, say).
+        init: the spec of the model it was fine-tuned from.
+        keep_init: the init's share, 0 to 1.
+        out: the directory to write (open_clip layout; the trained model's config and training notes, plus a
+            ``blend`` record).
+        half: store float16 weights.
+
+    Raises:
+        MMRError: ``keep_init`` out of range, or models of different architectures.
+    """
+    if not 0.0 <= keep_init <= 1.0:
+        raise MMRError(f"keep_init must be between 0 and 1, not {keep_init}")
+    cpu = torch.device("cpu")
+    trained_spec, init_spec = ModelSpec.parse(trained), ModelSpec.parse(init)
+    blended = load_model(trained_spec, device=cpu, precision="fp32")
+    start = load_model(init_spec, device=cpu, precision="fp32").model.state_dict()
+    weights = blended.model.state_dict()
+    mismatched = sorted(set(weights) ^ set(start)) or [k for k in weights if weights[k].shape != start[k].shape]
+    if mismatched:
+        raise MMRError(f"{trained} and {init} are different architectures (first difference: {mismatched[0]}); "
+                       "only a model and the one it was fine-tuned from can be blended")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            if tensor.is_floating_point():
+                tensor.mul_(1.0 - keep_init).add_(start[name], alpha=keep_init)
+    notes = {k: v for k, v in _config(trained_spec).items() if k not in ("model_cfg", "preprocess_cfg")}
+    notes["blend"] = {"trained": trained, "init": init, "keep_init": keep_init,
+                      "init_training": _config(init_spec).get("training")}
+    return save_model_dir(blended.model, model_config_of(trained_spec), out, half=half, extra=notes,
+                          preprocess_cfg=json.loads(blended.identity.preprocess))
+
+
+def _config(spec: ModelSpec) -> dict:
+    """The open_clip_config.json of a model directory or builtin model; {} for other specs."""
+    return model_dir_config(spec) if spec.kind in ("local", "builtin") else {}
