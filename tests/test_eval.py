@@ -118,12 +118,10 @@ def test_drawn_apart_covers_every_shape_and_colour_in_that_colour():
 
 
 def test_position_match_beats_chance_with_the_demo_model(shapes_encoder):
-    from mmretrieval.training.evaluate import position_match_at_5, position_scores
+    from mmretrieval.training.evaluate import position_scores
 
-    score = position_match_at_5(shapes_encoder, seed=5, n_scenes=150, n_queries=60)
-    assert 0.3 < score <= 1.0  # five positions: 0.2 by chance
     scores = position_scores(shapes_encoder, seed=5, n_scenes=150, n_queries=60)
-    assert scores["position_match@5"] == score
+    assert 0.3 < scores["position_match@5"] <= 1.0  # five positions: 0.2 by chance
     # each query's own scene is among those of its colour and shape: chance is above a fifth, and below 1
     assert 0.2 < scores["position_top1_same_object_chance"] < 1.0
     assert scores["position_top1_same_object_chance"] < scores["position_top1_same_object"] <= 1.0

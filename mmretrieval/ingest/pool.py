@@ -191,8 +191,6 @@ class _Worker:
 class DecodePool:
     """Decode tasks in ``workers`` processes; iterate :meth:`run` or :meth:`batches` for the results."""
 
-    tasks_per_busy_worker = _DEPTH * _GROUP  # the group a worker decodes and the next, queued in its pipe
-
     def __init__(self, preparer: ImagePreparer, workers: int, timeout_s: float = 60.0, buffer: int = 256,
                  decode: DecodeFn = decode_file, keep_workers: bool = False):
         """
@@ -216,6 +214,11 @@ class DecodePool:
         # Gauges for a caller sharing work with this pool (the device route), written by the feeder thread only:
         self.ready_workers = 0  # workers up and taking tasks, in the current run
         self.results_made = 0  # results (decoded or failed, timeouts included) made by workers, over all runs
+
+    @staticmethod
+    def tasks_per_busy_worker(batch_size: int) -> int:
+        """Tasks a busy worker holds in :meth:`batches`: the group it decodes and the next, queued in its pipe."""
+        return _DEPTH * _group_rows(batch_size)
 
     def close(self) -> None:
         """Stop the workers kept from earlier runs."""
@@ -256,7 +259,7 @@ class DecodePool:
             yield from self._inline_batches(tasks, batch_size)
             return
         # the batch the consumer holds, those queued for it, the one filling, and the workers' groups in flight
-        group = min(_GROUP, batch_size)
+        group = _group_rows(batch_size)
         groups_per_batch = -(-batch_size // group)
         limit = groups_per_batch * (2 + self._queue_size()) + _DEPTH * self.workers
         chunks = Chunks(_pixel_shape(self.preparer), limit, group)
@@ -406,6 +409,11 @@ class DecodePool:
         for chunk in worker.stop(kill=True):
             chunks.give_back(chunk)
         workers[workers.index(worker)] = _Worker(_context(), self.preparer, self.decode)
+
+
+def _group_rows(batch_size: int) -> int:
+    """Tasks in one group (one message, one chunk) when results are packed into batches of ``batch_size``."""
+    return min(_GROUP, batch_size)
 
 
 def _pixel_shape(preparer: ImagePreparer | None) -> tuple[int, ...]:

@@ -10,8 +10,8 @@ The two decoders share the JPEGs too (``share_jpegs``): before each group goes t
 takes as many of its JPEGs as its workers have room for, the largest first (Pillow's draft mode decodes a big
 JPEG at 1/2-1/8 scale, while nvJPEG decodes every pixel). So the split follows the rates the two sides reach
 on this machine, measured by how fast the CPU side empties, rather than a fixed share. Room counts only workers
-that are up: an idle pool gets one JPEG, to start a worker, so a run shorter than the workers' start-up (~0.5 s)
-does not end waiting for them.
+that are up: an idle pool gets one JPEG, to start a worker. A run shorter than a worker's start-up (~0.5 s from a
+light main module) still ends waiting for that worker and its one file, but not for a full share of JPEGs.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class _CpuSide:
         self.done: queue.Queue = queue.Queue(maxsize=_CPU_READY)
         self.stopping = threading.Event()
         self.pool = pool
+        self.per_worker = pool.tasks_per_busy_worker(batch_size)
         self.submitted = 0  # tasks handed to the CPU side
         self.made_before = pool.results_made  # the pool's count of results before this run
         self.thread = threading.Thread(target=self._run, args=(pool, batch_size), daemon=True, name="mmr-cpu-decode")
@@ -121,7 +122,7 @@ class _CpuSide:
             return 0
         outstanding = self.submitted - (self.pool.results_made - self.made_before)
         ready = self.pool.ready_workers
-        return (ready * self.pool.tasks_per_busy_worker if ready else 1) - outstanding
+        return (ready * self.per_worker if ready else 1) - outstanding
 
     def ready(self) -> Iterator[SplitBatch]:
         """The batches the CPU side has finished so far (does not wait)."""

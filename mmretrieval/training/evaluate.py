@@ -230,22 +230,16 @@ def _apart_mask(shape: str, x: npt.NDArray, y: npt.NDArray, r: float) -> npt.NDA
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def position_match_at_5(encoder: "DualEncoder", seed: int, n_scenes: int = 500, n_queries: int = 200,
-                        varied: bool = True) -> float:
-    """Among the top 5 single-object scenes for "a {color} {shape} in the {position}", the share placed there.
-
-    Scenes and queries are single objects (the only ones with a position); a query is built from a scene, so
-    every query has matching scenes. Few scenes match all three (~2 of 500), so past them this rewards a model
-    that ranks position above colour and shape; :func:`position_scores` also gives a measure without that bias.
-    """
-    return position_scores(encoder, seed, n_scenes, n_queries, varied)["position_match@5"]
-
-
 def position_scores(encoder: "DualEncoder", seed: int, n_scenes: int = 500, n_queries: int = 200,
                     varied: bool = True) -> dict[str, float]:
-    """``position_match@5`` (see :func:`position_match_at_5`) and ``position_top1_same_object``: among the
-    scenes of the query's colour and shape, the share of queries whose best match is at the named position
-    (``position_top1_same_object_chance``: what picking one of those scenes at random would score)."""
+    """How well single-object queries ("a {color} {shape} in the {position}", built from scenes, so each has a
+    match) find the named position:
+
+    - ``position_match@5``: the share of the top 5 scenes placed there. Few scenes match all three (~2 of 500),
+      so past them it rewards a model that ranks position above colour and shape;
+    - ``position_top1_same_object``: among the scenes of the query's colour and shape, the share of queries
+      whose best match is at the named position (``..._chance``: what picking one of them at random scores).
+    """
     singles = [e for e in scenes.stream(seed, stop=4 * n_scenes, held_out="include", varied=varied)
                if e.scene.count == 1]
     singles = singles[:n_scenes]
