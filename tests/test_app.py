@@ -403,11 +403,12 @@ def test_demo_example_queries_find_what_they_say(tmp_path, shapes_encoder):
         expectations = [(DEMO_QUERIES[0], ("red", "circle"), 4), (DEMO_QUERIES[1], ("three", "blue", "squares"), 4),
                         (DEMO_QUERIES[2], ("orange", "star", "striped"), 2)]
         _, _, confidence, _, status = handlers.search("zorbly quaxx fnord", None, "", 5, -1)
-        assert confidence["level"] == "weak" and "Weak match" in status  # gibberish scores within the noise band
+        assert confidence["level"] == "weak" and "Weak match" in status  # gibberish stands out no more than noise
+        for query in DEMO_QUERIES:
+            _, _, confidence, _, status = handlers.search(query, None, "", 5, -1)
+            assert confidence["level"] in ("fair", "clear") and "match:" in status, (query, confidence)
         for query, words, wanted in expectations:
-            _, hits, confidence, _, _ = handlers.search(query, None, "", 5, -1)
-            # The long third query scores low with this small model (within the noise band): the hint says so.
-            assert query == DEMO_QUERIES[2] or confidence["level"] in ("fair", "clear"), (query, confidence)
+            _, hits, _, _, _ = handlers.search(query, None, "", 5, -1)
             matching = [hit["caption"] for hit in hits if all(word in hit["caption"] for word in words)]
             available = sum(all(word in caption for word in words) for caption in captions)
             assert len(matching) >= min(wanted, available), (query, available, [hit["caption"] for hit in hits])

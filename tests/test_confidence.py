@@ -1,26 +1,55 @@
-"""The weak-match hint: a query's best score against what unrelated text scores in the same collection."""
+"""The weak-match hint: how far a query's best score stands above its scores over the collection (its
+contrast), against the contrasts unrelated text reaches in the same collection."""
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pytest
 
-from mmretrieval.collection.confidence import CACHE_NAME, NoiseBand, NoiseCalibration, assess
+from mmretrieval.collection.confidence import CACHE_NAME, NoiseBand, NoiseCalibration, ScoreMoments, assess
 
 
-def _band(scores):
-    return NoiseBand("model", 1, "digest", tuple(scores))
+def _band(contrasts):
+    moments = ScoreMoments(np.zeros(2), np.eye(2))
+    return NoiseBand("model", 1, "digest", tuple(0.5 for _ in contrasts), tuple(contrasts), moments)
 
 
-def test_assess_places_the_best_score_against_the_band():
-    band = _band([0.50, 0.55, 0.60])  # median 0.55, spread 0.05
-    assert assess(0.58, band).level == "weak" and "within the range" in assess(0.58, band).message
-    assert assess(0.60, band).level == "weak"  # the band's top is still noise
-    assert assess(0.65, band).level == "fair"
-    assert assess(0.71, band).level == "clear"
-    assert assess(None, band).level == "none"
-    assert assess(0.65, band).to_dict()["noise_high"] == pytest.approx(0.60)
+def test_assess_places_the_contrast_against_the_band():
+    band = _band([1.0, 1.5, 2.0])  # median 1.5, spread 0.5
+    assert assess(0.7, 1.8, band).level == "weak" and "no further than unrelated text" in assess(0.7, 1.8, band).message
+    assert assess(0.7, 2.0, band).level == "weak"  # the band's top is still noise
+    assert assess(0.7, 2.5, band).level == "fair"
+    assert assess(0.7, 3.1, band).level == "clear"
+    assert assess(None, None, band).level == "none"
+    judged = assess(0.65, 2.5, band).to_dict()
+    assert judged["noise_high"] == pytest.approx(2.0) and judged["top_score"] == pytest.approx(0.65)
+    assert "0.650" in judged["message"] and "2.5 standard deviations" in judged["message"]
+
+
+def test_contrast_from_the_moments_is_the_standardised_best_score():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(500, 16)) + rng.normal(size=16)  # off-centre, as image vectors are
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = rng.normal(size=16)
+    query /= np.linalg.norm(query)
+    scores = vectors @ query
+    expected = (scores.max() - scores.mean()) / scores.std()
+    assert ScoreMoments.of(vectors.astype(np.float32)).contrast(query, float(scores.max())) == pytest.approx(expected, rel=1e-5)
+
+
+def test_text_close_to_every_image_reads_weaker_than_text_that_singles_images_out():
+    # Images spread around a common direction; "generic" text points along it and scores high on all of them,
+    # "specific" text points at a few images and scores lower at best: the best score alone ranks them the
+    # wrong way round, the contrast the right way.
+    rng = np.random.default_rng(0)
+    common, specific = np.eye(32)[0], np.eye(32)[1]
+    images = common + 0.25 * rng.normal(size=(400, 32))
+    images[:5] += 0.9 * specific
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    moments = ScoreMoments.of(images.astype(np.float32))
+    generic_best, specific_best = (images @ common).max(), (images @ specific).max()
+    assert generic_best > specific_best
+    assert moments.contrast(specific, specific_best) > moments.contrast(common, generic_best) + 1
 
 
 class _Counting:
@@ -43,25 +72,49 @@ def test_band_is_measured_once_cached_on_disk_and_measured_again_after_an_ingest
 
     from mmretrieval.collection.collection import Collection
 
+    prompts = ("qwxz", "tax law", "lentil soup")
     write_scene_folder(tmp_path / "images", count=6)
     with Collection.open(tmp_path / "c", model=str(tiny_model_dir), create=True, device="cpu") as collection:
         collection.ingest([tmp_path / "images"], workers=0)
+        (tmp_path / "c" / "confidence.json").write_text("{}")  # a cache from before contrasts
         counting = _Counting(collection)
-        band = NoiseCalibration(counting, prompts=("qwxz", "tax law", "lentil soup")).band()
-        assert counting.lookups == 3 and len(band.top_scores) == 3
-        # each prompt's band entry is its real best score in the collection
-        assert band.high == pytest.approx(max(collection.search(p, k=1)[0].score for p in ("qwxz", "tax law", "lentil soup")), abs=1e-5)
-        cached = json.loads((tmp_path / "c" / CACHE_NAME).read_text())
-        assert cached["generation"] == collection.catalog.generation and len(cached["top_scores"]) == 3
+        band = NoiseCalibration(counting, prompts=prompts).band()
+        assert counting.lookups == 3 and len(band.top_scores) == len(band.contrasts) == 3
+        # each prompt's entry is its real best score in the collection, and that score standardised over all
+        # stored vectors (a collection this small is its own sample)
+        _, stored = collection.vectors()
+        for prompt, best, contrast in zip(prompts, band.top_scores, band.contrasts):
+            scores = stored @ collection.query_vector(prompt)
+            assert best == pytest.approx(collection.search(prompt, k=1)[0].score, abs=1e-5)
+            assert contrast == pytest.approx((best - scores.mean()) / scores.std(), abs=1e-3)
+        assert (tmp_path / "c" / CACHE_NAME).is_file() and not (tmp_path / "c" / "confidence.json").exists()
 
         again = _Counting(collection)
-        assert NoiseCalibration(again, prompts=("qwxz", "tax law", "lentil soup")).band() == band
+        cached = NoiseCalibration(again, prompts=prompts).band()
         assert again.lookups == 0  # read from the collection directory
+        assert (cached.generation, cached.top_scores, cached.contrasts) == (band.generation, band.top_scores, band.contrasts)
+        assert np.array_equal(cached.moments.covariance, band.moments.covariance)
         assert NoiseCalibration(again, prompts=("other", "set")).band().top_scores != band.top_scores
         assert again.lookups == 2  # another prompt set is measured, not mistaken for the cached one
 
         write_scene_folder(tmp_path / "more", count=2)
         collection.ingest([tmp_path / "more"], workers=0)
         after = _Counting(collection)
-        assert NoiseCalibration(after, prompts=("qwxz", "tax law", "lentil soup")).band().generation > band.generation
+        assert NoiseCalibration(after, prompts=prompts).band().generation > band.generation
         assert after.lookups == 3
+
+
+def test_an_unreadable_cache_is_measured_again_and_an_empty_collection_has_nothing_to_judge(tmp_path, tiny_model_dir):
+    from ui_support import write_scene_folder
+
+    from mmretrieval.collection.collection import Collection
+
+    with Collection.open(tmp_path / "c", model=str(tiny_model_dir), create=True, device="cpu") as collection:
+        assert NoiseCalibration(collection).assess(collection.query_vector("a red circle"), None).level == "none"
+        write_scene_folder(tmp_path / "images", count=4)
+        collection.ingest([tmp_path / "images"], workers=0)
+        (tmp_path / "c" / CACHE_NAME).write_bytes(b"not a zip file")
+        counting = _Counting(collection)
+        hit = collection.search("a red circle", k=1)[0]
+        judged = NoiseCalibration(counting, prompts=("qwxz", "tax law")).assess(collection.query_vector("a red circle"), hit.score)
+        assert counting.lookups == 2 and judged.level in ("weak", "fair", "clear") and judged.contrast is not None

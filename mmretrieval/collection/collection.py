@@ -289,8 +289,15 @@ class Collection:
         """
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
-        vector = query_vector(Query.of(query), self._encode_texts, self._embed_image)
-        return self.nearest(vector, k, threshold, filters)
+        return self.nearest(self.query_vector(query), k, threshold, filters)
+
+    def query_vector(self, query: Query | str) -> npt.NDArray[np.float32]:
+        """The unit vector :meth:`search` looks up for ``query``.
+
+        Raises:
+            QueryError: as for :meth:`search`.
+        """
+        return query_vector(Query.of(query), self._encode_texts, self._embed_image)
 
     def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""

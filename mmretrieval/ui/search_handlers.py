@@ -23,6 +23,7 @@ from .media import PREVIEW_PX, export_original, load_upload, zip_originals
 
 if TYPE_CHECKING:
     from ..collection.collection import Hit
+    from ..collection.query import Query
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class SearchHandlers:
             hits = self.ctx.collection.search(query, k=_clamp_k(k), threshold=_threshold(threshold), **filters)
         what = " + ".join(part for part in (repr(text) if text else "", "image" if query_image else "") if part)
         # The noise band describes the whole collection: a filtered search is not judged against it.
-        confidence = self._confidence(hits, plain_text=bool(text) and query_image is None and not negative
-                                      and not filters)
+        plain_text = bool(text) and query_image is None and not negative and not filters
+        confidence = self._confidence(hits, query if plain_text else None)
         return self._results(hits, f"{what}{f' − {negative!r}' if negative else ''}{among}", confidence)
 
     @user_errors
@@ -93,7 +94,7 @@ class SearchHandlers:
         with self.ctx.lock:
             hits = self.ctx.collection.similar(int(image_id), k=_clamp_k(k), threshold=_threshold(threshold),
                                                **filters)
-        return self._results(hits, f"more like image {int(image_id)}{among}", self._confidence(hits, plain_text=False))
+        return self._results(hits, f"more like image {int(image_id)}{among}", self._confidence(hits, None))
 
     def _build_query(self, text: str, image: Image.Image | None, negative: str) -> Any:
         # Terms are built here rather than with search.parse_query, which treats a string naming an existing
@@ -107,14 +108,15 @@ class SearchHandlers:
                      for weight, words in (split_weight(part.strip()) for part in negative.split(",") if part.strip())]
         return Query(tuple(positives), tuple(negatives))
 
-    def _confidence(self, hits: "list[Hit]", plain_text: bool) -> dict[str, Any]:
-        """The best score against the collection's noise band; only text-only queries are calibrated."""
-        if not plain_text:
+    def _confidence(self, hits: "list[Hit]", text_query: "Query | None") -> dict[str, Any]:
+        """How the best hit stands out, against the collection's noise band; only a text-only query is judged."""
+        if text_query is None:
             return {"level": "not calibrated", "top_score": hits[0].score if hits else None,
                     "message": "The weak-match hint is calibrated for unfiltered text-only queries "
                                "(no image, no negatives, no label or folder filter)."}
         with self.ctx.lock:
-            return self.ctx.noise_calibration().assess(hits[0].score if hits else None).to_dict()
+            vector = self.ctx.collection.query_vector(text_query)
+            return self.ctx.noise_calibration().assess(vector, hits[0].score if hits else None).to_dict()
 
     def _results(self, hits: "list[Hit]", description: str, confidence: dict[str, Any]) -> SearchResults:
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
