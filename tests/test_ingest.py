@@ -309,8 +309,8 @@ def test_no_tasks_starts_no_worker(tiny_encoder, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a decoder process was started for nothing")
 
-    monkeypatch.setattr("mmretrieval.ingest.pool._Worker", refuse)
-    monkeypatch.setattr("mmretrieval.ingest.pool._context", refuse)
+    monkeypatch.setattr("mmretrieval.ingest.pool.Worker", refuse)
+    monkeypatch.setattr("mmretrieval.ingest.pool.start_context", refuse)
     assert list(DecodePool(tiny_encoder.preparer, workers=2).run([])) == []
 
 

@@ -1,5 +1,7 @@
 """Decoding worker processes that contain crashes and hangs, and hand pixels over through shared memory.
 
+This module schedules the workers; :mod:`.worker` is the process itself and the parent's handle on it.
+
 Tasks go to each worker in groups of up to :data:`_GROUP`, at most :data:`_DEPTH` groups at a time, and are
 decoded in order. Before it starts a task a worker writes the task's number and the time into a small shared
 header, so the task a worker is busy with is always known: if the worker dies (a segfault in a decoder), or
@@ -25,24 +27,19 @@ which the worker re-runs on import), not a bad file, and no file is failed for i
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
-import multiprocessing
 import queue
 import threading
 import time
-from multiprocessing.connection import Connection, wait
-from multiprocessing.shared_memory import SharedMemory
-from typing import Callable, Iterable, Iterator
-
-import numpy as np
-import numpy.typing as npt
+from multiprocessing.connection import wait
+from typing import Iterable, Iterator
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
-from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
+from .batches import Decoded, DecodeTask, Failed
 from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult
 from .reader import decode_file
+from .worker import READY, DecodeFn, Worker, start_context
 
 logger = logging.getLogger(__name__)
 
@@ -51,141 +48,7 @@ _DEPTH = 2  # groups a worker holds: the one it decodes and the next, queued in 
 _DONE = object()
 _MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
 _STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
-_READY = "decoder-ready"  # a worker's first message, sent once it is up and before it takes a task
 _IDLE_S = 0.005  # the feeder's pause when no worker has anything in flight
-_ATTACHED = 256  # chunks a worker keeps mapped (a pool cycles through far fewer)
-# The shared header, float64s: the number of the task being decoded, when it started (time.monotonic, one
-# clock for every process on the machine), and the number of the last task finished. Numbers start at 0.
-_STARTED, _STARTED_AT, _FINISHED = 0, 1, 2
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mmretrieval.ingest.reader"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
-
-
-def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, header_name: str) -> None:
-    header_memory = SharedMemory(header_name)  # the parent's resource tracker knows it: one owner, one unlink
-    header = np.ndarray((3,), dtype=np.float64, buffer=header_memory.buf)
-    attached: dict[str, tuple[SharedMemory, tuple[int, ...]]] = {}
-    try:
-        conn.send(_READY)
-        while (message := conn.recv()) is not None:
-            chunk_name, shape, group = message
-            rows = _attach(attached, chunk_name, shape, len(group)) if chunk_name else None
-            results: list[Decoded | Failed] = []
-            row = 0
-            for number, task in group:
-                header[_STARTED_AT] = time.monotonic()
-                header[_STARTED] = number
-                result = decode(task, preparer)
-                if rows is not None and isinstance(result, Decoded):
-                    if result.pixels.shape != shape:  # a preparer bug: fail the file, keep rows and records in step
-                        result = Failed(task.image_id, "corrupt", f"prepared pixels have shape {result.pixels.shape}, "
-                                        f"expected {shape}")
-                    else:
-                        rows[row] = result.pixels
-                        row += 1
-                        object.__setattr__(result, "pixels", NO_PIXELS)  # our own fresh record: pixels are in the row
-                results.append(result)
-                header[_FINISHED] = number
-            rows = None
-            conn.send(results)
-    except (EOFError, OSError):  # the parent is gone (killed, say): leave quietly, nobody is listening
-        return
-
-
-def _attach(attached: dict, name: str, shape: tuple[int, ...], rows: int) -> npt.NDArray[np.uint8]:
-    if name not in attached:
-        if len(attached) >= _ATTACHED:
-            oldest = next(iter(attached))
-            attached.pop(oldest)[0].close()
-        attached[name] = (SharedMemory(name), shape)
-    return np.ndarray((rows, *shape), dtype=np.uint8, buffer=attached[name][0].buf)
-
-
-@dataclasses.dataclass
-class _Sent:
-    """A group a worker holds: its tasks (numbered) and the chunk its pixels go to."""
-
-    tasks: list[tuple[int, DecodeTask]]
-    chunk: Chunk | None
-
-
-class _Worker:
-    def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer, decode: DecodeFn):
-        self.conn, child = context.Pipe()
-        self.header_memory = SharedMemory(create=True, size=64)
-        self.header = np.ndarray((3,), dtype=np.float64, buffer=self.header_memory.buf)
-        self.header[:] = -1
-        self.process = context.Process(target=_worker_main, daemon=True,
-                                       args=(child, preparer, decode, self.header_memory.name))
-        self.process.start()
-        child.close()
-        self.groups: collections.deque[_Sent] = collections.deque()  # sent and not answered, in order
-        self.numbered = 0  # tasks numbered so far
-        self.ready = False  # set by its first message; until then its tasks are waiting, not decoding
-        self.started = time.monotonic()
-
-    @property
-    def tasks(self) -> list[DecodeTask]:
-        """Tasks sent and not answered, in order."""
-        return [task for sent in self.groups for _, task in sent.tasks]
-
-    def send(self, tasks: list[DecodeTask], chunk: Chunk | None, shape: tuple[int, ...]) -> None:
-        group = [(self.numbered + i, task) for i, task in enumerate(tasks)]
-        self.numbered += len(group)
-        self.groups.append(_Sent(group, chunk))
-        self.conn.send((chunk.name if chunk else None, shape, group))
-
-    def receive(self) -> tuple[list[Decoded | Failed], Chunk | None] | str:
-        """The next message: ``_READY``, or a group's results in task order and the chunk holding the pixels
-        of its decoded ones (rows in order)."""
-        message = self.conn.recv()
-        if message == _READY:
-            return message
-        sent = self.groups.popleft()
-        return message, sent.chunk
-
-    def busy_since(self) -> float | None:
-        """When the worker started the task it is decoding now (``time.monotonic``); None between tasks."""
-        started, started_at, finished = self.header
-        return float(started_at) if started > finished else None
-
-    def culprit(self) -> DecodeTask:
-        """The task the worker was decoding, by its header; the oldest unanswered one if it was between tasks."""
-        started = int(self.header[_STARTED]) if self.header[_STARTED] > self.header[_FINISHED] else None
-        numbered = [item for sent in self.groups for item in sent.tasks]
-        return next((task for number, task in numbered if number == started), numbered[0][1])
-
-    def stop(self, kill: bool = False) -> list[Chunk]:
-        """Stop the process; returns the chunks of the groups it still held (free again: nobody writes them)."""
-        if kill:
-            self.process.kill()
-        else:
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
-        if self.header_memory is not None:
-            self.header = None
-            self.header_memory.close()
-            self.header_memory.unlink()
-            self.header_memory = None
-        chunks = [sent.chunk for sent in self.groups if sent.chunk is not None]
-        self.groups.clear()
-        return chunks
 
 
 class DecodePool:
@@ -210,7 +73,7 @@ class DecodePool:
         self.timeout_s = timeout_s
         self.buffer = buffer
         self.keep_workers = keep_workers
-        self._kept: list[_Worker] = []  # idle, ready workers from the last run (keep_workers only)
+        self._kept: list[Worker] = []  # idle, ready workers from the last run (keep_workers only)
         # Gauges for a caller sharing work with this pool (the device route), written by the feeder thread only:
         self.ready_workers = 0  # workers up and taking tasks, in the current run
         self.results_made = 0  # results (decoded or failed, timeouts included) made by workers, over all runs
@@ -320,7 +183,7 @@ class DecodePool:
             while (pending or not exhausted or any(w.groups for w in workers)) and not stop.is_set():
                 exhausted = exhausted or _fill(tasks, pending, self.workers * _DEPTH * chunks.rows)
                 if pending and len(workers) < self.workers:  # no task, no worker: they start as work comes
-                    workers += [_Worker(_context(), self.preparer, self.decode)
+                    workers += [Worker(start_context(), self.preparer, self.decode)
                                 for _ in range(min(self.workers - len(workers), len(pending)))]
                 self._dispatch(workers, pending, sink, chunks, results)
                 if any(w.groups for w in workers):
@@ -342,7 +205,7 @@ class DecodePool:
                     worker.stop(kill=bool(worker.groups))
 
     @staticmethod
-    def _dispatch(workers: list[_Worker], pending: collections.deque, sink: "EachResult | Batcher", chunks: Chunks,
+    def _dispatch(workers: list[Worker], pending: collections.deque, sink: "EachResult | Batcher", chunks: Chunks,
                   results: queue.Queue) -> None:
         """Send each worker with room a group of pending tasks, each group with a free chunk."""
         for worker in workers:
@@ -358,7 +221,7 @@ class DecodePool:
                 return
             worker.send([pending.popleft() for _ in range(size)], chunk, chunks.shape)
 
-    def _collect(self, workers: list[_Worker], pending: collections.deque, sink: "EachResult | Batcher",
+    def _collect(self, workers: list[Worker], pending: collections.deque, sink: "EachResult | Batcher",
                  chunks: Chunks, results: queue.Queue) -> None:
         busy = {w.conn: w for w in workers if w.groups}
         replace = lambda worker, reason, message: self._replace(  # noqa: E731
@@ -370,7 +233,7 @@ class DecodePool:
             except (EOFError, OSError):
                 replace(worker, "decoder_crashed", f"the decoder process died (exit code {worker.process.exitcode})")
                 continue
-            if message == _READY:
+            if message == READY:
                 worker.ready = True
                 continue
             self.results_made += len(message[0])
@@ -388,7 +251,7 @@ class DecodePool:
             elif not worker.ready and now - worker.started > _STARTUP_LIMIT_S:
                 replace(worker, "decoder_crashed", "the decoder never started")
 
-    def _replace(self, workers: list[_Worker], worker: _Worker, pending: collections.deque,
+    def _replace(self, workers: list[Worker], worker: Worker, pending: collections.deque,
                  sink: "EachResult | Batcher", chunks: Chunks, results: queue.Queue, reason: str, message: str) -> None:
         """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
         held = worker.tasks
@@ -408,7 +271,7 @@ class DecodePool:
         pending.extendleft(reversed(held))  # not these files' fault: they go back to the queue
         for chunk in worker.stop(kill=True):
             chunks.give_back(chunk)
-        workers[workers.index(worker)] = _Worker(_context(), self.preparer, self.decode)
+        workers[workers.index(worker)] = Worker(start_context(), self.preparer, self.decode)
 
 
 def _group_rows(batch_size: int) -> int:
