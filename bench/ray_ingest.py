@@ -105,7 +105,7 @@ def fixed_weights(spec: str, directory: Path) -> str:
     actor must load the same weights."""
     import open_clip
 
-    from mmretrieval.models.specs import save_model_dir
+    from mmretrieval.models.loading import save_model_dir
 
     config = open_clip.get_model_config(spec) if ":" not in spec and "/" not in spec else None
     if config is None:

@@ -29,7 +29,7 @@ def _prepare(root: Path, images: int) -> tuple[Path, Path, Path]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     if not (model_dir / "open_clip_config.json").is_file():
         script = ("import open_clip, sys\n"
-                  "from mmretrieval.models.specs import save_model_dir\n"
+                  "from mmretrieval.models.loading import save_model_dir\n"
                   "model = open_clip.create_model('ViT-B-32', pretrained=None)\n"
                   "save_model_dir(model, open_clip.get_model_config('ViT-B-32'), sys.argv[1])\n")
         subprocess.run([sys.executable, "-c", script, str(model_dir)], check=True, env=env)

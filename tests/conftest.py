@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory):
     """A local open_clip model directory with random (seeded) tiny weights."""
     import open_clip
 
-    from mmretrieval.models.specs import save_model_dir
+    from mmretrieval.models.loading import save_model_dir
 
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_MODEL_CFG)
@@ -55,7 +55,7 @@ def tiny_siglip_dir(tmp_path_factory):
     """Like ``tiny_model_dir`` but SigLIP-style: the model has a learned ``logit_bias``."""
     import open_clip
 
-    from mmretrieval.models.specs import save_model_dir
+    from mmretrieval.models.loading import save_model_dir
 
     torch.manual_seed(1)
     cfg = {**TINY_MODEL_CFG, "init_logit_bias": -10.0}

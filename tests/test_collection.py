@@ -20,7 +20,7 @@ import torch
 from conftest import TINY_MODEL_CFG
 from mmretrieval.collection.collection import Collection
 from mmretrieval.errors import CollectionError, QueryError
-from mmretrieval.models.specs import save_model_dir
+from mmretrieval.models.loading import save_model_dir
 from test_ingest import write_good_images
 
 _CHILD = textwrap.dedent("""

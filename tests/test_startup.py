@@ -63,7 +63,7 @@ def _variant_dir(tmp_path, name, **changes):
     import torch
 
     from conftest import TINY_MODEL_CFG
-    from mmretrieval.models.specs import save_model_dir
+    from mmretrieval.models.loading import save_model_dir
 
     cfg = {**TINY_MODEL_CFG, **{k: v for k, v in changes.items() if k != "text_cfg"},
            "text_cfg": {**TINY_MODEL_CFG["text_cfg"], **changes.get("text_cfg", {})}}

@@ -15,12 +15,12 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
+from ..models.specs import ModelIdentity
 from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
 from .ray_segments import ResultDrop
 from .reader import decode_file
 
-if TYPE_CHECKING:  # models.specs imports torch, which decode tasks must not pay for
-    from ..models.specs import ModelIdentity
+if TYPE_CHECKING:
     from .pool import DecodePool
 
 Batch = dict[str, npt.NDArray[Any]]
@@ -108,7 +108,7 @@ def check_reproducible(identity: "ModelIdentity") -> None:
     if identity.weights.startswith("random-"):
         raise CollectionError(
             f"{identity.spec} has random weights, which every Ray actor would draw anew (other vectors); save the "
-            "model as a directory (mmretrieval.models.specs.save_model_dir) and use that, or ingest without --ray")
+            "model as a directory (mmretrieval.models.loading.save_model_dir) and use that, or ingest without --ray")
 
 
 class Embedder:
@@ -126,7 +126,6 @@ class Embedder:
             CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
         """
         from ..models.encoder import load_encoder  # torch: only in the actors
-        from ..models.specs import ModelIdentity
 
         identity = ModelIdentity.from_json(identity_json)
         if device == "cpu":

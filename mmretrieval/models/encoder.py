@@ -21,7 +21,8 @@ from PIL import Image
 
 from ..errors import ModelSpecError
 from ..images.decode import decode_path, to_rgb
-from .specs import LoadedModel, ModelIdentity, ModelSpec, load_model
+from .loading import LoadedModel, load_model
+from .specs import ModelIdentity, ModelSpec
 from ..images.preprocess import ImagePreparer
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def load_encoder(
         cache_dir: Hugging Face cache directory (default: the standard one).
 
     Raises:
-        ModelSpecError, ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.specs.load_model`.
+        ModelSpecError, ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.loading.load_model`.
     """
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     torch_device = resolve_device(device)

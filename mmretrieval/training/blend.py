@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..errors import MMRError
-from ..models.specs import ModelSpec, load_model, model_config_of, model_dir_config, save_model_dir
+from ..models.loading import load_model, save_model_dir
+from ..models.specs import ModelSpec, model_config_of, model_dir_config
 
 
 def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True) -> Path:

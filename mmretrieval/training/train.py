@@ -27,7 +27,8 @@ from .datasets import CaptionedImage, read_captioned
 from ..models.encoder import DualEncoder, PixelNormaliser, resolve_device
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
-from ..models.specs import LoadedModel, ModelIdentity, ModelSpec, load_model, model_config_of, save_model_dir
+from ..models.loading import LoadedModel, load_model, save_model_dir
+from ..models.specs import ModelIdentity, ModelSpec, model_config_of
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 from .losses import multi_positive_clip_loss, multi_positive_siglip_loss
