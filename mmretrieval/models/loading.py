@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
-from .specs import (CONFIG_NAME, WEIGHTS_NAME, ModelIdentity, ModelSpec, _config_hash, _read_local_config, assets_dir,
+from .specs import (CONFIG_NAME, WEIGHTS_NAME, ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir,
                     find_checkpoint, sha256_file)
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     model.eval()
 
     if spec.kind in ("local", "builtin"):
-        architecture = source.config.get("architecture") or _config_hash(source.config["model_cfg"])
+        architecture = source.config.get("architecture") or config_hash(source.config["model_cfg"])
     elif spec.kind == "hf-hub":
-        architecture = _config_hash(open_clip.get_model_config(source.open_clip_name) or {})
+        architecture = config_hash(open_clip.get_model_config(source.open_clip_name) or {})
     else:
         architecture = spec.name
     projection = getattr(model, "text_projection", None)
@@ -120,7 +120,7 @@ def _without_random_init_warning(active: bool) -> Iterator[None]:
 def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
     if spec.kind in ("local", "builtin"):
         directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
-        config = _read_local_config(directory)
+        config = read_dir_config(directory)
         return _Source(f"local-dir:{directory}", None, find_checkpoint(directory), config)
     if spec.kind == "hf-hub":
         return _Source(f"hf-hub:{spec.name}", None, None, {})

@@ -135,7 +135,12 @@ def find_checkpoint(directory: Path) -> Path:
     return candidates[0]
 
 
-def _read_local_config(directory: Path) -> dict[str, Any]:
+def read_dir_config(directory: Path) -> dict[str, Any]:
+    """The ``open_clip_config.json`` of a model directory, checked to hold a ``model_cfg``.
+
+    Raises:
+        ModelSpecError: no such directory, no config, or an unreadable one.
+    """
     if not directory.is_dir():
         raise ModelSpecError(f"model directory {directory} does not exist")
     config_path = directory / CONFIG_NAME
@@ -159,7 +164,7 @@ def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
     """
     if spec.kind not in ("local", "builtin"):
         raise ModelSpecError(f"{spec} is not a model directory")
-    return _read_local_config(assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser())
+    return read_dir_config(assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser())
 
 
 def model_config_of(spec: ModelSpec) -> dict[str, Any]:
@@ -213,7 +218,8 @@ def _hash_memo_path(real: Path) -> Path:
     return user_cache_dir() / "sha256" / f"{name}.json"
 
 
-def _config_hash(model_cfg: dict[str, Any]) -> str:
+def config_hash(model_cfg: dict[str, Any]) -> str:
+    """The architecture name of a model built from a config rather than a registry name: ``cfg-`` and a hash."""
     return "cfg-" + hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 

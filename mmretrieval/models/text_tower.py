@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .specs import ModelIdentity, ModelSpec, _config_hash, _read_local_config, assets_dir, find_checkpoint, sha256_file
+from .specs import ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -227,14 +227,14 @@ def load_text_encoder(identity: ModelIdentity, device: torch.device) -> TextEnco
         return None
     directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name)
     try:
-        config = _read_local_config(directory)
+        config = read_dir_config(directory)
         checkpoint = find_checkpoint(directory)
     except Exception as exc:  # the full load reports it properly
         logger.info("no fast text tower for %s: %s", directory, exc)
         return None
     model_cfg = config["model_cfg"]
     reason = unsupported_reason(model_cfg, checkpoint)
-    architecture = config.get("architecture") or _config_hash(model_cfg)
+    architecture = config.get("architecture") or config_hash(model_cfg)
     if reason is None and (architecture != identity.architecture or sha256_file(checkpoint) != identity.weights):
         reason = "the directory's model differs from the collection's"
     if reason is not None:
