@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +29,23 @@ def built(tmp_path, tiny_model_dir, capsys):
 def test_search_prints_score_tab_path(built, capsys):
     tmp_path, collection = built
     assert main(["search", "a red circle", "--collection", collection, "-k", "3", "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert len(lines) == 3
     for line in lines:
         score, path = line.split("\t")
         assert -1 <= float(score) <= 1 and path.startswith(str(tmp_path / "photos"))
+    # the match hint goes to stderr (stdout stays clean for pipes), with the best score it judged
+    judged = re.search(r"(Weak|Fair|Clear) match: the best score (-?[0-9.]+) stands", captured.err)
+    assert judged and float(judged.group(2)) == pytest.approx(float(lines[0].split("\t")[0]), abs=6e-4)
+    assert (Path(collection) / "confidence.npz").is_file()
+
+
+def test_search_judges_only_plain_text_queries(built, capsys):
+    tmp_path, collection = built
+    for extra in (["--not", "blue"], ["--prefix", str(tmp_path / "photos")], ["--image", str(tmp_path / "photos" / "good01.jpg")]):
+        assert main(["search", "a red circle", "--collection", collection, "--device", "cpu", *extra]) == 0
+        assert "match:" not in capsys.readouterr().err, extra
 
 
 def test_search_json_with_image_and_negative(built, capsys, monkeypatch):

@@ -22,6 +22,7 @@ from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
+    from ..collection.query import Query
     from ..ingest.ray_index import RayIndexFill
     from ..ingest.ray_runner import RayIngestConfig
 
@@ -142,7 +143,18 @@ def _search(args: argparse.Namespace) -> int:
         hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                  **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
+        if hits and _plain_text(query, args):
+            from ..collection.confidence import NoiseCalibration
+
+            print(NoiseCalibration(collection).assess(collection.query_vector(query), hits[0].score).message,
+                  file=sys.stderr)
     return _print_hits(rows, args.json)
+
+
+def _plain_text(query: "Query", args: argparse.Namespace) -> bool:
+    """One text and nothing else: the queries the match hint is calibrated for (as in the web UI)."""
+    filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
+    return len(query.positives) == 1 and query.positives[0].text is not None and not query.negatives and not filtered
 
 
 def _register_similar(subparsers) -> None:

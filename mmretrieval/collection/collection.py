@@ -297,9 +297,9 @@ class Collection:
         Raises:
             QueryError: as for :meth:`search`.
         """
-        return query_vector(Query.of(query), self._encode_texts, self._embed_image)
+        return query_vector(Query.of(query), self.encode_texts, self._embed_image)
 
-    def _encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
         with self._lock:
             if self._encoder is None and self._text_encoder is None:

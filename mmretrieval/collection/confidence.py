@@ -180,7 +180,7 @@ class NoiseCalibration:
         del ids
         _, sample = catalog.vectors(chosen)
         moments = ScoreMoments.of(sample) if len(sample) else ScoreMoments(np.zeros(0), np.zeros((0, 0)))
-        vectors = self._collection.encoder.encode_texts(list(self._prompts))
+        vectors = self._collection.encode_texts(list(self._prompts))  # the text tower alone, where it can
         scores, contrasts = [], []
         for vector in vectors:
             hits = self._collection.nearest(vector, 1)
