@@ -149,13 +149,13 @@ class NoiseCalibration:
 
     def band(self) -> NoiseBand:
         """The band for the collection as it is now (measured again after an ingest or a model change)."""
-        info = self._collection.info()
+        model_key = self._collection.identity.key()
         generation = int(self._collection.catalog.generation)
         with self._lock:
-            if not self._is_current(self._band, info.model_key, generation):
+            if not self._is_current(self._band, model_key, generation):
                 cached = _read(self._collection.directory / CACHE_NAME)
-                if not self._is_current(cached, info.model_key, generation):
-                    cached = self._measure(info.model_key, generation)
+                if not self._is_current(cached, model_key, generation):
+                    cached = self._measure(model_key, generation)
                     _write(self._collection.directory, cached)
                 self._band = cached
             return self._band
