@@ -61,8 +61,8 @@ class SearchHandlers:
     ) -> SearchResults:
         """Text and/or image query, minus negative text, optionally only among images with ``label`` or under ``folder``.
 
-        Returns the gallery, the hits as JSON, how far the best score stands above what unrelated text scores
-        (for text-only queries), the hit ids and a status line.
+        Returns the gallery, the hits as JSON, how far the best hit stands out from the query's scores against
+        how far unrelated text's does (for text-only queries), the hit ids and a status line.
         """
         query_image = load_upload(image)
         text, negative = (text or "").strip(), (negative or "").strip()
