@@ -398,8 +398,9 @@ def test_demo_example_queries_find_what_they_say(tmp_path, shapes_encoder):
     captions = pd.read_csv(tmp_path / "demo" / "captions.csv")["caption"]
     with Collection.open(directory, model=shapes_encoder, device="cpu") as collection:
         handlers = SearchHandlers(AppContext(collection=collection, encoder=shapes_encoder))
-        # (query, words a matching caption has, how many of the top 5 must match); 400 scenes hold only a few
-        # orange stars on stripes, and the model ranks "a … star" (one) above "two … stars" that share the words.
+        # (query, words a matching caption has, how many of the top 5 must match); the best hit must match too.
+        # 400 scenes hold only a few orange stars on stripes, and the model ranks "a … star" (one) above "two …
+        # stars" that share the words.
         expectations = [(DEMO_QUERIES[0], ("red", "circle"), 4), (DEMO_QUERIES[1], ("three", "blue", "squares"), 4),
                         (DEMO_QUERIES[2], ("orange", "star", "striped"), 2)]
         _, _, confidence, _, status = handlers.search("zorbly quaxx fnord", None, "", 5, -1)
@@ -412,6 +413,7 @@ def test_demo_example_queries_find_what_they_say(tmp_path, shapes_encoder):
             matching = [hit["caption"] for hit in hits if all(word in hit["caption"] for word in words)]
             available = sum(all(word in caption for word in words) for caption in captions)
             assert len(matching) >= min(wanted, available), (query, available, [hit["caption"] for hit in hits])
+            assert all(word in hits[0]["caption"] for word in words), (query, hits[0]["caption"])
 
 
 def _raw_call(server: str, endpoint: str, data) -> tuple[str, object]:
