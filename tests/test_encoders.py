@@ -292,3 +292,22 @@ def test_pil_images_and_files_are_converted_alike(tiny_encoder, tmp_path):
     for image, path in ((rgba, "clear.png"), (grey16, "grey16.png")):
         np.testing.assert_allclose(tiny_encoder.encode_images([image]),
                                    tiny_encoder.encode_images([tmp_path / path]), atol=1e-6)
+
+
+def test_a_saved_model_directory_has_the_modes_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    import open_clip
+    from conftest import TINY_MODEL_CFG
+
+    from mmretrieval.models.loading import save_model_dir
+    from mmretrieval.models.specs import CONFIG_NAME, WEIGHTS_NAME
+
+    previous = os.umask(0o027)
+    try:
+        directory = save_model_dir(open_clip.CLIP(**TINY_MODEL_CFG), TINY_MODEL_CFG, tmp_path / "m")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+    assert modes == {CONFIG_NAME: 0o640, WEIGHTS_NAME: 0o640}  # shareable with the group, as any other file

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,9 @@ def save_model_dir(
     # Each file is fsynced and renamed into place; a crash between the two leaves new weights beside the
     # previous config of the same run, which differs only in its training notes.
     with atomic_path(directory / WEIGHTS_NAME) as tmp_weights:
+        mode = stat.S_IMODE(tmp_weights.stat().st_mode)  # 0666 less the umask, as atomic_path made it
         save_file(state, str(tmp_weights))
+        os.chmod(tmp_weights, mode)  # safetensors writes a new file of mode 0600 in its place
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
 
