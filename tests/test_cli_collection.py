@@ -43,7 +43,8 @@ def test_search_prints_score_tab_path(built, capsys):
 
 def test_search_judges_only_plain_text_queries(built, capsys):
     tmp_path, collection = built
-    for extra in (["--not", "blue"], ["--prefix", str(tmp_path / "photos")], ["--image", str(tmp_path / "photos" / "good01.jpg")]):
+    photos = tmp_path / "photos"
+    for extra in (["--not", "blue"], ["--prefix", str(photos)], ["--image", str(photos / "good01.jpg")]):
         assert main(["search", "a red circle", "--collection", collection, "--device", "cpu", *extra]) == 0
         assert "match:" not in capsys.readouterr().err, extra
 

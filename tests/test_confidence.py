@@ -34,7 +34,8 @@ def test_contrast_from_the_moments_is_the_standardised_best_score():
     query /= np.linalg.norm(query)
     scores = vectors @ query
     expected = (scores.max() - scores.mean()) / scores.std()
-    assert ScoreMoments.of(vectors.astype(np.float32)).contrast(query, float(scores.max())) == pytest.approx(expected, rel=1e-5)
+    moments = ScoreMoments.of(vectors.astype(np.float32))
+    assert moments.contrast(query, float(scores.max())) == pytest.approx(expected, rel=1e-5)
 
 
 def test_text_close_to_every_image_reads_weaker_than_text_that_singles_images_out():
@@ -92,7 +93,8 @@ def test_band_is_measured_once_cached_on_disk_and_measured_again_after_an_ingest
         again = _Counting(collection)
         cached = NoiseCalibration(again, prompts=prompts).band()
         assert again.lookups == 0  # read from the collection directory
-        assert (cached.generation, cached.top_scores, cached.contrasts) == (band.generation, band.top_scores, band.contrasts)
+        assert cached.generation == band.generation
+        assert (cached.top_scores, cached.contrasts) == (band.top_scores, band.contrasts)
         assert np.array_equal(cached.moments.covariance, band.moments.covariance)
         assert NoiseCalibration(again, prompts=("other", "set")).band().top_scores != band.top_scores
         assert again.lookups == 2  # another prompt set is measured, not mistaken for the cached one
@@ -116,5 +118,6 @@ def test_an_unreadable_cache_is_measured_again_and_an_empty_collection_has_nothi
         (tmp_path / "c" / CACHE_NAME).write_bytes(b"not a zip file")
         counting = _Counting(collection)
         hit = collection.search("a red circle", k=1)[0]
-        judged = NoiseCalibration(counting, prompts=("qwxz", "tax law")).assess(collection.query_vector("a red circle"), hit.score)
+        calibration = NoiseCalibration(counting, prompts=("qwxz", "tax law"))
+        judged = calibration.assess(collection.query_vector("a red circle"), hit.score)
         assert counting.lookups == 2 and judged.level in ("weak", "fair", "clear") and judged.contrast is not None

@@ -198,7 +198,8 @@ def _read(path: Path) -> NoiseBand | None:
         with np.load(path, allow_pickle=False) as stored:
             head = json.loads(str(stored["head"]))
             return NoiseBand(str(head["model_key"]), int(head["generation"]), str(head["prompts_digest"]),
-                             tuple(float(s) for s in stored["top_scores"]), tuple(float(c) for c in stored["contrasts"]),
+                             tuple(float(s) for s in stored["top_scores"]),
+                             tuple(float(c) for c in stored["contrasts"]),
                              ScoreMoments(stored["mean"], stored["covariance"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, FileNotFoundError):
