@@ -20,7 +20,6 @@ def test_assess_places_the_contrast_against_the_band():
     assert assess(0.7, 2.0, band).level == "weak"  # the band's top is still noise
     assert assess(0.7, 2.5, band).level == "fair"
     assert assess(0.7, 3.1, band).level == "clear"
-    assert assess(None, None, band).level == "none"
     judged = assess(0.65, 2.5, band).to_dict()
     assert judged["noise_high"] == pytest.approx(2.0) and judged["top_score"] == pytest.approx(0.65)
     assert "0.650" in judged["message"] and "2.5 standard deviations" in judged["message"]
@@ -84,6 +83,8 @@ def test_band_is_measured_once_cached_on_disk_and_measured_again_after_an_ingest
         # each prompt's entry is its real best score in the collection, and that score standardised over all
         # stored vectors (a collection this small is its own sample)
         _, stored = collection.vectors()
+        by_text, by_vector = collection.search("tax law", k=3), collection.search(collection.query_vector("tax law"), k=3)
+        assert [(h.id, h.score) for h in by_vector] == [(h.id, h.score) for h in by_text]  # the UI encodes once
         for prompt, best, contrast in zip(prompts, band.top_scores, band.contrasts):
             scores = stored @ collection.query_vector(prompt)
             assert best == pytest.approx(collection.search(prompt, k=1)[0].score, abs=1e-5)
@@ -112,7 +113,8 @@ def test_an_unreadable_cache_is_measured_again_and_an_empty_collection_has_nothi
     from mmretrieval.collection.collection import Collection
 
     with Collection.open(tmp_path / "c", model=str(tiny_model_dir), create=True, device="cpu") as collection:
-        assert NoiseCalibration(collection).assess(collection.query_vector("a red circle"), None).level == "none"
+        nothing = NoiseCalibration(collection).assess(collection.query_vector("a red circle"), None)
+        assert nothing.level == "none" and nothing.noise_high is None
         write_scene_folder(tmp_path / "images", count=4)
         collection.ingest([tmp_path / "images"], workers=0)
         (tmp_path / "c" / CACHE_NAME).write_bytes(b"not a zip file")

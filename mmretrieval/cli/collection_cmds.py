@@ -22,7 +22,6 @@ from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
-    from ..collection.query import Query
     from ..ingest.ray_index import RayIndexFill
     from ..ingest.ray_runner import RayIngestConfig
 
@@ -139,22 +138,17 @@ def _search(args: argparse.Namespace) -> int:
     from ..collection.query import parse_query
 
     query = parse_query(args.text, args.image, args.negatives)
+    filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     with _open(args.collection, device=args.device) as collection:
-        hits = collection.search(query, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
+        vector = collection.query_vector(query)
+        hits = collection.search(vector, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                  **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
-        if hits and _plain_text(query, args):
+        if hits and query.is_single_text and not filtered:  # the queries the hint is calibrated for, as in the UI
             from ..collection.confidence import NoiseCalibration
 
-            print(NoiseCalibration(collection).assess(collection.query_vector(query), hits[0].score).message,
-                  file=sys.stderr)
+            print(NoiseCalibration(collection).assess(vector, hits[0].score).message, file=sys.stderr)
     return _print_hits(rows, args.json)
-
-
-def _plain_text(query: "Query", args: argparse.Namespace) -> bool:
-    """One text and nothing else: the queries the match hint is calibrated for (as in the web UI)."""
-    filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
-    return len(query.positives) == 1 and query.positives[0].text is not None and not query.negatives and not filtered
 
 
 def _register_similar(subparsers) -> None:

@@ -266,7 +266,7 @@ class Collection:
                 return self._indexes.rebuild(index_type, policy, fill, **params)
 
     # -- search -----------------------------------------------------------------------------------------------
-    def search(self, query: Query | str, k: int = 10, threshold: float | None = None,
+    def search(self, query: Query | str | npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
                path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
                before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
         """The ``k`` best images for a query (text, or a :class:`~mmretrieval.collection.query.Query`).
@@ -274,7 +274,8 @@ class Collection:
         Scores are exact cosines against the stored vectors (the index only proposes candidates).
 
         Args:
-            query: a string (``"2:golden retriever"`` allowed) or a Query mixing texts and images.
+            query: a string (``"2:golden retriever"`` allowed), a Query mixing texts and images, or the vector
+                :meth:`query_vector` made of one (so a caller that also needs the vector encodes once).
             k: at most this many hits; fewer when the collection (or filter) is smaller.
             threshold: drop hits scoring below this.
             path_prefix: only images whose absolute path starts with this (a folder, say).
@@ -289,7 +290,8 @@ class Collection:
         """
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
-        return self.nearest(self.query_vector(query), k, threshold, filters)
+        vector = query if isinstance(query, np.ndarray) else self.query_vector(query)
+        return self.nearest(vector, k, threshold, filters)
 
     def query_vector(self, query: Query | str) -> npt.NDArray[np.float32]:
         """The unit vector :meth:`search` looks up for ``query``.

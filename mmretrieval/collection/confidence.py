@@ -111,20 +111,18 @@ class Confidence:
     level: str  # "weak" (within the noise band), "fair" (above it), "clear" (well above it), "none" (no hits)
     top_score: float | None  # the query's best score
     contrast: float | None  # that score in standard deviations above the query's mean score
-    noise_low: float  # lowest contrast an unrelated prompt reaches
-    noise_high: float  # highest contrast an unrelated prompt reaches
+    noise_low: float | None  # lowest contrast an unrelated prompt reaches (None with no hits: nothing measured)
+    noise_high: float | None  # highest contrast an unrelated prompt reaches
     message: str  # one sentence for people
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def assess(top_score: float | None, contrast: float | None, band: NoiseBand) -> Confidence:
-    """Place a query's ``contrast`` (None when there were no hits) against ``band``'s."""
+def assess(top_score: float, contrast: float, band: NoiseBand) -> Confidence:
+    """Place a query's ``contrast`` (its best score ``top_score`` in standard deviations) against ``band``'s."""
     low, high = band.low, band.high
     spread = max(high - band.median, 0.05)
-    if top_score is None or contrast is None:
-        return Confidence("none", None, None, low, high, "No results to judge.")
     stands = f"the best score {top_score:.3f} stands {contrast:.1f} standard deviations above this query's average"
     if contrast <= high:
         message = (f"Weak match: {stands}, no further than unrelated text reaches in this collection ({low:.1f} to "
@@ -163,7 +161,7 @@ class NoiseCalibration:
     def assess(self, query_vector: npt.NDArray[np.float32], top_score: float | None) -> Confidence:
         """:func:`assess` for a query (its unit vector, as search looks it up) whose best hit scored ``top_score``."""
         if top_score is None:  # nothing to judge; an empty collection has no band either
-            return Confidence("none", None, None, 0.0, 0.0, "No results to judge.")
+            return Confidence("none", None, None, None, None, "No results to judge.")
         band = self.band()
         return assess(top_score, band.moments.contrast(query_vector, top_score), band)
 

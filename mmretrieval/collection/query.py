@@ -61,6 +61,11 @@ class Query:
         if not self.positives:
             raise QueryError("a query needs at least one positive term (text or --image)")
 
+    @property
+    def is_single_text(self) -> bool:
+        """One text and nothing else (no image, no negative): the queries the match hint is calibrated for."""
+        return len(self.positives) == 1 and self.positives[0].text is not None and not self.negatives
+
     @classmethod
     def of(cls, query: "Query | str") -> "Query":
         """A Query as is, or a string parsed by :func:`parse_query`."""

@@ -46,11 +46,12 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
         for name, tensor in weights.items():
             if tensor.is_floating_point():
                 tensor.mul_(1.0 - keep_init).add_(start[name], alpha=keep_init)
-    notes = {k: v for k, v in _config(trained_spec).items() if k not in ("model_cfg", "preprocess_cfg")}
+    trained_config = _config(trained_spec)
+    notes = {k: v for k, v in trained_config.items() if k not in ("model_cfg", "preprocess_cfg")}
     notes["blend"] = {"trained": trained, "init": init, "keep_init": keep_init,
                       "init_training": _config(init_spec).get("training")}
-    return save_model_dir(blended.model, model_config_of(trained_spec), out, half=half, extra=notes,
-                          preprocess_cfg=json.loads(blended.identity.preprocess))
+    return save_model_dir(blended.model, trained_config.get("model_cfg") or model_config_of(trained_spec), out,
+                          half=half, extra=notes, preprocess_cfg=json.loads(blended.identity.preprocess))
 
 
 def _config(spec: ModelSpec) -> dict:

@@ -23,7 +23,6 @@ from .media import PREVIEW_PX, export_original, load_upload, zip_originals
 
 if TYPE_CHECKING:
     from ..collection.collection import Hit
-    from ..collection.query import Query
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +70,11 @@ class SearchHandlers:
         query = self._build_query(text, query_image, negative)
         filters, among = _filters(label, folder, after, before, camera)
         with self.ctx.lock:
-            hits = self.ctx.collection.search(query, k=_clamp_k(k), threshold=_threshold(threshold), **filters)
+            vector = self.ctx.collection.query_vector(query)
+            hits = self.ctx.collection.search(vector, k=_clamp_k(k), threshold=_threshold(threshold), **filters)
         what = " + ".join(part for part in (repr(text) if text else "", "image" if query_image else "") if part)
         # The noise band describes the whole collection: a filtered search is not judged against it.
-        plain_text = bool(text) and query_image is None and not negative and not filters
-        confidence = self._confidence(hits, query if plain_text else None)
+        confidence = self._confidence(hits, vector if query.is_single_text and not filters else None)
         return self._results(hits, f"{what}{f' − {negative!r}' if negative else ''}{among}", confidence)
 
     @user_errors
@@ -108,15 +107,15 @@ class SearchHandlers:
                      for weight, words in (split_weight(part.strip()) for part in negative.split(",") if part.strip())]
         return Query(tuple(positives), tuple(negatives))
 
-    def _confidence(self, hits: "list[Hit]", text_query: "Query | None") -> dict[str, Any]:
-        """How the best hit stands out, against the collection's noise band; only a text-only query is judged."""
-        if text_query is None:
+    def _confidence(self, hits: "list[Hit]", text_vector: np.ndarray | None) -> dict[str, Any]:
+        """How the best hit stands out, against the collection's noise band; only a text-only query (its vector)
+        is judged."""
+        if text_vector is None:
             return {"level": "not calibrated", "top_score": hits[0].score if hits else None,
                     "message": "The weak-match hint is calibrated for unfiltered text-only queries "
                                "(no image, no negatives, no label or folder filter)."}
         with self.ctx.lock:
-            vector = self.ctx.collection.query_vector(text_query)
-            return self.ctx.noise_calibration().assess(vector, hits[0].score if hits else None).to_dict()
+            return self.ctx.noise_calibration().assess(text_vector, hits[0].score if hits else None).to_dict()
 
     def _results(self, hits: "list[Hit]", description: str, confidence: dict[str, Any]) -> SearchResults:
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
