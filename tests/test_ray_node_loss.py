@@ -8,7 +8,8 @@ import pytest
 
 from mmretrieval.collection.collection import Collection
 
-from test_ray_ingest import assert_nothing_lost_or_duplicated, photos, single_machine, small_config  # noqa: F401
+from test_ray_ingest import assert_nothing_lost_or_duplicated, small_config
+from test_ray_ingest import photos, single_machine  # noqa: F401  (fixtures: pytest finds them by name)
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -30,7 +31,7 @@ def cluster():
 
 
 @pytest.mark.slow
-def test_losing_a_node_mid_run_loses_and_duplicates_nothing(cluster, photos, single_machine, shapes_encoder,
+def test_losing_a_node_mid_run_loses_and_duplicates_nothing(cluster, photos, single_machine, shapes_encoder,  # noqa: F811
                                                             tmp_path):
     folder, _ = photos
     removed_at = []
