@@ -193,6 +193,53 @@ def test_an_image_that_fits_another_caption_is_not_pushed_away_from_it():
     assert both_right.item() < one_right.item()
 
 
+def test_unrelated_texts_are_wrong_answers_for_every_image_only():
+    from mmretrieval.training.losses import multi_positive_clip_loss, multi_positive_siglip_loss
+
+    images = _unit(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    texts = images.clone()
+    eye, scale, bias = torch.eye(2, dtype=torch.bool), torch.tensor(10.0), torch.tensor(-3.0)
+    far, near = _unit(torch.tensor([[0.0, 0.0, 1.0]])), _unit(torch.tensor([[1.0, 0.1, 0.0]]))
+    for loss, extra in ((multi_positive_clip_loss, ()), (multi_positive_siglip_loss, (bias,))):
+        alone = loss(images, texts, scale, *extra, eye).item()
+        assert loss(images, texts, scale, *extra, eye, torch.empty(0, 3)).item() == pytest.approx(alone)
+        # text near an image costs more than text far from all of them: training pushes it away
+        with_far, with_near = (loss(images, texts, scale, *extra, eye, text).item() for text in (far, near))
+        assert alone < with_far < with_near
+
+
+def test_null_anchor_wants_the_neutral_prompt_between_fitting_and_misfitting_captions():
+    from mmretrieval.training.losses import null_anchor_loss
+
+    images = _unit(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    texts, eye, scale = images.clone(), torch.eye(2, dtype=torch.bool), torch.tensor(10.0)
+    between = _unit(torch.tensor([1.0, 1.0, 0.3]))  # 0.69 with each image; fitting captions 1.0, misfitting 0.0
+    below = _unit(torch.tensor([-1.0, -1.0, 0.3]))  # under the misfits: every label would read as present
+    above = images[0]  # as close to image 0 as its own caption: "something" would hide what it shows
+    anchored = null_anchor_loss(images, texts, between, scale, eye)
+    assert anchored < null_anchor_loss(images, texts, below, scale, eye)
+    assert anchored < null_anchor_loss(images, texts, above, scale, eye)
+    # with every caption fitting every image there is no misfit to stay above: only the fitting half counts
+    all_fit = torch.ones(2, 2, dtype=torch.bool)
+    fit_half = -torch.nn.functional.logsigmoid(scale * (images @ texts.T - (images @ below)[:, None])).mean() / 2
+    assert null_anchor_loss(images, texts, below, scale, all_fit).item() == pytest.approx(fit_half.item())
+
+
+def test_unrelated_texts_are_seeded_start_neutral_and_never_name_what_scenes_show():
+    from mmretrieval.collection.confidence import NOISE_PROMPTS
+    from mmretrieval.models.zeroshot import NULL_LABEL
+    from mmretrieval.training.unrelated import unrelated_texts
+
+    drawn = [unrelated_texts(7, step, 32) for step in range(200)]
+    assert drawn[3] == unrelated_texts(7, 3, 32) and drawn[3] != drawn[4]
+    assert all(len(texts) == 32 and texts[0] == NULL_LABEL for texts in drawn)
+    vocabulary = {*scenes.COLORS, *scenes.SHAPES, *(scenes.plural(s, 2) for s in scenes.SHAPES), *scenes.BACKGROUNDS,
+                  *scenes.SIZES, *" ".join(scenes.POSITIONS).split(), *scenes.COUNT_WORDS.values(), "shape", "shapes"}
+    words = {word for texts in drawn for text in texts for word in text.split()}
+    assert not words & vocabulary
+    assert not {text for texts in drawn for text in texts} & set(NOISE_PROMPTS)  # the match hint's band stays unseen
+
+
 def test_caption_matches_agrees_with_caption_facts():
     examples = [scenes.generate(1, i, varied=True) for i in range(120)]
     matches = scenes.caption_matches(np.array([e.facts.codes() for e in examples]),

@@ -79,7 +79,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="'scenes' (generated, the default) or a captioned folder/CSV")
     parser.add_argument("--arch", help="fresh architecture: shapes-vit-tiny (the default) or an open_clip name")
     parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead")
-    for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every"):
+    for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every", "unrelated"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     for name in ("lr", "weight_decay", "classic_share", "position_rate"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float)

@@ -31,9 +31,12 @@ from ..models.loading import LoadedModel, load_model, save_model_dir
 from ..models.specs import ModelIdentity, ModelSpec, model_config_of
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
-from .losses import multi_positive_clip_loss, multi_positive_siglip_loss
+from .losses import multi_positive_clip_loss, multi_positive_siglip_loss, null_anchor_loss
+from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
+
+NULL_ANCHOR_WEIGHT = 0.5  # multi-label scoring's own loss (captions against the neutral prompt) beside the contrastive
 
 
 class SceneDataset(Dataset):
@@ -223,7 +226,11 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
         if batch is None:
             logger.warning("step %d: no image of the batch decoded; skipping the step", step)
         else:
-            loss = _step(model, normalise, autocast, optimizer, loss_fn, sigmoid, batch, _lr_at(step, config), device)
+            unrelated = None
+            if len(batch) == 4 and config.unrelated:
+                unrelated = loaded.tokenizer(unrelated_texts(config.seed, step, config.unrelated))
+            loss = _step(model, normalise, autocast, optimizer, loss_fn, sigmoid, batch, unrelated,
+                         _lr_at(step, config), device)
         last = step == config.steps - 1
         checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
         if loss is not None and (step % 50 == 0 or checkpoint):
@@ -234,24 +241,33 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
 
 
 def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, optimizer: torch.optim.Optimizer,
-          loss_fn: Callable[..., torch.Tensor], sigmoid: bool, batch: tuple[torch.Tensor, ...], lr: float,
-          device: torch.device) -> float:
+          loss_fn: Callable[..., torch.Tensor], sigmoid: bool, batch: tuple[torch.Tensor, ...],
+          unrelated: torch.Tensor | None, lr: float, device: torch.device) -> float:
     """One optimiser step on ``batch``; returns the loss.
 
     A batch of scenes carries attribute codes: its loss counts every caption that fits an image as right
-    (:mod:`.losses`), not only the image's own caption.
+    (:mod:`.losses`), not only the image's own caption. ``unrelated`` (tokens; the neutral prompt first) are
+    wrong answers for every image of such a batch; for CLIP-style models the neutral prompt is also trained
+    to sit between the captions that fit and the ones that do not (:func:`.losses.null_anchor_loss`).
     """
     images, tokens = batch[:2]
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
         image_features = model.encode_image(normalise(images.to(device, non_blocking=True)), normalize=True)
+        if unrelated is not None:
+            tokens = torch.cat([tokens, unrelated])
         text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
+        text_features, unrelated_features = text_features[:len(images)], text_features[len(images):]
         extra = (model.logit_bias,) if sigmoid else ()
         if len(batch) == 4:
             positives = torch.from_numpy(scenes.caption_matches(batch[2].numpy(), batch[3].numpy())).to(device)
+            others = unrelated_features if unrelated is not None else None
             loss = (multi_positive_siglip_loss if sigmoid else multi_positive_clip_loss)(
-                image_features, text_features, model.logit_scale.exp(), *extra, positives)
+                image_features, text_features, model.logit_scale.exp(), *extra, positives, others)
+            if others is not None and not sigmoid:
+                loss = loss + NULL_ANCHOR_WEIGHT * null_anchor_loss(
+                    image_features, text_features, others[0], model.logit_scale.exp(), positives)
         else:
             loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
     optimizer.zero_grad(set_to_none=True)
