@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -264,11 +265,11 @@ def test_flips_move_the_scenes_position_with_the_image():
 
     example = next(e for e in scenes.stream(2, varied=True)
                    if e.scene.position == "top left" and e.facts.position is None)
-    image, scene = _augment(example, _AlwaysFlip())
+    image, scene = _augment(example, _AlwaysFlip(), may_flip=True)
     assert scene.position == "bottom right"  # flipped left-right, then top-bottom
     np.testing.assert_array_equal(np.asarray(image), np.asarray(example.image.transpose(Image.Transpose.ROTATE_180)))
     named = next(e for e in scenes.stream(2, varied=True) if e.facts.position is not None)
-    image, scene = _augment(named, _AlwaysFlip())  # its caption names the position: never flipped
+    image, scene = _augment(named, _AlwaysFlip(), may_flip=False)  # its caption names the position
     assert scene == named.scene and np.array_equal(np.asarray(image), np.asarray(named.image))
 
 
@@ -300,7 +301,19 @@ def test_scene_dataset_rehearses_classic_scenes_and_names_positions_at_the_asked
     assert varied > 20 and 0.3 < rate < 0.7  # the defaults: varied scenes (a sixth textured), half the positions named
     assert textures_and_named_positions(dataset(classic_share=1.0))[0] == 0  # textures are varied scenes only
     assert 0 < textures_and_named_positions(dataset(classic_share=0.5))[0] < 0.8 * varied
-    assert textures_and_named_positions(dataset(position_rate=1.0))[1] == 1.0
+    assert textures_and_named_positions(dataset(position_rate=1.0, label_rate=0.0))[1] == 1.0
+    labels = [dataset(label_rate=1.0)[i][2] for i in range(60)]  # bare labels: colour and/or shape, nothing else
+    assert all((codes[2:] == -1).all() and (codes[:2] >= 0).any() for codes in labels)
+    assert {tuple(int(c) >= 0 for c in codes[:2]) for codes in labels} == {(True, False), (False, True), (True, True)}
+
+
+def test_label_captions_say_what_they_name():
+    rng = random.Random(0)
+    for example in scenes.stream(4, stop=80, varied=True):
+        text, facts = scenes.label_caption(example.scene, rng)
+        assert facts.matches(example.scene) and text.split()[-1] in {*scenes.SHAPES, *scenes.COLORS, "shape"}
+        assert (facts.color in text.split()) == (facts.color is not None) and (facts.shape in text.split()) == (
+            facts.shape is not None)
 
 
 def test_blend_is_the_weighted_mean_of_a_fine_tune_and_its_start(tmp_path, tiny_model_dir, tiny_siglip_dir):

@@ -40,6 +40,7 @@ class TrainConfig:
     scene_size: int = 128  # pixels of generated scenes before the model's own resize
     classic_share: float = 0.0  # share of scenes drawn with the classic rendering (rehearsal when fine-tuning)
     position_rate: float = 0.5  # chance that a single object's caption names its position
+    label_rate: float = 0.1  # chance that a scene's caption is a bare label ("circle", "red shape"), as users type
     unrelated: int = 32  # texts that describe no scene, per step, as wrong answers for every image (0: none)
 
 

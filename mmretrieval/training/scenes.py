@@ -191,6 +191,17 @@ def caption(scene: Scene, rng: random.Random, position_rate: float = 0.5) -> tup
     return text, facts
 
 
+def label_caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
+    """A label as people type them for zero-shot classification ("circle", "red", "red circle", "red shape"):
+    a caption that names only the colour, the shape or both, with no article, count or prefix."""
+    form = rng.choice(("shape", "color", "both", "color shape"))
+    text = {"shape": scene.shape, "color": scene.color, "both": f"{scene.color} {scene.shape}",
+            "color shape": f"{scene.color} shape"}[form]
+    return text, CaptionFacts(color=scene.color if form != "shape" else None,
+                              shape=scene.shape if form in ("shape", "both") else None,
+                              count=None, size=None, background=None, position=None)
+
+
 def full_caption(scene: Scene) -> str:
     """The caption that names everything, e.g. ``two small red triangles on a striped background``."""
     noun = plural(scene.shape, scene.count)

@@ -45,7 +45,8 @@ class SceneDataset(Dataset):
 
     Scenes are drawn with the varied rendering, but for a ``classic_share`` of them (chosen per index, so
     a run stays a pure function of its seed): rehearsal of the classic scenes when fine-tuning a model first
-    trained on them. ``position_rate`` is the chance that a single object's caption names its position.
+    trained on them. ``position_rate`` is the chance that a single object's caption names its position;
+    ``label_rate`` the chance that the caption is a bare label instead (:func:`.scenes.label_caption`).
 
     Augmentation keeps every caption true: flips only when the caption names no position (and the scene's
     position code follows the flip, for the other captions of the batch), brightness and contrast within 10%.
@@ -54,7 +55,7 @@ class SceneDataset(Dataset):
     def __init__(self, seed: int, length: int, preparer: ImagePreparer, tokenizer: Any, config: TrainConfig):
         self.seed, self.length, self.preparer, self.tokenizer = seed, length, preparer, tokenizer
         self.scene_size, self.classic_share = config.scene_size, config.classic_share
-        self.position_rate = config.position_rate
+        self.position_rate, self.label_rate = config.position_rate, config.label_rate
 
     def __len__(self) -> int:
         return self.length
@@ -63,9 +64,13 @@ class SceneDataset(Dataset):
         varied = random.Random(f"{self.seed}:{index}:rendering").random() >= self.classic_share
         example = scenes.generate(self.seed, index, size=self.scene_size, varied=varied,
                                   position_rate=self.position_rate)
-        image, scene = _augment(example, random.Random(f"{self.seed}:{index}:augment"))
-        return (torch.from_numpy(self.preparer(image)), self.tokenizer([example.caption])[0],
-                torch.tensor(example.facts.codes()), torch.tensor(scenes.attribute_codes(scene)))
+        text, facts = example.caption, example.facts
+        labelling = random.Random(f"{self.seed}:{index}:label")
+        if labelling.random() < self.label_rate:
+            text, facts = scenes.label_caption(example.scene, labelling)
+        image, scene = _augment(example, random.Random(f"{self.seed}:{index}:augment"), facts.position is None)
+        return (torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0],
+                torch.tensor(facts.codes()), torch.tensor(scenes.attribute_codes(scene)))
 
 
 _FLIPPED = {"horizontal": {"top left": "top right", "top right": "top left", "bottom left": "bottom right",
@@ -74,9 +79,9 @@ _FLIPPED = {"horizontal": {"top left": "top right", "top right": "top left", "bo
                          "bottom right": "top right"}}
 
 
-def _augment(example: scenes.Example, rng: random.Random) -> tuple[Image.Image, scenes.Scene]:
+def _augment(example: scenes.Example, rng: random.Random, may_flip: bool) -> tuple[Image.Image, scenes.Scene]:
     image, scene = example.image, example.scene
-    if example.facts.position is None:
+    if may_flip:
         for direction, transpose in (("horizontal", Image.Transpose.FLIP_LEFT_RIGHT),
                                      ("vertical", Image.Transpose.FLIP_TOP_BOTTOM)):
             if rng.random() < 0.5:
