@@ -4,7 +4,7 @@
 # Weights come back split in 12 MB parts (the device tool returns files of at most 16 MiB).
 # Before shipping them: tests/test_shapes_model.py, tests/test_cli_models.py (multi-label scoring against the
 # neutral prompt "something") and tests/test_app.py -k demo_example_queries (the demo's example queries and the
-# web UI's match hint). A CPU fine-tune with the multi-positive loss failed the last two (README).
+# web UI's match hint). CPU fine-tunes failed them in turn (README): the hint's contrast is the open one.
 #   OUT=out DEVICE=cuda bash bench/gpu_demo_model.sh
 set -u
 OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-6000}; BATCH=${BATCH:-512}; WORKERS=${WORKERS:-14}

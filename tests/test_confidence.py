@@ -16,13 +16,24 @@ def _band(contrasts):
 
 def test_assess_places_the_contrast_against_the_band():
     band = _band([1.0, 1.5, 2.0])  # median 1.5, spread 0.5
-    assert assess(0.7, 1.8, band).level == "weak" and "no further than unrelated text" in assess(0.7, 1.8, band).message
-    assert assess(0.7, 2.0, band).level == "weak"  # the band's top is still noise
+    weak = assess(0.45, 1.8, band)
+    assert weak.level == "weak" and "no further than unrelated text" in weak.message
+    assert assess(0.45, 2.0, band).level == "weak"  # the band's top is still noise
     assert assess(0.7, 2.5, band).level == "fair"
     assert assess(0.7, 3.1, band).level == "clear"
     judged = assess(0.65, 2.5, band).to_dict()
     assert judged["noise_high"] == pytest.approx(2.0) and judged["top_score"] == pytest.approx(0.65)
     assert "0.650" in judged["message"] and "2.5 standard deviations" in judged["message"]
+
+
+def test_a_query_is_weak_only_within_unrelated_text_on_both_contrast_and_best_score():
+    band = _band([1.0, 1.5, 2.0])  # unrelated prompts' best scores: 0.5 each
+    # a query that fits many images widens its own spread: its contrast stays in the band, its best score does not
+    above = assess(0.6, 1.8, band)
+    assert above.level == "fair" and "above any unrelated text's" in above.message and "0.500" in above.message
+    assert assess(0.5, 1.8, band).level == "weak" and "up to 0.500" in assess(0.5, 1.8, band).message
+    assert assess(0.4, 2.5, band).level == "fair"  # beyond on the contrast alone, as before
+    assert assess(0.4, 3.1, band).level == "clear"
 
 
 def test_contrast_from_the_moments_is_the_standardised_best_score():

@@ -12,6 +12,13 @@ measured against a fixed set of prompts that describe nothing a photo collection
 law, recipes): each prompt's contrast is kept, and a query whose contrast lies inside that band singled out
 its best hit no more than noise does.
 
+The contrast has its own blind spot: a model trained to keep unrelated text away from every image scores
+such text uniformly low, with so little spread that a small bump reads as many standard deviations, while a
+query that fits many images has its spread widened by them (a fine-tuned demo model put "yesterday's weather
+forecast" at 2.97 and "two small green triangles" at 2.94, though their best scores were 0.478 and 0.565).
+So a query reads weak only when it stays within what unrelated text reaches on both counts, its contrast
+and its best score; how clear a match is goes by the contrast.
+
 A query's mean and spread come from the moments of a seeded sample of the collection's vectors (mean ``m``,
 covariance ``C``): the mean score of ``q`` is ``q·m`` and its variance ``qᵀCq``, so judging a query costs
 one ``d x d`` product, whatever the collection's size. Memory at 10 M images: the stored ids while sampling
@@ -103,6 +110,11 @@ class NoiseBand:
     def median(self) -> float:
         return float(np.median(self.contrasts))
 
+    @property
+    def top_score(self) -> float:
+        """The best score any unrelated prompt reaches."""
+        return float(max(self.top_scores))
+
 
 @dataclass(frozen=True)
 class Confidence:
@@ -120,14 +132,21 @@ class Confidence:
 
 
 def assess(top_score: float, contrast: float, band: NoiseBand) -> Confidence:
-    """Place a query's ``contrast`` (its best score ``top_score`` in standard deviations) against ``band``'s."""
+    """Place a query's ``contrast`` (its best score ``top_score`` in standard deviations) and its best score
+    against ``band``'s: weak within both, fair beyond either, clear well beyond on the contrast."""
     low, high = band.low, band.high
     spread = max(high - band.median, 0.05)
     stands = f"the best score {top_score:.3f} stands {contrast:.1f} standard deviations above this query's average"
-    if contrast <= high:
+    if contrast <= high and top_score <= band.top_score:
         message = (f"Weak match: {stands}, no further than unrelated text reaches in this collection ({low:.1f} to "
-                   f"{high:.1f}); the results may have nothing to do with the query.")
+                   f"{high:.1f}, best scores up to {band.top_score:.3f}); the results may have nothing to do with the "
+                   "query.")
         return Confidence("weak", top_score, contrast, low, high, message)
+    if contrast <= high:
+        message = (f"Fair match: the best score {top_score:.3f} is above any unrelated text's in this collection "
+                   f"({band.top_score:.3f}), though it stands {contrast:.1f} standard deviations above this query's "
+                   f"average, as unrelated text can ({low:.1f} to {high:.1f}).")
+        return Confidence("fair", top_score, contrast, low, high, message)
     if contrast <= high + 2 * spread:
         message = f"Fair match: {stands}, a little beyond what unrelated text reaches ({low:.1f} to {high:.1f})."
         return Confidence("fair", top_score, contrast, low, high, message)
