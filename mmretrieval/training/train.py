@@ -264,15 +264,15 @@ def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, opt
             tokens = torch.cat([tokens, unrelated])
         text_features = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
         text_features, unrelated_features = text_features[:len(images)], text_features[len(images):]
+        unrelated_features = unrelated_features if len(unrelated_features) else None
         extra = (model.logit_bias,) if sigmoid else ()
         if len(batch) == 4:
             positives = torch.from_numpy(scenes.caption_matches(batch[2].numpy(), batch[3].numpy())).to(device)
-            others = unrelated_features if unrelated is not None else None
             loss = (multi_positive_siglip_loss if sigmoid else multi_positive_clip_loss)(
-                image_features, text_features, model.logit_scale.exp(), *extra, positives, others)
-            if others is not None and not sigmoid:
+                image_features, text_features, model.logit_scale.exp(), *extra, positives, unrelated_features)
+            if unrelated_features is not None and not sigmoid:
                 loss = loss + NULL_ANCHOR_WEIGHT * null_anchor_loss(
-                    image_features, text_features, others[0], model.logit_scale.exp(), positives)
+                    image_features, text_features, unrelated_features[0], model.logit_scale.exp(), positives)
         else:
             loss = loss_fn(image_features, text_features, model.logit_scale.exp(), *extra)
     optimizer.zero_grad(set_to_none=True)
