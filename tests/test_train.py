@@ -265,11 +265,11 @@ def test_flips_move_the_scenes_position_with_the_image():
 
     example = next(e for e in scenes.stream(2, varied=True)
                    if e.scene.position == "top left" and e.facts.position is None)
-    image, scene = _augment(example, _AlwaysFlip(), may_flip=True)
+    image, scene = _augment(example.image, example.scene, _AlwaysFlip(), may_flip=True)
     assert scene.position == "bottom right"  # flipped left-right, then top-bottom
     np.testing.assert_array_equal(np.asarray(image), np.asarray(example.image.transpose(Image.Transpose.ROTATE_180)))
     named = next(e for e in scenes.stream(2, varied=True) if e.facts.position is not None)
-    image, scene = _augment(named, _AlwaysFlip(), may_flip=False)  # its caption names the position
+    image, scene = _augment(named.image, named.scene, _AlwaysFlip(), may_flip=False)  # its caption names the position
     assert scene == named.scene and np.array_equal(np.asarray(image), np.asarray(named.image))
 
 
@@ -305,6 +305,46 @@ def test_scene_dataset_rehearses_classic_scenes_and_names_positions_at_the_asked
     labels = [dataset(label_rate=1.0)[i][2] for i in range(60)]  # bare labels: colour and/or shape, nothing else
     assert all((codes[2:] == -1).all() and (codes[:2] >= 0).any() for codes in labels)
     assert {tuple(int(c) >= 0 for c in codes[:2]) for codes in labels} == {(True, False), (False, True), (True, True)}
+
+
+def test_grey_scenes_show_no_colour_and_no_caption_names_one():
+    from mmretrieval.images.preprocess import ImagePreparer
+    from mmretrieval.training.config import SHAPES_PREPROCESS
+    from mmretrieval.training.train import SceneDataset
+
+    texts: list[str] = []
+
+    def tokenizer(batch: list[str]) -> torch.Tensor:
+        texts.extend(batch)
+        return torch.zeros(len(batch), 4, dtype=torch.long)
+
+    def items(**config) -> list:
+        texts.clear()
+        data = SceneDataset(5, 400, ImagePreparer(json.dumps(SHAPES_PREPROCESS)), tokenizer,
+                            TrainConfig(out="x", **config))
+        return [data[i] for i in range(80)]
+
+    grey = items(grey_rate=1.0, label_rate=0.3)
+    for pixels, _, caption_codes, scene_codes in grey:  # pixels as the model's input, before normalisation
+        assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
+        assert caption_codes[0] == -1 and scene_codes[0] == -1  # no colour named, none a coloured caption matches
+        assert scene_codes[1] >= 0
+    assert not any(set(text.split()) & set(scenes.COLORS) for text in texts)
+    assert sum(text in scenes.SHAPES for text in texts) > 10  # bare labels still come, naming the shape alone
+    coloured = items(grey_rate=0.0)
+    assert all(scene_codes[0] >= 0 for *_, scene_codes in coloured)
+    assert not all(torch.equal(pixels[0], pixels[1]) for pixels, *_ in coloured)
+    assert any(set(text.split()) & set(scenes.COLORS) for text in texts)
+
+
+def test_training_uses_bf16_where_the_hardware_has_it(monkeypatch):
+    from mmretrieval.training.train import _native_bf16
+
+    assert _native_bf16(torch.device("cuda")) and not _native_bf16(torch.device("mps"))
+    for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert _native_bf16(torch.device("cpu")) == (avx512_bf16 or amx)
 
 
 def test_label_captions_say_what_they_name():

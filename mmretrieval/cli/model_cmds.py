@@ -81,7 +81,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead")
     for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every", "unrelated"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    for name in ("lr", "weight_decay", "classic_share", "position_rate", "label_rate"):
+    for name in ("lr", "weight_decay", "classic_share", "position_rate", "label_rate", "grey_rate"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float)
     parser.add_argument("--full-precision", action="store_true", default=False,
                         help="store float32 weights (default float16)")

@@ -41,6 +41,7 @@ class TrainConfig:
     classic_share: float = 0.0  # share of scenes drawn with the classic rendering (rehearsal when fine-tuning)
     position_rate: float = 0.5  # chance that a single object's caption names its position
     label_rate: float = 0.1  # chance that a scene's caption is a bare label ("circle", "red shape"), as users type
+    grey_rate: float = 0.1  # chance that a scene is shown in grey, its caption naming no colour (shape apart from hue)
     unrelated: int = 32  # texts that describe no scene, per step, as wrong answers for every image (0: none)
 
 

@@ -67,9 +67,10 @@ _PREFIXES = ("", "", "", "a photo of ", "an image of ", "a picture of ")
 
 @dataclass(frozen=True)
 class Scene:
-    """The attributes of one generated scene; ``position`` is set only for single objects."""
+    """The attributes of one generated scene; ``position`` is set only for single objects, ``color`` is None
+    only for a scene that training shows in grey."""
 
-    color: str
+    color: str | None
     shape: str
     count: int
     size: str
@@ -154,10 +155,11 @@ def sample_scene(rng: random.Random, held_out: str = "exclude", varied: bool = F
         )
 
 
-def caption(scene: Scene, rng: random.Random, position_rate: float = 0.5) -> tuple[str, CaptionFacts]:
+def caption(scene: Scene, rng: random.Random, position_rate: float = 0.5,
+            name_color: bool = True) -> tuple[str, CaptionFacts]:
     """A natural caption naming a random subset of the scene's attributes, and which ones it names
-    (a single object's position with chance ``position_rate``)."""
-    say_color = rng.random() < 0.8
+    (a single object's position with chance ``position_rate``; the colour never when ``name_color`` is false)."""
+    say_color = rng.random() < 0.8 and name_color
     say_shape = rng.random() < 0.8
     say_size = rng.random() < 0.45
     say_background = rng.random() < 0.4
@@ -191,10 +193,11 @@ def caption(scene: Scene, rng: random.Random, position_rate: float = 0.5) -> tup
     return text, facts
 
 
-def label_caption(scene: Scene, rng: random.Random) -> tuple[str, CaptionFacts]:
+def label_caption(scene: Scene, rng: random.Random, name_color: bool = True) -> tuple[str, CaptionFacts]:
     """A label as people type them for zero-shot classification ("circle", "red", "red circle", "red shape"):
-    a caption that names only the colour, the shape or both, with no article, count or prefix."""
-    form = rng.choice(("shape", "color", "both", "color shape"))
+    a caption that names only the colour, the shape or both, with no article, count or prefix (only the shape
+    when ``name_color`` is false)."""
+    form = rng.choice(("shape", "color", "both", "color shape")) if name_color else "shape"
     text = {"shape": scene.shape, "color": scene.color, "both": f"{scene.color} {scene.shape}",
             "color shape": f"{scene.color} shape"}[form]
     return text, CaptionFacts(color=scene.color if form != "shape" else None,
