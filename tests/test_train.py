@@ -337,14 +337,15 @@ def test_grey_scenes_show_no_colour_and_no_caption_names_one():
     assert any(set(text.split()) & set(scenes.COLORS) for text in texts)
 
 
-def test_training_uses_bf16_where_the_hardware_has_it(monkeypatch):
-    from mmretrieval.training.train import _native_bf16
+def test_training_computes_in_bf16_where_the_hardware_has_it_and_embeddings_stay_float32(monkeypatch):
+    from mmretrieval.models.precision import inference_dtype, native_bf16
 
-    assert _native_bf16(torch.device("cuda")) and not _native_bf16(torch.device("mps"))
     for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert _native_bf16(torch.device("cpu")) == (avx512_bf16 or amx)
+        assert native_bf16(torch.device("cpu")) == (avx512_bf16 or amx)
+        assert inference_dtype(torch.device("cpu")) == torch.float32  # the same vectors whatever the batching
+    assert not native_bf16(torch.device("mps")) and inference_dtype(torch.device("mps")) == torch.float32
 
 
 def test_label_captions_say_what_they_name():

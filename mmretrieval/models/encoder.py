@@ -22,6 +22,7 @@ from PIL import Image
 from ..errors import ModelSpecError
 from ..images.decode import decode_path, to_rgb
 from .loading import LoadedModel, load_model
+from .precision import open_clip_precision
 from .specs import ModelIdentity, ModelSpec
 from ..images.preprocess import ImagePreparer
 
@@ -48,12 +49,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ModelSpecError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return resolved
-
-
-def _precision_for(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "pure_bf16" if torch.cuda.is_bf16_supported() else "pure_fp16"
-    return "fp32"
 
 
 class PixelNormaliser:
@@ -176,7 +171,7 @@ def load_encoder(
     Args:
         spec: ``ARCH:TAG``, ``hf-hub:ORG/REPO``, a local model directory, or ``builtin:shapes``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. CUDA runs in bf16 (fp16 where bf16 is
-            unsupported) with channels_last; CPU in fp32.
+            unsupported) with channels_last; CPU in fp32 (:mod:`.precision`).
         dim: truncate vectors to this many dimensions (renormalised); warns unless the model was trained for it.
         cache_dir: Hugging Face cache directory (default: the standard one).
 
@@ -185,6 +180,6 @@ def load_encoder(
     """
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     torch_device = resolve_device(device)
-    loaded = load_model(parsed, device=torch_device, precision=_precision_for(torch_device), cache_dir=cache_dir)
+    loaded = load_model(parsed, device=torch_device, precision=open_clip_precision(torch_device), cache_dir=cache_dir)
     logger.info("loaded %s on %s (%d-d)", parsed, torch_device, loaded.identity.embed_dim)
     return DualEncoder(loaded, torch_device, dim=dim)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .precision import inference_dtype
 from .specs import ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -240,11 +241,7 @@ def load_text_encoder(identity: ModelIdentity, device: torch.device) -> TextEnco
     if reason is not None:
         logger.info("loading the full model for text queries: %s", reason)
         return None
-    # the dtypes DualEncoder runs in: bf16 (fp16 where unsupported) on CUDA, fp32 elsewhere
-    dtype = torch.float32
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    tower = _load_tower(model_cfg, checkpoint, device, dtype)
+    tower = _load_tower(model_cfg, checkpoint, device, inference_dtype(device))  # as DualEncoder runs
     return TextEncoder(tower, _tokenizer(tower.context_length, model_cfg["text_cfg"].get("tokenizer_kwargs")),
                        device, identity.embed_dim)
 

@@ -28,6 +28,7 @@ from ..models.encoder import DualEncoder, PixelNormaliser, resolve_device
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
 from ..models.loading import LoadedModel, load_model, save_model_dir
+from ..models.precision import native_bf16
 from ..models.specs import ModelIdentity, ModelSpec, model_config_of
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
@@ -231,7 +232,7 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
     model = loaded.model
     sigmoid = getattr(model, "logit_bias", None) is not None
     normalise = PixelNormaliser(loaded.identity.preprocess, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_native_bf16(device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
     started = time.perf_counter()
     for step, batch in enumerate(_loader(config, loaded, device, pairs)):
         loss = None
@@ -250,18 +251,6 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
             yield StepLog(step, loss, _lr_at(step, config), time.perf_counter() - started, held_out)
         if checkpoint:  # an interrupted run still leaves its latest held-out-scored weights
             _save(model, model_cfg, loaded, config, step)
-
-
-def _native_bf16(device: torch.device) -> bool:
-    """Whether to train in bf16 autocast: on CUDA, and on CPUs with bf16 instructions (AVX512-BF16 or AMX),
-    where a step of the demo model takes 2.4 s instead of 4.4 s (batch 128, 2 cores); elsewhere bf16 is
-    emulated and slower than float32."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence looked up with a default
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, optimizer: torch.optim.Optimizer,
