@@ -374,13 +374,13 @@ class Example:
 
 
 def generate(seed: int, index: int, *, held_out: str = "exclude", size: int = 128, varied: bool = False,
-             position_rate: float = 0.5) -> Example:
+             position_rate: float = 0.5, name_color: bool = True) -> Example:
     """Scene ``index`` of the stream for ``seed``: the same on every call and machine (``varied``: the
-    varied rendering, see the module docstring; ``position_rate``: see :func:`caption`)."""
+    varied rendering, see the module docstring; ``position_rate`` and ``name_color``: see :func:`caption`)."""
     rng = random.Random(f"{seed}:{index}")
     scene = sample_scene(rng, held_out=held_out, varied=varied)
     image = render(scene, rng, size=size, varied=varied)
-    text, facts = caption(scene, rng, position_rate)
+    text, facts = caption(scene, rng, position_rate, name_color)
     return Example(index=index, scene=scene, image=image, caption=text, facts=facts)
 
 

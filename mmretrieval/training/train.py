@@ -65,14 +65,12 @@ class SceneDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         varied = random.Random(f"{self.seed}:{index}:rendering").random() >= self.classic_share
-        example = scenes.generate(self.seed, index, size=self.scene_size, varied=varied,
-                                  position_rate=self.position_rate)
-        image, scene, text, facts = example.image, example.scene, example.caption, example.facts
         grey = random.Random(f"{self.seed}:{index}:grey").random() < self.grey_rate
+        example = scenes.generate(self.seed, index, size=self.scene_size, varied=varied,
+                                  position_rate=self.position_rate, name_color=not grey)
+        image, scene, text, facts = example.image, example.scene, example.caption, example.facts
         if grey:  # the shape apart from its hue: no colour to see, none named, none that a caption can match
             image, scene = image.convert("L").convert("RGB"), dataclasses.replace(scene, color=None)
-            text, facts = scenes.caption(scene, random.Random(f"{self.seed}:{index}:grey caption"),
-                                         self.position_rate, name_color=False)
         labelling = random.Random(f"{self.seed}:{index}:label")
         if labelling.random() < self.label_rate:
             text, facts = scenes.label_caption(scene, labelling, name_color=not grey)
