@@ -3,6 +3,7 @@ encode_images (PIL preprocessing in this process + model), in images/s, for a fe
 
     python bench/encode.py                        # CPU here: builtin:shapes and ViT-B-32 (random weights)
     python bench/encode.py --device cuda --models ViT-B-32 ViT-B-16 --batch-sizes 256 512 1024
+    python bench/encode.py --models ViT-B-32 --precision fp32 bf16   # float32 against bf16 (native bf16 CPUs)
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp32", "bf16"))
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"gpu {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print("model\tdevice\tdtype\tbatch\tmodel_only_img_per_s\twith_pil_preprocess_img_per_s")
-    for spec in args.models:
-        encoder = load_encoder(spec, device=args.device)
+    for spec, precision in ((spec, precision) for spec in args.models for precision in args.precision):
+        encoder = load_encoder(spec, device=args.device, precision=precision)
         pil_images = [scenes.generate(0, i, size=256).image for i in range(64)]
         for batch_size in args.batch_sizes:
             size = encoder.preparer.size

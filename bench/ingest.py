@@ -182,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="model spec (an architecture alone = random weights)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--set", dest="image_set", choices=("uniform", "mixed", "camera"), default="uniform")
     parser.add_argument("--workers", type=int, help="decoding processes (default: the ingestion default)")
@@ -194,13 +195,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
-    encoder = load_encoder(args.model, device=args.device)
+    encoder = load_encoder(args.model, device=args.device, precision=args.precision)
     device_decode = {"auto": None, "on": True, "off": False}[args.device_decode]
     config = IngestConfig.for_device(encoder.device.type, args.batch_size, args.workers,
                                      device_decode=device_decode)
     on_device = (encoder.device.type == "cuda" if device_decode is None else device_decode) and \
         DeviceJpegDecoder.supports(encoder.preparer.preprocess)
-    figures: dict = {"model": args.model, "device": str(encoder.device), "images": args.images,
+    figures: dict = {"model": args.model, "device": str(encoder.device), "dtype": str(encoder.dtype), "images": args.images,
                      "set": args.image_set, "batch": config.batch_size, "workers": config.workers,
                      "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(), "device_decode": on_device}
     if encoder.device.type == "cuda":

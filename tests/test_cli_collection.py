@@ -196,3 +196,27 @@ def test_ingest_decoding_on_the_device_with_or_without_shared_jpegs(tmp_path, ti
                  str(tiny_model_dir), "--device", "cpu", "--workers", "1", "--batch-size", "2",
                  "--device-decode", "on", "--share-jpegs", share]) == 0
     assert "embedded 6, unchanged 0, duplicates 0, pruned 0, failed 1 (not_an_image 1)" in capsys.readouterr().err
+
+
+def test_ingest_in_bf16_where_the_cpu_has_it_and_a_clear_error_where_not(tmp_path, tiny_model_dir, capsys):
+    import torch
+
+    from mmretrieval.models.precision import native_bf16
+
+    write_good_images(tmp_path / "photos", 4)
+    native = native_bf16(torch.device("cpu"))
+    scores = {}
+    for precision in ("auto", "bf16"):
+        collection = str(tmp_path / precision)
+        status = main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--model", str(tiny_model_dir),
+                       "--device", "cpu", "--workers", "0", "--precision", precision])
+        err = capsys.readouterr().err
+        if precision == "bf16" and not native:
+            assert status == 2 and "--precision bf16: this CPU has neither AVX512-BF16 nor AMX" in err
+            return
+        assert status == 0 and "embedded 4," in err
+        assert ("tip: this CPU computes bf16 natively" in err) == (native and precision == "auto")
+        assert main(["search", "a red circle", "--collection", collection, "--json", "-k", "4"]) == 0
+        scores[precision] = {row["path"]: row["score"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert scores["auto"].keys() == scores["bf16"].keys()
+    assert max(abs(scores["auto"][path] - scores["bf16"][path]) for path in scores["auto"]) < 2e-2

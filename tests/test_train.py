@@ -337,15 +337,25 @@ def test_grey_scenes_show_no_colour_and_no_caption_names_one():
     assert any(set(text.split()) & set(scenes.COLORS) for text in texts)
 
 
-def test_training_computes_in_bf16_where_the_hardware_has_it_and_embeddings_stay_float32(monkeypatch):
-    from mmretrieval.models.precision import inference_dtype, native_bf16
+def test_bf16_where_the_hardware_has_it_embeddings_float32_unless_asked(monkeypatch):
+    from mmretrieval.errors import ModelSpecError
+    from mmretrieval.models.precision import inference_dtype, native_bf16, open_clip_precision
 
+    cpu = torch.device("cpu")
     for avx512_bf16, amx in ((False, False), (True, False), (False, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert native_bf16(torch.device("cpu")) == (avx512_bf16 or amx)
-        assert inference_dtype(torch.device("cpu")) == torch.float32  # the same vectors whatever the batching
+        native = avx512_bf16 or amx
+        assert native_bf16(cpu) == native  # what training's autocast goes by
+        assert inference_dtype(cpu) == inference_dtype(cpu, "fp32") == torch.float32  # embeddings: unless asked
+        if native:
+            assert inference_dtype(cpu, "bf16") == torch.bfloat16 and open_clip_precision(cpu, "bf16") == "pure_bf16"
+        else:  # emulated bf16 is slower than float32: refused, saying why
+            with pytest.raises(ModelSpecError, match="neither AVX512-BF16 nor AMX"):
+                inference_dtype(cpu, "bf16")
     assert not native_bf16(torch.device("mps")) and inference_dtype(torch.device("mps")) == torch.float32
+    with pytest.raises(ModelSpecError, match="unknown precision 'fp16'"):
+        inference_dtype(cpu, "fp16")
 
 
 def test_label_captions_say_what_they_name():

@@ -93,9 +93,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
         if model is None:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
-        model = load_encoder(model, device=args.device, dim=args.dim)
+        model = load_encoder(model, device=args.device, dim=args.dim, precision=args.precision)
     with TqdmProgress("index", unit="vec") as index_bar, \
-            _open(args.collection, model=model, create=True, device=args.device, index_progress=index_bar) as collection:
+            _open(args.collection, model=model, create=True, device=args.device, precision=args.precision,
+                  index_progress=index_bar) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
@@ -105,7 +106,19 @@ def _ingest(args: argparse.Namespace) -> int:
     failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
+    if summary.embedded and args.precision == "auto" and _bf16_unused(args.device):
+        print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
+              "within ~1e-3 of float32's", file=sys.stderr)
     return 0
+
+
+def _bf16_unused(device: str) -> bool:
+    """Whether ``device`` is a CPU with native bf16, which ``--precision auto`` leaves in float32."""
+    from ..models.encoder import resolve_device
+    from ..models.precision import native_bf16
+
+    resolved = resolve_device(device)
+    return resolved.type == "cpu" and native_bf16(resolved)
 
 
 def _add_result_options(parser: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
-    encoder = load_encoder(args.model, device=args.device, dim=args.dim)
+    encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
     failed = 0
     for path in args.images:
@@ -157,7 +157,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..models.zeroshot import load_templates
 
     templates = load_templates(args.templates)
-    encoder = load_encoder(args.model, device=args.device, dim=args.dim)
+    encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     report: dict[str, object] = {"model": str(encoder.identity.spec)}
     if args.folder:
         report.update({f"zeroshot_{k}": v for k, v in folder_report(encoder, args.folder, templates).items()})

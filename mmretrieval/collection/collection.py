@@ -73,11 +73,12 @@ class Collection:
 
     def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity,
                  encoder: DualEncoder | None, device: str, index_policy: IndexPolicy | None = None,
-                 index_progress: Progress | None = None):
+                 index_progress: Progress | None = None, precision: str = "auto"):
         self.directory = directory
         self.catalog = catalog
         self.identity = identity
         self.device = device
+        self.precision = precision
         self._encoder = encoder
         self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
@@ -88,7 +89,7 @@ class Collection:
     def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
              create: bool = False, device: str = "auto", read_only: bool = False,
              vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
-             index_progress: Progress | None = None) -> "Collection":
+             index_progress: Progress | None = None, precision: str = "auto") -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -102,6 +103,8 @@ class Collection:
             vector_dtype: ``float16`` (half the disk) or ``float32``, for a collection created now.
             index_policy: size bands, memory budget and recall target of automatic index choices.
             index_progress: ``(vectors added, total)`` while an index is built (at open, or by a writer).
+            precision: the number format of the model when it gets loaded here or in Ray's actors: ``auto``,
+                ``fp32`` or ``bf16`` (:mod:`mmretrieval.models.precision`).
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
@@ -128,8 +131,8 @@ class Collection:
             with catalog.transaction():
                 catalog.set_meta(DTYPE_KEY, vector_dtype)
         try:
-            encoder, identity = _resolve_model(catalog, model, create, device, directory)
-            collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress)
+            encoder, identity = _resolve_model(catalog, model, create, device, precision, directory)
+            collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress, precision)
             collection._indexes.load()
         except BaseException:
             catalog.close()
@@ -141,7 +144,8 @@ class Collection:
         """The collection's model, loaded on first use from the stored spec."""
         with self._lock:
             if self._encoder is None:
-                encoder = load_encoder(self.identity.spec, device=self.device, dim=self.identity.embed_dim)
+                encoder = load_encoder(self.identity.spec, device=self.device, dim=self.identity.embed_dim,
+                                       precision=self.precision)
                 _check_same_model(self.identity, encoder.identity, self.directory)
                 self._encoder = encoder
             return self._encoder
@@ -191,7 +195,7 @@ class Collection:
             from ..ingest.ray_runner import run_ray_ingest
 
             config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
-                                         timeout_s=timeout_s)
+                                         timeout_s=timeout_s, precision=self.precision)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
                                       str(self.directory), progress)
@@ -505,7 +509,7 @@ class Collection:
         return organize(self.catalog, Path(out_dir), copy=copy)
 
 
-def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str,
+def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,
                    directory: Path) -> tuple[DualEncoder | None, ModelIdentity]:
     stored_json = catalog.get_meta("model_identity")
     stored = ModelIdentity.from_json(stored_json) if stored_json else None
@@ -513,7 +517,7 @@ def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bo
         if not create:
             raise CollectionError(f"{directory} has no model recorded; run mmr ingest with --model SPEC")
         model = DEFAULT_MODEL
-    encoder = load_encoder(model, device=device) if isinstance(model, str) else model
+    encoder = load_encoder(model, device=device, precision=precision) if isinstance(model, str) else model
     if stored is None:
         with catalog.transaction():
             catalog.set_meta("model_identity", encoder.identity.to_json())

@@ -58,6 +58,7 @@ class RayIngestConfig:
     files_per_task: int = 256  # files per decode task (one Ray block)
     segment_rows: int = 4096  # rows per result segment (and per catalog commit)
     prune: bool = False  # delete rows of files that no longer exist
+    precision: str = "auto"  # the model actors' number format: auto, fp32 or bf16 (models.precision)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "embed_actors", "decode_tasks", "decode_memory_mb", "files_per_task",
@@ -201,7 +202,8 @@ def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: Mode
     use_gpus = gpus >= 1
     actors = config.embed_actors or (int(gpus) if use_gpus else 1)
     dataset = dataset.map_batches(
-        Embedder, fn_constructor_kwargs={"identity_json": identity.to_json(), "device": "cuda" if use_gpus else "cpu"},
+        Embedder, fn_constructor_kwargs={"identity_json": identity.to_json(), "device": "cuda" if use_gpus else "cpu",
+                                         "precision": config.precision},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=config.batch_size or (256 if use_gpus else 32),
         batch_format="numpy", num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else config.embed_cpus)
     return dataset.map_batches(write_rows, fn_kwargs={"drop": drop, "dtype": dtype}, batch_size=config.segment_rows,

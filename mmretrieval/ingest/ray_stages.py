@@ -114,13 +114,14 @@ def check_reproducible(identity: "ModelIdentity") -> None:
 class Embedder:
     """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
 
-    def __init__(self, identity_json: str, device: str, threads: int | None = None):
+    def __init__(self, identity_json: str, device: str, threads: int | None = None, precision: str = "auto"):
         """
         Args:
             identity_json: the collection's :class:`ModelIdentity`; the loaded model must match its key.
             device: ``cuda`` in actors given a GPU, ``cpu`` otherwise.
             threads: torch threads on ``cpu``; None: every core of this node, as the single-machine path's
                 model has them (Ray's default, one thread per CPU the actor reserved, halves it on 2 cores).
+            precision: the model's number format, ``auto``, ``fp32`` or ``bf16`` (:mod:`..models.precision`).
 
         Raises:
             CollectionError: the model loaded on this node is not the collection's (another checkpoint there).
@@ -132,7 +133,7 @@ class Embedder:
             import torch
 
             torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim)
+        self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim, precision=precision)
         check_reproducible(identity)
         if self.encoder.identity.key() != identity.key():
             raise CollectionError(

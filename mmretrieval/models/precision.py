@@ -1,8 +1,26 @@
-"""Which number format a model runs in: what embeddings are computed in, and what training computes in."""
+"""Which number format a model runs in: what embeddings are computed in, and what training computes in.
+
+``precision`` names the choice where a user makes it (``mmr ... --precision``):
+
+- ``auto``: bf16 on CUDA (float16 on cards without it), float32 elsewhere;
+- ``fp32``: float32 everywhere;
+- ``bf16``: bf16, on CUDA cards that support it and on CPUs with AVX512-BF16 or AMX instructions. There a
+  ViT-B-32 embeds about twice as fast as in float32 (2 cores, AVX512-BF16, batch 32: 16.5 -> 32.8 images/s,
+  ``bench/encode.py --precision fp32 bf16``); its vectors agree with float32's to about 1e-3 per element. A CPU
+  without those instructions emulates bf16, slower than float32, so there it is refused.
+
+``auto`` keeps CPUs in float32 rather than taking that speed unasked: vectors computed in float32 agree across
+machines, devices and library versions to ~1e-7, and the tests, eval figures and match-hint bands of the demo
+model are measured in it.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from ..errors import ModelSpecError
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -16,19 +34,29 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def inference_dtype(device: torch.device) -> torch.dtype:
-    """The dtype embeddings are computed in: bf16 on CUDA (float16 on cards without it), float32 elsewhere.
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype embeddings are computed in on ``device`` for a ``precision`` of :data:`PRECISIONS`.
 
-    Not bf16 on CPUs that have it, though ViT-B-32 would embed images about 1.7x faster there (2 cores): in bf16
-    a vector depends on the batch it was computed in (the demo model: up to 1.8e-3 per element between batches of
-    64 and of 1, against 6e-8 in float32), and ingestion promises the same vectors whatever the batching (a
-    re-run, a resumed run, the Ray runner).
+    Raises:
+        ModelSpecError: an unknown precision, or bf16 on a device without native bf16.
     """
+    if precision not in PRECISIONS:
+        raise ModelSpecError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if not native_bf16(device):
+            where = "this CPU has neither AVX512-BF16 nor AMX instructions" if device.type == "cpu" else \
+                f"{device} has no native bf16"
+            raise ModelSpecError(f"--precision bf16: {where}, so bf16 would run slower than float32 there; "
+                                 "use --precision auto or fp32")
+        return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
 
 
-def open_clip_precision(device: torch.device) -> str:
+def open_clip_precision(device: torch.device, precision: str = "auto") -> str:
     """:func:`inference_dtype` as open_clip's ``precision`` argument (``pure_bf16``, ``pure_fp16``, ``fp32``)."""
-    return {torch.bfloat16: "pure_bf16", torch.float16: "pure_fp16", torch.float32: "fp32"}[inference_dtype(device)]
+    dtype = inference_dtype(device, precision)
+    return {torch.bfloat16: "pure_bf16", torch.float16: "pure_fp16", torch.float32: "fp32"}[dtype]
