@@ -14,7 +14,8 @@ class TqdmProgress:
         self._description, self._unit = description, unit
         self._bar: tqdm | None = None  # drawn at the first report: work that never starts draws nothing
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int | None) -> None:
+        """Move the bar to ``done`` of ``total`` (None: not known, as while a folder is still being walked)."""
         if self._bar is None:
             self._bar = tqdm(desc=self._description, unit=self._unit, file=sys.stderr, dynamic_ncols=True, leave=True)
         if self._bar.total != total:

@@ -160,3 +160,42 @@ def test_an_unexpected_exception_is_one_line_and_verbose_shows_it(capsys, monkey
     assert status == 2 and err.strip() == "mmr models: error: ValueError: something nobody foresaw (run with -v for details)"
     with pytest.raises(ValueError):
         main(["-v", "models"])
+
+
+def test_classify_walks_folders_and_lists_in_batches_each_label_on_its_own_file(capsys, tmp_path):
+    """Colours the demo model cannot miss, a bad file in the middle of a batch, a missing source: every row
+    names its own file (a failure must not shift labels onto batch-mates), and the probabilities are those of
+    each file embedded alone."""
+    from mmretrieval.models.encoder import load_encoder
+    from mmretrieval.models.zeroshot import ZeroShotClassifier, load_templates
+
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    colours = ["red", "blue", "green", "yellow", "purple"]
+    for i, colour in enumerate(colours):
+        where = folder / "nested" if i % 2 else folder
+        scenes.render(scenes.Scene(colour, "circle", 1, "large", "plain", "center"), random.Random(i)).save(
+            where / f"{i}-{colour}.png")
+    (folder / "2-broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    extra = tmp_path / "extra.png"
+    scenes.render(scenes.Scene("orange", "square", 1, "large", "plain", "center"), random.Random(9)).save(extra)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{extra}\n")
+    status, out, err = _run(capsys, "classify", folder, listing, tmp_path / "gone.png", "--labels",
+                            ",".join(colours + ["orange"]), "--json", "--batch-size", "2", "--device", "cpu")
+    assert status == 0
+    rows = {row["image"]: row for row in map(json.loads, out.splitlines())}
+    expected = {str(p): p.stem.split("-")[1] for p in folder.rglob("*.png")} | {str(extra): "orange"}
+    assert {path: row["label"] for path, row in rows.items()} == expected
+    assert "2-broken.jpg: skipped:" in err and "gone.png: skipped:" in err and "does not exist" in err
+    encoder = load_encoder("builtin:shapes", device="cpu")
+    classifier = ZeroShotClassifier.build(encoder, colours + ["orange"], load_templates("default"))
+    for path, row in rows.items():
+        alone = classifier.probabilities(encoder.encode_images([path]))[0]
+        assert row["probability"] == pytest.approx(float(alone.max()), abs=1e-5)
+
+
+def test_classify_an_empty_folder_says_so(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    status, out, err = _run(capsys, "classify", tmp_path / "empty", "--labels", "a,b", "--device", "cpu")
+    assert status == 1 and out == "" and "no images found" in err

@@ -25,9 +25,12 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
         "classify", help="zero-shot classify images against labels",
         description="Score images against labels with prompt-ensemble text vectors. CLIP-style models give a "
         "softmax over labels (or, with --multi-label, each label against a neutral prompt); SigLIP-style "
-        "models give independent sigmoid probabilities. Prints image, label, probability per line.",
+        "models give independent sigmoid probabilities. Prints image, label, probability per line, in the order "
+        "images finish decoding (each line names its image); a file that cannot be decoded is reported on stderr "
+        "and skipped.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="SOURCE",
+                        help="image file, folder (walked recursively) or .txt/.csv list of paths")
     parser.add_argument("--labels", action="append", required=True,
                         help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
@@ -35,32 +38,39 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="with --multi-label: keep labels at or above this")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default 1; all above threshold with --multi-label)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: 256 on CUDA, 32 on CPU)")
+    parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
     add_model_options(parser)
     parser.set_defaults(handler=_classify)
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from ..ingest.files import embed_files
     from ..models.encoder import load_encoder
-    from ..errors import ImageDecodeError
     from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
+    from ..progress import TqdmProgress
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
-    failed = 0
-    for path in args.images:
-        try:
-            vectors = encoder.encode_images([path])
-        except ImageDecodeError as exc:
-            print(f"mmr classify: {path}: skipped: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        probabilities = classifier.probabilities(vectors, multi_label=args.multi_label)
-        [ranked] = predict(probabilities, labels, multi_label=args.multi_label, threshold=args.threshold, top_k=args.top_k)
-        rows = [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in ranked]
-        emit(rows, args.json, ["image", "label", "probability"])
-    return 2 if failed == len(args.images) else 0
+    classified = failed = 0
+    with TqdmProgress("classify") as progress:
+        for batch in embed_files(encoder, args.images, batch_size=args.batch_size, workers=args.workers):
+            for failure in batch.failed:
+                print(f"mmr classify: {failure.path}: skipped: {failure.message}", file=sys.stderr)
+            probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
+            ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=args.threshold,
+                             top_k=args.top_k)
+            rows = [{"image": path, "label": p.label, "probability": round(p.probability, 6)}
+                    for path, predictions in zip(batch.paths, ranked) for p in predictions]
+            emit(rows, args.json, ["image", "label", "probability"])
+            classified, failed = classified + len(batch.paths), failed + len(batch.failed)
+            progress(classified + failed, None)
+    if classified == 0 and failed == 0:
+        print("mmr classify: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 1
+    return 2 if classified == 0 else 0
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:

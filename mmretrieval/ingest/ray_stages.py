@@ -92,13 +92,6 @@ def _decoder(preparer: ImagePreparer, timeout_s: float, decode: "DecodeFn") -> "
     return _decoders[key]
 
 
-class _NothingKnown:
-    """The catalog as an embed actor sees it: it has none (duplicates of stored content are found at commit)."""
-
-    def vectors_by_hash(self, hashes: object) -> dict[str, npt.NDArray[np.float32]]:
-        return {}
-
-
 def check_reproducible(identity: "ModelIdentity") -> None:
     """Refuse a model that another process cannot load identically (random weights are drawn anew by each).
 
@@ -141,13 +134,13 @@ class Embedder:
                 f"collection was built with key {identity.key()}; install the same weights on every node")
 
     def __call__(self, batch: Batch) -> Batch:
-        from .runner import embed_batch
+        from .runner import NothingKnown, embed_batch
 
         ok_rows = np.flatnonzero(batch["status"] == "ok")
         decoded = [Decoded(int(batch["image_id"][row]), str(batch["content_hash"][row]), 0, 0, "", NO_PIXELS)
                    for row in ok_rows]
-        # runs the model once per content
-        embedded = embed_batch(self.encoder, _NothingKnown(), decoded, [batch["pixels"][ok_rows]], ())
+        # runs the model once per content; duplicates of stored content are found at commit
+        embedded = embed_batch(self.encoder, NothingKnown(), decoded, [batch["pixels"][ok_rows]], ())
         embeddings = np.zeros((len(batch["image_id"]), self.encoder.dim), dtype=np.float32)
         embeddings[ok_rows] = embedded.embeddings
         out = {name: column for name, column in batch.items() if name != "pixels"}

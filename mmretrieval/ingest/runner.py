@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..models.encoder import DualEncoder
@@ -87,7 +88,7 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
     counts: collections.Counter[str] = collections.Counter()
     writer = _WriterThread(CatalogWriter(catalog), total, progress)
     try:
-        for decoded, pixels, failed in _decoded_batches(encoder, tasks, config):
+        for decoded, pixels, failed in decoded_batches(encoder, tasks, config):
             batch = embed_batch(encoder, catalog, decoded, pixels, failed)
             writer.submit(batch)
             counts.update(f"failed:{item.reason}" for item in batch.failed)
@@ -146,7 +147,7 @@ class _WriterThread:
                 self.error = exc
 
 
-def _decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
+def decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
                      config: IngestConfig) -> Iterator[tuple[Sequence[Decoded], Pixels, Sequence[Failed]]]:
     """(records, their pixels, failures) per batch: from the CPU pool, or split between it and the device."""
     pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
@@ -269,7 +270,15 @@ def _settled(state: FileState) -> bool:
     return state.status == "ok" or (state.status == "failed" and state.reason not in TRANSIENT_REASONS)
 
 
-def embed_batch(encoder: DualEncoder, catalog: Catalog, decoded: Sequence[Decoded], pixels: Pixels,
+class NothingKnown:
+    """A catalog with no stored vectors, for :func:`embed_batch` where there is none to ask (a Ray embed actor,
+    files embedded outside any collection): the model still runs once per distinct content in a batch."""
+
+    def vectors_by_hash(self, hashes: object) -> dict[str, npt.NDArray[np.float32]]:
+        return {}
+
+
+def embed_batch(encoder: DualEncoder, catalog: Catalog | NothingKnown, decoded: Sequence[Decoded], pixels: Pixels,
                 failed: Sequence[Failed]) -> EmbeddedBatch:
     """Embed decoded images, running the model once per distinct content not already in the catalog.
 
