@@ -20,6 +20,7 @@ _PUBLIC = {
     "ZeroShotClassifier": "mmretrieval.models.zeroshot",
     "decode_image": "mmretrieval.images.decode",
     "Collection": "mmretrieval.collection.collection",
+    "embed_files": "mmretrieval.ingest.files",
 }
 __all__ = sorted(_PUBLIC)
 

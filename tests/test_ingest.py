@@ -346,6 +346,27 @@ def test_csv_list_with_captions(tmp_path, tiny_encoder):
         assert captions == {"good00.jpg": "first one", "good01.jpg": "second"}
 
 
+def test_list_files_stream_with_quoted_captions_and_tilde_sources(tmp_path, tiny_encoder, monkeypatch):
+    """A caption with a newline inside quotes (a CSV row over two lines), a .txt list with comments and CRLF line
+    ends, and sources written with ``~`` as the Python API receives them (no shell to expand them)."""
+    from mmretrieval.ingest.files import embed_files
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_good_images(tmp_path / "photos", 3)
+    (tmp_path / "list.csv").write_text('path,caption\nphotos/good00.jpg,"two\nlines"\nphotos/good01.jpg,plain\n')
+    (tmp_path / "list.txt").write_bytes(b"# a comment\r\nphotos/good02.jpg\r\n\r\n")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest(["~/list.csv", "~/list.txt"], workers=0)
+        assert summary.embedded == 3 and not summary.failed
+        captions = {os.path.basename(h.path): h.caption for h in col.search("x", k=5)}
+    assert captions == {"good00.jpg": "two\nlines", "good01.jpg": "plain", "good02.jpg": None}
+    batches = list(embed_files(tiny_encoder, ["~/photos", "~/list.txt"], workers=0))
+    paths = sorted(p for batch in batches for p in batch.paths)
+    assert paths == sorted([str(tmp_path / "photos" / f"good0{i}.jpg") for i in range(3)] +
+                           [str(tmp_path / "photos" / "good02.jpg")])
+    assert not any(batch.failed for batch in batches)
+
+
 def test_transient_failures_are_retried_on_the_next_run(tmp_path, tiny_encoder):
     from mmretrieval.collection.catalog import FailureWrite
 

@@ -197,14 +197,14 @@ class Collection:
             config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
                                          timeout_s=timeout_s, precision=self.precision)
             with self.writing(busy):
-                return run_ray_ingest(self.catalog, self.identity, [str(s) for s in sources], config,
-                                      str(self.directory), progress)
+                return run_ray_ingest(self.catalog, self.identity, _expand(sources), config, str(self.directory),
+                                      progress)
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
                                          device_decode=device_decode, share_jpegs=share_jpegs)
         with self.writing(busy):
-            return run_ingest(self.catalog, lambda: self.encoder, [str(s) for s in sources], config, progress)
+            return run_ingest(self.catalog, lambda: self.encoder, _expand(sources), config, progress)
 
     @contextmanager
     def writing(self, busy_message: str | None = None, update_index: bool = True) -> Iterator[Catalog]:
@@ -507,6 +507,11 @@ class Collection:
         from .labelling import organize
 
         return organize(self.catalog, Path(out_dir), copy=copy)
+
+
+def _expand(sources: Sequence[str | os.PathLike]) -> list[str]:
+    """Sources as strings, ``~`` expanded (the shell does that for the command line, not for the Python API)."""
+    return [os.path.expanduser(os.fspath(source)) for source in sources]
 
 
 def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,

@@ -66,7 +66,7 @@ def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, b
     ids = itertools.count()
 
     def tasks() -> Iterator[DecodeTask]:  # read on the pool's feeder thread, as workers need tasks
-        for source in sources:
+        for source in map(os.path.expanduser, sources):
             if not os.path.lexists(source):
                 skipped.append(Skipped(os.path.abspath(source), "missing", f"{source} does not exist"))
                 continue

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -126,26 +126,30 @@ def _sniffed(entry: os.DirEntry) -> SourceFile | Skipped | None:
 
 
 def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
+    """A list file's entries, relative paths taken from the list's folder; read as a stream, so a list of 10 M
+    paths is never held at once."""
     base = path.parent
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = _text_rows(handle) if path.suffix.lower() == ".txt" else _csv_rows(path, handle)
+            for name, caption in rows:
+                yield _single(Path(os.path.abspath(base / name)), caption or None)
     except (OSError, UnicodeDecodeError) as exc:
         raise CollectionError(f"cannot read list file {path}: {exc}") from exc
-    if path.suffix.lower() == ".txt":
-        rows = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    else:
-        rows = _csv_rows(path, text)
-    for name, caption in rows:
-        yield _single(Path(os.path.abspath(base / name)), caption or None)
 
 
-def _csv_rows(path: Path, text: str) -> list[tuple[str, str | None]]:
-    reader = csv.DictReader(text.splitlines())
+def _text_rows(lines: Iterable[str]) -> Iterator[tuple[str, None]]:
+    """One path per line; blank lines and lines starting with ``#`` are skipped."""
+    return ((line.strip(), None) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+    reader = csv.DictReader(lines)
     path_column, caption_column = csv_columns(reader.fieldnames)
     if path_column is None:
         raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(PATH_COLUMNS[:2])}")
-    return [(row[path_column].strip(), row.get(caption_column) if caption_column else None)
-            for row in reader if (row.get(path_column) or "").strip()]
+    return ((row[path_column].strip(), row.get(caption_column) if caption_column else None)
+            for row in reader if (row.get(path_column) or "").strip())
 
 
 def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
