@@ -217,6 +217,26 @@ def test_prune_touches_only_the_sources_given_and_refuses_a_missing_root(tmp_pat
     assert main(["ingest", str(tmp_path / "B"), "--collection", str(tmp_path / "col"), "--prune"]) == 2
 
 
+def test_prune_pages_through_a_folder_and_leaves_its_namesakes_and_unlistable_folders(tmp_path, tiny_encoder,
+                                                                                     monkeypatch):
+    from mmretrieval.collection import places
+    from mmretrieval.collection.catalog import encode_path
+
+    monkeypatch.setattr(places, "PRUNE_PAGE", 2)  # several pages for a handful of rows
+    folders = {name: write_good_images(tmp_path / name, 3, seed=i)
+               for i, name in enumerate(["A", "A/sub", "A/locked", "A-2", "AB"])}
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "A", tmp_path / "A-2", tmp_path / "AB"], workers=0)
+        for paths in folders.values():  # every file gone, as if the folders were emptied
+            for path in paths:
+                path.unlink()
+        prefix = encode_path(str(tmp_path / "A")) + os.sep.encode()
+        pruned = col.catalog.prune_missing([prefix], keep_under=[encode_path(str(tmp_path / "A" / "locked")) + b"/"])
+        left = sorted(os.fsdecode(path) for path, in col.catalog._query("SELECT path FROM images"))
+    assert pruned == 6  # A and A/sub; not A/locked (could not be listed), nor A-2 and AB (other folders)
+    assert left == sorted(str(path) for name in ("A/locked", "A-2", "AB") for path in folders[name])
+
+
 def test_cli_compact_auto_compaction_and_index_options(tmp_path, tiny_model_dir, capsys):
     import json
 

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 _BLOCK = 65_536  # rows per streamed block
 _CHUNK = 500  # ids per IN (...) query
+PRUNE_PAGE = 10_000  # rows under a pruned folder read per query
 
 
 @dataclass(frozen=True)
@@ -270,18 +271,28 @@ class VectorPlaces:
                       keep_under: Sequence[bytes] = ()) -> int:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
         as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
-        many went. The caller has checked that the folders are there: nothing else is pruned."""
-        candidates: set[bytes] = set()
+        many went. The caller has checked that the folders are there: nothing else is pruned.
+
+        The rows under a folder are read a page at a time in path order (the prefix is a range of the path
+        index), so a prune over 10 M rows holds one page and the ids of the rows going, not every path.
+        """
+        gone: set[int] = set()
+
+        def check(rows: list[tuple]) -> None:
+            gone.update(id_ for id_, path in rows
+                        if not any(path.startswith(kept) for kept in keep_under) and not os.path.lexists(path))
+
         for folder in folders:
-            candidates.update(r[0] for r in self._query("SELECT path FROM images WHERE substr(path, 1, ?) = ?",
-                                                        (len(folder), folder)))
+            after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
+            while rows := self._query("SELECT id, path FROM images WHERE path > ? AND path < ? ORDER BY path "
+                                      f"LIMIT {PRUNE_PAGE}", (after, upper)):
+                check(rows)
+                after = rows[-1][1]
         for chunk, marks in in_lists(paths):
-            candidates.update(r[0] for r in self._query(f"SELECT path FROM images WHERE path IN ({marks})", chunk))
-        gone = [(path,) for path in sorted(candidates)
-                if not any(path.startswith(folder) for folder in keep_under) and not os.path.lexists(path)]
+            check(self._query(f"SELECT id, path FROM images WHERE path IN ({marks})", chunk))
         if gone:
             with self.transaction() as db:
-                db.executemany("DELETE FROM images WHERE path = ?", gone)
+                db.executemany("DELETE FROM images WHERE id = ?", [(id_,) for id_ in sorted(gone)])
                 self._bump_generation()
         return len(gone)
 
