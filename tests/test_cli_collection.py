@@ -126,6 +126,27 @@ def test_label_export_into_a_missing_folder(built, capsys):
                        str(out))
 
 
+def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, capsys):
+    tmp_path, collection = built
+    for bad, needle in ((tmp_path / "labels.xlsx", ".csv or .jsonl"), (tmp_path / "gone" / "l.csv", "does not exist")):
+        _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
+                                    "--out", str(bad)], needle)
+    _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
+                                "--organize", str(tmp_path / "photos" / "good00.jpg")], "not a folder")
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["labels"]  # nothing was labelled: a retry is not refused
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# shapes, one per line\ncircle\nsquare, or a box\n")
+    assert main(["label", "--collection", collection, "--labels", "red,blue"]) == 0  # the default set
+    assert main(["label", "--collection", collection, "--labels", f"@{labels}", "--set", "shapes",
+                 "--out", str(tmp_path / "shapes.jsonl"), "--organize", str(tmp_path / "sorted")]) == 0
+    capsys.readouterr()
+    exported = [json.loads(line) for line in (tmp_path / "shapes.jsonl").read_text().splitlines()]
+    assert len(exported) == 5
+    assert {entry["label"] for record in exported for entry in record["labels"]} <= {"circle", "square, or a box"}
+    assert {folder.name for folder in (tmp_path / "sorted").iterdir()} <= {"circle", "square, or a box"}
+
+
 def test_organize_skips_and_reports_deleted_sources(built, capsys):
     tmp_path, collection = built
     (tmp_path / "photos" / "good00.jpg").unlink()

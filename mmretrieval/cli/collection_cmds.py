@@ -270,7 +270,7 @@ def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgr
 def _register_compact(subparsers) -> None:
     parser = subparsers.add_parser("compact", help="reclaim the space of deleted and replaced vectors",
                                    description="Rewrite vector segments that hold dead rows (pruned or re-embedded "
-                                   "files). Safe to interrupt; writers also do it on their own past 30%% waste.")
+                                   "files). Safe to interrupt; writers also do it on their own past 30% waste.")
     add_collection_option(parser)
     parser.add_argument("--min-waste", type=float, default=0.0,
                         help="only segments with more than this share of dead rows (default 0: any)")
@@ -290,7 +290,7 @@ def _register_label(subparsers) -> None:
     parser = subparsers.add_parser("label", help="label every image zero-shot; search can then filter by label")
     add_collection_option(parser)
     parser.add_argument("--labels", action="append", required=True,
-                        help="comma-separated labels, or @FILE with one per line (repeatable)")
+                        help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=float, default=0.5, help="multi-label probability cutoff (default 0.5)")
@@ -298,8 +298,8 @@ def _register_label(subparsers) -> None:
                         help="label set to write (default: 'default'); other sets are kept, and search --label "
                         "takes SET:LABEL or LABEL")
     parser.add_argument("--replace", action="store_true", help="replace the set if it exists (else: refused)")
-    parser.add_argument("--out", help="export the labels to a .csv or .jsonl file")
-    parser.add_argument("--organize", metavar="OUTDIR", help="link images into OUTDIR/<label>/")
+    parser.add_argument("--out", help="export this run's labels to a .csv or .jsonl file")
+    parser.add_argument("--organize", metavar="OUTDIR", help="link the images this run labelled into OUTDIR/<label>/")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
     parser.add_argument("--prefix", help="only label images whose path starts with this (e.g. a folder)")
@@ -308,15 +308,21 @@ def _register_label(subparsers) -> None:
 
 
 def _label(args: argparse.Namespace) -> int:
+    from ..collection.labelling import check_export_path, check_organize_dir
+
+    if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
+        check_export_path(args.out)
+    if args.organize:
+        check_organize_dir(args.organize)
     with _open(args.collection, device=args.device) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
                                        threshold=args.threshold, label_set=args.label_set, replace=args.replace,
                                        progress=progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:
-            collection.export_labels(args.out)
+            collection.export_labels(args.out, summary.label_set)
         if args.organize:
-            organized = collection.organize(args.organize, copy=args.copy)
+            organized = collection.organize(args.organize, copy=args.copy, label_set=summary.label_set)
             print(f"placed {organized.placed} files under {args.organize}", file=sys.stderr)
             if organized.missing:
                 print(f"skipped {len(organized.missing)} source file(s) that are missing since ingestion "

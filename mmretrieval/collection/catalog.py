@@ -350,9 +350,10 @@ class Catalog(VectorPlaces):
         return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
 
     # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
-    def labels_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
-        """Assigned ``(label, probability)`` pairs per id, best first (``SET:LABEL`` outside the default set)."""
-        return label_sets.labels_of(self, ids)
+    def labels_of(self, ids: Sequence[int], label_set: str | None = None) -> dict[int, tuple[tuple[str, float], ...]]:
+        """Assigned ``(label, probability)`` pairs per id, best first (``SET:LABEL`` outside the default set), or
+        those of ``label_set`` alone by their own names."""
+        return label_sets.labels_of(self, ids, label_set)
 
     def ids_with_label(self, label: str) -> npt.NDArray[np.int64]:
         """Ids assigned ``label``: ``SET:LABEL``, or ``LABEL`` in any set."""

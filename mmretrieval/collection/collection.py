@@ -496,17 +496,19 @@ class Collection:
 
         return sets(self.catalog)
 
-    def export_labels(self, path: str | os.PathLike) -> int:
-        """Write assigned labels to ``.csv`` or ``.jsonl``; returns rows written."""
+    def export_labels(self, path: str | os.PathLike, label_set: str | None = None) -> int:
+        """Write the labels of ``label_set`` (None: of every set, ``SET:LABEL`` outside the default one) to
+        ``.csv`` or ``.jsonl``; returns rows written."""
         from .labelling import export_labels
 
-        return export_labels(self.catalog, Path(path))
+        return export_labels(self.catalog, Path(path), label_set)
 
-    def organize(self, out_dir: str | os.PathLike, copy: bool = False) -> "Organized":
-        """Link (or copy) images into ``out_dir/<label>/``; returns files placed and sources missing."""
+    def organize(self, out_dir: str | os.PathLike, copy: bool = False, label_set: str | None = None) -> "Organized":
+        """Link (or copy) the images labelled in ``label_set`` (None: in any set) into ``out_dir/<label>/``;
+        returns files placed and sources missing."""
         from .labelling import organize
 
-        return organize(self.catalog, Path(out_dir), copy=copy)
+        return organize(self.catalog, Path(out_dir), copy=copy, label_set=label_set)
 
 
 def _expand(sources: Sequence[str | os.PathLike]) -> list[str]:

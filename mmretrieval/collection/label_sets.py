@@ -100,14 +100,17 @@ def counts(catalog: "Catalog") -> dict[str, int]:
     return dict(sorted((qualified(name, label), count) for name, label, count in rows))
 
 
-def labels_of(catalog: "Catalog", ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
-    """Assigned ``(qualified label, probability)`` pairs per id, best first."""
+def labels_of(catalog: "Catalog", ids: Sequence[int],
+              label_set: str | None = None) -> dict[int, tuple[tuple[str, float], ...]]:
+    """Assigned ``(label, probability)`` pairs per id, best first: of every set, qualified (``SET:LABEL``
+    outside the default set), or of ``label_set`` alone, by the labels' own names."""
+    only, extra = ("", []) if label_set is None else ("label_set = ? AND ", [label_set])
     found: dict[int, list[tuple[str, float]]] = {}
     for chunk, marks in in_lists(ids):
         for image_id, name, label, probability in catalog._query(
                 "SELECT image_id, label_set, label, probability FROM labels "
-                f"WHERE image_id IN ({marks}) ORDER BY probability DESC", chunk):
-            found.setdefault(image_id, []).append((qualified(name, label), probability))
+                f"WHERE {only}image_id IN ({marks}) ORDER BY probability DESC", [*extra, *chunk]):
+            found.setdefault(image_id, []).append((label if label_set else qualified(name, label), probability))
     return {image_id: tuple(pairs) for image_id, pairs in found.items()}
 
 

@@ -7,7 +7,6 @@ as CSV or JSON lines, and the images linked (or copied) into one folder per labe
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -15,11 +14,11 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path
 from ..errors import CollectionError
 from .label_sets import DEFAULT_SET, LabelSetWriter
 from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
@@ -84,39 +83,72 @@ def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequenc
                         threshold=threshold if multi_label else None, label_set=writer.name)
 
 
-def _labelled_rows(catalog: "Catalog") -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
-    ids = sorted(catalog.vector_ids().tolist())
-    rows = catalog.rows(ids)
-    labels = catalog.labels_of(ids)
-    return [(i, rows[i].path, labels.get(i, ())) for i in ids if i in rows]
+_PAGE = 10_000  # images read per query when exporting or organizing
 
 
-def export_labels(catalog: "Catalog", path: Path) -> int:
-    """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image).
+def _labelled_rows(catalog: "Catalog", label_set: str | None) -> Iterator[tuple[int, str, tuple[tuple[str, float], ...]]]:
+    """Every embedded image, in id order, with its labels best first: those of ``label_set`` by their own names,
+    or (None) of every set, ``SET:LABEL`` outside the default one. Read a page at a time: at 10 M images the ids
+    (80 MB) and one page are in memory, not every path and label."""
+    ids = np.sort(catalog.vector_ids())
+    for start in range(0, len(ids), _PAGE):
+        page = ids[start:start + _PAGE].tolist()
+        rows = catalog.rows(page)
+        labels = catalog.labels_of(page, label_set)
+        yield from ((i, rows[i].path, labels.get(i, ())) for i in page if i in rows)
+
+
+def check_export_path(path: str | os.PathLike) -> Path:
+    """``path`` if labels can be exported there (checked before a labelling run, so a typo costs no run).
 
     Raises:
-        CollectionError: another suffix.
+        CollectionError: not a .csv or .jsonl name, or its folder does not exist.
     """
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
         raise CollectionError(f"cannot export labels to {path}: use a .csv or .jsonl file name")
-    buffer = io.StringIO()
+    if not path.absolute().parent.is_dir():
+        raise CollectionError(f"cannot export labels to {path}: folder {path.absolute().parent} does not exist")
+    if path.is_dir():
+        raise CollectionError(f"cannot export labels to {path}: it is a folder; name a .csv or .jsonl file")
+    return path
+
+
+def check_organize_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` if images can be organized into it: a folder, or a name not yet taken.
+
+    Raises:
+        CollectionError: it exists and is not a folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CollectionError(f"cannot organize into {out_dir}: it is a file, not a folder")
+    return out_dir
+
+
+def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) -> int:
+    """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image) for
+    ``label_set`` (None: every set), streamed into a temporary file renamed over ``path`` at the end.
+
+    Raises:
+        CollectionError: another suffix, or ``path`` cannot be written.
+    """
+    path = check_export_path(path)
     count = 0
-    if suffix == ".csv":
-        writer = csv.writer(buffer)
-        writer.writerow(["id", "path", "label", "probability"])
-        for image_id, image_path, pairs in _labelled_rows(catalog):
-            for label, probability in pairs:
-                writer.writerow([image_id, _printable(image_path), label, f"{probability:.6f}"])
-                count += 1
-    else:
-        for image_id, image_path, pairs in _labelled_rows(catalog):
-            record = {"id": image_id, "path": _printable(image_path),
-                      "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
-            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
     try:
-        atomic_write_text(path, buffer.getvalue())
+        with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
+            if path.suffix.lower() == ".csv":
+                writer = csv.writer(handle)
+                writer.writerow(["id", "path", "label", "probability"])
+                for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+                    writer.writerows([image_id, _printable(image_path), label, f"{p:.6f}"] for label, p in pairs)
+                    count += len(pairs)
+            else:
+                for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+                    record = {"id": image_id, "path": _printable(image_path),
+                              "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    count += 1
     except OSError as exc:
         raise CollectionError(f"cannot write labels to {path}: {exc.strerror or exc}; "
                               "check that its folder exists and is writable") from exc
@@ -131,17 +163,21 @@ class Organized:
     missing: tuple[str, ...] = ()  # labelled images whose file no longer exists (skipped)
 
 
-def organize(catalog: "Catalog", out_dir: Path, copy: bool = False) -> Organized:
-    """Place each labelled image in ``out_dir/<label>/<id>-<name>`` as a symlink (or a copy).
+def organize(catalog: "Catalog", out_dir: Path, copy: bool = False, label_set: str | None = None) -> Organized:
+    """Place each image labelled in ``label_set`` (None: in any set) in ``out_dir/<label>/<id>-<name>`` as a
+    symlink (or a copy).
 
     Images whose file has gone since ingestion are skipped and listed in the result.
 
     Raises:
         CollectionError: ``out_dir`` or a file in it cannot be written.
     """
+    out_dir = check_organize_dir(out_dir)
     placed, missing = 0, []
     try:
-        for image_id, image_path, pairs in _labelled_rows(catalog):
+        for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+            if not pairs:
+                continue
             if not os.path.exists(image_path):
                 missing.append(image_path)
                 continue

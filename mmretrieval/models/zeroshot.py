@@ -78,7 +78,9 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
 
 
 def parse_labels(values: str | Sequence[str]) -> list[str]:
-    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line. Order kept, duplicates dropped.
+    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (commas kept, so
+    "Paris, France" is one label; blank lines and lines starting with ``#`` skipped). Order kept, duplicates
+    dropped.
 
     Raises:
         QueryError: no labels, or an unreadable ``@FILE``.
@@ -89,10 +91,13 @@ def parse_labels(values: str | Sequence[str]) -> list[str]:
     for value in values:
         if value.startswith("@"):
             try:
-                value = Path(value[1:]).read_text(encoding="utf-8")
+                parts = [line for line in Path(value[1:]).read_text(encoding="utf-8").splitlines()
+                         if not line.lstrip().startswith("#")]
             except (OSError, UnicodeDecodeError) as exc:
                 raise QueryError(f"cannot read labels from {value[1:]}: {exc}") from exc
-        for part in value.replace("\n", ",").split(","):
+        else:
+            parts = value.replace("\n", ",").split(",")
+        for part in parts:
             label = part.strip()
             if label and label not in labels:
                 labels.append(label)
