@@ -241,3 +241,25 @@ def test_ingest_in_bf16_where_the_cpu_has_it_and_a_clear_error_where_not(tmp_pat
         scores[precision] = {row["path"]: row["score"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
     assert scores["auto"].keys() == scores["bf16"].keys()
     assert max(abs(scores["auto"][path] - scores["bf16"][path]) for path in scores["auto"]) < 2e-2
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ingest", "x", "--timeout", "-5"], "--timeout: must be a number of seconds above 0, got -5"),
+    (["ingest", "x", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["ingest", "x", "--workers", "-1"], "--workers: must be at least 0, got -1"),
+    (["label", "--labels", "a,b", "--threshold", "-0.5"], "--threshold: must be a probability from 0 to 1"),
+    (["classify", "x.png", "--labels", "a,b", "--top-k", "0"], "--top-k: must be at least 1, got 0"),
+    (["classify", "x.png", "--labels", "a,b", "--threshold", "nan"], "--threshold: not a number: 'nan'"),
+    (["serve", "--port", "99999"], "--port: must be a port number from 0 to 65535"),
+    (["serve", "--max-file-size", "lots"], "--max-file-size: must be a whole number and b, kb, mb, gb or tb"),
+])
+def test_out_of_range_options_are_refused_by_name(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--collection", "unused"] if argv[0] in ("ingest", "label") else argv)
+    assert exited.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_similar_k_below_one_is_refused(built, capsys):
+    tmp_path, collection = built
+    _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos" / "good00.jpg"), "--collection", collection,
+                                "-k", "0"], "k must be at least 1, got 0")

@@ -199,3 +199,10 @@ def test_classify_an_empty_folder_says_so(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     status, out, err = _run(capsys, "classify", tmp_path / "empty", "--labels", "a,b", "--device", "cpu")
     assert status == 1 and out == "" and "no images found" in err
+
+
+def test_classify_multi_label_prints_an_image_with_no_label_over_the_threshold(capsys, red_circle):
+    status, out, _ = _run(capsys, "classify", red_circle, "--labels", "red shape,blue square", "--multi-label",
+                          "--threshold", "1", "--json", "--device", "cpu")
+    assert status == 0 and [json.loads(line) for line in out.splitlines()] == [
+        {"image": str(red_circle), "label": None, "probability": None}]

@@ -78,6 +78,16 @@ def test_folder_report_on_an_image_folder(shapes_encoder, colour_folder):
     assert report["top1"] >= 0.9 and report["mean_per_class_recall"] >= 0.9
 
 
+def test_folder_report_leaves_out_and_counts_undecodable_images(shapes_encoder, colour_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "colours"
+    shutil.copytree(colour_folder, root)
+    (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    report = folder_report(shapes_encoder, str(root), templates=("a photo of a {} shape.",))
+    assert report["images"] == 18 and report["undecodable"] == 1 and report["top1"] >= 0.9
+
+
 def test_captions_report_from_sidecars_and_csv(shapes_encoder, colour_folder, tmp_path):
     sidecars = captions_report(shapes_encoder, str(colour_folder))
     assert sidecars["images"] == sidecars["captions"] == 18

@@ -85,10 +85,20 @@ def test_training_on_a_csv(tmp_path, tiny_model_dir):
 
 
 def test_bad_training_inputs(tmp_path):
-    with pytest.raises(MMRError, match="neither a folder nor a .csv"):
+    with pytest.raises(MMRError, match="missing does not exist"):
         train(TrainConfig(out=str(tmp_path / "o"), data=str(tmp_path / "missing"), steps=1, workers=0, device="cpu"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MMRError, match="neither a folder nor a .csv"):
+        train(TrainConfig(out=str(tmp_path / "o"), data=str(tmp_path / "notes.txt"), steps=1, workers=0, device="cpu"))
     with pytest.raises(MMRError, match="unknown architecture"):
         train(TrainConfig(out=str(tmp_path / "o"), arch="NoSuchNet", steps=1, workers=0, device="cpu"))
+    broken = tmp_path / "broken.csv"  # its only image is gone: nothing to train on
+    broken.write_text("path,caption\ngone.png,a red circle\nnotes.txt,a blue square\n")
+    with pytest.raises(MMRError, match="none of the 2 captioned images .* could be decoded; nothing was trained"):
+        train(TrainConfig(out=str(tmp_path / "o"), data=str(broken), steps=1, workers=0, device="cpu"))
+    with pytest.raises(MMRError, match="is a file; name a folder"):
+        train(TrainConfig(out=str(tmp_path / "notes.txt"), steps=1, workers=0, device="cpu"))
+    assert not (tmp_path / "o").exists()  # no failed run left a model folder behind
 
 
 def test_user_pairs_hold_out_a_seeded_split_and_score_it(tmp_path, tiny_model_dir):
@@ -141,16 +151,18 @@ def test_a_failed_run_closes_its_log(tmp_path, monkeypatch):
     assert _open_fds_to((tmp_path / "m" / "train_log.jsonl").resolve()) == []
 
 
-def test_a_batch_where_every_image_fails_is_skipped_not_a_crash(tmp_path, tiny_model_dir):
+def test_a_batch_where_every_image_fails_is_skipped_not_a_crash(tmp_path, tiny_model_dir, caplog):
     data = tmp_path / "pairs"
     data.mkdir()
-    for i in range(4):
+    for i in range(7):
         (data / f"{i}.png").write_bytes(b"not a png at all")
         (data / f"{i}.txt").write_text(f"caption {i}")
-    logs = []
-    out = train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2, batch_size=4,
-                            workers=0, device="cpu", warmup_steps=1, eval_every=0), on_log=logs.append)
-    assert logs == []  # no step had a loss to log
+    scenes.generate(5, 0).image.save(data / "good.png")  # one image decodes: the set is not refused
+    (data / "good.txt").write_text(scenes.generate(5, 0).caption)
+    with caplog.at_level("WARNING", logger="mmretrieval.training.train"):
+        out = train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=4,
+                                batch_size=4, workers=0, device="cpu", warmup_steps=1, eval_every=0))
+    assert "no image of the batch decoded; skipping the step" in caplog.text
     assert (out / "open_clip_model.safetensors").is_file()  # the last step still saves
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CollectionError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import add_collection_option, add_model_options, emit
+from .common import add_collection_option, add_model_options, at_least, emit, positive_seconds, probability
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
@@ -55,9 +55,11 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, image file, or .txt/.csv list of paths")
     add_collection_option(parser)
     add_model_options(parser, default=None)
-    parser.add_argument("--batch-size", type=int, help="images per model call (default: 256 on CUDA, 32 on CPU)")
-    parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one file may take to decode (default 60)")
+    parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
+    parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
+                        "in this process, without isolation)")
+    parser.add_argument("--timeout", type=positive_seconds, default=60.0,
+                        help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
     parser.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
                         help="decode JPEGs on the model's device, other files on the CPU at the same time (auto: on "
@@ -293,7 +295,8 @@ def _register_label(subparsers) -> None:
                         help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
-    parser.add_argument("--threshold", type=float, default=0.5, help="multi-label probability cutoff (default 0.5)")
+    parser.add_argument("--threshold", type=probability, default=0.5,
+                        help="multi-label probability cutoff (default 0.5)")
     parser.add_argument("--set", dest="label_set", default="default", metavar="NAME",
                         help="label set to write (default: 'default'); other sets are kept, and search --label "
                         "takes SET:LABEL or LABEL")

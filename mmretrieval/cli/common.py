@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
@@ -24,6 +24,42 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = "bu
     parser.add_argument("--dim", type=int, default=None,
                         help="truncate vectors to this many dimensions and renormalise (Matryoshka-style; "
                         "warns unless the model was trained for it)")
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability from 0 to 1, got {text}")
+    return value
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a duration in seconds above 0."""
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+    if value != value:  # NaN compares false with everything, so every range check would let it through
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return value
 
 
 def add_collection_option(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
-from .common import add_model_options, emit
+from .common import add_model_options, at_least, emit, probability
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +35,15 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
                         help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
     parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
-    parser.add_argument("--threshold", type=float, default=0.5, help="with --multi-label: keep labels at or above this")
-    parser.add_argument("--top-k", type=int, default=None, help="labels per image (default 1; all above threshold with --multi-label)")
+    parser.add_argument("--threshold", type=probability, default=0.5,
+                        help="with --multi-label: keep labels at or above this (default 0.5); an image with none "
+                        "gets one line with an empty label")
+    parser.add_argument("--top-k", type=at_least(1), default=None,
+                        help="labels per image (default 1; all above threshold with --multi-label)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
-    parser.add_argument("--batch-size", type=int, help="images per model call (default: 256 on CUDA, 32 on CPU)")
-    parser.add_argument("--workers", type=int, help="decoding processes (default: CPU cores - 1)")
+    parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
+    parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
+                        "in this process, without isolation)")
     add_model_options(parser)
     parser.set_defaults(handler=_classify)
 
@@ -64,6 +68,8 @@ def _classify(args: argparse.Namespace) -> int:
                              top_k=args.top_k)
             rows = [{"image": path, "label": p.label, "probability": round(p.probability, 6)}
                     for path, predictions in zip(batch.paths, ranked) for p in predictions]
+            rows += [{"image": path, "label": None, "probability": None}  # classified, no label over the threshold
+                     for path, predictions in zip(batch.paths, ranked) if not predictions]
             emit(rows, args.json, ["image", "label", "probability"])
             classified, failed = classified + len(batch.paths), failed + len(batch.failed)
             progress(classified + failed, None)

@@ -325,6 +325,8 @@ class Collection:
         Raises:
             QueryError: an unknown id, an image that cannot be decoded, a bad filter.
         """
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
         exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)

@@ -70,6 +70,8 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
                     items.append(CaptionedImage(path, captions))
     elif source.is_file() and source.suffix.lower() == ".csv":
         items = _read_caption_csv(source)
+    elif not source.exists():
+        raise MMRError(f"captioned set {source} does not exist; pass a folder with sidecar .txt captions or a .csv")
     else:
         raise MMRError(f"captioned set {source} is neither a folder nor a .csv file")
     if not items:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -59,12 +60,26 @@ def text_to_image_recall(
 
 
 def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = TEMPLATE_SETS["default"]) -> dict[str, float]:
-    """Zero-shot accuracy on an ImageFolder-layout directory (class names are the folder names)."""
+    """Zero-shot accuracy on an ImageFolder-layout directory (class names are the folder names), decoded and
+    embedded as ``mmr classify`` does (worker processes, batches); undecodable images are left out and counted.
+
+    Raises:
+        MMRError: no class subfolders with images, or none of the images decodes.
+    """
+    from ..ingest.files import embed_files
+
     classes, items = read_labelled_folder(root)
+    label_of = {os.path.abspath(item.path): item.label for item in items}
+    chunks, labels, undecodable = [], [], 0
+    for batch in embed_files(encoder, list(label_of)):
+        chunks.append(batch.vectors)
+        labels += [label_of[path] for path in batch.paths]
+        undecodable += len(batch.failed)
+    if not labels:
+        raise MMRError(f"none of the {len(items)} images under {root} could be decoded")
     prompts = [[t.format(name.replace("_", " ")) for t in templates] for name in classes]
-    image_vectors = encoder.encode_images([item.path for item in items])
-    scores = classification_scores(image_vectors, ensemble_prompt_embeddings(encoder, prompts), [i.label for i in items])
-    return {"images": len(items), "classes": len(classes), **scores}
+    scores = classification_scores(np.concatenate(chunks), ensemble_prompt_embeddings(encoder, prompts), labels)
+    return {"images": len(labels), "classes": len(classes), "undecodable": undecodable, **scores}
 
 
 def captions_report(encoder: "DualEncoder", source: str) -> dict[str, float]:

@@ -202,14 +202,18 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
     """
     import open_clip
 
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise MMRError(f"--out {out} is a file; name a folder for the trained model")
+    pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
+    if config.data != "scenes":
+        _check_decodable(pairs + held_pairs, config.data)
     device = resolve_device(config.device)
     loaded, model_cfg = _build(config, device)
     model = loaded.model.float().train()
     loss_fn = open_clip.loss.SigLipLoss() if getattr(model, "logit_bias", None) is not None else open_clip.loss.ClipLoss()
     optimizer = _optimizer(model, config)
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
     with open(out / "train_log.jsonl", "w", encoding="utf-8") as log_file:
         for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn):
             log_file.write(json.dumps(asdict(entry)) + "\n")
@@ -217,6 +221,22 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
             if on_log:
                 on_log(entry)
     return out
+
+
+def _check_decodable(items: list[CaptionedImage], source: str) -> None:
+    """Refuse a set none of whose images decodes (before any output exists): training on it would save the
+    starting weights as if trained. Stops at the first image that decodes, so a good set costs one decode.
+
+    Raises:
+        MMRError: not one image decodes.
+    """
+    for item in items:
+        try:
+            decode_image(item.path, draft_size=256)
+            return
+        except ImageDecodeError:
+            continue
+    raise MMRError(f"none of the {len(items)} captioned images of {source} could be decoded; nothing was trained")
 
 
 def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], device: torch.device,

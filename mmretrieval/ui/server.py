@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,15 +61,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "for the demo)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--port", type=_port, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
-    parser.add_argument("--max-file-size", default="20mb", help="largest accepted upload (default: 20mb)")
+    parser.add_argument("--max-file-size", type=_file_size, default="20mb",
+                        help="largest accepted upload: a whole number and b, kb, mb, gb or tb (default: 20mb)")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="where to build and cache the demo collection (default: $MMR_DEMO_DIR, else the user "
                         "cache directory, e.g. ~/.cache/mmretrieval/demo)")
     parser.add_argument("--example", action="append", default=[], metavar="QUERY", dest="examples",
                         help="an example query for the first screen (repeatable; default: the demo's examples, "
                         "or the collection's labels)")
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text}")
+    return int(text)
+
+
+def _file_size(text: str) -> str:
+    """An argparse type: a size as Gradio reads it ("20mb", "1 gb")."""
+    if not re.fullmatch(r"\d+\s*[kmgt]?b", text.strip(), flags=re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"must be a whole number and b, kb, mb, gb or tb (e.g. 20mb), got {text!r}")
+    return text.strip()
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
