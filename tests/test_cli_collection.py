@@ -263,3 +263,22 @@ def test_similar_k_below_one_is_refused(built, capsys):
     tmp_path, collection = built
     _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos" / "good00.jpg"), "--collection", collection,
                                 "-k", "0"], "k must be at least 1, got 0")
+
+
+def test_search_mistakes_are_named_and_empty_results_said(built, capsys):
+    tmp_path, collection = built
+    base = ["--collection", collection]
+    _fails_in_one_line(capsys, ["search", "circle", "--not", str(tmp_path / "nope.jpg"), *base],
+                       "nope.jpg", "does not exist")  # a typo in a path never becomes a text term
+    _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos"), *base], "is a folder, not an image file")
+    _fails_in_one_line(capsys, ["search", "circle", "--gps", *base], "--gps", "--json")
+    assert main(["search", "circle", "--threshold", "1.5", *base]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "mmr search: no results" in captured.err
+
+
+def test_a_model_that_cannot_load_leaves_no_collection_behind(tmp_path, capsys):
+    target = tmp_path / "new.mmr"
+    _fails_in_one_line(capsys, ["ingest", str(tmp_path), "--collection", str(target), "--model",
+                                "ViT-B-32:laion2b_s34b_b79k"], "ViT-B-32")
+    assert not target.exists()  # so a later plain `mmr ingest` cannot quietly pick the default model

@@ -14,7 +14,7 @@ import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CollectionError
+from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import add_collection_option, add_model_options, at_least, emit, positive_seconds, probability
@@ -152,6 +152,7 @@ def _register_search(subparsers) -> None:
 def _search(args: argparse.Namespace) -> int:
     from ..collection.query import parse_query
 
+    _check_gps(args)
     query = parse_query(args.text, args.image, args.negatives)
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     with _open(args.collection, device=args.device) as collection:
@@ -163,7 +164,12 @@ def _search(args: argparse.Namespace) -> int:
             from ..collection.confidence import NoiseCalibration
 
             print(NoiseCalibration(collection).assess(vector, hits[0].score).message, file=sys.stderr)
-    return _print_hits(rows, args.json)
+    return _print_hits(rows, args.json, "search")
+
+
+def _check_gps(args: argparse.Namespace) -> None:
+    if args.gps and not args.json:
+        raise QueryError("--gps adds latitude and longitude to JSON results; add --json")
 
 
 def _register_similar(subparsers) -> None:
@@ -175,6 +181,7 @@ def _register_similar(subparsers) -> None:
 
 
 def _similar(args: argparse.Namespace) -> int:
+    _check_gps(args)
     image = args.image
     if args.id:
         try:
@@ -186,14 +193,18 @@ def _similar(args: argparse.Namespace) -> int:
         hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                   **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
-    return _print_hits(rows, args.json)
+    return _print_hits(rows, args.json, "similar")
 
 
-def _print_hits(rows: list[dict[str, Any]], as_json: bool) -> int:
+def _print_hits(rows: list[dict[str, Any]], as_json: bool, command: str) -> int:
+    """Print the hits; exit status 1, with a line on stderr saying so, when there are none."""
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
     emit(rows, as_json, _HIT_COLUMNS)
+    if not rows:
+        print(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)",
+              file=sys.stderr)
     return 0 if rows else 1
 
 

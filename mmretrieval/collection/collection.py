@@ -120,6 +120,9 @@ class Collection:
             if not create:
                 raise CollectionError(f"no collection at {directory}; create one with "
                                       f"`mmr ingest SOURCE --collection {directory}`")
+            _check_dtype(vector_dtype)
+            if not isinstance(model, DualEncoder):  # a model that fails to load must leave no empty collection
+                model = load_encoder(model or DEFAULT_MODEL, device=device, precision=precision)
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -346,7 +349,8 @@ class Collection:
             if isinstance(image, (int, np.integer)):
                 raise QueryError(f"no embedded image with id {image} in this collection")
         if not isinstance(image, Image.Image) and not Path(image).is_file():
-            raise QueryError(f"query image {image} does not exist")
+            what = "is a folder, not an image file" if Path(image).is_dir() else "does not exist"
+            raise QueryError(f"query image {image} {what}")
         try:
             return self.encoder.encode_images([image])[0]
         except Exception as exc:  # ImageDecodeError and friends: the user's file, not our bug

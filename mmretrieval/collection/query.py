@@ -116,7 +116,10 @@ def _image_term(image: ImageRef) -> Term:
 def _negative_term(item: str | ImageRef) -> Term:
     if isinstance(item, str):
         weight, rest = split_weight(item) if not os.path.exists(item) else (1.0, item)
-        if Path(rest).suffix.lower() in IMAGE_EXTENSIONS and os.path.isfile(rest):
+        if Path(rest).suffix.lower() in IMAGE_EXTENSIONS:
+            if not os.path.isfile(rest):  # a typo in a path must not turn it into words quietly
+                raise QueryError(f"negative {item!r} names an image file that does not exist; fix the path, or "
+                                 "word it without the file extension to subtract text")
             return Term(image=rest, weight=weight)
         return Term(text=rest, weight=weight)
     return _image_term(item)
