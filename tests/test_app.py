@@ -170,6 +170,10 @@ def test_label_collection_counts_samples_and_csv(manage, search):
     assert len(exported) == SCENE_COUNT
     _, hits, _, _, _ = search.search("a shape", None, "", 3, -1)
     assert all(len(hit["labels"]) == 1 for hit in hits)
+    *_, tints_csv, _ = manage.label_collection("red, blue", "default", False, 0.5, label_set="tints",
+                                                 progress=lambda *a, **k: None)
+    tints = pd.read_csv(tints_csv)  # the download holds this run's set, by its own label names
+    assert len(tints) == SCENE_COUNT and set(tints["label"]) <= {"red", "blue"}
 
 
 def test_collection_info_lists_the_failed_file(manage):

@@ -87,7 +87,7 @@ class CollectionHandlers:
                                                 threshold=float(threshold), label_set=(label_set or "").strip()
                                                 or "default", replace=bool(replace), progress=report)
             csv_path = self._export_dir / "labels.csv"
-            self.ctx.collection.export_labels(csv_path)
+            self.ctx.collection.export_labels(csv_path, summary.label_set)  # this run's set, as the CLI's --out
             samples = {name: self._samples(f"{summary.label_set}:{name}") if summary.counts.get(name) else []
                        for name in names}
         counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
