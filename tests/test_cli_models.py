@@ -134,6 +134,8 @@ def test_missing_labels_is_a_usage_error(capsys, red_circle):
     with pytest.raises(SystemExit) as caught:
         main(["classify", str(red_circle)])
     assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [  # one line, as every mmr error; the usage is --help's
+        "mmr classify: error: the following arguments are required: --labels (see mmr classify --help)"]
 
 
 def test_dim_truncates_a_new_collection_and_warns_once(capsys, tmp_path, tiny_model_dir, red_circle):

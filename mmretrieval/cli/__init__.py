@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import MMRError
 from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
@@ -18,8 +18,15 @@ from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
 _COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, serve_cmd)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, as every other ``mmr`` error (the usage block is left to ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmr",
         description="Multimodal image-text retrieval: index image collections, search them with text or "
         "images, and label them zero-shot with CLIP/SigLIP models.",
