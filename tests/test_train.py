@@ -144,7 +144,8 @@ def test_a_failed_run_closes_its_log(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(train_module, "_held_out_score", broken_scoring)
-    config = TrainConfig(out=str(tmp_path / "m"), steps=1, batch_size=2, workers=0, device="cpu", eval_every=0)
+    config = TrainConfig(out=str(tmp_path / "m"), steps=1, batch_size=2, workers=0, device="cpu", eval_every=0,
+                         warmup_steps=1)
     with pytest.raises(RuntimeError, match="boom") as excinfo:
         train(config)
     assert excinfo.traceback  # the traceback (and its frames) are still alive here
@@ -164,6 +165,13 @@ def test_a_batch_where_every_image_fails_is_skipped_not_a_crash(tmp_path, tiny_m
                                 batch_size=4, workers=0, device="cpu", warmup_steps=1, eval_every=0))
     assert "no image of the batch decoded; skipping the step" in caplog.text
     assert (out / "open_clip_model.safetensors").is_file()  # the last step still saves
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned_about(tmp_path, tiny_model_dir):
+    data = _captioned_folder(tmp_path / "pairs", n=4)
+    with pytest.warns(UserWarning, match="never reaches 0.0001; pass e.g. --warmup-steps 1"):
+        train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2, batch_size=4,
+                          workers=0, device="cpu", lr=1e-4, eval_every=0))  # the default warm-up: 200 steps
 
 
 def test_cli_train_takes_trainconfig_defaults_for_options_left_out(tmp_path):

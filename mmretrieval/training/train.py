@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -213,6 +214,10 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
     model = loaded.model.float().train()
     loss_fn = open_clip.loss.SigLipLoss() if getattr(model, "logit_bias", None) is not None else open_clip.loss.ClipLoss()
     optimizer = _optimizer(model, config)
+    if config.warmup_steps > config.steps:
+        warnings.warn(f"the warm-up ({config.warmup_steps} steps) is longer than the run ({config.steps} steps): "
+                      f"the learning rate never reaches {config.lr:g}; pass e.g. --warmup-steps "
+                      f"{max(1, config.steps // 10)}", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train_log.jsonl", "w", encoding="utf-8") as log_file:
         for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn):
