@@ -358,8 +358,11 @@ def test_serve_options_parse_with_safe_defaults():
     add_serve_arguments(parser)
     config = config_from_args(parser.parse_args([]))
     assert (config.host, config.port, config.share, config.collection) == ("127.0.0.1", 7860, False, None)
-    args = build_parser().parse_args(["serve", "--collection", "/tmp/c", "--port", str(free_port()), "--share"])
+    assert config.precision == "auto"
+    args = build_parser().parse_args(["serve", "--collection", "/tmp/c", "--port", str(free_port()), "--share",
+                                      "--precision", "fp32"])
     assert config_from_args(args).share and config_from_args(args).collection == Path("/tmp/c")
+    assert config_from_args(args).precision == "fp32"
 
 
 def test_demo_collection_is_built_once_and_finishes_after_a_crash(tmp_path, tiny_model_dir):

@@ -44,6 +44,7 @@ class ServeConfig:
     collection: Path | None = None  # collection directory; None builds and serves the demo collection
     model: str | None = None  # model spec; None uses the collection's own (builtin:shapes for the demo)
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    precision: str = "auto"  # the model's number format: auto, fp32 or bf16 (models.precision)
     host: str = "127.0.0.1"  # interface to bind; loopback unless asked
     port: int = 7860  # TCP port
     share: bool = False  # ask Gradio for a public share link
@@ -60,6 +61,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model spec (default: the collection's own; builtin:shapes "
                         "for the demo)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the model's number format for queries and ingests from the Collection tab: auto "
+                        "(bf16 on CUDA, float32 on CPU), fp32, or bf16 (CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_port, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
@@ -91,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The :class:`ServeConfig` that parsed arguments describe."""
     return ServeConfig(
         collection=Path(args.collection).expanduser() if args.collection else None,
-        model=args.model, device=args.device, host=args.host, port=args.port,
+        model=args.model, device=args.device, precision=args.precision, host=args.host, port=args.port,
         share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
         data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
     )
@@ -126,8 +130,9 @@ def open_context(config: ServeConfig) -> "AppContext":
 
         demo = DemoConfig(model=config.model or DemoConfig.model)
         directory = ensure_demo_collection(config.data_dir, demo, device=config.device, progress=_DemoProgressBars())
-    encoder = load_encoder(config.model, device=config.device) if config.model else None
-    collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device)
+    encoder = load_encoder(config.model, device=config.device, precision=config.precision) if config.model else None
+    collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device,
+                                 precision=config.precision)
     encoder = encoder or collection.encoder  # loads the model the collection was built with
     labels = tuple(collection.info().labels)
     return AppContext(
