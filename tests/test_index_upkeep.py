@@ -237,6 +237,22 @@ def test_prune_pages_through_a_folder_and_leaves_its_namesakes_and_unlistable_fo
     assert left == sorted(str(path) for name in ("A/locked", "A-2", "AB") for path in folders[name])
 
 
+def test_prune_through_a_list_file_streams_its_entries_in_chunks(tmp_path, tiny_encoder, monkeypatch):
+    from mmretrieval.collection import places
+
+    monkeypatch.setattr(places, "_CHUNK", 2)  # several IN (...) queries for a short list
+    listed = write_good_images(tmp_path / "listed", 5)
+    single, other = write_good_images(tmp_path / "loose", 2, seed=3)
+    (tmp_path / "list.txt").write_text("".join(f"listed/{p.name}\n" for p in listed))
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "list.txt", single, other], workers=0)
+        for path in (*listed[:3], other):
+            path.unlink()
+        summary = col.ingest([tmp_path / "list.txt", single], workers=0, prune=True)
+        assert summary.pruned == 3  # the three listed files gone; `other` is gone too, but was not given
+        assert col.catalog.counts_by_status() == {"ok": 4}
+
+
 def test_cli_compact_auto_compaction_and_index_options(tmp_path, tiny_model_dir, capsys):
     import json
 

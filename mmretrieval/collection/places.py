@@ -13,6 +13,7 @@ per vector (80 MB at 10 M).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -267,7 +268,7 @@ class VectorPlaces:
         return self._query("SELECT source, segment, rows FROM segment_commits ORDER BY segment")
 
     # -- pruning ----------------------------------------------------------------------------------------------
-    def prune_missing(self, folders: Sequence[bytes] = (), paths: Sequence[bytes] = (),
+    def prune_missing(self, folders: Sequence[bytes] = (), paths: Iterable[bytes] = (),
                       keep_under: Sequence[bytes] = ()) -> int:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
         as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
@@ -288,8 +289,9 @@ class VectorPlaces:
                                       f"LIMIT {PRUNE_PAGE}", (after, upper)):
                 check(rows)
                 after = rows[-1][1]
-        for chunk, marks in in_lists(paths):
-            check(self._query(f"SELECT id, path FROM images WHERE path IN ({marks})", chunk))
+        given = iter(paths)  # a stream: the entries of a list file are never held whole
+        while chunk := list(itertools.islice(given, _CHUNK)):
+            check(self._query(f"SELECT id, path FROM images WHERE path IN ({','.join('?' * len(chunk))})", chunk))
         if gone:
             with self.transaction() as db:
                 db.executemany("DELETE FROM images WHERE id = ?", [(id_,) for id_ in sorted(gone)])

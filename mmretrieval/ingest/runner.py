@@ -188,7 +188,7 @@ def plan_sources(catalog: Catalog, sources: Sequence[str], prune: bool) -> tuple
     pruned = 0
     if scope is not None:
         unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
-        pruned = catalog.prune_missing(scope.folders, scope.paths, keep_under=unreadable)
+        pruned = catalog.prune_missing(scope.folders, scope.entries(), keep_under=unreadable)
     return unchanged, skipped, pruned
 
 
@@ -197,7 +197,14 @@ class PruneScope:
     """What a ``--prune`` may delete: rows under these folders, or with these exact paths (catalog keys)."""
 
     folders: tuple[bytes, ...]  # absolute folder paths ending in a separator
-    paths: tuple[bytes, ...]  # single files given, and the entries of list files
+    paths: tuple[bytes, ...]  # single files given
+    lists: tuple[str, ...] = ()  # list files given: their entries count as files given
+
+    def entries(self) -> Iterator[bytes]:
+        """The files given and the entries of the list files, read as a stream (a 10 M-line list is not held)."""
+        yield from self.paths
+        for list_file in self.lists:
+            yield from (encode_path(item.path) for item in discover([list_file]))
 
 
 def prune_scope(sources: Sequence[str]) -> PruneScope:
@@ -209,6 +216,7 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
     """
     folders: list[bytes] = []
     paths: list[bytes] = []
+    lists: list[str] = []
     for source in sources:
         path = os.path.abspath(source)
         if not os.path.lexists(path):
@@ -223,10 +231,10 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
                                       "nothing was deleted. Fix its permissions, or leave out --prune") from exc
             folders.append(encode_path(path).rstrip(os.sep.encode()) + os.sep.encode())
         elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
-            paths.extend(encode_path(item.path) for item in discover([path]))
+            lists.append(path)
         else:
             paths.append(encode_path(path))
-    return PruneScope(tuple(folders), tuple(paths))
+    return PruneScope(tuple(folders), tuple(paths), tuple(lists))
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, list[Skipped]]:
