@@ -35,9 +35,8 @@ def test_search_prints_score_tab_path(built, capsys):
     for line in lines:
         score, path = line.split("\t")
         assert -1 <= float(score) <= 1 and path.startswith(str(tmp_path / "photos"))
-    # the match hint goes to stderr (stdout stays clean for pipes), with the best score it judged
-    judged = re.search(r"(Weak|Fair|Clear) match: the best score (-?[0-9.]+) stands", captured.err)
-    assert judged and float(judged.group(2)) == pytest.approx(float(lines[0].split("\t")[0]), abs=6e-4)
+    # the match hint goes to stderr (stdout stays clean for pipes); five images are too few to judge by
+    assert "Too few images (5) to say how far a match stands out" in captured.err
     assert (Path(collection) / "confidence.npz").is_file()
 
 
@@ -282,3 +281,15 @@ def test_a_model_that_cannot_load_leaves_no_collection_behind(tmp_path, capsys):
     _fails_in_one_line(capsys, ["ingest", str(tmp_path), "--collection", str(target), "--model",
                                 "ViT-B-32:laion2b_s34b_b79k"], "ViT-B-32")
     assert not target.exists()  # so a later plain `mmr ingest` cannot quietly pick the default model
+
+
+def test_search_hint_judges_the_best_score_it_printed(tmp_path, tiny_model_dir, capsys):
+    write_good_images(tmp_path / "photos", 12)
+    collection = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", "a red circle", "--collection", collection, "-k", "3", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    judged = re.search(r"(Weak|Fair|Clear) match: the best score (-?[0-9.]+) stands", captured.err)
+    assert judged and float(judged.group(2)) == pytest.approx(float(captured.out.split("\t")[0]), abs=6e-4)

@@ -126,7 +126,11 @@ def test_an_unreadable_cache_is_measured_again_and_an_empty_collection_has_nothi
     with Collection.open(tmp_path / "c", model=str(tiny_model_dir), create=True, device="cpu") as collection:
         nothing = NoiseCalibration(collection).assess(collection.query_vector("a red circle"), None)
         assert nothing.level == "none" and nothing.noise_high is None
-        write_scene_folder(tmp_path / "images", count=4)
+        write_scene_folder(tmp_path / "few", count=4)
+        collection.ingest([tmp_path / "few"], workers=0)
+        few = NoiseCalibration(collection).assess(collection.query_vector("a red circle"), 0.3)
+        assert few.level == "not calibrated" and "Too few images (4)" in few.message and few.contrast is None
+        write_scene_folder(tmp_path / "images", count=8)
         collection.ingest([tmp_path / "images"], workers=0)
         (tmp_path / "c" / CACHE_NAME).write_bytes(b"not a zip file")
         counting = _Counting(collection)

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 CACHE_NAME = "confidence.npz"
 _OLD_CACHE_NAME = "confidence.json"  # best scores only, from before contrasts; removed when the new one is written
 SAMPLE_SIZE = 4096  # vectors the moments are estimated from
+MIN_IMAGES = 10  # a spread over fewer images says nothing (one image: none at all), so neither would the hint
 # Text that should match nothing in a photo collection: gibberish, abstract prose, and non-visual topics.
 NOISE_PROMPTS = (
     "xqzv plorth gnee", "asdf ghjk lqwe", "zzyzx vorpal brillig", "qwertyuiop", "lorem ipsum dolor sit amet",
@@ -97,6 +98,7 @@ class NoiseBand:
     top_scores: tuple[float, ...]  # each noise prompt's best score
     contrasts: tuple[float, ...]  # each noise prompt's contrast (its best score in standard deviations)
     moments: ScoreMoments
+    sampled: int = SAMPLE_SIZE  # vectors the moments come from (every one of a collection smaller than the sample)
 
     @property
     def low(self) -> float:
@@ -120,7 +122,8 @@ class NoiseBand:
 class Confidence:
     """What a text query's best score means against the collection's noise band."""
 
-    level: str  # "weak" (within the noise band), "fair" (above it), "clear" (well above it), "none" (no hits)
+    level: str  # "weak" (within the noise band), "fair", "clear" (well above it), "none" (no hits), or
+    # "not calibrated" (too few images to tell)
     top_score: float | None  # the query's best score
     contrast: float | None  # that score in standard deviations above the query's mean score
     noise_low: float | None  # lowest contrast an unrelated prompt reaches (None with no hits: nothing measured)
@@ -182,11 +185,15 @@ class NoiseCalibration:
         if top_score is None:  # nothing to judge; an empty collection has no band either
             return Confidence("none", None, None, None, None, "No results to judge.")
         band = self.band()
+        if band.sampled < MIN_IMAGES:
+            return Confidence("not calibrated", top_score, None, None, None,
+                              f"Too few images ({band.sampled}) to say how far a match stands out; the match hint "
+                              f"needs {MIN_IMAGES} or more.")
         return assess(top_score, band.moments.contrast(query_vector, top_score), band)
 
     def _is_current(self, band: NoiseBand | None, model_key: str, generation: int) -> bool:
         return (band is not None and band.model_key == model_key and band.generation == generation
-                and band.prompts_digest == self._digest and len(band.top_scores) > 0)
+                and band.prompts_digest == self._digest and len(band.top_scores) > 0 and band.sampled >= 0)
 
     def _measure(self, model_key: str, generation: int) -> NoiseBand:
         # The moments from a seeded sample, then per prompt one nearest-neighbour lookup (the collection's own
@@ -207,7 +214,7 @@ class NoiseCalibration:
         logger.info("noise band of %s: %d prompts, %d sampled vectors, contrasts %.2f to %.2f",
                     self._collection.directory, len(scores), len(sample), min(contrasts, default=0.0),
                     max(contrasts, default=0.0))
-        return NoiseBand(model_key, generation, self._digest, tuple(scores), tuple(contrasts), moments)
+        return NoiseBand(model_key, generation, self._digest, tuple(scores), tuple(contrasts), moments, len(sample))
 
 
 def _read(path: Path) -> NoiseBand | None:
@@ -217,7 +224,8 @@ def _read(path: Path) -> NoiseBand | None:
             return NoiseBand(str(head["model_key"]), int(head["generation"]), str(head["prompts_digest"]),
                              tuple(float(s) for s in stored["top_scores"]),
                              tuple(float(c) for c in stored["contrasts"]),
-                             ScoreMoments(stored["mean"], stored["covariance"]))
+                             ScoreMoments(stored["mean"], stored["covariance"]),
+                             int(head.get("sampled", -1)))  # -1: a cache from before it was kept, measured again
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, FileNotFoundError):
             logger.warning("ignoring unreadable %s (%s); measuring again", path, exc)
@@ -225,7 +233,8 @@ def _read(path: Path) -> NoiseBand | None:
 
 
 def _write(directory: Path, band: NoiseBand) -> None:
-    head = {"model_key": band.model_key, "generation": band.generation, "prompts_digest": band.prompts_digest}
+    head = {"model_key": band.model_key, "generation": band.generation, "prompts_digest": band.prompts_digest,
+            "sampled": band.sampled}
     try:
         with atomic_path(directory / CACHE_NAME) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, head=np.array(json.dumps(head)), top_scores=np.array(band.top_scores),
