@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..models.encoder import DualEncoder
-from .batches import DecodeTask, IngestConfig, Skipped
+from .batches import DecodeTask, Failed, IngestConfig, Skipped
 from .reader import discover
 from .runner import NothingKnown, decoded_batches, embed_batch
 
@@ -78,7 +78,7 @@ def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, b
                 in_flight[task.image_id] = task.path
                 yield task
 
-    def failures(failed: Sequence) -> tuple[FileFailure, ...]:
+    def failures(failed: Sequence[Failed]) -> tuple[FileFailure, ...]:
         reported = [FileFailure(s.path, s.reason, s.message) for s in _drain(skipped)]
         return tuple(reported + [FileFailure(in_flight.pop(f.image_id), f.reason, f.message) for f in failed])
 
@@ -89,7 +89,7 @@ def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, b
         yield EmbeddedFiles((), np.zeros((0, encoder.dim), np.float32), failures(()))
 
 
-def _drain(items: collections.deque) -> list:
+def _drain(items: collections.deque[Skipped]) -> list[Skipped]:
     taken = []
     while items:
         taken.append(items.popleft())
