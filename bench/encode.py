@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from mmretrieval.training import scenes  # noqa: E402
 from mmretrieval.models.encoder import load_encoder  # noqa: E402
+from mmretrieval.models.precision import PRECISIONS  # noqa: E402
 
 
 def _rate(fn, images: int, seconds: float) -> float:
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
-    parser.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"gpu {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")

@@ -178,11 +178,12 @@ def main() -> None:
     from mmretrieval.ingest.batches import IngestConfig
     from mmretrieval.ingest.device_decode import DeviceJpegDecoder
     from mmretrieval.models.encoder import load_encoder
+    from mmretrieval.models.precision import PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="model spec (an architecture alone = random weights)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--set", dest="image_set", choices=("uniform", "mixed", "camera"), default="uniform")
     parser.add_argument("--workers", type=int, help="decoding processes (default: the ingestion default)")

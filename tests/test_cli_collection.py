@@ -141,9 +141,10 @@ def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, caps
                  "--out", str(tmp_path / "shapes.jsonl"), "--organize", str(tmp_path / "sorted")]) == 0
     capsys.readouterr()
     exported = [json.loads(line) for line in (tmp_path / "shapes.jsonl").read_text().splitlines()]
-    assert len(exported) == 5
+    assert len(exported) == 5 and all(len(record["labels"]) == 1 for record in exported)  # single-label: one each
     assert {entry["label"] for record in exported for entry in record["labels"]} <= {"circle", "square, or a box"}
-    assert {folder.name for folder in (tmp_path / "sorted").iterdir()} <= {"circle", "square, or a box"}
+    organized = {folder.name: len(list(folder.iterdir())) for folder in (tmp_path / "sorted").iterdir()}
+    assert set(organized) <= {"circle", "square, or a box"} and sum(organized.values()) == 5
 
 
 def test_organize_skips_and_reports_deleted_sources(built, capsys):

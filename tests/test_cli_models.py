@@ -208,3 +208,19 @@ def test_classify_multi_label_prints_an_image_with_no_label_over_the_threshold(c
                           "--threshold", "1", "--json", "--device", "cpu")
     assert status == 0 and [json.loads(line) for line in out.splitlines()] == [
         {"image": str(red_circle), "label": None, "probability": None}]
+
+
+def test_every_precision_option_offers_the_precisions_the_encoder_knows():
+    import argparse
+
+    from mmretrieval.cli import build_parser
+    from mmretrieval.models.precision import PRECISIONS
+    from mmretrieval.ui.server import add_serve_arguments
+
+    serve = argparse.ArgumentParser()
+    add_serve_arguments(serve)
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    parsers = [serve] + [subcommands[name] for name in ("ingest", "classify", "eval")]
+    for parser in parsers:  # the faces spell the list out (the command line must not import torch to build them)
+        [option] = [action for action in parser._actions if "--precision" in action.option_strings]
+        assert tuple(option.choices) == PRECISIONS

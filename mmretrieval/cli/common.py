@@ -20,7 +20,7 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = "bu
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="number format of the model: auto (bf16 on CUDA, float32 on CPU), fp32, or bf16 (on "
                         "CPUs with AVX512-BF16 or AMX, about twice as fast as float32 with ViT-B-32; vectors agree "
-                        "with float32's to ~1e-3)")
+                        "with float32's to ~2e-3)")
     parser.add_argument("--dim", type=int, default=None,
                         help="truncate vectors to this many dimensions and renormalise (Matryoshka-style; "
                         "warns unless the model was trained for it)")

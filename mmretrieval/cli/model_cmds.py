@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from .common import add_model_options, at_least, emit, probability
+
+if TYPE_CHECKING:
+    from ..models.zeroshot import Prediction
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,17 +70,21 @@ def _classify(args: argparse.Namespace) -> int:
             probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
             ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=args.threshold,
                              top_k=args.top_k)
-            rows = [{"image": path, "label": p.label, "probability": round(p.probability, 6)}
-                    for path, predictions in zip(batch.paths, ranked) for p in predictions]
-            rows += [{"image": path, "label": None, "probability": None}  # classified, no label over the threshold
-                     for path, predictions in zip(batch.paths, ranked) if not predictions]
-            emit(rows, args.json, ["image", "label", "probability"])
+            emit((row for path, predictions in zip(batch.paths, ranked) for row in _label_rows(path, predictions)),
+                 args.json, ["image", "label", "probability"])
             classified, failed = classified + len(batch.paths), failed + len(batch.failed)
             progress(classified + failed, None)
     if classified == 0 and failed == 0:
         print("mmr classify: no images found in " + ", ".join(args.images), file=sys.stderr)
         return 1
     return 2 if classified == 0 else 0
+
+
+def _label_rows(path: str, predictions: list[Prediction]) -> list[dict[str, object]]:
+    """An image's output lines: one per label, or one with an empty label when none reached the threshold."""
+    if not predictions:
+        return [{"image": path, "label": None, "probability": None}]
+    return [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in predictions]
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:

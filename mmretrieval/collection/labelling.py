@@ -90,7 +90,7 @@ def _labelled_rows(catalog: "Catalog", label_set: str | None) -> Iterator[tuple[
     """Every embedded image, in id order, with its labels best first: those of ``label_set`` by their own names,
     or (None) of every set, ``SET:LABEL`` outside the default one. Read a page at a time: at 10 M images the ids
     (80 MB) and one page are in memory, not every path and label."""
-    ids = np.sort(catalog.vector_ids())
+    ids = catalog.vector_ids()  # sorted
     for start in range(0, len(ids), _PAGE):
         page = ids[start:start + _PAGE].tolist()
         rows = catalog.rows(page)
