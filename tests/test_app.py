@@ -184,6 +184,17 @@ def test_collection_info_lists_the_failed_file(manage):
     assert failures["reason"].iloc[0]
 
 
+def test_the_failed_files_table_is_a_page_and_says_so(manage, monkeypatch):
+    from mmretrieval.ui import collection_handlers
+
+    info, _ = manage.collection_info()
+    assert "mmr info --failures" not in info
+    monkeypatch.setattr(collection_handlers, "FAILURES_SHOWN", 0)  # the one failed file is now over the page
+    info, failures = manage.collection_info()
+    assert failures.empty and list(failures.columns) == ["path", "reason", "message"]
+    assert "the table lists the first 0 of 1 failed or skipped files; `mmr info --failures` lists them all" in info
+
+
 def test_ingest_another_folder_with_progress(manage, search, tmp_path):
     from ui_support import write_scene_folder as write
 

@@ -294,3 +294,45 @@ def test_search_hint_judges_the_best_score_it_printed(tmp_path, tiny_model_dir, 
     captured = capsys.readouterr()
     judged = re.search(r"(Weak|Fair|Clear) match: the best score (-?[0-9.]+) stands", captured.err)
     assert judged and float(judged.group(2)) == pytest.approx(float(captured.out.split("\t")[0]), abs=6e-4)
+
+
+def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
+    tmp_path, collection = built
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_text("not an image")
+    (tmp_path / "broken" / "b.png").write_bytes(b"")
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt.bak").write_text("no images here")
+    options = ["--collection", collection, "--device", "cpu", "--workers", "0"]
+    assert main(["ingest", str(tmp_path / "broken"), *options]) == 2
+    err = capsys.readouterr().err
+    assert "failed 2 (empty_file 1, not_an_image 1)" in err and "every file failed" in err
+    assert main(["ingest", str(tmp_path / "nothing"), *options]) == 1
+    assert "no image files found in " + str(tmp_path / "nothing") in capsys.readouterr().err
+    # nothing new, but the photos are in: a re-run is a success, and so is a run that only prunes
+    assert main(["ingest", str(tmp_path / "photos"), *options]) == 0
+    (tmp_path / "photos" / "good00.jpg").unlink()
+    for extra in (tmp_path / "photos").iterdir():
+        extra.unlink()
+    assert main(["ingest", str(tmp_path / "photos"), "--prune", *options]) == 0
+    assert "pruned 6" in capsys.readouterr().err
+
+
+def test_info_failures_lists_each_file_that_did_not_embed_a_page_at_a_time(built, capsys, monkeypatch):
+    from mmretrieval.collection import catalog
+
+    tmp_path, collection = built
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "empty.png").write_bytes(b"")
+    (tmp_path / "more" / "short.jpg").write_bytes(b"\xff\xd8\xff")
+    assert main(["ingest", str(tmp_path / "more"), "--collection", collection, "--workers", "0"]) == 2
+    capsys.readouterr()
+    monkeypatch.setattr(catalog, "FAILURE_PAGE", 1)  # three failures over three pages
+    assert main(["info", "--collection", collection, "--failures"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [Path(path).name for path, *_ in lines] == ["bad.jpg", "empty.png", "short.jpg"]  # the order met
+    assert [reason for _, reason, _ in lines[:2]] == ["not_an_image", "empty_file"]
+    assert all(reason and message for _, reason, message in lines)
+    assert main(["info", "--collection", collection, "--failures", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["path"] for row in rows] == [path for path, *_ in lines]

@@ -7,6 +7,7 @@ ingest summary go to stderr. File names that are not valid UTF-8 are written bac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
+    from ..ingest.batches import IngestSummary
     from ..ingest.ray_index import RayIndexFill
     from ..ingest.ray_runner import RayIngestConfig
 
@@ -111,7 +113,22 @@ def _ingest(args: argparse.Namespace) -> int:
     if summary.embedded and args.precision == "auto" and _bf16_unused(args.device):
         print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
               "within ~2e-3 of float32's", file=sys.stderr)
-    return 0
+    return _ingest_status(summary, args.sources)
+
+
+def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
+    """0 when some file was embedded, reused or found unchanged (a file that failed before and has not changed
+    is unchanged: it is not retried) or pruning removed something; 2, as for any failed command, when every file
+    found failed in this run; 1 when no image file was found."""
+    if summary.embedded or summary.unchanged or summary.duplicates:
+        return 0
+    if summary.failed_total:
+        print("mmr ingest: every file failed; `mmr info --failures` lists them with their reasons", file=sys.stderr)
+        return 2
+    if summary.pruned:
+        return 0
+    print("mmr ingest: no image files found in " + ", ".join(sources), file=sys.stderr)
+    return 1
 
 
 def _bf16_unused(device: str) -> bool:
@@ -273,6 +290,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgress) -> "RayIndexFill":
+    from ..ingest.batches import IngestSummary
     from ..ingest.ray_index import RayIndexFill
 
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -348,7 +366,10 @@ def _label(args: argparse.Namespace) -> int:
 def _register_info(subparsers) -> None:
     parser = subparsers.add_parser("info", help="model, counts by status, index and sizes of a collection")
     add_collection_option(parser)
-    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--json", action="store_true", help="one JSON object (with --failures: JSON lines)")
+    parser.add_argument("--failures", action="store_true",
+                        help="instead, list the files that failed or were skipped: path, reason and message, one "
+                        "per line in the order they were first met")
     parser.set_defaults(handler=_info)
 
 
@@ -356,6 +377,10 @@ def _info(args: argparse.Namespace) -> int:
     from ..collection.import_writer import provenance
 
     with _open(args.collection) as collection:
+        if args.failures:
+            emit((dataclasses.asdict(failure) for failure in collection.failures()), args.json,
+                 ["path", "reason", "message"])
+            return 0
         info = collection.info().to_dict()
         info["imported"] = {source.source: source.rows for source in provenance(collection.catalog)}
     if args.json:

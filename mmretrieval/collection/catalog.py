@@ -48,6 +48,7 @@ _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
 # new catalogs' page size: a quarter of the B-tree pages to split and write per inserted row of SQLite's
 # default 4 KiB; a 10 M import ran at 191,762 vectors/s instead of 175,803
 _PAGE_BYTES = 16_384
+FAILURE_PAGE = 10_000  # failed or skipped rows read per query
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
 
 @dataclass(frozen=True)
@@ -343,11 +344,15 @@ class Catalog(VectorPlaces):
                     self._db.execute("COMMIT")
         return {"ok": ok, **others} if ok else others
 
-    def failures(self) -> list[ImageRow]:
-        """Rows that failed or were skipped, by path."""
-        rows = self._query("SELECT id, path, status, width, height, caption, reason, message FROM images "
-                           f"WHERE {NOT_OK} AND status IN ('failed', 'skipped') ORDER BY path")
-        return [ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows]
+    def failures(self) -> Iterator[ImageRow]:
+        """Rows that failed or were skipped, in the order their files were first met, read
+        :data:`FAILURE_PAGE` rows at a time (the status index holds only rows that are not ``ok``)."""
+        after = 0
+        while rows := self._query("SELECT id, path, status, width, height, caption, reason, message FROM images "
+                                  f"WHERE {NOT_OK} AND status IN ('failed', 'skipped') AND id > ? ORDER BY id "
+                                  f"LIMIT {FAILURE_PAGE}", (after,)):
+            yield from (ImageRow(row[0], os.fsdecode(row[1]), *row[2:]) for row in rows)
+            after = rows[-1][0]
 
     # -- labels (stored per label set: see label_sets.py) -------------------------------------------------------
     def labels_of(self, ids: Sequence[int], label_set: str | None = None) -> dict[int, tuple[tuple[str, float], ...]]:

@@ -443,9 +443,9 @@ class Collection:
         """Capture time, camera, GPS position and orientation per id (unknown ids are left out)."""
         return self.catalog.photos(list(ids))
 
-    def failures(self) -> list[Failure]:
-        """Files that failed or were skipped, with their reasons."""
-        return [Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures()]
+    def failures(self) -> Iterator[Failure]:
+        """Files that failed or were skipped, with their reasons, in the order they were first met (a stream)."""
+        return (Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures())
 
     def info(self) -> CollectionInfo:
         """Model, dimension, counts by status, index type and parameters, bytes on disk."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from .context import AppContext, user_errors
 
 logger = logging.getLogger(__name__)
 
+FAILURES_SHOWN = 1000  # rows of the failed-files table: the browser gets a page, never a 10 M-row table
 SAMPLES_PER_LABEL = 4  # sample images shown for each label after labelling
 
 
@@ -33,9 +35,9 @@ class CollectionHandlers:
         """The collection's model, counts and index, as Markdown, and its failed files with reasons."""
         with self.ctx.lock:
             info = self.ctx.collection.info()
-            failures = self.ctx.collection.failures()
-        table = pd.DataFrame(
-            [(f.path, f.reason, f.message) for f in failures], columns=["path", "reason", "message"])
+            failures = [(f.path, f.reason, f.message)
+                        for f in itertools.islice(self.ctx.collection.failures(), FAILURES_SHOWN)]
+        table = pd.DataFrame(failures, columns=["path", "reason", "message"])
         return describe_collection(info), table
 
     # -- ingest ----------------------------------------------------------------------------------------------
@@ -63,7 +65,7 @@ class CollectionHandlers:
         summary = self.ctx.collection.ingest([source], progress=report)
         self.ctx.thumbnails.clear()
         with self.ctx.lock:
-            failed_here = [f for f in self.ctx.collection.failures() if _is_under(f.path, source)]
+            failed_here = sum(_is_under(f.path, source) for f in self.ctx.collection.failures())
         info, failures = self.collection_info()
         return describe_ingest(summary, source, failed_here), info, failures
 
@@ -108,6 +110,7 @@ def describe_collection(info: Any) -> str:
     params = ", ".join(f"{key}={value}" for key, value in info.index_params.items())
     labels = ", ".join(f"{name} ({count})" for name, count in info.labels.items()) or "none yet"
     megabytes = sum(info.bytes_on_disk.values()) / 1e6
+    not_embedded = info.counts.get("failed", 0) + info.counts.get("skipped", 0)
     return "\n".join([
         f"**Collection** `{info.directory}`",
         f"- model: `{info.model_spec}` (key {info.model_key}, {info.dim}-d vectors)",
@@ -115,13 +118,16 @@ def describe_collection(info: Any) -> str:
         f"- index: {info.index_type}{f' ({params})' if params else ''}, {info.index_vectors} vectors",
         f"- labels: {labels}",
         f"- on disk: {megabytes:.1f} MB",
+        *([f"- the table lists the first {FAILURES_SHOWN:,} of {not_embedded:,} failed or skipped files; "
+           "`mmr info --failures` lists them all"] if not_embedded > FAILURES_SHOWN else []),
     ])
 
 
-def describe_ingest(summary: Any, source: Path, failed_here: list[Any]) -> str:
-    """An IngestSummary in words, honest about files under ``source`` that failed in earlier ingests."""
+def describe_ingest(summary: Any, source: Path, failed_here: int) -> str:
+    """An IngestSummary in words, honest about the ``failed_here`` files under ``source`` that failed in earlier
+    ingests."""
     failed_now = ", ".join(f"{count} {reason}" for reason, count in summary.failed.items())
-    earlier = len(failed_here) - summary.failed_total
+    earlier = failed_here - summary.failed_total
     lines = [f"**Ingested** `{source}`",
              f"- embedded: {summary.embedded} new or changed files",
              f"- unchanged since the last ingest: {summary.unchanged}",
