@@ -224,3 +224,22 @@ def test_every_precision_option_offers_the_precisions_the_encoder_knows():
     for parser in parsers:  # the faces spell the list out (the command line must not import torch to build them)
         [option] = [action for action in parser._actions if "--precision" in action.option_strings]
         assert tuple(option.choices) == PRECISIONS
+
+
+def test_train_help_shows_train_configs_defaults(capsys):
+    import dataclasses
+    import re
+
+    from mmretrieval.training.config import TrainConfig
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split("options:")[1].split())  # argparse wraps help lines
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("out", "data", "arch", "init", "half", "scene_size"):
+            continue  # described in words, or not an option
+        option = "--" + field.name.replace("_", "-")
+        shown = re.search(re.escape(option) + r" \S+ (.+?) \(default: ([^)]+)\)", text)
+        assert shown, option
+        assert shown.group(1) and shown.group(2) == str(field.default), option

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from .common import add_model_options, at_least, emit, probability
@@ -87,6 +87,36 @@ def _label_rows(path: str, predictions: list[Prediction]) -> list[dict[str, obje
     return [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in predictions]
 
 
+_TRAIN_NUMBERS = (  # TrainConfig's numeric fields, as options: name, type, help
+    ("steps", int, "optimiser steps"),
+    ("batch_size", int, "pairs per step, also the in-batch negatives"),
+    ("lr", float, "peak learning rate, reached after the warm-up, then cosine decay to zero"),
+    ("warmup_steps", int, "steps of linear learning-rate warm-up"),
+    ("weight_decay", float, "AdamW decay on weight matrices"),
+    ("seed", int, "seeds the weights, the generated scenes and the data order"),
+    ("workers", int, "data-loading processes"),
+    ("eval_every", int, "steps between held-out scores (0: only at the end)"),
+    ("classic_share", float, "share of scenes drawn in the classic rendering (rehearsal when fine-tuning)"),
+    ("position_rate", float, "chance that a single object's caption names its position"),
+    ("label_rate", float, "chance that a caption is a bare label, as users type"),
+    ("grey_rate", float, "chance that a scene is shown in grey with a caption naming no colour"),
+    ("unrelated", int, "texts describing no scene, per step, as wrong answers for every image (0: none)"),
+)
+
+
+class _TrainDefaults(argparse.HelpFormatter):
+    """Shows TrainConfig's default after each option's help. It reads them only when help is printed: every
+    ``mmr`` command builds this parser, and ``mmr search`` must not import training/."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        from ..training.config import TrainConfig
+
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default not in (None, MISSING)}
+        if action.help and "default" not in action.help and action.dest in defaults:
+            return f"{action.help} (default: {defaults[action.dest]})".replace("%", "%%")
+        return action.help
+
+
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     # Defaults live in TrainConfig; options left out are absent from args (SUPPRESS), so registering this
     # parser imports nothing from training/ (every `mmr` command builds all parsers, `mmr search` included).
@@ -97,16 +127,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "CSV with path,caption). Logs loss and a held-out score to stderr and OUT/train_log.jsonl; saves OUT "
         "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads. "
         "Options left out take TrainConfig's defaults (mmretrieval/training/config.py).",
-        argument_default=argparse.SUPPRESS,
+        argument_default=argparse.SUPPRESS, formatter_class=_TrainDefaults,
     )
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--data", help="'scenes' (generated, the default) or a captioned folder/CSV")
     parser.add_argument("--arch", help="fresh architecture: shapes-vit-tiny (the default) or an open_clip name")
     parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead")
-    for name in ("steps", "batch_size", "warmup_steps", "seed", "workers", "eval_every", "unrelated"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    for name in ("lr", "weight_decay", "classic_share", "position_rate", "label_rate", "grey_rate"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float)
+    for name, kind, text in _TRAIN_NUMBERS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     parser.add_argument("--full-precision", action="store_true", default=False,
                         help="store float32 weights (default float16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
