@@ -336,3 +336,18 @@ def test_info_failures_lists_each_file_that_did_not_embed_a_page_at_a_time(built
     assert main(["info", "--collection", collection, "--failures", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["path"] for row in rows] == [path for path, *_ in lines]
+
+
+def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys):
+    _, collection = built
+    with pytest.raises(SystemExit) as exited:  # a usage error, as argparse's own
+        main(["search", "red", "-circle", "--collection", collection])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "mmr search: error: unrecognized arguments: -circle; a query or path that starts with '-' goes at the end, "
+        "after '--' (see mmr search --help)"]
+    assert main(["search", "--collection", collection, "-k", "2", "--", "-circle"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    with pytest.raises(SystemExit):
+        main(["info", "--collection", collection, "extra"])
+    assert capsys.readouterr().err.startswith("mmr info: error: unrecognized arguments: extra (see")

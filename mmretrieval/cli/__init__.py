@@ -24,6 +24,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """argparse's, but an unknown argument is reported by the command it was given to, and one that starts
+        with '-' gets the way to pass it as a query or path."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            hint = ("; a query or path that starts with '-' goes at the end, after '--'"
+                    if any(arg.startswith("-") for arg in unknown) else "")
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)\n")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
