@@ -195,6 +195,18 @@ def test_the_failed_files_table_is_a_page_and_says_so(manage, monkeypatch):
     assert "the table lists the first 0 of 1 failed or skipped files; `mmr info --failures` lists them all" in info
 
 
+def test_the_ingest_summary_tells_skips_from_failures_and_from_earlier_failures():
+    from mmretrieval.ingest.batches import IngestSummary
+    from mmretrieval.ui.collection_handlers import describe_ingest
+
+    summary = IngestSummary(embedded=3, failed={"truncated": 1}, skipped={"symlink_loop": 2})
+    text = describe_ingest(summary, Path("/photos"), failed_here=5)
+    assert "- failed in this run: 1 (1 truncated)" in text
+    assert "- skipped in this run (not regular files, link loops, unreadable folders): 2 (2 symlink_loop)" in text
+    assert "- still failed from earlier ingests (unchanged, so not retried): 2;" in text
+    assert "skipped" not in describe_ingest(IngestSummary(embedded=3), Path("/photos"), failed_here=0)
+
+
 def test_ingest_another_folder_with_progress(manage, search, tmp_path):
     from ui_support import write_scene_folder as write
 

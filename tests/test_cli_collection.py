@@ -172,7 +172,7 @@ def test_ivf_on_a_tiny_or_empty_collection_builds_flat(built, tmp_path, capsys):
     assert manifest["index_type"] == "flat" and "ivf" in manifest["note"] and "too few" in manifest["note"]
     (tmp_path / "empty").mkdir()
     assert main(["ingest", str(tmp_path / "empty"), "--collection", str(tmp_path / "ecol"),
-                 "--model", "builtin:shapes"]) == 0
+                 "--model", "builtin:shapes"]) == 1  # nothing found, but the (empty) collection is made
     assert main(["index", "--collection", str(tmp_path / "ecol"), "--type", "ivf"]) == 0
     assert "built flat index over 0 vectors" in capsys.readouterr().err
 
@@ -309,6 +309,12 @@ def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
     assert "failed 2 (empty_file 1, not_an_image 1)" in err and "every file failed" in err
     assert main(["ingest", str(tmp_path / "nothing"), *options]) == 1
     assert "no image files found in " + str(tmp_path / "nothing") in capsys.readouterr().err
+    listed = tmp_path / "list.txt"  # entries that are gone are skipped, as `mmr info` counts them
+    listed.write_text(f"{tmp_path / 'gone.jpg'}\n")
+    assert main(["ingest", str(listed), *options]) == 2
+    assert "failed 0 (none), skipped 1 (missing 1)" in capsys.readouterr().err
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["skipped"] == 1
     # nothing new, but the photos are in: a re-run is a success, and so is a run that only prunes
     assert main(["ingest", str(tmp_path / "photos"), *options]) == 0
     (tmp_path / "photos" / "good00.jpg").unlink()

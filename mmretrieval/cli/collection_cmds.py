@@ -107,9 +107,10 @@ def _ingest(args: argparse.Namespace) -> int:
                                         ray=_ray_config(args),
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
                                         share_jpegs=args.share_jpegs == "on")
-    failed = ", ".join(f"{reason} {count}" for reason, count in summary.failed.items()) or "none"
+    skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
-          f"pruned {summary.pruned}, failed {summary.failed_total} ({failed})", file=sys.stderr)
+          f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
+          f"{skipped}", file=sys.stderr)
     if summary.embedded and args.precision == "auto" and _bf16_unused(args.device):
         print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
               "within ~2e-3 of float32's", file=sys.stderr)
@@ -119,16 +120,21 @@ def _ingest(args: argparse.Namespace) -> int:
 def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
     """0 when some file was embedded, reused or found unchanged (a file that failed before and has not changed
     is unchanged: it is not retried) or pruning removed something; 2, as for any failed command, when every file
-    found failed in this run; 1 when no image file was found."""
+    found failed or was skipped in this run; 1 when no image file was found."""
     if summary.embedded or summary.unchanged or summary.duplicates:
         return 0
-    if summary.failed_total:
-        print("mmr ingest: every file failed; `mmr info --failures` lists them with their reasons", file=sys.stderr)
+    if summary.failed_total or summary.skipped_total:
+        print("mmr ingest: every file failed or was skipped; `mmr info --failures` lists them with their reasons",
+              file=sys.stderr)
         return 2
     if summary.pruned:
         return 0
     print("mmr ingest: no image files found in " + ", ".join(sources), file=sys.stderr)
     return 1
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items())
 
 
 def _bf16_unused(device: str) -> bool:

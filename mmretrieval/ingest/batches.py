@@ -3,6 +3,7 @@ failure anywhere can never attach a vector to the wrong file."""
 
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -104,12 +105,22 @@ class IngestSummary:
     embedded: int = 0  # files the model embedded
     unchanged: int = 0  # files skipped because path, size and mtime were unchanged
     duplicates: int = 0  # files whose bytes were already embedded elsewhere (vector reused)
-    failed: dict[str, int] = field(default_factory=dict)  # reason -> count, failures and skips of this run
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count, files that did not decode or embed
     pruned: int = 0  # rows removed because their file disappeared
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, what the reader would not open
 
     @property
     def failed_total(self) -> int:
         return sum(self.failed.values())
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def skip_counts(skipped: Iterable[Skipped]) -> dict[str, int]:
+    """Skips by reason, as :class:`IngestSummary` reports them."""
+    return dict(sorted(collections.Counter(s.reason for s in skipped).items()))
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

@@ -25,7 +25,7 @@ import numpy as np
 from ..collection.catalog import Catalog
 from ..collection.places import FailureWrite, RowMetadata, VectorWrite
 from ..images.metadata import PhotoMetadata
-from .batches import IngestSummary, Skipped
+from .batches import IngestSummary, Skipped, skip_counts
 from .ray_segments import Result
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class Tally:
     """Adds up commits into the :class:`IngestSummary` the single-machine runner would report."""
 
     def __init__(self, skipped: list[Skipped]):
-        self.counts: collections.Counter[str] = collections.Counter(s.reason for s in skipped)
+        self.skipped = skip_counts(skipped)
+        self.counts: collections.Counter[str] = collections.Counter()
         self.embedded = 0
         self.duplicates = 0
         self.rows = 0
@@ -124,4 +125,4 @@ class Tally:
 
     def summary(self, unchanged: int, pruned: int) -> IngestSummary:
         return IngestSummary(embedded=self.embedded, unchanged=unchanged, duplicates=self.duplicates,
-                             failed=dict(sorted(self.counts.items())), pruned=pruned)
+                             failed=dict(sorted(self.counts.items())), pruned=pruned, skipped=self.skipped)

@@ -25,7 +25,7 @@ from ..models.encoder import DualEncoder
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
 from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
-                      chunked)
+                      chunked, skip_counts)
 from .pool import DecodePool
 from .reader import LIST_SUFFIXES, discover
 from .writer import CatalogWriter
@@ -62,20 +62,17 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     """
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
     total = catalog.pending_count()
-    counts: collections.Counter[str] = collections.Counter(f"skipped:{s.reason}" for s in skipped)
+    counts: collections.Counter[str] = collections.Counter()
     if progress:
         progress(0, total)
     if total:
         tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
         counts.update(_embed_tasks(catalog, encoder if isinstance(encoder, DualEncoder) else encoder(), tasks,
                                    total, config, progress))
-    failed_by_reason: dict[str, int] = {}
-    for key, count in sorted(counts.items()):
-        if ":" in key:
-            reason = key.split(":", 1)[1]
-            failed_by_reason[reason] = failed_by_reason.get(reason, 0) + count
+    failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
+              if key.startswith("failed:")}
     return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
-                         failed=failed_by_reason, pruned=pruned)
+                         failed=failed, pruned=pruned, skipped=skip_counts(skipped))
 
 
 def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeTask], total: int,

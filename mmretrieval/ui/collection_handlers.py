@@ -127,12 +127,16 @@ def describe_ingest(summary: Any, source: Path, failed_here: int) -> str:
     """An IngestSummary in words, honest about the ``failed_here`` files under ``source`` that failed in earlier
     ingests."""
     failed_now = ", ".join(f"{count} {reason}" for reason, count in summary.failed.items())
-    earlier = failed_here - summary.failed_total
+    skipped_now = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
+    earlier = failed_here - summary.failed_total - summary.skipped_total
     lines = [f"**Ingested** `{source}`",
              f"- embedded: {summary.embedded} new or changed files",
              f"- unchanged since the last ingest: {summary.unchanged}",
              f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
              f"- failed in this run: {summary.failed_total}{f' ({failed_now})' if failed_now else ''}"]
+    if summary.skipped:
+        lines.append(f"- skipped in this run (not regular files, link loops, unreadable folders): "
+                     f"{summary.skipped_total} ({skipped_now})")
     if earlier > 0:
         lines.append(f"- still failed from earlier ingests (unchanged, so not retried): {earlier}; "
                      "the table below lists every failed file with its reason")
