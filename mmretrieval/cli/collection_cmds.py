@@ -296,7 +296,6 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgress) -> "RayIndexFill":
-    from ..ingest.batches import IngestSummary
     from ..ingest.ray_index import RayIndexFill
 
     logging.getLogger("ray").setLevel(logging.WARNING)
