@@ -357,3 +357,24 @@ def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys)
     with pytest.raises(SystemExit):
         main(["info", "--collection", collection, "extra"])
     assert capsys.readouterr().err.startswith("mmr info: error: unrecognized arguments: extra (see")
+
+
+def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):
+    import os
+
+    from mmretrieval.cli.common import json_line
+
+    name = os.fsdecode(b"caf\xe9 \xff.jpg")  # not UTF-8: the bytes live on as surrogate escapes
+    line = json_line({"path": name, "caption": "déjà vu"})
+    assert "déjà vu" in line and "\\udce9" in line
+    assert os.fsencode(json.loads(line.encode("utf-8").decode("utf-8"))["path"]) == b"caf\xe9 \xff.jpg"
+    photos = tmp_path / "photos"
+    write_good_images(photos, 2)
+    os.rename(photos / "good00.jpg", os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))
+    collection = str(tmp_path / "col")
+    assert main(["ingest", str(photos), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["search", "a shape", "--collection", collection, "--json"]) == 0
+    rows = [json.loads(line.encode("utf-8")) for line in capsys.readouterr().out.splitlines()]  # strict UTF-8
+    assert sorted(os.path.basename(os.fsencode(row["path"])) for row in rows) == [b"caf\xe9.jpg", b"good01.jpg"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import add_collection_option, add_model_options, at_least, emit, positive_seconds, probability
+from .common import (add_collection_option, add_model_options, at_least, emit, json_line, positive_seconds,
+                     probability)
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
@@ -389,7 +389,7 @@ def _info(args: argparse.Namespace) -> int:
         info = collection.info().to_dict()
         info["imported"] = {source.source: source.rows for source in provenance(collection.catalog)}
     if args.json:
-        print(json.dumps(info, ensure_ascii=False))
+        print(json_line(info))
         return 0
     for key, value in info.items():
         if isinstance(value, dict):

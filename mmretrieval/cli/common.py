@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable
+
+_SURROGATE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps the bytes of a name that is not UTF-8
 
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
@@ -76,12 +79,19 @@ def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> i
     count = 0
     for row in rows:
         if as_json:
-            print(json.dumps(row, ensure_ascii=False))
+            print(json_line(row))
         else:
             print("\t".join(_cell(row.get(column)) for column in columns))
         count += 1
     sys.stdout.flush()
     return count
+
+
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON that is valid UTF-8 whatever the file names in it: the undecodable bytes of a
+    non-UTF-8 name (surrogate escapes in memory) are written as ``\\udcXX`` escapes, which Python reads back
+    into the same str (``os.fsencode`` then gives the original bytes) and other tools show as U+FFFD."""
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def _cell(value: Any) -> str:
