@@ -378,3 +378,15 @@ def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_
     assert main(["search", "a shape", "--collection", collection, "--json"]) == 0
     rows = [json.loads(line.encode("utf-8")) for line in capsys.readouterr().out.splitlines()]  # strict UTF-8
     assert sorted(os.path.basename(os.fsencode(row["path"])) for row in rows) == [b"caf\xe9.jpg", b"good01.jpg"]
+
+
+def test_a_new_collection_without_model_says_it_gets_the_demo_model(tmp_path, capsys):
+    write_good_images(tmp_path / "photos", 1)
+    collection = str(tmp_path / "col")
+    for run in range(2):
+        assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--workers", "0"]) == 0
+        told = "a new collection with the bundled demo model builtin:shapes" in capsys.readouterr().err
+        assert told == (run == 0)  # said when it is chosen, not on every later ingest
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "other"), "--model",
+                 "builtin:shapes", "--workers", "0"]) == 0
+    assert "bundled demo model" not in capsys.readouterr().err

@@ -137,6 +137,28 @@ def test_missing_collection_names_the_fix(tmp_path):
         Collection.open(tmp_path / "nothing-here")
 
 
+def test_a_failed_first_ingest_leaves_no_collection_to_pin_the_model(tmp_path, tiny_encoder):
+    new = tmp_path / "new"
+    with pytest.raises(CollectionError, match="does not exist"):
+        with Collection.open(new, model=tiny_encoder, create=True) as col:
+            col.ingest([tmp_path / "typo"], workers=0)
+    assert not new.exists()  # a re-run may still choose another model or --dim
+    write_good_images(tmp_path / "photos", 2)
+    with pytest.raises(CollectionError):  # something went in: the collection stays, whatever fails after
+        with Collection.open(new, model=tiny_encoder, create=True) as col:
+            col.ingest([tmp_path / "photos"], workers=0)
+            col.ingest([tmp_path / "typo"], workers=0)
+    with pytest.raises(CollectionError), Collection.open(new) as col:  # not made by this open: kept
+        col.ingest([tmp_path / "typo"], workers=0)
+    with Collection.open(new) as col:
+        assert col.info().vectors == 2
+    existing = tmp_path / "existing-empty-folder"
+    existing.mkdir()
+    with pytest.raises(CollectionError), Collection.open(existing, model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "typo"], workers=0)
+    assert existing.is_dir()  # a folder the user made is never removed
+
+
 def test_k_larger_than_collection_returns_only_real_hits(collection):
     hits = collection.search("anything", k=1000)
     assert len(hits) == 7 and len({h.id for h in hits}) == 7

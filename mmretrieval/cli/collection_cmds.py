@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, QueryError
@@ -91,7 +92,13 @@ def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from ..collection.collection import CATALOG_NAME, DEFAULT_MODEL
+
     model = args.model
+    if model is None and not (Path(args.collection).expanduser() / CATALOG_NAME).is_file():
+        print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
+              "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
+    ray = _ray_config(args)  # refused options refuse before a collection is made
     if args.dim is not None:
         from ..models.encoder import load_encoder
 
@@ -104,7 +111,7 @@ def _ingest(args: argparse.Namespace) -> int:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
-                                        ray=_ray_config(args),
+                                        ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
                                         share_jpegs=args.share_jpegs == "on")
     skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,7 @@ class Collection:
         self._text_encoder: "TextEncoder | None | bool" = None  # the text tower alone (False: not available)
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy, progress=index_progress)
+        self._made_now = False  # this open made the folder: a `with` block that fails leaves no empty collection
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +118,7 @@ class Collection:
         if directory.exists() and not directory.is_dir():
             raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
                                   "pass a new or existing collection folder as --collection")
+        made_now = False
         if not catalog_path.is_file():
             if not create:
                 raise CollectionError(f"no collection at {directory}; create one with "
@@ -123,6 +126,7 @@ class Collection:
             _check_dtype(vector_dtype)
             if not isinstance(model, DualEncoder):  # a model that fails to load must leave no empty collection
                 model = load_encoder(model or DEFAULT_MODEL, device=device, precision=precision)
+            made_now = not directory.exists()
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -140,6 +144,7 @@ class Collection:
         except BaseException:
             catalog.close()
             raise
+        collection._made_now = made_now
         return collection
 
     @property
@@ -160,8 +165,13 @@ class Collection:
     def __enter__(self) -> "Collection":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Close; and when the block failed in a collection that this open made and nothing has entered (a source
+        that does not exist, a bad import), remove it, so that a corrected re-run may still choose the model."""
+        empty = exc_type is not None and self._made_now and not self.catalog.counts_by_status()
         self.close()
+        if empty:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
