@@ -56,6 +56,11 @@ def test_cli_tsv_json_and_organize(copies, tmp_path, capsys):
     assert sum(link.name.startswith("keep-") for link in links) == 1
     assert all(os.path.exists(p) for p in truth)  # nothing deleted
     assert main(["duplicates", "--collection", str(root / "col"), "--threshold", "1.5"]) == 2
+    capsys.readouterr()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "review").rglob("*"))
+    assert main(["duplicates", "--collection", str(root / "col"), "--organize", str(tmp_path / "review")]) == 2
+    assert "is not empty: its groups would mix with these" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "review").rglob("*")) == before
 
 
 def test_graph_and_components_match_brute_force():

@@ -27,15 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "see the README)")
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
     parser.add_argument("--json", action="store_true", help="JSON lines with paths, scores and keep")
-    parser.add_argument("--organize", metavar="DIR", help="link each group's copies into DIR/NNNNN/ for review")
+    parser.add_argument("--organize", metavar="DIR", help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Find the groups, print them, optionally link them for review; exit 1 when there are none."""
     from ..collection.collection import Collection
-    from ..collection.duplicates import organize_duplicates
+    from ..collection.duplicates import check_review_dir, organize_duplicates
 
+    if args.organize:
+        check_review_dir(args.organize)  # before the search, not after it
     with Collection.open(args.collection) as collection:
         with TqdmProgress("duplicates") as progress:
             groups = collection.duplicates(args.threshold, k=args.k, progress=progress)

@@ -212,15 +212,31 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     return described
 
 
+def check_review_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a path that :func:`organize_duplicates` may fill: missing or an empty folder.
+
+    Raises:
+        CollectionError: it is a file, or a folder that holds anything (an earlier run's groups would mix with
+            the new ones, two ``keep-`` files in one group folder).
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CollectionError(f"cannot organize into {out}: it is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise CollectionError(f"{out} is not empty: its groups would mix with these; choose a new folder, or "
+                              "empty it first (mmr duplicates deletes nothing)")
+    return out
+
+
 def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.PathLike) -> int:
     """Link each group into ``out_dir/NNNNN/``: ``keep-<id>-<name>`` and ``<id>-<name>`` for the other copies.
 
     Symlinks only: no image is moved, copied or deleted. Returns the number of links made.
 
     Raises:
-        CollectionError: ``out_dir`` cannot be written.
+        CollectionError: ``out_dir`` is not missing or empty (:func:`check_review_dir`), or cannot be written.
     """
-    out = Path(out_dir)
+    out = check_review_dir(out_dir)
     made = 0
     try:
         for number, group in enumerate(groups, start=1):
