@@ -178,6 +178,15 @@ def test_similar_leaves_out_the_query_image_whatever_the_id_type(collection, as_
     assert len(hits) == 3 and int(query_id) not in {hit.id for hit in hits}
 
 
+def test_scores_are_cosines_and_stop_at_one(collection):
+    ids, vectors = collection.vectors()
+    for image_id, stored in zip(ids.tolist(), vectors):  # float16 rows: their own cosine can round past 1
+        best = collection.search(stored.astype(np.float32), k=1)[0]
+        assert best.id == image_id and 0.999 <= best.score <= 1.0
+    norms = np.linalg.norm(vectors.astype(np.float32), axis=1)
+    assert norms.max() > 1.0  # some row's own cosine, unclipped, would exceed 1: the case is real here
+
+
 def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     caplog.set_level(logging.WARNING)
     write_good_images(tmp_path / "photos", 5)

@@ -391,6 +391,7 @@ class Collection:
         else:  # approximate codes: re-rank the candidates exactly from the stored vectors
             ids, stored = self.catalog.vectors(found_ids[0].tolist())
             scores = stored @ vector if len(ids) else np.zeros(0, np.float32)
+        scores = np.clip(scores, -1.0, 1.0)  # float16 rounding lifts a copy's cosine to 1.0001; cosines stop at 1
         order = np.argsort(-scores, kind="stable")
         if threshold is not None:
             order = order[scores[order] >= threshold]

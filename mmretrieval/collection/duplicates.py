@@ -129,6 +129,7 @@ def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.f
                 if len(found) else np.zeros(len(candidates), bool)
             rows, candidates, position = rows[present], candidates[present], position[present]
             scores = np.einsum("ij,ij->i", vectors[rows], found_vectors[position]) if len(rows) else np.zeros(0)
+            scores = np.minimum(scores, 1.0)  # a float16-stored copy's cosine can round to 1.0001
             close = scores >= threshold
             yield ids[rows[close]], candidates[close]
         done += len(ids)
