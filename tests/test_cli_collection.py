@@ -390,3 +390,21 @@ def test_a_new_collection_without_model_says_it_gets_the_demo_model(tmp_path, ca
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "other"), "--model",
                  "builtin:shapes", "--workers", "0"]) == 0
     assert "bundled demo model" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repeated", [["--label", "a", "--label", "b"], ["--prefix", "/x", "--prefix", "/y"],
+                                      ["--after", "2024", "--after", "2025"], ["--threshold", "0.1", "--threshold", "0.2"]])
+def test_a_filter_given_twice_is_refused_not_half_dropped(built, capsys, repeated):
+    _, collection = built
+    with pytest.raises(SystemExit) as exited:
+        main(["search", "x", "--collection", collection, *repeated])
+    assert exited.value.code == 2
+    assert f"mmr search: error: {repeated[0]} given twice; give it once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", ["2", "-1.5", "nan"])
+def test_search_threshold_must_be_a_cosine(built, capsys, threshold):
+    _, collection = built
+    with pytest.raises(SystemExit):
+        main(["search", "x", "--collection", collection, "--threshold", threshold])
+    assert "--threshold" in capsys.readouterr().err

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import (add_collection_option, add_model_options, at_least, emit, json_line, positive_seconds,
-                     probability)
+from .common import (Once, add_collection_option, add_model_options, at_least, cosine, emit, json_line,
+                     positive_seconds, probability)
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
@@ -157,9 +157,10 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     add_collection_option(parser)
     parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--threshold", type=float, help="drop results scoring below this cosine")
-    parser.add_argument("--prefix", help="only images whose path starts with this (e.g. a folder)")
-    parser.add_argument("--label", help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
+    parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine")
+    parser.add_argument("--prefix", action=Once, help="only images whose path starts with this (e.g. a folder)")
+    parser.add_argument("--label", action=Once,
+                        help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
                         "time and camera)")
     parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")
@@ -346,7 +347,7 @@ def _register_label(subparsers) -> None:
     parser.add_argument("--organize", metavar="OUTDIR", help="link the images this run labelled into OUTDIR/<label>/")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
-    parser.add_argument("--prefix", help="only label images whose path starts with this (e.g. a folder)")
+    parser.add_argument("--prefix", action=Once, help="only label images whose path starts with this (e.g. a folder)")
     add_photo_filter_options(parser)
     parser.set_defaults(handler=_label)
 

@@ -37,6 +37,25 @@ def probability(text: str) -> float:
     return value
 
 
+def cosine(text: str) -> float:
+    """An argparse type: a number from -1 to 1."""
+    value = _number(text, float)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a cosine from -1 to 1, got {text}")
+    return value
+
+
+class Once(argparse.Action):
+    """Store an option's value, refusing the option given twice: filters do not combine, and keeping only the
+    last one (argparse's way) would quietly drop the other."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice; give it once (filters of different kinds combine)")
+        setattr(namespace, self.dest, values)
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number no smaller than ``minimum``."""
     def parse(text: str) -> int:

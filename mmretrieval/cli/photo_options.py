@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from .common import Once
+
 if TYPE_CHECKING:
     from ..collection.collection import Collection, Hit
 
@@ -15,11 +17,11 @@ def add_photo_filter_options(parser: argparse.ArgumentParser) -> None:
         "photo filters", "DATE is 2024, 2024-06, 2024-06-01 or an ISO datetime (2024-06-01T14:30, with +02:00 "
         "to mean an absolute time); --after is inclusive, --before exclusive, so June 2024 is "
         "--after 2024-06 --before 2024-07. Capture time is EXIF DateTimeOriginal, else the file's mtime.")
-    group.add_argument("--after", metavar="DATE", help="only photos taken at or after DATE")
-    group.add_argument("--before", metavar="DATE", help="only photos taken before DATE")
-    group.add_argument("--camera", metavar="TEXT", help="only photos whose camera make/model contains TEXT "
+    group.add_argument("--after", metavar="DATE", action=Once, help="only photos taken at or after DATE")
+    group.add_argument("--before", metavar="DATE", action=Once, help="only photos taken before DATE")
+    group.add_argument("--camera", metavar="TEXT", action=Once, help="only photos whose camera make/model contains TEXT "
                        "(case-insensitive, e.g. iphone)")
-    group.add_argument("--near", metavar="LAT,LON,KM", help="only photos with a GPS position within KM "
+    group.add_argument("--near", metavar="LAT,LON,KM", action=Once, help="only photos with a GPS position within KM "
                        "kilometres of LAT,LON (decimal degrees, e.g. 48.8584,2.2945,5; "
                        "write --near=-33.86,151.21,10 when LAT is negative)")
 
