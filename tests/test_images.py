@@ -115,3 +115,53 @@ def test_discover_handles_links_loops_and_lists(tmp_path):
     items = list(discover([listing]))
     assert items[0].caption == "a caption" and items[0].path == str(root / "sub" / "a.jpg")
     assert items[1].reason == "missing"
+
+
+HIDDEN = (".thumbnails/t.png", ".Trash-1000/files/x.png", ".git/objects/blob.png", "trip/.cache/c.png",
+          ".hidden.png", "trip/.no_extension", "._b.png")  # what photo folders hide: none is walked
+
+
+def _folder_with_hidden_entries(root) -> None:
+    for index, name in enumerate(("a.png", "trip/b.png", *HIDDEN)):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(_gradient(8 + index, 8)))  # each its own content: no file is another's duplicate
+
+
+def test_a_walk_passes_over_hidden_folders_and_files_but_reads_them_when_named(tmp_path):
+    root = tmp_path / "photos"
+    _folder_with_hidden_entries(root)
+
+    def found(*sources) -> list[str]:
+        return sorted(os.path.relpath(item.path, root) for item in discover(sources))
+
+    assert found(root) == ["a.png", "trip/b.png"]
+    assert found(root / "trip") == ["trip/b.png"]
+    # Named as a source, or listed, hidden is what the user asked for (e.g. ~/.local/share/wallpapers)
+    assert found(root / ".thumbnails") == [".thumbnails/t.png"]
+    assert found(root / ".Trash-1000" / "files") == [".Trash-1000/files/x.png"]
+    assert found(root / ".hidden.png") == [".hidden.png"]
+    listing = root / "picked.txt"
+    listing.write_text(".git/objects/blob.png\ntrip/.cache/c.png\n")
+    assert found(listing) == [".git/objects/blob.png", "trip/.cache/c.png"]
+    wallpapers = tmp_path / ".local" / "share" / "wallpapers"
+    _folder_with_hidden_entries(wallpapers)
+    assert sorted(os.path.relpath(item.path, wallpapers) for item in discover([wallpapers])) == ["a.png", "trip/b.png"]
+
+
+def test_hidden_files_ingested_before_are_kept_by_prune_until_they_are_gone(tmp_path, tiny_encoder):
+    """Earlier versions walked hidden folders; their rows stay searchable, and --prune drops only missing files."""
+    from mmretrieval.collection.collection import Collection
+
+    root = tmp_path / "photos"
+    _folder_with_hidden_entries(root)
+    thumbnail = root / ".thumbnails" / "t.png"
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        assert col.ingest([root / ".thumbnails"], workers=0).embedded == 1  # named: read, as an old walk read it
+        summary = col.ingest([root], workers=0, prune=True)
+        assert (summary.embedded, summary.pruned) == (2, 0)
+        assert {os.path.relpath(hit.path, root) for hit in col.search("x", k=50)} == {
+            "a.png", "trip/b.png", ".thumbnails/t.png"}
+        thumbnail.unlink()
+        assert col.ingest([root], workers=0, prune=True).pruned == 1
+        assert {os.path.relpath(hit.path, root) for hit in col.search("x", k=50)} == {"a.png", "trip/b.png"}

@@ -120,6 +120,47 @@ def test_dates_and_places_parse_or_fail_with_one_clear_message():
         Filters.of(after="2024-06", before="2024-06")
 
 
+def test_a_fraction_of_a_second_is_kept_not_truncated():
+    assert parse_date("2024-06-15T12:00:00.5").local == "2024-06-15T12:00:00.500000"
+    assert parse_date(dt.datetime(2024, 6, 15, 12, 0, 0, 1)).local == "2024-06-15T12:00:00.000001"
+    noon_utc_s = dt.datetime(2024, 6, 15, 12, tzinfo=dt.timezone.utc).timestamp()
+    assert parse_date("2024-06-15T12:00:00.5Z").utc_s == noon_utc_s + 0.5
+    Filters.of(after="2024-06-15T12:00:00.3", before="2024-06-15T12:00:00.7")  # holds no whole second, yet not empty
+    with pytest.raises(QueryError, match="half-open"):
+        Filters.of(after="2024-06-15T12:00:00.7", before="2024-06-15T12:00:00.3")
+
+
+def test_fractional_bounds_keep_the_range_half_open(tmp_path, tiny_encoder, capsys):
+    """Capture times are whole seconds: a photo taken at 12:00:00 is before 12:00:00.5 and before 12:00:00.000001."""
+    folder = tmp_path / "beach"
+    folder.mkdir()
+    taken = {"a_second_before.jpg": ("2024:06:15 11:59:59", None), "noon.jpg": ("2024:06:15 12:00:00", None),
+             "noon_utc.jpg": ("2024:06:15 12:00:00", "+00:00"), "a_second_after.jpg": ("2024:06:15 12:00:01", None)}
+    for index, (name, (when, offset)) in enumerate(taken.items()):
+        (folder / name).write_bytes(jpeg_with(make_exif(taken=when, offset=offset), colour=(60 * index, 90, 30)))
+    with Collection.open(tmp_path / "c1.mmr", model=tiny_encoder, create=True) as col:
+        assert col.ingest([folder], workers=0).embedded == len(taken)
+
+        def found(**dates) -> set[str]:
+            return {os.path.basename(hit.path) for hit in col.search("beach", k=10, **dates)}
+
+        noon = {"noon.jpg", "noon_utc.jpg"}
+        assert found(after="2024-06-15T12:00:00.5") == {"a_second_after.jpg"}
+        assert found(after="2024-06-15T12:00:00") == noon | {"a_second_after.jpg"}
+        assert found(before="2024-06-15T12:00:00.000001") == noon | {"a_second_before.jpg"}
+        assert found(before="2024-06-15T12:00:00") == {"a_second_before.jpg"}
+        assert found(after="2024-06-15T11:59:59.999999", before="2024-06-15T12:00:00.999999") == noon
+        assert found(after="2024-06-15T12:00:00.3", before="2024-06-15T12:00:00.7") == set()
+        # With an offset the bound is an absolute time (only noon_utc.jpg's is known, whatever this machine's zone)
+        assert "noon_utc.jpg" not in found(after="2024-06-15T12:00:00.5Z")
+        assert "noon_utc.jpg" in found(before="2024-06-15T14:00:00.000001+02:00")
+    for flag, expected in (("--after", {"a_second_after.jpg"}), ("--before", noon | {"a_second_before.jpg"})):
+        instant = "2024-06-15T12:00:00.5" if flag == "--after" else "2024-06-15T12:00:00.000001"
+        code = main(["search", "beach", "--collection", str(tmp_path / "c1.mmr"), "--json", flag, instant])
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 0 and {os.path.basename(row["path"]) for row in rows} == expected
+
+
 def test_great_circle_distance_matches_known_figures():
     paris, london = (48.8566, 2.3522), (51.5074, -0.1278)
     assert great_circle_km(paris[0], paris[1], *london) == pytest.approx(343.5, abs=1.0)

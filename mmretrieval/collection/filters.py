@@ -8,7 +8,9 @@ Dates (``after``/``before``) accept ``2024``, ``2024-06``, ``2024-06-01`` and IS
 is half-open: ``after`` keeps photos taken at or after it, ``before`` those taken strictly before it, so June
 2024 is ``after="2024-06", before="2024-07"``. A date without an offset is compared with the photo's own wall
 clock (a photo taken at 23:00 in Tokyo on June 1 is a June 1 photo wherever you search from); one with an
-offset (or ``Z``) with the absolute capture time.
+offset (or ``Z``) with the absolute capture time. Fractions of a second count: capture times are whole seconds,
+so a photo taken at 12:00:00 is before ``12:00:00.5`` (``after`` leaves it out) and before ``12:00:00.000001``
+(``before`` keeps it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class DateBound:
     """One end of a date range: a wall-clock time, or an absolute instant when the text had an offset."""
 
     text: str  # as the user wrote it, for messages
-    local: str | None = None  # "YYYY-MM-DDTHH:MM:SS", compared with the photo's local capture time
+    local: str | None = None  # "YYYY-MM-DDTHH:MM:SS[.ffffff]", compared with the photo's local capture time
     utc_s: float | None = None  # POSIX seconds, compared with the photo's absolute capture time
 
 
@@ -124,8 +126,11 @@ def parse_date(value: DateLike, name: str = "date") -> DateBound:
 
 def _bound(text: str, moment: dt.datetime) -> DateBound:
     if moment.tzinfo is not None:
-        return DateBound(text, utc_s=moment.timestamp())
-    return DateBound(text, local=moment.replace(microsecond=0).isoformat(timespec="seconds"))
+        return DateBound(text, utc_s=moment.timestamp())  # a float: the fraction is kept
+    # Here too the fraction is kept: truncating it would move the bound earlier and break [after, before).
+    # ISO text sorts in time order with or without a fraction ("12:00:00" < "12:00:00.500000" < "12:00:01"),
+    # so SQL compares it exactly with the stored whole-second times: as if rounded up to the next second.
+    return DateBound(text, local=moment.isoformat(timespec="auto"))
 
 
 def parse_near(value: NearLike) -> Near:

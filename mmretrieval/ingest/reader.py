@@ -2,8 +2,10 @@
 
 Sources are folders (walked recursively, following links only while they stay inside the folder and never
 around a loop), single files, and list files (``.txt``: one path per line; ``.csv``: a ``path`` column and
-an optional ``caption`` column). Nothing is opened while walking; :func:`decode_file` opens a file without
-blocking and refuses anything that is not a regular file.
+an optional ``caption`` column). A walk passes over hidden entries, files and folders whose name starts with
+``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``, macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden
+folder or file named as a source, or listed in a list file, is still read. Nothing is opened while walking;
+:func:`decode_file` opens a file without blocking and refuses anything that is not a regular file.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
 
 
 def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str | None:
+    if entry.name.startswith("."):
+        return None  # hidden: caches, thumbnails, trash, version control, AppleDouble forks; never walked or opened
     try:
         if entry.is_symlink():
             target = os.path.realpath(entry.path)
@@ -105,13 +109,11 @@ def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str 
         is_dir = False
     if is_dir:
         return "dir"
-    if entry.name.startswith("._"):
-        return None  # macOS AppleDouble resource forks ("._IMG_0001.jpg") on shared drives: never images
     suffix = os.path.splitext(entry.name)[1].lower()
     if suffix in image_extensions() or suffix in RAW_EXTENSIONS:
         return _single(Path(entry.path))
-    if suffix in NOT_IMAGE_EXTENSIONS or entry.name.startswith("."):
-        return None  # lists, sidecars, documents, hidden files: never opened
+    if suffix in NOT_IMAGE_EXTENSIONS:
+        return None  # lists, sidecars, documents: never opened
     return _sniffed(entry)
 
 
