@@ -15,6 +15,7 @@ import pandas as pd
 from ..models.zeroshot import parse_labels
 from .charts import bar_chart
 from .context import AppContext, user_errors
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class CollectionHandlers:
         """The collection's model, counts and index, as Markdown, and its failed files with reasons."""
         with self.ctx.lock:
             info = self.ctx.collection.info()
-            failures = [(f.path, f.reason, f.message)
+            failures = [(display_path(f.path), f.reason, display_path(f.message))
                         for f in itertools.islice(self.ctx.collection.failures(), FAILURES_SHOWN)]
         table = pd.DataFrame(failures, columns=["path", "reason", "message"])
         return describe_collection(info), table
@@ -112,7 +113,7 @@ def describe_collection(info: Any) -> str:
     megabytes = sum(info.bytes_on_disk.values()) / 1e6
     not_embedded = info.counts.get("failed", 0) + info.counts.get("skipped", 0)
     return "\n".join([
-        f"**Collection** `{info.directory}`",
+        f"**Collection** `{display_path(info.directory)}`",
         f"- model: `{info.model_spec}` (key {info.model_key}, {info.dim}-d vectors)",
         f"- images: {statuses}; {info.vectors} vectors",
         f"- index: {info.index_type}{f' ({params})' if params else ''}, {info.index_vectors} vectors",

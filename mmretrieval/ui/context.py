@@ -15,6 +15,7 @@ import gradio as gr
 from ..errors import MMRError
 from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
 from .media import ThumbnailCache
+from .names import display_path
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -98,7 +99,7 @@ def user_errors(fn: F) -> F:
         except gr.Error:
             raise
         except MMRError as exc:
-            raise gr.Error(str(exc), print_exception=False) from exc
+            raise gr.Error(display_path(str(exc)), print_exception=False) from exc  # messages quote paths
         except Exception as exc:  # the UI must survive any request
             logger.exception("%s failed", fn.__name__)
             raise gr.Error(

@@ -20,6 +20,7 @@ import gradio as gr
 
 from .context import AppContext, user_errors
 from .media import prune_exports
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,16 @@ class DuplicateHandlers:
         size = f"{copy.width} × {copy.height} px" if copy.width else "size unknown"
         on_disk = f"{copy.bytes / 1024:.0f} KiB" if copy.bytes >= 0 else "file missing"
         role = "keep (suggested)" if keeper else f"copy · similarity {copy.score:.3f}"
+        name = display_path(Path(copy.path).name)
         return (f'<div class="mmr-dup-cell{" keep" if keeper else ""}"><img src="{source}" alt="">'
-                f'<div class="mmr-dup-role">{html.escape(role)}</div><div>{html.escape(Path(copy.path).name)}</div>'
+                f'<div class="mmr-dup-role">{html.escape(role)}</div><div>{html.escape(name)}</div>'
                 f'<div>{size}, {on_disk}</div><div>id {copy.id}</div></div>')
 
     def _export(self, groups: list[Any]) -> tuple[Path, Path]:
-        """A folder of ours with ``copies-to-review.txt`` (other copies' paths) and ``duplicates.csv`` (all)."""
+        """A folder of ours with ``copies-to-review.txt`` (other copies' paths) and ``duplicates.csv`` (all).
+
+        Both name the true files, byte for byte (a non-UTF-8 name as its own bytes), for tools to act on.
+        """
         prune_exports(self.ctx.export_dir)
         folder = self.ctx.export_dir / f"duplicates-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)

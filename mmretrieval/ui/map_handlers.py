@@ -22,6 +22,7 @@ import numpy.typing as npt
 from ..models.zeroshot import parse_labels
 from . import map_view, projection
 from .context import AppContext, user_errors
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class MapHandlers:
         with self.ctx.lock:
             rows = self.ctx.collection.catalog.rows(ids)
         return [(self.ctx.thumbnails.get(self.ctx.image_path, i),
-                 f"{label_of.get(i, '')} · {Path(rows[i].path).name if i in rows else i}") for i in ids]
+                 f"{label_of.get(i, '')} · {display_path(Path(rows[i].path).name) if i in rows else i}") for i in ids]
 
     def map_thumbnail(self, image_id: Any) -> dict[str, str]:
         """Hover card for a point: file name and a small render as a data URL (ids on the map only)."""
@@ -152,7 +153,7 @@ class MapHandlers:
         image.convert("RGB").save(buffer, format="WEBP", quality=80)
         with self.ctx.lock:
             row = self.ctx.collection.catalog.rows([image_id]).get(image_id)
-        return {"name": Path(row.path).name if row else str(image_id),
+        return {"name": display_path(Path(row.path).name) if row else str(image_id),
                 "src": "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")}
 
     def forget(self) -> None:

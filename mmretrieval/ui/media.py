@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
     try:
         image = decode_image(path, draft_size=max_side).image.copy()
     except MMRError as exc:  # moved or deleted since ingestion: show a tile, not an error
-        logger.warning("cannot render image %d (%s): %s", image_id, path, exc)
+        logger.warning("cannot render image %d (%s): %s", image_id, display_path(path), exc)
         return Image.new("RGB", (max_side, max_side), _PLACEHOLDER_GREY)
     image.thumbnail((max_side, max_side))
     return image
@@ -87,7 +88,8 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
 def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path) -> Path:
     """The original file of catalog image ``image_id``, placed under its own name in a fresh folder in ``out_dir``.
 
-    A hard link where the file system allows (no copy of a large photo), else a copy.
+    A hard link where the file system allows (no copy of a large photo), else a copy. The name is the one
+    people see (:func:`~.names.display_path`): the browser and Gradio's cache cannot carry a non-UTF-8 one.
 
     Raises:
         MMRError: no such image (from ``path_of``), or its file is gone or unreadable.
@@ -96,20 +98,20 @@ def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path
     prune_exports(out_dir)
     target_dir = out_dir / f"{int(image_id)}-{uuid.uuid4().hex[:8]}"
     target_dir.mkdir(parents=True)
-    target = target_dir / source.name
+    target = target_dir / display_path(source.name)
     try:
         try:
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
     except OSError as exc:
-        raise MMRError(f"the original of image {image_id} ({source}) cannot be read: {exc.strerror or exc}; "
-                       "it may have moved since it was ingested") from exc
+        raise MMRError(f"the original of image {image_id} ({display_path(source)}) cannot be read: "
+                       f"{exc.strerror or exc}; it may have moved since it was ingested") from exc
     return target
 
 
 def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir: Path) -> tuple[Path, list[int]]:
-    """A zip of the originals of ``image_ids`` under their own names (numbered when two share a name).
+    """A zip of the originals of ``image_ids`` under their names as shown (numbered when two share a name).
 
     Returns the zip and the ids whose file could not be read (left out).
     """
@@ -120,7 +122,8 @@ def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:  # photos are compressed already
         for image_id in image_ids:
             source = path_of(int(image_id))
-            name = source.name if source.name not in used else f"{int(image_id)}-{source.name}"
+            shown = display_path(source.name)  # a zip member name must be valid UTF-8
+            name = shown if shown not in used else f"{int(image_id)}-{shown}"
             try:
                 archive.write(source, arcname=name)
             except OSError:

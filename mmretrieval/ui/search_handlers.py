@@ -20,6 +20,7 @@ from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, export_original, load_upload, zip_originals
+from .names import display_path
 
 if TYPE_CHECKING:
     from ..collection.collection import Hit
@@ -35,13 +36,14 @@ SearchResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], l
 
 def hit_caption(hit: "Hit") -> str:
     """What the gallery shows under a result: its score and file name."""
-    return f"{hit.score:.3f} · {Path(hit.path).name}"
+    return f"{hit.score:.3f} · {display_path(Path(hit.path).name)}"
 
 
 def hit_record(hit: "Hit") -> dict[str, Any]:
-    """A hit as JSON for the API."""
+    """A hit as JSON for the API: ``file`` is for reading (as :func:`.names.display_path` shows it), ``id`` for
+    fetching the file (``/original``)."""
     # "file", not "path": gradio_client takes any dict with a "path" key for a file to download.
-    return {"id": hit.id, "file": hit.path, "score": round(float(hit.score), 6),
+    return {"id": hit.id, "file": display_path(hit.path), "score": round(float(hit.score), 6),
             "labels": list(hit.labels), "caption": hit.caption}
 
 
@@ -225,7 +227,8 @@ def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
 
 def _describe(image_id: int, row: ImageDetails) -> str:
     size = f"{row.width} × {row.height} px" if row.width else "size unknown"
-    lines = [f"**{row.path.name}** (id {image_id})", f"- path: `{row.path}`", f"- size: {size}",
+    lines = [f"**{display_path(row.path.name)}** (id {image_id})", f"- path: `{display_path(row.path)}`",
+             f"- size: {size}",  # the row keeps the true path, for stat below
              f"- id {image_id}: the catalog's number, counted from 1 in ingest order (not the file name's number)"]
     try:
         lines.append(f"- file: {row.path.stat().st_size / 1024:.1f} KiB")

@@ -122,6 +122,7 @@ def open_context(config: ServeConfig) -> "AppContext":
     from ..collection.collection import Collection
     from ..models.encoder import load_encoder
     from .context import AppContext
+    from .names import display_path
 
     is_demo = config.collection is None
     directory = config.collection
@@ -138,7 +139,7 @@ def open_context(config: ServeConfig) -> "AppContext":
     return AppContext(
         collection=collection,
         encoder=encoder,
-        title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {directory}",
+        title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {display_path(directory)}",
         example_queries=config.examples or (DEMO_QUERIES if is_demo else labels[:5]),
         map_labels=DEMO_MAP_LABELS if is_demo else (),  # others: the map shows the stored labels
         allow_ingest=is_local_only(config),
