@@ -187,6 +187,17 @@ def test_scores_are_cosines_and_stop_at_one(collection):
     assert norms.max() > 1.0  # some row's own cosine, unclipped, would exceed 1: the case is real here
 
 
+def test_one_path_is_one_source_and_tilde_means_home(tmp_path, tiny_encoder, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_good_images(tmp_path / "pics", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest("~/pics", workers=0)  # a string alone: not the sources "~", "/", "p", ...
+        assert summary.embedded == 3 and not summary.failed and not summary.skipped
+        query = next(iter(sorted((tmp_path / "pics").iterdir())))
+        hits = col.similar(f"~/pics/{query.name}", k=5)
+        assert len(hits) == 2 and str(query) not in {hit.path for hit in hits}  # the query image is left out
+
+
 def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     caplog.set_level(logging.WARNING)
     write_good_images(tmp_path / "photos", 5)

@@ -119,3 +119,24 @@ def test_templates_builtin_and_from_file(tmp_path):
         load_templates(str(template_file))
     with pytest.raises(QueryError, match="unknown template set"):
         load_templates("nonexistent-set")
+    template_file.write_text("a {} of {kind}\n")  # str.format would fail on it mid-way
+    with pytest.raises(QueryError, match="no other braces"):
+        load_templates(str(template_file))
+
+
+def test_the_python_api_takes_one_string_as_one_thing_not_its_letters(tiny_encoder, tmp_path):
+    from mmretrieval.ingest.files import embed_files
+    from test_ingest import write_good_images
+
+    listed = ZeroShotClassifier.build(tiny_encoder, ["red", "blue"], ["a photo of a {}."])
+    one = ZeroShotClassifier.build(tiny_encoder, "red, blue", "a photo of a {}.")  # labels as typed, one template
+    named = ZeroShotClassifier.build(tiny_encoder, "red,blue", "default")  # a template set's name
+    assert one.labels == named.labels == ("red", "blue")
+    np.testing.assert_allclose(one.embeddings, listed.embeddings, atol=1e-6)
+    np.testing.assert_allclose(named.embeddings, listed.embeddings, atol=1e-6)
+    for bad in ("a photo of a {.", ["a photo", "a {} of {x}"]):
+        with pytest.raises(QueryError, match="exactly one"):
+            ZeroShotClassifier.build(tiny_encoder, "red,blue", bad)
+    write_good_images(tmp_path / "pics", 2)
+    batches = list(embed_files(tiny_encoder, str(tmp_path / "pics"), workers=0))  # a folder, not p, i, c, s
+    assert sum(len(b.paths) for b in batches) == 2 and not any(b.failed for b in batches)

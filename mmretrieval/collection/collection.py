@@ -45,6 +45,7 @@ from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, co
 from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
+from ..ingest.reader import source_list
 from ..models.specs import ModelIdentity
 from .segments import check_dtype as _check_dtype
 from .records import CollectionInfo, Failure, Hit
@@ -174,7 +175,7 @@ class Collection:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- ingestion --------------------------------------------------------------------------------------------
-    def ingest(self, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
+    def ingest(self, sources: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int | None = None,
                workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
                device_decode: bool | None = None, share_jpegs: bool = True) -> IngestSummary:
@@ -183,7 +184,7 @@ class Collection:
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
 
         Args:
-            sources: what to ingest.
+            sources: what to ingest (one path alone is one source; `~` is expanded).
             batch_size: images per model call (default 256 on CUDA, 32 on CPU).
             workers: decoding processes (default: cores - 1 on CPU).
             prune: remove rows of files that no longer exist.
@@ -210,14 +211,14 @@ class Collection:
             config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
                                          timeout_s=timeout_s, precision=self.precision)
             with self.writing(busy):
-                return run_ray_ingest(self.catalog, self.identity, _expand(sources), config, str(self.directory),
+                return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
                                       progress)
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
                                          device_decode=device_decode, share_jpegs=share_jpegs)
         with self.writing(busy):
-            return run_ingest(self.catalog, lambda: self.encoder, _expand(sources), config, progress)
+            return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress)
 
     @contextmanager
     def writing(self, busy_message: str | None = None, update_index: bool = True) -> Iterator[Catalog]:
@@ -344,6 +345,7 @@ class Collection:
                              near=near)
         exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
         if isinstance(image, (str, os.PathLike)):
+            image = os.path.expanduser(os.fspath(image))
             exclude = self.catalog.id_of_path(image)
         hits = self.nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
         return [hit for hit in hits if hit.id != exclude][:k]
@@ -526,11 +528,6 @@ class Collection:
         from .labelling import organize
 
         return organize(self.catalog, Path(out_dir), copy=copy, label_set=label_set)
-
-
-def _expand(sources: Sequence[str | os.PathLike]) -> list[str]:
-    """Sources as strings, ``~`` expanded (the shell does that for the command line, not for the Python API)."""
-    return [os.path.expanduser(os.fspath(source)) for source in sources]
 
 
 def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from ..models.encoder import DualEncoder
 from .batches import DecodeTask, Failed, IngestConfig, Skipped
-from .reader import discover
+from .reader import discover, source_list
 from .runner import NothingKnown, decoded_batches, embed_batch
 
 
@@ -43,8 +43,9 @@ class EmbeddedFiles:
     failed: tuple[FileFailure, ...] = ()
 
 
-def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, batch_size: int | None = None,
-                workers: int | None = None, timeout_s: float = 60.0) -> Iterator[EmbeddedFiles]:
+def embed_files(encoder: DualEncoder, sources: str | os.PathLike | Sequence[str | os.PathLike], *,
+                batch_size: int | None = None, workers: int | None = None,
+                timeout_s: float = 60.0) -> Iterator[EmbeddedFiles]:
     """Embed the images ``sources`` name (folders, image files, ``.txt``/``.csv`` lists), batch by batch.
 
     A source that does not exist, or a file that cannot be decoded, is reported in ``failed``; it never stops
@@ -52,7 +53,7 @@ def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, b
 
     Args:
         encoder: the model.
-        sources: what to embed.
+        sources: what to embed (one path alone is one source; `~` is expanded).
         batch_size: images per model call (default 256 on CUDA, 32 on CPU).
         workers: decoding processes (default: cores - 1 on CPU; 0 decodes in this process, without isolation).
         timeout_s: a file taking longer than this to decode is failed.
@@ -66,7 +67,7 @@ def embed_files(encoder: DualEncoder, sources: Sequence[str | os.PathLike], *, b
     ids = itertools.count()
 
     def tasks() -> Iterator[DecodeTask]:  # read on the pool's feeder thread, as workers need tasks
-        for source in map(os.path.expanduser, sources):
+        for source in source_list(sources):
             if not os.path.lexists(source):
                 skipped.append(Skipped(os.path.abspath(source), "missing", f"{source} does not exist"))
                 continue

@@ -70,10 +70,14 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
         raise QueryError(f"cannot read templates from {path}: {exc}") from exc
-    templates = tuple(line for line in lines if line and not line.startswith("#"))
-    bad = [t for t in templates if t.count("{}") != 1]
+    return _checked(tuple(line for line in lines if line and not line.startswith("#")), str(path))
+
+
+def _checked(templates: tuple[str, ...], source: str) -> tuple[str, ...]:
+    bad = [t for t in templates if t.count("{}") != 1 or {"{", "}"} & set(t.replace("{}", ""))]  # str.format
     if not templates or bad:
-        raise QueryError(f"{path}: every template needs exactly one '{{}}' (bad: {bad[:3] or 'file is empty'})")
+        raise QueryError(f"{source}: every template needs exactly one '{{}}' and no other braces "
+                         f"(bad: {bad[:3] or 'no templates'})")
     return templates
 
 
@@ -131,8 +135,23 @@ class ZeroShotClassifier:
     null_embedding: npt.NDArray[np.float32] | None = None  # CLIP-style multi-label reference, (dim,)
 
     @classmethod
-    def build(cls, encoder: "DualEncoder", labels: Sequence[str], templates: Sequence[str] = TEMPLATE_SETS["default"]) -> "ZeroShotClassifier":
-        """Embed ``labels`` with ``templates`` using ``encoder``'s text tower."""
+    def build(cls, encoder: "DualEncoder", labels: str | Sequence[str],
+              templates: str | Sequence[str] = TEMPLATE_SETS["default"]) -> "ZeroShotClassifier":
+        """Embed ``labels`` with ``templates`` using ``encoder``'s text tower.
+
+        Args:
+            encoder: the model.
+            labels: the labels, or one string of them as the command line takes it (:func:`parse_labels`).
+            templates: templates with one ``{}`` each, or one string: a template set's name, a template file, or a
+                single template.
+
+        Raises:
+            QueryError: no labels, or a template without exactly one ``{}``.
+        """
+        labels = parse_labels(labels) if isinstance(labels, str) else labels
+        if isinstance(templates, str):
+            templates = (templates,) if {"{", "}"} & set(templates) else load_templates(templates)
+        templates = _checked(tuple(templates), "templates")
         if not labels:
             raise QueryError("no labels to classify with")
         null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
