@@ -408,3 +408,15 @@ def test_search_threshold_must_be_a_cosine(built, capsys, threshold):
     with pytest.raises(SystemExit):
         main(["search", "x", "--collection", collection, "--threshold", threshold])
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_serve_names_a_host_or_port_it_cannot_listen_on_before_opening_anything(tmp_path, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--collection", str(tmp_path / "none"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"mmr serve: error: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert main(["serve", "--collection", str(tmp_path / "none"), "--host", "999.1.1.1"]) == 2
+    assert "cannot listen on 999.1.1.1:7860" in capsys.readouterr().err  # not "no collection at ..."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from typing import Sequence
 
@@ -31,10 +32,20 @@ def run(args: argparse.Namespace) -> int:
     from ..ui.server import config_from_args, launch, open_context
 
     config = config_from_args(args)
+    _check_can_listen(config.host, config.port)  # before the demo collection is built, not a minute later
     context = open_context(config)
     print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
     launch(build_app(context), config, block=True)
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Refuse, naming the cause, a host this machine cannot listen on or a port in use: Gradio reports both as
+    "Cannot find empty port in range", after a line about a name it could not resolve."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:  # an unknown name, an address not on this machine, a port in use
+        raise MMRError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
