@@ -62,7 +62,7 @@ def test_similar_and_threshold_with_no_hits_exits_1(built, capsys):
     image = str(tmp_path / "photos" / "good00.jpg")
     assert main(["similar", image, "--collection", collection, "-k", "2"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    assert main(["search", "x", "--collection", collection, "--threshold", "1.5"]) == 1
+    assert main(["search", "x", "--collection", collection, "--threshold", "0.999"]) == 1
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, built, capsys):
@@ -272,7 +272,7 @@ def test_search_mistakes_are_named_and_empty_results_said(built, capsys):
                        "nope.jpg", "does not exist")  # a typo in a path never becomes a text term
     _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos"), *base], "is a folder, not an image file")
     _fails_in_one_line(capsys, ["search", "circle", "--gps", *base], "--gps", "--json")
-    assert main(["search", "circle", "--threshold", "1.5", *base]) == 1
+    assert main(["search", "circle", "--threshold", "0.999", *base]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "mmr search: no results" in captured.err
 
