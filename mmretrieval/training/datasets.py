@@ -37,18 +37,23 @@ def _image_files(root: Path) -> list[Path]:
 
 
 def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImage]]:
-    """Class names (sorted subfolder names) and every image under them.
+    """Class names (sorted names of the subfolders that hold images) and every image under them.
 
     Raises:
-        MMRError: the folder is missing or has no class subfolders with images.
+        MMRError: the folder is missing, or fewer than two of its subfolders hold images (with one class,
+            every guess is right: a score of 1.0 that means nothing).
     """
     root = Path(root)
     if not root.is_dir():
         raise MMRError(f"labelled folder {root} does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in _image_files(root / name)]
-    if not items:
-        raise MMRError(f"{root} has no images in class subfolders (expected ROOT/<class>/<image>)")
+    found = {d.name: files for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+             if (files := _image_files(d))}
+    classes = sorted(found)
+    if len(classes) < 2:
+        raise MMRError(f"{root} has {len(classes) or 'no'} class subfolder{'' if len(classes) == 1 else 's'} with "
+                       f"images{f' ({classes[0]})' if classes else ''}; zero-shot accuracy needs two or more "
+                       "(ROOT/<class>/<image>; images directly in ROOT are not used)")
+    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in found[name]]
     return classes, items
 
 
