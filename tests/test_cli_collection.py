@@ -333,11 +333,14 @@ def test_info_failures_lists_each_file_that_did_not_embed_a_page_at_a_time(built
     (tmp_path / "more" / "short.jpg").write_bytes(b"\xff\xd8\xff")
     assert main(["ingest", str(tmp_path / "more"), "--collection", collection, "--workers", "0"]) == 2
     capsys.readouterr()
-    monkeypatch.setattr(catalog, "FAILURE_PAGE", 1)  # three failures over three pages
+    listed = tmp_path / "list.txt"  # a skip, listed after the failures
+    listed.write_text(f"{tmp_path / 'gone.jpg'}\n")
+    assert main(["ingest", str(listed), "--collection", collection, "--workers", "0"]) == 2
+    monkeypatch.setattr(catalog, "FAILURE_PAGE", 1)  # four rows over four pages
     assert main(["info", "--collection", collection, "--failures"]) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [Path(path).name for path, *_ in lines] == ["bad.jpg", "empty.png", "short.jpg"]  # the order met
-    assert [reason for _, reason, _ in lines[:2]] == ["not_an_image", "empty_file"]
+    assert [Path(path).name for path, *_ in lines] == ["bad.jpg", "empty.png", "short.jpg", "gone.jpg"]
+    assert [reason for _, reason, _ in lines[:2]] == ["not_an_image", "empty_file"] and lines[3][1] == "missing"
     assert all(reason and message for _, reason, message in lines)
     assert main(["info", "--collection", collection, "--failures", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

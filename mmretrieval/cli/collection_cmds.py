@@ -382,7 +382,7 @@ def _register_info(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object (with --failures: JSON lines)")
     parser.add_argument("--failures", action="store_true",
                         help="instead, list the files that failed or were skipped: path, reason and message, one "
-                        "per line in the order they were first met")
+                        "per line, failed ones first, each kind in the order met")
     parser.set_defaults(handler=_info)
 
 

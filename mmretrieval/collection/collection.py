@@ -457,7 +457,8 @@ class Collection:
         return self.catalog.photos(list(ids))
 
     def failures(self) -> Iterator[Failure]:
-        """Files that failed or were skipped, with their reasons, in the order they were first met (a stream)."""
+        """Files that failed or were skipped, with their reasons: failed ones first, each kind in the order met (a
+        stream)."""
         return (Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures())
 
     def info(self) -> CollectionInfo:
