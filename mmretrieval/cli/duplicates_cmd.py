@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "see the README)")
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
     parser.add_argument("--json", action="store_true", help="JSON lines with paths, scores and keep")
-    parser.add_argument("--organize", metavar="DIR", help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder)")
+    parser.add_argument("--organize", metavar="DIR",
+                        help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder)")
     parser.set_defaults(handler=run)
 
 
