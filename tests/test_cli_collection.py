@@ -423,3 +423,12 @@ def test_serve_names_a_host_or_port_it_cannot_listen_on_before_opening_anything(
     assert f"mmr serve: error: cannot listen on 127.0.0.1:{port}: Address already in use" in err
     assert main(["serve", "--collection", str(tmp_path / "none"), "--host", "999.1.1.1"]) == 2
     assert "cannot listen on 999.1.1.1:7860" in capsys.readouterr().err  # not "no collection at ..."
+
+
+def test_a_threshold_without_multi_label_is_refused_not_ignored(built, capsys):
+    tmp_path, collection = built
+    image = str(tmp_path / "photos" / "good00.jpg")
+    for command in (["classify", image], ["label", "--collection", collection]):
+        assert main([*command, "--labels", "a,b", "--threshold", "0.9"]) == 2
+        assert "--threshold applies with --multi-label" in capsys.readouterr().err
+        assert main([*command, "--labels", "a,b", "--threshold", "0.9", "--multi-label"]) == 0

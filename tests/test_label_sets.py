@@ -86,8 +86,22 @@ def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_i
     assert collection.info().labels == before  # the stored set is unchanged
 
     monkeypatch.setattr(label_sets.LabelSetWriter, "add", real_add)
-    summary = collection.label("star, cross", label_set="shapes", replace=True)  # the leftovers are cleared first
-    assert sum(summary.counts.values()) == 9 and sum(collection.info().labels.values()) == 9
+    assert collection.catalog._query("SELECT COUNT(*) FROM labels_staging")[0][0] == 4  # the dead run's chunk
+    collection.label("red", label_set="other")  # any later run clears every dead run's rows, whatever their set
+    assert collection.catalog._query("SELECT COUNT(*) FROM labels_staging")[0][0] == 0
+    summary = collection.label("star, cross", label_set="shapes", replace=True)
+    stored = collection.info().labels
+    assert sum(summary.counts.values()) == 9 == sum(n for label, n in stored.items() if label.startswith("shapes:"))
+
+
+def test_a_labelling_run_while_another_writer_works_is_refused(collection):
+    from mmretrieval.collection.collection import Collection
+
+    with Collection.open(collection.directory) as other, other.writing():  # say, an ingest in another process
+        with pytest.raises(CollectionError, match="another process is writing .*; label when it is done"):
+            collection.label("circle, square", label_set="shapes")
+    assert "shapes" not in {s.name for s in collection.label_sets()}
+    collection.label("circle, square", label_set="shapes")  # the lock is free again
 
 
 def test_labels_of_a_version_2_catalog_become_the_default_set(tmp_path):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import (Once, add_collection_option, add_model_options, at_least, cosine, emit, json_line,
-                     positive_seconds, probability)
+from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, add_model_options, at_least, cosine, emit,
+                     json_line, multi_label_threshold, positive_seconds, probability)
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
@@ -337,8 +337,8 @@ def _register_label(subparsers) -> None:
                         help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
-    parser.add_argument("--threshold", type=probability, default=0.5,
-                        help="multi-label probability cutoff (default 0.5)")
+    parser.add_argument("--threshold", type=probability,
+                        help=f"with --multi-label: the probability cutoff (default {MULTI_LABEL_THRESHOLD})")
     parser.add_argument("--set", dest="label_set", default="default", metavar="NAME",
                         help="label set to write (default: 'default'); other sets are kept, and search --label "
                         "takes SET:LABEL or LABEL")
@@ -355,6 +355,7 @@ def _register_label(subparsers) -> None:
 def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
 
+    threshold = multi_label_threshold(args)
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
     if args.organize:
@@ -362,7 +363,7 @@ def _label(args: argparse.Namespace) -> int:
     with _open(args.collection, device=args.device) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
-                                       threshold=args.threshold, label_set=args.label_set, replace=args.replace,
+                                       threshold=threshold, label_set=args.label_set, replace=args.replace,
                                        progress=progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:
             collection.export_labels(args.out, summary.label_set)

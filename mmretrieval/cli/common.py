@@ -9,6 +9,8 @@ import re
 import sys
 from typing import Any, Callable, Iterable
 
+from ..errors import QueryError
+
 _SURROGATE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps the bytes of a name that is not UTF-8
 
 
@@ -43,6 +45,19 @@ def cosine(text: str) -> float:
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a cosine from -1 to 1, got {text}")
     return value
+
+
+MULTI_LABEL_THRESHOLD = 0.5  # --threshold's default, with --multi-label
+
+
+def multi_label_threshold(args: argparse.Namespace) -> float:
+    """``--threshold`` (default :data:`MULTI_LABEL_THRESHOLD`), refused without ``--multi-label``, where every
+    image gets its best label whatever its probability and the cutoff would be silently ignored."""
+    if args.threshold is None:
+        return MULTI_LABEL_THRESHOLD
+    if not args.multi_label:
+        raise QueryError("--threshold applies with --multi-label; without it each image gets its best label")
+    return args.threshold
 
 
 class Once(argparse.Action):

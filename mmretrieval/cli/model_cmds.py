@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
-from .common import add_model_options, at_least, emit, probability
+from .common import MULTI_LABEL_THRESHOLD, add_model_options, at_least, emit, multi_label_threshold, probability
 
 if TYPE_CHECKING:
     from ..models.zeroshot import Prediction
@@ -39,9 +39,9 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
                         help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
     parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
-    parser.add_argument("--threshold", type=probability, default=0.5,
-                        help="with --multi-label: keep labels at or above this (default 0.5); an image with none "
-                        "gets one line with an empty label")
+    parser.add_argument("--threshold", type=probability,
+                        help=f"with --multi-label: keep labels at or above this (default {MULTI_LABEL_THRESHOLD}); "
+                        "an image with none gets one line with an empty label")
     parser.add_argument("--top-k", type=at_least(1), default=None,
                         help="labels per image (default 1; all above threshold with --multi-label)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
@@ -60,6 +60,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
+    threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
     classified = failed = 0
@@ -68,7 +69,7 @@ def _classify(args: argparse.Namespace) -> int:
             for failure in batch.failed:
                 print(f"mmr classify: {failure.path}: skipped: {failure.message}", file=sys.stderr)
             probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
-            ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=args.threshold,
+            ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=threshold,
                              top_k=args.top_k)
             emit((row for path, predictions in zip(batch.paths, ranked) for row in _label_rows(path, predictions)),
                  args.json, ["image", "label", "probability"])

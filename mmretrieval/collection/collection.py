@@ -506,9 +506,11 @@ class Collection:
         if ids is not None and not len(ids):
             raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
                              "are kept (widen --after/--before/--camera/--near/--prefix)")
-        return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
-                                threshold=threshold, label_set=label_set, replace=replace, progress=progress,
-                                ids=None if ids is None else ids.tolist())
+        busy = f"another process is writing {self.directory} (an ingest, a labelling run...); label when it is done"
+        with self.writing(busy, update_index=False):  # two runs on one set would interleave their rows
+            return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+                                    threshold=threshold, label_set=label_set, replace=replace, progress=progress,
+                                    ids=None if ids is None else ids.tolist())
 
     def label_sets(self) -> list["LabelSet"]:
         """The stored label sets (one per labelling run that named it), oldest first."""

@@ -119,7 +119,7 @@ class LabelSetWriter:
 
     def __init__(self, catalog: "Catalog", name: str, labels: Sequence[str], *, multi_label: bool,
                  threshold: float | None, replace: bool):
-        """Start writing set ``name``.
+        """Start writing set ``name``; the caller holds the collection's writer lock, so no other run is labelling.
 
         Raises:
             CollectionError: a bad name, or a set of that name exists and ``replace`` is False.
@@ -129,8 +129,8 @@ class LabelSetWriter:
         if not replace and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (self.name,)):
             raise CollectionError(f"label set {self.name!r} exists already; replace it on purpose (--replace, or "
                                   "tick “replace” in the UI) or name a new set (--set NAME)")
-        with catalog.transaction() as db:  # what a run that died half-way left behind
-            db.execute("DELETE FROM labels_staging WHERE label_set = ?", (self.name,))
+        with catalog.transaction() as db:  # what runs that died half-way left behind, whatever set they wrote
+            db.execute("DELETE FROM labels_staging")
 
     def add(self, assignments: Iterable[tuple[int, str, float]]) -> None:
         """Stage one chunk of ``(image_id, label, probability)`` rows."""
