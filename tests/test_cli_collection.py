@@ -252,10 +252,12 @@ def test_ingest_in_bf16_where_the_cpu_has_it_and_a_clear_error_where_not(tmp_pat
     (["classify", "x.png", "--labels", "a,b", "--threshold", "nan"], "--threshold: not a number: 'nan'"),
     (["serve", "--port", "99999"], "--port: must be a port number from 0 to 65535"),
     (["serve", "--max-file-size", "lots"], "--max-file-size: must be a whole number and b, kb, mb, gb or tb"),
+    (["compact", "--min-waste", "2"], "--min-waste: must be a probability from 0 to 1, got 2"),
+    (["info", "--dim", "3"], "unrecognized arguments: --dim 3 (see mmr info --help)"),  # no hint about queries
 ])
 def test_out_of_range_options_are_refused_by_name(argv, needle, capsys):
     with pytest.raises(SystemExit) as exited:
-        main([*argv, "--collection", "unused"] if argv[0] in ("ingest", "label") else argv)
+        main([*argv, "--collection", "unused"] if argv[0] in ("ingest", "label", "compact", "info") else argv)
     assert exited.value.code == 2 and needle in capsys.readouterr().err
 
 
@@ -432,3 +434,10 @@ def test_a_threshold_without_multi_label_is_refused_not_ignored(built, capsys):
         assert main([*command, "--labels", "a,b", "--threshold", "0.9"]) == 2
         assert "--threshold applies with --multi-label" in capsys.readouterr().err
         assert main([*command, "--labels", "a,b", "--threshold", "0.9", "--multi-label"]) == 0
+
+
+def test_a_missing_collection_option_names_the_environment_variable_too(capsys, monkeypatch):
+    monkeypatch.delenv("MMR_COLLECTION", raising=False)
+    with pytest.raises(SystemExit):
+        main(["search", "x"])
+    assert "required: --collection (or set $MMR_COLLECTION)" in capsys.readouterr().err

@@ -103,14 +103,17 @@ def test_captions_report_from_sidecars_and_csv(shapes_encoder, colour_folder, tm
 def test_bad_evaluation_sets(shapes_encoder, tmp_path):
     with pytest.raises(MMRError, match="does not exist"):
         folder_report(shapes_encoder, str(tmp_path / "missing"))
-    with pytest.raises(MMRError, match="has no class subfolders with images; zero-shot accuracy needs two"):
+    with pytest.raises(MMRError, match="has no class subfolders; zero-shot accuracy needs two"):
         folder_report(shapes_encoder, str(tmp_path))
     (tmp_path / "red").mkdir()
     scenes.render(scenes.Scene("red", "circle", 1, "large", "plain", "center"), random.Random(0)).save(
         tmp_path / "red" / "a.png")
-    (tmp_path / "empty-class").mkdir()
-    with pytest.raises(MMRError, match=r"has 1 class subfolder with images \(red\); .* directly in ROOT are not used"):
+    (tmp_path / ".cache").mkdir()
+    with pytest.raises(MMRError, match=r"has 1 class subfolder \(red\); .* directly in ROOT are not used"):
         folder_report(shapes_encoder, str(tmp_path))  # one class: every guess would be right
+    (tmp_path / "blue").mkdir()  # a class without images is still a label to be mistaken for
+    report = folder_report(shapes_encoder, str(tmp_path), templates=("a photo of a {} shape.",))
+    assert report["classes"] == 2 and report["images"] == 1
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("file_name,label\nx.png,cat\n")
     with pytest.raises(MMRError, match="need a path column"):

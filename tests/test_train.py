@@ -410,3 +410,10 @@ def test_blend_is_the_weighted_mean_of_a_fine_tune_and_its_start(tmp_path, tiny_
     with pytest.raises(MMRError, match="between 0 and 1"):
         blend_models(str(trained), str(tiny_model_dir), 1.5, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+    before = (trained / "open_clip_model.safetensors").read_bytes()
+    for out in (trained, f"{trained}/"):  # over its own input, however spelled: refused, the input kept
+        with pytest.raises(MMRError, match="is the model .* that it would be made from"):
+            blend_models(str(trained), str(tiny_model_dir), 0.5, out)
+    with pytest.raises(MMRError, match="that it would be made from"):
+        train(TrainConfig(out=str(tiny_model_dir), init=str(tiny_model_dir), steps=1, workers=0, device="cpu"))
+    assert (trained / "open_clip_model.safetensors").read_bytes() == before

@@ -22,6 +22,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, as every other ``mmr`` error (the usage block is left to ``--help``)."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required:") and "--collection" in message:
+            message += " (or set $MMR_COLLECTION)"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
@@ -32,8 +34,8 @@ class _Parser(argparse.ArgumentParser):
         if unknown:
             command = getattr(parsed, "command", None)
             prog = f"{self.prog} {command}" if command else self.prog
-            hint = ("; a query or path that starts with '-' goes at the end, after '--'"
-                    if any(arg.startswith("-") for arg in unknown) else "")
+            hint = ("; a query or path that starts with '-' goes at the end, after '--'"  # not for --an-option
+                    if any(arg.startswith("-") and not arg.startswith("--") for arg in unknown) else "")
             self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)\n")
         return parsed
 

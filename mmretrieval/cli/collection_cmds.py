@@ -95,7 +95,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from ..collection.collection import CATALOG_NAME, DEFAULT_MODEL
 
     model = args.model
-    if model is None and not (Path(args.collection).expanduser() / CATALOG_NAME).is_file():
+    directory = Path(args.collection).expanduser()
+    if model is None and not directory.is_file() and not (directory / CATALOG_NAME).is_file():
         print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
               "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
     ray = _ray_config(args)  # refused options refuse before a collection is made
@@ -316,7 +317,7 @@ def _register_compact(subparsers) -> None:
                                    description="Rewrite vector segments that hold dead rows (pruned or re-embedded "
                                    "files). Safe to interrupt; writers also do it on their own past 30% waste.")
     add_collection_option(parser)
-    parser.add_argument("--min-waste", type=float, default=0.0,
+    parser.add_argument("--min-waste", type=probability, default=0.0,
                         help="only segments with more than this share of dead rows (default 0: any)")
     parser.set_defaults(handler=_compact)
 

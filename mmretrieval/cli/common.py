@@ -104,7 +104,7 @@ def add_collection_option(parser: argparse.ArgumentParser, required: bool = True
     default = os.environ.get("MMR_COLLECTION")
     parser.add_argument(
         "--collection", default=default, required=required and default is None, metavar="DIR",
-        help="collection directory (default: $MMR_COLLECTION)",
+        help="collection directory (default: $MMR_COLLECTION, when set)",
     )
 
 

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         description="Import img_emb/img_emb_N.npy + metadata/metadata_N.parquet shards (clip-retrieval's output "
         "layout). Nothing of a shard lands unless all of it passes the checks (dimension, row counts, finite "
         "non-zero vectors, paths); a re-run skips imported shards and known paths. Needs pyarrow (pip install 'mmretrieval[import]').")
-    parser.add_argument("directory", metavar="DIR", help="folder holding img_emb/ and metadata/")
+    parser.add_argument("directory", metavar="DIR",
+                        help="folder holding img_emb/ and metadata/ (clip-retrieval's output), or another "
+                        "collection's folder (same model)")
     add_collection_option(parser)
     parser.add_argument("--model", default=None,
                         help="the model that made the embeddings (needed to create a collection; an existing "

@@ -85,7 +85,7 @@ def find_segment_shards(source: Path, identity: ModelIdentity) -> list[SegmentSh
     theirs = ModelIdentity.from_json(stored)
     if theirs.key() != identity.key():
         raise CollectionError(f"{source} was built with {theirs.spec} (key {theirs.key()}, {theirs.embed_dim}-d), "
-                              f"this collection with {identity.spec} (key {identity.key()}); import only from a "
+                              f"this collection with {identity.spec} (key {identity.key()}, {identity.embed_dim}-d); import only from a "
                               "collection of the same model")
     if not catalog.segments.exists:
         return []

@@ -167,6 +167,22 @@ def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
     return read_dir_config(assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser())
 
 
+def refuse_overwriting(out: str | Path, *inputs: ModelSpec) -> None:
+    """Refuse ``out`` when it is one of ``inputs``' own model directories (the bundled one included): writing a
+    model over the model it is made from destroys the input, and a re-run would start from the result.
+
+    Raises:
+        ModelSpecError: ``out`` is the directory of one of ``inputs``.
+    """
+    target = Path(out).expanduser().resolve()
+    for spec in inputs:
+        if spec.kind in ("local", "builtin"):
+            source = (assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()).resolve()
+            if source == target:
+                raise ModelSpecError(f"--out {out} is the model {spec.name} that it would be made from; write to a "
+                                     "new folder")
+
+
 def model_config_of(spec: ModelSpec) -> dict[str, Any]:
     """The open_clip architecture config (``model_cfg``) a spec names, e.g. to save a fine-tuned copy."""
     import open_clip

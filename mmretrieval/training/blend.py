@@ -14,7 +14,7 @@ import torch
 
 from ..errors import MMRError
 from ..models.loading import load_model, save_model_dir
-from ..models.specs import ModelSpec, model_config_of, model_dir_config
+from ..models.specs import ModelSpec, model_config_of, model_dir_config, refuse_overwriting
 
 
 def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True) -> Path:
@@ -29,12 +29,13 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
         half: store float16 weights.
 
     Raises:
-        MMRError: ``keep_init`` out of range, or models of different architectures.
+        MMRError: ``keep_init`` out of range, models of different architectures, or ``out`` is one of them.
     """
     if not 0.0 <= keep_init <= 1.0:
         raise MMRError(f"keep_init must be between 0 and 1, not {keep_init}")
     cpu = torch.device("cpu")
     trained_spec, init_spec = ModelSpec.parse(trained), ModelSpec.parse(init)
+    refuse_overwriting(out, trained_spec, init_spec)
     blended = load_model(trained_spec, device=cpu, precision="fp32")
     start = load_model(init_spec, device=cpu, precision="fp32").model.state_dict()
     weights = blended.model.state_dict()

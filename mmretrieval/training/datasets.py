@@ -37,23 +37,24 @@ def _image_files(root: Path) -> list[Path]:
 
 
 def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImage]]:
-    """Class names (sorted names of the subfolders that hold images) and every image under them.
+    """Class names (sorted subfolder names; hidden ones are not classes) and every image under them. A class
+    folder without images stays a class, a label the others' images may be mistaken for.
 
     Raises:
-        MMRError: the folder is missing, or fewer than two of its subfolders hold images (with one class,
-            every guess is right: a score of 1.0 that means nothing).
+        MMRError: the folder is missing, has fewer than two class subfolders (with one class every guess is
+            right: a score of 1.0 that means nothing), or no images in them.
     """
     root = Path(root)
     if not root.is_dir():
         raise MMRError(f"labelled folder {root} does not exist")
-    found = {d.name: files for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-             if (files := _image_files(d))}
-    classes = sorted(found)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
-        raise MMRError(f"{root} has {len(classes) or 'no'} class subfolder{'' if len(classes) == 1 else 's'} with "
-                       f"images{f' ({classes[0]})' if classes else ''}; zero-shot accuracy needs two or more "
+        raise MMRError(f"{root} has {len(classes) or 'no'} class subfolder{'' if len(classes) == 1 else 's'}"
+                       f"{f' ({classes[0]})' if classes else ''}; zero-shot accuracy needs two or more "
                        "(ROOT/<class>/<image>; images directly in ROOT are not used)")
-    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in found[name]]
+    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in _image_files(root / name)]
+    if not items:
+        raise MMRError(f"{root} has no images in class subfolders (expected ROOT/<class>/<image>)")
     return classes, items
 
 

@@ -30,7 +30,7 @@ from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
 from ..models.loading import LoadedModel, load_model, save_model_dir
 from ..models.precision import native_bf16
-from ..models.specs import ModelIdentity, ModelSpec, model_config_of
+from ..models.specs import ModelIdentity, ModelSpec, model_config_of, refuse_overwriting
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 from .losses import multi_positive_clip_loss, multi_positive_siglip_loss, null_anchor_loss
@@ -199,13 +199,16 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
         The output directory (loadable with ``load_encoder(str(path))``).
 
     Raises:
-        MMRError: bad data source, unknown architecture, or an unloadable ``init`` model.
+        MMRError: bad data source, unknown architecture, an unloadable ``init`` model, or ``out`` is ``init``'s
+            own directory.
     """
     import open_clip
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise MMRError(f"--out {out} is a file; name a folder for the trained model")
+    if config.init:
+        refuse_overwriting(out, ModelSpec.parse(config.init))
     pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
     if config.data != "scenes":
         _check_decodable(pairs + held_pairs, config.data)
