@@ -169,7 +169,12 @@ class Collection:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         """Close; and when the block failed in a collection that this open made and nothing has entered (a source
         that does not exist, a bad import), remove it, so that a corrected re-run may still choose the model."""
-        empty = exc_type is not None and self._made_now and not self.catalog.counts_by_status()
+        empty = False
+        if exc_type is not None and self._made_now:
+            try:
+                empty = not self.catalog.counts_by_status()
+            except Exception:  # a catalog that cannot answer (the error being raised, say) is not removed
+                logger.debug("kept %s: its catalog could not be read", self.directory, exc_info=True)
         self.close()
         if empty:
             shutil.rmtree(self.directory, ignore_errors=True)
