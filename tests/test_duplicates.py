@@ -63,6 +63,34 @@ def test_cli_tsv_json_and_organize(copies, tmp_path, capsys):
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "review").rglob("*")) == before
 
 
+def test_an_interrupted_organize_leaves_no_half_review_folder(copies, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.collection.duplicates import organize_duplicates
+
+    root, _ = copies
+    with Collection.open(root / "col") as collection:
+        groups = collection.duplicates(DEFAULT_THRESHOLDS["shapes"])
+    links = sum(len(group.copies) for group in groups)
+    assert links >= 2
+    real_symlink, made = Path.symlink_to, []
+
+    def dies_half_way(self, target, *args):
+        if len(made) == links // 2:
+            raise KeyboardInterrupt  # as Ctrl-C would
+        made.append(self)
+        real_symlink(self, target, *args)
+
+    monkeypatch.setattr(Path, "symlink_to", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        organize_duplicates(groups, tmp_path / "review")
+    assert not (tmp_path / "review").exists() and not list(tmp_path.glob(".review.partial-*"))
+    monkeypatch.setattr(Path, "symlink_to", real_symlink)
+    assert organize_duplicates(groups, tmp_path / "review") == links  # the re-run is not refused
+    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == [f"{n:05d}" for n in range(1, len(groups) + 1)]
+
+
 def test_graph_and_components_match_brute_force():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(30, 16))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -232,7 +234,9 @@ def check_review_dir(out_dir: str | os.PathLike) -> Path:
 def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.PathLike) -> int:
     """Link each group into ``out_dir/NNNNN/``: ``keep-<id>-<name>`` and ``<id>-<name>`` for the other copies.
 
-    Symlinks only: no image is moved, copied or deleted. Returns the number of links made.
+    Symlinks only: no image is moved, copied or deleted. Returns the number of links made. The groups are linked
+    into a hidden sibling folder that is renamed to ``out_dir`` at the end, so an interrupted run leaves no half
+    review folder that a re-run would refuse (only that hidden sibling, ``.NAME.partial-*``).
 
     Raises:
         CollectionError: ``out_dir`` is not missing or empty (:func:`check_review_dir`), or cannot be written.
@@ -240,16 +244,22 @@ def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.Path
     out = check_review_dir(out_dir)
     made = 0
     try:
-        for number, group in enumerate(groups, start=1):
-            folder = out / f"{number:05d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for copy in group.copies:
-                prefix = "keep-" if copy.id == group.keep.id else ""
-                target = folder / f"{prefix}{copy.id}-{os.path.basename(copy.path)}"
-                if os.path.lexists(target):
-                    target.unlink()
-                target.symlink_to(os.path.abspath(copy.path))
-                made += 1
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+        partial.mkdir()  # the umask's mode, as the review folder itself would get
+        try:
+            for number, group in enumerate(groups, start=1):
+                folder = partial / f"{number:05d}"
+                folder.mkdir()
+                for copy in group.copies:
+                    prefix = "keep-" if copy.id == group.keep.id else ""
+                    (folder / f"{prefix}{copy.id}-{os.path.basename(copy.path)}").symlink_to(
+                        os.path.abspath(copy.path))
+                    made += 1
+            os.replace(partial, out)  # over a missing or empty folder, in one step
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     except OSError as exc:
         raise CollectionError(f"cannot write the review folder {out}: {exc}") from exc
     return made
