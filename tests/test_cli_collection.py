@@ -147,14 +147,22 @@ def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, caps
     assert set(organized) <= {"circle", "square, or a box"} and sum(organized.values()) == 5
 
 
-def test_organize_skips_and_reports_deleted_sources(built, capsys):
+def test_organize_skips_and_reports_deleted_sources(built, capsys, monkeypatch):
+    from mmretrieval.collection import labelling
+    from mmretrieval.collection.collection import Collection
+
     tmp_path, collection = built
     (tmp_path / "photos" / "good00.jpg").unlink()
     assert main(["label", "--collection", collection, "--labels", "circle,square",
                  "--organize", str(tmp_path / "sorted"), "--copy"]) == 0
     err = capsys.readouterr().err
-    assert "placed 4 files" in err and "1 source file" in err and "missing" in err
+    assert "placed 4 files" in err and "skipped 1 source file(s) that are missing" in err and "good00.jpg" in err
     assert len(list((tmp_path / "sorted").rglob("*.jpg"))) == 4
+    (tmp_path / "photos" / "good01.jpg").unlink()
+    monkeypatch.setattr(labelling, "MISSING_EXAMPLES", 1)  # counted, not all held: a drive may be unmounted
+    with Collection.open(collection) as opened:
+        organized = opened.organize(tmp_path / "again")
+    assert (organized.placed, organized.missing, len(organized.missing_examples)) == (3, 2, 1)
 
 
 def test_collection_path_that_is_a_file(tmp_path, capsys):

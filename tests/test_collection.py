@@ -245,7 +245,7 @@ def test_label_store_filter_and_export(tmp_path, collection):
     records = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert {r["labels"][0]["label"] for r in records} <= {"red", "blue", "green"}
     organized = collection.organize(tmp_path / "sorted")
-    assert organized.placed == 7 and organized.missing == () and len(list((tmp_path / "sorted" / label).iterdir())) == count
+    assert organized.placed == 7 and organized.missing == 0 and organized.missing_examples == () and len(list((tmp_path / "sorted" / label).iterdir())) == count
     multi = collection.label(["red", "blue"], multi_label=True, threshold=0.0, label_set="multi")
     assert multi.counts == {"red": 7, "blue": 7}
 

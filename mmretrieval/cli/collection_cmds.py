@@ -372,8 +372,9 @@ def _label(args: argparse.Namespace) -> int:
             organized = collection.organize(args.organize, copy=args.copy, label_set=summary.label_set)
             print(f"placed {organized.placed} files under {args.organize}", file=sys.stderr)
             if organized.missing:
-                print(f"skipped {len(organized.missing)} source file(s) that are missing since ingestion "
-                      f"(e.g. {organized.missing[0]}); `mmr ingest --prune` forgets them", file=sys.stderr)
+                print(f"skipped {organized.missing} source file(s) that are missing since ingestion (e.g. "
+                      f"{organized.missing_examples[0]}); `mmr ingest FOLDER --prune` forgets those under FOLDER",
+                      file=sys.stderr)
     emit(({"label": label, "count": count} for label, count in summary.counts.items()), False, ["label", "count"])
     return 0
 

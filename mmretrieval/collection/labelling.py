@@ -84,6 +84,7 @@ def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequenc
 
 
 _PAGE = 10_000  # images read per query when exporting or organizing
+MISSING_EXAMPLES = 5  # missing files named in the result of organize (the rest are counted)
 
 
 def _labelled_rows(catalog: "Catalog", label_set: str | None) -> Iterator[tuple[int, str, tuple[tuple[str, float], ...]]]:
@@ -160,33 +161,36 @@ class Organized:
     """The outcome of :func:`organize`."""
 
     placed: int  # links or copies made
-    missing: tuple[str, ...] = ()  # labelled images whose file no longer exists (skipped)
+    missing: int = 0  # labelled images skipped because their file no longer exists
+    missing_examples: tuple[str, ...] = ()  # the first few of them (an unmounted drive makes millions)
 
 
 def organize(catalog: "Catalog", out_dir: Path, copy: bool = False, label_set: str | None = None) -> Organized:
     """Place each image labelled in ``label_set`` (None: in any set) in ``out_dir/<label>/<id>-<name>`` as a
     symlink (or a copy).
 
-    Images whose file has gone since ingestion are skipped and listed in the result.
+    Images whose file has gone since ingestion are skipped, counted, and the first few named in the result.
 
     Raises:
         CollectionError: ``out_dir`` or a file in it cannot be written.
     """
     out_dir = check_organize_dir(out_dir)
-    placed, missing = 0, []
+    placed, missing, examples = 0, 0, []
     try:
         for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
             if not pairs:
                 continue
             if not os.path.exists(image_path):
-                missing.append(image_path)
+                missing += 1
+                if len(examples) < MISSING_EXAMPLES:
+                    examples.append(image_path)
                 continue
             for label, _ in pairs:
                 _place(out_dir / _folder_name(label), image_id, image_path, copy)
                 placed += 1
     except OSError as exc:
         raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
-    return Organized(placed, tuple(missing))
+    return Organized(placed, missing, tuple(examples))
 
 
 def _place(folder: Path, image_id: int, image_path: str, copy: bool) -> None:
