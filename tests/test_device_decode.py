@@ -154,10 +154,10 @@ def test_cpu_and_device_share_the_jpegs_and_each_file_keeps_its_pixels(tmp_path,
     assert on_cpu.isdisjoint(on_device) and on_cpu | on_device == {t.image_id for t in tasks}  # each file once
     assert tasks[-1].image_id in on_cpu  # the PNG: only the CPU decodes it
     jpegs_on_cpu = on_cpu - {tasks[-1].image_id}
-    if share_jpegs:  # one JPEG starts the worker; once up, it takes what it has room for, the largest first
+    if share_jpegs:  # one JPEG starts the worker; once up, it takes what it has room for
+        # (which ones, the largest of each group, is test_largest_jpegs_go_to_the_cpu_when_it_has_room's: here the
+        # worker's room varies with the machine's load, and so did the sizes it took, failing a busy CI run)
         assert len(jpegs_on_cpu) > 1 and len(on_device) > 0
-        side = {t.image_id: Image.open(t.path).width for t in tasks[:-1]}
-        assert np.mean([side[i] for i in jpegs_on_cpu]) > np.mean([side[i] for i in on_device])
     else:
         assert not jpegs_on_cpu
     for task in tasks:  # each file's own pixels, whichever side decoded it
