@@ -449,3 +449,37 @@ def test_a_missing_collection_option_names_the_environment_variable_too(capsys, 
     with pytest.raises(SystemExit):
         main(["search", "x"])
     assert "required: --collection (or set $MMR_COLLECTION)" in capsys.readouterr().err
+
+
+def test_info_failures_writes_a_non_utf8_name_as_its_bytes_on_a_strict_stdout(built, capsys, monkeypatch):
+    import io
+    import os
+    import sys
+
+    tmp_path, collection = built
+    bad = os.path.join(os.fsencode(tmp_path / "photos"), b"caf\xe9.jpg")
+    with open(bad, "wb") as handle:
+        handle.write(b"not an image")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--workers", "0"]) == 0
+    capsys.readouterr()
+    with capsys.disabled():
+        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")  # as a UTF-8 terminal's
+        monkeypatch.setattr(sys, "stdout", out)
+        assert main(["info", "--collection", collection, "--failures"]) == 0
+        out.flush()
+        written = out.buffer.getvalue()
+        monkeypatch.undo()
+    assert any(line.startswith(bad + b"\tnot_an_image\t") for line in written.splitlines())
+
+
+def test_serve_listens_on_ipv6_hosts_where_the_machine_has_them():
+    import socket
+
+    from mmretrieval.cli.serve_cmd import _check_can_listen
+
+    _check_can_listen("127.0.0.1", 0)
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return  # no IPv6 loopback on this machine: nothing of ours to check
+    _check_can_listen("::1", 0)  # was refused: create_server defaulted to IPv4

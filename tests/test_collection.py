@@ -152,6 +152,15 @@ def test_a_failed_first_ingest_leaves_no_collection_to_pin_the_model(tmp_path, t
         col.ingest([tmp_path / "typo"], workers=0)
     with Collection.open(new) as col:
         assert col.info().vectors == 2
+    from mmretrieval.atomic import exclusive_lock
+    from mmretrieval.collection.catalog import LOCK_NAME
+
+    raced = tmp_path / "raced"
+    col = Collection.open(raced, model=tiny_encoder, create=True)
+    with exclusive_lock(raced / LOCK_NAME, "busy"):  # another first ingest, no row written yet, holds the lock
+        with pytest.raises(CollectionError, match="another process"), col:
+            col.ingest([tmp_path / "photos"], workers=0)
+    assert (raced / "catalog.sqlite").is_file()  # not removed from under the other writer
     existing = tmp_path / "existing-empty-folder"
     existing.mkdir()
     with pytest.raises(CollectionError), Collection.open(existing, model=tiny_encoder, create=True) as col:

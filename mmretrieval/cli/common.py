@@ -109,7 +109,13 @@ def add_collection_option(parser: argparse.ArgumentParser, required: bool = True
 
 
 def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> int:
-    """Print rows as JSON lines or TSV (``columns`` in order, no header); returns how many were printed."""
+    """Print rows as JSON lines or TSV (``columns`` in order, no header); returns how many were printed.
+
+    In TSV a file name that is not UTF-8 is written as its original bytes (JSON escapes it: :func:`json_line`).
+    """
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     count = 0
     for row in rows:
         if as_json:

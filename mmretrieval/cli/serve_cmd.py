@@ -43,7 +43,8 @@ def _check_can_listen(host: str, port: int) -> None:
     """Refuse, naming the cause, a host this machine cannot listen on or a port in use: Gradio reports both as
     "Cannot find empty port in range", after a line about a name it could not resolve."""
     try:
-        socket.create_server((host, port)).close()
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        socket.create_server((host, port), family=family).close()  # IPv6 hosts (::1) too
     except OSError as exc:  # an unknown name, an address not on this machine, a port in use
         raise MMRError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port") from None
 

@@ -169,15 +169,18 @@ class Collection:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         """Close; and when the block failed in a collection that this open made and nothing has entered (a source
         that does not exist, a bad import), remove it, so that a corrected re-run may still choose the model."""
-        empty = False
-        if exc_type is not None and self._made_now:
-            try:
-                empty = not self.catalog.counts_by_status()
-            except Exception:  # a catalog that cannot answer (the error being raised, say) is not removed
-                logger.debug("kept %s: its catalog could not be read", self.directory, exc_info=True)
-        self.close()
-        if empty:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            if exc_type is not None and self._made_now:
+                # Under the writer lock: another process's first ingest into the same new folder may hold it
+                # and not have written its first row yet.
+                with exclusive_lock(self.directory / LOCK_NAME, "busy"):
+                    if not self.catalog.counts_by_status():
+                        self.close()
+                        shutil.rmtree(self.directory, ignore_errors=True)
+        except Exception:  # busy, or a catalog that cannot answer: kept, and the error being raised is not masked
+            logger.debug("kept %s after a failed first use", self.directory, exc_info=True)
+        finally:
+            self.close()
 
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int | None = None,
@@ -246,7 +249,7 @@ class Collection:
         """
         if not self.catalog.writable:
             raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
-                                  "but ingest, import, index and compact need a writable collection folder")
+                                  "but ingest, import, index, compact and label need a writable collection folder")
         with exclusive_lock(self.directory / LOCK_NAME, busy_message):
             collect_garbage(self.catalog)
             yield self.catalog
