@@ -230,9 +230,6 @@ def _similar(args: argparse.Namespace) -> int:
 
 def _print_hits(rows: list[dict[str, Any]], as_json: bool, command: str) -> int:
     """Print the hits; exit status 1, with a line on stderr saying so, when there are none."""
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
     emit(rows, as_json, _HIT_COLUMNS)
     if not rows:
         print(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)",

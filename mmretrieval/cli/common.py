@@ -113,9 +113,7 @@ def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> i
 
     In TSV a file name that is not UTF-8 is written as its original bytes (JSON escapes it: :func:`json_line`).
     """
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="surrogateescape")
+    names_as_bytes()
     count = 0
     for row in rows:
         if as_json:
@@ -125,6 +123,14 @@ def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> i
         count += 1
     sys.stdout.flush()
     return count
+
+
+def names_as_bytes() -> None:
+    """Let stdout write a file name that is not UTF-8 (its surrogate escapes) as its original bytes, whatever the
+    locale's error handler, so that TSV output names the real file."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
 
 
 def json_line(value: Any) -> str:

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..progress import TqdmProgress
-from .common import add_collection_option, emit
+from .common import add_collection_option, emit, names_as_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
     with Collection.open(args.collection) as collection:
         with TqdmProgress("duplicates") as progress:
             groups = collection.duplicates(args.threshold, k=args.k, progress=progress)
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="surrogateescape")  # non-UTF-8 names come out as their original bytes
+    names_as_bytes()
     if args.json:
         rows = ({"paths": list(g.paths), "scores": [round(s, 6) for s in g.scores], "keep": g.keep.path,
                  "ids": [c.id for c in g.copies]} for g in groups)

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
+from .labelling import check_organize_dir
 
 logger = logging.getLogger(__name__)
 
@@ -222,9 +223,7 @@ def check_review_dir(out_dir: str | os.PathLike) -> Path:
         CollectionError: it is a file, or a folder that holds anything (an earlier run's groups would mix with
             the new ones, two ``keep-`` files in one group folder).
     """
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CollectionError(f"cannot organize into {out}: it is a file, not a folder")
+    out = check_organize_dir(Path(out_dir).expanduser())
     if out.is_dir() and any(out.iterdir()):
         raise CollectionError(f"{out} is not empty: its groups would mix with these; choose a new folder, or "
                               "empty it first (mmr duplicates deletes nothing)")

@@ -164,7 +164,12 @@ def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
     """
     if spec.kind not in ("local", "builtin"):
         raise ModelSpecError(f"{spec} is not a model directory")
-    return read_dir_config(assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser())
+    return read_dir_config(_model_dir(spec))
+
+
+def _model_dir(spec: ModelSpec) -> Path:
+    """The folder of a ``local`` or ``builtin`` spec."""
+    return assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
 
 
 def refuse_overwriting(out: str | Path, *inputs: ModelSpec) -> None:
@@ -176,11 +181,9 @@ def refuse_overwriting(out: str | Path, *inputs: ModelSpec) -> None:
     """
     target = Path(out).expanduser().resolve()
     for spec in inputs:
-        if spec.kind in ("local", "builtin"):
-            source = (assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()).resolve()
-            if source == target:
-                raise ModelSpecError(f"--out {out} is the model {spec.name} that it would be made from; write to a "
-                                     "new folder")
+        if spec.kind in ("local", "builtin") and _model_dir(spec).resolve() == target:
+            raise ModelSpecError(f"--out {out} is the model {spec.name} that it would be made from; write to a "
+                                 "new folder")
 
 
 def model_config_of(spec: ModelSpec) -> dict[str, Any]:
