@@ -339,7 +339,30 @@ def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another ingest holds the lock
             fcntl.flock(other.fileno(), fcntl.LOCK_EX)
-            with pytest.raises(CollectionError, match="already ingesting"):
+            with pytest.raises(CollectionError, match="another process is writing .*; run mmr ingest when it is done"):
                 col.ingest([tmp_path / "photos"], workers=0)
         # the holder went away (closing its file is what the OS does when a process dies): ingest proceeds
         assert col.ingest([tmp_path / "photos"], workers=0).embedded == 3
+
+
+def test_a_writer_command_is_refused_at_open_before_the_index_catches_up(tmp_path, tiny_encoder, monkeypatch):
+    import fcntl
+
+    from mmretrieval.collection import upkeep
+    from mmretrieval.collection.collection import INGEST_LOCK_NAME
+    from mmretrieval.errors import CollectionError
+
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+    loads = []
+    monkeypatch.setattr(upkeep.IndexKeeper, "load", lambda self: loads.append(self))
+    with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another writer holds the lock
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(CollectionError, match="another process is writing .*; run mmr compact when it is done"):
+            Collection.open(tmp_path / "col", writer="compact")
+        assert not loads
+        with Collection.open(tmp_path / "col"):  # a reader is not a writer: it opens
+            assert len(loads) == 1
+    with Collection.open(tmp_path / "col", writer="compact"):  # the lock is free again
+        assert len(loads) == 2

@@ -98,7 +98,7 @@ def test_a_labelling_run_while_another_writer_works_is_refused(collection):
     from mmretrieval.collection.collection import Collection
 
     with Collection.open(collection.directory) as other, other.writing():  # say, an ingest in another process
-        with pytest.raises(CollectionError, match="another process is writing .*; label when it is done"):
+        with pytest.raises(CollectionError, match="another process is writing .*; run mmr label when it is done"):
             collection.label("circle, square", label_set="shapes")
     assert "shapes" not in {s.name for s in collection.label_sets()}
     collection.label("circle, square", label_set="shapes")  # the lock is free again

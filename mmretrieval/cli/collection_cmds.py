@@ -108,7 +108,7 @@ def _ingest(args: argparse.Namespace) -> int:
         model = load_encoder(model, device=args.device, dim=args.dim, precision=args.precision)
     with TqdmProgress("index", unit="vec") as index_bar, \
             _open(args.collection, model=model, create=True, device=args.device, precision=args.precision,
-                  index_progress=index_bar) as collection:
+                  index_progress=index_bar, writer="ingest") as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
@@ -280,7 +280,7 @@ def _index(args: argparse.Namespace) -> int:
     if args.ray is None and args.ray_work:
         raise CollectionError("--ray-work needs --ray")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
-            _open(args.collection, index_progress=index_bar) as collection:
+            _open(args.collection, index_progress=index_bar, writer="index") as collection:
         ray_fill = None
         if args.ray is not None:  # who adds the vectors to the trained index changes, nothing else
             ray_fill = _ray_fill(args, str(collection.directory),
@@ -320,7 +320,7 @@ def _register_compact(subparsers) -> None:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    with _open(args.collection) as collection, TqdmProgress("compacting", unit="vectors") as progress:
+    with _open(args.collection, writer="compact") as collection, TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
     print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
           f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
@@ -358,7 +358,7 @@ def _label(args: argparse.Namespace) -> int:
         check_export_path(args.out)
     if args.organize:
         check_organize_dir(args.organize)
-    with _open(args.collection, device=args.device) as collection:
+    with _open(args.collection, device=args.device, writer="label") as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
                                        threshold=threshold, label_set=args.label_set, replace=args.replace,

@@ -43,7 +43,8 @@ def _import(args: argparse.Namespace) -> int:
     from ..collection.imports import import_embeddings
 
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
-            args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar) as collection:
+            args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar,
+            writer="import") as collection:
         with TqdmProgress("import", unit="vec") as progress:
             summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
                                         update_index=args.update_index)

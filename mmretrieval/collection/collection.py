@@ -70,6 +70,13 @@ DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
 
 
+def writer_busy(directory: str | os.PathLike, command: str) -> str:
+    """What writer ``command`` (``ingest``, ``index``...) says when another writer holds the collection's lock."""
+    return (f"another process is writing {directory} (an ingest, import, index build, compaction or labelling run); "
+            f"run mmr {command} when it is done, or stop it (an interrupted ingest or import resumes where it "
+            "stopped)")
+
+
 class Collection:
     """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
 
@@ -92,7 +99,8 @@ class Collection:
     def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
              create: bool = False, device: str = "auto", read_only: bool = False,
              vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
-             index_progress: Progress | None = None, precision: str = "auto") -> "Collection":
+             index_progress: Progress | None = None, precision: str = "auto",
+             writer: str | None = None) -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -108,10 +116,13 @@ class Collection:
             index_progress: ``(vectors added, total)`` while an index is built (at open, or by a writer).
             precision: the number format of the model when it gets loaded here or in Ray's actors: ``auto``,
                 ``fp32`` or ``bf16`` (:mod:`mmretrieval.models.precision`).
+            writer: the writer command about to run (``"ingest"``, ``"index"``...): when another writer holds
+                the collection's lock, fail now, before the model and index load for nothing (the writer's own
+                lock is still what decides).
 
         Raises:
-            CollectionError: no collection there (and ``create`` is false), or ``model`` is not the model
-                that built it.
+            CollectionError: no collection there (and ``create`` is false), ``model`` is not the model
+                that built it, or (with ``writer``) another writer is at work.
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
         directory = Path(directory).expanduser().absolute()
@@ -139,6 +150,9 @@ class Collection:
             with catalog.transaction():
                 catalog.set_meta(DTYPE_KEY, vector_dtype)
         try:
+            if writer is not None and writable and not made_now:
+                with exclusive_lock(directory / LOCK_NAME, writer_busy(directory, writer)):
+                    pass
             encoder, identity = _resolve_model(catalog, model, create, device, precision, directory)
             collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress, precision)
             collection._indexes.load()
@@ -211,8 +225,7 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        busy = (f"another process is already ingesting into {self.directory}; wait for it to finish, or stop "
-                "it (a re-run resumes its work)")
+        busy = writer_busy(self.directory, "ingest")
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
@@ -267,7 +280,7 @@ class Collection:
 
         Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
         """
-        with self.writing(f"another process is writing {self.directory}; run mmr compact when it is done"):
+        with self.writing(writer_busy(self.directory, "compact")):
             return compact(self.catalog, min_waste_ratio, progress)
 
     # -- index ------------------------------------------------------------------------------------------------
@@ -287,7 +300,7 @@ class Collection:
         if recall_target is not None and not 0 < recall_target <= 1:
             raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
-        with self.writing(f"another process is writing {self.directory}; run mmr index when it is done"):
+        with self.writing(writer_busy(self.directory, "index")):
             with self._lock:
                 return self._indexes.rebuild(index_type, policy, fill, **params)
 
@@ -514,8 +527,8 @@ class Collection:
         if ids is not None and not len(ids):
             raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
                              "are kept (widen --after/--before/--camera/--near/--prefix)")
-        busy = f"another process is writing {self.directory} (an ingest, a labelling run...); label when it is done"
-        with self.writing(busy, update_index=False):  # two runs on one set would interleave their rows
+        # Under the writer lock: two runs on one set would interleave their rows.
+        with self.writing(writer_busy(self.directory, "label"), update_index=False):
             return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
                                     threshold=threshold, label_set=label_set, replace=replace, progress=progress,
                                     ids=None if ids is None else ids.tolist())

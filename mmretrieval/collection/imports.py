@@ -277,6 +277,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
             process writing to the collection.
     """
+    from .collection import writer_busy
     from .import_writer import ShardLanding, ensure_schema, shard_seen
 
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -288,8 +289,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     total = sum(shard.rows() for shard in shards)
     done = 0
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
-    busy = (f"another process is writing to {collection.directory} (an ingest, import or compaction); wait for it "
-            "to finish, or stop it (a re-run resumes its work)")
+    busy = writer_busy(collection.directory, "import")
     with (collection.writing(busy, update_index), _no_cycle_collection(),
           collection.catalog.checkpoints_aside() as checkpoint,
           ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker,
