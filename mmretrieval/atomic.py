@@ -1,7 +1,8 @@
 """Crash-safe file writes: write under a temporary name, fsync, rename over the target, fsync the directory.
 
 A reader (or a process restarted after SIGKILL or a power cut) sees either the old file or the new one,
-never a truncated mix. New files get the mode the process umask allows (``0666 & ~umask``), as ``open``
+never a truncated mix; folders that a command fills (:func:`folder_built_aside`) work the same way.
+Temporaries carry their owner (host and process id), so a later run removes those whose owner died. New files get the mode the process umask allows (``0666 & ~umask``), as ``open``
 would give them: the temporary is created with mode 0666 and the kernel applies the umask. FAISS's own ``write_index`` is not atomic, so the index goes through here too.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -55,7 +58,7 @@ def atomic_path(target: str | os.PathLike, *, durable: bool = True) -> Iterator[
 def _create_temporary(target: Path) -> Path:
     # Not tempfile.mkstemp: it forces mode 0600 whatever the umask, so shared collections became private.
     for _ in range(100):
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        tmp = target.parent / f".{target.name}.{_owner()}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -63,6 +66,123 @@ def _create_temporary(target: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def _owner() -> str:
+    """This process, as the names of its temporaries give it: ``host~pid``."""
+    return f"{_host()}~{os.getpid()}"
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace("~", "-") or "localhost"
+
+
+def _owner_died(rest: str) -> bool:
+    """Whether a temporary whose name goes on with ``rest`` (``host~pid.…``) was left by an ended process of
+    this host. Another host's, or a name without an owner, is never judged dead: a run elsewhere on a shared
+    folder may still be writing it."""
+    host, tilde, pid = rest.split(".", 1)[0].rpartition("~")
+    if not tilde or host != _host() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_orphans(target: str | os.PathLike) -> list[Path]:
+    """Delete what writes of ``target`` by processes that died (SIGKILL, power cut) left beside it: temporary
+    files of :func:`atomic_path` and the hidden folders of :func:`folder_built_aside`.
+
+    A live process's temporaries are kept, so this needs no lock. Returns the paths removed.
+    """
+    target = Path(target)
+    removed = []
+    try:
+        candidates = [entry for entry in target.parent.iterdir() if entry.name.startswith(f".{target.name}.")]
+    except OSError:
+        return removed
+    for entry in candidates:
+        if not _owner_died(entry.name[len(target.name) + 2:]):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue  # not ours to remove: it only costs disk space
+    return removed
+
+
+MARKER_NAME = ".mmr-made"  # in a folder that a command filled: which command (it may replace the folder)
+
+
+def check_fillable_folder(out: str | os.PathLike, maker: str) -> Path:
+    """``out`` (a symlink resolved) if :func:`folder_built_aside` may fill it for ``maker``: a new name, an empty
+    folder, or a folder that ``maker`` filled before (it is replaced).
+
+    Raises:
+        CollectionError: ``out`` is a file, or a folder holding anything else (mixing would lose track of
+            what is whose; nothing of it is deleted).
+    """
+    from .errors import CollectionError
+
+    out = Path(out).expanduser()
+    if out.is_symlink() and out.is_dir():
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise CollectionError(f"cannot fill {out}: it is a file, not a folder")
+    if not out.is_dir():
+        return out
+    try:
+        entries = list(os.scandir(out))
+        made_by = (out / MARKER_NAME).read_text(encoding="utf-8").strip() if entries else None
+    except FileNotFoundError:
+        made_by = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectionError(f"cannot fill {out}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if entries and made_by != maker:
+        made = f" (made by {made_by})" if made_by else ""
+        raise CollectionError(f"{out} is not empty{made}: its files would mix with these; choose a new folder, or "
+                              f"empty it first (a folder that {maker} made is replaced)")
+    return out
+
+
+@contextmanager
+def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
+    """Yield a hidden sibling folder to fill; on success it becomes ``out``, replacing an empty folder or one
+    that ``maker`` filled before (:func:`check_fillable_folder`, checked again here).
+
+    An interrupted run leaves ``out`` as it was, and at most its hidden ``.NAME.partial…`` sibling, which the
+    next run's :func:`remove_orphans` deletes.
+
+    Raises:
+        CollectionError: ``out`` cannot be filled.
+        OSError: the folders cannot be written.
+    """
+    out = check_fillable_folder(out, maker)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out)
+    partial = out.parent / f".{out.name}.{_owner()}.{secrets.token_hex(4)}.partial"
+    partial.mkdir()  # the umask's mode, as the folder itself would get
+    try:
+        (partial / MARKER_NAME).write_text(maker + "\n", encoding="utf-8")
+        yield partial
+        check_fillable_folder(out, maker)  # nothing else moved in meanwhile
+        old = out.parent / f".{out.name}.{_owner()}.{secrets.token_hex(4)}.old"
+        if out.is_dir():
+            os.rename(out, old)
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(out.parent)
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:

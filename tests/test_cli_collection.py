@@ -143,8 +143,26 @@ def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, caps
     exported = [json.loads(line) for line in (tmp_path / "shapes.jsonl").read_text().splitlines()]
     assert len(exported) == 5 and all(len(record["labels"]) == 1 for record in exported)  # single-label: one each
     assert {entry["label"] for record in exported for entry in record["labels"]} <= {"circle", "square, or a box"}
-    organized = {folder.name: len(list(folder.iterdir())) for folder in (tmp_path / "sorted").iterdir()}
+    organized = {folder.name: len(list(folder.iterdir())) for folder in (tmp_path / "sorted").iterdir()
+                 if folder.is_dir()}
     assert set(organized) <= {"circle", "square, or a box"} and sum(organized.values()) == 5
+
+
+def test_organizing_again_replaces_the_earlier_folders_and_never_mixes_with_other_files(built, capsys):
+    tmp_path, collection = built
+    sorted_dir = tmp_path / "sorted"
+    assert main(["label", "--collection", collection, "--labels", "circle,square", "--organize", str(sorted_dir)]) == 0
+    assert {p.name for p in sorted_dir.iterdir() if p.is_dir()} <= {"circle", "square"}
+    assert main(["label", "--collection", collection, "--labels", "red,blue", "--replace",
+                 "--organize", str(sorted_dir)]) == 0
+    capsys.readouterr()
+    folders = {p.name: len(list(p.iterdir())) for p in sorted_dir.iterdir() if p.is_dir()}
+    assert set(folders) <= {"red", "blue"} and sum(folders.values()) == 5  # no link left under circle or square
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "other",
+                                "--organize", str(tmp_path / "mine")], "is not empty")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_organize_skips_and_reports_deleted_sources(built, capsys, monkeypatch):

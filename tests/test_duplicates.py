@@ -49,7 +49,7 @@ def test_cli_tsv_json_and_organize(copies, tmp_path, capsys):
     groups = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [g["paths"] for g in groups] == [fields[1:] for fields in tsv]
     assert all(g["keep"] == g["paths"][0] and len(g["scores"]) == len(g["paths"]) for g in groups)
-    folders = sorted((tmp_path / "review").iterdir())
+    folders = sorted(p for p in (tmp_path / "review").iterdir() if p.is_dir())
     assert len(folders) == len(groups)
     links = list(folders[0].iterdir())
     assert all(link.is_symlink() for link in links) and len(links) == len(groups[0]["paths"])
@@ -57,10 +57,21 @@ def test_cli_tsv_json_and_organize(copies, tmp_path, capsys):
     assert all(os.path.exists(p) for p in truth)  # nothing deleted
     assert main(["duplicates", "--collection", str(root / "col"), "--threshold", "1.5"]) == 2
     capsys.readouterr()
-    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "review").rglob("*"))
-    assert main(["duplicates", "--collection", str(root / "col"), "--organize", str(tmp_path / "review")]) == 2
-    assert "is not empty: its groups would mix with these" in capsys.readouterr().err
-    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "review").rglob("*")) == before
+    # a re-run (here with a stricter threshold: fewer groups) replaces its review folder: no group of the
+    # first run stays beside the new ones
+    assert main(["duplicates", "--collection", str(root / "col"), "--threshold", "0.999", "--organize",
+                 str(tmp_path / "review")]) == 0
+    fewer = [line for line in capsys.readouterr().out.splitlines()]
+    assert 0 < len(fewer) < len(groups)
+    assert sorted(p.name for p in (tmp_path / "review").iterdir() if p.is_dir()) == [
+        f"{n:05d}" for n in range(1, len(fewer) + 1)]
+    # a folder holding anything else is refused before the search, and left as it was
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["duplicates", "--collection", str(root / "col"), "--organize", str(tmp_path / "mine")]) == 2
+    assert "is not empty: its files would mix with these" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no hidden leftovers
 
 
 def test_an_interrupted_organize_leaves_no_half_review_folder(copies, tmp_path, monkeypatch):
@@ -85,10 +96,11 @@ def test_an_interrupted_organize_leaves_no_half_review_folder(copies, tmp_path, 
     monkeypatch.setattr(Path, "symlink_to", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         organize_duplicates(groups, tmp_path / "review")
-    assert not (tmp_path / "review").exists() and not list(tmp_path.glob(".review.partial-*"))
+    assert not (tmp_path / "review").exists() and not list(tmp_path.glob(".review.*"))
     monkeypatch.setattr(Path, "symlink_to", real_symlink)
     assert organize_duplicates(groups, tmp_path / "review") == links  # the re-run is not refused
-    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == [f"{n:05d}" for n in range(1, len(groups) + 1)]
+    assert sorted(p.name for p in (tmp_path / "review").iterdir() if p.is_dir()) == [
+        f"{n:05d}" for n in range(1, len(groups) + 1)]
 
 
 def test_graph_and_components_match_brute_force():

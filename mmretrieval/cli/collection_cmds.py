@@ -342,7 +342,8 @@ def _register_label(subparsers) -> None:
                         "takes SET:LABEL or LABEL")
     parser.add_argument("--replace", action="store_true", help="replace the set if it exists (else: refused)")
     parser.add_argument("--out", help="export this run's labels to a .csv or .jsonl file")
-    parser.add_argument("--organize", metavar="OUTDIR", help="link the images this run labelled into OUTDIR/<label>/")
+    parser.add_argument("--organize", metavar="OUTDIR", help="link the images of this run's label set into OUTDIR/<label>/ (a new or empty folder, or "
+                        "one an earlier --organize filled: replaced)")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
     parser.add_argument("--prefix", action=Once, help="only label images whose path starts with this (e.g. a folder)")

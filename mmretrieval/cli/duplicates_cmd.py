@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
     parser.add_argument("--json", action="store_true", help="JSON lines with paths, scores and keep")
     parser.add_argument("--organize", metavar="DIR",
-                        help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder)")
+                        help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder, or an "
+                        "earlier review folder: replaced)")
     parser.set_defaults(handler=run)
 
 

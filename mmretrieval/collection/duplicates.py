@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -27,10 +25,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ..atomic import check_fillable_folder, folder_built_aside
 from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
-from .labelling import check_organize_dir
 
 logger = logging.getLogger(__name__)
 
@@ -216,37 +214,33 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     return described
 
 
+REVIEWED_BY = "mmr duplicates --organize"  # the marker of a review folder: a re-run replaces it
+
+
 def check_review_dir(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a path that :func:`organize_duplicates` may fill: missing or an empty folder.
+    """``out_dir`` as a path that :func:`organize_duplicates` may fill: a new name, an empty folder, or an earlier
+    review folder (replaced: two runs' groups never mix, with two ``keep-`` files in one group folder).
 
     Raises:
-        CollectionError: it is a file, or a folder that holds anything (an earlier run's groups would mix with
-            the new ones, two ``keep-`` files in one group folder).
+        CollectionError: it is a file, or a folder that holds anything else.
     """
-    out = check_organize_dir(Path(out_dir).expanduser())
-    if out.is_dir() and any(out.iterdir()):
-        raise CollectionError(f"{out} is not empty: its groups would mix with these; choose a new folder, or "
-                              "empty it first (mmr duplicates deletes nothing)")
-    return out
+    return check_fillable_folder(out_dir, REVIEWED_BY)
 
 
 def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.PathLike) -> int:
     """Link each group into ``out_dir/NNNNN/``: ``keep-<id>-<name>`` and ``<id>-<name>`` for the other copies.
 
     Symlinks only: no image is moved, copied or deleted. Returns the number of links made. The groups are linked
-    into a hidden sibling folder that is renamed to ``out_dir`` at the end, so an interrupted run leaves no half
-    review folder that a re-run would refuse (only that hidden sibling, ``.NAME.partial-*``).
+    into a hidden sibling folder that then takes the place of ``out_dir``
+    (:func:`~mmretrieval.atomic.folder_built_aside`), so an interrupted run leaves ``out_dir`` as it was.
 
     Raises:
-        CollectionError: ``out_dir`` is not missing or empty (:func:`check_review_dir`), or cannot be written.
+        CollectionError: ``out_dir`` holds files of anything but an earlier review (:func:`check_review_dir`),
+            or cannot be written.
     """
-    out = check_review_dir(out_dir)
     made = 0
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-        partial.mkdir()  # the umask's mode, as the review folder itself would get
-        try:
+        with folder_built_aside(out_dir, REVIEWED_BY) as partial:
             for number, group in enumerate(groups, start=1):
                 folder = partial / f"{number:05d}"
                 folder.mkdir()
@@ -255,10 +249,6 @@ def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.Path
                     (folder / f"{prefix}{copy.id}-{os.path.basename(copy.path)}").symlink_to(
                         os.path.abspath(copy.path))
                     made += 1
-            os.replace(partial, out)  # over a missing or empty folder, in one step
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
     except OSError as exc:
-        raise CollectionError(f"cannot write the review folder {out}: {exc}") from exc
+        raise CollectionError(f"cannot write the review folder {out_dir}: {exc}") from exc
     return made

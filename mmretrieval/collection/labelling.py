@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
 from ..errors import CollectionError
 from .label_sets import DEFAULT_SET, LabelSetWriter
 from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
@@ -115,16 +115,17 @@ def check_export_path(path: str | os.PathLike) -> Path:
     return path
 
 
+ORGANIZED_BY = "mmr label --organize"  # the marker of a folder that organize filled: a re-run replaces it
+
+
 def check_organize_dir(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` if images can be organized into it: a folder, or a name not yet taken.
+    """``out_dir`` if images can be organized into it: a new name, an empty folder, or one that an earlier
+    :func:`organize` filled (checked before a labelling run, so a typo costs no run).
 
     Raises:
-        CollectionError: it exists and is not a folder.
+        CollectionError: it is a file, or a folder holding anything else.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CollectionError(f"cannot organize into {out_dir}: it is a file, not a folder")
-    return out_dir
+    return check_fillable_folder(out_dir, ORGANIZED_BY)
 
 
 def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) -> int:
@@ -135,6 +136,7 @@ def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) 
         CollectionError: another suffix, or ``path`` cannot be written.
     """
     path = check_export_path(path)
+    remove_orphans(path)
     count = 0
     try:
         with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
@@ -165,29 +167,33 @@ class Organized:
     missing_examples: tuple[str, ...] = ()  # the first few of them (an unmounted drive makes millions)
 
 
-def organize(catalog: "Catalog", out_dir: Path, copy: bool = False, label_set: str | None = None) -> Organized:
+def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
+             label_set: str | None = None) -> Organized:
     """Place each image labelled in ``label_set`` (None: in any set) in ``out_dir/<label>/<id>-<name>`` as a
     symlink (or a copy).
 
-    Images whose file has gone since ingestion are skipped, counted, and the first few named in the result.
+    The folder is filled aside and then takes the place of ``out_dir`` (:func:`~mmretrieval.atomic.folder_built_aside`):
+    a re-run replaces what an earlier one placed (no link stays under a label the image lost), and an
+    interrupted run leaves ``out_dir`` as it was. Images whose file has gone since ingestion are skipped,
+    counted, and the first few named in the result.
 
     Raises:
-        CollectionError: ``out_dir`` or a file in it cannot be written.
+        CollectionError: ``out_dir`` holds files that organize did not place, or cannot be written.
     """
-    out_dir = check_organize_dir(out_dir)
     placed, missing, examples = 0, 0, []
     try:
-        for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
-            if not pairs:
-                continue
-            if not os.path.exists(image_path):
-                missing += 1
-                if len(examples) < MISSING_EXAMPLES:
-                    examples.append(image_path)
-                continue
-            for label, _ in pairs:
-                _place(out_dir / _folder_name(label), image_id, image_path, copy)
-                placed += 1
+        with folder_built_aside(out_dir, ORGANIZED_BY) as folder:
+            for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+                if not pairs:
+                    continue
+                if not os.path.exists(image_path):
+                    missing += 1
+                    if len(examples) < MISSING_EXAMPLES:
+                        examples.append(image_path)
+                    continue
+                for label, _ in pairs:
+                    _place(folder / _folder_name(label), image_id, image_path, copy)
+                    placed += 1
     except OSError as exc:
         raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
     return Organized(placed, missing, tuple(examples))
