@@ -337,6 +337,11 @@ def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
     assert "failed 2 (empty_file 1, not_an_image 1)" in err and "every file failed" in err
     assert main(["ingest", str(tmp_path / "nothing"), *options]) == 1
     assert "no image files found in " + str(tmp_path / "nothing") in capsys.readouterr().err
+    # into a new collection without --model, a run that found nothing makes none: it would only pin the demo model
+    new = tmp_path / "new.mmr"
+    assert main(["ingest", str(tmp_path / "nothing"), "--collection", str(new), "--device", "cpu",
+                 "--workers", "0"]) == 1
+    assert "no collection was made" in capsys.readouterr().err and not new.exists()
     listed = tmp_path / "list.txt"  # entries that are gone are skipped, as `mmr info` counts them
     listed.write_text(f"{tmp_path / 'gone.jpg'}\n")
     assert main(["ingest", str(listed), *options]) == 2

@@ -115,6 +115,9 @@ def _ingest(args: argparse.Namespace) -> int:
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
                                         share_jpegs=args.share_jpegs == "on")
+        if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
+            print(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
+                  "only have fixed the model to the demo one", file=sys.stderr)
     skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"

@@ -184,17 +184,29 @@ class Collection:
         """Close; and when the block failed in a collection that this open made and nothing has entered (a source
         that does not exist, a bad import), remove it, so that a corrected re-run may still choose the model."""
         try:
-            if exc_type is not None and self._made_now:
-                # Under the writer lock: another process's first ingest into the same new folder may hold it
-                # and not have written its first row yet.
-                with exclusive_lock(self.directory / LOCK_NAME, "busy"):
-                    if not self.catalog.counts_by_status():
-                        self.close()
-                        shutil.rmtree(self.directory, ignore_errors=True)
-        except Exception:  # busy, or a catalog that cannot answer: kept, and the error being raised is not masked
+            if exc_type is not None:
+                self.remove_if_unused()
+        except Exception:  # a catalog that cannot answer: kept, and the error being raised is not masked
             logger.debug("kept %s after a failed first use", self.directory, exc_info=True)
         finally:
             self.close()
+
+    def remove_if_unused(self) -> bool:
+        """Close and remove the collection when this open made its folder and no image row has entered (a first
+        ingest that found no image): a re-run may then still choose the model. Returns whether it was removed."""
+        if not self._made_now:
+            return False
+        # Under the writer lock: another process's first ingest into the same new folder may hold it and not
+        # have written its first row yet.
+        try:
+            with exclusive_lock(self.directory / LOCK_NAME, "busy"):
+                if self.catalog.counts_by_status():
+                    return False
+                self.close()
+                shutil.rmtree(self.directory, ignore_errors=True)
+        except CollectionError:  # busy
+            return False
+        return True
 
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int | None = None,
