@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,12 @@ def test_templates_builtin_and_from_file(tmp_path):
     template_file.write_text("a {} of {kind}\n")  # str.format would fail on it mid-way
     with pytest.raises(QueryError, match="no other braces"):
         load_templates(str(template_file))
+    for bad in ("a {0} of {}", "a {!r}", "a {:>9}", "a {} {", "a {} and {}"):
+        template_file.write_text(bad + "\n")
+        with pytest.raises(QueryError, match="no other braces"):
+            load_templates(str(template_file))
+    template_file.write_text("a {{logo}} of a {}\n")  # doubled braces are literal ones, as in str.format
+    assert [t.format("cat") for t in load_templates(str(template_file))] == ["a {logo} of a cat"]
 
 
 def test_the_python_api_takes_one_string_as_one_thing_not_its_letters(tiny_encoder, tmp_path):
@@ -138,5 +146,6 @@ def test_the_python_api_takes_one_string_as_one_thing_not_its_letters(tiny_encod
         with pytest.raises(QueryError, match="exactly one"):
             ZeroShotClassifier.build(tiny_encoder, "red,blue", bad)
     write_good_images(tmp_path / "pics", 2)
-    batches = list(embed_files(tiny_encoder, str(tmp_path / "pics"), workers=0))  # a folder, not p, i, c, s
-    assert sum(len(b.paths) for b in batches) == 2 and not any(b.failed for b in batches)
+    for folder in (str(tmp_path / "pics"), os.fsencode(tmp_path / "pics")):  # a folder, not p, i, c, s
+        batches = list(embed_files(tiny_encoder, folder, workers=0))
+        assert sum(len(b.paths) for b in batches) == 2 and not any(b.failed for b in batches)

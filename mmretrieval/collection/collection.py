@@ -209,8 +209,8 @@ class Collection:
         return True
 
     # -- ingestion --------------------------------------------------------------------------------------------
-    def ingest(self, sources: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int | None = None,
-               workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
+    def ingest(self, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
+               batch_size: int | None = None, workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
                device_decode: bool | None = None, share_jpegs: bool = True) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.

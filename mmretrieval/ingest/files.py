@@ -43,7 +43,7 @@ class EmbeddedFiles:
     failed: tuple[FileFailure, ...] = ()
 
 
-def embed_files(encoder: DualEncoder, sources: str | os.PathLike | Sequence[str | os.PathLike], *,
+def embed_files(encoder: DualEncoder, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
                 batch_size: int | None = None, workers: int | None = None,
                 timeout_s: float = 60.0) -> Iterator[EmbeddedFiles]:
     """Embed the images ``sources`` name (folders, image files, ``.txt``/``.csv`` lists), batch by batch.

@@ -34,12 +34,12 @@ logger = logging.getLogger(__name__)
 LIST_SUFFIXES = (".txt", ".csv")
 
 
-def source_list(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str]:
     """Sources as strings with ``~`` expanded (the shell does that on the command line, not in the Python API); one
-    path alone is one source, not a sequence of one-letter ones."""
-    if isinstance(sources, (str, os.PathLike)):
+    path alone (``str``, ``bytes`` or a path object) is one source, not a sequence of one-letter ones."""
+    if isinstance(sources, (str, bytes, os.PathLike)):
         sources = [sources]
-    return [os.path.expanduser(os.fspath(source)) for source in sources]
+    return [os.path.expanduser(os.fsdecode(source)) for source in sources]
 
 
 def discover(sources: Sequence[str | os.PathLike]) -> Iterator[SourceFile | Skipped]:

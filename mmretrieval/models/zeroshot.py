@@ -12,6 +12,7 @@ renormalised. Scores follow the model's training objective:
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -74,11 +75,20 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
 
 
 def _checked(templates: tuple[str, ...], source: str) -> tuple[str, ...]:
-    bad = [t for t in templates if t.count("{}") != 1 or {"{", "}"} & set(t.replace("{}", ""))]  # str.format
+    bad = [t for t in templates if not _one_placeholder(t)]
     if not templates or bad:
-        raise QueryError(f"{source}: every template needs exactly one '{{}}' and no other braces "
-                         f"(bad: {bad[:3] or 'no templates'})")
+        raise QueryError(f"{source}: every template needs exactly one '{{}}' and no other braces; write a brace "
+                         f"itself as '{{{{' or '}}}}' (bad: {bad[:3] or 'no templates'})")
     return templates
+
+
+def _one_placeholder(template: str) -> bool:
+    """Whether ``template.format(label)`` fills exactly one bare ``{}`` (``{{`` and ``}}`` are literal braces)."""
+    try:
+        fields = [parts[1:] for parts in string.Formatter().parse(template) if parts[1] is not None]
+    except ValueError:  # a stray brace
+        return False
+    return fields == [("", "", None)]
 
 
 def parse_labels(values: str | Sequence[str]) -> list[str]:
