@@ -59,7 +59,7 @@ def test_search_filters_by_set_and_label_or_by_label_in_any_set(collection):
 
 def test_bad_set_names_are_refused(collection):
     for name in ("", "a:b", ".hidden", "x" * 65):
-        with pytest.raises(CollectionError, match="cannot name a label set"):
+        with pytest.raises(CollectionError, match="a label set cannot be named"):
             collection.label("circle", label_set=name)
 
 

@@ -179,7 +179,7 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     if filters.label:
         with_label = catalog.ids_with_label(filters.label)
         if not with_label.size and filters.label not in catalog.label_counts():
-            known = ", ".join(catalog.label_counts()) or "none yet; run mmr label"
+            known = ", ".join(catalog.label_counts()) or "none yet; label the collection first (mmr label, or the web UI's Label tab)"
             raise QueryError(f"no image has label {filters.label!r}; labels: {known}")
         allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
     if filters.photo_filters:

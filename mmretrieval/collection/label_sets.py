@@ -55,8 +55,8 @@ def check_name(name: str) -> str:
     """
     name = (name or "").strip()
     if not _NAME.match(name):
-        raise CollectionError(f"{name!r} cannot name a label set: use 1 to 64 characters, no ':', not starting "
-                              "with '.'; e.g. 'animals'")
+        raise CollectionError(f"a label set cannot be named {name!r}: use 1 to 64 characters, no ':', not "
+                              "starting with '.' (for example animals)")
     return name
 
 
