@@ -659,7 +659,7 @@ def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(cont
         pytest.skip("this build has no Collection.duplicates (mmr duplicates) yet")
     handlers = DuplicateHandlers(context)
     review, summary, files = handlers.duplicates(0.0001)  # every image alike: one big group
-    assert "keep (suggested)" in review and "groups of near-duplicates" in summary
+    assert "keep (suggested)" in review and "1 group of near-duplicates" in summary  # one group, singular
     listed = Path(files[0]).read_text().splitlines()
     table = pd.read_csv(files[1])
     assert set(listed) == set(table.loc[table["role"] == "copy", "path"])

@@ -17,6 +17,8 @@ from typing import Any
 
 import gradio as gr
 
+from .toast import ToastError
+
 logger = logging.getLogger(__name__)
 
 _NO_DEFAULT = object()
@@ -150,4 +152,6 @@ def _fits(parameter: Parameter, value: Any) -> bool:
 
 
 def _error(message: str) -> gr.Error:
-    return gr.Error(message, print_exception=False)
+    # These checks run before any handler (so before user_errors): the message, which quotes what came, is
+    # escaped here.
+    return ToastError(message)

@@ -15,7 +15,7 @@ import pandas as pd
 from ..models.zeroshot import parse_labels
 from .charts import bar_chart
 from .context import AppContext, user_errors
-from .names import display_path
+from .names import counted, display_path, markdown_code, markdown_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,16 @@ class CollectionHandlers:
         if not self.ctx.allow_ingest:
             raise gr.Error("Ingesting from the browser is off because this app is reachable from other "
                            "machines; run `mmr ingest` on the server instead.", print_exception=False)
-        source = Path((folder or "").strip()).expanduser()
-        if not str(folder or "").strip():
+        typed = (folder or "").strip()
+        if not typed:
             raise gr.Error("Type the path of a folder on this machine to ingest.", print_exception=False)
+        source = Path(typed).expanduser()
+        if not source.is_absolute():  # it would be resolved against wherever the server was started
+            raise gr.Error(f"{display_path(typed)!r} is not an absolute path: type the folder's full path on the "
+                           "server, e.g. /home/me/photos (~/photos works too), as the search folder filter takes it.",
+                           print_exception=False)
         if not source.is_dir():
-            raise gr.Error(f"{source} is not a folder on this machine.", print_exception=False)
+            raise gr.Error(f"{display_path(source)} is not a folder on this machine.", print_exception=False)
         progress(0, desc="Looking for images…")
 
         def report(done: int, total: int) -> None:
@@ -109,14 +114,14 @@ def describe_collection(info: Any) -> str:
     """A CollectionInfo as a short Markdown summary."""
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(info.counts.items())) or "empty"
     params = ", ".join(f"{key}={value}" for key, value in info.index_params.items())
-    labels = ", ".join(f"{name} ({count})" for name, count in info.labels.items()) or "none yet"
+    labels = ", ".join(f"{markdown_text(name)} ({count})" for name, count in info.labels.items()) or "none yet"
     megabytes = sum(info.bytes_on_disk.values()) / 1e6
     not_embedded = info.counts.get("failed", 0) + info.counts.get("skipped", 0)
     return "\n".join([
-        f"**Collection** `{display_path(info.directory)}`",
-        f"- model: `{info.model_spec}` (key {info.model_key}, {info.dim}-d vectors)",
-        f"- images: {statuses}; {info.vectors} vectors",
-        f"- index: {info.index_type}{f' ({params})' if params else ''}, {info.index_vectors} vectors",
+        f"**Collection** {markdown_code(info.directory)}",
+        f"- model: {markdown_code(info.model_spec)} (key {info.model_key}, {info.dim}-d vectors)",
+        f"- images: {statuses}; {counted(info.vectors, 'vector')}",
+        f"- index: {info.index_type}{f' ({params})' if params else ''}, {counted(info.index_vectors, 'vector')}",
         f"- labels: {labels}",
         f"- on disk: {megabytes:.1f} MB",
         *([f"- the table lists the first {FAILURES_SHOWN:,} of {not_embedded:,} failed or skipped files; "
@@ -130,7 +135,7 @@ def describe_ingest(summary: Any, source: Path, failed_here: int) -> str:
     failed_now = ", ".join(f"{count} {reason}" for reason, count in summary.failed.items())
     skipped_now = ", ".join(f"{count} {reason}" for reason, count in summary.skipped.items())
     earlier = failed_here - summary.failed_total - summary.skipped_total
-    lines = [f"**Ingested** `{source}`",
+    lines = [f"**Ingested** {markdown_code(source)}",
              f"- embedded: {summary.embedded} new or changed files",
              f"- unchanged since the last ingest: {summary.unchanged}",
              f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
@@ -151,8 +156,9 @@ def describe_labelling(summary: Any) -> str:
     mode = (f"multi-label: every label whose probability is at least {summary.threshold:.2f}" if summary.multi_label
             else "single-label: each image gets its most probable label")
     unassigned = " Images with no label above the threshold have none." if summary.multi_label else ""
-    name = "" if summary.label_set == "default" else f" (search filters name them {summary.label_set}:LABEL)"
-    return "\n".join([f"**Labelled** {summary.images} images into label set **{summary.label_set}**{name} "
+    label_set = markdown_text(summary.label_set)  # typed by the user
+    name = "" if summary.label_set == "default" else f" (search filters name them {label_set}:LABEL)"
+    return "\n".join([f"**Labelled** {counted(summary.images, 'image')} into label set **{label_set}**{name} "
                       f"({mode}).{unassigned}",
                       "Other label sets are kept. Search can now filter on these labels; the CSV below lists every "
                       "assignment of every set."])

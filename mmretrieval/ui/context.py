@@ -16,6 +16,7 @@ from ..errors import MMRError
 from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
 from .media import ThumbnailCache
 from .names import display_path
+from .toast import ToastError
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -87,25 +88,25 @@ class AppContext:
 
 
 def user_errors(fn: F) -> F:
-    """Turn library errors into a readable ``gr.Error`` and anything unexpected into a short message.
+    """Turn library errors into a readable :class:`.toast.ToastError` and anything unexpected into a short message.
 
-    The full traceback goes to the server log, never to the browser; the server keeps serving.
+    A ``gr.Error`` the handler raises becomes a ToastError too (its message escaped, the toast kept until
+    closed). The full traceback goes to the server log, never to the browser; the server keeps serving.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except ToastError:
+            raise  # already escaped (a decorated handler calling another)
+        except gr.Error as exc:
+            raise ToastError(str(exc.message), title=exc.title) from exc
         except MMRError as exc:
-            raise gr.Error(display_path(str(exc)), print_exception=False) from exc  # messages quote paths
+            raise ToastError(display_path(str(exc))) from exc  # messages quote paths
         except Exception as exc:  # the UI must survive any request
             logger.exception("%s failed", fn.__name__)
-            raise gr.Error(
-                f"Something went wrong in {fn.__name__.replace('_', ' ')} ({type(exc).__name__}). "
-                "The server log has the details.",
-                print_exception=False,
-            ) from exc
+            raise ToastError(f"Something went wrong in {fn.__name__.replace('_', ' ')} ({type(exc).__name__}). "
+                             "The server log has the details.") from exc
 
     return wrapper  # type: ignore[return-value]

@@ -20,7 +20,7 @@ import gradio as gr
 
 from .context import AppContext, user_errors
 from .media import prune_exports
-from .names import display_path
+from .names import counted, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class DuplicateHandlers:
         others = sum(len(group.copies) - 1 for group in groups)
         export = self._export(groups)
         shown = f"the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else "all"
-        summary = (f"{len(groups)} groups of near-duplicates; {others} copies besides the suggested keepers "
+        summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
+                   "besides the suggested keepers "
                    f"(highest resolution, then largest file, then oldest). Showing {shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
         return self._review_html(groups[:GROUPS_SHOWN]), summary, [str(path) for path in export]

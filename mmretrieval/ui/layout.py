@@ -20,8 +20,9 @@ from .duplicate_handlers import DuplicateHandlers
 from .map_handlers import SELECTION_SHOWN, MapHandlers
 from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
+from .names import markdown_text
 from .projection import METHODS
-from .search_handlers import MAX_K, SearchHandlers
+from .search_handlers import DEFAULT_K, MAX_K, SearchHandlers
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     search = SearchHandlers(ctx)
     collection = CollectionHandlers(ctx)
     with gr.Blocks(title=ctx.title, delete_cache=(3600, 3600)) as app:
-        gr.Markdown(f"# {ctx.title}\n{INTRO}")
+        gr.Markdown(f"# {markdown_text(ctx.title)}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
                 search_label = _search_tab(ctx, search)
@@ -84,7 +85,7 @@ class _ResultPanel:
     preview: gr.Image
     details: gr.Markdown
     original: gr.File
-    selected: gr.Number
+    selected: gr.Textbox
     show_button: gr.Button
     more_button: gr.Button
     hits_json: gr.JSON
@@ -109,7 +110,9 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
             with gr.Column():
                 negative = gr.Textbox("", label="Not like (negative text, comma-separated)", placeholder="e.g. striped",
                                       elem_id="negative")
-                k = gr.Slider(1, MAX_K, value=24, step=1, label="Number of results (k)")
+                # Minimum 0: an emptied box snaps to the minimum, and 0 asks for the default (1 would be taken).
+                k = gr.Slider(0, MAX_K, value=DEFAULT_K, step=1,
+                              label=f"Number of results (k, at most {MAX_K}; 0 or empty: {DEFAULT_K})")
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
         with gr.Row():
             label = gr.Dropdown(label_choices(ctx), value="", label="Only images with label (SET:LABEL or LABEL)",
@@ -124,8 +127,17 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
     return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, examples)
 
 
+def _text_output(value: str = "", **kwargs: Any) -> gr.Markdown:
+    """A Markdown output that shows text from users and the file system (queries, labels, file names).
+
+    The handlers escape that text (:func:`.names.markdown_text`); LaTeX is off because Gradio looks for
+    ``$$…$$`` in the rendered text, where no escape can stop it.
+    """
+    return gr.Markdown(value, latex_delimiters=[], **kwargs)
+
+
 def _result_panel() -> _ResultPanel:
-    status = gr.Markdown(elem_id="search-status", label="Status")
+    status = _text_output(elem_id="search-status", label="Status")
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
@@ -133,15 +145,17 @@ def _result_panel() -> _ResultPanel:
             with gr.Accordion("Download the original files of these results", open=False):
                 with gr.Row(equal_height=True):
                     zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
-                    zip_note = gr.Markdown(label="Download")
+                    zip_note = _text_output(label="Download")
                 zip_file = gr.File(label="Originals (zip)", interactive=False, height=60)
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
                                buttons=["fullscreen"])
-            details = gr.Markdown("Click a result to see it here.", elem_id="details", label="Details")
+            details = _text_output("Click a result to see it here.", elem_id="details", label="Details")
             original = gr.File(label="Original file", interactive=False, elem_id="original", height=60)
             with gr.Row(equal_height=True):
-                selected = gr.Number(value=None, label="Image id", precision=0, elem_id="selected-id")
+                # Text, not gr.Number: Gradio's number box shows (and sends) 0 until something is typed, and
+                # rounds 1.5 to another image; the handlers read the text and refuse what is not an id.
+                selected = gr.Textbox("", label="Image id", placeholder="e.g. 12", max_lines=1, elem_id="selected-id")
                 show_button = gr.Button("Show", size="sm")
             more_button = gr.Button("More like this", elem_id="more-like-this")
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
@@ -155,8 +169,6 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     """The Search tab; returns its label filter (refreshed after labelling)."""
     q, r = _query_panel(ctx), _result_panel()
     hit_ids = gr.State([])
-    # The image whose details are shown; None until one is. (An empty gr.Number sends 0, not None.)
-    shown_id = gr.State(None)
     results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
     filters = [q.label, q.folder, q.after, q.before, q.camera]
     search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters]
@@ -164,13 +176,13 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     # always end up matching what the box says.
     gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
           trigger_mode="always_last")
-    r.more_button.click(handlers.similar, [shown_id, q.k, q.threshold, *filters], results,
+    # "More like this" takes the id the box holds: the one shown (a click puts it there) or one typed since.
+    r.more_button.click(handlers.similar, [r.selected, q.k, q.threshold, *filters], results,
                         api_name="similar_selected", api_visibility="private", trigger_mode="always_last")
     one_image = [r.preview, r.details, r.selected, r.original]
-    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private").success(
-        _same, r.selected, shown_id, api_visibility="private", queue=False)
-    r.show_button.click(handlers.image_info, [r.selected], one_image, api_name="image_info").success(
-        _same, r.selected, shown_id, api_visibility="private", queue=False)
+    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private")
+    gr.on([r.show_button.click, r.selected.submit], handlers.image_info, [r.selected], one_image,
+          api_name="image_info_typed", api_visibility="private")  # named, so that /image_info stays the scripts'
     r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private")
     _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
     for button in q.examples:
@@ -181,10 +193,6 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     return q.label
 
 
-def _same(value: object) -> object:
-    return value
-
-
 def label_choices(ctx: AppContext) -> list[str]:
     """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
     with ctx.lock:
@@ -192,13 +200,20 @@ def label_choices(ctx: AppContext) -> list[str]:
 
 
 def _script_endpoints(handlers: SearchHandlers, options: list, results: list) -> None:
-    """Endpoints for scripts that take a catalog id: ``/similar`` and ``/original`` (the browser uses the selection)."""
+    """Endpoints for scripts that take a catalog id as a number: ``/similar``, ``/image_info`` and ``/original``
+    (the page's own buttons read its Image id box, which is text)."""
     with gr.Row(visible=False):
-        image_id = gr.Number(value=None, label="Image id", precision=0)
+        # precision=None: a number arrives as sent, so 1.5 is refused rather than rounded to image 2.
+        image_id = gr.Number(value=None, label="Image id", precision=None)
+        preview = gr.Image(label="Selected result")
+        details = _text_output(label="Details")
+        shown_id = gr.Number(label="Image id", precision=0)
         original = gr.File(label="Original file")
         similar = gr.Button("Similar")
+        info = gr.Button("Image info")
         fetch = gr.Button("Original")
     similar.click(handlers.similar, [image_id, *options], results, api_name="similar")
+    info.click(handlers.image_info, [image_id], [preview, details, shown_id, original], api_name="image_info")
     fetch.click(handlers.original, [image_id], [original], api_name="original")
 
 
@@ -217,7 +232,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
             classify = gr.Button("Classify", variant="primary")
         with gr.Column():
             chart = gr.HTML(label="Probabilities", elem_id="zero-shot-chart")
-            summary = gr.Markdown(label="Summary")
+            summary = _text_output(label="Summary")
             with gr.Accordion("Every label's probability", open=False):
                 table = gr.Dataframe(label="Probabilities", interactive=False)
     classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
@@ -240,7 +255,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
             run = gr.Button("Label the collection", variant="primary")
-            summary = gr.Markdown(label="Summary")
+            summary = _text_output(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
             chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
@@ -253,13 +268,13 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
-    info = gr.Markdown(elem_id="collection-info", label="Collection")
+    info = _text_output(elem_id="collection-info", label="Collection")
     with gr.Row(equal_height=True):
         folder = gr.Textbox(label="Ingest another folder (a path on the server)", scale=4,
                             interactive=ctx.allow_ingest,
                             placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
         ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
-    ingest_summary = gr.Markdown(label="Ingest summary")
+    ingest_summary = _text_output(label="Ingest summary")
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
     ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest")
@@ -284,17 +299,17 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
             after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
             camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
-    note = gr.Markdown(label="About this map", elem_id="map-note")
+    note = _text_output(label="About this map", elem_id="map-note")
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
                            server_functions=[map_thumbnail], elem_id="map")
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
-            details = gr.Markdown("Click a point for its details.", label="Details", elem_id="map-details")
+            details = _text_output("Click a point for its details.", label="Details", elem_id="map-details")
             original = gr.File(label="Original file", interactive=False, height=60)
             more = gr.Button("More like this", elem_id="map-more-like-this")
-    picked_note = gr.Markdown(label="Selection", elem_id="map-selection-note")
+    picked_note = _text_output(label="Selection", elem_id="map-selection-note")
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
@@ -316,7 +331,7 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
         threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
                               scale=3)
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
-    summary = gr.Markdown(label="Summary", elem_id="duplicates-summary")
+    summary = _text_output(label="Summary", elem_id="duplicates-summary")
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
                      file_count="multiple", height=140)
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")

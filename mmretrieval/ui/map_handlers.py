@@ -22,7 +22,7 @@ import numpy.typing as npt
 from ..models.zeroshot import parse_labels
 from . import map_view, projection
 from .context import AppContext, user_errors
-from .names import display_path
+from .names import counted, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class MapHandlers:
             return gr.skip(), [], "No point inside the selection; drag around some points."
         gallery = self._gallery(chosen[:SELECTION_SHOWN])
         shown = f"the first {SELECTION_SHOWN}" if len(chosen) > SELECTION_SHOWN else "all"
-        return gr.skip(), gallery, f"{len(chosen)} images selected; showing {shown}. Click one for details."
+        return gr.skip(), gallery, f"{counted(len(chosen), 'image')} selected; showing {shown}. Click one for details."
 
     def _gallery(self, ids: list[int]) -> list[tuple[Any, str]]:
         label_of = dict(zip(self._drawn.ids.tolist(), self._drawn.labels)) if self._drawn else {}
@@ -172,5 +172,5 @@ def _note(layout: projection.Projection, cached: bool, total: int, shown: int, c
                 "UMAP or t-SNE show neighbourhoods better.")
     else:
         axes = " Near points are similar images; distances between far islands mean little."
-    return (f"{names.get(layout.method, layout.method)} map of {len(layout.ids)} images{sampled}{filtered}, "
+    return (f"{names.get(layout.method, layout.method)} map of {counted(len(layout.ids), 'image')}{sampled}{filtered}, "
             f"{source}; coloured by {colouring}.{axes}")

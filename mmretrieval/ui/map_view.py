@@ -9,6 +9,7 @@ ids inside a lasso (drag around points; a drag is also a box). Ids go to the ser
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Sequence
 
@@ -23,10 +24,13 @@ COLOUR_WORDS = {
     "gray": "#8a8a8a", "gold": "#d4a017", "silver": "#b8b8b8", "beige": "#d9c8a0", "navy": "#1b2a6b",
     "maroon": "#7a1f1f", "olive": "#7f7f1f", "lime": "#8fd400", "turquoise": "#30d5c8",
 }
-# Distinct colours for other labels, skipping the hues a colour word would use first.
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#e15759",
-           "#3b3b98", "#a0cbe8", "#ffbe7d", "#8cd17d", "#b6992d", "#499894", "#86bcb6", "#d37295", "#fabfd2",
-           "#79706e", "#d4a6c8")
+# How far apart (CIELAB ΔE, 1976) two labels' colours must be to read as different colours on the map.
+MIN_COLOUR_DISTANCE = 25.0
+# Colours for labels that are not colour words: each at least MIN_COLOUR_DISTANCE from every colour word's
+# colour, from the unlabelled grey and from each other (tests check it), so "triangle" never looks like the
+# "orange" beside it. Every hue has some colour word; it is distance, not hue, that keeps them apart.
+PALETTE = ("#4e79a7", "#b07aa1", "#8cd17d", "#ffbe7d", "#881155", "#00bbff", "#995500", "#dd3366", "#005522",
+           "#aaaaff", "#ff9da7", "#cccc66", "#00eeaa", "#ee99ff", "#ff8866", "#555533")
 UNLABELLED_COLOUR = "#b0b0b0"
 
 
@@ -37,20 +41,44 @@ def colour_of(label: str) -> str | None:
 
 
 def colours_for(labels: Sequence[str], unlabelled: str) -> dict[str, str]:
-    """A colour per distinct label: its own colour for colour words, else the next palette colour."""
-    colours, next_colour = {}, 0
-    for label in labels:
-        if label in colours:
-            continue
+    """A colour per distinct label: its own colour for colour words, else the next palette colour.
+
+    No two labels get colours closer than MIN_COLOUR_DISTANCE while there are at most ``len(PALETTE)``
+    labels: a colour word whose colour is near one already given ("gray" after "grey", "colours:red" after
+    "red", "violet" after "purple") takes a palette colour instead. Past the palette's size colours repeat.
+    """
+    colours: dict[str, str] = {}
+    next_colour = 0
+    # The unlabelled grey first, so that "silver" or "grey" do not take a colour next to it.
+    for label in sorted(dict.fromkeys(labels), key=lambda label: label != unlabelled):
         named = colour_of(label)
         if label == unlabelled:
             colours[label] = UNLABELLED_COLOUR
-        elif named:
+        elif named and all(colour_distance(named, given) >= MIN_COLOUR_DISTANCE for given in colours.values()):
             colours[label] = named
         else:
             colours[label] = PALETTE[next_colour % len(PALETTE)]
             next_colour += 1
     return colours
+
+
+def colour_distance(first: str, second: str) -> float:
+    """How different two ``#rrggbb`` colours look: the Euclidean distance in CIELAB (ΔE 1976)."""
+    return math.dist(_lab(first), _lab(second))
+
+
+def _lab(colour: str) -> tuple[float, float, float]:
+    """An sRGB ``#rrggbb`` colour in CIELAB (D65 white)."""
+    red, green, blue = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (red, green, blue)]
+    x = (0.4124 * linear[0] + 0.3576 * linear[1] + 0.1805 * linear[2]) / 0.95047
+    y = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    z = (0.0193 * linear[0] + 0.1192 * linear[1] + 0.9505 * linear[2]) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
 
 def map_value(ids: npt.NDArray[np.int64], coordinates: npt.NDArray[np.float32], labels: Sequence[str],

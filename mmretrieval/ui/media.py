@@ -34,6 +34,7 @@ from PIL import Image
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
 from .names import display_path
+from .toast import ToastError
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
             raise
         except Exception as exc:  # Pillow raises many types for bad files
             logger.info("rejected upload: %s", exc)
-            raise gr.Error(f"The {what} is not a usable image: {_short(exc)}", print_exception=False) from exc
+            # Raised before any handler runs (so outside user_errors): a ToastError of its own.
+            raise ToastError(f"The {what} is not a usable image: {_short(exc)}") from exc
 
     component.preprocess = preprocess
     return component

@@ -6,6 +6,7 @@ Each public method is also a named HTTP endpoint (see :mod:`.layout`), so script
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, export_original, load_upload, zip_originals
-from .names import display_path
+from .names import counted, display_path, markdown_code, markdown_text
 
 if TYPE_CHECKING:
     from ..collection.collection import Hit
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_K = 200  # most results one search returns
+DEFAULT_K = 24  # results when the k box is left empty (the box's initial value too)
+ECHO_CHARS = 120  # most characters of a query the status line repeats
+# Without a tokenizer that can count (e.g. a Hugging Face one), a query past this many words is taken to be
+# longer than the model reads: CLIP's 77 tokens are roughly 60 English words.
+LONG_QUERY_WORDS = 60
 MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
 # gallery, hits as JSON, confidence, hit ids (kept in the page), status line
@@ -56,7 +62,7 @@ class SearchHandlers:
     # -- search ---------------------------------------------------------------------------------------------
     @user_errors
     def search(
-        self, text: str, image: str | None = None, negative: str | None = None, k: float = 24,
+        self, text: str, image: str | None = None, negative: str | None = None, k: float | None = DEFAULT_K,
         threshold: float | None = None, label: str | None = None, folder: str | None = None,
         after: str | None = None, before: str | None = None, camera: str | None = None,
     ) -> SearchResults:
@@ -70,32 +76,37 @@ class SearchHandlers:
         if not text and query_image is None:
             raise gr.Error("Type a query, or add a query image, then search.", print_exception=False)
         query = self._build_query(text, query_image, negative)
-        filters, among = _filters(label, folder, after, before, camera)
+        filters = _filters(label, folder, after, before, camera)
+        count, k_note = _k(k)
         with self.ctx.lock:
             vector = self.ctx.collection.query_vector(query)
-            hits = self.ctx.collection.search(vector, k=_clamp_k(k), threshold=_threshold(threshold), **filters)
-        what = " + ".join(part for part in (repr(text) if text else "", "image" if query_image else "") if part)
+            hits = self.ctx.collection.search(vector, k=count, threshold=_threshold(threshold), **filters.arguments)
+        what = " + ".join(part for part in (_echo(text) if text else "", "image" if query_image else "") if part)
         # The noise band describes the whole collection: a filtered search is not judged against it.
-        confidence = self._confidence(hits, vector if query.is_single_text and not filters else None)
-        return self._results(hits, f"{what}{f' − {negative!r}' if negative else ''}{among}", confidence)
+        confidence = self._confidence(hits, vector if query.is_single_text and not filters.arguments else None)
+        texts = [term.text for term in (*query.positives, *query.negatives) if term.text]
+        notes = [note for note in (k_note, self._unread_note(texts)) if note]
+        return self._results(hits, f"{what}{f' − {_echo(negative)}' if negative else ''}{filters.among}", confidence,
+                             notes, _no_results_hint(filters, _threshold(threshold)))
 
     @user_errors
     def similar(
-        self, image_id: float | None, k: float = 24, threshold: float | None = None, label: str | None = None,
-        folder: str | None = None, after: str | None = None, before: str | None = None, camera: str | None = None,
+        self, image_id: float | str | None, k: float | None = DEFAULT_K, threshold: float | None = None,
+        label: str | None = None, folder: str | None = None, after: str | None = None, before: str | None = None,
+        camera: str | None = None,
     ) -> SearchResults:
-        """Images most like collection image ``image_id`` (a catalog id, as search results carry), with the filters."""
-        if image_id is None:
-            raise gr.Error("No image is selected: click a search result (or type an image id and press Show), "
-                           "then ask for more like it.", print_exception=False)
-        if image_id != int(image_id) or image_id < 1:
-            raise gr.Error(f"{image_id} is not an image id: ids are whole numbers from 1, as search results "
-                           "and the details panel show them.", print_exception=False)
-        filters, among = _filters(label, folder, after, before, camera)
+        """Images most like collection image ``image_id`` (a catalog id, as search results carry), with the filters.
+
+        ``image_id`` may also be the Image id box's text (the page's box is text, so that it can start empty).
+        """
+        image_id = _image_id(image_id, "No image is selected: click a search result (or type an image id and "
+                                       "press Show), then ask for more like it.")
+        filters = _filters(label, folder, after, before, camera)
+        count, k_note = _k(k)
         with self.ctx.lock:
-            hits = self.ctx.collection.similar(int(image_id), k=_clamp_k(k), threshold=_threshold(threshold),
-                                               **filters)
-        return self._results(hits, f"more like image {int(image_id)}{among}", self._confidence(hits, None))
+            hits = self.ctx.collection.similar(image_id, k=count, threshold=_threshold(threshold), **filters.arguments)
+        return self._results(hits, f"more like image {image_id}{filters.among}", self._confidence(hits, None),
+                             [k_note] if k_note else [], _no_results_hint(filters, _threshold(threshold)))
 
     def _build_query(self, text: str, image: Image.Image | None, negative: str) -> Any:
         # Terms are built here rather than with search.parse_query, which treats a string naming an existing
@@ -119,27 +130,46 @@ class SearchHandlers:
         with self.ctx.lock:
             return self.ctx.noise_calibration().assess(text_vector, hits[0].score if hits else None).to_dict()
 
-    def _results(self, hits: "list[Hit]", description: str, confidence: dict[str, Any]) -> SearchResults:
+    def _results(self, hits: "list[Hit]", description: str, confidence: dict[str, Any], notes: list[str],
+                 empty_hint: str) -> SearchResults:
+        """The outputs of a search: ``description`` (Markdown, already escaped) says what was asked, ``notes``
+        add paragraphs (k capped, query too long), ``empty_hint`` says what to change when nothing came back."""
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
         if not hits:
-            status = f"No results for {description}. Lower the score threshold or try other words."
+            status = f"No results for {description}. {empty_hint}"
         else:
-            status = (f"{len(hits)} results for {description}; scores {hits[0].score:.3f} to {hits[-1].score:.3f}. "
-                      "Click an image for details and “more like this”.")
+            status = (f"{counted(len(hits), 'result')} for {description}; scores {hits[0].score:.3f} to "
+                      f"{hits[-1].score:.3f}. Click an image for details and “more like this”.")
             if confidence.get("level") in ("weak", "fair", "clear"):
                 mark = "⚠️ " if confidence["level"] == "weak" else ""
                 status += f"\n\n{mark}{confidence['message']}"
+        status += "".join(f"\n\n{note}" for note in notes)
         return gallery, [hit_record(hit) for hit in hits], confidence, [hit.id for hit in hits], status
+
+    def _unread_note(self, texts: list[str]) -> str:
+        """A warning for the status line when one of ``texts`` is longer than the model reads, else ""."""
+        tokenizer = getattr(self.ctx.encoder, "tokenizer", None)
+        context = getattr(tokenizer, "context_length", None)
+        encode = getattr(tokenizer, "encode", None)  # open_clip's own BPE tokenizer counts without padding
+        if isinstance(context, int) and callable(encode):
+            readable = context - 2  # the start and end markers take two of the model's positions
+            if any(len(encode(text)) > readable for text in texts):
+                return (f"⚠️ The query is longer than the model reads: only the first {readable} tokens (about "
+                        f"{readable * 3 // 4} words) are read, the rest is ignored. Put the words that matter first.")
+            return ""
+        if any(len(text.split()) > LONG_QUERY_WORDS for text in texts):
+            return (f"⚠️ The query has more than {LONG_QUERY_WORDS} words: the model reads only about the first "
+                    f"{LONG_QUERY_WORDS}, the rest is ignored. Put the words that matter first.")
+        return ""
 
     # -- one result ------------------------------------------------------------------------------------------
     @user_errors
-    def image_info(self, image_id: float | None) -> tuple[Image.Image, str, int, str]:
-        """Collection image ``image_id`` large, with its path, size, caption and labels, and its original file."""
-        if image_id is None:
-            raise gr.Error("No image selected: click a result, or type an image id.", print_exception=False)
-        if image_id != int(image_id) or image_id < 1:
-            raise gr.Error(f"{image_id} is not an image id: ids are whole numbers from 1.", print_exception=False)
-        image_id = int(image_id)
+    def image_info(self, image_id: float | str | None) -> tuple[Image.Image, str, int, str]:
+        """Collection image ``image_id`` large, with its path, size, caption and labels, and its original file.
+
+        ``image_id`` may also be the Image id box's text; a non-whole number is refused, never rounded.
+        """
+        image_id = _image_id(image_id, "No image selected: click a result, or type an image id.")
         with self.ctx.lock:
             row = _catalog_row(self.ctx, image_id)
         preview = self.ctx.thumbnails.get(self.ctx.image_path, image_id, max_side=PREVIEW_PX)
@@ -160,9 +190,8 @@ class SearchHandlers:
     @user_errors
     def original(self, image_id: float | None) -> str:
         """The original file of collection image ``image_id``, under its own name (by catalog id only)."""
-        if image_id is None or image_id != int(image_id) or image_id < 1:
-            raise gr.Error(f"{image_id} is not an image id: ids are whole numbers from 1.", print_exception=False)
-        return str(export_original(self.ctx.image_path, int(image_id), self.ctx.export_dir))
+        image_id = _image_id(image_id, "No image id given: ids are whole numbers from 1, as search results show.")
+        return str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
 
     @user_errors
     def originals_zip(self, hit_ids: list[int]) -> tuple[str, str]:
@@ -170,7 +199,7 @@ class SearchHandlers:
         if not hit_ids:
             raise gr.Error("There are no results to download yet; search first.", print_exception=False)
         archive, missing = zip_originals(self.ctx.image_path, list(hit_ids), self.ctx.export_dir)
-        note = f"{len(hit_ids) - len(missing)} original files in {archive.name}"
+        note = f"{counted(len(hit_ids) - len(missing), 'original file')} in {markdown_text(archive.name)}"
         if missing:
             note += f"; {len(missing)} left out because their file is gone (ids {', '.join(map(str, missing[:10]))})"
         return str(archive), note
@@ -193,7 +222,7 @@ class SearchHandlers:
         table = pd.DataFrame({"label": list(classifier.labels), "probability": probabilities.astype(float)})
         table = table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
         best = predict(probabilities[None, :], classifier.labels, multi_label=multi_label)[0]
-        chosen = ", ".join(f"**{p.label}** ({p.probability:.2f})" for p in best) or "none above 0.5"
+        chosen = ", ".join(f"**{markdown_text(p.label)}** ({p.probability:.2f})" for p in best) or "none above 0.5"
         independent = multi_label or classifier.is_sigmoid
         mode = "independent probabilities (multi-label)" if independent else "softmax over the labels (they sum to 1)"
         summary = f"Prediction: {chosen}. Scores are {mode}."
@@ -226,8 +255,9 @@ def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
 
 
 def _describe(image_id: int, row: ImageDetails) -> str:
+    """The details panel's Markdown; the name, path, caption and labels are escaped (file names can hold markup)."""
     size = f"{row.width} × {row.height} px" if row.width else "size unknown"
-    lines = [f"**{display_path(row.path.name)}** (id {image_id})", f"- path: `{display_path(row.path)}`",
+    lines = [f"**{markdown_text(row.path.name)}** (id {image_id})", f"- path: {markdown_code(row.path)}",
              f"- size: {size}",  # the row keeps the true path, for stat below
              f"- id {image_id}: the catalog's number, counted from 1 in ingest order (not the file name's number)"]
     try:
@@ -235,42 +265,110 @@ def _describe(image_id: int, row: ImageDetails) -> str:
     except OSError:
         lines.append("- file: missing on disk")
     if row.caption:
-        lines.append(f"- caption: {row.caption}")
-    labels = ", ".join(f"{name} ({probability:.2f})" for name, probability in row.labels)
+        lines.append(f"- caption: {markdown_text(row.caption)}")
+    labels = ", ".join(f"{markdown_text(name)} ({probability:.2f})" for name, probability in row.labels)
     lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SearchFilters:
+    """The label, folder, date and camera filters of one search, as the collection takes them and in words."""
+
+    arguments: dict[str, str]  # keyword arguments of Collection.search / similar
+    words: tuple[str, ...]  # each filter as the status line says it (Markdown, escaped)
+    names: tuple[str, ...]  # which filters are set ("label", "folder", "date", "camera"), for the empty-result hint
+
+    @property
+    def among(self) -> str:
+        """" among images labelled 'x' and under /p" for the status line, or ""."""
+        return (" among images " + " and ".join(self.words)) if self.words else ""
+
+
 def _filters(label: str | None, folder: str | None, after: str | None = None, before: str | None = None,
-             camera: str | None = None) -> tuple[dict[str, str], str]:
-    """Search keyword arguments for the label, folder, date and camera filters, and words for the status line.
+             camera: str | None = None) -> SearchFilters:
+    """The label, folder, date and camera filters as search keyword arguments and as words for the status line.
 
     Dates are checked by the collection (``2024``, ``2024-06``, ``2024-06-01`` or an ISO datetime).
 
     Raises:
         gr.Error: a folder that is not an absolute path.
     """
-    filters, words = {}, []
+    arguments, words, names = {}, [], []
     if (label or "").strip():
-        filters["label"] = label.strip()
-        words.append(f"labelled {label.strip()!r}")
+        arguments["label"] = label.strip()
+        words.append(f"labelled {markdown_text(repr(label.strip()))}")
+        names.append("label")
     if (folder or "").strip():
         prefix = folder.strip()
         if not os.path.isabs(prefix):
             raise gr.Error(f"The folder filter {prefix!r} is not an absolute path; type a folder as the details "
                            "panel shows paths, e.g. /home/me/photos.", print_exception=False)
-        filters["path_prefix"] = prefix.rstrip(os.sep) + os.sep
-        words.append(f"under {prefix}")
-    for key, value, word in (("after", after, "taken from"), ("before", before, "taken before"),
-                             ("camera", camera, "from a camera matching")):
+        arguments["path_prefix"] = prefix.rstrip(os.sep) + os.sep
+        words.append(f"under {markdown_text(prefix)}")
+        names.append("folder")
+    for key, value, word, name in (("after", after, "taken from", "date"), ("before", before, "taken before", "date"),
+                                   ("camera", camera, "from a camera matching", "camera")):
         if (value or "").strip():
-            filters[key] = value.strip()
-            words.append(f"{word} {value.strip()!r}")
-    return filters, (" among images " + " and ".join(words)) if words else ""
+            arguments[key] = value.strip()
+            words.append(f"{word} {markdown_text(repr(value.strip()))}")
+            if name not in names:
+                names.append(name)
+    return SearchFilters(arguments, tuple(words), tuple(names))
 
 
-def _clamp_k(k: float | None) -> int:
-    return int(np.clip(int(k or 10), 1, MAX_K))
+def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
+    """What to change when a search found nothing: the filters and the threshold that are set, and only those."""
+    fixes = []
+    if filters.names:
+        which = " and ".join(filters.names)
+        fixes.append(f"widen or clear the {which} filter{'s' if len(filters.names) > 1 else ''}")
+    if threshold is not None:
+        fixes.append(f"lower the score threshold (now {threshold:.2f}; −1 turns it off)")
+    if not fixes:
+        return "The collection holds nothing else to show: ingest a folder on the Collection tab."
+    hint = " or ".join(fixes)
+    return hint[0].upper() + hint[1:] + "."
+
+
+def _echo(text: str) -> str:
+    """A query as the status line repeats it: quoted, cut to ``ECHO_CHARS`` characters, escaped for Markdown."""
+    shown = text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS].rstrip() + "…"
+    return markdown_text(repr(shown))
+
+
+def _image_id(value: float | str | None, missing: str) -> int:
+    """The catalog id in ``value``: a number (the API) or the Image id box's text.
+
+    Raises:
+        gr.Error: ``missing`` when there is no id; a readable refusal for text that is not a number and for a
+            number that is not a whole one from 1 (1.5 is refused, never rounded to another image).
+    """
+    if isinstance(value, str):
+        typed = value.strip()
+        try:
+            value = float(typed) if typed else None
+        except ValueError:
+            raise gr.Error(f"{typed!r} is not an image id: type a whole number from 1, as search results and the "
+                           "details panel show them.", print_exception=False) from None
+    if value is None:
+        raise gr.Error(missing, print_exception=False)
+    if not math.isfinite(value) or value != int(value) or value < 1:
+        raise gr.Error(f"{value:g} is not an image id: ids are whole numbers from 1, as search results and the "
+                       "details panel show them.", print_exception=False)
+    return int(value)
+
+
+def _k(k: float | None) -> tuple[int, str]:
+    """How many results to fetch for the k box's value, and a note for the status line when it was capped.
+
+    An empty box means the default: the API sends None, and the page's slider sends its minimum, 0.
+    """
+    if k is None or math.isnan(k) or k < 1:
+        return DEFAULT_K, ""
+    if k > MAX_K:
+        return MAX_K, f"k = {k:g} is more than one search returns: showing the best {MAX_K}."
+    return int(k), ""
 
 
 def _threshold(threshold: float | None) -> float | None:
