@@ -74,6 +74,8 @@ def tiny_siglip_encoder(tiny_siglip_dir):
 def local_ray():
     """A local Ray on 2 CPUs for one test module (starting one costs seconds, so modules share it)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    # address="local": a new Ray even where a `ray start` cluster (or its stale address file) is around
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -208,3 +208,52 @@ def test_a_cpu_model_actor_uses_the_threads_it_is_given_or_every_core(tiny_encod
         assert torch.get_num_threads() == os.cpu_count()
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_address_where_nothing_answers_fails_fast_instead_of_hanging(tmp_path, tiny_encoder):
+    import socket
+    import time
+
+    from mmretrieval.ingest import ray_runner
+    from mmretrieval.ingest.ray_index import RayIndexFill
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "no-such-host.invalid:6379"):
+        started = time.monotonic()
+        with pytest.raises(CollectionError, match=f"cannot connect to the Ray cluster at {address}: nothing answers"):
+            ray_runner.check_reachable(address, timeout_s=5)
+        assert time.monotonic() - started < 30
+    with pytest.raises(CollectionError, match="nothing answers"):  # before an index is trained, not after
+        RayIndexFill(str(tmp_path / "work"), address=f"127.0.0.1:{port}")
+    with socket.socket() as listening:  # a port that answers passes; so do names Ray resolves itself
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        ray_runner.check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
+    for address in ("auto", "local", "garbage"):
+        ray_runner.check_reachable(address)
+
+
+def test_a_small_run_makes_several_results_so_progress_shows_and_a_stop_keeps_work():
+    from mmretrieval.ingest.ray_runner import MIN_SEGMENT_ROWS, _sized
+
+    config = RayIngestConfig()
+    assert _sized(config, 600).segment_rows == MIN_SEGMENT_ROWS  # not one 4,096-row result at the very end
+    assert _sized(config, 20_000).segment_rows == 1000
+    assert _sized(config, 10_000_000).segment_rows == config.segment_rows  # the most, at scale
+    assert _sized(RayIngestConfig(segment_rows=5), 600).segment_rows == 5  # a smaller choice is kept
+
+
+@pytest.mark.parametrize("flags, needle", [(["--device", "cuda"], "--device cannot be used with --ray"),
+                                           (["--device-decode", "on"], "--device-decode cannot be used with --ray"),
+                                           (["--workers", "0"], "--workers 0")])
+def test_options_the_cluster_would_ignore_are_refused_with_ray(tmp_path, capsys, flags, needle):
+    from mmretrieval.cli import main
+
+    write_good_images(tmp_path / "photos", 1)
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "col"), "--ray", "auto",
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "col").exists()  # refused before a collection is made

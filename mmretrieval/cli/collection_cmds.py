@@ -72,8 +72,9 @@ def _register_ingest(subparsers) -> None:
                         "room (default on)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
-                        "machine's cores and GPUs, or the cluster at ADDRESS (or $RAY_ADDRESS); --workers then "
-                        "caps decode tasks at once. Give it after the sources, or as --ray=ADDRESS")
+                        "machine's cores and GPUs, or the cluster at ADDRESS (host:port, auto for the one `ray "
+                        "start` made here, ray://host:10001; or $RAY_ADDRESS); --workers then caps decode tasks at "
+                        "once. Give it after the sources, or as --ray=ADDRESS")
     parser.add_argument("--ray-output", metavar="DIR_OR_URI",
                         help="with --ray: where workers leave results, a folder every node reaches or a URI such as "
                         "s3://bucket/run (default: inside the collection, fine on one machine)")
@@ -87,8 +88,25 @@ def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
         return None
     from ..ingest.ray_runner import RayIngestConfig
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's plan and progress lines; our bar reports
+    # The model and the decoders run in the cluster's workers, which choose their device (a GPU where the node
+    # has one): this machine's options would be silently ignored.
+    ignored = [flag for flag, given in (("--device", args.device != "auto"),
+                                        ("--device-decode", args.device_decode != "auto"),
+                                        ("--share-jpegs", args.share_jpegs != "on")) if given]
+    if ignored:
+        raise CollectionError(f"{', '.join(ignored)} cannot be used with --ray: the cluster's workers run the model "
+                              "and the decoders, on their GPUs where nodes have them; leave it out")
+    if args.workers == 0:
+        raise CollectionError("--workers 0 (decode in this process) cannot be used with --ray; give the most decode "
+                              "tasks at once across the cluster, or leave it out")
+    quiet_ray_logs()
     return RayIngestConfig(address=args.ray or None, output=args.ray_output, decode_tasks=args.workers)
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's and Ray Data's own INFO lines (plans, executor progress) off stderr: our bar reports."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -100,14 +118,16 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
               "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
     ray = _ray_config(args)  # refused options refuse before a collection is made
+    # With --ray this process loads a new collection's model only to record it: on the CPU.
+    device = "cpu" if ray is not None else args.device
     if args.dim is not None:
         from ..models.encoder import load_encoder
 
         if model is None:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
-        model = load_encoder(model, device=args.device, dim=args.dim, precision=args.precision)
+        model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
     with TqdmProgress("index", unit="vec") as index_bar, \
-            _open(args.collection, model=model, create=True, device=args.device, precision=args.precision,
+            _open(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest") as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
@@ -122,7 +142,7 @@ def _ingest(args: argparse.Namespace) -> int:
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
           f"{skipped}", file=sys.stderr)
-    if summary.embedded and args.precision == "auto" and _bf16_unused(args.device):
+    if summary.embedded and ray is None and args.precision == "auto" and _bf16_unused(args.device):
         print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
               "within ~2e-3 of float32's", file=sys.stderr)
     return _ingest_status(summary, args.sources)
@@ -307,7 +327,7 @@ def _index(args: argparse.Namespace) -> int:
 def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgress) -> "RayIndexFill":
     from ..ingest.ray_index import RayIndexFill
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    quiet_ray_logs()
     work_dir = args.ray_work or os.path.join(collection_dir, "ray-index")
     return RayIndexFill(work_dir, address=args.ray or None, progress=progress, clean_stale=args.ray_work is None)
 

@@ -213,6 +213,14 @@ class RayIndexFill:
     progress: Progress | None = None  # (added, total) after each shard
     clean_stale: bool = False  # first delete build folders a killed build left (only if no one else uses work_dir)
 
+    def __post_init__(self) -> None:
+        """Check the cluster address now, before the index is trained (minutes at scale), not after."""
+        from .ray_runner import check_reachable
+
+        target = self.address or os.environ.get("RAY_ADDRESS")
+        if target:
+            check_reachable(target)
+
     def __call__(self, index: VectorIndex, blocks: Blocks, total: int) -> VectorIndex:
         if self.clean_stale:
             for folder in sorted(Path(self.work_dir).glob("index-build-*")):

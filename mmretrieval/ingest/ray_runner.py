@@ -20,8 +20,11 @@ Ray retries tasks on dead workers and restarts dead actors (execution is at leas
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,6 +42,9 @@ from .runner import plan_sources
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
+CONNECT_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a connection
+RESULTS_PER_RUN = 20  # a run makes about this many results at least (progress steps, commits)
+MIN_SEGMENT_ROWS = 64  # rows per result at least, whatever the run's size
 RESULTS_DIR = "ray-results"  # default output location, inside the collection directory
 STAGING_DIR = "ray-staging"  # results downloaded from a remote output location, inside the collection directory
 
@@ -56,7 +62,8 @@ class RayIngestConfig:
     decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
     timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
     files_per_task: int = 256  # files per decode task (one Ray block)
-    segment_rows: int = 4096  # rows per result segment (and per catalog commit)
+    segment_rows: int = 4096  # most rows per result segment (and per catalog commit); a run of fewer than 20x as
+    # many files makes ~20 smaller results, so that progress shows and an interrupted run keeps most of its work
     prune: bool = False  # delete rows of files that no longer exist
     precision: str = "auto"  # the model actors' number format: auto, fp32 or bf16 (models.precision)
 
@@ -97,6 +104,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     committer = ResultCommitter(catalog)
     tally = Tally(skipped)
     total = catalog.pending_count()
+    config = _sized(config, total)
     report = _reporter(tally, total, progress)
     report(CommitCounts())
     if drop.remove_unsealed():
@@ -113,6 +121,14 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if left := catalog.pending_count():
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
     return tally.summary(unchanged, pruned)
+
+
+def _sized(config: RayIngestConfig, pending: int) -> RayIngestConfig:
+    """``config`` with results of at most 1/:data:`RESULTS_PER_RUN` of ``pending`` rows (at least
+    :data:`MIN_SEGMENT_ROWS`): one 4,096-row result for a run of 600 files would show no progress until the end
+    and lose everything to a Ctrl-C."""
+    rows = max(MIN_SEGMENT_ROWS, math.ceil(pending / RESULTS_PER_RUN))
+    return config if rows >= config.segment_rows else dataclasses.replace(config, segment_rows=rows)
 
 
 def _reporter(tally: Tally, total: int, progress: Progress | None) -> Callable[[CommitCounts], None]:
@@ -158,16 +174,42 @@ def ray_connection(address: str | None) -> Iterator[float]:
     started = not ray.is_initialized()
     if started:
         target = address or os.environ.get("RAY_ADDRESS") or "local"
+        check_reachable(target)
         try:
             ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise CollectionError(f"cannot connect to the Ray cluster at {target}: {exc}; start one with "
-                                  "`ray start --head`, or leave out the address for a local Ray") from exc
+            raise CollectionError(
+                f"cannot connect to the Ray cluster at {target}: {exc}. If the cluster runs, it may ask for a token "
+                "(Ray 2.59+ turns token authentication on for clusters `ray start` makes): set RAY_AUTH_MODE=token "
+                "here, and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH if the token is not in this machine's default "
+                "file (`ray get-auth-token` prints it); or leave out the address for a local Ray") from exc
     try:
         yield float(ray.cluster_resources().get("GPU", 0))
     finally:
         if started:
             ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing answers at a ``host:port`` (or ``ray://host:port``) address: Ray itself keeps
+    retrying a wrong address without end, holding the collection's writer lock all the while.
+
+    ``local``, ``auto`` and addresses without a port are left to Ray, which reports them at once.
+
+    Raises:
+        CollectionError: the host is unknown, or nothing accepts a connection at that port.
+    """
+    host, colon, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")  # an IPv6 literal
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CollectionError(f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} "
+                              f"({reason}); check the address and that the head node runs (`ray start --head`), "
+                              "or leave out the address for a local Ray") from exc
 
 
 def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: ModelIdentity, drop: ResultDrop,
