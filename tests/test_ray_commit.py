@@ -182,6 +182,24 @@ def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(t
     col.close()
 
 
+def test_a_plain_ingest_commits_what_a_killed_ray_run_finished_instead_of_redoing_it(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    write_good_images(folder, 4)
+    (folder / "broken.jpg").write_text("not an image")
+    col = planned_collection(tmp_path, tiny_encoder, folder)  # as the killed --ray run planned it
+    drop = ResultDrop(str(tmp_path / "col" / "ray-results"), str(tmp_path / "col" / "ray-staging"))
+    drop.prepare()
+    result_for(col, drop, ids=[1, 2])  # two files finished by its workers, never committed
+    (tmp_path / "col" / "ray-results" / "deadbeef.vec").write_bytes(b"half")  # a writer killed before sealing
+    summary = col.ingest([folder], workers=0)  # without --ray
+    assert summary.unchanged == 2 and summary.embedded + summary.failed_total == 3  # the two are not redone
+    assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
+    assert not os.listdir(tmp_path / "col" / "ray-results")  # nothing left on disk for good
+    ids = col.catalog.vector_ids()
+    assert len(ids) == len(set(ids.tolist())) == 4
+    col.close()
+
+
 def test_a_random_weight_model_is_refused_before_anything_starts(tmp_path, tiny_encoder):
     import dataclasses
 

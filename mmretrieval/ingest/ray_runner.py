@@ -33,7 +33,7 @@ from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
-from .batches import IngestSummary, chunked
+from .batches import RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop
 from .ray_stages import check_reproducible
@@ -45,7 +45,7 @@ Progress = Callable[[int, int], None]  # (done, total)
 CONNECT_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a connection
 RESULTS_PER_RUN = 20  # a run makes about this many results at least (progress steps, commits)
 MIN_SEGMENT_ROWS = 64  # rows per result at least, whatever the run's size
-RESULTS_DIR = "ray-results"  # default output location, inside the collection directory
+RESULTS_DIR = RAY_RESULTS_DIR  # default output location, inside the collection directory
 STAGING_DIR = "ray-staging"  # results downloaded from a remote output location, inside the collection directory
 
 
@@ -121,6 +121,27 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if left := catalog.pending_count():
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
     return tally.summary(unchanged, pruned)
+
+
+def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
+    """Commit the results a killed ``--ray`` run finished in the collection's own results folder; returns the
+    rows committed.
+
+    A plain ``mmr ingest`` calls this first: it would otherwise decode those files again and leave the results
+    on disk for good (only a later ``--ray`` run, with the same output location, would remove them). Results in
+    another ``--ray-output`` location are only found by a ``--ray`` run given that location. Imports nothing of
+    Ray (the results are Parquet and the collection's own segments).
+    """
+    results = os.path.join(collection_dir, RESULTS_DIR)
+    if not os.path.isdir(results):
+        return 0
+    drop = ResultDrop(results, os.path.join(collection_dir, STAGING_DIR))
+    drop.remove_unsealed()
+    tally = Tally([])
+    _commit_all(drop, ResultCommitter(catalog), tally.add)
+    if tally.rows:
+        logger.info("committed %d rows that an interrupted --ray run had finished", tally.rows)
+    return tally.rows
 
 
 def _sized(config: RayIngestConfig, pending: int) -> RayIngestConfig:
