@@ -353,3 +353,23 @@ def test_upload_errors_before_the_handler_are_toasts_that_stay():
     with pytest.raises(gr.Error) as caught:
         guard_upload(Upload()).preprocess({"path": "upload.png"})
     assert "not a usable image" in caught.value.message and caught.value.duration is None
+
+
+def test_details_panel_shows_when_where_and_with_what_a_photo_was_taken(tmp_path, tiny_encoder):
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.ui.context import AppContext
+    from mmretrieval.ui.search_handlers import SearchHandlers
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS R5 <b>"  # Make, Model (a model name is text, not markup)
+    exif.get_ifd(0x8769)[0x9003] = "2023:07:14 18:05:09"  # DateTimeOriginal
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(tmp_path / "photos" / "dated.jpg", exif=exif)
+    Image.new("RGB", (64, 48), (40, 40, 200)).save(tmp_path / "photos" / "plain.png")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True, device="cpu") as collection:
+        collection.ingest([tmp_path / "photos"], workers=0)
+        search = SearchHandlers(AppContext(collection=collection, encoder=tiny_encoder, title="t"))
+        _, dated, _, _ = search.image_info(collection.catalog.id_of_path(tmp_path / "photos" / "dated.jpg"))
+        _, plain, _, _ = search.image_info(collection.catalog.id_of_path(tmp_path / "photos" / "plain.png"))
+    assert "- taken: 2023-07-14 18:05:09\n" in dated and "- camera: Canon EOS R5 \\<b\\>" in dated
+    assert "modification time" in plain and "camera" not in plain  # no EXIF: dated by mtime, and it says so

@@ -25,6 +25,7 @@ from .names import counted, display_path, markdown_code, markdown_text
 
 if TYPE_CHECKING:
     from ..collection.collection import Hit
+    from ..images.metadata import PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class ImageDetails:
     height: int | None
     caption: str | None
     labels: tuple[tuple[str, float], ...]  # (label, probability), best first
+    photo: "PhotoMetadata | None" = None  # capture time, camera and place, when the file told them
 
 
 def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
@@ -250,8 +252,9 @@ def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
     path = ctx.collection.image_path(image_id)  # the collection's own readable "no such image" error
     row = ctx.collection.catalog.rows([image_id]).get(image_id)
     labels = ctx.collection.label_of([image_id]).get(image_id, ())
+    photo = ctx.collection.catalog.photos([image_id]).get(image_id)
     return ImageDetails(Path(path), getattr(row, "width", None), getattr(row, "height", None),
-                        getattr(row, "caption", None), tuple(labels))
+                        getattr(row, "caption", None), tuple(labels), photo)
 
 
 def _describe(image_id: int, row: ImageDetails) -> str:
@@ -264,11 +267,28 @@ def _describe(image_id: int, row: ImageDetails) -> str:
         lines.append(f"- file: {row.path.stat().st_size / 1024:.1f} KiB")
     except OSError:
         lines.append("- file: missing on disk")
+    lines.extend(_photo_lines(row.photo))
     if row.caption:
         lines.append(f"- caption: {markdown_text(row.caption)}")
     labels = ", ".join(f"{markdown_text(name)} ({probability:.2f})" for name, probability in row.labels)
     lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
     return "\n".join(lines)
+
+
+def _photo_lines(photo: "PhotoMetadata | None") -> list[str]:
+    """Details lines for what the date, camera and place filters match on (each only when known)."""
+    if photo is None:
+        return []
+    lines = []
+    if photo.taken_at:
+        source = " (file's modification time: no EXIF date)" if photo.taken_source == "mtime" else ""
+        lines.append(f"- taken: {markdown_text(photo.taken_at.replace('T', ' '))}{source}")
+    camera = " ".join(part for part in (photo.make, photo.model) if part)
+    if camera:
+        lines.append(f"- camera: {markdown_text(camera)}")
+    if photo.latitude is not None and photo.longitude is not None:
+        lines.append(f"- place: {photo.latitude:.5f}, {photo.longitude:.5f}")
+    return lines
 
 
 @dataclass(frozen=True)
