@@ -133,3 +133,16 @@ def test_chains_join_and_bad_arguments_are_refused():
     assert connected_groups(pairs) == [[1, 2, 3], [5, 6]]
     with pytest.raises(CollectionError):
         list(similar_pairs([], 0, lambda q, k: (q, q), lambda ids: (ids, ids), 0.9, k=0))
+
+
+def test_groups_joined_through_chains_say_how_far_and_how_large(copies, capsys):
+    from mmretrieval.collection.duplicates import chaining_note
+
+    root, _ = copies
+    assert main(["duplicates", "--collection", str(root / "col"), "--threshold", "0.5"]) == 0
+    err = capsys.readouterr().err  # every scene is a shape: at 0.5 they chain into one group
+    assert "1 of 1 groups joined images less alike than 0.500" in err and "the largest group has 120 images" in err
+    with Collection.open(root / "col") as col:
+        groups = col.duplicates()
+    tight = [group for group in groups if group.score >= col.duplicate_threshold()]
+    assert tight and chaining_note(tight, col.duplicate_threshold()) is None and chaining_note([], 0.9) is None

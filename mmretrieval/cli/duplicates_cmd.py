@@ -36,13 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Find the groups, print them, optionally link them for review; exit 1 when there are none."""
     from ..collection.collection import Collection
-    from ..collection.duplicates import check_review_dir, organize_duplicates
+    from ..collection.duplicates import chaining_note, check_review_dir, organize_duplicates
 
     if args.organize:
         check_review_dir(args.organize)  # before the search, not after it
     with Collection.open(args.collection) as collection:
         with TqdmProgress("duplicates") as progress:
             groups = collection.duplicates(args.threshold, k=args.k, progress=progress)
+        note = chaining_note(groups, collection.duplicate_threshold(args.threshold))
     names_as_bytes()
     if args.json:
         rows = ({"paths": list(g.paths), "scores": [round(s, 6) for s in g.scores], "keep": g.keep.path,
@@ -56,4 +57,6 @@ def run(args: argparse.Namespace) -> int:
         made = organize_duplicates(groups, args.organize)
         print(f"linked {made} files of {len(groups)} groups under {args.organize}", file=sys.stderr)
     print(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies", file=sys.stderr)
+    if note:
+        print(f"mmr duplicates: {note} (--threshold)", file=sys.stderr)
     return 0 if groups else 1

@@ -441,6 +441,12 @@ class Collection:
         return [Hit(i, rows[i].path, s, tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
                 for i, s in best if i in rows]
 
+    def duplicate_threshold(self, threshold: float | None = None) -> float:
+        """``threshold``, or the model family's default cosine for :meth:`duplicates` when None."""
+        from .duplicates import default_threshold
+
+        return default_threshold(self.identity) if threshold is None else threshold
+
     def duplicates(self, threshold: float | None = None, k: int = 10,
                    progress: Progress | None = None) -> "list[DuplicateGroup]":
         """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
@@ -452,15 +458,14 @@ class Collection:
 
         See :mod:`mmretrieval.collection.duplicates`.
         """
-        from .duplicates import default_threshold, find_duplicates
+        from .duplicates import find_duplicates
 
         def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
             with self._lock:  # one block at a time: an ingest in another thread may add between blocks
                 self._indexes.sync()
                 return self._indexes.index.search(queries, k)
 
-        chosen = default_threshold(self.identity) if threshold is None else threshold
-        return find_duplicates(self.catalog, search, chosen, k, progress)
+        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def image_path(self, image_id: int) -> Path:

@@ -214,6 +214,23 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     return described
 
 
+def chaining_note(groups: Sequence[DuplicateGroup], threshold: float) -> str | None:
+    """What chaining did, when some group holds members less alike than ``threshold`` to its kept copy; else None.
+
+    Groups are connected components: a copy of a copy joins even when it is further from the kept one than the
+    threshold. That is right for a chain of re-saves and crops, and wrong at a low threshold, where unrelated
+    images link up step by step into one large group. No rule tells the two apart from the scores alone, so the
+    note gives the user the facts to judge: how many groups chained, how far, and the largest group's size.
+    """
+    loose = [group.score for group in groups if group.score < threshold]
+    if not loose:
+        return None
+    largest = max(len(group.copies) for group in groups)
+    return (f"{len(loose)} of {len(groups)} groups joined images less alike than {threshold:.3f} to their kept copy "
+            f"through chains of neighbours (cosine down to {min(loose):.3f}; the largest group has {largest} "
+            "images); if those are not copies, raise the threshold to split them")
+
+
 REVIEWED_BY = "mmr duplicates --organize"  # the marker of a review folder: a re-run replaces it
 
 

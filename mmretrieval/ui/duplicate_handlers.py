@@ -55,6 +55,7 @@ class DuplicateHandlers:
 
         with self.ctx.lock:
             groups = finder(threshold=threshold or None, progress=report)
+            chosen = self.ctx.collection.duplicate_threshold(threshold or None)
         if not groups:
             return ("<p>No near-duplicates at this threshold.</p>",
                     "No near-duplicate groups found; lower the threshold to find looser copies.", [])
@@ -65,6 +66,11 @@ class DuplicateHandlers:
                    "besides the suggested keepers "
                    f"(highest resolution, then largest file, then oldest). Showing {shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
+        from ..collection.duplicates import chaining_note
+
+        note = chaining_note(groups, chosen)
+        if note:
+            summary += f"\n\n{note[0].upper()}{note[1:]}."
         return self._review_html(groups[:GROUPS_SHOWN]), summary, [str(path) for path in export]
 
     def _review_html(self, groups: list[Any]) -> str:
