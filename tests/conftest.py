@@ -79,3 +79,18 @@ def local_ray():
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# The web UI's handlers over the module's own ``context`` fixture (an AppContext on the module's collection).
+@pytest.fixture(scope="module")
+def search(context):
+    from mmretrieval.ui.search_handlers import SearchHandlers
+
+    return SearchHandlers(context)
+
+
+@pytest.fixture(scope="module")
+def manage(context):
+    from mmretrieval.ui.collection_handlers import CollectionHandlers
+
+    return CollectionHandlers(context)

@@ -42,20 +42,6 @@ def context(collection_dir, tiny_encoder):
 
 
 @pytest.fixture(scope="module")
-def search(context):
-    from mmretrieval.ui.search_handlers import SearchHandlers
-
-    return SearchHandlers(context)
-
-
-@pytest.fixture(scope="module")
-def manage(context):
-    from mmretrieval.ui.collection_handlers import CollectionHandlers
-
-    return CollectionHandlers(context)
-
-
-@pytest.fixture(scope="module")
 def server(context):
     with running_app(context) as url:
         yield url

@@ -66,20 +66,6 @@ def context(collection_dir, tiny_encoder):
     collection.close()
 
 
-@pytest.fixture(scope="module")
-def search(context):
-    from mmretrieval.ui.search_handlers import SearchHandlers
-
-    return SearchHandlers(context)
-
-
-@pytest.fixture(scope="module")
-def manage(context):
-    from mmretrieval.ui.collection_handlers import CollectionHandlers
-
-    return CollectionHandlers(context)
-
-
 def _id_of(context, name: str, collection_dir: Path) -> int:
     image_id = context.collection.catalog.id_of_path(collection_dir / "images" / name)
     assert image_id is not None, name
