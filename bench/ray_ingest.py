@@ -147,7 +147,7 @@ def main() -> None:
         baseline = single_machine(encoder, folder, Path(tmp) / "single", args.batch_size)
         print(f"single machine        {baseline[0]:8.1f} images/s, steady {baseline[1]:8.1f}", flush=True)
         started = time.perf_counter()
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         print(f"(local Ray started in {time.perf_counter() - started:.1f} s: "
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
               flush=True)
