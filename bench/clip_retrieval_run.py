@@ -11,6 +11,8 @@ import numpy as np
 
 
 def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)
     folder, arch, ckpt = sys.argv[1:4]
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 512
     workers = int(sys.argv[5]) if len(sys.argv) > 5 else (os.cpu_count() or 1)

@@ -393,6 +393,14 @@ def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys)
     with pytest.raises(SystemExit):
         main(["info", "--collection", collection, "extra"])
     assert capsys.readouterr().err.startswith("mmr info: error: unrecognized arguments: extra (see")
+    with pytest.raises(SystemExit):  # the dashed path is taken for an option, so the IMAGE seems missing
+        main(["similar", "-k", "2", "-x.png", "--collection", collection])
+    assert capsys.readouterr().err.splitlines() == [
+        "mmr similar: error: the following arguments are required: IMAGE; a query or path that starts with '-' "
+        "goes at the end, after '--' (see mmr similar --help)"]
+    with pytest.raises(SystemExit):  # a missing option gets no such hint
+        main(["similar", "x.png"])
+    assert "after '--'" not in capsys.readouterr().err
 
 
 def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):

@@ -391,6 +391,9 @@ def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, c
     assert len(lines) == 3 and "/gone/photos/s1_3.jpg" not in [line.split("\t")[1] for line in lines]
     assert main(["import", str(tmp_path / "nope"), "--collection", collection]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    # a new collection needs the model that made the vectors: the demo model never did
+    assert main(["import", str(tmp_path / "emb"), "--collection", str(tmp_path / "new")]) == 2
+    assert "--model is needed to create" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_cli_import_no_index_leaves_the_index_to_mmr_index(tmp_path, tiny_model_dir, capsys):

@@ -22,8 +22,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, as every other ``mmr`` error (the usage block is left to ``--help``)."""
 
     def error(self, message: str) -> NoReturn:
-        if message.startswith("the following arguments are required:") and "--collection" in message:
-            message += " (or set $MMR_COLLECTION)"
+        if message.startswith("the following arguments are required:"):
+            missing = message.split(":", 1)[1].split(", ")
+            if "--collection" in message:
+                message += " (or set $MMR_COLLECTION)"
+            if any(not name.strip().startswith("-") for name in missing):  # argparse took a '-x' value as an option
+                message += "; a query or path that starts with '-' goes at the end, after '--'"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]

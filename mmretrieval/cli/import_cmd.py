@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from ..progress import TqdmProgress
 from .common import add_collection_option
@@ -39,8 +40,14 @@ def register(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..collection.collection import Collection
+    from ..collection.collection import CATALOG_NAME, Collection
     from ..collection.imports import import_embeddings
+    from ..errors import CollectionError
+
+    if args.model is None and not (Path(args.collection).expanduser() / CATALOG_NAME).is_file():
+        # Only the model that made the vectors may record them; the demo model, the default elsewhere, never did.
+        raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "
+                              "embeddings (for another collection's folder, the one `mmr info --collection DIR` shows)")
 
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
             args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar,
