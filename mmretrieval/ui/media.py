@@ -186,9 +186,14 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
     return component
 
 
+# A 100-megapixel camera photo is as refused as a bomb, and deserves a way forward, not an alarm.
+_TOO_MANY_PIXELS = (f"it has more than {MAX_UPLOAD_PIXELS // 1_000_000} megapixels, the most an upload may have "
+                    "(a guard against decompression bombs); save a smaller copy of the picture and upload that")
+
+
 def _reason_text(exc: ImageDecodeError) -> str:
     readable = {
-        "decompression_bomb": "it has too many pixels (possible decompression bomb)",
+        "decompression_bomb": _TOO_MANY_PIXELS,
         "not_an_image": "it is not an image format this app reads (JPEG, PNG, HEIC, AVIF, WebP, GIF, TIFF, ...)",
         "truncated": "the file is truncated",
         "corrupt": "the file is corrupt",
@@ -200,7 +205,7 @@ def _reason_text(exc: ImageDecodeError) -> str:
 
 def _short(exc: Exception) -> str:
     if isinstance(exc, Image.DecompressionBombError):
-        return "it has too many pixels (possible decompression bomb)"
+        return _TOO_MANY_PIXELS
     if isinstance(exc, Image.UnidentifiedImageError):
         return "the file is not an image format we can read"
     return type(exc).__name__
