@@ -223,14 +223,20 @@ def test_ivf_collection_pruned_to_empty_without_manifest_still_opens(built, caps
 
 
 def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
+    from mmretrieval.collection.collection import Collection
+
     tmp_path, collection = built
     assert main(["index", "--collection", collection, "--type", "hnsw", "--ef-search", "300", "--hnsw-m", "16"]) == 0
     (tmp_path / "photos" / "good00.jpg").unlink()  # an HNSW index cannot remove: the prune rebuilds it
     assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
-    (tmp_path / "col" / "index.json").unlink()  # and so does a lost manifest, on open
+    (tmp_path / "col" / "index.json").unlink()  # and so does a lost manifest, on first use
     capsys.readouterr()
     assert main(["info", "--collection", collection, "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = json.loads(capsys.readouterr().out)  # info never builds an index only to describe it
+    assert info["index_type"] == "none" and info["index_saved"] is False and info["vectors"] == 4
+    with Collection.open(collection) as col:
+        col.load_index()
+        info = col.info().to_dict()
     assert info["index_vectors"] == 4 and info["index_type"] == "hnsw"
     assert info["index_params"] == {"hnsw_m": 16, "ef_search": 300}
 

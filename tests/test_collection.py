@@ -58,6 +58,7 @@ def _snapshot(directory) -> dict[str, tuple]:
     with Collection.open(directory) as col:
         ids, vectors = col.vectors()
         rows = col.catalog.rows(ids.tolist())
+        col.load_index()
         index_ids = sorted(col._indexes.index.ids().tolist())
         assert index_ids == sorted(ids.tolist())  # catalog and index agree
         assert col.info().index_vectors == len(ids)
@@ -218,8 +219,8 @@ def test_corrupt_index_is_rebuilt_not_served(tmp_path, tiny_encoder, caplog):
     data[-20:] = b"\x00" * 20
     index_file.write_bytes(bytes(data))
     with Collection.open(tmp_path / "col", model=tiny_encoder) as col:
-        assert "checksum" in caplog.text
         assert [h.id for h in col.search("x", k=5)] == expected
+        assert "checksum" in caplog.text  # found when the first search loaded it
     manifest = json.loads((tmp_path / "col" / "index.json").read_text())
     assert manifest["count"] == 5 and manifest["model_key"] == tiny_encoder.identity.key()
 
@@ -345,7 +346,7 @@ def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(
         assert col.ingest([tmp_path / "photos"], workers=0).embedded == 3
 
 
-def test_a_writer_command_is_refused_at_open_before_the_index_catches_up(tmp_path, tiny_encoder, monkeypatch):
+def test_the_index_loads_on_first_use_and_a_busy_writer_is_refused_before(tmp_path, tiny_encoder, monkeypatch):
     import fcntl
 
     from mmretrieval.collection import upkeep
@@ -356,13 +357,13 @@ def test_a_writer_command_is_refused_at_open_before_the_index_catches_up(tmp_pat
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
     loads = []
-    monkeypatch.setattr(upkeep.IndexKeeper, "load", lambda self: loads.append(self))
+    real_load = upkeep.IndexKeeper.load
+    monkeypatch.setattr(upkeep.IndexKeeper, "load", lambda self: (loads.append(self), real_load(self)))
     with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another writer holds the lock
         fcntl.flock(other.fileno(), fcntl.LOCK_EX)
         with pytest.raises(CollectionError, match="another process is writing .*; run mmr compact when it is done"):
             Collection.open(tmp_path / "col", writer="compact")
-        assert not loads
-        with Collection.open(tmp_path / "col"):  # a reader is not a writer: it opens
-            assert len(loads) == 1
-    with Collection.open(tmp_path / "col", writer="compact"):  # the lock is free again
-        assert len(loads) == 2
+        with Collection.open(tmp_path / "col") as reader:  # a reader is not a writer: it opens
+            info = reader.info()  # described as saved, without loading the index
+            assert not loads and info.index_saved and info.index_vectors == 3
+            assert len(reader.search("x", k=2)) == 2 and len(loads) == 1  # the first search loads it

@@ -184,6 +184,7 @@ def test_reingest_skips_unchanged_reembeds_modified_and_prunes(tmp_path, tiny_en
         assert pruned.pruned == 1
         hits = col.search("x", k=50)
         assert str(paths[1]) not in {h.path for h in hits} and len(hits) == 5
+        col.load_index()
         assert sorted(col._indexes.index.ids().tolist()) == sorted(col.catalog.vector_ids().tolist())
 
 

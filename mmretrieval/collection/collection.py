@@ -8,19 +8,18 @@ This is the API the CLI and the UI share::
             print(hit.score, hit.path)
 
 Layout: ``catalog.sqlite`` (the truth: rows, places of vectors, labels, model identity), ``segments/`` (the
-vectors, :mod:`.segments`), ``index-<gen>.faiss`` and ``index.json`` (derived). On open the index is checked
-against the catalog (model, dimension, checksum, generation); a corrupt or foreign index is rebuilt in memory
-from the stored vectors and a stale one catches up in memory, so a search never sees an index that disagrees
-with the catalog. Only writers (:meth:`Collection.writing`: ingest, index, import, compact) write files,
+vectors, :mod:`.segments`), ``index-<gen>.faiss`` and ``index.json`` (derived). The index loads on first use
+(a command that never searches never pays for it) and is then checked against the catalog (model, dimension,
+checksum, generation); a corrupt or foreign index is rebuilt in memory from the stored vectors and a stale one
+catches up in memory, so a search never sees an index that disagrees with the catalog. Only writers (:meth:`Collection.writing`: ingest, index, import, compact) write files,
 holding ``ingest.lock``; a search never does, so a read-only collection can be searched.
 
-Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget):
-``search``/``similar``/``info``: the index (~0.8 GB) + the model + the pages of re-ranked vectors (page cache);
-``ingest``: the same plus decode buffers, and once per run an index catch-up or, when the index type changes,
-a build (see :mod:`.upkeep`: ~1.5 GB peak); planning still holds every known path of the collection and every
-pending row in Python (~250 B each: ~2.5 GB at 10 M, not streamed yet); ``index``: a build; ``compact``: one
-128 MiB block (see :mod:`.compaction`); ``label``: one chunk of vectors at a time; the catalog's id list is
-80 MB in each.
+Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget; measured figures
+in docs/scaling.md): ``search``/``similar``: the index (~1.3 GB) + the model + the pages of re-ranked vectors
+(page cache); ``info``: the catalog's answers only; ``ingest``: decode buffers and 10,000 planned paths at a
+time, then an index catch-up or, when the index type changes, a build (see :mod:`.upkeep`); ``index``: a
+build; ``compact``: one 128 MiB block (see :mod:`.compaction`) and the index catch-up; ``label``: the model
+and one chunk of vectors at a time; the catalog's id list is 80 MB in each.
 """
 
 from __future__ import annotations
@@ -156,7 +155,6 @@ class Collection:
                     pass
             encoder, identity = _resolve_model(catalog, model, create, device, precision, directory)
             collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress, precision)
-            collection._indexes.load()
         except BaseException:
             catalog.close()
             raise
@@ -504,12 +502,25 @@ class Collection:
         stream)."""
         return (Failure(row.path, row.reason or row.status, row.message or "") for row in self.catalog.failures())
 
-    def info(self) -> CollectionInfo:
-        """Model, dimension, counts by status, index type and parameters, bytes on disk."""
+    def load_index(self) -> None:
+        """Load the index now (and catch it up), rather than on the first search: for a server, whose first user
+        should not wait for it. Commands that never search never load it."""
         with self._lock:
             self._indexes.sync()
-            manifest = self._indexes.current()
-            saved = self._indexes.manifest
+
+    def info(self) -> CollectionInfo:
+        """Model, dimension, counts by status, index type and parameters, bytes on disk.
+
+        The index is described as this process holds it, caught up; or, when this process has not loaded it, as
+        saved on disk (its vector count then may trail the catalog's: ``index_saved`` says so), since loading or
+        building it only to describe it would cost as much as a search's first use.
+        """
+        with self._lock:
+            if self._indexes.loaded:
+                manifest = self._indexes.current()
+                saved = self._indexes.manifest
+            else:
+                manifest = saved = self._indexes.saved() or _NO_INDEX
         sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
         store = self.catalog.segments
         if store.exists:
@@ -524,7 +535,8 @@ class Collection:
             vectors=self.catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
             index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
             labels=self.catalog.label_counts(), index_recall=round(manifest.recall, 4),
-            index_memory=manifest.memory_bytes, index_saved=saved is not None and saved.generation == manifest.generation,
+            index_memory=manifest.memory_bytes,
+            index_saved=saved is not _NO_INDEX and saved is not None and saved.generation == self.catalog.generation,
             vector_dtype=store.dtype if store.exists else (self.catalog.get_meta(DTYPE_KEY) or ""),
             segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
             waste_ratio=round(stored.ratio, 4), imported=imported)
@@ -574,6 +586,11 @@ class Collection:
         from .labelling import organize
 
         return organize(self.catalog, Path(out_dir), copy=copy, label_set=label_set)
+
+
+# What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
+_NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1,
+                     note="no saved index: each process that searches builds one in memory; `mmr index` saves one")
 
 
 def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,

@@ -250,7 +250,7 @@ class VectorIndex:
         if manifest is None:
             return None
         path = directory / manifest.file
-        problem = _manifest_problem(manifest, model_key, dim)
+        problem = manifest_problem(manifest, model_key, dim)
         if problem is None and (not manifest.file or not path.is_file()):
             problem = f"index file {manifest.file!r} is missing"
         if problem is None and file_sha256(path) != manifest.sha256:
@@ -322,7 +322,8 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | None:
+def manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | None:
+    """Why a saved index cannot serve the model ``model_key`` of ``dim`` dimensions, or None when it can."""
     if manifest.model_key != model_key:
         return f"it was built from another model's vectors ({manifest.model_key}, expected {model_key})"
     if manifest.dim != dim or manifest.metric != METRIC or manifest.index_type not in INDEX_TYPES:

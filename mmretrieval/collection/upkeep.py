@@ -1,7 +1,8 @@
 """Keeping a collection's FAISS index in step with its catalog, without readers ever writing it.
 
-The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index and brings its
-in-memory copy up to the catalog's generation (incremental adds and removals, or an in-memory rebuild when
+The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index on first use (a
+command that never searches, such as ``mmr info`` or ``mmr label``, never loads it, and ``mmr index`` builds its
+own without loading the old one first) and brings its in-memory copy up to the catalog's generation (incremental adds and removals, or an in-memory rebuild when
 that is not possible). Only :meth:`IndexKeeper.persist` writes files, and only writers call it, holding the
 collection's lock (ingest, index, import, compact): a search process never writes, a read-only collection
 can be searched, and two processes never unlink each other's files.
@@ -11,7 +12,7 @@ the segments; nprobe / efSearch are then tuned to the policy's recall target on 
 (:mod:`.tuning`). The index type and parameters chosen with ``mmr index`` are stored in the catalog and
 reused by every rebuild, automatic ones included.
 
-Memory (10 M x 512): a build holds the index being built (ivfpq: ~0.8 GB), the training sample (at most
+Memory (10 M x 512): a build holds the index being built (ivfpq: ~1.3 GB, measured in docs/scaling.md), the training sample (at most
 300,000 x 512 float32 = 600 MB), one block of vectors (128 MiB) and the id list (80 MB). A reader holds the
 loaded index plus the vectors added since it was saved.
 """
@@ -31,7 +32,7 @@ from ..atomic import remove_stale_temporaries
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
 from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
-from .index import fit_to_data, training_size
+from .index import fit_to_data, manifest_problem, read_manifest, training_size
 from .sizing import IndexPolicy
 from .tuning import exact_top_k, tune
 
@@ -60,6 +61,11 @@ class IndexKeeper:
         self.generation = -1  # the catalog generation the in-memory index reflects
         self.recall = -1.0  # measured when it was last tuned
         self.note = ""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether this process has loaded (or built) the index yet."""
+        return self.index is not None
 
     def load(self) -> None:
         """Load the saved index and catch it up in memory, or build one in memory when it cannot be used."""
@@ -162,6 +168,9 @@ class IndexKeeper:
         Reads only what changed since the index's generation (the catalog logs removals), so a search during
         a long ingest costs a few small queries, not a pass over every id.
         """
+        if self.index is None:  # first use: load (which catches up) instead
+            self.load()
+            return
         generation = self.catalog.generation
         if self.generation == generation:
             return
@@ -210,7 +219,17 @@ class IndexKeeper:
 
     def current(self) -> Manifest:
         """What the in-memory index is (for ``mmr info``), whether or not it has been saved."""
+        self.sync()
         return Manifest(model_key=self.identity.key(), dim=self.identity.embed_dim, index_type=self.index.config.type,
                         params=self.index.config.params(), count=self.index.count, generation=self.generation,
                         file=self.manifest.file if self.manifest else "", note=self.note, recall=self.recall,
                         memory_bytes=self.index.memory_bytes())
+
+    def saved(self) -> Manifest | None:
+        """The saved index's manifest as it is on disk, without loading the index (None: none usable for this
+        model): what ``mmr info`` reports when this process has not loaded the index, since building one in
+        memory only to describe it costs a full build (94 s at 1 M vectors) and is then thrown away."""
+        manifest = read_manifest(self.directory)
+        if manifest is None or manifest_problem(manifest, self.identity.key(), self.identity.embed_dim):
+            return None
+        return manifest

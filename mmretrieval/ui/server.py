@@ -135,6 +135,7 @@ def open_context(config: ServeConfig) -> "AppContext":
     collection = Collection.open(directory, model=encoder, create=encoder is not None, device=config.device,
                                  precision=config.precision)
     encoder = encoder or collection.encoder  # loads the model the collection was built with
+    collection.load_index()  # now, not on the first user's search
     labels = tuple(collection.info().labels)
     return AppContext(
         collection=collection,
