@@ -2,8 +2,10 @@
 
 A reader (or a process restarted after SIGKILL or a power cut) sees either the old file or the new one,
 never a truncated mix; folders that a command fills (:func:`folder_built_aside`) work the same way.
-Temporaries carry their owner (host and process id), so a later run removes those whose owner died. New files get the mode the process umask allows (``0666 & ~umask``), as ``open``
-would give them: the temporary is created with mode 0666 and the kernel applies the umask. FAISS's own ``write_index`` is not atomic, so the index goes through here too.
+Temporaries carry their owner (host and process id), so a later run removes those whose owner died. New files
+get the mode the process umask allows (``0666 & ~umask``), as ``open`` would give them: the temporary is created
+with mode 0666 and the kernel applies the umask. FAISS's own ``write_index`` is not atomic, so the index goes
+through here too.
 """
 
 from __future__ import annotations
@@ -140,13 +142,15 @@ def check_fillable_folder(out: str | os.PathLike, maker: str) -> Path:
     if not out.is_dir():
         return out
     try:
-        entries = list(os.scandir(out))
-        made_by = (out / MARKER_NAME).read_text(encoding="utf-8").strip() if entries else None
-    except FileNotFoundError:
+        with os.scandir(out) as entries:
+            if next(entries, None) is None:  # empty
+                return out
+        made_by = (out / MARKER_NAME).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:  # not filled by any of our commands
         made_by = ""
     except (OSError, UnicodeDecodeError) as exc:
         raise CollectionError(f"cannot fill {out}: {getattr(exc, 'strerror', None) or exc}") from exc
-    if entries and made_by != maker:
+    if made_by != maker:
         made = f" (made by {made_by})" if made_by else ""
         raise CollectionError(f"{out} is not empty{made}: its files would mix with these; choose a new folder, or "
                               f"empty it first (a folder that {maker} made is replaced)")

@@ -110,11 +110,10 @@ def quiet_ray_logs() -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ..collection.collection import CATALOG_NAME, DEFAULT_MODEL
+    from ..collection.collection import DEFAULT_MODEL, is_collection
 
     model = args.model
-    directory = Path(args.collection).expanduser()
-    if model is None and not directory.is_file() and not (directory / CATALOG_NAME).is_file():
+    if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
         print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
               "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
     ray = _ray_config(args)  # refused options refuse before a collection is made
@@ -365,8 +364,9 @@ def _register_label(subparsers) -> None:
                         "takes SET:LABEL or LABEL")
     parser.add_argument("--replace", action="store_true", help="replace the set if it exists (else: refused)")
     parser.add_argument("--out", help="export this run's labels to a .csv or .jsonl file")
-    parser.add_argument("--organize", metavar="OUTDIR", help="link the images of this run's label set into OUTDIR/<label>/ (a new or empty folder, or "
-                        "one an earlier --organize filled: replaced)")
+    parser.add_argument("--organize", metavar="OUTDIR",
+                        help="link the images of this run's label set into OUTDIR/<label>/ (a new or empty folder, "
+                        "or one an earlier --organize filled: replaced)")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
     parser.add_argument("--prefix", action=Once, help="only label images whose path starts with this (e.g. a folder)")

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from ..progress import TqdmProgress
 from .common import add_collection_option
@@ -40,11 +39,11 @@ def register(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..collection.collection import CATALOG_NAME, Collection
+    from ..collection.collection import Collection, is_collection
     from ..collection.imports import import_embeddings
     from ..errors import CollectionError
 
-    if args.model is None and not (Path(args.collection).expanduser() / CATALOG_NAME).is_file():
+    if args.model is None and not is_collection(args.collection):
         # Only the model that made the vectors may record them; the demo model, the default elsewhere, never did.
         raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "
                               "embeddings (for another collection's folder, the one `mmr info --collection DIR` shows)")

@@ -11,8 +11,9 @@ Layout: ``catalog.sqlite`` (the truth: rows, places of vectors, labels, model id
 vectors, :mod:`.segments`), ``index-<gen>.faiss`` and ``index.json`` (derived). The index loads on first use
 (a command that never searches never pays for it) and is then checked against the catalog (model, dimension,
 checksum, generation); a corrupt or foreign index is rebuilt in memory from the stored vectors and a stale one
-catches up in memory, so a search never sees an index that disagrees with the catalog. Only writers (:meth:`Collection.writing`: ingest, index, import, compact) write files,
-holding ``ingest.lock``; a search never does, so a read-only collection can be searched.
+catches up in memory, so a search never sees an index that disagrees with the catalog. Only writers
+(:meth:`Collection.writing`: ingest, index, import, compact) write files, holding ``ingest.lock``; a search
+never does, so a read-only collection can be searched.
 
 Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the default budget; measured figures
 in docs/scaling.md): ``search``/``similar``: the index (~1.3 GB) + the model + the pages of re-ranked vectors
@@ -68,6 +69,11 @@ CATALOG_NAME = "catalog.sqlite"
 INGEST_LOCK_NAME = LOCK_NAME  # held (flock) by the writer (ingest, index, import, compact); dies with it
 DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
+
+
+def is_collection(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a collection (its catalog), without opening it."""
+    return (Path(directory).expanduser() / CATALOG_NAME).is_file()
 
 
 def writer_busy(directory: str | os.PathLike, command: str) -> str:
@@ -520,7 +526,8 @@ class Collection:
                 manifest = self._indexes.current()
                 saved = self._indexes.manifest
             else:
-                manifest = saved = self._indexes.saved() or _NO_INDEX
+                saved = self._indexes.saved()
+                manifest = saved or _NO_INDEX
         sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
         store = self.catalog.segments
         if store.exists:
@@ -536,7 +543,7 @@ class Collection:
             index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
             labels=self.catalog.label_counts(), index_recall=round(manifest.recall, 4),
             index_memory=manifest.memory_bytes,
-            index_saved=saved is not _NO_INDEX and saved is not None and saved.generation == self.catalog.generation,
+            index_saved=saved is not None and saved.generation == self.catalog.generation,
             vector_dtype=store.dtype if store.exists else (self.catalog.get_meta(DTYPE_KEY) or ""),
             segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
             waste_ratio=round(stored.ratio, 4), imported=imported)
@@ -589,8 +596,7 @@ class Collection:
 
 
 # What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
-_NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1,
-                     note="no saved index: each process that searches builds one in memory; `mmr index` saves one")
+_NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1)
 
 
 def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,

@@ -367,9 +367,9 @@ class _CheckedAhead:
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
-    from .collection import CATALOG_NAME
+    from .collection import is_collection
 
-    if (source / CATALOG_NAME).is_file():
+    if is_collection(source):
         from .import_segments import find_segment_shards
 
         if source == collection.directory:

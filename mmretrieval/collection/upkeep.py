@@ -2,19 +2,20 @@
 
 The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index on first use (a
 command that never searches, such as ``mmr info`` or ``mmr label``, never loads it, and ``mmr index`` builds its
-own without loading the old one first) and brings its in-memory copy up to the catalog's generation (incremental adds and removals, or an in-memory rebuild when
-that is not possible). Only :meth:`IndexKeeper.persist` writes files, and only writers call it, holding the
-collection's lock (ingest, index, import, compact): a search process never writes, a read-only collection
-can be searched, and two processes never unlink each other's files.
+own without loading the old one first) and brings its in-memory copy up to the catalog's generation
+(incremental adds and removals, or an in-memory rebuild when that is not possible). Only
+:meth:`IndexKeeper.persist` writes files, and only writers call it, holding the collection's lock (ingest,
+index, import, compact): a search process never writes, a read-only collection can be searched, and two
+processes never unlink each other's files.
 
 Builds stream: the index is trained on a random sample of stored vectors, then filled block by block from
 the segments; nprobe / efSearch are then tuned to the policy's recall target on held-out queries
 (:mod:`.tuning`). The index type and parameters chosen with ``mmr index`` are stored in the catalog and
 reused by every rebuild, automatic ones included.
 
-Memory (10 M x 512): a build holds the index being built (ivfpq: ~1.3 GB, measured in docs/scaling.md), the training sample (at most
-300,000 x 512 float32 = 600 MB), one block of vectors (128 MiB) and the id list (80 MB). A reader holds the
-loaded index plus the vectors added since it was saved.
+Memory (10 M x 512): a build holds the index being built (ivfpq: ~1.3 GB, measured in docs/scaling.md), the
+training sample (at most 300,000 x 512 float32 = 600 MB), one block of vectors (128 MiB) and the id list (80 MB). A
+reader holds the loaded index plus the vectors added since it was saved.
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ Progress = Callable[[int, int], None]  # (done, total)
 CONNECT_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a connection
 RESULTS_PER_RUN = 20  # a run makes about this many results at least (progress steps, commits)
 MIN_SEGMENT_ROWS = 64  # rows per result at least, whatever the run's size
-RESULTS_DIR = RAY_RESULTS_DIR  # default output location, inside the collection directory
 STAGING_DIR = "ray-staging"  # results downloaded from a remote output location, inside the collection directory
 
 
@@ -97,7 +96,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             the output location cannot be used.
     """
     check_reproducible(identity)  # before anything is planned or started
-    drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RESULTS_DIR)),
+    drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
@@ -132,7 +131,7 @@ def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
     another ``--ray-output`` location are only found by a ``--ray`` run given that location. Imports nothing of
     Ray (the results are Parquet and the collection's own segments).
     """
-    results = os.path.join(collection_dir, RESULTS_DIR)
+    results = os.path.join(collection_dir, RAY_RESULTS_DIR)
     if not os.path.isdir(results):
         return 0
     drop = ResultDrop(results, os.path.join(collection_dir, STAGING_DIR))
