@@ -88,6 +88,30 @@ def test_text_tower_matches_open_clip(variant, tmp_path, tiny_model_dir, tiny_si
     fast = load_text_encoder(full.identity, torch.device("cpu"))
     assert fast is not None
     np.testing.assert_allclose(fast.encode_texts(TEXTS), full.encode_texts(TEXTS), atol=2e-5)
+    # zero-shot scoring reads the calibration from whichever it gets
+    assert fast.logit_scale == pytest.approx(full.logit_scale)
+    assert fast.is_sigmoid == full.is_sigmoid == (variant == "siglip")
+    if variant == "siglip":
+        assert fast.logit_bias == pytest.approx(full.logit_bias)
+
+
+def test_label_needs_only_the_text_tower(built, tiny_model_dir, monkeypatch, tmp_path):
+    directory, photos = built
+    labels, templates = ["red", "green", "blue"], ("a {} picture",)
+    with Collection.open(tmp_path / "col-full", model=str(tiny_model_dir), create=True, device="cpu") as col:
+        col.ingest([photos], workers=0)
+        expected = col.label(labels, templates, multi_label=True, threshold=0.3).counts
+        expected_labels = {col.image_path(i).name: v for i, v in col.label_of(list(range(1, 6))).items()}
+    loads = _count_model_loads(monkeypatch)
+    with Collection.open(directory, device="cpu") as col:
+        summary = col.label(labels, templates, multi_label=True, threshold=0.3)
+        got_labels = {col.image_path(i).name: v for i, v in col.label_of(list(range(1, 6))).items()}
+    assert loads == []  # no image tower, no open_clip model
+    assert summary.counts == expected and sum(expected.values()) > 0
+    assert got_labels.keys() == expected_labels.keys() and len(expected_labels) == 5
+    for name, assigned in expected_labels.items():
+        assert [label for label, _ in got_labels[name]] == [label for label, _ in assigned]
+        assert [p for _, p in got_labels[name]] == pytest.approx([p for _, p in assigned], abs=1e-4)
 
 
 def test_unsupported_or_changed_models_fall_back_to_the_full_load(tmp_path, tiny_model_dir):

@@ -19,8 +19,8 @@ Memory per command at 10 M x 512 (float16 segments, ivfpq index chosen by the de
 in docs/scaling.md): ``search``/``similar``: the index (~1.3 GB) + the model + the pages of re-ranked vectors
 (page cache); ``info``: the catalog's answers only; ``ingest``: decode buffers and 10,000 planned paths at a
 time, then an index catch-up or, when the index type changes, a build (see :mod:`.upkeep`); ``index``: a
-build; ``compact``: one 128 MiB block (see :mod:`.compaction`) and the index catch-up; ``label``: the model
-and one chunk of vectors at a time; the catalog's id list is 80 MB in each.
+build; ``compact``: one 128 MiB block (see :mod:`.compaction`) and the index catch-up; ``label``: the text
+tower (:meth:`Collection.text_model`) and one chunk of vectors at a time; the catalog's id list is 80 MB in each.
 """
 
 from __future__ import annotations
@@ -363,13 +363,17 @@ class Collection:
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
+        return self.text_model().encode_texts(texts)
+
+    def text_model(self) -> "DualEncoder | TextEncoder":
+        """What text queries and labels need: the loaded model, else its text tower alone when the model is a
+        local or bundled safetensors CLIP (a third of the weights, no open_clip import), else the full model."""
         with self._lock:
             if self._encoder is None and self._text_encoder is None:
                 from ..models.text_tower import load_text_encoder
 
                 self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False
-            encoder = self._encoder or self._text_encoder or self.encoder
-        return encoder.encode_texts(texts)
+            return self._encoder or self._text_encoder or self.encoder
 
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
                 path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
@@ -570,7 +574,7 @@ class Collection:
                              "are kept (widen --after/--before/--camera/--near/--prefix)")
         # Under the writer lock: two runs on one set would interleave their rows.
         with self.writing(writer_busy(self.directory, "label"), update_index=False):
-            return label_collection(self.catalog, self.encoder, labels, templates, multi_label=multi_label,
+            return label_collection(self.catalog, self.text_model(), labels, templates, multi_label=multi_label,
                                     threshold=threshold, label_set=label_set, replace=replace, progress=progress,
                                     ids=None if ids is None else ids.tolist())
 

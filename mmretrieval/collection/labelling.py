@@ -21,10 +21,9 @@ import numpy as np
 from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
 from ..errors import CollectionError
 from .label_sets import DEFAULT_SET, LabelSetWriter
-from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
+from ..models.zeroshot import TextModel, ZeroShotClassifier, load_templates, parse_labels, predict
 
 if TYPE_CHECKING:
-    from ..models.encoder import DualEncoder
     from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class LabelSummary:
     label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
 
 
-def label_collection(catalog: "Catalog", encoder: "DualEncoder", labels: Sequence[str] | str, templates: str | Sequence[str],
+def label_collection(catalog: "Catalog", encoder: TextModel, labels: Sequence[str] | str, templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
                      progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:

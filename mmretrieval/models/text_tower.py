@@ -204,6 +204,22 @@ class TextEncoder:
     device: torch.device
     dim: int  # vectors are truncated to this and renormalised
 
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature, already exponentiated (as :attr:`DualEncoder.logit_scale`)."""
+        return float(self.tower.logit_scale.detach().float().exp().item())
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP-style models' learned bias; None for CLIP-style (softmax) models."""
+        bias = self.tower.logit_bias
+        return None if bias is None else float(bias.detach().float().item())
+
+    @property
+    def is_sigmoid(self) -> bool:
+        """True for SigLIP-style models, whose label probabilities are independent sigmoids."""
+        return self.logit_bias is not None
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
         """Encode texts to ``(N, dim)`` unit vectors."""

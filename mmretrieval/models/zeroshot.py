@@ -15,15 +15,23 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
 
-if TYPE_CHECKING:
-    from .encoder import DualEncoder
+
+class TextModel(Protocol):
+    """What zero-shot scoring needs of a model: its text tower and calibration (a
+    :class:`~mmretrieval.models.encoder.DualEncoder`, or a :class:`~mmretrieval.models.text_tower.TextEncoder`)."""
+
+    logit_scale: float
+    logit_bias: float | None
+    is_sigmoid: bool
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 # The 80 prompts of the CLIP paper's ImageNet ensemble (openai/CLIP, notebooks/Prompt_Engineering_for_ImageNet).
 IMAGENET_TEMPLATES = (
@@ -120,7 +128,7 @@ def parse_labels(values: str | Sequence[str]) -> list[str]:
     return labels
 
 
-def ensemble_prompt_embeddings(encoder: "DualEncoder", prompts: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:
+def ensemble_prompt_embeddings(encoder: TextModel, prompts: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:
     """Per class, the renormalised mean of its prompts' unit embeddings: ``(len(prompts), dim)``."""
     flat = [text for group in prompts for text in group]
     vectors = encoder.encode_texts(flat)
@@ -129,7 +137,7 @@ def ensemble_prompt_embeddings(encoder: "DualEncoder", prompts: Sequence[Sequenc
     return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
-def ensemble_embeddings(encoder: "DualEncoder", labels: Sequence[str], templates: Sequence[str]) -> npt.NDArray[np.float32]:
+def ensemble_embeddings(encoder: TextModel, labels: Sequence[str], templates: Sequence[str]) -> npt.NDArray[np.float32]:
     """Per label, the renormalised mean of its normalised template embeddings: ``(len(labels), dim)``."""
     return ensemble_prompt_embeddings(encoder, [[t.format(label) for t in templates] for label in labels])
 
@@ -145,7 +153,7 @@ class ZeroShotClassifier:
     null_embedding: npt.NDArray[np.float32] | None = None  # CLIP-style multi-label reference, (dim,)
 
     @classmethod
-    def build(cls, encoder: "DualEncoder", labels: str | Sequence[str],
+    def build(cls, encoder: TextModel, labels: str | Sequence[str],
               templates: str | Sequence[str] = TEMPLATE_SETS["default"]) -> "ZeroShotClassifier":
         """Embed ``labels`` with ``templates`` using ``encoder``'s text tower.
 
