@@ -100,20 +100,6 @@ def per_image_costs(encoder, folder: Path, batch_size: int) -> tuple[float, floa
     return decode_ms, 1000 * (time.process_time() - started_cpu) / len(paths), model_ms
 
 
-def fixed_weights(spec: str, directory: Path) -> str:
-    """``spec``, or for an architecture alone (random weights) a saved copy of one draw of them: every Ray
-    actor must load the same weights."""
-    import open_clip
-
-    from mmretrieval.models.loading import save_model_dir
-
-    config = open_clip.get_model_config(spec) if ":" not in spec and "/" not in spec else None
-    if config is None:
-        return spec
-    model = open_clip.create_model(spec, pretrained=None)
-    return str(save_model_dir(model, config, directory))
-
-
 def main() -> None:
     import ray
     import torch
@@ -132,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mmr-bench-ray-") as tmp:
-        spec = fixed_weights(args.model, Path(tmp) / "model")
+        spec = args.model  # an architecture alone draws the same (seeded) weights in every actor
         encoder = load_encoder(spec, device=args.device)
         folder = Path(tmp) / "images"
         make_jpegs(folder, args.images, args.width, args.height)

@@ -69,6 +69,39 @@ def test_registered_tiny_architecture(tmp_path):
     assert json.loads(encoder.identity.preprocess)["size"] in (32, [32, 32])
 
 
+def test_an_architecture_alone_draws_the_same_weights_in_every_load(tmp_path):
+    """Random weights come from a fixed seed, so a collection built with them can be searched again later (and by
+    every Ray actor); the caller's random state is left alone."""
+    import torch
+
+    from mmretrieval.collection.collection import Collection
+
+    config_file = tmp_path / "mmr-tiny-seeded.json"
+    config_file.write_text(json.dumps(TINY_MODEL_CFG))
+    open_clip.add_model_config(config_file)
+    torch.manual_seed(5)
+    expected_draws = torch.rand(3)
+    torch.manual_seed(5)
+    first = load_encoder("mmr-tiny-seeded", device="cpu")
+    assert torch.equal(torch.rand(3), expected_draws)
+    second = load_encoder("mmr-tiny-seeded", device="cpu")
+    in_bf16 = load_encoder("mmr-tiny-seeded", device="cpu", precision="bf16")
+    assert first.identity.weights.startswith("random-")
+    assert first.identity.key() == second.identity.key() == in_bf16.identity.key()
+    texts = ["a red circle", "two dogs"]
+    np.testing.assert_array_equal(first.encode_texts(texts), second.encode_texts(texts))
+    np.testing.assert_allclose(in_bf16.encode_texts(texts), first.encode_texts(texts), atol=0.05)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        scenes.generate(0, i).image.save(images / f"scene{i}.png")
+    with Collection.open(tmp_path / "col", model="mmr-tiny-seeded", create=True, device="cpu") as col:
+        col.ingest([images], workers=0)
+    with Collection.open(tmp_path / "col", device="cpu") as col:  # a new load: the same model, not refused
+        assert len(col.search("a red circle", k=3)) == 3
+
+
 def test_local_directory_matches_open_clips_own_pipeline(tiny_model_dir):
     encoder = load_encoder(str(tiny_model_dir), device="cpu")
     reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_model_dir}")

@@ -200,20 +200,6 @@ def test_a_plain_ingest_commits_what_a_killed_ray_run_finished_instead_of_redoin
     col.close()
 
 
-def test_a_random_weight_model_is_refused_before_anything_starts(tmp_path, tiny_encoder):
-    import dataclasses
-
-    from mmretrieval.ingest.ray_runner import run_ray_ingest
-
-    folder = tmp_path / "photos"
-    write_good_images(folder, 1)
-    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
-        random_model = dataclasses.replace(col.identity, spec="ViT-B-32", weights="random-0123")
-        with pytest.raises(CollectionError, match="random weights"):
-            run_ray_ingest(col.catalog, random_model, [str(folder)], RayIngestConfig(), str(tmp_path / "col"))
-        assert col.catalog.counts_by_status() == {}  # nothing planned
-
-
 def test_a_cpu_model_actor_uses_the_threads_it_is_given_or_every_core(tiny_encoder):
     """Ray starts actors with one torch thread per reserved CPU; the model actor takes the node's cores instead."""
     import torch

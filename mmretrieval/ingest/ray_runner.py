@@ -36,7 +36,6 @@ from ..models.specs import ModelIdentity
 from .batches import RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop
-from .ray_stages import check_reproducible
 from .runner import plan_sources
 
 logger = logging.getLogger(__name__)
@@ -95,7 +94,6 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
             the output location cannot be used.
     """
-    check_reproducible(identity)  # before anything is planned or started
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()

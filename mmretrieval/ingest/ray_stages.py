@@ -92,18 +92,6 @@ def _decoder(preparer: ImagePreparer, timeout_s: float, decode: "DecodeFn") -> "
     return _decoders[key]
 
 
-def check_reproducible(identity: "ModelIdentity") -> None:
-    """Refuse a model that another process cannot load identically (random weights are drawn anew by each).
-
-    Raises:
-        CollectionError: the collection's model has random weights.
-    """
-    if identity.weights.startswith("random-"):
-        raise CollectionError(
-            f"{identity.spec} has random weights, which every Ray actor would draw anew (other vectors); save the "
-            "model as a directory (mmretrieval.models.loading.save_model_dir) and use that, or ingest without --ray")
-
-
 class Embedder:
     """A Ray actor: loads the collection's model once, then embeds batches of decoded rows."""
 
@@ -127,7 +115,6 @@ class Embedder:
 
             torch.set_num_threads(threads or os.cpu_count() or 1)
         self.encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim, precision=precision)
-        check_reproducible(identity)
         if self.encoder.identity.key() != identity.key():
             raise CollectionError(
                 f"on this Ray node {identity.spec} loads as model key {self.encoder.identity.key()}, but the "

@@ -61,13 +61,18 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
     import open_clip  # heavy: imported on first load, not at package import
 
     source = _resolve(open_clip, spec)
+    random_weights = spec.kind == "registry" and not spec.pretrained
     try:
         # A model directory's weights are loaded from the file we chose (and hash), not one open_clip picks.
-        with _without_random_init_warning(source.checkpoint is not None):
+        with _without_random_init_warning(source.checkpoint is not None or random_weights), _seeded(random_weights):
             model = open_clip.create_model(
-                source.open_clip_name, pretrained=source.pretrained, precision=precision, device=device,
+                source.open_clip_name, pretrained=source.pretrained, device="cpu" if random_weights else device,
+                precision="fp32" if random_weights else precision,
                 cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
             )
+        if random_weights:  # hashed as drawn, so that a bf16 load of the same weights has the same identity
+            weights_id = "random-" + _state_hash(model)
+            model.to(device=device, dtype=_PURE_DTYPES.get(precision, torch.float32))
         if source.checkpoint is not None:
             open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
         tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
@@ -92,7 +97,7 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
         spec=str(spec),
         architecture=architecture,
         embed_dim=embed_dim,
-        weights=_weights_id(open_clip, spec, source, model, cache_dir),
+        weights=weights_id if random_weights else _weights_id(open_clip, spec, source, cache_dir),
         preprocess=json.dumps(open_clip.get_model_preprocess_cfg(model), sort_keys=True, default=list),
     )
     dims = tuple(source.config.get("matryoshka_dims", ()))
@@ -118,6 +123,22 @@ def _without_random_init_warning(active: bool) -> Iterator[None]:
         root.removeFilter(dropper)
 
 
+# open_clip's ``pure_*`` precisions: the whole model in that dtype (as open_clip casts it)
+_PURE_DTYPES = {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}
+RANDOM_WEIGHTS_SEED = 0  # an architecture without a tag draws the same weights in every process and on every node
+
+
+@contextmanager
+def _seeded(active: bool) -> Iterator[None]:
+    """Draw random weights from a fixed seed, leaving the caller's random state as it was."""
+    if not active:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
+
+
 def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
     if spec.kind in ("local", "builtin"):
         directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
@@ -129,9 +150,8 @@ def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
     return _Source(spec.name, spec.pretrained, None, {})
 
 
-def _weights_id(open_clip: Any, spec: ModelSpec, source: _Source, model: torch.nn.Module,
-                cache_dir: str | None) -> str:
-    """sha256 of the weights file where there is one; the registry tag; or a hash of random weights."""
+def _weights_id(open_clip: Any, spec: ModelSpec, source: _Source, cache_dir: str | None) -> str:
+    """sha256 of the weights file where there is one, else the hub id or the registry tag."""
     if source.checkpoint is not None:
         return sha256_file(source.checkpoint)
     if spec.kind == "hf-hub":
@@ -141,9 +161,7 @@ def _weights_id(open_clip: Any, spec: ModelSpec, source: _Source, model: torch.n
             return "hf-hub:" + spec.name
     if spec.pretrained and os.path.isfile(spec.pretrained):
         return sha256_file(Path(spec.pretrained))
-    if spec.pretrained:
-        return f"{spec.name}:{spec.pretrained}"
-    return "random-" + _state_hash(model)
+    return f"{spec.name}:{spec.pretrained}"
 
 
 def _check_registry(open_clip: Any, spec: ModelSpec) -> None:
