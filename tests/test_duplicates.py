@@ -156,3 +156,27 @@ def test_the_chaining_note_counts_only_groups_below_the_threshold():
     assert note.startswith("1 of 3 groups joined images less alike than 0.950")
     assert "cosine down to 0.900" in note and "the largest group has 4 images" in note
     assert chaining_note(groups, 0.90) is None
+
+
+def test_the_kept_copy_is_the_lossless_one_at_equal_resolution(tmp_path, shapes_encoder):
+    """A PNG and a larger, recompressed JPEG of one picture: the PNG is kept (the JPEG's extra bytes are noise);
+    a JPEG with more pixels still wins over a smaller PNG."""
+    from mmretrieval.training import scenes
+
+    picture = scenes.generate(3, 0, size=160).image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture.save(folder / "original.png", optimize=True)
+    picture.save(folder / "noisy.jpg", quality=100, subsampling=0)
+    assert (folder / "noisy.jpg").stat().st_size > (folder / "original.png").stat().st_size
+    picture.resize((320, 320)).save(folder / "bigger.jpg", quality=95)
+    picture.save(folder / "b-copy.png")
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        (group,) = col.duplicates(0.9)
+        assert os.path.basename(group.keep.path) == "bigger.jpg"
+        (folder / "bigger.jpg").unlink()
+        col.ingest([folder], workers=0, prune=True)
+        (group,) = col.duplicates(0.9)
+    assert os.path.basename(group.keep.path) in ("original.png", "b-copy.png")
+    assert {os.path.basename(p) for p in group.paths} == {"original.png", "b-copy.png", "noisy.jpg"}

@@ -6,8 +6,8 @@ From the collection's stored vectors, never by re-reading images:
    time (so memory holds one block of queries, never all vectors), keeping neighbours scoring at least the
    threshold (cosine);
 2. connected components of those pairs (union-find): copies of copies end up in one group;
-3. per group, the copy to keep (highest resolution, then largest file, then oldest modification time) and
-   each copy's exact cosine to it.
+3. per group, the copy to keep (highest resolution, then a lossless format, then largest file, then oldest
+   modification time) and each copy's exact cosine to it.
 
 Nothing is deleted here; :func:`organize_duplicates` only links the copies into a review folder.
 The default threshold depends on the model family (see :data:`DEFAULT_THRESHOLDS`): cosines between
@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from ..atomic import check_fillable_folder, folder_built_aside
 from ..errors import CollectionError
+from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
 
@@ -68,7 +69,7 @@ class DuplicateGroup:
 
     @property
     def keep(self) -> Copy:
-        """The copy to keep: highest resolution, then largest file, then oldest."""
+        """The copy to keep: highest resolution, then a lossless format, then largest file, then oldest."""
         return self.copies[0]
 
     @property
@@ -171,13 +172,20 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
                       if i in rows and i in by_id]
         if len(candidates) < 2:
             continue  # a row removed since the search
-        kept = max(candidates, key=lambda c: (c.width * c.height, c.bytes, -c.mtime_ns, -c.id))
+        kept = max(candidates, key=_keeper_rank)
         # float16 storage makes a vector's cosine with itself 0.9999..., so the kept copy gets 1.0 by definition
         copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else min(1.0, float(by_id[c.id] @ by_id[kept.id])),
                        c.width, c.height, c.bytes, c.mtime_ns) for c in candidates]
         copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
         described.append(DuplicateGroup(tuple(copies)))
     return described
+
+
+def _keeper_rank(copy: Copy) -> tuple[int, bool, int, int, int]:
+    """Highest resolution, then lossless (a larger JPEG is only more compression noise), then largest file, then
+    oldest, then lowest id."""
+    lossless = os.path.splitext(copy.path)[1].lower() in LOSSLESS_EXTENSIONS
+    return copy.width * copy.height, lossless, copy.bytes, -copy.mtime_ns, -copy.id
 
 
 def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:

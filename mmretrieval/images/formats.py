@@ -36,6 +36,11 @@ RAW_EXTENSIONS = frozenset({
     ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef",
     ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq", ".rwl",
 })
+# Formats that store pixels without loss (the duplicate keeper prefers them at equal resolution: a PNG beside a
+# recompressed JPEG of the same picture is the better copy, whatever their sizes).
+LOSSLESS_EXTENSIONS = frozenset({
+    ".png", ".apng", ".bmp", ".dib", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".qoi", ".tga", ".psd", ".psb",
+})
 # Never opened to sniff: lists, sidecars and everyday non-image files (``.thm`` and ``.aae`` are camera and
 # iPhone sidecars; a .thm is a JPEG thumbnail of a video and would only add a near-duplicate).
 NOT_IMAGE_EXTENSIONS = frozenset({
