@@ -333,12 +333,12 @@ def test_index_temporaries_are_removed_only_by_a_writer_holding_the_lock(tmp_pat
 def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(tmp_path, tiny_encoder):
     import fcntl
 
-    from mmretrieval.collection.collection import INGEST_LOCK_NAME
+    from mmretrieval.collection.catalog import LOCK_NAME
     from mmretrieval.errors import CollectionError
 
     write_good_images(tmp_path / "photos", 3)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
-        with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another ingest holds the lock
+        with open(tmp_path / "col" / LOCK_NAME, "a+b") as other:  # another ingest holds the lock
             fcntl.flock(other.fileno(), fcntl.LOCK_EX)
             with pytest.raises(CollectionError, match="another process is writing .*; run mmr ingest when it is done"):
                 col.ingest([tmp_path / "photos"], workers=0)
@@ -350,7 +350,7 @@ def test_the_index_loads_on_first_use_and_a_busy_writer_is_refused_before(tmp_pa
     import fcntl
 
     from mmretrieval.collection import upkeep
-    from mmretrieval.collection.collection import INGEST_LOCK_NAME
+    from mmretrieval.collection.catalog import LOCK_NAME
     from mmretrieval.errors import CollectionError
 
     write_good_images(tmp_path / "photos", 3)
@@ -359,7 +359,7 @@ def test_the_index_loads_on_first_use_and_a_busy_writer_is_refused_before(tmp_pa
     loads = []
     real_load = upkeep.IndexKeeper.load
     monkeypatch.setattr(upkeep.IndexKeeper, "load", lambda self: (loads.append(self), real_load(self)))
-    with open(tmp_path / "col" / INGEST_LOCK_NAME, "a+b") as other:  # another writer holds the lock
+    with open(tmp_path / "col" / LOCK_NAME, "a+b") as other:  # another writer holds the lock
         fcntl.flock(other.fileno(), fcntl.LOCK_EX)
         with pytest.raises(CollectionError, match="another process is writing .*; run mmr compact when it is done"):
             Collection.open(tmp_path / "col", writer="compact")

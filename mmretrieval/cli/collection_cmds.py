@@ -110,7 +110,8 @@ def quiet_ray_logs() -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ..collection.collection import DEFAULT_MODEL, is_collection
+    from ..collection.catalog import is_collection
+    from ..collection.opening import DEFAULT_MODEL
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):

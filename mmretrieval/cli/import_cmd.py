@@ -39,7 +39,8 @@ def register(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..collection.collection import Collection, is_collection
+    from ..collection.catalog import is_collection
+    from ..collection.collection import Collection
     from ..collection.imports import import_embeddings
     from ..errors import CollectionError
 

@@ -37,10 +37,11 @@ from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, Vect
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
 __all__ = ["Catalog", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "SegmentCommit", "VectorWrite",
-           "encode_path", "LOCK_NAME", "SCHEMA_VERSION"]
+           "encode_path", "is_collection", "writer_busy", "CATALOG_NAME", "LOCK_NAME", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
+CATALOG_NAME = "catalog.sqlite"  # in the collection's folder
 LOCK_NAME = "ingest.lock"  # held (flock) by the collection's writer; the OS releases it if the process dies
 REMOVALS_KEY = "removals_logged_from"  # catalog meta: removed_vectors is complete after this generation
 DTYPE_KEY = "vector_dtype"  # catalog meta: float16 | float32, chosen when the collection is created
@@ -50,6 +51,18 @@ _MMAP_BYTES = 2 << 30  # catalog bytes SQLite may map; address space, not memory
 _PAGE_BYTES = 16_384
 FAILURE_PAGE = 10_000  # failed or skipped rows read per query
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme: never the start of an absolute local path
+
+
+def is_collection(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a collection (its catalog), without opening it."""
+    return (Path(directory).expanduser() / CATALOG_NAME).is_file()
+
+
+def writer_busy(directory: str | os.PathLike, command: str) -> str:
+    """What writer ``command`` (``ingest``, ``index``...) says when another writer holds :data:`LOCK_NAME`."""
+    return (f"another process is writing {directory} (an ingest, import, index build, compaction or labelling run); "
+            f"run mmr {command} when it is done, or stop it (an interrupted ingest or import resumes where it "
+            "stopped)")
 
 @dataclass(frozen=True)
 class FileState:

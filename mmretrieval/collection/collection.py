@@ -48,10 +48,11 @@ from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..ingest.batches import RAY_RESULTS_DIR
 from ..ingest.reader import source_list
 from ..models.specs import ModelIdentity
-from .segments import check_dtype as _check_dtype
+from .describe import describe
 from .records import CollectionInfo, Failure, Hit
 from .query import ImageRef, Query, query_vector
-from .catalog import DTYPE_KEY, LOCK_NAME, Catalog
+from .catalog import LOCK_NAME, Catalog, writer_busy
+from .opening import check_same_model, open_folder
 from .filters import DateLike, Filters, NearLike, allowed_ids
 
 if TYPE_CHECKING:
@@ -65,22 +66,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CATALOG_NAME = "catalog.sqlite"
-INGEST_LOCK_NAME = LOCK_NAME  # held (flock) by the writer (ingest, index, import, compact); dies with it
-DEFAULT_MODEL = "builtin:shapes"
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-def is_collection(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a collection (its catalog), without opening it."""
-    return (Path(directory).expanduser() / CATALOG_NAME).is_file()
-
-
-def writer_busy(directory: str | os.PathLike, command: str) -> str:
-    """What writer ``command`` (``ingest``, ``index``...) says when another writer holds the collection's lock."""
-    return (f"another process is writing {directory} (an ingest, import, index build, compaction or labelling run); "
-            f"run mmr {command} when it is done, or stop it (an interrupted ingest or import resumes where it "
-            "stopped)")
 
 
 class Collection:
@@ -112,7 +98,7 @@ class Collection:
         Args:
             directory: the collection directory.
             model: a model spec or a loaded encoder. None uses the model the collection was built with
-                (or :data:`DEFAULT_MODEL` for a new one).
+                (or :data:`~.opening.DEFAULT_MODEL` for a new one).
             create: make the directory and catalog if missing.
             device: where to run the model when it gets loaded.
             read_only: never change anything in ``directory`` (also chosen when the folder is not writable):
@@ -131,40 +117,15 @@ class Collection:
                 that built it, or (with ``writer``) another writer is at work.
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
-        directory = Path(directory).expanduser().absolute()
-        catalog_path = directory / CATALOG_NAME
-        if directory.exists() and not directory.is_dir():
-            raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
-                                  "pass a new or existing collection folder as --collection")
-        made_now = False
-        if not catalog_path.is_file():
-            if not create:
-                raise CollectionError(f"no collection at {directory}; create one with "
-                                      f"`mmr ingest SOURCE --collection {directory}`")
-            _check_dtype(vector_dtype)
-            if not isinstance(model, DualEncoder):  # a model that fails to load must leave no empty collection
-                model = load_encoder(model or DEFAULT_MODEL, device=device, precision=precision)
-            made_now = not directory.exists()
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
-        writable = not read_only and os.access(directory, os.W_OK)
-        catalog = Catalog(catalog_path, writable=writable)
-        if writable and catalog.get_meta(DTYPE_KEY) is None:
-            _check_dtype(vector_dtype)
-            with catalog.transaction():
-                catalog.set_meta(DTYPE_KEY, vector_dtype)
+        opened = open_folder(directory, model, create=create, device=device, read_only=read_only,
+                             vector_dtype=vector_dtype, precision=precision, writer=writer)
         try:
-            if writer is not None and writable and not made_now:
-                with exclusive_lock(directory / LOCK_NAME, writer_busy(directory, writer)):
-                    pass
-            encoder, identity = _resolve_model(catalog, model, create, device, precision, directory)
-            collection = cls(directory, catalog, identity, encoder, device, index_policy, index_progress, precision)
+            collection = cls(opened.directory, opened.catalog, opened.identity, opened.encoder, device, index_policy,
+                             index_progress, precision)
         except BaseException:
-            catalog.close()
+            opened.catalog.close()
             raise
-        collection._made_now = made_now
+        collection._made_now = opened.made_now
         return collection
 
     @property
@@ -174,7 +135,7 @@ class Collection:
             if self._encoder is None:
                 encoder = load_encoder(self.identity.spec, device=self.device, dim=self.identity.embed_dim,
                                        precision=self.precision)
-                _check_same_model(self.identity, encoder.identity, self.directory)
+                check_same_model(self.identity, encoder.identity, self.directory)
                 self._encoder = encoder
             return self._encoder
 
@@ -527,30 +488,10 @@ class Collection:
         """
         with self._lock:
             if self._indexes.loaded:
-                manifest = self._indexes.current()
-                saved = self._indexes.manifest
+                manifest, saved = self._indexes.current(), self._indexes.manifest
             else:
-                saved = self._indexes.saved()
-                manifest = saved or _NO_INDEX
-        sizes = {p.name: p.stat().st_size for p in sorted(self.directory.iterdir()) if p.is_file()}
-        store = self.catalog.segments
-        if store.exists:
-            sizes["segments"] = sum(p.stat().st_size for p in store.directory.iterdir() if p.is_file())
-        stored = waste(self.catalog)
-        imported: dict[str, int] = {}
-        for source, _, rows in self.catalog.segment_sources():
-            imported[source] = imported.get(source, 0) + rows
-        return CollectionInfo(
-            directory=str(self.directory), model_spec=self.identity.spec, model_key=self.identity.key(),
-            dim=self.identity.embed_dim, counts=self.catalog.counts_by_status(),
-            vectors=self.catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
-            index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
-            labels=self.catalog.label_counts(), index_recall=round(manifest.recall, 4),
-            index_memory=manifest.memory_bytes,
-            index_saved=saved is not None and saved.generation == self.catalog.generation,
-            vector_dtype=store.dtype if store.exists else (self.catalog.get_meta(DTYPE_KEY) or ""),
-            segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
-            waste_ratio=round(stored.ratio, 4), imported=imported)
+                manifest = saved = self._indexes.saved()
+        return describe(self.directory, self.catalog, self.identity, manifest, saved)
 
     # -- labels -----------------------------------------------------------------------------------------------
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
@@ -597,33 +538,3 @@ class Collection:
         from .labelling import organize
 
         return organize(self.catalog, Path(out_dir), copy=copy, label_set=label_set)
-
-
-# What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
-_NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1)
-
-
-def _resolve_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,
-                   directory: Path) -> tuple[DualEncoder | None, ModelIdentity]:
-    stored_json = catalog.get_meta("model_identity")
-    stored = ModelIdentity.from_json(stored_json) if stored_json else None
-    if stored is None and model is None:
-        if not create:
-            raise CollectionError(f"{directory} has no model recorded; run mmr ingest with --model SPEC")
-        model = DEFAULT_MODEL
-    encoder = load_encoder(model, device=device, precision=precision) if isinstance(model, str) else model
-    if stored is None:
-        with catalog.transaction():
-            catalog.set_meta("model_identity", encoder.identity.to_json())
-        return encoder, encoder.identity
-    if encoder is not None:
-        _check_same_model(stored, encoder.identity, directory)
-    return encoder, stored
-
-
-def _check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
-    if stored.key() != asked.key():
-        raise CollectionError(
-            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
-            f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
-            "collection's own model, or ingest into a new --collection directory")

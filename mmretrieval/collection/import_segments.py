@@ -76,7 +76,7 @@ def find_segment_shards(source: Path, identity: ModelIdentity) -> list[SegmentSh
     Raises:
         CollectionError: the source is unreadable, has another model, or is the importing collection itself.
     """
-    from .collection import CATALOG_NAME
+    from .catalog import CATALOG_NAME
 
     catalog = Catalog(source / CATALOG_NAME, writable=False)
     stored = catalog.get_meta("model_identity")

@@ -277,7 +277,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
             process writing to the collection.
     """
-    from .collection import writer_busy
+    from .catalog import writer_busy
     from .import_writer import ShardLanding, ensure_schema, shard_seen
 
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -367,7 +367,7 @@ class _CheckedAhead:
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
-    from .collection import is_collection
+    from .catalog import is_collection
 
     if is_collection(source):
         from .import_segments import find_segment_shards

@@ -1,0 +1,48 @@
+"""What ``mmr info`` shows: a collection's model, counts, index and storage, from the catalog's answers.
+
+Nothing here loads vectors or the index: the index is described by a manifest the caller passes (the one it
+holds, or the one saved on disk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models.specs import ModelIdentity
+from .catalog import DTYPE_KEY, Catalog
+from .compaction import waste
+from .index import Manifest
+from .records import CollectionInfo
+
+# What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
+_NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1)
+
+
+def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifest: Manifest | None,
+             saved: Manifest | None) -> CollectionInfo:
+    """The collection in ``directory`` as :class:`CollectionInfo`.
+
+    Args:
+        manifest: the index described (None: there is none to describe).
+        saved: the index saved on disk, if any: the info says whether it is as new as the catalog.
+    """
+    manifest = manifest or _NO_INDEX
+    sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+    store = catalog.segments
+    if store.exists:
+        sizes["segments"] = sum(p.stat().st_size for p in store.directory.iterdir() if p.is_file())
+    stored = waste(catalog)
+    imported: dict[str, int] = {}
+    for source, _, rows in catalog.segment_sources():
+        imported[source] = imported.get(source, 0) + rows
+    return CollectionInfo(
+        directory=str(directory), model_spec=identity.spec, model_key=identity.key(),
+        dim=identity.embed_dim, counts=catalog.counts_by_status(),
+        vectors=catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
+        index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
+        labels=catalog.label_counts(), index_recall=round(manifest.recall, 4),
+        index_memory=manifest.memory_bytes,
+        index_saved=saved is not None and saved.generation == catalog.generation,
+        vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),
+        segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
+        waste_ratio=round(stored.ratio, 4), imported=imported)

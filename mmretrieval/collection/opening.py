@@ -1,0 +1,111 @@
+"""Opening a collection folder: finding (or making) its catalog, and settling which model goes with it.
+
+A collection remembers the identity of the model that made its vectors; a model asked for later must be that
+model, or the open is refused with what to do instead (immich once left old photos unsearchable after a model
+switch). The model is loaded here only when it is asked for by spec, or when a new collection records it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import exclusive_lock
+from ..errors import CollectionError
+from ..models.encoder import DualEncoder, load_encoder
+from ..models.specs import ModelIdentity
+from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
+from .segments import check_dtype
+
+DEFAULT_MODEL = "builtin:shapes"  # a new collection's model when none is asked for
+
+
+@dataclass(frozen=True)
+class OpenedFolder:
+    """A collection folder's open catalog and model; the caller owns the catalog (and closes it)."""
+
+    directory: Path  # absolute
+    catalog: Catalog
+    identity: ModelIdentity  # the model that made (or will make) the vectors
+    encoder: DualEncoder | None  # loaded only when asked for by spec, or for a new collection
+    made_now: bool  # this open made the folder
+
+
+def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *, create: bool, device: str,
+                read_only: bool, vector_dtype: str, precision: str, writer: str | None) -> OpenedFolder:
+    """Open (or with ``create`` make) the catalog in ``directory`` and settle its model.
+
+    Arguments as for :meth:`~mmretrieval.collection.collection.Collection.open`.
+
+    Raises:
+        CollectionError: no collection there (and ``create`` is false), a file where the folder should be,
+            ``model`` is not the model that built it, or (with ``writer``) another writer is at work.
+        ModelSpecError, ModelNotCachedError: the model cannot be loaded.
+    """
+    directory = Path(directory).expanduser().absolute()
+    catalog_path = directory / CATALOG_NAME
+    if directory.exists() and not directory.is_dir():
+        raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
+                              "pass a new or existing collection folder as --collection")
+    made_now = False
+    if not catalog_path.is_file():
+        if not create:
+            raise CollectionError(f"no collection at {directory}; create one with "
+                                  f"`mmr ingest SOURCE --collection {directory}`")
+        check_dtype(vector_dtype)
+        if not isinstance(model, DualEncoder):  # a model that fails to load must leave no empty collection
+            model = load_encoder(model or DEFAULT_MODEL, device=device, precision=precision)
+        made_now = not directory.exists()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
+    writable = not read_only and os.access(directory, os.W_OK)
+    catalog = Catalog(catalog_path, writable=writable)
+    try:
+        if writable and catalog.get_meta(DTYPE_KEY) is None:
+            check_dtype(vector_dtype)
+            with catalog.transaction():
+                catalog.set_meta(DTYPE_KEY, vector_dtype)
+        if writer is not None and writable and not made_now:
+            # fail now, before the model and index load for nothing; the writer's own lock still decides
+            with exclusive_lock(directory / LOCK_NAME, writer_busy(directory, writer)):
+                pass
+        encoder, identity = _settle_model(catalog, model, create, device, precision, directory)
+    except BaseException:
+        catalog.close()
+        raise
+    return OpenedFolder(directory, catalog, identity, encoder, made_now)
+
+
+def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,
+                  directory: Path) -> tuple[DualEncoder | None, ModelIdentity]:
+    """The model asked for (loaded) checked against the stored identity, or recorded as it for a new catalog."""
+    stored_json = catalog.get_meta("model_identity")
+    stored = ModelIdentity.from_json(stored_json) if stored_json else None
+    if stored is None and model is None:
+        if not create:
+            raise CollectionError(f"{directory} has no model recorded; run mmr ingest with --model SPEC")
+        model = DEFAULT_MODEL
+    encoder = load_encoder(model, device=device, precision=precision) if isinstance(model, str) else model
+    if stored is None:
+        with catalog.transaction():
+            catalog.set_meta("model_identity", encoder.identity.to_json())
+        return encoder, encoder.identity
+    if encoder is not None:
+        check_same_model(stored, encoder.identity, directory)
+    return encoder, stored
+
+
+def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
+    """Refuse a model other than the one that made the collection's vectors.
+
+    Raises:
+        CollectionError: the identity keys differ; the message names both models and what to do.
+    """
+    if stored.key() != asked.key():
+        raise CollectionError(
+            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
+            f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
+            "collection's own model, or ingest into a new --collection directory")
