@@ -105,6 +105,33 @@ def test_similar_and_result_details(search, collection_dir):
     assert "more like image" in status
 
 
+def test_pages_walk_the_ranking_of_the_search_they_repeat(search):
+    """Next and Previous show the results after (before) the page shown, for the search that made it, whatever
+    the boxes say since; a page past the last result is refused and the shown page stays."""
+    args = ["a blue square", None, "", 10, -1, "", "", "", "", ""]
+    _, all_hits, _, all_ids, _ = search.search(*args[:3], SCENE_COUNT, -1)
+    page = {"kind": "search", "args": args, "offset": 0}
+    _, hits, confidence, ids, status, page = search.turn_page(page, True)
+    assert ids == all_ids[10:20] and page["offset"] == 10
+    assert status.startswith("Results 11–20 for 'a blue square'")
+    assert confidence["top_score"] == pytest.approx(all_hits[0]["score"], abs=1e-6)  # judged on the best hit
+    *_, ids, status, page = search.turn_page(page, True)
+    assert ids == all_ids[20:SCENE_COUNT] and status.startswith(f"Results 21–{SCENE_COUNT} for")
+    with pytest.raises(gr.Error, match="These are the last results"):
+        search.turn_page(page, True)
+    *_, ids, status, page = search.turn_page(page, False)
+    assert ids == all_ids[10:20] and page["offset"] == 10
+    *_, ids, status, page = search.turn_page({**page, "offset": 5}, False)
+    assert ids == all_ids[:10] and page["offset"] == 0 and status.startswith("10 results")
+    _, _, _, similar_ids, _ = search.similar(all_ids[0], SCENE_COUNT, -1)
+    *_, ids, status, page = search.turn_page({"kind": "similar", "args": [all_ids[0], 5, -1], "offset": 0}, True)
+    assert ids == similar_ids[5:10] and status.startswith(f"Results 6–10 for more like image {all_ids[0]}")
+    with pytest.raises(gr.Error, match="Search first"):
+        search.turn_page(None, True)
+    with pytest.raises(gr.Error, match="Pages stop at result 2000"):
+        search.turn_page({"kind": "search", "args": [*args[:3], 200, *args[4:]], "offset": 1800}, True)
+
+
 def test_empty_query_bad_id_and_bad_upload_are_readable_errors(search, tmp_path):
     with pytest.raises(gr.Error, match="Type a query"):
         search.search("   ", None, "", 5, -1)

@@ -119,6 +119,32 @@ def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path)
     page.close()
 
 
+def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()
+    k_box = page.locator("#k input[type=number]")
+    k_box.fill("10")
+    k_box.press("Enter")
+    box = page.locator("#query textarea, #query input").first
+    box.fill("a red circle")
+    box.press("Enter")
+    status = page.locator("#search-status")
+    status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)
+    first_page = page.locator("#results .caption-label").all_inner_texts()
+    box.fill("something else, not searched")
+    page.locator("#next-page").click()
+    status.get_by_text("Results 11–20 for 'a red circle'").wait_for(timeout=60_000)
+    second_page = page.locator("#results .caption-label").all_inner_texts()
+    assert len(second_page) == 10 and not set(first_page) & set(second_page)
+    assert float(second_page[0].split(" · ")[0]) <= float(first_page[-1].split(" · ")[0])
+    page.locator("#previous-page").click()
+    status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)
+    assert page.locator("#results .caption-label").all_inner_texts() == first_page
+    page.close()
+
+
 def test_example_button_runs_its_query(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(app_url)

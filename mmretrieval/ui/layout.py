@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -79,6 +79,8 @@ class _ResultPanel:
 
     status: gr.Markdown
     gallery: gr.Gallery
+    previous_page: gr.Button
+    next_page: gr.Button
     zip_button: gr.Button
     zip_note: gr.Markdown
     zip_file: gr.File
@@ -112,7 +114,8 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
                                       elem_id="negative")
                 # Minimum 0: an emptied box snaps to the minimum, and 0 asks for the default (1 would be taken).
                 k = gr.Slider(0, MAX_K, value=DEFAULT_K, step=1,
-                              label=f"Number of results (k, at most {MAX_K}; 0 or empty: {DEFAULT_K})")
+                              label=f"Results per page (k, at most {MAX_K}; 0 or empty: {DEFAULT_K})",
+                              elem_id="k")
                 threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
         with gr.Row():
             label = gr.Dropdown(label_choices(ctx), value="", label="Only images with label (SET:LABEL or LABEL)",
@@ -142,6 +145,9 @@ def _result_panel() -> _ResultPanel:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
                                  interactive=False, elem_id="results", buttons=["fullscreen"])
+            with gr.Row():
+                previous_page = gr.Button("◀ Previous page", size="sm", elem_id="previous-page")
+                next_page = gr.Button("Next page ▶", size="sm", elem_id="next-page")
             with gr.Accordion("Download the original files of these results", open=False):
                 with gr.Row(equal_height=True):
                     zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
@@ -161,7 +167,7 @@ def _result_panel() -> _ResultPanel:
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
         hits_json = gr.JSON(label="Hits")
         confidence = gr.JSON(label="Confidence")
-    return _ResultPanel(status, gallery, zip_button, zip_note, zip_file, preview, details, original, selected,
+    return _ResultPanel(status, gallery, previous_page, next_page, zip_button, zip_note, zip_file, preview, details, original, selected,
                         show_button, more_button, hits_json, confidence)
 
 
@@ -172,13 +178,20 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
     filters = [q.label, q.folder, q.after, q.before, q.camera]
     search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters]
+    page = gr.State(None)  # the search the page buttons repeat (see SearchHandlers.turn_page)
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
     gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
-          trigger_mode="always_last")
+          trigger_mode="always_last").success(_first_page("search"), search_inputs, page, queue=False,
+                                              api_visibility="private")
     # "More like this" takes the id the box holds: the one shown (a click puts it there) or one typed since.
-    r.more_button.click(handlers.similar, [r.selected, q.k, q.threshold, *filters], results,
-                        api_name="similar_selected", api_visibility="private", trigger_mode="always_last")
+    similar_inputs = [r.selected, q.k, q.threshold, *filters]
+    r.more_button.click(handlers.similar, similar_inputs, results, api_name="similar_selected",
+                        api_visibility="private", trigger_mode="always_last").success(
+        _first_page("similar"), similar_inputs, page, queue=False, api_visibility="private")
+    for button, forward in ((r.previous_page, False), (r.next_page, True)):
+        button.click(handlers.turn_page, [page, gr.State(forward)], [*results, page], api_visibility="private",
+                     trigger_mode="always_last")
     one_image = [r.preview, r.details, r.selected, r.original]
     r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private")
     gr.on([r.show_button.click, r.selected.submit], handlers.image_info, [r.selected], one_image,
@@ -189,8 +202,15 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
         # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
         button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
                      api_visibility="private", queue=False).then(
-            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last")
+            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last").success(
+            _first_page("search"), search_inputs, page, queue=False, api_visibility="private")
     return q.label
+
+
+def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
+    """An event step that keeps a search's inputs, so that the page buttons repeat that search (not whatever the
+    boxes say by then)."""
+    return lambda *args: {"kind": kind, "args": list(args), "offset": 0}
 
 
 def label_choices(ctx: AppContext) -> list[str]:

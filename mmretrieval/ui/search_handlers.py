@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_K = 200  # most results one search returns
+MAX_K = 200  # most results one search (one page) returns
+MAX_DEPTH = 2_000  # deepest result the Next page button reaches
 DEFAULT_K = 24  # results when the k box is left empty (the box's initial value too)
 ECHO_CHARS = 120  # most characters of a query the status line repeats
 # Without a tokenizer that can count (e.g. a Hugging Face one), a query past this many words is taken to be
@@ -39,6 +40,9 @@ MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
 # gallery, hits as JSON, confidence, hit ids (kept in the page), status line
 SearchResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], list[int], str]
+# what the Previous/Next buttons repeat: {"kind": "search" | "similar", "args": [the handler's inputs], "offset": n}
+Page = dict[str, Any]
+PagedResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], list[int], str, Page]
 
 
 def hit_caption(hit: "Hit") -> str:
@@ -65,12 +69,13 @@ class SearchHandlers:
     def search(
         self, text: str, image: str | None = None, negative: str | None = None, k: float | None = DEFAULT_K,
         threshold: float | None = None, label: str | None = None, folder: str | None = None,
-        after: str | None = None, before: str | None = None, camera: str | None = None,
+        after: str | None = None, before: str | None = None, camera: str | None = None, offset: int = 0,
     ) -> SearchResults:
         """Text and/or image query, minus negative text, optionally only among images with ``label`` or under ``folder``.
 
         Returns the gallery, the hits as JSON, how far the best hit stands out from the query's scores against
-        how far unrelated text's does (for text-only queries), the hit ids and a status line.
+        how far unrelated text's does (for text-only queries), the hit ids and a status line. ``offset`` skips
+        the best hits (a later page shows results ``offset + 1`` on).
         """
         query_image = load_upload(image)
         text, negative = (text or "").strip(), (negative or "").strip()
@@ -81,33 +86,55 @@ class SearchHandlers:
         count, k_note = _k(k)
         with self.ctx.lock:
             vector = self.ctx.collection.query_vector(query)
-            hits = self.ctx.collection.search(vector, k=count, threshold=_threshold(threshold), **filters.arguments)
+            hits = self.ctx.collection.search(vector, k=offset + count, threshold=_threshold(threshold),
+                                              **filters.arguments)
         what = " + ".join(part for part in (_echo(text) if text else "", "image" if query_image else "") if part)
         # The noise band describes the whole collection: a filtered search is not judged against it.
         confidence = self._confidence(hits, vector if query.is_single_text and not filters.arguments else None)
         texts = [term.text for term in (*query.positives, *query.negatives) if term.text]
         notes = [note for note in (k_note, self._unread_note(texts)) if note]
-        return self._results(hits, f"{what}{f' − {_echo(negative)}' if negative else ''}{filters.among}", confidence,
-                             notes, _no_results_hint(filters, _threshold(threshold)))
+        return self._results(hits[offset:], f"{what}{f' − {_echo(negative)}' if negative else ''}{filters.among}",
+                             confidence, notes, _no_results_hint(filters, _threshold(threshold)), offset)
 
     @user_errors
     def similar(
         self, image_id: float | str | None, k: float | None = DEFAULT_K, threshold: float | None = None,
         label: str | None = None, folder: str | None = None, after: str | None = None, before: str | None = None,
-        camera: str | None = None,
+        camera: str | None = None, offset: int = 0,
     ) -> SearchResults:
         """Images most like collection image ``image_id`` (a catalog id, as search results carry), with the filters.
 
         ``image_id`` may also be the Image id box's text (the page's box is text, so that it can start empty).
+        ``offset`` skips the most similar images, as for :meth:`search`.
         """
         image_id = _image_id(image_id, "No image is selected: click a search result (or type an image id and "
                                        "press Show), then ask for more like it.")
         filters = _filters(label, folder, after, before, camera)
         count, k_note = _k(k)
         with self.ctx.lock:
-            hits = self.ctx.collection.similar(image_id, k=count, threshold=_threshold(threshold), **filters.arguments)
-        return self._results(hits, f"more like image {image_id}{filters.among}", self._confidence(hits, None),
-                             [k_note] if k_note else [], _no_results_hint(filters, _threshold(threshold)))
+            hits = self.ctx.collection.similar(image_id, k=offset + count, threshold=_threshold(threshold),
+                                               **filters.arguments)
+        return self._results(hits[offset:], f"more like image {image_id}{filters.among}",
+                             self._confidence(hits, None), [k_note] if k_note else [],
+                             _no_results_hint(filters, _threshold(threshold)), offset)
+
+    @user_errors
+    def turn_page(self, page: Page | None, forward: bool) -> PagedResults:
+        """The next (or previous) page of the last search or "more like this": as many results as it asked for,
+        after (or before) the ones shown; and the page now shown, for the next turn."""
+        if not page:
+            raise gr.Error("Search first: the Next and Previous buttons page through a search's results.",
+                           print_exception=False)
+        size = _k(page["args"][1 if page["kind"] == "similar" else 3])[0]
+        offset = max(0, page["offset"] + (size if forward else -size))
+        if offset + size > MAX_DEPTH:
+            raise gr.Error(f"Pages stop at result {MAX_DEPTH}: narrow the search (a filter, a threshold or more "
+                           "words) to see other images.", print_exception=False)
+        handler = self.similar if page["kind"] == "similar" else self.search
+        results = handler(*page["args"], offset=offset)
+        if forward and not results[3]:
+            raise gr.Error("These are the last results: no more images match.", print_exception=False)
+        return (*results, {**page, "offset": offset})
 
     def _build_query(self, text: str, image: Image.Image | None, negative: str) -> Any:
         # Terms are built here rather than with search.parse_query, which treats a string naming an existing
@@ -132,14 +159,16 @@ class SearchHandlers:
             return self.ctx.noise_calibration().assess(text_vector, hits[0].score if hits else None).to_dict()
 
     def _results(self, hits: "list[Hit]", description: str, confidence: dict[str, Any], notes: list[str],
-                 empty_hint: str) -> SearchResults:
+                 empty_hint: str, offset: int = 0) -> SearchResults:
         """The outputs of a search: ``description`` (Markdown, already escaped) says what was asked, ``notes``
-        add paragraphs (k capped, query too long), ``empty_hint`` says what to change when nothing came back."""
+        add paragraphs (k capped, query too long), ``empty_hint`` says what to change when nothing came back;
+        ``hits`` start at result ``offset + 1``."""
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
         if not hits:
             status = f"No results for {description}. {empty_hint}"
         else:
-            status = (f"{counted(len(hits), 'result')} for {description}; scores {hits[0].score:.3f} to "
+            which = f"Results {offset + 1}–{offset + len(hits)}" if offset else counted(len(hits), "result")
+            status = (f"{which} for {description}; scores {hits[0].score:.3f} to "
                       f"{hits[-1].score:.3f}. Click an image for details and “more like this”.")
             if confidence.get("level") in ("weak", "fair", "clear"):
                 mark = "⚠️ " if confidence["level"] == "weak" else ""
