@@ -90,7 +90,7 @@ def _draw(generator, anchors, count: int, noise: float):  # noqa: ANN001, ANN202
     return _unit(picked + torch.randn(count, dim, generator=generator) * (noise / dim ** 0.5))
 
 
-def _mmr(*args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, subprocess.CompletedProcess, float]:
+def run_mmr(*args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, subprocess.CompletedProcess, float]:
     """Run ``mmr ARGS``; returns its wall time, its result and the peak of its RssAnon (MiB, sampled every 0.1 s:
     anonymous memory only, not the page cache of the files it maps)."""
     started = time.perf_counter()
@@ -174,7 +174,7 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     if col.exists():
         shutil.rmtree(col)
     _create_collection(col)
-    import_s, result, import_rss_mib = _mmr("import", str(emb), "--collection", str(col), "--json",
+    import_s, result, import_rss_mib = run_mmr("import", str(emb), "--collection", str(col), "--json",
                                             *(["--no-index"] if args.import_only else []))
     summary = json.loads(result.stdout)
     if not args.keep_inputs:
@@ -217,7 +217,7 @@ def _time_duplicates(col: Path) -> float | None:
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
     if "duplicates" not in commands:
         return None
-    elapsed, _, _ = _mmr("duplicates", "--collection", str(col), ok=(0, 1))  # 1: no groups (random vectors have none)
+    elapsed, _, _ = run_mmr("duplicates", "--collection", str(col), ok=(0, 1))  # 1: no groups (random vectors have none)
     return round(elapsed, 1)
 
 

@@ -149,3 +149,42 @@ def test_exact_search_in_small_chunks_equals_one_pass():
     chunked = exact_search(query, 10, allowed, load, chunk=7)
     np.testing.assert_array_equal(one_pass[1], chunked[1])
     assert chunked[1][0].tolist() == brute_force(vectors[::4], allowed, query[0], 10)
+
+
+@pytest.mark.parametrize("config", [
+    dict(type="ivf", nlist=16, nprobe=4),
+    dict(type="ivfpq", nlist=16, nprobe=4, pq_m=8, pq_bits=4, opq=1),  # behind an OPQ rotation
+])
+def test_a_presized_fill_makes_the_index_block_by_block_adds_make(config):
+    """Lists allocated at their final size first, then filled with the first pass's assignments: every list holds
+    the same ids, in the same order, with the same codes, as add_with_ids block by block gives."""
+    import faiss
+
+    from mmretrieval.collection.index import IndexConfig
+
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(10, 3010, dtype=np.int64)
+    config = IndexConfig(**config)
+    blocks = lambda: ((ids[s:s + 700], vectors[s:s + 700]) for s in range(0, len(ids), 700))  # noqa: E731
+    plain = VectorIndex.trained(config, 32, vectors[:1500])
+    for block_ids, block in blocks():
+        plain.add(block_ids, block)
+    presized = VectorIndex.trained(config, 32, vectors[:1500])
+    progress = []
+    presized.fill(blocks, len(ids), lambda done, total: progress.append((done, total)))
+    assert presized.count == plain.count == len(ids) and progress[-1] == (len(ids), len(ids))
+    mine, theirs = (faiss.extract_index_ivf(i.faiss_index).invlists for i in (presized, plain))
+    for list_no in range(config.nlist):
+        size = theirs.list_size(list_no)
+        assert mine.list_size(list_no) == size
+        assert np.array_equal(faiss.rev_swig_ptr(mine.get_ids(list_no), size),
+                              faiss.rev_swig_ptr(theirs.get_ids(list_no), size))
+        code_bytes = size * theirs.code_size
+        assert np.array_equal(faiss.rev_swig_ptr(mine.get_codes(list_no), code_bytes),
+                              faiss.rev_swig_ptr(theirs.get_codes(list_no), code_bytes))
+    assert np.array_equal(presized.search(vectors[:5], 10)[1], plain.search(vectors[:5], 10)[1])
+    with pytest.raises(CollectionError, match="changed while the index was being built"):
+        calls = iter([blocks(), iter(list(blocks())[:-1])])  # the second pass ends early
+        VectorIndex.trained(config, 32, vectors[:1500]).fill(lambda: next(calls), len(ids))

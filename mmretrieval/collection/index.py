@@ -38,7 +38,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import faiss
 import numpy as np
@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from ..atomic import atomic_path, atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
+from .ivf_fill import fill_presized
 from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MAX_TRAIN, MIN_IVF_VECTORS, TRAIN_PER_LIST, IndexConfig,
                      IndexPolicy, choose_config, estimate_bytes)
 
@@ -160,6 +161,21 @@ class VectorIndex:
             self.faiss_index.add_with_ids(_as_matrix(vectors, self.dim), np.ascontiguousarray(ids, dtype=np.int64))
             self._gpu_index = None
 
+    def fill(self, blocks: Callable[[], Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]],
+             total: int, progress: Callable[[int, int], None] | None = None) -> None:
+        """Add every ``(ids, vectors)`` block that ``blocks()`` yields to this freshly trained index, with
+        ``progress(added, total)``; IVF types call ``blocks()`` twice (:mod:`.ivf_fill`: lists allocated once)."""
+        if self.config.type in _IVF_TYPES and self.count == 0:
+            fill_presized(self.faiss_index, blocks, total, progress)
+        else:
+            added = 0
+            for ids, vectors in blocks():
+                self.add(ids, vectors)
+                added += len(ids)
+                if progress is not None:
+                    progress(added, total)
+        self._gpu_index = None
+
     @property
     def supports_remove(self) -> bool:
         return self.config.type != "hnsw"
@@ -222,10 +238,6 @@ class VectorIndex:
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.faiss_index)
         return self._gpu_index
-
-    def resident_bytes(self) -> int:
-        """Approximately the memory the index occupies (its serialized size)."""
-        return int(faiss.serialize_index(self.faiss_index).nbytes)
 
     # -- persistence ------------------------------------------------------------------------------------------
     def save(self, directory: Path, manifest: Manifest) -> Manifest:

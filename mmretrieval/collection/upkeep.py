@@ -133,12 +133,7 @@ class IndexKeeper:
         del sample
         if fill is None:
             logger.info("adding %d vectors block by block", len(ids))
-            added = 0
-            for block_ids, vectors in self.catalog.iter_vectors():
-                index.add(block_ids, vectors)
-                added += len(block_ids)
-                if self.progress is not None:
-                    self.progress(added, len(ids))
+            index.fill(self.catalog.iter_vectors, len(ids), self.progress)
         else:
             index = fill(index, self.catalog.iter_vectors(), len(ids))
         self.index, self.generation = self._tuned(index, ids, rng), generation
