@@ -180,3 +180,29 @@ def test_the_kept_copy_is_the_lossless_one_at_equal_resolution(tmp_path, shapes_
         (group,) = col.duplicates(0.9)
     assert os.path.basename(group.keep.path) in ("original.png", "b-copy.png")
     assert {os.path.basename(p) for p in group.paths} == {"original.png", "b-copy.png", "noisy.jpg"}
+
+
+def test_the_kept_copy_is_a_file_not_a_link_and_the_original_not_its_stripped_conversion(tmp_path, shapes_encoder):
+    """A symbolic link to a photo is never kept over the photo (deleting the "other copy" would then delete the
+    only file); and a camera original with its EXIF time, camera and position is kept over a PNG conversion of
+    it that lost them, though lossless."""
+    from PIL import Image
+
+    from mmretrieval.training import scenes
+
+    picture = scenes.generate(5, 0, size=160).image
+    photos, album = tmp_path / "library" / "photos", tmp_path / "library" / "album"
+    photos.mkdir(parents=True)
+    album.mkdir()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"  # Make, Model
+    exif.get_ifd(0x8769)[0x9003] = "2024:06:01 14:30:00"  # DateTimeOriginal
+    picture.save(photos / "IMG_0001.JPG", quality=92, exif=exif)
+    picture.save(photos / "IMG_0001.png")
+    (album / "a-best.jpg").symlink_to(photos / "IMG_0001.JPG")  # sorts first, and is as large as its target
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([tmp_path / "library"], workers=0)  # the link stays inside the folder ingested
+        (group,) = col.duplicates(0.9)
+    assert {os.path.basename(p) for p in group.paths} == {"a-best.jpg", "IMG_0001.JPG", "IMG_0001.png"}
+    assert group.keep.path == str(photos / "IMG_0001.JPG")
+    assert [c.is_link for c in group.copies if c.path.endswith("a-best.jpg")] == [True]

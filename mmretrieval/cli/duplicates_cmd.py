@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "duplicates", help="find near-duplicate images (resized, recompressed, cropped, converted copies)",
         description="Group near-identical images by their stored vectors (a k-NN graph, then connected pairs at or "
-        "above the threshold). The kept copy is the one with the most pixels, then a lossless format (PNG, "
-        "TIFF...), then the largest file, then the oldest. Nothing is deleted.")
+        "above the threshold). The kept copy is a file (not a link to one) with the most pixels, then "
+        "the most capture metadata (EXIF time, camera, GPS), then a lossless format (PNG, TIFF...), then the largest "
+        "file, then the oldest. Nothing is deleted.")
     add_collection_option(parser)
     parser.add_argument("--threshold", type=float,
                         help="cosine at or above which two images are copies (default: the model family's, "

@@ -6,8 +6,8 @@ From the collection's stored vectors, never by re-reading images:
    time (so memory holds one block of queries, never all vectors), keeping neighbours scoring at least the
    threshold (cosine);
 2. connected components of those pairs (union-find): copies of copies end up in one group;
-3. per group, the copy to keep (highest resolution, then a lossless format, then largest file, then oldest
-   modification time) and each copy's exact cosine to it.
+3. per group, the copy to keep (a file over a link to it, the most pixels, the most capture metadata, a lossless
+   format, the largest file, the oldest: :func:`keeper_rank`) and each copy's exact cosine to it.
 
 Nothing is deleted here; :func:`organize_duplicates` only links the copies into a review folder.
 The default threshold depends on the model family (see :data:`DEFAULT_THRESHOLDS`): cosines between
@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from ..errors import CollectionError
 from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
+
+if TYPE_CHECKING:
+    from ..images.metadata import PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class Copy:
     height: int
     bytes: int  # file size now (-1 when the file is gone)
     mtime_ns: int  # modification time now (0 when the file is gone)
+    is_link: bool = False  # a symbolic link (to a file the collection also holds: never the copy to keep)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class DuplicateGroup:
 
     @property
     def keep(self) -> Copy:
-        """The copy to keep: highest resolution, then a lossless format, then largest file, then oldest."""
+        """The copy to keep: see :func:`keeper_rank`."""
         return self.copies[0]
 
     @property
@@ -172,20 +176,33 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
                       if i in rows and i in by_id]
         if len(candidates) < 2:
             continue  # a row removed since the search
-        kept = max(candidates, key=_keeper_rank)
+        photos = catalog.photos([c.id for c in candidates])
+        kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
         # float16 storage makes a vector's cosine with itself 0.9999..., so the kept copy gets 1.0 by definition
         copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else min(1.0, float(by_id[c.id] @ by_id[kept.id])),
-                       c.width, c.height, c.bytes, c.mtime_ns) for c in candidates]
+                       c.width, c.height, c.bytes, c.mtime_ns, c.is_link) for c in candidates]
         copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
         described.append(DuplicateGroup(tuple(copies)))
     return described
 
 
-def _keeper_rank(copy: Copy) -> tuple[int, bool, int, int, int]:
-    """Highest resolution, then lossless (a larger JPEG is only more compression noise), then largest file, then
-    oldest, then lowest id."""
+def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, int, bool, int, int, int]:
+    """How much a copy deserves keeping, compared as a tuple (the largest is kept):
+
+    1. a file, not a symbolic link: a link's target is in the collection too, and deleting the target because
+       the link was kept would leave a dangling link and no photo;
+    2. the most pixels;
+    3. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
+       position (a camera original over a converted or re-saved copy that lost them);
+    4. a lossless format (a larger JPEG beside a PNG of the same picture only holds more compression noise);
+    5. the largest file, then the oldest, then the lowest id.
+    """
     lossless = os.path.splitext(copy.path)[1].lower() in LOSSLESS_EXTENSIONS
-    return copy.width * copy.height, lossless, copy.bytes, -copy.mtime_ns, -copy.id
+    described = 0
+    if photo is not None:
+        described = sum((photo.taken_source not in (None, "mtime"), bool(photo.make or photo.model),
+                         photo.latitude is not None))
+    return (not copy.is_link, copy.width * copy.height, described, lossless, copy.bytes, -copy.mtime_ns, -copy.id)
 
 
 def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:
@@ -194,7 +211,7 @@ def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) 
         size, mtime_ns = stat.st_size, stat.st_mtime_ns
     except OSError:
         size, mtime_ns = -1, 0
-    return Copy(image_id, path, 1.0, width or 0, height or 0, size, mtime_ns)
+    return Copy(image_id, path, 1.0, width or 0, height or 0, size, mtime_ns, os.path.islink(path))
 
 
 def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: int = DEFAULT_K,

@@ -63,8 +63,9 @@ class DuplicateHandlers:
         export = self._export(groups)
         shown = f"the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else "all"
         summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
-                   "besides the suggested keepers (highest resolution, then a lossless format, then largest file, "
-                   f"then oldest). Showing {shown}. The export lists the "
+                   "besides the suggested keepers (a file, not a link; then the highest resolution, the most "
+                   "capture metadata, a lossless format, the largest file, the oldest). "
+                   f"Showing {shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
         from ..collection.duplicates import chaining_note
 
