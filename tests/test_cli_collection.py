@@ -407,6 +407,13 @@ def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys)
     with pytest.raises(SystemExit):  # a missing option gets no such hint
         main(["similar", "x.png"])
     assert "after '--'" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a southern latitude looks like an option to argparse
+        main(["search", "red", "--near", "-33.86,151.21,10", "--collection", collection])
+    assert capsys.readouterr().err.splitlines() == [
+        "mmr search: error: argument --near: expected one argument; a value that starts with '-' is given as "
+        "--near=VALUE (e.g. --near=-33.86,151.21,10) (see mmr search --help)"]
+    assert main(["search", "red", "--near=-33.86,151.21,10", "--collection", collection]) == 1  # taken: no photo there
+    assert "error" not in capsys.readouterr().err
 
 
 def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):

@@ -206,3 +206,21 @@ def test_the_kept_copy_is_a_file_not_a_link_and_the_original_not_its_stripped_co
     assert {os.path.basename(p) for p in group.paths} == {"a-best.jpg", "IMG_0001.JPG", "IMG_0001.png"}
     assert group.keep.path == str(photos / "IMG_0001.JPG")
     assert [c.is_link for c in group.copies if c.path.endswith("a-best.jpg")] == [True]
+
+
+def test_a_byte_identical_copy_scores_one(tmp_path, shapes_encoder):
+    """Cosines between stored float16 vectors are of the renormalised vectors: the same bytes score 1.000 (the
+    float16 norms of eight pictures, 0.9999 to 1.0001, made some such pairs 0.9999)."""
+    import shutil
+
+    from mmretrieval.training import scenes
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        scenes.generate(9, i, size=160).image.save(folder / f"{i}a.jpg", quality=90)
+        shutil.copy(folder / f"{i}a.jpg", folder / f"{i}b.jpg")
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        pairs = [group for group in col.duplicates(0.999) if len(group.copies) == 2]
+    assert len(pairs) == 8 and [group.scores for group in pairs] == [(1.0, 1.0)] * 8

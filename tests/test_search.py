@@ -94,3 +94,11 @@ def _labels_by_path(col):
     rows = col.catalog.rows(ids)
     labels = col.label_of(ids)
     return [(i, rows[i].path, labels[i]) for i in ids]
+
+
+@pytest.mark.parametrize("field", ["path_prefix", "label", "camera"])
+def test_a_filter_that_is_not_text_is_a_query_error(field):
+    from mmretrieval.collection.filters import Filters
+
+    with pytest.raises(QueryError, match=f"{field} must be text, got 5 \\(int\\)"):
+        Filters.of(**{field: 5})

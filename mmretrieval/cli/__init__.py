@@ -28,6 +28,9 @@ class _Parser(argparse.ArgumentParser):
                 message += " (or set $MMR_COLLECTION)"
             if any(not name.strip().startswith("-") for name in missing):  # argparse took a '-x' value as an option
                 message += "; a query or path that starts with '-' goes at the end, after '--'"
+        elif message.endswith("expected one argument"):  # `--near -33.8,151.2,10`: the value looks like an option
+            option = message.split()[1].rstrip(":").split("/")[-1]
+            message += f"; a value that starts with '-' is given as {option}=VALUE (e.g. --near=-33.86,151.21,10)"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]

@@ -171,16 +171,18 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
     for group in groups:
         rows = catalog.rows(list(group))
         found, vectors = catalog.vectors(list(group))
-        by_id = dict(zip(found.tolist(), vectors))
+        # renormalised: float16 storage leaves norms of 0.9999 to 1.0001, and a byte-identical copy scored 0.9999
+        unit = vectors.astype(np.float64) / np.linalg.norm(vectors, axis=1, keepdims=True)
+        by_id = dict(zip(found.tolist(), unit))
         candidates = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
                       if i in rows and i in by_id]
         if len(candidates) < 2:
             continue  # a row removed since the search
         photos = catalog.photos([c.id for c in candidates])
         kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
-        # float16 storage makes a vector's cosine with itself 0.9999..., so the kept copy gets 1.0 by definition
-        copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else min(1.0, float(by_id[c.id] @ by_id[kept.id])),
-                       c.width, c.height, c.bytes, c.mtime_ns, c.is_link) for c in candidates]
+        scores = {c.id: round(min(1.0, float(by_id[c.id] @ by_id[kept.id])), 6) for c in candidates}
+        copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else scores[c.id], c.width, c.height, c.bytes, c.mtime_ns,
+                       c.is_link) for c in candidates]
         copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
         described.append(DuplicateGroup(tuple(copies)))
     return described

@@ -74,8 +74,12 @@ class Filters:
         """Filters from user-facing values (strings as the CLI takes them, dates, a (lat, lon, km) tuple).
 
         Raises:
-            QueryError: a date, coordinate or radius that does not parse or is out of range, or an empty range.
+            QueryError: a date, coordinate or radius that does not parse or is out of range, or an empty range;
+                a folder, label or camera that is not text.
         """
+        for name, value in (("path_prefix", path_prefix), ("label", label), ("camera", camera)):
+            if value is not None and not isinstance(value, str):
+                raise QueryError(f"{name} must be text, got {value!r} ({type(value).__name__})")
         filters = cls(path_prefix=path_prefix or None, label=label or None,
                       after=None if after is None else parse_date(after, "after"),
                       before=None if before is None else parse_date(before, "before"),
