@@ -527,3 +527,41 @@ def test_serve_listens_on_ipv6_hosts_where_the_machine_has_them():
     except OSError:
         return  # no IPv6 loopback on this machine: nothing of ours to check
     _check_can_listen("::1", 0)  # was refused: create_server defaulted to IPv4
+
+
+def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, tiny_model_dir):
+    """`kill` (SIGTERM) stops the ingest as Ctrl-C does: workers stopped, shared memory released (Python's default
+    died on the spot and the resource tracker warned of leaked shared memory), exit 143; a re-run finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mmretrieval.collection.collection import Collection
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 400)
+    command = [sys.executable, "-m", "mmretrieval.cli", "ingest", str(tmp_path / "photos"), "--collection",
+               str(tmp_path / "col"), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "1",
+               "--workers", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ok = 0
+    deadline = time.monotonic() + 120
+    while not ok and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (tmp_path / "col" / "catalog.sqlite").exists():
+            with Collection.open(tmp_path / "col", read_only=True) as col:
+                ok = col.catalog.counts_by_status().get("ok", 0)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "mmr ingest: terminated (SIGTERM)" in err
+    assert "leaked" not in err and "Traceback" not in err
+    with Collection.open(tmp_path / "col", read_only=True) as col:
+        assert 0 < col.catalog.counts_by_status().get("ok", 0) < 400  # it really stopped mid-way
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    with Collection.open(tmp_path / "col", read_only=True) as col:
+        assert col.catalog.counts_by_status() == {"ok": 400}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
-from typing import NoReturn, Sequence
+from contextlib import contextmanager
+from typing import Iterator, NoReturn, Sequence
 
 from ..errors import MMRError
 from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
@@ -94,17 +97,45 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"mmr: warning: {message}", file=sys.stderr)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, a job scheduler), unwound as Ctrl-C is: decoding workers stopped, shared
+    memory unlinked, temporary files removed, the writer lock released."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Raise :class:`_Terminated` in the main thread on SIGTERM while the command runs (Python's default dies
+    on the spot, leaving the decoding pool's shared memory to the resource tracker's warnings)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted)."""
+    """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted, 143
+    terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr(verbose=args.verbose)
     warnings.showwarning = _show_warning
     try:
-        return int(args.handler(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.handler(args) or 0)
     except MMRError as exc:
         print(f"mmr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print(f"mmr {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"mmr {args.command}: interrupted", file=sys.stderr)
         return 130
