@@ -215,7 +215,8 @@ def test_the_ingest_summary_tells_skips_from_failures_and_from_earlier_failures(
     summary = IngestSummary(embedded=3, failed={"truncated": 1}, skipped={"symlink_loop": 2})
     text = describe_ingest(summary, Path("/photos"), failed_here=5)
     assert "- failed in this run: 1 (1 truncated)" in text
-    assert "- skipped in this run (not regular files, link loops, unreadable folders): 2 (2 symlink_loop)" in text
+    assert ("- skipped in this run (not regular files, links that loop, break or leave the folder, unreadable "
+            "folders): 2 (2 symlink_loop)") in text
     assert "- still failed from earlier ingests (unchanged, so not retried): 2;" in text
     assert "skipped" not in describe_ingest(IngestSummary(embedded=3), Path("/photos"), failed_here=0)
 

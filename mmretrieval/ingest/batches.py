@@ -52,7 +52,8 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class Skipped:
-    """Something the reader will not open: a FIFO, a device, a link loop, a link leaving the folder."""
+    """Something the reader will not open: a FIFO, a device, a link loop, a broken link, a link leaving the folder,
+    a link to a folder walked under its real path."""
 
     path: str
     reason: str  # short stable code

@@ -1,15 +1,18 @@
 """Reading stage: find the files a set of sources names, and decode one file safely.
 
 Sources are folders (walked recursively, following links only while they stay inside the folder and never
-around a loop), single files, and list files (``.txt``: one path per line; ``.csv``: a ``path`` column and
-an optional ``caption`` column). A walk passes over hidden entries, files and folders whose name starts with
-``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``, macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden
-folder or file named as a source, or listed in a list file, is still read. Nothing is opened while walking;
+around a loop; each folder is walked once, under its real path where the walk meets it, so a link to such a
+folder is skipped whatever the names' order; a broken link is reported as one), single files, and list files
+(``.txt``: one path per line; ``.csv``: a ``path`` column and an optional ``caption`` column). A walk passes
+over hidden entries, files and folders whose name starts with ``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``,
+macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden folder or file named as a source, or listed in a
+list file, is still read. Nothing is opened while walking;
 :func:`decode_file` opens a file without blocking and refuses anything that is not a regular file.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import errno
 import hashlib
@@ -32,6 +35,8 @@ from .lists import PATH_COLUMNS, csv_columns
 logger = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".csv")
+_FOLDER = "folder"  # what _classify says of a folder to walk now
+_LINKED_FOLDER = "linked folder"  # ... and of a link to a folder, followed after every real folder
 
 
 def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str]:
@@ -72,9 +77,25 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
 
 
 def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
+    """Every candidate under ``root``, each folder walked once: real folders first, then linked ones.
+
+    A folder linked from inside the tree is usually also there under its real path. Walking every real folder
+    before any link makes that path the one catalogued, whatever the names' order, and the link the skip;
+    otherwise removing the link would re-embed the folder. Memory holds the identities of the folders walked and
+    the folder links still to follow, never the files.
+    """
     real_root = os.path.realpath(root)
-    seen_dirs: set[tuple[int, int]] = set()
-    stack = [str(root)]
+    walked: set[tuple[int, int]] = set()
+    links: collections.deque[str] = collections.deque()  # folder links met, followed in that order
+    yield from _walk_folders(str(root), real_root, walked, links)
+    while links:
+        yield from _walk_folders(links.popleft(), real_root, walked, links)
+
+
+def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
+                  links: collections.deque[str]) -> Iterator[SourceFile | Skipped]:
+    """``top`` and the real folders under it, depth-first in name order; folder links go on ``links``."""
+    stack = [top]
     while stack:
         directory = stack.pop()
         try:
@@ -85,10 +106,11 @@ def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
             else:
                 yield Skipped(directory, "unreadable", f"cannot open folder {directory}: {exc.strerror}")
             continue
-        if (info.st_dev, info.st_ino) in seen_dirs:
-            yield Skipped(directory, "symlink_loop", f"{directory} leads back to a folder already walked")
+        if (info.st_dev, info.st_ino) in walked:
+            yield Skipped(directory, "symlink_loop",
+                          f"{directory} leads to {os.path.realpath(directory)}, a folder already walked")
             continue
-        seen_dirs.add((info.st_dev, info.st_ino))
+        walked.add((info.st_dev, info.st_ino))
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
@@ -97,8 +119,10 @@ def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
         subdirs = []
         for entry in entries:
             found = _classify(entry, real_root)
-            if found == "dir":
+            if found == _FOLDER:
                 subdirs.append(entry.path)
+            elif found == _LINKED_FOLDER:
+                links.append(entry.path)
             elif found is not None:
                 yield found
         stack.extend(reversed(subdirs))
@@ -108,20 +132,39 @@ def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str 
     if entry.name.startswith("."):
         return None  # hidden: caches, thumbnails, trash, version control, AppleDouble forks; never walked or opened
     try:
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if os.path.commonpath([target, real_root]) != real_root:
-                return Skipped(entry.path, "link_outside_root", f"{entry.path} links outside the folder, to {target}")
-        is_dir = entry.is_dir()
+        is_link = entry.is_symlink()
+        is_dir = not is_link and entry.is_dir()
     except OSError:  # gone since the folder was listed; _single below says so
-        is_dir = False
-    if is_dir:
-        return "dir"
+        is_link = is_dir = False
+    if is_link:
+        return _linked(entry, real_root)
+    return _FOLDER if is_dir else _file(entry)
+
+
+def _linked(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str | None:
+    """A link: a folder to follow once the real folders are walked, a file read under the link's path, or a skip."""
+    target = os.path.realpath(entry.path)
+    try:
+        is_dir = stat.S_ISDIR(os.stat(entry.path).st_mode)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR) or not os.path.lexists(entry.path):
+            is_dir = False  # a loop of links, or the link itself gone since the folder was listed: _single says so
+        elif os.path.splitext(entry.name)[1].lower() in NOT_IMAGE_EXTENSIONS:
+            return None  # never read, so not worth a report
+        else:  # a name that would be read or sniffed; with no target there is nothing to read
+            return Skipped(entry.path, "broken_link", f"{entry.path} is a broken link: {target} does not exist")
+    if os.path.commonpath([target, real_root]) != real_root:
+        return Skipped(entry.path, "link_outside_root", f"{entry.path} links outside the folder, to {target}")
+    return _LINKED_FOLDER if is_dir else _file(entry)
+
+
+def _file(entry: os.DirEntry) -> SourceFile | Skipped | None:
+    """A file by its extension: an image candidate, never opened (lists, sidecars, documents), or sniffed."""
     suffix = os.path.splitext(entry.name)[1].lower()
     if suffix in image_extensions() or suffix in RAW_EXTENSIONS:
         return _single(Path(entry.path))
     if suffix in NOT_IMAGE_EXTENSIONS:
-        return None  # lists, sidecars, documents: never opened
+        return None
     return _sniffed(entry)
 
 

@@ -141,7 +141,8 @@ def describe_ingest(summary: Any, source: Path, failed_here: int) -> str:
              f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
              f"- failed in this run: {summary.failed_total}{f' ({failed_now})' if failed_now else ''}"]
     if summary.skipped:
-        lines.append(f"- skipped in this run (not regular files, link loops, unreadable folders): "
+        lines.append(f"- skipped in this run (not regular files, links that loop, break or leave the folder, unreadable "
+                     "folders): "
                      f"{summary.skipped_total} ({skipped_now})")
     if earlier > 0:
         lines.append(f"- still failed from earlier ingests (unchanged, so not retried): {earlier}; "
