@@ -266,15 +266,41 @@ def test_options_the_cluster_would_ignore_are_refused_with_ray(tmp_path, capsys,
 def test_the_driver_gives_a_gcs_location_a_short_retry_limit_unless_the_uri_sets_one():
     """Offline or without credentials, pyarrow's default GCS retries kept the driver silent for minutes (27 s now,
     measured by hand); a limit the user wrote in the URI is kept, and other schemes are left alone."""
-    from mmretrieval.ingest.ray_segments import PREPARE_RETRY_S, _short_retries
+    from mmretrieval.ingest.ray_segments import PREPARE_RETRY_S, short_retries
 
-    assert _short_retries("gs://bucket/runs") == f"gs://bucket/runs?retry_limit_seconds={PREPARE_RETRY_S:g}"
-    assert _short_retries("gs://bucket/runs?scheme=http") == (
+    assert short_retries("gs://bucket/runs") == f"gs://bucket/runs?retry_limit_seconds={PREPARE_RETRY_S:g}"
+    assert short_retries("gs://bucket/runs?scheme=http") == (
         f"gs://bucket/runs?scheme=http&retry_limit_seconds={PREPARE_RETRY_S:g}")
-    assert _short_retries("gs://bucket/runs?retry_limit_seconds=300") == "gs://bucket/runs?retry_limit_seconds=300"
-    assert _short_retries("s3://bucket/runs") == "s3://bucket/runs"
-    assert _short_retries("/shared/runs") == "/shared/runs"
+    assert short_retries("gs://bucket/runs?retry_limit_seconds=300") == "gs://bucket/runs?retry_limit_seconds=300"
+    assert short_retries("s3://bucket/runs") == "s3://bucket/runs"
+    assert short_retries("/shared/runs") == "/shared/runs"
     import pyarrow.fs as pafs
 
-    filesystem, base = pafs.FileSystem.from_uri(_short_retries("gs://bucket/runs"))  # pyarrow takes the option
+    filesystem, base = pafs.FileSystem.from_uri(short_retries("gs://bucket/runs"))  # pyarrow takes the option
     assert base == "bucket/runs" and type(filesystem).__name__ == "GcsFileSystem"
+
+
+def test_a_plain_ingest_commits_what_a_killed_run_left_in_its_own_ray_output(tmp_path, tiny_encoder):
+    """A --ray run with --ray-output elsewhere records that location; a later plain ingest commits the results
+    left there (instead of decoding those files again and leaving them for good), then forgets it; a location
+    it cannot read now is kept for the next run, and the ingest goes on."""
+    from mmretrieval.ingest.batches import RAY_OUTPUT_KEY
+
+    folder, elsewhere = tmp_path / "photos", tmp_path / "shared" / "run1"
+    write_good_images(folder, 4)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    with pytest.raises(CollectionError):  # the cluster is gone: the run records its location and stops
+        col.ingest([folder], ray=RayIngestConfig(address="127.0.0.1:1", output=str(elsewhere)))
+    assert col.catalog.get_meta(RAY_OUTPUT_KEY) == str(elsewhere)
+    result_for(col, ResultDrop(str(elsewhere), str(tmp_path / "col" / "ray-staging")), ids=[1, 2])  # its workers'
+    summary = col.ingest([folder], workers=0)  # without --ray
+    assert summary.unchanged == 2 and summary.embedded == 2  # the two finished there are not redone
+    assert col.catalog.counts_by_status() == {"ok": 4} and not os.listdir(elsewhere)
+    assert not col.catalog.get_meta(RAY_OUTPUT_KEY)  # nothing left to look for
+    with col.catalog.transaction():  # a location that cannot be read now (a file where its folder should be)
+        col.catalog.set_meta(RAY_OUTPUT_KEY, str(tmp_path / "gone"))
+    (tmp_path / "gone").write_text("not a folder")
+    write_good_images(folder / "more", 1, seed=5)
+    assert col.ingest([folder], workers=0).embedded == 1
+    assert col.catalog.get_meta(RAY_OUTPUT_KEY) == str(tmp_path / "gone")  # kept for a later try
+    col.close()

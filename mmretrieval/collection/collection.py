@@ -45,7 +45,7 @@ from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, co
 from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
-from ..ingest.batches import RAY_RESULTS_DIR
+from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..ingest.reader import source_list
 from ..models.specs import ModelIdentity
 from .describe import describe
@@ -217,8 +217,8 @@ class Collection:
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
                                          device_decode=device_decode, share_jpegs=share_jpegs)
         with self.writing(busy):
-            if (self.directory / RAY_RESULTS_DIR).is_dir():  # a killed --ray run's finished work, not redone
-                from ..ingest.ray_runner import commit_left_results
+            if (self.directory / RAY_RESULTS_DIR).is_dir() or self.catalog.get_meta(RAY_OUTPUT_KEY):
+                from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work
 
                 commit_left_results(self.catalog, str(self.directory))
             return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress)

@@ -16,6 +16,7 @@ from ..images.metadata import PhotoMetadata
 
 NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # a record's pixels, when they travel as a row of a batch or chunk
 RAY_RESULTS_DIR = "ray-results"  # in a collection: where `--ray` workers leave results unless told otherwise
+RAY_OUTPUT_KEY = "ray_output"  # catalog meta: a --ray-output location elsewhere that a run may have left results in
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
-from .batches import RAY_RESULTS_DIR, IngestSummary, chunked
+from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
-from .ray_segments import ResultDrop
+from .ray_segments import ResultDrop, short_retries
 from .runner import plan_sources
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
+    if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
+        with catalog.transaction():
+            catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
     committer = ResultCommitter(catalog)
     tally = Tally(skipped)
@@ -117,28 +120,45 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
     if left := catalog.pending_count():
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
+    if config.output:
+        _forget_output(catalog)  # every result there is committed and removed
     return tally.summary(unchanged, pruned)
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
-    """Commit the results a killed ``--ray`` run finished in the collection's own results folder; returns the
-    rows committed.
+    """Commit the results a killed ``--ray`` run finished, in the collection's own results folder or in the
+    ``--ray-output`` location it recorded; returns the rows committed.
 
     A plain ``mmr ingest`` calls this first: it would otherwise decode those files again and leave the results
-    on disk for good (only a later ``--ray`` run, with the same output location, would remove them). Results in
-    another ``--ray-output`` location are only found by a ``--ray`` run given that location. Imports nothing of
-    Ray (the results are Parquet and the collection's own segments).
+    there for good. A recorded location that cannot be read now (a bucket offline) is left for a later run, with
+    a warning. Imports nothing of Ray (the results are Parquet and the collection's own segments).
     """
-    results = os.path.join(collection_dir, RAY_RESULTS_DIR)
-    if not os.path.isdir(results):
-        return 0
-    drop = ResultDrop(results, os.path.join(collection_dir, STAGING_DIR))
-    drop.remove_unsealed()
+    staging = os.path.join(collection_dir, STAGING_DIR)
     tally = Tally([])
-    _commit_all(drop, ResultCommitter(catalog), tally.add)
+    results = os.path.join(collection_dir, RAY_RESULTS_DIR)
+    if os.path.isdir(results):
+        _commit_left(ResultDrop(results, staging), catalog, tally)
+    if elsewhere := catalog.get_meta(RAY_OUTPUT_KEY):
+        try:
+            _commit_left(ResultDrop(short_retries(elsewhere), staging), catalog, tally)
+        except (CollectionError, OSError) as exc:
+            logger.warning("cannot read the results an interrupted --ray run left in %s (%s); they stay there, and "
+                           "the next ingest tries again", elsewhere, exc)
+        else:
+            _forget_output(catalog)
     if tally.rows:
         logger.info("committed %d rows that an interrupted --ray run had finished", tally.rows)
     return tally.rows
+
+
+def _commit_left(drop: ResultDrop, catalog: Catalog, tally: Tally) -> None:
+    drop.remove_unsealed()
+    _commit_all(drop, ResultCommitter(catalog), tally.add)
+
+
+def _forget_output(catalog: Catalog) -> None:
+    with catalog.transaction():
+        catalog.set_meta(RAY_OUTPUT_KEY, "")
 
 
 def _sized(config: RayIngestConfig, pending: int) -> RayIngestConfig:

@@ -76,7 +76,7 @@ class Result:
 PREPARE_RETRY_S = 5.0  # the driver's first touch of a gs:// output location (24 s in all, offline; 41 s at 10)
 
 
-def _short_retries(uri: str) -> str:
+def short_retries(uri: str) -> str:
     """``uri`` with a short retry limit for Google Cloud Storage, unless it sets one: offline, or without
     credentials, pyarrow's default kept ``mmr ingest --ray`` retrying for minutes before saying anything."""
     if not uri.startswith("gs://") or "retry_limit_seconds=" in uri:
@@ -107,7 +107,7 @@ class ResultDrop:
 
     def prepare(self) -> None:
         """Create the location (on the driver, before any worker writes); an unreachable bucket fails in seconds."""
-        filesystem, base = self._filesystem(_short_retries(self.uri))
+        filesystem, base = self._filesystem(short_retries(self.uri))
         try:
             filesystem.create_dir(base, recursive=True)
             Path(self.staging).mkdir(parents=True, exist_ok=True)
