@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import math
 import os
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mmretrieval.errors import ImageDecodeError
-from mmretrieval.images.decode import decode_image
+from mmretrieval.images.decode import DEFAULT_MAX_PIXELS, decode_image, decode_path, to_rgb
+from mmretrieval.images.formats import ensure_openers
+from mmretrieval.images.metadata import photo_metadata
 from mmretrieval.ingest.batches import DecodeTask, Decoded, Failed
 from mmretrieval.ingest.reader import decode_file, discover
 
@@ -40,12 +46,56 @@ def test_truncated_jpeg_and_png_are_errors_not_grey_images():
         assert caught.value.reason in ("truncated", "corrupt")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A 1-bit PNG that declares ``width`` x ``height`` and then stops a few bytes into its pixel data, made in
+    microseconds. Refused by the pixel limit it says ``decompression_bomb``; let through, ``truncated``."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1024))[:6]))
+
+
 def test_decompression_bomb_is_refused_before_decoding():
-    bomb = _png(Image.new("1", (12_000, 8_000)))  # 96 Mpx in a file of a few kB
-    assert len(bomb) < 100_000
+    bomb = _png_header(20_000, 20_000)  # 400 Mpx declared in 51 bytes
     with pytest.raises(ImageDecodeError) as caught:
         decode_image(bomb)
+    assert caught.value.reason == "decompression_bomb"  # decoding would have found it truncated
+    assert f"400000000 pixels, over the limit of {DEFAULT_MAX_PIXELS} pixels" in str(caught.value)
+
+
+@pytest.mark.parametrize("size", [(11_648, 8_736), (16_320, 12_240)], ids=["gfx100s-100mpx", "phone-200mpx"])
+def test_camera_photos_beyond_pillows_own_limit_decode(tmp_path, size):
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_jpeg(Image.new("L", size, 128), quality=10))  # a real JPEG of that size, made in under a second
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    decoded = decode_path(path, draft_size=224)
+    assert (decoded.width, decoded.height) == size
+    assert decoded.image.size == (math.ceil(size[0] / 8), math.ceil(size[1] / 8))  # draft mode: decoded at 1/8
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's process-wide guard is as it was
+
+
+def test_the_limit_lets_a_200_megapixel_png_through_too():
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(_png_header(16_320, 12_240))
+    assert caught.value.reason == "truncated"  # past the pixel limit: only the missing rows stop it
+
+
+@pytest.mark.parametrize("size, max_pixels", [
+    ((16_320, 12_240), 150_000_000),  # over Pillow's hard limit (178956970), over ours
+    ((16_320, 12_240), 50_000_000),  # a caller's limit under Pillow's (the UI's for uploads)
+    ((12_000, 8_000), 50_000_000),  # over Pillow's warning limit (89478485)
+    ((8_000, 8_000), 50_000_000),  # under Pillow's limits: ours alone refuses it
+])
+def test_a_refusal_names_the_one_limit_that_applies_and_the_fix(size, max_pixels):
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(_png_header(*size), max_pixels=max_pixels)
+    message = str(caught.value)
     assert caught.value.reason == "decompression_bomb"
+    assert f"{size[0] * size[1]} pixels, over the limit of {max_pixels} pixels" in message
+    assert "178956970" not in message and "89478485" not in message and "--max-pixels" in message
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit
 
 
 def test_exif_rotation_swaps_the_recorded_size():
@@ -54,6 +104,45 @@ def test_exif_rotation_swaps_the_recorded_size():
     decoded = decode_image(_jpeg(_gradient(64, 32), exif=exif.tobytes()))
     assert (decoded.width, decoded.height) == (32, 64)
     assert decoded.image.size == (32, 64)
+
+
+def _encoded(image: Image.Image, fmt: str, exif: Image.Exif) -> bytes:
+    ensure_openers()  # HEIF
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "HEIF": {"quality": 95},
+               "TIFF-deflate": {"compression": "tiff_adobe_deflate"}}.get(fmt, {})
+    buffer = io.BytesIO()
+    image.save(buffer, fmt.split("-")[0], exif=exif.tobytes(), **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "TIFF-deflate", "HEIF"])
+def test_recorded_size_is_the_upright_images_and_orientation_the_files(fmt, orientation):
+    stored = Image.new("RGB", (64, 48), (0, 0, 0))
+    stored.paste((255, 0, 0), (0, 0, 24, 16))  # marks the top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = orientation, "Camera"
+    stored.info["exif"] = exif.tobytes()
+    shown = ImageOps.exif_transpose(stored)  # what a viewer shows
+    decoded = decode_image(_encoded(stored, fmt, exif))
+    meta = photo_metadata(decoded.exif, mtime_ns=0, width=decoded.width, height=decoded.height)
+    assert (meta.width, meta.height) == decoded.image.size == shown.size
+    assert meta.orientation == orientation and meta.make == "Camera"
+    assert np.abs(np.asarray(decoded.image, np.int16) - np.asarray(shown, np.int16)).mean() < 8
+    assert decoded.image.getexif().get(0x0112, 1) == 1  # upright pixels do not ask to be turned again
+
+
+def test_sixteen_bit_scans_convert_without_a_float_copy_of_themselves():
+    pixels = np.random.default_rng(0).integers(0, 65536, (4_096, 4_096), dtype=np.uint16)  # 16.8 Mpx
+    tracemalloc.start()
+    try:
+        rgb = to_rgb(Image.fromarray(pixels))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * pixels.size  # a float64 copy alone is 8 bytes a pixel
+    expected = np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(rgb), np.repeat(expected[:, :, None], 3, axis=2))
 
 
 @pytest.mark.parametrize("make", [

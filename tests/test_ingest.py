@@ -7,9 +7,11 @@ import io
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -38,6 +40,14 @@ def write_good_images(folder, count: int, seed: int = 0) -> list:
     return paths
 
 
+def png_bomb(width: int, height: int) -> bytes:
+    """A 1-bit PNG declaring width x height that stops a few bytes into its pixel data (a bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1024))[:6]))
+
+
 def make_nasty_folder(folder) -> dict[str, str]:
     """Good images plus every hard case; returns name -> expected final status (or failure reason)."""
     expected = {p.name: "ok" for p in write_good_images(folder, 6)}
@@ -48,7 +58,7 @@ def make_nasty_folder(folder) -> dict[str, str]:
     png = io.BytesIO()
     generate(0, 98).image.save(png, "PNG")
     (folder / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
-    Image.new("1", (12_000, 8_000)).save(folder / "bomb.png")
+    (folder / "bomb.png").write_bytes(png_bomb(20_000, 20_000))
     Image.new("CMYK", (50, 40), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
     Image.fromarray(np.linspace(0, 65535, 40 * 50, dtype=np.uint16).reshape(40, 50)).save(folder / "deep16.png")
     Image.new("RGBA", (50, 40), (0, 0, 255, 128)).save(folder / "rgba.png")

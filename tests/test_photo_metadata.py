@@ -77,6 +77,14 @@ def test_southern_western_gps_and_negative_offsets():
     assert meta.utc_offset_min == -210 and meta.taken_at.endswith("-03:30")
 
 
+def test_gps_zero_zero_is_no_position_but_the_equator_and_the_meridian_are_places():
+    no_fix = photo_metadata(make_exif(make="GoPro", model="HERO12 Black", gps=(0.0, 0.0)), mtime_ns=0)
+    assert (no_fix.latitude, no_fix.longitude) == (None, None)
+    for place in ((0.0, 32.58), (51.4779, 0.0), (-0.0001, 0.0001)):  # Kampala's latitude, Greenwich, near 0,0
+        meta = photo_metadata(make_exif(gps=place), mtime_ns=0)
+        assert (meta.latitude, meta.longitude) == (pytest.approx(place[0], abs=1e-5), pytest.approx(place[1], abs=1e-5))
+
+
 def test_capture_time_fallbacks_are_recorded():
     mtime_ns = int(dt.datetime(2020, 5, 4, 12, 0, 0).timestamp() * 1e9)
     digitized = photo_metadata(make_exif(digitized="2019:07:08 09:10:11"), mtime_ns=mtime_ns)
@@ -99,6 +107,30 @@ def test_heic_exif_is_read(tmp_path):
     Image.new("RGB", (40, 30), (10, 200, 10)).save(buffer, "HEIF", exif=exif.tobytes())
     meta = photo_metadata(decode_image(buffer.getvalue()).exif, mtime_ns=0)
     assert meta.taken_at == "2024-08-09T10:11:12+02:00" and meta.camera == "Apple iPhone 13"
+
+
+def test_ingest_records_upright_sizes_file_orientations_and_no_place_without_a_fix(tmp_path, tiny_encoder):
+    """A TIFF and a HEIC stored 64x48 with orientation 6 are 48x64 portraits; a GoPro's 0,0 is no position."""
+    from mmretrieval.images.formats import ensure_openers
+
+    ensure_openers()  # HEIF
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    turned = make_exif(taken="2024:05:06 07:08:09", make="Apple", model="iPhone 13", orientation=6)
+    for name, fmt in (("scan.tif", "TIFF"), ("phone.heic", "HEIF")):
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(folder / name, fmt, exif=turned.tobytes())
+    (folder / "gopro.jpg").write_bytes(jpeg_with(make_exif(make="GoPro", gps=(0.0, 0.0)), colour=(20, 90, 200)))
+    (folder / "gulf.jpg").write_bytes(jpeg_with(make_exif(gps=(0.004, 0.004)), colour=(20, 200, 90)))
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        assert col.ingest([folder], workers=0).embedded == 4
+        ids = {os.path.basename(col.catalog.rows([i])[i].path): i for i in col.catalog.vector_ids().tolist()}
+        photos = col.photos(list(ids.values()))
+        for name in ("scan.tif", "phone.heic"):
+            photo = photos[ids[name]]
+            assert (photo.width, photo.height, photo.orientation) == (48, 64, 6), name
+            assert photo.camera == "Apple iPhone 13" and photo.taken_local == "2024-05-06T07:08:09", name
+        assert (photos[ids["gopro.jpg"]].latitude, photos[ids["gopro.jpg"]].longitude) == (None, None)
+        assert [os.path.basename(hit.path) for hit in col.search("x", k=10, near="0,0,1")] == ["gulf.jpg"]
 
 
 def test_dates_and_places_parse_or_fail_with_one_clear_message():

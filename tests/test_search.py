@@ -102,3 +102,17 @@ def test_a_filter_that_is_not_text_is_a_query_error(field):
 
     with pytest.raises(QueryError, match=f"{field} must be text, got 5 \\(int\\)"):
         Filters.of(**{field: 5})
+
+
+def test_a_zero_zero_position_recorded_before_it_meant_no_fix_is_not_a_place(tmp_path, tiny_encoder):
+    """Catalogs made before ingestion treated GPS (0, 0) as no position still hold such rows: --near leaves
+    them out, and keeps a real place a few hundred metres from there."""
+    write_good_images(tmp_path / "photos", 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        first, second = sorted(col.catalog.vector_ids().tolist())
+        with col.catalog.transaction():
+            for image_id, (lat, lon) in ((first, (0.0, 0.0)), (second, (0.001, 0.002))):
+                col.catalog._db.execute("UPDATE photos SET latitude = ?, longitude = ? WHERE image_id = ?",
+                                        (lat, lon, image_id))
+        assert [hit.id for hit in col.search("a shape", k=5, near="0,0,1")] == [second]

@@ -1,18 +1,24 @@
 """Safe image decoding: every untrusted image goes through :func:`decode_image`.
 
-Pillow's decompression-bomb limit stays on (and is enforced before any pixel is decoded), truncated files
-are errors rather than half-grey images, and whatever the file's mode (CMYK, 16-bit, palette, alpha,
-animation) the result is a plain 8-bit RGB image the right way up.
+The decompression-bomb limit stays on: an image with more than ``max_pixels`` pixels (by default
+:data:`DEFAULT_MAX_PIXELS`, about 268 megapixels) is refused from its header, before any pixel is decoded.
+Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, 89.5 megapixels) is lower than today's cameras need, so an image
+that Pillow refuses and our limit allows is opened again with Pillow's limit raised to ours for that one image
+(:func:`_pillow_allows`). Truncated files are errors rather than half-grey images, and whatever the file's mode
+(CMYK, 16-bit, palette, alpha, animation) the result is a plain 8-bit RGB image the right way up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import stat
+import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,12 +26,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ImageDecodeError
 from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "decode_file_bytes",
-           "decode_image", "decode_path", "load_image", "read_image_file", "to_rgb"]
-# Pillow's own default (about 89.5 megapixels): large enough for any camera, small enough to stop bombs.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_pixels",
+           "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_image_file", "to_rgb"]
+# sharp's default ``limitInputPixels`` (immich decodes with sharp): 16383 x 16383, about 268 megapixels. Every camera
+# photo fits: 200-megapixel phone modes (16320 x 12240), medium format (Fujifilm GFX100, 11648 x 8736), pixel-shift
+# composites (Sony A7R V, 19008 x 12672). With ``draft_size`` (ingestion passes it) a JPEG decodes at 1/8 scale and
+# costs little at any size; other formats decode at full size, 4 bytes a pixel in Pillow (1 GB at this limit, up to
+# 3 GB for RGBA while it is composited): callers short of memory pass less.
+DEFAULT_MAX_PIXELS = 0x3FFF * 0x3FFF
 MAX_FILE_BYTES = 256 * 1024 * 1024
 _WHITE = (255, 255, 255)
+_ORIENTATION = 0x0112
+_BAND_PIXELS = 1 << 22  # 16-bit or float pixels converted at a time (32 MB of float64)
+_PILLOW_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")  # the image's size in Pillow's refusal
+_pillow_limit_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,8 @@ def decode_image(
         source: a path, the file's bytes, or a binary file object.
         draft_size: for JPEGs, let the decoder shrink by a power of two while both sides stay at least
             this large (much faster for big photos when the model wants 224 pixels).
-        max_pixels: refuse images with more pixels than this (decompression bombs).
+        max_pixels: refuse images with more pixels than this (decompression bombs), from the header, before
+            a pixel is decoded; :data:`DEFAULT_MAX_PIXELS` passes any camera photo.
 
     Returns:
         The decoded image.
@@ -62,24 +78,81 @@ def decode_image(
     """
     fp = _open_source(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                image = Image.open(fp, formats=decodable_formats())
-            except UnidentifiedImageError as exc:
-                kind = _sniff_start(fp)
-                if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
-                    raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
-                                           "(damaged or cut short)") from exc
-                raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageDecodeError("decompression_bomb", f"refused: {exc}") from exc
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
-                reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-                raise ImageDecodeError(reason, f"cannot read the image header: {exc}") from exc
-            return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
+        try:
+            return _decode(fp, draft_size, max_pixels)
+        except _PILLOW_BOMBS as exc:
+            refusal = exc
+        if _pillow_limit_below(max_pixels) and _rewind(fp):  # Pillow's limit refused it; ours may not
+            with _pillow_allows(max_pixels):
+                try:
+                    return _decode(fp, draft_size, max_pixels)
+                except _PILLOW_BOMBS as exc:
+                    refusal = exc
+        match = _PILLOW_PIXELS.search(str(refusal))
+        raise _over_limit(f"it has {match[1]} pixels" if match else "it has too many pixels", max_pixels) from refusal
     finally:
         fp.close()
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image of ``width`` x ``height`` pixels when that is more than ``max_pixels``.
+
+    Raises:
+        ImageDecodeError: ``decompression_bomb``, naming the size, the limit and how to raise it.
+    """
+    if width * height > max_pixels:
+        raise _over_limit(f"{width}x{height} is {width * height} pixels", max_pixels)
+
+
+def _over_limit(size: str, max_pixels: int) -> ImageDecodeError:
+    return ImageDecodeError("decompression_bomb", f"{size}, over the limit of {max_pixels} pixels (a guard against "
+                            "decompression bombs); if it is a real photo, raise the limit with --max-pixels")
+
+
+def _decode(fp: BinaryIO, draft_size: int | None, max_pixels: int) -> DecodedImage:
+    """Open and decode; Pillow's own decompression-bomb refusals are left to the caller."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(fp, formats=decodable_formats())
+        except UnidentifiedImageError as exc:
+            kind = _sniff_start(fp)
+            if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
+                raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
+                                       "(damaged or cut short)") from exc
+            raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
+            reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+            raise ImageDecodeError(reason, f"cannot read the image header: {exc}") from exc
+        return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
+
+
+def _pillow_limit_below(max_pixels: int) -> bool:
+    return Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels
+
+
+def _rewind(fp: BinaryIO) -> bool:
+    try:
+        fp.seek(0)
+    except (OSError, ValueError, AttributeError):  # a stream read once: it cannot be opened again
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _pillow_allows(max_pixels: int) -> Iterator[None]:
+    """Pillow's limit raised to ``max_pixels`` while one image that Pillow refused is opened and decoded again.
+
+    ``Image.MAX_IMAGE_PIXELS`` is a process-wide global, so it is raised only for such an image, one at a time,
+    and put back at once: other Pillow users in the process (Gradio decoding uploads) keep Pillow's own guard.
+    """
+    with _pillow_limit_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def decode_file_bytes(data: bytes, name: str | os.PathLike, *, draft_size: int | None = None,
@@ -153,16 +226,13 @@ def read_image_file(path: str | os.PathLike) -> bytes:
 
 
 def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: int) -> DecodedImage:
+    # The size the pixels load at: as stored, but the TIFF and HEIF openers report it upright, for their decoders
+    # apply the orientation themselves.
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            "decompression_bomb", f"{width}x{height} is {width * height} pixels, over the {max_pixels} limit"
-        )
+    check_pixels(width, height, max_pixels)
     file_format = image.format or "unknown"
     exif = _read_exif(image)
-    orientation = exif.get(0x0112, 1) if exif is not None else 1
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
+    orientation = _file_orientation(image, exif)  # before load(): Pillow's TIFF decoder deletes the tag
     if draft_size and file_format in ("JPEG", "MPO"):
         image.draft("RGB", (draft_size, draft_size))
     try:
@@ -172,11 +242,46 @@ def _decode_opened(image: Image.Image, *, draft_size: int | None, max_pixels: in
         raise ImageDecodeError(reason, f"cannot decode: {exc}") from exc
     except (SyntaxError, ValueError, EOFError) as exc:  # Pillow's plugins raise these for malformed data
         raise ImageDecodeError("corrupt", f"cannot decode: {exc}") from exc
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block must not lose an otherwise good image
-        pass
-    return DecodedImage(image=to_rgb(image), width=width, height=height, format=file_format, exif=exif)
+    pending = _orientation_tag(_read_exif(image))  # what the decoder left to apply (1 for TIFF and HEIF)
+    if pending != 1:  # exif_transpose copies even an upright image: 800 MB for a big PNG
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # a malformed EXIF block must not lose an otherwise good image
+            pending = 1
+    if pending in (5, 6, 7, 8):
+        width, height = height, width
+    return DecodedImage(image=to_rgb(image), width=width, height=height, format=file_format,
+                        exif=_with_orientation(exif, orientation))
+
+
+def _file_orientation(image: Image.Image, exif: Image.Exif | None) -> int:
+    """The EXIF orientation the file declares. pillow-heif applies it while decoding, sets the tag to 1 and keeps
+    the file's value in ``info["original_orientation"]`` (None when it is 1 or absent)."""
+    declared = image.info.get("original_orientation")
+    return _orientation_tag(exif) if declared is None else _valid_orientation(declared)
+
+
+def _orientation_tag(exif: Image.Exif | None) -> int:
+    return _valid_orientation(exif.get(_ORIENTATION)) if exif is not None else 1
+
+
+def _valid_orientation(value: object) -> int:
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _with_orientation(exif: Image.Exif | None, orientation: int) -> Image.Exif | None:
+    """``exif`` with the file's orientation, where the decoder changed or removed the tag on the image's own block
+    (a copy: the decoded image's block must not ask for a rotation its pixels already have)."""
+    if _orientation_tag(exif) == orientation:
+        return exif
+    copy = Image.Exif()
+    if exif is not None:
+        try:
+            copy.load(exif.tobytes())
+        except Exception:  # a block Pillow cannot write back: keep it as the decoder left it
+            return exif
+    copy[_ORIENTATION] = orientation
+    return copy
 
 
 def _read_exif(image: Image.Image) -> Image.Exif | None:
@@ -187,21 +292,37 @@ def _read_exif(image: Image.Image) -> Image.Exif | None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled down, transparency composited on white."""
+    """Any Pillow mode to 8-bit RGB: 16-bit scaled down, transparency composited on white.
+
+    Memory stays near the decoded image's own (800 MB for a 200-megapixel RGB PNG): 16-bit and float pixels are
+    scaled a band of rows at a time, and an RGBA image is composited without a copy of itself.
+    """
     mode = image.mode
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        scaled = np.clip(pixels / 257.0, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return _grey_by_bands(image, divisor=257.0, rounded=True)
     if mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        return _grey_by_bands(image, divisor=1.0, rounded=False)
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE + (255,)), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _grey_by_bands(image: Image.Image, *, divisor: float, rounded: bool) -> Image.Image:
+    """A one-channel image of any depth as 8-bit RGB: values divided by ``divisor``, clipped to 0-255, then rounded
+    or truncated; a band of rows at a time, in place, so no float copy of a whole big scan is ever made."""
+    width, height = image.size
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    grey = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, rows):
+        band = np.array(image.crop((0, top, width, min(top + rows, height))), dtype=np.float64)
+        band /= divisor
+        np.clip(band, 0, 255, out=band)
+        if rounded:
+            np.round(band, out=band)
+        np.copyto(grey[top:top + band.shape[0]], band, casting="unsafe")  # truncates, as astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")

@@ -44,7 +44,7 @@ class PhotoMetadata:
     taken_source: str | None  # one of TAKEN_SOURCES; None when neither EXIF nor mtime gave a time
     make: str | None = None  # EXIF Make, e.g. "Apple"
     model: str | None = None  # EXIF Model, e.g. "iPhone 15 Pro"
-    latitude: float | None = None  # decimal degrees, north positive
+    latitude: float | None = None  # decimal degrees, north positive; None without a fix (0, 0 counts as none)
     longitude: float | None = None  # decimal degrees, east positive
     orientation: int = 1  # EXIF orientation 1-8 as stored (already applied to the embedded pixels)
     width: int | None = None  # pixels, after orientation
@@ -165,6 +165,8 @@ def _gps(gps: dict) -> tuple[float | None, float | None]:
     latitude = _degrees(gps.get(2), gps.get(1), "S")
     longitude = _degrees(gps.get(4), gps.get(3), "W")
     if latitude is None or longitude is None or abs(latitude) > 90 or abs(longitude) > 180:
+        return None, None
+    if latitude == 0 and longitude == 0:  # what cameras without a fix write (GoPro): in the sea off Africa
         return None, None
     return latitude, longitude
 

@@ -14,7 +14,7 @@ import logging
 from PIL import Image
 
 from ..errors import ImageDecodeError
-from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, to_rgb
+from .decode import DEFAULT_MAX_PIXELS, DecodedImage, check_pixels, decode_image, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +68,12 @@ def _preview(raw, rawpy, draft_size: int | None, max_pixels: int) -> DecodedImag
         return decode_image(bytes(thumb.data), draft_size=draft_size, max_pixels=max_pixels)
     if thumb is not None:  # an uncompressed bitmap preview
         height, width = thumb.data.shape[:2]
-        _check_pixels(width, height, max_pixels)
+        check_pixels(width, height, max_pixels)
         return DecodedImage(to_rgb(Image.fromarray(thumb.data)), width, height, "RAW")
-    _check_pixels(raw.sizes.width, raw.sizes.height, max_pixels)
+    check_pixels(raw.sizes.width, raw.sizes.height, max_pixels)
     logger.debug("RAW file without a preview: demosaicing at half size")
     pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
     return DecodedImage(Image.fromarray(pixels), raw.sizes.width, raw.sizes.height, "RAW")
-
-
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageDecodeError("decompression_bomb", f"{width}x{height} is {width * height} pixels, "
-                               f"over the {max_pixels} limit")
 
 
 def _tiff_exif(data: bytes) -> Image.Exif | None:
