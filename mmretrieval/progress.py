@@ -1,23 +1,35 @@
-"""The progress bar that the command line and the server console draw: a ``(done, total)`` callback."""
+"""The progress bar that the command line and the server console draw: a ``(done, total)`` callback.
+
+On a terminal it is a tqdm bar on stderr. When stderr is not a terminal (a log file, a pipe, a job scheduler) a
+bar's carriage returns and cursor moves fill the log, so a plain line is written instead, at most every
+:data:`LINE_EVERY_S` seconds and once at the end.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from typing import TextIO
 
 from tqdm import tqdm
+
+LINE_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 class TqdmProgress:
     """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; use as a context manager."""
 
-    def __init__(self, description: str, unit: str = "img"):
+    def __init__(self, description: str, unit: str = "img", stream: TextIO | None = None):
         self._description, self._unit = description, unit
-        self._bar: tqdm | None = None  # drawn at the first report: work that never starts draws nothing
+        self._stream = stream or sys.stderr
+        self._bar: tqdm | _Lines | None = None  # made at the first report: work that never starts draws nothing
 
     def __call__(self, done: int, total: int | None) -> None:
         """Move the bar to ``done`` of ``total`` (None: not known, as while a folder is still being walked)."""
         if self._bar is None:
-            self._bar = tqdm(desc=self._description, unit=self._unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+            self._bar = (tqdm(desc=self._description, unit=self._unit, file=self._stream, dynamic_ncols=True,
+                              leave=True) if _is_terminal(self._stream)
+                         else _Lines(self._description, self._unit, self._stream))
         if self._bar.total != total:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
@@ -28,3 +40,39 @@ class TqdmProgress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class _Lines:
+    """tqdm's ``total``/``n``/``update``/``close``, written as ``description: done/total unit (percent)`` lines."""
+
+    def __init__(self, description: str, unit: str, stream: TextIO):
+        self.description, self.unit, self.stream = description, unit, stream
+        self.total: int | None = None
+        self.n = 0
+        self._started = self._written = time.monotonic()
+        self._shown: int | None = None
+
+    def update(self, count: int) -> None:
+        self.n += count
+        if time.monotonic() - self._written >= LINE_EVERY_S:
+            self._write()
+
+    def close(self) -> None:
+        if self._shown != self.n:
+            self._write()
+
+    def _write(self) -> None:
+        self._written = time.monotonic()
+        self._shown = self.n
+        of = f"/{self.total}" if self.total else ""
+        percent = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        elapsed = self._written - self._started
+        rate = f", {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
+        print(f"{self.description}: {self.n}{of} {self.unit}{percent}{rate}", file=self.stream, flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real file
+        return False

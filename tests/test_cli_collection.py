@@ -565,3 +565,22 @@ def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, ti
     assert rerun.returncode == 0, rerun.stderr
     with Collection.open(tmp_path / "col", read_only=True) as col:
         assert col.catalog.counts_by_status() == {"ok": 400}
+
+
+def test_version_module_entry_and_no_dash_hint_for_a_missing_command(capsys):
+    import os
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"mmr {version('mmretrieval')}"
+    for argv, missing in (([], "COMMAND"), (["classify"], "SOURCE, --labels")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert f"the following arguments are required: {missing}" in err and "after '--'" not in err
+    run = subprocess.run([sys.executable, "-m", "mmretrieval", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0 and run.stdout.startswith("usage: mmr")

@@ -7,6 +7,7 @@ Library errors (:class:`~mmretrieval.errors.MMRError`) become a one-line message
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -24,12 +25,15 @@ _COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, ser
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, as every other ``mmr`` error (the usage block is left to ``--help``)."""
 
+    argv: Sequence[str] = ()  # the arguments being parsed, for the hints of the subcommands' parsers
+
     def error(self, message: str) -> NoReturn:
         if message.startswith("the following arguments are required:"):
             missing = message.split(":", 1)[1].split(", ")
             if "--collection" in message:
                 message += " (or set $MMR_COLLECTION)"
-            if any(not name.strip().startswith("-") for name in missing):  # argparse took a '-x' value as an option
+            dashed = any(arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 for arg in _Parser.argv)
+            if dashed and any(not name.strip().startswith("-") for name in missing):  # '-x.png' taken for an option
                 message += "; a query or path that starts with '-' goes at the end, after '--'"
         elif message.endswith("expected one argument"):  # `--near -33.8,151.2,10`: the value looks like an option
             option = message.split()[1].rstrip(":").split("/")[-1]
@@ -40,6 +44,7 @@ class _Parser(argparse.ArgumentParser):
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         """argparse's, but an unknown argument is reported by the command it was given to, and one that starts
         with '-' gets the way to pass it as a query or path."""
+        _Parser.argv = list(sys.argv[1:] if args is None else args)
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             command = getattr(parsed, "command", None)
@@ -57,10 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
         "images, and label them zero-shot with CLIP/SigLIP models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--version", action="version", version=f"mmr {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMAND_MODULES:
         module.register(subparsers)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mmretrieval")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 class _QuietThirdParty(logging.Filter):

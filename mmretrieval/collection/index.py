@@ -330,7 +330,8 @@ def read_manifest(directory: Path) -> Manifest | None:
 
 
 def gpu_available() -> bool:
-    """True when FAISS was built with GPU support (the ``gpu`` extra) and sees a GPU."""
+    """True when FAISS was built with GPU support (``faiss-gpu-cu12`` installed instead of ``faiss-cpu``) and sees a
+    GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 

@@ -1,0 +1,38 @@
+"""The progress callback: a tqdm bar on a terminal, plain lines in a log (no carriage returns or cursor moves)."""
+
+from __future__ import annotations
+
+import io
+
+import mmretrieval.progress as progress_module
+from mmretrieval.progress import TqdmProgress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_gets_plain_lines_and_the_last_one_at_the_end(monkeypatch):
+    log = io.StringIO()
+    with TqdmProgress("ingest", stream=log) as progress:
+        progress(0, None)
+        for done in range(1, 11):
+            progress(done, 10)
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ingest: 10/10 img (100%)")  # quick work: the final line only
+    monkeypatch.setattr(progress_module, "LINE_EVERY_S", 0.0)
+    log = io.StringIO()
+    with TqdmProgress("index", unit="vec", stream=log) as progress:
+        for done in (5, 20):
+            progress(done, 20)
+    assert [line.split(",")[0] for line in log.getvalue().splitlines()] == ["index: 5/20 vec (25%)",
+                                                                           "index: 20/20 vec (100%)"]
+
+
+def test_a_terminal_gets_a_bar():
+    terminal = _Terminal()
+    with TqdmProgress("ingest", stream=terminal) as progress:
+        progress(3, 10)
+    assert "\r" in terminal.getvalue() and "3/10" in terminal.getvalue()
