@@ -254,3 +254,24 @@ def test_hidden_files_ingested_before_are_kept_by_prune_until_they_are_gone(tmp_
         thumbnail.unlink()
         assert col.ingest([root], workers=0, prune=True).pruned == 1
         assert {os.path.relpath(hit.path, root) for hit in col.search("x", k=50)} == {"a.png", "trip/b.png"}
+
+
+def test_a_folder_given_as_an_image_is_a_decode_error_not_an_os_error(tmp_path):
+    """A folder named where an image file is expected (a captions CSV's empty or folder cell, the API) is refused
+    as not a regular file, with what it is; os.fdopen used to raise IsADirectoryError: 'Is a directory: 3'."""
+    from mmretrieval.images.decode import read_image_file
+
+    with pytest.raises(ImageDecodeError, match="is a folder") as refused:
+        read_image_file(tmp_path)
+    assert refused.value.reason == "not_regular_file"
+
+
+def test_a_folder_named_in_a_list_file_is_skipped_as_a_folder(tmp_path):
+    from mmretrieval.ingest.batches import Skipped
+    from mmretrieval.ingest.reader import discover
+
+    (tmp_path / "album").mkdir()
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'album'}\n")
+    (found,) = list(discover([str(tmp_path / "list.txt")]))
+    assert isinstance(found, Skipped) and found.reason == "not_regular_file"
+    assert found.message == f"{tmp_path / 'album'} is a folder; a list file names image files"

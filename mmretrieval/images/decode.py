@@ -212,11 +212,13 @@ def read_image_file(path: str | os.PathLike) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    # Folders (which os.fdopen refuses with an IsADirectoryError), FIFOs, devices and sockets: never read them.
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise ImageDecodeError("not_regular_file", f"{path} is {what}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        # FIFOs, devices and sockets can block forever or never end: never read them.
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageDecodeError("not_regular_file", f"{path} is not a regular file")
         if info.st_size > MAX_FILE_BYTES:
             raise ImageDecodeError("too_large", f"{path} is {info.st_size} bytes, over the {MAX_FILE_BYTES} limit")
         data = handle.read(MAX_FILE_BYTES + 1)

@@ -71,6 +71,8 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
     except OSError as exc:
         reason = "symlink_loop" if exc.errno == errno.ELOOP else "missing"
         return Skipped(str(path), reason, f"cannot stat {path}: {exc.strerror}")
+    if stat.S_ISDIR(info.st_mode):  # named in a list file (a folder is walked only when it is a source itself)
+        return Skipped(str(path), "not_regular_file", f"{path} is a folder; a list file names image files")
     if not stat.S_ISREG(info.st_mode):
         return Skipped(str(path), "not_regular_file", f"{path} is not a regular file (FIFO, device or socket)")
     return SourceFile(str(path), info.st_size, info.st_mtime_ns, caption)
