@@ -57,7 +57,9 @@ class RayIngestConfig:
     embed_actors: int | None = None  # model actors; None: one per GPU in the cluster, else 1
     embed_cpus: float = 1.0  # CPUs each CPU-only model actor reserves (its torch threads)
     decode_tasks: int | None = None  # decode tasks at once across the cluster; None: as many as free CPUs allow
-    decode_memory_mb: int = 512  # memory each decode task reserves (a 50-megapixel photo decodes to 150 MB)
+    # memory each decode task reserves: a 50-megapixel photo decodes to 150 MB, a JPEG at any size far less
+    # (draft mode); a PNG or TIFF at the 268-megapixel limit needs ~1 GB, 3 GB with transparency
+    decode_memory_mb: int = 512
     timeout_s: float | None = 60.0  # a file decoding longer is failed (decode_timeout); None: no isolation
     files_per_task: int = 256  # files per decode task (one Ray block)
     segment_rows: int = 4096  # most rows per result segment (and per catalog commit); a run of fewer than 20x as
