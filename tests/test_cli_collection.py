@@ -541,7 +541,7 @@ def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, ti
     from mmretrieval.collection.collection import Collection
     from test_ingest import write_good_images
 
-    write_good_images(tmp_path / "photos", 400)
+    write_good_images(tmp_path / "photos", 1200)
     command = [sys.executable, "-m", "mmretrieval.cli", "ingest", str(tmp_path / "photos"), "--collection",
                str(tmp_path / "col"), "--model", str(tiny_model_dir), "--device", "cpu", "--batch-size", "1",
                "--workers", "1"]
@@ -560,11 +560,11 @@ def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, ti
     assert "mmr ingest: terminated (SIGTERM)" in err
     assert "leaked" not in err and "Traceback" not in err
     with Collection.open(tmp_path / "col", read_only=True) as col:
-        assert 0 < col.catalog.counts_by_status().get("ok", 0) < 400  # it really stopped mid-way
+        assert 0 < col.catalog.counts_by_status().get("ok", 0) < 1200  # it really stopped mid-way
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     with Collection.open(tmp_path / "col", read_only=True) as col:
-        assert col.catalog.counts_by_status() == {"ok": 400}
+        assert col.catalog.counts_by_status() == {"ok": 1200}
 
 
 def test_version_module_entry_and_no_dash_hint_for_a_missing_command(capsys):

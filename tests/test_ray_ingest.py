@@ -202,3 +202,21 @@ def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, 
     assert main(["ingest", str(folder), "--collection", str(tmp_path / "col"), "--ray-output", "x"]) == 2
     assert "--ray-output needs --ray" in capsys.readouterr().err
 
+
+
+def test_prune_on_ray_lets_moved_files_reuse_their_vectors(shapes_encoder, tmp_path):
+    """As on one machine: with --prune, a folder moved within the sources is not embedded again (its old rows
+    go after the new ones took their vectors by content hash)."""
+    import shutil
+
+    from test_ingest import write_good_images
+
+    root = tmp_path / "photos"
+    write_good_images(root / "a", 3)
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        assert col.ingest([root], ray=small_config()).embedded == 3
+        shutil.move(root / "a", root / "b")
+        summary = col.ingest([root], prune=True, ray=small_config())
+        assert (summary.embedded, summary.duplicates, summary.pruned) == (0, 3, 3)
+        assert sorted(os.path.basename(os.path.dirname(col.image_path(i))) for i in col.catalog.vector_ids()) == [
+            "b", "b", "b"]

@@ -245,14 +245,17 @@ class Catalog(VectorPlaces):
         return found
 
     def mark_pending(self, entries: Iterable[tuple[bytes, int, int, str | None]]) -> None:
-        """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction."""
+        """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction.
+
+        A row keeps its vector, content hash and labels until its new vector is committed: only then is it known
+        whether the bytes changed (labels go) or the file was only touched (they stay; see
+        :meth:`~.places.VectorPlaces.write_results`).
+        """
         entries = list(entries)
         with self.transaction() as db:
-            # a changed file's labels described its old pixels (they come back with the next `mmr label`), and its
-            # capture time and camera come back when it is decoded again
+            # a changed file's capture time and camera come back when it is decoded again
             for paths, marks in in_lists([entry[0] for entry in entries]):
                 changed = f"SELECT id FROM images WHERE path IN ({marks})"
-                db.execute(f"DELETE FROM labels WHERE image_id IN ({changed})", paths)
                 db.execute(f"DELETE FROM photos WHERE image_id IN ({changed})", paths)
             db.executemany(
                 "INSERT INTO images(path, size, mtime_ns, status, caption) VALUES (?, ?, ?, 'pending', ?) "
@@ -262,8 +265,10 @@ class Catalog(VectorPlaces):
                 entries,
             )
 
-    def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
-        """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops)."""
+    def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
+        """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that
+        could not be listed), and delete the skipped rows of the ``cleared`` paths (their cause is gone: a folder
+        that lists now); one transaction."""
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
@@ -271,12 +276,21 @@ class Catalog(VectorPlaces):
                 "message = excluded.message, content_hash = NULL",
                 entries,
             )
+            # a skipped row holds no vector (see below), so removing one leaves the generation as it is
+            db.executemany("DELETE FROM images WHERE path = ? AND status = 'skipped'", [(path,) for path in cleared])
             skipped = f"SELECT id FROM images WHERE {NOT_OK} AND status = 'skipped'"
             dropped = db.execute(f"DELETE FROM vector_rows WHERE image_id IN ({skipped})").rowcount
             db.execute(f"DELETE FROM labels WHERE image_id IN ({skipped})")
             db.execute(f"DELETE FROM photos WHERE image_id IN ({skipped})")
             if dropped:
                 self._bump_generation()
+
+    def skipped_under(self, folder: bytes) -> Iterator[bytes]:
+        """Path keys of the skipped rows that are ``folder`` (a key, no trailing separator) or lie under it, read a
+        page at a time along the status index (skipped rows are few; ``ok`` ones are never read)."""
+        inside = folder + os.sep.encode()
+        for page in self._not_ok_rows_under(folder, statuses=("skipped",)):
+            yield from (path for _, path in page if path == folder or path.startswith(inside))
 
     def pending(self) -> list[tuple[int, str]]:
         """``(id, path)`` of every row still to embed, oldest first (including rows a killed run left)."""

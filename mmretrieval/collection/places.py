@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
+from .migrations import NOT_OK
 from .photo_table import write_mtime_photos, write_photos
 from .segments import SealedSegment, SegmentStore
 
@@ -95,7 +96,8 @@ class VectorPlaces:
     # -- writing ----------------------------------------------------------------------------------------------
     def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
         """Store one batch: append its vectors to the active segment, then commit places and statuses in one
-        transaction; returns the new generation."""
+        transaction; returns the new generation. A row whose content hash changed loses its labels (in every
+        set); one whose bytes are the same (a file only touched) keeps them."""
         places: list[tuple[int, int, int]] = []
         if vectors:
             ids = np.array([v.image_id for v in vectors], np.int64)
@@ -104,6 +106,7 @@ class VectorPlaces:
             places = [(int(i), number, first + row) for row, i in enumerate(ids)]
         with self.transaction() as db:
             generation = self._bump_generation()
+            _drop_labels_of_new_content(db, [(v.image_id, v.content_hash) for v in vectors])
             db.executemany(
                 "UPDATE images SET status = 'ok', content_hash = ?, width = ?, height = ?, format = ?, "
                 "reason = NULL, message = NULL WHERE id = ?",
@@ -122,7 +125,8 @@ class VectorPlaces:
 
         Idempotent: a segment whose content (sha256) was committed before changes nothing. Call it from the
         collection's writer, holding its lock. Ids missing from the catalog are ignored (and counted); an id
-        written twice keeps its last row.
+        written twice keeps its last row. A row keeps its labels only when ``metadata`` gives it the content hash
+        it already had (the same bytes, so the same vector).
 
         Args:
             sealed: from :meth:`SegmentWriter.seal` or :func:`~.segments.read_sealed` (files already verified).
@@ -141,10 +145,14 @@ class VectorPlaces:
         ids = sealed.ids()
         known = set(self._existing_ids(np.unique(ids)))
         rows = [(int(i), number, row) for row, i in enumerate(ids.tolist()) if i in known]
+        hashes = {m.image_id: m.content_hash for m in metadata}
         with self.transaction() as db:
             generation = self._bump_generation()
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, n, row) for i, n, row in rows])
+            labelled = db.execute("SELECT DISTINCT v.image_id FROM vector_rows v JOIN labels l "
+                                  "ON l.image_id = v.image_id WHERE v.segment = ?", (number,)).fetchall()
+            _drop_labels_of_new_content(db, [(image_id, hashes.get(image_id)) for image_id, in labelled])
             db.execute("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE status != 'ok' AND id IN "
                        "(SELECT image_id FROM vector_rows WHERE segment = ?)", (number,))
             db.executemany(
@@ -269,13 +277,16 @@ class VectorPlaces:
 
     # -- pruning ----------------------------------------------------------------------------------------------
     def prune_missing(self, folders: Sequence[bytes] = (), paths: Iterable[bytes] = (),
-                      keep_under: Sequence[bytes] = ()) -> int:
+                      keep_under: Sequence[bytes] = (), not_ok_only: bool = False) -> int:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
         as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
         many went. The caller has checked that the folders are there: nothing else is pruned.
 
         The rows under a folder are read a page at a time in path order (the prefix is a range of the path
         index), so a prune over 10 M rows holds one page and the ids of the rows going, not every path.
+        ``not_ok_only`` looks only at rows that are not ``ok`` (pending, failed, skipped; read along the status
+        index): an ingest prunes those before it embeds, so that it never decodes a file that is gone, and the
+        rest after, so that the vectors of moved files are there to be reused by content hash.
         """
         gone: set[int] = set()
 
@@ -284,19 +295,47 @@ class VectorPlaces:
                         if not any(path.startswith(kept) for kept in keep_under) and not os.path.lexists(path))
 
         for folder in folders:
-            after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
-            while rows := self._query("SELECT id, path FROM images WHERE path > ? AND path < ? ORDER BY path "
-                                      f"LIMIT {PRUNE_PAGE}", (after, upper)):
+            for rows in (self._not_ok_rows_under(folder) if not_ok_only else self._rows_under(folder)):
                 check(rows)
-                after = rows[-1][1]
         given = iter(paths)  # a stream: the entries of a list file are never held whole
+        condition = f" AND {NOT_OK}" if not_ok_only else ""
         while chunk := list(itertools.islice(given, _CHUNK)):
-            check(self._query(f"SELECT id, path FROM images WHERE path IN ({','.join('?' * len(chunk))})", chunk))
+            check(self._query(f"SELECT id, path FROM images WHERE path IN ({','.join('?' * len(chunk))}){condition}",
+                              chunk))
         if gone:
             with self.transaction() as db:
                 db.executemany("DELETE FROM images WHERE id = ?", [(id_,) for id_ in sorted(gone)])
                 self._bump_generation()
         return len(gone)
+
+    def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes]]]:
+        """Pages of ``(id, path)`` of the rows under ``folder`` (ending in a separator), in path order."""
+        after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
+        while rows := self._query(f"SELECT id, path FROM images WHERE path > ? AND path < ? ORDER BY path "
+                                  f"LIMIT {PRUNE_PAGE}", (after, upper)):
+            yield rows
+            after = rows[-1][1]
+
+    def _not_ok_rows_under(self, prefix: bytes, statuses: Sequence[str] = ("pending", "failed", "skipped")
+                           ) -> Iterator[list[tuple[int, bytes]]]:
+        """Pages of ``(id, path)`` of the rows with one of ``statuses`` (none ``ok``) whose path starts with
+        ``prefix``, a status at a time in id order (the status index holds only rows that are not ``ok``: no sort,
+        no pass over the ``ok`` ones)."""
+        for status in statuses:
+            after = -1
+            while page := self._query(f"SELECT id, path FROM images WHERE {NOT_OK} AND status = ? AND id > ? "
+                                      f"ORDER BY id LIMIT {PRUNE_PAGE}", (status, after)):
+                yield [(id_, path) for id_, path in page if path.startswith(prefix)]
+                after = page[-1][0]
+
+
+def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[int, str | None]]) -> None:
+    """Before ``(image id, content hash)`` rows get their new vector: drop the labels, in every set, of those whose
+    bytes changed or are unknown (``None``). A label describes content: a file only touched (same hash, same
+    vector) keeps its labels, a file whose bytes changed gets them back from the next ``mmr label``."""
+    db.executemany("DELETE FROM labels WHERE image_id = ? AND NOT EXISTS "
+                   "(SELECT 1 FROM images WHERE id = ? AND content_hash = ?)",
+                   [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
 
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:

@@ -1,7 +1,8 @@
 """Ingestion on a Ray cluster (``mmr ingest --ray``): the same plan and the same answers as :mod:`.runner`.
 
-Planning stays on the driver and is the single-machine runner's (:func:`.runner.plan_sources`): only new,
-changed and transiently failed files are ``pending``. Then Ray Data runs four operators with their own
+Planning stays on the driver and is the single-machine runner's (:func:`.runner.plan`; with ``--prune``,
+:func:`.runner.prune_vanished` before and after the embedding): only new, changed and transiently failed files
+are ``pending``. Then Ray Data runs four operators with their own
 resources, and its streaming executor applies backpressure between them::
 
     pending rows (id, path, size, mtime)      driver, a few blocks of files each
@@ -36,7 +37,8 @@ from ..models.specs import ModelIdentity
 from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop, short_retries
-from .runner import plan_sources
+from .reader import discover
+from .runner import plan, prune_scope, prune_vanished, walked_folders
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,9 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
-    unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
+    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
+    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources))
+    pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
     tally = Tally(skipped)
     total = catalog.pending_count()
@@ -124,6 +128,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
     if config.output:
         _forget_output(catalog)  # every result there is committed and removed
+    pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
     return tally.summary(unchanged, pruned)
 
 

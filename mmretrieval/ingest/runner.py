@@ -3,7 +3,9 @@
 Planning compares what the reader finds with the catalog by (path, size, mtime): unchanged files are skipped
 (except those that failed for a transient reason, such as a timeout), new and changed ones are marked
 ``pending`` (which also assigns their ids, before any decoding), and a re-run after a crash simply finds the
-``pending`` rows the crash left.
+``pending`` rows the crash left. With ``--prune``, the rows of vanished files that hold a vector go only once the
+new rows are committed, so that a moved file reuses its vector by content hash; a run killed before that prunes
+them on the next run.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         CollectionError: a source that does not exist or an unreadable list file; with ``config.prune``, a
             source folder that is missing or unreadable (nothing is deleted then).
     """
-    unchanged, skipped, pruned = plan_sources(catalog, sources, config.prune)
+    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
+    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources))
+    # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
+    pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
     total = catalog.pending_count()
     counts: collections.Counter[str] = collections.Counter()
     if progress:
@@ -69,6 +74,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
         counts.update(_embed_tasks(catalog, encoder if isinstance(encoder, DualEncoder) else encoder(), tasks,
                                    total, config, progress))
+    pruned += prune_vanished(catalog, scope, skipped)  # the rest, now that moved files have reused their vectors
     failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
               if key.startswith("failed:")}
     return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
@@ -171,22 +177,14 @@ def _decode_on_device(encoder: DualEncoder, config: IngestConfig) -> bool:
     return config.device_decode and supported
 
 
-def plan_sources(catalog: Catalog, sources: Sequence[str], prune: bool) -> tuple[int, list[Skipped], int]:
-    """Plan ``sources`` (see :func:`plan`) and, with ``prune``, delete rows of vanished files under them.
-
-    The planning half of every runner (this one and :mod:`.ray_runner`). Returns (unchanged, skips, pruned).
-
-    Raises:
-        CollectionError: a source that does not exist or an unreadable list file; with ``prune``, a source
-            folder that is missing or unreadable (nothing is deleted then).
-    """
-    scope = prune_scope(sources) if prune else None  # refuses before anything changes
-    unchanged, skipped = plan(catalog, discover(sources))
-    pruned = 0
-    if scope is not None:
-        unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
-        pruned = catalog.prune_missing(scope.folders, scope.entries(), keep_under=unreadable)
-    return unchanged, skipped, pruned
+def prune_vanished(catalog: Catalog, scope: PruneScope | None, skipped: Sequence[Skipped],
+                   not_ok_only: bool = False) -> int:
+    """Delete the rows of vanished files within ``scope`` (None: nothing), except under the folders that this
+    run's walk could not list (``skipped``); ``not_ok_only``: only rows that are not ``ok``. Returns how many."""
+    if scope is None:
+        return 0
+    unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
+    return catalog.prune_missing(scope.folders, scope.entries(), keep_under=unreadable, not_ok_only=not_ok_only)
 
 
 @dataclass(frozen=True)
@@ -234,12 +232,23 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
     return PruneScope(tuple(folders), tuple(paths), tuple(lists))
 
 
-def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, list[Skipped]]:
+def walked_folders(sources: Sequence[str]) -> list[bytes]:
+    """Catalog keys (no trailing separator) of the ``sources`` that are folders: what the walk reads."""
+    return [encode_path(source) for source in sources if os.path.isdir(source)]
+
+
+def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
+         walked: Sequence[bytes] = ()) -> tuple[int, list[Skipped]]:
     """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
     so planning 10 M files holds one chunk, not every path. A run killed mid-plan leaves some rows ``pending``,
     which the next run embeds like any other.
+
+    Args:
+        found: what the reader found (:func:`~.reader.discover`).
+        walked: catalog keys of the folders ``found`` walked (:func:`walked_folders`): their skipped rows that
+            the walk no longer skips are cleared (see :func:`stale_skips`).
     """
     unchanged = marked = 0
     skipped: dict[bytes, Skipped] = {}
@@ -264,10 +273,41 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped]) -> tuple[int, 
         if to_mark:
             catalog.mark_pending(to_mark)
             marked += len(to_mark)
-    if skipped:
-        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()])
-    logger.info("planned: %d to embed, %d unchanged, %d skipped", marked, unchanged, len(skipped))
+    cleared = stale_skips(catalog, walked, skipped)
+    if skipped or cleared:
+        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
+    logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared", marked, unchanged, len(skipped),
+                len(cleared))
     return unchanged, list(skipped.values())
+
+
+def stale_skips(catalog: Catalog, walked: Sequence[bytes], skipped: dict[bytes, Skipped]) -> list[bytes]:
+    """Skipped rows under the ``walked`` folders whose cause is gone: this walk did not skip them (``skipped``:
+    what it did skip) and each is now a folder that lists (one that was unreadable), where the walk goes (not
+    under a folder it could not list, no hidden name below the folder walked, no link out of it). A skipped path
+    that no longer exists is left to ``--prune``, like any vanished file."""
+    sep = os.sep.encode()
+    unreadable = tuple(key + sep for key, s in skipped.items() if s.reason == "unreadable")
+    stale: list[bytes] = []
+    for root in walked:
+        real_root = os.path.realpath(root)
+        stale += [path for path in catalog.skipped_under(root)
+                  if path not in skipped and not path.startswith(unreadable) and _lists_inside(path, root, real_root)]
+    return stale
+
+
+def _lists_inside(path: bytes, root: bytes, real_root: bytes) -> bool:
+    """Whether ``path`` is a folder that lists now, reached from ``root`` by the walk's rules."""
+    if any(name.startswith(b".") for name in path[len(root):].split(os.sep.encode())):
+        return False
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        return False
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError:  # gone, not a folder, or still unreadable
+        return False
+    return True
 
 
 def _settled(state: FileState) -> bool:
