@@ -584,3 +584,19 @@ def test_version_module_entry_and_no_dash_hint_for_a_missing_command(capsys):
     run = subprocess.run([sys.executable, "-m", "mmretrieval", "--help"], capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0 and run.stdout.startswith("usage: mmr")
+
+
+def test_max_pixels_fails_larger_images_and_says_how_to_raise_it(tmp_path, tiny_model_dir, capsys):
+    """--max-pixels reaches the decoding processes: a 128x128 scene is refused at 4,000 pixels, with the limit and
+    the option in its reason; the default lets it through."""
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 2)
+    base = ["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "1"]
+    assert main([*base, "--collection", str(tmp_path / "small"), "--max-pixels", "4000"]) == 2
+    capsys.readouterr()
+    assert main(["info", "--collection", str(tmp_path / "small"), "--failures"]) == 0
+    failures = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [reason for _, reason, _ in failures] == ["decompression_bomb"] * 2
+    assert "16384 pixels, over the limit of 4000 pixels" in failures[0][2] and "--max-pixels" in failures[0][2]
+    assert main([*base, "--collection", str(tmp_path / "default")]) == 0

@@ -64,6 +64,10 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=60.0,
                         help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
+                        help="fail images with more pixels than this, a guard against decompression bombs (default "
+                        "268402689, 16383x16383: any camera photo; a PNG or TIFF that large needs 1-3 GB per "
+                        "decoding worker, so lower it on a small machine)")
     parser.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
                         help="decode JPEGs on the model's device, other files on the CPU at the same time (auto: on "
                         "with a CUDA GPU)")
@@ -134,7 +138,8 @@ def _ingest(args: argparse.Namespace) -> int:
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
-                                        share_jpegs=args.share_jpegs == "on")
+                                        share_jpegs=args.share_jpegs == "on",
+                                        **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
         if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
             print(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
                   "only have fixed the model to the demo one", file=sys.stderr)

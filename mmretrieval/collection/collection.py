@@ -46,6 +46,7 @@ from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest, exact_search
 from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
+from ..images.decode import DEFAULT_MAX_PIXELS
 from ..ingest.reader import source_list
 from ..models.specs import ModelIdentity
 from .describe import describe
@@ -178,7 +179,8 @@ class Collection:
     def ingest(self, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
                batch_size: int | None = None, workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
-               device_decode: bool | None = None, share_jpegs: bool = True) -> IngestSummary:
+               device_decode: bool | None = None, share_jpegs: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -196,6 +198,8 @@ class Collection:
                 other files in the CPU pool at the same time; None: when the model runs on a CUDA GPU.
             share_jpegs: with device decoding, the CPU pool also takes JPEGs (the largest first) while its
                 workers have room (:mod:`mmretrieval.ingest.routing`).
+            max_pixels: an image with more pixels is failed as a ``decompression_bomb`` (the default passes
+                any camera photo; :data:`~mmretrieval.images.decode.DEFAULT_MAX_PIXELS`).
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
@@ -208,14 +212,14 @@ class Collection:
             from ..ingest.ray_runner import run_ray_ingest
 
             config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
-                                         timeout_s=timeout_s, precision=self.precision)
+                                         timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
                                       progress)
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
-                                         device_decode=device_decode, share_jpegs=share_jpegs)
+                                         device_decode=device_decode, share_jpegs=share_jpegs, max_pixels=max_pixels)
         with self.writing(busy):
             if (self.directory / RAY_RESULTS_DIR).is_dir() or self.catalog.get_meta(RAY_OUTPUT_KEY):
                 from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
+from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.metadata import PhotoMetadata
 
 
@@ -30,6 +31,7 @@ class IngestConfig:
     device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
     read_threads: int = 8  # with device decoding: threads reading, hashing and probing files
     share_jpegs: bool = True  # with device decoding: the CPU pool also takes JPEGs while its workers have room
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
 
     @classmethod
     def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ..images.decode import DEFAULT_MAX_PIXELS
 from ..models.encoder import DualEncoder
 from .batches import DecodeTask, Failed, IngestConfig, Skipped
 from .reader import discover, source_list
@@ -44,8 +45,8 @@ class EmbeddedFiles:
 
 
 def embed_files(encoder: DualEncoder, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
-                batch_size: int | None = None, workers: int | None = None,
-                timeout_s: float = 60.0) -> Iterator[EmbeddedFiles]:
+                batch_size: int | None = None, workers: int | None = None, timeout_s: float = 60.0,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[EmbeddedFiles]:
     """Embed the images ``sources`` name (folders, image files, ``.txt``/``.csv`` lists), batch by batch.
 
     A source that does not exist, or a file that cannot be decoded, is reported in ``failed``; it never stops
@@ -57,11 +58,13 @@ def embed_files(encoder: DualEncoder, sources: str | bytes | os.PathLike | Seque
         batch_size: images per model call (default 256 on CUDA, 32 on CPU).
         workers: decoding processes (default: cores - 1 on CPU; 0 decodes in this process, without isolation).
         timeout_s: a file taking longer than this to decode is failed.
+        max_pixels: an image with more pixels is failed (``decompression_bomb``).
 
     Raises:
         CollectionError: a list file without a path column.
     """
-    config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s)
+    config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s,
+                                     max_pixels=max_pixels)
     in_flight: dict[int, str] = {}  # task id -> path, from the pool's feeder thread until the result comes
     skipped: collections.deque[Skipped] = collections.deque()
     ids = itertools.count()

@@ -32,12 +32,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..collection.catalog import DTYPE_KEY, Catalog
 from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
+from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.preprocess import ImagePreparer
 from ..models.specs import ModelIdentity
 from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop, short_retries
-from .reader import discover
+from .reader import FileDecoder, discover
 from .runner import plan, prune_scope, prune_vanished, walked_folders
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RayIngestConfig:
     # many files makes ~20 smaller results, so that progress shows and an interrupted run keeps most of its work
     prune: bool = False  # delete rows of files that no longer exist
     precision: str = "auto"  # the model actors' number format: auto, fp32 or bf16 (models.precision)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "embed_actors", "decode_tasks", "decode_memory_mb", "files_per_task",
@@ -283,7 +285,8 @@ def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: Mode
     # decode inside the model actors and leave a GPU idle while they do).
     decode_pool = ray.data.TaskPoolStrategy(size=config.decode_tasks) if config.decode_tasks else None
     dataset = dataset.map_batches(decode_rows, fn_kwargs={"preparer": ImagePreparer(identity.preprocess),
-                                                          "timeout_s": config.timeout_s},
+                                                          "timeout_s": config.timeout_s,
+                                                          "decode": FileDecoder(config.max_pixels)},
                                   batch_size=None, batch_format="numpy", compute=decode_pool, num_cpus=1,
                                   memory=config.decode_memory_mb * 1024**2)
     use_gpus = gpus >= 1

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
-from ..images.decode import decode_file_bytes, read_image_file
+from ..images.decode import DEFAULT_MAX_PIXELS, decode_file_bytes, read_image_file
 from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, image_extensions, sniff_file
 from ..images.metadata import photo_metadata
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
@@ -207,11 +208,11 @@ def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | Non
             for row in reader if (row.get(path_column) or "").strip())
 
 
-def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
+def decode_file(task: DecodeTask, preparer: ImagePreparer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded | Failed:
     """Read, hash, decode and prepare one file; every problem becomes a :class:`Failed` with a reason."""
     try:
         data = read_image_file(task.path)
-        decoded = decode_file_bytes(data, task.path, draft_size=preparer.size)
+        decoded = decode_file_bytes(data, task.path, draft_size=preparer.size, max_pixels=max_pixels)
         pixels = preparer(decoded.image)
         metadata = photo_metadata(decoded.exif, mtime_ns=file_mtime_ns(task.path), width=decoded.width,
                                   height=decoded.height)
@@ -222,6 +223,17 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
         return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
     return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
                    decoded.height, decoded.format, np.ascontiguousarray(pixels), metadata)
+
+
+@dataclass(frozen=True)
+class FileDecoder:
+    """:func:`decode_file` with a pixel limit: pickled into the decoding processes, equal by value (Ray's workers
+    keep one decoding pool per decoder)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
+
+    def __call__(self, task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
+        return decode_file(task, preparer, self.max_pixels)
 
 
 def file_mtime_ns(path: str) -> int | None:

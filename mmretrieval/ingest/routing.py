@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ..images.decode import DEFAULT_MAX_PIXELS
 from .batches import Decoded, DecodeTask, Failed, chunked
 from .device_decode import DeviceJpegDecoder, Probed, probe
 from .pool import DecodePool
@@ -40,7 +41,8 @@ _CPU_READY = 4  # CPU-side batches waiting for the model before the CPU pool is 
 
 
 def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool: DecodePool, batch_size: int,
-                  read_threads: int, share_jpegs: bool = True) -> Iterator[SplitBatch]:
+                  read_threads: int, share_jpegs: bool = True,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[SplitBatch]:
     """Decode ``tasks``: JPEGs on the device in batches of up to ``batch_size``, the rest in ``pool``.
 
     Args:
@@ -50,6 +52,7 @@ def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool:
         batch_size: files per device batch, and most results per CPU batch.
         read_threads: threads reading, hashing and probing files.
         share_jpegs: the CPU pool also takes JPEGs while its workers have room (see the module docstring).
+        max_pixels: larger JPEGs go to the pool, which refuses them with its reason.
 
     Yields:
         (records, their pixels, failures) per batch, device and CPU batches interleaved as they are ready.
@@ -57,7 +60,7 @@ def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool:
     cpu = _CpuSide(pool, batch_size)
     try:
         with ThreadPoolExecutor(read_threads, thread_name_prefix="mmr-read") as readers:
-            for probed in probed_groups(readers, tasks, batch_size):
+            for probed in probed_groups(readers, tasks, batch_size, max_pixels):
                 cpu.submit(item for item in probed if not isinstance(item, Probed))
                 jpegs = [item for item in probed if isinstance(item, Probed)]
                 if share_jpegs:
@@ -73,12 +76,12 @@ def split_batches(tasks: Iterable[DecodeTask], decoder: DeviceJpegDecoder, pool:
         cpu.stop()
 
 
-def probed_groups(readers: ThreadPoolExecutor, tasks: Iterable[DecodeTask],
-                   size: int) -> Iterator[list[Probed | DecodeTask]]:
+def probed_groups(readers: ThreadPoolExecutor, tasks: Iterable[DecodeTask], size: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[Probed | DecodeTask]]:
     """Probe ``tasks`` on the reader threads, ``size`` at a time, the next group under way while one is used."""
     window: collections.deque[list[Future]] = collections.deque()
     for group in chunked(tasks, size):
-        window.append([readers.submit(probe, task) for task in group])
+        window.append([readers.submit(probe, task, max_pixels) for task in group])
         if len(window) > 1:
             yield [future.result() for future in window.popleft()]
     while window:

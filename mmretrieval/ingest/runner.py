@@ -29,7 +29,7 @@ from ..errors import CollectionError
 from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
                       chunked, skip_counts)
 from .pool import DecodePool
-from .reader import LIST_SUFFIXES, discover
+from .reader import LIST_SUFFIXES, FileDecoder, discover
 from .writer import CatalogWriter
 
 if TYPE_CHECKING:
@@ -153,7 +153,8 @@ class _WriterThread:
 def decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
                      config: IngestConfig) -> Iterator[tuple[Sequence[Decoded], Pixels, Sequence[Failed]]]:
     """(records, their pixels, failures) per batch: from the CPU pool, or split between it and the device."""
-    pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size)
+    pool = DecodePool(encoder.preparer, config.workers, config.timeout_s, buffer=2 * config.batch_size,
+                      decode=FileDecoder(config.max_pixels))
     if not _decode_on_device(encoder, config):
         for batch in pool.batches(tasks, config.batch_size):
             yield batch.decoded, batch.chunks, batch.failed
@@ -162,7 +163,8 @@ def decoded_batches(encoder: DualEncoder, tasks: Iterable[DecodeTask],
     from .routing import split_batches
 
     decoder = DeviceJpegDecoder(encoder.preparer.preprocess, encoder.device)
-    yield from split_batches(tasks, decoder, pool, config.batch_size, config.read_threads, config.share_jpegs)
+    yield from split_batches(tasks, decoder, pool, config.batch_size, config.read_threads, config.share_jpegs,
+                             config.max_pixels)
 
 
 def _decode_on_device(encoder: DualEncoder, config: IngestConfig) -> bool:
