@@ -324,3 +324,20 @@ def test_prune_removes_the_skipped_rows_of_vanished_paths(tmp_path, tiny_encoder
         pruned = col.ingest([tree], workers=0, prune=True)
         assert (pruned.pruned, pruned.skipped) == (2, {})
         assert list(col.failures()) == [] and col.catalog.counts_by_status() == {"ok": 2}
+
+
+@pytest.mark.parametrize("batch_size", [1, 32])
+def test_identical_bytes_are_embedded_once_whatever_the_batch_size(tmp_path, tiny_encoder, batch_size):
+    """A copy met a batch later, while the writer thread has not committed the first yet, takes its vector
+    instead of being embedded again: three copies are one embedding and two duplicates at any batch size."""
+    import shutil
+
+    from test_ingest import write_good_images
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 6)
+    for name in ("good00-copy.jpg", "good00-zcopy.jpg"):
+        shutil.copy(folder / "good00.jpg", folder / name)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest([folder], workers=0, batch_size=batch_size)
+    assert (summary.embedded, summary.duplicates) == (6, 2)

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -85,14 +85,16 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
                  config: IngestConfig, progress: Progress | None) -> collections.Counter[str]:
     """Decode, embed and commit ``tasks`` batch by batch; returns counts (embedded, duplicates, failed:REASON).
 
-    Commits run on a writer thread, so the model embeds the next batch while SQLite commits the last one (a
-    file whose bytes match one in the batch still being committed is embedded again: the same vector).
+    Commits run on a writer thread, so the model embeds the next batch while SQLite commits the last one; the
+    batches still waiting for it lend their vectors by content hash (:class:`_Uncommitted`).
     """
     counts: collections.Counter[str] = collections.Counter()
     writer = _WriterThread(CatalogWriter(catalog), total, progress)
+    known = _Uncommitted(catalog, batches=writer.depth + 2)
     try:
         for decoded, pixels, failed in decoded_batches(encoder, tasks, config):
-            batch = embed_batch(encoder, catalog, decoded, pixels, failed)
+            batch = embed_batch(encoder, known, decoded, pixels, failed)
+            known.add(batch)
             writer.submit(batch)
             counts.update(f"failed:{item.reason}" for item in batch.failed)
             counts["embedded"] += len(batch.decoded) - batch.duplicates
@@ -105,6 +107,25 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
     return counts
 
 
+class _Uncommitted:
+    """The catalog's vectors by content hash, and those of the last ``batches`` embedded batches, which the writer
+    thread may not have committed yet: the same bytes met again a batch later are not embedded again (and count
+    as a duplicate whatever the batch size). Holds ``batches`` batches of vectors (2 MB at 4 x 256 x 512)."""
+
+    def __init__(self, catalog: Catalog, batches: int):
+        self.catalog = catalog
+        self.recent: collections.deque[dict[str, npt.NDArray[np.float32]]] = collections.deque(maxlen=batches)
+
+    def vectors_by_hash(self, hashes: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        known = self.catalog.vectors_by_hash(hashes)
+        for vectors in self.recent:
+            known.update((h, vectors[h]) for h in hashes if h not in known and h in vectors)
+        return known
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        self.recent.append(dict(zip((item.content_hash for item in batch.decoded), batch.embeddings)))
+
+
 class _WriterThread:
     """Commits :class:`EmbeddedBatch` records in order on its own thread, at most ``depth`` waiting.
 
@@ -113,6 +134,7 @@ class _WriterThread:
     """
 
     def __init__(self, writer: CatalogWriter, total: int, progress: Progress | None, depth: int = 2):
+        self.depth = depth
         self.writer = writer
         self.total = total
         self.progress = progress
@@ -317,6 +339,12 @@ def _settled(state: FileState) -> bool:
     return state.status == "ok" or (state.status == "failed" and state.reason not in TRANSIENT_REASONS)
 
 
+class KnownVectors(Protocol):
+    """Where :func:`embed_batch` looks up the vectors of contents seen before: the catalog, or a stand-in."""
+
+    def vectors_by_hash(self, hashes: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]: ...
+
+
 class NothingKnown:
     """A catalog with no stored vectors, for :func:`embed_batch` where there is none to ask (a Ray embed actor,
     files embedded outside any collection): the model still runs once per distinct content in a batch."""
@@ -325,7 +353,7 @@ class NothingKnown:
         return {}
 
 
-def embed_batch(encoder: DualEncoder, catalog: Catalog | NothingKnown, decoded: Sequence[Decoded], pixels: Pixels,
+def embed_batch(encoder: DualEncoder, catalog: KnownVectors, decoded: Sequence[Decoded], pixels: Pixels,
                 failed: Sequence[Failed]) -> EmbeddedBatch:
     """Embed decoded images, running the model once per distinct content not already in the catalog.
 
