@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision are pinned to the builds available offline on our machines; any torch>=2.2 works.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench train-demo-model clean
+.PHONY: venv demo test bench clean
 
 venv: $(VENV)/.installed
 

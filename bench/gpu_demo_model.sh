@@ -12,6 +12,7 @@ OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-6000}; BATCH=${BATCH:-51
 # position in 90% of captions (at 50%, position-match@5 stayed near 55% in every earlier run)
 CLASSIC_SHARE=${CLASSIC_SHARE:-0.2}; POSITION_RATE=${POSITION_RATE:-0.9}
 mkdir -p "$OUT"
+rm -rf "$OUT/shapes"  # a rerun: the last run's split parts would make train refuse the folder
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"

@@ -243,3 +243,91 @@ def test_train_help_shows_train_configs_defaults(capsys):
         shown = re.search(re.escape(option) + r" \S+ (.+?) \(default: ([^)]+)\)", text)
         assert shown, option
         assert shown.group(1) and shown.group(2) == str(field.default), option
+
+
+def test_classify_refuses_a_lone_label_that_a_softmax_would_score_1(capsys, red_circle):
+    status, out, err = _run(capsys, "classify", red_circle, "--labels", "blue square", "--device", "cpu")
+    assert status == 2 and out == ""
+    assert err.strip() == ("mmr classify: error: one label ('blue square') in a softmax over the labels gets "
+                           "probability 1.0 on every image; pass --multi-label to score it against a neutral prompt, "
+                           "or give two or more labels")
+    status, out, _ = _run(capsys, "classify", red_circle, "--labels", "blue square", "--multi-label", "--json",
+                          "--threshold", "0", "--device", "cpu")
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and row["label"] == "blue square" and row["probability"] < 0.5  # now it says something
+
+
+def test_classify_merges_labels_that_differ_only_in_case_and_says_so(capsys, red_circle):
+    status, out, err = _run(capsys, "classify", red_circle, "--labels", "red circle,blue square", "--labels",
+                            " Red Circle ", "--top-k", "5", "--json", "--device", "cpu")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and [row["label"] for row in rows] == ["red circle", "blue square"]
+    assert rows[0]["probability"] > 0.9  # not split with its twin at 0.5 each
+    assert "mmr: warning: labels 'red circle' and 'Red Circle' differ only in case: kept 'red circle'" in err
+
+
+def test_label_and_template_files_with_a_byte_order_mark(capsys, red_circle, tmp_path):
+    from mmretrieval.models.zeroshot import load_templates
+
+    labels, templates = tmp_path / "labels.txt", tmp_path / "templates.txt"
+    labels.write_text("red circle\nblue square\n", encoding="utf-8-sig")  # as Notepad saves UTF-8
+    templates.write_text("a photo of a {}.\n", encoding="utf-8-sig")
+    assert load_templates(str(templates)) == ("a photo of a {}.",)
+    status, out, _ = _run(capsys, "classify", red_circle, "--labels", f"@{labels}", "--templates", templates,
+                          "--top-k", "2", "--json", "--device", "cpu")
+    assert status == 0 and [json.loads(line)["label"] for line in out.splitlines()] == ["red circle", "blue square"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval", "--scenes", "0"], "mmr eval: error: argument --scenes: must be at least 20, got 0"),
+    (["eval", "--scenes", "-5"], "mmr eval: error: argument --scenes: must be at least 20, got -5"),
+    (["train", "--steps", "0"], "mmr train: error: steps must be a whole number of at least 1"),
+    (["train", "--batch-size", "0"], "mmr train: error: batch_size must be a whole number of at least 2"),
+    (["train", "--lr", "-1"], "mmr train: error: lr must be a number above 0, got -1.0"),
+    (["train", "--workers", "-1"], "mmr train: error: workers must be a whole number of at least 0"),
+    (["train", "--classic-share", "2"], "mmr train: error: classic_share must be a share from 0 to 1, got 2.0"),
+    (["train", "--eval-every", "-5"], "mmr train: error: eval_every must be a whole number of at least 0"),
+    (["train", "--unrelated", "-3"], "mmr train: error: unrelated must be a whole number of at least 0"),
+    (["train", "--warmup-steps", "-1"], "mmr train: error: warmup_steps must be a whole number of at least 0"),
+    (["train", "--arch", "ViT-B-32", "--init", "builtin:shapes"],
+     "mmr train: error: arch 'ViT-B-32' and init 'builtin:shapes' both given: a fine-tune keeps the architecture"),
+    (["blend", "a", "b", "--keep-init", "1.5"], "mmr blend: error: argument --keep-init: must be a probability"),
+])
+def test_numbers_out_of_range_are_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    if argv[0] == "train":  # the option under test last: it wins over these (a run one tiny step long, were it let by)
+        argv = ["train", "--steps", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--eval-every", "0",
+                "--warmup-steps", "1", *argv[1:]]
+    if argv[0] in ("train", "blend"):
+        argv = [*argv, "--out", tmp_path / "m"]
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exited:  # argparse's own refusals
+        status = exited.code
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1 and err.startswith(message), err
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_says_a_folder_that_is_a_file_is_a_file(capsys, tmp_path):
+    captions = tmp_path / "captions.csv"
+    captions.write_text("path,caption\n")
+    status, _, err = _run(capsys, "eval", "--folder", captions, "--device", "cpu")
+    assert status == 2 and f"{captions} is a file, not a labelled folder" in err and "does not exist" not in err
+
+
+def test_train_and_blend_refuse_an_out_folder_with_other_files_unless_forced(capsys, tmp_path, tiny_model_dir):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    quick = ["--steps", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--eval-every", "0",
+             "--warmup-steps", "1", "--init", tiny_model_dir]
+    status, _, err = _run(capsys, "train", "--out", out, *quick)
+    assert status == 2 and "pass --force to write the model beside them" in err
+    status, _, err = _run(capsys, "blend", tiny_model_dir, tiny_model_dir, "--keep-init", "0.5", "--out", out)
+    assert status == 2 and "pass --force to write the model beside them" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert _run(capsys, "train", "--out", out, *quick, "--force")[0] == 0
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "train_log.jsonl").is_file()
+    assert _run(capsys, "blend", out, tiny_model_dir, "--keep-init", "0.5", "--out", tmp_path / "blend")[0] == 0
+    status, _, err = _run(capsys, "blend", out, tiny_model_dir, "--keep-init", "0.5", "--out", out, "--force")
+    assert status == 2 and "that it would be made from" in err  # --force never writes over an input

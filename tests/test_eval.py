@@ -146,3 +146,89 @@ def test_position_match_beats_chance_with_the_demo_model(shapes_encoder):
     # each query's own scene is among those of its colour and shape: chance is above a fifth, and below 1
     assert 0.2 < scores["position_top1_same_object_chance"] < 1.0
     assert scores["position_top1_same_object_chance"] < scores["position_top1_same_object"] <= 1.0
+
+
+def _red_circle(path):
+    scenes.render(scenes.Scene("red", "circle", 1, "large", "plain", "center"), random.Random(0)).save(path)
+    return path
+
+
+def test_a_csv_row_with_a_caption_and_no_path_is_refused_naming_its_line(shapes_encoder, tmp_path):
+    from mmretrieval.training.datasets import read_captioned
+
+    _red_circle(tmp_path / "red.png")
+    csv_file = tmp_path / "e.csv"
+    csv_file.write_text("path,caption\nred.png,a red circle\n,orphan\n")
+    with pytest.raises(MMRError, match=r"e\.csv, line 3: the path cell is empty \(caption 'orphan'\)"):
+        captions_report(shapes_encoder, str(csv_file))  # it was the CSV's own folder: IsADirectoryError
+    csv_file.write_text("path,caption\nred.png,a red circle\n,\n  ,  \nred.png,\n")  # blank rows: nothing to refuse
+    assert read_captioned(csv_file) == [read_captioned(csv_file)[0]]
+    assert read_captioned(csv_file)[0].captions == ("a red circle",)
+
+
+def test_a_folder_named_as_an_image_is_counted_as_undecodable(shapes_encoder, tmp_path):
+    _red_circle(tmp_path / "red.png")
+    (tmp_path / "sub").mkdir()
+    csv_file = tmp_path / "set.csv"
+    csv_file.write_text("path,caption\nred.png,a red circle\nsub,a folder\ngone.png,a missing file\n")
+    report = captions_report(shapes_encoder, str(csv_file))
+    assert report["images"] == 1 and report["undecodable"] == 2 and report["captions"] == 1
+
+
+def test_captioned_sets_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    from mmretrieval.training.datasets import read_captioned
+
+    _red_circle(tmp_path / "red.png")
+    plain, marked = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_text("path,caption\nred.png,a red circle\n", encoding="utf-8")
+    marked.write_text("path,caption\nred.png,a red circle\n", encoding="utf-8-sig")  # as Excel saves CSV UTF-8
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_captioned(marked) == read_captioned(plain)
+    (tmp_path / "red.txt").write_text("a red circle\n", encoding="utf-8-sig")  # a sidecar from the same editor
+    assert [item.captions for item in read_captioned(tmp_path)] == [("a red circle",)]
+
+
+def test_a_file_given_as_a_labelled_folder_is_called_a_file(shapes_encoder, tmp_path):
+    csv_file = tmp_path / "captions.csv"
+    csv_file.write_text("path,caption\n")
+    with pytest.raises(MMRError, match=r"captions\.csv is a file, not a labelled folder .* goes to --captions"):
+        folder_report(shapes_encoder, str(csv_file))
+
+
+def test_captioned_recall_keeps_vectors_not_decoded_images(tiny_encoder, tmp_path, monkeypatch):
+    """Each image is decoded, prepared and embedded a batch at a time: a big photo decodes to tens of MB, so a
+    set of them held at once ran out of memory. Checked by counting decoded images still alive at each model call,
+    and against a reference that embeds every image at once."""
+    import weakref
+
+    import mmretrieval.training.evaluate as evaluate
+    from mmretrieval.training.datasets import CaptionedImage
+
+    items = []
+    for i in range(9):
+        example = scenes.generate(3, i)
+        example.image.save(tmp_path / f"{i}.png")
+        items.append(CaptionedImage(tmp_path / f"{i}.png", (example.caption, scenes.full_caption(example.scene))))
+    items.insert(4, CaptionedImage(tmp_path / "gone.png", ("a missing image",)))
+    decoded, alive_at_calls = [], []
+    real_decode, real_encode = evaluate.decode_image, tiny_encoder.encode_prepared
+
+    def decode_image(*args, **kwargs):
+        result = real_decode(*args, **kwargs)
+        decoded.append(weakref.ref(result.image))
+        return result
+
+    def encode_prepared(batch):
+        alive_at_calls.append(sum(ref() is not None for ref in decoded))
+        return real_encode(batch)
+
+    monkeypatch.setattr(evaluate, "decode_image", decode_image)
+    monkeypatch.setattr(tiny_encoder, "encode_prepared", encode_prepared)
+    report = evaluate.captioned_recall(tiny_encoder, items, batch_size=4)
+    monkeypatch.undo()
+    assert len(alive_at_calls) == 3 and max(alive_at_calls) <= 1  # 9 images: batches of 4, 4, 1
+    kept = [item for item in items if item.path.name != "gone.png"]
+    reference = text_to_image_recall(tiny_encoder.encode_images([item.path for item in kept]),
+                                     tiny_encoder.encode_texts([c for item in kept for c in item.captions]),
+                                     [i for i, item in enumerate(kept) for _ in item.captions])
+    assert report == {"images": 9, "captions": 18, "undecodable": 1, **reference}

@@ -32,9 +32,9 @@ def test_runs_into_named_sets_are_kept_apart_and_replaced_only_on_request(collec
         ("default", ("circle", "square"), False), ("colours", ("red", "blue"), True)]
 
     with pytest.raises(CollectionError, match="label set 'colours' exists already; replace it on purpose"):
-        collection.label("green", label_set="colours")
+        collection.label("green, blue", label_set="colours")
     assert collection.info().labels["colours:red"] == 9  # a refused run changes nothing
-    collection.label("green", label_set="colours", replace=True)
+    collection.label("green", label_set="colours", replace=True, multi_label=True, threshold=0.0)
     assert {name for name in collection.info().labels if name.startswith("colours:")} == {"colours:green"}
 
     some_id = int(collection.catalog.vector_ids()[0])
@@ -60,7 +60,7 @@ def test_search_filters_by_set_and_label_or_by_label_in_any_set(collection):
 def test_bad_set_names_are_refused(collection):
     for name in ("", "a:b", ".hidden", "x" * 65):
         with pytest.raises(CollectionError, match="a label set cannot be named"):
-            collection.label("circle", label_set=name)
+            collection.label("circle, square", label_set=name)
 
 
 def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_it_was(collection, monkeypatch):
@@ -87,7 +87,7 @@ def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_i
 
     monkeypatch.setattr(label_sets.LabelSetWriter, "add", real_add)
     assert collection.catalog._query("SELECT COUNT(*) FROM labels_staging")[0][0] == 4  # the dead run's chunk
-    collection.label("red", label_set="other")  # any later run clears every dead run's rows, whatever their set
+    collection.label("red, blue", label_set="other")  # any later run clears every dead run's rows, whatever their set
     assert collection.catalog._query("SELECT COUNT(*) FROM labels_staging")[0][0] == 0
     summary = collection.label("star, cross", label_set="shapes", replace=True)
     stored = collection.info().labels
@@ -147,11 +147,11 @@ def test_cli_label_set_and_replace_and_search_by_set(tmp_path, tiny_model_dir, c
     assert main(["label", "--collection", collection, "--labels", "red,blue", "--multi-label", "--threshold", "0",
                  "--set", "colours"]) == 0
     capsys.readouterr()
-    assert main(["label", "--collection", collection, "--labels", "green", "--set", "colours"]) == 2
+    assert main(["label", "--collection", collection, "--labels", "green,pink", "--set", "colours"]) == 2
     assert "label set 'colours' exists already" in capsys.readouterr().err
     assert main(["search", "x", "--collection", collection, "--label", "colours:red", "--json", "-k", "20"]) == 0
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(hits) == 6 and all("colours:red" in hit["labels"] for hit in hits)
-    assert main(["label", "--collection", collection, "--labels", "green", "--set", "colours", "--replace"]) == 0
+    assert main(["label", "--collection", collection, "--labels", "green,pink", "--set", "colours", "--replace"]) == 0
     capsys.readouterr()
     assert main(["search", "x", "--collection", collection, "--label", "red", "--json"]) == 2  # gone with its set

@@ -149,3 +149,18 @@ def test_the_python_api_takes_one_string_as_one_thing_not_its_letters(tiny_encod
     for folder in (str(tmp_path / "pics"), os.fsencode(tmp_path / "pics")):  # a folder, not p, i, c, s
         batches = list(embed_files(tiny_encoder, folder, workers=0))
         assert sum(len(b.paths) for b in batches) == 2 and not any(b.failed for b in batches)
+
+
+def test_labelling_a_collection_with_one_softmax_label_is_refused(tmp_path, tiny_encoder):
+    """One label in a softmax gets probability 1.0 on every image: mmr label refuses it, as classify does, and
+    takes it with multi_label (scored against the neutral prompt)."""
+    from mmretrieval.collection.collection import Collection
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        with pytest.raises(QueryError, match="pass --multi-label"):
+            col.label("red")
+        assert col.label_sets() == []  # nothing written
+        assert col.label("red", multi_label=True, threshold=0.0).counts == {"red": 3}

@@ -417,3 +417,91 @@ def test_blend_is_the_weighted_mean_of_a_fine_tune_and_its_start(tmp_path, tiny_
     with pytest.raises(MMRError, match="that it would be made from"):
         train(TrainConfig(out=str(tiny_model_dir), init=str(tiny_model_dir), steps=1, workers=0, device="cpu"))
     assert (trained / "open_clip_model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"steps": 0}, r"steps must be a whole number of at least 1 \(a run of no steps would save no model\), got 0"),
+    ({"batch_size": 0}, "batch_size must be a whole number of at least 2 .*, got 0"),
+    ({"batch_size": 1}, "batch_size must be a whole number of at least 2 .*, got 1"),
+    ({"workers": -1}, "workers must be a whole number of at least 0 .*, got -1"),
+    ({"warmup_steps": -1}, "warmup_steps must be a whole number of at least 0, got -1"),
+    ({"eval_every": -5}, "eval_every must be a whole number of at least 0 .*, got -5"),
+    ({"unrelated": -3}, r"unrelated must be a whole number of at least 0 \(0: none\), got -3"),
+    ({"steps": 2.5}, "steps must be a whole number of at least 1 .*, got 2.5"),
+    ({"seed": 2 ** 64}, "seed must be a whole number from 0 to 2"),
+    ({"lr": -1.0}, "lr must be a number above 0, got -1.0"),
+    ({"lr": 0.0}, "lr must be a number above 0, got 0.0"),
+    ({"lr": float("nan")}, "lr must be a number above 0, got nan"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a number of at least 0, got inf"),
+    ({"classic_share": 2.0}, "classic_share must be a share from 0 to 1, got 2.0"),
+    ({"grey_rate": -0.1}, "grey_rate must be a share from 0 to 1, got -0.1"),
+    ({"arch": "ViT-B-32", "init": "builtin:shapes"}, "arch 'ViT-B-32' and init 'builtin:shapes' both given"),
+    ({"out": " "}, "out is empty"),
+])
+def test_a_config_out_of_range_is_refused_naming_the_value_and_the_range(given, message):
+    with pytest.raises(MMRError, match=message):
+        TrainConfig(**{"out": "m", **given})
+
+
+def test_the_architecture_is_the_demo_ones_only_for_a_fresh_model():
+    assert TrainConfig(out="m").arch == "shapes-vit-tiny" and TrainConfig(out="m", arch="ViT-B-32").arch == "ViT-B-32"
+    assert TrainConfig(out="m", init="builtin:shapes").arch is None  # a fine-tune keeps its init's
+
+
+def _quick(out, **given) -> TrainConfig:
+    return TrainConfig(out=str(out), steps=1, batch_size=2, workers=0, device="cpu", eval_every=0, warmup_steps=1,
+                       **given)
+
+
+def test_an_out_folder_with_other_files_is_refused_unless_forced_and_they_are_kept(tmp_path, tiny_model_dir):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(MMRError, match=r"holds files that are not a model of mmr train or blend \(notes\.txt\); "
+                                       "choose a new folder, or pass --force"):
+        train(_quick(out, init=str(tiny_model_dir)))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    train(_quick(out, init=str(tiny_model_dir)), force=True)
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "open_clip_model.safetensors").is_file()
+    foreign = tmp_path / "downloaded"  # an open_clip model that neither train nor blend wrote
+    foreign.mkdir()
+    (foreign / "open_clip_config.json").write_text('{"model_cfg": {}}')
+    with pytest.raises(MMRError, match="holds a model that mmr train or blend did not write"):
+        train(_quick(foreign, init=str(tiny_model_dir)))
+
+
+def test_a_model_folder_of_ours_is_replaced_with_no_file_of_the_old_model_left(tmp_path, tiny_model_dir):
+    from mmretrieval.training.blend import blend_models
+
+    trained = train(_quick(tmp_path / "ft", init=str(tiny_model_dir)))
+    stale = tmp_path / "out"
+    train(_quick(stale, init=str(tiny_model_dir)))
+    (stale / ".open_clip_model.safetensors.otherhost~1.abc.tmp").write_bytes(b"half")  # a write killed elsewhere
+    blend_models(str(trained), str(tiny_model_dir), 0.5, stale)  # over a model that train wrote: allowed
+    assert sorted(p.name for p in stale.iterdir()) == [".open_clip_model.safetensors.otherhost~1.abc.tmp",
+                                                       "open_clip_config.json", "open_clip_model.safetensors"]
+    notes = json.loads((stale / "open_clip_config.json").read_text())
+    assert notes["blend"]["keep_init"] == 0.5 and notes["architecture"] == f"finetuned:{tiny_model_dir}"
+    train(_quick(stale, init=str(trained)))  # and a run over the blend
+    assert "blend" not in json.loads((stale / "open_clip_config.json").read_text())
+    assert (stale / "train_log.jsonl").is_file()
+    (stale / "notes.txt").write_text("mine")
+    with pytest.raises(MMRError, match=r"\(notes\.txt\); choose a new folder, or pass --force"):
+        blend_models(str(trained), str(tiny_model_dir), 0.5, stale)
+    blend_models(str(trained), str(tiny_model_dir), 0.5, stale, force=True)
+    assert sorted(p.name for p in stale.iterdir() if not p.name.startswith(".")) == [
+        "notes.txt", "open_clip_config.json", "open_clip_model.safetensors"]  # the old run's log is gone
+
+
+def test_a_captions_csv_with_an_empty_path_cell_trains_nothing(tmp_path, tiny_model_dir):
+    scenes.generate(5, 0).image.save(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    data = tmp_path / "pairs.csv"
+    data.write_text("path,caption\na.png,a shape\n,orphan\n")
+    with pytest.raises(MMRError, match=r"pairs\.csv, line 3: the path cell is empty"):
+        train(_quick(tmp_path / "o", data=str(data), init=str(tiny_model_dir)))
+    assert not (tmp_path / "o").exists()
+    data.write_text("path,caption\na.png,a shape\nsub,a folder is not an image\n")  # skipped as undecodable
+    out = train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2,
+                            batch_size=2, workers=0, device="cpu", eval_every=0, warmup_steps=1))
+    assert (out / "open_clip_model.safetensors").is_file()

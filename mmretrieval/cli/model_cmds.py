@@ -55,13 +55,15 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
 def _classify(args: argparse.Namespace) -> int:
     from ..ingest.files import embed_files
     from ..models.encoder import load_encoder
-    from ..models.zeroshot import ZeroShotClassifier, load_templates, parse_labels, predict
+    from ..models.zeroshot import (ZeroShotClassifier, load_templates, parse_labels, predict,
+                                   refuse_lone_softmax_label)
     from ..progress import TqdmProgress
 
     labels = parse_labels(args.labels)
     templates = load_templates(args.templates)
     threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
+    refuse_lone_softmax_label(labels, is_sigmoid=encoder.is_sigmoid, multi_label=args.multi_label)
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
     classified = failed = 0
     with TqdmProgress("classify") as progress:
@@ -87,6 +89,10 @@ def _label_rows(path: str, predictions: list[Prediction]) -> list[dict[str, obje
         return [{"image": path, "label": None, "probability": None}]
     return [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in predictions]
 
+
+_FORCE_HELP = ("write into an --out folder that holds other files (they are kept); without it only a new or empty "
+               "folder, or a model that train or blend wrote (replaced whole), is written to")
+MIN_EVAL_SCENES = 20  # --scenes: fewer held-out scenes make recall@10 meaningless
 
 _TRAIN_NUMBERS = (  # TrainConfig's numeric fields, as options: name, type, help
     ("steps", int, "optimiser steps"),
@@ -133,29 +139,32 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--data", help="'scenes' (generated, the default) or a captioned folder/CSV")
     parser.add_argument("--arch", help="fresh architecture: shapes-vit-tiny (the default) or an open_clip name")
-    parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead")
+    parser.add_argument("--init", metavar="SPEC", help="fine-tune this model spec instead (it keeps that model's "
+                        "architecture: not with --arch)")
     for name, kind, text in _TRAIN_NUMBERS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     parser.add_argument("--full-precision", action="store_true", default=False,
                         help="store float32 weights (default float16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--force", action="store_true", default=False, help=_FORCE_HELP)
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..training.train import train
     from ..training.config import StepLog, TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    config = TrainConfig(**given, half=not args.full_precision)
+    config = TrainConfig(**given, half=not args.full_precision)  # checks every value before torch is imported
+
+    from ..training.train import train
 
     def log(entry: StepLog) -> None:
         scores = " ".join(f"{k}={v:.3f}" for k, v in entry.held_out.items())
         print(f"step {entry.step:>6}  loss {entry.loss:.4f}  lr {entry.lr:.2e}  {entry.seconds:7.1f}s  {scores}",
               file=sys.stderr, flush=True)
 
-    out = train(config, on_log=log)
+    out = train(config, on_log=log, force=args.force)
     print(out)
     return 0
 
@@ -168,16 +177,18 @@ def _register_blend(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("trained", help="the fine-tuned model (a directory mmr train wrote)")
     parser.add_argument("init", help="the model it was fine-tuned from (e.g. builtin:shapes)")
-    parser.add_argument("--keep-init", type=float, required=True, metavar="KEEP", help="the init's share, 0 to 1")
+    parser.add_argument("--keep-init", type=probability, required=True, metavar="KEEP", help="the init's share, 0 to 1")
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--full-precision", action="store_true", help="store float32 weights (default float16)")
+    parser.add_argument("--force", action="store_true", help=_FORCE_HELP)
     parser.set_defaults(handler=_blend)
 
 
 def _blend(args: argparse.Namespace) -> int:
     from ..training.blend import blend_models
 
-    print(blend_models(args.trained, args.init, args.keep_init, args.out, half=not args.full_precision))
+    print(blend_models(args.trained, args.init, args.keep_init, args.out, half=not args.full_precision,
+                       force=args.force))
     return 0
 
 
@@ -196,7 +207,9 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--captions", help="captioned set: folder with sidecar .txt files, or a CSV")
     parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
     parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none or a file")
-    parser.add_argument("--scenes", type=int, default=1000, help="for --shapes: held-out scenes to search over")
+    parser.add_argument("--scenes", type=at_least(MIN_EVAL_SCENES), default=1000,
+                        help=f"for --shapes: held-out scenes to search over (at least {MIN_EVAL_SCENES}: recall@10 "
+                        "over fewer says little)")
     parser.add_argument("--classic", action="store_true",
                         help="for --shapes: the classic rendering (nearly upright shapes, hard edges)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of TSV lines")

@@ -21,7 +21,8 @@ import numpy as np
 from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
 from ..errors import CollectionError
 from .label_sets import DEFAULT_SET, LabelSetWriter
-from ..models.zeroshot import TextModel, ZeroShotClassifier, load_templates, parse_labels, predict
+from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, parse_labels, predict,
+                               refuse_lone_softmax_label)
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -57,6 +58,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Sequence[st
         CollectionError: a bad set name, or the set exists and ``replace`` is false.
     """
     names = parse_labels(labels)
+    refuse_lone_softmax_label(names, is_sigmoid=encoder.is_sigmoid, multi_label=multi_label)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
     writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label,
                             threshold=threshold if multi_label else None, replace=replace)

@@ -13,6 +13,7 @@ renormalised. Scores follow the model's training objective:
 from __future__ import annotations
 
 import string
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -65,7 +66,8 @@ NULL_LABEL = "something"  # the neutral class CLIP-style multi-label scores each
 
 
 def load_templates(name_or_path: str) -> tuple[str, ...]:
-    """A built-in template set (``default``, ``imagenet``, ``none``) or a file with one ``{}`` template per line.
+    """A built-in template set (``default``, ``imagenet``, ``none``) or a file with one ``{}`` template per line
+    (UTF-8; a byte-order mark, as some editors write, is not part of the first template).
 
     Raises:
         QueryError: unknown name, unreadable file, or a template without ``{}``.
@@ -76,7 +78,7 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
     if not path.is_file():
         raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)} or a file path")
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
         raise QueryError(f"cannot read templates from {path}: {exc}") from exc
     return _checked(tuple(line for line in lines if line and not line.startswith("#")), str(path))
@@ -100,20 +102,22 @@ def _one_placeholder(template: str) -> bool:
 
 
 def parse_labels(values: str | Sequence[str]) -> list[str]:
-    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (commas kept, so
-    "Paris, France" is one label; blank lines and lines starting with ``#`` skipped). Order kept, duplicates
-    dropped.
+    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
+    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped).
+
+    Order kept, duplicates dropped. Labels that differ only in case are one label, spelt as it first came, with a
+    warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
 
     Raises:
         QueryError: no labels, or an unreadable ``@FILE``.
     """
     if isinstance(values, str):
         values = [values]
-    labels: list[str] = []
+    kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
     for value in values:
         if value.startswith("@"):
             try:
-                parts = [line for line in Path(value[1:]).read_text(encoding="utf-8").splitlines()
+                parts = [line for line in Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
                          if not line.lstrip().startswith("#")]
             except (OSError, UnicodeDecodeError) as exc:
                 raise QueryError(f"cannot read labels from {value[1:]}: {exc}") from exc
@@ -121,11 +125,27 @@ def parse_labels(values: str | Sequence[str]) -> list[str]:
             parts = value.replace("\n", ",").split(",")
         for part in parts:
             label = part.strip()
-            if label and label not in labels:
-                labels.append(label)
+            first = kept.setdefault(label.casefold(), label)
+            if label != first:
+                warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
+                              stacklevel=2)
+    labels = [label for label in kept.values() if label]
     if not labels:
         raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
     return labels
+
+
+def refuse_lone_softmax_label(labels: Sequence[str], *, is_sigmoid: bool, multi_label: bool) -> None:
+    """Refuse one label scored by a softmax over the labels (CLIP-style, single-label): it would get probability
+    1.0 on every image, which says nothing about any of them. Sigmoid scores (SigLIP, or ``multi_label``, which
+    weighs a label against a neutral prompt) mean something for a lone label.
+
+    Raises:
+        QueryError: one label, a CLIP-style model, and no ``multi_label``.
+    """
+    if len(labels) == 1 and not is_sigmoid and not multi_label:
+        raise QueryError(f"one label ({labels[0]!r}) in a softmax over the labels gets probability 1.0 on every "
+                         "image; pass --multi-label to score it against a neutral prompt, or give two or more labels")
 
 
 def ensemble_prompt_embeddings(encoder: TextModel, prompts: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:

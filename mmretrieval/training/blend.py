@@ -15,9 +15,11 @@ import torch
 from ..errors import MMRError
 from ..models.loading import load_model, save_model_dir
 from ..models.specs import ModelSpec, model_config_of, model_dir_config, refuse_overwriting
+from .out_folder import check_out_folder, clear_model_files
 
 
-def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True) -> Path:
+def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True,
+                 force: bool = False) -> Path:
     """Save ``(1 - keep_init) * trained + keep_init * init`` as a model directory that ``--model OUT`` loads.
 
     Args:
@@ -27,15 +29,18 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
         out: the directory to write (open_clip layout; the trained model's config and training notes, plus a
             ``blend`` record).
         half: store float16 weights.
+        force: write into an ``out`` folder that holds other files (they are kept; see :mod:`.out_folder`).
 
     Raises:
-        MMRError: ``keep_init`` out of range, models of different architectures, or ``out`` is one of them.
+        MMRError: ``keep_init`` out of range, models of different architectures, ``out`` is one of them, a file,
+            or (without ``force``) a folder that holds more than a model of ours.
     """
     if not 0.0 <= keep_init <= 1.0:
         raise MMRError(f"keep_init must be between 0 and 1, not {keep_init}")
     cpu = torch.device("cpu")
     trained_spec, init_spec = ModelSpec.parse(trained), ModelSpec.parse(init)
     refuse_overwriting(out, trained_spec, init_spec)
+    out = check_out_folder(out, force)
     blended = load_model(trained_spec, device=cpu, precision="fp32")
     start = load_model(init_spec, device=cpu, precision="fp32").model.state_dict()
     weights = blended.model.state_dict()
@@ -51,6 +56,7 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
     notes = {k: v for k, v in trained_config.items() if k not in ("model_cfg", "preprocess_cfg")}
     notes["blend"] = {"trained": trained, "init": init, "keep_init": keep_init,
                       "init_training": _config(init_spec).get("training")}
+    clear_model_files(out)  # an earlier model's training log would describe a run that did not make these weights
     return save_model_dir(blended.model, trained_config.get("model_cfg") or model_config_of(trained_spec), out,
                           half=half, extra=notes, preprocess_cfg=json.loads(blended.identity.preprocess))
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..errors import MMRError
 
 # The bundled demo model: a small ViT and text transformer with the CLIP tokenizer (fast on a CPU).
 SHAPES_ARCH = "shapes-vit-tiny"
@@ -25,8 +28,8 @@ class TrainConfig:
 
     out: str  # output model directory
     data: str = "scenes"  # "scenes" (synthetic) or a captioned set: folder with sidecar .txt files, or a CSV
-    arch: str = SHAPES_ARCH  # a fresh architecture: shapes-vit-tiny or an open_clip registry name
-    init: str | None = None  # fine-tune this model spec instead of a fresh architecture
+    arch: str | None = None  # a fresh architecture: an open_clip registry name; shapes-vit-tiny unless init is given
+    init: str | None = None  # fine-tune this model spec instead of a fresh architecture (it keeps the init's)
     steps: int = 3000  # optimiser steps
     batch_size: int = 256  # pairs per step (also the number of in-batch negatives)
     lr: float = 1e-3  # peak learning rate, after linear warm-up, then cosine decay to zero
@@ -43,6 +46,51 @@ class TrainConfig:
     label_rate: float = 0.1  # chance that a scene's caption is a bare label ("circle", "red shape"), as users type
     grey_rate: float = 0.1  # chance that a scene is shown in grey, its caption naming no colour (shape apart from hue)
     unrelated: int = 32  # texts that describe no scene, per step, as wrong answers for every image (0: none)
+
+    def __post_init__(self) -> None:
+        """Resolve the architecture and check every number, so that a bad value is one clear error before any
+        work (not a numpy warning, a ValueError from torch, or a setting saved that never took effect).
+
+        Raises:
+            MMRError: ``arch`` with ``init``, or a value out of its range (the message names both).
+        """
+        if self.init and self.arch:
+            raise MMRError(f"arch {self.arch!r} and init {self.init!r} both given: a fine-tune keeps the "
+                           "architecture of the model it starts from; give one of them")
+        if not self.init and not self.arch:
+            object.__setattr__(self, "arch", SHAPES_ARCH)  # frozen: the default resolved once, here
+        if not self.out.strip():
+            raise MMRError("out is empty: name a folder for the trained model")
+        for name, minimum, why in _WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise MMRError(f"{name} must be a whole number of at least {minimum}{why}, got {value!r}")
+        if not 0 <= self.seed < 2 ** 63 - 1:
+            raise MMRError(f"seed must be a whole number from 0 to 2**63 - 2, got {self.seed!r}")
+        if not (_finite(self.lr) and self.lr > 0):
+            raise MMRError(f"lr must be a number above 0, got {self.lr!r}")
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise MMRError(f"weight_decay must be a number of at least 0, got {self.weight_decay!r}")
+        for name in ("classic_share", "position_rate", "label_rate", "grey_rate"):
+            value = getattr(self, name)
+            if not (_finite(value) and 0 <= value <= 1):
+                raise MMRError(f"{name} must be a share from 0 to 1, got {value!r}")
+
+
+_WHOLE_NUMBERS = (  # TrainConfig's whole-number fields: name, smallest allowed value, why (when not obvious)
+    ("steps", 1, " (a run of no steps would save no model)"),
+    ("batch_size", 2, " (each pair's wrong answers are the other pairs of its step)"),
+    ("warmup_steps", 0, ""),
+    ("workers", 0, " (0 loads data in this process)"),
+    ("eval_every", 0, " (0: held-out scores only at the end)"),
+    ("scene_size", 32, ""),
+    ("unrelated", 0, " (0: none)"),
+    ("seed", 0, ""),
+)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@
 - Captioned set: a folder of images with sidecar captions (``cat.jpg`` + ``cat.txt``, one caption per
   line), or a CSV with ``path`` (or ``image``/``filepath``) and ``caption`` (or ``text``/``title``) columns;
   relative paths in a CSV are relative to the CSV's folder.
+
+Text files may start with a UTF-8 byte-order mark (spreadsheet programs save CSVs with one); it is not text.
+An image that is missing or does not decode is the evaluation's and the trainer's to count and skip; a CSV row
+with a caption but an empty path cell is refused, naming its line: it names no file to count, and only the
+CSV's author knows which image was meant.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImag
             right: a score of 1.0 that means nothing), or no images in them.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise MMRError(f"{root} is a file, not a labelled folder (ROOT/<class>/<image>); a CSV of captions goes "
+                       "to --captions")
     if not root.is_dir():
         raise MMRError(f"labelled folder {root} does not exist")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -62,7 +70,8 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
     """Images with captions from a folder with sidecar ``.txt`` files or from a CSV.
 
     Raises:
-        MMRError: missing source, unknown CSV columns, or no captioned images.
+        MMRError: missing source, unknown CSV columns, a CSV row with a caption and no path, or no captioned
+            images.
     """
     source = Path(source)
     if source.is_dir():
@@ -70,7 +79,7 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
         for path in _image_files(source):
             sidecar = path.with_suffix(".txt")
             if sidecar.is_file():
-                lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8", errors="replace").splitlines()]
+                lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
                 captions = tuple(ln for ln in lines if ln)
                 if captions:
                     items.append(CaptionedImage(path, captions))
@@ -93,7 +102,7 @@ def _read_caption_csv(path: Path) -> list[CaptionedImage]:
 
 
 def _parse_caption_csv(path: Path) -> list[CaptionedImage]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         path_col, caption_col = csv_columns(reader.fieldnames)
         if path_col is None or caption_col is None:
@@ -101,9 +110,11 @@ def _parse_caption_csv(path: Path) -> list[CaptionedImage]:
                            f"({'/'.join(CAPTION_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}")
         grouped: dict[Path, list[str]] = {}
         for row in reader:
-            image = Path(row[path_col])
-            image = image if image.is_absolute() else path.parent / image
-            text = (row[caption_col] or "").strip()
-            if text:
-                grouped.setdefault(image, []).append(text)
+            cell, text = (row[path_col] or "").strip(), (row[caption_col] or "").strip()
+            if not cell and text:  # Path("") would be the CSV's own folder
+                raise MMRError(f"{path}, line {reader.line_num}: the {path_col} cell is empty (caption {text!r}); "
+                               "fill in the image's path or delete the row")
+            if cell and text:
+                image = Path(cell)
+                grouped.setdefault(image if image.is_absolute() else path.parent / image, []).append(text)
     return [CaptionedImage(p, tuple(c)) for p, c in grouped.items()]

@@ -34,6 +34,7 @@ from ..models.specs import ModelIdentity, ModelSpec, model_config_of, refuse_ove
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 from .losses import multi_positive_clip_loss, multi_positive_siglip_loss, null_anchor_loss
+from .out_folder import TRAIN_LOG_NAME, check_out_folder, clear_model_files
 from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
@@ -192,23 +193,29 @@ def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
     )
 
 
-def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) -> Path:
+def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None, *, force: bool = False) -> Path:
     """Train, scoring on held-out data every ``eval_every`` steps, and save the model directory.
+
+    Checkpoints and the log go straight into ``config.out`` (an interrupted run leaves its latest checkpoint, and
+    the log can be followed as it grows); a previous model's files there are deleted first, so none outlives it.
+
+    Args:
+        config: the run.
+        on_log: called with each log entry.
+        force: write into an ``out`` folder that holds other files (they are kept; see :mod:`.out_folder`).
 
     Returns:
         The output directory (loadable with ``load_encoder(str(path))``).
 
     Raises:
-        MMRError: bad data source, unknown architecture, an unloadable ``init`` model, or ``out`` is ``init``'s
-            own directory.
+        MMRError: bad data source, unknown architecture, an unloadable ``init`` model, ``out`` is ``init``'s
+            own directory, a file, or (without ``force``) a folder that holds more than a model of ours.
     """
     import open_clip
 
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise MMRError(f"--out {out} is a file; name a folder for the trained model")
     if config.init:
-        refuse_overwriting(out, ModelSpec.parse(config.init))
+        refuse_overwriting(config.out, ModelSpec.parse(config.init))
+    out = check_out_folder(config.out, force)
     pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
     if config.data != "scenes":
         _check_decodable(pairs + held_pairs, config.data)
@@ -222,7 +229,8 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None) 
                       f"the learning rate never reaches {config.lr:g}; pass e.g. --warmup-steps "
                       f"{max(1, config.steps // 10)}", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train_log.jsonl", "w", encoding="utf-8") as log_file:
+    clear_model_files(out)
+    with open(out / TRAIN_LOG_NAME, "w", encoding="utf-8") as log_file:
         for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn):
             log_file.write(json.dumps(asdict(entry)) + "\n")
             log_file.flush()
