@@ -116,3 +116,14 @@ def test_a_zero_zero_position_recorded_before_it_meant_no_fix_is_not_a_place(tmp
                 col.catalog._db.execute("UPDATE photos SET latitude = ?, longitude = ? WHERE image_id = ?",
                                         (lat, lon, image_id))
         assert [hit.id for hit in col.search("a shape", k=5, near="0,0,1")] == [second]
+
+
+def test_photos_reports_no_place_for_a_zero_zero_row_recorded_before(tmp_path, tiny_encoder):
+    write_good_images(tmp_path / "photos", 1)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        (image_id,) = col.catalog.vector_ids().tolist()
+        with col.catalog.transaction():
+            col.catalog._db.execute("UPDATE photos SET latitude = 0, longitude = 0 WHERE image_id = ?", (image_id,))
+        photo = col.photos([image_id])[image_id]
+    assert (photo.latitude, photo.longitude) == (None, None)
