@@ -124,9 +124,15 @@ def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp
     page.goto(app_url)
     page.locator("#query").wait_for(timeout=60_000)
     page.get_by_text("Query image, negatives, k and threshold").click()
-    k_box = page.locator("#k input[type=number]")
-    k_box.fill("10")
-    k_box.press("Enter")
+    k_box, k_slider = page.locator("#k input[type=number]"), page.locator("#k input[type=range]")
+    k_slider.wait_for(timeout=30_000)
+    for _ in range(10):  # the accordion opening re-renders the slider, which may drop a value typed meanwhile
+        k_box.fill("10")
+        k_box.press("Tab")  # leaves the box: the slider takes the value
+        page.wait_for_timeout(300)
+        if k_slider.input_value() == "10":
+            break
+    assert k_slider.input_value() == "10"  # the search reads the slider
     box = page.locator("#query textarea, #query input").first
     box.fill("a red circle")
     box.press("Enter")
