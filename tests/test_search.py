@@ -104,26 +104,24 @@ def test_a_filter_that_is_not_text_is_a_query_error(field):
         Filters.of(**{field: 5})
 
 
-def test_a_zero_zero_position_recorded_before_it_meant_no_fix_is_not_a_place(tmp_path, tiny_encoder):
-    """Catalogs made before ingestion treated GPS (0, 0) as no position still hold such rows: --near leaves
-    them out, and keeps a real place a few hundred metres from there."""
+def test_a_zero_zero_position_recorded_before_it_meant_no_fix_is_cleared_when_the_catalog_migrates(
+        tmp_path, tiny_encoder):
+    """Catalogs of schema 6 may hold GPS (0, 0), what a camera without a fix writes: migrating to 7 clears it, so
+    --near and photos() see no place there, and a real place a few hundred metres away stays."""
+    import sqlite3
+
     write_good_images(tmp_path / "photos", 2)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         first, second = sorted(col.catalog.vector_ids().tolist())
-        with col.catalog.transaction():
-            for image_id, (lat, lon) in ((first, (0.0, 0.0)), (second, (0.001, 0.002))):
-                col.catalog._db.execute("UPDATE photos SET latitude = ?, longitude = ? WHERE image_id = ?",
-                                        (lat, lon, image_id))
+    db = sqlite3.connect(tmp_path / "col" / "catalog.sqlite")  # as schema 6 recorded a GoPro without a fix
+    for image_id, (lat, lon) in ((first, (0.0, 0.0)), (second, (0.001, 0.002))):
+        db.execute("UPDATE photos SET latitude = ?, longitude = ? WHERE image_id = ?", (lat, lon, image_id))
+    db.execute("UPDATE meta SET value = '6' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with Collection.open(tmp_path / "col") as col:
+        photos = col.photos([first, second])
+        assert (photos[first].latitude, photos[first].longitude) == (None, None)
+        assert (photos[second].latitude, photos[second].longitude) == (0.001, 0.002)
         assert [hit.id for hit in col.search("a shape", k=5, near="0,0,1")] == [second]
-
-
-def test_photos_reports_no_place_for_a_zero_zero_row_recorded_before(tmp_path, tiny_encoder):
-    write_good_images(tmp_path / "photos", 1)
-    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
-        col.ingest([tmp_path / "photos"], workers=0)
-        (image_id,) = col.catalog.vector_ids().tolist()
-        with col.catalog.transaction():
-            col.catalog._db.execute("UPDATE photos SET latitude = 0, longitude = 0 WHERE image_id = ?", (image_id,))
-        photo = col.photos([image_id])[image_id]
-    assert (photo.latitude, photo.longitude) == (None, None)

@@ -211,9 +211,7 @@ def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
     near = filters.near
     if near is not None:  # a latitude band in SQL (indexed), the exact circle below
         band = near.km / (math.pi * EARTH_RADIUS_KM / 180)
-        # (0, 0) is what a camera without a fix writes: ingestion now records no place for it, and rows from
-        # before that are left out here
-        where.append("p.latitude BETWEEN ? AND ? AND p.longitude IS NOT NULL AND (p.latitude, p.longitude) != (0, 0)")
+        where.append("p.latitude BETWEEN ? AND ? AND p.longitude IS NOT NULL")
         params += [near.latitude - band, near.latitude + band]
     # Without --near only the id is read: the date or camera index alone answers (a covering index scan)
     columns = "p.image_id, p.latitude, p.longitude" if near is not None else "p.image_id"

@@ -171,9 +171,17 @@ def _v5_to_v6(db: sqlite3.Connection, directory: Path) -> None:
     db.execute(f"CREATE INDEX images_status ON images(status) WHERE {NOT_OK}")
 
 
+def _v6_to_v7(db: sqlite3.Connection, directory: Path) -> None:
+    """GPS (0, 0) is what a camera without a fix writes: ingestion now records no place for it, and the rows it
+    recorded before lose theirs (found along the latitude index)."""
+    cleared = db.execute("UPDATE photos SET latitude = NULL, longitude = NULL "
+                         "WHERE latitude = 0 AND longitude = 0").rowcount
+    logger.info("cleared the GPS position 0,0 (no fix) of %d images of %s", cleared, directory)
+
+
 # Position i moves a catalog from version i + 1 to i + 2. Append only; never reorder or remove.
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5,
-                                                                  _v5_to_v6]
+                                                                  _v5_to_v6, _v6_to_v7]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

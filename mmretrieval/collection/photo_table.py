@@ -101,8 +101,5 @@ def read_photos(query: Query, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
             if has_row is None:  # imported rows record mtime 0: no time at all rather than 1970
                 found[image_id] = photo_metadata(None, mtime_ns=mtime_ns or None, width=width, height=height)
             else:
-                photo = dict(zip(_COLUMNS, values))
-                if (photo["latitude"], photo["longitude"]) == (0, 0):  # no fix, recorded before that meant no place
-                    photo["latitude"] = photo["longitude"] = None
-                found[image_id] = PhotoMetadata(**photo, width=width, height=height)
+                found[image_id] = PhotoMetadata(**dict(zip(_COLUMNS, values)), width=width, height=height)
     return found
