@@ -5,6 +5,7 @@ Each public method is also a named HTTP endpoint (see :mod:`.layout`), so script
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -125,12 +126,12 @@ class SearchHandlers:
         if not page:
             raise gr.Error("Search first: the Next and Previous buttons page through a search's results.",
                            print_exception=False)
-        size = _k(page["args"][1 if page["kind"] == "similar" else 3])[0]
+        handler = self.similar if page["kind"] == "similar" else self.search
+        size = _k(inspect.signature(handler).bind(*page["args"]).arguments.get("k"))[0]  # its k, by name
         offset = max(0, page["offset"] + (size if forward else -size))
         if offset + size > MAX_DEPTH:
             raise gr.Error(f"Pages stop at result {MAX_DEPTH}: narrow the search (a filter, a threshold or more "
                            "words) to see other images.", print_exception=False)
-        handler = self.similar if page["kind"] == "similar" else self.search
         results = handler(*page["args"], offset=offset)
         if forward and not results[3]:
             raise gr.Error("These are the last results: no more images match.", print_exception=False)
