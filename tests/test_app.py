@@ -92,6 +92,32 @@ def test_image_query_upload_finds_that_image_first(search, collection_dir, tmp_p
     assert "image" in status
 
 
+def test_an_upload_the_browser_cannot_draw_becomes_an_upright_jpeg_the_search_then_uses(search, collection_dir,
+                                                                                        tmp_path):
+    from mmretrieval.images.formats import ensure_openers
+
+    ensure_openers()
+    scene = Image.open(collection_dir / "images" / "scene-007.png").convert("RGB")
+    heic, tiff, png = tmp_path / "IMG_0007.HEIC", tmp_path / "scan.tif", tmp_path / "shot.png"
+    scene.save(heic, "HEIF", quality=95)
+    scene.transpose(Image.Transpose.ROTATE_90).save(tiff, "TIFF", tiffinfo={274: 6})  # stored on its side
+    scene.save(png)
+    assert search.show_upload(str(png)) == str(png)  # drawn as it is
+    assert search.show_upload(None) is None
+    for upload in (heic, tiff):
+        shown = Path(search.show_upload(str(upload)))
+        assert shown.suffix == ".jpg" and shown.stem == upload.stem and shown != upload
+        with Image.open(shown) as copy:
+            assert copy.format == "JPEG" and copy.size == scene.size  # upright
+            assert np.abs(np.asarray(copy, dtype=np.int16) - np.asarray(scene, dtype=np.int16)).mean() < 4
+        _, hits, *_ = search.search("", str(shown), "", 1, -1)
+        assert Path(hits[0]["file"]).name == "scene-007.png"
+    corrupt = tmp_path / "broken.heic"
+    corrupt.write_bytes(heic.read_bytes()[:200])
+    with pytest.raises(gr.Error, match="uploaded image cannot be used"):
+        search.show_upload(str(corrupt))
+
+
 def test_similar_and_result_details(search, collection_dir):
     _, hits, _, ids, _ = search.search("a green triangle", None, "", 4, -1)
     preview, details, selected, original = search.select_result(ids, _Select(1))

@@ -207,6 +207,29 @@ def test_example_button_clears_a_hidden_query_image(app_url, browser, tmp_path):
     page.close()
 
 
+def test_a_heic_upload_is_drawn_in_the_query_image_box(app_url, browser, tmp_path):
+    """Chromium cannot decode HEIC: the box shows the server's JPEG copy of it (and Gradio's own opening of the
+    upload must know HEIC)."""
+    from PIL import Image
+
+    from mmretrieval.images.formats import ensure_openers
+
+    ensure_openers()
+    upload = tmp_path / "IMG_0001.HEIC"
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(upload, "HEIF")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    page.get_by_text("Query image, negatives, k and threshold").click()
+    # As a phone's or a Mac's file picker sends it (Playwright would guess application/octet-stream).
+    page.locator("#query-image input[type=file]").set_input_files(
+        {"name": upload.name, "mimeType": "image/heic", "buffer": upload.read_bytes()})
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#query-image img')].some("
+        "img => img.complete && img.naturalWidth === 48 && img.naturalHeight === 32)", timeout=30_000)
+    page.close()
+
+
 def _draw_map(page, labels: str) -> None:
     box = page.locator("#map-labels textarea, #map-labels input").first
     box.fill(labels)

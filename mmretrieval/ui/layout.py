@@ -198,6 +198,7 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
           api_name="image_info_typed", api_visibility="private")  # named, so that /image_info stays the scripts'
     r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private")
     _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
+    _preview_uploads(q.image, handlers)
     for button in q.examples:
         # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
         button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
@@ -205,6 +206,11 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
             handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last").success(
             _first_page("search"), search_inputs, page, queue=False, api_visibility="private")
     return q.label
+
+
+def _preview_uploads(image: gr.Image, handlers: SearchHandlers) -> None:
+    """Show an upload the browser cannot draw (HEIC, TIFF) as the JPEG copy the search will then use."""
+    image.upload(handlers.show_upload, [image], [image], api_visibility="private", show_progress="minimal")
 
 
 def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
@@ -255,6 +261,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
             summary = _text_output(label="Summary")
             with gr.Accordion("Every label's probability", open=False):
                 table = gr.Dataframe(label="Probabilities", interactive=False)
+    _preview_uploads(image, handlers)
     classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
                    api_name="zero_shot")
 

@@ -11,7 +11,8 @@ Gradio then serves from its cache. A client never names a path.
 
 Incoming: uploads are decoded with :func:`mmretrieval.images.decode.decode_image` (bomb limit on, truncated and
 corrupt files refused), and Gradio's own pre-decoding of an upload is guarded so a bad file becomes a
-readable message rather than a generic error.
+readable message rather than a generic error. An upload the browser cannot draw (HEIC, TIFF) is replaced by
+a JPEG copy of it (:func:`browser_copy`), so the preview shows what the search uses.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import gradio as gr
 from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
-from ..images.decode import decode_image
+from ..images.decode import DecodedImage, decode_image
+from ..images.formats import ensure_openers
 from .names import display_path
 from .toast import ToastError
 
@@ -41,6 +43,10 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_PX = 192  # longest side of gallery thumbnails
 PREVIEW_PX = 640  # longest side of the large view of one result
 MAX_UPLOAD_PIXELS = 50_000_000  # uploads above this are refused before decoding (bombs)
+# What every current browser draws in an <img>. An upload in another format (HEIC, TIFF, camera RAW, JPEG 2000)
+# is shown, and then searched with, as an upright JPEG copy of this quality (4:4:4, so colours stay sharp).
+BROWSER_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "AVIF"})
+BROWSER_COPY_QUALITY = 95
 EXPORT_MAX_AGE_S = 3600  # originals and zips placed for download are removed after this
 _CACHE_SIZE = 2048  # thumbnails kept in memory
 _PLACEHOLDER_GREY = (200, 200, 200)
@@ -151,10 +157,39 @@ def load_upload(path: str | None, what: str = "query image") -> Image.Image | No
     Raises:
         gr.Error: the upload is not a usable image (corrupt, truncated, a decompression bomb...).
     """
+    return _decode_upload(path, what).image if path else None
+
+
+def browser_copy(path: str | None, out_dir: Path) -> str | None:
+    """The upload itself when a browser can draw it, else an upright JPEG copy of it in a fresh folder in ``out_dir``.
+
+    An iPhone's HEIC (or a TIFF) uploads fine but shows as a broken picture: the browser cannot decode it.
+    The copy becomes the component's value, so the preview and the search use the same pixels.
+
+    Raises:
+        gr.Error: the upload is not a usable image.
+    """
     if not path:
         return None
+    ensure_openers()
     try:
-        return decode_image(path, max_pixels=MAX_UPLOAD_PIXELS).image
+        with Image.open(path) as header:  # reads the header only
+            shown_as_is = header.format in BROWSER_FORMATS
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise gr.Error(f"The uploaded image cannot be used: {_short(exc)}", print_exception=False) from exc
+    if shown_as_is:
+        return path
+    image = _decode_upload(path, "uploaded image").image
+    prune_exports(out_dir)
+    target = out_dir / f"upload-{uuid.uuid4().hex[:8]}" / f"{display_path(Path(path).stem)}.jpg"
+    target.parent.mkdir(parents=True)
+    image.save(target, "JPEG", quality=BROWSER_COPY_QUALITY, subsampling=0)
+    return str(target)
+
+
+def _decode_upload(path: str, what: str) -> DecodedImage:
+    try:
+        return decode_image(path, max_pixels=MAX_UPLOAD_PIXELS)
     except ImageDecodeError as exc:
         raise gr.Error(f"The {what} cannot be used: {_reason_text(exc)}", print_exception=False) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow errors decode_image lets through
@@ -165,7 +200,7 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
     """Make Gradio's own pre-decoding of an upload fail with a readable message.
 
     ``gr.Image`` opens every upload with Pillow before our handler sees it; a corrupt file or a bomb
-    raises there, which Gradio would show as a bare "Error". Wrapping the instance's ``preprocess``
+    raises there, which Gradio would show as a bare "Error". So would a HEIC before our openers register. Wrapping the instance's ``preprocess``
     (not subclassing: a component subclass makes Gradio write stub files next to this module) keeps
     the message readable.
     """
@@ -173,6 +208,7 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
 
     @functools.wraps(original)
     def preprocess(payload: Any) -> Any:
+        ensure_openers()  # Gradio opens the upload with Pillow, which knows HEIC only once pillow-heif registers
         try:
             return original(payload)
         except gr.Error:

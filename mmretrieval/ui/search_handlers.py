@@ -21,7 +21,7 @@ from PIL import Image
 from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, user_errors
 from .charts import bar_chart
-from .media import PREVIEW_PX, export_original, load_upload, zip_originals
+from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
 from .names import counted, display_path, markdown_code, markdown_text
 
 if TYPE_CHECKING:
@@ -234,6 +234,12 @@ class SearchHandlers:
         if missing:
             note += f"; {len(missing)} left out because their file is gone (ids {', '.join(map(str, missing[:10]))})"
         return str(archive), note
+
+    # -- uploads ---------------------------------------------------------------------------------------------
+    @user_errors
+    def show_upload(self, image: str | None) -> str | None:
+        """What an image box holds after an upload: the file, or a JPEG copy where the browser cannot draw it."""
+        return browser_copy(image, self.ctx.export_dir)
 
     # -- zero-shot -------------------------------------------------------------------------------------------
     @user_errors
