@@ -103,14 +103,26 @@ def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
     if args.workers == 0:
         raise CollectionError("--workers 0 (decode in this process) cannot be used with --ray; give the most decode "
                               "tasks at once across the cluster, or leave it out")
-    quiet_ray_logs()
+    quiet_ray_logs(args.verbose)
     return RayIngestConfig(address=args.ray or None, output=args.ray_output, decode_tasks=args.workers)
 
 
-def quiet_ray_logs() -> None:
-    """Keep Ray's and Ray Data's own INFO lines (plans, executor progress) off stderr: our bar reports."""
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def quiet_ray_logs(verbose: bool) -> None:
+    """Keep Ray's and Ray Data's console lines (the token notice, execution plans, "Progress bars disabled")
+    off stderr unless -v: our bar reports. Ray Data's log file under the Ray session keeps its lines.
+
+    Ray Data installs its own console handler when imported (its logger at DEBUG, not propagating), so that
+    handler's level is set after the import. Ray's notices in ``ray.init`` find no handler (init removes
+    Ray's) and would reach Python's last-resort handler: the ``ray`` logger's level stops them first.
+    """
+    if verbose:
+        return
+    import ray.data  # noqa: F401  (imports ray too)
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -332,7 +344,7 @@ def _index(args: argparse.Namespace) -> int:
 def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgress) -> "RayIndexFill":
     from ..ingest.ray_index import RayIndexFill
 
-    quiet_ray_logs()
+    quiet_ray_logs(args.verbose)
     work_dir = args.ray_work or os.path.join(collection_dir, "ray-index")
     return RayIndexFill(work_dir, address=args.ray or None, progress=progress, clean_stale=args.ray_work is None)
 
