@@ -119,6 +119,25 @@ def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path)
     page.close()
 
 
+def test_a_failed_search_keeps_the_results_on_screen_and_says_why(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    box = page.locator("#query textarea, #query input").first
+    box.fill("a red circle")
+    box.press("Enter")
+    page.locator("#search-status").get_by_text("results for 'a red circle'").wait_for(timeout=60_000)
+    box.fill("   ")
+    page.locator("#search-button").click()
+    page.get_by_text("Type a query, or add a query image, then search.").wait_for(timeout=30_000)  # the toast
+    # The status line says "Error"; the gallery keeps the earlier results, not an "Error" pill over a blank.
+    page.locator("#search-status").get_by_text("Error", exact=True).wait_for(timeout=10_000)
+    assert page.locator("#results").get_by_text("Error", exact=True).count() == 0
+    assert page.locator("#results .caption-label").first.is_visible()
+    assert len(page.locator("#results .caption-label").all_inner_texts()) == 24
+    page.close()
+
+
 def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(app_url)

@@ -2,6 +2,10 @@
 
 Every action has a named endpoint (``api_name``), so ``gradio_client.Client(url).predict(..., api_name="/search")``
 does from a script what the button does in the browser. Purely cosmetic events are kept out of the API.
+
+Each event shows its progress, and its error, on one status-like output (``show_progress_on``): by default
+Gradio marks every output "Error" after a failure, blanking the gallery, map or chart the user was still
+looking at, when the toast has already said what went wrong.
 """
 
 from __future__ import annotations
@@ -182,28 +186,31 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
     gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
-          trigger_mode="always_last").success(_first_page("search"), search_inputs, page, queue=False,
+          trigger_mode="always_last", show_progress_on=[r.status]).success(_first_page("search"), search_inputs, page, queue=False,
                                               api_visibility="private")
     # "More like this" takes the id the box holds: the one shown (a click puts it there) or one typed since.
     similar_inputs = [r.selected, q.k, q.threshold, *filters]
     r.more_button.click(handlers.similar, similar_inputs, results, api_name="similar_selected",
-                        api_visibility="private", trigger_mode="always_last").success(
+                        api_visibility="private", trigger_mode="always_last", show_progress_on=[r.status]).success(
         _first_page("similar"), similar_inputs, page, queue=False, api_visibility="private")
     for button, forward in ((r.previous_page, False), (r.next_page, True)):
         button.click(handlers.turn_page, [page, gr.State(forward)], [*results, page], api_visibility="private",
-                     trigger_mode="always_last")
+                     trigger_mode="always_last", show_progress_on=[r.status])
     one_image = [r.preview, r.details, r.selected, r.original]
-    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private")
+    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private",
+                     show_progress_on=[r.details])
     gr.on([r.show_button.click, r.selected.submit], handlers.image_info, [r.selected], one_image,
-          api_name="image_info_typed", api_visibility="private")  # named, so that /image_info stays the scripts'
-    r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private")
+          api_name="image_info_typed", api_visibility="private", show_progress_on=[r.details])  # named, so that /image_info stays the scripts'
+    r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private",
+                       show_progress_on=[r.zip_note])
     _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
     _preview_uploads(q.image, handlers)
     for button in q.examples:
         # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
         button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
                      api_visibility="private", queue=False).then(
-            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last").success(
+            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last",
+            show_progress_on=[r.status]).success(
             _first_page("search"), search_inputs, page, queue=False, api_visibility="private")
     return q.label
 
@@ -263,7 +270,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
                 table = gr.Dataframe(label="Probabilities", interactive=False)
     _preview_uploads(image, handlers)
     classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
-                   api_name="zero_shot")
+                   api_name="zero_shot", show_progress_on=[summary])
 
 
 def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
@@ -291,7 +298,8 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
             samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
                                  interactive=False)
     return run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
-                     [chart, counts, samples, csv_file, summary], api_name="label_collection")
+                     [chart, counts, samples, csv_file, summary], api_name="label_collection",
+                     show_progress_on=[summary])
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
@@ -304,8 +312,10 @@ def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Block
     ingest_summary = _text_output(label="Ingest summary")
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
-    ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest")
-    refresh.click(handlers.collection_info, None, [info, failures], api_name="collection_info")
+    ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest",
+                 show_progress_on=[ingest_summary])
+    refresh.click(handlers.collection_info, None, [info, failures], api_name="collection_info",
+                  show_progress_on=[info])
     app.load(handlers.collection_info, None, [info, failures], api_visibility="private")
 
 
@@ -341,13 +351,15 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
     draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera], [plot, note],
-               api_name="map", trigger_mode="always_last")
-    plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private").success(
-        search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private")
+               api_name="map", trigger_mode="always_last", show_progress_on=[note])
+    plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private",
+                show_progress_on=[picked_note]).success(
+        search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private",
+        show_progress_on=[details])
     more.click(lambda image_id: _similar_on_map(search, image_id), [shown_id], [picked, picked_ids, picked_note],
-               api_visibility="private")
+               api_visibility="private", show_progress_on=[picked_note])
     picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
-                  api_visibility="private")
+                  api_visibility="private", show_progress_on=[details])
     return label
 
 
@@ -362,7 +374,8 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
                      file_count="multiple", height=140)
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
-    find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates")
+    find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates",
+               show_progress_on=[summary])
 
 
 def _similar_on_map(search: SearchHandlers, image_id: int | None) -> tuple[list, list[int], str]:
