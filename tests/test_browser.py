@@ -76,6 +76,14 @@ def browser():
         chromium.close()
 
 
+def _open_app(browser, app_url: str, height: int = 1000):
+    """A new page showing the app, its query box ready."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(app_url)
+    page.locator("#query").wait_for(timeout=60_000)
+    return page
+
+
 def _screenshot(page, tmp_path: Path, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -120,9 +128,7 @@ def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path)
 
 
 def test_a_failed_search_keeps_the_results_on_screen_and_says_why(app_url, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     box = page.locator("#query textarea, #query input").first
     box.fill("a red circle")
     box.press("Enter")
@@ -139,9 +145,7 @@ def test_a_failed_search_keeps_the_results_on_screen_and_says_why(app_url, brows
 
 
 def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     page.get_by_text("Query image, negatives, k and threshold").click()
     k_box, k_slider = page.locator("#k input[type=number]"), page.locator("#k input[type=range]")
     k_slider.wait_for(timeout=30_000)
@@ -171,9 +175,7 @@ def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp
 
 
 def test_example_button_runs_its_query(app_url, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     page.get_by_role("button", name="a yellow star on a striped background").click()
     page.locator("#search-status").get_by_text("a yellow star on a striped background").wait_for(timeout=60_000)
     assert page.locator("#results .caption-label").count() == 24
@@ -182,9 +184,7 @@ def test_example_button_runs_its_query(app_url, browser, tmp_path):
 
 
 def test_more_like_this_with_nothing_selected_says_so(app_url, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     page.get_by_role("button", name="More like this").click()
     page.get_by_text("No image is selected: click a search result").first.wait_for(timeout=30_000)
     assert page.get_by_text("no embedded image with id").count() == 0
@@ -193,9 +193,7 @@ def test_more_like_this_with_nothing_selected_says_so(app_url, browser, tmp_path
 
 
 def test_a_query_submitted_while_another_runs_is_not_dropped(app_url, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     box = page.locator("#query textarea, #query input").first
     for query in ("a red circle", "two small green triangles", "a large purple cross"):  # faster than a search
         box.fill(query)
@@ -213,9 +211,7 @@ def test_example_button_clears_a_hidden_query_image(app_url, browser, tmp_path):
 
     upload = tmp_path / "query.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(upload)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     page.get_by_text("Query image, negatives, k and threshold").click()
     page.locator("#query-image input[type=file]").set_input_files(str(upload))
     page.locator("#query-image img").first.wait_for(timeout=30_000)
@@ -236,9 +232,7 @@ def test_a_heic_upload_is_drawn_in_the_query_image_box(app_url, browser, tmp_pat
     ensure_openers()
     upload = tmp_path / "IMG_0001.HEIC"
     Image.new("RGB", (48, 32), (200, 30, 30)).save(upload, "HEIF")
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(app_url)
-    page.locator("#query").wait_for(timeout=60_000)
+    page = _open_app(browser, app_url)
     page.get_by_text("Query image, negatives, k and threshold").click()
     # As a phone's or a Mac's file picker sends it (Playwright would guess application/octet-stream).
     page.locator("#query-image input[type=file]").set_input_files(
