@@ -230,17 +230,17 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None) -> 
     collection locked. With no ``busy_message`` it waits for another holder instead of failing.
 
     Raises:
-        CollectionError: another process holds the lock (``busy_message`` says what to do).
+        CollectionBusy: another process holds the lock (``busy_message`` says what to do).
     """
     import fcntl
 
-    from .errors import CollectionError
+    from .errors import CollectionBusy
 
     with open(path, "a+b") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy_message else 0))
         except BlockingIOError as exc:
-            raise CollectionError(busy_message) from exc
+            raise CollectionBusy(busy_message) from exc
         try:
             yield
         finally:

@@ -32,5 +32,9 @@ class CollectionError(MMRError):
     """A collection that cannot be opened or written as asked (model mismatch, missing, corrupt beyond repair)."""
 
 
+class CollectionBusy(CollectionError):
+    """Another process holds the collection's writer lock: nothing is wrong, try again when it is done."""
+
+
 class QueryError(MMRError):
     """A query that cannot be run: empty, malformed weights, unreadable query image."""

@@ -16,10 +16,13 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
-from ..errors import MMRError
+from ..errors import CollectionBusy, MMRError
 from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
+from .streams import ResultsNotWritten, guarded_streams, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, serve_cmd)
+_WRITERS = frozenset({"ingest", "import", "index", "compact", "label"})  # commands that commit to a collection
+EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's writer lock; try again later
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,17 +58,34 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+EPILOG = """\
+Results go to stdout (TSV, or JSON lines with --json); progress and messages to stderr.
+--collection defaults to $MMR_COLLECTION. A query or path that starts with '-' goes last, after '--'.
+
+exit status:
+  0    done
+  1    nothing found (search, similar, duplicates; an ingest that found no image)
+  2    an error, in one line on stderr (bad input, a missing file, a model mismatch)
+  75   another process is writing the collection: run the command again when it is done
+  130  interrupted (Ctrl-C); 143: terminated (SIGTERM). An interrupted ingest or import resumes when run again.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmr",
         description="Multimodal image-text retrieval: index image collections, search them with text or "
         "images, and label them zero-shot with CLIP/SigLIP models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--version", action="version", version=f"mmr {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMAND_MODULES:
         module.register(subparsers)
+    for command in subparsers.choices.values():  # `mmr search -v ...` as well as `mmr -v search ...`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log details to stderr")
     return parser
 
 
@@ -134,8 +154,13 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 130 interrupted, 143
-    terminated)."""
+    """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 75 another process is
+    writing the collection, 130 interrupted, 143 terminated)."""
+    with guarded_streams():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _log_to_stderr(verbose=args.verbose)
@@ -143,8 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_unwinds():
             return int(args.handler(args) or 0)
+    except CollectionBusy as exc:
+        print(f"mmr {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except MMRError as exc:
         print(f"mmr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ResultsNotWritten as exc:
+        kept = "; the collection keeps what this run saved" if args.command in _WRITERS else ""
+        print(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}", file=sys.stderr)
         return 2
     except _Terminated:
         print(f"mmr {args.command}: terminated (SIGTERM)", file=sys.stderr)
@@ -153,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmr {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `mmr search ... | head` closed the pipe: not an error
-        sys.stderr.close()
+        silence_stdout()
         return 0
     except Exception as exc:  # a bug or an input we did not foresee: still one line, the details on request
         if args.verbose:

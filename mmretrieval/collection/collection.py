@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..atomic import exclusive_lock
 from ..models.encoder import DualEncoder, load_encoder, resolve_device
-from ..errors import CollectionError, QueryError
+from ..errors import CollectionBusy, CollectionError, QueryError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest, exact_search
@@ -171,7 +171,7 @@ class Collection:
                     return False
                 self.close()
                 shutil.rmtree(self.directory, ignore_errors=True)
-        except CollectionError:  # busy
+        except CollectionBusy:
             return False
         return True
 

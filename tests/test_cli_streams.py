@@ -1,0 +1,106 @@
+"""`mmr` with the streams a script or a cron job hands it: closed, on a full disk, or taken by another writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmretrieval.cli import EXIT_BUSY, main
+from test_ingest import write_good_images
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory, tiny_model_dir) -> str:
+    root = tmp_path_factory.mktemp("streams")
+    write_good_images(root / "photos", 12)
+    col = str(root / "col")
+    assert main(["ingest", str(root / "photos"), "--collection", col, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    return col
+
+
+def _search(collection: str) -> list[str]:
+    return ["search", "a red circle", "--collection", collection, "-k", "3", "--device", "cpu"]
+
+
+def test_with_stderr_closed_stdout_still_holds_only_the_results(collection, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)  # what Python makes of `2>&-`; print(file=None) writes to stdout
+    assert main(_search(collection)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(len(line.split("\t")) == 2 for line in lines), lines
+
+
+@pytest.fixture()
+def full_disk():
+    """A stream on a full disk: every write that reaches it fails with ENOSPC."""
+    stream = open("/dev/full", "w", buffering=1)
+    yield stream
+    try:
+        stream.close()
+    except OSError:  # what is left in its buffer has nowhere to go
+        pass
+
+
+def test_a_full_disk_under_stderr_loses_messages_not_results(collection, capsys, monkeypatch, full_disk):
+    monkeypatch.setattr(sys, "stderr", full_disk)  # a log file on a full disk (`2>>/var/log/mmr.log`)
+    assert main(_search(collection)) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_results_that_cannot_be_written_are_an_error_that_says_so(collection, capsys, monkeypatch, full_disk):
+    monkeypatch.setattr(sys, "stdout", full_disk)
+    assert main(["label", "--collection", collection, "--labels", "circle,square", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert ("mmr label: error: cannot write the results to stdout: No space left on device; the collection keeps "
+            "what this run saved") in err
+    monkeypatch.setattr(sys, "stdout", None)  # `>&-`
+    assert main(["info", "--collection", collection]) == 2
+    assert "mmr info: error: cannot write the results to stdout: Bad file descriptor (stdout is closed)" in \
+        capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    labels = json.loads(capsys.readouterr().out)["labels"]
+    assert sum(labels.values()) == 12  # the label set was committed before the summary failed
+
+
+def test_closed_descriptors_are_filled_so_no_file_takes_their_number(collection, tmp_path):
+    """With fd 2 closed, the next file opened (the catalog) would be fd 2, and any C library's message to stderr
+    would be written into it."""
+    command = [sys.executable, "-m", "mmretrieval", "search", "a red circle", "--collection", collection, "-k", "3",
+               "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *command], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 3, run
+    probe = ("import os, sys; from mmretrieval.cli.streams import guarded_streams\n"
+             "with guarded_streams():\n"
+             "    fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "print(fd, file=open(sys.argv[2], 'w'))\n")
+    subprocess.run(["sh", "-c", 'exec "$@" 2>&- >&-', "sh", sys.executable, "-c", probe, collection,
+                    str(tmp_path / "fd.txt")], env=env, timeout=120, check=True)
+    assert int((tmp_path / "fd.txt").read_text()) > 2
+
+
+def test_a_collection_another_process_writes_is_its_own_exit_status(collection, capsys):
+    from mmretrieval.atomic import exclusive_lock
+    from mmretrieval.collection.catalog import LOCK_NAME
+
+    with exclusive_lock(Path(collection) / LOCK_NAME):
+        assert main(["compact", "--collection", collection]) == EXIT_BUSY == 75
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmr compact: another process is writing {collection}") and "error" not in err
+    assert main(["compact", "--collection", collection]) == 0
+
+
+def test_verbose_after_the_command_as_before_it(collection, capsys):
+    assert main(["info", "--collection", collection, "-v"]) == 0
+    assert main(["-v", "info", "--collection", collection]) == 0
+    assert capsys.readouterr().out.count("directory\t") == 2
+    help_text = subprocess.run([sys.executable, "-m", "mmretrieval", "--help"], capture_output=True, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    assert "75   another process is writing the collection" in help_text
