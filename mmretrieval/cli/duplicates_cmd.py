@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Group near-identical images by their stored vectors (a k-NN graph, then connected pairs at or "
         "above the threshold). The kept copy is a file (not a link to one) with the most pixels, then "
         "the most capture metadata (EXIF time, camera, GPS), then a lossless format (PNG, TIFF...), then the largest "
-        "file, then the oldest. Nothing is deleted.")
+        "file, then the oldest. Nothing is deleted. Prints one group per line (TSV: the group's lowest score, "
+        "then its paths, the kept one first); exits with 1 when no group is found, as grep does.")
     add_collection_option(parser)
     parser.add_argument("--threshold", type=float,
                         help="cosine at or above which two images are copies (default: the model family's, "
