@@ -186,7 +186,7 @@ def test_classify_walks_folders_and_lists_in_batches_each_label_on_its_own_file(
     status, out, err = _run(capsys, "classify", folder, listing, tmp_path / "gone.png", "--labels",
                             ",".join(colours + ["orange"]), "--json", "--batch-size", "2", "--device", "cpu")
     assert status == 0
-    rows = {row["image"]: row for row in map(json.loads, out.splitlines())}
+    rows = {row["path"]: row for row in map(json.loads, out.splitlines())}
     expected = {str(p): p.stem.split("-")[1] for p in folder.rglob("*.png")} | {str(extra): "orange"}
     assert {path: row["label"] for path, row in rows.items()} == expected
     assert "2-broken.jpg: skipped:" in err and "gone.png: skipped:" in err and "does not exist" in err
@@ -207,7 +207,7 @@ def test_classify_multi_label_prints_an_image_with_no_label_over_the_threshold(c
     status, out, _ = _run(capsys, "classify", red_circle, "--labels", "red shape,blue square", "--multi-label",
                           "--threshold", "1", "--json", "--device", "cpu")
     assert status == 0 and [json.loads(line) for line in out.splitlines()] == [
-        {"image": str(red_circle), "label": None, "probability": None}]
+        {"path": str(red_circle), "label": None, "probability": None}]
 
 
 def test_every_precision_option_offers_the_precisions_the_encoder_knows():

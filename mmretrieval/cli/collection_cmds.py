@@ -55,7 +55,10 @@ def _register_ingest(subparsers) -> None:
         "ingest", help="add images to a collection (incremental, resumable)",
         description="Embed images from folders, files and .txt/.csv lists into a collection. Unchanged files are "
         "skipped; an interrupted run resumes where it stopped.")
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, image file, or .txt/.csv list of paths")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="folder, image file, .txt/.csv list of paths, or - for a list on standard input (in a "
+                        "list: one path per line, relative to the list's folder, or for - to the current one; blank "
+                        "lines and lines starting with # skipped)")
     add_collection_option(parser)
     add_model_options(parser, default=None)
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
@@ -128,6 +131,12 @@ def quiet_ray_logs(verbose: bool) -> None:
 def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.opening import DEFAULT_MODEL
+    from ..ingest.reader import stdin_sources
+
+    if args.prune and "-" in args.sources:
+        raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
+                              "list to a .txt file and pass that")
+    sources = stdin_sources(args.sources, sys.stdin)
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
@@ -146,7 +155,7 @@ def _ingest(args: argparse.Namespace) -> int:
             _open(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest") as collection:
         with TqdmProgress("ingest") as progress:
-            summary = collection.ingest(args.sources, batch_size=args.batch_size, workers=args.workers,
+            summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
@@ -372,7 +381,8 @@ def _register_label(subparsers) -> None:
     parser = subparsers.add_parser("label", help="label every image zero-shot; search can then filter by label")
     add_collection_option(parser)
     parser.add_argument("--labels", action="append", required=True,
-                        help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
+                        help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
+                        "(repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=probability,
@@ -396,13 +406,16 @@ def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
 
     threshold = multi_label_threshold(args)
+    if args.labels.count("@-") > 1:
+        raise QueryError("standard input given twice (--labels @-); it is read once")
+    labels = [sys.stdin.buffer if value == "@-" else value for value in args.labels]
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
     if args.organize:
         check_organize_dir(args.organize)
     with _open(args.collection, device=args.device, writer="label") as collection:
         with TqdmProgress("label") as progress:
-            summary = collection.label(args.labels, args.templates, multi_label=args.multi_label,
+            summary = collection.label(labels, args.templates, multi_label=args.multi_label,
                                        threshold=threshold, label_set=args.label_set, replace=args.replace,
                                        progress=progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:

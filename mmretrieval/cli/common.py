@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 from typing import Any, Callable, Iterable
 
 from ..errors import QueryError
-
-_SURROGATE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps the bytes of a name that is not UTF-8
-
+from ..json_lines import json_line
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
     """``--model``, ``--device``, ``--precision`` and ``--dim``, the same everywhere."""
@@ -131,13 +127,6 @@ def names_as_bytes() -> None:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="surrogateescape")
-
-
-def json_line(value: Any) -> str:
-    """``value`` as one line of JSON that is valid UTF-8 whatever the file names in it: the undecodable bytes of a
-    non-UTF-8 name (surrogate escapes in memory) are written as ``\\udcXX`` escapes, which Python reads back
-    into the same str (``os.fsencode`` then gives the original bytes) and other tools show as U+FFFD."""
-    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def _cell(value: Any) -> str:

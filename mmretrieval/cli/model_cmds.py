@@ -8,6 +8,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
+from ..errors import QueryError
 from .common import MULTI_LABEL_THRESHOLD, add_model_options, at_least, emit, multi_label_threshold, probability
 
 if TYPE_CHECKING:
@@ -29,14 +30,17 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
         "classify", help="zero-shot classify images against labels",
         description="Score images against labels with prompt-ensemble text vectors. CLIP-style models give a "
         "softmax over labels (or, with --multi-label, each label against a neutral prompt); SigLIP-style "
-        "models give independent sigmoid probabilities. Prints image, label, probability per line, in the order "
-        "images finish decoding (each line names its image); a file that cannot be decoded is reported on stderr "
-        "and skipped.",
+        "models give independent sigmoid probabilities. Prints path, label, probability per line (with --json, "
+        "the keys path, label and probability), in the order images finish decoding (each line names its "
+        "image); a file that cannot be decoded is reported on stderr and skipped.",
     )
     parser.add_argument("images", nargs="+", metavar="SOURCE",
-                        help="image file, folder (walked recursively) or .txt/.csv list of paths")
+                        help="image file, folder (walked recursively), .txt/.csv list of paths, or - for a list "
+                        "on standard input (in a list: one path per line, relative to the list's folder, or for - "
+                        "to the current one; blank lines and lines starting with # skipped)")
     parser.add_argument("--labels", action="append", required=True,
-                        help="comma- or newline-separated labels, or @FILE with one per line (repeatable)")
+                        help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
+                        "(repeatable)")
     parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
     parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
     parser.add_argument("--threshold", type=probability,
@@ -54,12 +58,16 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
 
 def _classify(args: argparse.Namespace) -> int:
     from ..ingest.files import embed_files
+    from ..ingest.reader import stdin_sources
     from ..models.encoder import load_encoder
     from ..models.zeroshot import (ZeroShotClassifier, load_templates, parse_labels, predict,
                                    refuse_lone_softmax_label)
     from ..progress import TqdmProgress
 
-    labels = parse_labels(args.labels)
+    if args.images.count("-") + args.labels.count("@-") > 1:
+        raise QueryError("standard input given twice (- and --labels @- each read it); it can be read once")
+    labels = parse_labels([sys.stdin.buffer if value == "@-" else value for value in args.labels])
+    sources = stdin_sources(args.images, sys.stdin)
     templates = load_templates(args.templates)
     threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
@@ -67,14 +75,14 @@ def _classify(args: argparse.Namespace) -> int:
     classifier = ZeroShotClassifier.build(encoder, labels, templates)
     classified = failed = 0
     with TqdmProgress("classify") as progress:
-        for batch in embed_files(encoder, args.images, batch_size=args.batch_size, workers=args.workers):
+        for batch in embed_files(encoder, sources, batch_size=args.batch_size, workers=args.workers):
             for failure in batch.failed:
                 print(f"mmr classify: {failure.path}: skipped: {failure.message}", file=sys.stderr)
             probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
             ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=threshold,
                              top_k=args.top_k)
             emit((row for path, predictions in zip(batch.paths, ranked) for row in _label_rows(path, predictions)),
-                 args.json, ["image", "label", "probability"])
+                 args.json, ["path", "label", "probability"])
             classified, failed = classified + len(batch.paths), failed + len(batch.failed)
             progress(classified + failed, None)
     if classified == 0 and failed == 0:
@@ -86,8 +94,8 @@ def _classify(args: argparse.Namespace) -> int:
 def _label_rows(path: str, predictions: list[Prediction]) -> list[dict[str, object]]:
     """An image's output lines: one per label, or one with an empty label when none reached the threshold."""
     if not predictions:
-        return [{"image": path, "label": None, "probability": None}]
-    return [{"image": path, "label": p.label, "probability": round(p.probability, 6)} for p in predictions]
+        return [{"path": path, "label": None, "probability": None}]
+    return [{"path": path, "label": p.label, "probability": round(p.probability, 6)} for p in predictions]
 
 
 _FORCE_HELP = ("write into an --out folder that holds other files (they are kept); without it only a new or empty "

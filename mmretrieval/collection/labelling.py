@@ -7,19 +7,19 @@ as CSV or JSON lines, and the images linked (or copied) into one folder per labe
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
 from ..errors import CollectionError
+from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter
 from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, parse_labels, predict,
                                refuse_lone_softmax_label)
@@ -43,12 +43,14 @@ class LabelSummary:
     label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
 
 
-def label_collection(catalog: "Catalog", encoder: TextModel, labels: Sequence[str] | str, templates: str | Sequence[str],
+def label_collection(catalog: "Catalog", encoder: TextModel, labels: Sequence[str | BinaryIO] | str,
+                     templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
                      progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:
-    """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` and store the
-    assigned ones as label set ``label_set``.
+    """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (as
+    :func:`~mmretrieval.models.zeroshot.parse_labels` takes them) and store the assigned ones as label set
+    ``label_set``.
 
     Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set
     replaces a stored set of the same name only when ``replace`` is true, and other sets are never touched.
@@ -133,6 +135,10 @@ def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) 
     """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image) for
     ``label_set`` (None: every set), streamed into a temporary file renamed over ``path`` at the end.
 
+    A file name that is not UTF-8 is written so that the file can be found again, as the command line's TSV and
+    ``--json`` output write it: the CSV holds its original bytes (so the CSV works as a list file), JSON lines its
+    ``\\udcXX`` escapes (valid UTF-8; ``os.fsencode(json.loads(line)["path"])`` gives the bytes back).
+
     Raises:
         CollectionError: another suffix, or ``path`` cannot be written.
     """
@@ -140,18 +146,19 @@ def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) 
     remove_orphans(path)
     count = 0
     try:
-        with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
+        with atomic_path(path) as temporary, \
+                open(temporary, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
             if path.suffix.lower() == ".csv":
                 writer = csv.writer(handle)
                 writer.writerow(["id", "path", "label", "probability"])
                 for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
-                    writer.writerows([image_id, _printable(image_path), label, f"{p:.6f}"] for label, p in pairs)
+                    writer.writerows([image_id, image_path, label, f"{p:.6f}"] for label, p in pairs)
                     count += len(pairs)
             else:
                 for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
-                    record = {"id": image_id, "path": _printable(image_path),
+                    record = {"id": image_id, "path": image_path,
                               "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.write(json_line(record) + "\n")
                     count += 1
     except OSError as exc:
         raise CollectionError(f"cannot write labels to {path}: {exc.strerror or exc}; "
@@ -215,7 +222,3 @@ def _folder_name(label: str) -> str:
     name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", label).strip(" .")
     return name or "_"
 
-
-def _printable(path: str) -> str:
-    # Non-UTF-8 names are kept as their surrogate escapes in memory; files written for people get U+FFFD.
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

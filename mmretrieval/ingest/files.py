@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..models.encoder import DualEncoder
 from .batches import DecodeTask, Failed, IngestConfig, Skipped
-from .reader import discover, source_list
+from .reader import PathStream, discover, source_list
 from .runner import NothingKnown, decoded_batches, embed_batch
 
 
@@ -71,7 +71,7 @@ def embed_files(encoder: DualEncoder, sources: str | bytes | os.PathLike | Seque
 
     def tasks() -> Iterator[DecodeTask]:  # read on the pool's feeder thread, as workers need tasks
         for source in source_list(sources):
-            if not os.path.lexists(source):
+            if not isinstance(source, PathStream) and not os.path.lexists(source):
                 skipped.append(Skipped(os.path.abspath(source), "missing", f"{source} does not exist"))
                 continue
             for found in discover([source]):

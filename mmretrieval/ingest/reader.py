@@ -2,8 +2,12 @@
 
 Sources are folders (walked recursively, following links only while they stay inside the folder and never
 around a loop; each folder is walked once, under its real path where the walk meets it, so a link to such a
-folder is skipped whatever the names' order; a broken link is reported as one), single files, and list files
-(``.txt``: one path per line; ``.csv``: a ``path`` column and an optional ``caption`` column). A walk passes
+folder is skipped whatever the names' order; a broken link is reported as one), single files, list files
+(``.txt``: one path per line; ``.csv``: a ``path`` column and an optional ``caption`` column), and a
+:class:`PathStream` (a list read from a stream as it comes: the command line's ``-``, its standard input). In a
+list, relative paths are taken from the list file's folder (a stream's from its ``base``), surrounding whitespace
+is stripped, and (``.txt`` and streams) blank lines and lines starting with ``#`` are skipped; a name that is not
+UTF-8 keeps its bytes as surrogate escapes, as ``os.fsdecode`` and a folder walk do. A walk passes
 over hidden entries, files and folders whose name starts with ``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``,
 macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden folder or file named as a source, or listed in a
 list file, is still read. Nothing is opened while walking;
@@ -19,9 +23,9 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -36,25 +40,62 @@ from .lists import PATH_COLUMNS, csv_columns
 logger = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".csv")
+STDIN_SOURCE = "-"  # on the command line, the source that stands for a list of paths on standard input
 _FOLDER = "folder"  # what _classify says of a folder to walk now
 _LINKED_FOLDER = "linked folder"  # ... and of a link to a folder, followed after every real folder
 
 
-def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str]:
-    """Sources as strings with ``~`` expanded (the shell does that on the command line, not in the Python API); one
-    path alone (``str``, ``bytes`` or a path object) is one source, not a sequence of one-letter ones."""
-    if isinstance(sources, (str, bytes, os.PathLike)):
+@dataclass(frozen=True)
+class PathStream:
+    """A list of paths read from a binary stream as it comes, one per line, by a ``.txt`` list's rules: what the
+    command line makes of the source ``-`` (:func:`stdin_sources`). Library code reads a stream only when handed
+    one; a source named ``-`` is the file of that name.
+
+    It is read once, so an ingest with ``prune`` refuses it: the files to prune could not be listed again.
+    """
+
+    stream: Iterable[bytes] = field(repr=False)  # lines of bytes: sys.stdin.buffer, an open file, a pipe
+    base: str = field(default_factory=os.getcwd)  # the folder relative paths are taken from
+    name: str = STDIN_SOURCE  # how messages name it
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def stdin_sources(sources: Sequence[str], stdin: TextIO | None) -> list[str | PathStream]:
+    """``sources`` as the command line gives them, ``-`` standing for a list of paths read from ``stdin`` (the
+    process's standard input, read through its byte stream), relative paths taken from the current folder.
+
+    Raises:
+        CollectionError: ``-`` given twice (standard input is read once), or no standard input to read.
+    """
+    if sources.count(STDIN_SOURCE) > 1:
+        raise CollectionError("- (the paths on standard input) given twice; standard input is read once")
+    if STDIN_SOURCE in sources and stdin is None:
+        raise CollectionError("- reads paths from standard input, and this process has none")
+    return [PathStream(stdin.buffer) if source == STDIN_SOURCE else source for source in sources]
+
+
+def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str | PathStream]:
+    """Sources as strings with ``~`` expanded (the shell does that on the command line, not in the Python API),
+    streams as they are; one path alone (``str``, ``bytes`` or a path object) is one source, not a sequence of
+    one-letter ones."""
+    if isinstance(sources, (str, bytes, os.PathLike, PathStream)):
         sources = [sources]
-    return [os.path.expanduser(os.fsdecode(source)) for source in sources]
+    return [source if isinstance(source, PathStream) else os.path.expanduser(os.fsdecode(source))
+            for source in sources]
 
 
-def discover(sources: Sequence[str | os.PathLike]) -> Iterator[SourceFile | Skipped]:
+def discover(sources: Sequence[str | os.PathLike | PathStream]) -> Iterator[SourceFile | Skipped]:
     """Every candidate file under ``sources``, in a stable order.
 
     Raises:
         CollectionError: a source that does not exist, or a CSV list without a path column.
     """
     for source in sources:
+        if isinstance(source, PathStream):
+            yield from _read_stream(source)
+            continue
         path = Path(os.path.abspath(source))
         if path.is_dir():
             yield from _walk(path)
@@ -186,16 +227,34 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
     paths is never held at once."""
     base = path.parent
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        # A name that is not UTF-8 keeps its bytes (surrogate escapes, as os.fsdecode), so the file is found.
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             rows = _text_rows(handle) if path.suffix.lower() == ".txt" else _csv_rows(path, handle)
             for name, caption in rows:
                 yield _single(Path(os.path.abspath(base / name)), caption or None)
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise CollectionError(f"cannot read list file {path}: {exc}") from exc
 
 
+def _read_stream(source: PathStream) -> Iterator[SourceFile | Skipped]:
+    """A stream's entries, relative paths taken from its ``base``; line by line, never held whole."""
+    try:
+        for name, _ in _text_rows(_decoded_lines(source.stream)):
+            yield _single(Path(os.path.abspath(os.path.join(source.base, name))))
+    except OSError as exc:
+        raise CollectionError(f"cannot read the list of paths on {source}: {exc}") from exc
+
+
+def _decoded_lines(lines: Iterable[bytes]) -> Iterator[str]:
+    """Lines of bytes as text: UTF-8, undecodable bytes kept as surrogate escapes, a byte-order mark dropped."""
+    for number, line in enumerate(lines):
+        text = line.decode("utf-8", "surrogateescape")
+        yield text.removeprefix("\ufeff") if number == 0 else text
+
+
 def _text_rows(lines: Iterable[str]) -> Iterator[tuple[str, None]]:
-    """One path per line; blank lines and lines starting with ``#`` are skipped."""
+    """One path per line, stripped of surrounding whitespace; blank lines and lines starting with ``#`` are
+    skipped."""
     return ((line.strip(), None) for line in lines if line.strip() and not line.startswith("#"))
 
 
@@ -204,8 +263,13 @@ def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | Non
     path_column, caption_column = csv_columns(reader.fieldnames)
     if path_column is None:
         raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(PATH_COLUMNS[:2])}")
-    return ((row[path_column].strip(), row.get(caption_column) if caption_column else None)
+    return ((row[path_column].strip(), _readable(row.get(caption_column)) if caption_column else None)
             for row in reader if (row.get(path_column) or "").strip())
+
+
+def _readable(caption: str | None) -> str | None:
+    """A caption is text for people and the model: an undecodable byte becomes U+FFFD (a path keeps its bytes)."""
+    return None if caption is None else caption.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def decode_file(task: DecodeTask, preparer: ImagePreparer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded | Failed:

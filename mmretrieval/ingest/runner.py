@@ -29,7 +29,7 @@ from ..errors import CollectionError
 from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
                       chunked, skip_counts)
 from .pool import DecodePool
-from .reader import LIST_SUFFIXES, FileDecoder, discover
+from .reader import LIST_SUFFIXES, FileDecoder, PathStream, discover
 from .writer import CatalogWriter
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class PruneScope:
             yield from (encode_path(item.path) for item in discover([list_file]))
 
 
-def prune_scope(sources: Sequence[str]) -> PruneScope:
+def prune_scope(sources: Sequence[str | PathStream]) -> PruneScope:
     """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection.
 
     Raises:
@@ -237,6 +237,9 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
     paths: list[bytes] = []
     lists: list[str] = []
     for source in sources:
+        if isinstance(source, PathStream):
+            raise CollectionError(f"--prune cannot take its files from {source}, which is read once; save the list "
+                                  "to a .txt file and pass that")
         path = os.path.abspath(source)
         if not os.path.lexists(path):
             raise CollectionError(f"--prune refused: source {source} is missing (an unmounted drive?); nothing was "
@@ -256,9 +259,9 @@ def prune_scope(sources: Sequence[str]) -> PruneScope:
     return PruneScope(tuple(folders), tuple(paths), tuple(lists))
 
 
-def walked_folders(sources: Sequence[str]) -> list[bytes]:
+def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:
     """Catalog keys (no trailing separator) of the ``sources`` that are folders: what the walk reads."""
-    return [encode_path(source) for source in sources if os.path.isdir(source)]
+    return [encode_path(source) for source in sources if isinstance(source, str) and os.path.isdir(source)]
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],

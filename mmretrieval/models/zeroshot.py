@@ -16,7 +16,7 @@ import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import BinaryIO, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -101,28 +101,26 @@ def _one_placeholder(template: str) -> bool:
     return fields == [("", "", None)]
 
 
-def parse_labels(values: str | Sequence[str]) -> list[str]:
+def parse_labels(values: str | Sequence[str | BinaryIO]) -> list[str]:
     """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
-    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped).
+    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and
+    so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
+    is the file named ``-``: only a caller that hands over a stream has it read.
 
     Order kept, duplicates dropped. Labels that differ only in case are one label, spelt as it first came, with a
     warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
 
     Raises:
-        QueryError: no labels, or an unreadable ``@FILE``.
+        QueryError: no labels, or an unreadable ``@FILE`` or stream.
     """
-    if isinstance(values, str):
+    if isinstance(values, str) or hasattr(values, "read"):
         values = [values]
     kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
     for value in values:
-        if value.startswith("@"):
-            try:
-                parts = [line for line in Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
-                         if not line.lstrip().startswith("#")]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise QueryError(f"cannot read labels from {value[1:]}: {exc}") from exc
-        else:
+        if isinstance(value, str) and not value.startswith("@"):
             parts = value.replace("\n", ",").split(",")
+        else:
+            parts = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
         for part in parts:
             label = part.strip()
             first = kept.setdefault(label.casefold(), label)
@@ -133,6 +131,17 @@ def parse_labels(values: str | Sequence[str]) -> list[str]:
     if not labels:
         raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
     return labels
+
+
+def _label_file_text(value: str | BinaryIO) -> str:
+    """The text of ``@FILE``, or of a binary stream, as UTF-8 without a byte-order mark."""
+    name = value[1:] if isinstance(value, str) else getattr(value, "name", "a stream")
+    try:
+        if isinstance(value, str):
+            return Path(name).read_text(encoding="utf-8-sig")
+        return value.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QueryError(f"cannot read labels from {name}: {exc}") from exc
 
 
 def refuse_lone_softmax_label(labels: Sequence[str], *, is_sigmoid: bool, multi_label: bool) -> None:

@@ -1,0 +1,223 @@
+"""List files and standard input: a name that is not UTF-8 survives a list, ``-`` reads paths and ``@-`` labels
+from standard input (only the command line reads it), and ``mmr label --out`` names such a file by its bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmretrieval.cli import main
+from mmretrieval.training import scenes
+
+pytestmark = pytest.mark.skipif(sys.platform in ("win32", "darwin"),
+                                reason="needs a file system that accepts any bytes in a name")
+
+BAD_NAME = b"bad\xff.png"  # not UTF-8: os.fsdecode keeps the 0xff byte as the surrogate escape '\udcff'
+BOM = b"\xef\xbb\xbf"
+
+
+def _save_scene(path: str | bytes, colour: str, shape: str = "circle") -> None:
+    image = scenes.render(scenes.Scene(colour, shape, 1, "large", "plain", "center"), random.Random(1))
+    with open(path, "wb") as handle:
+        image.save(handle, format="PNG")
+
+
+@pytest.fixture
+def photos(tmp_path) -> tuple[Path, str, str]:
+    """A folder with ``sub/good.png`` and ``bad\\xff.png``; returns it and the two absolute paths as str."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    _save_scene(str(folder / "sub" / "good.png"), "red")
+    bad = os.path.join(os.fsencode(folder), BAD_NAME)
+    _save_scene(bad, "blue")
+    return folder, str(folder / "sub" / "good.png"), os.fsdecode(bad)
+
+
+def _stdin(monkeypatch, data: bytes) -> None:
+    """Standard input holding ``data``, with the byte stream (``sys.stdin.buffer``) the command line reads."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    status = main([os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def _classified(out: str) -> dict[bytes, str]:
+    """``mmr classify --json`` lines as original path bytes -> label."""
+    return {os.fsencode(row["path"]): row["label"] for row in map(json.loads, out.splitlines())}
+
+
+# -- 1. list files keep names that are not UTF-8 --------------------------------------------------------------
+def test_a_txt_list_keeps_a_non_utf8_name_and_its_documented_rules(photos):
+    """BOM, a comment, a blank line, surrounding whitespace, CRLF, a path relative to the list's folder, and an
+    absolute path whose name is not UTF-8: every file is found."""
+    from mmretrieval.ingest.batches import SourceFile
+    from mmretrieval.ingest.reader import discover
+
+    folder, good, bad = photos
+    listing = folder / "list.txt"
+    listing.write_bytes(BOM + b"# one comment\n\n   sub/good.png  \r\n" + os.fsencode(bad) + b"\n" + BAD_NAME + b"\n")
+    found = list(discover([str(listing)]))
+    assert all(isinstance(item, SourceFile) for item in found), found
+    assert [item.path for item in found] == [good, bad, bad]
+    assert os.fsencode(found[1].path) == os.path.join(os.fsencode(folder), BAD_NAME)
+
+
+def test_a_csv_list_keeps_a_non_utf8_path_and_makes_its_caption_readable(photos):
+    from mmretrieval.ingest.reader import discover
+
+    folder, good, bad = photos
+    listing = folder / "list.csv"
+    listing.write_bytes(BOM + b"path,caption\n" + BAD_NAME + b",caf\xe9 au lait\nsub/good.png,plain\n")
+    found = list(discover([str(listing)]))
+    assert [(item.path, item.caption) for item in found] == [(bad, "caf\ufffd au lait"), (good, "plain")]
+
+
+def test_classify_and_ingest_take_a_list_naming_a_non_utf8_file(photos, tmp_path, tiny_model_dir, capsys):
+    folder, good, bad = photos
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(os.fsencode(good) + b"\n" + os.fsencode(bad) + b"\n")
+    status, out, err = _run(capsys, "classify", listing, "--labels", "red,blue", "--json", "--device", "cpu",
+                            "--workers", "0")
+    assert status == 0, err
+    assert _classified(out) == {os.fsencode(good): "red", os.fsencode(bad): "blue"}
+    status, _, err = _run(capsys, "ingest", listing, "--collection", tmp_path / "col", "--model", tiny_model_dir,
+                          "--device", "cpu", "--workers", "0")
+    assert status == 0 and "embedded 2," in err and "failed 0" in err, err
+
+
+# -- 2. standard input: paths with -, labels with @- ------------------------------------------------------------
+def test_classify_reads_paths_from_stdin(photos, monkeypatch, capsys):
+    """Relative paths from the current folder, a list's rules, a missing file reported, a non-UTF-8 name found."""
+    folder, good, bad = photos
+    monkeypatch.chdir(folder)
+    _stdin(monkeypatch, BOM + b"# from find\n  sub/good.png \n\n" + BAD_NAME + b"\r\ngone.png\n")
+    status, out, err = _run(capsys, "classify", "-", "--labels", "red,blue", "--json", "--device", "cpu",
+                            "--workers", "0")
+    assert status == 0, err
+    assert _classified(out) == {os.fsencode(good): "red", os.fsencode(bad): "blue"}
+    assert f"{folder / 'gone.png'}: skipped: cannot stat" in err  # as a missing file in a .txt list
+    assert "- does not exist" not in err
+
+
+def test_ingest_reads_paths_from_stdin_and_refuses_prune_with_it(photos, tmp_path, tiny_model_dir, monkeypatch,
+                                                                 capsys):
+    folder, good, bad = photos
+    monkeypatch.chdir(folder)
+    collection = tmp_path / "col"
+    _stdin(monkeypatch, b"sub/good.png\n" + BAD_NAME + b"\n")
+    status, _, err = _run(capsys, "ingest", "-", "--collection", collection, "--model", tiny_model_dir,
+                          "--device", "cpu", "--workers", "0")
+    assert status == 0 and "embedded 2," in err, err
+    _stdin(monkeypatch, b"sub/good.png\n")
+    status, _, err = _run(capsys, "ingest", "-", "--collection", collection, "--prune")
+    assert status == 2 and "--prune" in err and "standard input" in err, err
+
+
+def test_labels_from_stdin_for_classify_and_label(photos, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """``@-`` reads labels as ``@FILE`` does: a BOM, comments and blank lines skipped, commas kept."""
+    folder, good, bad = photos
+    labels = BOM + b"# colours\nred\n\nblue, or navy\n"
+    _stdin(monkeypatch, labels)
+    status, out, err = _run(capsys, "classify", good, "--labels", "@-", "--json", "--device", "cpu", "--workers", "0")
+    assert status == 0, err
+    assert _classified(out) == {os.fsencode(good): "red"}
+    collection = tmp_path / "col"
+    assert _run(capsys, "ingest", folder, "--collection", collection, "--model", tiny_model_dir, "--device", "cpu",
+                "--workers", "0")[0] == 0
+    _stdin(monkeypatch, labels)
+    status, out, err = _run(capsys, "label", "--collection", collection, "--labels", "@-")
+    assert status == 0, err
+    counts = dict(line.split("\t") for line in out.splitlines())
+    assert set(counts) == {"red", "blue, or navy"} and sum(map(int, counts.values())) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["classify", "-", "-", "--labels", "a,b"],
+    ["classify", "-", "--labels", "@-"],
+    ["classify", "x.png", "--labels", "@-", "--labels", "@-"],
+    ["ingest", "-", "-"],
+    ["label", "--labels", "@-", "--labels", "@-"],
+])
+def test_stdin_given_twice_is_refused(argv, tmp_path, monkeypatch, capsys):
+    _stdin(monkeypatch, b"a.png\n")
+    monkeypatch.chdir(tmp_path)
+    collection = ["--collection", str(tmp_path / "col")] if argv[0] != "classify" else ["--device", "cpu"]
+    status, out, err = _run(capsys, *argv, *collection)
+    assert status == 2 and out == "" and "standard input" in err and "twice" in err, err
+    assert not (tmp_path / "col").exists()
+
+
+def test_a_stream_of_paths_ingests_through_the_api_and_is_refused_with_prune(photos, tmp_path, tiny_encoder):
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
+    from mmretrieval.ingest.reader import PathStream
+
+    folder, good, _ = photos
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        summary = col.ingest(PathStream(io.BytesIO(b"sub/good.png\n"), base=str(folder)), workers=0)
+        assert summary.embedded == 1 and [row.path for row in col.catalog.rows([1]).values()] == [good]
+        with pytest.raises(CollectionError, match="--prune cannot take its files from -, which is read once"):
+            col.ingest([str(folder), PathStream(io.BytesIO(b""), base=str(folder))], prune=True, workers=0)
+        assert col.catalog.counts_by_status() == {"ok": 1}
+
+
+def test_the_library_reads_stdin_only_when_handed_it(tmp_path, monkeypatch):
+    """A source or label file named ``-`` is that file; a stream is read only when passed, as it comes."""
+    from mmretrieval.ingest.batches import SourceFile
+    from mmretrieval.ingest.reader import PathStream, discover
+    from mmretrieval.models.zeroshot import parse_labels
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"library code read standard input ({name})")
+
+    monkeypatch.setattr("sys.stdin", Untouchable())
+    monkeypatch.chdir(tmp_path)
+    _save_scene(str(tmp_path / "-"), "red")
+    assert [item.path for item in discover(["-"])] == [str(tmp_path / "-")]
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "-").write_text("cat\ndog\n")
+    monkeypatch.chdir(tmp_path / "labels")
+    assert parse_labels("@-") == ["cat", "dog"]
+    assert parse_labels(["@-", io.BytesIO(b"\xef\xbb\xbfbird, small\n# no\n")]) == ["cat", "dog", "bird, small"]
+
+    lines_read = []
+
+    def lines():  # 10 M paths are never read whole: the first file comes after the first line
+        for number in range(10_000_000):
+            lines_read.append(number)
+            yield b"-\n"
+
+    found = discover([PathStream(lines(), base=str(tmp_path))])
+    assert isinstance(next(found), SourceFile) and len(lines_read) == 1
+
+
+# -- 3. label --out names a non-UTF-8 file by its bytes ----------------------------------------------------------
+def test_label_out_keeps_non_utf8_names_and_its_csv_feeds_classify(photos, tmp_path, tiny_model_dir, capsys):
+    folder, good, bad = photos
+    collection = tmp_path / "col"
+    assert _run(capsys, "ingest", folder, "--collection", collection, "--model", tiny_model_dir, "--device", "cpu",
+                "--workers", "0")[0] == 0
+    csv_out, jsonl_out = tmp_path / "l.csv", tmp_path / "l.jsonl"
+    for out in (csv_out, jsonl_out):
+        status, _, err = _run(capsys, "label", "--collection", collection, "--labels", "star,circle", "--set", "s2",
+                              "--replace", "--out", out)
+        assert status == 0, err
+    written = csv_out.read_bytes()
+    assert os.path.join(os.fsencode(folder), BAD_NAME) in written and "\ufffd".encode() not in written
+    records = [json.loads(line) for line in jsonl_out.read_bytes().decode("utf-8").splitlines()]  # valid UTF-8
+    assert sorted(os.fsencode(record["path"]) for record in records) == sorted(map(os.fsencode, (good, bad)))
+    status, out, err = _run(capsys, "classify", csv_out, "--labels", "red,blue", "--json", "--device", "cpu",
+                            "--workers", "0")
+    assert status == 0 and "skipped" not in err, err
+    assert _classified(out) == {os.fsencode(good): "red", os.fsencode(bad): "blue"}
