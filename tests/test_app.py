@@ -215,6 +215,23 @@ def test_label_collection_counts_samples_and_csv(manage, search):
     assert len(tints) == SCENE_COUNT and set(tints["label"]) <= {"red", "blue"}
 
 
+def test_labels_and_templates_typed_in_the_browser_never_name_a_server_file(manage, search, maps, collection_dir,
+                                                                            tmp_path):
+    """On the command line @FILE reads labels and a template name may be a file; from the browser (perhaps
+    another machine) either would read this server's files, and an error message could quote them."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret line\n")
+    for call in (lambda: manage.label_collection(f"@{secret}", "default", False, 0.5, progress=lambda *a, **k: None),
+                 lambda: search.zero_shot(str(collection_dir / "images" / "scene-000.png"), f"cat, @{secret}"),
+                 lambda: maps.collection_map(f"@{secret}", "pca")):
+        with pytest.raises(gr.Error, match="a label cannot start with '@' here") as refused:
+            call()
+        assert "secret line" not in str(refused.value)
+    with pytest.raises(gr.Error, match="Unknown template set") as refused:
+        manage.label_collection("cat, dog", str(secret), False, 0.5, progress=lambda *a, **k: None)
+    assert "secret line" not in str(refused.value)
+
+
 def test_collection_info_lists_the_failed_file(manage):
     info, failures = manage.collection_info()
     assert f"model: `{manage.ctx.collection.info().model_spec}`" in info

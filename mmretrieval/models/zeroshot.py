@@ -101,7 +101,7 @@ def _one_placeholder(template: str) -> bool:
     return fields == [("", "", None)]
 
 
-def parse_labels(values: str | Sequence[str | BinaryIO]) -> list[str]:
+def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
     """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
     ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and
     so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
@@ -110,14 +110,22 @@ def parse_labels(values: str | Sequence[str | BinaryIO]) -> list[str]:
     Order kept, duplicates dropped. Labels that differ only in case are one label, spelt as it first came, with a
     warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
 
+    ``read_files=False`` is for labels typed by someone who may not read this machine's files (the web UI): a
+    label that starts with ``@`` is refused instead of naming a file to read.
+
     Raises:
-        QueryError: no labels, or an unreadable ``@FILE`` or stream.
+        QueryError: no labels, an unreadable ``@FILE`` or stream, or ``@`` where files are not read.
     """
     if isinstance(values, str) or hasattr(values, "read"):
         values = [values]
     kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
     for value in values:
-        if isinstance(value, str) and not value.startswith("@"):
+        if not read_files:
+            parts = str(value).replace("\n", ",").split(",")
+            if any(part.strip().startswith("@") for part in parts):
+                raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
+                                 "of labels, and files are not read from here")
+        elif isinstance(value, str) and not value.startswith("@"):
             parts = value.replace("\n", ",").split(",")
         else:
             parts = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]

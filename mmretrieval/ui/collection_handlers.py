@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..models.zeroshot import parse_labels
 from .charts import bar_chart
-from .context import AppContext, user_errors
+from .context import AppContext, check_template_set, user_errors
 from .names import counted, display_path, markdown_code, markdown_text
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class CollectionHandlers:
         label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
         """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
-        names = parse_labels(labels) if (labels or "").replace(",", "").strip() else []
+        check_template_set(templates)
+        names = parse_labels(labels, read_files=False) if (labels or "").replace(",", "").strip() else []
         if not names:
             raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
         progress(0, desc="Embedding the labels…")

@@ -27,6 +27,18 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def check_template_set(templates: str) -> None:
+    """Refuse a template set that is not built in: the library would take another name for a file to read, and
+    the browser may not read this machine's files.
+
+    Raises:
+        gr.Error: an unknown template set.
+    """
+    if templates not in TEMPLATE_SETS:
+        raise gr.Error(f"Unknown template set {templates!r}; pick one of {', '.join(TEMPLATE_SETS)}.",
+                       print_exception=False)
+
+
 class ClassifierCache:
     """Zero-shot classifiers by (labels, template set): typing the same labels again costs nothing."""
 
@@ -41,9 +53,7 @@ class ClassifierCache:
         Raises:
             gr.Error: an unknown template set.
         """
-        if templates not in TEMPLATE_SETS:
-            raise gr.Error(f"Unknown template set {templates!r}; pick one of {', '.join(TEMPLATE_SETS)}.",
-                           print_exception=False)
+        check_template_set(templates)
         key = (labels, templates)
         with self._lock:
             if key not in self._items:

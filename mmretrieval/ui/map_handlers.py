@@ -102,7 +102,8 @@ class MapHandlers:
 
     def _point_labels(self, labels: str, templates: str, ids: npt.NDArray[np.int64]) -> tuple[list[str], str]:
         if (labels or "").replace(",", "").strip():
-            classifier = self.ctx.classifiers.get(self.ctx.encoder, tuple(parse_labels(labels)), templates)
+            typed = tuple(parse_labels(labels, read_files=False))
+            classifier = self.ctx.classifiers.get(self.ctx.encoder, typed, templates)
             names, _ = projection.classify_points(classifier, self._vectors(ids))
             return names, "the typed labels (each image's most probable)"
         with self.ctx.lock:

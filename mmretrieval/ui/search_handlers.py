@@ -250,7 +250,7 @@ class SearchHandlers:
         picture = load_upload(image, what="image to classify")
         if picture is None:
             raise gr.Error("Upload an image to classify.", print_exception=False)
-        names = tuple(parse_labels(labels or "")) if (labels or "").replace(",", "").strip() else ()
+        names = tuple(parse_labels(labels or "", read_files=False)) if (labels or "").replace(",", "").strip() else ()
         if not names:
             raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
         classifier = self.ctx.classifiers.get(self.ctx.encoder, names, templates)
