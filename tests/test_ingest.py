@@ -155,6 +155,18 @@ def test_a_failed_commit_stops_the_ingest_and_keeps_what_was_committed(tmp_path,
         assert (again.embedded, again.unchanged) == (8, 4)
 
 
+def test_a_file_dated_past_2262_is_ingested_with_the_rest(tmp_path, tiny_encoder):
+    """Its mtime in ns overflows SQLite's 64-bit integers: it failed every ingest of its folder (OverflowError)."""
+    paths = write_good_images(tmp_path / "photos", 3)
+    year_2300_ns = 10_413_792_000 * 10**9
+    os.utime(paths[1], ns=(year_2300_ns, year_2300_ns))
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        first = col.ingest([tmp_path / "photos"], workers=0)
+        assert (first.embedded, first.failed_total) == (3, 0)
+        assert col.photos([col.catalog.id_of_path(paths[1])]).popitem()[1].taken_local.startswith("2262-04-1")
+        assert col.ingest([tmp_path / "photos"], workers=0).unchanged == 3
+
+
 def test_failures_in_a_batch_never_shift_vectors(tmp_path, tiny_encoder):
     folder = tmp_path / "mixed"
     good = write_good_images(folder, 7)

@@ -117,7 +117,7 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
         return Skipped(str(path), "not_regular_file", f"{path} is a folder; a list file names image files")
     if not stat.S_ISREG(info.st_mode):
         return Skipped(str(path), "not_regular_file", f"{path} is not a regular file (FIFO, device or socket)")
-    return SourceFile(str(path), info.st_size, info.st_mtime_ns, caption)
+    return SourceFile(str(path), info.st_size, storable_mtime_ns(info.st_mtime_ns), caption)
 
 
 def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
@@ -301,8 +301,17 @@ class FileDecoder:
 
 
 def file_mtime_ns(path: str) -> int | None:
-    """The file's modification time in ns, None if it is gone."""
+    """The file's modification time in ns (as :func:`storable_mtime_ns`), None if it is gone."""
     try:
-        return os.stat(path).st_mtime_ns
+        return storable_mtime_ns(os.stat(path).st_mtime_ns)
     except OSError:
         return None
+
+
+_INT64 = 2**63 - 1
+
+
+def storable_mtime_ns(mtime_ns: int) -> int:
+    """A modification time in ns that fits the catalog's 64-bit integers: past April 2262 (a clock gone wrong,
+    ``touch -d 2300-01-01``), nanoseconds overflow them, and one such file failed every ingest of its folder."""
+    return max(-_INT64, min(mtime_ns, _INT64))
