@@ -251,13 +251,17 @@ def test_ingest_decoding_on_the_device_with_or_without_shared_jpegs(tmp_path, ti
     assert "embedded 6, unchanged 0, duplicates 0, pruned 0, failed 1 (not_an_image 1)" in capsys.readouterr().err
 
 
-def test_ingest_in_bf16_where_the_cpu_has_it_and_a_clear_error_where_not(tmp_path, tiny_model_dir, capsys):
+def test_ingest_in_bf16_where_the_cpu_has_it_and_a_clear_error_where_not(tmp_path, tiny_model_dir, capsys,
+                                                                          monkeypatch):
+    import sys
+
     import torch
 
     from mmretrieval.models.precision import native_bf16
 
     write_good_images(tmp_path / "photos", 4)
     native = native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the tip is for a person at a terminal
     scores = {}
     for precision in ("auto", "bf16"):
         collection = str(tmp_path / precision)

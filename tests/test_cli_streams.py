@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +107,50 @@ def test_verbose_after_the_command_as_before_it(collection, capsys):
     help_text = subprocess.run([sys.executable, "-m", "mmretrieval", "--help"], capture_output=True, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
     assert "75   another process is writing the collection" in help_text
+
+
+@pytest.mark.parametrize("failure, says", [
+    (sqlite3.OperationalError("database or disk is full"), "has 1.0 MB free: free some space and run again"),
+    (OSError(errno.EMFILE, "Too many open files"), "raise the limit (ulimit -n 4096) or lower --workers"),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), "BrokenPipeError"),  # a worker's pipe, not `| head`: a failure
+])
+def test_a_failure_says_what_about_the_machine_caused_it(collection, tmp_path, capsys, monkeypatch, failure, says):
+    from mmretrieval.collection.catalog import Catalog
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=2**20)
+                        if os.fspath(path).startswith(collection) else real_usage(path))
+    monkeypatch.setattr(Catalog, "mark_pending", fail)
+    write_good_images(tmp_path / "more", 2, seed=5)
+    assert main(["ingest", str(tmp_path / "more"), "--collection", collection, "--device", "cpu",
+                 "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+
+
+def test_pruning_a_list_whose_files_are_all_gone_succeeds(tmp_path, tiny_model_dir, capsys):
+    """A cron job that prunes a list of files: when all are gone, removing their rows was the whole job."""
+    paths = write_good_images(tmp_path / "photos", 3, seed=9)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, paths)))
+    col = str(tmp_path / "col")
+    options = ["--collection", col, "--device", "cpu", "--workers", "0"]
+    assert main(["ingest", str(listing), *options, "--model", str(tiny_model_dir)]) == 0
+    for path in paths:
+        path.unlink()
+    assert main(["ingest", str(listing), *options, "--prune"]) == 0
+    err = capsys.readouterr().err
+    assert "pruned 3" in err and "every file failed" not in err, err
+
+
+def test_ingest_json_summary_for_scripts(tmp_path, tiny_model_dir, capsys):
+    write_good_images(tmp_path / "photos", 3, seed=11)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "col"), "--model",
+                 str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"embedded": 3, "unchanged": 0, "duplicates": 0, "failed": {"corrupt": 1}, "pruned": 0,
+                       "skipped": {}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Iterator, NoReturn, Sequence
 
 from ..errors import CollectionBusy, MMRError
 from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
-from .streams import ResultsNotWritten, guarded_streams, silence_stdout
+from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, serve_cmd)
 _WRITERS = frozenset({"ingest", "import", "index", "compact", "label"})  # commands that commit to a collection
@@ -184,14 +185,54 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"mmr {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `mmr search ... | head` closed the pipe: not an error
-        silence_stdout()
-        return 0
-    except Exception as exc:  # a bug or an input we did not foresee: still one line, the details on request
-        if args.verbose:
-            raise
-        print(f"mmr {args.command}: error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
-        return 2
+    except BrokenPipeError as exc:
+        if reader_left():  # `mmr search ... | head` closed the pipe: not an error
+            silence_stdout()
+            return 0
+        return _unexpected(exc, args)
+    except Exception as exc:
+        return _unexpected(exc, args)
+
+
+def _unexpected(exc: Exception, args: argparse.Namespace) -> int:
+    """A bug or an input we did not foresee: still one line, with what the machine says of it (a full disk, too
+    few file descriptors), the details on request."""
+    if args.verbose:
+        raise exc
+    print(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
+          "(run with -v for details)", file=sys.stderr)
+    return 2
+
+
+LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failure is most likely the full disk's
+
+
+def _circumstances(exc: Exception, args: argparse.Namespace) -> str:
+    """What about this machine probably caused ``exc``: a nearly full disk where the command writes (the
+    collection's, --out's, the temporary folder SQLite and Python use), or the open-file limit."""
+    import errno
+    import shutil
+    import tempfile
+
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (f"; this process may open only {limit} files: raise the limit (ulimit -n 4096) or lower --workers, "
+                "then run again (an interrupted ingest resumes)")
+    folders = [getattr(args, name, None) for name in ("collection", "out")] + [tempfile.gettempdir()]
+    for folder in filter(None, folders):
+        existing = os.path.abspath(os.path.expanduser(folder))
+        while not os.path.isdir(existing) and existing != os.path.dirname(existing):
+            existing = os.path.dirname(existing)
+        try:
+            free = shutil.disk_usage(existing).free
+        except OSError:
+            continue
+        if free < LOW_DISK_BYTES:
+            return (f"; the disk holding {existing} has {free / 2**20:.1f} MB free: free some space and run again "
+                    "(what was committed is kept)")
+    return ""
 
 
 if __name__ == "__main__":

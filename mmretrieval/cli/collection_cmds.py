@@ -67,6 +67,9 @@ def _register_ingest(subparsers) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=60.0,
                         help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--json", action="store_true",
+                        help="also print the summary as one JSON object on stdout (embedded, unchanged, duplicates, "
+                        "pruned, and failed and skipped files by reason)")
     parser.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
                         help="fail images with more pixels than this, a guard against decompression bombs (default "
                         "268402689, 16383x16383: any camera photo; a PNG or TIFF that large needs 1-3 GB per "
@@ -168,7 +171,10 @@ def _ingest(args: argparse.Namespace) -> int:
     print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
           f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
           f"{skipped}", file=sys.stderr)
-    if summary.embedded and ray is None and args.precision == "auto" and _bf16_unused(args.device):
+    if args.json:
+        print(json_line(dataclasses.asdict(summary)), flush=True)
+    if summary.embedded and ray is None and args.precision == "auto" and sys.stderr.isatty() and \
+            _bf16_unused(args.device):  # a tip for a person at a terminal, not for every line of a cron job's log
         print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
               "within ~2e-3 of float32's", file=sys.stderr)
     return _ingest_status(summary, args.sources)
@@ -176,10 +182,13 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
     """0 when some file was embedded, reused or found unchanged (a file that failed before and has not changed
-    is unchanged: it is not retried) or pruning removed something; 2, as for any failed command, when every file
-    found failed or was skipped in this run; 1 when no image file was found."""
+    is unchanged: it is not retried) or pruning removed something (the listed files that are gone included);
+    2, as for any failed command, when every file found failed or was skipped in this run; 1 when no image file
+    was found."""
     if summary.embedded or summary.unchanged or summary.duplicates:
         return 0
+    if summary.pruned and not summary.failed_total and set(summary.skipped) <= {"missing"}:
+        return 0  # a list of files that are all gone now: --prune removed their rows, which was the job
     if summary.failed_total or summary.skipped_total:
         print("mmr ingest: every file failed or was skipped; `mmr info --failures` lists them with their reasons",
               file=sys.stderr)
@@ -287,17 +296,24 @@ def _print_hits(rows: list[dict[str, Any]], as_json: bool, command: str) -> int:
 
 
 def _register_index(subparsers) -> None:
-    parser = subparsers.add_parser("index", help="rebuild the collection's FAISS index (another type or parameters)")
+    parser = subparsers.add_parser(
+        "index", help="rebuild the collection's FAISS index (another type or parameters)",
+        description="Build the collection's FAISS index again, of another type or with other parameters; "
+        "searches keep using the old one until the new one is saved. Without options the index is sized from "
+        "the number of vectors and --memory-budget, and its search parameters tuned to --recall-target.")
     add_collection_option(parser)
     parser.add_argument("--type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help="flat (exact), ivf, hnsw or ivfpq (OPQ + IVF-PQ, compressed, re-ranked exactly); "
                         "auto picks by size and --memory-budget (default)")
-    parser.add_argument("--nlist", type=int, help="ivf, ivfpq: inverted lists")
+    parser.add_argument("--nlist", type=int, help="ivf, ivfpq: inverted lists (default: about 4 x sqrt(vectors), "
+                        "a power of two)")
     parser.add_argument("--nprobe", type=int, help="ivf, ivfpq: lists probed per query (default: tuned)")
-    parser.add_argument("--hnsw-m", type=int, help="hnsw: graph degree")
+    parser.add_argument("--hnsw-m", type=int, help="hnsw: graph degree (default 32)")
     parser.add_argument("--ef-search", type=int, help="hnsw: search breadth (default: tuned)")
-    parser.add_argument("--pq-m", type=int, help="ivfpq: bytes per vector code")
-    parser.add_argument("--rerank", type=int, help="candidates re-scored exactly per query")
+    parser.add_argument("--pq-m", type=int, help="ivfpq: bytes per vector code (default: the largest that fits "
+                        "--memory-budget, at most dimensions / 4)")
+    parser.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (default: tuned, from "
+                        "40 for ivf and 200 for ivfpq)")
     parser.add_argument("--memory-budget", type=_size, metavar="SIZE",
                         help="most memory the index may take, e.g. 2G or 500M (default: a quarter of RAM)")
     parser.add_argument("--recall-target", type=float,
@@ -378,12 +394,17 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _register_label(subparsers) -> None:
-    parser = subparsers.add_parser("label", help="label every image zero-shot; search can then filter by label")
+    parser = subparsers.add_parser(
+        "label", help="label every image zero-shot; search can then filter by label",
+        description="Score every embedded image (or those the filters select) against the labels, from the stored "
+        "vectors (no image is decoded again), and save the result as a named label set. Prints the count per "
+        "label; --out writes every image's labels, --organize links the images into a folder per label.")
     add_collection_option(parser)
     parser.add_argument("--labels", action="append", required=True,
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
                         "(repeatable)")
-    parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file (one {} per line)")
+    parser.add_argument("--templates", default="default",
+                        help="default, imagenet, none, or a file (one {} per line) (default: default)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=probability,
                         help=f"with --multi-label: the probability cutoff (default {MULTI_LABEL_THRESHOLD})")
@@ -432,7 +453,10 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _register_info(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="model, counts by status, index and sizes of a collection")
+    parser = subparsers.add_parser(
+        "info", help="model, counts by status, index and sizes of a collection",
+        description="Describe a collection: its model, images by status, index, labels and size on disk, as "
+        "KEY<TAB>VALUE lines (or one JSON object); with --failures, every file that failed or was skipped.")
     add_collection_option(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object (with --failures: JSON lines)")
     parser.add_argument("--failures", action="store_true",

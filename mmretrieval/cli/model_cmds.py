@@ -41,7 +41,8 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", action="append", required=True,
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
                         "(repeatable)")
-    parser.add_argument("--templates", default="default", help="default, imagenet, none, or a file of '{}' templates")
+    parser.add_argument("--templates", default="default",
+                        help="default, imagenet, none, or a file of '{}' templates (default: default)")
     parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
     parser.add_argument("--threshold", type=probability,
                         help=f"with --multi-label: keep labels at or above this (default {MULTI_LABEL_THRESHOLD}); "

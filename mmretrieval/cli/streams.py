@@ -28,6 +28,7 @@ class _Results:
 
     def __init__(self, stream: Any):
         self._stream = stream
+        self.reader_left = False  # a write met a closed pipe: the reader has what it wanted (`| head`)
 
     def write(self, text: str) -> int:
         if self._stream is None:
@@ -35,6 +36,7 @@ class _Results:
         try:
             return self._stream.write(text)
         except BrokenPipeError:
+            self.reader_left = True
             raise
         except OSError as exc:
             raise ResultsNotWritten(exc.strerror or str(exc)) from exc
@@ -45,6 +47,7 @@ class _Results:
         try:
             self._stream.flush()
         except BrokenPipeError:
+            self.reader_left = True
             raise
         except OSError as exc:
             raise ResultsNotWritten(exc.strerror or str(exc)) from exc
@@ -96,6 +99,12 @@ def guarded_streams() -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = stdout, stderr
+
+
+def reader_left() -> bool:
+    """Whether stdout met a closed pipe (``| head`` has read enough), rather than some other pipe breaking (a
+    worker process gone, which is a failure)."""
+    return bool(getattr(sys.stdout, "reader_left", False))
 
 
 def _fill_closed_descriptors() -> None:
