@@ -29,6 +29,7 @@ from .training import scenes
 from .atomic import atomic_write_bytes, exclusive_lock
 from .cache import user_cache_dir
 from .models.specs import ModelSpec, assets_dir, find_checkpoint, sha256_file
+from .errors import CollectionError
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,15 @@ def ensure_demo_collection(
         progress: called as ``(stage, done, total)`` while scenes are written and while they are ingested.
 
     Raises:
-        MMRError: the model cannot be loaded or the collection cannot be written.
+        MMRError: the model cannot be loaded, or the demo folder or its collection cannot be written.
     """
     root = Path(root) if root is not None else default_demo_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # an unwritable cache folder, or $XDG_CACHE_HOME naming a file
+        raise CollectionError(f"cannot make the demo folder {root}: {exc.strerror or exc}; choose another with "
+                              "--data-dir DIR or $MMR_DEMO_DIR, or serve a collection of your own with "
+                              "--collection DIR") from exc
     if is_ready(root, config):
         return collection_dir(root)
     with exclusive_lock(root / ".build.lock"):  # a second app launch waits for the first's build

@@ -28,3 +28,15 @@ def test_a_changed_model_re_embeds_the_cached_demo(tmp_path, tiny_model_dir):
     with Collection.open(again, model=str(model_dir), device="cpu") as collection:
         ids, new_vectors = collection.vectors()
         assert len(ids) == 6 and not torch.allclose(torch.from_numpy(old_vectors), torch.from_numpy(new_vectors))
+
+
+def test_a_demo_folder_that_cannot_be_made_says_how_to_choose_another(tmp_path, capsys, monkeypatch):
+    """An unwritable cache, or $XDG_CACHE_HOME naming a file: one line that names --data-dir, not a traceback."""
+    from mmretrieval.cli import main
+
+    (tmp_path / "cache").write_text("a file, not a folder")
+    monkeypatch.delenv("MMR_DEMO_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "mmr serve: error: cannot make the demo folder" in err and "--data-dir DIR or $MMR_DEMO_DIR" in err, err
