@@ -7,11 +7,15 @@ Library errors (:class:`~mmretrieval.errors.MMRError`) become a one-line message
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
 import logging
 import os
+import resource
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -210,13 +214,7 @@ LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failure is most lik
 def _circumstances(exc: Exception, args: argparse.Namespace) -> str:
     """What about this machine probably caused ``exc``: a nearly full disk where the command writes (the
     collection's, --out's, the temporary folder SQLite and Python use), or the open-file limit."""
-    import errno
-    import shutil
-    import tempfile
-
     if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
-        import resource
-
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return (f"; this process may open only {limit} files: raise the limit (ulimit -n 4096) or lower --workers, "
                 "then run again (an interrupted ingest resumes)")
