@@ -13,10 +13,12 @@ per vector (80 MB at 10 M).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
 import sqlite3
+import stat
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 _BLOCK = 65_536  # rows per streamed block
 _CHUNK = 500  # ids per IN (...) query
 PRUNE_PAGE = 10_000  # rows under a pruned folder read per query
+_NOT_OK_STATUSES = ("pending", "failed", "skipped")  # every status but ``ok``, in the order a prune reads them
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class VectorPlaces:
     def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
         """Store one batch: append its vectors to the active segment, then commit places and statuses in one
         transaction; returns the new generation. A row whose content hash changed loses its labels (in every
-        set); one whose bytes are the same (a file only touched) keeps them."""
+        set); one whose bytes are the same (a file only touched) keeps them; one whose bytes another row has (a
+        moved, renamed or copied file) takes that row's labels (see :func:`_copy_labels_of_same_content`)."""
         places: list[tuple[int, int, int]] = []
         if vectors:
             ids = np.array([v.image_id for v in vectors], np.int64)
@@ -111,6 +115,7 @@ class VectorPlaces:
                 "UPDATE images SET status = 'ok', content_hash = ?, width = ?, height = ?, format = ?, "
                 "reason = NULL, message = NULL WHERE id = ?",
                 [(v.content_hash, v.width, v.height, v.format, v.image_id) for v in vectors])
+            _copy_labels_of_same_content(db, [(v.image_id, v.content_hash) for v in vectors])
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, number, row) for i, number, row in places])
             write_photos(db, [(v.image_id, v.photo) for v in vectors if v.photo is not None])
@@ -126,7 +131,7 @@ class VectorPlaces:
         Idempotent: a segment whose content (sha256) was committed before changes nothing. Call it from the
         collection's writer, holding its lock. Ids missing from the catalog are ignored (and counted); an id
         written twice keeps its last row. A row keeps its labels only when ``metadata`` gives it the content hash
-        it already had (the same bytes, so the same vector).
+        it already had (the same bytes, so the same vector), and takes those of another row with the hash it gets.
 
         Args:
             sealed: from :meth:`SegmentWriter.seal` or :func:`~.segments.read_sealed` (files already verified).
@@ -159,6 +164,7 @@ class VectorPlaces:
                 "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",
                 [(m.content_hash, m.width, m.height, m.format, m.image_id) for m in metadata])
+            _copy_labels_of_same_content(db, [(m.image_id, m.content_hash) for m in metadata if m.image_id in known])
             write_photos(db, [(m.image_id, m.photo) for m in metadata if m.photo is not None and m.image_id in known])
             write_mtime_photos(db, known, replace=False)  # rows committed without metadata: dated by mtime
             _write_failures(db, failures)
@@ -280,7 +286,8 @@ class VectorPlaces:
                       keep_under: Sequence[bytes] = (), not_ok_only: bool = False) -> int:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
         as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
-        many went. The caller has checked that the folders are there: nothing else is pruned.
+        many went. The caller has checked that the folders are there: nothing else is pruned. What counts as gone
+        is :func:`_vanished`'s rule (an image row goes once its path names no regular file).
 
         The rows under a folder are read a page at a time in path order (the prefix is a range of the path
         index), so a prune over 10 M rows holds one page and the ids of the rows going, not every path.
@@ -291,32 +298,37 @@ class VectorPlaces:
         gone: set[int] = set()
 
         def check(rows: list[tuple]) -> None:
-            gone.update(id_ for id_, path in rows
-                        if not any(path.startswith(kept) for kept in keep_under) and not os.path.lexists(path))
+            gone.update(id_ for id_, path, status in rows
+                        if not any(path.startswith(kept) for kept in keep_under) and _vanished(path, status))
 
         for folder in folders:
-            for rows in (self._not_ok_rows_under(folder) if not_ok_only else self._rows_under(folder)):
-                check(rows)
+            if not_ok_only:
+                for status in _NOT_OK_STATUSES:
+                    for rows in self._not_ok_rows_under(folder, statuses=(status,)):
+                        check([(id_, path, status) for id_, path in rows])
+            else:
+                for rows in self._rows_under(folder):
+                    check(rows)
         given = iter(paths)  # a stream: the entries of a list file are never held whole
         condition = f" AND {NOT_OK}" if not_ok_only else ""
         while chunk := list(itertools.islice(given, _CHUNK)):
-            check(self._query(f"SELECT id, path FROM images WHERE path IN ({','.join('?' * len(chunk))}){condition}",
-                              chunk))
+            check(self._query(f"SELECT id, path, status FROM images WHERE path IN ({','.join('?' * len(chunk))})"
+                              f"{condition}", chunk))
         if gone:
             with self.transaction() as db:
                 db.executemany("DELETE FROM images WHERE id = ?", [(id_,) for id_ in sorted(gone)])
                 self._bump_generation()
         return len(gone)
 
-    def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes]]]:
-        """Pages of ``(id, path)`` of the rows under ``folder`` (ending in a separator), in path order."""
+    def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes, str]]]:
+        """Pages of ``(id, path, status)`` of the rows under ``folder`` (ending in a separator), in path order."""
         after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
-        while rows := self._query(f"SELECT id, path FROM images WHERE path > ? AND path < ? ORDER BY path "
+        while rows := self._query(f"SELECT id, path, status FROM images WHERE path > ? AND path < ? ORDER BY path "
                                   f"LIMIT {PRUNE_PAGE}", (after, upper)):
             yield rows
             after = rows[-1][1]
 
-    def _not_ok_rows_under(self, prefix: bytes, statuses: Sequence[str] = ("pending", "failed", "skipped")
+    def _not_ok_rows_under(self, prefix: bytes, statuses: Sequence[str] = _NOT_OK_STATUSES
                            ) -> Iterator[list[tuple[int, bytes]]]:
         """Pages of ``(id, path)`` of the rows with one of ``statuses`` (none ``ok``) whose path starts with
         ``prefix``, a status at a time in id order (the status index holds only rows that are not ``ok``: no sort,
@@ -336,6 +348,38 @@ def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[
     db.executemany("DELETE FROM labels WHERE image_id = ? AND NOT EXISTS "
                    "(SELECT 1 FROM images WHERE id = ? AND content_hash = ?)",
                    [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
+
+
+def _vanished(path: bytes, status: str) -> bool:
+    """Whether a row at ``path`` is gone. An image row (``ok``, ``pending``, ``failed``) is gone once its path names
+    no regular file, following links: deleted, a folder or FIFO now there, or a link whose file is gone. A
+    ``skipped`` row records something the walk met but never opened (a folder it could not list, a FIFO, a broken
+    link) and is gone only once nothing is at its path. A path that cannot be looked at now (permissions, an I/O
+    error) is not gone: a prune never deletes what it could not check."""
+    try:
+        info = os.lstat(path) if status == "skipped" else os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return True
+    except OSError as exc:
+        return exc.errno == errno.ELOOP  # a loop of links names no file
+    return status != "skipped" and not stat.S_ISREG(info.st_mode)
+
+
+def _copy_labels_of_same_content(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
+    """After ``(image id, content hash)`` rows got their new hash: give each, in every label set where it has none,
+    the labels of another row with the same bytes (the lowest id labelled in that set). Labels are scored from
+    the vector alone, and the same bytes have the same vector, so they are as true of a moved, renamed or copied
+    file as of the row they come from; when that row is pruned later in the run, its labels live on here.
+    A few index lookups per row (content hash, then labels by image), whatever the collection's size."""
+    # CROSS JOIN keeps SQLite's join order: rows with the hash first (few), then their labels; never a set's labels
+    db.executemany(
+        "INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
+        "SELECT l.label_set, :id, l.label, l.probability FROM images i CROSS JOIN labels l ON l.image_id = i.id "
+        "WHERE i.content_hash = :hash AND i.id != :id "
+        "AND NOT EXISTS (SELECT 1 FROM labels mine WHERE mine.image_id = :id AND mine.label_set = l.label_set) "
+        "AND l.image_id = (SELECT MIN(o.image_id) FROM images oi CROSS JOIN labels o ON o.image_id = oi.id "
+        "                  WHERE oi.content_hash = :hash AND oi.id != :id AND o.label_set = l.label_set)",
+        [{"id": image_id, "hash": content_hash} for image_id, content_hash in rows if content_hash is not None])
 
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:

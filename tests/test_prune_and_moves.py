@@ -1,0 +1,149 @@
+"""``--prune`` drops a row once its path no longer names an image file (a folder now there, a broken link), and
+labels follow the bytes: a moved, renamed or copied file takes the labels of the row whose vector it reuses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mmretrieval.collection.catalog import Catalog, encode_path
+from mmretrieval.collection.collection import Collection
+from mmretrieval.collection.places import RowMetadata, VectorWrite
+from mmretrieval.collection.segments import SegmentWriter
+from mmretrieval.errors import CollectionError
+from test_ingest import scene_jpeg, write_good_images
+
+
+def _labels(col: Collection, path) -> set[str]:
+    """Qualified labels (``SET:LABEL`` outside the default set) of the row at ``path``."""
+    image_id = col.catalog.id_of_path(path)
+    return {name for name, _ in col.label_of([image_id]).get(image_id, ())}
+
+
+def _label_two_sets(col: Collection) -> None:
+    col.label("red, green")
+    col.label("circle, square", multi_label=True, threshold=0.0, label_set="shapes")
+
+
+# -- a file replaced by something that is not one ---------------------------------------------------------------
+def test_a_file_replaced_by_a_folder_of_the_same_name_is_pruned(tmp_path, tiny_encoder):
+    tree = tmp_path / "tree"
+    paths = write_good_images(tree, 4)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tree], workers=0)
+        paths[0].unlink()
+        write_good_images(paths[0], 2, seed=3)  # tree/good00.jpg/ is now a folder of two images
+        summary = col.ingest([tree], workers=0, prune=True)
+        assert (summary.embedded, summary.pruned) == (2, 1)
+        assert col.catalog.id_of_path(paths[0]) is None
+        hits = col.search("red", k=20)
+        assert len(hits) == 5 and str(paths[0]) not in {hit.path for hit in hits}
+        assert all(os.path.isfile(hit.path) for hit in hits)
+
+
+def test_prune_keeps_files_and_links_to_them_and_drops_what_no_longer_names_a_file(tmp_path):
+    """At the catalog: an image row goes when its path is gone, a folder, or a link whose file is gone; a skipped
+    row (a record of something never opened) goes only once nothing is at its path."""
+    tree = tmp_path / "tree"
+    names = ["file.jpg", "link.jpg", "broken.jpg", "folder.jpg", "gone.jpg"]
+    for name in names:
+        (tree / name).parent.mkdir(exist_ok=True)
+        (tree / name).write_bytes(b"bytes of " + name.encode())
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    keys = [encode_path(tree / name) for name in names]
+    catalog.mark_pending([(key, 1, 1, None) for key in keys])
+    ids = [catalog.id_of_path(os.fsdecode(key)) for key in keys]
+    catalog.write_results([VectorWrite(i, f"h{i}", 1, 1, "JPEG", v)
+                           for i, v in zip(ids, np.eye(len(ids), 8, dtype=np.float32))], [])
+    for name in ("link.jpg", "broken.jpg"):
+        (tree / name).unlink()
+        (tree / name).symlink_to(tree / f"target-of-{name}")
+    (tree / "target-of-link.jpg").write_bytes(b"still here")
+    (tree / "folder.jpg").unlink()
+    (tree / "folder.jpg").mkdir()
+    (tree / "gone.jpg").unlink()
+    os.mkfifo(tree / "fifo.jpg")
+    catalog.mark_skipped([(encode_path(tree / "fifo.jpg"), "not_regular_file", "a FIFO"),
+                          (encode_path(tree / "shut"), "unreadable", "cannot list")])
+    (tree / "shut").mkdir()
+
+    assert catalog.prune_missing([encode_path(tree) + os.sep.encode()]) == 3
+    left = {os.path.basename(row.path) for row in catalog.rows(catalog.vector_ids().tolist()).values()}
+    assert left == {"file.jpg", "link.jpg"}
+    assert {os.path.basename(f.path) for f in catalog.failures()} == {"fifo.jpg", "shut"}
+    catalog.close()
+
+
+def test_prune_still_refuses_a_missing_source(tmp_path, tiny_encoder):
+    write_good_images(tmp_path / "drive", 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "drive"], workers=0)
+        shutil.rmtree(tmp_path / "drive")
+        with pytest.raises(CollectionError, match="missing.*nothing was deleted"):
+            col.ingest([tmp_path / "drive"], workers=0, prune=True)
+        assert col.catalog.counts_by_status() == {"ok": 2}
+
+
+# -- labels follow the bytes -------------------------------------------------------------------------------------
+def test_renaming_a_folder_keeps_its_images_labels_in_every_set(tmp_path, tiny_encoder):
+    tree = tmp_path / "tree"
+    paths = write_good_images(tree / "a", 4)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tree], workers=0)
+        _label_two_sets(col)
+        before = {p.name: _labels(col, p) for p in paths}
+        counts = col.catalog.label_counts()
+        assert all(any(n.startswith("shapes:") for n in labels) and len(labels) >= 2 for labels in before.values())
+
+        (tree / "a").rename(tree / "b")
+        moved = col.ingest([tree], workers=0, batch_size=3, prune=True)
+        assert (moved.embedded, moved.duplicates, moved.pruned) == (0, 4, 4)
+        assert {p.name: _labels(col, tree / "b" / p.name) for p in paths} == before
+        assert col.catalog.label_counts() == counts
+        assert len(col.search("red", k=10, label="shapes:circle")) == counts.get("shapes:circle", 0)
+
+
+def test_a_copy_takes_the_labels_of_the_same_bytes_and_changed_bytes_lose_theirs(tmp_path, tiny_encoder):
+    tree = tmp_path / "tree"
+    paths = write_good_images(tree, 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tree], workers=0)
+        _label_two_sets(col)
+        before = {p.name: _labels(col, p) for p in paths}
+
+        shutil.copy(paths[0], tree / "copy.jpg")  # the original stays: same bytes, same vector, same labels
+        shutil.move(paths[1], tree / "moved.jpg")
+        (tree / "moved.jpg").write_bytes(scene_jpeg(70))  # moved and changed: its labels described other bytes
+        paths[2].write_bytes(paths[0].read_bytes())  # overwritten with a labelled file's bytes: takes those labels
+        summary = col.ingest([tree], workers=0, prune=True)
+        assert (summary.embedded, summary.duplicates, summary.pruned) == (1, 2, 1)
+        assert _labels(col, tree / "copy.jpg") == _labels(col, paths[0]) == before[paths[0].name]
+        assert _labels(col, tree / "moved.jpg") == set()
+        assert _labels(col, paths[2]) == before[paths[0].name]
+
+
+def test_a_row_committed_from_a_segment_takes_the_labels_of_the_same_bytes(tmp_path):
+    """The ``--ray`` path: a moved file's row arrives in a sealed segment, with its content hash."""
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    old, new, other = (encode_path(tmp_path / name) for name in ("old.jpg", "new.jpg", "other.jpg"))
+    catalog.mark_pending([(old, 1, 1, None)])
+    old_id = catalog.id_of_path(os.fsdecode(old))
+    catalog.write_results([VectorWrite(old_id, "same", 1, 1, "JPEG", np.eye(1, 8, dtype=np.float32)[0])], [])
+    with catalog.transaction() as db:
+        db.executemany("INSERT INTO labels(label_set, image_id, label, probability) VALUES (?, ?, ?, 0.9)",
+                       [("default", old_id, "red"), ("shapes", old_id, "circle"), ("shapes", old_id, "star")])
+    catalog.mark_pending([(new, 1, 1, None), (other, 1, 1, None)])
+    ids = [catalog.id_of_path(os.fsdecode(key)) for key in (new, other)]
+    writer = SegmentWriter(tmp_path / "elsewhere", 8, name="part-0")
+    writer.append(np.array(ids, np.int64), np.eye(2, 8, dtype=np.float32))
+    catalog.commit_segment(writer.seal(), [RowMetadata(ids[0], "same"), RowMetadata(ids[1], "other bytes")])
+    labels = catalog.labels_of([old_id, *ids])
+    assert sorted(labels[ids[0]]) == sorted(labels[old_id]) == [("red", 0.9), ("shapes:circle", 0.9),
+                                                                 ("shapes:star", 0.9)]
+    assert ids[1] not in labels
+    catalog.close()
