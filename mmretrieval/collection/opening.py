@@ -7,6 +7,7 @@ switch). The model is loaded here only when it is asked for by spec, or when a n
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,10 @@ from ..atomic import exclusive_lock
 from ..errors import CollectionError
 from ..models.encoder import DualEncoder, load_encoder
 from ..models.specs import ModelIdentity
-from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
+from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, CatalogFull, writer_busy
 from .segments import check_dtype
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "builtin:shapes"  # a new collection's model when none is asked for
 
@@ -49,7 +52,8 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
         raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
                               "pass a new or existing collection folder as --collection")
     made_now = False
-    if not catalog_path.is_file():
+    existed = catalog_path.is_file()
+    if not existed:
         if not create:
             raise CollectionError(f"no collection at {directory}; create one with "
                                   f"`mmr ingest SOURCE --collection {directory}`")
@@ -62,7 +66,7 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
         except OSError as exc:
             raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
     writable = not read_only and os.access(directory, os.W_OK)
-    catalog = Catalog(catalog_path, writable=writable)
+    catalog = _open_catalog(catalog_path, writable, reader=writer is None and existed)
     try:
         if writable and catalog.get_meta(DTYPE_KEY) is None:
             check_dtype(vector_dtype)
@@ -77,6 +81,26 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
         catalog.close()
         raise
     return OpenedFolder(directory, catalog, identity, encoder, made_now)
+
+
+def _open_catalog(path: Path, writable: bool, reader: bool) -> Catalog:
+    """The catalog, writable if asked. On a full disk (where SQLite cannot make the file a writable open needs
+    beside it) a ``reader`` gets it read-only instead, as on a read-only disk: searching needs no space.
+
+    Raises:
+        CatalogFull: the disk is full, and this is a writer, or the catalog cannot be read without space either.
+    """
+    try:
+        return Catalog(path, writable=writable)
+    except CatalogFull as full:
+        if not (writable and reader):
+            raise
+        try:
+            catalog = Catalog(path, writable=False)
+        except CollectionError:
+            raise full from None
+        logger.warning("%s; opened it read-only for now: searches work, writes are refused", full)
+        return catalog
 
 
 def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,
