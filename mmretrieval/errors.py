@@ -36,5 +36,9 @@ class CollectionBusy(CollectionError):
     """Another process holds the collection's writer lock: nothing is wrong, try again when it is done."""
 
 
+class CatalogFull(CollectionError):
+    """The disk holding a catalog is full: the catalog is unharmed, and opens as before once space is freed."""
+
+
 class QueryError(MMRError):
     """A query that cannot be run: empty, malformed weights, unreadable query image."""

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import exclusive_lock
-from ..errors import CollectionError
+from ..errors import CatalogFull, CollectionError
 from ..models.encoder import DualEncoder, load_encoder
 from ..models.specs import ModelIdentity
-from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, CatalogFull, writer_busy
+from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
 from .segments import check_dtype
 
 logger = logging.getLogger(__name__)
