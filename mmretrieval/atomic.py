@@ -189,6 +189,20 @@ def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
     fsync_dir(out.parent)
 
 
+@contextmanager
+def scratch_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``target``, named as its temporaries are (``.NAME.<owner>.<random>.partial``),
+    and delete it when the block ends, whether or not it raised: a place to write files that are then renamed
+    into place. One that SIGKILL or a power cut left is deleted by the next :func:`remove_orphans` of ``target``.
+    """
+    scratch = Path(target).parent / f".{Path(target).name}.{_owner()}.{secrets.token_hex(4)}.partial"
+    scratch.mkdir()  # the umask's mode
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``target`` atomically (and durably, unless ``durable=False``)."""
     with atomic_path(target, durable=durable) as tmp:

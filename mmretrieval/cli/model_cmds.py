@@ -140,8 +140,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "train", help="contrastive training: the demo model, or fine-tuning on your captioned images",
         description="Train an open_clip dual encoder with CLIP's softmax loss (SigLIP's sigmoid loss for models "
         "with a logit_bias) on generated scenes or on a captioned set (folder with sidecar .txt captions, or a "
-        "CSV with path,caption). Logs loss and a held-out score to stderr and OUT/train_log.jsonl; saves OUT "
-        "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads. "
+        "CSV with path,caption). Logs loss and a held-out score to stderr and train_log.jsonl; saves OUT "
+        "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads. The run "
+        "writes in a hidden folder inside OUT (.new-model.*.partial/, its log there too) and replaces a model "
+        "already in OUT only when complete. "
         "Options left out take TrainConfig's defaults (mmretrieval/training/config.py).",
         argument_default=argparse.SUPPRESS, formatter_class=_TrainDefaults,
     )

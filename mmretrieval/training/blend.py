@@ -15,7 +15,7 @@ import torch
 from ..errors import MMRError
 from ..models.loading import load_model, save_model_dir
 from ..models.specs import ModelSpec, model_config_of, model_dir_config, refuse_overwriting
-from .out_folder import check_out_folder, clear_model_files
+from .out_folder import check_out_folder, model_written_aside
 
 
 def blend_models(trained: str, init: str, keep_init: float, out: str | Path, half: bool = True,
@@ -27,7 +27,8 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
         init: the spec of the model it was fine-tuned from.
         keep_init: the init's share, 0 to 1.
         out: the directory to write (open_clip layout; the trained model's config and training notes, plus a
-            ``blend`` record).
+            ``blend`` record). A previous model there stays as it was until this one is saved whole, then is
+            replaced (:func:`.out_folder.model_written_aside`).
         half: store float16 weights.
         force: write into an ``out`` folder that holds other files (they are kept; see :mod:`.out_folder`).
 
@@ -56,9 +57,10 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
     notes = {k: v for k, v in trained_config.items() if k not in ("model_cfg", "preprocess_cfg")}
     notes["blend"] = {"trained": trained, "init": init, "keep_init": keep_init,
                       "init_training": _config(init_spec).get("training")}
-    clear_model_files(out)  # an earlier model's training log would describe a run that did not make these weights
-    return save_model_dir(blended.model, trained_config.get("model_cfg") or model_config_of(trained_spec), out,
-                          half=half, extra=notes, preprocess_cfg=json.loads(blended.identity.preprocess))
+    with model_written_aside(out) as new:  # the old model stays whole until this one is (an old log goes too)
+        save_model_dir(blended.model, trained_config.get("model_cfg") or model_config_of(trained_spec), new,
+                       half=half, extra=notes, preprocess_cfg=json.loads(blended.identity.preprocess))
+    return out
 
 
 def _config(spec: ModelSpec) -> dict:

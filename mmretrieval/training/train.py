@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 import warnings
@@ -34,7 +35,7 @@ from ..models.specs import ModelIdentity, ModelSpec, model_config_of, refuse_ove
 from ..images.preprocess import ImagePreparer
 from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 from .losses import multi_positive_clip_loss, multi_positive_siglip_loss, null_anchor_loss
-from .out_folder import TRAIN_LOG_NAME, check_out_folder, clear_model_files
+from .out_folder import TRAIN_LOG_NAME, check_out_folder, model_written_aside
 from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
@@ -196,8 +197,10 @@ def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
 def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None, *, force: bool = False) -> Path:
     """Train, scoring on held-out data every ``eval_every`` steps, and save the model directory.
 
-    Checkpoints and the log go straight into ``config.out`` (an interrupted run leaves its latest checkpoint, and
-    the log can be followed as it grows); a previous model's files there are deleted first, so none outlives it.
+    Checkpoints and the log are written aside, in a hidden folder of ``config.out``
+    (``.new-model.<host>~<pid>.<random>.partial/``: follow the log there with ``tail -f``), and replace a previous
+    model's files in ``config.out`` only when the last step is saved (:func:`.out_folder.model_written_aside`), so
+    that an interrupted or failed run leaves the previous model as it was, and discards its own checkpoints.
 
     Args:
         config: the run.
@@ -228,14 +231,15 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None, 
         warnings.warn(f"the warm-up ({config.warmup_steps} steps) is longer than the run ({config.steps} steps): "
                       f"the learning rate never reaches {config.lr:g}; pass e.g. --warmup-steps "
                       f"{max(1, config.steps // 10)}", stacklevel=2)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_model_files(out)
-    with open(out / TRAIN_LOG_NAME, "w", encoding="utf-8") as log_file:
-        for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn):
-            log_file.write(json.dumps(asdict(entry)) + "\n")
-            log_file.flush()
-            if on_log:
-                on_log(entry)
+    with model_written_aside(out) as new:
+        logger.info("training log (until the model is complete): %s", new / TRAIN_LOG_NAME)
+        with open(new / TRAIN_LOG_NAME, "w", encoding="utf-8") as log_file:
+            for entry in _steps(config, loaded, model_cfg, device, pairs, held_pairs, optimizer, loss_fn, new):
+                log_file.write(json.dumps(asdict(entry)) + "\n")
+                log_file.flush()
+                if on_log:
+                    on_log(entry)
+            os.fsync(log_file.fileno())  # durable before it is renamed into place beside the model
     return out
 
 
@@ -257,8 +261,8 @@ def _check_decodable(items: list[CaptionedImage], source: str) -> None:
 
 def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], device: torch.device,
            pairs: list[CaptionedImage], held_pairs: list[CaptionedImage], optimizer: torch.optim.Optimizer,
-           loss_fn: Callable[..., torch.Tensor]) -> Iterator[StepLog]:
-    """Run the training steps, saving at checkpoints; yields the entries for the log.
+           loss_fn: Callable[..., torch.Tensor], save_to: Path) -> Iterator[StepLog]:
+    """Run the training steps, saving at checkpoints into ``save_to``; yields the entries for the log.
 
     A batch in which no image decoded is skipped (the step still counts, so a run stays a pure function of
     its seed and step count, and the last step still saves).
@@ -283,8 +287,8 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
         if loss is not None and (step % 50 == 0 or checkpoint):
             held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
             yield StepLog(step, loss, _lr_at(step, config), time.perf_counter() - started, held_out)
-        if checkpoint:  # an interrupted run still leaves its latest held-out-scored weights
-            _save(model, model_cfg, loaded, config, step)
+        if checkpoint:  # the run's folder holds its latest held-out-scored weights while it lasts
+            _save(model, model_cfg, loaded, config, step, save_to)
 
 
 def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, optimizer: torch.optim.Optimizer,
@@ -325,12 +329,13 @@ def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, opt
     return float(loss.item())
 
 
-def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int) -> Path:
+def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int,
+          directory: Path) -> Path:
     extra = {"architecture": config.arch if not config.init else f"finetuned:{config.init}",
              "training": {**{k: v for k, v in asdict(config).items() if k not in ("out", "device", "workers")},
                           "saved_at_step": step}}
     preprocess = json.loads(loaded.identity.preprocess)
-    return save_model_dir(model, model_cfg, config.out, preprocess_cfg=preprocess, extra=extra, half=config.half)
+    return save_model_dir(model, model_cfg, directory, preprocess_cfg=preprocess, extra=extra, half=config.half)
 
 
 def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig,

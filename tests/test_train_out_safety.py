@@ -1,0 +1,220 @@
+"""`mmr train --out` and `mmr blend --out` over an existing model: the old model stays loadable until the new one
+is complete, whatever stops the run (Ctrl-C, an error, a full disk), and a finished run replaces it whole."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from mmretrieval.models.encoder import load_encoder
+from mmretrieval.training import scenes
+from mmretrieval.training.train import TrainConfig, train
+
+MODEL_NAMES = {"open_clip_config.json", "open_clip_model.safetensors", "train_log.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """Eight captioned scenes: too few to hold any out, so checkpoints cost no scoring."""
+    root = tmp_path_factory.mktemp("pairs")
+    for i in range(8):
+        example = scenes.generate(5, i)
+        example.image.save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(example.caption)
+    return root
+
+
+@pytest.fixture
+def quick(tiny_model_dir, pairs) -> Callable[..., TrainConfig]:
+    """A run of a few steps fine-tuning the tiny model on ``pairs`` into ``out``."""
+    def config(out: Path, **given) -> TrainConfig:
+        settings = {"steps": 2, "batch_size": 2, "workers": 0, "device": "cpu", "eval_every": 0, "warmup_steps": 1}
+        return TrainConfig(out=str(out), init=str(tiny_model_dir), data=str(pairs), **{**settings, **given})
+    return config
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every entry of ``folder`` (hidden ones included) with its bytes; folders as b"<dir>"."""
+    return {p.name: (b"<dir>" if p.is_dir() else p.read_bytes()) for p in folder.iterdir()}
+
+
+def _assert_loads_as(folder: Path, files: dict[str, bytes]) -> None:
+    """``folder`` holds exactly ``files``, byte for byte, and loads as a model with the project's loader."""
+    assert _files(folder) == files
+    assert load_encoder(str(folder), device="cpu").encode_texts(["a red circle"]).shape[0] == 1
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def old_model(tmp_path, quick) -> tuple[Path, dict[str, bytes]]:
+    """A model folder that an earlier `mmr train` wrote, and its files."""
+    out = train(quick(tmp_path / "m", seed=7))
+    assert set(_files(out)) == MODEL_NAMES
+    return out, _files(out)
+
+
+@pytest.fixture
+def fine_tune(tmp_path, quick) -> Path:
+    """Another model that train wrote, to blend with the tiny model it started from."""
+    return train(quick(tmp_path / "ft", seed=3))
+
+
+def _blend(fine_tune: Path, init: Path, out: Path, **given) -> Path:
+    from mmretrieval.training.blend import blend_models
+
+    return blend_models(str(fine_tune), str(init), 0.5, out, half=False, **given)
+
+
+def _interrupt(entry) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_at_step_2(entry) -> None:  # after checkpoints of steps 1 and 2 were saved (aside)
+    if entry.step == 2:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "error"])
+def test_a_run_stopped_mid_training_leaves_the_old_model_loadable(old_model, quick, monkeypatch, stop):
+    import mmretrieval.training.train as train_module
+
+    out, before = old_model
+    if stop == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            train(quick(out, steps=4, eval_every=1), on_log=_interrupt_at_step_2)
+    else:
+        def broken_scoring(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(train_module, "_held_out_score", broken_scoring)
+        with pytest.raises(RuntimeError, match="boom"):
+            train(quick(out))
+    _assert_loads_as(out, before)  # nothing left aside either
+
+
+def test_while_a_run_trains_the_old_model_loads_and_the_new_log_grows_aside(old_model, quick):
+    out, before = old_model
+    seen = []
+
+    def check(entry) -> None:
+        visible = {name: data for name, data in _files(out).items() if not name.startswith(".")}
+        assert visible == before  # the old model, whole, its own log included
+        load_encoder(str(out), device="cpu")
+        logs = list(out.glob(".new-model.*.partial/train_log.jsonl"))  # `tail -f` this (README)
+        assert len(logs) == 1
+        seen.append(json.loads(logs[0].read_text().splitlines()[-1])["step"])
+
+    train(quick(out, steps=3, eval_every=1), on_log=check)
+    assert seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("command", ["train", "blend"])
+def test_a_full_disk_at_save_time_leaves_the_old_model_loadable(old_model, quick, tiny_model_dir, fine_tune, monkeypatch,
+                                                                command):
+    import mmretrieval.training.blend as blend_module
+    import mmretrieval.training.train as train_module
+
+    out, before = old_model
+
+    def full_disk(model, model_cfg, directory, **kwargs):
+        (Path(directory) / "open_clip_model.safetensors").write_bytes(b"half a file")  # what a plain write leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module if command == "train" else blend_module, "save_model_dir", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        if command == "train":
+            train(quick(out))
+        else:
+            _blend(fine_tune, tiny_model_dir, out)
+    _assert_loads_as(out, before)
+
+
+
+
+def test_a_finished_run_replaces_the_old_model_whole(old_model, quick, tiny_model_dir, fine_tune):
+    out, before = old_model
+    _blend(fine_tune, tiny_model_dir, out)  # a blend writes no log: the old run's must not stay beside it
+    after_blend = _files(out)
+    assert set(after_blend) == {"open_clip_config.json", "open_clip_model.safetensors"}
+    assert after_blend["open_clip_model.safetensors"] != before["open_clip_model.safetensors"]
+    assert "blend" in json.loads(after_blend["open_clip_config.json"])
+    _assert_loads_as(out, after_blend)
+
+    train(quick(out, steps=3, seed=5))  # and a training run over the blend
+    after_train = _files(out)
+    assert set(after_train) == MODEL_NAMES
+    assert after_train["open_clip_model.safetensors"] not in (before["open_clip_model.safetensors"],
+                                                             after_blend["open_clip_model.safetensors"])
+    notes = json.loads(after_train["open_clip_config.json"])
+    assert "blend" not in notes and notes["training"]["seed"] == 5
+    assert [json.loads(line)["step"] for line in after_train["train_log.jsonl"].splitlines()] == [0, 2]
+    _assert_loads_as(out, after_train)
+
+
+def test_a_stopped_blend_leaves_the_old_model_and_forced_foreign_files(old_model, quick, tiny_model_dir, fine_tune,
+                                                                       monkeypatch):
+    import mmretrieval.training.blend as blend_module
+
+    out, before = old_model
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(blend_module, "save_model_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _blend(fine_tune, tiny_model_dir, out, force=True)
+    _assert_loads_as(out, before)
+    monkeypatch.undo()
+    _blend(fine_tune, tiny_model_dir, out, force=True)
+    assert set(_files(out)) == {"notes.txt", "open_clip_config.json", "open_clip_model.safetensors"}
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_first_run_leaves_no_folder(tmp_path, quick):
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(tmp_path / "new"), on_log=_interrupt)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_first_run_stopped_with_ctrl_c_keeps_its_last_checkpoint(tmp_path, quick):
+    """With no model to protect in OUT, Ctrl-C keeps the latest checkpoint rather than hours of training lost."""
+    out = tmp_path / "new"
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(out, steps=4, eval_every=1), on_log=_interrupt_at_step_2)
+    assert set(_files(out)) == MODEL_NAMES  # nothing left aside
+    saved = json.loads((out / "open_clip_config.json").read_text())["training"]["saved_at_step"]
+    assert saved == 1 and load_encoder(str(out), device="cpu").encode_texts(["a red circle"]).shape[0] == 1
+
+
+def test_what_a_killed_run_left_aside_is_removed_by_the_next_run(old_model, quick):
+    out, before = old_model
+    left = []
+
+    def kill(entry) -> None:  # copy what this run has put aside as if its process had died (SIGKILL)
+        for aside in out.iterdir():
+            if aside.name.startswith(".") and f"~{os.getpid()}." in aside.name:
+                dead = out / aside.name.replace(f"~{os.getpid()}.", f"~{_dead_pid()}.")
+                shutil.copytree(aside, dead) if aside.is_dir() else shutil.copy(aside, dead)
+                left.append(dead)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(out), on_log=kill)
+    assert left and all(path.exists() for path in left)
+    train(quick(out))  # not refused as foreign files; they are cleaned up
+    assert set(_files(out)) == MODEL_NAMES
