@@ -531,7 +531,7 @@ def test_a_checkpoint_error_does_not_hide_the_imports_own_and_is_raised_after_a_
     def broken(path):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(catalog_module, "_checkpoint", broken)
+    monkeypatch.setattr(catalog_module, "checkpoint_wal", broken)
     catalog = Catalog(tmp_path / "catalog.sqlite")
     catalog._query("PRAGMA wal_autocheckpoint=500")
     with pytest.raises(CollectionError, match="bad shard"):

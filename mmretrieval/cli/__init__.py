@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
 from ..errors import CollectionBusy, MMRError
-from . import collection_cmds, duplicates_cmd, import_cmd, model_cmds, serve_cmd
+from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, model_cmds, serve_cmd
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
-_COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, serve_cmd)
+_COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, export_cmd, serve_cmd)
 _WRITERS = frozenset({"ingest", "import", "index", "compact", "label"})  # commands that commit to a collection
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's writer lock; try again later
 

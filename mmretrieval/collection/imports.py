@@ -226,6 +226,11 @@ def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        try:
+            column = column.cast(pa.string())
+        except pa.ArrowInvalid:  # names that are not UTF-8 (as mmr export writes them): their bytes, one by one
+            return _keys_of_bytes(path, column.to_pylist(), root)
     strings = column.cast(pa.string())
     empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0), True)
     if pc.any(empty).as_py():
@@ -237,6 +242,16 @@ def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
     keys = strings.cast(pa.binary()).to_pylist()  # UTF-8 bytes, which is what os.fsencode makes of them
     for row in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)).tolist():
         keys[row] = catalog_key(keys[row].decode("utf-8"), root)
+    return keys
+
+
+def _keys_of_bytes(path: Path, names: list, root: Path) -> list[bytes]:
+    """Catalog keys of a binary path column: each name's bytes, as a file system gives them."""
+    keys = []
+    for row, name in enumerate(names):
+        if name is None or not name.strip():
+            raise CollectionError(f"{path} row {row} has an empty {PATH_COLUMN}; every row must name its image")
+        keys.append(catalog_key(os.fsdecode(name), root))
     return keys
 
 
