@@ -285,3 +285,27 @@ def test_cli_compact_auto_compaction_and_index_options(tmp_path, tiny_model_dir,
     with pytest.raises(SystemExit) as exited:  # argparse's usage error
         main(["index", "--collection", collection, "--memory-budget", "lots"])
     assert exited.value.code == 2 and "not a size" in capsys.readouterr().err
+
+
+def test_an_index_that_cannot_be_saved_says_the_run_is_committed(tmp_path, tiny_encoder, monkeypatch):
+    """A full disk when the writer saves the index on its way out: the ingest's rows are in, and the error says
+    so (a bare OSError read as if the run had failed), and the next writer saves the index."""
+    import errno
+
+    from mmretrieval.collection.upkeep import IndexKeeper
+
+    def full(self, force=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_good_images(tmp_path / "photos", 4)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with monkeypatch.context() as patched:
+            patched.setattr(IndexKeeper, "persist", full)
+            with pytest.raises(CollectionError, match="everything this run added is committed, but tidying .*"
+                                                      "No space left on device.*`mmr index`"):
+                col.ingest([tmp_path / "photos"], workers=0)
+        assert col.catalog.counts_by_status() == {"ok": 4}
+        assert len(col.search("a red circle", k=10)) == 4  # caught up in memory
+        col.ingest([tmp_path / "photos"], workers=0)  # the next writer saves it
+    with Collection.open(tmp_path / "col") as col:
+        assert col.info().index_saved

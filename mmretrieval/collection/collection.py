@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,7 +245,8 @@ class Collection:
                 (several imports in a row build it once); until then each reader catches up in memory.
 
         Raises:
-            CollectionError: the collection was opened read-only, or another writer holds the lock.
+            CollectionError: the collection was opened read-only, or another writer holds the lock; or the block
+                committed and what follows it (compaction, the index) failed: the message says that nothing is lost.
         """
         if not self.catalog.writable:
             raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
@@ -252,13 +254,18 @@ class Collection:
         with exclusive_lock(self.directory / LOCK_NAME, busy_message):
             collect_garbage(self.catalog)
             yield self.catalog
-            if waste(self.catalog).ratio > AUTO_WASTE_RATIO:
-                compact(self.catalog, min_waste_ratio=AUTO_WASTE_RATIO / 2)
-            if not update_index:
-                return
-            with self._lock:
-                self._indexes.sync()
-                self._indexes.persist()
+            try:
+                if waste(self.catalog).ratio > AUTO_WASTE_RATIO:
+                    compact(self.catalog, min_waste_ratio=AUTO_WASTE_RATIO / 2)
+                if update_index:
+                    with self._lock:
+                        self._indexes.sync()
+                        self._indexes.persist()
+            except (OSError, RuntimeError, sqlite3.OperationalError) as exc:  # a full disk, FAISS's write_index
+                raise CollectionError(
+                    f"everything this run added is committed, but tidying the collection after it failed ({exc}); "
+                    "searches are right meanwhile (they catch up in memory), and `mmr index` or the next writer "
+                    "finishes the job once the cause (often a full disk) is fixed") from exc
 
     def compact(self, min_waste_ratio: float = 0.0,
                 progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
