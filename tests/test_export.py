@@ -168,6 +168,20 @@ def test_round_trip_through_mmr_import(imported, tmp_path, tiny_model_dir):
     np.testing.assert_allclose(copied_vectors, vectors, atol=1e-3)  # float16 on both sides
 
 
+def test_an_export_names_its_model_and_import_refuses_another(imported, tmp_path, tiny_model_dir, capsys):
+    """The dimension alone would let another model's vectors in: they would be scored as this model's."""
+    assert main(["export", str(tmp_path / "out"), "--collection", str(imported)]) == 0
+    recorded = json.loads((tmp_path / "out" / "mmr-model.json").read_text())
+    with Collection.open(imported) as collection:
+        assert recorded == json.loads(collection.identity.to_json())
+    (tmp_path / "out" / "mmr-model.json").write_text(json.dumps({**recorded, "weights": "sha256-of-other-weights"}))
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "out"), "--collection", str(tmp_path / "copy"), "--model",
+                 str(tiny_model_dir)]) == 2
+    assert "import only vectors of the same model" in capsys.readouterr().err
+    assert not (tmp_path / "copy").exists()  # a refused first import leaves no collection
+
+
 def test_round_trip_keeps_names_that_are_not_utf8(ingested, tmp_path, tiny_model_dir):
     (_, paths, _, vectors), (_, copied_paths, _, copied_vectors) = round_trip(ingested, tmp_path, str(tiny_model_dir))
     assert copied_paths == paths and any(path.endswith(LATIN1) for path in paths)

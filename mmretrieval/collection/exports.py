@@ -16,6 +16,10 @@ Every embedded image is exported once, in catalog id order; row ``i`` of a shard
   ``YYYY-MM-DDTHH:MM:SS`` on the wall clock where the photo was taken), ``camera_make`` and ``camera_model``:
   null where unknown (imported rows have none of these but the id).
 
+``OUT/mmr-model.json`` records the identity of the model that made the vectors (architecture, weights hash,
+preprocessing, dimension): ``mmr import`` refuses the export into a collection of another model, whose vectors
+would be meaningless next to these even at the same dimension.
+
 Atomic: the shards are written into a hidden sibling of ``OUT`` that becomes ``OUT`` only once every shard is
 written and fsynced (:func:`~mmretrieval.atomic.folder_built_aside`), so an interrupted export (SIGKILL
 included) leaves no ``OUT`` that looks complete; ``OUT`` must be new, empty, or an earlier export (replaced).
@@ -55,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (rows written, rows to write)
 EXPORTED_BY = "mmr export"  # the marker of an export folder: a later export into it replaces it
+MODEL_FILE = "mmr-model.json"  # in an export: the identity of the model that made its vectors (mmr import checks it)
 DTYPES = ("float16", "float32")
 DEFAULT_DTYPE = "float16"  # what clip-retrieval writes, and what collections store by default: an exact copy
 DEFAULT_SHARD_ROWS = 1_000_000  # rows per shard: 1 GB of 512-d float16, about clip-retrieval's own shard size
@@ -141,6 +146,7 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
         with folder_built_aside(out, EXPORTED_BY) as folder:
             for sub in ("img_emb", "metadata"):
                 (folder / sub).mkdir()
+            (folder / MODEL_FILE).write_text(collection.identity.to_json() + "\n", encoding="utf-8")
             while reader.has_more():
                 number = str(shards).zfill(digits)
 

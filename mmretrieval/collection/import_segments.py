@@ -70,6 +70,18 @@ class SegmentShard:
                             vectors)
 
 
+def refuse_another_model(source: Path, theirs: ModelIdentity, identity: ModelIdentity) -> None:
+    """Refuse vectors that ``source`` says another model made (a collection, or an ``mmr export`` folder).
+
+    Raises:
+        CollectionError: the models' identity keys differ.
+    """
+    if theirs.key() != identity.key():
+        raise CollectionError(f"{source} was made with {theirs.spec} (key {theirs.key()}, {theirs.embed_dim}-d), "
+                              f"this collection with {identity.spec} (key {identity.key()}, {identity.embed_dim}-d); "
+                              "import only vectors of the same model")
+
+
 def find_segment_shards(source: Path, identity: ModelIdentity) -> list[SegmentShard]:
     """The segments of the collection in ``source`` that hold live rows, in order.
 
@@ -82,11 +94,7 @@ def find_segment_shards(source: Path, identity: ModelIdentity) -> list[SegmentSh
     stored = catalog.get_meta("model_identity")
     if stored is None:
         raise CollectionError(f"{source} has no model recorded; it is not a collection that can be imported")
-    theirs = ModelIdentity.from_json(stored)
-    if theirs.key() != identity.key():
-        raise CollectionError(f"{source} was built with {theirs.spec} (key {theirs.key()}, {theirs.embed_dim}-d), "
-                              f"this collection with {identity.spec} (key {identity.key()}, {identity.embed_dim}-d); import only from a "
-                              "collection of the same model")
+    refuse_another_model(source, ModelIdentity.from_json(stored), identity)
     if not catalog.segments.exists:
         return []
     live = dict(catalog.rows_per_segment())

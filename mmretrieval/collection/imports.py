@@ -50,6 +50,7 @@ import numpy as np
 
 from ..errors import CollectionError
 from .catalog import encode_path
+from .exports import MODEL_FILE
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -390,6 +391,16 @@ def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
         if source == collection.directory:
             raise CollectionError(f"{source} is the collection itself; import from another collection's folder")
         return find_segment_shards(source, collection.identity)
+    if (source / MODEL_FILE).is_file():  # an `mmr export`: its model is known, so it is checked
+        from ..models.specs import ModelIdentity
+        from .import_segments import refuse_another_model
+
+        try:
+            theirs = ModelIdentity.from_json((source / MODEL_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CollectionError(f"{source / MODEL_FILE} cannot be read ({exc}); it names the model of these "
+                                  "vectors") from exc
+        refuse_another_model(source, theirs, collection.identity)
     return find_shards(source)
 
 
