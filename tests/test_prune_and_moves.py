@@ -107,23 +107,27 @@ def test_renaming_a_folder_keeps_its_images_labels_in_every_set(tmp_path, tiny_e
         assert len(col.search("red", k=10, label="shapes:circle")) == counts.get("shapes:circle", 0)
 
 
-def test_a_copy_takes_the_labels_of_the_same_bytes_and_changed_bytes_lose_theirs(tmp_path, tiny_encoder):
+def test_a_moved_file_keeps_its_labels_and_a_copy_or_changed_bytes_get_none(tmp_path, tiny_encoder):
+    """Labels follow a picture that moved. A copy whose original stays gets none: a set is scored over what its
+    filter chose then, and the copy was not among those images (a reviewer found a copy outside the set's
+    --prefix answering that set's label filter)."""
     tree = tmp_path / "tree"
-    paths = write_good_images(tree, 3)
+    paths = write_good_images(tree, 4)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tree], workers=0)
         _label_two_sets(col)
         before = {p.name: _labels(col, p) for p in paths}
 
-        shutil.copy(paths[0], tree / "copy.jpg")  # the original stays: same bytes, same vector, same labels
+        shutil.copy(paths[0], tree / "copy.jpg")  # the original stays
         shutil.move(paths[1], tree / "moved.jpg")
         (tree / "moved.jpg").write_bytes(scene_jpeg(70))  # moved and changed: its labels described other bytes
-        paths[2].write_bytes(paths[0].read_bytes())  # overwritten with a labelled file's bytes: takes those labels
+        paths[2].write_bytes(paths[0].read_bytes())  # overwritten with a labelled file's bytes, which stays
+        shutil.move(paths[3], tree / "renamed.jpg")  # a plain move
         summary = col.ingest([tree], workers=0, prune=True)
-        assert (summary.embedded, summary.duplicates, summary.pruned) == (1, 2, 1)
-        assert _labels(col, tree / "copy.jpg") == _labels(col, paths[0]) == before[paths[0].name]
-        assert _labels(col, tree / "moved.jpg") == set()
-        assert _labels(col, paths[2]) == before[paths[0].name]
+        assert (summary.embedded, summary.duplicates, summary.pruned) == (1, 3, 2)
+        assert _labels(col, tree / "renamed.jpg") == before[paths[3].name]
+        assert _labels(col, paths[0]) == before[paths[0].name]
+        assert _labels(col, tree / "copy.jpg") == _labels(col, tree / "moved.jpg") == _labels(col, paths[2]) == set()
 
 
 def test_a_row_committed_from_a_segment_takes_the_labels_of_the_same_bytes(tmp_path):

@@ -100,8 +100,8 @@ class VectorPlaces:
     def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
         """Store one batch: append its vectors to the active segment, then commit places and statuses in one
         transaction; returns the new generation. A row whose content hash changed loses its labels (in every
-        set); one whose bytes are the same (a file only touched) keeps them; one whose bytes another row has (a
-        moved, renamed or copied file) takes that row's labels (see :func:`_copy_labels_of_same_content`)."""
+        set); one whose bytes are the same (a file only touched) keeps them; one whose bytes a row of a vanished
+        file has (a moved or renamed file) takes that row's labels (see :func:`_take_labels_of_moved_files`)."""
         places: list[tuple[int, int, int]] = []
         if vectors:
             ids = np.array([v.image_id for v in vectors], np.int64)
@@ -115,7 +115,7 @@ class VectorPlaces:
                 "UPDATE images SET status = 'ok', content_hash = ?, width = ?, height = ?, format = ?, "
                 "reason = NULL, message = NULL WHERE id = ?",
                 [(v.content_hash, v.width, v.height, v.format, v.image_id) for v in vectors])
-            _copy_labels_of_same_content(db, [(v.image_id, v.content_hash) for v in vectors])
+            _take_labels_of_moved_files(db, [(v.image_id, v.content_hash) for v in vectors])
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, number, row) for i, number, row in places])
             write_photos(db, [(v.image_id, v.photo) for v in vectors if v.photo is not None])
@@ -131,7 +131,8 @@ class VectorPlaces:
         Idempotent: a segment whose content (sha256) was committed before changes nothing. Call it from the
         collection's writer, holding its lock. Ids missing from the catalog are ignored (and counted); an id
         written twice keeps its last row. A row keeps its labels only when ``metadata`` gives it the content hash
-        it already had (the same bytes, so the same vector), and takes those of another row with the hash it gets.
+        it already had (the same bytes, so the same vector), and takes those of a vanished file's row with the hash it
+        gets (a move).
 
         Args:
             sealed: from :meth:`SegmentWriter.seal` or :func:`~.segments.read_sealed` (files already verified).
@@ -164,7 +165,7 @@ class VectorPlaces:
                 "UPDATE images SET content_hash = COALESCE(?, content_hash), width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE id = ?",
                 [(m.content_hash, m.width, m.height, m.format, m.image_id) for m in metadata])
-            _copy_labels_of_same_content(db, [(m.image_id, m.content_hash) for m in metadata if m.image_id in known])
+            _take_labels_of_moved_files(db, [(m.image_id, m.content_hash) for m in metadata if m.image_id in known])
             write_photos(db, [(m.image_id, m.photo) for m in metadata if m.photo is not None and m.image_id in known])
             write_mtime_photos(db, known, replace=False)  # rows committed without metadata: dated by mtime
             _write_failures(db, failures)
@@ -365,21 +366,27 @@ def _vanished(path: bytes, status: str) -> bool:
     return status != "skipped" and not stat.S_ISREG(info.st_mode)
 
 
-def _copy_labels_of_same_content(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
+def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
     """After ``(image id, content hash)`` rows got their new hash: give each, in every label set where it has none,
-    the labels of another row with the same bytes (the lowest id labelled in that set). Labels are scored from
-    the vector alone, and the same bytes have the same vector, so they are as true of a moved, renamed or copied
-    file as of the row they come from; when that row is pruned later in the run, its labels live on here.
-    A few index lookups per row (content hash, then labels by image), whatever the collection's size."""
-    # CROSS JOIN keeps SQLite's join order: rows with the hash first (few), then their labels; never a set's labels
-    db.executemany(
-        "INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
-        "SELECT l.label_set, :id, l.label, l.probability FROM images i CROSS JOIN labels l ON l.image_id = i.id "
-        "WHERE i.content_hash = :hash AND i.id != :id "
-        "AND NOT EXISTS (SELECT 1 FROM labels mine WHERE mine.image_id = :id AND mine.label_set = l.label_set) "
-        "AND l.image_id = (SELECT MIN(o.image_id) FROM images oi CROSS JOIN labels o ON o.image_id = oi.id "
-        "                  WHERE oi.content_hash = :hash AND oi.id != :id AND o.label_set = l.label_set)",
-        [{"id": image_id, "hash": content_hash} for image_id, content_hash in rows if content_hash is not None])
+    the labels of a labelled row with the same bytes whose file is gone: the same picture moved or renamed, whose
+    old row a prune removes later in the run. Labels are scored from the vector alone and the same bytes have the
+    same vector, so they are as true here. A copy whose original is still there takes none: the set was scored
+    over the images its filter chose then (``--prefix``...), and the copy was not among them.
+
+    An index lookup by content hash per row; a file is looked at only when a labelled row has the same bytes.
+    """
+    for image_id, content_hash in rows:
+        if content_hash is None:
+            continue
+        labelled = db.execute("SELECT DISTINCT i.id, i.path, i.status FROM images i CROSS JOIN labels l "
+                              "ON l.image_id = i.id WHERE i.content_hash = ? AND i.id != ?",
+                              (content_hash, image_id)).fetchall()
+        moved = next((other for other, path, status in labelled if _vanished(path, status)), None)
+        if moved is not None:
+            db.execute("INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
+                       "SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? "
+                       "AND label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)",
+                       (image_id, moved, image_id))
 
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:
