@@ -116,6 +116,10 @@ def test_an_upload_the_browser_cannot_draw_becomes_an_upright_jpeg_the_search_th
     corrupt.write_bytes(heic.read_bytes()[:200])
     with pytest.raises(gr.Error, match="uploaded image cannot be used"):
         search.show_upload(str(corrupt))
+    bomb = tmp_path / "bomb.tif"
+    Image.new("1", (14_000, 14_000)).save(bomb, compression="group4")  # 196 MP, past Pillow's own error limit
+    with pytest.raises(gr.Error, match="more than 50 megapixels"):
+        search.show_upload(str(bomb))
 
 
 def test_similar_and_result_details(search, collection_dir):

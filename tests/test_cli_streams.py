@@ -154,3 +154,12 @@ def test_ingest_json_summary_for_scripts(tmp_path, tiny_model_dir, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary == {"embedded": 3, "unchanged": 0, "duplicates": 0, "failed": {"corrupt": 1}, "pruned": 0,
                        "skipped": {}}
+
+
+def test_an_export_whose_summary_cannot_be_written_says_the_export_is_complete(collection, tmp_path, capsys,
+                                                                              monkeypatch, full_disk):
+    monkeypatch.setattr(sys, "stdout", full_disk)
+    assert main(["export", str(tmp_path / "out"), "--collection", collection, "--json"]) == 2
+    assert "cannot write the results to stdout: No space left on device; the export folder is complete" in \
+        capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "out" / "img_emb")) == ["img_emb_0.npy"]

@@ -221,3 +221,10 @@ def test_label_out_keeps_non_utf8_names_and_its_csv_feeds_classify(photos, tmp_p
                             "--workers", "0")
     assert status == 0 and "skipped" not in err, err
     assert _classified(out) == {os.fsencode(good): "red", os.fsencode(bad): "blue"}
+
+
+def test_labels_from_a_closed_stdin_are_one_clear_error(photos, monkeypatch, capsys):
+    _, good, _ = photos
+    monkeypatch.setattr("sys.stdin", None)  # `<&-`
+    status, _, err = _run(capsys, "classify", good, "--labels", "@-")
+    assert status == 2 and "--labels @- reads labels from standard input, and this process has none" in err, err

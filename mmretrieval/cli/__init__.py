@@ -26,7 +26,10 @@ from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, model_cmd
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, collection_cmds, duplicates_cmd, import_cmd, export_cmd, serve_cmd)
-_WRITERS = frozenset({"ingest", "import", "index", "compact", "label"})  # commands that commit to a collection
+# What is kept when a command's results cannot be written to stdout: the work it committed before printing them.
+_KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compact", "label"),
+                                           "; the collection keeps what this run saved"),
+                           "export": "; the export folder is complete"}
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's writer lock; try again later
 
 
@@ -69,7 +72,7 @@ Results go to stdout (TSV, or JSON lines with --json); progress and messages to 
 
 exit status:
   0    done
-  1    nothing found (search, similar, duplicates; an ingest that found no image)
+  1    nothing found (search, similar, duplicates; an ingest or classify that found no image)
   2    an error, in one line on stderr (bad input, a missing file, a model mismatch)
   75   another process is writing the collection: run the command again when it is done
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM). An interrupted ingest or import resumes when run again.
@@ -180,7 +183,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"mmr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ResultsNotWritten as exc:
-        kept = "; the collection keeps what this run saved" if args.command in _WRITERS else ""
+        kept = _KEPT_WHEN_STDOUT_FAILS.get(args.command, "")
         print(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}", file=sys.stderr)
         return 2
     except _Terminated:

@@ -19,7 +19,7 @@ from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, add_model_options, at_least, cosine, emit,
-                     json_line, multi_label_threshold, positive_seconds, probability)
+                     json_line, labels_with_stdin, multi_label_threshold, positive_seconds, probability)
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
@@ -427,9 +427,7 @@ def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
 
     threshold = multi_label_threshold(args)
-    if args.labels.count("@-") > 1:
-        raise QueryError("standard input given twice (--labels @-); it is read once")
-    labels = [sys.stdin.buffer if value == "@-" else value for value in args.labels]
+    labels = labels_with_stdin(args.labels)
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
     if args.organize:

@@ -10,6 +10,21 @@ from typing import Any, Callable, Iterable
 from ..errors import QueryError
 from ..json_lines import json_line
 
+
+def labels_with_stdin(values: list[str]) -> list[Any]:
+    """``--labels`` values with ``@-`` as standard input's byte stream (:func:`~mmretrieval.models.zeroshot.parse_labels`
+    reads a stream as it reads ``@FILE``).
+
+    Raises:
+        QueryError: ``@-`` given twice, or no standard input to read.
+    """
+    if values.count("@-") > 1:
+        raise QueryError("standard input given twice (--labels @-); it is read once")
+    if "@-" in values and sys.stdin is None:
+        raise QueryError("--labels @- reads labels from standard input, and this process has none")
+    return [sys.stdin.buffer if value == "@-" else value for value in values]
+
+
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
     """``--model``, ``--device``, ``--precision`` and ``--dim``, the same everywhere."""
     parser.add_argument(

@@ -7,12 +7,11 @@ counts vectors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
-from .common import add_collection_option, at_least
+from .common import add_collection_option, at_least, json_line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +45,7 @@ def _export(args: argparse.Namespace) -> int:
         summary = export_embeddings(collection, args.out, dtype=args.dtype, shard_rows=args.shard_rows,
                                     progress=progress)
     if args.json:
-        print(json.dumps(asdict(summary)))
+        print(json_line(asdict(summary)))
     rate = summary.rows / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     binary = (f"; image_path holds bytes in {summary.binary_path_shards} shard(s) (names that are not UTF-8)"
               if summary.binary_path_shards else "")

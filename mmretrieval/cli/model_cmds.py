@@ -9,7 +9,8 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from ..errors import QueryError
-from .common import MULTI_LABEL_THRESHOLD, add_model_options, at_least, emit, multi_label_threshold, probability
+from .common import (MULTI_LABEL_THRESHOLD, add_model_options, at_least, emit, labels_with_stdin,
+                     multi_label_threshold, probability)
 
 if TYPE_CHECKING:
     from ..models.zeroshot import Prediction
@@ -67,7 +68,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     if args.images.count("-") + args.labels.count("@-") > 1:
         raise QueryError("standard input given twice (- and --labels @- each read it); it can be read once")
-    labels = parse_labels([sys.stdin.buffer if value == "@-" else value for value in args.labels])
+    labels = parse_labels(labels_with_stdin(args.labels))
     sources = stdin_sources(args.images, sys.stdin)
     templates = load_templates(args.templates)
     threshold = multi_label_threshold(args)

@@ -121,7 +121,9 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
     kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
     for value in values:
         if not read_files:
-            parts = str(value).replace("\n", ",").split(",")
+            if not isinstance(value, str):
+                raise QueryError("labels typed here are text; a stream of labels is read only where files are")
+            parts = value.replace("\n", ",").split(",")
             if any(part.strip().startswith("@") for part in parts):
                 raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
                                  "of labels, and files are not read from here")

@@ -175,7 +175,7 @@ def browser_copy(path: str | None, out_dir: Path) -> str | None:
     try:
         with Image.open(path) as header:  # reads the header only
             shown_as_is = header.format in BROWSER_FORMATS
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise gr.Error(f"The uploaded image cannot be used: {_short(exc)}", print_exception=False) from exc
     if shown_as_is:
         return path
@@ -199,8 +199,8 @@ def _decode_upload(path: str, what: str) -> DecodedImage:
 def guard_upload(component: Any, what: str = "uploaded image") -> Any:
     """Make Gradio's own pre-decoding of an upload fail with a readable message.
 
-    ``gr.Image`` opens every upload with Pillow before our handler sees it; a corrupt file or a bomb
-    raises there, which Gradio would show as a bare "Error". So would a HEIC before our openers register. Wrapping the instance's ``preprocess``
+    ``gr.Image`` opens every upload with Pillow before our handler sees it; a corrupt file, a bomb or (before
+    our openers register) a HEIC raises there, which Gradio would show as a bare "Error". Wrapping the instance's ``preprocess``
     (not subclassing: a component subclass makes Gradio write stub files next to this module) keeps
     the message readable.
     """
