@@ -1,215 +1,40 @@
-"""Collection commands: ingest, search, similar, index, compact, label, info.
+"""Collection commands: search, similar, index, compact, label, info (ingest has its own module).
 
-Results go to stdout (``score<TAB>path`` lines, or JSON lines with ``--json``); the progress bar and the
-ingest summary go to stderr. File names that are not valid UTF-8 are written back as their original bytes.
+Results go to stdout (``score<TAB>path`` lines, or JSON lines with ``--json``); progress bars and messages go
+to stderr. File names that are not valid UTF-8 are written back as their original bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, add_model_options, at_least, cosine, emit,
-                     json_line, labels_with_stdin, multi_label_threshold, positive_seconds, probability)
+from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
+                     labels_with_stdin, multi_label_threshold, open_collection, probability)
+from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
 if TYPE_CHECKING:
-    from ..collection.collection import Collection
-    from ..ingest.batches import IngestSummary
     from ..ingest.ray_index import RayIndexFill
-    from ..ingest.ray_runner import RayIngestConfig
 
 _HIT_COLUMNS = ["score", "path"]
 
 
-def _open(directory: str, **options: Any) -> "Collection":
-    # Imported here, not at module level: `mmr --help` and the decoding workers (which import the
-    # running script) should not pay for torch.
-    from ..collection.collection import Collection
-
-    return Collection.open(directory, **options)
-
-
 def register(subparsers) -> None:
     """Add the collection subcommands to the ``mmr`` parser."""
-    _register_ingest(subparsers)
     _register_search(subparsers)
     _register_similar(subparsers)
     _register_index(subparsers)
     _register_compact(subparsers)
     _register_label(subparsers)
     _register_info(subparsers)
-
-
-def _register_ingest(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "ingest", help="add images to a collection (incremental, resumable)",
-        description="Embed images from folders, files and .txt/.csv lists into a collection. Unchanged files are "
-        "skipped; an interrupted run resumes where it stopped.")
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="folder, image file, .txt/.csv list of paths, or - for a list on standard input (in a "
-                        "list: one path per line, relative to the list's folder, or for - to the current one; blank "
-                        "lines and lines starting with # skipped)")
-    add_collection_option(parser)
-    add_model_options(parser, default=None)
-    parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
-    parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
-                        "in this process, without isolation)")
-    parser.add_argument("--timeout", type=positive_seconds, default=60.0,
-                        help="seconds one file may take to decode (default 60)")
-    parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
-    parser.add_argument("--json", action="store_true",
-                        help="also print the summary as one JSON object on stdout (embedded, unchanged, duplicates, "
-                        "pruned, and failed and skipped files by reason)")
-    parser.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
-                        help="fail images with more pixels than this, a guard against decompression bombs (default "
-                        "268402689, 16383x16383: any camera photo; a PNG or TIFF that large needs 1-3 GB per "
-                        "decoding worker, so lower it on a small machine)")
-    parser.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
-                        help="decode JPEGs on the model's device, other files on the CPU at the same time (auto: on "
-                        "with a CUDA GPU)")
-    parser.add_argument("--share-jpegs", choices=("on", "off"), default="on",
-                        help="with device decoding, the CPU workers also decode the largest JPEGs while they have "
-                        "room (default on)")
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
-                        "machine's cores and GPUs, or the cluster at ADDRESS (host:port, auto for the one `ray "
-                        "start` made here, ray://host:10001; or $RAY_ADDRESS); --workers then caps decode tasks at "
-                        "once. Give it after the sources, or as --ray=ADDRESS")
-    parser.add_argument("--ray-output", metavar="DIR_OR_URI",
-                        help="with --ray: where workers leave results, a folder every node reaches or a URI such as "
-                        "s3://bucket/run (default: inside the collection, fine on one machine)")
-    parser.set_defaults(handler=_ingest)
-
-
-def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
-    if args.ray is None:
-        if args.ray_output:
-            raise CollectionError("--ray-output needs --ray")
-        return None
-    from ..ingest.ray_runner import RayIngestConfig
-
-    # The model and the decoders run in the cluster's workers, which choose their device (a GPU where the node
-    # has one): this machine's options would be silently ignored.
-    ignored = [flag for flag, given in (("--device", args.device != "auto"),
-                                        ("--device-decode", args.device_decode != "auto"),
-                                        ("--share-jpegs", args.share_jpegs != "on")) if given]
-    if ignored:
-        raise CollectionError(f"{', '.join(ignored)} cannot be used with --ray: the cluster's workers run the model "
-                              "and the decoders, on their GPUs where nodes have them; leave it out")
-    if args.workers == 0:
-        raise CollectionError("--workers 0 (decode in this process) cannot be used with --ray; give the most decode "
-                              "tasks at once across the cluster, or leave it out")
-    quiet_ray_logs(args.verbose)
-    return RayIngestConfig(address=args.ray or None, output=args.ray_output, decode_tasks=args.workers)
-
-
-def quiet_ray_logs(verbose: bool) -> None:
-    """Keep Ray's and Ray Data's console lines (the token notice, execution plans, "Progress bars disabled")
-    off stderr unless -v: our bar reports. Ray Data's log file under the Ray session keeps its lines.
-
-    Ray Data installs its own console handler when imported (its logger at DEBUG, not propagating), so that
-    handler's level is set after the import. Ray's notices in ``ray.init`` find no handler (init removes
-    Ray's) and would reach Python's last-resort handler: the ``ray`` logger's level stops them first.
-    """
-    if verbose:
-        return
-    import ray.data  # noqa: F401  (imports ray too)
-
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
-
-
-def _ingest(args: argparse.Namespace) -> int:
-    from ..collection.catalog import is_collection
-    from ..collection.opening import DEFAULT_MODEL
-    from ..ingest.reader import stdin_sources
-
-    if args.prune and "-" in args.sources:
-        raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
-                              "list to a .txt file and pass that")
-    sources = stdin_sources(args.sources, sys.stdin)
-
-    model = args.model
-    if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
-        print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
-              "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
-    ray = _ray_config(args)  # refused options refuse before a collection is made
-    # With --ray this process loads a new collection's model only to record it: on the CPU.
-    device = "cpu" if ray is not None else args.device
-    if args.dim is not None:
-        from ..models.encoder import load_encoder
-
-        if model is None:
-            raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
-        model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
-    with TqdmProgress("index", unit="vec") as index_bar, \
-            _open(args.collection, model=model, create=True, device=device, precision=args.precision,
-                  index_progress=index_bar, writer="ingest") as collection:
-        with TqdmProgress("ingest") as progress:
-            summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
-                                        prune=args.prune, timeout_s=args.timeout, progress=progress,
-                                        ray=ray,
-                                        device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
-                                        share_jpegs=args.share_jpegs == "on",
-                                        **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
-        if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
-            print(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
-                  "only have fixed the model to the demo one", file=sys.stderr)
-    skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
-    print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
-          f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
-          f"{skipped}", file=sys.stderr)
-    if args.json:
-        print(json_line(dataclasses.asdict(summary)), flush=True)
-    if summary.embedded and ray is None and args.precision == "auto" and sys.stderr.isatty() and \
-            _bf16_unused(args.device):  # a tip for a person at a terminal, not for every line of a cron job's log
-        print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
-              "within ~2e-3 of float32's", file=sys.stderr)
-    return _ingest_status(summary, args.sources)
-
-
-def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
-    """0 when some file was embedded, reused or found unchanged (a file that failed before and has not changed
-    is unchanged: it is not retried) or pruning removed something (the listed files that are gone included);
-    2, as for any failed command, when every file found failed or was skipped in this run; 1 when no image file
-    was found."""
-    if summary.embedded or summary.unchanged or summary.duplicates:
-        return 0
-    if summary.pruned and not summary.failed_total and set(summary.skipped) <= {"missing"}:
-        return 0  # a list of files that are all gone now: --prune removed their rows, which was the job
-    if summary.failed_total or summary.skipped_total:
-        print("mmr ingest: every file failed or was skipped; `mmr info --failures` lists them with their reasons",
-              file=sys.stderr)
-        return 2
-    if summary.pruned:
-        return 0
-    print("mmr ingest: no image files found in " + ", ".join(sources), file=sys.stderr)
-    return 1
-
-
-def _by_reason(counts: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in counts.items())
-
-
-def _bf16_unused(device: str) -> bool:
-    """Whether ``device`` is a CPU with native bf16, which ``--precision auto`` leaves in float32."""
-    from ..models.encoder import resolve_device
-    from ..models.precision import native_bf16
-
-    resolved = resolve_device(device)
-    return resolved.type == "cpu" and native_bf16(resolved)
 
 
 def _add_result_options(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +70,7 @@ def _search(args: argparse.Namespace) -> int:
     _check_gps(args)
     query = parse_query(args.text, args.image, args.negatives)
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
-    with _open(args.collection, device=args.device) as collection:
+    with open_collection(args.collection, device=args.device) as collection:
         vector = collection.query_vector(query)
         hits = collection.search(vector, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                  **photo_filters(args))
@@ -279,7 +104,7 @@ def _similar(args: argparse.Namespace) -> int:
         except ValueError:
             raise CollectionError(f"with --id, IMAGE is a catalog id (a whole number), not {args.image!r}; "
                                   "leave out --id to search by an image file") from None
-    with _open(args.collection, device=args.device) as collection:
+    with open_collection(args.collection, device=args.device) as collection:
         hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                   **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
@@ -345,7 +170,7 @@ def _index(args: argparse.Namespace) -> int:
     if args.ray is None and args.ray_work:
         raise CollectionError("--ray-work needs --ray")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
-            _open(args.collection, index_progress=index_bar, writer="index") as collection:
+            open_collection(args.collection, index_progress=index_bar, writer="index") as collection:
         ray_fill = None
         if args.ray is not None:  # who adds the vectors to the trained index changes, nothing else
             ray_fill = _ray_fill(args, str(collection.directory),
@@ -385,7 +210,7 @@ def _register_compact(subparsers) -> None:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    with _open(args.collection, writer="compact") as collection, TqdmProgress("compacting", unit="vectors") as progress:
+    with open_collection(args.collection, writer="compact") as collection, TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
     print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
           f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
@@ -432,7 +257,7 @@ def _label(args: argparse.Namespace) -> int:
         check_export_path(args.out)
     if args.organize:
         check_organize_dir(args.organize)
-    with _open(args.collection, device=args.device, writer="label") as collection:
+    with open_collection(args.collection, device=args.device, writer="label") as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(labels, args.templates, multi_label=args.multi_label,
                                        threshold=threshold, label_set=args.label_set, replace=args.replace,
@@ -466,7 +291,7 @@ def _register_info(subparsers) -> None:
 def _info(args: argparse.Namespace) -> int:
     from ..collection.import_writer import provenance
 
-    with _open(args.collection) as collection:
+    with open_collection(args.collection) as collection:
         if args.failures:
             emit((dataclasses.asdict(failure) for failure in collection.failures()), args.json,
                  ["path", "reason", "message"])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
 from ..json_lines import json_line
+
+if TYPE_CHECKING:
+    from ..collection.collection import Collection
 
 
 def labels_with_stdin(values: list[str]) -> list[Any]:
@@ -23,6 +26,14 @@ def labels_with_stdin(values: list[str]) -> list[Any]:
     if "@-" in values and sys.stdin is None:
         raise QueryError("--labels @- reads labels from standard input, and this process has none")
     return [sys.stdin.buffer if value == "@-" else value for value in values]
+
+
+def open_collection(directory: str, **options: Any) -> "Collection":
+    """``Collection.open``, imported only when a command runs: ``mmr --help`` and the decoding workers (which
+    import the running script) should not pay for torch."""
+    from ..collection.collection import Collection
+
+    return Collection.open(directory, **options)
 
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
