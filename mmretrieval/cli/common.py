@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def labels_with_stdin(values: list[str]) -> list[Any]:
-    """``--labels`` values with ``@-`` as standard input's byte stream (:func:`~mmretrieval.models.zeroshot.parse_labels`
-    reads a stream as it reads ``@FILE``).
+    """``--labels`` values with ``@-`` as standard input's byte stream, which
+    :func:`~mmretrieval.models.zeroshot.parse_labels` reads as it reads ``@FILE``.
 
     Raises:
         QueryError: ``@-`` given twice, or no standard input to read.
