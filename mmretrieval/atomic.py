@@ -17,7 +17,7 @@ import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -95,21 +95,25 @@ def _owner_died(rest: str) -> bool:
     return False
 
 
-def remove_orphans(target: str | os.PathLike) -> list[Path]:
-    """Delete what writes of ``target`` by processes that died (SIGKILL, power cut) left beside it: temporary
-    files of :func:`atomic_path` and the hidden folders of :func:`folder_built_aside`.
-
-    A live process's temporaries are kept, so this needs no lock. Returns the paths removed.
-    """
+def orphans(target: str | os.PathLike) -> list[Path]:
+    """What writes of ``target`` by processes that died (SIGKILL, power cut) left beside it: temporary files of
+    :func:`atomic_path` and the hidden folders of :func:`folder_built_aside` and :func:`scratch_folder`.
+    A live process's are not listed."""
     target = Path(target)
-    removed = []
     try:
         candidates = [entry for entry in target.parent.iterdir() if entry.name.startswith(f".{target.name}.")]
     except OSError:
-        return removed
-    for entry in candidates:
-        if not _owner_died(entry.name[len(target.name) + 2:]):
-            continue
+        return []
+    return [entry for entry in candidates if _owner_died(entry.name[len(target.name) + 2:])]
+
+
+def remove_orphans(target: str | os.PathLike) -> list[Path]:
+    """Delete the :func:`orphans` of ``target``.
+
+    A live process's temporaries are kept, so this needs no lock. Returns the paths removed.
+    """
+    removed = []
+    for entry in orphans(target):
         try:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -190,17 +194,20 @@ def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
 
 
 @contextmanager
-def scratch_folder(target: str | os.PathLike) -> Iterator[Path]:
+def scratch_folder(target: str | os.PathLike,
+                   keep: Callable[[Path], bool] = lambda scratch: False) -> Iterator[Path]:
     """Yield a new hidden folder beside ``target``, named as its temporaries are (``.NAME.<owner>.<random>.partial``),
-    and delete it when the block ends, whether or not it raised: a place to write files that are then renamed
-    into place. One that SIGKILL or a power cut left is deleted by the next :func:`remove_orphans` of ``target``.
+    and delete it when the block ends, whether or not it raised, unless ``keep(folder)`` is true then (it holds
+    what a later run must take up): a place to write files that are then renamed into place. One that SIGKILL
+    or a power cut left is among the :func:`orphans` of ``target``.
     """
     scratch = Path(target).parent / f".{Path(target).name}.{_owner()}.{secrets.token_hex(4)}.partial"
     scratch.mkdir()  # the umask's mode
     try:
         yield scratch
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not keep(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:

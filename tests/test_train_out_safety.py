@@ -218,3 +218,122 @@ def test_what_a_killed_run_left_aside_is_removed_by_the_next_run(old_model, quic
     assert left and all(path.exists() for path in left)
     train(quick(out))  # not refused as foreign files; they are cleaned up
     assert set(_files(out)) == MODEL_NAMES
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the process, no cleanup that catches Exception either."""
+
+
+def _new_model_kept_by_dead_run(out: Path) -> Path:
+    """The hidden folder a killed run left, renamed as if its process had died (as after SIGKILL)."""
+    kept = list(out.glob(f".new-model.*~{os.getpid()}.*.partial"))
+    assert len(kept) == 1, "a move that had started was deleted: the new config is lost"
+    dead = out / kept[0].name.replace(f"~{os.getpid()}.", f"~{_dead_pid()}.")
+    kept[0].rename(dead)
+    return dead
+
+
+@pytest.mark.parametrize("command", ["train", "blend"])
+def test_a_run_killed_mid_move_is_finished_by_the_next_run(old_model, quick, tiny_model_dir, fine_tune, monkeypatch,
+                                                           caplog, command):
+    """Killed after the old config went and the new weights came in: `out` holds no config, the only copy of the
+    new one is aside. The next run must move it in (the old log goes if the new model has none), not delete it."""
+    import mmretrieval.training.out_folder as out_folder_module
+    from mmretrieval.training.out_folder import model_written_aside
+
+    out, before = old_model
+    real_replace = os.replace
+
+    def killed_after_the_weights(source, target):
+        real_replace(source, target)
+        if Path(target) == out / "open_clip_model.safetensors":  # not the write aside: the rename into out
+            raise _Killed
+
+    monkeypatch.setattr(out_folder_module.os, "replace", killed_after_the_weights)
+    with pytest.raises(_Killed):
+        if command == "train":
+            train(quick(out, steps=3, seed=5))
+        else:
+            _blend(fine_tune, tiny_model_dir, out)
+    monkeypatch.undo()
+    aside = _new_model_kept_by_dead_run(out)
+    new_config = (aside / "open_clip_config.json").read_bytes()
+    new_weights = _files(out)["open_clip_model.safetensors"]  # renamed in before the kill
+    expected = {"open_clip_config.json": new_config, "open_clip_model.safetensors": new_weights}
+    if command == "train":
+        expected["train_log.jsonl"] = (aside / "train_log.jsonl").read_bytes()
+    assert "open_clip_config.json" not in _files(out) and new_weights != before["open_clip_model.safetensors"]
+
+    with pytest.raises(RuntimeError, match="stopped"):  # the next run fails before it has a model of its own
+        with model_written_aside(out):
+            raise RuntimeError("stopped")
+    assert "finish" in caplog.text and str(out) in caplog.text
+    _assert_loads_as(out, expected)  # the killed run's model, whole; its hidden folder gone
+    assert ("blend" in json.loads(new_config)) == (command == "blend")
+
+    train(quick(out, seed=9))  # and a run after it replaces it as usual
+    assert set(_files(out)) == MODEL_NAMES
+    assert json.loads((out / "open_clip_config.json").read_text())["training"]["seed"] == 9
+
+
+def test_a_killed_run_that_had_not_touched_the_old_model_is_removed(old_model, tiny_model_dir, fine_tune, monkeypatch):
+    """Killed before the old config went: the old model is whole, and what the run left aside is deleted."""
+    import mmretrieval.training.out_folder as out_folder_module
+
+    out, before = old_model
+    real_unlink = Path.unlink
+
+    def killed_before_the_old_config_goes(self, *args, **kwargs):
+        if self == out / "open_clip_config.json":
+            raise _Killed
+        real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(out_folder_module.Path, "unlink", killed_before_the_old_config_goes)
+    with pytest.raises(_Killed):
+        _blend(fine_tune, tiny_model_dir, out)
+    monkeypatch.undo()
+    for aside in out.glob(f".new-model.*~{os.getpid()}.*.partial"):  # as if its process had died
+        aside.rename(out / aside.name.replace(f"~{os.getpid()}.", f"~{_dead_pid()}."))
+    from mmretrieval.training.out_folder import model_written_aside
+
+    with pytest.raises(RuntimeError):
+        with model_written_aside(out):
+            raise RuntimeError("stopped")
+    _assert_loads_as(out, before)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_move_waits_until_the_move_is_done(old_model, tiny_model_dir, fine_tune, monkeypatch,
+                                                                signum):
+    import signal
+
+    import mmretrieval.training.out_folder as out_folder_module
+
+    class Terminated(Exception):
+        pass
+
+    def terminated(*args) -> None:
+        raise Terminated
+
+    out, _ = old_model
+    real_replace = os.replace
+    delivered = []
+
+    def signalled_mid_move(source, target):
+        if Path(target) == out / "open_clip_model.safetensors":
+            signal.raise_signal(getattr(signal, signum))  # Ctrl-C (or kill) between two renames
+            delivered.append(signum)
+        real_replace(source, target)
+
+    monkeypatch.setattr(out_folder_module.os, "replace", signalled_mid_move)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt if signum == "SIGINT" else Terminated):
+            _blend(fine_tune, tiny_model_dir, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert delivered == [signum]
+    after = _files(out)
+    assert set(after) == {"open_clip_config.json", "open_clip_model.safetensors"}  # moved in whole, nothing aside
+    assert "blend" in json.loads(after["open_clip_config.json"])
+    _assert_loads_as(out, after)

@@ -6,6 +6,15 @@ an interrupted run or a full disk leaves the old model loadable.
 A folder is a model of ours when every file in it is one that train or blend writes (and what a killed run of
 theirs left) and its ``open_clip_config.json``, if any, carries their notes (``training`` or ``blend``). Such
 a folder is replaced; any other non-empty folder is refused unless forced, and even then only our files go.
+
+A move, once started, is finished. Before its first rename a run writes ``move.json`` (the names of the new
+model's files) in its hidden folder, and holds SIGINT and SIGTERM until the last rename is done (microseconds),
+so Ctrl-C cannot land between two renames. A run killed there anyway (SIGKILL, power cut) leaves ``out``
+without a config and the rest of the new model aside, its ``move.json`` beside it: the next
+:func:`model_written_aside` on ``out`` recognises the move as started by exactly that (a dead run's hidden folder
+holding ``move.json`` and a config, while ``out`` holds none) and finishes it, with a warning, before it removes
+what dead runs left. A run that died before its first rename left ``out`` with its config and the old model
+whole: its hidden folder is removed like any other, and so is one whose move ended.
 """
 
 from __future__ import annotations
@@ -14,10 +23,12 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import fsync_dir, remove_orphans, scratch_folder
+from ..atomic import atomic_write_text, fsync_dir, orphans, remove_orphans, scratch_folder
 from ..errors import MMRError
 from ..models.specs import CONFIG_NAME, WEIGHTS_NAME
 
@@ -26,6 +37,7 @@ logger = logging.getLogger(__name__)
 TRAIN_LOG_NAME = "train_log.jsonl"
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, TRAIN_LOG_NAME)  # every file that train and blend write
 NEW_MODEL_NAME = "new-model"  # a run writes its model in OUT/.new-model.<owner>.<random>.partial/, then moves it up
+MOVE_NAME = "move.json"  # in that folder once the move has started: the names of the new model's files
 
 
 def check_out_folder(out: str | Path, force: bool = False) -> Path:
@@ -61,10 +73,12 @@ def model_written_aside(out: Path) -> Iterator[Path]:
     files replace the previous model's in ``out`` (:func:`_move_in`), and a previous model's file that the new
     one lacks (a blend has no training log) is deleted. Other files in ``out`` are not touched.
 
-    Until then the previous model stays whole and loadable. On an exception the hidden folder is deleted, and so
-    is ``out`` if this created it and it is still empty; what a killed run (SIGKILL, power cut) left in ``out`` is
-    deleted when the next run starts. On Ctrl-C where ``out`` held no model, the last checkpoint saved in the
-    hidden folder is moved in instead: there is nothing to protect, and hours of training are not thrown away.
+    Until then the previous model stays whole and loadable. On an exception the hidden folder is deleted (unless
+    the move had started: it is then left for the next run to finish), and so is ``out`` if this created it and it
+    is still empty; what a killed run (SIGKILL, power cut) left in ``out`` is deleted when the next run starts,
+    after a move it had started is finished (see the module's notes). On Ctrl-C where ``out`` held no model, the
+    last checkpoint saved in the hidden folder is moved in instead: there is nothing to protect, and hours of
+    training are not thrown away.
 
     Raises:
         MMRError: the block wrote no model.
@@ -72,11 +86,12 @@ def model_written_aside(out: Path) -> Iterator[Path]:
     """
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    _finish_interrupted_move(out)
     had_model = (out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()
     for name in (*MODEL_FILES, NEW_MODEL_NAME):
         remove_orphans(out / name)
     try:
-        with scratch_folder(out / NEW_MODEL_NAME) as new:
+        with scratch_folder(out / NEW_MODEL_NAME, keep=_move_unfinished) as new:
             try:
                 yield new
             except KeyboardInterrupt:
@@ -101,13 +116,76 @@ def _move_in(new: Path, out: Path) -> None:
     """
     if not (new / CONFIG_NAME).is_file() or not (new / WEIGHTS_NAME).is_file():
         raise MMRError(f"no model was written in {new}; {out} is left as it was")
-    (out / CONFIG_NAME).unlink(missing_ok=True)
+    with _signals_held():
+        names = [name for name in MODEL_FILES if (new / name).exists()]
+        atomic_write_text(new / MOVE_NAME, json.dumps(names))  # from here on, the move is finished whatever happens
+        _rename_in(new, out, names)
+
+
+def _rename_in(new: Path, out: Path, names: list[str]) -> None:
+    """The renames of :func:`_move_in`, of the new model whose files are ``names``. Run again after an
+    interruption, it does what is left: a file no longer in ``new`` was renamed in already."""
+    if (new / CONFIG_NAME).exists():
+        (out / CONFIG_NAME).unlink(missing_ok=True)
     for name in (WEIGHTS_NAME, TRAIN_LOG_NAME, CONFIG_NAME):
         if (new / name).exists():
             os.replace(new / name, out / name)
-        else:
+        elif name not in names:
             (out / name).unlink(missing_ok=True)
     fsync_dir(out)
+
+
+def _move_unfinished(new: Path) -> bool:
+    """Whether ``new`` holds a model whose move into its folder started and did not end."""
+    return (new / MOVE_NAME).is_file() and (new / CONFIG_NAME).is_file()
+
+
+def _finish_interrupted_move(out: Path) -> None:
+    """Finish the move into ``out`` that a dead run started (see the module's notes); a no-op if there is none.
+
+    Raises:
+        MMRError: that run's notes on the move cannot be read (its folder is left for a person to look at).
+        OSError: ``out`` cannot be written.
+    """
+    if (out / CONFIG_NAME).exists():
+        return  # no move was cut short: out holds a whole model (or one of ours moved in since)
+    started = [left for left in orphans(out / NEW_MODEL_NAME) if left.is_dir() and _move_unfinished(left)]
+    for new in sorted(started, key=lambda left: (left / MOVE_NAME).stat().st_mtime, reverse=True)[:1]:
+        try:
+            names = json.loads((new / MOVE_NAME).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MMRError(f"{new} holds a model whose move into {out} was cut short, but its {MOVE_NAME} cannot "
+                           f"be read ({exc}); move its files into {out} by hand, then delete it") from exc
+        if not (new / WEIGHTS_NAME).is_file() and not (out / WEIGHTS_NAME).is_file():
+            continue  # not a whole model: nothing to finish
+        logger.warning("finishing the move of a new model into %s that a killed run started", out)
+        with _signals_held():
+            _rename_in(new, out, names)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block and deliver them after it, so that Ctrl-C cannot stop it half done.
+
+    Python handlers, not a signal mask: the kernel gives a signal to any thread that does not block it (torch
+    starts several), and Python would still raise KeyboardInterrupt in the main thread. Outside the main thread
+    nothing is needed: Python runs signal handlers only there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: set outside Python, and could not be put back
+            held[signum] = signal.signal(signum, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _ours(name: str) -> bool:
