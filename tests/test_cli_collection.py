@@ -543,6 +543,7 @@ def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, ti
     import time
 
     from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
     from test_ingest import write_good_images
 
     write_good_images(tmp_path / "photos", 1200)
@@ -556,8 +557,11 @@ def test_sigterm_unwinds_an_ingest_like_ctrl_c_and_a_rerun_finishes(tmp_path, ti
     while not ok and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
         if (tmp_path / "col" / "catalog.sqlite").exists():
-            with Collection.open(tmp_path / "col", read_only=True) as col:
-                ok = col.catalog.counts_by_status().get("ok", 0)
+            try:
+                with Collection.open(tmp_path / "col", read_only=True) as col:
+                    ok = col.catalog.counts_by_status().get("ok", 0)
+            except CollectionError:  # still being made: the catalog file, then its schema, then its model
+                continue
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signal.SIGTERM, err

@@ -110,7 +110,8 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
     stored = ModelIdentity.from_json(stored_json) if stored_json else None
     if stored is None and model is None:
         if not create:
-            raise CollectionError(f"{directory} has no model recorded; run mmr ingest with --model SPEC")
+            raise CollectionError(f"{directory} has no model recorded yet: a first ingest may be creating it now "
+                                  "(try again in a moment); otherwise run mmr ingest with --model SPEC")
         model = DEFAULT_MODEL
     encoder = load_encoder(model, device=device, precision=precision) if isinstance(model, str) else model
     if stored is None:
