@@ -250,9 +250,10 @@ def _register_label(subparsers) -> None:
 
 def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
+    from ..models.zeroshot import parse_labels
 
     threshold = multi_label_threshold(args)
-    labels = labels_with_stdin(args.labels)
+    labels = parse_labels(labels_with_stdin(args.labels))  # @FILE and @- read here, before the run
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
     if args.organize:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from ..models.zeroshot import parse_labels
 from . import map_view, projection
-from .context import AppContext, user_errors
+from .context import AppContext, check_template_set, user_errors
 from .names import counted, display_path
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class MapHandlers:
 
         ``label`` and ``folder`` keep only matching images on the map (the layout itself is not recomputed).
         """
+        # Typed labels are checked before the layout, which can take minutes.
+        typed = tuple(parse_labels(labels, read_files=False)) if (labels or "").replace(",", "").strip() else ()
+        check_template_set(templates)
         progress(0, desc="Laying out the embeddings (once per collection generation)…")
         collection = self.ctx.collection
         with self.ctx.lock:
@@ -71,7 +74,7 @@ class MapHandlers:
         ids, coordinates = layout.ids[keep], layout.coordinates[keep]
         if len(ids) == 0:
             raise gr.Error("No image on the map matches the label and folder filters.", print_exception=False)
-        point_labels, colouring = self._point_labels(labels, templates, ids)
+        point_labels, colouring = self._point_labels(typed, templates, ids)
         self._drawn = DrawnMap(ids, coordinates, tuple(point_labels))
         note = _note(layout, cached, len(all_ids), len(ids), colouring)
         return map_view.map_value(ids, coordinates, point_labels, projection.UNLABELLED, next(self._versions), note), note
@@ -100,9 +103,9 @@ class MapHandlers:
             allowed = allowed_ids(self.ctx.collection.catalog, filters)
         return np.ones(len(ids), bool) if allowed is None else np.isin(ids, allowed)
 
-    def _point_labels(self, labels: str, templates: str, ids: npt.NDArray[np.int64]) -> tuple[list[str], str]:
-        if (labels or "").replace(",", "").strip():
-            typed = tuple(parse_labels(labels, read_files=False))
+    def _point_labels(self, typed: tuple[str, ...], templates: str,
+                      ids: npt.NDArray[np.int64]) -> tuple[list[str], str]:
+        if typed:
             classifier = self.ctx.classifiers.get(self.ctx.encoder, typed, templates)
             names, _ = projection.classify_points(classifier, self._vectors(ids))
             return names, "the typed labels (each image's most probable)"
