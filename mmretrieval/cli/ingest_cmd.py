@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
 def register(subparsers) -> None:
     """Add ``mmr ingest``."""
-    _register_ingest(subparsers)
-
-
-def _register_ingest(subparsers) -> None:
     parser = subparsers.add_parser(
         "ingest", help="add images to a collection (incremental, resumable)",
         description="Embed images from folders, files and .txt/.csv lists into a collection. Unchanged files are "

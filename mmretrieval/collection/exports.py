@@ -142,6 +142,11 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
     digits = len(str(-(-total // shard_rows)))  # clip-retrieval pads to its shard count's digits
     reader = _BlockReader(catalog, block_rows)
     shards = binary = done = 0
+
+    def report(rows: int) -> None:  # rows written so far, this shard's included
+        if progress is not None:
+            progress(rows, max(total, rows))  # a writer may have added rows since the count
+
     try:
         with folder_built_aside(out, EXPORTED_BY) as folder:
             for sub in ("img_emb", "metadata"):
@@ -149,15 +154,10 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
             (folder / MODEL_FILE).write_text(collection.identity.to_json() + "\n", encoding="utf-8")
             while reader.has_more():
                 number = str(shards).zfill(digits)
-
-                def written(rows: int, before: int = done) -> None:
-                    if progress is not None:
-                        progress(before + rows, max(total, before + rows))  # a writer may have added rows
-
                 rows, binary_paths = _write_shard(
                     folder / "img_emb" / f"img_emb_{number}.npy", folder / "metadata" / f"metadata_{number}.parquet",
                     reader.blocks(shard_rows), np.dtype(dtype).newbyteorder("<"), catalog.segments.dim,
-                    with_captions, written)
+                    with_captions, lambda written: report(done + written))  # (called before done moves on)
                 shards, binary, done = shards + 1, binary + binary_paths, done + rows
                 if rows < shard_rows:  # the reader ran out
                     break
