@@ -223,6 +223,31 @@ def test_label_out_keeps_non_utf8_names_and_its_csv_feeds_classify(photos, tmp_p
     assert _classified(out) == {os.fsencode(good): "red", os.fsencode(bad): "blue"}
 
 
+def test_a_multi_label_out_csv_feeds_classify_each_image_once(photos, tmp_path, tiny_model_dir, capsys):
+    """``label --multi-label --out`` writes an image's labels on consecutive rows; as a list, each names one image
+    once. A repeat further down is still read (a list is a stream: no set of every path seen is kept)."""
+    from mmretrieval.ingest.reader import discover
+
+    folder, good, bad = photos
+    collection = tmp_path / "col"
+    assert _run(capsys, "ingest", folder, "--collection", collection, "--model", tiny_model_dir, "--device", "cpu",
+                "--workers", "0")[0] == 0
+    csv_out = tmp_path / "multi.csv"
+    status, _, err = _run(capsys, "label", "--collection", collection, "--labels", "red,blue,circle,shape",
+                          "--multi-label", "--threshold", "0", "--out", csv_out)
+    assert status == 0, err
+    rows = csv_out.read_bytes().splitlines()[1:]
+    assert len(rows) == 8, rows  # threshold 0: every label of both images
+    status, out, err = _run(capsys, "classify", csv_out, "--labels", "red,blue", "--json", "--device", "cpu",
+                            "--workers", "0")
+    assert status == 0, err
+    assert sorted(os.fsencode(json.loads(line)["path"]) for line in out.splitlines()) == sorted(
+        map(os.fsencode, (good, bad)))
+    listing = tmp_path / "again.txt"
+    listing.write_bytes(b"\n".join(map(os.fsencode, (good, good, bad, good))) + b"\n")
+    assert [item.path for item in discover([str(listing)])] == [good, bad, good]
+
+
 def test_labels_from_a_closed_stdin_are_one_clear_error(photos, monkeypatch, capsys):
     _, good, _ = photos
     monkeypatch.setattr("sys.stdin", None)  # `<&-`

@@ -20,6 +20,7 @@ import collections
 import csv
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import stat
@@ -230,7 +231,7 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
         # A name that is not UTF-8 keeps its bytes (surrogate escapes, as os.fsdecode), so the file is found.
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             rows = _text_rows(handle) if path.suffix.lower() == ".txt" else _csv_rows(path, handle)
-            for name, caption in rows:
+            for name, caption in _once_in_a_row(rows):
                 yield _single(Path(os.path.abspath(base / name)), caption or None)
     except OSError as exc:
         raise CollectionError(f"cannot read list file {path}: {exc}") from exc
@@ -239,10 +240,16 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
 def _read_stream(source: PathStream) -> Iterator[SourceFile | Skipped]:
     """A stream's entries, relative paths taken from its ``base``; line by line, never held whole."""
     try:
-        for name, _ in _text_rows(_decoded_lines(source.stream)):
+        for name, _ in _once_in_a_row(_text_rows(_decoded_lines(source.stream))):
             yield _single(Path(os.path.abspath(os.path.join(source.base, name))))
     except OSError as exc:
         raise CollectionError(f"cannot read the list of paths on {source}: {exc}") from exc
+
+
+def _once_in_a_row(rows: Iterable[tuple[str, str | None]]) -> Iterator[tuple[str, str | None]]:
+    """Rows less those that repeat the row before: ``mmr label --out`` writes an image's labels on consecutive
+    rows, and such a file used as a list names each image once (a repeat further down is read again)."""
+    return (row for row, _ in itertools.groupby(rows))
 
 
 def _decoded_lines(lines: Iterable[bytes]) -> Iterator[str]:
