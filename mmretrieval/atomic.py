@@ -17,7 +17,10 @@ import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from .errors import Busy
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -244,28 +247,35 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
+                   busy: type[Busy] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` for the ``with`` block: a file (created if missing), or a folder
+    (locked itself, so that nothing is added to it).
 
     The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
     collection locked. With no ``busy_message`` it waits for another holder instead of failing.
 
     Raises:
-        CollectionBusy: another process holds the lock (``busy_message`` says what to do).
+        CollectionBusy: another process holds the lock (``busy_message`` says what to do); ``busy`` names
+            another :class:`~mmretrieval.errors.Busy` to raise instead.
     """
     import fcntl
 
     from .errors import CollectionBusy
 
-    with open(path, "a+b") as handle:
+    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT | os.O_APPEND
+    descriptor = os.open(path, flags | os.O_CLOEXEC, 0o666)
+    try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if busy_message else 0))
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy_message else 0))
         except BlockingIOError as exc:
-            raise CollectionBusy(busy_message) from exc
+            raise (busy or CollectionBusy)(busy_message) from exc
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -32,8 +32,13 @@ class CollectionError(MMRError):
     """A collection that cannot be opened or written as asked (model mismatch, missing, corrupt beyond repair)."""
 
 
-class CollectionBusy(CollectionError):
-    """Another process holds the collection's writer lock: nothing is wrong, try again when it is done."""
+class Busy(MMRError):
+    """Another process holds the lock on what was asked for (a collection, a model folder): nothing is wrong, try
+    again when it is done."""
+
+
+class CollectionBusy(Busy, CollectionError):
+    """Another process holds the collection's writer lock."""
 
 
 class CatalogFull(CollectionError):

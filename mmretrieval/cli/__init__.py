@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
-from ..errors import CollectionBusy, MMRError
+from ..errors import Busy, MMRError
 from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, serve_cmd
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
@@ -30,7 +30,7 @@ _COMMAND_MODULES = (model_cmds, ingest_cmd, collection_cmds, duplicates_cmd, imp
 _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compact", "label"),
                                            "; the collection keeps what this run saved"),
                            "export": "; the export folder is complete"}
-EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's writer lock; try again later
+EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's (or --out's) lock; try again later
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +74,7 @@ exit status:
   0    done
   1    nothing found (search, similar, duplicates; an ingest or classify that found no image)
   2    an error, in one line on stderr (bad input, a missing file, a model mismatch)
-  75   another process is writing the collection: run the command again when it is done
+  75   another process is writing the collection (or train's --out): run the command again when it is done
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM). An interrupted ingest or import resumes when run again.
 """
 
@@ -163,7 +163,7 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmr``; returns the exit status (0 ok, 1 nothing found, 2 error, 75 another process is
-    writing the collection, 130 interrupted, 143 terminated)."""
+    writing the collection or --out, 130 interrupted, 143 terminated)."""
     with guarded_streams():
         return _run(argv)
 
@@ -176,7 +176,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         with _sigterm_unwinds():
             return int(args.handler(args) or 0)
-    except CollectionBusy as exc:
+    except Busy as exc:
         print(f"mmr {args.command}: {exc}", file=sys.stderr)
         return EXIT_BUSY
     except MMRError as exc:

@@ -28,8 +28,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import atomic_write_text, fsync_dir, orphans, remove_orphans, scratch_folder
-from ..errors import MMRError
+from ..atomic import atomic_write_text, exclusive_lock, fsync_dir, orphans, remove_orphans, scratch_folder
+from ..errors import Busy, MMRError
 from ..models.specs import CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -81,25 +81,29 @@ def model_written_aside(out: Path) -> Iterator[Path]:
     training are not thrown away.
 
     Raises:
+        Busy: another run is writing a model into ``out``.
         MMRError: the block wrote no model.
         OSError: ``out`` cannot be written.
     """
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    _finish_interrupted_move(out)
-    had_model = (out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()
-    for name in (*MODEL_FILES, NEW_MODEL_NAME):
-        remove_orphans(out / name)
+    busy = (f"--out {out} is being written by another mmr train or blend; run again when it is done, or choose "
+            "another folder")
     try:
-        with scratch_folder(out / NEW_MODEL_NAME, keep=_move_unfinished) as new:
-            try:
-                yield new
-            except KeyboardInterrupt:
-                if not had_model and (new / CONFIG_NAME).is_file() and (new / WEIGHTS_NAME).is_file():
-                    _move_in(new, out)
-                    logger.warning("interrupted: %s holds the last checkpoint saved", out)
-                raise
-            _move_in(new, out)
+        with exclusive_lock(out, busy, busy=Busy):  # two runs' renames could leave one's config by the other's weights
+            _finish_interrupted_move(out)
+            had_model = (out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()
+            for name in (*MODEL_FILES, NEW_MODEL_NAME):
+                remove_orphans(out / name)
+            with scratch_folder(out / NEW_MODEL_NAME, keep=_move_unfinished) as new:
+                try:
+                    yield new
+                except KeyboardInterrupt:
+                    if not had_model and (new / CONFIG_NAME).is_file() and (new / WEIGHTS_NAME).is_file():
+                        _move_in(new, out)
+                        logger.warning("interrupted: %s holds the last checkpoint saved", out)
+                    raise
+                _move_in(new, out)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
