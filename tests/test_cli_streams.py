@@ -131,6 +131,33 @@ def test_a_failure_says_what_about_the_machine_caused_it(collection, tmp_path, c
     assert says in err and "Traceback" not in err, err
 
 
+def _ingest_with_open_files(folder: Path, collection: Path, model: Path, soft: int, hard: int):
+    """``mmr ingest --workers 2`` in a child whose open-file limit is ``soft`` (``ulimit -S -n``), under ``hard``."""
+    import resource
+
+    return subprocess.run(
+        [sys.executable, "-m", "mmretrieval", "ingest", str(folder), "--collection", str(collection), "--model",
+         str(model), "--device", "cpu", "--workers", "2"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+
+def test_decoding_workers_fit_the_open_file_limit_or_are_refused_before_they_start(tmp_path, tiny_model_dir):
+    """A soft limit under what the workers need is raised toward the hard one; a hard limit under it is refused
+    at once, in one line. Running out midway had failed the run, and the resource tracker printed a traceback."""
+    import resource
+
+    write_good_images(tmp_path / "photos", 6)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = _ingest_with_open_files(tmp_path / "photos", tmp_path / "low", tiny_model_dir, 20, 20)
+    assert low.returncode == 2, low.stderr
+    assert "needs about" in low.stderr and "may open only 20 (ulimit -n)" in low.stderr, low.stderr
+    assert "Traceback" not in low.stderr and "KeyError" not in low.stderr, low.stderr
+    raised = _ingest_with_open_files(tmp_path / "photos", tmp_path / "raised", tiny_model_dir, 20, max(hard, 4096)
+                                     if hard == resource.RLIM_INFINITY else hard)
+    assert raised.returncode == 0 and "embedded 6," in raised.stderr, raised.stderr
+
+
 def test_pruning_a_list_whose_files_are_all_gone_succeeds(tmp_path, tiny_model_dir, capsys):
     """A cron job that prunes a list of files: when all are gone, removing their rows was the whole job."""
     paths = write_good_images(tmp_path / "photos", 3, seed=9)

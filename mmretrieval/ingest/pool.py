@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
+import resource
 import threading
 import time
 from multiprocessing.connection import wait
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 _GROUP = 16  # most tasks sent to a worker in one message (one chunk), and so most results in one message back
 _DEPTH = 2  # groups a worker holds: the one it decodes and the next, queued in its pipe
+_FILES_PER_CHUNK = 2  # a chunk's shared memory holds its descriptor and its mapping's copy of it
+_FILES_PER_WORKER = 4  # its pipe, its header's two, its process sentinel
+_FILES_SPARE = 24  # the forkserver's, the catalog's and segments' files, a model's, and some room
 _DONE = object()
 _MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
 _STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
@@ -150,6 +155,8 @@ class DecodePool:
         ``chunks`` sets the group size (its rows) and how many chunks may exist at once (back-pressure from a
         consumer holding on to them); they are closed when the run ends.
         """
+        _reserve_files(_FILES_PER_CHUNK * chunks.limit + _FILES_PER_WORKER * self.workers + _FILES_SPARE,
+                       self.workers)
         results: queue.Queue = queue.Queue(maxsize=self._queue_size())
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,
@@ -295,3 +302,26 @@ def _fill(tasks: Iterator[DecodeTask | None], pending: collections.deque, size: 
             return False
         pending.append(task)
     return False
+
+
+def _reserve_files(needed: int, workers: int) -> None:
+    """Make room for ``needed`` more open files than are open now: raise the soft limit toward the hard one where
+    it is lower (as ``ulimit -S -n`` would), or refuse before any worker starts. Running out midway fails the run
+    (it resumes) and makes the resource tracker print a traceback about shared memory it never registered.
+
+    Raises:
+        CollectionError: the hard limit is too low for ``workers`` decoding processes.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        wanted = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")) + needed
+    except OSError:
+        return  # no way to count what is open: go on, and an EMFILE says so
+    if soft == resource.RLIM_INFINITY or wanted <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        raise CollectionError(f"decoding with {workers} worker process(es) needs about {wanted} open files, and this "
+                              f"process may open only {hard} (ulimit -n): raise the limit (ulimit -n 4096), or lower --workers "
+                              "(0 decodes in this process, with no worker)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    logger.debug("raised the open-file limit from %d to %d for %d decoding workers", soft, wanted, workers)
