@@ -133,6 +133,15 @@ def test_a_file_that_is_not_sqlite_is_the_only_one_to_move_away(tmp_path):
         Catalog(tmp_path / CATALOG_NAME)
 
 
+def test_a_catalog_with_no_tables_yet_opened_read_only_may_be_a_first_ingest_under_way(tmp_path):
+    """What a reader meets between a first ingest's creating the file and its tables: told to try again."""
+    import sqlite3
+
+    sqlite3.connect(tmp_path / CATALOG_NAME).close()  # an empty database, as SQLite makes it first
+    with pytest.raises(CollectionError, match="has no tables yet.*a first ingest may be creating it"):
+        Catalog(tmp_path / CATALOG_NAME, writable=False)
+
+
 _SMALL_FILES = textwrap.dedent("""
     import resource, signal, sys
     from mmretrieval.collection.catalog import Catalog

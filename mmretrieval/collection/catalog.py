@@ -137,10 +137,13 @@ class Catalog(VectorPlaces):
         if behind or _missing_tables(self._db):
             if not self.writable and not behind:
                 return  # only tables newer code adds are missing: readable as it is
-            if not self.writable:
-                raise CollectionError(f"{self.path} needs its schema created or migrated to version "
-                                      f"{SCHEMA_VERSION} and is opened read-only; open it once where it is "
+            if not self.writable and version is None:
+                raise CollectionError(f"{self.path} has no tables yet and is opened read-only: a first ingest may "
+                                      "be creating it (run again in a moment); else open it once where it is "
                                       "writable (any mmr command does it)")
+            if not self.writable:
+                raise CollectionError(f"{self.path} needs its schema migrated to version {SCHEMA_VERSION} and is "
+                                      "opened read-only; open it once where it is writable (any mmr command does it)")
             with exclusive_lock(self.path.parent / LOCK_NAME):  # migrations write segments: a writer's job
                 version = catalog_version(self._db)
                 if version is None:
