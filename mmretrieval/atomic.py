@@ -11,6 +11,7 @@ through here too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from .errors import Busy
+
+logger = logging.getLogger(__name__)
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -248,12 +251,13 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
 
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
-                   busy: type[Busy] | None = None) -> Iterator[None]:
+                   busy: type[Busy] | None = None, waiting_note: str | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` for the ``with`` block: a file (created if missing), or a folder
     (locked itself, so that nothing is added to it).
 
     The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
-    collection locked. With no ``busy_message`` it waits for another holder instead of failing.
+    collection locked. With no ``busy_message`` it waits for another holder instead of failing, and logs
+    ``waiting_note`` (a warning) if it has to.
 
     Raises:
         CollectionBusy: another process holds the lock (``busy_message`` says what to do); ``busy`` names
@@ -267,9 +271,13 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
     descriptor = os.open(path, flags | os.O_CLOEXEC, 0o666)
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy_message else 0))
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise (busy or CollectionBusy)(busy_message) from exc
+            if busy_message:
+                raise (busy or CollectionBusy)(busy_message) from exc
+            if waiting_note:
+                logger.warning("%s", waiting_note)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -100,6 +100,33 @@ def test_a_collection_another_process_writes_is_its_own_exit_status(collection, 
     assert main(["compact", "--collection", collection]) == 0
 
 
+def test_with_wait_a_writer_waits_for_the_other_and_says_so(collection, capsys):
+    """A cron job that would rather wait than retry on exit 75: ``--wait`` blocks until the other writer is done."""
+    import threading
+    import time
+
+    from mmretrieval.atomic import exclusive_lock
+    from mmretrieval.collection.catalog import LOCK_NAME
+
+    held, released = threading.Event(), []
+
+    def other_writer() -> None:
+        with exclusive_lock(Path(collection) / LOCK_NAME):
+            held.set()
+            time.sleep(2)
+            released.append(time.monotonic())
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    held.wait()
+    assert main(["label", "--collection", collection, "--labels", "circle,square", "--set", "waited", "--replace",
+                 "--device", "cpu", "--wait"]) == 0
+    finished = time.monotonic()
+    thread.join()
+    assert released and finished >= released[0]
+    assert f"another process is writing {collection}; waiting for it to finish" in capsys.readouterr().err
+
+
 def test_verbose_after_the_command_as_before_it(collection, capsys):
     assert main(["info", "--collection", collection, "-v"]) == 0
     assert main(["-v", "info", "--collection", collection]) == 0

@@ -126,7 +126,7 @@ def _register_index(subparsers) -> None:
         description="Build the collection's FAISS index again, of another type or with other parameters; "
         "searches keep using the old one until the new one is saved. Without options the index is sized from "
         "the number of vectors and --memory-budget, and its search parameters tuned to --recall-target.")
-    add_collection_option(parser)
+    add_collection_option(parser, writer=True)
     parser.add_argument("--type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help="flat (exact), ivf, hnsw or ivfpq (OPQ + IVF-PQ, compressed, re-ranked exactly); "
                         "auto picks by size and --memory-budget (default)")
@@ -170,7 +170,7 @@ def _index(args: argparse.Namespace) -> int:
     if args.ray is None and args.ray_work:
         raise CollectionError("--ray-work needs --ray")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
-            open_collection(args.collection, index_progress=index_bar, writer="index") as collection:
+            open_collection(args.collection, index_progress=index_bar, writer="index", wait=args.wait) as collection:
         ray_fill = None
         if args.ray is not None:  # who adds the vectors to the trained index changes, nothing else
             ray_fill = _ray_fill(args, str(collection.directory),
@@ -203,14 +203,15 @@ def _register_compact(subparsers) -> None:
     parser = subparsers.add_parser("compact", help="reclaim the space of deleted and replaced vectors",
                                    description="Rewrite vector segments that hold dead rows (pruned or re-embedded "
                                    "files). Safe to interrupt; writers also do it on their own past 30% waste.")
-    add_collection_option(parser)
+    add_collection_option(parser, writer=True)
     parser.add_argument("--min-waste", type=probability, default=0.0,
                         help="only segments with more than this share of dead rows (default 0: any)")
     parser.set_defaults(handler=_compact)
 
 
 def _compact(args: argparse.Namespace) -> int:
-    with open_collection(args.collection, writer="compact") as collection, TqdmProgress("compacting", unit="vectors") as progress:
+    with open_collection(args.collection, writer="compact", wait=args.wait) as collection, \
+            TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
     print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
           f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
@@ -224,7 +225,7 @@ def _register_label(subparsers) -> None:
         description="Score every embedded image (or those the filters select) against the labels, from the stored "
         "vectors (no image is decoded again), and save the result as a named label set. Prints the count per "
         "label; --out writes every image's labels, --organize links the images into a folder per label.")
-    add_collection_option(parser)
+    add_collection_option(parser, writer=True)
     parser.add_argument("--labels", action="append", required=True,
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
                         "(repeatable)")
@@ -258,7 +259,7 @@ def _label(args: argparse.Namespace) -> int:
         check_export_path(args.out)
     if args.organize:
         check_organize_dir(args.organize)
-    with open_collection(args.collection, device=args.device, writer="label") as collection:
+    with open_collection(args.collection, device=args.device, writer="label", wait=args.wait) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(labels, args.templates, multi_label=args.multi_label,
                                        threshold=threshold, label_set=args.label_set, replace=args.replace,

@@ -121,13 +121,17 @@ def _number(text: str, kind: type) -> Any:
     return value
 
 
-def add_collection_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--collection DIR``, defaulting to ``$MMR_COLLECTION``."""
+def add_collection_option(parser: argparse.ArgumentParser, required: bool = True, writer: bool = False) -> None:
+    """``--collection DIR``, defaulting to ``$MMR_COLLECTION``; for a ``writer`` command, ``--wait`` too."""
     default = os.environ.get("MMR_COLLECTION")
     parser.add_argument(
         "--collection", default=default, required=required and default is None, metavar="DIR",
         help="collection directory (default: $MMR_COLLECTION, when set)",
     )
+    if writer:
+        parser.add_argument("--wait", action="store_true",
+                            help="wait for another process writing the collection to finish (default: exit 75 "
+                            "at once)")
 
 
 def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> int:

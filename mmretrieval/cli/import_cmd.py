@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("directory", metavar="DIR",
                         help="folder holding img_emb/ and metadata/ (clip-retrieval's output), or another "
                         "collection's folder (same model)")
-    add_collection_option(parser)
+    add_collection_option(parser, writer=True)
     parser.add_argument("--model", default=None,
                         help="the model that made the embeddings (needed to create a collection; an existing "
                         "collection must have been built with the same model)")
@@ -51,7 +51,7 @@ def _import(args: argparse.Namespace) -> int:
 
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
             args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar,
-            writer="import") as collection:
+            writer="import", wait=args.wait) as collection:
         with TqdmProgress("import", unit="vec") as progress:
             summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
                                         update_index=args.update_index)

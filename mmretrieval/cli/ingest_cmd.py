@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         help="folder, image file, .txt/.csv list of paths, or - for a list on standard input (in a "
                         "list: one path per line, relative to the list's folder, or for - to the current one; blank "
                         "lines and lines starting with # skipped)")
-    add_collection_option(parser)
+    add_collection_option(parser, writer=True)
     add_model_options(parser, default=None)
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
     parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
@@ -129,7 +129,7 @@ def _ingest(args: argparse.Namespace) -> int:
         model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
     with TqdmProgress("index", unit="vec") as index_bar, \
             open_collection(args.collection, model=model, create=True, device=device, precision=args.precision,
-                  index_progress=index_bar, writer="ingest") as collection:
+                  index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, timeout_s=args.timeout, progress=progress,

@@ -87,6 +87,7 @@ class Collection:
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy, progress=index_progress)
         self._made_now = False  # this open made the folder: a `with` block that fails leaves no empty collection
+        self.waits_for_writers = False  # a writer method waits for another writer instead of failing (open's wait)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -94,7 +95,7 @@ class Collection:
              create: bool = False, device: str = "auto", read_only: bool = False,
              vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
              index_progress: Progress | None = None, precision: str = "auto",
-             writer: str | None = None) -> "Collection":
+             writer: str | None = None, wait: bool = False) -> "Collection":
         """Open (or with ``create=True`` make) the collection in ``directory``.
 
         Args:
@@ -113,6 +114,8 @@ class Collection:
             writer: the writer command about to run (``"ingest"``, ``"index"``...): when another writer holds
                 the collection's lock, fail now, before the model and index load for nothing (the writer's own
                 lock is still what decides).
+            wait: writers (ingest, import, index, compact, label) wait for another writer to finish instead of
+                raising :class:`~mmretrieval.errors.CollectionBusy`.
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), ``model`` is not the model
@@ -120,7 +123,7 @@ class Collection:
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
         opened = open_folder(directory, model, create=create, device=device, read_only=read_only,
-                             vector_dtype=vector_dtype, precision=precision, writer=writer)
+                             vector_dtype=vector_dtype, precision=precision, writer=writer, wait=wait)
         try:
             collection = cls(opened.directory, opened.catalog, opened.identity, opened.encoder, device, index_policy,
                              index_progress, precision)
@@ -128,6 +131,7 @@ class Collection:
             opened.catalog.close()
             raise
         collection._made_now = opened.made_now
+        collection.waits_for_writers = wait
         return collection
 
     @property
@@ -208,7 +212,7 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
-        busy = writer_busy(self.directory, "ingest")
+        busy = self.busy_message("ingest")
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
@@ -227,6 +231,11 @@ class Collection:
 
                 commit_left_results(self.catalog, str(self.directory))
             return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress)
+
+    def busy_message(self, command: str) -> str | None:
+        """What writer ``command`` (``"ingest"``, ``"label"``...) fails with while another writer holds the lock,
+        for :meth:`writing`; None (wait for it) when the collection was opened with ``wait=True``."""
+        return None if self.waits_for_writers else writer_busy(self.directory, command)
 
     @contextmanager
     def writing(self, busy_message: str | None = None, update_index: bool = True) -> Iterator[Catalog]:
@@ -251,7 +260,8 @@ class Collection:
         if not self.catalog.writable:
             raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
                                   "but ingest, import, index, compact and label need a writable collection folder")
-        with exclusive_lock(self.directory / LOCK_NAME, busy_message):
+        with exclusive_lock(self.directory / LOCK_NAME, busy_message, waiting_note=(
+                f"another process is writing {self.directory}; waiting for it to finish")):
             collect_garbage(self.catalog)
             yield self.catalog
             try:
@@ -273,7 +283,7 @@ class Collection:
 
         Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
         """
-        with self.writing(writer_busy(self.directory, "compact")):
+        with self.writing(self.busy_message("compact")):
             return compact(self.catalog, min_waste_ratio, progress)
 
     # -- index ------------------------------------------------------------------------------------------------
@@ -293,7 +303,7 @@ class Collection:
         if recall_target is not None and not 0 < recall_target <= 1:
             raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
-        with self.writing(writer_busy(self.directory, "index")):
+        with self.writing(self.busy_message("index")):
             with self._lock:
                 return self._indexes.rebuild(index_type, policy, fill, **params)
 
@@ -525,7 +535,7 @@ class Collection:
             raise QueryError("no embedded image matches the filters; nothing was labelled and the stored labels "
                              "are kept (widen --after/--before/--camera/--near/--prefix)")
         # Under the writer lock: two runs on one set would interleave their rows.
-        with self.writing(writer_busy(self.directory, "label"), update_index=False):
+        with self.writing(self.busy_message("label"), update_index=False):
             return label_collection(self.catalog, self.text_model(), labels, templates, multi_label=multi_label,
                                     threshold=threshold, label_set=label_set, replace=replace, progress=progress,
                                     ids=None if ids is None else ids.tolist())

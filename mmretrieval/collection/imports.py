@@ -293,7 +293,6 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         CollectionError: a missing folder, a bad shard (nothing of it lands; earlier shards stay), or another
             process writing to the collection.
     """
-    from .catalog import writer_busy
     from .import_writer import ShardLanding, ensure_schema, shard_seen
 
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -305,7 +304,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     total = sum(shard.rows() for shard in shards)
     done = 0
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
-    busy = writer_busy(collection.directory, "import")
+    busy = collection.busy_message("import")
     with (collection.writing(busy, update_index), _no_cycle_collection(),
           collection.catalog.checkpoints_aside() as checkpoint,
           ThreadPoolExecutor(1, thread_name_prefix="mmr-import-check") as checker,

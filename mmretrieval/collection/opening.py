@@ -36,7 +36,8 @@ class OpenedFolder:
 
 
 def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *, create: bool, device: str,
-                read_only: bool, vector_dtype: str, precision: str, writer: str | None) -> OpenedFolder:
+                read_only: bool, vector_dtype: str, precision: str, writer: str | None,
+                wait: bool = False) -> OpenedFolder:
     """Open (or with ``create`` make) the catalog in ``directory`` and settle its model.
 
     Arguments as for :meth:`~mmretrieval.collection.collection.Collection.open`.
@@ -72,7 +73,7 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
             check_dtype(vector_dtype)
             with catalog.transaction():
                 catalog.set_meta(DTYPE_KEY, vector_dtype)
-        if writer is not None and writable and not made_now:
+        if writer is not None and writable and not made_now and not wait:
             # fail now, before the model and index load for nothing; the writer's own lock still decides
             with exclusive_lock(directory / LOCK_NAME, writer_busy(directory, writer)):
                 pass
