@@ -256,6 +256,26 @@ def test_hidden_files_ingested_before_are_kept_by_prune_until_they_are_gone(tmp_
         assert {os.path.relpath(hit.path, root) for hit in col.search("x", k=50)} == {"a.png", "trip/b.png"}
 
 
+@pytest.mark.parametrize("copy", [False, True])
+def test_an_organize_folder_inside_the_tree_is_not_ingested_again(tmp_path, tiny_encoder, copy):
+    """``label --organize`` (or ``duplicates --organize``) into a folder of the ingested tree: the next ingest
+    of the tree passes over its links or copies (it had made every image a second row, each hit shown twice),
+    and reads it as any other folder when it is named as a source."""
+    from mmretrieval.collection.collection import Collection
+
+    root = tmp_path / "photos"
+    _folder_with_hidden_entries(root)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        assert col.ingest([root], workers=0).embedded == 2
+        col.label(["circle", "square"], label_set="shapes")
+        assert col.organize(root / "by-shape", copy=copy).placed == 2
+        again = col.ingest([root], workers=0)
+        assert (again.embedded, again.unchanged, again.duplicates) == (0, 2, 0)
+        assert sum(col.info().counts.values()) == 2
+        named = col.ingest([root / "by-shape"], workers=0)  # read as any folder: its links lead out of it
+        assert (named.duplicates, named.skipped) == ((2, {}) if copy else (0, {"link_outside_root": 2}))
+
+
 def test_a_folder_given_as_an_image_is_a_decode_error_not_an_os_error(tmp_path):
     """A folder named where an image file is expected (a captions CSV's empty or folder cell, the API) is refused
     as not a regular file, with what it is; os.fdopen used to raise IsADirectoryError: 'Is a directory: 3'."""

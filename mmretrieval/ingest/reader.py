@@ -10,7 +10,9 @@ is stripped, and (``.txt`` and streams) blank lines and lines starting with ``#`
 UTF-8 keeps its bytes as surrogate escapes, as ``os.fsdecode`` and a folder walk do. A walk passes
 over hidden entries, files and folders whose name starts with ``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``,
 macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden folder or file named as a source, or listed in a
-list file, is still read. Nothing is opened while walking;
+list file, is still read. So is a folder that ``mmr label --organize`` or ``mmr duplicates --organize`` filled
+(it holds :data:`~mmretrieval.atomic.MARKER_NAME`) only when named as a source: within a walk its links (or
+copies) of images already catalogued would make every image a second row. Nothing is opened while walking;
 :func:`decode_file` opens a file without blocking and refuses anything that is not a regular file.
 """
 
@@ -30,6 +32,7 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from ..atomic import MARKER_NAME
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
 from ..images.decode import DEFAULT_MAX_PIXELS, decode_file_bytes, read_image_file
@@ -160,6 +163,9 @@ def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
             yield Skipped(directory, "unreadable", f"cannot list {directory}: {exc.strerror}")
+            continue
+        if directory != top and any(entry.name == MARKER_NAME for entry in entries):
+            logger.info("passed over %s: a command of ours filled it (links to, or copies of, images)", directory)
             continue
         subdirs = []
         for entry in entries:
