@@ -91,9 +91,11 @@ def ensure_demo_collection(
         progress: called as ``(stage, done, total)`` while scenes are written and while they are ingested.
 
     Raises:
-        MMRError: the model cannot be loaded, or the demo folder or its collection cannot be written.
+        MMRError: the model cannot be loaded, the demo folder or its collection cannot be written, or no scene
+            could be embedded (the build is then not marked ready).
     """
-    root = Path(root) if root is not None else default_demo_dir()
+    # Absolute: the list file's paths are read relative to its own folder, not to the working directory.
+    root = (Path(root) if root is not None else default_demo_dir()).expanduser().absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # an unwritable cache folder, or $XDG_CACHE_HOME naming a file
@@ -117,8 +119,10 @@ def ensure_demo_collection(
 def write_scenes(root: Path, config: DemoConfig, *, progress: DemoProgress | None = None) -> Path:
     """Write the scene images, their caption sidecars and ``captions.csv``; return the list file's path.
 
-    Files already present from an interrupted build are kept (each was renamed into place complete).
+    Files already present from an interrupted build are kept (each was renamed into place complete). The list
+    names the images by absolute path, whatever the working directory.
     """
+    root = Path(root).expanduser().absolute()  # a relative root's paths would be read from the list's folder
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
@@ -154,11 +158,18 @@ def _ingest(root: Path, list_file: Path, config: DemoConfig, *, device: str, pro
     collection = Collection.open(collection_dir(root), model=config.model, create=True, device=device)
     try:
         summary = collection.ingest([list_file], progress=report)
+        embedded = collection.catalog.vector_count()
     finally:
         close = getattr(collection, "close", None)
         if close:
             close()
     logger.info("demo ingest: %s", summary)
+    if not embedded:  # never marked ready: the next start tries again instead of serving an empty demo
+        raise CollectionError(f"the demo build embedded no scene from {list_file} ({summary}); the next start "
+                              f"tries again (delete {root} to start from scratch, or choose another folder with "
+                              "--data-dir DIR or $MMR_DEMO_DIR)")
+    if embedded < config.count:
+        logger.warning("the demo collection holds %d of %d scenes (%s)", embedded, config.count, summary)
 
 
 def _marker_payload(config: DemoConfig) -> dict:

@@ -186,7 +186,7 @@ def _index(args: argparse.Namespace) -> int:
     recall = f", recall@10 {manifest.recall:.3f}" if manifest.recall >= 0 else ""
     print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip()
           + f" ({manifest.memory_bytes / 2**20:.1f} MiB{recall})", file=sys.stderr)
-    if manifest.note:
+    if manifest.note and args.type in ("auto", manifest.index_type):  # else rebuild_index warned of it already
         print(f"note: {manifest.note}", file=sys.stderr)
     return 0
 

@@ -159,8 +159,14 @@ class Catalog(VectorPlaces):
                         self.set_meta(REMOVALS_KEY, str(self.generation))
 
     def close(self) -> None:
+        """Close the connection and let go of the segment files (idempotent). Any later use raises
+        :class:`~mmretrieval.errors.CollectionError` saying the collection was closed."""
         with self._lock:
+            if isinstance(self._db, _Closed):
+                return
             self._db.close()
+            self._db = _Closed(self.path.parent)  # type: ignore[assignment]
+            self.segments.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -403,6 +409,18 @@ class Catalog(VectorPlaces):
     def label_counts(self) -> dict[str, int]:
         """Images per label, over every label set."""
         return label_sets.counts(self)
+
+
+class _Closed:
+    """Stands in for the connection of a closed catalog, so that every use of it (here, in :mod:`.places`, in
+    :mod:`.label_sets`) says what happened and what to do, not sqlite3's "Cannot operate on a closed database"."""
+
+    def __init__(self, directory: Path):
+        self._directory = directory
+
+    def __getattr__(self, name: str) -> object:
+        raise CollectionError(f"the collection at {self._directory} was closed (close() or the end of its `with` "
+                              "block); open it again with Collection.open to use it")
 
 
 def _missing_tables(db: sqlite3.Connection) -> bool:

@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..atomic import exclusive_lock
 from ..models.encoder import DualEncoder, load_encoder, resolve_device
-from ..errors import CollectionBusy, CollectionError, QueryError
+from ..errors import CollectionBusy, CollectionError, ImageDecodeError, QueryError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest, exact_search
@@ -49,13 +49,16 @@ from ..ingest import IngestConfig, IngestSummary, run_ingest
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..ingest.reader import source_list
+from ..models.precision import check_precision
 from ..models.specs import ModelIdentity
 from .describe import describe
 from .records import CollectionInfo, Failure, Hit
 from .query import ImageRef, Query, query_vector
+from .arguments import check_k, check_query_vector, check_threshold, forked_message, unpicklable_message
 from .catalog import LOCK_NAME, Catalog, writer_busy
 from .opening import check_same_model, open_folder
 from .filters import DateLike, Filters, NearLike, allowed_ids
+from .label_sets import check_known
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
@@ -88,6 +91,7 @@ class Collection:
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy, progress=index_progress)
         self._made_now = False  # this open made the folder: a `with` block that fails leaves no empty collection
         self.waits_for_writers = False  # a writer method waits for another writer instead of failing (open's wait)
+        self._pid = os.getpid()  # FAISS and torch hang in a fork()ed child: refused there (_check_process)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -120,8 +124,11 @@ class Collection:
         Raises:
             CollectionError: no collection there (and ``create`` is false), ``model`` is not the model
                 that built it, or (with ``writer``) another writer is at work.
+            ModelSpecError: an unknown ``precision`` or ``device`` (refused before anything is opened or made).
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
+        check_precision(precision)  # here, not when the model first loads (a query would look to blame)
+        resolve_device(device)
         opened = open_folder(directory, model, create=create, device=device, read_only=read_only,
                              vector_dtype=vector_dtype, precision=precision, writer=writer, wait=wait)
         try:
@@ -146,8 +153,17 @@ class Collection:
             return self._encoder
 
     def close(self) -> None:
-        """Release the catalog connection."""
+        """Release the catalog connection and the segment files (twice is harmless); any later use raises
+        :class:`~mmretrieval.errors.CollectionError`: open the collection again instead."""
         self.catalog.close()
+
+    def _check_process(self) -> None:
+        """Raise CollectionError in a fork()ed child, where FAISS and torch would hang (their threads are gone)."""
+        if os.getpid() != self._pid:
+            raise CollectionError(forked_message(self._pid))
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(unpicklable_message(self.directory))
 
     def __enter__(self) -> "Collection":
         return self
@@ -212,6 +228,7 @@ class Collection:
         Raises:
             CollectionError: a source does not exist, or an unreadable list file.
         """
+        self._check_process()
         busy = self.busy_message("ingest")
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
@@ -257,6 +274,7 @@ class Collection:
             CollectionError: the collection was opened read-only, or another writer holds the lock; or the block
                 committed and what follows it (compaction, the index) failed: the message says that nothing is lost.
         """
+        self._check_process()
         if not self.catalog.writable:
             raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
                                   "but ingest, import, index, compact and label need a writable collection folder")
@@ -296,6 +314,10 @@ class Collection:
         removals from HNSW, a lost or corrupt index file) use them too. ``fill`` adds the vectors to the trained
         index (default: here; :class:`~mmretrieval.ingest.ray_index.RayIndexFill` adds them on Ray).
 
+        An ``ivf`` or ``ivfpq`` asked for over too few vectors to train it (:data:`~.sizing.MIN_IVF_VECTORS`) is
+        built ``flat`` (exact) instead, with a logged warning and the manifest's ``note`` saying so; the choice is
+        kept, so the asked-for type is built once the collection is large enough.
+
         Raises:
             CollectionError: an unknown index type, a parameter below 1, a read-only collection, or another
                 writer at work.
@@ -305,7 +327,10 @@ class Collection:
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(self.busy_message("index")):
             with self._lock:
-                return self._indexes.rebuild(index_type, policy, fill, **params)
+                manifest = self._indexes.rebuild(index_type, policy, fill, **params)
+        if index_type not in ("auto", manifest.index_type):
+            logger.warning("%s", manifest.note or f"{index_type} index asked for, {manifest.index_type} built")
+        return manifest
 
     # -- search -----------------------------------------------------------------------------------------------
     def search(self, query: Query | str | npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
@@ -316,9 +341,10 @@ class Collection:
         Scores are exact cosines against the stored vectors (the index only proposes candidates).
 
         Args:
-            query: a string (``"2:golden retriever"`` allowed), a Query mixing texts and images, or the vector
-                :meth:`query_vector` made of one (so a caller that also needs the vector encodes once).
-            k: at most this many hits; fewer when the collection (or filter) is smaller.
+            query: a string (``"2:golden retriever"`` allowed), a Query mixing texts and images, or a vector, such
+                as the one :meth:`query_vector` made of one (so a caller that also needs the vector encodes once);
+                any finite non-zero vector of the collection's dimension is scaled to unit length.
+            k: at most this many hits (any integer, ``np.int64`` too); fewer when the collection (or filter) is smaller.
             threshold: drop hits scoring below this.
             path_prefix: only images whose absolute path starts with this (a folder, say).
             label: only images that `label` assigned this label.
@@ -328,11 +354,15 @@ class Collection:
             near: only photos taken within a circle: ``"LAT,LON,KM"`` or ``(lat, lon, km)``.
 
         Raises:
-            QueryError: an empty or self-cancelling query, an unreadable query image, k < 1, a bad filter.
+            QueryError: an empty or self-cancelling query, an unreadable query image, a bad vector (see
+                :meth:`nearest`), k not a whole number of at least 1, a threshold that is not a number, a bad filter.
+            CollectionError: the collection was closed, or opened in another process before a fork.
         """
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)  # before a model loads for nothing
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
-        vector = query if isinstance(query, np.ndarray) else self.query_vector(query)
+        vector = self.query_vector(query) if isinstance(query, (str, Query)) else query
         return self.nearest(vector, k, threshold, filters)
 
     def query_vector(self, query: Query | str) -> npt.NDArray[np.float32]:
@@ -341,6 +371,7 @@ class Collection:
         Raises:
             QueryError: as for :meth:`search`.
         """
+        self._check_process()
         return query_vector(Query.of(query), self.encode_texts, self._embed_image)
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -365,10 +396,12 @@ class Collection:
         Filters as for :meth:`search`.
 
         Raises:
-            QueryError: an unknown id, an image that cannot be decoded, a bad filter.
+            QueryError: an unknown id, an image that cannot be decoded, k or threshold as for :meth:`search`,
+                a bad filter.
+            CollectionError: the collection was closed, or opened in another process before a fork.
         """
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
         exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
@@ -391,21 +424,27 @@ class Collection:
         if not isinstance(image, Image.Image) and not Path(image).is_file():
             what = "is a folder, not an image file" if Path(image).is_dir() else "does not exist"
             raise QueryError(f"query image {image} {what}")
+        encoder = self.encoder  # a model that cannot load is its own error, not the image's
         try:
-            return self.encoder.encode_images([image])[0]
-        except Exception as exc:  # ImageDecodeError and friends: the user's file, not our bug
+            return encoder.encode_images([image])[0]
+        except (ImageDecodeError, OSError, ValueError) as exc:  # PIL's errors too: the user's image, not our bug
             raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
 
     def nearest(self, vector: npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
                 filters: Filters | None = None) -> list[Hit]:
-        """The ``k`` images whose stored vectors are closest to ``vector`` (a unit query vector), best first.
+        """The ``k`` images whose stored vectors are closest to ``vector``, best first.
+
+        ``vector`` is scaled to unit length (only its direction counts), so scores are cosines.
 
         Raises:
-            QueryError: k < 1, or a filter naming an unknown label.
+            QueryError: a vector that is not numbers, of another dimension than the collection's, with NaN or
+                infinite values, or all zeros; k or threshold as for :meth:`search`; a filter naming an unknown label.
+            CollectionError: the collection was closed, or opened in another process before a fork.
         """
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)
+        vector = check_query_vector(vector, self.identity.embed_dim)
         filters = filters or Filters()
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
         allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
             found_scores, found_ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
@@ -447,8 +486,15 @@ class Collection:
             progress: ``(done, total)`` while searching.
 
         See :mod:`mmretrieval.collection.duplicates`.
+
+        Raises:
+            QueryError: a threshold that is not a cosine in (0, 1], k not a whole number of at least 1.
+            CollectionError: the collection was closed, or opened in another process before a fork.
         """
         from .duplicates import find_duplicates
+
+        self._check_process()
+        k, threshold = check_k(k, "neighbours"), check_threshold(threshold, duplicates=True)
 
         def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
             with self._lock:  # one block at a time: an ingest in another thread may add between blocks
@@ -526,9 +572,12 @@ class Collection:
 
         Raises:
             QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
+            CollectionError: a set named ``label_set`` exists (and ``replace`` is false), a name that cannot name a
+                set, a read-only collection, another writer at work, or a closed or forked collection.
         """
         from .labelling import label_collection
 
+        self._check_process()
         filters = Filters.of(path_prefix=path_prefix, after=after, before=before, camera=camera, near=near)
         ids = allowed_ids(self.catalog, filters)
         if ids is not None and not len(ids):
@@ -548,14 +597,25 @@ class Collection:
 
     def export_labels(self, path: str | os.PathLike, label_set: str | None = None) -> int:
         """Write the labels of ``label_set`` (None: of every set, ``SET:LABEL`` outside the default one) to
-        ``.csv`` or ``.jsonl``; returns rows written."""
+        ``.csv`` or ``.jsonl`` (``~`` is expanded); returns rows written.
+
+        Raises:
+            QueryError: no label set of that name.
+            CollectionError: a path that cannot be written.
+        """
         from .labelling import export_labels
 
-        return export_labels(self.catalog, Path(path), label_set)
+        return export_labels(self.catalog, Path(path).expanduser(), check_known(self.catalog, label_set))
 
     def organize(self, out_dir: str | os.PathLike, copy: bool = False, label_set: str | None = None) -> "Organized":
-        """Link (or copy) the images labelled in ``label_set`` (None: in any set) into ``out_dir/<label>/``;
-        returns files placed and sources missing."""
+        """Link (or copy) the images labelled in ``label_set`` (None: in any set) into ``out_dir/<label>/`` (``~`` is
+        expanded); returns files placed and sources missing.
+
+        Raises:
+            QueryError: no label set of that name.
+            CollectionError: a folder that cannot be written.
+        """
         from .labelling import organize
 
-        return organize(self.catalog, Path(out_dir), copy=copy, label_set=label_set)
+        return organize(self.catalog, Path(out_dir).expanduser(), copy=copy,
+                        label_set=check_known(self.catalog, label_set))

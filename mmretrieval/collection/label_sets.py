@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import CollectionError
+from ..errors import CollectionError, QueryError
 from .places import in_lists
 
 if TYPE_CHECKING:
@@ -58,6 +58,19 @@ def check_name(name: str) -> str:
         raise CollectionError(f"a label set cannot be named {name!r}: use 1 to 64 characters, no ':', not "
                               "starting with '.' (for example animals)")
     return name
+
+
+def check_known(catalog: "Catalog", name: str | None) -> str | None:
+    """``name`` if a stored set has it (None, meaning every set, passes too).
+
+    Raises:
+        QueryError: no set of that name; the message names the stored ones.
+    """
+    if name is None or catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (name,)):
+        return name
+    known = ", ".join(row[0] for row in catalog._query("SELECT name FROM label_sets ORDER BY name"))
+    raise QueryError(f"no label set {name!r} in this collection; label sets: "
+                     f"{known or 'none yet; label the collection first (mmr label, or the web UI’s Label tab)'}")
 
 
 def sets(catalog: "Catalog") -> list[LabelSet]:

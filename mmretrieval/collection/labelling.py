@@ -13,15 +13,15 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
-from ..errors import CollectionError, QueryError
+from ..errors import CollectionError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter
-from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, parse_labels, predict,
+from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
                                refuse_lone_softmax_label)
 
 if TYPE_CHECKING:
@@ -43,25 +43,25 @@ class LabelSummary:
     label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
 
 
-def label_collection(catalog: "Catalog", encoder: TextModel, labels: Sequence[str] | str,
+def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[str] | str,
                      templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
                      progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:
-    """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (the labels, or one
-    string of them as :func:`~mmretrieval.models.zeroshot.parse_labels` takes it) and store the assigned ones as
+    """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (the labels, one per
+    item of any iterable, or one string of them as :func:`~mmretrieval.models.zeroshot.parse_labels` takes it;
+    either way checked by :func:`~mmretrieval.models.zeroshot.normalise_labels`) and store the assigned ones as
     label set ``label_set``.
 
     Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set
     replaces a stored set of the same name only when ``replace`` is true, and other sets are never touched.
 
     Raises:
-        QueryError: no labels, unknown templates.
+        QueryError: no labels, a label that is blank or not a ``str``, one label scored by a softmax, unknown
+            templates.
         CollectionError: a bad set name, or the set exists and ``replace`` is false.
     """
-    names = parse_labels(labels) if isinstance(labels, str) else list(dict.fromkeys(labels))
-    if not names:
-        raise QueryError("no labels given")
+    names = normalise_labels(labels)  # a list is checked and deduplicated as a typed string is
     refuse_lone_softmax_label(names, is_sigmoid=encoder.is_sigmoid, multi_label=multi_label)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
     writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label,

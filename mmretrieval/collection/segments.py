@@ -183,6 +183,18 @@ class SegmentStore:
             self._maps[number] = mapped
         return mapped
 
+    def close(self) -> None:
+        """Unmap the segment files and stop the checksum thread (idempotent; a later read maps them again).
+
+        The active segment's running checksum is finished and dropped: whoever seals it reads it back from disk.
+        """
+        followed, self._digest = self._digest, None
+        try:
+            if followed is not None:
+                followed[1].hexdigests()  # waits for the queued appends and joins the hashing thread
+        finally:
+            self._maps.clear()
+
     def forget_maps(self) -> None:
         """Drop the memory maps (after compaction deleted files; a reader re-maps what it needs)."""
         self._maps.clear()

@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import reprlib
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Union
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ..errors import ModelSpecError
+from ..errors import ImageDecodeError, ModelSpecError, QueryError
 from ..images.decode import decode_path, to_rgb
+from .inputs import check_batch_size, text_list
 from .loading import LoadedModel, load_model
-from .precision import open_clip_precision
+from .precision import check_precision, open_clip_precision
 from .specs import ModelIdentity, ModelSpec
 from ..images.preprocess import ImagePreparer
 
@@ -31,8 +34,33 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
 
 
+ImageInput = Union[Image.Image, str, bytes, os.PathLike]  # a PIL image, or the path of an image file
+_IMAGE_TYPES = (Image.Image, str, bytes, os.PathLike)
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # the device names a user may give, as messages list them
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a device mmretrieval runs on (:data:`DEVICES`), without looking for the device
+    itself (:func:`resolve_device` does): for checking a setting before anything is loaded.
+
+    Raises:
+        ModelSpecError: any other name, including torch's own that we do not run on (``meta``, ``xla``…).
+    """
+    if not isinstance(device, str) or not _DEVICE_NAME.fullmatch(device):
+        raise ModelSpecError(f"unknown device {device!r}; use {DEVICES}")
+    return device
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` is checked against the devices present."""
+    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` is checked against the devices present.
+
+    Raises:
+        ModelSpecError: a name :func:`check_device` refuses, or a CUDA device that is not there.
+    """
+    check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,7 +70,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ModelSpecError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise ModelSpecError(f"unknown device {device!r}; use {DEVICES}") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelSpecError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
@@ -135,37 +163,113 @@ class DualEncoder:
 
     def encode_images(
         self,
-        images: Sequence[Image.Image | str | os.PathLike],
+        images: ImageInput | Iterable[ImageInput],
         batch_size: int = 64,
         progress: Progress | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Encode images (PIL images, or paths decoded safely) to ``(N, dim)`` unit vectors.
+        """Encode images (PIL images, or paths decoded safely) to ``(N, dim)`` unit vectors, one row per image.
+
+        A PIL image goes through the same conversion as a file: turned upright by its EXIF orientation (on a
+        copy; an image already turned has no orientation tag left), alpha composited on white, 16-bit scaled.
+
+        Args:
+            images: a list (or any iterable) of images; one image or path alone is one image, giving ``(1, dim)``.
+            batch_size: images per model call.
+            progress: ``(done, total)`` callback after each batch.
+
+        Returns:
+            ``(N, dim)`` float32 unit vectors, in the order of ``images``.
 
         Raises:
-            ImageDecodeError: a path that is not a decodable image.
+            QueryError: an item that is neither a PIL image nor a path, a PIL image with no pixels, or a
+                ``batch_size`` below 1.
+            ImageDecodeError: a path that is not a decodable image, or a PIL image whose data cannot be read.
         """
+        batch_size = check_batch_size(batch_size)
+        items = _image_list(images)
         chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = [self._as_image(item) for item in images[start:start + batch_size]]
+        for start in range(0, len(items), batch_size):
+            batch = [self._as_image(item) for item in items[start:start + batch_size]]
             chunks.append(self.encode_prepared(torch.from_numpy(np.stack([self.preparer(im) for im in batch]))))
             if progress:
-                progress(min(start + batch_size, len(images)), len(images))
+                progress(min(start + batch_size, len(items)), len(items))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
-    def _as_image(self, item: Image.Image | str | os.PathLike) -> Image.Image:
+    def _as_image(self, item: ImageInput) -> Image.Image:
         if isinstance(item, Image.Image):
-            return to_rgb(item)  # the same conversion as for files: alpha on white, 16-bit scaled
-        return decode_path(Path(item), draft_size=self.preparer.size).image  # RAW files by their preview too
+            width, height = item.size
+            if width < 1 or height < 1:  # preprocessing would divide by the zero side
+                raise QueryError(f"a {width}x{height} PIL image has no pixels to encode; pass an image of at least "
+                                 "1x1 pixels")
+            return to_rgb(_upright(item))  # the same conversion as for files: alpha on white, 16-bit scaled
+        path = Path(os.fsdecode(item))
+        return decode_path(path, draft_size=self.preparer.size).image  # RAW files by their preview too
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
-        """Encode texts to ``(N, dim)`` unit vectors."""
+    def encode_texts(self, texts: str | Iterable[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
+        """Encode texts to ``(N, dim)`` unit vectors, one row per text.
+
+        Args:
+            texts: a list (or any iterable) of texts; one ``str`` alone is one text, giving ``(1, dim)``.
+            batch_size: texts per model call.
+
+        Returns:
+            ``(N, dim)`` float32 unit vectors, in the order of ``texts``.
+
+        Raises:
+            QueryError: bytes, an item that is not a ``str``, or a ``batch_size`` below 1.
+        """
+        batch_size = check_batch_size(batch_size)
+        items = text_list(texts)
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+        for start in range(0, len(items), batch_size):
+            tokens = self.tokenizer(items[start:start + batch_size]).to(self.device)
             chunks.append(self._run(self.model.encode_text, tokens))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
+
+def _image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """``images`` as a list, every item checked before any is decoded: one image or path alone is a list of one."""
+    if isinstance(images, _IMAGE_TYPES):
+        return [images]
+    try:
+        items = list(images)
+    except TypeError as exc:
+        raise QueryError(f"images must be a PIL image, a path, or a list of them; got {reprlib.repr(images)} of "
+                         f"type {type(images).__name__}") from exc
+    for index, item in enumerate(items):
+        if not isinstance(item, _IMAGE_TYPES):
+            hint = " (convert an array with PIL.Image.fromarray)" if isinstance(item, np.ndarray) else ""
+            raise QueryError(f"images: item {index} is {reprlib.repr(item)} of type {type(item).__name__}, not a PIL "
+                             f"image or a path{hint}")
+    return items
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation asks, as :func:`~mmretrieval.images.decode.decode_path` turns a
+    file; a copy, so the caller's image is left as it was.
+
+    Loaded before the tag is read: Pillow's TIFF decoder applies the orientation itself and drops the tag, and
+    pillow-heif's opener does the same, so reading it first would turn those images twice.
+
+    Raises:
+        ImageDecodeError: the image's data cannot be read (a lazily opened file that is truncated or corrupt).
+    """
+    try:
+        image.load()
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(reason, f"cannot decode the PIL image: {exc}") from exc
+    except (SyntaxError, EOFError) as exc:  # Pillow's plugins raise these for malformed data
+        raise ImageDecodeError("corrupt", f"cannot decode the PIL image: {exc}") from exc
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        # exif_transpose copies even an upright image, so it runs only where there is a turn to make
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block must not lose an otherwise good image (as for files)
+        pass
+    return image
 
 def load_encoder(
     spec: str | ModelSpec = "builtin:shapes",
@@ -185,9 +289,12 @@ def load_encoder(
         precision: ``auto`` (bf16 on CUDA, float32 on CPU), ``fp32`` or ``bf16`` (:mod:`.precision`).
 
     Raises:
-        ModelSpecError: also for a precision the device cannot run natively.
+        ModelSpecError: an unknown device or precision (:func:`check_device`, :func:`.precision.check_precision`,
+            both before anything loads), a precision the device cannot run natively, or a bad spec.
         ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.loading.load_model`.
     """
+    check_device(device)  # both settings checked before the spec is looked up or anything loads
+    check_precision(precision)
     parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     torch_device = resolve_device(device)
     open_clip_dtype = open_clip_precision(torch_device, precision)

@@ -58,6 +58,43 @@ def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_d
         ModelNotCachedError: weights need a download that cannot happen.
         CheckpointError: corrupt, mismatched, or code-carrying checkpoint.
     """
+    with root_logger_left_alone():
+        return _load_model(spec, device=device, precision=precision, cache_dir=cache_dir)
+
+
+class _AsIfUnconfigured(logging.Handler):
+    """Stands on an unconfigured root logger while open_clip runs, so that its module-level ``logging.info()``
+    finds a handler and does not call ``logging.basicConfig()`` (which would configure the application's logging
+    for good). Records go where they would with no handler at all: warnings and worse to ``logging.lastResort``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last_resort = logging.lastResort
+        if last_resort is not None and record.levelno >= last_resort.level:
+            last_resort.handle(record)
+
+
+@contextmanager
+def root_logger_left_alone() -> Iterator[None]:
+    """Run open_clip without it configuring the root logger.
+
+    open_clip logs through ``logging.info()`` and ``logging.warning()``, which call ``logging.basicConfig()`` when
+    the root logger has no handler: after that an application's own ``basicConfig(level=..., format=...)`` does
+    nothing, and every library record prints as ``LEVEL:name:message``. A root logger that already has handlers
+    (the application configured it) is left as it is, and open_clip's records reach them.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    stand_in = _AsIfUnconfigured()
+    root.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        root.removeHandler(stand_in)
+
+
+def _load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_dir: str | None) -> LoadedModel:
     import open_clip  # heavy: imported on first load, not at package import
 
     source = _resolve(open_clip, spec)

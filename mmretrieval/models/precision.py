@@ -23,6 +23,18 @@ from ..errors import ModelSpecError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, checked without a device (whether the device runs it
+    natively is :func:`inference_dtype`'s question): for checking a setting before anything is loaded.
+
+    Raises:
+        ModelSpecError: any other name (``fp16`` included: float16 is only what ``auto`` picks on old GPUs).
+    """
+    if precision not in PRECISIONS:
+        raise ModelSpecError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively: CUDA cards that support it, and CPUs with AVX512-BF16 or AMX
     instructions (elsewhere a CPU emulates bf16, slower than float32)."""
@@ -40,8 +52,7 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     Raises:
         ModelSpecError: an unknown precision, or bf16 on a device without native bf16.
     """
-    if precision not in PRECISIONS:
-        raise ModelSpecError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .inputs import check_batch_size, text_list
 from .precision import inference_dtype
 from .specs import ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir, find_checkpoint, sha256_file
 
@@ -221,11 +222,17 @@ class TextEncoder:
         return self.logit_bias is not None
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
-        """Encode texts to ``(N, dim)`` unit vectors."""
+    def encode_texts(self, texts: str | Iterable[str], batch_size: int = 256) -> npt.NDArray[np.float32]:
+        """Encode texts to ``(N, dim)`` unit vectors, one row per text; one ``str`` alone is one text.
+
+        Raises:
+            QueryError: bytes, an item that is not a ``str``, or a ``batch_size`` below 1.
+        """
+        batch_size = check_batch_size(batch_size)
+        items = text_list(texts)
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+        for start in range(0, len(items), batch_size):
+            tokens = self.tokenizer(items[start:start + batch_size]).to(self.device)
             features = self.tower(tokens).float()[:, : self.dim]
             chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy().astype(np.float32))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)

@@ -12,11 +12,12 @@ renormalised. Scores follow the model's training objective:
 
 from __future__ import annotations
 
+import reprlib
 import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, Sequence
+from typing import BinaryIO, Iterable, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -118,29 +119,75 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
     """
     if isinstance(values, str) or hasattr(values, "read"):
         values = [values]
-    kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
+    parts: list[str] = []
     for value in values:
         if not read_files:
             if not isinstance(value, str):
                 raise QueryError("labels typed here are text; a stream of labels is read only where files are")
-            parts = value.replace("\n", ",").split(",")
-            if any(part.strip().startswith("@") for part in parts):
+            typed = value.replace("\n", ",").split(",")
+            if any(part.strip().startswith("@") for part in typed):
                 raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
                                  "of labels, and files are not read from here")
         elif isinstance(value, str) and not value.startswith("@"):
-            parts = value.replace("\n", ",").split(",")
+            typed = value.replace("\n", ",").split(",")
         else:
-            parts = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
-        for part in parts:
-            label = part.strip()
-            first = kept.setdefault(label.casefold(), label)
-            if label != first:
-                warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
-                              stacklevel=2)
-    labels = [label for label in kept.values() if label]
+            typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
+        parts.extend(typed)
+    labels = _one_per_case([label for label in (part.strip() for part in parts) if label], stacklevel=2)
     if not labels:
         raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
     return labels
+
+
+def normalise_labels(labels: str | Iterable[str]) -> list[str]:
+    """The labels of the Python API: one string is parsed as typed (:func:`parse_labels`, ``@FILE`` included);
+    any other iterable (a list, a tuple, a generator) holds one label per item, each stripped, and goes through
+    the same checks: order kept, duplicates dropped, labels that differ only in case made one with a warning.
+    An item is a label as it is: a comma or a leading ``@`` in it is part of it ("Paris, France").
+
+    Args:
+        labels: one string of comma- or newline-separated labels, or an iterable of labels.
+
+    Returns:
+        The labels, at least one.
+
+    Raises:
+        QueryError: an item that is not a ``str`` or is blank, no labels, or ``labels`` neither a string nor an
+            iterable.
+    """
+    if isinstance(labels, str):
+        return parse_labels(labels)
+    if isinstance(labels, (bytes, bytearray)):
+        raise QueryError("labels are str, not bytes: decode them first, e.g. data.decode('utf-8')")
+    try:
+        items = list(labels)
+    except TypeError as exc:
+        raise QueryError(f"labels are one string ('cat,dog') or a list of them (['cat', 'dog']), got "
+                         f"{reprlib.repr(labels)} of type {type(labels).__name__}") from exc
+    stripped = []
+    for index, label in enumerate(items):
+        if not isinstance(label, str):
+            raise QueryError(f"label {index} is {reprlib.repr(label)} of type {type(label).__name__}, not str; "
+                             "pass labels as text")
+        if not label.strip():
+            raise QueryError(f"label {index} is empty ({label!r}); drop it or name the label")
+        stripped.append(label.strip())
+    if not stripped:
+        raise QueryError("no labels given: pass e.g. ['cat', 'dog', 'car']")
+    return _one_per_case(stripped, stacklevel=3)
+
+
+def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
+    """``labels`` in order without duplicates; labels that differ only in case are one, spelt as it first came,
+    with a warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in
+    two. ``stacklevel`` is the warning's, counted from the caller of this function."""
+    kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
+    for label in labels:
+        first = kept.setdefault(label.casefold(), label)
+        if label != first:
+            warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
+                          stacklevel=stacklevel + 1)
+    return list(kept.values())
 
 
 def _label_file_text(value: str | BinaryIO) -> str:
@@ -192,25 +239,30 @@ class ZeroShotClassifier:
     null_embedding: npt.NDArray[np.float32] | None = None  # CLIP-style multi-label reference, (dim,)
 
     @classmethod
-    def build(cls, encoder: TextModel, labels: str | Sequence[str],
+    def build(cls, encoder: TextModel, labels: str | Iterable[str],
               templates: str | Sequence[str] = TEMPLATE_SETS["default"]) -> "ZeroShotClassifier":
         """Embed ``labels`` with ``templates`` using ``encoder``'s text tower.
 
+        A lone label is built (it means something scored with ``multi_label`` or by a SigLIP model); see
+        :meth:`probabilities` for what a softmax makes of it.
+
         Args:
             encoder: the model.
-            labels: the labels, or one string of them as the command line takes it (:func:`parse_labels`).
+            labels: the labels (any iterable, one label per item), or one string of them as the command line
+                takes it; either way checked and deduplicated by :func:`normalise_labels`.
             templates: templates with one ``{}`` each, or one string: a template set's name, a template file, or a
                 single template.
 
+        Returns:
+            The classifier, its ``labels`` as :func:`normalise_labels` left them.
+
         Raises:
-            QueryError: no labels, or a template without exactly one ``{}``.
+            QueryError: no labels, a label that is blank or not a ``str``, or a template without exactly one ``{}``.
         """
-        labels = parse_labels(labels) if isinstance(labels, str) else labels
+        labels = normalise_labels(labels)
         if isinstance(templates, str):
             templates = (templates,) if {"{", "}"} & set(templates) else load_templates(templates)
         templates = _checked(tuple(templates), "templates")
-        if not labels:
-            raise QueryError("no labels to classify with")
         null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
         return cls(
             labels=tuple(labels),
@@ -225,7 +277,12 @@ class ZeroShotClassifier:
         return self.logit_bias is not None
 
     def probabilities(self, image_embeddings: npt.NDArray[np.float32], multi_label: bool = False) -> npt.NDArray[np.float32]:
-        """``(N, labels)`` probabilities for unit image vectors; rows sum to 1 only for single-label CLIP scoring."""
+        """``(N, labels)`` probabilities for unit image vectors; rows sum to 1 only for single-label CLIP scoring.
+
+        A lone label in that softmax gets 1.0 on every image. That is not refused here: the web UI shows it with a
+        note saying so, while the command line and :meth:`Collection.label` refuse it before scoring, with
+        :func:`refuse_lone_softmax_label`, which a caller of the Python API can use in the same way.
+        """
         cosines = np.asarray(image_embeddings, dtype=np.float64) @ self.embeddings.T.astype(np.float64)
         if self.is_sigmoid:
             return _sigmoid(self.logit_scale * cosines + self.logit_bias).astype(np.float32)

@@ -29,7 +29,7 @@ from .datasets import CaptionedImage, read_captioned
 from ..models.encoder import DualEncoder, PixelNormaliser, resolve_device
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
-from ..models.loading import LoadedModel, load_model, save_model_dir
+from ..models.loading import LoadedModel, load_model, root_logger_left_alone, save_model_dir
 from ..models.precision import native_bf16
 from ..models.specs import ModelIdentity, ModelSpec, model_config_of, refuse_overwriting
 from ..images.preprocess import ImagePreparer
@@ -146,7 +146,8 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[LoadedModel, dict
         model_cfg = open_clip.get_model_config(config.arch)
         if model_cfg is None:
             raise MMRError(f"unknown architecture {config.arch!r}: use {SHAPES_ARCH} or an open_clip registry name")
-        model = open_clip.create_model(config.arch, pretrained=None)
+        with root_logger_left_alone():  # open_clip's logging.info() would configure the application's logging
+            model = open_clip.create_model(config.arch, pretrained=None)
         preprocess = open_clip.get_model_preprocess_cfg(model)
     tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     identity = ModelIdentity(spec=config.out, architecture=config.arch, embed_dim=model_cfg["embed_dim"],

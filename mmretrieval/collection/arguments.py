@@ -1,0 +1,103 @@
+"""Checks of what a caller hands a :class:`~mmretrieval.collection.collection.Collection`: query vectors, ``k``,
+thresholds, and the process it is used in.
+
+Each check raises the library's own error, naming the bad value and what to pass instead, before the value
+reaches FAISS, numpy or torch (whose errors name neither, and some of which accept bad values silently: a NaN
+vector finds nothing, a unit vector times 10 scores every image 1.0 once clipped).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import QueryError
+
+
+def check_k(k: object, what: str = "hits") -> int:
+    """``k`` as an ``int``: any integer (``np.int64`` included), at least 1.
+
+    Raises:
+        QueryError: a bool, a string, a float or anything else that is not a whole number, or less than 1.
+    """
+    if isinstance(k, (bool, np.bool_)):
+        raise QueryError(f"k must be a whole number of {what} (1 or more), got {k!r}")
+    try:
+        value = operator.index(k)  # type: ignore[arg-type]
+    except TypeError:
+        raise QueryError(f"k must be a whole number of {what} (1 or more), got {k!r}") from None
+    if value < 1:
+        raise QueryError(f"k must be at least 1, got {value}")
+    return value
+
+
+def check_threshold(threshold: object, duplicates: bool = False) -> float | None:
+    """``threshold`` as a ``float`` (None stays None): any finite real number; with ``duplicates``, a cosine in
+    (0, 1] (a lower one would call every image a copy of its neighbours).
+
+    Raises:
+        QueryError: a string, a bool, NaN, an infinity, or anything else that is not a number; with
+            ``duplicates``, a number outside (0, 1].
+    """
+    if threshold is None:
+        return None
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+        raise QueryError(f"threshold must be a number (a cosine, e.g. 0.25), got {threshold!r}")
+    value = float(threshold)
+    if not math.isfinite(value):
+        raise QueryError(f"threshold must be a finite number (a cosine, e.g. 0.25), got {threshold!r}")
+    if duplicates and not 0 < value <= 1:
+        raise QueryError(f"duplicate threshold {value} must be a cosine in (0, 1]; e.g. 0.95")
+    return value
+
+
+_UNIT_TOLERANCE = 1e-3  # a norm this close to 1 is a unit vector (a stored float16 row is within ~1e-4)
+
+
+def check_query_vector(vector: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
+    """``vector`` scaled to unit length, as float32 of shape ``(dim,)`` (a ``(1, dim)`` row is accepted too);
+    one already of unit length, give or take float16 rounding, is kept as it is.
+
+    Scores are cosines only against a unit query; scaling keeps the direction, which is all a query means.
+
+    Raises:
+        QueryError: not numbers, the wrong shape or dimension, a NaN or infinite value, or all zeros.
+    """
+    array = np.asarray(vector)
+    if array.dtype.kind not in "iuf":
+        raise QueryError(f"a query vector must hold numbers (ints or floats), got dtype {array.dtype}")
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise QueryError(f"a query vector has shape ({dim},), got shape {array.shape}")
+    if array.shape[0] != dim:
+        raise QueryError(f"the query vector has {array.shape[0]} dimensions, the collection's vectors {dim}; "
+                         "make it with the collection's model (Collection.query_vector)")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise QueryError("the query vector holds NaN or infinite values; every value must be finite")
+    largest = float(np.abs(array).max())
+    if largest == 0:
+        raise QueryError("the query vector is all zeros: it has no direction to search in")
+    if abs(float(np.linalg.norm(array)) - 1) <= _UNIT_TOLERANCE:
+        return array.astype(np.float32)  # a unit vector as stored (float16 rounding): its scores stay as they were
+    array /= largest  # first, so that the norm of huge values does not overflow
+    return (array / np.linalg.norm(array)).astype(np.float32)
+
+
+def forked_message(pid: int) -> str:
+    """Why a collection cannot be used in a process other than process ``pid``, which opened it."""
+    return (f"this collection was opened in process {pid} before a fork; FAISS, torch and SQLite do not survive a "
+            "fork: open it again in this process (Collection.open), or use the 'spawn' start method of "
+            "multiprocessing and open it in the child")
+
+
+def unpicklable_message(directory: object) -> str:
+    """Why a collection cannot be pickled (sent to another process, deep-copied)."""
+    return (f"a Collection ({directory}) cannot be pickled: it holds a database connection, an index and a model; "
+            "pass its folder and open it again in the other process (Collection.open), with the 'spawn' start "
+            "method of multiprocessing")
