@@ -618,7 +618,7 @@ def test_search_filters_by_label_set_and_folder(manage, search, collection_dir):
     assert hits == []
     with pytest.raises(gr.Error, match="not an absolute path"):
         search.search("a shape", None, "", 5, -1, "", "images")
-    with pytest.raises(gr.Error, match="no image has label 'nope'"):
+    with pytest.raises(gr.Error, match="no label set has label 'nope'"):
         search.search("a shape", None, "", 5, -1, "nope", "")
     _, similar_hits, _, _, _ = search.similar(in_folder[0]["id"], 5, -1, "colours:blue", folder)
     assert similar_hits and all("colours:blue" in hit["labels"] for hit in similar_hits)

@@ -53,8 +53,21 @@ def test_search_filters_by_set_and_label_or_by_label_in_any_set(collection):
     in_a = collection.search("x", k=50, label=f"a:{label}")
     assert len(in_a) == count and all(f"a:{label}" in hit.labels for hit in in_a)
     assert len(collection.search("x", k=50, label=label)) == 9  # LABEL alone: that label in any set
-    with pytest.raises(Exception, match="no image has label 'c:circle'"):
+    with pytest.raises(Exception, match="no label set has label 'c:circle'"):
         collection.search("x", label="c:circle")
+
+
+def test_a_label_a_set_was_run_with_that_no_image_got_filters_to_nothing(collection, capsys):
+    """A multi-label set may give a label to no image: filtering by it finds nothing (exit 1), where a label no
+    set knows is an error that lists the labels of every set, those no image got included."""
+    from mmretrieval.cli import main
+
+    collection.label("zebra, giraffe", label_set="z", multi_label=True, threshold=1.0)
+    assert collection.search("x", k=5, label="z:zebra") == [] and collection.search("x", k=5, label="giraffe") == []
+    assert main(["search", "x", "--collection", str(collection.directory), "--label", "z:zebra"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(Exception, match="no label set has label 'z:okapi'; labels: .*z:zebra, z:giraffe"):
+        collection.search("x", label="z:okapi")
 
 
 def test_bad_set_names_are_refused(collection):
@@ -155,3 +168,23 @@ def test_cli_label_set_and_replace_and_search_by_set(tmp_path, tiny_model_dir, c
     assert main(["label", "--collection", collection, "--labels", "green,pink", "--set", "colours", "--replace"]) == 0
     capsys.readouterr()
     assert main(["search", "x", "--collection", collection, "--label", "red", "--json"]) == 2  # gone with its set
+
+
+def test_a_label_set_is_removed_by_name_and_the_others_are_kept(collection, capsys):
+    from mmretrieval.cli import main
+
+    collection.label("circle, square", label_set="shapes")
+    collection.label("red, blue", label_set="colours")
+    directory = str(collection.directory)
+    assert any(name.startswith("shapes:") for hit in collection.search("x", k=9) for name in hit.labels)
+    assert main(["label", "--collection", directory, "--remove", "shapes"]) == 0
+    assert "removed label set 'shapes' (9 labels)" in capsys.readouterr().err
+    assert [found.name for found in collection.label_sets()] == ["colours"]
+    assert all(not name.startswith("shapes:") for hit in collection.search("x", k=9) for name in hit.labels)
+    with pytest.raises(Exception, match="no label set 'shapes'.*label sets: colours"):
+        collection.remove_label_set("shapes")
+    assert main(["label", "--collection", directory, "--remove", "colours", "--labels", "a,b"]) == 2
+    assert main(["label", "--collection", directory]) == 2
+    err = capsys.readouterr().err
+    assert "--remove deletes a label set; it takes none of --labels" in err and "--labels is required" in err
+    assert [found.name for found in collection.label_sets()] == ["colours"]

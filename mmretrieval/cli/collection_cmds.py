@@ -224,11 +224,13 @@ def _register_label(subparsers) -> None:
         "label", help="label every image zero-shot; search can then filter by label",
         description="Score every embedded image (or those the filters select) against the labels, from the stored "
         "vectors (no image is decoded again), and save the result as a named label set. Prints the count per "
-        "label; --out writes every image's labels, --organize links the images into a folder per label.")
+        "label; --out writes the labels the run assigned (a row per image and label), --organize links the images "
+        "into a folder per label. --remove NAME deletes a label set instead.")
     add_collection_option(parser, writer=True)
-    parser.add_argument("--labels", action="append", required=True,
+    parser.add_argument("--labels", action="append",
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
-                        "(repeatable)")
+                        "(repeatable; required unless --remove)")
+    parser.add_argument("--remove", metavar="NAME", help="delete label set NAME and its labels (other sets are kept)")
     parser.add_argument("--templates", default="default",
                         help="default, imagenet, none, or a file (one {} per line) (default: default)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
@@ -253,6 +255,11 @@ def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
     from ..models.zeroshot import parse_labels
 
+    if args.remove is not None:
+        return _remove_label_set(args)
+    if not args.labels:
+        raise QueryError("--labels is required: the labels to score, e.g. --labels 'cat,dog,car' (or --remove NAME "
+                         "to delete a label set)")
     threshold = multi_label_threshold(args)
     labels = parse_labels(labels_with_stdin(args.labels))  # @FILE and @- read here, before the run
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
@@ -274,6 +281,20 @@ def _label(args: argparse.Namespace) -> int:
                       f"{organized.missing_examples[0]}); `mmr ingest FOLDER --prune` forgets those under FOLDER",
                       file=sys.stderr)
     emit(({"label": label, "count": count} for label, count in summary.counts.items()), False, ["label", "count"])
+    return 0
+
+
+def _remove_label_set(args: argparse.Namespace) -> int:
+    given = [option for option, value in (("--labels", args.labels), ("--out", args.out),
+                                          ("--organize", args.organize), ("--replace", args.replace),
+                                          ("--multi-label", args.multi_label), ("--prefix", args.prefix),
+                                          *((f"--{name}", value) for name, value in photo_filters(args).items()))
+             if value]
+    if given:
+        raise QueryError(f"--remove deletes a label set; it takes none of {', '.join(given)}")
+    with open_collection(args.collection, writer="label", wait=args.wait) as collection:
+        removed = collection.remove_label_set(args.remove)
+    print(f"removed label set {args.remove!r} ({removed} labels)", file=sys.stderr)
     return 0
 
 

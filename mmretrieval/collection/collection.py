@@ -595,6 +595,20 @@ class Collection:
 
         return sets(self.catalog)
 
+    def remove_label_set(self, name: str) -> int:
+        """Delete label set ``name`` and its assignments (other sets are kept); returns the assignments deleted.
+
+        Raises:
+            QueryError: no label set of that name.
+            CollectionError: a read-only collection, another writer at work, a closed or forked collection.
+        """
+        from .label_sets import delete
+
+        if not isinstance(name, str):
+            raise QueryError(f"name the label set to remove, got {name!r}")
+        with self.writing(self.busy_message("label"), update_index=False):
+            return delete(self.catalog, check_known(self.catalog, name))
+
     def export_labels(self, path: str | os.PathLike, label_set: str | None = None) -> int:
         """Write the labels of ``label_set`` (None: of every set, ``SET:LABEL`` outside the default one) to
         ``.csv`` or ``.jsonl`` (``~`` is expanded); returns rows written.

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
+from .label_sets import declared_labels, is_declared
 from .photo_table import camera_pairs
 
 if TYPE_CHECKING:
@@ -175,16 +176,17 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     """Sorted ids of embedded images that pass every filter, or None when no filter is set.
 
     Raises:
-        QueryError: a label no image has.
+        QueryError: a label no label set was run with (one a set was run with and gave no image allows none).
     """
     allowed = None
     if filters.path_prefix:
         allowed = catalog.ids_with_prefix(filters.path_prefix)
     if filters.label:
         with_label = catalog.ids_with_label(filters.label)
-        if not with_label.size and filters.label not in catalog.label_counts():
-            known = ", ".join(catalog.label_counts()) or "none yet; label the collection first (mmr label, or the web UI's Label tab)"
-            raise QueryError(f"no image has label {filters.label!r}; labels: {known}")
+        if not with_label.size and not is_declared(catalog, filters.label):  # a declared one matches nothing
+            known = (", ".join(dict.fromkeys(declared_labels(catalog)))
+                     or "none yet; label the collection first (mmr label, or the web UI's Label tab)")
+            raise QueryError(f"no label set has label {filters.label!r}; labels: {known}")
         allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
     if filters.photo_filters:
         matching = _photo_ids(catalog, filters)

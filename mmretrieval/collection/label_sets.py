@@ -96,6 +96,17 @@ def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
     return None, ref
 
 
+def declared_labels(catalog: "Catalog") -> list[str]:
+    """Every label a stored set was run with, qualified as filters name them, whether or not an image got it."""
+    return [qualified(found.name, label) for found in sets(catalog) for label in found.labels]
+
+
+def is_declared(catalog: "Catalog", ref: str) -> bool:
+    """Whether filter ``ref`` names a label some stored set was run with (a multi-label set may give it to none)."""
+    label_set, label = resolve(catalog, ref)
+    return any(label in found.labels for found in sets(catalog) if label_set in (None, found.name))
+
+
 def ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
     """Ids assigned label ``ref`` (``SET:LABEL`` or ``LABEL`` in any set)."""
     label_set, label = resolve(catalog, ref)

@@ -1,6 +1,6 @@
 """Error messages as the browser shows them: Gradio's error toast, which renders its message as HTML.
 
-A message quotes what the user typed or a file's name (``no image has label '<img src=…>'``), so it is
+A message quotes what the user typed or a file's name (``no label set has label '<img src=…>'``), so it is
 HTML-escaped before it reaches the toast; and the toast stays until the user closes it, since a reason
 that vanishes after ten seconds (Gradio's default) is easily missed while the results are still on screen.
 
