@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from .common import Once
 
 if TYPE_CHECKING:
-    from ..collection.collection import Collection, Hit
+    from ..collection.collection import Collection
+    from ..collection.records import Hit
 
 
 def add_photo_filter_options(parser: argparse.ArgumentParser) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 _PUBLIC = {
     "Collection": "mmretrieval.collection.collection",
-    "CollectionInfo": "mmretrieval.collection.collection",
-    "Failure": "mmretrieval.collection.collection",
-    "Hit": "mmretrieval.collection.collection",
+    "CollectionInfo": "mmretrieval.collection.records",
+    "Failure": "mmretrieval.collection.records",
+    "Hit": "mmretrieval.collection.records",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -25,7 +25,7 @@ from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_o
 from .names import counted, display_path, markdown_code, markdown_text
 
 if TYPE_CHECKING:
-    from ..collection.collection import Hit
+    from ..collection.records import Hit
     from ..images.metadata import PhotoMetadata
 
 logger = logging.getLogger(__name__)

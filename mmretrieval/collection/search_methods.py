@@ -1,0 +1,216 @@
+"""The search methods of :class:`~mmretrieval.collection.collection.Collection`: text, image and vector queries,
+near-duplicates. A mixin, so that the collection module stays readable; it uses the collection's catalog, index
+keeper, model and lock (see :class:`~mmretrieval.collection.collection.Collection`) and nothing else of it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from ..errors import ImageDecodeError, QueryError
+from ..models.encoder import DualEncoder, resolve_device
+from ..models.specs import ModelIdentity
+from .arguments import check_k, check_query_vector, check_threshold
+from .catalog import Catalog
+from .filters import DateLike, Filters, NearLike, allowed_ids
+from .index import exact_search
+from .query import ImageRef, Query, query_vector
+from .records import Hit
+from .upkeep import IndexKeeper
+
+if TYPE_CHECKING:
+    from ..models.text_tower import TextEncoder
+    from .duplicates import DuplicateGroup
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+class SearchMethods:
+    """Queries over an open collection's vectors; mixed into :class:`~mmretrieval.collection.collection.Collection`."""
+
+    catalog: Catalog
+    identity: ModelIdentity
+    device: str
+    encoder: DualEncoder  # the collection's model, loaded on first use
+    _encoder: DualEncoder | None
+    _text_encoder: "TextEncoder | None | bool"
+    _indexes: IndexKeeper
+    _lock: threading.RLock
+    _check_process: Callable[[], None]
+
+    def search(self, query: Query | str | npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
+               path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+               before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
+        """The ``k`` best images for a query (text, or a :class:`~mmretrieval.collection.query.Query`).
+
+        Scores are exact cosines against the stored vectors (the index only proposes candidates).
+
+        Args:
+            query: a string (``"2:golden retriever"`` allowed), a Query mixing texts and images, or a vector, such
+                as the one :meth:`query_vector` made of one (so a caller that also needs the vector encodes once);
+                any finite non-zero vector of the collection's dimension is scaled to unit length.
+            k: at most this many hits (any integer, ``np.int64`` too); fewer when the collection (or filter) is smaller.
+            threshold: drop hits scoring below this.
+            path_prefix: only images whose absolute path starts with this (a folder, say).
+            label: only images that `label` assigned this label.
+            after, before: only photos taken in ``[after, before)``: ``"2024"``, ``"2024-06"``,
+                ``"2024-06-01"``, an ISO datetime, or a date (see :mod:`~mmretrieval.collection.filters`).
+            camera: only photos whose camera make and model contain this (case-insensitive).
+            near: only photos taken within a circle: ``"LAT,LON,KM"`` or ``(lat, lon, km)``.
+
+        Raises:
+            QueryError: an empty or self-cancelling query, an unreadable query image, a bad vector (see
+                :meth:`nearest`), k not a whole number of at least 1, a threshold that is not a number, a bad filter.
+            CollectionError: the collection was closed, or opened in another process before a fork.
+        """
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)  # before a model loads for nothing
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
+        vector = self.query_vector(query) if isinstance(query, (str, Query)) else query
+        return self.nearest(vector, k, threshold, filters)
+
+    def query_vector(self, query: Query | str) -> npt.NDArray[np.float32]:
+        """The unit vector :meth:`search` looks up for ``query``.
+
+        Raises:
+            QueryError: as for :meth:`search`.
+        """
+        self._check_process()
+        return query_vector(Query.of(query), self.encode_texts, self._embed_image)
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Text vectors from the loaded model, else from the text tower alone (no image tower, no open_clip)."""
+        return self.text_model().encode_texts(texts)
+
+    def text_model(self) -> "DualEncoder | TextEncoder":
+        """What text queries and labels need: the loaded model, else its text tower alone when the model is a
+        local or bundled safetensors CLIP (a third of the weights, no open_clip import), else the full model."""
+        with self._lock:
+            if self._encoder is None and self._text_encoder is None:
+                from ..models.text_tower import load_text_encoder
+
+                self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False
+            return self._encoder or self._text_encoder or self.encoder
+
+    def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
+                path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
+                before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
+        """Images most like ``image`` (a catalog id, a path, or a PIL image); the image itself is left out.
+
+        Filters as for :meth:`search`.
+
+        Raises:
+            QueryError: an unknown id, an image that cannot be decoded, k or threshold as for :meth:`search`,
+                a bad filter.
+            CollectionError: the collection was closed, or opened in another process before a fork.
+        """
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
+        exclude = int(image) if isinstance(image, (int, np.integer)) else None  # numpy ids too (FAISS returns them)
+        if isinstance(image, (str, os.PathLike)):
+            image = os.path.expanduser(os.fspath(image))
+            exclude = self.catalog.id_of_path(image)
+        hits = self.nearest(self._embed_image(image), k + (exclude is not None), threshold, filters)
+        return [hit for hit in hits if hit.id != exclude][:k]
+
+    def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
+        image_id = image if isinstance(image, (int, np.integer)) else None
+        if isinstance(image, (str, os.PathLike)):
+            image_id = self.catalog.id_of_path(image)
+        if image_id is not None:
+            ids, vectors = self.catalog.vectors([int(image_id)])
+            if len(ids):
+                return vectors[0]
+            if isinstance(image, (int, np.integer)):
+                raise QueryError(f"no embedded image with id {image} in this collection")
+        if not isinstance(image, Image.Image) and not Path(image).is_file():
+            what = "is a folder, not an image file" if Path(image).is_dir() else "does not exist"
+            raise QueryError(f"query image {image} {what}")
+        encoder = self.encoder  # a model that cannot load is its own error, not the image's
+        try:
+            return encoder.encode_images([image])[0]
+        except (ImageDecodeError, OSError, ValueError) as exc:  # PIL's errors too: the user's image, not our bug
+            raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
+
+    def nearest(self, vector: npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
+                filters: Filters | None = None) -> list[Hit]:
+        """The ``k`` images whose stored vectors are closest to ``vector``, best first.
+
+        ``vector`` is scaled to unit length (only its direction counts), so scores are cosines.
+
+        Raises:
+            QueryError: a vector that is not numbers, of another dimension than the collection's, with NaN or
+                infinite values, or all zeros; k or threshold as for :meth:`search`; a filter naming an unknown label.
+            CollectionError: the collection was closed, or opened in another process before a fork.
+        """
+        self._check_process()
+        k, threshold = check_k(k), check_threshold(threshold)
+        vector = check_query_vector(vector, self.identity.embed_dim)
+        filters = filters or Filters()
+        allowed = allowed_ids(self.catalog, filters)
+        if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
+            found_scores, found_ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
+            exact = True
+        else:
+            with self._lock:  # FAISS is not safe for an add (catch-up) during a search
+                self._indexes.sync()  # in memory only: a search never writes
+                index = self._indexes.index
+                exact = index.scores_exact(self.catalog.segments.dtype if self.catalog.segments.exists else "")
+                found_scores, found_ids = index.search(vector[None, :], k if exact else index.candidates(k))
+        if exact:
+            ids, scores = found_ids[0], found_scores[0]
+        else:  # approximate codes: re-rank the candidates exactly from the stored vectors
+            ids, stored = self.catalog.vectors(found_ids[0].tolist())
+            scores = stored @ vector if len(ids) else np.zeros(0, np.float32)
+        scores = np.clip(scores, -1.0, 1.0)  # float16 rounding lifts a copy's cosine to 1.0001; cosines stop at 1
+        order = np.argsort(-scores, kind="stable")
+        if threshold is not None:
+            order = order[scores[order] >= threshold]
+        best = [(int(ids[j]), float(scores[j])) for j in order[:k]]  # rows and labels only for the k kept
+        rows = self.catalog.rows([i for i, _ in best])
+        labels = self.catalog.labels_of([i for i, _ in best])
+        return [Hit(i, rows[i].path, s, tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
+                for i, s in best if i in rows]
+
+    def duplicate_threshold(self, threshold: float | None = None) -> float:
+        """``threshold``, or the model family's default cosine for :meth:`duplicates` when None."""
+        from .duplicates import default_threshold
+
+        return default_threshold(self.identity) if threshold is None else threshold
+
+    def duplicates(self, threshold: float | None = None, k: int = 10,
+                   progress: Progress | None = None) -> "list[DuplicateGroup]":
+        """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
+
+        Args:
+            threshold: cosine at or above which two images are copies; None uses the model family's default.
+            k: neighbours searched per image.
+            progress: ``(done, total)`` while searching.
+
+        See :mod:`mmretrieval.collection.duplicates`.
+
+        Raises:
+            QueryError: a threshold that is not a cosine in (0, 1], k not a whole number of at least 1.
+            CollectionError: the collection was closed, or opened in another process before a fork.
+        """
+        from .duplicates import find_duplicates
+
+        self._check_process()
+        k, threshold = check_k(k, "neighbours"), check_threshold(threshold, duplicates=True)
+
+        def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+            with self._lock:  # one block at a time: an ingest in another thread may add between blocks
+                self._indexes.sync()
+                return self._indexes.index.search(queries, k)
+
+        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress)
