@@ -219,6 +219,22 @@ def test_label_collection_counts_samples_and_csv(manage, search):
     assert len(tints) == SCENE_COUNT and set(tints["label"]) <= {"red", "blue"}
 
 
+def test_a_label_set_is_removed_from_the_label_tab_and_leaves_the_filters(manage, search, context):
+    from mmretrieval.ui.layout import label_choices
+
+    manage.label_collection("red, blue", "default", False, 0.5, label_set="passing", progress=lambda *a, **k: None)
+    assert any(choice.startswith("passing:") for choice in label_choices(context))
+    summary = manage.remove_label_set(" passing ")
+    assert "Removed label set" in summary and "passing" in summary
+    assert not any(choice.startswith("passing:") for choice in label_choices(context))
+    _, hits, _, _, _ = search.search("a shape", None, "", 5, -1)
+    assert hits and not any(label.startswith("passing:") for hit in hits for label in hit["labels"])
+    with pytest.raises(gr.Error, match="no label set 'passing'"):
+        manage.remove_label_set("passing")
+    with pytest.raises(gr.Error, match="Type the name of the label set"):
+        manage.remove_label_set("  ")
+
+
 def test_labels_and_templates_typed_in_the_browser_never_name_a_server_file(manage, search, maps, collection_dir,
                                                                             tmp_path):
     """On the command line @FILE reads labels and a template name may be a file; from the browser (perhaps

@@ -106,6 +106,17 @@ class CollectionHandlers:
                           elem_id="label-count-bars")
         return chart, counts, gallery, str(csv_path), describe_labelling(summary)
 
+    @user_errors
+    def remove_label_set(self, label_set: str | None) -> str:
+        """Delete the label set named ``label_set`` (its labels go from search results and filters); returns a
+        summary."""
+        name = (label_set or "").strip()
+        if not name:
+            raise gr.Error("Type the name of the label set to remove in “Label set name”.", print_exception=False)
+        with self.ctx.lock:
+            removed = self.ctx.collection.remove_label_set(name)
+        return f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} deleted; other sets are kept."
+
     def _samples(self, qualified: str) -> list[int]:
         """A few of the most typical images of label ``SET:LABEL``: the label's text as the query, filtered to it."""
         text = qualified.split(":", 1)[1]

@@ -46,16 +46,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Zero-shot", id="zero-shot"):
                 _zero_shot_tab(search)
             with gr.Tab("Label collection", id="label"):
-                labelled = _label_tab(ctx, collection)
+                labelled, removed = _label_tab(ctx, collection)
             with gr.Tab("Collection", id="collection"):
                 _collection_tab(ctx, collection, app)
             with gr.Tab("Map", id="map"):
                 map_label = _map_tab(ctx, MapHandlers(ctx), search)
             with gr.Tab("Duplicates", id="duplicates"):
                 _duplicates_tab(DuplicateHandlers(ctx))
-        # A labelling run adds labels (and sets) that the Search and Map filters offer at once.
-        labelled.success(lambda: [gr.update(choices=label_choices(ctx))] * 2, None, [search_label, map_label],
-                         api_visibility="private")
+        # A labelling run adds labels (and sets) that the Search and Map filters offer at once; a removal takes
+        # them away.
+        for changed in (labelled, removed):
+            changed.success(lambda: [gr.update(choices=label_choices(ctx))] * 2, None, [search_label, map_label],
+                            api_visibility="private")
     return install_checks(app)
 
 
@@ -273,8 +275,8 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
                    api_name="zero_shot", show_progress_on=[summary])
 
 
-def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
-    """The Label tab; returns the labelling event, for others to follow."""
+def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]:
+    """The Label tab; returns the labelling and removal events, for others to follow."""
     gr.Markdown("Label every image of the collection zero-shot from its stored vectors (no re-decoding). Each run "
                 "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
@@ -288,7 +290,9 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
-            run = gr.Button("Label the collection", variant="primary")
+            with gr.Row():
+                run = gr.Button("Label the collection", variant="primary", scale=3)
+                remove = gr.Button("Remove the set named above", variant="stop", scale=1)
             summary = _text_output(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
@@ -297,9 +301,12 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> Any:
                 counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
                                  interactive=False)
-    return run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
-                     [chart, counts, samples, csv_file, summary], api_name="label_collection",
-                     show_progress_on=[summary])
+    labelled = run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
+                         [chart, counts, samples, csv_file, summary], api_name="label_collection",
+                         show_progress_on=[summary])
+    removed = remove.click(handlers.remove_label_set, [label_set], [summary], api_name="remove_label_set",
+                           show_progress_on=[summary])
+    return labelled, removed
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
