@@ -32,8 +32,8 @@ from ..errors import CatalogFull, CollectionError
 from ..images.metadata import PhotoMetadata
 from .connection import checkpoint_wal, connect, open_error
 from .photo_table import read_photos
-from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_version, create_tables, migrate,
-                         schema_objects)
+from .migrations import (NOT_OK, OLDEST_READABLE, SCHEMA_VERSION, UNMIGRATED_CAVEATS, catalog_version,
+                         check_version, create_tables, migrate, needs_repair, schema_objects)
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
@@ -107,10 +107,12 @@ class Catalog(VectorPlaces):
         Args:
             path: the ``catalog.sqlite`` file; its folder holds the segments and the writer lock.
             writable: False opens it read-only: nothing in the folder is created or changed (a catalog that
-                needs a migration is then refused).
+                needs a migration is then read as it is when only data-only migrations are pending, see
+                :data:`~.migrations.OLDEST_READABLE`, and refused otherwise).
 
         Raises:
-            CollectionError: not a catalog, made by newer code, or read-only and in need of a migration.
+            CollectionError: not a catalog, made by newer code, or read-only and in need of a migration or repair
+                that this code cannot read through.
         """
         self.path = Path(path)
         self.writable = writable
@@ -130,33 +132,59 @@ class Catalog(VectorPlaces):
             raise
 
     def _prepare_schema(self) -> None:
+        """Create, migrate or repair the schema (writable), or check that it can be read as it is (read-only).
+
+        Raises:
+            CollectionError: made by newer code, or read-only and not readable as it is.
+        """
         version = catalog_version(self._db)
         if version is not None:
             check_version(version, self.path)
         behind = version is None or version < SCHEMA_VERSION
-        if behind or _missing_tables(self._db):
-            if not self.writable and not behind:
-                return  # only tables newer code adds are missing: readable as it is
-            if not self.writable and version is None:
-                raise CollectionError(f"{self.path} has no tables yet and is opened read-only: a first ingest may "
-                                      "be creating it (run again in a moment); else open it once where it is "
-                                      "writable (any mmr command does it)")
-            if not self.writable:
-                raise CollectionError(f"{self.path} needs its schema migrated to version {SCHEMA_VERSION} and is "
-                                      "opened read-only; open it once where it is writable (any mmr command does it)")
-            with exclusive_lock(self.path.parent / LOCK_NAME):  # migrations write segments: a writer's job
-                version = catalog_version(self._db)
-                if version is None:
-                    with self.transaction() as db:
-                        create_tables(db)
-                        self.set_meta("schema", str(SCHEMA_VERSION))
-                        self.set_meta("generation", "0")
-                else:
-                    migrate(self._db, self.path.parent, version)
-                    create_tables(self._db)  # tables added to SCHEMA without a migration of their own
-                if self.get_meta(REMOVALS_KEY) is None:  # removals are logged from now on
-                    with self.transaction():
-                        self.set_meta(REMOVALS_KEY, str(self.generation))
+        repair = needs_repair(self._db, version)
+        if not (behind or repair or _missing_tables(self._db)):
+            return
+        if not self.writable:
+            self._check_readable_as_is(version, repair)
+            return
+        with exclusive_lock(self.path.parent / LOCK_NAME):  # migrations write segments: a writer's job
+            version = catalog_version(self._db)
+            if version is None:
+                with self.transaction() as db:
+                    create_tables(db)
+                    self.set_meta("schema", str(SCHEMA_VERSION))
+                    self.set_meta("generation", "0")
+            else:
+                migrate(self._db, self.path.parent, version)
+                create_tables(self._db)  # tables added to SCHEMA without a migration of their own
+            if self.get_meta(REMOVALS_KEY) is None:  # removals are logged from now on
+                with self.transaction():
+                    self.set_meta(REMOVALS_KEY, str(self.generation))
+
+    def _check_readable_as_is(self, version: int | None, repair: bool) -> None:
+        """A read-only open of a catalog that is behind, in need of a repair, or lacks tables: read it as it is
+        when this code can (with a warning saying what may read differently until a writable open migrates it).
+
+        Raises:
+            CollectionError: it has no tables yet, or needs a migration or repair before this code can read it.
+        """
+        if version is None:
+            raise CollectionError(f"{self.path} has no tables yet and is opened read-only: a first ingest may "
+                                  "be creating it (run again in a moment); else open it once where it is "
+                                  "writable (any mmr command does it)")
+        if version < OLDEST_READABLE:
+            raise CollectionError(f"{self.path} needs its schema migrated to version {SCHEMA_VERSION} and is "
+                                  "opened read-only; open it once where it is writable (any mmr command does it)")
+        if repair:
+            raise CollectionError(f"{self.path} has labels without label sets (a catalog made by a pre-release "
+                                  f"branch of mmretrieval, stamped schema {version}) and is opened read-only; open it "
+                                  "once where it is writable (any mmr command does it) to add them")
+        if version < SCHEMA_VERSION:
+            caveats = "; ".join(UNMIGRATED_CAVEATS[later] for later in range(version + 1, SCHEMA_VERSION + 1))
+            logger.warning("%s is at catalog schema %d and opened read-only, so it is read as it is: %s, until a "
+                           "writable open migrates it to schema %d (any mmr command where its folder is writable)",
+                           self.path, version, caveats, SCHEMA_VERSION)
+        # else only tables that newer code adds are missing: readable as it is
 
     def close(self) -> None:
         """Close the connection and let go of the segment files (idempotent). Any later use raises

@@ -51,11 +51,13 @@ from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MAX_TRAIN, MIN_IVF_VECTORS
                      IndexPolicy, choose_config, estimate_bytes)
 
 __all__ = ["AUTO_ANN_THRESHOLD", "INDEX_TYPES", "MANIFEST_NAME", "MIN_IVF_VECTORS", "IndexConfig", "IndexPolicy",
-           "Manifest", "VectorIndex", "choose_config", "exact_search", "read_manifest"]
+           "Manifest", "ManifestStamp", "VectorIndex", "choose_config", "exact_search", "manifest_stamp",
+           "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "index.json"
+ManifestStamp = tuple[int, int, int]  # (inode, bytes, mtime in ns) of index.json: see manifest_stamp
 METRIC = "inner_product"
 _EXACT_CHUNK = 65_536  # allowed vectors scored per matmul in a filtered search: bounds memory, not results
 _IVF_TYPES = ("ivf", "ivfpq")
@@ -315,6 +317,19 @@ def exact_search(queries: npt.NDArray[np.float32], k: int, allowed_ids: npt.NDAr
         keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
         best_scores, best_ids = np.take_along_axis(best_scores, keep, 1), np.take_along_axis(best_ids, keep, 1)
     return _drop_padding(best_scores, best_ids, k)
+
+
+def manifest_stamp(directory: Path) -> ManifestStamp | None:
+    """The saved manifest as one ``stat`` sees it (inode, size, modification time), or None when there is none.
+
+    Every save replaces ``index.json`` by a rename (a new inode), so the stamp changes with each save; it costs no
+    read, so a reader can compare it before every search to notice an index another process saved.
+    """
+    try:
+        stat = (directory / MANIFEST_NAME).stat()
+    except OSError:  # none yet (or a folder this process cannot look into: nothing it could load either)
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def read_manifest(directory: Path) -> Manifest | None:

@@ -6,7 +6,15 @@ last version that fully committed), and refuses a catalog newer than this code.
 
 Adding a migration is one line: append a function ``(db, directory) -> None`` to :data:`MIGRATIONS`; it runs
 inside ``BEGIN IMMEDIATE`` and moves the catalog from version ``i + 1`` to ``i + 2`` (its position ``i``).
-Tables that need no data moved can simply be added to :data:`SCHEMA` with ``CREATE ... IF NOT EXISTS``.
+Tables that need no data moved can simply be added to :data:`SCHEMA` with ``CREATE ... IF NOT EXISTS``. A
+migration that only changes data (current readers read the old data through) may leave
+:data:`OLDEST_READABLE` as it is, with a line in :data:`UNMIGRATED_CAVEATS`; any other raises it to the new
+version.
+
+The number alone is not the whole story: commits 5c0e7c7..3881d80 (a branch merged later) numbered their photos
+table schema 3, so their catalogs reach version 3 and beyond without label sets. :func:`needs_repair` looks at
+``labels``' columns (one ``PRAGMA``) and :func:`migrate` then runs the label-sets step on its own, whatever the
+stamped version.
 
 Memory: migration 1 -> 2 streams the BLOB vectors in chunks of :data:`_CHUNK` rows (~20 MB at 512-d), so a
 10 M-image v1 catalog migrates in bounded RAM; it needs the segment files' size in free disk (10 GB at
@@ -118,7 +126,15 @@ def _v1_to_v2(db: sqlite3.Connection, directory: Path) -> None:
 
 
 def _v2_to_v3(db: sqlite3.Connection, directory: Path) -> None:
-    """Label sets: ``labels`` gains ``label_set`` (earlier labels become set ``default``, described in ``label_sets``)."""
+    """Label sets: ``labels`` gains ``label_set`` (earlier labels become set ``default``, described in ``label_sets``).
+
+    Also the repair of a catalog that reached a later version without it (:func:`needs_repair`): such a catalog
+    may hold any later table already (photos, label_sets, labels_staging); only ``labels`` is rebuilt, and a
+    ``default`` set already described is kept.
+    """
+    if not _labels_lack_sets(db):  # (a repair that another process finished while this one waited for the lock)
+        return
+    db.execute("DROP TABLE IF EXISTS labels_v3")  # (a rolled-back attempt leaves none; a hand-made copy might)
     for statement in (
         """CREATE TABLE labels_v3 (
             label_set TEXT NOT NULL DEFAULT 'default',
@@ -184,6 +200,17 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v1_to_v2, _v2_t
                                                                   _v5_to_v6, _v6_to_v7]
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
+# The oldest version a read-only open reads as it is, unmigrated (a reader cannot migrate: it may not write). Every
+# migration after it only changes data that this code reads through (6 -> 7 clears GPS (0, 0)), never a table,
+# column or index that a query here names. A migration that does change one raises this to its new version.
+OLDEST_READABLE = 6
+# What a reader of a catalog not yet at version v sees, for each data-only migration to v after OLDEST_READABLE.
+UNMIGRATED_CAVEATS: dict[int, str] = {
+    7: "its photos with GPS position (0, 0), what a camera without a fix writes, may still show as places there "
+       "(--near, the map)",
+}
+_LABEL_SETS_VERSION = 3  # the first version whose labels have label_set (migration 2 -> 3)
+
 
 def create_tables(db: sqlite3.Connection) -> None:
     """Create the current schema's missing tables and indexes (inside the caller's transaction, if any).
@@ -214,6 +241,17 @@ def catalog_version(db: sqlite3.Connection) -> int | None:
     return int(row[0]) if row else None
 
 
+def needs_repair(db: sqlite3.Connection, version: int | None) -> bool:
+    """Whether a catalog at ``version`` lacks what that version promises: ``labels`` without ``label_set``
+    (a catalog from the photos branch, see the module's docstring). One ``PRAGMA``, cheap enough for every open."""
+    return version is not None and version >= _LABEL_SETS_VERSION and _labels_lack_sets(db)
+
+
+def _labels_lack_sets(db: sqlite3.Connection) -> bool:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(labels)")}
+    return bool(columns) and "label_set" not in columns
+
+
 def check_version(version: int, path: Path) -> None:
     """Refuse a catalog made by newer code.
 
@@ -226,21 +264,39 @@ def check_version(version: int, path: Path) -> None:
 
 
 def migrate(db: sqlite3.Connection, directory: Path, version: int) -> int:
-    """Apply every migration after ``version``, one transaction each; returns the final version.
+    """Apply every migration after ``version``, one transaction each, then any repair :func:`needs_repair` finds
+    (in a transaction of its own); returns the final version.
 
-    The caller holds the collection's writer lock (migrations write segment files).
+    The caller holds the collection's writer lock (migrations write segment files). A catalog that moved is
+    announced with a warning: older mmretrieval cannot open it any more, and the open that did it may have been a
+    mere reader (``mmr info``).
     """
     check_version(version, directory)
+    start = version
     while version < SCHEMA_VERSION:
         step = MIGRATIONS[version - 1]
         logger.info("migrating %s from catalog schema %d to %d", directory, version, version + 1)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            step(db, directory)
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(version + 1),))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        _in_transaction(db, directory, step, version + 1)
         version += 1
+    if version != start:
+        logger.warning("migrated %s's catalog from schema %d to %d; mmretrieval versions before this one can no "
+                       "longer open it", directory, start, version)
+    if needs_repair(db, version):
+        _in_transaction(db, directory, _v2_to_v3, version)
+        logger.warning("added label sets to %s's catalog, whose labels predated them (a catalog made by a "
+                       "pre-release branch of mmretrieval, commits 5c0e7c7..3881d80); its labels are now the set "
+                       "'default'", directory)
     return version
+
+
+def _in_transaction(db: sqlite3.Connection, directory: Path, step: Callable[[sqlite3.Connection, Path], None],
+                    version: int) -> None:
+    """Run ``step`` and stamp ``version`` in one ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        step(db, directory)
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(version),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -3,7 +3,10 @@
 The catalog is the truth; the index is derived. :class:`IndexKeeper` loads the saved index on first use (a
 command that never searches, such as ``mmr info`` or ``mmr label``, never loads it, and ``mmr index`` builds its
 own without loading the old one first) and brings its in-memory copy up to the catalog's generation
-(incremental adds and removals, or an in-memory rebuild when that is not possible). Only
+(incremental adds and removals, or an in-memory rebuild when that is not possible). When another process saves
+an index (``mmr index`` rebuilt it, perhaps as another type; a writer caught it up), a long-running reader (the web
+UI's server) notices at its next search (one ``stat`` of the manifest) and loads the saved one, as a new process
+would, instead of keeping its own or building the new type in memory itself. Only
 :meth:`IndexKeeper.persist` writes files, and only writers call it, holding the collection's lock (ingest,
 index, import, compact): a search process never writes, a read-only collection can be searched, and two
 processes never unlink each other's files.
@@ -32,8 +35,8 @@ import numpy.typing as npt
 from ..atomic import remove_stale_temporaries
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
-from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, VectorIndex, choose_config
-from .index import fit_to_data, manifest_problem, read_manifest, training_size
+from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, ManifestStamp, VectorIndex, choose_config
+from .index import fit_to_data, manifest_problem, manifest_stamp, read_manifest, training_size
 from .sizing import IndexPolicy
 from .tuning import exact_top_k, tune
 
@@ -60,6 +63,9 @@ class IndexKeeper:
         self.index: VectorIndex | None = None
         self.manifest: Manifest | None = None  # what is saved on disk (None: nothing usable)
         self.generation = -1  # the catalog generation the in-memory index reflects
+        # index.json as this process last took it into account (when it loaded, built or saved its index): another
+        # stamp means that another process has saved an index since
+        self._saved_stamp: ManifestStamp | None = None
         self.recall = -1.0  # measured when it was last tuned
         self.note = ""
 
@@ -70,6 +76,7 @@ class IndexKeeper:
 
     def load(self) -> None:
         """Load the saved index and catch it up in memory, or build one in memory when it cannot be used."""
+        self._saved_stamp = manifest_stamp(self.directory)  # before reading: a save after it is noticed later
         loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
         if loaded is None or loaded[1].generation > self.catalog.generation:
             self.manifest = None
@@ -122,6 +129,8 @@ class IndexKeeper:
 
     def _build(self, fill: IndexFiller | None = None) -> None:
         """Build in memory from the stored vectors: train on a sample, add block by block (or ``fill``), tune."""
+        # what is saved now is at most as new as this build (which reads the catalog from here on): not to load
+        self._saved_stamp = manifest_stamp(self.directory)
         generation = self.catalog.generation
         ids = self.catalog.vector_ids()
         config = fit_to_data(self._wanted(len(ids)), len(ids))
@@ -167,6 +176,7 @@ class IndexKeeper:
         if self.index is None:  # first use: load (which catches up) instead
             self.load()
             return
+        self._adopt_saved()
         generation = self.catalog.generation
         if self.generation == generation:
             return
@@ -211,7 +221,34 @@ class IndexKeeper:
                             params={}, count=0, generation=self.generation, model=asdict(self.identity),
                             note=self.note, recall=self.recall, memory_bytes=self.index.memory_bytes())
         self.manifest = self.index.save(self.directory, manifest)
+        self._saved_stamp = manifest_stamp(self.directory)  # this process's own save: nothing to load back
         return self.manifest
+
+    def _adopt_saved(self) -> None:
+        """Use the index another process saved since this one loaded, built or saved its own (``mmr index`` may have
+        rebuilt it as another type): loaded and verified as :meth:`load` does, then caught up by :meth:`sync` as
+        usual. Costs one ``stat`` when nothing was saved. Only an index of another type or parameters is loaded:
+        one like this process's (a writer's end-of-run save) is cheaper to catch up in memory than to read whole. A
+        saved index that cannot be used (corrupt, another model's, newer than the catalog) is left alone, and this
+        process keeps its own."""
+        stamp = manifest_stamp(self.directory)
+        if stamp is None or stamp == self._saved_stamp:
+            return
+        self._saved_stamp = stamp  # whatever comes of it: a bad file is read once, not at every search
+        saved = read_manifest(self.directory)
+        if saved is None or (self.manifest is not None and (saved.file, saved.sha256) == (self.manifest.file,
+                                                                                            self.manifest.sha256)):
+            return  # the same index, its manifest rewritten (or unreadable: logged)
+        if self.index is not None and saved.config() == self.index.config:
+            return  # a writer's catch-up of the same index (each ingest saves one): caught up here in memory, cheaper
+
+        loaded = VectorIndex.load(self.directory, self.identity.key(), self.identity.embed_dim, use_gpu=True)
+        if loaded is None or loaded[1].generation > self.catalog.generation:
+            return
+        self.index, self.manifest = loaded
+        self.generation, self.recall, self.note = self.manifest.generation, self.manifest.recall, self.manifest.note
+        logger.info("loaded the %s index that another process saved at generation %d, in place of this process's",
+                    self.manifest.index_type, self.manifest.generation)
 
     def current(self) -> Manifest:
         """What the in-memory index is (for ``mmr info``), whether or not it has been saved."""
