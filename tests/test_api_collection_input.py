@@ -194,7 +194,7 @@ def test_open_refuses_an_unknown_precision_or_device_before_anything_is_made(col
 
 
 def test_a_model_that_cannot_load_is_not_blamed_on_the_query_image(collection, tmp_path, monkeypatch):
-    import mmretrieval.collection.collection as module
+    import mmretrieval.collection.opening as module  # where a collection loads its recorded model
 
     def unavailable(*args, **kwargs):
         raise ModelNotCachedError("the weights are not cached")

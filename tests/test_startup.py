@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import mmretrieval.collection.collection as collection_module
+import mmretrieval.collection.opening as opening_module  # where a collection loads its recorded model
 from mmretrieval.collection.collection import Collection
 from test_ingest import write_good_images
 
@@ -21,13 +21,13 @@ def built(tmp_path, tiny_model_dir):
 
 def _count_model_loads(monkeypatch) -> list[str]:
     loads: list[str] = []
-    real = collection_module.load_encoder
+    real = opening_module.load_encoder
 
     def counting(spec, **kwargs):
         loads.append(str(spec))
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(collection_module, "load_encoder", counting)
+    monkeypatch.setattr(opening_module, "load_encoder", counting)
     return loads
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import exclusive_lock
-from ..models.encoder import DualEncoder, load_encoder, resolve_device
+from ..models.encoder import DualEncoder, resolve_device
 from ..errors import CollectionBusy, CollectionError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
@@ -54,7 +54,7 @@ from .describe import describe
 from .records import CollectionInfo, Failure
 from .arguments import forked_message, unpicklable_message
 from .catalog import LOCK_NAME, Catalog, writer_busy
-from .opening import check_same_model, open_folder
+from .opening import load_recorded_encoder, open_folder
 from .label_methods import LabelMethods
 from .search_methods import SearchMethods
 
@@ -141,10 +141,8 @@ class Collection(SearchMethods, LabelMethods):
         """The collection's model, loaded on first use from the stored spec."""
         with self._lock:
             if self._encoder is None:
-                encoder = load_encoder(self.identity.spec, device=self.device, dim=self.identity.embed_dim,
-                                       precision=self.precision)
-                check_same_model(self.identity, encoder.identity, self.directory)
-                self._encoder = encoder
+                self._encoder = load_recorded_encoder(self.identity, self.directory, device=self.device,
+                                                      precision=self.precision)
             return self._encoder
 
     def close(self) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..atomic import exclusive_lock
-from ..errors import CatalogFull, CollectionError
+from ..errors import CatalogFull, CollectionError, ModelSpecError
 from ..models.encoder import DualEncoder, load_encoder
-from ..models.specs import ModelIdentity
+from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
 from .segments import check_dtype
 
@@ -77,7 +77,8 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
             # fail now, before the model and index load for nothing; the writer's own lock still decides
             with exclusive_lock(directory / LOCK_NAME, writer_busy(directory, writer)):
                 pass
-        encoder, identity = _settle_model(catalog, model, create, device, precision, directory)
+        encoder, identity = _settle_model(catalog, model, create, device, precision, directory,
+                                          record_moves=writer is not None and catalog.writable)
     except BaseException:
         catalog.close()
         raise
@@ -105,8 +106,12 @@ def _open_catalog(path: Path, writable: bool, reader: bool) -> Catalog:
 
 
 def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: bool, device: str, precision: str,
-                  directory: Path) -> tuple[DualEncoder | None, ModelIdentity]:
-    """The model asked for (loaded) checked against the stored identity, or recorded as it for a new catalog."""
+                  directory: Path, record_moves: bool) -> tuple[DualEncoder | None, ModelIdentity]:
+    """The model asked for (loaded) checked against the stored identity, or recorded as it for a new catalog.
+
+    With ``record_moves`` (a writer), the same model found under another spec (its folder moved) is recorded
+    under the new one: the recorded spec is where readers load it from, and the old place may be gone.
+    """
     stored_json = catalog.get_meta("model_identity")
     stored = ModelIdentity.from_json(stored_json) if stored_json else None
     if stored is None and model is None:
@@ -119,9 +124,60 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
         with catalog.transaction():
             catalog.set_meta("model_identity", encoder.identity.to_json())
         return encoder, encoder.identity
-    if encoder is not None:
-        check_same_model(stored, encoder.identity, directory)
+    if encoder is None:
+        return encoder, stored
+    check_same_model(stored, encoder.identity, directory)
+    if record_moves and encoder.identity.spec != stored.spec:
+        moved = replace(stored, spec=encoder.identity.spec)  # the key leaves the spec out: it stays the same
+        with catalog.transaction():
+            catalog.set_meta("model_identity", moved.to_json())
+        logger.warning("the model recorded for %s moved from %s to %s; recorded %s", directory, stored.spec,
+                       moved.spec, moved.spec)
+        return encoder, moved
     return encoder, stored
+
+
+def load_recorded_encoder(identity: ModelIdentity, directory: Path, *, device: str,
+                          precision: str) -> DualEncoder:
+    """Load the model a collection recorded, checked to still be the model that made its vectors.
+
+    Args:
+        identity: the collection's recorded model identity.
+        directory: the collection folder (named in messages).
+        device: where to run the model.
+        precision: its number format (:mod:`mmretrieval.models.precision`).
+
+    Returns:
+        The encoder, its vectors truncated to the recorded dimension.
+
+    Raises:
+        ModelSpecError: the recorded model directory or checkpoint file is gone (the message says how to record
+            where it went), or the spec cannot be loaded otherwise.
+        ModelNotCachedError, CheckpointError: as for :func:`~mmretrieval.models.encoder.load_encoder`.
+        CollectionError: the spec now loads other weights than those that made the vectors.
+    """
+    missing = _missing_model_path(identity.spec)
+    if missing is not None:
+        raise ModelSpecError(
+            f"{missing} does not exist; if it moved, run "
+            f"`mmr ingest SOURCE --collection {directory} --model NEW_PLACE` once to record its new place")
+    encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim, precision=precision)
+    check_same_model(identity, encoder.identity, directory)
+    return encoder
+
+
+def _missing_model_path(spec: str) -> str | None:
+    """The model folder or checkpoint file a recorded spec names, if that is no longer there."""
+    try:
+        parsed = ModelSpec.parse(spec)
+    except ModelSpecError:
+        return None  # load_encoder says what is wrong with it
+    if parsed.kind == "local" and not Path(parsed.name).is_dir():
+        return f"model directory {parsed.name}"
+    if parsed.kind == "registry" and parsed.pretrained and os.path.isabs(parsed.pretrained) \
+            and not os.path.exists(parsed.pretrained):
+        return f"checkpoint file {parsed.pretrained}"
+    return None
 
 
 def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
@@ -130,8 +186,14 @@ def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Pat
     Raises:
         CollectionError: the identity keys differ; the message names both models and what to do.
     """
-    if stored.key() != asked.key():
+    if stored.key() == asked.key():
+        return
+    if stored.spec == asked.spec:  # nobody asked for another model: the weights at the recorded place changed
         raise CollectionError(
-            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
-            f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
-            "collection's own model, or ingest into a new --collection directory")
+            f"collection {directory} was built with the weights {stored.spec} held then (key {stored.key()}); "
+            f"{asked.spec} now loads other weights (key {asked.key()}): re-ingest into a new collection, or point "
+            "--model at the old weights when ingesting")
+    raise CollectionError(
+        f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
+        f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
+        "collection's own model, or ingest into a new --collection directory")

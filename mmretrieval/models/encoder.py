@@ -55,16 +55,17 @@ def check_device(device: str) -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` is checked against the devices present.
+    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` and ``mps`` are checked against the devices
+    present, here rather than deep in loading, where torch says only that it "is not linked with support".
 
     Raises:
-        ModelSpecError: a name :func:`check_device` refuses, or a CUDA device that is not there.
+        ModelSpecError: a name :func:`check_device` refuses, or a CUDA or MPS device that is not there.
     """
     check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -76,7 +77,14 @@ def resolve_device(device: str = "auto") -> torch.device:
             raise ModelSpecError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ModelSpecError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if resolved.type == "mps" and not _mps_available():
+        raise ModelSpecError(f"device {device!r} asked for, but no Apple GPU is available; use --device cpu")
     return resolved
+
+
+def _mps_available() -> bool:
+    """Whether Apple's MPS device can run here (torch builds without it have no ``torch.backends.mps``)."""
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 class PixelNormaliser:

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import re
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +21,8 @@ from typing import Any, Iterator
 import torch
 
 from ..atomic import atomic_path, atomic_write_text
-from ..errors import CheckpointError, ModelNotCachedError, ModelSpecError
+from ..errors import ModelNotCachedError, ModelSpecError
+from .load_errors import build_error, checkpoint_error, is_not_cached, offline_help, one_line, tokenizer_error
 from .specs import (CONFIG_NAME, WEIGHTS_NAME, ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir,
                     find_checkpoint, sha256_file)
 
@@ -45,18 +44,33 @@ class _Source:
     """Where open_clip is to load a spec from."""
 
     open_clip_name: str  # what open_clip.create_model takes (``local-dir:…``, ``hf-hub:…`` or a registry name)
-    pretrained: str | None  # registry tag or checkpoint file
-    checkpoint: Path | None  # the weights file of a model directory
-    config: dict[str, Any]  # a model directory's open_clip_config.json
+    pretrained: str | None  # a registry tag, whose weights open_clip finds and loads itself
+    # the weights file we load ourselves: a model directory's, an ARCH:FILE's, a hub repo's; or the cached file
+    # of a registry tag (``pretrained``), which open_clip loads
+    checkpoint: Path | None
+    config: dict[str, Any]  # open_clip_config.json of a model directory or hub repo
+    fits: str  # what the weights must fit, for messages: an architecture, or the config that describes it
 
 
 def load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_dir: str | None = None) -> LoadedModel:
     """Create the open_clip model a spec names, on ``device`` in ``precision`` (``fp32``, ``pure_bf16``…).
 
+    A hub or tagged model is never built with random weights in place of weights that are missing from the cache.
+
+    Args:
+        spec: the parsed model spec.
+        device: where the model runs.
+        precision: open_clip's precision name (:func:`.precision.open_clip_precision`).
+        cache_dir: Hugging Face cache directory (default: the standard one).
+
+    Returns:
+        The model, its tokenizer and its identity.
+
     Raises:
-        ModelSpecError: unknown architecture or tag, missing directory or config.
-        ModelNotCachedError: weights need a download that cannot happen.
-        CheckpointError: corrupt, mismatched, or code-carrying checkpoint.
+        ModelSpecError: unknown architecture or tag, missing directory or config, a config open_clip cannot build
+            from, or a tokenizer that needs a package that is not installed (transformers: the siglip extra).
+        ModelNotCachedError: a file of the model (named in the message) needs a download that cannot happen.
+        CheckpointError: an empty, corrupt, mismatched or code-carrying checkpoint, or a file that is none.
     """
     with root_logger_left_alone():
         return _load_model(spec, device=device, precision=precision, cache_dir=cache_dir)
@@ -97,48 +111,61 @@ def root_logger_left_alone() -> Iterator[None]:
 def _load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_dir: str | None) -> LoadedModel:
     import open_clip  # heavy: imported on first load, not at package import
 
-    source = _resolve(open_clip, spec)
+    source = _resolve(open_clip, spec, cache_dir)
     random_weights = spec.kind == "registry" and not spec.pretrained
+    ours = source.checkpoint is not None and source.pretrained is None  # weights we load, not open_clip
+    try:  # first: it fails in an instant where the model would take seconds to build
+        tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
+    except Exception as exc:
+        raise tokenizer_error(exc, spec) from exc
     try:
-        # A model directory's weights are loaded from the file we chose (and hash), not one open_clip picks.
-        with _without_random_init_warning(source.checkpoint is not None or random_weights), _seeded(random_weights):
+        with _without_random_init_warning(ours or random_weights), _seeded(random_weights):
             model = open_clip.create_model(
                 source.open_clip_name, pretrained=source.pretrained, device="cpu" if random_weights else device,
-                precision="fp32" if random_weights else precision,
-                cache_dir=cache_dir, weights_only=True, load_weights=source.checkpoint is None,
+                precision="fp32" if random_weights else precision, cache_dir=cache_dir, weights_only=True,
+                load_weights=not ours,
+                # weights we load replace every tensor, so a text tower's base weights need no download first
+                pretrained_text=not ours,
+                # open_clip draws random weights for a hub or tagged model whose weights it cannot find
+                require_pretrained=source.pretrained is not None,
             )
-        if random_weights:  # hashed as drawn, so that a bf16 load of the same weights has the same identity
-            weights_id = "random-" + _state_hash(model)
-            model.to(device=device, dtype=_PURE_DTYPES.get(precision, torch.float32))
-        if source.checkpoint is not None:
-            open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
-        tokenizer = open_clip.get_tokenizer(source.open_clip_name, cache_dir=cache_dir)
     except Exception as exc:  # open_clip and its backends raise many types; translate the ones we know
-        raise _translate_load_error(exc, spec, source.checkpoint) from exc
+        raise build_error(exc, spec, source.checkpoint, source.fits) from exc
+    if random_weights:  # hashed as drawn, so that a bf16 load of the same weights has the same identity
+        weights_id = "random-" + _state_hash(model)
+        model.to(device=device, dtype=_PURE_DTYPES.get(precision, torch.float32))
+    if ours:
+        try:
+            open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
+        except Exception as exc:
+            raise checkpoint_error(exc, source.checkpoint, source.fits) from exc
     model.eval()
 
     if spec.kind in ("local", "builtin"):
         architecture = source.config.get("architecture") or config_hash(source.config["model_cfg"])
-    elif spec.kind == "hf-hub":
-        architecture = config_hash(open_clip.get_model_config(source.open_clip_name) or {})
+    elif spec.kind == "hf-hub":  # as open_clip.get_model_config reads a hub config
+        architecture = config_hash(source.config.get("model_cfg", source.config))
     else:
         architecture = spec.name
-    projection = getattr(model, "text_projection", None)
-    if isinstance(projection, torch.nn.Linear):  # proj_bias configs
-        embed_dim = int(projection.out_features)
-    elif projection is not None:
-        embed_dim = int(projection.shape[-1])
-    else:
-        embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     identity = ModelIdentity(
         spec=str(spec),
         architecture=architecture,
-        embed_dim=embed_dim,
-        weights=weights_id if random_weights else _weights_id(open_clip, spec, source, cache_dir),
+        embed_dim=_embed_dim(model, tokenizer, device),
+        weights=weights_id if random_weights else _weights_id(spec, source),
         preprocess=json.dumps(open_clip.get_model_preprocess_cfg(model), sort_keys=True, default=list),
     )
     dims = tuple(source.config.get("matryoshka_dims", ()))
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity, matryoshka_dims=dims)
+
+
+def _embed_dim(model: torch.nn.Module, tokenizer: Any, device: torch.device) -> int:
+    """The dimension of the model's vectors: its text projection's, or (without one) a text's vector's."""
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):  # proj_bias configs
+        return int(projection.out_features)
+    if projection is not None:
+        return int(projection.shape[-1])
+    return int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -176,29 +203,89 @@ def _seeded(active: bool) -> Iterator[None]:
         yield
 
 
-def _resolve(open_clip: Any, spec: ModelSpec) -> _Source:
+def _resolve(open_clip: Any, spec: ModelSpec, cache_dir: str | None) -> _Source:
+    """Where the model and its weights come from; a hub or tagged model's files are looked up in the cache first,
+    so that missing weights are refused by name (open_clip would draw random ones for a hub model)."""
     if spec.kind in ("local", "builtin"):
         directory = assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
         config = read_dir_config(directory)
-        return _Source(f"local-dir:{directory}", None, find_checkpoint(directory), config)
+        return _Source(f"local-dir:{directory}", None, find_checkpoint(directory), config,
+                       f"the architecture in {directory / CONFIG_NAME}")
     if spec.kind == "hf-hub":
-        return _Source(f"hf-hub:{spec.name}", None, None, {})
-    _check_registry(open_clip, spec)
-    return _Source(spec.name, spec.pretrained, None, {})
-
-
-def _weights_id(open_clip: Any, spec: ModelSpec, source: _Source, cache_dir: str | None) -> str:
-    """sha256 of the weights file where there is one, else the hub id or the registry tag."""
-    if source.checkpoint is not None:
-        return sha256_file(source.checkpoint)
-    if spec.kind == "hf-hub":
+        config_path = _hub_file(open_clip, spec, spec.name, CONFIG_NAME, cache_dir)
         try:
-            return sha256_file(Path(open_clip.pretrained.download_pretrained_from_hf(spec.name, cache_dir=cache_dir)))
-        except Exception:  # already loaded, so the file is cached; if the lookup fails, keep the repo id
-            return "hf-hub:" + spec.name
-    if spec.pretrained and os.path.isfile(spec.pretrained):
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelSpecError(f"cannot read {config_path} of {spec}: {one_line(exc)}") from exc
+        if not isinstance(config, dict):
+            raise ModelSpecError(f"{config_path} of {spec} is not an open_clip config (a JSON object)")
+        weights = _hub_file(open_clip, spec, spec.name, None, cache_dir)
+        return _Source(f"hf-hub:{spec.name}", None, weights, config, f"the architecture of {spec}")
+    _check_registry(open_clip, spec)
+    if not spec.pretrained:
+        return _Source(spec.name, None, None, {}, spec.name)
+    tag_cfg = open_clip.pretrained.get_pretrained_cfg(spec.name, spec.pretrained)
+    if tag_cfg:  # a tag before a file of the same name, as open_clip chooses
+        return _Source(spec.name, spec.pretrained, _tag_weights(open_clip, spec, tag_cfg, cache_dir), {}, spec.name)
+    return _Source(spec.name, None, Path(spec.pretrained), {}, spec.name)
+
+
+def _hub_file(open_clip: Any, spec: ModelSpec, repo: str, filename: str | None, cache_dir: str | None) -> Path:
+    """A file of hub repository ``repo`` (its weights when ``filename`` is None), from the cache or downloaded, as
+    open_clip finds it (a ``.safetensors`` twin before a pickle).
+
+    Raises:
+        ModelNotCachedError: it is not in the cache and cannot be downloaded; the message names the file.
+        ModelSpecError: any other failure (a repository without that file).
+    """
+    try:
+        return Path(open_clip.pretrained.download_pretrained_from_hf(repo, filename=filename, cache_dir=cache_dir))
+    except Exception as exc:
+        names = " or ".join(_hub_names(filename or _HUB_WEIGHTS))
+        if is_not_cached(exc):
+            raise ModelNotCachedError(offline_help(spec, f"{names} of {repo}")) from exc
+        raise ModelSpecError(f"cannot get {names} of {spec} from {repo}: {one_line(exc)}") from exc
+
+
+_HUB_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip's default weights name in a hub repo
+
+
+def _hub_names(filename: str) -> list[str]:
+    """The names open_clip looks for when asked for ``filename``, in its order: a safetensors twin first."""
+    if filename == _HUB_WEIGHTS:
+        return ["open_clip_model.safetensors", filename]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def _tag_weights(open_clip: Any, spec: ModelSpec, tag_cfg: dict[str, Any], cache_dir: str | None) -> Path | None:
+    """The cached weights file of a registry tag, found as open_clip finds it.
+
+    Raises:
+        ModelNotCachedError: it is not in the cache and cannot be downloaded; the message names the file.
+    """
+    try:
+        found = open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as exc:
+        if not is_not_cached(exc):
+            raise build_error(exc, spec, None, spec.name) from exc
+        if tag_cfg.get("hf_hub"):
+            repo, filename = os.path.split(tag_cfg["hf_hub"])
+            missing = f"{' or '.join(_hub_names(filename or _HUB_WEIGHTS))} of {repo}"
+        else:
+            missing = f"its weights ({tag_cfg.get('url', 'no address known')})"
+        raise ModelNotCachedError(offline_help(spec, missing)) from exc
+    return Path(found) if found else None
+
+
+def _weights_id(spec: ModelSpec, source: _Source) -> str:
+    """sha256 of the weights file where there is one, else the registry tag."""
+    if source.checkpoint is not None and source.pretrained is None:
+        return sha256_file(source.checkpoint)
+    if spec.pretrained and os.path.isfile(spec.pretrained):  # as before: a tag that is also a file's name
         return sha256_file(Path(spec.pretrained))
-    return f"{spec.name}:{spec.pretrained}"
+    return f"{spec.name}:{spec.pretrained}"  # registry weights are named by their tag, which open_clip pins
 
 
 def _check_registry(open_clip: Any, spec: ModelSpec) -> None:
@@ -206,38 +293,17 @@ def _check_registry(open_clip: Any, spec: ModelSpec) -> None:
     if spec.name not in known:
         close = difflib.get_close_matches(spec.name, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " `mmr models` lists them."
-        raise ModelSpecError(f"unknown open_clip architecture {spec.name!r}.{hint}")
+        # a bare name is read as a folder when one of that name exists, so a mistyped folder ends up here
+        folder = "" if spec.pretrained else ", and no folder of that name exists here"
+        raise ModelSpecError(f"unknown open_clip architecture {spec.name!r}{folder}.{hint}")
     tag = spec.pretrained
     if tag and not open_clip.pretrained.is_pretrained_cfg(spec.name, tag) and not os.path.isfile(tag):
+        if os.path.isabs(tag):  # ModelSpec.parse makes every tag that names a file absolute
+            raise ModelSpecError(f"checkpoint file {tag} of {spec} does not exist")
         tags = open_clip.list_pretrained_tags_by_model(spec.name)
         raise ModelSpecError(
             f"{spec.name} has no pretrained weights tagged {tag!r}; known tags: {', '.join(tags) or 'none'}"
         )
-
-
-def _translate_load_error(exc: Exception, spec: ModelSpec, checkpoint: Path | None) -> Exception:
-    chain, seen = [], exc
-    while seen is not None:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
-    where = checkpoint or spec
-    if any(isinstance(e, pickle.UnpicklingError) for e in chain) or "Weights only load failed" in text:
-        return CheckpointError(
-            f"refused to load {where}: it is a pickle that would run code when loaded. Only safetensors or "
-            "plain weights-only torch checkpoints are accepted; convert it with safetensors.torch.save_file."
-        )
-    if "SafetensorError" in text or "HeaderTooLarge" in text or "PytorchStreamReader" in text \
-            or "invalid load key" in text or "EOF" in text:
-        return CheckpointError(f"checkpoint {where} is corrupt or truncated ({chain[-1]})")
-    if "Error(s) in loading state_dict" in text or "size mismatch" in text:
-        return CheckpointError(f"checkpoint {where} does not fit the model's configuration: {chain[0]}")
-    if spec.kind in ("hf-hub", "registry") and (
-        os.environ.get("HF_HUB_OFFLINE") or re.search(r"offline|LocalEntryNotFound|connect|resolve|Failed to download",
-                                                      text, re.IGNORECASE)
-    ):
-        return ModelNotCachedError(_offline_help(spec))
-    return ModelSpecError(f"cannot load model {spec}: {chain[0]}")
 
 
 def save_model_dir(
@@ -274,15 +340,6 @@ def save_model_dir(
         os.chmod(tmp_weights, mode)  # safetensors writes a new file of mode 0600 in its place
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
-
-
-def _offline_help(spec: ModelSpec) -> str:
-    return (
-        f"model {spec} is not in the Hugging Face cache and cannot be downloaded here"
-        f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}. "
-        "Run once with internet to cache it, use the bundled demo model with --model builtin:shapes, "
-        "or pass a local directory that holds open_clip_config.json and the weights."
-    )
 
 
 def _state_hash(model: torch.nn.Module) -> str:

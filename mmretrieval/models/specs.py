@@ -65,13 +65,15 @@ class ModelSpec:
         if text.startswith("local-dir:"):
             return cls.local(text.removeprefix("local-dir:"))
         arch, colon, tag = text.partition(":")
-        if Path(text).expanduser().is_dir() or (not colon and (os.sep in text or text.startswith((".", "~")))):
+        path = Path(text).expanduser()
+        # a file too, so that a checkpoint named where a folder goes is told so, not taken for an architecture
+        if path.is_dir() or (not colon and (path.is_file() or os.sep in text or text.startswith((".", "~")))):
             return cls.local(text)
         if not re.fullmatch(r"[\w.+-]+", arch):
             raise ModelSpecError(f"cannot read model spec {text!r}: use ARCH[:PRETRAINED], hf-hub:ORG/REPO, "
                                  "a model directory, or builtin:shapes")
         # ARCH:TAG, or ARCH:/path/to/checkpoint.pt (a local file of that architecture's weights)
-        return cls("registry", arch, (os.path.abspath(os.path.expanduser(tag)) if os.sep in tag else tag) or None)
+        return cls("registry", arch, (os.path.abspath(os.path.expanduser(tag)) if _is_file_tag(tag) else tag) or None)
 
     @classmethod
     def local(cls, path: str) -> "ModelSpec":
@@ -86,6 +88,13 @@ class ModelSpec:
         if self.kind == "local":
             return self.name
         return f"{self.name}:{self.pretrained}" if self.pretrained else self.name
+
+
+def _is_file_tag(tag: str) -> bool:
+    """Whether the ``TAG`` of ``ARCH:TAG`` names a checkpoint file rather than a registry tag. Such a tag is made
+    absolute when parsed: a collection records the spec, and is opened later from other directories."""
+    return bool(tag) and (os.sep in tag or tag.startswith("~") or tag.lower().endswith(_CHECKPOINT_SUFFIXES)
+                          or os.path.isfile(tag))
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,9 @@ def read_dir_config(directory: Path) -> dict[str, Any]:
     Raises:
         ModelSpecError: no such directory, no config, or an unreadable one.
     """
+    if directory.is_file():
+        raise ModelSpecError(f"{directory} is a file: name the folder that holds it and its {CONFIG_NAME}, or use "
+                             f"ARCH:FILE (e.g. ViT-B-32:{directory})")
     if not directory.is_dir():
         raise ModelSpecError(f"model directory {directory} does not exist")
     config_path = directory / CONFIG_NAME
@@ -152,7 +164,30 @@ def read_dir_config(directory: Path) -> dict[str, Any]:
         raise ModelSpecError(f"cannot read {config_path}: {exc}") from exc
     if not isinstance(config, dict) or "model_cfg" not in config:
         raise ModelSpecError(f"{config_path} has no 'model_cfg' section")
+    _check_model_cfg(config["model_cfg"], config_path)
     return config
+
+
+_MODEL_CFG_SECTIONS = {"embed_dim": int, "vision_cfg": dict, "text_cfg": dict}  # what open_clip's CLIP() requires
+
+
+def _check_model_cfg(model_cfg: Any, config_path: Path) -> None:
+    """Refuse a ``model_cfg`` open_clip cannot build from, by name, before open_clip fails on it with a bare
+    ``KeyError: 'text_cfg'`` or ``list indices must be integers``.
+
+    Raises:
+        ModelSpecError: ``model_cfg`` is not an object, lacks a section, or has a section of the wrong type.
+    """
+    needs = "an open_clip model_cfg needs embed_dim (a number) and vision_cfg and text_cfg (objects)"
+    if not isinstance(model_cfg, dict):
+        raise ModelSpecError(f"{config_path}: 'model_cfg' is a {type(model_cfg).__name__}, not an object; {needs}")
+    missing = [key for key in _MODEL_CFG_SECTIONS if key not in model_cfg]
+    if missing:
+        raise ModelSpecError(f"{config_path}: 'model_cfg' has no {', '.join(missing)}; {needs}")
+    for key, kind in _MODEL_CFG_SECTIONS.items():
+        if not isinstance(model_cfg[key], kind) or isinstance(model_cfg[key], bool):
+            raise ModelSpecError(f"{config_path}: 'model_cfg' section '{key}' is a {type(model_cfg[key]).__name__}; "
+                                 f"{needs}")
 
 
 def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
@@ -201,12 +236,15 @@ def model_config_of(spec: ModelSpec) -> dict[str, Any]:
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file; hub cache blobs are already named by it, and other files are hashed once.
 
+    Only a file in the ``blobs`` folder of a Hugging Face cache repository (``models--ORG--NAME/blobs/``) is
+    trusted to be named by its hash: elsewhere a name of 64 hex digits says nothing about the bytes.
+
     A computed hash is remembered in the user cache, keyed by the file's real path and stamped with its
     size, mtime, ctime and inode (the same trust as ingestion's unchanged-file check, plus ctime, which no
     tool resets), so a 600 MB checkpoint is not re-read by every command that checks a model's identity.
     """
     real = Path(os.path.realpath(path))
-    if re.fullmatch(r"[0-9a-f]{64}", real.name):
+    if _is_hub_blob(real):
         return real.name
     stamp, memo = _file_stamp(real), _hash_memo_path(real)
     try:
@@ -223,6 +261,12 @@ def sha256_file(path: Path) -> str:
     except OSError as exc:  # a read-only home: correct, just slower next time
         logger.debug("cannot remember the hash of %s: %s", real, exc)
     return digest
+
+
+def _is_hub_blob(real: Path) -> bool:
+    """Whether ``real`` is a blob of a Hugging Face cache, which huggingface_hub names by the sha256 of its bytes."""
+    return (re.fullmatch(r"[0-9a-f]{64}", real.name) is not None and real.parent.name == "blobs"
+            and real.parent.parent.name.startswith("models--"))
 
 
 def _file_stamp(path: Path) -> list[int]:
