@@ -40,14 +40,14 @@ def test_the_text_tower_alone_takes_one_text_as_the_full_model_does(tiny_encoder
     assert tower.encode_texts("red circle").shape == (1, tiny_encoder.dim)
     with pytest.raises(QueryError, match="batch_size"):
         tower.encode_texts(["red circle"], batch_size=0)
-    with pytest.raises(QueryError, match="not str"):
+    with pytest.raises(QueryError, match="not a str"):
         tower.encode_texts(["red", 3])
 
 
 def test_texts_that_are_not_str_are_refused(tiny_encoder):
     with pytest.raises(QueryError, match="bytes"):
         tiny_encoder.encode_texts(b"red circle")
-    with pytest.raises(QueryError, match="item 1 .*int"):
+    with pytest.raises(QueryError, match="text 1 .*int"):
         tiny_encoder.encode_texts(["red", 3])
 
 
@@ -63,7 +63,7 @@ def test_one_image_alone_is_one_image_not_its_path_letters(tiny_encoder, tmp_pat
 
 
 def test_an_image_item_of_another_type_is_refused(tiny_encoder):
-    with pytest.raises(QueryError, match="item 0 .*int"):
+    with pytest.raises(QueryError, match="image 0 .*int"):
         tiny_encoder.encode_images([7])
 
 
@@ -141,7 +141,7 @@ def test_a_label_iterable_of_any_kind_is_taken(tiny_encoder):
     (["x", None], "label 1 is None"),
     ([], "no labels"),
     ((x for x in []), "no labels"),
-    (5, "labels are"),
+    (5, "labels must be a str or a list of them"),
 ])
 def test_bad_labels_in_a_list_are_refused(tiny_encoder, labels, message):
     with pytest.raises(QueryError, match=message):

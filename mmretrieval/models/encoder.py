@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import reprlib
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -23,7 +22,7 @@ from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError, ModelSpecError, QueryError
 from ..images.decode import decode_path, to_rgb
-from .inputs import check_batch_size, text_list
+from .inputs import check_batch_size, listed, text_list
 from .loading import LoadedModel, load_model
 from .precision import check_precision, open_clip_precision
 from .specs import ModelIdentity, ModelSpec
@@ -238,19 +237,8 @@ class DualEncoder:
 
 def _image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """``images`` as a list, every item checked before any is decoded: one image or path alone is a list of one."""
-    if isinstance(images, _IMAGE_TYPES):
-        return [images]
-    try:
-        items = list(images)
-    except TypeError as exc:
-        raise QueryError(f"images must be a PIL image, a path, or a list of them; got {reprlib.repr(images)} of "
-                         f"type {type(images).__name__}") from exc
-    for index, item in enumerate(items):
-        if not isinstance(item, _IMAGE_TYPES):
-            hint = " (convert an array with PIL.Image.fromarray)" if isinstance(item, np.ndarray) else ""
-            raise QueryError(f"images: item {index} is {reprlib.repr(item)} of type {type(item).__name__}, not a PIL "
-                             f"image or a path{hint}")
-    return items
+    return listed(images, _IMAGE_TYPES, "image", "a PIL image or a path",
+                  lambda item: " (convert an array with PIL.Image.fromarray)" if isinstance(item, np.ndarray) else "")
 
 
 def _upright(image: Image.Image) -> Image.Image:

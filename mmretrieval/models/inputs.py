@@ -8,30 +8,43 @@ from __future__ import annotations
 
 import numbers
 import reprlib
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import QueryError
 
 
+def listed(value: Any, kinds: tuple[type, ...], item: str, expected: str,
+           hint: Callable[[Any], str] = lambda item: "") -> list[Any]:
+    """``value`` as a list of ``kinds``: one of them alone is a list of one, any other iterable is read once and
+    every item checked before any is used. ``item`` names one in messages ("text", "image", "label"), ``expected``
+    what it should be ("a str"), and ``hint`` may add a fix for a given wrong item.
+
+    Raises:
+        QueryError: bytes where text is expected, something that is not iterable, or an item of another type.
+    """
+    if isinstance(value, kinds):
+        return [value]
+    if isinstance(value, (bytes, bytearray)):  # (a path as bytes is one of ``kinds`` where it is accepted)
+        raise QueryError(f"{item}s are str, not bytes: decode them first, e.g. data.decode('utf-8')")
+    try:
+        items = list(value)
+    except TypeError as exc:
+        raise QueryError(f"{item}s must be {expected} or a list of them, got {reprlib.repr(value)} of type "
+                         f"{type(value).__name__}") from exc
+    for index, one in enumerate(items):
+        if not isinstance(one, kinds):
+            raise QueryError(f"{item} {index} is {reprlib.repr(one)} of type {type(one).__name__}, not {expected}"
+                             f"{hint(one)}")
+    return items
+
+
 def text_list(texts: str | Iterable[str]) -> list[str]:
-    """``texts`` as a list: one ``str`` alone is a list of one, any other iterable is read once.
+    """``texts`` as a list (:func:`listed`): one ``str`` alone is a list of one.
 
     Raises:
         QueryError: bytes, something that is not iterable, or an item that is not a ``str``.
     """
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)):
-        raise QueryError("texts are str, not bytes: decode them first, e.g. data.decode('utf-8')")
-    try:
-        items = list(texts)
-    except TypeError as exc:
-        raise QueryError(f"texts must be a str or a list of str, got {reprlib.repr(texts)} of type "
-                         f"{type(texts).__name__}") from exc
-    for index, text in enumerate(items):
-        if not isinstance(text, str):
-            raise QueryError(f"texts: item {index} is {reprlib.repr(text)} of type {type(text).__name__}, not str")
-    return items
+    return listed(texts, (str,), "text", "a str")
 
 
 def check_batch_size(batch_size: int) -> int:

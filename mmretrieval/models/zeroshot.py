@@ -12,7 +12,6 @@ renormalised. Scores follow the model's training objective:
 
 from __future__ import annotations
 
-import reprlib
 import string
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
+from .inputs import listed
 
 
 class TextModel(Protocol):
@@ -157,18 +157,8 @@ def normalise_labels(labels: str | Iterable[str]) -> list[str]:
     """
     if isinstance(labels, str):
         return parse_labels(labels)
-    if isinstance(labels, (bytes, bytearray)):
-        raise QueryError("labels are str, not bytes: decode them first, e.g. data.decode('utf-8')")
-    try:
-        items = list(labels)
-    except TypeError as exc:
-        raise QueryError(f"labels are one string ('cat,dog') or a list of them (['cat', 'dog']), got "
-                         f"{reprlib.repr(labels)} of type {type(labels).__name__}") from exc
     stripped = []
-    for index, label in enumerate(items):
-        if not isinstance(label, str):
-            raise QueryError(f"label {index} is {reprlib.repr(label)} of type {type(label).__name__}, not str; "
-                             "pass labels as text")
+    for index, label in enumerate(listed(labels, (str,), "label", "a str")):
         if not label.strip():
             raise QueryError(f"label {index} is empty ({label!r}); drop it or name the label")
         stripped.append(label.strip())
