@@ -157,13 +157,10 @@ def test_a_reader_of_a_moved_model_is_told_how_to_record_its_new_place(tmp_path,
     old = tmp_path / "old-model"
     shutil.copytree(tiny_model_dir, old)
     collection_dir = tmp_path / "c"
-    with Collection.open(collection_dir, str(old), create=True, device="cpu") as collection:
-        identity = collection.identity
+    Collection.open(collection_dir, str(old), create=True, device="cpu").close()
     shutil.rmtree(old)
-    from mmretrieval.collection.opening import load_recorded_encoder
-
-    with pytest.raises(ModelSpecError) as caught:
-        load_recorded_encoder(identity, collection_dir, device="cpu", precision="auto")
+    with Collection.open(collection_dir, device="cpu") as collection, pytest.raises(ModelSpecError) as caught:
+        collection.search("a red circle")  # the text tower, then the whole model: neither is there
     message = str(caught.value)
     assert f"{old} does not exist" in message
     assert f"mmr ingest SOURCE --collection {collection_dir} --model NEW_PLACE" in message
