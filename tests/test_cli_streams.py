@@ -180,6 +180,7 @@ def test_decoding_workers_fit_the_open_file_limit_or_are_refused_before_they_sta
     assert low.returncode == 2, low.stderr
     assert "needs about" in low.stderr and "may open only 20 (ulimit -n)" in low.stderr, low.stderr
     assert "Traceback" not in low.stderr and "KeyError" not in low.stderr, low.stderr
+    assert not (tmp_path / "low").exists()  # refused before a row went in: a re-run may still choose the model
     raised = _ingest_with_open_files(tmp_path / "photos", tmp_path / "raised", tiny_model_dir, 20, max(hard, 4096)
                                      if hard == resource.RLIM_INFINITY else hard)
     assert raised.returncode == 0 and "embedded 6," in raised.stderr, raised.stderr

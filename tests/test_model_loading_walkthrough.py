@@ -14,6 +14,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from conftest import TINY_MODEL_CFG
 from mmretrieval.collection.collection import Collection
@@ -87,6 +88,19 @@ def test_a_registry_tag_whose_weights_are_missing_names_the_file(tmp_path):
 
 
 # -- 2: ARCH:FILE failures are the file's, not "not in the cache" ---------------------------------------------------
+def test_a_float16_checkpoint_of_another_image_size_does_not_fit(tmp_path):
+    """What train and blend write (float16) for another input size: open_clip resizes the position embedding in
+    float16, which torch's CPU interpolation cannot do; still the checkpoint's fault, not a corrupt file."""
+    arch = _register(tmp_path, "mmr-walk-small-input", TINY_MODEL_CFG)
+    larger_cfg = {**TINY_MODEL_CFG, "vision_cfg": {**TINY_MODEL_CFG["vision_cfg"], "image_size": 48}}
+    checkpoint = tmp_path / "larger.safetensors"
+    save_file(open_clip.CLIP(**larger_cfg).half().state_dict(), checkpoint)
+    with pytest.raises(CheckpointError) as caught:
+        load_encoder(f"{arch}:{checkpoint}", device="cpu")
+    message = str(caught.value)
+    assert f"does not fit {arch}" in message and "corrupt" not in message and "Half" not in message, message
+
+
 def test_a_checkpoint_file_of_another_architecture_does_not_fit(tmp_path):
     arch = _register(tmp_path, "mmr-walk-narrow", TINY_MODEL_CFG)
     wide_cfg = {**TINY_MODEL_CFG, "text_cfg": {**TINY_MODEL_CFG["text_cfg"], "width": 64}}
@@ -180,6 +194,15 @@ def test_weights_replaced_at_the_recorded_spec_are_named_as_such(tmp_path, tiny_
     message = str(caught.value)
     assert f"built with the weights {model} held then (key {before.key()})" in message
     assert f"{model} now loads other weights" in message and "leave out --model" not in message
+
+
+def test_the_same_model_at_another_dim_is_named_as_a_dimension_not_other_weights(tmp_path):
+    stored = ModelIdentity("builtin:shapes", "a", 128, "w1", "{}")
+    asked = ModelIdentity("builtin:shapes", "a", 64, "w1", "{}")
+    with pytest.raises(CollectionError, match="holds 128-d vectors of builtin:shapes, you asked for 64-d ones "
+                                              r"\(--dim\): leave out --dim") as caught:
+        check_same_model(stored, asked, tmp_path)
+    assert "other weights" not in str(caught.value)
 
 
 def test_a_different_spec_keeps_the_leave_out_model_advice(tmp_path):

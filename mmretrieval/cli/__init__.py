@@ -74,7 +74,8 @@ exit status:
   0    done
   1    nothing found (search, similar, duplicates; an ingest or classify that found no image)
   2    an error, in one line on stderr (bad input, a missing file, a model mismatch)
-  75   another process is writing the collection (or train's --out): run again when it is done, or pass --wait
+  75   another process is writing the collection (or train's --out): run again when it is done (a collection
+       writer may be given --wait instead)
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM). An interrupted ingest or import resumes when run again.
 """
 

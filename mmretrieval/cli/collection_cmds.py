@@ -224,8 +224,8 @@ def _register_label(subparsers) -> None:
         "label", help="label every image zero-shot; search can then filter by label",
         description="Score every embedded image (or those the filters select) against the labels, from the stored "
         "vectors (no image is decoded again), and save the result as a named label set. Prints the count per "
-        "label; --out writes the labels the run assigned (a row per image and label), --organize links the images "
-        "into a folder per label. --remove NAME deletes a label set instead.")
+        "label; --out writes the labels the run assigned (.csv: a row per image and label; .jsonl: an object per "
+        "image), --organize links the images into a folder per label. --remove NAME deletes a label set instead.")
     add_collection_option(parser, writer=True)
     parser.add_argument("--labels", action="append",
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "

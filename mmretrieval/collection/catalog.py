@@ -58,8 +58,8 @@ def is_collection(directory: str | os.PathLike) -> bool:
 def writer_busy(directory: str | os.PathLike, command: str) -> str:
     """What writer ``command`` (``ingest``, ``index``...) says when another writer holds :data:`LOCK_NAME`."""
     return (f"another process is writing {directory} (an ingest, import, index build, compaction or labelling run); "
-            f"run mmr {command} when it is done, or stop it (an interrupted ingest or import resumes where it "
-            "stopped)")
+            f"run mmr {command} when it is done (or with --wait, which waits for it), or stop it (an interrupted "
+            "ingest or import resumes where it stopped)")
 
 @dataclass(frozen=True)
 class FileState:

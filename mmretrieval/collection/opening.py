@@ -188,6 +188,11 @@ def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Pat
     """
     if stored.key() == asked.key():
         return
+    if stored.spec == asked.spec and stored.embed_dim != asked.embed_dim:
+        raise CollectionError(
+            f"collection {directory} holds {stored.embed_dim}-d vectors of {stored.spec}, you asked for "
+            f"{asked.embed_dim}-d ones (--dim): leave out --dim to use the collection's dimension, or ingest into a "
+            "new --collection directory")
     if stored.spec == asked.spec:  # nobody asked for another model: the weights at the recorded place changed
         raise CollectionError(
             f"collection {directory} was built with the weights {stored.spec} held then (key {stored.key()}); "

@@ -126,11 +126,8 @@ class DecodePool:
         if self.workers <= 0:
             yield from self._inline_batches(tasks, batch_size)
             return
-        # the batch the consumer holds, those queued for it, the one filling, and the workers' groups in flight
-        group = _group_rows(batch_size)
-        groups_per_batch = -(-batch_size // group)
-        limit = groups_per_batch * (2 + self._queue_size()) + _DEPTH * self.workers
-        chunks = Chunks(_pixel_shape(self.preparer), limit, group)
+        chunks = Chunks(_pixel_shape(self.preparer), _batch_chunks(self.workers, batch_size, self.buffer),
+                        _group_rows(batch_size))
         held: list[Chunk] = []
         for batch, batch_chunks in self._threaded(tasks, Batcher(batch_size), chunks):
             for chunk in held:
@@ -139,7 +136,7 @@ class DecodePool:
             yield batch
 
     def _queue_size(self) -> int:
-        return max(1, self.buffer // _GROUP)
+        return _queue_size(self.buffer)
 
     def _inline_batches(self, tasks: Iterable[DecodeTask | None], batch_size: int) -> Iterator[DecodedBatch]:
         batcher = Batcher(batch_size)
@@ -302,6 +299,30 @@ def _fill(tasks: Iterator[DecodeTask | None], pending: collections.deque, size: 
             return False
         pending.append(task)
     return False
+
+
+def _queue_size(buffer: int) -> int:
+    return max(1, buffer // _GROUP)
+
+
+def _batch_chunks(workers: int, batch_size: int, buffer: int) -> int:
+    """How many chunks :meth:`DecodePool.batches` may hold at once: the batch the consumer holds, those queued for
+    it, the one filling, and the workers' groups in flight."""
+    groups_per_batch = -(-batch_size // _group_rows(batch_size))
+    return groups_per_batch * (2 + _queue_size(buffer)) + _DEPTH * workers
+
+
+def reserve_files_for_batches(workers: int, batch_size: int, buffer: int = 256) -> None:
+    """Make room for the open files of a :class:`DecodePool` of ``workers`` serving :meth:`~DecodePool.batches`
+    of ``batch_size`` (as :meth:`DecodePool.batches` does when it starts): for a caller that must know before it
+    changes anything (a first ingest that could not decode would leave a collection behind).
+
+    Raises:
+        CollectionError: the hard open-file limit is too low for ``workers`` decoding processes.
+    """
+    if workers > 0:
+        _reserve_files(_FILES_PER_CHUNK * _batch_chunks(workers, batch_size, buffer) + _FILES_PER_WORKER * workers
+                       + _FILES_SPARE, workers)
 
 
 def _reserve_files(needed: int, workers: int) -> None:

@@ -28,7 +28,7 @@ from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
 from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
                       chunked, skip_counts)
-from .pool import DecodePool
+from .pool import DecodePool, reserve_files_for_batches
 from .reader import LIST_SUFFIXES, FileDecoder, PathStream, discover
 from .writer import CatalogWriter
 
@@ -63,6 +63,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
             source folder that is missing or unreadable (nothing is deleted then).
     """
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
+    reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)  # so does this
     unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources))
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)

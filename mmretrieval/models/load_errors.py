@@ -90,7 +90,8 @@ def build_error(exc: Exception, spec: ModelSpec, checkpoint: Path | None, fits: 
 def _is_checkpoint_failure(exc: BaseException) -> bool:
     text = " ".join(f"{type(e).__name__}: {e}" for e in _chain(exc))
     return any(isinstance(e, (pickle.UnpicklingError, EOFError)) for e in _chain(exc)) or bool(re.search(
-        r"SafetensorError|HeaderTooLarge|PytorchStreamReader|loading state_dict|size mismatch|pos_embed", text))
+        r"SafetensorError|HeaderTooLarge|PytorchStreamReader|loading state_dict|size mismatch|pos_embed|"
+        r"not implemented for 'Half'", text))
 
 
 def checkpoint_error(exc: Exception, checkpoint: Path, fits: str) -> CheckpointError:
@@ -114,6 +115,10 @@ def checkpoint_error(exc: Exception, checkpoint: Path, fits: str) -> CheckpointE
         return CheckpointError(f"checkpoint {checkpoint} is an empty file; copy or download it again")
     if re.search(r"loading state_dict|size mismatch|pos_embed", text):
         return CheckpointError(f"checkpoint {checkpoint} does not fit {fits}: {one_line(chain[0])}")
+    if re.search(r"not implemented for 'Half'", text):  # open_clip resizes a position embedding of another size,
+        # in the checkpoint's float16, which torch's CPU interpolation cannot do
+        return CheckpointError(f"checkpoint {checkpoint} does not fit {fits}: its position embedding is of another "
+                               "size (weights of another architecture or input size)")
     if re.search(r"SafetensorError|HeaderTooLarge|PytorchStreamReader|EOFError", text):
         return CheckpointError(f"checkpoint {checkpoint} is corrupt or truncated ({_cause(chain[-1])})")
     return CheckpointError(f"checkpoint {checkpoint} is not a torch checkpoint, or corrupt ({_cause(chain[-1])})")
