@@ -28,12 +28,12 @@ import numpy.typing as npt
 
 from . import label_sets
 from ..atomic import exclusive_lock
-from ..errors import CatalogFull, CollectionError
+from ..errors import CatalogFull
 from ..images.metadata import PhotoMetadata
-from .connection import checkpoint_wal, connect, open_error
+from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
-from .migrations import (NOT_OK, OLDEST_READABLE, SCHEMA_VERSION, UNMIGRATED_CAVEATS, catalog_version,
-                         check_version, create_tables, migrate, needs_repair, schema_objects)
+from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_readable_as_is, check_version,
+                         create_tables, migrate, missing_tables, needs_repair)
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
 from .segments import SEGMENTS_DIRNAME, SegmentStore
 
@@ -142,10 +142,10 @@ class Catalog(VectorPlaces):
             check_version(version, self.path)
         behind = version is None or version < SCHEMA_VERSION
         repair = needs_repair(self._db, version)
-        if not (behind or repair or _missing_tables(self._db)):
+        if not (behind or repair or missing_tables(self._db)):
             return
         if not self.writable:
-            self._check_readable_as_is(version, repair)
+            check_readable_as_is(self.path, version, repair)
             return
         with exclusive_lock(self.path.parent / LOCK_NAME):  # migrations write segments: a writer's job
             version = catalog_version(self._db)
@@ -161,39 +161,14 @@ class Catalog(VectorPlaces):
                 with self.transaction():
                     self.set_meta(REMOVALS_KEY, str(self.generation))
 
-    def _check_readable_as_is(self, version: int | None, repair: bool) -> None:
-        """A read-only open of a catalog that is behind, in need of a repair, or lacks tables: read it as it is
-        when this code can (with a warning saying what may read differently until a writable open migrates it).
-
-        Raises:
-            CollectionError: it has no tables yet, or needs a migration or repair before this code can read it.
-        """
-        if version is None:
-            raise CollectionError(f"{self.path} has no tables yet and is opened read-only: a first ingest may "
-                                  "be creating it (run again in a moment); else open it once where it is "
-                                  "writable (any mmr command does it)")
-        if version < OLDEST_READABLE:
-            raise CollectionError(f"{self.path} needs its schema migrated to version {SCHEMA_VERSION} and is "
-                                  "opened read-only; open it once where it is writable (any mmr command does it)")
-        if repair:
-            raise CollectionError(f"{self.path} has labels without label sets (a catalog made by a pre-release "
-                                  f"branch of mmretrieval, stamped schema {version}) and is opened read-only; open it "
-                                  "once where it is writable (any mmr command does it) to add them")
-        if version < SCHEMA_VERSION:
-            caveats = "; ".join(UNMIGRATED_CAVEATS[later] for later in range(version + 1, SCHEMA_VERSION + 1))
-            logger.warning("%s is at catalog schema %d and opened read-only, so it is read as it is: %s, until a "
-                           "writable open migrates it to schema %d (any mmr command where its folder is writable)",
-                           self.path, version, caveats, SCHEMA_VERSION)
-        # else only tables that newer code adds are missing: readable as it is
-
     def close(self) -> None:
         """Close the connection and let go of the segment files (idempotent). Any later use raises
         :class:`~mmretrieval.errors.CollectionError` saying the collection was closed."""
         with self._lock:
-            if isinstance(self._db, _Closed):
+            if isinstance(self._db, ClosedConnection):
                 return
             self._db.close()
-            self._db = _Closed(self.path.parent)  # type: ignore[assignment]
+            self._db = ClosedConnection(self.path.parent)  # type: ignore[assignment]
             self.segments.close()
 
     @contextmanager
@@ -437,20 +412,3 @@ class Catalog(VectorPlaces):
     def label_counts(self) -> dict[str, int]:
         """Images per label, over every label set."""
         return label_sets.counts(self)
-
-
-class _Closed:
-    """Stands in for the connection of a closed catalog, so that every use of it (here, in :mod:`.places`, in
-    :mod:`.label_sets`) says what happened and what to do, not sqlite3's "Cannot operate on a closed database"."""
-
-    def __init__(self, directory: Path):
-        self._directory = directory
-
-    def __getattr__(self, name: str) -> object:
-        raise CollectionError(f"the collection at {self._directory} was closed (close() or the end of its `with` "
-                              "block); open it again with Collection.open to use it")
-
-
-def _missing_tables(db: sqlite3.Connection) -> bool:
-    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
-    return bool(schema_objects() - have)

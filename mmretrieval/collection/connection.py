@@ -132,3 +132,15 @@ def _mapped(db: sqlite3.Connection) -> sqlite3.Connection:
     candidates of a 10 M collection looks up their places in 3 ms instead of 6 (SQLite caps the size)."""
     db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
     return db
+
+
+class ClosedConnection:
+    """Stands in for the connection of a closed catalog, so that every use of it (in :mod:`.catalog`, :mod:`.places`,
+    :mod:`.label_sets`) says what happened and what to do, not sqlite3's "Cannot operate on a closed database"."""
+
+    def __init__(self, directory: Path):
+        self._directory = directory
+
+    def __getattr__(self, name: str) -> object:
+        raise CollectionError(f"the collection at {self._directory} was closed (close() or the end of its `with` "
+                              "block); open it again with Collection.open to use it")

@@ -232,6 +232,12 @@ def schema_objects() -> set[str]:
     return names
 
 
+def missing_tables(db: sqlite3.Connection) -> bool:
+    """Whether a table or trigger of :data:`SCHEMA` is missing from ``db``."""
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    return bool(schema_objects() - have)
+
+
 def catalog_version(db: sqlite3.Connection) -> int | None:
     """The stored schema version, or None for an empty (new) database."""
     has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
@@ -261,6 +267,32 @@ def check_version(version: int, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise CollectionError(f"{path} has catalog schema version {version}, this mmretrieval reads up to "
                               f"version {SCHEMA_VERSION}; upgrade mmretrieval to open it")
+
+
+def check_readable_as_is(path: Path, version: int | None, repair: bool) -> None:
+    """A read-only open of a catalog that is behind, in need of a repair, or lacks tables: read it as it is
+    when this code can (with a warning saying what may read differently until a writable open migrates it).
+
+    Raises:
+        CollectionError: it has no tables yet, or needs a migration or repair before this code can read it.
+    """
+    if version is None:
+        raise CollectionError(f"{path} has no tables yet and is opened read-only: a first ingest may "
+                              "be creating it (run again in a moment); else open it once where it is "
+                              "writable (any mmr command does it)")
+    if version < OLDEST_READABLE:
+        raise CollectionError(f"{path} needs its schema migrated to version {SCHEMA_VERSION} and is "
+                              "opened read-only; open it once where it is writable (any mmr command does it)")
+    if repair:
+        raise CollectionError(f"{path} has labels without label sets (a catalog made by a pre-release "
+                              f"branch of mmretrieval, stamped schema {version}) and is opened read-only; open it "
+                              "once where it is writable (any mmr command does it) to add them")
+    if version < SCHEMA_VERSION:
+        caveats = "; ".join(UNMIGRATED_CAVEATS[later] for later in range(version + 1, SCHEMA_VERSION + 1))
+        logger.warning("%s is at catalog schema %d and opened read-only, so it is read as it is: %s, until a "
+                       "writable open migrates it to schema %d (any mmr command where its folder is writable)",
+                       path, version, caveats, SCHEMA_VERSION)
+    # else only tables that newer code adds are missing: readable as it is
 
 
 def migrate(db: sqlite3.Connection, directory: Path, version: int) -> int:
