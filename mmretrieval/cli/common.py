@@ -121,6 +121,13 @@ def _number(text: str, kind: type) -> Any:
     return value
 
 
+def add_null_option(parser: argparse.ArgumentParser) -> None:
+    """``-0``/``--null``: the paths on standard input (the source ``-``) end with NUL, as ``find -print0`` writes."""
+    parser.add_argument("-0", "--null", action="store_true",
+                        help="with -: each path on standard input ends with NUL, not a newline (find -print0), and "
+                        "is taken exactly as it is")
+
+
 def add_collection_option(parser: argparse.ArgumentParser, required: bool = True, writer: bool = False) -> None:
     """``--collection DIR``, defaulting to ``$MMR_COLLECTION``; for a ``writer`` command, ``--wait`` too."""
     default = os.environ.get("MMR_COLLECTION")

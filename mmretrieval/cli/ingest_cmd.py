@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import CollectionError
 from ..progress import TqdmProgress
-from .common import add_collection_option, add_model_options, at_least, json_line, open_collection, positive_seconds
+from .common import (add_collection_option, add_model_options, add_null_option, at_least, json_line, open_collection,
+                     positive_seconds)
 
 if TYPE_CHECKING:
     from ..ingest.batches import IngestSummary
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
                         help="folder, image file, .txt/.csv list of paths, or - for a list on standard input (in a "
                         "list: one path per line, relative to the list's folder, or for - to the current one; blank "
                         "lines and lines starting with # skipped)")
+    add_null_option(parser)
     add_collection_option(parser, writer=True)
     add_model_options(parser, default=None)
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
@@ -112,7 +114,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.prune and "-" in args.sources:
         raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
                               "list to a .txt file and pass that")
-    sources = stdin_sources(args.sources, sys.stdin)
+    sources = stdin_sources(args.sources, sys.stdin, null=args.null)
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):

@@ -9,7 +9,7 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from ..errors import QueryError
-from .common import (MULTI_LABEL_THRESHOLD, add_model_options, at_least, emit, labels_with_stdin,
+from .common import (MULTI_LABEL_THRESHOLD, add_model_options, add_null_option, at_least, emit, labels_with_stdin,
                      multi_label_threshold, probability)
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
                         help="image file, folder (walked recursively), .txt/.csv list of paths, or - for a list "
                         "on standard input (in a list: one path per line, relative to the list's folder, or for - "
                         "to the current one; blank lines and lines starting with # skipped)")
+    add_null_option(parser)
     parser.add_argument("--labels", action="append", required=True,
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
                         "(repeatable)")
@@ -69,7 +70,7 @@ def _classify(args: argparse.Namespace) -> int:
     if args.images.count("-") + args.labels.count("@-") > 1:
         raise QueryError("standard input given twice (- and --labels @- each read it); it can be read once")
     labels = parse_labels(labels_with_stdin(args.labels))
-    sources = stdin_sources(args.images, sys.stdin)
+    sources = stdin_sources(args.images, sys.stdin, null=args.null)
     templates = load_templates(args.templates)
     threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)

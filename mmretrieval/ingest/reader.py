@@ -61,23 +61,29 @@ class PathStream:
     stream: Iterable[bytes] = field(repr=False)  # lines of bytes: sys.stdin.buffer, an open file, a pipe
     base: str = field(default_factory=os.getcwd)  # the folder relative paths are taken from
     name: str = STDIN_SOURCE  # how messages name it
+    null: bool = False  # paths end with NUL (``find -print0``), kept exactly: no stripping, no # comments
 
     def __str__(self) -> str:
         return self.name
 
 
-def stdin_sources(sources: Sequence[str], stdin: TextIO | None) -> list[str | PathStream]:
+def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = False) -> list[str | PathStream]:
     """``sources`` as the command line gives them, ``-`` standing for a list of paths read from ``stdin`` (the
-    process's standard input, read through its byte stream), relative paths taken from the current folder.
+    process's standard input, read through its byte stream), relative paths taken from the current folder; with
+    ``null``, each path ends with NUL instead of a newline.
 
     Raises:
-        CollectionError: ``-`` given twice (standard input is read once), or no standard input to read.
+        CollectionError: ``-`` given twice (standard input is read once), no standard input to read, or ``null``
+            without ``-``.
     """
     if sources.count(STDIN_SOURCE) > 1:
         raise CollectionError("- (the paths on standard input) given twice; standard input is read once")
     if STDIN_SOURCE in sources and stdin is None:
         raise CollectionError("- reads paths from standard input, and this process has none")
-    return [PathStream(stdin.buffer) if source == STDIN_SOURCE else source for source in sources]
+    if null and STDIN_SOURCE not in sources:
+        raise CollectionError("-0 is for the paths on standard input (-): add - as a source, e.g. "
+                              "find DIR -print0 | mmr ingest -0 - --collection C")
+    return [PathStream(stdin.buffer, null=null) if source == STDIN_SOURCE else source for source in sources]
 
 
 def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str | PathStream]:
@@ -245,8 +251,9 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
 
 def _read_stream(source: PathStream) -> Iterator[SourceFile | Skipped]:
     """A stream's entries, relative paths taken from its ``base``; line by line, never held whole."""
+    rows = _null_rows(source.stream) if source.null else _text_rows(_decoded_lines(source.stream))
     try:
-        for name, _ in _once_in_a_row(_text_rows(_decoded_lines(source.stream))):
+        for name, _ in _once_in_a_row(rows):
             yield _single(Path(os.path.abspath(os.path.join(source.base, name))))
     except OSError as exc:
         raise CollectionError(f"cannot read the list of paths on {source}: {exc}") from exc
@@ -256,6 +263,17 @@ def _once_in_a_row(rows: Iterable[tuple[str, str | None]]) -> Iterator[tuple[str
     """Rows less those that repeat the row before: ``mmr label --out`` writes an image's labels on consecutive
     rows, and such a file used as a list names each image once (a repeat further down is read again)."""
     return (row for row, _ in itertools.groupby(rows))
+
+
+def _null_rows(pieces: Iterable[bytes]) -> Iterator[tuple[str, None]]:
+    """Paths that each end with NUL, as ``find -print0`` writes them, from pieces of any size (lines of a file,
+    blocks of a pipe): kept exactly, a newline or surrounding space included; an empty one is skipped."""
+    rest = b""
+    for piece in pieces:
+        *names, rest = (rest + piece).split(b"\0")
+        yield from ((os.fsdecode(name), None) for name in names if name)
+    if rest:
+        yield os.fsdecode(rest), None
 
 
 def _decoded_lines(lines: Iterable[bytes]) -> Iterator[str]:
