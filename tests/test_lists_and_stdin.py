@@ -110,7 +110,7 @@ def test_classify_reads_paths_from_stdin(photos, monkeypatch, capsys):
 
 
 def test_paths_ending_with_nul_are_taken_exactly(photos, tmp_path, monkeypatch, capsys):
-    """``find -print0 | mmr classify -0 -``: a name holding a newline or a leading space is one path; a NUL list
+    """``find -print0 | mmr classify --null -``: a name holding a newline or a leading space is one path; a NUL list
     is not stripped or read for comments."""
     from mmretrieval.ingest.reader import PathStream, discover
 
@@ -126,13 +126,13 @@ def test_paths_ending_with_nul_are_taken_exactly(photos, tmp_path, monkeypatch, 
     assert [item.path for item in found[:4]] == [good, str(odd), str(spaced), bad]
     assert found[4].reason == "missing" and found[4].path == str(folder / "#kept.png")
     _stdin(monkeypatch, listing)
-    status, out, err = _run(capsys, "classify", "-0", "-", "--labels", "red,blue", "--json", "--device", "cpu",
+    status, out, err = _run(capsys, "classify", "--null", "-", "--labels", "red,blue", "--json", "--device", "cpu",
                             "--workers", "0")
     assert status == 0, err
     assert _classified(out) == {os.fsencode(good): "red", os.fsencode(odd): "blue", os.fsencode(spaced): "red",
                                 os.fsencode(bad): "blue"}
-    status, _, err = _run(capsys, "classify", good, "-0", "--labels", "red,blue")
-    assert status == 2 and "-0 is for the paths on standard input (-)" in err, err
+    status, _, err = _run(capsys, "classify", good, "--null", "--labels", "red,blue")
+    assert status == 2 and "--null is for the paths on standard input (-)" in err, err
 
 
 def test_ingest_reads_paths_from_stdin_and_refuses_prune_with_it(photos, tmp_path, tiny_model_dir, monkeypatch,

@@ -122,8 +122,9 @@ def _number(text: str, kind: type) -> Any:
 
 
 def add_null_option(parser: argparse.ArgumentParser) -> None:
-    """``-0``/``--null``: the paths on standard input (the source ``-``) end with NUL, as ``find -print0`` writes."""
-    parser.add_argument("-0", "--null", action="store_true",
+    """``--null``: the paths on standard input (the source ``-``) end with NUL, as ``find -print0`` writes. (No
+    ``-0``: an option that looks like a negative number makes argparse read ``--timeout -5`` as two options.)"""
+    parser.add_argument("--null", action="store_true",
                         help="with -: each path on standard input ends with NUL, not a newline (find -print0), and "
                         "is taken exactly as it is")
 

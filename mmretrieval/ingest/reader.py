@@ -81,8 +81,8 @@ def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = Fal
     if STDIN_SOURCE in sources and stdin is None:
         raise CollectionError("- reads paths from standard input, and this process has none")
     if null and STDIN_SOURCE not in sources:
-        raise CollectionError("-0 is for the paths on standard input (-): add - as a source, e.g. "
-                              "find DIR -print0 | mmr ingest -0 - --collection C")
+        raise CollectionError("--null is for the paths on standard input (-): add - as a source, e.g. "
+                              "find DIR -print0 | mmr ingest --null - --collection C")
     return [PathStream(stdin.buffer, null=null) if source == STDIN_SOURCE else source for source in sources]
 
 
