@@ -22,11 +22,11 @@ from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
-from .names import counted, display_path, markdown_code, markdown_text
+from .image_details import catalog_details, describe_details
+from .names import counted, display_path, markdown_text
 
 if TYPE_CHECKING:
     from ..collection.records import Hit
-    from ..images.metadata import PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -202,13 +202,13 @@ class SearchHandlers:
         """
         image_id = _image_id(image_id, "No image selected: click a result, or type an image id.")
         with self.ctx.lock:
-            row = _catalog_row(self.ctx, image_id)
+            row = catalog_details(self.ctx, image_id)
         preview = self.ctx.thumbnails.get(self.ctx.image_path, image_id, max_side=PREVIEW_PX)
         if max(preview.size) < MIN_PREVIEW_PX:  # small images (icons, the demo's scenes): enlarge, pixels kept sharp
             scale = MIN_PREVIEW_PX // max(preview.size) + 1
             preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
         original = export_original(self.ctx.image_path, image_id, self.ctx.export_dir)
-        return preview, _describe(image_id, row), image_id, str(original)
+        return preview, describe_details(image_id, row), image_id, str(original)
 
     @user_errors
     def select_result(self, hit_ids: list[int], event: gr.SelectData) -> tuple[Image.Image, str, int, str]:
@@ -269,62 +269,6 @@ class SearchHandlers:
         chart = bar_chart(list(table["label"]), list(table["probability"]), title="Probability per label",
                           scale_max=1.0, elem_id="zero-shot-bars")
         return chart, table, summary
-
-
-@dataclass(frozen=True)
-class ImageDetails:
-    """What the details panel shows about one catalog image."""
-
-    path: Path
-    width: int | None  # pixels, as recorded at ingest
-    height: int | None
-    caption: str | None
-    labels: tuple[tuple[str, float], ...]  # (label, probability), best first
-    photo: "PhotoMetadata | None" = None  # capture time, camera and place, when the file told them
-
-
-def _catalog_row(ctx: AppContext, image_id: int) -> ImageDetails:
-    """The catalog's row for ``image_id`` (path, size, caption) plus its labels; raises for unknown ids."""
-    path = ctx.collection.image_path(image_id)  # the collection's own readable "no such image" error
-    row = ctx.collection.catalog.rows([image_id]).get(image_id)
-    labels = ctx.collection.label_of([image_id]).get(image_id, ())
-    photo = ctx.collection.catalog.photos([image_id]).get(image_id)
-    return ImageDetails(Path(path), getattr(row, "width", None), getattr(row, "height", None),
-                        getattr(row, "caption", None), tuple(labels), photo)
-
-
-def _describe(image_id: int, row: ImageDetails) -> str:
-    """The details panel's Markdown; the name, path, caption and labels are escaped (file names can hold markup)."""
-    size = f"{row.width} × {row.height} px" if row.width else "size unknown"
-    lines = [f"**{markdown_text(row.path.name)}** (id {image_id})", f"- path: {markdown_code(row.path)}",
-             f"- size: {size}",  # the row keeps the true path, for stat below
-             f"- id {image_id}: the catalog's number, counted from 1 in ingest order (not the file name's number)"]
-    try:
-        lines.append(f"- file: {row.path.stat().st_size / 1024:.1f} KiB")
-    except OSError:
-        lines.append("- file: missing on disk")
-    lines.extend(_photo_lines(row.photo))
-    if row.caption:
-        lines.append(f"- caption: {markdown_text(row.caption)}")
-    labels = ", ".join(f"{markdown_text(name)} ({probability:.2f})" for name, probability in row.labels)
-    lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
-    return "\n".join(lines)
-
-
-def _photo_lines(photo: "PhotoMetadata | None") -> list[str]:
-    """Details lines for what the date, camera and place filters match on (each only when known)."""
-    if photo is None:
-        return []
-    lines = []
-    if photo.taken_at:
-        source = " (file's modification time: no EXIF date)" if photo.taken_source == "mtime" else ""
-        lines.append(f"- taken: {markdown_text(photo.taken_at.replace('T', ' '))}{source}")
-    camera = " ".join(part for part in (photo.make, photo.model) if part)
-    if camera:
-        lines.append(f"- camera: {markdown_text(camera)}")
-    if photo.latitude is not None and photo.longitude is not None:
-        lines.append(f"- place: {photo.latitude:.5f}, {photo.longitude:.5f}")
-    return lines
 
 
 @dataclass(frozen=True)
