@@ -391,6 +391,25 @@ def test_bad_uploads_get_a_readable_error_and_the_server_stays_up(server, tmp_pa
     assert len(hits) == 2
 
 
+def test_an_api_call_cannot_name_a_server_file_as_its_image(server, tmp_path):
+    """Gradio checks a file's folder only when the request marks it as Gradio's file: left unmarked, a path used
+    to be opened wherever it was (a private image classified; which files exist, told by the errors)."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(secret)
+    client = Client(server + "/", verbose=False)
+    for named in (str(secret), str(tmp_path / "nothere.png"), "/etc/hostname", "/root"):
+        with pytest.raises(AppError, match="must be a file uploaded to this app"):
+            client.predict({"path": named}, "circle, square", "default", False, api_name="/zero_shot")
+        with pytest.raises(AppError, match="must be a file uploaded to this app"):
+            client.predict("", {"path": named}, "", 3, -1, api_name="/search")
+    _, hits, _, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
+    assert len(hits) == 2
+
+
 @pytest.mark.parametrize("route", ["/gradio_api/file=", "/file=", "/gradio_api/file/", "/gradio_api/file=../../.."])
 def test_file_routes_refuse_files_outside_the_collection(server, route, tmp_path):
     secret = tmp_path / "secret.txt"

@@ -199,15 +199,24 @@ def _decode_upload(path: str, what: str) -> DecodedImage:
 def guard_upload(component: Any, what: str = "uploaded image") -> Any:
     """Make Gradio's own pre-decoding of an upload fail with a readable message.
 
+    Also refuse a file that is not in Gradio's upload folder: an API request may name any path on the server.
+
     ``gr.Image`` opens every upload with Pillow before our handler sees it; a corrupt file, a bomb or (before
     our openers register) a HEIC raises there, which Gradio would show as a bare "Error". Wrapping the instance's ``preprocess``
     (not subclassing: a component subclass makes Gradio write stub files next to this module) keeps
     the message readable.
     """
     original = component.preprocess
+    uploads = Path(component.GRADIO_CACHE).resolve()
 
     @functools.wraps(original)
     def preprocess(payload: Any) -> Any:
+        # Gradio checks that a file's path is in its upload folder only when the request marks it as one of its
+        # files; an API call that leaves the mark out could name any file on the server (and learn which exist).
+        path = getattr(payload, "path", None)
+        if payload is not None and not (isinstance(path, str) and Path(path).resolve().is_relative_to(uploads)):
+            raise ToastError(f"The {what} must be a file uploaded to this app (gradio_client's handle_file(...)), "
+                             "not a path or URL")
         ensure_openers()  # Gradio opens the upload with Pillow, which knows HEIC only once pillow-heif registers
         try:
             return original(payload)
