@@ -224,8 +224,9 @@ def test_a_label_set_is_removed_from_the_label_tab_and_leaves_the_filters(manage
 
     manage.label_collection("red, blue", "default", False, 0.5, label_set="passing", progress=lambda *a, **k: None)
     assert any(choice.startswith("passing:") for choice in label_choices(context))
-    summary = manage.remove_label_set(" passing ")
+    chart, counts, samples, csv_file, summary = manage.remove_label_set(" passing ")
     assert "Removed label set" in summary and "passing" in summary
+    assert (chart, len(counts), samples, csv_file) == ("", 0, [], None)  # the removed set's run is off the tab
     assert not any(choice.startswith("passing:") for choice in label_choices(context))
     _, hits, _, _, _ = search.search("a shape", None, "", 5, -1)
     assert hits and not any(label.startswith("passing:") for hit in hits for label in hit["labels"])
@@ -233,6 +234,24 @@ def test_a_label_set_is_removed_from_the_label_tab_and_leaves_the_filters(manage
         manage.remove_label_set("passing")
     with pytest.raises(gr.Error, match="Type the name of the label set"):
         manage.remove_label_set("  ")
+
+
+def test_the_label_filters_follow_the_sets_and_drop_a_removed_label(manage, context):
+    """Each page asks for the filters' choices when it loads (they were drawn once, at start-up), and a value
+    whose label went is unselected (a search with it failed)."""
+    from mmretrieval.ui.layout import _label_updates, build_app
+
+    app = build_app(context)
+    kinds = {component["id"]: component["type"] for component in app.config["components"]}
+    loads = [d for d in app.config["dependencies"] if d["targets"] and d["targets"][0][1] == "load"]
+    # the two label filters, refreshed on every page load
+    assert any([kinds[output] for output in d["outputs"]] == ["dropdown", "dropdown"] for d in loads)
+    manage.label_collection("red, blue", "default", False, 0.5, label_set="tint", progress=lambda *a, **k: None)
+    kept, dropped = _label_updates(context, ("tint:red", "nope:gone"))
+    assert "tint:red" in kept["choices"] and kept["value"] == "tint:red" and dropped["value"] == ""
+    manage.remove_label_set("tint")
+    after, = _label_updates(context, ("tint:red",))
+    assert "tint:red" not in after["choices"] and after["value"] == ""
 
 
 def test_labels_and_templates_typed_in_the_browser_never_name_a_server_file(manage, search, maps, collection_dir,

@@ -16,7 +16,8 @@ def test_split_weight():
     assert split_weight("2:golden retriever") == (2.0, "golden retriever")
     assert split_weight("0.5: cat") == (0.5, "cat")
     assert split_weight("dog: a good boy") == (1.0, "dog: a good boy")
-    assert split_weight("12:30 at the station") == (12.0, "30 at the station")  # documented: W: always parses
+    assert split_weight("12:00 red circle") == (1.0, "12:00 red circle")  # a time, not weight 12 of "00 ..."
+    assert split_weight("2: 5 apples") == (2.0, "5 apples")
 
 
 def test_parse_query_mixes_texts_images_and_negatives(tmp_path):

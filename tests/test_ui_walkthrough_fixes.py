@@ -329,15 +329,19 @@ def test_api_argument_errors_are_escaped_toasts_too():
     assert caught.value.duration is None
 
 
-def test_upload_errors_before_the_handler_are_toasts_that_stay():
+def test_upload_errors_before_the_handler_are_toasts_that_stay(tmp_path):
+    from types import SimpleNamespace
+
     from mmretrieval.ui.media import guard_upload
 
     class Upload:  # stands in for gr.Image, whose own decoding refuses the file before any handler runs
+        GRADIO_CACHE = str(tmp_path)  # Gradio's upload folder
+
         def preprocess(self, payload):
             raise Image.UnidentifiedImageError("cannot identify image file")
 
     with pytest.raises(gr.Error) as caught:
-        guard_upload(Upload()).preprocess({"path": "upload.png"})
+        guard_upload(Upload()).preprocess(SimpleNamespace(path=str(tmp_path / "upload.png")))
     assert "not a usable image" in caught.value.message and caught.value.duration is None
 
 

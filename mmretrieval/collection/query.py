@@ -28,7 +28,8 @@ from ..errors import QueryError
 from ..images.decode import IMAGE_EXTENSIONS
 
 ImageRef = Union[str, os.PathLike, Image.Image, int]  # a path, a decoded image, or a catalog id
-_WEIGHTED = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:(.+)$", re.DOTALL)
+# a digit right after the colon is text, not a weight: "12:00 at the beach" is a time
+_WEIGHTED = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:(?!\d)(.+)$", re.DOTALL)
 
 
 @dataclass(frozen=True)

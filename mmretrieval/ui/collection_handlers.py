@@ -107,15 +107,17 @@ class CollectionHandlers:
         return chart, counts, gallery, str(csv_path), describe_labelling(summary)
 
     @user_errors
-    def remove_label_set(self, label_set: str | None) -> str:
-        """Delete the label set named ``label_set`` (its labels go from search results and filters); returns a
-        summary."""
+    def remove_label_set(self, label_set: str | None) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], None, str]:
+        """Delete the label set named ``label_set`` (its labels go from search results and filters); returns the
+        tab's outputs emptied (the chart, counts, samples and CSV showed a run's set) and a summary."""
         name = (label_set or "").strip()
         if not name:
-            raise gr.Error("Type the name of the label set to remove in “Label set name”.", print_exception=False)
+            raise gr.Error("Type the name of the label set to remove in “Label set to remove” (nothing is removed "
+                           "without one).", print_exception=False)
         with self.ctx.lock:
             removed = self.ctx.collection.remove_label_set(name)
-        return f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} deleted; other sets are kept."
+        summary = f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} deleted; other sets are kept."
+        return "", pd.DataFrame({"label": [], "count": []}), [], None, summary
 
     def _samples(self, qualified: str) -> list[int]:
         """A few of the most typical images of label ``SET:LABEL``: the label's text as the query, filtered to it."""
@@ -173,8 +175,8 @@ def describe_labelling(summary: Any) -> str:
     name = "" if summary.label_set == "default" else f" (search filters name them {label_set}:LABEL)"
     return "\n".join([f"**Labelled** {counted(summary.images, 'image')} into label set **{label_set}**{name} "
                       f"({mode}).{unassigned}",
-                      "Other label sets are kept. Search can now filter on these labels; the CSV below lists every "
-                      "assignment of every set."])
+                      "Other label sets are kept. Search can now filter on these labels; the CSV below lists this "
+                      "set's assignments (id, path, label, probability)."])
 
 
 def _is_under(path: str, folder: Path) -> bool:

@@ -55,9 +55,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 _duplicates_tab(DuplicateHandlers(ctx))
         # A labelling run adds labels (and sets) that the Search and Map filters offer at once; a removal takes
         # them away.
-        for changed in (labelled, removed):
-            changed.success(lambda: [gr.update(choices=label_choices(ctx))] * 2, None, [search_label, map_label],
-                            api_visibility="private")
+        # New pages and reloads ask too (the lists are drawn once, at start-up); a removed label is unselected.
+        filters = [search_label, map_label]
+        for changed in (labelled.success, removed.success, app.load):
+            changed(lambda *chosen: _label_updates(ctx, chosen), filters, filters, api_visibility="private")
     return install_checks(app)
 
 
@@ -228,6 +229,12 @@ def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
     return lambda *args: {"kind": kind, "args": list(args), "offset": 0}
 
 
+def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]:
+    """The label filters' new choices, each keeping its value while the collection still has that label."""
+    choices = label_choices(ctx)
+    return [gr.update(choices=choices, value=value if value in choices else "") for value in chosen]
+
+
 def label_choices(ctx: AppContext) -> list[str]:
     """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
     with ctx.lock:
@@ -290,9 +297,11 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
-            with gr.Row():
-                run = gr.Button("Label the collection", variant="primary", scale=3)
-                remove = gr.Button("Remove the set named above", variant="stop", scale=1)
+            run = gr.Button("Label the collection", variant="primary")
+            with gr.Row(equal_height=True):
+                to_remove = gr.Textbox("", label="Label set to remove", placeholder="its name, as typed above",
+                                       scale=3, elem_id="set-to-remove")
+                remove = gr.Button("Remove this set", variant="stop", scale=1)
             summary = _text_output(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
@@ -304,8 +313,8 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
     labelled = run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
                          [chart, counts, samples, csv_file, summary], api_name="label_collection",
                          show_progress_on=[summary])
-    removed = remove.click(handlers.remove_label_set, [label_set], [summary], api_name="remove_label_set",
-                           show_progress_on=[summary])
+    removed = remove.click(handlers.remove_label_set, [to_remove], [chart, counts, samples, csv_file, summary],
+                           api_name="remove_label_set", show_progress_on=[summary])
     return labelled, removed
 
 

@@ -141,7 +141,9 @@ def open_context(config: ServeConfig) -> "AppContext":
         collection=collection,
         encoder=encoder,
         title="mmretrieval demo: generated shapes" if is_demo else f"mmretrieval: {display_path(directory)}",
-        example_queries=config.examples or (DEMO_QUERIES if is_demo else labels[:5]),
+        # a stored label as a query is its text: a SET: prefix would be searched for as words
+        example_queries=config.examples or (DEMO_QUERIES if is_demo else tuple(dict.fromkeys(
+            label.split(":", 1)[-1] for label in labels))[:5]),
         map_labels=DEMO_MAP_LABELS if is_demo else (),  # others: the map shows the stored labels
         allow_ingest=is_local_only(config),
     )
