@@ -725,6 +725,12 @@ def test_map_click_lasso_and_hover_take_only_ids_on_the_map(maps, context):
     for bad in ("../../etc/passwd", ["/etc/passwd"], 999_999):
         with pytest.raises(gr.Error):
             maps.map_select(_Select(bad))
+    from mmretrieval.ui.layout import _details_of_clicked
+    from mmretrieval.ui.search_handlers import SearchHandlers
+
+    # a lasso before any click leaves no image to detail: nothing is shown, and no "No image selected" error
+    assert all(isinstance(value, type(gr.skip())) for value in _details_of_clicked(SearchHandlers(context), None))
+    assert _details_of_clicked(SearchHandlers(context), ids[0])[2] == ids[0]
     card = maps.map_thumbnail(ids[0])
     assert card["src"].startswith("data:image/webp;base64,") and card["name"].endswith(".png")
     assert maps.map_thumbnail("/etc/passwd") == {"name": "", "src": ""} == maps.map_thumbnail(999_999)

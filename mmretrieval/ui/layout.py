@@ -229,6 +229,12 @@ def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
     return lambda *args: {"kind": kind, "args": list(args), "offset": 0}
 
 
+def _details_of_clicked(search: SearchHandlers, image_id: int | None) -> tuple[Any, ...]:
+    """The details panel for the point clicked on the map; nothing when no point was clicked yet (a lasso first
+    selects a gallery, not an image: asking for details of none was an error)."""
+    return (gr.skip(),) * 4 if image_id is None else search.image_info(image_id)
+
+
 def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]:
     """The label filters' new choices, each keeping its value while the collection still has that label."""
     choices = label_choices(ctx)
@@ -370,8 +376,8 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                api_name="map", trigger_mode="always_last", show_progress_on=[note])
     plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private",
                 show_progress_on=[picked_note]).success(
-        search.image_info, [shown_id], [preview, details, shown_id, original], api_visibility="private",
-        show_progress_on=[details])
+        lambda image_id: _details_of_clicked(search, image_id), [shown_id], [preview, details, shown_id, original],
+        api_visibility="private", show_progress_on=[details])
     more.click(lambda image_id: _similar_on_map(search, image_id), [shown_id], [picked, picked_ids, picked_note],
                api_visibility="private", show_progress_on=[picked_note])
     picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
