@@ -296,6 +296,10 @@ def test_k_past_the_maximum_is_capped_and_said_and_an_empty_k_is_the_default(sea
         assert len(hits) == DEFAULT_K
     slider = next(b for b in build_app(context).blocks.values() if isinstance(b, gr.Slider) and b.maximum == MAX_K)
     assert slider.minimum == 0 and slider.value == DEFAULT_K
+    for fraction in (1.5, 2.5):  # rounded down, these gave 1 and 2 results without a word
+        with pytest.raises(gr.Error, match=f"k = {fraction:g}: the number of results is a whole number"):
+            search.search("a shape", None, "", fraction, -1)
+    assert len(search.search("a shape", None, "", 3.0, -1)[1]) == 3
 
 
 # -- 8. error toasts ---------------------------------------------------------------------------------------------

@@ -366,6 +366,9 @@ def _k(k: float | None) -> tuple[int, str]:
     """
     if k is None or math.isnan(k) or k < 1:
         return DEFAULT_K, ""
+    if k != int(k):  # rounded, 2.5 gave 2 results without a word
+        raise gr.Error(f"k = {k:g}: the number of results is a whole number, e.g. {math.ceil(k)}.",
+                       print_exception=False)
     if k > MAX_K:
         return MAX_K, f"k = {k:g} is more than one search returns: showing the best {MAX_K}."
     return int(k), ""
