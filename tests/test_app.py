@@ -753,6 +753,27 @@ def test_map_filters_and_stored_labels(maps, manage, context, collection_dir):
         maps.collection_map("", "spiral")
 
 
+def test_each_page_answers_clicks_on_the_map_it_drew(maps, monkeypatch):
+    """The drawn map was one per server: a second page drawing a filtered map made the first page's clicks on
+    points missing from it fail ("not on the map; draw it again")."""
+    import json
+    from types import SimpleNamespace
+
+    first, second = SimpleNamespace(session_hash="first"), SimpleNamespace(session_hash="second")
+    everything = json.loads(maps.collection_map("", "pca", request=first)[0])["points"]["ids"]
+    # the second page's filters keep the first half of the points (whichever filter that is)
+    monkeypatch.setattr(maps, "_filter", lambda ids, *filters: np.arange(len(ids)) < len(ids) // 2)
+    narrowed = set(json.loads(maps.collection_map("", "pca", request=second)[0])["points"]["ids"])
+    outside = next(image_id for image_id in everything if image_id not in narrowed)
+    clicked, _, _ = maps.map_select(_Select(outside), request=first)  # the first page's map holds it
+    assert clicked == outside
+    with pytest.raises(gr.Error, match="not on the map"):
+        maps.map_select(_Select(outside), request=second)
+    with pytest.raises(gr.Error, match="Draw the map first"):
+        maps.map_select(_Select(outside), request=SimpleNamespace(session_hash="third"))
+    assert maps.map_thumbnail(outside)["src"]  # hover (no session) takes a point of any page's map
+
+
 @pytest.mark.slow
 def test_umap_map_is_cached_and_reused(tmp_path, tiny_model_dir):
     import json

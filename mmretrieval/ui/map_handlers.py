@@ -7,6 +7,7 @@ map as drawn are accepted, and images go back as renders by id, never by a path.
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import itertools
 import logging
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SELECTION_SHOWN = 48  # images shown from a lasso selection
 HOVER_PX = 128  # hover thumbnails
+SESSIONS_KEPT = 32  # pages whose drawn map is remembered (a map of 50,000 points is ~1 MB)
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,15 @@ class MapHandlers:
 
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        self._drawn: DrawnMap | None = None
+        # each page's map as it drew it, by Gradio session (None: a caller without one, such as a test)
+        self._drawn: collections.OrderedDict[str | None, DrawnMap] = collections.OrderedDict()
         self._versions = itertools.count(1)
 
     @user_errors
     def collection_map(self, labels: str = "", method: str = "auto", label: str | None = None,
                        folder: str | None = None, after: str | None = None, before: str | None = None,
                        camera: str | None = None, templates: str = "default",
-                       progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
+                       progress: gr.Progress = gr.Progress(), request: gr.Request | None = None) -> tuple[str, str]:
         """The map (points, colours, legend as JSON) coloured by ``labels`` or else the stored labels, and a note.
 
         ``label`` and ``folder`` keep only matching images on the map (the layout itself is not recomputed).
@@ -75,7 +78,7 @@ class MapHandlers:
         if len(ids) == 0:
             raise gr.Error("No image on the map matches the label and folder filters.", print_exception=False)
         point_labels, colouring = self._point_labels(typed, templates, ids)
-        self._drawn = DrawnMap(ids, coordinates, tuple(point_labels))
+        self._remember(_session(request), DrawnMap(ids, coordinates, tuple(point_labels)))
         note = _note(layout, cached, len(all_ids), len(ids), colouring)
         return map_view.map_value(ids, coordinates, point_labels, projection.UNLABELLED, next(self._versions), note), note
 
@@ -118,14 +121,16 @@ class MapHandlers:
 
     # -- gestures --------------------------------------------------------------------------------------------
     @user_errors
-    def map_select(self, event: gr.SelectData) -> tuple[Any, Any, str]:
-        """A click (one id: shown in the details panel) or a lasso (ids: shown in the gallery below the map).
+    def map_select(self, event: gr.SelectData, request: gr.Request | None = None) -> tuple[Any, Any, str]:
+        """A click (one id: shown in the details panel) or a lasso (ids: shown in the gallery below the map), on
+        the map this page drew (another page's map may hold other points).
 
         Returns the clicked id (or ``gr.skip()``), the gallery (or ``gr.skip()``) and a note.
         """
-        if self._drawn is None:
+        drawn = self._drawn.get(_session(request))
+        if drawn is None:
             raise gr.Error("Draw the map first.", print_exception=False)
-        on_map = set(self._drawn.ids.tolist())
+        on_map = set(drawn.ids.tolist())
         if isinstance(event.index, int) and not isinstance(event.index, bool):
             if event.index not in on_map:
                 raise gr.Error(f"Image {event.index} is not on the map; draw it again.", print_exception=False)
@@ -135,12 +140,12 @@ class MapHandlers:
         chosen = [i for i in dict.fromkeys(event.index) if i in on_map]
         if not chosen:
             return gr.skip(), [], "No point inside the selection; drag around some points."
-        gallery = self._gallery(chosen[:SELECTION_SHOWN])
+        gallery = self._gallery(drawn, chosen[:SELECTION_SHOWN])
         shown = f"the first {SELECTION_SHOWN}" if len(chosen) > SELECTION_SHOWN else "all"
         return gr.skip(), gallery, f"{counted(len(chosen), 'image')} selected; showing {shown}. Click one for details."
 
-    def _gallery(self, ids: list[int]) -> list[tuple[Any, str]]:
-        label_of = dict(zip(self._drawn.ids.tolist(), self._drawn.labels)) if self._drawn else {}
+    def _gallery(self, drawn: DrawnMap, ids: list[int]) -> list[tuple[Any, str]]:
+        label_of = dict(zip(drawn.ids.tolist(), drawn.labels))
         with self.ctx.lock:
             rows = self.ctx.collection.catalog.rows(ids)
         return [(self.ctx.thumbnails.get(self.ctx.image_path, i),
@@ -150,7 +155,8 @@ class MapHandlers:
         """Hover card for a point: file name and a small render as a data URL (ids on the map only)."""
         if isinstance(image_id, list) and len(image_id) == 1:  # the page sends its arguments as a list
             image_id = image_id[0]
-        if self._drawn is None or not isinstance(image_id, int) or image_id not in set(self._drawn.ids.tolist()):
+        # (a server function gets no session: a point of any page's map)
+        if not isinstance(image_id, int) or not any(image_id in drawn.ids for drawn in list(self._drawn.values())):
             return {"name": "", "src": ""}
         image = self.ctx.thumbnails.get(self.ctx.image_path, image_id, max_side=HOVER_PX)
         buffer = io.BytesIO()
@@ -160,9 +166,20 @@ class MapHandlers:
         return {"name": display_path(Path(row.path).name) if row else str(image_id),
                 "src": "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")}
 
+    def _remember(self, session: str | None, drawn: DrawnMap) -> None:
+        self._drawn[session] = drawn
+        self._drawn.move_to_end(session)
+        while len(self._drawn) > SESSIONS_KEPT:
+            self._drawn.popitem(last=False)
+
     def forget(self) -> None:
-        """Drop the drawn map (after an ingest its ids may be stale)."""
-        self._drawn = None
+        """Drop every drawn map (after an ingest their ids may be stale)."""
+        self._drawn.clear()
+
+
+def _session(request: gr.Request | None) -> str | None:
+    """The page a request came from (Gradio's session), or None without one."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def _note(layout: projection.Projection, cached: bool, total: int, shown: int, colouring: str) -> str:
