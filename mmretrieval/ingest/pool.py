@@ -152,8 +152,7 @@ class DecodePool:
         ``chunks`` sets the group size (its rows) and how many chunks may exist at once (back-pressure from a
         consumer holding on to them); they are closed when the run ends.
         """
-        _reserve_files(_FILES_PER_CHUNK * chunks.limit + _FILES_PER_WORKER * self.workers + _FILES_SPARE,
-                       self.workers)
+        _reserve_files(chunks.limit, self.workers)
         results: queue.Queue = queue.Queue(maxsize=self._queue_size())
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,
@@ -321,28 +320,29 @@ def reserve_files_for_batches(workers: int, batch_size: int, buffer: int = 256) 
         CollectionError: the hard open-file limit is too low for ``workers`` decoding processes.
     """
     if workers > 0:
-        _reserve_files(_FILES_PER_CHUNK * _batch_chunks(workers, batch_size, buffer) + _FILES_PER_WORKER * workers
-                       + _FILES_SPARE, workers)
+        _reserve_files(_batch_chunks(workers, batch_size, buffer), workers)
 
 
-def _reserve_files(needed: int, workers: int) -> None:
-    """Make room for ``needed`` more open files than are open now: raise the soft limit toward the hard one where
-    it is lower (as ``ulimit -S -n`` would), or refuse before any worker starts. Running out midway fails the run
-    (it resumes) and makes the resource tracker print a traceback about shared memory it never registered.
+def _reserve_files(chunks: int, workers: int) -> None:
+    """Make room for the open files of ``chunks`` chunks and ``workers`` workers (and some to spare) beyond those
+    open now: raise the soft limit toward the hard one where it is lower (as ``ulimit -S -n`` would), or refuse
+    before any worker starts. Running out midway fails the run (it resumes) and makes the resource tracker print a
+    traceback about shared memory it never registered.
 
     Raises:
         CollectionError: the hard limit is too low for ``workers`` decoding processes.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        wanted = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")) + needed
+        open_now = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
     except OSError:
         return  # no way to count what is open: go on, and an EMFILE says so
+    wanted = open_now + _FILES_PER_CHUNK * chunks + _FILES_PER_WORKER * workers + _FILES_SPARE
     if soft == resource.RLIM_INFINITY or wanted <= soft:
         return
     if hard != resource.RLIM_INFINITY and wanted > hard:
-        raise CollectionError(f"decoding with {workers} worker process(es) needs about {wanted} open files, and this "
-                              f"process may open only {hard} (ulimit -n): raise the limit (ulimit -n 4096), or lower --workers "
-                              "(0 decodes in this process, with no worker)")
+        raise CollectionError(f"decoding with {workers} worker process(es) needs about {wanted} open files, and "
+                              f"this process may open only {hard} (ulimit -n): raise the limit (ulimit -n 4096), or "
+                              "lower --workers (0 decodes in this process, with no worker)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     logger.debug("raised the open-file limit from %d to %d for %d decoding workers", soft, wanted, workers)
