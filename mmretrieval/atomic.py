@@ -66,7 +66,7 @@ def atomic_path(target: str | os.PathLike, *, durable: bool = True) -> Iterator[
 def _create_temporary(target: Path) -> Path:
     # Not tempfile.mkstemp: it forces mode 0600 whatever the umask, so shared collections became private.
     for _ in range(100):
-        tmp = target.parent / f".{target.name}.{_owner()}.{secrets.token_hex(6)}.tmp"
+        tmp = _aside(target, "tmp", digits=12)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -74,6 +74,13 @@ def _create_temporary(target: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def _aside(target: str | os.PathLike, kind: str, digits: int = 8) -> Path:
+    """A new hidden name beside ``target`` for this process: ``.NAME.<host~pid>.<random>.<kind>``, the form
+    :func:`orphans` reads the owner back from."""
+    target = Path(target)
+    return target.parent / f".{target.name}.{_owner()}.{secrets.token_hex(digits // 2)}.{kind}"
 
 
 def _owner() -> str:
@@ -182,13 +189,13 @@ def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
     out = check_fillable_folder(out, maker)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)
-    partial = out.parent / f".{out.name}.{_owner()}.{secrets.token_hex(4)}.partial"
+    partial = _aside(out, "partial")
     partial.mkdir()  # the umask's mode, as the folder itself would get
     try:
         (partial / MARKER_NAME).write_text(maker + "\n", encoding="utf-8")
         yield partial
         check_fillable_folder(out, maker)  # nothing else moved in meanwhile
-        old = out.parent / f".{out.name}.{_owner()}.{secrets.token_hex(4)}.old"
+        old = _aside(out, "old")
         if out.is_dir():
             os.rename(out, old)
         os.rename(partial, out)
@@ -207,7 +214,7 @@ def scratch_folder(target: str | os.PathLike,
     what a later run must take up): a place to write files that are then renamed into place. One that SIGKILL
     or a power cut left is among the :func:`orphans` of ``target``.
     """
-    scratch = Path(target).parent / f".{Path(target).name}.{_owner()}.{secrets.token_hex(4)}.partial"
+    scratch = _aside(target, "partial")
     scratch.mkdir()  # the umask's mode
     try:
         yield scratch

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
-from .common import add_collection_option, at_least, json_line
+from .common import add_collection_option, at_least, json_line, open_collection
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..collection.collection import Collection
     from ..collection.exports import check_export_folder, export_embeddings
 
     check_export_folder(args.out)  # before opening the collection, not after it
-    with Collection.open(args.collection) as collection, TqdmProgress("export", unit="vec") as progress:
+    with open_collection(args.collection) as collection, TqdmProgress("export", unit="vec") as progress:
         summary = export_embeddings(collection, args.out, dtype=args.dtype, shard_rows=args.shard_rows,
                                     progress=progress)
     if args.json:

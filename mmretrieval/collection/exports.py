@@ -50,6 +50,7 @@ import numpy.typing as npt
 
 from ..atomic import check_fillable_folder, folder_built_aside, fsync_dir
 from ..errors import CollectionError
+from .sealed import DTYPES
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (rows written, rows to write)
 EXPORTED_BY = "mmr export"  # the marker of an export folder: a later export into it replaces it
 MODEL_FILE = "mmr-model.json"  # in an export: the identity of the model that made its vectors (mmr import checks it)
-DTYPES = ("float16", "float32")
 DEFAULT_DTYPE = "float16"  # what clip-retrieval writes, and what collections store by default: an exact copy
 DEFAULT_SHARD_ROWS = 1_000_000  # rows per shard: 1 GB of 512-d float16, about clip-retrieval's own shard size
 BLOCK_ROWS = 32_768  # rows read from the catalog and the segments at a time: 32 MiB of 512-d float16
@@ -131,13 +131,12 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
         raise CollectionError(f"cannot export as {dtype!r}: choose one of {', '.join(DTYPES)}")
     if shard_rows < 1 or block_rows < 1:
         raise CollectionError(f"shard_rows and block_rows must be at least 1, got {shard_rows} and {block_rows}")
-    _pyarrow()
+    pyarrow_modules()
     started = time.perf_counter()
     catalog = collection.catalog
     total = catalog.vector_count()
     if not total:
         raise CollectionError(f"{collection.directory} has no embedded image; there is nothing to export")
-    check_export_folder(out)
     with_captions = _any_caption(catalog)
     digits = len(str(-(-total // shard_rows)))  # clip-retrieval pads to its shard count's digits
     reader = _BlockReader(catalog, block_rows)
@@ -214,7 +213,7 @@ def _write_shard(embeddings: Path, metadata: Path, blocks: Iterator[ExportBlock]
                  with_captions: bool, progress: Callable[[int], None]) -> tuple[int, bool]:
     """Write one shard's ``.npy`` block by block and then its parquet; returns its rows and whether its
     ``image_path`` column is binary."""
-    pa, pq = _pyarrow()
+    pa, pq = pyarrow_modules()
     batches = []
     rows = 0
     with open(embeddings, "wb") as handle:
@@ -251,7 +250,7 @@ def _write_shard(embeddings: Path, metadata: Path, blocks: Iterator[ExportBlock]
 
 def _metadata_batch(block: ExportBlock, with_captions: bool) -> Any:
     """One block's parquet columns (``image_path`` as bytes, cast to text per shard)."""
-    pa, _ = _pyarrow()
+    pa, _ = pyarrow_modules()
     columns = {"image_path": pa.array(block.paths, pa.binary())}
     if with_captions:
         columns["caption"] = pa.array(block.captions, pa.string())
@@ -279,8 +278,8 @@ def _any_caption(catalog: "Catalog") -> bool:
                                "WHERE i.caption IS NOT NULL)")[0][0])
 
 
-def _pyarrow() -> tuple[Any, Any]:
-    """``(pyarrow, pyarrow.parquet)``.
+def pyarrow_modules(use: str = "writing") -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, for ``use`` (``"writing"``, ``"reading"``) clip-retrieval metadata.
 
     Raises:
         CollectionError: pyarrow is not installed (the ``[import]`` extra brings it).
@@ -289,6 +288,6 @@ def _pyarrow() -> tuple[Any, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise CollectionError("writing clip-retrieval metadata needs pyarrow: pip install 'mmretrieval[import]'"
+        raise CollectionError(f"{use} clip-retrieval metadata needs pyarrow: pip install 'mmretrieval[import]'"
                               ) from exc
     return pa, pq

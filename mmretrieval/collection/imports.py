@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import CollectionError
 from .catalog import encode_path
-from .exports import MODEL_FILE
+from .exports import MODEL_FILE, pyarrow_modules
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -203,7 +203,7 @@ def read_metadata(path: Path, rows: int, root: Path) -> tuple[list[bytes], list[
         CollectionError: unreadable file, no ``image_path`` column, a row count other than ``rows``, or an
             empty path.
     """
-    pq = _pyarrow_parquet()
+    _, pq = pyarrow_modules("reading")
     try:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
@@ -227,12 +227,12 @@ def _keys_of(path: Path, column: Any, root: Path) -> list[bytes]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-        try:
-            column = column.cast(pa.string())
-        except pa.ArrowInvalid:  # names that are not UTF-8 (as mmr export writes them): their bytes, one by one
-            return _keys_of_bytes(path, column.to_pylist(), root)
-    strings = column.cast(pa.string())
+    try:
+        strings = column.cast(pa.string())
+    except pa.ArrowInvalid:  # names that are not UTF-8 (as mmr export writes them): their bytes, one by one
+        if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+            raise
+        return _keys_of_bytes(path, column.to_pylist(), root)
     empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0), True)
     if pc.any(empty).as_py():
         row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
@@ -403,10 +403,3 @@ def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
     return find_shards(source)
 
 
-def _pyarrow_parquet():  # noqa: ANN202 (a module)
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise CollectionError("reading clip-retrieval metadata needs pyarrow: pip install 'mmretrieval[import]'"
-                              ) from exc
-    return pq

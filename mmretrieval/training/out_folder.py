@@ -154,17 +154,19 @@ def _finish_interrupted_move(out: Path) -> None:
     if (out / CONFIG_NAME).exists():
         return  # no move was cut short: out holds a whole model (or one of ours moved in since)
     started = [left for left in orphans(out / NEW_MODEL_NAME) if left.is_dir() and _move_unfinished(left)]
-    for new in sorted(started, key=lambda left: (left / MOVE_NAME).stat().st_mtime, reverse=True)[:1]:
-        try:
-            names = json.loads((new / MOVE_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MMRError(f"{new} holds a model whose move into {out} was cut short, but its {MOVE_NAME} cannot "
-                           f"be read ({exc}); move its files into {out} by hand, then delete it") from exc
-        if not (new / WEIGHTS_NAME).is_file() and not (out / WEIGHTS_NAME).is_file():
-            continue  # not a whole model: nothing to finish
-        logger.warning("finishing the move of a new model into %s that a killed run started", out)
-        with _signals_held():
-            _rename_in(new, out, names)
+    new = max(started, key=lambda left: (left / MOVE_NAME).stat().st_mtime, default=None)  # the latest move
+    if new is None:
+        return
+    try:
+        names = json.loads((new / MOVE_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MMRError(f"{new} holds a model whose move into {out} was cut short, but its {MOVE_NAME} cannot "
+                       f"be read ({exc}); move its files into {out} by hand, then delete it") from exc
+    if not (new / WEIGHTS_NAME).is_file() and not (out / WEIGHTS_NAME).is_file():
+        return  # not a whole model: nothing to finish
+    logger.warning("finishing the move of a new model into %s that a killed run started", out)
+    with _signals_held():
+        _rename_in(new, out, names)
 
 
 @contextlib.contextmanager
