@@ -657,7 +657,7 @@ def test_re_ingesting_a_folder_reports_its_earlier_failures(manage, collection_d
     assert "broken.png" in set(failures["path"].map(lambda p: Path(p).name))
 
 
-def test_search_filters_by_label_set_and_folder(manage, search, collection_dir):
+def test_search_filters_by_label_set_and_folder(manage, search, collection_dir, monkeypatch):
     _, _, _, _, summary = manage.label_collection("red, blue", "default", True, 0.0, "colours", False,
                                                    progress=lambda *a, **k: None)
     assert "label set **colours**" in summary and "Other label sets are kept" in summary
@@ -672,6 +672,9 @@ def test_search_filters_by_label_set_and_folder(manage, search, collection_dir):
     assert hits == []
     with pytest.raises(gr.Error, match="not an absolute path"):
         search.search("a shape", None, "", 5, -1, "", "images")
+    monkeypatch.setenv("HOME", str(collection_dir))  # ~ is the server's home, as ingest from the browser reads it
+    _, from_home, _, _, _ = search.search("a shape", None, "", 200, -1, "", "~/images")
+    assert [hit["id"] for hit in from_home] == [hit["id"] for hit in in_folder]
     with pytest.raises(gr.Error, match="no label set has label 'nope'"):
         search.search("a shape", None, "", 5, -1, "nope", "")
     _, similar_hits, _, _, _ = search.similar(in_folder[0]["id"], 5, -1, "colours:blue", folder)
@@ -858,6 +861,9 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert stand_in.asked is None  # 0 asks for the model's default threshold
     assert review.count("keep (suggested)") == 2 and review.count("copy · similarity 0.970") == 4
     assert summary.startswith("2 groups of near-duplicates; 4 copies besides the suggested keepers")
+    folder = str(Path(copies[0].path).parent)  # copies share names across folders: each cell names its folder
+    assert review.count(f"in {folder}<") == 6 and f'title="{copies[0].path}"' in review
+    assert f'alt="{Path(copies[0].path).name}"' in review
     listed = Path(files[0]).read_text().splitlines()
     assert listed == [copy.path for copy in copies[1:3] + copies[4:]]  # the keepers are not in the list
     table = pd.read_csv(files[1])

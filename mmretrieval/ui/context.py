@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +38,22 @@ def check_template_set(templates: str) -> None:
     if templates not in TEMPLATE_SETS:
         raise gr.Error(f"Unknown template set {templates!r}; pick one of {', '.join(TEMPLATE_SETS)}.",
                        print_exception=False)
+
+
+def folder_prefix(folder: str | None) -> str | None:
+    """The folder filter as a path prefix ending in a separator (``~`` expanded), or None when it is empty.
+
+    Raises:
+        gr.Error: a relative path: it would be read against wherever the server was started.
+    """
+    typed = (folder or "").strip()
+    if not typed:
+        return None
+    prefix = os.path.expanduser(typed)
+    if not os.path.isabs(prefix):
+        raise gr.Error(f"The folder filter {display_path(typed)!r} is not an absolute path; type a folder as the "
+                       "details panel shows paths, e.g. /home/me/photos or ~/photos.", print_exception=False)
+    return prefix.rstrip(os.sep) + os.sep
 
 
 class ClassifierCache:

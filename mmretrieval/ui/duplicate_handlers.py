@@ -84,7 +84,7 @@ class DuplicateHandlers:
                  ".mmr-dup-cell{flex:0 0 auto;width:170px;font-size:12px;border:2px solid transparent;border-radius:6px;"
                  "padding:3px}.mmr-dup-cell.keep{border-color:#2ca02c}.mmr-dup-cell img{max-width:160px;"
                  "max-height:160px;display:block}.mmr-dup-title{font-weight:600;margin-top:8px}"
-                 ".mmr-dup-role{font-weight:600}</style>")
+                 ".mmr-dup-role{font-weight:600}.mmr-dup-folder{color:#666;overflow-wrap:anywhere}</style>")
         return style + "".join(rows)
 
     def _cell(self, copy: Any, keeper: bool) -> str:
@@ -95,9 +95,12 @@ class DuplicateHandlers:
         size = f"{copy.width} × {copy.height} px" if copy.width else "size unknown"
         on_disk = f"{copy.bytes / 1024:.0f} KiB" if copy.bytes >= 0 else "file missing"
         role = "keep (suggested)" if keeper else f"copy · similarity {copy.score:.3f}"
-        name = display_path(Path(copy.path).name)
-        return (f'<div class="mmr-dup-cell{" keep" if keeper else ""}"><img src="{source}" alt="">'
-                f'<div class="mmr-dup-role">{html.escape(role)}</div><div>{html.escape(name)}</div>'
+        # copies often share a name in different folders: the folder is shown too, the whole path on hover
+        path = Path(display_path(copy.path))
+        name, folder, whole = (html.escape(text, quote=True) for text in (path.name, str(path.parent), str(path)))
+        return (f'<div class="mmr-dup-cell{" keep" if keeper else ""}" title="{whole}">'
+                f'<img src="{source}" alt="{name}"><div class="mmr-dup-role">{html.escape(role)}</div>'
+                f'<div>{name}</div><div class="mmr-dup-folder">in {folder}</div>'
                 f'<div>{size}, {on_disk}</div><div>id {copy.id}</div></div>')
 
     def _export(self, groups: list[Any]) -> tuple[Path, Path]:

@@ -11,7 +11,6 @@ import collections
 import io
 import itertools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy.typing as npt
 
 from ..models.zeroshot import parse_labels
 from . import map_view, projection
-from .context import AppContext, check_template_set, user_errors
+from .context import AppContext, check_template_set, folder_prefix, user_errors
 from .names import counted, display_path
 
 logger = logging.getLogger(__name__)
@@ -96,10 +95,7 @@ class MapHandlers:
         """Which of ``ids`` pass the filters (the collection's own: label, folder, date taken, camera)."""
         from ..collection.filters import Filters, allowed_ids
 
-        prefix = (folder or "").strip()
-        if prefix and not os.path.isabs(prefix):
-            raise gr.Error(f"The folder filter {prefix!r} is not an absolute path.", print_exception=False)
-        filters = Filters.of(path_prefix=prefix.rstrip(os.sep) + os.sep if prefix else None,
+        filters = Filters.of(path_prefix=folder_prefix(folder),
                              label=(label or "").strip() or None, after=(after or "").strip() or None,
                              before=(before or "").strip() or None, camera=camera)
         with self.ctx.lock:

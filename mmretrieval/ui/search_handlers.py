@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from ..models.zeroshot import parse_labels, predict
-from .context import AppContext, user_errors
+from .context import AppContext, folder_prefix, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
 from .image_details import catalog_details, describe_details
@@ -299,13 +298,10 @@ def _filters(label: str | None, folder: str | None, after: str | None = None, be
         arguments["label"] = label.strip()
         words.append(f"labelled {markdown_text(repr(label.strip()))}")
         names.append("label")
-    if (folder or "").strip():
-        prefix = folder.strip()
-        if not os.path.isabs(prefix):
-            raise gr.Error(f"The folder filter {prefix!r} is not an absolute path; type a folder as the details "
-                           "panel shows paths, e.g. /home/me/photos.", print_exception=False)
-        arguments["path_prefix"] = prefix.rstrip(os.sep) + os.sep
-        words.append(f"under {markdown_text(prefix)}")
+    prefix = folder_prefix(folder)
+    if prefix:
+        arguments["path_prefix"] = prefix
+        words.append(f"under {markdown_text(display_path(prefix))}")
         names.append("folder")
     for key, value, word, name in (("after", after, "taken from", "date"), ("before", before, "taken before", "date"),
                                    ("camera", camera, "from a camera matching", "camera")):
