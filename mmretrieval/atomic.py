@@ -141,9 +141,14 @@ def remove_orphans(target: str | os.PathLike) -> list[Path]:
 MARKER_NAME = ".mmr-made"  # in a folder that a command filled: which command (it may replace the folder)
 
 
-def check_fillable_folder(out: str | os.PathLike, maker: str) -> Path:
+# (the entry's path inside the folder, as parts; the entry) -> whether the maker would have written it there
+MadeHere = Callable[[tuple[str, ...], os.DirEntry], bool]
+
+
+def check_fillable_folder(out: str | os.PathLike, maker: str, made_here: MadeHere) -> Path:
     """``out`` (a symlink resolved) if :func:`folder_built_aside` may fill it for ``maker``: a new name, an empty
-    folder, or a folder that ``maker`` filled before (it is replaced).
+    folder, or a folder that ``maker`` filled before (it is replaced) and that holds nothing else: every file in
+    it passes ``made_here`` (a file someone put in a review folder would otherwise be deleted with it).
 
     Raises:
         CollectionError: ``out`` is a file, or a folder holding anything else (mixing would lose track of
@@ -171,11 +176,45 @@ def check_fillable_folder(out: str | os.PathLike, maker: str) -> Path:
         made = f" (made by {made_by})" if made_by else ""
         raise CollectionError(f"{out} is not empty{made}: its files would mix with these; choose a new folder, or "
                               f"empty it first (a folder that {maker} made is replaced)")
+    try:
+        stranger = _first_stranger(out, made_here)
+    except OSError as exc:
+        raise CollectionError(f"cannot fill {out}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if stranger is not None:
+        raise CollectionError(f"{out} was made by {maker}, which replaces it whole, but it now also holds {stranger}, "
+                              "which it did not make: move that out first, or choose a new folder (nothing of it "
+                              "is deleted)")
     return out
 
 
+def _first_stranger(out: Path, made_here: MadeHere) -> Path | None:
+    """The first file (not a folder) in ``out`` that ``made_here`` refuses; the marker excepted. None if none."""
+    pending: list[tuple[str, tuple[str, ...]]] = [(str(out), ())]
+    while pending:
+        folder, parts = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                inside = (*parts, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, inside))
+                elif inside != (MARKER_NAME,) and not made_here(inside, entry):
+                    return Path(entry.path)
+    return None
+
+
+def name_within_limit(prefix: str, name: str, limit_bytes: int = 255) -> str:
+    """``prefix + name``, the name's stem shortened (its extension kept) where the whole would pass a file name's
+    limit (255 bytes on ext4, APFS, btrfs): a prefix must not make a legal name too long to create."""
+    stem, extension = os.path.splitext(name)
+    if len(os.fsencode(prefix + extension)) >= limit_bytes:
+        stem, extension = name, ""
+    while stem and len(os.fsencode(prefix + stem + extension)) > limit_bytes:
+        stem = stem[:-1]  # a character at a time: never half of one
+    return prefix + (stem or "x") + extension
+
+
 @contextmanager
-def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
+def folder_built_aside(out: str | os.PathLike, maker: str, made_here: MadeHere) -> Iterator[Path]:
     """Yield a hidden sibling folder to fill; on success it becomes ``out``, replacing an empty folder or one
     that ``maker`` filled before (:func:`check_fillable_folder`, checked again here).
 
@@ -186,7 +225,7 @@ def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
         CollectionError: ``out`` cannot be filled.
         OSError: the folders cannot be written.
     """
-    out = check_fillable_folder(out, maker)
+    out = check_fillable_folder(out, maker, made_here)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)
     partial = _aside(out, "partial")
@@ -194,7 +233,7 @@ def folder_built_aside(out: str | os.PathLike, maker: str) -> Iterator[Path]:
     try:
         (partial / MARKER_NAME).write_text(maker + "\n", encoding="utf-8")
         yield partial
-        check_fillable_folder(out, maker)  # nothing else moved in meanwhile
+        check_fillable_folder(out, maker, made_here)  # nothing else moved in meanwhile
         old = _aside(out, "old")
         if out.is_dir():
             os.rename(out, old)

@@ -816,27 +816,10 @@ def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(cont
 
 def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     """The tab's review and export over groups shaped as collection/duplicates.py makes them (keeper first)."""
-    from dataclasses import dataclass, replace
+    from dataclasses import replace
 
+    from mmretrieval.collection.duplicates import Copy, DuplicateGroup as Group
     from mmretrieval.ui.duplicate_handlers import DuplicateHandlers
-
-    @dataclass(frozen=True)
-    class Copy:
-        id: int
-        path: str
-        score: float
-        width: int
-        height: int
-        bytes: int
-        mtime_ns: int
-
-    @dataclass(frozen=True)
-    class Group:
-        copies: tuple
-
-        @property
-        def score(self):
-            return min(copy.score for copy in self.copies[1:])
 
     _, hits, _, _, _ = search.search("a shape", None, "", 6, -1)
     copies = [Copy(hit["id"], hit["file"], 1.0 if i % 3 == 0 else 0.97, 64, 64, Path(hit["file"]).stat().st_size, 0)

@@ -36,18 +36,22 @@ def test_a_killed_writers_leftovers_are_removed_and_a_live_ones_kept(tmp_path):
     assert target.read_text() == "partial" and not live.exists()
 
 
+def ANYTHING(inside, entry):  # a maker that may have written any file
+    return True
+
+
 def test_a_folder_is_filled_aside_and_replaces_only_what_its_maker_made(tmp_path):
     out = tmp_path / "by-label"
-    with folder_built_aside(out, "maker A") as folder:
+    with folder_built_aside(out, "maker A", ANYTHING) as folder:
         (folder / "red").mkdir()
         assert not out.exists()  # nothing shows until the folder is complete
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["red"]
-    with folder_built_aside(out, "maker A") as folder:  # a re-run replaces the earlier result
+    with folder_built_aside(out, "maker A", ANYTHING) as folder:  # a re-run replaces the earlier result
         (folder / "blue").mkdir()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["blue"]
     with pytest.raises(CollectionError, match=r"not empty \(made by maker A\)"):
-        check_fillable_folder(out, "maker B")
-    with pytest.raises(KeyboardInterrupt), folder_built_aside(out, "maker A") as folder:
+        check_fillable_folder(out, "maker B", ANYTHING)
+    with pytest.raises(KeyboardInterrupt), folder_built_aside(out, "maker A", ANYTHING) as folder:
         (folder / "green").mkdir()
         raise KeyboardInterrupt
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["blue"]  # an interrupted run changes nothing
@@ -58,12 +62,12 @@ def test_a_folder_of_other_files_or_a_file_is_refused_and_a_link_is_followed(tmp
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "photo.jpg").write_bytes(b"x")
     with pytest.raises(CollectionError, match="not empty: its files would mix"):
-        check_fillable_folder(tmp_path / "mine", "maker A")
+        check_fillable_folder(tmp_path / "mine", "maker A", ANYTHING)
     (tmp_path / "file").write_text("x")
     with pytest.raises(CollectionError, match="is a file"):
-        check_fillable_folder(tmp_path / "file", "maker A")
+        check_fillable_folder(tmp_path / "file", "maker A", ANYTHING)
     (tmp_path / "big").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "big")  # a link to a folder elsewhere: fill that folder
-    with folder_built_aside(tmp_path / "link", "maker A") as folder:
+    with folder_built_aside(tmp_path / "link", "maker A", ANYTHING) as folder:
         (folder / "red").mkdir()
     assert (tmp_path / "link").is_symlink() and (tmp_path / "big" / "red").is_dir()

@@ -35,7 +35,7 @@ def test_default_threshold_finds_edited_copies_with_high_precision_and_recall(co
     for group in groups:
         assert group.scores[0] == pytest.approx(1.0, abs=1e-5)
         assert all(s >= group.score for s in group.scores)
-        # the kept copy has the most pixels of its group
+        # the kept copy has the most pixels of its group (the generated copies carry no capture metadata)
         assert group.keep.width * group.keep.height == max(c.width * c.height for c in group.copies)
 
 
@@ -158,28 +158,37 @@ def test_the_chaining_note_counts_only_groups_below_the_threshold():
     assert chaining_note(groups, 0.90) is None
 
 
-def test_the_kept_copy_is_the_lossless_one_at_equal_resolution(tmp_path, shapes_encoder):
-    """A PNG and a larger, recompressed JPEG of one picture: the PNG is kept (the JPEG's extra bytes are noise);
-    a JPEG with more pixels still wins over a smaller PNG."""
+def test_the_kept_copy_has_the_most_pixels_then_is_the_oldest_then_lossless(tmp_path, shapes_encoder):
+    """A larger JPEG is kept over smaller PNGs; at equal pixels the oldest file (the source the others were made
+    from: a later PNG conversion holds nothing more, a later q100 re-save only more noise); at equal times too, a
+    lossless format."""
     from mmretrieval.training import scenes
 
     picture = scenes.generate(3, 0, size=160).image
     folder = tmp_path / "photos"
     folder.mkdir()
-    picture.save(folder / "original.png", optimize=True)
+    picture.save(folder / "original.jpg", quality=90)
     picture.save(folder / "noisy.jpg", quality=100, subsampling=0)
-    assert (folder / "noisy.jpg").stat().st_size > (folder / "original.png").stat().st_size
+    picture.save(folder / "converted.png")
     picture.resize((320, 320)).save(folder / "bigger.jpg", quality=95)
-    picture.save(folder / "b-copy.png")
+    for age, name in enumerate(["original.jpg", "noisy.jpg", "converted.png", "bigger.jpg"]):
+        os.utime(folder / name, ns=(1_700_000_000 * 10**9 + age * 10**9,) * 2)  # made in this order
+    assert (folder / "noisy.jpg").stat().st_size > (folder / "original.jpg").stat().st_size
     with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
         col.ingest([folder], workers=0)
         (group,) = col.duplicates(0.9)
         assert os.path.basename(group.keep.path) == "bigger.jpg"
         (folder / "bigger.jpg").unlink()
+        (group,) = col.duplicates(0.9)  # without --prune: the file gone is left out, and named
+        assert os.path.basename(group.keep.path) == "original.jpg"
+        assert group.gone == (str(folder / "bigger.jpg"),)
+        (folder / "original.jpg").unlink()
+        for name in ("noisy.jpg", "converted.png"):  # the same time: lossless decides
+            os.utime(folder / name, ns=(1_700_000_000 * 10**9,) * 2)
         col.ingest([folder], workers=0, prune=True)
         (group,) = col.duplicates(0.9)
-    assert os.path.basename(group.keep.path) in ("original.png", "b-copy.png")
-    assert {os.path.basename(p) for p in group.paths} == {"original.png", "b-copy.png", "noisy.jpg"}
+    assert os.path.basename(group.keep.path) == "converted.png" and group.gone == ()
+    assert {os.path.basename(p) for p in group.paths} == {"converted.png", "noisy.jpg"}
 
 
 def test_the_kept_copy_is_a_file_not_a_link_and_the_original_not_its_stripped_conversion(tmp_path, shapes_encoder):
@@ -203,9 +212,10 @@ def test_the_kept_copy_is_a_file_not_a_link_and_the_original_not_its_stripped_co
     with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
         col.ingest([tmp_path / "library"], workers=0)  # the link stays inside the folder ingested
         (group,) = col.duplicates(0.9)
-    assert {os.path.basename(p) for p in group.paths} == {"a-best.jpg", "IMG_0001.JPG", "IMG_0001.png"}
+    assert {os.path.basename(p) for p in group.paths} == {"IMG_0001.JPG", "IMG_0001.png"}
     assert group.keep.path == str(photos / "IMG_0001.JPG")
-    assert [c.is_link for c in group.copies if c.path.endswith("a-best.jpg")] == [True]
+    # the link names the kept file: deleting it as a copy would be harmless, but it is no copy either
+    assert [(a.path, a.same_as) for a in group.aliases] == [(str(album / "a-best.jpg"), group.keep.path)]
 
 
 def test_a_byte_identical_copy_scores_one(tmp_path, shapes_encoder):

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
-from ..json_lines import json_line
+from ..json_lines import json_line, tsv_text
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -170,4 +170,5 @@ def names_as_bytes() -> None:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    return "" if value is None else str(value).replace("\t", " ").replace("\n", " ")
+    return "" if value is None else tsv_text(str(value))
+

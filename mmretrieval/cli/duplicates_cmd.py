@@ -1,16 +1,19 @@
 """``mmr duplicates``: groups of near-identical images in a collection, one group per line.
 
 TSV: ``score<TAB>kept path<TAB>other path…`` (score = the lowest cosine of a copy to the kept one);
-``--json``: one object per group with ``paths`` (kept copy first), ``scores`` (cosine to the kept copy)
-and ``keep``. ``--organize DIR`` links each group into ``DIR/NNNNN/``; nothing is ever deleted.
+``--json``: one object per group with ``paths`` (kept copy first), ``scores`` (cosine to the kept copy), ``keep``,
+``ids``, ``aliases`` and ``gone``; ``--null``: only the copies to review, each path ended by a NUL byte, for
+``xargs -0``. ``--organize DIR`` links each group into ``DIR/NNNNN/``; nothing is ever deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..progress import TqdmProgress
+from ..json_lines import tsv_text
 from .common import add_collection_option, emit, names_as_bytes
 
 
@@ -19,16 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "duplicates", help="find near-duplicate images (resized, recompressed, cropped, converted copies)",
         description="Group near-identical images by their stored vectors (a k-NN graph, then connected pairs at or "
-        "above the threshold). The kept copy is a file (not a link to one) with the most pixels, then "
-        "the most capture metadata (EXIF time, camera, GPS), then a lossless format (PNG, TIFF...), then the largest "
-        "file, then the oldest. Nothing is deleted. Prints one group per line (TSV: the group's lowest score, "
-        "then its paths, the kept one first); exits with 1 when no group is found, as grep does.")
+        "above the threshold). The kept copy is a file (not a link to one) with the most capture metadata (EXIF "
+        "time, camera, GPS), then the most pixels, then the oldest, then a lossless format (PNG, TIFF...), then "
+        "the largest file. A file gone since it was ingested, and a second name of a file in the group (a hard "
+        "link, a linked folder), is never listed as a copy. Nothing is deleted. Prints one group per line (TSV: "
+        "the group's lowest score, then its paths, the kept one first); exits with 1 when no group is found, as "
+        "grep does.")
     add_collection_option(parser)
     parser.add_argument("--threshold", type=float,
                         help="cosine at or above which two images are copies (default: the model family's, "
                         "see the README)")
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
-    parser.add_argument("--json", action="store_true", help="JSON lines with paths, scores and keep")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON lines with paths, scores, keep, aliases and gone")
+    output.add_argument("--null", action="store_true",
+                        help="print only the copies to review (every group's paths but the kept one), each ended "
+                        "by a NUL byte, for `xargs -0` (any file name, as its bytes)")
     parser.add_argument("--organize", metavar="DIR",
                         help="link each group's copies into DIR/NNNNN/ for review (a new or empty folder, or an "
                         "earlier review folder: replaced)")
@@ -49,16 +58,43 @@ def run(args: argparse.Namespace) -> int:
     names_as_bytes()
     if args.json:
         rows = ({"paths": list(g.paths), "scores": [round(s, 6) for s in g.scores], "keep": g.keep.path,
-                 "ids": [c.id for c in g.copies]} for g in groups)
+                 "ids": [c.id for c in g.copies],
+                 "aliases": [{"path": a.path, "same_as": a.same_as, "id": a.id} for a in g.aliases],
+                 "gone": list(g.gone)} for g in groups)
         emit(rows, True, [])
+    elif args.null:
+        for group in groups:
+            sys.stdout.buffer.write(b"".join(os.fsencode(path) + b"\0" for path in group.paths[1:]))
+        sys.stdout.buffer.flush()
     else:
         for group in groups:
-            print("\t".join([f"{group.score:.4f}", *(p.replace("\t", " ").replace("\n", " ") for p in group.paths)]))
+            print("\t".join([f"{group.score:.4f}", *(tsv_text(path) for path in group.paths)]))
         sys.stdout.flush()
     if args.organize:
         made = organize_duplicates(groups, args.organize)
         print(f"linked {made} files of {len(groups)} groups under {args.organize}", file=sys.stderr)
     print(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies", file=sys.stderr)
+    for line in _notes(groups):
+        print(f"mmr duplicates: {line}", file=sys.stderr)
     if note:
         print(f"mmr duplicates: {note} (--threshold)", file=sys.stderr)
     return 0 if groups else 1
+
+
+def _notes(groups: list) -> list[str]:
+    """What was left out of the groups, and names that TSV shows escaped."""
+    notes = []
+    aliases = sum(len(group.aliases) for group in groups)
+    if aliases:
+        notes.append(f"{aliases} paths name a file their group already lists (a hard link, or a folder reached "
+                     "through a symbolic link): not listed as copies, since deleting one deletes that file "
+                     "(--json lists them as aliases)")
+    gone = sum(len(group.gone) for group in groups)
+    if gone:
+        notes.append(f"{gone} files of these groups are gone since they were ingested: left out (`mmr ingest "
+                     "--prune` drops them from the collection)")
+    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths)
+    if escaped:
+        notes.append(f"{escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
+                     "(\\t, \\n); --null or --json give the names whole")
+    return notes

@@ -6,8 +6,9 @@ From the collection's stored vectors, never by re-reading images:
    time (so memory holds one block of queries, never all vectors), keeping neighbours scoring at least the
    threshold (cosine);
 2. connected components of those pairs (union-find): copies of copies end up in one group;
-3. per group, the copy to keep (a file over a link to it, the most pixels, the most capture metadata, a lossless
-   format, the largest file, the oldest: :func:`keeper_rank`) and each copy's exact cosine to it.
+3. per group, the files as they are now: a file gone since it was ingested leaves its group, and a path that names
+   the same file as another member (a hard link, a folder reached through a symbolic link) is not a copy of it;
+   then the copy to keep (:func:`keeper_rank`) and each copy's exact cosine to it.
 
 Nothing is deleted here; :func:`organize_duplicates` only links the copies into a review folder.
 The default threshold depends on the model family (see :data:`DEFAULT_THRESHOLDS`): cosines between
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import check_fillable_folder, folder_built_aside
+from ..atomic import check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError
 from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
@@ -49,6 +50,7 @@ DEFAULT_THRESHOLDS = {"shapes": 0.95, "clip": 0.95, "siglip": 0.95}
 DEFAULT_K = 10  # neighbours searched per image: a group larger than k+1 still joins up through chains
 _RESCORE_MARGIN = 0.1  # neighbours this far below the threshold by the index's (possibly PQ) score are dropped
 _BLOCK = 2048  # query vectors per index search (their neighbours' vectors are gathered too)
+_RESULTS_PER_BLOCK = 1 << 21  # at most this many neighbours per search (12 bytes each): a large k takes smaller blocks
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,17 @@ class Copy:
     height: int
     bytes: int  # file size now (-1 when the file is gone)
     mtime_ns: int  # modification time now (0 when the file is gone)
-    is_link: bool = False  # a symbolic link (to a file the collection also holds: never the copy to keep)
+    is_link: bool = False  # a symbolic link, or reached through one (a linked folder): never the copy to keep
+    file_key: tuple[int, int] = (0, 0)  # (device, inode) now: two paths with one key are one file
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A path of a group's image that names a file the group already lists (a hard link, a linked folder)."""
+
+    id: int  # catalog id of this path
+    path: str
+    same_as: str  # the member's path it names
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class DuplicateGroup:
     """Copies of one picture; the kept copy first, the others by decreasing score."""
 
     copies: tuple[Copy, ...]
+    aliases: tuple[Alias, ...] = ()  # other names of members' files: deleting one would delete the member
+    gone: tuple[str, ...] = ()  # members' paths whose file no longer exists (``mmr ingest --prune`` drops them)
 
     @property
     def keep(self) -> Copy:
@@ -134,13 +148,22 @@ def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.f
             present = (position < len(found)) & (found[np.minimum(position, len(found) - 1)] == candidates) \
                 if len(found) else np.zeros(len(candidates), bool)
             rows, candidates, position = rows[present], candidates[present], position[present]
-            scores = np.einsum("ij,ij->i", vectors[rows], found_vectors[position]) if len(rows) else np.zeros(0)
-            scores = np.minimum(scores, 1.0)  # a float16-stored copy's cosine can round to 1.0001
+            scores = _cosines(vectors[rows], found_vectors[position])
             close = scores >= threshold
             yield ids[rows[close]], candidates[close]
         done += len(ids)
         if progress:
             progress(done, total)
+
+
+def _cosines(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Row-wise cosines of two stacks of stored vectors, renormalised as :func:`describe_groups` scores them
+    (float16 storage leaves norms of 0.9999 to 1.0001), so a pair and its group agree on how alike they are."""
+    if not len(a):
+        return np.zeros(0)
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    dots = np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.minimum(np.round(dots, 6), 1.0)
 
 
 def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]) -> list[list[int]]:
@@ -171,49 +194,69 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
     for group in groups:
         rows = catalog.rows(list(group))
         found, vectors = catalog.vectors(list(group))
-        # renormalised: float16 storage leaves norms of 0.9999 to 1.0001, and a byte-identical copy scored 0.9999
-        unit = vectors.astype(np.float64) / np.linalg.norm(vectors, axis=1, keepdims=True)
-        by_id = dict(zip(found.tolist(), unit))
-        candidates = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
-                      if i in rows and i in by_id]
+        by_id = dict(zip(found.tolist(), vectors))
+        stated = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
+                  if i in rows and i in by_id]  # a row removed since the search is left out
+        gone = tuple(c.path for c in stated if c.bytes < 0)
+        photos = catalog.photos([c.id for c in stated if c.bytes >= 0])
+        candidates, aliases = _one_path_per_file([c for c in stated if c.bytes >= 0], photos)
         if len(candidates) < 2:
-            continue  # a row removed since the search
-        photos = catalog.photos([c.id for c in candidates])
+            continue  # copies of one file, or of files gone: nothing to choose between
         kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
-        scores = {c.id: round(min(1.0, float(by_id[c.id] @ by_id[kept.id])), 6) for c in candidates}
-        copies = [Copy(c.id, c.path, 1.0 if c.id == kept.id else scores[c.id], c.width, c.height, c.bytes, c.mtime_ns,
-                       c.is_link) for c in candidates]
-        copies.sort(key=lambda c: (c.id != kept.id, -c.score, c.id))
-        described.append(DuplicateGroup(tuple(copies)))
+        others = [c for c in candidates if c.id != kept.id]
+        scores = _cosines(np.stack([by_id[c.id] for c in others]), np.stack([by_id[kept.id]] * len(others)))
+        copies = [kept] + sorted((replace(c, score=float(score)) for c, score in zip(others, scores)),
+                                 key=lambda c: (-c.score, c.id))
+        described.append(DuplicateGroup(tuple(copies), aliases, gone))
     return described
 
 
-def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, int, bool, int, int, int]:
+def _one_path_per_file(copies: list[Copy], photos: "dict[int, PhotoMetadata]") -> tuple[list[Copy], tuple[Alias, ...]]:
+    """The copies with one path per file (the one :func:`keeper_rank` prefers), and the other paths as aliases:
+    deleting a hard link or a file reached through a linked folder as "a copy" would delete the file itself."""
+    by_file: dict[tuple[int, int], list[Copy]] = {}
+    for copy in copies:
+        by_file.setdefault(copy.file_key, []).append(copy)
+    kept, aliases = [], []
+    for names in by_file.values():
+        chosen = max(names, key=lambda c: keeper_rank(c, photos.get(c.id)))
+        kept.append(chosen)
+        aliases.extend(Alias(c.id, c.path, chosen.path) for c in names if c is not chosen)
+    return sorted(kept, key=lambda c: c.id), tuple(sorted(aliases, key=lambda a: a.id))
+
+
+def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, int, int, bool, int, int]:
     """How much a copy deserves keeping, compared as a tuple (the largest is kept):
 
-    1. a file, not a symbolic link: a link's target is in the collection too, and deleting the target because
-       the link was kept would leave a dangling link and no photo;
-    2. the most pixels;
-    3. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
-       position (a camera original over a converted or re-saved copy that lost them);
-    4. a lossless format (a larger JPEG beside a PNG of the same picture only holds more compression noise);
-    5. the largest file, then the oldest, then the lowest id.
+    1. a file, not a symbolic link or a path through one: a link's target is in the collection too, and deleting
+       the target because the link was kept would leave a dangling link and no photo;
+    2. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
+       position (a camera original over an upscaled, converted or re-saved copy that lost them);
+    3. the most pixels;
+    4. the oldest: a copy is made from its original, so with the same pixels the older file is the source (a JPEG
+       over its later PNG conversion, which holds nothing more; an original over its re-exported crop);
+    5. a lossless format, then the largest file, then the lowest id.
+
+    Pixels cannot tell an upscaled copy from its original (neither can this rank, from the catalog alone): where
+    the upscaled copy kept the original's metadata, or the original had none, the upscaled copy is kept.
     """
     lossless = os.path.splitext(copy.path)[1].lower() in LOSSLESS_EXTENSIONS
     described = 0
     if photo is not None:
         described = sum((photo.taken_source not in (None, "mtime"), bool(photo.make or photo.model),
                          photo.latitude is not None))
-    return (not copy.is_link, copy.width * copy.height, described, lossless, copy.bytes, -copy.mtime_ns, -copy.id)
+    return (not copy.is_link, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes, -copy.id)
 
 
 def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:
     try:
         stat = os.stat(path)
-        size, mtime_ns = stat.st_size, stat.st_mtime_ns
     except OSError:
-        size, mtime_ns = -1, 0
-    return Copy(image_id, path, 1.0, width or 0, height or 0, size, mtime_ns, os.path.islink(path))
+        return Copy(image_id, path, 1.0, width or 0, height or 0, -1, 0)
+    absolute = os.path.abspath(path)
+    through_link = os.path.realpath(absolute) != absolute  # the file itself, or a folder on its way, is a link
+    return Copy(image_id, path, 1.0, width or 0, height or 0, stat.st_size, stat.st_mtime_ns, through_link,
+                (stat.st_dev, stat.st_ino))
 
 
 def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: int = DEFAULT_K,
@@ -233,7 +276,8 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     if not 0 < threshold <= 1:
         raise CollectionError(f"duplicate threshold {threshold} must be a cosine in (0, 1]; e.g. 0.95")
     total = catalog.vector_count()
-    pairs = similar_pairs(catalog.iter_vectors(_BLOCK), total, search, catalog.vectors, threshold, k, progress)
+    block = max(1, min(_BLOCK, _RESULTS_PER_BLOCK // (k + 1)))
+    pairs = similar_pairs(catalog.iter_vectors(block), total, search, catalog.vectors, threshold, k, progress)
     groups = connected_groups(pairs)
     logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), total, threshold)
     described = describe_groups(groups, catalog)
@@ -249,7 +293,7 @@ def chaining_note(groups: Sequence[DuplicateGroup], threshold: float) -> str | N
     images link up step by step into one large group. No rule tells the two apart from the scores alone, so the
     note gives the user the facts to judge: how many groups chained, how far, and the largest group's size.
     """
-    loose = [group.score for group in groups if group.score < threshold]
+    loose = [group.score for group in groups if group.score < threshold - 1e-6]  # scores are rounded to 1e-6
     if not loose:
         return None
     largest = max(len(group.copies) for group in groups)
@@ -268,7 +312,12 @@ def check_review_dir(out_dir: str | os.PathLike) -> Path:
     Raises:
         CollectionError: it is a file, or a folder that holds anything else.
     """
-    return check_fillable_folder(out_dir, REVIEWED_BY)
+    return check_fillable_folder(out_dir, REVIEWED_BY, _linked_here)
+
+
+def _linked_here(inside: tuple[str, ...], entry: os.DirEntry) -> bool:
+    """Whether :func:`organize_duplicates` made this entry: a link in a group's folder."""
+    return len(inside) == 2 and inside[0].isdigit() and entry.is_symlink()
 
 
 def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.PathLike) -> int:
@@ -284,15 +333,16 @@ def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.Path
     """
     made = 0
     try:
-        with folder_built_aside(out_dir, REVIEWED_BY) as partial:
+        with folder_built_aside(out_dir, REVIEWED_BY, _linked_here) as partial:
             for number, group in enumerate(groups, start=1):
                 folder = partial / f"{number:05d}"
                 folder.mkdir()
                 for copy in group.copies:
-                    prefix = "keep-" if copy.id == group.keep.id else ""
-                    (folder / f"{prefix}{copy.id}-{os.path.basename(copy.path)}").symlink_to(
-                        os.path.abspath(copy.path))
+                    prefix = f"{'keep-' if copy.id == group.keep.id else ''}{copy.id}-"
+                    link = folder / name_within_limit(prefix, os.path.basename(copy.path))
+                    link.symlink_to(os.path.abspath(copy.path))
                     made += 1
     except OSError as exc:
         raise CollectionError(f"cannot write the review folder {out_dir}: {exc}") from exc
     return made
+

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (rows written, rows to write)
+_SHARD_NAME = re.compile(r"img_emb/img_emb_\d+\.npy|metadata/metadata_\d+\.parquet")
 EXPORTED_BY = "mmr export"  # the marker of an export folder: a later export into it replaces it
 MODEL_FILE = "mmr-model.json"  # in an export: the identity of the model that made its vectors (mmr import checks it)
 DEFAULT_DTYPE = "float16"  # what clip-retrieval writes, and what collections store by default: an exact copy
@@ -104,7 +106,12 @@ def check_export_folder(out: str | os.PathLike) -> Path:
     Raises:
         CollectionError: ``out`` is a file, or a folder holding anything else (nothing of it is touched).
     """
-    return check_fillable_folder(out, EXPORTED_BY)
+    return check_fillable_folder(out, EXPORTED_BY, _exported_here)
+
+
+def _exported_here(inside: tuple[str, ...], entry: os.DirEntry) -> bool:
+    """Whether :func:`export_embeddings` wrote this entry: the model's identity, a shard's vectors or metadata."""
+    return inside == (MODEL_FILE,) or _SHARD_NAME.fullmatch("/".join(inside)) is not None
 
 
 def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype: str = DEFAULT_DTYPE,
@@ -147,7 +154,7 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
             progress(rows, max(total, rows))  # a writer may have added rows since the count
 
     try:
-        with folder_built_aside(out, EXPORTED_BY) as folder:
+        with folder_built_aside(out, EXPORTED_BY, _exported_here) as folder:
             for sub in ("img_emb", "metadata"):
                 (folder / sub).mkdir()
             (folder / MODEL_FILE).write_text(collection.identity.to_json() + "\n", encoding="utf-8")

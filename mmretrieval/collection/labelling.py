@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, remove_orphans
+from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, name_within_limit, remove_orphans
 from ..errors import CollectionError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter
@@ -130,7 +130,7 @@ def check_organize_dir(out_dir: str | os.PathLike) -> Path:
     Raises:
         CollectionError: it is a file, or a folder holding anything else.
     """
-    return check_fillable_folder(out_dir, ORGANIZED_BY)
+    return check_fillable_folder(out_dir, ORGANIZED_BY, _placed_here)
 
 
 def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) -> int:
@@ -192,7 +192,7 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
     """
     placed, missing, examples = 0, 0, []
     try:
-        with folder_built_aside(out_dir, ORGANIZED_BY) as folder:
+        with folder_built_aside(out_dir, ORGANIZED_BY, _placed_here) as folder:
             for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
                 if not pairs:
                     continue
@@ -211,13 +211,19 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
 
 def _place(folder: Path, image_id: int, image_path: str, copy: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{image_id}-{os.path.basename(image_path)}"
+    target = folder / name_within_limit(f"{image_id}-", os.path.basename(image_path))
     if os.path.lexists(target):
         target.unlink()
     if copy:
         shutil.copy2(image_path, target)
     else:
         target.symlink_to(os.path.abspath(image_path))
+
+
+def _placed_here(inside: tuple[str, ...], entry: os.DirEntry) -> bool:
+    """Whether :func:`organize` made this entry: ``<label>/<id>-<name>``, a link or a copy."""
+    return (len(inside) == 2 and re.match(r"\d+-", inside[1]) is not None
+            and (entry.is_symlink() or entry.is_file(follow_symlinks=False)))
 
 
 def _folder_name(label: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..json_lines import tsv_text
 from .context import AppContext, user_errors
 from .media import prune_exports
 from .names import counted, display_path
@@ -63,10 +64,11 @@ class DuplicateHandlers:
         export = self._export(groups)
         shown = f"the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else "all"
         summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
-                   "besides the suggested keepers (a file, not a link; then the highest resolution, the most "
-                   "capture metadata, a lossless format, the largest file, the oldest). "
+                   "besides the suggested keepers (a file, not a link; then the most capture metadata, the "
+                   "highest resolution, the oldest, a lossless format, the largest file). "
                    f"Showing {shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
+        summary += "".join(f"\n\n{line[0].upper()}{line[1:]}." for line in _left_out(groups))
         from ..collection.duplicates import chaining_note
 
         note = chaining_note(groups, chosen)
@@ -119,7 +121,29 @@ class DuplicateHandlers:
                 writer.writerow([number, "keep" if index == 0 else "copy", copy.id, copy.path, f"{copy.score:.6f}",
                                  copy.width, copy.height, copy.bytes])
         (folder / "duplicates.csv").write_text(table.getvalue(), encoding="utf-8", errors="surrogateescape")
-        others = "".join(f"{copy.path}\n" for group in groups for copy in group.copies[1:])
+        # a name holding a line break is escaped as `mmr duplicates` prints it (the CSV has it whole)
+        others = "".join(f"{tsv_text(copy.path)}\n" for group in groups for copy in group.copies[1:])
         target = folder / "copies-to-review.txt"
         target.write_text(others, encoding="utf-8", errors="surrogateescape")
         return target, folder / "duplicates.csv"
+
+
+def _left_out(groups: list[Any]) -> list[str]:
+    """What the groups leave out, and names the list shows escaped: one sentence each."""
+    notes = []
+    aliases = sum(len(group.aliases) for group in groups)
+    if aliases:
+        verb = "names" if aliases == 1 else "name"
+        notes.append(f"{counted(aliases, 'path')} {verb} a file its group already shows (a hard link, or a folder "
+                     "reached through a link): not shown as copies, since deleting one deletes that file")
+    gone = sum(len(group.gone) for group in groups)
+    if gone:
+        verb = "is" if gone == 1 else "are"
+        notes.append(f"{counted(gone, 'file')} of these groups {verb} gone since ingested, left out (`mmr ingest "
+                     "--prune` drops them)")
+    escaped = sum(tsv_text(copy.path) != copy.path for group in groups for copy in group.copies[1:])
+    if escaped:
+        verb = "holds" if escaped == 1 else "hold"
+        notes.append(f"{counted(escaped, 'path')} in the list {verb} a line break or a tab, written as \\n or \\t; "
+                     "the CSV has them whole")
+    return notes

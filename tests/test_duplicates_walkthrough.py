@@ -1,0 +1,205 @@
+"""Near-duplicates as a curator cleaning a library broke them: a deleted file suggested as the one to keep, one
+file reached by two paths listed as its own copy, TSV that renamed a file into another, a review folder whose
+re-run deleted the user's own files, a name too long to link, the keep rule choosing the upscaled copy over the
+camera original, and a chaining note at threshold 1.0 that contradicted itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmretrieval.cli import main
+from mmretrieval.collection.collection import Collection
+from mmretrieval.collection.duplicates import chaining_note
+from mmretrieval.errors import CollectionError
+from mmretrieval.training.copies import distinct_originals
+
+
+def _ingest(root: Path, encoder, *sources: Path) -> Path:
+    collection = root / "col"
+    with Collection.open(collection, model=encoder, create=True) as col:
+        col.ingest(list(sources), workers=0)
+    return collection
+
+
+def _run(capsysbinary, *argv: str) -> tuple[int, bytes, str]:
+    code = main(list(argv))
+    captured = capsysbinary.readouterr()
+    return code, captured.out, captured.err.decode()
+
+
+def test_a_file_gone_since_ingest_is_never_the_copy_to_keep(tmp_path, shapes_encoder, capsysbinary):
+    (picture,) = distinct_originals(1, seed=5, size=400)
+    picture.save(tmp_path / "big.png")
+    picture.resize((300, 300)).save(tmp_path / "small.jpg", quality=80)
+    picture.save(tmp_path / "q50.jpg", quality=50)
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    (tmp_path / "big.png").unlink()  # the largest: it was the keeper
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection))
+    assert code == 0
+    fields = out.decode().rstrip("\n").split("\t")
+    assert sorted(fields[1:]) == sorted([str(tmp_path / "q50.jpg"), str(tmp_path / "small.jpg")])
+    assert "1 files of these groups are gone" in err and "--prune" in err
+    (tmp_path / "q50.jpg").unlink()  # one file left: no group at all
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection))
+    assert code == 1 and out == b""
+
+
+@pytest.mark.parametrize("how", ["linked folder", "hard link"])
+def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, capsysbinary, how):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (picture,) = distinct_originals(1, seed=9, size=300)
+    picture.save(photos / "p0.jpg", quality=90)
+    if how == "linked folder":
+        (tmp_path / "alias").symlink_to(photos)  # ingested as its own source: the walk does not dedupe it
+        sources = [tmp_path / "alias", photos]
+        other = tmp_path / "alias" / "p0.jpg"
+    else:
+        other = tmp_path / "hard" / "p0-link.jpg"
+        other.parent.mkdir()
+        os.link(photos / "p0.jpg", other)
+        sources = [tmp_path / "hard", photos]
+    collection = tmp_path / "col"
+    for source in sources:  # one ingest each, so that no content-hash dedup merges them first
+        with Collection.open(collection, model=shapes_encoder, create=True) as col:
+            col.ingest([source], workers=0)
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    assert code == 1 and out == b""  # one file: nothing to delete, whichever name `rm` would be given
+    picture.resize((200, 200)).save(photos / "p0-small.png")  # a true copy beside it
+    with Collection.open(collection) as col:
+        col.ingest([photos], workers=0)
+        (group,) = col.duplicates()
+    if how == "linked folder":  # the real path, not the one through the link
+        kept, alias = photos / "p0.jpg", other
+    else:  # two names of one file, neither more real: the first ingested
+        kept, alias = other, photos / "p0.jpg"
+    assert sorted(group.paths) == sorted([str(kept), str(photos / "p0-small.png")])
+    assert group.keep.path == str(kept) and [(a.path, a.same_as) for a in group.aliases] == [(str(alias), str(kept))]
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    assert out == os.fsencode(photos / "p0-small.png") + b"\0" and "1 paths name a file" in err
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--json")
+    (row,) = [json.loads(line) for line in out.decode().splitlines()]
+    assert row["aliases"] == [{"path": str(alias), "same_as": str(kept), "id": group.aliases[0].id}]
+
+
+def test_names_with_tabs_and_line_breaks_never_name_another_file(tmp_path, shapes_encoder, capsysbinary):
+    a, b = distinct_originals(2, seed=21, size=300)
+    a.save(tmp_path / "holiday.png")
+    a.save(tmp_path / "holiday\tcopy.jpg", quality=60)
+    a.save(tmp_path / "holiday\nnight.jpg", quality=70)
+    b.save(tmp_path / "holiday copy.jpg")  # another picture, under the name a tab turned into a space would give
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection))
+    (line,) = out.decode().splitlines()
+    fields = line.split("\t")
+    assert fields[1] == str(tmp_path / "holiday.png")
+    assert sorted(fields[2:]) == sorted([f"{tmp_path}/holiday\\tcopy.jpg", f"{tmp_path}/holiday\\nnight.jpg"])
+    assert str(tmp_path / "holiday copy.jpg") not in fields and "2 paths hold a tab or a line break" in err
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    listed = out.split(b"\0")
+    assert listed[-1] == b"" and sorted(listed[:-1]) == sorted(
+        [os.fsencode(tmp_path / "holiday\tcopy.jpg"), os.fsencode(tmp_path / "holiday\nnight.jpg")])
+    removed = subprocess.run(["xargs", "-0", "rm", "--"], input=out, check=True)  # what the option is for
+    assert removed.returncode == 0 and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "holiday copy.jpg", "holiday.png"]
+    with pytest.raises(SystemExit):  # one output at a time
+        main(["duplicates", "--collection", str(collection), "--null", "--json"])
+
+
+def test_the_tsv_of_every_command_escapes_a_tab_instead_of_renaming(tmp_path, shapes_encoder, capsysbinary):
+    (picture,) = distinct_originals(1, seed=4, size=200)
+    picture.save(tmp_path / "a\tb.png")
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    code, out, _ = _run(capsysbinary, "search", "a shape", "--collection", str(collection), "-k", "1")
+    assert code == 0 and out.decode().rstrip("\n").split("\t")[1] == f"{tmp_path}/a\\tb.png"
+
+
+def test_a_rerun_of_organize_never_deletes_what_the_user_put_in_the_review_folder(tmp_path, shapes_encoder):
+    (picture,) = distinct_originals(1, seed=3, size=200)
+    library = tmp_path / "lib"
+    library.mkdir()
+    picture.save(library / "a.png")
+    picture.save(library / "a.jpg", quality=70)
+    collection = _ingest(tmp_path, shapes_encoder, library)
+    review = tmp_path / "review"
+    assert main(["duplicates", "--collection", str(collection), "--organize", str(review)]) == 0
+    edit = review / "00001" / "MY-EDIT.png"
+    edit.write_bytes((library / "a.png").read_bytes())
+    assert main(["duplicates", "--collection", str(collection), "--organize", str(review)]) == 2
+    assert edit.exists()  # refused, nothing deleted
+    edit.unlink()
+    (review / "notes").mkdir()
+    (review / "notes" / "todo.txt").write_text("check these")
+    with pytest.raises(CollectionError, match=r"now also holds .*todo\.txt"):
+        with Collection.open(collection) as col:
+            from mmretrieval.collection.duplicates import organize_duplicates
+
+            organize_duplicates(col.duplicates(), review)
+    assert (review / "notes" / "todo.txt").read_text() == "check these"
+    (review / "notes" / "todo.txt").unlink()
+    assert main(["duplicates", "--collection", str(collection), "--organize", str(review)]) == 0  # empty folders go
+
+
+def test_label_organize_and_export_reruns_keep_foreign_files_too(tmp_path, shapes_encoder):
+    (picture,) = distinct_originals(1, seed=6, size=120)
+    picture.save(tmp_path / "one.png")
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path / "one.png")
+    by_label, exported = tmp_path / "by-label", tmp_path / "exported"
+    argv = ["label", "--collection", str(collection), "--labels", "circle,square", "--organize", str(by_label)]
+    assert main(argv + ["--copy"]) == 0
+    mine = by_label / "notes.txt"
+    mine.write_text("mine")
+    assert main(argv + ["--replace"]) == 2 and mine.exists()
+    mine.unlink()
+    assert main(argv + ["--replace"]) == 0  # its own copies (regular files) are replaced by links
+    pytest.importorskip("pyarrow")
+    assert main(["export", str(exported), "--collection", str(collection)]) == 0
+    (exported / "img_emb" / "my-vectors.npy").write_bytes(b"x")
+    assert main(["export", str(exported), "--collection", str(collection)]) == 2
+    assert (exported / "img_emb" / "my-vectors.npy").exists()
+
+
+def test_a_name_at_the_length_limit_is_linked_shortened_with_its_extension(tmp_path, shapes_encoder):
+    (picture,) = distinct_originals(1, seed=8, size=200)
+    stem = "x" * 246
+    picture.save(tmp_path / f"{stem}.png")
+    picture.save(tmp_path / f"{stem}.jpg", quality=70)
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    review = tmp_path.parent / f"{tmp_path.name}-review"
+    assert main(["duplicates", "--collection", str(collection), "--organize", str(review)]) == 0
+    links = sorted((review / "00001").iterdir())
+    assert len(links) == 2 and all(len(os.fsencode(link.name)) <= 255 for link in links)
+    assert {link.suffix for link in links} == {".png", ".jpg"} and all(link.resolve().exists() for link in links)
+    assert sum(link.name.startswith("keep-") for link in links) == 1
+
+
+def test_a_camera_original_is_kept_over_an_upscaled_copy_without_its_metadata(tmp_path, shapes_encoder):
+    (picture,) = distinct_originals(1, seed=3, size=384)
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D"
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:01 12:00:00"
+    picture.save(tmp_path / "IMG_0001.jpg", quality=92, exif=exif)
+    picture.resize((768, 768), Image.BICUBIC).save(tmp_path / "upscaled.jpg", quality=92)
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    with Collection.open(collection) as col:
+        (group,) = col.duplicates()
+    assert group.keep.path == str(tmp_path / "IMG_0001.jpg")
+
+
+def test_a_pair_and_its_group_agree_at_threshold_one(tmp_path, shapes_encoder):
+    """Pairs were admitted on float16 dot products clipped to 1.0 and then scored renormalised (0.999983): a
+    two-image group then 'chained' below the threshold. Both are scored alike now."""
+    (picture,) = distinct_originals(1, seed=11, size=200)
+    picture.save(tmp_path / "a.png")
+    picture.save(tmp_path / "b.webp", lossless=True)  # the same pixels, another file
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    with Collection.open(collection) as col:
+        groups = col.duplicates(1.0)
+    assert all(group.score >= 1.0 for group in groups)
+    assert chaining_note(groups, 1.0) is None
