@@ -209,14 +209,20 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="zero-shot accuracy and text-to-image recall@k",
         description="Metrics as defined by CLIP_benchmark. --folder: zero-shot classification of an "
-        "ImageFolder-layout directory (one subfolder per class, class name = folder name): top-1 accuracy and "
-        "mean per-class recall. --captions: text-to-image retrieval on a captioned set (sidecar .txt files or a "
-        "CSV with path,caption): recall@k = share of captions whose own image is in the top k. --shapes "
+        "ImageFolder-layout directory (one subfolder per class, its images anywhere below it, found as mmr classify "
+        "finds them in a folder: hidden files and folders passed over, a linked class folder followed only when "
+        "classify would follow it): top-1 accuracy and mean per-class recall. A class's label is its folder's name "
+        "with _ read as a space (golden_retriever: \"golden retriever\"); --json maps each folder to its label "
+        "(zeroshot_class_texts). --captions: text-to-image retrieval on a captioned set (sidecar .txt files or a "
+        "CSV with path,caption): recall@k = share of captions whose own image is in the top k; a k as large as the "
+        "number of images is left out (every caption would find its image). Files left out (missing, undecodable, "
+        "passed over) are named on stderr. --shapes "
         "(default when neither is given): the demo model's held-out report on generated scenes (the varied "
         "rendering it is trained on): colour, shape and count accuracy, held-out colour/shape pairs, shapes drawn "
         "apart from the generator, recall@k, attribute-match@5 and position-match@5.",
     )
-    parser.add_argument("--folder", help="labelled folder (ImageFolder layout)")
+    parser.add_argument("--folder", help="labelled folder (ImageFolder layout: ROOT/<class>/<image>; label = folder "
+                        "name, _ read as a space)")
     parser.add_argument("--captions", help="captioned set: folder with sidecar .txt files, or a CSV")
     parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
     parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none or a file")
@@ -231,24 +237,31 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..ingest.files import FileFailure
     from ..models.encoder import load_encoder
     from ..training.evaluate import captions_report, folder_report, shapes_report
     from ..models.zeroshot import load_templates
+
+    def left_out(failure: FileFailure) -> None:
+        print(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}", file=sys.stderr)
 
     templates = load_templates(args.templates)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     report: dict[str, object] = {"model": str(encoder.identity.spec)}
     if args.folder:
-        report.update({f"zeroshot_{k}": v for k, v in folder_report(encoder, args.folder, templates).items()})
+        folder = folder_report(encoder, args.folder, templates, on_left_out=left_out)
+        report.update({f"zeroshot_{k}": v for k, v in folder.items()})
     if args.captions:
-        report.update({f"retrieval_{k}": v for k, v in captions_report(encoder, args.captions).items()})
+        captions = captions_report(encoder, args.captions, on_left_out=left_out)
+        report.update({f"retrieval_{k}": v for k, v in captions.items()})
     if args.shapes or not (args.folder or args.captions):
         report.update({f"shapes_{k}": v for k, v in shapes_report(encoder, n_scenes=args.scenes,
                                                                   varied=not args.classic).items()})
     if args.json:
         print(json.dumps(report))
-    else:
-        emit(({"metric": k, "value": v} for k, v in report.items()), False, ["metric", "value"])
+    else:  # one metric a line: the folder-to-label mapping (one line per class) is --json's
+        emit(({"metric": k, "value": v} for k, v in report.items() if not isinstance(v, dict)), False,
+             ["metric", "value"])
     return 0
 
 

@@ -1,9 +1,14 @@
 """User data sets for training and evaluation: labelled folders and captioned image sets.
 
-- Labelled folder (ImageFolder layout): ``ROOT/<class name>/<image>``.
+- Labelled folder (ImageFolder layout): ``ROOT/<class name>/<image>``, images anywhere below their class folder.
 - Captioned set: a folder of images with sidecar captions (``cat.jpg`` + ``cat.txt``, one caption per
   line), or a CSV with ``path`` (or ``image``/``filepath``) and ``caption`` (or ``text``/``title``) columns;
   relative paths in a CSV are relative to the CSV's folder.
+
+A folder is walked by the ingest walk (:func:`~mmretrieval.ingest.reader.discover`), so an evaluation sees the
+images ``mmr classify`` and ``mmr ingest`` would see there: hidden files and folders (``.thumbnails/``, macOS
+``._IMG_0001.jpg`` forks) passed over, files without an extension sniffed, RAW files found, and a folder link
+followed only when it stays inside the folder and leads to a folder the walk does not otherwise reach.
 
 Text files may start with a UTF-8 byte-order mark (spreadsheet programs save CSVs with one); it is not text.
 An image that is missing or does not decode is the evaluation's and the trainer's to count and skip; a CSV row
@@ -14,12 +19,16 @@ CSV's author knows which image was meant.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from ..errors import MMRError
-from ..images.decode import IMAGE_EXTENSIONS
+from ..ingest.batches import Skipped, SourceFile
 from ..ingest.lists import CAPTION_COLUMNS, PATH_COLUMNS, csv_columns
+from ..ingest.reader import discover
+
 
 @dataclass(frozen=True)
 class CaptionedImage:
@@ -37,13 +46,29 @@ class LabelledImage:
     label: int
 
 
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _walk(folder: Path, on_skipped: Callable[[Skipped], None] | None) -> Iterator[Path]:
+    """The image files the ingest walk finds under ``folder`` (absolute paths); what it passes over and reports
+    (a link leading outside, a folder already walked, a broken link) goes to ``on_skipped``."""
+    for found in discover([folder]):
+        if isinstance(found, SourceFile):
+            yield Path(found.path)
+        elif on_skipped is not None:
+            on_skipped(found)
 
 
-def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImage]]:
-    """Class names (sorted subfolder names; hidden ones are not classes) and every image under them. A class
-    folder without images stays a class, a label the others' images may be mistaken for.
+def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None] | None = None,
+                         ) -> tuple[list[str], list[LabelledImage]]:
+    """Class names (sorted subfolder names) and every image below them, found as ``mmr classify ROOT`` finds them.
+
+    A hidden subfolder is not a class. A subfolder that is a link is a class when the walk follows it, by classify's
+    rule: one leading outside ROOT, or to a folder the walk reaches under its real path (another class, or a folder
+    inside one), is passed over and handed to ``on_skipped``, as classify names it; otherwise its images would be
+    a second copy under another label, or not ROOT's. A class folder without images stays a class, a label the
+    others' images may be mistaken for. Images directly in ROOT belong to no class and are not used.
+
+    Args:
+        root: the labelled folder, ``ROOT/<class name>/<image>``.
+        on_skipped: called with each entry the walk passes over and reports (links, unreadable folders).
 
     Raises:
         MMRError: the folder is missing, has fewer than two class subfolders (with one class every guess is
@@ -55,19 +80,40 @@ def read_labelled_folder(root: str | Path) -> tuple[list[str], list[LabelledImag
                        "to --captions")
     if not root.is_dir():
         raise MMRError(f"labelled folder {root} does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    top = Path(os.path.abspath(root))  # the walk names what it finds under this path, links unresolved
+    images: dict[str, list[Path]] = {}
+    passed_over: set[str] = set()
+
+    def skipped(entry: Skipped) -> None:
+        parts = Path(entry.path).relative_to(top).parts
+        if parts:  # not ROOT itself (reported when it cannot be listed): that is no class folder
+            passed_over.add(parts[0])
+        if on_skipped is not None:
+            on_skipped(entry)
+
+    for path in _walk(top, skipped):
+        parts = path.relative_to(top).parts
+        if len(parts) > 1:
+            images.setdefault(parts[0], []).append(path)
+    classes = sorted(d.name for d in root.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.name not in passed_over)
     if len(classes) < 2:
         raise MMRError(f"{root} has {len(classes) or 'no'} class subfolder{'' if len(classes) == 1 else 's'}"
                        f"{f' ({classes[0]})' if classes else ''}; zero-shot accuracy needs two or more "
                        "(ROOT/<class>/<image>; images directly in ROOT are not used)")
-    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in _image_files(root / name)]
+    items = [LabelledImage(path, i) for i, name in enumerate(classes) for path in images.get(name, [])]
     if not items:
         raise MMRError(f"{root} has no images in class subfolders (expected ROOT/<class>/<image>)")
     return classes, items
 
 
-def read_captioned(source: str | Path) -> list[CaptionedImage]:
+def read_captioned(source: str | Path, on_skipped: Callable[[Skipped], None] | None = None,
+                   ) -> list[CaptionedImage]:
     """Images with captions from a folder with sidecar ``.txt`` files or from a CSV.
+
+    A folder is walked as ``mmr classify`` walks one; what the walk passes over and reports goes to
+    ``on_skipped``. A CSV's rows are taken as they are: a file one names that is missing is the evaluation's to
+    count and name.
 
     Raises:
         MMRError: missing source, unknown CSV columns, a CSV row with a caption and no path, or no captioned
@@ -76,7 +122,7 @@ def read_captioned(source: str | Path) -> list[CaptionedImage]:
     source = Path(source)
     if source.is_dir():
         items = []
-        for path in _image_files(source):
+        for path in _walk(source, on_skipped):
             sidecar = path.with_suffix(".txt")
             if sidecar.is_file():
                 lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
