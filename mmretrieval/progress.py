@@ -3,6 +3,12 @@
 On a terminal it is a tqdm bar on stderr. When stderr is not a terminal (a log file, a pipe, a job scheduler) a
 bar's carriage returns and cursor moves fill the log, so a plain line is written instead, at most every
 :data:`LINE_EVERY_S` seconds and once at the end.
+
+Rates count only the work done after the first report. Callers report when a unit of work is done (a batch, a
+chunk), some after loading a model, so what the first report counts took an unknown time: counted against the
+moment of that report it made a one-batch run claim 100,000 img/s. The clock cannot start when the bar is made
+instead: the commands make their "index" bar before opening the collection and ingesting, long before any
+indexing. A run of one report has no rate, and a line shows none measured over less than :data:`RATE_MIN_S`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 LINE_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
+RATE_MIN_S = 1.0  # a line's rate needs this many seconds measured: less is the timing of a batch or two, not a rate
 
 
 class TqdmProgress:
@@ -26,10 +33,10 @@ class TqdmProgress:
 
     def __call__(self, done: int, total: int | None) -> None:
         """Move the bar to ``done`` of ``total`` (None: not known, as while a folder is still being walked)."""
-        if self._bar is None:
+        if self._bar is None:  # ``initial``: the work before this report took an unknown time (see the module)
             self._bar = (tqdm(desc=self._description, unit=self._unit, file=self._stream, dynamic_ncols=True,
-                              leave=True) if _is_terminal(self._stream)
-                         else _Lines(self._description, self._unit, self._stream))
+                              leave=True, initial=done) if _is_terminal(self._stream)
+                         else _Lines(self._description, self._unit, self._stream, initial=done))
         if self._bar.total != total:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
@@ -43,12 +50,15 @@ class TqdmProgress:
 
 
 class _Lines:
-    """tqdm's ``total``/``n``/``update``/``close``, written as ``description: done/total unit (percent)`` lines."""
+    """tqdm's ``total``/``n``/``update``/``close``, written as ``description: done/total unit (percent)`` lines,
+    with the rate since the bar was made (``, rate unit/s``) once :data:`RATE_MIN_S` were measured.
 
-    def __init__(self, description: str, unit: str, stream: TextIO):
+    ``initial``, as tqdm's, is what was done when the bar was made: it is counted, but not in the rate."""
+
+    def __init__(self, description: str, unit: str, stream: TextIO, initial: int = 0):
         self.description, self.unit, self.stream = description, unit, stream
         self.total: int | None = None
-        self.n = 0
+        self.n = self._initial = initial
         self._started = self._written = time.monotonic()
         self._shown: int | None = None
 
@@ -67,7 +77,8 @@ class _Lines:
         of = f"/{self.total}" if self.total else ""
         percent = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         elapsed = self._written - self._started
-        rate = f", {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
+        measured = self.n - self._initial
+        rate = f", {measured / elapsed:.1f} {self.unit}/s" if elapsed >= RATE_MIN_S and measured > 0 else ""
         print(f"{self.description}: {self.n}{of} {self.unit}{percent}{rate}", file=self.stream, flush=True)
 
 

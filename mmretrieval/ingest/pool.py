@@ -31,8 +31,10 @@ import logging
 import os
 import queue
 import resource
+import sys
 import threading
 import time
+from multiprocessing import process as mp_process
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator
 
@@ -261,9 +263,8 @@ class DecodePool:
         if not worker.ready:
             self._startup_crashes += 1
             if self._startup_crashes >= _MAX_STARTUP_CRASHES:
-                raise CollectionError(
-                    f"{self._startup_crashes} decoding processes died while starting ({message}); when ingesting "
-                    "from a script, guard it with `if __name__ == '__main__':`, or pass workers=0")
+                # from None: the broken pipe this was noticed by (when it was) is not news after the message
+                raise CollectionError(_startup_failure(self._startup_crashes, message)) from None
         else:
             culprit = worker.culprit()
             logger.warning("%s: %s", culprit.path, message)
@@ -275,6 +276,36 @@ class DecodePool:
         for chunk in worker.stop(kill=True):
             chunks.give_back(chunk)
         workers[workers.index(worker)] = Worker(start_context(), self.preparer, self.decode)
+
+
+def _startup_failure(crashes: int, message: str) -> str:
+    """Why ``crashes`` workers died before they were ready, and the fix: a guard for an unguarded script, which each
+    worker re-runs on import; ``workers=0`` for a script read from standard input (``python - <<EOF``), which
+    spawned and forkserver workers look for as a file named ``<stdin>``, and die of a FileNotFoundError."""
+    died = f"{crashes} decoding processes died while starting ({message})"
+    main_path = _unreadable_main_path()
+    if main_path is not None:  # a guard cannot help: the workers die before they reach any line of the script
+        source = ("came from standard input, which they cannot read again" if main_path == "<stdin>"
+                  else f"is not a file they can read ({main_path!r})")
+        return (f"{died}: each one re-runs the main script, and this one {source}; pass workers=0 to decode in this "
+                "process, or save the script to a file and run that")
+    return f"{died}; when ingesting from a script, guard it with `if __name__ == '__main__':`, or pass workers=0"
+
+
+def _unreadable_main_path() -> str | None:
+    """The main script's path as multiprocessing hands it to spawned workers (``spawn.get_preparation_data``),
+    where that is not a file they can run; None where they can, or have nothing to run: ``python -m`` (imported
+    by name), ``python -c`` and the interactive interpreter (no ``__file__``)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return None
+    given = getattr(main, "__file__", None)
+    if not isinstance(given, str):
+        return None
+    path = given  # relative to where this process started, as multiprocessing takes it
+    if not os.path.isabs(path) and mp_process.ORIGINAL_DIR is not None:
+        path = os.path.join(mp_process.ORIGINAL_DIR, path)
+    return None if os.path.isfile(path) else given
 
 
 def _group_rows(batch_size: int) -> int:
