@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
+from ..models.inputs import unit_rows
 
 
 def check_k(k: object, what: str = "hits") -> int:
@@ -55,38 +56,19 @@ def check_threshold(threshold: object, duplicates: bool = False) -> float | None
     return value
 
 
-_UNIT_TOLERANCE = 1e-3  # a norm this close to 1 is a unit vector (a stored float16 row is within ~1e-4)
-
-
 def check_query_vector(vector: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
     """``vector`` scaled to unit length, as float32 of shape ``(dim,)`` (a ``(1, dim)`` row is accepted too);
-    one already of unit length, give or take float16 rounding, is kept as it is.
-
-    Scores are cosines only against a unit query; scaling keeps the direction, which is all a query means.
+    one already of unit length, give or take float16 rounding, is kept as it is (:func:`~..models.inputs.unit_rows`).
 
     Raises:
         QueryError: not numbers, the wrong shape or dimension, a NaN or infinite value, or all zeros.
     """
     array = np.asarray(vector)
-    if array.dtype.kind not in "iuf":
-        raise QueryError(f"a query vector must hold numbers (ints or floats), got dtype {array.dtype}")
-    if array.ndim == 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 1:
+    if array.ndim == 2 and array.shape[0] != 1 or array.ndim > 2:
         raise QueryError(f"a query vector has shape ({dim},), got shape {array.shape}")
-    if array.shape[0] != dim:
-        raise QueryError(f"the query vector has {array.shape[0]} dimensions, the collection's vectors {dim}; "
-                         "make it with the collection's model (Collection.query_vector)")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise QueryError("the query vector holds NaN or infinite values; every value must be finite")
-    largest = float(np.abs(array).max())
-    if largest == 0:
-        raise QueryError("the query vector is all zeros: it has no direction to search in")
-    if abs(float(np.linalg.norm(array)) - 1) <= _UNIT_TOLERANCE:
-        return array.astype(np.float32)  # a unit vector as stored (float16 rounding): its scores stay as they were
-    array /= largest  # first, so that the norm of huge values does not overflow
-    return (array / np.linalg.norm(array)).astype(np.float32)
+    rows = unit_rows(array, dim, item="query vector",
+                     fix="make it with the collection's model (Collection.query_vector)")
+    return rows[0].astype(np.float32)
 
 
 def forked_message(pid: int) -> str:

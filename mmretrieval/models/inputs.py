@@ -10,7 +10,12 @@ import numbers
 import reprlib
 from typing import Any, Callable, Iterable
 
+import numpy as np
+import numpy.typing as npt
+
 from ..errors import QueryError
+
+UNIT_TOLERANCE = 1e-3  # a norm this close to 1 is a unit vector (a stored float16 row is within ~1e-4)
 
 
 def listed(value: Any, kinds: tuple[type, ...], item: str, expected: str,
@@ -56,3 +61,45 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise QueryError(f"batch_size must be at least 1, got {batch_size!r}")
     return int(batch_size)
+
+
+def unit_rows(vectors: npt.ArrayLike, dim: int, *, item: str, fix: str) -> npt.NDArray[np.float64]:
+    """``vectors`` as float64 rows of unit length, ``(N, dim)``; one ``(dim,)`` vector is one row.
+
+    Scores are cosines only between unit vectors; scaling keeps a row's direction, all that a cosine sees. Rows
+    already of unit length within :data:`UNIT_TOLERANCE` are kept as they are, so that the scores of stored
+    (float16) vectors do not shift. ``item`` names one row in messages ("query vector"), ``fix`` says how to make
+    rows of the right dimension.
+
+    Raises:
+        QueryError: not numbers, ragged rows, not 1-D or 2-D, a width other than ``dim``, a NaN or infinite value,
+            or a row of zeros (no direction).
+    """
+    try:
+        array = np.asarray(vectors)
+    except ValueError as exc:  # rows of different lengths
+        raise QueryError(f"{item}s must be rows of {dim} numbers each: {exc}") from None
+    if array.dtype.kind not in "iuf":
+        raise QueryError(f"{item}s must hold numbers (ints or floats), got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise QueryError(f"{item}s have shape (N, {dim}) (or ({dim},) for one), got shape {array.shape}")
+    if array.shape[1] != dim:
+        raise QueryError(f"the {item} has {array.shape[1]} dimensions where {dim} are needed; {fix}")
+    array = array.astype(np.float64)
+
+    def which(bad: npt.NDArray[np.bool_]) -> str:
+        return f"{item} {int(np.argmax(bad))}" if len(array) > 1 else f"the {item}"
+
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise QueryError(f"{which(~finite)} holds NaN or infinite values; every value must be finite")
+    largest = np.abs(array).max(axis=1)
+    if (largest == 0).any():
+        raise QueryError(f"{which(largest == 0)} is all zeros: it has no direction to score")
+    scale = np.abs(np.linalg.norm(array, axis=1) - 1) > UNIT_TOLERANCE
+    if scale.any():
+        rows = array[scale] / largest[scale, None]  # first, so that the norm of huge values does not overflow
+        array[scale] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return array

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
-from .inputs import listed
+from .inputs import listed, unit_rows
 
 
 class TextModel(Protocol):
@@ -287,7 +287,8 @@ class ZeroShotClassifier:
             QueryError: vectors that are not numbers, of another shape or dimension, with a NaN or infinite value,
                 or all zeros; ``multi_label`` on a CLIP-style classifier made without its ``null_embedding``.
         """
-        images = _unit_rows(image_embeddings, self.embeddings.shape[1])
+        images = unit_rows(image_embeddings, self.embeddings.shape[1], item="image vector",
+                           fix="embed the images with the model that made the classifier")
         cosines = images @ self.embeddings.T.astype(np.float64)
         if self.is_sigmoid:
             return _sigmoid(self.logit_scale * cosines + self.logit_bias).astype(np.float32)
@@ -302,49 +303,6 @@ class ZeroShotClassifier:
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits)
         return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-_UNIT_TOLERANCE = 1e-3  # a norm this close to 1 is a unit vector (a stored float16 row is within ~1e-4)
-
-
-def _unit_rows(vectors: npt.ArrayLike, dim: int) -> npt.NDArray[np.float64]:
-    """``vectors`` as float64 rows of unit length, ``(N, dim)``; one ``(dim,)`` vector is one row.
-
-    Rows already of unit length within :data:`_UNIT_TOLERANCE` are kept as they are, so that scores of stored
-    (float16) vectors do not shift; others are scaled, which keeps their direction, all that a cosine sees. This
-    is the check the collection makes of a query vector (``collection.arguments.check_query_vector``), for many
-    rows: models/ does not import collection/, which sits above it.
-
-    Raises:
-        QueryError: not numbers, ragged rows, not 1-D or 2-D, a width other than ``dim``, a NaN or infinite value,
-            or a row of zeros (no direction to score).
-    """
-    try:
-        array = np.asarray(vectors)
-    except ValueError as exc:  # rows of different lengths
-        raise QueryError(f"image vectors must be rows of {dim} numbers each: {exc}") from None
-    if array.dtype.kind not in "iuf":
-        raise QueryError(f"image vectors must hold numbers (ints or floats), got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise QueryError(f"image vectors have shape (N, {dim}) (or ({dim},) for one), got shape {array.shape}")
-    if array.shape[1] != dim:
-        raise QueryError(f"the image vectors have {array.shape[1]} dimensions, the labels' {dim}; embed the images "
-                         "with the model that made the classifier")
-    array = array.astype(np.float64)
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        raise QueryError(f"image vector {int(np.argmax(bad))} holds NaN or infinite values; every value must be "
-                         "finite")
-    largest = np.abs(array).max(axis=1)
-    if (largest == 0).any():
-        raise QueryError(f"image vector {int(np.argmax(largest == 0))} is all zeros: it has no direction to score")
-    scale = np.abs(np.linalg.norm(array, axis=1) - 1) > _UNIT_TOLERANCE
-    if scale.any():
-        rows = array[scale] / largest[scale, None]  # first, so that the norm of huge values does not overflow
-        array[scale] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return array
 
 
 @dataclass(frozen=True)
