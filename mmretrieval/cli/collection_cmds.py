@@ -232,7 +232,8 @@ def _register_label(subparsers) -> None:
                         "(repeatable; required unless --remove)")
     parser.add_argument("--remove", metavar="NAME", help="delete label set NAME and its labels (other sets are kept)")
     parser.add_argument("--templates", default="default",
-                        help="default, imagenet, none, or a file (one {} per line) (default: default)")
+                        help="default, imagenet, none, a file (one {} per line), or one template such as "
+                        "'a drawing of a {}.' (default: default)")
     parser.add_argument("--multi-label", action="store_true", help="score labels independently; keep all >= threshold")
     parser.add_argument("--threshold", type=probability,
                         help=f"with --multi-label: the probability cutoff (default {MULTI_LABEL_THRESHOLD})")
@@ -260,7 +261,7 @@ def _label(args: argparse.Namespace) -> int:
     if not args.labels:
         raise QueryError("--labels is required: the labels to score, e.g. --labels 'cat,dog,car' (or --remove NAME "
                          "to delete a label set)")
-    threshold = multi_label_threshold(args)
+    threshold = multi_label_threshold(args)  # refuses --threshold without --multi-label
     labels = parse_labels(labels_with_stdin(args.labels))  # @FILE and @- read here, before the run
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
@@ -269,7 +270,8 @@ def _label(args: argparse.Namespace) -> int:
     with open_collection(args.collection, device=args.device, writer="label", wait=args.wait) as collection:
         with TqdmProgress("label") as progress:
             summary = collection.label(labels, args.templates, multi_label=args.multi_label,
-                                       threshold=threshold, label_set=args.label_set, replace=args.replace,
+                                       threshold=threshold if args.multi_label else None,
+                                       label_set=args.label_set, replace=args.replace,
                                        progress=progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:
             collection.export_labels(args.out, summary.label_set)

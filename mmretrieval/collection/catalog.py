@@ -374,6 +374,12 @@ class Catalog(VectorPlaces):
         """Run a read-only query (for the modules that own their own tables, such as the photo filters)."""
         return self._query(sql, params)
 
+    def select_ids(self, sql: str, params: Sequence = ()) -> npt.NDArray[np.int64]:
+        """Run a read-only query whose rows are one id each, in its order: streamed into the array, as
+        :meth:`vector_ids` does (a list of 10 M row tuples would cost ~1 GB on the way)."""
+        with self._lock:
+            return np.fromiter((row[0] for row in self._db.execute(sql, params)), dtype=np.int64)
+
     def counts_by_status(self) -> dict[str, int]:
         with self._lock:  # both counts from one snapshot, whatever a writer commits in between
             begun = not self._db.in_transaction

@@ -33,22 +33,31 @@ class LabelMethods:
     text_model: Callable[[], "DualEncoder | TextEncoder"]
 
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
-              multi_label: bool = False, threshold: float = 0.5, label_set: str = "default", replace: bool = False,
-              progress: Progress | None = None, path_prefix: str | None = None, after: DateLike | None = None,
-              before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> LabelSummary:
+              multi_label: bool = False, threshold: float | None = None, label_set: str = "default",
+              replace: bool = False, progress: Progress | None = None, path_prefix: str | None = None,
+              after: DateLike | None = None, before: DateLike | None = None, camera: str | None = None,
+              near: NearLike | None = None) -> LabelSummary:
         """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
 
         A set of the same name is replaced only with ``replace=True``; see :mod:`mmretrieval.collection.labelling`.
         With filters (as for :meth:`search`) only the matching images are labelled.
 
+        Args:
+            templates: templates with one ``{}`` each, or one string: ``default``, ``imagenet``, ``none``, a template
+                file, or a single template ("a drawing of a {}.").
+            threshold: with ``multi_label``, the probability from 0 to 1 a label needs (None: 0.5); refused
+                without it (each image then gets its best label, whatever its probability).
+
         Raises:
-            QueryError: no labels, unknown templates, a bad filter, or filters that match no image.
+            QueryError: no labels, unknown or bad templates, a threshold that is not a probability or comes without
+                ``multi_label``, a bad filter, or filters that match no image.
             CollectionError: a set named ``label_set`` exists (and ``replace`` is false), a name that cannot name a
                 set, a read-only collection, another writer at work, or a closed or forked collection.
         """
-        from .labelling import label_collection
+        from .labelling import check_label_options, label_collection
 
         self._check_process()
+        check_label_options(multi_label, threshold)  # before the filters and the writer lock: a typo costs no wait
         filters = Filters.of(path_prefix=path_prefix, after=after, before=before, camera=camera, near=near)
         ids = allowed_ids(self.catalog, filters)
         if ids is not None and not len(ids):

@@ -1,9 +1,16 @@
 """Label sets: each labelling run writes a named set, kept apart from the others and replaced only on request.
 
-Storage (in the catalog; schema in :mod:`.migrations`, version 3): ``labels`` rows carry their ``label_set``; ``label_sets`` describes each run
-(its labels, mode, threshold, when). A run streams its assignments, chunk by chunk, into
-``labels_staging`` and moves them into ``labels`` in one transaction at the end, so memory stays bounded
-by one chunk and a run that dies half-way leaves the set as it was.
+Storage (in the catalog; schema in :mod:`.migrations`, version 3): ``labels`` rows carry their ``label_set``;
+``label_sets`` describes each run (its labels, mode, threshold, when); ``label_scored`` names every image the run
+scored, labelled or not (a multi-label run may give an image no label), so that an export lists exactly those. A
+run streams its assignments, chunk by chunk, into ``labels_staging`` (and the ids it scored into a temporary table
+of its connection) and moves them into ``labels`` and ``label_scored`` in one transaction at the end, so memory
+stays bounded by one chunk and a run that dies half-way leaves the set as it was.
+
+What a set scored is kept as true as its labels: a pruned image goes with its row, and one whose bytes changed, or
+that failed or was skipped since, counts as scored by no set (triggers in :mod:`.migrations`, which also clear
+what a set scored when an mmretrieval that predates ``label_scored`` rewrites or removes the set). A set made
+before ``label_scored`` existed names no scored image: :func:`scored_ids` says so with None.
 
 Names: labels of the set called ``default`` read as plain ``LABEL``; labels of any other set read as
 ``SET:LABEL``. A filter may name ``SET:LABEL`` or just ``LABEL`` (that label in any set).
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 DEFAULT_SET = "default"
+_SCORED_STAGING = "temp.label_scored_staging"  # a run's scored ids until it commits (its connection's own)
 _NAME = re.compile(r"^[^:\s.][^:]{0,63}$")
 
 
@@ -155,6 +163,10 @@ class LabelSetWriter:
                                   "tick “replace” in the UI) or name a new set (--set NAME)")
         with catalog.transaction() as db:  # what runs that died half-way left behind, whatever set they wrote
             db.execute("DELETE FROM labels_staging")
+            # The ids scored so far live with this connection: a run that dies takes them with it, and one that
+            # raised left them for this DELETE.
+            db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_SCORED_STAGING} (image_id INTEGER PRIMARY KEY)")
+            db.execute(f"DELETE FROM {_SCORED_STAGING}")
 
     def add(self, assignments: Iterable[tuple[int, str, float]]) -> None:
         """Stage one chunk of ``(image_id, label, probability)`` rows."""
@@ -162,8 +174,15 @@ class LabelSetWriter:
             db.executemany("INSERT INTO labels_staging(label_set, image_id, label, probability) VALUES (?, ?, ?, ?)",
                            ((self.name, int(i), label, float(p)) for i, label, p in assignments))
 
+    def add_scored(self, ids: Iterable[int]) -> None:
+        """Stage the ids of one chunk's scored images, labelled or not (a temporary table: no write to the
+        catalog's file, so no sync)."""
+        with self._catalog.transaction() as db:
+            db.executemany(f"INSERT OR IGNORE INTO {_SCORED_STAGING}(image_id) VALUES (?)", ((int(i),) for i in ids))
+
     def commit(self) -> None:
-        """Replace the set's stored labels with the staged ones, in one transaction."""
+        """Replace the set's stored labels, and the record of what it scored, with the staged ones, in one
+        transaction."""
         with self._catalog.transaction() as db:
             db.execute("DELETE FROM labels WHERE label_set = ?", (self.name,))
             # Only images still in the catalog: a file pruned during the run must not come back as a label.
@@ -174,11 +193,44 @@ class LabelSetWriter:
             db.execute("INSERT OR REPLACE INTO label_sets(name, labels, multi_label, threshold, created_s) "
                        "VALUES (?, ?, ?, ?, ?)", (self.name, json.dumps(list(self._labels)), int(self._multi_label),
                                                   self._threshold, time.time()))
+            # After label_sets: writing the set's row clears what it scored before (a trigger, see .migrations).
+            db.execute("DELETE FROM label_scored WHERE label_set = ?", (self.name,))
+            db.execute(f"INSERT INTO label_scored(label_set, image_id) SELECT ?, s.image_id FROM {_SCORED_STAGING} s "
+                       "JOIN images i ON i.id = s.image_id", (self.name,))
+            db.execute(f"DELETE FROM {_SCORED_STAGING}")
 
 
 def delete(catalog: "Catalog", name: str) -> int:
-    """Remove label set ``name``; returns the assignments removed (0 for an unknown set)."""
+    """Remove label set ``name`` and the record of what it scored; returns the assignments removed (0 for an
+    unknown set)."""
     with catalog.transaction() as db:
         removed = db.execute("DELETE FROM labels WHERE label_set = ?", (name,)).rowcount
+        db.execute("DELETE FROM label_scored WHERE label_set = ?", (name,))
         db.execute("DELETE FROM label_sets WHERE name = ?", (name,))
     return removed
+
+
+def scored_ids(catalog: "Catalog", label_set: str | None) -> npt.NDArray[np.int64] | None:
+    """Ids, sorted, of the embedded images that ``label_set`` (None: any stored set) scored, labelled or not; None
+    when that is not recorded: a set made before ``label_scored`` existed (None: any such set among the stored
+    ones), or a catalog of that time opened read-only (the table cannot be added there).
+
+    An image labelled in the set counts even without a ``label_scored`` row: a moved file takes its old row's
+    labels (see :func:`~.places._take_labels_of_moved_files`), not its record.
+    """
+    if not catalog.select("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_scored'"):
+        return None
+    unrecorded = ("SELECT 1 FROM label_sets s WHERE NOT EXISTS "
+                  "(SELECT 1 FROM label_scored r WHERE r.label_set = s.name)")
+    if label_set is None:
+        if catalog.select(unrecorded + " LIMIT 1"):
+            return None
+        scored, params = "SELECT image_id FROM label_scored UNION SELECT image_id FROM labels", ()
+    else:
+        if catalog.select(unrecorded + " AND s.name = ?", (label_set,)):
+            return None
+        scored = ("SELECT image_id FROM label_scored WHERE label_set = ? "
+                  "UNION SELECT image_id FROM labels WHERE label_set = ?")
+        params = (label_set, label_set)
+    return catalog.select_ids(f"SELECT s.image_id FROM ({scored}) s JOIN vector_rows v ON v.image_id = s.image_id "
+                              "ORDER BY s.image_id", params)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import numbers
 import os
 import re
 import shutil
@@ -18,9 +19,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, name_within_limit, remove_orphans
-from ..errors import CollectionError
+from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
-from .label_sets import DEFAULT_SET, LabelSetWriter
+from .label_sets import DEFAULT_SET, LabelSetWriter, scored_ids
 from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
                                refuse_lone_softmax_label)
 
@@ -43,65 +44,118 @@ class LabelSummary:
     label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
 
 
+DEFAULT_THRESHOLD = 0.5  # the multi-label cutoff when none is given (the command line's --threshold default)
+
+
+def check_label_options(multi_label: bool, threshold: object) -> float | None:
+    """The multi-label cutoff a run uses (:data:`DEFAULT_THRESHOLD` when None is given; None for single-label),
+    checked as the command line checks ``--threshold``.
+
+    A single-label run gives each image its best label whatever its probability, so a threshold there would be
+    ignored without a word: it is refused instead.
+
+    Raises:
+        QueryError: not a finite number, outside [0, 1], or given without ``multi_label``.
+    """
+    if threshold is None:
+        value = None
+    elif (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+          or not 0 <= float(threshold) <= 1):  # NaN fails this too
+        raise QueryError(f"threshold must be a probability from 0 to 1 (e.g. 0.3), got {threshold!r}")
+    else:
+        value = float(threshold)
+    if not multi_label:
+        if value is not None:
+            raise QueryError(f"threshold applies with multi_label=True (got threshold={threshold!r}); without it "
+                             "each image gets its best label whatever its probability")
+        return None
+    return DEFAULT_THRESHOLD if value is None else value
+
+
+def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """The prompt templates as :meth:`~mmretrieval.models.zeroshot.ZeroShotClassifier.build` reads them: one string
+    with a brace is one template; any other string is a template set's name or a template file."""
+    if isinstance(templates, str):
+        return (templates,) if {"{", "}"} & set(templates) else load_templates(templates)
+    return tuple(templates)
+
+
 def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[str] | str,
                      templates: str | Sequence[str],
-                     *, multi_label: bool, threshold: float, label_set: str = DEFAULT_SET, replace: bool = False,
-                     progress: Callable[[int, int], None] | None = None,
+                     *, multi_label: bool, threshold: float | None = None, label_set: str = DEFAULT_SET,
+                     replace: bool = False, progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:
     """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (the labels, one per
     item of any iterable, or one string of them as :func:`~mmretrieval.models.zeroshot.parse_labels` takes it;
-    either way checked by :func:`~mmretrieval.models.zeroshot.normalise_labels`) and store the assigned ones as
-    label set ``label_set``.
+    either way checked by :func:`~mmretrieval.models.zeroshot.normalise_labels`) and store the assigned ones, and
+    which images were scored, as label set ``label_set``.
 
     Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set
     replaces a stored set of the same name only when ``replace`` is true, and other sets are never touched.
 
+    Args:
+        templates: templates with one ``{}`` each, or one string: a template set's name (``default``,
+            ``imagenet``, ``none``), a template file, or a single template ("a drawing of a {}.").
+        threshold: with ``multi_label``, the cutoff (a probability; None: :data:`DEFAULT_THRESHOLD`); see
+            :func:`check_label_options`.
+
     Raises:
-        QueryError: no labels, a label that is blank or not a ``str``, one label scored by a softmax, unknown
-            templates.
+        QueryError: no labels, a label that is blank or not a ``str``, one label scored by a softmax, unknown or
+            bad templates, a bad threshold or one without ``multi_label``.
         CollectionError: a bad set name, or the set exists and ``replace`` is false.
     """
+    cutoff = check_label_options(multi_label, threshold)
     names = normalise_labels(labels)  # a list is checked and deduplicated as a typed string is
     refuse_lone_softmax_label(names, is_sigmoid=encoder.is_sigmoid, multi_label=multi_label)
-    prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
-    writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label,
-                            threshold=threshold if multi_label else None, replace=replace)
+    prompts = _templates(templates)
+    writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label, threshold=cutoff, replace=replace)
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
     all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)
     all_ids.sort()
     counts = {name: 0 for name in names}
+    kept = DEFAULT_THRESHOLD if cutoff is None else cutoff  # (single-label keeps each image's best label: unused)
     for start in range(0, len(all_ids), _CHUNK):
         ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK].tolist())
         probabilities = classifier.probabilities(vectors, multi_label=multi_label)
         chunk = [(image_id, p.label, p.probability)
                  for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
-                                                                        threshold=threshold))
+                                                                        threshold=kept))
                  for p in predictions]
         writer.add(chunk)
+        writer.add_scored(ids.tolist())
         for _, name, _ in chunk:
             counts[name] += 1
         if progress:
             progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
     writer.commit()
     logger.info("labelled %d images into label set %r", len(all_ids), writer.name)
-    return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label,
-                        threshold=threshold if multi_label else None, label_set=writer.name)
+    return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label, threshold=cutoff,
+                        label_set=writer.name)
 
 
 _PAGE = 10_000  # images read per query when exporting or organizing
 MISSING_EXAMPLES = 5  # missing files named in the result of organize (the rest are counted)
 
 
-def _labelled_rows(catalog: "Catalog", label_set: str | None) -> Iterator[tuple[int, str, tuple[tuple[str, float], ...]]]:
-    """Every embedded image, in id order, with its labels best first: those of ``label_set`` by their own names,
-    or (None) of every set, ``SET:LABEL`` outside the default one. Read a page at a time: at 10 M images the ids
-    (80 MB) and one page are in memory, not every path and label."""
-    ids = catalog.vector_ids()  # sorted
-    for start in range(0, len(ids), _PAGE):
-        page = ids[start:start + _PAGE].tolist()
-        rows = catalog.rows(page)
-        labels = catalog.labels_of(page, label_set)
-        yield from ((i, rows[i].path, labels.get(i, ())) for i in page if i in rows)
+def _labelled_rows(catalog: "Catalog", label_set: str | None
+                   ) -> tuple[bool, Iterator[tuple[int, str, tuple[tuple[str, float], ...]]]]:
+    """Whether the images are exactly those the set scored, and the images, in id order, with their labels best
+    first: those of ``label_set`` by their own names, or (None) of every set, ``SET:LABEL`` outside the default one.
+
+    The images are those ``label_set`` (None: any set) scored, labelled or not; where that is not recorded (a set
+    made before it was, see :func:`~.label_sets.scored_ids`), every embedded image, as then. Read a page at a time:
+    at 10 M images the ids (80 MB) and one page are in memory, not every path and label."""
+    scored = scored_ids(catalog, label_set)
+    ids = catalog.vector_ids() if scored is None else scored  # both sorted
+
+    def rows() -> Iterator[tuple[int, str, tuple[tuple[str, float], ...]]]:
+        for start in range(0, len(ids), _PAGE):
+            page = ids[start:start + _PAGE].tolist()
+            found = catalog.rows(page)
+            labels = catalog.labels_of(page, label_set)
+            yield from ((i, found[i].path, labels.get(i, ())) for i in page if i in found)
+
+    return scored is not None, rows()
 
 
 def check_export_path(path: str | os.PathLike) -> Path:
@@ -134,8 +188,15 @@ def check_organize_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) -> int:
-    """Write ``path`` (.csv: id, path, label, probability per assignment; .jsonl: one object per image) for
-    ``label_set`` (None: every set), streamed into a temporary file renamed over ``path`` at the end.
+    """Write ``path`` for ``label_set`` (None: every set), streamed into a temporary file renamed over ``path`` at
+    the end; returns rows (.csv) or images (.jsonl) written.
+
+    The images are those the set scored (None: any set), labelled or not: .csv has a row (id, path, label,
+    probability) per assignment, and one with an empty label and probability for a scored image that got no label
+    (a multi-label cutoff that none of its labels reached), so that it can be joined to ground truth; .jsonl has
+    an object per image whose ``labels`` list is then ``[]``. A set made before mmretrieval recorded which images
+    it scored lists, as it did then, every embedded image in .jsonl (``[]`` for those without a label, scored or
+    not) and only the assignments in .csv.
 
     A file name that is not UTF-8 is written so that the file can be found again, as the command line's TSV and
     ``--json`` output write it: the CSV holds its original bytes (so the CSV works as a list file), JSON lines its
@@ -150,14 +211,18 @@ def export_labels(catalog: "Catalog", path: Path, label_set: str | None = None) 
     try:
         with atomic_path(path) as temporary, \
                 open(temporary, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            exactly_scored, rows = _labelled_rows(catalog, label_set)
             if path.suffix.lower() == ".csv":
                 writer = csv.writer(handle)
                 writer.writerow(["id", "path", "label", "probability"])
-                for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+                for image_id, image_path, pairs in rows:
+                    if not pairs and exactly_scored:
+                        writer.writerow([image_id, image_path, "", ""])
+                        count += 1
                     writer.writerows([image_id, image_path, label, f"{p:.6f}"] for label, p in pairs)
                     count += len(pairs)
             else:
-                for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+                for image_id, image_path, pairs in rows:
                     record = {"id": image_id, "path": image_path,
                               "labels": [{"label": label, "probability": round(p, 6)} for label, p in pairs]}
                     handle.write(json_line(record) + "\n")
@@ -193,7 +258,8 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
     placed, missing, examples = 0, 0, []
     try:
         with folder_built_aside(out_dir, ORGANIZED_BY, _placed_here) as folder:
-            for image_id, image_path, pairs in _labelled_rows(catalog, label_set):
+            _, rows = _labelled_rows(catalog, label_set)
+            for image_id, image_path, pairs in rows:
                 if not pairs:
                     continue
                 if not os.path.exists(image_path):

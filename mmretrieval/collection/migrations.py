@@ -92,6 +92,22 @@ CREATE TABLE IF NOT EXISTS label_sets (
     threshold REAL,                     -- multi-label cutoff, NULL for single-label
     created_s REAL NOT NULL             -- Unix time of the run
 );
+CREATE TABLE IF NOT EXISTS label_scored (  -- the images a set's run scored, labelled or not (see label_sets.py)
+    label_set TEXT NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    PRIMARY KEY (label_set, image_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS label_scored_image ON label_scored(image_id);
+-- The triggers keep label_scored true whoever writes, mmretrieval before this table included: a set written (or
+-- replaced) anew starts with nothing scored, a removed set keeps nothing, and an image whose bytes changed or that
+-- lost its vector (its content hash changed or was cleared, as its labels go) counts as scored by no set.
+CREATE TRIGGER IF NOT EXISTS label_scored_set_written AFTER INSERT ON label_sets
+    BEGIN DELETE FROM label_scored WHERE label_set = new.name; END;
+CREATE TRIGGER IF NOT EXISTS label_scored_set_removed AFTER DELETE ON label_sets
+    BEGIN DELETE FROM label_scored WHERE label_set = old.name; END;
+CREATE TRIGGER IF NOT EXISTS label_scored_new_content AFTER UPDATE OF content_hash ON images
+    WHEN new.content_hash IS NULL OR new.content_hash IS NOT old.content_hash
+    BEGIN DELETE FROM label_scored WHERE image_id = new.id; END;
 """ + PHOTO_SCHEMA  # capture time, camera, GPS per embedded image (migration 3 -> 4 adds it to older catalogs)
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step

@@ -93,7 +93,7 @@ class CollectionHandlers:
 
         with self.ctx.lock:
             summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
-                                                threshold=float(threshold), label_set=(label_set or "").strip()
+                                                threshold=float(threshold) if multi_label else None, label_set=(label_set or "").strip()
                                                 or "default", replace=bool(replace), progress=report)
             csv_path = self._export_dir / "labels.csv"
             self.ctx.collection.export_labels(csv_path, summary.label_set)  # this run's set, as the CLI's --out
