@@ -608,3 +608,18 @@ def test_max_pixels_fails_larger_images_and_says_how_to_raise_it(tmp_path, tiny_
     assert [reason for _, reason, _ in failures] == ["decompression_bomb"] * 2
     assert "16384 pixels, over the limit of 4000 pixels" in failures[0][2] and "--max-pixels" in failures[0][2]
     assert main([*base, "--collection", str(tmp_path / "default")]) == 0
+
+
+def test_a_prefix_naming_a_folder_matches_inside_it_only(built, capsys):
+    tmp_path, collection = built
+    write_good_images(tmp_path / "photos-old", 2)  # its name starts with the other folder's
+    assert main(["ingest", str(tmp_path / "photos-old"), "--collection", collection, "--workers", "0"]) == 0
+    capsys.readouterr()
+
+    def found(prefix):
+        assert main(["search", "a photo", "--collection", collection, "-k", "50", "--prefix", prefix]) == 0
+        return [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+
+    inside = found(str(tmp_path / "photos"))
+    assert len(inside) == 5 and all(Path(path).parent == tmp_path / "photos" for path in inside)
+    assert len(found(str(tmp_path / "photos-"))) == 2  # text that names no folder stays a prefix of the path

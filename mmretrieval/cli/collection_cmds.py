@@ -17,7 +17,7 @@ from ..errors import CollectionError, QueryError
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
-                     labels_with_stdin, multi_label_threshold, open_collection, probability)
+                     labels_with_stdin, multi_label_threshold, open_collection, path_prefix, probability)
 from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
@@ -42,7 +42,8 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine")
-    parser.add_argument("--prefix", action=Once, help="only images whose path starts with this (e.g. a folder)")
+    parser.add_argument("--prefix", action=Once, type=path_prefix,
+                        help="only images in this folder (one that exists), or whose path starts with this text")
     parser.add_argument("--label", action=Once,
                         help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
@@ -247,7 +248,8 @@ def _register_label(subparsers) -> None:
                         "or one an earlier --organize filled: replaced)")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
-    parser.add_argument("--prefix", action=Once, help="only label images whose path starts with this (e.g. a folder)")
+    parser.add_argument("--prefix", action=Once, type=path_prefix,
+                        help="only label images in this folder (one that exists), or whose path starts with this text")
     add_photo_filter_options(parser)
     parser.set_defaults(handler=_label)
 

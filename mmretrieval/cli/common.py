@@ -93,6 +93,14 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def path_prefix(text: str) -> str:
+    """``--prefix``: a folder that exists matches the images inside it only (``photos/2024`` not
+    ``photos/2024-old/``); other text is a prefix of the path as it is (``photos/IMG_``)."""
+    if text and not text.endswith(os.sep) and os.path.isdir(text):
+        return text + os.sep
+    return text
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number no smaller than ``minimum``."""
     def parse(text: str) -> int:
