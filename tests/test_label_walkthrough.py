@@ -239,3 +239,17 @@ def test_label_takes_one_template_string_as_zero_shot_build_does(collection, tin
         collection.label("circle, square", "drawing", label_set="unknown")
     with pytest.raises(QueryError, match="exactly one"):
         collection.label("circle, square", "a {} and a {}", label_set="two")
+
+
+def test_the_cli_summary_counts_images_with_no_label_and_prints_json(collection, tmp_path, capsys):
+    from mmretrieval.cli import main
+
+    collection.close()
+    argv = ["label", "--collection", str(tmp_path / "c"), "--labels", "circle,square", "--device", "cpu",
+            "--multi-label", "--threshold", "1.0", "--set", "strict", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["label_set"] == "strict" and summary["images"] == 7  # every image embedded; none reaches 1.0
+    assert summary["unlabelled"] == 7 and summary["counts"] == {"circle": 0, "square": 0}
+    assert "7 with no label above 1.0" in captured.err

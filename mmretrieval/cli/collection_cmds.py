@@ -247,6 +247,9 @@ def _register_label(subparsers) -> None:
                         help="link the images of this run's label set into OUTDIR/<label>/ (a new or empty folder, "
                         "or one an earlier --organize filled: replaced)")
     parser.add_argument("--copy", action="store_true", help="with --organize: copy instead of linking")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run's summary as one JSON object (label_set, images, counts, unlabelled...) "
+                        "instead of label<TAB>count lines")
     parser.add_argument("--device", default="auto", help="where to run the text tower (default: auto)")
     parser.add_argument("--prefix", action=Once, type=path_prefix,
                         help="only label images in this folder (one that exists), or whose path starts with this text")
@@ -284,7 +287,13 @@ def _label(args: argparse.Namespace) -> int:
                 print(f"skipped {organized.missing} source file(s) that are missing since ingestion (e.g. "
                       f"{organized.missing_examples[0]}); `mmr ingest FOLDER --prune` forgets those under FOLDER",
                       file=sys.stderr)
-    emit(({"label": label, "count": count} for label, count in summary.counts.items()), False, ["label", "count"])
+    if args.json:
+        print(json_line(dataclasses.asdict(summary)))
+    else:
+        emit(({"label": label, "count": count} for label, count in summary.counts.items()), False,
+             ["label", "count"])
+    none = f", {summary.unlabelled} with no label above {summary.threshold}" if summary.multi_label else ""
+    print(f"labelled {summary.images} images into set {summary.label_set!r}{none}", file=sys.stderr)
     return 0
 
 

@@ -42,6 +42,7 @@ class LabelSummary:
     multi_label: bool
     threshold: float | None  # multi-label threshold; None for single-label
     label_set: str = DEFAULT_SET  # the label set the run wrote (see label_sets.py)
+    unlabelled: int = 0  # images scored that reached no label's threshold (multi-label only)
 
 
 DEFAULT_THRESHOLD = 0.5  # the multi-label cutoff when none is given (the command line's --threshold default)
@@ -112,7 +113,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
     all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)
     all_ids.sort()
-    counts = {name: 0 for name in names}
+    counts, unlabelled = {name: 0 for name in names}, 0
     kept = DEFAULT_THRESHOLD if cutoff is None else cutoff  # (single-label keeps each image's best label: unused)
     for start in range(0, len(all_ids), _CHUNK):
         ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK].tolist())
@@ -125,12 +126,13 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
         writer.add_scored(ids.tolist())
         for _, name, _ in chunk:
             counts[name] += 1
+        unlabelled += len(ids) - len({image_id for image_id, _, _ in chunk})
         if progress:
             progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
     writer.commit()
     logger.info("labelled %d images into label set %r", len(all_ids), writer.name)
     return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label, threshold=cutoff,
-                        label_set=writer.name)
+                        label_set=writer.name, unlabelled=unlabelled)
 
 
 _PAGE = 10_000  # images read per query when exporting or organizing
