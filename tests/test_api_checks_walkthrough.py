@@ -17,7 +17,7 @@ import mmretrieval.progress as progress_module
 from mmretrieval.errors import QueryError
 from mmretrieval.models.zeroshot import ZeroShotClassifier
 from mmretrieval.progress import TqdmProgress
-from test_ingest import write_good_images
+from test_ingest import _UNGUARDED, write_good_images
 
 
 class _Clock:
@@ -157,16 +157,7 @@ def test_multi_label_without_the_neutral_reference_names_the_fix():
 
 # Decoding workers started from a script read on standard input.
 
-_FROM_STDIN = """
-import sys
-from mmretrieval.ingest.batches import DecodeTask
-from mmretrieval.ingest.pool import DecodePool
-from mmretrieval.errors import CollectionError
-try:
-    list(DecodePool(None, workers=1).run([DecodeTask(1, sys.argv[1])]))
-except CollectionError as exc:
-    print("refused:", exc)
-"""
+_FROM_STDIN = _UNGUARDED  # the same script, read from standard input instead of a file
 
 
 def test_a_script_on_stdin_is_told_to_pass_workers_0_not_to_add_a_guard(tmp_path):
