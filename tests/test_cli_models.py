@@ -278,6 +278,21 @@ def test_label_and_template_files_with_a_byte_order_mark(capsys, red_circle, tmp
     assert status == 0 and [json.loads(line)["label"] for line in out.splitlines()] == ["red circle", "blue square"]
 
 
+def test_one_template_of_your_own_is_taken_as_a_file_of_it_is(capsys, red_circle, tmp_path):
+    """--templates "a drawing of a {}." was an unknown template set on the command line, though the API took it."""
+    from mmretrieval.models.zeroshot import load_templates
+
+    template = "a drawing of a {}."
+    (tmp_path / "one.txt").write_text(template + "\n")
+    assert load_templates(template) == (template,)
+    runs = [_run(capsys, "classify", red_circle, "--labels", "red circle,blue square", "--templates", given,
+                 "--json", "--device", "cpu") for given in (template, tmp_path / "one.txt")]
+    assert runs[0][0] == 0 and runs[0][1] == runs[1][1]
+    status, _, err = _run(capsys, "classify", red_circle, "--labels", "a,b", "--templates", "a drawing {", "--device",
+                          "cpu")
+    assert status == 2 and "exactly one '{}'" in err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["eval", "--scenes", "0"], "mmr eval: error: argument --scenes: must be at least 20, got 0"),
     (["eval", "--scenes", "-5"], "mmr eval: error: argument --scenes: must be at least 20, got -5"),

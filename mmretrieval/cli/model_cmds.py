@@ -44,7 +44,8 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
                         help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
                         "(repeatable)")
     parser.add_argument("--templates", default="default",
-                        help="default, imagenet, none, or a file of '{}' templates (default: default)")
+                        help="default, imagenet, none, a file of '{}' templates, or one template such as "
+                        "'a drawing of a {}.' (default: default)")
     parser.add_argument("--multi-label", action="store_true", help="independent per-label probabilities")
     parser.add_argument("--threshold", type=probability,
                         help=f"with --multi-label: keep labels at or above this (default {MULTI_LABEL_THRESHOLD}); "
@@ -225,7 +226,7 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
                         "name, _ read as a space)")
     parser.add_argument("--captions", help="captioned set: folder with sidecar .txt files, or a CSV")
     parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
-    parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none or a file")
+    parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none, a file, or one template")
     parser.add_argument("--scenes", type=at_least(MIN_EVAL_SCENES), default=1000,
                         help=f"for --shapes: held-out scenes to search over (at least {MIN_EVAL_SCENES}: recall@10 "
                         "over fewer says little)")

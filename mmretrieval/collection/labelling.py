@@ -73,14 +73,6 @@ def check_label_options(multi_label: bool, threshold: object) -> float | None:
     return DEFAULT_THRESHOLD if value is None else value
 
 
-def _templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """The prompt templates as :meth:`~mmretrieval.models.zeroshot.ZeroShotClassifier.build` reads them: one string
-    with a brace is one template; any other string is a template set's name or a template file."""
-    if isinstance(templates, str):
-        return (templates,) if {"{", "}"} & set(templates) else load_templates(templates)
-    return tuple(templates)
-
-
 def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[str] | str,
                      templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float | None = None, label_set: str = DEFAULT_SET,
@@ -108,7 +100,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     cutoff = check_label_options(multi_label, threshold)
     names = normalise_labels(labels)  # a list is checked and deduplicated as a typed string is
     refuse_lone_softmax_label(names, is_sigmoid=encoder.is_sigmoid, multi_label=multi_label)
-    prompts = _templates(templates)
+    prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
     writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label, threshold=cutoff, replace=replace)
     classifier = ZeroShotClassifier.build(encoder, names, prompts)
     all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)

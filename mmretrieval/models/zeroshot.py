@@ -67,8 +67,9 @@ NULL_LABEL = "something"  # the neutral class CLIP-style multi-label scores each
 
 
 def load_templates(name_or_path: str) -> tuple[str, ...]:
-    """A built-in template set (``default``, ``imagenet``, ``none``) or a file with one ``{}`` template per line
-    (UTF-8; a byte-order mark, as some editors write, is not part of the first template).
+    """A built-in template set (``default``, ``imagenet``, ``none``), a file with one ``{}`` template per line
+    (UTF-8; a byte-order mark, as some editors write, is not part of the first template), or one template of its
+    own (``"a drawing of a {}."``: text with a brace that names no file).
 
     Raises:
         QueryError: unknown name, unreadable file, or a template without ``{}``.
@@ -76,8 +77,11 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
     if name_or_path in TEMPLATE_SETS:
         return TEMPLATE_SETS[name_or_path]
     path = Path(name_or_path)
+    if not path.is_file() and {"{", "}"} & set(name_or_path):
+        return _checked((name_or_path,), "the template")
     if not path.is_file():
-        raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)} or a file path")
+        raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)}, a file path, or "
+                         "one template with a {} for the label")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -251,7 +255,7 @@ class ZeroShotClassifier:
         """
         labels = normalise_labels(labels)
         if isinstance(templates, str):
-            templates = (templates,) if {"{", "}"} & set(templates) else load_templates(templates)
+            templates = load_templates(templates)
         templates = _checked(tuple(templates), "templates")
         null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
         return cls(
