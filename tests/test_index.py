@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.errors import CollectionError
+from mmretrieval.collection import index as index_module
 from mmretrieval.collection.index import Manifest, VectorIndex, choose_config, exact_search
 
 DIM = 16
@@ -97,7 +98,7 @@ def test_save_load_and_detect_corruption(tmp_path):
     vectors = clustered(100)
     index = VectorIndex.build(choose_config(100), np.arange(100), vectors, DIM)
     saved = index.save(tmp_path, _manifest(3))
-    assert saved.file == "index-3.faiss" and saved.count == 100
+    assert saved.file.startswith("index-3-") and saved.file.endswith(".faiss") and saved.count == 100
     loaded, manifest = VectorIndex.load(tmp_path, "abc", DIM)
     assert manifest == saved and loaded.count == 100
     assert VectorIndex.load(tmp_path, "another-model", DIM) is None
@@ -114,9 +115,29 @@ def test_save_replaces_the_previous_generation(tmp_path):
     index = VectorIndex.build(choose_config(10), np.arange(10), clustered(10), DIM)
     index.save(tmp_path, _manifest(1))
     index.add(np.array([99]), clustered(1, seed=3))
-    index.save(tmp_path, _manifest(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-2.faiss", "index.json"]
+    saved = index.save(tmp_path, _manifest(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([saved.file, "index.json"])
     assert VectorIndex.load(tmp_path, "abc", DIM)[0].count == 11
+
+
+def test_a_save_killed_before_its_manifest_leaves_the_saved_index_loadable(tmp_path, monkeypatch):
+    """``mmr index --type hnsw`` rebuilds at the same generation; killed between writing the new index file and
+    the manifest, the old manifest must still name an intact file (it named the one the rebuild overwrote)."""
+    vectors = clustered(200)
+    flat = VectorIndex.build(choose_config(200, "flat"), np.arange(200), vectors, DIM)
+    saved = flat.save(tmp_path, _manifest(4))
+    hnsw = VectorIndex.build(choose_config(200, "hnsw"), np.arange(200), vectors, DIM)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
+
+    monkeypatch.setattr(index_module, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        hnsw.save(tmp_path, _manifest(4))
+    monkeypatch.undo()
+    loaded = VectorIndex.load(tmp_path, "abc", DIM)
+    assert loaded is not None, "the manifest names a file the interrupted save replaced"
+    assert loaded[1] == saved and loaded[0].config.type == "flat" and loaded[0].count == 200
 
 
 def _far_allowed(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, count: int = 50) -> np.ndarray:

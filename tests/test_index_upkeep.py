@@ -309,3 +309,23 @@ def test_an_index_that_cannot_be_saved_says_the_run_is_committed(tmp_path, tiny_
         col.ingest([tmp_path / "photos"], workers=0)  # the next writer saves it
     with Collection.open(tmp_path / "col") as col:
         assert col.info().index_saved
+
+
+def test_an_interrupted_rebuild_keeps_the_earlier_index_choice(tmp_path, tiny_encoder):
+    """``mmr index --type hnsw`` stopped during the build (Ctrl-C, a kill) must not leave hnsw stored as the choice
+    that the next writer then builds unasked."""
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True, index_policy=POLICY) as col:
+        _fill_catalog(col, clustered(400), lambda i: "photos")
+        assert col.rebuild_index("flat").index_type == "flat"
+
+        def interrupted(index, blocks, count):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            col.rebuild_index("hnsw", fill=interrupted)
+        assert col.info().index_type == "flat"
+    (tmp_path / "col" / "index.json").unlink()  # lost: the next writer builds the stored choice again
+    with Collection.open(tmp_path / "col", model=tiny_encoder, index_policy=POLICY) as col:
+        _fill_catalog(col, clustered(10, seed=1), lambda i: "more")
+        col.load_index()
+        assert col.info().index_type == "flat"  # "auto" would be ivf at 410, and hnsw was never built

@@ -26,9 +26,10 @@ ivfpq. ``mmr index --ray`` adds in parallel Ray tasks and joins the shards with 
 ``faiss.contrib.ondisk.merge_ondisk`` (:mod:`mmretrieval.ingest.ray_index`), then copies the lists into memory;
 serving from memory-mapped lists (past RAM) is not wired in.
 
-Files: ``index-<generation>.faiss`` plus ``index.json`` (the manifest) naming it and carrying its sha256.
-The index file is written under a temporary name and renamed before the manifest is, so a crash at any
-point leaves either the old pair or the new one.
+Files: ``index-<generation>-<random>.faiss`` plus ``index.json`` (the manifest) naming it and carrying its sha256.
+The index file is written under a temporary name and renamed before the manifest is, and each save's file has a
+name of its own (a rebuild at the same generation, ``mmr index --type``, does not overwrite the file the manifest
+names), so a crash at any point leaves either the old pair or the new one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -243,8 +245,9 @@ class VectorIndex:
 
     # -- persistence ------------------------------------------------------------------------------------------
     def save(self, directory: Path, manifest: Manifest) -> Manifest:
-        """Write ``index-<generation>.faiss`` then ``index.json`` atomically; remove older index files."""
-        name = f"index-{manifest.generation}.faiss"
+        """Write ``index-<generation>-<random>.faiss`` (a new name: the manifest's file is never overwritten) then
+        ``index.json``, each atomically; then remove the other index files."""
+        name = f"index-{manifest.generation}-{secrets.token_hex(4)}.faiss"
         with atomic_path(directory / name) as tmp:
             faiss.write_index(self.faiss_index, str(tmp))
         saved = dataclasses.replace(manifest, file=name, sha256=file_sha256(directory / name), count=self.count,

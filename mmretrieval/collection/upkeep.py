@@ -68,6 +68,7 @@ class IndexKeeper:
         self._saved_stamp: ManifestStamp | None = None
         self.recall = -1.0  # measured when it was last tuned
         self.note = ""
+        self._pending_choice: dict | None = None  # what ``rebuild`` was asked for, until the index is saved
 
     @property
     def loaded(self) -> bool:
@@ -96,28 +97,38 @@ class IndexKeeper:
         Raises:
             CollectionError: an unknown index type, or a parameter below 1.
         """
+        choice = None
         if index_type is not None:
             choose_config(0, index_type, dim=self.identity.embed_dim, **params)  # validate before storing
-            given = {key: value for key, value in params.items() if value is not None}
-            overrides = {key: value for key, value in (policy or {}).items() if value is not None}
-            if (index_type, given, overrides) != (*self.chosen(), self._stored_policy()):
+            choice = {"type": index_type, "params": {key: value for key, value in params.items() if value is not None},
+                      "policy": {key: value for key, value in (policy or {}).items() if value is not None}}
+        # the new choice is stored once the index built with it is saved: an interrupted rebuild leaves the
+        # collection as it was, with no choice pending that the next writer would act on
+        self._pending_choice = choice
+        try:
+            self._build(fill)
+            saved = self.persist(force=True)
+            if choice is not None and choice != self._stored_choice():
                 with self.catalog.transaction():
-                    self.catalog.set_meta(_CONFIG_KEY, json.dumps({"type": index_type, "params": given,
-                                                                   "policy": overrides}))
-        self._build(fill)
-        return self.persist(force=True)
+                    self.catalog.set_meta(_CONFIG_KEY, json.dumps(choice))
+        finally:
+            self._pending_choice = None
+        return saved
 
     def chosen(self) -> tuple[str, dict[str, int]]:
         """The index type and parameters last chosen with ``mmr index`` (``("auto", {})`` if never)."""
-        stored = self.catalog.get_meta(_CONFIG_KEY)
-        if stored:
-            choice = json.loads(stored)
+        choice = self._pending_choice or self._stored_choice()
+        if choice:
             return choice["type"], dict(choice["params"])
         return self.catalog.get_meta("index_type") or "auto", {}  # collections from before params were kept
 
-    def _stored_policy(self) -> dict[str, float]:
+    def _stored_choice(self) -> dict | None:
         stored = self.catalog.get_meta(_CONFIG_KEY)
-        return dict(json.loads(stored).get("policy", {})) if stored else {}
+        return json.loads(stored) if stored else None
+
+    def _stored_policy(self) -> dict[str, float]:
+        choice = self._pending_choice or self._stored_choice()
+        return dict(choice.get("policy", {})) if choice else {}
 
     def effective_policy(self) -> IndexPolicy:
         """The policy given at open, with what ``mmr index`` stored (memory budget, recall target) on top."""
