@@ -8,7 +8,7 @@ This is the API the CLI and the UI share::
             print(hit.score, hit.path)
 
 Layout: ``catalog.sqlite`` (the truth: rows, places of vectors, labels, model identity), ``segments/`` (the
-vectors, :mod:`.segments`), ``index-<gen>.faiss`` and ``index.json`` (derived). The index loads on first use
+vectors, :mod:`.segments`), ``index-<gen>-<random>.faiss`` and ``index.json`` (derived). The index loads on first use
 (a command that never searches never pays for it) and is then checked against the catalog (model, dimension,
 checksum, generation); a corrupt or foreign index is rebuilt in memory from the stored vectors and a stale one
 catches up in memory, so a search never sees an index that disagrees with the catalog. Only writers
