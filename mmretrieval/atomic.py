@@ -10,12 +10,16 @@ through here too.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import logging
 import os
 import secrets
 import shutil
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -121,12 +125,20 @@ def orphans(target: str | os.PathLike) -> list[Path]:
 
 
 def remove_orphans(target: str | os.PathLike) -> list[Path]:
-    """Delete the :func:`orphans` of ``target``.
+    """Delete the :func:`orphans` of ``target``; a folder moved aside by :func:`folder_built_aside` whose place is
+    still empty is put back instead.
 
     A live process's temporaries are kept, so this needs no lock. Returns the paths removed.
     """
     removed = []
     for entry in orphans(target):
+        if entry.name.endswith(".old") and entry.is_dir() and not os.path.lexists(target):
+            try:  # the folder itself, renamed aside by a fill that died before the new one took its place
+                os.rename(entry, target)
+                logger.warning("restored %s, which an interrupted run had moved aside", target)
+                continue
+            except OSError:
+                pass
         try:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -227,22 +239,71 @@ def folder_built_aside(out: str | os.PathLike, maker: str, made_here: MadeHere) 
     """
     out = check_fillable_folder(out, maker, made_here)
     out.parent.mkdir(parents=True, exist_ok=True)
+    missing = not os.path.lexists(out)
     remove_orphans(out)
+    if missing and os.path.lexists(out):  # put back from where a killed run had moved it: check it as well
+        check_fillable_folder(out, maker, made_here)
     partial = _aside(out, "partial")
     partial.mkdir()  # the umask's mode, as the folder itself would get
     try:
         (partial / MARKER_NAME).write_text(maker + "\n", encoding="utf-8")
         yield partial
         check_fillable_folder(out, maker, made_here)  # nothing else moved in meanwhile
-        old = _aside(out, "old")
-        if out.is_dir():
-            os.rename(out, old)
-        os.rename(partial, out)
+        old = _swap_in(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     fsync_dir(out.parent)
+
+
+def _swap_in(partial: Path, out: Path) -> Path | None:
+    """Put ``partial`` in the place of ``out``; returns where the folder that was ``out`` went (None: there was
+    none). On Linux one ``renameat2(RENAME_EXCHANGE)`` swaps them, so ``out`` never goes missing; elsewhere it is
+    renamed aside first, and if this process dies before ``partial`` takes its place, :func:`remove_orphans`
+    (run before the next fill) puts it back."""
+    if not out.is_dir():
+        os.rename(partial, out)
+        return None
+    if _exchange(partial, out):
+        return partial  # which now holds the old folder
+    old = _aside(out, "old")
+    os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    return old
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where that is not
+    available (another system, an old kernel or C library, a file system without it)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(first), None, str(second))
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library before glibc 2.28, say
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 @contextmanager

@@ -71,3 +71,47 @@ def test_a_folder_of_other_files_or_a_file_is_refused_and_a_link_is_followed(tmp
     with folder_built_aside(tmp_path / "link", "maker A", ANYTHING) as folder:
         (folder / "red").mkdir()
     assert (tmp_path / "link").is_symlink() and (tmp_path / "big" / "red").is_dir()
+
+
+_KILLED_FILL = """
+import os, signal, sys
+from pathlib import Path
+from mmretrieval import atomic
+
+out, point = Path(sys.argv[1]), sys.argv[2]
+if point == "between-renames":  # where there is no RENAME_EXCHANGE: killed after the old folder is moved aside
+    atomic._exchange = lambda first, second: False
+    rename, calls = os.rename, []
+    def killing_rename(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        rename(source, target)
+    os.rename = killing_rename
+else:  # killed just after the exchange, before the old folder is deleted
+    exchange = atomic._exchange
+    def killing_exchange(first, second):
+        assert exchange(first, second), "RENAME_EXCHANGE is not available here"
+        os.kill(os.getpid(), signal.SIGKILL)
+    atomic._exchange = killing_exchange
+with atomic.folder_built_aside(out, "maker A", lambda inside, entry: True) as folder:
+    (folder / "new").mkdir()
+"""
+
+
+@pytest.mark.parametrize("point", ["between-renames", "after-exchange"])
+def test_a_fill_killed_while_swapping_never_loses_the_folder(tmp_path, point):
+    out = tmp_path / "by-label"
+    with folder_built_aside(out, "maker A", ANYTHING) as folder:
+        (folder / "old").mkdir()
+    killed = subprocess.run([sys.executable, "-c", _KILLED_FILL, str(out), point], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    expected = "old" if point == "between-renames" else "new"
+    if point == "after-exchange":  # one step: the new folder is in place at once
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["new"]
+    remove_orphans(out)  # what the next run does first
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [expected]
+    assert [p.name for p in tmp_path.iterdir()] == ["by-label"]
+    with folder_built_aside(out, "maker A", ANYTHING) as folder:  # and the next fill replaces it as usual
+        (folder / "next").mkdir()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["next"]
