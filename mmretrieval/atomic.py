@@ -101,10 +101,13 @@ def _owner_died(rest: str) -> bool:
     this host. Another host's, or a name without an owner, is never judged dead: a run elsewhere on a shared
     folder may still be writing it."""
     host, tilde, pid = rest.split(".", 1)[0].rpartition("~")
-    if not tilde or host != _host() or not pid.isdigit():
-        return False
+    return bool(tilde) and host == _host() and pid.isdigit() and process_ended(int(pid))
+
+
+def process_ended(pid: int) -> bool:
+    """Whether no process of this machine has the id ``pid`` (any more). Another user's is alive, not ended."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # alive, another user's

@@ -1,19 +1,77 @@
 """Shared-memory chunks that carry decoded pixels from the decoding workers to the model, and the two ways
 results leave the pool: one record at a time (:class:`EachResult`) or in batches whose pixels are the chunks
 themselves (:class:`Batcher`, :class:`DecodedBatch`). See :mod:`.pool` for the workers that fill them.
+
+Every block of shared memory the pool makes is named ``mmr_<pid>_<random>`` after the process that made it
+(:func:`new_shared_memory`). Python's resource tracker unlinks a dead process's blocks, but a kill of the whole
+process group (``kill -9 -PGID``, an OOM kill of a container) takes the tracker along, and each such kill left
+~100 MB in ``/dev/shm`` until a reboot; :func:`remove_leftover_shared_memory`, run by every pool before it
+makes its first block, unlinks those whose maker has ended.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
+import os
 import queue
+import secrets
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import numpy.typing as npt
 
+from ..atomic import process_ended
 from .batches import Decoded, Failed
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "mmr_"  # then the maker's process id, "_", random hex: at most 24 characters (macOS allows 30)
+_SHM_FOLDER = "/dev/shm"  # where Linux lists the shared memory of the machine (of the container)
+
+
+def new_shared_memory(size: int) -> SharedMemory:
+    """A new block of shared memory of ``size`` bytes, named after this process."""
+    for _ in range(100):
+        try:
+            return SharedMemory(f"{_PREFIX}{os.getpid()}_{secrets.token_hex(4)}", create=True, size=size)
+        except FileExistsError:
+            continue
+    raise FileExistsError("no free shared memory name")
+
+
+def remove_leftover_shared_memory(folder: str = _SHM_FOLDER) -> list[str]:
+    """Unlink the blocks that :func:`new_shared_memory` made in processes that have ended, this user's only;
+    returns their names. Where ``folder`` cannot be listed (not Linux) there is nothing to do.
+
+    A process id is only known within its PID namespace: containers that share ``/dev/shm`` (``--ipc=host``)
+    but not their process ids would see each other's blocks as a dead process's.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        owner = entry.name[len(_PREFIX):].split("_", 1)[0] if entry.name.startswith(_PREFIX) else ""
+        try:
+            if not owner.isdigit() or entry.stat().st_uid != os.getuid() or not process_ended(int(owner)):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    if removed:
+        logger.info("removed %d blocks of shared memory left by killed runs", len(removed))
+    return removed
+
+
+@functools.cache
+def remove_leftovers_once() -> None:
+    """:func:`remove_leftover_shared_memory`, the first time a process asks."""
+    remove_leftover_shared_memory()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +97,7 @@ class Chunk:
     """Shared memory for the pixels of one group: ``rows`` images of ``shape``."""
 
     def __init__(self, rows: int, shape: tuple[int, ...]):
-        self.memory = SharedMemory(create=True, size=max(1, rows * math.prod(shape)))
+        self.memory = new_shared_memory(max(1, rows * math.prod(shape)))
         self.rows = np.ndarray((rows, *shape), dtype=np.uint8, buffer=self.memory.buf)
 
     @property

@@ -41,7 +41,7 @@ from typing import Iterable, Iterator
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
 from .batches import Decoded, DecodeTask, Failed
-from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult
+from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult, remove_leftovers_once
 from .reader import decode_file
 from .worker import READY, DecodeFn, Worker, start_context
 
@@ -155,6 +155,7 @@ class DecodePool:
         consumer holding on to them); they are closed when the run ends.
         """
         _reserve_files(chunks.limit, self.workers)
+        remove_leftovers_once()
         results: queue.Queue = queue.Queue(maxsize=self._queue_size())
         stop = threading.Event()
         feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import multiprocessing
+import signal
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -20,7 +21,7 @@ import numpy.typing as npt
 
 from ..images.preprocess import ImagePreparer
 from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
-from .chunks import Chunk
+from .chunks import Chunk, new_shared_memory
 
 READY = "decoder-ready"  # a worker's first message, sent once it is up and before it takes a task
 _ATTACHED = 256  # chunks a worker keeps mapped (a pool cycles through far fewer)
@@ -41,6 +42,9 @@ DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
 def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, header_name: str) -> None:
+    # Ctrl-C reaches the whole process group; the parent stops its workers itself (through the pipe, or by
+    # killing them), and a worker's own KeyboardInterrupt would only print a traceback in the middle of its report
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     header_memory = SharedMemory(header_name)  # the parent's resource tracker knows it: one owner, one unlink
     header = np.ndarray((3,), dtype=np.float64, buffer=header_memory.buf)
     attached: dict[str, tuple[SharedMemory, tuple[int, ...]]] = {}
@@ -93,7 +97,7 @@ class Worker:
 
     def __init__(self, context: multiprocessing.context.BaseContext, preparer: ImagePreparer, decode: DecodeFn):
         self.conn, child = context.Pipe()
-        self.header_memory = SharedMemory(create=True, size=64)
+        self.header_memory = new_shared_memory(64)
         self.header = np.ndarray((3,), dtype=np.float64, buffer=self.header_memory.buf)
         self.header[:] = -1
         self.process = context.Process(target=_worker_main, daemon=True,
