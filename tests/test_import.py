@@ -394,6 +394,9 @@ def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, c
     # a new collection needs the model that made the vectors: the demo model never did
     assert main(["import", str(tmp_path / "emb"), "--collection", str(tmp_path / "new")]) == 2
     assert "--model is needed to create" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    # but a mistyped folder is named first: --model would not make it right
+    assert main(["import", str(tmp_path / "nope"), "--collection", str(tmp_path / "new")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_cli_import_no_index_leaves_the_index_to_mmr_index(tmp_path, tiny_model_dir, capsys):

@@ -41,9 +41,10 @@ def register(subparsers) -> None:
 def _import(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.collection import Collection
-    from ..collection.imports import import_embeddings
+    from ..collection.imports import import_embeddings, import_source
     from ..errors import CollectionError
 
+    import_source(args.directory)  # a mistyped folder is the first thing to hear about, before --model
     if args.model is None and not is_collection(args.collection):
         # Only the model that made the vectors may record them; the demo model, the default elsewhere, never did.
         raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "

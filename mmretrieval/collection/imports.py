@@ -296,9 +296,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     from .import_writer import ShardLanding, ensure_schema, shard_seen
 
     started, started_cpu = time.perf_counter(), time.process_time()
-    source = Path(os.path.abspath(directory))
-    if not source.is_dir():
-        raise CollectionError(f"{directory} is not a folder; pass a clip-retrieval output folder or a collection")
+    source = import_source(directory)
     base = Path(os.path.abspath(root)) if root is not None else source
     shards = _find_any(source, collection)
     total = sum(shard.rows() for shard in shards)
@@ -379,6 +377,18 @@ class _CheckedAhead:
     def _start_next(self) -> Future[CheckedShard] | None:
         shard = next(self._rest, None)
         return self._check(shard) if shard is not None else None
+
+
+def import_source(directory: str | os.PathLike) -> Path:
+    """``directory`` made absolute, if it is a folder.
+
+    Raises:
+        CollectionError: it is not.
+    """
+    source = Path(os.path.abspath(directory))
+    if not source.is_dir():
+        raise CollectionError(f"{directory} is not a folder; pass a clip-retrieval output folder or a collection")
+    return source
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
