@@ -195,3 +195,23 @@ def test_full_disk_is_named_and_readers_still_read(tmp_path, mounts, tiny_encode
     (disk / "fill").unlink()
     with Collection.open(disk / "col", writer="ingest") as col:
         assert col.catalog.writable and col.catalog.counts_by_status() == {"ok": 3}
+
+
+_LIMITED_INGEST = textwrap.dedent("""
+    import resource, sys
+    from mmretrieval.cli import main
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40 << 10, resource.RLIM_INFINITY))  # `ulimit -f 40`
+    sys.exit(main(["ingest", sys.argv[1], "--collection", sys.argv[2], "--workers", "0"]))
+""")
+
+
+def test_a_first_ingest_that_cannot_write_its_catalog_leaves_no_collection(tmp_path):
+    """Past a file size limit the new catalog cannot be written: the folder made for it must not stay behind
+    with a 16 KB catalog that pins the model the user may be about to change."""
+    write_good_images(tmp_path / "photos", 2)
+    new = tmp_path / "new"
+    done = subprocess.run([sys.executable, "-c", _LIMITED_INGEST, str(tmp_path / "photos"), str(new)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "catalog" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not new.exists()

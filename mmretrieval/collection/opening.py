@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..atomic import exclusive_lock
-from ..errors import CatalogFull, CollectionError, ModelSpecError
+from ..errors import CatalogFull, CollectionBusy, CollectionError, ModelSpecError
 from ..models.encoder import DualEncoder, load_encoder
 from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
@@ -67,7 +68,12 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
         except OSError as exc:
             raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
     writable = not read_only and os.access(directory, os.W_OK)
-    catalog = _open_catalog(catalog_path, writable, reader=writer is None and existed)
+    try:
+        catalog = _open_catalog(catalog_path, writable, reader=writer is None and existed)
+    except BaseException:
+        if made_now:
+            _remove_made_folder(directory)
+        raise
     try:
         if writable and catalog.get_meta(DTYPE_KEY) is None:
             check_dtype(vector_dtype)
@@ -81,8 +87,21 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
                                           record_moves=writer is not None and catalog.writable)
     except BaseException:
         catalog.close()
+        if made_now:
+            _remove_made_folder(directory)
         raise
     return OpenedFolder(directory, catalog, identity, encoder, made_now)
+
+
+def _remove_made_folder(directory: Path) -> None:
+    """Remove the folder this open made and could not make a catalog in (a full disk, a file size limit), so
+    that it does not stand in the way of the corrected re-run; another process's first use of the same new
+    folder holds its lock, and the folder is kept then."""
+    try:
+        with exclusive_lock(directory / LOCK_NAME, "busy"):
+            shutil.rmtree(directory, ignore_errors=True)
+    except (CollectionBusy, OSError):
+        logger.debug("kept %s after its catalog failed to open", directory, exc_info=True)
 
 
 def _open_catalog(path: Path, writable: bool, reader: bool) -> Catalog:
