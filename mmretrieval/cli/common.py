@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
 from ..json_lines import json_line, tsv_text
+from ..models.zeroshot import MULTI_LABEL_THRESHOLD
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -67,9 +68,6 @@ def cosine(text: str) -> float:
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a cosine from -1 to 1, got {text}")
     return value
-
-
-MULTI_LABEL_THRESHOLD = 0.5  # --threshold's default, with --multi-label
 
 
 def multi_label_threshold(args: argparse.Namespace) -> float:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..progress import TqdmProgress
 from ..json_lines import tsv_text
 from .common import add_collection_option, emit, names_as_bytes
+
+if TYPE_CHECKING:
+    from ..collection.duplicates import DuplicateGroup
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,20 +85,20 @@ def run(args: argparse.Namespace) -> int:
     return 0 if groups else 1
 
 
-def _notes(groups: list) -> list[str]:
+def _notes(groups: list[DuplicateGroup]) -> list[str]:
     """What was left out of the groups, and names that TSV shows escaped."""
+    from ..collection.duplicates import LeftOut
+
+    left_out = LeftOut.of(groups, lambda group: group.paths)
     notes = []
-    aliases = sum(len(group.aliases) for group in groups)
-    if aliases:
-        notes.append(f"{aliases} paths name a file their group already lists (a hard link, or a folder reached "
-                     "through a symbolic link): not listed as copies, since deleting one deletes that file "
+    if left_out.aliases:
+        notes.append(f"{left_out.aliases} paths name a file their group already lists (a hard link, or a folder "
+                     "reached through a symbolic link): not listed as copies, since deleting one deletes that file "
                      "(--json lists them as aliases)")
-    gone = sum(len(group.gone) for group in groups)
-    if gone:
-        notes.append(f"{gone} files of these groups are gone since they were ingested: left out (`mmr ingest "
-                     "--prune` drops them from the collection)")
-    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths)
-    if escaped:
-        notes.append(f"{escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
+    if left_out.gone:
+        notes.append(f"{left_out.gone} files of these groups are gone since they were ingested: left out (`mmr "
+                     "ingest --prune` drops them from the collection)")
+    if left_out.escaped:
+        notes.append(f"{left_out.escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
                      "(\\t, \\n); --null or --json give the names whole")
     return notes

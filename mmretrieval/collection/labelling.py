@@ -22,8 +22,8 @@ from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, nam
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, scored_ids
-from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
-                               refuse_lone_softmax_label)
+from ..models.zeroshot import (MULTI_LABEL_THRESHOLD, TextModel, ZeroShotClassifier, load_templates,
+                               normalise_labels, predict, refuse_lone_softmax_label)
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -45,11 +45,8 @@ class LabelSummary:
     unlabelled: int = 0  # images scored that reached no label's threshold (multi-label only)
 
 
-DEFAULT_THRESHOLD = 0.5  # the multi-label cutoff when none is given (the command line's --threshold default)
-
-
 def check_label_options(multi_label: bool, threshold: object) -> float | None:
-    """The multi-label cutoff a run uses (:data:`DEFAULT_THRESHOLD` when None is given; None for single-label),
+    """The multi-label cutoff a run uses (:data:`MULTI_LABEL_THRESHOLD` when None is given; None for single-label),
     checked as the command line checks ``--threshold``.
 
     A single-label run gives each image its best label whatever its probability, so a threshold there would be
@@ -70,7 +67,7 @@ def check_label_options(multi_label: bool, threshold: object) -> float | None:
             raise QueryError(f"threshold applies with multi_label=True (got threshold={threshold!r}); without it "
                              "each image gets its best label whatever its probability")
         return None
-    return DEFAULT_THRESHOLD if value is None else value
+    return MULTI_LABEL_THRESHOLD if value is None else value
 
 
 def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[str] | str,
@@ -89,7 +86,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     Args:
         templates: templates with one ``{}`` each, or one string: a template set's name (``default``,
             ``imagenet``, ``none``), a template file, or a single template ("a drawing of a {}.").
-        threshold: with ``multi_label``, the cutoff (a probability; None: :data:`DEFAULT_THRESHOLD`); see
+        threshold: with ``multi_label``, the cutoff (a probability; None: :data:`MULTI_LABEL_THRESHOLD`); see
             :func:`check_label_options`.
 
     Raises:
@@ -106,7 +103,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)
     all_ids.sort()
     counts, unlabelled = {name: 0 for name in names}, 0
-    kept = DEFAULT_THRESHOLD if cutoff is None else cutoff  # (single-label keeps each image's best label: unused)
+    kept = MULTI_LABEL_THRESHOLD if cutoff is None else cutoff  # (single-label keeps each image's best label: unused)
     for start in range(0, len(all_ids), _CHUNK):
         ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK].tolist())
         probabilities = classifier.probabilities(vectors, multi_label=multi_label)

@@ -316,13 +316,15 @@ class Prediction:
     label: str
     probability: float
 
+MULTI_LABEL_THRESHOLD = 0.5  # the multi-label cutoff when none is given (API, command line and UI alike)
+
 
 def predict(
     probabilities: npt.NDArray[np.float32],
     labels: Sequence[str],
     *,
     multi_label: bool = False,
-    threshold: float = 0.5,
+    threshold: float = MULTI_LABEL_THRESHOLD,
     top_k: int | None = None,
 ) -> list[list[Prediction]]:
     """Turn a ``(N, labels)`` probability matrix into ranked predictions per image.

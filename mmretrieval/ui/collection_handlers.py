@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..models.zeroshot import parse_labels
+from ..models.zeroshot import MULTI_LABEL_THRESHOLD, parse_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
 from .names import counted, display_path, markdown_code, markdown_text
@@ -78,8 +78,8 @@ class CollectionHandlers:
     # -- label -----------------------------------------------------------------------------------------------
     @user_errors
     def label_collection(
-        self, labels: str, templates: str = "default", multi_label: bool = False, threshold: float = 0.5,
-        label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
+        self, labels: str, templates: str = "default", multi_label: bool = False,
+        threshold: float = MULTI_LABEL_THRESHOLD, label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
         """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
         check_template_set(templates)

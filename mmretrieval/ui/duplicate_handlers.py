@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..collection.duplicates import DuplicateGroup, LeftOut
 from ..json_lines import tsv_text
 from .context import AppContext, user_errors
 from .media import prune_exports
@@ -128,22 +129,20 @@ class DuplicateHandlers:
         return target, folder / "duplicates.csv"
 
 
-def _left_out(groups: list[Any]) -> list[str]:
+def _left_out(groups: list[DuplicateGroup]) -> list[str]:
     """What the groups leave out, and names the list shows escaped: one sentence each."""
+    left_out = LeftOut.of(groups, lambda group: group.paths[1:])  # the list names the copies to review
     notes = []
-    aliases = sum(len(group.aliases) for group in groups)
-    if aliases:
-        verb = "names" if aliases == 1 else "name"
-        notes.append(f"{counted(aliases, 'path')} {verb} a file its group already shows (a hard link, or a folder "
-                     "reached through a link): not shown as copies, since deleting one deletes that file")
-    gone = sum(len(group.gone) for group in groups)
-    if gone:
-        verb = "is" if gone == 1 else "are"
-        notes.append(f"{counted(gone, 'file')} of these groups {verb} gone since ingested, left out (`mmr ingest "
-                     "--prune` drops them)")
-    escaped = sum(tsv_text(copy.path) != copy.path for group in groups for copy in group.copies[1:])
-    if escaped:
-        verb = "holds" if escaped == 1 else "hold"
-        notes.append(f"{counted(escaped, 'path')} in the list {verb} a line break or a tab, written as \\n or \\t; "
-                     "the CSV has them whole")
+    if left_out.aliases:
+        verb = "names" if left_out.aliases == 1 else "name"
+        notes.append(f"{counted(left_out.aliases, 'path')} {verb} a file its group already shows (a hard link, or a "
+                     "folder reached through a link): not shown as copies, since deleting one deletes that file")
+    if left_out.gone:
+        verb = "is" if left_out.gone == 1 else "are"
+        notes.append(f"{counted(left_out.gone, 'file')} of these groups {verb} gone since ingested, left out (`mmr "
+                     "ingest --prune` drops them)")
+    if left_out.escaped:
+        verb = "holds" if left_out.escaped == 1 else "hold"
+        notes.append(f"{counted(left_out.escaped, 'path')} in the list {verb} a line break or a tab, written as \\n "
+                     "or \\t; the CSV has them whole")
     return notes

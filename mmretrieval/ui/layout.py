@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..models.zeroshot import TEMPLATE_SETS
+from ..models.zeroshot import MULTI_LABEL_THRESHOLD, TEMPLATE_SETS
 from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
@@ -302,7 +302,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
             with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
-                threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Multi-label threshold")
+                threshold = gr.Slider(0, 1, value=MULTI_LABEL_THRESHOLD, step=0.01, label="Multi-label threshold")
             run = gr.Button("Label the collection", variant="primary")
             with gr.Row(equal_height=True):
                 to_remove = gr.Textbox("", label="Label set to remove", placeholder="its name, as typed above",
