@@ -10,12 +10,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
-from mmretrieval.collection.duplicates import chaining_note
+from mmretrieval.collection.duplicates import _cosines, chaining_note, similar_pairs
 from mmretrieval.errors import CollectionError
 from mmretrieval.training.copies import distinct_originals
 
@@ -203,3 +204,31 @@ def test_a_pair_and_its_group_agree_at_threshold_one(tmp_path, shapes_encoder):
         groups = col.duplicates(1.0)
     assert len(groups) == 1 and groups[0].score == 1.0  # same pixels: one group at exactly 1
     assert chaining_note(groups, 1.0) is None
+
+
+def test_pairs_are_admitted_on_the_score_their_group_shows():
+    """The unit the test above cannot reach: float16 storage leaves norms a little over 1, so two different
+    vectors may have a raw dot product of 1.0 or more (once admitted at threshold 1.0) while their cosine, as the
+    group reports it, is below 1. A pair is admitted only on that cosine now."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=64)
+    base /= np.linalg.norm(base)
+    nudged = base + 5e-4 * rng.normal(size=64)
+    nudged /= np.linalg.norm(nudged)
+    vectors = np.stack([base, base, nudged * 1.0004]).astype(np.float16).astype(np.float32)  # a norm off by 4e-4
+    ids = np.array([1, 2, 3], dtype=np.int64)
+    raw = vectors @ vectors.T
+    assert raw[0, 2] >= 1.0 > _cosines(vectors[[0]], vectors[[2]])[0]  # the case in point
+
+    def search(queries, k):  # every vector as every query's neighbour, scored as an index scores: raw dots
+        scores = queries @ vectors.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), ids[order]
+
+    def load(wanted):
+        wanted = np.asarray(wanted, dtype=np.int64)
+        return wanted, vectors[wanted - 1]
+
+    pairs = list(similar_pairs([(ids, vectors)], 3, search, load, threshold=1.0, k=2))
+    admitted = {tuple(sorted(pair)) for a, b in pairs for pair in zip(a.tolist(), b.tolist())}
+    assert admitted == {(1, 2)}  # the identical pair only
