@@ -6,7 +6,8 @@
 Makes a ViT-B-32 model directory (``open_clip.create_model('ViT-B-32')`` saved with ``save_model_dir``, 605 MB
 of float32 safetensors) and a small collection of generated JPEGs ingested with it, then times, round-robin
 so that a busy machine slows all alike: ``import torch``, ``mmr search TEXT``, ``mmr similar IMAGE`` (a
-stored image: its vector is read, no model), and ``mmr ingest`` over the unchanged folder (no model either).
+stored image: its vector is read, no model), ``mmr ingest`` over the unchanged folder (no model either) and
+``mmr info`` (which never imports torch).
 Prints the median wall time of each and its ratio to ``import torch`` (the goal: search and similar <= 2x).
 """
 
@@ -70,6 +71,7 @@ def main() -> None:
             "mmr similar": mmr + ["similar", str(folder / "scene000.jpg"), "--collection", str(collection),
                                   "--device", "cpu"],
             "mmr ingest (unchanged)": mmr + ["ingest", str(folder), "--collection", str(collection), "--device", "cpu"],
+            "mmr info": mmr + ["info", "--collection", str(collection)],  # no model: torch is not imported
         }
         _wall(commands["mmr search"], env)  # warm the page cache and the checkpoint-hash memo once
         times: dict[str, list[float]] = {name: [] for name in commands}

@@ -194,7 +194,7 @@ def test_open_refuses_an_unknown_precision_or_device_before_anything_is_made(col
 
 
 def test_a_model_that_cannot_load_is_not_blamed_on_the_query_image(collection, tmp_path, monkeypatch):
-    import mmretrieval.collection.opening as module  # where a collection loads its recorded model
+    import mmretrieval.models.encoder as module  # where a collection's model loads from
 
     def unavailable(*args, **kwargs):
         raise ModelNotCachedError("the weights are not cached")
@@ -249,3 +249,11 @@ def test_an_ivf_index_over_too_few_vectors_warns_that_flat_was_built(collection,
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("ivf" in m and "flat" in m and "too few" in m for m in warned), warned
     collection.rebuild_index("auto")
+
+
+def test_a_model_may_be_a_path_and_anything_else_is_refused_by_name(tmp_path, tiny_model_dir):
+    with Collection.open(tmp_path / "by-path", model=tiny_model_dir, create=True) as col:  # a Path, not a str
+        assert col.identity.spec == str(tiny_model_dir)
+    with pytest.raises(ModelSpecError, match="model must be a model spec .* got int 42"):
+        Collection.open(tmp_path / "by-number", model=42, create=True)
+    assert not (tmp_path / "by-number").exists()

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from mmretrieval.errors import ModelSpecError, QueryError
 from mmretrieval.models import encoder as encoder_module
-from mmretrieval.models import precision as precision_module
+from mmretrieval.models import settings as settings_module
 from mmretrieval.models.encoder import load_encoder
 from mmretrieval.models.zeroshot import ZeroShotClassifier, parse_labels
 
@@ -186,7 +186,7 @@ def test_an_unknown_device_is_refused_before_anything_loads(tiny_model_dir, monk
     with pytest.raises(ModelSpecError, match=r"unknown device .*use auto, cpu, cuda, cuda:N or mps"):
         load_encoder(str(tiny_model_dir), device=device)
     with pytest.raises(ModelSpecError, match="unknown device"):
-        encoder_module.check_device(device)
+        settings_module.check_device(device)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "FP32", "float32", ""])
@@ -195,14 +195,14 @@ def test_an_unknown_precision_is_refused_before_anything_loads(tiny_model_dir, m
     with pytest.raises(ModelSpecError, match=f"unknown precision {precision!r}; use one of auto, fp32, bf16"):
         load_encoder(str(tiny_model_dir), device="cpu", precision=precision)
     with pytest.raises(ModelSpecError, match="unknown precision"):
-        precision_module.check_precision(precision)
+        settings_module.check_precision(precision)
 
 
 def test_known_devices_and_precisions_pass_the_checks():
     for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
-        assert encoder_module.check_device(device) == device
-    for precision in precision_module.PRECISIONS:
-        assert precision_module.check_precision(precision) == precision
+        assert settings_module.check_device(device) == device
+    for precision in settings_module.PRECISIONS:
+        assert settings_module.check_precision(precision) == precision
 
 
 # -- logging --------------------------------------------------------------------------------------------------

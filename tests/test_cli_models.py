@@ -214,7 +214,7 @@ def test_every_precision_option_offers_the_precisions_the_encoder_knows():
     import argparse
 
     from mmretrieval.cli import build_parser
-    from mmretrieval.models.precision import PRECISIONS
+    from mmretrieval.models.settings import PRECISIONS
     from mmretrieval.ui.server import add_serve_arguments
 
     serve = argparse.ArgumentParser()

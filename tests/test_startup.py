@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import mmretrieval.collection.opening as opening_module  # where a collection loads its recorded model
+import mmretrieval.models.encoder as encoder_module  # where a collection's model loads from
 from mmretrieval.collection.collection import Collection
 from test_ingest import write_good_images
 
@@ -21,13 +21,13 @@ def built(tmp_path, tiny_model_dir):
 
 def _count_model_loads(monkeypatch) -> list[str]:
     loads: list[str] = []
-    real = opening_module.load_encoder
+    real = encoder_module.load_encoder
 
     def counting(spec, **kwargs):
         loads.append(str(spec))
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(opening_module, "load_encoder", counting)
+    monkeypatch.setattr(encoder_module, "load_encoder", counting)
     return loads
 
 
@@ -190,3 +190,28 @@ def test_mmr_search_imports_neither_open_clip_nor_training_nor_ray(built, tmp_pa
         full_hits = col.search("a red circle", k=3)
     assert [h["id"] for h in fast_hits] == [h.id for h in full_hits]
     assert [h["score"] for h in fast_hits] == pytest.approx([h.score for h in full_hits], abs=1e-5)
+
+
+_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # importing it fails: a command that needs no model must not import it
+from mmretrieval.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["info"], ["duplicates"], ["export", "{out}"], ["index"], ["compact"]])
+def test_commands_that_need_no_model_run_without_torch(built, tmp_path, command):
+    """torch took 1.4 of `mmr info`'s 2.3 s and 600 of its 670 MB: info, duplicates, export, index and compact
+    read stored vectors only."""
+    import os
+    import subprocess
+    import sys
+
+    directory, _ = built
+    argv = [part.format(out=tmp_path / "exported") for part in command] + ["--collection", str(directory)]
+    child = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *argv], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    # duplicates exits 1 when it finds no group: what matters is that it ran to its answer
+    assert child.returncode in ((0, 1) if command == ["duplicates"] else (0,)), child.stderr
+    assert "Traceback" not in child.stderr and "torch" not in child.stderr, child.stderr

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
 from ..json_lines import json_line, tsv_text
+from ..models.settings import DEVICES, PRECISIONS
 from ..models.zeroshot import MULTI_LABEL_THRESHOLD
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = "bu
         help="model spec: ARCH:PRETRAINED (open_clip registry), hf-hub:ORG/REPO, a local model directory, "
         f"or builtin:shapes (default: {default or 'the collection’s model'})",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="number format of the model: auto (bf16 on CUDA, float32 on CPU), fp32, or bf16 (on "
                         "CPUs with AVX512-BF16 or AMX, about twice as fast as float32 with ViT-B-32; vectors agree "
                         "with float32's to ~2e-3)")

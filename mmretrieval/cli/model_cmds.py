@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from ..errors import QueryError
+from ..models.settings import DEVICES
 from .common import (MULTI_LABEL_THRESHOLD, add_model_options, add_null_option, at_least, emit, labels_with_stdin,
                      multi_label_threshold, probability)
 
@@ -159,7 +160,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     parser.add_argument("--full-precision", action="store_true", default=False,
                         help="store float32 weights (default float16)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help=DEVICES)
     parser.add_argument("--force", action="store_true", default=False, help=_FORCE_HELP)
     parser.set_defaults(handler=_train)
 

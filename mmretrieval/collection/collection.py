@@ -39,16 +39,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import exclusive_lock
-from ..models.encoder import DualEncoder, resolve_device
 from ..errors import CollectionBusy, CollectionError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
 from .index import IndexPolicy, Manifest
-from ..ingest import IngestConfig, IngestSummary, run_ingest
+from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..ingest.reader import source_list
-from ..models.precision import check_precision
+from ..models.settings import check_device, check_precision
 from ..models.specs import ModelIdentity
 from .describe import describe
 from .records import CollectionInfo, Failure
@@ -61,6 +60,7 @@ from .search_methods import SearchMethods
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
     from ..ingest.ray_runner import RayIngestConfig
+    from ..models.encoder import DualEncoder
     from ..models.text_tower import TextEncoder
     from .upkeep import IndexFiller
 
@@ -90,7 +90,7 @@ class Collection(SearchMethods, LabelMethods):
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str | os.PathLike, model: str | DualEncoder | None = None, *,
+    def open(cls, directory: str | os.PathLike, model: str | os.PathLike | DualEncoder | None = None, *,
              create: bool = False, device: str = "auto", read_only: bool = False,
              vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
              index_progress: Progress | None = None, precision: str = "auto",
@@ -99,8 +99,8 @@ class Collection(SearchMethods, LabelMethods):
 
         Args:
             directory: the collection directory.
-            model: a model spec or a loaded encoder. None uses the model the collection was built with
-                (or :data:`~.opening.DEFAULT_MODEL` for a new one).
+            model: a model spec (a model folder may be a path) or a loaded encoder. None uses the model the
+                collection was built with (or :data:`~.opening.DEFAULT_MODEL` for a new one).
             create: make the directory and catalog if missing.
             device: where to run the model when it gets loaded.
             read_only: never change anything in ``directory`` (also chosen when the folder is not writable):
@@ -119,11 +119,15 @@ class Collection(SearchMethods, LabelMethods):
         Raises:
             CollectionError: no collection there (and ``create`` is false), ``model`` is not the model
                 that built it, or (with ``writer``) another writer is at work.
-            ModelSpecError: an unknown ``precision`` or ``device`` (refused before anything is opened or made).
+            ModelSpecError: an unknown ``precision`` or ``device`` (refused before anything is opened or made), or a
+                ``model`` that is neither a spec nor an encoder.
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
         check_precision(precision)  # here, not when the model first loads (a query would look to blame)
-        resolve_device(device)
+        if check_device(device) not in ("auto", "cpu"):  # a GPU asked for by name: is it there? (torch says)
+            from ..models.encoder import resolve_device
+
+            resolve_device(device)
         opened = open_folder(directory, model, create=create, device=device, read_only=read_only,
                              vector_dtype=vector_dtype, precision=precision, writer=writer, wait=wait)
         try:
@@ -231,6 +235,9 @@ class Collection(SearchMethods, LabelMethods):
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
                                       progress)
+        from ..ingest.runner import run_ingest
+        from ..models.encoder import resolve_device
+
         # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
         device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
         config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,

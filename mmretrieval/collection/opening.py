@@ -12,13 +12,16 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import exclusive_lock
 from ..errors import CatalogFull, CollectionBusy, CollectionError, ModelSpecError
-from ..models.encoder import DualEncoder, load_encoder
 from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
 from .segments import check_dtype
+
+if TYPE_CHECKING:
+    from ..models.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +39,8 @@ class OpenedFolder:
     made_now: bool  # this open made the folder
 
 
-def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *, create: bool, device: str,
-                read_only: bool, vector_dtype: str, precision: str, writer: str | None,
+def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEncoder | None, *, create: bool,
+                device: str, read_only: bool, vector_dtype: str, precision: str, writer: str | None,
                 wait: bool = False) -> OpenedFolder:
     """Open (or with ``create`` make) the catalog in ``directory`` and settle its model.
 
@@ -48,6 +51,7 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
             ``model`` is not the model that built it, or (with ``writer``) another writer is at work.
         ModelSpecError, ModelNotCachedError: the model cannot be loaded.
     """
+    model = _model_argument(model)
     directory = Path(directory).expanduser().absolute()
     catalog_path = directory / CATALOG_NAME
     if directory.exists() and not directory.is_dir():
@@ -60,8 +64,8 @@ def open_folder(directory: str | os.PathLike, model: str | DualEncoder | None, *
             raise CollectionError(f"no collection at {directory}; create one with "
                                   f"`mmr ingest SOURCE --collection {directory}`")
         check_dtype(vector_dtype)
-        if not isinstance(model, DualEncoder):  # a model that fails to load must leave no empty collection
-            model = load_encoder(model or DEFAULT_MODEL, device=device, precision=precision)
+        if model is None or isinstance(model, str):  # a model that fails to load must leave no empty collection
+            model = _load(model or DEFAULT_MODEL, device=device, precision=precision)
         made_now = not directory.exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,7 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
             raise CollectionError(f"{directory} has no model recorded yet: a first ingest may be creating it now "
                                   "(try again in a moment); otherwise run mmr ingest with --model SPEC")
         model = DEFAULT_MODEL
-    encoder = load_encoder(model, device=device, precision=precision) if isinstance(model, str) else model
+    encoder = _load(model, device=device, precision=precision) if isinstance(model, str) else model
     if stored is None:
         with catalog.transaction():
             catalog.set_meta("model_identity", encoder.identity.to_json())
@@ -180,9 +184,35 @@ def load_recorded_encoder(identity: ModelIdentity, directory: Path, *, device: s
         raise ModelSpecError(
             f"{missing} does not exist; if it moved, run "
             f"`mmr ingest SOURCE --collection {directory} --model NEW_PLACE` once to record its new place")
-    encoder = load_encoder(identity.spec, device=device, dim=identity.embed_dim, precision=precision)
+    encoder = _load(identity.spec, device=device, dim=identity.embed_dim, precision=precision)
     check_same_model(identity, encoder.identity, directory)
     return encoder
+
+
+def _model_argument(model: object) -> str | DualEncoder | None:
+    """``model`` as a spec (a path made a string) or a loaded encoder.
+
+    Raises:
+        ModelSpecError: anything else.
+    """
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, os.PathLike):
+        return os.fspath(model)
+    from ..models.encoder import DualEncoder  # an object was given: whoever made it has imported torch
+
+    if isinstance(model, DualEncoder):
+        return model
+    raise ModelSpecError(f"model must be a model spec (such as 'ViT-B-32:openai', 'builtin:shapes' or a model folder) "
+                         f"or a loaded DualEncoder, got {type(model).__name__} {model!r:.60}")
+
+
+def _load(spec: str, **settings: object) -> DualEncoder:
+    """:func:`~mmretrieval.models.encoder.load_encoder`, imported when a model is needed: commands that need none
+    (info, duplicates, export, index) never import torch."""
+    from ..models.encoder import load_encoder
+
+    return load_encoder(spec, **settings)
 
 
 def _missing_model_path(spec: str) -> str | None:

@@ -15,7 +15,6 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..errors import ImageDecodeError, QueryError
-from ..models.encoder import DualEncoder, resolve_device
 from ..models.specs import ModelIdentity
 from .arguments import check_k, check_query_vector, check_threshold
 from .catalog import Catalog
@@ -26,6 +25,7 @@ from .records import Hit
 from .upkeep import IndexKeeper
 
 if TYPE_CHECKING:
+    from ..models.encoder import DualEncoder
     from ..models.text_tower import TextEncoder
     from .duplicates import DuplicateGroup
 
@@ -95,6 +95,7 @@ class SearchMethods:
         local or bundled safetensors CLIP (a third of the weights, no open_clip import), else the full model."""
         with self._lock:
             if self._encoder is None and self._text_encoder is None:
+                from ..models.encoder import resolve_device
                 from ..models.text_tower import load_text_encoder
 
                 self._text_encoder = load_text_encoder(self.identity, resolve_device(self.device)) or False

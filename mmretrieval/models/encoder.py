@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -24,7 +23,8 @@ from ..errors import ImageDecodeError, ModelSpecError, QueryError
 from ..images.decode import decode_path, to_rgb
 from .inputs import check_batch_size, listed, text_list
 from .loading import LoadedModel, load_model
-from .precision import check_precision, open_clip_precision
+from .precision import open_clip_precision
+from .settings import DEVICES, check_device, check_precision
 from .specs import ModelIdentity, ModelSpec
 from ..images.preprocess import ImagePreparer
 
@@ -36,22 +36,6 @@ Progress = Callable[[int, int], None]  # (done, total)
 ImageInput = Union[Image.Image, str, bytes, os.PathLike]  # a PIL image, or the path of an image file
 _IMAGE_TYPES = (Image.Image, str, bytes, os.PathLike)
 _ORIENTATION = 0x0112  # the EXIF orientation tag
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"  # the device names a user may give, as messages list them
-_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
-
-
-def check_device(device: str) -> str:
-    """``device`` if it names a device mmretrieval runs on (:data:`DEVICES`), without looking for the device
-    itself (:func:`resolve_device` does): for checking a setting before anything is loaded.
-
-    Raises:
-        ModelSpecError: any other name, including torch's own that we do not run on (``meta``, ``xla``…).
-    """
-    if not isinstance(device, str) or not _DEVICE_NAME.fullmatch(device):
-        raise ModelSpecError(f"unknown device {device!r}; use {DEVICES}")
-    return device
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then CPU; ``cuda:N`` and ``mps`` are checked against the devices

@@ -19,21 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ModelSpecError
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`, checked without a device (whether the device runs it
-    natively is :func:`inference_dtype`'s question): for checking a setting before anything is loaded.
-
-    Raises:
-        ModelSpecError: any other name (``fp16`` included: float16 is only what ``auto`` picks on old GPUs).
-    """
-    if precision not in PRECISIONS:
-        raise ModelSpecError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return precision
-
+from .settings import check_precision
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively: CUDA cards that support it, and CPUs with AVX512-BF16 or AMX

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..models.settings import DEVICES, PRECISIONS
 from ..progress import TqdmProgress
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "built once and cached)")
     parser.add_argument("--model", default=None, help="model spec (default: the collection's own; builtin:shapes "
                         "for the demo)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the model's number format for queries and ingests from the Collection tab: auto "
                         "(bf16 on CUDA, float32 on CPU), fp32, or bf16 (CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
