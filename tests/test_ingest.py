@@ -245,6 +245,7 @@ def test_decoder_crash_and_hang_are_contained(tmp_path, tiny_encoder):
     results = {r.image_id: r for r in pool.run(tasks)}
     assert sorted(results) == sorted(t.image_id for t in tasks)
     assert results[100].reason == "decoder_crashed"
+    assert results[100].message == "the decoder process was killed by SIGSEGV"  # not "exit code None"
     assert results[101].reason == "decode_timeout"
     assert all(isinstance(results[i + 1], Decoded) for i in range(5))
     assert pool.results_made == len(tasks)  # the gauge the device route shares work by counts every outcome

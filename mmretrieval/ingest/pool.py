@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import resource
+import signal
 import sys
 import threading
 import time
@@ -237,7 +238,7 @@ class DecodePool:
             try:
                 message = worker.receive()
             except (EOFError, OSError):
-                replace(worker, "decoder_crashed", f"the decoder process died (exit code {worker.process.exitcode})")
+                replace(worker, "decoder_crashed", _died(worker))
                 continue
             if message == READY:
                 worker.ready = True
@@ -251,7 +252,7 @@ class DecodePool:
                 continue
             since = worker.busy_since()
             if not worker.process.is_alive():
-                replace(worker, "decoder_crashed", f"the decoder process died (exit code {worker.process.exitcode})")
+                replace(worker, "decoder_crashed", _died(worker))
             elif worker.ready and since is not None and now - since > self.timeout_s:
                 replace(worker, "decode_timeout", f"decoding took longer than {self.timeout_s:g} s")
             elif not worker.ready and now - worker.started > _STARTUP_LIMIT_S:
@@ -277,6 +278,20 @@ class DecodePool:
         for chunk in worker.stop(kill=True):
             chunks.give_back(chunk)
         workers[workers.index(worker)] = Worker(start_context(), self.preparer, self.decode)
+
+
+def _died(worker: Worker) -> str:
+    """How a worker whose pipe closed died: its pipe can close a moment before its exit code is known."""
+    worker.process.join(timeout=1.0)
+    code = worker.process.exitcode
+    if code is None:
+        return "the decoder process died"
+    if code < 0:
+        try:
+            return f"the decoder process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"the decoder process died (exit code {code})"
 
 
 def _startup_failure(crashes: int, message: str) -> str:
