@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from mmretrieval.cli import main
+from mmretrieval.errors import MMRError
 from mmretrieval.ingest.batches import SourceFile
 from mmretrieval.ingest.reader import discover
 from mmretrieval.training import scenes
@@ -172,3 +173,28 @@ def test_a_captioned_folder_is_walked_as_classify_walks_it(tmp_path):
     items = read_captioned(tmp_path)
     assert sorted((item.path.name, item.captions) for item in items) == [
         ("a.png", ("a red square",)), ("scan", ("a blue square",))]
+
+
+def test_two_folders_with_one_label_text_are_refused_by_name(capsys, colour_set):
+    (colour_set / "red").rename(colour_set / "dark_red")
+    (colour_set / "dark red").mkdir()  # the same label: every image of one would count as wrong
+    _draw(colour_set / "dark red" / "0.png", "red", 20)
+    status = main(["eval", "--folder", str(colour_set), "--device", "cpu", "--templates", "none"])
+    err = capsys.readouterr().err
+    assert status == 2 and "'dark red' and 'dark_red' both read as the label 'dark red'" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_labelled_folder_that_cannot_be_listed_is_an_error_by_name(colour_set, monkeypatch):
+    from pathlib import Path
+
+    listed = Path.iterdir
+
+    def refused(self):
+        if self == colour_set:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listed(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(MMRError, match=r"cannot list the labelled folder .*: Permission denied"):
+        read_labelled_folder(colour_set)

@@ -71,7 +71,7 @@ def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None]
         on_skipped: called with each entry the walk passes over and reports (links, unreadable folders).
 
     Raises:
-        MMRError: the folder is missing, has fewer than two class subfolders (with one class every guess is
+        MMRError: the folder is missing or cannot be listed, has fewer than two class subfolders (with one class every guess is
             right: a score of 1.0 that means nothing), or no images in them.
     """
     root = Path(root)
@@ -95,8 +95,11 @@ def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None]
         parts = path.relative_to(top).parts
         if len(parts) > 1:
             images.setdefault(parts[0], []).append(path)
-    classes = sorted(d.name for d in root.iterdir()
-                     if d.is_dir() and not d.name.startswith(".") and d.name not in passed_over)
+    try:
+        classes = sorted(d.name for d in root.iterdir()
+                         if d.is_dir() and not d.name.startswith(".") and d.name not in passed_over)
+    except OSError as exc:
+        raise MMRError(f"cannot list the labelled folder {root}: {exc.strerror or exc}") from exc
     if len(classes) < 2:
         raise MMRError(f"{root} has {len(classes) or 'no'} class subfolder{'' if len(classes) == 1 else 's'}"
                        f"{f' ({classes[0]})' if classes else ''}; zero-shot accuracy needs two or more "

@@ -72,6 +72,24 @@ def folder_label_text(name: str) -> str:
     return name.replace("_", " ")
 
 
+def class_texts(classes: Sequence[str]) -> dict[str, str]:
+    """Each class folder's label text (:func:`folder_label_text`).
+
+    Raises:
+        MMRError: two folders read as one text (``golden_retriever`` and ``golden retriever``): the model would
+            be asked to tell a label from itself, and every image of the second would count as wrong.
+    """
+    texts: dict[str, str] = {}
+    for name in classes:
+        text = folder_label_text(name)
+        same = next((other for other, known in texts.items() if known == text), None)
+        if same is not None:
+            raise MMRError(f"class folders {same!r} and {name!r} both read as the label {text!r} ('_' is read as a "
+                           "space); merge them or rename one")
+        texts[name] = text
+    return texts
+
+
 def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = TEMPLATE_SETS["default"],
                   on_left_out: Callable[["FileFailure"], None] | None = None) -> dict[str, Any]:
     """Zero-shot accuracy on an ImageFolder-layout directory, its images found, decoded and embedded as
@@ -91,11 +109,13 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
         ``images``, ``classes``, ``undecodable``, ``top1``, ``mean_per_class_recall`` and ``class_texts``.
 
     Raises:
-        MMRError: no class subfolders with images, or none of the images decodes.
+        MMRError: no class subfolders with images, two folders with one label text, or none of the images
+            decodes.
     """
     from ..ingest.files import embed_files
 
     classes, items = read_labelled_folder(root, on_skipped=_left_out_as_failure(on_left_out))
+    texts = class_texts(classes)
     label_of = {os.path.abspath(item.path): item.label for item in items}
     chunks, labels, undecodable = [], [], 0
     for batch in embed_files(encoder, list(label_of)):
@@ -107,7 +127,6 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
                 on_left_out(failure)
     if not labels:
         raise MMRError(f"none of the {len(items)} images under {root} could be decoded")
-    texts = {name: folder_label_text(name) for name in classes}
     prompts = [[t.format(texts[name]) for t in templates] for name in classes]
     scores = classification_scores(np.concatenate(chunks), ensemble_prompt_embeddings(encoder, prompts), labels)
     return {"images": len(labels), "classes": len(classes), "undecodable": undecodable, **scores,
