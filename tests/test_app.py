@@ -803,7 +803,7 @@ def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(cont
     if not hasattr(context.collection, "duplicates"):
         pytest.skip("this build has no Collection.duplicates (mmr duplicates) yet")
     handlers = DuplicateHandlers(context)
-    review, summary, files = handlers.duplicates(0.0001)  # every image alike: one big group
+    review, summary, files, _, _ = handlers.duplicates(0.0001)  # every image alike: one big group
     assert "keep (suggested)" in review and "1 group of near-duplicates" in summary  # one group, singular
     listed = Path(files[0]).read_text().splitlines()
     table = pd.read_csv(files[1])
@@ -840,7 +840,7 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
 
     stand_in = WithDuplicates(context.collection)
     handlers = DuplicateHandlers(replace(context, collection=stand_in))
-    review, summary, files = handlers.duplicates(0)
+    review, summary, files, _, _ = handlers.duplicates(0)
     assert stand_in.asked is None  # 0 asks for the model's default threshold
     assert review.count("keep (suggested)") == 2 and review.count("copy · similarity 0.970") == 4
     assert summary.startswith("2 groups of near-duplicates; 4 copies besides the suggested keepers")
@@ -854,6 +854,30 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert all(Path(copy.path).exists() for copy in copies)  # nothing deleted
     handlers.duplicates(0.9)
     assert stand_in.asked == 0.9
+
+
+def test_duplicates_are_paged_and_the_loose_groups_may_come_first(context, search):
+    """The page drew the 40 most alike groups only; the loose ones, which most need a look, were in the export
+    alone. Pages and the order are drawn from the groups found, without searching again."""
+    from dataclasses import replace
+
+    from mmretrieval.collection.duplicates import Copy, DuplicateGroup as Group
+    from mmretrieval.ui.duplicate_handlers import GROUPS_SHOWN, LEAST_ALIKE, MOST_ALIKE, DuplicateHandlers
+
+    _, hits, _, _, _ = search.search("a shape", None, "", 2, -1)
+    keep, copy = (Copy(hit["id"], hit["file"], 1.0, 64, 64, Path(hit["file"]).stat().st_size, 0) for hit in hits)
+    count = GROUPS_SHOWN + 5
+    groups = [Group((keep, replace(copy, score=round(1 - i / 1000, 3)))) for i in range(count)]  # most alike first
+    handlers = DuplicateHandlers(context)
+    first = handlers.page(groups, MOST_ALIKE, 1)
+    assert first.count("keep (suggested)") == GROUPS_SHOWN and "Group 1 · lowest similarity 1.000" in first
+    second = handlers.page(groups, MOST_ALIKE, 2)
+    assert second.count("keep (suggested)") == 5 and f"Group {count} · lowest similarity 0.956" in second
+    loose = handlers.page(groups, LEAST_ALIKE, 1)
+    assert loose.index(f"Group {count} · lowest similarity 0.956") < loose.index(f"Group {count - 1} ·")
+    assert loose.count("keep (suggested)") == GROUPS_SHOWN and "Group 1 ·" not in loose
+    assert handlers.page(groups, MOST_ALIKE, 99) == second  # past the end: the last page
+    assert handlers.page([], MOST_ALIKE, 1) == ""
 
 
 def test_search_filters_by_date_and_camera(search):

@@ -26,7 +26,9 @@ from .names import counted, display_path
 
 logger = logging.getLogger(__name__)
 
-GROUPS_SHOWN = 40  # groups drawn on the page; the export has all of them
+GROUPS_SHOWN = 40  # groups drawn on a page; the export has all of them
+MOST_ALIKE, LEAST_ALIKE = "most alike first", "least alike first"
+ORDERS = (MOST_ALIKE, LEAST_ALIKE)
 REVIEW_PX = 160  # thumbnails in the review
 
 
@@ -37,11 +39,13 @@ class DuplicateHandlers:
         self.ctx = ctx
 
     @user_errors
-    def duplicates(self, threshold: float | None = None,
-                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str]]:
-        """Groups side by side (HTML), a summary, and the export: the other copies' paths (.txt) and every group (.csv).
+    def duplicates(self, threshold: float | None = None, order: str = MOST_ALIKE,
+                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str], list[DuplicateGroup], Any]:
+        """Find the groups: the first page of them (HTML), a summary, the export (the other copies' paths in a
+        .txt, every group in a .csv), the groups themselves (kept for :meth:`page`) and the page number reset to 1.
 
-        ``threshold`` is a cosine in (0, 1]; 0 or None uses the model family's default.
+        ``threshold`` is a cosine in (0, 1]; 0 or None uses the model family's default. ``order`` is
+        :data:`MOST_ALIKE` or :data:`LEAST_ALIKE` (the loose groups, which most need a look, first).
         """
         finder = getattr(self.ctx.collection, "duplicates", None)
         if finder is None:
@@ -60,14 +64,17 @@ class DuplicateHandlers:
             chosen = self.ctx.collection.duplicate_threshold(threshold or None)
         if not groups:
             return ("<p>No near-duplicates at this threshold.</p>",
-                    "No near-duplicate groups found; lower the threshold to find looser copies.", [])
+                    "No near-duplicate groups found; lower the threshold to find looser copies.", [], [],
+                    gr.update(value=1, maximum=1))
         others = sum(len(group.copies) - 1 for group in groups)
         export = self._export(groups)
-        shown = f"the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else "all"
+        pages = _pages(len(groups))
+        shown = (f"Showing {GROUPS_SHOWN} a page ({counted(pages, 'page')}; choose the order and the page above the "
+                 "groups)" if pages > 1 else "Showing all")
         summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
                    "besides the suggested keepers (a file, not a link; then the most capture metadata, the "
                    "highest resolution, the oldest, a lossless format, the largest file). "
-                   f"Showing {shown}. The export lists the "
+                   f"{shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
         summary += "".join(f"\n\n{line[0].upper()}{line[1:]}." for line in _left_out(groups))
         from ..collection.duplicates import chaining_note
@@ -75,11 +82,27 @@ class DuplicateHandlers:
         note = chaining_note(groups, chosen)
         if note:
             summary += f"\n\n{note[0].upper()}{note[1:]}."
-        return self._review_html(groups[:GROUPS_SHOWN]), summary, [str(path) for path in export]
+        return (self.page(groups, order, 1), summary, [str(path) for path in export], groups,
+                gr.update(value=1, maximum=pages))
 
-    def _review_html(self, groups: list[Any]) -> str:
+    @user_errors
+    def page(self, groups: list[DuplicateGroup], order: str = MOST_ALIKE, page: float | None = 1) -> str:
+        """Page ``page`` (from 1; one past the end shows the last) of ``groups`` in ``order``, as HTML."""
+        if not groups:
+            return ""
+        if order not in ORDERS:
+            raise gr.Error(f"Unknown order {order!r}; choose {' or '.join(ORDERS)}.", print_exception=False)
+        ordered = groups if order == MOST_ALIKE else groups[::-1]  # the finder sorts them most alike first
+        number = min(max(1, int(page or 1)), _pages(len(groups)))
+        start = (number - 1) * GROUPS_SHOWN
+        shown = ordered[start:start + GROUPS_SHOWN]
+        numbers = [start + i + 1 if order == MOST_ALIKE else len(groups) - start - i for i in range(len(shown))]
+        return self._review_html(shown, numbers)
+
+    def _review_html(self, groups: list[DuplicateGroup], numbers: list[int]) -> str:
+        """The groups side by side, each titled with its number in the export (most alike first)."""
         rows = []
-        for number, group in enumerate(groups, 1):
+        for number, group in zip(numbers, groups):
             cells = [self._cell(copy, keeper=index == 0) for index, copy in enumerate(group.copies)]
             rows.append(f'<div class="mmr-dup-group"><div class="mmr-dup-title">Group {number} · lowest similarity '
                         f'{group.score:.3f}</div><div class="mmr-dup-row">{"".join(cells)}</div></div>')
@@ -127,6 +150,10 @@ class DuplicateHandlers:
         target = folder / "copies-to-review.txt"
         target.write_text(others, encoding="utf-8", errors="surrogateescape")
         return target, folder / "duplicates.csv"
+
+
+def _pages(groups: int) -> int:
+    return max(1, -(-groups // GROUPS_SHOWN))
 
 
 def _left_out(groups: list[DuplicateGroup]) -> list[str]:

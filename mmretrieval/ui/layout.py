@@ -20,7 +20,7 @@ from ..models.zeroshot import MULTI_LABEL_THRESHOLD, TEMPLATE_SETS
 from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext
-from .duplicate_handlers import DuplicateHandlers
+from .duplicate_handlers import GROUPS_SHOWN, MOST_ALIKE, ORDERS, DuplicateHandlers
 from .map_handlers import SELECTION_SHOWN, MapHandlers
 from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
@@ -395,9 +395,18 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
     summary = _text_output(label="Summary", elem_id="duplicates-summary")
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
                      file_count="multiple", height=140)
+    with gr.Row(equal_height=True):
+        order = gr.Radio(list(ORDERS), value=MOST_ALIKE, label="Order (least alike: the loose groups to look at)",
+                         scale=3, elem_id="duplicates-order")
+        page = gr.Number(1, minimum=1, maximum=1, precision=0, step=1, label=f"Page ({GROUPS_SHOWN} groups each)",
+                         scale=1, elem_id="duplicates-page")
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
-    find.click(handlers.duplicates, [threshold], [review, summary, export], api_name="duplicates",
-               show_progress_on=[summary])
+    groups = gr.State([])  # this session's last groups: pages and orders are drawn from them, not searched again
+    find.click(handlers.duplicates, [threshold, order], [review, summary, export, groups, page],
+               api_name="duplicates", show_progress_on=[summary])
+    for control in (order, page):
+        control.change(handlers.page, [groups, order, page], [review], api_visibility="private",
+                       trigger_mode="always_last", show_progress_on=[summary])
 
 
 def _similar_on_map(search: SearchHandlers, image_id: int | None) -> tuple[list, list[int], str]:
