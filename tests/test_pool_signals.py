@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from mmretrieval.ingest.chunks import new_shared_memory, remove_leftover_shared_memory
 from test_ingest import write_good_images
@@ -76,3 +77,45 @@ def test_a_killed_groups_shared_memory_is_removed_by_the_next_run(tmp_path):
     finally:
         mine.close()
         mine.unlink()
+
+
+def _forkserver_importing_numpy(parent: int, timeout_s: float = 120.0) -> int | None:
+    """The pid of ``parent``'s forkserver once it has mapped numpy (its preload, ``ingest.reader``, is being
+    imported), polled every millisecond; None if ``parent`` ended first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) != parent:
+                        continue
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if b"multiprocessing.forkserver" not in cmdline.read():
+                        continue
+                with open(f"/proc/{entry}/maps") as maps:
+                    if "numpy" in maps.read():
+                        return int(entry)
+            except (OSError, IndexError, ValueError):
+                continue
+        if not os.path.exists(f"/proc/{parent}"):
+            return None
+        time.sleep(0.001)
+    return None
+
+
+def test_ctrl_c_while_the_workers_forkserver_starts_prints_no_traceback(tmp_path):
+    """The forkserver imports the decoding code before it serves; a Ctrl-C then printed a KeyboardInterrupt
+    traceback from that import (and the header of the worker being started leaked)."""
+    write_good_images(tmp_path / "photos", 4)
+    command = [sys.executable, "-m", "mmretrieval.cli", "classify", str(tmp_path / "photos"), "--labels",
+               "red circle,blue square", "--workers", "2", "--device", "cpu"]
+    classify = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"})
+    caught = _forkserver_importing_numpy(classify.pid)
+    os.killpg(classify.pid, signal.SIGINT)
+    _, err = classify.communicate(timeout=120)
+    assert caught is not None, "the forkserver was not seen importing its preload"
+    assert classify.returncode == 130 and "interrupted" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "leaked" not in err, err

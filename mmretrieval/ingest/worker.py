@@ -31,9 +31,16 @@ _STARTED, _STARTED_AT, _FINISHED = 0, 1, 2
 
 
 def start_context() -> multiprocessing.context.BaseContext:
+    """How workers start: from a forkserver, or spawned where there is none.
+
+    The forkserver first imports :mod:`mmretrieval._forkserver_preload`, which makes it ignore SIGINT: Ctrl-C
+    reaches the whole process group, and a forkserver still importing its preload printed a KeyboardInterrupt
+    traceback (the parent stops its workers itself). The workers it forks keep SIGINT ignored; spawned ones
+    ignore it from their first line.
+    """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mmretrieval.ingest.reader"])
+        context.set_forkserver_preload(["mmretrieval._forkserver_preload", "mmretrieval.ingest.reader"])
         return context
     return multiprocessing.get_context("spawn")
 
@@ -102,8 +109,16 @@ class Worker:
         self.header[:] = -1
         self.process = context.Process(target=_worker_main, daemon=True,
                                        args=(child, preparer, decode, self.header_memory.name))
-        self.process.start()
-        child.close()
+        try:
+            self.process.start()
+        except BaseException:  # the forkserver died (Ctrl-C in its start-up), say: free what this start made
+            self.header = None
+            self.header_memory.close()
+            self.header_memory.unlink()
+            self.conn.close()
+            raise
+        finally:
+            child.close()
         self.groups: collections.deque[_Sent] = collections.deque()  # sent and not answered, in order
         self.numbered = 0  # tasks numbered so far
         self.ready = False  # set by its first message; until then its tasks are waiting, not decoding
