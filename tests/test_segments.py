@@ -396,3 +396,17 @@ def test_counts_by_status_inside_and_outside_a_transaction(tmp_path):
     assert catalog.counts_by_status() == expected
     with catalog.transaction():
         assert catalog.counts_by_status() == expected
+
+
+def test_the_next_writer_removes_a_killed_manifest_writes_temporary(tmp_path):
+    """`mmr compact` killed while it rewrote the segment manifest left ``.manifest.json.<owner>.<random>.tmp``,
+    which no later writer removed."""
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    fill(catalog, tmp_path / "a", unit_vectors(10))
+    segment_dir = tmp_path / "col" / "segments"
+    stale = segment_dir / ".manifest.json.otherhost~4242.0123456789ab.tmp"
+    stale.write_text('{"half": ')
+    collect_garbage(catalog)  # what the next writer does first, under the collection's lock
+    assert not stale.exists() and (segment_dir / "manifest.json").is_file()
+    assert catalog.vector_count() == 10

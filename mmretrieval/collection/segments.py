@@ -48,7 +48,7 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import atomic_write_text, file_sha256, fsync_dir
+from ..atomic import atomic_write_text, file_sha256, fsync_dir, remove_stale_temporaries
 from ..errors import CollectionError
 from .sealed import (DEFAULT_DTYPE, DTYPES, RunningDigest, SealedSegment, SegmentWriter, check_dtype, checksums,
                      read_sealed, write_rows)
@@ -356,7 +356,8 @@ class SegmentStore:
         fsync_dir(self.directory)
 
     def collect_garbage(self, referenced: set[int]) -> list[int]:
-        """Cut torn tails, drop listed segments nothing references, delete unlisted files; returns numbers dropped.
+        """Cut torn tails, drop listed segments nothing references, delete unlisted files and the manifest's
+        temporaries; returns the numbers dropped.
 
         Args:
             referenced: segment numbers the catalog points into (the caller reads them under the lock).
@@ -371,6 +372,8 @@ class SegmentStore:
             if suffix in ("vec", "ids") and stem.isdigit() and int(stem) not in known:
                 logger.info("removing %s, left by an interrupted compaction or commit", path.name)
                 path.unlink(missing_ok=True)
+        for path in remove_stale_temporaries(self.directory, MANIFEST_NAME):
+            logger.info("removed %s, left by an interrupted manifest write", path.name)
         for entry in self.segments():
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
                 rows = min(self.rows_in(entry.number), _path(self.directory, entry.number, "ids").stat().st_size // 8)
