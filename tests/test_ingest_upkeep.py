@@ -16,6 +16,7 @@ import pytest
 
 from mmretrieval.collection.catalog import Catalog, encode_path
 from mmretrieval.collection.collection import Collection
+from mmretrieval.collection.label_sets import scored_ids
 from mmretrieval.ingest.writer import CatalogWriter
 from test_ingest import scene_jpeg, write_good_images
 
@@ -341,3 +342,19 @@ def test_identical_bytes_are_embedded_once_whatever_the_batch_size(tmp_path, tin
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         summary = col.ingest([folder], workers=0, batch_size=batch_size)
     assert (summary.embedded, summary.duplicates) == (6, 2)
+
+
+def test_a_moved_file_keeps_its_record_of_being_scored_with_no_label(tmp_path, tiny_encoder):
+    """A multi-label run scores images that reach no label; the export lists them with an empty label. Moved or
+    renamed, such an image took its old row's labels (none) but not its record, and left the export."""
+    write_good_images(tmp_path / "tree" / "a", 4)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "tree"], workers=0)
+        col.label(["red circle", "blue square"], multi_label=True, threshold=1.0)  # none reaches 1.0
+        before = scored_ids(col.catalog, "default")
+        assert len(before) == 4 and not col.catalog.label_counts()
+        (tmp_path / "tree" / "a").rename(tmp_path / "tree" / "b")
+        col.ingest([tmp_path / "tree"], workers=0, prune=True)
+        after = scored_ids(col.catalog, "default")
+        assert len(after) == 4 and set(after) == set(col.catalog.vector_ids().tolist())
+        assert not set(after) & set(before.tolist())  # the new rows hold the record: the old ones are pruned

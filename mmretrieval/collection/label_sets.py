@@ -215,8 +215,8 @@ def scored_ids(catalog: "Catalog", label_set: str | None) -> npt.NDArray[np.int6
     when that is not recorded: a set made before ``label_scored`` existed (None: any such set among the stored
     ones), or a catalog of that time opened read-only (the table cannot be added there).
 
-    An image labelled in the set counts even without a ``label_scored`` row: a moved file takes its old row's
-    labels (see :func:`~.places._take_labels_of_moved_files`), not its record.
+    An image labelled in the set counts even without a ``label_scored`` row (sets scored by mmretrieval before a
+    moved file took its old row's record as well as its labels: :func:`~.places._take_labels_of_moved_files`).
     """
     if not catalog.select("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_scored'"):
         return None

@@ -367,26 +367,32 @@ def _vanished(path: bytes, status: str) -> bool:
 
 
 def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
-    """After ``(image id, content hash)`` rows got their new hash: give each, in every label set where it has none,
-    the labels of a labelled row with the same bytes whose file is gone: the same picture moved or renamed, whose
-    old row a prune removes later in the run. Labels are scored from the vector alone and the same bytes have the
-    same vector, so they are as true here. A copy whose original is still there takes none: the set was scored
-    over the images its filter chose then (``--prefix``...), and the copy was not among them.
+    """After ``(image id, content hash)`` rows got their new hash: give each, in every label set where it has no
+    labels, what a labelled or scored row with the same bytes whose file is gone had there (its labels, and its
+    record of having been scored, with no label or some): the same picture moved or renamed, whose old row a prune
+    removes later in the run. Labels are scored from the vector alone and the same bytes have the same vector, so
+    they are as true here. A copy whose original is still there takes none: the set was scored over the images its
+    filter chose then (``--prefix``...), and the copy was not among them.
 
-    An index lookup by content hash per row; a file is looked at only when a labelled row has the same bytes.
+    An index lookup by content hash per row; a file is looked at only when a labelled or scored row has the same
+    bytes.
     """
     for image_id, content_hash in rows:
         if content_hash is None:
             continue
-        labelled = db.execute("SELECT DISTINCT i.id, i.path, i.status FROM images i CROSS JOIN labels l "
-                              "ON l.image_id = i.id WHERE i.content_hash = ? AND i.id != ?",
-                              (content_hash, image_id)).fetchall()
-        moved = next((other for other, path, status in labelled if _vanished(path, status)), None)
-        if moved is not None:
-            db.execute("INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
-                       "SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? "
-                       "AND label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)",
-                       (image_id, moved, image_id))
+        candidates = db.execute(
+            "SELECT i.id, i.path, i.status FROM images i WHERE i.content_hash = ? AND i.id != ? AND "
+            "(EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id) "
+            "OR EXISTS (SELECT 1 FROM label_scored s WHERE s.image_id = i.id))", (content_hash, image_id)).fetchall()
+        moved = next((other for other, path, status in candidates if _vanished(path, status)), None)
+        if moved is None:
+            continue
+        unlabelled_here = "label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)"
+        db.execute(f"INSERT OR IGNORE INTO label_scored(label_set, image_id) SELECT label_set, ? FROM label_scored "
+                   f"WHERE image_id = ? AND {unlabelled_here}", (image_id, moved, image_id))
+        db.execute(f"INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
+                   f"SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? AND {unlabelled_here}",
+                   (image_id, moved, image_id))
 
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:
