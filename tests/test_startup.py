@@ -200,16 +200,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("command", [["info"], ["duplicates"], ["export", "{out}"], ["index"], ["compact"]])
+@pytest.mark.parametrize("command", [["info"], ["duplicates"], ["export", "{out}"], ["index"], ["compact"],
+                                     ["ingest", "{photos}"], ["similar", "{photos}/good00.jpg"]])
 def test_commands_that_need_no_model_run_without_torch(built, tmp_path, command):
-    """torch took 1.4 of `mmr info`'s 2.3 s and 600 of its 670 MB: info, duplicates, export, index and compact
-    read stored vectors only."""
+    """torch took 1.4 of `mmr info`'s 2.3 s and 600 of its 670 MB: info, duplicates, export, index, compact, an
+    ingest with nothing new and `similar` to a stored image read stored vectors only."""
     import os
     import subprocess
     import sys
 
-    directory, _ = built
-    argv = [part.format(out=tmp_path / "exported") for part in command] + ["--collection", str(directory)]
+    directory, photos = built
+    argv = [part.format(out=tmp_path / "exported", photos=photos) for part in command] + ["--collection", str(directory)]
     child = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *argv], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
     # duplicates exits 1 when it finds no group: what matters is that it ran to its answer

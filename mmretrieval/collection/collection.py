@@ -236,12 +236,11 @@ class Collection(SearchMethods, LabelMethods):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
                                       progress)
         from ..ingest.runner import run_ingest
-        from ..models.encoder import resolve_device
 
-        # The model loads only if something needs embedding: an ingest over unchanged files never pays for it.
-        device_type = self._encoder.device.type if self._encoder is not None else resolve_device(self.device).type
-        config = IngestConfig.for_device(device_type, batch_size, workers, timeout_s=timeout_s, prune=prune,
-                                         device_decode=device_decode, share_jpegs=share_jpegs, max_pixels=max_pixels)
+        # The model loads only if something needs embedding (and the batch size and workers are chosen for its
+        # device then): an ingest over unchanged files never pays for it, nor imports torch.
+        config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, device_decode=device_decode,
+                              share_jpegs=share_jpegs, max_pixels=max_pixels)
         with self.writing(busy):
             if (self.directory / RAY_RESULTS_DIR).is_dir() or self.catalog.get_meta(RAY_OUTPUT_KEY):
                 from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work

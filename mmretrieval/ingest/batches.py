@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -24,8 +24,8 @@ RAY_OUTPUT_KEY = "ray_output"  # catalog meta: a --ray-output location elsewhere
 class IngestConfig:
     """How to run one ingestion."""
 
-    batch_size: int = 32  # images per model call (and per catalog transaction)
-    workers: int = 1  # decoding processes; 0 decodes in the calling process
+    batch_size: int | None = None  # images per model call (and per catalog transaction); None: by the device
+    workers: int | None = None  # decoding processes; 0 decodes in the calling process; None: by the device
     timeout_s: float = 60.0  # a file whose decode takes longer is failed and its worker restarted
     prune: bool = False  # delete rows of files that no longer exist
     device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
@@ -36,11 +36,17 @@ class IngestConfig:
     @classmethod
     def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,
                    **kwargs) -> "IngestConfig":
-        """Defaults for a device: big batches on GPU; on CPU, one core left for the model."""
+        """A config with its sizes chosen for ``device_type`` where not given (see :meth:`on_device`)."""
+        return cls(batch_size=batch_size, workers=workers, **kwargs).on_device(device_type)
+
+    def on_device(self, device_type: str) -> "IngestConfig":
+        """This config with the sizes it leaves open chosen for the model's device: big batches on a GPU; on a
+        CPU, one core left for the model. The ingest chooses them once the model is loaded, so that a run with
+        nothing to embed never looks for a GPU (or imports torch)."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         default_workers = max(1, cores - 1) if device_type == "cpu" else max(1, cores)
-        return cls(batch_size=batch_size or (256 if device_type == "cuda" else 32),
-                   workers=default_workers if workers is None else workers, **kwargs)
+        return replace(self, batch_size=self.batch_size or (256 if device_type == "cuda" else 32),
+                       workers=default_workers if self.workers is None else self.workers)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence, TYPE_CHECKI
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from ..models.encoder import DualEncoder
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
 from .batches import (Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, SourceFile, Skipped,
@@ -33,6 +31,9 @@ from .reader import LIST_SUFFIXES, FileDecoder, PathStream, discover
 from .writer import CatalogWriter
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..models.encoder import DualEncoder
     from .routing import Pixels
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         encoder: the model that embeds new images, or a callable that loads it: called only when something
             needs embedding, so a run over unchanged files never loads a model.
         sources: folders, image files, and ``.txt``/``.csv`` list files.
-        config: batch size, workers, per-file timeout, prune.
+        config: batch size and workers (those left None chosen for the model's device once it is loaded),
+            per-file timeout, prune.
         progress: called with ``(done, total)`` after each committed batch.
 
     Returns:
@@ -63,7 +65,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
             source folder that is missing or unreadable (nothing is deleted then).
     """
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)  # so does this
+    if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
+        reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
     unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources))
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
@@ -72,9 +75,13 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     if progress:
         progress(0, total)
     if total:
+        from ..models.encoder import DualEncoder  # torch: only now that something needs the model
+
+        loaded = encoder if isinstance(encoder, DualEncoder) else encoder()
+        config = config.on_device(loaded.device.type)
+        reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
         tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
-        counts.update(_embed_tasks(catalog, encoder if isinstance(encoder, DualEncoder) else encoder(), tasks,
-                                   total, config, progress))
+        counts.update(_embed_tasks(catalog, loaded, tasks, total, config, progress))
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, now that moved files have reused their vectors
     failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
               if key.startswith("failed:")}
@@ -388,6 +395,8 @@ def _model_input(pixels: Pixels, rows: list[int], count: int, device: torch.devi
     When every row is wanted (no duplicate in the batch), chunks go to a GPU one by one and are joined there,
     so the host never copies them; on the CPU they are joined once.
     """
+    import torch
+
     if isinstance(pixels, torch.Tensor):
         return pixels if len(rows) == count else pixels[rows]
     if len(rows) == count and device.type == "cuda":
