@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from mmretrieval.training import scenes  # noqa: E402
 from mmretrieval.models.encoder import load_encoder  # noqa: E402
-from mmretrieval.models.precision import PRECISIONS  # noqa: E402
+from mmretrieval.models.settings import PRECISIONS  # noqa: E402
 
 
 def _rate(fn, images: int, seconds: float) -> float:

@@ -178,7 +178,7 @@ def main() -> None:
     from mmretrieval.ingest.batches import IngestConfig
     from mmretrieval.ingest.device_decode import DeviceJpegDecoder
     from mmretrieval.models.encoder import load_encoder
-    from mmretrieval.models.precision import PRECISIONS
+    from mmretrieval.models.settings import PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="model spec (an architecture alone = random weights)")
