@@ -2,22 +2,25 @@
 results leave the pool: one record at a time (:class:`EachResult`) or in batches whose pixels are the chunks
 themselves (:class:`Batcher`, :class:`DecodedBatch`). See :mod:`.pool` for the workers that fill them.
 
-Every block of shared memory the pool makes is named ``mmr_<pid>_<random>`` after the process that made it
-(:func:`new_shared_memory`). Python's resource tracker unlinks a dead process's blocks, but a kill of the whole
-process group (``kill -9 -PGID``, an OOM kill of a container) takes the tracker along, and each such kill left
-~100 MB in ``/dev/shm`` until a reboot; :func:`remove_leftover_shared_memory`, run by every pool before it
-makes its first block, unlinks those whose maker has ended.
+Every block of shared memory the pool makes is named ``mmr_<pid>_<random>`` after the process that made it, which
+holds a shared ``flock`` on it while it is open (:func:`new_shared_memory`). Python's resource tracker unlinks a
+dead process's blocks, but a kill of the whole process group (``kill -9 -PGID``, an OOM kill of a container) takes
+the tracker along, and each such kill left ~100 MB in ``/dev/shm`` until a reboot;
+:func:`remove_leftover_shared_memory`, run by every pool before it makes its first block, unlinks those whose
+maker has ended and that nobody holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import logging
 import math
 import os
 import queue
 import secrets
+import time
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
@@ -28,26 +31,33 @@ from .batches import Decoded, Failed
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = "mmr_"  # then the maker's process id, "_", random hex: at most 24 characters (macOS allows 30)
+_PREFIX = "mmr_"  # then the maker's process id, "_", random hex: at most 20 characters (macOS allows 30)
 _SHM_FOLDER = "/dev/shm"  # where Linux lists the shared memory of the machine (of the container)
+_MIN_AGE_S = 60.0  # a younger block may be one whose maker has not locked it yet
 
 
 def new_shared_memory(size: int) -> SharedMemory:
-    """A new block of shared memory of ``size`` bytes, named after this process."""
+    """A new block of shared memory of ``size`` bytes, named after this process and held by it until closed."""
     for _ in range(100):
         try:
-            return SharedMemory(f"{_PREFIX}{os.getpid()}_{secrets.token_hex(4)}", create=True, size=size)
+            memory = SharedMemory(f"{_PREFIX}{os.getpid()}_{secrets.token_hex(4)}", create=True, size=size)
         except FileExistsError:
             continue
+        descriptor = getattr(memory, "_fd", -1)  # CPython keeps the block's descriptor open until close()
+        if descriptor >= 0:
+            fcntl.flock(descriptor, fcntl.LOCK_SH)
+        return memory
     raise FileExistsError("no free shared memory name")
 
 
-def remove_leftover_shared_memory(folder: str = _SHM_FOLDER) -> list[str]:
-    """Unlink the blocks that :func:`new_shared_memory` made in processes that have ended, this user's only;
-    returns their names. Where ``folder`` cannot be listed (not Linux) there is nothing to do.
+def remove_leftover_shared_memory(folder: str = _SHM_FOLDER, min_age_s: float = _MIN_AGE_S) -> list[str]:
+    """Unlink the blocks that :func:`new_shared_memory` made in processes that have ended, this user's only, that
+    nobody holds and that are older than ``min_age_s``; returns their names. Where ``folder`` cannot be listed (not
+    Linux) there is nothing to do.
 
-    A process id is only known within its PID namespace: containers that share ``/dev/shm`` (``--ipc=host``)
-    but not their process ids would see each other's blocks as a dead process's.
+    A process id is known only within its PID namespace, and the containers of a pod share ``/dev/shm`` but not
+    their process ids: another container's live block may carry the id of a process that has ended here. Its
+    maker's lock keeps it.
     """
     try:
         entries = list(os.scandir(folder))
@@ -57,7 +67,10 @@ def remove_leftover_shared_memory(folder: str = _SHM_FOLDER) -> list[str]:
     for entry in entries:
         owner = entry.name[len(_PREFIX):].split("_", 1)[0] if entry.name.startswith(_PREFIX) else ""
         try:
-            if not owner.isdigit() or entry.stat().st_uid != os.getuid() or not process_ended(int(owner)):
+            if not owner.isdigit() or not process_ended(int(owner)):
+                continue
+            stat = entry.stat()
+            if stat.st_uid != os.getuid() or time.time() - stat.st_mtime < min_age_s or _held(entry.path):
                 continue
             os.unlink(entry.path)
         except OSError:
@@ -66,6 +79,18 @@ def remove_leftover_shared_memory(folder: str = _SHM_FOLDER) -> list[str]:
     if removed:
         logger.info("removed %d blocks of shared memory left by killed runs", len(removed))
     return removed
+
+
+def _held(path: str) -> bool:
+    """Whether a process holds the block at ``path`` (its maker's shared lock)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # (which drops the lock it took)
+    return False
 
 
 @functools.cache

@@ -33,14 +33,15 @@ _STARTED, _STARTED_AT, _FINISHED = 0, 1, 2
 def start_context() -> multiprocessing.context.BaseContext:
     """How workers start: from a forkserver, or spawned where there is none.
 
-    The forkserver first imports :mod:`mmretrieval._forkserver_preload`, which makes it ignore SIGINT: Ctrl-C
-    reaches the whole process group, and a forkserver still importing its preload printed a KeyboardInterrupt
-    traceback (the parent stops its workers itself). The workers it forks keep SIGINT ignored; spawned ones
-    ignore it from their first line.
+    The forkserver imports the decoding code between :mod:`mmretrieval._sigint_ignored` and
+    :mod:`mmretrieval._sigint_restored`: Ctrl-C reaches the whole process group, and a forkserver still importing
+    printed a KeyboardInterrupt traceback (the parent stops its workers itself). Workers ignore SIGINT from their
+    first line.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mmretrieval._forkserver_preload", "mmretrieval.ingest.reader"])
+        context.set_forkserver_preload(["mmretrieval._sigint_ignored", "mmretrieval.ingest.reader",
+                                         "mmretrieval._sigint_restored"])
         return context
     return multiprocessing.get_context("spawn")
 

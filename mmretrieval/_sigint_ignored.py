@@ -1,0 +1,11 @@
+"""The first module the decoding workers' forkserver imports (:func:`mmretrieval.ingest.worker.start_context`), and
+imported by nothing else: it makes the process ignore SIGINT while the forkserver imports the decoding code. A
+terminal's Ctrl-C reaches the whole process group, and a KeyboardInterrupt there only printed a traceback (the
+parent stops its workers itself). :mod:`._sigint_restored`, the last module imported, puts Python's handler
+back, so that the processes it forks for anyone else get Ctrl-C as usual. It imports nothing of mmretrieval's
+(the package's ``__init__`` imports nothing either), so that it runs as early as it can.
+"""
+
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
