@@ -210,7 +210,8 @@ def test_commands_that_need_no_model_run_without_torch(built, tmp_path, command)
     import sys
 
     directory, photos = built
-    argv = [part.format(out=tmp_path / "exported", photos=photos) for part in command] + ["--collection", str(directory)]
+    argv = [part.format(out=tmp_path / "exported", photos=photos) for part in command]
+    argv += ["--collection", str(directory)]
     child = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *argv], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
     # duplicates exits 1 when it finds no group: what matters is that it ran to its answer

@@ -89,7 +89,8 @@ def _notes(groups: list[DuplicateGroup]) -> list[str]:
     """What was left out of the groups, and names that TSV shows escaped."""
     from ..collection.duplicates import LeftOut
 
-    left_out = LeftOut.of(groups, lambda group: group.paths)
+    left_out = LeftOut.of(groups)
+    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths)
     notes = []
     if left_out.aliases:
         notes.append(f"{left_out.aliases} paths name a file their group already lists (a hard link, or a folder "
@@ -98,7 +99,7 @@ def _notes(groups: list[DuplicateGroup]) -> list[str]:
     if left_out.gone:
         notes.append(f"{left_out.gone} files of these groups are gone since they were ingested: left out (`mmr "
                      "ingest --prune` drops them from the collection)")
-    if left_out.escaped:
-        notes.append(f"{left_out.escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
+    if escaped:
+        notes.append(f"{escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
                      "(\\t, \\n); --null or --json give the names whole")
     return notes

@@ -29,7 +29,6 @@ import numpy.typing as npt
 from ..atomic import check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError
 from ..images.formats import LOSSLESS_EXTENSIONS
-from ..json_lines import tsv_text
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
 
@@ -107,18 +106,14 @@ class DuplicateGroup:
 
 @dataclass(frozen=True)
 class LeftOut:
-    """What a list of groups leaves out or shows changed, for the notes under it."""
+    """What a list of groups leaves out, for the notes under it."""
 
     aliases: int  # paths naming a file its group already lists (never copies: deleting one deletes that file)
     gone: int  # members' files gone since they were ingested
-    escaped: int  # listed paths holding a tab or a line break, which TSV writes as \\t or \\n
 
     @classmethod
-    def of(cls, groups: Sequence[DuplicateGroup], listed: Callable[[DuplicateGroup], Iterable[str]]) -> "LeftOut":
-        """The counts for ``groups`` whose ``listed(group)`` paths a list names."""
-        return cls(aliases=sum(len(group.aliases) for group in groups),
-                   gone=sum(len(group.gone) for group in groups),
-                   escaped=sum(tsv_text(path) != path for group in groups for path in listed(group)))
+    def of(cls, groups: Sequence[DuplicateGroup]) -> "LeftOut":
+        return cls(aliases=sum(len(group.aliases) for group in groups), gone=sum(len(group.gone) for group in groups))
 
 
 def default_threshold(identity: ModelIdentity) -> float:

@@ -21,6 +21,7 @@ import torch
 from ..errors import ModelSpecError
 from .settings import check_precision
 
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively: CUDA cards that support it, and CPUs with AVX512-BF16 or AMX
     instructions (elsewhere a CPU emulates bf16, slower than float32)."""

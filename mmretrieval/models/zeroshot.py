@@ -316,6 +316,7 @@ class Prediction:
     label: str
     probability: float
 
+
 MULTI_LABEL_THRESHOLD = 0.5  # the multi-label cutoff when none is given (API, command line and UI alike)
 
 

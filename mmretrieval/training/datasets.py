@@ -71,8 +71,8 @@ def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None]
         on_skipped: called with each entry the walk passes over and reports (links, unreadable folders).
 
     Raises:
-        MMRError: the folder is missing or cannot be listed, has fewer than two class subfolders (with one class every guess is
-            right: a score of 1.0 that means nothing), or no images in them.
+        MMRError: the folder is missing or cannot be listed, has fewer than two class subfolders (with one class
+            every guess is right: a score of 1.0 that means nothing), or no images in them.
     """
     root = Path(root)
     if root.exists() and not root.is_dir():

@@ -79,7 +79,8 @@ class CollectionHandlers:
     @user_errors
     def label_collection(
         self, labels: str, templates: str = "default", multi_label: bool = False,
-        threshold: float = MULTI_LABEL_THRESHOLD, label_set: str | None = None, replace: bool = False, progress: gr.Progress = gr.Progress(),
+        threshold: float = MULTI_LABEL_THRESHOLD, label_set: str | None = None, replace: bool = False,
+        progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
         """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
         check_template_set(templates)

@@ -86,10 +86,11 @@ class DuplicateHandlers:
                 gr.update(value=1, maximum=pages))
 
     @user_errors
-    def page(self, groups: list[DuplicateGroup], order: str = MOST_ALIKE, page: float | None = 1) -> str:
-        """Page ``page`` (from 1; one past the end shows the last) of ``groups`` in ``order``, as HTML."""
+    def page(self, groups: list[DuplicateGroup], order: str = MOST_ALIKE, page: float | None = 1) -> str | dict:
+        """Page ``page`` (from 1; a page past the end shows the last) of ``groups`` in ``order``, as HTML; no change
+        when there are none (the search's own message stays)."""
         if not groups:
-            return ""
+            return gr.skip()
         if order not in ORDERS:
             raise gr.Error(f"Unknown order {order!r}; choose {' or '.join(ORDERS)}.", print_exception=False)
         ordered = groups if order == MOST_ALIKE else groups[::-1]  # the finder sorts them most alike first
@@ -158,7 +159,8 @@ def _pages(groups: int) -> int:
 
 def _left_out(groups: list[DuplicateGroup]) -> list[str]:
     """What the groups leave out, and names the list shows escaped: one sentence each."""
-    left_out = LeftOut.of(groups, lambda group: group.paths[1:])  # the list names the copies to review
+    left_out = LeftOut.of(groups)
+    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths[1:])  # the list's names
     notes = []
     if left_out.aliases:
         verb = "names" if left_out.aliases == 1 else "name"
@@ -168,8 +170,8 @@ def _left_out(groups: list[DuplicateGroup]) -> list[str]:
         verb = "is" if left_out.gone == 1 else "are"
         notes.append(f"{counted(left_out.gone, 'file')} of these groups {verb} gone since ingested, left out (`mmr "
                      "ingest --prune` drops them)")
-    if left_out.escaped:
-        verb = "holds" if left_out.escaped == 1 else "hold"
-        notes.append(f"{counted(left_out.escaped, 'path')} in the list {verb} a line break or a tab, written as \\n "
+    if escaped:
+        verb = "holds" if escaped == 1 else "hold"
+        notes.append(f"{counted(escaped, 'path')} in the list {verb} a line break or a tab, written as \\n "
                      "or \\t; the CSV has them whole")
     return notes

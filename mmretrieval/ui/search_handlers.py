@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..models.zeroshot import parse_labels, predict
+from ..models.zeroshot import MULTI_LABEL_THRESHOLD, parse_labels, predict
 from .context import AppContext, folder_prefix, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
@@ -258,7 +258,8 @@ class SearchHandlers:
         table = pd.DataFrame({"label": list(classifier.labels), "probability": probabilities.astype(float)})
         table = table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
         best = predict(probabilities[None, :], classifier.labels, multi_label=multi_label)[0]
-        chosen = ", ".join(f"**{markdown_text(p.label)}** ({p.probability:.2f})" for p in best) or "none above 0.5"
+        chosen = ", ".join(f"**{markdown_text(p.label)}** ({p.probability:.2f})" for p in best) \
+            or f"none above {MULTI_LABEL_THRESHOLD:g}"
         independent = multi_label or classifier.is_sigmoid
         mode = "independent probabilities (multi-label)" if independent else "softmax over the labels (they sum to 1)"
         summary = f"Prediction: {chosen}. Scores are {mode}."
