@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import check_fillable_folder, folder_built_aside, name_within_limit
+from ..filled_folders import check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError
 from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
@@ -337,7 +337,7 @@ def organize_duplicates(groups: Sequence[DuplicateGroup], out_dir: str | os.Path
 
     Symlinks only: no image is moved, copied or deleted. Returns the number of links made. The groups are linked
     into a hidden sibling folder that then takes the place of ``out_dir``
-    (:func:`~mmretrieval.atomic.folder_built_aside`), so an interrupted run leaves ``out_dir`` as it was.
+    (:func:`~mmretrieval.filled_folders.folder_built_aside`), so an interrupted run leaves ``out_dir`` as it was.
 
     Raises:
         CollectionError: ``out_dir`` holds files of anything but an earlier review (:func:`check_review_dir`),

@@ -21,7 +21,7 @@ preprocessing, dimension): ``mmr import`` refuses the export into a collection o
 would be meaningless next to these even at the same dimension.
 
 Atomic: the shards are written into a hidden sibling of ``OUT`` that becomes ``OUT`` only once every shard is
-written and fsynced (:func:`~mmretrieval.atomic.folder_built_aside`), so an interrupted export (SIGKILL
+written and fsynced (:func:`~mmretrieval.filled_folders.folder_built_aside`), so an interrupted export (SIGKILL
 included) leaves no ``OUT`` that looks complete; ``OUT`` must be new, empty, or an earlier export (replaced).
 
 Memory: one block of :data:`BLOCK_ROWS` rows (its vectors as stored and as written, its catalog rows as Python
@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import check_fillable_folder, folder_built_aside, fsync_dir
+from ..atomic import fsync_dir
+from ..filled_folders import check_fillable_folder, folder_built_aside
 from ..errors import CollectionError
 from .sealed import DTYPES
 

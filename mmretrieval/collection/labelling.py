@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, check_fillable_folder, folder_built_aside, name_within_limit, remove_orphans
+from ..atomic import atomic_path, remove_orphans
+from ..filled_folders import check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, scored_ids
@@ -238,7 +239,7 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
     """Place each image labelled in ``label_set`` (None: in any set) in ``out_dir/<label>/<id>-<name>`` as a
     symlink (or a copy).
 
-    The folder is filled aside and then takes the place of ``out_dir`` (:func:`~mmretrieval.atomic.folder_built_aside`):
+    The folder is filled aside and then takes the place of ``out_dir`` (:func:`~mmretrieval.filled_folders.folder_built_aside`):
     a re-run replaces what an earlier one placed (no link stays under a label the image lost), and an
     interrupted run leaves ``out_dir`` as it was. Images whose file has gone since ingestion are skipped,
     counted, and the first few named in the result.

@@ -90,7 +90,9 @@ class IndexKeeper:
     def rebuild(self, index_type: str | None = None, policy: dict[str, float] | None = None,
                 fill: IndexFiller | None = None, **params: int | None) -> Manifest:
         """Build afresh and save (writers only); with ``index_type`` given, it, ``params`` and the ``policy``
-        overrides (``memory_budget_bytes``, ``recall_target``) become the choice every later rebuild uses.
+        overrides (``memory_budget_bytes``, ``recall_target``) become the choice every later rebuild uses, once the
+        index built with them is saved. A run stopped before that leaves the old choice; one killed between the
+        save and storing the choice leaves the new index on disk, which the next writer rebuilds as the old choice.
         ``fill`` adds the vectors to the trained index (default: here, block by block); the choice of type,
         training, tuning and the saved file are the same whoever fills it.
 

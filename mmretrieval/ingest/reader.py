@@ -11,7 +11,7 @@ UTF-8 keeps its bytes as surrogate escapes, as ``os.fsdecode`` and a folder walk
 over hidden entries, files and folders whose name starts with ``.`` (``.thumbnails``, ``.Trash-1000``, ``.git``,
 macOS ``._IMG_0001.jpg`` forks), as photo managers do; a hidden folder or file named as a source, or listed in a
 list file, is still read. So is a folder that ``mmr label --organize`` or ``mmr duplicates --organize`` filled
-(it holds :data:`~mmretrieval.atomic.MARKER_NAME`) only when named as a source: within a walk its links (or
+(it holds :data:`~mmretrieval.filled_folders.MARKER_NAME`) only when named as a source: within a walk its links (or
 copies) of images already catalogued would make every image a second row. Nothing is opened while walking;
 :func:`decode_file` opens a file without blocking and refuses anything that is not a regular file.
 """
@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from ..atomic import MARKER_NAME
+from ..filled_folders import MARKER_NAME
 from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError, ImageDecodeError
 from ..images.decode import DEFAULT_MAX_PIXELS, decode_file_bytes, read_image_file
