@@ -238,9 +238,12 @@ class Collection(SearchMethods, LabelMethods):
         from ..ingest.runner import run_ingest
 
         # The model loads only if something needs embedding (and the batch size and workers are chosen for its
-        # device then): an ingest over unchanged files never pays for it, nor imports torch.
+        # device then): an ingest over unchanged files never pays for it, nor imports torch. A model already loaded
+        # (a new collection's) sets them now, so that too few open files are refused before a row goes in.
         config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, device_decode=device_decode,
                               share_jpegs=share_jpegs, max_pixels=max_pixels)
+        if self._encoder is not None:
+            config = config.on_device(self._encoder.device.type)
         with self.writing(busy):
             if (self.directory / RAY_RESULTS_DIR).is_dir() or self.catalog.get_meta(RAY_OUTPUT_KEY):
                 from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work
