@@ -370,6 +370,9 @@ def test_http_api_named_endpoints(server):
     assert len(gallery) == 3 and all(item["caption"].split(" · ")[0].replace(".", "").isdigit() for item in gallery)
     similar_gallery, similar_hits, _, _ = client.predict(hits[0]["id"], 2, -1, api_name="/similar")
     assert len(similar_hits) == 2 and hits[0]["id"] not in [hit["id"] for hit in similar_hits]
+    # the groups (for the tab's pages) stay in the session: a script gets the review, the summary and the export
+    review, summary, files = client.predict(0.0001, "least alike first", api_name="/duplicates")
+    assert "keep (suggested)" in review and "of near-duplicates" in summary and len(files) == 2
 
 
 def test_server_keeps_serving_after_bad_requests(server):
@@ -803,7 +806,7 @@ def test_duplicates_tab_shows_groups_beside_the_keeper_and_exports_the_rest(cont
     if not hasattr(context.collection, "duplicates"):
         pytest.skip("this build has no Collection.duplicates (mmr duplicates) yet")
     handlers = DuplicateHandlers(context)
-    review, summary, files, _, _ = handlers.duplicates(0.0001)  # every image alike: one big group
+    review, summary, files, _ = handlers.duplicates(0.0001)  # every image alike: one big group
     assert "keep (suggested)" in review and "1 group of near-duplicates" in summary  # one group, singular
     listed = Path(files[0]).read_text().splitlines()
     table = pd.read_csv(files[1])
@@ -840,7 +843,7 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
 
     stand_in = WithDuplicates(context.collection)
     handlers = DuplicateHandlers(replace(context, collection=stand_in))
-    review, summary, files, _, _ = handlers.duplicates(0)
+    review, summary, files, _ = handlers.duplicates(0)
     assert stand_in.asked is None  # 0 asks for the model's default threshold
     assert review.count("keep (suggested)") == 2 and review.count("copy · similarity 0.970") == 4
     assert summary.startswith("2 groups of near-duplicates; 4 copies besides the suggested keepers")

@@ -128,7 +128,7 @@ def test_failed_files_duplicates_and_map_show_non_utf8_names(context, folder, la
 
     if not hasattr(context.collection, "duplicates"):
         pytest.skip("this build has no Collection.duplicates (mmr duplicates) yet")
-    review, _, files, _, _ = DuplicateHandlers(context).duplicates(0.0001)  # every image alike: one group
+    review, _, files, _ = DuplicateHandlers(context).duplicates(0.0001)  # every image alike: one group
     assert SHOWN_NAME in review and _sendable(review)
     exported = Path(files[1]).read_bytes()  # the export names the true file, byte for byte
     assert os.fsencode(path) in exported or os.fsencode(path) in Path(files[0]).read_bytes()

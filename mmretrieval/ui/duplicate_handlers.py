@@ -40,9 +40,10 @@ class DuplicateHandlers:
 
     @user_errors
     def duplicates(self, threshold: float | None = None, order: str = MOST_ALIKE,
-                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str], list[DuplicateGroup], Any]:
+                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str], list[DuplicateGroup]]:
         """Find the groups: the first page of them (HTML), a summary, the export (the other copies' paths in a
-        .txt, every group in a .csv), the groups themselves (kept for :meth:`page`) and the page number reset to 1.
+        .txt, every group in a .csv) and the groups themselves (kept for :meth:`page`; :meth:`first_page` sets
+        the page control for them).
 
         ``threshold`` is a cosine in (0, 1]; 0 or None uses the model family's default. ``order`` is
         :data:`MOST_ALIKE` or :data:`LEAST_ALIKE` (the loose groups, which most need a look, first).
@@ -64,8 +65,7 @@ class DuplicateHandlers:
             chosen = self.ctx.collection.duplicate_threshold(threshold or None)
         if not groups:
             return ("<p>No near-duplicates at this threshold.</p>",
-                    "No near-duplicate groups found; lower the threshold to find looser copies.", [], [],
-                    gr.update(value=1, maximum=1))
+                    "No near-duplicate groups found; lower the threshold to find looser copies.", [], [])
         others = sum(len(group.copies) - 1 for group in groups)
         export = self._export(groups)
         pages = _pages(len(groups))
@@ -82,8 +82,12 @@ class DuplicateHandlers:
         note = chaining_note(groups, chosen)
         if note:
             summary += f"\n\n{note[0].upper()}{note[1:]}."
-        return (self.page(groups, order, 1), summary, [str(path) for path in export], groups,
-                gr.update(value=1, maximum=pages))
+        return self.page(groups, order, 1), summary, [str(path) for path in export], groups
+
+    @staticmethod
+    def first_page(groups: list[DuplicateGroup]) -> dict:
+        """The page control after a search: page 1 of as many as ``groups`` fill."""
+        return gr.update(value=1, maximum=_pages(len(groups)))
 
     @user_errors
     def page(self, groups: list[DuplicateGroup], order: str = MOST_ALIKE, page: float | None = 1) -> str | dict:

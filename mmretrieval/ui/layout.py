@@ -402,8 +402,9 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
                          scale=1, elem_id="duplicates-page")
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
     groups = gr.State([])  # this session's last groups: pages and orders are drawn from them, not searched again
-    find.click(handlers.duplicates, [threshold, order], [review, summary, export, groups, page],
-               api_name="duplicates", show_progress_on=[summary])
+    find.click(handlers.duplicates, [threshold, order], [review, summary, export, groups],
+               api_name="duplicates", show_progress_on=[summary]).success(
+        handlers.first_page, [groups], [page], queue=False, api_visibility="private")
     for control in (order, page):
         control.change(handlers.page, [groups, order, page], [review], api_visibility="private",
                        trigger_mode="always_last", show_progress_on=[summary])
