@@ -209,3 +209,19 @@ def test_a_presized_fill_makes_the_index_block_by_block_adds_make(config):
     with pytest.raises(CollectionError, match="changed while the index was being built"):
         calls = iter([blocks(), iter(list(blocks())[:-1])])  # the second pass ends early
         VectorIndex.trained(config, 32, vectors[:1500]).fill(lambda: next(calls), len(ids))
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "ivfpq"])
+def test_an_ivf_search_returns_k_hits_when_the_probed_lists_hold_fewer(index_type):
+    """nprobe lists of a 64-list IVF over 3,000 vectors hold ~50 vectors each: a search for 500 came back with
+    the ~170 that the probed lists held (the web UI's pages stopped at 107 of 7,500 images)."""
+    vectors = clustered(3000)
+    ids = np.arange(3000, dtype=np.int64)
+    config = choose_config(3000, index_type, dim=DIM, nlist=64, nprobe=2, pq_m=8)
+    index = VectorIndex.build(config, ids, vectors, DIM)
+    scores, found = index.search(vectors[:3], 500)
+    assert found.shape == (3, 500) and (found >= 0).all()
+    assert all(len(set(row)) == 500 for row in found.tolist())
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # still best first
+    top, _ = index.search(vectors[:3], 5)  # a small k is answered with the tuned nprobe, as before
+    assert top.shape == (3, 5)

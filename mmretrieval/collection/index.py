@@ -214,14 +214,23 @@ class VectorIndex:
         if allowed_ids is not None and self.config.type == "hnsw":
             # A graph walk only meets allowed ids near the query; a small allowed set may lie elsewhere.
             return exact_search(queries, k, allowed_ids, self._reconstruct)
-        scores, ids = self._searchable().search(queries, k, params=self._search_params(k, allowed_ids))
-        return _drop_padding(scores, ids, k)
+        nprobe = self.config.nprobe
+        while True:
+            scores, ids = self._searchable().search(queries, k, params=self._search_params(k, allowed_ids, nprobe))
+            if allowed_ids is not None or self.config.type not in _IVF_TYPES or ids.min() >= 0:
+                return _drop_padding(scores, ids, k)
+            # The probed lists held fewer than k vectors (a large k, or a query between clusters): probe more,
+            # up to all of them, rather than return fewer hits than the collection has.
+            nlist = faiss.extract_index_ivf(self.faiss_index).nlist
+            if nprobe >= nlist:
+                return _drop_padding(scores, ids, k)
+            nprobe = min(nlist, 2 * nprobe)
 
-    def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None) -> Any:
+    def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None, nprobe: int) -> Any:
         selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
         if self.config.type in _IVF_TYPES:
             # Filtered, every list is visited: the allowed ids may all sit in lists the query would not probe.
-            nprobe = self.config.nprobe if selector is None else faiss.extract_index_ivf(self.faiss_index).nlist
+            nprobe = nprobe if selector is None else faiss.extract_index_ivf(self.faiss_index).nlist
             params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
             if self.config.type == "ivfpq":  # the HNSW coarse quantizer must return nprobe lists
                 params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(2 * nprobe, 64))
