@@ -3,6 +3,7 @@ write (during an ingest, and on a read-only collection), and prune scoped to the
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -329,3 +330,38 @@ def test_an_interrupted_rebuild_keeps_the_earlier_index_choice(tmp_path, tiny_en
         _fill_catalog(col, clustered(10, seed=1), lambda i: "more")
         col.load_index()
         assert col.info().index_type == "flat"  # "auto" would be ivf at 410, and hnsw was never built
+
+
+def test_a_commit_between_a_readers_reads_is_not_taken_for_a_broken_index(tmp_path, tiny_encoder, caplog,
+                                                                           monkeypatch):
+    """A reader catching up during an ingest read the catalog's count, then the new vectors; a batch committed in
+    between made the index look one batch ahead, and every such search rebuilt it in memory (12 s, not 2 s)."""
+    vectors = clustered(364)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True, index_policy=POLICY) as col:
+        _fill_catalog(col, vectors[:300], lambda i: "a")
+        col.rebuild_index("flat")
+    reader = Collection.open(tmp_path / "col", model=tiny_encoder, read_only=True, index_policy=POLICY)
+    writer = Collection.open(tmp_path / "col", model=tiny_encoder, index_policy=POLICY)
+    try:
+        reader.load_index()
+        _fill_catalog(writer, vectors[300:332], lambda i: "b")  # something new for the reader to catch up on
+        counted = type(reader.catalog).vector_count
+        fired = []
+
+        def vector_count(catalog):
+            count = counted(catalog)
+            if catalog is reader.catalog and not fired:
+                fired.append(True)
+                _fill_catalog(writer, vectors[332:364], lambda i: "c")  # a writer commits right after the count
+            return count
+
+        monkeypatch.setattr(type(reader.catalog), "vector_count", vector_count)
+        with caplog.at_level(logging.INFO, logger="mmretrieval.collection.upkeep"):
+            reader.load_index()
+        assert fired and "rebuilding" not in caplog.text, caplog.text
+        monkeypatch.undo()
+        reader.load_index()  # the next catch-up takes the batch the first one did not see
+        assert reader.info().index_vectors == reader.catalog.vector_count() == 364
+    finally:
+        reader.close()
+        writer.close()

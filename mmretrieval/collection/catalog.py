@@ -380,17 +380,24 @@ class Catalog(VectorPlaces):
         with self._lock:
             return np.fromiter((row[0] for row in self._db.execute(sql, params)), dtype=np.int64)
 
-    def counts_by_status(self) -> dict[str, int]:
-        with self._lock:  # both counts from one snapshot, whatever a writer commits in between
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read in the block sees the catalog as one moment did (one read transaction), whatever another
+        process commits meanwhile. This connection is held for the block: keep it short."""
+        with self._lock:
             begun = not self._db.in_transaction
             if begun:
                 self._db.execute("BEGIN")
             try:
-                others = dict(self._db.execute(f"SELECT status, COUNT(*) FROM images WHERE {NOT_OK} GROUP BY status"))
-                ok = int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]) - sum(others.values())
+                yield
             finally:
                 if begun:
                     self._db.execute("COMMIT")
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self.snapshot():  # both counts from one moment, whatever a writer commits in between
+            others = dict(self._db.execute(f"SELECT status, COUNT(*) FROM images WHERE {NOT_OK} GROUP BY status"))
+            ok = int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]) - sum(others.values())
         return {"ok": ok, **others} if ok else others
 
     def failures(self) -> Iterator[ImageRow]:
