@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gradio as gr
 
-from ..errors import MMRError
+from ..errors import CollectionBusy, MMRError
 from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
 from .media import ThumbnailCache
 from .names import display_path
@@ -129,6 +129,9 @@ def user_errors(fn: F) -> F:
             raise  # already escaped (a decorated handler calling another)
         except gr.Error as exc:
             raise ToastError(str(exc.message), title=exc.title) from exc
+        except CollectionBusy as exc:  # its message speaks to the command line (mmr ... --wait)
+            raise ToastError("Another process is writing this collection (an ingest, import, index build, compaction "
+                             "or labelling run). Nothing was changed here: try again when it is done.") from exc
         except MMRError as exc:
             raise ToastError(display_path(str(exc))) from exc  # messages quote paths
         except Exception as exc:  # the UI must survive any request
