@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
 from ..json_lines import json_line, tsv_text
-from ..models.settings import DEVICES, PRECISIONS
-from ..models.zeroshot import MULTI_LABEL_THRESHOLD
+from ..models.settings import DEVICES, MULTI_LABEL_THRESHOLD, PRECISIONS
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection

@@ -23,8 +23,9 @@ from ..filled_folders import check_fillable_folder, folder_built_aside, name_wit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, scored_ids
-from ..models.zeroshot import (MULTI_LABEL_THRESHOLD, TextModel, ZeroShotClassifier, load_templates,
-                               normalise_labels, predict, refuse_lone_softmax_label)
+from ..models.settings import MULTI_LABEL_THRESHOLD
+from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
+                               refuse_lone_softmax_label)
 
 if TYPE_CHECKING:
     from .catalog import Catalog

@@ -1,7 +1,8 @@
-"""The device and the precision as a user names them (``--device``, ``--precision``), checked without torch: a
-command checks its settings before anything loads, and commands that need no model never import torch.
-Whether the device is there is :func:`.encoder.resolve_device`'s question; whether it runs the precision
-natively, :func:`.precision.inference_dtype`'s.
+"""Settings as a user names them before anything loads (``--device``, ``--precision``, the default of the
+multi-label ``--threshold``), known and checked without torch or numpy: every command builds its options from
+here, and commands that need no model never import torch. Whether the device is there is
+:func:`.encoder.resolve_device`'s question; whether it runs the precision natively,
+:func:`.precision.inference_dtype`'s.
 """
 
 from __future__ import annotations
@@ -39,3 +40,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ModelSpecError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     return precision
+
+
+MULTI_LABEL_THRESHOLD = 0.5  # the multi-label cutoff when none is given (API, command line and UI alike)

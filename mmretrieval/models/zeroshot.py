@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from ..errors import QueryError
 from .inputs import listed, unit_rows
+from .settings import MULTI_LABEL_THRESHOLD
 
 
 class TextModel(Protocol):
@@ -315,9 +316,6 @@ class Prediction:
 
     label: str
     probability: float
-
-
-MULTI_LABEL_THRESHOLD = 0.5  # the multi-label cutoff when none is given (API, command line and UI alike)
 
 
 def predict(

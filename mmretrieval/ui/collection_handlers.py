@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..models.zeroshot import MULTI_LABEL_THRESHOLD, parse_labels
+from ..models.settings import MULTI_LABEL_THRESHOLD
+from ..models.zeroshot import parse_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
 from .names import counted, display_path, markdown_code, markdown_text

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..models.zeroshot import MULTI_LABEL_THRESHOLD, TEMPLATE_SETS
+from ..models.settings import MULTI_LABEL_THRESHOLD
+from ..models.zeroshot import TEMPLATE_SETS
 from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..models.zeroshot import MULTI_LABEL_THRESHOLD, parse_labels, predict
+from ..models.settings import MULTI_LABEL_THRESHOLD
+from ..models.zeroshot import parse_labels, predict
 from .context import AppContext, folder_prefix, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
