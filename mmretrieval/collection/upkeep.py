@@ -119,22 +119,26 @@ class IndexKeeper:
 
     def chosen(self) -> tuple[str, dict[str, int]]:
         """The index type and parameters last chosen with ``mmr index`` (``("auto", {})`` if never)."""
-        choice = self._pending_choice or self._stored_choice()
+        choice = self._choice()
         if choice:
             return choice["type"], dict(choice["params"])
         return self.catalog.get_meta("index_type") or "auto", {}  # collections from before params were kept
+
+    def _choice(self) -> dict | None:
+        """What ``rebuild`` is building with, else what ``mmr index`` stored (None: never chosen)."""
+        return self._pending_choice or self._stored_choice()
 
     def _stored_choice(self) -> dict | None:
         stored = self.catalog.get_meta(_CONFIG_KEY)
         return json.loads(stored) if stored else None
 
-    def _stored_policy(self) -> dict[str, float]:
-        choice = self._pending_choice or self._stored_choice()
+    def _policy_overrides(self) -> dict[str, float]:
+        choice = self._choice()
         return dict(choice.get("policy", {})) if choice else {}
 
     def effective_policy(self) -> IndexPolicy:
         """The policy given at open, with what ``mmr index`` stored (memory budget, recall target) on top."""
-        return replace(self.policy, **self._stored_policy())
+        return replace(self.policy, **self._policy_overrides())
 
     def _wanted(self, count: int) -> IndexConfig:
         index_type, params = self.chosen()

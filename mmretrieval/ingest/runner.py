@@ -78,8 +78,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         from ..models.encoder import DualEncoder  # torch: only now that something needs the model
 
         loaded = encoder if isinstance(encoder, DualEncoder) else encoder()
-        config = config.on_device(loaded.device.type)
-        reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
+        config = config.on_device(loaded.device.type)  # (the decoding pool makes room for its files as it starts)
         tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
         counts.update(_embed_tasks(catalog, loaded, tasks, total, config, progress))
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, now that moved files have reused their vectors

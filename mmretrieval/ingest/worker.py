@@ -113,9 +113,7 @@ class Worker:
         try:
             self.process.start()
         except BaseException:  # the forkserver died (Ctrl-C in its start-up), say: free what this start made
-            self.header = None
-            self.header_memory.close()
-            self.header_memory.unlink()
+            self._free_header()
             self.conn.close()
             raise
         finally:
@@ -170,11 +168,14 @@ class Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
-        if self.header_memory is not None:
-            self.header = None
-            self.header_memory.close()
-            self.header_memory.unlink()
-            self.header_memory = None
+        self._free_header()
         chunks = [sent.chunk for sent in self.groups if sent.chunk is not None]
         self.groups.clear()
         return chunks
+
+    def _free_header(self) -> None:
+        if self.header_memory is not None:
+            self.header = None  # the view must go before the mapping can close
+            self.header_memory.close()
+            self.header_memory.unlink()
+            self.header_memory = None
