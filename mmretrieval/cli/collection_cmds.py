@@ -214,6 +214,10 @@ def _compact(args: argparse.Namespace) -> int:
     with open_collection(args.collection, writer="compact", wait=args.wait) as collection, \
             TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
+    if not summary.segments_rewritten:
+        share = f" over {args.min_waste:.0%} of its rows" if args.min_waste else ""
+        print(f"nothing to compact: no segment holds dead rows{share}", file=sys.stderr)
+        return 0
     print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
           f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
           f"{summary.bytes_freed / 2**20:.1f} MiB freed", file=sys.stderr)

@@ -81,9 +81,13 @@ def collect_garbage(catalog: Catalog) -> list[int]:
     if not store.exists:
         return []
     shutil.rmtree(store.directory / STAGING_DIRNAME, ignore_errors=True)
-    dropped = store.collect_garbage(set(catalog.rows_per_segment()))
-    if dropped:
-        logger.info("dropped segments %s that nothing points at (left by an interrupted write)", dropped)
+    referenced = set(catalog.rows_per_segment())
+    unused_rows = sum(store.rows_in(s.number) for s in store.segments() if s.number not in referenced)
+    dropped = store.collect_garbage(referenced)
+    if dropped:  # a warning, so that the `mmr compact` after a killed one says where the space went
+        logger.warning("finished an interrupted write: removed %d segment(s) that nothing points at (%d rows, "
+                       "%.1f MiB)", len(dropped), unused_rows,
+                       unused_rows * store.dim * np.dtype(store.dtype).itemsize / 2**20)
     return dropped
 
 
