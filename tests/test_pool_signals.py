@@ -180,3 +180,46 @@ def test_the_callers_own_forkserver_processes_still_get_ctrl_c(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "photos" / "good00.jpg")],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert done.stdout.strip() == "interruptible", done.stderr
+
+
+# Slows the forkserver's own start-up, before any module it is told to preload: the interpreter's import of
+# multiprocessing.forkserver (the `-c` code it runs) waits here, with the pid written where the test looks.
+_SLOW_FORKSERVER_START = """
+import os, sys, time
+
+
+class _SlowForkserver:
+    def find_spec(self, name, path=None, target=None):
+        if name == "multiprocessing.forkserver" and sys.argv == ["-c"]:
+            with open(os.environ["SLOW_FORKSERVER_PID"] + ".tmp", "w") as marker:
+                marker.write(str(os.getpid()))
+            os.rename(os.environ["SLOW_FORKSERVER_PID"] + ".tmp", os.environ["SLOW_FORKSERVER_PID"])
+            time.sleep(2)
+        return None
+
+
+sys.meta_path.insert(0, _SlowForkserver())
+"""
+
+
+def test_ctrl_c_before_the_forkserver_imports_anything_is_dropped(tmp_path):
+    """A Ctrl-C while the forkserver's interpreter is still starting, before its first preloaded module can ignore
+    it, killed the forkserver with a KeyboardInterrupt traceback; the pool must not notice it at all."""
+    write_good_images(tmp_path / "photos", 1)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_SLOW_FORKSERVER_START)
+    script = tmp_path / "after_a_pool.py"
+    script.write_text(_AFTER_A_POOL)
+    marker = tmp_path / "forkserver.pid"
+    pool = subprocess.Popen([sys.executable, str(script), str(tmp_path / "photos" / "good00.jpg")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{os.getcwd()}",
+                                 "SLOW_FORKSERVER_PID": str(marker)})
+    deadline = time.monotonic() + 60
+    while not marker.exists() and pool.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), "the forkserver was not seen starting"
+    os.kill(int(marker.read_text()), signal.SIGINT)
+    out, err = pool.communicate(timeout=120)
+    assert pool.returncode == 0 and out.strip() == "interruptible", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -8,13 +8,14 @@ into a small shared header, so the parent always knows which file a worker that 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import multiprocessing
 import signal
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +36,10 @@ def start_context() -> multiprocessing.context.BaseContext:
 
     The forkserver imports the decoding code between :mod:`mmretrieval._sigint_ignored` and
     :mod:`mmretrieval._sigint_restored`: Ctrl-C reaches the whole process group, and a forkserver still importing
-    printed a KeyboardInterrupt traceback (the parent stops its workers itself). Workers ignore SIGINT from their
-    first line.
+    printed a KeyboardInterrupt traceback (the parent stops its workers itself). Before that first import, while
+    the interpreter itself starts, SIGINT is blocked: :class:`Worker` blocks it around a start (a process started
+    by exec inherits the mask), and the first import ignores it and unblocks it (a pending one is then dropped), as
+    Python's own resource tracker does. Workers ignore SIGINT from their first line.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
@@ -49,10 +52,21 @@ def start_context() -> multiprocessing.context.BaseContext:
 DecodeFn = Callable[[DecodeTask, ImagePreparer], "Decoded | Failed"]
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread, and so in any process it starts by exec (a Ctrl-C meanwhile waits)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, header_name: str) -> None:
     # Ctrl-C reaches the whole process group; the parent stops its workers itself (through the pipe, or by
     # killing them), and a worker's own KeyboardInterrupt would only print a traceback in the middle of its report
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while a spawned worker started
     header_memory = SharedMemory(header_name)  # the parent's resource tracker knows it: one owner, one unlink
     header = np.ndarray((3,), dtype=np.float64, buffer=header_memory.buf)
     attached: dict[str, tuple[SharedMemory, tuple[int, ...]]] = {}
@@ -111,7 +125,8 @@ class Worker:
         self.process = context.Process(target=_worker_main, daemon=True,
                                        args=(child, preparer, decode, self.header_memory.name))
         try:
-            self.process.start()
+            with _sigint_blocked():  # until a new forkserver's (or spawned worker's) first line ignores it
+                self.process.start()
         except BaseException:  # the forkserver died (Ctrl-C in its start-up), say: free what this start made
             self._free_header()
             self.conn.close()
