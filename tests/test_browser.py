@@ -6,12 +6,15 @@ not needed. This test must run in CI, so a missing browser is a failure, not a s
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -27,6 +30,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 ARTIFACTS = REPO / "test-artifacts"  # git-ignored; CI can keep the screenshots
 START_TIMEOUT_S = 180
 CAPTION = re.compile(r"^-?\d\.\d{3} · scene-\d{3}\.png$")
+DUPLICATE_PAIRS = 45  # pictures with a near-duplicate copy each: more groups than the Duplicates tab shows a page
+GROUP_TITLE = re.compile(r"^Group (\d+) · lowest similarity (\d\.\d{3})$")
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -43,14 +48,12 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> Non
     raise AssertionError(f"app.py did not answer on {url} within {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_model_dir):
-    """``python app.py --collection DIR --model TINY --port P`` running; yields its URL."""
-    collection = build_test_collection(tmp_path_factory.mktemp("browser-collection"), str(tiny_model_dir))
+@contextmanager
+def _serving(collection: Path, model: str, *options: str) -> Iterator[str]:
+    """``python app.py --collection DIR --model SPEC --port P [options]`` running; yields its URL."""
     port = free_port()
-    command = [sys.executable, str(REPO / "app.py"), "--collection", str(collection), "--model", str(tiny_model_dir),
-               "--device", "cpu", "--port", str(port), "--example", "a red circle",
-               "--example", "a yellow star on a striped background"]
+    command = [sys.executable, str(REPO / "app.py"), "--collection", str(collection), "--model", model,
+               "--device", "cpu", "--port", str(port), *options]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}/"
@@ -63,6 +66,37 @@ def app_url(tmp_path_factory, tiny_model_dir):
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_model_dir):
+    """``python app.py`` over the generated scenes with the tiny model, two example queries; yields its URL."""
+    collection = build_test_collection(tmp_path_factory.mktemp("browser-collection"), str(tiny_model_dir))
+    with _serving(collection, str(tiny_model_dir), "--example", "a red circle",
+                  "--example", "a yellow star on a striped background") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def duplicates_app(tmp_path_factory, shapes_encoder):
+    """``python app.py`` over DUPLICATE_PAIRS pictures, each beside a re-encoded JPEG copy, with builtin:shapes
+    (whose default threshold is measured); yields its URL and the groups ``Collection.duplicates`` finds there."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.training.copies import distinct_originals
+    from mmretrieval.ui.duplicate_handlers import GROUPS_SHOWN
+
+    root = tmp_path_factory.mktemp("browser-duplicates")
+    (root / "images").mkdir()
+    for number, picture in enumerate(distinct_originals(DUPLICATE_PAIRS, seed=11, size=96)):
+        picture.save(root / "images" / f"photo-{number:03d}.png")
+        picture.save(root / "images" / f"photo-{number:03d}-copy.jpg", quality=85)
+    with Collection.open(root / "collection", model=shapes_encoder, create=True) as collection:
+        collection.ingest([root / "images"], workers=1)
+        groups = collection.duplicates()  # at the default threshold, as the tab's 0 asks
+        # what the tests below need: more groups than a page shows, and none at all at threshold 1
+        assert len(groups) > GROUPS_SHOWN and collection.duplicates(1.0) == [], len(groups)
+    with _serving(root / "collection", "builtin:shapes") as url:
+        yield url, groups
 
 
 @pytest.fixture(scope="module")
@@ -292,4 +326,114 @@ def test_map_redraws_with_new_labels_and_answers_clicks_and_lassos(app_url, brow
     page.locator("#map-selection-note").get_by_text("images selected").wait_for(timeout=30_000)
     assert page.locator("#map-selection .thumbnail-item").count() > 0
     assert errors == [], errors
+    page.close()
+
+
+def _shown_groups(page) -> list[tuple[int, float]]:
+    """(number, lowest similarity) of each duplicate group on screen, top to bottom."""
+    titles = page.locator("#duplicate-groups .mmr-dup-title").all_inner_texts()
+    matches = [GROUP_TITLE.match(title) for title in titles]
+    assert all(matches), titles
+    return [(int(match[1]), float(match[2])) for match in matches]
+
+
+def _wait_for_first_group(page, number: int, timeout_ms: int = 30_000) -> None:
+    """Until the first duplicate group on screen is group ``number`` (a page or an order drawn)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#duplicate-groups .mmr-dup-title").first).to_have_text(
+        re.compile(f"^Group {number} ·"), timeout=timeout_ms)
+
+
+def _find_duplicates(page, threshold: str | None = None) -> None:
+    """Open the Duplicates tab and run its search, at ``threshold`` when given (else the slider's 0: the default)."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Duplicates").click()
+    if threshold is not None:
+        box = page.get_by_label("number input for Similarity threshold")
+        box.fill(threshold)
+        box.press("Tab")  # leaves the box: the slider takes the value, and the search reads the slider
+        expect(page.get_by_label("range slider for Similarity threshold")).to_have_value(threshold)
+    page.locator("#find-duplicates").click()
+
+
+def test_duplicates_tab_pages_its_groups_in_either_order_and_says_when_there_are_none(duplicates_app, browser,
+                                                                                    tmp_path):
+    from playwright.sync_api import expect
+
+    from mmretrieval.ui.duplicate_handlers import GROUPS_SHOWN
+
+    url, groups = duplicates_app
+    found = [(number, round(group.score, 3)) for number, group in enumerate(groups, 1)]  # most alike first
+    pages = math.ceil(len(groups) / GROUPS_SHOWN)
+    page = _open_app(browser, url, height=1100)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _find_duplicates(page)
+    summary, titles = page.locator("#duplicates-summary"), page.locator("#duplicate-groups .mmr-dup-title")
+    summary.get_by_text(f"{len(groups)} groups of near-duplicates").wait_for(timeout=60_000)
+    others = sum(len(group.copies) - 1 for group in groups)
+    assert f"{others} copies besides the suggested keepers" in summary.inner_text()
+    assert f"({pages} pages;" in summary.inner_text()
+    assert _shown_groups(page) == found[:GROUPS_SHOWN]
+    first = page.locator("#duplicate-groups .mmr-dup-group").first  # its keeper and copy, named as the collection does
+    assert first.locator(".mmr-dup-cell").count() == len(groups[0].copies)
+    assert Path(groups[0].keep.path).name in first.locator(".mmr-dup-cell.keep").inner_text()
+    page.wait_for_function("() => [...document.querySelectorAll('#duplicate-groups img')].every("
+                           "i => i.complete && i.naturalWidth > 0)")
+    export = httpx.get(page.locator("a[download='copies-to-review.txt']").get_attribute("href"), timeout=30)
+    assert sorted(export.text.splitlines()) == sorted(copy.path for group in groups for copy in group.copies[1:])
+    _screenshot(page, tmp_path, "duplicates.png")
+
+    page_box = page.locator("#duplicates-page input")
+    expect(page_box).to_have_attribute("max", str(pages))
+    page_box.press("ArrowUp")  # the next page
+    _wait_for_first_group(page, GROUPS_SHOWN + 1)
+    assert _shown_groups(page) == found[GROUPS_SHOWN:2 * GROUPS_SHOWN]
+    page_box.press("ArrowDown")
+    _wait_for_first_group(page, 1)
+    assert _shown_groups(page) == found[:GROUPS_SHOWN]
+
+    page.get_by_label("least alike first").check()
+    _wait_for_first_group(page, len(groups))
+    loose_first = _shown_groups(page)
+    assert loose_first == found[::-1][:GROUPS_SHOWN]
+    assert loose_first[0][1] == min(score for _, score in found)  # the least alike group of all comes first
+    page_box.press("ArrowUp")
+    _wait_for_first_group(page, len(groups) - GROUPS_SHOWN)
+    assert _shown_groups(page) == found[::-1][GROUPS_SHOWN:2 * GROUPS_SHOWN]
+
+    # No group at threshold 1: it says so, and nothing of the last search stays (groups, export, the second page).
+    _find_duplicates(page, "1")
+    summary.get_by_text("No near-duplicate groups found").wait_for(timeout=60_000)
+    assert titles.count() == 0 and "No near-duplicates" in page.locator("#duplicate-groups").inner_text()
+    assert page.locator("a[download='copies-to-review.txt']").count() == 0
+    expect(page_box).to_have_value("1")
+    expect(page_box).to_have_attribute("max", "1")
+    page.get_by_label("most alike first").check()  # drawn from this search's groups: none
+    page.wait_for_timeout(1500)
+    assert titles.count() == 0 and page.locator("#duplicate-groups").get_by_text("No near-duplicates").is_visible()
+    assert errors == [], errors
+    page.close()
+
+
+def test_choosing_an_order_on_a_later_page_shows_that_order_from_its_start(duplicates_app, browser):
+    """On page 2 of the most alike groups, choosing "least alike first" must show the least alike group first,
+    not page 2 of the new order: the most alike groups of all, under a choice that asked for the loose ones."""
+    from playwright.sync_api import expect
+
+    from mmretrieval.ui.duplicate_handlers import GROUPS_SHOWN
+
+    url, groups = duplicates_app
+    page = _open_app(browser, url)
+    _find_duplicates(page)
+    page.locator("#duplicates-summary").get_by_text(f"{len(groups)} groups of near-duplicates").wait_for(timeout=60_000)
+    page_box = page.locator("#duplicates-page input")
+    page_box.press("ArrowUp")
+    _wait_for_first_group(page, GROUPS_SHOWN + 1)
+    page.get_by_label("least alike first").check()
+    _wait_for_first_group(page, len(groups), timeout_ms=10_000)  # page 2 was drawn well within that
+    assert _shown_groups(page)[0][1] == round(min(group.score for group in groups), 3)
+    expect(page_box).to_have_value("1")
     page.close()

@@ -406,9 +406,15 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
     find.click(handlers.duplicates, [threshold, order], [review, summary, export, groups],
                api_name="duplicates", show_progress_on=[summary]).success(
         handlers.first_page, [groups], [page], queue=False, api_visibility="private")
-    for control in (order, page):
-        control.change(handlers.page, [groups, order, page], [review], api_visibility="private",
-                       trigger_mode="always_last", show_progress_on=[summary])
+
+    def from_its_first_page(shown: list, chosen_order: str) -> tuple:
+        """Another order starts at its own first page (the page number meant a place in the other order)."""
+        return handlers.page(shown, chosen_order, 1), 1
+
+    order.change(from_its_first_page, [groups, order], [review, page], api_visibility="private",
+                 trigger_mode="always_last", show_progress_on=[summary])
+    page.change(handlers.page, [groups, order, page], [review], api_visibility="private",
+                trigger_mode="always_last", show_progress_on=[summary])
 
 
 def _similar_on_map(search: SearchHandlers, image_id: int | None) -> tuple[list, list[int], str]:
