@@ -205,15 +205,17 @@ def read_metadata(path: Path, rows: int, root: Path) -> tuple[list[bytes], list[
     """
     _, pq = pyarrow_modules("reading")
     try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        if PATH_COLUMN not in names:
-            raise CollectionError(f"{path} has no {PATH_COLUMN!r} column (columns: {', '.join(names)})")
-        if parquet.metadata.num_rows != rows:
-            raise CollectionError(f"{path} has {parquet.metadata.num_rows} rows but its embeddings file has "
-                                  f"{rows}; the shard is incomplete, re-copy both files")
-        columns = [PATH_COLUMN] + ([CAPTION_COLUMN] if CAPTION_COLUMN in names else [])
-        table = parquet.read(columns=columns)
+        # opened here, not by pyarrow: it takes a path only as UTF-8, and a folder's name need not be
+        with open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            if PATH_COLUMN not in names:
+                raise CollectionError(f"{path} has no {PATH_COLUMN!r} column (columns: {', '.join(names)})")
+            if parquet.metadata.num_rows != rows:
+                raise CollectionError(f"{path} has {parquet.metadata.num_rows} rows but its embeddings file has "
+                                      f"{rows}; the shard is incomplete, re-copy both files")
+            columns = [PATH_COLUMN] + ([CAPTION_COLUMN] if CAPTION_COLUMN in names else [])
+            table = parquet.read(columns=columns)
     except CollectionError:
         raise
     except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family for corrupt files
