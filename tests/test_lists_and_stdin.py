@@ -82,6 +82,20 @@ def test_a_csv_list_keeps_a_non_utf8_path_and_makes_its_caption_readable(photos)
     assert [(item.path, item.caption) for item in found] == [(bad, "caf\ufffd au lait"), (good, "plain")]
 
 
+def test_a_name_with_spaces_around_it_is_found_in_a_list_where_the_file_has_them(photos):
+    """Spaces around a listed name are stripped, unless the file's own name has them: ``mmr label --out`` writes
+    ``trail.png `` as it is, and its CSV read back as a list said "cannot stat .../trail.png"."""
+    from mmretrieval.ingest.reader import discover
+
+    folder, good, _ = photos
+    _save_scene(str(folder / "trail.png "), "green")
+    (folder / "list.csv").write_text('path\n"trail.png "\n  sub/good.png \n')
+    (folder / "list.txt").write_text("trail.png \n sub/good.png\n")
+    for listing in ("list.csv", "list.txt"):
+        found = list(discover([str(folder / listing)]))
+        assert [item.path for item in found] == [str(folder / "trail.png "), good], listing
+
+
 def test_classify_and_ingest_take_a_list_naming_a_non_utf8_file(photos, tmp_path, tiny_model_dir, capsys):
     folder, good, bad = photos
     listing = tmp_path / "list.txt"

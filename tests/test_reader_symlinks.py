@@ -127,3 +127,17 @@ def test_info_failures_names_a_broken_link_as_broken(tmp_path, tiny_model_dir, c
     path, reason, message = capsys.readouterr().out.rstrip("\n").split("\t")
     assert (path, reason) == (str(photos / "dangling.jpg"), "broken_link")
     assert "/nonexistent/x.jpg does not exist" in message
+
+
+def test_a_folder_given_twice_by_a_link_or_from_inside_is_walked_once(tmp_path):
+    """``mmr ingest w2 w2link`` catalogued every image twice, once under each path; a folder inside another
+    source (either order) is read once too, and is not reported as a link loop."""
+    write_good_images(tmp_path / "w2" / "sub", 2)
+    write_good_images(tmp_path / "w2", 1)
+    (tmp_path / "w2link").symlink_to("w2", target_is_directory=True)
+    for sources in (["w2", "w2link"], ["w2link", "w2"], ["w2/sub", "w2"], ["w2", "w2/sub"]):
+        found = list(discover([str(tmp_path / source) for source in sources]))
+        files = [item.path for item in found if isinstance(item, SourceFile)]
+        assert sorted(os.path.realpath(path) for path in files) == sorted(
+            str(tmp_path / name) for name in ("w2/good00.jpg", "w2/sub/good00.jpg", "w2/sub/good01.jpg")), sources
+        assert not [item for item in found if isinstance(item, Skipped)], sources

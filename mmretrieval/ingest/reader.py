@@ -102,13 +102,17 @@ def discover(sources: Sequence[str | os.PathLike | PathStream]) -> Iterator[Sour
     Raises:
         CollectionError: a source that does not exist, or a CSV list without a path column.
     """
+    walked: set[tuple[int, int]] = set()  # every folder walked, by identity, whichever source it came from
     for source in sources:
         if isinstance(source, PathStream):
             yield from _read_stream(source)
             continue
         path = Path(os.path.abspath(source))
         if path.is_dir():
-            yield from _walk(path)
+            if _identity(path) in walked:  # a link to a folder given before, or a folder inside one
+                logger.info("passed over %s: walked already, from an earlier source", path)
+                continue
+            yield from _walk(path, walked)
         elif not os.path.lexists(path):
             raise CollectionError(f"source {source} does not exist; pass folders, image files or .txt/.csv lists")
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
@@ -130,16 +134,20 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
     return SourceFile(str(path), info.st_size, storable_mtime_ns(info.st_mtime_ns), caption)
 
 
-def _walk(root: Path) -> Iterator[SourceFile | Skipped]:
+def _identity(folder: Path) -> tuple[int, int]:
+    info = folder.stat()
+    return info.st_dev, info.st_ino
+
+
+def _walk(root: Path, walked: set[tuple[int, int]]) -> Iterator[SourceFile | Skipped]:
     """Every candidate under ``root``, each folder walked once: real folders first, then linked ones.
 
     A folder linked from inside the tree is usually also there under its real path. Walking every real folder
     before any link makes that path the one catalogued, whatever the names' order, and the link the skip;
-    otherwise removing the link would re-embed the folder. Memory holds the identities of the folders walked and
-    the folder links still to follow, never the files.
+    otherwise removing the link would re-embed the folder. Memory holds the identities of the folders walked
+    (``walked``, which this adds to) and the folder links still to follow, never the files.
     """
     real_root = os.path.realpath(root)
-    walked: set[tuple[int, int]] = set()
     links: collections.deque[str] = collections.deque()  # folder links met, followed in that order
     yield from _walk_folders(str(root), real_root, walked, links)
     while links:
@@ -161,8 +169,11 @@ def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
                 yield Skipped(directory, "unreadable", f"cannot open folder {directory}: {exc.strerror}")
             continue
         if (info.st_dev, info.st_ino) in walked:
-            yield Skipped(directory, "symlink_loop",
-                          f"{directory} leads to {os.path.realpath(directory)}, a folder already walked")
+            if os.path.islink(directory):
+                yield Skipped(directory, "symlink_loop",
+                              f"{directory} leads to {os.path.realpath(directory)}, a folder already walked")
+            else:  # a folder an earlier source walked (`mmr ingest A/sub A`): its files are in, under that path
+                logger.info("passed over %s: walked already, from an earlier source", directory)
             continue
         walked.add((info.st_dev, info.st_ino))
         try:
@@ -244,7 +255,7 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             rows = _text_rows(handle) if path.suffix.lower() == ".txt" else _csv_rows(path, handle)
             for name, caption in _once_in_a_row(rows):
-                yield _single(Path(os.path.abspath(base / name)), caption or None)
+                yield _single(_listed_path(str(base), name), caption or None)
     except OSError as exc:
         raise CollectionError(f"cannot read list file {path}: {exc}") from exc
 
@@ -253,10 +264,20 @@ def _read_stream(source: PathStream) -> Iterator[SourceFile | Skipped]:
     """A stream's entries, relative paths taken from its ``base``; line by line, never held whole."""
     rows = _null_rows(source.stream) if source.null else _text_rows(_decoded_lines(source.stream))
     try:
-        for name, _ in _once_in_a_row(rows):
-            yield _single(Path(os.path.abspath(os.path.join(source.base, name))))
+        for name, _ in _once_in_a_row(rows):  # (a NUL-ended name is kept exactly, spaces included)
+            yield _single(Path(os.path.abspath(os.path.join(source.base, name))) if source.null
+                          else _listed_path(source.base, name))
     except OSError as exc:
         raise CollectionError(f"cannot read the list of paths on {source}: {exc}") from exc
+
+
+def _listed_path(base: str, name: str) -> Path:
+    """A list's line or cell as a path from ``base``, without the spaces around it unless the file's name has them
+    (``mmr label --out`` writes names as they are, and its CSV is meant to be read back as a list)."""
+    path = Path(os.path.abspath(os.path.join(base, name.strip())))
+    if name != name.strip() and name.strip() and os.path.lexists(os.path.join(base, name)):
+        return Path(os.path.abspath(os.path.join(base, name)))
+    return path
 
 
 def _once_in_a_row(rows: Iterable[tuple[str, str | None]]) -> Iterator[tuple[str, str | None]]:
@@ -284,9 +305,9 @@ def _decoded_lines(lines: Iterable[bytes]) -> Iterator[str]:
 
 
 def _text_rows(lines: Iterable[str]) -> Iterator[tuple[str, None]]:
-    """One path per line, stripped of surrounding whitespace; blank lines and lines starting with ``#`` are
-    skipped."""
-    return ((line.strip(), None) for line in lines if line.strip() and not line.startswith("#"))
+    """One path per line, its line break cut (surrounding spaces are :func:`_listed_path`'s to judge); blank
+    lines and lines starting with ``#`` are skipped."""
+    return ((line.rstrip("\r\n"), None) for line in lines if line.strip() and not line.startswith("#"))
 
 
 def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
@@ -294,7 +315,7 @@ def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | Non
     path_column, caption_column = csv_columns(reader.fieldnames)
     if path_column is None:
         raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(PATH_COLUMNS[:2])}")
-    return ((row[path_column].strip(), _readable(row.get(caption_column)) if caption_column else None)
+    return ((row[path_column], _readable(row.get(caption_column)) if caption_column else None)
             for row in reader if (row.get(path_column) or "").strip())
 
 
