@@ -188,6 +188,28 @@ def test_similar_leaves_out_the_query_image_whatever_the_id_type(collection, as_
     assert len(hits) == 3 and int(query_id) not in {hit.id for hit in hits}
 
 
+def test_similar_to_a_path_changed_since_ingest_embeds_the_file_as_it_is(tmp_path, tiny_encoder):
+    """The stored vector answered for the old picture: a file replaced (or made garbage) after its ingest."""
+    from test_ingest import scene_jpeg
+
+    photos = write_good_images(tmp_path / "photos", 6)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        changed = col.catalog.id_of_path(photos[0])
+        photos[0].write_bytes(scene_jpeg(99, seed=5))
+
+        def scores_near(vector):
+            return [(hit.id, round(hit.score, 4)) for hit in col.nearest(vector, k=6) if hit.id != changed][:3]
+
+        now = scores_near(tiny_encoder.encode_images([str(photos[0])])[0])
+        stored = scores_near(col.vectors([changed])[1][0])
+        assert now != stored  # the two answers can be told apart
+        assert [(hit.id, round(hit.score, 4)) for hit in col.similar(str(photos[0]), k=3)] == now
+        photos[1].write_bytes(b"not an image any more")
+        with pytest.raises(QueryError, match="cannot use"):
+            col.similar(str(photos[1]), k=3)
+
+
 def test_scores_are_cosines_and_stop_at_one(collection):
     ids, vectors = collection.vectors()
     for image_id, stored in zip(ids.tolist(), vectors):  # float16 rows: their own cosine can round past 1

@@ -355,6 +355,11 @@ class Catalog(VectorPlaces):
         rows = self._query("SELECT id FROM images WHERE path = ?", (encode_path(path),))
         return rows[0][0] if rows else None
 
+    def file_state(self, path: str | os.PathLike) -> tuple[int, int, int] | None:
+        """``(id, size, mtime_ns)`` of ``path``'s row as it was last read (0, 0 for an imported row), or None."""
+        rows = self._query("SELECT id, size, mtime_ns FROM images WHERE path = ?", (encode_path(path),))
+        return tuple(rows[0]) if rows else None
+
     def ids_with_prefix(self, prefix: str | os.PathLike) -> npt.NDArray[np.int64]:
         """Ids of embedded rows whose absolute path starts with ``prefix`` (bytewise; relative to the cwd).
 

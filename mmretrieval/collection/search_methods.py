@@ -15,6 +15,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..errors import ImageDecodeError, QueryError
+from ..ingest.reader import storable_mtime_ns
 from ..models.specs import ModelIdentity
 from .arguments import check_k, check_query_vector, check_threshold
 from .catalog import Catalog
@@ -127,7 +128,7 @@ class SearchMethods:
     def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
         image_id = image if isinstance(image, (int, np.integer)) else None
         if isinstance(image, (str, os.PathLike)):
-            image_id = self.catalog.id_of_path(image)
+            image_id = self._id_if_unchanged(image)
         if image_id is not None:
             ids, vectors = self.catalog.vectors([int(image_id)])
             if len(ids):
@@ -142,6 +143,21 @@ class SearchMethods:
             return encoder.encode_images([image])[0]
         except (ImageDecodeError, OSError, ValueError) as exc:  # PIL's errors too: the user's image, not our bug
             raise QueryError(f"cannot use {image} as a query image: {exc}") from exc
+
+    def _id_if_unchanged(self, path: str | os.PathLike) -> int | None:
+        """``path``'s catalog id when its stored vector is of the file as it is: same size and modification time,
+        or the file gone (the stored vector is all there is), or imported (no size or time to compare). A file
+        changed since it was embedded is embedded afresh; its stored vector would answer for the old picture."""
+        state = self.catalog.file_state(path)
+        if state is None:
+            return None
+        image_id, size, mtime_ns = state
+        try:
+            info = os.stat(path)
+        except OSError:
+            return image_id
+        unchanged = (info.st_size, storable_mtime_ns(info.st_mtime_ns)) == (size, mtime_ns)
+        return image_id if unchanged or (size, mtime_ns) == (0, 0) else None
 
     def nearest(self, vector: npt.NDArray[np.float32], k: int = 10, threshold: float | None = None,
                 filters: Filters | None = None) -> list[Hit]:
