@@ -420,6 +420,50 @@ def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys)
     assert "error" not in capsys.readouterr().err
 
 
+def test_a_double_dash_file_name_gets_the_same_hint(built, tmp_path, capsys, monkeypatch):
+    _, collection = built
+    hint = "; a query or path that starts with '-' goes at the end, after '--'"
+    with pytest.raises(SystemExit):  # taken for an option, so the IMAGE seems missing
+        main(["similar", "--double.png", "--collection", collection])
+    assert capsys.readouterr().err.splitlines() == [
+        f"mmr similar: error: the following arguments are required: IMAGE{hint} (see mmr similar --help)"]
+    with pytest.raises(SystemExit):
+        main(["ingest", "x.png", "--double.png", "--collection", collection])
+    assert capsys.readouterr().err.splitlines() == [
+        f"mmr ingest: error: unrecognized arguments: --double.png{hint} (see mmr ingest --help)"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "--notes").write_text("a file without an extension")
+    with pytest.raises(SystemExit):
+        main(["ingest", "--notes", "--collection", collection])
+    assert hint in capsys.readouterr().err
+    for argv in (["info", "--near=1.5"], ["info", "--nothing"], ["similar", "--threshold=0.5"]):  # options, not names
+        with pytest.raises(SystemExit):
+            main([*argv, "--collection", collection])
+        assert "after '--'" not in capsys.readouterr().err
+    assert main(["similar", "--collection", collection, "-k", "1", "--", "--double.png"]) == 2  # the way: no such file
+    assert "query image --double.png does not exist" in capsys.readouterr().err
+
+
+def test_an_error_naming_a_file_with_line_breaks_is_still_one_line(built, capsys):
+    from mmretrieval.cli import _show_warning
+    from mmretrieval.errors import CollectionError
+    from mmretrieval.ingest.reader import discover
+
+    _, collection = built
+    assert main(["similar", "no\nsuch\r.png", "--collection", collection]) == 2
+    assert capsys.readouterr().err.splitlines() == ["mmr similar: error: query image no\\nsuch\\r.png does not exist"]
+    assert main(["ingest", "no\nsuch\u2028.png", "--collection", collection]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.rstrip("\n")] and "source no\\nsuch\\u2028.png does not exist" in err
+    with pytest.raises(SystemExit):
+        main(["info", "--collection", collection, "a\nb"])
+    assert capsys.readouterr().err.splitlines() == ["mmr info: error: unrecognized arguments: a\\nb (see mmr info --help)"]
+    _show_warning(UserWarning("two\nlines"), UserWarning, "x.py", 1)
+    assert capsys.readouterr().err == "mmr: warning: two\\nlines\n"
+    with pytest.raises(CollectionError, match="source no\nsuch.png does not exist"):  # the library's own message
+        list(discover(["no\nsuch.png"]))
+
+
 def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):
     import os
 

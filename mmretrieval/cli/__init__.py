@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
 from ..errors import Busy, MMRError
+from ..json_lines import one_line
 from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, serve_cmd
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
@@ -31,6 +32,23 @@ _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compac
                                            "; the collection keeps what this run saved"),
                            "export": "; the export folder is complete"}
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's (or --out's) lock; try again later
+_DASH_HINT = "; a query or path that starts with '-' goes at the end, after '--'"
+
+
+def _taken_for_an_option(arg: str) -> bool:
+    """Whether argparse probably took a query or a file name for an option: ``-x.png``, ``-circle``, and
+    ``--x.png`` or any ``--name`` that exists on disk (``--labels=a.txt`` is an option's value, not a name)."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return False
+    if not arg.startswith("--"):
+        return len(arg) > 2  # -k, -v are options; -x.png, -circle are not
+    has_extension = "=" not in arg and os.path.splitext(arg)[1] not in ("", ".")
+    return has_extension or os.path.lexists(arg)
+
+
+def _say(line: str) -> None:
+    """Print one line on stderr, however many line breaks the file names in it hold."""
+    print(one_line(line), file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,13 +61,13 @@ class _Parser(argparse.ArgumentParser):
             missing = message.split(":", 1)[1].split(", ")
             if "--collection" in message:
                 message += " (or set $MMR_COLLECTION)"
-            dashed = any(arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 for arg in _Parser.argv)
+            dashed = any(_taken_for_an_option(arg) for arg in _Parser.argv)
             if dashed and any(not name.strip().startswith("-") for name in missing):  # '-x.png' taken for an option
-                message += "; a query or path that starts with '-' goes at the end, after '--'"
+                message += _DASH_HINT
         elif message.endswith("expected one argument"):  # `--near -33.8,151.2,10`: the value looks like an option
             option = message.split()[1].rstrip(":").split("/")[-1]
             message += f"; a value that starts with '-' is given as {option}=VALUE (e.g. --near=-33.86,151.21,10)"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
@@ -60,9 +78,11 @@ class _Parser(argparse.ArgumentParser):
         if unknown:
             command = getattr(parsed, "command", None)
             prog = f"{self.prog} {command}" if command else self.prog
-            hint = ("; a query or path that starts with '-' goes at the end, after '--'"  # not for --an-option
-                    if any(arg.startswith("-") and not arg.startswith("--") for arg in unknown) else "")
-            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)\n")
+            named = any((arg.startswith("-") and not arg.startswith("--")) or _taken_for_an_option(arg)
+                        for arg in unknown)
+            hint = _DASH_HINT if named else ""  # not for --an-option
+            line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"
+            self.exit(2, one_line(line) + "\n")
         return parsed
 
 
@@ -136,7 +156,7 @@ def _log_to_stderr(verbose: bool) -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     # Warnings are for the user here (e.g. an untrained --dim): one line, no source location.
-    print(f"mmr: warning: {message}", file=sys.stderr)
+    _say(f"mmr: warning: {message}")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -178,14 +198,14 @@ def _run(argv: Sequence[str] | None) -> int:
         with _sigterm_unwinds():
             return int(args.handler(args) or 0)
     except Busy as exc:
-        print(f"mmr {args.command}: {exc}", file=sys.stderr)
+        _say(f"mmr {args.command}: {exc}")
         return EXIT_BUSY
     except MMRError as exc:
-        print(f"mmr {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"mmr {args.command}: error: {exc}")
         return 2
     except ResultsNotWritten as exc:
         kept = _KEPT_WHEN_STDOUT_FAILS.get(args.command, "")
-        print(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}", file=sys.stderr)
+        _say(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}")
         return 2
     except _Terminated:
         print(f"mmr {args.command}: terminated (SIGTERM)", file=sys.stderr)
@@ -207,8 +227,8 @@ def _unexpected(exc: Exception, args: argparse.Namespace) -> int:
     few file descriptors), the details on request."""
     if args.verbose:
         raise exc
-    print(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
-          "(run with -v for details)", file=sys.stderr)
+    _say(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
+         "(run with -v for details)")
     return 2
 
 

@@ -14,10 +14,12 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, QueryError
+from ..json_lines import tsv_pairs, tsv_text
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
-                     labels_with_stdin, multi_label_threshold, open_collection, path_prefix, probability)
+                     labels_with_stdin, multi_label_threshold, names_as_bytes, open_collection, path_prefix,
+                     probability)
 from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
@@ -319,7 +321,9 @@ def _register_info(subparsers) -> None:
     parser = subparsers.add_parser(
         "info", help="model, counts by status, index and sizes of a collection",
         description="Describe a collection: its model, images by status, index, labels and size on disk, as "
-        "KEY<TAB>VALUE lines (or one JSON object); with --failures, every file that failed or was skipped.")
+        "KEY<TAB>VALUE lines (or one JSON object); with --failures, every file that failed or was skipped. Values "
+        "are TSV-escaped (\\\\, \\t, \\n, \\xHH); a set of counts (counts, labels, imported) is one cell KEY=N, "
+        "KEY=N, or -, whose names have ',' and '=' written \\x2c and \\x3d.")
     add_collection_option(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object (with --failures: JSON lines)")
     parser.add_argument("--failures", action="store_true",
@@ -341,8 +345,7 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json_line(info))
         return 0
-    for key, value in info.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        print(f"{key}\t{value}")
+    names_as_bytes()  # a folder name that is not UTF-8 as its own bytes, as the other TSV
+    for key, value in info.items():  # every cell escaped, as `mmr search`'s: a folder's tab must not split a line
+        print(f"{key}\t{tsv_pairs(value) if isinstance(value, dict) else tsv_text(str(value))}")
     return 0

@@ -100,6 +100,7 @@ def _notes(groups: list[DuplicateGroup]) -> list[str]:
         notes.append(f"{left_out.gone} files of these groups are gone since they were ingested: left out (`mmr "
                      "ingest --prune` drops them from the collection)")
     if escaped:
-        notes.append(f"{escaped} paths hold a tab or a line break: TSV shows them with backslash escapes "
-                     "(\\t, \\n); --null or --json give the names whole")
+        notes.append(f"{escaped} paths hold a backslash, a tab, a line break or another control character: TSV "
+                     "shows them with backslash escapes (\\\\, \\t, \\n, \\xHH); --null or --json give the names "
+                     "whole")
     return notes

@@ -137,7 +137,11 @@ class DuplicateHandlers:
     def _export(self, groups: list[Any]) -> tuple[Path, Path]:
         """A folder of ours with ``copies-to-review.txt`` (other copies' paths) and ``duplicates.csv`` (all).
 
-        Both name the true files, byte for byte (a non-UTF-8 name as its own bytes), for tools to act on.
+        ``duplicates.csv`` names the true files byte for byte (a non-UTF-8 name as its own bytes).
+        ``copies-to-review.txt`` has one path a line, as ``mmr duplicates`` prints it in TSV: a non-UTF-8 name as
+        its own bytes, and a backslash, tab, line break or other control character in a name escaped
+        (:func:`~mmretrieval.json_lines.tsv_text`: ``\\\\``, ``\\t``, ``\\n``, ``\\xHH``), which
+        :func:`~mmretrieval.json_lines.tsv_unescape` reverses; a path without any is the name byte for byte.
         """
         prune_exports(self.ctx.export_dir)
         folder = self.ctx.export_dir / f"duplicates-{uuid.uuid4().hex[:8]}"
@@ -150,7 +154,7 @@ class DuplicateHandlers:
                 writer.writerow([number, "keep" if index == 0 else "copy", copy.id, copy.path, f"{copy.score:.6f}",
                                  copy.width, copy.height, copy.bytes])
         (folder / "duplicates.csv").write_text(table.getvalue(), encoding="utf-8", errors="surrogateescape")
-        # a name holding a line break is escaped as `mmr duplicates` prints it (the CSV has it whole)
+        # one path a line: a name holding a line break or a backslash is escaped as `mmr duplicates` prints it
         others = "".join(f"{tsv_text(copy.path)}\n" for group in groups for copy in group.copies[1:])
         target = folder / "copies-to-review.txt"
         target.write_text(others, encoding="utf-8", errors="surrogateescape")
@@ -176,6 +180,7 @@ def _left_out(groups: list[DuplicateGroup]) -> list[str]:
                      "ingest --prune` drops them)")
     if escaped:
         verb = "holds" if escaped == 1 else "hold"
-        notes.append(f"{counted(escaped, 'path')} in the list {verb} a line break or a tab, written as \\n "
-                     "or \\t; the CSV has them whole")
+        notes.append(f"{counted(escaped, 'path')} in the list {verb} a backslash, a tab, a line break or another "
+                     "control character, written with backslash escapes (\\\\, \\t, \\n, \\xHH); the CSV has "
+                     "them whole")
     return notes
