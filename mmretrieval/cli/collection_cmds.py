@@ -19,7 +19,7 @@ from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
                      labels_with_stdin, multi_label_threshold, names_as_bytes, open_collection, path_prefix,
-                     probability)
+                     probability, warn_unread_query)
 from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
@@ -75,6 +75,7 @@ def _search(args: argparse.Namespace) -> int:
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     with open_collection(args.collection, device=args.device) as collection:
         vector = collection.query_vector(query)
+        warn_unread_query(collection, query)  # words past the model's context change nothing: say so
         hits = collection.search(vector, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                  **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)

@@ -13,6 +13,7 @@ from ..models.settings import DEVICES, MULTI_LABEL_THRESHOLD, PRECISIONS
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
+    from ..collection.query import Query
 
 
 def labels_with_stdin(values: list[str]) -> list[Any]:
@@ -35,6 +36,18 @@ def open_collection(directory: str, **options: Any) -> "Collection":
     from ..collection.collection import Collection
 
     return Collection.open(directory, **options)
+
+
+def warn_unread_query(collection: "Collection", query: "Query", command: str = "search") -> None:
+    """One line on stderr when the model reads only the beginning of one of ``query``'s texts (it cuts each to its
+    context, so words past that change nothing: :func:`~mmretrieval.models.encoder.unread_note`)."""
+    texts = [term.text for term in (*query.positives, *query.negatives) if term.text]
+    if texts:  # an image-only query loads no text model for this
+        from ..models.encoder import unread_note
+
+        note = unread_note(collection.text_model(), texts)
+        if note:
+            print(f"mmr {command}: warning: {note}", file=sys.stderr)
 
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:

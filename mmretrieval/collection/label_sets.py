@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError, QueryError
+from ..models.zeroshot import check_utf8
 from .places import in_lists
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def check_name(name: str) -> str:
     """``name`` stripped, if it can name a label set.
 
     Raises:
-        CollectionError: empty, too long, has a colon, or starts with a dot or a space.
+        CollectionError: empty, too long, has a colon, starts with a dot or a space, or is not UTF-8 text.
     """
-    name = (name or "").strip()
+    name = check_utf8((name or "").strip(), "label set name", CollectionError)
     if not _NAME.match(name):
         raise CollectionError(f"a label set cannot be named {name!r}: use 1 to 64 characters, no ':', not "
                               "starting with '.' (for example animals)")
@@ -72,8 +73,10 @@ def check_known(catalog: "Catalog", name: str | None) -> str | None:
     """``name`` if a stored set has it (None, meaning every set, passes too).
 
     Raises:
-        QueryError: no set of that name; the message names the stored ones.
+        QueryError: no set of that name (the message names the stored ones), or a name that is not UTF-8 text.
     """
+    if name is not None:
+        check_utf8(name, "label set name")
     if name is None or catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (name,)):
         return name
     known = ", ".join(row[0] for row in catalog._query("SELECT name FROM label_sets ORDER BY name"))
@@ -97,8 +100,12 @@ def sets(catalog: "Catalog") -> list[LabelSet]:
 
 
 def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
-    """``(set, label)`` that a filter ``ref`` names: ``SET:LABEL`` for a stored set, else ``LABEL`` in any set."""
-    head, sep, tail = ref.partition(":")
+    """``(set, label)`` that a filter ``ref`` names: ``SET:LABEL`` for a stored set, else ``LABEL`` in any set.
+
+    Raises:
+        QueryError: ``ref`` is not UTF-8 text (no label is, :func:`~mmretrieval.models.zeroshot.check_utf8`).
+    """
+    head, sep, tail = check_utf8(ref, "label filter").partition(":")
     if sep and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (head,)):
         return head, tail
     return None, ref
@@ -116,7 +123,11 @@ def is_declared(catalog: "Catalog", ref: str) -> bool:
 
 
 def ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
-    """Ids assigned label ``ref`` (``SET:LABEL`` or ``LABEL`` in any set)."""
+    """Ids assigned label ``ref`` (``SET:LABEL`` or ``LABEL`` in any set).
+
+    Raises:
+        QueryError: ``ref`` is not UTF-8 text.
+    """
     label_set, label = resolve(catalog, ref)
     if label_set is None:
         rows = catalog._query("SELECT DISTINCT image_id FROM labels WHERE label = ? ORDER BY image_id", (label,))

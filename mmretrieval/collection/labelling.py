@@ -11,8 +11,10 @@ import logging
 import numbers
 import os
 import re
+import reprlib
 import shutil
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
@@ -22,7 +24,7 @@ from ..atomic import atomic_path, remove_orphans
 from ..filled_folders import check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
-from .label_sets import DEFAULT_SET, LabelSetWriter, scored_ids
+from .label_sets import DEFAULT_SET, LabelSetWriter, declared_labels, scored_ids, sets
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
                                refuse_lone_softmax_label)
@@ -168,6 +170,7 @@ def check_export_path(path: str | os.PathLike) -> Path:
 
 
 ORGANIZED_BY = "mmr label --organize"  # the marker of a folder that organize filled: a re-run replaces it
+FOLDER_NAME_BYTES = 255  # the longest file name ext4, APFS and btrfs allow: a label's folder is cut to fit
 
 
 def check_organize_dir(out_dir: str | os.PathLike) -> Path:
@@ -233,12 +236,14 @@ class Organized:
     placed: int  # links or copies made
     missing: int = 0  # labelled images skipped because their file no longer exists
     missing_examples: tuple[str, ...] = ()  # the first few of them (an unmounted drive makes millions)
+    folders: dict[str, str] = field(default_factory=dict)  # label -> its folder's name, for the labels placed
 
 
 def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
              label_set: str | None = None) -> Organized:
-    """Place each image labelled in ``label_set`` (None: in any set) in ``out_dir/<label>/<id>-<name>`` as a
-    symlink (or a copy).
+    """Place each image labelled in ``label_set`` (None: in any set, ``SET:LABEL`` outside the default one) in
+    ``out_dir/<folder>/<id>-<name>`` as a symlink (or a copy), ``<folder>`` being its label's folder name
+    (:func:`label_folders`: one folder per label, decided before anything is placed).
 
     The folder is filled aside and then takes the place of ``out_dir`` (:func:`~mmretrieval.filled_folders.folder_built_aside`):
     a re-run replaces what an earlier one placed (no link stays under a label the image lost), and an
@@ -249,6 +254,12 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
         CollectionError: ``out_dir`` holds files that organize did not place, or cannot be written.
     """
     placed, missing, examples = 0, 0, []
+    if label_set is None:
+        declared = declared_labels(catalog)
+    else:
+        declared = [label for found in sets(catalog) if found.name == label_set for label in found.labels]
+    folders = _LabelFolders(declared)  # every label's folder named before any image is placed
+    used: dict[str, str] = {}  # label -> folder, for the labels placed
     try:
         with folder_built_aside(out_dir, ORGANIZED_BY, _placed_here) as folder:
             _, rows = _labelled_rows(catalog, label_set)
@@ -261,11 +272,15 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
                         examples.append(image_path)
                     continue
                 for label, _ in pairs:
-                    _place(folder / _folder_name(label), image_id, image_path, copy)
+                    if label not in used:
+                        used[label], renamed = folders.of(label), folders.why_renamed(label)
+                        if renamed:
+                            logger.warning("%s", renamed)
+                    _place(folder / used[label], image_id, image_path, copy)
                     placed += 1
     except OSError as exc:
         raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
-    return Organized(placed, missing, tuple(examples))
+    return Organized(placed, missing, tuple(examples), used)
 
 
 def _place(folder: Path, image_id: int, image_path: str, copy: bool) -> None:
@@ -285,7 +300,74 @@ def _placed_here(inside: tuple[str, ...], entry: os.DirEntry) -> bool:
             and (entry.is_symlink() or entry.is_file(follow_symlinks=False)))
 
 
+def label_folders(labels: Iterable[str]) -> dict[str, str]:
+    """The folder :func:`organize` gives each of ``labels``, one per label: the label with each of
+    ``/ \\ : * ? " < > |`` and control characters as ``_``, spaces and dots at either end dropped (``_`` if nothing
+    is left), cut to fit a file name (255 bytes); a label whose folder name a label before it has already (as a
+    case-insensitive file system compares names) gets ``-2`` (``-3``, ...) after it: ``a/b`` goes into ``a_b``
+    and a later ``a_b`` into ``a_b-2``."""
+    folders = _LabelFolders(())
+    return {label: folders.of(label) for label in labels}
+
+
+class _LabelFolders:
+    """Folder names given to labels, each label its own, decided in the order labels are first named (the set's
+    labels, in the order it was run with, come first, so that a re-run gives each the same folder)."""
+
+    def __init__(self, labels: Iterable[str]):
+        self._of: dict[str, str] = {}
+        self._owner: dict[str, str] = {}  # a folder name as a case-insensitive file system compares it -> its label
+        for label in labels:
+            self.of(label)
+
+    def of(self, label: str) -> str:
+        """``label``'s folder name (given it now if it has none yet)."""
+        if label not in self._of:
+            base, number = _folder_name(label), 1
+            name = _cut(base, FOLDER_NAME_BYTES)
+            while _compared(name) in self._owner:
+                number += 1
+                name = _cut(base, FOLDER_NAME_BYTES - len(f"-{number}")) + f"-{number}"
+            self._of[label], self._owner[_compared(name)] = name, label
+        return self._of[label]
+
+    def why_renamed(self, label: str) -> str | None:
+        """Why ``label``'s folder is not named as the label reads once cleaned (:func:`label_folders`): too long,
+        or another label's folder has that name; None if it is."""
+        base, name = _folder_name(label), self.of(label)
+        shortened = _cut(base, FOLDER_NAME_BYTES)
+        if name == base:
+            return None
+        if name == shortened:
+            return (f"label {_shown(label)} is too long for a folder name ({len(os.fsencode(base))} bytes, at most "
+                    f"{FOLDER_NAME_BYTES}): its folder is named by its first {len(name)} characters")
+        return (f"labels {_shown(self._owner[_compared(shortened)])} and {_shown(label)} make the same folder name "
+                f"({_shown(shortened)}): the images labelled {_shown(label)} go into {_shown(name)}")
+
+
+def _cut(name: str, limit_bytes: int) -> str:
+    """``name`` cut to at most ``limit_bytes`` bytes, a whole character at a time (a label has no extension to
+    keep, unlike the file names :func:`~mmretrieval.filled_folders.name_within_limit` shortens)."""
+    if len(os.fsencode(name)) <= limit_bytes:
+        return name
+    name = name[:limit_bytes]  # a character takes a byte at least
+    while len(os.fsencode(name)) > limit_bytes:
+        name = name[:-1]
+    return name.rstrip(" .")  # as the uncut name: no space or dot at the end
+
+
+def _compared(name: str) -> str:
+    """A folder name as a case- and normalisation-insensitive file system (APFS, NTFS) compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, its middle left out past 60 characters."""
+    shorter = reprlib.Repr()
+    shorter.maxstring = 60
+    return shorter.repr(text)
+
+
 def _folder_name(label: str) -> str:
     name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", label).strip(" .")
     return name or "_"
-

@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from .precision import open_clip_precision
 from .settings import DEVICES, check_device, check_precision
 from .specs import ModelIdentity, ModelSpec
 from ..images.preprocess import ImagePreparer
+
+if TYPE_CHECKING:
+    from .text_tower import TextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,51 @@ class DualEncoder:
             tokens = self.tokenizer(items[start:start + batch_size]).to(self.device)
             chunks.append(self._run(self.model.encode_text, tokens))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+
+# Without a tokenizer that can count (e.g. a Hugging Face one), a text past this many words is taken to be longer
+# than the model reads: CLIP's 77 tokens are roughly 60 English words.
+LONG_TEXT_WORDS = 60
+
+
+def readable_tokens(model: "DualEncoder | TextEncoder") -> int | None:
+    """How many tokens of one text ``model`` reads: its context less the start and end markers (75 for CLIP's 77);
+    None where its tokenizer cannot count tokens (a Hugging Face one: no open_clip ``encode``)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    context = getattr(tokenizer, "context_length", None)
+    if isinstance(context, int) and callable(getattr(tokenizer, "encode", None)):
+        return context - 2
+    return None
+
+
+def unread_texts(model: "DualEncoder | TextEncoder", texts: Iterable[str]) -> list[str]:
+    """Those of ``texts`` that ``model`` reads only the beginning of, in order: the tokenizer cuts each text to the
+    model's context, and the words past it change nothing (two queries that differ only there score alike).
+
+    Counted in tokens where the tokenizer can count them (:func:`readable_tokens`), else in words (more than
+    :data:`LONG_TEXT_WORDS`).
+    """
+    readable = readable_tokens(model)
+    if readable is None:
+        return [text for text in texts if len(text.split()) > LONG_TEXT_WORDS]
+    encode = model.tokenizer.encode
+    # An ASCII text (most prompts) takes at most a token per character, so a short one fits: no need to count.
+    # (Other text can grow as the tokenizer cleans it: Unicode normalisation writes some characters as three.)
+    return [text for text in texts
+            if not (text.isascii() and len(text) <= readable) and len(encode(text)) > readable]
+
+
+def unread_note(model: "DualEncoder | TextEncoder", texts: Sequence[str], what: str = "query") -> str:
+    """One sentence saying that ``model`` reads only the beginning of the ``what`` (one of ``texts`` is longer than
+    it reads, see :func:`unread_texts`), and how much of it; "" when every text is read whole."""
+    if not unread_texts(model, texts):
+        return ""
+    readable = readable_tokens(model)
+    if readable is None:
+        return (f"The {what} has more than {LONG_TEXT_WORDS} words: the model reads only about the first "
+                f"{LONG_TEXT_WORDS}, the rest is ignored. Put the words that matter first.")
+    return (f"The {what} is longer than the model reads: only the first {readable} tokens (about "
+            f"{readable * 3 // 4} words) are read, the rest is ignored. Put the words that matter first.")
 
 
 def _image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:

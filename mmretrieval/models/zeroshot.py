@@ -13,6 +13,7 @@ renormalised. Scores follow the model's training objective:
 from __future__ import annotations
 
 import string
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import BinaryIO, Iterable, Protocol, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import QueryError
+from ..errors import MMRError, QueryError
 from .inputs import listed, unit_rows
 from .settings import MULTI_LABEL_THRESHOLD
 
@@ -113,14 +114,16 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
     so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
     is the file named ``-``: only a caller that hands over a stream has it read.
 
-    Order kept, duplicates dropped. Labels that differ only in case are one label, spelt as it first came, with a
-    warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
+    Order kept, duplicates dropped. Labels that differ only in case or in Unicode normalisation (an accent typed
+    as one character or as a letter plus a combining mark) are one label, spelt as it first came, with a warning:
+    CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
 
     ``read_files=False`` is for labels typed by someone who may not read this machine's files (the web UI): a
     label that starts with ``@`` is refused instead of naming a file to read.
 
     Raises:
-        QueryError: no labels, an unreadable ``@FILE`` or stream, or ``@`` where files are not read.
+        QueryError: no labels, an unreadable ``@FILE`` or stream, ``@`` where files are not read, or a label that
+            is not UTF-8 text (:func:`check_utf8`).
     """
     if isinstance(values, str) or hasattr(values, "read"):
         values = [values]
@@ -147,7 +150,8 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
 def normalise_labels(labels: str | Iterable[str]) -> list[str]:
     """The labels of the Python API: one string is parsed as typed (:func:`parse_labels`, ``@FILE`` included);
     any other iterable (a list, a tuple, a generator) holds one label per item, each stripped, and goes through
-    the same checks: order kept, duplicates dropped, labels that differ only in case made one with a warning.
+    the same checks: order kept, duplicates dropped, labels that differ only in case or Unicode normalisation made
+    one with a warning, text that is not UTF-8 refused.
     An item is a label as it is: a comma or a leading ``@`` in it is part of it ("Paris, France").
 
     Args:
@@ -157,8 +161,8 @@ def normalise_labels(labels: str | Iterable[str]) -> list[str]:
         The labels, at least one.
 
     Raises:
-        QueryError: an item that is not a ``str`` or is blank, no labels, or ``labels`` neither a string nor an
-            iterable.
+        QueryError: an item that is not a ``str``, is blank or is not UTF-8 text, no labels, or ``labels`` neither a
+            string nor an iterable.
     """
     if isinstance(labels, str):
         return parse_labels(labels)
@@ -173,16 +177,47 @@ def normalise_labels(labels: str | Iterable[str]) -> list[str]:
 
 
 def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
-    """``labels`` in order without duplicates; labels that differ only in case are one, spelt as it first came,
-    with a warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in
-    two. ``stacklevel`` is the warning's, counted from the caller of this function."""
-    kept: dict[str, str] = {}  # casefolded label -> its first spelling, in the order labels came
+    """``labels`` in order without duplicates; labels that differ only in case or Unicode normalisation are one,
+    spelt as it first came, with a warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one
+    label's probability in two, and "café" typed with a combining accent is the same word (stored apart, a
+    ``--label`` filter would find only one of them). ``stacklevel`` is the warning's, counted from the caller of
+    this function.
+
+    Raises:
+        QueryError: a label that is not UTF-8 text (:func:`check_utf8`).
+    """
+    kept: dict[str, str] = {}  # normalised, casefolded label -> its first spelling, in the order labels came
     for label in labels:
-        first = kept.setdefault(label.casefold(), label)
-        if label != first:
+        check_utf8(label, "label")
+        first = kept.setdefault(unicodedata.normalize("NFC", label).casefold(), label)
+        if label.casefold() != first.casefold():  # the same characters written apart: escaped, so that it shows
+            warnings.warn(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
+                          f"one character or as a combining mark) or case: kept {first!r} as one label",
+                          stacklevel=stacklevel + 1)
+        elif label != first:
             warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
                           stacklevel=stacklevel + 1)
     return list(kept.values())
+
+
+def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
+    """``text``, if it is text that UTF-8 can hold. A command-line argument in another encoding (a Latin-1 terminal,
+    say) reaches Python with each byte that is not UTF-8 as a lone surrogate (``\\udcff``): SQLite refuses to store
+    that, and a tokenizer reads it as some other character.
+
+    Args:
+        what: what ``text`` is, for the message ("label", "label set name").
+        error: the exception type to raise.
+
+    Raises:
+        error: ``text`` holds such a character; the message shows it with its bytes escaped (``'r\\xffed'``).
+    """
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        shown = "".join(f"\\x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff"
+                        else f"\\u{ord(char):04x}" if "\ud800" <= char <= "\udfff" else char for char in text)
+        raise error(f"{what} '{shown}' is not UTF-8 text: it holds bytes that are not characters (shown as \\x..), "
+                    "as a terminal or file in another encoding passes them; type it again in UTF-8")
+    return text
 
 
 def _label_file_text(value: str | BinaryIO) -> str:
@@ -207,6 +242,54 @@ def refuse_lone_softmax_label(labels: Sequence[str], *, is_sigmoid: bool, multi_
     if len(labels) == 1 and not is_sigmoid and not multi_label:
         raise QueryError(f"one label ({labels[0]!r}) in a softmax over the labels gets probability 1.0 on every "
                          "image; pass --multi-label to score it against a neutral prompt, or give two or more labels")
+
+
+def check_labels_read_whole(encoder: TextModel, labels: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """The labels that ``encoder`` reads only the beginning of, in one of their prompts (``template.format(label)``)
+    or more, with a warning naming them: its tokenizer cuts a text to the model's context, and the words past it
+    change nothing (:func:`~mmretrieval.models.encoder.unread_texts`).
+
+    Raises:
+        QueryError: two labels that differ only past what the model reads: their prompts reach it as the same
+            tokens, so they would share every image's probability half and half.
+    """
+    from .encoder import readable_tokens, unread_texts
+
+    cut_prompts = set(unread_texts(encoder, [template.format(label) for label in labels for template in templates]))
+    cut = [label for label in labels if any(template.format(label) in cut_prompts for template in templates)]
+    if not cut:
+        return []
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if callable(tokenizer):
+        seen: dict[tuple[tuple[int, ...], ...], str] = {}  # a label's prompts as the model gets them -> the label
+        for label in cut:
+            tokens = tuple(map(tuple, tokenizer([template.format(label) for template in templates]).tolist()))
+            first = seen.setdefault(tokens, label)
+            if first != label:
+                raise QueryError(f"labels {_shown(first)} and {_shown(label)} read the same to the model: it reads "
+                                 f"{_how_much(readable_tokens(encoder))} of a prompt, and they differ only after "
+                                 "that; shorten them, or put the words that tell them apart first")
+    names = ", ".join(_shown(label) for label in cut[:3]) + (f" and {len(cut) - 3} more" if len(cut) > 3 else "")
+    warnings.warn(f"{'labels' if len(cut) > 1 else 'label'} {names} {'are' if len(cut) > 1 else 'is'} longer than "
+                  f"the model reads: it reads {_how_much(readable_tokens(encoder))} of a prompt "
+                  f"({templates[0]!r}{' and the others' if len(templates) > 1 else ''}), the rest is ignored; put "
+                  "the words that tell the labels apart first", stacklevel=2)
+    return cut
+
+
+def _how_much(readable_tokens: int | None) -> str:
+    from .encoder import LONG_TEXT_WORDS
+
+    if readable_tokens is None:
+        return f"only about the first {LONG_TEXT_WORDS} words"
+    return f"only the first {readable_tokens} tokens (about {readable_tokens * 3 // 4} words)"
+
+
+def _shown(label: str, most_chars: int = 60) -> str:
+    """``label`` quoted for a message; a long one with its middle left out (labels cut short differ at their end)."""
+    if len(label) <= most_chars:
+        return repr(label)
+    return repr(label[:most_chars // 3] + "…" + label[-(most_chars * 2 // 3):])
 
 
 def ensemble_prompt_embeddings(encoder: TextModel, prompts: Sequence[Sequence[str]]) -> npt.NDArray[np.float32]:
@@ -251,13 +334,18 @@ class ZeroShotClassifier:
         Returns:
             The classifier, its ``labels`` as :func:`normalise_labels` left them.
 
+        Warns:
+            UserWarning: a label longer than the model reads (:func:`check_labels_read_whole`).
+
         Raises:
-            QueryError: no labels, a label that is blank or not a ``str``, or a template without exactly one ``{}``.
+            QueryError: no labels, a label that is blank or not a ``str``, a template without exactly one ``{}``, or
+                two labels that the model reads as the same text (they differ only past what it reads).
         """
         labels = normalise_labels(labels)
         if isinstance(templates, str):
             templates = load_templates(templates)
         templates = _checked(tuple(templates), "templates")
+        check_labels_read_whole(encoder, labels, templates)
         null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
         return cls(
             labels=tuple(labels),

@@ -35,7 +35,8 @@ MAX_DEPTH = 2_000  # deepest result the Next page button reaches
 DEFAULT_K = 24  # results when the k box is left empty (the box's initial value too)
 ECHO_CHARS = 120  # most characters of a query the status line repeats
 # Without a tokenizer that can count (e.g. a Hugging Face one), a query past this many words is taken to be
-# longer than the model reads: CLIP's 77 tokens are roughly 60 English words.
+# longer than the model reads: models/encoder.py's LONG_TEXT_WORDS, which the note counts with (repeated here, and
+# held equal by a test, so that importing this module does not import torch).
 LONG_QUERY_WORDS = 60
 MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
@@ -179,19 +180,10 @@ class SearchHandlers:
 
     def _unread_note(self, texts: list[str]) -> str:
         """A warning for the status line when one of ``texts`` is longer than the model reads, else ""."""
-        tokenizer = getattr(self.ctx.encoder, "tokenizer", None)
-        context = getattr(tokenizer, "context_length", None)
-        encode = getattr(tokenizer, "encode", None)  # open_clip's own BPE tokenizer counts without padding
-        if isinstance(context, int) and callable(encode):
-            readable = context - 2  # the start and end markers take two of the model's positions
-            if any(len(encode(text)) > readable for text in texts):
-                return (f"⚠️ The query is longer than the model reads: only the first {readable} tokens (about "
-                        f"{readable * 3 // 4} words) are read, the rest is ignored. Put the words that matter first.")
-            return ""
-        if any(len(text.split()) > LONG_QUERY_WORDS for text in texts):
-            return (f"⚠️ The query has more than {LONG_QUERY_WORDS} words: the model reads only about the first "
-                    f"{LONG_QUERY_WORDS}, the rest is ignored. Put the words that matter first.")
-        return ""
+        from ..models.encoder import unread_note
+
+        note = unread_note(self.ctx.encoder, texts)
+        return f"⚠️ {note}" if note else ""
 
     # -- one result ------------------------------------------------------------------------------------------
     @user_errors
