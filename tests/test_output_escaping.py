@@ -108,3 +108,15 @@ def test_the_ui_list_of_copies_names_a_backslash_and_a_tab_apart_and_reads_back(
     assert names[1] in Path(table).read_text(encoding="utf-8")  # the CSV holds the name whole
     (note,) = _left_out([group])
     assert note.startswith("3 paths in the list hold a backslash, a tab, a line break or another control character")
+
+
+def test_a_logged_warning_naming_a_file_with_a_line_break_is_one_line(tmp_path, capsys):
+    """The library logs a skipped folder by name; on the command line, that warning is one line too."""
+    import logging
+
+    from mmretrieval.cli import _log_to_stderr
+
+    _log_to_stderr(verbose=False)
+    logging.getLogger("mmretrieval.test").warning("cannot list %s", tmp_path / "two\nlines")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two\\nlines" in err

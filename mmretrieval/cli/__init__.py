@@ -138,6 +138,13 @@ class _QuietThirdParty(logging.Filter):
         return ours or self.verbose or record.levelno >= logging.CRITICAL
 
 
+class _OneLineFormatter(logging.Formatter):
+    """A log record's message on one line, whatever the file names in it hold (a traceback under -v is kept)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return one_line(super().formatMessage(record))
+
+
 def _log_to_stderr(verbose: bool) -> None:
     # One handler on the root logger, replaced on each call (tests run main() many times in one process);
     # logger levels are left alone except with -v, so callers' own logging setup keeps working.
@@ -145,7 +152,7 @@ def _log_to_stderr(verbose: bool) -> None:
     for handler in [h for h in root.handlers if getattr(h, "_mmr_cli", False)]:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.addFilter(_QuietThirdParty(verbose))
     handler._mmr_cli = True  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from ..errors import QueryError
+from ..json_lines import one_line
 from ..models.settings import DEVICES
 from .common import (MULTI_LABEL_THRESHOLD, add_model_options, add_null_option, at_least, emit, labels_with_stdin,
                      multi_label_threshold, probability)
@@ -82,7 +83,7 @@ def _classify(args: argparse.Namespace) -> int:
     with TqdmProgress("classify") as progress:
         for batch in embed_files(encoder, sources, batch_size=args.batch_size, workers=args.workers):
             for failure in batch.failed:
-                print(f"mmr classify: {failure.path}: skipped: {failure.message}", file=sys.stderr)
+                print(one_line(f"mmr classify: {failure.path}: skipped: {failure.message}"), file=sys.stderr)
             probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
             ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=threshold,
                              top_k=args.top_k)
@@ -245,7 +246,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..models.zeroshot import load_templates
 
     def left_out(failure: FileFailure) -> None:
-        print(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}", file=sys.stderr)
+        print(one_line(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}"), file=sys.stderr)
 
     templates = load_templates(args.templates)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
