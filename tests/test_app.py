@@ -217,6 +217,9 @@ def test_label_collection_counts_samples_and_csv(manage, search):
                                                  progress=lambda *a, **k: None)
     tints = pd.read_csv(tints_csv)  # the download holds this run's set, by its own label names
     assert len(tints) == SCENE_COUNT and set(tints["label"]) <= {"red", "blue"}
+    # each run's file is its own: two sessions labelling at once got one shared path, which the later run
+    # overwrote before Gradio had copied the earlier one's (a soak test handed a user the other's labels)
+    assert tints_csv != csv_path and set(pd.read_csv(csv_path)["label"]) <= {"circle", "square", "star"}
 
 
 def test_a_label_set_is_removed_from_the_label_tab_and_leaves_the_filters(manage, search, context):

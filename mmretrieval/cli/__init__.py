@@ -166,21 +166,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _say(f"mmr: warning: {message}")
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``docker stop``, a job scheduler), unwound as Ctrl-C is: decoding workers stopped, shared
     memory unlinked, temporary files removed, the writer lock released."""
 
 
 @contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Raise :class:`_Terminated` in the main thread on SIGTERM while the command runs (Python's default dies
+def sigterm_unwinds() -> Iterator[None]:
+    """Raise :class:`Terminated` in the main thread on SIGTERM while the command runs (Python's default dies
     on the spot, leaving the decoding pool's shared memory to the resource tracker's warnings)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum: int, frame: object) -> None:
-        raise _Terminated()
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
@@ -202,7 +202,7 @@ def _run(argv: Sequence[str] | None) -> int:
     _log_to_stderr(verbose=args.verbose)
     warnings.showwarning = _show_warning
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             return int(args.handler(args) or 0)
     except Busy as exc:
         _say(f"mmr {args.command}: {exc}")
@@ -214,7 +214,7 @@ def _run(argv: Sequence[str] | None) -> int:
         kept = _KEPT_WHEN_STDOUT_FAILS.get(args.command, "")
         _say(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}")
         return 2
-    except _Terminated:
+    except Terminated:
         print(f"mmr {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

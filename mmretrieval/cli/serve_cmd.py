@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
+import time
 from typing import Sequence
 
 from ..errors import MMRError
 
 logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 60.0  # how long a stopping server waits for an ingest or labelling run to unwind
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,9 +38,16 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _check_can_listen(config.host, config.port)  # before the demo collection is built, not a minute later
     context = open_context(config)
-    print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
-    launch(build_app(context), config, block=True)
-    return 0
+    app = build_app(context)
+    try:
+        launch(app, config, block=False)
+        print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
+        while True:  # until Ctrl-C, or SIGTERM (raised here as an exception too): Gradio's own wait swallows both
+            time.sleep(3600)
+    finally:
+        app.close()
+        if not context.stop(timeout_s=STOP_TIMEOUT_S):  # an ingest or labelling run is cut short, kept work kept
+            logger.warning("a run in progress did not stop within %.0f s; what it committed is kept", STOP_TIMEOUT_S)
 
 
 def _check_can_listen(host: str, port: int) -> None:
@@ -59,10 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from . import Terminated, sigterm_unwinds
+
     try:
-        return run(args)
+        with sigterm_unwinds():
+            return run(args)
     except MMRError as exc:
         print(f"app.py: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT

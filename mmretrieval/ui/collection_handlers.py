@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import parse_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
+from .media import prune_exports
 from .names import counted, display_path, markdown_code, markdown_text
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ class CollectionHandlers:
 
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        self._export_dir = Path(tempfile.mkdtemp(prefix="mmr-ui-export-"))
 
     # -- info ------------------------------------------------------------------------------------------------
     @user_errors
@@ -64,12 +64,14 @@ class CollectionHandlers:
             raise gr.Error(f"{display_path(source)} is not a folder on this machine.", print_exception=False)
         progress(0, desc="Looking for images…")
 
-        def report(done: int, total: int) -> None:
-            progress((done, total), desc="Embedding images", unit="images")
-
         # Not under ctx.lock: the collection serialises its own catalog writes, and searches must go on
         # while a long ingest runs. The collection itself refuses a second concurrent ingest.
-        summary = self.ctx.collection.ingest([source], progress=report)
+        with self.ctx.long_write() as check_stopping:
+            def report(done: int, total: int) -> None:
+                check_stopping()
+                progress((done, total), desc="Embedding images", unit="images")
+
+            summary = self.ctx.collection.ingest([source], progress=report)
         self.ctx.thumbnails.clear()
         with self.ctx.lock:
             failed_here = sum(_is_under(f.path, source) for f in self.ctx.collection.failures())
@@ -90,14 +92,17 @@ class CollectionHandlers:
             raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
         progress(0, desc="Embedding the labels…")
 
-        def report(done: int, total: int) -> None:
-            progress((done, total), desc="Labelling", unit="images")
+        with self.ctx.long_write() as check_stopping, self.ctx.lock:
+            def report(done: int, total: int) -> None:
+                check_stopping()
+                progress((done, total), desc="Labelling", unit="images")
 
-        with self.ctx.lock:
             summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
                                                 threshold=float(threshold) if multi_label else None, label_set=(label_set or "").strip()
                                                 or "default", replace=bool(replace), progress=report)
-            csv_path = self._export_dir / "labels.csv"
+            prune_exports(self.ctx.export_dir)
+            csv_path = self.ctx.export_dir / f"labels-{uuid.uuid4().hex[:8]}" / "labels.csv"  # each run its own
+            csv_path.parent.mkdir()
             self.ctx.collection.export_labels(csv_path, summary.label_set)  # this run's set, as the CLI's --out
             samples = {name: self._samples(f"{summary.label_set}:{name}") if summary.counts.get(name) else []
                        for name in names}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import gradio as gr
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ServerStopping(MMRError):
+    """Raised inside a long run's progress callback once the server is stopping (Ctrl-C, SIGTERM)."""
 
 
 def check_template_set(templates: str) -> None:
@@ -96,6 +102,9 @@ class AppContext:
     export_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mmr-ui-export-")))
     # Serialises access to the collection: ingest and label write while searches read, from Gradio's threads.
     lock: threading.RLock = field(default_factory=threading.RLock)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set by :meth:`stop`: long runs end early
+    _writes: threading.Condition = field(default_factory=threading.Condition, repr=False)  # ingest/label runs
+    _writing: int = field(default=0, repr=False)
 
     _noise: Any = field(default=None, repr=False)  # the collection's NoiseCalibration, made on first use
 
@@ -107,6 +116,37 @@ class AppContext:
 
                 self._noise = NoiseCalibration(self.collection)
             return self._noise
+
+    @contextlib.contextmanager
+    def long_write(self) -> Iterator[Callable[[], None]]:
+        """Around an ingest or labelling run: yields a check for its progress callback, which raises
+        :class:`ServerStopping` once :meth:`stop` was called (the run then unwinds as Ctrl-C unwinds a command:
+        what it committed is kept, its decoding processes stop), and lets :meth:`stop` wait for the run to end."""
+        def check() -> None:
+            if self.stopping.is_set():
+                raise ServerStopping("The server is stopping: this run was cut short; what it saved is kept.")
+
+        with self._writes:
+            self._writing += 1
+        try:
+            check()
+            yield check
+        finally:
+            with self._writes:
+                self._writing -= 1
+                self._writes.notify_all()
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        """Stop serving work: cut long runs short and wait up to ``timeout_s`` for them, then close the collection
+        and remove this run's export folder. Returns whether every run ended in time (if not, the collection is
+        left open: a process that exits then loses nothing that was committed)."""
+        self.stopping.set()
+        with self._writes:
+            ended = self._writes.wait_for(lambda: self._writing == 0, timeout=timeout_s)
+        if ended:
+            self.collection.close()
+        shutil.rmtree(self.export_dir, ignore_errors=True)
+        return ended
 
     def image_path(self, image_id: int) -> Path:
         """The file behind catalog id ``image_id`` (the only way the UI finds an image to read)."""

@@ -1,0 +1,74 @@
+"""Stopping the server (Ctrl-C, SIGTERM) while the web UI ingests: Gradio's own wait swallowed both, the process
+exited 0 with the ingest thread still inside torch and died of SIGABRT ("terminate called without an active
+exception"), leaving its export folders in $TMPDIR. Now the run is cut short as Ctrl-C cuts a command short, the
+server exits 130 or 143, and the next ingest finishes what it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mmretrieval.cli import main
+from test_ingest import write_good_images
+from ui_support import build_test_collection, free_port
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals as Linux sends them")
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = 600  # enough that the signal arrives while they are being embedded
+
+
+def _pending(collection: Path) -> int:
+    with sqlite3.connect(f"file:{collection / 'catalog.sqlite'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT COUNT(*) FROM images WHERE status = 'pending'").fetchone()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_web_ui_ingest_stops_the_server_cleanly(tmp_path, tiny_model_dir, signum, status):
+    from gradio_client import Client
+
+    collection = build_test_collection(tmp_path / "built", str(tiny_model_dir))
+    folder = tmp_path / "more"
+    write_good_images(folder, IMAGES)
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--collection", str(collection), "--device", "cpu", "--port",
+         str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(server_tmp), "GRADIO_TEMP_DIR": str(server_tmp)})
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.submit(str(folder), api_name="/ingest")
+        while _pending(collection) == 0 and time.monotonic() < deadline:  # planned: embedding has begun
+            time.sleep(0.05)
+        assert _pending(collection) > 0, "the ingest was not seen running"
+        server.send_signal(signum)
+        _, err = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == status, err
+    assert "terminate called" not in err and "Traceback" not in err, err
+    assert not list(server_tmp.glob("mmr-ui-export-*"))  # this run's exports went with it
+    assert main(["ingest", str(folder), "--collection", str(collection), "--workers", "0"]) == 0
+    assert _pending(collection) == 0
+    with sqlite3.connect(collection / "catalog.sqlite") as db:
+        under = db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok' AND instr(CAST(path AS TEXT), ?) = 1",
+                           (str(folder),)).fetchone()[0]
+    assert under == IMAGES
