@@ -72,3 +72,23 @@ def test_a_signal_during_a_web_ui_ingest_stops_the_server_cleanly(tmp_path, tiny
         under = db.execute("SELECT COUNT(*) FROM images WHERE status = 'ok' AND instr(CAST(path AS TEXT), ?) = 1",
                            (str(folder),)).fetchone()[0]
     assert under == IMAGES
+
+
+def test_a_killed_servers_export_folder_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """A server killed with SIGKILL cannot remove its export folder (originals, zips, CSVs); the next one does,
+    and leaves a live server's and another program's folders alone."""
+    import tempfile
+
+    from mmretrieval.ui.context import new_export_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"mmr-ui-export-{dead.stdout.strip()}-abcd"
+    (left / "original-1").mkdir(parents=True)
+    live = tmp_path / f"mmr-ui-export-{os.getppid()}-efgh"
+    live.mkdir()
+    unrelated = tmp_path / "mmr-ui-export-notapid-x"
+    unrelated.mkdir()
+    mine = new_export_dir()
+    assert not left.exists() and live.exists() and unrelated.exists()
+    assert mine.parent == tmp_path and mine.name.startswith(f"mmr-ui-export-{os.getpid()}-")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import gradio as gr
 
+from ..atomic import process_ended
 from ..errors import CollectionBusy, MMRError
 from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
 from .media import ThumbnailCache
@@ -99,7 +100,7 @@ class AppContext:
     thumbnails: ThumbnailCache = field(default_factory=ThumbnailCache)  # renders of catalog images, by id
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)  # zero-shot label vectors
     # Where originals and exports are placed for Gradio to serve (by catalog id only); old ones are pruned.
-    export_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mmr-ui-export-")))
+    export_dir: Path = field(default_factory=lambda: new_export_dir())
     # Serialises access to the collection: ingest and label write while searches read, from Gradio's threads.
     lock: threading.RLock = field(default_factory=threading.RLock)
     stopping: threading.Event = field(default_factory=threading.Event)  # set by :meth:`stop`: long runs end early
@@ -152,6 +153,23 @@ class AppContext:
         """The file behind catalog id ``image_id`` (the only way the UI finds an image to read)."""
         with self.lock:
             return self.collection.image_path(image_id)
+
+
+_EXPORT_PREFIX = "mmr-ui-export-"
+
+
+def new_export_dir() -> Path:
+    """A fresh folder in the temporary directory for this server's exports, named by this process's id; the
+    folders of servers that ended without removing theirs (killed) are removed first."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_EXPORT_PREFIX}*-*"):
+        pid = folder.name[len(_EXPORT_PREFIX):].split("-", 1)[0]
+        try:
+            left = pid.isdigit() and folder.lstat().st_uid == os.getuid() and process_ended(int(pid))
+        except OSError:  # removed meanwhile
+            continue
+        if left:
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_EXPORT_PREFIX}{os.getpid()}-"))
 
 
 def user_errors(fn: F) -> F:
