@@ -621,9 +621,17 @@ def test_http_api_wrong_types_and_counts_get_our_own_message_on_every_endpoint(s
             event, payload = _raw_call(server, name.strip("/"), [])
             assert event == "error" and f"{name} needs {required[0]}" in payload["error"], (name, payload)
     event, payload = _raw_call(server, "search", ["a red circle", None, "", "many", -1])
-    assert payload["error"] == "/search: k must be a number, got 'many' (str)"
+    assert payload["error"] == "/search: k must be a number from 0 to 200, got 'many' (str)"
     event, payload = _raw_call(server, "zero_shot", [None, "a, b", "no such set", False])
     assert "templates must be one of" in payload["error"]
+    # out of a slider's range, or not one of a radio's choices: named by the argument (Gradio's own message named
+    # none, "Value 500 is greater than maximum value 200.", and logged a traceback)
+    event, payload = _raw_call(server, "search", ["a red circle", None, "", 500, -1])
+    assert event == "error" and payload["error"].startswith("/search: k must be a number from 0 to 200, got 500")
+    event, payload = _raw_call(server, "search", ["a red circle", None, "", 5, 2])
+    assert event == "error" and "threshold must be a number from -1 to 1, got 2" in payload["error"]
+    event, payload = _raw_call(server, "duplicates", [0.9, "sideways"])
+    assert event == "error" and payload["error"].startswith("/duplicates: order must be one of")
     event, payload = _raw_call(server, "search", ["a blue star", None, "", 2, -1])  # still serving
     assert event == "complete" and len(payload[1]) == 2
 

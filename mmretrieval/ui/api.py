@@ -32,11 +32,17 @@ class Parameter:
     kind: str  # "text", "number", "image", "bool", "choice" or "any"
     default: Any  # _NO_DEFAULT when the caller must give it
     choices: tuple[str, ...] = ()  # allowed values of a "choice"
+    bounds: tuple[float | None, float | None] = (None, None)  # a "number"'s least and greatest, where it has them
 
     def describe(self) -> str:
         kinds = {"text": "a string", "number": "a number", "image": "an image file (handle_file(...)) or null",
                  "bool": "true or false", "any": "any value"}
-        return f"one of {', '.join(map(repr, self.choices))}" if self.kind == "choice" else kinds[self.kind]
+        if self.kind == "choice":
+            return f"one of {', '.join(map(repr, self.choices))}"
+        least, greatest = self.bounds
+        if self.kind == "number" and least is not None and greatest is not None:
+            return f"a number from {least:g} to {greatest:g}"
+        return kinds[self.kind]
 
 
 def endpoint_parameters(block_fn: Any) -> list[Parameter]:
@@ -55,7 +61,9 @@ def endpoint_parameters(block_fn: Any) -> list[Parameter]:
         elif declared is not None and declared.default is not inspect.Parameter.empty:
             default = declared.default
         kind, choices = _kind_of(component)
-        parameters.append(Parameter(name, kind, default, choices))
+        bounds = (getattr(component, "minimum", None), getattr(component, "maximum", None)) if kind == "number" \
+            else (None, None)
+        parameters.append(Parameter(name, kind, default, choices, bounds))
     return parameters
 
 
@@ -124,7 +132,7 @@ def _signature(fn: Any) -> list[inspect.Parameter]:
 def _kind_of(component: Any) -> tuple[str, tuple[str, ...]]:
     if isinstance(component, gr.Dropdown) and getattr(component, "allow_custom_value", False):
         return "text", ()
-    if isinstance(component, gr.Dropdown):
+    if isinstance(component, (gr.Dropdown, gr.Radio)):
         return "choice", tuple(str(c[1] if isinstance(c, tuple) else c) for c in component.choices or ())
     if isinstance(component, (gr.Textbox,)):
         return "text", ()
@@ -141,7 +149,11 @@ def _fits(parameter: Parameter, value: Any) -> bool:
     if parameter.kind == "text":
         return value is None or isinstance(value, str)
     if parameter.kind == "number":
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        if value is None:
+            return True
+        least, greatest = parameter.bounds  # (Gradio would refuse what is outside, naming no argument)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (least is None or value >= least) and (greatest is None or value <= greatest)
     if parameter.kind == "bool":
         return isinstance(value, bool)
     if parameter.kind == "image":
