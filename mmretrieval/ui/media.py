@@ -48,36 +48,85 @@ MAX_UPLOAD_PIXELS = 50_000_000  # uploads above this are refused before decoding
 BROWSER_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "AVIF"})
 BROWSER_COPY_QUALITY = 95
 EXPORT_MAX_AGE_S = 3600  # originals and zips placed for download are removed after this
-_CACHE_SIZE = 2048  # thumbnails kept in memory
+# Renders kept in memory, capped in bytes (256 MiB in all): Pillow holds RGB at 4 bytes a pixel, so a 192 px
+# thumbnail takes ~110 KB (~1,800 fit, the pages of many searches) and a 640 px preview ~1.2 MB (~50 fit, the
+# images just opened); previews get their own budget so that opening photos never pushes the thumbnails out.
+THUMBNAIL_CACHE_BYTES = 192 * 2**20
+PREVIEW_CACHE_BYTES = 64 * 2**20
 _PLACEHOLDER_GREY = (200, 200, 200)
 
 
 class ThumbnailCache:
-    """Small renders of collection images, by catalog id, with a bounded LRU memory cache."""
+    """Small renders of collection images, by catalog id, in memory up to a byte budget (least recently used go).
 
-    def __init__(self, capacity: int = _CACHE_SIZE):
-        self._items: OrderedDict[tuple[int, int], Image.Image] = OrderedDict()
-        self._capacity = capacity
+    Renders larger than :data:`THUMBNAIL_PX` (the previews) are kept apart, under a budget of their own. Safe to
+    share between request threads.
+    """
+
+    def __init__(self, max_bytes: int = THUMBNAIL_CACHE_BYTES, preview_max_bytes: int = PREVIEW_CACHE_BYTES):
+        self._pools = {False: _RenderPool(max_bytes), True: _RenderPool(preview_max_bytes)}  # by "is a preview"
         self._lock = Lock()
 
     def get(self, path_of: Callable[[int], Path], image_id: int, max_side: int = THUMBNAIL_PX) -> Image.Image:
         """The image ``image_id`` (its file found by ``path_of``), shrunk to ``max_side``; a grey tile if unreadable."""
         key = (int(image_id), max_side)
+        pool = self._pools[max_side > THUMBNAIL_PX]
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        image = render_collection_image(path_of, int(image_id), max_side)
+            cached = pool.get(key)
+        if cached is not None:
+            return cached
+        image = render_collection_image(path_of, int(image_id), max_side)  # outside the lock: decoding is slow
         with self._lock:
-            self._items[key] = image
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+            pool.put(key, image)
         return image
+
+    @property
+    def cached_bytes(self) -> int:
+        """Pixel bytes held now, thumbnails and previews together."""
+        with self._lock:
+            return sum(pool.held_bytes for pool in self._pools.values())
 
     def clear(self) -> None:
         """Forget every render (after an ingest, paths may point at new content)."""
         with self._lock:
-            self._items.clear()
+            for pool in self._pools.values():
+                pool.clear()
+
+
+class _RenderPool:
+    """An LRU of renders whose pixel bytes stay within ``max_bytes``; the caller holds the lock."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+        self._items: OrderedDict[tuple[int, int], tuple[Image.Image, int]] = OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> Image.Image | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key][0]
+
+    def put(self, key: tuple[int, int], image: Image.Image) -> None:
+        size = image_bytes(image)
+        if key in self._items:  # two requests rendered it at once
+            self.held_bytes -= self._items.pop(key)[1]
+        if size > self.max_bytes:
+            return  # it would push out everything else
+        self._items[key] = (image, size)
+        self.held_bytes += size
+        while self.held_bytes > self.max_bytes:
+            self.held_bytes -= self._items.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.held_bytes = 0
+
+
+def image_bytes(image: Image.Image) -> int:
+    """The memory Pillow holds for ``image``'s pixels: 1 byte a pixel for 1, L and P, 2 for I;16, else 4 (RGB too)."""
+    per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    return image.width * image.height * per_pixel
 
 
 def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_side: int) -> Image.Image:

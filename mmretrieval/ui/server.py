@@ -36,6 +36,11 @@ DEMO_QUERIES = (
     "a large purple cross",
 )
 DEMO_MAP_LABELS = ("circle", "square", "triangle", "star", "diamond", "cross")
+# Gradio keeps ~270 KB for every browser session (its copy of the page's component configs, and our gr.State:
+# the last results, the duplicate groups, the map selection) and by default drops sessions only past 10,000
+# (~2.7 GB). 300 (~80 MB) is far more than a small team has open at once; the least recently active session
+# goes first, and one that comes back finds its state empty: the handlers then say "search first" (or the like).
+SESSION_CAPACITY = 300
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class ServeConfig:
     max_file_size: str = "20mb"  # largest upload Gradio accepts
     examples: tuple[str, ...] = ()  # one-click example queries (the demo has its own; else the labels, if any)
     data_dir: Path | None = None  # where the demo collection is cached; None: $MMR_DEMO_DIR or the user cache
+    session_capacity: int = SESSION_CAPACITY  # browser sessions whose state the server keeps
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +176,7 @@ def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tupl
         inbrowser=False,
         quiet=not block,
         footer_links=["api"],
+        state_session_capacity=config.session_capacity,
         # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
         # a loopback-only app answers only requests addressed to a loopback name.
         auth_dependency=_loopback_host_only if is_local_only(config) else None,
