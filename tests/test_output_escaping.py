@@ -120,3 +120,11 @@ def test_a_logged_warning_naming_a_file_with_a_line_break_is_one_line(tmp_path, 
     logging.getLogger("mmretrieval.test").warning("cannot list %s", tmp_path / "two\nlines")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two\\nlines" in err
+
+
+def test_a_message_shows_a_non_utf8_names_bytes_as_hex():
+    """stderr wrote them as '\\udcff' (Python's backslashreplace of the surrogate escape), not as the byte."""
+    from mmretrieval.json_lines import one_line
+
+    assert one_line("exported to " + os.fsdecode(b"exp\xff") + "\n") == "exported to exp\\xff\\n"
+    assert tsv_text(os.fsdecode(b"exp\xff")) == os.fsdecode(b"exp\xff")  # TSV keeps them for stdout's bytes
