@@ -141,3 +141,15 @@ def test_a_folder_given_twice_by_a_link_or_from_inside_is_walked_once(tmp_path):
         assert sorted(os.path.realpath(path) for path in files) == sorted(
             str(tmp_path / name) for name in ("w2/good00.jpg", "w2/sub/good00.jpg", "w2/sub/good01.jpg")), sources
         assert not [item for item in found if isinstance(item, Skipped)], sources
+
+
+def test_a_broken_link_named_as_a_source_or_in_a_list_is_a_broken_link_as_in_a_walk(tmp_path):
+    """Named directly it was recorded as 'missing' ("cannot stat ..."), found by a walk as 'broken_link': which one
+    a run recorded depended on the order of its sources."""
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "plain.png").symlink_to("nothing.png")
+    (tmp_path / "list.txt").write_text("w/plain.png\n")
+    for sources in (["w/plain.png"], ["list.txt"], ["w"]):
+        (found,) = discover([str(tmp_path / source) for source in sources])
+        assert isinstance(found, Skipped) and found.reason == "broken_link", (sources, found)
+        assert found.message.endswith("nothing.png does not exist")

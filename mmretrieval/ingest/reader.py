@@ -125,6 +125,9 @@ def _single(path: Path, caption: str | None = None) -> SourceFile | Skipped:
     try:
         info = path.stat()
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):  # as a folder walk names it
+            return Skipped(str(path), "broken_link",
+                           f"{path} is a broken link: {os.path.realpath(path)} does not exist")
         reason = "symlink_loop" if exc.errno == errno.ELOOP else "missing"
         return Skipped(str(path), reason, f"cannot stat {path}: {exc.strerror}")
     if stat.S_ISDIR(info.st_mode):  # named in a list file (a folder is walked only when it is a source itself)
