@@ -30,15 +30,14 @@ def json_line(value: Any) -> str:
 # str.splitlines() breaks a line at is among them, and none of them belongs raw in a cell or on a terminal.
 _CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 _TSV_SPECIAL = re.compile(rf"[\\{_CONTROL}]")
-_MESSAGE_SPECIAL = re.compile(f"[{_CONTROL}\udc80-\udcff]")  # and a non-UTF-8 name's bytes (surrogate escapes)
+_MESSAGE_SPECIAL = re.compile(f"[{_CONTROL}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: a non-UTF-8 name's bytes (\udc80-\udcff) or worse
 _SHORT_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _TSV_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[\\tnr])?")  # what tsv_text writes, for tsv_unescape
 
 
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
-    if "\udc80" <= char <= "\udcff":  # (only one_line's pattern matches these) the byte, as \xNN
-        return f"\\x{ord(char) - 0xDC00:02x}"
     short = _SHORT_ESCAPES.get(char)
     if short is not None:
         return short
@@ -95,4 +94,15 @@ def one_line(message: str) -> str:
     an error in two; the bytes of a name that is not UTF-8 are written ``\\xNN`` (stderr would show ``\\udcNN``).
     Backslashes are left as they are (a name quoted with ``repr`` reads as written): this is for reading, not for
     tools to parse."""
-    return _MESSAGE_SPECIAL.sub(_escape, message)
+    return bytes_escaped(_MESSAGE_SPECIAL.sub(_escape, message))
+
+
+def bytes_escaped(text: str) -> str:
+    """``text`` with the bytes of a name that is not UTF-8 (surrogate escapes, as ``os.fsdecode`` keeps them)
+    written ``\\xNN``, and any other lone surrogate ``\\uXXXX``: text that UTF-8 can hold (SQLite, a message),
+    and that shows which bytes they were."""
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _SURROGATE.sub(escape, text)

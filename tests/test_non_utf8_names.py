@@ -11,8 +11,8 @@ import pytest
 
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
-from mmretrieval.collection.connection import storable_text
 from mmretrieval.collection.exports import export_embeddings
+from mmretrieval.json_lines import bytes_escaped
 from test_ingest import write_good_images
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes are Linux's")
@@ -23,10 +23,10 @@ def _named(folder: Path, raw: bytes) -> Path:
     return Path(os.fsdecode(os.path.join(os.fsencode(folder), raw)))
 
 
-def test_storable_text_writes_a_names_odd_bytes_as_escapes():
-    assert storable_text("plain café") == "plain café"
-    assert storable_text(os.fsdecode(b"dangl\xe9.png")) == "dangl\\xe9.png"
-    assert storable_text("lone \ud800 surrogate") == "lone \\ud800 surrogate"
+def test_bytes_escaped_writes_a_names_odd_bytes_as_escapes():
+    assert bytes_escaped("plain café") == "plain café"
+    assert bytes_escaped(os.fsdecode(b"dangl\xe9.png")) == "dangl\\xe9.png"
+    assert bytes_escaped("lone \ud800 surrogate") == "lone \\ud800 surrogate"
 
 
 def test_a_broken_link_whose_name_is_not_utf8_is_skipped_and_the_rest_ingested(tmp_path, tiny_model_dir, capsys):

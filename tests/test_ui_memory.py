@@ -122,7 +122,7 @@ def small_server(tmp_path_factory, tiny_model_dir, tiny_encoder):
     build_test_collection(root, str(tiny_model_dir))
     collection = Collection.open(root / "collection", model=tiny_encoder, device="cpu")
     app = build_app(AppContext(collection=collection, encoder=tiny_encoder, title="sessions"))
-    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), session_capacity=2), block=False)
+    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), session_capacity=2))
     yield app, f"http://{host}:{port}/"
     app.close()
     collection.close()
@@ -180,7 +180,7 @@ def test_serve_bounds_the_sessions_it_keeps_by_default(tmp_path, tiny_encoder):
     assert ServeConfig().session_capacity == SESSION_CAPACITY <= 1000  # Gradio's own default is 10,000 (~2.7 GB)
     with Collection.open(tmp_path / "empty", model=tiny_encoder, create=True, device="cpu") as collection:
         app = build_app(AppContext(collection=collection, encoder=tiny_encoder, title="empty"))
-        launch(app, ServeConfig(host="127.0.0.1", port=free_port()), block=False)
+        launch(app, ServeConfig(host="127.0.0.1", port=free_port()))
         try:
             assert app.state_holder.capacity == SESSION_CAPACITY
         finally:

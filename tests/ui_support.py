@@ -49,7 +49,7 @@ def running_app(context) -> Iterator[str]:
     from mmretrieval.ui.server import ServeConfig, launch
 
     app = build_app(context)
-    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port()), block=False)
+    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port()))
     try:
         yield f"http://{host}:{port}"
     finally:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     context = open_context(config)
     app = build_app(context)
     try:
-        launch(app, config, block=False)
+        launch(app, config)
         print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
         while True:  # until Ctrl-C, or SIGTERM (raised here as an exception too): Gradio's own wait swallows both
             time.sleep(3600)

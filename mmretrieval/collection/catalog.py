@@ -30,7 +30,8 @@ from . import label_sets
 from ..atomic import exclusive_lock
 from ..errors import CatalogFull
 from ..images.metadata import PhotoMetadata
-from .connection import ClosedConnection, checkpoint_wal, connect, open_error, storable_text
+from ..json_lines import bytes_escaped
+from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
 from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
@@ -290,7 +291,7 @@ class Catalog(VectorPlaces):
                 "INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET status = 'skipped', reason = excluded.reason, "
                 "message = excluded.message, content_hash = NULL",
-                [(path, reason, storable_text(message)) for path, reason, message in entries],
+                [(path, reason, bytes_escaped(message)) for path, reason, message in entries],
             )
             # a skipped row holds no vector (see below), so removing one leaves the generation as it is
             db.executemany("DELETE FROM images WHERE path = ? AND status = 'skipped'", [(path,) for path in cleared])

@@ -27,20 +27,6 @@ _LOW_SPACE_BYTES = 1 << 20
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
 
 
-def storable_text(text: str) -> str:
-    """``text`` as SQLite can store it: a file name's bytes that are not UTF-8 (which Python holds as lone
-    surrogates, and which SQLite refuses with a UnicodeEncodeError) written as ``\\xNN``. For the text that names
-    files in messages and provenance; the paths themselves are stored as their bytes."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a surrogate no file name's bytes decode to
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def connect(path: Path, writable: bool) -> sqlite3.Connection:
     """A connection to the catalog at ``path``, made writable (and the file with it) or read-only."""
     if not writable:

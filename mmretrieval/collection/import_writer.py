@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError
+from ..json_lines import bytes_escaped
 from .catalog import Catalog
-from .connection import storable_text
 from .import_vectors import checked_blocks, unit_blocks
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def ensure_schema(catalog: Catalog) -> None:
 def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> bool:
     """Whether this exact shard (same files, same sizes and mtimes) was imported before."""
     return bool(catalog._query("SELECT 1 FROM import_shards WHERE source = ? AND shard = ? AND fingerprint = ?",
-                               (storable_text(source), storable_text(shard), fingerprint)))
+                               (bytes_escaped(source), bytes_escaped(shard), fingerprint)))
 
 
 class ShardLanding:
@@ -193,7 +193,7 @@ def _record_shard(db: sqlite3.Connection, source: str, name: str, fingerprint: s
     """The shard's provenance: what it added (the ids, one range: one transaction inserted them) and skipped."""
     db.execute("INSERT INTO import_shards(source, shard, fingerprint, rows_added, rows_known, renormalised, "
                "first_id, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               (storable_text(source), storable_text(name), fingerprint, len(ids), known, renormalised,
+               (bytes_escaped(source), bytes_escaped(name), fingerprint, len(ids), known, renormalised,
                 int(ids[0]) if len(ids) else None, int(ids[-1]) if len(ids) else None))
 
 

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
-from .connection import storable_text
+from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
 from .photo_table import write_mtime_photos, write_photos
 from .segments import SealedSegment, SegmentStore
@@ -398,7 +398,7 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:
     db.executemany("UPDATE images SET status = 'failed', reason = ?, message = ?, content_hash = NULL WHERE id = ?",
-                   [(f.reason, storable_text(f.message), f.image_id) for f in failures])
+                   [(f.reason, bytes_escaped(f.message), f.image_id) for f in failures])
     db.executemany("DELETE FROM vector_rows WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])

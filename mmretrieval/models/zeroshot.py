@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import MMRError, QueryError
+from ..json_lines import bytes_escaped
 from .inputs import listed, unit_rows
 from .settings import MULTI_LABEL_THRESHOLD
 
@@ -213,8 +214,7 @@ def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
         error: ``text`` holds such a character; the message shows it with its bytes escaped (``'r\\xffed'``).
     """
     if any("\ud800" <= char <= "\udfff" for char in text):
-        shown = "".join(f"\\x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff"
-                        else f"\\u{ord(char):04x}" if "\ud800" <= char <= "\udfff" else char for char in text)
+        shown = bytes_escaped(text)
         raise error(f"{what} '{shown}' is not UTF-8 text: it holds bytes that are not characters (shown as \\x..), "
                     "as a terminal or file in another encoding passes them; type it again in UTF-8")
     return text

@@ -156,10 +156,10 @@ def open_context(config: ServeConfig) -> "AppContext":
     )
 
 
-def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tuple[str, int]:
-    """Start the server with the safe settings; returns ``(host, port)`` actually bound.
+def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
+    """Start the server with the safe settings; returns ``(host, port)`` actually bound, once it is up.
 
-    ``block=False`` returns once the server is up (tests, embedding).
+    The caller waits (``mmr serve`` does, until Ctrl-C or SIGTERM): Gradio's own wait swallows both signals.
     """
     if not is_local_only(config):
         logger.warning("serving on %s%s: anyone who can reach it can search this collection",
@@ -172,9 +172,9 @@ def launch(app: "gr.Blocks", config: ServeConfig, *, block: bool = True) -> tupl
         allowed_paths=[],  # serve no folder: images go out as server-side renders in Gradio's cache
         max_file_size=config.max_file_size,
         show_error=False,  # only our own readable gr.Error messages reach the browser
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         inbrowser=False,
-        quiet=not block,
+        quiet=not config.share,  # the command line prints the local address; Gradio prints the share link
         footer_links=["api"],
         state_session_capacity=config.session_capacity,
         # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
