@@ -18,7 +18,8 @@ from mmretrieval.errors import ModelSpecError, QueryError
 from mmretrieval.models import encoder as encoder_module
 from mmretrieval.models import settings as settings_module
 from mmretrieval.models.encoder import load_encoder
-from mmretrieval.models.zeroshot import ZeroShotClassifier, parse_labels
+from mmretrieval.models.label_text import parse_labels
+from mmretrieval.models.zeroshot import ZeroShotClassifier
 
 _ORIENTATION = 0x0112
 

@@ -239,7 +239,8 @@ def test_every_migration_a_reader_may_skip_says_what_the_reader_sees_meanwhile()
 def test_a_reader_switches_to_an_index_another_process_rebuilt_and_never_builds_one(tmp_path, tiny_encoder,
                                                                                      monkeypatch):
     from mmretrieval.collection import upkeep
-    from mmretrieval.collection.index import VectorIndex, manifest_stamp
+    from mmretrieval.collection.index import VectorIndex
+    from mmretrieval.collection.index_manifest import manifest_stamp
 
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(400, 32)).astype(np.float32)

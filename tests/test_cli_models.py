@@ -105,16 +105,16 @@ def test_eval_folder_and_shapes_json(capsys, tmp_path, red_circle):
 
 
 def test_eval_shapes_reports_the_issues_measurements_on_both_renderings(capsys, monkeypatch):
-    import mmretrieval.training.evaluate as evaluate
+    import mmretrieval.training.shapes_eval as shapes_eval
 
     seen = []
-    real = evaluate.shapes_report
+    real = shapes_eval.shapes_report
 
     def spy(encoder, n_scenes, varied=True, **kwargs):
         seen.append(varied)
         return real(encoder, n_scenes=n_scenes, n_captions=20, varied=varied, **kwargs)
 
-    monkeypatch.setattr(evaluate, "shapes_report", spy)
+    monkeypatch.setattr(shapes_eval, "shapes_report", spy)
     for extra in ((), ("--classic",)):
         status, out, _ = _run(capsys, "eval", "--shapes", "--scenes", "60", "--json", "--device", "cpu", *extra)
         report = json.loads(out)
@@ -142,7 +142,7 @@ def test_dim_truncates_a_new_collection_and_warns_once(capsys, tmp_path, tiny_mo
     collection = tmp_path / "col"
     status, _, err = _run(capsys, "ingest", red_circle.parent, "--collection", collection, "--model", tiny_model_dir,
                           "--dim", "16", "--device", "cpu", "--workers", "0")
-    assert status == 0 and "mmr: warning: truncating 32-d vectors to 16" in err
+    assert status == 0 and "mmr ingest: warning: truncating 32-d vectors to 16" in err
     status, out, _ = _run(capsys, "info", "--collection", collection, "--json")
     assert json.loads(out)["dim"] == 16
     status, out, _ = _run(capsys, "search", "a red circle", "--collection", collection, "--device", "cpu")
@@ -169,7 +169,8 @@ def test_classify_walks_folders_and_lists_in_batches_each_label_on_its_own_file(
     names its own file (a failure must not shift labels onto batch-mates), and the probabilities are those of
     each file embedded alone."""
     from mmretrieval.models.encoder import load_encoder
-    from mmretrieval.models.zeroshot import ZeroShotClassifier, load_templates
+    from mmretrieval.models.prompt_templates import load_templates
+    from mmretrieval.models.zeroshot import ZeroShotClassifier
 
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
@@ -263,11 +264,11 @@ def test_classify_merges_labels_that_differ_only_in_case_and_says_so(capsys, red
     rows = [json.loads(line) for line in out.splitlines()]
     assert status == 0 and [row["label"] for row in rows] == ["red circle", "blue square"]
     assert rows[0]["probability"] > 0.9  # not split with its twin at 0.5 each
-    assert "mmr: warning: labels 'red circle' and 'Red Circle' differ only in case: kept 'red circle'" in err
+    assert "mmr classify: warning: labels 'red circle' and 'Red Circle' differ only in case: kept 'red circle'" in err
 
 
 def test_label_and_template_files_with_a_byte_order_mark(capsys, red_circle, tmp_path):
-    from mmretrieval.models.zeroshot import load_templates
+    from mmretrieval.models.prompt_templates import load_templates
 
     labels, templates = tmp_path / "labels.txt", tmp_path / "templates.txt"
     labels.write_text("red circle\nblue square\n", encoding="utf-8-sig")  # as Notepad saves UTF-8
@@ -280,7 +281,7 @@ def test_label_and_template_files_with_a_byte_order_mark(capsys, red_circle, tmp
 
 def test_one_template_of_your_own_is_taken_as_a_file_of_it_is(capsys, red_circle, tmp_path):
     """--templates "a drawing of a {}." was an unknown template set on the command line, though the API took it."""
-    from mmretrieval.models.zeroshot import load_templates
+    from mmretrieval.models.prompt_templates import load_templates
 
     template = "a drawing of a {}."
     (tmp_path / "one.txt").write_text(template + "\n")

@@ -9,13 +9,8 @@ import pytest
 
 from mmretrieval.training import scenes
 from mmretrieval.errors import MMRError
-from mmretrieval.training.evaluate import (
-    attribute_match_at_5,
-    captions_report,
-    classification_scores,
-    folder_report,
-    text_to_image_recall,
-)
+from mmretrieval.training.evaluate import captions_report, folder_report
+from mmretrieval.training.metrics import attribute_match_at_5, classification_scores, text_to_image_recall
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -128,7 +123,7 @@ def test_a_csv_that_is_not_utf8_is_a_clear_error(shapes_encoder, tmp_path):
 
 
 def test_drawn_apart_covers_every_shape_and_colour_in_that_colour():
-    from mmretrieval.training.evaluate import APART_COLORS, drawn_apart
+    from mmretrieval.training.drawn_shapes import APART_COLORS, drawn_apart
 
     items = drawn_apart(per_pair=1, size=64)
     assert {(color, shape) for _, color, shape in items} == {(c, s) for c in APART_COLORS for s in scenes.SHAPES}
@@ -139,7 +134,7 @@ def test_drawn_apart_covers_every_shape_and_colour_in_that_colour():
 
 
 def test_position_match_beats_chance_with_the_demo_model(shapes_encoder):
-    from mmretrieval.training.evaluate import position_scores
+    from mmretrieval.training.shapes_eval import position_scores
 
     scores = position_scores(shapes_encoder, seed=5, n_scenes=150, n_queries=60)
     assert 0.3 < scores["position_match@5"] <= 1.0  # five positions: 0.2 by chance

@@ -8,7 +8,9 @@ import pytest
 
 from mmretrieval.errors import CollectionError
 from mmretrieval.collection import index as index_module
-from mmretrieval.collection.index import Manifest, VectorIndex, choose_config, exact_search
+from mmretrieval.collection.exact_search import exact_search
+from mmretrieval.collection.index import VectorIndex, choose_config
+from mmretrieval.collection.index_manifest import Manifest
 
 DIM = 16
 

@@ -114,7 +114,7 @@ COMPOSED, DECOMPOSED = "caf\u00e9", "cafe\u0301"  # NFC and NFD "café"
 
 
 def test_labels_that_differ_only_in_unicode_normalisation_are_one_label_with_a_warning():
-    from mmretrieval.models.zeroshot import normalise_labels, parse_labels
+    from mmretrieval.models.label_text import normalise_labels, parse_labels
 
     assert unicodedata.normalize("NFC", DECOMPOSED) == COMPOSED and COMPOSED != DECOMPOSED
     with pytest.warns(UserWarning, match=r"labels 'café' and 'cafe\\u0301' differ only in Unicode normalisation"):
@@ -187,7 +187,7 @@ def test_the_label_command_warns_of_a_long_label_and_refuses_two_it_cannot_tell_
     assert "read the same to the model" in err and "Traceback" not in err
     assert _label(collection_dir, "--labels", f"{padding}red,blue") == 0
     warning = [line for line in capsys.readouterr().err.splitlines() if "longer than the model reads" in line]
-    assert len(warning) == 1 and warning[0].startswith("mmr: warning: label 'big big")
+    assert len(warning) == 1 and warning[0].startswith("mmr label: warning: label 'big big")
 
 
 def test_the_search_warning_names_a_query_longer_than_the_model_reads(collection_dir, capsys):
@@ -251,7 +251,7 @@ def test_a_label_filter_that_is_not_utf8_is_refused(collection_dir, capsys):
 
 def test_classify_refuses_them_too_rather_than_read_another_character():
     """The tokenizer would read the byte as U+FFFD and classify with a label the user never typed."""
-    from mmretrieval.models.zeroshot import normalise_labels, parse_labels
+    from mmretrieval.models.label_text import normalise_labels, parse_labels
 
     with pytest.raises(QueryError, match=r"label 'r\\xffed' is not UTF-8 text"):
         parse_labels(f"{NOT_UTF8},blue")

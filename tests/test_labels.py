@@ -9,14 +9,9 @@ import pytest
 
 from mmretrieval.training import scenes
 from mmretrieval.errors import QueryError
-from mmretrieval.models.zeroshot import (
-    IMAGENET_TEMPLATES,
-    NULL_LABEL,
-    ZeroShotClassifier,
-    load_templates,
-    parse_labels,
-    predict,
-)
+from mmretrieval.models.label_text import parse_labels
+from mmretrieval.models.prompt_templates import IMAGENET_TEMPLATES, load_templates
+from mmretrieval.models.zeroshot import NULL_LABEL, ZeroShotClassifier, predict
 
 LABELS = ["red circle", "blue square", "green triangle"]
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "{}")

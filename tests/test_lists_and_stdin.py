@@ -215,7 +215,7 @@ def test_the_library_reads_stdin_only_when_handed_it(tmp_path, monkeypatch):
     """A source or label file named ``-`` is that file; a stream is read only when passed, as it comes."""
     from mmretrieval.ingest.batches import SourceFile
     from mmretrieval.ingest.reader import PathStream, discover
-    from mmretrieval.models.zeroshot import parse_labels
+    from mmretrieval.models.label_text import parse_labels
 
     class Untouchable:
         def __getattr__(self, name):

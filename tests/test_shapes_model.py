@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mmretrieval.training import scenes
-from mmretrieval.training.evaluate import EVAL_SEED, plain_renderings, shape_attribute_prompts
+from mmretrieval.training.drawn_shapes import plain_renderings
+from mmretrieval.training.shapes_eval import EVAL_SEED, shape_attribute_prompts
 from mmretrieval.models.zeroshot import ZeroShotClassifier, ensemble_prompt_embeddings, predict
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import importlib.metadata
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Iterator, NoReturn, Sequence
 from ..errors import Busy, MMRError
 from ..json_lines import one_line
 from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, serve_cmd
+from .common import say
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, ingest_cmd, collection_cmds, duplicates_cmd, import_cmd, export_cmd, serve_cmd)
@@ -44,11 +46,6 @@ def _taken_for_an_option(arg: str) -> bool:
         return len(arg) > 2  # -k, -v are options; -x.png, -circle are not
     has_extension = "=" not in arg and os.path.splitext(arg)[1] not in ("", ".")
     return has_extension or os.path.lexists(arg)
-
-
-def _say(line: str) -> None:
-    """Print one line on stderr, however many line breaks the file names in it hold."""
-    print(one_line(line), file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +122,10 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _ours(record: logging.LogRecord) -> bool:
+    return record.name == "mmretrieval" or record.name.startswith("mmretrieval.")
+
+
 class _QuietThirdParty(logging.Filter):
     """Our own warnings always; other libraries' logs (open_clip's "initialized randomly", its download
     errors that our own error message already explains) only with -v."""
@@ -134,25 +135,35 @@ class _QuietThirdParty(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ours = record.name == "mmretrieval" or record.name.startswith("mmretrieval.")
-        return ours or self.verbose or record.levelno >= logging.CRITICAL
+        return _ours(record) or self.verbose or record.levelno >= logging.CRITICAL
 
 
 class _OneLineFormatter(logging.Formatter):
-    """A log record's message on one line, whatever the file names in it hold (a traceback under -v is kept)."""
+    """A log record on one line, whatever the file names in it hold (a traceback under -v is kept). Our own
+    warnings and errors read as every other message of the command does (``mmr label: warning: ...``, ``mmr label:
+    error: ...``); the details -v adds and other libraries' records keep their level and logger's name."""
+
+    def __init__(self, prog: str):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.prog = prog
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if _ours(record) and record.levelno >= logging.WARNING:
+            kind = "error" if record.levelno >= logging.ERROR else "warning"
+            return one_line(f"{self.prog}: {kind}: {record.message}")
         return one_line(super().formatMessage(record))
 
 
-def _log_to_stderr(verbose: bool) -> None:
+def _log_to_stderr(verbose: bool, prog: str = "mmr") -> None:
+    """Log to stderr, one line a record, our warnings as ``PROG: warning: ...`` (``prog``: ``mmr label``,
+    ``app.py``)."""
     # One handler on the root logger, replaced on each call (tests run main() many times in one process);
     # logger levels are left alone except with -v, so callers' own logging setup keeps working.
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_mmr_cli", False)]:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(prog))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.addFilter(_QuietThirdParty(verbose))
     handler._mmr_cli = True  # type: ignore[attr-defined]
@@ -161,9 +172,23 @@ def _log_to_stderr(verbose: bool) -> None:
         root.setLevel(logging.INFO)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    # Warnings are for the user here (e.g. an untrained --dim): one line, no source location.
-    _say(f"mmr: warning: {message}")
+def messages_to_stderr(verbose: bool, prog: str) -> None:
+    """Send logged records (our own always, others' with ``verbose``) and Python warnings to stderr, one line
+    each, our warnings and errors as ``PROG: warning: ...`` and ``PROG: error: ...`` like the command's other
+    messages.
+
+    Args:
+        verbose: log INFO too, and other libraries' records (``-v``).
+        prog: what names the messages: ``mmr label``, ``app.py``.
+    """
+    _log_to_stderr(verbose, prog)
+    warnings.showwarning = functools.partial(_show_warning, prog=prog)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None,  # noqa: ANN001
+                  prog: str = "mmr") -> None:
+    # Warnings are for the user here (e.g. an untrained --dim): one line, no source location, the command named.
+    say(f"{prog}: warning: {message}")
 
 
 class Terminated(KeyboardInterrupt):
@@ -199,26 +224,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _log_to_stderr(verbose=args.verbose)
-    warnings.showwarning = _show_warning
+    messages_to_stderr(verbose=args.verbose, prog=f"mmr {args.command}")
     try:
         with sigterm_unwinds():
             return int(args.handler(args) or 0)
     except Busy as exc:
-        _say(f"mmr {args.command}: {exc}")
+        say(f"mmr {args.command}: {exc}")
         return EXIT_BUSY
     except MMRError as exc:
-        _say(f"mmr {args.command}: error: {exc}")
+        say(f"mmr {args.command}: error: {exc}")
         return 2
     except ResultsNotWritten as exc:
         kept = _KEPT_WHEN_STDOUT_FAILS.get(args.command, "")
-        _say(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}")
+        say(f"mmr {args.command}: error: cannot write the results to stdout: {exc.reason}{kept}")
         return 2
     except Terminated:
-        print(f"mmr {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        say(f"mmr {args.command}: terminated (SIGTERM)")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"mmr {args.command}: interrupted", file=sys.stderr)
+        say(f"mmr {args.command}: interrupted")
         return 130
     except BrokenPipeError as exc:
         if reader_left():  # `mmr search ... | head` closed the pipe: not an error
@@ -234,8 +258,8 @@ def _unexpected(exc: Exception, args: argparse.Namespace) -> int:
     few file descriptors), the details on request."""
     if args.verbose:
         raise exc
-    _say(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
-         "(run with -v for details)")
+    say(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
+        "(run with -v for details)")
     return 2
 
 

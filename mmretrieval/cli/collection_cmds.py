@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
                      labels_with_stdin, multi_label_threshold, names_as_bytes, open_collection, path_prefix,
-                     probability, warn_unread_query)
+                     probability, say, warn_unread_query)
 from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
@@ -82,7 +81,7 @@ def _search(args: argparse.Namespace) -> int:
         if hits and query.is_single_text and not filtered:  # the queries the hint is calibrated for, as in the UI
             from ..collection.confidence import NoiseCalibration
 
-            print(NoiseCalibration(collection).assess(vector, hits[0].score).message, file=sys.stderr)
+            say(NoiseCalibration(collection).assess(vector, hits[0].score).message)
     return _print_hits(rows, args.json, "search")
 
 
@@ -119,8 +118,7 @@ def _print_hits(rows: list[dict[str, Any]], as_json: bool, command: str) -> int:
     """Print the hits; exit status 1, with a line on stderr saying so, when there are none."""
     emit(rows, as_json, _HIT_COLUMNS)
     if not rows:
-        print(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)",
-              file=sys.stderr)
+        say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
     return 0 if rows else 1
 
 
@@ -184,14 +182,14 @@ def _index(args: argparse.Namespace) -> int:
                                             rerank=args.rerank, memory_budget_bytes=args.memory_budget,
                                             recall_target=args.recall_target, fill=ray_fill)
     if ray_fill and manifest.index_type not in ("ivf", "ivfpq"):
-        print(f"note: a {manifest.index_type} index has no inverted lists to add in parallel; built in this "
-              "process, without Ray", file=sys.stderr)
+        say(f"note: a {manifest.index_type} index has no inverted lists to add in parallel; built in this "
+            "process, without Ray")
     params = " ".join(f"{key}={value}" for key, value in manifest.params.items())
     recall = f", recall@10 {manifest.recall:.3f}" if manifest.recall >= 0 else ""
-    print(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip()
-          + f" ({manifest.memory_bytes / 2**20:.1f} MiB{recall})", file=sys.stderr)
+    say(f"built {manifest.index_type} index over {manifest.count} vectors {params}".rstrip()
+        + f" ({manifest.memory_bytes / 2**20:.1f} MiB{recall})")
     if manifest.note and args.type in ("auto", manifest.index_type):  # else rebuild_index warned of it already
-        print(f"note: {manifest.note}", file=sys.stderr)
+        say(f"note: {manifest.note}")
     return 0
 
 
@@ -219,11 +217,11 @@ def _compact(args: argparse.Namespace) -> int:
         summary = collection.compact(args.min_waste, progress=progress)
     if not summary.segments_rewritten:
         share = f" over {args.min_waste:.0%} of its rows" if args.min_waste else ""
-        print(f"nothing to compact: no segment holds dead rows{share}", file=sys.stderr)
+        say(f"nothing to compact: no segment holds dead rows{share}")
         return 0
-    print(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
-          f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
-          f"{summary.bytes_freed / 2**20:.1f} MiB freed", file=sys.stderr)
+    say(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
+        f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
+        f"{summary.bytes_freed / 2**20:.1f} MiB freed")
     return 0
 
 
@@ -266,7 +264,7 @@ def _register_label(subparsers) -> None:
 
 def _label(args: argparse.Namespace) -> int:
     from ..collection.labelling import check_export_path, check_organize_dir
-    from ..models.zeroshot import parse_labels
+    from ..models.label_text import parse_labels
 
     if args.remove is not None:
         return _remove_label_set(args)
@@ -289,18 +287,17 @@ def _label(args: argparse.Namespace) -> int:
             collection.export_labels(args.out, summary.label_set)
         if args.organize:
             organized = collection.organize(args.organize, copy=args.copy, label_set=summary.label_set)
-            print(f"placed {organized.placed} files under {args.organize}", file=sys.stderr)
+            say(f"placed {organized.placed} files under {args.organize}")
             if organized.missing:
-                print(f"skipped {organized.missing} source file(s) that are missing since ingestion (e.g. "
-                      f"{organized.missing_examples[0]}); `mmr ingest FOLDER --prune` forgets those under FOLDER",
-                      file=sys.stderr)
+                say(f"skipped {organized.missing} source file(s) that are missing since ingestion (e.g. "
+                    f"{organized.missing_examples[0]}); `mmr ingest FOLDER --prune` forgets those under FOLDER")
     if args.json:
         print(json_line(dataclasses.asdict(summary)))
     else:
         emit(({"label": label, "count": count} for label, count in summary.counts.items()), False,
              ["label", "count"])
     none = f", {summary.unlabelled} with no label above {summary.threshold}" if summary.multi_label else ""
-    print(f"labelled {summary.images} images into set {summary.label_set!r}{none}", file=sys.stderr)
+    say(f"labelled {summary.images} images into set {summary.label_set!r}{none}")
     return 0
 
 
@@ -314,7 +311,7 @@ def _remove_label_set(args: argparse.Namespace) -> int:
         raise QueryError(f"--remove deletes a label set; it takes none of {', '.join(given)}")
     with open_collection(args.collection, writer="label", wait=args.wait) as collection:
         removed = collection.remove_label_set(args.remove)
-    print(f"removed label set {args.remove!r} ({removed} labels)", file=sys.stderr)
+    say(f"removed label set {args.remove!r} ({removed} labels)")
     return 0
 
 

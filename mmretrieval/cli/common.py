@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
-from ..json_lines import json_line, tsv_text
+from ..json_lines import json_line, one_line, tsv_text
 from ..models.settings import DEVICES, MULTI_LABEL_THRESHOLD, PRECISIONS
 
 if TYPE_CHECKING:
@@ -16,9 +16,17 @@ if TYPE_CHECKING:
     from ..collection.query import Query
 
 
+def say(line: str) -> None:
+    """Print ``line`` on stderr, the one way ``mmr`` prints a message (a summary, a note, a warning, an error): kept
+    on one line whatever the file names, labels or set names in it hold, and a name that is not UTF-8 shown by its
+    bytes, ``\\xNN`` (:func:`~mmretrieval.json_lines.one_line`), where printing would write a ``\\udcNN`` escape or
+    fail. Results go to stdout instead, and progress bars are tqdm's."""
+    print(one_line(line), file=sys.stderr, flush=True)
+
+
 def labels_with_stdin(values: list[str]) -> list[Any]:
     """``--labels`` values with ``@-`` as standard input's byte stream, which
-    :func:`~mmretrieval.models.zeroshot.parse_labels` reads as it reads ``@FILE``.
+    :func:`~mmretrieval.models.label_text.parse_labels` reads as it reads ``@FILE``.
 
     Raises:
         QueryError: ``@-`` given twice, or no standard input to read.
@@ -47,7 +55,7 @@ def warn_unread_query(collection: "Collection", query: "Query", command: str = "
 
         note = unread_note(collection.text_model(), texts)
         if note:
-            print(f"mmr {command}: warning: {note}", file=sys.stderr)
+            say(f"mmr {command}: warning: {note}")
 
 
 def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..progress import TqdmProgress
 from ..json_lines import tsv_text
-from .common import add_collection_option, emit, names_as_bytes
+from .common import add_collection_option, emit, names_as_bytes, say
 
 if TYPE_CHECKING:
     from ..collection.duplicates import DuplicateGroup
@@ -76,12 +76,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     if args.organize:
         made = organize_duplicates(groups, args.organize)
-        print(f"linked {made} files of {len(groups)} groups under {args.organize}", file=sys.stderr)
-    print(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies", file=sys.stderr)
+        say(f"linked {made} files of {len(groups)} groups under {args.organize}")
+    say(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies")
     for line in _notes(groups):
-        print(f"mmr duplicates: {line}", file=sys.stderr)
+        say(f"mmr duplicates: {line}")
     if note:
-        print(f"mmr duplicates: {note} (--threshold)", file=sys.stderr)
+        say(f"mmr duplicates: {note} (--threshold)")
     return 0 if groups else 1
 
 

@@ -7,12 +7,10 @@ counts vectors.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
 
-from ..json_lines import one_line
 from ..progress import TqdmProgress
-from .common import add_collection_option, at_least, json_line, open_collection
+from .common import add_collection_option, at_least, json_line, open_collection, say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +47,6 @@ def _export(args: argparse.Namespace) -> int:
     rate = summary.rows / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     binary = (f"; image_path holds bytes in {summary.binary_path_shards} shard(s) (names that are not UTF-8)"
               if summary.binary_path_shards else "")
-    print(one_line(f"exported {summary.rows} {summary.dtype} vectors in {summary.shards} shard(s) to {summary.out} "
-                   f"in {summary.elapsed_s:.1f} s ({rate:,.0f}/s){binary}"), file=sys.stderr)
+    say(f"exported {summary.rows} {summary.dtype} vectors in {summary.shards} shard(s) to {summary.out} "
+        f"in {summary.elapsed_s:.1f} s ({rate:,.0f}/s){binary}")
     return 0

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
-from .common import add_collection_option
+from .common import add_collection_option, say
 
 
 def register(subparsers) -> None:
@@ -60,8 +59,8 @@ def _import(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(summary)))
     rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     index = f"index updated in {summary.index_s:.1f} s" if args.update_index else "index left for `mmr index`"
-    print(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
-          f"({rate:,.0f}/s), skipped "
-          f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
-          f"renormalised {summary.renormalised}; {index}", file=sys.stderr)
+    say(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
+        f"({rate:,.0f}/s), skipped "
+        f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
+        f"renormalised {summary.renormalised}; {index}")
     return 0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..errors import CollectionError
 from ..progress import TqdmProgress
 from .common import (add_collection_option, add_model_options, add_null_option, at_least, json_line, open_collection,
-                     positive_seconds)
+                     positive_seconds, say)
 
 if TYPE_CHECKING:
     from ..ingest.batches import IngestSummary
@@ -118,8 +118,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
-        print(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
-              "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)", file=sys.stderr)
+        say(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
+            "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)")
     ray = _ray_config(args)  # refused options refuse before a collection is made
     # With --ray this process loads a new collection's model only to record it: on the CPU.
     device = "cpu" if ray is not None else args.device
@@ -140,18 +140,18 @@ def _ingest(args: argparse.Namespace) -> int:
                                         share_jpegs=args.share_jpegs == "on",
                                         **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
         if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
-            print(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
-                  "only have fixed the model to the demo one", file=sys.stderr)
+            say(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
+                "only have fixed the model to the demo one")
     skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
-    print(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
-          f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
-          f"{skipped}", file=sys.stderr)
+    say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
+        f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
+        f"{skipped}")
     if args.json:
         print(json_line(dataclasses.asdict(summary)), flush=True)
     if summary.embedded and ray is None and args.precision == "auto" and sys.stderr.isatty() and \
             _bf16_unused(args.device):  # a tip for a person at a terminal, not for every line of a cron job's log
-        print("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
-              "within ~2e-3 of float32's", file=sys.stderr)
+        say("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
+            "within ~2e-3 of float32's")
     return _ingest_status(summary, args.sources)
 
 
@@ -165,12 +165,11 @@ def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
     if summary.pruned and not summary.failed_total and set(summary.skipped) <= {"missing"}:
         return 0  # a list of files that are all gone now: --prune removed their rows, which was the job
     if summary.failed_total or summary.skipped_total:
-        print("mmr ingest: every file failed or was skipped; `mmr info --failures` lists them with their reasons",
-              file=sys.stderr)
+        say("mmr ingest: every file failed or was skipped; `mmr info --failures` lists them with their reasons")
         return 2
     if summary.pruned:
         return 0
-    print("mmr ingest: no image files found in " + ", ".join(sources), file=sys.stderr)
+    say("mmr ingest: no image files found in " + ", ".join(sources))
     return 1
 
 

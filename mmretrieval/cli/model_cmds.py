@@ -9,10 +9,9 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
 from ..errors import QueryError
-from ..json_lines import one_line
 from ..models.settings import DEVICES
 from .common import (MULTI_LABEL_THRESHOLD, add_model_options, add_null_option, at_least, emit, labels_with_stdin,
-                     multi_label_threshold, probability)
+                     multi_label_threshold, probability, say)
 
 if TYPE_CHECKING:
     from ..models.zeroshot import Prediction
@@ -66,8 +65,9 @@ def _classify(args: argparse.Namespace) -> int:
     from ..ingest.files import embed_files
     from ..ingest.reader import stdin_sources
     from ..models.encoder import load_encoder
-    from ..models.zeroshot import (ZeroShotClassifier, load_templates, parse_labels, predict,
-                                   refuse_lone_softmax_label)
+    from ..models.label_text import parse_labels
+    from ..models.prompt_templates import load_templates
+    from ..models.zeroshot import ZeroShotClassifier, predict, refuse_lone_softmax_label
     from ..progress import TqdmProgress
 
     if args.images.count("-") + args.labels.count("@-") > 1:
@@ -83,7 +83,7 @@ def _classify(args: argparse.Namespace) -> int:
     with TqdmProgress("classify") as progress:
         for batch in embed_files(encoder, sources, batch_size=args.batch_size, workers=args.workers):
             for failure in batch.failed:
-                print(one_line(f"mmr classify: {failure.path}: skipped: {failure.message}"), file=sys.stderr)
+                say(f"mmr classify: {failure.path}: skipped: {failure.message}")
             probabilities = classifier.probabilities(batch.vectors, multi_label=args.multi_label)
             ranked = predict(probabilities, labels, multi_label=args.multi_label, threshold=threshold,
                              top_k=args.top_k)
@@ -92,7 +92,7 @@ def _classify(args: argparse.Namespace) -> int:
             classified, failed = classified + len(batch.paths), failed + len(batch.failed)
             progress(classified + failed, None)
     if classified == 0 and failed == 0:
-        print("mmr classify: no images found in " + ", ".join(args.images), file=sys.stderr)
+        say("mmr classify: no images found in " + ", ".join(args.images))
         return 1
     return 2 if classified == 0 else 0
 
@@ -177,8 +177,7 @@ def _train(args: argparse.Namespace) -> int:
 
     def log(entry: StepLog) -> None:
         scores = " ".join(f"{k}={v:.3f}" for k, v in entry.held_out.items())
-        print(f"step {entry.step:>6}  loss {entry.loss:.4f}  lr {entry.lr:.2e}  {entry.seconds:7.1f}s  {scores}",
-              file=sys.stderr, flush=True)
+        say(f"step {entry.step:>6}  loss {entry.loss:.4f}  lr {entry.lr:.2e}  {entry.seconds:7.1f}s  {scores}")
 
     out = train(config, on_log=log, force=args.force)
     print(out)
@@ -242,11 +241,12 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from ..ingest.files import FileFailure
     from ..models.encoder import load_encoder
-    from ..training.evaluate import captions_report, folder_report, shapes_report
-    from ..models.zeroshot import load_templates
+    from ..training.evaluate import captions_report, folder_report
+    from ..training.shapes_eval import shapes_report
+    from ..models.prompt_templates import load_templates
 
     def left_out(failure: FileFailure) -> None:
-        print(one_line(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}"), file=sys.stderr)
+        say(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}")
 
     templates = load_templates(args.templates)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)

@@ -6,11 +6,11 @@ import argparse
 import logging
 import signal
 import socket
-import sys
 import time
 from typing import Sequence
 
 from ..errors import MMRError
+from .common import say
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(context)
     try:
         launch(app, config)
-        print(f"serving {context.title} on http://{config.host}:{config.port}", file=sys.stderr)
+        say(f"serving {context.title} on http://{config.host}:{config.port}")
         while True:  # until Ctrl-C, or SIGTERM (raised here as an exception too): Gradio's own wait swallows both
             time.sleep(3600)
     finally:
@@ -68,15 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from . import Terminated, sigterm_unwinds
+    from . import Terminated, messages_to_stderr, sigterm_unwinds
+
+    messages_to_stderr(args.verbose, prog="app.py")  # `app.py: warning: ...`, as mmr serve's read `mmr serve: ...`
 
     try:
         with sigterm_unwinds():
             return run(args)
     except MMRError as exc:
-        print(f"app.py: error: {exc}", file=sys.stderr)
+        say(f"app.py: error: {exc}")
         return 2
     except Terminated:
         return 128 + signal.SIGTERM

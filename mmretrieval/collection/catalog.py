@@ -36,7 +36,8 @@ from .photo_table import read_photos
 from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
 from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
-from .segments import SEGMENTS_DIRNAME, SegmentStore
+from .segment_files import SEGMENTS_DIRNAME
+from .segments import SegmentStore
 
 __all__ = ["Catalog", "CatalogFull", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "SegmentCommit",
            "VectorWrite", "encode_path", "is_collection", "writer_busy", "CATALOG_NAME", "LOCK_NAME", "SCHEMA_VERSION"]

@@ -42,7 +42,8 @@ from ..atomic import exclusive_lock
 from ..errors import CollectionBusy, CollectionError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
-from .index import IndexPolicy, Manifest
+from .index import IndexPolicy
+from .index_manifest import Manifest
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
 from .compaction import waste
-from .index import Manifest
+from .index_manifest import Manifest
 from .records import CollectionInfo
 
 # What `mmr info` shows for a collection with no usable saved index, when this process has not built one.

@@ -30,6 +30,8 @@ Files: ``index-<generation>-<random>.faiss`` plus ``index.json`` (the manifest) 
 The index file is written under a temporary name and renamed before the manifest is, and each save's file has a
 name of its own (a rebuild at the same generation, ``mmr index --type``, does not overwrite the file the manifest
 names), so a crash at any point leaves either the old pair or the new one.
+
+The manifest is :mod:`.index_manifest`'s, the exact search over an allowed set :mod:`.exact_search`'s.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import dataclasses
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -48,43 +49,18 @@ import numpy.typing as npt
 
 from ..atomic import atomic_path, atomic_write_text, file_sha256, fsync_dir
 from ..errors import CollectionError
+from .exact_search import drop_padding, exact_search
+from .index_manifest import MANIFEST_NAME, Manifest, manifest_problem, read_manifest
 from .ivf_fill import fill_presized
 from .sizing import (AUTO_ANN_THRESHOLD, INDEX_TYPES, MAX_TRAIN, MIN_IVF_VECTORS, TRAIN_PER_LIST, IndexConfig,
                      IndexPolicy, choose_config, estimate_bytes)
 
-__all__ = ["AUTO_ANN_THRESHOLD", "INDEX_TYPES", "MANIFEST_NAME", "MIN_IVF_VECTORS", "IndexConfig", "IndexPolicy",
-           "Manifest", "ManifestStamp", "VectorIndex", "choose_config", "exact_search", "manifest_stamp",
-           "read_manifest"]
+__all__ = ["AUTO_ANN_THRESHOLD", "INDEX_TYPES", "MIN_IVF_VECTORS", "IndexConfig", "IndexPolicy", "VectorIndex",
+           "choose_config"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "index.json"
-ManifestStamp = tuple[int, int, int]  # (inode, bytes, mtime in ns) of index.json: see manifest_stamp
-METRIC = "inner_product"
-_EXACT_CHUNK = 65_536  # allowed vectors scored per matmul in a filtered search: bounds memory, not results
 _IVF_TYPES = ("ivf", "ivfpq")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an index file holds; written next to it as ``index.json``."""
-
-    model_key: str  # ModelIdentity.key() of the encoder that made the vectors
-    dim: int  # vector dimension
-    index_type: str  # flat | ivf | hnsw
-    params: dict[str, int]  # IndexConfig.params()
-    count: int  # vectors in the index
-    generation: int  # catalog generation the index reflects
-    file: str = ""  # the index file's name in the collection directory
-    sha256: str = ""  # of the index file
-    metric: str = METRIC
-    model: dict[str, Any] = field(default_factory=dict)  # the full model identity, for people reading the file
-    note: str = ""  # why the index is not the type asked for (e.g. too few vectors for IVF), for people
-    recall: float = -1.0  # recall@10 measured on held-out queries when it was tuned (-1: not measured)
-    memory_bytes: int = 0  # estimated resident memory of the index
-
-    def config(self) -> IndexConfig:
-        return IndexConfig(type=self.index_type, **self.params)
 
 
 class VectorIndex:
@@ -218,12 +194,12 @@ class VectorIndex:
         while True:
             scores, ids = self._searchable().search(queries, k, params=self._search_params(k, allowed_ids, nprobe))
             if allowed_ids is not None or self.config.type not in _IVF_TYPES or ids.min() >= 0:
-                return _drop_padding(scores, ids, k)
+                return drop_padding(scores, ids, k)
             # The probed lists held fewer than k vectors (a large k, or a query between clusters): probe more,
             # up to all of them, rather than return fewer hits than the collection has.
             nlist = faiss.extract_index_ivf(self.faiss_index).nlist
             if nprobe >= nlist:
-                return _drop_padding(scores, ids, k)
+                return drop_padding(scores, ids, k)
             nprobe = min(nlist, 2 * nprobe)
 
     def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None, nprobe: int) -> Any:
@@ -297,81 +273,10 @@ class VectorIndex:
         return cls(faiss_index, manifest.config(), dim, use_gpu), manifest
 
 
-VectorLoader = Callable[[npt.NDArray[np.int64]], "tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]"]
-
-
-def exact_search(queries: npt.NDArray[np.float32], k: int, allowed_ids: npt.NDArray[np.int64],
-                 load: VectorLoader, chunk: int = _EXACT_CHUNK
-                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Exact top-``k`` among ``allowed_ids``, scoring their vectors (from ``load``) ``chunk`` ids at a time.
-
-    Filtered search on an approximate index misses allowed ids outside the probed lists or graph region;
-    scoring the allowed set directly is exact, and as fast as the index when the filter is selective.
-
-    Args:
-        queries: ``(q, dim)`` unit vectors.
-        k: hits wanted per query.
-        allowed_ids: the candidate ids.
-        load: ids -> ``(ids found, (n, dim) vectors)``; unknown ids are left out.
-        chunk: ids scored per matmul, so memory stays bounded whatever the allowed set's size.
-
-    Returns:
-        ``(scores, ids)`` as :meth:`VectorIndex.search` returns them.
-    """
-    queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
-    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-    best_ids = np.full((len(queries), 0), -1, np.int64)
-    allowed_ids = np.unique(np.asarray(allowed_ids, dtype=np.int64))
-    for start in range(0, len(allowed_ids), chunk):
-        ids, vectors = load(allowed_ids[start:start + chunk])
-        if not len(ids):
-            continue
-        scores = (queries @ vectors.T).astype(np.float32)
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
-        keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
-        best_scores, best_ids = np.take_along_axis(best_scores, keep, 1), np.take_along_axis(best_ids, keep, 1)
-    return _drop_padding(best_scores, best_ids, k)
-
-
-def manifest_stamp(directory: Path) -> ManifestStamp | None:
-    """The saved manifest as one ``stat`` sees it (inode, size, modification time), or None when there is none.
-
-    Every save replaces ``index.json`` by a rename (a new inode), so the stamp changes with each save; it costs no
-    read, so a reader can compare it before every search to notice an index another process saved.
-    """
-    try:
-        stat = (directory / MANIFEST_NAME).stat()
-    except OSError:  # none yet (or a folder this process cannot look into: nothing it could load either)
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest in ``directory``, or None if it is missing or unreadable."""
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return Manifest(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
-        logger.warning("unreadable index manifest %s: %s", path, exc)
-        return None
-
-
 def gpu_available() -> bool:
     """True when FAISS was built with GPU support (``faiss-gpu-cu12`` installed instead of ``faiss-cpu``) and sees a
     GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | None:
-    """Why a saved index cannot serve the model ``model_key`` of ``dim`` dimensions, or None when it can."""
-    if manifest.model_key != model_key:
-        return f"it was built from another model's vectors ({manifest.model_key}, expected {model_key})"
-    if manifest.dim != dim or manifest.metric != METRIC or manifest.index_type not in INDEX_TYPES:
-        return f"it is {manifest.dim}-d {manifest.index_type}/{manifest.metric}, expected {dim}-d {METRIC}"
-    return None
 
 
 def fit_to_data(config: IndexConfig, count: int) -> IndexConfig:
@@ -408,15 +313,3 @@ def _new_base(config: IndexConfig, dim: int) -> faiss.Index:
 
 def _as_matrix(vectors: npt.NDArray[np.float32], dim: int) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, dim))
-
-
-def _drop_padding(scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
-                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    if ids.size and ids.min() >= 0:  # nothing missing: FAISS's rows are already best first
-        return scores, ids
-    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-    order = np.argsort(-scores, axis=1, kind="stable")  # filtering HNSW results leaves holes mid-row
-    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    width = min(k, int((ids >= 0).sum(axis=1).max())) if len(ids) else 0
-    return scores[:, :width], ids[:, :width]
-

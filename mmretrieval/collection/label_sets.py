@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import CollectionError, QueryError
-from ..models.zeroshot import check_utf8
+from ..models.label_text import check_utf8
 from .places import in_lists
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
     """``(set, label)`` that a filter ``ref`` names: ``SET:LABEL`` for a stored set, else ``LABEL`` in any set.
 
     Raises:
-        QueryError: ``ref`` is not UTF-8 text (no label is, :func:`~mmretrieval.models.zeroshot.check_utf8`).
+        QueryError: ``ref`` is not UTF-8 text (no label is, :func:`~mmretrieval.models.label_text.check_utf8`).
     """
     head, sep, tail = check_utf8(ref, "label filter").partition(":")
     if sep and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (head,)):

@@ -25,9 +25,10 @@ from ..filled_folders import check_fillable_folder, folder_built_aside, name_wit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, declared_labels, scored_ids, sets
+from ..models.label_text import normalise_labels
+from ..models.prompt_templates import load_templates
 from ..models.settings import MULTI_LABEL_THRESHOLD
-from ..models.zeroshot import (TextModel, ZeroShotClassifier, load_templates, normalise_labels, predict,
-                               refuse_lone_softmax_label)
+from ..models.zeroshot import TextModel, ZeroShotClassifier, predict, refuse_lone_softmax_label
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -80,8 +81,8 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
                      replace: bool = False, progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:
     """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (the labels, one per
-    item of any iterable, or one string of them as :func:`~mmretrieval.models.zeroshot.parse_labels` takes it;
-    either way checked by :func:`~mmretrieval.models.zeroshot.normalise_labels`) and store the assigned ones, and
+    item of any iterable, or one string of them as :func:`~mmretrieval.models.label_text.parse_labels` takes it;
+    either way checked by :func:`~mmretrieval.models.label_text.normalise_labels`) and store the assigned ones, and
     which images were scored, as label set ``label_set``.
 
     Assignments go to the catalog chunk by chunk (memory stays bounded by one chunk of vectors); the set

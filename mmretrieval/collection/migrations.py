@@ -33,7 +33,8 @@ import numpy as np
 
 from ..errors import CollectionError
 from .photo_table import PHOTO_SCHEMA, backfill_from_mtime
-from .segments import DEFAULT_DTYPE, SEGMENTS_DIRNAME, SegmentStore
+from .segment_files import SEGMENTS_DIRNAME
+from .segments import DEFAULT_DTYPE, SegmentStore
 
 logger = logging.getLogger(__name__)
 

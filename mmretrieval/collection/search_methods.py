@@ -19,8 +19,8 @@ from ..ingest.reader import storable_mtime_ns
 from ..models.specs import ModelIdentity
 from .arguments import check_k, check_query_vector, check_threshold
 from .catalog import Catalog
+from .exact_search import exact_search
 from .filters import DateLike, Filters, NearLike, allowed_ids
-from .index import exact_search
 from .query import ImageRef, Query, query_vector
 from .records import Hit
 from .upkeep import IndexKeeper

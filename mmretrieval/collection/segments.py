@@ -15,6 +15,9 @@ most one *active* segment that the collection's writer appends to; its row count
 by the row size. Appends are fsynced before the catalog commits a place in them, so a committed place always
 points at complete bytes; a torn tail left by a killed writer is cut off when the next writer opens the store.
 
+The manifest, the file names and reading rows are :mod:`.segment_files`'s (:class:`SegmentStore` inherits them);
+this module is what the collection's writer does to the files.
+
 Public API (what ingest, ``mmr import`` and the Ray runner use)::
 
     # anywhere (another process, another node): write and seal a segment of your own
@@ -35,48 +38,32 @@ pages of the vectors it re-ranks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import atomic_write_text, file_sha256, fsync_dir, remove_stale_temporaries
+from ..atomic import file_sha256, fsync_dir, remove_stale_temporaries
 from ..errors import CollectionError
 from .sealed import (DEFAULT_DTYPE, DTYPES, RunningDigest, SealedSegment, SegmentWriter, check_dtype, checksums,
                      read_sealed, write_rows)
+from .segment_files import MANIFEST_NAME, SegmentFiles, SegmentInfo, segment_path
 
-__all__ = ["DEFAULT_DTYPE", "DTYPES", "MANIFEST_NAME", "SEGMENTS_DIRNAME", "SEGMENT_ROWS", "SealedSegment",
-           "SegmentInfo", "SegmentStore", "SegmentWriter", "check_dtype", "file_sha256", "read_sealed"]
+__all__ = ["DEFAULT_DTYPE", "DTYPES", "SEGMENT_ROWS", "SealedSegment", "SegmentStore", "SegmentWriter", "check_dtype",
+           "file_sha256", "read_sealed"]
 
 logger = logging.getLogger(__name__)
 
-SEGMENTS_DIRNAME = "segments"
-MANIFEST_NAME = "manifest.json"
 SEGMENT_ROWS = 1 << 20  # an active segment is sealed past this many rows (1 GiB at 512-d float16)
-_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class SegmentInfo:
-    """One manifest entry."""
-
-    number: int  # file stem, zero-padded to 6 digits
-    sealed: bool  # False only for the active segment, which the writer appends to
-    count: int = 0  # rows (sealed segments only)
-    size: int = 0  # bytes of the .vec file (sealed only)
-    sha256: str = ""  # of the .vec file (sealed only)
-    ids_sha256: str = ""  # of the .ids file (sealed only)
-
-
-class SegmentStore:
+class SegmentStore(SegmentFiles):
     """The segments of one collection: manifest, memory maps, the active segment's appends.
 
     Readers use :meth:`gather` / :meth:`read_rows`; every method that changes a file is for the collection's
@@ -84,104 +71,10 @@ class SegmentStore:
     """
 
     def __init__(self, directory: str | os.PathLike, writable: bool = True):
-        self.directory = Path(directory)
+        super().__init__(directory)
         self.writable = writable
-        self._maps: dict[int, np.memmap] = {}
-        self._manifest: dict | None = None
-        self._manifest_mtime: tuple[int, int, int] | None = None
         # the active segment's checksums, kept up with this store's appends when it made the segment itself
         self._digest: tuple[int, RunningDigest] | None = None
-
-    # -- manifest ---------------------------------------------------------------------------------------------
-    @property
-    def exists(self) -> bool:
-        return (self.directory / MANIFEST_NAME).is_file()
-
-    def manifest(self, refresh: bool = False) -> dict:
-        """The manifest (re-read when the file changed, or with ``refresh``).
-
-        Raises:
-            CollectionError: the manifest is corrupt (its checksum does not match).
-        """
-        path = self.directory / MANIFEST_NAME
-        try:
-            info = path.stat()
-            mtime = (info.st_ino, info.st_mtime_ns, info.st_size)  # atomic replaces change the inode
-        except FileNotFoundError:
-            raise CollectionError(f"{self.directory} has no segment manifest; the collection has no vectors yet")
-        if refresh or self._manifest is None or mtime != self._manifest_mtime:
-            try:
-                manifest = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise CollectionError(f"{path} is unreadable ({exc}); restore it from a backup") from exc
-            if manifest.pop("checksum", None) != _checksum(manifest):
-                raise CollectionError(f"{path} does not match its checksum (corrupt); restore it from a backup")
-            self._manifest, self._manifest_mtime = manifest, mtime
-        return self._manifest
-
-    def create(self, dim: int, dtype: str = DEFAULT_DTYPE) -> None:
-        """Write an empty manifest for ``dim``-d vectors of ``dtype`` (no-op if one exists)."""
-        if self.exists:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.write_manifest({"format": _FORMAT, "dim": int(dim), "dtype": check_dtype(dtype), "next_number": 1,
-                             "segments": []})
-
-    def write_manifest(self, manifest: dict) -> None:
-        body = {key: value for key, value in manifest.items() if key != "checksum"}
-        atomic_write_text(self.directory / MANIFEST_NAME, json.dumps({**body, "checksum": _checksum(body)}, indent=1))
-        self._manifest, self._manifest_mtime = None, None
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest()["dim"])
-
-    @property
-    def dtype(self) -> str:
-        return str(self.manifest()["dtype"])
-
-    def segments(self) -> list[SegmentInfo]:
-        return [SegmentInfo(**entry) for entry in self.manifest()["segments"]]
-
-    def rows_in(self, number: int) -> int:
-        """Rows in segment ``number`` (for the active one: complete rows on disk now)."""
-        entry = next((s for s in self.segments() if s.number == number), None)
-        if entry is None:
-            return 0
-        if entry.sealed:
-            return entry.count
-        return _path(self.directory, number, "vec").stat().st_size // self._row_bytes()
-
-    def total_rows(self) -> int:
-        return sum(self.rows_in(s.number) for s in self.segments())
-
-    # -- reading ----------------------------------------------------------------------------------------------
-    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike, stored_dtype: bool = False) -> npt.NDArray:
-        """Vectors at places ``(numbers[i], rows[i])``, in that order: float32, or as stored (for copying)."""
-        numbers, rows = np.asarray(numbers, np.int64), np.asarray(rows, np.int64)
-        out = np.empty((len(rows), self.dim), self.dtype if stored_dtype else np.float32)
-        for number in np.unique(numbers):
-            where = np.flatnonzero(numbers == number)
-            out[where] = self._map(int(number), int(rows[where].max()) + 1)[rows[where]]
-        return out
-
-    def read_rows(self, number: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(ids, float32 vectors)`` of rows ``start:stop`` of one segment (a block of a stream)."""
-        vectors = np.asarray(self._map(number, stop)[start:stop], dtype=np.float32)
-        ids = np.fromfile(_path(self.directory, number, "ids"), dtype="<i8", count=stop - start, offset=8 * start)
-        return ids.astype(np.int64), vectors
-
-    def _map(self, number: int, needed_rows: int) -> np.memmap:
-        mapped = self._maps.get(number)
-        if mapped is None or len(mapped) < needed_rows:
-            path = _path(self.directory, number, "vec")
-            rows = path.stat().st_size // self._row_bytes()
-            if rows < needed_rows:
-                raise CollectionError(f"{path} holds {rows} rows, the catalog points at row {needed_rows - 1}; "
-                                      "the collection's segments are damaged, restore them from a backup")
-            mapped = np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r", shape=(rows, self.dim))
-            self._maps[number] = mapped
-        return mapped
 
     def close(self) -> None:
         """Unmap the segment files and stop the checksum thread (idempotent; a later read maps them again).
@@ -194,13 +87,6 @@ class SegmentStore:
                 followed[1].hexdigests()  # waits for the queued appends and joins the hashing thread
         finally:
             self._maps.clear()
-
-    def forget_maps(self) -> None:
-        """Drop the memory maps (after compaction deleted files; a reader re-maps what it needs)."""
-        self._maps.clear()
-
-    def _row_bytes(self) -> int:
-        return self.dim * np.dtype(self.dtype).itemsize
 
     # -- writing (the collection's writer only) ---------------------------------------------------------------
     def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> tuple[int, int]:
@@ -235,7 +121,8 @@ class SegmentStore:
                     _sync_and_close(open_files)  # durable before _active seals it and starts the next
                 number = self._active(count)
                 if not open_files:
-                    open_files = [open(_path(self.directory, number, suffix), "ab") for suffix in ("vec", "ids")]
+                    open_files = [open(segment_path(self.directory, number, suffix), "ab")
+                                  for suffix in ("vec", "ids")]
                 offset = open_files[0].tell()
                 written_rows = write_rows(open_files[0], open_files[1], ids, vectors, self.dim, self.dtype)
                 self._follow(number, offset, written_rows)
@@ -278,7 +165,7 @@ class SegmentStore:
             manifest = self.manifest()
         number = self.new_number()
         for suffix in ("vec", "ids"):
-            _path(self.directory, number, suffix).touch()
+            segment_path(self.directory, number, suffix).touch()
         fsync_dir(self.directory)
         manifest = self.manifest()
         self.write_manifest({**manifest, "segments": manifest["segments"] + [asdict(SegmentInfo(number, False))]})
@@ -313,7 +200,7 @@ class SegmentStore:
 
     def _cut_to(self, number: int, rows: int) -> tuple[Path, Path]:
         """Cut a segment's files to ``rows`` whole rows (a killed writer's torn tail); returns their paths."""
-        vec, ids = _path(self.directory, number, "vec"), _path(self.directory, number, "ids")
+        vec, ids = segment_path(self.directory, number, "vec"), segment_path(self.directory, number, "ids")
         for path, size in ((vec, rows * self._row_bytes()), (ids, 8 * rows)):
             if path.stat().st_size != size:
                 with open(path, "rb+") as handle:
@@ -334,7 +221,7 @@ class SegmentStore:
                                   f"dtype={self.dtype!r})")
         number = self.new_number()
         for source, suffix in ((sealed.vec_path, "vec"), (sealed.ids_path, "ids")):
-            _link_or_copy(source, _path(self.directory, number, suffix))
+            _link_or_copy(source, segment_path(self.directory, number, suffix))
         fsync_dir(self.directory)
         manifest = self.manifest()
         info = SegmentInfo(number, True, sealed.count, sealed.size, sealed.sha256, sealed.ids_sha256)
@@ -352,7 +239,7 @@ class SegmentStore:
         for number in gone:
             self._maps.pop(number, None)
             for suffix in ("vec", "ids"):
-                _path(self.directory, number, suffix).unlink(missing_ok=True)
+                segment_path(self.directory, number, suffix).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
     def collect_garbage(self, referenced: set[int]) -> list[int]:
@@ -376,7 +263,8 @@ class SegmentStore:
             logger.info("removed %s, left by an interrupted manifest write", path.name)
         for entry in self.segments():
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
-                rows = min(self.rows_in(entry.number), _path(self.directory, entry.number, "ids").stat().st_size // 8)
+                rows = min(self.rows_in(entry.number),
+                           segment_path(self.directory, entry.number, "ids").stat().st_size // 8)
                 self._cut_to(entry.number, rows)
         return unused
 
@@ -384,10 +272,6 @@ class SegmentStore:
         if not self.writable:
             raise CollectionError(f"{self.directory} was opened read-only; vectors can only be written by a "
                                   "writer command (ingest, import, compact) on a writable collection")
-
-
-def _checksum(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 class _BackgroundFlush:
@@ -425,10 +309,6 @@ def _sync_and_close(files: list[BinaryIO]) -> None:
         with handle:
             handle.flush()
             os.fsync(handle.fileno())
-
-
-def _path(directory: Path, number: int, suffix: str) -> Path:
-    return directory / f"{number:06d}.{suffix}"
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -35,8 +35,8 @@ import numpy.typing as npt
 from ..atomic import remove_stale_temporaries
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
-from .index import MANIFEST_NAME, MIN_IVF_VECTORS, IndexConfig, Manifest, ManifestStamp, VectorIndex, choose_config
-from .index import fit_to_data, manifest_problem, manifest_stamp, read_manifest, training_size
+from .index import MIN_IVF_VECTORS, IndexConfig, VectorIndex, choose_config, fit_to_data, training_size
+from .index_manifest import MANIFEST_NAME, Manifest, ManifestStamp, manifest_problem, manifest_stamp, read_manifest
 from .sizing import IndexPolicy
 from .tuning import exact_top_k, tune
 

@@ -8,23 +8,23 @@ renormalised. Scores follow the model's training objective:
   ``sigmoid(logit_scale * (cos_label - cos_null))``, so independent thresholds make sense.
 - SigLIP-style models (sigmoid loss, with a ``logit_bias``): ``sigmoid(logit_scale * cosine + logit_bias)``
   per label, always independent: these are the probabilities the model was trained to give.
+
+Labels are read by :mod:`.label_text`, prompt templates by :mod:`.prompt_templates`.
 """
 
 from __future__ import annotations
 
-import string
-import unicodedata
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Iterable, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import MMRError, QueryError
-from ..json_lines import bytes_escaped
-from .inputs import listed, unit_rows
+from ..errors import QueryError
+from .inputs import unit_rows
+from .label_text import normalise_labels
+from .prompt_templates import TEMPLATE_SETS, check_templates, load_templates
 from .settings import MULTI_LABEL_THRESHOLD
 
 
@@ -38,197 +38,8 @@ class TextModel(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
-# The 80 prompts of the CLIP paper's ImageNet ensemble (openai/CLIP, notebooks/Prompt_Engineering_for_ImageNet).
-IMAGENET_TEMPLATES = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
-    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
-    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
-    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
-    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
-    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
-    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
-    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
-    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
-    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
-    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
-    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
-    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
-    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
-    "a photo of a small {}.", "a tattoo of the {}.",
-)
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
-    "default": ("a photo of a {}.",),
-    "imagenet": IMAGENET_TEMPLATES,
-    "none": ("{}",),
-}
+
 NULL_LABEL = "something"  # the neutral class CLIP-style multi-label scores each label against
-
-
-def load_templates(name_or_path: str) -> tuple[str, ...]:
-    """A built-in template set (``default``, ``imagenet``, ``none``), a file with one ``{}`` template per line
-    (UTF-8; a byte-order mark, as some editors write, is not part of the first template), or one template of its
-    own (``"a drawing of a {}."``: text with a brace that names no file).
-
-    Raises:
-        QueryError: unknown name, unreadable file, or a template without ``{}``.
-    """
-    if name_or_path in TEMPLATE_SETS:
-        return TEMPLATE_SETS[name_or_path]
-    path = Path(name_or_path)
-    if not path.is_file() and {"{", "}"} & set(name_or_path):
-        return _checked((name_or_path,), "the template")
-    if not path.is_file():
-        raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)}, a file path, or "
-                         "one template with a {} for the label")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QueryError(f"cannot read templates from {path}: {exc}") from exc
-    return _checked(tuple(line for line in lines if line and not line.startswith("#")), str(path))
-
-
-def _checked(templates: tuple[str, ...], source: str) -> tuple[str, ...]:
-    bad = [t for t in templates if not _one_placeholder(t)]
-    if not templates or bad:
-        raise QueryError(f"{source}: every template needs exactly one '{{}}' and no other braces; write a brace "
-                         f"itself as '{{{{' or '}}}}' (bad: {bad[:3] or 'no templates'})")
-    return templates
-
-
-def _one_placeholder(template: str) -> bool:
-    """Whether ``template.format(label)`` fills exactly one bare ``{}`` (``{{`` and ``}}`` are literal braces)."""
-    try:
-        fields = [parts[1:] for parts in string.Formatter().parse(template) if parts[1] is not None]
-    except ValueError:  # a stray brace
-        return False
-    return fields == [("", "", None)]
-
-
-def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
-    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
-    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and
-    so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
-    is the file named ``-``: only a caller that hands over a stream has it read.
-
-    Order kept, duplicates dropped. Labels that differ only in case or in Unicode normalisation (an accent typed
-    as one character or as a letter plus a combining mark) are one label, spelt as it first came, with a warning:
-    CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
-
-    ``read_files=False`` is for labels typed by someone who may not read this machine's files (the web UI): a
-    label that starts with ``@`` is refused instead of naming a file to read.
-
-    Raises:
-        QueryError: no labels, an unreadable ``@FILE`` or stream, ``@`` where files are not read, or a label that
-            is not UTF-8 text (:func:`check_utf8`).
-    """
-    if isinstance(values, str) or hasattr(values, "read"):
-        values = [values]
-    parts: list[str] = []
-    for value in values:
-        if not read_files:
-            if not isinstance(value, str):
-                raise QueryError("labels typed here are text; a stream of labels is read only where files are")
-            typed = value.replace("\n", ",").split(",")
-            if any(part.strip().startswith("@") for part in typed):
-                raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
-                                 "of labels, and files are not read from here")
-        elif isinstance(value, str) and not value.startswith("@"):
-            typed = value.replace("\n", ",").split(",")
-        else:
-            typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
-        parts.extend(typed)
-    labels = _one_per_case([label for label in (part.strip() for part in parts) if label], stacklevel=2)
-    if not labels:
-        raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
-    return labels
-
-
-def normalise_labels(labels: str | Iterable[str]) -> list[str]:
-    """The labels of the Python API: one string is parsed as typed (:func:`parse_labels`, ``@FILE`` included);
-    any other iterable (a list, a tuple, a generator) holds one label per item, each stripped, and goes through
-    the same checks: order kept, duplicates dropped, labels that differ only in case or Unicode normalisation made
-    one with a warning, text that is not UTF-8 refused.
-    An item is a label as it is: a comma or a leading ``@`` in it is part of it ("Paris, France").
-
-    Args:
-        labels: one string of comma- or newline-separated labels, or an iterable of labels.
-
-    Returns:
-        The labels, at least one.
-
-    Raises:
-        QueryError: an item that is not a ``str``, is blank or is not UTF-8 text, no labels, or ``labels`` neither a
-            string nor an iterable.
-    """
-    if isinstance(labels, str):
-        return parse_labels(labels)
-    stripped = []
-    for index, label in enumerate(listed(labels, (str,), "label", "a str")):
-        if not label.strip():
-            raise QueryError(f"label {index} is empty ({label!r}); drop it or name the label")
-        stripped.append(label.strip())
-    if not stripped:
-        raise QueryError("no labels given: pass e.g. ['cat', 'dog', 'car']")
-    return _one_per_case(stripped, stacklevel=3)
-
-
-def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
-    """``labels`` in order without duplicates; labels that differ only in case or Unicode normalisation are one,
-    spelt as it first came, with a warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one
-    label's probability in two, and "café" typed with a combining accent is the same word (stored apart, a
-    ``--label`` filter would find only one of them). ``stacklevel`` is the warning's, counted from the caller of
-    this function.
-
-    Raises:
-        QueryError: a label that is not UTF-8 text (:func:`check_utf8`).
-    """
-    kept: dict[str, str] = {}  # normalised, casefolded label -> its first spelling, in the order labels came
-    for label in labels:
-        check_utf8(label, "label")
-        first = kept.setdefault(unicodedata.normalize("NFC", label).casefold(), label)
-        if label.casefold() != first.casefold():  # the same characters written apart: escaped, so that it shows
-            warnings.warn(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
-                          f"one character or as a combining mark) or case: kept {first!r} as one label",
-                          stacklevel=stacklevel + 1)
-        elif label != first:
-            warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
-                          stacklevel=stacklevel + 1)
-    return list(kept.values())
-
-
-def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
-    """``text``, if it is text that UTF-8 can hold. A command-line argument in another encoding (a Latin-1 terminal,
-    say) reaches Python with each byte that is not UTF-8 as a lone surrogate (``\\udcff``): SQLite refuses to store
-    that, and a tokenizer reads it as some other character.
-
-    Args:
-        what: what ``text`` is, for the message ("label", "label set name").
-        error: the exception type to raise.
-
-    Raises:
-        error: ``text`` holds such a character; the message shows it with its bytes escaped (``'r\\xffed'``).
-    """
-    if any("\ud800" <= char <= "\udfff" for char in text):
-        shown = bytes_escaped(text)
-        raise error(f"{what} '{shown}' is not UTF-8 text: it holds bytes that are not characters (shown as \\x..), "
-                    "as a terminal or file in another encoding passes them; type it again in UTF-8")
-    return text
-
-
-def _label_file_text(value: str | BinaryIO) -> str:
-    """The text of ``@FILE``, or of a binary stream, as UTF-8 without a byte-order mark."""
-    name = value[1:] if isinstance(value, str) else getattr(value, "name", "a stream")
-    try:
-        if isinstance(value, str):
-            return Path(name).read_text(encoding="utf-8-sig")
-        return value.read().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QueryError(f"cannot read labels from {name}: {exc}") from exc
 
 
 def refuse_lone_softmax_label(labels: Sequence[str], *, is_sigmoid: bool, multi_label: bool) -> None:
@@ -327,12 +138,12 @@ class ZeroShotClassifier:
         Args:
             encoder: the model.
             labels: the labels (any iterable, one label per item), or one string of them as the command line
-                takes it; either way checked and deduplicated by :func:`normalise_labels`.
+                takes it; either way checked and deduplicated by :func:`~.label_text.normalise_labels`.
             templates: templates with one ``{}`` each, or one string: a template set's name, a template file, or a
                 single template.
 
         Returns:
-            The classifier, its ``labels`` as :func:`normalise_labels` left them.
+            The classifier, its ``labels`` as :func:`~.label_text.normalise_labels` left them.
 
         Warns:
             UserWarning: a label longer than the model reads (:func:`check_labels_read_whole`).
@@ -344,7 +155,7 @@ class ZeroShotClassifier:
         labels = normalise_labels(labels)
         if isinstance(templates, str):
             templates = load_templates(templates)
-        templates = _checked(tuple(templates), "templates")
+        templates = check_templates(tuple(templates), "templates")
         check_labels_read_whole(encoder, labels, templates)
         null = None if encoder.is_sigmoid else ensemble_embeddings(encoder, [NULL_LABEL], templates)[0]
         return cls(

@@ -342,7 +342,8 @@ def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel
 def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig,
                     held_pairs: list[CaptionedImage]) -> dict[str, float]:
     """The scene report on generated data; text-to-image recall@k on the held-out user pairs otherwise."""
-    from .evaluate import captioned_recall, shapes_report
+    from .evaluate import captioned_recall
+    from .shapes_eval import shapes_report
 
     if config.data != "scenes" and not held_pairs:
         return {}

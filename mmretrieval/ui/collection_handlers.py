@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ..models.settings import MULTI_LABEL_THRESHOLD
-from ..models.zeroshot import parse_labels
+from ..models.label_text import parse_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
 from .media import prune_exports

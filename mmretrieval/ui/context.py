@@ -17,7 +17,8 @@ import gradio as gr
 
 from ..atomic import process_ended
 from ..errors import CollectionBusy, MMRError
-from ..models.zeroshot import TEMPLATE_SETS, ZeroShotClassifier
+from ..models.prompt_templates import TEMPLATE_SETS
+from ..models.zeroshot import ZeroShotClassifier
 from .media import ThumbnailCache
 from .names import display_path
 from .toast import ToastError

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..models.settings import MULTI_LABEL_THRESHOLD
-from ..models.zeroshot import TEMPLATE_SETS
+from ..models.prompt_templates import TEMPLATE_SETS
 from .api import install_checks
 from .collection_handlers import CollectionHandlers
 from .context import AppContext

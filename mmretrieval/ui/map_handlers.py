@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 import numpy.typing as npt
 
-from ..models.zeroshot import parse_labels
+from ..models.label_text import parse_labels
 from . import map_view, projection
 from .context import AppContext, check_template_set, folder_prefix, user_errors
 from .names import counted, display_path

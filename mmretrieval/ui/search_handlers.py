@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..models.label_text import parse_labels
 from ..models.settings import MULTI_LABEL_THRESHOLD
-from ..models.zeroshot import parse_labels, predict
+from ..models.zeroshot import predict
 from .context import AppContext, folder_prefix, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals

@@ -1,0 +1,138 @@
+"""Labels as people give them: typed text (comma- or newline-separated), ``@FILE`` and streams of one label a line,
+or a Python iterable; deduplicated, with labels that differ only in case or Unicode normalisation made one, and text
+that is not UTF-8 refused.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
+
+from ..errors import MMRError, QueryError
+from ..json_lines import bytes_escaped
+from .inputs import listed
+
+
+def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
+    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
+    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and
+    so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
+    is the file named ``-``: only a caller that hands over a stream has it read.
+
+    Order kept, duplicates dropped. Labels that differ only in case or in Unicode normalisation (an accent typed
+    as one character or as a letter plus a combining mark) are one label, spelt as it first came, with a warning:
+    CLIP's tokenizer lowercases, so "Circle" and "circle" would split one label's probability in two.
+
+    ``read_files=False`` is for labels typed by someone who may not read this machine's files (the web UI): a
+    label that starts with ``@`` is refused instead of naming a file to read.
+
+    Raises:
+        QueryError: no labels, an unreadable ``@FILE`` or stream, ``@`` where files are not read, or a label that
+            is not UTF-8 text (:func:`check_utf8`).
+    """
+    if isinstance(values, str) or hasattr(values, "read"):
+        values = [values]
+    parts: list[str] = []
+    for value in values:
+        if not read_files:
+            if not isinstance(value, str):
+                raise QueryError("labels typed here are text; a stream of labels is read only where files are")
+            typed = value.replace("\n", ",").split(",")
+            if any(part.strip().startswith("@") for part in typed):
+                raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
+                                 "of labels, and files are not read from here")
+        elif isinstance(value, str) and not value.startswith("@"):
+            typed = value.replace("\n", ",").split(",")
+        else:
+            typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
+        parts.extend(typed)
+    labels = _one_per_case([label for label in (part.strip() for part in parts) if label], stacklevel=2)
+    if not labels:
+        raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
+    return labels
+
+
+def normalise_labels(labels: str | Iterable[str]) -> list[str]:
+    """The labels of the Python API: one string is parsed as typed (:func:`parse_labels`, ``@FILE`` included);
+    any other iterable (a list, a tuple, a generator) holds one label per item, each stripped, and goes through
+    the same checks: order kept, duplicates dropped, labels that differ only in case or Unicode normalisation made
+    one with a warning, text that is not UTF-8 refused.
+    An item is a label as it is: a comma or a leading ``@`` in it is part of it ("Paris, France").
+
+    Args:
+        labels: one string of comma- or newline-separated labels, or an iterable of labels.
+
+    Returns:
+        The labels, at least one.
+
+    Raises:
+        QueryError: an item that is not a ``str``, is blank or is not UTF-8 text, no labels, or ``labels`` neither a
+            string nor an iterable.
+    """
+    if isinstance(labels, str):
+        return parse_labels(labels)
+    stripped = []
+    for index, label in enumerate(listed(labels, (str,), "label", "a str")):
+        if not label.strip():
+            raise QueryError(f"label {index} is empty ({label!r}); drop it or name the label")
+        stripped.append(label.strip())
+    if not stripped:
+        raise QueryError("no labels given: pass e.g. ['cat', 'dog', 'car']")
+    return _one_per_case(stripped, stacklevel=3)
+
+
+def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
+    """``labels`` in order without duplicates; labels that differ only in case or Unicode normalisation are one,
+    spelt as it first came, with a warning: CLIP's tokenizer lowercases, so "Circle" and "circle" would split one
+    label's probability in two, and "café" typed with a combining accent is the same word (stored apart, a
+    ``--label`` filter would find only one of them). ``stacklevel`` is the warning's, counted from the caller of
+    this function.
+
+    Raises:
+        QueryError: a label that is not UTF-8 text (:func:`check_utf8`).
+    """
+    kept: dict[str, str] = {}  # normalised, casefolded label -> its first spelling, in the order labels came
+    for label in labels:
+        check_utf8(label, "label")
+        first = kept.setdefault(unicodedata.normalize("NFC", label).casefold(), label)
+        if label.casefold() != first.casefold():  # the same characters written apart: escaped, so that it shows
+            warnings.warn(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
+                          f"one character or as a combining mark) or case: kept {first!r} as one label",
+                          stacklevel=stacklevel + 1)
+        elif label != first:
+            warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
+                          stacklevel=stacklevel + 1)
+    return list(kept.values())
+
+
+def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
+    """``text``, if it is text that UTF-8 can hold. A command-line argument in another encoding (a Latin-1 terminal,
+    say) reaches Python with each byte that is not UTF-8 as a lone surrogate (``\\udcff``): SQLite refuses to store
+    that, and a tokenizer reads it as some other character.
+
+    Args:
+        what: what ``text`` is, for the message ("label", "label set name").
+        error: the exception type to raise.
+
+    Raises:
+        error: ``text`` holds such a character; the message shows it with its bytes escaped (``'r\\xffed'``).
+    """
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        shown = bytes_escaped(text)
+        raise error(f"{what} '{shown}' is not UTF-8 text: it holds bytes that are not characters (shown as \\x..), "
+                    "as a terminal or file in another encoding passes them; type it again in UTF-8")
+    return text
+
+
+def _label_file_text(value: str | BinaryIO) -> str:
+    """The text of ``@FILE``, or of a binary stream, as UTF-8 without a byte-order mark."""
+    name = value[1:] if isinstance(value, str) else getattr(value, "name", "a stream")
+    try:
+        if isinstance(value, str):
+            return Path(name).read_text(encoding="utf-8-sig")
+        return value.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QueryError(f"cannot read labels from {name}: {exc}") from exc
+
