@@ -153,12 +153,26 @@ def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path)
     page.locator("#details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
     details = page.locator("#details").inner_text()
     assert "64 × 64 px" in details and texts[2].split(" · ")[1] in details
+    name = texts[2].split(" · ")[1]
+    assert name not in _file_box_text(page, "original")  # placed for download on demand, not on each click
+    page.locator("#get-original").click()
+    _wait_for_file_named(page, "original", name)
     _screenshot(page, tmp_path, "search.png")
 
     page.get_by_role("button", name="More like this").click()
     page.locator("#search-status").get_by_text("more like image").wait_for(timeout=30_000)
     assert errors == [], errors
     page.close()
+
+
+def _file_box_text(page, elem_id: str) -> str:
+    """The text of a gr.File box, with the line breaks Gradio puts between a name's stem and extension removed."""
+    return page.locator(f"#{elem_id}").inner_text().replace("\n", "")
+
+
+def _wait_for_file_named(page, elem_id: str, name: str) -> None:
+    page.wait_for_function("([id, name]) => document.getElementById(id).innerText.replaceAll('\\n', '').includes(name)",
+                           arg=[elem_id, name], timeout=30_000)
 
 
 def test_a_failed_search_keeps_the_results_on_screen_and_says_why(app_url, browser):
@@ -315,6 +329,9 @@ def test_map_redraws_with_new_labels_and_answers_clicks_and_lassos(app_url, brow
     x, y = (float(v) for v in page.locator("#map .mmr-map").get_attribute("data-first").split(","))
     canvas.click(position={"x": x, "y": y})
     page.locator("#map-details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
+    clicked = re.search(r"scene-\d{3}\.png", page.locator("#map-details").inner_text()).group(0)
+    page.locator("#get-map-original").click()
+    _wait_for_file_named(page, "map-original", clicked)
 
     bounds = canvas.bounding_box()
     page.mouse.move(bounds["x"] + 2, bounds["y"] + 2)

@@ -94,6 +94,7 @@ class _ResultPanel:
     zip_file: gr.File
     preview: gr.Image
     details: gr.Markdown
+    get_original: gr.Button
     original: gr.File
     selected: gr.Textbox
     show_button: gr.Button
@@ -165,7 +166,7 @@ def _result_panel() -> _ResultPanel:
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
                                buttons=["fullscreen"])
             details = _text_output("Click a result to see it here.", elem_id="details", label="Details")
-            original = gr.File(label="Original file", interactive=False, elem_id="original", height=60)
+            get_original, original = _original_download("original")
             with gr.Row(equal_height=True):
                 # Text, not gr.Number: Gradio's number box shows (and sends) 0 until something is typed, and
                 # rounds 1.5 to another image; the handlers read the text and refuse what is not an id.
@@ -175,8 +176,8 @@ def _result_panel() -> _ResultPanel:
     with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
         hits_json = gr.JSON(label="Hits")
         confidence = gr.JSON(label="Confidence")
-    return _ResultPanel(status, gallery, previous_page, next_page, zip_button, zip_note, zip_file, preview, details, original, selected,
-                        show_button, more_button, hits_json, confidence)
+    return _ResultPanel(status, gallery, previous_page, next_page, zip_button, zip_note, zip_file, preview, details,
+                        get_original, original, selected, show_button, more_button, hits_json, confidence)
 
 
 def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
@@ -203,8 +204,10 @@ def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     one_image = [r.preview, r.details, r.selected, r.original]
     r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private",
                      show_progress_on=[r.details])
-    gr.on([r.show_button.click, r.selected.submit], handlers.image_info, [r.selected], one_image,
+    gr.on([r.show_button.click, r.selected.submit], handlers.show_image, [r.selected], one_image,
           api_name="image_info_typed", api_visibility="private", show_progress_on=[r.details])  # named, so that /image_info stays the scripts'
+    r.get_original.click(handlers.original, [r.selected], [r.original], api_name="original_shown",
+                         api_visibility="private", show_progress_on=[r.original])  # named, as image_info_typed
     r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private",
                        show_progress_on=[r.zip_note])
     _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
@@ -224,6 +227,15 @@ def _preview_uploads(image: gr.Image, handlers: SearchHandlers) -> None:
     image.upload(handlers.show_upload, [image], [image], api_visibility="private", show_progress="minimal")
 
 
+def _original_download(elem_id: str) -> tuple[gr.Button, gr.File]:
+    """A button that places the shown image's original file for download, and the box it appears in.
+
+    On demand, not on every click of a result: Gradio keeps a copy of each file it serves for an hour.
+    """
+    button = gr.Button("Get the original file", size="sm", elem_id=f"get-{elem_id}")
+    return button, gr.File(label="Original file", interactive=False, elem_id=elem_id, height=60)
+
+
 def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
     """An event step that keeps a search's inputs, so that the page buttons repeat that search (not whatever the
     boxes say by then)."""
@@ -233,7 +245,7 @@ def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
 def _details_of_clicked(search: SearchHandlers, image_id: int | None) -> tuple[Any, ...]:
     """The details panel for the point clicked on the map; nothing when no point was clicked yet (a lasso first
     selects a gallery, not an image: asking for details of none was an error)."""
-    return (gr.skip(),) * 4 if image_id is None else search.image_info(image_id)
+    return (gr.skip(),) * 4 if image_id is None else search.show_image(image_id)
 
 
 def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]:
@@ -367,7 +379,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
             details = _text_output("Click a point for its details.", label="Details", elem_id="map-details")
-            original = gr.File(label="Original file", interactive=False, height=60)
+            get_original, original = _original_download("map-original")
             more = gr.Button("More like this", elem_id="map-more-like-this")
     picked_note = _text_output(label="Selection", elem_id="map-selection-note")
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
@@ -383,6 +395,8 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                api_visibility="private", show_progress_on=[picked_note])
     picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
                   api_visibility="private", show_progress_on=[details])
+    get_original.click(search.original, [shown_id], [original], api_name="map_original", api_visibility="private",
+                       show_progress_on=[original])
     return label
 
 

@@ -193,6 +193,20 @@ class SearchHandlers:
 
         ``image_id`` may also be the Image id box's text; a non-whole number is refused, never rounded.
         """
+        preview, details, image_id = self._shown(image_id)
+        return preview, details, image_id, str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
+
+    @user_errors
+    def show_image(self, image_id: float | str | None) -> tuple[Image.Image, str, int, None]:
+        """:meth:`image_info` for the page: the original file box is emptied, not filled.
+
+        Gradio copies a file it is handed into its cache, kept for an hour: a photo's megabytes on every click
+        of a result. The page's "Get the original file" button asks for it instead (:meth:`original`).
+        """
+        return (*self._shown(image_id), None)
+
+    def _shown(self, image_id: float | str | None) -> tuple[Image.Image, str, int]:
+        """Collection image ``image_id`` large, its details, and its id as a whole number."""
         image_id = _image_id(image_id, "No image selected: click a result, or type an image id.")
         with self.ctx.lock:
             row = catalog_details(self.ctx, image_id)
@@ -200,21 +214,21 @@ class SearchHandlers:
         if max(preview.size) < MIN_PREVIEW_PX:  # small images (icons, the demo's scenes): enlarge, pixels kept sharp
             scale = MIN_PREVIEW_PX // max(preview.size) + 1
             preview = preview.resize((preview.width * scale, preview.height * scale), Image.Resampling.NEAREST)
-        original = export_original(self.ctx.image_path, image_id, self.ctx.export_dir)
-        return preview, describe_details(image_id, row), image_id, str(original)
+        return preview, describe_details(image_id, row), image_id
 
     @user_errors
-    def select_result(self, hit_ids: list[int], event: gr.SelectData) -> tuple[Image.Image, str, int, str]:
+    def select_result(self, hit_ids: list[int], event: gr.SelectData) -> tuple[Image.Image, str, int, None]:
         """The gallery item the user clicked, shown large (the click's index maps to a catalog id)."""
         index = event.index if isinstance(event.index, int) else None
         if index is None or not 0 <= index < len(hit_ids or []):
             raise gr.Error("That result is gone; search again.", print_exception=False)
-        return self.image_info(hit_ids[index])
+        return self.show_image(hit_ids[index])
 
     @user_errors
-    def original(self, image_id: float | None) -> str:
+    def original(self, image_id: float | str | None) -> str:
         """The original file of collection image ``image_id``, under its own name (by catalog id only)."""
-        image_id = _image_id(image_id, "No image id given: ids are whole numbers from 1, as search results show.")
+        image_id = _image_id(image_id, "No image id given: click a result, or type an image id (whole numbers "
+                                       "from 1, as search results show).")
         return str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
 
     @user_errors
