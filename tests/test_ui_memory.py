@@ -5,15 +5,13 @@ keeps the state of a bounded number of browser sessions (a session past the cap 
 from __future__ import annotations
 
 import gc
-import json
 import weakref
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
-from ui_support import build_test_collection, free_port
+from ui_support import build_test_collection, free_port, page_event as _page_event
 
 PREVIEW_SIZE = (640, 480)  # a 4:3 photo's 640 px preview: 1.2 MB as Pillow holds RGB
 
@@ -126,23 +124,6 @@ def small_server(tmp_path_factory, tiny_model_dir, tiny_encoder):
     yield app, f"http://{host}:{port}/"
     app.close()
     collection.close()
-
-
-def _page_event(app, url: str, session: str, handler: str, data: list, event_data: dict | None = None) -> dict:
-    """Trigger the event that ``handler`` answers as the page in a browser does (queue/join, then the event
-    stream); gr.State inputs are sent as None, the server fills them from the session. Returns the final message."""
-    fn_index = next(i for i, fn in app.fns.items() if getattr(fn.fn, "__name__", "") == handler)
-    inputs = len(app.fns[fn_index].inputs)
-    joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-        "data": data + [None] * (inputs - len(data)), "fn_index": fn_index, "session_hash": session,
-        "event_data": event_data, "trigger_id": None})
-    joined.raise_for_status()
-    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as events:
-        for line in events.iter_lines():
-            message = json.loads(line[5:]) if line.startswith("data:") else {}
-            if message.get("msg") == "process_completed":
-                return message
-    raise AssertionError(f"{handler} never completed")
 
 
 def _search(app, url: str, session: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 from mmretrieval.training import scenes
 
 SCENE_COUNT = 24  # images in the test collection
@@ -54,3 +56,24 @@ def running_app(context) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         app.close()
+
+
+def page_event(app, url: str, session: str, handler: str, data: list, event_data: dict | None = None,
+               logs: list | None = None) -> dict:
+    """Trigger the event that ``handler`` answers as the page in a browser does (queue/join, then the event
+    stream); gr.State inputs are sent as None, the server fills them from the session. Returns the final message;
+    the toasts the handler raised on the way (gr.Warning, gr.Info) are appended to ``logs``."""
+    fn_index = next(i for i, fn in app.fns.items() if getattr(fn.fn, "__name__", "") == handler)
+    inputs = len(app.fns[fn_index].inputs)
+    joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": data + [None] * (inputs - len(data)), "fn_index": fn_index, "session_hash": session,
+        "event_data": event_data, "trigger_id": None})
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "log" and logs is not None:
+                logs.append(message)
+            if message.get("msg") == "process_completed":
+                return message
+    raise AssertionError(f"{handler} never completed")

@@ -21,7 +21,7 @@ from ..models.prompt_templates import TEMPLATE_SETS
 from ..models.zeroshot import ZeroShotClassifier
 from .media import ThumbnailCache
 from .names import display_path
-from .toast import ToastError
+from .toast import ToastError, relayed_warnings
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -177,13 +177,15 @@ def user_errors(fn: F) -> F:
     """Turn library errors into a readable :class:`.toast.ToastError` and anything unexpected into a short message.
 
     A ``gr.Error`` the handler raises becomes a ToastError too (its message escaped, the toast kept until
-    closed). The full traceback goes to the server log, never to the browser; the server keeps serving.
+    closed); the library's warnings become warning toasts (:func:`.toast.relayed_warnings`). The full traceback
+    goes to the server log, never to the browser; the server keeps serving.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with relayed_warnings():
+                return fn(*args, **kwargs)
         except ToastError:
             raise  # already escaped (a decorated handler calling another)
         except gr.Error as exc:
