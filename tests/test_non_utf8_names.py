@@ -74,3 +74,38 @@ def test_import_from_a_folder_whose_name_is_not_utf8_is_recorded_and_not_repeate
     assert "imported 3 vectors from 1 shard(s)" in capsys.readouterr().err
     assert main(["import", str(exported), "--collection", target]) == 0
     assert "1 already imported shard(s)" in capsys.readouterr().err
+
+
+def test_ray_in_a_collection_whose_folder_is_not_utf8(tmp_path, tiny_model_dir):
+    """Ray sends its driver's command line to the cluster as UTF-8, and its file systems (pyarrow) and FAISS's
+    on-disk lists take paths as UTF-8: a collection folder named in other bytes made `ray.init` and the work
+    folders fail with a bare UnicodeEncodeError. A subprocess, so that the command line holds the name."""
+    pytest.importorskip("ray")
+    import subprocess
+
+    folder = _named(tmp_path, b"caf\xe9")
+    write_good_images(folder / "photos", 6)
+    collection = folder / "col"
+    command = [sys.executable, "-m", "mmretrieval", "ingest", "--collection", str(collection), "--model",
+               str(tiny_model_dir), "--ray"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+    refused = subprocess.run([*command, "--", str(folder / "photos")], capture_output=True, env=env, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.decode().strip() == (
+        f"mmr ingest: error: Ray cannot work in {bytes_escaped(str(collection))}/ray-results: its path is not UTF-8 "
+        "text, which Ray's file systems and FAISS need; give --ray-output a folder whose path is UTF-8 (one every "
+        "node reaches)")
+
+    done = subprocess.run([*command, "--ray-output", str(tmp_path / "out"), "--", str(folder / "photos")],
+                          capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with Collection.open(collection) as opened:
+        assert opened.catalog.vector_ids().size == 6
+        searchable = opened.search(opened.vectors()[1][:1], k=3)
+
+    index = subprocess.run([sys.executable, "-m", "mmretrieval", "index", "--collection", str(collection), "--type",
+                            "ivf", "--nlist", "2", "--ray"], capture_output=True, env=env, timeout=300)
+    assert index.returncode == 2 and b"give --ray-work a folder whose path is UTF-8" in index.stderr, index.stderr
+    with Collection.open(collection) as opened:  # the refused build changed nothing
+        assert [hit.id for hit in opened.search(opened.vectors()[1][:1], k=3)] == [hit.id for hit in searchable]

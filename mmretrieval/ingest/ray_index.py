@@ -214,9 +214,12 @@ class RayIndexFill:
     clean_stale: bool = False  # first delete build folders a killed build left (only if no one else uses work_dir)
 
     def __post_init__(self) -> None:
-        """Check the cluster address now, before the index is trained (minutes at scale), not after."""
+        """Check the work folder and the cluster address now, before the index is trained (minutes at scale), not
+        after."""
         from .ray_runner import check_reachable
+        from .ray_segments import check_utf8_location
 
+        check_utf8_location(os.fspath(self.work_dir), "--ray-work")
         target = self.address or os.environ.get("RAY_ADDRESS")
         if target:
             check_reachable(target)

@@ -34,6 +34,7 @@ from ..collection.segments import DEFAULT_DTYPE
 from ..errors import CollectionError
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.preprocess import ImagePreparer
+from ..json_lines import bytes_escaped
 from ..models.specs import ModelIdentity
 from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
@@ -223,7 +224,8 @@ def ray_connection(address: str | None) -> Iterator[float]:
         target = address or os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(target)
         try:
-            ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            with _command_line_as_utf8(ray):
+                ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise CollectionError(
                 f"cannot connect to the Ray cluster at {target}: {exc}. If the cluster runs, it may ask for a token "
@@ -235,6 +237,23 @@ def ray_connection(address: str | None) -> Iterator[float]:
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _command_line_as_utf8(ray: Any) -> Iterator[None]:
+    """Ray records the driver's command line as the job's entrypoint, in a message that must be UTF-8: a path
+    argument that is not (``mmr index --collection /photos/caf\\xe9``) made ``ray.init`` fail. While it runs, the
+    entrypoint is taken with such bytes shown as ``\\xNN``; Ray's own function still reads the command line."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    entrypoint = getattr(utils, "get_entrypoint_name", None)
+    if entrypoint is None:  # another Ray: nothing to work around, or nowhere to do it
+        yield
+        return
+    utils.get_entrypoint_name = lambda: bytes_escaped(entrypoint())
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = entrypoint
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:

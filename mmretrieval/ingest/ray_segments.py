@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..collection.segments import SealedSegment, SegmentWriter, read_sealed
 from ..errors import CollectionError
+from ..json_lines import bytes_escaped
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,20 @@ def short_retries(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={PREPARE_RETRY_S:g}"
 
 
+def check_utf8_location(location: str, option: str) -> None:
+    """Refuse a work location whose path is not UTF-8 text (a folder named in Latin-1 bytes, say): Ray's file
+    systems (pyarrow) and FAISS's on-disk lists take paths as UTF-8, and failed on it with a bare UnicodeEncodeError.
+    Files with such names are fine to ingest; only the folder Ray works in must be UTF-8.
+
+    Raises:
+        CollectionError: naming the location with its bytes as ``\\xNN``, and ``option``, which moves it.
+    """
+    shown = bytes_escaped(location)
+    if shown != location:
+        raise CollectionError(f"Ray cannot work in {shown}: its path is not UTF-8 text, which Ray's file systems "
+                              f"and FAISS need; give {option} a folder whose path is UTF-8 (one every node reaches)")
+
+
 @dataclass(frozen=True)
 class ResultDrop:
     """The output location of one Ray ingestion. Small and picklable: the write tasks get a copy."""
@@ -106,7 +121,14 @@ class ResultDrop:
         return Path(self._filesystem()[1]) if self.is_local else Path(self.staging)
 
     def prepare(self) -> None:
-        """Create the location (on the driver, before any worker writes); an unreachable bucket fails in seconds."""
+        """Create the location (on the driver, before any worker writes); an unreachable bucket fails in seconds.
+
+        Raises:
+            CollectionError: the location cannot be created, or its path is not UTF-8 text.
+        """
+        check_utf8_location(self.uri, "--ray-output")
+        if not self.is_local:
+            check_utf8_location(self.staging, "--ray-output")
         filesystem, base = self._filesystem(short_retries(self.uri))
         try:
             filesystem.create_dir(base, recursive=True)
