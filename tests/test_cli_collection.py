@@ -334,6 +334,15 @@ def test_search_hint_judges_the_best_score_it_printed(tmp_path, tiny_model_dir, 
     assert judged and float(judged.group(2)) == pytest.approx(float(captured.out.split("\t")[0]), abs=6e-4)
 
 
+def test_a_first_ray_ingest_whose_cluster_does_not_answer_makes_no_collection(tmp_path, capsys):
+    # It plans its files (pending rows) before it connects: those alone must not pin the model.
+    pytest.importorskip("ray")
+    write_good_images(tmp_path / "photos", 2)
+    new = tmp_path / "new.mmr"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(new), "--ray", "127.0.0.1:1"]) == 2
+    assert "cannot connect to the Ray cluster at 127.0.0.1:1" in capsys.readouterr().err and not new.exists()
+
+
 def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
     tmp_path, collection = built
     (tmp_path / "broken").mkdir()

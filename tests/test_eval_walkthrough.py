@@ -198,3 +198,13 @@ def test_a_labelled_folder_that_cannot_be_listed_is_an_error_by_name(colour_set,
     monkeypatch.setattr(Path, "iterdir", refused)
     with pytest.raises(MMRError, match=r"cannot list the labelled folder .*: Permission denied"):
         read_labelled_folder(colour_set)
+
+
+def test_an_image_directly_in_the_labelled_folder_is_named_as_left_out(colour_set, capsys):
+    _draw(colour_set / "stray.png", "red", 99)
+    assert main(["eval", "--folder", str(colour_set), "--model", "builtin:shapes", "--device", "cpu",
+                 "--templates", TEMPLATES[0], "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["zeroshot_images"] == 8
+    assert (f"mmr eval: {colour_set / 'stray.png'}: left out: no_class: directly in the labelled folder, in no class "
+            "subfolder (ROOT/<class>/<image>)") in captured.err.splitlines()

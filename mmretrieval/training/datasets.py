@@ -64,11 +64,13 @@ def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None]
     rule: one leading outside ROOT, or to a folder the walk reaches under its real path (another class, or a folder
     inside one), is passed over and handed to ``on_skipped``, as classify names it; otherwise its images would be
     a second copy under another label, or not ROOT's. A class folder without images stays a class, a label the
-    others' images may be mistaken for. Images directly in ROOT belong to no class and are not used.
+    others' images may be mistaken for. Images directly in ROOT belong to no class: each is handed to
+    ``on_skipped`` (reason ``no_class``) and not used.
 
     Args:
         root: the labelled folder, ``ROOT/<class name>/<image>``.
-        on_skipped: called with each entry the walk passes over and reports (links, unreadable folders).
+        on_skipped: called with each entry the walk passes over and reports (links, unreadable folders), and
+            each image directly in ROOT.
 
     Raises:
         MMRError: the folder is missing or cannot be listed, has fewer than two class subfolders (with one class
@@ -95,6 +97,9 @@ def read_labelled_folder(root: str | Path, on_skipped: Callable[[Skipped], None]
         parts = path.relative_to(top).parts
         if len(parts) > 1:
             images.setdefault(parts[0], []).append(path)
+        elif on_skipped is not None:  # an image put in ROOT by mistake: said, not dropped unseen
+            on_skipped(Skipped(str(path), "no_class", "directly in the labelled folder, in no class subfolder "
+                                                      "(ROOT/<class>/<image>)"))
     try:
         classes = sorted(d.name for d in root.iterdir()
                          if d.is_dir() and not d.name.startswith(".") and d.name not in passed_over)
