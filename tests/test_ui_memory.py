@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ui_support import build_test_collection, free_port, page_event as _page_event
+from ui_support import free_port, page_event as _page_event, served_test_collection
 
 PREVIEW_SIZE = (640, 480)  # a 4:3 photo's 640 px preview: 1.2 MB as Pillow holds RGB
 
@@ -111,19 +111,9 @@ def test_pixel_bytes_follow_how_pillow_stores_each_mode():
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory, tiny_model_dir, tiny_encoder):
     """The app served with room for the state of two sessions only."""
-    from mmretrieval.collection.collection import Collection
-    from mmretrieval.ui.context import AppContext
-    from mmretrieval.ui.layout import build_app
-    from mmretrieval.ui.server import ServeConfig, launch
-
-    root = tmp_path_factory.mktemp("ui-sessions")
-    build_test_collection(root, str(tiny_model_dir))
-    collection = Collection.open(root / "collection", model=tiny_encoder, device="cpu")
-    app = build_app(AppContext(collection=collection, encoder=tiny_encoder, title="sessions"))
-    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), session_capacity=2))
-    yield app, f"http://{host}:{port}/"
-    app.close()
-    collection.close()
+    with served_test_collection(tmp_path_factory.mktemp("ui-sessions"), tiny_model_dir, tiny_encoder,
+                                session_capacity=2) as served:
+        yield served
 
 
 def _search(app, url: str, session: str) -> None:

@@ -8,24 +8,13 @@ import threading
 
 import pytest
 
-from ui_support import build_test_collection, free_port, page_event
+from ui_support import page_event, served_test_collection
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model_dir, tiny_encoder):
-    from mmretrieval.collection.collection import Collection
-    from mmretrieval.ui.context import AppContext
-    from mmretrieval.ui.layout import build_app
-    from mmretrieval.ui.server import ServeConfig, launch
-
-    root = tmp_path_factory.mktemp("ui-warnings")
-    build_test_collection(root, str(tiny_model_dir))
-    collection = Collection.open(root / "collection", model=tiny_encoder, device="cpu")
-    app = build_app(AppContext(collection=collection, encoder=tiny_encoder, title="warnings"))
-    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port()))
-    yield app, f"http://{host}:{port}/"
-    app.close()
-    collection.close()
+    with served_test_collection(tmp_path_factory.mktemp("ui-warnings"), tiny_model_dir, tiny_encoder) as app_and_url:
+        yield app_and_url
 
 
 def _map_warnings(app, url: str, session: str, labels: str) -> list[str]:

@@ -45,6 +45,25 @@ def free_port() -> int:
 
 
 @contextmanager
+def served_test_collection(root: Path, model_dir: Path, encoder, **serve_options) -> Iterator[tuple[object, str]]:
+    """The test collection built in ``root`` with ``model_dir``, served with ``encoder`` and ``serve_options``
+    (:class:`ServeConfig`'s fields); yields the app and its base URL (ending in ``/``)."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.ui.context import AppContext
+    from mmretrieval.ui.layout import build_app
+    from mmretrieval.ui.server import ServeConfig, launch
+
+    build_test_collection(root, str(model_dir))
+    with Collection.open(root / "collection", model=encoder, device="cpu") as collection:
+        app = build_app(AppContext(collection=collection, encoder=encoder, title=root.name))
+        host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), **serve_options))
+        try:
+            yield app, f"http://{host}:{port}/"
+        finally:
+            app.close()
+
+
+@contextmanager
 def running_app(context) -> Iterator[str]:
     """Launch the UI over ``context`` on a free loopback port; yields its base URL and closes it after."""
     from mmretrieval.ui.layout import build_app
