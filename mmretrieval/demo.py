@@ -144,7 +144,8 @@ def write_scenes(root: Path, config: DemoConfig, *, progress: DemoProgress | Non
     writer.writerow(("path", "caption"))
     writer.writerows(rows)
     list_file = root / "captions.csv"
-    atomic_write_bytes(list_file, text.getvalue().encode("utf-8"))
+    # surrogateescape: a folder named in other bytes than UTF-8 is written as those bytes, as the list reader reads them
+    atomic_write_bytes(list_file, text.getvalue().encode("utf-8", "surrogateescape"))
     return list_file
 
 

@@ -109,3 +109,15 @@ def test_ray_in_a_collection_whose_folder_is_not_utf8(tmp_path, tiny_model_dir):
     assert index.returncode == 2 and b"give --ray-work a folder whose path is UTF-8" in index.stderr, index.stderr
     with Collection.open(collection) as opened:  # the refused build changed nothing
         assert [hit.id for hit in opened.search(opened.vectors()[1][:1], k=3)] == [hit.id for hit in searchable]
+
+
+def test_the_demo_scenes_can_be_drawn_in_a_folder_whose_name_is_not_utf8(tmp_path):
+    from mmretrieval.demo import DemoConfig, write_scenes
+    from mmretrieval.ingest.batches import SourceFile
+    from mmretrieval.ingest.reader import discover
+
+    root = _named(tmp_path, b"d\xe9mo")
+    listed = write_scenes(root, DemoConfig(count=3))
+    found = list(discover([listed]))
+    assert all(isinstance(item, SourceFile) and os.path.isfile(item.path) for item in found), found
+    assert [os.path.basename(item.path) for item in found] == [f"scene-{i:05d}.png" for i in range(3)]
