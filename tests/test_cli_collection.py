@@ -343,6 +343,23 @@ def test_a_first_ray_ingest_whose_cluster_does_not_answer_makes_no_collection(tm
     assert "cannot connect to the Ray cluster at 127.0.0.1:1" in capsys.readouterr().err and not new.exists()
 
 
+def test_a_new_collection_holding_planned_rows_is_kept_when_its_first_ingest_fails(tmp_path, tiny_model_dir):
+    # A --ray run plans its files, then workers write results that only a re-run commits: removing the folder on
+    # an error (or Ctrl-C) would throw that work away.
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.ingest.reader import discover
+    from mmretrieval.ingest.runner import plan
+
+    write_good_images(tmp_path / "photos", 2)
+    new = tmp_path / "new.mmr"
+    with pytest.raises(KeyboardInterrupt):
+        with Collection.open(new, model=str(tiny_model_dir), create=True, device="cpu") as collection:
+            plan(collection.catalog, discover([tmp_path / "photos"]))
+            raise KeyboardInterrupt
+    with Collection.open(new) as kept:
+        assert kept.catalog.counts_by_status() == {"pending": 2}
+
+
 def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
     tmp_path, collection = built
     (tmp_path / "broken").mkdir()

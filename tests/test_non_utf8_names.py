@@ -121,3 +121,14 @@ def test_the_demo_scenes_can_be_drawn_in_a_folder_whose_name_is_not_utf8(tmp_pat
     found = list(discover([listed]))
     assert all(isinstance(item, SourceFile) and os.path.isfile(item.path) for item in found), found
     assert [os.path.basename(item.path) for item in found] == [f"scene-{i:05d}.png" for i in range(3)]
+
+
+def test_results_from_a_uri_are_not_staged_in_a_folder_whose_name_is_not_utf8(tmp_path):
+    pytest.importorskip("pyarrow")
+    from mmretrieval.errors import CollectionError
+    from mmretrieval.ingest.ray_segments import ResultDrop
+
+    staging = _named(tmp_path, b"caf\xe9") / "ray-staging"
+    with pytest.raises(CollectionError, match=r"caf\\xe9/ray-staging: .* move the collection to a folder whose path"):
+        ResultDrop("s3://bucket/run1", str(staging)).prepare()
+    assert not staging.exists()

@@ -55,3 +55,38 @@ def test_an_html_label_in_a_warning_is_shown_as_text(served):
     shown = _map_warnings(app, url, "html", "<b>x</b>, <B>X</B>")
     assert shown == ["labels '&lt;b&gt;x&lt;/b&gt;' and '&lt;B&gt;X&lt;/B&gt;' differ only in case: kept "
                      "'&lt;b&gt;x&lt;/b&gt;' as one label"], shown
+
+
+def test_a_warning_is_shown_beside_the_error_of_the_same_request(served):
+    app, url = served
+    logs: list[dict] = []
+    answer = page_event(app, url, "typo", "collection_map", ["Circle, circle", "pca", "", "photos/2023"], logs=logs)
+    assert not answer["success"] and "not an absolute path" in answer["output"]["error"], answer
+    assert [log["log"] for log in logs if log.get("level") == "warning"] == [
+        "labels 'Circle' and 'circle' differ only in case: kept 'Circle' as one label"]
+
+
+def test_labels_longer_than_the_model_reads_are_said_again_when_their_classifier_is_cached(served):
+    app, url = served
+    long_label = "circle " + " ".join(f"word{n}" for n in range(90))
+    for session in ("first", "second"):  # the second is served from the classifier cache
+        shown = _map_warnings(app, url, session, f"{long_label}, square")
+        assert len(shown) == 1 and "longer than the model reads" in shown[0], (session, shown)
+
+
+def test_only_our_warnings_are_relayed_and_without_a_user_they_go_where_they_went(monkeypatch):
+    import os
+    import warnings
+
+    import mmretrieval
+    from mmretrieval.ui import relay
+
+    seen: list[str] = []
+    with relay.relayed_warnings():  # installs the hook; no Gradio event here, so nothing to show a toast to
+        monkeypatch.setattr(relay, "_PREVIOUS", [lambda message, *args, **kwargs: seen.append(str(message))])
+        ours = os.path.join(os.path.dirname(mmretrieval.__file__), "models", "label_text.py")
+        warnings.showwarning("merged", UserWarning, ours, 1)
+        warnings.showwarning("Corrupt EXIF data", UserWarning, "/usr/lib/python3/site-packages/PIL/TiffImagePlugin.py", 1)
+        warnings.showwarning("divide by zero", RuntimeWarning, ours, 1)
+        assert seen == ["Corrupt EXIF data", "divide by zero"]  # others' go on at once, as before
+    assert seen == ["Corrupt EXIF data", "divide by zero", "merged"]  # ours at the end: to the log, without a user

@@ -178,17 +178,18 @@ class Collection(SearchMethods, LabelMethods):
             self.close()
 
     def remove_if_unused(self) -> bool:
-        """Close and remove the collection when this open made its folder and no image has entered (a first
-        ingest that found no image, or failed before any file was done: rows it only planned, ``pending``, such as
-        a ``--ray`` run's before the cluster answers, do not count): a re-run may then still choose the model.
-        Returns whether it was removed."""
+        """Close and remove the collection when this open made its folder and no image row has entered (a first
+        ingest that found no image): a re-run may then still choose the model. Returns whether it was removed.
+
+        Planned (``pending``) rows count: a ``--ray`` run may have results written for them, not yet committed,
+        which a re-run commits."""
         if not self._made_now:
             return False
         # Under the writer lock: another process's first ingest into the same new folder may hold it and not
         # have written its first row yet.
         try:
             with exclusive_lock(self.directory / LOCK_NAME, "busy"):
-                if set(self.catalog.counts_by_status()) - {"pending"}:
+                if self.catalog.counts_by_status():
                     return False
                 self.close()
                 shutil.rmtree(self.directory, ignore_errors=True)

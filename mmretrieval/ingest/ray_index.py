@@ -219,7 +219,8 @@ class RayIndexFill:
         from .ray_runner import check_reachable
         from .ray_segments import check_utf8_location
 
-        check_utf8_location(os.fspath(self.work_dir), "--ray-work")
+        check_utf8_location(os.fspath(self.work_dir), "give --ray-work a folder whose path is UTF-8 (one every node "
+                                                      "reaches)")
         target = self.address or os.environ.get("RAY_ADDRESS")
         if target:
             check_reachable(target)

@@ -101,6 +101,9 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
             the output location cannot be used.
     """
+    target = config.address or os.environ.get("RAY_ADDRESS")
+    if target:  # before anything is planned: a first run that cannot reach its cluster then leaves no collection
+        check_reachable(target)
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()

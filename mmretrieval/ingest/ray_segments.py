@@ -85,18 +85,18 @@ def short_retries(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={PREPARE_RETRY_S:g}"
 
 
-def check_utf8_location(location: str, option: str) -> None:
+def check_utf8_location(location: str, fix: str) -> None:
     """Refuse a work location whose path is not UTF-8 text (a folder named in Latin-1 bytes, say): Ray's file
     systems (pyarrow) and FAISS's on-disk lists take paths as UTF-8, and failed on it with a bare UnicodeEncodeError.
     Files with such names are fine to ingest; only the folder Ray works in must be UTF-8.
 
     Raises:
-        CollectionError: naming the location with its bytes as ``\\xNN``, and ``option``, which moves it.
+        CollectionError: naming the location with its bytes as ``\\xNN``, and ``fix``, what to do.
     """
     shown = bytes_escaped(location)
     if shown != location:
         raise CollectionError(f"Ray cannot work in {shown}: its path is not UTF-8 text, which Ray's file systems "
-                              f"and FAISS need; give {option} a folder whose path is UTF-8 (one every node reaches)")
+                              f"and FAISS need; {fix}")
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,10 @@ class ResultDrop:
         Raises:
             CollectionError: the location cannot be created, or its path is not UTF-8 text.
         """
-        check_utf8_location(self.uri, "--ray-output")
+        check_utf8_location(self.uri, "give --ray-output a folder whose path is UTF-8 (one every node reaches)")
         if not self.is_local:
-            check_utf8_location(self.staging, "--ray-output")
+            check_utf8_location(self.staging, "results from a URI are staged in the collection's folder: move the "
+                                              "collection to a folder whose path is UTF-8")
         filesystem, base = self._filesystem(short_retries(self.uri))
         try:
             filesystem.create_dir(base, recursive=True)

@@ -21,7 +21,8 @@ from ..models.prompt_templates import TEMPLATE_SETS
 from ..models.zeroshot import ZeroShotClassifier
 from .media import ThumbnailCache
 from .names import display_path
-from .toast import ToastError, relayed_warnings
+from .relay import Caught, recorded_warnings, relayed_warnings, repeat
+from .toast import ToastError
 
 if TYPE_CHECKING:
     from ..collection.collection import Collection
@@ -65,10 +66,11 @@ def folder_prefix(folder: str | None) -> str | None:
 
 
 class ClassifierCache:
-    """Zero-shot classifiers by (labels, template set): typing the same labels again costs nothing."""
+    """Zero-shot classifiers by (labels, template set): typing the same labels again costs nothing, and gets the
+    warnings their build gave (labels longer than the model reads) again."""
 
     def __init__(self, capacity: int = 32):
-        self._items: dict[tuple[tuple[str, ...], str], ZeroShotClassifier] = {}
+        self._items: dict[tuple[tuple[str, ...], str], tuple[ZeroShotClassifier, tuple[Caught, ...]]] = {}
         self._capacity = capacity
         self._lock = threading.Lock()
 
@@ -81,11 +83,16 @@ class ClassifierCache:
         check_template_set(templates)
         key = (labels, templates)
         with self._lock:
-            if key not in self._items:
-                if len(self._items) >= self._capacity:
-                    self._items.clear()
-                self._items[key] = ZeroShotClassifier.build(encoder, labels, TEMPLATE_SETS[templates])
-            return self._items[key]
+            if key in self._items:
+                classifier, warned = self._items[key]
+                repeat(warned)
+                return classifier
+            if len(self._items) >= self._capacity:
+                self._items.clear()
+            with recorded_warnings() as warned:
+                classifier = ZeroShotClassifier.build(encoder, labels, TEMPLATE_SETS[templates])
+            self._items[key] = (classifier, tuple(warned))
+            return classifier
 
 
 @dataclass
@@ -177,7 +184,7 @@ def user_errors(fn: F) -> F:
     """Turn library errors into a readable :class:`.toast.ToastError` and anything unexpected into a short message.
 
     A ``gr.Error`` the handler raises becomes a ToastError too (its message escaped, the toast kept until
-    closed); the library's warnings become warning toasts (:func:`.toast.relayed_warnings`). The full traceback
+    closed); the library's warnings become warning toasts (:func:`.relay.relayed_warnings`). The full traceback
     goes to the server log, never to the browser; the server keeps serving.
     """
 
