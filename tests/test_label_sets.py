@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mmretrieval.errors import CollectionError
+from mmretrieval.errors import CollectionError, QueryError
 
 
 @pytest.fixture()
@@ -66,8 +66,31 @@ def test_a_label_a_set_was_run_with_that_no_image_got_filters_to_nothing(collect
     assert collection.search("x", k=5, label="z:zebra") == [] and collection.search("x", k=5, label="giraffe") == []
     assert main(["search", "x", "--collection", str(collection.directory), "--label", "z:zebra"]) == 1
     assert "Traceback" not in capsys.readouterr().err
-    with pytest.raises(Exception, match="no label set has label 'z:okapi'; labels: .*z:zebra, z:giraffe"):
+    with pytest.raises(Exception, match="no label set has label 'z:okapi'; labels: .*'z:zebra', 'z:giraffe'"):
         collection.search("x", label="z:okapi")
+
+
+def test_an_unknown_label_filter_names_the_closest_labels_not_every_label(collection):
+    """With a vocabulary of thousands the error listed every label of every set (3 MB on one line); it names the
+    same label but for case first, then those that read alike, at most ten."""
+    from mmretrieval.collection.filters import LABELS_SHOWN
+
+    vocabulary = [f"class {n:04d}" for n in range(2_000)] + ["red circle"]
+    collection.label(vocabulary, label_set="big", multi_label=True, threshold=1.0)
+    with pytest.raises(QueryError) as refused:
+        collection.search("x", label="big:Red Circle")
+    assert str(refused.value) == ("no label set has label 'big:Red Circle'; closest: 'big:red circle' and 2,000 more "
+                                  "(mmr info lists them)")
+    with pytest.raises(QueryError) as refused:
+        collection.search("x", label="big:class 00x7")
+    message = str(refused.value)
+    assert message.startswith("no label set has label 'big:class 00x7'; closest: 'big:class ")
+    assert message.count("'big:class ") == 1 + LABELS_SHOWN and message.endswith(" and 1,991 more (mmr info lists them)")
+    with pytest.raises(QueryError) as refused:
+        collection.search("x", label="okapi")
+    assert str(refused.value) == ("no label set has label 'okapi'; labels: "
+                                  + ", ".join(f"'big:class {n:04d}'" for n in range(LABELS_SHOWN))
+                                  + f" and {2_001 - LABELS_SHOWN:,} more (mmr info lists them)")
 
 
 def test_bad_set_names_are_refused(collection):

@@ -16,8 +16,10 @@ so a photo taken at 12:00:00 is before ``12:00:00.5`` (``after`` leaves it out) 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -27,6 +29,8 @@ import numpy.typing as npt
 from ..errors import QueryError
 from .label_sets import declared_labels, is_declared
 from .photo_table import camera_pairs
+
+LABELS_SHOWN = 10  # most known labels an unknown label filter's error names
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -184,14 +188,29 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     if filters.label:
         with_label = catalog.ids_with_label(filters.label)
         if not with_label.size and not is_declared(catalog, filters.label):  # a declared one matches nothing
-            known = (", ".join(dict.fromkeys(declared_labels(catalog)))
-                     or "none yet; label the collection first (mmr label, or the web UI's Label tab)")
-            raise QueryError(f"no label set has label {filters.label!r}; labels: {known}")
+            raise _unknown_label(filters.label, list(dict.fromkeys(declared_labels(catalog))))
         allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
     if filters.photo_filters:
         matching = _photo_ids(catalog, filters)
         allowed = matching if allowed is None else np.intersect1d(allowed, matching)
     return None if allowed is None else np.unique(allowed)
+
+
+def _unknown_label(ref: str, known: list[str]) -> QueryError:
+    """The error for a label filter no set was run with: the labels that read closest to it (the same but for case
+    or Unicode form first), at most :data:`LABELS_SHOWN` of them, not every label of every set (a million
+    characters with a 20,000-label vocabulary)."""
+    if not known:
+        return QueryError(f"no label set has label {ref!r}; none yet: label the collection first (mmr label, or the "
+                          "web UI's Label tab)")
+    folded = unicodedata.normalize("NFC", ref).casefold()
+    alike = [label for label in known if unicodedata.normalize("NFC", label).casefold() == folded]
+    close = alike + [label for label in difflib.get_close_matches(ref, known, n=LABELS_SHOWN, cutoff=0.6)
+                     if label not in alike]
+    shown = (close or known)[:LABELS_SHOWN]
+    listed = ", ".join(repr(label) for label in shown)
+    more = f" and {len(known) - len(shown):,} more (mmr info lists them)" if len(known) > len(shown) else ""
+    return QueryError(f"no label set has label {ref!r}; {'closest' if close else 'labels'}: {listed}{more}")
 
 
 def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
