@@ -109,6 +109,28 @@ def test_a_label_merge_is_a_warning_of_the_label_command(collection_dir, capsys)
     assert len(warned) == 1 and warned[0].startswith("mmr label: warning: labels 'café' and 'cafe\\u0301' differ")
 
 
+def test_a_big_vocabulary_warns_a_few_labels_by_name_and_the_rest_in_one_line(collection_dir, tmp_path, capsys):
+    """2,000 labels typed in two cases, organized: it was one warning a label (1,000 merges, 144 folder clashes
+    in the walkthrough's run); now three by name and one line for the rest, for each kind."""
+    from mmretrieval.models.label_text import WARNINGS_SHOWN
+
+    labels = tmp_path / "labels.txt"
+    words = [f"w{n:03d}" for n in range(50)]
+    labels.write_text("\n".join([*words, *(word.upper() for word in words),  # 50 case merges
+                                 *(f"{word}/x" for word in words), *(f"{word}_x" for word in words)]))  # 50 clashes
+    assert main(["label", "--collection", str(collection_dir), "--labels", f"@{labels}", "--multi-label",
+                 "--threshold", "0", "--set", "big", "--organize", str(tmp_path / "sorted"), "--device", "cpu"]) == 0
+    warned = [line for line in _lines(capsys.readouterr().err) if line.startswith("mmr label: warning: ")]
+    merged = [line for line in warned if "differ only in case" in line]
+    assert len(merged) == WARNINGS_SHOWN + 1 and merged[-1] == (
+        f"mmr label: warning: {50 - WARNINGS_SHOWN} more labels differ only in case or Unicode normalisation from an "
+        "earlier one, and were merged into it likewise")
+    renamed = [line for line in warned if "folder" in line]
+    assert len(renamed) == WARNINGS_SHOWN + 1 and renamed[-1] == (
+        f"mmr label: warning: {50 - WARNINGS_SHOWN} more labels got another folder than their own name (too long, "
+        "or the name another label's folder has)")
+
+
 def test_logged_records_read_as_the_commands_messages(capsys, root_logging):
     from mmretrieval.cli import messages_to_stderr
 

@@ -25,7 +25,7 @@ from ..filled_folders import check_fillable_folder, folder_built_aside, name_wit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, declared_labels, scored_ids, sets
-from ..models.label_text import normalise_labels
+from ..models.label_text import WARNINGS_SHOWN, normalise_labels
 from ..models.prompt_templates import load_templates
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import TextModel, ZeroShotClassifier, predict, refuse_lone_softmax_label
@@ -261,6 +261,7 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
         declared = [label for found in sets(catalog) if found.name == label_set for label in found.labels]
     folders = _LabelFolders(declared)  # every label's folder named before any image is placed
     used: dict[str, str] = {}  # label -> folder, for the labels placed
+    renamed: list[str] = []  # why a label's folder is not named as it reads, for each such label placed
     try:
         with folder_built_aside(out_dir, ORGANIZED_BY, _placed_here) as folder:
             _, rows = _labelled_rows(catalog, label_set)
@@ -274,13 +275,18 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
                     continue
                 for label, _ in pairs:
                     if label not in used:
-                        used[label], renamed = folders.of(label), folders.why_renamed(label)
-                        if renamed:
-                            logger.warning("%s", renamed)
+                        used[label], why = folders.of(label), folders.why_renamed(label)
+                        if why:
+                            renamed.append(why)
                     _place(folder / used[label], image_id, image_path, copy)
                     placed += 1
     except OSError as exc:
         raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
+    for why in renamed[:WARNINGS_SHOWN]:
+        logger.warning("%s", why)
+    if len(renamed) > WARNINGS_SHOWN:  # a big vocabulary: one line, not one a label
+        logger.warning("%d more labels got another folder than their own name (too long, or the name another "
+                       "label's folder has)", len(renamed) - WARNINGS_SHOWN)
     return Organized(placed, missing, tuple(examples), used)
 
 

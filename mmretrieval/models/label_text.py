@@ -14,6 +14,8 @@ from ..errors import MMRError, QueryError
 from ..json_lines import bytes_escaped
 from .inputs import listed
 
+WARNINGS_SHOWN = 3  # labels merged (or renamed, by organize) warned about one by one; the rest in one line
+
 
 def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
     """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
@@ -94,16 +96,20 @@ def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
         QueryError: a label that is not UTF-8 text (:func:`check_utf8`).
     """
     kept: dict[str, str] = {}  # normalised, casefolded label -> its first spelling, in the order labels came
+    merged = []  # a warning for each label merged into an earlier one
     for label in labels:
         check_utf8(label, "label")
         first = kept.setdefault(unicodedata.normalize("NFC", label).casefold(), label)
         if label.casefold() != first.casefold():  # the same characters written apart: escaped, so that it shows
-            warnings.warn(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
-                          f"one character or as a combining mark) or case: kept {first!r} as one label",
-                          stacklevel=stacklevel + 1)
+            merged.append(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
+                          f"one character or as a combining mark) or case: kept {first!r} as one label")
         elif label != first:
-            warnings.warn(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label",
-                          stacklevel=stacklevel + 1)
+            merged.append(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label")
+    for message in merged[:WARNINGS_SHOWN]:
+        warnings.warn(message, stacklevel=stacklevel + 1)
+    if len(merged) > WARNINGS_SHOWN:  # a big vocabulary typed in two cases: one line, not one a label
+        warnings.warn(f"{len(merged) - WARNINGS_SHOWN} more labels differ only in case or Unicode normalisation "
+                      "from an earlier one, and were merged into it likewise", stacklevel=stacklevel + 1)
     return list(kept.values())
 
 
