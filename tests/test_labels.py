@@ -96,6 +96,12 @@ def test_predict_single_and_multi_label():
 def test_parse_labels_from_text_and_files(tmp_path):
     assert parse_labels("cat, dog,,car") == ["cat", "dog", "car"]
     assert parse_labels(["cat\ndog", "dog,bird"]) == ["cat", "dog", "bird"]
+    # Several lines are one label a line, as in a file: a pasted class list keeps "tench, Tinca tinca" whole.
+    pasted = "# ImageNet\ntench, Tinca tinca\ngoldfish, Carassius auratus\n\n"
+    expected = ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+    assert parse_labels(pasted) == parse_labels(pasted, read_files=False) == expected
+    with pytest.raises(QueryError, match="cannot start with '@' here"):
+        parse_labels("cat\n@/etc/passwd", read_files=False)
     label_file = tmp_path / "labels.txt"
     label_file.write_text("golden retriever\npoodle\n\n")
     assert parse_labels(["@" + str(label_file), "cat"]) == ["golden retriever", "poodle", "cat"]

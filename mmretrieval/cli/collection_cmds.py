@@ -234,7 +234,8 @@ def _register_label(subparsers) -> None:
         "image), --organize links the images into a folder per label. --remove NAME deletes a label set instead.")
     add_collection_option(parser, writer=True)
     parser.add_argument("--labels", action="append",
-                        help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
+                        help="comma-separated labels (over several lines: one a line, commas kept), or @FILE "
+                        "with one per line (@-: standard input) "
                         "(repeatable; required unless --remove)")
     parser.add_argument("--remove", metavar="NAME", help="delete label set NAME and its labels (other sets are kept)")
     parser.add_argument("--templates", default="default",

@@ -42,7 +42,8 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
                         "to the current one; blank lines and lines starting with # skipped)")
     add_null_option(parser)
     parser.add_argument("--labels", action="append", required=True,
-                        help="comma- or newline-separated labels, or @FILE with one per line (@-: standard input) "
+                        help="comma-separated labels (over several lines: one a line, commas kept), or @FILE "
+                        "with one per line (@-: standard input) "
                         "(repeatable)")
     parser.add_argument("--templates", default="default",
                         help="default, imagenet, none, a file of '{}' templates, or one template such as "

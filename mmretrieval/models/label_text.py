@@ -18,10 +18,11 @@ WARNINGS_SHOWN = 3  # labels merged (or renamed, by organize) warned about one b
 
 
 def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
-    """Labels from comma- or newline-separated text; ``@FILE`` reads one label per line (UTF-8, a byte-order mark
-    ignored; commas kept, so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and
-    so does a binary stream among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself
-    is the file named ``-``: only a caller that hands over a stream has it read.
+    """Labels from text: comma-separated on one line, one a line over several (as a file: commas kept, lines
+    starting with ``#`` skipped); ``@FILE`` reads one label per line (UTF-8, a byte-order mark ignored; commas kept,
+    so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and so does a binary stream
+    among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself is the file named ``-``:
+    only a caller that hands over a stream has it read.
 
     Order kept, duplicates dropped. Labels that differ only in case or in Unicode normalisation (an accent typed
     as one character or as a letter plus a combining mark) are one label, spelt as it first came, with a warning:
@@ -41,12 +42,12 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
         if not read_files:
             if not isinstance(value, str):
                 raise QueryError("labels typed here are text; a stream of labels is read only where files are")
-            typed = value.replace("\n", ",").split(",")
+            typed = _typed_labels(value)
             if any(part.strip().startswith("@") for part in typed):
                 raise QueryError("a label cannot start with '@' here: that is how the command line names a file "
                                  "of labels, and files are not read from here")
         elif isinstance(value, str) and not value.startswith("@"):
-            typed = value.replace("\n", ",").split(",")
+            typed = _typed_labels(value)
         else:
             typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
         parts.extend(typed)
@@ -54,6 +55,15 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
     if not labels:
         raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
     return labels
+
+
+def _typed_labels(text: str) -> list[str]:
+    """Labels typed as text: one a line when the text has several lines, as in ``@FILE`` (a pasted class list keeps
+    "tench, Tinca tinca" one label; lines starting with ``#`` skipped), else separated by commas."""
+    lines = text.strip().splitlines()
+    if len(lines) > 1:
+        return [line for line in lines if not line.lstrip().startswith("#")]
+    return text.split(",")
 
 
 def normalise_labels(labels: str | Iterable[str]) -> list[str]:

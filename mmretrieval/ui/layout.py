@@ -285,7 +285,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
         with gr.Column():
             image = guard_upload(gr.Image(label="Image", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], height=260))
-            labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
+            labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
                                 value="circle, square, triangle, star, diamond, cross")
             with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
@@ -307,7 +307,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
         with gr.Column():
-            labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=4,
+            labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
                                 value=", ".join(ctx.map_labels))
             with gr.Row():
                 label_set = gr.Textbox("default", label="Label set name", elem_id="label-set")
