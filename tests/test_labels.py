@@ -165,3 +165,35 @@ def test_labelling_a_collection_with_one_softmax_label_is_refused(tmp_path, tiny
             col.label("red")
         assert col.label_sets() == []  # nothing written
         assert col.label("red", multi_label=True, threshold=0.0).counts == {"red": 3}
+
+
+def test_a_large_vocabulary_is_embedded_in_chunks_with_progress_and_the_same_vectors(tiny_encoder, monkeypatch):
+    from mmretrieval.models import zeroshot
+
+    labels = [f"class {n}" for n in range(23)]
+    whole = zeroshot.ZeroShotClassifier.build(tiny_encoder, labels, ("a {}.", "a photo of a {}."))
+    monkeypatch.setattr(zeroshot, "CLASSES_PER_CHUNK", 5)
+    reported: list[tuple[int, int]] = []
+    chunked = zeroshot.ZeroShotClassifier.build(tiny_encoder, labels, ("a {}.", "a photo of a {}."),
+                                                progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    np.testing.assert_allclose(chunked.embeddings, whole.embeddings, atol=1e-5)
+    silent: list[tuple[int, int]] = []  # one chunk: nothing to report
+    zeroshot.ZeroShotClassifier.build(tiny_encoder, labels[:5], "a {}.", progress=lambda *a: silent.append(a))
+    assert silent == []
+
+
+def test_mmr_label_shows_progress_while_a_large_vocabulary_is_embedded(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from mmretrieval.cli import main
+    from mmretrieval.models import zeroshot
+    from test_ingest import write_good_images
+
+    monkeypatch.setattr(zeroshot, "CLASSES_PER_CHUNK", 4)
+    write_good_images(tmp_path / "photos", 2)
+    collection = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    (tmp_path / "labels.txt").write_text("\n".join(f"class {n}" for n in range(10)))
+    capsys.readouterr()
+    assert main(["label", "--collection", collection, "--labels", f"@{tmp_path / 'labels.txt'}", "--device", "cpu"]) == 0
+    assert "labels: 10/10 label (100%)" in capsys.readouterr().err

@@ -279,11 +279,11 @@ def _label(args: argparse.Namespace) -> int:
     if args.organize:
         check_organize_dir(args.organize)
     with open_collection(args.collection, device=args.device, writer="label", wait=args.wait) as collection:
-        with TqdmProgress("label") as progress:
+        with TqdmProgress("labels", unit="label") as label_progress, TqdmProgress("label") as progress:
             summary = collection.label(labels, args.templates, multi_label=args.multi_label,
                                        threshold=threshold if args.multi_label else None,
-                                       label_set=args.label_set, replace=args.replace,
-                                       progress=progress, path_prefix=args.prefix, **photo_filters(args))
+                                       label_set=args.label_set, replace=args.replace, progress=progress,
+                                       label_progress=label_progress, path_prefix=args.prefix, **photo_filters(args))
         if args.out:
             collection.export_labels(args.out, summary.label_set)
         if args.organize:

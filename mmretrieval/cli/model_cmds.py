@@ -79,7 +79,8 @@ def _classify(args: argparse.Namespace) -> int:
     threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     refuse_lone_softmax_label(labels, is_sigmoid=encoder.is_sigmoid, multi_label=args.multi_label)
-    classifier = ZeroShotClassifier.build(encoder, labels, templates)
+    with TqdmProgress("labels", unit="label") as label_progress:
+        classifier = ZeroShotClassifier.build(encoder, labels, templates, progress=label_progress)
     classified = failed = 0
     with TqdmProgress("classify") as progress:
         for batch in embed_files(encoder, sources, batch_size=args.batch_size, workers=args.workers):

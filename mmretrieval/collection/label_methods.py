@@ -34,7 +34,8 @@ class LabelMethods:
 
     def label(self, labels: Sequence[str] | str, templates: str | Sequence[str] = "default", *,
               multi_label: bool = False, threshold: float | None = None, label_set: str = "default",
-              replace: bool = False, progress: Progress | None = None, path_prefix: str | None = None,
+              replace: bool = False, progress: Progress | None = None, label_progress: Progress | None = None,
+              path_prefix: str | None = None,
               after: DateLike | None = None, before: DateLike | None = None, camera: str | None = None,
               near: NearLike | None = None) -> LabelSummary:
         """Label every embedded image zero-shot from its stored vector into label set ``label_set``.
@@ -47,6 +48,8 @@ class LabelMethods:
                 file, or a single template ("a drawing of a {}.").
             threshold: with ``multi_label``, the probability from 0 to 1 a label needs (None: 0.5); refused
                 without it (each image then gets its best label, whatever its probability).
+            progress: called with ``(images labelled, images)``.
+            label_progress: called with ``(labels embedded, labels)`` while a large vocabulary is embedded.
 
         Raises:
             QueryError: no labels, unknown or bad templates, a threshold that is not a probability or comes without
@@ -67,6 +70,7 @@ class LabelMethods:
         with self.writing(self.busy_message("label"), update_index=False):
             return label_collection(self.catalog, self.text_model(), labels, templates, multi_label=multi_label,
                                     threshold=threshold, label_set=label_set, replace=replace, progress=progress,
+                                    label_progress=label_progress,
                                     ids=None if ids is None else ids.tolist())
 
     def label_sets(self) -> list["LabelSet"]:

@@ -79,6 +79,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
                      templates: str | Sequence[str],
                      *, multi_label: bool, threshold: float | None = None, label_set: str = DEFAULT_SET,
                      replace: bool = False, progress: Callable[[int, int], None] | None = None,
+                     label_progress: Callable[[int, int], None] | None = None,
                      ids: Sequence[int] | None = None) -> LabelSummary:
     """Score every embedded image (or only those in ``ids``, a filter's) against ``labels`` (the labels, one per
     item of any iterable, or one string of them as :func:`~mmretrieval.models.label_text.parse_labels` takes it;
@@ -93,6 +94,8 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
             ``imagenet``, ``none``), a template file, or a single template ("a drawing of a {}.").
         threshold: with ``multi_label``, the cutoff (a probability; None: :data:`MULTI_LABEL_THRESHOLD`); see
             :func:`check_label_options`.
+        progress: called with ``(images scored, images)`` after each chunk.
+        label_progress: called with ``(labels embedded, labels)`` while a large vocabulary is embedded.
 
     Raises:
         QueryError: no labels, a label that is blank or not a ``str``, one label scored by a softmax, unknown or
@@ -104,7 +107,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     refuse_lone_softmax_label(names, is_sigmoid=encoder.is_sigmoid, multi_label=multi_label)
     prompts = load_templates(templates) if isinstance(templates, str) else tuple(templates)
     writer = LabelSetWriter(catalog, label_set, names, multi_label=multi_label, threshold=cutoff, replace=replace)
-    classifier = ZeroShotClassifier.build(encoder, names, prompts)
+    classifier = ZeroShotClassifier.build(encoder, names, prompts, progress=label_progress)
     all_ids = catalog.vector_ids() if ids is None else np.asarray(ids, dtype=np.int64)
     all_ids.sort()
     counts, unlabelled = {name: 0 for name in names}, 0
