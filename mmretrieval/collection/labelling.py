@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CHUNK = 4096  # vectors scored at a time, so a million-image collection never needs all of them in memory
+_CHUNK_CELLS = 1 << 22  # at most this many (image, label) scores a chunk: fewer images a chunk for big vocabularies
+_CHUNK_MIN = 64  # but never fewer images a chunk than this
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,10 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
     all_ids.sort()
     counts, unlabelled = {name: 0 for name in names}, 0
     kept = MULTI_LABEL_THRESHOLD if cutoff is None else cutoff  # (single-label keeps each image's best label: unused)
-    for start in range(0, len(all_ids), _CHUNK):
-        ids, vectors = catalog.vectors(all_ids[start:start + _CHUNK].tolist())
+    # Scores are float64 while they are made (several N x labels arrays): 4,096 images by 20,000 labels took 2 GB.
+    rows = min(_CHUNK, max(_CHUNK_MIN, _CHUNK_CELLS // len(names)))
+    for start in range(0, len(all_ids), rows):
+        ids, vectors = catalog.vectors(all_ids[start:start + rows].tolist())
         probabilities = classifier.probabilities(vectors, multi_label=multi_label)
         chunk = [(image_id, p.label, p.probability)
                  for image_id, predictions in zip(ids.tolist(), predict(probabilities, names, multi_label=multi_label,
@@ -125,7 +129,7 @@ def label_collection(catalog: "Catalog", encoder: TextModel, labels: Iterable[st
             counts[name] += 1
         unlabelled += len(ids) - len({image_id for image_id, _, _ in chunk})
         if progress:
-            progress(min(start + _CHUNK, len(all_ids)), len(all_ids))
+            progress(min(start + rows, len(all_ids)), len(all_ids))
     writer.commit()
     logger.info("labelled %d images into label set %r", len(all_ids), writer.name)
     return LabelSummary(images=len(all_ids), counts=counts, multi_label=multi_label, threshold=cutoff,
