@@ -201,7 +201,7 @@ def test_a_label_set_is_removed_by_name_and_the_others_are_kept(collection, caps
     directory = str(collection.directory)
     assert any(name.startswith("shapes:") for hit in collection.search("x", k=9) for name in hit.labels)
     assert main(["label", "--collection", directory, "--remove", "shapes"]) == 0
-    assert "removed label set 'shapes' (9 labels)" in capsys.readouterr().err
+    assert "removed label set 'shapes' (9 labels given to images)" in capsys.readouterr().err
     assert [found.name for found in collection.label_sets()] == ["colours"]
     assert all(not name.startswith("shapes:") for hit in collection.search("x", k=9) for name in hit.labels)
     with pytest.raises(Exception, match="no label set 'shapes'.*label sets: colours"):

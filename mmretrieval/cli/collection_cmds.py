@@ -312,7 +312,7 @@ def _remove_label_set(args: argparse.Namespace) -> int:
         raise QueryError(f"--remove deletes a label set; it takes none of {', '.join(given)}")
     with open_collection(args.collection, writer="label", wait=args.wait) as collection:
         removed = collection.remove_label_set(args.remove)
-    say(f"removed label set {args.remove!r} ({removed} labels)")
+    say(f"removed label set {args.remove!r} ({removed:,} labels given to images)")
     return 0
 
 
