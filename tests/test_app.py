@@ -191,7 +191,7 @@ def test_decompression_bomb_upload_is_refused_before_decoding(search, tmp_path):
 
 def test_zero_shot_probabilities_for_the_bar_chart(search, collection_dir):
     image = str(collection_dir / "images" / "scene-000.png")
-    chart, table, summary = search.zero_shot(image, "circle\nsquare, star", "default", False)
+    chart, table, summary = search.zero_shot(image, "circle\nsquare\nstar", "default", False)
     assert chart.count('class="mmr-bar-value"') == 3 and "bar length from 0 to 1.00" in chart
     assert list(table.columns) == ["label", "probability"]
     assert sorted(table["label"]) == ["circle", "square", "star"]

@@ -231,3 +231,20 @@ def test_a_big_vocabulary_is_scored_in_smaller_chunks_with_the_same_labels(colle
     labels = collection.label_of(ids)
     assert all({name.split(":", 1)[1] for name, _ in labels[i] if name.startswith("whole:")}
                == {name.split(":", 1)[1] for name, _ in labels[i] if name.startswith("chunked:")} for i in ids)
+
+
+def test_info_names_every_set_with_its_vocabulary_even_one_that_labelled_nothing(collection, capsys):
+    """A set that gave no image a label showed nowhere in `mmr info`; the web UI listed every label of every set
+    as one bullet (half a megabyte with a 20,000-label vocabulary), now the sets."""
+    from mmretrieval.cli import main
+    from mmretrieval.ui.collection_handlers import describe_collection
+
+    collection.label("circle, square", label_set="shapes")
+    collection.label([f"class {n}" for n in range(300)], label_set="none", multi_label=True, threshold=1.0)
+    info = collection.info()
+    assert info.label_sets == {"shapes": 2, "none": 300}
+    assert not [name for name in info.labels if name.startswith("none:")]
+    assert main(["info", "--collection", str(collection.directory)]) == 0
+    assert "label_sets\tshapes=2, none=300" in capsys.readouterr().out.splitlines()
+    summary = describe_collection(info)
+    assert "- label sets: shapes (2 labels), none (300 labels)" in summary and "class 7" not in summary

@@ -54,7 +54,7 @@ def _info_tsv(out: str) -> dict[str, object]:
     assert all(line.count("\t") == 1 for line in lines), lines
     parsed: dict[str, object] = {}
     for key, cell in (line.split("\t") for line in lines):
-        if key in ("counts", "index_params", "imported", "bytes_on_disk", "labels"):
+        if key in ("counts", "index_params", "imported", "bytes_on_disk", "label_sets", "labels"):
             pairs = [] if cell == "-" else [part.split("=") for part in cell.split(", ")]
             assert all(len(pair) == 2 for pair in pairs), cell
             parsed[key] = {tsv_unescape(name): int(tsv_unescape(count)) for name, count in pairs}

@@ -137,7 +137,7 @@ def test_label_and_collection_summaries_show_label_names_as_text(manage, search,
                                           progress=lambda *a, **k: None)
     assert "<b>" not in _html(summary) and "<strong>" + _as_text("<b>set</b>") + "</strong>" in _html(summary)
     info, _ = manage.collection_info()
-    assert "<b>" not in _html(info) and _as_text("<b>set</b>:") in _html(info)
+    assert "<b>" not in _html(info) and _as_text("<b>set</b>") + " (2 labels)" in _html(info)
     ingest = describe_ingest(IngestSummary(embedded=1), Path("/photos/`x` <b>y</b>"), failed_here=0)
     assert "<code>" + _as_text("/photos/`x` <b>y</b>") + "</code>" in _html(ingest)
     image = str(collection_dir / "images" / "scene-000.png")

@@ -12,6 +12,7 @@ from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
 from .compaction import waste
 from .index_manifest import Manifest
+from .label_sets import vocabulary_sizes
 from .records import CollectionInfo
 
 # What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
@@ -40,7 +41,7 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         dim=identity.embed_dim, counts=catalog.counts_by_status(),
         vectors=catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
         index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
-        labels=catalog.label_counts(), index_recall=round(manifest.recall, 4),
+        label_sets=vocabulary_sizes(catalog), labels=catalog.label_counts(), index_recall=round(manifest.recall, 4),
         index_memory=manifest.memory_bytes,
         index_saved=saved is not None and saved.generation == catalog.generation,
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),

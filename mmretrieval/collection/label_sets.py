@@ -99,6 +99,13 @@ def sets(catalog: "Catalog") -> list[LabelSet]:
     return found
 
 
+def vocabulary_sizes(catalog: "Catalog") -> dict[str, int]:
+    """Every stored label set, oldest first, with the number of labels it was run with (a set that gave no image a
+    label included: it shows nowhere in the labels' counts)."""
+    return {name: len(json.loads(labels)) for name, labels in catalog._query(
+        "SELECT name, labels FROM label_sets ORDER BY created_s, name")}
+
+
 def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
     """``(set, label)`` that a filter ``ref`` names: ``SET:LABEL`` for a stored set, else ``LABEL`` in any set.
 

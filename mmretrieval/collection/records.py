@@ -48,6 +48,7 @@ class CollectionInfo:
     waste_ratio: float = 0.0  # dead share of stored rows; `mmr compact` reclaims it
     imported: dict[str, int] = field(default_factory=dict)  # source of committed segments -> rows
     bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    label_sets: dict[str, int] = field(default_factory=dict)  # label set -> labels it was run with
     labels: dict[str, int] = field(default_factory=dict)  # label -> images
 
     def to_dict(self) -> dict:

@@ -123,7 +123,8 @@ class CollectionHandlers:
                            "without one).", print_exception=False)
         with self.ctx.lock:
             removed = self.ctx.collection.remove_label_set(name)
-        summary = f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} deleted; other sets are kept."
+        summary = (f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} given to images deleted; "
+                   "other sets are kept.")
         return "", pd.DataFrame({"label": [], "count": []}), [], None, summary
 
     def _samples(self, qualified: str) -> list[int]:
@@ -135,7 +136,9 @@ def describe_collection(info: Any) -> str:
     """A CollectionInfo as a short Markdown summary."""
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(info.counts.items())) or "empty"
     params = ", ".join(f"{key}={value}" for key, value in info.index_params.items())
-    labels = ", ".join(f"{markdown_text(name)} ({count})" for name, count in info.labels.items()) or "none yet"
+    # The sets, not every label: a 20,000-label vocabulary made this one bullet of half a megabyte.
+    labels = ", ".join(f"{markdown_text(name)} ({counted(size, 'label')})" for name, size in info.label_sets.items()) \
+        or "none yet; the Label collection tab makes one"
     megabytes = sum(info.bytes_on_disk.values()) / 1e6
     not_embedded = info.counts.get("failed", 0) + info.counts.get("skipped", 0)
     return "\n".join([
@@ -143,7 +146,7 @@ def describe_collection(info: Any) -> str:
         f"- model: {markdown_code(info.model_spec)} (key {info.model_key}, {info.dim}-d vectors)",
         f"- images: {statuses}; {counted(info.vectors, 'vector')}",
         f"- index: {info.index_type}{f' ({params})' if params else ''}, {counted(info.index_vectors, 'vector')}",
-        f"- labels: {labels}",
+        f"- label sets: {labels}",
         f"- on disk: {megabytes:.1f} MB",
         *([f"- the table lists the first {FAILURES_SHOWN:,} of {not_embedded:,} failed or skipped files; "
            "`mmr info --failures` lists them all"] if not_embedded > FAILURES_SHOWN else []),
