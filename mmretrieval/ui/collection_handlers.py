@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 FAILURES_SHOWN = 1000  # rows of the failed-files table: the browser gets a page, never a 10 M-row table
 SAMPLES_PER_LABEL = 4  # sample images shown for each label after labelling
+SAMPLED_LABELS = 50  # labels that get samples: the most common (the CSV and the table have every label)
 
 
 class CollectionHandlers:
@@ -104,11 +105,12 @@ class CollectionHandlers:
             csv_path = self.ctx.export_dir / f"labels-{uuid.uuid4().hex[:8]}" / "labels.csv"  # each run its own
             csv_path.parent.mkdir()
             self.ctx.collection.export_labels(csv_path, summary.label_set)  # this run's set, as the CLI's --out
-            samples = {name: self._samples(f"{summary.label_set}:{name}") if summary.counts.get(name) else []
-                       for name in names}
+            # One search each, under the lock: the most common labels only (1,000 labels took 27 s and 3,997 images).
+            sampled = sorted((name for name in names if summary.counts.get(name)), key=lambda name: -summary.counts[name])
+            samples = {name: self._samples(f"{summary.label_set}:{name}") for name in sampled[:SAMPLED_LABELS]}
         counts = pd.DataFrame({"label": names, "count": [summary.counts.get(name, 0) for name in names]})
         gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, image_id), f"{name} ({summary.counts.get(name, 0)})")
-                   for name in names for image_id in samples[name]]
+                   for name in names for image_id in samples.get(name, ())]
         chart = bar_chart(names, counts["count"].tolist(), title="Images per label", value_format="{:.0f}",
                           elem_id="label-count-bars")
         return chart, counts, gallery, str(csv_path), describe_labelling(summary)

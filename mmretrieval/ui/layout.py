@@ -19,7 +19,7 @@ import gradio as gr
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.prompt_templates import TEMPLATE_SETS
 from .api import install_checks
-from .collection_handlers import CollectionHandlers
+from .collection_handlers import CollectionHandlers, SAMPLED_LABELS
 from .context import AppContext
 from .duplicate_handlers import GROUPS_SHOWN, MOST_ALIKE, ORDERS, DuplicateHandlers
 from .map_handlers import SELECTION_SHOWN, MapHandlers
@@ -327,8 +327,8 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
             chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
             with gr.Accordion("Counts as a table", open=False):
                 counts = gr.Dataframe(label="Images per label", interactive=False)
-            samples = gr.Gallery(label="Samples per label", columns=4, height="auto", allow_preview=True,
-                                 interactive=False)
+            samples = gr.Gallery(label=f"Samples per label (of the {SAMPLED_LABELS} most common labels)", columns=4,
+                                 height="auto", allow_preview=True, interactive=False)
     labelled = run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
                          [chart, counts, samples, csv_file, summary], api_name="label_collection",
                          show_progress_on=[summary])
