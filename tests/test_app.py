@@ -230,10 +230,16 @@ def test_a_big_vocabulary_gets_samples_of_its_most_common_labels_only(manage, mo
     """One search per label under the collection's lock: 1,000 labels took 27 s and returned 3,997 images."""
     from mmretrieval.ui import collection_handlers
 
+    from mmretrieval.models import zeroshot
+
     monkeypatch.setattr(collection_handlers, "SAMPLED_LABELS", 3)
+    monkeypatch.setattr(zeroshot, "CLASSES_PER_CHUNK", 3)
     vocabulary = "\n".join(["red", "blue", "green", "yellow", "purple", "orange", "circle, round"])
-    _, counts, samples, _, _ = manage.label_collection(vocabulary, "default", False, 0.5, label_set="many",
-                                                       replace=True, progress=lambda *a, **k: None)
+    steps: list[tuple[object, str]] = []
+    _, counts, samples, _, _ = manage.label_collection(
+        vocabulary, "default", False, 0.5, label_set="many", replace=True,
+        progress=lambda done, desc="", **k: steps.append((done, desc)))
+    assert [done for done, desc in steps if desc == "Embedding the labels"] == [(0, 7), (3, 7), (6, 7), (7, 7)]
     assert len(counts) == 7 and counts["count"].sum() == SCENE_COUNT  # the table keeps every label
     given = counts[counts["count"] > 0].sort_values("count", ascending=False, kind="stable")
     shown = {caption.rsplit(" (", 1)[0] for _, caption in samples}
@@ -241,7 +247,7 @@ def test_a_big_vocabulary_gets_samples_of_its_most_common_labels_only(manage, mo
 
 
 def test_a_label_set_is_removed_from_the_label_tab_and_leaves_the_filters(manage, search, context):
-    from mmretrieval.ui.layout import label_choices
+    from mmretrieval.ui.widgets import label_choices
 
     manage.label_collection("red, blue", "default", False, 0.5, label_set="passing", progress=lambda *a, **k: None)
     assert any(choice.startswith("passing:") for choice in label_choices(context))

@@ -102,6 +102,9 @@ def test_parse_labels_from_text_and_files(tmp_path):
     assert parse_labels(pasted) == parse_labels(pasted, read_files=False) == expected
     with pytest.raises(QueryError, match="cannot start with '@' here"):
         parse_labels("cat\n@/etc/passwd", read_files=False)
+    assert parse_labels("#sunset\n#beach\n# a comment", read_files=False) == ["#sunset", "#beach"]  # hashtags
+    with pytest.warns(UserWarning, match=r"kept 'circle, square' as one label: over several lines each line is one"):
+        assert parse_labels("circle, square\nheart", read_files=False) == ["circle, square", "heart"]
     label_file = tmp_path / "labels.txt"
     label_file.write_text("golden retriever\npoodle\n\n")
     assert parse_labels(["@" + str(label_file), "cat"]) == ["golden retriever", "poodle", "cat"]
@@ -176,7 +179,7 @@ def test_a_large_vocabulary_is_embedded_in_chunks_with_progress_and_the_same_vec
     reported: list[tuple[int, int]] = []
     chunked = zeroshot.ZeroShotClassifier.build(tiny_encoder, labels, ("a {}.", "a photo of a {}."),
                                                 progress=lambda done, total: reported.append((done, total)))
-    assert reported == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    assert reported == [(0, 23), (5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
     np.testing.assert_allclose(chunked.embeddings, whole.embeddings, atol=1e-5)
     silent: list[tuple[int, int]] = []  # one chunk: nothing to report
     zeroshot.ZeroShotClassifier.build(tiny_encoder, labels[:5], "a {}.", progress=lambda *a: silent.append(a))

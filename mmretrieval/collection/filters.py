@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
-from .label_sets import declared_labels, is_declared
+from .label_sets import is_declared, qualified, resolve, sets
 from .photo_table import camera_pairs
 
 LABELS_SHOWN = 10  # most known labels an unknown label filter's error names
@@ -188,7 +188,7 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     if filters.label:
         with_label = catalog.ids_with_label(filters.label)
         if not with_label.size and not is_declared(catalog, filters.label):  # a declared one matches nothing
-            raise _unknown_label(filters.label, list(dict.fromkeys(declared_labels(catalog))))
+            raise _unknown_label(catalog, filters.label)
         allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
     if filters.photo_filters:
         matching = _photo_ids(catalog, filters)
@@ -196,21 +196,32 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     return None if allowed is None else np.unique(allowed)
 
 
-def _unknown_label(ref: str, known: list[str]) -> QueryError:
+def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
     """The error for a label filter no set was run with: the labels that read closest to it (the same but for case
     or Unicode form first), at most :data:`LABELS_SHOWN` of them, not every label of every set (a million
-    characters with a 20,000-label vocabulary)."""
+    characters with a 20,000-label vocabulary). Labels are compared without their set's name (``Cat`` finds
+    ``animals:cat``), among the named set's labels only when the filter names one."""
+    label_set, label = resolve(catalog, ref)
+    known = {qualified(found.name, name): _folded(name) for found in sets(catalog)
+             if label_set in (None, found.name) for name in found.labels}  # qualified name -> compared text
     if not known:
         return QueryError(f"no label set has label {ref!r}; none yet: label the collection first (mmr label, or the "
                           "web UI's Label tab)")
-    folded = unicodedata.normalize("NFC", ref).casefold()
-    alike = [label for label in known if unicodedata.normalize("NFC", label).casefold() == folded]
-    close = alike + [label for label in difflib.get_close_matches(ref, known, n=LABELS_SHOWN, cutoff=0.6)
-                     if label not in alike]
-    shown = (close or known)[:LABELS_SHOWN]
-    listed = ", ".join(repr(label) for label in shown)
-    more = f" and {len(known) - len(shown):,} more (mmr info lists them)" if len(known) > len(shown) else ""
+    folded = _folded(label)
+    alike = [name for name, text in known.items() if text == folded]
+    by_text: dict[str, list[str]] = {}
+    for name, text in known.items():
+        by_text.setdefault(text, []).append(name)
+    close = alike + [name for text in difflib.get_close_matches(folded, list(by_text), n=LABELS_SHOWN, cutoff=0.6)
+                     for name in by_text[text] if name not in alike]
+    shown = (close or list(known))[:LABELS_SHOWN]
+    listed = ", ".join(repr(name) for name in shown)
+    more = f" and {len(known) - len(shown):,} more" if len(known) > len(shown) else ""
     return QueryError(f"no label set has label {ref!r}; {'closest' if close else 'labels'}: {listed}{more}")
+
+
+def _folded(text: str) -> str:
+    return unicodedata.normalize("NFC", text).casefold()
 
 
 def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:

@@ -1,4 +1,5 @@
-"""Labels as people give them: typed text (comma- or newline-separated), ``@FILE`` and streams of one label a line,
+"""Labels as people give them: typed text (comma-separated on one line, one a line over several), ``@FILE`` and
+streams of one label a line,
 or a Python iterable; deduplicated, with labels that differ only in case or Unicode normalisation made one, and text
 that is not UTF-8 refused.
 """
@@ -59,11 +60,19 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
 
 def _typed_labels(text: str) -> list[str]:
     """Labels typed as text: one a line when the text has several lines, as in ``@FILE`` (a pasted class list keeps
-    "tench, Tinca tinca" one label; lines starting with ``#`` skipped), else separated by commas."""
+    "tench, Tinca tinca" one label; a comment line, ``#`` then a space, skipped, while ``#sunset`` is a label),
+    else separated by commas. A line holding a comma is kept whole with a warning: it may be a comma list that was
+    meant to be split."""
     lines = text.strip().splitlines()
-    if len(lines) > 1:
-        return [line for line in lines if not line.lstrip().startswith("#")]
-    return text.split(",")
+    if len(lines) < 2:
+        return text.split(",")
+    labels = [line for line in lines if line.strip() != "#" and not line.lstrip().startswith("# ")]
+    with_commas = [label.strip() for label in labels if "," in label]
+    if with_commas:
+        warnings.warn(f"kept {with_commas[0]!r}{f' and {len(with_commas) - 1} more' if len(with_commas) > 1 else ''} "
+                      "as one label: over several lines each line is one label (on one line, commas separate them)",
+                      stacklevel=3)
+    return labels
 
 
 def normalise_labels(labels: str | Iterable[str]) -> list[str]:
@@ -74,7 +83,8 @@ def normalise_labels(labels: str | Iterable[str]) -> list[str]:
     An item is a label as it is: a comma or a leading ``@`` in it is part of it ("Paris, France").
 
     Args:
-        labels: one string of comma- or newline-separated labels, or an iterable of labels.
+        labels: one string of labels as typed (comma-separated on one line, one a line over several), or an
+            iterable of labels.
 
     Returns:
         The labels, at least one.

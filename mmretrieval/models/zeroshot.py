@@ -25,9 +25,9 @@ from ..errors import QueryError
 from .inputs import unit_rows
 from .label_text import normalise_labels
 from .prompt_templates import TEMPLATE_SETS, check_templates, load_templates
+from .settings import MULTI_LABEL_THRESHOLD
 
 CLASSES_PER_CHUNK = 512  # labels whose prompts are embedded together (the progress step, and the memory bound)
-from .settings import MULTI_LABEL_THRESHOLD
 
 
 class TextModel(Protocol):
@@ -115,6 +115,8 @@ def ensemble_prompt_embeddings(encoder: TextModel, prompts: Sequence[Sequence[st
     """
     chunks = [prompts[start:start + CLASSES_PER_CHUNK] for start in range(0, len(prompts), CLASSES_PER_CHUNK)]
     means = []
+    if progress and len(chunks) > 1:
+        progress(0, len(prompts))  # the bar shows from the start, not after the first chunk
     for chunk in chunks:
         vectors = encoder.encode_texts([text for group in chunk for text in group])
         bounds = np.cumsum([0] + [len(group) for group in chunk])

@@ -98,9 +98,14 @@ class CollectionHandlers:
                 check_stopping()
                 progress((done, total), desc="Labelling", unit="images")
 
+            def report_labels(done: int, total: int) -> None:  # a big vocabulary's prompts take a while too
+                check_stopping()
+                progress((done, total), desc="Embedding the labels", unit="labels")
+
             summary = self.ctx.collection.label(names, templates=templates, multi_label=bool(multi_label),
                                                 threshold=float(threshold) if multi_label else None, label_set=(label_set or "").strip()
-                                                or "default", replace=bool(replace), progress=report)
+                                                or "default", replace=bool(replace), progress=report,
+                                                label_progress=report_labels)
             prune_exports(self.ctx.export_dir)
             csv_path = self.ctx.export_dir / f"labels-{uuid.uuid4().hex[:8]}" / "labels.csv"  # each run its own
             csv_path.parent.mkdir()

@@ -11,8 +11,7 @@ looking at, when the toast has already said what went wrong.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 
@@ -27,7 +26,9 @@ from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
 from .names import markdown_text
 from .projection import METHODS
-from .search_handlers import DEFAULT_K, MAX_K, SearchHandlers
+from .search_handlers import SearchHandlers
+from .search_tab import search_tab
+from .widgets import label_choices, original_download, preview_uploads, text_output
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"# {markdown_text(ctx.title)}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
-                search_label = _search_tab(ctx, search)
+                search_label = search_tab(ctx, search)
             with gr.Tab("Zero-shot", id="zero-shot"):
                 _zero_shot_tab(search)
             with gr.Tab("Label collection", id="label"):
@@ -63,185 +64,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     return install_checks(app)
 
 
-@dataclass(frozen=True)
-class _QueryPanel:
-    """The Search tab's inputs."""
-
-    query: gr.Textbox
-    button: gr.Button
-    image: gr.Image
-    negative: gr.Textbox
-    k: gr.Slider
-    threshold: gr.Slider
-    label: gr.Dropdown
-    folder: gr.Textbox
-    after: gr.Textbox
-    before: gr.Textbox
-    camera: gr.Textbox
-    examples: tuple[gr.Button, ...]
-
-
-@dataclass(frozen=True)
-class _ResultPanel:
-    """The Search tab's outputs: gallery, downloads, the selected image's details, JSON for scripts."""
-
-    status: gr.Markdown
-    gallery: gr.Gallery
-    previous_page: gr.Button
-    next_page: gr.Button
-    zip_button: gr.Button
-    zip_note: gr.Markdown
-    zip_file: gr.File
-    preview: gr.Image
-    details: gr.Markdown
-    get_original: gr.Button
-    original: gr.File
-    selected: gr.Textbox
-    show_button: gr.Button
-    more_button: gr.Button
-    hits_json: gr.JSON
-    confidence: gr.JSON
-
-
-def _query_panel(ctx: AppContext) -> _QueryPanel:
-    examples: tuple[gr.Button, ...] = ()
-    if ctx.example_queries:
-        gr.Markdown("**Try one** (click to search):")
-        with gr.Row():
-            examples = tuple(gr.Button(text, size="sm", elem_classes=["example-query"]) for text in ctx.example_queries)
-    with gr.Row(equal_height=True):
-        query = gr.Textbox(label="Describe the images you want", placeholder="e.g. a red circle",
-                           elem_id="query", scale=5, autofocus=True)
-        button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1)
-    with gr.Accordion("Query image, negatives, k and threshold", open=False):
-        with gr.Row():
-            image = guard_upload(gr.Image(label="Query image (optional: search by example)", type="filepath",
-                                          image_mode=None, sources=["upload", "clipboard"], height=180,
-                                          elem_id="query-image"))
-            with gr.Column():
-                negative = gr.Textbox("", label="Not like (negative text, comma-separated)", placeholder="e.g. striped",
-                                      elem_id="negative")
-                # Minimum 0: an emptied box snaps to the minimum, and 0 asks for the default (1 would be taken).
-                k = gr.Slider(0, MAX_K, value=DEFAULT_K, step=1,
-                              label=f"Results per page (k, at most {MAX_K}; 0 or empty: {DEFAULT_K})",
-                              elem_id="k")
-                threshold = gr.Slider(-1, 1, value=-1, step=0.01, label="Score threshold (−1: off)")
-        with gr.Row():
-            label = gr.Dropdown(label_choices(ctx), value="", label="Only images with label (SET:LABEL or LABEL)",
-                                allow_custom_value=True, elem_id="label-filter")
-            folder = gr.Textbox("", label="Only images under folder (absolute path on the server)",
-                                placeholder="e.g. /home/me/photos/2023", elem_id="folder-filter")
-        with gr.Row():
-            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024 or 2024-06-01", elem_id="after")
-            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025", elem_id="before")
-            camera = gr.Textbox("", label="Camera (make or model contains)", placeholder="e.g. iPhone",
-                                elem_id="camera")
-    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, examples)
-
-
-def _text_output(value: str = "", **kwargs: Any) -> gr.Markdown:
-    """A Markdown output that shows text from users and the file system (queries, labels, file names).
-
-    The handlers escape that text (:func:`.names.markdown_text`); LaTeX is off because Gradio looks for
-    ``$$…$$`` in the rendered text, where no escape can stop it.
-    """
-    return gr.Markdown(value, latex_delimiters=[], **kwargs)
-
-
-def _result_panel() -> _ResultPanel:
-    status = _text_output(elem_id="search-status", label="Status")
-    with gr.Row():
-        with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
-                                 interactive=False, elem_id="results", buttons=["fullscreen"])
-            with gr.Row():
-                previous_page = gr.Button("◀ Previous page", size="sm", elem_id="previous-page")
-                next_page = gr.Button("Next page ▶", size="sm", elem_id="next-page")
-            with gr.Accordion("Download the original files of these results", open=False):
-                with gr.Row(equal_height=True):
-                    zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
-                    zip_note = _text_output(label="Download")
-                zip_file = gr.File(label="Originals (zip)", interactive=False, height=60)
-        with gr.Column(scale=1, min_width=260):
-            preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
-                               buttons=["fullscreen"])
-            details = _text_output("Click a result to see it here.", elem_id="details", label="Details")
-            get_original, original = _original_download("original")
-            with gr.Row(equal_height=True):
-                # Text, not gr.Number: Gradio's number box shows (and sends) 0 until something is typed, and
-                # rounds 1.5 to another image; the handlers read the text and refuse what is not an id.
-                selected = gr.Textbox("", label="Image id", placeholder="e.g. 12", max_lines=1, elem_id="selected-id")
-                show_button = gr.Button("Show", size="sm")
-            more_button = gr.Button("More like this", elem_id="more-like-this")
-    with gr.Accordion("Results as JSON (for scripts: the /search and /similar endpoints return this too)", open=False):
-        hits_json = gr.JSON(label="Hits")
-        confidence = gr.JSON(label="Confidence")
-    return _ResultPanel(status, gallery, previous_page, next_page, zip_button, zip_note, zip_file, preview, details,
-                        get_original, original, selected, show_button, more_button, hits_json, confidence)
-
-
-def _search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
-    """The Search tab; returns its label filter (refreshed after labelling)."""
-    q, r = _query_panel(ctx), _result_panel()
-    hit_ids = gr.State([])
-    results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
-    filters = [q.label, q.folder, q.after, q.before, q.camera]
-    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters]
-    page = gr.State(None)  # the search the page buttons repeat (see SearchHandlers.turn_page)
-    # "always_last": a query submitted while another runs is run after it (never dropped), so the results
-    # always end up matching what the box says.
-    gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
-          trigger_mode="always_last", show_progress_on=[r.status]).success(_first_page("search"), search_inputs, page, queue=False,
-                                              api_visibility="private")
-    # "More like this" takes the id the box holds: the one shown (a click puts it there) or one typed since.
-    similar_inputs = [r.selected, q.k, q.threshold, *filters]
-    r.more_button.click(handlers.similar, similar_inputs, results, api_name="similar_selected",
-                        api_visibility="private", trigger_mode="always_last", show_progress_on=[r.status]).success(
-        _first_page("similar"), similar_inputs, page, queue=False, api_visibility="private")
-    for button, forward in ((r.previous_page, False), (r.next_page, True)):
-        button.click(handlers.turn_page, [page, gr.State(forward)], [*results, page], api_visibility="private",
-                     trigger_mode="always_last", show_progress_on=[r.status])
-    one_image = [r.preview, r.details, r.selected, r.original]
-    r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private",
-                     show_progress_on=[r.details])
-    gr.on([r.show_button.click, r.selected.submit], handlers.show_image, [r.selected], one_image,
-          api_name="image_info_typed", api_visibility="private", show_progress_on=[r.details])  # named, so that /image_info stays the scripts'
-    r.get_original.click(handlers.original, [r.selected], [r.original], api_name="original_shown",
-                         api_visibility="private", show_progress_on=[r.original])  # named, as image_info_typed
-    r.zip_button.click(handlers.originals_zip, [hit_ids], [r.zip_file, r.zip_note], api_visibility="private",
-                       show_progress_on=[r.zip_note])
-    _script_endpoints(handlers, [q.k, q.threshold, *filters], results)
-    _preview_uploads(q.image, handlers)
-    for button in q.examples:
-        # An example is a whole query: it also clears a query image and negatives hidden in the accordion.
-        button.click(lambda text=button.value: (text, None, ""), None, [q.query, q.image, q.negative],
-                     api_visibility="private", queue=False).then(
-            handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last",
-            show_progress_on=[r.status]).success(
-            _first_page("search"), search_inputs, page, queue=False, api_visibility="private")
-    return q.label
-
-
-def _preview_uploads(image: gr.Image, handlers: SearchHandlers) -> None:
-    """Show an upload the browser cannot draw (HEIC, TIFF) as the JPEG copy the search will then use."""
-    image.upload(handlers.show_upload, [image], [image], api_visibility="private", show_progress="minimal")
-
-
-def _original_download(elem_id: str) -> tuple[gr.Button, gr.File]:
-    """A button that places the shown image's original file for download, and the box it appears in.
-
-    On demand, not on every click of a result: Gradio keeps a copy of each file it serves for an hour.
-    """
-    button = gr.Button("Get the original file", size="sm", elem_id=f"get-{elem_id}")
-    return button, gr.File(label="Original file", interactive=False, elem_id=elem_id, height=60)
-
-
-def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
-    """An event step that keeps a search's inputs, so that the page buttons repeat that search (not whatever the
-    boxes say by then)."""
-    return lambda *args: {"kind": kind, "args": list(args), "offset": 0}
-
-
 def _details_of_clicked(search: SearchHandlers, image_id: int | None) -> tuple[Any, ...]:
     """The details panel for the point clicked on the map; nothing when no point was clicked yet (a lasso first
     selects a gallery, not an image: asking for details of none was an error)."""
@@ -254,30 +76,6 @@ def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]
     return [gr.update(choices=choices, value=value if value in choices else "") for value in chosen]
 
 
-def label_choices(ctx: AppContext) -> list[str]:
-    """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
-    with ctx.lock:  # the labels alone (every page load asks): info() would also count rows and sync the index
-        return [""] + list(ctx.collection.catalog.label_counts())
-
-
-def _script_endpoints(handlers: SearchHandlers, options: list, results: list) -> None:
-    """Endpoints for scripts that take a catalog id as a number: ``/similar``, ``/image_info`` and ``/original``
-    (the page's own buttons read its Image id box, which is text)."""
-    with gr.Row(visible=False):
-        # precision=None: a number arrives as sent, so 1.5 is refused rather than rounded to image 2.
-        image_id = gr.Number(value=None, label="Image id", precision=None)
-        preview = gr.Image(label="Selected result")
-        details = _text_output(label="Details")
-        shown_id = gr.Number(label="Image id", precision=0)
-        original = gr.File(label="Original file")
-        similar = gr.Button("Similar")
-        info = gr.Button("Image info")
-        fetch = gr.Button("Original")
-    similar.click(handlers.similar, [image_id, *options], results, api_name="similar")
-    info.click(handlers.image_info, [image_id], [preview, details, shown_id, original], api_name="image_info")
-    fetch.click(handlers.original, [image_id], [original], api_name="original")
-
-
 def _zero_shot_tab(handlers: SearchHandlers) -> None:
     gr.Markdown("Upload any image and type candidate labels: the model scores each label against the image, "
                 "with no training.")
@@ -286,17 +84,17 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
             image = guard_upload(gr.Image(label="Image", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], height=260))
             labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
-                                value="circle, square, triangle, star, diamond, cross")
+                                value="\n".join(("circle", "square", "triangle", "star", "diamond", "cross")))
             with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label (independent probabilities)", value=False)
             classify = gr.Button("Classify", variant="primary")
         with gr.Column():
             chart = gr.HTML(label="Probabilities", elem_id="zero-shot-chart")
-            summary = _text_output(label="Summary")
+            summary = text_output(label="Summary")
             with gr.Accordion("Every label's probability", open=False):
                 table = gr.Dataframe(label="Probabilities", interactive=False)
-    _preview_uploads(image, handlers)
+    preview_uploads(image, handlers)
     classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
                    api_name="zero_shot", show_progress_on=[summary])
 
@@ -308,7 +106,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
     with gr.Row():
         with gr.Column():
             labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
-                                value=", ".join(ctx.map_labels))
+                                value="\n".join(ctx.map_labels))
             with gr.Row():
                 label_set = gr.Textbox("default", label="Label set name", elem_id="label-set")
                 replace = gr.Checkbox(label="Replace the set if it exists", value=False, elem_id="replace-set")
@@ -321,7 +119,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 to_remove = gr.Textbox("", label="Label set to remove", placeholder="its name, as typed above",
                                        scale=3, elem_id="set-to-remove")
                 remove = gr.Button("Remove this set", variant="stop", scale=1)
-            summary = _text_output(label="Summary")
+            summary = text_output(label="Summary")
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
             chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
@@ -338,13 +136,13 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
 
 
 def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Blocks) -> None:
-    info = _text_output(elem_id="collection-info", label="Collection")
+    info = text_output(elem_id="collection-info", label="Collection")
     with gr.Row(equal_height=True):
         folder = gr.Textbox(label="Ingest another folder (a path on the server)", scale=4,
                             interactive=ctx.allow_ingest,
                             placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
         ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
-    ingest_summary = _text_output(label="Ingest summary")
+    ingest_summary = text_output(label="Ingest summary")
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
     ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest",
@@ -371,17 +169,17 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
             after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
             camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
-    note = _text_output(label="About this map", elem_id="map-note")
+    note = text_output(label="About this map", elem_id="map-note")
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
                            server_functions=[map_thumbnail], elem_id="map")
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
-            details = _text_output("Click a point for its details.", label="Details", elem_id="map-details")
-            get_original, original = _original_download("map-original")
+            details = text_output("Click a point for its details.", label="Details", elem_id="map-details")
+            get_original, original = original_download("map-original")
             more = gr.Button("More like this", elem_id="map-more-like-this")
-    picked_note = _text_output(label="Selection", elem_id="map-selection-note")
+    picked_note = text_output(label="Selection", elem_id="map-selection-note")
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
@@ -407,7 +205,7 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
         threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
                               scale=3)
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
-    summary = _text_output(label="Summary", elem_id="duplicates-summary")
+    summary = text_output(label="Summary", elem_id="duplicates-summary")
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
                      file_count="multiple", height=140)
     with gr.Row(equal_height=True):
