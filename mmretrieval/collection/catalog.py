@@ -335,6 +335,10 @@ class Catalog(VectorPlaces):
                 found[image_id] = (path, size, mtime_ns)
         return found
 
+    def is_empty(self) -> bool:
+        """Whether no image row was ever planned or stored (one indexed row read, at any size)."""
+        return not self._query("SELECT 1 FROM images LIMIT 1")
+
     def pending_count(self) -> int:
         return int(self._query(f"SELECT COUNT(*) FROM images WHERE {NOT_OK} AND status = 'pending'")[0][0])
 

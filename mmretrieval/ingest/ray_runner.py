@@ -102,8 +102,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             the output location cannot be used.
     """
     target = config.address or os.environ.get("RAY_ADDRESS")
-    if target:  # before anything is planned: a first run that cannot reach its cluster then leaves no collection
-        check_reachable(target)
+    if target and catalog.is_empty():  # a first run that cannot reach its cluster plans nothing, so leaves no
+        check_reachable(target)        # collection; a re-run first commits what a killed run left, cluster or not
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
