@@ -19,7 +19,6 @@ import datetime as dt
 import difflib
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import QueryError
+from ..models.label_text import label_key
 from .label_sets import is_declared, qualified, resolve, sets
 from .photo_table import camera_pairs
 
@@ -202,12 +202,12 @@ def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
     characters with a 20,000-label vocabulary). Labels are compared without their set's name (``Cat`` finds
     ``animals:cat``), among the named set's labels only when the filter names one."""
     label_set, label = resolve(catalog, ref)
-    known = {qualified(found.name, name): _folded(name) for found in sets(catalog)
+    known = {qualified(found.name, name): label_key(name) for found in sets(catalog)
              if label_set in (None, found.name) for name in found.labels}  # qualified name -> compared text
     if not known:
         return QueryError(f"no label set has label {ref!r}; none yet: label the collection first (mmr label, or the "
                           "web UI's Label tab)")
-    folded = _folded(label)
+    folded = label_key(label)
     alike = [name for name, text in known.items() if text == folded]
     by_text: dict[str, list[str]] = {}
     for name, text in known.items():
@@ -219,9 +219,6 @@ def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
     more = f" and {len(known) - len(shown):,} more" if len(known) > len(shown) else ""
     return QueryError(f"no label set has label {ref!r}; {'closest' if close else 'labels'}: {listed}{more}")
 
-
-def _folded(text: str) -> str:
-    return unicodedata.normalize("NFC", text).casefold()
 
 
 def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:

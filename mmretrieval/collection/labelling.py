@@ -25,7 +25,7 @@ from ..filled_folders import check_fillable_folder, folder_built_aside, name_wit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, declared_labels, scored_ids, sets
-from ..models.label_text import WARNINGS_SHOWN, normalise_labels
+from ..models.label_text import few_warnings, normalise_labels
 from ..models.prompt_templates import load_templates
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import TextModel, ZeroShotClassifier, predict, refuse_lone_softmax_label
@@ -289,11 +289,9 @@ def organize(catalog: "Catalog", out_dir: str | os.PathLike, copy: bool = False,
                     placed += 1
     except OSError as exc:
         raise CollectionError(f"cannot organize into {out_dir}: {exc}") from exc
-    for why in renamed[:WARNINGS_SHOWN]:
+    for why in few_warnings(renamed, "{count} more labels got another folder than their own name (too long, or "
+                                     "the name another label's folder has)"):
         logger.warning("%s", why)
-    if len(renamed) > WARNINGS_SHOWN:  # a big vocabulary: one line, not one a label
-        logger.warning("%d more labels got another folder than their own name (too long, or the name another "
-                       "label's folder has)", len(renamed) - WARNINGS_SHOWN)
     return Organized(placed, missing, tuple(examples), used)
 
 

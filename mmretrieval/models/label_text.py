@@ -18,9 +18,21 @@ from .inputs import listed
 WARNINGS_SHOWN = 3  # labels merged (or renamed, by organize) warned about one by one; the rest in one line
 
 
+def label_key(label: str) -> str:
+    """How labels are compared: Unicode-normalised (NFC) and casefolded, as CLIP's lowercasing tokenizer reads them."""
+    return unicodedata.normalize("NFC", label).casefold()
+
+
+def few_warnings(messages: Sequence[str], rest: str) -> list[str]:
+    """The warnings to give for ``messages``: the first :data:`WARNINGS_SHOWN`, then one line for the others
+    (``rest`` with ``{count}``), so that a vocabulary of thousands does not print thousands of lines."""
+    more = len(messages) - WARNINGS_SHOWN
+    return [*messages[:WARNINGS_SHOWN], *([rest.format(count=more)] if more > 0 else [])]
+
+
 def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = True) -> list[str]:
-    """Labels from text: comma-separated on one line, one a line over several (as a file: commas kept, lines
-    starting with ``#`` skipped); ``@FILE`` reads one label per line (UTF-8, a byte-order mark ignored; commas kept,
+    """Labels from text: comma-separated on one line, one a line over several (:func:`_typed_labels`: commas kept,
+    ``# `` comment lines skipped); ``@FILE`` reads one label per line (UTF-8, a byte-order mark ignored; commas kept,
     so "Paris, France" is one label; blank lines and lines starting with ``#`` skipped), and so does a binary stream
     among ``values`` (the command line's ``@-`` passes its standard input). ``@-`` itself is the file named ``-``:
     only a caller that hands over a stream has it read.
@@ -119,17 +131,15 @@ def _one_per_case(labels: Iterable[str], *, stacklevel: int) -> list[str]:
     merged = []  # a warning for each label merged into an earlier one
     for label in labels:
         check_utf8(label, "label")
-        first = kept.setdefault(unicodedata.normalize("NFC", label).casefold(), label)
+        first = kept.setdefault(label_key(label), label)
         if label.casefold() != first.casefold():  # the same characters written apart: escaped, so that it shows
             merged.append(f"labels {first!r} and {ascii(label)} differ only in Unicode normalisation (an accent as "
                           f"one character or as a combining mark) or case: kept {first!r} as one label")
         elif label != first:
             merged.append(f"labels {first!r} and {label!r} differ only in case: kept {first!r} as one label")
-    for message in merged[:WARNINGS_SHOWN]:
+    for message in few_warnings(merged, "{count} more labels differ only in case or Unicode normalisation from an "
+                                        "earlier one, and were merged into it likewise"):
         warnings.warn(message, stacklevel=stacklevel + 1)
-    if len(merged) > WARNINGS_SHOWN:  # a big vocabulary typed in two cases: one line, not one a label
-        warnings.warn(f"{len(merged) - WARNINGS_SHOWN} more labels differ only in case or Unicode normalisation "
-                      "from an earlier one, and were merged into it likewise", stacklevel=stacklevel + 1)
     return list(kept.values())
 
 
