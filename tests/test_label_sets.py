@@ -215,6 +215,36 @@ def test_a_label_set_is_removed_by_name_and_the_others_are_kept(collection, caps
     assert [found.name for found in collection.label_sets()] == ["colours"]
 
 
+def test_compact_gives_a_removed_sets_pages_back_to_the_disk(collection, capsys):
+    """A removed set's rows left the catalog file as large as before (SQLite keeps free pages for reuse): 234 MB
+    with 20,000 labels, 97% of it free. `mmr compact` rewrites the catalog, while this reader stays open."""
+    import json
+
+    from mmretrieval.cli import main
+
+    collection.label("red, blue", label_set="colours")
+    collection.label([f"thing {n}" for n in range(1500)], label_set="big", multi_label=True, threshold=0.0)
+    directory = str(collection.directory)
+    files = [collection.directory / name for name in ("catalog.sqlite", "catalog.sqlite-wal")]
+    assert main(["label", "--collection", directory, "--remove", "big"]) == 0
+    assert "`mmr compact` gives them back to the disk" in capsys.readouterr().err
+    assert main(["info", "--collection", directory, "--json"]) == 0
+    free = json.loads(capsys.readouterr().out)["catalog_free_bytes"]
+    before = sum(path.stat().st_size for path in files if path.exists())  # (most of it may be in the WAL)
+    assert free > 2**20
+
+    assert main(["compact", "--collection", directory]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("catalog rewritten: ") and "compacted" not in err
+    assert sum(path.stat().st_size for path in files if path.exists()) <= before - free
+    assert main(["info", "--collection", directory, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["catalog_free_bytes"] == 0 and info["label_sets"] == {"colours": 2}
+    assert len(collection.search("x", k=9, label="colours:red")) == info["labels"].get("colours:red", 0)
+    assert main(["compact", "--collection", directory]) == 0
+    assert "nothing to compact" in capsys.readouterr().err
+
+
 def test_a_big_vocabulary_is_scored_in_smaller_chunks_with_the_same_labels(collection, monkeypatch):
     """Scores of 4,096 images by 20,000 labels took 2 GB while they were made: a chunk holds at most
     _CHUNK_CELLS scores, and what it labels is the same as in one chunk."""
@@ -250,3 +280,21 @@ def test_info_names_every_set_with_its_vocabulary_even_one_that_labelled_nothing
     assert "label_sets\tshapes=2, none=300" in capsys.readouterr().out.splitlines()
     summary = describe_collection(info)
     assert "- label sets: shapes (2 labels), none (300 labels)" in summary and "class 7" not in summary
+
+
+def test_too_little_disk_for_the_catalogs_rewrite_leaves_it_as_it_was(collection, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from mmretrieval.collection import compaction
+
+    collection.label([f"thing {n}" for n in range(500)], label_set="big", multi_label=True, threshold=0.0)
+    collection.remove_label_set("big")
+    free = compaction.catalog_space(collection.catalog).free_bytes
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(CollectionError, match="needs .* MiB of disk beside it .*left as it was"):
+        collection.compact()
+    assert compaction.catalog_space(collection.catalog).free_bytes == free
+    monkeypatch.undo()
+    assert collection.compact().catalog_bytes_freed >= free

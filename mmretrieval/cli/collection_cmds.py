@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, QueryError
 from ..json_lines import tsv_pairs, tsv_text
+from ..collection.compaction import VACUUM_FREE_RATIO, catalog_space
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
@@ -204,7 +205,9 @@ def _ray_fill(args: argparse.Namespace, collection_dir: str, progress: TqdmProgr
 def _register_compact(subparsers) -> None:
     parser = subparsers.add_parser("compact", help="reclaim the space of deleted and replaced vectors",
                                    description="Rewrite vector segments that hold dead rows (pruned or re-embedded "
-                                   "files). Safe to interrupt; writers also do it on their own past 30% waste.")
+                                   "files), then the catalog when over a tenth of it is free pages (removed label "
+                                   "sets, pruned files). Safe to interrupt; writers compact segments on their own "
+                                   "past 30% waste.")
     add_collection_option(parser, writer=True)
     parser.add_argument("--min-waste", type=probability, default=0.0,
                         help="only segments with more than this share of dead rows (default 0: any)")
@@ -215,13 +218,16 @@ def _compact(args: argparse.Namespace) -> int:
     with open_collection(args.collection, writer="compact", wait=args.wait) as collection, \
             TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
-    if not summary.segments_rewritten:
+    if summary.segments_rewritten:
+        say(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
+            f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
+            f"{summary.bytes_freed / 2**20:.1f} MiB freed")
+    elif not summary.catalog_bytes_freed:
         share = f" over {args.min_waste:.0%} of its rows" if args.min_waste else ""
-        say(f"nothing to compact: no segment holds dead rows{share}")
-        return 0
-    say(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
-        f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
-        f"{summary.bytes_freed / 2**20:.1f} MiB freed")
+        say(f"nothing to compact: no segment holds dead rows{share}, and the catalog's free pages are under "
+            f"{VACUUM_FREE_RATIO:.0%} of it")
+    if summary.catalog_bytes_freed:
+        say(f"catalog rewritten: {summary.catalog_bytes_freed / 2**20:.1f} MiB of free pages given back to the disk")
     return 0
 
 
@@ -312,7 +318,11 @@ def _remove_label_set(args: argparse.Namespace) -> int:
         raise QueryError(f"--remove deletes a label set; it takes none of {', '.join(given)}")
     with open_collection(args.collection, writer="label", wait=args.wait) as collection:
         removed = collection.remove_label_set(args.remove)
+        space = catalog_space(collection.catalog)
     say(f"removed label set {args.remove!r} ({removed:,} labels given to images)")
+    if space.free_ratio >= VACUUM_FREE_RATIO:
+        say(f"the catalog keeps {space.free_bytes / 2**20:.1f} MiB of free pages for reuse; `mmr compact` gives them "
+            "back to the disk")
     return 0
 
 

@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from ..atomic import exclusive_lock
 from ..errors import CollectionBusy, CollectionError
-from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, waste
+from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, vacuum_catalog, waste
 from .upkeep import IndexKeeper
 from .index import IndexPolicy
 from .index_manifest import Manifest
@@ -303,12 +303,18 @@ class Collection(SearchMethods, LabelMethods):
 
     def compact(self, min_waste_ratio: float = 0.0,
                 progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
-        """Rewrite segments that waste more than ``min_waste_ratio`` of their rows (``mmr compact``).
+        """Rewrite segments that waste more than ``min_waste_ratio`` of their rows, then the catalog when over a
+        tenth of it is free pages (``mmr compact``: removed label sets, pruned rows).
 
         Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
+
+        Raises:
+            CollectionError: a read-only collection, another writer at work, or too little disk to rewrite the
+                catalog (the segments' compaction is done and kept; the catalog is left as it was).
         """
         with self.writing(self.busy_message("compact")):
-            return compact(self.catalog, min_waste_ratio, progress)
+            summary = compact(self.catalog, min_waste_ratio, progress)
+            return dataclasses.replace(summary, catalog_bytes_freed=vacuum_catalog(self.catalog))
 
     # -- index ------------------------------------------------------------------------------------------------
     def rebuild_index(self, index_type: str = "auto", *, memory_budget_bytes: int | None = None,

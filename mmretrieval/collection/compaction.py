@@ -17,24 +17,32 @@ removed by :func:`collect_garbage`, which every writer runs on entry, holding th
 Memory: one block of rows (65,536 x dim float32, 128 MiB at 512-d) and one segment's ids (8 bytes a row, at
 most 8 MiB) whatever the collection's size; disk: the live rows of the rewritten segments, until the old ones
 are deleted. A 10 M x 512 float16 collection compacted in full needs up to 10 GB of extra disk.
+
+:func:`vacuum_catalog` gives the catalog's free pages back to the disk (removed label sets, pruned rows: SQLite
+keeps their pages for reuse). It rewrites the catalog in one SQLite transaction (``VACUUM``), so a kill leaves it
+as it was, and readers go on reading their snapshot meanwhile. Memory: SQLite's page cache; disk: a copy of the
+catalog's live pages in the temporary folder and as much again in its WAL, until the next checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..errors import CollectionError
 from .catalog import Catalog
 from .segments import SEGMENT_ROWS, SealedSegment, SegmentWriter
 
 logger = logging.getLogger(__name__)
 
 AUTO_WASTE_RATIO = 0.3  # writers compact on their way out once this share of all stored rows is dead
+VACUUM_FREE_RATIO = 0.1  # `mmr compact` rewrites the catalog once this share of its pages is free
 STAGING_DIRNAME = "staging"
 _BLOCK = 65_536
 _UPDATE_CHUNK = 10_000
@@ -51,6 +59,19 @@ class CompactionSummary:
     rows_copied: int  # live rows moved
     rows_reclaimed: int  # dead rows whose space was freed
     bytes_freed: int  # disk freed (old files minus new ones)
+    catalog_bytes_freed: int = 0  # what the catalog shrank by (:func:`vacuum_catalog`; ``mmr compact`` only)
+
+
+@dataclass(frozen=True)
+class CatalogSpace:
+    """The catalog file's pages: all of them and those free for reuse (what a VACUUM gives back)."""
+
+    total_bytes: int
+    free_bytes: int
+
+    @property
+    def free_ratio(self) -> float:
+        return 0.0 if not self.total_bytes else self.free_bytes / self.total_bytes
 
 
 @dataclass(frozen=True)
@@ -156,3 +177,38 @@ def _write_live_rows(catalog: Catalog, victims: list[int], staging: Path, to_cop
     if writer is not None:
         sealed.append(writer.seal())
     return sealed
+
+
+def catalog_space(catalog: Catalog) -> CatalogSpace:
+    """The catalog's pages, all and free (three pragmas: cheap at any size)."""
+    (page_size,), = catalog._query("PRAGMA page_size")
+    (pages,), = catalog._query("PRAGMA page_count")
+    (free,), = catalog._query("PRAGMA freelist_count")
+    return CatalogSpace(pages * page_size, free * page_size)
+
+
+def vacuum_catalog(catalog: Catalog, min_free_ratio: float = VACUUM_FREE_RATIO) -> int:
+    """Give the catalog's free pages back to the disk when more than ``min_free_ratio`` of it is free; returns
+    the bytes the catalog shrank by (0: not worth it). Only for the collection's writer, holding its lock.
+
+    Raises:
+        CollectionError: too little disk for the rewrite (the catalog is left as it was).
+    """
+    space = catalog_space(catalog)
+    if not space.free_bytes or space.free_ratio < min_free_ratio:
+        return 0
+    live = space.total_bytes - space.free_bytes
+    available = shutil.disk_usage(catalog.path.parent).free
+    if available < live:  # its WAL receives every live page
+        raise CollectionError(f"the catalog holds {space.free_bytes / 2**20:.1f} MiB of free pages, but giving them "
+                              f"back needs {live / 2**20:.1f} MiB of disk beside it ({available / 2**20:.1f} MiB "
+                              "free); the catalog is left as it was")
+    try:
+        catalog._query("VACUUM")
+    except sqlite3.OperationalError as exc:  # the temporary copy did not fit, most likely: the catalog is as it was
+        raise CollectionError(f"cannot give the catalog's free pages back ({exc}; SQLite's temporary copy goes to "
+                              "$SQLITE_TMPDIR or else /var/tmp, /usr/tmp, /tmp); the catalog is left as it was") from exc
+    catalog._query("PRAGMA wal_checkpoint(TRUNCATE)")  # readers may keep it from shrinking the WAL: no matter
+    freed = space.total_bytes - catalog_space(catalog).total_bytes
+    logger.info("catalog rewritten: %.1f MiB given back to the disk", freed / 2**20)
+    return freed

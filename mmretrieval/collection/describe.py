@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
-from .compaction import waste
+from .compaction import catalog_space, waste
 from .index_manifest import Manifest
 from .label_sets import vocabulary_sizes
 from .records import CollectionInfo
@@ -46,4 +46,5 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         index_saved=saved is not None and saved.generation == catalog.generation,
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),
         segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
-        waste_ratio=round(stored.ratio, 4), imported=imported)
+        waste_ratio=round(stored.ratio, 4), catalog_free_bytes=catalog_space(catalog).free_bytes,
+        imported=imported)

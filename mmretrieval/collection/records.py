@@ -46,6 +46,7 @@ class CollectionInfo:
     segments: int = 0  # segment files
     stored_rows: int = 0  # rows in segment files, live or dead
     waste_ratio: float = 0.0  # dead share of stored rows; `mmr compact` reclaims it
+    catalog_free_bytes: int = 0  # free pages in the catalog (removed label sets...); `mmr compact` gives them back
     imported: dict[str, int] = field(default_factory=dict)  # source of committed segments -> rows
     bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     label_sets: dict[str, int] = field(default_factory=dict)  # label set -> labels it was run with
