@@ -78,11 +78,11 @@ def test_an_unknown_label_filter_names_the_closest_labels_not_every_label(collec
     vocabulary = [f"class {n:04d}" for n in range(2_000)] + ["red circle"]
     collection.label(vocabulary, label_set="big", multi_label=True, threshold=1.0)
     with pytest.raises(QueryError) as refused:
-        collection.search("x", label="big:Red Circle")
-    assert str(refused.value) == "no label set has label 'big:Red Circle'; closest: 'big:red circle' and 2,000 more"
+        collection.search("x", label="big:Red Circles")
+    assert str(refused.value) == "no label set has label 'big:Red Circles'; closest: 'big:red circle' and 2,000 more"
     with pytest.raises(QueryError) as refused:  # a label without its set is compared with the sets' labels
-        collection.search("x", label="Red Circle")
-    assert str(refused.value) == "no label set has label 'Red Circle'; closest: 'big:red circle' and 2,000 more"
+        collection.search("x", label="Red Circles")
+    assert str(refused.value) == "no label set has label 'Red Circles'; closest: 'big:red circle' and 2,000 more"
     with pytest.raises(QueryError) as refused:
         collection.search("x", label="big:class 00x7")
     message = str(refused.value)
@@ -93,6 +93,25 @@ def test_an_unknown_label_filter_names_the_closest_labels_not_every_label(collec
     assert str(refused.value) == ("no label set has label 'okapi'; labels: "
                                   + ", ".join(f"'big:class {n:04d}'" for n in range(LABELS_SHOWN))
                                   + f" and {2_001 - LABELS_SHOWN:,} more")
+
+
+def test_a_label_filter_differing_only_in_case_takes_the_labels_alike(collection):
+    """`--label 'Red Circle'` found nothing in a set labelled `red circle` (the error only suggested it): a filter
+    that names no label exactly takes every label that differs from it only in case or Unicode form."""
+    images = collection.directory.parent / "images"
+    for name, labels, image in (("shapes", "Circle, square", 1), ("more", "circle, triangle", 2)):
+        collection.label(labels, label_set=name, multi_label=True, threshold=0.0,
+                         path_prefix=str(images / f"scene-00{image}"))
+    in_shapes = {hit.id for hit in collection.search("x", k=50, label="shapes:Circle")}
+    in_more = {hit.id for hit in collection.search("x", k=50, label="more:circle")}
+    assert len(in_shapes) == len(in_more) == 1 and in_shapes != in_more
+    assert {hit.id for hit in collection.search("x", k=50, label="shapes:CIRCLE")} == in_shapes
+    assert {hit.id for hit in collection.search("x", k=50, label="SHAPES:circle")} == in_shapes
+    assert {hit.id for hit in collection.search("x", k=50, label="CIRCLE")} == in_shapes | in_more
+    assert {hit.id for hit in collection.search("x", k=50, label="more:Circle")} == in_more
+    with pytest.raises(QueryError, match="no label set has label 'Shapes:Triangle'; closest: 'more:triangle'"):
+        collection.search("x", k=50, label="Shapes:Triangle")  # another set's label
+    assert {hit.id for hit in collection.search("x", k=50, label="circle")} == in_more  # an exact match first
 
 
 def test_bad_set_names_are_refused(collection):

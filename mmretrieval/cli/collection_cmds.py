@@ -47,7 +47,8 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", action=Once, type=path_prefix,
                         help="only images in this folder (one that exists), or whose path starts with this text")
     parser.add_argument("--label", action=Once,
-                        help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL")
+                        help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL (exactly, else "
+                        "ignoring case)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
                         "time and camera)")
     parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")

@@ -179,6 +179,9 @@ def great_circle_km(lat1: npt.ArrayLike, lon1: npt.ArrayLike, lat2: float, lon2:
 def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] | None:
     """Sorted ids of embedded images that pass every filter, or None when no filter is set.
 
+    A label filter that names no label exactly takes the labels that differ from it only in case or Unicode form
+    (``Red Circle`` finds ``red circle``; ``CAT`` finds ``cat`` and ``animals:Cat``).
+
     Raises:
         QueryError: a label no label set was run with (one a set was run with and gave no image allows none).
     """
@@ -186,14 +189,27 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
     if filters.path_prefix:
         allowed = catalog.ids_with_prefix(filters.path_prefix)
     if filters.label:
-        with_label = catalog.ids_with_label(filters.label)
-        if not with_label.size and not is_declared(catalog, filters.label):  # a declared one matches nothing
-            raise _unknown_label(catalog, filters.label)
+        with_label = _ids_with_label(catalog, filters.label)
         allowed = with_label if allowed is None else np.intersect1d(allowed, with_label)
     if filters.photo_filters:
         matching = _photo_ids(catalog, filters)
         allowed = matching if allowed is None else np.intersect1d(allowed, matching)
     return None if allowed is None else np.unique(allowed)
+
+
+def _ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
+    """Ids given the label ``ref`` names: exactly, else every label alike but for case and Unicode form."""
+    with_label = catalog.ids_with_label(ref)
+    if with_label.size or is_declared(catalog, ref):  # a declared one may match nothing
+        return with_label
+    label_set, label = resolve(catalog, ref)
+    folded, folded_ref = label_key(label), label_key(ref)
+    alike = [qualified(found.name, name) for found in sets(catalog) if label_set in (None, found.name)
+             for name in found.labels
+             if label_key(name) == folded or (label_set is None and label_key(qualified(found.name, name)) == folded_ref)]
+    if not alike:
+        raise _unknown_label(catalog, ref)
+    return np.unique(np.concatenate([catalog.ids_with_label(name) for name in alike]))
 
 
 def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
