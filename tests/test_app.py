@@ -206,6 +206,37 @@ def test_zero_shot_probabilities_for_the_bar_chart(search, collection_dir):
     assert single["probability"].tolist() == [pytest.approx(1.0)] and "single label, softmax always" in single_summary
 
 
+def test_labels_come_from_an_uploaded_file_instead_of_the_box(manage, search, collection_dir, tmp_path, monkeypatch):
+    """A pasted list of thousands of labels froze the page (5,000 lines: 76 s): a file of them can be uploaded,
+    read as `--labels @FILE` reads one (one a line, commas kept, # comments), and used instead of the box."""
+    from mmretrieval.ui import label_input
+
+    image = str(collection_dir / "images" / "scene-000.png")
+    vocabulary = ["\ufeff# my classes", "circle", "tench, Tinca tinca", "", *(f"class {n}" for n in range(997))]
+    label_file = tmp_path / "labels.txt"
+    label_file.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    _, table, _ = search.zero_shot(image, "square, star", "none", False, str(label_file))
+    assert len(table) == 999 and {"circle", "tench, Tinca tinca"} <= set(table["label"])
+    assert "square" not in set(table["label"])
+    _, counts, _, csv_path, _ = manage.label_collection("square, star", "none", False, 0.5, "from-file", False,
+                                                       str(label_file), progress=lambda *a, **k: None)
+    assert counts["label"].tolist()[:2] == ["circle", "tench, Tinca tinca"] and len(counts) == 999
+    assert counts["count"].sum() == SCENE_COUNT
+    manage.remove_label_set("from-file")  # the other tests' collection
+
+    comments = tmp_path / "comments.txt"
+    comments.write_text("# nothing but a comment\n\n", encoding="utf-8")
+    with pytest.raises(gr.Error, match="or upload a file of them"):
+        search.zero_shot(image, "", "default", False, str(comments))
+    latin = tmp_path / "latin-1.txt"
+    latin.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(gr.Error, match="not UTF-8 text .byte 3 is not.: save it as UTF-8"):
+        search.zero_shot(image, "", "default", False, str(latin))
+    monkeypatch.setattr(label_input, "MAX_LABEL_FILE_BYTES", 1000)
+    with pytest.raises(gr.Error, match="a label file may have at most"):
+        search.zero_shot(image, "", "default", False, str(label_file))
+
+
 def test_label_collection_counts_samples_and_csv(manage, search):
     chart, counts, samples, csv_path, summary = manage.label_collection("circle, square, star", "default", False, 0.5,
                                                                  progress=lambda *a, **k: None)

@@ -302,6 +302,29 @@ def _draw_map(page, labels: str) -> None:
         arg=before, timeout=120_000)
 
 
+def test_a_label_file_uploaded_in_the_label_tab_replaces_the_typed_labels(app_url, browser, tmp_path):
+    """A vocabulary too long to paste (5,000 lines froze the tab for 76 s) goes in as a file; the box empties,
+    since the file's labels are the ones used."""
+    label_file = tmp_path / "labels.txt"
+    label_file.write_text("# kinds\n" + "\n".join(["spotted owl", *(f"kind {n}" for n in range(499))]) + "\n")
+    page = _open_app(browser, app_url)
+    page.get_by_role("tab", name="Label").click()
+    typed = page.locator("#collection-labels textarea")
+    typed.fill("circle, square")
+    page.locator("#collection-labels-file input[type=file]").set_input_files(str(label_file))
+    page.wait_for_function("() => document.querySelector('#collection-labels textarea').value === ''",
+                           timeout=30_000)
+    page.locator("#label-set textarea").fill("from-file")
+    page.get_by_role("button", name="Label the collection").click()
+    page.get_by_text("into label set from-file").wait_for(timeout=120_000)
+    bars = page.locator("#label-count-bars").inner_text()
+    assert "spotted owl" in bars or "kind " in bars
+    page.locator("#set-to-remove textarea").fill("from-file")  # leave the collection as the other tests expect it
+    page.get_by_role("button", name="Remove this set").click()
+    page.get_by_text("removed").first.wait_for(timeout=60_000)
+    page.close()
+
+
 def test_map_redraws_with_new_labels_and_answers_clicks_and_lassos(app_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     errors: list[str] = []

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ..models.settings import MULTI_LABEL_THRESHOLD
-from ..models.label_text import parse_labels
+from .label_input import NO_LABELS, given_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
 from .media import prune_exports
@@ -84,13 +84,14 @@ class CollectionHandlers:
     def label_collection(
         self, labels: str, templates: str = "default", multi_label: bool = False,
         threshold: float = MULTI_LABEL_THRESHOLD, label_set: str | None = None, replace: bool = False,
-        progress: gr.Progress = gr.Progress(),
+        label_file: str | None = None, progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
-        """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary."""
+        """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary.
+        ``label_file``: an uploaded text file of labels, one a line, used instead of the typed ones."""
         check_template_set(templates)
-        names = parse_labels(labels, read_files=False) if (labels or "").replace(",", "").strip() else []
+        names = given_labels(labels, label_file)
         if not names:
-            raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
+            raise gr.Error(NO_LABELS, print_exception=False)
         progress(0, desc="Embedding the labels…")
 
         with self.ctx.long_write() as check_stopping, self.ctx.lock:

@@ -21,6 +21,7 @@ from .api import install_checks
 from .collection_handlers import CollectionHandlers, SAMPLED_LABELS
 from .context import AppContext
 from .duplicate_handlers import GROUPS_SHOWN, MOST_ALIKE, ORDERS, DuplicateHandlers
+from .label_input import label_inputs
 from .map_handlers import SELECTION_SHOWN, MapHandlers
 from .map_view import MAP_CSS, MAP_HTML, MAP_JS
 from .media import guard_upload
@@ -83,8 +84,8 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
         with gr.Column():
             image = guard_upload(gr.Image(label="Image", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], height=260))
-            labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
-                                value="\n".join(("circle", "square", "triangle", "star", "diamond", "cross")))
+            labels = label_inputs("\n".join(("circle", "square", "triangle", "star", "diamond", "cross")),
+                                  elem_id="zero-shot-labels")
             with gr.Row():
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label (independent probabilities)", value=False)
@@ -95,7 +96,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
             with gr.Accordion("Every label's probability", open=False):
                 table = gr.Dataframe(label="Probabilities", interactive=False)
     preview_uploads(image, handlers)
-    classify.click(handlers.zero_shot, [image, labels, templates, multi_label], [chart, table, summary],
+    classify.click(handlers.zero_shot, [image, labels.typed, templates, multi_label, labels.file], [chart, table, summary],
                    api_name="zero_shot", show_progress_on=[summary])
 
 
@@ -105,8 +106,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 "is saved as a named label set; other sets are kept, and search can filter on any of them.")
     with gr.Row():
         with gr.Column():
-            labels = gr.Textbox(label="Labels (one per line, commas kept; or comma-separated on one line)", lines=4,
-                                value="\n".join(ctx.map_labels))
+            labels = label_inputs("\n".join(ctx.map_labels), elem_id="collection-labels")
             with gr.Row():
                 label_set = gr.Textbox("default", label="Label set name", elem_id="label-set")
                 replace = gr.Checkbox(label="Replace the set if it exists", value=False, elem_id="replace-set")
@@ -127,7 +127,8 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label=f"Samples per label (of the {SAMPLED_LABELS} most common labels)", columns=4,
                                  height="auto", allow_preview=True, interactive=False)
-    labelled = run.click(handlers.label_collection, [labels, templates, multi_label, threshold, label_set, replace],
+    labelled = run.click(handlers.label_collection,
+                         [labels.typed, templates, multi_label, threshold, label_set, replace, labels.file],
                          [chart, counts, samples, csv_file, summary], api_name="label_collection",
                          show_progress_on=[summary])
     removed = remove.click(handlers.remove_label_set, [to_remove], [chart, counts, samples, csv_file, summary],

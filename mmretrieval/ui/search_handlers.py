@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..models.label_text import parse_labels
+from .label_input import NO_LABELS, given_labels
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import predict
 from .context import AppContext, folder_prefix, user_errors
@@ -252,14 +252,16 @@ class SearchHandlers:
     @user_errors
     def zero_shot(
         self, image: str | None, labels: str, templates: str = "default", multi_label: bool = False,
+        label_file: str | None = None,
     ) -> tuple[str, pd.DataFrame, str]:
-        """Probabilities of each label for an uploaded image: a bar chart, the full table, and a summary."""
+        """Probabilities of each label for an uploaded image: a bar chart, the full table, and a summary.
+        ``label_file``: an uploaded text file of labels, one a line, used instead of the typed ones."""
         picture = load_upload(image, what="image to classify")
         if picture is None:
             raise gr.Error("Upload an image to classify.", print_exception=False)
-        names = tuple(parse_labels(labels or "", read_files=False)) if (labels or "").replace(",", "").strip() else ()
+        names = tuple(given_labels(labels, label_file))
         if not names:
-            raise gr.Error("Type at least one label (comma-separated or one per line).", print_exception=False)
+            raise gr.Error(NO_LABELS, print_exception=False)
         classifier = self.ctx.classifiers.get(self.ctx.encoder, names, templates)
         vector = self.ctx.encoder.encode_images([picture])
         probabilities = classifier.probabilities(vector, multi_label=multi_label)[0]
