@@ -51,6 +51,31 @@ def test_a_file_gone_since_ingest_is_never_the_copy_to_keep(tmp_path, shapes_enc
     assert code == 1 and out == b""
 
 
+def test_a_file_changed_since_ingest_is_never_listed_as_a_copy(tmp_path, shapes_encoder, capsysbinary):
+    """A copy overwritten with another picture after the ingest kept its old vector, so `--null` listed it as a
+    copy to delete (and, newest now, not as the keeper): `| xargs -0 trash-put` deleted the only copy of the new
+    picture. A file whose size or time changed since it was embedded leaves its group."""
+    first, second = distinct_originals(2, seed=7, size=300)
+    first.save(tmp_path / "a.png")
+    first.save(tmp_path / "a-copy.jpg", quality=85)
+    first.resize((200, 200)).save(tmp_path / "a-small.jpg", quality=80)
+    collection = _ingest(tmp_path, shapes_encoder, tmp_path)
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    assert code == 0 and set(out.split(b"\0")[:-1]) == {os.fsencode(tmp_path / n) for n in ("a-copy.jpg", "a-small.jpg")}
+
+    second.save(tmp_path / "a-copy.jpg", quality=85)  # another picture under the copy's name
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    assert code == 0 and out == os.fsencode(tmp_path / "a-small.jpg") + b"\0"
+    assert "1 files of these groups changed since they were embedded: left out" in err
+    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--json")
+    (group,) = [json.loads(line) for line in out.decode().splitlines()]
+    assert group["changed"] == [str(tmp_path / "a-copy.jpg")] and str(tmp_path / "a-copy.jpg") not in group["paths"]
+    with Collection.open(collection, model=shapes_encoder) as col:  # embedded again: no longer a copy
+        col.ingest([tmp_path], workers=0)
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
+    assert out == os.fsencode(tmp_path / "a-small.jpg") + b"\0" and "changed" not in err
+
+
 @pytest.mark.parametrize("how", ["linked folder", "hard link"])
 def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, capsysbinary, how):
     photos = tmp_path / "photos"

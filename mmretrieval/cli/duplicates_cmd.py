@@ -2,7 +2,7 @@
 
 TSV: ``score<TAB>kept path<TAB>other path…`` (score = the lowest cosine of a copy to the kept one);
 ``--json``: one object per group with ``paths`` (kept copy first), ``scores`` (cosine to the kept copy), ``keep``,
-``ids``, ``aliases`` and ``gone``; ``--null``: only the copies to review, each path ended by a NUL byte, for
+``ids``, ``aliases``, ``gone`` and ``changed``; ``--null``: only the copies to review, each path ended by a NUL byte, for
 ``xargs -0``. ``--organize DIR`` links each group into ``DIR/NNNNN/``; nothing is ever deleted.
 """
 
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Group near-identical images by their stored vectors (a k-NN graph, then connected pairs at or "
         "above the threshold). The kept copy is a file (not a link to one) with the most capture metadata (EXIF "
         "time, camera, GPS), then the most pixels, then the oldest, then a lossless format (PNG, TIFF...), then "
-        "the largest file. A file gone since it was ingested, and a second name of a file in the group (a hard "
+        "the largest file. A file gone or changed since it was ingested, and a second name of a file in the group (a hard "
         "link, a linked folder), is never listed as a copy. Nothing is deleted. Prints one group per line (TSV: "
         "the group's lowest score, then its paths, the kept one first); exits with 1 when no group is found, as "
         "grep does.")
@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "see the README)")
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="JSON lines with paths, scores, keep, aliases and gone")
+    output.add_argument("--json", action="store_true", help="JSON lines with paths, scores, keep, aliases, gone and "
+                        "changed")
     output.add_argument("--null", action="store_true",
                         help="print only the copies to review (every group's paths but the kept one), each ended "
                         "by a NUL byte, for `xargs -0` (any file name, as its bytes)")
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         rows = ({"paths": list(g.paths), "scores": [round(s, 6) for s in g.scores], "keep": g.keep.path,
                  "ids": [c.id for c in g.copies],
                  "aliases": [{"path": a.path, "same_as": a.same_as, "id": a.id} for a in g.aliases],
-                 "gone": list(g.gone)} for g in groups)
+                 "gone": list(g.gone), "changed": list(g.changed)} for g in groups)
         emit(rows, True, [])
     elif args.null:
         for group in groups:
@@ -99,6 +100,10 @@ def _notes(groups: list[DuplicateGroup]) -> list[str]:
     if left_out.gone:
         notes.append(f"{left_out.gone} files of these groups are gone since they were ingested: left out (`mmr "
                      "ingest --prune` drops them from the collection)")
+    if left_out.changed:
+        notes.append(f"{left_out.changed} files of these groups changed since they were embedded: left out, since "
+                     "their stored vectors may show another picture (`mmr ingest` embeds them again; --json lists "
+                     "them as changed)")
     if escaped:
         notes.append(f"{escaped} paths hold a backslash, a tab, a line break or another control character: TSV "
                      "shows them with backslash escapes (\\\\, \\t, \\n, \\xHH); --null or --json give the names "

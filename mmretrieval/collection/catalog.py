@@ -361,6 +361,14 @@ class Catalog(VectorPlaces):
         rows = self._query("SELECT id FROM images WHERE path = ?", (encode_path(path),))
         return rows[0][0] if rows else None
 
+    def file_states(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """``id -> (size, mtime_ns)`` of the files as they were last read ((0, 0) for imported rows)."""
+        found: dict[int, tuple[int, int]] = {}
+        for chunk, marks in in_lists(ids):
+            found.update((row[0], (row[1], row[2])) for row in self._query(
+                f"SELECT id, size, mtime_ns FROM images WHERE id IN ({marks})", chunk))
+        return found
+
     def file_state(self, path: str | os.PathLike) -> tuple[int, int, int] | None:
         """``(id, size, mtime_ns)`` of ``path``'s row as it was last read (0, 0 for an imported row), or None."""
         rows = self._query("SELECT id, size, mtime_ns FROM images WHERE path = ?", (encode_path(path),))

@@ -6,7 +6,9 @@ From the collection's stored vectors, never by re-reading images:
    time (so memory holds one block of queries, never all vectors), keeping neighbours scoring at least the
    threshold (cosine);
 2. connected components of those pairs (union-find): copies of copies end up in one group;
-3. per group, the files as they are now: a file gone since it was ingested leaves its group, and a path that names
+3. per group, the files as they are now: a file gone or changed since it was ingested leaves its group (a changed
+   file's stored vector shows a picture it may no longer hold: listing it as a copy to delete could delete the
+   only copy of its new picture), and a path that names
    the same file as another member (a hard link, a folder reached through a symbolic link) is not a copy of it;
    then the copy to keep (:func:`keeper_rank`) and each copy's exact cosine to it.
 
@@ -84,6 +86,7 @@ class DuplicateGroup:
     copies: tuple[Copy, ...]
     aliases: tuple[Alias, ...] = ()  # other names of members' files: deleting one would delete the member
     gone: tuple[str, ...] = ()  # members' paths whose file no longer exists (``mmr ingest --prune`` drops them)
+    changed: tuple[str, ...] = ()  # members' paths whose file changed (size or time) since it was embedded
 
     @property
     def keep(self) -> Copy:
@@ -110,10 +113,12 @@ class LeftOut:
 
     aliases: int  # paths naming a file its group already lists (never copies: deleting one deletes that file)
     gone: int  # members' files gone since they were ingested
+    changed: int = 0  # members' files changed since they were embedded
 
     @classmethod
     def of(cls, groups: Sequence[DuplicateGroup]) -> "LeftOut":
-        return cls(aliases=sum(len(group.aliases) for group in groups), gone=sum(len(group.gone) for group in groups))
+        return cls(aliases=sum(len(group.aliases) for group in groups), gone=sum(len(group.gone) for group in groups),
+                   changed=sum(len(group.changed) for group in groups))
 
 
 def default_threshold(identity: ModelIdentity) -> float:
@@ -210,16 +215,19 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
         stated = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
                   if i in rows and i in by_id]  # a row removed since the search is left out
         gone = tuple(c.path for c in stated if c.bytes < 0)
-        photos = catalog.photos([c.id for c in stated if c.bytes >= 0])
-        candidates, aliases = _one_path_per_file([c for c in stated if c.bytes >= 0], photos)
+        embedded = catalog.file_states(group)
+        changed = tuple(c.path for c in stated if c.bytes >= 0 and _changed(c, embedded.get(c.id)))
+        present = [c for c in stated if c.bytes >= 0 and c.path not in changed]
+        photos = catalog.photos([c.id for c in present])
+        candidates, aliases = _one_path_per_file(present, photos)
         if len(candidates) < 2:
-            continue  # copies of one file, or of files gone: nothing to choose between
+            continue  # copies of one file, or of files gone or changed: nothing to choose between
         kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
         others = [c for c in candidates if c.id != kept.id]
         scores = _cosines(np.stack([by_id[c.id] for c in others]), np.stack([by_id[kept.id]] * len(others)))
         copies = [kept] + sorted((replace(c, score=float(score)) for c, score in zip(others, scores)),
                                  key=lambda c: (-c.score, c.id))
-        described.append(DuplicateGroup(tuple(copies), aliases, gone))
+        described.append(DuplicateGroup(tuple(copies), aliases, gone, changed))
     return described
 
 
@@ -258,6 +266,12 @@ def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, i
         described = sum((photo.taken_source not in (None, "mtime"), bool(photo.make or photo.model),
                          photo.latitude is not None))
     return (not copy.is_link, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes, -copy.id)
+
+
+def _changed(copy: Copy, embedded: tuple[int, int] | None) -> bool:
+    """Whether ``copy``'s file differs in size or time from when its vector was made (an imported row, stored
+    with neither, cannot tell)."""
+    return embedded is not None and embedded != (0, 0) and embedded != (copy.bytes, copy.mtime_ns)
 
 
 def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:

@@ -178,6 +178,10 @@ def _left_out(groups: list[DuplicateGroup]) -> list[str]:
         verb = "is" if left_out.gone == 1 else "are"
         notes.append(f"{counted(left_out.gone, 'file')} of these groups {verb} gone since ingested, left out (`mmr "
                      "ingest --prune` drops them)")
+    if left_out.changed:
+        verb = "has" if left_out.changed == 1 else "have"
+        notes.append(f"{counted(left_out.changed, 'file')} of these groups {verb} changed since embedded, left out: "
+                     "their stored vectors may show another picture (`mmr ingest` embeds them again)")
     if escaped:
         verb = "holds" if escaped == 1 else "hold"
         notes.append(f"{counted(escaped, 'path')} in the list {verb} a backslash, a tab, a line break or another "
