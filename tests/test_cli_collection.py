@@ -693,3 +693,35 @@ def test_a_prefix_naming_a_folder_matches_inside_it_only(built, capsys):
     inside = found(str(tmp_path / "photos"))
     assert len(inside) == 5 and all(Path(path).parent == tmp_path / "photos" for path in inside)
     assert len(found(str(tmp_path / "photos-"))) == 2  # text that names no folder stays a prefix of the path
+
+
+def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
+    """What an rclip user types: `-n 3` and `-f` were refused with a hint about queries starting with '-'; a query
+    naming an image was searched as the text of its path, in silence; paths for `xargs` came only as TSV, whose
+    escapes break `cut -f2` on a name with a backslash; a deleted file came first with no word about it."""
+    tmp_path, collection = built
+    photos = tmp_path / "photos"
+    odd = photos / "back\\slash.jpg"
+    odd.write_bytes((photos / "good01.jpg").read_bytes())
+    assert main(["ingest", str(photos), "--collection", collection, "--workers", "0"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["search", "red", "--collection", collection, "-n", "3", "-f"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "for -n (as in rclip) use -k N" in err and "for -f (as in rclip) use --null" in err
+    assert "after '--'" not in err
+
+    image = str(photos / "good01.jpg")
+    assert main(["search", image, "--collection", collection, "--device", "cpu", "-k", "50", "--null"]) == 0
+    captured = capsys.readouterr()
+    assert f"is read as text, though it names a file; to search by that image use --image {image}" in captured.err
+    paths = captured.out.split("\0")
+    assert paths[-1] == "" and len(paths) - 1 == 6 and str(odd) in paths  # every image, names whole
+
+    (photos / "good02.jpg").unlink()
+    assert main(["search", "red", "--collection", collection, "--device", "cpu", "-k", "50", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 6  # the gone file's vector is still stored
+    assert "1 of these files no longer exist where the collection has them (`mmr ingest --prune`" in captured.err
+    with pytest.raises(SystemExit):
+        main(["search", "red", "--collection", collection, "--json", "--null"])

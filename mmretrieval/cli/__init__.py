@@ -35,6 +35,9 @@ _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compac
                            "export": "; the export folder is complete"}
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's (or --out's) lock; try again later
 _DASH_HINT = "; a query or path that starts with '-' goes at the end, after '--'"
+# Options of peers (rclip) that people type out of habit, and ours that do their job.
+_PEER_OPTIONS = {"-n": "-k N, the number of results", "-f": "--null, the paths alone (each ended by NUL, for xargs -0)",
+                 "-t": "--threshold", "-p": "mmr serve (previews in the browser)"}
 
 
 def _taken_for_an_option(arg: str) -> bool:
@@ -78,6 +81,9 @@ class _Parser(argparse.ArgumentParser):
             named = any((arg.startswith("-") and not arg.startswith("--")) or _taken_for_an_option(arg)
                         for arg in unknown)
             hint = _DASH_HINT if named else ""  # not for --an-option
+            habits = [arg for arg in unknown if arg in _PEER_OPTIONS]
+            if habits and command in ("search", "similar"):
+                hint = "; " + "; ".join(f"for {arg} (as in rclip) use {_PEER_OPTIONS[arg]}" for arg in habits)
             line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"
             self.exit(2, one_line(line) + "\n")
         return parsed

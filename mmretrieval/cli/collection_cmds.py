@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,11 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", action=Once,
                         help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL (exactly, else "
                         "ignoring case)")
-    parser.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
                         "time and camera)")
+    output.add_argument("--null", action="store_true", help="the paths alone, best first, each ended by a NUL byte "
+                        "(for xargs -0: any file name passes whole)")
     parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")
     add_photo_filter_options(parser)
 
@@ -73,6 +77,7 @@ def _search(args: argparse.Namespace) -> int:
 
     _check_gps(args)
     query = parse_query(args.text, args.image, args.negatives)
+    _warn_of_a_path_as_text(args.text)
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     with open_collection(args.collection, device=args.device) as collection:
         vector = collection.query_vector(query)
@@ -84,7 +89,15 @@ def _search(args: argparse.Namespace) -> int:
             from ..collection.confidence import NoiseCalibration
 
             say(NoiseCalibration(collection).assess(vector, hits[0].score).message)
-    return _print_hits(rows, args.json, "search")
+    return _print_hits(rows, args, "search")
+
+
+def _warn_of_a_path_as_text(text: str | None) -> None:
+    """A query that names an image file is still read as text (rclip takes it as the image): say how to search by
+    the image, since the text of a path finds nothing like it."""
+    if text and os.path.isfile(os.path.expanduser(text)):
+        say(f"mmr search: warning: the query {text!r} is read as text, though it names a file; to search by that "
+            f"image use --image {text} (or mmr similar {text})")
 
 
 def _check_gps(args: argparse.Namespace) -> None:
@@ -113,14 +126,23 @@ def _similar(args: argparse.Namespace) -> int:
         hits = collection.similar(image, k=args.k, threshold=args.threshold, path_prefix=args.prefix, label=args.label,
                                   **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
-    return _print_hits(rows, args.json, "similar")
+    return _print_hits(rows, args, "similar")
 
 
-def _print_hits(rows: list[dict[str, Any]], as_json: bool, command: str) -> int:
-    """Print the hits; exit status 1, with a line on stderr saying so, when there are none."""
-    emit(rows, as_json, _HIT_COLUMNS)
+def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> int:
+    """Print the hits; exit status 1, with a line on stderr saying so, when there are none. A hit whose file is
+    gone since it was ingested is printed all the same (its vector is stored), with a note to prune."""
+    if args.null:
+        sys.stdout.buffer.write(b"".join(os.fsencode(row["path"]) + b"\0" for row in rows))
+        sys.stdout.buffer.flush()
+    else:
+        emit(rows, args.json, _HIT_COLUMNS)
     if not rows:
         say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
+    gone = sum(not os.path.lexists(row["path"]) for row in rows)
+    if gone:
+        say(f"mmr {command}: {gone} of these files no longer exist where the collection has them (`mmr ingest "
+            "--prune` drops those of the folders it ingests)")
     return 0 if rows else 1
 
 
