@@ -182,6 +182,19 @@ def test_an_export_names_its_model_and_import_refuses_another(imported, tmp_path
     assert not (tmp_path / "copy").exists()  # a refused first import leaves no collection
 
 
+def test_import_takes_the_model_an_export_or_a_collection_records(imported, tmp_path, capsys):
+    """Importing an `mmr export` into a new collection asked for --model though mmr-model.json names it."""
+    assert main(["export", str(tmp_path / "out"), "--collection", str(imported)]) == 0
+    with Collection.open(imported) as collection:
+        key, spec = collection.identity.key(), collection.identity.spec
+    capsys.readouterr()
+    for source, copy in ((tmp_path / "out", tmp_path / "copy"), (imported, tmp_path / "copy2")):
+        assert main(["import", str(source), "--collection", str(copy)]) == 0
+        assert f"with the model these vectors record: {spec}" in capsys.readouterr().err
+        with Collection.open(copy) as collection:
+            assert collection.identity.key() == key and collection.info().vectors == 23
+
+
 def test_round_trip_keeps_names_that_are_not_utf8(ingested, tmp_path, tiny_model_dir):
     (_, paths, _, vectors), (_, copied_paths, _, copied_vectors) = round_trip(ingested, tmp_path, str(tiny_model_dir))
     assert copied_paths == paths and any(path.endswith(LATIN1) for path in paths)

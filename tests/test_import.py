@@ -375,6 +375,29 @@ def test_relative_paths_resolve_against_root_and_uris_are_kept(tmp_path, collect
     assert len(by_uri) == 4 and "https://example.org/c.jpg" not in {hit.path for hit in by_uri}
 
 
+def test_relative_paths_that_name_no_file_under_the_default_root_are_refused(tmp_path, collection):
+    """clip-retrieval writes image_path relative to the folder it ran in: resolved against the import folder, all
+    50 paths of a walkthrough's import named no file, in silence, and a re-run skips the landed shard. Without
+    --root, the first shard's relative paths must name some file there; --root says where, or accepts them."""
+    rng = np.random.default_rng(8)
+    names = [f"photos/p{n}.jpg" for n in range(3)]
+    write_shard(tmp_path / "emb", 0, names, unit_rows(rng, 3))
+    with pytest.raises(CollectionError, match=r"none of the first 3 relative image_path values of img_emb_0.npy "
+                       r"names a file under .*emb \(e.g. 'photos/p0.jpg'\); nothing was imported: pass --root"):
+        import_embeddings(collection, tmp_path / "emb")
+    assert collection.vectors()[0].size == 0
+    for name in names:  # where clip-retrieval ran
+        (tmp_path / "run" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / name).write_bytes(b"jpeg")
+    assert import_embeddings(collection, tmp_path / "emb", root=tmp_path / "run").rows_added == 3
+    write_shard(tmp_path / "emb2", 0, names, unit_rows(rng, 3))
+    assert import_embeddings(collection, tmp_path / "emb2", root=tmp_path / "emb2").rows_added == 3  # as they are
+    (tmp_path / "emb3" / "photos").mkdir(parents=True)
+    (tmp_path / "emb3" / "photos" / "p1.jpg").write_bytes(b"jpeg")  # one of them is there: the default is right
+    write_shard(tmp_path / "emb3", 0, names, unit_rows(rng, 3))
+    assert import_embeddings(collection, tmp_path / "emb3").rows_added == 3
+
+
 def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):
     make_folder(tmp_path / "emb", shards=2, rows=20)
     collection = str(tmp_path / "col")

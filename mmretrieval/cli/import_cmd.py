@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None,
                         help="the model that made the embeddings (needed to create a collection; an existing "
                         "collection must have been built with the same model)")
-    parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR)")
+    parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR, "
+                        "refused when none of the first 100 names a file there; clip-retrieval writes them "
+                        "relative to the folder it ran in)")
     parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used; default cpu)")
     parser.add_argument("--no-index", dest="update_index", action="store_false",
                         help="leave the index for a later `mmr index` (importing several folders in a row: build it "
@@ -40,14 +42,19 @@ def register(subparsers) -> None:
 def _import(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.collection import Collection
-    from ..collection.imports import import_embeddings, import_source
+    from ..collection.imports import collection_model, exported_model, import_embeddings, import_source
     from ..errors import CollectionError
 
-    import_source(args.directory)  # a mistyped folder is the first thing to hear about, before --model
+    source = import_source(args.directory)  # a mistyped folder is the first thing to hear about, before --model
     if args.model is None and not is_collection(args.collection):
         # Only the model that made the vectors may record them; the demo model, the default elsewhere, never did.
-        raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "
-                              "embeddings (for another collection's folder, the one `mmr info --collection DIR` shows)")
+        recorded = exported_model(source) or collection_model(source)
+        if recorded is None:
+            raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "
+                                  "embeddings (clip-retrieval's output does not record it)")
+        args.model = recorded.spec
+        say(f"creating {args.collection} with the model these vectors record: {recorded.spec} (--model names "
+            "another spec of it)")
 
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
             args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar,

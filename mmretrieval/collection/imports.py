@@ -20,7 +20,9 @@ shard (source folder, shard name, file sizes and mtimes, the range of ids it add
 moment (SIGKILL included) leaves each shard either fully in or not in at all, and a re-run skips recorded
 shards outright and any path the collection already knows.
 
-Paths: absolute paths are kept; relative ones are resolved against ``root`` (default: the import folder);
+Paths: absolute paths are kept; relative ones are resolved against ``root`` (default: the import folder, and
+then, when none of the first shard's first 100 relative paths names a file there, the import is refused before
+anything lands: clip-retrieval writes them relative to where it ran);
 URIs (``scheme://...``) are kept verbatim. Imported rows have status ``ok`` and no file stats (size and mtime
 0): the files may not exist on this machine, and ``mmr similar PATH`` works from the stored vector.
 
@@ -49,10 +51,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from ..errors import CollectionError
-from .catalog import encode_path
+from .catalog import encode_path, is_collection
 from .exports import MODEL_FILE, pyarrow_modules
 
 if TYPE_CHECKING:
+    from ..models.specs import ModelIdentity
     from .collection import Collection
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ Progress = Callable[[int, int], None]  # (rows done, rows total)
 PATH_COLUMN = "image_path"
 CAPTION_COLUMN = "caption"
 _SHARD_NAME = re.compile(r"img_emb_(\d+)\.npy$")
+ROOT_SAMPLE = 100  # relative paths looked for, without --root, before the first shard lands
 
 
 class Shard(Protocol):
@@ -316,11 +320,15 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                for shard, fingerprint in zip(shards, fingerprints)]
         checks = _CheckedAhead(checker, [shard for shard, fresh in zip(shards, new) if fresh],
                                collection.identity.embed_dim, base)
+        unchecked_root = root is None and not is_collection(source)
         for shard, fingerprint, fresh in zip(shards, fingerprints, new):
             if not fresh:
                 counts["shards_skipped"] += 1
             else:
                 checked = next(checks)  # a bad shard raises here or in land, after the shards before it landed
+                if unchecked_root:  # the first shard to land shows whether the default root is the right one
+                    _check_default_root(checked, source)
+                    unchecked_root = False
                 added, known, renormalised = landing.land(checked, str(source), fingerprint, checks.ready)
                 counts["rows_added"] += added
                 counts["rows_known"] += known
@@ -334,6 +342,24 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
                          index_s=round(time.perf_counter() - started - landed_s, 3), cpu_s=round(landed_cpu, 3),
                          index_cpu_s=round(time.process_time() - started_cpu - landed_cpu, 3), **counts)
+
+
+def _check_default_root(checked: CheckedShard, source: Path) -> None:
+    """Refuse to land relative paths against the default root (the import folder) when none of the first ones
+    names a file there: clip-retrieval writes them relative to the folder `clip inference` ran in, and once landed
+    a re-run skips the shard, so wrong paths would stay.
+
+    Raises:
+        CollectionError: none of up to :data:`ROOT_SAMPLE` such paths exists.
+    """
+    under = os.fsencode(source) + b"/"
+    sample = [key for key in checked.keys[:ROOT_SAMPLE * 10] if key.startswith(under)][:ROOT_SAMPLE]
+    if sample and not any(os.path.lexists(key) for key in sample):
+        example = os.fsdecode(sample[0][len(under):])
+        raise CollectionError(
+            f"none of the first {len(sample)} relative image_path values of {checked.file.name} names a file under "
+            f"{source} (e.g. {example!r}); nothing was imported: pass --root with the folder they are relative to "
+            f"(where clip-retrieval ran), or --root {source} to import them as they are")
 
 
 @contextmanager
@@ -394,24 +420,49 @@ def import_source(directory: str | os.PathLike) -> Path:
 
 
 def _find_any(source: Path, collection: "Collection") -> Sequence[Shard]:
-    from .catalog import is_collection
-
     if is_collection(source):
         from .import_segments import find_segment_shards
 
         if source == collection.directory:
             raise CollectionError(f"{source} is the collection itself; import from another collection's folder")
         return find_segment_shards(source, collection.identity)
-    if (source / MODEL_FILE).is_file():  # an `mmr export`: its model is known, so it is checked
-        from ..models.specs import ModelIdentity
+    theirs = exported_model(source)
+    if theirs is not None:  # an `mmr export`: its model is known, so it is checked
         from .import_segments import refuse_another_model
 
-        try:
-            theirs = ModelIdentity.from_json((source / MODEL_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CollectionError(f"{source / MODEL_FILE} cannot be read ({exc}); it names the model of these "
-                                  "vectors") from exc
         refuse_another_model(source, theirs, collection.identity)
     return find_shards(source)
+
+
+def collection_model(source: Path) -> "ModelIdentity | None":
+    """The model of the collection in ``source``; None when it is no collection or records none."""
+    from ..models.specs import ModelIdentity
+    from .catalog import CATALOG_NAME, Catalog
+
+    if not is_collection(source):
+        return None
+    catalog = Catalog(source / CATALOG_NAME, writable=False)
+    try:
+        stored = catalog.get_meta("model_identity")
+    finally:
+        catalog.close()
+    return None if stored is None else ModelIdentity.from_json(stored)
+
+
+def exported_model(source: Path) -> "ModelIdentity | None":
+    """The model an ``mmr export`` in ``source`` records (:data:`~.exports.MODEL_FILE`); None for other folders.
+
+    Raises:
+        CollectionError: the record cannot be read.
+    """
+    from ..models.specs import ModelIdentity
+
+    if not (source / MODEL_FILE).is_file():
+        return None
+    try:
+        return ModelIdentity.from_json((source / MODEL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CollectionError(f"{source / MODEL_FILE} cannot be read ({exc}); it names the model of these "
+                              "vectors") from exc
 
 
