@@ -111,10 +111,13 @@ class DuplicateHandlers:
             cells = [self._cell(copy, keeper=index == 0) for index, copy in enumerate(group.copies)]
             rows.append(f'<div class="mmr-dup-group"><div class="mmr-dup-title">Group {number} · lowest similarity '
                         f'{group.score:.3f}</div><div class="mmr-dup-row">{"".join(cells)}</div></div>')
-        style = ("<style>.mmr-dup-row{display:flex;gap:10px;overflow-x:auto;padding:4px 0 10px}"
-                 ".mmr-dup-cell{flex:0 0 auto;width:170px;font-size:12px;border:2px solid transparent;border-radius:6px;"
-                 "padding:3px}.mmr-dup-cell.keep{border-color:#2ca02c}.mmr-dup-cell img{max-width:160px;"
-                 "max-height:160px;display:block}.mmr-dup-title{font-weight:600;margin-top:8px}"
+        # A grid that wraps: a row of copies that scrolled sideways hid most of a group on a phone.
+        style = ("<style>.mmr-dup-row{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));"
+                 "gap:10px;padding:4px 0 10px}"
+                 ".mmr-dup-cell{min-width:0;max-width:180px;font-size:12px;border:2px solid transparent;"
+                 "border-radius:6px;padding:3px;overflow-wrap:anywhere}.mmr-dup-cell.keep{border-color:#2ca02c}"
+                 ".mmr-dup-cell img{max-width:100%;max-height:160px;display:block}"
+                 ".mmr-dup-title{font-weight:600;margin-top:8px}"
                  ".mmr-dup-role{font-weight:600}.mmr-dup-folder{color:#666;overflow-wrap:anywhere}</style>")
         return style + "".join(rows)
 

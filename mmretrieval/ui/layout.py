@@ -24,6 +24,7 @@ from .duplicate_handlers import GROUPS_SHOWN, MOST_ALIKE, ORDERS, DuplicateHandl
 from .label_input import label_inputs
 from .map_handlers import SELECTION_SHOWN, MapHandlers
 from .map_view import MAP_CSS, MAP_HTML, MAP_JS
+from .page_style import scroll_into_view_on_phones
 from .media import guard_upload
 from .names import markdown_text
 from .projection import METHODS
@@ -74,7 +75,8 @@ def _details_of_clicked(search: SearchHandlers, image_id: int | None) -> tuple[A
 def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]:
     """The label filters' new choices, each keeping its value while the collection still has that label."""
     choices = label_choices(ctx)
-    return [gr.update(choices=choices, value=value if value in choices else "") for value in chosen]
+    labels = choices[1:]  # after ANY_LABEL, whose value is ""
+    return [gr.update(choices=choices, value=value if value in labels else "") for value in chosen]
 
 
 def _zero_shot_tab(handlers: SearchHandlers) -> None:
@@ -92,7 +94,7 @@ def _zero_shot_tab(handlers: SearchHandlers) -> None:
             classify = gr.Button("Classify", variant="primary")
         with gr.Column():
             chart = gr.HTML(label="Probabilities", elem_id="zero-shot-chart")
-            summary = text_output(label="Summary")
+            summary = text_output(label="Summary", live=True)
             with gr.Accordion("Every label's probability", open=False):
                 table = gr.Dataframe(label="Probabilities", interactive=False)
     preview_uploads(image, handlers)
@@ -119,7 +121,7 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 to_remove = gr.Textbox("", label="Label set to remove", placeholder="its name, as typed above",
                                        scale=3, elem_id="set-to-remove")
                 remove = gr.Button("Remove this set", variant="stop", scale=1)
-            summary = text_output(label="Summary")
+            summary = text_output(label="Summary", live=True)
             csv_file = gr.File(label="Labels as CSV", interactive=False)
         with gr.Column():
             chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
@@ -143,7 +145,7 @@ def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Block
                             interactive=ctx.allow_ingest,
                             placeholder="/path/to/photos" if ctx.allow_ingest else "off: the app is reachable from other machines")
         ingest = gr.Button("Ingest", variant="primary", scale=1, interactive=ctx.allow_ingest)
-    ingest_summary = text_output(label="Ingest summary")
+    ingest_summary = text_output(label="Ingest summary", live=True)
     failures = gr.Dataframe(label="Files that failed, with the reason", interactive=False, wrap=True)
     refresh = gr.Button("Refresh", size="sm")
     ingest.click(handlers.ingest, [folder], [ingest_summary, info, failures], api_name="ingest",
@@ -170,17 +172,19 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
             after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
             camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
-    note = text_output(label="About this map", elem_id="map-note")
+    note = text_output(label="About this map", elem_id="map-note", live=True)
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
                            server_functions=[map_thumbnail], elem_id="map")
         with gr.Column(scale=1, min_width=260):
-            preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"])
-            details = text_output("Click a point for its details.", label="Details", elem_id="map-details")
+            preview = gr.Image(label="Clicked image", interactive=False, height=240, buttons=["fullscreen"],
+                               elem_id="map-preview")
+            details = text_output("Click a point for its details.", label="Details", elem_id="map-details",
+                                  live=True)
             get_original, original = original_download("map-original")
             more = gr.Button("More like this", elem_id="map-more-like-this")
-    picked_note = text_output(label="Selection", elem_id="map-selection-note")
+    picked_note = text_output(label="Selection", elem_id="map-selection-note", live=True)
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
@@ -194,6 +198,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
                api_visibility="private", show_progress_on=[picked_note])
     picked.select(search.select_result, [picked_ids], [preview, details, shown_id, original],
                   api_visibility="private", show_progress_on=[details])
+    picked.select(None, js=scroll_into_view_on_phones("map-preview"), queue=False, api_visibility="private")
     get_original.click(search.original, [shown_id], [original], api_name="map_original", api_visibility="private",
                        show_progress_on=[original])
     return label
@@ -206,7 +211,7 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
         threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
                               scale=3)
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
-    summary = text_output(label="Summary", elem_id="duplicates-summary")
+    summary = text_output(label="Summary", elem_id="duplicates-summary", live=True)
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
                      file_count="multiple", height=140)
     with gr.Row(equal_height=True):

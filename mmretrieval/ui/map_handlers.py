@@ -130,7 +130,7 @@ class MapHandlers:
         if isinstance(event.index, int) and not isinstance(event.index, bool):
             if event.index not in on_map:
                 raise gr.Error(f"Image {event.index} is not on the map; draw it again.", print_exception=False)
-            return event.index, gr.skip(), f"Image {event.index}: see its details on the right."
+            return event.index, gr.skip(), f"Image {event.index}: shown under “Clicked image”, with its details."
         if not isinstance(event.index, list) or not all(isinstance(i, int) for i in event.index):
             raise gr.Error("That selection is not a list of image ids.", print_exception=False)
         chosen = [i for i in dict.fromkeys(event.index) if i in on_map]

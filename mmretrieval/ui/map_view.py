@@ -2,14 +2,16 @@
 
 The component's value is JSON (points, colours, legend), so ``/map`` gives scripts the same data. The
 script (``MAP_JS``) redraws whenever the value changes (no page reload), shows a thumbnail on hover
-(fetched by catalog id through a server function), sends ``select`` with one id on a click and with the
-ids inside a lasso (drag around points; a drag is also a box). Ids go to the server, never paths.
+(fetched by catalog id through a server function), sends ``select`` with one id on a click or tap and with
+the ids inside a lasso (drag around points with a mouse, finger or pen; a drag is also a box). Ids go to the
+server, never paths. The canvas is focusable and named by a summary of the map (points and labels).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from typing import Sequence
 
@@ -32,34 +34,69 @@ MIN_COLOUR_DISTANCE = 25.0
 PALETTE = ("#4e79a7", "#b07aa1", "#8cd17d", "#ffbe7d", "#881155", "#00bbff", "#995500", "#dd3366", "#005522",
            "#aaaaff", "#ff9da7", "#cccc66", "#00eeaa", "#ee99ff", "#ff8866", "#555533")
 UNLABELLED_COLOUR = "#b0b0b0"
+# The colour words each palette colour could be read as (judged by eye: no formula of hue and distance names
+# "#4e79a7" blue and "#ffbe7d" orange reliably). A label is not given a palette colour that reads as a colour
+# word another label on the same map names: "cross" is not drawn steel blue beside "blue square".
+PALETTE_READS_AS = {
+    "#4e79a7": {"blue", "navy", "grey", "gray"}, "#b07aa1": {"purple", "violet", "pink"},
+    "#8cd17d": {"green", "lime"}, "#ffbe7d": {"orange", "beige", "gold", "yellow"},
+    "#881155": {"maroon", "purple", "magenta", "red"}, "#00bbff": {"blue", "cyan", "turquoise"},
+    "#995500": {"brown", "orange", "gold"}, "#dd3366": {"red", "pink", "magenta"}, "#005522": {"green", "teal"},
+    "#aaaaff": {"blue", "violet", "purple"}, "#ff9da7": {"pink", "red"}, "#cccc66": {"olive", "yellow", "beige"},
+    "#00eeaa": {"green", "turquoise", "cyan"}, "#ee99ff": {"pink", "violet", "purple", "magenta"},
+    "#ff8866": {"orange", "red", "pink"}, "#555533": {"olive", "brown", "grey", "gray"},
+}
+
+
+def colour_word(label: str) -> str | None:
+    """The first colour word in a label (``red``, ``SET:red``, ``light blue`` → blue, ``red circle`` → red), or
+    None. Only the label counts, not its set's name; words are whole (``reddish`` names no colour)."""
+    words = re.findall(r"[a-z]+", label.rsplit(":", 1)[-1].lower())
+    return next((word for word in words if word in COLOUR_WORDS), None)
 
 
 def colour_of(label: str) -> str | None:
-    """The CSS colour a label names (``red``, ``SET:red``, ``light blue`` → blue), or None."""
-    words = label.rsplit(":", 1)[-1].strip().lower().split()
-    return COLOUR_WORDS.get(words[-1]) if words else None
+    """The CSS colour a label names (:func:`colour_word`'s colour), or None."""
+    word = colour_word(label)
+    return COLOUR_WORDS[word] if word else None
 
 
 def colours_for(labels: Sequence[str], unlabelled: str) -> dict[str, str]:
-    """A colour per distinct label: its own colour for colour words, else the next palette colour.
+    """A colour per distinct label: its own colour for a label naming a colour, else a palette colour.
 
     No two labels get colours closer than MIN_COLOUR_DISTANCE while there are at most ``len(PALETTE)``
     labels: a colour word whose colour is near one already given ("gray" after "grey", "colours:red" after
-    "red", "violet" after "purple") takes a palette colour instead. Past the palette's size colours repeat.
+    "red", "violet" after "purple") takes a palette colour instead. A palette colour that reads as a colour word
+    some other label names (:data:`PALETTE_READS_AS`) is passed over while another is free, and one that reads as
+    the label's own colour word is preferred ("dark red" after "red" gets a red). Past the palette's size
+    colours repeat.
     """
+    distinct = list(dict.fromkeys(labels))
+    named_words = {colour_word(label) for label in distinct} - {None}
     colours: dict[str, str] = {}
-    next_colour = 0
+    free = list(PALETTE)
     # The unlabelled grey first, so that "silver" or "grey" do not take a colour next to it.
-    for label in sorted(dict.fromkeys(labels), key=lambda label: label != unlabelled):
+    for label in sorted(distinct, key=lambda label: label != unlabelled):
         named = colour_of(label)
         if label == unlabelled:
             colours[label] = UNLABELLED_COLOUR
         elif named and all(colour_distance(named, given) >= MIN_COLOUR_DISTANCE for given in colours.values()):
             colours[label] = named
         else:
-            colours[label] = PALETTE[next_colour % len(PALETTE)]
-            next_colour += 1
+            if not free:  # more labels than the palette: colours repeat
+                free = list(PALETTE)
+            colours[label] = _palette_colour(free, colour_word(label), named_words)
+            free.remove(colours[label])
     return colours
+
+
+def _palette_colour(free: list[str], own_word: str | None, named_words: set[str]) -> str:
+    """Of the ``free`` palette colours, the first that reads as ``own_word``, else the first that reads as no
+    other colour word on the map, else the first."""
+    others = named_words - {own_word}
+    unmistaken = [colour for colour in free if not PALETTE_READS_AS[colour] & others]
+    own = [colour for colour in unmistaken if own_word in PALETTE_READS_AS[colour]]
+    return (own or unmistaken or free)[0]
 
 
 def colour_distance(first: str, second: str) -> float:
@@ -99,17 +136,19 @@ def map_value(ids: npt.NDArray[np.int64], coordinates: npt.NDArray[np.float32], 
 
 
 MAP_HTML = """<div class="mmr-map" data-points="0" data-version="">
-<canvas class="mmr-canvas" width="900" height="560"></canvas>
+<canvas class="mmr-canvas" width="900" height="560" tabindex="0" role="img" aria-label="Map of the collection: not drawn yet"></canvas>
 <div class="mmr-tip" hidden></div>
 <div class="mmr-legend"></div>
-<div class="mmr-help">Hover a point for its image; click it for details and “more like this”; drag around points
-(lasso, or a box) to see them below.</div>
+<div class="mmr-help">Hover a point for its image; click or tap it for details and “more like this”; drag around
+points with a mouse, a finger or a pen (lasso, or a box) to see them below.</div>
 </div>"""
 
 MAP_CSS = """
 .mmr-map { position: relative; width: 100%; }
 .mmr-canvas { width: 100%; height: 560px; border: 1px solid var(--border-color-primary, #ddd); border-radius: 6px;
-  cursor: crosshair; background: var(--background-fill-primary, #fff); }
+  cursor: crosshair; background: var(--background-fill-primary, #fff); touch-action: none; }
+.mmr-canvas:focus-visible { outline: 2px solid #1d4ed8; outline-offset: 2px; }
+@media (max-width: 600px) { .mmr-canvas { height: 360px; } }
 .mmr-tip { position: absolute; pointer-events: none; background: var(--background-fill-primary, #fff);
   border: 1px solid #999; border-radius: 4px; padding: 4px; font-size: 12px; max-width: 200px; z-index: 10; }
 .mmr-tip img { display: block; max-width: 128px; max-height: 128px; image-rendering: pixelated; }
@@ -164,9 +203,16 @@ function render() {
   p.root.dataset.points = String(pts.ids.length); p.root.dataset.version = String(S.data.version || '');
   p.legend.innerHTML = S.data.legend.map(l =>
     `<span class="mmr-key"><i style="background:${esc(l.colour)}"></i>${esc(l.label)} (${l.count})</span>`).join('');
+  p.canvas.setAttribute('aria-label', summary(pts.ids.length, S.data.legend));
   S.geo = geometry(p, p.canvas, pts); draw(null); bind(p);
   // Where the first point is drawn, for tests and for people inspecting the page.
   p.root.dataset.first = pts.ids.length ? `${S.geo.X[0].toFixed(1)},${S.geo.Y[0].toFixed(1)}` : '';
+}
+function summary(n, legend) {
+  if (!n) return 'Map of the collection: not drawn yet';
+  const keys = legend.map(l => `${l.label} ${l.count}`).join(', ');
+  return `Map of ${n} image${n === 1 ? '' : 's'}, similar images near each other, coloured by label: ${keys}. ` +
+    'Drag around points to list them below the map.';
 }
 function nearest(x, y) {
   const g = S.geo, ids = S.data.points.ids; let best = -1, bestD = 64;
@@ -194,22 +240,32 @@ function showTip(p, i, x, y) {
   }
 }
 function bind(p) {
+  // Pointer events: a mouse, a finger and a pen alike (touch-action: none keeps a drag from scrolling the page).
   const c = p.canvas; if (c.dataset.bound) return; c.dataset.bound = '1';
   let path = null;
   const at = e => { const b = c.getBoundingClientRect(); return [e.clientX - b.left, e.clientY - b.top]; };
-  c.addEventListener('mousedown', e => { path = [at(e)]; });
-  c.addEventListener('mousemove', e => {
-    const [x, y] = at(e);
-    if (path) { path.push([x, y]); draw(path); p.tip.hidden = true; return; }
-    const i = nearest(x, y);
-    if (i < 0) { p.tip.hidden = true; S.hoverId = null; } else showTip(p, i, x, y);
+  const hideTip = () => { p.tip.hidden = true; S.hoverId = null; };
+  c.addEventListener('pointerdown', e => {
+    if (e.button > 0) return;
+    path = [at(e)]; hideTip();
+    c.setPointerCapture(e.pointerId);  // the pointerup comes here even when released outside the canvas
   });
-  c.addEventListener('mouseleave', () => { p.tip.hidden = true; S.hoverId = null; });
-  window.addEventListener('mouseup', e => {
+  c.addEventListener('pointermove', e => {
+    const [x, y] = at(e);
+    if (path) { path.push([x, y]); draw(path); return; }
+    const i = nearest(x, y);
+    if (i < 0) hideTip(); else showTip(p, i, x, y);
+  });
+  c.addEventListener('pointerleave', hideTip);
+  c.addEventListener('pointercancel', () => { path = null; draw(null); hideTip(); });
+  c.addEventListener('pointerup', e => {
+    // A tap leaves no hover behind: the thumbnail would stay over the map.
+    if (e.pointerType !== 'mouse') hideTip();
     if (!path) return; const drawn = path; path = null; draw(null);
     const [x0, y0] = drawn[0], [x1, y1] = at(e);
     const moved = drawn.reduce((m, [x, y]) => Math.max(m, Math.abs(x - x0) + Math.abs(y - y0)), 0);
     if (moved < 6) { const i = nearest(x1, y1); if (i >= 0) trigger('select', { index: S.data.points.ids[i], value: 'point' }); return; }
+    hideTip();
     const box = drawn.length < 4 ? [[x0, y0], [x1, y0], [x1, y1], [x0, y1]] : drawn;
     const ids = []; const g = S.geo;
     for (let i = 0; i < S.data.points.ids.length; i++) if (inside(box, g.X[i], g.Y[i])) ids.push(S.data.points.ids[i]);

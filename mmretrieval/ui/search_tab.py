@@ -10,6 +10,7 @@ import gradio as gr
 
 from .context import AppContext
 from .media import guard_upload
+from .page_style import scroll_into_view_on_phones
 from .search_handlers import DEFAULT_K, MAX_K, SearchHandlers
 from .widgets import label_choices, original_download, preview_uploads, text_output
 
@@ -91,7 +92,7 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
 
 
 def _result_panel() -> _ResultPanel:
-    status = text_output(elem_id="search-status", label="Status")
+    status = text_output(elem_id="search-status", label="Status", live=True)
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results", columns=4, height="auto", allow_preview=False, object_fit="contain",
@@ -107,7 +108,7 @@ def _result_panel() -> _ResultPanel:
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
                                buttons=["fullscreen"])
-            details = text_output("Click a result to see it here.", elem_id="details", label="Details")
+            details = text_output("Click a result to see it here.", elem_id="details", label="Details", live=True)
             get_original, original = original_download("original")
             with gr.Row(equal_height=True):
                 # Text, not gr.Number: Gradio's number box shows (and sends) 0 until something is typed, and
@@ -146,6 +147,8 @@ def search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     one_image = [r.preview, r.details, r.selected, r.original]
     r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private",
                      show_progress_on=[r.details])
+    # On a phone the preview is far below the gallery: bring it into sight at once (it fills in when it comes).
+    r.gallery.select(None, js=scroll_into_view_on_phones("preview"), queue=False, api_visibility="private")
     gr.on([r.show_button.click, r.selected.submit], handlers.show_image, [r.selected], one_image,
           api_name="image_info_typed", api_visibility="private", show_progress_on=[r.details])  # named, so that /image_info stays the scripts'
     r.get_original.click(handlers.original, [r.selected], [r.original], api_name="original_shown",

@@ -164,6 +164,8 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
     if not is_local_only(config):
         logger.warning("serving on %s%s: anyone who can reach it can search this collection",
                        config.host, " with a public share link" if config.share else "")
+    from .page_style import PAGE_CSS, PAGE_JS, theme
+
     app.queue(default_concurrency_limit=2, max_size=64)
     app.launch(
         server_name=config.host,
@@ -176,6 +178,7 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
         inbrowser=False,
         quiet=not config.share,  # the command line prints the local address; Gradio prints the share link
         footer_links=["api"],
+        theme=theme(), css=PAGE_CSS, js=PAGE_JS,  # readable buttons, phones, focus rings, live regions
         state_session_capacity=config.session_capacity,
         # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
         # a loopback-only app answers only requests addressed to a loopback name.

@@ -8,15 +8,19 @@ from typing import Any
 import gradio as gr
 
 from .context import AppContext
+from .page_style import LIVE_CLASS
 from .search_handlers import SearchHandlers
 
 
-def text_output(value: str = "", **kwargs: Any) -> gr.Markdown:
+def text_output(value: str = "", live: bool = False, **kwargs: Any) -> gr.Markdown:
     """A Markdown output that shows text from users and the file system (queries, labels, file names).
 
     The handlers escape that text (:func:`.names.markdown_text`); LaTeX is off because Gradio looks for
-    ``$$…$$`` in the rendered text, where no escape can stop it.
+    ``$$…$$`` in the rendered text, where no escape can stop it. ``live``: a status whose every change a screen
+    reader announces (the page's script makes it ``role="status" aria-live="polite"``, :mod:`.page_style`).
     """
+    if live:
+        kwargs["elem_classes"] = [*kwargs.get("elem_classes", []), LIVE_CLASS]
     return gr.Markdown(value, latex_delimiters=[], **kwargs)
 
 
@@ -34,7 +38,13 @@ def preview_uploads(image: gr.Image, handlers: SearchHandlers) -> None:
     image.upload(handlers.show_upload, [image], [image], api_visibility="private", show_progress="minimal")
 
 
-def label_choices(ctx: AppContext) -> list[str]:
-    """The label filter's choices: "" (no filter), then every stored label (``SET:LABEL`` outside the default set)."""
+# The label filters' first choice: no filter. Its value stays "", its name is what a screen reader reads
+# (a choice named "" was read out as its tick mark, "✓").
+ANY_LABEL = ("any label", "")
+
+
+def label_choices(ctx: AppContext) -> list[tuple[str, str] | str]:
+    """The label filter's choices: :data:`ANY_LABEL` (value "": no filter), then every stored label
+    (``SET:LABEL`` outside the default set), each its own name and value."""
     with ctx.lock:  # the labels alone (every page load asks): info() would also count rows and sync the index
-        return [""] + list(ctx.collection.catalog.label_counts())
+        return [ANY_LABEL, *ctx.collection.catalog.label_counts()]
