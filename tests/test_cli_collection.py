@@ -348,7 +348,7 @@ def test_a_new_collection_holding_planned_rows_is_kept_when_its_first_ingest_fai
     # an error (or Ctrl-C) would throw that work away.
     from mmretrieval.collection.collection import Collection
     from mmretrieval.ingest.reader import discover
-    from mmretrieval.ingest.runner import plan
+    from mmretrieval.ingest.planning import plan
 
     write_good_images(tmp_path / "photos", 2)
     new = tmp_path / "new.mmr"

@@ -72,7 +72,7 @@ def test_labels_of_every_set_stay_when_only_the_mtime_changes(tmp_path, tiny_enc
 
         _touch(paths[0])  # same bytes: a copy without -p, a sync tool, a restore
         touched = col.ingest([tmp_path / "photos"], workers=0)
-        assert (touched.embedded, touched.duplicates, touched.unchanged) == (0, 1, 3)
+        assert (touched.embedded, touched.duplicates, touched.unchanged) == (0, 0, 4)  # hashed, not re-embedded
         assert {str(p): _labels_by_set(col, p) for p in paths} == before
         assert col.catalog.label_counts() == counts
 
@@ -84,7 +84,8 @@ def test_labels_of_every_set_stay_when_only_the_mtime_changes(tmp_path, tiny_enc
         assert _labels_by_set(col, paths[0]) == before[str(paths[0])]
 
 
-def test_a_touched_file_keeps_its_labels_through_a_failed_run(tmp_path, tiny_encoder, monkeypatch):
+def test_touched_files_keep_their_labels_beside_a_changed_one_through_a_failed_run(tmp_path, tiny_encoder,
+                                                                                  monkeypatch):
     paths = write_good_images(tmp_path / "photos", 8)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
@@ -92,18 +93,21 @@ def test_a_touched_file_keeps_its_labels_through_a_failed_run(tmp_path, tiny_enc
         before = {str(p): _labels_by_set(col, p) for p in paths}
         for path in paths:
             _touch(path)
+        paths[6].write_bytes(paths[6].read_bytes()[:-1] + b"\0")  # the same size, other bytes: changed
         paths[7].write_bytes(scene_jpeg(61))
-        _touch(paths[7])
+        for path in paths[6:]:
+            _touch(path)
         _failing_writer(monkeypatch, fail_at=1)
         with pytest.raises(OSError, match="No space left"):
             col.ingest([tmp_path / "photos"], workers=0, batch_size=4)
-        assert col.catalog.counts_by_status() == {"pending": 8}
-        # still pending, each keeps the labels of the vector it still has
+        assert col.catalog.counts_by_status() == {"ok": 6, "pending": 2}  # the touched ones were only hashed
+        # the pending ones keep the labels of the vectors they still have
         assert {str(p): _labels_by_set(col, p) for p in paths} == before
         monkeypatch.undo()
         again = col.ingest([tmp_path / "photos"], workers=0, batch_size=4)
-        assert (again.embedded, again.duplicates) == (1, 7)
-        assert {str(p): _labels_by_set(col, p) for p in paths[:7]} == {str(p): before[str(p)] for p in paths[:7]}
+        # paths[6]: its last byte (the JPEG's end marker) changed, so it now fails; it was never taken as touched
+        assert (again.embedded, again.unchanged, again.failed) == (1, 6, {"truncated": 1})
+        assert {str(p): _labels_by_set(col, p) for p in paths[:6]} == {str(p): before[str(p)] for p in paths[:6]}
         assert _labels_by_set(col, paths[7]) == set()
 
 
@@ -233,7 +237,8 @@ def test_sigkill_during_a_prune_that_moves_touches_and_changes_files_then_resume
 
     with Collection.open(tmp_path / "clean", device="cpu") as col:
         clean = col.ingest([photos], workers=0, batch_size=2, prune=True)
-    assert (clean.embedded, clean.duplicates, clean.unchanged, clean.pruned) == (1, 19, 0, 10)
+    # the changed file embedded, the moved ones' vectors reused, the touched ones hashed in planning, a/ pruned
+    assert (clean.embedded, clean.duplicates, clean.unchanged, clean.pruned) == (1, 10, 9, 10)
     killed, expected = _snapshot(tmp_path / "killed"), _snapshot(tmp_path / "clean")
     assert killed == expected
     assert expected["counts"] == {"ok": 20}

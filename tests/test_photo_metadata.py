@@ -431,3 +431,29 @@ def test_rows_without_a_file_time_have_no_date_and_match_no_photo_filter(tmp_pat
     assert catalog.photos([image_id])[image_id].taken_at is None
     assert allowed_ids(catalog, Filters.of(before="2100")).tolist() == []
     catalog.close()
+
+
+def test_a_touched_file_is_dated_by_its_new_time_unless_exif_dates_it(tmp_path, tiny_encoder):
+    """A touched file is hashed, not decoded again, during planning: the capture time taken from its mtime must
+    move with the mtime, and one from EXIF must stay."""
+    import os
+
+    from mmretrieval.collection.collection import Collection
+
+    (tmp_path / "photos").mkdir()
+    dated, undated = tmp_path / "photos" / "dated.jpg", tmp_path / "photos" / "undated.jpg"
+    dated.write_bytes(jpeg_with(make_exif(taken="2021:07:04 10:30:00")))
+    undated.write_bytes(jpeg_with(Image.Exif(), colour=(10, 200, 30)))
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        stamp = 1_500_000_000  # 2017-07-14 UTC
+        for path in (dated, undated):
+            os.utime(path, (stamp, stamp))
+        summary = col.ingest([tmp_path / "photos"], workers=0)
+        assert (summary.embedded, summary.unchanged) == (0, 2)
+        ids = [col.catalog.id_of_path(path) for path in (dated, undated)]
+        photos = col.photos(ids)
+        assert photos[ids[0]].taken_local == "2021-07-04T10:30:00" and photos[ids[0]].taken_source == "exif_original"
+        assert photos[ids[1]].taken_source == "mtime" and photos[ids[1]].taken_at is not None
+        assert photos[ids[1]].taken_local.startswith("2017-07-1")
+        assert col.search("x", k=5, after="2017-07-01", before="2017-08-01")[0].id == ids[1]

@@ -15,7 +15,7 @@ from mmretrieval.ingest.ray_runner import RayIngestConfig
 from mmretrieval.ingest.ray_segments import ResultDrop
 from mmretrieval.ingest.ray_stages import Embedder, decode_rows
 from mmretrieval.ingest.reader import discover
-from mmretrieval.ingest.runner import plan
+from mmretrieval.ingest.planning import plan
 from mmretrieval.errors import CollectionError
 
 from test_ingest import scene_jpeg, write_good_images

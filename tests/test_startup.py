@@ -3,6 +3,8 @@ query, only the text tower for a text search, no training code or Ray for `mmr s
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import mmretrieval.models.encoder as encoder_module  # where a collection's model loads from
@@ -38,6 +40,13 @@ def test_an_unchanged_ingest_never_loads_the_model(built, monkeypatch):
         summary = col.ingest([photos], workers=0)
     assert (summary.embedded, summary.unchanged) == (0, 5)
     assert loads == []
+    touched = sorted(photos.iterdir())[0]
+    later = touched.stat().st_mtime_ns + 10**9
+    os.utime(touched, ns=(later, later))  # the same bytes with a new time: hashed, not decoded (it loaded the model)
+    with Collection.open(directory, device="cpu") as col:
+        summary = col.ingest([photos], workers=0)
+        assert col.catalog.file_state(touched)[2] == later
+    assert (summary.embedded, summary.duplicates, summary.unchanged) == (0, 0, 5) and loads == []
     write_good_images(photos / "more", 1, seed=3)  # something new: now the model is needed, once
     with Collection.open(directory, device="cpu") as col:
         summary = col.ingest([photos], workers=0)

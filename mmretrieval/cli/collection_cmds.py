@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, QueryError
 from ..json_lines import tsv_pairs, tsv_text
-from ..collection.compaction import VACUUM_FREE_RATIO, catalog_space
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
@@ -238,6 +237,8 @@ def _register_compact(subparsers) -> None:
 
 
 def _compact(args: argparse.Namespace) -> int:
+    from ..collection.compaction import VACUUM_FREE_RATIO
+
     with open_collection(args.collection, writer="compact", wait=args.wait) as collection, \
             TqdmProgress("compacting", unit="vectors") as progress:
         summary = collection.compact(args.min_waste, progress=progress)
@@ -332,6 +333,8 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _remove_label_set(args: argparse.Namespace) -> int:
+    from ..collection.compaction import VACUUM_FREE_RATIO, catalog_space
+
     given = [option for option, value in (("--labels", args.labels), ("--out", args.out),
                                           ("--organize", args.organize), ("--replace", args.replace),
                                           ("--multi-label", args.multi_label), ("--prefix", args.prefix),

@@ -72,6 +72,7 @@ class FileState:
     mtime_ns: int
     status: str
     reason: str | None = None  # why it failed or was skipped
+    content_hash: str | None = None  # of the bytes its vector was made from
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,11 @@ class Catalog(VectorPlaces):
 
     # -- planning ---------------------------------------------------------------------------------------------
     def file_states_of(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
-        """The known ones among ``paths`` and their (id, size, mtime, status, reason)."""
+        """The known ones among ``paths`` and their (id, size, mtime, status, reason, content hash)."""
         found: dict[bytes, FileState] = {}
         for chunk, marks in in_lists(paths):
-            for row in self._query(f"SELECT path, id, size, mtime_ns, status, reason FROM images WHERE path IN ({marks})",
-                                   chunk):
+            for row in self._query("SELECT path, id, size, mtime_ns, status, reason, content_hash FROM images "
+                                   f"WHERE path IN ({marks})", chunk):
                 found[row[0]] = FileState(*row[1:])
         return found
 

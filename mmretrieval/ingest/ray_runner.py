@@ -1,7 +1,7 @@
 """Ingestion on a Ray cluster (``mmr ingest --ray``): the same plan and the same answers as :mod:`.runner`.
 
-Planning stays on the driver and is the single-machine runner's (:func:`.runner.plan`; with ``--prune``,
-:func:`.runner.prune_vanished` before and after the embedding): only new, changed and transiently failed files
+Planning stays on the driver and is the single-machine runner's (:func:`.planning.plan`; with ``--prune``,
+:func:`.planning.prune_vanished` before and after the embedding): only new, changed and transiently failed files
 are ``pending``. Then Ray Data runs four operators with their own
 resources, and its streaming executor applies backpressure between them::
 
@@ -40,7 +40,7 @@ from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop, short_retries
 from .reader import FileDecoder, discover
-from .runner import plan, prune_scope, prune_vanished, walked_folders
+from .planning import plan, prune_scope, prune_vanished, walked_folders
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,180 @@
+"""Planning an ingest: what the reader found against the catalog, before anything is decoded.
+
+Files are compared by (path, size, mtime): unchanged ones are skipped (except those that failed for a transient
+reason, such as a timeout), and so are touched ones (a new mtime, the same size, and bytes with the content hash
+their vector was made from: :mod:`.touched`); new and changed ones are marked ``pending``, which also assigns
+their ids. With ``--prune``, :func:`prune_scope` says which rows a run may delete and :func:`prune_vanished`
+deletes those whose file is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+from ..collection.catalog import Catalog, FileState, encode_path
+from ..errors import CollectionError
+from .batches import SourceFile, Skipped, chunked
+from .reader import LIST_SUFFIXES, PathStream, discover
+from .touched import mark_touched, maybe_touched, unchanged_bytes
+
+logger = logging.getLogger(__name__)
+
+# Failures that say more about the moment than the file (a busy machine, a flaky disk): retried every run.
+TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable"})
+PLAN_CHUNK = 10_000  # files looked up and marked pending per catalog transaction
+
+
+def prune_vanished(catalog: Catalog, scope: PruneScope | None, skipped: Sequence[Skipped],
+                   not_ok_only: bool = False) -> int:
+    """Delete the rows of vanished files within ``scope`` (None: nothing), except under the folders that this
+    run's walk could not list (``skipped``); ``not_ok_only``: only rows that are not ``ok``. Returns how many."""
+    if scope is None:
+        return 0
+    unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
+    return catalog.prune_missing(scope.folders, scope.entries(), keep_under=unreadable, not_ok_only=not_ok_only)
+
+
+@dataclass(frozen=True)
+class PruneScope:
+    """What a ``--prune`` may delete: rows under these folders, or with these exact paths (catalog keys)."""
+
+    folders: tuple[bytes, ...]  # absolute folder paths ending in a separator
+    paths: tuple[bytes, ...]  # single files given
+    lists: tuple[str, ...] = ()  # list files given: their entries count as files given
+
+    def entries(self) -> Iterator[bytes]:
+        """The files given and the entries of the list files, read as a stream (a 10 M-line list is not held)."""
+        yield from self.paths
+        for list_file in self.lists:
+            yield from (encode_path(item.path) for item in discover([list_file]))
+
+
+def prune_scope(sources: Sequence[str | PathStream]) -> PruneScope:
+    """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection.
+
+    Raises:
+        CollectionError: a source that is missing or unreadable: its files may only be on a drive that is not
+            mounted, so nothing is pruned (the message names it).
+    """
+    folders: list[bytes] = []
+    paths: list[bytes] = []
+    lists: list[str] = []
+    for source in sources:
+        if isinstance(source, PathStream):
+            raise CollectionError(f"--prune cannot take its files from {source}, which is read once; save the list "
+                                  "to a .txt file and pass that")
+        path = os.path.abspath(source)
+        if not os.path.lexists(path):
+            raise CollectionError(f"--prune refused: source {source} is missing (an unmounted drive?); nothing was "
+                                  "deleted. Reconnect it, or leave out --prune")
+        if os.path.isdir(path):
+            try:
+                with os.scandir(path) as entries:
+                    next(entries, None)
+            except OSError as exc:
+                raise CollectionError(f"--prune refused: source folder {source} is unreadable ({exc.strerror}); "
+                                      "nothing was deleted. Fix its permissions, or leave out --prune") from exc
+            folders.append(encode_path(path).rstrip(os.sep.encode()) + os.sep.encode())
+        elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
+            lists.append(path)
+        else:
+            paths.append(encode_path(path))
+    return PruneScope(tuple(folders), tuple(paths), tuple(lists))
+
+
+def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:
+    """Catalog keys (no trailing separator) of the ``sources`` that are folders: what the walk reads."""
+    return [encode_path(source) for source in sources if isinstance(source, str) and os.path.isdir(source)]
+
+
+def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
+         walked: Sequence[bytes] = ()) -> tuple[int, list[Skipped]]:
+    """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
+
+    Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
+    so planning 10 M files holds one chunk, not every path. A run killed mid-plan leaves some rows ``pending``,
+    which the next run embeds like any other.
+
+    Args:
+        found: what the reader found (:func:`~.reader.discover`).
+        walked: catalog keys of the folders ``found`` walked (:func:`walked_folders`): their skipped rows that
+            the walk no longer skips are cleared (see :func:`stale_skips`).
+    """
+    unchanged = marked = 0
+    skipped: dict[bytes, Skipped] = {}
+    for chunk in chunked(found, PLAN_CHUNK):
+        files: dict[bytes, SourceFile] = {}
+        for item in chunk:
+            key = encode_path(item.path)
+            if isinstance(item, Skipped):
+                skipped[key] = item
+            else:
+                files[key] = item  # a path listed twice keeps its last entry
+        known = catalog.file_states_of(list(files))
+        to_mark, touched = [], []
+        for key, item in files.items():
+            state = known.get(key)
+            if state and _settled(state) and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+                unchanged += 1
+                if item.caption is not None:
+                    catalog.set_caption(key, item.caption)
+            elif maybe_touched(state, item.size):
+                touched.append((key, state.content_hash))
+            else:
+                to_mark.append((key, item.size, item.mtime_ns, item.caption))
+        kept = unchanged_bytes(touched)
+        same = [key for (key, _), unchanged_bytes_ in zip(touched, kept) if unchanged_bytes_]
+        if same:  # a new mtime over the same bytes: nothing to embed
+            mark_touched(catalog, [(key, files[key].mtime_ns) for key in same])
+            unchanged += len(same)
+            for key in same:
+                if files[key].caption is not None:
+                    catalog.set_caption(key, files[key].caption)
+        to_mark += [(key, files[key].size, files[key].mtime_ns, files[key].caption)
+                    for (key, _), unchanged_bytes_ in zip(touched, kept) if not unchanged_bytes_]
+        if to_mark:
+            catalog.mark_pending(to_mark)
+            marked += len(to_mark)
+    cleared = stale_skips(catalog, walked, skipped)
+    if skipped or cleared:
+        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
+    logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared", marked, unchanged, len(skipped),
+                len(cleared))
+    return unchanged, list(skipped.values())
+
+
+def stale_skips(catalog: Catalog, walked: Sequence[bytes], skipped: dict[bytes, Skipped]) -> list[bytes]:
+    """Skipped rows under the ``walked`` folders whose cause is gone: this walk did not skip them (``skipped``:
+    what it did skip) and each is now a folder that lists (one that was unreadable), where the walk goes (not
+    under a folder it could not list, no hidden name below the folder walked, no link out of it). A skipped path
+    that no longer exists is left to ``--prune``, like any vanished file."""
+    sep = os.sep.encode()
+    unreadable = tuple(key + sep for key, s in skipped.items() if s.reason == "unreadable")
+    stale: list[bytes] = []
+    for root in walked:
+        real_root = os.path.realpath(root)
+        stale += [path for path in catalog.skipped_under(root)
+                  if path not in skipped and not path.startswith(unreadable) and _lists_inside(path, root, real_root)]
+    return stale
+
+
+def _lists_inside(path: bytes, root: bytes, real_root: bytes) -> bool:
+    """Whether ``path`` is a folder that lists now, reached from ``root`` by the walk's rules."""
+    if any(name.startswith(b".") for name in path[len(root):].split(os.sep.encode())):
+        return False
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        return False
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError:  # gone, not a folder, or still unreadable
+        return False
+    return True
+
+
+def _settled(state: FileState) -> bool:
+    """Embedded, or failed for a reason that the same bytes would fail for again."""
+    return state.status == "ok" or (state.status == "failed" and state.reason not in TRANSIENT_REASONS)
