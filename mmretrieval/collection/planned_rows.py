@@ -1,0 +1,132 @@
+"""The catalog's rows as an ingest plans them: which files are known and how, marking new and changed ones
+``pending``, recording skips, and reading the pending rows back a page at a time (a mixin of
+:class:`~.catalog.Catalog`)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+from ..json_lines import bytes_escaped
+from .migrations import NOT_OK
+from .places import in_lists
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the catalog knows about a path, enough to decide whether to re-embed it."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    status: str
+    reason: str | None = None  # why it failed or was skipped
+    content_hash: str | None = None  # of the bytes its vector was made from
+
+
+class PlannedRows:
+    """Planning reads and writes of a catalog (needs ``transaction``, ``_query``, ``_bump_generation`` and
+    ``_not_ok_rows_under``)."""
+
+    if TYPE_CHECKING:  # (declared for type checkers only: a stub here would hide VectorPlaces' method)
+        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...  # Catalog's
+        def _query(self, sql: str, params: Sequence = ()) -> list[tuple]: ...
+        def _bump_generation(self) -> int: ...
+        def _not_ok_rows_under(self, prefix: bytes,
+                               statuses: Sequence[str] = ()) -> Iterator[list[tuple[int, bytes]]]: ...  # VectorPlaces'
+
+    def file_states_of(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
+        """The known ones among ``paths`` and their (id, size, mtime, status, reason, content hash)."""
+        found: dict[bytes, FileState] = {}
+        for chunk, marks in in_lists(paths):
+            for row in self._query("SELECT path, id, size, mtime_ns, status, reason, content_hash FROM images "
+                                   f"WHERE path IN ({marks})", chunk):
+                found[row[0]] = FileState(*row[1:])
+        return found
+
+    def mark_pending(self, entries: Iterable[tuple[bytes, int, int, str | None]]) -> None:
+        """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction.
+
+        A row keeps its vector, content hash and labels until its new vector is committed: only then is it known
+        whether the bytes changed (labels go) or the file was only touched (they stay; see
+        :meth:`~.places.VectorPlaces.write_results`).
+        """
+        entries = list(entries)
+        with self.transaction() as db:
+            # a changed file's capture time and camera come back when it is decoded again
+            for paths, marks in in_lists([entry[0] for entry in entries]):
+                changed = f"SELECT id FROM images WHERE path IN ({marks})"
+                db.execute(f"DELETE FROM photos WHERE image_id IN ({changed})", paths)
+            db.executemany(
+                "INSERT INTO images(path, size, mtime_ns, status, caption) VALUES (?, ?, ?, 'pending', ?) "
+                "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "status = 'pending', reason = NULL, message = NULL, "
+                "caption = COALESCE(excluded.caption, images.caption)",
+                entries,
+            )
+
+    def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
+        """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that
+        could not be listed), and delete the skipped rows of the ``cleared`` paths (their cause is gone: a folder
+        that lists now); one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET status = 'skipped', reason = excluded.reason, "
+                "message = excluded.message, content_hash = NULL",
+                [(path, reason, bytes_escaped(message)) for path, reason, message in entries],
+            )
+            # a skipped row holds no vector (see below), so removing one leaves the generation as it is
+            db.executemany("DELETE FROM images WHERE path = ? AND status = 'skipped'", [(path,) for path in cleared])
+            skipped = f"SELECT id FROM images WHERE {NOT_OK} AND status = 'skipped'"
+            dropped = db.execute(f"DELETE FROM vector_rows WHERE image_id IN ({skipped})").rowcount
+            db.execute(f"DELETE FROM labels WHERE image_id IN ({skipped})")
+            db.execute(f"DELETE FROM photos WHERE image_id IN ({skipped})")
+            if dropped:
+                self._bump_generation()
+
+    def skipped_under(self, folder: bytes) -> Iterator[bytes]:
+        """Path keys of the skipped rows that are ``folder`` (a key, no trailing separator) or lie under it, read a
+        page at a time along the status index (skipped rows are few; ``ok`` ones are never read)."""
+        inside = folder + os.sep.encode()
+        for page in self._not_ok_rows_under(folder, statuses=("skipped",)):
+            yield from (path for _, path in page if path == folder or path.startswith(inside))
+
+    def pending(self) -> list[tuple[int, str]]:
+        """``(id, path)`` of every row still to embed, oldest first (including rows a killed run left)."""
+        return list(self.iter_pending())
+
+    def iter_pending(self) -> Iterator[tuple[int, str]]:
+        """:meth:`pending` a page at a time (the ingest's feed: never every path in memory)."""
+        return ((id_, os.fsdecode(path)) for id_, path, _, _ in self.pending_files())
+
+    def pending_files(self) -> Iterator[tuple[int, bytes, int, int]]:
+        """``(id, path key, size, mtime_ns)`` of the rows still to embed, a page at a time."""
+        after = -1
+        while rows := self._query(f"SELECT id, path, size, mtime_ns FROM images WHERE {NOT_OK} AND status = 'pending' "
+                                  "AND id > ? ORDER BY id LIMIT 10000", (after,)):
+            yield from rows
+            after = rows[-1][0]
+
+    def pending_among(self, ids: Sequence[int]) -> dict[int, tuple[bytes, int, int]]:
+        """``id -> (path key, size, mtime_ns)`` of those of ``ids`` that are still pending."""
+        found: dict[int, tuple[bytes, int, int]] = {}
+        for chunk, marks in in_lists(ids):
+            for image_id, path, size, mtime_ns in self._query(
+                    f"SELECT id, path, size, mtime_ns FROM images WHERE status = 'pending' AND id IN ({marks})", chunk):
+                found[image_id] = (path, size, mtime_ns)
+        return found
+
+    def is_empty(self) -> bool:
+        """Whether no image row was ever planned or stored (one indexed row read, at any size)."""
+        return not self._query("SELECT 1 FROM images LIMIT 1")
+
+    def pending_count(self) -> int:
+        return int(self._query(f"SELECT COUNT(*) FROM images WHERE {NOT_OK} AND status = 'pending'")[0][0])
+
+    def set_caption(self, path: bytes, caption: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE images SET caption = ? WHERE path = ?", (caption, path))
