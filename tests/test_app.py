@@ -826,6 +826,42 @@ def test_map_filters_and_stored_labels(maps, manage, context, collection_dir):
         maps.collection_map("", "spiral")
 
 
+def test_the_map_colours_by_one_label_sets_labels_when_asked(maps, manage, context):
+    """The map coloured by each image's most probable stored label of every set at once, with no way to choose."""
+    import json
+
+    manage.label_collection("star, cross", "default", False, 0.5, "first", True, progress=lambda *a, **k: None)
+    manage.label_collection("red, blue", "default", True, 0.0, "second", True, progress=lambda *a, **k: None)
+    for name, labels in (("first", {"star", "cross"}), ("second", {"red", "blue"})):
+        value, note = maps.collection_map("", "pca", label_set=name)
+        legend = {entry["label"] for entry in json.loads(value)["legend"]}
+        assert legend and legend <= labels and f"label set {name}" in note
+    with pytest.raises(gr.Error, match="no label set 'third'"):
+        maps.collection_map("", "pca", label_set="third")
+    for name in ("first", "second"):
+        manage.remove_label_set(name)
+
+
+def test_past_the_palette_the_legend_names_the_largest_labels_and_folds_the_rest():
+    """236 labels drew 236 legend entries in 16 colours, so colours no longer told labels apart."""
+    import json
+
+    from mmretrieval.ui.map_view import LEGEND_KEYS, OTHER_COLOUR, PALETTE, map_value
+
+    labels = [f"label {n:02d}" for n in range(40) for _ in range(40 - n)] + ["(no labels)"] * 5
+    ids = np.arange(len(labels))
+    data = json.loads(map_value(ids, np.zeros((len(labels), 2), np.float32), labels, "(no labels)", 1))
+    shown = [entry for entry in data["legend"] if not entry.get("folded")]
+    assert [entry["label"] for entry in shown] == [f"label {n:02d}" for n in range(LEGEND_KEYS)] + ["(no labels)"]
+    assert len({entry["colour"] for entry in shown}) == len(shown) and len(PALETTE) == LEGEND_KEYS
+    folded = [entry for entry in data["legend"] if entry.get("folded")]
+    assert {entry["colour"] for entry in folded} == {OTHER_COLOUR} and len(folded) == 40 - LEGEND_KEYS
+    assert data["other"] == {"labels": 40 - LEGEND_KEYS, "count": sum(entry["count"] for entry in folded),
+                             "colour": OTHER_COLOUR}
+    few = json.loads(map_value(ids[:3], np.zeros((3, 2), np.float32), ["a", "b", "c"], "(no labels)", 1))
+    assert few["other"]["labels"] == 0 and not any(entry.get("folded") for entry in few["legend"])
+
+
 def test_each_page_answers_clicks_on_the_map_it_drew(maps, monkeypatch):
     """The drawn map was one per server: a second page drawing a filtered map made the first page's clicks on
     points missing from it fail ("not on the map; draw it again")."""

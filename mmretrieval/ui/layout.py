@@ -30,7 +30,7 @@ from .names import markdown_text
 from .projection import METHODS
 from .search_handlers import SearchHandlers
 from .search_tab import search_tab
-from .widgets import label_choices, original_download, preview_uploads, text_output
+from .widgets import label_choices, set_choices, original_download, preview_uploads, text_output
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Collection", id="collection"):
                 _collection_tab(ctx, collection, app)
             with gr.Tab("Map", id="map"):
-                map_label = _map_tab(ctx, MapHandlers(ctx), search)
+                map_label, map_set = _map_tab(ctx, MapHandlers(ctx), search)
             with gr.Tab("Duplicates", id="duplicates"):
                 _duplicates_tab(DuplicateHandlers(ctx))
         # A labelling run adds labels (and sets) that the Search and Map filters offer at once; a removal takes
@@ -63,6 +63,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         filters = [search_label, map_label]
         for changed in (labelled.success, removed.success, app.load):
             changed(lambda *chosen: _label_updates(ctx, chosen), filters, filters, api_visibility="private")
+            changed(lambda chosen: _set_update(ctx, chosen), [map_set], [map_set], api_visibility="private")
     return install_checks(app)
 
 
@@ -70,6 +71,12 @@ def _details_of_clicked(search: SearchHandlers, image_id: int | None) -> tuple[A
     """The details panel for the point clicked on the map; nothing when no point was clicked yet (a lasso first
     selects a gallery, not an image: asking for details of none was an error)."""
     return (gr.skip(),) * 4 if image_id is None else search.show_image(image_id)
+
+
+def _set_update(ctx: AppContext, chosen: str | None) -> Any:
+    """The map's label set choice, keeping its value while the collection still has that set."""
+    choices = set_choices(ctx)
+    return gr.update(choices=choices, value=chosen if chosen in choices[1:] else "")
 
 
 def _label_updates(ctx: AppContext, chosen: tuple[str | None, ...]) -> list[Any]:
@@ -155,13 +162,16 @@ def _collection_tab(ctx: AppContext, handlers: CollectionHandlers, app: gr.Block
     app.load(handlers.collection_info, None, [info, failures], api_visibility="private")
 
 
-def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> gr.Dropdown:
+def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """The Map tab; returns its label filter and its label set choice, which follow the stored sets."""
     def map_thumbnail(image_id: object) -> dict[str, str]:  # a plain function: Gradio marks it as a server function
         return handlers.map_thumbnail(image_id)
 
     with gr.Row(equal_height=True):
         labels = gr.Textbox(label="Colour by labels (comma-separated; empty: the stored labels)", scale=3,
                             value=", ".join(ctx.map_labels), elem_id="map-labels")
+        label_set = gr.Dropdown(set_choices(ctx), value="", label="Else the stored labels of", scale=1,
+                                elem_id="map-label-set")
         method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
                              scale=1)
         draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
@@ -188,7 +198,8 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     picked = gr.Gallery(label="Selected images", columns=8, height="auto", allow_preview=False, interactive=False,
                         elem_id="map-selection", buttons=["fullscreen"])
     shown_id, picked_ids = gr.State(None), gr.State([])
-    draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera], [plot, note],
+    draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera, label_set],
+               [plot, note],
                api_name="map", trigger_mode="always_last", show_progress_on=[note])
     plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private",
                 show_progress_on=[picked_note]).success(
@@ -201,7 +212,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     picked.select(None, js=scroll_into_view_on_phones("map-preview"), queue=False, api_visibility="private")
     get_original.click(search.original, [shown_id], [original], api_name="map_original", api_visibility="private",
                        show_progress_on=[original])
-    return label
+    return label, label_set
 
 
 def _duplicates_tab(handlers: DuplicateHandlers) -> None:

@@ -19,10 +19,11 @@ import gradio as gr
 import numpy as np
 import numpy.typing as npt
 
+from ..collection.label_sets import check_known
 from ..models.label_text import parse_labels
 from . import map_view, projection
 from .context import AppContext, check_template_set, folder_prefix, user_errors
-from .names import counted, display_path
+from .names import counted, display_path, markdown_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class MapHandlers:
     @user_errors
     def collection_map(self, labels: str = "", method: str = "auto", label: str | None = None,
                        folder: str | None = None, after: str | None = None, before: str | None = None,
-                       camera: str | None = None, templates: str = "default",
+                       camera: str | None = None, label_set: str | None = None, templates: str = "default",
                        progress: gr.Progress = gr.Progress(), request: gr.Request | None = None) -> tuple[str, str]:
-        """The map (points, colours, legend as JSON) coloured by ``labels`` or else the stored labels, and a note.
+        """The map (points, colours, legend as JSON) coloured by ``labels`` or else the stored labels (of
+        ``label_set``, or each image's most probable of any set), and a note.
 
         ``label`` and ``folder`` keep only matching images on the map (the layout itself is not recomputed).
         """
@@ -76,7 +78,7 @@ class MapHandlers:
         ids, coordinates = layout.ids[keep], layout.coordinates[keep]
         if len(ids) == 0:
             raise gr.Error("No image on the map matches the label and folder filters.", print_exception=False)
-        point_labels, colouring = self._point_labels(typed, templates, ids)
+        point_labels, colouring = self._point_labels(typed, templates, ids, (label_set or "").strip() or None)
         self._remember(_session(request), DrawnMap(ids, coordinates, tuple(point_labels)))
         note = _note(layout, cached, len(all_ids), len(ids), colouring)
         return map_view.map_value(ids, coordinates, point_labels, projection.UNLABELLED, next(self._versions), note), note
@@ -102,18 +104,21 @@ class MapHandlers:
             allowed = allowed_ids(self.ctx.collection.catalog, filters)
         return np.ones(len(ids), bool) if allowed is None else np.isin(ids, allowed)
 
-    def _point_labels(self, typed: tuple[str, ...], templates: str,
-                      ids: npt.NDArray[np.int64]) -> tuple[list[str], str]:
+    def _point_labels(self, typed: tuple[str, ...], templates: str, ids: npt.NDArray[np.int64],
+                      label_set: str | None) -> tuple[list[str], str]:
         if typed:
             classifier = self.ctx.classifiers.get(self.ctx.encoder, typed, templates)
             names, _ = projection.classify_points(classifier, self._vectors(ids))
             return names, "the typed labels (each image's most probable)"
         with self.ctx.lock:
-            stored = self.ctx.collection.label_of([int(i) for i in ids])
+            if label_set is not None:
+                check_known(self.ctx.collection.catalog, label_set)
+            stored = self.ctx.collection.catalog.labels_of([int(i) for i in ids], label_set)
         if not stored:
             return [projection.UNLABELLED] * len(ids), "nothing: type labels, or label the collection"
+        whose = f"label set {markdown_text(label_set)}" if label_set else "any label set"
         return ([stored[int(i)][0][0] if int(i) in stored else projection.UNLABELLED for i in ids],
-                "the stored labels (each image's most probable, any label set)")
+                f"the stored labels (each image's most probable, {whose})")
 
     # -- gestures --------------------------------------------------------------------------------------------
     @user_errors

@@ -34,6 +34,11 @@ MIN_COLOUR_DISTANCE = 25.0
 PALETTE = ("#4e79a7", "#b07aa1", "#8cd17d", "#ffbe7d", "#881155", "#00bbff", "#995500", "#dd3366", "#005522",
            "#aaaaff", "#ff9da7", "#cccc66", "#00eeaa", "#ee99ff", "#ff8866", "#555533")
 UNLABELLED_COLOUR = "#b0b0b0"
+# Past this many labels the legend names the largest and draws the rest in one colour as "other labels": with
+# hundreds of labels the palette's colours repeat, so colours no longer tell labels apart (a walkthrough's map had
+# 236 legend entries in 16 colours). A point's own label still shows when it is hovered.
+LEGEND_KEYS = len(PALETTE)
+OTHER_COLOUR = "#6b6b6b"  # drawn as rings, not dots: told apart by shape from the palette's dark olive
 # The colour words each palette colour could be read as (judged by eye: no formula of hue and distance names
 # "#4e79a7" blue and "#ffbe7d" orange reliably). A label is not given a palette colour that reads as a colour
 # word another label on the same map names: "cross" is not drawn steel blue beside "blue square".
@@ -120,15 +125,21 @@ def _lab(colour: str) -> tuple[float, float, float]:
 
 def map_value(ids: npt.NDArray[np.int64], coordinates: npt.NDArray[np.float32], labels: Sequence[str],
               unlabelled: str, version: int, note: str = "") -> str:
-    """The component value: points (ids, x, y, label index), the legend (largest first) and its colours."""
+    """The component value: points (ids, x, y, label index), the legend (largest first) and its colours; past
+    :data:`LEGEND_KEYS` labels, the rest are ``folded`` into one "other labels" colour and key."""
     counts = Counter(labels)
     order = sorted(counts, key=lambda label: (label == unlabelled, -counts[label], label))
-    colours = colours_for(order, unlabelled)
+    named = [label for label in order if label != unlabelled]
+    folded = set(named[LEGEND_KEYS:]) if len(named) > LEGEND_KEYS + 1 else set()  # one more: no need to fold
+    colours = colours_for([label for label in order if label not in folded], unlabelled)
+    colours.update((label, OTHER_COLOUR) for label in folded)
     index = {label: i for i, label in enumerate(order)}
     return json.dumps({
         "version": version,
         "note": note,
-        "legend": [{"label": label, "colour": colours[label], "count": counts[label]} for label in order],
+        "legend": [{"label": label, "colour": colours[label], "count": counts[label], **({"folded": True} if
+                    label in folded else {})} for label in order],
+        "other": {"labels": len(folded), "count": sum(counts[label] for label in folded), "colour": OTHER_COLOUR},
         "points": {"ids": [int(i) for i in ids], "x": np.round(coordinates[:, 0].astype(float), 4).tolist(),
                    "y": np.round(coordinates[:, 1].astype(float), 4).tolist(),
                    "c": [index[label] for label in labels]},
@@ -155,6 +166,7 @@ MAP_CSS = """
 .mmr-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; margin-top: 6px; font-size: 13px; }
 .mmr-key { display: inline-flex; align-items: center; gap: 5px; white-space: nowrap; }
 .mmr-key i { display: inline-block; width: 12px; height: 12px; border-radius: 50%; border: 1px solid #555; }
+.mmr-key i.mmr-ring { width: 10px; height: 10px; border-width: 2px; background: transparent; }
 .mmr-help { font-size: 12px; opacity: .7; margin-top: 4px; }
 """
 
@@ -186,7 +198,9 @@ function draw(path) {
   const r = pts.ids.length > 5000 ? 2 : 3.5;
   for (let i = 0; i < pts.ids.length; i++) {
     ctx.beginPath(); ctx.arc(g.X[i], g.Y[i], r, 0, 2 * Math.PI);
-    ctx.fillStyle = S.data.legend[pts.c[i]].colour; ctx.fill();
+    const key = S.data.legend[pts.c[i]];
+    if (key.folded) { ctx.strokeStyle = key.colour; ctx.lineWidth = 1; ctx.stroke(); }  // "other labels": rings
+    else { ctx.fillStyle = key.colour; ctx.fill(); }
     if (r > 2) { ctx.lineWidth = 0.6; ctx.strokeStyle = 'rgba(0,0,0,.45)'; ctx.stroke(); }
   }
   if (path && path.length > 1) {
@@ -201,9 +215,13 @@ function render() {
   S.data = parsed(); const pts = (S.data.points = S.data.points || { ids: [], x: [], y: [], c: [] });
   S.data.legend = S.data.legend || [];
   p.root.dataset.points = String(pts.ids.length); p.root.dataset.version = String(S.data.version || '');
-  p.legend.innerHTML = S.data.legend.map(l =>
-    `<span class="mmr-key"><i style="background:${esc(l.colour)}"></i>${esc(l.label)} (${l.count})</span>`).join('');
-  p.canvas.setAttribute('aria-label', summary(pts.ids.length, S.data.legend));
+  const other = S.data.other && S.data.other.labels ? [{ label: `${S.data.other.labels} other labels`,
+    colour: S.data.other.colour, count: S.data.other.count, folded: true }] : [];
+  const keys = S.data.legend.filter(l => !l.folded).concat(other);
+  p.legend.innerHTML = keys.map(l => `<span class="mmr-key"><i class="${l.folded ? 'mmr-ring' : ''}" ` +
+    `style="${l.folded ? 'border-color' : 'background'}:${esc(l.colour)}"></i>${esc(l.label)} (${l.count})</span>`)
+    .join('');
+  p.canvas.setAttribute('aria-label', summary(pts.ids.length, keys));
   S.geo = geometry(p, p.canvas, pts); draw(null); bind(p);
   // Where the first point is drawn, for tests and for people inspecting the page.
   p.root.dataset.first = pts.ids.length ? `${S.geo.X[0].toFixed(1)},${S.geo.Y[0].toFixed(1)}` : '';

@@ -48,3 +48,13 @@ def label_choices(ctx: AppContext) -> list[tuple[str, str] | str]:
     (``SET:LABEL`` outside the default set), each its own name and value."""
     with ctx.lock:  # the labels alone (every page load asks): info() would also count rows and sync the index
         return [ANY_LABEL, *ctx.collection.catalog.label_counts()]
+
+
+# The map's label set choice when it names none: each image's most probable stored label, whatever its set.
+ANY_SET = ("any label set", "")
+
+
+def set_choices(ctx: AppContext) -> list[tuple[str, str] | str]:
+    """The stored label sets, after :data:`ANY_SET`."""
+    with ctx.lock:
+        return [ANY_SET, *(found.name for found in ctx.collection.label_sets())]
