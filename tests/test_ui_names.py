@@ -150,3 +150,16 @@ def test_http_api_serves_results_details_and_originals_of_non_utf8_names(context
         assert selected == image_id and SHOWN_NAME in details
         assert Path(original).name == SHOWN_NAME and Path(original).read_bytes() == path.read_bytes()
         assert Path(preview).is_file()
+
+
+def test_the_details_panel_names_the_most_probable_labels_and_counts_the_rest(tmp_path):
+    """A multi-label set of thousands of labels gave one image hundreds: the panel listed them all (11 KB)."""
+    from mmretrieval.ui.image_details import LABELS_SHOWN, ImageDetails, describe_details
+
+    labels = tuple((f"label {n}", 1 - n / 1000) for n in range(249))
+    text = describe_details(7, ImageDetails(tmp_path / "a.png", 10, 10, None, labels))
+    line = next(line for line in text.splitlines() if line.startswith("- labels: "))
+    assert line.count("(0.") + line.count("(1.") == LABELS_SHOWN and "label 0 (1.00)" in line
+    assert line.endswith(f" and {249 - LABELS_SHOWN:,} more (each set's CSV export lists them all)")
+    few = describe_details(7, ImageDetails(tmp_path / "a.png", 10, 10, None, labels[:3]))
+    assert "more" not in few and "label 2 (1.00)" in few

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
 
 
+LABELS_SHOWN = 12  # most probable labels the panel names; it counts the rest
+
+
 @dataclass(frozen=True)
 class ImageDetails:
     """What the details panel shows about one catalog image."""
@@ -49,7 +52,10 @@ def describe_details(image_id: int, row: ImageDetails) -> str:
     lines.extend(_photo_lines(row.photo))
     if row.caption:
         lines.append(f"- caption: {markdown_text(row.caption)}")
-    labels = ", ".join(f"{markdown_text(name)} ({probability:.2f})" for name, probability in row.labels)
+    labels = ", ".join(f"{markdown_text(name)} ({probability:.2f})" for name, probability in row.labels[:LABELS_SHOWN])
+    more = len(row.labels) - LABELS_SHOWN
+    if more > 0:  # a multi-label set of thousands of labels gave one image hundreds (an 11 KB panel)
+        labels += f" and {more:,} more (each set's CSV export lists them all)"
     lines.append(f"- labels: {labels or 'none yet (see the Label collection tab)'}")
     return "\n".join(lines)
 
