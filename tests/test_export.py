@@ -161,6 +161,26 @@ def round_trip(source: Path, tmp_path: Path, model: str) -> tuple[tuple, tuple]:
         return catalog_rows(original), catalog_rows(copy)
 
 
+def test_labels_and_where_each_capture_time_came_from_are_exported(tmp_path, tiny_model_dir):
+    """A labelled collection exported no labels, and a capture time from the file's mtime read as an EXIF one."""
+    photos = tmp_path / "photos"
+    write_good_images(photos, 3)
+    with Collection.open(tmp_path / "col", model=str(tiny_model_dir), create=True, device="cpu") as collection:
+        collection.ingest([photos], workers=0)
+        assert main(["export", str(tmp_path / "bare"), "--collection", str(tmp_path / "col")]) == 0
+        collection.label("circle, square")
+        collection.label("red, blue", multi_label=True, threshold=0.0, label_set="colours")
+        expected = {row: [name for name, _ in labels] for row, labels in collection.label_of(
+            collection.catalog.vector_ids().tolist()).items()}
+    (bare,), _ = read_export(tmp_path / "bare")
+    assert "labels" not in bare.column_names and set(bare.column("taken_source").to_pylist()) == {"mtime"}
+    assert main(["export", str(tmp_path / "out"), "--collection", str(tmp_path / "col")]) == 0
+    (table,), _ = read_export(tmp_path / "out")
+    exported = dict(zip(table.column("id").to_pylist(), table.column("labels").to_pylist()))
+    assert exported == expected and all(len(names) == 3 for names in exported.values())
+    assert all(sum(name.startswith("colours:") for name in names) == 2 for names in exported.values())
+
+
 def test_round_trip_through_mmr_import(imported, tmp_path, tiny_model_dir):
     (_, paths, captions, vectors), (_, copied_paths, copied_captions, copied_vectors) = \
         round_trip(imported, tmp_path, str(tiny_model_dir))

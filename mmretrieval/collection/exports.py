@@ -13,8 +13,11 @@ Every embedded image is exported once, in catalog id order; row ``i`` of a shard
   file that does not exist (``os.fsdecode`` of the bytes opens the file);
 - ``caption``, only when some exported image has one (null for the others);
 - ``id`` (the catalog id), ``width`` and ``height`` (pixels), ``taken_local`` (capture time,
-  ``YYYY-MM-DDTHH:MM:SS`` on the wall clock where the photo was taken), ``camera_make`` and ``camera_model``:
-  null where unknown (imported rows have none of these but the id).
+  ``YYYY-MM-DDTHH:MM:SS`` on the wall clock where the photo was taken), ``taken_source`` (where that time came
+  from: ``exif_original``, ``exif_digitized``, ``exif_datetime``, or ``mtime`` for a file without an EXIF date),
+  ``camera_make`` and ``camera_model``: null where unknown (imported rows have none of these but the id);
+- ``labels``, only when some label set holds a label: each image's labels, best first, named as search results
+  name them (``SET:LABEL`` outside the default set); an empty list for an image without one.
 
 ``OUT/mmr-model.json`` records the identity of the model that made the vectors (architecture, weights hash,
 preprocessing, dimension): ``mmr import`` refuses the export into a collection of another model, whose vectors
@@ -68,8 +71,8 @@ DEFAULT_DTYPE = "float16"  # what clip-retrieval writes, and what collections st
 DEFAULT_SHARD_ROWS = 1_000_000  # rows per shard: 1 GB of 512-d float16, about clip-retrieval's own shard size
 BLOCK_ROWS = 32_768  # rows read from the catalog and the segments at a time: 32 MiB of 512-d float16
 
-_ROWS_SQL = ("SELECT v.image_id, v.segment, v.row, i.path, i.caption, i.width, i.height, p.taken_local, p.make, "
-             "p.model FROM vector_rows v JOIN images i ON i.id = v.image_id "
+_ROWS_SQL = ("SELECT v.image_id, v.segment, v.row, i.path, i.caption, i.width, i.height, p.taken_local, "
+             "p.taken_source, p.make, p.model FROM vector_rows v JOIN images i ON i.id = v.image_id "
              "LEFT JOIN photos p ON p.image_id = v.image_id WHERE v.image_id > ? ORDER BY v.image_id LIMIT ?")
 
 
@@ -97,8 +100,10 @@ class ExportBlock:
     widths: Sequence[int | None]
     heights: Sequence[int | None]
     taken_local: Sequence[str | None]
+    taken_source: Sequence[str | None]
     camera_makes: Sequence[str | None]
     camera_models: Sequence[str | None]
+    labels: Sequence[list[str]] | None  # per row, best first, as search results name them; None: no label set
 
 
 def check_export_folder(out: str | os.PathLike) -> Path:
@@ -147,7 +152,8 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
         raise CollectionError(f"{collection.directory} has no embedded image; there is nothing to export")
     with_captions = _any_caption(catalog)
     digits = len(str(-(-total // shard_rows)))  # clip-retrieval pads to its shard count's digits
-    reader = _BlockReader(catalog, block_rows)
+    with_labels = bool(catalog.select("SELECT EXISTS(SELECT 1 FROM labels)")[0][0])
+    reader = _BlockReader(catalog, block_rows, with_labels)
     shards = binary = done = 0
 
     def report(rows: int) -> None:  # rows written so far, this shard's included
@@ -181,8 +187,8 @@ def export_embeddings(collection: "Collection", out: str | os.PathLike, *, dtype
 class _BlockReader:
     """The exported rows as blocks in id order, each read where the previous one ended."""
 
-    def __init__(self, catalog: "Catalog", block_rows: int):
-        self._catalog, self._block_rows = catalog, block_rows
+    def __init__(self, catalog: "Catalog", block_rows: int, with_labels: bool):
+        self._catalog, self._block_rows, self._with_labels = catalog, block_rows, with_labels
         self._after = -1  # the last id read
 
     def has_more(self) -> bool:
@@ -212,9 +218,14 @@ class _BlockReader:
         rows = self._catalog.select(_ROWS_SQL, (self._after, limit))
         if not rows:
             return None
-        ids, segments, places, paths, captions, widths, heights, taken, makes, models = zip(*rows)
+        ids, segments, places, paths, captions, widths, heights, taken, sources, makes, models = zip(*rows)
         vectors = self._catalog.segments.gather(segments, places, stored_dtype=True)
-        return ExportBlock(np.array(ids, np.int64), vectors, paths, captions, widths, heights, taken, makes, models)
+        labels = None
+        if self._with_labels:
+            assigned = self._catalog.labels_of(ids)
+            labels = [[name for name, _ in assigned.get(image_id, ())] for image_id in ids]
+        return ExportBlock(np.array(ids, np.int64), vectors, paths, captions, widths, heights, taken, sources, makes,
+                           models, labels)
 
 
 def _write_shard(embeddings: Path, metadata: Path, blocks: Iterator[ExportBlock], dtype: np.dtype, dim: int,
@@ -267,9 +278,12 @@ def _metadata_batch(block: ExportBlock, with_captions: bool) -> Any:
         "width": pa.array(block.widths, pa.int32()),
         "height": pa.array(block.heights, pa.int32()),
         "taken_local": pa.array(block.taken_local, pa.string()),
+        "taken_source": pa.array(block.taken_source, pa.string()),
         "camera_make": pa.array(block.camera_makes, pa.string()),
         "camera_model": pa.array(block.camera_models, pa.string()),
     })
+    if block.labels is not None:
+        columns["labels"] = pa.array(block.labels, pa.list_(pa.string()))
     return pa.RecordBatch.from_pydict(columns)
 
 
