@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -317,3 +318,26 @@ def test_too_little_disk_for_the_catalogs_rewrite_leaves_it_as_it_was(collection
     assert compaction.catalog_space(collection.catalog).free_bytes == free
     monkeypatch.undo()
     assert collection.compact().catalog_bytes_freed >= free
+
+
+def test_a_labels_images_are_listed_most_probable_first_with_no_query(collection, capsys):
+    """`mmr search "" --label star` said a query needs a positive term: a label's images could not be listed."""
+    from mmretrieval.cli import main
+
+    collection.label("circle, square", label_set="shapes", multi_label=True, threshold=0.0)
+    expected = sorted(((p, i) for i, labels in collection.label_of(collection.catalog.vector_ids().tolist()).items()
+                       for name, p in labels if name == "shapes:circle"), key=lambda pair: (-pair[0], pair[1]))
+    hits = collection.labelled("shapes:circle", k=50)
+    assert [(hit.score, hit.id) for hit in hits] == [(pytest.approx(p), i) for p, i in expected] and len(hits) == 9
+    assert [hit.id for hit in collection.labelled("Circle", k=3)] == [i for _, i in expected[:3]]  # any set, any case
+    cut = expected[4][0]
+    assert all(hit.score >= cut for hit in collection.labelled("shapes:circle", k=50, threshold=cut))
+    with pytest.raises(QueryError, match="no label set has label 'triangle'"):
+        collection.labelled("triangle")
+
+    directory = str(collection.directory)
+    assert main(["search", "--collection", directory, "--label", "circle", "-k", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in rows] == [i for _, i in expected[:4]]
+    assert main(["search", "--collection", directory, "--not", "red"]) == 2
+    assert "--label LABEL alone lists that label's images" in capsys.readouterr().err

@@ -62,7 +62,8 @@ def _register_search(subparsers) -> None:
     parser = subparsers.add_parser(
         "search", help="find images by text and/or example images",
         description="Score = cosine with the normalised weighted sum of the positive terms minus the negative ones. "
-        "Weights are written W:term, e.g. '2:golden retriever'.")
+        "Weights are written W:term, e.g. '2:golden retriever'. With --label and no query, lists that label's "
+        "images, most probable first (score: the label's probability).")
     parser.add_argument("text", nargs="?", help="what to look for (optionally weighted: '2:golden retriever')")
     parser.add_argument("--image", action="append", default=[], metavar="IMG", help="an example image (repeatable)")
     parser.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT_OR_IMG",
@@ -75,6 +76,11 @@ def _search(args: argparse.Namespace) -> int:
     from ..collection.query import parse_query
 
     _check_gps(args)
+    if not args.text and not args.image:
+        if args.label and not args.negatives:
+            return _list_labelled(args)
+        raise QueryError("a query needs at least one positive term (text or --image); --label LABEL alone lists "
+                         "that label's images, most probable first")
     query = parse_query(args.text, args.image, args.negatives)
     _warn_of_a_path_as_text(args.text)
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
@@ -88,6 +94,15 @@ def _search(args: argparse.Namespace) -> int:
             from ..collection.confidence import NoiseCalibration
 
             say(NoiseCalibration(collection).assess(vector, hits[0].score).message)
+    return _print_hits(rows, args, "search")
+
+
+def _list_labelled(args: argparse.Namespace) -> int:
+    """``mmr search --label LABEL`` with no query: the label's images, most probable first (score: probability)."""
+    with open_collection(args.collection) as collection:
+        hits = collection.labelled(args.label, k=args.k, threshold=args.threshold, path_prefix=args.prefix,
+                                   **photo_filters(args))
+        rows = hit_rows(collection, hits, args.gps)
     return _print_hits(rows, args, "search")
 
 

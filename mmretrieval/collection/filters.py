@@ -199,9 +199,18 @@ def allowed_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64] |
 
 def _ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
     """Ids given the label ``ref`` names: exactly, else every label alike but for case and Unicode form."""
-    with_label = catalog.ids_with_label(ref)
-    if with_label.size or is_declared(catalog, ref):  # a declared one may match nothing
-        return with_label
+    return np.unique(np.concatenate([catalog.ids_with_label(name) for name in label_refs(catalog, ref)]))
+
+
+def label_refs(catalog: "Catalog", ref: str) -> list[str]:
+    """The label filters that ``ref`` stands for: itself when a set has that label (given to images or not), else
+    every label alike but for case and Unicode form.
+
+    Raises:
+        QueryError: no label set has such a label (the message names the closest).
+    """
+    if catalog.ids_with_label(ref).size or is_declared(catalog, ref):  # a declared one may match nothing
+        return [ref]
     label_set, label = resolve(catalog, ref)
     folded, folded_ref = label_key(label), label_key(ref)
     alike = [qualified(found.name, name) for found in sets(catalog) if label_set in (None, found.name)
@@ -209,7 +218,7 @@ def _ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
              if label_key(name) == folded or (label_set is None and label_key(qualified(found.name, name)) == folded_ref)]
     if not alike:
         raise _unknown_label(catalog, ref)
-    return np.unique(np.concatenate([catalog.ids_with_label(name) for name in alike]))
+    return alike
 
 
 def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
