@@ -105,6 +105,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
     """
     unchanged = marked = 0
     skipped: dict[bytes, Skipped] = {}
+    aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has nothing to be an alias of
     for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
         for item in chunk:
@@ -114,6 +115,9 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
             else:
                 files[key] = item  # a path listed twice keeps its last entry
         known = catalog.file_states_of(list(files))
+        if aliases is not None:
+            skipped.update(aliases.of(files, known))
+            files = {key: item for key, item in files.items() if key not in skipped}
         to_mark, touched = [], []
         for key, item in files.items():
             state = known.get(key)
@@ -144,6 +148,38 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
     logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared", marked, unchanged, len(skipped),
                 len(cleared))
     return unchanged, list(skipped.values())
+
+
+class _Aliases:
+    """New files that the collection holds already under their real path: reached through a link to a folder it
+    ingested before (``mmr ingest w2``, then ``mmr ingest w2link``: each file catalogued twice). The walk skips
+    such a link within one run; this catches it across runs. A new file's folder is resolved once (cached), so a
+    first pass over millions of new files costs a ``realpath`` per folder, not per file. The other order (the link
+    first, then the real folder) is not caught: nothing in the catalog says where a link led."""
+
+    _CACHED = 10_000  # folders whose real path is remembered
+
+    def __init__(self, catalog: Catalog):
+        self._catalog = catalog
+        self._real: dict[bytes, bytes] = {}
+
+    def of(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState]) -> dict[bytes, Skipped]:
+        """The skips of those ``files`` that are new (not in ``known``, or skipped before) and catalogued under their
+        real path."""
+        real = {key: self._real_path(key) for key in files if key not in known or known[key].status == "skipped"}
+        real = {key: path for key, path in real.items() if path != key}
+        held = self._catalog.file_states_of(list(real.values())) if real else {}
+        return {key: Skipped(files[key].path, "symlink_loop",
+                             f"{files[key].path} is {os.fsdecode(path)}, which the collection holds already")
+                for key, path in real.items() if path in held and held[path].status == "ok"}
+
+    def _real_path(self, key: bytes) -> bytes:
+        folder, name = os.path.split(key)
+        if folder not in self._real:
+            if len(self._real) >= self._CACHED:
+                self._real.clear()
+            self._real[folder] = os.path.realpath(folder)
+        return os.path.join(self._real[folder], name)
 
 
 def stale_skips(catalog: Catalog, walked: Sequence[bytes], skipped: dict[bytes, Skipped]) -> list[bytes]:
