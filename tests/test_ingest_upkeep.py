@@ -3,6 +3,7 @@ vectors of moved files, and skipped rows clear once their cause is gone; each sa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -363,3 +364,33 @@ def test_a_moved_file_keeps_its_record_of_being_scored_with_no_label(tmp_path, t
         after = scored_ids(col.catalog, "default")
         assert len(after) == 4 and set(after) == set(col.catalog.vector_ids().tolist())
         assert not set(after) & set(before.tolist())  # the new rows hold the record: the old ones are pruned
+
+
+def test_checksum_finds_a_replacement_of_the_same_size_with_its_time_copied(tmp_path, tiny_model_dir, capsys):
+    """Size and modification time are all a plain run compares (as rsync does): a file replaced by other bytes of
+    the same size, its time copied over (`cp -p`, `touch -r`), kept its old vector. --checksum hashes them."""
+    from mmretrieval.cli import main
+
+    paths = write_good_images(tmp_path / "photos", 3)
+    collection = str(tmp_path / "col")
+    base = ["ingest", str(tmp_path / "photos"), "--collection", collection, "--workers", "0"]
+    assert main([*base, "--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    def stored_hash() -> str:
+        with Collection.open(collection) as col:
+            return col.catalog.file_states_of([os.fsencode(paths[0])])[os.fsencode(paths[0])].content_hash
+
+    old = stored_hash()
+    stat = paths[0].stat()
+    data = bytearray(paths[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other pixels, the same size
+    paths[0].write_bytes(bytes(data))
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    assert main([*base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == 3  # by size and time, nothing changed
+    assert main([*base, "--json", "--checksum"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["embedded"], summary["unchanged"]) == (1, 2)
+    assert stored_hash() not in (old, None)  # embedded from the new bytes
+    assert main([*base, "--json", "--checksum"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == 3

@@ -443,7 +443,8 @@ def test_a_touched_file_is_dated_by_its_new_time_unless_exif_dates_it(tmp_path, 
     (tmp_path / "photos").mkdir()
     dated, undated = tmp_path / "photos" / "dated.jpg", tmp_path / "photos" / "undated.jpg"
     dated.write_bytes(jpeg_with(make_exif(taken="2021:07:04 10:30:00")))
-    undated.write_bytes(jpeg_with(Image.Exif(), colour=(10, 200, 30)))
+    # no EXIF date, but a camera and a place: the touch lost them (its photos row was written afresh from the mtime)
+    undated.write_bytes(jpeg_with(make_exif(make="Canon", model="EOS R5", gps=(48.85, 2.35)), colour=(10, 200, 30)))
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         stamp = 1_500_000_000  # 2017-07-14 UTC
@@ -455,5 +456,7 @@ def test_a_touched_file_is_dated_by_its_new_time_unless_exif_dates_it(tmp_path, 
         photos = col.photos(ids)
         assert photos[ids[0]].taken_local == "2021-07-04T10:30:00" and photos[ids[0]].taken_source == "exif_original"
         assert photos[ids[1]].taken_source == "mtime" and photos[ids[1]].taken_at is not None
+        assert (photos[ids[1]].make, photos[ids[1]].model) == ("Canon", "EOS R5")
+        assert photos[ids[1]].latitude == pytest.approx(48.85, abs=1e-4)
         assert photos[ids[1]].taken_local.startswith("2017-07-1")
         assert col.search("x", k=5, after="2017-07-01", before="2017-08-01")[0].id == ids[1]

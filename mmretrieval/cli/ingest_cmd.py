@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=60.0,
                         help="seconds one file may take to decode (default 60)")
     parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--checksum", action="store_true",
+                        help="also compare the content of files whose size and modification time are unchanged, "
+                        "and embed again those that changed (as rsync -c; reads every file)")
     parser.add_argument("--json", action="store_true",
                         help="also print the summary as one JSON object on stdout (embedded, unchanged, duplicates, "
                         "pruned, and failed and skipped files by reason)")
@@ -134,7 +137,8 @@ def _ingest(args: argparse.Namespace) -> int:
                   index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
         with TqdmProgress("ingest") as progress:
             summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
-                                        prune=args.prune, timeout_s=args.timeout, progress=progress,
+                                        prune=args.prune, checksum=args.checksum, timeout_s=args.timeout,
+                                        progress=progress,
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
                                         share_jpegs=args.share_jpegs == "on",

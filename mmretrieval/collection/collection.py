@@ -200,7 +200,7 @@ class Collection(SearchMethods, LabelMethods):
     # -- ingestion --------------------------------------------------------------------------------------------
     def ingest(self, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
                batch_size: int | None = None, workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
-               progress: Progress | None = None, ray: "RayIngestConfig | None" = None,
+               progress: Progress | None = None, ray: "RayIngestConfig | None" = None, checksum: bool = False,
                device_decode: bool | None = None, share_jpegs: bool = True,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
@@ -212,6 +212,8 @@ class Collection(SearchMethods, LabelMethods):
             batch_size: images per model call (default 256 on CUDA, 32 on CPU).
             workers: decoding processes (default: cores - 1 on CPU).
             prune: remove rows of files that no longer exist.
+            checksum: also hash the files whose size and modification time are unchanged, and embed again those
+                whose bytes changed (a replacement of the same size with its time copied over); reads every file.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
             ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
@@ -234,7 +236,7 @@ class Collection(SearchMethods, LabelMethods):
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
-            config = dataclasses.replace(ray, prune=prune, batch_size=batch_size or ray.batch_size,
+            config = dataclasses.replace(ray, prune=prune, checksum=checksum, batch_size=batch_size or ray.batch_size,
                                          timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
@@ -244,7 +246,8 @@ class Collection(SearchMethods, LabelMethods):
         # The model loads only if something needs embedding (and the batch size and workers are chosen for its
         # device then): an ingest over unchanged files never pays for it, nor imports torch. A model already loaded
         # (a new collection's) sets them now, so that too few open files are refused before a row goes in.
-        config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, device_decode=device_decode,
+        config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, checksum=checksum,
+                              device_decode=device_decode,
                               share_jpegs=share_jpegs, max_pixels=max_pixels)
         if self._encoder is not None:
             config = config.on_device(self._encoder.device.type)

@@ -41,11 +41,12 @@ _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "mak
             "longitude", "orientation")
 # A row dated by its file's mtime, as photo_metadata() dates it: this machine's wall clock and UTC offset.
 _SECONDS = "(i.mtime_ns / 1000000000)"
+_MTIME_DATE = (f"strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
+               f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) "
+               "* 1440) AS INTEGER)")  # taken_local, taken_utc_s, utc_offset_min
 _FROM_MTIME_SQL = (
     "INSERT OR {conflict} INTO photos(image_id, taken_local, taken_utc_s, utc_offset_min, taken_source) "
-    f"SELECT i.id, strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
-    f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) * 1440) "
-    "AS INTEGER), 'mtime' FROM images i WHERE i.mtime_ns > 0")  # 0: imported, no file time known
+    f"SELECT i.id, {_MTIME_DATE}, 'mtime' FROM images i WHERE i.mtime_ns > 0")  # 0: imported, no file time known
 
 Query = Callable[[str, Sequence], list[tuple]]
 
@@ -73,6 +74,15 @@ def write_photos(db: sqlite3.Connection, rows: Sequence[tuple[int, PhotoMetadata
     db.executemany(
         f"INSERT OR REPLACE INTO photos(image_id, {', '.join(_COLUMNS)}) VALUES (?{', ?' * len(_COLUMNS)})",
         [(image_id, *(getattr(meta, column) for column in _COLUMNS)) for image_id, meta in rows])
+
+
+def redate_from_mtime(db: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """Date ``ids`` anew from their files' mtimes where that is what dates them (no EXIF date), keeping the camera,
+    place and orientation their rows hold; give a row dated so to those without one."""
+    db.executemany(f"UPDATE photos SET (taken_local, taken_utc_s, utc_offset_min) = (SELECT {_MTIME_DATE} FROM "
+                   "images i WHERE i.id = photos.image_id AND i.mtime_ns > 0) WHERE image_id = ? "
+                   "AND taken_source = 'mtime'", [(int(i),) for i in ids])
+    write_mtime_photos(db, ids, replace=False)
 
 
 def write_mtime_photos(db: sqlite3.Connection, ids: Iterable[int], replace: bool = True) -> None:

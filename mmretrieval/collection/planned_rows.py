@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
+from .photo_table import redate_from_mtime
 from .places import in_lists
 
 
@@ -67,6 +68,17 @@ class PlannedRows:
                 "caption = COALESCE(excluded.caption, images.caption)",
                 entries,
             )
+
+    def mark_touched(self, entries: Sequence[tuple[bytes, int]]) -> None:
+        """Record the new mtimes of ``(path, mtime_ns)`` whose bytes are unchanged (a copy without ``-p``, a sync,
+        a restore), in one transaction: vector, labels and photo metadata stay; a capture time taken from the mtime
+        (a file without an EXIF date) moves with it."""
+        with self.transaction() as db:
+            db.executemany("UPDATE images SET mtime_ns = ? WHERE path = ?", [(mtime, path) for path, mtime in entries])
+            ids = []
+            for paths, marks in in_lists([path for path, _ in entries]):
+                ids += [row[0] for row in db.execute(f"SELECT id FROM images WHERE path IN ({marks})", paths)]
+            redate_from_mtime(db, ids)
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that

@@ -28,6 +28,7 @@ class IngestConfig:
     workers: int | None = None  # decoding processes; 0 decodes in the calling process; None: by the device
     timeout_s: float = 60.0  # a file whose decode takes longer is failed and its worker restarted
     prune: bool = False  # delete rows of files that no longer exist
+    checksum: bool = False  # also hash files whose size and time are unchanged (rsync's -c): reads every file
     device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
     read_threads: int = 8  # with device decoding: threads reading, hashing and probing files
     share_jpegs: bool = True  # with device decoding: the CPU pool also takes JPEGs while its workers have room

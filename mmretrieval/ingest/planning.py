@@ -18,7 +18,7 @@ from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
 from .batches import SourceFile, Skipped, chunked
 from .reader import LIST_SUFFIXES, PathStream, discover
-from .touched import mark_touched, maybe_touched, unchanged_bytes
+from .touched import maybe_touched, unchanged_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
-         walked: Sequence[bytes] = ()) -> tuple[int, list[Skipped]]:
+         walked: Sequence[bytes] = (), checksum: bool = False) -> tuple[int, list[Skipped]]:
     """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -102,6 +102,8 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
         found: what the reader found (:func:`~.reader.discover`).
         walked: catalog keys of the folders ``found`` walked (:func:`walked_folders`): their skipped rows that
             the walk no longer skips are cleared (see :func:`stale_skips`).
+        checksum: hash embedded files whose size and time are unchanged too, and embed again those whose bytes
+            changed (a file replaced by one of the same size with its time copied over); reads every such file.
     """
     unchanged = marked = 0
     skipped: dict[bytes, Skipped] = {}
@@ -121,7 +123,10 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
         to_mark, touched = [], []
         for key, item in files.items():
             state = known.get(key)
-            if state and _settled(state) and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+            same_stat = state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
+            if checksum and same_stat and maybe_touched(state, item.size):
+                touched.append((key, state.content_hash))
+            elif same_stat and _settled(state):
                 unchanged += 1
                 if item.caption is not None:
                     catalog.set_caption(key, item.caption)
@@ -132,7 +137,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
         kept = unchanged_bytes(touched)
         same = [key for (key, _), unchanged_bytes_ in zip(touched, kept) if unchanged_bytes_]
         if same:  # a new mtime over the same bytes: nothing to embed
-            mark_touched(catalog, [(key, files[key].mtime_ns) for key in same])
+            catalog.mark_touched([(key, files[key].mtime_ns) for key in same])
             unchanged += len(same)
             for key in same:
                 if files[key].caption is not None:

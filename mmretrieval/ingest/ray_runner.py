@@ -69,6 +69,7 @@ class RayIngestConfig:
     segment_rows: int = 4096  # most rows per result segment (and per catalog commit); a run of fewer than 20x as
     # many files makes ~20 smaller results, so that progress shows and an interrupted run keeps most of its work
     prune: bool = False  # delete rows of files that no longer exist
+    checksum: bool = False  # also hash files whose size and time are unchanged (see IngestConfig)
     precision: str = "auto"  # the model actors' number format: auto, fp32 or bf16 (models.precision)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
 
@@ -111,7 +112,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources))
+    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), checksum=config.checksum)
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
     tally = Tally(skipped)

@@ -2,9 +2,10 @@
 tool, a restore from a backup).
 
 Planning hashes such a file (one embedded before, of the same size) and compares the content hash the catalog
-holds, instead of marking it pending: an ingest that found one touched file took 6-7 s, loading torch and the
-model only to learn that its bytes were the same, against 0.55 s with nothing to do. Hashing reads each file
-once, on a few threads (blake2b releases the GIL), as the decoding workers would have.
+holds, instead of marking it pending: an ingest over 210 demo images that found one touched file took 5.49 s,
+loading torch and the model only to learn that its bytes were the same, and takes 0.35 s now (the old and the
+new code in one run). With ``--checksum`` every embedded file is hashed so, whatever its time says. Hashing
+reads each file once, on a few threads (blake2b releases the GIL), as the decoding workers would have.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Sequence
 
-from ..collection.photo_table import write_mtime_photos
-from ..collection.places import in_lists
 from ..errors import ImageDecodeError
 from ..images.decode import read_image_file
 
 if TYPE_CHECKING:
-    from ..collection.catalog import Catalog, FileState
+    from ..collection.catalog import FileState
 
 HASH_THREADS = 4  # files read and hashed at once (each held whole, as a decoding worker holds it)
 
@@ -43,16 +42,3 @@ def unchanged_bytes(candidates: Sequence[tuple[bytes, str]]) -> list[bool]:
         return []
     with ThreadPoolExecutor(min(HASH_THREADS, len(candidates)), thread_name_prefix="mmr-hash") as pool:
         return list(pool.map(lambda candidate: content_hash(candidate[0]) == candidate[1], candidates))
-
-
-def mark_touched(catalog: "Catalog", entries: Sequence[tuple[bytes, int]]) -> None:
-    """Record the new mtimes of ``(path, mtime_ns)`` whose bytes are unchanged, in one transaction; a capture time
-    taken from the mtime (a file without EXIF dates) moves with it, one from EXIF stays."""
-    with catalog.transaction() as db:
-        db.executemany("UPDATE images SET mtime_ns = ? WHERE path = ?", [(mtime, path) for path, mtime in entries])
-        ids = []
-        for paths, marks in in_lists([path for path, _ in entries]):
-            ids += [row[0] for row in db.execute(
-                f"SELECT i.id FROM images i LEFT JOIN photos p ON p.image_id = i.id WHERE i.path IN ({marks}) "
-                "AND (p.image_id IS NULL OR p.taken_source = 'mtime')", paths)]
-        write_mtime_photos(db, ids)
