@@ -256,12 +256,13 @@ class Catalog(PlannedRows, VectorPlaces):
         rows = self._query("SELECT id FROM images WHERE path = ?", (encode_path(path),))
         return rows[0][0] if rows else None
 
-    def file_states(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """``id -> (size, mtime_ns)`` of the files as they were last read ((0, 0) for imported rows)."""
-        found: dict[int, tuple[int, int]] = {}
+    def stats_of(self, ids: Sequence[int]) -> dict[int, tuple[int, int, str]]:
+        """``id -> (size, mtime_ns, status)`` of the files as last planned ((0, 0) for imported rows): a row
+        ``pending`` again has its new size and time but still its old vector."""
+        found: dict[int, tuple[int, int, str]] = {}
         for chunk, marks in in_lists(ids):
-            found.update((row[0], (row[1], row[2])) for row in self._query(
-                f"SELECT id, size, mtime_ns FROM images WHERE id IN ({marks})", chunk))
+            found.update((row[0], (row[1], row[2], row[3])) for row in self._query(
+                f"SELECT id, size, mtime_ns, status FROM images WHERE id IN ({marks})", chunk))
         return found
 
     def file_state(self, path: str | os.PathLike) -> tuple[int, int, int] | None:

@@ -215,8 +215,8 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
         stated = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
                   if i in rows and i in by_id]  # a row removed since the search is left out
         gone = tuple(c.path for c in stated if c.bytes < 0)
-        embedded = catalog.file_states(group)
-        changed = tuple(c.path for c in stated if c.bytes >= 0 and _changed(c, embedded.get(c.id)))
+        planned = catalog.stats_of(group)
+        changed = tuple(c.path for c in stated if c.bytes >= 0 and _changed(c, planned.get(c.id)))
         present = [c for c in stated if c.bytes >= 0 and c.path not in changed]
         photos = catalog.photos([c.id for c in present])
         candidates, aliases = _one_path_per_file(present, photos)
@@ -268,10 +268,14 @@ def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, i
     return (not copy.is_link, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes, -copy.id)
 
 
-def _changed(copy: Copy, embedded: tuple[int, int] | None) -> bool:
-    """Whether ``copy``'s file differs in size or time from when its vector was made (an imported row, stored
-    with neither, cannot tell)."""
-    return embedded is not None and embedded != (0, 0) and embedded != (copy.bytes, copy.mtime_ns)
+def _changed(copy: Copy, planned: tuple[int, int, str] | None) -> bool:
+    """Whether ``copy``'s file may no longer be the picture its vector shows: its row is to be embedded again
+    (an ingest planned it, and was killed or is still running), or the file differs in size or time from the row
+    (an imported row, stored with neither, cannot tell)."""
+    if planned is None:
+        return False
+    size, mtime_ns, status = planned
+    return status != "ok" or ((size, mtime_ns) != (0, 0) and (size, mtime_ns) != (copy.bytes, copy.mtime_ns))
 
 
 def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) -> Copy:
