@@ -706,9 +706,10 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
     assert main(["ingest", str(photos), "--collection", collection, "--workers", "0"]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
-        main(["search", "red", "--collection", collection, "-n", "3", "-f"])
+        main(["search", "red", "--collection", collection, "-t", "3", "-f", "-n"])
     err = capsys.readouterr().err
-    assert refused.value.code == 2 and "for -n (as in rclip) use -k N" in err and "for -f (as in rclip) use --null" in err
+    assert refused.value.code == 2 and "for -t (as in rclip) use -k N" in err and "for -f (as in rclip) use --null" in err
+    assert "for -n (as in rclip) leave it out: mmr search never indexes" in err
     assert "after '--'" not in err
 
     image = str(photos / "good01.jpg")

@@ -35,9 +35,12 @@ _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compac
                            "export": "; the export folder is complete"}
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's (or --out's) lock; try again later
 _DASH_HINT = "; a query or path that starts with '-' goes at the end, after '--'"
-# Options of peers (rclip) that people type out of habit, and ours that do their job.
-_PEER_OPTIONS = {"-n": "-k N, the number of results", "-f": "--null, the paths alone (each ended by NUL, for xargs -0)",
-                 "-t": "--threshold", "-p": "mmr serve (previews in the browser)"}
+# rclip's options that people type out of habit (-t/--top, -f/--filepath-only, -p/--preview, -n/--no-indexing),
+# and what does their job here.
+_PEER_OPTIONS = {"-t": "use -k N, the number of results",
+                 "-f": "use --null, the paths alone (each ended by NUL, for xargs -0)",
+                 "-p": "use mmr serve (previews in the browser)",
+                 "-n": "leave it out: mmr search never indexes (mmr ingest does, when run)"}
 
 
 def _taken_for_an_option(arg: str) -> bool:
@@ -81,9 +84,9 @@ class _Parser(argparse.ArgumentParser):
             named = any((arg.startswith("-") and not arg.startswith("--")) or _taken_for_an_option(arg)
                         for arg in unknown)
             hint = _DASH_HINT if named else ""  # not for --an-option
-            habits = [arg for arg in unknown if arg in _PEER_OPTIONS]
+            habits = [arg[:2] for arg in unknown if arg[:2] in _PEER_OPTIONS]  # -t5 as -t 5
             if habits and command in ("search", "similar"):
-                hint = "; " + "; ".join(f"for {arg} (as in rclip) use {_PEER_OPTIONS[arg]}" for arg in habits)
+                hint = "; " + "; ".join(f"for {arg} (as in rclip) {_PEER_OPTIONS[arg]}" for arg in habits)
             line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"
             self.exit(2, one_line(line) + "\n")
         return parsed

@@ -153,7 +153,7 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
         emit(rows, args.json, _HIT_COLUMNS)
     if not rows:
         say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
-    gone = sum(not os.path.lexists(row["path"]) for row in rows)
+    gone = sum("://" not in row["path"] and not os.path.lexists(row["path"]) for row in rows)  # (URIs: imported)
     if gone:
         say(f"mmr {command}: {gone} of these files no longer exist where the collection has them (`mmr ingest "
             "--prune` drops those of the folders it ingests)")
