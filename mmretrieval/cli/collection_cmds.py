@@ -266,7 +266,7 @@ def _compact(args: argparse.Namespace) -> int:
         say(f"nothing to compact: no segment holds dead rows{share}, and the catalog's free pages are under "
             f"{VACUUM_FREE_RATIO:.0%} of it")
     if summary.catalog_bytes_freed:
-        say(f"catalog rewritten: {summary.catalog_bytes_freed / 2**20:.1f} MiB of free pages given back to the disk")
+        say(f"catalog rewritten without its free pages: {summary.catalog_bytes_freed / 2**20:.1f} MiB smaller")
     return 0
 
 

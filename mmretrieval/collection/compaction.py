@@ -208,7 +208,16 @@ def vacuum_catalog(catalog: Catalog, min_free_ratio: float = VACUUM_FREE_RATIO) 
     except sqlite3.OperationalError as exc:  # the temporary copy did not fit, most likely: the catalog is as it was
         raise CollectionError(f"cannot give the catalog's free pages back ({exc}; SQLite's temporary copy goes to "
                               "$SQLITE_TMPDIR or else /var/tmp, /usr/tmp, /tmp); the catalog is left as it was") from exc
-    catalog._query("PRAGMA wal_checkpoint(TRUNCATE)")  # readers may keep it from shrinking the WAL: no matter
     freed = space.total_bytes - catalog_space(catalog).total_bytes
-    logger.info("catalog rewritten: %.1f MiB given back to the disk", freed / 2**20)
+    (timeout,), = catalog._query("PRAGMA busy_timeout")
+    catalog._query("PRAGMA busy_timeout = 0")  # a reader on an older snapshot would hold the checkpoint 30 s
+    try:
+        (busy, _, _), = catalog._query("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        catalog._query(f"PRAGMA busy_timeout = {int(timeout)}")
+    if busy:  # the file shrinks at a later checkpoint (every writer's), once the readers have moved on
+        logger.warning("the catalog is rewritten, %.1f MiB smaller, but a reader still reads the old one: the file "
+                       "shrinks once it has moved on (at the next writer's checkpoint)", freed / 2**20)
+    else:
+        logger.info("catalog rewritten: %.1f MiB given back to the disk", freed / 2**20)
     return freed
