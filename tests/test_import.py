@@ -182,7 +182,7 @@ def test_a_v4_catalog_with_imported_rows_migrates_to_id_ranges(tmp_path, tiny_en
 def test_a_path_that_is_not_utf8_lands_too(tmp_path, collection):
     """Keys JSON cannot carry (another collection's raw path bytes) take the row-by-row route, same result."""
     from mmretrieval.collection.import_writer import ShardLanding, ensure_schema
-    from mmretrieval.collection.imports import CheckedShard
+    from mmretrieval.collection.import_sources import CheckedShard
 
     vectors = unit_rows(np.random.default_rng(2), 3)
     keys = [b"/photos/caf\xe9.jpg", b"/photos/plain.jpg", b"/photos/\xff\xfe.png"]
@@ -382,9 +382,12 @@ def test_relative_paths_that_name_no_file_under_the_default_root_are_refused(tmp
     rng = np.random.default_rng(8)
     names = [f"photos/p{n}.jpg" for n in range(3)]
     write_shard(tmp_path / "emb", 0, names, unit_rows(rng, 3))
-    with pytest.raises(CollectionError, match=r"none of the first 3 relative image_path values of img_emb_0.npy "
+    with pytest.raises(CollectionError, match=r"none of the first 3 relative image_path values of metadata_0.parquet "
                        r"names a file under .*emb \(e.g. 'photos/p0.jpg'\); nothing was imported: pass --root"):
         import_embeddings(collection, tmp_path / "emb")
+    write_shard(tmp_path / "up", 0, [f"../{name}" for name in names], unit_rows(rng, 3))  # outside the folder
+    with pytest.raises(CollectionError, match=r"e.g. '../photos/p0.jpg'"):
+        import_embeddings(collection, tmp_path / "up")
     assert collection.vectors()[0].size == 0
     for name in names:  # where clip-retrieval ran
         (tmp_path / "run" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -578,7 +581,7 @@ def test_a_shard_that_fails_before_its_vectors_are_written_stops_them(tmp_path, 
     import mmretrieval.collection.import_vectors as import_vectors
     import mmretrieval.collection.import_writer as import_writer
     from mmretrieval.collection.import_writer import ShardLanding, ensure_schema
-    from mmretrieval.collection.imports import CheckedShard
+    from mmretrieval.collection.import_sources import CheckedShard
 
     monkeypatch.setattr(import_vectors, "BLOCK_ROWS", 8)
     original_blocks = import_writer.checked_blocks

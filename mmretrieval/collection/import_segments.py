@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
-from .imports import CheckedShard
+from .import_sources import CheckedShard
 
 logger = logging.getLogger(__name__)
 

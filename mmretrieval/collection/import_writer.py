@@ -31,7 +31,7 @@ from .import_vectors import checked_blocks, unit_blocks
 
 if TYPE_CHECKING:
     from .collection import Collection
-    from .imports import CheckedShard
+    from .import_sources import CheckedShard
     from .segments import SegmentStore
 
 logger = logging.getLogger(__name__)
