@@ -394,3 +394,7 @@ def test_checksum_finds_a_replacement_of_the_same_size_with_its_time_copied(tmp_
     assert stored_hash() not in (old, None)  # embedded from the new bytes
     assert main([*base, "--json", "--checksum"]) == 0
     assert json.loads(capsys.readouterr().out)["unchanged"] == 3
+    reported: list[tuple[int, int | None]] = []  # a checksum run reads every file: its bar says how far it got
+    with Collection.open(collection) as col:
+        col.ingest([tmp_path / "photos"], workers=0, checksum=True, hashed=lambda *done: reported.append(done))
+    assert reported == [(3, None)]

@@ -135,10 +135,10 @@ def _ingest(args: argparse.Namespace) -> int:
     with TqdmProgress("index", unit="vec") as index_bar, \
             open_collection(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
-        with TqdmProgress("ingest") as progress:
+        with TqdmProgress("ingest") as progress, TqdmProgress("hashing", unit="files") as hashed:
             summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, checksum=args.checksum, timeout_s=args.timeout,
-                                        progress=progress,
+                                        progress=progress, hashed=hashed,
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
                                         share_jpegs=args.share_jpegs == "on",

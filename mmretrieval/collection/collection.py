@@ -201,6 +201,7 @@ class Collection(SearchMethods, LabelMethods):
     def ingest(self, sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike], *,
                batch_size: int | None = None, workers: int | None = None, prune: bool = False, timeout_s: float = 60.0,
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None, checksum: bool = False,
+               hashed: Progress | None = None,
                device_decode: bool | None = None, share_jpegs: bool = True,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
@@ -216,6 +217,7 @@ class Collection(SearchMethods, LabelMethods):
                 whose bytes changed (a replacement of the same size with its time copied over); reads every file.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
+            hashed: ``(files hashed, None)`` while planning reads touched files (and every file with ``checksum``).
             ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
                 ``workers`` is then Ray's business, and the model loads only in Ray's actors.
             device_decode: decode JPEGs on the model's device (:mod:`mmretrieval.ingest.device_decode`), the
@@ -240,7 +242,7 @@ class Collection(SearchMethods, LabelMethods):
                                          timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
-                                      progress)
+                                      progress, hashed)
         from ..ingest.runner import run_ingest
 
         # The model loads only if something needs embedding (and the batch size and workers are chosen for its
@@ -256,7 +258,7 @@ class Collection(SearchMethods, LabelMethods):
                 from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work
 
                 commit_left_results(self.catalog, str(self.directory))
-            return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress)
+            return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress, hashed)
 
     def busy_message(self, command: str) -> str | None:
         """What writer ``command`` (``"ingest"``, ``"label"``...) fails with while another writer holds the lock,

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
 from .batches import SourceFile, Skipped, chunked
 from .reader import LIST_SUFFIXES, PathStream, discover
 from .touched import maybe_touched, unchanged_bytes
+
+Progress = Callable[[int, int | None], None]  # (done, total, None when not known)
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,8 @@ def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:
     return [encode_path(source) for source in sources if isinstance(source, str) and os.path.isdir(source)]
 
 
-def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
-         walked: Sequence[bytes] = (), checksum: bool = False) -> tuple[int, list[Skipped]]:
+def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
+         checksum: bool = False, hashed: Progress | None = None) -> tuple[int, list[Skipped]]:
     """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -104,8 +106,10 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
             the walk no longer skips are cleared (see :func:`stale_skips`).
         checksum: hash embedded files whose size and time are unchanged too, and embed again those whose bytes
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
+        hashed: ``(files hashed, None)`` after each chunk that hashed some (touched files, ``checksum``): a mass
+            touch or a checksum run reads the library before anything is embedded.
     """
-    unchanged = marked = 0
+    unchanged = marked = hashed_count = 0
     skipped: dict[bytes, Skipped] = {}
     aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has nothing to be an alias of
     for chunk in chunked(found, PLAN_CHUNK):
@@ -135,6 +139,9 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped],
             else:
                 to_mark.append((key, item.size, item.mtime_ns, item.caption))
         kept = unchanged_bytes(touched)
+        if touched and hashed is not None:
+            hashed_count += len(touched)
+            hashed(hashed_count, None)
         same = [key for (key, _), unchanged_bytes_ in zip(touched, kept) if unchanged_bytes_]
         if same:  # a new mtime over the same bytes: nothing to embed
             catalog.mark_touched([(key, files[key].mtime_ns) for key in same])

@@ -84,7 +84,8 @@ class RayIngestConfig:
 
 
 def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[str], config: RayIngestConfig,
-                   collection_dir: str, progress: Progress | None = None) -> IngestSummary:
+                   collection_dir: str, progress: Progress | None = None,
+                   hashed: Progress | None = None) -> IngestSummary:
     """Bring the catalog up to date with ``sources``, decoding and embedding on Ray.
 
     Args:
@@ -112,7 +113,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), checksum=config.checksum)
+    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
     tally = Tally(skipped)

@@ -36,7 +36,8 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder], sources: Sequence[str],
-               config: IngestConfig, progress: Progress | None = None) -> IngestSummary:
+               config: IngestConfig, progress: Progress | None = None,
+               hashed: Progress | None = None) -> IngestSummary:
     """Bring the catalog up to date with ``sources``.
 
     Args:
@@ -47,6 +48,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         config: batch size and workers (those left None chosen for the model's device once it is loaded),
             per-file timeout, prune.
         progress: called with ``(done, total)`` after each committed batch.
+        hashed: called with ``(files hashed, None)`` while planning hashes touched files (see :func:`.planning.plan`).
 
     Returns:
         Counts of embedded, unchanged, duplicate, failed (by reason) and pruned files.
@@ -58,7 +60,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
     if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
         reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
-    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), checksum=config.checksum)
+    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
     total = catalog.pending_count()
