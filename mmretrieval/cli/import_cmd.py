@@ -46,18 +46,19 @@ def _import(args: argparse.Namespace) -> int:
     from ..errors import CollectionError
 
     source = import_source(args.directory)  # a mistyped folder is the first thing to hear about, before --model
-    if args.model is None and not is_collection(args.collection):
+    model = args.model
+    if model is None and not is_collection(args.collection):
         # Only the model that made the vectors may record them; the demo model, the default elsewhere, never did.
         recorded = exported_model(source) or collection_model(source)
         if recorded is None:
             raise CollectionError(f"--model is needed to create {args.collection}: name the model that made the "
                                   "embeddings (clip-retrieval's output does not record it)")
-        args.model = recorded.spec
-        say(f"creating {args.collection} with the model these vectors record: {recorded.spec} (--model names "
-            "another spec of it)")
+        model = recorded.spec
+        say(f"creating {args.collection} with the model these vectors record: {model} (where that spec does not "
+            "load here, pass --model with one that loads the same weights)")
 
     with TqdmProgress("index", unit="vec") as index_bar, Collection.open(
-            args.collection, model=args.model, create=True, device=args.device, index_progress=index_bar,
+            args.collection, model=model, create=True, device=args.device, index_progress=index_bar,
             writer="import", wait=args.wait) as collection:
         with TqdmProgress("import", unit="vec") as progress:
             summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
