@@ -6,11 +6,12 @@ import os
 import tempfile
 
 _SANDBOX = tempfile.mkdtemp(prefix="mmr-tests-")
-for _var in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME", "GRADIO_TEMP_DIR", "MPLCONFIGDIR"):
+for _var in ("HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "HF_HOME", "TORCH_HOME", "GRADIO_TEMP_DIR", "MPLCONFIGDIR"):
     os.environ[_var] = os.path.join(_SANDBOX, _var.lower())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("MMR_COLLECTION", None)
+os.environ.pop("MMR_DATA_DIR", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -434,9 +434,9 @@ def test_a_query_that_starts_with_a_dash_gets_told_how_to_pass_it(built, capsys)
     assert capsys.readouterr().err.splitlines() == [
         "mmr similar: error: the following arguments are required: IMAGE; a query or path that starts with '-' "
         "goes at the end, after '--' (see mmr similar --help)"]
-    with pytest.raises(SystemExit):  # a missing option gets no such hint
-        main(["similar", "x.png"])
-    assert "after '--'" not in capsys.readouterr().err
+    assert main(["similar", "x.png"]) == 2  # no collection (not even the default one) gets no such hint
+    err = capsys.readouterr().err
+    assert "no --collection given" in err and "after '--'" not in err
     with pytest.raises(SystemExit):  # a southern latitude looks like an option to argparse
         main(["search", "red", "--near", "-33.86,151.21,10", "--collection", collection])
     assert capsys.readouterr().err.splitlines() == [
@@ -562,11 +562,28 @@ def test_a_threshold_without_multi_label_is_refused_not_ignored(built, capsys):
         assert main([*command, "--labels", "a,b", "--threshold", "0.9", "--multi-label"]) == 0
 
 
-def test_a_missing_collection_option_names_the_environment_variable_too(capsys, monkeypatch):
+def test_with_no_collection_named_commands_use_the_default_one(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """`--collection` was required of every command (rclip keeps one database and needs no option): with neither
+    it nor $MMR_COLLECTION, ingest and import make the default collection, and the other commands use it."""
+    from mmretrieval.cache import default_collection_dir
+
     monkeypatch.delenv("MMR_COLLECTION", raising=False)
-    with pytest.raises(SystemExit):
-        main(["search", "x"])
-    assert "required: --collection (or set $MMR_COLLECTION)" in capsys.readouterr().err
+    monkeypatch.setenv("MMR_DATA_DIR", str(tmp_path / "data"))
+    default = default_collection_dir()
+    assert default == tmp_path / "data" / "collection"
+    assert main(["search", "x"]) == 2
+    assert (f"no --collection given, and the default collection {default} does not exist yet: `mmr ingest FOLDER` "
+            "makes it") in capsys.readouterr().err
+    write_good_images(tmp_path / "photos", 2)
+    assert main(["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--workers", "0"]) == 0
+    assert f"mmr ingest: making the default collection {default} (--collection DIR" in capsys.readouterr().err
+    assert main(["search", "a red circle", "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["ingest", str(tmp_path / "photos"), "--workers", "0"]) == 0
+    assert "making the default collection" not in capsys.readouterr().err
+    monkeypatch.setenv("MMR_COLLECTION", str(tmp_path / "named"))  # read when the parser is built
+    assert main(["info"]) == 2
+    assert str(tmp_path / "named") in capsys.readouterr().err
 
 
 def test_info_failures_writes_a_non_utf8_name_as_its_bytes_on_a_strict_stdout(built, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from typing import Iterator, NoReturn, Sequence
 from ..errors import Busy, MMRError
 from ..json_lines import one_line
 from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, serve_cmd
-from .common import say
+from .common import collection_or_default, say
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, ingest_cmd, collection_cmds, duplicates_cmd, import_cmd, export_cmd, serve_cmd)
@@ -62,8 +62,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.startswith("the following arguments are required:"):
             missing = message.split(":", 1)[1].split(", ")
-            if "--collection" in message:
-                message += " (or set $MMR_COLLECTION)"
             dashed = any(_taken_for_an_option(arg) for arg in _Parser.argv)
             if dashed and any(not name.strip().startswith("-") for name in missing):  # '-x.png' taken for an option
                 message += _DASH_HINT
@@ -94,7 +92,8 @@ class _Parser(argparse.ArgumentParser):
 
 EPILOG = """\
 Results go to stdout (TSV, or JSON lines with --json); progress and messages to stderr.
---collection defaults to $MMR_COLLECTION. A query or path that starts with '-' goes last, after '--'.
+--collection defaults to $MMR_COLLECTION, else the default collection (~/.local/share/mmretrieval/collection on
+Linux; $MMR_DATA_DIR moves it), which ingest and import make. A query or path that starts with '-' goes last, after '--'.
 
 exit status:
   0    done
@@ -236,6 +235,7 @@ def _run(argv: Sequence[str] | None) -> int:
     messages_to_stderr(verbose=args.verbose, prog=f"mmr {args.command}")
     try:
         with sigterm_unwinds():
+            collection_or_default(args)
             return int(args.handler(args) or 0)
     except Busy as exc:
         say(f"mmr {args.command}: {exc}")

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..errors import QueryError
+from ..errors import CollectionError, QueryError
 from ..json_lines import json_line, one_line, tsv_text
 from ..models.settings import DEVICES, MULTI_LABEL_THRESHOLD, PRECISIONS
 
@@ -156,17 +156,43 @@ def add_null_option(parser: argparse.ArgumentParser) -> None:
                         "is taken exactly as it is")
 
 
-def add_collection_option(parser: argparse.ArgumentParser, required: bool = True, writer: bool = False) -> None:
-    """``--collection DIR``, defaulting to ``$MMR_COLLECTION``; for a ``writer`` command, ``--wait`` too."""
-    default = os.environ.get("MMR_COLLECTION")
+def add_collection_option(parser: argparse.ArgumentParser, writer: bool = False, creates: bool = False) -> None:
+    """``--collection DIR``, defaulting to ``$MMR_COLLECTION``, else the default collection (resolved when the
+    command runs: :func:`collection_or_default`); for a ``writer`` command, ``--wait`` too. ``creates``: the command
+    makes a collection that does not exist (ingest, import)."""
     parser.add_argument(
-        "--collection", default=default, required=required and default is None, metavar="DIR",
-        help="collection directory (default: $MMR_COLLECTION, when set)",
+        "--collection", default=os.environ.get("MMR_COLLECTION"), metavar="DIR",
+        help="collection directory (default: $MMR_COLLECTION, else the default collection in the user data "
+        "folder, ~/.local/share/mmretrieval/collection on Linux)",
     )
+    parser.set_defaults(collection_creates=creates)
     if writer:
         parser.add_argument("--wait", action="store_true",
                             help="wait for another process writing the collection to finish (default: exit 75 "
                             "at once)")
+
+
+def collection_or_default(args: argparse.Namespace) -> None:
+    """Give ``args`` the default collection where it names none; a command that does not create one needs it to
+    exist.
+
+    Raises:
+        CollectionError: no collection named, and no default collection yet.
+    """
+    if getattr(args, "collection", "") is not None or not hasattr(args, "collection_creates"):
+        return
+    from ..cache import default_collection_dir
+    from ..collection.catalog import is_collection
+
+    default = default_collection_dir()
+    if not is_collection(default):
+        if not args.collection_creates:
+            raise CollectionError(f"no --collection given, and the default collection {default} does not exist yet: "
+                                  "`mmr ingest FOLDER` makes it, or name one with --collection DIR (or "
+                                  "$MMR_COLLECTION)")
+        say(f"mmr {args.command}: making the default collection {default} (--collection DIR or $MMR_COLLECTION "
+            "names another)")
+    args.collection = str(default)
 
 
 def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> int:

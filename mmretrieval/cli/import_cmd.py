@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("directory", metavar="DIR",
                         help="folder holding img_emb/ and metadata/ (clip-retrieval's output), or another "
                         "collection's folder (same model)")
-    add_collection_option(parser, writer=True)
+    add_collection_option(parser, writer=True, creates=True)
     parser.add_argument("--model", default=None,
                         help="the model that made the embeddings (needed to create a collection; an existing "
                         "collection must have been built with the same model)")

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                         "list: one path per line, relative to the list's folder, or for - to the current one; blank "
                         "lines and lines starting with # skipped)")
     add_null_option(parser)
-    add_collection_option(parser, writer=True)
+    add_collection_option(parser, writer=True, creates=True)
     add_model_options(parser, default=None)
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
     parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
