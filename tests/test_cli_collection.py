@@ -586,6 +586,24 @@ def test_with_no_collection_named_commands_use_the_default_one(tmp_path, tiny_mo
     assert str(tmp_path / "named") in capsys.readouterr().err
 
 
+def test_mmr_serve_serves_the_default_collection_once_made(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from mmretrieval.cache import default_collection_dir
+    from mmretrieval.cli import serve_cmd
+
+    monkeypatch.delenv("MMR_COLLECTION", raising=False)
+    monkeypatch.setenv("MMR_DATA_DIR", str(tmp_path / "data"))
+    served: list = []
+    monkeypatch.setattr(serve_cmd, "run", lambda args: served.append(args.collection) or 0)
+    assert main(["serve"]) == 0 and served == [None]  # no default collection yet: the demo
+    write_good_images(tmp_path / "photos", 1)
+    assert main(["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["serve"]) == 0 and served[-1] == default_collection_dir()
+    assert "serving the default collection" in capsys.readouterr().err
+    assert main(["serve", "--demo"]) == 0 and served[-1] is None
+    assert main(["serve", "--demo", "--collection", str(tmp_path)]) == 2
+
+
 def test_info_failures_writes_a_non_utf8_name_as_its_bytes_on_a_strict_stdout(built, capsys, monkeypatch):
     import io
     import os

@@ -23,11 +23,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "serve", help="serve the web UI (search, zero-shot, labelling, map)",
-        description="Serve the web UI over a collection. Without --collection, builds (once, cached) and "
-        "serves a demo collection of generated scenes, so it works offline on a fresh machine.",
+        description="Serve the web UI over a collection. Without --collection (or $MMR_COLLECTION), serves the "
+        "default collection once `mmr ingest` has made it, else builds (once, cached) and serves a demo collection "
+        "of generated scenes, so it works offline on a fresh machine.",
     )
     add_serve_arguments(parser)
-    parser.set_defaults(handler=run)
+    parser.add_argument("--demo", action="store_true", help="serve the demo collection even where the default "
+                        "collection exists (python app.py always does, without --collection)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``mmr serve``: the default collection where no other is named and it exists (the other commands' rule),
+    else the demo."""
+    from ..cache import default_collection_dir
+    from ..collection.catalog import is_collection
+
+    if args.collection is None and not args.demo and is_collection(default_collection_dir()):
+        args.collection = default_collection_dir()
+        say(f"mmr serve: serving the default collection {args.collection} (--demo serves the demo)")
+    elif args.collection is not None and args.demo:
+        raise MMRError("--demo serves the demo collection; leave out --collection (or unset $MMR_COLLECTION)")
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
