@@ -397,4 +397,34 @@ def test_checksum_finds_a_replacement_of_the_same_size_with_its_time_copied(tmp_
     reported: list[tuple[int, int | None]] = []  # a checksum run reads every file: its bar says how far it got
     with Collection.open(collection) as col:
         col.ingest([tmp_path / "photos"], workers=0, checksum=True, hashed=lambda *done: reported.append(done))
-    assert reported == [(3, None)]
+    assert reported == [(1, None), (2, None), (3, None)]
+
+
+def test_a_file_that_cannot_be_read_while_hashed_keeps_its_vector_and_labels(tmp_path, tiny_encoder, monkeypatch):
+    """--checksum (and a touch) planned a file it could not read as changed; its decode then failed it, and a
+    failed row loses its vector and its labels in every set: a flaky mount cost a checksum run its work."""
+    from mmretrieval.errors import ImageDecodeError
+    from mmretrieval.ingest import touched
+
+    paths = write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        col.label("red, green")
+        before = {str(p): _labels_by_set(col, p) for p in paths}
+        real_read = touched.read_image_file
+
+        def flaky(path):
+            if os.fsdecode(path) == str(paths[0]):
+                raise ImageDecodeError("unreadable", f"cannot open {os.fsdecode(path)}: Input/output error")
+            return real_read(path)
+
+        monkeypatch.setattr(touched, "read_image_file", flaky)
+        _touch(paths[0])
+        for checksum in (True, False):
+            summary = col.ingest([tmp_path / "photos"], workers=0, checksum=checksum)
+            assert (summary.embedded, summary.unchanged, summary.failed) == (0, 3, {})
+            assert col.catalog.counts_by_status() == {"ok": 3}
+            assert {str(p): _labels_by_set(col, p) for p in paths} == before
+        monkeypatch.undo()  # readable again: the touch is recorded, and it is still unchanged
+        assert col.ingest([tmp_path / "photos"], workers=0).unchanged == 3
+        assert col.catalog.file_state(paths[0])[2] == paths[0].stat().st_mtime_ns

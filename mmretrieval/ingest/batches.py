@@ -130,9 +130,13 @@ class IngestSummary:
         return sum(self.skipped.values())
 
 
-def skip_counts(skipped: Iterable[Skipped]) -> dict[str, int]:
-    """Skips by reason, as :class:`IngestSummary` reports them."""
-    return dict(sorted(collections.Counter(s.reason for s in skipped).items()))
+def skip_counts(skipped: Iterable[Skipped], aliases: int = 0) -> dict[str, int]:
+    """Skips by reason, as :class:`IngestSummary` reports them; ``aliases``: files counted as ``alias``, held
+    already under their real path (:class:`~.planning.Planned`)."""
+    counts = collections.Counter(s.reason for s in skipped)
+    if aliases:
+        counts["alias"] += aliases
+    return dict(sorted(counts.items()))
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

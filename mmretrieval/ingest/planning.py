@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..errors import CollectionError
@@ -92,9 +93,17 @@ def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:
     return [encode_path(source) for source in sources if isinstance(source, str) and os.path.isdir(source)]
 
 
+class Planned(NamedTuple):
+    """What :func:`plan` found besides the files it marked ``pending``."""
+
+    unchanged: int  # files skipped as unchanged (touched ones whose bytes are the same included)
+    skipped: list[Skipped]  # what the reader would not open, recorded in the catalog
+    aliases: int = 0  # new files the collection holds under their real path: counted, not recorded (see _Aliases)
+
+
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
-         checksum: bool = False, hashed: Progress | None = None) -> tuple[int, list[Skipped]]:
-    """Mark new and changed files ``pending`` and record skips; returns (unchanged count, skips).
+         checksum: bool = False, hashed: Progress | None = None) -> Planned:
+    """Mark new and changed files ``pending`` and record skips.
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
     so planning 10 M files holds one chunk, not every path. A run killed mid-plan leaves some rows ``pending``,
@@ -106,12 +115,11 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             the walk no longer skips are cleared (see :func:`stale_skips`).
         checksum: hash embedded files whose size and time are unchanged too, and embed again those whose bytes
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
-        hashed: ``(files hashed, None)`` after each chunk that hashed some (touched files, ``checksum``): a mass
-            touch or a checksum run reads the library before anything is embedded.
+        hashed: ``(files hashed, None)`` as touched files (and, with ``checksum``, unchanged ones) are hashed: a
+            mass touch or a checksum run reads the library before anything is embedded.
     """
-    unchanged = marked = hashed_count = 0
+    planner = _Planner(catalog, checksum, hashed)
     skipped: dict[bytes, Skipped] = {}
-    aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has nothing to be an alias of
     for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
         for item in chunk:
@@ -120,54 +128,78 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
                 skipped[key] = item
             else:
                 files[key] = item  # a path listed twice keeps its last entry
-        known = catalog.file_states_of(list(files))
-        if aliases is not None:
-            skipped.update(aliases.of(files, known))
-            files = {key: item for key, item in files.items() if key not in skipped}
-        to_mark, touched = [], []
-        for key, item in files.items():
-            state = known.get(key)
-            same_stat = state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
-            if checksum and same_stat and maybe_touched(state, item.size):
-                touched.append((key, state.content_hash))
-            elif same_stat and _settled(state):
-                unchanged += 1
-                if item.caption is not None:
-                    catalog.set_caption(key, item.caption)
-            elif maybe_touched(state, item.size):
-                touched.append((key, state.content_hash))
-            else:
-                to_mark.append((key, item.size, item.mtime_ns, item.caption))
-        kept = unchanged_bytes(touched)
-        if touched and hashed is not None:
-            hashed_count += len(touched)
-            hashed(hashed_count, None)
-        same = [key for (key, _), unchanged_bytes_ in zip(touched, kept) if unchanged_bytes_]
-        if same:  # a new mtime over the same bytes: nothing to embed
-            catalog.mark_touched([(key, files[key].mtime_ns) for key in same])
-            unchanged += len(same)
-            for key in same:
-                if files[key].caption is not None:
-                    catalog.set_caption(key, files[key].caption)
-        to_mark += [(key, files[key].size, files[key].mtime_ns, files[key].caption)
-                    for (key, _), unchanged_bytes_ in zip(touched, kept) if not unchanged_bytes_]
-        if to_mark:
-            catalog.mark_pending(to_mark)
-            marked += len(to_mark)
+        planner.plan_chunk(files)
     cleared = stale_skips(catalog, walked, skipped)
     if skipped or cleared:
         catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
-    logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared", marked, unchanged, len(skipped),
-                len(cleared))
-    return unchanged, list(skipped.values())
+    logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared, %d aliases", planner.marked,
+                planner.unchanged, len(skipped), len(cleared), planner.aliases)
+    return Planned(planner.unchanged, list(skipped.values()), planner.aliases)
+
+
+class _Planner:
+    """One run's planning, chunk by chunk: its counts, the touched files it hashes, the aliases it passes over."""
+
+    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None):
+        self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
+        self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none
+        self.unchanged = self.marked = self.aliases = self._hashed_count = 0
+        self._count_lock = threading.Lock()
+
+    def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
+        """Mark what changed in ``files`` pending, hash what may only be touched, count the rest."""
+        known = self._catalog.file_states_of(list(files))
+        if self._aliases is not None:
+            held = self._aliases.held(files, known)
+            self.aliases += len(held)
+            files = {key: item for key, item in files.items() if key not in held}
+        to_mark, to_hash = [], []
+        for key, item in files.items():
+            state = known.get(key)
+            same_stat = state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
+            if maybe_touched(state, item.size) and (self._checksum or not same_stat):
+                to_hash.append((key, state.content_hash, same_stat))
+            elif same_stat and _settled(state):
+                self._keep(key, item)
+            else:
+                to_mark.append(key)
+        touched = []
+        for (key, _, same_stat), same in zip(to_hash, unchanged_bytes([c[:2] for c in to_hash], self._one_hashed)):
+            if same is False:  # other bytes: embed them
+                to_mark.append(key)
+                continue
+            # The same bytes; or unreadable now (a flaky mount): kept as it is, its vector and labels too, and
+            # looked at again next run (a decode would fail it, and a failed row loses its vector).
+            self._keep(key, files[key])
+            if same and not same_stat:
+                touched.append((key, files[key].mtime_ns))
+        if touched:
+            self._catalog.mark_touched(touched)
+        if to_mark:
+            self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption)
+                                        for key in to_mark])
+            self.marked += len(to_mark)
+
+    def _keep(self, key: bytes, item: SourceFile) -> None:
+        self.unchanged += 1
+        if item.caption is not None:
+            self._catalog.set_caption(key, item.caption)
+
+    def _one_hashed(self) -> None:
+        if self._hashed is not None:
+            with self._count_lock:  # (called from the hashing threads)
+                self._hashed_count += 1
+                self._hashed(self._hashed_count, None)
 
 
 class _Aliases:
     """New files that the collection holds already under their real path: reached through a link to a folder it
     ingested before (``mmr ingest w2``, then ``mmr ingest w2link``: each file catalogued twice). The walk skips
-    such a link within one run; this catches it across runs. A new file's folder is resolved once (cached), so a
-    first pass over millions of new files costs a ``realpath`` per folder, not per file. The other order (the link
-    first, then the real folder) is not caught: nothing in the catalog says where a link led."""
+    such a link within one run; this catches it across runs, and only counts them (reason ``alias``): no row is
+    written, so nothing piles up in memory or in the catalog, and each run looks again. A file is held when its
+    real path's row has the same size and time (the same file, not another card mounted at the same place). A new
+    file's folder is resolved once (cached), so millions of new files cost a ``realpath`` per folder. The other
+    order (the link first, then the real folder) is not caught: nothing in the catalog says where a link led."""
 
     _CACHED = 10_000  # folders whose real path is remembered
 
@@ -175,15 +207,13 @@ class _Aliases:
         self._catalog = catalog
         self._real: dict[bytes, bytes] = {}
 
-    def of(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState]) -> dict[bytes, Skipped]:
-        """The skips of those ``files`` that are new (not in ``known``, or skipped before) and catalogued under their
-        real path."""
-        real = {key: self._real_path(key) for key in files if key not in known or known[key].status == "skipped"}
+    def held(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState]) -> set[bytes]:
+        """Those of ``files`` that are new (not in ``known``) and held under their real path."""
+        real = {key: self._real_path(key) for key in files if key not in known}
         real = {key: path for key, path in real.items() if path != key}
-        held = self._catalog.file_states_of(list(real.values())) if real else {}
-        return {key: Skipped(files[key].path, "symlink_loop",
-                             f"{files[key].path} is {os.fsdecode(path)}, which the collection holds already")
-                for key, path in real.items() if path in held and held[path].status == "ok"}
+        rows = self._catalog.file_states_of(list(real.values())) if real else {}
+        return {key for key, path in real.items() if path in rows and rows[path].status != "skipped"
+                and (rows[path].size, rows[path].mtime_ns) == (files[key].size, files[key].mtime_ns)}
 
     def _real_path(self, key: bytes) -> bytes:
         folder, name = os.path.split(key)

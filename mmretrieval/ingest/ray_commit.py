@@ -25,7 +25,7 @@ import numpy as np
 from ..collection.catalog import Catalog
 from ..collection.places import FailureWrite, RowMetadata, VectorWrite
 from ..images.metadata import PhotoMetadata
-from .batches import IngestSummary, Skipped, skip_counts
+from .batches import IngestSummary
 from .ray_segments import Result
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ def _vectors_of(result: Result, ok_rows: list[int]) -> dict[int, np.ndarray]:
 class Tally:
     """Adds up commits into the :class:`IngestSummary` the single-machine runner would report."""
 
-    def __init__(self, skipped: list[Skipped]):
-        self.skipped = skip_counts(skipped)
+    def __init__(self, skipped: dict[str, int]):
+        self.skipped = skipped  # skips by reason (:func:`~.batches.skip_counts`)
         self.counts: collections.Counter[str] = collections.Counter()
         self.embedded = 0
         self.duplicates = 0

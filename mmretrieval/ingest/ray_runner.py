@@ -36,7 +36,7 @@ from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.preprocess import ImagePreparer
 from ..json_lines import bytes_escaped
 from ..models.specs import ModelIdentity
-from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked
+from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked, skip_counts
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop, short_retries
 from .reader import FileDecoder, discover
@@ -113,10 +113,10 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    unchanged, skipped = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    unchanged, skipped, aliases = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
-    tally = Tally(skipped)
+    tally = Tally(skip_counts(skipped, aliases))
     total = catalog.pending_count()
     config = _sized(config, total)
     report = _reporter(tally, total, progress)
@@ -149,7 +149,7 @@ def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
     a warning. Imports nothing of Ray (the results are Parquet and the collection's own segments).
     """
     staging = os.path.join(collection_dir, STAGING_DIR)
-    tally = Tally([])
+    tally = Tally({})
     results = os.path.join(collection_dir, RAY_RESULTS_DIR)
     if os.path.isdir(results):
         _commit_left(ResultDrop(results, staging), catalog, tally)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import ImageDecodeError
 from ..images.decode import read_image_file
@@ -36,9 +36,18 @@ def content_hash(path: bytes) -> str | None:
         return None
 
 
-def unchanged_bytes(candidates: Sequence[tuple[bytes, str]]) -> list[bool]:
-    """For each ``(path, stored hash)``, whether the file's bytes still have that hash."""
+def unchanged_bytes(candidates: Sequence[tuple[bytes, str]],
+                    hashed: Callable[[], None] | None = None) -> list[bool | None]:
+    """For each ``(path, stored hash)``, whether the file's bytes still have that hash (None: it could not be
+    read, so nothing is known); ``hashed`` is called as each file is done."""
     if not candidates:
         return []
+
+    def same(candidate: tuple[bytes, str]) -> bool | None:
+        found = content_hash(candidate[0])
+        if hashed is not None:
+            hashed()
+        return None if found is None else found == candidate[1]
+
     with ThreadPoolExecutor(min(HASH_THREADS, len(candidates)), thread_name_prefix="mmr-hash") as pool:
-        return list(pool.map(lambda candidate: content_hash(candidate[0]) == candidate[1], candidates))
+        return list(pool.map(same, candidates))
