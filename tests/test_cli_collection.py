@@ -572,15 +572,19 @@ def test_with_no_collection_named_commands_use_the_default_one(tmp_path, tiny_mo
     default = default_collection_dir()
     assert default == tmp_path / "data" / "collection"
     assert main(["search", "x"]) == 2
-    assert (f"no --collection given, and the default collection {default} does not exist yet: `mmr ingest FOLDER` "
-            "makes it") in capsys.readouterr().err
+    assert (f"no --collection given, and the default collection {default} does not exist yet: `mmr ingest FOLDER "
+            "--model SPEC` makes it") in capsys.readouterr().err
     write_good_images(tmp_path / "photos", 2)
+    assert main(["ingest", str(tmp_path / "photos"), "--workers", "0"]) == 2  # not with the demo model by default
+    assert "the default collection" in capsys.readouterr().err and not default.exists()
     assert main(["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--workers", "0"]) == 0
-    assert f"mmr ingest: making the default collection {default} (--collection DIR" in capsys.readouterr().err
+    assert f"mmr ingest: the default collection is {default} (--collection DIR" in capsys.readouterr().err
     assert main(["search", "a red circle", "--device", "cpu"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["ingest", str(tmp_path / "photos"), "--workers", "0"]) == 0
-    assert "making the default collection" not in capsys.readouterr().err
+    assert "the default collection is" not in capsys.readouterr().err
+    monkeypatch.setenv("MMR_COLLECTION", "")  # set but empty: unset, as mmr serve took it
+    assert main(["info"]) == 0 and str(default) in capsys.readouterr().out
     monkeypatch.setenv("MMR_COLLECTION", str(tmp_path / "named"))  # read when the parser is built
     assert main(["info"]) == 2
     assert str(tmp_path / "named") in capsys.readouterr().err

@@ -161,7 +161,7 @@ def add_collection_option(parser: argparse.ArgumentParser, writer: bool = False,
     command runs: :func:`collection_or_default`); for a ``writer`` command, ``--wait`` too. ``creates``: the command
     makes a collection that does not exist (ingest, import)."""
     parser.add_argument(
-        "--collection", default=os.environ.get("MMR_COLLECTION"), metavar="DIR",
+        "--collection", default=os.environ.get("MMR_COLLECTION") or None, metavar="DIR",
         help="collection directory (default: $MMR_COLLECTION, else the default collection in the user data "
         "folder, ~/.local/share/mmretrieval/collection on Linux)",
     )
@@ -188,10 +188,16 @@ def collection_or_default(args: argparse.Namespace) -> None:
     if not is_collection(default):
         if not args.collection_creates:
             raise CollectionError(f"no --collection given, and the default collection {default} does not exist yet: "
-                                  "`mmr ingest FOLDER` makes it, or name one with --collection DIR (or "
+                                  "`mmr ingest FOLDER --model SPEC` makes it, or name one with --collection DIR (or "
                                   "$MMR_COLLECTION)")
-        say(f"mmr {args.command}: making the default collection {default} (--collection DIR or $MMR_COLLECTION "
-            "names another)")
+        if getattr(args, "model", None) is None and args.command == "ingest":
+            # the demo model knows coloured shapes only: a library ingested with it by default is useless and
+            # binds the collection to it
+            raise CollectionError(f"the default collection {default} is made with the model you name: add --model, "
+                                  "e.g. --model ViT-B-32:laion2b_s34b_b79k (the bundled demo model knows only "
+                                  "coloured shapes; --collection DIR makes a collection of it)")
+        say(f"mmr {args.command}: the default collection is {default} (--collection DIR or $MMR_COLLECTION names "
+            "another)")
     args.collection = str(default)
 
 

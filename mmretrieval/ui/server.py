@@ -63,8 +63,8 @@ class ServeConfig:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``app.py`` and ``mmr serve``."""
     parser.add_argument("--collection", type=Path, default=os.environ.get("MMR_COLLECTION") or None,
-                        metavar="DIR", help="collection to serve (default: $MMR_COLLECTION, else the demo collection, "
-                        "built once and cached)")
+                        metavar="DIR", help="collection to serve (default: $MMR_COLLECTION; else, for mmr serve, "
+                        "the default collection once made; else the demo collection, built once and cached)")
     parser.add_argument("--model", default=None, help="model spec (default: the collection's own; builtin:shapes "
                         "for the demo)")
     parser.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
