@@ -432,6 +432,12 @@ def test_http_api_named_endpoints(server):
     # the groups (for the tab's pages) stay in the session: a script gets the review, the summary and the export
     review, summary, files = client.predict(0.0001, "least alike first", api_name="/duplicates")
     assert "keep (suggested)" in review and "of near-duplicates" in summary and len(files) == 2
+    # a label set made after the server started is one the map may be coloured by (the choices drawn at start-up
+    # held no set, and the API's checks refused every other name)
+    client.predict("star, cross", "default", False, 0.5, "late", True, api_name="/label_collection")
+    value, note = client.predict("", "pca", "", "", "", "", "", "late", api_name="/map")
+    assert "label set late" in note
+    client.predict("late", api_name="/remove_label_set")
 
 
 def test_server_keeps_serving_after_bad_requests(server):

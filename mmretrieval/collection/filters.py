@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from ..errors import QueryError
 from ..models.label_text import label_key
-from .label_sets import is_declared, qualified, resolve, sets
+from .label_sets import has_label, is_declared, qualified, resolve, sets
 from .photo_table import camera_pairs
 
 LABELS_SHOWN = 10  # most known labels an unknown label filter's error names
@@ -209,7 +209,7 @@ def label_refs(catalog: "Catalog", ref: str) -> list[str]:
     Raises:
         QueryError: no label set has such a label (the message names the closest).
     """
-    if catalog.ids_with_label(ref).size or is_declared(catalog, ref):  # a declared one may match nothing
+    if has_label(catalog, ref) or is_declared(catalog, ref):  # a declared one may match nothing
         return [ref]
     label_set, label = resolve(catalog, ref)
     folded, folded_ref = label_key(label), label_key(ref)

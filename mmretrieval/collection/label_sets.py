@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 DEFAULT_SET = "default"
-_PAGE = 100_000  # rows read per query where a label's images are read whole
+_PAGE = 100_000  # rows fetched at a time where a label's images are read whole
 _SCORED_STAGING = "temp.label_scored_staging"  # a run's scored ids until it commits (its connection's own)
 _NAME = re.compile(r"^[^:\s.][^:]{0,63}$")
 
@@ -145,21 +145,29 @@ def ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
     return np.array([r[0] for r in rows], dtype=np.int64)
 
 
-def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Ids assigned label ``ref`` (as :func:`ids_with_label`) and each one's probability of it (the highest, when
-    several sets gave it), in id order: 12 bytes a labelled image."""
+def has_label(catalog: "Catalog", ref: str) -> bool:
+    """Whether some image is assigned label ``ref`` (one indexed row read, at any size)."""
     label_set, label = resolve(catalog, ref)
     only, params = ("", [label]) if label_set is None else (" AND label_set = ?", [label, label_set])
-    ids, probabilities, after = [], [], -1
-    while rows := catalog._query(f"SELECT image_id, MAX(probability) FROM labels WHERE label = ?{only} "
-                                 f"AND image_id > ? GROUP BY image_id ORDER BY image_id LIMIT {_PAGE}",
-                                 [*params, after]):  # a page at a time: never every row as Python objects
-        ids.append(np.array([r[0] for r in rows], np.int64))
-        probabilities.append(np.array([r[1] for r in rows], np.float32))
-        after = rows[-1][0]
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(ids), np.concatenate(probabilities)
+    return bool(catalog._query(f"SELECT EXISTS(SELECT 1 FROM labels WHERE label = ?{only})", params)[0][0])
+
+
+def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Ids assigned label ``ref`` (as :func:`ids_with_label`) and each one's probability of it (the highest, when
+    several sets gave it): read from one cursor a page at a time into arrays, 16 bytes a labelled image."""
+    label_set, label = resolve(catalog, ref)
+    only, params = ("", [label]) if label_set is None else (" AND label_set = ?", [label, label_set])
+    ids, probabilities = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
+    with catalog._lock:
+        cursor = catalog._db.execute(f"SELECT image_id, probability FROM labels WHERE label = ?{only}", params)
+        while rows := cursor.fetchmany(_PAGE):
+            page = np.array(rows, dtype=np.float64)
+            ids.append(page[:, 0].astype(np.int64))
+            probabilities.append(page[:, 1])
+    found, probability = np.concatenate(ids), np.concatenate(probabilities)
+    order = np.lexsort((-probability, found))  # by id, the highest first
+    first = np.unique(found[order], return_index=True)[1]
+    return found[order][first], probability[order][first]
 
 
 def counts(catalog: "Catalog") -> dict[str, int]:

@@ -170,8 +170,9 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     with gr.Row(equal_height=True):
         labels = gr.Textbox(label="Colour by labels (comma-separated; empty: the stored labels)", scale=3,
                             value=", ".join(ctx.map_labels), elem_id="map-labels")
+        # custom values allowed: the sets change as the collection is labelled (the handler checks the name)
         label_set = gr.Dropdown(set_choices(ctx), value="", label="Else the stored labels of", scale=1,
-                                elem_id="map-label-set")
+                                allow_custom_value=True, elem_id="map-label-set")
         method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
                              scale=1)
         draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
