@@ -154,7 +154,8 @@ def has_label(catalog: "Catalog", ref: str) -> bool:
 
 def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Ids assigned label ``ref`` (as :func:`ids_with_label`) and each one's probability of it (the highest, when
-    several sets gave it): read from one cursor a page at a time into arrays, 16 bytes a labelled image."""
+    several sets gave it), by id: read from one cursor a page at a time into arrays (16 bytes a labelled
+    image, and as much again while they are sorted)."""
     label_set, label = resolve(catalog, ref)
     only, params = ("", [label]) if label_set is None else (" AND label_set = ?", [label, label_set])
     ids, probabilities = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
