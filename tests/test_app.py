@@ -166,6 +166,18 @@ def test_pages_walk_the_ranking_of_the_search_they_repeat(search):
         search.turn_page({"kind": "search", "args": [*args[:3], 200, *args[4:]], "offset": 1800}, True)
 
 
+def test_a_label_alone_lists_its_images_most_probable_first(search, manage, context):
+    """The CLI and the API list a label's images with no query; the page said "Type a query"."""
+    manage.label_collection("star, cross", "default", True, 0.0, "alone", True, progress=lambda *a, **k: None)
+    expected = [hit.id for hit in context.collection.labelled("alone:star", k=5)]
+    _, hits, _, ids, status = search.search("", None, "", 5, -1, "alone:star")
+    assert ids == expected and len(ids) == 5 and "the label's probabilities" in status
+    assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+    with pytest.raises(gr.Error, match="choose a label alone to list its images"):
+        search.search("", None, "blue", 5, -1, "alone:star")  # a negative needs a query to move away from
+    manage.remove_label_set("alone")
+
+
 def test_empty_query_bad_id_and_bad_upload_are_readable_errors(search, tmp_path):
     with pytest.raises(gr.Error, match="Type a query"):
         search.search("   ", None, "", 5, -1)

@@ -43,7 +43,8 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     add_collection_option(parser)
     parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine")
+    parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine (for "
+                        "search --label with no query: below this probability)")
     parser.add_argument("--prefix", action=Once, type=path_prefix,
                         help="only images in this folder (one that exists), or whose path starts with this text")
     parser.add_argument("--label", action=Once,

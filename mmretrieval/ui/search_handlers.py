@@ -82,11 +82,20 @@ class SearchHandlers:
         """
         query_image = load_upload(image)
         text, negative = (text or "").strip(), (negative or "").strip()
-        if not text and query_image is None:
-            raise gr.Error("Type a query, or add a query image, then search.", print_exception=False)
-        query = self._build_query(text, query_image, negative)
         filters = _filters(label, folder, after, before, camera)
         count, k_note = _k(k)
+        if not text and query_image is None:
+            if not (label or "").strip() or negative:
+                raise gr.Error("Type a query, or add a query image, then search (or choose a label alone to list "
+                               "its images).", print_exception=False)
+            with self.ctx.lock:  # a label alone: its images, most probable first, as `mmr search --label`
+                hits = self.ctx.collection.labelled(label.strip(), k=offset + count, threshold=_threshold(threshold),
+                                                    **{name: value for name, value in filters.arguments.items()
+                                                       if name != "label"})
+            return self._results(hits[offset:], f"no query{filters.among}, most probable first (scores are the "
+                                 "label's probabilities)", self._confidence(hits, None), [k_note] if k_note else [],
+                                 _no_results_hint(filters, _threshold(threshold)), offset)
+        query = self._build_query(text, query_image, negative)
         with self.ctx.lock:
             vector = self.ctx.collection.query_vector(query)
             hits = self.ctx.collection.search(vector, k=offset + count, threshold=_threshold(threshold),
