@@ -598,7 +598,8 @@ def test_mmr_serve_serves_the_default_collection_once_made(tmp_path, tiny_model_
     monkeypatch.setenv("MMR_DATA_DIR", str(tmp_path / "data"))
     served: list = []
     monkeypatch.setattr(serve_cmd, "run", lambda args: served.append(args.collection) or 0)
-    assert main(["serve"]) == 0 and served == [None]  # no default collection yet: the demo
+    assert main(["serve"]) == 0 and served == [None]  # no default collection yet: the demo, and it says so
+    assert "no default collection yet" in capsys.readouterr().err
     write_good_images(tmp_path / "photos", 1)
     assert main(["ingest", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--workers", "0"]) == 0
     capsys.readouterr()
@@ -749,6 +750,11 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "for -t (as in rclip) use -k N" in err and "for -f (as in rclip) use --null" in err
     assert "for -n (as in rclip) leave it out: mmr search never indexes" in err
+    with pytest.raises(SystemExit):  # the long forms, and rclip's query algebra
+        main(["search", "red circle", "+", "x.png", "-", "blue", "--top", "3", "--collection", collection])
+    err = capsys.readouterr().err
+    assert "for + (as in rclip) use --image IMG" in err and "for - (as in rclip) use --not TEXT_OR_IMG" in err
+    assert "for --top (as in rclip) use -k N" in err and "after '--'" not in err
     assert "after '--'" not in err
 
     image = str(photos / "good01.jpg")

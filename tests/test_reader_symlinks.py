@@ -156,6 +156,7 @@ def test_a_link_to_a_folder_ingested_before_adds_nothing_in_a_later_run(tmp_path
             assert (again.embedded, again.duplicates, again.skipped) == (0, 0, {"alias": 2})
             assert col.catalog.counts_by_status() == {"ok": 2}
         assert len(col.search("x", k=10)) == 2
+        assert main(["ingest", str(tmp_path / "w2link"), "--collection", str(tmp_path / "col"), "--workers", "0"]) == 0
         card = tmp_path / "w2" / "sub" / "good00.jpg"
         card.write_bytes(card.read_bytes() + b"\0")  # another picture under the same name
         other = col.ingest([tmp_path / "w2link"], workers=0)

@@ -41,6 +41,10 @@ _PEER_OPTIONS = {"-t": "use -k N, the number of results",
                  "-f": "use --null, the paths alone (each ended by NUL, for xargs -0)",
                  "-p": "use mmr serve (previews in the browser)",
                  "-n": "leave it out: mmr search never indexes (mmr ingest does, when run)"}
+_PEER_OPTIONS.update({"--top": _PEER_OPTIONS["-t"], "--filepath-only": _PEER_OPTIONS["-f"],
+                      "--preview": _PEER_OPTIONS["-p"], "--no-indexing": _PEER_OPTIONS["-n"],
+                      # rclip's query algebra: `mmr search "red circle" + ./x.png - blue`
+                      "+": "use --image IMG to add an image (weights: '2:term')", "-": "use --not TEXT_OR_IMG"})
 
 
 def _taken_for_an_option(arg: str) -> bool:
@@ -82,7 +86,8 @@ class _Parser(argparse.ArgumentParser):
             named = any((arg.startswith("-") and not arg.startswith("--")) or _taken_for_an_option(arg)
                         for arg in unknown)
             hint = _DASH_HINT if named else ""  # not for --an-option
-            habits = [arg[:2] for arg in unknown if arg[:2] in _PEER_OPTIONS]  # -t5 as -t 5
+            habits = [arg if arg in _PEER_OPTIONS else arg[:2] for arg in unknown
+                      if arg in _PEER_OPTIONS or (not arg.startswith("--") and arg[:2] in _PEER_OPTIONS)]  # -t5
             if habits and command in ("search", "similar"):
                 hint = "; " + "; ".join(f"for {arg} (as in rclip) {_PEER_OPTIONS[arg]}" for arg in habits)
             line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"

@@ -39,9 +39,13 @@ def _serve(args: argparse.Namespace) -> int:
     from ..cache import default_collection_dir
     from ..collection.catalog import is_collection
 
-    if args.collection is None and not args.demo and is_collection(default_collection_dir()):
-        args.collection = default_collection_dir()
-        say(f"mmr serve: serving the default collection {args.collection} (--demo serves the demo)")
+    if args.collection is None and not args.demo:
+        if is_collection(default_collection_dir()):
+            args.collection = default_collection_dir()
+            say(f"mmr serve: serving the default collection {args.collection} (--demo serves the demo)")
+        else:
+            say(f"mmr serve: no default collection yet ({default_collection_dir()}; `mmr ingest FOLDER --model "
+                "SPEC` makes it): serving the demo")
     elif args.collection is not None and args.demo:
         raise MMRError("--demo serves the demo collection; leave out --collection (or unset $MMR_COLLECTION)")
     return run(args)
