@@ -161,7 +161,7 @@ def round_trip(source: Path, tmp_path: Path, model: str) -> tuple[tuple, tuple]:
         return catalog_rows(original), catalog_rows(copy)
 
 
-def test_labels_and_where_each_capture_time_came_from_are_exported(tmp_path, tiny_model_dir):
+def test_labels_and_where_each_capture_time_came_from_are_exported(tmp_path, tiny_model_dir, capsys):
     """A labelled collection exported no labels, and a capture time from the file's mtime read as an EXIF one."""
     photos = tmp_path / "photos"
     write_good_images(photos, 3)
@@ -179,6 +179,12 @@ def test_labels_and_where_each_capture_time_came_from_are_exported(tmp_path, tin
     exported = dict(zip(table.column("id").to_pylist(), table.column("labels").to_pylist()))
     assert exported == expected and all(len(names) == 3 for names in exported.values())
     assert all(sum(name.startswith("colours:") for name in names) == 2 for names in exported.values())
+    for source, copy in ((tmp_path / "out", "copy"), (tmp_path / "col", "copy2"), (tmp_path / "bare", "copy3")):
+        capsys.readouterr()  # an import says what it leaves behind: it restored neither, in silence
+        assert main(["import", str(source), "--collection", str(tmp_path / copy)]) == 0
+        err = capsys.readouterr().err
+        assert ("holds labels and capture times, which an import leaves behind" in err) == (copy != "copy3"), err
+        assert copy != "copy3" or "holds capture times, which an import leaves behind" in err
 
 
 def test_round_trip_through_mmr_import(imported, tmp_path, tiny_model_dir):

@@ -103,6 +103,7 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     source = import_source(directory)
     base = Path(os.path.abspath(root)) if root is not None else source
     shards = find_any(source, collection)
+    _warn_of_what_stays_behind(source, shards)
     total = sum(shard.rows() for shard in shards)
     done = 0
     counts = dict(rows_added=0, rows_known=0, shards_added=0, shards_skipped=0, renormalised=0)
@@ -140,6 +141,38 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
                          index_s=round(time.perf_counter() - started - landed_s, 3), cpu_s=round(landed_cpu, 3),
                          index_cpu_s=round(time.process_time() - started_cpu - landed_cpu, 3), **counts)
+
+
+def _warn_of_what_stays_behind(source: Path, shards: Sequence[Shard]) -> None:
+    """Say what an import does not carry, where the source has it: labels and capture times (an ``mmr export``'s
+    columns, or another collection's sets and photo rows). File sizes and times are not known either, so a later
+    ``mmr ingest`` of the same folder embeds its files again (it cannot tell them unchanged)."""
+    if is_collection(source):
+        from .catalog import CATALOG_NAME, Catalog
+
+        catalog = Catalog(source / CATALOG_NAME, writable=False)
+        try:
+            kept = [what for what, sql in (("labels", "SELECT EXISTS(SELECT 1 FROM labels)"),
+                                           ("capture times", "SELECT EXISTS(SELECT 1 FROM photos)"))
+                    if catalog.select(sql)[0][0]]
+        finally:
+            catalog.close()
+    else:
+        files = next((shard for shard in shards if isinstance(shard, ShardFiles)), None)
+        if files is None:
+            return
+        _, pq = pyarrow_modules("reading")
+        columns = {"labels": "labels", "taken_local": "capture times"}
+        with open(files.metadata, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [column for column in columns if column in parquet.schema_arrow.names]
+            first = next(parquet.iter_batches(batch_size=1000, columns=present), None) if present else None
+        kept = [columns[column] for column in present  # (an export of imported rows has the columns, empty)
+                if first is not None and any(value for value in first.column(column).to_pylist())]
+    if kept:
+        logger.warning("%s holds %s, which an import leaves behind (it carries vectors, paths and captions): label "
+                       "the collection again (mmr label), and `mmr ingest` the images' folder to read their dates",
+                       source, " and ".join(kept))
 
 
 def _check_default_root(shard: Shard, source: Path) -> None:
