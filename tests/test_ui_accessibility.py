@@ -9,10 +9,8 @@ with the colour words in its labels. One app serves every browser test (in this 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +18,6 @@ from ui_support import running_app, write_scene_folder
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("MMR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PHONE = {"width": 390, "height": 844}
 COPIES = 3  # byte-identical copies of one scene: a duplicate group of four, wider than a phone as a row
 WALKTHROUGH_LABELS = ("cross", "green triangle", "yellow star", "red circle", "purple diamond", "blue square")
@@ -115,16 +110,6 @@ def app_url(tmp_path_factory, tiny_model_dir, tiny_encoder):
         with running_app(AppContext(collection=collection, encoder=tiny_encoder, title="accessibility")) as url:
             yield url + "/"
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
