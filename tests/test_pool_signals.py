@@ -223,3 +223,31 @@ def test_ctrl_c_before_the_forkserver_imports_anything_is_dropped(tmp_path):
     out, err = pool.communicate(timeout=120)
     assert pool.returncode == 0 and out.strip() == "interruptible", err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_the_feeders_put_survives_a_get_that_a_signal_cut_short():
+    """A SIGTERM raised inside the consumer's Queue.get took an item without notifying the feeder's put, which then
+    waited forever while the consumer, unwinding, drained an empty queue: `mmr ingest` hung after SIGTERM in CI.
+    The handoff's put looks again for room (here the item is taken as the interrupted get took it: no notify), and
+    gives up once the consumer has stopped."""
+    import threading
+
+    from mmretrieval.ingest.pool import _Handoff
+
+    stop = threading.Event()
+    handoff = _Handoff(1, stop)
+    handoff.put("first")
+    done = threading.Event()
+    putter = threading.Thread(target=lambda: (handoff.put("second"), done.set()), daemon=True)
+    putter.start()
+    time.sleep(0.3)
+    assert not done.is_set()  # no room yet
+    with handoff.queue.mutex:
+        handoff.queue.queue.popleft()  # taken, and nobody told the waiting put
+    assert done.wait(2) and handoff.get(timeout=1) == "second"
+
+    handoff.put("third")
+    stop.set()  # the consumer is gone: a put into a full queue returns instead of waiting for it
+    started = time.monotonic()
+    handoff.put("fourth")
+    assert time.monotonic() - started < 1
