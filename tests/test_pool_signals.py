@@ -232,10 +232,10 @@ def test_the_feeders_put_survives_a_get_that_a_signal_cut_short():
     gives up once the consumer has stopped."""
     import threading
 
-    from mmretrieval.ingest.pool import _Handoff
+    from mmretrieval.ingest.pool import Handoff
 
     stop = threading.Event()
-    handoff = _Handoff(1, stop)
+    handoff = Handoff(1, stop)
     handoff.put("first")
     done = threading.Event()
     putter = threading.Thread(target=lambda: (handoff.put("second"), done.set()), daemon=True)

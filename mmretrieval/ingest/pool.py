@@ -57,11 +57,11 @@ _DONE = object()
 _MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
 _STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
 _IDLE_S = 0.005  # the feeder's pause when no worker has anything in flight
-_PUT_RETRY_S = 0.1  # how long the feeder waits for room before it looks again (see _Handoff)
+_PUT_RETRY_S = 0.1  # how long the feeder waits for room before it looks again (see Handoff)
 
 
-class _Handoff:
-    """The feeder's results for the consumer: a bounded queue whose ``put`` never waits for good.
+class Handoff:
+    """A producer thread's results for the consumer: a bounded queue whose ``put`` never waits for good.
 
     ``Queue.put`` without a timeout waits for a notify from ``get``; an exception that a signal handler raises in
     the consumer's ``get`` (Ctrl-C's KeyboardInterrupt, SIGTERM's Terminated) can take an item without notifying,
@@ -84,6 +84,9 @@ class _Handoff:
 
     def get(self, timeout: float | None = None) -> object:
         return self.queue.get(timeout=timeout)
+
+    def get_nowait(self) -> object:
+        return self.queue.get_nowait()
 
 
 class DecodePool:
@@ -185,7 +188,7 @@ class DecodePool:
         _reserve_files(chunks.limit, self.workers)
         remove_leftovers_once()
         stop = threading.Event()
-        results = _Handoff(self._queue_size(), stop)
+        results = Handoff(self._queue_size(), stop)
         feeder = threading.Thread(target=self._feed, args=(iter(tasks), stop, sink, chunks, results), daemon=True,
                                   name="decode-feeder")
         feeder.start()
@@ -204,7 +207,7 @@ class DecodePool:
             chunks.close()  # the workers are stopped: nobody writes them any more
 
     def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "EachResult | Batcher",
-              chunks: Chunks, results: _Handoff) -> None:
+              chunks: Chunks, results: Handoff) -> None:
         # ``pending``: tasks taken from ``tasks`` and not yet sent, first among them those a dead worker held
         pending: collections.deque[DecodeTask] = collections.deque()
         self._startup_crashes = 0
@@ -240,7 +243,7 @@ class DecodePool:
 
     @staticmethod
     def _dispatch(workers: list[Worker], pending: collections.deque, sink: "EachResult | Batcher", chunks: Chunks,
-                  results: _Handoff) -> None:
+                  results: Handoff) -> None:
         """Send each worker with room a group of pending tasks, each group with a free chunk."""
         for worker in workers:
             # share out what is there: a short run must not sit in one worker's queue
@@ -256,7 +259,7 @@ class DecodePool:
             worker.send([pending.popleft() for _ in range(size)], chunk, chunks.shape)
 
     def _collect(self, workers: list[Worker], pending: collections.deque, sink: "EachResult | Batcher",
-                 chunks: Chunks, results: _Handoff) -> None:
+                 chunks: Chunks, results: Handoff) -> None:
         busy = {w.conn: w for w in workers if w.groups}
         replace = lambda worker, reason, message: self._replace(  # noqa: E731
             workers, worker, pending, sink, chunks, results, reason, message)
@@ -286,7 +289,7 @@ class DecodePool:
                 replace(worker, "decoder_crashed", "the decoder never started")
 
     def _replace(self, workers: list[Worker], worker: Worker, pending: collections.deque,
-                 sink: "EachResult | Batcher", chunks: Chunks, results: _Handoff, reason: str, message: str) -> None:
+                 sink: "EachResult | Batcher", chunks: Chunks, results: Handoff, reason: str, message: str) -> None:
         """Kill ``worker`` and start another; fail the file it was decoding, unless it never got that far."""
         held = worker.tasks
         if not worker.ready:

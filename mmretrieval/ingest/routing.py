@@ -30,7 +30,7 @@ import torch
 from ..images.decode import DEFAULT_MAX_PIXELS
 from .batches import Decoded, DecodeTask, Failed, chunked
 from .device_decode import DeviceJpegDecoder, Probed, probe
-from .pool import DecodePool
+from .pool import DecodePool, Handoff
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class _CpuSide:
 
     def __init__(self, pool: DecodePool, batch_size: int):
         self.todo: queue.SimpleQueue = queue.SimpleQueue()
-        self.done: queue.Queue = queue.Queue(maxsize=_CPU_READY)
         self.stopping = threading.Event()
+        self.done = Handoff(_CPU_READY, self.stopping)  # (a plain put could wait for good: see Handoff)
         self.pool = pool
         self.per_worker = pool.tasks_per_busy_worker(batch_size)
         self.submitted = 0  # tasks handed to the CPU side
