@@ -768,6 +768,6 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
     assert main(["search", "red", "--collection", collection, "--device", "cpu", "-k", "50", "--json"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 6  # the gone file's vector is still stored
-    assert "1 of these files no longer exist where the collection has them (`mmr ingest --prune`" in captured.err
+    assert "one of these files no longer exists where the collection has it (`mmr ingest --prune`" in captured.err
     with pytest.raises(SystemExit):
         main(["search", "red", "--collection", collection, "--json", "--null"])

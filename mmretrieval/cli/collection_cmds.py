@@ -156,8 +156,9 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
         say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
     gone = sum("://" not in row["path"] and not os.path.lexists(row["path"]) for row in rows)  # (URIs: imported)
     if gone:
-        say(f"mmr {command}: {gone} of these files no longer exist where the collection has them (`mmr ingest "
-            "--prune` drops those of the folders it ingests)")
+        which = "one of these files no longer exists" if gone == 1 else f"{gone} of these files no longer exist"
+        say(f"mmr {command}: {which} where the collection has {'it' if gone == 1 else 'them'} (`mmr ingest --prune` "
+            "drops those of the folders it ingests)")
     return 0 if rows else 1
 
 
