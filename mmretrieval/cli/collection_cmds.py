@@ -154,7 +154,9 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
         emit(rows, args.json, _HIT_COLUMNS)
     if not rows:
         say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
-    gone = sum("://" not in row["path"] and not os.path.lexists(row["path"]) for row in rows)  # (URIs: imported)
+    from ..collection.catalog import is_uri
+
+    gone = sum(not is_uri(row["path"]) and not os.path.lexists(row["path"]) for row in rows)  # (URIs: imported)
     if gone:
         which = "one of these files no longer exists" if gone == 1 else f"{gone} of these files no longer exist"
         say(f"mmr {command}: {which} where the collection has {'it' if gone == 1 else 'them'} (`mmr ingest --prune` "

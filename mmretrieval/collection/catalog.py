@@ -77,10 +77,15 @@ class ImageRow:
     message: str | None
 
 
+def is_uri(path: str) -> bool:
+    """Whether ``path`` is a URI (``s3://b/x.jpg``, ``https://…``: an imported row's), not a local path."""
+    return _URI.match(path) is not None
+
+
 def encode_path(path: str | os.PathLike) -> bytes:
     """The catalog key of a path: its absolute form as file-system bytes; a URI (``s3://b/x.jpg``, as imported
     from clip-retrieval output) as it is."""
-    if isinstance(path, str) and _URI.match(path):
+    if isinstance(path, str) and is_uri(path):
         return os.fsencode(path)
     return os.fsencode(os.path.abspath(path))
 

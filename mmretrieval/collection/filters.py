@@ -222,23 +222,21 @@ def label_refs(catalog: "Catalog", ref: str) -> list[str]:
 
 
 def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
-    """The error for a label filter no set was run with: the labels that read closest to it (the same but for case
-    or Unicode form first), at most :data:`LABELS_SHOWN` of them, not every label of every set (a million
-    characters with a 20,000-label vocabulary). Labels are compared without their set's name (``Cat`` finds
-    ``animals:cat``), among the named set's labels only when the filter names one."""
+    """The error for a label filter that names no label, even but for case (:func:`label_refs`): the labels that
+    read closest to it, at most :data:`LABELS_SHOWN` of them, not every label of every set (a million characters
+    with a 20,000-label vocabulary). Labels are compared without their set's name and casefolded, among the named
+    set's labels only when the filter names one."""
     label_set, label = resolve(catalog, ref)
     known = {qualified(found.name, name): label_key(name) for found in sets(catalog)
              if label_set in (None, found.name) for name in found.labels}  # qualified name -> compared text
     if not known:
         return QueryError(f"no label set has label {ref!r}; none yet: label the collection first (mmr label, or the "
                           "web UI's Label tab)")
-    folded = label_key(label)
-    alike = [name for name, text in known.items() if text == folded]
     by_text: dict[str, list[str]] = {}
     for name, text in known.items():
         by_text.setdefault(text, []).append(name)
-    close = alike + [name for text in difflib.get_close_matches(folded, list(by_text), n=LABELS_SHOWN, cutoff=0.6)
-                     for name in by_text[text] if name not in alike]
+    close = [name for text in difflib.get_close_matches(label_key(label), list(by_text), n=LABELS_SHOWN, cutoff=0.6)
+             for name in by_text[text]]
     shown = (close or list(known))[:LABELS_SHOWN]
     listed = ", ".join(repr(name) for name in shown)
     more = f" and {len(known) - len(shown):,} more" if len(known) > len(shown) else ""

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..errors import CollectionError
-from .catalog import is_collection
+from .catalog import is_collection, is_uri
 from .exports import pyarrow_modules
 from .import_sources import (PATH_COLUMN, CheckedShard, Shard, ShardFiles, catalog_key, collection_model,
                              exported_model, find_any, import_source)
@@ -192,7 +192,7 @@ def _check_default_root(shard: Shard, source: Path) -> None:
         first = next(pq.ParquetFile(handle).iter_batches(batch_size=ROOT_SAMPLE * 10, columns=[PATH_COLUMN]), None)
     values = [] if first is None else first.column(0).to_pylist()
     relative = [name for name in (os.fsdecode(v) if isinstance(v, bytes) else v for v in values)
-                if name and not os.path.isabs(os.path.expanduser(name)) and "://" not in name][:ROOT_SAMPLE]
+                if name and not os.path.isabs(os.path.expanduser(name)) and not is_uri(name)][:ROOT_SAMPLE]
     if relative and not any(os.path.lexists(catalog_key(name, source)) for name in relative):
         raise CollectionError(
             f"none of the first {len(relative)} relative image_path values of {shard.metadata.name} names a file "

@@ -4,6 +4,7 @@ failure anywhere can never attach a vector to the wrong file."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
@@ -18,6 +19,12 @@ from ..images.metadata import PhotoMetadata
 NO_PIXELS = np.zeros((0,), dtype=np.uint8)  # a record's pixels, when they travel as a row of a batch or chunk
 RAY_RESULTS_DIR = "ray-results"  # in a collection: where `--ray` workers leave results unless told otherwise
 RAY_OUTPUT_KEY = "ray_output"  # catalog meta: a --ray-output location elsewhere that a run may have left results in
+
+
+def content_hash(data: bytes) -> str:
+    """The content hash the catalog keeps of a file's bytes: how ingestion finds identical files and touched ones
+    (the CPU decoders, the GPU path and the planner must all hash alike)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

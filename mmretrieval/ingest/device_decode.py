@@ -20,7 +20,6 @@ which is how the tests check it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -34,7 +33,7 @@ from ..errors import ImageDecodeError
 from ..images.decode import DEFAULT_MAX_PIXELS, read_image_file
 from ..images.metadata import PhotoMetadata, photo_metadata
 from ..images.preprocess import center_crop_origin, shortest_side_size, square_mode
-from .batches import NO_PIXELS, Decoded, DecodeTask
+from .batches import NO_PIXELS, Decoded, DecodeTask, content_hash
 from .reader import file_mtime_ns
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def probe(task: DecodeTask, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probed | De
     width, height = image.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return Probed(task, data, hashlib.blake2b(data, digest_size=16).hexdigest(), width, height, orientation,
+    return Probed(task, data, content_hash(data), width, height, orientation,
                   photo_metadata(exif, mtime_ns=file_mtime_ns(task.path), width=width, height=height))
 
 

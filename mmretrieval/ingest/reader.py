@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import csv
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -38,7 +37,7 @@ from ..errors import CollectionError, ImageDecodeError
 from ..images.decode import DEFAULT_MAX_PIXELS, decode_file_bytes, read_image_file
 from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, image_extensions, sniff_file
 from ..images.metadata import photo_metadata
-from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped
+from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped, content_hash
 from .lists import PATH_COLUMNS, csv_columns
 
 logger = logging.getLogger(__name__)
@@ -340,7 +339,7 @@ def decode_file(task: DecodeTask, preparer: ImagePreparer, max_pixels: int = DEF
     except Exception as exc:  # a Pillow or transform bug on one file must not stop the run
         logger.debug("unexpected decode failure for %s", task.path, exc_info=True)
         return Failed(task.image_id, "corrupt", f"cannot decode: {type(exc).__name__}: {exc}")
-    return Decoded(task.image_id, hashlib.blake2b(data, digest_size=16).hexdigest(), decoded.width,
+    return Decoded(task.image_id, content_hash(data), decoded.width,
                    decoded.height, decoded.format, np.ascontiguousarray(pixels), metadata)
 
 

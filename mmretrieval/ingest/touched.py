@@ -10,12 +10,12 @@ reads each file once, on a few threads (blake2b releases the GIL), as the decodi
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import ImageDecodeError
 from ..images.decode import read_image_file
+from .batches import content_hash
 
 if TYPE_CHECKING:
     from ..collection.catalog import FileState
@@ -28,10 +28,11 @@ def maybe_touched(state: "FileState | None", size: int) -> bool:
     return state is not None and state.status == "ok" and state.content_hash is not None and state.size == size
 
 
-def content_hash(path: bytes) -> str | None:
-    """The file's content hash as ingestion computes it (:func:`.reader.decode_file`); None if it cannot be read."""
+def file_hash(path: bytes) -> str | None:
+    """The file's content hash as ingestion computes it (:func:`.batches.content_hash`); None if it cannot be
+    read."""
     try:
-        return hashlib.blake2b(read_image_file(path), digest_size=16).hexdigest()
+        return content_hash(read_image_file(path))
     except ImageDecodeError:
         return None
 
@@ -44,7 +45,7 @@ def unchanged_bytes(candidates: Sequence[tuple[bytes, str]],
         return []
 
     def same(candidate: tuple[bytes, str]) -> bool | None:
-        found = content_hash(candidate[0])
+        found = file_hash(candidate[0])
         if hashed is not None:
             hashed()
         return None if found is None else found == candidate[1]
