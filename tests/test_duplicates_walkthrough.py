@@ -83,7 +83,7 @@ def test_a_file_changed_since_ingest_is_never_listed_as_a_copy(tmp_path, shapes_
 
 
 @pytest.mark.parametrize("how", ["linked folder", "hard link"])
-def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, capsysbinary, how):
+def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, capsysbinary, how, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()
     (picture,) = distinct_originals(1, seed=9, size=300)
@@ -98,9 +98,13 @@ def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, cap
         os.link(photos / "p0.jpg", other)
         sources = [tmp_path / "hard", photos]
     collection = tmp_path / "col"
+    # an ingest now counts the real folder after its link as an alias and records nothing; a catalog made before
+    # that holds both paths, as this one does
+    monkeypatch.setattr("mmretrieval.ingest.planning._Aliases.held", lambda *args: set())
     for source in sources:  # one ingest each, so that no content-hash dedup merges them first
         with Collection.open(collection, model=shapes_encoder, create=True) as col:
             col.ingest([source], workers=0)
+    monkeypatch.undo()
     code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
     assert code == 1 and out == b""  # one file: nothing to delete, whichever name `rm` would be given
     picture.resize((200, 200)).save(photos / "p0-small.png")  # a true copy beside it

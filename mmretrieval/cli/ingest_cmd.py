@@ -161,13 +161,14 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
     """0 when some file was embedded, reused, found unchanged (a file that failed before and has not changed
-    is unchanged: it is not retried) or held already under its real path (an alias), or pruning removed something (the listed files that are gone included);
+    is unchanged: it is not retried) or held already under another path to it (an alias), or pruning removed
+    something (the listed files that are gone included);
     2, as for any failed command, when every file found failed or was skipped in this run; 1 when no image file
     was found."""
     if summary.embedded or summary.unchanged or summary.duplicates or summary.skipped.get("alias"):
-        if summary.skipped.get("alias"):  # files held under their real path: nothing to do, as for unchanged ones
-            say(f"mmr ingest: {summary.skipped['alias']} files are held already under their real path (the "
-                "collection ingested the folder a link here leads to)")
+        if summary.skipped.get("alias"):  # files held under another path: nothing to do, as for unchanged ones
+            say(f"mmr ingest: {summary.skipped['alias']} files are held already under another path to them (the "
+                "collection ingested the folder a link here leads to, or a link to this folder)")
         return 0
     if summary.pruned and not summary.failed_total and set(summary.skipped) <= {"missing"}:
         return 0  # a list of files that are all gone now: --prune removed their rows, which was the job

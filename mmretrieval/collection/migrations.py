@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS images (
     caption TEXT
 );
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash) WHERE content_hash IS NOT NULL;
+-- planning's look-up of embedded files of a new file's size (a copy, a renamed folder: see ingest/copies.py)
+CREATE INDEX IF NOT EXISTS images_size ON images(size) WHERE content_hash IS NOT NULL;
 -- partial: a query uses it only when its WHERE states NOT_OK (below) word for word
 CREATE INDEX IF NOT EXISTS images_status ON images(status) WHERE status != 'ok';
 CREATE TABLE IF NOT EXISTS vector_rows (
@@ -241,17 +243,18 @@ def create_tables(db: sqlite3.Connection) -> None:
 
 
 def schema_objects() -> set[str]:
-    """Names of the tables and triggers :data:`SCHEMA` creates."""
+    """Names of the tables, indexes and triggers :data:`SCHEMA` creates."""
     names = set()
-    for kind in ("TABLE", "TRIGGER"):
+    for kind in ("TABLE", "INDEX", "TRIGGER"):
         for rest in SCHEMA.split(f"CREATE {kind} IF NOT EXISTS ")[1:]:
             names.add(rest.split()[0].split("(")[0])
     return names
 
 
 def missing_tables(db: sqlite3.Connection) -> bool:
-    """Whether a table or trigger of :data:`SCHEMA` is missing from ``db``."""
-    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    """Whether a table, index or trigger of :data:`SCHEMA` is missing from ``db`` (a writable open creates it: an
+    index added to the schema reaches older catalogs so, without a version that older code would refuse)."""
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index', 'trigger')")}
     return bool(schema_objects() - have)
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 from contextlib import AbstractContextManager
@@ -28,6 +29,20 @@ class FileState:
     content_hash: str | None = None  # of the bytes its vector was made from
 
 
+@dataclass(frozen=True)
+class Namesake:
+    """An embedded row of the same file name and size as a new file: maybe its copy, or its own link (see
+    :meth:`PlannedRows.namesakes`)."""
+
+    path: bytes
+    id: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+    format: str
+
+
 class PlannedRows:
     """Planning reads and writes of a catalog (needs ``transaction``, ``_query``, ``_bump_generation`` and
     ``_not_ok_rows_under``)."""
@@ -47,6 +62,24 @@ class PlannedRows:
                                    f"WHERE path IN ({marks})", chunk):
                 found[row[0]] = FileState(*row[1:])
         return found
+
+    def namesakes(self, files: dict[bytes, int]) -> dict[bytes, list[Namesake]]:
+        """For each of ``files`` (path key -> size) that has some, the embedded rows at other paths with the same
+        size and file name: where a copied, moved or renamed folder's files were embedded before. Looked up along
+        the size index (``images_size``), a chunk of sizes per query, so the rows read are those sharing a size."""
+        by_size: dict[int, list[bytes]] = collections.defaultdict(list)
+        for key, size in files.items():
+            by_size[size].append(key)
+        found: dict[bytes, list[Namesake]] = collections.defaultdict(list)
+        for chunk, marks in in_lists(list(by_size)):
+            for path, size, *rest in self._query(
+                    "SELECT path, size, id, mtime_ns, content_hash, width, height, format FROM images "
+                    f"WHERE content_hash IS NOT NULL AND size IN ({marks}) AND status = 'ok'", chunk):
+                name = os.path.basename(path)
+                for key in by_size[size]:
+                    if key != path and os.path.basename(key) == name:
+                        found[key].append(Namesake(path, *rest))
+        return dict(found)
 
     def mark_pending(self, entries: Iterable[tuple[bytes, int, int, str | None]]) -> None:
         """Insert or reset rows to ``pending`` for ``(path, size, mtime_ns, caption)``; one transaction.

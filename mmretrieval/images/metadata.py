@@ -154,6 +154,16 @@ def _parse_offset(text: str | None) -> int | None:
     return (-total if sign == "-" else total) if total <= 14 * 60 else None
 
 
+def redated(photo: PhotoMetadata, mtime_ns: int) -> PhotoMetadata:
+    """``photo`` for a file with the same bytes and the time ``mtime_ns`` (a copy): a capture time that came from
+    the mtime comes from this one; EXIF's, the camera and the place stay."""
+    if photo.taken_source != "mtime":
+        return photo
+    local, utc_s, offset_min, source = _from_mtime(mtime_ns)
+    return dataclasses.replace(photo, taken_local=local, taken_utc_s=utc_s, utc_offset_min=offset_min,
+                               taken_source=source)
+
+
 def _from_mtime(mtime_ns: int) -> tuple[str, float, int, str]:
     local = dt.datetime.fromtimestamp(mtime_ns / 1e9).astimezone()
     offset = local.utcoffset() or dt.timedelta(0)

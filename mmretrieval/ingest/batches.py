@@ -139,7 +139,7 @@ class IngestSummary:
 
 def skip_counts(skipped: Iterable[Skipped], aliases: int = 0) -> dict[str, int]:
     """Skips by reason, as :class:`IngestSummary` reports them; ``aliases``: files counted as ``alias``, held
-    already under their real path (:class:`~.planning.Planned`)."""
+    already under another path to them (:class:`~.planning.Planned`)."""
     counts = collections.Counter(s.reason for s in skipped)
     if aliases:
         counts["alias"] += aliases

@@ -3,7 +3,8 @@
 Files are compared by (path, size, mtime): unchanged ones are skipped (except those that failed for a transient
 reason, such as a timeout), and so are touched ones (a new mtime, the same size, and bytes with the content hash
 their vector was made from: :mod:`.touched`); new and changed ones are marked ``pending``, which also assigns
-their ids. With ``--prune``, :func:`prune_scope` says which rows a run may delete and :func:`prune_vanished`
+their ids; new ones that copy a file embedded elsewhere (a folder copied, moved or renamed) are stored with its
+vector there and then (:mod:`.copies`). With ``--prune``, :func:`prune_scope` says which rows a run may delete and :func:`prune_vanished`
 deletes those whose file is gone.
 """
 
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from ..collection.catalog import Catalog, FileState, encode_path
+from ..collection.planned_rows import Namesake
 from ..errors import CollectionError
 from .batches import SourceFile, Skipped, chunked
+from .copies import find_copies, write_copies
 from .reader import LIST_SUFFIXES, PathStream, discover
 from .touched import maybe_touched, unchanged_bytes
 
@@ -98,7 +101,8 @@ class Planned(NamedTuple):
 
     unchanged: int  # files skipped as unchanged (touched ones whose bytes are the same included)
     skipped: list[Skipped]  # what the reader would not open, recorded in the catalog
-    aliases: int = 0  # new files the collection holds under their real path: counted, not recorded (see _Aliases)
+    aliases: int = 0  # new files the collection holds under another path to them: counted, not recorded (_Aliases)
+    copies: int = 0  # new files stored with the vector of a file embedded elsewhere with the same bytes (.copies)
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
@@ -115,8 +119,8 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             the walk no longer skips are cleared (see :func:`stale_skips`).
         checksum: hash embedded files whose size and time are unchanged too, and embed again those whose bytes
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
-        hashed: ``(files hashed, None)`` as touched files (and, with ``checksum``, unchanged ones) are hashed: a
-            mass touch or a checksum run reads the library before anything is embedded.
+        hashed: ``(files hashed, None)`` as touched files, copies (and, with ``checksum``, unchanged ones) are
+            hashed: a mass touch or a checksum run reads the library before anything is embedded.
     """
     planner = _Planner(catalog, checksum, hashed)
     skipped: dict[bytes, Skipped] = {}
@@ -132,25 +136,30 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
     cleared = stale_skips(catalog, walked, skipped)
     if skipped or cleared:
         catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
-    logger.info("planned: %d to embed, %d unchanged, %d skipped, %d skips cleared, %d aliases", planner.marked,
-                planner.unchanged, len(skipped), len(cleared), planner.aliases)
-    return Planned(planner.unchanged, list(skipped.values()), planner.aliases)
+    logger.info("planned: %d to embed, %d unchanged, %d copies, %d skipped, %d skips cleared, %d aliases",
+                planner.marked - planner.copies, planner.unchanged, planner.copies, len(skipped), len(cleared),
+                planner.aliases)
+    return Planned(planner.unchanged, list(skipped.values()), planner.aliases, planner.copies)
 
 
 class _Planner:
-    """One run's planning, chunk by chunk: its counts, the touched files it hashes, the aliases it passes over."""
+    """One run's planning, chunk by chunk: its counts, the touched files and copies it hashes, the aliases it
+    passes over."""
 
     def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None):
         self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
-        self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none
-        self.unchanged = self.marked = self.aliases = self._hashed_count = 0
+        self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none, nor copies
+        self.unchanged = self.marked = self.aliases = self.copies = self._hashed_count = 0
         self._count_lock = threading.Lock()
 
     def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
         """Mark what changed in ``files`` pending, hash what may only be touched, count the rest."""
         known = self._catalog.file_states_of(list(files))
+        namesakes: dict[bytes, list[Namesake]] = {}
         if self._aliases is not None:
-            held = self._aliases.held(files, known)
+            new = {key: item.size for key, item in files.items() if key not in known}
+            namesakes = self._catalog.namesakes(new) if new else {}
+            held = self._aliases.held(files, known, namesakes)
             self.aliases += len(held)
             files = {key: item for key, item in files.items() if key not in held}
         to_mark, to_hash = [], []
@@ -175,10 +184,13 @@ class _Planner:
                 touched.append((key, files[key].mtime_ns))
         if touched:
             self._catalog.mark_touched(touched)
+        copies = find_copies([key for key in to_mark if key in namesakes], namesakes, self._one_hashed)
         if to_mark:
             self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption)
                                         for key in to_mark])
             self.marked += len(to_mark)
+        if copies:  # pending first, for their ids; a run killed in between embeds them next time
+            self.copies += write_copies(self._catalog, copies)
 
     def _keep(self, key: bytes, item: SourceFile) -> None:
         self.unchanged += 1
@@ -193,13 +205,14 @@ class _Planner:
 
 
 class _Aliases:
-    """New files that the collection holds already under their real path: reached through a link to a folder it
-    ingested before (``mmr ingest w2``, then ``mmr ingest w2link``: each file catalogued twice). The walk skips
-    such a link within one run; this catches it across runs, and only counts them (reason ``alias``): no row is
-    written, so nothing piles up in memory or in the catalog, and each run looks again. A file is held when its
-    real path's row has the same size and time (the same file, not another card mounted at the same place). A new
-    file's folder is resolved once (cached), so millions of new files cost a ``realpath`` per folder. The other
-    order (the link first, then the real folder) is not caught: nothing in the catalog says where a link led."""
+    """New files that the collection holds already under another path to them: reached through a link to a folder
+    it ingested before (``mmr ingest w2``, then ``mmr ingest w2link``: each file catalogued twice), or the other
+    way round (the link first, then ``w2``). The walk skips such a link within one run; this catches it across
+    runs, and only counts them (reason ``alias``): no row is written, so nothing piles up in memory or in the
+    catalog, and each run looks again. A file is held when the other path's row has the same size and time (the
+    same file, not another card mounted at the same place): its real path's row, or a row of the same file name
+    and size (a namesake) whose real path is the new file. A folder is resolved once (cached), so millions of
+    new files cost a ``realpath`` per folder."""
 
     _CACHED = 10_000  # folders whose real path is remembered
 
@@ -207,13 +220,17 @@ class _Aliases:
         self._catalog = catalog
         self._real: dict[bytes, bytes] = {}
 
-    def held(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState]) -> set[bytes]:
-        """Those of ``files`` that are new (not in ``known``) and held under their real path."""
+    def held(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState],
+             namesakes: dict[bytes, list[Namesake]]) -> set[bytes]:
+        """Those of ``files`` that are new (not in ``known``) and held under their real path, or under a link
+        to them (one of their ``namesakes``)."""
         real = {key: self._real_path(key) for key in files if key not in known}
         real = {key: path for key, path in real.items() if path != key}
         rows = self._catalog.file_states_of(list(real.values())) if real else {}
-        return {key for key, path in real.items() if path in rows and rows[path].status != "skipped"
+        held = {key for key, path in real.items() if path in rows and rows[path].status != "skipped"
                 and (rows[path].size, rows[path].mtime_ns) == (files[key].size, files[key].mtime_ns)}
+        return held | {key for key, rows in namesakes.items() if key not in held and any(
+            row.mtime_ns == files[key].mtime_ns and self._real_path(row.path) == key for row in rows)}
 
     def _real_path(self, key: bytes) -> bytes:
         folder, name = os.path.split(key)

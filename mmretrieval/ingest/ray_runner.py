@@ -113,10 +113,12 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    unchanged, skipped, aliases = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
-    tally = Tally(skip_counts(skipped, aliases))
+    tally = Tally(skip_counts(skipped, planned.aliases))
+    tally.add(CommitCounts(duplicates=planned.copies))  # stored while planning (not in the progress total)
     total = catalog.pending_count()
     config = _sized(config, total)
     report = _reporter(tally, total, progress)
@@ -137,7 +139,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:
         _forget_output(catalog)  # every result there is committed and removed
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
-    return tally.summary(unchanged, pruned)
+    return tally.summary(planned.unchanged, pruned)
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:

@@ -60,7 +60,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
     if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
         reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
-    unchanged, skipped, aliases = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    skipped = planned.skipped
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
     total = catalog.pending_count()
@@ -77,8 +78,9 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, now that moved files have reused their vectors
     failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
               if key.startswith("failed:")}
-    return IngestSummary(embedded=counts["embedded"], unchanged=unchanged, duplicates=counts["duplicates"],
-                         failed=failed, pruned=pruned, skipped=skip_counts(skipped, aliases))
+    return IngestSummary(embedded=counts["embedded"], unchanged=planned.unchanged,
+                         duplicates=planned.copies + counts["duplicates"], failed=failed, pruned=pruned,
+                         skipped=skip_counts(skipped, planned.aliases))
 
 
 def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeTask], total: int,

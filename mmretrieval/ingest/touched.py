@@ -41,14 +41,21 @@ def unchanged_bytes(candidates: Sequence[tuple[bytes, str]],
                     hashed: Callable[[], None] | None = None) -> list[bool | None]:
     """For each ``(path, stored hash)``, whether the file's bytes still have that hash (None: it could not be
     read, so nothing is known); ``hashed`` is called as each file is done."""
-    if not candidates:
+    found = file_hashes([path for path, _ in candidates], hashed)
+    return [None if digest is None else digest == stored for digest, (_, stored) in zip(found, candidates)]
+
+
+def file_hashes(paths: Sequence[bytes], hashed: Callable[[], None] | None = None) -> list[str | None]:
+    """:func:`file_hash` of each of ``paths``, :data:`HASH_THREADS` files at a time; ``hashed`` is called as each
+    file is done."""
+    if not paths:
         return []
 
-    def same(candidate: tuple[bytes, str]) -> bool | None:
-        found = file_hash(candidate[0])
+    def one(path: bytes) -> str | None:
+        digest = file_hash(path)
         if hashed is not None:
             hashed()
-        return None if found is None else found == candidate[1]
+        return digest
 
-    with ThreadPoolExecutor(min(HASH_THREADS, len(candidates)), thread_name_prefix="mmr-hash") as pool:
-        return list(pool.map(same, candidates))
+    with ThreadPoolExecutor(min(HASH_THREADS, len(paths)), thread_name_prefix="mmr-hash") as pool:
+        return list(pool.map(one, paths))
