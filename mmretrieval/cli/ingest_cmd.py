@@ -150,6 +150,9 @@ def _ingest(args: argparse.Namespace) -> int:
     say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
         f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
         f"{skipped}")
+    if summary.adopted:
+        say(f"mmr ingest: {summary.adopted} imported images were found here: their vectors are kept, and their files' "
+            "size, time, content hash and dates now recorded")
     if args.json:
         print(json_line(dataclasses.asdict(summary)), flush=True)
     if summary.embedded and ray is None and args.precision == "auto" and sys.stderr.isatty() and \

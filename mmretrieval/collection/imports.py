@@ -145,8 +145,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
 
 def _warn_of_what_stays_behind(source: Path, shards: Sequence[Shard]) -> None:
     """Say what an import does not carry, where the source has it: labels and capture times (an ``mmr export``'s
-    columns, or another collection's sets and photo rows). File sizes and times are not known either, so a later
-    ``mmr ingest`` of the same folder embeds its files again (it cannot tell them unchanged)."""
+    columns, or another collection's sets and photo rows). A later ``mmr ingest`` of the images' folder reads
+    their dates and keeps the imported vectors (:mod:`~mmretrieval.ingest.imported`)."""
     if is_collection(source):
         from .catalog import CATALOG_NAME, Catalog
 

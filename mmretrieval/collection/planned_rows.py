@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
-from .photo_table import redate_from_mtime
+from .photo_table import redate_from_mtime, write_photos
 from .places import in_lists
+
+if TYPE_CHECKING:
+    from ..images.metadata import PhotoMetadata
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class PlannedRows:
     """Planning reads and writes of a catalog (needs ``transaction``, ``_query``, ``_bump_generation`` and
     ``_not_ok_rows_under``)."""
 
-    if TYPE_CHECKING:  # (declared for type checkers only: a stub here would hide VectorPlaces' method)
+    if TYPE_CHECKING:
+  # (declared for type checkers only: a stub here would hide VectorPlaces' method)
         def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...  # Catalog's
         def _query(self, sql: str, params: Sequence = ()) -> list[tuple]: ...
         def _bump_generation(self) -> int: ...
@@ -112,6 +116,26 @@ class PlannedRows:
             for paths, marks in in_lists([path for path, _ in entries]):
                 ids += [row[0] for row in db.execute(f"SELECT id FROM images WHERE path IN ({marks})", paths)]
             redate_from_mtime(db, ids)
+
+    def adopt_imported(self, entries: Sequence[tuple[bytes, int, int, str, int | None, int | None, str | None,
+                                                  PhotoMetadata | None]]) -> None:
+        """Record what is now known of imported rows' files, ``(path, size, mtime_ns, content hash, width, height,
+        format, photo)``, keeping their vectors, labels and the label sets' record of having scored them; one
+        transaction. A row without ``photo`` is dated by its mtime."""
+        with self.transaction() as db:
+            ids: dict[bytes, int] = {}
+            for paths, marks in in_lists([entry[0] for entry in entries]):
+                ids.update(db.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", paths).fetchall())
+            scored = []
+            for chunk, marks in in_lists(list(ids.values())):
+                scored += db.execute(f"SELECT label_set, image_id FROM label_scored WHERE image_id IN ({marks})",
+                                     chunk).fetchall()
+            db.executemany(  # a new content hash drops label_scored rows (a trigger): put back below
+                "UPDATE images SET size = ?, mtime_ns = ?, content_hash = ?, width = COALESCE(?, width), "
+                "height = COALESCE(?, height), format = COALESCE(?, format) WHERE path = ? AND status = 'ok'",
+                [(*entry[1:7], entry[0]) for entry in entries])
+            db.executemany("INSERT OR IGNORE INTO label_scored(label_set, image_id) VALUES (?, ?)", scored)
+            write_photos(db, [(ids[path], photo) for path, *_, photo in entries if photo is not None and path in ids])
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that

@@ -127,6 +127,7 @@ class IngestSummary:
     failed: dict[str, int] = field(default_factory=dict)  # reason -> count, files that did not decode or embed
     pruned: int = 0  # rows removed because their file disappeared
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, what the reader would not open
+    adopted: int = 0  # of the unchanged: imported rows whose files were read for the first time, vectors kept
 
     @property
     def failed_total(self) -> int:

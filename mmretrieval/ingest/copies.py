@@ -14,7 +14,7 @@ from the mtime (a file without an EXIF date) is read from its own. A moved file'
 row is gone (``--prune``), as for any file whose bytes a vanished row had.
 
 Memory: per planning chunk (10,000 files), the embedded rows that share a size with its new files. On disk, the
-size index holds about 20 bytes an embedded row (~200 MB at 10 M images).
+size index holds about 12 bytes an embedded row (12.0 MB for 1 M random sizes; ~120 MB at 10 M).
 """
 
 from __future__ import annotations

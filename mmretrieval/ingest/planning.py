@@ -4,7 +4,8 @@ Files are compared by (path, size, mtime): unchanged ones are skipped (except th
 reason, such as a timeout), and so are touched ones (a new mtime, the same size, and bytes with the content hash
 their vector was made from: :mod:`.touched`); new and changed ones are marked ``pending``, which also assigns
 their ids; new ones that copy a file embedded elsewhere (a folder copied, moved or renamed) are stored with its
-vector there and then (:mod:`.copies`). With ``--prune``, :func:`prune_scope` says which rows a run may delete and :func:`prune_vanished`
+vector there and then (:mod:`.copies`); imported rows get their files' size, time and hash, keeping their vectors
+(:mod:`.imported`). With ``--prune``, :func:`prune_scope` says which rows a run may delete and :func:`prune_vanished`
 deletes those whose file is gone.
 """
 
@@ -19,8 +20,10 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..collection.planned_rows import Namesake
 from ..errors import CollectionError
+from ..images.decode import DEFAULT_MAX_PIXELS
 from .batches import SourceFile, Skipped, chunked
 from .copies import find_copies, write_copies
+from .imported import examine_files, is_imported
 from .reader import LIST_SUFFIXES, PathStream, discover
 from .touched import maybe_touched, unchanged_bytes
 
@@ -103,10 +106,11 @@ class Planned(NamedTuple):
     skipped: list[Skipped]  # what the reader would not open, recorded in the catalog
     aliases: int = 0  # new files the collection holds under another path to them: counted, not recorded (_Aliases)
     copies: int = 0  # new files stored with the vector of a file embedded elsewhere with the same bytes (.copies)
+    adopted: int = 0  # imported rows whose files were read, their vectors kept (.imported); counted as unchanged
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
-         checksum: bool = False, hashed: Progress | None = None) -> Planned:
+         checksum: bool = False, hashed: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Planned:
     """Mark new and changed files ``pending`` and record skips.
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -119,10 +123,11 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             the walk no longer skips are cleared (see :func:`stale_skips`).
         checksum: hash embedded files whose size and time are unchanged too, and embed again those whose bytes
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
-        hashed: ``(files hashed, None)`` as touched files, copies (and, with ``checksum``, unchanged ones) are
-            hashed: a mass touch or a checksum run reads the library before anything is embedded.
+        hashed: ``(files hashed, None)`` as touched files, copies, imported rows' files (and, with ``checksum``,
+            unchanged ones) are hashed: a mass touch or a checksum run reads the library before anything is embedded.
+        max_pixels: the decompression-bomb limit for imported rows' files, decoded small for their metadata.
     """
-    planner = _Planner(catalog, checksum, hashed)
+    planner = _Planner(catalog, checksum, hashed, max_pixels)
     skipped: dict[bytes, Skipped] = {}
     for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
@@ -136,20 +141,20 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
     cleared = stale_skips(catalog, walked, skipped)
     if skipped or cleared:
         catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
-    logger.info("planned: %d to embed, %d unchanged, %d copies, %d skipped, %d skips cleared, %d aliases",
-                planner.marked - planner.copies, planner.unchanged, planner.copies, len(skipped), len(cleared),
-                planner.aliases)
-    return Planned(planner.unchanged, list(skipped.values()), planner.aliases, planner.copies)
+    logger.info("planned: %d to embed, %d unchanged (%d imported rows read), %d copies, %d skipped, %d skips "
+                "cleared, %d aliases", planner.marked - planner.copies, planner.unchanged, planner.adopted,
+                planner.copies, len(skipped), len(cleared), planner.aliases)
+    return Planned(planner.unchanged, list(skipped.values()), planner.aliases, planner.copies, planner.adopted)
 
 
 class _Planner:
     """One run's planning, chunk by chunk: its counts, the touched files and copies it hashes, the aliases it
     passes over."""
 
-    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None):
-        self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
+    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None, max_pixels: int):
+        self._catalog, self._checksum, self._hashed, self._max_pixels = catalog, checksum, hashed, max_pixels
         self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none, nor copies
-        self.unchanged = self.marked = self.aliases = self.copies = self._hashed_count = 0
+        self.unchanged = self.marked = self.aliases = self.copies = self.adopted = self._hashed_count = 0
         self._count_lock = threading.Lock()
 
     def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
@@ -162,9 +167,12 @@ class _Planner:
             held = self._aliases.held(files, known, namesakes)
             self.aliases += len(held)
             files = {key: item for key, item in files.items() if key not in held}
-        to_mark, to_hash = [], []
+        to_mark, to_hash, to_adopt = [], [], []
         for key, item in files.items():
             state = known.get(key)
+            if is_imported(state):
+                to_adopt.append(key)
+                continue
             same_stat = state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
             if maybe_touched(state, item.size) and (self._checksum or not same_stat):
                 to_hash.append((key, state.content_hash, same_stat))
@@ -184,6 +192,8 @@ class _Planner:
                 touched.append((key, files[key].mtime_ns))
         if touched:
             self._catalog.mark_touched(touched)
+        if to_adopt:
+            self._adopt(to_adopt, files)
         copies = find_copies([key for key in to_mark if key in namesakes], namesakes, self._one_hashed)
         if to_mark:
             self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption)
@@ -191,6 +201,20 @@ class _Planner:
             self.marked += len(to_mark)
         if copies:  # pending first, for their ids; a run killed in between embeds them next time
             self.copies += write_copies(self._catalog, copies)
+
+    def _adopt(self, keys: list[bytes], files: dict[bytes, SourceFile]) -> None:
+        """Record the files of imported rows, keeping their vectors; one that cannot be read now waits for the
+        next run."""
+        adopted = []
+        for key, seen in zip(keys, examine_files([(key, files[key]) for key in keys], self._max_pixels,
+                                                 self._one_hashed)):
+            self._keep(key, files[key])
+            if seen is not None:
+                adopted.append((key, seen.size, seen.mtime_ns, seen.content_hash, seen.width, seen.height,
+                                seen.format, seen.photo))
+        if adopted:
+            self._catalog.adopt_imported(adopted)
+            self.adopted += len(adopted)
 
     def _keep(self, key: bytes, item: SourceFile) -> None:
         self.unchanged += 1

@@ -113,7 +113,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
-    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed, config.max_pixels)
     skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
@@ -139,7 +139,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:
         _forget_output(catalog)  # every result there is committed and removed
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
-    return tally.summary(planned.unchanged, pruned)
+    return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:

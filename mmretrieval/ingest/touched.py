@@ -11,7 +11,7 @@ reads each file once, on a few threads (blake2b releases the GIL), as the decodi
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from ..errors import ImageDecodeError
 from ..images.decode import read_image_file
@@ -20,6 +20,7 @@ from .batches import content_hash
 if TYPE_CHECKING:
     from ..collection.catalog import FileState
 
+T, R = TypeVar("T"), TypeVar("R")
 HASH_THREADS = 4  # files read and hashed at once (each held whole, as a decoding worker holds it)
 
 
@@ -46,16 +47,21 @@ def unchanged_bytes(candidates: Sequence[tuple[bytes, str]],
 
 
 def file_hashes(paths: Sequence[bytes], hashed: Callable[[], None] | None = None) -> list[str | None]:
-    """:func:`file_hash` of each of ``paths``, :data:`HASH_THREADS` files at a time; ``hashed`` is called as each
-    file is done."""
-    if not paths:
+    """:func:`file_hash` of each of ``paths``; ``hashed`` is called as each file is done."""
+    return in_threads(file_hash, paths, hashed)
+
+
+def in_threads(function: Callable[[T], R], items: Sequence[T], done: Callable[[], None] | None = None) -> list[R]:
+    """``function`` of each of ``items``, :data:`HASH_THREADS` at a time (reading and hashing release the GIL, and
+    so does Pillow decoding); ``done`` is called as each is done."""
+    if not items:
         return []
 
-    def one(path: bytes) -> str | None:
-        digest = file_hash(path)
-        if hashed is not None:
-            hashed()
-        return digest
+    def one(item: T) -> R:
+        result = function(item)
+        if done is not None:
+            done()
+        return result
 
-    with ThreadPoolExecutor(min(HASH_THREADS, len(paths)), thread_name_prefix="mmr-hash") as pool:
-        return list(pool.map(one, paths))
+    with ThreadPoolExecutor(min(HASH_THREADS, len(items)), thread_name_prefix="mmr-hash") as pool:
+        return list(pool.map(one, items))
