@@ -48,9 +48,10 @@ def test_a_file_gone_since_ingest_is_never_the_copy_to_keep(tmp_path, shapes_enc
     fields = out.decode().rstrip("\n").split("\t")
     assert sorted(fields[1:]) == sorted([str(tmp_path / "q50.jpg"), str(tmp_path / "small.jpg")])
     assert "1 files of these groups are gone" in err and "--prune" in err
-    (tmp_path / "q50.jpg").unlink()  # one file left: no group at all
-    code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection))
+    (tmp_path / "q50.jpg").unlink()  # one file left: no group at all, and a note saying why
+    code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection))
     assert code == 1 and out == b""
+    assert "1 group of copies is not listed: all but one of its files are gone or changed" in err
 
 
 def test_a_file_changed_since_ingest_is_never_listed_as_a_copy(tmp_path, shapes_encoder, capsysbinary):

@@ -207,7 +207,7 @@ def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np
 
 def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[DuplicateGroup]:
     """Paths, sizes, the kept copy and each copy's exact cosine to it, from the catalog and the files."""
-    described = []
+    described, emptied = [], 0
     for group in groups:
         rows = catalog.rows(list(group))
         found, vectors = catalog.vectors(list(group))
@@ -220,14 +220,21 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
         present = [c for c in stated if c.bytes >= 0 and c.path not in changed]
         photos = catalog.photos([c.id for c in present])
         candidates, aliases = _one_path_per_file(present, photos)
-        if len(candidates) < 2:
-            continue  # copies of one file, or of files gone or changed: nothing to choose between
+        if len(candidates) < 2:  # copies of one file, or of files gone or changed: nothing to choose between
+            emptied += bool(gone or changed)
+            continue
         kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
         others = [c for c in candidates if c.id != kept.id]
         scores = _cosines(np.stack([by_id[c.id] for c in others]), np.stack([by_id[kept.id]] * len(others)))
         copies = [kept] + sorted((replace(c, score=float(score)) for c, score in zip(others, scores)),
                                  key=lambda c: (-c.score, c.id))
         described.append(DuplicateGroup(tuple(copies), aliases, gone, changed))
+    if emptied:  # else a library whose copies were all deleted or edited since would only say "0 groups"
+        groups_are, their = ("1 group of copies is", "its") if emptied == 1 else (f"{emptied} groups of copies are",
+                                                                                  "their")
+        logger.warning("%s not listed: all but one of %s files are gone or changed since they were ingested "
+                       "(`mmr ingest --prune` drops the gone ones, and `mmr ingest` embeds the changed ones again)",
+                       groups_are, their)
     return described
 
 
