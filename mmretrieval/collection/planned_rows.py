@@ -189,6 +189,12 @@ class PlannedRows:
                 found[image_id] = (path, size, mtime_ns)
         return found
 
+    def holds_rows_under(self, folder: bytes) -> bool:
+        """Whether any row's path lies under ``folder`` (a path key ending in a separator): one look along the
+        path index (a range of keys, as ``substr`` would read every row)."""
+        end = folder[:-1] + bytes([folder[-1] + 1])
+        return bool(self._query("SELECT 1 FROM images WHERE path >= ? AND path < ? LIMIT 1", (folder, end)))
+
     def is_empty(self) -> bool:
         """Whether no image row was ever planned or stored (one indexed row read, at any size)."""
         return not self._query("SELECT 1 FROM images LIMIT 1")

@@ -61,12 +61,13 @@ class PruneScope:
             yield from (encode_path(item.path) for item in discover([list_file]))
 
 
-def prune_scope(sources: Sequence[str | PathStream]) -> PruneScope:
+def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog) -> PruneScope:
     """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection.
 
     Raises:
-        CollectionError: a source that is missing or unreadable: its files may only be on a drive that is not
-            mounted, so nothing is pruned (the message names it).
+        CollectionError: a source that is missing or unreadable, or a source folder that lists nothing where the
+            collection holds images: its files may only be on a drive that is not mounted (whose mount point stays,
+            empty), so nothing is pruned (the message names it).
     """
     folders: list[bytes] = []
     paths: list[bytes] = []
@@ -82,11 +83,17 @@ def prune_scope(sources: Sequence[str | PathStream]) -> PruneScope:
         if os.path.isdir(path):
             try:
                 with os.scandir(path) as entries:
-                    next(entries, None)
+                    empty = next(entries, None) is None
             except OSError as exc:
                 raise CollectionError(f"--prune refused: source folder {source} is unreadable ({exc.strerror}); "
                                       "nothing was deleted. Fix its permissions, or leave out --prune") from exc
-            folders.append(encode_path(path).rstrip(os.sep.encode()) + os.sep.encode())
+            folder = encode_path(path).rstrip(os.sep.encode()) + os.sep.encode()
+            if empty and catalog.holds_rows_under(folder):
+                raise CollectionError(
+                    f"--prune refused: source folder {source} is empty, but the collection holds images under it (a "
+                    "drive not mounted, its mount point left empty?); nothing was deleted. Mount it again, or leave "
+                    "out --prune; if you emptied it on purpose, prune from the folder above it")
+            folders.append(folder)
         elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
             lists.append(path)
         else:

@@ -112,7 +112,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
-    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
+    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
     planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed, config.max_pixels)
     skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone

@@ -57,7 +57,7 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         CollectionError: a source that does not exist or an unreadable list file; with ``config.prune``, a
             source folder that is missing or unreadable (nothing is deleted then).
     """
-    scope = prune_scope(sources) if config.prune else None  # refuses before anything changes
+    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
     if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
         reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
     planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed, config.max_pixels)
