@@ -264,14 +264,22 @@ def _compact(args: argparse.Namespace) -> int:
     if summary.segments_rewritten:
         say(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
             f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
-            f"{summary.bytes_freed / 2**20:.1f} MiB freed")
+            f"{_size(summary.bytes_freed)} freed")
     elif not summary.catalog_bytes_freed:
         share = f" over {args.min_waste:.0%} of its rows" if args.min_waste else ""
         say(f"nothing to compact: no segment holds dead rows{share}, and the catalog's free pages are under "
             f"{VACUUM_FREE_RATIO:.0%} of it")
     if summary.catalog_bytes_freed:
-        say(f"catalog rewritten without its free pages: {summary.catalog_bytes_freed / 2**20:.1f} MiB smaller")
+        say(f"catalog rewritten without its free pages: {_size(summary.catalog_bytes_freed)} smaller")
     return 0
+
+
+def _size(count: int) -> str:
+    """Bytes in the unit that shows them (50 KB freed read "0.0 MiB freed")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _register_label(subparsers) -> None:

@@ -79,19 +79,19 @@ def run(args: argparse.Namespace) -> int:
         made = organize_duplicates(groups, args.organize)
         say(f"linked {made} files of {len(groups)} groups under {args.organize}")
     say(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies")
-    for line in _notes(groups):
+    for line in _notes(groups, tsv=not (args.json or args.null)):
         say(f"mmr duplicates: {line}")
     if note:
         say(f"mmr duplicates: {note} (--threshold)")
     return 0 if groups else 1
 
 
-def _notes(groups: list[DuplicateGroup]) -> list[str]:
-    """What was left out of the groups, and names that TSV shows escaped."""
+def _notes(groups: list[DuplicateGroup], tsv: bool) -> list[str]:
+    """What was left out of the groups, and (``tsv``: the output is TSV) names that it shows escaped."""
     from ..collection.duplicates import LeftOut
 
     left_out = LeftOut.of(groups)
-    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths)
+    escaped = sum(tsv_text(path) != path for group in groups for path in group.paths) if tsv else 0
     notes = []
     if left_out.aliases:
         notes.append(f"{left_out.aliases} paths name a file their group already lists (a hard link, or a folder "

@@ -62,7 +62,8 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
     if not existed:
         if not create:
             raise CollectionError(f"no collection at {directory}; create one with "
-                                  f"`mmr ingest SOURCE --collection {directory}`")
+                                  f"`mmr ingest SOURCE --collection {directory}` (in Python: "
+                                  "Collection.open(..., create=True))")
         check_dtype(vector_dtype)
         if model is None or isinstance(model, str):  # a model that fails to load must leave no empty collection
             model = _load(model or DEFAULT_MODEL, device=device, precision=precision)
