@@ -264,17 +264,17 @@ def _compact(args: argparse.Namespace) -> int:
     if summary.segments_rewritten:
         say(f"compacted {summary.segments_rewritten} segments into {summary.segments_written}: "
             f"{summary.rows_copied} vectors kept, {summary.rows_reclaimed} dead rows reclaimed, "
-            f"{_size(summary.bytes_freed)} freed")
+            f"{_bytes_text(summary.bytes_freed)} freed")
     elif not summary.catalog_bytes_freed:
         share = f" over {args.min_waste:.0%} of its rows" if args.min_waste else ""
         say(f"nothing to compact: no segment holds dead rows{share}, and the catalog's free pages are under "
             f"{VACUUM_FREE_RATIO:.0%} of it")
     if summary.catalog_bytes_freed:
-        say(f"catalog rewritten without its free pages: {_size(summary.catalog_bytes_freed)} smaller")
+        say(f"catalog rewritten without its free pages: {_bytes_text(summary.catalog_bytes_freed)} smaller")
     return 0
 
 
-def _size(count: int) -> str:
+def _bytes_text(count: int) -> str:
     """Bytes in the unit that shows them (50 KB freed read "0.0 MiB freed")."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if count >= scale:

@@ -294,6 +294,21 @@ class Catalog(PlannedRows, VectorPlaces):
         """Run a read-only query (for the modules that own their own tables, such as the photo filters)."""
         return self._query(sql, params)
 
+    def vacuum(self) -> None:
+        """Rewrite the catalog without its free pages (SQLite's ``VACUUM``): the writer's job, under the lock."""
+        self._query("VACUUM")
+
+    def checkpoint_without_waiting(self) -> bool:
+        """Move the WAL into the catalog and truncate it, waiting for no reader; returns whether a reader on an
+        older snapshot kept part of it (the file shrinks at a later checkpoint then)."""
+        (timeout,), = self._query("PRAGMA busy_timeout")
+        self._query("PRAGMA busy_timeout = 0")  # a reader on an older snapshot would hold it for the whole timeout
+        try:
+            (busy, _, _), = self._query("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._query(f"PRAGMA busy_timeout = {int(timeout)}")
+        return bool(busy)
+
     def select_ids(self, sql: str, params: Sequence = ()) -> npt.NDArray[np.int64]:
         """Run a read-only query whose rows are one id each, in its order: streamed into the array, as
         :meth:`vector_ids` does (a list of 10 M row tuples would cost ~1 GB on the way)."""

@@ -181,9 +181,9 @@ def _write_live_rows(catalog: Catalog, victims: list[int], staging: Path, to_cop
 
 def catalog_space(catalog: Catalog) -> CatalogSpace:
     """The catalog's pages, all and free (three pragmas: cheap at any size)."""
-    (page_size,), = catalog._query("PRAGMA page_size")
-    (pages,), = catalog._query("PRAGMA page_count")
-    (free,), = catalog._query("PRAGMA freelist_count")
+    (page_size,), = catalog.select("PRAGMA page_size")
+    (pages,), = catalog.select("PRAGMA page_count")
+    (free,), = catalog.select("PRAGMA freelist_count")
     return CatalogSpace(pages * page_size, free * page_size)
 
 
@@ -204,18 +204,12 @@ def vacuum_catalog(catalog: Catalog, min_free_ratio: float = VACUUM_FREE_RATIO) 
                               f"back needs {live / 2**20:.1f} MiB of disk beside it ({available / 2**20:.1f} MiB "
                               "free); the catalog is left as it was")
     try:
-        catalog._query("VACUUM")
+        catalog.vacuum()
     except sqlite3.OperationalError as exc:  # the temporary copy did not fit, most likely: the catalog is as it was
         raise CollectionError(f"cannot give the catalog's free pages back ({exc}; SQLite's temporary copy goes to "
                               "$SQLITE_TMPDIR or else /var/tmp, /usr/tmp, /tmp); the catalog is left as it was") from exc
     freed = space.total_bytes - catalog_space(catalog).total_bytes
-    (timeout,), = catalog._query("PRAGMA busy_timeout")
-    catalog._query("PRAGMA busy_timeout = 0")  # a reader on an older snapshot would hold the checkpoint 30 s
-    try:
-        (busy, _, _), = catalog._query("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        catalog._query(f"PRAGMA busy_timeout = {int(timeout)}")
-    if busy:  # the file shrinks at a later checkpoint (every writer's), once the readers have moved on
+    if catalog.checkpoint_without_waiting():  # the file shrinks at a later checkpoint (every writer's), once the readers have moved on
         logger.warning("the catalog is rewritten, %.1f MiB smaller, but a reader still reads the old one: the file "
                        "shrinks once it has moved on (at the next writer's checkpoint)", freed / 2**20)
     else:

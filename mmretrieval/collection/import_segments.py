@@ -60,7 +60,7 @@ class SegmentShard:
         if self.catalog.segments.dim != dim:
             raise CollectionError(f"{self.catalog.segments.directory} holds {self.catalog.segments.dim}-d vectors, "
                                   f"this collection's model makes {dim}-d ones")
-        places = self.catalog._query(
+        places = self.catalog.select(
             "SELECT v.row, i.path, i.caption FROM vector_rows v JOIN images i ON i.id = v.image_id "
             "WHERE v.segment = ? ORDER BY v.row", (self.number,))
         rows = np.array([place[0] for place in places], dtype=np.int64)

@@ -72,7 +72,7 @@ def ensure_schema(catalog: Catalog) -> None:
 
 def shard_seen(catalog: Catalog, source: str, shard: str, fingerprint: str) -> bool:
     """Whether this exact shard (same files, same sizes and mtimes) was imported before."""
-    return bool(catalog._query("SELECT 1 FROM import_shards WHERE source = ? AND shard = ? AND fingerprint = ?",
+    return bool(catalog.select("SELECT 1 FROM import_shards WHERE source = ? AND shard = ? AND fingerprint = ?",
                                (bytes_escaped(source), bytes_escaped(shard), fingerprint)))
 
 
@@ -351,9 +351,9 @@ def _positions_of_new(db: sqlite3.Connection, keys: Sequence[bytes], base: int, 
 def provenance(catalog: Catalog) -> list[ImportSource]:
     """Imported rows still in the collection, per source folder (empty if nothing was ever imported)."""
     # reads only (catalog._query): `mmr info` on a read-only collection must not need a write transaction
-    if not catalog._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'import_shards'"):
+    if not catalog.select("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'import_shards'"):
         return []
-    rows = catalog._query(
+    rows = catalog.select(
         "SELECT s.source, COUNT(*), SUM(s.renormalised), GROUP_CONCAT(s.shard), "
         "SUM((SELECT COUNT(*) FROM images WHERE id BETWEEN s.first_id AND s.last_id)) "
         "FROM import_shards s GROUP BY s.source ORDER BY s.source")

@@ -78,9 +78,9 @@ def check_known(catalog: "Catalog", name: str | None) -> str | None:
     """
     if name is not None:
         check_utf8(name, "label set name")
-    if name is None or catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (name,)):
+    if name is None or catalog.select("SELECT 1 FROM label_sets WHERE name = ?", (name,)):
         return name
-    known = ", ".join(row[0] for row in catalog._query("SELECT name FROM label_sets ORDER BY name"))
+    known = ", ".join(row[0] for row in catalog.select("SELECT name FROM label_sets ORDER BY name"))
     raise QueryError(f"no label set {name!r} in this collection; label sets: "
                      f"{known or 'none yet; label the collection first (mmr label, or the web UI’s Label tab)'}")
 
@@ -88,11 +88,11 @@ def check_known(catalog: "Catalog", name: str | None) -> str | None:
 def sets(catalog: "Catalog") -> list[LabelSet]:
     """Every stored label set, oldest first."""
     counts: dict[str, dict[str, int]] = {}
-    for name, label, count in catalog._query(
+    for name, label, count in catalog.select(
             "SELECT label_set, label, COUNT(*) FROM labels GROUP BY label_set, label"):
         counts.setdefault(name, {})[label] = count
     found = []
-    for name, labels, multi, threshold, created in catalog._query(
+    for name, labels, multi, threshold, created in catalog.select(
             "SELECT name, labels, multi_label, threshold, created_s FROM label_sets ORDER BY created_s, name"):
         ordered = tuple(json.loads(labels))
         found.append(LabelSet(name, ordered, bool(multi), threshold, created,
@@ -103,7 +103,7 @@ def sets(catalog: "Catalog") -> list[LabelSet]:
 def vocabulary_sizes(catalog: "Catalog") -> dict[str, int]:
     """Every stored label set, oldest first, with the number of labels it was run with (a set that gave no image a
     label included: it shows nowhere in the labels' counts)."""
-    return {name: len(json.loads(labels)) for name, labels in catalog._query(
+    return {name: len(json.loads(labels)) for name, labels in catalog.select(
         "SELECT name, labels FROM label_sets ORDER BY created_s, name")}
 
 
@@ -114,7 +114,7 @@ def resolve(catalog: "Catalog", ref: str) -> tuple[str | None, str]:
         QueryError: ``ref`` is not UTF-8 text (no label is, :func:`~mmretrieval.models.label_text.check_utf8`).
     """
     head, sep, tail = check_utf8(ref, "label filter").partition(":")
-    if sep and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (head,)):
+    if sep and catalog.select("SELECT 1 FROM label_sets WHERE name = ?", (head,)):
         return head, tail
     return None, ref
 
@@ -138,9 +138,9 @@ def ids_with_label(catalog: "Catalog", ref: str) -> npt.NDArray[np.int64]:
     """
     label_set, label = resolve(catalog, ref)
     if label_set is None:
-        rows = catalog._query("SELECT DISTINCT image_id FROM labels WHERE label = ? ORDER BY image_id", (label,))
+        rows = catalog.select("SELECT DISTINCT image_id FROM labels WHERE label = ? ORDER BY image_id", (label,))
     else:
-        rows = catalog._query("SELECT image_id FROM labels WHERE label_set = ? AND label = ? ORDER BY image_id",
+        rows = catalog.select("SELECT image_id FROM labels WHERE label_set = ? AND label = ? ORDER BY image_id",
                               (label_set, label))
     return np.array([r[0] for r in rows], dtype=np.int64)
 
@@ -149,7 +149,7 @@ def has_label(catalog: "Catalog", ref: str) -> bool:
     """Whether some image is assigned label ``ref`` (one indexed row read, at any size)."""
     label_set, label = resolve(catalog, ref)
     only, params = ("", [label]) if label_set is None else (" AND label_set = ?", [label, label_set])
-    return bool(catalog._query(f"SELECT EXISTS(SELECT 1 FROM labels WHERE label = ?{only})", params)[0][0])
+    return bool(catalog.select(f"SELECT EXISTS(SELECT 1 FROM labels WHERE label = ?{only})", params)[0][0])
 
 
 def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -173,7 +173,7 @@ def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np
 
 def counts(catalog: "Catalog") -> dict[str, int]:
     """Images per qualified label, over every set."""
-    rows = catalog._query("SELECT label_set, label, COUNT(*) FROM labels GROUP BY label_set, label")
+    rows = catalog.select("SELECT label_set, label, COUNT(*) FROM labels GROUP BY label_set, label")
     return dict(sorted((qualified(name, label), count) for name, label, count in rows))
 
 
@@ -184,7 +184,7 @@ def labels_of(catalog: "Catalog", ids: Sequence[int],
     only, extra = ("", []) if label_set is None else ("label_set = ? AND ", [label_set])
     found: dict[int, list[tuple[str, float]]] = {}
     for chunk, marks in in_lists(ids):
-        for image_id, name, label, probability in catalog._query(
+        for image_id, name, label, probability in catalog.select(
                 "SELECT image_id, label_set, label, probability FROM labels "
                 f"WHERE {only}image_id IN ({marks}) ORDER BY probability DESC", [*extra, *chunk]):
             found.setdefault(image_id, []).append((label if label_set else qualified(name, label), probability))
@@ -203,7 +203,7 @@ class LabelSetWriter:
         """
         self._catalog, self.name = catalog, check_name(name)
         self._labels, self._multi_label, self._threshold = tuple(labels), multi_label, threshold
-        if not replace and catalog._query("SELECT 1 FROM label_sets WHERE name = ?", (self.name,)):
+        if not replace and catalog.select("SELECT 1 FROM label_sets WHERE name = ?", (self.name,)):
             raise CollectionError(f"label set {self.name!r} exists already; replace it on purpose (--replace, or "
                                   "tick “replace” in the UI) or name a new set (--set NAME)")
         with catalog.transaction() as db:  # what runs that died half-way left behind, whatever set they wrote
