@@ -1,6 +1,6 @@
-"""A folder copied, moved or renamed is found while the ingest plans (same file names, sizes and bytes as rows
-embedded elsewhere) and stored with those rows' vectors, without loading the model; a link ingested first and
-its real folder later count as aliases, as the other order does."""
+"""A folder copied, moved or renamed, or files renamed, are found while the ingest plans (rows embedded elsewhere
+with the same size, the same name or time, and the same bytes) and stored with those rows' vectors, without
+loading the model; a link ingested first and its real folder later count as aliases, as the other order does."""
 
 from __future__ import annotations
 
@@ -62,6 +62,25 @@ def test_a_renamed_folder_keeps_its_labels_with_prune_and_the_model_stays_unload
         assert {os.path.basename(path): labels for path, labels in after.items()} == before
 
 
+def test_files_renamed_in_place_keep_their_vectors_and_labels_without_the_model(tmp_path, tiny_encoder):
+    """A photo manager renaming IMG_0001.jpg to its date: new names, the same bytes, size and time (``mv``)."""
+    paths = write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        col.label("red, green")
+        before = _vectors_by_path(col)
+        labels = {str(path): found for path, found in _labels_by_path(col).items()}
+        for i, path in enumerate(paths):
+            path.rename(tmp_path / "photos" / f"2024-06-0{i + 1} 12.00.00.jpg")
+        summary = run_ingest(col.catalog, _no_model, [str(tmp_path / "photos")], IngestConfig(workers=0, prune=True))
+        assert (summary.embedded, summary.duplicates, summary.pruned) == (0, 3, 3)
+        after, after_labels = _vectors_by_path(col), _labels_by_path(col)
+        for i, path in enumerate(paths):
+            renamed = str(tmp_path / "photos" / f"2024-06-0{i + 1} 12.00.00.jpg")
+            np.testing.assert_array_equal(after[renamed], before[str(path)])
+            assert after_labels[renamed] == labels[str(path)]
+
+
 def _labels_by_path(col: Collection) -> dict[str, set[str]]:
     ids = col.catalog.vector_ids().tolist()
     rows, labels = col.catalog.rows(ids), col.label_of(ids)
@@ -93,7 +112,7 @@ def test_a_copy_keeps_the_exif_date_camera_and_place_and_is_dated_by_its_own_tim
         assert not original.taken_local.startswith("2017")  # the original keeps its own time
 
 
-def test_a_namesake_with_other_bytes_is_embedded_and_so_is_a_copy_under_a_new_name(tmp_path, tiny_encoder):
+def test_a_file_of_the_same_name_and_size_with_other_bytes_is_embedded_and_a_copy_under_a_new_name_decoded(tmp_path, tiny_encoder):
     paths = write_good_images(tmp_path / "tree" / "a", 2)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "tree"], workers=0)
@@ -146,7 +165,7 @@ def test_a_link_ingested_first_makes_its_real_folder_an_alias(tmp_path, tiny_enc
         assert (later.skipped, later.duplicates) == ({"alias": 2}, 1)
 
 
-def test_copies_are_hashed_only_where_a_namesake_has_their_size(tmp_path, tiny_encoder, monkeypatch):
+def test_copies_are_hashed_only_where_a_twin_has_their_size_and_name_or_time(tmp_path, tiny_encoder, monkeypatch):
     write_good_images(tmp_path / "tree" / "a", 2)
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "tree"], workers=0)

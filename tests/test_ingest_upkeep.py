@@ -162,8 +162,9 @@ def test_an_interrupted_prune_run_resumes_with_nothing_lost_or_embedded_again(tm
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "tree"], workers=0)
         (tmp_path / "tree" / "b").mkdir()
-        for path in (tmp_path / "tree" / "a").iterdir():  # new names too: decoded, not found as copies in planning
-            path.rename(tmp_path / "tree" / "b" / f"moved-{path.name}")
+        for path in (tmp_path / "tree" / "a").iterdir():  # new names and times: decoded, not found in planning
+            shutil.copyfile(path, tmp_path / "tree" / "b" / f"moved-{path.name}")
+            path.unlink()
         _failing_writer(monkeypatch, fail_at=2)
         with pytest.raises(OSError, match="No space left"):
             col.ingest([tmp_path / "tree"], workers=0, batch_size=4, prune=True)

@@ -33,9 +33,9 @@ class FileState:
 
 
 @dataclass(frozen=True)
-class Namesake:
-    """An embedded row of the same file name and size as a new file: maybe its copy, or its own link (see
-    :meth:`PlannedRows.namesakes`)."""
+class Twin:
+    """An embedded row at another path that may hold a new file's bytes: the same size, and the same file name
+    or modification time (see :meth:`PlannedRows.twins`)."""
 
     path: bytes
     id: int
@@ -67,22 +67,24 @@ class PlannedRows:
                 found[row[0]] = FileState(*row[1:])
         return found
 
-    def namesakes(self, files: dict[bytes, int]) -> dict[bytes, list[Namesake]]:
-        """For each of ``files`` (path key -> size) that has some, the embedded rows at other paths with the same
-        size and file name: where a copied, moved or renamed folder's files were embedded before. Looked up along
-        the size index (``images_size``), a chunk of sizes per query, so the rows read are those sharing a size."""
+    def twins(self, files: dict[bytes, tuple[int, int]]) -> dict[bytes, list[Twin]]:
+        """For each of ``files`` (path key -> (size, mtime_ns)) that has some, the embedded rows at other paths of
+        the same size and the same file name or time: where a copied folder's files were embedded before (same
+        names), or moved and renamed ones (``mv`` and ``cp -p`` keep the time). Looked up along the size index
+        (``images_size``), a chunk of sizes per query, so the rows read are those sharing a size."""
         by_size: dict[int, list[bytes]] = collections.defaultdict(list)
-        for key, size in files.items():
+        for key, (size, _) in files.items():
             by_size[size].append(key)
-        found: dict[bytes, list[Namesake]] = collections.defaultdict(list)
+        found: dict[bytes, list[Twin]] = collections.defaultdict(list)
         for chunk, marks in in_lists(list(by_size)):
             for path, size, *rest in self._query(
                     "SELECT path, size, id, mtime_ns, content_hash, width, height, format FROM images "
                     f"WHERE content_hash IS NOT NULL AND size IN ({marks}) AND status = 'ok'", chunk):
+                row = Twin(path, *rest)
                 name = os.path.basename(path)
                 for key in by_size[size]:
-                    if key != path and os.path.basename(key) == name:
-                        found[key].append(Namesake(path, *rest))
+                    if key != path and (files[key][1] == row.mtime_ns or os.path.basename(key) == name):
+                        found[key].append(row)
         return dict(found)
 
     def mark_pending(self, entries: Iterable[tuple[bytes, int, int, str | None]]) -> None:

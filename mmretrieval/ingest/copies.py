@@ -1,13 +1,14 @@
-"""New files whose bytes the collection holds already: a folder copied, moved or renamed (``cp -r``, ``mv``), found
-while planning, so that the model is not loaded for them (a renamed folder of 100 files took 5.0-5.2 s, against
-0.38 s when nothing had changed: torch and the model loaded, and every file decoded, only to find each vector
-stored).
+"""New files whose bytes the collection holds already: a folder copied, moved or renamed (``cp -r``, ``mv``), or
+files renamed (a photo manager's "2024-06-01 12.00.00.jpg"), found while planning, so that the model is not loaded
+for them (a renamed folder of 100 files took 5.0-5.2 s, against 0.38 s when nothing had changed: torch and the
+model loaded, and every file decoded, only to find each vector stored).
 
-A new file is hashed here only when an embedded row at another path has its file name and size
-(:meth:`~mmretrieval.collection.catalog.Catalog.namesakes`): then it is most likely that row's copy, and the file is
-read twice (here, and by a decoder) only in the rare case that it is not. A first ingest or a folder of new photos
-reads nothing more than before. A file renamed as well as copied is not looked for: it is decoded, and its vector
-reused by content hash once its bytes are read, as before.
+A new file is hashed here only when an embedded row at another path has its size and its file name or its
+modification time (a twin, :meth:`~mmretrieval.collection.catalog.Catalog.twins`; ``mv``, ``cp -p`` and rsync keep
+the time): then it is most likely that row's copy, and the file is read twice (here, and by a decoder) only in the
+rare case that it is not. A first ingest or a folder of new photos reads nothing more than before. A file copied
+under a new name with a new time (``cp`` without ``-p``) is not looked for: it is decoded, and its vector reused
+by content hash once its bytes are read, as before.
 
 A copy takes the vector, size in pixels, format, camera and place of the row whose bytes it has; a capture time read
 from the mtime (a file without an EXIF date) is read from its own. A moved file's labels move with it when the old
@@ -26,22 +27,22 @@ from ..images.metadata import redated
 from .touched import file_hashes
 
 if TYPE_CHECKING:
-    from ..collection.planned_rows import Namesake
+    from ..collection.planned_rows import Twin
 
 
-def find_copies(keys: list[bytes], namesakes: dict[bytes, list[Namesake]],
-                hashed: Callable[[], None] | None = None) -> dict[bytes, Namesake]:
-    """Those of ``keys`` whose bytes are one of their namesakes' (hashed on a few threads; a file that cannot be
+def find_copies(keys: list[bytes], twins: dict[bytes, list[Twin]],
+                hashed: Callable[[], None] | None = None) -> dict[bytes, Twin]:
+    """Those of ``keys`` whose bytes are one of their twins' (hashed on a few threads; a file that cannot be
     read is no copy: its decode fails it as before); ``hashed`` is called as each file is done."""
-    copies: dict[bytes, Namesake] = {}
+    copies: dict[bytes, Twin] = {}
     for key, digest in zip(keys, file_hashes(keys, hashed)):
-        match = next((row for row in namesakes[key] if row.content_hash == digest), None)
+        match = next((row for row in twins[key] if row.content_hash == digest), None)
         if match is not None:
             copies[key] = match
     return copies
 
 
-def write_copies(catalog: Catalog, copies: dict[bytes, Namesake]) -> int:
+def write_copies(catalog: Catalog, copies: dict[bytes, Twin]) -> int:
     """Store ``copies`` (path key -> the row whose bytes it has; marked ``pending`` already, so they have ids) as
     embedded, in one transaction; returns how many were written (a row whose vector is gone stays pending, and
     the ingest embeds it)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from ..collection.catalog import Catalog, FileState, encode_path
-from ..collection.planned_rows import Namesake
+from ..collection.planned_rows import Twin
 from ..errors import CollectionError
 from ..images.decode import DEFAULT_MAX_PIXELS
 from .batches import SourceFile, Skipped, chunked
@@ -167,11 +167,11 @@ class _Planner:
     def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
         """Mark what changed in ``files`` pending, hash what may only be touched, count the rest."""
         known = self._catalog.file_states_of(list(files))
-        namesakes: dict[bytes, list[Namesake]] = {}
+        twins: dict[bytes, list[Twin]] = {}
         if self._aliases is not None:
-            new = {key: item.size for key, item in files.items() if key not in known}
-            namesakes = self._catalog.namesakes(new) if new else {}
-            held = self._aliases.held(files, known, namesakes)
+            new = {key: (item.size, item.mtime_ns) for key, item in files.items() if key not in known}
+            twins = self._catalog.twins(new) if new else {}
+            held = self._aliases.held(files, known, twins)
             self.aliases += len(held)
             files = {key: item for key, item in files.items() if key not in held}
         to_mark, to_hash, to_adopt = [], [], []
@@ -201,7 +201,7 @@ class _Planner:
             self._catalog.mark_touched(touched)
         if to_adopt:
             self._adopt(to_adopt, files)
-        copies = find_copies([key for key in to_mark if key in namesakes], namesakes, self._one_hashed)
+        copies = find_copies([key for key in to_mark if key in twins], twins, self._one_hashed)
         if to_mark:
             self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption)
                                         for key in to_mark])
@@ -242,7 +242,7 @@ class _Aliases:
     runs, and only counts them (reason ``alias``): no row is written, so nothing piles up in memory or in the
     catalog, and each run looks again. A file is held when the other path's row has the same size and time (the
     same file, not another card mounted at the same place): its real path's row, or a row of the same file name
-    and size (a namesake) whose real path is the new file. A folder is resolved once (cached), so millions of
+    and size (a twin) whose real path is the new file. A folder is resolved once (cached), so millions of
     new files cost a ``realpath`` per folder."""
 
     _CACHED = 10_000  # folders whose real path is remembered
@@ -252,15 +252,15 @@ class _Aliases:
         self._real: dict[bytes, bytes] = {}
 
     def held(self, files: dict[bytes, SourceFile], known: dict[bytes, FileState],
-             namesakes: dict[bytes, list[Namesake]]) -> set[bytes]:
+             twins: dict[bytes, list[Twin]]) -> set[bytes]:
         """Those of ``files`` that are new (not in ``known``) and held under their real path, or under a link
-        to them (one of their ``namesakes``)."""
+        to them (one of their ``twins``)."""
         real = {key: self._real_path(key) for key in files if key not in known}
         real = {key: path for key, path in real.items() if path != key}
         rows = self._catalog.file_states_of(list(real.values())) if real else {}
         held = {key for key, path in real.items() if path in rows and rows[path].status != "skipped"
                 and (rows[path].size, rows[path].mtime_ns) == (files[key].size, files[key].mtime_ns)}
-        return held | {key for key, rows in namesakes.items() if key not in held and any(
+        return held | {key for key, rows in twins.items() if key not in held and any(
             row.mtime_ns == files[key].mtime_ns and self._real_path(row.path) == key for row in rows)}
 
     def _real_path(self, key: bytes) -> bytes:
