@@ -165,7 +165,9 @@ def test_a_hanging_or_crashing_decoder_fails_its_file_not_the_task(tmp_path, tin
     assert out["pixels"][0].any() and not out["pixels"][1].any()
 
 
-def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(tmp_path, tiny_encoder):
+def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(tmp_path, tiny_encoder, caplog):
+    """Committed before planning, as a plain ingest commits them: the run's summary counts those rows unchanged,
+    as the plain one does, and says so (a walkthrough read 'embedded 994' as its work redone)."""
     folder = tmp_path / "photos"
     write_good_images(folder, 4)
     (folder / "broken.jpg").write_text("not an image")
@@ -175,8 +177,11 @@ def test_a_rerun_commits_results_a_killed_driver_left_before_decoding_anything(t
     result_for(col, drop)  # finished by its workers, never committed
     (tmp_path / "col" / "ray-results" / "deadbeef.vec").write_bytes(b"half")  # a writer killed before sealing
     # An unreachable cluster: the re-run must not need Ray, everything pending is in the left-over result.
-    summary = col.ingest([folder], ray=RayIngestConfig(address="127.0.0.1:1"))
-    assert (summary.embedded, summary.failed) == (4, {"not_an_image": 1})
+    with caplog.at_level("INFO", logger="mmretrieval.ingest.ray_runner"):
+        summary = col.ingest([folder], ray=RayIngestConfig(address="127.0.0.1:1"))
+    assert (summary.embedded, summary.unchanged, summary.failed) == (0, 5, {})
+    assert "committed 5 rows that an interrupted --ray run had finished" in caplog.text
+    assert "removed half-written results" in caplog.text
     assert col.catalog.counts_by_status() == {"ok": 4, "failed": 1}
     assert not os.listdir(tmp_path / "col" / "ray-results")
     col.close()

@@ -12,8 +12,9 @@ resources, and its streaming executor applies backpressure between them::
                                               format plus its rows, at a location every node reaches
     driver: commit each finished result into the catalog (idempotent), delete it, report progress
 
-A result already written when a driver died is committed by the next run before anything is decoded,
-so a re-run resumes from the work that finished; rows still ``pending`` are simply decoded again.
+A result already written when a driver died is committed by the next run (``--ray`` or not) before it plans,
+so a re-run resumes from the work that finished, counting it unchanged; rows still ``pending`` are simply decoded
+again.
 Ray retries tasks on dead workers and restarts dead actors (execution is at least once); the commit
 (:mod:`.ray_commit`) makes that harmless. Only this module and the CLI's ``--ray`` import Ray.
 """
@@ -113,6 +114,10 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
     scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
+    left = Tally({})
+    _commit_left(drop, catalog, left)  # a killed run's finished work first, as a plain ingest commits it: its
+    if left.rows:                      # rows are then unchanged, not counted as embedded by this run
+        logger.info("committed %d rows that an interrupted --ray run had finished", left.rows)
     planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed, config.max_pixels)
     skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
@@ -123,9 +128,6 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     config = _sized(config, total)
     report = _reporter(tally, total, progress)
     report(CommitCounts())
-    if drop.remove_unsealed():
-        logger.info("removed half-written results left by an interrupted run")
-    _commit_all(drop, committer, report)  # a killed run's finished work, before anything is decoded again
     if catalog.pending_count():
         dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
         with ray_connection(config.address) as gpus:
@@ -169,7 +171,8 @@ def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
 
 
 def _commit_left(drop: ResultDrop, catalog: Catalog, tally: Tally) -> None:
-    drop.remove_unsealed()
+    if drop.remove_unsealed():
+        logger.info("removed half-written results left by an interrupted run")
     _commit_all(drop, ResultCommitter(catalog), tally.add)
 
 
