@@ -778,3 +778,15 @@ def test_compact_names_small_sizes_in_a_unit_that_shows_them():
 
     assert [_bytes_text(n) for n in (0, 900, 50_000, 3 * 2**20, 5 * 2**30)] == [
         "0 bytes", "900 bytes", "48.8 KiB", "3.0 MiB", "5.0 GiB"]
+
+
+def test_a_first_ray_ingest_that_ray_refuses_to_join_makes_no_collection(tmp_path, capsys):
+    """An address Ray itself refuses (a bad format; reachable ports with a token refused went the same way) was
+    only found after planning: the collection stayed, pinned to its model, with every row pending."""
+    pytest.importorskip("ray")
+    write_good_images(tmp_path / "photos", 2)
+    new = tmp_path / "new.mmr"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(new), "--ray", "garbage"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the Ray cluster at garbage" in err and "Give --ray HOST:PORT" in err
+    assert "token" not in err and not new.exists()

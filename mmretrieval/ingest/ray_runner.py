@@ -105,8 +105,9 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             the output location cannot be used.
     """
     target = config.address or os.environ.get("RAY_ADDRESS")
-    if target and catalog.is_empty():  # a first run that cannot reach its cluster plans nothing, so leaves no
-        check_reachable(target)        # collection; a re-run first commits what a killed run left, cluster or not
+    if target and catalog.is_empty():  # a first run that cannot join its cluster plans nothing, so leaves no
+        with ray_connection(target):   # collection (a re-run first commits what a killed run left, cluster or
+            pass                       # not); joining a running cluster takes a second or two
     drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                       os.path.join(collection_dir, STAGING_DIR))
     drop.prepare()
@@ -237,16 +238,26 @@ def ray_connection(address: str | None) -> Iterator[float]:
             with _command_line_as_utf8(ray):
                 ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise CollectionError(
-                f"cannot connect to the Ray cluster at {target}: {exc}. If the cluster runs, it may ask for a token "
-                "(Ray 2.59+ turns token authentication on for clusters `ray start` makes): set RAY_AUTH_MODE=token "
-                "here, and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH if the token is not in this machine's default "
-                "file (`ray get-auth-token` prints it); or leave out the address for a local Ray") from exc
+            raise CollectionError(f"cannot connect to the Ray cluster at {target}: {str(exc).rstrip('.')}. "
+                                  f"{_connection_hint(exc)}") from exc
     try:
         yield float(ray.cluster_resources().get("GPU", 0))
     finally:
         if started:
             ray.shutdown()
+
+
+def _connection_hint(exc: Exception) -> str:
+    """What to do about a failed ``ray.init``: Ray's own messages name its command-line flags, not ours."""
+    if isinstance(exc, ValueError):
+        return "Give --ray HOST:PORT, ray://HOST:PORT or auto, or leave out the address for a local Ray"
+    if "Could not find any running Ray instance" in str(exc):
+        return ("Start one on this machine with `ray start --head`, give its address with --ray HOST:PORT, or leave "
+                "out the address for a local Ray")
+    return ("If the cluster runs, it may ask for a token (Ray 2.59+ turns token authentication on for clusters `ray "
+            "start` makes): set RAY_AUTH_MODE=token here, and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH if the token is "
+            "not in this machine's default file (`ray get-auth-token` prints it); or leave out the address for a "
+            "local Ray")
 
 
 @contextmanager
