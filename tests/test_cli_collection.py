@@ -389,6 +389,7 @@ def test_ingest_exit_status_says_whether_anything_made_it_in(built, capsys):
     (tmp_path / "photos" / "good00.jpg").unlink()
     for extra in (tmp_path / "photos").iterdir():
         extra.unlink()
+    (tmp_path / "photos" / "album").mkdir()  # not empty (an empty root is refused, as an unmounted drive's)
     assert main(["ingest", str(tmp_path / "photos"), "--prune", *options]) == 0
     assert "pruned 6" in capsys.readouterr().err
 
