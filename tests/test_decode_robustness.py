@@ -43,3 +43,39 @@ def test_an_orientation_outside_1_to_8_is_read_as_upright(fmt, orientation):
     decoded = decode_image(_encoded(fmt, orientation))
     meta = photo_metadata(decoded.exif, mtime_ns=0, width=decoded.width, height=decoded.height)
     assert (decoded.width, decoded.height) == decoded.image.size == (48, 40) and meta.orientation == 1
+
+
+def test_threads_decoding_at_once_leave_the_process_warning_filters_as_they_were():
+    """``warnings.catch_warnings`` in the decoder swapped the process's filters: web UI requests decoding at once
+    left Pillow's size warning turned into an error, and a 108-megapixel upload then failed as
+    "DecompressionBombWarning". A header-only 100-megapixel PNG (over Pillow's 89.5, under our 268) is decoded by
+    8 threads at once; it fails as truncated, never as a bomb, and the filters stay as they were."""
+    import threading
+    import warnings
+
+    from test_ingest import png_bomb
+
+    data = png_bomb(10_000, 10_000)
+    before = list(warnings.filters)
+    reasons: list[str] = []
+    start = threading.Barrier(8)
+
+    def decode_many() -> None:
+        start.wait()
+        for _ in range(40):
+            try:
+                decode_image(data)
+            except ImageDecodeError as exc:
+                reasons.append(exc.reason)
+
+    with warnings.catch_warnings():  # this test's own (single-threaded) scope for Pillow's warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        inside = list(warnings.filters)
+        threads = [threading.Thread(target=decode_many) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert list(warnings.filters) == inside
+    assert list(warnings.filters) == before
+    assert set(reasons) == {"truncated"} and len(reasons) == 320

@@ -38,7 +38,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 _WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112
 _BAND_PIXELS = 1 << 22  # 16-bit or float pixels converted at a time (32 MB of float64)
-_PILLOW_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_PILLOW_BOMBS = (Image.DecompressionBombError,)  # over twice Pillow's limit; over it once, Pillow only warns
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")  # the image's size in Pillow's refusal
 _pillow_limit_lock = threading.Lock()
 
@@ -110,21 +110,31 @@ def _over_limit(size: str, max_pixels: int) -> ImageDecodeError:
 
 
 def _decode(fp: BinaryIO, draft_size: int | None, max_pixels: int) -> DecodedImage:
-    """Open and decode; Pillow's own decompression-bomb refusals are left to the caller."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(fp, formats=decodable_formats())
-        except UnidentifiedImageError as exc:
-            kind = _sniff_start(fp)
-            if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
-                raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
-                                       "(damaged or cut short)") from exc
-            raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
-            reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-            raise ImageDecodeError(reason, f"cannot read the image header: {exc}") from exc
-        return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
+    """Open and decode; Pillow's own decompression-bomb refusals are left to the caller.
+
+    No ``warnings.catch_warnings`` here: it swaps the process's filters, and threads decoding at once (the web
+    UI's requests, planning's threads) left Pillow's size warning turned into an error for good, so a 108-megapixel
+    upload failed as "DecompressionBombWarning". Our limit is checked from the header (:func:`check_pixels`).
+    """
+    try:
+        image = Image.open(fp, formats=decodable_formats())
+    except UnidentifiedImageError as exc:
+        kind = _sniff_start(fp)
+        if kind is not None:  # e.g. a HEIC cut short: its opener refuses it, but it is a damaged image
+            raise ImageDecodeError("corrupt", f"starts like a {kind} image but cannot be read "
+                                   "(damaged or cut short)") from exc
+        raise ImageDecodeError("not_an_image", "not an image format Pillow or pillow-heif can read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # headers cut short or malformed
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(reason, f"cannot read the image header: {exc}") from exc
+    return _decode_opened(image, draft_size=draft_size, max_pixels=max_pixels)
+
+
+def quiet_pillow_size_warning() -> None:
+    """Stop Pillow's warning about images over its own limit (89.5 megapixels) in this process: our limit decides
+    from the header, and a 108-megapixel phone photo is no attack. For the processes this package runs (the
+    ``mmr`` command, its decoding workers); a library caller keeps Pillow's warning."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _pillow_limit_below(max_pixels: int) -> bool:

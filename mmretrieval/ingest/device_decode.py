@@ -61,13 +61,11 @@ def probe(task: DecodeTask, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probed | De
     except ImageDecodeError:
         return task  # the CPU path fails it with the same reason
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=["JPEG"])
-            if (image.format != "JPEG" or image.mode not in ("RGB", "L") or image.info.get("progressive")
-                    or image.info.get("progression") or image.width * image.height > max_pixels):
-                return task
-            exif = image.getexif()
+        image = Image.open(io.BytesIO(data), formats=["JPEG"])  # (no catch_warnings on these threads: decode.py)
+        if (image.format != "JPEG" or image.mode not in ("RGB", "L") or image.info.get("progressive")
+                or image.info.get("progression") or image.width * image.height > max_pixels):
+            return task
+        exif = image.getexif()
     except Exception:  # not a JPEG, a damaged header, a bomb: the CPU path knows what to say
         return task
     orientation = exif.get(_ORIENTATION, 1) if exif is not None else 1

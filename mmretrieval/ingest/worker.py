@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 
+from ..images.decode import quiet_pillow_size_warning
 from ..images.preprocess import ImagePreparer
 from .batches import NO_PIXELS, Decoded, DecodeTask, Failed
 from .chunks import Chunk, new_shared_memory
@@ -67,6 +68,7 @@ def _worker_main(conn: Connection, preparer: ImagePreparer, decode: DecodeFn, he
     # killing them), and a worker's own KeyboardInterrupt would only print a traceback in the middle of its report
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while a spawned worker started
+    quiet_pillow_size_warning()  # each worker printed Pillow's "decompression bomb DOS attack" for a 108 MP photo
     header_memory = SharedMemory(header_name)  # the parent's resource tracker knows it: one owner, one unlink
     header = np.ndarray((3,), dtype=np.float64, buffer=header_memory.buf)
     attached: dict[str, tuple[SharedMemory, tuple[int, ...]]] = {}
