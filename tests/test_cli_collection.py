@@ -215,6 +215,7 @@ def test_ivf_collection_pruned_to_empty_without_manifest_still_opens(built, caps
     assert main(["index", "--collection", collection, "--type", "ivf"]) == 0
     for path in (tmp_path / "photos").iterdir():
         path.unlink()
+    (tmp_path / "photos" / "album").mkdir()  # not empty: an emptied root is refused, as an unmounted drive's
     assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
     (tmp_path / "col" / "index.json").unlink()
     capsys.readouterr()
