@@ -163,3 +163,21 @@ def test_cpu_and_device_share_the_jpegs_and_each_file_keeps_its_pixels(tmp_path,
     for task in tasks:  # each file's own pixels, whichever side decoded it
         expected = decode_file(task, preparer).pixels.astype(int)
         assert np.abs(rows[task.image_id].astype(int) - expected).mean() < 6.0, task.path
+
+
+def test_jpegs_over_pillows_size_limit_go_to_the_cpu_pool_which_decodes_them_small(tmp_path):
+    """nvJPEG decodes whole, a batch holding every image at once: a 108 MP photo is ~324 MB of pixels. They went
+    to the CPU while a (thread-unsafe) warning filter turned Pillow's size warning into an error; now by size."""
+    import struct
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline SOF0: length, precision, height, width
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    data[sof + 5:sof + 9] = struct.pack(">HH", 9_000, 12_000)  # 108 MP declared (the pixels need not follow)
+    big.write_bytes(bytes(data))
+    small.write_bytes(buffer.getvalue())
+    task, kept = DecodeTask(1, str(big)), DecodeTask(2, str(small))
+    assert probe(task) == task  # for the CPU pool
+    assert isinstance(probe(kept), Probed)

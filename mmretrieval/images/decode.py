@@ -38,7 +38,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 _WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112
 _BAND_PIXELS = 1 << 22  # 16-bit or float pixels converted at a time (32 MB of float64)
-_PILLOW_BOMBS = (Image.DecompressionBombError,)  # over twice Pillow's limit; over it once, Pillow only warns
+# Pillow's refusals: over twice its limit an error; over it once a warning, an exception only where the caller's
+# filters make it one (``python -W error``): either way opened again under our limit
+_PILLOW_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")  # the image's size in Pillow's refusal
 _pillow_limit_lock = threading.Lock()
 

@@ -39,6 +39,10 @@ from .reader import file_mtime_ns
 logger = logging.getLogger(__name__)
 
 _ORIENTATION = 0x0112
+# Bigger JPEGs go to the CPU pool, which decodes them at a fraction of their size (draft mode): nvJPEG decodes whole,
+# and a batch holds every image at once (~324 MB of pixels for one 108 MP photo). Pillow's own size limit, which
+# routed them so while a warning filter turned it into an error (no longer: that filter was not thread-safe).
+DEVICE_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def probe(task: DecodeTask, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probed | De
     try:
         image = Image.open(io.BytesIO(data), formats=["JPEG"])  # (no catch_warnings on these threads: decode.py)
         if (image.format != "JPEG" or image.mode not in ("RGB", "L") or image.info.get("progressive")
-                or image.info.get("progression") or image.width * image.height > max_pixels):
+                or image.info.get("progression") or image.width * image.height > min(max_pixels, DEVICE_MAX_PIXELS)):
             return task
         exif = image.getexif()
     except Exception:  # not a JPEG, a damaged header, a bomb: the CPU path knows what to say
