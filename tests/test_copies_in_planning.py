@@ -203,3 +203,25 @@ def test_a_catalog_without_the_size_index_gets_it_at_a_writable_open_and_reads_w
             "EXPLAIN QUERY PLAN SELECT path FROM images WHERE content_hash IS NOT NULL AND size IN (1, 2) "
             "AND status = 'ok'"))
     assert "images_size" in plan
+
+
+def test_a_size_that_many_embedded_rows_share_finds_no_twins(tmp_path):
+    """Uncompressed RAW files of one camera all have one size, and card after card reuses DSC00001.ARW: such a
+    size says nothing of a file, so it is not looked up (the look-up read every row of it for every new file)."""
+    from mmretrieval.collection.catalog import VectorWrite, encode_path
+    from mmretrieval.collection.planned_rows import TWIN_SIZE_CAP
+
+    (tmp_path / "col").mkdir()
+    catalog = Catalog(tmp_path / "col" / "catalog.sqlite")
+    few = [encode_path(f"/cards/a/DSC{i:05d}.ARW") for i in range(3)]
+    many = [encode_path(f"/cards/b/IMG{i:05d}.BMP") for i in range(TWIN_SIZE_CAP + 1)]
+    catalog.mark_pending([(key, 24_000_000, 7, None) for key in few] + [(key, 6_000_000, 8, None) for key in many])
+    rows = catalog.file_states_of(few + many)
+    catalog.write_results([VectorWrite(rows[key].id, f"h{rows[key].id}", 1, 1, "TIFF", np.eye(1, 4, dtype=np.float32)[0])
+                           for key in few + many], [])
+    found = catalog.twins({encode_path("/cards/c/DSC00001.ARW"): (24_000_000, 99),  # same name and size
+                           encode_path("/cards/c/moved.ARW"): (24_000_000, 7),  # same size and time
+                           encode_path("/cards/c/IMG00001.BMP"): (6_000_000, 8)})  # a crowded size: nothing
+    assert {os.path.basename(key): sorted(os.path.basename(t.path) for t in twins) for key, twins in found.items()} == {
+        b"DSC00001.ARW": [b"DSC00001.ARW"], b"moved.ARW": [b"DSC00000.ARW", b"DSC00001.ARW", b"DSC00002.ARW"]}
+    catalog.close()
