@@ -79,3 +79,36 @@ def test_threads_decoding_at_once_leave_the_process_warning_filters_as_they_were
         assert list(warnings.filters) == inside
     assert list(warnings.filters) == before
     assert set(reasons) == {"truncated"} and len(reasons) == 320
+
+
+@pytest.mark.parametrize("kind", ["jpeg-1", "jpeg-6", "jpeg-8", "png", "webp", "gif", "tiff-6", "heic-6"])
+def test_a_header_read_gives_the_size_and_format_a_decode_records(kind):
+    """An imported row's file is read by its header alone (no decoder to hang or crash outside the pool): its
+    upright size and format must be what ingestion records from a decode, EXIF rotations and all."""
+    from mmretrieval.images.decode import read_header
+
+    ensure_openers()
+    name, _, orientation = kind.partition("-")
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = int(orientation)
+    buffer = io.BytesIO()
+    picture = Image.new("RGB", (60, 40), (20, 120, 220))
+    if name == "heic":
+        pytest.importorskip("pillow_heif")
+    picture.save(buffer, {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF",
+                          "heic": "HEIF"}[name], exif=exif.tobytes())
+    data = buffer.getvalue()
+    header, decoded = read_header(data, f"x.{name}"), decode_image(data)
+    assert (header.width, header.height, header.format) == (decoded.width, decoded.height, decoded.format)
+    assert photo_metadata(header.exif, mtime_ns=None).orientation == photo_metadata(decoded.exif,
+                                                                                    mtime_ns=None).orientation
+
+
+def test_a_header_read_leaves_camera_raw_and_non_images_alone():
+    from mmretrieval.images.decode import read_header
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (60, 40)).save(buffer, "TIFF")  # a NEF is a TIFF container: its IFD0 is a thumbnail
+    assert read_header(buffer.getvalue(), b"/cards/DSC_0001.NEF") is None  # a path key (bytes) names it RAW too
+    assert read_header(b"not an image at all", "x.jpg") is None

@@ -27,7 +27,7 @@ from ..errors import ImageDecodeError
 from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_pixels",
-           "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_image_file", "to_rgb"]
+           "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_header", "read_image_file", "to_rgb"]
 # sharp's default ``limitInputPixels`` (immich decodes with sharp): 16383 x 16383, about 268 megapixels. Every camera
 # photo fits: 200-megapixel phone modes (16320 x 12240), medium format (Fujifilm GFX100, 11648 x 8736), pixel-shift
 # composites (Sony A7R V, 19008 x 12672). With ``draft_size`` (ingestion passes it) a JPEG decodes at 1/8 scale and
@@ -180,6 +180,35 @@ def decode_file_bytes(data: bytes, name: str | os.PathLike, *, draft_size: int |
 
         return decode_raw(data, draft_size=draft_size, max_pixels=max_pixels)
     return decode_image(data, draft_size=draft_size, max_pixels=max_pixels)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel."""
+
+    width: int  # after orientation, as :class:`DecodedImage` records it
+    height: int
+    format: str
+    exif: Image.Exif | None = field(default=None, repr=False, compare=False)  # as in the file
+
+
+def read_header(data: bytes, name: str | bytes | os.PathLike) -> ImageHeader | None:
+    """The pixel size, format and EXIF of a file's bytes from its header alone (no pixel decoded: nothing a
+    malformed image can hang or crash in a decoder); None for camera RAW (its size is its preview's, known only
+    by decoding), for what Pillow cannot open, and for images over twice Pillow's limit (179 MP), which only a
+    decode under our limit opens."""
+    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]):
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=decodable_formats()) as image:  # Pillow's limit: a header
+            exif = _read_exif(image)
+            orientation = _file_orientation(image, exif)
+            width, height = image.size  # as stored, except where the opener reports it upright (TIFF, HEIF)
+            if image.format not in ("TIFF", "HEIF", "AVIF") and orientation in (5, 6, 7, 8):
+                width, height = height, width
+            return ImageHeader(width, height, image.format or "unknown", _with_orientation(exif, orientation))
+    except Exception:  # not an image, a damaged header, over even our limit: nothing to record
+        return None
 
 
 def decode_path(path: str | os.PathLike, *, draft_size: int | None = None,

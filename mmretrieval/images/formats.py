@@ -103,9 +103,9 @@ def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | {ext for ext, name in Image.registered_extensions().items() if name in formats}
 
 
-def is_raw_name(path: str | os.PathLike) -> bool:
+def is_raw_name(path: str | bytes | os.PathLike) -> bool:
     """Whether the file name says camera RAW (decoded from its embedded preview)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in RAW_EXTENSIONS
+    return os.path.splitext(os.fsdecode(path))[1].lower() in RAW_EXTENSIONS  # a path key (bytes) too
 
 
 def is_raw_header(header: bytes) -> bool:

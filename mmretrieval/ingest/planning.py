@@ -20,7 +20,6 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..collection.planned_rows import Twin
 from ..errors import CollectionError
-from ..images.decode import DEFAULT_MAX_PIXELS
 from .batches import SourceFile, Skipped, chunked
 from .copies import find_copies, write_copies
 from .imported import examine_files, is_imported
@@ -117,7 +116,7 @@ class Planned(NamedTuple):
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
-         checksum: bool = False, hashed: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Planned:
+         checksum: bool = False, hashed: Progress | None = None) -> Planned:
     """Mark new and changed files ``pending`` and record skips.
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -132,9 +131,8 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
         hashed: ``(files hashed, None)`` as touched files, copies, imported rows' files (and, with ``checksum``,
             unchanged ones) are hashed: a mass touch or a checksum run reads the library before anything is embedded.
-        max_pixels: the decompression-bomb limit for imported rows' files, decoded small for their metadata.
     """
-    planner = _Planner(catalog, checksum, hashed, max_pixels)
+    planner = _Planner(catalog, checksum, hashed)
     skipped: dict[bytes, Skipped] = {}
     for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
@@ -158,8 +156,8 @@ class _Planner:
     """One run's planning, chunk by chunk: its counts, the touched files and copies it hashes, the aliases it
     passes over."""
 
-    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None, max_pixels: int):
-        self._catalog, self._checksum, self._hashed, self._max_pixels = catalog, checksum, hashed, max_pixels
+    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None):
+        self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
         self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none, nor copies
         self.unchanged = self.marked = self.aliases = self.copies = self.adopted = self._hashed_count = 0
         self._count_lock = threading.Lock()
@@ -213,8 +211,7 @@ class _Planner:
         """Record the files of imported rows, keeping their vectors; one that cannot be read now waits for the
         next run."""
         adopted = []
-        for key, seen in zip(keys, examine_files([(key, files[key]) for key in keys], self._max_pixels,
-                                                 self._one_hashed)):
+        for key, seen in zip(keys, examine_files([(key, files[key]) for key in keys], self._one_hashed)):
             self._keep(key, files[key])
             if seen is not None:
                 adopted.append((key, seen.size, seen.mtime_ns, seen.content_hash, seen.width, seen.height,

@@ -119,7 +119,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     _commit_left(drop, catalog, left)  # a killed run's finished work first, as a plain ingest commits it: its
     if left.rows:                      # rows are then unchanged, not counted as embedded by this run
         logger.info("committed %d rows that an interrupted --ray run had finished", left.rows)
-    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed, config.max_pixels)
+    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
     skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
     committer = ResultCommitter(catalog)
