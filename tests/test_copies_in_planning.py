@@ -158,7 +158,8 @@ def test_a_link_ingested_first_makes_its_real_folder_an_alias(tmp_path, tiny_enc
             again = run_ingest(col.catalog, _no_model, [str(tmp_path / "real")], IngestConfig(workers=0))
             assert (again.embedded, again.duplicates, again.skipped) == (0, 0, {"alias": 3})
             assert col.catalog.counts_by_status() == {"ok": 3}
-        # a real file whose link row has another time (changed since, seen through the link) is no alias: embedded
+        # a real file whose link row has another time (touched since) is no alias: recorded, its vector reused by
+        # content hash (a second row for one file, which `mmr duplicates` lists as an alias, never as a copy)
         changed = tmp_path / "real" / "good00.jpg"
         os.utime(changed, ns=(changed.stat().st_mtime_ns + 10**9,) * 2)
         later = col.ingest([tmp_path / "real"], workers=0)

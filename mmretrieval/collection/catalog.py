@@ -152,6 +152,8 @@ class Catalog(PlannedRows, VectorPlaces):
                     self.set_meta("generation", "0")
             else:
                 migrate(self._db, self.path.parent, version)
+                if missing_tables(self._db):  # an index new to SCHEMA is built over every row: say why it waits
+                    logger.info("adding tables or indexes new to this version to %s", self.path)
                 create_tables(self._db)  # tables added to SCHEMA without a migration of their own
             if self.get_meta(REMOVALS_KEY) is None:  # removals are logged from now on
                 with self.transaction():

@@ -104,6 +104,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
             the output location cannot be used.
     """
+    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
     target = config.address or os.environ.get("RAY_ADDRESS")
     if target and catalog.is_empty():  # a first run that cannot join its cluster plans nothing, so leaves no
         with ray_connection(target):   # collection (a re-run first commits what a killed run left, cluster or
@@ -114,7 +115,6 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
-    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
     left = Tally({})
     _commit_left(drop, catalog, left)  # a killed run's finished work first, as a plain ingest commits it: its
     if left.rows:                      # rows are then unchanged, not counted as embedded by this run
