@@ -15,6 +15,7 @@ from PIL import Image
 
 from mmretrieval.collection.collection import Collection
 from mmretrieval.ingest.ray_runner import RayIngestConfig
+from mmretrieval.ingest.ray_segments import ResultDrop
 
 from test_ingest import make_nasty_folder, write_good_images
 
@@ -178,11 +179,17 @@ def test_a_stopped_driver_resumes_from_finished_work(photos, single_machine, sha
             col.ingest([folder], ray=small_config(), progress=stop_after_first_commit)
         first = col.catalog.counts_by_status()
         assert first.get("pending", 0) > 0 and first.get("ok", 0) > 0
+        drop = ResultDrop(str(tmp_path / "col" / "ray-results"), str(tmp_path / "col" / "ray-staging"))
+        finished = sum(int(drop.read(name).rows.ok.sum()) for name in drop.finished())  # written, not committed
         resumed = col.ingest([folder], ray=small_config())
         assert "pending" not in col.catalog.counts_by_status()
         assert outcome(col) == outcome(reference)
         ok_total = reference_summary.embedded + reference_summary.duplicates
-        assert resumed.embedded + resumed.duplicates == ok_total - first["ok"]  # committed work is not redone
+        # committed work is not redone: what the stopped run committed, and the results it had finished (committed
+        # before the re-run plans), count unchanged; every other file is embedded once
+        assert resumed.embedded + resumed.duplicates == ok_total - first["ok"] - finished
+        assert resumed.embedded + resumed.duplicates + resumed.unchanged + resumed.failed_total == (
+            ok_total + reference_summary.failed_total)
         ids = col.catalog.vector_ids()
         assert len(ids) == len(set(ids.tolist())) == ok_total
 
