@@ -17,7 +17,7 @@ from mmretrieval.ingest import copies as copies_module
 from mmretrieval.ingest.batches import IngestConfig
 from mmretrieval.ingest.runner import run_ingest
 from test_ingest import write_good_images
-from test_photo_metadata import jpeg_with, make_exif
+from test_photo_metadata import dated_and_undated
 
 
 def _no_model():
@@ -89,10 +89,7 @@ def _labels_by_path(col: Collection) -> dict[str, set[str]]:
 
 def test_a_copy_keeps_the_exif_date_camera_and_place_and_is_dated_by_its_own_time_without_one(tmp_path,
                                                                                                tiny_encoder):
-    (tmp_path / "photos").mkdir()
-    dated, undated = tmp_path / "photos" / "dated.jpg", tmp_path / "photos" / "undated.jpg"
-    dated.write_bytes(jpeg_with(make_exif(taken="2021:07:04 10:30:00")))
-    undated.write_bytes(jpeg_with(make_exif(make="Canon", model="EOS R5", gps=(48.85, 2.35)), colour=(10, 200, 30)))
+    dated, undated = dated_and_undated(tmp_path / "photos")
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         (tmp_path / "backup").mkdir()

@@ -51,6 +51,16 @@ def _dms(value: float) -> tuple[float, float, float]:
     return (float(degrees), float(minutes), seconds)
 
 
+def dated_and_undated(folder) -> tuple:
+    """Two JPEGs in a new ``folder``: ``dated.jpg`` (EXIF 2021-07-04 10:30:00) and ``undated.jpg`` (no EXIF date,
+    but a camera, Canon EOS R5, and a place, 48.85 N 2.35 E)."""
+    folder.mkdir()
+    dated, undated = folder / "dated.jpg", folder / "undated.jpg"
+    dated.write_bytes(jpeg_with(make_exif(taken="2021:07:04 10:30:00")))
+    undated.write_bytes(jpeg_with(make_exif(make="Canon", model="EOS R5", gps=(48.85, 2.35)), colour=(10, 200, 30)))
+    return dated, undated
+
+
 def jpeg_with(exif: Image.Exif, size=(48, 32), colour=(120, 60, 200)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "JPEG", exif=exif.tobytes())
@@ -440,11 +450,9 @@ def test_a_touched_file_is_dated_by_its_new_time_unless_exif_dates_it(tmp_path, 
 
     from mmretrieval.collection.collection import Collection
 
-    (tmp_path / "photos").mkdir()
-    dated, undated = tmp_path / "photos" / "dated.jpg", tmp_path / "photos" / "undated.jpg"
-    dated.write_bytes(jpeg_with(make_exif(taken="2021:07:04 10:30:00")))
-    # no EXIF date, but a camera and a place: the touch lost them (its photos row was written afresh from the mtime)
-    undated.write_bytes(jpeg_with(make_exif(make="Canon", model="EOS R5", gps=(48.85, 2.35)), colour=(10, 200, 30)))
+    # undated: no EXIF date, but a camera and a place: the touch lost them (its photos row was written afresh from
+    # the mtime)
+    dated, undated = dated_and_undated(tmp_path / "photos")
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         col.ingest([tmp_path / "photos"], workers=0)
         stamp = 1_500_000_000  # 2017-07-14 UTC
