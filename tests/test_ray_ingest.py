@@ -103,7 +103,8 @@ def test_ray_gives_the_single_machine_answers(photos, single_machine, shapes_enc
         assert {os.path.relpath(os.fsdecode(p), folder): s for p, s in outcome(col).items()} == expected
         assert_same_vectors_and_photos(col, reference, folder)
         assert seen[-1] == (seen[-1][1], seen[-1][1]) and len(seen) > 3  # several commits, then all done
-        assert not os.listdir(tmp_path / "col" / "ray-results")  # every result committed and removed
+        assert not (tmp_path / "col" / "ray-results").exists()  # every result committed and removed, and the folder
+        assert not (tmp_path / "col" / "ray-staging").exists()
         assert len(col.search("a red circle", k=100)) == len(col.catalog.vector_ids())  # the index caught up
         stats = [r.getMessage() for r in caplog.records if "Ray execution statistics" in r.getMessage()]
         # decode and embed ran as operators of their own (fused, ds.stats() names them "A->B"), so Ray's

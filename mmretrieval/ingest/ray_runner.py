@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import socket
+import contextlib
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
     if config.output:
         _forget_output(catalog)  # every result there is committed and removed
+    for folder in (RAY_RESULTS_DIR, STAGING_DIR):  # emptied: a walkthrough found them left in every collection
+        with contextlib.suppress(OSError):  # not empty (a result a retried task wrote late), or gone
+            os.rmdir(os.path.join(collection_dir, folder))
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
     return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)
 
