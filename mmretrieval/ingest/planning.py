@@ -163,7 +163,8 @@ class _Planner:
         self._count_lock = threading.Lock()
 
     def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
-        """Mark what changed in ``files`` pending, hash what may only be touched, count the rest."""
+        """Mark what changed in ``files`` pending; hash what may only be touched, and new files that may copy an
+        embedded one (stored with its vector, :mod:`.copies`); read imported rows' files; count the rest."""
         known = self._catalog.file_states_of(list(files))
         twins: dict[bytes, list[Twin]] = {}
         if self._aliases is not None:
@@ -185,10 +186,19 @@ class _Planner:
                 self._keep(key, item)
             else:
                 to_mark.append(key)
-        touched = []
+        to_mark += self._changed_among(to_hash, files)
+        if to_adopt:
+            self._adopt(to_adopt, files)
+        if to_mark:
+            self._mark(to_mark, files, twins)
+
+    def _changed_among(self, to_hash: list[tuple[bytes, str, bool]], files: dict[bytes, SourceFile]) -> list[bytes]:
+        """Hash ``(path, stored hash, same size and time)`` files; keep (and record the new time of) those whose
+        bytes are the same; return the others, to embed."""
+        changed, touched = [], []
         for (key, _, same_stat), same in zip(to_hash, unchanged_bytes([c[:2] for c in to_hash], self._one_hashed)):
             if same is False:  # other bytes: embed them
-                to_mark.append(key)
+                changed.append(key)
                 continue
             # The same bytes; or unreadable now (a flaky mount): kept as it is, its vector and labels too, and
             # looked at again next run (a decode would fail it, and a failed row loses its vector).
@@ -197,14 +207,15 @@ class _Planner:
                 touched.append((key, files[key].mtime_ns))
         if touched:
             self._catalog.mark_touched(touched)
-        if to_adopt:
-            self._adopt(to_adopt, files)
-        copies = find_copies([key for key in to_mark if key in twins], twins, self._one_hashed)
-        if to_mark:
-            self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption)
-                                        for key in to_mark])
-            self.marked += len(to_mark)
-        if copies:  # pending first, for their ids; a run killed in between embeds them next time
+        return changed
+
+    def _mark(self, keys: list[bytes], files: dict[bytes, SourceFile], twins: dict[bytes, list[Twin]]) -> None:
+        """Mark ``keys`` pending, then store those that copy a twin's bytes with its vector (pending first, for
+        their ids: a run killed in between embeds them next time)."""
+        copies = find_copies([key for key in keys if key in twins], twins, self._one_hashed)
+        self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption) for key in keys])
+        self.marked += len(keys)
+        if copies:
             self.copies += write_copies(self._catalog, copies)
 
     def _adopt(self, keys: list[bytes], files: dict[bytes, SourceFile]) -> None:
