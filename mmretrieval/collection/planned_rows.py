@@ -44,9 +44,9 @@ class Twin:
     id: int
     mtime_ns: int
     content_hash: str
-    width: int
-    height: int
-    format: str
+    width: int | None  # None for an imported row whose file's header did not open (camera RAW)
+    height: int | None
+    format: str | None
 
 
 class PlannedRows:

@@ -7,17 +7,17 @@ A new file is hashed here only when an embedded row at another path has its size
 modification time (a twin, :meth:`~mmretrieval.collection.catalog.Catalog.twins`; ``mv``, ``cp -p`` and rsync keep
 the time): then it is most likely that row's copy, and the file is read twice (here, and by a decoder) only in the
 rare case that it is not. A size that more than 64 embedded rows share (uncompressed RAW, BMP, fixed-size scans,
-where one camera's cards all reuse DSC00001.ARW) says nothing, and is not looked up. A first ingest or a folder of new photos reads nothing more than before. A file copied
-under a new name with a new time (``cp`` without ``-p``) is not looked for: it is decoded, and its vector reused
-by content hash once its bytes are read, as before.
+where one camera's cards all reuse DSC00001.ARW) says nothing, and is not looked up. A first ingest or a folder of
+new photos reads nothing more than before. A file copied under a new name with a new time (``cp`` without ``-p``)
+is not looked for: it is decoded, and its vector reused by content hash once its bytes are read, as before.
 
 A copy takes the vector, size in pixels, format, camera and place of the row whose bytes it has; a capture time read
 from the mtime (a file without an EXIF date) is read from its own. A moved file's labels move with it when the old
 row is gone (``--prune``), as for any file whose bytes a vanished row had.
 
 Memory: per planning chunk (10,000 files), at most 65 embedded rows for each size its new files have. Time: a
-look-up per distinct size, 0.17 s for a chunk of 10,000 new files against 1 M rows (synthetic, this machine). On disk, the
-size index holds about 12 bytes an embedded row (12.0 MB for 1 M random sizes; ~120 MB at 10 M).
+look-up per distinct size, 0.17 s for a chunk of 10,000 new files against 1 M rows (synthetic, this machine). On
+disk, the size index holds about 12 bytes an embedded row (12.0 MB for 1 M random sizes; ~120 MB at 10 M).
 """
 
 from __future__ import annotations
