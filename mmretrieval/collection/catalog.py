@@ -317,6 +317,15 @@ class Catalog(PlannedRows, VectorPlaces):
         with self._lock:
             return np.fromiter((row[0] for row in self._db.execute(sql, params)), dtype=np.int64)
 
+    def select_array(self, sql: str, params: Sequence = (), page: int = 100_000) -> npt.NDArray[np.float64]:
+        """Run a read-only query of numeric columns into one float64 array (rows x columns), fetched ``page`` rows
+        at a time: never every row as Python tuples, as :meth:`select_ids` (ids up to 2**53 stay exact)."""
+        with self._lock:
+            cursor = self._db.execute(sql, params)
+            pages = [np.array(rows, dtype=np.float64) for rows in iter(lambda: cursor.fetchmany(page), [])]
+            columns = len(cursor.description)
+        return np.concatenate(pages) if pages else np.zeros((0, columns), np.float64)
+
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         """Every read in the block sees the catalog as one moment did (one read transaction), whatever another

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 DEFAULT_SET = "default"
-_PAGE = 100_000  # rows fetched at a time where a label's images are read whole
 _SCORED_STAGING = "temp.label_scored_staging"  # a run's scored ids until it commits (its connection's own)
 _NAME = re.compile(r"^[^:\s.][^:]{0,63}$")
 
@@ -158,14 +157,8 @@ def probabilities_of_label(catalog: "Catalog", ref: str) -> tuple[npt.NDArray[np
     image, and as much again while they are sorted)."""
     label_set, label = resolve(catalog, ref)
     only, params = ("", [label]) if label_set is None else (" AND label_set = ?", [label, label_set])
-    ids, probabilities = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
-    with catalog._lock:
-        cursor = catalog._db.execute(f"SELECT image_id, probability FROM labels WHERE label = ?{only}", params)
-        while rows := cursor.fetchmany(_PAGE):
-            page = np.array(rows, dtype=np.float64)
-            ids.append(page[:, 0].astype(np.int64))
-            probabilities.append(page[:, 1])
-    found, probability = np.concatenate(ids), np.concatenate(probabilities)
+    rows = catalog.select_array(f"SELECT image_id, probability FROM labels WHERE label = ?{only}", params)
+    found, probability = rows[:, 0].astype(np.int64), rows[:, 1]
     order = np.lexsort((-probability, found))  # by id, the highest first
     first = np.unique(found[order], return_index=True)[1]
     return found[order][first], probability[order][first]
