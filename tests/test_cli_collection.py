@@ -792,3 +792,19 @@ def test_a_first_ray_ingest_that_ray_refuses_to_join_makes_no_collection(tmp_pat
     err = capsys.readouterr().err
     assert "cannot connect to the Ray cluster at garbage" in err and "Give --ray HOST:PORT" in err
     assert "token" not in err and not new.exists()
+
+
+@pytest.mark.parametrize("command, silenced", [("similar", True), ("info", False)])
+def test_commands_that_decode_images_silence_pillows_size_warning(tmp_path, command, silenced):
+    """Pillow warns "could be decompression bomb DOS attack" about every photo over 89.5 MP: the commands that
+    decode images here (our own limit decides) turn it off, once, where the command starts; the others leave
+    Pillow and the warning filters alone."""
+    import warnings
+
+    from PIL import Image
+
+    args = [command, str(tmp_path / "x.jpg")] if command == "similar" else [command]
+    main([*args, "--collection", str(tmp_path / "none")])  # fails (no collection): the filter is set before
+    ignored = any(action == "ignore" and category is Image.DecompressionBombWarning
+                  for action, _, category, _, _ in warnings.filters)
+    assert ignored == silenced

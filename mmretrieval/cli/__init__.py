@@ -33,6 +33,8 @@ _COMMAND_MODULES = (model_cmds, ingest_cmd, collection_cmds, duplicates_cmd, imp
 _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compact", "label"),
                                            "; the collection keeps what this run saved"),
                            "export": "; the export folder is complete"}
+# Commands that decode images in this process (its workers silence the same warning themselves)
+_DECODING_COMMANDS = frozenset({"ingest", "classify", "search", "similar", "serve"})
 EXIT_BUSY = 75  # EX_TEMPFAIL: another process holds the collection's (or --out's) lock; try again later
 _DASH_HINT = "; a query or path that starts with '-' goes at the end, after '--'"
 # rclip's options that people type out of habit (-t/--top, -f/--filepath-only, -p/--preview, -n/--no-indexing),
@@ -240,6 +242,10 @@ def _run(argv: Sequence[str] | None) -> int:
     messages_to_stderr(verbose=args.verbose, prog=f"mmr {args.command}")
     try:
         with sigterm_unwinds():
+            if args.command in _DECODING_COMMANDS:
+                from ..images.decode import quiet_pillow_size_warning
+
+                quiet_pillow_size_warning()  # our limit decides: a 108 MP phone photo is no attack
             collection_or_default(args)
             return int(args.handler(args) or 0)
     except Busy as exc:

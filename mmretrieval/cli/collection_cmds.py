@@ -76,10 +76,6 @@ def _register_search(subparsers) -> None:
 def _search(args: argparse.Namespace) -> int:
     from ..collection.query import parse_query
 
-    if args.image:
-        from ..images.decode import quiet_pillow_size_warning
-
-        quiet_pillow_size_warning()  # a query photo of 108 MP is no attack: our limit decides
     _check_gps(args)
     if not args.text and not args.image:
         if args.label and not args.negatives:
@@ -133,9 +129,6 @@ def _register_similar(subparsers) -> None:
 
 
 def _similar(args: argparse.Namespace) -> int:
-    from ..images.decode import quiet_pillow_size_warning
-
-    quiet_pillow_size_warning()  # a query photo of 108 MP is no attack: our limit decides
     _check_gps(args)
     image = args.image
     if args.id:

@@ -113,9 +113,6 @@ def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.opening import DEFAULT_MODEL
     from ..ingest.reader import stdin_sources
-    from ..images.decode import quiet_pillow_size_warning
-
-    quiet_pillow_size_warning()  # our limit decides; Pillow's warning would alarm about every big phone photo
     if args.prune and "-" in args.sources:
         raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
                               "list to a .txt file and pass that")

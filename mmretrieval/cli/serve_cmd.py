@@ -38,9 +38,6 @@ def _serve(args: argparse.Namespace) -> int:
     else the demo."""
     from ..cache import default_collection_dir
     from ..collection.catalog import is_collection
-    from ..images.decode import quiet_pillow_size_warning
-
-    quiet_pillow_size_warning()  # uploads have their own limit (50 MP); ingests from the UI take up to 268
     if args.collection is None and not args.demo:
         if is_collection(default_collection_dir()):
             args.collection = default_collection_dir()
