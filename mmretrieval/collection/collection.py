@@ -217,7 +217,8 @@ class Collection(SearchMethods, LabelMethods):
                 whose bytes changed (a replacement of the same size with its time copied over); reads every file.
             timeout_s: a single file taking longer than this to decode is failed.
             progress: ``(done, total)`` callback after each batch.
-            hashed: ``(files hashed, None)`` while planning reads touched files (and every file with ``checksum``).
+            hashed: ``(files hashed, None)`` while planning reads files: touched ones, copies of embedded ones,
+                imported rows' (and every file with ``checksum``).
             ray: decode and embed on a Ray cluster instead (see :mod:`mmretrieval.ingest.ray_runner`);
                 ``workers`` is then Ray's business, and the model loads only in Ray's actors.
             device_decode: decode JPEGs on the model's device (:mod:`mmretrieval.ingest.device_decode`), the

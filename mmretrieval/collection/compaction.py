@@ -209,7 +209,7 @@ def vacuum_catalog(catalog: Catalog, min_free_ratio: float = VACUUM_FREE_RATIO) 
         raise CollectionError(f"cannot give the catalog's free pages back ({exc}; SQLite's temporary copy goes to "
                               "$SQLITE_TMPDIR or else /var/tmp, /usr/tmp, /tmp); the catalog is left as it was") from exc
     freed = space.total_bytes - catalog_space(catalog).total_bytes
-    if catalog.checkpoint_without_waiting():  # the file shrinks at a later checkpoint (every writer's), once the readers have moved on
+    if catalog.checkpoint_without_waiting():  # a reader on the old snapshot: the file shrinks at a later checkpoint
         logger.warning("the catalog is rewritten, %.1f MiB smaller, but a reader still reads the old one: the file "
                        "shrinks once it has moved on (at the next writer's checkpoint)", freed / 2**20)
     else:

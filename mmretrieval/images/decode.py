@@ -207,7 +207,7 @@ def read_header(data: bytes, name: str | bytes | os.PathLike) -> ImageHeader | N
             if image.format not in ("TIFF", "HEIF", "AVIF") and orientation in (5, 6, 7, 8):
                 width, height = height, width
             return ImageHeader(width, height, image.format or "unknown", _with_orientation(exif, orientation))
-    except Exception:  # not an image, a damaged header, over even our limit: nothing to record
+    except Exception:  # not an image, a damaged header, over twice Pillow's limit: nothing to record
         return None
 
 

@@ -2,7 +2,7 @@
 
 An imported row records a path and a vector but no file size, time or content hash (clip-retrieval's output has
 none), so an ingest of the same folder would have embedded every file again: hours for a million images on a CPU,
-to replace vectors that the same model made. Planning reads such a file once instead (a thread per file, as for
+to replace vectors that the same model made. Planning reads such a file once instead (on a few threads, as for
 touched files), records its size, time and content hash, and reads its header (no pixel decoded, so nothing a
 malformed file can hang or crash in a decoder, outside the decoding pool that guards against that) for the pixel
 size, format, capture time, camera and place that ingestion records; from then on it is a file like any other,
@@ -14,6 +14,7 @@ what it was, as it would in clip-retrieval's own index (``mmr ingest --checksum`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence, TYPE_CHECKING
 
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from ..collection.catalog import FileState
     from .batches import SourceFile
 
+
 @dataclass(frozen=True)
 class Examined:
     """What an ingest records of a file, read without the model (pixel size, format and photo None when its
-    bytes did not decode)."""
+    header did not open)."""
 
     size: int
     mtime_ns: int
@@ -63,5 +65,4 @@ def _examine(key: bytes, found: SourceFile) -> Examined | None:
     if header is None:
         return examined
     photo = photo_metadata(header.exif, mtime_ns=found.mtime_ns, width=header.width, height=header.height)
-    return Examined(examined.size, examined.mtime_ns, examined.content_hash, header.width, header.height,
-                    header.format, photo)
+    return dataclasses.replace(examined, width=header.width, height=header.height, format=header.format, photo=photo)

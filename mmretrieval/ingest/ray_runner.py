@@ -25,8 +25,7 @@ import logging
 import math
 import os
 import socket
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -116,10 +115,10 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
         with catalog.transaction():
             catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
-    left = Tally({})
-    _commit_left(drop, catalog, left)  # a killed run's finished work first, as a plain ingest commits it: its
-    if left.rows:                      # rows are then unchanged, not counted as embedded by this run
-        logger.info("committed %d rows that an interrupted --ray run had finished", left.rows)
+    leftovers = Tally({})
+    _commit_left(drop, catalog, leftovers)  # a killed run's finished work first, as a plain ingest commits it:
+    if leftovers.rows:                      # its rows are then unchanged, not counted as embedded by this run
+        logger.info("committed %d rows that an interrupted --ray run had finished", leftovers.rows)
     planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
     skipped = planned.skipped
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
@@ -143,7 +142,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     if config.output:
         _forget_output(catalog)  # every result there is committed and removed
     for folder in (RAY_RESULTS_DIR, STAGING_DIR):  # emptied: a walkthrough found them left in every collection
-        with contextlib.suppress(OSError):  # not empty (a result a retried task wrote late), or gone
+        with suppress(OSError):  # not empty (a result a retried task wrote late), or gone
             os.rmdir(os.path.join(collection_dir, folder))
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
     return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)

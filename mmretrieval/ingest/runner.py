@@ -48,7 +48,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         config: batch size and workers (those left None chosen for the model's device once it is loaded),
             per-file timeout, prune.
         progress: called with ``(done, total)`` after each committed batch.
-        hashed: called with ``(files hashed, None)`` while planning hashes touched files (see :func:`.planning.plan`).
+        hashed: called with ``(files hashed, None)`` while planning reads files (touched ones, copies, imported
+            rows' files: see :func:`.planning.plan`).
 
     Returns:
         Counts of embedded, unchanged, duplicate, failed (by reason) and pruned files.

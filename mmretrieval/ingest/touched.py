@@ -52,8 +52,8 @@ def file_hashes(paths: Sequence[bytes], hashed: Callable[[], None] | None = None
 
 
 def in_threads(function: Callable[[T], R], items: Sequence[T], done: Callable[[], None] | None = None) -> list[R]:
-    """``function`` of each of ``items``, :data:`HASH_THREADS` at a time (reading and hashing release the GIL, and
-    so does Pillow decoding); ``done`` is called as each is done."""
+    """``function`` of each of ``items``, :data:`HASH_THREADS` at a time (reading and hashing release the GIL);
+    ``done`` is called as each is done."""
     if not items:
         return []
 
