@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import socket
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -106,46 +106,46 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
     """
     scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
     target = config.address or os.environ.get("RAY_ADDRESS")
-    if target and catalog.is_empty():  # a first run that cannot join its cluster plans nothing, so leaves no
-        with ray_connection(target):   # collection (a re-run first commits what a killed run left, cluster or
-            pass                       # not); joining a running cluster takes a second or two
-    drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
-                      os.path.join(collection_dir, STAGING_DIR))
-    drop.prepare()
-    if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
-        with catalog.transaction():
-            catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
-    leftovers = Tally({})
-    _commit_left(drop, catalog, leftovers)  # a killed run's finished work first, as a plain ingest commits it:
-    if leftovers.rows:                      # its rows are then unchanged, not counted as embedded by this run
-        logger.info("committed %d rows that an interrupted --ray run had finished", leftovers.rows)
-    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
-    skipped = planned.skipped
-    pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
-    committer = ResultCommitter(catalog)
-    tally = Tally(skip_counts(skipped, planned.aliases))
-    tally.add(CommitCounts(duplicates=planned.copies))  # stored while planning (not in the progress total)
-    total = catalog.pending_count()
-    config = _sized(config, total)
-    report = _reporter(tally, total, progress)
-    report(CommitCounts())
-    if catalog.pending_count():
-        dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
-        with ray_connection(config.address) as gpus:
-            dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)
-            for record in dataset.iter_rows():
-                report(_commit_one(drop, committer, record["result"]))
-            logger.info("Ray execution statistics:\n%s", dataset.stats())
-        _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
-    if left := catalog.pending_count():
-        logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
-    if config.output:
-        _forget_output(catalog)  # every result there is committed and removed
-    for folder in (RAY_RESULTS_DIR, STAGING_DIR):  # emptied: a walkthrough found them left in every collection
-        with suppress(OSError):  # not empty (a result a retried task wrote late), or gone
-            os.rmdir(os.path.join(collection_dir, folder))
-    pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
-    return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)
+    with ExitStack() as joined:
+        if target and catalog.is_empty():  # a first run that cannot join its cluster plans nothing, so leaves no
+            joined.enter_context(ray_connection(target))  # collection; the run goes on in this connection
+        drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
+                          os.path.join(collection_dir, STAGING_DIR))
+        drop.prepare()
+        if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
+            with catalog.transaction():
+                catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
+        leftovers = Tally({})
+        _commit_left(drop, catalog, leftovers)  # a killed run's finished work first, as a plain ingest commits it:
+        if leftovers.rows:                      # its rows are then unchanged, not counted as embedded by this run
+            logger.info("committed %d rows that an interrupted --ray run had finished", leftovers.rows)
+        planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+        skipped = planned.skipped
+        pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
+        committer = ResultCommitter(catalog)
+        tally = Tally(skip_counts(skipped, planned.aliases))
+        tally.add(CommitCounts(duplicates=planned.copies))  # stored while planning (not in the progress total)
+        total = catalog.pending_count()
+        config = _sized(config, total)
+        report = _reporter(tally, total, progress)
+        report(CommitCounts())
+        if total:
+            dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
+            with ray_connection(config.address) as gpus:
+                dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)
+                for record in dataset.iter_rows():
+                    report(_commit_one(drop, committer, record["result"]))
+                logger.info("Ray execution statistics:\n%s", dataset.stats())
+            _commit_all(drop, committer, report)  # copies written by retried tasks: committed already, removed
+        if left := catalog.pending_count():
+            logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
+        if config.output:
+            _forget_output(catalog)  # every result there is committed and removed
+        for folder in (RAY_RESULTS_DIR, STAGING_DIR):  # emptied: a walkthrough found them left in every collection
+            with suppress(OSError):  # not empty (a result a retried task wrote late), or gone
+                os.rmdir(os.path.join(collection_dir, folder))
+        pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
+        return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
