@@ -64,6 +64,7 @@ def test_a_signal_during_a_web_ui_ingest_stops_the_server_cleanly(tmp_path, tiny
         if server.poll() is None:
             server.kill()
     assert server.returncode == status, err
+    assert "stopping took longer" not in err, err  # ended on its own, not by exit_by_deadline (whose dump says where)
     assert "terminate called" not in err and "Traceback" not in err, err
     assert not list(server_tmp.glob("mmr-ui-export-*"))  # this run's exports went with it
     assert main(["ingest", str(folder), "--collection", str(collection), "--workers", "0"]) == 0
@@ -92,3 +93,22 @@ def test_a_killed_servers_export_folder_is_removed_by_the_next_one(tmp_path, mon
     mine = new_export_dir()
     assert not left.exists() and live.exists() and unrelated.exists()
     assert mine.parent == tmp_path and mine.name.startswith(f"mmr-ui-export-{os.getpid()}-")
+
+
+def test_a_stopping_process_that_python_cannot_end_exits_by_its_deadline_and_says_where_it_was():
+    """exit_by_deadline, the stopping server's last resort: a thread that never ends keeps Python's exit waiting
+    for ever; the deadline exits with the stop's status and prints where that thread was."""
+    script = (
+        "import threading, time\n"
+        "from mmretrieval.cli.serve_cmd import exit_by_deadline\n"
+        "def stuck_in_a_run():\n"
+        "    time.sleep(600)\n"
+        "threading.Thread(target=stuck_in_a_run).start()\n"
+        "exit_by_deadline(1.0, 143)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert time.monotonic() - started < 60
+    assert "stopping took longer than 1 s" in done.stderr
+    assert "stuck_in_a_run" in done.stderr  # the dump names the function it waited for

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import os
 import signal
 import socket
+import sys
+import threading
 import time
 from typing import Sequence
 
@@ -15,6 +19,7 @@ from .common import say
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60.0  # how long a stopping server waits for an ingest or labelling run to unwind
+EXIT_GRACE_S = 20.0  # then for Gradio, the decoding processes and Python's own exit, before it exits regardless
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,10 +69,38 @@ def run(args: argparse.Namespace) -> int:
         say(f"serving {context.title} on http://{config.host}:{config.port}")
         while True:  # until Ctrl-C, or SIGTERM (raised here as an exception too): Gradio's own wait swallows both
             time.sleep(3600)
-    finally:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM (Terminated): this process is ending
+            exit_by_deadline(STOP_TIMEOUT_S + EXIT_GRACE_S, _exit_status(exc))
+        context.stopping.set()  # a run in progress starts unwinding now, not after Gradio's 5 s close
         app.close()
         if not context.stop(timeout_s=STOP_TIMEOUT_S):  # an ingest or labelling run is cut short, kept work kept
             logger.warning("a run in progress did not stop within %.0f s; what it committed is kept", STOP_TIMEOUT_S)
+        raise
+
+
+def _exit_status(interrupt: KeyboardInterrupt) -> int:
+    from . import Terminated
+
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def exit_by_deadline(deadline_s: float, status: int) -> None:
+    """Make sure a stopping process ends: if it is still alive ``deadline_s`` from now (a run that missed the
+    stop, or a thread or process that Python's exit waits for), print where each thread is on stderr and exit
+    with ``status`` at once. What was committed is kept either way: the catalog survives a kill."""
+    def expire() -> None:
+        say(f"stopping took longer than {deadline_s:.0f} s: exiting now; where each thread was:")
+        try:
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+            sys.__stderr__.flush()
+        except (AttributeError, OSError, ValueError):  # no stderr to write to: exit all the same
+            pass
+        os._exit(status)
+
+    timer = threading.Timer(deadline_s, expire)
+    timer.daemon = True  # Python's exit does not wait for it; it waits for Python's exit
+    timer.start()
 
 
 def _check_can_listen(host: str, port: int) -> None:
@@ -88,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_serve_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     args = parser.parse_args(argv)
-    from . import Terminated, messages_to_stderr, sigterm_unwinds
+    from . import messages_to_stderr, sigterm_unwinds
 
     messages_to_stderr(args.verbose, prog="app.py")  # `app.py: warning: ...`, as mmr serve's read `mmr serve: ...`
 
@@ -98,7 +131,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MMRError as exc:
         say(f"app.py: error: {exc}")
         return 2
-    except Terminated:
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        return _exit_status(exc)
