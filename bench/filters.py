@@ -1,7 +1,10 @@
-"""How long the photo filters take to resolve to allowed ids on a large catalog (the SQL half of a filtered query).
+"""How long the photo filters take to resolve to allowed ids on a large catalog (the SQL half of a filtered query),
+and how long browsing with filters alone takes to list the newest 24.
 
 Builds a synthetic catalog (rows, vector places and photo metadata; no vector bytes, which the filters never
-read), then times :func:`~mmretrieval.collection.filters.allowed_ids` for date, camera and place filters.
+read), then times :func:`~mmretrieval.collection.filters.allowed_ids` for date, camera and place filters, and
+:func:`~mmretrieval.collection.browse.browse_ids` (``mmr search`` with filters and no query) for the same filters,
+none, and a folder of 1,000 photos (``/photos/1000000/``: ids 1000000 to 1000999 on a large enough catalog).
 
     python bench/filters.py --rows 1000000
 """
@@ -15,11 +18,13 @@ import statistics
 import tempfile
 import time
 
+from mmretrieval.collection.browse import browse_ids
 from mmretrieval.collection.catalog import Catalog
 from mmretrieval.collection.filters import Filters, allowed_ids
 
 CAMERAS = [("Apple", "iPhone 15 Pro"), ("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON Z 6"),
            ("SONY", "ILCE-7M3"), ("Google", "Pixel 8")]
+BROWSED = 24  # images a browse lists (the web UI's page)
 CASES = {
     "after 2023": Filters.of(after="2023"),
     "June 2024": Filters.of(after="2024-06", before="2024-07"),
@@ -70,6 +75,17 @@ def main() -> None:
                 ids = allowed_ids(catalog, filters)
                 times.append(time.perf_counter() - started)
             print(f"{name:28} {len(ids):9,} ids  median {statistics.median(times) * 1000:8.1f} ms")
+        browsed = {"no filter": Filters(), **CASES, "folder of 1,000": Filters.of(path_prefix="/photos/1000")}
+        for name, filters in browsed.items():
+            for oldest_first in (False, True):
+                times = []
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    ids = browse_ids(catalog, filters, BROWSED, oldest_first)
+                    times.append(time.perf_counter() - started)
+                order = "oldest" if oldest_first else "newest"
+                print(f"browse {order} {BROWSED}, {name:28} {len(ids):3} ids  median "
+                      f"{statistics.median(times) * 1000:8.1f} ms")
         catalog.close()
 
 

@@ -173,9 +173,29 @@ def test_a_label_alone_lists_its_images_most_probable_first(search, manage, cont
     _, hits, _, ids, status = search.search("", None, "", 5, -1, "alone:star")
     assert ids == expected and len(ids) == 5 and "the label's probabilities" in status
     assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
-    with pytest.raises(gr.Error, match="choose a label alone to list its images"):
+    with pytest.raises(gr.Error, match="set filters alone to list their images"):
         search.search("", None, "blue", 5, -1, "alone:star")  # a negative needs a query to move away from
     manage.remove_label_set("alone")
+
+
+def test_a_folder_or_dates_alone_list_their_images_newest_first(search, context, collection_dir):
+    """No query, a folder and a date range: the images taken then, newest first, dated under each thumbnail, and
+    no score (none in the JSON either); pages go on from where the last ended."""
+    folder = str(collection_dir / "images")
+    expected = [hit.id for hit in context.collection.browse(k=12, path_prefix=folder + "/", after="1990")]
+    assert len(expected) == 12
+    gallery, hits, confidence, ids, status = search.search("", None, "", 5, 0.3, None, folder, "1990")
+    assert ids == expected[:5] and all(hit["score"] is None for hit in hits) and confidence["top_score"] is None
+    photos = context.collection.photos(ids)
+    assert [caption for _, caption in gallery] == [
+        f"{photos[i].taken_at[:16].replace('T', ' ')} · {Path(context.collection.image_path(i)).name}" for i in ids]
+    assert status.startswith("5 results for no query among images under") and "newest first; taken " in status
+    assert "threshold is not used" in status  # 0.3 was ignored, and it says so
+    page = {"kind": "search", "args": ["", None, "", 5, 0.3, None, folder, "1990"], "offset": 0}
+    *_, ids, status, page = search.turn_page(page, True)
+    assert ids == expected[5:10] and status.startswith("Results 6–10 for no query")
+    with pytest.raises(gr.Error, match="set filters alone to list their images"):
+        search.search("", None, "", 5, -1, None, "", "")  # no query and no filter: nothing to list
 
 
 def test_empty_query_bad_id_and_bad_upload_are_readable_errors(search, tmp_path):

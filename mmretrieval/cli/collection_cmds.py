@@ -64,11 +64,15 @@ def _register_search(subparsers) -> None:
         "search", help="find images by text and/or example images",
         description="Score = cosine with the normalised weighted sum of the positive terms minus the negative ones. "
         "Weights are written W:term, e.g. '2:golden retriever'. With --label and no query, lists that label's "
-        "images, most probable first (score: the label's probability).")
+        "images, most probable first (score: the label's probability). With other filters and no query "
+        "(--prefix, --after, --before, --camera, --near), lists the images that pass them, newest first by "
+        "capture time, then the undated ones, as taken_at<TAB>path (JSON: score null).")
     parser.add_argument("text", nargs="?", help="what to look for (optionally weighted: '2:golden retriever')")
     parser.add_argument("--image", action="append", default=[], metavar="IMG", help="an example image (repeatable)")
     parser.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT_OR_IMG",
                         help="text or image to move away from (repeatable)")
+    parser.add_argument("--oldest", action="store_true", help="with filters and no query: oldest first (with "
+                        "--label too, which then lists in capture order, not by probability)")
     _add_result_options(parser)
     parser.set_defaults(handler=_search)
 
@@ -77,14 +81,20 @@ def _search(args: argparse.Namespace) -> int:
     from ..collection.query import parse_query
 
     _check_gps(args)
+    filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     if not args.text and not args.image:
-        if args.label and not args.negatives:
+        if args.label and not args.negatives and not args.oldest:
             return _list_labelled(args)
-        raise QueryError("a query needs at least one positive term (text or --image); --label LABEL alone lists "
-                         "that label's images, most probable first")
+        if filtered and not args.negatives:
+            return _browse(args)  # with --label only when --oldest asks for capture order
+        raise QueryError("a query needs at least one positive term (text or --image); with no query, --label LABEL "
+                         "lists that label's images, most probable first, and --prefix, --after, --before, --camera "
+                         "or --near the images that pass them, newest first")
+    if args.oldest:
+        raise QueryError("--oldest orders the images that filters alone list (no query); a query's results are "
+                         "ordered by score")
     query = parse_query(args.text, args.image, args.negatives)
     _warn_of_a_path_as_text(args.text)
-    filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
     with open_collection(args.collection, device=args.device) as collection:
         vector = collection.query_vector(query)
         warn_unread_query(collection, query)  # words past the model's context change nothing: say so
@@ -105,6 +115,18 @@ def _list_labelled(args: argparse.Namespace) -> int:
                                    **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
     return _print_hits(rows, args, "search")
+
+
+def _browse(args: argparse.Namespace) -> int:
+    """``mmr search`` with filters and no query: the images that pass them, newest first (``--oldest``: oldest
+    first), then the undated ones; taken_at<TAB>path, as there is no score."""
+    if args.threshold is not None:
+        raise QueryError("--threshold drops results by score, and images listed by filters alone have none")
+    with open_collection(args.collection) as collection:
+        hits = collection.browse(k=args.k, path_prefix=args.prefix, label=args.label, oldest_first=args.oldest,
+                                 **photo_filters(args))
+        rows = hit_rows(collection, hits, args.gps)
+    return _print_hits(rows, args, "search", columns=["taken_at", "path"])
 
 
 def _warn_of_a_path_as_text(text: str | None) -> None:
@@ -144,14 +166,15 @@ def _similar(args: argparse.Namespace) -> int:
     return _print_hits(rows, args, "similar")
 
 
-def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> int:
+def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: str,
+                columns: list[str] = _HIT_COLUMNS) -> int:
     """Print the hits; exit status 1, with a line on stderr saying so, when there are none. A hit whose file is
     gone since it was ingested is printed all the same (its vector is stored), with a note to prune."""
     if args.null:
         sys.stdout.buffer.write(b"".join(os.fsencode(row["path"]) + b"\0" for row in rows))
         sys.stdout.buffer.flush()
     else:
-        emit(rows, args.json, _HIT_COLUMNS)
+        emit(rows, args.json, columns)
     if not rows:
         say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
     from ..collection.catalog import is_uri

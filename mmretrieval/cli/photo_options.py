@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import TYPE_CHECKING, Any
 
 from .common import Once
@@ -33,14 +34,16 @@ def photo_filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hit_rows(collection: "Collection", hits: "list[Hit]", gps: bool) -> list[dict[str, Any]]:
-    """JSON rows of hits: score, path, id, labels, caption, capture time and camera (and GPS with ``gps``)."""
+    """JSON rows of hits: score (None where there is none: browsing), path, id, labels, caption, capture time and
+    camera (and GPS with ``gps``)."""
     photos = collection.photos([hit.id for hit in hits])
     rows = []
     for hit in hits:
         photo = photos.get(hit.id)
-        row = {"score": round(hit.score, 6), "path": hit.path, "id": hit.id, "labels": list(hit.labels),
-               "caption": hit.caption, "taken_at": photo.taken_at if photo else None,
-               "taken_source": photo.taken_source if photo else None, "camera": photo.camera if photo else None}
+        score = None if math.isnan(hit.score) else round(hit.score, 6)
+        row = {"score": score, "path": hit.path, "id": hit.id, "labels": list(hit.labels), "caption": hit.caption,
+               "taken_at": photo.taken_at if photo else None, "taken_source": photo.taken_source if photo else None,
+               "camera": photo.camera if photo else None}
         if gps:
             row.update(latitude=photo.latitude if photo else None, longitude=photo.longitude if photo else None)
         rows.append(row)

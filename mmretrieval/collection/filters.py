@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
+WALL_CLOCK_SPREAD_S = 14 * 3600  # the farthest a wall clock is from UTC (UTC+14, and UTC-12 nearer)
 _PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2}))?(?:-(\d{1,2}))?$")
 _DATE_HELP = "use YYYY, YYYY-MM, YYYY-MM-DD or an ISO datetime such as 2024-06-01T14:30 or 2024-06-01T14:30+02:00"
 
@@ -244,22 +245,47 @@ def _unknown_label(catalog: "Catalog", ref: str) -> QueryError:
 
 
 
-def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
-    where, params = [], []
+def date_and_camera_sql(catalog: "Catalog", filters: Filters, by_time: bool = False) -> tuple[list[str], list] | None:
+    """SQL conditions on the ``photos`` table (as ``p``) for the date range and camera of ``filters``, with their
+    parameters; None when the camera filter names no camera in the collection (nothing can match).
+
+    ``by_time``: for a walk down the absolute-time index (browsing), which must lead: the wall-clock and camera
+    columns are kept from choosing theirs, and a wall-clock bound adds the absolute range it implies (a wall
+    clock is UTC shifted by at most 14 hours either way), so the walk skips what lies far outside it."""
+    where: list[str] = []
+    params: list = []
+    plus = "+" if by_time else ""
     for bound, operator in ((filters.after, ">="), (filters.before, "<")):
-        if bound is not None:  # wall clock or absolute time: either way one indexed column
-            column, value = ("p.taken_local", bound.local) if bound.local is not None else ("p.taken_utc_s", bound.utc_s)
-            where.append(f"{column} {operator} ?")
-            params.append(value)
+        if bound is None:
+            continue
+        if bound.local is None:
+            where.append(f"p.taken_utc_s {operator} ?")
+            params.append(bound.utc_s)
+            continue
+        where.append(f"{plus}p.taken_local {operator} ?")  # one indexed column, unless the walk needs the other
+        params.append(bound.local)
+        if by_time:
+            as_utc = dt.datetime.fromisoformat(bound.local).replace(tzinfo=dt.timezone.utc).timestamp()
+            where.append(f"p.taken_utc_s {operator} ?")
+            params.append(as_utc + (-WALL_CLOCK_SPREAD_S if operator == ">=" else WALL_CLOCK_SPREAD_S))
     if filters.camera:
         pairs = camera_pairs(catalog.select, filters.camera)
         if not pairs:
-            return np.zeros(0, np.int64)
+            return None
         # With a date range, let its index lead (a library has few cameras, each a large share of it): the
         # unary + keeps SQLite from choosing the camera index instead.
-        plus = "+" if filters.after is not None or filters.before is not None else ""
+        if filters.after is not None or filters.before is not None:
+            plus = "+"
         where.append("(" + " OR ".join([f"({plus}p.make IS ? AND {plus}p.model IS ?)"] * len(pairs)) + ")")
         params += [part for pair in pairs for part in pair]
+    return where, params
+
+
+def _photo_ids(catalog: "Catalog", filters: Filters) -> npt.NDArray[np.int64]:
+    found = date_and_camera_sql(catalog, filters)
+    if found is None:
+        return np.zeros(0, np.int64)
+    where, params = found
     near = filters.near
     if near is not None:  # a latitude band in SQL (indexed), the exact circle below
         band = near.km / (math.pi * EARTH_RADIUS_KM / 180)

@@ -5,6 +5,7 @@ keeper, model and lock (see :class:`~mmretrieval.collection.collection.Collectio
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -160,10 +161,30 @@ class SearchMethods:
             best.setdefault(int(ids[j]), float(probabilities[j]))
             if len(best) == k:
                 break
-        rows = self.catalog.rows(list(best))
-        labels = self.catalog.labels_of(list(best))
-        return [Hit(i, rows[i].path, p, tuple(name for name, _ in labels.get(i, ())), rows[i].caption)
-                for i, p in best.items() if i in rows]
+        return self._hits(best)
+
+    def browse(self, k: int = 10, path_prefix: str | None = None, label: str | None = None, *,
+               after: DateLike | None = None, before: DateLike | None = None, camera: str | None = None,
+               near: NearLike | None = None, oldest_first: bool = False) -> list[Hit]:
+        """The images that pass the filters, with no query: newest first (``oldest_first``: oldest first) by
+        capture time (EXIF, else the file's time), then those with no capture time by catalog id, which a date
+        filter leaves out. Each :class:`Hit`'s score is NaN: there is none. Filters as for :meth:`search`; none
+        lists the newest images of the whole collection.
+
+        Memory: the ``k`` hits, plus 8 bytes an image that a folder, label or place filter allows, if one is set;
+        the capture-time index is walked a page at a time (:mod:`~mmretrieval.collection.browse`).
+
+        Raises:
+            QueryError: k not a whole number of at least 1, a bad filter (as for :meth:`search`).
+            CollectionError: the collection was closed, or opened in another process before a fork.
+        """
+        from .browse import browse_ids
+
+        self._check_process()
+        k = check_k(k)
+        filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
+                             near=near)
+        return self._hits(dict.fromkeys(browse_ids(self.catalog, filters, k, oldest_first), math.nan))
 
     def _embed_image(self, image: ImageRef) -> npt.NDArray[np.float32]:
         image_id = image if isinstance(image, (int, np.integer)) else None
@@ -233,11 +254,14 @@ class SearchMethods:
         order = np.argsort(-scores, kind="stable")
         if threshold is not None:
             order = order[scores[order] >= threshold]
-        best = [(int(ids[j]), float(scores[j])) for j in order[:k]]  # rows and labels only for the k kept
-        rows = self.catalog.rows([i for i, _ in best])
-        labels = self.catalog.labels_of([i for i, _ in best])
-        return [Hit(i, rows[i].path, s, tuple(p[0] for p in labels.get(i, ())), rows[i].caption)
-                for i, s in best if i in rows]
+        return self._hits({int(ids[j]): float(scores[j]) for j in order[:k]})  # rows and labels of the k kept
+
+    def _hits(self, scores: dict[int, float]) -> list[Hit]:
+        """Hits for catalog ids (in the dict's order) with their scores; an id whose row went meanwhile is left out."""
+        rows = self.catalog.rows(list(scores))
+        labels = self.catalog.labels_of(list(scores))
+        return [Hit(i, rows[i].path, score, tuple(name for name, _ in labels.get(i, ())), rows[i].caption)
+                for i, score in scores.items() if i in rows]
 
     def duplicate_threshold(self, threshold: float | None = None) -> float:
         """``threshold``, or the model family's default cosine for :meth:`duplicates` when None."""

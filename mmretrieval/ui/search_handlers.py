@@ -48,17 +48,21 @@ Page = dict[str, Any]
 PagedResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], list[int], str, Page]
 
 
-def hit_caption(hit: "Hit") -> str:
-    """What the gallery shows under a result: its score and file name."""
+def hit_caption(hit: "Hit", taken: str | None = None) -> str:
+    """What the gallery shows under a result: its score and file name; for an image listed by filters alone (no
+    score), when it was taken (``taken``: ISO, as PhotoMetadata.taken_at), to the minute, or "undated"."""
+    if math.isnan(hit.score):
+        return f"{taken[:16].replace('T', ' ') if taken else 'undated'} · {display_path(Path(hit.path).name)}"
     return f"{hit.score:.3f} · {display_path(Path(hit.path).name)}"
 
 
 def hit_record(hit: "Hit") -> dict[str, Any]:
     """A hit as JSON for the API: ``file`` is for reading (as :func:`.names.display_path` shows it), ``id`` for
-    fetching the file (``/original``)."""
+    fetching the file (``/original``); ``score`` is None for an image listed by filters alone."""
     # "file", not "path": gradio_client takes any dict with a "path" key for a file to download.
-    return {"id": hit.id, "file": display_path(hit.path), "score": round(float(hit.score), 6),
-            "labels": list(hit.labels), "caption": hit.caption}
+    score = None if math.isnan(hit.score) else round(float(hit.score), 6)
+    return {"id": hit.id, "file": display_path(hit.path), "score": score, "labels": list(hit.labels),
+            "caption": hit.caption}
 
 
 class SearchHandlers:
@@ -85,9 +89,18 @@ class SearchHandlers:
         filters = _filters(label, folder, after, before, camera)
         count, k_note = _k(k)
         if not text and query_image is None:
-            if not (label or "").strip() or negative:
-                raise gr.Error("Type a query, or add a query image, then search (or choose a label alone to list "
-                               "its images).", print_exception=False)
+            if not filters.arguments or negative:
+                raise gr.Error("Type a query, or add a query image, then search (or set filters alone to list "
+                               "their images: a label, most probable first; a folder, dates or a camera, newest "
+                               "first).", print_exception=False)
+            if "label" not in filters.arguments:  # folder, dates, camera: newest first, as `mmr search --after ...`
+                with self.ctx.lock:
+                    hits = self.ctx.collection.browse(k=offset + count, **filters.arguments)
+                notes = [note for note in (k_note, _NO_THRESHOLD if _threshold(threshold) is not None else "") if note]
+                unscored = {"level": "not calibrated", "top_score": None,
+                            "message": "Images listed by filters alone have no score."}
+                return self._results(hits[offset:], f"no query{filters.among}, newest first", unscored, notes,
+                                     _no_results_hint(filters, None), offset)
             with self.ctx.lock:  # a label alone: its images, most probable first, as `mmr search --label`
                 hits = self.ctx.collection.labelled(label.strip(), k=offset + count, threshold=_threshold(threshold),
                                                     **{name: value for name, value in filters.arguments.items()
@@ -175,13 +188,18 @@ class SearchHandlers:
         """The outputs of a search: ``description`` (Markdown, already escaped) says what was asked, ``notes``
         add paragraphs (k capped, query too long), ``empty_hint`` says what to change when nothing came back;
         ``hits`` start at result ``offset + 1``."""
-        gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit)) for hit in hits]
+        unscored = [hit.id for hit in hits if math.isnan(hit.score)]  # listed by filters alone: dated instead
+        with self.ctx.lock:
+            taken = {image_id: photo.taken_at for image_id, photo in self.ctx.collection.photos(unscored).items()}
+        gallery = [(self.ctx.thumbnails.get(self.ctx.image_path, hit.id), hit_caption(hit, taken.get(hit.id)))
+                   for hit in hits]
         if not hits:
             status = f"No results for {description}. {empty_hint}"
         else:
             which = f"Results {offset + 1}–{offset + len(hits)}" if offset else counted(len(hits), "result")
-            status = (f"{which} for {description}; scores {hits[0].score:.3f} to "
-                      f"{hits[-1].score:.3f}. Click an image for details and “more like this”.")
+            span = (f"taken {_day(taken.get(hits[0].id))} to {_day(taken.get(hits[-1].id))}" if unscored
+                    else f"scores {hits[0].score:.3f} to {hits[-1].score:.3f}")
+            status = f"{which} for {description}; {span}. Click an image for details and “more like this”."
             if confidence.get("level") in ("weak", "fair", "clear"):
                 mark = "⚠️ " if confidence["level"] == "weak" else ""
                 status += f"\n\n{mark}{confidence['message']}"
@@ -345,6 +363,14 @@ def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
         return "The collection holds nothing else to show: ingest a folder on the Collection tab."
     hint = " or ".join(fixes)
     return hint[0].upper() + hint[1:] + "."
+
+
+_NO_THRESHOLD = "The score threshold is not used: images listed by filters alone have no score."
+
+
+def _day(taken: str | None) -> str:
+    """The date part of an ISO capture time, or "undated"."""
+    return taken[:10] if taken else "undated"
 
 
 def _echo(text: str) -> str:

@@ -88,6 +88,8 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025", elem_id="before")
             camera = gr.Textbox("", label="Camera (make or model contains)", placeholder="e.g. iPhone",
                                 elem_id="camera")
+        gr.Markdown("With the query box empty, filters alone list their images: a label's, most probable first; "
+                    "a folder's, a date range's or a camera's, newest first.", elem_id="filters-alone")
     return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, examples)
 
 
