@@ -41,7 +41,11 @@ def register(subparsers) -> None:
                         "in this process, without isolation)")
     parser.add_argument("--timeout", type=positive_seconds, default=60.0,
                         help="seconds one file may take to decode (default 60)")
-    parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection")
+    parser.add_argument("--prune", action="store_true", help="remove files that no longer exist from the collection "
+                        "(not those under a folder where a drive was seen mounted and is not now)")
+    parser.add_argument("--forget-mount", action="append", default=[], metavar="FOLDER",
+                        help="with --prune: FOLDER had a drive mounted that is gone for good; prune its images too "
+                        "(repeatable)")
     parser.add_argument("--checksum", action="store_true",
                         help="also compare the content of files whose size and modification time are unchanged, "
                         "and embed again those that changed (as rsync -c; reads every file)")
@@ -137,6 +141,7 @@ def _ingest(args: argparse.Namespace) -> int:
         with TqdmProgress("ingest") as progress, TqdmProgress("hashing", unit="files") as hashed:
             summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
                                         prune=args.prune, checksum=args.checksum, timeout_s=args.timeout,
+                                        forget_mounts=args.forget_mount,
                                         progress=progress, hashed=hashed,
                                         ray=ray,
                                         device_decode={"auto": None, "on": True, "off": False}[args.device_decode],

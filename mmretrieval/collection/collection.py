@@ -203,7 +203,7 @@ class Collection(SearchMethods, LabelMethods):
                progress: Progress | None = None, ray: "RayIngestConfig | None" = None, checksum: bool = False,
                hashed: Progress | None = None,
                device_decode: bool | None = None, share_jpegs: bool = True,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
+               max_pixels: int = DEFAULT_MAX_PIXELS, forget_mounts: Sequence[str | os.PathLike] = ()) -> IngestSummary:
         """Embed new and changed images from ``sources`` (folders, files, .txt/.csv lists) and update the index.
 
         Safe to interrupt at any point (even SIGKILL): running it again finishes the job.
@@ -212,7 +212,9 @@ class Collection(SearchMethods, LabelMethods):
             sources: what to ingest (one path alone is one source; `~` is expanded).
             batch_size: images per model call (default 256 on CUDA, 32 on CPU).
             workers: decoding processes (default: cores - 1 on CPU).
-            prune: remove rows of files that no longer exist.
+            prune: remove rows of files that no longer exist; not those under a folder where an earlier ingest
+                found a drive or share mounted and that is not mounted now (the summary's ``unmounted`` names it).
+            forget_mounts: with ``prune``, such folders to prune as any other (a drive retired for good).
             checksum: also hash the files whose size and modification time are unchanged, and embed again those
                 whose bytes changed (a replacement of the same size with its time copied over); reads every file.
             timeout_s: a single file taking longer than this to decode is failed.
@@ -235,11 +237,16 @@ class Collection(SearchMethods, LabelMethods):
             CollectionError: a source does not exist, or an unreadable list file.
         """
         self._check_process()
+        forget = tuple(os.path.expanduser(os.fspath(path)) for path in forget_mounts)
+        if forget and not prune:
+            raise CollectionError("forget_mounts (--forget-mount) lets a prune reach an unmounted drive's folder; "
+                                  "add prune (--prune)")
         busy = self.busy_message("ingest")
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
             config = dataclasses.replace(ray, prune=prune, checksum=checksum, batch_size=batch_size or ray.batch_size,
+                                         forget_mounts=forget,
                                          timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
             with self.writing(busy):
                 return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
@@ -250,7 +257,7 @@ class Collection(SearchMethods, LabelMethods):
         # device then): an ingest over unchanged files never pays for it, nor imports torch. A model already loaded
         # (a new collection's) sets them now, so that too few open files are refused before a row goes in.
         config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, checksum=checksum,
-                              device_decode=device_decode,
+                              forget_mounts=forget, device_decode=device_decode,
                               share_jpegs=share_jpegs, max_pixels=max_pixels)
         if self._encoder is not None:
             config = config.on_device(self._encoder.device.type)

@@ -111,6 +111,12 @@ CREATE TRIGGER IF NOT EXISTS label_scored_set_removed AFTER DELETE ON label_sets
 CREATE TRIGGER IF NOT EXISTS label_scored_new_content AFTER UPDATE OF content_hash ON images
     WHEN new.content_hash IS NULL OR new.content_hash IS NOT old.content_hash
     BEGIN DELETE FROM label_scored WHERE image_id = new.id; END;
+-- Folders an ingest walked that lay on another file system than their parent (a drive, a share): a prune keeps the
+-- rows under one that is no longer mounted, as its files are then only out of reach (ingest/mounts.py).
+CREATE TABLE IF NOT EXISTS mount_points (
+    path BLOB PRIMARY KEY,              -- catalog key of the folder, ending in a separator
+    seen_ns INTEGER NOT NULL            -- when an ingest last found it mounted (time.time_ns)
+) WITHOUT ROWID;
 """ + PHOTO_SCHEMA  # capture time, camera, GPS per embedded image (migration 3 -> 4 adds it to older catalogs)
 
 _CHUNK = 10_000  # v1 BLOB rows moved per step

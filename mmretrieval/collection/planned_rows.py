@@ -213,6 +213,22 @@ class PlannedRows:
         end = folder[:-1] + bytes([folder[-1] + 1])
         return bool(self._query("SELECT 1 FROM images WHERE path >= ? AND path < ? LIMIT 1", (folder, end)))
 
+    def record_mount_points(self, folders: Sequence[bytes], seen_ns: int) -> None:
+        """Note ``folders`` (keys ending in a separator) as mount points found mounted at ``seen_ns``."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO mount_points(path, seen_ns) VALUES (?, ?)",
+                           [(folder, seen_ns) for folder in folders])
+
+    def mount_points_under(self, folder: bytes) -> list[bytes]:
+        """The noted mount points at or under ``folder`` (a key ending in a separator), in path order."""
+        end = folder[:-1] + bytes([folder[-1] + 1])
+        return [row[0] for row in self._query("SELECT path FROM mount_points WHERE path >= ? AND path < ? "
+                                              "ORDER BY path", (folder, end))]
+
+    def forget_mount_points(self, folders: Sequence[bytes]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM mount_points WHERE path = ?", [(folder,) for folder in folders])
+
     def is_empty(self) -> bool:
         """Whether no image row was ever planned or stored (one indexed row read, at any size)."""
         return not self._query("SELECT 1 FROM images LIMIT 1")

@@ -36,6 +36,7 @@ class IngestConfig:
     timeout_s: float = 60.0  # a file whose decode takes longer is failed and its worker restarted
     prune: bool = False  # delete rows of files that no longer exist
     checksum: bool = False  # also hash files whose size and time are unchanged (rsync's -c): reads every file
+    forget_mounts: tuple[str, ...] = ()  # with prune: folders where a drive was seen mounted, now pruned as any other
     device_decode: bool | None = None  # decode JPEGs on the model's device (None: when that is a CUDA GPU)
     read_threads: int = 8  # with device decoding: threads reading, hashing and probing files
     share_jpegs: bool = True  # with device decoding: the CPU pool also takes JPEGs while its workers have room
@@ -128,6 +129,7 @@ class IngestSummary:
     pruned: int = 0  # rows removed because their file disappeared
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, what the reader would not open
     adopted: int = 0  # of the unchanged: imported rows whose files were read for the first time, vectors kept
+    unmounted: tuple[str, ...] = ()  # folders a drive was seen mounted at, not mounted now: a prune kept their rows
 
     @property
     def failed_total(self) -> int:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..collection.planned_rows import Twin
 from ..errors import CollectionError
+from . import mounts
 from .batches import SourceFile, Skipped, chunked
 from .copies import find_copies, write_copies
 from .imported import examine_files, is_imported
@@ -42,7 +43,8 @@ def prune_vanished(catalog: Catalog, scope: PruneScope | None, skipped: Sequence
     if scope is None:
         return 0
     unreadable = [encode_path(s.path) + os.sep.encode() for s in skipped if s.reason == "unreadable"]
-    return catalog.prune_missing(scope.folders, scope.entries(), keep_under=unreadable, not_ok_only=not_ok_only)
+    return catalog.prune_missing(scope.folders, scope.entries(), keep_under=[*unreadable, *scope.unmounted],
+                                 not_ok_only=not_ok_only)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class PruneScope:
     folders: tuple[bytes, ...]  # absolute folder paths ending in a separator
     paths: tuple[bytes, ...]  # single files given
     lists: tuple[str, ...] = ()  # list files given: their entries count as files given
+    unmounted: tuple[bytes, ...] = ()  # mount points under the folders, not mounted now: their rows are kept
 
     def entries(self) -> Iterator[bytes]:
         """The files given and the entries of the list files, read as a stream (a 10 M-line list is not held)."""
@@ -60,13 +63,17 @@ class PruneScope:
             yield from (encode_path(item.path) for item in discover([list_file]))
 
 
-def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog) -> PruneScope:
-    """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection.
+def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
+                forget_mounts: Sequence[str] = ()) -> PruneScope:
+    """The rows a prune of ``sources`` may touch; only the sources given, never the rest of the collection, and
+    never the rows under a drive seen mounted inside them that is not mounted now (:mod:`.mounts`), unless
+    ``forget_mounts`` names its folder.
 
     Raises:
         CollectionError: a source that is missing or unreadable, or a source folder that lists nothing where the
             collection holds images: its files may only be on a drive that is not mounted (whose mount point stays,
-            empty), so nothing is pruned (the message names it).
+            empty), so nothing is pruned (the message names it); a ``forget_mounts`` folder where no drive was
+            seen mounted.
     """
     folders: list[bytes] = []
     paths: list[bytes] = []
@@ -97,7 +104,29 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog) -> PruneS
             lists.append(path)
         else:
             paths.append(encode_path(path))
-    return PruneScope(tuple(folders), tuple(paths), tuple(lists))
+    if forget_mounts:
+        mounts.forget(catalog, forget_mounts, folders)
+    unmounted = mounts.unmounted(catalog, folders)
+    for folder in unmounted:
+        logger.warning("kept the images under %s: a drive was mounted there when it was ingested and is not now; "
+                       "mount it and run again, or add --forget-mount %s to prune them", os.fsdecode(folder),
+                       os.fsdecode(folder.rstrip(os.sep.encode())))
+    return PruneScope(tuple(folders), tuple(paths), tuple(lists), tuple(unmounted))
+
+
+def unmounted_folders(scope: PruneScope | None) -> tuple[str, ...]:
+    """The folders whose rows a prune kept as their drive is not mounted (:attr:`IngestSummary.unmounted`)."""
+    return tuple(os.fsdecode(folder.rstrip(os.sep.encode())) for folder in scope.unmounted) if scope else ()
+
+
+def plan_sources(catalog: Catalog, sources: Sequence[str | PathStream], checksum: bool = False,
+                 hashed: Progress | None = None) -> Planned:
+    """:func:`plan` over what :func:`~.reader.discover` finds in ``sources``; the mount points the walk met are
+    noted in the catalog (:mod:`.mounts`), for later prunes."""
+    found_mounts: list[str] = []
+    planned = plan(catalog, discover(sources, found_mounts), walked_folders(sources), checksum, hashed)
+    mounts.record(catalog, found_mounts)
+    return planned
 
 
 def walked_folders(sources: Sequence[str | PathStream]) -> list[bytes]:

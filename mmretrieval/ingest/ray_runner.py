@@ -40,8 +40,8 @@ from ..models.specs import ModelIdentity
 from .batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR, IngestSummary, chunked, skip_counts
 from .ray_commit import CommitCounts, ResultCommitter, Tally
 from .ray_segments import ResultDrop, short_retries
-from .reader import FileDecoder, discover
-from .planning import plan, prune_scope, prune_vanished, walked_folders
+from .reader import FileDecoder
+from .planning import plan_sources, prune_scope, prune_vanished, unmounted_folders
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class RayIngestConfig:
     # many files makes ~20 smaller results, so that progress shows and an interrupted run keeps most of its work
     prune: bool = False  # delete rows of files that no longer exist
     checksum: bool = False  # also hash files whose size and time are unchanged (see IngestConfig)
+    forget_mounts: tuple[str, ...] = ()  # with prune: folders where a drive was seen mounted (see IngestConfig)
     precision: str = "auto"  # the model actors' number format: auto, fp32 or bf16 (models.precision)
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
 
@@ -104,7 +105,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         CollectionError: Ray is not installed or the cluster cannot be reached; a source does not exist;
             the output location cannot be used.
     """
-    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
+    scope = prune_scope(sources, catalog, config.forget_mounts) if config.prune else None  # refuses first
     target = config.address or os.environ.get("RAY_ADDRESS")
     with ExitStack() as joined:
         if target and catalog.is_empty():  # a first run that cannot join its cluster plans nothing, so leaves no
@@ -119,7 +120,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         _commit_left(drop, catalog, leftovers)  # a killed run's finished work first, as a plain ingest commits it:
         if leftovers.rows:                      # its rows are then unchanged, not counted as embedded by this run
             logger.info("committed %d rows that an interrupted --ray run had finished", leftovers.rows)
-        planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+        planned = plan_sources(catalog, sources, config.checksum, hashed)
         skipped = planned.skipped
         pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
         committer = ResultCommitter(catalog)
@@ -145,7 +146,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             with suppress(OSError):  # not empty (a result a retried task wrote late), or gone
                 os.rmdir(os.path.join(collection_dir, folder))
         pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
-        return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted)
+        return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted,
+                                   unmounted=unmounted_folders(scope))
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:

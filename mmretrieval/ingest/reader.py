@@ -95,8 +95,13 @@ def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.P
             for source in sources]
 
 
-def discover(sources: Sequence[str | os.PathLike | PathStream]) -> Iterator[SourceFile | Skipped]:
+def discover(sources: Sequence[str | os.PathLike | PathStream],
+             mount_points: list[str] | None = None) -> Iterator[SourceFile | Skipped]:
     """Every candidate file under ``sources``, in a stable order.
+
+    ``mount_points``: where to add the folders walked that lie on another file system than the folder holding
+    them (a drive or a share mounted there), source folders included; folders reached through a link are not
+    looked at (a link to another drive is no mount point).
 
     Raises:
         CollectionError: a source that does not exist, or a CSV list without a path column.
@@ -111,7 +116,7 @@ def discover(sources: Sequence[str | os.PathLike | PathStream]) -> Iterator[Sour
             if _identity(path) in walked:  # a link to a folder given before, or a folder inside one
                 logger.info("passed over %s: walked already, from an earlier source", path)
                 continue
-            yield from _walk(path, walked)
+            yield from _walk(path, walked, mount_points)
         elif not os.path.lexists(path):
             raise CollectionError(f"source {source} does not exist; pass folders, image files or .txt/.csv lists")
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
@@ -141,7 +146,7 @@ def _identity(folder: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _walk(root: Path, walked: set[tuple[int, int]]) -> Iterator[SourceFile | Skipped]:
+def _walk(root: Path, walked: set[tuple[int, int]], mount_points: list[str] | None) -> Iterator[SourceFile | Skipped]:
     """Every candidate under ``root``, each folder walked once: real folders first, then linked ones.
 
     A folder linked from inside the tree is usually also there under its real path. Walking every real folder
@@ -151,17 +156,24 @@ def _walk(root: Path, walked: set[tuple[int, int]]) -> Iterator[SourceFile | Ski
     """
     real_root = os.path.realpath(root)
     links: collections.deque[str] = collections.deque()  # folder links met, followed in that order
-    yield from _walk_folders(str(root), real_root, walked, links)
+    try:
+        holder = os.stat(root.parent).st_dev if mount_points is not None and not root.is_symlink() else None
+    except OSError:
+        holder = None
+    yield from _walk_folders(str(root), real_root, walked, links, holder, mount_points)
     while links:
-        yield from _walk_folders(links.popleft(), real_root, walked, links)
+        yield from _walk_folders(links.popleft(), real_root, walked, links, None, mount_points)
 
 
-def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
-                  links: collections.deque[str]) -> Iterator[SourceFile | Skipped]:
-    """``top`` and the real folders under it, depth-first in name order; folder links go on ``links``."""
-    stack = [top]
+def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]], links: collections.deque[str],
+                  holder: int | None = None, mount_points: list[str] | None = None) -> Iterator[SourceFile | Skipped]:
+    """``top`` and the real folders under it, depth-first in name order; folder links go on ``links``.
+
+    ``holder``: the device of the folder holding ``top`` (None: not known, ``top`` being a link); with
+    ``mount_points``, a folder whose device differs from its holder's is added to it."""
+    stack: list[tuple[str, int | None]] = [(top, holder)]
     while stack:
-        directory = stack.pop()
+        directory, holder = stack.pop()
         try:
             info = os.stat(directory)
         except OSError as exc:  # removed (or made unreadable) since its parent was listed
@@ -178,6 +190,8 @@ def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
                 logger.info("passed over %s: walked already, from an earlier source", directory)
             continue
         walked.add((info.st_dev, info.st_ino))
+        if mount_points is not None and holder is not None and info.st_dev != holder:
+            mount_points.append(directory)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
@@ -195,7 +209,7 @@ def _walk_folders(top: str, real_root: str, walked: set[tuple[int, int]],
                 links.append(entry.path)
             elif found is not None:
                 yield found
-        stack.extend(reversed(subdirs))
+        stack.extend((subdir, info.st_dev) for subdir in reversed(subdirs))
 
 
 def _classify(entry: os.DirEntry, real_root: str) -> SourceFile | Skipped | str | None:

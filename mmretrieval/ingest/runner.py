@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from ..collection.catalog import Catalog
 from .batches import Decoded, DecodeTask, EmbeddedBatch, Failed, IngestConfig, IngestSummary, skip_counts
-from .planning import plan, prune_scope, prune_vanished, walked_folders
+from .planning import plan_sources, prune_scope, prune_vanished, unmounted_folders
 from .pool import DecodePool, reserve_files_for_batches
-from .reader import FileDecoder, discover
+from .reader import FileDecoder
 from .writer import CatalogWriter
 
 if TYPE_CHECKING:
@@ -58,10 +58,10 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         CollectionError: a source that does not exist or an unreadable list file; with ``config.prune``, a
             source folder that is missing or unreadable (nothing is deleted then).
     """
-    scope = prune_scope(sources, catalog) if config.prune else None  # refuses before anything changes
+    scope = prune_scope(sources, catalog, config.forget_mounts) if config.prune else None  # refuses first
     if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
         reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
-    planned = plan(catalog, discover(sources), walked_folders(sources), config.checksum, hashed)
+    planned = plan_sources(catalog, sources, config.checksum, hashed)
     skipped = planned.skipped
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
@@ -81,7 +81,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
               if key.startswith("failed:")}
     return IngestSummary(embedded=counts["embedded"], unchanged=planned.unchanged,
                          duplicates=planned.copies + counts["duplicates"], failed=failed, pruned=pruned,
-                         skipped=skip_counts(skipped, planned.aliases), adopted=planned.adopted)
+                         skipped=skip_counts(skipped, planned.aliases), adopted=planned.adopted,
+                         unmounted=unmounted_folders(scope))
 
 
 def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeTask], total: int,

@@ -1,0 +1,54 @@
+"""Drives and shares mounted inside a library: a prune must not take an unmounted drive's images for deleted ones.
+
+An ingest notes the folders it walks that lie on another file system than the folder holding them (mount points,
+:func:`~.reader.discover`) in the catalog's ``mount_points`` table. A later ``--prune`` keeps the rows under a
+noted folder that is not a mount point now (a drive unplugged, a share not mounted after a reboot: the folder is
+then missing, empty, or holds whatever lay under the mount point), and the summary names it; its rows are pruned
+once the folder is mounted again, or forgotten (``--forget-mount``). A source folder that is itself empty is
+refused whole (:func:`.planning.prune_scope`), noted or not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from ..collection.catalog import Catalog, encode_path
+from ..errors import CollectionError
+
+SEP = os.sep.encode()
+
+
+def folder_key(path: str) -> bytes:
+    """The catalog key of folder ``path``, ending in a separator (as the prune's folders are)."""
+    return encode_path(os.path.abspath(path)).rstrip(SEP) + SEP
+
+
+def record(catalog: Catalog, mount_points: Sequence[str]) -> None:
+    """Note the mount points a walk found (:func:`~.reader.discover`'s ``mount_points``)."""
+    if mount_points:
+        catalog.record_mount_points([folder_key(path) for path in mount_points], time.time_ns())
+
+
+def unmounted(catalog: Catalog, folders: Sequence[bytes]) -> list[bytes]:
+    """The noted mount points at or under ``folders`` that are not mounted now and hold rows of the collection."""
+    return [noted for folder in folders for noted in catalog.mount_points_under(folder)
+            if not os.path.ismount(os.fsdecode(noted)) and catalog.holds_rows_under(noted)]
+
+
+def forget(catalog: Catalog, paths: Sequence[str], folders: Sequence[bytes]) -> None:
+    """Forget the noted mount points ``paths`` (``--forget-mount``), so that a prune of ``folders`` prunes the rows
+    under them like any others.
+
+    Raises:
+        CollectionError: a path that is no noted mount point under ``folders`` (the message lists those there are).
+    """
+    keys = [folder_key(path) for path in paths]
+    noted = {key for folder in folders for key in catalog.mount_points_under(folder)}
+    unknown = [path for path, key in zip(paths, keys) if key not in noted]
+    if unknown:
+        known = ", ".join(os.fsdecode(key.rstrip(SEP)) for key in sorted(noted)) or "none"
+        raise CollectionError(f"--forget-mount {unknown[0]}: no drive was seen mounted there under the folders "
+                              f"pruned (those seen: {known}); nothing was changed")
+    catalog.forget_mount_points(keys)
