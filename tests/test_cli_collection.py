@@ -298,6 +298,21 @@ def test_out_of_range_options_are_refused_by_name(argv, needle, capsys):
     assert exited.value.code == 2 and needle in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["ingest", "index"])
+def test_a_folder_after_ray_is_not_taken_for_the_clusters_address(command, tmp_path, capsys):
+    """--ray's address is optional, so `mmr ingest --ray photos` took the folder for the cluster and then asked for
+    a SOURCE; now the folder is named, and how to write the option."""
+    from mmretrieval.cli.common import ray_address
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--ray", str(tmp_path), "--collection", str(tmp_path / "col")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--ray: '{tmp_path}' is a folder here, taken as the cluster's address" in err
+    assert "put --ray last, or write --ray=ADDRESS" in err
+    assert [ray_address(text) for text in ("auto", "10.0.0.5:6379", "ray://head:10001", "")] == [
+        "auto", "10.0.0.5:6379", "ray://head:10001", ""]
+
+
 def test_similar_k_below_one_is_refused(built, capsys):
     tmp_path, collection = built
     _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos" / "good00.jpg"), "--collection", collection,

@@ -19,7 +19,7 @@ from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
 from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
                      labels_with_stdin, multi_label_threshold, names_as_bytes, open_collection, path_prefix,
-                     probability, say, warn_unread_query)
+                     probability, ray_address, say, warn_unread_query)
 from .ingest_cmd import quiet_ray_logs
 from .photo_options import add_photo_filter_options, hit_rows, photo_filters
 
@@ -210,7 +210,7 @@ def _register_index(subparsers) -> None:
                         help="most memory the index may take, e.g. 2G or 500M (default: a quarter of RAM)")
     parser.add_argument("--recall-target", type=float,
                         help="recall@10 that nprobe / efSearch are tuned to reach (default 0.95)")
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", type=ray_address,
                         help="ivf, ivfpq: add the vectors in parallel Ray tasks (a local Ray with this machine's "
                         "cores, or the cluster at ADDRESS or $RAY_ADDRESS); flat and hnsw are built here anyway")
     parser.add_argument("--ray-work", metavar="DIR",

@@ -120,6 +120,17 @@ def path_prefix(text: str) -> str:
     return text
 
 
+def ray_address(text: str) -> str:
+    """``--ray [ADDRESS]``: a cluster address (host:port, auto, ray://host:10001), never a file or folder here, which
+    ``mmr ingest --ray photos`` would have taken for one (the option's value is optional, so it takes the next
+    word)."""
+    if text and ":" not in text and text != "auto" and os.path.exists(os.path.expanduser(text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is a {'folder' if os.path.isdir(text) else 'file'} here, taken "
+                                         "as the cluster's address; put --ray last, or write --ray=ADDRESS "
+                                         "(host:port, auto, ray://host:10001)")
+    return text
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number no smaller than ``minimum``."""
     def parse(text: str) -> int:

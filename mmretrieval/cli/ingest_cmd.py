@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..errors import CollectionError
 from ..progress import TqdmProgress
 from .common import (add_collection_option, add_model_options, add_null_option, at_least, json_line, open_collection,
-                     positive_seconds, say)
+                     positive_seconds, ray_address, say)
 
 if TYPE_CHECKING:
     from ..ingest.batches import IngestSummary
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     parser.add_argument("--share-jpegs", choices=("on", "off"), default="on",
                         help="with device decoding, the CPU workers also decode the largest JPEGs while they have "
                         "room (default on)")
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", type=ray_address,
                         help="decode and embed on Ray (pip install 'mmretrieval[ray]'): a local Ray with this "
                         "machine's cores and GPUs, or the cluster at ADDRESS (host:port, auto for the one `ray "
                         "start` made here, ray://host:10001; or $RAY_ADDRESS); --workers then caps decode tasks at "
