@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class FileFacts:
+    """What an ingest records of a file read without the model (pixel size, format and photo None when its header
+    did not open): an imported row's file, adopted (:meth:`PlannedRows.adopt_imported`)."""
+
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    photo: "PhotoMetadata | None" = None
+
+
+@dataclass(frozen=True)
 class FileState:
     """What the catalog knows about a path, enough to decide whether to re-embed it."""
 
@@ -135,14 +149,12 @@ class PlannedRows:
                 ids += [row[0] for row in db.execute(f"SELECT id FROM images WHERE path IN ({marks})", paths)]
             redate_from_mtime(db, ids)
 
-    def adopt_imported(self, entries: Sequence[tuple[bytes, int, int, str, int | None, int | None, str | None,
-                                                  PhotoMetadata | None]]) -> None:
-        """Record what is now known of imported rows' files, ``(path, size, mtime_ns, content hash, width, height,
-        format, photo)``, keeping their vectors, labels and the label sets' record of having scored them; one
-        transaction. A row without ``photo`` is dated by its mtime."""
+    def adopt_imported(self, entries: Sequence[tuple[bytes, FileFacts]]) -> None:
+        """Record what is now known of imported rows' files, ``(path, facts)``, keeping their vectors, labels and
+        the label sets' record of having scored them; one transaction. A row without a photo is dated by its mtime."""
         with self.transaction() as db:
             ids: dict[bytes, int] = {}
-            for paths, marks in in_lists([entry[0] for entry in entries]):
+            for paths, marks in in_lists([path for path, _ in entries]):
                 ids.update(db.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", paths).fetchall())
             scored = []
             for chunk, marks in in_lists(list(ids.values())):
@@ -151,9 +163,11 @@ class PlannedRows:
             db.executemany(  # a new content hash drops label_scored rows (a trigger): put back below
                 "UPDATE images SET size = ?, mtime_ns = ?, content_hash = ?, width = COALESCE(?, width), "
                 "height = COALESCE(?, height), format = COALESCE(?, format) WHERE path = ? AND status = 'ok'",
-                [(*entry[1:7], entry[0]) for entry in entries])
+                [(facts.size, facts.mtime_ns, facts.content_hash, facts.width, facts.height, facts.format, path)
+                 for path, facts in entries])
             db.executemany("INSERT OR IGNORE INTO label_scored(label_set, image_id) VALUES (?, ?)", scored)
-            write_photos(db, [(ids[path], photo) for path, *_, photo in entries if photo is not None and path in ids])
+            write_photos(db, [(ids[path], facts.photo) for path, facts in entries
+                              if facts.photo is not None and path in ids])
 
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that

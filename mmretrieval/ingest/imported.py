@@ -15,12 +15,12 @@ what it was, as it would in clip-retrieval's own index (``mmr ingest --checksum`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Callable, Sequence, TYPE_CHECKING
 
+from ..collection.planned_rows import FileFacts
 from ..errors import ImageDecodeError
 from ..images.decode import read_header, read_image_file
-from ..images.metadata import PhotoMetadata, photo_metadata
+from ..images.metadata import photo_metadata
 from .batches import content_hash
 from .touched import in_threads
 
@@ -29,38 +29,24 @@ if TYPE_CHECKING:
     from .batches import SourceFile
 
 
-@dataclass(frozen=True)
-class Examined:
-    """What an ingest records of a file, read without the model (pixel size, format and photo None when its
-    header did not open)."""
-
-    size: int
-    mtime_ns: int
-    content_hash: str
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    photo: PhotoMetadata | None = None
-
-
 def is_imported(state: FileState | None) -> bool:
     """Whether a catalog row holds an imported vector and nothing known of its file (no hash, no time)."""
     return state is not None and state.status == "ok" and state.content_hash is None and state.mtime_ns == 0
 
 
 def examine_files(files: Sequence[tuple[bytes, SourceFile]],
-                  done: Callable[[], None] | None = None) -> list[Examined | None]:
-    """:class:`Examined` of each ``(path key, file found)``, None for those that cannot be read now; ``done`` is
+                  done: Callable[[], None] | None = None) -> list[FileFacts | None]:
+    """:class:`FileFacts` of each ``(path key, file found)``, None for those that cannot be read now; ``done`` is
     called as each file is read."""
     return in_threads(lambda file: _examine(*file), files, done)
 
 
-def _examine(key: bytes, found: SourceFile) -> Examined | None:
+def _examine(key: bytes, found: SourceFile) -> FileFacts | None:
     try:
         data = read_image_file(key)
     except ImageDecodeError:
         return None
-    examined = Examined(found.size, found.mtime_ns, content_hash(data))  # the size the walk compares
+    examined = FileFacts(found.size, found.mtime_ns, content_hash(data))  # the size the walk compares
     header = read_header(data, key)
     if header is None:
         return examined

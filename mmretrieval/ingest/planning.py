@@ -254,8 +254,7 @@ class _Planner:
         for key, seen in zip(keys, examine_files([(key, files[key]) for key in keys], self._one_hashed)):
             self._keep(key, files[key])
             if seen is not None:
-                adopted.append((key, seen.size, seen.mtime_ns, seen.content_hash, seen.width, seen.height,
-                                seen.format, seen.photo))
+                adopted.append((key, seen))
         if adopted:
             self._catalog.adopt_imported(adopted)
             self.adopted += len(adopted)
