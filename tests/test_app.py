@@ -985,8 +985,8 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
         def __getattr__(self, name):
             return getattr(self._collection, name)
 
-        def duplicates(self, threshold=None, progress=None):
-            self.asked = threshold
+        def duplicates(self, threshold=None, progress=None, prefer=()):
+            self.asked, self.preferred = threshold, list(prefer)
             return groups
 
     stand_in = WithDuplicates(context.collection)
@@ -1004,7 +1004,11 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert list(table["role"]) == ["keep", "copy", "copy"] * 2 and list(table["id"]) == [c.id for c in copies]
     assert all(Path(copy.path).exists() for copy in copies)  # nothing deleted
     handlers.duplicates(0.9)
-    assert stand_in.asked == 0.9
+    assert stand_in.asked == 0.9 and stand_in.preferred == []
+    _, summary, _, _ = handlers.duplicates(0.9, prefer=" /photos/library \n\n~/originals\n")  # one folder a line
+    assert stand_in.preferred == ["/photos/library", "~/originals"] and "under the first folder named above" in summary
+    with pytest.raises(gr.Error, match="'photos' is not an absolute path"):
+        handlers.duplicates(0.9, prefer="photos")
 
 
 def test_duplicates_are_paged_and_the_loose_groups_may_come_first(context, search):

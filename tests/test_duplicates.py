@@ -234,3 +234,35 @@ def test_a_byte_identical_copy_scores_one(tmp_path, shapes_encoder):
         col.ingest([folder], workers=0)
         pairs = [group for group in col.duplicates(0.999) if len(group.copies) == 2]
     assert len(pairs) == 8 and [group.scores for group in pairs] == [(1.0, 1.0)] * 8
+
+
+def test_preferred_folders_decide_the_kept_copy_before_pixels_and_metadata_but_never_keep_a_link(tmp_path,
+                                                                                              shapes_encoder, capsys):
+    """A library of originals and a Downloads folder of bigger re-saves: by the usual rule the bigger copy is kept;
+    --prefer library keeps the library's, the first preferred folder before the second, and a link in a preferred
+    folder is still never kept over the file it names."""
+    from mmretrieval.training import scenes
+
+    picture = scenes.generate(7, 0, size=160).image
+    library, downloads, album = tmp_path / "library", tmp_path / "downloads", tmp_path / "album"
+    for folder in (library, downloads, album):
+        folder.mkdir()
+    picture.save(library / "original.jpg", quality=90)
+    picture.resize((320, 320)).save(downloads / "bigger.jpg", quality=95)
+    (album / "link.jpg").symlink_to(downloads / "bigger.jpg")
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([library, downloads, album], workers=0)
+
+        def kept(*prefer) -> str:
+            (group,) = col.duplicates(0.9, prefer=prefer)
+            return os.path.relpath(group.keep.path, tmp_path)
+
+        assert kept() == "downloads/bigger.jpg"  # the most pixels
+        assert kept(library) == "library/original.jpg"
+        assert kept(str(library) + "/") == "library/original.jpg"  # a trailing separator changes nothing
+        assert kept(downloads, library) == "downloads/bigger.jpg" and kept(library, downloads) == "library/original.jpg"
+        assert kept(tmp_path / "lib") == "downloads/bigger.jpg"  # a folder, not a prefix of names: library/ is no lib/
+        assert kept(album) == "downloads/bigger.jpg"  # album/link.jpg names the bigger file: an alias, never kept
+    assert main(["duplicates", "--collection", str(tmp_path / "col"), "--threshold", "0.9", "--prefer",
+                 str(library), "--null"]) == 0
+    assert capsys.readouterr().out.split("\0")[:-1] == [str(downloads / "bigger.jpg")]

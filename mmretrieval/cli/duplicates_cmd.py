@@ -26,17 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "duplicates", help="find near-duplicate images (resized, recompressed, cropped, converted copies)",
         description="Group near-identical images by their stored vectors (a k-NN graph, then connected pairs at or "
-        "above the threshold). The kept copy is a file (not a link to one) with the most capture metadata (EXIF "
-        "time, camera, GPS), then the most pixels, then the oldest, then a lossless format (PNG, TIFF...), then "
-        "the largest file. A file gone or changed since it was ingested, and a second name of a file in the group (a hard "
-        "link, a linked folder), is never listed as a copy. Nothing is deleted. Prints one group per line (TSV: "
-        "the group's lowest score, then its paths, the kept one first); exits with 1 when no group is found, as "
-        "grep does.")
+        "above the threshold). The kept copy is a file (not a link to one), under the first --prefer folder it is "
+        "under, with the most capture metadata (EXIF time, camera, GPS), then the most pixels, then the oldest, then "
+        "a lossless format (PNG, TIFF...), then the largest file. A file gone or changed since it was ingested, and "
+        "a second name of a file in the group (a hard link, a linked folder), is never listed as a copy. Nothing is "
+        "deleted. Prints one group per line (TSV: the group's lowest score, then its paths, the kept one first); "
+        "exits with 1 when no group is found, as grep does.")
     add_collection_option(parser)
     parser.add_argument("--threshold", type=float,
                         help="cosine at or above which two images are copies (default: the model family's, "
                         "see the README)")
     parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
+    parser.add_argument("--prefer", action="append", default=[], metavar="FOLDER",
+                        help="keep the copies under FOLDER, where originals live (repeatable: the first folder "
+                        "before the next); e.g. --prefer ~/Pictures/library lists the copies in ~/Downloads")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines with paths, scores, keep, aliases, gone and "
                         "changed")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         check_review_dir(args.organize)  # before the search, not after it
     with Collection.open(args.collection) as collection:
         with TqdmProgress("duplicates") as progress:
-            groups = collection.duplicates(args.threshold, k=args.k, progress=progress)
+            groups = collection.duplicates(args.threshold, k=args.k, progress=progress, prefer=args.prefer)
         note = chaining_note(groups, collection.duplicate_threshold(args.threshold))
     names_as_bytes()
     if args.json:

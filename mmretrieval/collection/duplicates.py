@@ -205,8 +205,15 @@ def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np
     return sorted((sorted(group) for group in members.values() if len(group) > 1), key=lambda group: group[0])
 
 
-def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[DuplicateGroup]:
-    """Paths, sizes, the kept copy and each copy's exact cosine to it, from the catalog and the files."""
+def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
+                    prefer: Sequence[str] = ()) -> list[DuplicateGroup]:
+    """Paths, sizes, the kept copy and each copy's exact cosine to it, from the catalog and the files; ``prefer``:
+    folders whose copies are kept first (:func:`keeper_rank`)."""
+    folders = preferred_folders(prefer)
+
+    def rank(copy: Copy) -> tuple:
+        return keeper_rank(copy, photos.get(copy.id), folders)  # photos: the group's, read in the loop below
+
     described, emptied = [], 0
     for group in groups:
         rows = catalog.rows(list(group))
@@ -219,11 +226,11 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
         changed = tuple(c.path for c in stated if c.bytes >= 0 and _changed(c, planned.get(c.id)))
         present = [c for c in stated if c.bytes >= 0 and c.path not in changed]
         photos = catalog.photos([c.id for c in present])
-        candidates, aliases = _one_path_per_file(present, photos)
+        candidates, aliases = _one_path_per_file(present, rank)
         if len(candidates) < 2:  # copies of one file, or of files gone or changed: nothing to choose between
             emptied += bool(gone or changed)
             continue
-        kept = max(candidates, key=lambda c: keeper_rank(c, photos.get(c.id)))
+        kept = max(candidates, key=rank)
         others = [c for c in candidates if c.id != kept.id]
         scores = _cosines(np.stack([by_id[c.id] for c in others]), np.stack([by_id[kept.id]] * len(others)))
         copies = [kept] + sorted((replace(c, score=float(score)) for c, score in zip(others, scores)),
@@ -238,31 +245,40 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog) -> list[D
     return described
 
 
-def _one_path_per_file(copies: list[Copy], photos: "dict[int, PhotoMetadata]") -> tuple[list[Copy], tuple[Alias, ...]]:
-    """The copies with one path per file (the one :func:`keeper_rank` prefers), and the other paths as aliases:
+def _one_path_per_file(copies: list[Copy], rank: Callable[[Copy], tuple]) -> tuple[list[Copy], tuple[Alias, ...]]:
+    """The copies with one path per file (the one ``rank`` puts highest), and the other paths as aliases:
     deleting a hard link or a file reached through a linked folder as "a copy" would delete the file itself."""
     by_file: dict[tuple[int, int], list[Copy]] = {}
     for copy in copies:
         by_file.setdefault(copy.file_key, []).append(copy)
     kept, aliases = [], []
     for names in by_file.values():
-        chosen = max(names, key=lambda c: keeper_rank(c, photos.get(c.id)))
+        chosen = max(names, key=rank)
         kept.append(chosen)
         aliases.extend(Alias(c.id, c.path, chosen.path) for c in names if c is not chosen)
     return sorted(kept, key=lambda c: c.id), tuple(sorted(aliases, key=lambda a: a.id))
 
 
-def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, int, int, bool, int, int]:
+def preferred_folders(prefer: Sequence[str | os.PathLike]) -> tuple[str, ...]:
+    """``prefer`` as :func:`keeper_rank` takes it: absolute folder paths (``~`` expanded) ending in a separator."""
+    return tuple(os.path.join(os.path.abspath(os.path.expanduser(os.fspath(folder))), "") for folder in prefer)
+
+
+def keeper_rank(copy: Copy, photo: "PhotoMetadata | None",
+                prefer: Sequence[str] = ()) -> tuple[bool, int, int, int, int, bool, int, int]:
     """How much a copy deserves keeping, compared as a tuple (the largest is kept):
 
     1. a file, not a symbolic link or a path through one: a link's target is in the collection too, and deleting
        the target because the link was kept would leave a dangling link and no photo;
-    2. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
+    2. under the first of the ``prefer`` folders (:func:`preferred_folders`) it is under, the earlier the better:
+       the user's own word on where originals live (``--prefer ~/Pictures/library`` keeps those, and lists the
+       copies in ~/Downloads);
+    3. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
        position (a camera original over an upscaled, converted or re-saved copy that lost them);
-    3. the most pixels;
-    4. the oldest: a copy is made from its original, so with the same pixels the older file is the source (a JPEG
+    4. the most pixels;
+    5. the oldest: a copy is made from its original, so with the same pixels the older file is the source (a JPEG
        over its later PNG conversion, which holds nothing more; an original over its re-exported crop);
-    5. a lossless format, then the largest file, then the lowest id.
+    6. a lossless format, then the largest file, then the lowest id.
 
     Pixels cannot tell an upscaled copy from its original (neither can this rank, from the catalog alone): where
     the upscaled copy kept the original's metadata, or the original had none, the upscaled copy is kept.
@@ -272,7 +288,10 @@ def keeper_rank(copy: Copy, photo: "PhotoMetadata | None") -> tuple[bool, int, i
     if photo is not None:
         described = sum((photo.taken_source not in (None, "mtime"), bool(photo.make or photo.model),
                          photo.latitude is not None))
-    return (not copy.is_link, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes, -copy.id)
+    path = os.path.abspath(copy.path)
+    preferred = next((len(prefer) - i for i, folder in enumerate(prefer) if path.startswith(folder)), 0)
+    return (not copy.is_link, preferred, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes,
+            -copy.id)
 
 
 def _changed(copy: Copy, planned: tuple[int, int, str] | None) -> bool:
@@ -297,7 +316,7 @@ def _stat_copy(path: str, image_id: int, width: int | None, height: int | None) 
 
 
 def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: int = DEFAULT_K,
-                    progress: Progress | None = None) -> list[DuplicateGroup]:
+                    progress: Progress | None = None, prefer: Sequence[str] = ()) -> list[DuplicateGroup]:
     """Groups of near-duplicate images among the catalog's stored vectors, largest score first.
 
     Args:
@@ -306,6 +325,7 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
         threshold: cosine at or above which two images are copies (``default_threshold`` gives the family's).
         k: neighbours searched per image.
         progress: ``(done, total)`` while searching.
+        prefer: folders whose copies are kept first, in order (:func:`keeper_rank`).
 
     Raises:
         CollectionError: a threshold outside (0, 1], or k < 1.
@@ -317,7 +337,7 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
     pairs = similar_pairs(catalog.iter_vectors(block), total, search, catalog.vectors, threshold, k, progress)
     groups = connected_groups(pairs)
     logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), total, threshold)
-    described = describe_groups(groups, catalog)
+    described = describe_groups(groups, catalog, prefer)
     described.sort(key=lambda group: (-group.score, group.keep.id))
     return described
 

@@ -269,14 +269,16 @@ class SearchMethods:
 
         return default_threshold(self.identity) if threshold is None else threshold
 
-    def duplicates(self, threshold: float | None = None, k: int = 10,
-                   progress: Progress | None = None) -> "list[DuplicateGroup]":
+    def duplicates(self, threshold: float | None = None, k: int = 10, progress: Progress | None = None,
+                   prefer: Sequence[str | os.PathLike] = ()) -> "list[DuplicateGroup]":
         """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
 
         Args:
             threshold: cosine at or above which two images are copies; None uses the model family's default.
             k: neighbours searched per image.
             progress: ``(done, total)`` while searching.
+            prefer: folders whose copies are kept first, the first folder before the second (a copy that is a
+                link is never kept); within them, and elsewhere, the usual rule (:func:`~.duplicates.keeper_rank`).
 
         See :mod:`mmretrieval.collection.duplicates`.
 
@@ -284,14 +286,15 @@ class SearchMethods:
             QueryError: a threshold that is not a cosine in (0, 1], k not a whole number of at least 1.
             CollectionError: the collection was closed, or opened in another process before a fork.
         """
-        from .duplicates import find_duplicates
+        from .duplicates import find_duplicates, preferred_folders
 
         self._check_process()
         k, threshold = check_k(k, "neighbours"), check_threshold(threshold, duplicates=True)
+        folders = preferred_folders(prefer)
 
         def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
             with self._lock:  # one block at a time: an ingest in another thread may add between blocks
                 self._indexes.sync()
                 return self._indexes.index.search(queries, k)
 
-        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress)
+        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress, folders)

@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,21 @@ class DuplicateHandlers:
         self.ctx = ctx
 
     @user_errors
-    def duplicates(self, threshold: float | None = None, order: str = MOST_ALIKE,
+    def duplicates(self, threshold: float | None = None, order: str = MOST_ALIKE, prefer: str | None = None,
                    progress: gr.Progress = gr.Progress()) -> tuple[str, str, list[str], list[DuplicateGroup]]:
         """Find the groups: the first page of them (HTML), a summary, the export (the other copies' paths in a
         .txt, every group in a .csv) and the groups themselves (kept for :meth:`page`; :meth:`first_page` sets
         the page control for them).
 
         ``threshold`` is a cosine in (0, 1]; 0 or None uses the model family's default. ``order`` is
-        :data:`MOST_ALIKE` or :data:`LEAST_ALIKE` (the loose groups, which most need a look, first).
+        :data:`MOST_ALIKE` or :data:`LEAST_ALIKE` (the loose groups, which most need a look, first). ``prefer``:
+        folders on the server whose copies are kept first, one a line (as ``mmr duplicates --prefer``).
         """
+        folders = [line.strip() for line in (prefer or "").splitlines() if line.strip()]
+        for folder in folders:
+            if not os.path.isabs(os.path.expanduser(folder)):
+                raise gr.Error(f"{display_path(folder)!r} is not an absolute path: type the full path of a folder on "
+                               "the server (~/photos works too).", print_exception=False)
         finder = getattr(self.ctx.collection, "duplicates", None)
         if finder is None:
             raise gr.Error("This version of mmretrieval has no duplicate finder (mmr duplicates).",
@@ -61,7 +68,7 @@ class DuplicateHandlers:
             progress((done, total), desc="Comparing images", unit="images")
 
         with self.ctx.lock:
-            groups = finder(threshold=threshold or None, progress=report)
+            groups = finder(threshold=threshold or None, progress=report, prefer=folders)
             chosen = self.ctx.collection.duplicate_threshold(threshold or None)
         if not groups:
             return ("<p>No near-duplicates at this threshold.</p>",
@@ -72,8 +79,9 @@ class DuplicateHandlers:
         shown = (f"Showing {GROUPS_SHOWN} a page ({counted(pages, 'page')}; choose the order and the page above the "
                  "groups)" if pages > 1 else "Showing all")
         summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
-                   "besides the suggested keepers (a file, not a link; then the most capture metadata, the "
-                   "highest resolution, the oldest, a lossless format, the largest file). "
+                   "besides the suggested keepers (a file, not a link; then "
+                   f"{'under the first folder named above it is under; then ' if folders else ''}the most capture "
+                   "metadata, the highest resolution, the oldest, a lossless format, the largest file). "
                    f"{shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
         summary += "".join(f"\n\n{line[0].upper()}{line[1:]}." for line in _left_out(groups))
