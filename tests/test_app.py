@@ -188,7 +188,9 @@ def test_a_folder_or_dates_alone_list_their_images_newest_first(search, context,
     assert ids == expected[:5] and all(hit["score"] is None for hit in hits) and confidence["top_score"] is None
     photos = context.collection.photos(ids)
     assert [caption for _, caption in gallery] == [
-        f"{photos[i].taken_at[:16].replace('T', ' ')} · {Path(context.collection.image_path(i)).name}" for i in ids]
+        f"{photos[i].taken_at[:16].replace('T', ' ')} {photos[i].taken_at[19:]} · "  # the minute, then the offset
+        f"{Path(context.collection.image_path(i)).name}" for i in ids]
+    assert all(photos[i].taken_at[19:] for i in ids)  # files dated by their mtime: this machine's offset
     assert status.startswith("5 results for no query among images under") and "newest first; taken " in status
     assert "threshold is not used" in status  # 0.3 was ignored, and it says so
     page = {"kind": "search", "args": ["", None, "", 5, 0.3, None, folder, "1990"], "offset": 0}

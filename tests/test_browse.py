@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,48 @@ def test_a_wall_clock_range_keeps_photos_whose_absolute_time_lies_outside_it(tmp
             assert [Path(hit.path).name for hit in col.browse(after="2023", oldest_first=oldest_first)] == ["tokyo.jpg"]
             assert [Path(hit.path).name for hit in col.browse(before="2023", oldest_first=oldest_first)] == [
                 "new-york.jpg"]
+
+
+def test_the_root_as_a_folder_filter_lists_everything_and_a_huge_k_is_no_error(library, capsys):
+    """--prefix / compared paths with "//" and matched nothing, in search too; a k past SQLite's integers
+    overflowed the walk's LIMIT."""
+    col, truth, ids, _ = library
+    newest = _in_capture_order(list(truth), truth, ids)
+    assert [hit.path for hit in col.browse(k=100, path_prefix="/")] == newest
+    assert len(col.search("a photo", k=100, path_prefix="/")) == len(truth)
+    assert [hit.path for hit in col.browse(k=10**20, camera="canon")] == _in_capture_order(
+        _brute_force(truth, camera="canon"), truth, ids)
+    assert [hit.path for hit in col.browse(k=10**20)] == newest
+    assert main(["search", " ", "--prefix", "/", "-k", "3", "--null", "--collection", str(col.directory)]) == 0
+    assert capsys.readouterr().out.split("\0")[:-1] == newest[:3]  # a blank query is no query
+
+
+def test_files_dated_before_1970_keep_their_date_when_touched(tmp_path, tiny_encoder):
+    """A scan whose file time is 1961: dated so when first ingested, and again (not left undated) once touched to
+    another pre-1970 time."""
+    import datetime as dt
+
+    folder = tmp_path / "scans"
+    write_good_images_dated(folder, {"scan.jpg": dt.datetime(1961, 5, 4, 12, 0, tzinfo=dt.timezone.utc)})
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([folder], workers=0)
+        assert _taken_utc(col) == dt.datetime(1961, 5, 4, 12, 0, tzinfo=dt.timezone.utc)
+        moment = dt.datetime(1965, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc).timestamp()
+        os.utime(folder / "scan.jpg", (moment, moment))  # touched: the same bytes, a new time
+        col.ingest([folder], workers=0)
+        assert _taken_utc(col) == dt.datetime(1965, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+        assert [hit.path for hit in col.browse(before="1966")] == [str(folder / "scan.jpg")]
+
+
+def write_good_images_dated(folder, dates: dict) -> None:
+    folder.mkdir()
+    for name, moment in dates.items():
+        (folder / name).write_bytes(jpeg_with(make_exif()))
+        os.utime(folder / name, (moment.timestamp(), moment.timestamp()))
+
+
+def _taken_utc(col: Collection):
+    import datetime as dt
+
+    (photo,) = col.photos(col.catalog.vector_ids().tolist()).values()
+    return dt.datetime.fromtimestamp(photo.taken_utc_s, dt.timezone.utc)

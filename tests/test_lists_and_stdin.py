@@ -293,3 +293,28 @@ def test_labels_from_a_closed_stdin_are_one_clear_error(photos, monkeypatch, cap
     monkeypatch.setattr("sys.stdin", None)  # `<&-`
     status, _, err = _run(capsys, "classify", good, "--labels", "@-")
     assert status == 2 and "--labels @- reads labels from standard input, and this process has none" in err, err
+
+
+def test_a_listed_file_out_of_reach_keeps_its_vector_and_labels_until_a_prune(tmp_path, tiny_encoder):
+    """A list naming embedded files on a drive that is not mounted this time: they were turned into "missing"
+    skips, their vectors and labels dropped, without --prune. Now they are counted as skipped and kept as they
+    were; a prune of the list removes them (once they are gone for good), and a new path missing is recorded."""
+    from mmretrieval.collection.collection import Collection
+    from test_ingest import write_good_images
+
+    drive = tmp_path / "drive"
+    paths = write_good_images(drive, 3)
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{path}\n" for path in paths) + f"{drive}/never.jpg\n")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        assert col.ingest([listed], workers=0).embedded == 3
+        col.label(["red", "blue"])
+        ids = col.catalog.vector_ids().tolist()
+        before = col.label_of(ids)
+        drive.rename(tmp_path / "unplugged")
+        summary = col.ingest([listed], workers=0)
+        assert summary.skipped == {"missing": 4} and summary.pruned == 0
+        assert col.catalog.vector_ids().tolist() == ids and col.label_of(ids) == before
+        assert [row.path for row in col.failures()] == [f"{drive}/never.jpg"]  # a path never embedded: recorded
+        assert col.ingest([listed], workers=0, prune=True).pruned == 4  # gone for good: the prune's call
+        assert col.catalog.vector_ids().tolist() == []

@@ -127,4 +127,44 @@ def test_cli_names_the_unmounted_folder_and_the_way_to_prune_it(drive, tiny_mode
     assert f"--forget-mount {nas} to prune them" in captured.err
     assert '"unmounted": ["' + str(nas) + '"]' in captured.out
     assert main(["ingest", str(lib), "--collection", collection, "--forget-mount", str(nas), "--workers", "0"]) == 2
-    assert "add prune (--prune)" in capsys.readouterr().err
+    assert "--forget-mount lets --prune reach the images of a drive that is not mounted; add --prune" in (
+        capsys.readouterr().err)
+
+
+def test_a_prune_inside_an_unmounted_drive_or_of_listed_files_on_it_keeps_them(drive, tiny_encoder, tmp_path):
+    """The drive's own subfolder pruned alone (a stray file there, the drive not mounted), a list file naming its
+    files, and the library given twice: the drive's images are kept, and the folder named once."""
+    lib, nas, disk = drive
+    disk.mount()
+    with Collection.open(lib.parent / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([lib], workers=0)
+        disk.unmount()
+        write_good_images(nas, 1, seed=9)  # something lies under the mount point: not empty, not the drive
+        (nas / "good00.jpg").rename(nas / "stray.jpg")
+        summary = col.ingest([nas], workers=0, prune=True)
+        assert (summary.pruned, summary.unmounted) == (0, (str(nas),))
+        listed = tmp_path / "on-the-drive.txt"
+        listed.write_text("".join(f"{nas}/good{i:02d}.jpg\n" for i in range(3)))
+        summary = col.ingest([listed], workers=0, prune=True)
+        assert (summary.pruned, summary.unmounted) == (0, (str(nas),))
+        assert col.ingest([lib, f"{lib}/"], workers=0, prune=True).unmounted == (str(nas),)
+        assert sum(path.startswith(f"{nas}/good") for path in map(str, _paths(col))) == 3
+
+
+def test_a_drive_given_as_its_own_source_is_retired_with_forget_mount(drive, tiny_encoder, capsys):
+    """The mount point pruned as a source, empty once the drive is gone: refused, saying --forget-mount retires it
+    (pruning the folder above would keep its images); with it, its images go."""
+    lib, nas, disk = drive
+    disk.mount()
+    with Collection.open(lib.parent / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([nas], workers=0)
+        disk.unmount()
+        with pytest.raises(CollectionError, match=f"if its drive is gone for good, add --forget-mount {nas}"):
+            col.ingest([nas], workers=0, prune=True)
+        assert col.ingest([nas], workers=0, prune=True, forget_mounts=[nas]).pruned == 3
+        assert _paths(col) == []
+
+
+def _paths(col: Collection) -> list[str]:
+    ids = col.catalog.vector_ids().tolist()
+    return sorted(row.path for row in col.catalog.rows(ids).values())

@@ -51,9 +51,9 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
                         help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL (exactly, else "
                         "ignoring case)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (with the capture "
-                        "time and camera)")
-    output.add_argument("--null", action="store_true", help="the paths alone, best first, each ended by a NUL byte "
+    output.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (taken_at<TAB>path "
+                        "when filters alone list images), with the capture time and camera")
+    output.add_argument("--null", action="store_true", help="the paths alone, in order, each ended by a NUL byte "
                         "(for xargs -0: any file name passes whole)")
     parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")
     add_photo_filter_options(parser)
@@ -82,7 +82,7 @@ def _search(args: argparse.Namespace) -> int:
 
     _check_gps(args)
     filtered = args.prefix or args.label or any(value is not None for value in photo_filters(args).values())
-    if not args.text and not args.image:
+    if not (args.text or "").strip() and not args.image:  # "" or " " from a script's empty variable: no query
         if args.label and not args.negatives and not args.oldest:
             return _list_labelled(args)
         if filtered and not args.negatives:
@@ -126,7 +126,7 @@ def _browse(args: argparse.Namespace) -> int:
         hits = collection.browse(k=args.k, path_prefix=args.prefix, label=args.label, oldest_first=args.oldest,
                                  **photo_filters(args))
         rows = hit_rows(collection, hits, args.gps)
-    return _print_hits(rows, args, "search", columns=["taken_at", "path"])
+    return _print_hits(rows, args, "search", columns=["taken_at", "path"], none="no image passes these filters")
 
 
 def _warn_of_a_path_as_text(text: str | None) -> None:
@@ -167,7 +167,8 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: str,
-                columns: list[str] = _HIT_COLUMNS) -> int:
+                columns: list[str] = _HIT_COLUMNS,
+                none: str = "an empty collection, or the threshold and filters left none") -> int:
     """Print the hits; exit status 1, with a line on stderr saying so, when there are none. A hit whose file is
     gone since it was ingested is printed all the same (its vector is stored), with a note to prune."""
     if args.null:
@@ -176,7 +177,7 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
     else:
         emit(rows, args.json, columns)
     if not rows:
-        say(f"mmr {command}: no results (an empty collection, or the threshold and filters left none)")
+        say(f"mmr {command}: no results ({none})")
     from ..collection.catalog import is_uri
 
     gone = sum(not is_uri(row["path"]) and not os.path.lexists(row["path"]) for row in rows)  # (URIs: imported)

@@ -117,6 +117,9 @@ def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.opening import DEFAULT_MODEL
     from ..ingest.reader import stdin_sources
+    if args.forget_mount and not args.prune:
+        raise CollectionError("--forget-mount lets --prune reach the images of a drive that is not mounted; add "
+                              "--prune")
     if args.prune and "-" in args.sources:
         raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
                               "list to a .txt file and pass that")

@@ -53,7 +53,7 @@ def _walk(catalog: "Catalog", where: list[str], params: list, others: npt.NDArra
            + " AND ".join([*where, f"(p.taken_utc_s, p.image_id) {sign} (?, ?)"])
            + f" ORDER BY p.taken_utc_s {order}, p.image_id {order} LIMIT ?")
     ids: list[int] = []
-    page = k if others is None else FIRST_PAGE
+    page = min(k, LAST_PAGE) if others is None else FIRST_PAGE
     while len(ids) < k:
         rows = catalog.select(sql, [*params, *after, page])
         page_ids = np.array([row[1] for row in rows], dtype=np.int64)
@@ -87,7 +87,7 @@ def _undated(catalog: "Catalog", where: list[str], params: list, others: npt.NDA
     sql = ("SELECT v.image_id FROM vector_rows v LEFT JOIN photos p ON p.image_id = v.image_id WHERE "
            + " AND ".join([*where, "p.taken_utc_s IS NULL", "v.image_id > ?"]) + " ORDER BY v.image_id LIMIT ?")
     ids: list[int] = []
-    last, page = -1, k if others is None else FIRST_PAGE
+    last, page = -1, min(k, LAST_PAGE) if others is None else FIRST_PAGE
     while len(ids) < k:
         page_ids = catalog.select_ids(sql, [*params, last, page])
         kept = page_ids if others is None else page_ids[_isin_sorted(page_ids, others)]

@@ -282,7 +282,9 @@ class Catalog(PlannedRows, VectorPlaces):
 
         A trailing separator is kept, so ``photos/`` matches ``photos/a.jpg`` but not ``photos2/a.jpg``.
         """
-        raw = encode_path(prefix) + (os.sep.encode() if str(prefix).endswith(os.sep) else b"")
+        raw = encode_path(prefix)  # absolute: a trailing separator is dropped (but for the root's own)
+        if str(prefix).endswith(os.sep) and not raw.endswith(os.sep.encode()):
+            raw += os.sep.encode()
         rows = self._query(
             "SELECT i.id FROM images i JOIN vector_rows v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
             (len(raw), raw))

@@ -44,9 +44,10 @@ _SECONDS = "(i.mtime_ns / 1000000000)"
 _MTIME_DATE = (f"strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
                f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) "
                "* 1440) AS INTEGER)")  # taken_local, taken_utc_s, utc_offset_min
+# mtime 0: an imported row, no file time known; below 0, a file time before 1970 (a scan dated 1961), a date too
 _FROM_MTIME_SQL = (
     "INSERT OR {conflict} INTO photos(image_id, taken_local, taken_utc_s, utc_offset_min, taken_source) "
-    f"SELECT i.id, {_MTIME_DATE}, 'mtime' FROM images i WHERE i.mtime_ns > 0")  # 0: imported, no file time known
+    f"SELECT i.id, {_MTIME_DATE}, 'mtime' FROM images i WHERE i.mtime_ns != 0")
 
 Query = Callable[[str, Sequence], list[tuple]]
 
@@ -80,7 +81,7 @@ def redate_from_mtime(db: sqlite3.Connection, ids: Sequence[int]) -> None:
     """Date ``ids`` anew from their files' mtimes where that is what dates them (no EXIF date), keeping the camera,
     place and orientation their rows hold; give a row dated so to those without one."""
     db.executemany(f"UPDATE photos SET (taken_local, taken_utc_s, utc_offset_min) = (SELECT {_MTIME_DATE} FROM "
-                   "images i WHERE i.id = photos.image_id AND i.mtime_ns > 0) WHERE image_id = ? "
+                   "images i WHERE i.id = photos.image_id AND i.mtime_ns != 0) WHERE image_id = ? "
                    "AND taken_source = 'mtime'", [(int(i),) for i in ids])
     write_mtime_photos(db, ids, replace=False)
 

@@ -172,12 +172,17 @@ class PlannedRows:
     def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that
         could not be listed), and delete the skipped rows of the ``cleared`` paths (their cause is gone: a folder
-        that lists now); one transaction."""
+        that lists now); one transaction.
+
+        An embedded file that a list names and that is ``missing`` now (a drive not mounted, a share down) keeps
+        its row, vector and labels: it was only out of reach this time, and ``--prune`` is what removes the gone.
+        """
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET status = 'skipped', reason = excluded.reason, "
-                "message = excluded.message, content_hash = NULL",
+                "message = excluded.message, content_hash = NULL "
+                "WHERE images.status != 'ok' OR excluded.reason != 'missing'",
                 [(path, reason, bytes_escaped(message)) for path, reason, message in entries],
             )
             # a skipped row holds no vector (see below), so removing one leaves the generation as it is

@@ -31,24 +31,39 @@ def record(catalog: Catalog, mount_points: Sequence[str]) -> None:
         catalog.record_mount_points([folder_key(path) for path in mount_points], time.time_ns())
 
 
-def unmounted(catalog: Catalog, folders: Sequence[bytes]) -> list[bytes]:
-    """The noted mount points at or under ``folders`` that are not mounted now and hold rows of the collection."""
-    return [noted for folder in folders for noted in catalog.mount_points_under(folder)
+def unmounted(catalog: Catalog, folders: Sequence[bytes], anywhere: bool = False) -> list[bytes]:
+    """The noted mount points that a prune of ``folders`` (keys ending in a separator) reaches, not mounted now,
+    under which the collection holds rows: each once, in path order. A prune reaches a mount point at or under one
+    of ``folders``, and one above it (a folder inside the drive pruned alone); with ``anywhere``, every one (a
+    prune of listed files, which may lie anywhere)."""
+    return [noted for noted in _reached(catalog, folders, anywhere)
             if not os.path.ismount(os.fsdecode(noted)) and catalog.holds_rows_under(noted)]
 
 
-def forget(catalog: Catalog, paths: Sequence[str], folders: Sequence[bytes]) -> None:
+def forget(catalog: Catalog, paths: Sequence[str], folders: Sequence[bytes], anywhere: bool = False) -> None:
     """Forget the noted mount points ``paths`` (``--forget-mount``), so that a prune of ``folders`` prunes the rows
     under them like any others.
 
     Raises:
-        CollectionError: a path that is no noted mount point under ``folders`` (the message lists those there are).
+        CollectionError: a path that is no noted mount point a prune of ``folders`` reaches (the message lists
+            those there are).
     """
     keys = [folder_key(path) for path in paths]
-    noted = {key for folder in folders for key in catalog.mount_points_under(folder)}
+    noted = _reached(catalog, folders, anywhere)
     unknown = [path for path, key in zip(paths, keys) if key not in noted]
     if unknown:
-        known = ", ".join(os.fsdecode(key.rstrip(SEP)) for key in sorted(noted)) or "none"
+        known = ", ".join(os.fsdecode(key.rstrip(SEP)) for key in noted) or "none"
         raise CollectionError(f"--forget-mount {unknown[0]}: no drive was seen mounted there under the folders "
                               f"pruned (those seen: {known}); nothing was changed")
     catalog.forget_mount_points(keys)
+
+
+def is_noted(catalog: Catalog, folder: bytes) -> bool:
+    """Whether ``folder`` (a key ending in a separator) is a noted mount point."""
+    return folder in catalog.mount_points_under(folder)
+
+
+def _reached(catalog: Catalog, folders: Sequence[bytes], anywhere: bool) -> list[bytes]:
+    noted = catalog.mount_points_under(SEP)  # every one: a library has a few drives, not thousands
+    return [key for key in noted if anywhere or any(key.startswith(folder) or folder.startswith(key)
+                                                    for folder in folders)]

@@ -78,6 +78,7 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
     folders: list[bytes] = []
     paths: list[bytes] = []
     lists: list[str] = []
+    forgotten = {mounts.folder_key(path) for path in forget_mounts}  # gone for good: empty is no refusal there
     for source in sources:
         if isinstance(source, PathStream):
             raise CollectionError(f"--prune cannot take its files from {source}, which is read once; save the list "
@@ -94,19 +95,22 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
                 raise CollectionError(f"--prune refused: source folder {source} is unreadable ({exc.strerror}); "
                                       "nothing was deleted. Fix its permissions, or leave out --prune") from exc
             folder = encode_path(path).rstrip(os.sep.encode()) + os.sep.encode()
-            if empty and catalog.holds_rows_under(folder):
+            if empty and folder not in forgotten and catalog.holds_rows_under(folder):
+                on_purpose = (f"if its drive is gone for good, add --forget-mount {source}" if mounts.is_noted(
+                    catalog, folder) else "if you emptied it on purpose, prune from the folder above it")
                 raise CollectionError(
                     f"--prune refused: source folder {source} is empty, but the collection holds images under it (a "
                     "drive not mounted, its mount point left empty?); nothing was deleted. Mount it again, or leave "
-                    "out --prune; if you emptied it on purpose, prune from the folder above it")
+                    f"out --prune; {on_purpose}")
             folders.append(folder)
         elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
             lists.append(path)
         else:
             paths.append(encode_path(path))
+    anywhere = bool(paths or lists)  # listed files may lie under any drive
     if forget_mounts:
-        mounts.forget(catalog, forget_mounts, folders)
-    unmounted = mounts.unmounted(catalog, folders)
+        mounts.forget(catalog, forget_mounts, folders, anywhere)
+    unmounted = mounts.unmounted(catalog, folders, anywhere)
     for folder in unmounted:
         logger.warning("kept the images under %s: a drive was mounted there when it was ingested and is not now; "
                        "mount it and run again, or add --forget-mount %s to prune them", os.fsdecode(folder),
