@@ -1007,8 +1007,9 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert all(Path(copy.path).exists() for copy in copies)  # nothing deleted
     handlers.duplicates(0.9)
     assert stand_in.asked == 0.9 and stand_in.preferred == []
-    _, summary, _, _ = handlers.duplicates(0.9, prefer=" /photos/library \n\n~/originals\n")  # one folder a line
-    assert stand_in.preferred == ["/photos/library", "~/originals"] and "under the first folder named above" in summary
+    library = Path(copies[0].path).parent
+    _, summary, _, _ = handlers.duplicates(0.9, prefer=f" {library} \n\n~\n")  # one folder a line
+    assert stand_in.preferred == [str(library), "~"] and "under the first folder named above" in summary
     with pytest.raises(gr.Error, match="'photos' is not an absolute path"):
         handlers.duplicates(0.9, prefer="photos")
 

@@ -12,7 +12,7 @@ import pytest
 from mmretrieval.cli import main
 from mmretrieval.collection.collection import Collection
 from mmretrieval.collection.duplicates import DEFAULT_THRESHOLDS, connected_groups, similar_pairs
-from mmretrieval.errors import CollectionError
+from mmretrieval.errors import CollectionError, QueryError
 from mmretrieval.training.copies import pair_scores, write_near_duplicate_set
 
 
@@ -261,8 +261,11 @@ def test_preferred_folders_decide_the_kept_copy_before_pixels_and_metadata_but_n
         assert kept(library) == "library/original.jpg"
         assert kept(str(library) + "/") == "library/original.jpg"  # a trailing separator changes nothing
         assert kept(downloads, library) == "downloads/bigger.jpg" and kept(library, downloads) == "library/original.jpg"
+        (tmp_path / "lib").mkdir()
         assert kept(tmp_path / "lib") == "downloads/bigger.jpg"  # a folder, not a prefix of names: library/ is no lib/
         assert kept(album) == "downloads/bigger.jpg"  # album/link.jpg names the bigger file: an alias, never kept
+        with pytest.raises(QueryError, match="the folder to prefer 'librar' is not a folder here"):
+            col.duplicates(0.9, prefer=["librar"])  # a typo would keep other copies than meant: refused
     assert main(["duplicates", "--collection", str(tmp_path / "col"), "--threshold", "0.9", "--prefer",
                  str(library), "--null"]) == 0
     assert capsys.readouterr().out.split("\0")[:-1] == [str(downloads / "bigger.jpg")]

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..filled_folders import check_fillable_folder, folder_built_aside, name_within_limit
-from ..errors import CollectionError
+from ..errors import CollectionError, QueryError
 from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
@@ -260,8 +260,17 @@ def _one_path_per_file(copies: list[Copy], rank: Callable[[Copy], tuple]) -> tup
 
 
 def preferred_folders(prefer: Sequence[str | os.PathLike]) -> tuple[str, ...]:
-    """``prefer`` as :func:`keeper_rank` takes it: absolute folder paths (``~`` expanded) ending in a separator."""
-    return tuple(os.path.join(os.path.abspath(os.path.expanduser(os.fspath(folder))), "") for folder in prefer)
+    """``prefer`` as :func:`keeper_rank` takes it: absolute folder paths (``~`` expanded) ending in a separator.
+
+    Raises:
+        QueryError: one is not a folder here (a typo would keep other copies than the user meant, silently).
+    """
+    folders = tuple(os.path.abspath(os.path.expanduser(os.fspath(folder))) for folder in prefer)
+    for given, folder in zip(prefer, folders):
+        if not os.path.isdir(folder):
+            raise QueryError(f"the folder to prefer {os.fspath(given)!r} is not a folder here ({folder}); nothing "
+                             "was searched")
+    return tuple(os.path.join(folder, "") for folder in folders)
 
 
 def keeper_rank(copy: Copy, photo: "PhotoMetadata | None",
