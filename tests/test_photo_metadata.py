@@ -431,6 +431,23 @@ def test_rows_written_without_metadata_are_dated_by_mtime(tmp_path):
     catalog.close()
 
 
+@pytest.mark.parametrize("stamp_ns", [-275_000_000_500_000_000, -1_500_000_000, 1_500_000_000,
+                                      1_700_000_000_999_999_999])
+def test_sql_dates_a_file_time_as_python_does_before_1970_too(tmp_path, stamp_ns):
+    """The catalog's SQL dates rows written without metadata (and touched ones) from their mtimes; Python dates
+    decoded files. Both round a fractional second down, also before 1970 (1961 and a second and a half before 1970)."""
+    from mmretrieval.collection.catalog import Catalog, VectorWrite
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog.mark_pending([(b"/x/a.jpg", 10, stamp_ns, None)])
+    image_id = catalog.pending()[0][0]
+    catalog.write_results([VectorWrite(image_id, "h", 4, 3, "JPEG", np.ones(8, np.float32) / math.sqrt(8))], [])
+    photo, expected = catalog.photos([image_id])[image_id], photo_metadata(None, mtime_ns=stamp_ns)
+    assert (photo.taken_local, photo.utc_offset_min) == (expected.taken_local, expected.utc_offset_min)
+    assert photo.taken_utc_s == pytest.approx(stamp_ns / 1e9)
+    catalog.close()
+
+
 def test_rows_without_a_file_time_have_no_date_and_match_no_photo_filter(tmp_path):
     from mmretrieval.collection.catalog import Catalog, VectorWrite
 

@@ -39,8 +39,10 @@ CREATE TRIGGER IF NOT EXISTS vector_rows_removed_photo AFTER DELETE ON vector_ro
 """
 _COLUMNS = ("taken_local", "taken_utc_s", "utc_offset_min", "taken_source", "make", "model", "latitude",
             "longitude", "orientation")
-# A row dated by its file's mtime, as photo_metadata() dates it: this machine's wall clock and UTC offset.
-_SECONDS = "(i.mtime_ns / 1000000000)"
+# A row dated by its file's mtime, as photo_metadata() dates it: this machine's wall clock and UTC offset, in whole
+# seconds rounded down as Python's datetime rounds them (SQLite's integer division rounds toward zero, which would
+# move a fractional time before 1970 a second later).
+_SECONDS = "((i.mtime_ns - ((i.mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)"
 _MTIME_DATE = (f"strftime('%Y-%m-%dT%H:%M:%S', {_SECONDS}, 'unixepoch', 'localtime'), i.mtime_ns / 1e9, "
                f"CAST(round((julianday({_SECONDS}, 'unixepoch', 'localtime') - julianday({_SECONDS}, 'unixepoch')) "
                "* 1440) AS INTEGER)")  # taken_local, taken_utc_s, utc_offset_min

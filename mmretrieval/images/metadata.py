@@ -165,7 +165,7 @@ def redated(photo: PhotoMetadata, mtime_ns: int) -> PhotoMetadata:
 
 
 def _from_mtime(mtime_ns: int) -> tuple[str, float, int, str]:
-    local = dt.datetime.fromtimestamp(mtime_ns / 1e9).astimezone()
+    local = dt.datetime.fromtimestamp(mtime_ns // 1_000_000_000).astimezone()  # whole seconds, down: as the SQL
     offset = local.utcoffset() or dt.timedelta(0)
     return (local.replace(tzinfo=None, microsecond=0).isoformat(timespec="seconds"), mtime_ns / 1e9,
             int(offset.total_seconds() // 60), "mtime")
