@@ -89,7 +89,9 @@ def test_a_prune_keeps_an_unmounted_drives_images_until_it_is_mounted_or_forgott
     with Collection.open(lib.parent / "col", model=tiny_encoder, create=True) as col:
         assert col.ingest([lib], workers=0).embedded == 5
         assert col.catalog.mount_points_under(os.fsencode(f"{lib}/")) == [os.fsencode(f"{nas}/")]
+        assert col.info().drives == {str(nas): "mounted"}
         disk.unmount()
+        assert col.info().drives == {str(nas): "not mounted"}
         (lib / "good00.jpg").unlink()  # gone for good, on the library's own disk
         summary = col.ingest([lib], workers=0, prune=True)
         assert (summary.pruned, summary.unmounted) == (1, (str(nas),))  # the drive's 3 kept, the deleted one not
@@ -110,7 +112,7 @@ def test_a_prune_keeps_an_unmounted_drives_images_until_it_is_mounted_or_forgott
         assert len(col.catalog.vector_ids()) == 3  # neither refusal changed anything
         summary = col.ingest([lib], workers=0, prune=True, forget_mounts=[nas])  # retired for good
         assert (summary.pruned, summary.unmounted) == (2, ())
-        assert col.catalog.mount_points_under(os.fsencode(f"{lib}/")) == []
+        assert col.catalog.mount_points_under(os.fsencode(f"{lib}/")) == [] and col.info().drives == {}
 
 
 def test_cli_names_the_unmounted_folder_and_the_way_to_prune_it(drive, tiny_model_dir, capsys):
@@ -168,3 +170,16 @@ def test_a_drive_given_as_its_own_source_is_retired_with_forget_mount(drive, tin
 def _paths(col: Collection) -> list[str]:
     ids = col.catalog.vector_ids().tolist()
     return sorted(row.path for row in col.catalog.rows(ids).values())
+
+
+def test_a_catalog_older_than_the_mount_table_is_described_when_read_only(tmp_path, tiny_encoder):
+    """`mmr info` on a collection made before drives were noted, opened read-only (nothing adds the table): no
+    drives, no error."""
+    import sqlite3
+
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([write_good_images(tmp_path / "lib", 2)[0]], workers=0)
+    with sqlite3.connect(tmp_path / "col" / "catalog.sqlite") as db:
+        db.execute("DROP TABLE mount_points")
+    with Collection.open(tmp_path / "col", read_only=True) as col:
+        assert col.info().drives == {} and col.info().vectors == 1

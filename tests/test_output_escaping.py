@@ -58,6 +58,9 @@ def _info_tsv(out: str) -> dict[str, object]:
             pairs = [] if cell == "-" else [part.split("=") for part in cell.split(", ")]
             assert all(len(pair) == 2 for pair in pairs), cell
             parsed[key] = {tsv_unescape(name): int(tsv_unescape(count)) for name, count in pairs}
+        elif key == "drives":  # folder=mounted or folder=not mounted
+            pairs = [] if cell == "-" else [part.split("=") for part in cell.split(", ")]
+            parsed[key] = {tsv_unescape(folder): tsv_unescape(state) for folder, state in pairs}
         else:
             parsed[key] = tsv_unescape(cell)
     return parsed

@@ -6,6 +6,7 @@ holds, or the one saved on disk).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..models.specs import ModelIdentity
@@ -47,4 +48,10 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),
         segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
         waste_ratio=round(stored.ratio, 4), catalog_free_bytes=catalog_space(catalog).free_bytes,
-        imported=imported)
+        imported=imported, drives=_drives(catalog))
+
+
+def _drives(catalog: Catalog) -> dict[str, str]:
+    """The folders where an ingest found a drive mounted, and whether one is mounted there now."""
+    folders = (os.fsdecode(key.rstrip(os.sep.encode())) for key in catalog.mount_points_under(os.sep.encode()))
+    return {folder: "mounted" if os.path.ismount(folder) else "not mounted" for folder in folders}

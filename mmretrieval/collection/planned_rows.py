@@ -239,7 +239,10 @@ class PlannedRows:
                            [(folder, seen_ns) for folder in folders])
 
     def mount_points_under(self, folder: bytes) -> list[bytes]:
-        """The noted mount points at or under ``folder`` (a key ending in a separator), in path order."""
+        """The noted mount points at or under ``folder`` (a key ending in a separator), in path order; none in a
+        catalog older than the table that is read without being opened for writing (which adds it)."""
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mount_points'"):
+            return []
         end = folder[:-1] + bytes([folder[-1] + 1])
         return [row[0] for row in self._query("SELECT path FROM mount_points WHERE path >= ? AND path < ? "
                                               "ORDER BY path", (folder, end))]

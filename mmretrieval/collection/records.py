@@ -51,6 +51,8 @@ class CollectionInfo:
     bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     label_sets: dict[str, int] = field(default_factory=dict)  # label set -> labels it was run with
     labels: dict[str, int] = field(default_factory=dict)  # label -> images
+    drives: dict[str, str] = field(default_factory=dict)  # folder an ingest found a drive mounted at -> "mounted" or
+    # "not mounted" now (a prune keeps the images under one that is not: ingest/mounts.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
