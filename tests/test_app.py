@@ -191,13 +191,18 @@ def test_a_folder_or_dates_alone_list_their_images_newest_first(search, context,
         f"{photos[i].taken_at[:16].replace('T', ' ')} {photos[i].taken_at[19:]} · "  # the minute, then the offset
         f"{Path(context.collection.image_path(i)).name}" for i in ids]
     assert all(photos[i].taken_at[19:] for i in ids)  # files dated by their mtime: this machine's offset
-    assert status.startswith("5 results for no query among images under") and "newest first; taken " in status
+    assert status.startswith("5 results for no query among images under") and "newest first; taken on " in status
     assert "threshold is not used" in status  # 0.3 was ignored, and it says so
     page = {"kind": "search", "args": ["", None, "", 5, 0.3, None, folder, "1990"], "offset": 0}
     *_, ids, status, page = search.turn_page(page, True)
     assert ids == expected[5:10] and status.startswith("Results 6–10 for no query")
     with pytest.raises(gr.Error, match="set filters alone to list their images"):
         search.search("", None, "", 5, -1, None, "", "")  # no query and no filter: nothing to list
+    # the date boxes' errors name the boxes as the page does, not the command line's --after and --before
+    with pytest.raises(gr.Error, match="“Taken from” '2023-13-45' is not a date; use YYYY"):
+        search.search("", None, "", 5, -1, None, folder, "2023-13-45")
+    with pytest.raises(gr.Error, match="“Taken from” '2023' is not earlier than “Taken before” '2021': no photo"):
+        search.search("", None, "", 5, -1, None, folder, "2023", "2021")
 
 
 def test_empty_query_bad_id_and_bad_upload_are_readable_errors(search, tmp_path):
@@ -1009,7 +1014,8 @@ def test_duplicates_tab_with_groups_shaped_like_mmr_duplicates(context, search):
     assert stand_in.asked == 0.9 and stand_in.preferred == []
     library = Path(copies[0].path).parent
     _, summary, _, _ = handlers.duplicates(0.9, prefer=f" {library} \n\n~\n")  # one folder a line
-    assert stand_in.preferred == [str(library), "~"] and "under the first folder named above" in summary
+    assert stand_in.preferred == [str(library), "~"]
+    assert f"then one in `{library}`, else in `~`; then the most" in summary
     with pytest.raises(gr.Error, match="'photos' is not an absolute path"):
         handlers.duplicates(0.9, prefer="photos")
 
@@ -1045,7 +1051,7 @@ def test_search_filters_by_date_and_camera(search):
     assert old == []
     _, by_camera, _, _, _ = search.search("a shape", None, "", 200, -1, "", "", "", "", "Canon")
     assert by_camera == []  # generated PNGs have no camera
-    with pytest.raises(gr.Error, match="after"):
+    with pytest.raises(gr.Error, match="“Taken from” .not a date. is not a date"):
         search.search("a shape", None, "", 5, -1, "", "", "not a date", "", "")
 
 

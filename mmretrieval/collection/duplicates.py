@@ -268,7 +268,8 @@ def preferred_folders(prefer: Sequence[str | os.PathLike]) -> tuple[str, ...]:
     folders = tuple(os.path.abspath(os.path.expanduser(os.fspath(folder))) for folder in prefer)
     for given, folder in zip(prefer, folders):
         if not os.path.isdir(folder):
-            raise QueryError(f"the folder to prefer {os.fspath(given)!r} is not a folder here ({folder}); nothing "
+            resolved = f" ({folder})" if folder != os.fspath(given) else ""
+            raise QueryError(f"the folder to prefer {os.fspath(given)!r} is not a folder here{resolved}; nothing "
                              "was searched")
     return tuple(os.path.join(folder, "") for folder in folders)
 

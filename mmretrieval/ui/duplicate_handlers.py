@@ -23,7 +23,7 @@ from ..collection.duplicates import DuplicateGroup, LeftOut
 from ..json_lines import tsv_text
 from .context import AppContext, user_errors
 from .media import prune_exports
-from .names import counted, display_path
+from .names import counted, display_path, markdown_code
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ class DuplicateHandlers:
         shown = (f"Showing {GROUPS_SHOWN} a page ({counted(pages, 'page')}; choose the order and the page above the "
                  "groups)" if pages > 1 else "Showing all")
         summary = (f"{counted(len(groups), 'group')} of near-duplicates; {counted(others, 'copy', 'copies')} "
-                   "besides the suggested keepers (a file, not a link; then "
-                   f"{'under the first folder named above it is under; then ' if folders else ''}the most capture "
+                   f"besides the suggested keepers (a file, not a link; then {_preferred(folders)}the most capture "
                    "metadata, the highest resolution, the oldest, a lossless format, the largest file). "
                    f"{shown}. The export lists the "
                    "other copies for you to review: nothing is deleted from here.")
@@ -170,6 +169,13 @@ class DuplicateHandlers:
         target = folder / "copies-to-review.txt"
         target.write_text(others, encoding="utf-8", errors="surrogateescape")
         return target, folder / "duplicates.csv"
+
+
+def _preferred(folders: list[str]) -> str:
+    """The preference in the summary's list of rules: "one in /a, else in /b; then " (or "" with none)."""
+    if not folders:
+        return ""
+    return "one in " + ", else in ".join(markdown_code(display_path(folder)) for folder in folders) + "; then "
 
 
 def _pages(groups: int) -> int:

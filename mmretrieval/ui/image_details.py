@@ -68,7 +68,7 @@ def _photo_lines(photo: "PhotoMetadata | None") -> list[str]:
     if photo.taken_at:
         source = " (file's modification time: no EXIF date)" if photo.taken_source == "mtime" else ""
         lines.append(f"- taken: {markdown_text(photo.taken_at.replace('T', ' '))}{source}")
-    camera = " ".join(part for part in (photo.make, photo.model) if part)
+    camera = photo.camera  # "Canon EOS 80D", not "Canon Canon EOS 80D"
     if camera:
         lines.append(f"- camera: {markdown_text(camera)}")
     if photo.latitude is not None and photo.longitude is not None:

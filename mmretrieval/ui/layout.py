@@ -222,9 +222,9 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
     with gr.Row(equal_height=True):
         threshold = gr.Slider(0, 1, value=0, step=0.005, label="Similarity threshold (0: the model's default)",
                               scale=3)
-        prefer = gr.Textbox("", label="Keep the copies under (folders on the server, one a line, first first; "
-                            "optional)", placeholder="e.g. /home/me/photos/library", lines=1, max_lines=4, scale=3,
-                            elem_id="duplicates-prefer")
+        prefer = gr.Textbox("", label="Keep the copies under these folders (optional; on the server, one a line, "
+                            "the first line first)", placeholder="e.g. /home/me/photos/library", lines=2,
+                            max_lines=6, scale=3, elem_id="duplicates-prefer")
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
     summary = text_output(label="Summary", elem_id="duplicates-summary", live=True)
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
@@ -236,6 +236,9 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
                          scale=1, elem_id="duplicates-page")
     review = gr.HTML("", label="Groups", elem_id="duplicate-groups")
     groups = gr.State([])  # this session's last groups: pages and orders are drawn from them, not searched again
+    # The last run's export goes first: a run that fails (a folder mistyped) must not leave a list made with
+    # another preference on offer, to be downloaded and deleted from.
+    find.click(lambda: None, None, export, queue=False, api_visibility="private", show_progress="hidden")
     find.click(handlers.duplicates, [threshold, order, prefer], [review, summary, export, groups],
                api_name="duplicates", show_progress_on=[summary]).success(
         handlers.first_page, [groups], [page], queue=False, api_visibility="private")

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from .label_input import NO_LABELS, given_labels
+from ..errors import QueryError
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import predict
 from .context import AppContext, folder_prefix, user_errors
@@ -199,8 +200,8 @@ class SearchHandlers:
             status = f"No results for {description}. {empty_hint}"
         else:
             which = f"Results {offset + 1}–{offset + len(hits)}" if offset else counted(len(hits), "result")
-            span = (f"taken {_day(taken.get(hits[0].id))} to {_day(taken.get(hits[-1].id))}" if unscored
-                    else f"scores {hits[0].score:.3f} to {hits[-1].score:.3f}")
+            span = _taken_span([taken.get(hit.id) for hit in hits]) if unscored else (
+                f"scores {hits[0].score:.3f} to {hits[-1].score:.3f}")
             status = f"{which} for {description}; {span}. Click an image for details and “more like this”."
             if confidence.get("level") in ("weak", "fair", "clear"):
                 mark = "⚠️ " if confidence["level"] == "weak" else ""
@@ -343,6 +344,7 @@ def _filters(label: str | None, folder: str | None, after: str | None = None, be
         arguments["path_prefix"] = prefix
         words.append(f"under {markdown_text(display_path(prefix))}")
         names.append("folder")
+    _check_dates(after, before)
     for key, value, word, name in (("after", after, "taken from", "date"), ("before", before, "taken before", "date"),
                                    ("camera", camera, "from a camera matching", "camera")):
         if (value or "").strip():
@@ -351,6 +353,30 @@ def _filters(label: str | None, folder: str | None, after: str | None = None, be
             if name not in names:
                 names.append(name)
     return SearchFilters(arguments, tuple(words), tuple(names))
+
+
+def _check_dates(after: str | None, before: str | None) -> None:
+    """The date boxes' errors in the page's own words ("Taken from", not the command line's --after).
+
+    Raises:
+        gr.Error: a box that holds no date, or a range that no photo can fall in.
+    """
+    from ..collection.filters import Filters, parse_date
+
+    boxes = {"after": ("Taken from", (after or "").strip()), "before": ("Taken before", (before or "").strip())}
+    for label, text in boxes.values():
+        if text:
+            try:
+                parse_date(text, f"“{label}”")
+            except QueryError as exc:
+                raise gr.Error(f"{exc}.", print_exception=False) from None
+    if boxes["after"][1] and boxes["before"][1]:
+        try:
+            Filters.of(after=boxes["after"][1], before=boxes["before"][1])
+        except QueryError:
+            raise gr.Error(f"“Taken from” {boxes['after'][1]!r} is not earlier than “Taken before” "
+                           f"{boxes['before'][1]!r}: no photo can match (“Taken before” leaves out its own date: June "
+                           "2024 is from 2024-06, before 2024-07).", print_exception=False) from None
 
 
 def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
@@ -370,9 +396,15 @@ def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
 _NO_THRESHOLD = "The score threshold is not used: images listed by filters alone have no score."
 
 
-def _day(taken: str | None) -> str:
-    """The date part of an ISO capture time, or "undated"."""
-    return taken[:10] if taken else "undated"
+def _taken_span(taken: list[str | None]) -> str:
+    """When the listed images were taken, for the status line: "taken between 2023-02-05 and 2023-06-11", "taken on
+    1965-07-04", with "(and N undated)" where some have no date."""
+    days = sorted({when[:10] for when in taken if when})
+    undated = sum(when is None for when in taken)
+    if not days:
+        return "all undated"
+    span = f"taken on {days[0]}" if len(days) == 1 else f"taken between {days[0]} and {days[-1]}"
+    return span + (f" (and {undated} undated)" if undated else "")
 
 
 def _echo(text: str) -> str:
