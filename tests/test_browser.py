@@ -197,11 +197,15 @@ def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp
     status = page.locator("#search-status")
     status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)
     first_page = page.locator("#results .caption-label").all_inner_texts()
+    page.locator("#results .thumbnail-item").nth(3).click()  # its details shown, its thumbnail highlighted
+    page.locator("#results .thumbnail-item.selected").wait_for(timeout=30_000)
     box.fill("something else, not searched")
     page.locator("#next-page").click()
     status.get_by_text("Results 11–20 for 'a red circle'").wait_for(timeout=60_000)
     second_page = page.locator("#results .caption-label").all_inner_texts()
     assert len(second_page) == 10 and not set(first_page) & set(second_page)
+    # the highlight went with the page: Gradio kept it on the fourth thumbnail, another image than the details'
+    page.locator("#results .thumbnail-item.selected").wait_for(state="detached", timeout=30_000)
     assert float(second_page[0].split(" · ")[0]) <= float(first_page[-1].split(" · ")[0])
     page.locator("#previous-page").click()
     status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)

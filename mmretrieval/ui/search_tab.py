@@ -136,16 +136,18 @@ def search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
     gr.on([q.button.click, q.query.submit], handlers.search, search_inputs, results, api_name="search",
-          trigger_mode="always_last", show_progress_on=[r.status]).success(_first_page("search"), search_inputs, page, queue=False,
-                                              api_visibility="private")
+          trigger_mode="always_last", show_progress_on=[r.status]).success(
+        _first_page("search"), search_inputs, page, queue=False, api_visibility="private").then(
+        **_no_selection(r.gallery))
     # "More like this" takes the id the box holds: the one shown (a click puts it there) or one typed since.
     similar_inputs = [r.selected, q.k, q.threshold, *filters]
     r.more_button.click(handlers.similar, similar_inputs, results, api_name="similar_selected",
                         api_visibility="private", trigger_mode="always_last", show_progress_on=[r.status]).success(
-        _first_page("similar"), similar_inputs, page, queue=False, api_visibility="private")
+        _first_page("similar"), similar_inputs, page, queue=False, api_visibility="private").then(
+        **_no_selection(r.gallery))
     for button, forward in ((r.previous_page, False), (r.next_page, True)):
         button.click(handlers.turn_page, [page, gr.State(forward)], [*results, page], api_visibility="private",
-                     trigger_mode="always_last", show_progress_on=[r.status])
+                     trigger_mode="always_last", show_progress_on=[r.status]).success(**_no_selection(r.gallery))
     one_image = [r.preview, r.details, r.selected, r.original]
     r.gallery.select(handlers.select_result, [hit_ids], one_image, api_visibility="private",
                      show_progress_on=[r.details])
@@ -165,8 +167,16 @@ def search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
                      api_visibility="private", queue=False).then(
             handlers.search, search_inputs, results, api_visibility="private", trigger_mode="always_last",
             show_progress_on=[r.status]).success(
-            _first_page("search"), search_inputs, page, queue=False, api_visibility="private")
+            _first_page("search"), search_inputs, page, queue=False, api_visibility="private").then(
+            **_no_selection(r.gallery))
     return q.label
+
+
+def _no_selection(gallery: gr.Gallery) -> dict[str, Any]:
+    """An event step that clears the gallery's highlighted thumbnail: Gradio keeps the index highlighted when new
+    results come, which then marks another image than the one whose details are shown."""
+    return {"fn": lambda: gr.Gallery(selected_index=None), "inputs": None, "outputs": gallery, "queue": False,
+            "api_visibility": "private", "show_progress": "hidden"}
 
 
 def _first_page(kind: str) -> Callable[..., dict[str, Any]]:
