@@ -185,6 +185,10 @@ def test_no_results_hint_names_what_narrowed_the_search(search, collection_dir):
     elsewhere = str(collection_dir / "elsewhere")
     *_, status = search.search("a shape", None, "", 5, -1, "", elsewhere)
     assert status.startswith("No results") and "folder filter" in status and "threshold" not in status
+    assert f"There is no folder {elsewhere}/ on the server now." in status  # a typo, said as Duplicates says it
+    (collection_dir / "elsewhere").mkdir()
+    *_, status = search.search("a shape", None, "", 5, -1, "", elsewhere)
+    assert "folder filter" in status and "There is no folder" not in status  # there, holding nothing ingested
     *_, status = search.search("a shape", None, "", 5, 0.99)
     assert "lower the score threshold (now 0.99" in status.lower() and "filter" not in status
     *_, status = search.search("a shape", None, "", 5, 0.99, "", elsewhere, "", "", "Canon")

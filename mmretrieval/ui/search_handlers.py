@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -390,7 +391,10 @@ def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
     if not fixes:
         return "The collection holds nothing else to show: ingest a folder on the Collection tab."
     hint = " or ".join(fixes)
-    return hint[0].upper() + hint[1:] + "."
+    folder = filters.arguments.get("path_prefix")
+    missing = (f" There is no folder {markdown_text(display_path(folder))} on the server now."
+               if folder and not os.path.isdir(folder) else "")  # a typo, as Duplicates would say
+    return hint[0].upper() + hint[1:] + "." + missing
 
 
 _NO_THRESHOLD = "The score threshold is not used: images listed by filters alone have no score."
