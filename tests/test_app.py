@@ -196,6 +196,9 @@ def test_a_folder_or_dates_alone_list_their_images_newest_first(search, context,
     page = {"kind": "search", "args": ["", None, "", 5, 0.3, None, folder, "1990"], "offset": 0}
     *_, ids, status, page = search.turn_page(page, True)
     assert ids == expected[5:10] and status.startswith("Results 6–10 for no query")
+    oldest = [hit.id for hit in context.collection.browse(k=5, path_prefix=folder + "/", oldest_first=True)]
+    _, _, _, ids, status = search.search("", None, "", 5, -1, None, folder, "", "", "", True)
+    assert ids == oldest and ids != expected[:5] and "oldest first" in status
     with pytest.raises(gr.Error, match="set filters alone to list their images"):
         search.search("", None, "", 5, -1, None, "", "")  # no query and no filter: nothing to list
     # the date boxes' errors name the boxes as the page does, not the command line's --after and --before
@@ -685,7 +688,7 @@ def test_http_api_names_every_argument_and_output_and_makes_optional_ones_option
         assert not [p["label"] for p in endpoint["parameters"] if p["label"].startswith("parameter_")], name
     search_parameters = {p["parameter_name"]: p["parameter_has_default"] for p in endpoints["/search"]["parameters"]}
     assert list(search_parameters) == ["text", "image", "negative", "k", "threshold", "label", "folder", "after",
-                                      "before", "camera"]
+                                      "before", "camera", "oldest"]
     assert [name for name in list(search_parameters)[1:] if not search_parameters[name]] == []
     _, hits, confidence, status = client.predict("a red circle", api_name="/search")  # optional arguments left out
     assert confidence["level"] in ("weak", "fair", "clear")

@@ -80,13 +80,15 @@ class SearchHandlers:
     def search(
         self, text: str, image: str | None = None, negative: str | None = None, k: float | None = DEFAULT_K,
         threshold: float | None = None, label: str | None = None, folder: str | None = None,
-        after: str | None = None, before: str | None = None, camera: str | None = None, offset: int = 0,
+        after: str | None = None, before: str | None = None, camera: str | None = None, oldest: bool = False,
+        offset: int = 0,
     ) -> SearchResults:
         """Text and/or image query, minus negative text, optionally only among images with ``label`` or under ``folder``.
 
         Returns the gallery, the hits as JSON, how far the best hit stands out from the query's scores against
         how far unrelated text's does (for text-only queries), the hit ids and a status line. ``offset`` skips
-        the best hits (a later page shows results ``offset + 1`` on).
+        the best hits (a later page shows results ``offset + 1`` on). With no query, the filters alone list their
+        images: a label's most probable first, else newest first (``oldest``: oldest first).
         """
         query_image = load_upload(image)
         text, negative = (text or "").strip(), (negative or "").strip()
@@ -99,11 +101,12 @@ class SearchHandlers:
                                "first).", print_exception=False)
             if "label" not in filters.arguments:  # folder, dates, camera: newest first, as `mmr search --after ...`
                 with self.ctx.lock:
-                    hits = self.ctx.collection.browse(k=offset + count, **filters.arguments)
+                    hits = self.ctx.collection.browse(k=offset + count, oldest_first=bool(oldest), **filters.arguments)
                 notes = [note for note in (k_note, _NO_THRESHOLD if _threshold(threshold) is not None else "") if note]
                 unscored = {"level": "not calibrated", "top_score": None,
                             "message": "Images listed by filters alone have no score."}
-                return self._results(hits[offset:], f"no query{filters.among}, newest first", unscored, notes,
+                order = "oldest first" if oldest else "newest first"
+                return self._results(hits[offset:], f"no query{filters.among}, {order}", unscored, notes,
                                      _no_results_hint(filters, None), offset)
             with self.ctx.lock:  # a label alone: its images, most probable first, as `mmr search --label`
                 hits = self.ctx.collection.labelled(label.strip(), k=offset + count, threshold=_threshold(threshold),

@@ -30,6 +30,7 @@ class _QueryPanel:
     after: gr.Textbox
     before: gr.Textbox
     camera: gr.Textbox
+    oldest: gr.Checkbox
     examples: tuple[gr.Button, ...]
 
 
@@ -88,9 +89,13 @@ def _query_panel(ctx: AppContext) -> _QueryPanel:
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025", elem_id="before")
             camera = gr.Textbox("", label="Camera (make or model contains)", placeholder="e.g. iPhone",
                                 elem_id="camera")
-        gr.Markdown("With the query box empty, filters alone list their images: a label's, most probable first; "
-                    "a folder's, a date range's or a camera's, newest first.", elem_id="filters-alone")
-    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, examples)
+        with gr.Row(equal_height=True):
+            gr.Markdown("With the query box empty, filters alone list their images: a label's, most probable "
+                        "first; a folder's, a date range's or a camera's, newest first.", elem_id="filters-alone")
+            oldest = gr.Checkbox(False, label="Oldest first (filters alone)", elem_id="oldest", scale=0,
+                                 min_width=220)
+    return _QueryPanel(query, button, image, negative, k, threshold, label, folder, after, before, camera, oldest,
+                       examples)
 
 
 def _result_panel() -> _ResultPanel:
@@ -131,7 +136,7 @@ def search_tab(ctx: AppContext, handlers: SearchHandlers) -> gr.Dropdown:
     hit_ids = gr.State([])
     results = [r.gallery, r.hits_json, r.confidence, hit_ids, r.status]
     filters = [q.label, q.folder, q.after, q.before, q.camera]
-    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters]
+    search_inputs = [q.query, q.image, q.negative, q.k, q.threshold, *filters, q.oldest]
     page = gr.State(None)  # the search the page buttons repeat (see SearchHandlers.turn_page)
     # "always_last": a query submitted while another runs is run after it (never dropped), so the results
     # always end up matching what the box says.
