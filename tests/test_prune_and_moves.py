@@ -149,6 +149,43 @@ def test_a_moved_file_keeps_its_labels_and_a_copy_or_changed_bytes_get_none(tmp_
         assert _labels(col, tree / "copy.jpg") == _labels(col, tree / "moved.jpg") == _labels(col, paths[2]) == set()
 
 
+@pytest.mark.parametrize("batch_size", [1, 8])  # the files in one batch, or each in its own, in either order
+def test_names_swapped_or_renumbered_keep_their_labels(tmp_path, tiny_encoder, batch_size):
+    """Two names swapped, and a renumbering (IMG_1 deleted, IMG_2 -> IMG_1, IMG_3 -> IMG_2): each file moved onto
+    a path that another file still held, so no old path was gone and the moved files lost their labels (a
+    walkthrough found it). The labels follow the bytes; a copy of an unchanged file still gets none."""
+    swap, numbered = tmp_path / "swap", tmp_path / "numbered"
+    a, b = write_good_images(swap, 2)
+    img1, img2, img3 = (numbered / f"IMG_{i}.jpg" for i in (1, 2, 3))
+    for path, picture in zip((img1, img2, img3), write_good_images(numbered, 3, seed=7)):
+        picture.rename(path)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([swap, numbered], workers=0)
+        _label_two_sets(col)
+        before = {path: _scored(col, path) for path in (a, b, img2, img3)}
+        assert all(before.values()) and before[a] != before[b] and before[img2] != before[img3]  # by probability
+
+        a.rename(swap / "t.jpg")
+        b.rename(a)
+        (swap / "t.jpg").rename(b)
+        img1.unlink()
+        img2.rename(img1)
+        img3.rename(img2)
+        shutil.copy(a, swap / "copy.jpg")  # a copy of a file whose bytes stay where they are: still no labels
+        summary = col.ingest([swap, numbered], workers=0, batch_size=batch_size, prune=True)
+        assert summary.embedded == 0 and summary.pruned == 1  # IMG_3's row: its path is gone
+        assert (_scored(col, a), _scored(col, b)) == (before[b], before[a])
+        assert (_scored(col, img1), _scored(col, img2)) == (before[img2], before[img3])
+        assert _scored(col, swap / "copy.jpg") == ()
+
+
+def _scored(col: Collection, path) -> tuple[tuple[str, float], ...]:
+    """``(label, probability)`` pairs of the row at ``path``: the probabilities tell images apart, which the tiny
+    model's labels alone do not."""
+    image_id = col.catalog.id_of_path(path)
+    return col.catalog.labels_of([image_id]).get(image_id, ())
+
+
 def test_a_row_committed_from_a_segment_takes_the_labels_of_the_same_bytes(tmp_path):
     """The ``--ray`` path: a moved file's row arrives in a sealed segment, with its content hash."""
     (tmp_path / "col").mkdir()

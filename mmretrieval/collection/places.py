@@ -157,8 +157,10 @@ class VectorPlaces:
             generation = self._bump_generation()
             db.executemany("INSERT OR REPLACE INTO vector_rows(image_id, generation, segment, row) VALUES (?, ?, ?, ?)",
                            [(i, generation, n, row) for i, n, row in rows])
-            labelled = db.execute("SELECT DISTINCT v.image_id FROM vector_rows v JOIN labels l "
-                                  "ON l.image_id = v.image_id WHERE v.segment = ?", (number,)).fetchall()
+            labelled = db.execute("SELECT v.image_id FROM vector_rows v WHERE v.segment = ? AND "
+                                  "(EXISTS (SELECT 1 FROM labels l WHERE l.image_id = v.image_id) OR "
+                                  "EXISTS (SELECT 1 FROM label_scored s WHERE s.image_id = v.image_id))",
+                                  (number,)).fetchall()
             _drop_labels_of_new_content(db, [(image_id, hashes.get(image_id)) for image_id, in labelled])
             db.execute("UPDATE images SET status = 'ok', reason = NULL, message = NULL WHERE status != 'ok' AND id IN "
                        "(SELECT image_id FROM vector_rows WHERE segment = ?)", (number,))
@@ -322,6 +324,14 @@ class VectorPlaces:
                 self._bump_generation()
         return len(gone)
 
+    def forget_dropped_labels(self) -> None:
+        """Start a run's record of the labels that changed files left (:data:`_DROPPED_TABLES`) afresh."""
+        with self.transaction() as db:
+            for statement in _DROPPED_TABLES:
+                db.execute(statement)
+            db.execute("DELETE FROM temp.dropped_labels")
+            db.execute("DELETE FROM temp.dropped_scored")
+
     def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes, str]]]:
         """Pages of ``(id, path, status)`` of the rows under ``folder`` (ending in a separator), in path order."""
         after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
@@ -343,10 +353,30 @@ class VectorPlaces:
                 after = page[-1][0]
 
 
+# Labels (and records of having been scored) that rows lost as their bytes changed, by the hash of those bytes,
+# for one ingest (Catalog.forget_dropped_labels at its start): a file that gets those bytes later in the run (two
+# names swapped, a renumbering) takes them back (_take_labels_of_moved_files). TEMP: on this connection only, never
+# in the catalog file; a few rows per changed labelled file.
+_DROPPED_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS dropped_labels (content_hash TEXT NOT NULL, label_set TEXT NOT NULL, "
+    "label TEXT NOT NULL, probability REAL NOT NULL, PRIMARY KEY (content_hash, label_set, label))",
+    "CREATE TEMP TABLE IF NOT EXISTS dropped_scored (content_hash TEXT NOT NULL, label_set TEXT NOT NULL, "
+    "PRIMARY KEY (content_hash, label_set))",
+)
+
+
 def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[int, str | None]]) -> None:
     """Before ``(image id, content hash)`` rows get their new vector: drop the labels, in every set, of those whose
     bytes changed or are unknown (``None``). A label describes content: a file only touched (same hash, same
-    vector) keeps its labels, a file whose bytes changed gets them back from the next ``mmr label``."""
+    vector) keeps its labels, a file whose bytes changed gets them back from the next ``mmr label``, or at once
+    when the bytes it had are met again (their labels are kept aside: ``dropped_labels``)."""
+    for statement in _DROPPED_TABLES:
+        db.execute(statement)
+    changed = "i.id = ? AND i.content_hash IS NOT NULL AND i.content_hash IS NOT ?"  # bytes known, now others
+    db.executemany("INSERT OR REPLACE INTO temp.dropped_labels SELECT i.content_hash, l.label_set, l.label, "
+                   f"l.probability FROM labels l JOIN images i ON i.id = l.image_id WHERE {changed}", vectors)
+    db.executemany("INSERT OR IGNORE INTO temp.dropped_scored SELECT i.content_hash, s.label_set "
+                   f"FROM label_scored s JOIN images i ON i.id = s.image_id WHERE {changed}", vectors)
     db.executemany("DELETE FROM labels WHERE image_id = ? AND NOT EXISTS "
                    "(SELECT 1 FROM images WHERE id = ? AND content_hash = ?)",
                    [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
@@ -369,15 +399,20 @@ def _vanished(path: bytes, status: str) -> bool:
 
 def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
     """After ``(image id, content hash)`` rows got their new hash: give each, in every label set where it has no
-    labels, what a labelled or scored row with the same bytes whose file is gone had there (its labels, and its
-    record of having been scored, with no label or some): the same picture moved or renamed, whose old row a prune
-    removes later in the run. Labels are scored from the vector alone and the same bytes have the same vector, so
-    they are as true here. A copy whose original is still there takes none: the set was scored over the images its
-    filter chose then (``--prefix``...), and the copy was not among them.
+    labels, what a labelled or scored row with the same bytes had there (its labels, and its record of having been
+    scored, with no label or some): the same picture moved or renamed. That row is one whose file is gone (a prune
+    removes it later in the run), else one whose file changed and is to be embedded again (``pending``: two names
+    swapped, a renumbering), else the bytes' labels kept aside when their row changed earlier (``dropped_labels``).
+    Labels are scored from the vector alone and the same bytes have the same vector, so they are as true here. A
+    copy whose original is still there, unchanged, takes none: the set was scored over the images its filter chose
+    then (``--prefix``...), and the copy was not among them.
 
     An index lookup by content hash per row; a file is looked at only when a labelled or scored row has the same
     bytes.
     """
+    for statement in _DROPPED_TABLES:
+        db.execute(statement)
+    unlabelled_here = "label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)"
     for image_id, content_hash in rows:
         if content_hash is None:
             continue
@@ -387,13 +422,20 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
             "OR EXISTS (SELECT 1 FROM label_scored s WHERE s.image_id = i.id))", (content_hash, image_id)).fetchall()
         moved = next((other for other, path, status in candidates if _vanished(path, status)), None)
         if moved is None:
-            continue
-        unlabelled_here = "label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)"
-        db.execute(f"INSERT OR IGNORE INTO label_scored(label_set, image_id) SELECT label_set, ? FROM label_scored "
-                   f"WHERE image_id = ? AND {unlabelled_here}", (image_id, moved, image_id))
-        db.execute(f"INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
-                   f"SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? AND {unlabelled_here}",
-                   (image_id, moved, image_id))
+            moved = next((other for other, _, status in candidates if status == "pending"), None)
+        if moved is not None:
+            db.execute(f"INSERT OR IGNORE INTO label_scored(label_set, image_id) SELECT label_set, ? FROM "
+                       f"label_scored WHERE image_id = ? AND {unlabelled_here}", (image_id, moved, image_id))
+            db.execute(f"INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
+                       f"SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? AND {unlabelled_here}",
+                       (image_id, moved, image_id))
+        elif not candidates:  # no row holds these bytes now: those that did may have left their labels aside
+            db.execute(f"INSERT OR IGNORE INTO label_scored(label_set, image_id) SELECT label_set, ? FROM "
+                       f"temp.dropped_scored WHERE content_hash = ? AND {unlabelled_here} AND label_set IN "
+                       "(SELECT name FROM label_sets)", (image_id, content_hash, image_id))
+            db.execute(f"INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) SELECT label_set, ?, "
+                       f"label, probability FROM temp.dropped_labels WHERE content_hash = ? AND {unlabelled_here} "
+                       "AND label_set IN (SELECT name FROM label_sets)", (image_id, content_hash, image_id))
 
 
 def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) -> None:

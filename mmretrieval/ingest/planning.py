@@ -127,6 +127,7 @@ def plan_sources(catalog: Catalog, sources: Sequence[str | PathStream], checksum
                  hashed: Progress | None = None) -> Planned:
     """:func:`plan` over what :func:`~.reader.discover` finds in ``sources``; the mount points the walk met are
     noted in the catalog (:mod:`.mounts`), for later prunes."""
+    catalog.forget_dropped_labels()  # labels left by files that changed are this run's to hand on
     found_mounts: list[str] = []
     planned = plan(catalog, discover(sources, found_mounts), walked_folders(sources), checksum, hashed)
     mounts.record(catalog, found_mounts)
