@@ -112,3 +112,32 @@ def test_a_stopping_process_that_python_cannot_end_exits_by_its_deadline_and_say
     assert time.monotonic() - started < 60
     assert "stopping took longer than 1 s" in done.stderr
     assert "stuck_in_a_run" in done.stderr  # the dump names the function it waited for
+
+
+def test_a_signal_that_another_thread_takes_still_stops_the_serving_wait():
+    """The kernel may give SIGTERM to any thread that does not block it; the main thread's sleep then goes on, and
+    Python runs the handler only when it wakes. A server slept an hour at a time and so stayed up after SIGTERM
+    (one CI run in eight). Here the main thread blocks SIGTERM, so that only the other thread can take it."""
+    script = (
+        "import signal, sys, threading, time\n"
+        "from mmretrieval.cli import Terminated, sigterm_unwinds\n"
+        "from mmretrieval.cli.serve_cmd import wait_for_a_signal\n"
+        "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()  # takes signals the main blocks\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+        "print('waiting', flush=True)\n"
+        "try:\n"
+        "    with sigterm_unwinds():\n"
+        "        wait_for_a_signal()\n"
+        "except Terminated:\n"
+        "    sys.exit(143)\n"
+    )
+    waiting = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout.readline() == "waiting\n"
+        time.sleep(0.5)
+        started = time.monotonic()
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=60) == 143
+        assert time.monotonic() - started < 10
+    finally:
+        waiting.kill()

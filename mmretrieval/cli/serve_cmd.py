@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60.0  # how long a stopping server waits for an ingest or labelling run to unwind
 EXIT_GRACE_S = 20.0  # then for Gradio, the decoding processes and Python's own exit, before it exits regardless
+WAKE_S = 0.5  # the serving main thread's sleeps: a signal another thread took is handled within this
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         launch(app, config)
         say(f"serving {context.title} on http://{config.host}:{config.port}")
-        while True:  # until Ctrl-C, or SIGTERM (raised here as an exception too): Gradio's own wait swallows both
-            time.sleep(3600)
+        wait_for_a_signal()  # Gradio's own wait swallows both
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM (Terminated): this process is ending
             exit_by_deadline(STOP_TIMEOUT_S + EXIT_GRACE_S, _exit_status(exc))
@@ -77,6 +77,17 @@ def run(args: argparse.Namespace) -> int:
         if not context.stop(timeout_s=STOP_TIMEOUT_S):  # an ingest or labelling run is cut short, kept work kept
             logger.warning("a run in progress did not stop within %.0f s; what it committed is kept", STOP_TIMEOUT_S)
         raise
+
+
+def wait_for_a_signal() -> None:
+    """Sleep until Ctrl-C or SIGTERM raises here (as KeyboardInterrupt, or Terminated), in short sleeps.
+
+    The kernel may hand a signal to any thread that does not block it (Gradio's, the decoding pool's), and then
+    a sleep of the main thread goes on: Python runs the handler only once the main thread wakes. With one sleep of
+    an hour, a server sent SIGTERM during an ingest stayed up (one CI run in eight).
+    """
+    while True:
+        time.sleep(WAKE_S)
 
 
 def _exit_status(interrupt: KeyboardInterrupt) -> int:
