@@ -80,12 +80,14 @@ def running_app(context) -> Iterator[str]:
 def page_event(app, url: str, session: str, handler: str, data: list, event_data: dict | None = None,
                logs: list | None = None) -> dict:
     """Trigger the event that ``handler`` answers as the page in a browser does (queue/join, then the event
-    stream); gr.State inputs are sent as None, the server fills them from the session. Returns the final message;
-    the toasts the handler raised on the way (gr.Warning, gr.Info) are appended to ``logs``."""
+    stream); the inputs past ``data`` are sent as the page would, with their components' values, and gr.State
+    inputs as None (the server fills them from the session). Returns the final message; the toasts the handler
+    raised on the way (gr.Warning, gr.Info) are appended to ``logs``."""
     fn_index = next(i for i, fn in app.fns.items() if getattr(fn.fn, "__name__", "") == handler)
-    inputs = len(app.fns[fn_index].inputs)
+    rest = [None if getattr(component, "stateful", False) else getattr(component, "value", None)
+            for component in app.fns[fn_index].inputs[len(data):]]
     joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-        "data": data + [None] * (inputs - len(data)), "fn_index": fn_index, "session_hash": session,
+        "data": data + rest, "fn_index": fn_index, "session_hash": session,
         "event_data": event_data, "trigger_id": None})
     joined.raise_for_status()
     with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as events:
