@@ -5,7 +5,7 @@ An ingest notes the folders it walks that lie on another file system than the fo
 noted folder that is not a mount point now (a drive unplugged, a share not mounted after a reboot: the folder is
 then missing, empty, or holds whatever lay under the mount point), and the summary names it; its rows are pruned
 once the folder is mounted again, or forgotten (``--forget-mount``). A source folder that is itself empty is
-refused whole (:func:`.planning.prune_scope`), noted or not.
+refused whole (:func:`.planning.prune_scope`), noted or not, unless ``--forget-mount`` names it.
 """
 
 from __future__ import annotations
