@@ -372,11 +372,17 @@ def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[
     when the bytes it had are met again (their labels are kept aside: ``dropped_labels``)."""
     for statement in _DROPPED_TABLES:
         db.execute(statement)
+    labelled: set[int] = set()  # one look per batch: most rows (new files) have no labels to set aside
+    for chunk, marks in in_lists([image_id for image_id, _ in vectors]):
+        labelled.update(row[0] for row in db.execute(
+            f"SELECT image_id FROM labels WHERE image_id IN ({marks}) UNION "
+            f"SELECT image_id FROM label_scored WHERE image_id IN ({marks})", chunk + chunk))
+    aside = [(image_id, content_hash) for image_id, content_hash in vectors if image_id in labelled]
     changed = "i.id = ? AND i.content_hash IS NOT NULL AND i.content_hash IS NOT ?"  # bytes known, now others
     db.executemany("INSERT OR REPLACE INTO temp.dropped_labels SELECT i.content_hash, l.label_set, l.label, "
-                   f"l.probability FROM labels l JOIN images i ON i.id = l.image_id WHERE {changed}", vectors)
+                   f"l.probability FROM labels l JOIN images i ON i.id = l.image_id WHERE {changed}", aside)
     db.executemany("INSERT OR IGNORE INTO temp.dropped_scored SELECT i.content_hash, s.label_set "
-                   f"FROM label_scored s JOIN images i ON i.id = s.image_id WHERE {changed}", vectors)
+                   f"FROM label_scored s JOIN images i ON i.id = s.image_id WHERE {changed}", aside)
     db.executemany("DELETE FROM labels WHERE image_id = ? AND NOT EXISTS "
                    "(SELECT 1 FROM images WHERE id = ? AND content_hash = ?)",
                    [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
@@ -412,6 +418,8 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
     """
     for statement in _DROPPED_TABLES:
         db.execute(statement)
+    aside = bool(db.execute("SELECT 1 FROM temp.dropped_labels UNION ALL SELECT 1 FROM temp.dropped_scored "
+                            "LIMIT 1").fetchone())  # nearly always none: one look per batch, not two per row
     unlabelled_here = "label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)"
     for image_id, content_hash in rows:
         if content_hash is None:
@@ -429,7 +437,7 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
             db.execute(f"INSERT OR IGNORE INTO labels(label_set, image_id, label, probability) "
                        f"SELECT label_set, ?, label, probability FROM labels WHERE image_id = ? AND {unlabelled_here}",
                        (image_id, moved, image_id))
-        elif not candidates:  # no row holds these bytes now: those that did may have left their labels aside
+        elif aside and not candidates:  # no row holds these bytes now: those that did may have left labels aside
             db.execute(f"INSERT OR IGNORE INTO label_scored(label_set, image_id) SELECT label_set, ? FROM "
                        f"temp.dropped_scored WHERE content_hash = ? AND {unlabelled_here} AND label_set IN "
                        "(SELECT name FROM label_sets)", (image_id, content_hash, image_id))
