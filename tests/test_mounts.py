@@ -107,7 +107,7 @@ def test_a_prune_keeps_an_unmounted_drives_images_until_it_is_mounted_or_forgott
         disk.unmount()
         with pytest.raises(CollectionError, match="--forget-mount .*lib: no drive was seen mounted there"):
             col.ingest([lib], workers=0, prune=True, forget_mounts=[lib])
-        with pytest.raises(CollectionError, match="add prune"):
+        with pytest.raises(CollectionError, match=r"add --prune \(prune=True\)"):
             col.ingest([lib], workers=0, forget_mounts=[nas])
         assert len(col.catalog.vector_ids()) == 3  # neither refusal changed anything
         summary = col.ingest([lib], workers=0, prune=True, forget_mounts=[nas])  # retired for good

@@ -117,7 +117,8 @@ def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.opening import DEFAULT_MODEL
     from ..ingest.reader import stdin_sources
-    if args.forget_mount and not args.prune:
+
+    if args.forget_mount and not args.prune:  # Collection.ingest refuses it too, but after a new collection is made
         raise CollectionError("--forget-mount lets --prune reach the images of a drive that is not mounted; add "
                               "--prune")
     if args.prune and "-" in args.sources:

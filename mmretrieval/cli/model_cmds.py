@@ -70,6 +70,7 @@ def _classify(args: argparse.Namespace) -> int:
     from ..models.prompt_templates import load_templates
     from ..models.zeroshot import ZeroShotClassifier, predict, refuse_lone_softmax_label
     from ..progress import TqdmProgress
+
     if args.images.count("-") + args.labels.count("@-") > 1:
         raise QueryError("standard input given twice (- and --labels @- each read it); it can be read once")
     labels = parse_labels(labels_with_stdin(args.labels))

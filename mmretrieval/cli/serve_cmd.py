@@ -44,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
     else the demo."""
     from ..cache import default_collection_dir
     from ..collection.catalog import is_collection
+
     if args.collection is None and not args.demo:
         if is_collection(default_collection_dir()):
             args.collection = default_collection_dir()
@@ -69,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
         launch(app, config)
         say(f"serving {context.title} on http://{config.host}:{config.port}")
         wait_for_a_signal()  # Gradio's own wait swallows both
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM (Terminated): this process is ending
-            exit_by_deadline(STOP_TIMEOUT_S + EXIT_GRACE_S, _exit_status(exc))
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (Terminated): this process is ending
+        exit_by_deadline(STOP_TIMEOUT_S + EXIT_GRACE_S, _exit_status(interrupt))
+        raise
+    finally:
         context.stopping.set()  # a run in progress starts unwinding now, not after Gradio's 5 s close
         app.close()
         if not context.stop(timeout_s=STOP_TIMEOUT_S):  # an ingest or labelling run is cut short, kept work kept
             logger.warning("a run in progress did not stop within %.0f s; what it committed is kept", STOP_TIMEOUT_S)
-        raise
 
 
 def wait_for_a_signal() -> None:

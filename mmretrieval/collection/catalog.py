@@ -34,7 +34,7 @@ from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
 from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
-from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
+from .places import DROPPED_TABLES, FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists
 from .planned_rows import FileState, PlannedRows
 from .segment_files import SEGMENTS_DIRNAME
 from .segments import SegmentStore
@@ -120,6 +120,9 @@ class Catalog(PlannedRows, VectorPlaces):
             raise open_error(self.path, exc) from exc
         try:
             self._prepare_schema()
+            if writable:  # this connection's own scratch tables, never in the file (places.DROPPED_TABLES)
+                for statement in DROPPED_TABLES:
+                    self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise open_error(self.path, exc) from exc

@@ -239,8 +239,8 @@ class Collection(SearchMethods, LabelMethods):
         self._check_process()
         forget = tuple(os.path.expanduser(os.fspath(path)) for path in forget_mounts)
         if forget and not prune:
-            raise CollectionError("forget_mounts (--forget-mount) lets a prune reach an unmounted drive's folder; "
-                                  "add prune (--prune)")
+            raise CollectionError("--forget-mount (forget_mounts) lets --prune reach the images of a drive that is "
+                                  "not mounted; add --prune (prune=True)")
         busy = self.busy_message("ingest")
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest

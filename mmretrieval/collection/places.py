@@ -325,16 +325,14 @@ class VectorPlaces:
         return len(gone)
 
     def forget_dropped_labels(self) -> None:
-        """Start a run's record of the labels that changed files left (:data:`_DROPPED_TABLES`) afresh."""
+        """Start a run's record of the labels that changed files left (:data:`DROPPED_TABLES`) afresh."""
         with self.transaction() as db:
-            for statement in _DROPPED_TABLES:
-                db.execute(statement)
             db.execute("DELETE FROM temp.dropped_labels")
             db.execute("DELETE FROM temp.dropped_scored")
 
     def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes, str]]]:
         """Pages of ``(id, path, status)`` of the rows under ``folder`` (ending in a separator), in path order."""
-        after, upper = folder, folder[:-1] + bytes([folder[-1] + 1])  # paths starting with folder: [folder, upper)
+        after, upper = key_range(folder)
         while rows := self._query(f"SELECT id, path, status FROM images WHERE path > ? AND path < ? ORDER BY path "
                                   f"LIMIT {PRUNE_PAGE}", (after, upper)):
             yield rows
@@ -356,8 +354,8 @@ class VectorPlaces:
 # Labels (and records of having been scored) that rows lost as their bytes changed, by the hash of those bytes,
 # for one ingest (Catalog.forget_dropped_labels at its start): a file that gets those bytes later in the run (two
 # names swapped, a renumbering) takes them back (_take_labels_of_moved_files). TEMP: on this connection only, never
-# in the catalog file; a few rows per changed labelled file.
-_DROPPED_TABLES = (
+# in the catalog file, made when a catalog opens for writing; a few rows per changed labelled file.
+DROPPED_TABLES = (
     "CREATE TEMP TABLE IF NOT EXISTS dropped_labels (content_hash TEXT NOT NULL, label_set TEXT NOT NULL, "
     "label TEXT NOT NULL, probability REAL NOT NULL, PRIMARY KEY (content_hash, label_set, label))",
     "CREATE TEMP TABLE IF NOT EXISTS dropped_scored (content_hash TEXT NOT NULL, label_set TEXT NOT NULL, "
@@ -370,8 +368,6 @@ def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[
     bytes changed or are unknown (``None``). A label describes content: a file only touched (same hash, same
     vector) keeps its labels, a file whose bytes changed gets them back from the next ``mmr label``, or at once
     when the bytes it had are met again (their labels are kept aside: ``dropped_labels``)."""
-    for statement in _DROPPED_TABLES:
-        db.execute(statement)
     labelled: set[int] = set()  # one look per batch: most rows (new files) have no labels to set aside
     for chunk, marks in in_lists([image_id for image_id, _ in vectors]):
         labelled.update(row[0] for row in db.execute(
@@ -416,8 +412,6 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
     An index lookup by content hash per row; a file is looked at only when a labelled or scored row has the same
     bytes.
     """
-    for statement in _DROPPED_TABLES:
-        db.execute(statement)
     aside = bool(db.execute("SELECT 1 FROM temp.dropped_labels UNION ALL SELECT 1 FROM temp.dropped_scored "
                             "LIMIT 1").fetchone())  # nearly always none: one look per batch, not two per row
     unlabelled_here = "label_set NOT IN (SELECT label_set FROM labels WHERE image_id = ?)"
@@ -452,6 +446,12 @@ def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) ->
     db.executemany("DELETE FROM vector_rows WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
+
+
+def key_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """The catalog keys that start with ``prefix`` (a folder's, ending in a separator) as a range ``[low, high)``
+    of the path index: one look along it, where ``substr`` would read every row."""
+    return prefix, prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def in_lists(values: Sequence) -> Iterator[tuple[list, str]]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
 from .photo_table import redate_from_mtime, write_photos
-from .places import in_lists
+from .places import in_lists, key_range
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
@@ -227,10 +227,8 @@ class PlannedRows:
         return found
 
     def holds_rows_under(self, folder: bytes) -> bool:
-        """Whether any row's path lies under ``folder`` (a path key ending in a separator): one look along the
-        path index (a range of keys, as ``substr`` would read every row)."""
-        end = folder[:-1] + bytes([folder[-1] + 1])
-        return bool(self._query("SELECT 1 FROM images WHERE path >= ? AND path < ? LIMIT 1", (folder, end)))
+        """Whether any row's path lies under ``folder`` (a path key ending in a separator)."""
+        return bool(self._query("SELECT 1 FROM images WHERE path >= ? AND path < ? LIMIT 1", key_range(folder)))
 
     def record_mount_points(self, folders: Sequence[bytes], seen_ns: int) -> None:
         """Note ``folders`` (keys ending in a separator) as mount points found mounted at ``seen_ns``."""
@@ -243,9 +241,8 @@ class PlannedRows:
         catalog older than the table that is read without being opened for writing (which adds it)."""
         if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mount_points'"):
             return []
-        end = folder[:-1] + bytes([folder[-1] + 1])
         return [row[0] for row in self._query("SELECT path FROM mount_points WHERE path >= ? AND path < ? "
-                                              "ORDER BY path", (folder, end))]
+                                              "ORDER BY path", key_range(folder))]
 
     def forget_mount_points(self, folders: Sequence[bytes]) -> None:
         with self.transaction() as db:

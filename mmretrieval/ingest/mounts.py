@@ -25,6 +25,11 @@ def folder_key(path: str) -> bytes:
     return encode_path(os.path.abspath(path)).rstrip(SEP) + SEP
 
 
+def folder_name(key: bytes) -> str:
+    """The folder a :func:`folder_key` names, as typed (no trailing separator)."""
+    return os.fsdecode(key.rstrip(SEP)) or os.sep
+
+
 def record(catalog: Catalog, mount_points: Sequence[str]) -> None:
     """Note the mount points a walk found (:func:`~.reader.discover`'s ``mount_points``)."""
     if mount_points:
@@ -52,7 +57,7 @@ def forget(catalog: Catalog, paths: Sequence[str], folders: Sequence[bytes], any
     noted = _reached(catalog, folders, anywhere)
     unknown = [path for path, key in zip(paths, keys) if key not in noted]
     if unknown:
-        known = ", ".join(os.fsdecode(key.rstrip(SEP)) for key in noted) or "none"
+        known = ", ".join(folder_name(key) for key in noted) or "none"
         raise CollectionError(f"--forget-mount {unknown[0]}: no drive was seen mounted there under the folders "
                               f"pruned (those seen: {known}); nothing was changed")
     catalog.forget_mount_points(keys)

@@ -94,7 +94,7 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
             except OSError as exc:
                 raise CollectionError(f"--prune refused: source folder {source} is unreadable ({exc.strerror}); "
                                       "nothing was deleted. Fix its permissions, or leave out --prune") from exc
-            folder = encode_path(path).rstrip(os.sep.encode()) + os.sep.encode()
+            folder = mounts.folder_key(path)
             if empty and folder not in forgotten and catalog.holds_rows_under(folder):
                 on_purpose = (f"if its drive is gone for good, add --forget-mount {source}" if mounts.is_noted(
                     catalog, folder) else "if you emptied it on purpose, prune from the folder above it")
@@ -114,13 +114,13 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
     for folder in unmounted:
         logger.warning("kept the images under %s: a drive was mounted there when it was ingested and is not now; "
                        "mount it and run again, or add --forget-mount %s to prune them", os.fsdecode(folder),
-                       os.fsdecode(folder.rstrip(os.sep.encode())))
+                       mounts.folder_name(folder))
     return PruneScope(tuple(folders), tuple(paths), tuple(lists), tuple(unmounted))
 
 
 def unmounted_folders(scope: PruneScope | None) -> tuple[str, ...]:
     """The folders whose rows a prune kept as their drive is not mounted (:attr:`IngestSummary.unmounted`)."""
-    return tuple(os.fsdecode(folder.rstrip(os.sep.encode())) for folder in scope.unmounted) if scope else ()
+    return tuple(mounts.folder_name(folder) for folder in scope.unmounted) if scope else ()
 
 
 def plan_sources(catalog: Catalog, sources: Sequence[str | PathStream], checksum: bool = False,
