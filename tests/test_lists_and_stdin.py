@@ -298,7 +298,8 @@ def test_labels_from_a_closed_stdin_are_one_clear_error(photos, monkeypatch, cap
 def test_a_listed_file_out_of_reach_keeps_its_vector_and_labels_until_a_prune(tmp_path, tiny_encoder):
     """A list naming embedded files on a drive that is not mounted this time: they were turned into "missing"
     skips, their vectors and labels dropped, without --prune. Now they are counted as skipped and kept as they
-    were; a prune of the list removes them (once they are gone for good), and a new path missing is recorded."""
+    were; a prune of the list removes them (once they are gone for good), and a new path missing is recorded, except
+    by a prune, which would count it pruned on every run."""
     from mmretrieval.collection.collection import Collection
     from test_ingest import write_good_images
 
@@ -318,3 +319,5 @@ def test_a_listed_file_out_of_reach_keeps_its_vector_and_labels_until_a_prune(tm
         assert [row.path for row in col.failures()] == [f"{drive}/never.jpg"]  # a path never embedded: recorded
         assert col.ingest([listed], workers=0, prune=True).pruned == 4  # gone for good: the prune's call
         assert col.catalog.vector_ids().tolist() == []
+        again = col.ingest([listed], workers=0, prune=True)  # nothing left to prune: no row made only to go
+        assert again.pruned == 0 and again.skipped == {"missing": 4} and not list(col.failures())

@@ -169,22 +169,28 @@ class PlannedRows:
             write_photos(db, [(ids[path], facts.photo) for path, facts in entries
                               if facts.photo is not None and path in ids])
 
-    def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = ()) -> None:
+    def mark_skipped(self, entries: Sequence[tuple[bytes, str, str]], cleared: Sequence[bytes] = (),
+                     new_missing: bool = True) -> None:
         """Record ``(path, reason, message)`` for things that were never opened (FIFOs, link loops, folders that
         could not be listed), and delete the skipped rows of the ``cleared`` paths (their cause is gone: a folder
         that lists now); one transaction.
 
         An embedded file that a list names and that is ``missing`` now (a drive not mounted, a share down) keeps
         its row, vector and labels: it was only out of reach this time, and ``--prune`` is what removes the gone.
+        Without ``new_missing`` (a prune is about to run), a ``missing`` path that has no row gets none: the prune
+        would delete it at once, and count it as pruned on every run.
         """
+        upsert = ("INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
+                  "ON CONFLICT(path) DO UPDATE SET status = 'skipped', reason = excluded.reason, "
+                  "message = excluded.message, content_hash = NULL "
+                  "WHERE images.status != 'ok' OR excluded.reason != 'missing'")
+        update = ("UPDATE images SET status = 'skipped', reason = ?, message = ?, content_hash = NULL "
+                  "WHERE path = ? AND status != 'ok'")
+        inserted = [entry for entry in entries if new_missing or entry[1] != "missing"]
+        updated = [entry for entry in entries if not new_missing and entry[1] == "missing"]
         with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO images(path, size, mtime_ns, status, reason, message) VALUES (?, 0, 0, 'skipped', ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET status = 'skipped', reason = excluded.reason, "
-                "message = excluded.message, content_hash = NULL "
-                "WHERE images.status != 'ok' OR excluded.reason != 'missing'",
-                [(path, reason, bytes_escaped(message)) for path, reason, message in entries],
-            )
+            db.executemany(upsert, [(path, reason, bytes_escaped(message)) for path, reason, message in inserted])
+            db.executemany(update, [(reason, bytes_escaped(message), path) for path, reason, message in updated])
             # a skipped row holds no vector (see below), so removing one leaves the generation as it is
             db.executemany("DELETE FROM images WHERE path = ? AND status = 'skipped'", [(path,) for path in cleared])
             skipped = f"SELECT id FROM images WHERE {NOT_OK} AND status = 'skipped'"

@@ -124,12 +124,14 @@ def unmounted_folders(scope: PruneScope | None) -> tuple[str, ...]:
 
 
 def plan_sources(catalog: Catalog, sources: Sequence[str | PathStream], checksum: bool = False,
-                 hashed: Progress | None = None) -> Planned:
+                 hashed: Progress | None = None, pruning: bool = False) -> Planned:
     """:func:`plan` over what :func:`~.reader.discover` finds in ``sources``; the mount points the walk met are
-    noted in the catalog (:mod:`.mounts`), for later prunes."""
+    noted in the catalog (:mod:`.mounts`), for later prunes. ``pruning``: a prune of ``sources`` follows, so
+    listed paths that are missing and never had a row get none (see :meth:`~.Catalog.mark_skipped`)."""
     catalog.forget_dropped_labels()  # labels left by files that changed are this run's to hand on
     found_mounts: list[str] = []
-    planned = plan(catalog, discover(sources, found_mounts), walked_folders(sources), checksum, hashed)
+    planned = plan(catalog, discover(sources, found_mounts), walked_folders(sources), checksum, hashed,
+                   new_missing=not pruning)
     mounts.record(catalog, found_mounts)
     return planned
 
@@ -150,7 +152,7 @@ class Planned(NamedTuple):
 
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
-         checksum: bool = False, hashed: Progress | None = None) -> Planned:
+         checksum: bool = False, hashed: Progress | None = None, new_missing: bool = True) -> Planned:
     """Mark new and changed files ``pending`` and record skips.
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -165,6 +167,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             changed (a file replaced by one of the same size with its time copied over); reads every such file.
         hashed: ``(files hashed, None)`` as touched files, copies, imported rows' files (and, with ``checksum``,
             unchanged ones) are hashed: a mass touch or a checksum run reads the library before anything is embedded.
+        new_missing: record a ``missing`` skip for a path that has no row (:meth:`~.Catalog.mark_skipped`).
     """
     planner = _Planner(catalog, checksum, hashed)
     skipped: dict[bytes, Skipped] = {}
@@ -179,7 +182,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
         planner.plan_chunk(files)
     cleared = stale_skips(catalog, walked, skipped)
     if skipped or cleared:
-        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared)
+        catalog.mark_skipped([(key, s.reason, s.message) for key, s in skipped.items()], cleared, new_missing)
     logger.info("planned: %d to embed, %d unchanged (%d imported rows read), %d copies, %d skipped, %d skips "
                 "cleared, %d aliases", planner.marked - planner.copies, planner.unchanged, planner.adopted,
                 planner.copies, len(skipped), len(cleared), planner.aliases)
