@@ -272,6 +272,17 @@ class VectorPlaces:
         _, vectors = self._gather(list(places.values()))
         return dict(zip(places, vectors))
 
+    def vectors_of_rows(self, ids: Sequence[int]) -> dict[str, npt.NDArray[np.float32]]:
+        """The stored vectors of the rows ``ids`` that have one, by the content hash they were embedded from."""
+        places: dict[str, tuple] = {}
+        for chunk, marks in in_lists(ids):
+            for digest, *place in self._query(
+                    "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
+                    f"ON v.image_id = i.id WHERE i.id IN ({marks}) AND i.content_hash IS NOT NULL", chunk):
+                places[digest] = tuple(place)
+        _, vectors = self._gather(list(places.values()))
+        return dict(zip(places, vectors))
+
     def rows_per_segment(self) -> dict[int, int]:
         """Live (referenced) rows per segment number."""
         return dict(self._query("SELECT segment, COUNT(*) FROM vector_rows GROUP BY segment"))

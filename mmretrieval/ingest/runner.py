@@ -114,7 +114,10 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
 class _Uncommitted:
     """The catalog's vectors by content hash, and those of the last ``batches`` embedded batches, which the writer
     thread may not have committed yet: the same bytes met again a batch later are not embedded again (and count
-    as a duplicate whatever the batch size). Holds ``batches`` batches of vectors (2 MB at 4 x 256 x 512)."""
+    as a duplicate whatever the batch size). A batch's rows keep, beside their new vectors, the ones their commit
+    replaces: two names swapped (or a renumbering) hand each other their bytes, and the second file finds the
+    first one's old vector here once the writer has committed the first. Holds ``batches`` batches of up to
+    twice their vectors (4 MB at 4 x 256 x 512)."""
 
     def __init__(self, catalog: Catalog, batches: int):
         self.catalog = catalog
@@ -127,7 +130,10 @@ class _Uncommitted:
         return known
 
     def add(self, batch: EmbeddedBatch) -> None:
-        self.recent.append(dict(zip((item.content_hash for item in batch.decoded), batch.embeddings)))
+        """Remember ``batch``'s vectors, and those of its rows' bytes before: call it before the batch is committed."""
+        vectors = self.catalog.vectors_of_rows([item.image_id for item in batch.decoded])
+        vectors.update(zip((item.content_hash for item in batch.decoded), batch.embeddings))
+        self.recent.append(vectors)
 
 
 class _WriterThread:
