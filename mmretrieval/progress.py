@@ -30,9 +30,11 @@ class TqdmProgress:
         self._description, self._unit = description, unit
         self._stream = stream or sys.stderr
         self._bar: tqdm | _Lines | None = None  # made at the first report: work that never starts draws nothing
+        self.last: tuple[int, int | None] | None = None  # the last report: where interrupted work stopped
 
     def __call__(self, done: int, total: int | None) -> None:
         """Move the bar to ``done`` of ``total`` (None: not known, as while a folder is still being walked)."""
+        self.last = (done, total)
         if self._bar is None:  # ``initial``: the work before this report took an unknown time (see the module)
             self._bar = (tqdm(desc=self._description, unit=self._unit, file=self._stream, dynamic_ncols=True,
                               leave=True, initial=done) if _is_terminal(self._stream)

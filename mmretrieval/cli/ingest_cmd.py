@@ -142,15 +142,20 @@ def _ingest(args: argparse.Namespace) -> int:
     with TqdmProgress("index", unit="vec") as index_bar, \
             open_collection(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
-        with TqdmProgress("ingest") as progress, TqdmProgress("hashing", unit="files") as hashed:
-            summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
-                                        prune=args.prune, checksum=args.checksum, timeout_s=args.timeout,
-                                        forget_mounts=args.forget_mount,
-                                        progress=progress, hashed=hashed,
-                                        ray=ray,
-                                        device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
-                                        share_jpegs=args.share_jpegs == "on",
-                                        **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+        progress = TqdmProgress("ingest")
+        try:
+            with progress, TqdmProgress("hashing", unit="files") as hashed:
+                summary = collection.ingest(sources, batch_size=args.batch_size, workers=args.workers,
+                                            prune=args.prune, checksum=args.checksum, timeout_s=args.timeout,
+                                            forget_mounts=args.forget_mount,
+                                            progress=progress, hashed=hashed,
+                                            ray=ray,
+                                            device_decode={"auto": None, "on": True, "off": False}[args.device_decode],
+                                            share_jpegs=args.share_jpegs == "on",
+                                            **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what is kept before main says "interrupted"
+            _say_what_is_kept(progress.last)
+            raise
         if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
             say(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
                 "only have fixed the model to the demo one")
@@ -168,6 +173,17 @@ def _ingest(args: argparse.Namespace) -> int:
         say("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
             "within ~2e-3 of float32's")
     return _ingest_status(summary, args.sources)
+
+
+def _say_what_is_kept(last: tuple[int, int | None] | None) -> None:
+    """After an interrupt: how many images the run had saved (each committed batch is kept), and that running
+    the same command again goes on from there."""
+    if last is None or last[1] is None:  # stopped while planning (what it had marked pending is kept too)
+        say("mmr ingest: stopped before embedding; run the same command again to go on")
+        return
+    done, total = last
+    say(f"mmr ingest: {done} of {total} images were done and saved before the interrupt; run the same command "
+        f"again to do the {total - done} left")
 
 
 def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
