@@ -19,7 +19,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from ui_support import build_test_collection, free_port
+from ui_support import SCENE_COUNT, build_test_collection, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -210,6 +210,15 @@ def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp
     page.locator("#previous-page").click()
     status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)
     assert page.locator("#results .caption-label").all_inner_texts() == first_page
+    for shown in ("Results 11–20", f"Results 21–{SCENE_COUNT}"):
+        page.locator("#next-page").click()
+        status.get_by_text(shown).wait_for(timeout=60_000)
+    last_page = page.locator("#results .caption-label").all_inner_texts()
+    page.locator("#next-page").click()  # past the end: news in an info toast, not an error; the page stays
+    page.get_by_text("These are the last results: no more images match.").first.wait_for(timeout=30_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert status.get_by_text(f"Results 21–{SCENE_COUNT}").count() == 1
+    assert page.locator("#results .caption-label").all_inner_texts() == last_page
     page.close()
 
 

@@ -153,7 +153,8 @@ class SearchHandlers:
     @user_errors
     def turn_page(self, page: Page | None, forward: bool) -> PagedResults:
         """The next (or previous) page of the last search or "more like this": as many results as it asked for,
-        after (or before) the ones shown; and the page now shown, for the next turn."""
+        after (or before) the ones shown; and the page now shown, for the next turn. Past the last result, every
+        output is left as it is (``gr.skip()``)."""
         if not page:
             raise gr.Error("Search first: the Next and Previous buttons page through a search's results.",
                            print_exception=False)
@@ -164,8 +165,9 @@ class SearchHandlers:
             raise gr.Error(f"Pages stop at result {MAX_DEPTH}: narrow the search (a filter, a threshold or more "
                            "words) to see other images.", print_exception=False)
         results = handler(*page["args"], offset=offset)
-        if forward and not results[3]:
-            raise gr.Error("These are the last results: no more images match.", print_exception=False)
+        if forward and not results[3]:  # news, not an error: an info toast, and the page shown stays
+            gr.Info("These are the last results: no more images match.")
+            return tuple(gr.skip() for _ in (*results, page))
         return (*results, {**page, "offset": offset})
 
     def _build_query(self, text: str, image: Image.Image | None, negative: str) -> Any:
