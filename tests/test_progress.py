@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 
 import mmretrieval.progress as progress_module
+from mmretrieval.collection.collection import Collection
+from mmretrieval.ingest.batches import IngestConfig
+from mmretrieval.ingest.runner import run_ingest
 from mmretrieval.progress import TqdmProgress
+from test_ingest import write_good_images
 
 
 class _Terminal(io.StringIO):
@@ -36,3 +40,23 @@ def test_a_terminal_gets_a_bar():
     with TqdmProgress("ingest", stream=terminal) as progress:
         progress(3, 10)
     assert "\r" in terminal.getvalue() and "3/10" in terminal.getvalue()
+
+
+def test_an_ingest_reports_its_first_progress_once_the_model_is_loaded(tmp_path, tiny_encoder):
+    """The bar is made at the first report and measures its rate from then: made before the model loaded, the
+    rate counted the load as embedding time (a walkthrough saw the first rates well below the later ones)."""
+    write_good_images(tmp_path / "photos", 3)
+    events: list = []
+
+    def load():
+        events.append("model loaded")
+        return tiny_encoder
+
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        run_ingest(col.catalog, load, [str(tmp_path / "photos")], IngestConfig(workers=0),
+                   progress=lambda done, total: events.append((done, total)))
+        assert events[:2] == ["model loaded", (0, 3)] and events[-1] == (3, 3)
+        events.clear()
+        run_ingest(col.catalog, load, [str(tmp_path / "photos")], IngestConfig(workers=0),
+                   progress=lambda done, total: events.append((done, total)))
+        assert events == [(0, 0)]  # nothing to embed: no model, and the bar still says so

@@ -67,8 +67,6 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
     total = catalog.pending_count()
     counts: collections.Counter[str] = collections.Counter()
-    if progress:
-        progress(0, total)
     if total:
         from ..models.encoder import DualEncoder  # torch: only now that something needs the model
 
@@ -76,6 +74,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
         config = config.on_device(loaded.device.type)  # (the decoding pool makes room for its files as it starts)
         tasks = (DecodeTask(image_id, path) for image_id, path in catalog.iter_pending())  # paged, not all paths
         counts.update(_embed_tasks(catalog, loaded, tasks, total, config, progress))
+    elif progress:
+        progress(0, 0)
     pruned += prune_vanished(catalog, scope, skipped)  # the rest, now that moved files have reused their vectors
     failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
               if key.startswith("failed:")}
@@ -93,6 +93,8 @@ def _embed_tasks(catalog: Catalog, encoder: DualEncoder, tasks: Iterable[DecodeT
     batches still waiting for it lend their vectors by content hash (:class:`_Uncommitted`).
     """
     counts: collections.Counter[str] = collections.Counter()
+    if progress:  # once the model is loaded: a bar's rate is the embedding's, not the model load's
+        progress(0, total)
     writer = _WriterThread(CatalogWriter(catalog), total, progress)
     known = _Uncommitted(catalog, batches=writer.depth + 2)
     try:
