@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -828,3 +829,17 @@ def test_commands_that_decode_images_silence_pillows_size_warning(tmp_path, comm
     ignored = any(action == "ignore" and category is Image.DecompressionBombWarning
                   for action, _, category, _, _ in warnings.filters)
     assert ignored == silenced
+
+
+def test_a_renamed_file_is_counted_as_moved_not_as_a_duplicate(built, capsys):
+    """A renamed photo reuses its vector, as a copy does; the summary called it a duplicate, which sent a user
+    looking for copies that were not there."""
+    tmp_path, collection = built
+    photos = tmp_path / "photos"
+    (photos / "good00.jpg").rename(photos / "renamed.jpg")
+    shutil.copy2(photos / "good01.jpg", photos / "copy.jpg")
+    assert main(["ingest", str(photos), "--collection", collection, "--prune", "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "embedded 0, unchanged 5, duplicates 1, moved 1, pruned 1, failed 0 (none)" in captured.err, captured.err
+    summary = json.loads(captured.out)
+    assert (summary["duplicates"], summary["moved"], summary["pruned"]) == (1, 1, 1)

@@ -36,7 +36,7 @@ def test_a_copied_folder_takes_the_stored_vectors_without_the_model(tmp_path, ti
         col.ingest([tmp_path / "tree"], workers=0)
         shutil.copytree(tmp_path / "tree" / "a", tmp_path / "tree" / "copy")  # new mtimes, the same bytes
         summary = run_ingest(col.catalog, _no_model, [str(tmp_path / "tree")], IngestConfig(workers=0))
-        assert (summary.embedded, summary.duplicates, summary.unchanged, summary.failed) == (0, 4, 4, {})
+        assert (summary.embedded, summary.duplicates, summary.moved, summary.unchanged, summary.failed) == (0, 4, 0, 4, {})
         assert col.catalog.counts_by_status() == {"ok": 8}
         stored = _vectors_by_path(col)
         for name in (f"good{i:02d}.jpg" for i in range(4)):
@@ -56,7 +56,7 @@ def test_a_renamed_folder_keeps_its_labels_with_prune_and_the_model_stays_unload
         before = {os.path.basename(path): labels for path, labels in _labels_by_path(col).items()}
         (tmp_path / "tree" / "a").rename(tmp_path / "tree" / "b")
         summary = run_ingest(col.catalog, _no_model, [str(tmp_path / "tree")], IngestConfig(workers=0, prune=True))
-        assert (summary.embedded, summary.duplicates, summary.pruned) == (0, 3, 3)
+        assert (summary.embedded, summary.duplicates, summary.moved, summary.pruned) == (0, 0, 3, 3)  # not copies
         after = _labels_by_path(col)
         assert {os.path.dirname(path) for path in after} == {str(tmp_path / "tree" / "b")}
         assert {os.path.basename(path): labels for path, labels in after.items()} == before
@@ -73,7 +73,7 @@ def test_files_renamed_in_place_keep_their_vectors_and_labels_without_the_model(
         for i, path in enumerate(paths):
             path.rename(tmp_path / "photos" / f"2024-06-0{i + 1} 12.00.00.jpg")
         summary = run_ingest(col.catalog, _no_model, [str(tmp_path / "photos")], IngestConfig(workers=0, prune=True))
-        assert (summary.embedded, summary.duplicates, summary.pruned) == (0, 3, 3)
+        assert (summary.embedded, summary.duplicates, summary.moved, summary.pruned) == (0, 0, 3, 3)
         after, after_labels = _vectors_by_path(col), _labels_by_path(col)
         for i, path in enumerate(paths):
             renamed = str(tmp_path / "photos" / f"2024-06-0{i + 1} 12.00.00.jpg")

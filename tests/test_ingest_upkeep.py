@@ -146,7 +146,8 @@ def test_prune_reuses_the_vectors_of_moved_files(tmp_path, tiny_encoder):
                        col.vectors()[1]))
         (tmp_path / "tree" / "a").rename(tmp_path / "tree" / "b")
         moved = col.ingest([tmp_path / "tree"], workers=0, prune=True)
-        assert (moved.embedded, moved.duplicates, moved.unchanged, moved.pruned, moved.failed) == (0, 3, 3, 3, {})
+        assert (moved.embedded, moved.duplicates, moved.moved, moved.unchanged, moved.pruned, moved.failed) == (
+            0, 0, 3, 3, 3, {})
         ids, vectors = col.vectors()
         now = {col.catalog.rows([i])[i].path: v for i, v in zip(ids.tolist(), vectors)}
         assert sorted(now) == sorted(p.replace(f"{os.sep}a{os.sep}", f"{os.sep}b{os.sep}") for p in old)
@@ -242,7 +243,7 @@ def test_sigkill_during_a_prune_that_moves_touches_and_changes_files_then_resume
     with Collection.open(tmp_path / "clean", device="cpu") as col:
         clean = col.ingest([photos], workers=0, batch_size=2, prune=True)
     # the changed file embedded, the moved ones' vectors reused, the touched ones hashed in planning, a/ pruned
-    assert (clean.embedded, clean.duplicates, clean.unchanged, clean.pruned) == (1, 10, 9, 10)
+    assert (clean.embedded, clean.duplicates, clean.moved, clean.unchanged, clean.pruned) == (1, 0, 10, 9, 10)
     killed, expected = _snapshot(tmp_path / "killed"), _snapshot(tmp_path / "clean")
     assert killed == expected
     assert expected["counts"] == {"ok": 20}

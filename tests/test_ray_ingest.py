@@ -227,6 +227,6 @@ def test_prune_on_ray_lets_moved_files_reuse_their_vectors(shapes_encoder, tmp_p
         assert col.ingest([root], ray=small_config()).embedded == 3
         shutil.move(root / "a", root / "b")
         summary = col.ingest([root], prune=True, ray=small_config())
-        assert (summary.embedded, summary.duplicates, summary.pruned) == (0, 3, 3)
+        assert (summary.embedded, summary.duplicates, summary.moved, summary.pruned) == (0, 0, 3, 3)
         assert sorted(os.path.basename(os.path.dirname(col.image_path(i))) for i in col.catalog.vector_ids()) == [
             "b", "b", "b"]

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                         "and embed again those that changed (as rsync -c; reads every file)")
     parser.add_argument("--json", action="store_true",
                         help="also print the summary as one JSON object on stdout (embedded, unchanged, duplicates, "
-                        "pruned, and failed and skipped files by reason)")
+                        "moved, pruned, and failed and skipped files by reason)")
     parser.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
                         help="fail images with more pixels than this, a guard against decompression bombs (default "
                         "268402689, 16383x16383: any camera photo; a PNG or TIFF that large needs 1-3 GB per "
@@ -160,7 +160,8 @@ def _ingest(args: argparse.Namespace) -> int:
             say(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
                 "only have fixed the model to the demo one")
     skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
-    say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}, "
+    moved = f", moved {summary.moved}" if summary.moved else ""  # renamed too: found where its old path is gone
+    say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}{moved}, "
         f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
         f"{skipped}")
     if summary.adopted:
@@ -192,7 +193,7 @@ def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
     something (the listed files that are gone included);
     2, as for any failed command, when every file found failed or was skipped in this run; 1 when no image file
     was found."""
-    if summary.embedded or summary.unchanged or summary.duplicates or summary.skipped.get("alias"):
+    if summary.embedded or summary.unchanged or summary.duplicates or summary.moved or summary.skipped.get("alias"):
         if summary.skipped.get("alias"):  # files held under another path: nothing to do, as for unchanged ones
             say(f"mmr ingest: {summary.skipped['alias']} files are held already under another path to them (the "
                 "collection ingested the folder a link here leads to, or a link to this folder)")

@@ -124,7 +124,8 @@ class IngestSummary:
 
     embedded: int = 0  # files the model embedded
     unchanged: int = 0  # files skipped because path, size and mtime were unchanged
-    duplicates: int = 0  # files whose bytes were already embedded elsewhere (vector reused)
+    duplicates: int = 0  # files whose bytes were already embedded elsewhere (vector reused), the moved ones aside
+    moved: int = 0  # new paths of files whose old path is gone, found while planning: moved or renamed (vector reused)
     failed: dict[str, int] = field(default_factory=dict)  # reason -> count, files that did not decode or embed
     pruned: int = 0  # rows removed because their file disappeared
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count, what the reader would not open

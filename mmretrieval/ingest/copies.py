@@ -44,21 +44,22 @@ def find_copies(keys: list[bytes], twins: dict[bytes, list[Twin]],
     return copies
 
 
-def write_copies(catalog: Catalog, copies: dict[bytes, Twin]) -> int:
+def write_copies(catalog: Catalog, copies: dict[bytes, Twin]) -> dict[bytes, Twin]:
     """Store ``copies`` (path key -> the row whose bytes it has; marked ``pending`` already, so they have ids) as
-    embedded, in one transaction; returns how many were written (a row whose vector is gone stays pending, and
-    the ingest embeds it)."""
+    embedded, in one transaction; returns those written (a row whose vector is gone stays pending, and the ingest
+    embeds it)."""
     states = catalog.file_states_of(list(copies))
     vectors = catalog.vectors_by_hash({row.content_hash for row in copies.values()})
     photos = catalog.photos([row.id for row in copies.values()])
-    writes = []
+    writes, written = [], {}
     for key, row in copies.items():
         if row.content_hash not in vectors or key not in states:
             continue
+        written[key] = row
         photo = photos.get(row.id)
         writes.append(VectorWrite(states[key].id, row.content_hash, row.width, row.height, row.format,
                                   vectors[row.content_hash],
                                   photo=None if photo is None else redated(photo, states[key].mtime_ns)))
     if writes:
         catalog.write_results(writes, [])
-    return len(writes)
+    return written

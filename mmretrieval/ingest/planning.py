@@ -148,6 +148,7 @@ class Planned(NamedTuple):
     skipped: list[Skipped]  # what the reader would not open, recorded in the catalog
     aliases: int = 0  # new files the collection holds under another path to them: counted, not recorded (_Aliases)
     copies: int = 0  # new files stored with the vector of a file embedded elsewhere with the same bytes (.copies)
+    moved: int = 0  # of the copies, those whose file embedded elsewhere is gone: moved or renamed
     adopted: int = 0  # imported rows whose files were read, their vectors kept (.imported); counted as unchanged
 
 
@@ -186,7 +187,8 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
     logger.info("planned: %d to embed, %d unchanged (%d imported rows read), %d copies, %d skipped, %d skips "
                 "cleared, %d aliases", planner.marked - planner.copies, planner.unchanged, planner.adopted,
                 planner.copies, len(skipped), len(cleared), planner.aliases)
-    return Planned(planner.unchanged, list(skipped.values()), planner.aliases, planner.copies, planner.adopted)
+    return Planned(planner.unchanged, list(skipped.values()), planner.aliases, planner.copies, planner.moved,
+                   planner.adopted)
 
 
 class _Planner:
@@ -196,7 +198,7 @@ class _Planner:
     def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None):
         self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
         self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none, nor copies
-        self.unchanged = self.marked = self.aliases = self.copies = self.adopted = self._hashed_count = 0
+        self.unchanged = self.marked = self.aliases = self.copies = self.moved = self.adopted = self._hashed_count = 0
         self._count_lock = threading.Lock()
 
     def plan_chunk(self, files: dict[bytes, SourceFile]) -> None:
@@ -253,7 +255,9 @@ class _Planner:
         self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption) for key in keys])
         self.marked += len(keys)
         if copies:
-            self.copies += write_copies(self._catalog, copies)
+            written = write_copies(self._catalog, copies)
+            self.copies += len(written)
+            self.moved += sum(not os.path.isfile(row.path) for row in written.values())  # its old path is gone
 
     def _adopt(self, keys: list[bytes], files: dict[bytes, SourceFile]) -> None:
         """Record the files of imported rows, keeping their vectors; one that cannot be read now waits for the

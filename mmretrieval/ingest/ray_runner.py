@@ -125,7 +125,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
         committer = ResultCommitter(catalog)
         tally = Tally(skip_counts(skipped, planned.aliases))
-        tally.add(CommitCounts(duplicates=planned.copies))  # stored while planning (not in the progress total)
+        tally.add(CommitCounts(duplicates=planned.copies - planned.moved))  # stored while planning (not in the total)
         total = catalog.pending_count()
         config = _sized(config, total)
         report = _reporter(tally, total, progress)
@@ -147,7 +147,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
                 os.rmdir(os.path.join(collection_dir, folder))
         pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
         return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted,
-                                   unmounted=unmounted_folders(scope))
+                                   moved=planned.moved, unmounted=unmounted_folders(scope))
 
 
 def commit_left_results(catalog: Catalog, collection_dir: str) -> int:

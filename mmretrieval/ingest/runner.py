@@ -80,7 +80,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     failed = {key.removeprefix("failed:"): count for key, count in sorted(counts.items())
               if key.startswith("failed:")}
     return IngestSummary(embedded=counts["embedded"], unchanged=planned.unchanged,
-                         duplicates=planned.copies + counts["duplicates"], failed=failed, pruned=pruned,
+                         duplicates=planned.copies - planned.moved + counts["duplicates"], moved=planned.moved,
+                         failed=failed, pruned=pruned,
                          skipped=skip_counts(skipped, planned.aliases), adopted=planned.adopted,
                          unmounted=unmounted_folders(scope))
 

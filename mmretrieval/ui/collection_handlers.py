@@ -171,6 +171,7 @@ def describe_ingest(summary: Any, source: Path, failed_here: int) -> str:
              f"- embedded: {summary.embedded} new or changed files",
              f"- unchanged since the last ingest: {summary.unchanged}",
              f"- same bytes as a file already embedded (vector reused): {summary.duplicates}",
+             *([f"- moved or renamed (vector reused): {summary.moved}"] if summary.moved else []),
              f"- failed in this run: {summary.failed_total}{f' ({failed_now})' if failed_now else ''}"]
     if summary.skipped:
         lines.append(f"- skipped in this run (not regular files, links that loop, break or leave the folder, unreadable "
