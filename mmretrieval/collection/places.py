@@ -262,23 +262,18 @@ class VectorPlaces:
 
     def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, npt.NDArray[np.float32]]:
         """Stored vectors of already-embedded content, for reuse when the same bytes turn up at another path."""
-        wanted = list(set(hashes))
-        places: dict[str, tuple] = {}
-        for chunk, marks in in_lists(wanted):
-            for digest, *place in self._query(
-                    "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
-                    f"ON v.image_id = i.id WHERE i.content_hash IN ({marks})", chunk):
-                places[digest] = tuple(place)
-        _, vectors = self._gather(list(places.values()))
-        return dict(zip(places, vectors))
+        return self._vectors_by_hash_where("i.content_hash", list(set(hashes)))
 
     def vectors_of_rows(self, ids: Sequence[int]) -> dict[str, npt.NDArray[np.float32]]:
         """The stored vectors of the rows ``ids`` that have one, by the content hash they were embedded from."""
+        return self._vectors_by_hash_where("i.id", ids)
+
+    def _vectors_by_hash_where(self, column: str, values: Sequence) -> dict[str, npt.NDArray[np.float32]]:
         places: dict[str, tuple] = {}
-        for chunk, marks in in_lists(ids):
+        for chunk, marks in in_lists(values):
             for digest, *place in self._query(
                     "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
-                    f"ON v.image_id = i.id WHERE i.id IN ({marks}) AND i.content_hash IS NOT NULL", chunk):
+                    f"ON v.image_id = i.id WHERE {column} IN ({marks}) AND i.content_hash IS NOT NULL", chunk):
                 places[digest] = tuple(place)
         _, vectors = self._gather(list(places.values()))
         return dict(zip(places, vectors))
