@@ -1,10 +1,9 @@
-"""Serve the mmretrieval web UI: ``python app.py [--collection DIR] [--demo] [--host 127.0.0.1] [--port 7860]``.
+"""Serve the mmretrieval web UI: ``python app.py [--collection DIR] [--host 127.0.0.1] [--port 7860]``.
 
-Same as ``mmr serve``. With no ``--collection`` (and no ``$MMR_COLLECTION``) it serves the default collection once
-``mmr ingest FOLDER --model SPEC`` has made it; else (or with ``--demo``) it builds the demo collection once (a few
-thousand generated scenes, embedded with the bundled ``builtin:shapes`` model), caches it in the user cache
-directory (``~/.cache/mmretrieval/demo``; ``--data-dir`` or ``$MMR_DEMO_DIR`` to choose), and serves that: no model
-or data download needed.
+Same as ``mmr serve``. It serves ``--collection`` (or ``$MMR_COLLECTION``); with neither, it builds the demo
+collection once (a few thousand generated scenes, embedded with the bundled ``builtin:shapes`` model), caches it in
+the user cache directory (``~/.cache/mmretrieval/demo``; ``--data-dir`` or ``$MMR_DEMO_DIR`` to choose), and serves
+that: no model or data download needed.
 """
 
 from __future__ import annotations

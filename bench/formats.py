@@ -30,7 +30,8 @@ from mmretrieval.ingest.pool import DecodePool
 from mmretrieval.ingest.reader import decode_file, discover
 
 COMMON = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF", "TGA", "ICO", "PPM")
-_PIXELS = np.zeros((3, 1, 1), dtype=np.uint8)
+SIZE = 224  # the preparer's side: the pool checks that what a decoder returns has the shape the model takes
+_PIXELS = np.zeros((3, SIZE, SIZE), dtype=np.uint8)
 
 
 def pillow_reference(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Failed:
@@ -51,7 +52,7 @@ def pillow_reference(task: DecodeTask, preparer: ImagePreparer) -> Decoded | Fai
 
 
 def run_pool(paths: list[str], decode, workers: int, timeout_s: float) -> dict[str, Decoded | Failed]:
-    preparer = ImagePreparer(json.dumps({"size": 224}))
+    preparer = ImagePreparer(json.dumps({"size": SIZE}))
     tasks = [DecodeTask(i, path) for i, path in enumerate(paths)]
     pool = DecodePool(preparer, workers, timeout_s, decode=decode)
     return {paths[result.image_id]: result for result in pool.run(tasks)}
