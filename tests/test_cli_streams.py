@@ -207,8 +207,8 @@ def test_ingest_json_summary_for_scripts(tmp_path, tiny_model_dir, capsys):
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "col"), "--model",
                  str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary == {"embedded": 3, "unchanged": 0, "duplicates": 0, "failed": {"corrupt": 1}, "pruned": 0,
-                       "skipped": {}, "adopted": 0, "unmounted": []}
+    assert summary == {"embedded": 3, "unchanged": 0, "duplicates": 0, "moved": 0, "failed": {"corrupt": 1},
+                       "pruned": 0, "skipped": {}, "adopted": 0, "unmounted": []}
 
 
 def test_an_export_whose_summary_cannot_be_written_says_the_export_is_complete(collection, tmp_path, capsys,
