@@ -309,3 +309,21 @@ def test_a_plain_ingest_commits_what_a_killed_run_left_in_its_own_ray_output(tmp
     assert col.ingest([folder], workers=0).embedded == 1
     assert col.catalog.get_meta(RAY_OUTPUT_KEY) == str(tmp_path / "gone")  # kept for a later try
     col.close()
+
+
+def test_a_seal_whose_rows_were_taken_as_unsealed_is_not_a_finished_result(tmp_path, tiny_encoder):
+    """A task outliving its stopped driver wrote its rows, the next run removed them as unsealed leftovers, and
+    the task sealed its result after: the run then failed on the missing rows table (a CI run of
+    test_a_stopped_driver_resumes_from_finished_work). Such a result is not finished; a later run removes it."""
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    whole, broken = result_for(col, drop), result_for(col, drop)
+    (tmp_path / "drop" / f"{broken}.rows.parquet").unlink()
+    assert drop.finished() == [whole]
+    assert drop.remove_unsealed() == 3 and drop.finished() == [whole]  # the broken one's seal, vectors and ids
+    assert sorted(os.listdir(tmp_path / "drop")) == sorted(f"{whole}{suffix}" for suffix in
+                                                           (".rows.parquet", ".vec", ".ids", ".json"))
+    col.close()

@@ -167,11 +167,18 @@ class ResultDrop:
 
     # -- the driver -------------------------------------------------------------------------------------------
     def finished(self) -> list[str]:
-        """Names of complete results (sealed), in a stable order."""
+        """Names of complete results (sealed, their rows table there), in a stable order.
+
+        A seal whose rows table is gone is not one: a task that outlived a stopped driver (Ray retries an actor's
+        task after the actor is killed) was still writing when the next run's :meth:`remove_unsealed` took its
+        unsealed rows, and sealed it after. Its rows are pending, or committed from another result; the run
+        after next removes its files, as unsealed leftovers.
+        """
         filesystem, base = self._filesystem()
-        infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-        return sorted(os.path.basename(i.path)[:-len(SEAL_SUFFIX)] for i in infos
-                      if i.path.endswith(SEAL_SUFFIX) and not i.path.endswith(ROWS_SUFFIX))
+        names = {os.path.basename(i.path) for i in filesystem.get_file_info(
+            pafs.FileSelector(base, allow_not_found=True))}
+        return sorted(name[:-len(SEAL_SUFFIX)] for name in names
+                      if name.endswith(SEAL_SUFFIX) and name[:-len(SEAL_SUFFIX)] + ROWS_SUFFIX in names)
 
     def read(self, name: str) -> Result:
         """A finished result, checked against its seal (downloaded first from a remote location).
