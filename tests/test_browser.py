@@ -477,3 +477,19 @@ def test_choosing_an_order_on_a_later_page_shows_that_order_from_its_start(dupli
     assert _shown_groups(page)[0][1] == round(min(group.score for group in groups), 3)
     expect(page_box).to_have_value("1")
     page.close()
+
+
+def test_results_are_drawn_whole_and_empty_download_boxes_stay_small(app_url, browser, tmp_path):
+    """height="auto" still boxed the gallery at 55% of the window with a scrollbar of its own (2.5 rows of 24
+    results showed beside an empty column), and an empty download box was 236 px of dashed border."""
+    page = _open_app(browser, app_url)
+    assert page.locator("#original").bounding_box()["height"] < 150
+    box = page.locator("#query textarea, #query input").first
+    box.fill("a red circle")
+    box.press("Enter")
+    page.locator("#search-status").get_by_text("24 results for 'a red circle'").wait_for(timeout=60_000)
+    page.locator("#results .caption-label").nth(23).wait_for(timeout=30_000)
+    scroll = page.locator("#results .grid-wrap").evaluate("(wrap) => [wrap.scrollHeight, wrap.clientHeight]")
+    assert scroll[0] <= scroll[1] + 1, scroll  # no scroll box of its own: the page scrolls
+    _screenshot(page, tmp_path, "results-drawn-whole.png")
+    page.close()

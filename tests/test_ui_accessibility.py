@@ -183,7 +183,7 @@ def test_tapping_a_result_on_a_phone_brings_its_preview_into_sight(phone):
     phone.locator("#results .thumbnail-item").nth(1).tap()
     phone.locator("#details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
     top = phone.locator("#preview").bounding_box()["y"]
-    assert 0 <= top < PHONE["height"] / 2, top
+    assert -1 <= top < PHONE["height"] / 2, top  # at the top: -0.17 px once the layout rounds
 
 
 def test_a_click_on_a_wide_screen_does_not_scroll(browser, app_url):

@@ -163,3 +163,17 @@ def test_the_details_panel_names_the_most_probable_labels_and_counts_the_rest(tm
     assert line.endswith(f" and {249 - LABELS_SHOWN:,} more (each set's CSV export lists them all)")
     few = describe_details(7, ImageDetails(tmp_path / "a.png", 10, 10, None, labels[:3]))
     assert "more" not in few and "label 2 (1.00)" in few
+
+
+def test_a_long_file_name_is_cut_in_its_middle_under_a_result():
+    """A caption is one line of a thumbnail's width: its end (a version, the extension) was cut off."""
+    from mmretrieval.collection.records import Hit
+    from mmretrieval.ui.search_handlers import CAPTION_NAME_CHARS, hit_caption
+
+    long_name = "IMG_0007_a_very_long_descriptive_filename_final_v2.jpg"
+    caption = hit_caption(Hit(1, f"/photos/{long_name}", 0.25))
+    name = caption.split(" · ", 1)[1]
+    assert caption.startswith("0.250 · ") and len(name) == CAPTION_NAME_CHARS
+    assert name.startswith("IMG_0007_a_v") and name.endswith("final_v2.jpg") and "…" in name
+    assert hit_caption(Hit(2, "/photos/short.jpg", 0.5)) == "0.500 · short.jpg"
+    assert hit_caption(Hit(3, f"/photos/{long_name}", float("nan")), "2024-06-01T12:00:00").endswith("final_v2.jpg")

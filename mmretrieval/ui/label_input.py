@@ -32,7 +32,7 @@ def label_inputs(value: str, elem_id: str) -> LabelInputs:
     are then the ones used."""
     typed = gr.Textbox(label=TYPED_LABELS, lines=4, value=value, elem_id=elem_id)
     file = guard_upload(gr.File(label="Or a label file (.txt, one label a line; used instead of the box)",
-                                file_types=[".txt"], type="filepath", height=60, elem_id=f"{elem_id}-file"),
+                                file_types=[".txt"], type="filepath", height=140, elem_id=f"{elem_id}-file"),
                         what="label file")
     file.upload(lambda: "", None, typed, api_visibility="private", queue=False, show_progress="hidden")
     return LabelInputs(typed, file)

@@ -24,7 +24,7 @@ from .duplicate_handlers import GROUPS_SHOWN, MOST_ALIKE, ORDERS, DuplicateHandl
 from .label_input import label_inputs
 from .map_handlers import SELECTION_SHOWN, MapHandlers
 from .map_view import MAP_CSS, MAP_HTML, MAP_JS
-from .page_style import scroll_into_view_on_phones
+from .page_style import FILE_OUT_CLASS, scroll_into_view_on_phones
 from .media import guard_upload
 from .names import markdown_text
 from .projection import METHODS
@@ -129,13 +129,13 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                                        scale=3, elem_id="set-to-remove")
                 remove = gr.Button("Remove this set", variant="stop", scale=1)
             summary = text_output(label="Summary", live=True)
-            csv_file = gr.File(label="Labels as CSV", interactive=False)
+            csv_file = gr.File(label="Labels as CSV", interactive=False, elem_classes=[FILE_OUT_CLASS])
         with gr.Column():
             chart = gr.HTML(label="Images per label", elem_id="label-count-chart")
             with gr.Accordion("Counts as a table", open=False):
                 counts = gr.Dataframe(label="Images per label", interactive=False)
             samples = gr.Gallery(label=f"Samples per label (of the {SAMPLED_LABELS} most common labels)", columns=4,
-                                 height="auto", allow_preview=True, interactive=False)
+                                 height="auto", allow_preview=True, interactive=False, elem_id="label-samples")
     labelled = run.click(handlers.label_collection,
                          [labels.typed, templates, multi_label, threshold, label_set, replace, labels.file],
                          [chart, counts, samples, csv_file, summary], api_name="label_collection",
@@ -201,7 +201,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     shown_id, picked_ids = gr.State(None), gr.State([])
     draw.click(handlers.collection_map, [labels, method, label, folder, after, before, camera, label_set],
                [plot, note],
-               api_name="map", trigger_mode="always_last", show_progress_on=[note])
+               api_name="map", trigger_mode="always_last", show_progress_on=[note, plot])
     plot.select(handlers.map_select, None, [shown_id, picked, picked_note], api_visibility="private",
                 show_progress_on=[picked_note]).success(
         lambda image_id: _details_of_clicked(search, image_id), [shown_id], [preview, details, shown_id, original],
@@ -228,7 +228,7 @@ def _duplicates_tab(handlers: DuplicateHandlers) -> None:
         find = gr.Button("Find duplicates", variant="primary", scale=1, elem_id="find-duplicates")
     summary = text_output(label="Summary", elem_id="duplicates-summary", live=True)
     export = gr.File(label="Other copies (copies-to-review.txt) and every group (duplicates.csv)", interactive=False,
-                     file_count="multiple", height=140)
+                     file_count="multiple", height=140, elem_classes=[FILE_OUT_CLASS])
     with gr.Row(equal_height=True):
         order = gr.Radio(list(ORDERS), value=MOST_ALIKE, label="Order (least alike: the loose groups to look at)",
                          scale=3, elem_id="duplicates-order")

@@ -13,13 +13,32 @@ if TYPE_CHECKING:
 PHONE_WIDTH = "600px"  # at or below this page width the layout is a phone's: one column, bigger targets
 FOCUS_COLOUR = "#1d4ed8"  # 6.7:1 against white: a focus ring that is seen
 LIVE_CLASS = "mmr-live"  # text outputs whose changes a screen reader announces (widgets.text_output(live=True))
+FILE_OUT_CLASS = "mmr-file-out"  # download boxes: small while empty
+GROWN_GALLERIES = ("results", "label-samples")  # elem_ids of galleries drawn whole, in the page's own scroll
 
 PAGE_CSS = f"""
 :focus-visible {{ outline: 2px solid {FOCUS_COLOUR} !important; outline-offset: 2px; }}
+/* height="auto" still caps a gallery at 55% of the window, in a scroll box of its own: 2.5 rows of 24 results
+   showed beside an empty column (4 of 24 on a phone). */
+{", ".join(f"#{name} .grid-wrap.fixed-height" for name in GROWN_GALLERIES)} {{
+  max-height: none !important; overflow-y: visible !important; }}
+/* An empty download box was 236 px of dashed border whatever its height= said. */
+.{FILE_OUT_CLASS} .empty.large {{ min-height: var(--size-16) !important; }}
+/* A long path in the details wraps instead of running out of its box. */
+#details code {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
+/* The label file's drop zone: its text needs 240 px by Gradio's rule, in a 60-140 px box, and was cut off. */
+[id$="-labels-file"] .upload-container .wrap {{ min-height: 0 !important; }}
+/* A failed event's "Error" pill sat on the status text, centred over it: at the box's corner it hides nothing. */
+.{LIVE_CLASS} > .wrap .error {{ position: absolute; top: 0; right: 2.5rem; font-size: var(--text-sm); }}
 @media (max-width: {PHONE_WIDTH}) {{
   /* Gallery columns are at least 100 px: four of them overflow a phone, and every fourth result was cut off. */
   .grid-wrap .grid-container {{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }}
-  .grid-wrap .caption-label {{ white-space: normal; overflow-wrap: anywhere; max-width: calc(100% - 8px); }}
+  /* Two lines at most: wrapped without limit, a caption covered most of its picture. */
+  .grid-wrap .caption-label {{ white-space: normal; overflow-wrap: anywhere; max-width: calc(100% - 8px);
+    display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden;
+    padding-bottom: 0; }}
+  /* The "filters alone" note beside its checkbox was one word a line: the checkbox goes under it. */
+  .row:has(> #filters-alone) {{ flex-direction: column; }}
   /* Touch targets of at least 44 px (size="sm" buttons are 26 px). Gradio scopes these rules to the app. */
   button.sm, button.md, button.lg, button[role="tab"] {{ min-height: 44px; }}
 }}

@@ -42,6 +42,7 @@ ECHO_CHARS = 120  # most characters of a query the status line repeats
 # held equal by a test, so that importing this module does not import torch).
 LONG_QUERY_WORDS = 60
 MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
+CAPTION_NAME_CHARS = 28  # a longer file name is cut in its middle under a result: its end (a version, the extension) stays
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
 # gallery, hits as JSON, confidence, hit ids (kept in the page), status line
 SearchResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], list[int], str]
@@ -56,8 +57,17 @@ def hit_caption(hit: "Hit", taken: str | None = None) -> str:
     known (the list is in absolute time: 23:30 -07:00 comes after 00:30 +02:00 the next day), or "undated"."""
     if math.isnan(hit.score):
         when = f"{taken[:16].replace('T', ' ')}{' ' + taken[19:] if taken[19:] else ''}" if taken else "undated"
-        return f"{when} · {display_path(Path(hit.path).name)}"
-    return f"{hit.score:.3f} · {display_path(Path(hit.path).name)}"
+        return f"{when} · {_short_name(display_path(Path(hit.path).name))}"
+    return f"{hit.score:.3f} · {_short_name(display_path(Path(hit.path).name))}"
+
+
+def _short_name(name: str) -> str:
+    """``name`` in at most :data:`CAPTION_NAME_CHARS` characters, cut in the middle: a caption is one line of a
+    thumbnail's width, and its end was cut off ("IMG_0007_a_very_lo…"); the whole name is in the details."""
+    if len(name) <= CAPTION_NAME_CHARS:
+        return name
+    head = (CAPTION_NAME_CHARS - 1) // 2
+    return f"{name[:head]}…{name[-(CAPTION_NAME_CHARS - 1 - head):]}"
 
 
 def hit_record(hit: "Hit") -> dict[str, Any]:

@@ -10,7 +10,7 @@ import gradio as gr
 
 from .context import AppContext
 from .media import guard_upload
-from .page_style import scroll_into_view_on_phones
+from .page_style import FILE_OUT_CLASS, scroll_into_view_on_phones
 from .search_handlers import DEFAULT_K, MAX_K, SearchHandlers
 from .widgets import label_choices, original_download, preview_uploads, text_output
 
@@ -111,7 +111,7 @@ def _result_panel() -> _ResultPanel:
                 with gr.Row(equal_height=True):
                     zip_button = gr.Button("Make a zip of the originals", size="sm", elem_id="download-originals")
                     zip_note = text_output(label="Download")
-                zip_file = gr.File(label="Originals (zip)", interactive=False, height=60)
+                zip_file = gr.File(label="Originals (zip)", interactive=False, height=60, elem_classes=[FILE_OUT_CLASS])
         with gr.Column(scale=1, min_width=260):
             preview = gr.Image(label="Selected result", interactive=False, height=280, elem_id="preview",
                                buttons=["fullscreen"])

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from .context import AppContext
-from .page_style import LIVE_CLASS
+from .page_style import FILE_OUT_CLASS, LIVE_CLASS
 from .search_handlers import SearchHandlers
 
 
@@ -30,7 +30,8 @@ def original_download(elem_id: str) -> tuple[gr.Button, gr.File]:
     On demand, not on every click of a result: Gradio keeps a copy of each file it serves for an hour.
     """
     button = gr.Button("Get the original file", size="sm", elem_id=f"get-{elem_id}")
-    return button, gr.File(label="Original file", interactive=False, elem_id=elem_id, height=60)
+    return button, gr.File(label="Original file", interactive=False, elem_id=elem_id, height=60,
+                           elem_classes=[FILE_OUT_CLASS])
 
 
 def preview_uploads(image: gr.Image, handlers: SearchHandlers) -> None:
