@@ -332,6 +332,9 @@ def test_map_redraws_with_new_labels_and_answers_clicks_and_lassos(app_url, brow
     page.goto(app_url)
     page.locator("#query").wait_for(timeout=60_000)
     page.get_by_role("tab", name="Map").click()
+    # before the first drawing the note says what the button does (the map was a blank rectangle)
+    page.locator("#map-note").get_by_text("Press Draw the map to lay the collection's images out").wait_for(
+        timeout=30_000)
     _draw_map(page, "red, blue")
     keys = [text.split(" (")[0] for text in page.locator("#map .mmr-key").all_inner_texts()]
     assert keys and set(keys) <= {"red", "blue"}, keys  # the tiny random model may put every image in one

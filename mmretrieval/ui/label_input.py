@@ -30,7 +30,8 @@ class LabelInputs:
 def label_inputs(value: str, elem_id: str) -> LabelInputs:
     """A box for typed labels and an upload for a file of them; an upload empties the box, since the file's labels
     are then the ones used."""
-    typed = gr.Textbox(label=TYPED_LABELS, lines=4, value=value, elem_id=elem_id)
+    typed = gr.Textbox(label=TYPED_LABELS, lines=4, value=value, elem_id=elem_id,
+                       placeholder="e.g.\nbeach\nmountain\ncity at night")  # an empty box said nothing of its form
     file = guard_upload(gr.File(label="Or a label file (.txt, one label a line; used instead of the box)",
                                 file_types=[".txt"], type="filepath", height=140, elem_id=f"{elem_id}-file"),
                         what="label file")

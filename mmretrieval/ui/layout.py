@@ -183,7 +183,10 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
             after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
             before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
             camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
-    note = text_output(label="About this map", elem_id="map-note", live=True)
+    # Said before the first drawing: the map was a blank rectangle with no hint of what would fill it.
+    note = text_output("Press **Draw the map** to lay the collection's images out by likeness: alike images land "
+                       "close together. The first drawing takes a while; later ones reuse it.", label="About this map",
+                       elem_id="map-note", live=True)
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.HTML("", label="Map", html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
