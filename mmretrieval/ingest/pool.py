@@ -204,6 +204,10 @@ class DecodePool:
                     results.get(timeout=0.1)
                 except queue.Empty:
                     pass
+                except KeyboardInterrupt:
+                    # A second Ctrl-C (a terminal signals the whole group) while stopping: let go, so that the
+                    # workers still stop and their shared memory is still freed (it leaked, with a traceback).
+                    logger.debug("interrupted again while the decoding workers stop")
             chunks.close()  # the workers are stopped: nobody writes them any more
 
     def _feed(self, tasks: Iterator[DecodeTask | None], stop: threading.Event, sink: "EachResult | Batcher",
