@@ -223,3 +223,16 @@ def test_a_size_that_many_embedded_rows_share_finds_no_twins(tmp_path):
     assert {os.path.basename(key): sorted(os.path.basename(t.path) for t in twins) for key, twins in found.items()} == {
         b"DSC00001.ARW": [b"DSC00001.ARW"], b"moved.ARW": [b"DSC00000.ARW", b"DSC00001.ARW", b"DSC00002.ARW"]}
     catalog.close()
+
+
+def test_a_renamed_file_that_has_a_copy_elsewhere_counts_as_moved(tmp_path, tiny_encoder):
+    """Renamed onto the name of its copy in another folder: both rows have its bytes, and the one that stays (same
+    name) was taken, so a plain mv counted as a duplicate (a walkthrough found it)."""
+    write_good_images(tmp_path / "lib" / "favourites", 1)
+    (tmp_path / "lib" / "downloads").mkdir()
+    shutil.copy2(tmp_path / "lib" / "favourites" / "good00.jpg", tmp_path / "lib" / "downloads" / "copy.jpg")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "lib"], workers=0)
+        (tmp_path / "lib" / "downloads" / "copy.jpg").rename(tmp_path / "lib" / "downloads" / "good00.jpg")
+        summary = run_ingest(col.catalog, _no_model, [str(tmp_path / "lib")], IngestConfig(workers=0, prune=True))
+        assert (summary.embedded, summary.duplicates, summary.moved, summary.pruned) == (0, 0, 1, 1)

@@ -22,6 +22,7 @@ disk, the size index holds about 12 bytes an embedded row (12.0 MB for 1 M rando
 
 from __future__ import annotations
 
+import os
 from typing import Callable, TYPE_CHECKING
 
 from ..collection.catalog import Catalog, VectorWrite
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
 def find_copies(keys: list[bytes], twins: dict[bytes, list[Twin]],
                 hashed: Callable[[], None] | None = None) -> dict[bytes, Twin]:
     """Those of ``keys`` whose bytes are one of their twins' (hashed on a few threads; a file that cannot be
-    read is no copy: its decode fails it as before); ``hashed`` is called as each file is done."""
+    read is no copy: its decode fails it as before), each with a twin whose file is gone where there is one (the
+    file moved here; a copy of it that stays would count it a duplicate); ``hashed`` is called as each file is
+    done."""
     copies: dict[bytes, Twin] = {}
     for key, digest in zip(keys, file_hashes(keys, hashed)):
-        match = next((row for row in twins[key] if row.content_hash == digest), None)
-        if match is not None:
-            copies[key] = match
+        matches = [row for row in twins[key] if row.content_hash == digest]
+        if matches:
+            copies[key] = next((row for row in matches if not os.path.isfile(row.path)), matches[0])
     return copies
 
 
