@@ -843,3 +843,16 @@ def test_a_renamed_file_is_counted_as_moved_not_as_a_duplicate(built, capsys):
     assert "embedded 0, unchanged 5, duplicates 1, moved 1, pruned 1, failed 0 (none)" in captured.err, captured.err
     summary = json.loads(captured.out)
     assert (summary["duplicates"], summary["moved"], summary["pruned"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(("last", "said"), [
+    (None, "stopped before any image was embedded"),
+    ((0, 0), "stopped before any image was embedded"),  # a prune with nothing to embed: "0 of 0" said nothing
+    ((3, 10), "3 of 10 images were done and saved before the interrupt; run the same command again to do the 7 left"),
+    ((10, 10), "all 10 images were done and saved; run the same command again to finish"),
+])
+def test_an_interrupted_ingest_says_what_was_left(last, said, capsys):
+    from mmretrieval.cli.ingest_cmd import _say_what_is_kept
+
+    _say_what_is_kept(last)
+    assert said in capsys.readouterr().err

@@ -179,12 +179,16 @@ def _ingest(args: argparse.Namespace) -> int:
 def _say_what_is_kept(last: tuple[int, int | None] | None) -> None:
     """After an interrupt: how many images the run had saved (each committed batch is kept), and that running
     the same command again goes on from there."""
-    if last is None or last[1] is None:  # stopped while planning (what it had marked pending is kept too)
-        say("mmr ingest: stopped before embedding; run the same command again to go on")
-        return
-    done, total = last
-    say(f"mmr ingest: {done} of {total} images were done and saved before the interrupt; run the same command "
-        f"again to do the {total - done} left")
+    if last is None or not last[1]:  # planning, or the prune of a run with nothing to embed
+        say("mmr ingest: stopped before any image was embedded (what was done is kept); run the same command again "
+            "to finish")
+    elif last[0] < last[1]:
+        done, total = last
+        say(f"mmr ingest: {done} of {total} images were done and saved before the interrupt; run the same command "
+            f"again to do the {total - done} left")
+    else:  # stopped in the prune or the index after the last batch
+        say(f"mmr ingest: all {last[1]} images were done and saved; run the same command again to finish (a prune "
+            "or the index was left)")
 
 
 def _ingest_status(summary: "IngestSummary", sources: list[str]) -> int:
