@@ -269,3 +269,29 @@ def test_preferred_folders_decide_the_kept_copy_before_pixels_and_metadata_but_n
     assert main(["duplicates", "--collection", str(tmp_path / "col"), "--threshold", "0.9", "--prefer",
                  str(library), "--null"]) == 0
     assert capsys.readouterr().out.split("\0")[:-1] == [str(downloads / "bigger.jpg")]
+
+
+def test_a_preferred_folder_given_through_a_link_still_decides(tmp_path, shapes_encoder):
+    """~/Pictures linking to a data disk: the collection holds the paths it was ingested by, and --prefer (and
+    --prefix) through the other path matched nothing, so the copies meant to be kept were listed to trash."""
+    from mmretrieval.training import scenes
+
+    picture = scenes.generate(7, 0, size=160).image
+    library, downloads = tmp_path / "disk" / "library", tmp_path / "disk" / "downloads"
+    library.mkdir(parents=True)
+    downloads.mkdir()
+    picture.save(library / "original.jpg", quality=90)
+    picture.resize((320, 320)).save(downloads / "bigger.jpg", quality=95)
+    (tmp_path / "home").symlink_to(tmp_path / "disk")
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        col.ingest([tmp_path / "disk"], workers=0)
+        (group,) = col.duplicates(0.9)
+        assert group.keep.path == str(downloads / "bigger.jpg")  # the most pixels
+        (group,) = col.duplicates(0.9, prefer=[tmp_path / "home" / "library"])
+        assert group.keep.path == str(library / "original.jpg")
+        hits = col.search("a shape", path_prefix=str(tmp_path / "home" / "library") + os.sep)
+        assert [hit.path for hit in hits] == [str(library / "original.jpg")]
+    with Collection.open(tmp_path / "col2", model=shapes_encoder, create=True) as col:  # the other way round
+        col.ingest([tmp_path / "home"], workers=0)
+        (group,) = col.duplicates(0.9, prefer=[library])
+        assert group.keep.path == str(tmp_path / "home" / "library" / "original.jpg")

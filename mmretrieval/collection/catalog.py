@@ -281,17 +281,23 @@ class Catalog(PlannedRows, VectorPlaces):
         return tuple(rows[0]) if rows else None
 
     def ids_with_prefix(self, prefix: str | os.PathLike) -> npt.NDArray[np.int64]:
-        """Ids of embedded rows whose absolute path starts with ``prefix`` (bytewise; relative to the cwd).
+        """Ids of embedded rows whose absolute path starts with ``prefix`` (bytewise; relative to the cwd), or
+        with the same prefix through its folder's real path where that differs: a folder given through a link to
+        where the collection's images were ingested from (``~/Pictures`` linking to a data disk).
 
         A trailing separator is kept, so ``photos/`` matches ``photos/a.jpg`` but not ``photos2/a.jpg``.
         """
         raw = encode_path(prefix)  # absolute: a trailing separator is dropped (but for the root's own)
         if str(prefix).endswith(os.sep) and not raw.endswith(os.sep.encode()):
             raw += os.sep.encode()
-        rows = self._query(
-            "SELECT i.id FROM images i JOIN vector_rows v ON v.image_id = i.id WHERE substr(i.path, 1, ?) = ?",
-            (len(raw), raw))
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        folder, rest = raw.rsplit(os.sep.encode(), 1)
+        folder = folder or os.sep.encode()  # a name in the root
+        real = os.path.join(os.path.realpath(folder), rest) if os.path.isdir(folder) else raw
+        ids: list[int] = []
+        for form in dict.fromkeys((raw, real)):
+            ids += [r[0] for r in self._query("SELECT i.id FROM images i JOIN vector_rows v ON v.image_id = i.id "
+                                              "WHERE substr(i.path, 1, ?) = ?", (len(form), form))]
+        return np.unique(np.array(ids, dtype=np.int64))
 
     def photos(self, ids: Sequence[int]) -> dict[int, PhotoMetadata]:
         """Capture time, camera and GPS of rows by id (see :mod:`~mmretrieval.collection.photo_table`)."""

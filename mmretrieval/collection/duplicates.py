@@ -19,6 +19,7 @@ copies of one image are not on the same scale for every model.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -259,30 +260,34 @@ def _one_path_per_file(copies: list[Copy], rank: Callable[[Copy], tuple]) -> tup
     return sorted(kept, key=lambda c: c.id), tuple(sorted(aliases, key=lambda a: a.id))
 
 
-def preferred_folders(prefer: Sequence[str | os.PathLike]) -> tuple[str, ...]:
-    """``prefer`` as :func:`keeper_rank` takes it: absolute folder paths (``~`` expanded) ending in a separator.
+def preferred_folders(prefer: Sequence[str | os.PathLike]) -> tuple[tuple[str, ...], ...]:
+    """``prefer`` as :func:`keeper_rank` takes it: for each folder, its absolute path (``~`` expanded) and its real
+    path (links resolved) where that differs, each ending in a separator.
 
     Raises:
         QueryError: one is not a folder here (a typo would keep other copies than the user meant, silently).
     """
+    _real_folder.cache_clear()  # links may have changed since the last search (a server runs for weeks)
     folders = tuple(os.path.abspath(os.path.expanduser(os.fspath(folder))) for folder in prefer)
     for given, folder in zip(prefer, folders):
         if not os.path.isdir(folder):
             resolved = f" ({folder})" if folder != os.fspath(given) else ""
             raise QueryError(f"the folder to prefer {os.fspath(given)!r} is not a folder here{resolved}; nothing "
                              "was searched")
-    return tuple(os.path.join(folder, "") for folder in folders)
+    return tuple(tuple(dict.fromkeys(os.path.join(form, "") for form in (folder, os.path.realpath(folder))))
+                 for folder in folders)
 
 
 def keeper_rank(copy: Copy, photo: "PhotoMetadata | None",
-                prefer: Sequence[str] = ()) -> tuple[bool, int, int, int, int, bool, int, int]:
+                prefer: Sequence[tuple[str, ...]] = ()) -> tuple[bool, int, int, int, int, bool, int, int]:
     """How much a copy deserves keeping, compared as a tuple (the largest is kept):
 
     1. a file, not a symbolic link or a path through one: a link's target is in the collection too, and deleting
        the target because the link was kept would leave a dangling link and no photo;
     2. under the first of the ``prefer`` folders (:func:`preferred_folders`) it is under, the earlier the better:
        the user's own word on where originals live (``--prefer ~/Pictures/library`` keeps those, and lists the
-       copies in ~/Downloads);
+       copies in ~/Downloads); under it by the path it was ingested by or by real paths (a ``~/Pictures`` that
+       links to a data disk: given either way, the preference held only for the way the collection was made);
     3. the most of what a photo library sorts by, from the file itself: an EXIF capture time, the camera, a GPS
        position (a camera original over an upscaled, converted or re-saved copy that lost them);
     4. the most pixels;
@@ -299,9 +304,18 @@ def keeper_rank(copy: Copy, photo: "PhotoMetadata | None",
         described = sum((photo.taken_source not in (None, "mtime"), bool(photo.make or photo.model),
                          photo.latitude is not None))
     path = os.path.abspath(copy.path)
-    preferred = next((len(prefer) - i for i, folder in enumerate(prefer) if path.startswith(folder)), 0)
+    real = os.path.join(_real_folder(os.path.dirname(path)), os.path.basename(path)) if prefer else path
+    preferred = next((len(prefer) - i for i, forms in enumerate(prefer)
+                      if path.startswith(forms) or real.startswith(forms)), 0)
     return (not copy.is_link, preferred, described, copy.width * copy.height, -copy.mtime_ns, lossless, copy.bytes,
             -copy.id)
+
+
+@functools.lru_cache(maxsize=10_000)
+def _real_folder(folder: str) -> str:
+    """``folder`` with its links resolved (a copy's file itself is not followed: a link is no original); cached for
+    one search (:func:`preferred_folders` clears it)."""
+    return os.path.realpath(folder)
 
 
 def _changed(copy: Copy, planned: tuple[int, int, str] | None) -> bool:

@@ -290,11 +290,11 @@ class SearchMethods:
 
         self._check_process()
         k, threshold = check_k(k, "neighbours"), check_threshold(threshold, duplicates=True)
-        folders = preferred_folders(prefer)
+        preferred_folders(prefer)  # a folder that is not one is refused before the search, not after it
 
         def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
             with self._lock:  # one block at a time: an ingest in another thread may add between blocks
                 self._indexes.sync()
                 return self._indexes.index.search(queries, k)
 
-        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress, folders)
+        return find_duplicates(self.catalog, search, self.duplicate_threshold(threshold), k, progress, prefer)
