@@ -295,3 +295,13 @@ def test_a_preferred_folder_given_through_a_link_still_decides(tmp_path, shapes_
         col.ingest([tmp_path / "home"], workers=0)
         (group,) = col.duplicates(0.9, prefer=[library])
         assert group.keep.path == str(tmp_path / "home" / "library" / "original.jpg")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, where no folder can be made")
+def test_a_review_folder_that_cannot_be_made_prints_no_group(copies, capsys):
+    """The groups were printed first and the folder made after: `--null | xargs` had acted on the list when the
+    command failed, with a raw errno message (a walkthrough tried /proc)."""
+    root, _ = copies
+    assert main(["duplicates", "--collection", str(root / "col"), "--null", "--organize", "/proc/mmr-review"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "cannot write the review folder /proc/mmr-review" in captured.err, captured.err

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         with TqdmProgress("duplicates") as progress:
             groups = collection.duplicates(args.threshold, k=args.k, progress=progress, prefer=args.prefer)
         note = chaining_note(groups, collection.duplicate_threshold(args.threshold))
+    # Linked before the list is printed: a `--null | xargs` acts on the list, which must not come when this fails.
+    made = organize_duplicates(groups, args.organize) if args.organize else 0
     names_as_bytes()
     if args.json:
         rows = ({"paths": list(g.paths), "scores": [round(s, 6) for s in g.scores], "keep": g.keep.path,
@@ -79,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
             print("\t".join([f"{group.score:.4f}", *(tsv_text(path) for path in group.paths)]))
         sys.stdout.flush()
     if args.organize:
-        made = organize_duplicates(groups, args.organize)
         say(f"linked {made} files of {len(groups)} groups under {args.organize}")
     say(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies")
     for line in _notes(groups, tsv=not (args.json or args.null)):
