@@ -856,3 +856,23 @@ def test_an_interrupted_ingest_says_what_was_left(last, said, capsys):
 
     _say_what_is_kept(last)
     assert said in capsys.readouterr().err
+
+
+def test_files_in_a_folder_that_cannot_be_read_are_not_called_gone(built, capsys, monkeypatch):
+    """A folder made unreadable (chmod 000): its files are there, only not visible to this user; the search said
+    "5 of these files no longer exist" (os.path.lexists is False on EACCES). Root reads any folder, so the
+    refusal is made here."""
+    import os
+
+    tmp_path, collection = built
+    photos = str(tmp_path / "photos")
+    lstat = os.lstat
+
+    def unreadable(path, *args, **kwargs):
+        if os.fsdecode(path).startswith(photos + os.sep):
+            raise PermissionError(13, "Permission denied", path)
+        return lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", unreadable)
+    assert main(["search", "red", "--collection", collection, "--device", "cpu", "-k", "50"]) == 0
+    assert "no longer exist" not in capsys.readouterr().err
