@@ -866,13 +866,14 @@ def test_files_in_a_folder_that_cannot_be_read_are_not_called_gone(built, capsys
 
     tmp_path, collection = built
     photos = str(tmp_path / "photos")
-    lstat = os.lstat
+    def unreadable(look):
+        def refused(path, *args, **kwargs):
+            if os.fsdecode(path).startswith(photos + os.sep):
+                raise PermissionError(13, "Permission denied", path)
+            return look(path, *args, **kwargs)
+        return refused
 
-    def unreadable(path, *args, **kwargs):
-        if os.fsdecode(path).startswith(photos + os.sep):
-            raise PermissionError(13, "Permission denied", path)
-        return lstat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "lstat", unreadable)
+    monkeypatch.setattr(os, "stat", unreadable(os.stat))  # either way of looking is refused
+    monkeypatch.setattr(os, "lstat", unreadable(os.lstat))
     assert main(["search", "red", "--collection", collection, "--device", "cpu", "-k", "50"]) == 0
     assert "no longer exist" not in capsys.readouterr().err

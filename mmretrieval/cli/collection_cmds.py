@@ -179,25 +179,15 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
     if not rows:
         say(f"mmr {command}: no results ({none})")
     from ..collection.catalog import is_uri
+    from ..collection.places import vanished
 
-    gone = sum(not is_uri(row["path"]) and _gone(row["path"]) for row in rows)  # (URIs: imported)
+    # what a prune would drop (URIs: imported); a file in a folder that cannot be read now is not known to be gone
+    gone = sum(not is_uri(row["path"]) and vanished(os.fsencode(row["path"]), "ok") for row in rows)
     if gone:
         which = "one of these files no longer exists" if gone == 1 else f"{gone} of these files no longer exist"
         say(f"mmr {command}: {which} where the collection has {'it' if gone == 1 else 'them'} (`mmr ingest --prune` "
             "drops those of the folders it ingests)")
     return 0 if rows else 1
-
-
-def _gone(path: str) -> bool:
-    """Whether nothing is at ``path`` now; a path that cannot be looked at (a folder made unreadable, an I/O
-    error) is not known to be gone, and ``os.path.lexists`` called it gone."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def _register_index(subparsers) -> None:

@@ -297,7 +297,7 @@ class VectorPlaces:
         """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
         as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
         many went. The caller has checked that the folders are there: nothing else is pruned. What counts as gone
-        is :func:`_vanished`'s rule (an image row goes once its path names no regular file).
+        is :func:`vanished`'s rule (an image row goes once its path names no regular file).
 
         The rows under a folder are read a page at a time in path order (the prefix is a range of the path
         index), so a prune over 10 M rows holds one page and the ids of the rows going, not every path.
@@ -309,7 +309,7 @@ class VectorPlaces:
 
         def check(rows: list[tuple]) -> None:
             gone.update(id_ for id_, path, status in rows
-                        if not any(path.startswith(kept) for kept in keep_under) and _vanished(path, status))
+                        if not any(path.startswith(kept) for kept in keep_under) and vanished(path, status))
 
         for folder in folders:
             if not_ok_only:
@@ -390,7 +390,7 @@ def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[
                    [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
 
 
-def _vanished(path: bytes, status: str) -> bool:
+def vanished(path: bytes, status: str) -> bool:
     """Whether a row at ``path`` is gone. An image row (``ok``, ``pending``, ``failed``) is gone once its path names
     no regular file, following links: deleted, a folder or FIFO now there, or a link whose file is gone. A
     ``skipped`` row records something the walk met but never opened (a folder it could not list, a FIFO, a broken
@@ -428,7 +428,7 @@ def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int
             "SELECT i.id, i.path, i.status FROM images i WHERE i.content_hash = ? AND i.id != ? AND "
             "(EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id) "
             "OR EXISTS (SELECT 1 FROM label_scored s WHERE s.image_id = i.id))", (content_hash, image_id)).fetchall()
-        moved = next((other for other, path, status in candidates if _vanished(path, status)), None)
+        moved = next((other for other, path, status in candidates if vanished(path, status)), None)
         if moved is None:
             moved = next((other for other, _, status in candidates if status == "pending"), None)
         if moved is not None:
