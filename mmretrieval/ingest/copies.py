@@ -34,17 +34,22 @@ if TYPE_CHECKING:
 
 
 def find_copies(keys: list[bytes], twins: dict[bytes, list[Twin]],
-                hashed: Callable[[], None] | None = None) -> dict[bytes, Twin]:
+                hashed: Callable[[], None] | None = None) -> tuple[dict[bytes, Twin], set[bytes]]:
     """Those of ``keys`` whose bytes are one of their twins' (hashed on a few threads; a file that cannot be
-    read is no copy: its decode fails it as before), each with a twin whose file is gone where there is one (the
-    file moved here; a copy of it that stays would count it a duplicate); ``hashed`` is called as each file is
-    done."""
+    read is no copy: its decode fails it as before), each with a twin whose file is gone where there is one; and
+    the keys that got such a twin: files moved or renamed here (a copy of one that stays elsewhere would have
+    counted it a duplicate). ``hashed`` is called as each file is done."""
     copies: dict[bytes, Twin] = {}
+    moved: set[bytes] = set()
     for key, digest in zip(keys, file_hashes(keys, hashed)):
         matches = [row for row in twins[key] if row.content_hash == digest]
-        if matches:
-            copies[key] = next((row for row in matches if not os.path.isfile(row.path)), matches[0])
-    return copies
+        gone = next((row for row in matches if not os.path.isfile(row.path)), None)
+        if gone is not None:
+            copies[key] = gone
+            moved.add(key)
+        elif matches:
+            copies[key] = matches[0]
+    return copies, moved
 
 
 def write_copies(catalog: Catalog, copies: dict[bytes, Twin]) -> dict[bytes, Twin]:

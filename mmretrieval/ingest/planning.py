@@ -251,13 +251,13 @@ class _Planner:
     def _mark(self, keys: list[bytes], files: dict[bytes, SourceFile], twins: dict[bytes, list[Twin]]) -> None:
         """Mark ``keys`` pending, then store those that copy a twin's bytes with its vector (pending first, for
         their ids: a run killed in between embeds them next time)."""
-        copies = find_copies([key for key in keys if key in twins], twins, self._one_hashed)
+        copies, moved = find_copies([key for key in keys if key in twins], twins, self._one_hashed)
         self._catalog.mark_pending([(key, files[key].size, files[key].mtime_ns, files[key].caption) for key in keys])
         self.marked += len(keys)
         if copies:
             written = write_copies(self._catalog, copies)
             self.copies += len(written)
-            self.moved += sum(not os.path.isfile(row.path) for row in written.values())  # its old path is gone
+            self.moved += len(written.keys() & moved)
 
     def _adopt(self, keys: list[bytes], files: dict[bytes, SourceFile]) -> None:
         """Record the files of imported rows, keeping their vectors; one that cannot be read now waits for the
