@@ -55,10 +55,11 @@ def hit_caption(hit: "Hit", taken: str | None = None) -> str:
     """What the gallery shows under a result: its score and file name; for an image listed by filters alone (no
     score), when it was taken (``taken``: ISO, as PhotoMetadata.taken_at), to the minute with its UTC offset when
     known (the list is in absolute time: 23:30 -07:00 comes after 00:30 +02:00 the next day), or "undated"."""
+    name = _short_name(display_path(Path(hit.path).name))
     if math.isnan(hit.score):
         when = f"{taken[:16].replace('T', ' ')}{' ' + taken[19:] if taken[19:] else ''}" if taken else "undated"
-        return f"{when} · {_short_name(display_path(Path(hit.path).name))}"
-    return f"{hit.score:.3f} · {_short_name(display_path(Path(hit.path).name))}"
+        return f"{when} · {name}"
+    return f"{hit.score:.3f} · {name}"
 
 
 def _short_name(name: str) -> str:
