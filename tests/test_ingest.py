@@ -395,6 +395,25 @@ def test_list_files_stream_with_quoted_captions_and_tilde_sources(tmp_path, tiny
     assert not any(batch.failed for batch in batches)
 
 
+def test_a_file_moved_away_while_the_run_reads_is_missing_and_retried_when_it_is_back(tmp_path, tiny_encoder):
+    folder = tmp_path / "photos"
+    paths = write_good_images(folder, 4)
+    away = tmp_path / "away.jpg"
+
+    def move_the_last_away(done, total):
+        if done == 0:
+            os.rename(paths[-1], away)
+
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        first = col.ingest([folder], workers=0, batch_size=1, progress=move_the_last_away)
+        assert (first.embedded, first.failed) == (3, {"missing": 1})
+        assert [(f.reason, f.message) for f in col.catalog.failures()] == [("missing", f"{paths[-1]} no longer exists")]
+        os.rename(away, paths[-1])  # back, with the size and time the row holds
+        again = col.ingest([folder], workers=0)
+        assert (again.embedded, again.unchanged, again.failed) == (1, 3, {})
+        assert col.catalog.counts_by_status() == {"ok": 4}
+
+
 def test_transient_failures_are_retried_on_the_next_run(tmp_path, tiny_encoder):
     from mmretrieval.collection.catalog import FailureWrite
 

@@ -11,6 +11,7 @@ that Pillow refuses and our limit allows is opened again with Pillow's limit rai
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -247,11 +248,13 @@ def read_image_file(path: str | os.PathLike) -> bytes:
     checked with fstat on the open descriptor, so the file cannot be swapped between check and read.
 
     Raises:
-        ImageDecodeError: ``unreadable``, ``not_regular_file``, ``too_large`` or ``empty_file``.
+        ImageDecodeError: ``missing``, ``unreadable``, ``not_regular_file``, ``too_large`` or ``empty_file``.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # deleted or moved since the walk found it
+            raise ImageDecodeError("missing", f"{os.fsdecode(path)} no longer exists") from exc
         raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
     info = os.fstat(fd)
     # Folders (which os.fdopen refuses with an IsADirectoryError), FIFOs, devices and sockets: never read them.

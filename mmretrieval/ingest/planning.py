@@ -31,8 +31,9 @@ Progress = Callable[[int, int | None], None]  # (done, total, None when not know
 
 logger = logging.getLogger(__name__)
 
-# Failures that say more about the moment than the file (a busy machine, a flaky disk): retried every run.
-TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable"})
+# Failures that say more about the moment than the file (a busy machine, a flaky disk, a file moved away while the
+# run read it): retried every run that finds the file.
+TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable", "missing"})
 PLAN_CHUNK = 10_000  # files looked up and marked pending per catalog transaction
 
 
