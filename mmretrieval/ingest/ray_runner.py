@@ -96,7 +96,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         sources: folders, image files, and ``.txt``/``.csv`` list files (paths as every node sees them).
         config: cluster address, output location, batch and actor sizes, prune.
         collection_dir: the collection's folder (default output location, staging of downloaded results).
-        progress: called with ``(done, total)`` after each committed result.
+        progress: called with ``(done, total)`` after each committed result (first with the first result, or
+            once with ``(0, 0)`` when there is nothing to embed).
 
     Returns:
         The same counts the single-machine runner returns for the same files.
@@ -129,7 +130,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         total = catalog.pending_count()
         config = _sized(config, total)
         report = _reporter(tally, total, progress)
-        report(CommitCounts())
+        if not total:  # else the first report is the first result's: Ray's start-up (10-30 s) is not in the rate
+            report(CommitCounts())
         if total:
             dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
             with ray_connection(config.address) as gpus:
