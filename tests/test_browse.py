@@ -193,3 +193,20 @@ def _taken_utc(col: Collection):
 
     (photo,) = col.photos(col.catalog.vector_ids().tolist()).values()
     return dt.datetime.fromtimestamp(photo.taken_utc_s, dt.timezone.utc)
+
+
+def test_a_path_prefix_finds_what_startswith_finds_odd_bytes_included(tmp_path):
+    """The prefix is looked up as a range of the path index; the range's end must hold for names with 0xFF bytes
+    (not UTF-8), and only embedded rows count."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    paths = [b"/p/a.jpg", b"/p/a\xff.jpg", b"/p/a\xff\xff/b.jpg", b"/p/a\xff\xff", b"/p/b\x00.jpg", b"/p/b.jpg",
+             b"/p/ab.jpg", b"/p0/a.jpg", b"/q/a.jpg", b"/p/pending.jpg"]
+    catalog.mark_pending([(path, 10, 0, None) for path in paths])
+    embedded = [row for row in catalog.pending() if not row[1].endswith("pending.jpg")]
+    vector = np.ones(8, np.float32) / math.sqrt(8)
+    catalog.write_results([VectorWrite(row[0], f"h{row[0]}", 4, 3, "JPEG", vector) for row in embedded], [])
+    by_id = {row[0]: os.fsencode(row[1]) for row in embedded}
+    for prefix in (b"/p/a", b"/p/a\xff", b"/p/a\xff\xff", b"/p/", b"/p", b"/p/b", b"/q/a.jpg", b"/r/"):
+        found = [by_id[i] for i in catalog.ids_with_prefix(os.fsdecode(prefix))]
+        assert sorted(found) == sorted(p for p in by_id.values() if p.startswith(prefix)), prefix
+    catalog.close()

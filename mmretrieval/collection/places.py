@@ -455,9 +455,12 @@ def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) ->
 
 
 def key_range(prefix: bytes) -> tuple[bytes, bytes]:
-    """The catalog keys that start with ``prefix`` (a folder's, ending in a separator) as a range ``[low, high)``
-    of the path index: one look along it, where ``substr`` would read every row."""
-    return prefix, prefix[:-1] + bytes([prefix[-1] + 1])
+    """The catalog keys that start with ``prefix`` (an absolute path's start, such as a folder's ending in a
+    separator) as a range ``[low, high)`` of the path index: one look along it, where ``substr`` would read every
+    row. ``high`` is the prefix with its last byte below 0xFF raised by one (a key is absolute, so the leading
+    separator is always there to raise)."""
+    stem = prefix.rstrip(b"\xff")
+    return prefix, stem[:-1] + bytes([stem[-1] + 1])
 
 
 def in_lists(values: Sequence) -> Iterator[tuple[list, str]]:
