@@ -211,10 +211,6 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
     """Paths, sizes, the kept copy and each copy's exact cosine to it, from the catalog and the files; ``prefer``:
     folders whose copies are kept first (:func:`keeper_rank`)."""
     folders = preferred_folders(prefer)
-
-    def rank(copy: Copy) -> tuple:
-        return keeper_rank(copy, photos.get(copy.id), folders)  # photos: the group's, read in the loop below
-
     described, emptied = [], 0
     for group in groups:
         rows = catalog.rows(list(group))
@@ -227,6 +223,10 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
         changed = tuple(c.path for c in stated if c.bytes >= 0 and _changed(c, planned.get(c.id)))
         present = [c for c in stated if c.bytes >= 0 and c.path not in changed]
         photos = catalog.photos([c.id for c in present])
+
+        def rank(copy: Copy) -> tuple:  # used within this group only
+            return keeper_rank(copy, photos.get(copy.id), folders)
+
         candidates, aliases = _one_path_per_file(present, rank)
         if len(candidates) < 2:  # copies of one file, or of files gone or changed: nothing to choose between
             emptied += bool(gone or changed)
