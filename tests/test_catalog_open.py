@@ -127,10 +127,37 @@ def test_wal_with_commits_on_a_read_only_file_system_is_read_whole(tmp_path, mou
         assert catalog.pending_count() == 5 and catalog.get_meta("schema") is not None
 
 
-def test_a_file_that_is_not_sqlite_is_the_only_one_to_move_away(tmp_path):
+def test_a_file_that_is_not_sqlite_is_the_only_one_to_re_ingest_for(tmp_path):
     (tmp_path / CATALOG_NAME).write_bytes(b"not a database, but long enough to have a header" * 100)
-    with pytest.raises(CollectionError, match="not a SQLite database.*move it away"):
+    with pytest.raises(CollectionError, match="not a SQLite database.*restore it from a backup, or re-ingest "
+                                              "into a new --collection"):
         Catalog(tmp_path / CATALOG_NAME)
+
+
+@pytest.mark.parametrize("loss", ["moved away", "emptied", "no model recorded"])
+def test_a_lost_catalog_is_not_started_afresh_beside_its_vectors(tmp_path, tiny_encoder, tiny_model_dir, loss,
+                                                                 capsys):
+    """A new catalog would number the images afresh: the old index would then name the wrong images, and the old
+    segments would be removed as an interrupted write's leftovers (a walkthrough saw both)."""
+    folder = tmp_path / "col"
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(folder, model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)  # saves the index on its way out
+    if loss == "moved away":
+        (folder / CATALOG_NAME).rename(tmp_path / "old.sqlite")
+    elif loss == "emptied":
+        (folder / CATALOG_NAME).write_bytes(b"")
+    else:
+        with closing(Catalog(folder / CATALOG_NAME)) as catalog, catalog.transaction():
+            catalog.set_meta("model_identity", "")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(CollectionError, match=f"the catalog of {folder} is .*, but the folder still holds "
+                                              "segments/ and index.json from one.*start over: move the folder away"):
+        Collection.open(folder, model=tiny_encoder, create=True)
+    for command in (["ingest", str(tmp_path / "photos")], ["info"], ["search", "red"]):
+        assert main([*command, "--collection", str(folder)]) != 0
+        assert "still holds segments/ and index.json" in capsys.readouterr().err
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_a_catalog_with_no_tables_yet_opened_read_only_may_be_a_first_ingest_under_way(tmp_path):

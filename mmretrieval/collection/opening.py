@@ -18,6 +18,8 @@ from ..atomic import exclusive_lock
 from ..errors import CatalogFull, CollectionBusy, CollectionError, ModelSpecError
 from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
+from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST_NAME
+from .segment_files import SEGMENTS_DIRNAME
 from .segments import check_dtype
 
 if TYPE_CHECKING:
@@ -59,7 +61,10 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
                               "pass a new or existing collection folder as --collection")
     made_now = False
     existed = catalog_path.is_file()
+    if existed and catalog_path.stat().st_size == 0:  # a failed copy or restore, as SQLite would take it: new
+        refuse_orphaned_data(directory, "empty")
     if not existed:
+        refuse_orphaned_data(directory, "missing")
         if not create:
             raise CollectionError(f"no collection at {directory}; create one with "
                                   f"`mmr ingest SOURCE --collection {directory}` (in Python: "
@@ -96,6 +101,36 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
             _remove_made_folder(directory)
         raise
     return OpenedFolder(directory, catalog, identity, encoder, made_now)
+
+
+def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
+    """Refuse to start a catalog in a folder that holds a lost catalog's vectors or index (``catalog_state``:
+    ``missing`` or ``empty``, for the message).
+
+    The catalog says which image each stored vector is; a new one would number the images afresh, so an old
+    index would name the wrong images, and the old segments would be removed as an interrupted write's
+    leftovers (a walkthrough saw both after moving a catalog away and ingesting again).
+
+    Raises:
+        CollectionError: ``segments/`` or an index manifest is there.
+    """
+    found = [name for name, there in ((f"{SEGMENTS_DIRNAME}/", _holds_files(directory / SEGMENTS_DIRNAME)),
+                                      (INDEX_MANIFEST_NAME, (directory / INDEX_MANIFEST_NAME).exists())) if there]
+    if found:
+        raise CollectionError(
+            f"the catalog of {directory} is {catalog_state}, but the folder still holds {' and '.join(found)} from "
+            f"one: those vectors cannot be used without the catalog that says which image each is. Restore "
+            f"{CATALOG_NAME} from a backup, or start over: move the folder away and ingest into a new --collection "
+            "(nothing was changed)")
+
+
+def _holds_files(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # cannot be listed: it may hold vectors, so it is not started afresh either
+        return True
 
 
 def _remove_made_folder(directory: Path) -> None:
@@ -138,6 +173,8 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
     """
     stored_json = catalog.get_meta("model_identity")
     stored = ModelIdentity.from_json(stored_json) if stored_json else None
+    if stored is None:
+        refuse_orphaned_data(directory, "empty")
     if stored is None and model is None:
         if not create:
             raise CollectionError(f"{directory} has no model recorded yet: a first ingest may be creating it now "
