@@ -413,3 +413,27 @@ def test_the_next_writer_removes_a_killed_manifest_writes_temporary(tmp_path):
     collect_garbage(catalog)  # what the next writer does first, under the collection's lock
     assert not stale.exists() and (segment_dir / "manifest.json").is_file()
     assert catalog.vector_count() == 10
+
+
+def test_a_segment_file_gone_is_named_and_info_still_answers(tmp_path, tiny_model_dir, capsys):
+    """Every command failed with a bare FileNotFoundError (a walkthrough deleted one ``.vec`` file), and
+    ``mmr export`` blamed its output folder."""
+    from mmretrieval.cli import main
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    col = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--model", str(tiny_model_dir)]) == 0
+    (vec,) = (tmp_path / "col" / "segments").glob("*.vec")
+    vec.unlink()
+    capsys.readouterr()
+    assert main(["info", "--collection", col]) == 0
+    out, err = capsys.readouterr()
+    assert "counts\tok=3\n" in out and "vectors\t3\n" in out
+    assert f"warning: {vec} is missing; the collection's segments are damaged" in err
+    for command in (["search", "red"], ["export", str(tmp_path / "out")], ["ingest", str(tmp_path / "photos")]):
+        assert main([*command, "--collection", col]) != 0
+        err = capsys.readouterr().err
+        assert f"error: {vec} is missing; the collection's segments are damaged: restore the collection from a " \
+               "backup" in err, command
+        assert "FileNotFoundError" not in err and "cannot write" not in err

@@ -6,15 +6,19 @@ holds, or the one saved on disk).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
-from .compaction import catalog_space, waste
+from .compaction import Waste, catalog_space, waste
 from .index_manifest import Manifest
 from .label_sets import vocabulary_sizes
 from .records import CollectionInfo
+
+logger = logging.getLogger(__name__)
 
 # What `mmr info` shows for a collection with no usable saved index, when this process has not built one.
 _NO_INDEX = Manifest(model_key="", dim=0, index_type="none", params={}, count=0, generation=-1)
@@ -33,7 +37,11 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
     store = catalog.segments
     if store.exists:
         sizes["segments"] = sum(p.stat().st_size for p in store.directory.iterdir() if p.is_file())
-    stored = waste(catalog)
+    try:
+        stored = waste(catalog)
+    except CollectionError as exc:  # a segment file gone or cut short: the rest of the info still helps
+        logger.warning("%s", exc)
+        stored = Waste(catalog.vector_count(), catalog.vector_count())
     imported: dict[str, int] = {}
     for source, _, rows in catalog.segment_sources():
         imported[source] = imported.get(source, 0) + rows

@@ -22,6 +22,8 @@ from ..errors import CollectionError
 from .sealed import DEFAULT_DTYPE, check_dtype
 
 SEGMENTS_DIRNAME = "segments"
+DAMAGED = ("the collection's segments are damaged: restore the collection from a backup (README: Backups), or "
+           "re-ingest into a new --collection")
 MANIFEST_NAME = "manifest.json"
 _FORMAT = 1
 
@@ -108,7 +110,7 @@ class SegmentFiles:
             return 0
         if entry.sealed:
             return entry.count
-        return segment_path(self.directory, number, "vec").stat().st_size // self._row_bytes()
+        return self._vec_bytes(number) // self._row_bytes()
 
     def total_rows(self) -> int:
         return sum(self.rows_in(s.number) for s in self.segments())
@@ -134,13 +136,20 @@ class SegmentFiles:
         mapped = self._maps.get(number)
         if mapped is None or len(mapped) < needed_rows:
             path = segment_path(self.directory, number, "vec")
-            rows = path.stat().st_size // self._row_bytes()
+            rows = self._vec_bytes(number) // self._row_bytes()
             if rows < needed_rows:
                 raise CollectionError(f"{path} holds {rows} rows, the catalog points at row {needed_rows - 1}; "
-                                      "the collection's segments are damaged, restore them from a backup")
+                                      f"{DAMAGED}")
             mapped = np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r", shape=(rows, self.dim))
             self._maps[number] = mapped
         return mapped
+
+    def _vec_bytes(self, number: int) -> int:
+        path = segment_path(self.directory, number, "vec")
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            raise CollectionError(f"{path} is missing; {DAMAGED}") from None
 
     def forget_maps(self) -> None:
         """Drop the memory maps (after compaction deleted files; a reader re-maps what it needs)."""
