@@ -201,13 +201,15 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
 
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
-                   busy: type[Busy] | None = None, waiting_note: str | None = None) -> Iterator[None]:
+                   busy: type[Busy] | None = None, waiting_note: str | None = None,
+                   holder: str | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` for the ``with`` block: a file (created if missing), or a folder
     (locked itself, so that nothing is added to it).
 
     The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
     collection locked. With no ``busy_message`` it waits for another holder instead of failing, and logs
-    ``waiting_note`` (a warning) if it has to.
+    ``waiting_note`` (a warning) if it has to. ``holder`` (:func:`this_process`) is written into a lock file while
+    it is held, and a refusal or a wait names the holder that wrote one.
 
     Raises:
         CollectionBusy: another process holds the lock (``busy_message`` says what to do); ``busy`` names
@@ -217,23 +219,50 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
 
     from .errors import CollectionBusy
 
-    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT | os.O_APPEND
+    is_file = not os.path.isdir(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND if is_file else os.O_RDONLY
     descriptor = os.open(path, flags | os.O_CLOEXEC, 0o666)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            held_by = _held_by(descriptor) if is_file else ""
             if busy_message:
-                raise (busy or CollectionBusy)(busy_message) from exc
+                raise (busy or CollectionBusy)(busy_message + held_by) from exc
             if waiting_note:
-                logger.warning("%s", waiting_note)
+                logger.warning("%s%s", waiting_note, held_by)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
+        if holder and is_file:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, holder.encode("utf-8", "replace"))
         try:
             yield
         finally:
+            if holder and is_file:
+                os.ftruncate(descriptor, 0)  # a holder that dies leaves its line, but then no one is refused
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
+
+
+def this_process() -> str:
+    """This process as a lock's holder: its command, process id and start of holding (``mmr ingest (process
+    1234, since 14:05:09)``)."""
+    import sys
+    import time
+
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    command = " ".join([program, *[word for word in sys.argv[1:3] if word.isidentifier()][:1]])  # mmr -v ingest
+    return f"{command} (process {os.getpid()}, since {time.strftime('%H:%M:%S')})"
+
+
+def _held_by(descriptor: int) -> str:
+    """``"; that is ..."``: what the lock file's holder wrote in it, or nothing."""
+    try:
+        text = os.pread(descriptor, 300, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"; that is {text}" if text else ""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

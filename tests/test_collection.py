@@ -368,6 +368,41 @@ def test_a_second_concurrent_ingest_is_refused_and_a_dead_holder_frees_the_lock(
         assert col.ingest([tmp_path / "photos"], workers=0).embedded == 3
 
 
+_HOLDER = """
+import sys, time
+from mmretrieval.collection.collection import Collection
+with Collection.open(sys.argv[1]) as col, col.writing():
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_refused_writer_is_told_which_process_holds_the_collection(tmp_path, tiny_model_dir, capsys):
+    """The refusal said only "another process", and the lock file was empty: people went hunting for it."""
+    import subprocess
+    import sys
+
+    from mmretrieval.cli import main
+
+    write_good_images(tmp_path / "photos", 3)
+    col = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--model", str(tiny_model_dir)]) == 0
+    (tmp_path / "holder.py").write_text(_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), col], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        capsys.readouterr()
+        assert main(["label", "--labels", "red,green", "--collection", col]) == 75
+        assert f"run mmr label when it is done (or with --wait, which waits for it), or stop it (an interrupted ingest " \
+               f"or import resumes where it stopped); that is holder.py (process {holder.pid}, since " \
+               in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["label", "--labels", "red,green", "--collection", col]) == 0  # a dead holder's line stops no one
+
+
 def test_the_index_loads_on_first_use_and_a_busy_writer_is_refused_before(tmp_path, tiny_encoder, monkeypatch):
     import fcntl
 
