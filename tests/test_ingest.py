@@ -414,6 +414,20 @@ def test_a_file_moved_away_while_the_run_reads_is_missing_and_retried_when_it_is
         assert col.catalog.counts_by_status() == {"ok": 4}
 
 
+def test_a_file_refused_for_its_size_is_retried_by_a_run_with_another_pixel_limit(tmp_path, tiny_encoder):
+    """The refusal says "raise the limit with --max-pixels"; a walkthrough did, and the file stayed failed as
+    unchanged, in a run that reported no failure."""
+    folder = tmp_path / "photos"
+    write_good_images(folder, 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        first = col.ingest([folder], workers=0, max_pixels=1000)
+        assert first.failed == {"decompression_bomb": 2}
+        assert col.ingest([folder], workers=0).unchanged == 2  # the default limit: not retried, as before
+        again = col.ingest([folder], workers=0, max_pixels=10**6)
+        assert (again.embedded, again.unchanged, again.failed) == (2, 0, {})
+        assert col.catalog.counts_by_status() == {"ok": 2}
+
+
 def test_transient_failures_are_retried_on_the_next_run(tmp_path, tiny_encoder):
     from mmretrieval.collection.catalog import FailureWrite
 

@@ -121,7 +121,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         _commit_left(drop, catalog, leftovers)  # a killed run's finished work first, as a plain ingest commits it:
         if leftovers.rows:                      # its rows are then unchanged, not counted as embedded by this run
             logger.info("committed %d rows that an interrupted --ray run had finished", leftovers.rows)
-        planned = plan_sources(catalog, sources, config.checksum, hashed, pruning=scope is not None)
+        planned = plan_sources(catalog, sources, config.checksum, hashed, pruning=scope is not None,
+                               max_pixels=config.max_pixels)
         skipped = planned.skipped
         pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)  # never decode a file that is gone
         committer = ResultCommitter(catalog)

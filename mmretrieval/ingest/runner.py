@@ -61,7 +61,8 @@ def run_ingest(catalog: Catalog, encoder: DualEncoder | Callable[[], DualEncoder
     scope = prune_scope(sources, catalog, config.forget_mounts) if config.prune else None  # refuses first
     if config.batch_size is not None and config.workers is not None:  # so does this, when the sizes are known
         reserve_files_for_batches(config.workers, config.batch_size, buffer=2 * config.batch_size)
-    planned = plan_sources(catalog, sources, config.checksum, hashed, pruning=scope is not None)
+    planned = plan_sources(catalog, sources, config.checksum, hashed, pruning=scope is not None,
+                           max_pixels=config.max_pixels)
     skipped = planned.skipped
     # vanished rows with no vector to lend (pending, failed, skipped) go first: nothing decodes a file that is gone
     pruned = prune_vanished(catalog, scope, skipped, not_ok_only=True)
