@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
@@ -276,8 +277,10 @@ def _run(argv: Sequence[str] | None) -> int:
 def _unexpected(exc: Exception, args: argparse.Namespace) -> int:
     """A bug or an input we did not foresee: still one line, with what the machine says of it (a full disk, too
     few file descriptors), the details on request."""
-    if args.verbose:
-        raise exc
+    if args.verbose:  # the traceback, and still status 2: 1 means "nothing found" to scripts
+        traceback.print_exception(exc, file=sys.stderr)
+        say(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)}")
+        return 2
     say(f"mmr {args.command}: error: {type(exc).__name__}: {exc}{_circumstances(exc, args)} "
         "(run with -v for details)")
     return 2
