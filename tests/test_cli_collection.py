@@ -128,7 +128,8 @@ def test_label_export_into_a_missing_folder(built, capsys):
 
 def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, capsys):
     tmp_path, collection = built
-    for bad, needle in ((tmp_path / "labels.xlsx", ".csv or .jsonl"), (tmp_path / "gone" / "l.csv", "does not exist")):
+    for bad, needle in ((tmp_path / "labels.xlsx", ".csv or .jsonl"), (tmp_path / "gone" / "l.csv", "does not exist"),
+                        (Path("/proc/l.csv"), "cannot write in /proc")):  # a folder there that takes no file
         _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
                                     "--out", str(bad)], needle)
     _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",

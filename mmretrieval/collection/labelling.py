@@ -13,6 +13,7 @@ import os
 import re
 import reprlib
 import shutil
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,11 @@ def check_export_path(path: str | os.PathLike) -> Path:
         raise CollectionError(f"cannot export labels to {path}: folder {path.absolute().parent} does not exist")
     if path.is_dir():
         raise CollectionError(f"cannot export labels to {path}: it is a folder; name a .csv or .jsonl file")
+    try:  # a file made and removed there now, as the export's own temporary will be (a read-only disk, /proc)
+        tempfile.NamedTemporaryFile(dir=path.absolute().parent, prefix=".mmr-check-").close()
+    except OSError as exc:
+        raise CollectionError(f"cannot export labels to {path}: cannot write in {path.absolute().parent} "
+                              f"({exc.strerror})") from exc
     return path
 
 
