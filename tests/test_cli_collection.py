@@ -230,6 +230,12 @@ def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
 
     tmp_path, collection = built
     assert main(["index", "--collection", collection, "--type", "hnsw", "--ef-search", "300", "--hnsw-m", "16"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--collection", collection, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index_recall"] is None  # parameters given: no recall measured
+    assert main(["info", "--collection", collection]) == 0
+    out = capsys.readouterr().out
+    assert "\nindex_recall\t-\n" in out and "\nindex_saved\tyes\n" in out  # not -1.0, not True
     (tmp_path / "photos" / "good00.jpg").unlink()  # an HNSW index cannot remove: the prune rebuilds it
     assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
     (tmp_path / "col" / "index.json").unlink()  # and so does a lost manifest, on first use

@@ -420,6 +420,15 @@ def _register_info(subparsers) -> None:
     parser.set_defaults(handler=_info)
 
 
+def _info_cell(value: object) -> str:
+    """A value of ``mmr info`` as a TSV cell: ``-`` for none (a recall not measured), yes/no for a truth."""
+    if isinstance(value, dict):
+        return tsv_pairs(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else tsv_text(str(value))
+
+
 def _info(args: argparse.Namespace) -> int:
     from ..collection.import_writer import provenance
 
@@ -435,5 +444,5 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     names_as_bytes()  # a folder name that is not UTF-8 as its own bytes, as the other TSV
     for key, value in info.items():  # every cell escaped, as `mmr search`'s: a folder's tab must not split a line
-        print(f"{key}\t{tsv_pairs(value) if isinstance(value, dict) else tsv_text(str(value))}")
+        print(f"{key}\t{_info_cell(value)}")
     return 0

@@ -50,7 +50,7 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         dim=identity.embed_dim, counts=catalog.counts_by_status(),
         vectors=catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
         index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
-        label_sets=vocabulary_sizes(catalog), labels=catalog.label_counts(), index_recall=round(manifest.recall, 4),
+        label_sets=vocabulary_sizes(catalog), labels=catalog.label_counts(), index_recall=round(manifest.recall, 4) if manifest.recall >= 0 else None,
         index_memory=manifest.memory_bytes,
         index_saved=saved is not None and saved.generation == catalog.generation,
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),

@@ -39,7 +39,7 @@ class CollectionInfo:
     index_params: dict[str, int]
     index_vectors: int
     generation: int  # catalog generation the index reflects
-    index_recall: float = -1.0  # recall@10 measured on held-out queries when tuned (-1: not measured)
+    index_recall: float | None = None  # recall@10 measured on held-out queries when tuned (None: not measured)
     index_memory: int = 0  # estimated resident bytes of the index
     index_saved: bool = True  # False: the saved index is older; the next writer command saves it
     vector_dtype: str = ""  # float16 | float32 (segments)
