@@ -786,6 +786,10 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
     assert "for + (as in rclip) use --image IMG" in err and "for - (as in rclip) use --not TEXT_OR_IMG" in err
     assert "for --top (as in rclip) use -k N" in err and "after '--'" not in err
     assert "after '--'" not in err
+    with pytest.raises(SystemExit):  # the likeliest first mistake: a query of several words, unquoted
+        main(["search", "red", "circle", "--collection", collection])
+    assert "unrecognized arguments: circle; a query of several words is quoted, as in mmr search 'a red circle'" \
+        in capsys.readouterr().err
 
     image = str(photos / "good01.jpg")
     assert main(["search", image, "--collection", collection, "--device", "cpu", "-k", "50", "--null"]) == 0

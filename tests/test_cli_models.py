@@ -277,7 +277,7 @@ def test_label_and_template_files_with_a_byte_order_mark(capsys, red_circle, tmp
     templates.write_text("a photo of a {}.\n", encoding="utf-8-sig")
     assert load_templates(str(templates)) == ("a photo of a {}.",)
     status, out, _ = _run(capsys, "classify", red_circle, "--labels", f"@{labels}", "--templates", templates,
-                          "--top-k", "2", "--json", "--device", "cpu")
+                          "-k", "2", "--json", "--device", "cpu")  # -k as in search (a walkthrough's first try)
     assert status == 0 and [json.loads(line)["label"] for line in out.splitlines()] == ["red circle", "blue square"]
 
 

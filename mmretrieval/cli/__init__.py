@@ -93,6 +93,8 @@ class _Parser(argparse.ArgumentParser):
                       if arg in _PEER_OPTIONS or (not arg.startswith("--") and arg[:2] in _PEER_OPTIONS)]  # -t5
             if habits and command in ("search", "similar"):
                 hint = "; " + "; ".join(f"for {arg} (as in rclip) {_PEER_OPTIONS[arg]}" for arg in habits)
+            elif command == "search" and not named and not any(arg.startswith("-") for arg in unknown):
+                hint = "; a query of several words is quoted, as in mmr search 'a red circle'"  # mmr search red circle
             line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"
             self.exit(2, one_line(line) + "\n")
         return parsed

@@ -52,7 +52,7 @@ def _register_classify(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=probability,
                         help=f"with --multi-label: keep labels at or above this (default {MULTI_LABEL_THRESHOLD}); "
                         "an image with none gets one line with an empty label")
-    parser.add_argument("--top-k", type=at_least(1), default=None,
+    parser.add_argument("-k", "--top-k", type=at_least(1), default=None,
                         help="labels per image (default 1; all above threshold with --multi-label)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
