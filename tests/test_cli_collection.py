@@ -134,6 +134,8 @@ def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, caps
                                     "--out", str(bad)], needle)
     _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
                                 "--organize", str(tmp_path / "photos" / "good00.jpg")], "not a folder")
+    _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
+                                "--copy"], "--copy needs --organize DIR")  # it was ignored in silence
     assert main(["info", "--collection", collection, "--json"]) == 0
     assert not json.loads(capsys.readouterr().out)["labels"]  # nothing was labelled: a retry is not refused
     labels = tmp_path / "labels.txt"
@@ -209,7 +211,8 @@ def test_ivf_on_a_tiny_or_empty_collection_builds_flat(built, tmp_path, capsys):
                                          ("--ef-search", "0")])
 def test_invalid_index_parameters(built, capsys, flag, value):
     _, collection = built
-    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "hnsw", flag, value], flag, value)
+    kind = "ivf" if flag in ("--nlist", "--nprobe") else "hnsw"
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", kind, flag, value], flag, value)
 
 
 def test_ivf_collection_pruned_to_empty_without_manifest_still_opens(built, capsys):
@@ -229,6 +232,10 @@ def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
     from mmretrieval.collection.collection import Collection
 
     tmp_path, collection = built
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "flat", "--nlist", "4"],
+                       "--nlist: not a parameter of a flat index")  # it was ignored in silence
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "hnsw", "--nprobe", "4", "--pq-m",
+                                "8"], "--nprobe, --pq-m: not a parameter of a hnsw index")
     assert main(["index", "--collection", collection, "--type", "hnsw", "--ef-search", "300", "--hnsw-m", "16"]) == 0
     capsys.readouterr()
     assert main(["info", "--collection", collection, "--json"]) == 0

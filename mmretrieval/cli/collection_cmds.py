@@ -236,9 +236,19 @@ def _size(text: str) -> int:
     return value
 
 
+# The parameters each index type reads; another type's are refused rather than ignored in silence
+_INDEX_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe", "rerank"), "ivfpq": ("nlist", "nprobe", "pq_m", "rerank"),
+                 "hnsw": ("hnsw_m", "ef_search"), "auto": ("nlist", "nprobe", "pq_m", "rerank", "hnsw_m", "ef_search")}
+
+
 def _index(args: argparse.Namespace) -> int:
     if args.ray is None and args.ray_work:
         raise CollectionError("--ray-work needs --ray")
+    foreign = [name for name in _INDEX_PARAMS["auto"]
+               if getattr(args, name) is not None and name not in _INDEX_PARAMS[args.type]]
+    if foreign:
+        options = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise QueryError(f"{options}: not a parameter of a {args.type} index (see mmr index --help)")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
             open_collection(args.collection, index_progress=index_bar, writer="index", wait=args.wait) as collection:
         ray_fill = None
@@ -359,6 +369,8 @@ def _label(args: argparse.Namespace) -> int:
     labels = parse_labels(labels_with_stdin(args.labels))  # @FILE and @- read here, before the run
     if args.out:  # before the run: a typo in a path must not leave a label set that a retry is refused
         check_export_path(args.out)
+    if args.copy and not args.organize:
+        raise QueryError("--copy needs --organize DIR: it copies the images there instead of linking them")
     if args.organize:
         check_organize_dir(args.organize)
     with open_collection(args.collection, device=args.device, writer="label", wait=args.wait) as collection:
