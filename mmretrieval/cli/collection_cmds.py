@@ -39,20 +39,23 @@ def register(subparsers) -> None:
     _register_info(subparsers)
 
 
-def _add_result_options(parser: argparse.ArgumentParser) -> None:
+def _add_result_options(parser: argparse.ArgumentParser, search: bool) -> None:
+    """The options ``search`` and ``similar`` share (``search``: the help of the options that mean more there)."""
     add_collection_option(parser)
     parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine (for "
-                        "search --label with no query: below this probability)")
+    parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine "
+                        + ("(for --label with no query: below this probability); default: none" if search
+                           else "(default: none)"))
     parser.add_argument("--prefix", action=Once, type=path_prefix,
                         help="only images in this folder (one that exists), or whose path starts with this text")
     parser.add_argument("--label", action=Once,
                         help="only images labelled this by `mmr label`: LABEL (any set) or SET:LABEL (exactly, else "
                         "ignoring case)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path (taken_at<TAB>path "
-                        "when filters alone list images), with the capture time and camera")
+    output.add_argument("--json", action="store_true", help="JSON lines instead of score<TAB>path"
+                        + (" (taken_at<TAB>path when filters alone list images)" if search else "")
+                        + ", with the capture time and camera")
     output.add_argument("--null", action="store_true", help="the paths alone, in order, each ended by a NUL byte "
                         "(for xargs -0: any file name passes whole)")
     parser.add_argument("--gps", action="store_true", help="with --json: add each photo's latitude and longitude")
@@ -73,7 +76,7 @@ def _register_search(subparsers) -> None:
                         help="text or image to move away from (repeatable)")
     parser.add_argument("--oldest", action="store_true", help="with filters and no query: oldest first (with "
                         "--label too, which then lists in capture order, not by probability)")
-    _add_result_options(parser)
+    _add_result_options(parser, search=True)
     parser.set_defaults(handler=_search)
 
 
@@ -143,10 +146,15 @@ def _check_gps(args: argparse.Namespace) -> None:
 
 
 def _register_similar(subparsers) -> None:
-    parser = subparsers.add_parser("similar", help="find images like an image (a path, or a catalog id with --id)")
+    parser = subparsers.add_parser(
+        "similar", help="find images like an image (a path, or a catalog id with --id)",
+        description="The collection's images most like IMAGE (cosine of their embeddings), best first, as "
+        "score<TAB>path. IMAGE may be any image file; when the collection holds it (the same path, or --id), it is "
+        "left out of its own results. Exits with 1 when nothing is found (none above --threshold, or filters that "
+        "allow no image).")
     parser.add_argument("image", metavar="IMAGE", help="image file, or catalog id with --id")
     parser.add_argument("--id", action="store_true", help="IMAGE is a catalog id")
-    _add_result_options(parser)
+    _add_result_options(parser, search=False)
     parser.set_defaults(handler=_similar)
 
 

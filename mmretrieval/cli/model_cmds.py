@@ -22,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(subparsers)
     _register_blend(subparsers)
     _register_eval(subparsers)
-    models = subparsers.add_parser("models", help="list open_clip architectures and pretrained tags")
+    models = subparsers.add_parser(
+        "models", help="list open_clip architectures and pretrained tags",
+        description="open_clip's architecture and pretrained tag pairs, as architecture<TAB>pretrained: each is a "
+        "--model ARCH:TAG, downloaded on first use. Not listed: the bundled demo model builtin:shapes (no download), "
+        "hf-hub:ORG/NAME ids and local model folders (README: Model specs).")
     models.add_argument("--json", action="store_true", help="JSON lines instead of TSV")
     models.set_defaults(handler=_models)
 
