@@ -116,7 +116,8 @@ def test_eval_shapes_reports_the_issues_measurements_on_both_renderings(capsys, 
 
     monkeypatch.setattr(shapes_eval, "shapes_report", spy)
     for extra in ((), ("--classic",)):
-        status, out, _ = _run(capsys, "eval", "--shapes", "--scenes", "60", "--json", "--device", "cpu", *extra)
+        status, out, err = _run(capsys, "eval", "--shapes", "--scenes", "60", "--json", "--device", "cpu", *extra)
+        assert "eval: 6/6 part (100%)" in err  # minutes of silence at the default 1,000 scenes, before
         report = json.loads(out)
         assert status == 0 and report["model"] == "builtin:shapes"
         for key in ("shapes_shape", "shapes_held_out_pairs_shape", "shapes_drawn_apart_shape",

@@ -235,8 +235,8 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shapes", action="store_true", help="held-out generated scenes report")
     parser.add_argument("--templates", default="default", help="for --folder: default, imagenet, none, a file, or one template")
     parser.add_argument("--scenes", type=at_least(MIN_EVAL_SCENES), default=1000,
-                        help=f"for --shapes: held-out scenes to search over (at least {MIN_EVAL_SCENES}: recall@10 "
-                        "over fewer says little)")
+                        help=f"for --shapes: held-out scenes to search over (default 1000, at least "
+                        f"{MIN_EVAL_SCENES}: recall@10 over fewer says little)")
     parser.add_argument("--classic", action="store_true",
                         help="for --shapes: the classic rendering (nearly upright shapes, hard edges)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of TSV lines")
@@ -250,6 +250,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..training.evaluate import captions_report, folder_report
     from ..training.shapes_eval import shapes_report
     from ..models.prompt_templates import load_templates
+    from ..progress import TqdmProgress
 
     def left_out(failure: FileFailure) -> None:
         say(f"mmr eval: {failure.path}: left out: {failure.reason}: {failure.message}")
@@ -264,8 +265,9 @@ def _eval(args: argparse.Namespace) -> int:
         captions = captions_report(encoder, args.captions, on_left_out=left_out)
         report.update({f"retrieval_{k}": v for k, v in captions.items()})
     if args.shapes or not (args.folder or args.captions):
-        report.update({f"shapes_{k}": v for k, v in shapes_report(encoder, n_scenes=args.scenes,
-                                                                  varied=not args.classic).items()})
+        with TqdmProgress("eval", unit="part") as progress:
+            shapes = shapes_report(encoder, n_scenes=args.scenes, varied=not args.classic, progress=progress)
+        report.update({f"shapes_{k}": v for k, v in shapes.items()})
     if args.json:
         print(json.dumps(report))
     else:  # one metric a line: the folder-to-label mapping (one line per class) is --json's

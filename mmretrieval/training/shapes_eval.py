@@ -5,7 +5,7 @@ and on held-out colour-shape pairs, text-to-image recall@k, attribute-match@5 an
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -69,39 +69,46 @@ def position_scores(encoder: "DualEncoder", seed: int, n_scenes: int = 500, n_qu
             "position_top1_same_object_chance": float(np.mean((at & same).sum(axis=1) / same.sum(axis=1)))}
 
 
+EVAL_STEPS = 6  # the parts of shapes_report that progress counts
+
+
 def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int = 200, seed: int = EVAL_SEED,
-                  varied: bool = True) -> dict[str, float]:
+                  varied: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """The demo model's quality on scenes it never saw (see the module docstring for the metrics), drawn with
-    the varied rendering it is trained on (``varied=False``: the classic one)."""
+    the varied rendering it is trained on (``varied=False``: the classic one); ``progress`` is called with
+    ``(parts done, EVAL_STEPS)`` as each part is measured (1,000 scenes take about two minutes on a CPU)."""
+
+    def done(step: int) -> None:
+        if progress:
+            progress(step, EVAL_STEPS)
+
+    done(0)
     examples = [scenes.generate(seed, i, held_out="include", varied=varied) for i in range(n_scenes)]
     vectors = encoder.encode_images([e.image for e in examples])
     report = _attribute_accuracy(encoder, vectors, [e.scene for e in examples], ("color", "shape", "count"))
+    done(1)
 
     held_out = [scenes.generate(seed + 1, i, held_out="only", varied=varied) for i in range(max(40, n_scenes // 5))]
     held_vectors = encoder.encode_images([e.image for e in held_out])
     for attribute, value in _attribute_accuracy(encoder, held_vectors, [e.scene for e in held_out], ("color", "shape")).items():
         report[f"held_out_pairs_{attribute}"] = value
+    done(2)
 
     queries = examples[:n_captions]
     text_vectors = encoder.encode_texts([q.caption for q in queries])
     report.update(text_to_image_recall(vectors, text_vectors, [q.index for q in queries]))
     report.update(attribute_match_at_5(text_vectors @ vectors.T, [q.facts for q in queries], [e.scene for e in examples]))
+    done(3)
 
-    plain = plain_renderings()
-    plain_vectors = encoder.encode_images([p[0] for p in plain])
     names = shape_attribute_prompts()
-    for attribute, column in (("color", 1), ("shape", 2)):
-        classes, prompts = names[attribute]
-        targets = [classes.index(p[column]) for p in plain]
-        report[f"plain_{attribute}"] = classification_scores(
-            plain_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
-
-    apart = drawn_apart()
-    apart_vectors = encoder.encode_images([a[0] for a in apart])
-    for attribute, column in (("color", 1), ("shape", 2)):
-        classes, prompts = names[attribute]
-        targets = [classes.index(a[column]) for a in apart]
-        report[f"drawn_apart_{attribute}"] = classification_scores(
-            apart_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+    for step, (kind, drawn) in enumerate((("plain", plain_renderings()), ("drawn_apart", drawn_apart())), start=4):
+        drawn_vectors = encoder.encode_images([d[0] for d in drawn])
+        for attribute, column in (("color", 1), ("shape", 2)):
+            classes, prompts = names[attribute]
+            targets = [classes.index(d[column]) for d in drawn]
+            report[f"{kind}_{attribute}"] = classification_scores(
+                drawn_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+        done(step)
     report.update(position_scores(encoder, seed + 2, n_scenes=max(100, n_scenes // 2), varied=varied))
+    done(6)
     return report
