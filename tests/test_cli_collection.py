@@ -520,6 +520,11 @@ def test_an_error_naming_a_file_with_line_breaks_is_still_one_line(built, capsys
     assert capsys.readouterr().err == "mmr: warning: two\\nlines\n"
     with pytest.raises(CollectionError, match="source no\nsuch.png does not exist"):  # the library's own message
         list(discover(["no\nsuch.png"]))
+    new = str(built[0] / "new-collection")  # no word of a new collection that is not made
+    assert main(["ingest", "no-such-folder", "--collection", new]) == 2
+    assert capsys.readouterr().err == ("mmr ingest: error: source no-such-folder does not exist; pass folders, image "
+                                       "files or .txt/.csv lists\n")
+    assert not Path(new).exists()
 
 
 def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):

@@ -116,7 +116,7 @@ def quiet_ray_logs(verbose: bool) -> None:
 def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
     from ..collection.opening import DEFAULT_MODEL
-    from ..ingest.reader import stdin_sources
+    from ..ingest.reader import refuse_missing, source_list, stdin_sources
 
     if args.forget_mount and not args.prune:  # Collection.ingest refuses it too, but after a new collection is made
         raise CollectionError("--forget-mount lets --prune reach the images of a drive that is not mounted; add "
@@ -125,6 +125,7 @@ def _ingest(args: argparse.Namespace) -> int:
         raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
                               "list to a .txt file and pass that")
     sources = stdin_sources(args.sources, sys.stdin, null=args.null)
+    refuse_missing(source_list(sources))  # before a new collection is announced
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):

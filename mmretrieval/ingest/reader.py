@@ -95,6 +95,21 @@ def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.P
             for source in sources]
 
 
+def refuse_missing(sources: Sequence[str | PathStream]) -> None:
+    """Refuse a source that does not exist before anything is said or made (:func:`discover` meets it later).
+
+    Raises:
+        CollectionError: naming the first such source.
+    """
+    for source in sources:
+        if not isinstance(source, PathStream) and not os.path.lexists(os.path.abspath(source)):
+            raise CollectionError(_no_source(source))
+
+
+def _no_source(source: str | os.PathLike) -> str:
+    return f"source {source} does not exist; pass folders, image files or .txt/.csv lists"
+
+
 def discover(sources: Sequence[str | os.PathLike | PathStream],
              mount_points: list[str] | None = None) -> Iterator[SourceFile | Skipped]:
     """Every candidate file under ``sources``, in a stable order.
@@ -118,7 +133,7 @@ def discover(sources: Sequence[str | os.PathLike | PathStream],
                 continue
             yield from _walk(path, walked, mount_points)
         elif not os.path.lexists(path):
-            raise CollectionError(f"source {source} does not exist; pass folders, image files or .txt/.csv lists")
+            raise CollectionError(_no_source(source))
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
             yield from _read_list(path)
         else:
