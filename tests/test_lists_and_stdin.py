@@ -147,6 +147,11 @@ def test_paths_ending_with_nul_are_taken_exactly(photos, tmp_path, monkeypatch, 
                                 os.fsencode(bad): "blue"}
     status, _, err = _run(capsys, "classify", good, "--null", "--labels", "red,blue")
     assert status == 2 and "--null is for the paths on standard input (-)" in err, err
+    assert "find DIR -print0 | mmr classify --null - --labels" in err  # its own command, not ingest's
+    status, _, err = _run(capsys, "classify", "-", "-", "--labels", "red,blue")
+    assert status == 2 and "- (the paths on standard input) given twice" in err and "@-" not in err, err
+    status, _, err = _run(capsys, "classify", "-", "--labels", "@-")
+    assert status == 2 and "standard input given twice (- and --labels @- each read it)" in err, err
 
 
 def test_ingest_reads_paths_from_stdin_and_refuses_prune_with_it(photos, tmp_path, tiny_model_dir, monkeypatch,

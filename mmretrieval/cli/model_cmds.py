@@ -75,10 +75,11 @@ def _classify(args: argparse.Namespace) -> int:
     from ..models.zeroshot import ZeroShotClassifier, predict, refuse_lone_softmax_label
     from ..progress import TqdmProgress
 
-    if args.images.count("-") + args.labels.count("@-") > 1:
+    if "-" in args.images and "@-" in args.labels:
         raise QueryError("standard input given twice (- and --labels @- each read it); it can be read once")
+    sources = stdin_sources(args.images, sys.stdin, null=args.null,
+                            example="mmr classify --null - --labels 'cat,dog'")  # refuses - - as well
     labels = parse_labels(labels_with_stdin(args.labels))
-    sources = stdin_sources(args.images, sys.stdin, null=args.null)
     templates = load_templates(args.templates)
     threshold = multi_label_threshold(args)
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)

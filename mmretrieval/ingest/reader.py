@@ -66,10 +66,12 @@ class PathStream:
         return self.name
 
 
-def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = False) -> list[str | PathStream]:
+def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = False,
+                  example: str = "mmr ingest --null - --collection C") -> list[str | PathStream]:
     """``sources`` as the command line gives them, ``-`` standing for a list of paths read from ``stdin`` (the
     process's standard input, read through its byte stream), relative paths taken from the current folder; with
-    ``null``, each path ends with NUL instead of a newline.
+    ``null``, each path ends with NUL instead of a newline. ``example``: the command a misplaced ``--null`` is
+    shown in.
 
     Raises:
         CollectionError: ``-`` given twice (standard input is read once), no standard input to read, or ``null``
@@ -81,7 +83,7 @@ def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = Fal
         raise CollectionError("- reads paths from standard input, and this process has none")
     if null and STDIN_SOURCE not in sources:
         raise CollectionError("--null is for the paths on standard input (-): add - as a source, e.g. "
-                              "find DIR -print0 | mmr ingest --null - --collection C")
+                              f"find DIR -print0 | {example}")
     return [PathStream(stdin.buffer, null=null) if source == STDIN_SOURCE else source for source in sources]
 
 
