@@ -125,6 +125,10 @@ def test_templates_builtin_and_from_file(tmp_path):
         load_templates(str(template_file))
     with pytest.raises(QueryError, match="unknown template set"):
         load_templates("nonexistent-set")
+    with pytest.raises(QueryError, match="no template file 'nonexist.txt'"):  # not "unknown template set"
+        load_templates("nonexist.txt")
+    with pytest.raises(QueryError, match="name a folder"):
+        load_templates(str(tmp_path))
     template_file.write_text("a {} of {kind}\n")  # str.format would fail on it mid-way
     with pytest.raises(QueryError, match="no other braces"):
         load_templates(str(template_file))

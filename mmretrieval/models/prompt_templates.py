@@ -6,6 +6,7 @@ the label alone), a file of templates, or one template given inline; each has on
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def load_templates(name_or_path: str) -> tuple[str, ...]:
     path = Path(name_or_path)
     if not path.is_file() and {"{", "}"} & set(name_or_path):
         return check_templates((name_or_path,), "the template")
+    if path.is_dir():
+        raise QueryError(f"templates {name_or_path!r} name a folder; give a file of one {{}} template per line")
     if not path.is_file():
-        raise QueryError(f"unknown template set {name_or_path!r}: use {', '.join(TEMPLATE_SETS)}, a file path, or "
-                         "one template with a {} for the label")
+        looks_like_a_file = os.sep in name_or_path or path.suffix != ""  # templates.txt, prompts/x
+        raise QueryError(f"{'no template file' if looks_like_a_file else 'unknown template set'} {name_or_path!r}: "
+                         f"use {', '.join(TEMPLATE_SETS)}, a file path, or one template with a {{}} for the label")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
