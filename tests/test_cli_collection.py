@@ -328,10 +328,13 @@ def test_a_folder_after_ray_is_not_taken_for_the_clusters_address(command, tmp_p
         "auto", "10.0.0.5:6379", "ray://head:10001", ""]
 
 
-def test_similar_k_below_one_is_refused(built, capsys):
+def test_k_below_one_is_refused_naming_the_option(built, capsys):
     tmp_path, collection = built
-    _fails_in_one_line(capsys, ["similar", str(tmp_path / "photos" / "good00.jpg"), "--collection", collection,
-                                "-k", "0"], "k must be at least 1, got 0")
+    for command in (["similar", str(tmp_path / "photos" / "good00.jpg")], ["search", "red"], ["duplicates"]):
+        with pytest.raises(SystemExit) as refused:
+            main([*command, "--collection", collection, "-k", "0"])
+        assert refused.value.code == 2  # the option's name, not the API's argument "k"
+        assert f"mmr {command[0]}: error: argument -k: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_search_mistakes_are_named_and_empty_results_said(built, capsys):

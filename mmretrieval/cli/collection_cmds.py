@@ -17,7 +17,7 @@ from ..errors import CollectionError, QueryError
 from ..json_lines import tsv_pairs, tsv_text
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
-from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, cosine, emit, json_line,
+from .common import (MULTI_LABEL_THRESHOLD, Once, add_collection_option, at_least, cosine, emit, json_line,
                      labels_with_stdin, multi_label_threshold, names_as_bytes, open_collection, path_prefix,
                      probability, ray_address, say, warn_unread_query)
 from .ingest_cmd import quiet_ray_logs
@@ -43,7 +43,7 @@ def _add_result_options(parser: argparse.ArgumentParser, search: bool) -> None:
     """The options ``search`` and ``similar`` share (``search``: the help of the options that mean more there)."""
     add_collection_option(parser)
     parser.add_argument("--device", default="auto", help="where to run the model (default: auto)")
-    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("-k", type=at_least(1), default=10, help="number of results (default 10)")
     parser.add_argument("--threshold", type=cosine, action=Once, help="drop results scoring below this cosine "
                         + ("(for --label with no query: below this probability); default: none" if search
                            else "(default: none)"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..progress import TqdmProgress
 from ..json_lines import tsv_text
-from .common import add_collection_option, emit, names_as_bytes, say
+from .common import add_collection_option, at_least, emit, names_as_bytes, say
 
 if TYPE_CHECKING:
     from ..collection.duplicates import DuplicateGroup
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float,
                         help="cosine at or above which two images are copies (default: the model family's, "
                         "see the README)")
-    parser.add_argument("-k", type=int, default=10, help="neighbours searched per image (default 10)")
+    parser.add_argument("-k", type=at_least(1), default=10, help="neighbours searched per image (default 10)")
     parser.add_argument("--prefer", action="append", default=[], metavar="FOLDER",
                         help="keep the copies under FOLDER, where originals live (repeatable: the first folder "
                         "before the next); e.g. --prefer ~/Pictures/library lists the copies in ~/Downloads")
