@@ -437,3 +437,19 @@ def test_a_segment_file_gone_is_named_and_info_still_answers(tmp_path, tiny_mode
         assert f"error: {vec} is missing; the collection's segments are damaged: restore the collection from a " \
                "backup" in err, command
         assert "FileNotFoundError" not in err and "cannot write" not in err
+
+
+def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tiny_model_dir, capsys):
+    from mmretrieval.cli import main
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    col = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--model", str(tiny_model_dir)]) == 0
+    manifest = tmp_path / "col" / "segments" / "manifest.json"
+    manifest.unlink()
+    capsys.readouterr()
+    assert main(["search", "red", "--collection", col]) == 2
+    err = capsys.readouterr().err  # it said "the collection has no vectors yet", of 3
+    assert f"error: {manifest} is missing, so the vectors the catalog points at cannot be read; the collection's " \
+           "segments are damaged" in err

@@ -68,7 +68,8 @@ class SegmentFiles:
             info = path.stat()
             mtime = (info.st_ino, info.st_mtime_ns, info.st_size)  # atomic replaces change the inode
         except FileNotFoundError:
-            raise CollectionError(f"{self.directory} has no segment manifest; the collection has no vectors yet")
+            raise CollectionError(f"{path} is missing, so the vectors the catalog points at cannot be read; "
+                                  f"{DAMAGED}") from None
         if refresh or self._manifest is None or mtime != self._manifest_mtime:
             try:
                 manifest = json.loads(path.read_text(encoding="utf-8"))
