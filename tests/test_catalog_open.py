@@ -160,6 +160,22 @@ def test_a_lost_catalog_is_not_started_afresh_beside_its_vectors(tmp_path, tiny_
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
+def test_a_catalog_cut_short_is_named_with_the_way_out(tmp_path):
+    """A truncated catalog got an error with no remedy (crash walkthrough)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp_path / CATALOG_NAME)) as db:
+        db.execute("PRAGMA page_size = 1024")
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.executemany("INSERT INTO t VALUES (randomblob(900))", [()] * 50)
+        db.commit()
+    with open(tmp_path / CATALOG_NAME, "r+b") as handle:
+        handle.truncate(4096)
+    with pytest.raises(CollectionError, match="malformed.*the file is left as it was; restore it from a backup "
+                                              r"\(README: Backups\), or re-ingest into a new --collection"):
+        Catalog(tmp_path / CATALOG_NAME)
+
+
 def test_a_catalog_with_no_tables_yet_opened_read_only_may_be_a_first_ingest_under_way(tmp_path):
     """What a reader meets between a first ingest's creating the file and its tables: told to try again."""
     import sqlite3
