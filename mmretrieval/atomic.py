@@ -226,9 +226,12 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            held_by = _held_by(descriptor) if is_file else ""
+            holding = _holder(descriptor) if is_file else ""
+            held_by = f"; that is {holding}" if holding else ""
             if busy_message:
-                raise (busy or CollectionBusy)(busy_message + held_by) from exc
+                refusal = (busy or CollectionBusy)(busy_message + held_by)
+                refusal.holder = holding  # for a message of the caller's own (the web UI's)
+                raise refusal from exc
             if waiting_note:
                 logger.warning("%s%s", waiting_note, held_by)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
@@ -256,13 +259,12 @@ def this_process() -> str:
     return f"{command} (process {os.getpid()}, since {time.strftime('%H:%M:%S')})"
 
 
-def _held_by(descriptor: int) -> str:
-    """``"; that is ..."``: what the lock file's holder wrote in it, or nothing."""
+def _holder(descriptor: int) -> str:
+    """What the lock file's holder wrote in it (:func:`this_process`), or nothing."""
     try:
-        text = os.pread(descriptor, 300, 0).decode("utf-8", "replace").strip()
+        return os.pread(descriptor, 300, 0).decode("utf-8", "replace").strip()
     except OSError:
         return ""
-    return f"; that is {text}" if text else ""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

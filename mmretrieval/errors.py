@@ -36,6 +36,8 @@ class Busy(MMRError):
     """Another process holds the lock on what was asked for (a collection, a model folder): nothing is wrong, try
     again when it is done."""
 
+    holder: str = ""  # the process holding it, as it wrote itself into the lock file ("" when it did not)
+
 
 class CollectionBusy(Busy, CollectionError):
     """Another process holds the collection's writer lock."""
