@@ -30,6 +30,7 @@ from ..images.decode import IMAGE_EXTENSIONS
 ImageRef = Union[str, os.PathLike, Image.Image, int]  # a path, a decoded image, or a catalog id
 # a digit right after the colon is text, not a weight: "12:00 at the beach" is a time
 _WEIGHTED = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:(?!\d)(.+)$", re.DOTALL)
+_NEGATIVE_WEIGHT = re.compile(r"^\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*:(?!\d)(.+)$", re.DOTALL)  # "-2:star"
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ def split_weight(text: str) -> tuple[float, str]:
     """``"2:golden retriever"`` -> ``(2.0, "golden retriever")``; no prefix means weight 1.
 
     Raises:
-        QueryError: a zero weight.
+        QueryError: a zero weight, or a negative one (``"-2:star"``: that is what --not is for).
     """
     match = _WEIGHTED.match(text)
     if not match:
+        if _NEGATIVE_WEIGHT.match(text):
+            raise QueryError(f"term weight in {text.strip()!r} must be a positive number; to move away from a "
+                             "term, give it with --not (weighted there too: --not '2:star')")
         return 1.0, text
     return float(match.group(1)), match.group(2).strip()
 
