@@ -257,3 +257,17 @@ def test_classify_refuses_them_too_rather_than_read_another_character():
         parse_labels(f"{NOT_UTF8},blue")
     with pytest.raises(QueryError, match=r"label 'x\\ud800' is not UTF-8 text"):  # a lone surrogate of the API
         normalise_labels(["x\ud800"])
+
+
+def test_a_file_of_no_labels_and_a_bare_at_sign_are_named(tmp_path):
+    """``@empty.txt`` said only "no labels given", and ``@`` alone "cannot read labels from : Is a directory"."""
+    from mmretrieval.errors import QueryError
+    from mmretrieval.models.label_text import parse_labels
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(QueryError, match=f"no labels given \\({empty} held none, one a line\\)"):
+        parse_labels([f"@{empty}"])
+    with pytest.raises(QueryError, match="'@' names no file: write @FILE"):
+        parse_labels(["@"])
+    assert parse_labels([f"@{empty}", "cat,dog"]) == ["cat", "dog"]

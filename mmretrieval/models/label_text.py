@@ -51,6 +51,7 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
     if isinstance(values, str) or hasattr(values, "read"):
         values = [values]
     parts: list[str] = []
+    files = []  # the @FILEs and streams read, for the message when they hold no label
     for value in values:
         if not read_files:
             if not isinstance(value, str):
@@ -63,10 +64,12 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
             typed = _typed_labels(value)
         else:
             typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
+            files.append(value[1:] if isinstance(value, str) else "standard input")
         parts.extend(typed)
     labels = _one_per_case([label for label in (part.strip() for part in parts) if label], stacklevel=2)
     if not labels:
-        raise QueryError("no labels given: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
+        read = f" ({', '.join(files)} held none, one a line)" if files else ""
+        raise QueryError(f"no labels given{read}: pass e.g. --labels 'cat,dog,car' or --labels @labels.txt")
     return labels
 
 
@@ -165,6 +168,8 @@ def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
 def _label_file_text(value: str | BinaryIO) -> str:
     """The text of ``@FILE``, or of a binary stream, as UTF-8 without a byte-order mark."""
     name = value[1:] if isinstance(value, str) else getattr(value, "name", "a stream")
+    if isinstance(value, str) and not name:
+        raise QueryError("'@' names no file: write @FILE for a file of labels, one a line (@- reads standard input)")
     try:
         if isinstance(value, str):
             return Path(name).read_text(encoding="utf-8-sig")
