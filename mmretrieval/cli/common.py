@@ -58,12 +58,14 @@ def warn_unread_query(collection: "Collection", query: "Query", command: str = "
             say(f"mmr {command}: warning: {note}")
 
 
-def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes") -> None:
-    """``--model``, ``--device``, ``--precision`` and ``--dim``, the same everywhere."""
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = "builtin:shapes",
+                      default_note: str = "") -> None:
+    """``--model``, ``--device``, ``--precision`` and ``--dim``, the same everywhere (``default_note``: the help's
+    words for a ``default`` of None)."""
     parser.add_argument(
         "--model", default=default,
         help="model spec: ARCH:PRETRAINED (open_clip registry), hf-hub:ORG/REPO, a local model directory, "
-        f"or builtin:shapes (default: {default or 'the collection’s model'})",
+        f"or builtin:shapes (default: {default or default_note})",
     )
     parser.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
