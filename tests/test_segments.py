@@ -415,28 +415,52 @@ def test_the_next_writer_removes_a_killed_manifest_writes_temporary(tmp_path):
     assert catalog.vector_count() == 10
 
 
-def test_a_segment_file_gone_is_named_and_info_still_answers(tmp_path, tiny_model_dir, capsys):
-    """Every command failed with a bare FileNotFoundError (a walkthrough deleted one ``.vec`` file), and
-    ``mmr export`` blamed its output folder."""
+@pytest.mark.parametrize("damage", ["deleted", "cut short"])
+def test_vectors_lost_from_a_segment_are_named_then_embedded_again_by_the_next_ingest(tmp_path, tiny_model_dir,
+                                                                                      capsys, damage):
+    """Every command failed with a bare FileNotFoundError (a walkthrough deleted one ``.vec`` file), ``mmr export``
+    blamed its output folder, and nothing but a new collection got the vectors back, though every file was there."""
     from mmretrieval.cli import main
     from test_ingest import write_good_images
 
     write_good_images(tmp_path / "photos", 3)
     col = str(tmp_path / "col")
     assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--model", str(tiny_model_dir)]) == 0
+    assert main(["label", "--labels", "red,green", "--collection", col]) == 0
+    capsys.readouterr()
+    assert main(["search", "red", "--collection", col, "--json"]) == 0
+    before = {json.loads(line)["path"]: json.loads(line)["score"] for line in capsys.readouterr().out.splitlines()}
     (vec,) = (tmp_path / "col" / "segments").glob("*.vec")
-    vec.unlink()
+    if damage == "deleted":
+        vec.unlink()
+        shown = f"{vec} is missing"
+    else:
+        os.truncate(vec, vec.stat().st_size // 3)  # one whole row of three
+        shown = f"{vec} holds 1 rows, the catalog points at row 2"
     capsys.readouterr()
     assert main(["info", "--collection", col]) == 0
     out, err = capsys.readouterr()
-    assert "counts\tok=3\n" in out and "vectors\t3\n" in out
-    assert f"warning: {vec} is missing; the collection's segments are damaged" in err
-    for command in (["search", "red"], ["export", str(tmp_path / "out")], ["ingest", str(tmp_path / "photos")]):
-        assert main([*command, "--collection", col]) != 0
+    assert "counts\tok=3\n" in out
+    assert f"warning: {shown}" in err or damage == "cut short"  # info reads no vector: a short file looks whole
+    for command in (["similar", "--id", "3"], ["export", str(tmp_path / "out")]):  # each reads stored vectors
+        status = main([*command, "--collection", col])
         err = capsys.readouterr().err
-        assert f"error: {vec} is missing; the collection's segments are damaged: restore the collection from a " \
-               "backup" in err, command
+        assert status == 2, err
+        assert f"error: {shown}; the collection's segments are damaged: the next `mmr ingest` into it embeds the " \
+               "images whose vectors were lost again from their files" in err, command
         assert "FileNotFoundError" not in err and "cannot write" not in err
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col]) == 0
+    lost = 3 if damage == "deleted" else 2
+    err = capsys.readouterr().err
+    assert f"warning: {lost} images had lost their vectors (segment 000001 holds {3 - lost} whole rows" in err
+    assert f"embedded {lost}, unchanged {3 - lost}" in err
+    assert main(["search", "red", "--collection", col, "--json"]) == 0
+    after = {json.loads(line)["path"]: json.loads(line)["score"] for line in capsys.readouterr().out.splitlines()}
+    assert after.keys() == before.keys() and all(abs(after[p] - before[p]) < 1e-3 for p in before)
+    assert main(["info", "--collection", col, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"] == {"ok": 3} and info["vectors"] == info["index_vectors"] == 3
+    assert sum(info["labels"].values()) == 3  # the labels stayed with their images
 
 
 def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tiny_model_dir, capsys):
@@ -453,3 +477,27 @@ def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tin
     err = capsys.readouterr().err  # it said "the collection has no vectors yet", of 3
     assert f"error: {manifest} is missing, so the vectors the catalog points at cannot be read; the collection's " \
            "segments are damaged" in err
+
+
+def test_a_sealed_segment_lost_is_dropped_and_its_images_embedded_again(tmp_path, tiny_encoder, monkeypatch):
+    import mmretrieval.collection.segments as segments_module
+    from test_ingest import write_good_images
+
+    monkeypatch.setattr(segments_module, "SEGMENT_ROWS", 2)  # 5 images: two sealed segments and an active one
+    write_good_images(tmp_path / "photos", 5)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0, batch_size=1)
+        sealed = [s for s in col.catalog.segments.segments() if s.sealed]
+        assert sealed and sum(s.count for s in sealed) < 5
+        first = sealed[0]
+        ids, vectors = col.vectors()
+        before = dict(zip(ids.tolist(), vectors))
+    (tmp_path / "col" / "segments" / f"{first.number:06d}.vec").unlink()
+    with Collection.open(tmp_path / "col") as col:
+        again = col.ingest([tmp_path / "photos"], workers=0)
+        assert (again.embedded, again.unchanged) == (first.count, 5 - first.count)
+        assert first.number not in [s.number for s in col.catalog.segments.segments()]  # nothing points at it now
+        ids, vectors = col.vectors()
+        assert sorted(ids.tolist()) == sorted(before) and col.catalog.counts_by_status() == {"ok": 5}
+        for image_id, vector in zip(ids.tolist(), vectors):
+            np.testing.assert_allclose(vector, before[image_id], atol=2e-3)  # float16 storage

@@ -44,6 +44,7 @@ from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, co
 from .upkeep import IndexKeeper
 from .index import IndexPolicy
 from .index_manifest import Manifest
+from .repair import forget_lost_vectors
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
@@ -299,6 +300,7 @@ class Collection(SearchMethods, LabelMethods):
                                   "but ingest, import, index, compact and label need a writable collection folder")
         with exclusive_lock(self.directory / LOCK_NAME, busy_message, holder=this_process(), waiting_note=(
                 f"another process is writing {self.directory}; waiting for it to finish")):
+            forget_lost_vectors(self.catalog)
             collect_garbage(self.catalog)
             yield self.catalog
             try:

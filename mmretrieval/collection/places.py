@@ -330,6 +330,21 @@ class VectorPlaces:
                 self._bump_generation()
         return len(gone)
 
+    def ids_placed_from(self, number: int, row: int) -> list[int]:
+        """Ids whose vector is in segment ``number`` at ``row`` or after."""
+        return [r[0] for r in self._query("SELECT image_id FROM vector_rows WHERE segment = ? AND row >= ?",
+                                          (number, row))]
+
+    def forget_vectors(self, ids: Sequence[int]) -> None:
+        """Drop the vectors of ``ids`` and set their images ``pending``, to be embedded again (their vectors were
+        lost: :mod:`.repair`); labels and metadata stay."""
+        with self.transaction() as db:
+            for chunk, marks in in_lists(ids):
+                db.execute(f"DELETE FROM vector_rows WHERE image_id IN ({marks})", chunk)
+                db.execute(f"UPDATE images SET status = 'pending', reason = NULL, message = NULL WHERE id IN "
+                           f"({marks})", chunk)
+            self._bump_generation()
+
     def forget_dropped_labels(self) -> None:
         """Start a run's record of the labels that changed files left (:data:`DROPPED_TABLES`) afresh."""
         with self.transaction() as db:

@@ -22,8 +22,8 @@ from ..errors import CollectionError
 from .sealed import DEFAULT_DTYPE, check_dtype
 
 SEGMENTS_DIRNAME = "segments"
-DAMAGED = ("the collection's segments are damaged: restore the collection from a backup (README: Backups), or "
-           "re-ingest into a new --collection")
+DAMAGED = ("the collection's segments are damaged: the next `mmr ingest` into it embeds the images whose vectors "
+           "were lost again from their files (README: Backups)")
 MANIFEST_NAME = "manifest.json"
 _FORMAT = 1
 
@@ -112,6 +112,17 @@ class SegmentFiles:
         if entry.sealed:
             return entry.count
         return self._vec_bytes(number) // self._row_bytes()
+
+    def intact_rows(self, entry: SegmentInfo) -> int:
+        """Rows of a listed segment that both its files hold whole (0 when one is gone), at most a sealed one's
+        count: the rows past them are lost (a file deleted or cut short), whatever the manifest says."""
+        sizes = []
+        for suffix, row_bytes in (("vec", self._row_bytes()), ("ids", 8)):
+            try:
+                sizes.append(segment_path(self.directory, entry.number, suffix).stat().st_size // row_bytes)
+            except FileNotFoundError:
+                return 0
+        return min(*sizes, entry.count) if entry.sealed else min(sizes)
 
     def total_rows(self) -> int:
         return sum(self.rows_in(s.number) for s in self.segments())

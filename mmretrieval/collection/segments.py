@@ -190,7 +190,7 @@ class SegmentStore(SegmentFiles):
         self.write_manifest({**manifest, "segments": [asdict(e) for e in entries]})
 
     def _sealed_info(self, number: int, rows: int) -> SegmentInfo:
-        vec, ids = self._cut_to(number, rows)
+        vec, ids = self.cut_to(number, rows)
         followed, self._digest = self._digest, None
         if followed is not None and followed[0] != number:  # another segment's: of no use here
             followed[1].abandon()
@@ -198,14 +198,16 @@ class SegmentStore(SegmentFiles):
         return SegmentInfo(number, True, rows, vec.stat().st_size,
                            *checksums(vec, ids, followed[1] if followed is not None else None))
 
-    def _cut_to(self, number: int, rows: int) -> tuple[Path, Path]:
-        """Cut a segment's files to ``rows`` whole rows (a killed writer's torn tail); returns their paths."""
+    def cut_to(self, number: int, rows: int) -> tuple[Path, Path]:
+        """Cut a segment's files to ``rows`` whole rows (a killed writer's torn tail, or what is left of a damaged
+        active segment: a file gone is made anew, empty); returns their paths."""
         vec, ids = segment_path(self.directory, number, "vec"), segment_path(self.directory, number, "ids")
         for path, size in ((vec, rows * self._row_bytes()), (ids, 8 * rows)):
-            if path.stat().st_size != size:
-                with open(path, "rb+") as handle:
+            if not path.exists() or path.stat().st_size != size:
+                with open(path, "ab") as handle:  # made if gone; "ab" never cuts, so truncate
                     handle.truncate(size)
                     os.fsync(handle.fileno())
+        self._maps.pop(number, None)
         return vec, ids
 
     def add_sealed(self, sealed: SealedSegment) -> int:
@@ -265,7 +267,7 @@ class SegmentStore(SegmentFiles):
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
                 rows = min(self.rows_in(entry.number),
                            segment_path(self.directory, entry.number, "ids").stat().st_size // 8)
-                self._cut_to(entry.number, rows)
+                self.cut_to(entry.number, rows)
         return unused
 
     def _require_writable(self) -> None:

@@ -1,0 +1,52 @@
+"""Vectors lost to damage: a segment file deleted or cut short outside the program (a bad restore, a full disk
+during a copy, a slip in a shell).
+
+The catalog still names every image, its file and its content hash; only the vector rows past what the files hold
+are gone. A writer runs :func:`forget_lost_vectors` on entry, under the collection's lock: those rows are dropped
+from the catalog and their images set ``pending``, so that the ingest then embeds them again from their files
+(an imported row whose file is not on this machine then fails as ``missing``: its vector is lost for good).
+Readers only name the damage (:data:`~.segment_files.DAMAGED`), since they never write.
+
+Cost: a ``stat`` of each segment's two files, and an indexed look-up per damaged segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+logger = logging.getLogger(__name__)
+
+
+def forget_lost_vectors(catalog: "Catalog") -> int:
+    """Set ``pending`` the images whose vectors are past what their segment's files hold, dropping those vector
+    rows; make a damaged active segment's files whole again at what is left. Returns how many images.
+
+    Only for the collection's writer, holding its lock.
+    """
+    store = catalog.segments
+    if not store.exists:
+        return 0
+    lost: list[int] = []
+    damaged: list[str] = []
+    active: list[tuple[int, int]] = []
+    for entry in store.segments():
+        intact = store.intact_rows(entry)
+        ids = catalog.ids_placed_from(entry.number, intact)
+        if ids:
+            lost += ids
+            damaged.append(f"segment {entry.number:06d} holds {intact} whole rows")
+        if not entry.sealed:
+            active.append((entry.number, intact))
+    if lost:
+        catalog.forget_vectors(lost)
+    for number, intact in active:  # appends go on from the rows both files hold (after the catalog lets go)
+        store.cut_to(number, intact)
+    if not lost:
+        return 0
+    logger.warning("%d images had lost their vectors (%s: a file deleted or cut short); they are marked to be "
+                   "embedded again from their files, by this ingest or the next", len(lost), ", ".join(damaged))
+    return len(lost)
