@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-pixels", type=at_least(1), default=None, metavar="N",
                         help="fail images with more pixels than this, a guard against decompression bombs (default "
                         "268402689, 16383x16383: any camera photo; a PNG or TIFF that large needs 1-3 GB per "
-                        "decoding worker, so lower it on a small machine)")
+                        "decoding worker, so lower it on a small machine); files refused before are retried by a "
+                        "run whose limit passes them")
     parser.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
                         help="decode JPEGs on the model's device, other files on the CPU at the same time (auto: on "
                         "with a CUDA GPU)")

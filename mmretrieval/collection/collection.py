@@ -229,7 +229,8 @@ class Collection(SearchMethods, LabelMethods):
             share_jpegs: with device decoding, the CPU pool also takes JPEGs (the largest first) while its
                 workers have room (:mod:`mmretrieval.ingest.routing`).
             max_pixels: an image with more pixels is failed as a ``decompression_bomb`` (the default passes
-                any camera photo; :data:`~mmretrieval.images.decode.DEFAULT_MAX_PIXELS`).
+                any camera photo; :data:`~mmretrieval.images.decode.DEFAULT_MAX_PIXELS`); one failed so before is
+                retried by a run whose limit passes it.
 
         Returns:
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.

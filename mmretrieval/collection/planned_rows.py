@@ -44,6 +44,7 @@ class FileState:
     status: str
     reason: str | None = None  # why it failed or was skipped
     content_hash: str | None = None  # of the bytes its vector was made from
+    message: str | None = None  # the failure's words (a decompression bomb's pixel count)
 
 
 TWIN_SIZE_CAP = 64  # embedded rows of one size past which the size says nothing of a file (see twins)
@@ -75,11 +76,11 @@ class PlannedRows:
                                statuses: Sequence[str] = ()) -> Iterator[list[tuple[int, bytes]]]: ...  # VectorPlaces'
 
     def file_states_of(self, paths: Sequence[bytes]) -> dict[bytes, FileState]:
-        """The known ones among ``paths`` and their (id, size, mtime, status, reason, content hash)."""
+        """The known ones among ``paths`` and their (id, size, mtime, status, reason, content hash, message)."""
         found: dict[bytes, FileState] = {}
         for chunk, marks in in_lists(paths):
-            for row in self._query("SELECT path, id, size, mtime_ns, status, reason, content_hash FROM images "
-                                   f"WHERE path IN ({marks})", chunk):
+            for row in self._query("SELECT path, id, size, mtime_ns, status, reason, content_hash, message FROM "
+                                   f"images WHERE path IN ({marks})", chunk):
                 found[row[0]] = FileState(*row[1:])
         return found
 

@@ -107,6 +107,13 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise _over_limit(f"{width}x{height} is {width * height} pixels", max_pixels)
 
 
+def refused_pixels(message: str | None) -> int | None:
+    """The pixel count a ``decompression_bomb`` failure's message names (:func:`check_pixels`), None if it names
+    none: a run whose limit passes that many retries the file (planning)."""
+    match = re.search(r"(\d+) pixels, over the limit", message or "")
+    return int(match[1]) if match else None
+
+
 def _over_limit(size: str, max_pixels: int) -> ImageDecodeError:
     return ImageDecodeError("decompression_bomb", f"{size}, over the limit of {max_pixels} pixels (a guard against "
                             "decompression bombs); if it is a real photo, raise the limit with --max-pixels")

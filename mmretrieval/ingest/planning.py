@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from ..collection.catalog import Catalog, FileState, encode_path
 from ..collection.planned_rows import Twin
 from ..errors import CollectionError
-from ..images.decode import DEFAULT_MAX_PIXELS
+from ..images.decode import DEFAULT_MAX_PIXELS, refused_pixels
 from . import mounts
 from .batches import SourceFile, Skipped, chunked
 from .copies import find_copies, write_copies
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 # Failures that say more about the moment than the file (a busy machine, a flaky disk, a file moved away while the
 # run read it): retried every run that finds the file.
 TRANSIENT_REASONS = frozenset({"decode_timeout", "decoder_crashed", "unreadable", "missing"})
-# Failures for an image's size, retried by a run with another pixel limit (--max-pixels)
-SIZE_REASONS = frozenset({"decompression_bomb"})
 PLAN_CHUNK = 10_000  # files looked up and marked pending per catalog transaction
 
 
@@ -133,13 +131,12 @@ def plan_sources(catalog: Catalog, sources: Sequence[str | PathStream], checksum
     """:func:`plan` over what :func:`~.reader.discover` finds in ``sources``; the mount points the walk met are
     noted in the catalog (:mod:`.mounts`), for later prunes. ``pruning``: a prune of ``sources`` follows, so
     listed paths that are missing and never had a row get none (see :meth:`~.Catalog.mark_skipped`).
-    ``max_pixels``: the run's pixel limit; one other than the default retries the files refused for their size
-    (the refusal's own advice is to raise it)."""
+    ``max_pixels``: the run's pixel limit; the files refused for more pixels than it passes are retried (the
+    refusal's own advice is to raise it)."""
     catalog.forget_dropped_labels()  # labels left by files that changed are this run's to hand on
     found_mounts: list[str] = []
-    retried = SIZE_REASONS if max_pixels != DEFAULT_MAX_PIXELS else frozenset()
     planned = plan(catalog, discover(sources, found_mounts), walked_folders(sources), checksum, hashed,
-                   new_missing=not pruning, retried=retried)
+                   new_missing=not pruning, max_pixels=max_pixels)
     mounts.record(catalog, found_mounts)
     return planned
 
@@ -162,7 +159,7 @@ class Planned(NamedTuple):
 
 def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequence[bytes] = (),
          checksum: bool = False, hashed: Progress | None = None, new_missing: bool = True,
-         retried: frozenset[str] = frozenset()) -> Planned:
+         max_pixels: int = DEFAULT_MAX_PIXELS) -> Planned:
     """Mark new and changed files ``pending`` and record skips.
 
     Streams: :data:`PLAN_CHUNK` files at a time are looked up in the catalog and marked (one transaction each),
@@ -179,7 +176,7 @@ def plan(catalog: Catalog, found: Iterable[SourceFile | Skipped], walked: Sequen
             unchanged ones) are hashed: a mass touch or a checksum run reads the library before anything is embedded.
         new_missing: record a ``missing`` skip for a path that has no row (:meth:`~.Catalog.mark_skipped`).
     """
-    planner = _Planner(catalog, checksum, hashed, retried)
+    planner = _Planner(catalog, checksum, hashed, max_pixels)
     skipped: dict[bytes, Skipped] = {}
     for chunk in chunked(found, PLAN_CHUNK):
         files: dict[bytes, SourceFile] = {}
@@ -204,9 +201,9 @@ class _Planner:
     """One run's planning, chunk by chunk: its counts, the touched files and copies it hashes, the aliases it
     passes over."""
 
-    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None, retried: frozenset[str]):
+    def __init__(self, catalog: Catalog, checksum: bool, hashed: Progress | None, max_pixels: int):
         self._catalog, self._checksum, self._hashed = catalog, checksum, hashed
-        self._retried = TRANSIENT_REASONS | retried  # failures this run tries again, unchanged files or not
+        self._max_pixels = max_pixels  # a file refused for more pixels than this passes is tried again
         self._aliases = None if catalog.is_empty() else _Aliases(catalog)  # a first ingest has none, nor copies
         self.unchanged = self.marked = self.aliases = self.copies = self.moved = self.adopted = self._hashed_count = 0
         self._count_lock = threading.Lock()
@@ -231,7 +228,7 @@ class _Planner:
             same_stat = state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
             if maybe_touched(state, item.size) and (self._checksum or not same_stat):
                 to_hash.append((key, state.content_hash, same_stat))
-            elif same_stat and _settled(state, self._retried):
+            elif same_stat and _settled(state, self._max_pixels):
                 self._keep(key, item)
             else:
                 to_mark.append(key)
@@ -359,6 +356,12 @@ def _lists_inside(path: bytes, root: bytes, real_root: bytes) -> bool:
     return True
 
 
-def _settled(state: FileState, retried: frozenset[str]) -> bool:
-    """Embedded, or failed for a reason that the same bytes would fail for again (not one of ``retried``)."""
-    return state.status == "ok" or (state.status == "failed" and state.reason not in retried)
+def _settled(state: FileState, max_pixels: int) -> bool:
+    """Embedded, or failed for a reason that the same bytes would fail for again: not a transient one, nor a pixel
+    count that ``max_pixels`` passes."""
+    if state.status != "failed":
+        return state.status == "ok"
+    if state.reason == "decompression_bomb":
+        pixels = refused_pixels(state.message)
+        return pixels is None or pixels > max_pixels
+    return state.reason not in TRANSIENT_REASONS
