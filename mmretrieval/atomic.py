@@ -13,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -202,14 +205,14 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
                    busy: type[Busy] | None = None, waiting_note: str | None = None,
-                   holder: str | None = None) -> Iterator[None]:
+                   announce: bool = False) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` for the ``with`` block: a file (created if missing), or a folder
     (locked itself, so that nothing is added to it).
 
     The operating system drops the lock when its holder dies, SIGKILL included, so a crash never leaves a
     collection locked. With no ``busy_message`` it waits for another holder instead of failing, and logs
-    ``waiting_note`` (a warning) if it has to. ``holder`` (:func:`this_process`) is written into a lock file while
-    it is held, and a refusal or a wait names the holder that wrote one.
+    ``waiting_note`` (a warning) if it has to. With ``announce``, this process (:func:`this_process`) is written
+    into a lock file while it holds it, and a refusal or a wait names a holder that did so and is still running.
 
     Raises:
         CollectionBusy: another process holds the lock (``busy_message`` says what to do); ``busy`` names
@@ -226,23 +229,22 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            holding = _holder(descriptor) if is_file else ""
-            held_by = f"; that is {holding}" if holding else ""
+            holder = _running_holder(descriptor) if is_file else None
+            held_by = f"; that is {holder[0]}" if holder else ""
             if busy_message:
                 refusal = (busy or CollectionBusy)(busy_message + held_by)
-                refusal.holder = holding  # for a message of the caller's own (the web UI's)
+                refusal.holder, refusal.holder_pid = holder or ("", None)  # for a message of the caller's own
                 raise refusal from exc
             if waiting_note:
                 logger.warning("%s%s", waiting_note, held_by)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
-        if holder and is_file:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, holder.encode("utf-8", "replace"))
+        if is_file:  # a line a killed holder left goes; this one's own, if it announces itself
+            _rewrite(descriptor, this_process() if announce else "")
         try:
             yield
         finally:
-            if holder and is_file:
-                os.ftruncate(descriptor, 0)  # a holder that dies leaves its line, but then no one is refused
+            if is_file and announce:
+                _rewrite(descriptor, "")
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
@@ -250,21 +252,38 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
 
 def this_process() -> str:
     """This process as a lock's holder: its command, process id and start of holding (``mmr ingest (process
-    1234, since 14:05:09)``)."""
-    import sys
-    import time
-
+    1234, since 2026-12-07 14:05:09)``)."""
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     command = " ".join([program, *[word for word in sys.argv[1:3] if word.isidentifier()][:1]])  # mmr -v ingest
-    return f"{command} (process {os.getpid()}, since {time.strftime('%H:%M:%S')})"
+    return f"{command} (process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
 
 
-def _holder(descriptor: int) -> str:
-    """What the lock file's holder wrote in it (:func:`this_process`), or nothing."""
+def _rewrite(descriptor: int, text: str) -> None:
+    """Make the lock file hold ``text`` alone; it only informs, so a full disk does not stop the holder."""
     try:
-        return os.pread(descriptor, 300, 0).decode("utf-8", "replace").strip()
+        os.ftruncate(descriptor, 0)
+        if text:
+            os.write(descriptor, text.encode("utf-8", "replace"))
     except OSError:
-        return ""
+        logger.debug("could not write the lock file's holder line", exc_info=True)
+
+
+def _running_holder(descriptor: int) -> tuple[str, int] | None:
+    """``(text, process id)`` that the lock file's holder wrote (:func:`this_process`), if that process runs."""
+    try:
+        text = os.pread(descriptor, 300, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    match = re.search(r"\(process (\d+), since", text)
+    if not match:
+        return None
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:  # a holder killed before it could clear its line
+        return None
+    except OSError:  # another user's process: it runs
+        pass
+    return text, int(match[1])
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -37,6 +37,7 @@ class Busy(MMRError):
     again when it is done."""
 
     holder: str = ""  # the process holding it, as it wrote itself into the lock file ("" when it did not)
+    holder_pid: int | None = None  # that process's id
 
 
 class CollectionBusy(Busy, CollectionError):

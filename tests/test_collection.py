@@ -379,6 +379,7 @@ with Collection.open(sys.argv[1]) as col, col.writing():
 
 def test_a_refused_writer_is_told_which_process_holds_the_collection(tmp_path, tiny_model_dir, capsys):
     """The refusal said only "another process", and the lock file was empty: people went hunting for it."""
+    import fcntl
     import subprocess
     import sys
 
@@ -395,12 +396,19 @@ def test_a_refused_writer_is_told_which_process_holds_the_collection(tmp_path, t
         capsys.readouterr()
         assert main(["label", "--labels", "red,green", "--collection", col]) == 75
         assert f"run mmr label when it is done (or with --wait, which waits for it), or stop it (an interrupted ingest " \
-               f"or import resumes where it stopped); that is holder.py (process {holder.pid}, since " \
+               f"or import resumes where it stopped); that is holder.py (process {holder.pid}, since 20" \
                in capsys.readouterr().err
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: its line stays in the lock file
         holder.wait()
-    assert main(["label", "--labels", "red,green", "--collection", col]) == 0  # a dead holder's line stops no one
+    lock = tmp_path / "col" / "ingest.lock"
+    assert f"process {holder.pid}" in lock.read_text()
+    with open(lock, "a+b") as other:  # a holder that names nothing (flock(1) around a backup copy)
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        assert main(["label", "--labels", "red,green", "--collection", col]) == 75
+        assert "that is" not in capsys.readouterr().err  # the dead process is not blamed
+    assert main(["label", "--labels", "red,green", "--collection", col]) == 0
+    assert lock.read_text() == ""  # the next holder wiped the dead one's line, and its own on leaving
 
 
 def test_the_index_loads_on_first_use_and_a_busy_writer_is_refused_before(tmp_path, tiny_encoder, monkeypatch):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..atomic import exclusive_lock, this_process
+from ..atomic import exclusive_lock
 from ..errors import CollectionBusy, CollectionError
 from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, vacuum_catalog, waste
 from .upkeep import IndexKeeper
@@ -299,7 +299,7 @@ class Collection(SearchMethods, LabelMethods):
         if not self.catalog.writable:
             raise CollectionError(f"{self.directory} is read-only (or was opened read_only=True); searches work, "
                                   "but ingest, import, index, compact and label need a writable collection folder")
-        with exclusive_lock(self.directory / LOCK_NAME, busy_message, holder=this_process(), waiting_note=(
+        with exclusive_lock(self.directory / LOCK_NAME, busy_message, announce=True, waiting_note=(
                 f"another process is writing {self.directory}; waiting for it to finish")):
             forget_lost_vectors(self.catalog)
             collect_garbage(self.catalog)

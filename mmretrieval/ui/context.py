@@ -198,9 +198,13 @@ def user_errors(fn: F) -> F:
         except gr.Error as exc:
             raise ToastError(str(exc.message), title=exc.title) from exc
         except CollectionBusy as exc:  # its message speaks to the command line (mmr ... --wait)
-            held = f" ({exc.holder})" if exc.holder else ""
-            raise ToastError(f"Another process{held} is writing this collection (an ingest, import, index build, "
-                             "compaction or labelling run). Nothing was changed here: try again when it is done.") from exc
+            if exc.holder_pid == os.getpid():
+                raise ToastError("This app is writing this collection already (an ingest or labelling run started "
+                                 "here). Nothing was changed: try again when it is done.") from exc
+            held = f": {exc.holder}" if exc.holder else ""
+            raise ToastError(f"Another process is writing this collection (an ingest, import, index build, "
+                             f"compaction or labelling run{held}). Nothing was changed here: try again when it is "
+                             "done.") from exc
         except MMRError as exc:
             raise ToastError(display_path(str(exc))) from exc  # messages quote paths
         except Exception as exc:  # the UI must survive any request
