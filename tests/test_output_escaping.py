@@ -66,6 +66,14 @@ def _info_tsv(out: str) -> dict[str, object]:
     return parsed
 
 
+def _as_cell(value: object) -> object:
+    """A JSON value of ``mmr info`` as its TSV cell reads: yes/no for a truth, ``-`` for none (a recall not
+    measured), counts as their dict."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value if isinstance(value, dict) else "-" if value is None else str(value)
+
+
 def test_info_tsv_escapes_every_cell_and_its_counts_parse_back_as_the_json(tmp_path, shapes_encoder, capsys):
     pictures = distinct_originals(2, seed=11, size=96)
     photos = tmp_path / "photos"
@@ -85,7 +93,7 @@ def test_info_tsv_escapes_every_cell_and_its_counts_parse_back_as_the_json(tmp_p
         expected = json.loads(capsys.readouterr().out)
         assert main(["info", "--collection", str(folder)]) == 0
         parsed = _info_tsv(capsys.readouterr().out)
-        assert parsed == {key: value if isinstance(value, dict) else str(value) for key, value in expected.items()}
+        assert parsed == {key: _as_cell(value) for key, value in expected.items()}
         described[folder] = parsed
     assert described[source]["directory"] == str(source) and described[collection]["directory"] == str(collection)
     assert set(described[source]["labels"]) <= {"warm=1", "cold=2"} and sum(described[source]["labels"].values()) == 2
