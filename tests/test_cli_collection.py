@@ -528,6 +528,8 @@ def test_an_error_naming_a_file_with_line_breaks_is_still_one_line(built, capsys
     assert capsys.readouterr().err == ("mmr ingest: error: source no-such-folder does not exist; pass folders, image "
                                        "files or .txt/.csv lists\n")
     assert not Path(new).exists()
+    assert main(["ingest", str(built[0] / "usb"), "--prune", "--collection", built[1]]) == 2  # a drive not mounted
+    assert "missing (an unmounted drive?); nothing was deleted" in capsys.readouterr().err  # not the typo message
 
 
 def test_json_lines_are_utf8_and_give_back_a_non_utf8_name(tmp_path, tiny_model_dir, capsys):

@@ -127,7 +127,8 @@ def _ingest(args: argparse.Namespace) -> int:
         raise CollectionError("--prune cannot take its files from standard input (-), which is read once; save the "
                               "list to a .txt file and pass that")
     sources = stdin_sources(args.sources, sys.stdin, null=args.null)
-    refuse_missing(source_list(sources))  # before a new collection is announced
+    if not args.prune:  # a prune refuses a missing source itself, saying that nothing was deleted
+        refuse_missing(source_list(sources))  # before a new collection is announced
 
     model = args.model
     if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
