@@ -151,13 +151,26 @@ def test_a_lost_catalog_is_not_started_afresh_beside_its_vectors(tmp_path, tiny_
         with closing(Catalog(folder / CATALOG_NAME)) as catalog, catalog.transaction():
             catalog.set_meta("model_identity", "")
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    with pytest.raises(CollectionError, match=f"the catalog of {folder} is .*, but the folder still holds "
+    with pytest.raises(CollectionError, match=f"the catalog of {folder} is (missing|empty|without the model it was "
+                                              "made with), but the folder still holds "
                                               "segments/ and index.json from one.*start over: move the folder away"):
         Collection.open(folder, model=tiny_encoder, create=True)
     for command in (["ingest", str(tmp_path / "photos")], ["info"], ["search", "red"]):
         assert main([*command, "--collection", str(folder)]) != 0
         assert "still holds segments/ and index.json" in capsys.readouterr().err
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_with_an_index_json_of_its_own_is_no_lost_catalog(tmp_path, tiny_encoder):
+    """Only a collection's own segments and index manifest count: a project's index.json, or a folder named
+    segments/ holding videos, is nothing of ours."""
+    (tmp_path / "project" / "segments").mkdir(parents=True)
+    (tmp_path / "project" / "index.json").write_text('{"name": "my site"}')
+    (tmp_path / "project" / "segments" / "intro.mp4").write_bytes(b"x")
+    with pytest.raises(CollectionError, match="no collection at"):
+        Collection.open(tmp_path / "project")
+    with Collection.open(tmp_path / "project", model=tiny_encoder, create=True) as col:
+        assert col.catalog.vector_count() == 0
 
 
 def test_a_catalog_cut_short_is_named_with_the_way_out(tmp_path):

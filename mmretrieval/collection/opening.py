@@ -18,8 +18,8 @@ from ..atomic import exclusive_lock
 from ..errors import CatalogFull, CollectionBusy, CollectionError, ModelSpecError
 from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
-from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST_NAME
-from .segment_files import SEGMENTS_DIRNAME
+from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST_NAME, read_manifest
+from .segment_files import MANIFEST_NAME as SEGMENTS_MANIFEST, SEGMENTS_DIRNAME
 from .segments import check_dtype
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
 
 def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
     """Refuse to start a catalog in a folder that holds a lost catalog's vectors or index (``catalog_state``:
-    ``missing`` or ``empty``, for the message).
+    ``missing``, ``empty``, or what else is wrong with it, for the message).
 
     The catalog says which image each stored vector is; a new one would number the images afresh, so an old
     index would name the wrong images, and the old segments would be removed as an interrupted write's
@@ -114,8 +114,8 @@ def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
     Raises:
         CollectionError: ``segments/`` or an index manifest is there.
     """
-    found = [name for name, there in ((f"{SEGMENTS_DIRNAME}/", _holds_files(directory / SEGMENTS_DIRNAME)),
-                                      (INDEX_MANIFEST_NAME, (directory / INDEX_MANIFEST_NAME).exists())) if there]
+    found = [name for name, there in ((f"{SEGMENTS_DIRNAME}/", _holds_segments(directory / SEGMENTS_DIRNAME)),
+                                      (INDEX_MANIFEST_NAME, read_manifest(directory) is not None)) if there]
     if found:
         raise CollectionError(
             f"the catalog of {directory} is {catalog_state}, but the folder still holds {' and '.join(found)} from "
@@ -124,9 +124,11 @@ def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
             "(nothing was changed)")
 
 
-def _holds_files(folder: Path) -> bool:
+def _holds_segments(folder: Path) -> bool:
+    """Whether ``folder`` holds a collection's segments: their manifest, or vector files (``000001.vec``)."""
     try:
-        return any(folder.iterdir())
+        return any(entry.name == SEGMENTS_MANIFEST or entry.name.endswith((".vec", ".ids"))
+                   for entry in folder.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError:  # cannot be listed: it may hold vectors, so it is not started afresh either
@@ -174,7 +176,7 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
     stored_json = catalog.get_meta("model_identity")
     stored = ModelIdentity.from_json(stored_json) if stored_json else None
     if stored is None:
-        refuse_orphaned_data(directory, "empty")
+        refuse_orphaned_data(directory, "without the model it was made with")
     if stored is None and model is None:
         if not create:
             raise CollectionError(f"{directory} has no model recorded yet: a first ingest may be creating it now "
