@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +26,19 @@ MARKER_NAME = ".mmr-made"  # in a folder that a command filled: which command (i
 
 # (the entry's path inside the folder, as parts; the entry) -> whether the maker would have written it there
 MadeHere = Callable[[tuple[str, ...], os.DirEntry], bool]
+
+
+def check_can_make_in(folder: Path, what: str) -> None:
+    """Refuse, before any work is done for it, a folder that takes no new file or folder (a read-only disk,
+    ``/proc``, no permission): a labelling run must not end in a failed write and a label set a retry is refused.
+
+    Raises:
+        CollectionError: naming ``what`` was to be done and why it cannot.
+    """
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".mmr-check-"))
+    except OSError as exc:
+        raise CollectionError(f"cannot {what}: {folder} takes no new files ({exc.strerror or exc})") from exc
 
 
 def check_fillable_folder(out: str | os.PathLike, maker: str, made_here: MadeHere) -> Path:
@@ -41,6 +55,8 @@ def check_fillable_folder(out: str | os.PathLike, maker: str, made_here: MadeHer
         out = out.resolve()
     if out.exists() and not out.is_dir():
         raise CollectionError(f"cannot fill {out}: it is a file, not a folder")
+    if out.absolute().parent.is_dir():  # (a parent that is not there yet is made; a wrong one fails as before)
+        check_can_make_in(out.absolute().parent, f"fill {out}")  # the folder is built beside it
     if not out.is_dir():
         return out
     try:

@@ -129,13 +129,15 @@ def test_label_export_into_a_missing_folder(built, capsys):
 def test_label_checks_its_outputs_first_and_exports_only_its_own_set(built, capsys):
     tmp_path, collection = built
     for bad, needle in ((tmp_path / "labels.xlsx", ".csv or .jsonl"), (tmp_path / "gone" / "l.csv", "does not exist"),
-                        (Path("/proc/l.csv"), "cannot write in /proc")):  # a folder there that takes no file
+                        (Path("/proc/l.csv"), "/proc takes no new files")):  # a folder there that takes no file
         _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
                                     "--out", str(bad)], needle)
     _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
                                 "--organize", str(tmp_path / "photos" / "good00.jpg")], "not a folder")
     _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
                                 "--copy"], "--copy needs --organize DIR")  # it was ignored in silence
+    _fails_in_one_line(capsys, ["label", "--collection", collection, "--labels", "a,b", "--set", "shapes",
+                                "--organize", "/proc/by-label"], "cannot fill /proc/by-label: /proc takes no new files")
     assert main(["info", "--collection", collection, "--json"]) == 0
     assert not json.loads(capsys.readouterr().out)["labels"]  # nothing was labelled: a retry is not refused
     labels = tmp_path / "labels.txt"

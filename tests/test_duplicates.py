@@ -304,4 +304,4 @@ def test_a_review_folder_that_cannot_be_made_prints_no_group(copies, capsys):
     root, _ = copies
     assert main(["duplicates", "--collection", str(root / "col"), "--null", "--organize", "/proc/mmr-review"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "cannot write the review folder /proc/mmr-review" in captured.err, captured.err
+    assert captured.out == "" and "cannot fill /proc/mmr-review: /proc takes no new files" in captured.err, captured.err

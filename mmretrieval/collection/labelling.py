@@ -13,7 +13,6 @@ import os
 import re
 import reprlib
 import shutil
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, remove_orphans
-from ..filled_folders import check_fillable_folder, folder_built_aside, name_within_limit
+from ..filled_folders import check_can_make_in, check_fillable_folder, folder_built_aside, name_within_limit
 from ..errors import CollectionError, QueryError
 from ..json_lines import json_line
 from .label_sets import DEFAULT_SET, LabelSetWriter, declared_labels, scored_ids, sets
@@ -175,11 +174,7 @@ def check_export_path(path: str | os.PathLike) -> Path:
         raise CollectionError(f"cannot export labels to {path}: folder {path.absolute().parent} does not exist")
     if path.is_dir():
         raise CollectionError(f"cannot export labels to {path}: it is a folder; name a .csv or .jsonl file")
-    try:  # a file made and removed there now, as the export's own temporary will be (a read-only disk, /proc)
-        tempfile.NamedTemporaryFile(dir=path.absolute().parent, prefix=".mmr-check-").close()
-    except OSError as exc:
-        raise CollectionError(f"cannot export labels to {path}: cannot write in {path.absolute().parent} "
-                              f"({exc.strerror})") from exc
+    check_can_make_in(path.absolute().parent, f"export labels to {path}")  # where its temporary is written
     return path
 
 
