@@ -129,7 +129,7 @@ def test_wal_with_commits_on_a_read_only_file_system_is_read_whole(tmp_path, mou
 
 def test_a_file_that_is_not_sqlite_is_the_only_one_to_re_ingest_for(tmp_path):
     (tmp_path / CATALOG_NAME).write_bytes(b"not a database, but long enough to have a header" * 100)
-    with pytest.raises(CollectionError, match="not a SQLite database.*restore it from a backup, or re-ingest "
+    with pytest.raises(CollectionError, match="not a SQLite database.*restore it from a backup .README: Backups., or re-ingest "
                                               "into a new --collection"):
         Catalog(tmp_path / CATALOG_NAME)
 

@@ -235,9 +235,9 @@ def test_custom_index_parameters_survive_automatic_rebuilds(built, capsys):
 
     tmp_path, collection = built
     _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "flat", "--nlist", "4"],
-                       "--nlist: not a parameter of a flat index")  # it was ignored in silence
+                       "--nlist: not a parameter of the flat index type")  # it was ignored in silence
     _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "hnsw", "--nprobe", "4", "--pq-m",
-                                "8"], "--nprobe, --pq-m: not a parameter of a hnsw index")
+                                "8"], "--nprobe, --pq-m: not a parameter of the hnsw index type")
     assert main(["index", "--collection", collection, "--type", "hnsw", "--ef-search", "300", "--hnsw-m", "16"]) == 0
     capsys.readouterr()
     assert main(["info", "--collection", collection, "--json"]) == 0
@@ -809,6 +809,9 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
         main(["search", "red", "circle", "--collection", collection])
     assert "unrecognized arguments: circle; a query of several words is quoted, as in mmr search 'a red circle'" \
         in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # two images: not a query to quote
+        main(["search", image := str(photos / "good01.jpg"), image, "--collection", collection])
+    assert "; an example image is given with --image IMG" in capsys.readouterr().err
 
     image = str(photos / "good01.jpg")
     assert main(["search", image, "--collection", collection, "--device", "cpu", "-k", "50", "--null"]) == 0

@@ -408,7 +408,7 @@ def test_a_file_moved_away_while_the_run_reads_is_missing_and_retried_when_it_is
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         first = col.ingest([folder], workers=0, batch_size=1, progress=move_the_last_away)
         assert (first.embedded, first.failed) == (3, {"missing": 1})
-        assert [(f.reason, f.message) for f in col.catalog.failures()] == [("missing", f"{paths[-1]} no longer exists")]
+        assert [(f.reason, f.message) for f in col.catalog.failures()] == [("missing", f"{paths[-1]} does not exist")]
         os.rename(away, paths[-1])  # back, with the size and time the row holds
         again = col.ingest([folder], workers=0)
         assert (again.embedded, again.unchanged, again.failed) == (1, 3, {})

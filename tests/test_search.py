@@ -19,8 +19,8 @@ def test_split_weight():
     assert split_weight("12:00 red circle") == (1.0, "12:00 red circle")  # a time, not weight 12 of "00 ..."
     assert split_weight("2: 5 apples") == (2.0, "5 apples")
     assert split_weight("-5:30 train") == (1.0, "-5:30 train")  # a time again
-    with pytest.raises(QueryError, match="'-2:star' must be a positive number; to move away from a term, give it "
-                                         "with --not"):
+    with pytest.raises(QueryError, match="'-2:star' must be a positive number, as in '2:star'; a term to move "
+                                         "away from is given with --not"):
         split_weight("-2:star")  # it was searched as the text "-2:star", in silence
 
 

@@ -442,6 +442,7 @@ def test_vectors_lost_from_a_segment_are_named_then_embedded_again_by_the_next_i
     out, err = capsys.readouterr()
     assert "counts\tok=3\n" in out
     assert f"warning: {shown}" in err or damage == "cut short"  # info reads no vector: a short file looks whole
+    assert ("stored_rows\t-\n" in out) == (damage == "deleted")  # not a number made up
     for command in (["similar", "--id", "3"], ["export", str(tmp_path / "out")]):  # each reads stored vectors
         status = main([*command, "--collection", col])
         err = capsys.readouterr().err
@@ -473,10 +474,12 @@ def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tin
     manifest = tmp_path / "col" / "segments" / "manifest.json"
     manifest.unlink()
     capsys.readouterr()
+    assert main(["info", "--collection", col]) == 0  # it said nothing of it
+    assert f"warning: {manifest} is missing" in capsys.readouterr().err
     assert main(["search", "red", "--collection", col]) == 2
     err = capsys.readouterr().err  # it said "the collection has no vectors yet", of 3
-    assert f"error: {manifest} is missing, so the vectors the catalog points at cannot be read; the collection's " \
-           "segments are damaged" in err
+    assert f"error: {manifest} is missing, so the vectors the catalog points at cannot be read; restore it from a " \
+           "backup (README: Backups)" in err
 
 
 def test_a_sealed_segment_lost_is_dropped_and_its_images_embedded_again(tmp_path, tiny_encoder, monkeypatch):

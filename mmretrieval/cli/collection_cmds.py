@@ -256,7 +256,7 @@ def _index(args: argparse.Namespace) -> int:
                if getattr(args, name) is not None and name not in _INDEX_PARAMS[args.type]]
     if foreign:
         options = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise QueryError(f"{options}: not a parameter of a {args.type} index (see mmr index --help)")
+        raise QueryError(f"{options}: not a parameter of the {args.type} index type (see mmr index --help)")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
             open_collection(args.collection, index_progress=index_bar, writer="index", wait=args.wait) as collection:
         ray_fill = None

@@ -93,7 +93,7 @@ def open_error(path: Path, exc: sqlite3.DatabaseError) -> CollectionError:
     code = _primary_code(exc)
     if not _is_sqlite_file(path):
         return CollectionError(f"{path} is not a SQLite database ({exc}), so not a catalog: restore it from a "
-                               "backup, or re-ingest into a new --collection")
+                               "backup (README: Backups), or re-ingest into a new --collection")
     free_bytes = shutil.disk_usage(path.parent).free
     if code == _SQLITE_FULL or (code in (None, _SQLITE_IOERR) and free_bytes < _LOW_SPACE_BYTES):
         return CatalogFull(f"the disk holding {path.parent} is full ({free_bytes:,} bytes free), so SQLite cannot "

@@ -14,6 +14,7 @@ from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
 from .compaction import Waste, catalog_space, waste
+from .segment_files import missing_manifest
 from .index_manifest import Manifest
 from .label_sets import vocabulary_sizes
 from .records import CollectionInfo
@@ -37,25 +38,29 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
     store = catalog.segments
     if store.exists:
         sizes["segments"] = sum(p.stat().st_size for p in store.directory.iterdir() if p.is_file())
+    stored: Waste | None = None
     try:
         stored = waste(catalog)
-    except CollectionError as exc:  # a segment file gone or cut short: the rest of the info still helps
+    except CollectionError as exc:  # a segment file gone: the rest of the info still helps
         logger.warning("%s", exc)
-        stored = Waste(catalog.vector_count(), catalog.vector_count())
+    vectors = catalog.vector_count()
+    if vectors and not store.exists:
+        logger.warning("%s", missing_manifest(store.directory))
+    recall = round(manifest.recall, 4) if manifest.recall >= 0 else None  # None: not measured
     imported: dict[str, int] = {}
     for source, _, rows in catalog.segment_sources():
         imported[source] = imported.get(source, 0) + rows
     return CollectionInfo(
         directory=str(directory), model_spec=identity.spec, model_key=identity.key(),
         dim=identity.embed_dim, counts=catalog.counts_by_status(),
-        vectors=catalog.vector_count(), index_type=manifest.index_type, index_params=manifest.params,
+        vectors=vectors, index_type=manifest.index_type, index_params=manifest.params,
         index_vectors=manifest.count, generation=manifest.generation, bytes_on_disk=sizes,
-        label_sets=vocabulary_sizes(catalog), labels=catalog.label_counts(), index_recall=round(manifest.recall, 4) if manifest.recall >= 0 else None,
+        label_sets=vocabulary_sizes(catalog), labels=catalog.label_counts(), index_recall=recall,
         index_memory=manifest.memory_bytes,
         index_saved=saved is not None and saved.generation == catalog.generation,
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),
-        segments=len(store.segments()) if store.exists else 0, stored_rows=stored.stored,
-        waste_ratio=round(stored.ratio, 4), catalog_free_bytes=catalog_space(catalog).free_bytes,
+        segments=len(store.segments()) if store.exists else 0, stored_rows=None if stored is None else stored.stored,
+        waste_ratio=None if stored is None else round(stored.ratio, 4), catalog_free_bytes=catalog_space(catalog).free_bytes,
         imported=imported, drives=_drives(catalog))
 
 

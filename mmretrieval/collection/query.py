@@ -83,8 +83,8 @@ def split_weight(text: str) -> tuple[float, str]:
     match = _WEIGHTED.match(text)
     if not match:
         if _NEGATIVE_WEIGHT.match(text):
-            raise QueryError(f"term weight in {text.strip()!r} must be a positive number; to move away from a "
-                             "term, give it with --not (weighted there too: --not '2:star')")
+            raise QueryError(f"term weight in {text.strip()!r} must be a positive number, as in '2:star'; a term "
+                             "to move away from is given with --not (weighted there too)")
         return 1.0, text
     return float(match.group(1)), match.group(2).strip()
 

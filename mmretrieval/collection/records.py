@@ -44,8 +44,8 @@ class CollectionInfo:
     index_saved: bool = True  # False: the saved index is older; the next writer command saves it
     vector_dtype: str = ""  # float16 | float32 (segments)
     segments: int = 0  # segment files
-    stored_rows: int = 0  # rows in segment files, live or dead
-    waste_ratio: float = 0.0  # dead share of stored rows; `mmr compact` reclaims it
+    stored_rows: int | None = 0  # rows in segment files, live or dead (None: a segment file is gone)
+    waste_ratio: float | None = 0.0  # dead share of stored rows; `mmr compact` reclaims it (None: as above)
     catalog_free_bytes: int = 0  # free pages in the catalog (removed label sets...); `mmr compact` gives them back
     imported: dict[str, int] = field(default_factory=dict)  # source of committed segments -> rows
     bytes_on_disk: dict[str, int] = field(default_factory=dict)  # file name -> bytes

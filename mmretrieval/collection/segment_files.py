@@ -22,6 +22,7 @@ from ..errors import CollectionError
 from .sealed import DEFAULT_DTYPE, check_dtype
 
 SEGMENTS_DIRNAME = "segments"
+RESTORE = "restore it from a backup (README: Backups)"  # for the manifest, which no writer can rebuild
 DAMAGED = ("the collection's segments are damaged: the next `mmr ingest` into it embeds the images whose vectors "
            "were lost again from their files (README: Backups)")
 MANIFEST_NAME = "manifest.json"
@@ -38,6 +39,12 @@ class SegmentInfo:
     size: int = 0  # bytes of the .vec file (sealed only)
     sha256: str = ""  # of the .vec file (sealed only)
     ids_sha256: str = ""  # of the .ids file (sealed only)
+
+
+def missing_manifest(directory: Path) -> str:
+    """What to say of a segments folder whose manifest is gone while the catalog points at vectors there."""
+    return (f"{directory / MANIFEST_NAME} is missing, so the vectors the catalog points at cannot be read; "
+            f"{RESTORE}")
 
 
 class SegmentFiles:
@@ -68,15 +75,14 @@ class SegmentFiles:
             info = path.stat()
             mtime = (info.st_ino, info.st_mtime_ns, info.st_size)  # atomic replaces change the inode
         except FileNotFoundError:
-            raise CollectionError(f"{path} is missing, so the vectors the catalog points at cannot be read; "
-                                  f"{DAMAGED}") from None
+            raise CollectionError(missing_manifest(self.directory)) from None
         if refresh or self._manifest is None or mtime != self._manifest_mtime:
             try:
                 manifest = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                raise CollectionError(f"{path} is unreadable ({exc}); restore it from a backup") from exc
+                raise CollectionError(f"{path} is unreadable ({exc}); {RESTORE}") from exc
             if manifest.pop("checksum", None) != _checksum(manifest):
-                raise CollectionError(f"{path} does not match its checksum (corrupt); restore it from a backup")
+                raise CollectionError(f"{path} does not match its checksum (corrupt); {RESTORE}")
             self._manifest, self._manifest_mtime = manifest, mtime
         return self._manifest
 

@@ -261,7 +261,7 @@ def read_image_file(path: str | os.PathLike) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # deleted or moved since the walk found it
-            raise ImageDecodeError("missing", f"{os.fsdecode(path)} no longer exists") from exc
+            raise ImageDecodeError("missing", f"{os.fsdecode(path)} does not exist") from exc
         raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
     info = os.fstat(fd)
     # Folders (which os.fdopen refuses with an IsADirectoryError), FIFOs, devices and sockets: never read them.

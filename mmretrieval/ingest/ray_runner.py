@@ -133,7 +133,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         report = _reporter(tally, total, progress)
         if not total:  # else the first report is the first result's: Ray's start-up (10-30 s) is not in the rate
             report(CommitCounts())
-        if total:
+        else:
             dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
             with ray_connection(config.address) as gpus:
                 dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)

@@ -64,7 +64,7 @@ def parse_labels(values: str | Sequence[str | BinaryIO], *, read_files: bool = T
             typed = _typed_labels(value)
         else:
             typed = [line for line in _label_file_text(value).splitlines() if not line.lstrip().startswith("#")]
-            files.append(value[1:] if isinstance(value, str) else "standard input")
+            files.append(value[1:] if isinstance(value, str) else _stream_name(value))
         parts.extend(typed)
     labels = _one_per_case([label for label in (part.strip() for part in parts) if label], stacklevel=2)
     if not labels:
@@ -165,9 +165,14 @@ def check_utf8(text: str, what: str, error: type[MMRError] = QueryError) -> str:
     return text
 
 
+def _stream_name(stream: BinaryIO) -> str:
+    name = getattr(stream, "name", "a stream")
+    return "standard input" if name == "<stdin>" else str(name)
+
+
 def _label_file_text(value: str | BinaryIO) -> str:
     """The text of ``@FILE``, or of a binary stream, as UTF-8 without a byte-order mark."""
-    name = value[1:] if isinstance(value, str) else getattr(value, "name", "a stream")
+    name = value[1:] if isinstance(value, str) else _stream_name(value)
     if isinstance(value, str) and not name:
         raise QueryError("'@' names no file: write @FILE for a file of labels, one a line (@- reads standard input)")
     try:
