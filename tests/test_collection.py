@@ -299,6 +299,14 @@ def _fill_catalog(col: Collection, vectors: np.ndarray, folder_of) -> np.ndarray
     return ids
 
 
+def test_another_index_types_parameters_are_refused(tmp_path, tiny_encoder):
+    from mmretrieval.errors import CollectionError
+
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with pytest.raises(CollectionError, match="--ef-search: not a parameter of the ivf index type"):
+            col.rebuild_index("ivf", nlist=8, ef_search=16)  # it was ignored in silence
+
+
 @pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
 def test_filtered_search_on_approximate_index_equals_brute_force(tmp_path, tiny_encoder, index_type):
     rng = np.random.default_rng(0)
@@ -309,7 +317,7 @@ def test_filtered_search_on_approximate_index_equals_brute_force(tmp_path, tiny_
     far = set(np.argsort(vectors @ query)[:50].tolist())  # the 50 least like the query: one folder
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
         ids = _fill_catalog(col, vectors, lambda i: "far" if i in far else "near")
-        col.rebuild_index(index_type, nlist=64, nprobe=1, ef_search=16)
+        col.rebuild_index(index_type, **({"nlist": 64, "nprobe": 1} if index_type == "ivf" else {"ef_search": 16}))
         hits = col.similar(int(ids[0]), k=10, path_prefix=str(tmp_path / "far") + os.sep)
     allowed = np.array(sorted(far))
     stored = vectors.astype(np.float16).astype(np.float32)  # what the segments keep (float16 by default)

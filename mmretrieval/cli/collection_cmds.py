@@ -244,19 +244,9 @@ def _size(text: str) -> int:
     return value
 
 
-# The parameters each index type reads; another type's are refused rather than ignored in silence
-_INDEX_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe", "rerank"), "ivfpq": ("nlist", "nprobe", "pq_m", "rerank"),
-                 "hnsw": ("hnsw_m", "ef_search"), "auto": ("nlist", "nprobe", "pq_m", "rerank", "hnsw_m", "ef_search")}
-
-
 def _index(args: argparse.Namespace) -> int:
     if args.ray is None and args.ray_work:
         raise CollectionError("--ray-work needs --ray")
-    foreign = [name for name in _INDEX_PARAMS["auto"]
-               if getattr(args, name) is not None and name not in _INDEX_PARAMS[args.type]]
-    if foreign:
-        options = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise QueryError(f"{options}: not a parameter of the {args.type} index type (see mmr index --help)")
     with TqdmProgress("index", unit="vec") as index_bar, ExitStack() as stack, \
             open_collection(args.collection, index_progress=index_bar, writer="index", wait=args.wait) as collection:
         ray_fill = None

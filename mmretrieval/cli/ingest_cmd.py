@@ -35,8 +35,8 @@ def register(subparsers) -> None:
                         "lines and lines starting with # skipped)")
     add_null_option(parser)
     add_collection_option(parser, writer=True, creates=True)
-    add_model_options(parser, default=None, default_note="the collection's model; a new --collection DIR gets "
-                      "builtin:shapes, and the default collection needs --model")
+    add_model_options(parser, default=None, default_note="the collection's model; a new collection named by "
+                      "--collection or $MMR_COLLECTION gets builtin:shapes, and the default collection needs --model")
     parser.add_argument("--batch-size", type=at_least(1), help="images per model call (default: 256 on CUDA, 32 on CPU)")
     parser.add_argument("--workers", type=at_least(0), help="decoding processes (default: CPU cores - 1; 0 decodes "
                         "in this process, without isolation)")

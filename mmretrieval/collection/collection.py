@@ -44,6 +44,7 @@ from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, co
 from .upkeep import IndexKeeper
 from .index import IndexPolicy
 from .index_manifest import Manifest
+from .sizing import refuse_foreign_params
 from .repair import forget_lost_vectors
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
@@ -347,11 +348,12 @@ class Collection(SearchMethods, LabelMethods):
         kept, so the asked-for type is built once the collection is large enough.
 
         Raises:
-            CollectionError: an unknown index type, a parameter below 1, a read-only collection, or another
-                writer at work.
+            CollectionError: an unknown index type, a parameter below 1 or of another index type, a read-only
+                collection, or another writer at work.
         """
         if recall_target is not None and not 0 < recall_target <= 1:
             raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
+        refuse_foreign_params(index_type, params)
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(self.busy_message("index")):
             with self._lock:

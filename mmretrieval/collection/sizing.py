@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from ..errors import CollectionError
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+# The parameters each index type reads ("auto" may pick any type); another type's are refused, not ignored
+INDEX_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe", "rerank"), "ivfpq": ("nlist", "nprobe", "pq_m", "rerank"),
+                "hnsw": ("hnsw_m", "ef_search")}
+INDEX_PARAMS["auto"] = tuple(dict.fromkeys(name for names in INDEX_PARAMS.values() for name in names))
 AUTO_ANN_THRESHOLD = 50_000  # below this many vectors exact search is fast enough (~10 ms on 2 cores)
 PQ_THRESHOLD = 2_000_000  # from this many vectors compressed codes (ivfpq) are the automatic choice
 MIN_IVF_VECTORS = 256  # fewer than this: IVF is not worth training (and cannot be over 0 vectors); flat instead
@@ -105,6 +109,19 @@ def estimate_bytes(config: IndexConfig, count: int, dim: int) -> int:
         rotation = dim * _opq_out(dim, config.pq_m) * 4 if config.opq else 0
         return count * (code + 8) + coarse + rotation
     return count * (4 * dim + 8)
+
+
+def refuse_foreign_params(index_type: str, params: dict[str, int | None]) -> None:
+    """Refuse parameters given for ``index_type`` that it does not read (``--type flat --nlist 4``).
+
+    Raises:
+        CollectionError: naming them, as the command line spells them.
+    """
+    foreign = [name for name, value in params.items()
+               if value is not None and name not in INDEX_PARAMS.get(index_type, INDEX_PARAMS["auto"])]
+    if foreign:
+        options = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise CollectionError(f"{options}: not a parameter of the {index_type} index type (see mmr index --help)")
 
 
 def choose_config(count: int, index_type: str | None = None, *, dim: int = 512, policy: IndexPolicy | None = None,
