@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import types
 
 import mmretrieval.progress as progress_module
 from mmretrieval.collection.collection import Collection
@@ -33,6 +34,34 @@ def test_a_log_gets_plain_lines_and_the_last_one_at_the_end(monkeypatch):
             progress(done, 20)
     assert [line.split(",")[0] for line in log.getvalue().splitlines()] == ["index: 5/20 vec (25%)",
                                                                            "index: 20/20 vec (100%)"]
+
+
+def test_the_clock_starts_at_the_first_work_done_not_at_a_report_of_nothing(monkeypatch):
+    """``(0, total)`` shows the total while a cluster starts (10-30 s for Ray) and starts no clock: counted from
+    it, the first rates were well below the steady ones."""
+    now = [100.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(progress_module, "LINE_EVERY_S", 0.0)
+    log = io.StringIO()
+    with TqdmProgress("ingest", stream=log) as progress:
+        progress(0, 100)
+        now[0] += 30.0  # Ray starting, and the first result's work
+        progress(20, 100)
+        now[0] += 2.0
+        progress(40, 100)  # 20 in 2 s
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "ingest: 0/100 img (0%)"
+    assert lines[-1] == "ingest: 40/100 img (40%), 10.0 img/s"  # not 40 in 32 s (1.2 img/s)
+
+
+def test_a_terminal_bar_restarts_its_clock_the_same_way():
+    terminal = _Terminal()
+    with TqdmProgress("ingest", stream=terminal) as progress:
+        progress(0, 10)
+        progress(4, 10)
+        assert progress._bar.initial == 4 and progress._bar.n == 4
+        progress(6, 10)
+    assert "6/10" in terminal.getvalue()
 
 
 def test_a_terminal_gets_a_bar():

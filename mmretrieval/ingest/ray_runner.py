@@ -96,8 +96,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         sources: folders, image files, and ``.txt``/``.csv`` list files (paths as every node sees them).
         config: cluster address, output location, batch and actor sizes, prune.
         collection_dir: the collection's folder (default output location, staging of downloaded results).
-        progress: called with ``(done, total)`` after each committed result (first with the first result, or
-            once with ``(0, 0)`` when there is nothing to embed).
+        progress: called with ``(0, total)`` before Ray starts, then ``(done, total)`` after each committed
+            result.
 
     Returns:
         The same counts the single-machine runner returns for the same files.
@@ -131,9 +131,8 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         total = catalog.pending_count()
         config = _sized(config, total)
         report = _reporter(tally, total, progress)
-        if not total:  # else the first report is the first result's: Ray's start-up (10-30 s) is not in the rate
-            report(CommitCounts())
-        else:
+        report(CommitCounts())  # the bar shows the total while Ray starts (10-30 s); its clock starts at a result
+        if total:
             dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
             with ray_connection(config.address) as gpus:
                 dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)
