@@ -136,8 +136,8 @@ def test_typed_query_shows_scored_images_and_details(app_url, browser, tmp_path)
     page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
     assert "results for 'three blue squares'" in page.locator("#search-status").inner_text()
 
-    page.locator("#results .thumbnail-item").nth(2).click()
-    page.locator("#details").get_by_text(re.compile(r"scene-\d{3}\.png")).first.wait_for(timeout=30_000)
+    _click_until(page.locator("#results .thumbnail-item").nth(2),
+                 page.locator("#details").get_by_text(re.compile(r"scene-\d{3}\.png")).first)
     details = page.locator("#details").inner_text()
     assert "64 × 64 px" in details and texts[2].split(" · ")[1] in details
     name = texts[2].split(" · ")[1]
@@ -179,6 +179,22 @@ def test_a_failed_search_keeps_the_results_on_screen_and_says_why(app_url, brows
     page.close()
 
 
+def _click_until(target, shown, tries: int = 6) -> None:
+    """Click ``target`` until ``shown`` is visible: a click while the gallery is still being drawn is lost (one was,
+    in a CI run on a loaded machine)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(tries - 1):
+        target.click()
+        try:
+            shown.wait_for(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    target.click()
+    shown.wait_for(timeout=30_000)
+
+
 def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp_path):
     page = _open_app(browser, app_url)
     page.get_by_text("Query image, negatives, k and threshold").click()
@@ -197,8 +213,8 @@ def test_page_buttons_page_through_the_search_that_was_run(app_url, browser, tmp
     status = page.locator("#search-status")
     status.get_by_text("10 results for 'a red circle'").wait_for(timeout=60_000)
     first_page = page.locator("#results .caption-label").all_inner_texts()
-    page.locator("#results .thumbnail-item").nth(3).click()  # its details shown, its thumbnail highlighted
-    page.locator("#results .thumbnail-item.selected").wait_for(timeout=30_000)
+    _click_until(page.locator("#results .thumbnail-item").nth(3),  # its details shown, its thumbnail highlighted
+                 page.locator("#results .thumbnail-item.selected"))
     box.fill("something else, not searched")
     page.locator("#next-page").click()
     status.get_by_text("Results 11–20 for 'a red circle'").wait_for(timeout=60_000)
