@@ -103,9 +103,10 @@ def collect_garbage(catalog: Catalog) -> list[int]:
         return []
     shutil.rmtree(store.directory / STAGING_DIRNAME, ignore_errors=True)
     referenced = set(catalog.rows_per_segment())
-    unused_rows = sum(store.rows_in(s.number) for s in store.segments() if s.number not in referenced)
+    unused_rows = sum(store.intact_rows(s) for s in store.segments() if s.number not in referenced)
     dropped = store.collect_garbage(referenced)
-    if dropped:  # a warning, so that the `mmr compact` after a killed one says where the space went
+    if dropped and unused_rows:  # a warning, so that the `mmr compact` after a killed one says where the space went
+        # (not for segments whose files hold no row: one whose vectors were lost, after forget_lost_vectors)
         logger.warning("finished an interrupted write: removed %d segment(s) that nothing points at (%d rows, "
                        "%.1f MiB)", len(dropped), unused_rows,
                        unused_rows * store.dim * np.dtype(store.dtype).itemsize / 2**20)

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 def forget_lost_vectors(catalog: "Catalog") -> int:
     """Set ``pending`` the images whose vectors are past what their segment's files hold, dropping those vector
-    rows; make a damaged active segment's files whole again at what is left. Returns how many images.
+    rows; returns how many images. The writer's :func:`~.compaction.collect_garbage`, which runs next, then drops
+    a segment nothing points at any more and cuts an active one's files to the rows both hold.
 
     Only for the collection's writer, holding its lock.
     """
@@ -32,21 +33,14 @@ def forget_lost_vectors(catalog: "Catalog") -> int:
         return 0
     lost: list[int] = []
     damaged: list[str] = []
-    active: list[tuple[int, int]] = []
     for entry in store.segments():
         intact = store.intact_rows(entry)
-        ids = catalog.ids_placed_from(entry.number, intact)
-        if ids:
+        if ids := catalog.ids_placed_from(entry.number, intact):
             lost += ids
             damaged.append(f"segment {entry.number:06d} holds {intact} whole rows")
-        if not entry.sealed:
-            active.append((entry.number, intact))
-    if lost:
-        catalog.forget_vectors(lost)
-    for number, intact in active:  # appends go on from the rows both files hold (after the catalog lets go)
-        store.cut_to(number, intact)
     if not lost:
         return 0
+    catalog.forget_vectors(lost)
     logger.warning("%d images had lost their vectors (%s: a file deleted or cut short); they are marked to be "
                    "embedded again from their files, by this ingest or the next", len(lost), ", ".join(damaged))
     return len(lost)

@@ -265,9 +265,7 @@ class SegmentStore(SegmentFiles):
             logger.info("removed %s, left by an interrupted manifest write", path.name)
         for entry in self.segments():
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
-                rows = min(self.rows_in(entry.number),
-                           segment_path(self.directory, entry.number, "ids").stat().st_size // 8)
-                self.cut_to(entry.number, rows)
+                self.cut_to(entry.number, self.intact_rows(entry))
         return unused
 
     def _require_writable(self) -> None:
