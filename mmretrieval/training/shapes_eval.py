@@ -101,13 +101,13 @@ def shapes_report(encoder: "DualEncoder", n_scenes: int = 1000, n_captions: int 
     done(3)
 
     names = shape_attribute_prompts()
-    for step, (kind, drawn) in enumerate((("plain", plain_renderings()), ("drawn_apart", drawn_apart())), start=4):
+    prompts = {attribute: ensemble_prompt_embeddings(encoder, names[attribute][1]) for attribute in ("color", "shape")}
+    for step, (kind, draw) in enumerate((("plain", plain_renderings), ("drawn_apart", drawn_apart)), start=4):
+        drawn = draw()
         drawn_vectors = encoder.encode_images([d[0] for d in drawn])
         for attribute, column in (("color", 1), ("shape", 2)):
-            classes, prompts = names[attribute]
-            targets = [classes.index(d[column]) for d in drawn]
-            report[f"{kind}_{attribute}"] = classification_scores(
-                drawn_vectors, ensemble_prompt_embeddings(encoder, prompts), targets)["top1"]
+            targets = [names[attribute][0].index(d[column]) for d in drawn]
+            report[f"{kind}_{attribute}"] = classification_scores(drawn_vectors, prompts[attribute], targets)["top1"]
         done(step)
     report.update(position_scores(encoder, seed + 2, n_scenes=max(100, n_scenes // 2), varied=varied))
     done(6)
