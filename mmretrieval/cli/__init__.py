@@ -94,9 +94,9 @@ class _Parser(argparse.ArgumentParser):
             if habits and command in ("search", "similar"):
                 hint = "; " + "; ".join(f"for {arg} (as in rclip) {_PEER_OPTIONS[arg]}" for arg in habits)
             elif command == "search" and not named and not any(arg.startswith("-") for arg in unknown):
-                files = any(os.path.lexists(arg) for arg in unknown)  # mmr search a.jpg b.jpg
+                files = any(os.path.lexists(arg) for arg in unknown)  # mmr search a.jpg b.jpg; red circle
                 hint = ("; an example image is given with --image IMG" if files else
-                        "; a query of several words is quoted, as in mmr search 'a red circle'")  # mmr search red circle
+                        "; a query of several words is quoted, as in mmr search 'a red circle'")
             line = f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)"
             self.exit(2, one_line(line) + "\n")
         return parsed

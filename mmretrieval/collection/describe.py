@@ -59,8 +59,10 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         index_memory=manifest.memory_bytes,
         index_saved=saved is not None and saved.generation == catalog.generation,
         vector_dtype=store.dtype if store.exists else (catalog.get_meta(DTYPE_KEY) or ""),
-        segments=len(store.segments()) if store.exists else 0, stored_rows=None if stored is None else stored.stored,
-        waste_ratio=None if stored is None else round(stored.ratio, 4), catalog_free_bytes=catalog_space(catalog).free_bytes,
+        segments=len(store.segments()) if store.exists else 0,
+        stored_rows=None if stored is None else stored.stored,
+        waste_ratio=None if stored is None else round(stored.ratio, 4),
+        catalog_free_bytes=catalog_space(catalog).free_bytes,
         imported=imported, drives=_drives(catalog))
 
 

@@ -42,7 +42,7 @@ ECHO_CHARS = 120  # most characters of a query the status line repeats
 # held equal by a test, so that importing this module does not import torch).
 LONG_QUERY_WORDS = 60
 MIN_PREVIEW_PX = 320  # smaller images are enlarged in the large view
-CAPTION_NAME_CHARS = 28  # a longer file name is cut in its middle under a result: its end (a version, the extension) stays
+CAPTION_NAME_CHARS = 28  # a longer file name is cut in its middle under a result: its end (a version, extension) stays
 GalleryItem = tuple[Any, str]  # (image, caption) as gr.Gallery takes them
 # gallery, hits as JSON, confidence, hit ids (kept in the page), status line
 SearchResults = tuple[list[GalleryItem], list[dict[str, Any]], dict[str, Any], list[int], str]
