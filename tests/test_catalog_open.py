@@ -162,15 +162,51 @@ def test_a_lost_catalog_is_not_started_afresh_beside_its_vectors(tmp_path, tiny_
 
 
 def test_a_folder_with_an_index_json_of_its_own_is_no_lost_catalog(tmp_path, tiny_encoder):
-    """Only a collection's own segments and index manifest count: a project's index.json, or a folder named
-    segments/ holding videos, is nothing of ours."""
+    """Only a collection's own segments and index manifest count as a lost catalog's: a project's index.json, or a
+    folder named segments/ holding videos, is nothing of ours."""
     (tmp_path / "project" / "segments").mkdir(parents=True)
     (tmp_path / "project" / "index.json").write_text('{"name": "my site"}')
     (tmp_path / "project" / "segments" / "intro.mp4").write_bytes(b"x")
     with pytest.raises(CollectionError, match="no collection at"):
         Collection.open(tmp_path / "project")
+    (tmp_path / "project" / "index.json").unlink()
     with Collection.open(tmp_path / "project", model=tiny_encoder, create=True) as col:
         assert col.catalog.vector_count() == 0
+    assert (tmp_path / "project" / "segments" / "intro.mp4").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("theirs", [["index.json"], ["index-1.faiss", "index-2.faiss"], ["confidence.npz"]])
+def test_a_new_collection_is_not_made_over_files_it_would_replace(tmp_path, tiny_encoder, theirs, capsys):
+    """Saving an index replaces index.json and removes every other index-*.faiss: a folder of another tool's FAISS
+    indexes passed as --collection lost them."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    for name in theirs:
+        (folder / name).write_bytes(b"someone else's " + name.encode())
+    write_good_images(tmp_path / "photos", 3)
+    with pytest.raises(CollectionError, match=f"{folder} holds {', '.join(theirs)}, which a new collection there "
+                                              "would overwrite or remove; pass a new or empty folder"):
+        Collection.open(folder, model=tiny_encoder, create=True)
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(folder)]) == 2
+    assert "would overwrite or remove" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)
+
+
+def test_another_programs_sqlite_database_is_not_made_a_catalog(tmp_path, tiny_encoder):
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp_path / CATALOG_NAME)) as db:
+        db.execute("CREATE TABLE albums (name TEXT)")
+        db.execute("INSERT INTO albums VALUES ('summer')")
+        db.commit()
+    before = (tmp_path / CATALOG_NAME).read_bytes()
+    for writable in (True, False):
+        with pytest.raises(CollectionError, match="is a SQLite database but not an mmretrieval catalog .it holds "
+                                                  "tables albums, and no catalog schema version."):
+            Catalog(tmp_path / CATALOG_NAME, writable=writable)
+    with pytest.raises(CollectionError, match="not an mmretrieval catalog"):
+        Collection.open(tmp_path, model=tiny_encoder, create=True)
+    assert (tmp_path / CATALOG_NAME).read_bytes() == before
 
 
 def test_a_catalog_cut_short_is_named_with_the_way_out(tmp_path):

@@ -32,7 +32,7 @@ from ..errors import CatalogFull
 from ..images.metadata import PhotoMetadata
 from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
-from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_readable_as_is, check_version,
+from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_ours, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
 from .places import (DROPPED_TABLES, FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists,
                      key_range)
@@ -116,7 +116,7 @@ class Catalog(PlannedRows, VectorPlaces):
         self._lock = threading.RLock()
         self.segments = SegmentStore(self.path.parent / SEGMENTS_DIRNAME, writable=writable)
         try:
-            self._db = connect(self.path, writable)
+            self._db = connect(self.path, writable, check=lambda db: check_ours(db, self.path))
         except sqlite3.DatabaseError as exc:
             raise open_error(self.path, exc) from exc
         try:

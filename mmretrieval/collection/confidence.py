@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_NAME = "confidence.npz"
-_OLD_CACHE_NAME = "confidence.json"  # best scores only, from before contrasts; removed when the new one is written
+OLD_CACHE_NAME = "confidence.json"  # best scores only, from before contrasts; removed when the new one is written
 SAMPLE_SIZE = 4096  # vectors the moments are estimated from
 MIN_IMAGES = 10  # a spread over fewer images says nothing (one image: none at all), so neither would the hint
 # Text that should match nothing in a photo collection: gibberish, abstract prose, and non-visual topics.
@@ -239,6 +239,6 @@ def _write(directory: Path, band: NoiseBand) -> None:
         with atomic_path(directory / CACHE_NAME) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, head=np.array(json.dumps(head)), top_scores=np.array(band.top_scores),
                      contrasts=np.array(band.contrasts), mean=band.moments.mean, covariance=band.moments.covariance)
-        (directory / _OLD_CACHE_NAME).unlink(missing_ok=True)
+        (directory / OLD_CACHE_NAME).unlink(missing_ok=True)
     except OSError as exc:  # a read-only collection: keep the band in memory only
         logger.info("cannot cache the noise band in %s: %s", directory, exc)

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CatalogFull, CollectionError
 
@@ -27,13 +28,23 @@ _LOW_SPACE_BYTES = 1 << 20
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 11, 13, 14
 
 
-def connect(path: Path, writable: bool) -> sqlite3.Connection:
-    """A connection to the catalog at ``path``, made writable (and the file with it) or read-only."""
+def connect(path: Path, writable: bool, check: Callable[[sqlite3.Connection], None] | None = None
+            ) -> sqlite3.Connection:
+    """A connection to the catalog at ``path``, made writable (and the file with it) or read-only; ``check`` sees it
+    before any setting is made (a writable open puts the file in WAL mode: not what another program's database
+    should get), and may raise."""
     if not writable:
-        return _connect_read_only(path)
+        db = _connect_read_only(path)
+        try:
+            if check is not None:
+                check(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
     new = not path.exists()
     pragmas = [f"page_size={_PAGE_BYTES}"] if new else []  # (a page size is fixed once a database is in WAL mode)
-    return _open(str(path), *pragmas, "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
+    return _open(str(path), *pragmas, "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", check=check)
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
@@ -62,12 +73,15 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     ) from no_shm
 
 
-def _open(target: str, *pragmas: str) -> sqlite3.Connection:
-    """A connection to ``target`` (a path, or a ``file:`` URI) that has set ``pragmas`` and read the schema,
-    so that a catalog SQLite cannot read fails here, not at its first query; closed again if it does."""
+def _open(target: str, *pragmas: str, check: Callable[[sqlite3.Connection], None] | None = None
+          ) -> sqlite3.Connection:
+    """A connection to ``target`` (a path, or a ``file:`` URI) that has passed ``check``, set ``pragmas`` and read
+    the schema, so that a catalog SQLite cannot read fails here, not at its first query; closed again if it does."""
     db = sqlite3.connect(target, uri=target.startswith("file:"), isolation_level=None, check_same_thread=False,
                          timeout=30)
     try:
+        if check is not None:
+            check(db)
         for pragma in pragmas:
             db.execute(f"PRAGMA {pragma}")
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()

@@ -284,6 +284,25 @@ def _labels_lack_sets(db: sqlite3.Connection) -> bool:
     return bool(columns) and "label_set" not in columns
 
 
+def check_ours(db: sqlite3.Connection, path: Path) -> None:
+    """Before a catalog is opened (see :func:`.connection.connect`): refuse a database with tables but no schema
+    version: another program's (a ``catalog.sqlite`` of its own in
+    the folder passed as ``--collection``), which adding this catalog's tables would change.
+
+    Raises:
+        CollectionError: naming a few of its tables.
+    """
+    if catalog_version(db) is not None:
+        return
+    tables = [row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 4")]
+    if tables:
+        shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+        raise CollectionError(f"{path} is a SQLite database but not an mmretrieval catalog (it holds tables {shown}, "
+                              "and no catalog schema version); pass a new or empty folder as --collection "
+                              "(nothing was changed)")
+
+
 def check_version(version: int, path: Path) -> None:
     """Refuse a catalog made by newer code.
 

@@ -18,6 +18,7 @@ from ..atomic import exclusive_lock
 from ..errors import CatalogFull, CollectionBusy, CollectionError, ModelSpecError
 from ..models.specs import ModelIdentity, ModelSpec
 from .catalog import CATALOG_NAME, DTYPE_KEY, LOCK_NAME, Catalog, writer_busy
+from .confidence import CACHE_NAME as CONFIDENCE_CACHE, OLD_CACHE_NAME as OLD_CONFIDENCE_CACHE
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST_NAME, read_manifest
 from .segment_files import MANIFEST_NAME as SEGMENTS_MANIFEST, SEGMENTS_DIRNAME
 from .segments import check_dtype
@@ -69,6 +70,7 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
             raise CollectionError(f"no collection at {directory}; create one with "
                                   f"`mmr ingest SOURCE --collection {directory}` (in Python: "
                                   "Collection.open(..., create=True))")
+        refuse_foreign_files(directory)
         check_dtype(vector_dtype)
         if model is None or isinstance(model, str):  # a model that fails to load must leave no empty collection
             model = _load(model or DEFAULT_MODEL, device=device, precision=precision)
@@ -122,6 +124,28 @@ def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
             f"one: those vectors cannot be used without the catalog that says which image each is. Restore "
             f"{CATALOG_NAME} from a backup, or start over: move the folder away and ingest into a new --collection "
             "(nothing was changed)")
+
+
+def refuse_foreign_files(directory: Path) -> None:
+    """Refuse to start a catalog in a folder holding files that are not a collection's under the names a
+    collection rewrites or removes: saving an index replaces ``index.json`` and removes every other
+    ``index-*.faiss``, and the match hint's cache replaces ``confidence.npz`` (a folder of another tool's FAISS
+    indexes, passed as ``--collection``, would lose them).
+
+    Raises:
+        CollectionError: naming the files.
+    """
+    names = (INDEX_MANIFEST_NAME, CONFIDENCE_CACHE, OLD_CONFIDENCE_CACHE)
+    try:
+        found = sorted(path.name for path in directory.iterdir()
+                       if path.name in names or (path.name.startswith("index-") and path.name.endswith(".faiss")))
+    except OSError:  # none yet, or not listable: making the catalog there says what is wrong
+        return
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise CollectionError(
+            f"{directory} holds {shown}, which a new collection there would overwrite or remove; pass a new or "
+            "empty folder as --collection (nothing was changed)")
 
 
 def _holds_segments(folder: Path) -> bool:
