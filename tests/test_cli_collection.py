@@ -209,6 +209,16 @@ def test_ivf_on_a_tiny_or_empty_collection_builds_flat(built, tmp_path, capsys):
     assert "built flat index over 0 vectors" in capsys.readouterr().err
 
 
+def test_a_recall_target_for_an_exact_index_is_refused_or_kept_for_later(built, capsys):
+    """It was accepted and ignored in silence: a flat index is exact."""
+    _, collection = built
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "flat", "--recall-target", "0.9"],
+                       "--recall-target: a flat index is exact")
+    assert main(["index", "--collection", collection, "--recall-target", "0.9"]) == 0  # auto, 5 vectors: flat
+    assert "note: a flat index is exact; --recall-target 0.9 is kept for the ivf, hnsw or ivfpq index" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--hnsw-m", "-5"), ("--nlist", "0"), ("--nprobe", "-1"),
                                          ("--ef-search", "0")])
 def test_invalid_index_parameters(built, capsys, flag, value):

@@ -266,6 +266,9 @@ def _index(args: argparse.Namespace) -> int:
         + f" ({manifest.memory_bytes / 2**20:.1f} MiB{recall})")
     if manifest.note and args.type in ("auto", manifest.index_type):  # else rebuild_index warned of it already
         say(f"note: {manifest.note}")
+    if args.recall_target is not None and manifest.index_type == "flat":
+        say(f"note: a flat index is exact; --recall-target {args.recall_target:g} is kept for the ivf, hnsw or ivfpq "
+            "index that later rebuilds choose as the collection grows")
     return 0
 
 

@@ -348,11 +348,14 @@ class Collection(SearchMethods, LabelMethods):
         kept, so the asked-for type is built once the collection is large enough.
 
         Raises:
-            CollectionError: an unknown index type, a parameter below 1 or of another index type, a read-only
-                collection, or another writer at work.
+            CollectionError: an unknown index type, a parameter below 1 or of another index type, a recall
+                target for ``flat``, a read-only collection, or another writer at work.
         """
         if recall_target is not None and not 0 < recall_target <= 1:
             raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
+        if recall_target is not None and index_type == "flat":
+            raise CollectionError("--recall-target: a flat index is exact (recall 1.0); the target tunes the "
+                                  "ivf, hnsw and ivfpq types' search parameters")
         refuse_foreign_params(index_type, params)
         policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
         with self.writing(self.busy_message("index")):
