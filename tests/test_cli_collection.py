@@ -51,7 +51,7 @@ def test_search_judges_only_plain_text_queries(built, capsys):
 
 def test_search_json_with_image_and_negative(built, capsys, monkeypatch):
     tmp_path, collection = built
-    monkeypatch.setenv("MMR_COLLECTION", collection)  # read when the parser is built
+    monkeypatch.setenv("MMR_COLLECTION", collection)
     image = str(tmp_path / "photos" / "good01.jpg")
     assert main(["search", "2:shapes", "--image", image, "--not", "blue", "--json", "-k", "50"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -639,9 +639,16 @@ def test_with_no_collection_named_commands_use_the_default_one(tmp_path, tiny_mo
     assert "the default collection is" not in capsys.readouterr().err
     monkeypatch.setenv("MMR_COLLECTION", "")  # set but empty: unset, as mmr serve took it
     assert main(["info"]) == 0 and str(default) in capsys.readouterr().out
-    monkeypatch.setenv("MMR_COLLECTION", str(tmp_path / "named"))  # read when the parser is built
+    monkeypatch.setenv("MMR_COLLECTION", str(tmp_path / "named"))
     assert main(["info"]) == 2
     assert str(tmp_path / "named") in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("MMR_COLLECTION", str(tmp_path / "afile"))  # blamed on an option the user never gave
+    assert main(["ingest", str(tmp_path / "photos")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"as --collection (the collection is $MMR_COLLECTION's: {tmp_path / 'afile'})")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "afile")]) == 2
+    assert "MMR_COLLECTION" not in capsys.readouterr().err  # named on the command line: no word of the variable
 
 
 def test_mmr_serve_serves_the_default_collection_once_made(tmp_path, tiny_model_dir, capsys, monkeypatch):

@@ -26,7 +26,7 @@ from typing import Iterator, NoReturn, Sequence
 from ..errors import Busy, MMRError
 from ..json_lines import one_line
 from . import collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, serve_cmd
-from .common import collection_or_default, say
+from .common import collection_or_default, named_collection, say
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
 _COMMAND_MODULES = (model_cmds, ingest_cmd, collection_cmds, duplicates_cmd, import_cmd, export_cmd, serve_cmd)
@@ -257,7 +257,7 @@ def _run(argv: Sequence[str] | None) -> int:
         say(f"mmr {args.command}: {exc}")
         return EXIT_BUSY
     except MMRError as exc:
-        say(f"mmr {args.command}: error: {exc}")
+        say(f"mmr {args.command}: error: {named_collection(str(exc), args)}")
         return 2
     except ResultsNotWritten as exc:
         kept = _KEPT_WHEN_STDOUT_FAILS.get(args.command, "")

@@ -174,7 +174,7 @@ def add_collection_option(parser: argparse.ArgumentParser, writer: bool = False,
     command runs: :func:`collection_or_default`); for a ``writer`` command, ``--wait`` too. ``creates``: the command
     makes a collection that does not exist (ingest, import)."""
     parser.add_argument(
-        "--collection", default=os.environ.get("MMR_COLLECTION") or None, metavar="DIR",
+        "--collection", metavar="DIR",
         help="collection directory (default: $MMR_COLLECTION, else the default collection in the user data "
         "folder, ~/.local/share/mmretrieval/collection on Linux)",
     )
@@ -194,6 +194,10 @@ def collection_or_default(args: argparse.Namespace) -> None:
     """
     if getattr(args, "collection", "") is not None or not hasattr(args, "collection_creates"):
         return
+    if os.environ.get("MMR_COLLECTION"):
+        args.collection = os.environ["MMR_COLLECTION"]
+        args.collection_from_env = True  # an error about "--collection" is about this, see named_collection
+        return
     from ..cache import default_collection_dir
     from ..collection.catalog import is_collection
 
@@ -212,6 +216,14 @@ def collection_or_default(args: argparse.Namespace) -> None:
         say(f"mmr {args.command}: the default collection is {default} (--collection DIR or $MMR_COLLECTION names "
             "another)")
     args.collection = str(default)
+
+
+def named_collection(message: str, args: argparse.Namespace) -> str:
+    """``message``, saying where the collection it blames on ``--collection`` was named when that was
+    ``$MMR_COLLECTION``."""
+    if getattr(args, "collection_from_env", False) and "--collection" in message:
+        return f"{message} (the collection is $MMR_COLLECTION's: {args.collection})"
+    return message
 
 
 def emit(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> int:
