@@ -2,7 +2,7 @@
 
 Same as ``mmr serve``. It serves ``--collection`` (or ``$MMR_COLLECTION``); with neither, it builds the demo
 collection once (a few thousand generated scenes, embedded with the bundled ``builtin:shapes`` model), caches it in
-the user cache directory (``~/.cache/mmretrieval/demo``; ``--data-dir`` or ``$MMR_DEMO_DIR`` to choose), and serves
+the user cache directory (``~/.cache/mmretrieval/demo``; ``--demo-dir`` or ``$MMR_DEMO_DIR`` to choose), and serves
 that: no model or data download needed.
 """
 

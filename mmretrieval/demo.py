@@ -100,7 +100,7 @@ def ensure_demo_collection(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # an unwritable cache folder, or $XDG_CACHE_HOME naming a file
         raise CollectionError(f"cannot make the demo folder {root}: {exc.strerror or exc}; choose another with "
-                              "--data-dir DIR or $MMR_DEMO_DIR, or serve a collection of your own with "
+                              "--demo-dir DIR or $MMR_DEMO_DIR, or serve a collection of your own with "
                               "--collection DIR") from exc
     if is_ready(root, config):
         return collection_dir(root)
@@ -168,7 +168,7 @@ def _ingest(root: Path, list_file: Path, config: DemoConfig, *, device: str, pro
     if not embedded:  # never marked ready: the next start tries again instead of serving an empty demo
         raise CollectionError(f"the demo build embedded no scene from {list_file} ({summary}); the next start "
                               f"tries again (delete {root} to start from scratch, or choose another folder with "
-                              "--data-dir DIR or $MMR_DEMO_DIR)")
+                              "--demo-dir DIR or $MMR_DEMO_DIR)")
     if embedded < config.count:
         logger.warning("the demo collection holds %d of %d scenes (%s)", embedded, config.count, summary)
 

@@ -668,6 +668,20 @@ def test_mmr_serve_serves_the_default_collection_once_made(tmp_path, tiny_model_
     assert "serving the default collection" in capsys.readouterr().err
     assert main(["serve", "--demo"]) == 0 and served[-1] is None
     assert main(["serve", "--demo", "--collection", str(tmp_path)]) == 2
+    # --demo-dir (once --data-dir, easily taken for $MMR_DATA_DIR) serves the demo from there; the default
+    # collection was served instead, and the option ignored
+    assert main(["serve", "--demo-dir", str(tmp_path / "demo")]) == 0 and served[-1] is None
+    assert main(["serve", "--data-dir", str(tmp_path / "demo")]) == 0 and served[-1] is None
+
+
+def test_a_demo_folder_is_refused_beside_a_collection_to_serve(tmp_path):
+    from mmretrieval.errors import MMRError
+    from mmretrieval.ui.server import ServeConfig, open_context
+
+    with pytest.raises(MMRError, match="--demo-dir is where the demo collection is built and cached; leave it out to "
+                                       f"serve {tmp_path / 'col'}, or leave out --collection"):
+        open_context(ServeConfig(collection=tmp_path / "col", data_dir=tmp_path / "demo"))
+    assert not (tmp_path / "col").exists() and not (tmp_path / "demo").exists()
 
 
 def test_info_failures_writes_a_non_utf8_name_as_its_bytes_on_a_strict_stdout(built, capsys, monkeypatch):

@@ -31,7 +31,7 @@ def test_a_changed_model_re_embeds_the_cached_demo(tmp_path, tiny_model_dir):
 
 
 def test_a_demo_folder_that_cannot_be_made_says_how_to_choose_another(tmp_path, capsys, monkeypatch):
-    """An unwritable cache, or $XDG_CACHE_HOME naming a file: one line that names --data-dir, not a traceback."""
+    """An unwritable cache, or $XDG_CACHE_HOME naming a file: one line that names --demo-dir, not a traceback."""
     from mmretrieval.cli import main
 
     (tmp_path / "cache").write_text("a file, not a folder")
@@ -39,4 +39,4 @@ def test_a_demo_folder_that_cannot_be_made_says_how_to_choose_another(tmp_path, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "mmr serve: error: cannot make the demo folder" in err and "--data-dir DIR or $MMR_DEMO_DIR" in err, err
+    assert "mmr serve: error: cannot make the demo folder" in err and "--demo-dir DIR or $MMR_DEMO_DIR" in err, err

@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..cache import default_collection_dir
     from ..collection.catalog import is_collection
 
-    if args.collection is None and not args.demo:
+    if args.collection is None and not args.demo and args.data_dir is None:  # (--demo-dir: the demo, there)
         if is_collection(default_collection_dir()):
             args.collection = default_collection_dir()
             say(f"mmr serve: serving the default collection {args.collection} (--demo serves the demo)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..errors import MMRError
 from ..models.settings import DEVICES, PRECISIONS
 from ..progress import TqdmProgress
 
@@ -76,9 +77,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", type=_file_size, default="20mb",
                         help="largest accepted upload: a whole number and b, kb, mb, gb or tb (default: 20mb)")
-    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                        help="where to build and cache the demo collection (default: $MMR_DEMO_DIR, else the user "
-                        "cache directory, e.g. ~/.cache/mmretrieval/demo)")
+    parser.add_argument("--demo-dir", "--data-dir", type=Path, default=None, metavar="DIR", dest="data_dir",
+                        help="serve the demo collection, built and cached there (default: $MMR_DEMO_DIR, else the "
+                        "user cache directory, e.g. ~/.cache/mmretrieval/demo); not with --collection. "
+                        "(--data-dir is its old name; $MMR_DATA_DIR is another thing: where the default collection "
+                        "lives)")
     parser.add_argument("--example", action="append", default=[], metavar="QUERY", dest="examples",
                         help="an example query for the first screen (repeatable; default: the demo's examples, "
                         "or the collection's labels)")
@@ -133,6 +136,9 @@ def open_context(config: ServeConfig) -> "AppContext":
 
     is_demo = config.collection is None
     directory = config.collection
+    if not is_demo and config.data_dir is not None:
+        raise MMRError(f"--demo-dir is where the demo collection is built and cached; leave it out to serve "
+                       f"{display_path(directory)}, or leave out --collection (or $MMR_COLLECTION) to serve the demo")
     if is_demo:
         from ..demo import DemoConfig, ensure_demo_collection
 
