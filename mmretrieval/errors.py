@@ -50,3 +50,12 @@ class CatalogFull(CollectionError):
 
 class QueryError(MMRError):
     """A query that cannot be run: empty, malformed weights, unreadable query image."""
+
+
+class SettingError(MMRError):
+    """A setting out of its range (``TrainConfig(lr=-1)``): ``setting`` is its Python name, ``problem`` the rest of
+    the message, so that the command line can name its option instead (``--lr must be ...``)."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem

@@ -300,16 +300,18 @@ def test_one_template_of_your_own_is_taken_as_a_file_of_it_is(capsys, red_circle
 @pytest.mark.parametrize(("argv", "message"), [
     (["eval", "--scenes", "0"], "mmr eval: error: argument --scenes: must be at least 20, got 0"),
     (["eval", "--scenes", "-5"], "mmr eval: error: argument --scenes: must be at least 20, got -5"),
-    (["train", "--steps", "0"], "mmr train: error: steps must be a whole number of at least 1"),
-    (["train", "--batch-size", "0"], "mmr train: error: batch_size must be a whole number of at least 2"),
-    (["train", "--lr", "-1"], "mmr train: error: lr must be a number above 0, got -1.0"),
-    (["train", "--workers", "-1"], "mmr train: error: workers must be a whole number of at least 0"),
-    (["train", "--classic-share", "2"], "mmr train: error: classic_share must be a share from 0 to 1, got 2.0"),
-    (["train", "--eval-every", "-5"], "mmr train: error: eval_every must be a whole number of at least 0"),
-    (["train", "--unrelated", "-3"], "mmr train: error: unrelated must be a whole number of at least 0"),
-    (["train", "--warmup-steps", "-1"], "mmr train: error: warmup_steps must be a whole number of at least 0"),
+    (["train", "--steps", "0"], "mmr train: error: --steps must be a whole number of at least 1"),
+    (["train", "--batch-size", "0"], "mmr train: error: --batch-size must be a whole number of at least 2"),
+    (["train", "--lr", "-1"], "mmr train: error: --lr must be a number above 0, got -1.0"),
+    (["train", "--workers", "-1"], "mmr train: error: --workers must be a whole number of at least 0"),
+    (["train", "--classic-share", "2"], "mmr train: error: --classic-share must be a share from 0 to 1, got 2.0"),
+    (["train", "--eval-every", "-5"], "mmr train: error: --eval-every must be a whole number of at least 0"),
+    (["train", "--unrelated", "-3"], "mmr train: error: --unrelated must be a whole number of at least 0"),
+    (["train", "--warmup-steps", "-1"], "mmr train: error: --warmup-steps must be a whole number of at least 0"),
     (["train", "--arch", "ViT-B-32", "--init", "builtin:shapes"],
-     "mmr train: error: arch 'ViT-B-32' and init 'builtin:shapes' both given: a fine-tune keeps the architecture"),
+     "mmr train: error: --arch ViT-B-32 and --init builtin:shapes both given: a fine-tune keeps the architecture"),
+    (["train", "--data", "captions.csv", "--grey-rate", "0.5"],  # it was ignored in silence
+     "mmr train: error: --grey-rate applies to the generated scenes only, not to the captioned set captions.csv"),
     (["blend", "a", "b", "--keep-init", "1.5"], "mmr blend: error: argument --keep-init: must be a probability"),
 ])
 def test_numbers_out_of_range_are_one_line_and_exit_2(capsys, tmp_path, argv, message):

@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
 
-from ..errors import QueryError
+from ..errors import MMRError, QueryError, SettingError
 from ..models.settings import DEVICES
 from .common import (MULTI_LABEL_THRESHOLD, add_model_options, add_null_option, at_least, emit, labels_with_stdin,
                      multi_label_threshold, probability, say)
@@ -178,7 +178,13 @@ def _train(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    config = TrainConfig(**given, half=not args.full_precision)  # checks every value before torch is imported
+    if "arch" in given and "init" in given:
+        raise MMRError(f"--arch {args.arch} and --init {args.init} both given: a fine-tune keeps the architecture of "
+                       "the model it starts from; give one of them")
+    try:
+        config = TrainConfig(**given, half=not args.full_precision)  # checks every value before torch is imported
+    except SettingError as exc:
+        raise MMRError(f"--{exc.setting.replace('_', '-')} {exc.problem}") from None
 
     from ..training.train import train
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import MMRError
+from ..errors import MMRError, SettingError
 
 # The bundled demo model: a small ViT and text transformer with the CLIP tokenizer (fast on a CPU).
 SHAPES_ARCH = "shapes-vit-tiny"
@@ -60,21 +60,26 @@ class TrainConfig:
         if not self.init and not self.arch:
             object.__setattr__(self, "arch", SHAPES_ARCH)  # frozen: the default resolved once, here
         if not self.out.strip():
-            raise MMRError("out is empty: name a folder for the trained model")
+            raise SettingError("out", "is empty: name a folder for the trained model")
         for name, minimum, why in _WHOLE_NUMBERS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise MMRError(f"{name} must be a whole number of at least {minimum}{why}, got {value!r}")
+                raise SettingError(name, f"must be a whole number of at least {minimum}{why}, got {value!r}")
         if not 0 <= self.seed < 2 ** 63 - 1:
-            raise MMRError(f"seed must be a whole number from 0 to 2**63 - 2, got {self.seed!r}")
+            raise SettingError("seed", f"must be a whole number from 0 to 2**63 - 2, got {self.seed!r}")
         if not (_finite(self.lr) and self.lr > 0):
-            raise MMRError(f"lr must be a number above 0, got {self.lr!r}")
+            raise SettingError("lr", f"must be a number above 0, got {self.lr!r}")
         if not (_finite(self.weight_decay) and self.weight_decay >= 0):
-            raise MMRError(f"weight_decay must be a number of at least 0, got {self.weight_decay!r}")
+            raise SettingError("weight_decay", f"must be a number of at least 0, got {self.weight_decay!r}")
         for name in ("classic_share", "position_rate", "label_rate", "grey_rate"):
             value = getattr(self, name)
             if not (_finite(value) and 0 <= value <= 1):
-                raise MMRError(f"{name} must be a share from 0 to 1, got {value!r}")
+                raise SettingError(name, f"must be a share from 0 to 1, got {value!r}")
+        if self.data != "scenes":  # they shape the generated scenes' drawing and captions: a captioned set has neither
+            for setting in fields(self):
+                if setting.name in _SCENES_ONLY and getattr(self, setting.name) != setting.default:
+                    raise SettingError(setting.name, f"applies to the generated scenes only, not to the captioned set "
+                                                     f"{self.data}")
 
 
 _WHOLE_NUMBERS = (  # TrainConfig's whole-number fields: name, smallest allowed value, why (when not obvious)
@@ -87,6 +92,9 @@ _WHOLE_NUMBERS = (  # TrainConfig's whole-number fields: name, smallest allowed 
     ("unrelated", 0, " (0: none)"),
     ("seed", 0, ""),
 )
+
+
+_SCENES_ONLY = ("scene_size", "classic_share", "position_rate", "label_rate", "grey_rate", "unrelated")
 
 
 def _finite(value: object) -> bool:
