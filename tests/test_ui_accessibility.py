@@ -127,12 +127,7 @@ def phone(browser, app_url):
 
 
 def _open_tab(page, name: str) -> None:
-    """Show the tab ``name``: from the tab bar, or on a phone (where the bar has no room for six) its overflow menu."""
-    tab = page.get_by_role("tab", name=name)
-    if not tab.is_visible():
-        page.locator(".overflow-menu button").first.click()
-        tab = page.locator(".overflow-dropdown button", has_text=name).first
-    tab.click()
+    page.get_by_role("tab", name=name).click()
 
 
 def _search(page, query: str = "a red circle") -> None:
@@ -162,6 +157,17 @@ def test_on_a_phone_every_result_and_its_caption_fit_the_screen(phone):
     assert _boxes_outside(phone, "#results .thumbnail-item") == []  # four 100 px columns put every fourth off screen
     cut = phone.evaluate("() => [...document.querySelectorAll('#results .caption-label')]"
                          ".filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)")
+    assert cut == []
+
+
+def test_on_a_phone_every_tab_is_named_in_full_on_the_screen(phone):
+    """The tab bar's menu put four of the six tabs behind a "..." button."""
+    tabs = phone.get_by_role("tab")
+    assert tabs.count() == 6
+    assert [tab.is_visible() for tab in tabs.all()] == [True] * 6
+    assert _boxes_outside(phone, "[role=tab]") == []
+    cut = phone.evaluate("() => [...document.querySelectorAll('[role=tab]')]"
+                         ".filter(t => t.scrollWidth > t.clientWidth + 1).map(t => t.innerText)")
     assert cut == []
 
 

@@ -44,7 +44,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     collection = CollectionHandlers(ctx)
     with gr.Blocks(title=ctx.title, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {markdown_text(ctx.title)}\n{INTRO}")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone, a second row: a menu hid four of the six behind "..."
             with gr.Tab("Search", id="search"):
                 search_label = search_tab(ctx, search)
             with gr.Tab("Zero-shot", id="zero-shot"):
