@@ -14,7 +14,8 @@ from ..errors import CollectionError
 from ..models.specs import ModelIdentity
 from .catalog import DTYPE_KEY, Catalog
 from .compaction import Waste, catalog_space, waste
-from .segment_files import missing_manifest
+from .repair import lost_vectors
+from .segment_files import DAMAGED, missing_manifest
 from .index_manifest import Manifest
 from .label_sets import vocabulary_sizes
 from .records import CollectionInfo
@@ -46,6 +47,10 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
     vectors = catalog.vector_count()
     if vectors and not store.exists:
         logger.warning("%s", missing_manifest(store.directory))
+    elif stored is not None:  # a file cut short (a file gone: waste said so)
+        lost, damaged = lost_vectors(catalog)
+        if lost:
+            logger.warning("the vectors of %d images are lost (%s); %s", len(lost), ", ".join(damaged), DAMAGED)
     recall = round(manifest.recall, 4) if manifest.recall >= 0 else None  # None: not measured
     imported: dict[str, int] = {}
     for source, _, rows in catalog.segment_sources():

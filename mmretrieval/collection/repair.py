@@ -28,19 +28,26 @@ def forget_lost_vectors(catalog: "Catalog") -> int:
 
     Only for the collection's writer, holding its lock.
     """
-    store = catalog.segments
-    if not store.exists:
-        return 0
-    lost: list[int] = []
-    damaged: list[str] = []
-    for entry in store.segments():
-        intact = store.intact_rows(entry)
-        if ids := catalog.ids_placed_from(entry.number, intact):
-            lost += ids
-            damaged.append(f"segment {entry.number:06d} holds {intact} whole rows")
+    lost, damaged = lost_vectors(catalog)
     if not lost:
         return 0
     catalog.forget_vectors(lost)
     logger.warning("%d images had lost their vectors (%s: a file deleted or cut short); they are marked to be "
                    "embedded again from their files, by this ingest or the next", len(lost), ", ".join(damaged))
     return len(lost)
+
+
+def lost_vectors(catalog: "Catalog") -> tuple[list[int], list[str]]:
+    """The ids whose vectors are past what their segment's files hold, and a phrase for each damaged segment
+    (read only: ``mmr info`` reports them, a writer forgets them)."""
+    store = catalog.segments
+    lost: list[int] = []
+    damaged: list[str] = []
+    if not store.exists:
+        return lost, damaged
+    for entry in store.segments():
+        intact = store.intact_rows(entry)
+        if ids := catalog.ids_placed_from(entry.number, intact):
+            lost += ids
+            damaged.append(f"segment {entry.number:06d} holds {intact} whole rows")
+    return lost, damaged
