@@ -209,6 +209,25 @@ def test_ivf_on_a_tiny_or_empty_collection_builds_flat(built, tmp_path, capsys):
     assert "built flat index over 0 vectors" in capsys.readouterr().err
 
 
+def test_index_and_compact_print_their_summary_as_json_on_request(built, capsys):
+    """Of the commands that change a collection, only these two had no machine-readable summary."""
+    tmp_path, collection = built
+    assert main(["index", "--collection", collection, "--type", "hnsw", "--hnsw-m", "16", "--json"]) == 0
+    out, err = capsys.readouterr()
+    built_index = json.loads(out)
+    assert built_index == {"index_type": "hnsw", "params": {**built_index["params"], "hnsw_m": 16}, "count": 5,
+                           "recall": built_index["recall"], "memory_bytes": built_index["memory_bytes"], "note": None}
+    assert 0 < built_index["recall"] <= 1 and f"recall@10 {built_index['recall']:.3f}" in err  # ef_search tuned
+    assert built_index["memory_bytes"] > 0 and "built hnsw index over 5 vectors" in err
+    (tmp_path / "photos" / "good00.jpg").unlink()
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", collection, "--prune", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["compact", "--collection", collection, "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["rows_reclaimed"] == 1 and summary["rows_copied"] == 4 and "1 dead rows reclaimed" in err
+
+
 def test_a_recall_target_for_an_exact_index_is_refused_or_kept_for_later(built, capsys):
     """It was accepted and ignored in silence: a flat index is exact."""
     _, collection = built

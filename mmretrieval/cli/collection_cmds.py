@@ -227,6 +227,8 @@ def _register_index(subparsers) -> None:
     parser.add_argument("--ray-work", metavar="DIR",
                         help="with --ray: a folder every node reaches, for the shards while they are merged "
                         "(default: inside the collection, fine on one machine)")
+    parser.add_argument("--json", action="store_true", help="also print what was built as one JSON object on stdout: "
+                        "index_type, params, count, recall (null: not measured), memory_bytes, note")
     parser.set_defaults(handler=_index)
 
 
@@ -269,6 +271,10 @@ def _index(args: argparse.Namespace) -> int:
     if args.recall_target is not None and manifest.index_type == "flat":
         say(f"note: a flat index is exact; --recall-target {args.recall_target:g} is kept for the ivf, hnsw or ivfpq "
             "index that later rebuilds choose as the collection grows")
+    if args.json:
+        print(json_line({"index_type": manifest.index_type, "params": manifest.params, "count": manifest.count,
+                         "recall": round(manifest.recall, 4) if manifest.recall >= 0 else None,
+                         "memory_bytes": manifest.memory_bytes, "note": manifest.note or None}))
     return 0
 
 
@@ -289,6 +295,7 @@ def _register_compact(subparsers) -> None:
     add_collection_option(parser, writer=True)
     parser.add_argument("--min-waste", type=probability, default=0.0,
                         help="only segments with more than this share of dead rows (default 0: any)")
+    parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on stdout")
     parser.set_defaults(handler=_compact)
 
 
@@ -308,6 +315,8 @@ def _compact(args: argparse.Namespace) -> int:
             f"{VACUUM_FREE_RATIO:.0%} of it")
     if summary.catalog_bytes_freed:
         say(f"catalog rewritten without its free pages: {_bytes_text(summary.catalog_bytes_freed)} smaller")
+    if args.json:
+        print(json_line(dataclasses.asdict(summary)))
     return 0
 
 

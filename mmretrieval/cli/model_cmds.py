@@ -155,7 +155,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "CSV with path,caption). Logs loss and a held-out score to stderr and train_log.jsonl; saves OUT "
         "as an open_clip model directory (open_clip_config.json + safetensors) that --model OUT loads. The run "
         "writes in a hidden folder inside OUT (.new-model.*.partial/, its log there too) and replaces a model "
-        "already in OUT only when complete. "
+        "already in OUT only when complete, then prints OUT's path on stdout. "
         "Options left out take TrainConfig's defaults (mmretrieval/training/config.py).",
         argument_default=argparse.SUPPRESS, formatter_class=_TrainDefaults,
     )
@@ -201,7 +201,8 @@ def _register_blend(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "blend", help="blend a fine-tuned model with the model it started from (WiSE-FT)",
         description="Save (1 - KEEP) * TRAINED + KEEP * INIT, weight by weight, as a model directory: a fine-tune "
-        "keeps most of what its starting model knew and most of what it gained (Wortsman et al., 2022).",
+        "keeps most of what its starting model knew and most of what it gained (Wortsman et al., 2022); prints "
+        "the saved directory's path on stdout.",
     )
     parser.add_argument("trained", help="the fine-tuned model (a directory mmr train wrote)")
     parser.add_argument("init", help="the model it was fine-tuned from (e.g. builtin:shapes)")
