@@ -1,17 +1,16 @@
 """``mmr import``: add precomputed embeddings (clip-retrieval's output layout) to a collection.
 
-The summary goes to stderr as one line (or to stdout as one JSON object with ``--json``); the progress bar
+The summary goes to stderr as one line (and to stdout as one JSON object with ``--json``); the progress bar
 counts vectors.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
-from .common import add_collection_option, say
+from .common import add_collection_option, json_line, say
 
 
 def register(subparsers) -> None:
@@ -35,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-index", dest="update_index", action="store_false",
                         help="leave the index for a later `mmr index` (importing several folders in a row: build it "
                         "once, at the end); until then every search catches up in memory, slowly")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on stdout")
     parser.set_defaults(handler=_import)
 
 
@@ -64,7 +63,7 @@ def _import(args: argparse.Namespace) -> int:
             summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
                                         update_index=args.update_index)
     if args.json:
-        print(json.dumps(asdict(summary)))
+        print(json_line(asdict(summary)))
     rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     index = f"index updated in {summary.index_s:.1f} s" if args.update_index else "index left for `mmr index`"
     say(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
