@@ -469,6 +469,31 @@ def test_vectors_lost_from_a_segment_are_named_then_embedded_again_by_the_next_i
     assert sum(info["labels"].values()) == 3  # the labels stayed with their images
 
 
+def test_a_segment_file_missing_for_a_moment_is_not_taken_for_lost(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """A network share that answers ENOENT for a moment cost a re-embedding (and an imported vector, for good)."""
+    from mmretrieval.cli import main
+    from mmretrieval.collection import repair
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    col = str(tmp_path / "col")
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--model", str(tiny_model_dir)]) == 0
+    (vec,) = (tmp_path / "col" / "segments").glob("*.vec")
+    vec.rename(tmp_path / "away.vec")
+    looks: list[float] = []
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: looks.append(seconds) or
+                        (tmp_path / "away.vec").rename(vec))  # back by the second look
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col]) == 0
+    err = capsys.readouterr().err
+    assert looks == [repair.RECHECK_S] and "lost their vectors" not in err and "embedded 0, unchanged 3" in err
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
+    vec.rename(tmp_path / "away.vec")  # gone at both looks: forgotten, and embedded again
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", col]) == 0
+    err = capsys.readouterr().err
+    assert "3 images had lost their vectors" in err and "embedded 3, unchanged 0" in err
+
+
 def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tiny_model_dir, capsys):
     from mmretrieval.cli import main
     from test_ingest import write_good_images

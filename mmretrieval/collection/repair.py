@@ -7,18 +7,23 @@ from the catalog and their images set ``pending``, so that the ingest then embed
 (an imported row whose file is not on this machine then fails as ``missing``: its vector is lost for good).
 Readers only name the damage (:data:`~.segment_files.DAMAGED`), since they never write.
 
-Cost: a ``stat`` of each segment's two files, and an indexed look-up per damaged segment.
+Cost: a ``stat`` of each segment's two files, and an indexed look-up per segment; where damage shows, the same
+again :data:`RECHECK_S` later, and only what both looks found is forgotten (a network share that answered
+``ENOENT`` for a moment would otherwise cost a re-embedding, and imported vectors for good).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
+
+RECHECK_S = 1.0  # between the two looks that must both find a segment file short or gone
 
 
 def forget_lost_vectors(catalog: "Catalog") -> int:
@@ -30,6 +35,12 @@ def forget_lost_vectors(catalog: "Catalog") -> int:
     """
     lost, damaged = lost_vectors(catalog)
     if not lost:
+        return 0
+    time.sleep(RECHECK_S)  # a network share may answer ENOENT for a moment: only damage seen twice is forgotten
+    again, damaged = lost_vectors(catalog)
+    lost = sorted(set(lost) & set(again))
+    if not lost:
+        logger.info("segment files that looked damaged are whole again; nothing forgotten")
         return 0
     catalog.forget_vectors(lost)
     logger.warning("%d images had lost their vectors (%s: a file deleted or cut short); they are marked to be "
