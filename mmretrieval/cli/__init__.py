@@ -109,7 +109,7 @@ Linux; $MMR_DATA_DIR moves it), which ingest and import make. A query or path th
 
 exit status:
   0    done
-  1    nothing found (search, similar, duplicates; an ingest or classify that found no image)
+  1    nothing found (search, similar, duplicates; an ingest or classify that found no image); check: damage found
   2    an error, in one line on stderr (bad input, a missing file, a model mismatch)
   75   another process is writing the collection (or train's --out): run again when it is done (a collection
        writer may be given --wait instead)

@@ -46,6 +46,7 @@ from .index import IndexPolicy
 from .index_manifest import Manifest
 from .sizing import refuse_foreign_params
 from .repair import forget_lost_vectors
+from .check import CheckReport, check_catalog, forget_damaged
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
@@ -317,6 +318,26 @@ class Collection(SearchMethods, LabelMethods):
                     f"everything this run added is committed, but tidying the collection after it failed ({exc}); "
                     "searches are right meanwhile (they catch up in memory), and `mmr index` or the next writer "
                     "finishes the job once the cause (often a full disk) is fixed") from exc
+
+    def check(self, repair: bool = False, progress: Progress | None = None) -> CheckReport:
+        """Read the whole collection back and report what is damaged (``mmr check``; see :mod:`.check`); with
+        ``repair``, as the collection's writer, set the images whose vectors are damaged to be embedded again by
+        the next ingest. ``progress(done, total)`` counts vectors.
+
+        Raises:
+            CollectionError: the collection changed under a check without ``repair`` (another process compacted
+                it); with ``repair``, a read-only collection or another writer at work.
+        """
+        if repair:
+            with self.writing(self.busy_message("check --repair")) as catalog:
+                report = check_catalog(catalog, self.directory, progress)
+                forget_damaged(catalog, report)
+            return report
+        try:
+            return check_catalog(self.catalog, self.directory, progress)
+        except FileNotFoundError as exc:
+            raise CollectionError(f"{exc.filename} went away during the check: another process compacted the "
+                                  "collection meanwhile; run the check again") from exc
 
     def compact(self, min_waste_ratio: float = 0.0,
                 progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
