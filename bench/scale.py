@@ -8,7 +8,8 @@ the writer does on its way out is timed apart, and the command's wall time is pr
 shards, and finally a fresh
 serving process that opens the collection and runs the queries one at a time, reporting p50/p95 latency,
 recall@10 and its anonymous resident memory (RssAnon from /proc/self/status: page cache of memory-mapped files
-is not counted). ``mmr duplicates`` is timed too when the command exists.
+is not counted). ``mmr check`` (which reads every vector back) is timed with its peak RssAnon, and ``mmr
+duplicates`` too when the command exists.
 
     nice -n 10 python bench/scale.py --sizes 1000000                        # ~minutes on 2 cores
     nice -n 10 python bench/scale.py --sizes 10000000 --work /work/scale --no-duplicates  # ~an hour, ~22 GB
@@ -189,6 +190,9 @@ def run_size(work: Path, count: int, args: argparse.Namespace) -> dict:
     if args.import_only:
         return figures
     figures.update(serve(base, args.passes))
+    check_s, result, check_rss_mib = run_mmr("check", "--collection", str(col))  # exit 1 would stop here: damage
+    figures.update({"check_s": round(check_s, 1), "check_vectors_per_s": round(count / max(check_s, 1e-3)),
+                    "check_peak_rss_anon_mib": check_rss_mib})
     figures["duplicates_s"] = None if args.no_duplicates else _time_duplicates(col)
     figures["disk_bytes"] = sum(p.stat().st_size for p in col.rglob("*") if p.is_file())
     return figures
