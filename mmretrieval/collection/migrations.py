@@ -286,8 +286,8 @@ def _labels_lack_sets(db: sqlite3.Connection) -> bool:
 
 def check_ours(db: sqlite3.Connection, path: Path) -> None:
     """Before a catalog is opened (see :func:`.connection.connect`): refuse a database with tables but no schema
-    version: another program's (a ``catalog.sqlite`` of its own in
-    the folder passed as ``--collection``), which adding this catalog's tables would change.
+    version, another program's (a ``catalog.sqlite`` of its own in the folder passed as ``--collection``), which
+    adding this catalog's tables would change.
 
     Raises:
         CollectionError: naming a few of its tables.
