@@ -18,6 +18,7 @@ import copy
 import importlib.util
 import logging
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .precision import inference_dtype
 from .specs import ModelIdentity, ModelSpec, config_hash, read_dir_config, assets_dir, find_checkpoint, sha256_file
 
 logger = logging.getLogger(__name__)
+_TOKENIZER_LOAD = threading.Lock()  # see _tokenizer_module
 
 # text_cfg keys whose values the plain tower reproduces; any other key with a non-default value means "not ours"
 _TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pad_id",
@@ -293,16 +295,19 @@ def _load_tower(model_cfg: dict[str, Any], checkpoint: Path, device: torch.devic
 
 
 def _tokenizer_module() -> ModuleType:
-    """open_clip's ``tokenizer.py`` (no package-relative imports), loaded by file without ``import open_clip``."""
+    """open_clip's ``tokenizer.py`` (no package-relative imports), loaded by file without ``import open_clip``, once
+    per process: under a lock, and listed in ``sys.modules`` only once loaded whole (two collections' first text
+    queries on two threads met a half-made module: an ``AttributeError`` in 7 of 8 runs of an API walkthrough)."""
     name = "mmretrieval._open_clip_tokenizer"
-    if name in sys.modules:
-        return sys.modules[name]
-    package = importlib.util.find_spec("open_clip")  # finds, does not import
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("open_clip is not installed")
-    path = Path(list(package.submodule_search_locations)[0]) / "tokenizer.py"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
+    with _TOKENIZER_LOAD:
+        if name in sys.modules:
+            return sys.modules[name]
+        package = importlib.util.find_spec("open_clip")  # finds, does not import
+        if package is None or not package.submodule_search_locations:
+            raise ImportError("open_clip is not installed")
+        path = Path(list(package.submodule_search_locations)[0]) / "tokenizer.py"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        sys.modules[name] = module
+        return module
