@@ -42,3 +42,52 @@ def test_two_threads_first_text_queries_share_one_whole_tokenizer(monkeypatch):
     for thread in threads:
         thread.join()
     assert results == [(1, 77)] * 3, results
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("batch_size", -3, "batch_size must be a whole number of at least 1 (None: by the device), got -3"),  # hung
+    ("batch_size", 2.5, "batch_size must be a whole number of at least 1"),
+    ("workers", 2.5, "workers must be a whole number of at least 0"),
+    ("max_pixels", "x", "max_pixels must be a whole number of at least 1, got 'x'"),  # every file 'corrupt'
+    ("max_pixels", 0, "max_pixels must be a whole number of at least 1, got 0"),
+    ("timeout_s", 0, "timeout_s must be a number of seconds above 0, got 0"),
+    ("timeout_s", float("nan"), "timeout_s must be a number of seconds above 0, got nan"),
+    ("prune", "no", "prune must be True or False, got 'no'"),  # truthy: it pruned
+    ("checksum", "x", "checksum must be True or False"),
+])
+def test_an_ingest_setting_out_of_range_is_refused_before_a_row_is_written(tmp_path, tiny_encoder, setting, value,
+                                                                          message):
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import SettingError
+    from mmretrieval.ingest.files import embed_files
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        with pytest.raises(SettingError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            col.ingest([tmp_path / "photos"], **{setting: value})
+        assert col.catalog.counts_by_status() == {}  # nothing recorded as the files' fault
+        assert col.ingest([tmp_path / "photos"], workers=0).embedded == 2
+    if setting in ("batch_size", "workers", "max_pixels", "timeout_s"):
+        with pytest.raises(SettingError, match=setting):
+            next(embed_files(tiny_encoder, tmp_path / "photos", **{setting: value}))
+
+
+def test_an_empty_source_is_refused_not_taken_for_the_working_folder(tmp_path, tiny_encoder, monkeypatch):
+    """``ingest("")`` embedded every image under the working folder (322 files in the walkthrough);
+    ``embed_files(encoder, "")`` called that folder missing."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
+    from mmretrieval.ingest.files import embed_files
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "cwd", 2)
+    monkeypatch.chdir(tmp_path / "cwd")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        for sources in ("", [tmp_path / "cwd", ""]):
+            with pytest.raises(CollectionError, match="an empty source names no file or folder.*'.' is the current"):
+                col.ingest(sources, workers=0)
+        assert col.catalog.counts_by_status() == {}
+        assert col.ingest(".", workers=0).embedded == 2  # the way to say it
+    with pytest.raises(CollectionError, match="an empty source"):
+        next(embed_files(tiny_encoder, ""))

@@ -238,7 +238,8 @@ class Collection(SearchMethods, LabelMethods):
             Counts: embedded, unchanged, duplicates, failed by reason, pruned.
 
         Raises:
-            CollectionError: a source does not exist, or an unreadable list file.
+            CollectionError: a source does not exist or is empty, or an unreadable list file.
+            SettingError: a batch size, worker count, timeout or pixel limit out of range, or a flag not a bool.
         """
         self._check_process()
         forget = tuple(os.path.expanduser(os.fspath(path)) for path in forget_mounts)
@@ -246,23 +247,24 @@ class Collection(SearchMethods, LabelMethods):
             raise CollectionError("--forget-mount (forget_mounts) lets --prune reach the images of a drive that is "
                                   "not mounted; add --prune (prune=True)")
         busy = self.busy_message("ingest")
+        config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, checksum=checksum,
+                              forget_mounts=forget, device_decode=device_decode,
+                              share_jpegs=share_jpegs, max_pixels=max_pixels)  # checks them all, for Ray too
+        listed = source_list(sources)
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest
 
-            config = dataclasses.replace(ray, prune=prune, checksum=checksum, batch_size=batch_size or ray.batch_size,
-                                         forget_mounts=forget,
-                                         timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
+            ray_config = dataclasses.replace(ray, prune=prune, checksum=checksum,
+                                             batch_size=batch_size or ray.batch_size, forget_mounts=forget,
+                                             timeout_s=timeout_s, precision=self.precision, max_pixels=max_pixels)
             with self.writing(busy):
-                return run_ray_ingest(self.catalog, self.identity, source_list(sources), config, str(self.directory),
+                return run_ray_ingest(self.catalog, self.identity, listed, ray_config, str(self.directory),
                                       progress, hashed)
         from ..ingest.runner import run_ingest
 
         # The model loads only if something needs embedding (and the batch size and workers are chosen for its
         # device then): an ingest over unchanged files never pays for it, nor imports torch. A model already loaded
         # (a new collection's) sets them now, so that too few open files are refused before a row goes in.
-        config = IngestConfig(batch_size, workers, timeout_s=timeout_s, prune=prune, checksum=checksum,
-                              forget_mounts=forget, device_decode=device_decode,
-                              share_jpegs=share_jpegs, max_pixels=max_pixels)
         if self._encoder is not None:
             config = config.on_device(self._encoder.device.type)
         with self.writing(busy):
@@ -270,7 +272,7 @@ class Collection(SearchMethods, LabelMethods):
                 from ..ingest.ray_runner import commit_left_results  # a killed --ray run's finished work
 
                 commit_left_results(self.catalog, str(self.directory))
-            return run_ingest(self.catalog, lambda: self.encoder, source_list(sources), config, progress, hashed)
+            return run_ingest(self.catalog, lambda: self.encoder, listed, config, progress, hashed)
 
     def busy_message(self, command: str) -> str | None:
         """What writer ``command`` (``"ingest"``, ``"label"``...) fails with while another writer holds the lock,

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import SettingError
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.metadata import PhotoMetadata
 
@@ -42,6 +43,28 @@ class IngestConfig:
     share_jpegs: bool = True  # with device decoding: the CPU pool also takes JPEGs while its workers have room
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
 
+    def __post_init__(self) -> None:
+        """Check every setting before a file is read: a wrong one hung the pool (a negative batch size) or was
+        stored as each good file's failure (a pixel limit given as text: every file ``corrupt``, for good).
+
+        Raises:
+            SettingError: naming the setting and the value.
+        """
+        for name, least in (("batch_size", 1), ("workers", 0)):
+            value = getattr(self, name)
+            if value is not None and not _whole(value, least):
+                raise SettingError(name, f"must be a whole number of at least {least} (None: by the device), got "
+                                         f"{value!r}")
+        if not _whole(self.max_pixels, 1) or not _whole(self.read_threads, 1):
+            name = "max_pixels" if not _whole(self.max_pixels, 1) else "read_threads"
+            raise SettingError(name, f"must be a whole number of at least 1, got {getattr(self, name)!r}")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or \
+                not 0 < self.timeout_s < float("inf"):
+            raise SettingError("timeout_s", f"must be a number of seconds above 0, got {self.timeout_s!r}")
+        for name in ("prune", "checksum", "share_jpegs"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(name, f"must be True or False, got {getattr(self, name)!r}")
+
     @classmethod
     def for_device(cls, device_type: str, batch_size: int | None = None, workers: int | None = None,
                    **kwargs) -> "IngestConfig":
@@ -56,6 +79,11 @@ class IngestConfig:
         default_workers = max(1, cores - 1) if device_type == "cpu" else max(1, cores)
         return replace(self, batch_size=self.batch_size or (256 if device_type == "cuda" else 32),
                        workers=default_workers if self.workers is None else self.workers)
+
+
+def _whole(value: object, least: int) -> bool:
+    """Whether ``value`` is a whole number (numpy's too, not a bool) of at least ``least``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
 
 
 @dataclass(frozen=True)

@@ -61,16 +61,18 @@ def embed_files(encoder: DualEncoder, sources: str | bytes | os.PathLike | Seque
         max_pixels: an image with more pixels is failed (``decompression_bomb``).
 
     Raises:
-        CollectionError: a list file without a path column.
+        CollectionError: an empty source, or a list file without a path column.
+        SettingError: a batch size, worker count, timeout or pixel limit out of range.
     """
     config = IngestConfig.for_device(encoder.device.type, batch_size, workers, timeout_s=timeout_s,
                                      max_pixels=max_pixels)
+    listed = source_list(sources)  # here, not on the pool's feeder thread: a bad source is the caller's error
     in_flight: dict[int, str] = {}  # task id -> path, from the pool's feeder thread until the result comes
     skipped: collections.deque[Skipped] = collections.deque()
     ids = itertools.count()
 
     def tasks() -> Iterator[DecodeTask]:  # read on the pool's feeder thread, as workers need tasks
-        for source in source_list(sources):
+        for source in listed:
             if not isinstance(source, PathStream) and not os.path.lexists(source):
                 skipped.append(Skipped(os.path.abspath(source), "missing", f"{source} does not exist"))
                 continue

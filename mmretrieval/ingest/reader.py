@@ -90,11 +90,19 @@ def stdin_sources(sources: Sequence[str], stdin: TextIO | None, null: bool = Fal
 def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.PathLike]) -> list[str | PathStream]:
     """Sources as strings with ``~`` expanded (the shell does that on the command line, not in the Python API),
     streams as they are; one path alone (``str``, ``bytes`` or a path object) is one source, not a sequence of
-    one-letter ones."""
+    one-letter ones.
+
+    Raises:
+        CollectionError: an empty source.
+    """
     if isinstance(sources, (str, bytes, os.PathLike, PathStream)):
         sources = [sources]
-    return [source if isinstance(source, PathStream) else os.path.expanduser(os.fsdecode(source))
-            for source in sources]
+    listed = [source if isinstance(source, PathStream) else os.path.expanduser(os.fsdecode(source))
+              for source in sources]
+    if "" in listed:  # an unset setting, most often: not the working folder ("." says that), which was ingested
+        raise CollectionError("an empty source names no file or folder; pass folders, image files or .txt/.csv "
+                              "lists ('.' is the current folder)")
+    return listed
 
 
 def refuse_missing(sources: Sequence[str | PathStream]) -> None:
