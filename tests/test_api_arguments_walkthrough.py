@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from mmretrieval.models import text_tower
@@ -91,3 +92,63 @@ def test_an_empty_source_is_refused_not_taken_for_the_working_folder(tmp_path, t
         assert col.ingest(".", workers=0).embedded == 2  # the way to say it
     with pytest.raises(CollectionError, match="an empty source"):
         next(embed_files(tiny_encoder, ""))
+
+
+def test_a_dim_that_is_not_a_whole_number_and_a_spec_that_is_not_text_are_refused(tiny_model_dir):
+    """``dim=64.0`` made an encoder that encoded nothing (a TypeError) and a collection stamped 64.0-d that no ingest
+    could fill; ``dim=True`` made 1-d vectors; a path object as the spec raised AttributeError."""
+    from pathlib import Path
+
+    from mmretrieval.errors import ModelSpecError
+    from mmretrieval.models.encoder import load_encoder
+
+    for dim in (64.0, True, "64"):
+        with pytest.raises(ModelSpecError, match=f"dim must be a whole number of dimensions, got {dim!r}"):
+            load_encoder(str(tiny_model_dir), device="cpu", dim=dim)
+    with pytest.raises(ModelSpecError, match="a model spec is text or a model folder's path, got None"):
+        load_encoder(None, device="cpu")
+    encoder = load_encoder(Path(tiny_model_dir), device="cpu")
+    assert encoder.encode_texts(["red"]).shape == (1, encoder.dim)
+
+
+def test_ids_and_block_sizes_are_checked_as_k_is(tmp_path, tiny_encoder):
+    """``iter_vectors(0)`` yielded nothing (an empty collection, as far as the caller could tell), a negative size
+    every vector at once, 1.5 a raw sqlite3 error; ``vectors("12")`` read ids 1 and 2; ``image_path(2**70)`` an
+    OverflowError."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import QueryError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        for rows in (0, -1, 1.5, True):
+            with pytest.raises(QueryError, match="block_rows must be"):
+                next(col.iter_vectors(rows))
+        assert [len(ids) for ids, _ in col.iter_vectors(2)] == [2, 1]
+        for ids in ("12", 3, b"1"):
+            with pytest.raises(QueryError, match="ids must be a list of catalog ids"):
+                col.vectors(ids)
+        with pytest.raises(QueryError, match="a catalog id is a whole number, got 'x'"):
+            col.label_of(["x"])
+        with pytest.raises(QueryError, match="no catalog id is as large as"):
+            col.image_path(2**70)
+        found, vectors = col.vectors(np.array([1, 2]))
+        assert found.tolist() == [1, 2] and vectors.shape[0] == 2
+
+
+def test_one_folder_to_prefer_alone_is_one_folder(tmp_path, tiny_encoder):
+    """``duplicates(prefer="/some/dir")`` took each letter for a folder ('/' then 't')."""
+    import shutil
+
+    from mmretrieval.collection.collection import Collection
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "a", 1)
+    (tmp_path / "b").mkdir()
+    shutil.copyfile(next((tmp_path / "a").iterdir()), tmp_path / "b" / "copy.jpg")
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "a", tmp_path / "b"], workers=0)
+        for prefer in (str(tmp_path / "b"), tmp_path / "b"):
+            (group,) = col.duplicates(prefer=prefer)
+            assert group.paths[0] == str(tmp_path / "b" / "copy.jpg")

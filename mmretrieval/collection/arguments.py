@@ -1,5 +1,5 @@
 """Checks of what a caller hands a :class:`~mmretrieval.collection.collection.Collection`: query vectors, ``k``,
-thresholds, and the process it is used in.
+thresholds, catalog ids, and the process it is used in.
 
 Each check raises the library's own error, naming the bad value and what to pass instead, before the value
 reaches FAISS, numpy or torch (whose errors name neither, and some of which accept bad values silently: a NaN
@@ -19,21 +19,54 @@ from ..errors import QueryError
 from ..models.inputs import unit_rows
 
 
-def check_k(k: object, what: str = "hits") -> int:
-    """``k`` as an ``int``: any integer (``np.int64`` included), at least 1.
+def check_k(k: object, what: str = "hits", name: str = "k") -> int:
+    """``k`` (or the argument ``name``) as an ``int``: any integer (``np.int64`` included), at least 1.
 
     Raises:
         QueryError: a bool, a string, a float or anything else that is not a whole number, or less than 1.
     """
     if isinstance(k, (bool, np.bool_)):
-        raise QueryError(f"k must be a whole number of {what} (1 or more), got {k!r}")
+        raise QueryError(f"{name} must be a whole number of {what} (1 or more), got {k!r}")
     try:
         value = operator.index(k)  # type: ignore[arg-type]
     except TypeError:
-        raise QueryError(f"k must be a whole number of {what} (1 or more), got {k!r}") from None
+        raise QueryError(f"{name} must be a whole number of {what} (1 or more), got {k!r}") from None
     if value < 1:
-        raise QueryError(f"k must be at least 1, got {value}")
+        raise QueryError(f"{name} must be at least 1, got {value}")
     return value
+
+
+def check_ids(ids: object) -> list[int]:
+    """Catalog ids as ``int``s: a sequence of whole numbers (``np.int64`` and arrays included).
+
+    Raises:
+        QueryError: one id alone, or a string (``vectors("12")`` read ids 1 and 2), or an id that is not a whole
+            number, or past SQLite's 64-bit integers.
+    """
+    if isinstance(ids, (str, bytes, numbers.Number, np.generic)):
+        raise QueryError(f"ids must be a list of catalog ids, got {ids!r}; one id alone goes in a list: [{ids!r}]")
+    try:
+        checked = [check_id(value) for value in ids]  # type: ignore[union-attr]
+    except TypeError:
+        raise QueryError(f"ids must be a list of catalog ids, got {ids!r}") from None
+    return checked
+
+
+def check_id(value: object) -> int:
+    """One catalog id as an ``int``.
+
+    Raises:
+        QueryError: a bool or anything that is not a whole number, or one past SQLite's 64-bit integers.
+    """
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        image_id = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise QueryError(f"a catalog id is a whole number, got {value!r}") from None
+    if not -2**63 <= image_id < 2**63:
+        raise QueryError(f"no catalog id is as large as {image_id}")
+    return image_id
 
 
 def check_threshold(threshold: object, duplicates: bool = False) -> float | None:

@@ -55,7 +55,7 @@ from ..models.settings import check_device, check_precision
 from ..models.specs import ModelIdentity
 from .describe import describe
 from .records import CollectionInfo, Failure
-from .arguments import forked_message, unpicklable_message
+from .arguments import check_id, check_ids, check_k, forked_message, unpicklable_message
 from .catalog import LOCK_NAME, Catalog, writer_busy
 from .opening import load_recorded_encoder, open_folder
 from .label_methods import LabelMethods
@@ -395,7 +395,8 @@ class Collection(SearchMethods, LabelMethods):
         Raises:
             CollectionError: an unknown id.
         """
-        row = self.catalog.rows([int(image_id)]).get(int(image_id))
+        image_id = check_id(image_id)
+        row = self.catalog.rows([image_id]).get(image_id)
         if row is None:
             raise CollectionError(f"no image with id {image_id} in {self.directory}")
         return Path(row.path)
@@ -406,19 +407,23 @@ class Collection(SearchMethods, LabelMethods):
         With no ids it returns every vector at once: fine for small collections (the UI's map), 2 KB a vector
         at 512-d otherwise; large callers stream with :meth:`iter_vectors`.
         """
-        return self.catalog.vectors(None if ids is None else list(ids))
+        return self.catalog.vectors(None if ids is None else check_ids(ids))
 
     def iter_vectors(self, block_rows: int = 65_536) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Every stored vector as blocks of ``(ids, float32 vectors)``, never more than ``block_rows`` at once."""
-        return self.catalog.iter_vectors(block_rows)
+        """Every stored vector as blocks of ``(ids, float32 vectors)``, never more than ``block_rows`` at once.
+
+        Raises:
+            QueryError: ``block_rows`` is not a whole number of at least 1 (0 yielded nothing, as if empty).
+        """
+        return self.catalog.iter_vectors(check_k(block_rows, "rows", name="block_rows"))
 
     def label_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
         """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""
-        return self.catalog.labels_of(list(ids))
+        return self.catalog.labels_of(check_ids(ids))
 
     def photos(self, ids: Sequence[int]) -> "dict[int, PhotoMetadata]":
         """Capture time, camera, GPS position and orientation per id (unknown ids are left out)."""
-        return self.catalog.photos(list(ids))
+        return self.catalog.photos(check_ids(ids))
 
     def failures(self) -> Iterator[Failure]:
         """Files that failed or were skipped, with their reasons: failed ones first, each kind in the order met (a

@@ -270,15 +270,15 @@ class SearchMethods:
         return default_threshold(self.identity) if threshold is None else threshold
 
     def duplicates(self, threshold: float | None = None, k: int = 10, progress: Progress | None = None,
-                   prefer: Sequence[str | os.PathLike] = ()) -> "list[DuplicateGroup]":
+                   prefer: str | os.PathLike | Sequence[str | os.PathLike] = ()) -> "list[DuplicateGroup]":
         """Groups of near-duplicate images (resized, recompressed, cropped, converted copies); nothing is deleted.
 
         Args:
             threshold: cosine at or above which two images are copies; None uses the model family's default.
             k: neighbours searched per image.
             progress: ``(done, total)`` while searching.
-            prefer: folders whose copies are kept first, the first folder before the second (a copy that is a
-                link is never kept); within them, and elsewhere, the usual rule (:func:`~.duplicates.keeper_rank`).
+            prefer: folders (or one folder) whose copies are kept first, the first folder before the second (a copy
+                that is a link is never kept); within them, and elsewhere, the usual rule (:func:`~.duplicates.keeper_rank`).
 
         See :mod:`mmretrieval.collection.duplicates`.
 
@@ -290,6 +290,8 @@ class SearchMethods:
 
         self._check_process()
         k, threshold = check_k(k, "neighbours"), check_threshold(threshold, duplicates=True)
+        if isinstance(prefer, (str, bytes, os.PathLike)):  # one folder alone, not its letters (each a "folder")
+            prefer = [prefer]
         preferred_folders(prefer)  # a folder that is not one is refused before the search, not after it
 
         def search(queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:

@@ -106,7 +106,7 @@ class DualEncoder:
                 warnings.warn(
                     f"truncating {full_dim}-d vectors to {dim}: this model was not trained for truncation "
                     "(Matryoshka), so retrieval quality may drop", stacklevel=2)
-        self.dim = dim or full_dim
+        self.dim = int(dim or full_dim)
         self.identity = ModelIdentity(**{**loaded.identity.__dict__, "embed_dim": self.dim})
         self.preparer = ImagePreparer(self.identity.preprocess)
         self.normalise = PixelNormaliser(self.identity.preprocess, device)
@@ -300,7 +300,7 @@ def _upright(image: Image.Image) -> Image.Image:
     return image
 
 def load_encoder(
-    spec: str | ModelSpec = "builtin:shapes",
+    spec: str | os.PathLike | ModelSpec = "builtin:shapes",
     *,
     device: str = "auto",
     dim: int | None = None,
@@ -310,7 +310,8 @@ def load_encoder(
     """Load the dual encoder a model spec names (see :mod:`mmretrieval.models.specs`).
 
     Args:
-        spec: ``ARCH:TAG``, ``hf-hub:ORG/REPO``, a local model directory, or ``builtin:shapes``.
+        spec: ``ARCH:TAG``, ``hf-hub:ORG/REPO``, a local model directory (text or a path object), or
+            ``builtin:shapes``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. CUDA runs with channels_last.
         dim: truncate vectors to this many dimensions (renormalised); warns unless the model was trained for it.
         cache_dir: Hugging Face cache directory (default: the standard one).
@@ -318,12 +319,18 @@ def load_encoder(
 
     Raises:
         ModelSpecError: an unknown device or precision (:func:`check_device`, :func:`.precision.check_precision`,
-            both before anything loads), a precision the device cannot run natively, or a bad spec.
+            both before anything loads), a precision the device cannot run natively, a bad spec, or a ``dim``
+            that is not a whole number.
         ModelNotCachedError, CheckpointError: see :func:`mmretrieval.models.loading.load_model`.
     """
-    check_device(device)  # both settings checked before the spec is looked up or anything loads
+    check_device(device)  # these settings are checked before the spec is looked up or anything loads
     check_precision(precision)
-    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
+        raise ModelSpecError(f"dim must be a whole number of dimensions, got {dim!r}")  # 64.0 made a broken encoder
+    if spec is None or not isinstance(spec, (str, os.PathLike, ModelSpec)):
+        raise ModelSpecError(f"a model spec is text or a model folder's path, got {spec!r}; try builtin:shapes or "
+                             "ViT-B-32:laion2b_s34b_b79k")
+    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(os.fspath(spec))
     torch_device = resolve_device(device)
     open_clip_dtype = open_clip_precision(torch_device, precision)
     loaded = load_model(parsed, device=torch_device, precision=open_clip_dtype, cache_dir=cache_dir)
