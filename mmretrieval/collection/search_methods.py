@@ -278,7 +278,8 @@ class SearchMethods:
             k: neighbours searched per image.
             progress: ``(done, total)`` while searching.
             prefer: folders (or one folder) whose copies are kept first, the first folder before the second (a copy
-                that is a link is never kept); within them, and elsewhere, the usual rule (:func:`~.duplicates.keeper_rank`).
+                that is a link is never kept); within them, and elsewhere, the usual rule
+                (:func:`~.duplicates.keeper_rank`).
 
         See :mod:`mmretrieval.collection.duplicates`.
 
