@@ -231,6 +231,10 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
         except BlockingIOError as exc:
             holder = _running_holder(descriptor) if is_file else None
             held_by = f"; that is {holder[0]}" if holder else ""
+            if busy_message and holder and holder[1] == os.getpid():  # "another process" was this one (threads)
+                busy_message, held_by = (f"another thread of this process holds {path}: writers in one process take "
+                                         "turns when they wait for each other (Collection.open(..., wait=True)); "
+                                         "else run them one after another"), ""
             if busy_message:
                 refusal = (busy or CollectionBusy)(busy_message + held_by)
                 refusal.holder, refusal.holder_pid = holder or ("", None)  # for a message of the caller's own

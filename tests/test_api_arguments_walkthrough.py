@@ -4,6 +4,7 @@ negative batch size hung, a bad pixel limit failed good files for good)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -152,3 +153,21 @@ def test_one_folder_to_prefer_alone_is_one_folder(tmp_path, tiny_encoder):
         for prefer in (str(tmp_path / "b"), tmp_path / "b"):
             (group,) = col.duplicates(prefer=prefer)
             assert group.paths[0] == str(tmp_path / "b" / "copy.jpg")
+
+
+def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path, tiny_encoder):
+    """Threads sharing a Collection: the second writer was told "another process is writing", named the caller's
+    own process, and given command-line advice."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionBusy
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        with col.writing():  # as a labelling run in another thread holds it
+            with pytest.raises(CollectionBusy, match="another thread of this process holds .*ingest.lock: writers in "
+                                                     r"one process take turns when they wait for each other "
+                                                     r"\(Collection.open\(..., wait=True\)\)") as refused:
+                col.label(["red", "green"])
+            assert "another process" not in str(refused.value) and refused.value.holder_pid == os.getpid()

@@ -403,7 +403,8 @@ def test_a_refused_writer_is_told_which_process_holds_the_collection(tmp_path, t
         assert holder.stdout.readline() == "holding\n"
         capsys.readouterr()
         assert main(["label", "--labels", "red,green", "--collection", col]) == 75
-        assert f"run mmr label when it is done (or with --wait, which waits for it), or stop it (an interrupted ingest " \
+        assert f"run mmr label when it is done (or with --wait, which waits for it; in Python, Collection.open(..., " \
+               f"wait=True)), or stop it (an interrupted ingest " \
                f"or import resumes where it stopped); that is holder.py (process {holder.pid}, since 20" \
                in capsys.readouterr().err
     finally:
