@@ -20,6 +20,9 @@ _PUBLIC = {
     "ZeroShotClassifier": "mmretrieval.models.zeroshot",
     "decode_image": "mmretrieval.images.decode",
     "Collection": "mmretrieval.collection.collection",
+    "Query": "mmretrieval.collection.query",
+    "Term": "mmretrieval.collection.query",
+    "parse_query": "mmretrieval.collection.query",
     "embed_files": "mmretrieval.ingest.files",
 }
 __all__ = sorted(_PUBLIC)
@@ -29,3 +32,7 @@ def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'mmretrieval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the public names too (tab completion, help()), though they load on first use
+    return sorted({*globals(), *__all__})

@@ -171,3 +171,42 @@ def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path,
                                                      r"\(Collection.open\(..., wait=True\)\)") as refused:
                 col.label(["red", "green"])
             assert "another process" not in str(refused.value) and refused.value.holder_pid == os.getpid()
+
+
+def test_queries_of_the_wrong_kind_say_what_a_query_is(tmp_path, tiny_encoder, caplog):
+    """A path, a PIL image or a list of words given to search() was called a bad vector; Query("red") iterated the
+    letters; similar(4.0) raised a TypeError; info() on a closed collection logged its error as a warning first."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mmretrieval import Query, Term, parse_query
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError, QueryError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    image = sorted((tmp_path / "photos").iterdir())[0]
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        for query in (Path(image), Image.open(image), ["red", "circle"], None):
+            with pytest.raises(QueryError, match="a query is text, a Query or a vector, got .*; an image is searched "
+                                                 r"with similar\(image\)"):
+                col.search(query)
+        for bad in (4.0, b"x", True, np.zeros(4)):
+            with pytest.raises(QueryError, match="similar.. takes a catalog id, a path or a PIL image"):
+                col.similar(bad)
+        with pytest.raises(QueryError, match="a Query's positives are Terms, got 'red'; parse_query"):
+            Query("red")
+        with pytest.raises(QueryError, match="term weight '2' must be a positive number"):
+            Term(text="red", weight="2")
+        with pytest.raises(QueryError, match="a term's text is a str, got 5"):
+            Term(text=5)
+        assert Query(Term(text="red")).positives == (Term(text="red"),)  # one Term alone is one term
+        mixed = parse_query("2:red", images=[image], negatives=["blue"])
+        assert len(col.search(mixed, k=2)) == 2
+        assert [hit.id for hit in col.similar(image)] == [hit.id for hit in col.similar(str(image))]
+    caplog.clear()
+    with pytest.raises(CollectionError, match="was closed"):
+        col.info()
+    assert not [record for record in caplog.records if "closed" in record.getMessage()]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from ..errors import QueryError
 from ..models.inputs import unit_rows
@@ -94,8 +96,14 @@ def check_query_vector(vector: npt.ArrayLike, dim: int) -> npt.NDArray[np.float3
     one already of unit length, give or take float16 rounding, is kept as it is (:func:`~..models.inputs.unit_rows`).
 
     Raises:
-        QueryError: not numbers, the wrong shape or dimension, a NaN or infinite value, or all zeros.
+        QueryError: not numbers (an image, a path, a list of texts: said so), the wrong shape or dimension, a NaN
+            or infinite value, or all zeros.
     """
+    if isinstance(vector, (os.PathLike, bytes, Image.Image)) or vector is None or (
+            isinstance(vector, (list, tuple)) and any(isinstance(item, (str, os.PathLike)) for item in vector)):
+        raise QueryError(f"a query is text, a Query or a vector, got {type(vector).__name__}; an image is searched "
+                         "with similar(image), or mixed with texts and negatives with parse_query(text, images=[...], "
+                         "negatives=[...]); several texts are one query in one string, or weighted terms in a Query")
     array = np.asarray(vector)
     if array.ndim == 2 and array.shape[0] != 1 or array.ndim > 2:
         raise QueryError(f"a query vector has shape ({dim},), got shape {array.shape}")

@@ -35,6 +35,7 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         saved: the index saved on disk, if any: the info says whether it is as new as the catalog.
     """
     manifest = manifest or _NO_INDEX
+    vectors = catalog.vector_count()  # first: a closed collection says so here, not as a warning about segments
     sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
     store = catalog.segments
     if store.exists:
@@ -44,7 +45,6 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         stored = waste(catalog)
     except CollectionError as exc:  # a segment file gone: the rest of the info still helps
         logger.warning("%s", exc)
-    vectors = catalog.vector_count()
     if vectors and not store.exists:
         logger.warning("%s", missing_manifest(store.directory))
     elif stored is not None:  # a file cut short (a file gone: waste said so)

@@ -11,7 +11,7 @@ class Hit:
 
     id: int  # catalog id (stable for the life of the file in the collection)
     path: str  # absolute path of the image file
-    score: float  # cosine similarity to the query, in [-1, 1]
+    score: float  # cosine similarity to the query, in [-1, 1]; from labelled(): the probability; browse(): NaN
     labels: tuple[str, ...] = ()  # zero-shot labels assigned by `label`, best first
     caption: str | None = None  # caption from a CSV list file, if any
 

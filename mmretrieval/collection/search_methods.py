@@ -106,16 +106,22 @@ class SearchMethods:
     def similar(self, image: ImageRef, k: int = 10, threshold: float | None = None,
                 path_prefix: str | None = None, label: str | None = None, *, after: DateLike | None = None,
                 before: DateLike | None = None, camera: str | None = None, near: NearLike | None = None) -> list[Hit]:
-        """Images most like ``image`` (a catalog id, a path, or a PIL image); the image itself is left out.
+        """Images most like ``image`` (a catalog id, a path, or a PIL image). An id, or the path of an image in the
+        collection, is left out of the hits; a PIL image is not matched to a row (a collection image opened with
+        PIL comes back first, at 1.0).
 
         Filters as for :meth:`search`.
 
         Raises:
-            QueryError: an unknown id, an image that cannot be decoded, k or threshold as for :meth:`search`,
-                a bad filter.
+            QueryError: an unknown id, an image that cannot be decoded, something that is none of the three, k or
+                threshold as for :meth:`search`, a bad filter.
             CollectionError: the collection was closed, or opened in another process before a fork.
         """
         self._check_process()
+        if isinstance(image, (bool, np.bool_)) or not isinstance(image, (int, np.integer, str, os.PathLike,
+                                                                          Image.Image)):
+            raise QueryError(f"similar() takes a catalog id, a path or a PIL image, got {type(image).__name__}; a "
+                             "vector is searched with search(vector)")
         k, threshold = check_k(k), check_threshold(threshold)
         filters = Filters.of(path_prefix=path_prefix, label=label, after=after, before=before, camera=camera,
                              near=near)
