@@ -210,3 +210,23 @@ def test_queries_of_the_wrong_kind_say_what_a_query_is(tmp_path, tiny_encoder, c
     with pytest.raises(CollectionError, match="was closed"):
         col.info()
     assert not [record for record in caplog.records if "closed" in record.getMessage()]
+
+
+def test_image_data_given_to_encode_images_is_told_how_to_decode_it(tmp_path, tiny_encoder):
+    """Bytes meant a path (ValueError: embedded null byte); a BytesIO was read line by line, each line a "path"."""
+    import io
+
+    from mmretrieval import decode_image
+    from mmretrieval.errors import QueryError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 1)
+    data = next((tmp_path / "photos").iterdir()).read_bytes()
+    for given in (data, io.BytesIO(data), [data], open(next((tmp_path / "photos").iterdir()), "rb")):
+        with pytest.raises(QueryError, match=r"image data .*not a path; decode it|decode them first: "
+                                             r"mmretrieval.decode_image\(data\).image"):
+            tiny_encoder.encode_images(given)
+    from_data = tiny_encoder.encode_images(decode_image(data).image)
+    from_path = tiny_encoder.encode_images(next((tmp_path / "photos").iterdir()))
+    assert float(from_data[0] @ from_path[0]) > 0.99  # the same picture (a file is decoded in draft mode)
+    assert tiny_encoder.encode_images(os.fsencode(next((tmp_path / "photos").iterdir()))).shape == from_path.shape

@@ -7,6 +7,7 @@ open_clip's preprocessing does) and :meth:`DualEncoder.encode_prepared` (normali
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -268,9 +269,26 @@ def unread_note(model: "DualEncoder | TextEncoder", texts: Sequence[str], what: 
 
 
 def _image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    """``images`` as a list, every item checked before any is decoded: one image or path alone is a list of one."""
-    return listed(images, _IMAGE_TYPES, "image", "a PIL image or a path",
-                  lambda item: " (convert an array with PIL.Image.fromarray)" if isinstance(item, np.ndarray) else "")
+    """``images`` as a list, every item checked before any is decoded: one image or path alone is a list of one.
+
+    Raises:
+        QueryError: image data (bytes holding a NUL, or a file object: its lines were taken for paths), or an item
+            that is neither a PIL image nor a path.
+    """
+    if isinstance(images, io.IOBase) or _image_data(images):
+        raise QueryError(f"{type(images).__name__} of image data is not a path; decode it first: "
+                         "mmretrieval.decode_image(data).image is a PIL image, which encode_images takes")
+    items = listed(images, _IMAGE_TYPES, "image", "a PIL image or a path",
+                   lambda item: " (convert an array with PIL.Image.fromarray)" if isinstance(item, np.ndarray) else "")
+    if any(_image_data(item) for item in items):
+        raise QueryError("bytes of image data are not a path; decode them first: mmretrieval.decode_image(data).image "
+                         "is a PIL image, which encode_images takes")
+    return items
+
+
+def _image_data(item: object) -> bool:
+    """Whether ``item`` is bytes no path can be (a NUL in them): an image file's contents, most likely."""
+    return isinstance(item, (bytes, bytearray)) and b"\0" in item
 
 
 def _upright(image: Image.Image) -> Image.Image:
