@@ -230,3 +230,18 @@ def test_image_data_given_to_encode_images_is_told_how_to_decode_it(tmp_path, ti
     from_path = tiny_encoder.encode_images(next((tmp_path / "photos").iterdir()))
     assert float(from_data[0] @ from_path[0]) > 0.99  # the same picture (a file is decoded in draft mode)
     assert tiny_encoder.encode_images(os.fsencode(next((tmp_path / "photos").iterdir()))).shape == from_path.shape
+
+
+def test_a_model_that_cannot_be_the_collections_is_refused_before_it_loads(tmp_path, tiny_encoder, monkeypatch):
+    """Opening a builtin:shapes collection with ViT-B-32:openai tried to download ViT-B-32 only to refuse it."""
+    from mmretrieval.collection import opening
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
+    from mmretrieval.models.encoder import load_encoder
+
+    shapes = load_encoder("builtin:shapes", device="cpu")
+    Collection.open(tmp_path / "col", model=shapes, create=True).close()
+    monkeypatch.setattr(opening, "_load", lambda spec, **settings: pytest.fail(f"loaded {spec}"))
+    with pytest.raises(CollectionError, match="was built with builtin:shapes .*, you asked for ViT-B-32:openai; leave "
+                                              "out --model"):
+        Collection.open(tmp_path / "col", model="ViT-B-32:openai")

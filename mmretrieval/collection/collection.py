@@ -73,6 +73,12 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (done, total)
 
 
+def _real(value: object) -> bool:
+    """Whether ``value`` is a finite real number (numpy's too), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
+        bool(np.isfinite(value))
+
+
 class Collection(SearchMethods, LabelMethods):
     """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
 
@@ -349,9 +355,12 @@ class Collection(SearchMethods, LabelMethods):
         Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
 
         Raises:
-            CollectionError: a read-only collection, another writer at work, or too little disk to rewrite the
-                catalog (the segments' compaction is done and kept; the catalog is left as it was).
+            CollectionError: ``min_waste_ratio`` out of [0, 1), a read-only collection, another writer at work, or too
+                little disk to rewrite the catalog (the segments' compaction is done and kept; the catalog is left
+                as it was).
         """
+        if not _real(min_waste_ratio) or not 0 <= min_waste_ratio < 1:  # -1 rewrote every segment
+            raise CollectionError(f"min_waste_ratio is a share of dead rows from 0 to 1, got {min_waste_ratio!r}")
         with self.writing(self.busy_message("compact")):
             summary = compact(self.catalog, min_waste_ratio, progress)
             return dataclasses.replace(summary, catalog_bytes_freed=vacuum_catalog(self.catalog))
@@ -374,8 +383,10 @@ class Collection(SearchMethods, LabelMethods):
             CollectionError: an unknown index type, a parameter below 1 or of another index type, a recall
                 target for ``flat``, a read-only collection, or another writer at work.
         """
-        if recall_target is not None and not 0 < recall_target <= 1:
-            raise CollectionError(f"recall target must be in (0, 1], got {recall_target}")
+        if recall_target is not None and not (_real(recall_target) and 0 < recall_target <= 1):
+            raise CollectionError(f"recall target must be in (0, 1], got {recall_target!r}")
+        if memory_budget_bytes is not None and not (_real(memory_budget_bytes) and memory_budget_bytes > 0):
+            raise CollectionError(f"a memory budget is a positive number of bytes, got {memory_budget_bytes!r}")
         if recall_target is not None and index_type == "flat":
             raise CollectionError("--recall-target: a flat index is exact (recall 1.0); the target tunes the "
                                   "ivf, hnsw and ivfpq types' search parameters")

@@ -206,6 +206,8 @@ def _settle_model(catalog: Catalog, model: str | DualEncoder | None, create: boo
             raise CollectionError(f"{directory} has no model recorded yet: a first ingest may be creating it now "
                                   "(try again in a moment); otherwise run mmr ingest with --model SPEC")
         model = DEFAULT_MODEL
+    if stored is not None and isinstance(model, str):
+        refuse_another_builtin(stored, model, directory)  # before a model that cannot be the one loads (downloads)
     encoder = _load(model, device=device, precision=precision) if isinstance(model, str) else model
     if stored is None:
         with catalog.transaction():
@@ -291,6 +293,26 @@ def _missing_model_path(spec: str) -> str | None:
             and not os.path.exists(parsed.pretrained):
         return f"checkpoint file {parsed.pretrained}"
     return None
+
+
+def refuse_another_builtin(stored: ModelIdentity, asked: str, directory: Path) -> None:
+    """Refuse, before it loads, a spec that cannot name the stored model: a bundled model where a hub or registry
+    model was used, or the other way round (other specs may name the same weights: ``hf-hub:`` and ``ARCH:TAG``
+    alike, or a folder holding a copy, so only their loaded identities tell).
+
+    Raises:
+        CollectionError: as :func:`check_same_model` words it.
+    """
+    try:
+        wanted, recorded = ModelSpec.parse(asked), ModelSpec.parse(stored.spec)
+    except ModelSpecError:
+        return  # the load says what is wrong with it
+    kinds = (wanted.kind, recorded.kind)
+    if "builtin" in kinds and "local" not in kinds and wanted != recorded:  # (a folder may hold a bundled model)
+        raise CollectionError(
+            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
+            f"you asked for {asked}; leave out --model to use the collection's own model, or ingest into a new "
+            "--collection directory")
 
 
 def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
