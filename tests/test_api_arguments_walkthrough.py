@@ -245,3 +245,23 @@ def test_a_model_that_cannot_be_the_collections_is_refused_before_it_loads(tmp_p
     with pytest.raises(CollectionError, match="was built with builtin:shapes .*, you asked for ViT-B-32:openai; leave "
                                               "out --model"):
         Collection.open(tmp_path / "col", model="ViT-B-32:openai")
+
+
+def test_compaction_and_index_settings_out_of_range_are_refused(tmp_path, tiny_encoder):
+    """``compact(min_waste_ratio=-1)`` rewrote every segment; a negative memory budget or a recall target given as
+    text reached the sizing code."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 2)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+        for ratio in (-1, 1, "x", float("nan")):
+            with pytest.raises(CollectionError, match="min_waste_ratio is a share of dead rows from 0 to 1"):
+                col.compact(ratio)
+        with pytest.raises(CollectionError, match="a memory budget is a positive number of bytes, got -1"):
+            col.rebuild_index(memory_budget_bytes=-1)
+        with pytest.raises(CollectionError, match="recall target must be in .0, 1., got '0.9'"):
+            col.rebuild_index(recall_target="0.9")
+        assert col.compact(0.5).segments_rewritten == 0
