@@ -265,3 +265,18 @@ def test_compaction_and_index_settings_out_of_range_are_refused(tmp_path, tiny_e
         with pytest.raises(CollectionError, match="recall target must be in .0, 1., got '0.9'"):
             col.rebuild_index(recall_target="0.9")
         assert col.compact(0.5).segments_rewritten == 0
+
+
+def test_a_collection_opens_by_a_bytes_path_and_refuses_a_policy_that_is_not_one(tmp_path, tiny_encoder):
+    import os
+
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.errors import CollectionError
+
+    Collection.open(tmp_path / "col", model=tiny_encoder, create=True).close()
+    with Collection.open(os.fsencode(tmp_path / "col")) as col:  # a TypeError, though ingest took bytes sources
+        assert col.directory == tmp_path / "col"
+    with pytest.raises(CollectionError, match="index_policy is an IndexPolicy .*, got 'flat'; an index type"):
+        Collection.open(tmp_path / "col", index_policy="flat")
+    with pytest.raises(CollectionError, match="a collection is a folder's path, got 5"):
+        Collection.open(5)

@@ -100,7 +100,7 @@ class Collection(SearchMethods, LabelMethods):
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str | os.PathLike, model: str | os.PathLike | DualEncoder | None = None, *,
+    def open(cls, directory: str | bytes | os.PathLike, model: str | os.PathLike | DualEncoder | None = None, *,
              create: bool = False, device: str = "auto", read_only: bool = False,
              vector_dtype: str = "float16", index_policy: IndexPolicy | None = None,
              index_progress: Progress | None = None, precision: str = "auto",
@@ -128,12 +128,15 @@ class Collection(SearchMethods, LabelMethods):
 
         Raises:
             CollectionError: no collection there (and ``create`` is false), ``model`` is not the model
-                that built it, or (with ``writer``) another writer is at work.
+                that built it, an ``index_policy`` that is not one, or (with ``writer``) another writer is at work.
             ModelSpecError: an unknown ``precision`` or ``device`` (refused before anything is opened or made), or a
                 ``model`` that is neither a spec nor an encoder.
             ModelSpecError, ModelNotCachedError: the model cannot be loaded.
         """
         check_precision(precision)  # here, not when the model first loads (a query would look to blame)
+        if index_policy is not None and not isinstance(index_policy, IndexPolicy):
+            raise CollectionError(f"index_policy is an IndexPolicy (mmretrieval.collection.index), got "
+                                  f"{index_policy!r}; an index type is chosen with rebuild_index(index_type)")
         if check_device(device) not in ("auto", "cpu"):  # a GPU asked for by name: is it there? (torch says)
             from ..models.encoder import resolve_device
 

@@ -42,7 +42,7 @@ class OpenedFolder:
     made_now: bool  # this open made the folder
 
 
-def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEncoder | None, *, create: bool,
+def open_folder(directory: str | bytes | os.PathLike, model: str | os.PathLike | DualEncoder | None, *, create: bool,
                 device: str, read_only: bool, vector_dtype: str, precision: str, writer: str | None,
                 wait: bool = False) -> OpenedFolder:
     """Open (or with ``create`` make) the catalog in ``directory`` and settle its model.
@@ -55,7 +55,9 @@ def open_folder(directory: str | os.PathLike, model: str | os.PathLike | DualEnc
         ModelSpecError, ModelNotCachedError: the model cannot be loaded.
     """
     model = _model_argument(model)
-    directory = Path(directory).expanduser().absolute()
+    if not isinstance(directory, (str, bytes, os.PathLike)):
+        raise CollectionError(f"a collection is a folder's path, got {directory!r}")
+    directory = Path(os.fsdecode(directory)).expanduser().absolute()  # bytes too, as ingest's sources
     catalog_path = directory / CATALOG_NAME
     if directory.exists() and not directory.is_dir():
         raise CollectionError(f"{directory} is not a directory; a collection is a folder, "
