@@ -18,6 +18,7 @@ import secrets
 import shutil
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,6 +203,9 @@ def remove_stale_temporaries(directory: str | os.PathLike, name_glob: str) -> li
     return removed
 
 
+_HELD: dict[str, int] = {}  # lock paths this process holds (real path -> the holding thread's ident)
+
+
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
                    busy: type[Busy] | None = None, waiting_note: str | None = None,
@@ -231,7 +235,12 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
         except BlockingIOError as exc:
             holder = _running_holder(descriptor) if is_file else None
             held_by = f"; that is {holder[0]}" if holder else ""
-            if busy_message and holder and holder[1] == os.getpid():  # "another process" was this one (threads)
+            in_process = _HELD.get(os.path.realpath(path))
+            if in_process == threading.get_ident():  # waiting would wait for itself, for ever
+                raise (busy or CollectionBusy)(
+                    f"this thread already holds {path}: a writer inside another writer's block (label() within "
+                    "writing(), say) would wait for itself; run it after that block") from exc
+            if busy_message and in_process is not None:  # "another process" was this one
                 busy_message, held_by = (f"another thread of this process holds {path}: writers in one process take "
                                          "turns when they wait for each other (Collection.open(..., wait=True)); "
                                          "else run them one after another"), ""
@@ -244,9 +253,12 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         if is_file:  # a line a killed holder left goes; this one's own, if it announces itself
             _rewrite(descriptor, this_process() if announce else "")
+        held = os.path.realpath(path)
+        _HELD[held] = threading.get_ident()
         try:
             yield
         finally:
+            _HELD.pop(held, None)
             if is_file and announce:
                 _rewrite(descriptor, "")
             fcntl.flock(descriptor, fcntl.LOCK_UN)

@@ -188,8 +188,14 @@ def test_a_new_collection_is_not_made_over_files_it_would_replace(tmp_path, tiny
                                               "would overwrite or remove; pass a new or empty folder"):
         Collection.open(folder, model=tiny_encoder, create=True)
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(folder)]) == 2
-    assert "would overwrite or remove" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "would overwrite or remove" in err
+    assert ("is the match hint's cache, maybe of a collection removed from there: delete it" in err) == \
+        (theirs == ["confidence.npz"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)
+    (folder / "catalog.sqlite").write_bytes(b"")  # an empty catalog beside them (a failed copy): the same
+    with pytest.raises(CollectionError, match="would overwrite or remove"):
+        Collection.open(folder, model=tiny_encoder, create=True)
 
 
 def test_another_programs_sqlite_database_is_not_made_a_catalog(tmp_path, tiny_encoder):

@@ -90,10 +90,10 @@ def test_closed_descriptors_are_filled_so_no_file_takes_their_number(collection,
 
 
 def test_a_collection_another_process_writes_is_its_own_exit_status(collection, capsys):
-    from mmretrieval.atomic import exclusive_lock
+    from lock_holder import held_by_another_process
     from mmretrieval.collection.catalog import LOCK_NAME
 
-    with exclusive_lock(Path(collection) / LOCK_NAME):
+    with held_by_another_process(Path(collection) / LOCK_NAME):
         assert main(["compact", "--collection", collection]) == EXIT_BUSY == 75
     err = capsys.readouterr().err
     assert err.startswith(f"mmr compact: another process is writing {collection}") and "error" not in err

@@ -153,9 +153,10 @@ def test_assignments_are_streamed_per_chunk_and_a_failed_run_leaves_the_set_as_i
 
 
 def test_a_labelling_run_while_another_writer_works_is_refused(collection):
-    from mmretrieval.collection.collection import Collection
+    from lock_holder import held_by_another_process
+    from mmretrieval.collection.catalog import LOCK_NAME
 
-    with Collection.open(collection.directory) as other, other.writing():  # say, an ingest in another process
+    with held_by_another_process(collection.directory / LOCK_NAME):  # say, an ingest
         with pytest.raises(CollectionError, match="another process is writing .*; run mmr label when it is done"):
             collection.label("circle, square", label_set="shapes")
     assert "shapes" not in {s.name for s in collection.label_sets()}

@@ -343,8 +343,9 @@ def _check(args: argparse.Namespace) -> int:
     emit((dataclasses.asdict(problem) for problem in report.problems), args.json, ["where", "problem"])
     damaged = len(report.damaged_ids)
     found = f"problems found: {len(report.problems)}" if report.problems else "no damage found"
-    say(f"checked the catalog, the saved index and {report.vectors:,} vectors (segments: {report.segments}): {found}"
-        + (f"; images whose vectors are damaged: {damaged:,}" if damaged else ""))
+    read = (f"the catalog, the saved index and {report.vectors:,} vectors (segments: {report.segments})"
+            if report.complete else "what could be read (the rest was not: see the problems)")
+    say(f"checked {read}: {found}" + (f"; images whose vectors are damaged: {damaged:,}" if damaged else ""))
     if damaged:
         say("those images are set to be embedded again: run `mmr ingest` on their folders" if args.repair else
             "`mmr check --repair` sets them to be embedded again by the next `mmr ingest`")

@@ -38,6 +38,12 @@ def check_k(k: object, what: str = "hits", name: str = "k") -> int:
     return value
 
 
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a finite real number (numpy's too), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) and \
+        bool(np.isfinite(value))
+
+
 def check_ids(ids: object) -> list[int]:
     """Catalog ids as ``int``s: a sequence of whole numbers (``np.int64`` and arrays included).
 
@@ -47,6 +53,9 @@ def check_ids(ids: object) -> list[int]:
     """
     if isinstance(ids, (str, bytes, numbers.Number, np.generic)):
         raise QueryError(f"ids must be a list of catalog ids, got {ids!r}; one id alone goes in a list: [{ids!r}]")
+    if isinstance(ids, np.ndarray) and ids.ndim == 1 and (ids.dtype.kind == "i" or (
+            ids.dtype.kind == "u" and (not ids.size or ids.max() < 2**63))):
+        return ids.astype(np.int64).tolist()  # whole numbers all: a million in 0.04 s, not 0.2 s one by one
     try:
         checked = [check_id(value) for value in ids]  # type: ignore[union-attr]
     except TypeError:

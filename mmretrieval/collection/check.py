@@ -14,33 +14,34 @@ What a reader otherwise meets only when a query reaches it, or never:
 :func:`forget_damaged` sets the images whose vectors are damaged back to pending, so that the next ``mmr ingest``
 embeds them again from their files, as the writer's own repair does for lost ones.
 
-Memory: a block of rows at a time (``_BLOCK`` rows, 64 MiB of 512-d float32 vectors), plus 8 bytes per damaged
-image, whatever the collection's size. Time: one read of every segment file (a sealed one's twice: its checksum,
-then its rows), about 10 GB at 10 M 512-d float16 vectors, and one of the catalog.
+Memory: a block of rows at a time (``_BLOCK`` rows: their float16 copy, the float32 vectors and the squares for
+their lengths, about 160 MiB at 512-d), plus about 100 bytes per lost or damaged image, whatever the collection's
+size (169 MiB peak RssAnon at 1 M rows, ``bench/scale.py``). Time: one read of every segment file (a sealed one's
+twice: its checksum, then its rows), about 10 GB at 10 M 512-d float16 vectors, and one of the catalog.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from ..atomic import file_sha256
-from .index_manifest import read_manifest
+from ..errors import CollectionError
+from .catalog import Catalog, is_uri
+from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
 from .repair import lost_vectors
-from .segment_files import RESTORE, SegmentInfo, missing_manifest, segment_path
-
-if TYPE_CHECKING:
-    from .catalog import Catalog
+from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest, segment_path
 
 logger = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 0.01  # a unit vector stored as float16 is within 0.002 of length 1 (512-d); damage is far off
-_BLOCK = 32_768  # rows read at once
+_BLOCK = 32_768  # rows read at once: memory stays near 160 MiB at 512-d, and a block is still one big read
 REEMBED = "`mmr check --repair` sets them to be embedded again"
 
 
@@ -62,56 +63,76 @@ class CheckReport:
     segments: int
     problems: tuple[Problem, ...]
     damaged_ids: npt.NDArray[np.int64]
+    complete: bool = True  # False: the catalog or the segments' manifest is damaged, and the rest was not read
 
 
-def check_catalog(catalog: "Catalog", directory: Path, progress: Callable[[int, int], None] | None = None
-                  ) -> CheckReport:
+def check_catalog(catalog: Catalog, directory: Path, progress: Callable[[int, int], None] | None = None,
+                  forgotten: Sequence[int] = ()) -> CheckReport:
     """Read the catalog, every segment and the saved index of the collection in ``directory`` (see the module);
-    ``progress(done, total)`` counts rows."""
+    ``progress(done, total)`` counts rows. ``forgotten``: ids whose lost vectors the writer running this check set
+    pending on its way in (reported, as they would have been found)."""
     pages = catalog.quick_check()
     if pages != ["ok"]:  # nothing it says can be trusted to check the rest against
         shown = "; ".join(pages[:3]) + (f"; and {len(pages) - 3} more" if len(pages) > 3 else "")
-        return CheckReport(0, 0, (Problem(str(catalog.path), f"damaged: {shown}; {RESTORE}"),), _NO_IDS)
-    problems: list[Problem] = []
-    damaged: list[npt.NDArray[np.int64]] = []
+        return CheckReport(0, 0, (Problem(str(catalog.path), f"damaged: {shown}; {RESTORE}"),), _NO_IDS, False)
     store = catalog.segments
-    entries: list[SegmentInfo] = store.segments() if store.exists else []
+    try:
+        entries: list[SegmentInfo] = store.segments() if store.exists else []
+        lost, where = lost_vectors(catalog)
+    except CollectionError as exc:  # the manifest unreadable, or not its own checksum's
+        problems = (Problem(str(store.directory / MANIFEST_NAME), str(exc)), *_index(directory))
+        return CheckReport(0, 0, problems, _NO_IDS, False)
+    problems = _lost(store.directory, lost, where, forgotten)
     if not store.exists and catalog.vector_count():
         problems.append(Problem(str(store.directory), missing_manifest(store.directory)))
-    lost, where = lost_vectors(catalog)
-    if lost:
-        problems.append(Problem(str(store.directory), f"{', '.join(where)}: files deleted or cut short, so the "
-                                f"vectors of {len(lost)} images are lost; {REEMBED}", len(lost)))
-        damaged.append(np.array(lost, np.int64))
-    total, done = catalog.vector_count() - len(lost), 0
+    damaged = [np.array([*lost, *forgotten], np.int64)]
+    total, done, skipped = catalog.vector_count() - len(lost), 0, set(lost)
     if progress:
         progress(0, total)
     for entry in entries:
         if entry.sealed and not _matches_checksums(store.directory, entry):
             problems.append(Problem(str(segment_path(store.directory, entry.number, "vec")),
                                     f"segment {entry.number:06d} does not match the sha256 its manifest lists "
-                                    f"(modified or corrupt; its damaged rows, if any show, are listed apart); "
-                                    f"{RESTORE}"))
-        for ids, found, read in _damaged_rows(catalog, entry.number, set(lost)):
+                                    "(modified or corrupt; its damaged rows, if any show, are listed apart): "
+                                    f"{RESTORE}; or, once `mmr check --repair` and `mmr ingest` have embedded "
+                                    "those rows again, `mmr compact` rewrites it with new checksums"))
+        for ids, found, read in _damaged_rows(catalog, entry.number, skipped):
             problems += found
             damaged.append(ids)
             done += read
             if progress:
                 progress(done, total)
     problems += _index(directory)
-    ids = np.unique(np.concatenate(damaged)) if damaged else _NO_IDS
-    return CheckReport(done, len(entries), tuple(problems), ids)
+    return CheckReport(done, len(entries), tuple(problems), np.unique(np.concatenate(damaged)))
 
 
-def forget_damaged(catalog: "Catalog", report: CheckReport) -> int:
+def forget_damaged(catalog: Catalog, report: CheckReport) -> int:
     """Set the images whose vectors ``report`` found damaged back to pending (their vectors dropped, labels kept),
-    for the next ingest to embed again; returns how many. Only for the collection's writer, holding its lock."""
-    if len(report.damaged_ids):
-        catalog.forget_vectors(report.damaged_ids.tolist())
-        logger.warning("%d images are set to be embedded again from their files by the next `mmr ingest` (an "
-                       "imported one whose file is not on this machine then fails as missing)",
-                       len(report.damaged_ids))
-    return len(report.damaged_ids)
+    for the next ingest to embed again; returns how many. Images whose file is not on this machine (imported
+    ones) keep their vectors, damaged as they are: dropped, they would be lost for good. Only for the
+    collection's writer, holding its lock."""
+    rows = catalog.rows(report.damaged_ids.tolist())
+    here = [image_id for image_id, row in rows.items() if not is_uri(row.path) and os.path.exists(row.path)]
+    if here:
+        catalog.forget_vectors(here)
+        logger.warning("%d images are set to be embedded again from their files by the next `mmr ingest`", len(here))
+    if len(rows) > len(here):
+        logger.warning("%d images with damaged vectors have no file on this machine (imported ones, or moved): "
+                       "their vectors are left as they are; only a backup has them", len(rows) - len(here))
+    return len(here)
+
+
+def _lost(directory: Path, lost: list[int], where: list[str], forgotten: Sequence[int]) -> list[Problem]:
+    """The problems of vectors lost with their files (and of those the running writer forgot on its way in)."""
+    problems = []
+    if lost:
+        problems.append(Problem(str(directory), f"{'; '.join(where)}: the vectors of {len(lost)} images are lost (a "
+                                f"file deleted or cut short, or an older manifest restored); {REEMBED}", len(lost)))
+    if forgotten:
+        problems.append(Problem(str(directory), f"the vectors of {len(forgotten)} images were lost (a file deleted "
+                                "or cut short, or an older manifest restored); they are set to be embedded again",
+                                len(forgotten)))
+    return problems
 
 
 _NO_IDS = np.zeros(0, np.int64)
@@ -124,7 +145,7 @@ def _matches_checksums(directory: Path, entry: SegmentInfo) -> bool:
     return file_sha256(vec) == entry.sha256 and file_sha256(ids) == entry.ids_sha256
 
 
-def _damaged_rows(catalog: "Catalog", number: int, lost: set[int]
+def _damaged_rows(catalog: Catalog, number: int, lost: set[int]
                   ) -> Iterator[tuple[npt.NDArray[np.int64], list[Problem], int]]:
     """For each block of the rows the catalog points at in segment ``number`` (those ``lost`` left out): the
     damaged images' ids, the problems, and the rows read."""
@@ -157,6 +178,9 @@ def _damaged_rows(catalog: "Catalog", number: int, lost: set[int]
 
 def _index(directory: Path) -> Iterator[Problem]:
     manifest = read_manifest(directory)
+    if manifest is None and (directory / INDEX_MANIFEST).is_file():
+        yield Problem(str(directory / INDEX_MANIFEST), "the saved index's manifest is unreadable; a search rebuilds "
+                      "the index (`mmr index` does it now)")
     if manifest is None or not manifest.file:
         return
     path = directory / manifest.file

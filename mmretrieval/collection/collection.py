@@ -55,7 +55,7 @@ from ..models.settings import check_device, check_precision
 from ..models.specs import ModelIdentity
 from .describe import describe
 from .records import CollectionInfo, Failure
-from .arguments import check_id, check_ids, check_k, forked_message, unpicklable_message
+from .arguments import check_id, check_ids, check_k, forked_message, is_real, unpicklable_message
 from .catalog import LOCK_NAME, Catalog, writer_busy
 from .opening import load_recorded_encoder, open_folder
 from .label_methods import LabelMethods
@@ -71,12 +71,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-def _real(value: object) -> bool:
-    """Whether ``value`` is a finite real number (numpy's too), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
-        bool(np.isfinite(value))
 
 
 class Collection(SearchMethods, LabelMethods):
@@ -95,6 +89,7 @@ class Collection(SearchMethods, LabelMethods):
         self._lock = threading.RLock()
         self._indexes = IndexKeeper(directory, catalog, identity, index_policy, progress=index_progress)
         self._made_now = False  # this open made the folder: a `with` block that fails leaves no empty collection
+        self._forgotten_on_entry: list[int] = []  # ids the last writer block's repair set pending (lost vectors)
         self.waits_for_writers = False  # a writer method waits for another writer instead of failing (open's wait)
         self._pid = os.getpid()  # FAISS and torch hang in a fork()ed child: refused there (_check_process)
 
@@ -314,7 +309,7 @@ class Collection(SearchMethods, LabelMethods):
                                   "but ingest, import, index, compact and label need a writable collection folder")
         with exclusive_lock(self.directory / LOCK_NAME, busy_message, announce=True, waiting_note=(
                 f"another process is writing {self.directory}; waiting for it to finish")):
-            forget_lost_vectors(self.catalog)
+            self._forgotten_on_entry = forget_lost_vectors(self.catalog)  # (check(repair=True) reports them)
             collect_garbage(self.catalog)
             yield self.catalog
             try:
@@ -336,19 +331,19 @@ class Collection(SearchMethods, LabelMethods):
         the next ingest. ``progress(done, total)`` counts vectors.
 
         Raises:
-            CollectionError: the collection changed under a check without ``repair`` (another process compacted
+            CollectionError: the collection changed under a check without ``repair`` (another process rewrote
                 it); with ``repair``, a read-only collection or another writer at work.
         """
         if repair:
             with self.writing(self.busy_message("check --repair")) as catalog:
-                report = check_catalog(catalog, self.directory, progress)
+                report = check_catalog(catalog, self.directory, progress, forgotten=self._forgotten_on_entry)
                 forget_damaged(catalog, report)
             return report
         try:
             return check_catalog(self.catalog, self.directory, progress)
         except FileNotFoundError as exc:
-            raise CollectionError(f"{exc.filename} went away during the check: another process compacted the "
-                                  "collection meanwhile; run the check again") from exc
+            raise CollectionError(f"{exc.filename} went away during the check: another process rewrote the "
+                                  "collection meanwhile (a compaction, a new index); run the check again") from exc
 
     def compact(self, min_waste_ratio: float = 0.0,
                 progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
@@ -358,11 +353,11 @@ class Collection(SearchMethods, LabelMethods):
         Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
 
         Raises:
-            CollectionError: ``min_waste_ratio`` out of [0, 1), a read-only collection, another writer at work, or too
+            CollectionError: ``min_waste_ratio`` out of [0, 1], a read-only collection, another writer at work, or too
                 little disk to rewrite the catalog (the segments' compaction is done and kept; the catalog is left
                 as it was).
         """
-        if not _real(min_waste_ratio) or not 0 <= min_waste_ratio < 1:  # -1 rewrote every segment
+        if not is_real(min_waste_ratio) or not 0 <= min_waste_ratio <= 1:  # -1 rewrote every segment
             raise CollectionError(f"min_waste_ratio is a share of dead rows from 0 to 1, got {min_waste_ratio!r}")
         with self.writing(self.busy_message("compact")):
             summary = compact(self.catalog, min_waste_ratio, progress)
@@ -386,9 +381,9 @@ class Collection(SearchMethods, LabelMethods):
             CollectionError: an unknown index type, a parameter below 1 or of another index type, a recall
                 target for ``flat``, a read-only collection, or another writer at work.
         """
-        if recall_target is not None and not (_real(recall_target) and 0 < recall_target <= 1):
+        if recall_target is not None and not (is_real(recall_target) and 0 < recall_target <= 1):
             raise CollectionError(f"recall target must be in (0, 1], got {recall_target!r}")
-        if memory_budget_bytes is not None and not (_real(memory_budget_bytes) and memory_budget_bytes > 0):
+        if memory_budget_bytes is not None and not (is_real(memory_budget_bytes) and memory_budget_bytes > 0):
             raise CollectionError(f"a memory budget is a positive number of bytes, got {memory_budget_bytes!r}")
         if recall_target is not None and index_type == "flat":
             raise CollectionError("--recall-target: a flat index is exact (recall 1.0); the target tunes the "

@@ -102,7 +102,7 @@ def collect_garbage(catalog: Catalog) -> list[int]:
     if not store.exists:
         return []
     shutil.rmtree(store.directory / STAGING_DIRNAME, ignore_errors=True)
-    referenced = set(catalog.rows_per_segment())
+    referenced = catalog.segment_extents()
     unused_rows = sum(store.intact_rows(s) for s in store.segments() if s.number not in referenced)
     dropped = store.collect_garbage(referenced)
     if dropped and unused_rows:  # a warning, so that the `mmr compact` after a killed one says where the space went

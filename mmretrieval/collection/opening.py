@@ -66,6 +66,7 @@ def open_folder(directory: str | bytes | os.PathLike, model: str | os.PathLike |
     existed = catalog_path.is_file()
     if existed and catalog_path.stat().st_size == 0:  # a failed copy or restore, as SQLite would take it: new
         refuse_orphaned_data(directory, "empty")
+        refuse_foreign_files(directory)
     if not existed:
         refuse_orphaned_data(directory, "missing")
         if not create:
@@ -145,9 +146,11 @@ def refuse_foreign_files(directory: Path) -> None:
         return
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        cache = (f" ({CONFIDENCE_CACHE} is the match hint's cache, maybe of a collection removed from there: "
+                 "delete it to go on)" if set(found) <= {CONFIDENCE_CACHE, OLD_CONFIDENCE_CACHE} else "")
         raise CollectionError(
             f"{directory} holds {shown}, which a new collection there would overwrite or remove; pass a new or "
-            "empty folder as --collection (nothing was changed)")
+            f"empty folder as --collection (nothing was changed){cache}")
 
 
 def _holds_segments(folder: Path) -> bool:
@@ -310,7 +313,9 @@ def refuse_another_builtin(stored: ModelIdentity, asked: str, directory: Path) -
     except ModelSpecError:
         return  # the load says what is wrong with it
     kinds = (wanted.kind, recorded.kind)
-    if "builtin" in kinds and "local" not in kinds and wanted != recorded:  # (a folder may hold a bundled model)
+    on_disk = "local" in kinds or any(spec.kind == "registry" and spec.pretrained and os.path.isabs(spec.pretrained)
+                                      for spec in (wanted, recorded))  # a folder or file may hold a bundled model
+    if "builtin" in kinds and not on_disk and wanted != recorded:
         raise CollectionError(
             f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
             f"you asked for {asked}; leave out --model to use the collection's own model, or ingest into a new "

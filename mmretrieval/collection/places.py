@@ -330,10 +330,24 @@ class VectorPlaces:
                 self._bump_generation()
         return len(gone)
 
-    def ids_placed_from(self, number: int, row: int) -> list[int]:
-        """Ids whose vector is in segment ``number`` at ``row`` or after."""
-        return [r[0] for r in self._query("SELECT image_id FROM vector_rows WHERE segment = ? AND row >= ?",
-                                          (number, row))]
+    def ids_placed_from(self, number: int, row: int, through: int | None = None) -> list[int]:
+        """Ids whose vector is in segment ``number`` at ``row`` or after (up to row ``through``, if given)."""
+        last = 2**63 - 1 if through is None else through
+        return [r[0] for r in self._query("SELECT image_id FROM vector_rows WHERE segment = ? AND row >= ? AND "
+                                          "row <= ?", (number, row, last))]
+
+    def segment_extents(self) -> dict[int, int]:
+        """The rows each segment must hold for the catalog's places in it (its last place's row + 1), by segment
+        number: two index seeks a segment, not a scan of every row."""
+        extents: dict[int, int] = {}
+        after = -1
+        while True:
+            ((number, last),) = self._query(
+                "SELECT segment, MAX(row) FROM vector_rows WHERE segment = "
+                "(SELECT MIN(segment) FROM vector_rows WHERE segment > ?)", (after,))
+            if number is None:
+                return extents
+            extents[number], after = last + 1, number
 
     def forget_vectors(self, ids: Sequence[int]) -> None:
         """Drop the vectors of ``ids`` and set their images ``pending``, to be embedded again (their vectors were

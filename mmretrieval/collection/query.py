@@ -46,8 +46,8 @@ class Term:
             raise QueryError("a query term is either a text or an image, not both or neither")
         if self.text is not None and not isinstance(self.text, str):
             raise QueryError(f"a term's text is a str, got {self.text!r}; an image goes in as image=")
-        if isinstance(self.weight, (bool, np.bool_)) or not isinstance(self.weight, (int, float, np.number)) or \
-                not self.weight > 0 or not np.isfinite(self.weight):
+        real = isinstance(self.weight, (int, float, np.integer, np.floating)) and not isinstance(self.weight, bool)
+        if not real or not self.weight > 0 or not np.isfinite(self.weight):
             raise QueryError(f"term weight {self.weight!r} must be a positive number")
         if self.text is not None and not self.text.strip():
             raise QueryError("empty query text; give some words, an --image, or both")
@@ -62,12 +62,15 @@ class Query:
 
     def __post_init__(self) -> None:
         for name in ("positives", "negatives"):
-            terms = getattr(self, name)
-            terms = (terms,) if isinstance(terms, Term) else terms
-            if isinstance(terms, (str, bytes)) or not all(isinstance(term, Term) for term in terms):
-                raise QueryError(f"a Query's {name} are Terms, got {terms!r}; parse_query(text, images, negatives) "
+            given = getattr(self, name)
+            try:
+                terms = (given,) if isinstance(given, Term) else () if isinstance(given, (str, bytes)) else tuple(given)
+            except TypeError:
+                terms = ()
+            if not all(isinstance(term, Term) for term in terms) or (given and not terms):
+                raise QueryError(f"a Query's {name} are Terms, got {given!r}; parse_query(text, images, negatives) "
                                  "builds one from texts and images")
-            object.__setattr__(self, name, tuple(terms))
+            object.__setattr__(self, name, terms)
         if not self.positives:
             raise QueryError("a query needs at least one positive term (text or --image)")
 

@@ -24,41 +24,50 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECHECK_S = 1.0  # between the two looks that must both find a segment file short or gone
+_pause = time.sleep  # (a test's seam: patching time.sleep would reach every thread of the process)
 
 
-def forget_lost_vectors(catalog: "Catalog") -> int:
+def forget_lost_vectors(catalog: "Catalog") -> list[int]:
     """Set ``pending`` the images whose vectors are past what their segment's files hold, dropping those vector
-    rows; returns how many images. The writer's :func:`~.compaction.collect_garbage`, which runs next, then drops
+    rows; returns their ids. The writer's :func:`~.compaction.collect_garbage`, which runs next, then drops
     a segment nothing points at any more and cuts an active one's files to the rows both hold.
 
     Only for the collection's writer, holding its lock.
     """
     lost, damaged = lost_vectors(catalog)
     if not lost:
-        return 0
-    time.sleep(RECHECK_S)  # a network share may answer ENOENT for a moment: only damage seen twice is forgotten
+        return []
+    _pause(RECHECK_S)  # a network share may answer ENOENT for a moment: only damage seen twice is forgotten
     again, damaged = lost_vectors(catalog)
     lost = sorted(set(lost) & set(again))
     if not lost:
         logger.info("segment files that looked damaged are whole again; nothing forgotten")
-        return 0
+        return []
     catalog.forget_vectors(lost)
     logger.warning("%d images had lost their vectors (%s: a file deleted or cut short); they are marked to be "
-                   "embedded again from their files, by this ingest or the next", len(lost), ", ".join(damaged))
-    return len(lost)
+                   "embedded again from their files, by this ingest or the next", len(lost), "; ".join(damaged))
+    return lost
 
 
 def lost_vectors(catalog: "Catalog") -> tuple[list[int], list[str]]:
-    """The ids whose vectors are past what their segment's files hold, and a phrase for each damaged segment
-    (read only: ``mmr info`` reports them, a writer forgets them)."""
+    """The ids whose vectors are past what their segment's files hold, or in a segment the manifest does not list
+    (an older manifest restored), and a phrase for each damaged segment.
+
+    Safe beside a writer (``mmr info`` and ``mmr check`` read so): the catalog is read first, then the files, and only
+    places the first read saw are counted, since a writer writes a row before its catalog commit names it.
+    """
     store = catalog.segments
+    if not store.exists:  # the manifest gone: a backup's job (segment_files.missing_manifest), nothing to forget
+        return [], []
+    extents = catalog.segment_extents()
+    listed = {entry.number: entry for entry in store.segments()}
     lost: list[int] = []
     damaged: list[str] = []
-    if not store.exists:
-        return lost, damaged
-    for entry in store.segments():
-        intact = store.intact_rows(entry)
-        if ids := catalog.ids_placed_from(entry.number, intact):
+    for number, needed in extents.items():
+        entry = listed.get(number)
+        intact = store.intact_rows(entry) if entry is not None else 0
+        if intact < needed and (ids := catalog.ids_placed_from(number, intact, through=needed - 1)):
             lost += ids
-            damaged.append(f"segment {entry.number:06d} holds {intact} whole rows")
+            damaged.append(f"segment {number:06d} holds {intact} whole rows" if entry is not None else
+                           f"segment {number:06d} is not in the segments' manifest")
     return lost, damaged

@@ -118,6 +118,8 @@ class SearchMethods:
             CollectionError: the collection was closed, or opened in another process before a fork.
         """
         self._check_process()
+        if isinstance(image, bytes):  # a path as bytes (a name that is not UTF-8), as ingest takes them
+            image = os.fsdecode(image)
         if isinstance(image, (bool, np.bool_)) or not isinstance(image, (int, np.integer, str, os.PathLike,
                                                                           Image.Image)):
             raise QueryError(f"similar() takes a catalog id, a path or a PIL image, got {type(image).__name__}; a "

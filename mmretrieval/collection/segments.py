@@ -244,12 +244,14 @@ class SegmentStore(SegmentFiles):
                 segment_path(self.directory, number, suffix).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
-    def collect_garbage(self, referenced: set[int]) -> list[int]:
+    def collect_garbage(self, referenced: dict[int, int]) -> list[int]:
         """Cut torn tails, drop listed segments nothing references, delete unlisted files and the manifest's
         temporaries; returns the numbers dropped.
 
         Args:
-            referenced: segment numbers the catalog points into (the caller reads them under the lock).
+            referenced: the rows the catalog points into, by segment number (its last place's row + 1; the caller
+                reads them under the lock). An active segment is never cut below them: a file a network share
+                called missing for a moment read as 0 rows, and the cut emptied the whole segment.
         """
         self._require_writable()
         listed = self.segments()
@@ -265,7 +267,9 @@ class SegmentStore(SegmentFiles):
             logger.info("removed %s, left by an interrupted manifest write", path.name)
         for entry in self.segments():
             if not entry.sealed:  # a writer killed mid-append leaves a partial row; cut .vec and .ids alike
-                self.cut_to(entry.number, self.intact_rows(entry))
+                intact = self.intact_rows(entry)
+                if intact >= referenced.get(entry.number, 0):  # else a file looked short or gone for a moment
+                    self.cut_to(entry.number, intact)
         return unused
 
     def _require_writable(self) -> None:

@@ -55,14 +55,15 @@ class IngestConfig:
             if value is not None and not _whole(value, least):
                 raise SettingError(name, f"must be a whole number of at least {least} (None: by the device), got "
                                          f"{value!r}")
-        if not _whole(self.max_pixels, 1) or not _whole(self.read_threads, 1):
-            name = "max_pixels" if not _whole(self.max_pixels, 1) else "read_threads"
-            raise SettingError(name, f"must be a whole number of at least 1, got {getattr(self, name)!r}")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or \
-                not 0 < self.timeout_s < float("inf"):
+        for name in ("max_pixels", "read_threads"):
+            if not _whole(getattr(self, name), 1):
+                raise SettingError(name, f"must be a whole number of at least 1, got {getattr(self, name)!r}")
+        seconds = isinstance(self.timeout_s, (int, float, np.integer, np.floating)) and \
+            not isinstance(self.timeout_s, bool)
+        if not seconds or not 0 < self.timeout_s < float("inf"):
             raise SettingError("timeout_s", f"must be a number of seconds above 0, got {self.timeout_s!r}")
         for name in ("prune", "checksum", "share_jpegs"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise SettingError(name, f"must be True or False, got {getattr(self, name)!r}")
 
     @classmethod
