@@ -238,12 +238,12 @@ def exclusive_lock(path: str | os.PathLike, busy_message: str | None = None,
             in_process = _HELD.get(os.path.realpath(path))
             if in_process == threading.get_ident():  # waiting would wait for itself, for ever
                 raise (busy or CollectionBusy)(
-                    f"this thread already holds {path}: a writer inside another writer's block (label() within "
-                    "writing(), say) would wait for itself; run it after that block") from exc
+                    f"this thread already holds {path}: a write inside another write's block (a collection's label() "
+                    "within its writing(), say) would wait for itself; run it after that block") from exc
             if busy_message and in_process is not None:  # "another process" was this one
-                busy_message, held_by = (f"another thread of this process holds {path}: writers in one process take "
-                                         "turns when they wait for each other (Collection.open(..., wait=True)); "
-                                         "else run them one after another"), ""
+                busy_message, held_by = (f"another thread of this process holds {path}: run the two one after the "
+                                         "other (a collection's writers take turns when they wait for each other: "
+                                         "Collection.open(..., wait=True))"), ""
             if busy_message:
                 refusal = (busy or CollectionBusy)(busy_message + held_by)
                 refusal.holder, refusal.holder_pid = holder or ("", None)  # for a message of the caller's own

@@ -168,8 +168,8 @@ def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path,
         col.ingest([tmp_path / "photos"], workers=0)
     for wait in (False, True):
         with Collection.open(tmp_path / "col", model=tiny_encoder, wait=wait) as col, col.writing():
-            with pytest.raises(CollectionBusy, match="this thread already holds .*ingest.lock: a writer inside another "
-                                                     "writer's block"):
+            with pytest.raises(CollectionBusy, match="this thread already holds .*ingest.lock: a write inside another "
+                                                     "write's block"):
                 col.label(["red", "green"])  # nested, in this thread: refused, waiting or not
     with Collection.open(tmp_path / "col", model=tiny_encoder) as col:
         holding, release = threading.Event(), threading.Event()
@@ -183,9 +183,10 @@ def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path,
         holder.start()
         holding.wait(30)
         try:
-            with pytest.raises(CollectionBusy, match="another thread of this process holds .*ingest.lock: writers in "
-                                                     r"one process take turns when they wait for each other "
-                                                     r"\(Collection.open\(..., wait=True\)\)") as refused:
+            with pytest.raises(CollectionBusy, match="another thread of this process holds .*ingest.lock: run the two "
+                                                     r"one after the other \(a collection's writers take turns when "
+                                                     r"they wait for each other: Collection.open\(..., wait=True\)\)"
+                               ) as refused:
                 col.label(["red", "green"])
             assert "another process" not in str(refused.value)
         finally:

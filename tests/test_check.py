@@ -207,3 +207,41 @@ def test_a_damaged_catalog_is_named_with_the_way_out(col, capsys):
     status, problems, _ = _check(capsys, col)
     assert status == 1 and [p["where"] for p in problems] == [str(col / "catalog.sqlite")]
     assert problems[0]["problem"].startswith("damaged: ") and "restore it from a backup" in problems[0]["problem"]
+
+
+def test_a_float32_collection_and_imported_vectors_check_clean(tmp_path, tiny_model_dir, capsys):
+    """The length test must hold for every way vectors come in: float32 storage, and imports (renormalised there)."""
+    write_good_images(tmp_path / "photos", IMAGES)
+    col = tmp_path / "col32"
+    with Collection.open(col, model=str(tiny_model_dir), create=True, vector_dtype="float32") as collection:
+        collection.ingest([tmp_path / "photos"], workers=0)
+    assert _check(capsys, col)[:2] == (0, [])
+    assert main(["export", str(tmp_path / "out"), "--collection", str(col)]) == 0
+    assert main(["import", str(tmp_path / "out"), "--collection", str(tmp_path / "copy"), "--model",
+                 str(tiny_model_dir)]) == 0
+    capsys.readouterr()
+    assert _check(capsys, tmp_path / "copy")[:2] == (0, [])
+
+
+def test_repair_leaves_a_damaged_vector_whose_image_is_not_on_this_machine(tmp_path, tiny_model_dir, capsys):
+    """An imported row has no file here: set pending, it would fail as missing and its vector be lost for good."""
+    import shutil
+
+    write_good_images(tmp_path / "photos", IMAGES)
+    source = tmp_path / "source"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(source), "--model", str(tiny_model_dir),
+                 "--workers", "0"]) == 0
+    assert main(["export", str(tmp_path / "out"), "--collection", str(source)]) == 0
+    assert main(["import", str(tmp_path / "out"), "--collection", str(tmp_path / "copy"), "--model",
+                 str(tiny_model_dir)]) == 0
+    shutil.rmtree(tmp_path / "photos")  # the images were on another machine
+    copy = tmp_path / "copy"
+    (vec,) = (copy / "segments").glob("*.vec")
+    with open(vec, "r+b") as handle:
+        handle.write(bytes(vec.stat().st_size // IMAGES))  # row 0 zeroed
+    capsys.readouterr()
+    status, problems, err = _check(capsys, copy, "--repair")
+    assert status == 1 and [p["images"] for p in problems] == [1]
+    assert "1 images with damaged vectors have no file on this machine" in err
+    with Collection.open(copy) as collection:
+        assert collection.info().counts == {"ok": IMAGES} and collection.info().vectors == IMAGES  # kept

@@ -185,11 +185,10 @@ def test_a_stopped_blend_leaves_the_old_model_and_forced_foreign_files(old_model
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_a_second_run_into_the_same_out_is_refused_while_the_first_writes(old_model, quick, tiny_model_dir, fine_tune,
-                                                                          capsys):
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_writes(old_model, quick, tiny_model_dir, fine_tune):
     """Two runs' renames could interleave into one model's config beside the other's weights: the second is refused
     at once (exit 75 from the command line, as a busy collection), and the first ends as if alone."""
-    from mmretrieval.cli import EXIT_BUSY, main
+    from mmretrieval.cli import EXIT_BUSY
     from mmretrieval.errors import Busy
 
     out, _ = old_model
@@ -197,13 +196,18 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_writes(old_mo
 
     def second_run(entry) -> None:
         if entry.step == 1:
-            with pytest.raises(Busy, match="being written by another mmr train or blend"):
+            other = subprocess.run([sys.executable, "-m", "mmretrieval.cli", "blend", str(fine_tune),
+                                    str(tiny_model_dir), "--keep-init", "0.5", "--out", str(out)],
+                                   capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            statuses.append(other.returncode)
+            errors.append(other.stderr)
+            with pytest.raises(Busy, match="this thread already holds"):  # in this thread: would wait for itself
                 _blend(fine_tune, tiny_model_dir, out)
-            statuses.append(main(["blend", str(fine_tune), str(tiny_model_dir), "--keep-init", "0.5", "--out", str(out)]))
 
+    errors: list[str] = []
     train(quick(out, steps=3, eval_every=1, seed=5), on_log=second_run)
     assert statuses == [EXIT_BUSY]
-    assert "being written by another mmr train or blend" in capsys.readouterr().err
+    assert "being written by another mmr train or blend" in errors[0]
     assert json.loads((out / "open_clip_config.json").read_text())["training"]["seed"] == 5
     assert set(_files(out)) == MODEL_NAMES
     _blend(fine_tune, tiny_model_dir, out)  # once the first is done, the folder is free
