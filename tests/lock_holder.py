@@ -1,13 +1,15 @@
-"""A collection's writer lock held by another process, for tests of what a second writer is told: holding it in
-the test's own thread is not that (the lock knows its holder is this thread, and refuses at once)."""
+"""A collection's writer lock held by another process or another thread, for tests of what a second writer is
+told: holding it in the test's own thread is neither (the lock knows its holder is this thread, and refuses at
+once)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _HOLD = ("import fcntl, sys, time\n"
          "handle = open(sys.argv[1], 'a')\n"
@@ -26,3 +28,24 @@ def held_by_another_process(lock: Path) -> Iterator[subprocess.Popen]:
     finally:
         child.kill()
         child.wait()
+
+
+@contextmanager
+def held_by_another_thread(hold: Callable[[], AbstractContextManager]) -> Iterator[None]:
+    """Enter ``hold()`` (``collection.writing``, ``exclusive_lock(...)``) in another thread of this process for the
+    ``with`` block."""
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with hold():
+            holding.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(60)
+        yield
+    finally:
+        release.set()
+        thread.join()

@@ -159,6 +159,7 @@ def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path,
     """Threads sharing a Collection: the second writer was told "another process is writing", named the caller's
     own process, and given command-line advice; a writer nested in one thread's writer block, told to wait, waited
     for itself for ever."""
+    from lock_holder import held_by_another_thread
     from mmretrieval.collection.collection import Collection
     from mmretrieval.errors import CollectionBusy
     from test_ingest import write_good_images
@@ -172,26 +173,13 @@ def test_a_second_writer_thread_is_told_it_is_this_process_not_another(tmp_path,
                                                      "write's block"):
                 col.label(["red", "green"])  # nested, in this thread: refused, waiting or not
     with Collection.open(tmp_path / "col", model=tiny_encoder) as col:
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with col.writing():
-                holding.set()
-                release.wait(30)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        holding.wait(30)
-        try:
+        with held_by_another_thread(col.writing):
             with pytest.raises(CollectionBusy, match="another thread of this process holds .*ingest.lock: run the two "
                                                      r"one after the other \(a collection's writers take turns when "
                                                      r"they wait for each other: Collection.open\(..., wait=True\)\)"
                                ) as refused:
                 col.label(["red", "green"])
             assert "another process" not in str(refused.value)
-        finally:
-            release.set()
-            holder.join()
         col.label(["red", "green"])  # its turn now
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import textwrap
 import time
 
@@ -154,27 +153,16 @@ def test_a_failed_first_ingest_leaves_no_collection_to_pin_the_model(tmp_path, t
         col.ingest([tmp_path / "typo"], workers=0)
     with Collection.open(new) as col:
         assert col.info().vectors == 2
+    from lock_holder import held_by_another_thread
     from mmretrieval.atomic import exclusive_lock
     from mmretrieval.collection.catalog import LOCK_NAME
 
     raced = tmp_path / "raced"
     col = Collection.open(raced, model=tiny_encoder, create=True)
-    holding, release = threading.Event(), threading.Event()
-
-    def other_first_ingest() -> None:  # another first ingest (a thread here), no row written yet, holds the lock
-        with exclusive_lock(raced / LOCK_NAME, "busy"):
-            holding.set()
-            release.wait(30)
-
-    other = threading.Thread(target=other_first_ingest)
-    other.start()
-    holding.wait(30)
-    try:
+    # another first ingest (in another thread here), no row written yet, holds the lock
+    with held_by_another_thread(lambda: exclusive_lock(raced / LOCK_NAME, "busy")):
         with pytest.raises(CollectionError, match="another thread of this process holds"), col:
             col.ingest([tmp_path / "photos"], workers=0)
-    finally:
-        release.set()
-        other.join()
     assert (raced / "catalog.sqlite").is_file()  # not removed from under the other writer
     existing = tmp_path / "existing-empty-folder"
     existing.mkdir()
