@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from .routing import Pixels
 
 logger = logging.getLogger(__name__)
+NON_FINITE = ("the model gave this image a vector with NaN or infinite values (its weights, or a number format too "
+              "narrow for them: try --precision fp32)")
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -247,11 +249,17 @@ def embed_batch(encoder: DualEncoder, catalog: KnownVectors, decoded: Sequence[D
             first_row.setdefault(content_hash, row)
     if first_row:
         rows = list(first_row.values())
-        known.update(zip(first_row, encoder.encode_prepared(_model_input(pixels, rows, len(hashes), encoder.device))))
+        made = encoder.encode_prepared(_model_input(pixels, rows, len(hashes), encoder.device))
+        known.update((content_hash, vector) for content_hash, vector in zip(first_row, made)
+                     if np.isfinite(vector).all())  # a NaN stored would answer every query with NaN
+    kept = [item for item in decoded if item.content_hash in known]
+    failed = [*failed, *(Failed(item.image_id, "model_output", NON_FINITE) for item in decoded
+                         if item.content_hash not in known)]
     dim = encoder.dim
-    embeddings = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, dim), np.float32)
-    return EmbeddedBatch(tuple(decoded), embeddings.astype(np.float32), tuple(failed),
-                         duplicates=len(hashes) - len(first_row))
+    embeddings = np.stack([known[item.content_hash] for item in kept]) if kept else np.zeros((0, dim), np.float32)
+    embedded_now = sum(content_hash in known for content_hash in first_row)
+    return EmbeddedBatch(tuple(kept), embeddings.astype(np.float32), tuple(failed),
+                         duplicates=len(kept) - embedded_now)
 
 
 def _model_input(pixels: Pixels, rows: list[int], count: int, device: torch.device) -> torch.Tensor:
