@@ -327,3 +327,25 @@ def test_a_seal_whose_rows_were_taken_as_unsealed_is_not_a_finished_result(tmp_p
     assert sorted(os.listdir(tmp_path / "drop")) == sorted(f"{whole}{suffix}" for suffix in
                                                            (".rows.parquet", ".vec", ".ids", ".json"))
     col.close()
+
+
+def test_a_vector_an_actor_gets_as_nan_fails_its_row_and_is_not_committed(tmp_path, tiny_encoder, monkeypatch):
+    """As in a local ingest: the row fails as model_output, its batch-mates commit."""
+    from mmretrieval.models.encoder import DualEncoder
+
+    folder = tmp_path / "photos"
+    write_good_images(folder, 3)
+    col = planned_collection(tmp_path, tiny_encoder, folder)
+    encode = DualEncoder.encode_prepared
+
+    def second_row_nan(self, pixels):
+        vectors = encode(self, pixels)
+        vectors[1] = np.nan
+        return vectors
+
+    monkeypatch.setattr(DualEncoder, "encode_prepared", second_row_nan)
+    drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
+    drop.prepare()
+    committed = ResultCommitter(col.catalog).commit(drop.read(result_for(col, drop)))
+    assert (committed.rows, committed.embedded, committed.failed) == (3, 2, {"model_output": 1})
+    assert col.catalog.vector_count() == 2 and col.check().problems == ()

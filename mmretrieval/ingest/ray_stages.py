@@ -128,9 +128,14 @@ class Embedder:
                    for row in ok_rows]
         # runs the model once per content; duplicates of stored content are found at commit
         embedded = embed_batch(self.encoder, NothingKnown(), decoded, [batch["pixels"][ok_rows]], ())
+        out = {name: (column.copy() if name in ("status", "reason", "message") else column)
+               for name, column in batch.items() if name != "pixels"}
+        row_of = {int(batch["image_id"][row]): row for row in ok_rows}
+        for failure in embedded.failed:  # a vector the model gave as NaN: that row fails, as in a local ingest
+            row = row_of[failure.image_id]
+            out["status"][row], out["reason"][row], out["message"][row] = "failed", failure.reason, failure.message
         embeddings = np.zeros((len(batch["image_id"]), self.encoder.dim), dtype=np.float32)
-        embeddings[ok_rows] = embedded.embeddings
-        out = {name: column for name, column in batch.items() if name != "pixels"}
+        embeddings[[row_of[item.image_id] for item in embedded.decoded]] = embedded.embeddings
         out["embedding"] = embeddings
         return out
 
