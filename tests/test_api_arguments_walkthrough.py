@@ -299,19 +299,13 @@ def test_a_collection_opens_by_a_bytes_path_and_refuses_a_policy_that_is_not_one
 def test_a_vector_the_model_gives_as_nan_fails_its_image_and_is_not_stored(tmp_path, tiny_model_dir, monkeypatch):
     """A NaN vector was stored (a review): it answers every query with NaN, and re-embedding gives it again."""
     from mmretrieval.collection.collection import Collection
-    from mmretrieval.models.encoder import DualEncoder, load_encoder
+    from mmretrieval.models.encoder import load_encoder
+    from model_faults import nan_at_row
     from test_ingest import write_good_images
 
     write_good_images(tmp_path / "photos", 4)
     encoder = load_encoder(str(tiny_model_dir), device="cpu")
-    encode = DualEncoder.encode_prepared
-
-    def first_row_nan(self, pixels):
-        vectors = encode(self, pixels)
-        vectors[0] = np.nan
-        return vectors
-
-    monkeypatch.setattr(DualEncoder, "encode_prepared", first_row_nan)
+    nan_at_row(monkeypatch, 0)
     with Collection.open(tmp_path / "col", model=encoder, create=True) as col:
         summary = col.ingest([tmp_path / "photos"], workers=0, batch_size=2)
         assert summary.embedded == 2 and summary.failed == {"model_output": 2}  # the first of each batch of two

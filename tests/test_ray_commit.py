@@ -331,19 +331,12 @@ def test_a_seal_whose_rows_were_taken_as_unsealed_is_not_a_finished_result(tmp_p
 
 def test_a_vector_an_actor_gets_as_nan_fails_its_row_and_is_not_committed(tmp_path, tiny_encoder, monkeypatch):
     """As in a local ingest: the row fails as model_output, its batch-mates commit."""
-    from mmretrieval.models.encoder import DualEncoder
+    from model_faults import nan_at_row
 
     folder = tmp_path / "photos"
     write_good_images(folder, 3)
     col = planned_collection(tmp_path, tiny_encoder, folder)
-    encode = DualEncoder.encode_prepared
-
-    def second_row_nan(self, pixels):
-        vectors = encode(self, pixels)
-        vectors[1] = np.nan
-        return vectors
-
-    monkeypatch.setattr(DualEncoder, "encode_prepared", second_row_nan)
+    nan_at_row(monkeypatch, 1)
     drop = ResultDrop(str(tmp_path / "drop"), str(tmp_path / "staging"))
     drop.prepare()
     committed = ResultCommitter(col.catalog).commit(drop.read(result_for(col, drop)))
