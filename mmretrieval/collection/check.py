@@ -14,9 +14,9 @@ What a reader otherwise meets only when a query reaches it, or never:
 :func:`forget_damaged` sets the images whose vectors are damaged back to pending, so that the next ``mmr ingest``
 embeds them again from their files, as the writer's own repair does for lost ones.
 
-Memory: a block of rows at a time (``_BLOCK`` rows: their float16 copy, the float32 vectors and the squares for
-their lengths, about 160 MiB at 512-d), plus about 100 bytes per lost or damaged image, whatever the collection's
-size (169 MiB peak RssAnon at 1 M rows, ``bench/scale.py``). Time: one read of every segment file (a sealed one's
+Memory: a block of rows at a time (``_BLOCK`` rows: their float16 copy and their float32 vectors, about 96 MiB at
+512-d; the lengths are summed without a third copy), plus about 100 bytes per lost or damaged image, whatever the
+collection's size (131-137 MiB peak RssAnon at 1 M rows, three runs; 148-169 MiB before the lengths skipped it). Time: one read of every segment file (a sealed one's
 twice: its checksum, then its rows), about 10 GB at 10 M 512-d float16 vectors, and one of the catalog.
 """
 
@@ -41,7 +41,7 @@ from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest
 logger = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 0.01  # a unit vector stored as float16 is within 0.002 of length 1 (512-d); damage is far off
-_BLOCK = 32_768  # rows read at once: memory stays near 160 MiB at 512-d, and a block is still one big read
+_BLOCK = 32_768  # rows read at once: memory stays near 100 MiB at 512-d, and a block is still one big read
 REEMBED = "`mmr check --repair` sets them to be embedded again"
 
 
@@ -160,7 +160,9 @@ def _damaged_rows(catalog: Catalog, number: int, lost: set[int]
             continue
         named = np.fromfile(ids_path, dtype="<i8", count=int(rows[-1]) - int(rows[0]) + 1,
                             offset=8 * int(rows[0]))[rows - rows[0]]
-        lengths = np.linalg.norm(store.gather(np.full(len(rows), number), rows), axis=1)
+        vectors = store.gather(np.full(len(rows), number), rows)
+        lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary, as norm() makes
+        del vectors
         wrong_id = named != expected
         wrong_length = ~(np.abs(lengths - 1) <= NORM_TOLERANCE)  # NaN fails too
         problems = []
