@@ -50,6 +50,8 @@ def test_a_whole_collection_checks_clean(col, capsys):
     status, problems, err = _check(capsys, col)
     assert (status, problems) == (0, [])
     assert f"checked the catalog, the saved index and {IMAGES} vectors (segments: 1): no damage found" in err
+    assert main(["check", "--collection", str(col), "--wait"]) == 2  # accepted and ignored, it was
+    assert "--wait is for --repair" in capsys.readouterr().err
 
 
 def test_a_damaged_row_of_the_active_segment_is_found_and_embedded_again(col, capsys):

@@ -337,6 +337,8 @@ def _register_check(subparsers) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.wait and not args.repair:  # a plain check reads beside a writer: there is nothing to wait for
+        raise CollectionError("--wait is for --repair, which writes; a check alone reads beside a running writer")
     with open_collection(args.collection, writer="check --repair" if args.repair else None,
                          wait=args.wait) as collection, TqdmProgress("checking", unit="vec") as progress:
         report = collection.check(repair=args.repair, progress=progress)

@@ -316,10 +316,7 @@ def refuse_another_builtin(stored: ModelIdentity, asked: str, directory: Path) -
     on_disk = "local" in kinds or any(spec.kind == "registry" and spec.pretrained and os.path.isabs(spec.pretrained)
                                       for spec in (wanted, recorded))  # a folder or file may hold a bundled model
     if "builtin" in kinds and not on_disk and wanted != recorded:
-        raise CollectionError(
-            f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
-            f"you asked for {asked}; leave out --model to use the collection's own model, or ingest into a new "
-            "--collection directory")
+        raise CollectionError(_another_model(stored, asked, directory))
 
 
 def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Path) -> None:
@@ -340,7 +337,11 @@ def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Pat
             f"collection {directory} was built with the weights {stored.spec} held then (key {stored.key()}); "
             f"{asked.spec} now loads other weights (key {asked.key()}): re-ingest into a new collection, or point "
             "--model at the old weights when ingesting")
-    raise CollectionError(
-        f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
-        f"you asked for {asked.spec} (key {asked.key()}, {asked.embed_dim}-d); leave out --model to use the "
-        "collection's own model, or ingest into a new --collection directory")
+    raise CollectionError(_another_model(stored, f"{asked.spec} (key {asked.key()}, {asked.embed_dim}-d)", directory))
+
+
+def _another_model(stored: ModelIdentity, asked: str, directory: Path) -> str:
+    """What to say when the model ``asked`` for is not the one that made the collection's vectors."""
+    return (f"collection {directory} was built with {stored.spec} (key {stored.key()}, {stored.embed_dim}-d), "
+            f"you asked for {asked}; leave out --model to use the collection's own model, or ingest into a new "
+            "--collection directory")
