@@ -154,37 +154,37 @@ def test_a_damaged_manifest_or_index_manifest_is_damage_found_not_an_error(col, 
     assert "checked what could be read" in err
 
 
-def test_a_check_beside_a_running_ingest_finds_no_damage(tmp_path, tiny_model_dir, capsys):
+def test_a_check_beside_a_running_ingest_finds_no_damage(tmp_path, tiny_model_dir, capsys, monkeypatch):
     """The finder read the files, then the catalog: rows an ingest committed in between looked lost (7 of 224,000
-    looks in a review, 13 of 34 with a pause between the two reads)."""
+    looks in a review, 13 of 34 with a pause between the two reads). Here an ingest commits new rows right after
+    the finder's look at the files."""
     import threading
 
-    from mmretrieval.collection import places, repair
+    from mmretrieval.collection import repair
+    from mmretrieval.collection.segment_files import SegmentFiles
 
     write_good_images(tmp_path / "photos", 4)
     col = tmp_path / "col"
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(col), "--model", str(tiny_model_dir),
                  "--workers", "0"]) == 0
-    write_good_images(tmp_path / "more", 4)
-    reading = Collection.open(col)
-    extents = places.VectorPlaces.segment_extents
-    committed = threading.Event()
+    write_good_images(tmp_path / "more", 4, seed=1)  # other pictures: new rows appended to the active segment
+    looked = SegmentFiles.intact_rows
+    ingested: list[int] = []
 
-    def slow_extents(catalog):  # the catalog read, then an ingest commits before the files are looked at
-        seen = extents(catalog)
-        ingest = threading.Thread(target=lambda: Collection.open(col).ingest([tmp_path / "more"], workers=0))
-        ingest.start()
-        ingest.join()
-        committed.set()
-        return seen
+    def look_then_ingest(files, entry):  # once: the injected ingest's own writer looks at the files too
+        rows = looked(files, entry)
+        if not ingested:
+            ingested.append(rows)
+            other = threading.Thread(target=lambda: Collection.open(col).ingest([tmp_path / "more"], workers=0))
+            other.start()
+            other.join()
+        return rows
 
-    try:
-        places.VectorPlaces.segment_extents = slow_extents
+    with Collection.open(col) as reading:
+        monkeypatch.setattr(SegmentFiles, "intact_rows", look_then_ingest)
         assert repair.lost_vectors(reading.catalog) == ([], [])
-    finally:
-        places.VectorPlaces.segment_extents = extents
-        reading.close()
-    assert committed.is_set()
+        monkeypatch.undo()
+        assert ingested == [4] and reading.catalog.vector_count() == 8  # it looked at 4 rows, then 8 were committed
     assert _check(capsys, col)[:2] == (0, [])
 
 

@@ -487,12 +487,44 @@ def test_a_segment_file_missing_for_a_moment_is_not_taken_for_lost(tmp_path, tin
     assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--workers", "0"]) == 0
     err = capsys.readouterr().err
     assert looks == [repair.RECHECK_S] and "lost their vectors" not in err and "embedded 0, unchanged 3" in err
-    assert vec.stat().st_size > 0  # and the writer's cut of torn tails left it whole
     monkeypatch.setattr(repair, "_pause", lambda seconds: None)
     vec.rename(tmp_path / "away.vec")  # gone at both looks: forgotten, and embedded again
     assert main(["ingest", str(tmp_path / "photos"), "--collection", col, "--workers", "0"]) == 0
     err = capsys.readouterr().err
     assert "3 images had lost their vectors" in err and "embedded 3, unchanged 0" in err
+
+
+def test_the_cut_of_torn_tails_never_cuts_below_the_rows_the_catalog_points_into(tmp_path, tiny_encoder,
+                                                                                   monkeypatch):
+    """A stat that failed for a moment read as 0 rows, and the writer's cut of a torn tail emptied the active
+    segment (a review's script: 2048 bytes to 0)."""
+    from mmretrieval.collection.collection import Collection
+    from mmretrieval.collection.segments import SegmentStore
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
+        col.ingest([tmp_path / "photos"], workers=0)
+    (vec,) = (tmp_path / "col" / "segments").glob("*.vec")
+    whole = vec.read_bytes()
+    with open(vec, "ab") as torn:
+        torn.write(b"\x01" * 5)  # a killed writer's partial row, which the cut is for
+    collect = SegmentStore.collect_garbage
+
+    def with_a_gone_look(store, referenced):  # the files read as gone while the writer cleans up
+        monkeypatch.setattr(SegmentStore, "intact_rows", lambda self, entry: 0)
+        try:
+            return collect(store, referenced)
+        finally:
+            monkeypatch.undo()
+
+    monkeypatch.setattr(SegmentStore, "collect_garbage", with_a_gone_look)
+    with Collection.open(tmp_path / "col") as col, col.writing():
+        pass
+    assert vec.read_bytes()[:len(whole)] == whole  # not emptied
+    with Collection.open(tmp_path / "col") as col, col.writing():  # a later writer that sees the files cuts the tail
+        pass
+    assert vec.read_bytes() == whole
 
 
 def test_a_segment_manifest_gone_is_not_called_an_empty_collection(tmp_path, tiny_model_dir, capsys):
