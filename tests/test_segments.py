@@ -39,6 +39,18 @@ def fill(catalog: Catalog, folder, vectors: np.ndarray, batch: int = 7) -> np.nd
     return ids
 
 
+@pytest.mark.parametrize("bad", ["double", "nan", "zero"])
+def test_segment_writer_refuses_rows_that_are_not_unit_vectors(tmp_path, bad):
+    vectors = unit_vectors(6)
+    vectors[4] = {"double": 2 * vectors[4], "nan": np.nan, "zero": 0}[bad]
+    writer = SegmentWriter(tmp_path, DIM, "float16", name="part")
+    writer.append(np.arange(3), vectors[:3].astype(np.float16))  # float16 rounding is within the tolerance
+    with pytest.raises(CollectionError, match=r"1 of 3 rows are not unit vectors \(row 1 has length"):
+        writer.append(np.arange(3, 6), vectors[3:])
+    sealed = writer.seal()
+    assert sealed.count == 3 and sealed.ids().tolist() == [0, 1, 2]  # the refused block wrote nothing
+
+
 def test_segment_writer_round_trip_and_damage_detected(tmp_path):
     vectors = unit_vectors(10)
     writer = SegmentWriter(tmp_path, DIM, "float32", name="part")
@@ -80,7 +92,7 @@ def test_commit_segment_is_idempotent_and_ignores_unknown_ids(tmp_path):
     assert catalog.segment_sources()[0][2] == 6
     with pytest.raises(CollectionError, match="64-d"):
         wrong = SegmentWriter(tmp_path / "elsewhere", 64, name="wrong")
-        wrong.append(np.array(pending[:1]), np.zeros((1, 64), np.float32))
+        wrong.append(np.array(pending[:1]), np.eye(1, 64, dtype=np.float32))
         catalog.commit_segment(wrong.seal())
 
 

@@ -36,11 +36,11 @@ from ..errors import CollectionError
 from .catalog import Catalog, is_uri
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
 from .repair import lost_vectors
+from .sealed import NORM_TOLERANCE
 from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest, segment_path
 
 logger = logging.getLogger(__name__)
 
-NORM_TOLERANCE = 0.01  # a unit vector stored as float16 is within 0.002 of length 1 (512-d); damage is far off
 _BLOCK = 32_768  # rows read at once: memory stays near 100 MiB at 512-d, and a block is still one big read
 REEMBED = "`mmr check --repair` sets them to be embedded again"
 

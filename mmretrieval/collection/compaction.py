@@ -169,7 +169,7 @@ def _write_live_rows(catalog: Catalog, victims: list[int], staging: Path, to_cop
                         sealed.append(writer.seal())
                     writer = SegmentWriter(staging, store.dim, store.dtype, name=f"part-{len(sealed):06d}")
                 end = position + SEGMENT_ROWS - writer.count
-                writer.append(table[position:end, 0], vectors[position:end])
+                writer.append(table[position:end, 0], vectors[position:end], check_lengths=False)
                 position = end
             after = int(table[-1, 1])
             copied += len(table)

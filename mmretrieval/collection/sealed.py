@@ -29,6 +29,7 @@ from ..errors import CollectionError
 
 DTYPES = ("float16", "float32")
 DEFAULT_DTYPE = "float16"  # half the disk and page cache of float32; cosine error ~1e-3, below ranking noise
+NORM_TOLERANCE = 0.01  # a unit vector stored as float16 is within 0.002 of length 1 (512-d); damage is far off
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class SegmentWriter:
         name: file stem; must be new in ``directory``.
 
     Raises:
-        CollectionError: an unknown dtype, a name already used, or an append of the wrong shape.
+        CollectionError: an unknown dtype, a name already used, or an append of the wrong shape or of rows that
+            are not unit length.
     """
 
     def __init__(self, directory: str | os.PathLike, dim: int, dtype: str = DEFAULT_DTYPE, name: str = "segment"):
@@ -84,8 +86,14 @@ class SegmentWriter:
         self._ids = open(ids, "xb")
         self._digest = RunningDigest()
 
-    def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
-        """Append rows; returns the row number of the first one."""
+    def append(self, ids: npt.ArrayLike, vectors: npt.ArrayLike, check_lengths: bool = True) -> int:
+        """Append rows; returns the row number of the first one.
+
+        Every row must be a unit vector (within :data:`NORM_TOLERANCE`), as the collection's cosine scores assume;
+        ``check_lengths=False`` is for rows copied from a collection's own segments (compaction), which
+        ``mmr check`` judges, so that damage there stops no copy."""
+        if check_lengths:
+            _check_unit_rows(vectors, self.directory / f"{self.name}.vec")
         first = self.count
         written = write_rows(self._vec, self._ids, ids, vectors, self.dim, self.dtype)
         self._digest.feed(*written)
@@ -105,6 +113,18 @@ class SegmentWriter:
         described = {key: value for key, value in asdict(sealed).items() if key != "directory"}
         atomic_write_text(self.directory / f"{self.name}.json", json.dumps(described, indent=1, sort_keys=True))
         return sealed
+
+
+def _check_unit_rows(vectors: npt.ArrayLike, path: Path) -> None:
+    rows = np.asarray(vectors)
+    if rows.ndim != 2 or rows.dtype.kind not in "fiu":
+        return  # write_rows names the wrong shape; a wrong dtype fails its conversion
+    lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float32))
+    wrong = ~(np.abs(lengths - 1) <= NORM_TOLERANCE)  # NaN fails too
+    if wrong.any():
+        first = int(np.flatnonzero(wrong)[0])
+        raise CollectionError(f"cannot append to {path}: {int(wrong.sum())} of {len(rows)} rows are not unit vectors "
+                              f"(row {first} has length {lengths[first]:.4g}); divide each row by its norm first")
 
 
 def read_sealed(descriptor: str | os.PathLike, verify: bool = True) -> SealedSegment:
