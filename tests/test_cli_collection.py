@@ -880,7 +880,7 @@ def test_rclip_habits_get_our_way_to_do_the_same(built, capsys):
 
 
 def test_compact_names_small_sizes_in_a_unit_that_shows_them():
-    from mmretrieval.cli.collection_cmds import _bytes_text
+    from mmretrieval.cli.upkeep_cmds import _bytes_text
 
     assert [_bytes_text(n) for n in (0, 900, 50_000, 3 * 2**20, 5 * 2**30)] == [
         "0 bytes", "900 bytes", "48.8 KiB", "3.0 MiB", "5.0 GiB"]
