@@ -247,3 +247,67 @@ def test_repair_leaves_a_damaged_vector_whose_image_is_not_on_this_machine(tmp_p
     assert "1 images with damaged vectors have no file on this machine" in err
     with Collection.open(copy) as collection:
         assert collection.info().counts == {"ok": IMAGES} and collection.info().vectors == IMAGES  # kept
+
+
+@pytest.mark.parametrize("when", ["listing", "finding_lost", "checksums", "reading_rows"])
+def test_a_check_beside_a_compaction_finds_no_damage(tmp_path, tiny_model_dir, capsys, monkeypatch, when):
+    """A compaction moves rows to new segments and leaves the old files for the next writer to delete; here one
+    runs at each step of a check."""
+    import threading
+
+    from mmretrieval.collection import check
+    from mmretrieval.collection.catalog import Catalog
+    from mmretrieval.collection.segment_files import SegmentFiles
+
+    monkeypatch.setattr(segments, "SEGMENT_ROWS", 2)  # sealed past two rows: three segments of two
+    write_good_images(tmp_path / "photos", IMAGES)
+    col = tmp_path / "col"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(col), "--model", str(tiny_model_dir),
+                 "--workers", "0", "--batch-size", "2"]) == 0
+    sorted((tmp_path / "photos").iterdir())[0].unlink()  # one dead row: below the writers' own compaction
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(col), "--prune", "--workers", "0"]) == 0
+    capsys.readouterr()
+    targets = {"listing": (SegmentFiles, "segments"), "finding_lost": (SegmentFiles, "intact_rows"),
+               "checksums": (check, "_matches_checksums"), "reading_rows": (Catalog, "places_in_segment")}
+    owner, name = targets[when]
+    original = getattr(owner, name)
+    compacted: list[int] = []
+
+    def then_compact(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not compacted:
+            compacted.append(-1)
+            def compact_then_write():
+                with Collection.open(col) as writer:
+                    compacted.append(writer.compact().rows_copied)
+                    writer.ingest([tmp_path / "photos"])  # its writer deletes the old segments' files on entry
+
+            other = threading.Thread(target=compact_then_write)
+            other.start()
+            other.join()
+        return result
+
+    with Collection.open(col) as reading:
+        monkeypatch.setattr(owner, name, then_compact)
+        report = reading.check()
+        monkeypatch.undo()
+    assert compacted[0] == -1 and compacted[1] > 0
+    assert report.problems == ()
+    assert _check(capsys, col)[:2] == (0, [])
+
+
+def test_a_check_under_endless_compactions_gives_up_with_the_way_out(col, monkeypatch):
+    from mmretrieval.collection import check
+    from mmretrieval.errors import CollectionError
+
+    calls: list[int] = []
+
+    def files_always_gone(*args, **kwargs):
+        calls.append(1)
+        raise FileNotFoundError(2, "No such file or directory", str(col / "segments" / "000001.ids"))
+
+    monkeypatch.setattr(check, "check_catalog", files_always_gone)
+    with Collection.open(col) as reading, pytest.raises(CollectionError, match="000001.ids went away during the "
+                                                         "check, 3 times: .*run the check once they are done"):
+        reading.check()
+    assert len(calls) == check.CHECK_ATTEMPTS == 3

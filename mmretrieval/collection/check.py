@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _BLOCK = 32_768  # rows read at once: memory stays near 100 MiB at 512-d, and a block is still one big read
 REEMBED = "`mmr check --repair` sets them to be embedded again"
+CHECK_ATTEMPTS = 3  # a reader's check starts again when a compaction's files go away under it, this many times
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,28 @@ def check_catalog(catalog: Catalog, directory: Path, progress: Callable[[int, in
                 progress(done, total)
     problems += _index(directory)
     return CheckReport(done, len(entries), tuple(problems), np.unique(np.concatenate(damaged)))
+
+
+def check_beside_writers(catalog: Catalog, directory: Path, progress: Callable[[int, int], None] | None = None
+                         ) -> CheckReport:
+    """:func:`check_catalog` for a reader, which holds no lock: a compaction may move rows to new segments and the
+    next writer delete the old files between the catalog's answer and the read of those files, so the check starts
+    again then (up to :data:`CHECK_ATTEMPTS` times).
+
+    Raises:
+        CollectionError: files went away under every attempt.
+    """
+    attempt = 1
+    while True:
+        try:
+            return check_catalog(catalog, directory, progress)
+        except FileNotFoundError as exc:
+            if attempt == CHECK_ATTEMPTS:
+                raise CollectionError(f"{exc.filename} went away during the check, {attempt} times: other processes "
+                                      "keep rewriting the collection (compactions); run the check once they are "
+                                      "done") from exc
+            logger.info("%s went away during the check (a compaction, then a writer): checking again", exc.filename)
+            attempt += 1
 
 
 def forget_damaged(catalog: Catalog, report: CheckReport) -> int:

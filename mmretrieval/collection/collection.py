@@ -46,7 +46,7 @@ from .index import IndexPolicy
 from .index_manifest import Manifest
 from .sizing import refuse_foreign_params
 from .repair import forget_lost_vectors
-from .check import CheckReport, check_catalog, forget_damaged
+from .check import CheckReport, check_beside_writers, check_catalog, forget_damaged
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
@@ -331,19 +331,15 @@ class Collection(SearchMethods, LabelMethods):
         the next ingest. ``progress(done, total)`` counts vectors.
 
         Raises:
-            CollectionError: the collection changed under a check without ``repair`` (another process rewrote
-                it); with ``repair``, a read-only collection or another writer at work.
+            CollectionError: without ``repair``, other processes rewrote the collection under three checks in a
+                row; with ``repair``, a read-only collection or another writer at work.
         """
         if repair:
             with self.writing(self.busy_message("check --repair")) as catalog:
                 report = check_catalog(catalog, self.directory, progress, forgotten=self._forgotten_on_entry)
                 forget_damaged(catalog, report)
             return report
-        try:
-            return check_catalog(self.catalog, self.directory, progress)
-        except FileNotFoundError as exc:
-            raise CollectionError(f"{exc.filename} went away during the check: another process rewrote the "
-                                  "collection meanwhile (a compaction, a new index); run the check again") from exc
+        return check_beside_writers(self.catalog, self.directory, progress)
 
     def compact(self, min_waste_ratio: float = 0.0,
                 progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
