@@ -30,8 +30,8 @@ from . import (collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_c
 from .common import collection_or_default, named_collection, say
 from .streams import ResultsNotWritten, guarded_streams, reader_left, silence_stdout
 
-_COMMAND_MODULES = (model_cmds, ingest_cmd, search_cmds, upkeep_cmds, collection_cmds, duplicates_cmd, import_cmd, export_cmd,
-                    serve_cmd)
+_COMMAND_MODULES = (model_cmds, ingest_cmd, search_cmds, upkeep_cmds, collection_cmds, duplicates_cmd, import_cmd,
+                    export_cmd, serve_cmd)
 # What is kept when a command's results cannot be written to stdout: the work it committed before printing them.
 _KEPT_WHEN_STDOUT_FAILS = {**dict.fromkeys(("ingest", "import", "index", "compact", "label"),
                                            "; the collection keeps what this run saved"),
