@@ -191,16 +191,19 @@ class VectorIndex:
             # A graph walk only meets allowed ids near the query; a small allowed set may lie elsewhere.
             return exact_search(queries, k, allowed_ids, self._reconstruct)
         nprobe = self.config.nprobe
-        while True:
-            scores, ids = self._searchable().search(queries, k, params=self._search_params(k, allowed_ids, nprobe))
-            if allowed_ids is not None or self.config.type not in _IVF_TYPES or ids.min() >= 0:
-                return drop_padding(scores, ids, k)
-            # The probed lists held fewer than k vectors (a large k, or a query between clusters): probe more,
-            # up to all of them, rather than return fewer hits than the collection has.
+        scores, ids = self._searchable().search(queries, k, params=self._search_params(k, allowed_ids, nprobe))
+        if allowed_ids is None and self.config.type in _IVF_TYPES:
+            # A query whose probed lists held fewer than k vectors (a large k, or a query between clusters) probes
+            # more, up to all of them, rather than return fewer hits than the collection has. Only those queries:
+            # the others' results stay what this nprobe gives, which is what tuning measures it by.
             nlist = faiss.extract_index_ivf(self.faiss_index).nlist
-            if nprobe >= nlist:
-                return drop_padding(scores, ids, k)
-            nprobe = min(nlist, 2 * nprobe)
+            short = np.flatnonzero(ids.min(axis=1) < 0)
+            while len(short) and nprobe < nlist:
+                nprobe = min(nlist, 2 * nprobe)
+                scores[short], ids[short] = self._searchable().search(
+                    queries[short], k, params=self._search_params(k, None, nprobe))
+                short = short[ids[short].min(axis=1) < 0]
+        return drop_padding(scores, ids, k)
 
     def _search_params(self, k: int, allowed_ids: npt.NDArray[np.int64] | None, nprobe: int) -> Any:
         selector = None if allowed_ids is None else faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
