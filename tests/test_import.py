@@ -607,3 +607,23 @@ def test_a_shard_that_fails_before_its_vectors_are_written_stops_them(tmp_path, 
         written = collection.catalog.segments.total_rows()
     assert 0 < written < 200  # stopped after a handful of the 50 blocks; nothing of it is referenced
     assert collection.catalog.vector_count() == 0
+
+
+def test_a_byte_identical_copy_ranks_first_at_1_above_a_stored_row_longer_than_1(tmp_path, collection):
+    """float16 storage leaves a unit vector 1 +- 4e-5 long, and raw dot products put a re-saved copy (1.00004:
+    "1.0000") above the byte-identical one (0.99996), which `--threshold 1` then missed (photos walkthrough).
+    Here the re-save's row is 1.0015 long, within what an import stores as it is."""
+    rng = np.random.default_rng(4)
+    original = unit_rows(rng, 1)[0]
+    resaved = original + 0.01 * unit_rows(rng, 1)[0]
+    resaved = 1.0015 * resaved / np.linalg.norm(resaved)
+    vectors = np.stack([original, original, resaved, *unit_rows(rng, 5)])
+    write_shard(tmp_path / "emb", 0, [f"/gone/{name}.jpg" for name in ("orig", "copy", "resaved", *"abcde")],
+                vectors.astype(np.float16))
+    assert import_embeddings(collection, tmp_path / "emb").renormalised == 0
+    hits = collection.similar("/gone/orig.jpg", k=3)
+    assert [hit.path for hit in hits[:2]] == ["/gone/copy.jpg", "/gone/resaved.jpg"]
+    assert hits[0].score == 1.0 and hits[1].score == pytest.approx(float(original @ resaved) / 1.0015, abs=2e-4)
+    assert [hit.path for hit in collection.similar("/gone/orig.jpg", threshold=1.0)] == ["/gone/copy.jpg"]
+    ids, stored_rows = collection.vectors()
+    np.testing.assert_allclose(np.linalg.norm(stored_rows, axis=1), 1, atol=1e-6)  # as the index gets them

@@ -234,7 +234,7 @@ class VectorPlaces:
         if not places:
             return np.zeros(0, np.int64), np.zeros((0, self._dim_or_zero()), np.float32)
         table = np.array(places, dtype=np.int64)
-        return table[:, 0].copy(), self.segments.gather(table[:, 1], table[:, 2])
+        return table[:, 0].copy(), self.segments.gather(table[:, 1], table[:, 2], unit_length=True)
 
     def _dim_or_zero(self) -> int:
         return self.segments.dim if self.segments.exists else 0

@@ -246,19 +246,20 @@ class SearchMethods:
         allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
             found_scores, found_ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
-            exact = True
+            ids, scores = found_ids[0], found_scores[0]
         else:
             with self._lock:  # FAISS is not safe for an add (catch-up) during a search
                 self._indexes.sync()  # in memory only: a search never writes
                 index = self._indexes.index
                 exact = index.scores_exact(self.catalog.segments.dtype if self.catalog.segments.exists else "")
-                found_scores, found_ids = index.search(vector[None, :], k if exact else index.candidates(k))
-        if exact:
-            ids, scores = found_ids[0], found_scores[0]
-        else:  # approximate codes: re-rank the candidates exactly from the stored vectors
+                _, found_ids = index.search(vector[None, :], k if exact else index.candidates(k))
+            # Scored again from the stored vectors at unit length: approximate codes are not, nor is an index
+            # saved before the vectors it was built from were scaled to it (a flat one included).
             ids, stored = self.catalog.vectors(found_ids[0].tolist())
             scores = stored @ vector if len(ids) else np.zeros(0, np.float32)
-        scores = np.clip(scores, -1.0, 1.0)  # float16 rounding lifts a copy's cosine to 1.0001; cosines stop at 1
+        # Six decimals, as `mmr duplicates` scores pairs: float32 rounding leaves an identical copy at 1 +- 1e-7,
+        # which a threshold of 1 must keep; and cosines stop at 1.
+        scores = np.clip(np.round(scores.astype(np.float64), 6), -1.0, 1.0)
         order = np.argsort(-scores, kind="stable")
         if threshold is not None:
             order = order[scores[order] >= threshold]

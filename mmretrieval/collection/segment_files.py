@@ -29,6 +29,15 @@ MANIFEST_NAME = "manifest.json"
 _FORMAT = 1
 
 
+def scale_to_unit_length(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``vectors`` with each row divided by its length, in place. A unit vector stored as float16 comes back
+    1 +- 4e-5 long, so raw dot products put a re-saved copy of an image (1.00004: "1.0000") above its byte-identical
+    copy (0.99998), and a threshold of 1 missed the latter. Rows of length 0 or NaN (damage, which ``mmr check``
+    names) are left as they are."""
+    lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary
+    return np.divide(vectors, lengths[:, None], out=vectors, where=(lengths > 0)[:, None])
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """One manifest entry."""
@@ -134,14 +143,18 @@ class SegmentFiles:
         return sum(self.rows_in(s.number) for s in self.segments())
 
     # -- reading ----------------------------------------------------------------------------------------------
-    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike, stored_dtype: bool = False) -> npt.NDArray:
-        """Vectors at places ``(numbers[i], rows[i])``, in that order: float32, or as stored (for copying)."""
+    def gather(self, numbers: npt.ArrayLike, rows: npt.ArrayLike, stored_dtype: bool = False,
+               unit_length: bool = False) -> npt.NDArray:
+        """Vectors at places ``(numbers[i], rows[i])``, in that order: float32, or as stored (for copying).
+
+        ``unit_length`` scales the float32 rows to length 1 (see :func:`scale_to_unit_length`), for scores that
+        are cosines; without it they are as stored, for ``mmr check`` to judge."""
         numbers, rows = np.asarray(numbers, np.int64), np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.dim), self.dtype if stored_dtype else np.float32)
         for number in np.unique(numbers):
             where = np.flatnonzero(numbers == number)
             out[where] = self._map(int(number), int(rows[where].max()) + 1)[rows[where]]
-        return out
+        return scale_to_unit_length(out) if unit_length and not stored_dtype else out
 
     def read_rows(self, number: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``(ids, float32 vectors)`` of rows ``start:stop`` of one segment (a block of a stream)."""
