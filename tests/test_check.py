@@ -68,7 +68,7 @@ def test_a_damaged_row_of_the_active_segment_is_found_and_embedded_again(col, ca
     assert problems[0]["problem"].startswith("damaged vectors (not of length 1): 1 (first: row 2, length 0)")
     assert "images whose vectors are damaged: 1" in err and "`mmr check --repair` sets them" in err
     status, problems, err = _check(capsys, col, "--repair")
-    assert status == 1 and len(problems) == 1 and "run `mmr ingest` on their folders" in err
+    assert status == 1 and len(problems) == 1 and "all set to be embedded again: run `mmr ingest` on their" in err
     assert main(["ingest", str(col.parent / "photos"), "--collection", str(col), "--workers", "0"]) == 0
     assert f"embedded 1, unchanged {IMAGES - 1}" in capsys.readouterr().err
     assert _check(capsys, col)[:2] == (0, [])
@@ -244,7 +244,9 @@ def test_repair_leaves_a_damaged_vector_whose_image_is_not_on_this_machine(tmp_p
     capsys.readouterr()
     status, problems, err = _check(capsys, copy, "--repair")
     assert status == 1 and [p["images"] for p in problems] == [1]
-    assert "1 images with damaged vectors have no file on this machine" in err
+    assert "1 image with damaged vectors: no file here (deleted, moved, or imported from another machine)" in err
+    assert "`mmr ingest --prune` on their folders drops those whose files were deleted" in err
+    assert "none of them set to be embedded again: their files are not here" in err  # it said "those images are"
     with Collection.open(copy) as collection:
         assert collection.info().counts == {"ok": IMAGES} and collection.info().vectors == IMAGES  # kept
 

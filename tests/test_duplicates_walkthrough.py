@@ -47,7 +47,7 @@ def test_a_file_gone_since_ingest_is_never_the_copy_to_keep(tmp_path, shapes_enc
     assert code == 0
     fields = out.decode().rstrip("\n").split("\t")
     assert sorted(fields[1:]) == sorted([str(tmp_path / "q50.jpg"), str(tmp_path / "small.jpg")])
-    assert "1 files of these groups are gone" in err and "--prune" in err
+    assert "1 file of these groups is gone since it was ingested" in err and "--prune" in err  # "1 files ... are"
     (tmp_path / "q50.jpg").unlink()  # one file left: no group at all, and a note saying why
     code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection))
     assert code == 1 and out == b""
@@ -69,7 +69,7 @@ def test_a_file_changed_since_ingest_is_never_listed_as_a_copy(tmp_path, shapes_
     second.save(tmp_path / "a-copy.jpg", quality=85)  # another picture under the copy's name
     code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
     assert code == 0 and out == os.fsencode(tmp_path / "a-small.jpg") + b"\0"
-    assert "1 files of these groups changed since they were embedded: left out" in err
+    assert "1 file of these groups changed since it was embedded: left out" in err
     code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--json")
     (group,) = [json.loads(line) for line in out.decode().splitlines()]
     assert group["changed"] == [str(tmp_path / "a-copy.jpg")] and str(tmp_path / "a-copy.jpg") not in group["paths"]
@@ -119,7 +119,7 @@ def test_one_file_by_two_paths_is_not_its_own_copy(tmp_path, shapes_encoder, cap
     assert sorted(group.paths) == sorted([str(kept), str(photos / "p0-small.png")])
     assert group.keep.path == str(kept) and [(a.path, a.same_as) for a in group.aliases] == [(str(alias), str(kept))]
     code, out, err = _run(capsysbinary, "duplicates", "--collection", str(collection), "--null")
-    assert out == os.fsencode(photos / "p0-small.png") + b"\0" and "1 paths name a file" in err
+    assert out == os.fsencode(photos / "p0-small.png") + b"\0" and "1 path names a file its group already lists" in err
     code, out, _ = _run(capsysbinary, "duplicates", "--collection", str(collection), "--json")
     (row,) = [json.loads(line) for line in out.decode().splitlines()]
     assert row["aliases"] == [{"path": str(alias), "same_as": str(kept), "id": group.aliases[0].id}]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..progress import TqdmProgress
 from ..json_lines import tsv_text
+from ..wording import counted
 from .common import add_collection_option, at_least, emit, names_as_bytes, say
 
 if TYPE_CHECKING:
@@ -81,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
             print("\t".join([f"{group.score:.4f}", *(tsv_text(path) for path in group.paths)]))
         sys.stdout.flush()
     if args.organize:
-        say(f"linked {made} files of {len(groups)} groups under {args.organize}")
-    say(f"{len(groups)} groups, {sum(len(g.copies) - 1 for g in groups)} extra copies")
+        say(f"linked {counted(made, 'file')} of {counted(len(groups), 'group')} under {args.organize}")
+    extra = sum(len(g.copies) - 1 for g in groups)
+    say(f"{counted(len(groups), 'group')}, {counted(extra, 'extra copy', 'extra copies')}")
     for line in _notes(groups, tsv=not (args.json or args.null)):
         say(f"mmr duplicates: {line}")
     if note:
@@ -98,18 +100,24 @@ def _notes(groups: list[DuplicateGroup], tsv: bool) -> list[str]:
     escaped = sum(tsv_text(path) != path for group in groups for path in group.paths) if tsv else 0
     notes = []
     if left_out.aliases:
-        notes.append(f"{left_out.aliases} paths name a file their group already lists (a hard link, or a folder "
+        one = left_out.aliases == 1
+        notes.append(f"{counted(left_out.aliases, 'path')} {'names' if one else 'name'} a file "
+                     f"{'its' if one else 'their'} group already lists (a hard link, or a folder "
                      "reached through a symbolic link): not listed as copies, since deleting one deletes that file "
                      "(--json lists them as aliases)")
     if left_out.gone:
-        notes.append(f"{left_out.gone} files of these groups are gone since they were ingested: left out (`mmr "
-                     "ingest --prune` drops them from the collection)")
+        one = left_out.gone == 1
+        notes.append(f"{counted(left_out.gone, 'file')} of these groups {'is' if one else 'are'} gone since "
+                     f"{'it was' if one else 'they were'} ingested: left out (`mmr ingest --prune` drops "
+                     f"{'it' if one else 'them'} from the collection)")
     if left_out.changed:
-        notes.append(f"{left_out.changed} files of these groups changed since they were embedded: left out, since "
-                     "their stored vectors may show another picture (`mmr ingest` embeds them again; --json lists "
-                     "them as changed)")
+        one = left_out.changed == 1
+        notes.append(f"{counted(left_out.changed, 'file')} of these groups changed since "
+                     f"{'it was' if one else 'they were'} embedded: left out, since stored vectors may show another "
+                     f"picture (`mmr ingest` embeds {'it' if one else 'them'} again; --json lists "
+                     f"{'it' if one else 'them'} as changed)")
     if escaped:
-        notes.append(f"{escaped} paths hold a backslash, a tab, a line break or another control character: TSV "
-                     "shows them with backslash escapes (\\\\, \\t, \\n, \\xHH); --null or --json give the names "
-                     "whole")
+        notes.append(f"{counted(escaped, 'path')} {'holds' if escaped == 1 else 'hold'} a backslash, a tab, a line "
+                     "break or another control character: TSV shows such names with backslash escapes (\\\\, "
+                     "\\t, \\n, \\xHH); --null or --json give the names whole")
     return notes

@@ -178,9 +178,12 @@ def _check(args: argparse.Namespace) -> int:
     read = (f"the catalog, the saved index and {report.vectors:,} vectors (segments: {report.segments})"
             if report.complete else "what could be read (the rest was not: see the problems)")
     say(f"checked {read}: {found}" + (f"; images whose vectors are damaged: {damaged:,}" if damaged else ""))
-    if damaged:
-        say("those images are set to be embedded again: run `mmr ingest` on their folders" if args.repair else
-            "`mmr check --repair` sets them to be embedded again by the next `mmr ingest`")
+    if damaged and not args.repair:
+        say("`mmr check --repair` sets them to be embedded again by the next `mmr ingest`")
+    elif damaged:
+        say(f"{'all' if report.reset == damaged else f'{report.reset:,} of them'} set to be embedded again: run "
+            "`mmr ingest` on their folders" if report.reset else "none of them set to be embedded again: their files "
+            "are not here (see the warning above)")
     return 1 if report.problems else 0
 
 

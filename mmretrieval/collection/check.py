@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import file_sha256
+from ..wording import counted
 from ..errors import CollectionError
 from .catalog import Catalog, is_uri
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
@@ -65,6 +66,7 @@ class CheckReport:
     problems: tuple[Problem, ...]
     damaged_ids: npt.NDArray[np.int64]
     complete: bool = True  # False: the catalog or the segments' manifest is damaged, and the rest was not read
+    reset: int = 0  # of the damaged images, those a repair set to be embedded again (their file is here)
 
 
 def check_catalog(catalog: Catalog, directory: Path, progress: Callable[[int, int], None] | None = None,
@@ -140,8 +142,10 @@ def forget_damaged(catalog: Catalog, report: CheckReport) -> int:
         catalog.forget_vectors(here)
         logger.warning("%d images are set to be embedded again from their files by the next `mmr ingest`", len(here))
     if len(rows) > len(here):
-        logger.warning("%d images with damaged vectors have no file on this machine (imported ones, or moved): "
-                       "their vectors are left as they are; only a backup has them", len(rows) - len(here))
+        away = len(rows) - len(here)
+        logger.warning("%s with damaged vectors: no file here (deleted, moved, or imported from another machine), so "
+                       "the vectors are left as they are; `mmr ingest --prune` on their folders drops those whose "
+                       "files were deleted, and only a backup has the rest", counted(away, "image"))
     return len(here)
 
 

@@ -337,8 +337,7 @@ class Collection(SearchMethods, LabelMethods):
         if repair:
             with self.writing(self.busy_message("check --repair")) as catalog:
                 report = check_catalog(catalog, self.directory, progress, forgotten=self._forgotten_on_entry)
-                forget_damaged(catalog, report)
-            return report
+                return dataclasses.replace(report, reset=forget_damaged(catalog, report))
         return check_beside_writers(self.catalog, self.directory, progress)
 
     def compact(self, min_waste_ratio: float = 0.0,

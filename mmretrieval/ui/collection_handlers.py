@@ -13,11 +13,12 @@ import gradio as gr
 import pandas as pd
 
 from ..models.settings import MULTI_LABEL_THRESHOLD
+from ..wording import counted
 from .label_input import NO_LABELS, given_labels
 from .charts import bar_chart
 from .context import AppContext, check_template_set, user_errors
 from .media import prune_exports
-from .names import counted, display_path, markdown_code, markdown_text
+from .names import display_path, markdown_code, markdown_text
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ import gradio as gr
 
 from ..collection.duplicates import DuplicateGroup, LeftOut
 from ..json_lines import tsv_text
+from ..wording import counted
 from .context import AppContext, user_errors
 from .media import prune_exports
-from .names import counted, display_path, markdown_code
+from .names import display_path, markdown_code
 
 logger = logging.getLogger(__name__)
 

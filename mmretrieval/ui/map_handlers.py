@@ -21,9 +21,10 @@ import numpy.typing as npt
 
 from ..collection.label_sets import check_known
 from ..models.label_text import parse_labels
+from ..wording import counted
 from . import map_view, projection
 from .context import AppContext, check_template_set, folder_prefix, user_errors
-from .names import counted, display_path, markdown_text
+from .names import display_path, markdown_text
 
 logger = logging.getLogger(__name__)
 

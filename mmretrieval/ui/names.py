@@ -101,8 +101,3 @@ def markdown_code(text: object) -> str:
 def _readable(text: object) -> str:
     """A path, bytes or any value as text, undecodable bytes shown as U+FFFD."""
     return display_path(text if isinstance(text, (str, bytes, os.PathLike)) else str(text))
-
-
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """``count`` and ``noun`` in the right number: "1 result", "2 results", "1 copy", "3 copies" (``plural``)."""
-    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"

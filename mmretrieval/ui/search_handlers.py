@@ -22,11 +22,12 @@ from .label_input import NO_LABELS, given_labels
 from ..errors import QueryError
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import predict
+from ..wording import counted
 from .context import AppContext, folder_prefix, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
 from .image_details import catalog_details, describe_details
-from .names import counted, display_path, markdown_text
+from .names import display_path, markdown_text
 
 if TYPE_CHECKING:
     from ..collection.records import Hit

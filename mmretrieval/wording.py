@@ -1,0 +1,8 @@
+"""Counts in words for the messages of every layer: "1 image", "2 images", "1 copy", "3 copies"."""
+
+from __future__ import annotations
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun`` in the right number: "1 result", "2 results", "1 copy", "3 copies" (``plural``)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
