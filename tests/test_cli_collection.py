@@ -228,6 +228,13 @@ def test_index_and_compact_print_their_summary_as_json_on_request(built, capsys)
     assert summary["rows_reclaimed"] == 1 and summary["rows_copied"] == 4 and "1 dead rows reclaimed" in err
 
 
+def test_a_pq_m_that_does_not_divide_the_dimension_is_refused_in_one_line(built, capsys):
+    """FAISS's own C++ assertion came through ('!(d % M == 0)' failed), unlike every other bad index option."""
+    _, collection = built
+    _fails_in_one_line(capsys, ["index", "--collection", collection, "--type", "ivfpq", "--pq-m", "7"],
+                       "--pq-m 7: a code splits each 32-d vector into pq-m equal parts, so it must divide 32 (e.g. 8, 16)")
+
+
 def test_a_recall_target_for_an_exact_index_is_refused_or_kept_for_later(built, capsys):
     """It was accepted and ignored in silence: a flat index is exact."""
     _, collection = built

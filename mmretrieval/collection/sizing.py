@@ -139,10 +139,15 @@ def choose_config(count: int, index_type: str | None = None, *, dim: int = 512, 
         overrides: :class:`IndexConfig` fields; None means "the automatic choice".
 
     Raises:
-        CollectionError: an unknown type or parameter, or a parameter below 1.
+        CollectionError: an unknown type or parameter, a parameter below 1, or a ``pq_m`` that does not divide
+            ``dim``.
     """
     policy = policy or IndexPolicy()
     given = _checked_overrides(overrides)
+    if dim % given.get("pq_m", 1):  # checked whatever the count: a collection too small for ivfpq grows into it
+        fits = ", ".join(str(m) for m in (8, 16, 32, 64) if dim % m == 0 and m <= dim // 2)
+        raise CollectionError(f"--pq-m {given['pq_m']}: a code splits each {dim}-d vector into pq-m equal parts, so "
+                              f"it must divide {dim}" + (f" (e.g. {fits})" if fits else ""))
     if index_type is None or index_type == "auto":
         index_type = _auto_type(count, dim, policy)
     if index_type not in INDEX_TYPES:
