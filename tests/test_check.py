@@ -198,6 +198,18 @@ def test_a_damaged_index_file_is_named_and_a_search_rebuilds_it(col, capsys):
     assert len(_search(capsys, col)) == IMAGES
 
 
+def test_info_says_the_index_is_not_saved_when_its_file_is_gone(col, capsys):
+    """index.json alone answered: `index_saved yes` beside `mmr check`'s "the saved index file is missing"."""
+    (index_file,) = col.glob("index-*.faiss")
+    assert main(["info", "--collection", str(col), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index_saved"] is True
+    index_file.unlink()
+    assert main(["info", "--collection", str(col), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["index_saved"] is False
+    assert f"the saved index file {index_file.name} is missing: a search rebuilds the index" in err
+
+
 def test_a_damaged_catalog_is_named_with_the_way_out(col, capsys):
     with closing(sqlite3.connect(col / "catalog.sqlite")) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

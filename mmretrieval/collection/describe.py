@@ -51,6 +51,11 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
         lost, damaged = lost_vectors(catalog)
         if lost:
             logger.warning("the vectors of %d images are lost (%s); %s", len(lost), ", ".join(damaged), DAMAGED)
+            stored = None  # the rows counted from the files' sizes are not what the catalog points at: unknown
+    if saved is not None and saved.file and not (directory / saved.file).is_file():
+        logger.warning("the saved index file %s is missing: a search rebuilds the index from the stored vectors, "
+                       "and `mmr index` saves it again", saved.file)
+        saved = None
     recall = round(manifest.recall, 4) if manifest.recall >= 0 else None  # None: not measured
     imported: dict[str, int] = {}
     for source, _, rows in catalog.segment_sources():

@@ -18,6 +18,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..wording import counted
+
 if TYPE_CHECKING:
     from .catalog import Catalog
 
@@ -68,6 +70,6 @@ def lost_vectors(catalog: "Catalog") -> tuple[list[int], list[str]]:
         intact = store.intact_rows(entry) if entry is not None else 0
         if intact < needed and (ids := catalog.ids_placed_from(number, intact, through=needed - 1)):
             lost += ids
-            damaged.append(f"segment {number:06d} holds {intact} whole rows" if entry is not None else
+            damaged.append(f"segment {number:06d} holds {counted(intact, 'whole row')}" if entry is not None else
                            f"segment {number:06d} is not in the segments' manifest")
     return lost, damaged

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from ..atomic import atomic_write_text
 from ..errors import CollectionError
+from ..wording import counted
 from .sealed import DEFAULT_DTYPE, check_dtype
 
 SEGMENTS_DIRNAME = "segments"
@@ -169,7 +170,7 @@ class SegmentFiles:
             path = segment_path(self.directory, number, "vec")
             rows = self._vec_bytes(number) // self._row_bytes()
             if rows < needed_rows:
-                raise CollectionError(f"{path} holds {rows} rows, the catalog points at row {needed_rows - 1}; "
+                raise CollectionError(f"{path} holds {counted(rows, 'row')}, the catalog points at row {needed_rows - 1}; "
                                       f"{DAMAGED}")
             mapped = np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r", shape=(rows, self.dim))
             self._maps[number] = mapped
