@@ -221,6 +221,9 @@ def test_a_damaged_catalog_is_named_with_the_way_out(col, capsys):
     status, problems, _ = _check(capsys, col)
     assert status == 1 and [p["where"] for p in problems] == [str(col / "catalog.sqlite")]
     assert problems[0]["problem"].startswith("damaged: ") and "restore it from a backup" in problems[0]["problem"]
+    assert main(["info", "--collection", str(col)]) == 2  # a generic "DatabaseError: ... malformed" before
+    assert "the collection's catalog is damaged: `mmr check` names the damage, and the catalog is restored from a " \
+           "backup (README: Backups)" in capsys.readouterr().err
 
 
 def test_a_float32_collection_and_imported_vectors_check_clean(tmp_path, tiny_model_dir, capsys):

@@ -371,3 +371,25 @@ def test_details_panel_shows_when_where_and_with_what_a_photo_was_taken(tmp_path
         _, plain, _, _ = search.image_info(collection.catalog.id_of_path(tmp_path / "photos" / "plain.png"))
     assert "- taken: 2023-07-14 18:05:09\n" in dated and "- camera: Canon EOS R5 \\<b\\>" in dated
     assert "modification time" in plain and "camera" not in plain  # no EXIF: dated by mtime, and it says so
+
+
+@pytest.mark.parametrize("code, shown", [(11, "The collection's catalog is damaged"), (779, "catalog is damaged"),
+                                         (1, "Something went wrong in read rows (DatabaseError)")])
+def test_a_damaged_catalog_is_named_in_the_browser_with_the_way_out(code, shown):
+    """It was "Something went wrong (DatabaseError)" whatever SQLite said (ops walkthrough: a page of the catalog
+    overwritten); SQLITE_CORRUPT and its extended codes (779: SQLITE_CORRUPT_INDEX) now point at `mmr check`."""
+    import re
+    import sqlite3
+
+    from mmretrieval.ui.context import user_errors
+    from mmretrieval.ui.toast import ToastError
+
+    @user_errors
+    def read_rows():
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = code
+        raise error
+
+    with pytest.raises(ToastError, match=re.escape(shown)) as caught:
+        read_rows()
+    assert ("`mmr check` on the server names the damage" in str(caught.value)) == (code != 1)
