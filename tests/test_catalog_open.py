@@ -157,7 +157,9 @@ def test_a_lost_catalog_is_not_started_afresh_beside_its_vectors(tmp_path, tiny_
         Collection.open(folder, model=tiny_encoder, create=True)
     for command in (["ingest", str(tmp_path / "photos")], ["info"], ["search", "red"]):
         assert main([*command, "--collection", str(folder)]) != 0
-        assert "still holds segments/ and index.json" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "still holds segments/ and index.json" in err
+        assert "a new collection with the bundled demo model" not in err  # announced, then refused, it was
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 

@@ -131,9 +131,7 @@ def _ingest(args: argparse.Namespace) -> int:
         refuse_missing(source_list(sources))  # before a new collection is announced
 
     model = args.model
-    if model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection):
-        say(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
-            "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)")
+    demo = model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection)
     ray = _ray_config(args)  # refused options refuse before a collection is made
     # With --ray this process loads a new collection's model only to record it: on the CPU.
     device = "cpu" if ray is not None else args.device
@@ -146,6 +144,9 @@ def _ingest(args: argparse.Namespace) -> int:
     with TqdmProgress("index", unit="vec") as index_bar, \
             open_collection(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
+        if demo:  # said once the collection is made: a folder refused as one (segments, no catalog) is not
+            say(f"mmr ingest: a new collection with the bundled demo model {DEFAULT_MODEL}, which knows only coloured "
+                "shapes; for photos choose one with --model (e.g. ViT-B-32:laion2b_s34b_b79k)")
         progress = TqdmProgress("ingest")
         try:
             with progress, TqdmProgress("hashing", unit="files") as hashed:
