@@ -224,3 +224,27 @@ def test_a_row_committed_from_a_segment_takes_the_labels_of_the_same_bytes(tmp_p
                                                                  ("shapes:star", 0.9)]
     assert ids[1] not in labels
     catalog.close()
+
+
+def test_a_folder_renamed_and_ingested_by_its_new_name_says_where_its_old_paths_go(tmp_path, tiny_model_dir, capsys):
+    """`mmr ingest trip-2021 --prune` said "moved 3, pruned 0" and kept the old paths (search listed every photo
+    twice); the prune of the old name was refused as a missing drive, with no word of the folder above it."""
+    from mmretrieval.cli import main
+
+    photos = tmp_path / "photos"
+    write_good_images(photos / "trip", 3)
+    col = str(tmp_path / "col")
+    assert main(["ingest", str(photos / "trip"), "--collection", col, "--model", str(tiny_model_dir),
+                 "--workers", "0"]) == 0
+    (photos / "trip").rename(photos / "trip-2021")
+    capsys.readouterr()
+    assert main(["ingest", str(photos / "trip-2021"), "--prune", "--collection", col, "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "moved 3, pruned 0" in err
+    assert ("the old paths of the 3 files moved here stay in the collection (with the same vectors) until an `mmr "
+            "ingest --prune` over a folder that holds them: for a renamed folder, the folder above it") in err
+    assert main(["ingest", str(photos / "trip"), "--prune", "--collection", col]) == 2
+    assert "a folder renamed or deleted on purpose is pruned from the folder above it" in capsys.readouterr().err
+    assert main(["ingest", str(photos), "--prune", "--collection", col, "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "unchanged 3" in err and "pruned 3" in err and "old paths" not in err

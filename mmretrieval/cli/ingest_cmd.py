@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CollectionError
 from ..progress import TqdmProgress
+from ..wording import counted
 from .common import (add_collection_option, add_model_options, add_null_option, at_least, json_line, open_collection,
                      positive_seconds, ray_address, say)
 
@@ -169,6 +170,10 @@ def _ingest(args: argparse.Namespace) -> int:
     say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}{moved}, "
         f"pruned {summary.pruned}, failed {summary.failed_total} ({_by_reason(summary.failed) or 'none'})"
         f"{skipped}")
+    if summary.moved > summary.pruned:  # a renamed folder's old paths, outside what was pruned
+        say(f"mmr ingest: the old paths of the {counted(summary.moved, 'file')} moved here stay in the collection "
+            "(with the same vectors) until an `mmr ingest --prune` over a folder that holds them: for a renamed "
+            "folder, the folder above it")
     if summary.adopted:
         say(f"mmr ingest: {summary.adopted} imported images were found here: their vectors are kept, and their files' "
             "size, time, content hash and dates now recorded")

@@ -88,7 +88,8 @@ def prune_scope(sources: Sequence[str | PathStream], catalog: Catalog,
         path = os.path.abspath(source)
         if not os.path.lexists(path):
             raise CollectionError(f"--prune refused: source {source} is missing (an unmounted drive?); nothing was "
-                                  "deleted. Reconnect it, or leave out --prune")
+                                  "deleted. Reconnect it, or leave out --prune; a folder renamed or deleted on purpose "
+                                  "is pruned from the folder above it")
         if os.path.isdir(path):
             try:
                 with os.scandir(path) as entries:
