@@ -312,3 +312,25 @@ def test_a_vector_the_model_gives_as_nan_fails_its_image_and_is_not_stored(tmp_p
         assert col.catalog.vector_count() == 2 and col.check().problems == ()
         (failure, *_) = col.failures()
         assert failure.reason == "model_output" and "try --precision fp32" in failure.message
+
+
+def test_a_collection_whose_folder_was_deleted_says_so(tmp_path, tiny_encoder):
+    """info() and ingest() raised a bare FileNotFoundError, and search() said to restore manifest.json from a
+    backup (ops walkthrough); nothing is made again on disk."""
+    import shutil
+
+    from mmretrieval import Collection
+    from mmretrieval.errors import CollectionError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 2)
+    folder = tmp_path / "col"
+    with Collection.open(folder, model=tiny_encoder, create=True) as collection:
+        collection.ingest([tmp_path / "photos"], workers=0)
+        shutil.rmtree(folder)
+        for call in (collection.info, lambda: collection.search("red"), lambda: collection.similar(1),
+                     lambda: collection.ingest([tmp_path / "photos"], workers=0), collection.check):
+            with pytest.raises(CollectionError, match=f"the collection {folder} is gone: its folder was deleted or "
+                                                      "moved since it was opened"):
+                call()
+    assert not folder.exists()

@@ -163,9 +163,13 @@ class Collection(SearchMethods, LabelMethods):
         self.catalog.close()
 
     def _check_process(self) -> None:
-        """Raise CollectionError in a fork()ed child, where FAISS and torch would hang (their threads are gone)."""
+        """Raise CollectionError in a fork()ed child, where FAISS and torch would hang (their threads are gone), or
+        when the collection's folder is gone (a bare FileNotFoundError, or advice to restore one file, otherwise)."""
         if os.getpid() != self._pid:
             raise CollectionError(forked_message(self._pid))
+        if not self.directory.is_dir():
+            raise CollectionError(f"the collection {self.directory} is gone: its folder was deleted or moved since it "
+                                  "was opened; open it where it is now")
 
     def __reduce__(self) -> tuple:
         raise TypeError(unpicklable_message(self.directory))
@@ -334,6 +338,7 @@ class Collection(SearchMethods, LabelMethods):
             CollectionError: without ``repair``, other processes rewrote the collection under three checks in a
                 row; with ``repair``, a read-only collection or another writer at work.
         """
+        self._check_process()
         if repair:
             with self.writing(self.busy_message("check --repair")) as catalog:
                 report = check_catalog(catalog, self.directory, progress, forgotten=self._forgotten_on_entry)
@@ -447,6 +452,7 @@ class Collection(SearchMethods, LabelMethods):
         saved on disk (its vector count then may trail the catalog's: ``index_saved`` says so), since loading or
         building it only to describe it would cost as much as a search's first use.
         """
+        self._check_process()
         with self._lock:
             if self._indexes.loaded:
                 manifest, saved = self._indexes.current(), self._indexes.manifest
