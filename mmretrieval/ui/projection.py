@@ -104,8 +104,10 @@ def layout(ids: npt.NDArray[np.int64], embeddings: npt.NDArray[np.float32], meth
     if method == "umap":
         import umap  # heavy (numba): only when a map is drawn
 
+        # Seeded, UMAP runs on one thread whatever n_jobs says, and warns of it unless n_jobs says so too: that
+        # warning reached the server's log as mmr's own (photos walkthrough).
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(ids) - 1), min_dist=0.1, metric="cosine",
-                            random_state=seed)
+                            random_state=seed, n_jobs=1)
         coordinates = reducer.fit_transform(data)
     elif method == "tsne":
         from openTSNE import TSNE
