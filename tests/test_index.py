@@ -213,6 +213,19 @@ def test_a_presized_fill_makes_the_index_block_by_block_adds_make(config):
         VectorIndex.trained(config, 32, vectors[:1500]).fill(lambda: next(calls), len(ids))
 
 
+def test_a_pq_m_that_does_not_divide_the_dimension_builds_through_opq():
+    """FAISS's PQ splits a vector into pq_m equal parts: without OPQ's rotation (automatic from 20,000 vectors) a
+    pq_m of 7 at 32-d stopped on FAISS's C++ assertion."""
+    config = choose_config(2000, "ivfpq", dim=DIM * 2, pq_m=7)
+    assert config.opq == 1 and choose_config(2000, "ivfpq", dim=DIM * 2, pq_m=8).opq == 0
+    vectors = np.concatenate([clustered(2000), clustered(2000, seed=1)], axis=1) / np.sqrt(2)
+    index = VectorIndex.build(config, np.arange(2000), vectors.astype(np.float32), DIM * 2)
+    _, found = index.search(vectors[:5].astype(np.float32), 10)
+    assert found.shape == (5, 10) and (found >= 0).all()
+    with pytest.raises(CollectionError, match="--pq-m 40: .* at most 32"):
+        choose_config(2000, "ivfpq", dim=32, pq_m=40)
+
+
 @pytest.mark.parametrize("index_type", ["ivf", "ivfpq"])
 def test_only_the_queries_whose_lists_were_short_probe_more(index_type):
     """One short query made the whole batch probe twice as many lists: the tuner, which sends its queries as one

@@ -139,15 +139,14 @@ def choose_config(count: int, index_type: str | None = None, *, dim: int = 512, 
         overrides: :class:`IndexConfig` fields; None means "the automatic choice".
 
     Raises:
-        CollectionError: an unknown type or parameter, a parameter below 1, or a ``pq_m`` that does not divide
-            ``dim``.
+        CollectionError: an unknown type or parameter, a parameter below 1, or a ``pq_m`` above ``dim`` (one
+            that does not divide it turns OPQ on, which rotates the vectors to a multiple of it).
     """
     policy = policy or IndexPolicy()
     given = _checked_overrides(overrides)
-    if dim % given.get("pq_m", 1):  # checked whatever the count: a collection too small for ivfpq grows into it
-        fits = ", ".join(str(m) for m in (8, 16, 32, 64) if dim % m == 0 and m <= dim // 2)
-        raise CollectionError(f"--pq-m {given['pq_m']}: a code splits each {dim}-d vector into pq-m equal parts, so "
-                              f"it must divide {dim}" + (f" (e.g. {fits})" if fits else ""))
+    if given.get("pq_m", 0) > dim:  # checked whatever the count: a collection too small for ivfpq grows into it
+        raise CollectionError(f"--pq-m {given['pq_m']}: a code splits each {dim}-d vector into pq-m parts, so it is "
+                              f"at most {dim} (FAISS stopped on its own C++ assertion)")
     if index_type is None or index_type == "auto":
         index_type = _auto_type(count, dim, policy)
     if index_type not in INDEX_TYPES:
@@ -168,7 +167,10 @@ def choose_config(count: int, index_type: str | None = None, *, dim: int = 512, 
     if index_type == "ivfpq":
         config = dataclasses.replace(config, pq_m=_pq_m(count, dim, policy.budget(), config.nlist),
                                      pq_bits=8 if count >= 256 * 39 else 4, opq=int(count >= OPQ_MIN_VECTORS))
-    return dataclasses.replace(config, **given)
+    config = dataclasses.replace(config, **given)
+    if config.type == "ivfpq" and dim % config.pq_m:  # equal parts only through a rotation to a multiple of pq_m
+        config = dataclasses.replace(config, opq=1)
+    return config
 
 
 def _auto_type(count: int, dim: int, policy: IndexPolicy) -> str:
