@@ -40,6 +40,16 @@ class Busy(MMRError):
     holder_pid: int | None = None  # that process's id
 
 
+class SegmentFileMissing(CollectionError):
+    """A segment file the catalog points at is gone: lost, or deleted by a writer's clean-up after a compaction
+    moved its rows, in which case a reader that asks the catalog again finds them (readers retry on it, as on a
+    FileNotFoundError). ``filename`` is the file."""
+
+    def __init__(self, filename: str, message: str):
+        super().__init__(message)
+        self.filename = filename
+
+
 class CollectionBusy(Busy, CollectionError):
     """Another process holds the collection's writer lock."""
 

@@ -266,10 +266,10 @@ def test_repair_leaves_a_damaged_vector_whose_image_is_not_on_this_machine(tmp_p
         assert collection.info().counts == {"ok": IMAGES} and collection.info().vectors == IMAGES  # kept
 
 
-@pytest.mark.parametrize("when", ["listing", "finding_lost", "checksums", "reading_rows"])
+@pytest.mark.parametrize("when", ["listing", "finding_lost", "checksums", "reading_rows", "reading_vectors"])
 def test_a_check_beside_a_compaction_finds_no_damage(tmp_path, tiny_model_dir, capsys, monkeypatch, when):
-    """A compaction moves rows to new segments and leaves the old files for the next writer to delete; here one
-    runs at each step of a check."""
+    """A compaction moves rows to new segments and leaves the old files for the next writer to delete; here both
+    run at each step of a check, which reads again what went."""
     import threading
 
     from mmretrieval.collection import check
@@ -285,24 +285,27 @@ def test_a_check_beside_a_compaction_finds_no_damage(tmp_path, tiny_model_dir, c
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(col), "--prune", "--workers", "0"]) == 0
     capsys.readouterr()
     targets = {"listing": (SegmentFiles, "segments"), "finding_lost": (SegmentFiles, "intact_rows"),
-               "checksums": (check, "_matches_checksums"), "reading_rows": (Catalog, "places_in_segment")}
+               "checksums": (check, "_matches_checksums"), "reading_rows": (Catalog, "places_in_segment"),
+               "reading_vectors": (SegmentFiles, "gather")}  # its .ids read, then the .vec gone (a review)
     owner, name = targets[when]
     original = getattr(owner, name)
     compacted: list[int] = []
 
+    before = when == "reading_vectors"  # the .ids read, the .vec gone before its read: not a FileNotFoundError
+
+    def compact_then_write():
+        with Collection.open(col) as writer:
+            compacted.append(writer.compact().rows_copied)
+            writer.ingest([tmp_path / "photos"])  # its writer deletes the old segments' files on entry
+
     def then_compact(*args, **kwargs):
-        result = original(*args, **kwargs)
+        result = None if before else original(*args, **kwargs)
         if not compacted:
             compacted.append(-1)
-            def compact_then_write():
-                with Collection.open(col) as writer:
-                    compacted.append(writer.compact().rows_copied)
-                    writer.ingest([tmp_path / "photos"])  # its writer deletes the old segments' files on entry
-
             other = threading.Thread(target=compact_then_write)
             other.start()
             other.join()
-        return result
+        return original(*args, **kwargs) if before else result
 
     with Collection.open(col) as reading:
         monkeypatch.setattr(owner, name, then_compact)

@@ -625,5 +625,7 @@ def test_a_byte_identical_copy_ranks_first_at_1_above_a_stored_row_longer_than_1
     assert [hit.path for hit in hits[:2]] == ["/gone/copy.jpg", "/gone/resaved.jpg"]
     assert hits[0].score == 1.0 and hits[1].score == pytest.approx(float(original @ resaved) / 1.0015, abs=2e-4)
     assert [hit.path for hit in collection.similar("/gone/orig.jpg", threshold=1.0)] == ["/gone/copy.jpg"]
-    ids, stored_rows = collection.vectors()
-    np.testing.assert_allclose(np.linalg.norm(stored_rows, axis=1), 1, atol=1e-6)  # as the index gets them
+    _, scored = collection.catalog.vectors()  # as the index and the scores get them
+    np.testing.assert_allclose(np.linalg.norm(scored, axis=1), 1, atol=1e-6)
+    ids, stored = collection.vectors()  # the public API gives them as stored
+    assert np.linalg.norm(stored[ids.tolist().index(3)]) == pytest.approx(1.0015, abs=1e-3)

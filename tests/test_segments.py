@@ -47,8 +47,9 @@ def test_segment_writer_refuses_rows_that_are_not_unit_vectors(tmp_path, bad):
     writer.append(np.arange(3), vectors[:3].astype(np.float16))  # float16 rounding is within the tolerance
     with pytest.raises(CollectionError, match=r"1 of 3 rows are not unit vectors \(row 1 has length"):
         writer.append(np.arange(3, 6), vectors[3:])
-    sealed = writer.seal()
-    assert sealed.count == 3 and sealed.ids().tolist() == [0, 1, 2]  # the refused block wrote nothing
+    writer.append([9], vectors[:1].astype(np.float64))  # numpy's default dtype passes the check too (a review:
+    sealed = writer.seal()                               # TypeError from the check's cast)
+    assert sealed.count == 4 and sealed.ids().tolist() == [0, 1, 2, 9]  # the refused block wrote nothing
 
 
 def test_segment_writer_round_trip_and_damage_detected(tmp_path):

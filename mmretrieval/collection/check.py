@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import file_sha256
+from ..errors import CollectionError, SegmentFileMissing
 from ..wording import counted
-from ..errors import CollectionError
 from .catalog import Catalog, is_uri
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
 from .repair import lost_vectors
@@ -113,7 +113,16 @@ def check_beside_writers(catalog: Catalog, directory: Path, progress: Callable[[
                          ) -> CheckReport:
     """:func:`check_catalog` for a reader, which holds no lock: a compaction may move rows to new segments and the
     next writer delete the old files between the catalog's answer and the read of those files, so the check starts
-    again then (up to :data:`CHECK_ATTEMPTS` times).
+    again then (up to :data:`CHECK_ATTEMPTS` times). A file lost for good is found before any read
+    (:func:`.repair.lost_vectors`), so a restart hides no damage.
+
+    Args:
+        catalog: the collection's catalog, opened for reading.
+        directory: the collection's folder (its saved index is checked too).
+        progress: ``(rows done, rows in all)``; it starts from 0 again with the check.
+
+    Returns:
+        The report of the attempt that read everything.
 
     Raises:
         CollectionError: files went away under every attempt.
@@ -122,12 +131,13 @@ def check_beside_writers(catalog: Catalog, directory: Path, progress: Callable[[
     while True:
         try:
             return check_catalog(catalog, directory, progress)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, SegmentFileMissing) as exc:  # .ids read by numpy, .vec by the store
             if attempt == CHECK_ATTEMPTS:
                 raise CollectionError(f"{exc.filename} went away during the check, {attempt} times: other processes "
                                       "keep rewriting the collection (compactions); run the check once they are "
                                       "done") from exc
-            logger.info("%s went away during the check (a compaction, then a writer): checking again", exc.filename)
+            logger.warning("%s went away during the check (a compaction, then a writer's clean-up): checking again "
+                           "from the start", exc.filename)
             attempt += 1
 
 
@@ -140,7 +150,8 @@ def forget_damaged(catalog: Catalog, report: CheckReport) -> int:
     here = [image_id for image_id, row in rows.items() if not is_uri(row.path) and os.path.exists(row.path)]
     if here:
         catalog.forget_vectors(here)
-        logger.warning("%d images are set to be embedded again from their files by the next `mmr ingest`", len(here))
+        logger.warning("%s set to be embedded again from %s by the next `mmr ingest`",
+                       counted(len(here), "image is", "images are"), "its file" if len(here) == 1 else "their files")
     if len(rows) > len(here):
         away = len(rows) - len(here)
         logger.warning("%s with damaged vectors: no file here (deleted, moved, or imported from another machine), so "
@@ -153,12 +164,13 @@ def _lost(directory: Path, lost: list[int], where: list[str], forgotten: Sequenc
     """The problems of vectors lost with their files (and of those the running writer forgot on its way in)."""
     problems = []
     if lost:
-        problems.append(Problem(str(directory), f"{'; '.join(where)}: the vectors of {len(lost)} images are lost (a "
-                                f"file deleted or cut short, or an older manifest restored); {REEMBED}", len(lost)))
+        problems.append(Problem(str(directory), f"{'; '.join(where)}: the vectors of {counted(len(lost), 'image')} "
+                                "are lost (a file deleted or cut short, or an older manifest restored); "
+                                f"{REEMBED}", len(lost)))
     if forgotten:
-        problems.append(Problem(str(directory), f"the vectors of {len(forgotten)} images were lost (a file deleted "
-                                "or cut short, or an older manifest restored); they are set to be embedded again",
-                                len(forgotten)))
+        problems.append(Problem(str(directory), f"the vectors of {counted(len(forgotten), 'image')} were lost (a "
+                                "file deleted or cut short, or an older manifest restored); they are set to be "
+                                "embedded again", len(forgotten)))
     return problems
 
 

@@ -411,20 +411,22 @@ class Collection(SearchMethods, LabelMethods):
         return Path(row.path)
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """``(ids, (n, dim) float32)`` stored vectors for ``ids`` (unknown ids are left out).
+        """``(ids, (n, dim) float32)`` stored vectors for ``ids`` (unknown ids are left out), as stored: float16
+        storage leaves them 1 +- 4e-5 long, so divide by their norms for exact cosines.
 
         With no ids it returns every vector at once: fine for small collections (the UI's map), 2 KB a vector
         at 512-d otherwise; large callers stream with :meth:`iter_vectors`.
         """
-        return self.catalog.vectors(None if ids is None else check_ids(ids))
+        return self.catalog.vectors(None if ids is None else check_ids(ids), unit_length=False)
 
     def iter_vectors(self, block_rows: int = 65_536) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Every stored vector as blocks of ``(ids, float32 vectors)``, never more than ``block_rows`` at once.
+        """Every stored vector as blocks of ``(ids, float32 vectors)``, never more than ``block_rows`` at once, as
+        stored (see :meth:`vectors`).
 
         Raises:
             QueryError: ``block_rows`` is not a whole number of at least 1 (0 yielded nothing, as if empty).
         """
-        return self.catalog.iter_vectors(check_k(block_rows, "rows", name="block_rows"))
+        return self.catalog.iter_vectors(check_k(block_rows, "rows", name="block_rows"), unit_length=False)
 
     def label_of(self, ids: Sequence[int]) -> dict[int, tuple[tuple[str, float], ...]]:
         """Assigned ``(label, probability)`` pairs per id, best first; ids without labels are absent."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import CollectionError
 from ..models.specs import ModelIdentity
+from ..wording import counted
 from .catalog import DTYPE_KEY, Catalog
 from .compaction import Waste, catalog_space, waste
 from .repair import lost_vectors
@@ -50,7 +51,8 @@ def describe(directory: Path, catalog: Catalog, identity: ModelIdentity, manifes
     elif stored is not None:  # a file cut short (a file gone: waste said so)
         lost, damaged = lost_vectors(catalog)
         if lost:
-            logger.warning("the vectors of %d images are lost (%s); %s", len(lost), ", ".join(damaged), DAMAGED)
+            logger.warning("the vectors of %s are lost (%s); %s", counted(len(lost), "image"), ", ".join(damaged),
+                           DAMAGED)
             stored = None  # the rows counted from the files' sizes are not what the catalog points at: unknown
     if saved is not None and saved.file and not (directory / saved.file).is_file():
         logger.warning("the saved index file %s is missing: a search rebuilds the index from the stored vectors, "

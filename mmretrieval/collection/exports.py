@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 from ..atomic import fsync_dir
 from ..filled_folders import check_fillable_folder, folder_built_aside
-from ..errors import CollectionError
+from ..errors import CollectionError, SegmentFileMissing
 from .sealed import DTYPES
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class _BlockReader:
     def _read(self, limit: int) -> ExportBlock | None:
         try:
             return self._read_once(limit)
-        except FileNotFoundError:  # a compaction deleted a segment between the query and the gather: ask again
+        except (FileNotFoundError, SegmentFileMissing):  # a compaction deleted a segment meanwhile: ask again
             self._catalog.segments.forget_maps()
             return self._read_once(limit)
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import CollectionError
+from ..errors import CollectionError, SegmentFileMissing
 from ..images.metadata import PhotoMetadata
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
@@ -190,12 +190,15 @@ class VectorPlaces:
         return found
 
     # -- reading ----------------------------------------------------------------------------------------------
-    def vectors(self, ids: Sequence[int] | None = None, since_generation: int | None = None
+    def vectors(self, ids: Sequence[int] | None = None, since_generation: int | None = None, unit_length: bool = True
                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``(ids, (n, dim) float32)`` of stored vectors, by id: the given ids (unknown ones left out), those
-        written after a generation, or (for small collections only: it materialises them) all."""
+        written after a generation, or (for small collections only: it materialises them) all.
+
+        ``unit_length``: float16 rows scaled to length 1, which scores need (float16 leaves them 1 +- 4e-5 long);
+        False gives them as stored."""
         if ids is None:
-            blocks = list(self.iter_vectors(since_generation=since_generation))
+            blocks = list(self.iter_vectors(since_generation=since_generation, unit_length=unit_length))
             if not blocks:
                 return np.zeros(0, np.int64), np.zeros((0, self._dim_or_zero()), np.float32)
             found = np.concatenate([b[0] for b in blocks])
@@ -207,19 +210,21 @@ class VectorPlaces:
                 found += self._query(f"SELECT image_id, segment, row FROM vector_rows WHERE image_id IN ({marks})", chunk)
             return sorted(found)
 
-        return self._gather_fresh(places)
+        return self._gather_fresh(places, unit_length)
 
-    def _gather_fresh(self, places: Callable[[], list[tuple]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def _gather_fresh(self, places: Callable[[], list[tuple]], unit_length: bool
+                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """Gather the places ``places()`` returns; once more if a compaction deleted a segment in between."""
         try:
-            return self._gather(places())
-        except FileNotFoundError:
+            return self._gather(places(), unit_length)
+        except (FileNotFoundError, SegmentFileMissing):
             self.segments.forget_maps()
-            return self._gather(places())
+            return self._gather(places(), unit_length)
 
-    def iter_vectors(self, block_rows: int = _BLOCK, since_generation: int | None = None
+    def iter_vectors(self, block_rows: int = _BLOCK, since_generation: int | None = None, unit_length: bool = True
                      ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Blocks of ``(ids, float32 vectors)`` in storage order, never more than ``block_rows`` at once."""
+        """Blocks of ``(ids, float32 vectors)`` in storage order, never more than ``block_rows`` at once
+        (``unit_length`` as for :meth:`vectors`)."""
         after = (-1, -1)
         condition = "" if since_generation is None else f"AND generation > {int(since_generation)}"
         while True:
@@ -227,14 +232,14 @@ class VectorPlaces:
                                  f"{condition} ORDER BY segment, row LIMIT ?", (*after, block_rows))
             if not places:
                 return
-            yield self._gather(places)  # writers stream under the lock, so no compaction runs meanwhile
+            yield self._gather(places, unit_length)  # writers stream under the lock: no compaction runs meanwhile
             after = (places[-1][1], places[-1][2])
 
-    def _gather(self, places: list[tuple]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def _gather(self, places: list[tuple], unit_length: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         if not places:
             return np.zeros(0, np.int64), np.zeros((0, self._dim_or_zero()), np.float32)
         table = np.array(places, dtype=np.int64)
-        return table[:, 0].copy(), self.segments.gather(table[:, 1], table[:, 2], unit_length=True)
+        return table[:, 0].copy(), self.segments.gather(table[:, 1], table[:, 2], unit_length=unit_length)
 
     def _dim_or_zero(self) -> int:
         return self.segments.dim if self.segments.exists else 0
@@ -275,7 +280,7 @@ class VectorPlaces:
                     "SELECT i.content_hash, v.image_id, v.segment, v.row FROM images i JOIN vector_rows v "
                     f"ON v.image_id = i.id WHERE {column} IN ({marks}) AND i.content_hash IS NOT NULL", chunk):
                 places[digest] = tuple(place)
-        _, vectors = self._gather(list(places.values()))
+        _, vectors = self._gather(list(places.values()), unit_length=False)  # a copy stores the same bytes
         return dict(zip(places, vectors))
 
     def rows_per_segment(self) -> dict[int, int]:

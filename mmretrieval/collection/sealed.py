@@ -119,7 +119,7 @@ def _check_unit_rows(vectors: npt.ArrayLike, path: Path) -> None:
     rows = np.asarray(vectors)
     if rows.ndim != 2 or rows.dtype.kind not in "fiu":
         return  # write_rows names the wrong shape; a wrong dtype fails its conversion
-    lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float32))
+    lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))  # float64 and int rows too
     wrong = ~(np.abs(lengths - 1) <= NORM_TOLERANCE)  # NaN fails too
     if wrong.any():
         first = int(np.flatnonzero(wrong)[0])

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .duplicates import DuplicateGroup
 
 Progress = Callable[[int, int], None]  # (done, total)
+NEAR_TIES = 16  # hits an exact index proposes past k, scored again: those an index saved before scaling misplaced
+RESCORE_ROWS = 16_384  # hits scored again at once (float64: 64 MiB at 512-d), whatever k is
 
 
 class SearchMethods:
@@ -245,25 +247,35 @@ class SearchMethods:
         filters = filters or Filters()
         allowed = allowed_ids(self.catalog, filters)
         if allowed is not None:  # exact over the allowed set: an approximate index would miss most of it
-            found_scores, found_ids = exact_search(vector[None, :], k, allowed, self.catalog.vectors)
-            ids, scores = found_ids[0], found_scores[0]
+            _, found_ids = exact_search(vector[None, :], k + NEAR_TIES, allowed, self.catalog.vectors)
         else:
             with self._lock:  # FAISS is not safe for an add (catch-up) during a search
                 self._indexes.sync()  # in memory only: a search never writes
                 index = self._indexes.index
                 exact = index.scores_exact(self.catalog.segments.dtype if self.catalog.segments.exists else "")
-                _, found_ids = index.search(vector[None, :], k if exact else index.candidates(k))
-            # Scored again from the stored vectors at unit length: approximate codes are not, nor is an index
-            # saved before the vectors it was built from were scaled to it (a flat one included).
-            ids, stored = self.catalog.vectors(found_ids[0].tolist())
-            scores = stored @ vector if len(ids) else np.zeros(0, np.float32)
-        # Six decimals, as `mmr duplicates` scores pairs: float32 rounding leaves an identical copy at 1 +- 1e-7,
-        # which a threshold of 1 must keep; and cosines stop at 1.
-        scores = np.clip(np.round(scores.astype(np.float64), 6), -1.0, 1.0)
+                _, found_ids = index.search(vector[None, :], k + NEAR_TIES if exact else index.candidates(k))
+        ids, scores = self._cosines(found_ids[0], vector)
         order = np.argsort(-scores, kind="stable")
         if threshold is not None:
             order = order[scores[order] >= threshold]
         return self._hits({int(ids[j]): float(scores[j]) for j in order[:k]})  # rows and labels of the k kept
+
+    def _cosines(self, ids: npt.NDArray[np.int64], vector: npt.NDArray[np.float32]
+                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The cosines of ``vector`` with the stored vectors of ``ids`` (those still stored), in float64 and to six
+        decimals, as `mmr duplicates` scores pairs: a byte-identical copy scores 1, which a threshold of 1 keeps
+        (float32 sums of 768 products and more missed it), whatever the index that proposed it. A block of
+        :data:`RESCORE_ROWS` at a time, however large k is."""
+        query = vector.astype(np.float64) / np.linalg.norm(vector)
+        found_ids, found_scores = [np.zeros(0, np.int64)], [np.zeros(0)]
+        for start in range(0, len(ids), RESCORE_ROWS):
+            block_ids, stored = self.catalog.vectors(ids[start:start + RESCORE_ROWS].tolist())
+            stored = stored.astype(np.float64)
+            lengths = np.sqrt(np.einsum("ij,ij->i", stored, stored))
+            found_ids.append(block_ids)
+            found_scores.append(stored @ query / np.where(lengths > 0, lengths, 1.0))
+        scores = np.clip(np.round(np.concatenate(found_scores), 6), -1.0, 1.0)  # cosines stop at 1
+        return np.concatenate(found_ids), scores
 
     def _hits(self, scores: dict[int, float]) -> list[Hit]:
         """Hits for catalog ids (in the dict's order) with their scores; an id whose row went meanwhile is left out."""

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import atomic_write_text
-from ..errors import CollectionError
+from ..errors import CollectionError, SegmentFileMissing
 from ..wording import counted
 from .sealed import DEFAULT_DTYPE, check_dtype
 
@@ -148,14 +148,15 @@ class SegmentFiles:
                unit_length: bool = False) -> npt.NDArray:
         """Vectors at places ``(numbers[i], rows[i])``, in that order: float32, or as stored (for copying).
 
-        ``unit_length`` scales the float32 rows to length 1 (see :func:`scale_to_unit_length`), for scores that
-        are cosines; without it they are as stored, for ``mmr check`` to judge."""
+        ``unit_length`` scales float16 rows to length 1 (see :func:`scale_to_unit_length`), for scores that are
+        cosines; float32 rows are unit vectors to float32's precision already, and stay as stored, as every row
+        does without it (``mmr check`` judges them, copies reuse them)."""
         numbers, rows = np.asarray(numbers, np.int64), np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.dim), self.dtype if stored_dtype else np.float32)
         for number in np.unique(numbers):
             where = np.flatnonzero(numbers == number)
             out[where] = self._map(int(number), int(rows[where].max()) + 1)[rows[where]]
-        return scale_to_unit_length(out) if unit_length and not stored_dtype else out
+        return scale_to_unit_length(out) if unit_length and not stored_dtype and self.dtype == "float16" else out
 
     def read_rows(self, number: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``(ids, float32 vectors)`` of rows ``start:stop`` of one segment (a block of a stream)."""
@@ -170,8 +171,8 @@ class SegmentFiles:
             path = segment_path(self.directory, number, "vec")
             rows = self._vec_bytes(number) // self._row_bytes()
             if rows < needed_rows:
-                raise CollectionError(f"{path} holds {counted(rows, 'row')}, the catalog points at row {needed_rows - 1}; "
-                                      f"{DAMAGED}")
+                raise CollectionError(f"{path} holds {counted(rows, 'row')}, the catalog points at row "
+                                      f"{needed_rows - 1}; {DAMAGED}")
             mapped = np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r", shape=(rows, self.dim))
             self._maps[number] = mapped
         return mapped
@@ -181,7 +182,7 @@ class SegmentFiles:
         try:
             return path.stat().st_size
         except FileNotFoundError:
-            raise CollectionError(f"{path} is missing; {DAMAGED}") from None
+            raise SegmentFileMissing(str(path), f"{path} is missing; {DAMAGED}") from None
 
     def forget_maps(self) -> None:
         """Drop the memory maps (after compaction deleted files; a reader re-maps what it needs)."""

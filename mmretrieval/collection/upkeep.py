@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import remove_stale_temporaries
+from ..errors import SegmentFileMissing
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
 from .index import MIN_IVF_VECTORS, IndexConfig, VectorIndex, choose_config, fit_to_data, training_size
@@ -199,7 +200,7 @@ class IndexKeeper:
         try:
             with self.catalog.snapshot():
                 self._catch_up()
-        except FileNotFoundError:  # a compaction elsewhere deleted a segment this snapshot still pointed into
+        except (FileNotFoundError, SegmentFileMissing):  # a compaction elsewhere deleted a segment it pointed into
             self.catalog.segments.forget_maps()
             with self.catalog.snapshot():
                 self._catch_up()
