@@ -201,7 +201,7 @@ class SearchMethods:
         if isinstance(image, (str, os.PathLike)):
             image_id = self._id_if_unchanged(image)
         if image_id is not None:
-            ids, vectors = self.catalog.vectors([int(image_id)])
+            ids, vectors = self.catalog.vectors([int(image_id)], unit_length=False)  # scored as mmr duplicates does
             if len(ids):
                 return vectors[0]
             if isinstance(image, (int, np.integer)):
@@ -266,12 +266,13 @@ class SearchMethods:
         decimals, as `mmr duplicates` scores pairs: a byte-identical copy scores 1, which a threshold of 1 keeps
         (float32 sums of 768 products and more missed it), whatever the index that proposed it. A block of
         :data:`RESCORE_ROWS` at a time, however large k is."""
-        query = vector.astype(np.float64) / np.linalg.norm(vector)
+        query = vector.astype(np.float64)
+        query_length = np.linalg.norm(query)
         found_ids, found_scores = [np.zeros(0, np.int64)], [np.zeros(0)]
-        for start in range(0, len(ids), RESCORE_ROWS):
-            block_ids, stored = self.catalog.vectors(ids[start:start + RESCORE_ROWS].tolist())
+        for start in range(0, len(ids), RESCORE_ROWS):  # as stored, each divided by its float64 length
+            block_ids, stored = self.catalog.vectors(ids[start:start + RESCORE_ROWS].tolist(), unit_length=False)
             stored = stored.astype(np.float64)
-            lengths = np.sqrt(np.einsum("ij,ij->i", stored, stored))
+            lengths = np.sqrt(np.einsum("ij,ij->i", stored, stored)) * query_length
             found_ids.append(block_ids)
             found_scores.append(stored @ query / np.where(lengths > 0, lengths, 1.0))
         scores = np.clip(np.round(np.concatenate(found_scores), 6), -1.0, 1.0)  # cosines stop at 1
