@@ -66,7 +66,7 @@ def test_a_damaged_row_of_the_active_segment_is_found_and_embedded_again(col, ca
     assert status == 1 and len(problems) == 1
     assert problems[0]["where"] == str(vec) and problems[0]["images"] == 1
     assert problems[0]["problem"].startswith("damaged vectors (not of length 1): 1 (first: row 2, length 0)")
-    assert "images whose vectors are damaged: 1" in err and "`mmr check --repair` sets them" in err
+    assert "images whose vectors are damaged: 1" in err and "`mmr check --repair` sets those whose files are here" in err
     status, problems, err = _check(capsys, col, "--repair")
     assert status == 1 and len(problems) == 1 and "all set to be embedded again: run `mmr ingest` on their" in err
     assert main(["ingest", str(col.parent / "photos"), "--collection", str(col), "--workers", "0"]) == 0

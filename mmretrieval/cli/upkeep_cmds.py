@@ -179,7 +179,7 @@ def _check(args: argparse.Namespace) -> int:
             if report.complete else "what could be read (the rest was not: see the problems)")
     say(f"checked {read}: {found}" + (f"; images whose vectors are damaged: {damaged:,}" if damaged else ""))
     if damaged and not args.repair:
-        say("`mmr check --repair` sets them to be embedded again by the next `mmr ingest`")
+        say("`mmr check --repair` sets those whose files are here to be embedded again by the next `mmr ingest`")
     elif damaged:
         say(f"{'all' if report.reset == damaged else f'{report.reset:,} of them'} set to be embedded again: run "
             "`mmr ingest` on their folders" if report.reset else "none of them set to be embedded again: their files "

@@ -43,7 +43,7 @@ from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest
 logger = logging.getLogger(__name__)
 
 _BLOCK = 32_768  # rows read at once: memory stays near 100 MiB at 512-d, and a block is still one big read
-REEMBED = "`mmr check --repair` sets them to be embedded again"
+REEMBED = "`mmr check --repair` sets those whose files are here to be embedded again"
 CHECK_ATTEMPTS = 3  # a reader's check starts again when a compaction's files go away under it, this many times
 
 
