@@ -214,7 +214,7 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
     described, emptied = [], 0
     for group in groups:
         rows = catalog.rows(list(group))
-        found, vectors = catalog.vectors(list(group))
+        found, vectors = catalog.vectors(list(group), unit_length=False)  # as stored: _cosines divides, in float64
         by_id = dict(zip(found.tolist(), vectors))
         stated = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
                   if i in rows and i in by_id]  # a row removed since the search is left out
@@ -358,7 +358,8 @@ def find_duplicates(catalog: Catalog, search: KnnSearch, threshold: float, k: in
         raise CollectionError(f"duplicate threshold {threshold} must be a cosine in (0, 1]; e.g. 0.95")
     total = catalog.vector_count()
     block = max(1, min(_BLOCK, _RESULTS_PER_BLOCK // (k + 1)))
-    pairs = similar_pairs(catalog.iter_vectors(block), total, search, catalog.vectors, threshold, k, progress)
+    stored = functools.partial(catalog.vectors, unit_length=False)  # scored as a search scores its hits
+    pairs = similar_pairs(catalog.iter_vectors(block), total, search, stored, threshold, k, progress)
     groups = connected_groups(pairs)
     logger.info("%d near-duplicate groups among %d images at threshold %.3f", len(groups), total, threshold)
     described = describe_groups(groups, catalog, prefer)
