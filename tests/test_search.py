@@ -63,7 +63,8 @@ def test_collection_search_scores_are_exact_cosines(tmp_path, tiny_encoder):
         texts = tiny_encoder.encode_texts(["a red square", "blue"])
         combined = texts[0] + col.vectors([col.catalog.id_of_path(paths[2])])[1][0] - texts[1]
         combined /= np.linalg.norm(combined)
-        ids, vectors = col.vectors()
+        ids, vectors = col.vectors()  # as stored: scores are cosines with them at unit length
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         expected = sorted(zip((vectors @ combined).tolist(), ids.tolist()), reverse=True)
         assert [h.id for h in hits] == [i for _, i in expected]
         np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], atol=1e-5)
