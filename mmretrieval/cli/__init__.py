@@ -15,7 +15,6 @@ import os
 import resource
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
-from ..collection.connection import SQLITE_CORRUPT
+from ..collection.connection import is_corrupt
 from ..errors import Busy, MMRError
 from ..json_lines import one_line
 from . import (collection_cmds, duplicates_cmd, export_cmd, import_cmd, ingest_cmd, model_cmds, search_cmds, serve_cmd,
@@ -300,7 +299,7 @@ LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failure is most lik
 def _circumstances(exc: Exception, args: argparse.Namespace) -> str:
     """What about this machine probably caused ``exc``: a nearly full disk where the command writes (the
     collection's, --out's, the temporary folder SQLite and Python use), or the open-file limit."""
-    if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_CORRUPT:
+    if is_corrupt(exc):
         return ("; the collection's catalog is damaged: `mmr check` names the damage, and the catalog is restored from "
                 "a backup (README: Backups)")
     if isinstance(exc, OSError) and exc.errno == errno.EMFILE:

@@ -25,7 +25,7 @@ _WAL_HEADER_BYTES = 32  # a WAL no longer than its header holds no commits
 # SQLite's side files need tens of KiB: with less free than this, a write that failed is the disk being full
 _LOW_SPACE_BYTES = 1 << 20
 # SQLite's primary result codes (sqlite3 names them from Python 3.11 only)
-_SQLITE_READONLY, _SQLITE_IOERR, SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 11, 13, 14
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 11, 13, 14
 
 
 def connect(path: Path, writable: bool, check: Callable[[sqlite3.Connection], None] | None = None
@@ -115,7 +115,7 @@ def open_error(path: Path, exc: sqlite3.DatabaseError) -> CollectionError:
                            "run the command again")
     name = getattr(exc, "sqlite_errorname", type(exc).__name__)  # (Python 3.11+)
     remedy = ("; restore it from a backup (README: Backups), or re-ingest into a new --collection"
-              if code == SQLITE_CORRUPT else "")  # (sqlite3's .recover failed on a catalog cut short, tried)
+              if code == _SQLITE_CORRUPT else "")  # (sqlite3's .recover failed on a catalog cut short, tried)
     return CollectionError(f"cannot open the catalog {path}: {exc} ({name}); the file is left as it was{remedy}")
 
 
@@ -126,6 +126,12 @@ def _is_sqlite_file(path: Path) -> bool:
     except OSError:
         return True  # unreadable is no proof that it is something else
     return header in (_SQLITE_HEADER, b"")  # (SQLite makes an empty file a database)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the database is damaged (SQLITE_CORRUPT, any of its extended codes), which a
+    command meets only when a query reaches a damaged page: the face that shows it names `mmr check` and a backup."""
+    return isinstance(exc, sqlite3.DatabaseError) and _primary_code(exc) == _SQLITE_CORRUPT
 
 
 def _primary_code(exc: sqlite3.Error) -> int | None:

@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 import gradio as gr
 
 from ..atomic import process_ended
-from ..collection.connection import SQLITE_CORRUPT
+from ..collection.connection import is_corrupt
 from ..errors import CollectionBusy, MMRError
 from ..models.prompt_templates import TEMPLATE_SETS
 from ..models.zeroshot import ZeroShotClassifier
@@ -209,19 +208,13 @@ def user_errors(fn: F) -> F:
                              "done.") from exc
         except MMRError as exc:
             raise ToastError(display_path(str(exc))) from exc  # messages quote paths
-        except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_CORRUPT:
-                raise _unexpected(fn.__name__, exc) from exc
-            logger.exception("%s failed", fn.__name__)
-            raise ToastError("The collection's catalog is damaged (SQLite: database disk image is malformed). "
-                             "`mmr check` on the server names the damage; restore the catalog from a backup.") from exc
         except Exception as exc:  # the UI must survive any request
-            raise _unexpected(fn.__name__, exc) from exc
+            logger.exception("%s failed", fn.__name__)
+            if is_corrupt(exc):
+                raise ToastError("The collection's catalog is damaged (SQLite: database disk image is malformed). "
+                                 "`mmr check` on the server names the damage; restore the catalog from a backup."
+                                 ) from exc
+            raise ToastError(f"Something went wrong in {fn.__name__.replace('_', ' ')} ({type(exc).__name__}). "
+                             "The server log has the details.") from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def _unexpected(name: str, exc: Exception) -> ToastError:
-    logger.exception("%s failed", name)
-    return ToastError(f"Something went wrong in {name.replace('_', ' ')} ({type(exc).__name__}). The server log has "
-                      "the details.")
