@@ -37,7 +37,7 @@ from ..wording import counted
 from .catalog import Catalog, is_uri
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
 from .repair import lost_vectors
-from .sealed import NORM_TOLERANCE
+from .sealed import not_unit, row_lengths
 from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest, segment_path
 
 logger = logging.getLogger(__name__)
@@ -200,10 +200,10 @@ def _damaged_rows(catalog: Catalog, number: int, lost: set[int]
         named = np.fromfile(ids_path, dtype="<i8", count=int(rows[-1]) - int(rows[0]) + 1,
                             offset=8 * int(rows[0]))[rows - rows[0]]
         vectors = store.gather(np.full(len(rows), number), rows)
-        lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary, as norm() makes
+        lengths = row_lengths(vectors)
         del vectors
         wrong_id = named != expected
-        wrong_length = ~(np.abs(lengths - 1) <= NORM_TOLERANCE)  # NaN fails too
+        wrong_length = not_unit(lengths)
         problems = []
         if wrong_id.any():
             problems.append(Problem(str(ids_path), f"rows that name another image than the catalog says: "

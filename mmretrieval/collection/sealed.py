@@ -115,12 +115,22 @@ class SegmentWriter:
         return sealed
 
 
+def row_lengths(rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Each row's Euclidean length, summed in ``dtype``, with no ``(rows, dim)`` temporary (``norm()`` makes one)."""
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=dtype))
+
+
+def not_unit(lengths: np.ndarray) -> npt.NDArray[np.bool_]:
+    """Which lengths are not 1 within :data:`NORM_TOLERANCE` (NaN included): damaged or unnormalised rows."""
+    return ~(np.abs(lengths - 1) <= NORM_TOLERANCE)
+
+
 def _check_unit_rows(vectors: npt.ArrayLike, path: Path) -> None:
     rows = np.asarray(vectors)
     if rows.ndim != 2 or rows.dtype.kind not in "fiu":
         return  # write_rows names the wrong shape; a wrong dtype fails its conversion
-    lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))  # float64 and int rows too
-    wrong = ~(np.abs(lengths - 1) <= NORM_TOLERANCE)  # NaN fails too
+    lengths = row_lengths(rows, np.float64)  # float64 and int rows too
+    wrong = not_unit(lengths)
     if wrong.any():
         first = int(np.flatnonzero(wrong)[0])
         raise CollectionError(f"cannot append to {path}: {int(wrong.sum())} of {len(rows)} rows are not unit vectors "

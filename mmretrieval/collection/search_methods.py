@@ -24,6 +24,7 @@ from .exact_search import exact_search
 from .filters import DateLike, Filters, NearLike, allowed_ids
 from .query import ImageRef, Query, query_vector
 from .records import Hit
+from .sealed import row_lengths
 from .upkeep import IndexKeeper
 
 if TYPE_CHECKING:
@@ -272,9 +273,9 @@ class SearchMethods:
         for start in range(0, len(ids), RESCORE_ROWS):  # as stored, each divided by its float64 length
             block_ids, stored = self.catalog.vectors(ids[start:start + RESCORE_ROWS].tolist(), unit_length=False)
             stored = stored.astype(np.float64)
-            lengths = np.sqrt(np.einsum("ij,ij->i", stored, stored)) * query_length
+            both_lengths = row_lengths(stored, np.float64) * query_length
             found_ids.append(block_ids)
-            found_scores.append(stored @ query / np.where(lengths > 0, lengths, 1.0))
+            found_scores.append(stored @ query / np.where(both_lengths > 0, both_lengths, 1.0))
         scores = np.clip(np.round(np.concatenate(found_scores), 6), -1.0, 1.0)  # cosines stop at 1
         return np.concatenate(found_ids), scores
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ..atomic import atomic_write_text
 from ..errors import CollectionError, SegmentFileMissing
 from ..wording import counted
-from .sealed import DEFAULT_DTYPE, check_dtype
+from .sealed import DEFAULT_DTYPE, check_dtype, row_lengths
 
 SEGMENTS_DIRNAME = "segments"
 RESTORE = "restore it from a backup (README: Backups)"  # for the manifest, which no writer can rebuild
@@ -35,7 +35,7 @@ def scale_to_unit_length(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.flo
     1 +- 4e-5 long, so raw dot products put a re-saved copy of an image (1.00004: "1.0000") above its byte-identical
     copy (0.99998), and a threshold of 1 missed the latter. Rows of length 0 or NaN (damage, which ``mmr check``
     names) are left as they are."""
-    lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no (rows, dim) temporary
+    lengths = row_lengths(vectors)
     return np.divide(vectors, lengths[:, None], out=vectors, where=(lengths > 0)[:, None])
 
 
