@@ -32,13 +32,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import file_sha256
-from ..errors import CollectionError, SegmentFileMissing
+from ..errors import CollectionError
 from ..wording import counted
 from .catalog import Catalog, is_uri
 from .index_manifest import MANIFEST_NAME as INDEX_MANIFEST, read_manifest
 from .repair import lost_vectors
 from .sealed import not_unit, row_lengths
-from .segment_files import MANIFEST_NAME, RESTORE, SegmentInfo, missing_manifest, segment_path
+from .segment_files import MANIFEST_NAME, RESTORE, SEGMENT_GONE, SegmentInfo, missing_manifest, segment_path
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def check_beside_writers(catalog: Catalog, directory: Path, progress: Callable[[
     while True:
         try:
             return check_catalog(catalog, directory, progress)
-        except (FileNotFoundError, SegmentFileMissing) as exc:  # .ids read by numpy, .vec by the store
+        except SEGMENT_GONE as exc:  # .ids read by numpy, .vec by the store
             if attempt == CHECK_ATTEMPTS:
                 raise CollectionError(f"{exc.filename} went away during the check, {attempt} times: other processes "
                                       "keep rewriting the collection (compactions); run the check once they are "

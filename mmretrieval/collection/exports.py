@@ -54,8 +54,9 @@ import numpy.typing as npt
 
 from ..atomic import fsync_dir
 from ..filled_folders import check_fillable_folder, folder_built_aside
-from ..errors import CollectionError, SegmentFileMissing
+from ..errors import CollectionError
 from .sealed import DTYPES
+from .segment_files import SEGMENT_GONE
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -210,7 +211,7 @@ class _BlockReader:
     def _read(self, limit: int) -> ExportBlock | None:
         try:
             return self._read_once(limit)
-        except (FileNotFoundError, SegmentFileMissing):  # a compaction deleted a segment meanwhile: ask again
+        except SEGMENT_GONE:  # a compaction deleted a segment meanwhile: ask again
             self._catalog.segments.forget_maps()
             return self._read_once(limit)
 

@@ -26,11 +26,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import CollectionError, SegmentFileMissing
+from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
 from .photo_table import write_mtime_photos, write_photos
+from .segment_files import SEGMENT_GONE
 from .segments import SealedSegment, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class VectorPlaces:
         """Gather the places ``places()`` returns; once more if a compaction deleted a segment in between."""
         try:
             return self._gather(places(), unit_length)
-        except (FileNotFoundError, SegmentFileMissing):
+        except SEGMENT_GONE:
             self.segments.forget_maps()
             return self._gather(places(), unit_length)
 

@@ -27,6 +27,9 @@ RESTORE = "restore it from a backup (README: Backups)"  # for the manifest, whic
 DAMAGED = ("the collection's segments are damaged: the next `mmr ingest` into it embeds the images whose vectors "
            "were lost again from their files (README: Backups)")
 MANIFEST_NAME = "manifest.json"
+# What a reader meets when a writer's clean-up deleted a segment file after a compaction moved its rows (the .ids
+# read by numpy, the .vec by the store): it asks the catalog again, which points at the new segments.
+SEGMENT_GONE = (FileNotFoundError, SegmentFileMissing)
 _FORMAT = 1
 
 

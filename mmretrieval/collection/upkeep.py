@@ -33,11 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..atomic import remove_stale_temporaries
-from ..errors import SegmentFileMissing
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
 from .index import MIN_IVF_VECTORS, IndexConfig, VectorIndex, choose_config, fit_to_data, training_size
 from .index_manifest import MANIFEST_NAME, Manifest, ManifestStamp, manifest_problem, manifest_stamp, read_manifest
+from .segment_files import SEGMENT_GONE
 from .sizing import IndexPolicy
 from .tuning import exact_top_k, tune
 
@@ -200,7 +200,7 @@ class IndexKeeper:
         try:
             with self.catalog.snapshot():
                 self._catch_up()
-        except (FileNotFoundError, SegmentFileMissing):  # a compaction elsewhere deleted a segment it pointed into
+        except SEGMENT_GONE:  # a compaction elsewhere deleted a segment it pointed into
             self.catalog.segments.forget_maps()
             with self.catalog.snapshot():
                 self._catch_up()
