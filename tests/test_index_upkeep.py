@@ -221,10 +221,10 @@ def test_prune_touches_only_the_sources_given_and_refuses_a_missing_root(tmp_pat
 
 def test_prune_pages_through_a_folder_and_leaves_its_namesakes_and_unlistable_folders(tmp_path, tiny_encoder,
                                                                                      monkeypatch):
-    from mmretrieval.collection import places
+    from mmretrieval.collection import pruning
     from mmretrieval.collection.catalog import encode_path
 
-    monkeypatch.setattr(places, "PRUNE_PAGE", 2)  # several pages for a handful of rows
+    monkeypatch.setattr(pruning, "PRUNE_PAGE", 2)  # several pages for a handful of rows
     folders = {name: write_good_images(tmp_path / name, 3, seed=i)
                for i, name in enumerate(["A", "A/sub", "A/locked", "A-2", "AB"])}
     with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as col:
@@ -240,9 +240,9 @@ def test_prune_pages_through_a_folder_and_leaves_its_namesakes_and_unlistable_fo
 
 
 def test_prune_through_a_list_file_streams_its_entries_in_chunks(tmp_path, tiny_encoder, monkeypatch):
-    from mmretrieval.collection import places
+    from mmretrieval.collection import pruning
 
-    monkeypatch.setattr(places, "_CHUNK", 2)  # several IN (...) queries for a short list
+    monkeypatch.setattr(pruning, "IN_LIST_SIZE", 2)  # several IN (...) queries for a short list
     listed = write_good_images(tmp_path / "listed", 5)
     single, other = write_good_images(tmp_path / "loose", 2, seed=3)
     (tmp_path / "list.txt").write_text("".join(f"listed/{p.name}\n" for p in listed))

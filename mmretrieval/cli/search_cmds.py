@@ -174,7 +174,7 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, command: s
     if not rows:
         say(f"mmr {command}: no results ({none})")
     from ..collection.catalog import is_uri
-    from ..collection.places import vanished
+    from ..collection.pruning import vanished
 
     # what a prune would drop (URIs: imported); a file in a folder that cannot be read now is not known to be gone
     gone = sum(not is_uri(row["path"]) and vanished(os.fsencode(row["path"]), "ok") for row in rows)

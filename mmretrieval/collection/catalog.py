@@ -34,10 +34,11 @@ from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
 from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_ours, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
-from .places import (DROPPED_TABLES, FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite, in_lists,
-                     key_range)
+from .places import DROPPED_TABLES, FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .planned_rows import FileState, PlannedRows
+from .pruning import PrunedRows
 from .segment_files import SEGMENTS_DIRNAME
+from .sql_keys import in_lists, key_range
 from .segments import SegmentStore
 
 __all__ = ["Catalog", "CatalogFull", "FailureWrite", "FileState", "ImageRow", "RowMetadata", "SegmentCommit",
@@ -92,11 +93,12 @@ def encode_path(path: str | os.PathLike) -> bytes:
     return os.fsencode(os.path.abspath(path))
 
 
-class Catalog(PlannedRows, VectorPlaces):
+class Catalog(PlannedRows, VectorPlaces, PrunedRows):
     """A connection to one collection's SQLite catalog. Thread-safe (one lock around the connection).
 
     Vector reads and writes (:meth:`write_results`, :meth:`commit_segment`, :meth:`vectors`,
-    :meth:`iter_vectors`, :meth:`prune_missing`) come from :class:`~.places.VectorPlaces`.
+    :meth:`iter_vectors`) come from :class:`~.places.VectorPlaces`, :meth:`prune_missing` from
+    :class:`~.pruning.PrunedRows`.
     """
 
     def __init__(self, path: str | os.PathLike, writable: bool = True):

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError, QueryError
 from ..models.label_text import check_utf8
-from .places import in_lists
+from .sql_keys import in_lists
 
 if TYPE_CHECKING:
     from .catalog import Catalog

@@ -13,12 +13,8 @@ per vector (80 MB at 10 M).
 
 from __future__ import annotations
 
-import errno
-import itertools
 import logging
-import os
 import sqlite3
-import stat
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -29,17 +25,15 @@ import numpy.typing as npt
 from ..errors import CollectionError
 from ..images.metadata import PhotoMetadata
 from ..json_lines import bytes_escaped
-from .migrations import NOT_OK
 from .photo_table import write_mtime_photos, write_photos
+from .pruning import vanished
 from .segment_files import SEGMENT_GONE
 from .segments import SealedSegment, SegmentStore
+from .sql_keys import in_lists
 
 logger = logging.getLogger(__name__)
 
 _BLOCK = 65_536  # rows per streamed block
-_CHUNK = 500  # ids per IN (...) query
-PRUNE_PAGE = 10_000  # rows under a pruned folder read per query
-_NOT_OK_STATUSES = ("pending", "failed", "skipped")  # every status but ``ok``, in the order a prune reads them
 
 
 @dataclass(frozen=True)
@@ -297,45 +291,6 @@ class VectorPlaces:
         """``(source, segment, rows)`` of every committed segment (imports, distributed ingests)."""
         return self._query("SELECT source, segment, rows FROM segment_commits ORDER BY segment")
 
-    # -- pruning ----------------------------------------------------------------------------------------------
-    def prune_missing(self, folders: Sequence[bytes] = (), paths: Iterable[bytes] = (),
-                      keep_under: Sequence[bytes] = (), not_ok_only: bool = False) -> int:
-        """Delete rows whose file is gone, only under ``folders`` (each an absolute path ending in a separator,
-        as bytes) or among ``paths``, never under ``keep_under`` (folders that could not be listed); returns how
-        many went. The caller has checked that the folders are there: nothing else is pruned. What counts as gone
-        is :func:`vanished`'s rule (an image row goes once its path names no regular file).
-
-        The rows under a folder are read a page at a time in path order (the prefix is a range of the path
-        index), so a prune over 10 M rows holds one page and the ids of the rows going, not every path.
-        ``not_ok_only`` looks only at rows that are not ``ok`` (pending, failed, skipped; read along the status
-        index): an ingest prunes those before it embeds, so that it never decodes a file that is gone, and the
-        rest after, so that the vectors of moved files are there to be reused by content hash.
-        """
-        gone: set[int] = set()
-
-        def check(rows: list[tuple]) -> None:
-            gone.update(id_ for id_, path, status in rows
-                        if not any(path.startswith(kept) for kept in keep_under) and vanished(path, status))
-
-        for folder in folders:
-            if not_ok_only:
-                for status in _NOT_OK_STATUSES:
-                    for rows in self._not_ok_rows_under(folder, statuses=(status,)):
-                        check([(id_, path, status) for id_, path in rows])
-            else:
-                for rows in self._rows_under(folder):
-                    check(rows)
-        given = iter(paths)  # a stream: the entries of a list file are never held whole
-        condition = f" AND {NOT_OK}" if not_ok_only else ""
-        while chunk := list(itertools.islice(given, _CHUNK)):
-            check(self._query(f"SELECT id, path, status FROM images WHERE path IN ({','.join('?' * len(chunk))})"
-                              f"{condition}", chunk))
-        if gone:
-            with self.transaction() as db:
-                db.executemany("DELETE FROM images WHERE id = ?", [(id_,) for id_ in sorted(gone)])
-                self._bump_generation()
-        return len(gone)
-
     def ids_placed_from(self, number: int, row: int, through: int | None = None) -> list[int]:
         """Ids whose vector is in segment ``number`` at ``row`` or after (up to row ``through``, if given)."""
         last = 2**63 - 1 if through is None else through
@@ -371,25 +326,6 @@ class VectorPlaces:
             db.execute("DELETE FROM temp.dropped_labels")
             db.execute("DELETE FROM temp.dropped_scored")
 
-    def _rows_under(self, folder: bytes) -> Iterator[list[tuple[int, bytes, str]]]:
-        """Pages of ``(id, path, status)`` of the rows under ``folder`` (ending in a separator), in path order."""
-        after, upper = key_range(folder)
-        while rows := self._query(f"SELECT id, path, status FROM images WHERE path > ? AND path < ? ORDER BY path "
-                                  f"LIMIT {PRUNE_PAGE}", (after, upper)):
-            yield rows
-            after = rows[-1][1]
-
-    def _not_ok_rows_under(self, prefix: bytes, statuses: Sequence[str] = _NOT_OK_STATUSES
-                           ) -> Iterator[list[tuple[int, bytes]]]:
-        """Pages of ``(id, path)`` of the rows with one of ``statuses`` (none ``ok``) whose path starts with
-        ``prefix``, a status at a time in id order (the status index holds only rows that are not ``ok``: no sort,
-        no pass over the ``ok`` ones)."""
-        for status in statuses:
-            after = -1
-            while page := self._query(f"SELECT id, path FROM images WHERE {NOT_OK} AND status = ? AND id > ? "
-                                      f"ORDER BY id LIMIT {PRUNE_PAGE}", (status, after)):
-                yield [(id_, path) for id_, path in page if path.startswith(prefix)]
-                after = page[-1][0]
 
 
 # Labels (and records of having been scored) that rows lost as their bytes changed, by the hash of those bytes,
@@ -423,21 +359,6 @@ def _drop_labels_of_new_content(db: sqlite3.Connection, vectors: Sequence[tuple[
     db.executemany("DELETE FROM labels WHERE image_id = ? AND NOT EXISTS "
                    "(SELECT 1 FROM images WHERE id = ? AND content_hash = ?)",
                    [(image_id, image_id, content_hash) for image_id, content_hash in vectors])
-
-
-def vanished(path: bytes, status: str) -> bool:
-    """Whether a row at ``path`` is gone. An image row (``ok``, ``pending``, ``failed``) is gone once its path names
-    no regular file, following links: deleted, a folder or FIFO now there, or a link whose file is gone. A
-    ``skipped`` row records something the walk met but never opened (a folder it could not list, a FIFO, a broken
-    link) and is gone only once nothing is at its path. A path that cannot be looked at now (permissions, an I/O
-    error) is not gone: a prune never deletes what it could not check."""
-    try:
-        info = os.lstat(path) if status == "skipped" else os.stat(path)
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return True
-    except OSError as exc:
-        return exc.errno == errno.ELOOP  # a loop of links names no file
-    return status != "skipped" and not stat.S_ISREG(info.st_mode)
 
 
 def _take_labels_of_moved_files(db: sqlite3.Connection, rows: Sequence[tuple[int, str | None]]) -> None:
@@ -487,20 +408,3 @@ def _write_failures(db: sqlite3.Connection, failures: Sequence[FailureWrite]) ->
     db.executemany("DELETE FROM vector_rows WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM labels WHERE image_id = ?", [(f.image_id,) for f in failures])
     db.executemany("DELETE FROM photos WHERE image_id = ?", [(f.image_id,) for f in failures])
-
-
-def key_range(prefix: bytes) -> tuple[bytes, bytes]:
-    """The catalog keys that start with ``prefix`` (an absolute path's start, such as a folder's ending in a
-    separator) as a range ``[low, high)`` of the path index: one look along it, where ``substr`` would read every
-    row. ``high`` is the prefix with its last byte below 0xFF raised by one (a key is absolute, so the leading
-    separator is always there to raise)."""
-    stem = prefix.rstrip(b"\xff")
-    return prefix, stem[:-1] + bytes([stem[-1] + 1])
-
-
-def in_lists(values: Sequence) -> Iterator[tuple[list, str]]:
-    """``values`` as ``(chunk, "?,?,...")`` pairs of at most :data:`_CHUNK`, for ``IN (...)`` queries (SQLite caps a
-    statement's parameters); numpy integers become Python ints, which sqlite3 can bind."""
-    for start in range(0, len(values), _CHUNK):
-        chunk = [value.item() if isinstance(value, np.generic) else value for value in values[start:start + _CHUNK]]
-        yield chunk, ",".join("?" * len(chunk))

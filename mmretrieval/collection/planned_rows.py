@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 from ..json_lines import bytes_escaped
 from .migrations import NOT_OK
 from .photo_table import redate_from_mtime, write_photos
-from .places import in_lists, key_range
+from .sql_keys import in_lists, key_range
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
