@@ -244,7 +244,7 @@ def test_a_demo_build_that_embedded_nothing_is_not_marked_ready(tmp_path, monkey
 
 # -- 8. an index type that could not be built is a warning ---------------------------------------------------------
 def test_an_ivf_index_over_too_few_vectors_warns_that_flat_was_built(collection, caplog):
-    with caplog.at_level(logging.WARNING, logger="mmretrieval.collection.collection"):
+    with caplog.at_level(logging.WARNING, logger="mmretrieval.collection.upkeep_methods"):
         manifest = collection.rebuild_index("ivf")
     assert manifest.index_type == "flat"
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

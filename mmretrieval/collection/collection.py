@@ -40,13 +40,10 @@ import numpy.typing as npt
 
 from ..atomic import exclusive_lock
 from ..errors import CollectionBusy, CollectionError
-from .compaction import AUTO_WASTE_RATIO, CompactionSummary, collect_garbage, compact, vacuum_catalog, waste
+from .compaction import AUTO_WASTE_RATIO, collect_garbage, compact, waste
 from .upkeep import IndexKeeper
 from .index import IndexPolicy
-from .index_manifest import Manifest
-from .sizing import refuse_foreign_params
 from .repair import forget_lost_vectors
-from .check import CheckReport, check_beside_writers, check_catalog, forget_damaged
 from ..ingest import IngestConfig, IngestSummary
 from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
@@ -55,25 +52,25 @@ from ..models.settings import check_device, check_precision
 from ..models.specs import ModelIdentity
 from .describe import describe
 from .records import CollectionInfo, Failure
-from .arguments import check_id, check_ids, check_k, forked_message, is_real, unpicklable_message
+from .arguments import check_id, check_ids, check_k, forked_message, unpicklable_message
 from .catalog import LOCK_NAME, Catalog, writer_busy
 from .opening import load_recorded_encoder, open_folder
 from .label_methods import LabelMethods
 from .search_methods import SearchMethods
+from .upkeep_methods import UpkeepMethods
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
     from ..ingest.ray_runner import RayIngestConfig
     from ..models.encoder import DualEncoder
     from ..models.text_tower import TextEncoder
-    from .upkeep import IndexFiller
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
 
 
-class Collection(SearchMethods, LabelMethods):
+class Collection(SearchMethods, LabelMethods, UpkeepMethods):
     """An open collection. Build one with :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(self, directory: Path, catalog: Catalog, identity: ModelIdentity,
@@ -328,74 +325,6 @@ class Collection(SearchMethods, LabelMethods):
                     f"everything this run added is committed, but tidying the collection after it failed ({exc}); "
                     "searches are right meanwhile (they catch up in memory), and `mmr index` or the next writer "
                     "finishes the job once the cause (often a full disk) is fixed") from exc
-
-    def check(self, repair: bool = False, progress: Progress | None = None) -> CheckReport:
-        """Read the whole collection back and report what is damaged (``mmr check``; see :mod:`.check`); with
-        ``repair``, as the collection's writer, set the images whose vectors are damaged to be embedded again by
-        the next ingest. ``progress(done, total)`` counts vectors.
-
-        Raises:
-            CollectionError: without ``repair``, other processes rewrote the collection under three checks in a
-                row; with ``repair``, a read-only collection or another writer at work.
-        """
-        self._check_process()
-        if repair:
-            with self.writing(self.busy_message("check --repair")) as catalog:
-                report = check_catalog(catalog, self.directory, progress, forgotten=self._forgotten_on_entry)
-                return dataclasses.replace(report, reset=forget_damaged(catalog, report))
-        return check_beside_writers(self.catalog, self.directory, progress)
-
-    def compact(self, min_waste_ratio: float = 0.0,
-                progress: Callable[[int, int], None] | None = None) -> CompactionSummary:
-        """Rewrite segments that waste more than ``min_waste_ratio`` of their rows, then the catalog when over a
-        tenth of it is free pages (``mmr compact``: removed label sets, pruned rows).
-
-        Safe to kill at any point: nothing is lost or duplicated, and the next writer cleans up.
-
-        Raises:
-            CollectionError: ``min_waste_ratio`` out of [0, 1], a read-only collection, another writer at work, or too
-                little disk to rewrite the catalog (the segments' compaction is done and kept; the catalog is left
-                as it was).
-        """
-        if not is_real(min_waste_ratio) or not 0 <= min_waste_ratio <= 1:  # -1 rewrote every segment
-            raise CollectionError(f"min_waste_ratio is a share of dead rows from 0 to 1, got {min_waste_ratio!r}")
-        with self.writing(self.busy_message("compact")):
-            summary = compact(self.catalog, min_waste_ratio, progress)
-            return dataclasses.replace(summary, catalog_bytes_freed=vacuum_catalog(self.catalog))
-
-    # -- index ------------------------------------------------------------------------------------------------
-    def rebuild_index(self, index_type: str = "auto", *, memory_budget_bytes: int | None = None,
-                      recall_target: float | None = None, fill: "IndexFiller | None" = None,
-                      **params: int | None) -> Manifest:
-        """Build the index afresh from the stored vectors (``mmr index``); ``auto`` picks by size and memory.
-
-        The type, parameters, memory budget and recall target are remembered: automatic rebuilds (after
-        removals from HNSW, a lost or corrupt index file) use them too. ``fill`` adds the vectors to the trained
-        index (default: here; :class:`~mmretrieval.ingest.ray_index.RayIndexFill` adds them on Ray).
-
-        An ``ivf`` or ``ivfpq`` asked for over too few vectors to train it (:data:`~.sizing.MIN_IVF_VECTORS`) is
-        built ``flat`` (exact) instead, with a logged warning and the manifest's ``note`` saying so; the choice is
-        kept, so the asked-for type is built once the collection is large enough.
-
-        Raises:
-            CollectionError: an unknown index type, a parameter below 1 or of another index type, a recall
-                target for ``flat``, a read-only collection, or another writer at work.
-        """
-        if recall_target is not None and not (is_real(recall_target) and 0 < recall_target <= 1):
-            raise CollectionError(f"recall target must be in (0, 1], got {recall_target!r}")
-        if memory_budget_bytes is not None and not (is_real(memory_budget_bytes) and memory_budget_bytes > 0):
-            raise CollectionError(f"a memory budget is a positive number of bytes, got {memory_budget_bytes!r}")
-        if recall_target is not None and index_type == "flat":
-            raise CollectionError("--recall-target: a flat index is exact (recall 1.0); the target tunes the "
-                                  "ivf, hnsw and ivfpq types' search parameters")
-        refuse_foreign_params(index_type, params)
-        policy = {"memory_budget_bytes": memory_budget_bytes, "recall_target": recall_target}
-        with self.writing(self.busy_message("index")):
-            with self._lock:
-                manifest = self._indexes.rebuild(index_type, policy, fill, **params)
-        if index_type not in ("auto", manifest.index_type):
-            logger.warning("%s", manifest.note or f"{index_type} index asked for, {manifest.index_type} built")
-        return manifest
 
     # -- reading ----------------------------------------------------------------------------------------------
     def image_path(self, image_id: int) -> Path:
