@@ -287,7 +287,7 @@ def test_counts_are_singular_for_one(search, context):
 
 def test_k_past_the_maximum_is_capped_and_said_and_an_empty_k_is_the_default(search, context):
     from mmretrieval.ui.layout import build_app
-    from mmretrieval.ui.search_handlers import DEFAULT_K, MAX_K
+    from mmretrieval.ui.search_inputs import DEFAULT_K, MAX_K
 
     _, hits, _, _, status = search.search("a shape", None, "", 500, -1)
     assert len(hits) == IMAGES and f"k = 500 is more than one search returns: showing the best {MAX_K}" in status

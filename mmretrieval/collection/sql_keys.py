@@ -11,10 +11,11 @@ IN_LIST_SIZE = 500  # ids per IN (...) query
 
 
 def in_lists(values: Sequence) -> Iterator[tuple[list, str]]:
-    """``values`` as ``(chunk, "?,?,...")`` pairs of at most :data:`IN_LIST_SIZE`, for ``IN (...)`` queries (SQLite caps a
-    statement's parameters); numpy integers become Python ints, which sqlite3 can bind."""
+    """``values`` as ``(chunk, "?,?,...")`` pairs of at most :data:`IN_LIST_SIZE`, for ``IN (...)`` queries (SQLite
+    caps a statement's parameters); numpy integers become Python ints, which sqlite3 can bind."""
     for start in range(0, len(values), IN_LIST_SIZE):
-        chunk = [value.item() if isinstance(value, np.generic) else value for value in values[start:start + IN_LIST_SIZE]]
+        block = values[start:start + IN_LIST_SIZE]
+        chunk = [value.item() if isinstance(value, np.generic) else value for value in block]
         yield chunk, ",".join("?" * len(chunk))
 
 

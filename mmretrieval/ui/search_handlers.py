@@ -8,8 +8,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,25 +17,23 @@ import pandas as pd
 from PIL import Image
 
 from .label_input import NO_LABELS, given_labels
-from ..errors import QueryError
 from ..models.settings import MULTI_LABEL_THRESHOLD
 from ..models.zeroshot import predict
 from ..wording import counted
-from .context import AppContext, folder_prefix, user_errors
+from .context import AppContext, user_errors
 from .charts import bar_chart
 from .media import PREVIEW_PX, browser_copy, export_original, load_upload, zip_originals
 from .image_details import catalog_details, describe_details
 from .names import display_path, markdown_text
+from .search_inputs import (DEFAULT_K, NO_THRESHOLD, echo, image_id_of, no_results_hint, results_wanted,
+                            search_filters, taken_span, threshold_of)
 
 if TYPE_CHECKING:
     from ..collection.records import Hit
 
 logger = logging.getLogger(__name__)
 
-MAX_K = 200  # most results one search (one page) returns
 MAX_DEPTH = 2_000  # deepest result the Next page button reaches
-DEFAULT_K = 24  # results when the k box is left empty (the box's initial value too)
-ECHO_CHARS = 120  # most characters of a query the status line repeats
 # Without a tokenizer that can count (e.g. a Hugging Face one), a query past this many words is taken to be
 # longer than the model reads: models/encoder.py's LONG_TEXT_WORDS, which the note counts with (repeated here, and
 # held equal by a test, so that importing this module does not import torch).
@@ -104,8 +100,8 @@ class SearchHandlers:
         """
         query_image = load_upload(image)
         text, negative = (text or "").strip(), (negative or "").strip()
-        filters = _filters(label, folder, after, before, camera)
-        count, k_note = _k(k)
+        filters = search_filters(label, folder, after, before, camera)
+        count, k_note = results_wanted(k)
         if not text and query_image is None:
             if not filters.arguments or negative:
                 raise gr.Error("Type a query, or add a query image, then search (or set filters alone to list "
@@ -114,31 +110,31 @@ class SearchHandlers:
             if "label" not in filters.arguments:  # folder, dates, camera: newest first, as `mmr search --after ...`
                 with self.ctx.lock:
                     hits = self.ctx.collection.browse(k=offset + count, oldest_first=bool(oldest), **filters.arguments)
-                notes = [note for note in (k_note, _NO_THRESHOLD if _threshold(threshold) is not None else "") if note]
+                notes = [note for note in (k_note, NO_THRESHOLD if threshold_of(threshold) is not None else "") if note]
                 unscored = {"level": "not calibrated", "top_score": None,
                             "message": "Images listed by filters alone have no score."}
                 order = "oldest first" if oldest else "newest first"
                 return self._results(hits[offset:], f"no query{filters.among}, {order}", unscored, notes,
-                                     _no_results_hint(filters, None), offset)
+                                     no_results_hint(filters, None), offset)
             with self.ctx.lock:  # a label alone: its images, most probable first, as `mmr search --label`
-                hits = self.ctx.collection.labelled(label.strip(), k=offset + count, threshold=_threshold(threshold),
+                hits = self.ctx.collection.labelled(label.strip(), k=offset + count, threshold=threshold_of(threshold),
                                                     **{name: value for name, value in filters.arguments.items()
                                                        if name != "label"})
             return self._results(hits[offset:], f"no query{filters.among}, most probable first (scores are the "
                                  "label's probabilities)", self._confidence(hits, None), [k_note] if k_note else [],
-                                 _no_results_hint(filters, _threshold(threshold)), offset)
+                                 no_results_hint(filters, threshold_of(threshold)), offset)
         query = self._build_query(text, query_image, negative)
         with self.ctx.lock:
             vector = self.ctx.collection.query_vector(query)
-            hits = self.ctx.collection.search(vector, k=offset + count, threshold=_threshold(threshold),
+            hits = self.ctx.collection.search(vector, k=offset + count, threshold=threshold_of(threshold),
                                               **filters.arguments)
-        what = " + ".join(part for part in (_echo(text) if text else "", "image" if query_image else "") if part)
+        what = " + ".join(part for part in (echo(text) if text else "", "image" if query_image else "") if part)
         # The noise band describes the whole collection: a filtered search is not judged against it.
         confidence = self._confidence(hits, vector if query.is_single_text and not filters.arguments else None)
         texts = [term.text for term in (*query.positives, *query.negatives) if term.text]
         notes = [note for note in (k_note, self._unread_note(texts)) if note]
-        return self._results(hits[offset:], f"{what}{f' − {_echo(negative)}' if negative else ''}{filters.among}",
-                             confidence, notes, _no_results_hint(filters, _threshold(threshold)), offset)
+        return self._results(hits[offset:], f"{what}{f' − {echo(negative)}' if negative else ''}{filters.among}",
+                             confidence, notes, no_results_hint(filters, threshold_of(threshold)), offset)
 
     @user_errors
     def similar(
@@ -151,16 +147,16 @@ class SearchHandlers:
         ``image_id`` may also be the Image id box's text (the page's box is text, so that it can start empty).
         ``offset`` skips the most similar images, as for :meth:`search`.
         """
-        image_id = _image_id(image_id, "No image is selected: click a search result (or type an image id and "
+        image_id = image_id_of(image_id, "No image is selected: click a search result (or type an image id and "
                                        "press Show), then ask for more like it.")
-        filters = _filters(label, folder, after, before, camera)
-        count, k_note = _k(k)
+        filters = search_filters(label, folder, after, before, camera)
+        count, k_note = results_wanted(k)
         with self.ctx.lock:
-            hits = self.ctx.collection.similar(image_id, k=offset + count, threshold=_threshold(threshold),
+            hits = self.ctx.collection.similar(image_id, k=offset + count, threshold=threshold_of(threshold),
                                                **filters.arguments)
         return self._results(hits[offset:], f"more like image {image_id}{filters.among}",
                              self._confidence(hits, None), [k_note] if k_note else [],
-                             _no_results_hint(filters, _threshold(threshold)), offset)
+                             no_results_hint(filters, threshold_of(threshold)), offset)
 
     @user_errors
     def turn_page(self, page: Page | None, forward: bool) -> PagedResults:
@@ -171,7 +167,7 @@ class SearchHandlers:
             raise gr.Error("Search first: the Next and Previous buttons page through a search's results.",
                            print_exception=False)
         handler = self.similar if page["kind"] == "similar" else self.search
-        size = _k(inspect.signature(handler).bind(*page["args"]).arguments.get("k"))[0]  # its k, by name
+        size = results_wanted(inspect.signature(handler).bind(*page["args"]).arguments.get("k"))[0]  # its k, by name
         offset = max(0, page["offset"] + (size if forward else -size))
         if offset + size > MAX_DEPTH:
             raise gr.Error(f"Pages stop at result {MAX_DEPTH}: narrow the search (a filter, a threshold or more "
@@ -218,7 +214,7 @@ class SearchHandlers:
             status = f"No results for {description}. {empty_hint}"
         else:
             which = f"Results {offset + 1}–{offset + len(hits)}" if offset else counted(len(hits), "result")
-            span = _taken_span([taken.get(hit.id) for hit in hits]) if unscored else (
+            span = taken_span([taken.get(hit.id) for hit in hits]) if unscored else (
                 f"scores {hits[0].score:.3f} to {hits[-1].score:.3f}")
             status = f"{which} for {description}; {span}. Click an image for details and “more like this”."
             if confidence.get("level") in ("weak", "fair", "clear"):
@@ -255,7 +251,7 @@ class SearchHandlers:
 
     def _shown(self, image_id: float | str | None) -> tuple[Image.Image, str, int]:
         """Collection image ``image_id`` large, its details, and its id as a whole number."""
-        image_id = _image_id(image_id, "No image selected: click a result, or type an image id.")
+        image_id = image_id_of(image_id, "No image selected: click a result, or type an image id.")
         with self.ctx.lock:
             row = catalog_details(self.ctx, image_id)
         preview = self.ctx.thumbnails.get(self.ctx.image_path, image_id, max_side=PREVIEW_PX)
@@ -275,7 +271,7 @@ class SearchHandlers:
     @user_errors
     def original(self, image_id: float | str | None) -> str:
         """The original file of collection image ``image_id``, under its own name (by catalog id only)."""
-        image_id = _image_id(image_id, "No image id given: click a result, or type an image id (whole numbers "
+        image_id = image_id_of(image_id, "No image id given: click a result, or type an image id (whole numbers "
                                        "from 1, as search results show).")
         return str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
 
@@ -327,149 +323,3 @@ class SearchHandlers:
         chart = bar_chart(list(table["label"]), list(table["probability"]), title="Probability per label",
                           scale_max=1.0, elem_id="zero-shot-bars")
         return chart, table, summary
-
-
-@dataclass(frozen=True)
-class SearchFilters:
-    """The label, folder, date and camera filters of one search, as the collection takes them and in words."""
-
-    arguments: dict[str, str]  # keyword arguments of Collection.search / similar
-    words: tuple[str, ...]  # each filter as the status line says it (Markdown, escaped)
-    names: tuple[str, ...]  # which filters are set ("label", "folder", "date", "camera"), for the empty-result hint
-
-    @property
-    def among(self) -> str:
-        """" among images labelled 'x' and under /p" for the status line, or ""."""
-        return (" among images " + " and ".join(self.words)) if self.words else ""
-
-
-def _filters(label: str | None, folder: str | None, after: str | None = None, before: str | None = None,
-             camera: str | None = None) -> SearchFilters:
-    """The label, folder, date and camera filters as search keyword arguments and as words for the status line.
-
-    Dates are checked by the collection (``2024``, ``2024-06``, ``2024-06-01`` or an ISO datetime).
-
-    Raises:
-        gr.Error: a folder that is not an absolute path.
-    """
-    arguments, words, names = {}, [], []
-    if (label or "").strip():
-        arguments["label"] = label.strip()
-        words.append(f"labelled {markdown_text(repr(label.strip()))}")
-        names.append("label")
-    prefix = folder_prefix(folder)
-    if prefix:
-        arguments["path_prefix"] = prefix
-        words.append(f"under {markdown_text(display_path(prefix))}")
-        names.append("folder")
-    _check_dates(after, before)
-    for key, value, word, name in (("after", after, "taken from", "date"), ("before", before, "taken before", "date"),
-                                   ("camera", camera, "from a camera matching", "camera")):
-        if (value or "").strip():
-            arguments[key] = value.strip()
-            words.append(f"{word} {markdown_text(repr(value.strip()))}")
-            if name not in names:
-                names.append(name)
-    return SearchFilters(arguments, tuple(words), tuple(names))
-
-
-def _check_dates(after: str | None, before: str | None) -> None:
-    """The date boxes' errors in the page's own words ("Taken from", not the command line's --after).
-
-    Raises:
-        gr.Error: a box that holds no date, or a range that no photo can fall in.
-    """
-    from ..collection.filters import Filters, parse_date
-
-    boxes = {"after": ("Taken from", (after or "").strip()), "before": ("Taken before", (before or "").strip())}
-    for label, text in boxes.values():
-        if text:
-            try:
-                parse_date(text, f"“{label}”")
-            except QueryError as exc:
-                raise gr.Error(f"{exc}.", print_exception=False) from None
-    if boxes["after"][1] and boxes["before"][1]:
-        try:
-            Filters.of(after=boxes["after"][1], before=boxes["before"][1])
-        except QueryError:
-            raise gr.Error(f"“Taken from” {boxes['after'][1]!r} is not earlier than “Taken before” "
-                           f"{boxes['before'][1]!r}: no photo can match (“Taken before” leaves out its own date: June "
-                           "2024 is from 2024-06, before 2024-07).", print_exception=False) from None
-
-
-def _no_results_hint(filters: SearchFilters, threshold: float | None) -> str:
-    """What to change when a search found nothing: the filters and the threshold that are set, and only those."""
-    fixes = []
-    if filters.names:
-        which = " and ".join(filters.names)
-        fixes.append(f"widen or clear the {which} filter{'s' if len(filters.names) > 1 else ''}")
-    if threshold is not None:
-        fixes.append(f"lower the score threshold (now {threshold:.2f}; −1 turns it off)")
-    if not fixes:
-        return "The collection holds nothing else to show: ingest a folder on the Collection tab."
-    hint = " or ".join(fixes)
-    folder = filters.arguments.get("path_prefix")
-    missing = (f" There is no folder {markdown_text(display_path(folder))} on the server now."
-               if folder and not os.path.isdir(folder) else "")  # a typo, as Duplicates would say
-    return hint[0].upper() + hint[1:] + "." + missing
-
-
-_NO_THRESHOLD = "The score threshold is not used: images listed by filters alone have no score."
-
-
-def _taken_span(taken: list[str | None]) -> str:
-    """When the listed images were taken, for the status line: "taken between 2023-02-05 and 2023-06-11", "taken on
-    1965-07-04", with "(and N undated)" where some have no date."""
-    days = sorted({when[:10] for when in taken if when})
-    undated = sum(when is None for when in taken)
-    if not days:
-        return "all undated"
-    span = f"taken on {days[0]}" if len(days) == 1 else f"taken between {days[0]} and {days[-1]}"
-    return span + (f" (and {undated} undated)" if undated else "")
-
-
-def _echo(text: str) -> str:
-    """A query as the status line repeats it: quoted, cut to ``ECHO_CHARS`` characters, escaped for Markdown."""
-    shown = text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS].rstrip() + "…"
-    return markdown_text(repr(shown))
-
-
-def _image_id(value: float | str | None, missing: str) -> int:
-    """The catalog id in ``value``: a number (the API) or the Image id box's text.
-
-    Raises:
-        gr.Error: ``missing`` when there is no id; a readable refusal for text that is not a number and for a
-            number that is not a whole one from 1 (1.5 is refused, never rounded to another image).
-    """
-    if isinstance(value, str):
-        typed = value.strip()
-        try:
-            value = float(typed) if typed else None
-        except ValueError:
-            raise gr.Error(f"{typed!r} is not an image id: type a whole number from 1, as search results and the "
-                           "details panel show them.", print_exception=False) from None
-    if value is None:
-        raise gr.Error(missing, print_exception=False)
-    if not math.isfinite(value) or value != int(value) or value < 1:
-        raise gr.Error(f"{value:g} is not an image id: ids are whole numbers from 1, as search results and the "
-                       "details panel show them.", print_exception=False)
-    return int(value)
-
-
-def _k(k: float | None) -> tuple[int, str]:
-    """How many results to fetch for the k box's value, and a note for the status line when it was capped.
-
-    An empty box means the default: the API sends None, and the page's slider sends its minimum, 0.
-    """
-    if k is None or math.isnan(k) or k < 1:
-        return DEFAULT_K, ""
-    if k != int(k):  # rounded, 2.5 gave 2 results without a word
-        raise gr.Error(f"k = {k:g}: the number of results is a whole number, e.g. {math.ceil(k)}.",
-                       print_exception=False)
-    if k > MAX_K:
-        return MAX_K, f"k = {k:g} is more than one search returns: showing the best {MAX_K}."
-    return int(k), ""
-
-
-def _threshold(threshold: float | None) -> float | None:
-    return None if threshold is None or threshold <= -1 else float(threshold)

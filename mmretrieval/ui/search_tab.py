@@ -11,7 +11,8 @@ import gradio as gr
 from .context import AppContext
 from .media import guard_upload
 from .page_style import FILE_OUT_CLASS, scroll_into_view_on_phones
-from .search_handlers import DEFAULT_K, MAX_K, SearchHandlers
+from .search_handlers import SearchHandlers
+from .search_inputs import DEFAULT_K, MAX_K
 from .widgets import label_choices, original_download, preview_uploads, text_output
 
 
