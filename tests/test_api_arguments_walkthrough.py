@@ -89,10 +89,15 @@ def test_an_empty_source_is_refused_not_taken_for_the_working_folder(tmp_path, t
         for sources in ("", [tmp_path / "cwd", ""]):
             with pytest.raises(CollectionError, match="an empty source names no file or folder.*'.' is the current"):
                 col.ingest(sources, workers=0)
+        for sources in ([], ()):  # no source at all read as a run that found nothing: all zeros, no word
+            with pytest.raises(CollectionError, match="no source given: pass folders"):
+                col.ingest(sources, workers=0)
         assert col.catalog.counts_by_status() == {}
         assert col.ingest(".", workers=0).embedded == 2  # the way to say it
     with pytest.raises(CollectionError, match="an empty source"):
         next(embed_files(tiny_encoder, ""))
+    with pytest.raises(CollectionError, match="no source given"):
+        next(embed_files(tiny_encoder, []))
 
 
 def test_a_dim_that_is_not_a_whole_number_and_a_spec_that_is_not_text_are_refused(tiny_model_dir):

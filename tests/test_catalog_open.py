@@ -4,6 +4,7 @@ that is not a SQLite database is called unreadable."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -198,6 +199,23 @@ def test_a_new_collection_is_not_made_over_files_it_would_replace(tmp_path, tiny
     (folder / "catalog.sqlite").write_bytes(b"")  # an empty catalog beside them (a failed copy): the same
     with pytest.raises(CollectionError, match="would overwrite or remove"):
         Collection.open(folder, model=tiny_encoder, create=True)
+
+
+@pytest.mark.parametrize("text, said", [("{}", "it lacks model_key, dim, index_type, params, count, generation"),
+                                         ("[1, 2]", "it holds a JSON list, not an object"),
+                                         ('{"model_key": "x", "dim": 2, "index_type": "flat", "params": {}, '
+                                          '"count": 0, "generation": 0, "colour": "red"}',
+                                          "it has fields an index manifest has not (colour)")])
+def test_another_programs_index_json_is_named_as_such_not_as_a_python_error(tmp_path, text, said, caplog):
+    """A folder holding another tool's index.json was refused rightly, after a warning that quoted Python's
+    "Manifest.__init__() missing 6 required positional arguments"."""
+    from mmretrieval.collection.index_manifest import read_manifest
+
+    (tmp_path / "index.json").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert read_manifest(tmp_path) is None
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"unreadable index manifest {tmp_path / 'index.json'}: {said}, so it is not one that mmr wrote"]
 
 
 def test_another_programs_sqlite_database_is_not_made_a_catalog(tmp_path, tiny_encoder):

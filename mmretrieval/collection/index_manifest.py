@@ -8,6 +8,7 @@ FAISS.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -64,10 +65,31 @@ def read_manifest(directory: Path) -> Manifest | None:
     if not path.is_file():
         return None
     try:
-        return Manifest(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         logger.warning("unreadable index manifest %s: %s", path, exc)
         return None
+    problem = _not_a_manifest(fields)
+    if problem:
+        logger.warning("unreadable index manifest %s: %s, so it is not one that mmr wrote", path, problem)
+        return None
+    return Manifest(**fields)
+
+
+def _not_a_manifest(fields: object) -> str | None:
+    """What keeps the JSON ``fields`` from being a manifest's: not an object, fields missing or unknown."""
+    if not isinstance(fields, dict):
+        return f"it holds a JSON {type(fields).__name__}, not an object"
+    names = {f.name: f for f in dataclasses.fields(Manifest)}
+    required = [name for name, f in names.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in fields]
+    unknown = sorted(str(name) for name in fields if name not in names)
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    if unknown:
+        return f"it has fields an index manifest has not ({', '.join(unknown)})"
+    return None
 
 
 def manifest_problem(manifest: Manifest, model_key: str, dim: int) -> str | None:

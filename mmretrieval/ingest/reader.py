@@ -93,10 +93,13 @@ def source_list(sources: str | bytes | os.PathLike | Sequence[str | bytes | os.P
     one-letter ones.
 
     Raises:
-        CollectionError: an empty source.
+        CollectionError: no source, or an empty one.
     """
     if isinstance(sources, (str, bytes, os.PathLike, PathStream)):
         sources = [sources]
+    if not sources:  # an empty list: it read as a run that found nothing, all zeros and no word
+        raise CollectionError("no source given: pass folders, image files or .txt/.csv lists ('.' is the current "
+                              "folder)")
     listed = [source if isinstance(source, PathStream) else os.path.expanduser(os.fsdecode(source))
               for source in sources]
     if "" in listed:  # an unset setting, most often: not the working folder ("." says that), which was ingested
