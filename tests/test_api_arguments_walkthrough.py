@@ -339,3 +339,41 @@ def test_a_collection_whose_folder_was_deleted_says_so(tmp_path, tiny_encoder):
                                                       "moved since it was opened"):
                 call()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("how", ["moved", "deleted"])
+def test_a_collection_moved_or_deleted_during_an_ingest_stops_it_before_a_wrong_place_is_recorded(
+        tmp_path, tiny_encoder, monkeypatch, how):
+    """The chaos walkthrough renamed the folder after an ingest's second append: the run went on, made a new
+    segments/ at the old path, recorded places in it in the moved catalog and exited 0; 30 images of the moved
+    collection then had other images' vectors. Deleted, it exited 0 and left segments/ and index.json behind."""
+    import shutil
+
+    from mmretrieval import Collection
+    from mmretrieval.collection.segments import SegmentStore
+    from mmretrieval.errors import CollectionError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "photos", 8)
+    folder, moved = tmp_path / "col", tmp_path / "elsewhere"
+    append, calls = SegmentStore.append, []
+
+    def append_then_lose_the_folder(self, ids, vectors):
+        placed = append(self, ids, vectors)
+        calls.append(len(ids))
+        if len(calls) == 2:  # under the run's feet, as `mv` or `rm -r` in another terminal
+            shutil.move(folder, moved) if how == "moved" else shutil.rmtree(folder)
+        return placed
+
+    monkeypatch.setattr(SegmentStore, "append", append_then_lose_the_folder)
+    with Collection.open(folder, model=tiny_encoder, create=True) as collection:
+        with pytest.raises(CollectionError, match=f"the collection {folder} was moved or deleted while this command "
+                                                  "was writing to it"):
+            collection.ingest([tmp_path / "photos"], workers=0, batch_size=2)
+    assert len(calls) == 2 and not folder.exists()  # nothing made again at the old path
+    if how == "moved":
+        monkeypatch.setattr(SegmentStore, "append", append)
+        with Collection.open(moved) as collection:
+            assert collection.check().problems == ()
+            assert collection.ingest([tmp_path / "photos"], workers=0).embedded == 4  # the two batches it kept
+            assert collection.check().problems == () and collection.catalog.vector_count() == 8

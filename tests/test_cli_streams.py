@@ -137,7 +137,8 @@ def test_verbose_after_the_command_as_before_it(collection, capsys):
 
 
 @pytest.mark.parametrize("failure, says", [
-    (sqlite3.OperationalError("database or disk is full"), "has 1.0 MB free: free some space and run again"),
+    (sqlite3.OperationalError("database or disk is full"),
+     "has 1.0 MB free now: free some space and run again (what was committed is kept)"),
     (OSError(errno.EMFILE, "Too many open files"), "raise the limit (ulimit -n 4096) or lower --workers"),
     (BrokenPipeError(errno.EPIPE, "Broken pipe"), "BrokenPipeError"),  # a worker's pipe, not `| head`: a failure
 ])
@@ -156,6 +157,27 @@ def test_a_failure_says_what_about_the_machine_caused_it(collection, tmp_path, c
                  "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
+
+
+def test_a_full_disk_under_a_new_collection_does_not_say_that_anything_was_kept(tmp_path, capsys, monkeypatch):
+    """The first ingest of a new collection failed on a full disk; the empty collection was removed, as it should
+    be, and the message still said "what was committed is kept" (chaos walkthrough)."""
+    from mmretrieval.collection.catalog import Catalog
+
+    def fail(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=2**20)
+                        if os.fspath(path).startswith(str(tmp_path)) else real_usage(path))
+    monkeypatch.setattr(Catalog, "mark_pending", fail)
+    write_good_images(tmp_path / "photos", 2)
+    new = tmp_path / "new"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(new), "--model", "builtin:shapes",
+                 "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"the disk holding {tmp_path} has 1.0 MB free now" in err and f"({new} was not kept)" in err, err
+    assert not new.exists() and "what was committed is kept" not in err
 
 
 def _ingest_with_open_files(folder: Path, collection: Path, model: Path, soft: int, hard: int):

@@ -315,9 +315,11 @@ def _circumstances(exc: Exception, args: argparse.Namespace) -> str:
             free = shutil.disk_usage(existing).free
         except OSError:
             continue
-        if free < LOW_DISK_BYTES:
-            return (f"; the disk holding {existing} has {free / 2**20:.1f} MB free: free some space and run again "
-                    "(what was committed is kept)")
+        if free < LOW_DISK_BYTES:  # (measured now: a new collection that failed so is removed, its space freed)
+            kept = ("what was committed is kept" if existing == os.path.abspath(os.path.expanduser(folder))
+                    else f"{folder} was not kept")
+            return (f"; the disk holding {existing} has {free / 2**20:.1f} MB free now: free some space and run again "
+                    f"({kept})")
     return ""
 
 

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from . import label_sets
 from ..atomic import exclusive_lock
-from ..errors import CatalogFull
+from ..errors import CatalogFull, CollectionError
 from ..images.metadata import PhotoMetadata
 from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
@@ -61,7 +61,8 @@ def is_collection(directory: str | os.PathLike) -> bool:
 
 def writer_busy(directory: str | os.PathLike, command: str) -> str:
     """What writer ``command`` (``ingest``, ``index``...) says when another writer holds :data:`LOCK_NAME`."""
-    return (f"another process is writing {directory} (an ingest, import, index build, compaction or labelling run); "
+    return (f"another process is writing {directory} (an ingest, import, index build, compaction, labelling run or "
+            "check --repair); "
             f"run mmr {command} when it is done (or with --wait, which waits for it; in Python, "
             "Collection.open(..., wait=True)), or stop it (an interrupted "
             "ingest or import resumes where it stopped)")
@@ -122,6 +123,7 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
             self._db = connect(self.path, writable, check=lambda db: check_ours(db, self.path))
         except sqlite3.DatabaseError as exc:
             raise open_error(self.path, exc) from exc
+        self._file_identity = _file_identity(self.path)  # (check_in_place)
         try:
             self._prepare_schema()
             if writable:  # this connection's own scratch tables, never in the file (places.DROPPED_TABLES)
@@ -133,6 +135,20 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
         except BaseException:
             self._db.close()
             raise
+
+    def check_in_place(self) -> None:
+        """Refuse to go on writing when ``catalog.sqlite`` at this catalog's path is no longer the file it opened:
+        the collection's folder was moved or deleted while a command wrote to it. The connection follows the file
+        wherever it went, but the segments and the index are written by path.
+
+        Raises:
+            CollectionError: saying so; what was committed before is in the catalog, wherever it is now.
+        """
+        if _file_identity(self.path) != self._file_identity:
+            raise CollectionError(
+                f"the collection {self.path.parent} was moved or deleted while this command was writing to it; what "
+                "it committed before then went with the folder, and nothing more was written: run the command again "
+                "where the collection is now")
 
     def _prepare_schema(self) -> None:
         """Create, migrate or repair the schema (writable), or check that it can be read as it is (read-only).
@@ -394,3 +410,12 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
     def label_counts(self) -> dict[str, int]:
         """Images per label, over every label set."""
         return label_sets.counts(self)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at ``path``, or None when nothing is there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino

@@ -313,6 +313,7 @@ class Collection(SearchMethods, LabelMethods, UpkeepMethods):
             self._forgotten_on_entry = forget_lost_vectors(self.catalog)  # (check(repair=True) reports them)
             collect_garbage(self.catalog)
             yield self.catalog
+            self.catalog.check_in_place()  # compaction and the index write by path: not into a folder moved away
             try:
                 if waste(self.catalog).ratio > AUTO_WASTE_RATIO:
                     compact(self.catalog, min_waste_ratio=AUTO_WASTE_RATIO / 2)

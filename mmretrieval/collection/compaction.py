@@ -106,9 +106,10 @@ def collect_garbage(catalog: Catalog) -> list[int]:
     unused_rows = sum(store.intact_rows(s) for s in store.segments() if s.number not in referenced)
     dropped = store.collect_garbage(referenced)
     if dropped and unused_rows:  # a warning, so that the `mmr compact` after a killed one says where the space went
-        # (not for segments whose files hold no row: one whose vectors were lost, after forget_lost_vectors)
-        logger.warning("finished an interrupted write: removed %d segment(s) that nothing points at (%d rows, "
-                       "%.1f MiB)", len(dropped), unused_rows,
+        # (not for segments whose files hold no row: one whose vectors were lost, after forget_lost_vectors). Which
+        # cause it was cannot be told from the files: a segment whose every row was pruned since looks the same.
+        logger.warning("removed %d segment(s) that nothing points at any more (%d rows, %.1f MiB): their rows were "
+                       "pruned or replaced since, or a write was interrupted", len(dropped), unused_rows,
                        unused_rows * store.dim * np.dtype(store.dtype).itemsize / 2**20)
     return dropped
 
