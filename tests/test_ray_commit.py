@@ -3,7 +3,10 @@ at-least-once cases (a result committed twice, a result for a file that changed 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import time
 
 import numpy as np
@@ -236,12 +239,48 @@ def test_an_address_where_nothing_answers_fails_fast_instead_of_hanging(tmp_path
         assert time.monotonic() - started < 30
     with pytest.raises(CollectionError, match="nothing answers"):  # before an index is trained, not after
         RayIndexFill(str(tmp_path / "work"), address=f"127.0.0.1:{port}")
-    with socket.socket() as listening:  # a port that answers passes; so do names Ray resolves itself
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        ray_runner.check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
-    for address in ("auto", "local", "garbage"):
+    for address in ("auto", "local", "garbage"):  # names Ray resolves itself pass
         ray_runner.check_reachable(address)
+
+
+def _serve_once(answer: bytes | None) -> tuple[str, threading.Thread]:
+    """A port on 127.0.0.1 whose first connection gets ``answer`` once it has said something (None: silence)."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+
+    def serve() -> None:
+        with listening, listening.accept()[0] as connection, contextlib.suppress(ConnectionError):
+            connection.recv(64)
+            if answer is not None:
+                connection.sendall(answer)
+            connection.recv(64)  # until the client closes (a reset, when it left bytes unread)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{listening.getsockname()[1]}", thread
+
+
+@pytest.mark.parametrize("answer, said", [
+    (b"HTTP/1.0 400 Bad Request\r\n\r\n", "it answers as a web server"),  # the dashboard's port, 8265
+    (None, "it said nothing to HTTP/2's opening"),
+    (b"\x00\x00\x18\x04\x00\x00\x00\x00\x00", None),  # what a Ray head's GCS sends first: a SETTINGS frame
+])
+def test_an_address_where_something_else_than_ray_answers_is_refused_at_once(answer, said):
+    """Ray's ray.init retried such an address without end (500 s in the Ray walkthrough, a web server on the port),
+    holding the collection's writer lock and deaf to Ctrl-C."""
+    from mmretrieval.ingest import ray_runner
+
+    address, server = _serve_once(answer)
+    started = time.monotonic()
+    if said is None:
+        ray_runner.check_reachable(address, timeout_s=5)
+    else:
+        with pytest.raises(CollectionError, match=f"something answers at {address}, but not Ray \\({said}\\); give the "
+                                                  "address `ray start --head` printed"):
+            ray_runner.check_reachable(address, timeout_s=2)
+    assert time.monotonic() - started < 10
+    server.join(timeout=10)
 
 
 def test_a_small_run_makes_several_results_so_progress_shows_and_a_stop_keeps_work():

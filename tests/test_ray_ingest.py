@@ -218,6 +218,35 @@ def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, 
 
 
 
+def test_an_error_of_ours_in_the_embed_actors_start_is_one_line_and_leaves_no_folders(tmp_path, capfd):
+    """Weights on a node that differ from the collection's are refused in the actor's __init__: the user got about
+    80 lines of Ray tracebacks, and an error line holding the actor's traceback as escaped text (Ray walkthrough);
+    the empty ray-results/ and ray-staging/ stayed in the collection."""
+    from safetensors.numpy import load_file, save_file
+
+    from mmretrieval.cli import main
+    from mmretrieval.models.specs import assets_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(assets_dir() / "shapes", model)
+    write_good_images(tmp_path / "photos", 2)
+    collection = tmp_path / "col"
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(collection), "--model", str(model)]) == 0
+    weights = load_file(model / "open_clip_model.safetensors")  # the node's copy holds other weights now
+    first = sorted(weights)[0]
+    weights[first] = (weights[first] * 1.01).astype(weights[first].dtype)
+    save_file(weights, model / "open_clip_model.safetensors")
+    write_good_images(tmp_path / "photos" / "new", 1, seed=9)
+    capfd.readouterr()
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(collection), "--ray"]) == 2
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("mmr ingest: error:")]
+    assert re.fullmatch(r"mmr ingest: error: on this Ray node \S+ loads as model key \w+, but the collection was "
+                        r"built with key \w+; install the same weights on every node", line), line
+    assert "Full stack trace" not in err  # Ray Data's ERROR log of it, without -v
+    assert not {"ray-results", "ray-staging"} & set(os.listdir(collection))
+
+
 def test_prune_on_ray_lets_moved_files_reuse_their_vectors(shapes_encoder, tmp_path):
     """As on one machine: with --prune, a folder moved within the sources is not embedded again (its old rows
     go after the new ones took their vectors by content hash)."""

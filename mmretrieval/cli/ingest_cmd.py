@@ -99,8 +99,9 @@ def _ray_config(args: argparse.Namespace) -> "RayIngestConfig | None":
 
 
 def quiet_ray_logs(verbose: bool) -> None:
-    """Keep Ray's and Ray Data's console lines (the token notice, execution plans, "Progress bars disabled")
-    off stderr unless -v: our bar reports. Ray Data's log file under the Ray session keeps its lines.
+    """Keep Ray's and Ray Data's console lines (the token notice, execution plans, "Progress bars disabled", and
+    the tracebacks Ray Data logs as ERROR when a task or actor fails, which our one error line says) off stderr
+    unless -v: our bar reports. Ray Data's log file under the Ray session keeps its lines.
 
     Ray Data installs its own console handler when imported (its logger at DEBUG, not propagating), so that
     handler's level is set after the import. Ray's notices in ``ray.init`` find no handler (init removes
@@ -113,7 +114,7 @@ def quiet_ray_logs(verbose: bool) -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 from contextlib import ExitStack, contextmanager, suppress
 import dataclasses
@@ -32,7 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..collection.catalog import DTYPE_KEY, Catalog
 from ..collection.segments import DEFAULT_DTYPE
-from ..errors import CollectionError
+from .. import errors
+from ..errors import CollectionError, MMRError
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.preprocess import ImagePreparer
 from ..json_lines import bytes_escaped
@@ -114,6 +116,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         drop = ResultDrop(_absolute(config.output or os.path.join(collection_dir, RAY_RESULTS_DIR)),
                           os.path.join(collection_dir, STAGING_DIR))
         drop.prepare()
+        joined.callback(_remove_empty_folders, collection_dir)  # after a failed run too, once empty
         if config.output:  # a later plain ingest commits what a killed run leaves there (commit_left_results)
             with catalog.transaction():
                 catalog.set_meta(RAY_OUTPUT_KEY, drop.uri)
@@ -134,7 +137,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
         report(CommitCounts())  # the bar shows the total while Ray starts (10-30 s); its clock starts at a result
         if total:
             dtype = catalog.get_meta(DTYPE_KEY) or DEFAULT_DTYPE
-            with ray_connection(config.address) as gpus:
+            with ray_connection(config.address) as gpus, ours_unwrapped():
                 dataset = build_dataset(catalog.pending_files(), identity, drop, dtype, config, gpus)
                 for record in dataset.iter_rows():
                     report(_commit_one(drop, committer, record["result"]))
@@ -144,9 +147,7 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
         if config.output:
             _forget_output(catalog)  # every result there is committed and removed
-        for folder in (RAY_RESULTS_DIR, STAGING_DIR):  # emptied: a walkthrough found them left in every collection
-            with suppress(OSError):  # not empty (a result a retried task wrote late), or gone
-                os.rmdir(os.path.join(collection_dir, folder))
+        _remove_empty_folders(collection_dir)
         pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
         return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted,
                                    moved=planned.moved, unmounted=unmounted_folders(scope))
@@ -175,7 +176,58 @@ def commit_left_results(catalog: Catalog, collection_dir: str) -> int:
             _forget_output(catalog)
     if tally.rows:
         logger.info("committed %d rows that an interrupted --ray run had finished", tally.rows)
+    _remove_empty_folders(collection_dir)
     return tally.rows
+
+
+def _remove_empty_folders(collection_dir: str) -> None:
+    """Remove the results and staging folders once empty (a walkthrough found them left in every collection)."""
+    for folder in (RAY_RESULTS_DIR, STAGING_DIR):
+        with suppress(OSError):  # not empty (a result a retried task wrote late, or one left for later), or gone
+            os.rmdir(os.path.join(collection_dir, folder))
+
+
+# The last line of a traceback that Ray carries as text only: an error of ours raised in an actor's __init__
+# (the weights on a node differ, bf16 on a CPU without it) reaches the driver as an ActorDiedError whose message
+# holds the actor's traceback, not the exception itself.
+_OURS_IN_TEXT = re.compile(r"^mmretrieval\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+@contextmanager
+def ours_unwrapped() -> Iterator[None]:
+    """Raise an error of ours that Ray wrapped (a task's ``RayTaskError``, an actor's ``ActorDiedError``) as
+    itself, so the user reads its one line rather than Ray's traceback around it; other errors pass as they are."""
+    try:
+        yield
+    except MMRError:
+        raise
+    except Exception as exc:
+        ours = _ours_within(exc)
+        if ours is None:
+            raise
+        raise ours from exc
+
+
+def _ours_within(exc: BaseException) -> MMRError | None:
+    """The error of ours that ``exc`` wraps: as an object (causes, a ``RayTaskError``'s ``cause``), else as the
+    last ``mmretrieval.errors.NAME: message`` line of its text."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        candidate = pending.pop()
+        if candidate is None or id(candidate) in seen:
+            continue
+        seen.add(id(candidate))
+        if isinstance(candidate, MMRError):
+            return candidate
+        inner = getattr(candidate, "cause", None)
+        pending += [candidate.__cause__, candidate.__context__, inner if isinstance(inner, BaseException) else None]
+    found = _OURS_IN_TEXT.findall(str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, None)
+    return (kind if isinstance(kind, type) and issubclass(kind, MMRError) else CollectionError)(message)
 
 
 def _commit_left(drop: ResultDrop, catalog: Catalog, tally: Tally) -> None:
@@ -285,25 +337,59 @@ def _command_line_as_utf8(ray: Any) -> Iterator[None]:
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast when nothing answers at a ``host:port`` (or ``ray://host:port``) address: Ray itself keeps
-    retrying a wrong address without end, holding the collection's writer lock all the while.
+    """Fail fast when no Ray answers at a ``host:port`` (or ``ray://host:port``) address: Ray itself keeps
+    retrying a wrong address without end, holding the collection's writer lock all the while, and so it did at a
+    port where something else answers (the dashboard's 8265, a web server).
 
-    ``local``, ``auto`` and addresses without a port are left to Ray, which reports them at once.
+    Ray's head (GCS) and client ports speak gRPC, HTTP/2 without TLS: sent HTTP/2's opening, they answer with a
+    SETTINGS frame, which a web server or a silent port does not. With ``RAY_USE_TLS`` set only the connection is
+    tried. ``local``, ``auto`` and addresses without a port are left to Ray, which reports them at once.
 
     Raises:
-        CollectionError: the host is unknown, or nothing accepts a connection at that port.
+        CollectionError: the host is unknown, nothing accepts a connection at that port, or what does is not Ray.
     """
     host, colon, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
     if not colon or not port.isdigit() or not host:
         return
     host = host.strip("[]")  # an IPv6 literal
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+                answer = _http2_answer(connection)
+                if answer is not None:
+                    raise CollectionError(
+                        f"cannot connect to the Ray cluster at {address}: something answers at {host}:{port}, but not "
+                        f"Ray ({answer}); give the address `ray start --head` printed for the head node (port 6379 "
+                        "unless it was given another; the dashboard's 8265 is not it), or ray://HOST:10001 for Ray's "
+                        "client server")
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise CollectionError(f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} "
                               f"({reason}); check the address and that the head node runs (`ray start --head`), "
                               "or leave out the address for a local Ray") from exc
+
+
+_HTTP2_OPENING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # preface, empty SETTINGS
+_SETTINGS_FRAME = 4  # an HTTP/2 frame header's type byte (the fourth of nine)
+
+
+def _http2_answer(connection: socket.socket) -> str | None:
+    """None when the server at ``connection`` answers HTTP/2's opening as a gRPC server does (a SETTINGS frame);
+    else what it did instead, in words."""
+    header = b""
+    try:
+        connection.sendall(_HTTP2_OPENING)
+        while len(header) < 9 and (received := connection.recv(9 - len(header))):
+            header += received
+    except TimeoutError:
+        return "it said nothing to HTTP/2's opening" if not header else "it stopped answering"
+    except OSError as exc:
+        return f"it closed the connection ({exc.strerror or exc})"
+    if len(header) == 9 and header[3] == _SETTINGS_FRAME:
+        return None
+    if header.startswith(b"HTTP/") or header[:1] == b"<":
+        return "it answers as a web server"
+    return "it closed the connection" if not header else "it answered something else than Ray's gRPC"
 
 
 def build_dataset(pending: Iterable[tuple[int, bytes, int, int]], identity: ModelIdentity, drop: ResultDrop,
