@@ -307,7 +307,7 @@ def test_cli_json_summary_and_one_line_refusal(imported, tmp_path, capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert (summary["rows"], summary["shards"], summary["dtype"]) == (23, 3, "float16")
-    assert "exported 23 float16 vectors in 3 shard(s)" in captured.err
+    assert "exported 23 float16 vectors in 3 shards" in captured.err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x.txt").write_text("x")
     assert main(["export", str(tmp_path / "taken"), "--collection", str(imported)]) == 2

@@ -401,6 +401,53 @@ def test_relative_paths_that_name_no_file_under_the_default_root_are_refused(tmp
     assert import_embeddings(collection, tmp_path / "emb3").rows_added == 3
 
 
+def test_relative_paths_in_a_later_shard_are_checked_too(tmp_path, collection):
+    """A first shard of absolute paths passed the default root's check and a second shard's relative paths landed
+    unchecked, naming no file (import walkthrough: clip-retrieval output with parts of both kinds)."""
+    rng = np.random.default_rng(9)
+    write_shard(tmp_path / "emb", 0, ["/gone/a0.jpg", "/gone/a1.jpg"], unit_rows(rng, 2))
+    write_shard(tmp_path / "emb", 1, ["photos/b0.jpg", "photos/b1.jpg"], unit_rows(rng, 2))
+    with pytest.raises(CollectionError, match="none of the first 2 relative image_path values of metadata_1.parquet"):
+        import_embeddings(collection, tmp_path / "emb")
+    assert sorted(row.path for row in collection.catalog.rows([1, 2]).values()) == ["/gone/a0.jpg", "/gone/a1.jpg"]
+    (tmp_path / "emb" / "photos").mkdir()
+    (tmp_path / "emb" / "photos" / "b1.jpg").write_bytes(b"jpeg")
+    assert import_embeddings(collection, tmp_path / "emb").rows_added == 2  # the second shard, checked, lands
+
+
+def test_a_metadata_file_without_its_embeddings_is_refused_as_the_reverse_is(tmp_path, collection):
+    """Its rows were left out of an import that exited 0 without a word (import walkthrough)."""
+    make_folder(tmp_path / "emb", shards=2, rows=3)
+    (tmp_path / "emb" / "img_emb" / "img_emb_1.npy").unlink()
+    with pytest.raises(CollectionError, match=r"metadata_1.parquet has no embeddings file .*img_emb_1.npy; "
+                                              "clip-retrieval writes both"):
+        import_embeddings(collection, tmp_path / "emb")
+    assert collection.vectors()[0].size == 0
+
+
+def test_a_damaged_first_metadata_file_is_named(tmp_path, collection):
+    """The first shard's parquet was opened for the left-behind warning before its own check, and pyarrow's bare
+    "Parquet magic bytes not found" came out (import walkthrough)."""
+    make_folder(tmp_path / "emb", shards=1, rows=3)
+    (tmp_path / "emb" / "metadata" / "metadata_0.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CollectionError, match=r"metadata_0.parquet is not a readable parquet file"):
+        import_embeddings(collection, tmp_path / "emb")
+
+
+def test_a_shard_read_again_that_adds_nothing_renormalises_nothing(tmp_path, collection, caplog):
+    """Its known rows were counted (and warned about) as renormalised again (import walkthrough)."""
+    vectors = unit_rows(np.random.default_rng(3), 4)
+    vectors[0] *= 2
+    write_shard(tmp_path / "emb", 0, [f"/x/{i}.jpg" for i in range(4)], vectors)
+    assert import_embeddings(collection, tmp_path / "emb").renormalised == 1
+    os.utime(tmp_path / "emb" / "img_emb" / "img_emb_0.npy", ns=(1, 1))  # touched: the shard is read again
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = import_embeddings(collection, tmp_path / "emb")
+    assert (again.rows_added, again.rows_known, again.renormalised) == (0, 4, 0)
+    assert "not unit length" not in caplog.text
+
+
 def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):
     make_folder(tmp_path / "emb", shards=2, rows=20)
     collection = str(tmp_path / "col")
@@ -408,7 +455,7 @@ def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, c
                  "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows_added"] == 40
-    assert "imported 40 vectors from 2 shard(s) in " in captured.err
+    assert "imported 40 vectors (2 shards read) in " in captured.err
     assert main(["info", "--collection", collection, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["imported"] == {str(tmp_path / "emb"): 40} and info["vectors"] == 40

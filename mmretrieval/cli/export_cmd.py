@@ -10,6 +10,7 @@ import argparse
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
+from ..wording import counted, per_second
 from .common import add_collection_option, at_least, json_line, open_collection, say
 
 
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="write the embedded images' vectors as clip-retrieval output (img_emb/ + metadata/)",
         description="Write every embedded image, in catalog id order, as OUT/img_emb/img_emb_N.npy (unit vectors) "
         "and OUT/metadata/metadata_N.parquet (image_path, caption when there are captions, id, width, height, "
-        "taken_local, camera_make, camera_model), row for row: what clip-retrieval's clip index and clip back, "
+        "taken_local, taken_source, camera_make, camera_model, and labels when the collection is labelled), row "
+        "for row: what clip-retrieval's clip index and clip back, "
         "autofaiss, pandas and `mmr import` read. OUT appears only once complete. In a shard holding a file name "
         "that is not UTF-8, image_path is a binary column of the names' bytes. Needs pyarrow "
         "(pip install 'mmretrieval[import]').")
@@ -44,9 +46,8 @@ def _export(args: argparse.Namespace) -> int:
                                     progress=progress)
     if args.json:
         print(json_line(asdict(summary)))
-    rate = summary.rows / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
-    binary = (f"; image_path holds bytes in {summary.binary_path_shards} shard(s) (names that are not UTF-8)"
-              if summary.binary_path_shards else "")
-    say(f"exported {summary.rows} {summary.dtype} vectors in {summary.shards} shard(s) to {summary.out} "
-        f"in {summary.elapsed_s:.1f} s ({rate:,.0f}/s){binary}")
+    binary = (f"; image_path holds bytes in {counted(summary.binary_path_shards, 'shard')} (names that are not "
+              "UTF-8)" if summary.binary_path_shards else "")
+    say(f"exported {counted(summary.rows, summary.dtype + ' vector')} in {counted(summary.shards, 'shard')} to "
+        f"{summary.out} in {summary.elapsed_s:.1f} s ({per_second(summary.rows, summary.elapsed_s)}){binary}")
     return 0

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import asdict
 
 from ..progress import TqdmProgress
+from ..wording import counted, per_second
 from .common import add_collection_option, json_line, say
 
 
@@ -28,9 +29,10 @@ def register(subparsers) -> None:
                         help="the model that made the embeddings (needed to create a collection; an existing "
                         "collection must have been built with the same model)")
     parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR, "
-                        "refused when none of the first 100 names a file there; clip-retrieval writes them "
-                        "relative to the folder it ran in)")
-    parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used; default cpu)")
+                        "refused when none of the first 100 of the first shard that has any names a file there; "
+                        "clip-retrieval writes them relative to the folder it ran in)")
+    parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used, but its "
+                        "weights are loaded for their hash; default cpu)")
     parser.add_argument("--no-index", dest="update_index", action="store_false",
                         help="leave the index for a later `mmr index` (importing several folders in a row: build it "
                         "once, at the end); until then every search catches up in memory, slowly")
@@ -64,10 +66,9 @@ def _import(args: argparse.Namespace) -> int:
                                         update_index=args.update_index)
     if args.json:
         print(json_line(asdict(summary)))
-    rate = summary.rows_added / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     index = f"index updated in {summary.index_s:.1f} s" if args.update_index else "index left for `mmr index`"
-    say(f"imported {summary.rows_added} vectors from {summary.shards_added} shard(s) in {summary.elapsed_s:.1f} s "
-        f"({rate:,.0f}/s), skipped "
-        f"{summary.rows_known} known path(s) and {summary.shards_skipped} already imported shard(s), "
-        f"renormalised {summary.renormalised}; {index}")
+    say(f"imported {counted(summary.rows_added, 'vector')} ({counted(summary.shards_added, 'shard')} read) in "
+        f"{summary.elapsed_s:.1f} s ({per_second(summary.rows_added, summary.elapsed_s)}), skipped "
+        f"{counted(summary.rows_known, 'known path')} and {counted(summary.shards_skipped, 'already imported shard')}"
+        f", renormalised {summary.renormalised:,}; {index}")
     return 0

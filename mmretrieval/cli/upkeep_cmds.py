@@ -13,8 +13,10 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ..errors import CollectionError
+from ..collection.index_manifest import MANIFEST_NAME as INDEX_MANIFEST
 from ..collection.sizing import INDEX_TYPES
 from ..progress import TqdmProgress
+from ..wording import counted
 from .common import add_collection_option, emit, json_line, open_collection, probability, ray_address, say
 from .ingest_cmd import quiet_ray_logs
 
@@ -175,7 +177,8 @@ def _check(args: argparse.Namespace) -> int:
     emit((dataclasses.asdict(problem) for problem in report.problems), args.json, ["where", "problem"])
     damaged = len(report.damaged_ids)
     found = f"problems found: {len(report.problems)}" if report.problems else "no damage found"
-    read = (f"the catalog, the saved index and {report.vectors:,} vectors (segments: {report.segments})"
+    index = "the saved index" if (collection.directory / INDEX_MANIFEST).is_file() else "no saved index (none yet)"
+    read = (f"the catalog, {index} and {counted(report.vectors, 'vector')} (segments: {report.segments})"
             if report.complete else "what could be read (the rest was not: see the problems)")
     say(f"checked {read}: {found}" + (f"; images whose vectors are damaged: {damaged:,}" if damaged else ""))
     if damaged and not args.repair:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 PATH_COLUMN = "image_path"
 CAPTION_COLUMN = "caption"
 _SHARD_NAME = re.compile(r"img_emb_(\d+)\.npy$")
+_METADATA_NAME = re.compile(r"metadata_(\d+)\.parquet$")
 
 
 class Shard(Protocol):
@@ -118,6 +119,13 @@ def find_shards(directory: str | os.PathLike) -> list[ShardFiles]:
         shards.append((int(match.group(1)), ShardFiles(path.stem, path, metadata)))
     if not shards:
         raise CollectionError(f"no img_emb_N.npy files in {emb_dir}")
+    paired = {files.metadata.name for _, files in shards}
+    for path in sorted((root / "metadata").glob("metadata_*.parquet")):
+        number = _METADATA_NAME.match(path.name)
+        if number and path.name not in paired:  # its rows were left out without a word
+            raise CollectionError(f"{path} has no embeddings file {emb_dir / f'img_emb_{number.group(1)}.npy'}; "
+                                  "clip-retrieval writes both: copy the img_emb folder whole, or move that metadata "
+                                  "file away to import the rest")
     return [files for _, files in sorted(shards, key=lambda pair: pair[0])]
 
 

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from ..errors import CollectionError
 from ..json_lines import bytes_escaped
+from ..wording import counted
 from .catalog import Catalog
 from .import_vectors import checked_blocks, unit_blocks
 
@@ -148,11 +149,12 @@ class ShardLanding:
                 for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
                     _insert_places(db, ids[rows], generation, number, first)
             known = len(shard.keys) - len(ids)
+            renormalised = renormalised if len(ids) else 0  # (counted over the shard: none of it landed here)
             _record_shard(db, source, shard.name, fingerprint, ids, known, renormalised)
         self._current = None
         if renormalised:
-            logger.warning("%s: %d of %d vectors were not unit length; renormalised", shard.file, renormalised,
-                           len(shard.keys))
+            logger.warning("%s: %d of its %s were not unit length; %s renormalised", shard.file, renormalised,
+                           counted(len(shard.keys), "vector"), "they were" if not known else "those imported were")
         logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
         return len(ids), known, renormalised
 

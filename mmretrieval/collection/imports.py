@@ -125,9 +125,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                 counts["shards_skipped"] += 1
             else:
                 checked = next(checks)  # a bad shard raises here or in land, after the shards before it landed
-                if unchecked_root:  # the first shard to land shows whether the default root is the right one
-                    _check_default_root(shard, source)
-                    unchecked_root = False
+                if unchecked_root:  # the first shard with relative paths shows whether the default root is right
+                    unchecked_root = not _check_default_root(shard, source)
                 added, known, renormalised = landing.land(checked, str(source), fingerprint, checks.ready)
                 counts["rows_added"] += added
                 counts["rows_known"] += known
@@ -163,41 +162,49 @@ def _warn_of_what_stays_behind(source: Path, shards: Sequence[Shard]) -> None:
             return
         _, pq = pyarrow_modules("reading")
         columns = {"labels": "labels", "taken_local": "capture times"}
-        with open(files.metadata, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            present = [column for column in columns if column in parquet.schema_arrow.names]
-            first = next(parquet.iter_batches(batch_size=1000, columns=present), None) if present else None
+        try:
+            with open(files.metadata, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                present = [column for column in columns if column in parquet.schema_arrow.names]
+                first = next(parquet.iter_batches(batch_size=1000, columns=present), None) if present else None
+        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError: the shard's own check names the file
+            return
         kept = [columns[column] for column in present  # (an export of imported rows has the columns, empty)
                 if first is not None and any(value for value in first.column(column).to_pylist())]
+    advice = {"labels": "label the collection again (mmr label)",
+              "capture times": "`mmr ingest` the images' folder to read their dates"}
     if kept:
-        logger.warning("%s holds %s, which an import leaves behind (it carries vectors, paths and captions): label "
-                       "the collection again (mmr label), and `mmr ingest` the images' folder to read their dates",
-                       source, " and ".join(kept))
+        logger.warning("%s holds %s, which an import leaves behind (it carries vectors, paths and captions): %s",
+                       source, " and ".join(kept), ", and ".join(advice[what] for what in kept))
 
 
-def _check_default_root(shard: Shard, source: Path) -> None:
+def _check_default_root(shard: Shard, source: Path) -> bool:
     """Refuse to land relative paths against the default root (the import folder) when none of the first ones
     names a file there: clip-retrieval writes them relative to the folder `clip inference` ran in, and once landed
     a re-run skips the shard, so wrong paths would stay. The first :data:`ROOT_SAMPLE` relative values of the
     first 1,000 rows are read again from the parquet file (``../photos/x.jpg`` included, which resolves outside
-    the folder).
+    the folder). Returns whether there were relative values to check: until a shard has some, each next shard
+    is checked (a first shard of absolute paths let a later one's relative paths land unchecked).
 
     Raises:
         CollectionError: none of them exists.
     """
     if not isinstance(shard, ShardFiles):
-        return
+        return False
     _, pq = pyarrow_modules("reading")
     with open(shard.metadata, "rb") as handle:
         first = next(pq.ParquetFile(handle).iter_batches(batch_size=ROOT_SAMPLE * 10, columns=[PATH_COLUMN]), None)
     values = [] if first is None else first.column(0).to_pylist()
     relative = [name for name in (os.fsdecode(v) if isinstance(v, bytes) else v for v in values)
                 if name and not os.path.isabs(os.path.expanduser(name)) and not is_uri(name)][:ROOT_SAMPLE]
-    if relative and not any(os.path.lexists(catalog_key(name, source)) for name in relative):
+    if not relative:
+        return False
+    if not any(os.path.lexists(catalog_key(name, source)) for name in relative):
         raise CollectionError(
             f"none of the first {len(relative)} relative image_path values of {shard.metadata.name} names a file "
             f"under {source} (e.g. {relative[0]!r}); nothing was imported: pass --root with the folder they are "
             f"relative to (where clip-retrieval ran), or --root {source} to import them as they are")
+    return True
 
 
 @contextmanager
