@@ -243,6 +243,21 @@ def test_an_address_where_nothing_answers_fails_fast_instead_of_hanging(tmp_path
         ray_runner.check_reachable(address)
 
 
+def test_a_first_ray_ingest_to_an_address_nothing_answers_at_announces_no_collection(tmp_path, capsys):
+    """It said "a new collection with the bundled demo model..." and then, rightly, made none (Ray walkthrough)."""
+    from mmretrieval.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_good_images(tmp_path / "photos", 1)
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "new"), "--ray",
+                 f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to the Ray cluster at 127.0.0.1:{port}: nothing answers" in err
+    assert "a new collection" not in err and not (tmp_path / "new").exists()
+
+
 def _serve_once(answer: bytes | None) -> tuple[str, threading.Thread]:
     """A port on 127.0.0.1 whose first connection gets ``answer`` once it has said something (None: silence)."""
     listening = socket.socket()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,6 +136,10 @@ def _ingest(args: argparse.Namespace) -> int:
     model = args.model
     demo = model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection)
     ray = _ray_config(args)  # refused options refuse before a collection is made
+    if ray is not None and not is_collection(args.collection):  # and so does a cluster address nothing answers at,
+        from ..ingest.ray_runner import check_reachable  # before a new collection is announced (then not made)
+
+        check_reachable(ray.address or os.environ.get("RAY_ADDRESS") or "local")
     # With --ray this process loads a new collection's model only to record it: on the CPU.
     device = "cpu" if ray is not None else args.device
     if args.dim is not None:
