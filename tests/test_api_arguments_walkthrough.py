@@ -377,3 +377,30 @@ def test_a_collection_moved_or_deleted_during_an_ingest_stops_it_before_a_wrong_
             assert collection.check().problems == ()
             assert collection.ingest([tmp_path / "photos"], workers=0).embedded == 4  # the two batches it kept
             assert collection.check().problems == () and collection.catalog.vector_count() == 8
+
+
+@pytest.mark.parametrize("writer", ["ingest", "compact"])
+def test_a_writer_on_a_handle_whose_folder_now_holds_another_collection_touches_neither(tmp_path, tiny_encoder,
+                                                                                       writer):
+    """The review's case: A open (a server, a notebook), A moved away and B moved to its path. The writer's
+    clean-up and compaction go by path: B lost its segments' rows to A's catalog's view of them, and A lost its
+    vectors. Both are refused now, before anything is written."""
+    import shutil
+
+    from mmretrieval import Collection
+    from mmretrieval.errors import CollectionError
+    from test_ingest import write_good_images
+
+    write_good_images(tmp_path / "a", 3)
+    write_good_images(tmp_path / "b", 5, seed=7)
+    with Collection.open(tmp_path / "B", model=tiny_encoder, create=True) as other:
+        other.ingest([tmp_path / "b"], workers=0)
+    with Collection.open(tmp_path / "A", model=tiny_encoder, create=True) as collection:
+        collection.ingest([tmp_path / "a"], workers=0)
+        shutil.move(tmp_path / "A", tmp_path / "A-moved")
+        shutil.move(tmp_path / "B", tmp_path / "A")
+        with pytest.raises(CollectionError, match="was moved or deleted while this command was writing to it"):
+            collection.ingest([tmp_path / "a"], workers=0) if writer == "ingest" else collection.compact()
+    for folder, count in (("A", 5), ("A-moved", 3)):  # B, now at A's path, and A where it went: both whole
+        with Collection.open(tmp_path / folder) as reopened:
+            assert reopened.catalog.vector_count() == count and reopened.check().problems == ()

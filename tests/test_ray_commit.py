@@ -258,6 +258,32 @@ def test_a_first_ray_ingest_to_an_address_nothing_answers_at_announces_no_collec
     assert "a new collection" not in err and not (tmp_path / "new").exists()
 
 
+def test_an_error_of_ours_is_found_inside_the_error_ray_raises_and_nothing_else_is():
+    from mmretrieval.errors import SettingError
+    from mmretrieval.ingest.ray_runner import _ours_within
+
+    ours = SettingError("batch_size", "must be at least 1")
+    wrapped = RuntimeError("ray task failed")
+    wrapped.cause = ours  # as RayTaskError keeps it
+    assert _ours_within(wrapped) is ours
+    chained = RuntimeError("outer")
+    chained.__cause__ = ours
+    assert _ours_within(chained) is ours
+    handled = KeyError("x")
+    handled.__context__ = ours  # a bug met while handling ours: not ours
+    assert _ours_within(handled) is None
+    text = ("The actor died because of an error raised in its creation task, ray::MapWorker.__init__()\n"
+            '  File "ray_stages.py", line 119, in __init__\n    raise CollectionError(\n'
+            "mmretrieval.errors.CollectionError: on this Ray node m loads as model key a, but the collection was "
+            "built with key b; install the same weights on every node\n")
+    found = _ours_within(RuntimeError(text))
+    assert isinstance(found, CollectionError) and str(found).endswith("install the same weights on every node")
+    assert _ours_within(RuntimeError(text + "\nDuring handling of the above exception, another exception "
+                                     "occurred:\n...\nKeyError: 'x'")) is None
+    decoded = _ours_within(RuntimeError("...\nmmretrieval.errors.ImageDecodeError: x.jpg: truncated"))
+    assert type(decoded) is CollectionError and str(decoded) == "x.jpg: truncated"  # its class needs two arguments
+
+
 def _serve_once(answer: bytes | None) -> tuple[str, threading.Thread]:
     """A port on 127.0.0.1 whose first connection gets ``answer`` once it has said something (None: silence)."""
     listening = socket.socket()

@@ -126,8 +126,8 @@ def _register_info(subparsers) -> None:
         "info", help="model, counts by status, index and sizes of a collection",
         description="Describe a collection: its model, images by status, index, labels and size on disk, as "
         "KEY<TAB>VALUE lines (or one JSON object); with --failures, every file that failed or was skipped. Values "
-        "are TSV-escaped (\\\\, \\t, \\n, \\xHH); a set of counts (counts, label_sets, labels, imported) is one "
-        "cell KEY=N, KEY=N, or -, whose names have ',' and '=' written \\x2c and \\x3d.")
+        "are TSV-escaped (\\\\, \\t, \\n, \\xHH); a set of counts (counts, label_sets, labels, imported, drives, "
+        "bytes_on_disk) is one cell KEY=N, KEY=N, or -, whose names have ',' and '=' written \\x2c and \\x3d.")
     add_collection_option(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object (with --failures: JSON lines)")
     parser.add_argument("--failures", action="store_true",

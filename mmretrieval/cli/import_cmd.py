@@ -29,8 +29,8 @@ def register(subparsers) -> None:
                         help="the model that made the embeddings (needed to create a collection; an existing "
                         "collection must have been built with the same model)")
     parser.add_argument("--root", help="resolve relative image_path values against this folder (default: DIR, "
-                        "refused when none of the first 100 of the first shard that has any names a file there; "
-                        "clip-retrieval writes them relative to the folder it ran in)")
+                        "refused when none of the first 100 in the first 1,000 rows of the first shard that has "
+                        "any names a file there; clip-retrieval writes them relative to the folder it ran in)")
     parser.add_argument("--device", default="cpu", help="where to load the model (only its identity is used, but its "
                         "weights are loaded for their hash; default cpu)")
     parser.add_argument("--no-index", dest="update_index", action="store_false",

@@ -310,6 +310,7 @@ class Collection(SearchMethods, LabelMethods, UpkeepMethods):
                                   "but ingest, import, index, compact and label need a writable collection folder")
         with exclusive_lock(self.directory / LOCK_NAME, busy_message, announce=True, waiting_note=(
                 f"another process is writing {self.directory}; waiting for it to finish")):
+            self.catalog.check_in_place()  # the clean-up below goes by path: not into another collection put here
             self._forgotten_on_entry = forget_lost_vectors(self.catalog)  # (check(repair=True) reports them)
             collect_garbage(self.catalog)
             yield self.catalog

@@ -190,7 +190,7 @@ def _remove_empty_folders(collection_dir: str) -> None:
 # The last line of a traceback that Ray carries as text only: an error of ours raised in an actor's __init__
 # (the weights on a node differ, bf16 on a CPU without it) reaches the driver as an ActorDiedError whose message
 # holds the actor's traceback, not the exception itself.
-_OURS_IN_TEXT = re.compile(r"^mmretrieval\.errors\.(\w+): (.+)$", re.MULTILINE)
+_OURS_IN_TEXT = re.compile(r"mmretrieval\.errors\.(\w+): (.+)")
 
 
 @contextmanager
@@ -220,14 +220,18 @@ def _ours_within(exc: BaseException) -> MMRError | None:
         seen.add(id(candidate))
         if isinstance(candidate, MMRError):
             return candidate
-        inner = getattr(candidate, "cause", None)
-        pending += [candidate.__cause__, candidate.__context__, inner if isinstance(inner, BaseException) else None]
-    found = _OURS_IN_TEXT.findall(str(exc))
-    if not found:
+        inner = getattr(candidate, "cause", None)  # (not __context__: an error met while handling ours is another)
+        pending += [candidate.__cause__, inner if isinstance(inner, BaseException) else None]
+    lines = str(exc).rstrip().splitlines()
+    found = _OURS_IN_TEXT.fullmatch(lines[-1]) if lines else None  # ours only if the traceback ends with it
+    if found is None:
         return None
-    name, message = found[-1]
+    name, message = found.groups()
     kind = getattr(errors, name, None)
-    return (kind if isinstance(kind, type) and issubclass(kind, MMRError) else CollectionError)(message)
+    try:
+        return kind(message) if isinstance(kind, type) and issubclass(kind, MMRError) else CollectionError(message)
+    except TypeError:  # a kind made with more than a message (ImageDecodeError, SettingError)
+        return CollectionError(message)
 
 
 def _commit_left(drop: ResultDrop, catalog: Catalog, tally: Tally) -> None:
