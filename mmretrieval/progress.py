@@ -48,12 +48,18 @@ class TqdmProgress:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
 
+    def finish(self) -> None:
+        """Close the bar now, when the work it counts is done but the command goes on (an import's index update):
+        its closing line's rate is then that work's alone. A later report would start a new bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def __enter__(self) -> "TqdmProgress":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self.finish()
 
 
 def _restart(bar: "tqdm | _Lines", done: int, total: int | None) -> None:

@@ -62,7 +62,12 @@ def _import(args: argparse.Namespace) -> int:
             args.collection, model=model, create=True, device=args.device, index_progress=index_bar,
             writer="import", wait=args.wait) as collection:
         with TqdmProgress("import", unit="vec") as progress:
-            summary = import_embeddings(collection, args.directory, root=args.root, progress=progress,
+            def landed(done: int, total: int) -> None:  # the bar closes at the last shard, before the index update
+                progress(done, total)
+                if done == total:
+                    progress.finish()
+
+            summary = import_embeddings(collection, args.directory, root=args.root, progress=landed,
                                         update_index=args.update_index)
     if args.json:
         print(json_line(asdict(summary)))

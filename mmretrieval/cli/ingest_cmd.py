@@ -171,6 +171,12 @@ def _ingest(args: argparse.Namespace) -> int:
         if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
             say(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
                 "only have fixed the model to the demo one")
+    _say_summary(summary, args, on_ray=ray is not None)
+    return _ingest_status(summary, args.sources)
+
+
+def _say_summary(summary: "IngestSummary", args: argparse.Namespace, on_ray: bool) -> None:
+    """The run's counts on stderr (and as JSON on stdout with --json), with what they leave to do."""
     skipped = f", skipped {summary.skipped_total} ({_by_reason(summary.skipped)})" if summary.skipped else ""
     moved = f", moved {summary.moved}" if summary.moved else ""  # renamed too: found where its old path is gone
     say(f"embedded {summary.embedded}, unchanged {summary.unchanged}, duplicates {summary.duplicates}{moved}, "
@@ -185,11 +191,10 @@ def _ingest(args: argparse.Namespace) -> int:
             "size, time, content hash and dates now recorded")
     if args.json:
         print(json_line(dataclasses.asdict(summary)), flush=True)
-    if summary.embedded and ray is None and args.precision == "auto" and sys.stderr.isatty() and \
+    if summary.embedded and not on_ray and args.precision == "auto" and sys.stderr.isatty() and \
             _bf16_unused(args.device):  # a tip for a person at a terminal, not for every line of a cron job's log
         say("tip: this CPU computes bf16 natively; --precision bf16 embeds about twice as fast, with vectors "
             "within ~2e-3 of float32's")
-    return _ingest_status(summary, args.sources)
 
 
 def _say_what_is_kept(last: tuple[int, int | None] | None) -> None:
