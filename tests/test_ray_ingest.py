@@ -199,6 +199,24 @@ def test_a_stopped_driver_resumes_from_finished_work(photos, single_machine, sha
         assert len(ids) == len(set(ids.tolist())) == ok_total
 
 
+def test_a_stop_while_a_committed_result_is_removed_still_counts_its_rows(photos, shapes_encoder, tmp_path,
+                                                                         monkeypatch):
+    """After Ctrl-C, "128 of 269 images were done and saved" when 192 were: the stop came between a result's commit
+    and its report, in the removal of its files (Ray walkthrough). The report now comes first."""
+    folder, _ = photos
+    seen = []
+
+    def stopped_removal(self, name):
+        raise DriverStopped
+
+    monkeypatch.setattr(ResultDrop, "remove", stopped_removal)
+    with Collection.open(tmp_path / "col", model=shapes_encoder, create=True) as col:
+        with pytest.raises(DriverStopped):
+            col.ingest([folder], ray=small_config(), progress=lambda done, total: seen.append(done))
+        assert col.catalog.counts_by_status().get("ok", 0) > 0  # the first result was committed
+    assert seen[-1] > 0  # and counted
+
+
 @pytest.mark.slow
 def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, capfd):
     from mmretrieval.cli import main
