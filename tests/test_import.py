@@ -448,6 +448,25 @@ def test_a_shard_read_again_that_adds_nothing_renormalises_nothing(tmp_path, col
     assert "not unit length" not in caplog.text
 
 
+def test_a_collection_moved_between_shards_stops_the_import_saying_so(tmp_path, tiny_encoder):
+    """It said "manifest.json is missing ... restore it from a backup" (a review), or failed on SQLite's "unable to
+    open database file" from the checkpoint that opens the catalog by path: both now check the folder first."""
+    import shutil
+
+    make_folder(tmp_path / "emb", shards=2, rows=3)
+
+    def move_after_the_first(done: int, total: int) -> None:
+        if done < total:
+            shutil.move(tmp_path / "col", tmp_path / "moved")
+
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as collection:
+        with pytest.raises(CollectionError, match="was moved or deleted while this command was writing to it"):
+            import_embeddings(collection, tmp_path / "emb", progress=move_after_the_first)
+    assert not (tmp_path / "col").exists()
+    with Collection.open(tmp_path / "moved") as moved:  # whole shards: the second too when its vectors were
+        assert moved.catalog.vector_count() in (3, 6) and moved.check().problems == ()  # appended before the move
+
+
 def test_cli_import_json_info_provenance_and_similar(tmp_path, tiny_model_dir, capsys):
     make_folder(tmp_path / "emb", shards=2, rows=20)
     collection = str(tmp_path / "col")

@@ -118,7 +118,8 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
         self.path = Path(path)
         self.writable = writable
         self._lock = threading.RLock()
-        self.segments = SegmentStore(self.path.parent / SEGMENTS_DIRNAME, writable=writable)
+        self.segments = SegmentStore(self.path.parent / SEGMENTS_DIRNAME, writable=writable,
+                                     before_write=self.check_in_place)
         try:
             self._db = connect(self.path, writable, check=lambda db: check_ours(db, self.path))
         except sqlite3.DatabaseError as exc:
@@ -139,7 +140,8 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
     def check_in_place(self) -> None:
         """Refuse to go on writing when ``catalog.sqlite`` at this catalog's path is no longer the file it opened:
         the collection's folder was moved or deleted while a command wrote to it. The connection follows the file
-        wherever it went, but the segments and the index are written by path.
+        wherever it went, but the segments and the index are written by path: the segment store calls this before
+        each change, the collection's writer block as it starts and before it saves the index.
 
         Raises:
             CollectionError: saying so; what was committed before is in the catalog, wherever it is now.
@@ -234,6 +236,7 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
         started: list[Future[None]] = []
 
         def checkpoint() -> None:
+            self.check_in_place()  # it opens the catalog by path
             if not started or started[-1].done():
                 started.append(pool.submit(checkpoint_wal, self.path))
 
@@ -241,6 +244,7 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield checkpoint
+            self.check_in_place()
             started.append(pool.submit(checkpoint_wal, self.path))  # after every commit
         finally:
             pool.shutdown()  # waits for the running one

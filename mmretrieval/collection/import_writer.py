@@ -124,7 +124,6 @@ class ShardLanding:
             CollectionError: a NaN, infinite or zero vector (nothing of the shard lands).
         """
         catalog = self._catalog
-        catalog.check_in_place()  # the shard's vectors are appended by path
         with catalog.bulk_transaction() as db:
             last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
             base = int(last[0]) if last else 0

@@ -91,7 +91,6 @@ class VectorPlaces:
     _lock: AbstractContextManager
     def _bump_generation(self) -> int: ...
     def get_meta(self, key: str) -> str | None: ...
-    def check_in_place(self) -> None: ...
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write_results(self, vectors: Sequence[VectorWrite], failures: Sequence[FailureWrite]) -> int:
@@ -173,10 +172,7 @@ class VectorPlaces:
         return SegmentCommit(number, len(rows), len(ids) - len(rows), False)
 
     def _ensure_store(self, dim: int, dtype: str | None = None) -> None:
-        """Before an append: the store of ``dim``-d vectors, made on the first one. The segment files are opened
-        by path, so a collection folder moved or deleted since the catalog opened is refused first: a store made
-        afresh at the old path took rows whose places the moved catalog then recorded, pointing at other vectors."""
-        self.check_in_place()
+        """Before an append: the store of ``dim``-d vectors, made on the first one."""
         if not self.segments.exists:
             self.segments.create(dim, dtype or self.get_meta("vector_dtype") or "float16")
         elif self.segments.dim != dim:

@@ -68,11 +68,18 @@ class SegmentStore(SegmentFiles):
 
     Readers use :meth:`gather` / :meth:`read_rows`; every method that changes a file is for the collection's
     writer, which holds the collection lock. A read-only store (``writable=False``) never touches the disk.
+
+    The files are written by path, so each change first calls ``before_write`` (the catalog's
+    :meth:`~mmretrieval.collection.catalog.Catalog.check_in_place`), which refuses when the collection's folder
+    was moved or deleted since it opened: a store made afresh at the old path, or another collection moved there,
+    would take rows whose places the moved catalog then recorded.
     """
 
-    def __init__(self, directory: str | os.PathLike, writable: bool = True):
+    def __init__(self, directory: str | os.PathLike, writable: bool = True,
+                 before_write: Callable[[], None] | None = None):
         super().__init__(directory)
         self.writable = writable
+        self._before_write = before_write
         # the active segment's checksums, kept up with this store's appends when it made the segment itself
         self._digest: tuple[int, RunningDigest] | None = None
 
@@ -272,10 +279,16 @@ class SegmentStore(SegmentFiles):
                     self.cut_to(entry.number, intact)
         return unused
 
+    def create(self, dim: int, dtype: str = DEFAULT_DTYPE) -> None:
+        self._require_writable()
+        super().create(dim, dtype)
+
     def _require_writable(self) -> None:
         if not self.writable:
             raise CollectionError(f"{self.directory} was opened read-only; vectors can only be written by a "
                                   "writer command (ingest, import, compact) on a writable collection")
+        if self._before_write is not None:
+            self._before_write()
 
 
 class _BackgroundFlush:
