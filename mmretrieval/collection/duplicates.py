@@ -34,6 +34,7 @@ from ..errors import CollectionError, QueryError
 from ..images.formats import LOSSLESS_EXTENSIONS
 from ..models.specs import ModelIdentity
 from .catalog import Catalog
+from .sealed import exact_cosines
 
 if TYPE_CHECKING:
     from ..images.metadata import PhotoMetadata
@@ -166,22 +167,12 @@ def similar_pairs(blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.f
             present = (position < len(found)) & (found[np.minimum(position, len(found) - 1)] == candidates) \
                 if len(found) else np.zeros(len(candidates), bool)
             rows, candidates, position = rows[present], candidates[present], position[present]
-            scores = _cosines(vectors[rows], found_vectors[position])
+            scores = exact_cosines(vectors[rows], found_vectors[position])
             close = scores >= threshold
             yield ids[rows[close]], candidates[close]
         done += len(ids)
         if progress:
             progress(done, total)
-
-
-def _cosines(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """Row-wise cosines of two stacks of stored vectors, renormalised as :func:`describe_groups` scores them
-    (float16 storage leaves norms of 0.9999 to 1.0001), so a pair and its group agree on how alike they are."""
-    if not len(a):
-        return np.zeros(0)
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    dots = np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return np.minimum(np.round(dots, 6), 1.0)
 
 
 def connected_groups(pairs: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]) -> list[list[int]]:
@@ -214,7 +205,7 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
     described, emptied = [], 0
     for group in groups:
         rows = catalog.rows(list(group))
-        found, vectors = catalog.vectors(list(group), unit_length=False)  # as stored: _cosines divides, in float64
+        found, vectors = catalog.vectors(list(group), unit_length=False)  # as stored: exact_cosines divides
         by_id = dict(zip(found.tolist(), vectors))
         stated = [_stat_copy(rows[i].path, i, rows[i].width, rows[i].height) for i in group
                   if i in rows and i in by_id]  # a row removed since the search is left out
@@ -233,7 +224,7 @@ def describe_groups(groups: Sequence[Sequence[int]], catalog: Catalog,
             continue
         kept = max(candidates, key=rank)
         others = [c for c in candidates if c.id != kept.id]
-        scores = _cosines(np.stack([by_id[c.id] for c in others]), np.stack([by_id[kept.id]] * len(others)))
+        scores = exact_cosines(np.stack([by_id[c.id] for c in others]), by_id[kept.id])
         copies = [kept] + sorted((replace(c, score=float(score)) for c, score in zip(others, scores)),
                                  key=lambda c: (-c.score, c.id))
         described.append(DuplicateGroup(tuple(copies), aliases, gone, changed))

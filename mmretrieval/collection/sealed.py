@@ -120,6 +120,20 @@ def row_lengths(rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=dtype))
 
 
+def exact_cosines(rows: npt.ArrayLike, other: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The cosine of each of ``rows`` with ``other`` (as many rows, or one vector for all), as every score of a
+    collection is given (a search's hits, `mmr duplicates`' pairs): in float64, each product divided by both
+    lengths, to six decimals, within [-1, 1] (a zero row scores 0). float16 storage leaves vectors 1 +- 4e-5 long,
+    and float32 sums of 768 products and more left a byte-identical copy below 1, which a threshold of 1 missed."""
+    rows, other = np.asarray(rows, np.float64), np.asarray(other, np.float64)
+    if other.ndim == 1:
+        dots, other_lengths = rows @ other, np.linalg.norm(other)
+    else:
+        dots, other_lengths = np.einsum("ij,ij->i", rows, other), row_lengths(other, np.float64)
+    lengths = row_lengths(rows, np.float64) * other_lengths
+    return np.clip(np.round(dots / np.where(lengths > 0, lengths, 1.0), 6), -1.0, 1.0)
+
+
 def not_unit(lengths: np.ndarray) -> npt.NDArray[np.bool_]:
     """Which lengths are not 1 within :data:`NORM_TOLERANCE` (NaN included): damaged or unnormalised rows."""
     return ~(np.abs(lengths - 1) <= NORM_TOLERANCE)

@@ -24,7 +24,7 @@ from .exact_search import exact_search
 from .filters import DateLike, Filters, NearLike, allowed_ids
 from .query import ImageRef, Query, query_vector
 from .records import Hit
-from .sealed import row_lengths
+from .sealed import exact_cosines
 from .upkeep import IndexKeeper
 
 if TYPE_CHECKING:
@@ -263,21 +263,14 @@ class SearchMethods:
 
     def _cosines(self, ids: npt.NDArray[np.int64], vector: npt.NDArray[np.float32]
                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """The cosines of ``vector`` with the stored vectors of ``ids`` (those still stored), in float64 and to six
-        decimals, as `mmr duplicates` scores pairs: a byte-identical copy scores 1, which a threshold of 1 keeps
-        (float32 sums of 768 products and more missed it), whatever the index that proposed it. A block of
-        :data:`RESCORE_ROWS` at a time, however large k is."""
-        query = vector.astype(np.float64)
-        query_length = np.linalg.norm(query)
+        """The :func:`~.sealed.exact_cosines` of ``vector`` with the vectors of ``ids`` as stored (those still
+        stored), whatever the index that proposed them: :data:`RESCORE_ROWS` at a time, however large k is."""
         found_ids, found_scores = [np.zeros(0, np.int64)], [np.zeros(0)]
-        for start in range(0, len(ids), RESCORE_ROWS):  # as stored, each divided by its float64 length
+        for start in range(0, len(ids), RESCORE_ROWS):
             block_ids, stored = self.catalog.vectors(ids[start:start + RESCORE_ROWS].tolist(), unit_length=False)
-            stored = stored.astype(np.float64)
-            both_lengths = row_lengths(stored, np.float64) * query_length
             found_ids.append(block_ids)
-            found_scores.append(stored @ query / np.where(both_lengths > 0, both_lengths, 1.0))
-        scores = np.clip(np.round(np.concatenate(found_scores), 6), -1.0, 1.0)  # cosines stop at 1
-        return np.concatenate(found_ids), scores
+            found_scores.append(exact_cosines(stored, vector))
+        return np.concatenate(found_ids), np.concatenate(found_scores)
 
     def _hits(self, scores: dict[int, float]) -> list[Hit]:
         """Hits for catalog ids (in the dict's order) with their scores; an id whose row went meanwhile is left out."""
