@@ -147,7 +147,6 @@ def run_ray_ingest(catalog: Catalog, identity: ModelIdentity, sources: Sequence[
             logger.warning("%d files got no result from Ray; they stay pending and the next run retries them", left)
         if config.output:
             _forget_output(catalog)  # every result there is committed and removed
-        _remove_empty_folders(collection_dir)
         pruned += prune_vanished(catalog, scope, skipped)  # the rest, once moved files have reused their vectors
         return dataclasses.replace(tally.summary(planned.unchanged, pruned), adopted=planned.adopted,
                                    moved=planned.moved, unmounted=unmounted_folders(scope))
