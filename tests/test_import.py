@@ -434,6 +434,21 @@ def test_a_damaged_first_metadata_file_is_named(tmp_path, collection):
         import_embeddings(collection, tmp_path / "emb")
 
 
+def test_a_shard_that_partly_overlaps_counts_only_the_added_vectors_it_renormalised(tmp_path, collection, caplog):
+    """It counted every off-unit vector of the shard, the known paths' too, whose vectors were not stored."""
+    rng = np.random.default_rng(4)
+    write_shard(tmp_path / "first", 0, ["/x/0.jpg", "/x/1.jpg"], unit_rows(rng, 2))
+    import_embeddings(collection, tmp_path / "first")
+    vectors = unit_rows(rng, 6)
+    vectors[[0, 1, 4]] *= 2  # rows 0 and 1 are the known paths: not stored, not counted
+    write_shard(tmp_path / "second", 0, [f"/x/{i}.jpg" for i in range(6)], vectors)
+    with caplog.at_level("WARNING"):
+        summary = import_embeddings(collection, tmp_path / "second")
+    assert (summary.rows_added, summary.rows_known, summary.renormalised) == (4, 2, 1)
+    assert "1 of the 4 vectors it added were not unit length" in caplog.text
+    assert {s.source: s.renormalised for s in provenance(collection.catalog)}[str(tmp_path / "second")] == 1
+
+
 def test_a_shard_read_again_that_adds_nothing_renormalises_nothing(tmp_path, collection, caplog):
     """Its known rows were counted (and warned about) as renormalised again (import walkthrough)."""
     vectors = unit_rows(np.random.default_rng(3), 4)

@@ -84,16 +84,17 @@ def row_norms(block: np.ndarray) -> npt.NDArray[np.float32]:
 
 
 def unit_blocks(vectors: Any, positions: npt.NDArray[np.int64], renormalise: bool
-                ) -> Iterator[tuple[slice, np.ndarray]]:
-    """``(slice of positions, unit rows)`` for the given row positions of vectors that passed
-    :func:`checked_blocks`, a block at a time, as that function stores them; without ``renormalise`` (the
-    check found every row unit length) no norm is computed again."""
+                ) -> Iterator[tuple[slice, np.ndarray, int]]:
+    """``(slice of positions, unit rows, how many were renormalised)`` for the given row positions of vectors
+    that passed :func:`checked_blocks`, a block at a time, as that function stores them; without
+    ``renormalise`` (the check found every row unit length) no norm is computed again."""
     for start in range(0, len(positions), BLOCK_ROWS):
         chunk = positions[start:start + BLOCK_ROWS]
         if len(chunk) and chunk[-1] - chunk[0] + 1 == len(chunk):  # contiguous: a plain slice of the map
             block = np.asarray(vectors[chunk[0]:chunk[-1] + 1])
         else:
             block = np.asarray(vectors[chunk])
+        off_unit = 0
         if renormalise:
-            block, _ = _to_unit(block, row_norms(block))
-        yield slice(start, start + len(chunk)), block
+            block, off_unit = _to_unit(block, row_norms(block))
+        yield slice(start, start + len(chunk)), block, off_unit

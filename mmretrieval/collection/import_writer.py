@@ -146,15 +146,15 @@ class ShardLanding:
             appended, renormalised = work.done.result()  # every vector checked and fsynced (or the error raised)
             if not appended or not guessed_right:  # nothing was queued behind it: this thread may append
                 positions = _positions_of_new(db, shard.keys, base, len(ids))
-                for rows, number, first in _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0):
+                places, renormalised = _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0)
+                for rows, number, first in places:
                     _insert_places(db, ids[rows], generation, number, first)
-            known = len(shard.keys) - len(ids)
-            renormalised = renormalised if len(ids) else 0  # (counted over the shard: none of it landed here)
+            known = len(shard.keys) - len(ids)  # (renormalised counts only added rows: known ones were not stored)
             _record_shard(db, source, shard.name, fingerprint, ids, known, renormalised)
         self._current = None
         if renormalised:
-            logger.warning("%s: %d of its %s were not unit length; %s renormalised", shard.file, renormalised,
-                           counted(len(shard.keys), "vector"), "they were" if not known else "those imported were")
+            logger.warning("%s: %d of the %s it added were not unit length; they were renormalised", shard.file,
+                           renormalised, counted(len(ids), "vector"))
         logger.info("imported %s: %d rows added, %d already known", shard.file, len(ids), known)
         return len(ids), known, renormalised
 
@@ -281,18 +281,22 @@ def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, positions: npt.NDArray[np.int64],
-            renormalise: bool) -> list[tuple[slice, int, int]]:
+            renormalise: bool) -> tuple[list[tuple[slice, int, int]], int]:
     """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time; returns each block's
-    ``(slice of ids, segment, first row)``. Bytes first: a kill before the catalog commits leaves only waste."""
+    ``(slice of ids, segment, first row)`` and how many of those vectors were renormalised. Bytes first: a kill
+    before the catalog commits leaves only waste."""
     rows_of: list[slice] = []
+    renormalised = 0
 
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
-        for rows, block in unit_blocks(vectors, positions, renormalise):
+        nonlocal renormalised
+        for rows, block, off_unit in unit_blocks(vectors, positions, renormalise):
             rows_of.append(rows)
+            renormalised += off_unit
             yield ids[rows], block
 
     places = segments.append_blocks(blocks())
-    return [(rows, number, first) for rows, (number, first) in zip(rows_of, places)]
+    return [(rows, number, first) for rows, (number, first) in zip(rows_of, places)], renormalised
 
 
 def _insert_rows(db: sqlite3.Connection, shard: "CheckedShard") -> None:
