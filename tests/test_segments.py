@@ -581,3 +581,28 @@ def test_a_sealed_segment_lost_is_dropped_and_its_images_embedded_again(tmp_path
         assert sorted(ids.tolist()) == sorted(before) and col.catalog.counts_by_status() == {"ok": 5}
         for image_id, vector in zip(ids.tolist(), vectors):
             np.testing.assert_allclose(vector, before[image_id], atol=2e-3)  # float16 storage
+
+
+@pytest.mark.parametrize("when", ["next block", "next segment"])
+def test_an_append_under_way_when_the_collection_folder_moves_says_so(tmp_path, tiny_encoder, monkeypatch, when):
+    """An import's next shard starts appending while the shard before it commits; a folder moved after the
+    append's first check failed on the manifest it reads by path ("manifest.json is missing ... restore it from
+    a backup") or on a segment file it opens by path (FileNotFoundError), not as the move."""
+    import shutil
+
+    from mmretrieval.collection import segments as segments_module
+
+    monkeypatch.setattr(segments_module, "SEGMENT_ROWS", 3 if when == "next segment" else 100)
+    vectors = unit_vectors(6)
+    with Collection.open(tmp_path / "col", model=tiny_encoder, create=True) as collection:
+        store = collection.catalog.segments
+        collection.catalog._ensure_store(vectors.shape[1])
+
+        def blocks():
+            yield np.arange(1, 4), vectors[:3]
+            shutil.move(tmp_path / "col", tmp_path / "moved")  # as `mv` in another terminal, between two blocks
+            yield np.arange(4, 7), vectors[3:]
+
+        with pytest.raises(CollectionError, match="was moved or deleted while this command was writing to it"):
+            store.append_blocks(blocks())
+    assert not (tmp_path / "col").exists()

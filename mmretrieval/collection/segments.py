@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import logging
 import os
+import functools
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +62,24 @@ __all__ = ["DEFAULT_DTYPE", "DTYPES", "SEGMENT_ROWS", "SealedSegment", "SegmentS
 logger = logging.getLogger(__name__)
 
 SEGMENT_ROWS = 1 << 20  # an active segment is sealed past this many rows (1 GiB at 512-d float16)
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def _writes_by_path(method: _Method) -> _Method:
+    """For the store's methods that change files by path: refused on a read-only store, or when the collection's
+    folder was moved or deleted (``before_write``); and an error midway (a file or the manifest gone) is named
+    as that move when the folder went while the method ran, as it can under an append already under way."""
+    @functools.wraps(method)
+    def checked(self: "SegmentStore", *args, **kwargs):
+        self._require_writable()
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, CollectionError):
+            if self._before_write is not None:
+                self._before_write()
+            raise
+    return checked  # type: ignore[return-value]
 
 
 class SegmentStore(SegmentFiles):
@@ -103,6 +122,7 @@ class SegmentStore(SegmentFiles):
             self._digest[1].wait()  # hashed: the caller may refill its arrays
         return placed
 
+    @_writes_by_path
     def append_blocks(self, blocks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]],
                       written: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
         """:meth:`append` for each ``(ids, vectors)`` block, made durable once at the end (and before a segment
@@ -115,7 +135,6 @@ class SegmentStore(SegmentFiles):
         (pass copies, or memory maps of files nobody rewrites): the segment's checksum is computed from them on
         a thread, up to two blocks behind the writes, and waiting for it at the end of every call cost an import
         ~10% of its speed (185,432-189,226/s against 205,360/s at 10 M). :meth:`append` does wait."""
-        self._require_writable()
         placed: list[tuple[int, int]] = []
         open_files: list[BinaryIO] = []  # the active segment's .vec and .ids while they are open
         number = 0
@@ -178,9 +197,9 @@ class SegmentStore(SegmentFiles):
         self.write_manifest({**manifest, "segments": manifest["segments"] + [asdict(SegmentInfo(number, False))]})
         return number
 
+    @_writes_by_path
     def new_number(self) -> int:
         """Reserve a segment number (recorded in the manifest, so it is never reused)."""
-        self._require_writable()
         manifest = self.manifest()
         number = int(manifest["next_number"])
         self.write_manifest({**manifest, "next_number": number + 1})
@@ -217,13 +236,13 @@ class SegmentStore(SegmentFiles):
         self._maps.pop(number, None)
         return vec, ids
 
+    @_writes_by_path
     def add_sealed(self, sealed: SealedSegment) -> int:
         """Copy (or hard-link) a sealed segment's files in under a new number and list it; returns the number.
 
         Nothing points at it until the caller's catalog transaction does; if that never happens, the next
         :meth:`collect_garbage` removes it.
         """
-        self._require_writable()
         if sealed.dim != self.dim or sealed.dtype != self.dtype:
             raise CollectionError(f"segment {sealed.name} is {sealed.dim}-d {sealed.dtype}, the collection stores "
                                   f"{self.dim}-d {self.dtype}; write it with SegmentWriter(dim={self.dim}, "
@@ -237,9 +256,9 @@ class SegmentStore(SegmentFiles):
         self.write_manifest({**manifest, "segments": manifest["segments"] + [asdict(info)]})
         return number
 
+    @_writes_by_path
     def drop(self, numbers: Sequence[int]) -> None:
         """Unlist segments, then delete their files (the manifest first, so a crash leaves only orphan files)."""
-        self._require_writable()
         gone = set(int(n) for n in numbers)
         if not gone:
             return
@@ -251,6 +270,7 @@ class SegmentStore(SegmentFiles):
                 segment_path(self.directory, number, suffix).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
+    @_writes_by_path
     def collect_garbage(self, referenced: dict[int, int]) -> list[int]:
         """Cut torn tails, drop listed segments nothing references, delete unlisted files and the manifest's
         temporaries; returns the numbers dropped.
@@ -260,7 +280,6 @@ class SegmentStore(SegmentFiles):
                 reads them under the lock). An active segment is never cut below them: a file a network share
                 called missing for a moment read as 0 rows, and the cut emptied the whole segment.
         """
-        self._require_writable()
         listed = self.segments()
         unused = [s.number for s in listed if s.number not in referenced]
         self.drop(unused)
@@ -279,8 +298,8 @@ class SegmentStore(SegmentFiles):
                     self.cut_to(entry.number, intact)
         return unused
 
+    @_writes_by_path
     def create(self, dim: int, dtype: str = DEFAULT_DTYPE) -> None:
-        self._require_writable()
         super().create(dim, dtype)
 
     def _require_writable(self) -> None:
