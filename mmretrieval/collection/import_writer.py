@@ -116,9 +116,11 @@ class ShardLanding:
         self._appender.shutdown()
 
     def land(self, shard: "CheckedShard", source: str, fingerprint: str,
-             upcoming: Callable[[], "CheckedShard | None"] = lambda: None) -> tuple[int, int, int]:
+             upcoming: Callable[[], "CheckedShard | None"] = lambda: None,
+             written: Callable[[int], None] = lambda rows: None) -> tuple[int, int, int]:
         """Land ``shard``; returns (added, known, renormalised). ``upcoming`` gives the shard that will be landed
-        next, if it is ready (None otherwise), so that its vectors can start while this one commits.
+        next, if it is ready (None otherwise), so that its vectors can start while this one commits;
+        ``written(rows)`` says how many of its rows are written so far (not yet committed), a block at a time.
 
         Raises:
             CollectionError: a NaN, infinite or zero vector (nothing of the shard lands).
@@ -143,12 +145,14 @@ class ShardLanding:
             while (place := work.written.get()) is not None:  # places of written blocks, while later ones are written
                 if guessed_right:
                     _insert_places(db, ids[place[0]], generation, place[1], place[2])
+                    written(place[0].stop)
             appended, renormalised = work.done.result()  # every vector checked and fsynced (or the error raised)
             if not appended or not guessed_right:  # nothing was queued behind it: this thread may append
                 positions = _positions_of_new(db, shard.keys, base, len(ids))
                 places, renormalised = _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0)
                 for rows, number, first in places:
                     _insert_places(db, ids[rows], generation, number, first)
+                    written(len(shard.keys) - len(ids) + rows.stop)  # (the known rows count as done)
             known = len(shard.keys) - len(ids)  # (renormalised counts only added rows: known ones were not stored)
             _record_shard(db, source, shard.name, fingerprint, ids, known, renormalised)
         self._current = None

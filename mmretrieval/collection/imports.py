@@ -87,7 +87,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         collection: an open, writable collection; its model's dimension is the one every shard must have.
         directory: the folder holding ``img_emb/`` and ``metadata/``, or another collection of the same model.
         root: where relative ``image_path`` values are resolved (default: ``directory``).
-        progress: ``(rows done, rows total)`` after each shard.
+        progress: ``(rows done, rows total)`` at the start, as each block of a shard is written, and after
+            each shard.
         update_index: False leaves the index for a later ``mmr index`` (several imports in a row: build once).
 
     Returns:
@@ -120,6 +121,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
         checks = _CheckedAhead(checker, [shard for shard, fresh in zip(shards, new) if fresh],
                                collection.identity.embed_dim, base)
         unchecked_root = root is None and not is_collection(source)
+        if progress is not None and total:
+            progress(0, total)
         for shard, fingerprint, fresh in zip(shards, fingerprints, new):
             if not fresh:
                 counts["shards_skipped"] += 1
@@ -127,7 +130,8 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
                 checked = next(checks)  # a bad shard raises here or in land, after the shards before it landed
                 if unchecked_root:  # the first shard with relative paths shows whether the default root is right
                     unchecked_root = not _check_default_root(shard, source)
-                added, known, renormalised = landing.land(checked, str(source), fingerprint, checks.ready)
+                added, known, renormalised = landing.land(checked, str(source), fingerprint, checks.ready,
+                                                          _within(progress, done, shard.rows(), total))
                 counts["rows_added"] += added
                 counts["rows_known"] += known
                 counts["shards_added"] += 1
@@ -140,6 +144,15 @@ def import_embeddings(collection: "Collection", directory: str | os.PathLike, *,
     return ImportSummary(source=str(source), elapsed_s=round(landed_s, 3),
                          index_s=round(time.perf_counter() - started - landed_s, 3), cpu_s=round(landed_cpu, 3),
                          index_cpu_s=round(time.process_time() - started_cpu - landed_cpu, 3), **counts)
+
+
+def _within(progress: Progress | None, done: int, rows: int, total: int) -> Callable[[int], None]:
+    """A shard's block-by-block reports as ``progress`` reports: all but its last block, which the report after
+    the shard's commit says (a caller may take ``done == total`` for the end of the import)."""
+    def written(rows_written: int) -> None:
+        if progress is not None and rows_written < rows:
+            progress(done + rows_written, total)
+    return written
 
 
 def _warn_of_what_stays_behind(source: Path, shards: Sequence[Shard]) -> None:
