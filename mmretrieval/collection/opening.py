@@ -68,20 +68,12 @@ def open_folder(directory: str | bytes | os.PathLike, model: str | os.PathLike |
         refuse_orphaned_data(directory, "empty")
         refuse_foreign_files(directory)
     if not existed:
-        refuse_orphaned_data(directory, "missing")
         if not create:
+            refuse_orphaned_data(directory, "missing")
             raise CollectionError(f"no collection at {directory}; create one with "
                                   f"`mmr ingest SOURCE --collection {directory}` (in Python: "
                                   "Collection.open(..., create=True))")
-        refuse_foreign_files(directory)
-        check_dtype(vector_dtype)
-        if model is None or isinstance(model, str):  # a model that fails to load must leave no empty collection
-            model = _load(model or DEFAULT_MODEL, device=device, precision=precision)
-        made_now = not directory.exists()
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
+        model, made_now = _make_folder(directory, model, device, vector_dtype, precision)
     writable = not read_only and os.access(directory, os.W_OK)
     try:
         catalog = _open_catalog(catalog_path, writable, reader=writer is None and existed)
@@ -106,6 +98,23 @@ def open_folder(directory: str | bytes | os.PathLike, model: str | os.PathLike |
             _remove_made_folder(directory)
         raise
     return OpenedFolder(directory, catalog, identity, encoder, made_now)
+
+
+def _make_folder(directory: Path, model: str | DualEncoder | None, device: str, vector_dtype: str,
+                 precision: str) -> tuple[DualEncoder, bool]:
+    """Make a new collection's folder, its model loaded first (a model that fails to load leaves no empty
+    collection); returns the model and whether the folder is new (else it was there, empty or not ours)."""
+    refuse_orphaned_data(directory, "missing")
+    refuse_foreign_files(directory)
+    check_dtype(vector_dtype)
+    if model is None or isinstance(model, str):
+        model = _load(model or DEFAULT_MODEL, device=device, precision=precision)
+    made_now = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CollectionError(f"cannot create the collection folder {directory}: {exc.strerror}") from exc
+    return model, made_now
 
 
 def refuse_orphaned_data(directory: Path, catalog_state: str) -> None:
