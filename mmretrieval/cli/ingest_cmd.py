@@ -23,6 +23,7 @@ from .common import (add_collection_option, add_model_options, add_null_option, 
 if TYPE_CHECKING:
     from ..ingest.batches import IngestSummary
     from ..ingest.ray_runner import RayIngestConfig
+    from ..ingest.reader import PathStream
 
 
 def register(subparsers) -> None:
@@ -118,9 +119,8 @@ def quiet_ray_logs(verbose: bool) -> None:
             handler.setLevel(logging.CRITICAL)
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    from ..collection.catalog import is_collection
-    from ..collection.opening import DEFAULT_MODEL
+def _checked_sources(args: argparse.Namespace) -> "list[str | PathStream]":
+    """The sources to ingest (standard input read, if named), refused before a new collection is announced."""
     from ..ingest.reader import refuse_missing, source_list, stdin_sources
 
     if args.forget_mount and not args.prune:  # Collection.ingest refuses it too, but after a new collection is made
@@ -131,8 +131,15 @@ def _ingest(args: argparse.Namespace) -> int:
                               "list to a .txt file and pass that")
     sources = stdin_sources(args.sources, sys.stdin, null=args.null)
     if not args.prune:  # a prune refuses a missing source itself, saying that nothing was deleted
-        refuse_missing(source_list(sources))  # before a new collection is announced
+        refuse_missing(source_list(sources))
+    return sources
 
+
+def _ingest(args: argparse.Namespace) -> int:
+    from ..collection.catalog import is_collection
+    from ..collection.opening import DEFAULT_MODEL
+
+    sources = _checked_sources(args)
     model = args.model
     demo = model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection)
     ray = _ray_config(args)  # refused options refuse before a collection is made
