@@ -112,3 +112,64 @@ def test_a_header_read_leaves_camera_raw_and_non_images_alone():
     Image.new("RGB", (60, 40)).save(buffer, "TIFF")  # a NEF is a TIFF container: its IFD0 is a thumbnail
     assert read_header(buffer.getvalue(), b"/cards/DSC_0001.NEF") is None  # a path key (bytes) names it RAW too
     assert read_header(b"not an image at all", "x.jpg") is None
+
+
+def _icon_holding(image: Image.Image, declared: int = 16) -> bytes:
+    """An ICO whose one directory entry says ``declared`` x ``declared`` and holds ``image`` as a PNG."""
+    import struct
+
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    data = png.getvalue()
+    entry = struct.pack("<BBBBHHII", declared % 256, declared % 256, 0, 0, 1, 32, len(data), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + data
+
+
+def test_an_icon_holding_too_many_pixels_is_refused_before_pillow_decodes_it(monkeypatch):
+    """Pillow's ICO opener decodes the embedded image inside Image.open, so the limit, checked from the opened
+    image's size, came after the pixels were in memory (a security walkthrough: a 0.7 MB icon declaring 16 x 16
+    held a 13,370 x 13,370 PNG, 716 MB decoded; four uploads took a server from 2 to 4 GB)."""
+    from PIL import IcoImagePlugin
+
+    from mmretrieval.images.decode import read_header
+
+    icon = _icon_holding(Image.new("1", (2000, 1500)))
+    decoded = []
+    frame = IcoImagePlugin.IcoFile.frame
+    monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", lambda self, idx: decoded.append(idx) or frame(self, idx))
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_image(icon, max_pixels=1_000_000)
+    assert refused.value.reason == "decompression_bomb" and "3000000 pixels, over the limit" in str(refused.value)
+    assert read_header(icon, "favicon.ico") is None  # the header read decodes nothing either
+    assert decoded == []
+    small = decode_image(_icon_holding(Image.new("RGB", (32, 32), (0, 0, 255)), declared=32), max_pixels=1_000_000)
+    assert small.format == "ICO" and small.image.size == (32, 32) and decoded == [0]
+
+
+def test_a_png_header_read_decodes_no_pixel_to_look_for_exif():
+    """read_header promised "no pixel decoded", but Pillow's getexif() loads a whole PNG that has no eXIf chunk
+    before its pixels: 1.9 GB for three 13,370-pixel-square PNGs on an ingest's planning threads."""
+    from PIL import PngImagePlugin
+
+    from mmretrieval.images.decode import read_header
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, "PNG")
+    loads = []
+    load = PngImagePlugin.PngImageFile.load
+    PngImagePlugin.PngImageFile.load = lambda self: loads.append(1) or load(self)
+    try:
+        header = read_header(buffer.getvalue(), "plain.png")
+    finally:
+        PngImagePlugin.PngImageFile.load = load
+    assert (header.width, header.height, header.format) == (300, 200, "PNG") and loads == []
+    assert read_header(_encoded("PNG"), "rotated.png").exif[0x0112] == 6  # an eXIf chunk before the pixels is read
+
+
+def test_icns_is_not_opened():
+    """An ICNS opens at its entry type's size and decodes whatever its entry holds (up to 179 MP) on load."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128)).save(buffer, "ICNS")
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_image(buffer.getvalue())
+    assert refused.value.reason == "not_an_image"

@@ -393,3 +393,29 @@ def test_a_damaged_catalog_is_named_in_the_browser_with_the_way_out(code, shown)
     with pytest.raises(ToastError, match=re.escape(shown)) as caught:
         read_rows()
     assert ("`mmr check` on the server names the damage" in str(caught.value)) == (code != 1)
+
+
+def test_an_icon_upload_holding_too_many_pixels_is_refused_before_gradio_opens_it(tmp_path):
+    """Gradio opens every upload with Pillow, whose ICO opener decodes the embedded image whole: the 50-megapixel
+    upload limit came after 716 MB were decoded (a security walkthrough)."""
+    from types import SimpleNamespace
+
+    from mmretrieval.ui.media import guard_upload
+    from test_decode_robustness import _icon_holding
+
+    opened = []
+
+    class Upload:
+        GRADIO_CACHE = str(tmp_path)
+
+        def preprocess(self, payload):
+            opened.append(payload.path)
+
+    upload = tmp_path / "upload.ico"
+    upload.write_bytes(_icon_holding(Image.new("1", (8000, 7000))))
+    with pytest.raises(gr.Error, match="more than 50 megapixels"):
+        guard_upload(Upload()).preprocess(SimpleNamespace(path=str(upload)))
+    assert opened == []
+    upload.write_bytes(_icon_holding(Image.new("RGB", (32, 32))))
+    guard_upload(Upload()).preprocess(SimpleNamespace(path=str(upload)))
+    assert opened == [str(upload)]

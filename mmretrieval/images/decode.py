@@ -26,8 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
+from .icons import ICON_MAGICS, icon_pixels
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_pixels",
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_icon", "check_pixels",
            "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_header", "read_image_file", "to_rgb"]
 # sharp's default ``limitInputPixels`` (immich decodes with sharp): 16383 x 16383, about 268 megapixels. Every camera
 # photo fits: 200-megapixel phone modes (16320 x 12240), medium format (Fujifilm GFX100, 11648 x 8736), pixel-shift
@@ -107,6 +108,18 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise _over_limit(f"{width}x{height} is {width * height} pixels", max_pixels)
 
 
+def check_icon(fp: BinaryIO, max_pixels: int) -> None:
+    """Refuse an ICO or CUR file that holds an image of more than ``max_pixels`` pixels, before Pillow opens it:
+    its opener decodes the largest image to open the file (:mod:`~mmretrieval.images.icons`).
+
+    Raises:
+        ImageDecodeError: ``decompression_bomb``, naming the size, the limit and how to raise it.
+    """
+    pixels = icon_pixels(fp)
+    if pixels is not None and pixels > max_pixels:
+        raise _over_limit(f"it holds an image of {pixels} pixels", max_pixels)
+
+
 def refused_pixels(message: str | None) -> int | None:
     """The pixel count a ``decompression_bomb`` failure's message names (:func:`check_pixels`), None if it names
     none: a run whose limit passes that many retries the file (planning)."""
@@ -126,6 +139,7 @@ def _decode(fp: BinaryIO, draft_size: int | None, max_pixels: int) -> DecodedIma
     UI's requests, planning's threads) left Pillow's size warning turned into an error for good, so a 108-megapixel
     upload failed as "DecompressionBombWarning". Our limit is checked from the header (:func:`check_pixels`).
     """
+    check_icon(fp, max_pixels)
     try:
         image = Image.open(fp, formats=decodable_formats())
     except UnidentifiedImageError as exc:
@@ -203,13 +217,14 @@ class ImageHeader:
 def read_header(data: bytes, name: str | bytes | os.PathLike) -> ImageHeader | None:
     """The pixel size, format and EXIF of a file's bytes from its header alone (no pixel decoded: nothing a
     malformed image can hang or crash in a decoder); None for camera RAW (its size is its preview's, known only
-    by decoding), for what Pillow cannot open, and for images over twice Pillow's limit (179 MP), which only a
-    decode under our limit opens."""
-    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]):
+    by decoding), for ICO and CUR icons (Pillow decodes them to open them), for what Pillow cannot open, and for
+    images over twice Pillow's limit (179 MP), which only a decode under our limit opens. A PNG's EXIF is read
+    only from the chunks before its pixels (Pillow decodes the whole image to look for one after them)."""
+    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]) or data[:4] in ICON_MAGICS:
         return None
     try:
         with Image.open(io.BytesIO(data), formats=decodable_formats()) as image:  # Pillow's limit: a header
-            exif = _read_exif(image)
+            exif = _read_exif(image) if image.format != "PNG" or "exif" in image.info else None
             orientation = _file_orientation(image, exif)
             width, height = image.size  # as stored, except where the opener reports it upright (TIFF, HEIF)
             if image.format not in ("TIFF", "HEIF", "AVIF") and orientation in (5, 6, 7, 8):
@@ -243,8 +258,9 @@ def _open_source(source: str | os.PathLike | bytes | BinaryIO) -> BinaryIO:
         if len(source) == 0:
             raise ImageDecodeError("empty_file", "the file is empty")
         return io.BytesIO(bytes(source))
-    if not isinstance(source, (str, os.PathLike)):
-        return source
+    if not isinstance(source, (str, os.PathLike)):  # a stream read once is read into memory, as Pillow would
+        seekable = getattr(source, "seekable", None)
+        return source if seekable is not None and seekable() else io.BytesIO(source.read())
     return io.BytesIO(read_image_file(source))
 
 

@@ -33,7 +33,7 @@ import gradio as gr
 from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
-from ..images.decode import DecodedImage, decode_image
+from ..images.decode import DecodedImage, check_icon, decode_image
 from ..images.formats import ensure_openers
 from .names import display_path
 from .toast import ToastError
@@ -267,6 +267,8 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
             raise ToastError(f"The {what} must be a file uploaded to this app (gradio_client's handle_file(...)), "
                              "not a path or URL")
         ensure_openers()  # Gradio opens the upload with Pillow, which knows HEIC only once pillow-heif registers
+        if payload is not None:
+            _refuse_big_icon(path, what)
         try:
             return original(payload)
         except gr.Error:
@@ -278,6 +280,18 @@ def guard_upload(component: Any, what: str = "uploaded image") -> Any:
 
     component.preprocess = preprocess
     return component
+
+
+def _refuse_big_icon(path: str, what: str) -> None:
+    """Before Gradio opens an upload with Pillow, which decodes an icon (ICO, CUR) whole to open it: an icon
+    holding more pixels than an upload may have is refused from its headers."""
+    try:
+        with open(path, "rb") as upload:
+            check_icon(upload, MAX_UPLOAD_PIXELS)
+    except ImageDecodeError as exc:
+        raise ToastError(f"The {what} cannot be used: {_reason_text(exc)}") from exc
+    except OSError:
+        pass  # Gradio's own open says what is wrong with the file
 
 
 # A 100-megapixel camera photo is as refused as a bomb, and deserves a way forward, not an alarm.
