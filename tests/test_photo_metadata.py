@@ -108,6 +108,25 @@ def test_capture_time_fallbacks_are_recorded():
     assert photo_metadata(None, mtime_ns=None).taken_source is None
 
 
+@pytest.mark.parametrize("taken, zone", [("0001:01:01 00:00:00", "America/New_York"),
+                                         ("9999:12:31 23:59:59", "America/New_York"),
+                                         ("9999:12:31 23:59:59", "Pacific/Kiritimati")])
+def test_a_date_at_the_ends_of_the_calendar_is_no_date_not_a_failed_image(monkeypatch, taken, zone):
+    """A camera whose clock was reset wrote year 1: datetime's range ran out in the time-zone step
+    (ValueError: year 0 is out of range; OverflowError), and ingest failed the photo as corrupt."""
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        decoded = decode_image(jpeg_with(make_exif(taken=taken)))  # no offset tag: read in the machine's zone
+        meta = photo_metadata(decoded.exif, mtime_ns=0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert meta.taken_source == "mtime"
+
+
 def test_heic_exif_is_read(tmp_path):
     import pillow_heif
 

@@ -138,10 +138,13 @@ def _parse_time(value: object, offset: object, source: str) -> tuple[str, float,
     except ValueError:  # "0000:00:00 00:00:00" and friends
         return None
     offset_min = _parse_offset(_text(offset))
-    if offset_min is None:
-        utc_s = local.astimezone().timestamp()  # no offset tag: read in this machine's time zone
-    else:
-        utc_s = local.replace(tzinfo=dt.timezone(dt.timedelta(minutes=offset_min))).timestamp()
+    try:
+        if offset_min is None:
+            utc_s = local.astimezone().timestamp()  # no offset tag: read in this machine's time zone
+        else:
+            utc_s = local.replace(tzinfo=dt.timezone(dt.timedelta(minutes=offset_min))).timestamp()
+    except (ValueError, OverflowError):  # year 1, or 9999 at the year's end, moved past datetime's range by a zone
+        return None
     return local.isoformat(timespec="seconds"), utc_s, offset_min, source
 
 
