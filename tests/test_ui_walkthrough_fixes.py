@@ -419,3 +419,33 @@ def test_an_icon_upload_holding_too_many_pixels_is_refused_before_gradio_opens_i
     upload.write_bytes(_icon_holding(Image.new("RGB", (32, 32))))
     guard_upload(Upload()).preprocess(SimpleNamespace(path=str(upload)))
     assert opened == [str(upload)]
+
+
+def test_an_original_swapped_for_a_link_or_a_non_image_is_not_served(tmp_path):
+    """"Get the original file" and the results zip opened the catalog's path at request time and followed links:
+    a photo swapped for a symbolic link after the ingest served whatever it named (a security walkthrough got a
+    text file from outside the collection)."""
+    import zipfile
+
+    from mmretrieval.errors import MMRError
+    from mmretrieval.ui.media import export_original, zip_originals
+
+    photos, secret = tmp_path / "photos", tmp_path / "secret.txt"
+    photos.mkdir()
+    secret.write_text("TOP SECRET\n")
+    paths = {1: photos / "kept.png", 2: photos / "linked.png", 3: photos / "replaced.png"}
+    for path in paths.values():
+        Image.new("RGB", (8, 8), (0, 90, 200)).save(path)
+    paths[2].unlink()
+    paths[2].symlink_to(secret)
+    paths[3].write_text("not an image any more")
+    exported = export_original(paths.get, 1, tmp_path / "out")
+    assert exported.read_bytes() == paths[1].read_bytes() and exported.name == "kept.png"
+    for image_id, why in ((2, "symbolic link"), (3, "not an image file")):
+        with pytest.raises(MMRError, match=why):
+            export_original(paths.get, image_id, tmp_path / "out")
+    archive, missing = zip_originals(paths.get, [1, 2, 3], tmp_path / "out")
+    with zipfile.ZipFile(archive) as opened:
+        assert opened.namelist() == ["kept.png"] and opened.read("kept.png") == paths[1].read_bytes()
+    assert missing == [2, 3]
+    assert not any(b"TOP SECRET" in path.read_bytes() for path in (tmp_path / "out").rglob("*") if path.is_file())

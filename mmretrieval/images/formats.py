@@ -105,6 +105,14 @@ def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | {ext for ext, name in Image.registered_extensions().items() if name in formats}
 
 
+@functools.cache
+def unsniffable_extensions() -> frozenset[str]:
+    """Extensions of the image files :func:`sniff` cannot recognise from their first bytes: Pillow formats with no
+    content check (TGA, IM, ...), and camera RAW (some have no magic number of their own)."""
+    unsniffable = {name for name in decodable_formats() if Image.OPEN[name][1] is None}
+    return RAW_EXTENSIONS | {ext for ext, name in Image.registered_extensions().items() if name in unsniffable}
+
+
 def is_raw_name(path: str | bytes | os.PathLike) -> bool:
     """Whether the file name says camera RAW (decoded from its embedded preview)."""
     return os.path.splitext(os.fsdecode(path))[1].lower() in RAW_EXTENSIONS  # a path key (bytes) too

@@ -17,24 +17,26 @@ a JPEG copy of it (:func:`browser_copy`), so the preview shows what the search u
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 import zipfile
 from collections import OrderedDict
 from threading import Lock
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import gradio as gr
 from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import DecodedImage, check_icon, decode_image
-from ..images.formats import ensure_openers
+from ..images.formats import SNIFF_BYTES, ensure_openers, sniff, unsniffable_extensions
 from .names import display_path
 from .toast import ToastError
 
@@ -148,7 +150,8 @@ def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path
     people see (:func:`~.names.display_path`): the browser and Gradio's cache cannot carry a non-UTF-8 one.
 
     Raises:
-        MMRError: no such image (from ``path_of``), or its file is gone or unreadable.
+        MMRError: no such image (from ``path_of``), or its file is gone, unreadable, or no longer an image file
+            (:func:`_open_original`).
     """
     source = path_of(int(image_id))
     prune_exports(out_dir)
@@ -156,10 +159,10 @@ def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path
     target_dir.mkdir(parents=True)
     target = target_dir / display_path(source.name)
     try:
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        with _open_original(source) as original:
+            if not _linked(source, target, os.fstat(original.fileno())):
+                with open(target, "wb") as copy:
+                    shutil.copyfileobj(original, copy)
     except OSError as exc:
         raise MMRError(f"the original of image {image_id} ({display_path(source)}) cannot be read: "
                        f"{exc.strerror or exc}; it may have moved since it was ingested") from exc
@@ -169,7 +172,7 @@ def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path
 def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir: Path) -> tuple[Path, list[int]]:
     """A zip of the originals of ``image_ids`` under their names as shown (numbered when two share a name).
 
-    Returns the zip and the ids whose file could not be read (left out).
+    Returns the zip and the ids whose file could not be read, or is no longer an image file (left out).
     """
     prune_exports(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,12 +184,61 @@ def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir:
             shown = display_path(source.name)  # a zip member name must be valid UTF-8
             name = shown if shown not in used else f"{int(image_id)}-{shown}"
             try:
-                archive.write(source, arcname=name)
-            except OSError:
+                with _open_original(source) as original:
+                    member = zipfile.ZipInfo(name, time.localtime(os.fstat(original.fileno()).st_mtime)[:6])
+                    with archive.open(member, "w", force_zip64=True) as stored:
+                        shutil.copyfileobj(original, stored)
+            except (OSError, ValueError):  # ValueError: a time zip cannot hold (before 1980)
                 missing.append(int(image_id))
                 continue
             used.add(name)
     return target, missing
+
+
+def _open_original(source: Path) -> BinaryIO:
+    """``source`` opened for reading, only if that very path names a regular file that is an image.
+
+    Ingest refuses links that lead out of a folder, but a file can be swapped for a symbolic link afterwards (in a
+    shared or synced folder): followed, it would hand out any file the server can read (a security walkthrough
+    served a text file outside the collection). So the last component is opened without following links, and
+    what is opened must start like an image (or, for the few formats with no magic number, carry their
+    extension), which a folder swapped for a link higher up cannot fake either.
+
+    Raises:
+        OSError: gone, unreadable, a symbolic link, not a regular file, or not an image.
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link now, which is not served") from exc
+        raise
+    original = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file now")
+        header = original.read(SNIFF_BYTES)
+        if sniff(header) is None and source.suffix.lower() not in unsniffable_extensions():
+            raise OSError(errno.EINVAL, "it is not an image file now")
+        original.seek(0)
+    except BaseException:
+        original.close()
+        raise
+    return original
+
+
+def _linked(source: Path, target: Path, opened: os.stat_result) -> bool:
+    """Hard-link ``source`` as ``target`` if that links the file that was opened and checked (the path may have
+    been swapped since); False when it could not, and nothing is left at ``target``."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        return False
+    linked = os.stat(target, follow_symlinks=False)
+    if (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+        return True
+    target.unlink()
+    return False
 
 
 def prune_exports(out_dir: Path, max_age_s: float = EXPORT_MAX_AGE_S) -> None:
