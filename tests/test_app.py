@@ -460,6 +460,76 @@ def test_ingest_is_refused_when_reachable_from_other_machines(context, tmp_path)
         handlers.ingest(str(tmp_path), progress=lambda *a, **k: None)
 
 
+def test_labelling_is_refused_when_reachable_from_other_machines_without_a_login(context, collection_dir):
+    """A client on the LAN of an app served with --host 0.0.0.0 deleted the owner's label set and wrote another
+    (a security walkthrough): only ingesting was off there."""
+    from dataclasses import replace
+
+    from mmretrieval.ui.collection_handlers import CollectionHandlers
+    from mmretrieval.ui.server import ServeConfig, open_context
+
+    handlers = CollectionHandlers(replace(context, allow_labelling=False))
+    sets_before = context.collection.info().label_sets
+    with pytest.raises(gr.Error, match="Labelling from the browser is off .* --auth-file"):
+        handlers.label_collection("red, blue", "default", False, 0.0, "lan", False, progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="Labelling from the browser is off"):
+        handlers.remove_label_set("default")
+    assert context.collection.info().label_sets == sets_before
+    for config, labelling in ((ServeConfig(), True), (ServeConfig(host="0.0.0.0"), False),
+                              (ServeConfig(share=True, logins=(("ann", "secret"),)), True)):
+        opened = open_context(replace(config, collection=collection_dir / "collection"))
+        try:
+            assert (opened.allow_labelling, opened.allow_ingest) == (labelling, config == ServeConfig())
+        finally:
+            opened.collection.close()
+
+
+def test_logins_file_lines_and_refusals(tmp_path, caplog):
+    from mmretrieval.errors import MMRError
+    from mmretrieval.ui.server import read_logins
+
+    logins = tmp_path / "logins"
+    logins.write_text("# the team\nann:pass:with:colons\n\n  bob :x\n")
+    logins.chmod(0o600)
+    with caplog.at_level("WARNING"):
+        assert read_logins(logins) == (("ann", "pass:with:colons"), ("bob", "x"))
+    assert caplog.text == ""
+    logins.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        read_logins(logins)
+    assert "can be read by other users" in caplog.text
+    for text, message in (("ann\n", "line 1: expected USER:PASSWORD"), ("ann:\n", "line 1"), (":pw\n", "line 1"),
+                          ("# nobody\n", "holds no USER:PASSWORD line")):
+        logins.write_text(text)
+        with pytest.raises(MMRError, match=message):
+            read_logins(logins)
+    with pytest.raises(MMRError, match="cannot read the --auth-file"):
+        read_logins(tmp_path / "missing")
+
+
+def test_an_app_with_logins_answers_only_those_who_log_in(context):
+    from dataclasses import replace
+
+    from gradio_client import Client
+
+    from mmretrieval.ui.layout import build_app
+    from mmretrieval.ui.server import ServeConfig, launch
+    from ui_support import free_port
+
+    app = build_app(replace(context, allow_ingest=False))
+    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), logins=(("ann", "secret"),)))
+    try:
+        url = f"http://{host}:{port}/"
+        assert httpx.get(url + "gradio_api/info").status_code == 401
+        with pytest.raises(Exception):
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        client = Client(url, auth=("ann", "secret"), verbose=False)
+        _, hits, _, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
+        assert len(hits) == 2
+    finally:
+        app.close()
+
+
 def test_http_api_named_endpoints(server):
     from gradio_client import Client
 

@@ -89,6 +89,7 @@ class CollectionHandlers:
     ) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], str | None, str]:
         """Label every image zero-shot; returns a count chart, counts per label, sample images, the CSV and a summary.
         ``label_file``: an uploaded text file of labels, one a line, used instead of the typed ones."""
+        self._check_labelling_allowed()
         check_template_set(templates)
         names = given_labels(labels, label_file)
         if not names:
@@ -126,6 +127,7 @@ class CollectionHandlers:
     def remove_label_set(self, label_set: str | None) -> tuple[str, pd.DataFrame, list[tuple[Any, str]], None, str]:
         """Delete the label set named ``label_set`` (its labels go from search results and filters); returns the
         tab's outputs emptied (the chart, counts, samples and CSV showed a run's set) and a summary."""
+        self._check_labelling_allowed()
         name = (label_set or "").strip()
         if not name:
             raise gr.Error("Type the name of the label set to remove in “Label set to remove” (nothing is removed "
@@ -135,6 +137,12 @@ class CollectionHandlers:
         summary = (f"**Removed label set** {markdown_code(name)}: {counted(removed, 'label')} given to images deleted; "
                    "other sets are kept.")
         return "", pd.DataFrame({"label": [], "count": []}), [], None, summary
+
+    def _check_labelling_allowed(self) -> None:
+        if not self.ctx.allow_labelling:
+            raise gr.Error("Labelling from the browser is off because this app is reachable from other machines "
+                           "and asks for no login; run `mmr label` on the server, or serve with --auth-file.",
+                           print_exception=False)
 
     def _samples(self, qualified: str) -> list[int]:
         """A few of the most typical images of label ``SET:LABEL``: the label's text as the query, filtered to it."""

@@ -106,6 +106,7 @@ class AppContext:
     example_queries: tuple[str, ...] = ()  # one-click queries on the first screen
     map_labels: tuple[str, ...] = ()  # labels the map is coloured by until the user types others
     allow_ingest: bool = True  # whether the UI may ingest a server folder typed by the user
+    allow_labelling: bool = True  # whether the UI may label the collection and remove label sets
     thumbnails: ThumbnailCache = field(default_factory=ThumbnailCache)  # renders of catalog images, by id
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)  # zero-shot label vectors
     # Where originals and exports are placed for Gradio to serve (by catalog id only); old ones are pruned.

@@ -123,11 +123,13 @@ def _label_tab(ctx: AppContext, handlers: CollectionHandlers) -> tuple[Any, Any]
                 templates = gr.Dropdown(list(TEMPLATE_SETS), value="default", label="Prompt templates")
                 multi_label = gr.Checkbox(label="Multi-label", value=False)
                 threshold = gr.Slider(0, 1, value=MULTI_LABEL_THRESHOLD, step=0.01, label="Multi-label threshold")
-            run = gr.Button("Label the collection", variant="primary")
+            run = gr.Button("Label the collection" if ctx.allow_labelling else
+                            "Labelling is off: the app is reachable from other machines without a login",
+                            variant="primary", interactive=ctx.allow_labelling)
             with gr.Row(equal_height=True):
                 to_remove = gr.Textbox("", label="Label set to remove", placeholder="its name, as typed above",
-                                       scale=3, elem_id="set-to-remove")
-                remove = gr.Button("Remove this set", variant="stop", scale=1)
+                                       scale=3, elem_id="set-to-remove", interactive=ctx.allow_labelling)
+                remove = gr.Button("Remove this set", variant="stop", scale=1, interactive=ctx.allow_labelling)
             summary = text_output(label="Summary", live=True)
             csv_file = gr.File(label="Labels as CSV", interactive=False, elem_classes=[FILE_OUT_CLASS])
         with gr.Column():

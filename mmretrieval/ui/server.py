@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from ..errors import MMRError
 from ..models.settings import DEVICES, PRECISIONS
 from ..progress import TqdmProgress
+from ..wording import counted
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -59,6 +60,7 @@ class ServeConfig:
     examples: tuple[str, ...] = ()  # one-click example queries (the demo has its own; else the labels, if any)
     data_dir: Path | None = None  # where the demo collection is cached; None: $MMR_DEMO_DIR or the user cache
     session_capacity: int = SESSION_CAPACITY  # browser sessions whose state the server keeps
+    logins: tuple[tuple[str, str], ...] = ()  # (user, password) pairs that may log in (--auth-file); none: no login
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +77,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_port, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
+    parser.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
+                        help="ask for a login: FILE holds one USER:PASSWORD a line. With --host or --share, "
+                        "labelling from the browser is on only with it (ingesting never is)")
     parser.add_argument("--max-file-size", type=_file_size, default="20mb",
                         help="largest accepted upload: a whole number and b, kb, mb, gb or tb (default: 20mb)")
     parser.add_argument("--demo-dir", "--data-dir", type=Path, default=None, metavar="DIR", dest="data_dir",
@@ -108,7 +113,34 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         model=args.model, device=args.device, precision=args.precision, host=args.host, port=args.port,
         share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
         data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
+        logins=read_logins(Path(args.auth_file).expanduser()) if getattr(args, "auth_file", None) else (),
     )
+
+
+def read_logins(auth_file: Path) -> tuple[tuple[str, str], ...]:
+    """The ``(user, password)`` pairs of an ``--auth-file``: one ``USER:PASSWORD`` a line (the password may hold
+    ``:``); blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        MMRError: the file cannot be read, a line has no ``:`` or an empty user or password, or no login is given.
+    """
+    try:
+        text = auth_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MMRError(f"cannot read the --auth-file {auth_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    logins = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.partition(":")
+        if not colon or not user.strip() or not password:
+            raise MMRError(f"{auth_file} line {number}: expected USER:PASSWORD (neither empty)")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise MMRError(f"{auth_file} holds no USER:PASSWORD line: nobody could log in")
+    if auth_file.stat().st_mode & 0o077:
+        logger.warning("%s can be read by other users of this machine: chmod 600 it", auth_file)
+    return tuple(logins)
 
 
 def is_local_only(config: ServeConfig) -> bool:
@@ -159,6 +191,7 @@ def open_context(config: ServeConfig) -> "AppContext":
             label.split(":", 1)[-1] for label in labels))[:5]),
         map_labels=DEMO_MAP_LABELS if is_demo else (),  # others: the map shows the stored labels
         allow_ingest=is_local_only(config),
+        allow_labelling=is_local_only(config) or bool(config.logins),
     )
 
 
@@ -167,9 +200,16 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
 
     The caller waits (``mmr serve`` does, until Ctrl-C or SIGTERM): Gradio's own wait swallows both signals.
     """
+    logins = list(config.logins) or None
     if not is_local_only(config):
-        logger.warning("serving on %s%s: anyone who can reach it can search this collection",
-                       config.host, " with a public share link" if config.share else "")
+        where = f"{config.host}{' with a public share link' if config.share else ''}"
+        if logins is None:
+            logger.warning("serving on %s: anyone who can reach it can search this collection and see its images; "
+                           "labelling and ingesting from the browser are off (--auth-file asks for a login and "
+                           "lets those who log in label)", where)
+        else:
+            logger.warning("serving on %s: those who log in (%s) can search and label this collection; "
+                           "ingesting from the browser is off", where, counted(len(logins), "login"))
     from .page_style import PAGE_CSS, PAGE_JS, theme
 
     app.queue(default_concurrency_limit=2, max_size=64)
@@ -187,8 +227,10 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
         theme=theme(), css=PAGE_CSS, js=PAGE_JS,  # readable buttons, phones, focus rings, live regions
         state_session_capacity=config.session_capacity,
         # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
-        # a loopback-only app answers only requests addressed to a loopback name.
-        auth_dependency=_loopback_host_only if is_local_only(config) else None,
+        # a loopback-only app answers only requests addressed to a loopback name (a login stops such a page too;
+        # Gradio takes one or the other).
+        auth=logins,
+        auth_dependency=_loopback_host_only if is_local_only(config) and logins is None else None,
     )
     return config.host, app.server_port
 
