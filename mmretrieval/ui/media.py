@@ -135,7 +135,7 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
     """Decode catalog image ``image_id`` (``path_of`` asks the catalog: never a client-named path) and shrink it."""
     path = path_of(image_id)
     try:
-        image = decode_image(path, draft_size=max_side).image.copy()
+        image = decode_image(path, draft_size=max_side).image  # shrunk in place: a copy doubled a PNG's peak
     except MMRError as exc:  # moved or deleted since ingestion: show a tile, not an error
         logger.warning("cannot render image %d (%s): %s", image_id, display_path(path), exc)
         return Image.new("RGB", (max_side, max_side), _PLACEHOLDER_GREY)
