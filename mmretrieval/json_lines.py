@@ -27,8 +27,10 @@ def json_line(value: Any) -> str:
 
 
 # Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: every character that
-# str.splitlines() breaks a line at is among them, and none of them belongs raw in a cell or on a terminal.
-_CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+# str.splitlines() breaks a line at is among them, and none of them belongs raw in a cell or on a terminal; and
+# the bidirectional embeddings, overrides and isolates, which make a terminal show a name in another order
+# ("photo\u202egnp.exe" reads as "photoexe.png"), as Trojan Source showed for code (CVE-2021-42574).
+_CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _TSV_SPECIAL = re.compile(rf"[\\{_CONTROL}]")
 _MESSAGE_SPECIAL = re.compile(f"[{_CONTROL}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: a non-UTF-8 name's bytes (\udc80-\udcff) or worse
@@ -48,8 +50,9 @@ def tsv_text(text: str) -> str:
     """``text`` as one TSV cell, escaped in the manner of PostgreSQL's COPY text format, so that the cell is one
     line and reads back as exactly ``text`` (:func:`tsv_unescape`): a backslash is always written ``\\\\``, a tab
     and the line breaks ``\\t``, ``\\n``, ``\\r``, and every other control character (among them the other
-    characters ``str.splitlines()`` breaks at: ``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``, ``\\x85``) and the
-    Unicode separators ``\\u2028``, ``\\u2029`` as ``\\xHH`` or ``\\uHHHH``; any other text stays as it is. A
+    characters ``str.splitlines()`` breaks at: ``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``, ``\\x85``), the
+    Unicode separators ``\\u2028``, ``\\u2029`` and the bidirectional controls ``\\u202a``-``\\u202e``,
+    ``\\u2066``-``\\u2069`` as ``\\xHH`` or ``\\uHHHH``; any other text stays as it is. A
     name is never turned into another file's name (a tab made a space could name a file that exists), and two
     names never give one cell; ``--json`` keeps such names whole.
 

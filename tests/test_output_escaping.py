@@ -20,6 +20,7 @@ from mmretrieval.training.copies import distinct_originals
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 AWKWARD = ["plain.png", "x\\ty.png", "x\ty.png", "x\\\ty.png", "x\\\\ty.png", "trailing\\", "\\", "\\\\n",
            "a\\x2c b\\u2028", "esc\x1b[31mred", "del\x7f", "déjà vu ✓.jpg", os.fsdecode(b"caf\xe9 \xff.jpg"),
+           "photo\u202egnp.exe", "\u2066isolated\u2069", "שלום.jpg",
            *(f"line{char}break.png" for char in LINE_BREAKS), LINE_BREAKS + "\t\\"]
 
 
@@ -33,6 +34,8 @@ def test_every_awkward_name_is_one_distinct_cell_that_reads_back_as_itself():
         assert cell.splitlines() == [cell] and "\t" not in cell, name  # one field of one record
         assert tsv_unescape(cell) == name
     assert tsv_text("plain.png") == "plain.png" and tsv_text("déjà vu ✓.jpg") == "déjà vu ✓.jpg"
+    assert tsv_text("photo\u202egnp.exe") == "photo\\u202egnp.exe"  # not shown as "photoexe.png" (a walkthrough)
+    assert tsv_text("שלום.jpg") == "שלום.jpg"  # right-to-left text itself stays as it is
     for broken in ("a\\", "a\\q", "a\\x4", "a\\u20"):  # never written by tsv_text
         with pytest.raises(ValueError, match="starts no escape"):
             tsv_unescape(broken)
