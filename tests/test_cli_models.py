@@ -92,6 +92,23 @@ def test_bad_model_specs_exit_2_with_a_clear_message(capsys, red_circle, tmp_pat
     assert "pwned" not in out + err
 
 
+def test_a_plain_pickle_as_a_checkpoint_is_one_error_line(capsys, red_circle, tmp_path, tiny_model_dir):
+    """torch's note on the pickle protocol came first, as a warning line of its own (a security walkthrough)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    directory = tmp_path / "plain-pickle"
+    directory.mkdir()
+    shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
+    (directory / "open_clip_pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}, protocol=4))
+    status, out, err = _run(capsys, "classify", red_circle, "--labels", "a,b", "--model", directory, "--device", "cpu")
+    assert status == 2 and out == "" and "pwned" not in err
+    assert err.splitlines() == [err.rstrip("\n")] and err.startswith("mmr classify: error: checkpoint")
+
+
 def test_eval_folder_and_shapes_json(capsys, tmp_path, red_circle):
     for colour in ("red", "blue"):
         folder = tmp_path / "set" / colour
