@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmretrieval.training import scenes
 from mmretrieval.errors import MMRError
@@ -115,11 +117,43 @@ def test_bad_evaluation_sets(shapes_encoder, tmp_path):
         captions_report(shapes_encoder, str(bad_csv))
 
 
-def test_a_csv_that_is_not_utf8_is_a_clear_error(shapes_encoder, tmp_path):
+def test_a_csv_that_is_not_utf8_reads_as_ingest_lists_read(tmp_path):
+    """train and eval refused a CSV with one Latin-1 byte that classify and ingest read (a fine-tune walkthrough):
+    now a path keeps its bytes and a caption's undecodable byte becomes U+FFFD, as in ingest's lists."""
+    import os
+
+    from mmretrieval.training.datasets import read_captioned
+
+    (tmp_path / os.fsdecode(b"caf\xe9.png")).write_bytes(b"image bytes")
     latin1 = tmp_path / "latin1.csv"
-    latin1.write_bytes("path,caption\nx.png,un caf\xe9 rouge\n".encode("latin-1"))
-    with pytest.raises(MMRError, match="UTF-8"):
-        captions_report(shapes_encoder, str(latin1))
+    latin1.write_bytes(b"path,caption\ncaf\xe9.png,un caf\xe9 rouge\n")
+    [item] = read_captioned(latin1)
+    assert os.fsencode(item.path) == os.fsencode(tmp_path) + b"/caf\xe9.png" and item.path.is_file()
+    assert item.captions == ("un caf\ufffd rouge",)
+
+
+def test_one_image_under_several_paths_is_one_image_and_uncaptioned_images_are_named(tmp_path):
+    """A file named by a relative and an absolute path counted as two images (so the two could fall on both sides
+    of a training run's held-out split), and images without a caption were dropped without a word (a fine-tune
+    walkthrough)."""
+    from mmretrieval.training.datasets import read_captioned
+
+    (tmp_path / "set").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "set" / name)
+    (tmp_path / "set" / "a.txt").write_text("a red thing\n")
+    (tmp_path / "set" / "b.txt").write_text("\n  \n")
+    listed = tmp_path / "set" / "pairs.csv"
+    listed.write_text(f"path,caption\na.png,first\n./a.png,second\n{tmp_path}/set/a.png,third\nb.png,\n"
+                      "sub/../c.png,\nc.png,a cat\n")
+    left_out = []
+    items = {x.path: x.captions for x in read_captioned(listed, on_skipped=left_out.append)}
+    assert items == {tmp_path / "set" / "a.png": ("first", "second", "third"), tmp_path / "set" / "c.png": ("a cat",)}
+    assert [(s.path, s.reason) for s in left_out] == [(str(tmp_path / "set" / "b.png"), "no_caption")]
+    left_out.clear()
+    assert [x.path.name for x in read_captioned(tmp_path / "set", on_skipped=left_out.append)] == ["a.png"]
+    assert sorted((Path(s.path).name, s.message.split(": ")[-1]) for s in left_out) == [
+        ("b.png", "b.txt is blank"), ("c.png", "no c.txt beside it")]
 
 
 def test_drawn_apart_covers_every_shape_and_colour_in_that_colour():

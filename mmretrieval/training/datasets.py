@@ -11,9 +11,12 @@ images ``mmr classify`` and ``mmr ingest`` would see there: hidden files and fol
 followed only when it stays inside the folder and leads to a folder the walk does not otherwise reach.
 
 Text files may start with a UTF-8 byte-order mark (spreadsheet programs save CSVs with one); it is not text.
-An image that is missing or does not decode is the evaluation's and the trainer's to count and skip; a CSV row
-with a caption but an empty path cell is refused, naming its line: it names no file to count, and only the
-CSV's author knows which image was meant.
+A CSV need not be UTF-8 throughout, as the lists ``mmr ingest`` reads: a path keeps its bytes, and an undecodable
+byte in a caption becomes U+FFFD. One image named by several paths (``a.jpg``, ``./a.jpg``, ``/set/a.jpg``) is one
+image with all their captions. An image without a caption (no sidecar, a blank one, empty caption cells) is
+handed to ``on_skipped``; one that is missing or does not decode is the evaluation's and the trainer's to count
+and skip; a CSV row with a caption but an empty path cell is refused, naming its line: it names no file to
+count, and only the CSV's author knows which image was meant.
 """
 
 from __future__ import annotations
@@ -120,25 +123,30 @@ def read_captioned(source: str | Path, on_skipped: Callable[[Skipped], None] | N
     """Images with captions from a folder with sidecar ``.txt`` files or from a CSV.
 
     A folder is walked as ``mmr classify`` walks one; what the walk passes over and reports goes to
-    ``on_skipped``. A CSV's rows are taken as they are: a file one names that is missing is the evaluation's to
-    count and name.
+    ``on_skipped``, and so does each image without a caption (reason ``no_caption``). A CSV's rows are taken as
+    they are: a file one names that is missing is the evaluation's to count and name.
 
     Raises:
         MMRError: missing source, unknown CSV columns, a CSV row with a caption and no path, or no captioned
             images.
     """
     source = Path(source)
+    uncaptioned = on_skipped or (lambda skipped: None)
     if source.is_dir():
         items = []
         for path in _walk(source, on_skipped):
             sidecar = path.with_suffix(".txt")
-            if sidecar.is_file():
-                lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
-                captions = tuple(ln for ln in lines if ln)
-                if captions:
-                    items.append(CaptionedImage(path, captions))
+            if not sidecar.is_file():
+                uncaptioned(Skipped(str(path), "no_caption", f"no {sidecar.name} beside it"))
+                continue
+            lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
+            captions = tuple(ln for ln in lines if ln)
+            if captions:
+                items.append(CaptionedImage(path, captions))
+            else:
+                uncaptioned(Skipped(str(path), "no_caption", f"{sidecar.name} is blank"))
     elif source.is_file() and source.suffix.lower() == ".csv":
-        items = _read_caption_csv(source)
+        items = _read_caption_csv(source, uncaptioned)
     elif not source.exists():
         raise MMRError(f"captioned set {source} does not exist; pass a folder with sidecar .txt captions or a .csv")
     else:
@@ -148,27 +156,38 @@ def read_captioned(source: str | Path, on_skipped: Callable[[Skipped], None] | N
     return items
 
 
-def _read_caption_csv(path: Path) -> list[CaptionedImage]:
+def _read_caption_csv(path: Path, uncaptioned: Callable[[Skipped], None]) -> list[CaptionedImage]:
     try:
-        return _parse_caption_csv(path)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MMRError(f"cannot read {path} as a UTF-8 CSV: {exc}") from exc
+        return _parse_caption_csv(path, uncaptioned)
+    except (OSError, csv.Error) as exc:
+        raise MMRError(f"cannot read {path} as a CSV: {exc}") from exc
 
 
-def _parse_caption_csv(path: Path) -> list[CaptionedImage]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
+def _parse_caption_csv(path: Path, uncaptioned: Callable[[Skipped], None]) -> list[CaptionedImage]:
+    folder = os.path.abspath(path.parent)
+    # surrogateescape: a path's bytes survive (os.fsencode gives them back), a caption's become U+FFFD below
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         path_col, caption_col = csv_columns(reader.fieldnames)
         if path_col is None or caption_col is None:
             raise MMRError(f"{path}: need a path column ({'/'.join(PATH_COLUMNS)}) and a caption column "
                            f"({'/'.join(CAPTION_COLUMNS)}); found {', '.join(reader.fieldnames or []) or 'none'}")
         grouped: dict[Path, list[str]] = {}
+        blank: dict[Path, int] = {}  # images named only with an empty caption, and the line of the first
         for row in reader:
-            cell, text = (row[path_col] or "").strip(), (row[caption_col] or "").strip()
+            cell = (row[path_col] or "").strip()
+            text = (row[caption_col] or "").strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if not cell and text:  # Path("") would be the CSV's own folder
                 raise MMRError(f"{path}, line {reader.line_num}: the {path_col} cell is empty (caption {text!r}); "
                                "fill in the image's path or delete the row")
-            if cell and text:
-                image = Path(cell)
-                grouped.setdefault(image if image.is_absolute() else path.parent / image, []).append(text)
+            if not cell:
+                continue
+            image = Path(os.path.normpath(os.path.join(folder, cell)))  # one image, however its path is written
+            if text:
+                grouped.setdefault(image, []).append(text)
+            else:
+                blank.setdefault(image, reader.line_num)
+    for image, line in blank.items():
+        if image not in grouped:
+            uncaptioned(Skipped(str(image), "no_caption", f"its caption in {path} line {line} is empty"))
     return [CaptionedImage(p, tuple(c)) for p, c in grouped.items()]
