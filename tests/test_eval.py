@@ -29,6 +29,22 @@ def test_recall_at_k_matches_a_brute_force_reference():
         assert result[f"recall@{k}"] == pytest.approx(expected)
 
 
+def test_recall_at_k_ranks_exact_copies_in_a_random_order():
+    """12 copies of one image under 12 captions scored recall@1 = 1.0: each copy tied with its caption's own
+    counted as a hit (a fine-tune walkthrough). A reference: the mean over many random orders of the ties."""
+    rng = np.random.default_rng(2)
+    images = _unit(np.vstack([np.repeat(rng.normal(size=(1, 8)), 12, axis=0), rng.normal(size=(6, 8))]))
+    texts = _unit(images[[0] * 12 + list(range(12, 18))] + 0.01 * rng.normal(size=(18, 8)))
+    owners = np.arange(18)
+    result = text_to_image_recall(images, texts, owners, ks=(1, 5, 10))
+    similarities = texts @ images.T
+    for k in (1, 5, 10):
+        hits = [owners[t] in np.argsort(-similarities[t] + 1e-9 * rng.random(18) * (similarities[t] ==
+                similarities[t, owners[t]]), kind="stable")[:k] for _ in range(400) for t in range(18)]
+        assert result[f"recall@{k}"] == pytest.approx(np.mean(hits), abs=0.03)
+    assert result["recall@1"] == pytest.approx((12 / 12 + 6) / 18)  # each copy's caption: 1/12 of a hit
+
+
 def test_classification_scores_match_a_reference():
     rng = np.random.default_rng(1)
     classes, images = _unit(rng.normal(size=(4, 6))), _unit(rng.normal(size=(60, 6)))

@@ -3,7 +3,7 @@
 - Zero-shot classification: top-1 accuracy (share of images whose highest-scoring class is right) and
   mean per-class recall (balanced accuracy), with prompt-ensemble class vectors.
 - Text-to-image retrieval: recall@k = share of captions whose own image is among the k images most
-  similar to the caption (CLIP_benchmark's ``image_retrieval_recall@k``).
+  similar to the caption (CLIP_benchmark's ``image_retrieval_recall@k``; exact ties in a random order).
 - On generated scenes, also attribute-match@5: among the top scenes retrieved for a caption, the share
   that match every attribute the caption names (many scenes share a caption, so recall@k undersells it);
   see :func:`attribute_match_at_5` for how captions with fewer than 5 matching scenes count; and
@@ -38,12 +38,17 @@ def text_to_image_recall(
     text_to_image: Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """recall@k for each k: the share of texts whose own image ranks in the top k."""
+    """recall@k for each k: the share of texts whose own image ranks in the top k.
+
+    Images that score exactly as the text's own image does (copies of it in the set: the same vector) are ranked
+    with it in a random order, and the expected share is reported: counting each such tie as a hit made 12 copies
+    of one photo under 12 captions score recall@1 = 1.0, where the model can do no better than 1/12.
+    """
     similarities = text_vectors @ image_vectors.T
     own = similarities[np.arange(len(text_to_image)), np.asarray(text_to_image)]
-    # rank = how many images score strictly higher than the caption's own image
-    ranks = (similarities > own[:, None]).sum(axis=1)
-    return {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
+    above = (similarities > own[:, None]).sum(axis=1)  # images that rank ahead of the text's own whatever the order
+    tied = (similarities == own[:, None]).sum(axis=1)  # the own image and its exact ties: in a random order
+    return {f"recall@{k}": float(np.mean(np.clip((k - above) / tied, 0.0, 1.0))) for k in ks}
 
 def attribute_match_at_5(similarities: npt.NDArray[np.float32], facts: Sequence[scenes.CaptionFacts],
                          truth: Sequence[scenes.Scene]) -> dict[str, float]:
