@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING
@@ -178,6 +179,8 @@ def _train(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(TrainConfig)} - {"half", "scene_size"}
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if given.get("data", "scenes") != "scenes":  # recorded in the model's notes: from anywhere, the same set
+        given["data"] = os.path.abspath(os.path.expanduser(given["data"]))
     if "arch" in given and "init" in given:
         raise MMRError(f"--arch {args.arch} and --init {args.init} both given: a fine-tune keeps the architecture of "
                        "the model it starts from; give one of them")
@@ -189,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..training.train import train
 
     def log(entry: StepLog) -> None:
-        scores = " ".join(f"{k}={v:.3f}" for k, v in entry.held_out.items())
+        scores = " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.3f}" for k, v in entry.held_out.items())
         say(f"step {entry.step:>6}  loss {entry.loss:.4f}  lr {entry.lr:.2e}  {entry.seconds:7.1f}s  {scores}")
 
     out = train(config, on_log=log, force=args.force)

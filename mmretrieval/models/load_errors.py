@@ -62,8 +62,7 @@ def offline_help(spec: ModelSpec, missing: str | None = None) -> str:
     return (
         f"model {spec} is not in the Hugging Face cache and cannot be downloaded here"
         f"{' (HF_HUB_OFFLINE is set)' if offline else ''}{part}. {fix} to download it, use the bundled demo "
-        "model with --model builtin:shapes, or pass a local directory that holds open_clip_config.json and the "
-        "weights."
+        "model (builtin:shapes), or give a local directory that holds open_clip_config.json and the weights."
     )
 
 

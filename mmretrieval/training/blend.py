@@ -55,7 +55,7 @@ def blend_models(trained: str, init: str, keep_init: float, out: str | Path, hal
                 tensor.mul_(1.0 - keep_init).add_(start[name], alpha=keep_init)
     trained_config = _config(trained_spec)
     notes = {k: v for k, v in trained_config.items() if k not in ("model_cfg", "preprocess_cfg")}
-    notes["blend"] = {"trained": trained, "init": init, "keep_init": keep_init,
+    notes["blend"] = {"trained": str(trained_spec), "init": str(init_spec), "keep_init": keep_init,  # paths absolute
                       "init_training": _config(init_spec).get("training")}
     with model_written_aside(out) as new:  # the old model stays whole until this one is (an old log goes too)
         save_model_dir(blended.model, trained_config.get("model_cfg") or model_config_of(trained_spec), new,

@@ -77,7 +77,7 @@ class TrainConfig:
                 raise SettingError(name, f"must be a share from 0 to 1, got {value!r}")
         if self.data != "scenes":  # they shape the generated scenes' drawing and captions: a captioned set has neither
             for setting in fields(self):
-                if setting.name in _SCENES_ONLY and getattr(self, setting.name) != setting.default:
+                if setting.name in SCENES_ONLY and getattr(self, setting.name) != setting.default:
                     raise SettingError(setting.name, f"applies to the generated scenes only, not to the captioned set "
                                                      f"{self.data}")
 
@@ -94,7 +94,8 @@ _WHOLE_NUMBERS = (  # TrainConfig's whole-number fields: name, smallest allowed 
 )
 
 
-_SCENES_ONLY = ("scene_size", "classic_share", "position_rate", "label_rate", "grey_rate", "unrelated")
+# settings of the generated scenes only: refused (and not recorded) with a captioned set
+SCENES_ONLY = ("scene_size", "classic_share", "position_rate", "label_rate", "grey_rate", "unrelated")
 
 
 def _finite(value: object) -> bool:
@@ -109,4 +110,4 @@ class StepLog:
     loss: float
     lr: float
     seconds: float
-    held_out: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, float | int] = field(default_factory=dict)  # scores, and counts of images and captions

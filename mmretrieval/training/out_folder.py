@@ -100,8 +100,10 @@ def model_written_aside(out: Path) -> Iterator[Path]:
                     yield new
                 except KeyboardInterrupt:
                     if not had_model and (new / CONFIG_NAME).is_file() and (new / WEIGHTS_NAME).is_file():
+                        step = _log_cut_at_checkpoint(new)
                         _move_in(new, out)
-                        logger.warning("interrupted: %s holds the last checkpoint saved", out)
+                        logger.warning("interrupted: %s holds the last checkpoint saved%s", out,
+                                       f", of step {step}" if step is not None else "")
                     raise
                 _move_in(new, out)
     except BaseException:
@@ -109,6 +111,28 @@ def model_written_aside(out: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if empty
         raise
+
+
+def _log_cut_at_checkpoint(new: Path) -> int | None:
+    """The step the checkpoint in ``new`` was saved at (its training notes), with the training log there cut to
+    the lines up to it: the log runs on between checkpoints, and a model's log should not tell of steps its
+    weights never took. None for a model without training notes."""
+    try:
+        step = json.loads((new / CONFIG_NAME).read_text(encoding="utf-8"))["training"]["saved_at_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    log = new / TRAIN_LOG_NAME
+    if log.is_file():
+        lines = log.read_text(encoding="utf-8").splitlines()
+        atomic_write_text(log, "".join(f"{line}\n" for line in lines if _step_of(line) <= step))
+    return step
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a line cut short by the interruption
+        return float("inf")
 
 
 def _move_in(new: Path, out: Path) -> None:

@@ -25,17 +25,20 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 
 from . import scenes
+from ..ingest.batches import Skipped
 from .datasets import CaptionedImage, read_captioned
 from ..models.encoder import DualEncoder, PixelNormaliser, resolve_device
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
+from ..models.load_errors import tokenizer_error
 from ..models.loading import LoadedModel, load_model, root_logger_left_alone, save_model_dir
 from ..models.precision import native_bf16
 from ..models.specs import ModelIdentity, ModelSpec, model_config_of, refuse_overwriting
 from ..images.preprocess import ImagePreparer
-from .config import SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
+from .config import SCENES_ONLY, SHAPES_ARCH, SHAPES_MODEL_CFG, SHAPES_PREPROCESS, StepLog, TrainConfig
 from .losses import multi_positive_clip_loss, multi_positive_siglip_loss, null_anchor_loss
 from .out_folder import TRAIN_LOG_NAME, check_out_folder, model_written_aside
+from .pairs import PairDataset, batch_size_for, split_held_out, usable_pairs
 from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
@@ -101,27 +104,6 @@ def _augment(image: Image.Image, scene: scenes.Scene, rng: random.Random,
     return ImageEnhance.Contrast(image).enhance(rng.uniform(0.9, 1.1)), scene
 
 
-class PairDataset(Dataset):
-    """A captioned image set, cycled in a seeded order; undecodable images yield None (dropped by collate)."""
-
-    def __init__(self, items: list[CaptionedImage], length: int, seed: int, preparer: ImagePreparer, tokenizer: Any):
-        self.items, self.length, self.preparer, self.tokenizer = items, length, preparer, tokenizer
-        self.order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        item = self.items[self.order[index % len(self.items)]]
-        text = item.captions[(index // len(self.items)) % len(item.captions)]
-        try:
-            image = decode_image(item.path, draft_size=self.preparer.size).image
-        except ImageDecodeError as exc:
-            logger.warning("skipping %s: %s", item.path, exc)
-            return None
-        return torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0]
-
-
 def _collate(batch: list) -> tuple[torch.Tensor, ...] | None:
     """Stack the pairs that decoded (with their attribute codes, for scenes); None when none did (the training
     loop skips that step)."""
@@ -142,17 +124,31 @@ def _build(config: TrainConfig, device: torch.device) -> tuple[LoadedModel, dict
         model_cfg, preprocess = SHAPES_MODEL_CFG, SHAPES_PREPROCESS
         model = open_clip.CLIP(**model_cfg)
         open_clip.model.set_model_preprocess_cfg(model, preprocess)
+        tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     else:
         model_cfg = open_clip.get_model_config(config.arch)
         if model_cfg is None:
             raise MMRError(f"unknown architecture {config.arch!r}: use {SHAPES_ARCH} or an open_clip registry name")
+        tokenizer = _tokenizer(open_clip, config.arch)  # first: it fails in an instant, the model takes seconds
         with root_logger_left_alone():  # open_clip's logging.info() would configure the application's logging
             model = open_clip.create_model(config.arch, pretrained=None)
         preprocess = open_clip.get_model_preprocess_cfg(model)
-    tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
     identity = ModelIdentity(spec=config.out, architecture=config.arch, embed_dim=model_cfg["embed_dim"],
                              weights="training", preprocess=json.dumps(preprocess, sort_keys=True))
     return LoadedModel(model.to(device), tokenizer, identity, ()), model_cfg
+
+
+def _tokenizer(open_clip: Any, arch: str) -> Any:
+    """The tokenizer a new model of registry architecture ``arch`` is trained with: the one loading the saved
+    model gives it (open_clip's for that architecture: SigLIP's own vocabulary, not CLIP's, whose ids run past it).
+
+    Raises:
+        ModelSpecError, ModelNotCachedError: it cannot be made here (a package missing, not downloaded).
+    """
+    try:
+        return open_clip.get_tokenizer(arch)
+    except Exception as exc:  # open_clip and its tokenizer backends raise many types
+        raise tokenizer_error(exc, ModelSpec.parse(arch)) from exc
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -170,14 +166,6 @@ def _lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def split_held_out(items: list[CaptionedImage], seed: int) -> tuple[list[CaptionedImage], list[CaptionedImage]]:
-    """A seeded split of user pairs into (training, held-out): 5% held out, at most 200, none below 20 pairs."""
-    count = min(200, len(items) // 20) if len(items) >= 20 else 0
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + 1)).tolist()
-    held = set(order[:count])
-    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
 def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
@@ -220,9 +208,11 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None, 
     if config.init:
         refuse_overwriting(config.out, ModelSpec.parse(config.init))
     out = check_out_folder(config.out, force)
-    pairs, held_pairs = split_held_out(read_captioned(config.data), config.seed) if config.data != "scenes" else ([], [])
+    pairs: list[CaptionedImage] = []
+    held_pairs: list[CaptionedImage] = []
     if config.data != "scenes":
-        _check_decodable(pairs + held_pairs, config.data)
+        pairs, held_pairs = split_held_out(_usable(config.data), config.seed)
+        config = dataclasses.replace(config, batch_size=batch_size_for(len(pairs), config.batch_size))
     device = resolve_device(config.device)
     loaded, model_cfg = _build(config, device)
     model = loaded.model.float().train()
@@ -244,20 +234,25 @@ def train(config: TrainConfig, on_log: Callable[[StepLog], None] | None = None, 
     return out
 
 
-def _check_decodable(items: list[CaptionedImage], source: str) -> None:
-    """Refuse a set none of whose images decodes (before any output exists): training on it would save the
-    starting weights as if trained. Stops at the first image that decodes, so a good set costs one decode.
+def _usable(source: str) -> list[CaptionedImage]:
+    """The captioned images of ``source`` that can be trained on (:func:`.pairs.usable_pairs`), each one left out
+    named once; refused when none decodes (before any output exists): training on them would save the starting
+    weights as if trained. Stops at the first image that decodes, so a good set costs one decode.
 
     Raises:
-        MMRError: not one image decodes.
+        MMRError: not one image is usable.
     """
+    def left_out(skipped: Skipped) -> None:
+        logger.warning("left out: %s: %s", skipped.path, skipped.message)
+
+    items = usable_pairs(read_captioned(source, on_skipped=left_out))
     for item in items:
         try:
             decode_image(item.path, draft_size=256)
-            return
+            return items
         except ImageDecodeError:
             continue
-    raise MMRError(f"none of the {len(items)} captioned images of {source} could be decoded; nothing was trained")
+    raise MMRError(f"none of the captioned images of {source} could be decoded; nothing was trained")
 
 
 def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], device: torch.device,
@@ -332,9 +327,9 @@ def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, opt
 
 def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int,
           directory: Path) -> Path:
+    left_out = {"out", "device", "workers", *(SCENES_ONLY if config.data != "scenes" else ())}  # none applied
     extra = {"architecture": config.arch if not config.init else f"finetuned:{config.init}",
-             "training": {**{k: v for k, v in asdict(config).items() if k not in ("out", "device", "workers")},
-                          "saved_at_step": step}}
+             "training": {**{k: v for k, v in asdict(config).items() if k not in left_out}, "saved_at_step": step}}
     preprocess = json.loads(loaded.identity.preprocess)
     return save_model_dir(model, model_cfg, directory, preprocess_cfg=preprocess, extra=extra, half=config.half)
 
@@ -350,8 +345,15 @@ def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConf
     loaded.model.eval()
     try:
         encoder = DualEncoder(LoadedModel(loaded.model, loaded.tokenizer, loaded.identity, ()), device, channels_last=False)
-        if held_pairs:
-            return captioned_recall(encoder, held_pairs)
-        return shapes_report(encoder, n_scenes=400, n_captions=100)
+        if not held_pairs:
+            return shapes_report(encoder, n_scenes=400, n_captions=100)
+        try:
+            report = captioned_recall(encoder, held_pairs)
+        except MMRError as exc:  # none of them decodes: the run and its weights go on without a score
+            logger.warning("no held-out score: %s", exc)
+            return {}
+        # recall@k over k images or fewer is 1 by construction (mmr eval leaves it out too)
+        return {key: value for key, value in report.items()
+                if not (key.startswith("recall@") and int(key[7:]) >= report["images"])}
     finally:
         loaded.model.train()
