@@ -11,6 +11,7 @@ from mmretrieval.errors import ImageDecodeError
 from mmretrieval.images.decode import decode_image
 from mmretrieval.images.formats import ensure_openers
 from mmretrieval.images.metadata import photo_metadata
+from crafted_images import icon_holding, png_chunk
 
 
 def _encoded(fmt: str, orientation: object = 6, **options) -> bytes:
@@ -114,17 +115,6 @@ def test_a_header_read_leaves_camera_raw_and_non_images_alone():
     assert read_header(b"not an image at all", "x.jpg") is None
 
 
-def _icon_holding(image: Image.Image, declared: int = 16) -> bytes:
-    """An ICO whose one directory entry says ``declared`` x ``declared`` and holds ``image`` as a PNG."""
-    import struct
-
-    png = io.BytesIO()
-    image.save(png, "PNG")
-    data = png.getvalue()
-    entry = struct.pack("<BBBBHHII", declared % 256, declared % 256, 0, 0, 1, 32, len(data), 6 + 16)
-    return struct.pack("<HHH", 0, 1, 1) + entry + data
-
-
 def test_an_icon_holding_too_many_pixels_is_refused_before_pillow_decodes_it(monkeypatch):
     """Pillow's ICO opener decodes the embedded image inside Image.open, so the limit, checked from the opened
     image's size, came after the pixels were in memory (a security walkthrough: a 0.7 MB icon declaring 16 x 16
@@ -133,7 +123,7 @@ def test_an_icon_holding_too_many_pixels_is_refused_before_pillow_decodes_it(mon
 
     from mmretrieval.images.decode import read_header
 
-    icon = _icon_holding(Image.new("1", (2000, 1500)))
+    icon = icon_holding(Image.new("1", (2000, 1500)))
     decoded = []
     frame = IcoImagePlugin.IcoFile.frame
     monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", lambda self, idx: decoded.append(idx) or frame(self, idx))
@@ -142,8 +132,37 @@ def test_an_icon_holding_too_many_pixels_is_refused_before_pillow_decodes_it(mon
     assert refused.value.reason == "decompression_bomb" and "3000000 pixels, over the limit" in str(refused.value)
     assert read_header(icon, "favicon.ico") is None  # the header read decodes nothing either
     assert decoded == []
-    small = decode_image(_icon_holding(Image.new("RGB", (32, 32), (0, 0, 255)), declared=32), max_pixels=1_000_000)
+    small = decode_image(icon_holding(Image.new("RGB", (32, 32), (0, 0, 255)), declared=32), max_pixels=1_000_000)
     assert small.format == "ICO" and small.image.size == (32, 32) and decoded == [0]
+
+
+@pytest.mark.parametrize("trick", ["a chunk before IHDR", "two IHDRs"])
+def test_an_icon_is_measured_as_pillow_reads_its_png_not_by_the_first_bytes(monkeypatch, trick):
+    """The first check read a PNG's size at bytes 16-24; Pillow takes IHDR wherever it is before the pixels, the
+    last one if two: a 1 x 1 there let a 12,000-pixel-square PNG through, decoded inside Image.open (a review)."""
+    from PIL import IcoImagePlugin
+
+    decoded = []
+    frame = IcoImagePlugin.IcoFile.frame
+    monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", lambda self, idx: decoded.append(idx) or frame(self, idx))
+    one_by_one = png_chunk(b"IHDR", bytes.fromhex("00000001 00000001 0800000000"))
+    before = png_chunk(b"prVt", b"(1, 1)") if trick == "a chunk before IHDR" else one_by_one
+    icon = icon_holding(Image.new("1", (2000, 1500)), before_ihdr=before)
+    with pytest.raises(ImageDecodeError, match="3000000 pixels, over the limit"):
+        decode_image(icon, max_pixels=1_000_000)
+    assert decoded == []
+
+
+def test_an_uncompressed_tga_is_not_taken_for_a_cursor():
+    """Its first bytes (00 00 02 00) are CUR's magic number: the header read returned nothing for every such TGA
+    (a review); a cursor has at least one entry, such a TGA none."""
+    from mmretrieval.images.decode import read_header
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buffer, "TGA", compression=None)
+    assert buffer.getvalue()[:4] == b"\x00\x00\x02\x00"
+    header = read_header(buffer.getvalue(), "scan.tga")
+    assert (header.width, header.height, header.format) == (40, 30, "TGA")
 
 
 def test_a_png_header_read_decodes_no_pixel_to_look_for_exif():
@@ -166,10 +185,12 @@ def test_a_png_header_read_decodes_no_pixel_to_look_for_exif():
     assert read_header(_encoded("PNG"), "rotated.png").exif[0x0112] == 6  # an eXIf chunk before the pixels is read
 
 
-def test_icns_is_not_opened():
-    """An ICNS opens at its entry type's size and decodes whatever its entry holds (up to 179 MP) on load."""
+@pytest.mark.parametrize("fmt", ["ICNS", "BLP"])
+def test_formats_that_decode_past_their_header_are_not_opened(fmt):
+    """An ICNS opens at its entry type's size, a BLP at its header's, and each decodes what it holds (a PNG or a
+    JPEG: a BLP declaring 16 x 16 held a 10,000-pixel-square JPEG, 1 GB decoded under a 50 MP limit; a review)."""
     buffer = io.BytesIO()
-    Image.new("RGB", (128, 128)).save(buffer, "ICNS")
+    Image.new("RGB" if fmt == "ICNS" else "P", (128, 128)).save(buffer, fmt)
     with pytest.raises(ImageDecodeError) as refused:
         decode_image(buffer.getvalue())
     assert refused.value.reason == "not_an_image"

@@ -401,7 +401,7 @@ def test_an_icon_upload_holding_too_many_pixels_is_refused_before_gradio_opens_i
     from types import SimpleNamespace
 
     from mmretrieval.ui.media import guard_upload
-    from test_decode_robustness import _icon_holding
+    from crafted_images import icon_holding
 
     opened = []
 
@@ -412,11 +412,11 @@ def test_an_icon_upload_holding_too_many_pixels_is_refused_before_gradio_opens_i
             opened.append(payload.path)
 
     upload = tmp_path / "upload.ico"
-    upload.write_bytes(_icon_holding(Image.new("1", (8000, 7000))))
+    upload.write_bytes(icon_holding(Image.new("1", (8000, 7000))))
     with pytest.raises(gr.Error, match="more than 50 megapixels"):
         guard_upload(Upload()).preprocess(SimpleNamespace(path=str(upload)))
     assert opened == []
-    upload.write_bytes(_icon_holding(Image.new("RGB", (32, 32))))
+    upload.write_bytes(icon_holding(Image.new("RGB", (32, 32))))
     guard_upload(Upload()).preprocess(SimpleNamespace(path=str(upload)))
     assert opened == [str(upload)]
 

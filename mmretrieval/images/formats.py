@@ -27,7 +27,7 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
     ".heic", ".heif", ".hif", ".avif", ".avifs", ".mpo", ".tga", ".icb", ".vda", ".vst", ".ico", ".cur",
     ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".qoi", ".dds",
-    ".psd", ".sgi", ".rgb", ".rgba", ".bw", ".pcx", ".blp", ".ras", ".fits", ".fit", ".xbm", ".xpm",
+    ".psd", ".sgi", ".rgb", ".rgba", ".bw", ".pcx", ".ras", ".xbm", ".xpm",
     ".msp", ".im", ".imt", ".spi", ".spider", ".fli", ".flc", ".dcx", ".ftc", ".ftu", ".pxr", ".gbr", ".pcd",
     ".psb",
 })
@@ -52,10 +52,12 @@ NOT_IMAGE_EXTENSIONS = frozenset({
     ".faiss", ".npy", ".npz", ".pt", ".safetensors", ".pkl", ".exe", ".dll", ".so", ".o", ".class", ".jar",
     ".ds_store", ".ttf", ".otf", ".woff", ".woff2", ".svg", ".eps", ".ps", ".ai",
 })
-# Pillow formats we never open: EPS hands the file to Ghostscript; ICNS (macOS icons) opens at the size its
-# entry type names and decodes whatever PNG or JPEG 2000 the entry holds, up to 179 megapixels, before any check of
-# ours could see the real size (ICO is measured first instead: images.icons); the rest can only be identified.
-EXCLUDED_FORMATS = frozenset({"EPS", "ICNS", "PDF", "BUFR", "GRIB", "HDF5", "WMF", "MPEG", "IPTC"})
+# Pillow formats we never open: EPS hands the file to Ghostscript; ICNS (macOS icons) and BLP (game textures)
+# open at the size their header names and decode whatever PNG, JPEG 2000 or JPEG they hold at its own size, up to
+# 179 megapixels, where no check of ours sees it (ICO is measured first instead: images.icons); FITS's compressed
+# images decode in a Python loop, 0.3 s a megapixel with the interpreter's lock held (a small upload would stall
+# the web server); the rest can only be identified.
+EXCLUDED_FORMATS = frozenset({"EPS", "ICNS", "BLP", "FITS", "PDF", "BUFR", "GRIB", "HDF5", "WMF", "MPEG", "IPTC"})
 SNIFF_BYTES = 32  # enough for every magic number below and for Pillow's own accept checks (16 bytes)
 
 # ISO-BMFF ``ftyp`` brands of still images (HEIF, HEIC, AVIF); videos (isom, mp42, qt) are not images.
