@@ -449,3 +449,28 @@ def test_an_original_swapped_for_a_link_or_a_non_image_is_not_served(tmp_path):
         assert opened.namelist() == ["kept.png"] and opened.read("kept.png") == paths[1].read_bytes()
     assert missing == [2, 3]
     assert not any(b"TOP SECRET" in path.read_bytes() for path in (tmp_path / "out").rglob("*") if path.is_file())
+
+
+def test_a_preview_of_a_photo_swapped_for_a_link_is_a_grey_tile_and_old_photos_go_in_the_zip(tmp_path):
+    """The originals refused a link but the previews and thumbnails still followed it: the 640-pixel preview
+    showed whatever image the link named (a review). And a photo with a time before 1980 (zip cannot store it)
+    was left out of the zip as if gone; past 2107 the zip failed."""
+    import os
+    import zipfile
+
+    from mmretrieval.ui.media import render_collection_image, zip_originals
+
+    (tmp_path / "photos").mkdir()
+    private, swapped = tmp_path / "private.png", tmp_path / "photos" / "a.png"
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(private)
+    swapped.symlink_to(private)
+    tile = render_collection_image({1: swapped}.get, 1, 32)
+    assert tile.getpixel((0, 0)) != (255, 0, 0)  # the placeholder, not the linked image
+    old, future = tmp_path / "photos" / "old.png", tmp_path / "photos" / "future.png"
+    for path, mtime in ((old, 0), (future, 2 ** 32 + 10)):
+        Image.new("RGB", (8, 8)).save(path)
+        os.utime(path, (mtime, mtime))
+    archive, missing = zip_originals({1: old, 2: future}.get, [1, 2], tmp_path / "out")
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["future.png", "old.png"] and missing == []
+        assert opened.getinfo("old.png").date_time == (1980, 1, 1, 0, 0, 0)

@@ -264,20 +264,26 @@ def _open_source(source: str | os.PathLike | bytes | BinaryIO) -> BinaryIO:
     return io.BytesIO(read_image_file(source))
 
 
-def read_image_file(path: str | os.PathLike) -> bytes:
+def read_image_file(path: str | os.PathLike, *, follow_link: bool = True) -> bytes:
     """The bytes of a regular file, refusing anything that could block or never end.
 
     Opened with O_NONBLOCK (a FIFO that appeared since a directory walk must not wait for a writer) and
-    checked with fstat on the open descriptor, so the file cannot be swapped between check and read.
+    checked with fstat on the open descriptor, so the file cannot be swapped between check and read. Without
+    ``follow_link``, a symbolic link at ``path`` itself is refused (the web UI's renders of catalog images: a
+    file swapped for a link after the ingest could name any image the server can read).
 
     Raises:
-        ImageDecodeError: ``missing``, ``unreadable``, ``not_regular_file``, ``too_large`` or ``empty_file``.
+        ImageDecodeError: ``missing``, ``unreadable`` (a link too, not followed), ``not_regular_file``,
+            ``too_large`` or ``empty_file``.
     """
+    no_link = 0 if follow_link else os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | no_link)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # deleted or moved since the walk found it
             raise ImageDecodeError("missing", f"{os.fsdecode(path)} does not exist") from exc
+        if exc.errno == errno.ELOOP and no_link:
+            raise ImageDecodeError("unreadable", f"{path} is a symbolic link now, which is not followed") from exc
         raise ImageDecodeError("unreadable", f"cannot open {path}: {exc.strerror}") from exc
     info = os.fstat(fd)
     # Folders (which os.fdopen refuses with an IsADirectoryError), FIFOs, devices and sockets: never read them.

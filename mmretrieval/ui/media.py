@@ -35,7 +35,7 @@ import gradio as gr
 from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
-from ..images.decode import DecodedImage, check_icon, decode_image
+from ..images.decode import DecodedImage, check_icon, decode_image, read_image_file
 from ..images.formats import SNIFF_BYTES, ensure_openers, sniff, unsniffable_extensions
 from .names import display_path
 from .toast import ToastError
@@ -135,7 +135,8 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
     """Decode catalog image ``image_id`` (``path_of`` asks the catalog: never a client-named path) and shrink it."""
     path = path_of(image_id)
     try:
-        image = decode_image(path, draft_size=max_side).image  # shrunk in place: a copy doubled a PNG's peak
+        data = read_image_file(path, follow_link=False)  # as originals: a file swapped for a link is not shown
+        image = decode_image(data, draft_size=max_side).image  # shrunk in place: a copy doubled a PNG's peak
     except MMRError as exc:  # moved or deleted since ingestion: show a tile, not an error
         logger.warning("cannot render image %d (%s): %s", image_id, display_path(path), exc)
         return Image.new("RGB", (max_side, max_side), _PLACEHOLDER_GREY)
@@ -185,14 +186,20 @@ def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir:
             name = shown if shown not in used else f"{int(image_id)}-{shown}"
             try:
                 with _open_original(source) as original:
-                    member = zipfile.ZipInfo(name, time.localtime(os.fstat(original.fileno()).st_mtime)[:6])
+                    member = zipfile.ZipInfo(name, _zip_time(os.fstat(original.fileno()).st_mtime))
                     with archive.open(member, "w", force_zip64=True) as stored:
                         shutil.copyfileobj(original, stored)
-            except (OSError, ValueError):  # ValueError: a time zip cannot hold (before 1980)
+            except OSError:
                 missing.append(int(image_id))
                 continue
             used.add(name)
     return target, missing
+
+
+def _zip_time(mtime_s: float) -> tuple[int, int, int, int, int, int]:
+    """A file's time as a zip member's, held within what zip can store (1980 to 2107), as ``ZipInfo.from_file``
+    with ``strict_timestamps=False`` does: a photo restored with time 0 still goes in."""
+    return max((1980, 1, 1, 0, 0, 0), min((2107, 12, 31, 23, 59, 58), tuple(time.localtime(mtime_s)[:6])))
 
 
 def _open_original(source: Path) -> BinaryIO:
@@ -202,7 +209,8 @@ def _open_original(source: Path) -> BinaryIO:
     shared or synced folder): followed, it would hand out any file the server can read (a security walkthrough
     served a text file outside the collection). So the last component is opened without following links, and
     what is opened must start like an image (or, for the few formats with no magic number, carry their
-    extension), which a folder swapped for a link higher up cannot fake either.
+    extension). A folder higher up swapped for a link still leads elsewhere: to an image file of the same name
+    there, if one exists (the catalog's size and time of the file are not compared).
 
     Raises:
         OSError: gone, unreadable, a symbolic link, not a regular file, or not an image.

@@ -283,7 +283,8 @@ class SearchHandlers:
         archive, missing = zip_originals(self.ctx.image_path, list(hit_ids), self.ctx.export_dir)
         note = f"{counted(len(hit_ids) - len(missing), 'original file')} in {markdown_text(archive.name)}"
         if missing:
-            note += f"; {len(missing)} left out because their file is gone (ids {', '.join(map(str, missing[:10]))})"
+            note += (f"; {len(missing)} left out: their file is gone, unreadable, a link, or no longer an image "
+                     f"(ids {', '.join(map(str, missing[:10]))})")
         return str(archive), note
 
     # -- uploads ---------------------------------------------------------------------------------------------
