@@ -12,9 +12,10 @@ import json
 import re
 from typing import Any, Mapping
 
-# How os.fsdecode keeps the bytes of a name that is not UTF-8; and DEL, the C1 controls and Unicode's line and
-# paragraph separators, which JSON may leave raw but str.splitlines() would break a line at (\x85, \u2028...).
-_JSON_ESCAPED = re.compile(r"[\x7f-\x9f\u2028\u2029\udc80-\udcff]")
+# How os.fsdecode keeps the bytes of a name that is not UTF-8; DEL, the C1 controls and Unicode's line and
+# paragraph separators, which JSON may leave raw but str.splitlines() would break a line at (\x85, \u2028...);
+# and the bidirectional overrides and isolates, which reorder a name shown in a terminal (see _CONTROL).
+_JSON_ESCAPED = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
 
 
 def json_line(value: Any) -> str:
@@ -22,7 +23,8 @@ def json_line(value: Any) -> str:
     non-UTF-8 name (surrogate escapes in memory) are written as ``\\udcXX`` escapes, which Python reads back
     into the same str (``os.fsencode`` then gives the original bytes) and other tools show as U+FFFD. The
     characters that JSON may leave raw but ``str.splitlines()`` breaks at (``\\x85``, ``\\u2028``, ``\\u2029``)
-    are written as ``\\uXXXX`` escapes too, so that any reader sees one line."""
+    are written as ``\\uXXXX`` escapes too, so that any reader sees one line, and so are the bidirectional
+    overrides and isolates (U+202A-202E, U+2066-2069), so that a terminal shows each name in its own order."""
     return _JSON_ESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 

@@ -498,8 +498,11 @@ def test_logins_file_lines_and_refusals(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         read_logins(logins)
     assert "can be read by other users" in caplog.text
+    logins.write_bytes(b"\xef\xbb\xbfann: spaced pw \n")  # a byte-order mark; the password as it is
+    assert read_logins(logins) == (("ann", " spaced pw "),)
     for text, message in (("ann\n", "line 1: expected USER:PASSWORD"), ("ann:\n", "line 1"), (":pw\n", "line 1"),
-                          ("# nobody\n", "holds no USER:PASSWORD line")):
+                          ("# nobody\n", "holds no USER:PASSWORD line"),
+                          ("ann:a\nann:b\n", "line 2: 'ann' is named twice")):
         logins.write_text(text)
         with pytest.raises(MMRError, match=message):
             read_logins(logins)
@@ -521,8 +524,8 @@ def test_an_app_with_logins_answers_only_those_who_log_in(context):
     try:
         url = f"http://{host}:{port}/"
         assert httpx.get(url + "gradio_api/info").status_code == 401
-        with pytest.raises(Exception):
-            Client(url, auth=("ann", "wrong"), verbose=False)
+        assert httpx.post(url + "login", data={"username": "ann", "password": "wrong"}).status_code == 400
+        assert httpx.post(url + "login", data={"username": "ann", "password": "secret"}).status_code == 200
         client = Client(url, auth=("ann", "secret"), verbose=False)
         _, hits, _, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
         assert len(hits) == 2

@@ -261,21 +261,3 @@ def test_an_ivf_search_returns_k_hits_when_the_probed_lists_hold_fewer(index_typ
     top, _ = index.search(vectors[:3], 5)  # a small k is answered with the tuned nprobe, as before
     assert top.shape == (3, 5)
 
-
-def test_an_index_faiss_cannot_allocate_is_rebuilt_not_an_error(tmp_path, monkeypatch, caplog):
-    """A length field patched in an index file (its checksum rewritten with it, as whoever hands out a collection
-    can) made FAISS allocate that much: past the memory there is, mmr search failed with "MemoryError:
-    std::bad_alloc" instead of rebuilding the index (a security walkthrough). FAISS's own allocation is simulated
-    here: a real one of a terabyte would be granted on a machine that overcommits, and then zero-filled."""
-    import faiss
-
-    index = VectorIndex.build(choose_config(20), np.arange(20), clustered(20), DIM)
-    index.save(tmp_path, _manifest(1))
-
-    def cannot_allocate(reader):
-        raise MemoryError("std::bad_alloc")
-
-    monkeypatch.setattr(faiss, "read_index", cannot_allocate)
-    with caplog.at_level("WARNING"):
-        assert VectorIndex.load(tmp_path, "abc", DIM) is None
-    assert "is unreadable: std::bad_alloc; it will be rebuilt" in caplog.text

@@ -35,6 +35,7 @@ def test_every_awkward_name_is_one_distinct_cell_that_reads_back_as_itself():
         assert tsv_unescape(cell) == name
     assert tsv_text("plain.png") == "plain.png" and tsv_text("déjà vu ✓.jpg") == "déjà vu ✓.jpg"
     assert tsv_text("photo\u202egnp.exe") == "photo\\u202egnp.exe"  # not shown as "photoexe.png" (a walkthrough)
+    assert json_line("photo\u202egnp.exe") == '"photo\\u202egnp.exe"'  # --json too (a review)
     assert tsv_text("שלום.jpg") == "שלום.jpg"  # right-to-left text itself stays as it is
     for broken in ("a\\", "a\\q", "a\\x4", "a\\u20"):  # never written by tsv_text
         with pytest.raises(ValueError, match="starts no escape"):

@@ -254,6 +254,8 @@ def _run(argv: Sequence[str] | None) -> int:
                 from ..images.decode import quiet_pillow_size_warning
 
                 quiet_pillow_size_warning()  # our limit decides: a 108 MP phone photo is no attack
+            # torch's note on a checkpoint's pickle protocol: our error says what is wrong with a file it cannot load
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             collection_or_default(args)
             return int(args.handler(args) or 0)
     except Busy as exc:

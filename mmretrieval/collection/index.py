@@ -266,8 +266,8 @@ class VectorIndex:
             try:
                 with open(path, "rb") as handle:  # (see save)
                     faiss_index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
-            except (RuntimeError, MemoryError) as exc:  # MemoryError: a damaged (or crafted) length FAISS believed
-                problem = f"{path.name} is unreadable: {exc or type(exc).__name__}"
+            except RuntimeError as exc:
+                problem = f"{path.name} is unreadable: {exc}"
         if problem is None and (faiss_index.ntotal != manifest.count or faiss_index.d != dim):
             problem = f"{path.name} holds {faiss_index.ntotal} x {faiss_index.d}, manifest says {manifest.count} x {dim}"
         if problem is not None:

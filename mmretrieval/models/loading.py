@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import stat
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +136,7 @@ def _load_model(spec: ModelSpec, *, device: torch.device, precision: str, cache_
         model.to(device=device, dtype=_PURE_DTYPES.get(precision, torch.float32))
     if ours:
         try:
-            with warnings.catch_warnings():  # torch's note on a pickle protocol other than its own: ours says
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")  # what a bad file is
-                open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True,
-                                          device="cpu")
+            open_clip.load_checkpoint(model, str(source.checkpoint), strict=True, weights_only=True, device="cpu")
         except Exception as exc:
             raise checkpoint_error(exc, source.checkpoint, source.fits) from exc
     model.eval()

@@ -118,29 +118,34 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def read_logins(auth_file: Path) -> tuple[tuple[str, str], ...]:
-    """The ``(user, password)`` pairs of an ``--auth-file``: one ``USER:PASSWORD`` a line (the password may hold
-    ``:``); blank lines and lines starting with ``#`` are skipped.
+    """The ``(user, password)`` pairs of an ``--auth-file``: one ``USER:PASSWORD`` a line, the user name trimmed,
+    the password everything after the first ``:`` as it is (spaces included); blank lines and lines starting with
+    ``#`` are skipped, and a UTF-8 byte-order mark (Notepad's) is not part of the first name.
 
     Raises:
-        MMRError: the file cannot be read, a line has no ``:`` or an empty user or password, or no login is given.
+        MMRError: the file cannot be read, a line has no ``:`` or an empty user or password, a user is named
+            twice, or no login is given.
     """
     try:
-        text = auth_file.read_text(encoding="utf-8")
+        with open(auth_file, encoding="utf-8-sig") as opened:
+            text, mode = opened.read(), os.fstat(opened.fileno()).st_mode
     except (OSError, UnicodeDecodeError) as exc:
         raise MMRError(f"cannot read the --auth-file {auth_file}: {getattr(exc, 'strerror', None) or exc}") from None
-    logins = []
+    logins: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         user, colon, password = line.partition(":")
         if not colon or not user.strip() or not password:
             raise MMRError(f"{auth_file} line {number}: expected USER:PASSWORD (neither empty)")
-        logins.append((user.strip(), password))
+        if user.strip() in logins:
+            raise MMRError(f"{auth_file} line {number}: {user.strip()!r} is named twice; keep one of its lines")
+        logins[user.strip()] = password
     if not logins:
         raise MMRError(f"{auth_file} holds no USER:PASSWORD line: nobody could log in")
-    if auth_file.stat().st_mode & 0o077:
+    if mode & 0o077:
         logger.warning("%s can be read by other users of this machine: chmod 600 it", auth_file)
-    return tuple(logins)
+    return tuple(logins.items())
 
 
 def is_local_only(config: ServeConfig) -> bool:
