@@ -220,6 +220,18 @@ def test_a_failed_first_run_leaves_no_folder(tmp_path, quick):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_collection_is_refused_as_out_even_with_force(tmp_path, quick, force):
+    """--out on a collection's folder suggested --force to write the model beside its files (a walkthrough)."""
+    from mmretrieval.errors import MMRError
+
+    (tmp_path / "col").mkdir()
+    (tmp_path / "col" / "catalog.sqlite").write_bytes(b"")
+    with pytest.raises(MMRError, match="is a collection; name another folder for the model"):
+        train(quick(tmp_path / "col"), force=force)
+    assert [p.name for p in (tmp_path / "col").iterdir()] == ["catalog.sqlite"]
+
+
 def test_a_first_run_stopped_with_ctrl_c_keeps_its_last_checkpoint(tmp_path, quick):
     """With no model to protect in OUT, Ctrl-C keeps the latest checkpoint rather than hours of training lost."""
     out = tmp_path / "new"

@@ -45,11 +45,13 @@ def check_out_folder(out: str | Path, force: bool = False) -> Path:
     wrote (it is replaced), or, with ``force``, any folder (its other files are kept).
 
     Raises:
-        MMRError: ``out`` is a file, or a folder that holds anything else and ``force`` is false.
+        MMRError: ``out`` is a file, a collection, or a folder that holds anything else and ``force`` is false.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MMRError(f"--out {out} is a file; name a folder for the model")
+    if (out / "catalog.sqlite").exists():  # not even with --force: a collection's folder is no model's place
+        raise MMRError(f"--out {out} is a collection; name another folder for the model")
     if force or not out.is_dir():
         return out
     try:
