@@ -304,6 +304,11 @@ def test_a_run_killed_mid_move_is_finished_by_the_next_run(old_model, quick, tin
     if command == "train":
         expected["train_log.jsonl"] = (aside / "train_log.jsonl").read_bytes()
     assert "open_clip_config.json" not in _files(out) and new_weights != before["open_clip_model.safetensors"]
+    from mmretrieval.errors import ModelSpecError
+    from mmretrieval.models.specs import read_dir_config
+
+    with pytest.raises(ModelSpecError, match="stopped while moving its new model in; run one again with that --out"):
+        read_dir_config(out)  # what every reader says meanwhile (it said only "open_clip_config.json is missing")
 
     said: list[str] = []  # the warning, read from the module's logger whatever logging the session set up
     monkeypatch.setattr(out_folder_module.logger, "warning", lambda message, *args: said.append(message % args))

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODELS = ("shapes",)
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
+# mmr train and blend write a model in OUT/.new-model.<owner>.<random>.partial/ and move it up; the move's record
+UNFINISHED_MOVE_GLOB = ".new-model.*.partial/move.json"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
@@ -157,6 +159,10 @@ def read_dir_config(directory: Path) -> dict[str, Any]:
         raise ModelSpecError(f"model directory {directory} does not exist")
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
+        if any(directory.glob(UNFINISHED_MOVE_GLOB)):
+            raise ModelSpecError(f"{directory} holds no model now: an mmr train or blend into it was stopped while "
+                                 "moving its new model in; run one again with that --out, which finishes the move "
+                                 "first (then writes its own model)")
         raise ModelSpecError(f"{directory} is not an open_clip model directory: {CONFIG_NAME} is missing")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
