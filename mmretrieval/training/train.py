@@ -43,6 +43,7 @@ from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
 
+LOG_EVERY_S = 60.0  # the longest wait between two log lines (besides a step's own time)
 NULL_ANCHOR_WEIGHT = 0.5  # multi-label scoring's own loss (captions against the neutral prompt) beside the contrastive
 
 
@@ -267,7 +268,7 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
     sigmoid = getattr(model, "logit_bias", None) is not None
     normalise = PixelNormaliser(loaded.identity.preprocess, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
-    started = time.perf_counter()
+    started = logged = time.perf_counter()
     for step, batch in enumerate(_loader(config, loaded, device, pairs)):
         loss = None
         if batch is None:
@@ -280,9 +281,11 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
                          _lr_at(step, config), device)
         last = step == config.steps - 1
         checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
-        if loss is not None and (step % 50 == 0 or checkpoint):
+        # a line every 50 steps, and at least every LOG_EVERY_S (a big model's 50 steps on a CPU take many minutes)
+        if loss is not None and (step % 50 == 0 or checkpoint or time.perf_counter() - logged > LOG_EVERY_S):
             held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
-            yield StepLog(step, loss, _lr_at(step, config), time.perf_counter() - started, held_out)
+            logged = time.perf_counter()
+            yield StepLog(step, loss, _lr_at(step, config), logged - started, held_out)
         if checkpoint:  # the run's folder holds its latest held-out-scored weights while it lasts
             _save(model, model_cfg, loaded, config, step, save_to)
 
