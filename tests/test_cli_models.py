@@ -56,15 +56,17 @@ def test_classify_skips_bad_images_and_fails_only_if_all_fail(capsys, red_circle
     assert status == 2 and out == ""
 
 
-def _evil_dir(tmp_path, tiny_model_dir):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
 
-    directory = tmp_path / "evil"
+
+def _evil_dir(tmp_path, tiny_model_dir, name="evil", save=lambda value, path: torch.save(value, path)):
+    """A model folder whose weights file is a pickle that would print "pwned" if it ran (torch.save's, or ``save``'s)."""
+    directory = tmp_path / name
     directory.mkdir()
     shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
-    torch.save({"x": Payload()}, directory / "open_clip_pytorch_model.bin")
+    save({"x": _Payload()}, directory / "open_clip_pytorch_model.bin")
     return directory
 
 
@@ -96,14 +98,8 @@ def test_a_plain_pickle_as_a_checkpoint_is_one_error_line(capsys, red_circle, tm
     """torch's note on the pickle protocol came first, as a warning line of its own (a security walkthrough)."""
     import pickle
 
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    directory = tmp_path / "plain-pickle"
-    directory.mkdir()
-    shutil.copy(tiny_model_dir / "open_clip_config.json", directory)
-    (directory / "open_clip_pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}, protocol=4))
+    directory = _evil_dir(tmp_path, tiny_model_dir, "plain-pickle",
+                          save=lambda value, path: path.write_bytes(pickle.dumps(value, protocol=4)))
     status, out, err = _run(capsys, "classify", red_circle, "--labels", "a,b", "--model", directory, "--device", "cpu")
     assert status == 2 and out == "" and "pwned" not in err
     assert err.splitlines() == [err.rstrip("\n")] and err.startswith("mmr classify: error: checkpoint")
