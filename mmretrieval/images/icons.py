@@ -10,7 +10,6 @@ or a bitmap's DIB header), without decoding a pixel.
 
 from __future__ import annotations
 
-import io
 from typing import BinaryIO
 
 from PIL import BmpImagePlugin, PngImagePlugin
@@ -25,8 +24,10 @@ def icon_pixels(fp: BinaryIO) -> int | None:
     magic number and at least one entry: an uncompressed TGA starts as a CUR with none). ``fp`` is left at its
     start.
 
-    An entry that Pillow's header-only openers cannot read counts nothing: Pillow then refuses the file itself
-    when it reaches it.
+    Each entry is read where Pillow's ICO opener reads it: from its offset in the file, whatever byte count the
+    entry declares (Pillow reads a PNG's chunks up to its pixels however many there are); an offset shared by
+    several entries is read once. An entry that cannot be read counts nothing: Pillow then refuses the file
+    itself when it reaches it.
     """
     try:
         fp.seek(0)
@@ -35,23 +36,22 @@ def icon_pixels(fp: BinaryIO) -> int | None:
         if header[:4] not in ICON_MAGICS or count == 0:
             return None
         directory = fp.read(_ENTRY_BYTES * count)
-        most = 0
-        for start in range(0, len(directory) - _ENTRY_BYTES + 1, _ENTRY_BYTES):
-            size = int.from_bytes(directory[start + 8:start + 12], "little")
-            fp.seek(int.from_bytes(directory[start + 12:start + 16], "little"))
-            width, height = _entry_size(fp.read(size))
-            most = max(most, width * height)
-        return most
+        offsets = {int.from_bytes(directory[start + 12:start + 16], "little")
+                   for start in range(0, len(directory) - _ENTRY_BYTES + 1, _ENTRY_BYTES)}
+        return max((_pixels_at(fp, offset) for offset in offsets), default=0)
     finally:
         fp.seek(0)
 
 
-def _entry_size(data: bytes) -> tuple[int, int]:
-    """An embedded image's size as Pillow's ICO opener will find it, from its header alone; (0, 0) if unreadable.
-    A bitmap's height counts its mask too (twice the image's): an over-count, on the safe side."""
+def _pixels_at(fp: BinaryIO, offset: int) -> int:
+    """The pixels of the image at ``offset`` as Pillow's ICO opener will find them, from its header alone (0 if
+    unreadable). A bitmap's height counts its mask too (twice the image's): an over-count, on the safe side."""
     try:
-        opener = PngImagePlugin.PngImageFile if data[:8] == _PNG_SIGNATURE else BmpImagePlugin.DibImageFile
-        with opener(io.BytesIO(data)) as image:  # reads the header (a PNG's chunks up to IDAT), decodes nothing
-            return image.size
+        fp.seek(offset)
+        signature = fp.read(8)
+        fp.seek(offset)
+        opener = PngImagePlugin.PngImageFile if signature == _PNG_SIGNATURE else BmpImagePlugin.DibImageFile
+        width, height = opener(fp).size  # reads the header (a PNG's chunks up to IDAT), decodes nothing
+        return width * height
     except Exception:  # Pillow's openers raise many types for a damaged header
-        return 0, 0
+        return 0
