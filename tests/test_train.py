@@ -502,7 +502,8 @@ def test_a_captions_csv_with_an_empty_path_cell_trains_nothing(tmp_path, tiny_mo
     with pytest.raises(MMRError, match=r"pairs\.csv, line 3: the path cell is empty"):
         train(_quick(tmp_path / "o", data=str(data), init=str(tiny_model_dir)))
     assert not (tmp_path / "o").exists()
-    data.write_text("path,caption\na.png,a shape\nsub,a folder is not an image\n")  # skipped as undecodable
+    scenes.generate(5, 1).image.save(tmp_path / "b.png")  # two: one pair is refused (no wrong answer to learn from)
+    data.write_text("path,caption\na.png,a shape\nb.png,another\nsub,a folder is not an image\n")  # sub: left out
     out = train(TrainConfig(out=str(tmp_path / "o"), data=str(data), init=str(tiny_model_dir), steps=2,
                             batch_size=2, workers=0, device="cpu", eval_every=0, warmup_steps=1))
     assert (out / "open_clip_model.safetensors").is_file()
@@ -532,7 +533,7 @@ def test_held_out_files_that_cannot_be_images_are_left_out_before_the_split_and_
 def test_a_batch_larger_than_the_set_is_cut_to_it_and_each_epoch_has_its_own_order(tmp_path, tiny_model_dir, caplog):
     """With fewer pairs than --batch-size every step held copies of a pair, each the other's wrong answer: the
     loss could not fall below ln(copies) (a fine-tune walkthrough); and every epoch met the pairs in one order."""
-    from mmretrieval.training.pairs import PairDataset
+    from mmretrieval.training.pairs import PairDataset, batch_size_for
 
     data = _captioned_folder(tmp_path / "pairs", n=6)
     with caplog.at_level("WARNING"):
@@ -542,13 +543,16 @@ def test_a_batch_larger_than_the_set_is_cut_to_it_and_each_epoch_has_its_own_ord
     notes = json.loads((out / "open_clip_config.json").read_text())["training"]
     assert notes["batch_size"] == 6 and notes["data"] == str(data)
     assert "unrelated" not in notes and "grey_rate" not in notes  # settings of the scenes, which never applied
-    items = [type("Item", (), {"path": f"{i}", "captions": ("c",)})() for i in range(6)]
-    dataset = PairDataset(items, 60, seed=0, preparer=None, tokenizer=None)
-    from mmretrieval.training.pairs import _order
-
-    epochs = [tuple(_order(0, epoch, 6)) for epoch in range(10)]
-    assert all(sorted(order) == list(range(6)) for order in epochs) and len(set(epochs)) > 1
-    assert dataset.length == 60
+    for count, batch_size in ((6, 6), (100, 64), (10, 3)):  # batches that would span two epochs, too (a review)
+        dataset = PairDataset([None] * count, 60 * batch_size, batch_size, seed=2 ** 62, preparer=None, tokenizer=None)
+        batches = [[dataset.position(b * batch_size + j)[0] for j in range(batch_size)] for b in range(60)]
+        assert all(len(set(batch)) == batch_size for batch in batches)  # no pair twice in a batch
+        epochs = {}
+        for b, batch in enumerate(batches):
+            epochs.setdefault(dataset.position(b * batch_size)[1], []).extend(batch)
+        assert len({tuple(order) for order in epochs.values()}) > 1  # each epoch its own order
+    with pytest.raises(MMRError, match="1 captioned image to train on: contrastive training needs 2 or more"):
+        batch_size_for(1, 4)
 
 
 def test_a_checkpoint_kept_on_ctrl_c_keeps_the_log_up_to_its_step(tmp_path, monkeypatch, caplog):
@@ -603,3 +607,18 @@ def test_a_slow_run_logs_at_least_every_minute_not_only_every_fifty_steps(tmp_pa
     train(TrainConfig(out=str(tmp_path / "m"), steps=4, batch_size=2, workers=0, device="cpu", eval_every=0,
                       warmup_steps=1), on_log=logs.append)
     assert [entry.step for entry in logs] == [0, 1, 2, 3]
+
+
+def test_a_fifo_named_as_an_image_is_left_out_without_waiting(tmp_path, caplog):
+    """The first check opened each file with a blocking open(): a FIFO in the set hung mmr train (a review)."""
+    import os
+
+    from mmretrieval.training.datasets import CaptionedImage
+    from mmretrieval.training.pairs import usable_pairs
+
+    os.mkfifo(tmp_path / "pipe.png")
+    scenes.generate(5, 0).image.save(tmp_path / "good.png")
+    items = [CaptionedImage(tmp_path / "pipe.png", ("a pipe",)), CaptionedImage(tmp_path / "good.png", ("a scene",))]
+    with caplog.at_level("WARNING"):
+        assert usable_pairs(items) == items[1:]
+    assert "pipe.png: not a regular file" in caplog.text

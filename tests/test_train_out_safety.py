@@ -221,14 +221,17 @@ def test_a_failed_first_run_leaves_no_folder(tmp_path, quick):
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_a_collection_is_refused_as_out_even_with_force(tmp_path, quick, force):
+def test_a_collection_is_refused_as_out_even_with_force(tmp_path, quick, tiny_model_dir, force):
     """--out on a collection's folder suggested --force to write the model beside its files (a walkthrough)."""
     from mmretrieval.errors import MMRError
+    from mmretrieval.training.blend import blend_models
 
     (tmp_path / "col").mkdir()
     (tmp_path / "col" / "catalog.sqlite").write_bytes(b"")
     with pytest.raises(MMRError, match="is a collection; name another folder for the model"):
         train(quick(tmp_path / "col"), force=force)
+    with pytest.raises(MMRError, match="is a collection; name another folder for the model"):
+        blend_models(str(tiny_model_dir), str(tiny_model_dir), 0.5, tmp_path / "col", force=force)
     assert [p.name for p in (tmp_path / "col").iterdir()] == ["catalog.sqlite"]
 
 
@@ -307,7 +310,7 @@ def test_a_run_killed_mid_move_is_finished_by_the_next_run(old_model, quick, tin
     from mmretrieval.errors import ModelSpecError
     from mmretrieval.models.specs import read_dir_config
 
-    with pytest.raises(ModelSpecError, match="stopped while moving its new model in; run one again with that --out"):
+    with pytest.raises(ModelSpecError, match="stopped while moving its new model in; the next train or blend with that --out finishes"):
         read_dir_config(out)  # what every reader says meanwhile (it said only "open_clip_config.json is missing")
 
     said: list[str] = []  # the warning, read from the module's logger whatever logging the session set up

@@ -161,8 +161,9 @@ def read_dir_config(directory: Path) -> dict[str, Any]:
     if not config_path.is_file():
         if any(directory.glob(UNFINISHED_MOVE_GLOB)):
             raise ModelSpecError(f"{directory} holds no model now: an mmr train or blend into it was stopped while "
-                                 "moving its new model in; run one again with that --out, which finishes the move "
-                                 "first (then writes its own model)")
+                                 "moving its new model in; the next train or blend with that --out finishes the move "
+                                 "first (then writes its own model over it), or move the files of its hidden "
+                                 f".new-model.*.partial folder up by hand, {CONFIG_NAME} last")
         raise ModelSpecError(f"{directory} is not an open_clip model directory: {CONFIG_NAME} is missing")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -12,8 +12,8 @@ followed only when it stays inside the folder and leads to a folder the walk doe
 
 Text files may start with a UTF-8 byte-order mark (spreadsheet programs save CSVs with one); it is not text.
 A CSV need not be UTF-8 throughout, as the lists ``mmr ingest`` reads: a path keeps its bytes, and an undecodable
-byte in a caption becomes U+FFFD. One image named by several paths (``a.jpg``, ``./a.jpg``, ``/set/a.jpg``) is one
-image with all their captions. An image without a caption (no sidecar, a blank one, empty caption cells) is
+byte in a caption becomes U+FFFD. One image named by paths written differently (``a.jpg``, ``./a.jpg``,
+``/set/a.jpg``) is one image with all their captions (not through ``..`` or a link: the same file then counts twice). An image without a caption (no sidecar, a blank one, empty caption cells) is
 handed to ``on_skipped``; one that is missing or does not decode is the evaluation's and the trainer's to count
 and skip; a CSV row with a caption but an empty path cell is refused, naming its line: it names no file to
 count, and only the CSV's author knows which image was meant.
@@ -182,7 +182,7 @@ def _parse_caption_csv(path: Path, uncaptioned: Callable[[Skipped], None]) -> li
                                "fill in the image's path or delete the row")
             if not cell:
                 continue
-            image = Path(os.path.normpath(os.path.join(folder, cell)))  # one image, however its path is written
+            image = Path(folder) / cell  # "a.png", "./a.png" and "/set/a.png" alike ("x/../" kept: x may be a link)
             if text:
                 grouped.setdefault(image, []).append(text)
             else:

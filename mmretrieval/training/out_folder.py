@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import atomic_write_text, exclusive_lock, fsync_dir, orphans, remove_orphans, scratch_folder
+from ..collection.catalog import is_collection
 from ..errors import Busy, MMRError
 from ..models.specs import CONFIG_NAME, WEIGHTS_NAME
 
@@ -50,7 +51,7 @@ def check_out_folder(out: str | Path, force: bool = False) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MMRError(f"--out {out} is a file; name a folder for the model")
-    if (out / "catalog.sqlite").exists():  # not even with --force: a collection's folder is no model's place
+    if is_collection(out):  # not even with --force: a collection's folder is no model's place
         raise MMRError(f"--out {out} is a collection; name another folder for the model")
     if force or not out.is_dir():
         return out

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from functools import lru_cache
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
 from ..images.formats import SNIFF_BYTES, sniff, unsniffable_extensions
 from ..images.preprocess import ImagePreparer
@@ -44,13 +47,20 @@ def usable_pairs(items: list[CaptionedImage]) -> list[CaptionedImage]:
 
 
 def _not_an_image(path: os.PathLike) -> str | None:
-    try:
-        with open(path, "rb") as image:
-            header = image.read(SNIFF_BYTES)
+    try:  # without blocking: a FIFO named in a CSV would wait for a writer for ever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        header = os.read(fd, SNIFF_BYTES)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    finally:
+        os.close(fd)
     if not header:
         return "empty"
     if sniff(header) is None and os.path.splitext(path)[1].lower() not in unsniffable_extensions():
@@ -73,27 +83,37 @@ def split_held_out(items: list[CaptionedImage], seed: int) -> tuple[list[Caption
 
 def batch_size_for(pairs: int, batch_size: int) -> int:
     """The batch size a run over ``pairs`` training pairs uses: at most one of each. A pair twice in a batch is its
-    own wrong answer, which keeps the loss above ln(copies) (1.68 for 3 pairs in batches of 16, seen)."""
-    if batch_size <= pairs or pairs < 2:  # (a batch holds 2 pairs at least)
-        return batch_size if pairs >= 2 else 2
+    own wrong answer, which keeps the loss above ln(copies) (1.68 for 3 pairs in batches of 16, seen).
+
+    Raises:
+        MMRError: fewer than 2 pairs: contrastive training needs another pair as the wrong answer.
+    """
+    if pairs < 2:
+        raise MMRError(f"{pairs} captioned image{'' if pairs == 1 else 's'} to train on: contrastive training needs "
+                       "2 or more (each pair's wrong answers are the other pairs of its batch)")
+    if batch_size <= pairs:
+        return batch_size
     logger.warning("--batch-size %d is more than the %d training pairs: batches of %d instead (a pair twice in a "
                    "batch would be its own wrong answer)", batch_size, pairs, pairs)
     return pairs
 
 
 class PairDataset(Dataset):
-    """A captioned image set, in a new seeded order each epoch (so the pairs meet other wrong answers each time);
-    undecodable images yield None (dropped by collate)."""
+    """A captioned image set in batches of ``batch_size`` distinct pairs: an epoch is as many whole batches as the
+    pairs fill, in a new seeded order each epoch (the few pairs left over differ from epoch to epoch), so no batch
+    spans two epochs, where a pair could meet itself. Undecodable images yield None (dropped by collate)."""
 
-    def __init__(self, items: list[CaptionedImage], length: int, seed: int, preparer: ImagePreparer, tokenizer: Any):
-        self.items, self.length, self.seed, self.preparer, self.tokenizer = items, length, seed, preparer, tokenizer
+    def __init__(self, items: list[CaptionedImage], length: int, batch_size: int, seed: int, preparer: ImagePreparer,
+                 tokenizer: Any):
+        self.items, self.length, self.batch_size, self.seed = items, length, batch_size, seed
+        self.preparer, self.tokenizer = preparer, tokenizer
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        epoch, place = divmod(index, len(self.items))
-        item = self.items[_order(self.seed, epoch, len(self.items))[place]]
+        pair, epoch = self.position(index)
+        item = self.items[pair]
         text = item.captions[epoch % len(item.captions)]
         try:
             image = decode_image(item.path, draft_size=self.preparer.size).image
@@ -102,7 +122,13 @@ class PairDataset(Dataset):
             return None
         return torch.from_numpy(self.preparer(image)), self.tokenizer([text])[0]
 
+    def position(self, index: int) -> tuple[int, int]:
+        """(the pair, the epoch) at ``index`` of the stream."""
+        batch, place = divmod(index, self.batch_size)
+        epoch, slot = divmod(batch, len(self.items) // self.batch_size)
+        return _order(self.seed, epoch, len(self.items))[slot * self.batch_size + place], epoch
+
 
 @lru_cache(maxsize=4)  # per process (each data worker has its own): an epoch's order is drawn once
 def _order(seed: int, epoch: int, count: int) -> list[int]:
-    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return np.random.default_rng([seed, epoch]).permutation(count).tolist()  # any seed: no overflow

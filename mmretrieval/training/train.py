@@ -176,7 +176,7 @@ def _loader(config: TrainConfig, loaded: LoadedModel, device: torch.device,
     if config.data == "scenes":
         dataset: Dataset = SceneDataset(config.seed, length, preparer, loaded.tokenizer, config)
     else:
-        dataset = PairDataset(pairs, length, config.seed, preparer, loaded.tokenizer)
+        dataset = PairDataset(pairs, length, config.batch_size, config.seed, preparer, loaded.tokenizer)
     return DataLoader(
         dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,

@@ -132,7 +132,8 @@ def read_logins(auth_file: Path) -> tuple[tuple[str, str], ...]:
     except (OSError, UnicodeDecodeError) as exc:
         raise MMRError(f"cannot read the --auth-file {auth_file}: {getattr(exc, 'strerror', None) or exc}") from None
     logins: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): a password may hold \x85 or \x0c
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         user, colon, password = line.partition(":")
