@@ -43,6 +43,8 @@ def test_recall_at_k_ranks_exact_copies_in_a_random_order():
                 similarities[t, owners[t]]), kind="stable")[:k] for _ in range(400) for t in range(18)]
         assert result[f"recall@{k}"] == pytest.approx(np.mean(hits), abs=0.03)
     assert result["recall@1"] == pytest.approx((12 / 12 + 6) / 18)  # each copy's caption: 1/12 of a hit
+    diverged = text_to_image_recall(np.full_like(images, np.nan), texts, owners, ks=(1, 5))  # NaN vectors: misses
+    assert diverged == {"recall@1": 0.0, "recall@5": 0.0}
 
 
 def test_classification_scores_match_a_reference():

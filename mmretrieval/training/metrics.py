@@ -48,7 +48,9 @@ def text_to_image_recall(
     own = similarities[np.arange(len(text_to_image)), np.asarray(text_to_image)]
     above = (similarities > own[:, None]).sum(axis=1)  # images that rank ahead of the text's own whatever the order
     tied = (similarities == own[:, None]).sum(axis=1)  # the own image and its exact ties: in a random order
-    return {f"recall@{k}": float(np.mean(np.clip((k - above) / tied, 0.0, 1.0))) for k in ks}
+    # a NaN score (a diverged model) ties with nothing, not even itself: a miss, not a hit
+    hit = np.clip((np.asarray(ks)[:, None] - above) / np.maximum(tied, 1), 0.0, 1.0) * (tied > 0)
+    return {f"recall@{k}": float(np.mean(row)) for k, row in zip(ks, hit)}
 
 def attribute_match_at_5(similarities: npt.NDArray[np.float32], facts: Sequence[scenes.CaptionFacts],
                          truth: Sequence[scenes.Scene]) -> dict[str, float]:
