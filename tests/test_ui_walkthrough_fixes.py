@@ -428,7 +428,7 @@ def test_an_original_swapped_for_a_link_or_a_non_image_is_not_served(tmp_path):
     import zipfile
 
     from mmretrieval.errors import MMRError
-    from mmretrieval.ui.media import export_original, zip_originals
+    from mmretrieval.ui.media import RecordedFile, export_original, zip_originals
 
     photos, secret = tmp_path / "photos", tmp_path / "secret.txt"
     photos.mkdir()
@@ -439,12 +439,13 @@ def test_an_original_swapped_for_a_link_or_a_non_image_is_not_served(tmp_path):
     paths[2].unlink()
     paths[2].symlink_to(secret)
     paths[3].write_text("not an image any more")
-    exported = export_original(paths.get, 1, tmp_path / "out")
+    files = {image_id: RecordedFile(path) for image_id, path in paths.items()}.get  # sizes and times not known
+    exported = export_original(files, 1, tmp_path / "out")
     assert exported.read_bytes() == paths[1].read_bytes() and exported.name == "kept.png"
     for image_id, why in ((2, "symbolic link"), (3, "not an image file")):
         with pytest.raises(MMRError, match=why):
-            export_original(paths.get, image_id, tmp_path / "out")
-    archive, missing = zip_originals(paths.get, [1, 2, 3], tmp_path / "out")
+            export_original(files, image_id, tmp_path / "out")
+    archive, missing = zip_originals(files, [1, 2, 3], tmp_path / "out")
     with zipfile.ZipFile(archive) as opened:
         assert opened.namelist() == ["kept.png"] and opened.read("kept.png") == paths[1].read_bytes()
     assert missing == [2, 3]
@@ -458,7 +459,7 @@ def test_a_preview_of_a_photo_swapped_for_a_link_is_a_grey_tile_and_old_photos_g
     import os
     import zipfile
 
-    from mmretrieval.ui.media import render_collection_image, zip_originals
+    from mmretrieval.ui.media import RecordedFile, render_collection_image, zip_originals
 
     (tmp_path / "photos").mkdir()
     private, swapped = tmp_path / "private.png", tmp_path / "photos" / "a.png"
@@ -470,7 +471,31 @@ def test_a_preview_of_a_photo_swapped_for_a_link_is_a_grey_tile_and_old_photos_g
     for path, mtime in ((old, 0), (future, 2 ** 32 + 10)):
         Image.new("RGB", (8, 8)).save(path)
         os.utime(path, (mtime, mtime))
-    archive, missing = zip_originals({1: old, 2: future}.get, [1, 2], tmp_path / "out")
+    archive, missing = zip_originals({1: RecordedFile(old), 2: RecordedFile(future)}.get, [1, 2], tmp_path / "out")
     with zipfile.ZipFile(archive) as opened:
         assert sorted(opened.namelist()) == ["future.png", "old.png"] and missing == []
         assert opened.getinfo("old.png").date_time == (1980, 1, 1, 0, 0, 0)
+
+
+def test_an_original_under_a_folder_swapped_for_a_link_is_not_served(tmp_path):
+    """O_NOFOLLOW guards only the last component: a photo folder swapped for a link served a same-named private
+    photo from the link's target (a review). The opened file must have the size and time the ingest recorded."""
+    import os
+    import shutil
+
+    from mmretrieval.errors import MMRError
+    from mmretrieval.ui.media import RecordedFile, export_original, zip_originals
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "private").mkdir()
+    photo, private = tmp_path / "photos" / "IMG_0001.JPG", tmp_path / "private" / "IMG_0001.JPG"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(photo, "JPEG")
+    Image.new("RGB", (9, 9), (255, 0, 0)).save(private, "JPEG")
+    ingested = os.stat(photo)
+    files = {1: RecordedFile(photo, ingested.st_size, ingested.st_mtime_ns)}.get
+    assert export_original(files, 1, tmp_path / "out").read_bytes() == photo.read_bytes()
+    shutil.rmtree(tmp_path / "photos")
+    (tmp_path / "photos").symlink_to(tmp_path / "private")
+    with pytest.raises(MMRError, match="not the file ingested"):
+        export_original(files, 1, tmp_path / "out")
+    assert zip_originals(files, [1], tmp_path / "out")[1] == [1]

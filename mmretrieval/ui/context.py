@@ -20,7 +20,7 @@ from ..collection.connection import is_corrupt
 from ..errors import CollectionBusy, MMRError
 from ..models.prompt_templates import TEMPLATE_SETS
 from ..models.zeroshot import ZeroShotClassifier
-from .media import ThumbnailCache
+from .media import RecordedFile, ThumbnailCache
 from .names import display_path
 from .relay import Caught, recorded_warnings, relayed_warnings, repeat
 from .toast import ToastError
@@ -163,6 +163,14 @@ class AppContext:
         """The file behind catalog id ``image_id`` (the only way the UI finds an image to read)."""
         with self.lock:
             return self.collection.image_path(image_id)
+
+    def recorded_file(self, image_id: int) -> RecordedFile:
+        """The file behind catalog id ``image_id`` with the size and time its ingest recorded (for originals,
+        served only while they are that file)."""
+        with self.lock:
+            path = self.collection.image_path(image_id)
+            size, mtime_ns, _ = self.collection.catalog.stats_of([image_id])[image_id]
+        return RecordedFile(path, size, mtime_ns)
 
 
 _EXPORT_PREFIX = "mmr-ui-export-"

@@ -27,6 +27,7 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
+from dataclasses import dataclass
 from threading import Lock
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -56,6 +57,16 @@ EXPORT_MAX_AGE_S = 3600  # originals and zips placed for download are removed af
 THUMBNAIL_CACHE_BYTES = 192 * 2**20
 PREVIEW_CACHE_BYTES = 64 * 2**20
 _PLACEHOLDER_GREY = (200, 200, 200)
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """A catalog image's file as its ingest recorded it: where, and its size and time then (0, 0: not known, as
+    for an imported row)."""
+
+    path: Path
+    size: int = 0
+    mtime_ns: int = 0
 
 
 class ThumbnailCache:
@@ -144,23 +155,24 @@ def render_collection_image(path_of: Callable[[int], Path], image_id: int, max_s
     return image
 
 
-def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path) -> Path:
+def export_original(file_of: Callable[[int], RecordedFile], image_id: int, out_dir: Path) -> Path:
     """The original file of catalog image ``image_id``, placed under its own name in a fresh folder in ``out_dir``.
 
     A hard link where the file system allows (no copy of a large photo), else a copy. The name is the one
     people see (:func:`~.names.display_path`): the browser and Gradio's cache cannot carry a non-UTF-8 one.
 
     Raises:
-        MMRError: no such image (from ``path_of``), or its file is gone, unreadable, or no longer an image file
-            (:func:`_open_original`).
+        MMRError: no such image (from ``file_of``), or its file is gone, unreadable, changed since the ingest, or
+            no longer an image file (:func:`_open_original`).
     """
-    source = path_of(int(image_id))
+    recorded = file_of(int(image_id))
+    source = recorded.path
     prune_exports(out_dir)
     target_dir = out_dir / f"{int(image_id)}-{uuid.uuid4().hex[:8]}"
     target_dir.mkdir(parents=True)
     target = target_dir / display_path(source.name)
     try:
-        with _open_original(source) as original:
+        with _open_original(recorded) as original:
             if not _linked(source, target, os.fstat(original.fileno())):
                 with open(target, "wb") as copy:
                     shutil.copyfileobj(original, copy)
@@ -170,10 +182,12 @@ def export_original(path_of: Callable[[int], Path], image_id: int, out_dir: Path
     return target
 
 
-def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir: Path) -> tuple[Path, list[int]]:
+def zip_originals(file_of: Callable[[int], RecordedFile], image_ids: list[int], out_dir: Path
+                  ) -> tuple[Path, list[int]]:
     """A zip of the originals of ``image_ids`` under their names as shown (numbered when two share a name).
 
-    Returns the zip and the ids whose file could not be read, or is no longer an image file (left out).
+    Returns the zip and the ids whose file could not be read, changed since the ingest, or is no longer an image
+    file (left out).
     """
     prune_exports(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,11 +195,11 @@ def zip_originals(path_of: Callable[[int], Path], image_ids: list[int], out_dir:
     missing, used = [], set()
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:  # photos are compressed already
         for image_id in image_ids:
-            source = path_of(int(image_id))
-            shown = display_path(source.name)  # a zip member name must be valid UTF-8
+            recorded = file_of(int(image_id))
+            shown = display_path(recorded.path.name)  # a zip member name must be valid UTF-8
             name = shown if shown not in used else f"{int(image_id)}-{shown}"
             try:
-                with _open_original(source) as original:
+                with _open_original(recorded) as original:
                     member = zipfile.ZipInfo(name, _zip_time(os.fstat(original.fileno()).st_mtime))
                     with archive.open(member, "w", force_zip64=True) as stored:
                         shutil.copyfileobj(original, stored)
@@ -202,19 +216,22 @@ def _zip_time(mtime_s: float) -> tuple[int, int, int, int, int, int]:
     return max((1980, 1, 1, 0, 0, 0), min((2107, 12, 31, 23, 59, 58), tuple(time.localtime(mtime_s)[:6])))
 
 
-def _open_original(source: Path) -> BinaryIO:
-    """``source`` opened for reading, only if that very path names a regular file that is an image.
+def _open_original(recorded: RecordedFile) -> BinaryIO:
+    """The file at ``recorded.path`` opened for reading, only if that very path names a regular file that is an
+    image, of the size and time the ingest recorded (where it recorded them).
 
     Ingest refuses links that lead out of a folder, but a file can be swapped for a symbolic link afterwards (in a
     shared or synced folder): followed, it would hand out any file the server can read (a security walkthrough
     served a text file outside the collection). So the last component is opened without following links, and
     what is opened must start like an image (or, for the few formats with no magic number, carry their
-    extension). A folder higher up swapped for a link still leads elsewhere: to an image file of the same name
-    there, if one exists (the catalog's size and time of the file are not compared).
+    extension). A folder higher up swapped for a link still leads elsewhere, to an image file of the same name
+    there: its size and time are not the ingested file's (an edited photo's are not either: ingesting its folder
+    again records them).
 
     Raises:
-        OSError: gone, unreadable, a symbolic link, not a regular file, or not an image.
+        OSError: gone, unreadable, a symbolic link, not a regular file, not the file ingested, or not an image.
     """
+    source = recorded.path
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -223,8 +240,12 @@ def _open_original(source: Path) -> BinaryIO:
         raise
     original = os.fdopen(fd, "rb")
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file now")
+        if recorded.size and (opened.st_size, opened.st_mtime_ns) != (recorded.size, recorded.mtime_ns):
+            raise OSError(errno.EINVAL, "it is not the file ingested (its size or time changed since); ingest its "
+                          "folder again to serve it")
         header = original.read(SNIFF_BYTES)
         if sniff(header) is None and source.suffix.lower() not in unsniffable_extensions():
             raise OSError(errno.EINVAL, "it is not an image file now")

@@ -238,7 +238,7 @@ class SearchHandlers:
         ``image_id`` may also be the Image id box's text; a non-whole number is refused, never rounded.
         """
         preview, details, image_id = self._shown(image_id)
-        return preview, details, image_id, str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
+        return preview, details, image_id, str(export_original(self.ctx.recorded_file, image_id, self.ctx.export_dir))
 
     @user_errors
     def show_image(self, image_id: float | str | None) -> tuple[Image.Image, str, int, None]:
@@ -273,18 +273,18 @@ class SearchHandlers:
         """The original file of collection image ``image_id``, under its own name (by catalog id only)."""
         image_id = image_id_of(image_id, "No image id given: click a result, or type an image id (whole numbers "
                                        "from 1, as search results show).")
-        return str(export_original(self.ctx.image_path, image_id, self.ctx.export_dir))
+        return str(export_original(self.ctx.recorded_file, image_id, self.ctx.export_dir))
 
     @user_errors
     def originals_zip(self, hit_ids: list[int]) -> tuple[str, str]:
         """A zip of the current results' original files under their own names, and a line saying what it holds."""
         if not hit_ids:
             raise gr.Error("There are no results to download yet; search first.", print_exception=False)
-        archive, missing = zip_originals(self.ctx.image_path, list(hit_ids), self.ctx.export_dir)
+        archive, missing = zip_originals(self.ctx.recorded_file, list(hit_ids), self.ctx.export_dir)
         note = f"{counted(len(hit_ids) - len(missing), 'original file')} in {markdown_text(archive.name)}"
         if missing:
-            note += (f"; {len(missing)} left out: their file is gone, unreadable, a link, or no longer an image "
-                     f"(ids {', '.join(map(str, missing[:10]))})")
+            note += (f"; {len(missing)} left out: their file is gone, unreadable, a link, changed since the ingest, "
+                     f"or no longer an image (ids {', '.join(map(str, missing[:10]))})")
         return str(archive), note
 
     # -- uploads ---------------------------------------------------------------------------------------------
