@@ -31,8 +31,8 @@ HOLD_OUT_ONE_IN, MAX_HELD_OUT, MIN_PAIRS_TO_HOLD_OUT = 20, 200, 20  # 1 in 20 he
 
 
 def usable_pairs(items: list[CaptionedImage]) -> list[CaptionedImage]:
-    """``items`` less those whose file is missing, empty or not an image by its first bytes, each named in a
-    warning once, with a count of them at the end."""
+    """``items`` less those whose file is missing, unreadable, not a regular file (a FIFO: read without waiting),
+    empty or not an image by its first bytes, each named in a warning once, with a count of them at the end."""
     usable = []
     for item in items:
         problem = _not_an_image(item.path)
