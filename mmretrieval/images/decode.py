@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
-from .icons import icon_pixels
+from .icons import icon_pixels, is_icon
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_icon", "check_pixels",
            "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_header", "read_image_file", "to_rgb"]
@@ -220,7 +220,7 @@ def read_header(data: bytes, name: str | bytes | os.PathLike) -> ImageHeader | N
     by decoding), for ICO and CUR icons (Pillow decodes them to open them), for what Pillow cannot open, and for
     images over twice Pillow's limit (179 MP), which only a decode under our limit opens. A PNG's EXIF is read
     only from the chunks before its pixels (Pillow decodes the whole image to look for one after them)."""
-    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]) or icon_pixels(io.BytesIO(data)) is not None:
+    if is_raw_name(name) or is_raw_header(data[:SNIFF_BYTES]) or is_icon(data):
         return None
     try:
         with Image.open(io.BytesIO(data), formats=decodable_formats()) as image:  # Pillow's limit: a header

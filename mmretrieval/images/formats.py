@@ -107,8 +107,14 @@ def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | {ext for ext, name in Image.registered_extensions().items() if name in formats}
 
 
+def looks_like_an_image(header: bytes, name: str | bytes | os.PathLike) -> bool:
+    """Whether a file whose first bytes are ``header`` is an image by them (:func:`sniff`), or, for the formats
+    that have no magic number (TGA, IM, some camera RAW), by its name's extension."""
+    return sniff(header) is not None or os.path.splitext(os.fsdecode(name))[1].lower() in _unsniffable_extensions()
+
+
 @functools.cache
-def unsniffable_extensions() -> frozenset[str]:
+def _unsniffable_extensions() -> frozenset[str]:
     """Extensions of the image files :func:`sniff` cannot recognise from their first bytes: Pillow formats with no
     content check (TGA, IM, ...), and camera RAW (some have no magic number of their own)."""
     unsniffable = {name for name in decodable_formats() if Image.OPEN[name][1] is None}

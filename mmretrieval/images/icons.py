@@ -19,10 +19,15 @@ _ENTRY_BYTES = 16  # a directory entry: sizes, colours, planes, bits, bytes, off
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def is_icon(header: bytes) -> bool:
+    """Whether a file's first 6 bytes are an ICO's or CUR's: the magic number and at least one entry (an
+    uncompressed TGA starts as a CUR with none)."""
+    return header[:4] in ICON_MAGICS and int.from_bytes(header[4:6], "little") > 0
+
+
 def icon_pixels(fp: BinaryIO) -> int | None:
-    """The most pixels among the images an ICO or CUR file holds, or None when ``fp`` is not an icon file (the
-    magic number and at least one entry: an uncompressed TGA starts as a CUR with none). ``fp`` is left at its
-    start.
+    """The most pixels among the images an ICO or CUR file holds, or None when ``fp`` is not an icon file
+    (:func:`is_icon`). ``fp`` is left at its start.
 
     Each entry is read where Pillow's ICO opener reads it: from its offset in the file, whatever byte count the
     entry declares (Pillow reads a PNG's chunks up to its pixels however many there are); an offset shared by
@@ -32,10 +37,9 @@ def icon_pixels(fp: BinaryIO) -> int | None:
     try:
         fp.seek(0)
         header = fp.read(6)
-        count = int.from_bytes(header[4:6], "little")
-        if header[:4] not in ICON_MAGICS or count == 0:
+        if not is_icon(header):
             return None
-        directory = fp.read(_ENTRY_BYTES * count)
+        directory = fp.read(_ENTRY_BYTES * int.from_bytes(header[4:6], "little"))
         offsets = {int.from_bytes(directory[start + 12:start + 16], "little")
                    for start in range(0, len(directory) - _ENTRY_BYTES + 1, _ENTRY_BYTES)}
         return max((_pixels_at(fp, offset) for offset in offsets), default=0)

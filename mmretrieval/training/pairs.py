@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import decode_image
-from ..images.formats import SNIFF_BYTES, sniff, unsniffable_extensions
+from ..images.formats import SNIFF_BYTES, looks_like_an_image
 from ..images.preprocess import ImagePreparer
 from .datasets import CaptionedImage
 
@@ -63,7 +63,7 @@ def _not_an_image(path: os.PathLike) -> str | None:
         os.close(fd)
     if not header:
         return "empty"
-    if sniff(header) is None and os.path.splitext(path)[1].lower() not in unsniffable_extensions():
+    if not looks_like_an_image(header, path):
         return "not an image"
     return None
 

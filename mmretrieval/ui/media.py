@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..errors import ImageDecodeError, MMRError
 from ..images.decode import DecodedImage, check_icon, decode_image, read_image_file
-from ..images.formats import SNIFF_BYTES, ensure_openers, sniff, unsniffable_extensions
+from ..images.formats import SNIFF_BYTES, ensure_openers, looks_like_an_image
 from .names import display_path
 from .toast import ToastError
 
@@ -247,7 +247,7 @@ def _open_original(recorded: RecordedFile) -> BinaryIO:
             raise OSError(errno.EINVAL, "it is not the file ingested (its size or time changed since); ingest its "
                           "folder again to serve it")
         header = original.read(SNIFF_BYTES)
-        if sniff(header) is None and source.suffix.lower() not in unsniffable_extensions():
+        if not looks_like_an_image(header, source):
             raise OSError(errno.EINVAL, "it is not an image file now")
         original.seek(0)
     except BaseException:
