@@ -118,12 +118,19 @@ def captions_report(encoder: "DualEncoder", source: str,
     """
     report = captioned_recall(encoder, read_captioned(source, on_skipped=_left_out_as_failure(on_left_out)),
                               on_left_out=on_left_out)
-    trivial = [k for k in RECALL_KS if k >= report["images"]]
-    if trivial:
+    meaningful = without_trivial_recall(report)
+    if len(meaningful) < len(report):
         logger.warning("%s left out: %s has %d image%s, and recall@k over k or fewer images is 1 by construction",
-                       ", ".join(f"recall@{k}" for k in trivial), source, report["images"],
+                       ", ".join(key for key in report if key not in meaningful), source, report["images"],
                        "" if report["images"] == 1 else "s")
-    return {key: value for key, value in report.items() if key not in {f"recall@{k}" for k in trivial}}
+    return meaningful
+
+
+def without_trivial_recall(report: dict[str, float]) -> dict[str, float]:
+    """``report`` (of :func:`captioned_recall`) less its recall@k with k as large as the number of images: every
+    caption's own image is then in its top k, whatever the model."""
+    return {key: value for key, value in report.items()
+            if key not in {f"recall@{k}" for k in RECALL_KS if k >= report["images"]}}
 
 
 def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage], batch_size: int = 64,

@@ -340,7 +340,7 @@ def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel
 def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConfig,
                     held_pairs: list[CaptionedImage]) -> dict[str, float]:
     """The scene report on generated data; text-to-image recall@k on the held-out user pairs otherwise."""
-    from .evaluate import captioned_recall
+    from .evaluate import captioned_recall, without_trivial_recall
     from .shapes_eval import shapes_report
 
     if config.data != "scenes" and not held_pairs:
@@ -351,12 +351,9 @@ def _held_out_score(loaded: LoadedModel, device: torch.device, config: TrainConf
         if not held_pairs:
             return shapes_report(encoder, n_scenes=400, n_captions=100)
         try:
-            report = captioned_recall(encoder, held_pairs)
+            return without_trivial_recall(captioned_recall(encoder, held_pairs))  # as mmr eval reports it
         except MMRError as exc:  # none of them decodes: the run and its weights go on without a score
             logger.warning("no held-out score: %s", exc)
             return {}
-        # recall@k over k images or fewer is 1 by construction (mmr eval leaves it out too)
-        return {key: value for key, value in report.items()
-                if not (key.startswith("recall@") and int(key[7:]) >= report["images"])}
     finally:
         loaded.model.train()
