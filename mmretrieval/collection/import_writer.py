@@ -149,10 +149,12 @@ class ShardLanding:
             appended, renormalised = work.done.result()  # every vector checked and fsynced (or the error raised)
             if not appended or not guessed_right:  # nothing was queued behind it: this thread may append
                 positions = _positions_of_new(db, shard.keys, base, len(ids))
-                places, renormalised = _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0)
-                for rows, number, first in places:
+
+                def placed(rows: slice, number: int, first: int) -> None:  # as each block is written
                     _insert_places(db, ids[rows], generation, number, first)
                     written(len(shard.keys) - len(ids) + rows.stop)  # (the known rows count as done)
+
+                renormalised = _append(catalog.segments, ids, shard.vectors, positions, renormalised > 0, placed)
             known = len(shard.keys) - len(ids)  # (renormalised counts only added rows: known ones were not stored)
             _record_shard(db, source, shard.name, fingerprint, ids, known, renormalised)
         self._current = None
@@ -285,11 +287,11 @@ def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, positions: npt.NDArray[np.int64],
-            renormalise: bool) -> tuple[list[tuple[slice, int, int]], int]:
-    """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time; returns each block's
-    ``(slice of ids, segment, first row)`` and how many of those vectors were renormalised. Bytes first: a kill
-    before the catalog commits leaves only waste."""
-    rows_of: list[slice] = []
+            renormalise: bool, placed: Callable[[slice, int, int], None]) -> int:
+    """Append checked ``vectors[positions]`` under ``ids`` (fsynced), a block at a time, handing ``placed`` each
+    block's ``(slice of ids, segment, first row)`` as it is written; returns how many of those vectors were
+    renormalised. Bytes first: a kill before the catalog commits leaves only waste."""
+    rows_of: list[slice] = []  # filled by blocks() before it yields each block, so always ahead of the writes
     renormalised = 0
 
     def blocks() -> Iterator[tuple[npt.NDArray[np.int64], np.ndarray]]:
@@ -299,8 +301,9 @@ def _append(segments: "SegmentStore", ids: npt.NDArray[np.int64], vectors: Any, 
             renormalised += off_unit
             yield ids[rows], block
 
-    places = segments.append_blocks(blocks())
-    return [(rows, number, first) for rows, (number, first) in zip(rows_of, places)], renormalised
+    in_order = iter(rows_of)
+    segments.append_blocks(blocks(), lambda number, first: placed(next(in_order), number, first))
+    return renormalised
 
 
 def _insert_rows(db: sqlite3.Connection, shard: "CheckedShard") -> None:
