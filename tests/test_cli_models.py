@@ -62,7 +62,7 @@ class _Payload:
 
 
 def _evil_dir(tmp_path, tiny_model_dir, name="evil", save=lambda value, path: torch.save(value, path)):
-    """A model folder whose weights file is a pickle that would print "pwned" if it ran (torch.save's, or ``save``'s)."""
+    """A model folder whose weights file is a pickle that would print "pwned" if it ran (written by ``save``)."""
     directory = tmp_path / name
     directory.mkdir()
     shutil.copy(tiny_model_dir / "open_clip_config.json", directory)

@@ -13,10 +13,11 @@ followed only when it stays inside the folder and leads to a folder the walk doe
 Text files may start with a UTF-8 byte-order mark (spreadsheet programs save CSVs with one); it is not text.
 A CSV need not be UTF-8 throughout, as the lists ``mmr ingest`` reads: a path keeps its bytes, and an undecodable
 byte in a caption becomes U+FFFD. One image named by paths written differently (``a.jpg``, ``./a.jpg``,
-``/set/a.jpg``) is one image with all their captions (not through ``..`` or a link: the same file then counts twice). An image without a caption (no sidecar, a blank one, empty caption cells) is
-handed to ``on_skipped``; one that is missing or does not decode is the evaluation's and the trainer's to count
-and skip; a CSV row with a caption but an empty path cell is refused, naming its line: it names no file to
-count, and only the CSV's author knows which image was meant.
+``/set/a.jpg``) is one image with all their captions (not through ``..`` or a link: the same file then counts
+twice). An image without a caption (no sidecar, a blank one, empty caption cells) is handed to ``on_skipped``;
+one that is missing or does not decode is the evaluation's and the trainer's to count and skip; a CSV row with a
+caption but an empty path cell is refused, naming its line: it names no file to count, and only the CSV's author
+knows which image was meant.
 """
 
 from __future__ import annotations
