@@ -749,3 +749,29 @@ def test_a_byte_identical_copy_ranks_first_at_1_above_a_stored_row_longer_than_1
     np.testing.assert_allclose(np.linalg.norm(scored, axis=1), 1, atol=1e-6)
     ids, stored = collection.vectors()  # the public API gives them as stored
     assert np.linalg.norm(stored[ids.tolist().index(3)]) == pytest.approx(1.0015, abs=1e-3)
+
+
+@pytest.mark.parametrize("status", ["failed", "pending"])
+def test_a_path_held_only_as_a_failed_or_pending_row_takes_the_imported_vector(tmp_path, collection, status):
+    """An ingest that could not decode a file (failed), or stopped before embedding it (pending), left a row with
+    no vector: the import's vector for that path lands (counted as added) instead of being dropped as known."""
+    from mmretrieval.ingest.planning import plan
+    from mmretrieval.ingest.reader import discover
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "x0.png").write_bytes(b"not a png at all")
+    if status == "failed":
+        collection.ingest([photos], workers=0)
+    else:
+        plan(collection.catalog, discover([photos]))
+    assert collection.catalog.counts_by_status() == {status: 1}
+    paths = [str(photos / "new.png"), str(photos / "x0.png"), str(photos / "after.png")]
+    vectors = unit_rows(np.random.default_rng(5), len(paths))
+    write_shard(tmp_path / "emb", 0, paths, vectors)
+    summary = import_embeddings(collection, tmp_path / "emb")
+    assert (summary.rows_added, summary.rows_known) == (3, 0)
+    assert collection.catalog.counts_by_status() == {"ok": 3}
+    by_path = stored(collection)
+    for row, path in enumerate(paths):
+        np.testing.assert_allclose(by_path[path], vectors[row], atol=2e-3)

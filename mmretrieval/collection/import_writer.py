@@ -5,7 +5,8 @@ the collection's active segment before its transaction commits; its rows, their 
 shard record (with the range of ids it added: the provenance) commit in that one transaction, together or not at
 all (appended bytes of a shard that never committed are unreferenced waste, which compaction reclaims), so a
 process killed at any moment leaves each shard whole or absent, and a re-run (which skips recorded shards and
-known paths) neither loses nor duplicates rows.
+known paths) neither loses nor duplicates rows. A path the collection holds only as a failed or pending row (no
+vector) is not known: the imported row replaces it.
 The caller holds the collection's writer lock (``Collection.writing``), so an import and an ingest never
 interleave.
 """
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from .segments import SegmentStore
 
 logger = logging.getLogger(__name__)
+
+_LOOKUP_ROWS = 500  # paths looked up in one query (SQLite's limit on parameters is 32,766)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS import_shards (
@@ -136,8 +139,11 @@ class ShardLanding:
             if 0 < len(ids) == len(shard.keys) and not _in_shard_order(db, shard.keys, ids):
                 raise CollectionError(f"{shard.file}: SQLite inserted its rows out of order; nothing of this shard "
                                       "was imported (please report this, with your SQLite version)")
+            retaken = len(ids) < len(shard.keys) and _retake_unembedded(db, shard)
+            if retaken:  # those rows now follow the shard's new ones: out of key order, so no id was guessed right
+                ids = _new_ids(db, base)
             generation = catalog._bump_generation()
-            guessed_right = work.ids is not None and np.array_equal(ids, work.ids)
+            guessed_right = not retaken and work.ids is not None and np.array_equal(ids, work.ids)
             following = upcoming() if guessed_right else None
             if following is not None:
                 next_base = int(ids[-1]) if len(ids) else base
@@ -148,7 +154,7 @@ class ShardLanding:
                     written(place[0].stop)
             appended, renormalised = work.done.result()  # every vector checked and fsynced (or the error raised)
             if not appended or not guessed_right:  # nothing was queued behind it: this thread may append
-                positions = _positions_of_new(db, shard.keys, base, len(ids))
+                positions = _positions_of_new(db, shard.keys, base, len(ids), in_key_order=not retaken)
 
                 def placed(rows: slice, number: int, first: int) -> None:  # as each block is written
                     _insert_places(db, ids[rows], generation, number, first)
@@ -321,6 +327,23 @@ def _insert_rows(db: sqlite3.Connection, shard: "CheckedShard") -> None:
                    "FROM json_each(?)", (shard.rows_json,))
 
 
+def _retake_unembedded(db: sqlite3.Connection, shard: "CheckedShard") -> bool:
+    """Replace the shard's paths that the collection holds only as ``failed`` or ``pending`` rows (an ingest
+    could not decode the file, or stopped before embedding it: no vector) by the shard's rows; returns whether
+    there were any. Otherwise ``INSERT OR IGNORE`` would count them as known and drop their vectors."""
+    unembedded: list[int] = []
+    for start in range(0, len(shard.keys), _LOOKUP_ROWS):
+        keys = shard.keys[start:start + _LOOKUP_ROWS]
+        unembedded += (image_id for image_id, in db.execute(
+            f"SELECT id FROM images WHERE path IN ({', '.join('?' * len(keys))}) AND status IN ('failed', 'pending') "
+            "AND NOT EXISTS (SELECT 1 FROM vector_rows WHERE image_id = images.id)", keys))
+    if not unembedded:
+        return False
+    db.execute("DELETE FROM images WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(unembedded),))
+    _insert_rows(db, shard)
+    return True
+
+
 def _in_shard_order(db: sqlite3.Connection, keys: Sequence[bytes], ids: npt.NDArray[np.int64]) -> bool:
     """Whether ``ids`` (one per key) went to the keys in order: checked at the first, middle and last row, since
     the vectors are appended under ids guessed from that order."""
@@ -352,9 +375,11 @@ def _insert_places(db: sqlite3.Connection, ids: npt.NDArray[np.int64], generatio
                "FROM json_each(?)", (generation, segment, first, json.dumps(ids.tolist())))
 
 
-def _positions_of_new(db: sqlite3.Connection, keys: Sequence[bytes], base: int, added: int) -> npt.NDArray[np.int64]:
-    """Shard positions of the rows just added, in id order (ids follow insertion order, which is key order)."""
-    if added == len(keys):  # nothing was known: every row is new (the common case, and the fast one)
+def _positions_of_new(db: sqlite3.Connection, keys: Sequence[bytes], base: int, added: int,
+                      in_key_order: bool = True) -> npt.NDArray[np.int64]:
+    """Shard positions of the rows just added, in id order (ids follow insertion order: key order, unless
+    ``in_key_order`` is False because some rows were inserted again after the rest)."""
+    if added == len(keys) and in_key_order:  # nothing was known: every row is new (the common case, the fast one)
         return np.arange(added, dtype=np.int64)
     first_of = {key: pos for pos, key in reversed(list(enumerate(keys)))}
     rows = db.execute("SELECT path FROM images WHERE id > ? ORDER BY id", (base,))
