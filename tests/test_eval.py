@@ -279,3 +279,31 @@ def test_captioned_recall_keeps_vectors_not_decoded_images(tiny_encoder, tmp_pat
                                      tiny_encoder.encode_texts([c for item in kept for c in item.captions]),
                                      [i for i, item in enumerate(kept) for _ in item.captions])
     assert report == {"images": 9, "captions": 18, "undecodable": 1, **reference}
+
+
+def test_folder_and_captions_reports_count_their_images_as_they_go(shapes_encoder, colour_folder, tmp_path):
+    """`mmr eval --folder/--captions` draw a bar from these: every image counted once, the undecodable too."""
+    import shutil
+
+    root = tmp_path / "colours"
+    shutil.copytree(colour_folder, root)
+    (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    folder_seen: list[tuple[int, int]] = []
+    folder_report(shapes_encoder, str(root), templates=("a {} shape.",), progress=lambda *r: folder_seen.append(r))
+    assert folder_seen[-1] == (19, 19)
+    assert [done for done, _ in folder_seen] == sorted(done for done, _ in folder_seen)
+    captions_seen: list[tuple[int, int]] = []
+    from mmretrieval.training.evaluate import captioned_recall
+    from mmretrieval.training.datasets import read_captioned
+
+    captioned_recall(shapes_encoder, read_captioned(str(colour_folder)), batch_size=4,
+                     progress=lambda *r: captions_seen.append(r))
+    assert captions_seen == [(4, 18), (8, 18), (12, 18), (16, 18), (18, 18)]
+
+
+def test_cli_eval_folder_shows_progress_on_stderr(colour_folder, capsys):
+    from mmretrieval.cli import main
+
+    assert main(["eval", "--folder", str(colour_folder), "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "eval --folder: 18/18 img" in err and '"zeroshot_images": 18' in out

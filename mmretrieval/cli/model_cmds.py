@@ -270,10 +270,12 @@ def _eval(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.model, device=args.device, dim=args.dim, precision=args.precision)
     report: dict[str, object] = {"model": str(encoder.identity.spec)}
     if args.folder:
-        folder = folder_report(encoder, args.folder, templates, on_left_out=left_out)
+        with TqdmProgress("eval --folder") as progress:
+            folder = folder_report(encoder, args.folder, templates, on_left_out=left_out, progress=progress)
         report.update({f"zeroshot_{k}": v for k, v in folder.items()})
     if args.captions:
-        captions = captions_report(encoder, args.captions, on_left_out=left_out)
+        with TqdmProgress("eval --captions") as progress:
+            captions = captions_report(encoder, args.captions, on_left_out=left_out, progress=progress)
         report.update({f"retrieval_{k}": v for k, v in captions.items()})
     if args.shapes or not (args.folder or args.captions):
         with TqdmProgress("eval", unit="part") as progress:

@@ -61,7 +61,8 @@ def class_texts(classes: Sequence[str]) -> dict[str, str]:
 
 
 def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = TEMPLATE_SETS["default"],
-                  on_left_out: Callable[["FileFailure"], None] | None = None) -> dict[str, Any]:
+                  on_left_out: Callable[["FileFailure"], None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Zero-shot accuracy on an ImageFolder-layout directory, its images found, decoded and embedded as
     ``mmr classify`` finds, decodes and embeds them (the ingest walk, worker processes, batches).
 
@@ -74,6 +75,7 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
         templates: prompt templates, each with one ``{}`` for the label text.
         on_left_out: called with each file left out and why: what the walk passed over (a linked class folder
             leading outside ``root``, say) and each image that did not decode.
+        progress: called with (images embedded or left out, images found) after each batch.
 
     Returns:
         ``images``, ``classes``, ``undecodable``, ``top1``, ``mean_per_class_recall`` and ``class_texts``.
@@ -92,6 +94,8 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
         chunks.append(batch.vectors)
         labels += [label_of[path] for path in batch.paths]
         undecodable += len(batch.failed)
+        if progress is not None:
+            progress(len(labels) + undecodable, len(label_of))
         if on_left_out is not None:
             for failure in batch.failed:
                 on_left_out(failure)
@@ -104,7 +108,8 @@ def folder_report(encoder: "DualEncoder", root: str, templates: Sequence[str] = 
 
 
 def captions_report(encoder: "DualEncoder", source: str,
-                    on_left_out: Callable[["FileFailure"], None] | None = None) -> dict[str, float]:
+                    on_left_out: Callable[["FileFailure"], None] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Text-to-image recall@1/5/10 on a captioned set (sidecar .txt files or a CSV), see :func:`captioned_recall`.
 
     recall@k over k or fewer images is 1.0 whatever the model (every image is in the top k): such a k is left out
@@ -115,9 +120,10 @@ def captions_report(encoder: "DualEncoder", source: str,
         source: a folder with sidecar captions (walked as ``mmr classify`` walks one) or a CSV.
         on_left_out: called with each file left out and why: what a folder's walk passed over, each file the
             set names that is missing or does not decode.
+        progress: called with (images embedded or left out, images named) after each batch.
     """
     report = captioned_recall(encoder, read_captioned(source, on_skipped=_left_out_as_failure(on_left_out)),
-                              on_left_out=on_left_out)
+                              on_left_out=on_left_out, progress=progress)
     meaningful = without_trivial_recall(report)
     if len(meaningful) < len(report):
         logger.warning("%s left out: %s has %d image%s, and recall@k over k or fewer images is 1 by construction",
@@ -134,13 +140,15 @@ def without_trivial_recall(report: dict[str, float]) -> dict[str, float]:
 
 
 def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage], batch_size: int = 64,
-                     on_left_out: Callable[["FileFailure"], None] | None = None) -> dict[str, float]:
+                     on_left_out: Callable[["FileFailure"], None] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Text-to-image recall@1/5/10 over every caption of ``items``; images that are missing or do not decode are
     left out and counted (``undecodable``), each handed to ``on_left_out`` with its reason (``missing``, or the
     decoder's: ``not_an_image``, ``truncated``, ...).
 
     Images are decoded, prepared and embedded ``batch_size`` at a time, and only their vectors are kept: a photo
-    decodes to tens of megabytes, its prepared pixels to a few hundred kilobytes.
+    decodes to tens of megabytes, its prepared pixels to a few hundred kilobytes. ``progress`` is called with
+    (images embedded or left out, images named) after each batch.
 
     Raises:
         MMRError: none of the images decodes.
@@ -149,7 +157,7 @@ def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage], ba
 
     chunks, pending = [], []  # vectors of the batches embedded; prepared pixels of the batch being filled
     texts, owners, decoded = [], [], 0
-    for item in items:
+    for done, item in enumerate(items, 1):
         try:
             if not os.path.exists(item.path):  # a CSV's typo or a file moved: say so, not "cannot open"
                 raise ImageDecodeError("missing", f"{item.path} does not exist")
@@ -165,10 +173,14 @@ def captioned_recall(encoder: "DualEncoder", items: Sequence[CaptionedImage], ba
         if len(pending) == batch_size:
             chunks.append(_embed_prepared(encoder, pending))
             pending = []
+            if progress is not None:
+                progress(done, len(items))
     if not decoded:
         raise MMRError("none of the captioned images could be decoded")
     if pending:
         chunks.append(_embed_prepared(encoder, pending))
+    if progress is not None:
+        progress(len(items), len(items))
     return {"images": decoded, "captions": len(texts), "undecodable": len(items) - decoded,
             **text_to_image_recall(np.concatenate(chunks), encoder.encode_texts(texts), owners, ks=RECALL_KS)}
 
