@@ -196,6 +196,24 @@ def test_weights_replaced_at_the_recorded_spec_are_named_as_such(tmp_path, tiny_
     assert f"{model} now loads other weights" in message and "leave out --model" not in message
 
 
+
+def test_an_ingest_with_the_recorded_weights_replaced_is_refused_before_it_plans_a_row(tmp_path, tiny_model_dir):
+    """The collection's model loads only once planning found work; the replaced weights are told by their hash
+    first, so the refusal leaves no pending rows behind (``mmr info`` showed them until a right-model ingest)."""
+    from test_ingest import write_good_images
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    collection_dir = tmp_path / "c"
+    Collection.open(collection_dir, str(model), create=True, device="cpu").close()
+    torch.manual_seed(7)
+    save_model_dir(open_clip.CLIP(**TINY_MODEL_CFG), TINY_MODEL_CFG, model)
+    write_good_images(tmp_path / "photos", 3)
+    with Collection.open(collection_dir, device="cpu") as collection:
+        with pytest.raises(CollectionError, match=f"{model} now loads other weights"):
+            collection.ingest([tmp_path / "photos"], workers=0)
+        assert collection.catalog.counts_by_status() == {}
+
 def test_the_same_model_at_another_dim_is_named_as_a_dimension_not_other_weights(tmp_path):
     stored = ModelIdentity("builtin:shapes", "a", 128, "w1", "{}")
     asked = ModelIdentity("builtin:shapes", "a", 64, "w1", "{}")

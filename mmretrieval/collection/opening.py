@@ -342,11 +342,15 @@ def check_same_model(stored: ModelIdentity, asked: ModelIdentity, directory: Pat
             f"{asked.embed_dim}-d ones (--dim): leave out --dim to use the collection's dimension, or ingest into a "
             "new --collection directory")
     if stored.spec == asked.spec:  # nobody asked for another model: the weights at the recorded place changed
-        raise CollectionError(
-            f"collection {directory} was built with the weights {stored.spec} held then (key {stored.key()}); "
-            f"{asked.spec} now loads other weights (key {asked.key()}): re-ingest into a new collection, or point "
-            "--model at the old weights when ingesting")
+        raise CollectionError(changed_weights_message(stored, directory, f" (key {asked.key()})"))
     raise CollectionError(_another_model(stored, f"{asked.spec} (key {asked.key()}, {asked.embed_dim}-d)", directory))
+
+
+def changed_weights_message(stored: ModelIdentity, directory: Path, new_key: str = "") -> str:
+    """What to say when the place a collection's model was recorded from now holds other weights."""
+    return (f"collection {directory} was built with the weights {stored.spec} held then (key {stored.key()}); "
+            f"{stored.spec} now loads other weights{new_key}: re-ingest into a new collection, or point "
+            "--model at the old weights when ingesting")
 
 
 def _another_model(stored: ModelIdentity, asked: str, directory: Path) -> str:

@@ -209,6 +209,19 @@ def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
     return read_dir_config(_model_dir(spec))
 
 
+def folder_weights_changed(identity: ModelIdentity) -> bool:
+    """Whether the model folder (or builtin model) that ``identity`` was recorded from now holds other weights,
+    told by its checkpoint's sha256 (remembered per file version) without importing torch; False where that
+    cannot be told this way (a registry or hub model, a folder that does not read: loading it says why)."""
+    try:
+        spec = ModelSpec.parse(identity.spec)
+        if spec.kind not in ("local", "builtin") or not _model_dir(spec).is_dir():
+            return False
+        return sha256_file(find_checkpoint(_model_dir(spec))) != identity.weights
+    except (ModelSpecError, OSError):
+        return False
+
+
 def _model_dir(spec: ModelSpec) -> Path:
     """The folder of a ``local`` or ``builtin`` spec."""
     return assets_dir() / spec.name if spec.kind == "builtin" else Path(spec.name).expanduser()
