@@ -258,6 +258,19 @@ def test_a_first_ray_ingest_to_an_address_nothing_answers_at_announces_no_collec
     assert "a new collection" not in err and not (tmp_path / "new").exists()
 
 
+
+def test_a_first_ray_ingest_with_auto_and_no_cluster_announces_no_collection(tmp_path, capsys, monkeypatch):
+    """``auto`` is resolved by Ray itself (no probe can check it): the connection is made before the collection."""
+    from mmretrieval.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))  # where `ray start` would have left its address
+    write_good_images(tmp_path / "photos", 1)
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "new"), "--ray", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the Ray cluster at auto" in err and "ray start --head" in err
+    assert "a new collection" not in err and not (tmp_path / "new").exists()
+
 def test_an_error_of_ours_is_found_inside_the_error_ray_raises_and_nothing_else_is():
     from mmretrieval.errors import SettingError
     from mmretrieval.ingest.ray_runner import _ours_within

@@ -239,7 +239,7 @@ def test_mmr_ingest_ray_from_the_command_line(photos, single_machine, tmp_path, 
 
 
 
-def test_an_error_of_ours_in_the_embed_actors_start_is_one_line_and_leaves_no_folders(tmp_path, capfd):
+def test_an_error_of_ours_in_the_embed_actors_start_is_one_line_and_leaves_no_folders(tmp_path, capfd, monkeypatch):
     """Weights on a node that differ from the collection's are refused in the actor's __init__: the user got about
     80 lines of Ray tracebacks, and an error line holding the actor's traceback as escaped text (Ray walkthrough);
     the empty ray-results/ and ray-staging/ stayed in the collection."""
@@ -259,6 +259,8 @@ def test_an_error_of_ours_in_the_embed_actors_start_is_one_line_and_leaves_no_fo
     save_file(weights, model / "open_clip_model.safetensors")
     write_good_images(tmp_path / "photos" / "new", 1, seed=9)
     capfd.readouterr()
+    # this machine is the driver and the node: the driver's copy (checked before planning) is taken as unchanged
+    monkeypatch.setattr("mmretrieval.collection.collection.folder_weights_changed", lambda identity: False)
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(collection), "--ray"]) == 2
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if line.startswith("mmr ingest: error:")]

@@ -7,9 +7,9 @@ or was skipped; 1 when no image was found (see :func:`_ingest_status`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..ingest.batches import IngestSummary
     from ..ingest.ray_runner import RayIngestConfig
     from ..ingest.reader import PathStream
+    from ..models.encoder import DualEncoder
 
 
 def register(subparsers) -> None:
@@ -137,16 +138,11 @@ def _checked_sources(args: argparse.Namespace) -> "list[str | PathStream]":
 
 def _ingest(args: argparse.Namespace) -> int:
     from ..collection.catalog import is_collection
-    from ..collection.opening import DEFAULT_MODEL
 
     sources = _checked_sources(args)
     model = args.model
     demo = model is None and not Path(args.collection).expanduser().is_file() and not is_collection(args.collection)
     ray = _ray_config(args)  # refused options refuse before a collection is made
-    if ray is not None and not is_collection(args.collection):  # and so does a cluster address nothing answers at,
-        from ..ingest.ray_runner import check_reachable  # before a new collection is announced (then not made)
-
-        check_reachable(ray.address or os.environ.get("RAY_ADDRESS") or "local")
     # With --ray this process loads a new collection's model only to record it: on the CPU.
     device = "cpu" if ray is not None else args.device
     if args.dim is not None:
@@ -155,6 +151,21 @@ def _ingest(args: argparse.Namespace) -> int:
         if model is None:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
         model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
+    with contextlib.ExitStack() as connected:
+        if ray is not None and not is_collection(args.collection):  # a cluster that cannot be reached is refused
+            from ..ingest.ray_runner import ray_connection  # before a new collection is announced (then not made)
+
+            connected.enter_context(ray_connection(ray.address))  # the ingest uses this connection
+        summary = _ingest_into(args, sources, model, device, ray, demo)
+    _say_summary(summary, args, on_ray=ray is not None)
+    return _ingest_status(summary, args.sources)
+
+
+def _ingest_into(args: argparse.Namespace, sources: "list[str | PathStream]", model: "str | DualEncoder | None",
+                 device: str, ray: "RayIngestConfig | None", demo: bool) -> "IngestSummary":
+    """Open (or make) the collection and ingest ``sources``; says what it made or did not make."""
+    from ..collection.opening import DEFAULT_MODEL
+
     with TqdmProgress("index", unit="vec") as index_bar, \
             open_collection(args.collection, model=model, create=True, device=device, precision=args.precision,
                   index_progress=index_bar, writer="ingest", wait=args.wait) as collection:
@@ -178,8 +189,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if args.model is None and collection.remove_if_unused():  # a first ingest that found no image
             say(f"mmr ingest: no collection was made at {collection.directory}: with no image in it, it would "
                 "only have fixed the model to the demo one")
-    _say_summary(summary, args, on_ray=ray is not None)
-    return _ingest_status(summary, args.sources)
+    return summary
 
 
 def _say_summary(summary: "IngestSummary", args: argparse.Namespace, on_ray: bool) -> None:
