@@ -121,7 +121,7 @@ def test_bad_ray_options_are_refused():
 def test_missing_ray_is_a_clear_error(monkeypatch):
     import builtins
 
-    from mmretrieval.ingest import ray_runner
+    from mmretrieval.ingest import ray_connect
 
     real_import = builtins.__import__
 
@@ -132,7 +132,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(CollectionError, match=r"pip install 'mmretrieval\[ray\]'"):
-        with ray_runner.ray_connection(None):
+        with ray_connect.ray_connection(None):
             pass
 
 
@@ -226,7 +226,7 @@ def test_an_address_where_nothing_answers_fails_fast_instead_of_hanging(tmp_path
     import socket
     import time
 
-    from mmretrieval.ingest import ray_runner
+    from mmretrieval.ingest import ray_connect
     from mmretrieval.ingest.ray_index import RayIndexFill
 
     with socket.socket() as probe:  # a port nothing listens on: bound, then closed
@@ -235,12 +235,12 @@ def test_an_address_where_nothing_answers_fails_fast_instead_of_hanging(tmp_path
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "no-such-host.invalid:6379"):
         started = time.monotonic()
         with pytest.raises(CollectionError, match=f"cannot connect to the Ray cluster at {address}: nothing answers"):
-            ray_runner.check_reachable(address, timeout_s=5)
+            ray_connect.check_reachable(address, timeout_s=5)
         assert time.monotonic() - started < 30
     with pytest.raises(CollectionError, match="nothing answers"):  # before an index is trained, not after
         RayIndexFill(str(tmp_path / "work"), address=f"127.0.0.1:{port}")
     for address in ("auto", "local", "garbage"):  # names Ray resolves itself pass
-        ray_runner.check_reachable(address)
+        ray_connect.check_reachable(address)
 
 
 def test_a_first_ray_ingest_to_an_address_nothing_answers_at_announces_no_collection(tmp_path, capsys):
@@ -323,16 +323,16 @@ def _serve_once(answer: bytes | None) -> tuple[str, threading.Thread]:
 def test_an_address_where_something_else_than_ray_answers_is_refused_at_once(answer, said):
     """Ray's ray.init retried such an address without end (500 s in the Ray walkthrough, a web server on the port),
     holding the collection's writer lock and deaf to Ctrl-C."""
-    from mmretrieval.ingest import ray_runner
+    from mmretrieval.ingest import ray_connect
 
     address, server = _serve_once(answer)
     started = time.monotonic()
     if said is None:
-        ray_runner.check_reachable(address, timeout_s=5)
+        ray_connect.check_reachable(address, timeout_s=5)
     else:
         with pytest.raises(CollectionError, match=f"something answers at {address}, but not Ray \\({said}\\); give the "
                                                   "address `ray start --head` printed"):
-            ray_runner.check_reachable(address, timeout_s=2)
+            ray_connect.check_reachable(address, timeout_s=2)
     assert time.monotonic() - started < 10
     server.join(timeout=10)
 

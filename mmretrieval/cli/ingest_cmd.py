@@ -153,7 +153,7 @@ def _ingest(args: argparse.Namespace) -> int:
         model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
     with contextlib.ExitStack() as connected:
         if ray is not None and not is_collection(args.collection):  # a cluster that cannot be reached is refused
-            from ..ingest.ray_runner import ray_connection  # before a new collection is announced (then not made)
+            from ..ingest.ray_connect import ray_connection  # before a new collection is announced (then not made)
 
             connected.enter_context(ray_connection(ray.address))  # the ingest uses this connection
         summary = _ingest_into(args, sources, model, device, ray, demo)

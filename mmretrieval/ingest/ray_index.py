@@ -105,7 +105,7 @@ def add_on_ray(trained_index: faiss.Index, blocks: Blocks, total: int, work_dir:
     """
     from faiss.contrib.ondisk import merge_ondisk
 
-    from .ray_runner import ray_connection
+    from .ray_connect import ray_connection
 
     _check_mergeable(trained_index)
     work = Path(work_dir)
@@ -216,7 +216,7 @@ class RayIndexFill:
     def __post_init__(self) -> None:
         """Check the work folder and the cluster address now, before the index is trained (minutes at scale), not
         after."""
-        from .ray_runner import check_reachable
+        from .ray_connect import check_reachable
         from .ray_segments import check_utf8_location
 
         check_utf8_location(os.fspath(self.work_dir), "give --ray-work a folder whose path is UTF-8 (one every node "
