@@ -46,6 +46,7 @@ class TrainConfig:
     label_rate: float = 0.1  # chance that a scene's caption is a bare label ("circle", "red shape"), as users type
     grey_rate: float = 0.1  # chance that a scene is shown in grey, its caption naming no colour (shape apart from hue)
     unrelated: int = 32  # texts that describe no scene, per step, as wrong answers for every image (0: none)
+    log_every_s: float = 60.0  # the longest wait between two log lines, besides a step's own (also every 50 steps)
 
     def __post_init__(self) -> None:
         """Resolve the architecture and check every number, so that a bad value is one clear error before any
@@ -69,6 +70,8 @@ class TrainConfig:
             raise SettingError("seed", f"must be a whole number from 0 to 2**63 - 2, got {self.seed!r}")
         if not (_finite(self.lr) and self.lr > 0):
             raise SettingError("lr", f"must be a number above 0, got {self.lr!r}")
+        if not (_finite(self.log_every_s) and self.log_every_s >= 0):
+            raise SettingError("log_every_s", f"must be a number of seconds of at least 0, got {self.log_every_s!r}")
         if not (_finite(self.weight_decay) and self.weight_decay >= 0):
             raise SettingError("weight_decay", f"must be a number of at least 0, got {self.weight_decay!r}")
         for name in ("classic_share", "position_rate", "label_rate", "grey_rate"):

@@ -43,7 +43,6 @@ from .unrelated import unrelated_texts
 
 logger = logging.getLogger(__name__)
 
-LOG_EVERY_S = 60.0  # the longest wait between two log lines (besides a step's own time)
 NULL_ANCHOR_WEIGHT = 0.5  # multi-label scoring's own loss (captions against the neutral prompt) beside the contrastive
 
 
@@ -281,8 +280,8 @@ def _steps(config: TrainConfig, loaded: LoadedModel, model_cfg: dict[str, Any], 
                          _lr_at(step, config), device)
         last = step == config.steps - 1
         checkpoint = last or bool(config.eval_every and step and step % config.eval_every == 0)
-        # a line every 50 steps, and at least every LOG_EVERY_S (a big model's 50 steps on a CPU take many minutes)
-        if loss is not None and (step % 50 == 0 or checkpoint or time.perf_counter() - logged > LOG_EVERY_S):
+        # a line every 50 steps, and at least every log_every_s (a big model's 50 steps on a CPU take many minutes)
+        if loss is not None and (step % 50 == 0 or checkpoint or time.perf_counter() - logged > config.log_every_s):
             held_out = _held_out_score(loaded, device, config, held_pairs) if checkpoint else {}
             logged = time.perf_counter()
             yield StepLog(step, loss, _lr_at(step, config), logged - started, held_out)
@@ -330,7 +329,8 @@ def _step(model: torch.nn.Module, normalise: PixelNormaliser, autocast: Any, opt
 
 def _save(model: torch.nn.Module, model_cfg: dict[str, Any], loaded: LoadedModel, config: TrainConfig, step: int,
           directory: Path) -> Path:
-    left_out = {"out", "device", "workers", *(SCENES_ONLY if config.data != "scenes" else ())}  # none applied
+    # settings of the run, not of the model; and with a captioned set, the scenes' ones (none applied)
+    left_out = {"out", "device", "workers", "log_every_s", *(SCENES_ONLY if config.data != "scenes" else ())}
     extra = {"architecture": config.arch if not config.init else f"finetuned:{config.init}",
              "training": {**{k: v for k, v in asdict(config).items() if k not in left_out}, "saved_at_step": step}}
     preprocess = json.loads(loaded.identity.preprocess)
