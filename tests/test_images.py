@@ -145,6 +145,22 @@ def test_sixteen_bit_scans_convert_without_a_float_copy_of_themselves():
     assert np.array_equal(np.asarray(rgb), np.repeat(expected[:, :, None], 3, axis=2))
 
 
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "RGBa", "P"])
+def test_transparency_composited_on_white_band_by_band_equals_the_whole_image_composite(mode):
+    """Three bands of rows (the last one short): each pixel as the whole image composited at once gives it."""
+    rng = np.random.default_rng(1)
+    width, height = 2_048, 4_100  # bands of 2,048 rows
+    rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+    if mode == "P":
+        image = rgba.convert("RGB").quantize(16)
+        image.info["transparency"] = 3
+    else:
+        image = rgba.convert(mode)
+    whole = image.convert("RGBA")
+    expected = Image.alpha_composite(Image.new("RGBA", whole.size, (255, 255, 255, 255)), whole).convert("RGB")
+    assert np.array_equal(np.asarray(to_rgb(image)), np.asarray(expected))
+
 @pytest.mark.parametrize("make", [
     lambda: _jpeg(Image.new("CMYK", (40, 30), (0, 255, 255, 0))),
     lambda: _png(Image.fromarray(np.full((30, 40), 65535, np.uint16))),
