@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from mmretrieval.errors import ImageDecodeError
-from mmretrieval.images.decode import DEFAULT_MAX_PIXELS, decode_image, decode_path, to_rgb
+from mmretrieval.images.decode import DEFAULT_MAX_PIXELS, decode_image, decode_path
+from mmretrieval.images.modes import to_rgb
 from mmretrieval.images.formats import ensure_openers
 from mmretrieval.images.metadata import photo_metadata
 from mmretrieval.ingest.batches import DecodeTask, Decoded, Failed

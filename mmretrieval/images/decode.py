@@ -21,12 +21,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
 from .formats import IMAGE_EXTENSIONS, SNIFF_BYTES, decodable_formats, is_raw_header, is_raw_name, sniff
 from .icons import icon_pixels, is_icon
+from .modes import to_rgb
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedImage", "check_icon", "check_pixels",
            "decode_file_bytes", "decode_image", "decode_path", "load_image", "read_header", "read_image_file", "to_rgb"]
@@ -34,12 +34,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "DecodedI
 # photo fits: 200-megapixel phone modes (16320 x 12240), medium format (Fujifilm GFX100, 11648 x 8736), pixel-shift
 # composites (Sony A7R V, 19008 x 12672). With ``draft_size`` (ingestion passes it) a JPEG decodes at 1/8 scale and
 # costs little at any size; other formats decode at full size, 4 bytes a pixel in Pillow (1 GB at this limit, up to
-# 3 GB for RGBA while it is composited): callers short of memory pass less.
+# 2 GB for RGBA while it is composited): callers short of memory pass less.
 DEFAULT_MAX_PIXELS = 0x3FFF * 0x3FFF
 MAX_FILE_BYTES = 256 * 1024 * 1024
-_WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112
-_BAND_PIXELS = 1 << 22  # 16-bit or float pixels converted at a time (32 MB of float64)
 # Pillow's refusals: over twice its limit an error; over it once a warning, an exception only where the caller's
 # filters make it one (``python -W error``): either way opened again under our limit
 _PILLOW_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -364,51 +362,3 @@ def _read_exif(image: Image.Image) -> Image.Exif | None:
         return image.getexif()
     except Exception:  # PNG EXIF is read from the chunks: a truncated file fails here and load() says why;
         return None  # other formats' malformed EXIF blocks must not lose an otherwise good image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled down, transparency composited on white.
-
-    Memory stays near the decoded image's own (800 MB for a 200-megapixel RGB PNG): 16-bit and float pixels are
-    scaled, and transparency composited, a band of rows at a time.
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return _grey_by_bands(image, divisor=257.0, rounded=True)
-    if mode == "F":
-        return _grey_by_bands(image, divisor=1.0, rounded=False)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return _on_white_by_bands(image)
-    return image.convert("RGB")
-
-
-def _on_white_by_bands(image: Image.Image) -> Image.Image:
-    """An image with transparency composited on white, as RGB, a band of rows at a time: the white backdrop, the
-    composite and an RGBA copy of the whole image took an 8,000² RGBA PNG's thumbnail to ~900 MiB."""
-    width, height = image.size
-    rows = max(1, _BAND_PIXELS // max(1, width))
-    rgb = Image.new("RGB", image.size)
-    for top in range(0, height, rows):
-        band = image.crop((0, top, width, min(top + rows, height)))  # (a palette image keeps its transparency)
-        band = band if band.mode == "RGBA" else band.convert("RGBA")
-        white = Image.new("RGBA", band.size, _WHITE + (255,))
-        rgb.paste(Image.alpha_composite(white, band).convert("RGB"), (0, top))
-    return rgb
-
-
-def _grey_by_bands(image: Image.Image, *, divisor: float, rounded: bool) -> Image.Image:
-    """A one-channel image of any depth as 8-bit RGB: values divided by ``divisor``, clipped to 0-255, then rounded
-    or truncated; a band of rows at a time, in place, so no float copy of a whole big scan is ever made."""
-    width, height = image.size
-    rows = max(1, _BAND_PIXELS // max(1, width))
-    grey = np.empty((height, width), dtype=np.uint8)
-    for top in range(0, height, rows):
-        band = np.array(image.crop((0, top, width, min(top + rows, height))), dtype=np.float64)
-        band /= divisor
-        np.clip(band, 0, 255, out=band)
-        if rounded:
-            np.round(band, out=band)
-        np.copyto(grey[top:top + band.shape[0]], band, casting="unsafe")  # truncates, as astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")

@@ -14,7 +14,8 @@ import logging
 from PIL import Image
 
 from ..errors import ImageDecodeError
-from .decode import DEFAULT_MAX_PIXELS, DecodedImage, check_pixels, decode_image, to_rgb
+from .decode import DEFAULT_MAX_PIXELS, DecodedImage, check_pixels, decode_image
+from .modes import to_rgb
 
 logger = logging.getLogger(__name__)
 

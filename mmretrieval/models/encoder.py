@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError, ModelSpecError, QueryError
-from ..images.decode import decode_path, to_rgb
+from ..images.decode import decode_path
+from ..images.modes import to_rgb
 from .inputs import check_batch_size, listed, text_list
 from .loading import LoadedModel, load_model
 from .precision import open_clip_precision
