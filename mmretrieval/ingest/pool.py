@@ -30,7 +30,6 @@ import collections
 import logging
 import os
 import queue
-import resource
 import signal
 import sys
 import threading
@@ -43,6 +42,7 @@ from ..images.preprocess import ImagePreparer
 from ..errors import CollectionError
 from .batches import Decoded, DecodeTask, Failed
 from .chunks import Batcher, Chunk, Chunks, DecodedBatch, EachResult, remove_leftovers_once
+from .open_files import reserve_open_files
 from .reader import decode_file
 from .worker import READY, DecodeFn, Worker, start_context
 
@@ -50,9 +50,6 @@ logger = logging.getLogger(__name__)
 
 _GROUP = 16  # most tasks sent to a worker in one message (one chunk), and so most results in one message back
 _DEPTH = 2  # groups a worker holds: the one it decodes and the next, queued in its pipe
-_FILES_PER_CHUNK = 2  # a chunk's shared memory holds its descriptor and its mapping's copy of it
-_FILES_PER_WORKER = 4  # its pipe, its header's two, its process sentinel
-_FILES_SPARE = 24  # the forkserver's, the catalog's and segments' files, a model's, and some room
 _DONE = object()
 _MAX_STARTUP_CRASHES = 3  # workers dying before they are ready: a start-up problem, not a bad file
 _STARTUP_LIMIT_S = 120.0  # a worker not ready after this long counts as a start-up failure
@@ -185,7 +182,7 @@ class DecodePool:
         ``chunks`` sets the group size (its rows) and how many chunks may exist at once (back-pressure from a
         consumer holding on to them); they are closed when the run ends.
         """
-        _reserve_files(chunks.limit, self.workers)
+        reserve_open_files(chunks.limit, self.workers)
         remove_leftovers_once()
         stop = threading.Event()
         results = Handoff(self._queue_size(), stop)
@@ -401,29 +398,4 @@ def reserve_files_for_batches(workers: int, batch_size: int, buffer: int = 256) 
         CollectionError: the hard open-file limit is too low for ``workers`` decoding processes.
     """
     if workers > 0:
-        _reserve_files(_batch_chunks(workers, batch_size, buffer), workers)
-
-
-def _reserve_files(chunks: int, workers: int) -> None:
-    """Make room for the open files of ``chunks`` chunks and ``workers`` workers (and some to spare) beyond those
-    open now: raise the soft limit toward the hard one where it is lower (as ``ulimit -S -n`` would), or refuse
-    before any worker starts. Running out midway fails the run (it resumes) and makes the resource tracker print a
-    traceback about shared memory it never registered.
-
-    Raises:
-        CollectionError: the hard limit is too low for ``workers`` decoding processes.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        open_now = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
-    except OSError:
-        return  # no way to count what is open: go on, and an EMFILE says so
-    wanted = open_now + _FILES_PER_CHUNK * chunks + _FILES_PER_WORKER * workers + _FILES_SPARE
-    if soft == resource.RLIM_INFINITY or wanted <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and wanted > hard:
-        raise CollectionError(f"decoding with {workers} worker process(es) needs about {wanted} open files, and "
-                              f"this process may open only {hard} (ulimit -n): raise the limit (ulimit -n 4096), or "
-                              "lower --workers (0 decodes in this process, with no worker)")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    logger.debug("raised the open-file limit from %d to %d for %d decoding workers", soft, wanted, workers)
+        reserve_open_files(_batch_chunks(workers, batch_size, buffer), workers)
