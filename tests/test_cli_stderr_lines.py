@@ -151,3 +151,20 @@ def test_logged_records_read_as_the_commands_messages(capsys, root_logging):
     assert _lines(capsys.readouterr().err) == ["INFO mmretrieval.test: a detail",
                                                "mmr label: warning: still the command's",
                                                "WARNING somelib: theirs"]
+
+
+def test_a_ctrl_c_while_a_finished_command_exits_prints_no_traceback(tmp_path):
+    """A Ctrl-C as the summary appeared met torch's exit handler: a KeyboardInterrupt traceback under the summary
+    (an import walkthrough, 2 of 6 tries). Here an exit handler sends the SIGINT itself, as the interpreter exits."""
+    import subprocess
+
+    script = ("import atexit, os, signal, sys, time\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5), print('handled')))\n"
+              "sys.argv = ['mmr', 'info', '--collection', sys.argv[1]]\n"
+              "from mmretrieval.cli import command\n"
+              "command()\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "handled" in done.stdout  # main's status; the exit handler ran to its end
+    assert "no collection at" in done.stderr and "Traceback" not in done.stderr
+    assert "KeyboardInterrupt" not in done.stderr

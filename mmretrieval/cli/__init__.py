@@ -20,7 +20,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Iterator, NoReturn, Sequence
 
 from ..collection.connection import is_corrupt
@@ -244,6 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(argv)
 
 
+def command() -> None:
+    """``mmr`` as a program (the console script, ``python -m mmretrieval``): :func:`main`, then an exit that a
+    Ctrl-C no longer interrupts. Pressed as a finished command's summary appeared, it met the interpreter's exit
+    handlers (torch's, multiprocessing's) and printed a ``KeyboardInterrupt`` traceback under the summary."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # (a closed pipe was dealt with by main)
+            stream.flush()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -326,4 +339,4 @@ def _circumstances(exc: Exception, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

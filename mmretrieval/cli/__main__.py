@@ -1,5 +1,5 @@
-import sys
+"""``python -m mmretrieval.cli``: the ``mmr`` command line."""
 
-from . import main
+from . import command
 
-sys.exit(main())
+command()
