@@ -178,13 +178,7 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
         method = gr.Dropdown(list(METHODS), value="auto", label="Layout (auto: UMAP if installed; PCA is fastest)",
                              scale=1)
         draw = gr.Button("Draw the map", variant="primary", scale=1, elem_id="draw-map")
-    with gr.Accordion("Filters: label, folder, date taken, camera", open=False):
-        with gr.Row():
-            label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True)
-            folder = gr.Textbox("", label="Only folder (absolute path)")
-            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
-            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
-            camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
+    label, folder, after, before, camera = _map_filters(ctx)
     # Said before the first drawing: the map was a blank rectangle with no hint of what would fill it.
     note = text_output("Press **Draw the map** to lay the collection's images out by likeness: alike images land "
                        "close together. The first drawing takes a while; later ones reuse it.", label="About this map",
@@ -219,6 +213,18 @@ def _map_tab(ctx: AppContext, handlers: MapHandlers, search: SearchHandlers) -> 
     get_original.click(search.original, [shown_id], [original], api_name="map_original", api_visibility="private",
                        show_progress_on=[original])
     return label, label_set
+
+
+def _map_filters(ctx: AppContext) -> tuple[gr.Dropdown, gr.Textbox, gr.Textbox, gr.Textbox, gr.Textbox]:
+    """The Map tab's filters, folded away: label, folder, taken from, taken before, camera."""
+    with gr.Accordion("Filters: label, folder, date taken, camera", open=False):
+        with gr.Row():
+            label = gr.Dropdown(label_choices(ctx), value="", label="Only label", allow_custom_value=True)
+            folder = gr.Textbox("", label="Only folder (absolute path)")
+            after = gr.Textbox("", label="Taken from (date)", placeholder="e.g. 2024")
+            before = gr.Textbox("", label="Taken before (date)", placeholder="e.g. 2025-01")
+            camera = gr.Textbox("", label="Camera contains", placeholder="e.g. iPhone")
+    return label, folder, after, before, camera
 
 
 def _duplicates_tab(handlers: DuplicateHandlers) -> None:
