@@ -526,6 +526,10 @@ def test_an_app_with_logins_answers_only_those_who_log_in(context):
         assert httpx.get(url + "gradio_api/info").status_code == 401
         assert httpx.post(url + "login", data={"username": "ann", "password": "wrong"}).status_code == 400
         assert httpx.post(url + "login", data={"username": "ann", "password": "secret"}).status_code == 200
+        # a page rebound to 127.0.0.1 under its own name cannot even try passwords (Gradio's login alone let it)
+        rebound = {"Host": f"attacker.example:{port}"}
+        assert httpx.post(url + "login", data={"username": "ann", "password": "secret"},
+                          headers=rebound).status_code == 403
         client = Client(url, auth=("ann", "secret"), verbose=False)
         _, hits, _, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
         assert len(hits) == 2
@@ -622,9 +626,9 @@ def test_requests_addressed_to_another_host_name_are_refused(server, host):
     # A DNS-rebinding page reaches 127.0.0.1 under its own name: it must get nothing, API calls included.
     port = server.rsplit(":", 1)[1]
     headers = {"Host": f"{host}:{port}"}
-    assert httpx.get(f"{server}/", headers=headers).status_code == 401
+    assert httpx.get(f"{server}/", headers=headers).status_code == 403
     call = httpx.post(f"{server}/gradio_api/call/search", json={"data": ["a", None, "", 3, -1]}, headers=headers)
-    assert call.status_code == 401
+    assert call.status_code == 403
     for name in ("127.0.0.1", "localhost"):
         assert httpx.get(f"{server}/", headers={"Host": f"{name}:{port}"}).status_code == 200
 
@@ -1144,3 +1148,11 @@ def test_map_filters_by_date_and_camera(maps, context):
     assert recent == everything  # scenes are dated by their files' mtime (now)
     with pytest.raises(gr.Error, match="No image on the map matches"):
         maps.collection_map("", "pca", "", "", "", "", "Canon")
+
+
+def test_the_host_check_reads_ports_ipv6_case_and_malformed_headers():
+    from mmretrieval.ui.server import _host_name
+
+    for header, name in ((b"127.0.0.1:7860", "127.0.0.1"), (b"[::1]:7860", "::1"), (b"LocalHost", "localhost"),
+                         (b"[::1", ""), (b"", ""), (b"evil.example:80", "evil.example")):
+        assert _host_name({"headers": [(b"host", header)]}) == name

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import MMRError
@@ -23,7 +23,6 @@ from ..progress import TqdmProgress
 from ..wording import counted
 
 if TYPE_CHECKING:
-    from fastapi import Request
     import gradio as gr
 
     from .context import AppContext
@@ -232,11 +231,8 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
         footer_links=["api"],
         theme=theme(), css=PAGE_CSS, js=PAGE_JS,  # readable buttons, phones, focus rings, live regions
         state_session_capacity=config.session_capacity,
-        # A page on another site whose name was rebound to 127.0.0.1 would send its own Host header:
-        # a loopback-only app answers only requests addressed to a loopback name (a login stops such a page too;
-        # Gradio takes one or the other).
         auth=logins,
-        auth_dependency=_loopback_host_only if is_local_only(config) and logins is None else None,
+        app_kwargs={"middleware": _loopback_host_only(config)},
     )
     return config.host, app.server_port
 
@@ -244,10 +240,43 @@ def launch(app: "gr.Blocks", config: ServeConfig) -> tuple[str, int]:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _loopback_host_only(request: "Request") -> str | None:
-    """Gradio's auth hook: a user id for requests whose Host is a loopback name, None (401) otherwise."""
-    hostname = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    return "local" if hostname in _LOOPBACK_NAMES else None
+def _loopback_host_only(config: ServeConfig) -> list[Any]:
+    """The middleware of a loopback-only app: only requests addressed to a loopback name (or the bound address)
+    are answered. A page on another site whose name was rebound to 127.0.0.1 sends its own Host header (DNS
+    rebinding); with ``--auth-file`` it could still try passwords, so this holds with a login too."""
+    if not is_local_only(config):
+        return []
+    from starlette.middleware import Middleware
+
+    return [Middleware(_HostCheck, allowed=_LOOPBACK_NAMES | {config.host})]
+
+
+class _HostCheck:
+    """ASGI middleware: a request whose Host header names another host gets 403 (a websocket is closed)."""
+
+    def __init__(self, app: Any, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and _host_name(scope) not in self.allowed:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body",
+                        "body": b"this app answers only requests addressed to this machine by a loopback name\n"})
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(scope: dict[str, Any]) -> str:
+    """The host name of a request's Host header, without its port ("" when there is none or it is malformed)."""
+    host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+    try:
+        return urlsplit("//" + host).hostname or ""
+    except ValueError:  # an unclosed IPv6 bracket
+        return ""
 
 
 class _DemoProgressBars:
