@@ -78,7 +78,7 @@ def test_an_interrupted_organize_leaves_no_half_review_folder(copies, tmp_path, 
     from pathlib import Path
 
     from mmretrieval.collection.collection import Collection
-    from mmretrieval.collection.duplicates import organize_duplicates
+    from mmretrieval.collection.duplicate_review import organize_duplicates
 
     root, _ = copies
     with Collection.open(root / "col") as collection:

@@ -176,7 +176,7 @@ def test_a_rerun_of_organize_never_deletes_what_the_user_put_in_the_review_folde
     (review / "notes" / "todo.txt").write_text("check these")
     with pytest.raises(CollectionError, match=r"now also holds .*todo\.txt"):
         with Collection.open(collection) as col:
-            from mmretrieval.collection.duplicates import organize_duplicates
+            from mmretrieval.collection.duplicate_review import organize_duplicates
 
             organize_duplicates(col.duplicates(), review)
     assert (review / "notes" / "todo.txt").read_text() == "check these"

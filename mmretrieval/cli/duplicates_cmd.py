@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Find the groups, print them, optionally link them for review; exit 1 when there are none."""
     from ..collection.collection import Collection
-    from ..collection.duplicates import chaining_note, check_review_dir, organize_duplicates
+    from ..collection.duplicate_review import check_review_dir, organize_duplicates
+    from ..collection.duplicates import chaining_note
 
     if args.organize:
         check_review_dir(args.organize)  # before the search, not after it
