@@ -19,9 +19,7 @@ copies) of images already catalogued would make every image a second row. Nothin
 from __future__ import annotations
 
 import collections
-import csv
 import errno
-import itertools
 import logging
 import os
 import stat
@@ -38,7 +36,7 @@ from ..images.decode import DEFAULT_MAX_PIXELS, decode_file_bytes, read_image_fi
 from ..images.formats import NOT_IMAGE_EXTENSIONS, RAW_EXTENSIONS, image_extensions, sniff_file
 from ..images.metadata import photo_metadata
 from .batches import Decoded, DecodeTask, Failed, SourceFile, Skipped, content_hash
-from .lists import PATH_COLUMNS, csv_columns
+from .lists import csv_rows, decoded_lines, null_rows, once_in_a_row, text_rows
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +295,8 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
     try:
         # A name that is not UTF-8 keeps its bytes (surrogate escapes, as os.fsdecode), so the file is found.
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-            rows = _text_rows(handle) if path.suffix.lower() == ".txt" else _csv_rows(path, handle)
-            for name, caption in _once_in_a_row(rows):
+            rows = text_rows(handle) if path.suffix.lower() == ".txt" else csv_rows(path, handle)
+            for name, caption in once_in_a_row(rows):
                 yield _single(_listed_path(str(base), name), caption or None)
     except OSError as exc:
         raise CollectionError(f"cannot read list file {path}: {exc}") from exc
@@ -306,9 +304,9 @@ def _read_list(path: Path) -> Iterator[SourceFile | Skipped]:
 
 def _read_stream(source: PathStream) -> Iterator[SourceFile | Skipped]:
     """A stream's entries, relative paths taken from its ``base``; line by line, never held whole."""
-    rows = _null_rows(source.stream) if source.null else _text_rows(_decoded_lines(source.stream))
+    rows = null_rows(source.stream) if source.null else text_rows(decoded_lines(source.stream))
     try:
-        for name, _ in _once_in_a_row(rows):  # (a NUL-ended name is kept exactly, spaces included)
+        for name, _ in once_in_a_row(rows):  # (a NUL-ended name is kept exactly, spaces included)
             yield _single(Path(os.path.abspath(os.path.join(source.base, name))) if source.null
                           else _listed_path(source.base, name))
     except OSError as exc:
@@ -322,50 +320,6 @@ def _listed_path(base: str, name: str) -> Path:
     if name != name.strip() and name.strip() and os.path.lexists(os.path.join(base, name)):
         return Path(os.path.abspath(os.path.join(base, name)))
     return path
-
-
-def _once_in_a_row(rows: Iterable[tuple[str, str | None]]) -> Iterator[tuple[str, str | None]]:
-    """Rows less those that repeat the row before: ``mmr label --out`` writes an image's labels on consecutive
-    rows, and such a file used as a list names each image once (a repeat further down is read again)."""
-    return (row for row, _ in itertools.groupby(rows))
-
-
-def _null_rows(pieces: Iterable[bytes]) -> Iterator[tuple[str, None]]:
-    """Paths that each end with NUL, as ``find -print0`` writes them, from pieces of any size (lines of a file,
-    blocks of a pipe): kept exactly, a newline or surrounding space included; an empty one is skipped."""
-    rest = b""
-    for piece in pieces:
-        *names, rest = (rest + piece).split(b"\0")
-        yield from ((os.fsdecode(name), None) for name in names if name)
-    if rest:
-        yield os.fsdecode(rest), None
-
-
-def _decoded_lines(lines: Iterable[bytes]) -> Iterator[str]:
-    """Lines of bytes as text: UTF-8, undecodable bytes kept as surrogate escapes, a byte-order mark dropped."""
-    for number, line in enumerate(lines):
-        text = line.decode("utf-8", "surrogateescape")
-        yield text.removeprefix("\ufeff") if number == 0 else text
-
-
-def _text_rows(lines: Iterable[str]) -> Iterator[tuple[str, None]]:
-    """One path per line, its line break cut (surrounding spaces are :func:`_listed_path`'s to judge); blank
-    lines and lines starting with ``#`` are skipped."""
-    return ((line.rstrip("\r\n"), None) for line in lines if line.strip() and not line.startswith("#"))
-
-
-def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, str | None]]:
-    reader = csv.DictReader(lines)
-    path_column, caption_column = csv_columns(reader.fieldnames)
-    if path_column is None:
-        raise CollectionError(f"{path} has no path column; name one of its columns {' or '.join(PATH_COLUMNS[:2])}")
-    return ((row[path_column], _readable(row.get(caption_column)) if caption_column else None)
-            for row in reader if (row.get(path_column) or "").strip())
-
-
-def _readable(caption: str | None) -> str | None:
-    """A caption is text for people and the model: an undecodable byte becomes U+FFFD (a path keeps its bytes)."""
-    return None if caption is None else caption.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def decode_file(task: DecodeTask, preparer: ImagePreparer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded | Failed:
