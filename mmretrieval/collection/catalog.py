@@ -34,7 +34,8 @@ from .connection import ClosedConnection, checkpoint_wal, connect, open_error
 from .photo_table import read_photos
 from .migrations import (NOT_OK, SCHEMA_VERSION, catalog_version, check_ours, check_readable_as_is, check_version,
                          create_tables, migrate, missing_tables, needs_repair)
-from .places import DROPPED_TABLES, FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
+from .label_moves import DROPPED_TABLES
+from .places import FailureWrite, RowMetadata, SegmentCommit, VectorPlaces, VectorWrite
 from .planned_rows import FileState, PlannedRows
 from .pruning import PrunedRows
 from .segment_files import SEGMENTS_DIRNAME
@@ -127,7 +128,7 @@ class Catalog(PlannedRows, VectorPlaces, PrunedRows):
         self._file_identity = _file_identity(self.path)  # (check_in_place)
         try:
             self._prepare_schema()
-            if writable:  # this connection's own scratch tables, never in the file (places.DROPPED_TABLES)
+            if writable:  # this connection's own scratch tables, never in the file
                 for statement in DROPPED_TABLES:
                     self._db.execute(statement)
         except sqlite3.DatabaseError as exc:

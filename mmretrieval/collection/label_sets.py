@@ -254,7 +254,8 @@ def scored_ids(catalog: "Catalog", label_set: str | None) -> npt.NDArray[np.int6
     ones), or a catalog of that time opened read-only (the table cannot be added there).
 
     An image labelled in the set counts even without a ``label_scored`` row (sets scored by mmretrieval before a
-    moved file took its old row's record as well as its labels: :func:`~.places._take_labels_of_moved_files`).
+    moved file took its old row's record as well as its labels:
+    :func:`~.label_moves.take_labels_of_moved_files`).
     """
     if not catalog.select("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'label_scored'"):
         return None
