@@ -130,6 +130,7 @@ _TRAIN_NUMBERS = (  # TrainConfig's numeric fields, as options: name, type, help
     ("label_rate", float, "chance that a caption is a bare label, as users type"),
     ("grey_rate", float, "chance that a scene is shown in grey with a caption naming no colour"),
     ("unrelated", int, "texts describing no scene, per step, as wrong answers for every image (0: none)"),
+    ("log_every_s", float, "the longest wait in seconds between two log lines (there is one every 50 steps too)"),
 )
 
 
