@@ -751,22 +751,38 @@ def test_a_byte_identical_copy_ranks_first_at_1_above_a_stored_row_longer_than_1
     assert np.linalg.norm(stored[ids.tolist().index(3)]) == pytest.approx(1.0015, abs=1e-3)
 
 
-@pytest.mark.parametrize("status", ["failed", "pending"])
-def test_a_path_held_only_as_a_failed_or_pending_row_takes_the_imported_vector(tmp_path, collection, status):
-    """An ingest that could not decode a file (failed), or stopped before embedding it (pending), left a row with
-    no vector: the import's vector for that path lands (counted as added) instead of being dropped as known."""
+@pytest.mark.parametrize("status", ["failed", "pending", "skipped", "lost"])
+def test_a_path_held_only_as_a_row_without_a_vector_takes_the_imported_vector(tmp_path, collection, status):
+    """An ingest that could not decode a file (failed), stopped before embedding it (pending), or found a listed
+    file missing (skipped), or a repair that forgot a lost vector (pending, its labels kept) left a row with no
+    vector: the import's vector for that path lands (counted as added) instead of being dropped as known, and the
+    old row's labels and records go with it (an imported row has no content hash; labels follow content)."""
+    from test_ingest import write_good_images
+
     from mmretrieval.ingest.planning import plan
     from mmretrieval.ingest.reader import discover
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "x0.png").write_bytes(b"not a png at all")
+    held = photos / "x0.png"
     if status == "failed":
+        held.write_bytes(b"not a png at all")
         collection.ingest([photos], workers=0)
-    else:
+    elif status == "pending":
+        held.write_bytes(b"not a png at all")
         plan(collection.catalog, discover([photos]))
+    elif status == "skipped":
+        (tmp_path / "list.txt").write_text(f"{held}\n")  # named by a list, and not on this machine
+        collection.ingest([str(tmp_path / "list.txt")], workers=0)
+    else:
+        write_good_images(photos, 1)
+        held = next(photos.iterdir())
+        collection.ingest([photos], workers=0)
+        collection.label(["red", "blue"])
+        collection.catalog.forget_vectors(collection.catalog.vector_ids().tolist())  # as repair does
+        status = "pending"
     assert collection.catalog.counts_by_status() == {status: 1}
-    paths = [str(photos / "new.png"), str(photos / "x0.png"), str(photos / "after.png")]
+    paths = [str(photos / "new.png"), str(held), str(photos / "after.png")]
     vectors = unit_rows(np.random.default_rng(5), len(paths))
     write_shard(tmp_path / "emb", 0, paths, vectors)
     summary = import_embeddings(collection, tmp_path / "emb")
@@ -775,3 +791,5 @@ def test_a_path_held_only_as_a_failed_or_pending_row_takes_the_imported_vector(t
     by_path = stored(collection)
     for row, path in enumerate(paths):
         np.testing.assert_allclose(by_path[path], vectors[row], atol=2e-3)
+    assert collection.catalog.select("PRAGMA foreign_key_check") == []  # no label, record or photo of a gone row
+    assert collection.catalog.select("SELECT COUNT(*) FROM labels") == [(0,)]

@@ -5,8 +5,8 @@ the collection's active segment before its transaction commits; its rows, their 
 shard record (with the range of ids it added: the provenance) commit in that one transaction, together or not at
 all (appended bytes of a shard that never committed are unreferenced waste, which compaction reclaims), so a
 process killed at any moment leaves each shard whole or absent, and a re-run (which skips recorded shards and
-known paths) neither loses nor duplicates rows. A path the collection holds only as a failed or pending row (no
-vector) is not known: the imported row replaces it.
+known paths) neither loses nor duplicates rows. A path the collection holds only as a row without a vector (failed,
+pending or skipped) is not known: the imported row replaces it.
 The caller holds the collection's writer lock (``Collection.writing``), so an import and an ingest never
 interleave.
 """
@@ -328,18 +328,29 @@ def _insert_rows(db: sqlite3.Connection, shard: "CheckedShard") -> None:
 
 
 def _retake_unembedded(db: sqlite3.Connection, shard: "CheckedShard") -> bool:
-    """Replace the shard's paths that the collection holds only as ``failed`` or ``pending`` rows (an ingest
-    could not decode the file, or stopped before embedding it: no vector) by the shard's rows; returns whether
-    there were any. Otherwise ``INSERT OR IGNORE`` would count them as known and drop their vectors."""
+    """Replace the shard's paths that the collection holds only as rows without a vector (``failed``: an ingest
+    could not decode the file; ``pending``: it stopped before embedding it, or repair forgot a lost vector;
+    ``skipped``: a listed file not on this machine) by the shard's rows; returns whether there were any.
+    Otherwise ``INSERT OR IGNORE`` would count them as known and drop their vectors. Their labels, records of
+    having been scored and photo data go with them (this transaction runs with foreign keys off): an imported row
+    has no content hash, and labels follow content."""
+    # the usual case, no such row at all, costs one seek (`status != 'ok'` lets SQLite use the partial index)
+    if db.execute("SELECT 1 FROM images WHERE status != 'ok' AND status IN ('failed', 'pending', 'skipped') "
+                  "LIMIT 1").fetchone() is None:
+        return False
     unembedded: list[int] = []
     for start in range(0, len(shard.keys), _LOOKUP_ROWS):
         keys = shard.keys[start:start + _LOOKUP_ROWS]
         unembedded += (image_id for image_id, in db.execute(
-            f"SELECT id FROM images WHERE path IN ({', '.join('?' * len(keys))}) AND status IN ('failed', 'pending') "
+            f"SELECT id FROM images WHERE path IN ({', '.join('?' * len(keys))}) "
+            "AND status IN ('failed', 'pending', 'skipped') "
             "AND NOT EXISTS (SELECT 1 FROM vector_rows WHERE image_id = images.id)", keys))
     if not unembedded:
         return False
-    db.execute("DELETE FROM images WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(unembedded),))
+    listed = json.dumps(unembedded)
+    for table in ("labels", "label_scored", "photos", "images"):
+        column = "id" if table == "images" else "image_id"
+        db.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT value FROM json_each(?))", (listed,))
     _insert_rows(db, shard)
     return True
 
