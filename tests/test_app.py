@@ -6,6 +6,7 @@ real server on a free local port (gradio_client and raw HTTP), as a script or an
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
@@ -520,7 +521,8 @@ def test_an_app_with_logins_answers_only_those_who_log_in(context):
     from ui_support import free_port
 
     app = build_app(replace(context, allow_ingest=False))
-    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), logins=(("ann", "secret"),)))
+    host, port = launch(app, ServeConfig(host="127.0.0.1", port=free_port(), logins=(("ann", "secret"),),
+                                         allowed_hosts=("photos.example",)))
     try:
         url = f"http://{host}:{port}/"
         assert httpx.get(url + "gradio_api/info").status_code == 401
@@ -530,6 +532,9 @@ def test_an_app_with_logins_answers_only_those_who_log_in(context):
         rebound = {"Host": f"attacker.example:{port}"}
         assert httpx.post(url + "login", data={"username": "ann", "password": "secret"},
                           headers=rebound).status_code == 403
+        proxied = {"Host": "photos.example"}  # a TLS proxy here that passes its own name on (--allowed-host)
+        assert httpx.post(url + "login", data={"username": "ann", "password": "secret"},
+                          headers=proxied).status_code == 200
         client = Client(url, auth=("ann", "secret"), verbose=False)
         _, hits, _, _ = client.predict("a circle", None, "", 2, -1, api_name="/search")
         assert len(hits) == 2
@@ -1156,3 +1161,12 @@ def test_the_host_check_reads_ports_ipv6_case_and_malformed_headers():
     for header, name in ((b"127.0.0.1:7860", "127.0.0.1"), (b"[::1]:7860", "::1"), (b"LocalHost", "localhost"),
                          (b"[::1", ""), (b"", ""), (b"evil.example:80", "evil.example")):
         assert _host_name({"headers": [(b"host", header)]}) == name
+
+
+def test_allowed_host_names_are_read_as_host_headers_are():
+    from mmretrieval.ui.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args(["--allowed-host", " Photos.Example. ", "--allowed-host", "[::2]"]))
+    assert config.allowed_hosts == ("photos.example", "::2")

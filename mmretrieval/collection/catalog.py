@@ -62,8 +62,8 @@ def is_collection(directory: str | os.PathLike) -> bool:
 
 def writer_busy(directory: str | os.PathLike, command: str) -> str:
     """What writer ``command`` (``ingest``, ``index``...) says when another writer holds :data:`LOCK_NAME`."""
-    return (f"another process is writing {directory} (an ingest, import, index build, compaction, labelling run or "
-            "check --repair); "
+    return (f"another process is writing {directory} (an ingest, import, index build, compaction, labelling run, "
+            "check --repair, or a backup holding its lock with flock); "
             f"run mmr {command} when it is done (or with --wait, which waits for it; in Python, "
             "Collection.open(..., wait=True)), or stop it (an interrupted "
             "ingest or import resumes where it stopped)")

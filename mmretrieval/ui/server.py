@@ -60,6 +60,7 @@ class ServeConfig:
     data_dir: Path | None = None  # where the demo collection is cached; None: $MMR_DEMO_DIR or the user cache
     session_capacity: int = SESSION_CAPACITY  # browser sessions whose state the server keeps
     logins: tuple[tuple[str, str], ...] = ()  # (user, password) pairs that may log in (--auth-file); none: no login
+    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback-bound app answers besides loopback ones (a proxy's)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-file", type=Path, default=None, metavar="FILE",
                         help="ask for a login: FILE holds one USER:PASSWORD a line. With --host or --share, "
                         "labelling from the browser is on only with it (ingesting never is)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME", dest="allowed_hosts",
+                        help="bound to loopback, the app answers only requests addressed to a loopback name (a page "
+                        "whose name was rebound to 127.0.0.1 gets 403); also answer those addressed to NAME, the "
+                        "name a TLS proxy on this machine passes on (repeatable)")
     parser.add_argument("--max-file-size", type=_file_size, default="20mb",
                         help="largest accepted upload: a whole number and b, kb, mb, gb or tb (default: 20mb)")
     parser.add_argument("--demo-dir", "--data-dir", type=Path, default=None, metavar="DIR", dest="data_dir",
@@ -113,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
         data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
         logins=read_logins(Path(args.auth_file).expanduser()) if getattr(args, "auth_file", None) else (),
+        allowed_hosts=tuple(name.strip().strip("[]").lower().rstrip(".") for name in getattr(args, "allowed_hosts", ())),
     )
 
 
@@ -243,12 +249,13 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 def _loopback_host_only(config: ServeConfig) -> list[Any]:
     """The middleware of a loopback-only app: only requests addressed to a loopback name (or the bound address)
     are answered. A page on another site whose name was rebound to 127.0.0.1 sends its own Host header (DNS
-    rebinding); with ``--auth-file`` it could still try passwords, so this holds with a login too."""
+    rebinding); with ``--auth-file`` it could still try passwords, so this holds with a login too. A TLS proxy on
+    this machine that passes its own Host on is named with ``--allowed-host``."""
     if not is_local_only(config):
         return []
     from starlette.middleware import Middleware
 
-    return [Middleware(_HostCheck, allowed=_LOOPBACK_NAMES | {config.host})]
+    return [Middleware(_HostCheck, allowed=_LOOPBACK_NAMES | {config.host, *config.allowed_hosts})]
 
 
 class _HostCheck:
@@ -265,7 +272,8 @@ class _HostCheck:
             await send({"type": "http.response.start", "status": 403,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
             await send({"type": "http.response.body",
-                        "body": b"this app answers only requests addressed to this machine by a loopback name\n"})
+                        "body": b"this app answers only requests addressed to this machine by a loopback name "
+                                b"(mmr serve --allowed-host NAME adds a name, such as a proxy's)\n"})
             return
         await self.app(scope, receive, send)
 
