@@ -159,7 +159,8 @@ def _register_check(subparsers) -> None:
         description="Read the catalog (SQLite's quick_check), every segment of vectors (the sealed ones against "
         "their sha256; every row: a unit vector, and the image the catalog says) and the saved index back, and "
         "print each problem as FILE<TAB>PROBLEM (or JSON lines with where, problem, images). Exits 1 when it "
-        "finds damage. Reads every vector once: about 10 GB at 10 M images, in blocks of 32,768 rows (~96 MiB at 512-d).")
+        "finds damage. Reads every vector once: about 10 GB at 10 M images, in blocks of 32,768 rows (~96 MiB at "
+        "512-d).")
     add_collection_option(parser, writer=True)
     parser.add_argument("--repair", action="store_true",
                         help="as the collection's writer, set the images whose vectors are damaged to be embedded "

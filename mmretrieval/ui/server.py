@@ -118,7 +118,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         share=args.share, max_file_size=args.max_file_size, examples=tuple(args.examples),
         data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
         logins=read_logins(Path(args.auth_file).expanduser()) if getattr(args, "auth_file", None) else (),
-        allowed_hosts=tuple(name.strip().strip("[]").lower().rstrip(".") for name in getattr(args, "allowed_hosts", ())),
+        allowed_hosts=tuple(name.strip().strip("[]").lower().rstrip(".")
+                            for name in getattr(args, "allowed_hosts", ())),
     )
 
 
