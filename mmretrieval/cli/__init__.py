@@ -245,15 +245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def command() -> None:
-    """``mmr`` as a program (the console script, ``python -m mmretrieval``): :func:`main`, then an exit that a
-    Ctrl-C no longer interrupts. Pressed as a finished command's summary appeared, it met the interpreter's exit
-    handlers (torch's, multiprocessing's) and printed a ``KeyboardInterrupt`` traceback under the summary."""
+    """``mmr`` as a program (the console script, ``python -m mmretrieval``): :func:`main`, then the interpreter's
+    exit, which a Ctrl-C ends at once, quietly, with the command's status. Pressed as a finished command's summary
+    appeared, it met the exit handlers (torch's, multiprocessing's) and printed a ``KeyboardInterrupt`` traceback
+    under the summary; ignored, it could not stop an exit that hangs (a thread on a dead network share)."""
     status = main()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):  # (a closed pipe was dealt with by main)
             stream.flush()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(status))  # the work is done, its output out
     sys.exit(status)
 
 
