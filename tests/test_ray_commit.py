@@ -271,6 +271,20 @@ def test_a_first_ray_ingest_with_auto_and_no_cluster_announces_no_collection(tmp
     assert "cannot connect to the Ray cluster at auto" in err and "ray start --head" in err
     assert "a new collection" not in err and not (tmp_path / "new").exists()
 
+
+def test_a_first_local_ray_ingest_checks_the_model_before_any_ray_starts(tmp_path, capsys, monkeypatch):
+    """Only an address is connected to before the collection is made; a local Ray (10-30 s to start) waits for
+    work, so a mistyped --model is refused at once (a review)."""
+    from mmretrieval.cli import main
+
+    connected = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("mmretrieval.ingest.ray_connect.ray_connection", lambda *args: connected.append(args))
+    write_good_images(tmp_path / "photos", 1)
+    assert main(["ingest", str(tmp_path / "photos"), "--collection", str(tmp_path / "new"), "--ray",
+                 "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "no-such-model" in capsys.readouterr().err and connected == []
+
 def test_an_error_of_ours_is_found_inside_the_error_ray_raises_and_nothing_else_is():
     from mmretrieval.errors import SettingError
     from mmretrieval.ingest.ray_runner import _ours_within

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,8 +153,10 @@ def _ingest(args: argparse.Namespace) -> int:
             raise CollectionError("--dim needs --model: the dimension is chosen when a collection is created")
         model = load_encoder(model, device=device, dim=args.dim, precision=args.precision)
     with contextlib.ExitStack() as connected:
-        if ray is not None and not is_collection(args.collection):  # a cluster that cannot be reached is refused
-            from ..ingest.ray_connect import ray_connection  # before a new collection is announced (then not made)
+        # a cluster that cannot be reached is refused before a new collection is announced (then not made); a
+        # local Ray (no address) starts only when there is something to embed
+        if ray is not None and (ray.address or os.environ.get("RAY_ADDRESS")) and not is_collection(args.collection):
+            from ..ingest.ray_connect import ray_connection
 
             connected.enter_context(ray_connection(ray.address))  # the ingest uses this connection
         summary = _ingest_into(args, sources, model, device, ray, demo)
