@@ -197,22 +197,38 @@ def test_weights_replaced_at_the_recorded_spec_are_named_as_such(tmp_path, tiny_
 
 
 
-def test_an_ingest_with_the_recorded_weights_replaced_is_refused_before_it_plans_a_row(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("recorded", ["folder", "checkpoint file"])
+def test_an_ingest_with_the_recorded_weights_replaced_is_refused_before_it_plans_a_row(tmp_path, tiny_model_dir,
+                                                                                        recorded):
     """The collection's model loads only once planning found work; the replaced weights are told by their hash
     first, so the refusal leaves no pending rows behind (``mmr info`` showed them until a right-model ingest)."""
     from test_ingest import write_good_images
 
-    model = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, model)
+    if recorded == "folder":
+        model = tmp_path / "m"
+        shutil.copytree(tiny_model_dir, model)
+        spec = str(model)
+    else:  # ARCH:/path/checkpoint.pt, the architecture registered with open_clip
+        config_file = tmp_path / "mmr-tiny-replaced.json"
+        config_file.write_text(json.dumps(TINY_MODEL_CFG))
+        open_clip.add_model_config(config_file)
+        model = tmp_path / "weights.pt"
+        torch.save(load_encoder(str(tiny_model_dir), device="cpu").model.state_dict(), model)
+        spec = f"mmr-tiny-replaced:{model}"
     collection_dir = tmp_path / "c"
-    Collection.open(collection_dir, str(model), create=True, device="cpu").close()
+    Collection.open(collection_dir, spec, create=True, device="cpu").close()
     torch.manual_seed(7)
-    save_model_dir(open_clip.CLIP(**TINY_MODEL_CFG), TINY_MODEL_CFG, model)
+    other = open_clip.CLIP(**TINY_MODEL_CFG)
+    if recorded == "folder":
+        save_model_dir(other, TINY_MODEL_CFG, model)
+    else:
+        torch.save(other.state_dict(), model)
     write_good_images(tmp_path / "photos", 3)
     with Collection.open(collection_dir, device="cpu") as collection:
-        with pytest.raises(CollectionError, match=f"{model} now loads other weights"):
+        with pytest.raises(CollectionError, match="now loads other weights"):
             collection.ingest([tmp_path / "photos"], workers=0)
         assert collection.catalog.counts_by_status() == {}
+
 
 def test_the_same_model_at_another_dim_is_named_as_a_dimension_not_other_weights(tmp_path):
     stored = ModelIdentity("builtin:shapes", "a", 128, "w1", "{}")

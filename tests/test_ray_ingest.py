@@ -261,7 +261,7 @@ def test_an_error_of_ours_in_the_embed_actors_start_is_one_line_and_leaves_no_fo
     write_good_images(tmp_path / "photos" / "new", 1, seed=9)
     capfd.readouterr()
     # this machine is the driver and the node: the driver's copy (checked before planning) is taken as unchanged
-    monkeypatch.setattr("mmretrieval.collection.collection.folder_weights_changed", lambda identity: False)
+    monkeypatch.setattr("mmretrieval.collection.collection.recorded_weights_changed", lambda identity: False)
     assert main(["ingest", str(tmp_path / "photos"), "--collection", str(collection), "--ray"]) == 2
     err = capfd.readouterr().err
     (line,) = [line for line in err.splitlines() if line.startswith("mmr ingest: error:")]

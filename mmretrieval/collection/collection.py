@@ -49,7 +49,7 @@ from ..ingest.batches import RAY_OUTPUT_KEY, RAY_RESULTS_DIR
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..ingest.reader import source_list
 from ..models.settings import check_device, check_precision
-from ..models.specs import ModelIdentity, folder_weights_changed
+from ..models.specs import ModelIdentity, recorded_weights_changed
 from .describe import describe
 from .records import CollectionInfo, Failure
 from .arguments import check_id, check_ids, check_k, forked_message, unpicklable_message
@@ -256,7 +256,7 @@ class Collection(SearchMethods, LabelMethods, UpkeepMethods):
                               forget_mounts=forget, device_decode=device_decode,
                               share_jpegs=share_jpegs, max_pixels=max_pixels)  # checks them all, for Ray too
         listed = source_list(sources)
-        if self._encoder is None and folder_weights_changed(self.identity):  # before planning adds a row
+        if self._encoder is None and recorded_weights_changed(self.identity):  # before planning adds a row
             raise CollectionError(changed_weights_message(self.identity, self.directory))
         if ray is not None:
             from ..ingest.ray_runner import run_ray_ingest

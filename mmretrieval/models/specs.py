@@ -209,15 +209,20 @@ def model_dir_config(spec: ModelSpec) -> dict[str, Any]:
     return read_dir_config(_model_dir(spec))
 
 
-def folder_weights_changed(identity: ModelIdentity) -> bool:
-    """Whether the model folder (or builtin model) that ``identity`` was recorded from now holds other weights,
-    told by its checkpoint's sha256 (remembered per file version) without importing torch; False where that
-    cannot be told this way (a registry or hub model, a folder that does not read: loading it says why)."""
+def recorded_weights_changed(identity: ModelIdentity) -> bool:
+    """Whether the model folder, builtin model or ``ARCH:/path/checkpoint`` file that ``identity`` was recorded
+    from now holds other weights, told by the checkpoint's sha256 (remembered per file version, so usually a
+    ``stat``) without importing torch; False where that cannot be told this way (registry or hub weights, a path
+    that does not read: loading it says why)."""
     try:
         spec = ModelSpec.parse(identity.spec)
-        if spec.kind not in ("local", "builtin") or not _model_dir(spec).is_dir():
+        if spec.kind in ("local", "builtin") and _model_dir(spec).is_dir():
+            checkpoint = find_checkpoint(_model_dir(spec))
+        elif spec.kind == "registry" and spec.pretrained and os.path.isfile(spec.pretrained):
+            checkpoint = Path(spec.pretrained)
+        else:
             return False
-        return sha256_file(find_checkpoint(_model_dir(spec))) != identity.weights
+        return sha256_file(checkpoint) != identity.weights
     except (ModelSpecError, OSError):
         return False
 
