@@ -7,6 +7,7 @@ Library errors (:class:`~mmretrieval.errors.MMRError`) become a one-line message
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import functools
 import importlib.metadata
@@ -248,7 +249,10 @@ def command() -> None:
     """``mmr`` as a program (the console script, ``python -m mmretrieval``): :func:`main`, then the interpreter's
     exit, which a Ctrl-C ends at once, quietly, with the command's status. Pressed as a finished command's summary
     appeared, it met the exit handlers (torch's, multiprocessing's) and printed a ``KeyboardInterrupt`` traceback
-    under the summary; ignored, it could not stop an exit that hangs (a thread on a dead network share)."""
+    under the summary; ignored, it could not stop an exit that hangs (a thread on a dead network share). The last
+    exit handler ignores SIGINT: the interpreter then puts the default action back in place of a Python handler,
+    which killed the process with status 130 and no message after a command had finished and said so."""
+    atexit.register(_ignore_sigint)  # registered first, so it runs last (exit handlers run in reverse order)
     status = main()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):  # (a closed pipe was dealt with by main)
@@ -256,6 +260,11 @@ def command() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda signum, frame: os._exit(status))  # the work is done, its output out
     sys.exit(status)
+
+
+def _ignore_sigint() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the interpreter leaves SIG_IGN as it is)
 
 
 def _run(argv: Sequence[str] | None) -> int:
